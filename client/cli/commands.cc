@@ -1,0 +1,84 @@
+// ckptctl: inspect and verify GGUF checkpoints.
+#include "client/cli/commands.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "client/cli/gguf_json.h"
+#include "daemon/base/strings.h"
+#include "daemon/env/env.h"
+#include "daemon/gguf/reader.h"
+
+namespace ckptd::cli {
+namespace {
+
+constexpr size_t kTableArrayItems = 8;
+
+int Fail(const std::string& file, const absl::Status& st) {
+  std::fprintf(stderr, "ckptctl: %s: %s\n", file.c_str(), std::string(st.message()).c_str());
+  return kExitFailed;
+}
+
+int Inspect(const std::string& path, bool json) {
+  auto file = env::Env::Default()->OpenForRead(path);
+  if (!file.ok()) return Fail(path, file.status());
+  auto header = gguf::ReadHeader(**file);
+  if (!header.ok()) return Fail(path, header.status());
+  if (json) {
+    nlohmann::ordered_json j = FileToJson(*header);
+    j["file"] = path;
+    std::cout << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << path << ": " << FileToTable(*header, kTableArrayItems);
+  }
+  return kExitOk;
+}
+
+int Verify(const std::string& path) {
+  auto file = env::Env::Default()->OpenForRead(path);
+  if (!file.ok()) return Fail(path, file.status());
+  auto header = gguf::ReadHeader(**file);
+  if (!header.ok()) return Fail(path, header.status());
+  auto report = gguf::Verify(**file, *header);
+  if (!report.ok()) {
+    std::fprintf(stderr, "FAILED %s: %s\n", path.c_str(),
+                 std::string(report.status().message()).c_str());
+    return kExitFailed;
+  }
+  std::cout << "ok " << path << " (" << header->tensors.size() << " tensors, " << header->file_size
+            << " bytes, " << report->stored_content_digest << ", uuid " << report->computed.uuid
+            << ")\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  CLI::App app{"ckptctl: inspect, verify and manage ckptd checkpoints"};
+  app.require_subcommand(1);
+
+  std::string inspect_path;
+  bool inspect_json = false;
+  auto* inspect = app.add_subcommand("inspect", "Print a GGUF file's header: metadata and tensors");
+  inspect->add_option("FILE", inspect_path, "GGUF file")->required();
+  inspect->add_flag("--json", inspect_json, "Complete header as JSON (arrays unabridged)");
+
+  std::string verify_path;
+  auto* verify = app.add_subcommand("verify", "Re-read all tensor data and check its digests");
+  verify->add_option("FILE", verify_path, "GGUF file written by ckptd")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+  if (*inspect) return Inspect(inspect_path, inspect_json);
+  if (*verify) return Verify(verify_path);
+  return kExitUsage;
+}
+
+}  // namespace ckptd::cli

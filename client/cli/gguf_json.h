@@ -1,0 +1,18 @@
+// JSON and table renderings of a parsed GGUF header, for `ckptctl inspect`.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "daemon/gguf/reader.h"
+
+namespace ckptd::cli {
+
+// Non-finite floats become the strings "nan", "inf", "-inf" (JSON has none).
+nlohmann::ordered_json ValueToJson(const gguf::Value& v);
+// {"version","alignment","data_offset","file_size","metadata":[{key,type,value}],"tensors":[...]}
+nlohmann::ordered_json FileToJson(const gguf::GgufFile& f);
+// A gguf-dump style table; arrays longer than max_items are abbreviated.
+std::string FileToTable(const gguf::GgufFile& f, size_t max_items);
+
+}  // namespace ckptd::cli

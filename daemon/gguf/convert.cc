@@ -1,0 +1,103 @@
+// Reference dtype conversions, matching ggml bit for bit.
+#include "daemon/gguf/convert.h"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+#include "daemon/base/strings.h"
+
+namespace ckptd::gguf {
+
+uint16_t Fp32ToFp16(float f) {
+  // Round-to-nearest-even construction used by ggml (from FP16 by Maratyszcza).
+  const float scale_to_inf = std::bit_cast<float>(uint32_t{0x77800000});
+  const float scale_to_zero = std::bit_cast<float>(uint32_t{0x08800000});
+  float base = (std::fabs(f) * scale_to_inf) * scale_to_zero;
+
+  const uint32_t w = std::bit_cast<uint32_t>(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xff000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+
+  base = std::bit_cast<float>((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = std::bit_cast<uint32_t>(base);
+  const uint32_t exp_bits = (bits >> 13) & 0x00007c00u;
+  const uint32_t mantissa_bits = bits & 0x00000fffu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xff000000u ? 0x7e00u : nonsign));
+}
+
+float Fp16ToFp32(uint16_t h) {
+  const uint32_t w = static_cast<uint32_t>(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+
+  const uint32_t exp_offset = 0xe0u << 23;
+  const float exp_scale = std::bit_cast<float>(uint32_t{0x07800000});
+  const float normalized = std::bit_cast<float>((two_w >> 4) + exp_offset) * exp_scale;
+
+  const uint32_t magic_mask = 126u << 23;
+  const float magic_bias = 0.5f;
+  const float denormalized = std::bit_cast<float>((two_w >> 17) | magic_mask) - magic_bias;
+
+  const uint32_t denormalized_cutoff = 1u << 27;
+  const uint32_t result =
+      sign | (two_w < denormalized_cutoff ? std::bit_cast<uint32_t>(denormalized)
+                                          : std::bit_cast<uint32_t>(normalized));
+  return std::bit_cast<float>(result);
+}
+
+uint16_t Fp32ToBf16(float f) {
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 64);  // quiet NaN
+  return static_cast<uint16_t>((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+}
+
+float Bf16ToFp32(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+
+absl::Status QuantizeQ8_0(std::span<const float> src, std::span<uint8_t> dst) {
+  if (src.size() % kQ8_0BlockElems != 0) {
+    return absl::InvalidArgumentError(
+        StrCat("Q8_0 needs a multiple of 32 values, got ", src.size()));
+  }
+  const size_t blocks = src.size() / kQ8_0BlockElems;
+  if (dst.size() != blocks * kQ8_0BlockBytes) {
+    return absl::InvalidArgumentError(
+        StrCat("Q8_0 output needs ", blocks * kQ8_0BlockBytes, " bytes, got ", dst.size()));
+  }
+  for (size_t b = 0; b < blocks; ++b) {
+    const float* x = src.data() + b * kQ8_0BlockElems;
+    uint8_t* out = dst.data() + b * kQ8_0BlockBytes;
+    float amax = 0.0f;
+    for (size_t j = 0; j < kQ8_0BlockElems; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t scale = Fp32ToFp16(d);
+    std::memcpy(out, &scale, 2);
+    for (size_t j = 0; j < kQ8_0BlockElems; ++j) {
+      out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::roundf(x[j] * id)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DequantizeQ8_0(std::span<const uint8_t> src, std::span<float> dst) {
+  if (src.size() % kQ8_0BlockBytes != 0 ||
+      dst.size() != src.size() / kQ8_0BlockBytes * kQ8_0BlockElems) {
+    return absl::InvalidArgumentError("Q8_0 input is not whole blocks, or output size differs");
+  }
+  for (size_t b = 0; b < src.size() / kQ8_0BlockBytes; ++b) {
+    const uint8_t* in = src.data() + b * kQ8_0BlockBytes;
+    uint16_t scale;
+    std::memcpy(&scale, in, 2);
+    const float d = Fp16ToFp32(scale);
+    for (size_t j = 0; j < kQ8_0BlockElems; ++j) {
+      dst[b * kQ8_0BlockElems + j] = static_cast<int8_t>(in[2 + j]) * d;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ckptd::gguf

@@ -1,0 +1,367 @@
+// GGUF header parser with bounds checks, and the content verifier.
+#include "daemon/gguf/reader.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <memory>
+#include <unordered_set>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+
+namespace ckptd::gguf {
+namespace {
+
+// Smallest encodings, used to reject counts that cannot fit before
+// allocating anything for them.
+constexpr uint64_t kMinKvBytes = 8 + 1 + 4 + 1;                  // key, type, u8 value
+constexpr uint64_t kMinTensorInfoBytes = 8 + 1 + 4 + 8 + 4 + 8;  // name, 1 dim
+constexpr size_t kWindow = 64 * 1024;
+
+absl::Status Malformed(uint64_t offset, std::string_view what) {
+  return absl::DataLossError(StrCat("malformed GGUF at offset ", offset, ": ", what));
+}
+
+// Sequential reads through a buffered window over a ByteSource.
+class Cursor {
+ public:
+  explicit Cursor(const ByteSource& src) : src_(src), size_(src.size()) {}
+
+  uint64_t offset() const { return offset_; }
+  uint64_t remaining() const { return size_ - offset_; }
+
+  absl::Status Read(void* dst, uint64_t n, std::string_view what) {
+    if (n > remaining()) {
+      return Malformed(offset_, StrCat("truncated: ", what, " needs ", n, " bytes, ", remaining(),
+                                       " left in the file"));
+    }
+    auto* out = static_cast<char*>(dst);
+    while (n > 0) {
+      if (offset_ < win_start_ || offset_ >= win_start_ + win_.size()) CKPTD_TRY(Fill());
+      size_t k = std::min<uint64_t>(n, win_start_ + win_.size() - offset_);
+      std::memcpy(out, win_.data() + (offset_ - win_start_), k);
+      out += k;
+      offset_ += k;
+      n -= k;
+    }
+    return absl::OkStatus();
+  }
+
+  template <typename T>
+  absl::StatusOr<T> Get(std::string_view what) {
+    T v;
+    CKPTD_TRY(Read(&v, sizeof(T), what));
+    return v;
+  }
+
+  absl::StatusOr<std::string> GetString(std::string_view what) {
+    uint64_t at = offset_;
+    CKPTD_ASSIGN_OR_RETURN(uint64_t len, Get<uint64_t>(what));
+    if (len > remaining()) {
+      return Malformed(at, StrCat(what, " length ", len, " runs past the end of the file (",
+                                  remaining(), " bytes left)"));
+    }
+    std::string s(len, '\0');
+    CKPTD_TRY(Read(s.data(), len, what));
+    return s;
+  }
+
+ private:
+  absl::Status Fill() {
+    size_t n = std::min<uint64_t>(kWindow, size_ - offset_);
+    win_.resize(n);
+    win_start_ = offset_;
+    return src_.ReadAt(offset_, n, win_.data());
+  }
+
+  const ByteSource& src_;
+  uint64_t size_;
+  uint64_t offset_ = 0;
+  uint64_t win_start_ = 0;
+  std::string win_;
+};
+
+template <typename T>
+absl::StatusOr<Value> GetValue(Cursor& c, ValueType type) {
+  CKPTD_ASSIGN_OR_RETURN(T v, c.Get<T>(StrCat(ValueTypeName(type), " value")));
+  return Value(v);
+}
+
+absl::StatusOr<Value> ReadScalar(Cursor& c, ValueType type) {
+  switch (type) {
+    case ValueType::kU8:
+      return GetValue<uint8_t>(c, type);
+    case ValueType::kI8:
+      return GetValue<int8_t>(c, type);
+    case ValueType::kU16:
+      return GetValue<uint16_t>(c, type);
+    case ValueType::kI16:
+      return GetValue<int16_t>(c, type);
+    case ValueType::kU32:
+      return GetValue<uint32_t>(c, type);
+    case ValueType::kI32:
+      return GetValue<int32_t>(c, type);
+    case ValueType::kF32:
+      return GetValue<float>(c, type);
+    case ValueType::kU64:
+      return GetValue<uint64_t>(c, type);
+    case ValueType::kI64:
+      return GetValue<int64_t>(c, type);
+    case ValueType::kF64:
+      return GetValue<double>(c, type);
+    case ValueType::kBool: {
+      uint64_t at = c.offset();
+      CKPTD_ASSIGN_OR_RETURN(uint8_t b, c.Get<uint8_t>("bool value"));
+      if (b > 1) return Malformed(at, StrCat("bool value is ", int{b}, ", not 0 or 1"));
+      return Value(b == 1);
+    }
+    case ValueType::kString: {
+      CKPTD_ASSIGN_OR_RETURN(std::string s, c.GetString("string value"));
+      return Value(std::move(s));
+    }
+    case ValueType::kArray:
+      break;
+  }
+  return absl::InternalError("ReadScalar called for an array");
+}
+
+absl::StatusOr<ValueType> ReadValueType(Cursor& c, std::string_view key) {
+  uint64_t at = c.offset();
+  CKPTD_ASSIGN_OR_RETURN(uint32_t id, c.Get<uint32_t>("value type"));
+  if (id >= kValueTypeCount) {
+    return Malformed(at, StrCat("unknown value type ", id, " for key '", key, "'"));
+  }
+  return static_cast<ValueType>(id);
+}
+
+absl::StatusOr<Value> ReadValue(Cursor& c, std::string_view key) {
+  CKPTD_ASSIGN_OR_RETURN(ValueType type, ReadValueType(c, key));
+  if (type != ValueType::kArray) return ReadScalar(c, type);
+
+  uint64_t at = c.offset();
+  CKPTD_ASSIGN_OR_RETURN(ValueType elem, ReadValueType(c, key));
+  if (elem == ValueType::kArray) {
+    return Malformed(at, StrCat("nested array in key '", key, "' (GGUF forbids them)"));
+  }
+  at = c.offset();
+  CKPTD_ASSIGN_OR_RETURN(uint64_t count, c.Get<uint64_t>("array length"));
+  uint64_t min_elem = ScalarSize(elem).value_or(8);  // a string is at least its length
+  if (count > c.remaining() / min_elem) {
+    return Malformed(at, StrCat("array '", key, "' of ", count, " ", ValueTypeName(elem),
+                                " cannot fit in the ", c.remaining(), " bytes left"));
+  }
+  Array arr{elem, {}};
+  arr.items.reserve(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    CKPTD_ASSIGN_OR_RETURN(Value v, ReadScalar(c, elem));
+    arr.items.push_back(std::move(v));
+  }
+  return Value(std::move(arr));
+}
+
+absl::Status ReadMetadata(Cursor& c, uint64_t n_kv, Metadata* out) {
+  std::unordered_set<std::string> seen;
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    uint64_t at = c.offset();
+    CKPTD_ASSIGN_OR_RETURN(std::string key, c.GetString("metadata key"));
+    if (key.empty()) return Malformed(at, StrCat("metadata key ", i, " is empty"));
+    if (!seen.insert(key).second) return Malformed(at, StrCat("duplicate key '", key, "'"));
+    CKPTD_ASSIGN_OR_RETURN(Value v, ReadValue(c, key));
+    CKPTD_TRY(out->Add(std::move(key), std::move(v)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorInfo> ReadTensorInfo(Cursor& c) {
+  uint64_t at = c.offset();
+  TensorInfo t;
+  CKPTD_ASSIGN_OR_RETURN(t.name, c.GetString("tensor name"));
+  if (t.name.empty()) return Malformed(at, "tensor name is empty");
+  if (t.name.size() > kMaxTensorNameBytes) {
+    return Malformed(at, StrCat("tensor name of ", t.name.size(), " bytes; ggml allows at most ",
+                                kMaxTensorNameBytes));
+  }
+  uint64_t dims_at = c.offset();
+  CKPTD_ASSIGN_OR_RETURN(uint32_t n_dims, c.Get<uint32_t>("tensor n_dims"));
+  if (n_dims == 0 || n_dims > kMaxDims) {
+    return Malformed(dims_at, StrCat("tensor '", t.name, "' has ", n_dims,
+                                     " dims; GGUF allows 1 to ", kMaxDims));
+  }
+  t.ne.resize(n_dims);
+  CKPTD_TRY(c.Read(t.ne.data(), 8 * n_dims, "tensor dims"));
+  uint64_t type_at = c.offset();
+  CKPTD_ASSIGN_OR_RETURN(uint32_t type_id, c.Get<uint32_t>("tensor type"));
+  auto info = LookupTensorType(type_id);
+  if (!info) {
+    return Malformed(type_at, StrCat("tensor '", t.name, "' has unknown ggml type ", type_id));
+  }
+  t.type = info->type;
+  auto nbytes = TensorBytes(t.type, t.ne);
+  if (!nbytes.ok()) {
+    return Malformed(dims_at, StrCat("tensor '", t.name, "': ", nbytes.status().message()));
+  }
+  t.nbytes = *nbytes;
+  CKPTD_ASSIGN_OR_RETURN(t.offset, c.Get<uint64_t>("tensor offset"));
+  return t;
+}
+
+absl::StatusOr<uint32_t> ReadAlignment(const Metadata& md) {
+  const Value* v = md.Find(kKeyAlignment);
+  if (v == nullptr) return kDefaultAlignment;
+  const uint32_t* a = v->get_if<uint32_t>();
+  if (a == nullptr) {
+    return absl::DataLossError(
+        StrCat("malformed GGUF: general.alignment is ", ValueTypeName(v->type()), ", must be u32"));
+  }
+  if (!std::has_single_bit(*a)) {
+    return absl::DataLossError(
+        StrCat("malformed GGUF: general.alignment ", *a, " is not a power of two"));
+  }
+  return *a;
+}
+
+absl::Status CheckTensorData(const GgufFile& f) {
+  const uint64_t data_bytes = f.file_size - f.data_offset;
+  std::vector<const TensorInfo*> by_offset;
+  by_offset.reserve(f.tensors.size());
+  for (const TensorInfo& t : f.tensors) {
+    if (t.offset % f.alignment != 0) {
+      return absl::DataLossError(StrCat("malformed GGUF: tensor '", t.name, "' offset ", t.offset,
+                                        " is not a multiple of the alignment ", f.alignment));
+    }
+    if (t.offset > data_bytes || t.nbytes > data_bytes - t.offset) {
+      return absl::DataLossError(StrCat(
+          "malformed GGUF: tensor '", t.name, "' data [", t.offset, ", ", t.offset + t.nbytes,
+          ") runs past the end of the file (data section has ", data_bytes, " bytes)"));
+    }
+    by_offset.push_back(&t);
+  }
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const TensorInfo* a, const TensorInfo* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const TensorInfo& a = *by_offset[i - 1];
+    const TensorInfo& b = *by_offset[i];
+    if (b.offset < a.offset + a.nbytes) {
+      return absl::DataLossError(StrCat("malformed GGUF: tensors '", a.name, "' and '", b.name,
+                                        "' overlap at data offset ", b.offset));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<GgufFile> ReadHeader(const ByteSource& src) {
+  Cursor c(src);
+  GgufFile f;
+  f.file_size = src.size();
+  CKPTD_ASSIGN_OR_RETURN(uint32_t magic, c.Get<uint32_t>("magic"));
+  if (magic != kMagic) {
+    char m[4];
+    std::memcpy(m, &magic, 4);
+    for (char& ch : m) ch = (ch >= 0x20 && ch < 0x7f) ? ch : '?';
+    return Malformed(0, StrCat("bad magic '", std::string_view(m, 4), "': not a GGUF file"));
+  }
+  CKPTD_ASSIGN_OR_RETURN(f.version, c.Get<uint32_t>("version"));
+  if (f.version != 2 && f.version != 3) {
+    return Malformed(
+        4, StrCat("unsupported GGUF version ", f.version, " (ckptd reads versions 2 and 3)"));
+  }
+  CKPTD_ASSIGN_OR_RETURN(uint64_t n_tensors, c.Get<uint64_t>("tensor count"));
+  CKPTD_ASSIGN_OR_RETURN(uint64_t n_kv, c.Get<uint64_t>("metadata count"));
+  if (n_kv > c.remaining() / kMinKvBytes) {
+    return Malformed(
+        16, StrCat("metadata count ", n_kv, " cannot fit in the ", c.remaining(), " bytes left"));
+  }
+  if (n_tensors > c.remaining() / kMinTensorInfoBytes) {
+    return Malformed(
+        8, StrCat("tensor count ", n_tensors, " cannot fit in the ", c.remaining(), " bytes left"));
+  }
+  CKPTD_TRY(ReadMetadata(c, n_kv, &f.metadata));
+  CKPTD_ASSIGN_OR_RETURN(f.alignment, ReadAlignment(f.metadata));
+
+  std::unordered_set<std::string> names;
+  f.tensors.reserve(n_tensors);
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    uint64_t at = c.offset();
+    CKPTD_ASSIGN_OR_RETURN(TensorInfo t, ReadTensorInfo(c));
+    if (!names.insert(t.name).second) {
+      return Malformed(at, StrCat("duplicate tensor name '", t.name, "'"));
+    }
+    f.tensors.push_back(std::move(t));
+  }
+  if (!AlignUp(c.offset(), f.alignment, &f.data_offset) || f.data_offset > f.file_size) {
+    return Malformed(c.offset(), StrCat("truncated: data section would start at ", f.data_offset,
+                                        ", file has ", f.file_size, " bytes"));
+  }
+  CKPTD_TRY(CheckTensorData(f));
+  return f;
+}
+
+absl::StatusOr<ContentDigest> ComputeDigest(const ByteSource& src, const GgufFile& file) {
+  constexpr size_t kChunk = 4 << 20;
+  auto buf = std::make_unique_for_overwrite<char[]>(kChunk);
+  ContentDigest out;
+  ContentDigestBuilder builder;
+  TensorHasher hasher;
+  for (const TensorInfo& t : file.tensors) {
+    hasher.Reset();
+    for (uint64_t done = 0; done < t.nbytes;) {
+      size_t n = std::min<uint64_t>(kChunk, t.nbytes - done);
+      CKPTD_TRY(src.ReadAt(file.data_offset + t.offset + done, n, buf.get()));
+      hasher.Update(buf.get(), n);
+      done += n;
+    }
+    out.tensors.push_back(hasher.Finish());
+    builder.AddTensor(t.name, t.type, t.ne, t.nbytes, out.tensors.back());
+  }
+  out.content = builder.Finish();
+  out.uuid = UuidFromDigest(out.content);
+  return out;
+}
+
+absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file) {
+  const Value* stored = file.metadata.Find(kKeyContentDigest);
+  const std::string* stored_str = stored ? stored->get_if<std::string>() : nullptr;
+  if (stored_str == nullptr) {
+    return absl::FailedPreconditionError(
+        "no stored digest: the file has no ckpt.content_digest key (not written by ckptd, or "
+        "written without digests); nothing to verify against");
+  }
+  CKPTD_ASSIGN_OR_RETURN(Digest128 want, ParseContentDigestString(*stored_str));
+  VerifyReport report;
+  report.stored_content_digest = *stored_str;
+  CKPTD_ASSIGN_OR_RETURN(report.computed, ComputeDigest(src, file));
+
+  const Value* per = file.metadata.Find(kKeyTensorDigests);
+  const Array* per_arr = per ? per->get_if<Array>() : nullptr;
+  if (per_arr != nullptr && per_arr->items.size() == file.tensors.size()) {
+    for (size_t i = 0; i < file.tensors.size(); ++i) {
+      const std::string* hex = per_arr->items[i].get_if<std::string>();
+      auto stored_d = hex ? ParseDigestHex(*hex) : absl::InvalidArgumentError("not a string");
+      if (!stored_d.ok() || *stored_d != report.computed.tensors[i]) {
+        return absl::DataLossError(StrCat("tensor '", file.tensors[i].name, "' (index ", i,
+                                          ") does not match its digest: stored ", hex ? *hex : "?",
+                                          ", computed ", DigestHex(report.computed.tensors[i])));
+      }
+    }
+  }
+  if (report.computed.content != want) {
+    return absl::DataLossError(StrCat("content digest mismatch: stored ", *stored_str,
+                                      ", computed ", ContentDigestString(report.computed.content),
+                                      " (tensor names, types or shapes changed)"));
+  }
+  // A uuid from another scheme (e.g. gguf-hash) is not derived from this digest.
+  const Value* scheme = file.metadata.Find(kKeyUuidScheme);
+  const Value* uuid = file.metadata.Find(kKeyUuid);
+  const std::string* uuid_str = uuid ? uuid->get_if<std::string>() : nullptr;
+  if (scheme == nullptr && uuid_str != nullptr && *uuid_str != report.computed.uuid) {
+    return absl::DataLossError(StrCat("general.uuid ", *uuid_str,
+                                      " does not match the content (expected ",
+                                      report.computed.uuid, ")"));
+  }
+  return report;
+}
+
+}  // namespace ckptd::gguf

@@ -1,0 +1,45 @@
+// Bounds-checked GGUF reader and content verifier. Reads only the header
+// unless asked to verify; every malformed input is a DataLoss status naming
+// what is wrong and where, never an out-of-bounds read or a crash.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/base/byte_source.h"
+#include "daemon/gguf/digest.h"
+#include "daemon/gguf/layout.h"
+#include "daemon/gguf/value.h"
+
+namespace ckptd::gguf {
+
+struct GgufFile {
+  uint32_t version = 0;
+  Metadata metadata;
+  std::vector<TensorInfo> tensors;  // in file order
+  uint32_t alignment = kDefaultAlignment;
+  uint64_t data_offset = 0;
+  uint64_t file_size = 0;
+};
+
+// Parses and validates the header and tensor table of `src`.
+absl::StatusOr<GgufFile> ReadHeader(const ByteSource& src);
+
+// Recomputes each tensor's digest and the content digest from the data.
+absl::StatusOr<ContentDigest> ComputeDigest(const ByteSource& src, const GgufFile& file);
+
+struct VerifyReport {
+  ContentDigest computed;
+  std::string stored_content_digest;
+};
+
+// Re-reads all tensor data and checks it against the stored digests:
+//   FailedPrecondition  the file carries no ckpt.content_digest (not ckptd's)
+//   DataLoss            a mismatch; names the first mismatching tensor when
+//                       per-tensor digests are stored
+absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file);
+
+}  // namespace ckptd::gguf

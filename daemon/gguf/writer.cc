@@ -1,0 +1,129 @@
+// Streaming GGUF writer.
+#include "daemon/gguf/writer.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/gguf/encode.h"
+
+namespace ckptd::gguf {
+namespace {
+
+constexpr char kZeros[256] = {};
+
+}  // namespace
+
+absl::Status StringSink::Append(std::string_view bytes) {
+  data_.append(bytes);
+  return absl::OkStatus();
+}
+
+absl::Status StringSink::WriteAt(uint64_t offset, std::string_view bytes) {
+  if (offset > data_.size() || bytes.size() > data_.size() - offset) {
+    return absl::OutOfRangeError("StringSink::WriteAt past the end");
+  }
+  data_.replace(offset, bytes.size(), bytes);
+  return absl::OkStatus();
+}
+
+void FillDigestSlots(const ContentDigest& digest, Layout* layout) {
+  std::vector<Value> per_tensor;
+  per_tensor.reserve(digest.tensors.size());
+  for (const Digest128& d : digest.tensors) per_tensor.push_back(Value::String(DigestHex(d)));
+  layout->metadata.Set(std::string(kKeyUuid), Value::String(digest.uuid));
+  layout->metadata.Set(std::string(kKeyContentDigest),
+                       Value::String(ContentDigestString(digest.content)));
+  layout->metadata.Set(std::string(kKeyTensorDigests),
+                       Value::MakeArray(ValueType::kString, std::move(per_tensor)));
+}
+
+Writer::Writer(Layout layout, Sink* sink) : layout_(std::move(layout)), sink_(sink) {
+  digest_.tensors.reserve(layout_.tensors.size());
+}
+
+absl::Status Writer::WriteHeader() {
+  if (header_written_) return absl::FailedPreconditionError("GGUF header already written");
+  std::string header = EncodeHeader(layout_);
+  CKPTD_TRY(sink_->Append(header));
+  position_ = header.size();
+  header_written_ = true;
+  // Zero-byte tensors cannot exist (dims are >= 1), so tensor 0 is open.
+  return absl::OkStatus();
+}
+
+absl::Status Writer::Pad() {
+  uint64_t aligned = 0;
+  AlignUp(position_, layout_.alignment, &aligned);
+  while (position_ < aligned) {
+    size_t n = std::min<uint64_t>(aligned - position_, sizeof(kZeros));
+    CKPTD_TRY(sink_->Append(std::string_view(kZeros, n)));
+    position_ += n;
+  }
+  return absl::OkStatus();
+}
+
+void Writer::CloseTensor() {
+  digest_.tensors.push_back(hasher_.Finish());
+  hasher_.Reset();
+  ++tensor_;
+  tensor_filled_ = 0;
+}
+
+absl::Status Writer::WriteData(std::string_view bytes) {
+  if (!header_written_ || finished_) {
+    return absl::FailedPreconditionError("GGUF data written outside header..finish");
+  }
+  while (!bytes.empty()) {
+    if (tensor_ >= layout_.tensors.size()) {
+      return absl::InvalidArgumentError(
+          StrCat(bytes.size(), " bytes of data past the last tensor"));
+    }
+    const TensorInfo& t = layout_.tensors[tensor_];
+    if (tensor_filled_ == 0 && position_ != layout_.data_offset + t.offset) {
+      throw std::logic_error("gguf: tensor data position differs from its planned offset");
+    }
+    size_t n = std::min<uint64_t>(bytes.size(), t.nbytes - tensor_filled_);
+    CKPTD_TRY(sink_->Append(bytes.substr(0, n)));
+    hasher_.Update(bytes.data(), n);
+    position_ += n;
+    tensor_filled_ += n;
+    bytes.remove_prefix(n);
+    if (tensor_filled_ == t.nbytes) {
+      CloseTensor();
+      CKPTD_TRY(Pad());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ContentDigest> Writer::Finish() {
+  if (!header_written_ || finished_) {
+    return absl::FailedPreconditionError("GGUF writer finished twice or before its header");
+  }
+  if (tensor_ < layout_.tensors.size()) {
+    const TensorInfo& t = layout_.tensors[tensor_];
+    return absl::FailedPreconditionError(
+        StrCat("tensor '", t.name, "' has ", tensor_filled_, " of ", t.nbytes, " bytes; ",
+               layout_.tensors.size() - tensor_, " tensor(s) incomplete"));
+  }
+  if (position_ != layout_.file_size) {
+    throw std::logic_error("gguf: file size differs from the planned size");
+  }
+  ContentDigestBuilder builder;
+  for (size_t i = 0; i < layout_.tensors.size(); ++i) {
+    const TensorInfo& t = layout_.tensors[i];
+    builder.AddTensor(t.name, t.type, t.ne, t.nbytes, digest_.tensors[i]);
+  }
+  digest_.content = builder.Finish();
+  digest_.uuid = UuidFromDigest(digest_.content);
+  finished_ = true;
+  if (layout_.has_digest_slots) {
+    FillDigestSlots(digest_, &layout_);
+    CKPTD_TRY(sink_->WriteAt(0, EncodeHeader(layout_)));
+  }
+  return digest_;
+}
+
+}  // namespace ckptd::gguf

@@ -1,0 +1,76 @@
+// Streams a planned GGUF file into a Sink: header first (digest slots as
+// placeholders), then tensor data in layout order with alignment padding,
+// hashing as it goes; Finish() rewrites the header with the real digests.
+// The writer knows nothing of files: a Sink may be memory, a file or a test
+// double. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/gguf/digest.h"
+#include "daemon/gguf/layout.h"
+
+namespace ckptd::gguf {
+
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  // Appends bytes at the current end.
+  virtual absl::Status Append(std::string_view bytes) = 0;
+  // Overwrites bytes already appended (used once, for the header).
+  virtual absl::Status WriteAt(uint64_t offset, std::string_view bytes) = 0;
+};
+
+// Keeps everything in memory; for tests and small files.
+class StringSink final : public Sink {
+ public:
+  absl::Status Append(std::string_view bytes) override;
+  absl::Status WriteAt(uint64_t offset, std::string_view bytes) override;
+  const std::string& data() const { return data_; }
+
+ private:
+  std::string data_;
+};
+
+class Writer {
+ public:
+  // `sink` must outlive the writer.
+  Writer(Layout layout, Sink* sink);
+
+  absl::Status WriteHeader();
+  // Appends tensor bytes in layout order. A call may end mid-tensor or span
+  // several tensors; bytes beyond the last tensor are an error.
+  absl::Status WriteData(std::string_view bytes);
+  // Fails unless every tensor is complete; pads, computes the digests and,
+  // when the layout reserved digest slots, rewrites the header with them.
+  absl::StatusOr<ContentDigest> Finish();
+
+  const Layout& layout() const { return layout_; }
+  uint64_t bytes_written() const { return position_; }
+  // Index of the tensor the next WriteData byte belongs to.
+  size_t current_tensor() const { return tensor_; }
+
+ private:
+  absl::Status Pad();
+  void CloseTensor();
+
+  Layout layout_;
+  Sink* sink_;
+  bool header_written_ = false;
+  bool finished_ = false;
+  uint64_t position_ = 0;  // bytes appended to the sink
+  size_t tensor_ = 0;      // tensor being filled
+  uint64_t tensor_filled_ = 0;
+  TensorHasher hasher_;
+  ContentDigest digest_;
+};
+
+// Writes the digest values into a layout's metadata (slots must exist).
+void FillDigestSlots(const ContentDigest& digest, Layout* layout);
+
+}  // namespace ckptd::gguf

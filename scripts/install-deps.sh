@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs exactly what ckptd's build, tests and benchmarks need on Debian 12,
+# and nothing when it is all present. Called by `make run`, `make test` and
+# the Dockerfile's build stage, so CI proves the same steps a user runs.
+#
+#   scripts/install-deps.sh            build + test dependencies (default)
+#   scripts/install-deps.sh --runtime  only what the installed daemon needs
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+build_pkgs=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libabsl-dev
+  libboost-dev libboost-filesystem-dev
+  libspdlog-dev libfmt-dev
+  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
+  libsystemd-dev
+)
+test_pkgs=(
+  libgtest-dev libgmock-dev
+  clang libclang-rt-14-dev clang-format
+  python3 python3-numpy python3-grpcio python3-protobuf
+)
+runtime_pkgs=(
+  libgrpc++1.51 libprotobuf32 libboost-filesystem1.74.0 libspdlog1.10 libfmt9
+  libxxhash0 libsystemd0 ca-certificates
+)
+
+mode=${1:-all}
+case "$mode" in
+  --runtime) wanted=("${runtime_pkgs[@]}") ;;
+  all | --all) wanted=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [--runtime]" >&2; exit 2 ;;
+esac
+
+# Node may come from elsewhere (a nodesource build bundles npm and conflicts
+# with Debian's npm package): only ask apt for it when there is none.
+if [[ "$mode" != "--runtime" ]] && ! command -v npm >/dev/null; then
+  wanted+=(nodejs npm)
+fi
+
+missing=()
+for p in "${wanted[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "install-deps: all ${#wanted[@]} Debian packages present"
+fi
+
+# Tie results to the environment they were built in.
+dpkg-query -W -f='  ${Package} ${Version}\n' "${wanted[@]}" 2>/dev/null | sort
+
+[[ "$mode" == "--runtime" ]] && exit 0
+
+# npm test tools (GGUF interop checker), pinned in package-lock.json.
+# --ignore-scripts: no postinstall downloads, the network is closed.
+if [[ ! -f node_modules/.package-lock.json ]] ||
+   ! cmp -s package-lock.json node_modules/.ckptd-lock-stamp; then
+  echo "install-deps: npm ci"
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+  cp package-lock.json node_modules/.ckptd-lock-stamp
+else
+  echo "install-deps: node_modules matches package-lock.json"
+fi
+echo "  node $(node --version), npm $(npm --version 2>/dev/null)"
