@@ -20,7 +20,7 @@ build_pkgs=(
 test_pkgs=(
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev clang-format
-  python3 python3-numpy python3-grpcio python3-protobuf
+  python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf
 )
 runtime_pkgs=(
   libgrpc++1.51 libprotobuf32 libboost-filesystem1.74.0 libspdlog1.10 libfmt9

@@ -18,6 +18,10 @@ namespace {
 constexpr uint64_t kMinKvBytes = 8 + 1 + 4 + 1;                  // key, type, u8 value
 constexpr uint64_t kMinTensorInfoBytes = 8 + 1 + 4 + 8 + 4 + 8;  // name, 1 dim
 constexpr size_t kWindow = 64 * 1024;
+// Caps that keep a hostile header from costing more memory than a real
+// model ever needs (vocabularies are ~256k tokens, models ~100k tensors).
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 24;
+constexpr uint64_t kMaxCount = uint64_t{1} << 20;  // key/values, tensors
 
 absl::Status Malformed(uint64_t offset, std::string_view what) {
   return absl::DataLossError(StrCat("malformed GGUF at offset ", offset, ": ", what));
@@ -151,6 +155,10 @@ absl::StatusOr<Value> ReadValue(Cursor& c, std::string_view key) {
     return Malformed(at, StrCat("array '", key, "' of ", count, " ", ValueTypeName(elem),
                                 " cannot fit in the ", c.remaining(), " bytes left"));
   }
+  if (count > kMaxArrayElements) {
+    return Malformed(at, StrCat("array '", key, "' has ", count, " elements; ckptd reads at most ",
+                                kMaxArrayElements));
+  }
   Array arr{elem, {}};
   arr.items.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
@@ -277,6 +285,10 @@ absl::StatusOr<GgufFile> ReadHeader(const ByteSource& src) {
   if (n_tensors > c.remaining() / kMinTensorInfoBytes) {
     return Malformed(
         8, StrCat("tensor count ", n_tensors, " cannot fit in the ", c.remaining(), " bytes left"));
+  }
+  if (n_kv > kMaxCount || n_tensors > kMaxCount) {
+    return Malformed(8, StrCat(n_tensors, " tensors and ", n_kv,
+                               " key/values; ckptd reads at most ", kMaxCount, " of each"));
   }
   CKPTD_TRY(ReadMetadata(c, n_kv, &f.metadata));
   CKPTD_ASSIGN_OR_RETURN(f.alignment, ReadAlignment(f.metadata));

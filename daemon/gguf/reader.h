@@ -25,7 +25,9 @@ struct GgufFile {
   uint64_t file_size = 0;
 };
 
-// Parses and validates the header and tensor table of `src`.
+// Parses and validates the header and tensor table of `src`. Besides the
+// format's rules it caps arrays at 2^24 elements and key/value and tensor
+// counts at 2^20, so memory stays bounded by what real models need.
 absl::StatusOr<GgufFile> ReadHeader(const ByteSource& src);
 
 // Recomputes each tensor's digest and the content digest from the data.

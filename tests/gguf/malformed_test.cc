@@ -197,6 +197,16 @@ std::vector<Case> Cases() {
                      return r.str();
                    },
                    "cannot fit"});
+  cases.push_back({"array longer than the cap",
+                   [] {
+                     Raw r = Header(0, 1);
+                     r.Str("k").U32(9).U32(0).U64((1ull << 24) + 1);
+                     return r.Bytes(std::string((1u << 24) + 1, '\0')).str();
+                   },
+                   "has 16777217 elements; ckptd reads at most 16777216"});
+  cases.push_back({"tensor count above the cap",
+                   [] { return Header(1u << 21, 0).Bytes(std::string(80u << 20, '\0')).str(); },
+                   "2097152 tensors and 0 key/values; ckptd reads at most 1048576"});
   cases.push_back({"bool not 0 or 1",
                    [] {
                      Raw r = Header(0, 1);
