@@ -9,6 +9,7 @@
 #include <iterator>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 
@@ -34,5 +35,18 @@ std::string StrCat(const Args&... args) {
 }
 
 inline std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}; }
+
+// Splits on `sep`; empty pieces are dropped when skip_empty.
+inline std::vector<std::string> Split(std::string_view s, char sep, bool skip_empty = false) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    size_t end = s.find(sep, start);
+    std::string_view piece = s.substr(start, end == std::string_view::npos ? s.npos : end - start);
+    if (!piece.empty() || !skip_empty) out.emplace_back(piece);
+    if (end == std::string_view::npos) return out;
+    start = end + 1;
+  }
+}
 
 }  // namespace ckptd

@@ -1,11 +1,14 @@
 // The only place that calls POSIX file and memory APIs. Everything above it
-// takes an Env*, so tests can substitute a fault-injecting twin. Files and
-// mappings are RAII objects; every failure is a Status naming the path.
+// takes an Env*, so tests can substitute a fault-injecting twin
+// (fault_env.h). Files and mappings are RAII objects; every failure is a
+// Status naming the operation and the path (PosixError).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "daemon/base/byte_source.h"
@@ -31,6 +34,42 @@ class MappedFile : public ByteSource {
   virtual std::string_view bytes() const = 0;
 };
 
+enum class DirectIo {
+  kAuto,  // O_DIRECT with aligned buffers where the filesystem allows it
+  kOff,   // buffered writes
+};
+
+// A new file being written: appends go through an aligned buffer and are
+// written at aligned offsets (O_DIRECT) or as they fill (buffered). Not
+// thread-safe. The destructor closes the fd without syncing; removing an
+// abandoned file is the caller's job (storage/ owns temp names).
+class WritableFile {
+ public:
+  virtual ~WritableFile() = default;
+  virtual absl::Status Append(std::string_view data) = 0;
+  // Overwrites bytes already appended, e.g. a header patched after the data.
+  virtual absl::Status WriteAt(uint64_t offset, std::string_view data) = 0;
+  // Writes everything out and fdatasyncs: the bytes are durable when it returns.
+  virtual absl::Status Sync() = 0;
+  // Checked close (a close error loses data on some filesystems).
+  virtual absl::Status Close() = 0;
+  virtual uint64_t size() const = 0;
+  virtual bool direct() const = 0;  // O_DIRECT in use
+  virtual const std::string& path() const = 0;
+};
+
+struct FileStat {
+  uint64_t size = 0;
+  bool is_dir = false;
+  bool is_symlink = false;
+  bool is_regular = false;
+};
+
+struct FsSpace {
+  uint64_t free_bytes = 0;   // available to unprivileged users
+  uint64_t total_bytes = 0;
+};
+
 class Env {
  public:
   virtual ~Env() = default;
@@ -38,9 +77,35 @@ class Env {
   // The process-wide POSIX implementation; never destroyed.
   static Env* Default();
 
-  virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(
-      const std::string& path) = 0;
+  virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(const std::string& path) = 0;
   virtual absl::StatusOr<std::unique_ptr<MappedFile>> MapForRead(const std::string& path) = 0;
+  // Creates a new file (fails if it exists), mode 0644.
+  virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
+                                                                        DirectIo direct) = 0;
+  // rename(2): atomically replaces `to`.
+  virtual absl::Status RenameFile(const std::string& from, const std::string& to) = 0;
+  virtual absl::Status Symlink(const std::string& target, const std::string& link) = 0;
+  virtual absl::StatusOr<std::string> ReadLink(const std::string& link) = 0;
+  // fsync of a directory, so renames and unlinks in it are durable.
+  virtual absl::Status SyncDir(const std::string& dir) = 0;
+  virtual absl::Status RemoveFile(const std::string& path) = 0;
+  // mkdir -p, mode 0755.
+  virtual absl::Status CreateDirs(const std::string& path) = 0;
+  // Entry names (no "." or ".."), unsorted.
+  virtual absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) = 0;
+  // lstat: a symlink is reported as such, not followed.
+  virtual absl::StatusOr<FileStat> Stat(const std::string& path) = 0;
+  virtual absl::StatusOr<FsSpace> Space(const std::string& path) = 0;
+  // realpath(3): absolute, symlinks resolved; the path must exist.
+  virtual absl::StatusOr<std::string> RealPath(const std::string& path) = 0;
 };
+
+// Writes `data` to `path` durably and atomically: temp file in the same
+// directory, write, fdatasync, close, rename, fsync the directory; the temp
+// is removed on any failure. For small state files (not checkpoints).
+absl::Status WriteFileAtomically(Env* env, const std::string& path, std::string_view data);
+
+// Reads a whole (small) file.
+absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path);
 
 }  // namespace ckptd::env

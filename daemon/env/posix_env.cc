@@ -1,34 +1,24 @@
 // POSIX implementation of Env.
+#include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
 #include "daemon/env/posix_error.h"
+#include "daemon/env/posix_writable_file.h"
 
 namespace ckptd::env {
 namespace {
-
-// Owns a file descriptor; closes it on destruction.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 absl::StatusOr<uint64_t> RegularFileSize(int fd, const std::string& path) {
   struct stat st;
@@ -58,9 +48,7 @@ class PosixRandomAccessFile final : public RandomAccessFile {
         if (errno == EINTR) continue;
         return PosixError(StrCat("pread ", path()), errno);
       }
-      if (r == 0) {
-        return absl::DataLossError(StrCat("read ", path(), ": file shrank while reading"));
-      }
+      if (r == 0) return absl::DataLossError(StrCat("read ", path(), ": file shrank while reading"));
       out += r;
       offset += static_cast<uint64_t>(r);
       n -= static_cast<size_t>(r);
@@ -96,26 +84,114 @@ class PosixMappedFile final : public MappedFile {
 class PosixEnv final : public Env {
  public:
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return PosixError(StrCat("open ", path), errno);
-    ScopedFd guard(fd);
-    auto size = RegularFileSize(fd, path);
+    ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) return PosixError(StrCat("open ", path), errno);
+    auto size = RegularFileSize(fd.get(), path);
     if (!size.ok()) return size.status();
-    return std::make_unique<PosixRandomAccessFile>(path, guard.release(), *size);
+    return std::make_unique<PosixRandomAccessFile>(path, fd.release(), *size);
   }
 
   absl::StatusOr<std::unique_ptr<MappedFile>> MapForRead(const std::string& path) override {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return PosixError(StrCat("open ", path), errno);
-    ScopedFd guard(fd);
-    auto size = RegularFileSize(fd, path);
+    ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) return PosixError(StrCat("open ", path), errno);
+    auto size = RegularFileSize(fd.get(), path);
     if (!size.ok()) return size.status();
     void* base = nullptr;
     if (*size > 0) {
-      base = ::mmap(nullptr, *size, PROT_READ, MAP_SHARED, fd, 0);
+      base = ::mmap(nullptr, *size, PROT_READ, MAP_SHARED, fd.get(), 0);
       if (base == MAP_FAILED) return PosixError(StrCat("mmap ", path), errno);
     }
     return std::make_unique<PosixMappedFile>(base, *size);
+  }
+
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
+                                                                DirectIo direct) override {
+    return OpenPosixWritableFile(path, direct);
+  }
+
+  absl::Status RenameFile(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+      return PosixError(StrCat("rename ", from, " -> ", to), errno);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Symlink(const std::string& target, const std::string& link) override {
+    if (::symlink(target.c_str(), link.c_str()) != 0) {
+      return PosixError(StrCat("symlink ", link, " -> ", target), errno);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> ReadLink(const std::string& link) override {
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink(link.c_str(), buf, sizeof buf);
+    if (n < 0) return PosixError(StrCat("readlink ", link), errno);
+    return std::string(buf, static_cast<size_t>(n));
+  }
+
+  absl::Status SyncDir(const std::string& dir) override {
+    ScopedFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) return PosixError(StrCat("open ", dir), errno);
+    if (::fsync(fd.get()) != 0) return PosixError(StrCat("fsync ", dir), errno);
+    return absl::OkStatus();
+  }
+
+  absl::Status RemoveFile(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0) return PosixError(StrCat("unlink ", path), errno);
+    return absl::OkStatus();
+  }
+
+  absl::Status CreateDirs(const std::string& path) override {
+    if (path.empty()) return absl::OkStatus();
+    for (size_t pos = 1; pos <= path.size(); ++pos) {
+      if (pos != path.size() && path[pos] != '/') continue;
+      std::string prefix = path.substr(0, pos);
+      if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+        return PosixError(StrCat("mkdir ", prefix), errno);
+      }
+    }
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) return PosixError(StrCat("stat ", path), errno);
+    if (!S_ISDIR(st.st_mode)) return PosixError(StrCat("mkdir ", path), ENOTDIR);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return PosixError(StrCat("opendir ", dir), errno);
+    std::vector<std::string> names;
+    errno = 0;
+    while (struct dirent* e = ::readdir(d)) {
+      std::string_view name = e->d_name;
+      if (name != "." && name != "..") names.emplace_back(name);
+    }
+    int err = errno;
+    ::closedir(d);
+    if (err != 0) return PosixError(StrCat("readdir ", dir), err);
+    return names;
+  }
+
+  absl::StatusOr<FileStat> Stat(const std::string& path) override {
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0) return PosixError(StrCat("lstat ", path), errno);
+    return FileStat{static_cast<uint64_t>(st.st_size), S_ISDIR(st.st_mode) != 0,
+                    S_ISLNK(st.st_mode) != 0, S_ISREG(st.st_mode) != 0};
+  }
+
+  absl::StatusOr<FsSpace> Space(const std::string& path) override {
+    struct statvfs vfs;
+    if (::statvfs(path.c_str(), &vfs) != 0) return PosixError(StrCat("statvfs ", path), errno);
+    return FsSpace{static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize,
+                   static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize};
+  }
+
+  absl::StatusOr<std::string> RealPath(const std::string& path) override {
+    char* resolved = ::realpath(path.c_str(), nullptr);
+    if (resolved == nullptr) return PosixError(StrCat("realpath ", path), errno);
+    std::string out(resolved);
+    ::free(resolved);
+    return out;
   }
 };
 

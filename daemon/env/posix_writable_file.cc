@@ -1,0 +1,190 @@
+// Aligned-buffer file writer with O_DIRECT and a buffered fallback.
+#include "daemon/env/posix_writable_file.h"
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/env/posix_error.h"
+
+namespace ckptd::env {
+namespace {
+
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<char, FreeDeleter>;
+
+AlignedBuffer AllocateAligned(size_t n) {
+  void* p = nullptr;
+  if (::posix_memalign(&p, kDirectIoAlignment, n) != 0) return nullptr;
+  return AlignedBuffer(static_cast<char*>(p));
+}
+
+uint64_t AlignDown(uint64_t x) { return x & ~uint64_t{kDirectIoAlignment - 1}; }
+uint64_t AlignUpTo(uint64_t x) { return AlignDown(x + kDirectIoAlignment - 1); }
+
+class PosixWritableFile final : public WritableFile {
+ public:
+  PosixWritableFile(std::string path, ScopedFd fd, bool direct, AlignedBuffer buf)
+      : path_(std::move(path)), fd_(std::move(fd)), direct_(direct), buf_(std::move(buf)) {}
+
+  absl::Status Append(std::string_view data) override {
+    while (!data.empty()) {
+      size_t n = std::min(data.size(), kWriteBufferBytes - used_);
+      std::memcpy(buf_.get() + used_, data.data(), n);
+      used_ += n;
+      size_ += n;
+      data.remove_prefix(n);
+      if (used_ == kWriteBufferBytes) CKPTD_TRY(FlushFull());
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteAt(uint64_t offset, std::string_view data) override {
+    if (offset > size_ || data.size() > size_ - offset) {
+      return absl::OutOfRangeError(StrCat("write ", path_, ": patch past the end"));
+    }
+    // The part still in the buffer is patched in memory.
+    if (offset + data.size() > flushed_) {
+      uint64_t from = std::max(offset, flushed_);
+      size_t skip = from - offset;
+      std::memcpy(buf_.get() + (from - flushed_), data.data() + skip, data.size() - skip);
+      data = data.substr(0, skip);
+    }
+    if (data.empty()) return absl::OkStatus();
+    if (!direct_) return PwriteAll(data.data(), data.size(), offset);
+    // O_DIRECT: read-modify-write the aligned blocks around the patch.
+    uint64_t start = AlignDown(offset);
+    uint64_t end = AlignUpTo(offset + data.size());
+    AlignedBuffer tmp = AllocateAligned(end - start);
+    if (tmp == nullptr) return absl::ResourceExhaustedError("out of memory for a header patch");
+    CKPTD_TRY(PreadAll(tmp.get(), end - start, start));
+    std::memcpy(tmp.get() + (offset - start), data.data(), data.size());
+    CKPTD_TRY(PwriteAll(tmp.get(), end - start, start));
+    if (end > size_ && ::ftruncate(fd_.get(), static_cast<off_t>(size_)) != 0) {
+      return PosixError(StrCat("ftruncate ", path_), errno);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Sync() override {
+    if (used_ > 0) {
+      size_t n = direct_ ? AlignUpTo(used_) : used_;
+      std::memset(buf_.get() + used_, 0, n - used_);
+      CKPTD_TRY(PwriteAll(buf_.get(), n, flushed_));
+      if (n != used_ && ::ftruncate(fd_.get(), static_cast<off_t>(size_)) != 0) {
+        return PosixError(StrCat("ftruncate ", path_), errno);
+      }
+      // Keep the tail in the buffer so later appends stay aligned: move the
+      // flushed mark back to the tail's aligned start.
+      uint64_t keep_from = AlignDown(used_);
+      if (direct_) {
+        std::memmove(buf_.get(), buf_.get() + keep_from, used_ - keep_from);
+        flushed_ += keep_from;
+        used_ -= keep_from;
+      } else {
+        flushed_ += used_;
+        used_ = 0;
+      }
+    }
+    if (::fdatasync(fd_.get()) != 0) return PosixError(StrCat("fdatasync ", path_), errno);
+    return absl::OkStatus();
+  }
+
+  absl::Status Close() override {
+    int fd = fd_.release();
+    if (fd >= 0 && ::close(fd) != 0) return PosixError(StrCat("close ", path_), errno);
+    return absl::OkStatus();
+  }
+
+  uint64_t size() const override { return size_; }
+  bool direct() const override { return direct_; }
+  const std::string& path() const override { return path_; }
+
+ private:
+  absl::Status FlushFull() {
+    CKPTD_TRY(PwriteAll(buf_.get(), used_, flushed_));
+    flushed_ += used_;
+    used_ = 0;
+    return absl::OkStatus();
+  }
+
+  absl::Status PwriteAll(const char* p, size_t n, uint64_t offset) {
+    while (n > 0) {
+      ssize_t w = ::pwrite(fd_.get(), p, n, static_cast<off_t>(offset));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EINVAL && direct_) {
+          // Some filesystems accept O_DIRECT at open and refuse the I/O:
+          // fall back to buffered writes for the rest of the file.
+          if (::fcntl(fd_.get(), F_SETFL, ::fcntl(fd_.get(), F_GETFL) & ~O_DIRECT) == 0) {
+            direct_ = false;
+            continue;
+          }
+        }
+        return PosixError(StrCat("write ", path_), errno);
+      }
+      p += w;
+      n -= static_cast<size_t>(w);
+      offset += static_cast<uint64_t>(w);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status PreadAll(char* p, size_t n, uint64_t offset) {
+    while (n > 0) {
+      ssize_t r = ::pread(fd_.get(), p, n, static_cast<off_t>(offset));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return PosixError(StrCat("pread ", path_), errno);
+      if (r == 0) {  // past the end: the rest of the block reads as zeros
+        std::memset(p, 0, n);
+        return absl::OkStatus();
+      }
+      p += r;
+      n -= static_cast<size_t>(r);
+      offset += static_cast<uint64_t>(r);
+    }
+    return absl::OkStatus();
+  }
+
+  std::string path_;
+  ScopedFd fd_;
+  bool direct_;
+  AlignedBuffer buf_;
+  size_t used_ = 0;        // bytes in buf_, starting at file offset flushed_
+  uint64_t flushed_ = 0;   // file offset of buf_[0]; always aligned under O_DIRECT
+  uint64_t size_ = 0;      // logical file size
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WritableFile>> OpenPosixWritableFile(const std::string& path,
+                                                                    DirectIo direct) {
+  const int flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
+  bool use_direct = direct == DirectIo::kAuto;
+  int fd = use_direct ? ::open(path.c_str(), flags | O_DIRECT, 0644) : -1;
+  if (use_direct && fd < 0 && errno == EINVAL) {
+    use_direct = false;  // tmpfs and friends: no O_DIRECT
+  } else if (use_direct && fd < 0) {
+    return PosixError(StrCat("open ", path), errno);
+  }
+  if (!use_direct) {
+    fd = ::open(path.c_str(), flags, 0644);
+    if (fd < 0) return PosixError(StrCat("open ", path), errno);
+  }
+  AlignedBuffer buf = AllocateAligned(kWriteBufferBytes);
+  if (buf == nullptr) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    return absl::ResourceExhaustedError(StrCat("open ", path, ": no memory for a write buffer"));
+  }
+  return std::make_unique<PosixWritableFile>(path, ScopedFd(fd), use_direct, std::move(buf));
+}
+
+}  // namespace ckptd::env
