@@ -66,7 +66,7 @@ struct FileStat {
 };
 
 struct FsSpace {
-  uint64_t free_bytes = 0;   // available to unprivileged users
+  uint64_t free_bytes = 0;  // available to unprivileged users
   uint64_t total_bytes = 0;
 };
 
@@ -77,7 +77,8 @@ class Env {
   // The process-wide POSIX implementation; never destroyed.
   static Env* Default();
 
-  virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(const std::string& path) = 0;
+  virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(
+      const std::string& path) = 0;
   virtual absl::StatusOr<std::unique_ptr<MappedFile>> MapForRead(const std::string& path) = 0;
   // Creates a new file (fails if it exists), mode 0644.
   virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,

@@ -51,11 +51,13 @@ absl::StatusOr<Rules> ParseSpec(const std::string& spec) {
   Rules rules;
   for (const std::string& rule : Split(spec, ';', true)) {
     std::vector<std::string> kv = Split(rule, '=');
-    if (kv.size() != 2) return absl::InvalidArgumentError(StrCat("fault spec: bad rule '", rule, "'"));
+    if (kv.size() != 2)
+      return absl::InvalidArgumentError(StrCat("fault spec: bad rule '", rule, "'"));
     std::vector<std::string> args = Split(kv[1], ':');
     uint64_t n = 0;
     if (kv[0] == "enospc_after_bytes") {
-      if (!absl::SimpleAtoi(kv[1], &n)) return absl::InvalidArgumentError("fault spec: bad byte count");
+      if (!absl::SimpleAtoi(kv[1], &n))
+        return absl::InvalidArgumentError("fault spec: bad byte count");
       rules.enospc_after_bytes = n;
       continue;
     }
@@ -92,7 +94,8 @@ class Faults {
       std::this_thread::sleep_for(std::chrono::milliseconds(rules_.delay_ms[op]));
     }
     if (rules_.crash_before[op] == n) Crash(op, n, "before");
-    if (rules_.fail_at[op] == n) return PosixError(StrCat(kOpNames[op], " ", what), rules_.fail_errno[op]);
+    if (rules_.fail_at[op] == n)
+      return PosixError(StrCat(kOpNames[op], " ", what), rules_.fail_errno[op]);
     auto result = call();
     if (rules_.crash_after[op] == n) Crash(op, n, "after");
     return result;
@@ -134,7 +137,9 @@ class FaultWritableFile final : public WritableFile {
   absl::Status WriteAt(uint64_t offset, std::string_view data) override {
     return faults_->Run(kWrite, path(), [&] { return base_->WriteAt(offset, data); });
   }
-  absl::Status Sync() override { return faults_->Run(kSync, path(), [&] { return base_->Sync(); }); }
+  absl::Status Sync() override {
+    return faults_->Run(kSync, path(), [&] { return base_->Sync(); });
+  }
   absl::Status Close() override {
     return faults_->Run(kClose, path(), [&] { return base_->Close(); });
   }

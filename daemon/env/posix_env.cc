@@ -48,7 +48,8 @@ class PosixRandomAccessFile final : public RandomAccessFile {
         if (errno == EINTR) continue;
         return PosixError(StrCat("pread ", path()), errno);
       }
-      if (r == 0) return absl::DataLossError(StrCat("read ", path(), ": file shrank while reading"));
+      if (r == 0)
+        return absl::DataLossError(StrCat("read ", path(), ": file shrank while reading"));
       out += r;
       offset += static_cast<uint64_t>(r);
       n -= static_cast<size_t>(r);

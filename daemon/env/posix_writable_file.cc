@@ -157,9 +157,9 @@ class PosixWritableFile final : public WritableFile {
   ScopedFd fd_;
   bool direct_;
   AlignedBuffer buf_;
-  size_t used_ = 0;        // bytes in buf_, starting at file offset flushed_
-  uint64_t flushed_ = 0;   // file offset of buf_[0]; always aligned under O_DIRECT
-  uint64_t size_ = 0;      // logical file size
+  size_t used_ = 0;       // bytes in buf_, starting at file offset flushed_
+  uint64_t flushed_ = 0;  // file offset of buf_[0]; always aligned under O_DIRECT
+  uint64_t size_ = 0;     // logical file size
 };
 
 }  // namespace

@@ -31,7 +31,9 @@ void WriteAndCheck(const std::string& dir, DirectIo mode, uint64_t seed,
   std::string path = dir + "/f" + std::to_string(seed);
   auto file = env->NewWritableFile(path, mode);
   ASSERT_TRUE(file.ok()) << file.status();
-  if (expect_direct) EXPECT_EQ((*file)->direct(), *expect_direct);
+  if (expect_direct) {
+    EXPECT_EQ((*file)->direct(), *expect_direct);
+  }
   for (size_t at = 0; at < total;) {
     size_t n = std::min<size_t>(total - at, 1 + rng() % (3 << 20));
     ASSERT_TRUE((*file)->Append(std::string_view(want).substr(at, n)).ok());
@@ -66,7 +68,8 @@ TEST(WritableFileTest, DirectIoContentIsExact) {
     ASSERT_TRUE(probe.ok());
     direct_ok = (*probe)->direct();
   }
-  for (uint64_t seed = 1; seed <= 4; ++seed) WriteAndCheck(dir.path(), DirectIo::kAuto, seed, direct_ok);
+  for (uint64_t seed = 1; seed <= 4; ++seed)
+    WriteAndCheck(dir.path(), DirectIo::kAuto, seed, direct_ok);
 }
 
 TEST(WritableFileTest, BufferedContentIsExact) {
@@ -128,7 +131,8 @@ TEST(FaultEnvTest, FailsTheNthCallAndRunsOutOfSpace) {
 }
 
 TEST(FaultEnvTest, BadSpecsAreRejected) {
-  for (const char* spec : {"crash_before=rename", "fail=sync:1:EWHAT", "frob=1", "delay=teleport:1"}) {
+  for (const char* spec :
+       {"crash_before=rename", "fail=sync:1:EWHAT", "frob=1", "delay=teleport:1"}) {
     EXPECT_FALSE(NewFaultInjectionEnv(Env::Default(), spec).ok()) << spec;
   }
 }
