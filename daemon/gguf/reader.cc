@@ -17,7 +17,10 @@ namespace {
 // allocating anything for them.
 constexpr uint64_t kMinKvBytes = 8 + 1 + 4 + 1;                  // key, type, u8 value
 constexpr uint64_t kMinTensorInfoBytes = 8 + 1 + 4 + 8 + 4 + 8;  // name, 1 dim
-constexpr size_t kWindow = 64 * 1024;
+// Read window: starts small (most headers are a few KiB, and listing
+// thousands of checkpoints reads only headers) and doubles on each refill.
+constexpr size_t kFirstWindow = 8 * 1024;
+constexpr size_t kMaxWindow = 1024 * 1024;
 // Caps that keep a hostile header from costing more memory than a real
 // model ever needs (vocabularies are ~256k tokens, models ~100k tensors).
 constexpr uint64_t kMaxArrayElements = uint64_t{1} << 24;
@@ -73,7 +76,8 @@ class Cursor {
 
  private:
   absl::Status Fill() {
-    size_t n = std::min<uint64_t>(kWindow, size_ - offset_);
+    size_t n = std::min<uint64_t>(window_, size_ - offset_);
+    window_ = std::min(window_ * 2, kMaxWindow);
     win_.resize(n);
     win_start_ = offset_;
     return src_.ReadAt(offset_, n, win_.data());
@@ -83,6 +87,7 @@ class Cursor {
   uint64_t size_;
   uint64_t offset_ = 0;
   uint64_t win_start_ = 0;
+  size_t window_ = kFirstWindow;
   std::string win_;
 };
 

@@ -98,6 +98,18 @@ absl::Status Writer::WriteData(std::string_view bytes) {
   return absl::OkStatus();
 }
 
+absl::Status Writer::SetSlot(std::string_view key, Value value) {
+  const Value* old = layout_.metadata.Find(key);
+  if (old == nullptr || EncodedValueSize(*old) != EncodedValueSize(value) ||
+      old->type() != value.type()) {
+    return absl::InvalidArgumentError(
+        StrCat("metadata slot '", key, "' is missing or has another type or size"));
+  }
+  layout_.metadata.Set(std::string(key), std::move(value));
+  slots_set_ = true;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ContentDigest> Writer::Finish() {
   if (!header_written_ || finished_) {
     return absl::FailedPreconditionError("GGUF writer finished twice or before its header");
@@ -119,10 +131,9 @@ absl::StatusOr<ContentDigest> Writer::Finish() {
   digest_.content = builder.Finish();
   digest_.uuid = UuidFromDigest(digest_.content);
   finished_ = true;
-  if (layout_.has_digest_slots) {
-    FillDigestSlots(digest_, &layout_);
-    CKPTD_TRY(sink_->WriteAt(0, EncodeHeader(layout_)));
-  }
+  if (layout_.has_digest_slots) FillDigestSlots(digest_, &layout_);
+  // Rewrites the header when it holds slots (digests, or values set later).
+  if (layout_.has_digest_slots || slots_set_) CKPTD_TRY(sink_->WriteAt(0, EncodeHeader(layout_)));
   return digest_;
 }
 

@@ -50,6 +50,10 @@ class Writer {
   // when the layout reserved digest slots, rewrites the header with them.
   absl::StatusOr<ContentDigest> Finish();
 
+  // Replaces a metadata value before Finish() rewrites the header; the new
+  // value must encode to exactly the same size (a fixed-width slot).
+  absl::Status SetSlot(std::string_view key, Value value);
+
   const Layout& layout() const { return layout_; }
   uint64_t bytes_written() const { return position_; }
   // Index of the tensor the next WriteData byte belongs to.
@@ -63,6 +67,7 @@ class Writer {
   Sink* sink_;
   bool header_written_ = false;
   bool finished_ = false;
+  bool slots_set_ = false;
   uint64_t position_ = 0;  // bytes appended to the sink
   size_t tensor_ = 0;      // tensor being filled
   uint64_t tensor_filled_ = 0;

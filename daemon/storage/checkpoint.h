@@ -1,0 +1,60 @@
+// What ckptd writes into and reads back from a checkpoint's header: the
+// provenance key names (documented in the README) and the catalog record
+// rebuilt from a committed file's header, without reading tensor data.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "daemon/env/env.h"
+#include "daemon/gguf/reader.h"
+
+namespace ckptd::storage {
+
+inline constexpr std::string_view kKeyRole = "ckpt.role";  // "model" | "train"
+inline constexpr std::string_view kKeyRunId = "ckpt.run_id";
+inline constexpr std::string_view kKeyStep = "ckpt.step";
+inline constexpr std::string_view kKeyTimeUtc = "ckpt.time_utc";
+inline constexpr std::string_view kKeyDaemonVersion = "ckpt.daemon.version";
+inline constexpr std::string_view kKeyDaemonHost = "ckpt.daemon.host";
+inline constexpr std::string_view kKeyTransport = "ckpt.transport";
+inline constexpr std::string_view kKeyClientPid = "ckpt.client.pid";
+inline constexpr std::string_view kKeyParentUuid = "ckpt.parent_uuid";
+inline constexpr std::string_view kKeyModelDigest = "ckpt.model_content_digest";  // train file
+inline constexpr std::string_view kMetricsPrefix = "ckpt.metrics.";
+inline constexpr std::string_view kTrainerPrefix = "ckpt.trainer.";
+
+struct CheckpointRecord {
+  uint64_t step = 0;
+  std::string model_path;  // absolute
+  std::string train_path;  // absolute, "" if none
+  uint64_t model_bytes = 0;
+  uint64_t train_bytes = 0;
+  std::string uuid;
+  std::string content_digest;
+  std::string time_utc;
+  std::string parent_uuid;
+  std::map<std::string, double> metrics;
+  uint32_t tensor_count = 0;
+};
+
+// Fills uuid, digest, time, parent, metrics and tensor count from a model
+// file's header.
+void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRecord* r);
+
+// Reads step_N.gguf's header (and step_N.train.gguf's when train_path is
+// set) into a record; never reads tensor data.
+absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t step,
+                                                      const std::string& model_path,
+                                                      const std::string& train_path);
+
+// The string value of `key`, or "" when absent or not a string.
+std::string StringValue(const gguf::Metadata& md, std::string_view key);
+
+// Reads and parses a GGUF file's header.
+absl::StatusOr<gguf::GgufFile> ReadGgufHeader(env::Env* env, const std::string& path);
+
+}  // namespace ckptd::storage

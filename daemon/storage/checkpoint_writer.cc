@@ -1,0 +1,146 @@
+// Temp-file writing of one checkpoint (model file + optional train file).
+#include "daemon/storage/checkpoint_writer.h"
+
+#include <algorithm>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/storage/checkpoint.h"
+#include "daemon/storage/file_names.h"
+
+namespace ckptd::storage {
+namespace {
+
+// gguf::Sink onto an env::WritableFile.
+class FileSink final : public gguf::Sink {
+ public:
+  explicit FileSink(env::WritableFile* file) : file_(file) {}
+  absl::Status Append(std::string_view bytes) override { return file_->Append(bytes); }
+  absl::Status WriteAt(uint64_t offset, std::string_view bytes) override {
+    return file_->WriteAt(offset, bytes);
+  }
+
+ private:
+  env::WritableFile* file_;
+};
+
+}  // namespace
+
+struct CheckpointWriter::File {
+  gguf::Layout layout;
+  std::unique_ptr<env::WritableFile> file;
+  std::unique_ptr<FileSink> sink;
+  std::unique_ptr<gguf::Writer> writer;
+  WrittenFile written;
+};
+
+const WrittenFile& CheckpointWriter::model() const { return model_->written; }
+const WrittenFile* CheckpointWriter::train() const { return train_ ? &train_->written : nullptr; }
+const gguf::Layout& CheckpointWriter::model_layout() const { return model_->writer->layout(); }
+
+CheckpointWriter::CheckpointWriter(env::Env* env, std::string weights_dir, uint64_t step)
+    : env_(env), weights_dir_(std::move(weights_dir)), step_(step) {}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (released_) return;
+  for (File* f : {model_.get(), train_.get()}) {
+    if (f == nullptr || f->written.temp_path.empty()) continue;
+    f->file.reset();  // close before unlinking
+    (void)env_->RemoveFile(f->written.temp_path);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(env::Env* env,
+                                                                           std::string weights_dir,
+                                                                           SavePlan plan) {
+  std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(env, std::move(weights_dir), plan.step));
+  std::vector<gguf::TensorSpec> model_specs, train_specs;
+  for (const PlannedTensor& t : plan.tensors) {
+    (t.group == TensorGroup::kTrain ? train_specs : model_specs).push_back(t.spec);
+  }
+  gguf::PlanOptions options{.alignment = plan.alignment};
+  auto model_layout = gguf::PlanLayout(std::move(plan.model_metadata), model_specs, options);
+  if (!model_layout.ok()) return model_layout.status();
+  w->model_ = std::make_unique<File>();
+  w->model_->layout = std::move(*model_layout);
+  w->model_->written.final_name = ModelFileName(plan.step);
+  if (!train_specs.empty()) {
+    plan.train_metadata.Set(std::string(kKeyModelDigest), gguf::ContentDigestPlaceholder());
+    auto train_layout = gguf::PlanLayout(std::move(plan.train_metadata), train_specs, options);
+    if (!train_layout.ok()) {
+      return absl::InvalidArgumentError(
+          StrCat("training-state file: ", train_layout.status().message()));
+    }
+    w->train_ = std::make_unique<File>();
+    w->train_->layout = std::move(*train_layout);
+    w->train_->written.final_name = TrainFileName(plan.step);
+  }
+  for (const PlannedTensor& t : plan.tensors) {
+    w->route_.push_back(t.group == TensorGroup::kTrain ? w->train_.get() : w->model_.get());
+    uint64_t n = *gguf::TensorBytes(t.spec.type, t.spec.ne);  // validated by PlanLayout
+    w->sizes_.push_back(n);
+    w->data_bytes_ += n;
+  }
+  // Open the train file first so its temp exists no longer than the model's.
+  if (w->train_) CKPTD_TRY(w->Open(w->train_.get()));
+  CKPTD_TRY(w->Open(w->model_.get()));
+  return w;
+}
+
+absl::Status CheckpointWriter::Open(File* f) {
+  std::string path = StrCat(weights_dir_, "/", TempFileName(f->written.final_name));
+  CKPTD_ASSIGN_OR_RETURN(f->file, env_->NewWritableFile(path, env::DirectIo::kAuto));
+  f->written.temp_path = path;
+  f->sink = std::make_unique<FileSink>(f->file.get());
+  f->writer = std::make_unique<gguf::Writer>(f->layout, f->sink.get());
+  return f->writer->WriteHeader();
+}
+
+uint64_t CheckpointWriter::planned_bytes() const {
+  return model_->layout.file_size + (train_ ? train_->layout.file_size : 0);
+}
+
+absl::Status CheckpointWriter::WriteData(std::string_view bytes) {
+  while (!bytes.empty()) {
+    if (tensor_ >= sizes_.size()) {
+      return absl::InvalidArgumentError(StrCat("received ", bytes.size(),
+                                               " bytes past the last tensor (", data_bytes_,
+                                               " bytes were declared)"));
+    }
+    size_t n = std::min<uint64_t>(bytes.size(), sizes_[tensor_] - filled_);
+    CKPTD_TRY(route_[tensor_]->writer->WriteData(bytes.substr(0, n)));
+    filled_ += n;
+    received_ += n;
+    bytes.remove_prefix(n);
+    if (filled_ == sizes_[tensor_]) {
+      ++tensor_;
+      filled_ = 0;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::FinishFile(File* f) {
+  CKPTD_ASSIGN_OR_RETURN(f->written.digest, f->writer->Finish());
+  CKPTD_TRY(f->file->Sync());
+  CKPTD_TRY(f->file->Close());
+  f->written.bytes = f->file->size();
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::Finish() {
+  if (received_ != data_bytes_) {
+    return absl::InvalidArgumentError(StrCat("stream ended after ", received_, " of ", data_bytes_,
+                                             " tensor bytes (tensor ", tensor_, " incomplete)"));
+  }
+  CKPTD_TRY(FinishFile(model_.get()));
+  if (train_) {
+    CKPTD_TRY(train_->writer->SetSlot(
+        kKeyModelDigest,
+        gguf::Value::String(gguf::ContentDigestString(model_->written.digest.content))));
+    CKPTD_TRY(FinishFile(train_.get()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ckptd::storage

@@ -1,0 +1,93 @@
+// Writes one checkpoint's files under temporary names, as bytes arrive, in a
+// single pass that writes and hashes: step_N.gguf (model tensors) and, when
+// the save has training-state tensors, step_N.train.gguf, which records the
+// model file's content digest. Finish() makes both durable; RunDir::Commit
+// renames them. Until then nothing but temp files exist, and the destructor
+// removes those. Memory is one write buffer per file, whatever the size.
+// Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/env/env.h"
+#include "daemon/gguf/writer.h"
+
+namespace ckptd::storage {
+
+enum class TensorGroup { kModel, kTrain };
+
+struct PlannedTensor {
+  gguf::TensorSpec spec;
+  TensorGroup group = TensorGroup::kModel;
+};
+
+struct SavePlan {
+  uint64_t step = 0;
+  gguf::Metadata model_metadata;       // provenance included; digest slots are added
+  gguf::Metadata train_metadata;       // used when any tensor is in the train group
+  std::vector<PlannedTensor> tensors;  // in the order their bytes arrive
+  uint32_t alignment = gguf::kDefaultAlignment;
+  env::DirectIo direct_io = env::DirectIo::kAuto;
+};
+
+struct WrittenFile {
+  std::string temp_path;
+  std::string final_name;
+  uint64_t bytes = 0;
+  gguf::ContentDigest digest;
+};
+
+class CheckpointWriter {
+ public:
+  // Validates and plans both files, then creates their temp files in
+  // weights_dir. Fails with INVALID_ARGUMENT naming the bad tensor or key.
+  static absl::StatusOr<std::unique_ptr<CheckpointWriter>> Create(env::Env* env,
+                                                                  std::string weights_dir,
+                                                                  SavePlan plan);
+  ~CheckpointWriter();  // removes temp files unless Release()d by a commit
+
+  uint64_t step() const { return step_; }
+  uint64_t data_bytes() const { return data_bytes_; }  // tensor bytes expected
+  uint64_t planned_bytes() const;                      // both files' sizes
+  uint64_t received_bytes() const { return received_; }
+  bool has_train() const { return train_ != nullptr; }
+
+  // Tensor bytes in plan order, any chunking. More than planned is an error.
+  absl::Status WriteData(std::string_view bytes);
+  // Fails unless every byte arrived; finishes both files (digests patched,
+  // the model digest recorded in the train file), fdatasyncs and closes them.
+  absl::Status Finish();
+
+  const WrittenFile& model() const;
+  const WrittenFile* train() const;
+  // The model file's header as written (digests filled in after Finish()).
+  const gguf::Layout& model_layout() const;
+  // Called by the commit once the temps have been renamed away.
+  void Release() { released_ = true; }
+
+ private:
+  struct File;
+  CheckpointWriter(env::Env* env, std::string weights_dir, uint64_t step);
+  absl::Status Open(File* file);
+  absl::Status FinishFile(File* file);
+
+  env::Env* env_;
+  std::string weights_dir_;
+  uint64_t step_;
+  std::vector<File*> route_;  // per tensor, in arrival order
+  std::vector<uint64_t> sizes_;
+  size_t tensor_ = 0;
+  uint64_t filled_ = 0;
+  uint64_t data_bytes_ = 0;
+  uint64_t received_ = 0;
+  bool released_ = false;
+  std::unique_ptr<File> model_;
+  std::unique_ptr<File> train_;
+};
+
+}  // namespace ckptd::storage

@@ -1,0 +1,169 @@
+// Run directory: recovery, catalog, commit and `latest`.
+#include "daemon/storage/run_dir.h"
+
+#include <set>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/gguf/layout.h"
+#include "daemon/storage/file_names.h"
+
+namespace ckptd::storage {
+
+RunDir::RunDir(env::Env* env, std::string run_dir)
+    : env_(env), run_dir_(std::move(run_dir)), weights_dir_(StrCat(run_dir_, "/", kWeightsDir)) {}
+
+absl::StatusOr<std::unique_ptr<RunDir>> RunDir::Open(env::Env* env, const std::string& run_dir,
+                                                     RecoveryReport* report) {
+  std::unique_ptr<RunDir> dir(new RunDir(env, run_dir));
+  CKPTD_TRY(env->CreateDirs(dir->weights_dir_));
+  RecoveryReport local;
+  CKPTD_TRY(dir->Recover(report ? report : &local));
+  return dir;
+}
+
+absl::Status RunDir::Recover(RecoveryReport* report) {
+  CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
+  std::set<uint64_t> models, trains;
+  bool changed = false;
+  auto remove = [&](const std::string& name) -> absl::Status {
+    CKPTD_TRY(env_->RemoveFile(PathOf(name)));
+    report->removed.push_back(PathOf(name));
+    changed = true;
+    return absl::OkStatus();
+  };
+  for (const std::string& name : names) {
+    auto parsed = ParseFileName(name);
+    if (!parsed) continue;  // not ours: never touched
+    switch (parsed->kind) {
+      case FileKind::kModelTemp:
+      case FileKind::kTrainTemp:
+      case FileKind::kLatestTemp:
+        CKPTD_TRY(remove(name));
+        break;
+      case FileKind::kModel:
+        models.insert(parsed->step);
+        break;
+      case FileKind::kTrain:
+        trains.insert(parsed->step);
+        break;
+      case FileKind::kLatest:
+        break;
+    }
+  }
+  for (uint64_t step : models) {
+    std::string model_path = PathOf(ModelFileName(step));
+    auto record = ReadCheckpointRecord(env_, step, model_path, "");
+    if (!record.ok()) {
+      report->unreadable.push_back(std::string(record.status().message()));
+      continue;
+    }
+    if (trains.erase(step) > 0) {
+      // A train file belongs to this model file only if it recorded its digest
+      // (an interrupted overwrite can leave the previous one behind).
+      std::string train_path = PathOf(TrainFileName(step));
+      auto train = ReadGgufHeader(env_, train_path);
+      if (train.ok() && StringValue(train->metadata, kKeyModelDigest) == record->content_digest) {
+        record->train_path = train_path;
+        record->train_bytes = train->file_size;
+      } else {
+        CKPTD_TRY(remove(TrainFileName(step)));
+      }
+    }
+    catalog_.emplace(step, std::move(*record));
+  }
+  for (uint64_t step : trains) CKPTD_TRY(remove(TrainFileName(step)));  // no model file: orphan
+  if (changed) CKPTD_TRY(env_->SyncDir(weights_dir_));
+
+  std::optional<uint64_t> want = latest_step();
+  auto target = env_->ReadLink(PathOf(std::string(kLatestName)));
+  bool ok = want ? (target.ok() && *target == ModelFileName(*want)) : !target.ok();
+  if (!ok) {
+    CKPTD_TRY(PointLatestAt(want));
+    report->latest_repaired = true;
+  }
+  return absl::OkStatus();
+}
+
+std::optional<uint64_t> RunDir::latest_step() const {
+  if (catalog_.empty()) return std::nullopt;
+  return catalog_.rbegin()->first;
+}
+
+const CheckpointRecord* RunDir::Find(uint64_t step) const {
+  auto it = catalog_.find(step);
+  return it == catalog_.end() ? nullptr : &it->second;
+}
+
+uint64_t RunDir::total_bytes() const {
+  uint64_t total = 0;
+  for (const auto& [step, r] : catalog_) total += r.model_bytes + r.train_bytes;
+  return total;
+}
+
+absl::Status RunDir::CheckCanSave(uint64_t step, Overwrite overwrite) const {
+  if (overwrite == Overwrite::kYes) return absl::OkStatus();
+  if (const CheckpointRecord* r = Find(step)) {
+    return absl::AlreadyExistsError(StrCat("step ", step, " is already committed (", r->model_path,
+                                           "); pass overwrite to replace it"));
+  }
+  if (auto last = latest_step(); last && step < *last) {
+    return absl::FailedPreconditionError(StrCat("step ", step, " is below the last committed step ",
+                                                *last, "; pass overwrite to roll back"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunDir::PointLatestAt(std::optional<uint64_t> step) {
+  std::string latest = PathOf(std::string(kLatestName));
+  if (!step) {
+    absl::Status st = env_->RemoveFile(latest);
+    if (!st.ok() && !absl::IsNotFound(st)) return st;
+    return env_->SyncDir(weights_dir_);
+  }
+  // Like leveldb's CURRENT: a new link under a temp name, renamed over.
+  std::string tmp = PathOf(TempFileName(kLatestName));
+  CKPTD_TRY(env_->Symlink(ModelFileName(*step), tmp));
+  if (absl::Status st = env_->RenameFile(tmp, latest); !st.ok()) {
+    (void)env_->RemoveFile(tmp);
+    return st;
+  }
+  return env_->SyncDir(weights_dir_);
+}
+
+absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwrite overwrite) {
+  const uint64_t step = writer->step();
+  CKPTD_TRY(CheckCanSave(step, overwrite));
+  const CheckpointRecord* old = Find(step);
+  const bool stale_train = old != nullptr && !old->train_path.empty() && !writer->has_train();
+
+  if (const WrittenFile* train = writer->train()) {
+    CKPTD_TRY(env_->RenameFile(train->temp_path, PathOf(train->final_name)));
+  }
+  // The commit point: from here the checkpoint exists.
+  absl::Status renamed =
+      env_->RenameFile(writer->model().temp_path, PathOf(writer->model().final_name));
+  if (!renamed.ok()) {
+    if (writer->has_train() && old == nullptr) (void)env_->RemoveFile(PathOf(TrainFileName(step)));
+    return renamed;
+  }
+  writer->Release();
+  if (stale_train) CKPTD_TRY(env_->RemoveFile(old->train_path));
+  CKPTD_TRY(env_->SyncDir(weights_dir_));
+
+  CheckpointRecord record;
+  record.step = step;
+  record.model_path = PathOf(writer->model().final_name);
+  record.model_bytes = writer->model().bytes;
+  if (const WrittenFile* train = writer->train()) {
+    record.train_path = PathOf(train->final_name);
+    record.train_bytes = train->bytes;
+  }
+  const gguf::Layout& layout = writer->model_layout();
+  FillFromHeader(layout.metadata, layout.tensors.size(), &record);
+  catalog_[step] = record;
+  if (latest_step() == step) CKPTD_TRY(PointLatestAt(step));
+  return record;
+}
+
+}  // namespace ckptd::storage

@@ -1,0 +1,64 @@
+// A run's directory: <run_dir>/weights/ with its committed checkpoints,
+// `latest`, startup recovery and the catalog rebuilt from file headers (the
+// files are the truth). Not thread-safe: the caller serializes access per run.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/env/env.h"
+#include "daemon/storage/checkpoint.h"
+#include "daemon/storage/checkpoint_writer.h"
+
+namespace ckptd::storage {
+
+struct RecoveryReport {
+  std::vector<std::string> removed;     // temp files and orphaned train files
+  std::vector<std::string> unreadable;  // committed files whose header fails to parse
+  bool latest_repaired = false;
+};
+
+enum class Overwrite { kNo, kYes };
+
+class RunDir {
+ public:
+  // Creates weights/ if needed, removes temp files and orphaned train files,
+  // repoints `latest` at the highest committed step, and loads the catalog.
+  static absl::StatusOr<std::unique_ptr<RunDir>> Open(env::Env* env, const std::string& run_dir,
+                                                      RecoveryReport* report);
+
+  const std::string& run_dir() const { return run_dir_; }
+  const std::string& weights_dir() const { return weights_dir_; }
+  const std::map<uint64_t, CheckpointRecord>& catalog() const { return catalog_; }
+  std::optional<uint64_t> latest_step() const;
+  const CheckpointRecord* Find(uint64_t step) const;
+  uint64_t total_bytes() const;
+
+  // Checks, before a byte is written, that `step` may be saved: ALREADY_EXISTS
+  // for a committed step and FAILED_PRECONDITION below the last one, unless
+  // overwrite.
+  absl::Status CheckCanSave(uint64_t step, Overwrite overwrite) const;
+
+  // The commit: renames the train file then the model file (the commit
+  // point), fsyncs the directory, then repoints `latest` if this is the
+  // highest step. A stale train file of an overwritten step is removed.
+  absl::StatusOr<CheckpointRecord> Commit(CheckpointWriter* writer, Overwrite overwrite);
+
+ private:
+  RunDir(env::Env* env, std::string run_dir);
+  absl::Status Recover(RecoveryReport* report);
+  absl::Status PointLatestAt(std::optional<uint64_t> step);
+  std::string PathOf(const std::string& name) const { return weights_dir_ + "/" + name; }
+
+  env::Env* env_;
+  std::string run_dir_;
+  std::string weights_dir_;
+  std::map<uint64_t, CheckpointRecord> catalog_;
+};
+
+}  // namespace ckptd::storage

@@ -1,0 +1,52 @@
+// The weights/ file-name grammar: builders and the parser agree, and names
+// that are not exactly ours never parse (so recovery never touches them).
+#include "daemon/storage/file_names.h"
+
+#include <gtest/gtest.h>
+
+namespace ckptd::storage {
+namespace {
+
+TEST(FileNamesTest, BuildersRoundTrip) {
+  for (uint64_t step : {0ull, 1ull, 1200ull, 18446744073709551615ull}) {
+    auto m = ParseFileName(ModelFileName(step));
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->kind, FileKind::kModel);
+    EXPECT_EQ(m->step, step);
+    auto t = ParseFileName(TrainFileName(step));
+    ASSERT_TRUE(t);
+    EXPECT_EQ(t->kind, FileKind::kTrain);
+    auto mt = ParseFileName(TempFileName(ModelFileName(step)));
+    ASSERT_TRUE(mt);
+    EXPECT_EQ(mt->kind, FileKind::kModelTemp);
+    EXPECT_EQ(mt->step, step);
+    EXPECT_EQ(ParseFileName(TempFileName(TrainFileName(step)))->kind, FileKind::kTrainTemp);
+  }
+  EXPECT_EQ(ModelFileName(1200), "step_1200.gguf");
+  EXPECT_EQ(TrainFileName(7), "step_7.train.gguf");
+  EXPECT_EQ(ParseFileName("latest")->kind, FileKind::kLatest);
+  EXPECT_EQ(ParseFileName(TempFileName("latest"))->kind, FileKind::kLatestTemp);
+  EXPECT_NE(TempFileName("latest"), TempFileName("latest"));
+}
+
+TEST(FileNamesTest, ForeignNamesDoNotParse) {
+  for (const char* name :
+       {"step_01.gguf", "step_.gguf", "step_1.ggufx", "step_1.gguf.bak", "step_-1.gguf",
+        "step_18446744073709551616.gguf", "Step_1.gguf", "step_1.train.gguf.tmp",
+        ".step_1.gguf.tmp-", ".step_1.gguf.tmp-XYZ", ".step_1.gguf", "latest2", ".latest",
+        "model.gguf", "step_1-00001-of-00002.gguf", "", ".", ".tmp-00", "..step_1.gguf.tmp-ab"}) {
+    EXPECT_FALSE(ParseFileName(name).has_value()) << name;
+  }
+}
+
+TEST(FileNamesTest, RunIds) {
+  for (const char* ok : {"a", "run-1", "llama_7b.ft.v2", "A0"}) EXPECT_TRUE(IsValidRunId(ok)) << ok;
+  EXPECT_TRUE(IsValidRunId(std::string(128, 'x')));
+  for (const char* bad : {"", ".", "..", "a/b", "../x", "a b", "r\xc3\xa9", "a\n"}) {
+    EXPECT_FALSE(IsValidRunId(bad)) << bad;
+  }
+  EXPECT_FALSE(IsValidRunId(std::string(129, 'x')));
+}
+
+}  // namespace
+}  // namespace ckptd::storage

@@ -1,0 +1,251 @@
+// RunDir: the commit protocol, `latest`, overwrite rules and recovery, with
+// faults injected at each step (invariants 1, 2 and 4 of DESIGN.md).
+#include "daemon/storage/run_dir.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+
+#include "daemon/base/status.h"
+#include "daemon/env/fault_env.h"
+#include "daemon/gguf/reader.h"
+#include "daemon/storage/file_names.h"
+#include "tests/testing/temp_dir.h"
+
+namespace ckptd::storage {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::UnorderedElementsAre;
+
+SavePlan Plan(uint64_t step, bool with_train, uint64_t floats = 1024) {
+  SavePlan plan;
+  plan.step = step;
+  plan.model_metadata.Set("general.architecture", gguf::Value("llama"));
+  plan.model_metadata.Set(std::string(kKeyStep), gguf::Value(step));
+  plan.tensors.push_back({{"w", gguf::TensorType::kF32, {floats}}, TensorGroup::kModel});
+  if (with_train) {
+    plan.tensors.push_back({{"adam.m", gguf::TensorType::kF32, {floats}}, TensorGroup::kTrain});
+    plan.train_metadata.Set("opt.lr", gguf::Value(1e-4));
+  }
+  return plan;
+}
+
+std::string Bytes(uint64_t n, char fill) { return std::string(n, fill); }
+
+absl::StatusOr<CheckpointRecord> Save(env::Env* env, RunDir* dir, uint64_t step, bool with_train,
+                                      char fill = 'a', Overwrite ow = Overwrite::kNo) {
+  CKPTD_TRY(dir->CheckCanSave(step, ow));
+  auto w = CheckpointWriter::Create(env, dir->weights_dir(), Plan(step, with_train));
+  if (!w.ok()) return w.status();
+  CKPTD_TRY((*w)->WriteData(Bytes((*w)->data_bytes(), fill)));
+  CKPTD_TRY((*w)->Finish());
+  return dir->Commit(w->get(), ow);
+}
+
+std::vector<std::string> Names(const std::string& dir) {
+  return *env::Env::Default()->ListDir(dir);
+}
+
+class RunDirTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<RunDir> OpenDir(env::Env* env = env::Env::Default(),
+                                  RecoveryReport* report = nullptr) {
+    auto d = RunDir::Open(env, tmp_.Join("run"), report);
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? std::move(*d) : nullptr;
+  }
+  std::string Weights() const { return tmp_.Join("run/weights"); }
+  std::string Latest() const { return *env::Env::Default()->ReadLink(Weights() + "/latest"); }
+  testing::TempDir tmp_;
+};
+
+TEST_F(RunDirTest, CommitsBothFilesAndPointsLatestAtTheHighestStep) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  auto r100 = Save(env, dir.get(), 100, /*with_train=*/true);
+  ASSERT_TRUE(r100.ok()) << r100.status();
+  EXPECT_EQ(Latest(), "step_100.gguf");
+  ASSERT_TRUE(Save(env, dir.get(), 200, false).ok());
+  EXPECT_EQ(Latest(), "step_200.gguf");
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_100.gguf", "step_100.train.gguf",
+                                                     "step_200.gguf", "latest"));
+  // The train file records the model file's digest; both verify.
+  auto train = ReadGgufHeader(env, Weights() + "/step_100.train.gguf");
+  ASSERT_TRUE(train.ok());
+  EXPECT_EQ(StringValue(train->metadata, kKeyModelDigest), r100->content_digest);
+  EXPECT_EQ(train->tensors.size(), 1u);
+  EXPECT_EQ(train->tensors[0].name, "adam.m");
+  auto model = ReadGgufHeader(env, r100->model_path);
+  ASSERT_EQ(model->tensors.size(), 1u);  // llama.cpp sees model tensors only
+  auto src = env->OpenForRead(r100->model_path);
+  EXPECT_TRUE(gguf::Verify(**src, *model).ok());
+  EXPECT_EQ(r100->tensor_count, 1u);
+  EXPECT_FALSE(r100->uuid.empty());
+}
+
+TEST_F(RunDirTest, OverwriteAndRollbackRules) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  ASSERT_TRUE(Save(env, dir.get(), 500, true).ok());
+  auto again = Save(env, dir.get(), 500, false);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(std::string(again.status().message()), HasSubstr("pass overwrite"));
+  auto lower = Save(env, dir.get(), 300, false);
+  EXPECT_EQ(lower.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(lower.status().message()),
+              HasSubstr("below the last committed step 500"));
+  // Rollback with overwrite: allowed, latest still names the highest step.
+  ASSERT_TRUE(Save(env, dir.get(), 300, false, 'b', Overwrite::kYes).ok());
+  EXPECT_EQ(Latest(), "step_500.gguf");
+  // Overwriting 500 without train tensors removes its stale train file.
+  auto r = Save(env, dir.get(), 500, false, 'c', Overwrite::kYes);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_300.gguf", "step_500.gguf", "latest"));
+  EXPECT_TRUE(r->train_path.empty());
+}
+
+TEST_F(RunDirTest, RecoveryRemovesTempsAndOrphansAndRepairsLatest) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    ASSERT_TRUE(Save(env, dir.get(), 1, true).ok());
+    ASSERT_TRUE(Save(env, dir.get(), 2, true).ok());
+  }
+  // Damage: temps of a save in progress, an orphaned train file, a stale
+  // train file of step 2, latest pointing at an older step, a foreign file.
+  testing::WriteFile(Weights() + "/" + TempFileName("step_3.gguf"), "partial");
+  testing::WriteFile(Weights() + "/" + TempFileName("step_3.train.gguf"), "partial");
+  testing::WriteFile(Weights() + "/" + TempFileName("latest"), "x");
+  std::rename((Weights() + "/step_1.train.gguf").c_str(),
+              (Weights() + "/step_9.train.gguf").c_str());
+  testing::WriteFile(Weights() + "/notes.txt", "keep me");
+  std::remove((Weights() + "/latest").c_str());
+  ASSERT_EQ(::symlink("step_1.gguf", (Weights() + "/latest").c_str()), 0);
+
+  RecoveryReport report;
+  auto dir = OpenDir(env, &report);
+  EXPECT_EQ(report.removed.size(), 4u);
+  EXPECT_TRUE(report.latest_repaired);
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_1.gguf", "step_2.gguf",
+                                                     "step_2.train.gguf", "latest", "notes.txt"));
+  EXPECT_EQ(Latest(), "step_2.gguf");
+  EXPECT_EQ(dir->catalog().size(), 2u);
+  EXPECT_FALSE(dir->Find(2)->train_path.empty());
+}
+
+TEST_F(RunDirTest, DanglingLatestIsRepairedAndEmptyRunHasNoLatest) {
+  ASSERT_TRUE(env::Env::Default()->CreateDirs(Weights()).ok());
+  ASSERT_EQ(::symlink("step_7.gguf", (Weights() + "/latest").c_str()), 0);
+  auto dir = OpenDir();
+  EXPECT_THAT(Names(Weights()), ::testing::IsEmpty());
+  EXPECT_FALSE(dir->latest_step().has_value());
+}
+
+TEST_F(RunDirTest, FailedModelRenameLeavesEverythingAsItWas) {
+  auto fault = env::NewFaultInjectionEnv(env::Env::Default(), "fail=rename:4:EIO");
+  auto dir = OpenDir(fault->get());
+  ASSERT_TRUE(Save(fault->get(), dir.get(), 1, true).ok());  // renames 1, 2 (+ latest 3)
+  auto st = Save(fault->get(), dir.get(), 2, true);          // train rename 4 fails
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_1.gguf", "step_1.train.gguf", "latest"));
+  EXPECT_EQ(Latest(), "step_1.gguf");
+}
+
+TEST_F(RunDirTest, DiskFullMidWriteLeavesNoTrace) {
+  auto fault = env::NewFaultInjectionEnv(env::Env::Default(), "enospc_after_bytes=12000");
+  auto dir = OpenDir(fault->get());
+  ASSERT_TRUE(Save(fault->get(), dir.get(), 1, false).ok());
+  auto st = Save(fault->get(), dir.get(), 2, true);
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(st.status().message()), HasSubstr("No space left on device"));
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_1.gguf", "latest"));
+}
+
+TEST_F(RunDirTest, FsyncErrorFailsTheSaveBeforeTheCommitPoint) {
+  auto fault = env::NewFaultInjectionEnv(env::Env::Default(), "fail=sync:1:EIO");
+  auto dir = OpenDir(fault->get());
+  auto st = Save(fault->get(), dir.get(), 1, false);
+  EXPECT_THAT(std::string(st.status().message()), HasSubstr("Input/output error"));
+  EXPECT_THAT(Names(Weights()), ::testing::IsEmpty());
+}
+
+// Counts bytes read through OpenForRead, to prove listing reads headers only.
+class CountingEnv : public env::Env {
+ public:
+  explicit CountingEnv(env::Env* base) : base_(base) {}
+  class File : public env::RandomAccessFile {
+   public:
+    File(std::unique_ptr<env::RandomAccessFile> f, std::atomic<uint64_t>* n)
+        : RandomAccessFile(f->path()), f_(std::move(f)), n_(n) {}
+    uint64_t size() const override { return f_->size(); }
+    absl::Status ReadAt(uint64_t off, size_t n, void* dst) const override {
+      *n_ += n;
+      return f_->ReadAt(off, n, dst);
+    }
+
+   private:
+    std::unique_ptr<env::RandomAccessFile> f_;
+    std::atomic<uint64_t>* n_;
+  };
+  absl::StatusOr<std::unique_ptr<env::RandomAccessFile>> OpenForRead(
+      const std::string& p) override {
+    auto f = base_->OpenForRead(p);
+    if (!f.ok()) return f.status();
+    return std::unique_ptr<env::RandomAccessFile>(new File(std::move(*f), &bytes_read));
+  }
+  absl::StatusOr<std::unique_ptr<env::MappedFile>> MapForRead(const std::string& p) override {
+    ADD_FAILURE() << "mapped " << p;
+    return base_->MapForRead(p);
+  }
+  absl::StatusOr<std::unique_ptr<env::WritableFile>> NewWritableFile(const std::string& p,
+                                                                     env::DirectIo d) override {
+    return base_->NewWritableFile(p, d);
+  }
+  absl::Status RenameFile(const std::string& a, const std::string& b) override {
+    return base_->RenameFile(a, b);
+  }
+  absl::Status Symlink(const std::string& a, const std::string& b) override {
+    return base_->Symlink(a, b);
+  }
+  absl::StatusOr<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
+  absl::Status SyncDir(const std::string& p) override { return base_->SyncDir(p); }
+  absl::Status RemoveFile(const std::string& p) override { return base_->RemoveFile(p); }
+  absl::Status CreateDirs(const std::string& p) override { return base_->CreateDirs(p); }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& p) override {
+    return base_->ListDir(p);
+  }
+  absl::StatusOr<env::FileStat> Stat(const std::string& p) override { return base_->Stat(p); }
+  absl::StatusOr<env::FsSpace> Space(const std::string& p) override { return base_->Space(p); }
+  absl::StatusOr<std::string> RealPath(const std::string& p) override { return base_->RealPath(p); }
+
+  std::atomic<uint64_t> bytes_read{0};
+
+ private:
+  env::Env* base_;
+};
+
+TEST_F(RunDirTest, CatalogIsRebuiltFromHeadersWithoutReadingTensorData) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    for (uint64_t step = 1; step <= 5; ++step) {
+      auto w = CheckpointWriter::Create(env, dir->weights_dir(), Plan(step, true, 4u << 20));
+      ASSERT_TRUE(w.ok());
+      ASSERT_TRUE((*w)->WriteData(Bytes((*w)->data_bytes(), 'z')).ok());
+      ASSERT_TRUE((*w)->Finish().ok());
+      ASSERT_TRUE(dir->Commit(w->get(), Overwrite::kNo).ok());
+    }
+  }
+  CountingEnv counting(env);
+  auto dir = OpenDir(&counting);
+  ASSERT_EQ(dir->catalog().size(), 5u);
+  const uint64_t data = 5 * 2 * (16u << 20);  // 160 MiB of tensors on disk
+  // Ten headers (model + train), each read through the reader's first 8 KiB window.
+  EXPECT_LE(counting.bytes_read.load(), 10 * 8 * 1024u) << "of " << data << " data bytes";
+  EXPECT_EQ(dir->Find(3)->model_bytes, env->Stat(dir->Find(3)->model_path)->size);
+}
+
+}  // namespace
+}  // namespace ckptd::storage
