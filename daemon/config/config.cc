@@ -1,0 +1,252 @@
+// TOML config loader with per-value provenance.
+#include "daemon/config/config.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <toml++/toml.h>
+
+#include <functional>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+
+namespace ckptd::config {
+namespace {
+
+using Setter = std::function<absl::Status(const toml::node&, const std::string& where)>;
+
+std::string TypeName(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    default:
+      return "a date/time";
+  }
+}
+
+absl::Status TypeError(const std::string& where, const std::string& want, const toml::node& n) {
+  return absl::InvalidArgumentError(StrCat(where, ": expected ", want, ", got ", TypeName(n)));
+}
+
+Setter String(std::string* out) {
+  return [out](const toml::node& n, const std::string& where) -> absl::Status {
+    if (!n.is_string()) return TypeError(where, "a string", n);
+    *out = n.as_string()->get();
+    return absl::OkStatus();
+  };
+}
+
+template <typename T>
+Setter Unsigned(T* out) {
+  return [out](const toml::node& n, const std::string& where) -> absl::Status {
+    if (!n.is_integer()) return TypeError(where, "an integer", n);
+    int64_t v = n.as_integer()->get();
+    if (v < 0 || static_cast<uint64_t>(v) > std::numeric_limits<T>::max()) {
+      return absl::InvalidArgumentError(StrCat(where, ": ", v, " is out of range"));
+    }
+    *out = static_cast<T>(v);
+    return absl::OkStatus();
+  };
+}
+
+Setter Seconds(double* out) {
+  return [out](const toml::node& n, const std::string& where) -> absl::Status {
+    if (!n.is_number()) return TypeError(where, "a number", n);
+    *out =
+        n.is_integer() ? static_cast<double>(n.as_integer()->get()) : n.as_floating_point()->get();
+    if (*out < 0) return absl::InvalidArgumentError(StrCat(where, ": must not be negative"));
+    return absl::OkStatus();
+  };
+}
+
+Setter Bool(bool* out) {
+  return [out](const toml::node& n, const std::string& where) -> absl::Status {
+    if (!n.is_boolean()) return TypeError(where, "a boolean", n);
+    *out = n.as_boolean()->get();
+    return absl::OkStatus();
+  };
+}
+
+Setter StringList(std::vector<std::string>* out) {
+  return [out](const toml::node& n, const std::string& where) -> absl::Status {
+    if (!n.is_array()) return TypeError(where, "an array of strings", n);
+    out->clear();
+    for (const toml::node& item : *n.as_array()) {
+      if (!item.is_string()) return TypeError(where, "an array of strings", item);
+      out->push_back(item.as_string()->get());
+    }
+    return absl::OkStatus();
+  };
+}
+
+Setter StepList(std::vector<uint64_t>* out) {
+  return [out](const toml::node& n, const std::string& where) -> absl::Status {
+    if (!n.is_array()) return TypeError(where, "an array of steps", n);
+    out->clear();
+    for (const toml::node& item : *n.as_array()) {
+      if (!item.is_integer() || item.as_integer()->get() < 0) {
+        return TypeError(where, "an array of non-negative integers", item);
+      }
+      out->push_back(static_cast<uint64_t>(item.as_integer()->get()));
+    }
+    return absl::OkStatus();
+  };
+}
+
+std::map<std::string, Setter> Setters(Config* c) {
+  return {
+      {"server.listen", String(&c->listen)},
+      {"server.max_message_bytes", Unsigned(&c->max_message_bytes)},
+      {"server.memory_quota_bytes", Unsigned(&c->memory_quota_bytes)},
+      {"server.max_threads", Unsigned(&c->max_threads)},
+      {"server.shutdown_deadline_seconds", Seconds(&c->shutdown_deadline_seconds)},
+      {"storage.roots", StringList(&c->roots)},
+      {"storage.direct_io", String(&c->direct_io)},
+      {"storage.alignment", Unsigned(&c->alignment)},
+      {"schedule.every_steps", Unsigned(&c->schedule.every_steps)},
+      {"schedule.every_seconds", Seconds(&c->schedule.every_seconds)},
+      {"schedule.at_steps", StepList(&c->schedule.at_steps)},
+      {"schedule.final_on_close", Bool(&c->schedule.final_on_close)},
+      {"log.level", String(&c->log_level)},
+  };
+}
+
+absl::Status LoadFile(const std::string& path, Config* c) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    if (e.source().begin.line == 0) {
+      return absl::InvalidArgumentError(StrCat(path, ": ", e.description()));
+    }
+    return absl::InvalidArgumentError(
+        StrCat(path, ":", e.source().begin.line, ": ", e.description()));
+  }
+  auto setters = Setters(c);
+  for (const auto& [section, node] : root) {
+    std::string at = StrCat(path, ":", node.source().begin.line);
+    if (!node.is_table()) {
+      return absl::InvalidArgumentError(StrCat(at, ": unknown key '", section.str(),
+                                               "': keys belong in [server], [storage], "
+                                               "[schedule] or [log]"));
+    }
+    for (const auto& [key, value] : *node.as_table()) {
+      std::string name = StrCat(section.str(), ".", key.str());
+      std::string where = StrCat(path, ":", value.source().begin.line);
+      auto it = setters.find(name);
+      if (it == setters.end()) {
+        return absl::InvalidArgumentError(
+            StrCat(where, ": unknown key '", name, "' (see config/ckptd.example.toml)"));
+      }
+      CKPTD_TRY(it->second(value, StrCat(where, ": ", name)));
+      c->sources[name] = where;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Validate(const Config& c) {
+  auto bad = [&](const std::string& key, const std::string& msg) {
+    return absl::InvalidArgumentError(StrCat(c.sources.at(key), ": ", key, ": ", msg));
+  };
+  if (c.listen.empty() ||
+      (!c.listen.starts_with("unix:") && c.listen.find(':') == std::string::npos)) {
+    return bad("server.listen", StrCat("'", c.listen, "' is not unix:PATH or HOST:PORT"));
+  }
+  if (c.roots.empty()) return bad("storage.roots", "at least one root is needed");
+  for (const std::string& r : c.roots) {
+    if (r.empty()) return bad("storage.roots", "a root is an empty path");
+  }
+  if (c.direct_io != "auto" && c.direct_io != "off") {
+    return bad("storage.direct_io", StrCat("'", c.direct_io, "' is not \"auto\" or \"off\""));
+  }
+  if (c.alignment == 0 || (c.alignment & (c.alignment - 1)) != 0 || c.alignment > (1u << 20)) {
+    return bad("storage.alignment", StrCat(c.alignment, " is not a power of two up to 1 MiB"));
+  }
+  if (c.max_message_bytes < (64u << 10) || c.max_message_bytes > (1u << 30)) {
+    return bad("server.max_message_bytes", "must be between 64 KiB and 1 GiB");
+  }
+  if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {
+    return bad("log.level",
+               StrCat("'", c.log_level, "' is not one of trace, debug, info, warn, error, off"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Config> LoadConfig(const std::string& file,
+                                  const std::map<std::string, std::string>& environment,
+                                  const CommandLine& cli) {
+  Config c;
+  for (const auto& [key, setter] : Setters(&c)) c.sources[key] = "default";
+  if (!file.empty()) CKPTD_TRY(LoadFile(file, &c));
+  auto from_env = [&](const char* var, const std::string& key, auto apply) {
+    auto it = environment.find(var);
+    if (it == environment.end()) return;
+    apply(it->second);
+    c.sources[key] = StrCat("env ", var);
+  };
+  from_env("CKPTD_LISTEN", "server.listen", [&](const std::string& v) { c.listen = v; });
+  from_env("CKPTD_ROOTS", "storage.roots",
+           [&](const std::string& v) { c.roots = Split(v, ':', true); });
+  from_env("CKPTD_LOG_LEVEL", "log.level", [&](const std::string& v) { c.log_level = v; });
+  if (cli.listen) {
+    c.listen = *cli.listen;
+    c.sources["server.listen"] = "--listen";
+  }
+  if (!cli.roots.empty()) {
+    c.roots = cli.roots;
+    c.sources["storage.roots"] = "--root";
+  }
+  if (cli.log_level) {
+    c.log_level = *cli.log_level;
+    c.sources["log.level"] = "--log-level";
+  }
+  CKPTD_TRY(Validate(c));
+  return c;
+}
+
+std::string Describe(const Config& c) {
+  auto src = [&](const char* key) { return c.sources.count(key) ? c.sources.at(key) : "default"; };
+  auto q = [](const std::string& s) { return fmt::format("\"{}\"", s); };
+  std::vector<std::string> roots;
+  for (const auto& r : c.roots) roots.push_back(q(r));
+  std::string out;
+  auto line = [&](const std::string& key, const std::string& value, const char* full) {
+    out += fmt::format("{:<28} # {}\n", key + " = " + value, src(full));
+  };
+  out += "[server]\n";
+  line("listen", q(c.listen), "server.listen");
+  line("max_message_bytes", std::to_string(c.max_message_bytes), "server.max_message_bytes");
+  line("memory_quota_bytes", std::to_string(c.memory_quota_bytes), "server.memory_quota_bytes");
+  line("max_threads", std::to_string(c.max_threads), "server.max_threads");
+  line("shutdown_deadline_seconds", fmt::format("{:g}", c.shutdown_deadline_seconds),
+       "server.shutdown_deadline_seconds");
+  out += "\n[storage]\n";
+  line("roots", fmt::format("[{}]", fmt::join(roots, ", ")), "storage.roots");
+  line("direct_io", q(c.direct_io), "storage.direct_io");
+  line("alignment", std::to_string(c.alignment), "storage.alignment");
+  out += "\n[schedule]\n";
+  line("every_steps", std::to_string(c.schedule.every_steps), "schedule.every_steps");
+  line("every_seconds", fmt::format("{:g}", c.schedule.every_seconds), "schedule.every_seconds");
+  line("at_steps", fmt::format("[{}]", fmt::join(c.schedule.at_steps, ", ")), "schedule.at_steps");
+  line("final_on_close", c.schedule.final_on_close ? "true" : "false", "schedule.final_on_close");
+  out += "\n[log]\n";
+  line("level", q(c.log_level), "log.level");
+  return out;
+}
+
+}  // namespace ckptd::config

@@ -1,0 +1,55 @@
+// The daemon's configuration: one documented struct. Values come from the
+// built-in defaults (the dev setup `make run` uses), then a TOML file, then
+// CKPTD_* environment variables, then the command line; each value records
+// where it came from. Errors read "path:line: message"; unknown keys are
+// errors. config/ckptd.example.toml documents every key.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/policy/schedule.h"
+
+namespace ckptd::config {
+
+struct Config {
+  // [server]
+  std::string listen = "unix:./ckpt-runs/ckptd.sock";  // "unix:PATH" or "HOST:PORT"
+  uint64_t max_message_bytes = 16 << 20;               // gRPC max receive/send message size
+  uint64_t memory_quota_bytes = 512 << 20;             // gRPC ResourceQuota
+  uint32_t max_threads = 64;                           // gRPC sync server threads
+  double shutdown_deadline_seconds = 60;               // SIGTERM: in-flight saves get this long
+  // [storage]
+  std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
+  std::string direct_io = "auto";                    // "auto" | "off"
+  uint32_t alignment = 32;                           // GGUF general.alignment
+  // [schedule]: the default for runs that do not send their own
+  policy::Schedule schedule{.every_steps = 1000};
+  // [log]
+  std::string log_level = "info";  // trace | debug | info | warn | error | off
+
+  // "server.listen" -> "default", "/etc/ckptd.toml:12", "env CKPTD_LISTEN", "--listen"
+  std::map<std::string, std::string> sources;
+};
+
+struct CommandLine {
+  std::optional<std::string> listen;
+  std::vector<std::string> roots;
+  std::optional<std::string> log_level;
+};
+
+// Loads `file` (none when empty) over the defaults, then the environment
+// (CKPTD_LISTEN, CKPTD_ROOTS colon-separated, CKPTD_LOG_LEVEL), then the
+// command line, and validates the result.
+absl::StatusOr<Config> LoadConfig(const std::string& file,
+                                  const std::map<std::string, std::string>& environment,
+                                  const CommandLine& cli);
+
+// The effective configuration as TOML, each value commented with its source.
+std::string Describe(const Config& config);
+
+}  // namespace ckptd::config

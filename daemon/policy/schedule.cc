@@ -1,0 +1,49 @@
+// Save schedule decisions.
+#include "daemon/policy/schedule.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace ckptd::policy {
+
+Decision IsDue(const Schedule& s, const ScheduleState& state, uint64_t step, double now_s) {
+  if (state.last_step && step <= *state.last_step) {
+    return {false, fmt::format("not due: step {} is not after the last committed step {}", step,
+                               *state.last_step)};
+  }
+  if (std::find(s.at_steps.begin(), s.at_steps.end(), step) != s.at_steps.end()) {
+    return {true, fmt::format("at_steps includes {}", step)};
+  }
+  if (s.every_steps > 0 && step > 0 && step % s.every_steps == 0) {
+    return {true, fmt::format("every_steps={}", s.every_steps)};
+  }
+  const double elapsed = now_s - state.reference_time_s;
+  if (s.every_seconds > 0 && elapsed >= s.every_seconds) {
+    return {true, fmt::format("every_seconds={:g} ({:.0f}s since the last checkpoint)",
+                              s.every_seconds, elapsed)};
+  }
+  std::string next;
+  if (s.every_steps > 0) {
+    next = fmt::format("; next by every_steps at {}", (step / s.every_steps + 1) * s.every_steps);
+  }
+  if (s.every_seconds > 0) {
+    next +=
+        fmt::format("; every_seconds={:g} in {:.0f}s", s.every_seconds, s.every_seconds - elapsed);
+  }
+  return {false, fmt::format("not due under {}{}", Describe(s), next)};
+}
+
+std::string Describe(const Schedule& s) {
+  std::vector<std::string> parts;
+  if (s.every_steps > 0) parts.push_back(fmt::format("every_steps={}", s.every_steps));
+  if (s.every_seconds > 0) parts.push_back(fmt::format("every_seconds={:g}", s.every_seconds));
+  if (!s.at_steps.empty())
+    parts.push_back(fmt::format("at_steps=[{}]", fmt::join(s.at_steps, ", ")));
+  if (parts.empty()) return "never (forced saves only)";
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
+}  // namespace ckptd::policy

@@ -1,0 +1,89 @@
+// Config loading: file -> environment -> command line, with provenance and
+// "path:line: message" errors.
+#include "daemon/config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/testing/temp_dir.h"
+
+namespace ckptd::config {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  std::string File(const std::string& text) {
+    std::string path = dir_.Join("ckptd.toml");
+    testing::WriteFile(path, text);
+    return path;
+  }
+  std::string Error(const std::string& text) {
+    auto c = LoadConfig(File(text), {}, {});
+    EXPECT_FALSE(c.ok());
+    return std::string(c.status().message());
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(ConfigTest, DefaultsAreTheDevSetup) {
+  auto c = LoadConfig("", {}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "unix:./ckpt-runs/ckptd.sock");
+  EXPECT_EQ(c->roots, std::vector<std::string>{"./ckpt-runs"});
+  EXPECT_EQ(c->schedule.every_steps, 1000u);
+  EXPECT_EQ(c->sources.at("server.listen"), "default");
+}
+
+TEST_F(ConfigTest, FileThenEnvironmentThenCommandLine) {
+  std::string path = File(
+      "[server]\nlisten = \"unix:/run/x.sock\"\nmax_threads = 8\n"
+      "[storage]\nroots = [\"/a\", \"/b\"]\n"
+      "[schedule]\nevery_steps = 50\nevery_seconds = 1.5\nat_steps = [3, 9]\n"
+      "final_on_close = false\n[log]\nlevel = \"debug\"\n");
+  auto c = LoadConfig(path, {{"CKPTD_LOG_LEVEL", "warn"}}, {.roots = {"/c"}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "unix:/run/x.sock");
+  EXPECT_EQ(c->sources.at("server.listen"), path + ":2");
+  EXPECT_EQ(c->max_threads, 8u);
+  EXPECT_EQ(c->roots, std::vector<std::string>{"/c"});
+  EXPECT_EQ(c->sources.at("storage.roots"), "--root");
+  EXPECT_EQ(c->log_level, "warn");
+  EXPECT_EQ(c->sources.at("log.level"), "env CKPTD_LOG_LEVEL");
+  EXPECT_EQ(c->schedule.every_steps, 50u);
+  EXPECT_EQ(c->schedule.every_seconds, 1.5);
+  EXPECT_EQ(c->schedule.at_steps, (std::vector<uint64_t>{3, 9}));
+  EXPECT_FALSE(c->schedule.final_on_close);
+  EXPECT_THAT(Describe(*c), HasSubstr("level = \"warn\""));
+  EXPECT_THAT(Describe(*c), HasSubstr("# env CKPTD_LOG_LEVEL"));
+}
+
+TEST_F(ConfigTest, ErrorsNameFileAndLine) {
+  std::string path = dir_.Join("ckptd.toml");
+  EXPECT_EQ(Error("[server]\n\nmax_threads = \"many\"\n"),
+            path + ":3: server.max_threads: expected an integer, got a string");
+  EXPECT_EQ(Error("[storage]\nroots = [\"/a\"]\nrootz = [\"/b\"]\n"),
+            path + ":3: unknown key 'storage.rootz' (see config/ckptd.example.toml)");
+  EXPECT_THAT(Error("[nope]\nx = 1\n"), HasSubstr(":2: unknown key 'nope.x'"));
+  EXPECT_THAT(Error("listen = \"x\"\n"), HasSubstr(":1: unknown key 'listen'"));
+  EXPECT_THAT(Error("[server\n"), HasSubstr(path + ":1: "));
+  EXPECT_EQ(Error("[storage]\nalignment = 48\n"),
+            path + ":2: storage.alignment: 48 is not a power of two up to 1 MiB");
+  EXPECT_EQ(Error("[storage]\nroots = []\n"),
+            path + ":2: storage.roots: at least one root is needed");
+  EXPECT_THAT(Error("[log]\nlevel = \"loud\"\n"), HasSubstr(":2: log.level: 'loud' is not one of"));
+  EXPECT_THAT(Error("[server]\nmax_threads = -3\n"),
+              HasSubstr(":2: server.max_threads: -3 is out of range"));
+  EXPECT_THAT(Error("[schedule]\nat_steps = [1, \"x\"]\n"),
+              HasSubstr(":2: schedule.at_steps: expected"));
+}
+
+TEST_F(ConfigTest, MissingFileIsAnError) {
+  auto c = LoadConfig(dir_.Join("absent.toml"), {}, {});
+  EXPECT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("absent.toml"));
+}
+
+}  // namespace
+}  // namespace ckptd::config

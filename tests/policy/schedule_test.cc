@@ -1,0 +1,66 @@
+// Schedule decisions, including their edge cases.
+#include "daemon/policy/schedule.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace ckptd::policy {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ScheduleTest, EverySteps) {
+  Schedule s{.every_steps = 100};
+  ScheduleState st;
+  EXPECT_FALSE(IsDue(s, st, 0, 0).due);  // step 0 is the untrained model
+  EXPECT_FALSE(IsDue(s, st, 99, 0).due);
+  Decision d = IsDue(s, st, 100, 0);
+  EXPECT_TRUE(d.due);
+  EXPECT_EQ(d.reason, "every_steps=100");
+  EXPECT_TRUE(IsDue(s, st, 300, 0).due);
+  EXPECT_THAT(IsDue(s, st, 150, 0).reason, HasSubstr("next by every_steps at 200"));
+}
+
+TEST(ScheduleTest, EverySecondsCountsFromTheLastCheckpoint) {
+  Schedule s{.every_seconds = 600};
+  ScheduleState st{.last_step = 10, .reference_time_s = 1000};
+  EXPECT_FALSE(IsDue(s, st, 11, 1599).due);
+  Decision d = IsDue(s, st, 11, 1612);
+  EXPECT_TRUE(d.due);
+  EXPECT_THAT(d.reason, HasSubstr("612s since"));
+}
+
+TEST(ScheduleTest, AtSteps) {
+  Schedule s{.at_steps = {5, 17}};
+  EXPECT_TRUE(IsDue(s, {}, 5, 0).due);
+  EXPECT_TRUE(IsDue(s, {}, 17, 0).due);
+  EXPECT_FALSE(IsDue(s, {}, 6, 0).due);
+}
+
+TEST(ScheduleTest, AnyRuleSuffices) {
+  Schedule s{.every_steps = 1000, .every_seconds = 60, .at_steps = {7}};
+  EXPECT_TRUE(IsDue(s, {.reference_time_s = 0}, 7, 1).due);
+  EXPECT_TRUE(IsDue(s, {.reference_time_s = 0}, 8, 61).due);
+  EXPECT_TRUE(IsDue(s, {.reference_time_s = 0}, 2000, 1).due);
+  EXPECT_FALSE(IsDue(s, {.reference_time_s = 0}, 8, 1).due);
+}
+
+TEST(ScheduleTest, NeverAfterTheLastCommittedStep) {
+  Schedule s{.every_steps = 100};
+  ScheduleState st{.last_step = 500};
+  Decision d = IsDue(s, st, 500, 0);
+  EXPECT_FALSE(d.due);
+  EXPECT_THAT(d.reason, HasSubstr("not after the last committed step 500"));
+  EXPECT_FALSE(IsDue(s, st, 400, 0).due);
+  EXPECT_TRUE(IsDue(s, st, 600, 0).due);
+}
+
+TEST(ScheduleTest, EmptyScheduleNeverDue) {
+  Decision d = IsDue({}, {}, 100, 1e9);
+  EXPECT_FALSE(d.due);
+  EXPECT_THAT(d.reason, HasSubstr("never (forced saves only)"));
+  EXPECT_EQ(Describe({.every_steps = 10, .at_steps = {1, 2}}), "every_steps=10, at_steps=[1, 2]");
+}
+
+}  // namespace
+}  // namespace ckptd::policy
