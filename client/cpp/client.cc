@@ -1,0 +1,138 @@
+// ckptd C++ client.
+#include "client/cpp/ckptd/client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+
+namespace ckptd {
+namespace {
+
+v1::SaveHeader Header(const std::string& run_id, uint64_t step,
+                      const std::vector<TensorView>& tensors,
+                      const std::map<std::string, double>& metrics) {
+  v1::SaveHeader h;
+  h.set_run_id(run_id);
+  h.set_step(step);
+  for (const auto& [k, v] : metrics) (*h.mutable_metrics())[k] = v;
+  for (const TensorView& t : tensors) {
+    v1::TensorDescriptor* d = h.add_tensors();
+    d->set_name(t.name);
+    d->set_type(t.type);
+    for (uint64_t n : t.ne) d->add_ne(n);
+    d->set_group(t.group);
+  }
+  return h;
+}
+
+}  // namespace
+
+absl::Status FromGrpc(const grpc::Status& st) {
+  if (st.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+}
+
+template <typename Writer>
+bool StreamTensors(Writer* writer, const v1::SaveHeader& header,
+                   const std::vector<TensorView>& tensors, size_t chunk_bytes) {
+  v1::SaveRequest msg;
+  *msg.mutable_header() = header;
+  if (!writer->Write(msg)) return false;
+  v1::SaveRequest data;
+  for (const TensorView& t : tensors) {
+    const char* p = static_cast<const char*>(t.data);
+    for (size_t at = 0; at < t.bytes; at += chunk_bytes) {
+      data.set_data(p + at, std::min(chunk_bytes, t.bytes - at));
+      if (!writer->Write(data)) return false;
+    }
+  }
+  return writer->WritesDone();
+}
+
+template bool StreamTensors(grpc::ClientWriter<v1::SaveRequest>*, const v1::SaveHeader&,
+                            const std::vector<TensorView>&, size_t);
+
+Client::Client(std::string target, std::shared_ptr<grpc::Channel> channel)
+    : target_(std::move(target)),
+      channel_(std::move(channel)),
+      stub_(v1::Checkpointd::NewStub(channel_)) {}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target) {
+  std::string uri = target;
+  if (!target.starts_with("unix:") && target.find(':') == std::string::npos) uri = "unix:" + target;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(uri, grpc::InsecureChannelCredentials(), args);
+  return std::unique_ptr<Client>(new Client(uri, std::move(channel)));
+}
+
+absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& request) {
+  grpc::ClientContext ctx;
+  v1::OpenRunResponse resp;
+  grpc::Status st = stub_->OpenRun(&ctx, request, &resp);
+  if (!st.ok()) return FromGrpc(st);
+  return std::make_unique<Run>(this, std::move(resp));
+}
+
+absl::StatusOr<v1::ShouldSaveResponse> Run::should_save(uint64_t step) {
+  grpc::ClientContext ctx;
+  v1::ShouldSaveRequest req;
+  req.set_run_id(id());
+  req.set_step(step);
+  v1::ShouldSaveResponse resp;
+  grpc::Status st = client_->stub().ShouldSave(&ctx, req, &resp);
+  if (!st.ok()) return FromGrpc(st);
+  return resp;
+}
+
+absl::StatusOr<v1::SaveResponse> Run::save(uint64_t step, const std::vector<TensorView>& tensors,
+                                           const std::map<std::string, double>& metrics,
+                                           const SaveOptions& options) {
+  if (!options.force) {
+    auto due = should_save(step);
+    if (!due.ok()) return due.status();
+    if (!due->due()) {
+      v1::SaveResponse skipped;
+      skipped.set_result(v1::SaveResponse::RESULT_SKIPPED);
+      skipped.set_reason(due->reason());
+      return skipped;
+    }
+  }
+  v1::SaveHeader h = Header(id(), step, tensors, metrics);
+  h.set_force(options.force);
+  h.set_overwrite(options.overwrite);
+  for (const auto& e : options.train_metadata) *h.add_train_metadata() = e;
+  grpc::ClientContext ctx;
+  v1::SaveResponse resp;
+  auto writer = client_->stub().Save(&ctx, &resp);
+  StreamTensors(writer.get(), h, tensors, options.chunk_bytes);
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return FromGrpc(st);
+  return resp;
+}
+
+absl::StatusOr<v1::CloseRunResponse> Run::close(uint64_t step,
+                                                const std::vector<TensorView>& tensors,
+                                                const std::map<std::string, double>& metrics) {
+  grpc::ClientContext ctx;
+  v1::CloseRunResponse resp;
+  auto writer = client_->stub().CloseRun(&ctx, &resp);
+  StreamTensors(writer.get(), Header(id(), step, tensors, metrics), tensors, 4 << 20);
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return FromGrpc(st);
+  return resp;
+}
+
+absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> Run::latest() {
+  grpc::ClientContext ctx;
+  v1::GetRunRequest req;
+  req.set_run_id(id());
+  v1::RunInfo info;
+  grpc::Status st = client_->stub().GetRun(&ctx, req, &info);
+  if (!st.ok()) return FromGrpc(st);
+  if (!info.has_last_step()) return std::optional<std::pair<uint64_t, std::string>>();
+  return std::optional(std::pair(info.last_step(), info.latest_file()));
+}
+
+}  // namespace ckptd

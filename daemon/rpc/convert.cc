@@ -1,0 +1,251 @@
+// Proto <-> domain conversions with API validation.
+#include "daemon/rpc/convert.h"
+
+#include <limits>
+#include <set>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/gguf/layout.h"
+
+namespace ckptd::rpc {
+namespace {
+
+using v1::MetadataValue;
+
+absl::Status Invalid(const std::string& field, const std::string& msg) {
+  return absl::InvalidArgumentError(StrCat(field, ": ", msg));
+}
+
+template <typename T, typename U>
+absl::StatusOr<gguf::Value> Narrow(U v, const std::string& field, const char* type) {
+  if (v < static_cast<U>(std::numeric_limits<T>::min()) ||
+      v > static_cast<U>(std::numeric_limits<T>::max())) {
+    return Invalid(field, StrCat(v, " does not fit in ", type));
+  }
+  return gguf::Value(static_cast<T>(v));
+}
+
+gguf::ValueType CaseType(MetadataValue::ValueCase c) {
+  switch (c) {
+    case MetadataValue::kU8:
+      return gguf::ValueType::kU8;
+    case MetadataValue::kI8:
+      return gguf::ValueType::kI8;
+    case MetadataValue::kU16:
+      return gguf::ValueType::kU16;
+    case MetadataValue::kI16:
+      return gguf::ValueType::kI16;
+    case MetadataValue::kU32:
+      return gguf::ValueType::kU32;
+    case MetadataValue::kI32:
+      return gguf::ValueType::kI32;
+    case MetadataValue::kF32:
+      return gguf::ValueType::kF32;
+    case MetadataValue::kBoolValue:
+      return gguf::ValueType::kBool;
+    case MetadataValue::kStringValue:
+      return gguf::ValueType::kString;
+    case MetadataValue::kArray:
+      return gguf::ValueType::kArray;
+    case MetadataValue::kU64:
+      return gguf::ValueType::kU64;
+    case MetadataValue::kI64:
+      return gguf::ValueType::kI64;
+    case MetadataValue::kF64:
+      return gguf::ValueType::kF64;
+    case MetadataValue::VALUE_NOT_SET:
+      break;
+  }
+  return gguf::ValueType::kArray;  // unreachable for set values
+}
+
+bool IsReserved(const std::string& key) {
+  return key.starts_with("ckpt.") || key == gguf::kKeyUuid || key == gguf::kKeyAlignment;
+}
+
+}  // namespace
+
+absl::StatusOr<gguf::Value> FromProto(const MetadataValue& v, const std::string& field) {
+  switch (v.value_case()) {
+    case MetadataValue::kU8:
+      return Narrow<uint8_t>(v.u8(), field, "u8");
+    case MetadataValue::kI8:
+      return Narrow<int8_t>(v.i8(), field, "i8");
+    case MetadataValue::kU16:
+      return Narrow<uint16_t>(v.u16(), field, "u16");
+    case MetadataValue::kI16:
+      return Narrow<int16_t>(v.i16(), field, "i16");
+    case MetadataValue::kU32:
+      return gguf::Value(v.u32());
+    case MetadataValue::kI32:
+      return gguf::Value(v.i32());
+    case MetadataValue::kF32:
+      return gguf::Value(v.f32());
+    case MetadataValue::kBoolValue:
+      return gguf::Value(v.bool_value());
+    case MetadataValue::kStringValue:
+      return gguf::Value(v.string_value());
+    case MetadataValue::kU64:
+      return gguf::Value(v.u64());
+    case MetadataValue::kI64:
+      return gguf::Value(v.i64());
+    case MetadataValue::kF64:
+      return gguf::Value(v.f64());
+    case MetadataValue::kArray: {
+      auto elem = static_cast<gguf::ValueType>(v.array().element_type());
+      if (elem == gguf::ValueType::kArray)
+        return Invalid(field, "nested arrays are not allowed in GGUF");
+      std::vector<gguf::Value> items;
+      items.reserve(v.array().items_size());
+      for (int i = 0; i < v.array().items_size(); ++i) {
+        const MetadataValue& item = v.array().items(i);
+        std::string at = StrCat(field, "[", i, "]");
+        if (item.value_case() == MetadataValue::VALUE_NOT_SET ||
+            CaseType(item.value_case()) != elem) {
+          return Invalid(at, StrCat("array element is not ", gguf::ValueTypeName(elem),
+                                    " (the array's element_type)"));
+        }
+        CKPTD_ASSIGN_OR_RETURN(gguf::Value value, FromProto(item, at));
+        items.push_back(std::move(value));
+      }
+      return gguf::Value::MakeArray(elem, std::move(items));
+    }
+    case MetadataValue::VALUE_NOT_SET:
+      break;
+  }
+  return Invalid(field, "no value set");
+}
+
+MetadataValue ToProto(const gguf::Value& v) {
+  MetadataValue out;
+  std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, uint8_t>)
+          out.set_u8(x);
+        else if constexpr (std::is_same_v<T, int8_t>)
+          out.set_i8(x);
+        else if constexpr (std::is_same_v<T, uint16_t>)
+          out.set_u16(x);
+        else if constexpr (std::is_same_v<T, int16_t>)
+          out.set_i16(x);
+        else if constexpr (std::is_same_v<T, uint32_t>)
+          out.set_u32(x);
+        else if constexpr (std::is_same_v<T, int32_t>)
+          out.set_i32(x);
+        else if constexpr (std::is_same_v<T, float>)
+          out.set_f32(x);
+        else if constexpr (std::is_same_v<T, bool>)
+          out.set_bool_value(x);
+        else if constexpr (std::is_same_v<T, std::string>)
+          out.set_string_value(x);
+        else if constexpr (std::is_same_v<T, uint64_t>)
+          out.set_u64(x);
+        else if constexpr (std::is_same_v<T, int64_t>)
+          out.set_i64(x);
+        else if constexpr (std::is_same_v<T, double>)
+          out.set_f64(x);
+        else {
+          auto* arr = out.mutable_array();
+          arr->set_element_type(static_cast<v1::ValueType>(x.element_type));
+          for (const gguf::Value& item : x.items) *arr->add_items() = ToProto(item);
+        }
+      },
+      v.storage());
+  return out;
+}
+
+absl::StatusOr<gguf::Metadata> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::MetadataEntry>& entries, const std::string& field,
+    bool allow_reserved) {
+  gguf::Metadata md;
+  for (int i = 0; i < entries.size(); ++i) {
+    const std::string& key = entries[i].key();
+    std::string at = StrCat(field, "[", i, "] '", key, "'");
+    if (!allow_reserved && IsReserved(key)) {
+      return Invalid(at, "this key is written by the daemon; use another name");
+    }
+    CKPTD_ASSIGN_OR_RETURN(gguf::Value value, FromProto(entries[i].value(), at));
+    absl::Status st = md.Add(key, std::move(value));
+    if (!st.ok()) return Invalid(at, std::string(st.message()));
+  }
+  return md;
+}
+
+void ToProto(const gguf::Metadata& md, google::protobuf::RepeatedPtrField<v1::MetadataEntry>* out) {
+  for (const auto& [key, value] : md.entries()) {
+    v1::MetadataEntry* e = out->Add();
+    e->set_key(key);
+    *e->mutable_value() = ToProto(value);
+  }
+}
+
+absl::StatusOr<std::vector<storage::PlannedTensor>> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::TensorDescriptor>& tensors) {
+  std::vector<storage::PlannedTensor> out;
+  out.reserve(tensors.size());
+  for (int i = 0; i < tensors.size(); ++i) {
+    const v1::TensorDescriptor& t = tensors[i];
+    std::string at = StrCat("tensors[", i, "] '", t.name(), "'");
+    if (!v1::TensorType_IsValid(t.type())) {
+      return Invalid(at, StrCat("type ", static_cast<int>(t.type()),
+                                " is not one ckptd writes (F32, F16, BF16, F64, I8-I64, Q8_0)"));
+    }
+    if (t.group() != v1::TENSOR_GROUP_MODEL && t.group() != v1::TENSOR_GROUP_TRAIN) {
+      return Invalid(at, "group must be MODEL or TRAIN");
+    }
+    storage::PlannedTensor p;
+    p.spec.name = t.name();
+    p.spec.type = static_cast<gguf::TensorType>(t.type());
+    p.spec.ne.assign(t.ne().begin(), t.ne().end());
+    p.group = t.group() == v1::TENSOR_GROUP_TRAIN ? storage::TensorGroup::kTrain
+                                                  : storage::TensorGroup::kModel;
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+void ToProto(const gguf::TensorInfo& t, storage::TensorGroup group, v1::TensorInfo* out) {
+  v1::TensorDescriptor* d = out->mutable_tensor();
+  d->set_name(t.name);
+  d->set_type(static_cast<v1::TensorType>(t.type));
+  for (uint64_t n : t.ne) d->add_ne(n);
+  d->set_group(group == storage::TensorGroup::kTrain ? v1::TENSOR_GROUP_TRAIN
+                                                     : v1::TENSOR_GROUP_MODEL);
+  out->set_offset(t.offset);
+  out->set_nbytes(t.nbytes);
+}
+
+policy::Schedule FromProto(const v1::Schedule& s) {
+  return {.every_steps = s.every_steps(),
+          .every_seconds = s.every_seconds(),
+          .at_steps = {s.at_steps().begin(), s.at_steps().end()},
+          .final_on_close = s.final_on_close()};
+}
+
+v1::Schedule ToProto(const policy::Schedule& s) {
+  v1::Schedule out;
+  out.set_every_steps(s.every_steps);
+  out.set_every_seconds(s.every_seconds);
+  for (uint64_t step : s.at_steps) out.add_at_steps(step);
+  out.set_final_on_close(s.final_on_close);
+  return out;
+}
+
+void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointInfo* out) {
+  out->set_step(r.step);
+  out->set_file(r.model_path);
+  out->set_train_file(r.train_path);
+  out->set_size_bytes(r.model_bytes);
+  out->set_train_size_bytes(r.train_bytes);
+  out->set_uuid(r.uuid);
+  out->set_content_digest(r.content_digest);
+  out->set_time_utc(r.time_utc);
+  for (const auto& [k, v] : r.metrics) (*out->mutable_metrics())[k] = v;
+  out->set_tensor_count(r.tensor_count);
+  out->set_is_latest(is_latest);
+  out->set_parent_uuid(r.parent_uuid);
+}
+
+}  // namespace ckptd::rpc

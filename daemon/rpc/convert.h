@@ -1,0 +1,42 @@
+// Conversions between the API's protobuf messages and the daemon's own
+// types, with the validation the API promises: every rejection names the
+// field and what to do.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ckptd/v1/ckptd.pb.h"
+#include "daemon/gguf/reader.h"
+#include "daemon/gguf/value.h"
+#include "daemon/policy/schedule.h"
+#include "daemon/storage/checkpoint.h"
+#include "daemon/storage/checkpoint_writer.h"
+
+namespace ckptd::rpc {
+
+absl::StatusOr<gguf::Value> FromProto(const v1::MetadataValue& v, const std::string& field);
+v1::MetadataValue ToProto(const gguf::Value& v);
+
+// Entries -> Metadata; rejects duplicate or empty keys and, unless
+// allow_reserved, keys the daemon writes itself (ckpt.*, general.uuid,
+// general.alignment).
+absl::StatusOr<gguf::Metadata> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::MetadataEntry>& entries, const std::string& field,
+    bool allow_reserved = false);
+void ToProto(const gguf::Metadata& md, google::protobuf::RepeatedPtrField<v1::MetadataEntry>* out);
+
+absl::StatusOr<std::vector<storage::PlannedTensor>> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::TensorDescriptor>& tensors);
+void ToProto(const gguf::TensorInfo& t, storage::TensorGroup group, v1::TensorInfo* out);
+
+policy::Schedule FromProto(const v1::Schedule& s);
+v1::Schedule ToProto(const policy::Schedule& s);
+
+void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointInfo* out);
+
+// An absl::Status as a grpc::Status-compatible code and message.
+inline int GrpcCode(const absl::Status& st) { return static_cast<int>(st.code()); }
+
+}  // namespace ckptd::rpc

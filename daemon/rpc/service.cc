@@ -1,0 +1,328 @@
+// ckptd.v1.Checkpointd implementation.
+#include "daemon/rpc/service.h"
+
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+
+#include "daemon/base/strings.h"
+#include "daemon/rpc/convert.h"
+#include "daemon/scheduler/save_session.h"
+#include "daemon/storage/file_names.h"
+
+namespace ckptd::rpc {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& st) {
+  if (st.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
+}
+
+grpc::Status Invalid(const std::string& msg) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
+}
+
+v1::RunState ToProto(scheduler::RunState s) {
+  switch (s) {
+    case scheduler::RunState::kIdle:
+      return v1::RUN_STATE_IDLE;
+    case scheduler::RunState::kOpen:
+      return v1::RUN_STATE_OPEN;
+    case scheduler::RunState::kFinished:
+      return v1::RUN_STATE_FINISHED;
+  }
+  return v1::RUN_STATE_UNSPECIFIED;
+}
+
+absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req) {
+  scheduler::RunSettings s;
+  auto md = FromProto(req.model_metadata(), "model_metadata");
+  if (!md.ok()) return md.status();
+  s.model_metadata = std::move(*md);
+  const v1::Provenance& p = req.provenance();
+  auto put = [&](const std::string& key, const std::string& value) {
+    if (!value.empty()) s.provenance.Set(StrCat(storage::kTrainerPrefix, key), gguf::Value(value));
+  };
+  put("git_commit", p.git_commit());
+  put("command_line", p.command_line());
+  put("host", p.host());
+  if (p.has_seed())
+    s.provenance.Set(StrCat(storage::kTrainerPrefix, "seed"), gguf::Value(p.seed()));
+  for (const auto& [name, version] : p.framework_versions())
+    put(StrCat("framework.", name), version);
+  for (const auto& [key, value] : p.extra()) put(StrCat("extra.", key), value);
+  if (p.client_pid() != 0)
+    s.provenance.Set(std::string(storage::kKeyClientPid), gguf::Value(p.client_pid()));
+  s.base_model_uuid = req.base_model_uuid();
+  if (req.has_schedule()) s.schedule = FromProto(req.schedule());
+  return s;
+}
+
+}  // namespace
+
+void CheckpointdService::BeginShutdown() {
+  stopping_ = true;
+  registry_->CloseAllSubscriptions();
+}
+
+v1::RunInfo CheckpointdService::Info(scheduler::Run& run) const {
+  std::lock_guard lock(run.mu);
+  v1::RunInfo info;
+  info.set_run_id(run.id());
+  info.set_run_dir(run.dir()->run_dir());
+  info.set_state(ToProto(run.state));
+  if (auto last = run.dir()->latest_step()) {
+    info.set_last_step(*last);
+    info.set_latest_file(run.dir()->Find(*last)->model_path);
+  }
+  info.set_checkpoint_count(static_cast<uint32_t>(run.dir()->catalog().size()));
+  info.set_total_bytes(run.dir()->total_bytes());
+  *info.mutable_schedule() = ToProto(registry_->EffectiveSchedule(run));
+  info.set_last_error(run.last_error);
+  return info;
+}
+
+grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRunRequest* req,
+                                         v1::OpenRunResponse* resp) {
+  auto settings = SettingsFrom(*req);
+  if (!settings.ok()) return ToGrpc(settings.status());
+  bool resumed = false;
+  auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);
+  if (!run.ok()) return ToGrpc(run.status());
+  *resp->mutable_run() = Info(**run);
+  resp->set_resumed(resumed);
+  spdlog::info("run opened run={} dir={} resumed={} last_step={}", req->run_id(),
+               resp->run().run_dir(), resumed,
+               resp->run().has_last_step() ? std::to_string(resp->run().last_step()) : "none");
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::ShouldSave(grpc::ServerContext*, const v1::ShouldSaveRequest* req,
+                                            v1::ShouldSaveResponse* resp) {
+  auto run = registry_->Get(req->run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  std::lock_guard lock((*run)->mu);
+  policy::ScheduleState state{(*run)->dir()->latest_step(), (*run)->reference_time_s};
+  policy::Decision d = policy::IsDue(registry_->EffectiveSchedule(**run), state, req->step(),
+                                     scheduler::NowSeconds());
+  resp->set_due(d.due);
+  resp->set_reason(d.reason);
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::RunSave(grpc::ServerContext* ctx,
+                                         grpc::ServerReader<v1::SaveRequest>* reader,
+                                         const v1::SaveHeader& h, scheduler::SaveKind kind,
+                                         v1::SaveResponse* resp) {
+  scheduler::SaveParams p;
+  p.run_id = h.run_id();
+  p.step = h.step();
+  p.metrics = {h.metrics().begin(), h.metrics().end()};
+  p.force = h.force();
+  p.overwrite = h.overwrite();
+  p.kind = kind;
+  auto tensors = FromProto(h.tensors());
+  if (!tensors.ok()) return ToGrpc(tensors.status());
+  p.tensors = std::move(*tensors);
+  auto train_md = FromProto(h.train_metadata(), "train_metadata");
+  if (!train_md.ok()) return ToGrpc(train_md.status());
+  p.train_metadata = std::move(*train_md);
+
+  auto session = scheduler::SaveSession::Begin(registry_, std::move(p));
+  if (!session.ok()) return ToGrpc(session.status());
+  resp->set_reason((*session)->reason());
+  if ((*session)->skipped()) {
+    resp->set_result(v1::SaveResponse::RESULT_SKIPPED);
+    return grpc::Status::OK;
+  }
+  v1::SaveRequest msg;
+  while (reader->Read(&msg)) {
+    if (!msg.has_data()) {
+      absl::Status st =
+          absl::InvalidArgumentError("a Save stream has one header, then data messages only");
+      (*session)->Fail(st);
+      return ToGrpc(st);
+    }
+    if (absl::Status st = (*session)->Write(msg.data()); !st.ok()) {
+      (*session)->Fail(st);
+      return ToGrpc(st);
+    }
+  }
+  if (ctx->IsCancelled()) return grpc::Status::CANCELLED;  // the session's destructor reports it
+  scheduler::SaveTimings t;
+  bool is_latest = false;
+  auto record = (*session)->Commit(&t, &is_latest);
+  if (!record.ok()) {
+    (*session)->Fail(record.status());
+    return ToGrpc(record.status());
+  }
+  resp->set_result(v1::SaveResponse::RESULT_COMMITTED);
+  ToProto(*record, is_latest, resp->mutable_checkpoint());
+  resp->mutable_timings()->set_received_s(t.received_s);
+  resp->mutable_timings()->set_durable_s(t.durable_s);
+  resp->mutable_timings()->set_committed_s(t.committed_s);
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
+                                      grpc::ServerReader<v1::SaveRequest>* reader,
+                                      v1::SaveResponse* resp) {
+  v1::SaveRequest first;
+  if (!reader->Read(&first) || !first.has_header()) {
+    return Invalid("the first Save message must be a header (run_id, step, tensors)");
+  }
+  return RunSave(ctx, reader, first.header(), scheduler::SaveKind::kSave, resp);
+}
+
+grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
+                                          grpc::ServerReader<v1::SaveRequest>* reader,
+                                          v1::CloseRunResponse* resp) {
+  v1::SaveRequest first;
+  if (!reader->Read(&first) || !first.has_header()) {
+    return Invalid("the first CloseRun message must be a header naming run_id");
+  }
+  const v1::SaveHeader& h = first.header();
+  auto run = registry_->Get(h.run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  bool final_enabled = true;
+  {
+    std::lock_guard lock((*run)->mu);
+    final_enabled = registry_->EffectiveSchedule(**run).final_on_close;
+  }
+  if (h.tensors_size() > 0 && final_enabled) {
+    grpc::Status st =
+        RunSave(ctx, reader, h, scheduler::SaveKind::kClose, resp->mutable_final_save());
+    if (!st.ok()) return st;
+  }
+  if (absl::Status st = registry_->MarkFinished(run->get()); !st.ok()) return ToGrpc(st);
+  *resp->mutable_run() = Info(**run);
+  spdlog::info("run finished run={} last_step={}", h.run_id(),
+               resp->run().has_last_step() ? std::to_string(resp->run().last_step()) : "none");
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::ListRuns(grpc::ServerContext*, const v1::ListRunsRequest*,
+                                          v1::ListRunsResponse* resp) {
+  for (const auto& run : registry_->List()) *resp->add_runs() = Info(*run);
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::GetRun(grpc::ServerContext*, const v1::GetRunRequest* req,
+                                        v1::RunInfo* resp) {
+  auto run = registry_->Get(req->run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  *resp = Info(**run);
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::ListCheckpoints(grpc::ServerContext*,
+                                                 const v1::ListCheckpointsRequest* req,
+                                                 v1::ListCheckpointsResponse* resp) {
+  constexpr uint32_t kDefaultPage = 100, kMaxPage = 1000;
+  if (req->page_size() > kMaxPage) {
+    return Invalid(StrCat("page_size ", req->page_size(), " is over the maximum of ", kMaxPage));
+  }
+  uint64_t after = req->since_step();
+  bool has_after = req->since_step() > 0;
+  if (!req->page_token().empty()) {
+    const std::string& tok = req->page_token();
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
+    if (ec != std::errc() || end != tok.data() + tok.size()) {
+      return Invalid("page_token is not one this server returned; start again without it");
+    }
+    after = std::max(after, v);
+    has_after = true;
+  }
+  const uint32_t page = req->page_size() == 0 ? kDefaultPage : req->page_size();
+  auto run = registry_->Get(req->run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  std::lock_guard lock((*run)->mu);
+  const auto& catalog = (*run)->dir()->catalog();
+  auto latest = (*run)->dir()->latest_step();
+  auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
+  for (; it != catalog.end() && static_cast<uint32_t>(resp->checkpoints_size()) < page; ++it) {
+    ToProto(it->second, latest == it->first, resp->add_checkpoints());
+  }
+  if (it != catalog.end() && resp->checkpoints_size() > 0) {
+    resp->set_next_page_token(std::to_string(resp->checkpoints().rbegin()->step()));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext*,
+                                               const v1::GetCheckpointRequest* req,
+                                               v1::CheckpointDetail* resp) {
+  auto run = registry_->Get(req->run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  storage::CheckpointRecord record;
+  bool is_latest = false;
+  {
+    std::lock_guard lock((*run)->mu);
+    const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step());
+    if (r == nullptr) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          StrCat("run '", req->run_id(), "' has no checkpoint at step ",
+                                 req->step(), "; ListCheckpoints shows the committed steps"));
+    }
+    record = *r;
+    is_latest = (*run)->dir()->latest_step() == req->step();
+  }
+  // Header reads happen outside the lock; a concurrent overwrite replaces
+  // the file atomically, so the header read is of one version or the other.
+  auto model = storage::ReadGgufHeader(registry_->env(), record.model_path);
+  if (!model.ok()) return ToGrpc(model.status());
+  ToProto(record, is_latest, resp->mutable_info());
+  ToProto(model->metadata, resp->mutable_metadata());
+  for (const auto& t : model->tensors)
+    ToProto(t, storage::TensorGroup::kModel, resp->add_tensors());
+  if (!record.train_path.empty()) {
+    auto train = storage::ReadGgufHeader(registry_->env(), record.train_path);
+    if (!train.ok()) return ToGrpc(train.status());
+    ToProto(train->metadata, resp->mutable_train_metadata());
+    for (const auto& t : train->tensors) {
+      ToProto(t, storage::TensorGroup::kTrain, resp->add_train_tensors());
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
+                                          grpc::ServerWriter<v1::RunEvent>* writer) {
+  auto run = registry_->Get(req->run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  auto sub = (*run)->Subscribe();
+  while (!stopping_ && !ctx->IsCancelled()) {
+    scheduler::Event e;
+    if (!sub->Next(&e, std::chrono::milliseconds(500))) {
+      if (sub->overflowed()) {
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "this watcher fell more than 1024 events behind; reconnect and "
+                            "ListCheckpoints since the last step seen");
+      }
+      if (sub->closed()) break;
+      continue;
+    }
+    v1::RunEvent out;
+    out.set_run_id(e.run_id);
+    out.set_step(e.step);
+    out.set_time_utc(e.time_utc);
+    switch (e.type) {
+      case scheduler::Event::Type::kCommitted:
+        out.set_type(v1::RunEvent::TYPE_COMMITTED);
+        ToProto(*e.record, e.is_latest, out.mutable_checkpoint());
+        break;
+      case scheduler::Event::Type::kFailed:
+        out.set_type(v1::RunEvent::TYPE_FAILED);
+        out.set_error(e.error);
+        break;
+      case scheduler::Event::Type::kDeleted:
+        out.set_type(v1::RunEvent::TYPE_DELETED);
+        break;
+    }
+    if (!writer->Write(out)) break;
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace ckptd::rpc

@@ -1,0 +1,53 @@
+// The gRPC service (ckptd.v1.Checkpointd) on the synchronous server API:
+// each call runs on a server thread bounded by the ResourceQuota's thread
+// limit; Save writes each received chunk before reading the next, so a
+// save's memory is one message plus the files' write buffers whatever its
+// size (gRPC flow control holds the sender back). Thread-safe.
+#pragma once
+
+#include <atomic>
+
+#include "ckptd/v1/ckptd.grpc.pb.h"
+#include "daemon/scheduler/run_registry.h"
+#include "daemon/scheduler/save_session.h"
+
+namespace ckptd::rpc {
+
+class CheckpointdService final : public v1::Checkpointd::Service {
+ public:
+  explicit CheckpointdService(scheduler::RunRegistry* registry) : registry_(registry) {}
+
+  // Ends WatchRun streams promptly so shutdown is not held up by dashboards.
+  void BeginShutdown();
+
+  grpc::Status OpenRun(grpc::ServerContext* ctx, const v1::OpenRunRequest* req,
+                       v1::OpenRunResponse* resp) override;
+  grpc::Status ShouldSave(grpc::ServerContext* ctx, const v1::ShouldSaveRequest* req,
+                          v1::ShouldSaveResponse* resp) override;
+  grpc::Status Save(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
+                    v1::SaveResponse* resp) override;
+  grpc::Status CloseRun(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
+                        v1::CloseRunResponse* resp) override;
+  grpc::Status ListRuns(grpc::ServerContext* ctx, const v1::ListRunsRequest* req,
+                        v1::ListRunsResponse* resp) override;
+  grpc::Status GetRun(grpc::ServerContext* ctx, const v1::GetRunRequest* req,
+                      v1::RunInfo* resp) override;
+  grpc::Status ListCheckpoints(grpc::ServerContext* ctx, const v1::ListCheckpointsRequest* req,
+                               v1::ListCheckpointsResponse* resp) override;
+  grpc::Status GetCheckpoint(grpc::ServerContext* ctx, const v1::GetCheckpointRequest* req,
+                             v1::CheckpointDetail* resp) override;
+  grpc::Status WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
+                        grpc::ServerWriter<v1::RunEvent>* writer) override;
+
+ private:
+  // Runs a Save/CloseRun stream after its header.
+  grpc::Status RunSave(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
+                       const v1::SaveHeader& header, scheduler::SaveKind kind,
+                       v1::SaveResponse* resp);
+  v1::RunInfo Info(scheduler::Run& run) const;
+
+  scheduler::RunRegistry* registry_;
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace ckptd::rpc

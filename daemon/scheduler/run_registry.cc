@@ -1,0 +1,273 @@
+// Run registry, per-run state and event fan-out.
+#include "daemon/scheduler/run_registry.h"
+
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <ctime>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/storage/file_names.h"
+
+namespace ckptd::scheduler {
+namespace {
+
+constexpr std::string_view kRunStateFile = "ckptd-run-state";
+constexpr std::string_view kFinished = "finished\n";
+
+}  // namespace
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string FormatUtc(double seconds) {
+  time_t whole = static_cast<time_t>(seconds);
+  int ms = static_cast<int>((seconds - static_cast<double>(whole)) * 1000);
+  struct tm tm;
+  gmtime_r(&whole, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  return fmt::format("{}.{:03d}Z", buf, ms);
+}
+
+bool Subscription::Next(Event* out, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return !queue_.empty() || closed_; });
+  if (queue_.empty()) return false;
+  *out = std::move(queue_.front());
+  queue_.pop_front();
+  return true;
+}
+
+bool Subscription::closed() const {
+  std::lock_guard lock(mu_);
+  return closed_ && queue_.empty();
+}
+
+bool Subscription::overflowed() const {
+  std::lock_guard lock(mu_);
+  return overflowed_;
+}
+
+void Subscription::Push(const Event& e) {
+  {
+    std::lock_guard lock(mu_);
+    if (closed_) return;
+    if (queue_.size() >= kMaxQueued) {
+      overflowed_ = closed_ = true;
+    } else {
+      queue_.push_back(e);
+    }
+  }
+  cv_.notify_all();
+}
+
+void Subscription::Close() {
+  {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+  }
+  cv_.notify_all();
+}
+
+void Run::Publish(const Event& e) {
+  std::lock_guard lock(mu);
+  std::erase_if(subscribers_, [&](const std::weak_ptr<Subscription>& w) {
+    auto s = w.lock();
+    if (!s) return true;
+    s->Push(e);
+    return false;
+  });
+}
+
+std::shared_ptr<Subscription> Run::Subscribe() {
+  auto s = std::make_shared<Subscription>();
+  std::lock_guard lock(mu);
+  subscribers_.push_back(s);
+  return s;
+}
+
+void Run::CloseSubscriptions() {
+  std::lock_guard lock(mu);
+  for (auto& w : subscribers_) {
+    if (auto s = w.lock()) s->Close();
+  }
+}
+
+RunRegistry::RunRegistry(env::Env* env, std::vector<std::string> roots,
+                         policy::Schedule default_schedule, DaemonFacts facts)
+    : env_(env),
+      roots_(std::move(roots)),
+      facts_(std::move(facts)),
+      default_schedule_(std::move(default_schedule)) {}
+
+absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id,
+                                                       const std::string& dir) {
+  storage::RecoveryReport report;
+  CKPTD_ASSIGN_OR_RETURN(auto run_dir, storage::RunDir::Open(env_, dir, &report));
+  for (const std::string& path : report.removed) {
+    spdlog::info("recovery run={} removed {}", run_id, path);
+  }
+  for (const std::string& problem : report.unreadable) {
+    spdlog::error("recovery run={} unreadable checkpoint: {}", run_id, problem);
+  }
+  if (report.latest_repaired) {
+    auto last = run_dir->latest_step();
+    spdlog::info("recovery run={} latest repointed to {}", run_id,
+                 last ? storage::ModelFileName(*last) : std::string("(none)"));
+  }
+  auto run = std::make_shared<Run>(run_id, std::move(run_dir));
+  auto marker = env::ReadWholeFile(env_, StrCat(dir, "/", kRunStateFile));
+  if (marker.ok() && *marker == kFinished) run->state = RunState::kFinished;
+  return run;
+}
+
+std::vector<std::string> RunRegistry::Scan() {
+  std::vector<std::string> warnings;
+  for (const std::string& root : roots_) {
+    auto names = env_->ListDir(root);
+    if (!names.ok()) {
+      warnings.push_back(std::string(names.status().message()));
+      continue;
+    }
+    for (const std::string& name : *names) {
+      std::string dir = StrCat(root, "/", name);
+      auto st = env_->Stat(StrCat(dir, "/", storage::kWeightsDir));
+      if (!storage::IsValidRunId(name) || !st.ok() || !st->is_dir) continue;
+      std::lock_guard lock(mu_);
+      if (runs_.count(name)) {
+        warnings.push_back(StrCat("run id '", name, "' exists under two roots; using ",
+                                  runs_[name]->dir()->run_dir(), ", ignoring ", dir));
+        continue;
+      }
+      auto run = Load(name, dir);
+      if (!run.ok()) {
+        warnings.push_back(std::string(run.status().message()));
+        continue;
+      }
+      runs_[name] = *run;
+    }
+  }
+  return warnings;
+}
+
+absl::StatusOr<std::string> RunRegistry::ResolveRunDir(const std::string& run_id,
+                                                       const std::string& requested) const {
+  if (requested.empty()) return StrCat(roots_.front(), "/", run_id);
+  if (requested.find('\0') != std::string::npos || requested.size() > 4096) {
+    return absl::InvalidArgumentError("run_dir is not a usable path");
+  }
+  // Resolve the deepest existing ancestor (symlinks included); the rest must
+  // be plain new names.
+  std::string existing = requested;
+  std::vector<std::string> tail;
+  while (true) {
+    auto real = env_->RealPath(existing);
+    if (real.ok()) {
+      existing = *real;
+      break;
+    }
+    size_t slash = existing.find_last_of('/');
+    if (slash == std::string::npos || slash == 0) {
+      return absl::InvalidArgumentError(StrCat("run_dir '", requested, "' cannot be resolved"));
+    }
+    tail.insert(tail.begin(), existing.substr(slash + 1));
+    existing = existing.substr(0, slash);
+  }
+  std::string resolved = existing;
+  for (const std::string& part : tail) {
+    if (part.empty() || part == "." || part == "..") {
+      return absl::InvalidArgumentError(
+          StrCat("run_dir '", requested, "' has '", part, "' after its last existing directory"));
+    }
+    resolved += "/" + part;
+  }
+  for (const std::string& root : roots_) {
+    if (resolved.starts_with(root + "/")) return resolved;
+  }
+  return absl::PermissionDeniedError(StrCat("run_dir '", requested, "' resolves to ", resolved,
+                                            ", outside the configured roots (",
+                                            fmt::format("{}", fmt::join(roots_, ", ")),
+                                            "); add a root to storage.roots or pick a directory "
+                                            "inside one"));
+}
+
+absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id,
+                                                       const std::string& requested_dir,
+                                                       RunSettings settings, bool* resumed) {
+  if (!storage::IsValidRunId(run_id)) {
+    return absl::InvalidArgumentError(
+        StrCat("run_id '", run_id, "' must match [A-Za-z0-9._-]{1,128} and not be . or .."));
+  }
+  CKPTD_ASSIGN_OR_RETURN(std::string dir, ResolveRunDir(run_id, requested_dir));
+  std::shared_ptr<Run> run;
+  {
+    std::lock_guard lock(mu_);
+    auto it = runs_.find(run_id);
+    if (it != runs_.end()) {
+      if (!requested_dir.empty() && it->second->dir()->run_dir() != dir) {
+        return absl::FailedPreconditionError(StrCat("run '", run_id, "' already lives in ",
+                                                    it->second->dir()->run_dir(),
+                                                    "; pass the same run_dir or none"));
+      }
+      run = it->second;
+    } else {
+      CKPTD_ASSIGN_OR_RETURN(run, Load(run_id, dir));
+      runs_[run_id] = run;
+    }
+  }
+  std::lock_guard lock(run->mu);
+  *resumed = !run->dir()->catalog().empty();
+  if (run->state == RunState::kFinished) {
+    (void)env_->RemoveFile(StrCat(run->dir()->run_dir(), "/", kRunStateFile));
+  }
+  run->state = RunState::kOpen;
+  run->settings = std::move(settings);
+  run->reference_time_s = NowSeconds();
+  return run;
+}
+
+absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Get(const std::string& run_id) const {
+  std::lock_guard lock(mu_);
+  auto it = runs_.find(run_id);
+  if (it == runs_.end()) {
+    return absl::NotFoundError(
+        StrCat("run '", run_id, "' is not known to this daemon; OpenRun it first"));
+  }
+  return it->second;
+}
+
+std::vector<std::shared_ptr<Run>> RunRegistry::List() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Run>> out;
+  for (const auto& [id, run] : runs_) out.push_back(run);
+  return out;
+}
+
+policy::Schedule RunRegistry::EffectiveSchedule(const Run& run) const {
+  if (run.settings && run.settings->schedule) return *run.settings->schedule;
+  std::lock_guard lock(mu_);
+  return default_schedule_;
+}
+
+void RunRegistry::SetDefaultSchedule(const policy::Schedule& s) {
+  std::lock_guard lock(mu_);
+  default_schedule_ = s;
+}
+
+absl::Status RunRegistry::MarkFinished(Run* run) {
+  CKPTD_TRY(
+      env::WriteFileAtomically(env_, StrCat(run->dir()->run_dir(), "/", kRunStateFile), kFinished));
+  std::lock_guard lock(run->mu);
+  run->state = RunState::kFinished;
+  return absl::OkStatus();
+}
+
+void RunRegistry::CloseAllSubscriptions() {
+  for (const auto& run : List()) run->CloseSubscriptions();
+}
+
+}  // namespace ckptd::scheduler

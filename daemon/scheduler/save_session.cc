@@ -1,0 +1,188 @@
+// A save's lifecycle: checks, provenance, streaming write, commit.
+#include "daemon/scheduler/save_session.h"
+
+#include <spdlog/spdlog.h>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/gguf/layout.h"
+#include "daemon/storage/checkpoint.h"
+
+namespace ckptd::scheduler {
+namespace {
+
+// Free space to leave beyond the files themselves (filesystem metadata).
+constexpr uint64_t kSpaceMargin = 4 << 20;
+
+using gguf::Value;
+
+void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SaveParams& p, double now,
+                   const std::string& parent_uuid, gguf::Metadata* md) {
+  if (!s.base_model_uuid.empty()) {
+    md->Set("general.base_model.count", Value(uint32_t{1}));
+    md->Set("general.base_model.0.uuid", Value::String(s.base_model_uuid));
+  }
+  md->Set(std::string(storage::kKeyRole), Value("model"));
+  md->Set(std::string(storage::kKeyRunId), Value::String(p.run_id));
+  md->Set(std::string(storage::kKeyStep), Value(p.step));
+  md->Set(std::string(storage::kKeyTimeUtc), Value::String(FormatUtc(now)));
+  md->Set(std::string(storage::kKeyDaemonVersion), Value::String(facts.version));
+  md->Set(std::string(storage::kKeyDaemonHost), Value::String(facts.host));
+  md->Set(std::string(storage::kKeyTransport), Value::String(p.transport));
+  for (const auto& [key, value] : s.provenance.entries()) md->Set(key, value);
+  for (const auto& [name, value] : p.metrics) {
+    md->Set(StrCat(storage::kMetricsPrefix, name), Value(value));
+  }
+  if (!parent_uuid.empty())
+    md->Set(std::string(storage::kKeyParentUuid), Value::String(parent_uuid));
+}
+
+}  // namespace
+
+SaveSession::SaveSession(RunRegistry* registry, std::shared_ptr<Run> run, SaveParams params)
+    : registry_(registry),
+      run_(std::move(run)),
+      params_(std::move(params)),
+      start_s_(NowSeconds()) {}
+
+SaveSession::~SaveSession() {
+  if (writer_ && !done_) {
+    Fail(absl::CancelledError(StrCat("the client went away after ", writer_->received_bytes(),
+                                     " of ", writer_->data_bytes(), " tensor bytes")));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* registry,
+                                                                SaveParams params) {
+  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<Run> run, registry->Get(params.run_id));
+  std::unique_ptr<SaveSession> s(new SaveSession(registry, run, std::move(params)));
+  const SaveParams& p = s->params_;
+  {
+    std::lock_guard lock(run->mu);
+    if (!run->settings) {
+      return absl::FailedPreconditionError(StrCat(
+          "run '", p.run_id, "' has not been opened since the daemon started; call OpenRun"));
+    }
+    if (run->state == RunState::kFinished) {
+      return absl::FailedPreconditionError(
+          StrCat("run '", p.run_id, "' is finished; call OpenRun to resume it"));
+    }
+    if (p.kind == SaveKind::kSave && !p.force) {
+      policy::ScheduleState state{run->dir()->latest_step(), run->reference_time_s};
+      policy::Decision d =
+          policy::IsDue(registry->EffectiveSchedule(*run), state, p.step, NowSeconds());
+      if (!d.due) {
+        s->reason_ = d.reason;
+        return s;
+      }
+      s->reason_ = d.reason;
+    } else {
+      s->reason_ = p.kind == SaveKind::kClose ? "final snapshot" : "forced";
+    }
+  }
+  if (p.tensors.empty()) {
+    return absl::InvalidArgumentError("tensors: a save needs at least one tensor");
+  }
+  s->save_lock_ = std::unique_lock(run->save_mu);  // saves of one run are serialized
+  CKPTD_TRY(s->Prepare());
+  return s;
+}
+
+absl::Status SaveSession::Prepare() {
+  const SaveParams& p = params_;
+  storage::SavePlan plan;
+  plan.step = p.step;
+  plan.alignment = registry_->facts().alignment;
+  plan.direct_io = registry_->facts().direct_io;
+  plan.tensors = p.tensors;
+  const double now = NowSeconds();
+  std::string weights_dir;
+  {
+    std::lock_guard lock(run_->mu);
+    CKPTD_TRY(run_->dir()->CheckCanSave(
+        p.step, p.overwrite ? storage::Overwrite::kYes : storage::Overwrite::kNo));
+    std::string parent;
+    const auto& catalog = run_->dir()->catalog();
+    auto it = catalog.lower_bound(p.step);
+    if (it != catalog.begin()) parent = std::prev(it)->second.uuid;
+    plan.model_metadata = run_->settings->model_metadata;
+    AddProvenance(*run_->settings, registry_->facts(), p, now, parent, &plan.model_metadata);
+    weights_dir = run_->dir()->weights_dir();
+  }
+  bool has_train = false;
+  for (const auto& t : p.tensors) has_train |= t.group == storage::TensorGroup::kTrain;
+  if (!has_train && !p.train_metadata.entries().empty()) {
+    return absl::InvalidArgumentError("train_metadata: given without any TRAIN tensor");
+  }
+  plan.train_metadata = p.train_metadata;
+  plan.train_metadata.Set(std::string(storage::kKeyRole), Value("train"));
+  plan.train_metadata.Set(std::string(storage::kKeyRunId), Value::String(p.run_id));
+  plan.train_metadata.Set(std::string(storage::kKeyStep), Value(p.step));
+  plan.train_metadata.Set(std::string(storage::kKeyTimeUtc), Value::String(FormatUtc(now)));
+
+  auto writer = storage::CheckpointWriter::Create(registry_->env(), weights_dir, std::move(plan));
+  if (!writer.ok()) return writer.status();
+  // Refuse before writing any data when the files cannot fit.
+  CKPTD_ASSIGN_OR_RETURN(env::FsSpace space, registry_->env()->Space(weights_dir));
+  if (space.free_bytes < (*writer)->planned_bytes() + kSpaceMargin) {
+    return absl::ResourceExhaustedError(
+        StrCat("run '", p.run_id, "' step ", p.step, " needs ", (*writer)->planned_bytes(),
+               " bytes but the filesystem of ", weights_dir, " has ", space.free_bytes,
+               " free; free space there or move the run to another root"));
+  }
+  writer_ = std::move(*writer);
+  spdlog::info("save started run={} step={} tensors={} bytes={} reason=\"{}\"", p.run_id, p.step,
+               p.tensors.size(), writer_->data_bytes(), reason_);
+  return absl::OkStatus();
+}
+
+absl::Status SaveSession::Write(std::string_view bytes) { return writer_->WriteData(bytes); }
+
+absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bool* is_latest) {
+  t->received_s = NowSeconds() - start_s_;
+  CKPTD_TRY(writer_->Finish());
+  t->durable_s = NowSeconds() - start_s_;
+  storage::CheckpointRecord record;
+  {
+    std::lock_guard lock(run_->mu);
+    CKPTD_ASSIGN_OR_RETURN(
+        record, run_->dir()->Commit(writer_.get(), params_.overwrite ? storage::Overwrite::kYes
+                                                                     : storage::Overwrite::kNo));
+    *is_latest = run_->dir()->latest_step() == record.step;
+    run_->reference_time_s = NowSeconds();
+    run_->last_error.clear();
+  }
+  done_ = true;
+  t->committed_s = NowSeconds() - start_s_;
+  spdlog::info(
+      "save committed run={} step={} bytes={} received={:.3f}s durable={:.3f}s committed={:.3f}s "
+      "file={}{}",
+      params_.run_id, record.step, record.model_bytes + record.train_bytes, t->received_s,
+      t->durable_s, t->committed_s, record.model_path, *is_latest ? " latest" : "");
+  run_->Publish({.type = Event::Type::kCommitted,
+                 .run_id = params_.run_id,
+                 .step = record.step,
+                 .record = record,
+                 .is_latest = *is_latest,
+                 .time_utc = FormatUtc(NowSeconds())});
+  return record;
+}
+
+void SaveSession::Fail(const absl::Status& why) {
+  if (done_) return;
+  done_ = true;
+  std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
+  {
+    std::lock_guard lock(run_->mu);
+    run_->last_error = error;
+  }
+  spdlog::warn("save failed run={} step={} after={:.3f}s error=\"{}\"", params_.run_id,
+               params_.step, NowSeconds() - start_s_, error);
+  run_->Publish({.type = Event::Type::kFailed,
+                 .run_id = params_.run_id,
+                 .step = params_.step,
+                 .error = error,
+                 .time_utc = FormatUtc(NowSeconds())});
+}
+
+}  // namespace ckptd::scheduler

@@ -1,0 +1,77 @@
+// One save, from its header to its commit: schedule check, per-run
+// ordering, overwrite rules, provenance, the disk-space check before any
+// data is written, writing as bytes arrive, and the commit. A session that
+// is destroyed without Commit() (client gone, bad input) removes its temp
+// files and publishes a FAILED event; earlier checkpoints and `latest` stay
+// as they were. Not thread-safe; one per save.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/scheduler/run_registry.h"
+#include "daemon/storage/checkpoint_writer.h"
+
+namespace ckptd::scheduler {
+
+enum class SaveKind { kSave, kClose };
+
+struct SaveParams {
+  std::string run_id;
+  uint64_t step = 0;
+  std::map<std::string, double> metrics;
+  bool force = false;
+  bool overwrite = false;
+  std::vector<storage::PlannedTensor> tensors;
+  gguf::Metadata train_metadata;
+  std::string transport = "grpc-stream";
+  SaveKind kind = SaveKind::kSave;
+};
+
+struct SaveTimings {
+  double received_s = 0;
+  double durable_s = 0;
+  double committed_s = 0;
+};
+
+class SaveSession {
+ public:
+  // Returns a session that is either skipped() (not due, nothing written)
+  // or ready for data. Errors: NOT_FOUND (unknown run), FAILED_PRECONDITION
+  // (run not opened, or finished; step below the last without overwrite),
+  // ALREADY_EXISTS, INVALID_ARGUMENT (tensors, metadata), RESOURCE_EXHAUSTED
+  // (not enough free space for the planned files).
+  static absl::StatusOr<std::unique_ptr<SaveSession>> Begin(RunRegistry* registry,
+                                                            SaveParams params);
+  ~SaveSession();
+
+  bool skipped() const { return writer_ == nullptr; }
+  const std::string& reason() const { return reason_; }
+  uint64_t expected_bytes() const { return writer_ ? writer_->data_bytes() : 0; }
+  uint64_t received_bytes() const { return writer_ ? writer_->received_bytes() : 0; }
+
+  absl::Status Write(std::string_view bytes);
+  absl::StatusOr<storage::CheckpointRecord> Commit(SaveTimings* timings, bool* is_latest);
+  // Records the failure (run's last_error, FAILED event, log); the
+  // destructor then removes the temp files.
+  void Fail(const absl::Status& why);
+
+ private:
+  SaveSession(RunRegistry* registry, std::shared_ptr<Run> run, SaveParams params);
+  absl::Status Prepare();
+
+  RunRegistry* registry_;
+  std::shared_ptr<Run> run_;
+  SaveParams params_;
+  std::unique_lock<std::mutex> save_lock_;
+  std::unique_ptr<storage::CheckpointWriter> writer_;
+  std::string reason_;
+  double start_s_ = 0;
+  bool done_ = false;  // committed or failed
+};
+
+}  // namespace ckptd::scheduler

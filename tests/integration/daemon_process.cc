@@ -1,0 +1,140 @@
+// Spawning and watching the ckptd binary.
+#include "tests/integration/daemon_process.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace ckptd::testing {
+namespace {
+
+int ExitCode(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+pid_t Spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
+            const std::string& out_path, const std::string& err_path) {
+  pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+  int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+  ::dup2(out, 1);
+  ::dup2(err, 2);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  ::execv(args[0], args.data());
+  ::_exit(127);
+}
+
+}  // namespace
+
+DaemonProcess::DaemonProcess(DaemonOptions options)
+    : options_(std::move(options)),
+      socket_(options_.root + "/ckptd.sock"),
+      log_(options_.root + "/../ckptd-" + std::to_string(::getpid()) + ".log") {}
+
+DaemonProcess::~DaemonProcess() {
+  if (pid_ > 0) Stop(SIGKILL);
+}
+
+void DaemonProcess::Start() {
+  std::vector<std::string> argv = {CKPTD_BINARY,      "--root",      options_.root, "--listen",
+                                   "unix:" + socket_, "--log-level", "debug"};
+  argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
+  std::filesystem::remove(socket_);  // a previous daemon's socket would answer nobody
+  pid_ = Spawn(argv, options_.env, "/dev/null", log_);
+  // Connect only once the socket exists: a channel that fails first backs off for a second.
+  for (int i = 0; i < 1000 && !std::filesystem::exists(socket_); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  auto client = Connect();
+  for (int i = 0; i < 400; ++i) {
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      FAIL() << "ckptd exited with " << ExitCode(status) << " during startup:\n" << Log();
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    v1::ListRunsResponse resp;
+    if (client->stub().ListRuns(&ctx, {}, &resp).ok()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  FAIL() << "ckptd did not answer within 20 s:\n" << Log();
+}
+
+int DaemonProcess::Stop(int sig) {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, sig);
+  return Wait();
+}
+
+int DaemonProcess::Wait() {
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return ExitCode(status);
+}
+
+std::unique_ptr<Client> DaemonProcess::Connect() const {
+  return *Client::Connect("unix:" + socket_);
+}
+
+std::string DaemonProcess::Log() const { return Slurp(log_); }
+
+uint64_t DaemonProcess::PeakRssBytes() const {
+  std::istringstream in(Slurp("/proc/" + std::to_string(pid_) + "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with("VmHWM:")) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+int DaemonProcess::OpenFds() const {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/fd")) {
+    ++n;
+  }
+  return n;
+}
+
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         const std::map<std::string, std::string>& env) {
+  char out_tmpl[] = "/tmp/ckptd-cmd-out-XXXXXX";
+  char err_tmpl[] = "/tmp/ckptd-cmd-err-XXXXXX";
+  ::close(::mkstemp(out_tmpl));
+  ::close(::mkstemp(err_tmpl));
+  pid_t pid = Spawn(argv, env, out_tmpl, err_tmpl);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  CommandResult r{ExitCode(status), Slurp(out_tmpl), Slurp(err_tmpl)};
+  ::unlink(out_tmpl);
+  ::unlink(err_tmpl);
+  return r;
+}
+
+}  // namespace ckptd::testing

@@ -1,0 +1,59 @@
+// Runs the real ckptd binary for black-box tests: a temp root, a Unix socket
+// inside it, stderr captured to a log file, readiness by polling the API.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/cpp/ckptd/client.h"
+
+namespace ckptd::testing {
+
+struct DaemonOptions {
+  std::string root;                        // --root
+  std::vector<std::string> extra_args;     // e.g. {"--config", path}
+  std::map<std::string, std::string> env;  // e.g. CKPTD_TEST_FAULTS
+};
+
+class DaemonProcess {
+ public:
+  explicit DaemonProcess(DaemonOptions options);
+  ~DaemonProcess();  // SIGKILLs a daemon still running
+
+  // Starts the binary and waits (up to 20 s) until it answers ListRuns.
+  void Start();
+  // Sends `sig` and waits; returns the exit code, or 128 + signal.
+  int Stop(int sig);
+  // Waits for exit; returns the exit code, or 128 + signal.
+  int Wait();
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+
+  const std::string& socket() const { return socket_; }
+  std::unique_ptr<Client> Connect() const;
+  std::string Log() const;
+  // From /proc/PID/status: VmHWM (peak RSS) and the number of open fds.
+  uint64_t PeakRssBytes() const;
+  int OpenFds() const;
+
+ private:
+  DaemonOptions options_;
+  std::string socket_;
+  std::string log_;
+  pid_t pid_ = -1;
+};
+
+// Runs a binary to completion, returning its exit code and output.
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         const std::map<std::string, std::string>& env = {});
+
+}  // namespace ckptd::testing
