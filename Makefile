@@ -4,6 +4,9 @@ JOBS       ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 ARGS       ?=
 FUZZ_SECONDS ?= 30
+# Unit suites run again under ASan + UBSan (the black-box suites run the
+# normal build's binaries).
+SANITIZED  = gguf env storage policy config
 
 CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON
 
@@ -28,20 +31,20 @@ test: build
 
 sanitize:
 	@$(CMAKE_CONFIGURE) -B $(BUILD)-asan -DCKPTD_SANITIZE=address,undefined >/dev/null
-	@ninja -C $(BUILD)-asan -j$(JOBS) gguf_tests env_tests
-	@cd $(BUILD)-asan && ctest --output-on-failure -j$(JOBS) -L unit
+	@ninja -C $(BUILD)-asan -j$(JOBS) $(addsuffix _tests,$(SANITIZED))
+	@set -e; for t in $(SANITIZED); do \
+	  echo "sanitize: $$t"; $(BUILD)-asan/tests/$$t/$${t}_tests --gtest_brief=1; done
 
 fuzz:
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)
 
 run: build
-	@if [ -x $(BUILD)/daemon/ckptd ]; then \
-	  exec $(BUILD)/daemon/ckptd $(ARGS); \
-	else \
-	  echo "ckptd: the daemon is not part of this build yet (issue #3);"; \
-	  echo "  ckptctl is at $(BUILD)/client/cli/ckptctl: try '$(BUILD)/client/cli/ckptctl inspect FILE.gguf'"; \
-	  exit 1; \
-	fi
+	@echo "ckptd: dev config: runs under ./ckpt-runs, socket unix:./ckpt-runs/ckptd.sock (Ctrl-C stops)."
+	@echo "Try it from another shell:"
+	@echo "  $(BUILD)/tests/gguf/gguf_fixture_writer /tmp/demo.gguf /dev/null"
+	@echo "  $(BUILD)/client/cli/ckptctl import demo /tmp/demo.gguf --step 100 --metric loss=2.5"
+	@echo "  $(BUILD)/client/cli/ckptctl runs; $(BUILD)/client/cli/ckptctl ls demo; $(BUILD)/client/cli/ckptctl latest demo"
+	@exec $(BUILD)/daemon/ckptd $(ARGS)
 
 bench: build
 	@$(BUILD)/bench/gguf_bench $(ARGS)

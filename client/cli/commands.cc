@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "client/cli/daemon_commands.h"
 #include "client/cli/gguf_json.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
@@ -68,6 +69,9 @@ int Main(int argc, char** argv) {
   auto* verify = app.add_subcommand("verify", "Re-read all tensor data and check its digests");
   verify->add_option("FILE", verify_path, "GGUF file written by ckptd")->required();
 
+  DaemonCommandArgs daemon_args;
+  AddDaemonCommands(&app, &daemon_args);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -78,6 +82,7 @@ int Main(int argc, char** argv) {
   }
   if (*inspect) return Inspect(inspect_path, inspect_json);
   if (*verify) return Verify(verify_path);
+  if (int rc = RunDaemonCommand(app, daemon_args); rc >= 0) return rc;
   return kExitUsage;
 }
 

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "tests/integration/daemon_process.h"
@@ -273,7 +274,12 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(std::pair{"crash_before=rename:1", false},  // before the train rename
                       std::pair{"crash_before=rename:2", false},  // between train and model
                       std::pair{"crash_after=rename:2", true},    // model renamed, latest not yet
-                      std::pair{"crash_before=syncdir:1", true}));
+                      std::pair{"crash_before=syncdir:1", true}),
+    [](const auto& info) {
+      std::string name = info.param.first;
+      std::replace_if(name.begin(), name.end(), [](char c) { return !std::isalnum(c); }, '_');
+      return name;
+    });
 
 TEST_F(DaemonTest, ScheduleSkipsForcesAndCloseWritesTheFinalSnapshot) {
   auto daemon = StartDaemon();
@@ -543,6 +549,66 @@ TEST_F(DaemonTest, WatchRunStreamsCommitsAndFailures) {
   EXPECT_EQ(e.step(), 200u);
   EXPECT_THAT(e.error(), HasSubstr("stream ended after"));
   ctx.TryCancel();
+}
+
+}  // namespace
+}  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(DaemonTest, CkptctlTalksToTheDaemon) {
+  auto daemon = StartDaemon();
+  const std::string sock = "--socket=unix:" + daemon->socket();
+  std::string src = tmp_.Join("src.gguf");
+  ASSERT_EQ(RunCommand({FIXTURE_WRITER, src, "/dev/null", "4"}).exit_code, 0);
+  auto src_json = nlohmann::json::parse(RunCommand({CKPTCTL_BINARY, "inspect", "--json", src}).out);
+  std::string src_uuid;
+  for (const auto& e : src_json["metadata"]) {
+    if (e["key"] == "general.uuid") src_uuid = e["value"];
+  }
+
+  auto imp = RunCommand(
+      {CKPTCTL_BINARY, "import", "imp", src, "--step", "10", "--metric", "loss=1.5", sock});
+  ASSERT_EQ(imp.exit_code, 0) << imp.err;
+  EXPECT_THAT(imp.out, HasSubstr("imported " + src + " as step 10 of run imp"));
+  // Same tensors => same uuid, whatever the new metadata.
+  EXPECT_THAT(imp.out, HasSubstr(src_uuid));
+
+  auto ls = RunCommand({CKPTCTL_BINARY, "ls", "imp", "--json", sock});
+  ASSERT_EQ(ls.exit_code, 0) << ls.err;
+  auto cps = nlohmann::json::parse(ls.out)["checkpoints"];
+  ASSERT_EQ(cps.size(), 1u);
+  EXPECT_EQ(cps[0]["step"], "10");  // protobuf's JSON mapping writes uint64 as a string
+  EXPECT_EQ(cps[0]["metrics"]["loss"], 1.5);
+  EXPECT_EQ(cps[0]["uuid"], src_uuid);
+
+  auto latest = RunCommand({CKPTCTL_BINARY, "latest", "imp", sock});
+  EXPECT_EQ(latest.exit_code, 0);
+  EXPECT_EQ(latest.out, fs::canonical(Weights("imp")).string() + "/step_10.gguf\n");
+  auto verify = RunCommand({CKPTCTL_BINARY, "verify", Weights("imp") + "/step_10.gguf"});
+  EXPECT_EQ(verify.exit_code, 0) << verify.err;
+
+  auto show = RunCommand({CKPTCTL_BINARY, "show", "imp", "10", sock});
+  EXPECT_EQ(show.exit_code, 0);
+  EXPECT_THAT(show.out, HasSubstr("blk.8.q8_0.weight"));
+  EXPECT_THAT(show.out, HasSubstr("ckpt.trainer.extra.imported_from"));
+  auto runs = RunCommand({CKPTCTL_BINARY, "runs", sock});
+  EXPECT_THAT(runs.out, HasSubstr("imp"));
+
+  auto client = daemon->Connect();
+  ASSERT_TRUE(client->OpenRun(OpenRequest("empty")).ok());
+  auto none = RunCommand({CKPTCTL_BINARY, "latest", "empty", sock});
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_THAT(none.err, HasSubstr("no committed checkpoint"));
+  auto unknown = RunCommand({CKPTCTL_BINARY, "show", "imp", "11", sock});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("no checkpoint at step 11"));
+
+  EXPECT_EQ(daemon->Stop(SIGTERM), 0);
+  auto down = RunCommand({CKPTCTL_BINARY, "runs", sock});
+  EXPECT_EQ(down.exit_code, 1);
+  EXPECT_THAT(down.err, HasSubstr("cannot reach ckptd"));
 }
 
 }  // namespace

@@ -1,0 +1,269 @@
+// ckptctl: runs, ls, latest, show, import.
+#include "client/cli/daemon_commands.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "client/cli/commands.h"
+#include "client/cpp/ckptd/client.h"
+#include "daemon/base/strings.h"
+#include "daemon/env/env.h"
+#include "daemon/gguf/reader.h"
+#include "daemon/rpc/convert.h"
+
+namespace ckptd::cli {
+namespace {
+
+std::string Json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return out;
+}
+
+int Fail(const std::string& what, const absl::Status& st) {
+  std::fprintf(stderr, "ckptctl: %s: %s\n", what.c_str(), std::string(st.message()).c_str());
+  return kExitFailed;
+}
+
+int Fail(const std::string& what, const grpc::Status& st) {
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    std::fprintf(stderr, "ckptctl: %s: cannot reach ckptd (%s); is it running? (--socket)\n",
+                 what.c_str(), st.error_message().c_str());
+    return kExitFailed;
+  }
+  return Fail(what, FromGrpc(st));
+}
+
+std::string DefaultSocket() {
+  const char* env = std::getenv("CKPTD_SOCKET");
+  return env && *env ? env : "unix:./ckpt-runs/ckptd.sock";
+}
+
+std::string Metrics(const google::protobuf::Map<std::string, double>& m) {
+  std::string out;
+  for (const auto& [k, v] : m)
+    StrAppend(&out, out.empty() ? "" : " ", k, "=", fmt::format("{:g}", v));
+  return out;
+}
+
+const char* StateName(v1::RunState s) {
+  switch (s) {
+    case v1::RUN_STATE_OPEN:
+      return "open";
+    case v1::RUN_STATE_IDLE:
+      return "idle";
+    case v1::RUN_STATE_FINISHED:
+      return "finished";
+    default:
+      return "?";
+  }
+}
+
+int Runs(Client& c, const DaemonCommandArgs& a) {
+  grpc::ClientContext ctx;
+  v1::ListRunsResponse resp;
+  if (auto st = c.stub().ListRuns(&ctx, {}, &resp); !st.ok()) return Fail("runs", st);
+  if (a.json) {
+    std::cout << Json(resp) << "\n";
+    return kExitOk;
+  }
+  std::cout << fmt::format("{:<24} {:<9} {:>10} {:>6} {:>14}  {}\n", "RUN", "STATE", "LAST STEP",
+                           "CKPTS", "BYTES", "DIR");
+  for (const auto& r : resp.runs()) {
+    std::cout << fmt::format("{:<24} {:<9} {:>10} {:>6} {:>14}  {}\n", r.run_id(),
+                             StateName(r.state()),
+                             r.has_last_step() ? std::to_string(r.last_step()) : "-",
+                             r.checkpoint_count(), r.total_bytes(), r.run_dir());
+  }
+  return kExitOk;
+}
+
+int Ls(Client& c, const DaemonCommandArgs& a) {
+  v1::ListCheckpointsResponse all;
+  v1::ListCheckpointsRequest req;
+  req.set_run_id(a.run);
+  req.set_page_size(1000);
+  do {
+    grpc::ClientContext ctx;
+    v1::ListCheckpointsResponse page;
+    if (auto st = c.stub().ListCheckpoints(&ctx, req, &page); !st.ok()) return Fail(a.run, st);
+    for (auto& cp : *page.mutable_checkpoints()) *all.add_checkpoints() = std::move(cp);
+    req.set_page_token(page.next_page_token());
+  } while (!req.page_token().empty());
+  if (a.json) {
+    std::cout << Json(all) << "\n";
+    return kExitOk;
+  }
+  std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {}\n", "STEP", "TIME (UTC)",
+                           "BYTES", "UUID", "LATEST", "METRICS");
+  for (const auto& cp : all.checkpoints()) {
+    std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {}\n", cp.step(), cp.time_utc(),
+                             cp.size_bytes() + cp.train_size_bytes(), cp.uuid().substr(0, 8),
+                             cp.is_latest() ? "*" : "", Metrics(cp.metrics()));
+  }
+  return kExitOk;
+}
+
+int Latest(Client& c, const DaemonCommandArgs& a) {
+  grpc::ClientContext ctx;
+  v1::GetRunRequest req;
+  req.set_run_id(a.run);
+  v1::RunInfo info;
+  if (auto st = c.stub().GetRun(&ctx, req, &info); !st.ok()) return Fail(a.run, st);
+  if (!info.has_last_step()) {
+    std::fprintf(stderr, "ckptctl: %s: no committed checkpoint yet\n", a.run.c_str());
+    return kExitFailed;
+  }
+  if (a.json) {
+    std::cout << Json(info) << "\n";
+  } else {
+    std::cout << info.latest_file() << "\n";
+  }
+  return kExitOk;
+}
+
+int Show(Client& c, const DaemonCommandArgs& a) {
+  grpc::ClientContext ctx;
+  v1::GetCheckpointRequest req;
+  req.set_run_id(a.run);
+  req.set_step(a.step);
+  v1::CheckpointDetail d;
+  if (auto st = c.stub().GetCheckpoint(&ctx, req, &d); !st.ok()) return Fail(a.run, st);
+  if (a.json) {
+    std::cout << Json(d) << "\n";
+    return kExitOk;
+  }
+  const auto& i = d.info();
+  std::cout << fmt::format("step {} of run {}{}\n  file    {} ({} bytes)\n", i.step(), a.run,
+                           i.is_latest() ? " (latest)" : "", i.file(), i.size_bytes());
+  if (!i.train_file().empty()) {
+    std::cout << fmt::format("  train   {} ({} bytes)\n", i.train_file(), i.train_size_bytes());
+  }
+  std::cout << fmt::format("  uuid    {}\n  digest  {}\n  time    {}\n  metrics {}\n", i.uuid(),
+                           i.content_digest(), i.time_utc(), Metrics(i.metrics()));
+  std::cout << "\nmetadata:\n";
+  for (const auto& e : d.metadata()) {
+    std::string v;
+    google::protobuf::util::MessageToJsonString(e.value(), &v);
+    if (v.size() > 100) v = v.substr(0, 97) + "...";
+    std::cout << fmt::format("  {:<40} {}\n", e.key(), v);
+  }
+  std::cout << "\ntensors:\n";
+  for (const auto& t : d.tensors()) {
+    std::cout << fmt::format("  {:<40} {:<18} [{}] {} bytes\n", t.tensor().name(),
+                             v1::TensorType_Name(t.tensor().type()),
+                             fmt::join(t.tensor().ne(), ", "), t.nbytes());
+  }
+  for (const auto& t : d.train_tensors()) {
+    std::cout << fmt::format("  {:<40} {:<18} [{}] {} bytes (train)\n", t.tensor().name(),
+                             v1::TensorType_Name(t.tensor().type()),
+                             fmt::join(t.tensor().ne(), ", "), t.nbytes());
+  }
+  return kExitOk;
+}
+
+// Sends an existing GGUF's metadata and tensors through OpenRun + Save.
+int Import(Client& c, const DaemonCommandArgs& a) {
+  auto mapped = env::Env::Default()->MapForRead(a.file);
+  if (!mapped.ok()) return Fail(a.file, mapped.status());
+  auto header = gguf::ReadHeader(**mapped);
+  if (!header.ok()) return Fail(a.file, header.status());
+  std::map<std::string, double> metrics;
+  for (const std::string& kv : a.metrics) {
+    size_t eq = kv.find('=');
+    double v = 0;
+    if (eq == std::string::npos || !absl::SimpleAtod(kv.substr(eq + 1), &v)) {
+      std::fprintf(stderr, "ckptctl: --metric '%s' is not NAME=NUMBER\n", kv.c_str());
+      return kExitUsage;
+    }
+    metrics[kv.substr(0, eq)] = v;
+  }
+  v1::OpenRunRequest open;
+  open.set_run_id(a.run);
+  for (const auto& [key, value] : header->metadata.entries()) {
+    if (key.starts_with("ckpt.") || key == "general.uuid" || key == "general.alignment") continue;
+    v1::MetadataEntry* e = open.add_model_metadata();
+    e->set_key(key);
+    *e->mutable_value() = rpc::ToProto(value);
+  }
+  open.mutable_provenance()->mutable_extra()->insert({"imported_from", a.file});
+  auto run = c.OpenRun(open);
+  if (!run.ok()) return Fail(a.run, run.status());
+  std::vector<TensorView> views;
+  const char* base = (*mapped)->bytes().data() + header->data_offset;
+  for (const gguf::TensorInfo& t : header->tensors) {
+    auto type = static_cast<v1::TensorType>(t.type);
+    if (!v1::TensorType_IsValid(type)) {
+      std::fprintf(
+          stderr,
+          "ckptctl: %s: tensor '%s' is %s; ckptd imports F32, F16, BF16, F64, "
+          "I8-I64 and Q8_0\n",
+          a.file.c_str(), t.name.c_str(),
+          std::string(gguf::LookupTensorType(static_cast<uint32_t>(t.type))->name).c_str());
+      return kExitFailed;
+    }
+    views.push_back({t.name, type, t.ne, base + t.offset, t.nbytes});
+  }
+  auto saved = (*run)->save(a.step, views, metrics, {.force = true});
+  if (!saved.ok()) return Fail(a.run, saved.status());
+  if (a.json) {
+    std::cout << Json(*saved) << "\n";
+  } else {
+    std::cout << fmt::format("imported {} as step {} of run {}: {} ({} bytes, uuid {})\n", a.file,
+                             a.step, a.run, saved->checkpoint().file(),
+                             saved->checkpoint().size_bytes(), saved->checkpoint().uuid());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a) {
+  auto socket = [&](CLI::App* sub) {
+    sub->add_option("--socket", a->socket,
+                    "Daemon address: unix:PATH, PATH or HOST:PORT "
+                    "(default $CKPTD_SOCKET or unix:./ckpt-runs/ckptd.sock)");
+    sub->add_flag("--json", a->json, "Print the API's JSON");
+  };
+  socket(app->add_subcommand("runs", "List the runs the daemon knows"));
+  auto* ls = app->add_subcommand("ls", "List a run's checkpoints");
+  ls->add_option("RUN", a->run)->required();
+  socket(ls);
+  auto* latest = app->add_subcommand("latest", "Print the path of a run's newest checkpoint");
+  latest->add_option("RUN", a->run)->required();
+  socket(latest);
+  auto* show = app->add_subcommand("show", "A checkpoint's metadata and tensors");
+  show->add_option("RUN", a->run)->required();
+  show->add_option("STEP", a->step)->required();
+  socket(show);
+  auto* import = app->add_subcommand("import", "Bring an existing GGUF file under ckptd as a step");
+  import->add_option("RUN", a->run)->required();
+  import->add_option("FILE", a->file)->required();
+  import->add_option("--step", a->step, "Step to record it as")->required();
+  import->add_option("--metric", a->metrics, "NAME=VALUE (repeatable)");
+  socket(import);
+}
+
+int RunDaemonCommand(const CLI::App& app, const DaemonCommandArgs& args) {
+  std::string name;
+  for (const char* n : {"runs", "ls", "latest", "show", "import"}) {
+    if (app.got_subcommand(n)) name = n;
+  }
+  if (name.empty()) return -1;
+  auto client = Client::Connect(args.socket.empty() ? DefaultSocket() : args.socket);
+  if (!client.ok()) return Fail("connect", client.status());
+  if (name == "runs") return Runs(**client, args);
+  if (name == "ls") return Ls(**client, args);
+  if (name == "latest") return Latest(**client, args);
+  if (name == "show") return Show(**client, args);
+  return Import(**client, args);
+}
+
+}  // namespace ckptd::cli
