@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libabsl-dev
-  libboost-dev libboost-filesystem-dev
+  libboost-dev libboost-filesystem-dev libssl-dev
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
   libsystemd-dev
@@ -24,7 +24,7 @@ test_pkgs=(
 )
 runtime_pkgs=(
   libgrpc++1.51 libprotobuf32 libboost-filesystem1.74.0 libspdlog1.10 libfmt9
-  libxxhash0 libsystemd0 ca-certificates
+  libxxhash0 libsystemd0 libssl3 ca-certificates
 )
 
 mode=${1:-all}

@@ -152,7 +152,8 @@ int DaemonMain(int argc, char** argv) {
 
   scheduler::DaemonFacts facts{
       CKPTD_VERSION, Hostname(), cfg->alignment,
-      cfg->direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto};
+      cfg->direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto,
+      cfg->uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash : gguf::UuidScheme::kContent};
   scheduler::RunRegistry registry(env, *roots, cfg->schedule, facts);
   for (const std::string& w : registry.Scan()) spdlog::warn("startup: {}", w);
   spdlog::info("ckptd {} starting: roots={} runs={} listen={}", CKPTD_VERSION,

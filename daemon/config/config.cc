@@ -113,6 +113,7 @@ std::map<std::string, Setter> Setters(Config* c) {
       {"storage.roots", StringList(&c->roots)},
       {"storage.direct_io", String(&c->direct_io)},
       {"storage.alignment", Unsigned(&c->alignment)},
+      {"storage.uuid_scheme", String(&c->uuid_scheme)},
       {"schedule.every_steps", Unsigned(&c->schedule.every_steps)},
       {"schedule.every_seconds", Seconds(&c->schedule.every_seconds)},
       {"schedule.at_steps", StepList(&c->schedule.at_steps)},
@@ -169,6 +170,10 @@ absl::Status Validate(const Config& c) {
   }
   if (c.direct_io != "auto" && c.direct_io != "off") {
     return bad("storage.direct_io", StrCat("'", c.direct_io, "' is not \"auto\" or \"off\""));
+  }
+  if (c.uuid_scheme != "content" && c.uuid_scheme != "gguf-hash") {
+    return bad("storage.uuid_scheme",
+               StrCat("'", c.uuid_scheme, "' is not \"content\" or \"gguf-hash\""));
   }
   if (c.alignment == 0 || (c.alignment & (c.alignment - 1)) != 0 || c.alignment > (1u << 20)) {
     return bad("storage.alignment", StrCat(c.alignment, " is not a power of two up to 1 MiB"));
@@ -239,6 +244,7 @@ std::string Describe(const Config& c) {
   line("roots", fmt::format("[{}]", fmt::join(roots, ", ")), "storage.roots");
   line("direct_io", q(c.direct_io), "storage.direct_io");
   line("alignment", std::to_string(c.alignment), "storage.alignment");
+  line("uuid_scheme", q(c.uuid_scheme), "storage.uuid_scheme");
   out += "\n[schedule]\n";
   line("every_steps", std::to_string(c.schedule.every_steps), "schedule.every_steps");
   line("every_seconds", fmt::format("{:g}", c.schedule.every_seconds), "schedule.every_seconds");

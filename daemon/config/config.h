@@ -27,6 +27,7 @@ struct Config {
   std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
   std::string direct_io = "auto";                    // "auto" | "off"
   uint32_t alignment = 32;                           // GGUF general.alignment
+  std::string uuid_scheme = "content";               // "content" | "gguf-hash"
   // [schedule]: the default for runs that do not send their own
   policy::Schedule schedule{.every_steps = 1000};
   // [log]

@@ -69,6 +69,12 @@ absl::StatusOr<Layout> PlanLayout(Metadata metadata, std::vector<TensorSpec> ten
     metadata.Set(std::string(kKeyContentDigest), ContentDigestPlaceholder());
     metadata.Set(std::string(kKeyTensorDigests), TensorDigestsPlaceholder(tensors.size()));
     layout.has_digest_slots = true;
+    if (options.uuid_scheme == UuidScheme::kGgufHash) {
+      metadata.Set(std::string(kKeyUuidScheme), Value::String(std::string(kGgufHashScheme)));
+      layout.uuid_scheme = UuidScheme::kGgufHash;
+    } else {
+      metadata.Remove(kKeyUuidScheme);
+    }
   }
 
   uint64_t header = 4 + 4 + 8 + 8;

@@ -23,7 +23,8 @@ inline constexpr std::string_view kKeyAlignment = "general.alignment";
 inline constexpr std::string_view kKeyUuid = "general.uuid";
 inline constexpr std::string_view kKeyContentDigest = "ckpt.content_digest";
 inline constexpr std::string_view kKeyTensorDigests = "ckpt.tensor_digests";
-// Present only when general.uuid is not UuidFromDigest(content digest).
+// Present only when general.uuid is not UuidFromDigest(content digest):
+// "gguf-hash" (see UuidScheme).
 inline constexpr std::string_view kKeyUuidScheme = "ckpt.uuid_scheme";
 
 struct TensorSpec {
@@ -43,9 +44,16 @@ struct TensorInfo {
 
 enum class DigestSlots { kNone, kReserve };
 
+// How general.uuid is made: from the XXH3-128 content digest (fast, the
+// default), or exactly as llama.cpp's gguf_hash.py does (UUIDv5 over the
+// tensor bytes, SHA-1; recorded as ckpt.uuid_scheme = "gguf-hash").
+enum class UuidScheme { kContent, kGgufHash };
+inline constexpr std::string_view kGgufHashScheme = "gguf-hash";
+
 struct PlanOptions {
   uint32_t alignment = kDefaultAlignment;  // power of two
   DigestSlots digest_slots = DigestSlots::kReserve;
+  UuidScheme uuid_scheme = UuidScheme::kContent;
 };
 
 struct Layout {
@@ -53,6 +61,7 @@ struct Layout {
   std::vector<TensorInfo> tensors;
   uint32_t alignment = kDefaultAlignment;
   bool has_digest_slots = false;
+  UuidScheme uuid_scheme = UuidScheme::kContent;
   uint64_t header_bytes = 0;  // up to the end of the tensor infos
   uint64_t data_offset = 0;   // header_bytes rounded up to the alignment
   uint64_t file_size = 0;     // every tensor padded to the alignment, as ggml writes

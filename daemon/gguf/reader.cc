@@ -9,6 +9,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/gguf/sha1.h"
 
 namespace ckptd::gguf {
 namespace {
@@ -322,19 +323,25 @@ absl::StatusOr<ContentDigest> ComputeDigest(const ByteSource& src, const GgufFil
   ContentDigest out;
   ContentDigestBuilder builder;
   TensorHasher hasher;
+  const Value* scheme = file.metadata.Find(kKeyUuidScheme);
+  const bool gguf_hash =
+      scheme && scheme->get_if<std::string>() && *scheme->get_if<std::string>() == kGgufHashScheme;
+  Sha1 sha1;
+  sha1.Update(kGgufHashNamespace.data(), kGgufHashNamespace.size());
   for (const TensorInfo& t : file.tensors) {
     hasher.Reset();
     for (uint64_t done = 0; done < t.nbytes;) {
       size_t n = std::min<uint64_t>(kChunk, t.nbytes - done);
       CKPTD_TRY(src.ReadAt(file.data_offset + t.offset + done, n, buf.get()));
       hasher.Update(buf.get(), n);
+      if (gguf_hash) sha1.Update(buf.get(), n);
       done += n;
     }
     out.tensors.push_back(hasher.Finish());
     builder.AddTensor(t.name, t.type, t.ne, t.nbytes, out.tensors.back());
   }
   out.content = builder.Finish();
-  out.uuid = UuidFromDigest(out.content);
+  out.uuid = gguf_hash ? UuidV5FromSha1(sha1.Finish()) : UuidFromDigest(out.content);
   return out;
 }
 
@@ -369,11 +376,9 @@ absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file)
                                       ", computed ", ContentDigestString(report.computed.content),
                                       " (tensor names, types or shapes changed)"));
   }
-  // A uuid from another scheme (e.g. gguf-hash) is not derived from this digest.
-  const Value* scheme = file.metadata.Find(kKeyUuidScheme);
   const Value* uuid = file.metadata.Find(kKeyUuid);
   const std::string* uuid_str = uuid ? uuid->get_if<std::string>() : nullptr;
-  if (scheme == nullptr && uuid_str != nullptr && *uuid_str != report.computed.uuid) {
+  if (uuid_str != nullptr && *uuid_str != report.computed.uuid) {
     return absl::DataLossError(StrCat("general.uuid ", *uuid_str,
                                       " does not match the content (expected ",
                                       report.computed.uuid, ")"));

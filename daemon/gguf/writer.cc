@@ -41,6 +41,7 @@ void FillDigestSlots(const ContentDigest& digest, Layout* layout) {
 
 Writer::Writer(Layout layout, Sink* sink) : layout_(std::move(layout)), sink_(sink) {
   digest_.tensors.reserve(layout_.tensors.size());
+  if (layout_.uuid_scheme == UuidScheme::kGgufHash) gguf_hash_ = std::make_unique<GgufHashWorker>();
 }
 
 absl::Status Writer::WriteHeader() {
@@ -85,7 +86,13 @@ absl::Status Writer::WriteData(std::string_view bytes) {
       throw std::logic_error("gguf: tensor data position differs from its planned offset");
     }
     size_t n = std::min<uint64_t>(bytes.size(), t.nbytes - tensor_filled_);
-    CKPTD_TRY(sink_->Append(bytes.substr(0, n)));
+    // SHA-1 (when asked for) runs on its worker while this thread writes.
+    if (gguf_hash_) gguf_hash_->Submit(bytes.data(), n);
+    absl::Status appended = sink_->Append(bytes.substr(0, n));
+    if (!appended.ok()) {
+      if (gguf_hash_) gguf_hash_->Wait();
+      return appended;
+    }
     hasher_.Update(bytes.data(), n);
     position_ += n;
     tensor_filled_ += n;
@@ -95,6 +102,7 @@ absl::Status Writer::WriteData(std::string_view bytes) {
       CKPTD_TRY(Pad());
     }
   }
+  if (gguf_hash_) gguf_hash_->Wait();  // the caller's bytes are free again
   return absl::OkStatus();
 }
 
@@ -129,7 +137,7 @@ absl::StatusOr<ContentDigest> Writer::Finish() {
     builder.AddTensor(t.name, t.type, t.ne, t.nbytes, digest_.tensors[i]);
   }
   digest_.content = builder.Finish();
-  digest_.uuid = UuidFromDigest(digest_.content);
+  digest_.uuid = gguf_hash_ ? gguf_hash_->FinishUuid() : UuidFromDigest(digest_.content);
   finished_ = true;
   if (layout_.has_digest_slots) FillDigestSlots(digest_, &layout_);
   // Rewrites the header when it holds slots (digests, or values set later).

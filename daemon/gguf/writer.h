@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "daemon/gguf/digest.h"
 #include "daemon/gguf/layout.h"
+#include "daemon/gguf/sha1.h"
 
 namespace ckptd::gguf {
 
@@ -72,6 +74,7 @@ class Writer {
   size_t tensor_ = 0;      // tensor being filled
   uint64_t tensor_filled_ = 0;
   TensorHasher hasher_;
+  std::unique_ptr<GgufHashWorker> gguf_hash_;  // when layout.uuid_scheme is kGgufHash
   ContentDigest digest_;
 };
 

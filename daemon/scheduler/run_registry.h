@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/env/env.h"
+#include "daemon/gguf/layout.h"
 #include "daemon/gguf/value.h"
 #include "daemon/policy/schedule.h"
 #include "daemon/storage/run_dir.h"
@@ -68,6 +69,7 @@ struct DaemonFacts {
   std::string host;
   uint32_t alignment = 32;
   env::DirectIo direct_io = env::DirectIo::kAuto;
+  gguf::UuidScheme uuid_scheme = gguf::UuidScheme::kContent;
 };
 
 class Run {

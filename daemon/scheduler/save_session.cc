@@ -94,6 +94,7 @@ absl::Status SaveSession::Prepare() {
   plan.step = p.step;
   plan.alignment = registry_->facts().alignment;
   plan.direct_io = registry_->facts().direct_io;
+  plan.uuid_scheme = registry_->facts().uuid_scheme;
   plan.tensors = p.tensors;
   const double now = NowSeconds();
   std::string weights_dir;

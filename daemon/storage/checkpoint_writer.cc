@@ -54,11 +54,12 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(env::
                                                                            std::string weights_dir,
                                                                            SavePlan plan) {
   std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(env, std::move(weights_dir), plan.step));
+  w->direct_io_ = plan.direct_io;
   std::vector<gguf::TensorSpec> model_specs, train_specs;
   for (const PlannedTensor& t : plan.tensors) {
     (t.group == TensorGroup::kTrain ? train_specs : model_specs).push_back(t.spec);
   }
-  gguf::PlanOptions options{.alignment = plan.alignment};
+  gguf::PlanOptions options{.alignment = plan.alignment, .uuid_scheme = plan.uuid_scheme};
   auto model_layout = gguf::PlanLayout(std::move(plan.model_metadata), model_specs, options);
   if (!model_layout.ok()) return model_layout.status();
   w->model_ = std::make_unique<File>();
@@ -89,7 +90,7 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(env::
 
 absl::Status CheckpointWriter::Open(File* f) {
   std::string path = StrCat(weights_dir_, "/", TempFileName(f->written.final_name));
-  CKPTD_ASSIGN_OR_RETURN(f->file, env_->NewWritableFile(path, env::DirectIo::kAuto));
+  CKPTD_ASSIGN_OR_RETURN(f->file, env_->NewWritableFile(path, direct_io_));
   f->written.temp_path = path;
   f->sink = std::make_unique<FileSink>(f->file.get());
   f->writer = std::make_unique<gguf::Writer>(f->layout, f->sink.get());

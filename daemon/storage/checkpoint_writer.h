@@ -33,6 +33,7 @@ struct SavePlan {
   std::vector<PlannedTensor> tensors;  // in the order their bytes arrive
   uint32_t alignment = gguf::kDefaultAlignment;
   env::DirectIo direct_io = env::DirectIo::kAuto;
+  gguf::UuidScheme uuid_scheme = gguf::UuidScheme::kContent;
 };
 
 struct WrittenFile {
@@ -79,6 +80,7 @@ class CheckpointWriter {
   env::Env* env_;
   std::string weights_dir_;
   uint64_t step_;
+  env::DirectIo direct_io_ = env::DirectIo::kAuto;
   std::vector<File*> route_;  // per tensor, in arrival order
   std::vector<uint64_t> sizes_;
   size_t tensor_ = 0;

@@ -8,6 +8,7 @@ canonical stream (daemon/gguf/digest.h), so the format ckptd promises is
 checked from outside.
 """
 import argparse
+import hashlib
 import json
 import os
 import struct
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import uuid
 
 import numpy as np
 import xxhash
@@ -190,6 +192,24 @@ class VerifyTest(unittest.TestCase):
         h = digest.split(":")[1]
         uuid = h[:8] + "-" + h[8:12] + "-8" + h[13:16] + "-"
         self.assertTrue(md["general.uuid"].startswith(uuid), md["general.uuid"])
+
+    def test_gguf_hash_uuid_matches_an_independent_uuid5(self):
+        # What llama.cpp's gguf_hash.py computes: UUIDv5 (SHA-1) over every
+        # tensor's bytes in file order, in the llama.cpp namespace.
+        path = os.path.join(self.dir.name, "hashed.gguf")
+        subprocess.run([ARGS.fixture_writer, path, os.devnull, "23", "32", "gguf-hash"], check=True)
+        info = json.loads(ckptctl("inspect", "--json", path).stdout)
+        blob = read_bytes(path)
+        data = b"".join(blob[info["data_offset"] + t["offset"]:][:t["nbytes"]] for t in info["tensors"])
+        ns = uuid.UUID("ef001206-dadc-5f6d-a15f-3359e577d4e5")
+        want = str(uuid.UUID(bytes=hashlib.sha1(ns.bytes + data).digest()[:16], version=5))
+        md = {e["key"]: e["value"] for e in info["metadata"]}
+        self.assertEqual(md["general.uuid"], want)
+        self.assertEqual(md["ckpt.uuid_scheme"], "gguf-hash")
+        self.assertEqual(ckptctl("verify", path).returncode, 0)
+        # The content digest is still XXH3 and still checked.
+        digest, _, _ = canonical_digest(path)
+        self.assertEqual(md["ckpt.content_digest"], digest)
 
     def test_corrupt_tensor_is_named(self):
         info = json.loads(ckptctl("inspect", "--json", self.path).stdout)

@@ -1,4 +1,4 @@
-// gguf_fixture_writer OUT.gguf EXPECTED.json [SEED] [ALIGNMENT]
+// gguf_fixture_writer OUT.gguf EXPECTED.json [SEED] [ALIGNMENT] [gguf-hash]
 // Writes a random GGUF file with metadata of every value type and tensors of
 // every type ckptd writes, and beside it what the file must contain, taken
 // from the in-memory plan (not from reading the file back), for outside
@@ -54,7 +54,11 @@ int main(int argc, char** argv) {
   uint64_t seed = argc > 3 ? std::stoull(argv[3]) : 1;
   uint32_t alignment = argc > 4 ? static_cast<uint32_t>(std::stoul(argv[4])) : 32;
   std::mt19937_64 rng(seed);
-  auto built = ckptd::testing::BuildRandomFile(rng, {.alignment = alignment});
+  const bool gguf_hash = argc > 5 && std::string(argv[5]) == "gguf-hash";
+  auto built = ckptd::testing::BuildRandomFile(
+      rng, {.alignment = alignment,
+            .uuid_scheme = gguf_hash ? ckptd::gguf::UuidScheme::kGgufHash
+                                     : ckptd::gguf::UuidScheme::kContent});
   ckptd::gguf::Layout layout = built.layout;
   ckptd::gguf::FillDigestSlots(built.digest, &layout);
 

@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <filesystem>
 #include <fstream>
@@ -277,7 +279,8 @@ INSTANTIATE_TEST_SUITE_P(
                       std::pair{"crash_before=syncdir:1", true}),
     [](const auto& info) {
       std::string name = info.param.first;
-      std::replace_if(name.begin(), name.end(), [](char c) { return !std::isalnum(c); }, '_');
+      std::replace_if(
+          name.begin(), name.end(), [](char c) { return !std::isalnum(c); }, '_');
       return name;
     });
 
@@ -609,6 +612,92 @@ TEST_F(DaemonTest, CkptctlTalksToTheDaemon) {
   auto down = RunCommand({CKPTCTL_BINARY, "runs", sock});
   EXPECT_EQ(down.exit_code, 1);
   EXPECT_THAT(down.err, HasSubstr("cannot reach ckptd"));
+}
+
+}  // namespace
+}  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(DaemonTest, GgufHashUuidSchemeFromConfig) {
+  std::string cfg = tmp_.Join("hash.toml");
+  std::ofstream(cfg) << "[storage]\nuuid_scheme = \"gguf-hash\"\n[schedule]\nevery_steps = 1\n";
+  auto daemon = StartDaemon({}, {"--config", cfg});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(OpenRequest("rh", 1));
+  ASSERT_TRUE(run.ok());
+  Model m(4.0f);
+  auto a = (*run)->save(1, m.Views());
+  auto b = (*run)->save(2, m.Views());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->checkpoint().uuid(), b->checkpoint().uuid());
+  EXPECT_EQ(a->checkpoint().uuid()[14], '5');  // UUIDv5
+  grpc::ClientContext ctx;
+  v1::GetCheckpointRequest req;
+  req.set_run_id("rh");
+  req.set_step(2);
+  v1::CheckpointDetail d;
+  ASSERT_TRUE(client->stub().GetCheckpoint(&ctx, req, &d).ok());
+  bool found = false;
+  for (const auto& e : d.metadata()) {
+    if (e.key() == "ckpt.uuid_scheme") found = e.value().string_value() == "gguf-hash";
+  }
+  EXPECT_TRUE(found);
+  auto v = RunCommand({CKPTCTL_BINARY, "verify", Weights("rh") + "/step_2.gguf"});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+}
+
+TEST_F(DaemonTest, SighupReloadsTheDefaultSchedule) {
+  std::string cfg = tmp_.Join("reload.toml");
+  std::ofstream(cfg) << "[schedule]\nevery_steps = 100\n";
+  auto daemon = StartDaemon({}, {"--config", cfg});
+  auto client = daemon->Connect();
+  v1::OpenRunRequest req = OpenRequest("rh");
+  req.clear_schedule();  // follow the daemon's default
+  auto run = client->OpenRun(req);
+  ASSERT_TRUE(run.ok());
+  EXPECT_FALSE((*run)->should_save(7)->due());
+  std::ofstream(cfg, std::ios::trunc) << "[schedule]\nevery_steps = 7\n";
+  ::kill(daemon->pid(), SIGHUP);
+  bool due = false;
+  for (int i = 0; i < 100 && !due; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    due = (*run)->should_save(7)->due();
+  }
+  EXPECT_TRUE(due);
+  EXPECT_THAT(daemon->Log(), HasSubstr("reloaded: schedule every_steps=7"));
+  // A broken file on reload keeps the running config.
+  std::ofstream(cfg, std::ios::trunc) << "[schedule]\nevery_steps = \"x\"\n";
+  ::kill(daemon->pid(), SIGHUP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE((*run)->should_save(14)->due());
+  EXPECT_THAT(daemon->Log(), HasSubstr("reload failed, keeping the running config"));
+}
+
+TEST_F(DaemonTest, NotifiesSystemdReadyStatusAndStopping) {
+  std::string path = tmp_.Join("notify.sock");
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  auto receive = [&] {
+    char buf[512];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  };
+  auto daemon = StartDaemon({{"NOTIFY_SOCKET", path}});
+  std::string ready = receive();
+  EXPECT_THAT(ready, HasSubstr("READY=1"));
+  EXPECT_THAT(ready, HasSubstr("STATUS=serving 0 runs on unix:"));
+  ::kill(daemon->pid(), SIGTERM);
+  EXPECT_THAT(receive(), HasSubstr("STOPPING=1"));
+  EXPECT_EQ(daemon->Wait(), 0);
+  ::close(fd);
 }
 
 }  // namespace
