@@ -163,7 +163,9 @@ int DaemonMain(int argc, char** argv) {
     spdlog::error("cannot prepare {}: {}", cfg->listen, ToStd(st.message()));
     return kExitRuntime;
   }
-  rpc::CheckpointdService service(&registry);
+  rpc::CheckpointdService service(
+      &registry,
+      std::chrono::milliseconds(static_cast<int64_t>(cfg->save_idle_timeout_seconds * 1000)));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -110,6 +110,7 @@ std::map<std::string, Setter> Setters(Config* c) {
       {"server.memory_quota_bytes", Unsigned(&c->memory_quota_bytes)},
       {"server.max_threads", Unsigned(&c->max_threads)},
       {"server.shutdown_deadline_seconds", Seconds(&c->shutdown_deadline_seconds)},
+      {"server.save_idle_timeout_seconds", Seconds(&c->save_idle_timeout_seconds)},
       {"storage.roots", StringList(&c->roots)},
       {"storage.direct_io", String(&c->direct_io)},
       {"storage.alignment", Unsigned(&c->alignment)},
@@ -240,6 +241,8 @@ std::string Describe(const Config& c) {
   line("max_threads", std::to_string(c.max_threads), "server.max_threads");
   line("shutdown_deadline_seconds", fmt::format("{:g}", c.shutdown_deadline_seconds),
        "server.shutdown_deadline_seconds");
+  line("save_idle_timeout_seconds", fmt::format("{:g}", c.save_idle_timeout_seconds),
+       "server.save_idle_timeout_seconds");
   out += "\n[storage]\n";
   line("roots", fmt::format("[{}]", fmt::join(roots, ", ")), "storage.roots");
   line("direct_io", q(c.direct_io), "storage.direct_io");

@@ -23,6 +23,7 @@ struct Config {
   uint64_t memory_quota_bytes = 512 << 20;             // gRPC ResourceQuota
   uint32_t max_threads = 64;                           // gRPC sync server threads
   double shutdown_deadline_seconds = 60;               // SIGTERM: in-flight saves get this long
+  double save_idle_timeout_seconds = 120;  // a Save stream silent this long is cancelled; 0 = never
   // [storage]
   std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
   std::string direct_io = "auto";                    // "auto" | "off"

@@ -135,8 +135,10 @@ grpc::Status CheckpointdService::RunSave(grpc::ServerContext* ctx,
     resp->set_result(v1::SaveResponse::RESULT_SKIPPED);
     return grpc::Status::OK;
   }
+  StallWatchdog::Guard watch = watchdog_.Watch(ctx);
   v1::SaveRequest msg;
   while (reader->Read(&msg)) {
+    watch.Progress();
     if (!msg.has_data()) {
       absl::Status st =
           absl::InvalidArgumentError("a Save stream has one header, then data messages only");

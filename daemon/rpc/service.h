@@ -8,6 +8,7 @@
 #include <atomic>
 
 #include "ckptd/v1/ckptd.grpc.pb.h"
+#include "daemon/rpc/stall_watchdog.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_session.h"
 
@@ -15,7 +16,9 @@ namespace ckptd::rpc {
 
 class CheckpointdService final : public v1::Checkpointd::Service {
  public:
-  explicit CheckpointdService(scheduler::RunRegistry* registry) : registry_(registry) {}
+  // Save streams idle for longer than save_idle_timeout are cancelled.
+  CheckpointdService(scheduler::RunRegistry* registry, std::chrono::milliseconds save_idle_timeout)
+      : registry_(registry), watchdog_(save_idle_timeout) {}
 
   // Ends WatchRun streams promptly so shutdown is not held up by dashboards.
   void BeginShutdown();
@@ -48,6 +51,7 @@ class CheckpointdService final : public v1::Checkpointd::Service {
 
   scheduler::RunRegistry* registry_;
   std::atomic<bool> stopping_{false};
+  StallWatchdog watchdog_;
 };
 
 }  // namespace ckptd::rpc

@@ -702,3 +702,38 @@ TEST_F(DaemonTest, NotifiesSystemdReadyStatusAndStopping) {
 
 }  // namespace
 }  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(DaemonTest, StalledSaveIsCancelledAndFreesTheRun) {
+  std::string cfg = tmp_.Join("idle.toml");
+  std::ofstream(cfg) << "[server]\nsave_idle_timeout_seconds = 1\n";
+  auto daemon = StartDaemon({}, {"--config", cfg});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(OpenRequest("ri"));
+  ASSERT_TRUE(run.ok());
+  grpc::ClientContext ctx;
+  v1::SaveResponse resp;
+  auto writer = client->stub().Save(&ctx, &resp);
+  v1::SaveRequest msg;
+  msg.mutable_header()->set_run_id("ri");
+  msg.mutable_header()->set_step(100);
+  msg.mutable_header()->set_force(true);
+  auto* d = msg.mutable_header()->add_tensors();
+  d->set_name("w");
+  d->add_ne(1 << 20);
+  ASSERT_TRUE(writer->Write(msg));                              // then nothing: a hung trainer
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // it holds the run's save slot
+  // Another save of the same run waits for the slot, then goes through.
+  Model m(9.0f);
+  auto next = (*run)->save(200, m.Views(), {}, {.force = true});
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->checkpoint().step(), 200u);
+  EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_THAT(daemon->Log(), HasSubstr("cancelling a save stream idle"));
+  EXPECT_THAT(Names(Weights("ri")), UnorderedElementsAre("step_200.gguf", "latest"));
+}
+
+}  // namespace
+}  // namespace ckptd::testing
