@@ -53,6 +53,7 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::map<std::string, st
 DaemonProcess::DaemonProcess(DaemonOptions options)
     : options_(std::move(options)),
       socket_(options_.root + "/ckptd.sock"),
+      target_(options_.listen.empty() ? "unix:" + socket_ : options_.listen),
       log_(options_.root + "/../ckptd-" + std::to_string(::getpid()) + ".log") {}
 
 DaemonProcess::~DaemonProcess() {
@@ -60,13 +61,15 @@ DaemonProcess::~DaemonProcess() {
 }
 
 void DaemonProcess::Start() {
-  std::vector<std::string> argv = {CKPTD_BINARY,      "--root",      options_.root, "--listen",
-                                   "unix:" + socket_, "--log-level", "debug"};
+  std::vector<std::string> argv = {CKPTD_BINARY, "--root",      options_.root, "--listen",
+                                   target_,      "--log-level", "debug"};
   argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
-  std::filesystem::remove(socket_);  // a previous daemon's socket would answer nobody
+  std::filesystem::remove(socket_);              // a previous daemon's socket would answer nobody
+  std::ofstream(log_, std::ios::trunc).close();  // before the child exists, so no stale "ready"
   pid_ = Spawn(argv, options_.env, "/dev/null", log_);
-  // Connect only once the socket exists: a channel that fails first backs off for a second.
-  for (int i = 0; i < 1000 && !std::filesystem::exists(socket_); ++i) {
+  // Connect only once the daemon says it listens: a channel whose first
+  // attempt fails backs off for a second or more.
+  for (int i = 0; i < 1000 && Log().find("ready: listening") == std::string::npos; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   auto client = Connect();
@@ -98,9 +101,7 @@ int DaemonProcess::Wait() {
   return ExitCode(status);
 }
 
-std::unique_ptr<Client> DaemonProcess::Connect() const {
-  return *Client::Connect("unix:" + socket_);
-}
+std::unique_ptr<Client> DaemonProcess::Connect() const { return *Client::Connect(target_); }
 
 std::string DaemonProcess::Log() const { return Slurp(log_); }
 

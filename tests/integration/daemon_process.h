@@ -17,6 +17,7 @@ struct DaemonOptions {
   std::string root;                        // --root
   std::vector<std::string> extra_args;     // e.g. {"--config", path}
   std::map<std::string, std::string> env;  // e.g. CKPTD_TEST_FAULTS
+  std::string listen;                      // default: unix:<root>/ckptd.sock
 };
 
 class DaemonProcess {
@@ -34,6 +35,7 @@ class DaemonProcess {
   pid_t pid() const { return pid_; }
 
   const std::string& socket() const { return socket_; }
+  const std::string& target() const { return target_; }
   std::unique_ptr<Client> Connect() const;
   std::string Log() const;
   // From /proc/PID/status: VmHWM (peak RSS) and the number of open fds.
@@ -43,6 +45,7 @@ class DaemonProcess {
  private:
   DaemonOptions options_;
   std::string socket_;
+  std::string target_;
   std::string log_;
   pid_t pid_ = -1;
 };

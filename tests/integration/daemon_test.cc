@@ -737,3 +737,24 @@ TEST_F(DaemonTest, StalledSaveIsCancelledAndFreesTheRun) {
 
 }  // namespace
 }  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(DaemonTest, ListensOnTcpWhenAsked) {
+  const std::string listen = "127.0.0.1:" + std::to_string(20000 + ::getpid() % 20000);
+  auto daemon = std::make_unique<DaemonProcess>(DaemonOptions{root_, {}, {}, listen});
+  daemon->Start();
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(OpenRequest("tcp"));
+  ASSERT_TRUE(run.ok()) << run.status();
+  Model m(6.0f);
+  auto r = (*run)->save(100, m.Views());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->result(), v1::SaveResponse::RESULT_COMMITTED);
+  EXPECT_FALSE(fs::exists(root_ + "/ckptd.sock"));
+  EXPECT_EQ(daemon->Stop(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace ckptd::testing
