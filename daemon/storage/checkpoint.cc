@@ -1,6 +1,9 @@
 // Catalog records from checkpoint headers.
 #include "daemon/storage/checkpoint.h"
 
+#include <cstdio>
+#include <ctime>
+
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/gguf/layout.h"
@@ -22,10 +25,23 @@ absl::StatusOr<gguf::GgufFile> ReadGgufHeader(env::Env* env, const std::string& 
   return header;
 }
 
+double ParseUtc(const std::string& s) {
+  struct tm tm = {};
+  int ms = 0;
+  if (std::sscanf(s.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6) {
+    return 0;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<double>(timegm(&tm)) + ms / 1000.0;
+}
+
 void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRecord* r) {
   r->uuid = StringValue(md, gguf::kKeyUuid);
   r->content_digest = StringValue(md, gguf::kKeyContentDigest);
   r->time_utc = StringValue(md, kKeyTimeUtc);
+  r->time_s = ParseUtc(r->time_utc);
   r->parent_uuid = StringValue(md, kKeyParentUuid);
   r->tensor_count = static_cast<uint32_t>(tensor_count);
   for (const auto& [key, value] : md.entries()) {

@@ -36,10 +36,14 @@ struct CheckpointRecord {
   std::string uuid;
   std::string content_digest;
   std::string time_utc;
+  double time_s = 0;  // time_utc as seconds since the epoch (0 if absent)
   std::string parent_uuid;
   std::map<std::string, double> metrics;
   uint32_t tensor_count = 0;
 };
+
+// "2026-11-24T09:10:39.381Z" -> seconds since the epoch; 0 when unparseable.
+double ParseUtc(const std::string& s);
 
 // Fills uuid, digest, time, parent, metrics and tensor count from a model
 // file's header.

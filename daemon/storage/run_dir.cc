@@ -131,6 +131,19 @@ absl::Status RunDir::PointLatestAt(std::optional<uint64_t> step) {
   return env_->SyncDir(weights_dir_);
 }
 
+absl::Status RunDir::Delete(uint64_t step) {
+  const CheckpointRecord* r = Find(step);
+  if (r == nullptr) return absl::NotFoundError(StrCat("no checkpoint at step ", step));
+  if (latest_step() == step) {
+    return absl::FailedPreconditionError(StrCat("step ", step, " is latest's target; not deleting it"));
+  }
+  CKPTD_TRY(env_->RemoveFile(PathOf(ModelFileName(step))));
+  bool has_train = !r->train_path.empty();
+  catalog_.erase(step);
+  if (has_train) CKPTD_TRY(env_->RemoveFile(PathOf(TrainFileName(step))));
+  return env_->SyncDir(weights_dir_);
+}
+
 absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwrite overwrite) {
   const uint64_t step = writer->step();
   CKPTD_TRY(CheckCanSave(step, overwrite));

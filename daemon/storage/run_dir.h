@@ -49,6 +49,12 @@ class RunDir {
   // highest step. A stale train file of an overwritten step is removed.
   absl::StatusOr<CheckpointRecord> Commit(CheckpointWriter* writer, Overwrite overwrite);
 
+  // Deletes a committed checkpoint: the model file first (after which the
+  // checkpoint no longer exists), then its train file, then fsyncs the
+  // directory. Refuses `latest`'s target (FAILED_PRECONDITION). Only files
+  // named by the grammar inside weights/ are touched.
+  absl::Status Delete(uint64_t step);
+
  private:
   RunDir(env::Env* env, std::string run_dir);
   absl::Status Recover(RecoveryReport* report);

@@ -1,0 +1,45 @@
+// The retention executor: turns a run's catalog, pins and in-flight steps
+// into the pure planner's inputs, and deletes what the plan drops, checking
+// the protections again right before each delete. Also prunes for the disk
+// guard. Callers hold the run's lock.
+#pragma once
+
+#include <set>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/policy/retention.h"
+#include "daemon/storage/pins.h"
+#include "daemon/storage/run_dir.h"
+
+namespace ckptd::scheduler {
+
+enum class DryRun { kNo, kYes };
+
+struct RetentionOutcome {
+  std::vector<policy::RetentionDecision> plan;
+  std::vector<uint64_t> deleted;
+};
+
+policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir, const storage::PinStore& pins,
+                                           const policy::RetentionPolicy& policy,
+                                           const std::set<uint64_t>& in_flight, double now_s);
+
+// Plans and (unless dry) applies retention. Stops at the first failed delete
+// and returns its error; what was deleted before stays deleted.
+absl::StatusOr<RetentionOutcome> ApplyRetention(storage::RunDir* dir, const storage::PinStore& pins,
+                                                const policy::RetentionPolicy& policy,
+                                                const std::set<uint64_t>& in_flight, double now_s,
+                                                DryRun dry);
+
+// Frees at least `needed` bytes by deleting unprotected checkpoints, the
+// retention plan's own victims first, then the oldest. Deletes nothing and
+// returns RESOURCE_EXHAUSTED (with what it could free) when all of them
+// together would not be enough.
+absl::StatusOr<std::vector<uint64_t>> PruneForSpace(storage::RunDir* dir,
+                                                    const storage::PinStore& pins,
+                                                    const policy::RetentionPolicy& policy,
+                                                    const std::set<uint64_t>& in_flight,
+                                                    double now_s, uint64_t needed);
+
+}  // namespace ckptd::scheduler
