@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <set>
 
 #include "absl/strings/numbers.h"
 #include "client/cli/commands.h"
@@ -101,12 +102,14 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
     std::cout << Json(all) << "\n";
     return kExitOk;
   }
-  std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {}\n", "STEP", "TIME (UTC)",
-                           "BYTES", "UUID", "LATEST", "METRICS");
+  std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {:<24} {}\n", "STEP", "TIME (UTC)",
+                           "BYTES", "UUID", "LATEST", "METRICS", "RETENTION");
   for (const auto& cp : all.checkpoints()) {
-    std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {}\n", cp.step(), cp.time_utc(),
-                             cp.size_bytes() + cp.train_size_bytes(), cp.uuid().substr(0, 8),
-                             cp.is_latest() ? "*" : "", Metrics(cp.metrics()));
+    std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {:<24} {}{}\n", cp.step(),
+                             cp.time_utc(), cp.size_bytes() + cp.train_size_bytes(),
+                             cp.uuid().substr(0, 8), cp.is_latest() ? "*" : "",
+                             Metrics(cp.metrics()), cp.retention_keeps() ? "keep: " : "delete: ",
+                             cp.pinned() ? "pinned: " + cp.pin_reason() : cp.retention_reason());
   }
   return kExitOk;
 }
@@ -223,6 +226,56 @@ int Import(Client& c, const DaemonCommandArgs& a) {
   return kExitOk;
 }
 
+int Pin(Client& c, const DaemonCommandArgs& a, bool pin) {
+  grpc::ClientContext ctx;
+  v1::CheckpointInfo info;
+  grpc::Status st;
+  if (pin) {
+    v1::PinRequest req;
+    req.set_run_id(a.run);
+    req.set_step(a.step);
+    req.set_reason(a.reason);
+    st = c.stub().Pin(&ctx, req, &info);
+  } else {
+    v1::UnpinRequest req;
+    req.set_run_id(a.run);
+    req.set_step(a.step);
+    st = c.stub().Unpin(&ctx, req, &info);
+  }
+  if (!st.ok()) return Fail(a.run, st);
+  if (a.json) {
+    std::cout << Json(info) << "\n";
+  } else {
+    std::cout << fmt::format("{} step {} of run {}{}\n", pin ? "pinned" : "unpinned", a.step, a.run,
+                             pin ? ": " + a.reason : "");
+  }
+  return kExitOk;
+}
+
+int RetentionCommand(Client& c, const DaemonCommandArgs& a, bool apply) {
+  grpc::ClientContext ctx;
+  v1::RetentionRequest req;
+  req.set_run_id(a.run);
+  v1::RetentionPlan plan;
+  grpc::Status st =
+      apply ? c.stub().ApplyRetention(&ctx, req, &plan) : c.stub().PlanRetention(&ctx, req, &plan);
+  if (!st.ok()) return Fail(a.run, st);
+  if (a.json) {
+    std::cout << Json(plan) << "\n";
+    return kExitOk;
+  }
+  std::cout << fmt::format("run {}: {}\n", a.run, plan.policy());
+  if (!plan.paused().empty()) std::cout << "PAUSED: " << plan.paused() << "\n";
+  std::set<uint64_t> deleted(plan.deleted().begin(), plan.deleted().end());
+  for (const auto& d : plan.decisions()) {
+    const char* verdict = deleted.count(d.step()) ? "deleted" : d.keep() ? "keep" : "delete";
+    std::cout << fmt::format("{:>10}  {:<7}  {:>14}  {}\n", d.step(), verdict, d.bytes(),
+                             d.reason());
+  }
+  if (apply) std::cout << fmt::format("{} deleted\n", plan.deleted_size());
+  return kExitOk;
+}
+
 }  // namespace
 
 void AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a) {
@@ -249,12 +302,34 @@ void AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a) {
   import->add_option("--step", a->step, "Step to record it as")->required();
   import->add_option("--metric", a->metrics, "NAME=VALUE (repeatable)");
   socket(import);
+  auto* pin = app->add_subcommand("pin", "Keep a checkpoint whatever retention says");
+  pin->add_option("RUN", a->run)->required();
+  pin->add_option("STEP", a->step)->required();
+  pin->add_option("--reason", a->reason, "Why it must stay (shown in listings)")->required();
+  socket(pin);
+  auto* unpin = app->add_subcommand("unpin", "Let retention decide about a checkpoint again");
+  unpin->add_option("RUN", a->run)->required();
+  unpin->add_option("STEP", a->step)->required();
+  socket(unpin);
+  auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
+  retention->require_subcommand(1);
+  auto* plan =
+      retention->add_subcommand("plan", "Each checkpoint's keep/delete and why (no change)");
+  plan->add_option("RUN", a->run)->required();
+  socket(plan);
+  auto* apply = retention->add_subcommand("apply", "Apply retention now");
+  apply->add_option("RUN", a->run)->required();
+  socket(apply);
 }
 
 int RunDaemonCommand(const CLI::App& app, const DaemonCommandArgs& args) {
   std::string name;
-  for (const char* n : {"runs", "ls", "latest", "show", "import"}) {
+  for (const char* n : {"runs", "ls", "latest", "show", "import", "pin", "unpin", "retention"}) {
     if (app.got_subcommand(n)) name = n;
+  }
+  if (name == "retention") {
+    name = app.get_subcommand("retention")->got_subcommand("apply") ? "retention-apply"
+                                                                    : "retention-plan";
   }
   if (name.empty()) return -1;
   auto client = Client::Connect(args.socket.empty() ? DefaultSocket() : args.socket);
@@ -263,6 +338,10 @@ int RunDaemonCommand(const CLI::App& app, const DaemonCommandArgs& args) {
   if (name == "ls") return Ls(**client, args);
   if (name == "latest") return Latest(**client, args);
   if (name == "show") return Show(**client, args);
+  if (name == "pin" || name == "unpin") return Pin(**client, args, name == "pin");
+  if (name == "retention-plan" || name == "retention-apply") {
+    return RetentionCommand(**client, args, name == "retention-apply");
+  }
   return Import(**client, args);
 }
 

@@ -20,6 +20,7 @@ struct DaemonCommandArgs {
   uint64_t step = 0;
   std::string file;
   std::vector<std::string> metrics;  // k=v
+  std::string reason;                // pin
 };
 
 // Adds the subcommands to `app`; `*args` receives their options. After

@@ -12,8 +12,11 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "daemon/base/strings.h"
 #include "daemon/config/config.h"
@@ -154,7 +157,8 @@ int DaemonMain(int argc, char** argv) {
       CKPTD_VERSION, Hostname(), cfg->alignment,
       cfg->direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto,
       cfg->uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash : gguf::UuidScheme::kContent};
-  scheduler::RunRegistry registry(env, *roots, cfg->schedule, facts);
+  scheduler::RunRegistry registry(env, *roots, cfg->schedule, facts, cfg->retention,
+                                  cfg->disk_guard);
   for (const std::string& w : registry.Scan()) spdlog::warn("startup: {}", w);
   spdlog::info("ckptd {} starting: roots={} runs={} listen={}", CKPTD_VERSION,
                fmt::format("{}", fmt::join(*roots, ",")), registry.List().size(), cfg->listen);
@@ -185,6 +189,22 @@ int DaemonMain(int argc, char** argv) {
   spdlog::info("ready: listening on {}", cfg->listen);
   Notify(StrCat("READY=1\nSTATUS=serving ", registry.List().size(), " runs on ", cfg->listen));
 
+  // Retention also runs on a timer (besides after every commit), so policy
+  // changes and clock-based rules take effect without new saves.
+  std::mutex timer_mu;
+  std::condition_variable timer_cv;
+  bool timer_stop = false;
+  std::thread retention_timer([&] {
+    const auto period = std::chrono::milliseconds(
+        std::max<int64_t>(1000, static_cast<int64_t>(cfg->retention_interval_seconds * 1000)));
+    std::unique_lock lock(timer_mu);
+    while (!timer_cv.wait_for(lock, period, [&] { return timer_stop; })) {
+      lock.unlock();
+      for (const auto& run : registry.List()) (void)registry.RunRetention(*run, /*dry=*/false);
+      lock.lock();
+    }
+  });
+
   while (true) {
     int sig = 0;
     sigwait(&signals, &sig);
@@ -195,9 +215,10 @@ int DaemonMain(int argc, char** argv) {
                       ToStd(fresh.status().message()));
         continue;
       }
-      registry.SetDefaultSchedule(fresh->schedule);
+      registry.SetDefaults(fresh->schedule, fresh->retention, fresh->disk_guard);
       spdlog::set_level(spdlog::level::from_str(fresh->log_level));
-      spdlog::info("reloaded: schedule {}; log level {}", policy::Describe(fresh->schedule),
+      spdlog::info("reloaded: schedule {}; retention {}; log level {}",
+                   policy::Describe(fresh->schedule), policy::Describe(fresh->retention),
                    fresh->log_level);
       continue;
     }
@@ -211,6 +232,12 @@ int DaemonMain(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
   server->Wait();
+  {
+    std::lock_guard lock(timer_mu);
+    timer_stop = true;
+  }
+  timer_cv.notify_all();
+  retention_timer.join();
   spdlog::info("stopped");
   return kExitOk;
 }

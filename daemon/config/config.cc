@@ -103,6 +103,23 @@ Setter StepList(std::vector<uint64_t>* out) {
   };
 }
 
+template <typename E>
+Setter Enum(E* out, std::vector<std::pair<std::string, E>> names) {
+  return [out, names](const toml::node& n, const std::string& where) -> absl::Status {
+    if (!n.is_string()) return TypeError(where, "a string", n);
+    std::vector<std::string> allowed;
+    for (const auto& [name, value] : names) {
+      if (name == n.as_string()->get()) {
+        *out = value;
+        return absl::OkStatus();
+      }
+      allowed.push_back("\"" + name + "\"");
+    }
+    return absl::InvalidArgumentError(StrCat(where, ": '", n.as_string()->get(), "' is not ",
+                                             fmt::format("{}", fmt::join(allowed, " or "))));
+  };
+}
+
 std::map<std::string, Setter> Setters(Config* c) {
   return {
       {"server.listen", String(&c->listen)},
@@ -120,6 +137,21 @@ std::map<std::string, Setter> Setters(Config* c) {
       {"schedule.at_steps", StepList(&c->schedule.at_steps)},
       {"schedule.final_on_close", Bool(&c->schedule.final_on_close)},
       {"log.level", String(&c->log_level)},
+      {"retention.keep_last", Unsigned(&c->retention.keep_last)},
+      {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
+      {"retention.keep_best", Unsigned(&c->retention.keep_best)},
+      {"retention.metric", String(&c->retention.metric)},
+      {"retention.mode", Enum(&c->retention.mode, {{"min", policy::MetricMode::kMin},
+                                                   {"max", policy::MetricMode::kMax}})},
+      {"retention.missing_metric",
+       Enum(&c->retention.missing_metric,
+            {{"ignore", policy::MissingMetric::kIgnore}, {"keep", policy::MissingMetric::kKeep}})},
+      {"retention.keep_time_interval_seconds", Seconds(&c->retention.keep_time_interval_seconds)},
+      {"retention.keep_time_window_seconds", Seconds(&c->retention.keep_time_window_seconds)},
+      {"retention.max_bytes", Unsigned(&c->retention.max_bytes)},
+      {"retention.interval_seconds", Seconds(&c->retention_interval_seconds)},
+      {"disk_guard.min_free_bytes", Unsigned(&c->disk_guard.min_free_bytes)},
+      {"disk_guard.min_free_percent", Seconds(&c->disk_guard.min_free_percent)},
   };
 }
 
@@ -140,7 +172,7 @@ absl::Status LoadFile(const std::string& path, Config* c) {
     if (!node.is_table()) {
       return absl::InvalidArgumentError(StrCat(at, ": unknown key '", section.str(),
                                                "': keys belong in [server], [storage], "
-                                               "[schedule] or [log]"));
+                                               "[schedule], [retention], [disk_guard] or [log]"));
     }
     for (const auto& [key, value] : *node.as_table()) {
       std::string name = StrCat(section.str(), ".", key.str());
@@ -183,6 +215,9 @@ absl::Status Validate(const Config& c) {
     return bad("server.max_message_bytes", "must be between 64 KiB and 1 GiB");
   }
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
+  if (c.disk_guard.min_free_percent > 90)
+    return bad("disk_guard.min_free_percent", "must be at most 90");
+  if (c.retention.metric.empty()) return bad("retention.metric", "must name a metric");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {
     return bad("log.level",
@@ -253,6 +288,13 @@ std::string Describe(const Config& c) {
   line("every_seconds", fmt::format("{:g}", c.schedule.every_seconds), "schedule.every_seconds");
   line("at_steps", fmt::format("[{}]", fmt::join(c.schedule.at_steps, ", ")), "schedule.at_steps");
   line("final_on_close", c.schedule.final_on_close ? "true" : "false", "schedule.final_on_close");
+  out += "\n[retention]                 # " + policy::Describe(c.retention) + "\n";
+  line("interval_seconds", fmt::format("{:g}", c.retention_interval_seconds),
+       "retention.interval_seconds");
+  out += "\n[disk_guard]\n";
+  line("min_free_bytes", std::to_string(c.disk_guard.min_free_bytes), "disk_guard.min_free_bytes");
+  line("min_free_percent", fmt::format("{:g}", c.disk_guard.min_free_percent),
+       "disk_guard.min_free_percent");
   out += "\n[log]\n";
   line("level", q(c.log_level), "log.level");
   return out;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/policy/retention.h"
 #include "daemon/policy/schedule.h"
 
 namespace ckptd::config {
@@ -31,6 +32,11 @@ struct Config {
   std::string uuid_scheme = "content";               // "content" | "gguf-hash"
   // [schedule]: the default for runs that do not send their own
   policy::Schedule schedule{.every_steps = 1000};
+  // [retention]: the default for runs that do not send their own
+  policy::RetentionPolicy retention;        // all rules off: keep everything
+  double retention_interval_seconds = 300;  // also applied after every commit
+  // [disk_guard]: free space to keep on a run's filesystem after a save
+  policy::DiskGuard disk_guard{.min_free_bytes = 0, .min_free_percent = 1};
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

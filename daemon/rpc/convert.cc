@@ -217,6 +217,35 @@ void ToProto(const gguf::TensorInfo& t, storage::TensorGroup group, v1::TensorIn
   out->set_nbytes(t.nbytes);
 }
 
+policy::RetentionPolicy FromProto(const v1::RetentionPolicy& r) {
+  return {.keep_last = r.keep_last(),
+          .keep_every_steps = r.keep_every_steps(),
+          .keep_best = r.keep_best(),
+          .metric = r.metric().empty() ? "loss" : r.metric(),
+          .mode = r.mode() == v1::RetentionPolicy::MODE_MAX ? policy::MetricMode::kMax
+                                                            : policy::MetricMode::kMin,
+          .missing_metric = r.keep_missing_metric() ? policy::MissingMetric::kKeep
+                                                    : policy::MissingMetric::kIgnore,
+          .keep_time_interval_seconds = r.keep_time_interval_seconds(),
+          .keep_time_window_seconds = r.keep_time_window_seconds(),
+          .max_bytes = r.max_bytes()};
+}
+
+v1::RetentionPolicy ToProto(const policy::RetentionPolicy& r) {
+  v1::RetentionPolicy out;
+  out.set_keep_last(r.keep_last);
+  out.set_keep_every_steps(r.keep_every_steps);
+  out.set_keep_best(r.keep_best);
+  out.set_metric(r.metric);
+  out.set_mode(r.mode == policy::MetricMode::kMax ? v1::RetentionPolicy::MODE_MAX
+                                                  : v1::RetentionPolicy::MODE_MIN);
+  out.set_keep_missing_metric(r.missing_metric == policy::MissingMetric::kKeep);
+  out.set_keep_time_interval_seconds(r.keep_time_interval_seconds);
+  out.set_keep_time_window_seconds(r.keep_time_window_seconds);
+  out.set_max_bytes(r.max_bytes);
+  return out;
+}
+
 policy::Schedule FromProto(const v1::Schedule& s) {
   return {.every_steps = s.every_steps(),
           .every_seconds = s.every_seconds(),

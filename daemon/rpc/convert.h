@@ -10,6 +10,7 @@
 #include "ckptd/v1/ckptd.pb.h"
 #include "daemon/gguf/reader.h"
 #include "daemon/gguf/value.h"
+#include "daemon/policy/retention.h"
 #include "daemon/policy/schedule.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/checkpoint_writer.h"
@@ -31,6 +32,8 @@ absl::StatusOr<std::vector<storage::PlannedTensor>> FromProto(
     const google::protobuf::RepeatedPtrField<v1::TensorDescriptor>& tensors);
 void ToProto(const gguf::TensorInfo& t, storage::TensorGroup group, v1::TensorInfo* out);
 
+policy::RetentionPolicy FromProto(const v1::RetentionPolicy& r);
+v1::RetentionPolicy ToProto(const policy::RetentionPolicy& r);
 policy::Schedule FromProto(const v1::Schedule& s);
 v1::Schedule ToProto(const policy::Schedule& s);
 

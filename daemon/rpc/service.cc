@@ -7,6 +7,7 @@
 
 #include "daemon/base/strings.h"
 #include "daemon/rpc/convert.h"
+#include "daemon/scheduler/retention.h"
 #include "daemon/scheduler/save_session.h"
 #include "daemon/storage/file_names.h"
 
@@ -55,6 +56,7 @@ absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& re
     s.provenance.Set(std::string(storage::kKeyClientPid), gguf::Value(p.client_pid()));
   s.base_model_uuid = req.base_model_uuid();
   if (req.has_schedule()) s.schedule = FromProto(req.schedule());
+  if (req.has_retention()) s.retention = FromProto(req.retention());
   return s;
 }
 
@@ -78,8 +80,33 @@ v1::RunInfo CheckpointdService::Info(scheduler::Run& run) const {
   info.set_checkpoint_count(static_cast<uint32_t>(run.dir()->catalog().size()));
   info.set_total_bytes(run.dir()->total_bytes());
   *info.mutable_schedule() = ToProto(registry_->EffectiveSchedule(run));
+  *info.mutable_retention() = ToProto(registry_->EffectiveRetention(run));
   info.set_last_error(run.last_error);
+  info.set_write_error(run.write_error);
   return info;
+}
+
+std::vector<policy::RetentionDecision> CheckpointdService::DryPlan(scheduler::Run& run) const {
+  auto policy = registry_->EffectiveRetention(run);
+  return policy::PlanRetention(
+      policy, scheduler::RetentionInputsFor(*run.dir(), run.pins, policy, run.in_flight,
+                                            scheduler::NowSeconds()));
+}
+
+void CheckpointdService::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
+                                  const std::vector<policy::RetentionDecision>& plan,
+                                  v1::CheckpointInfo* out) const {
+  ToProto(r, run.dir()->latest_step() == r.step, out);
+  if (const std::string* pin = run.pins.Find(r.step)) {
+    out->set_pinned(true);
+    out->set_pin_reason(*pin);
+  }
+  auto it = std::lower_bound(plan.begin(), plan.end(), r.step,
+                             [](const auto& d, uint64_t step) { return d.step < step; });
+  if (it != plan.end() && it->step == r.step) {
+    out->set_retention_keeps(it->keep);
+    out->set_retention_reason(it->reason);
+  }
 }
 
 grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRunRequest* req,
@@ -241,10 +268,10 @@ grpc::Status CheckpointdService::ListCheckpoints(grpc::ServerContext*,
   if (!run.ok()) return ToGrpc(run.status());
   std::lock_guard lock((*run)->mu);
   const auto& catalog = (*run)->dir()->catalog();
-  auto latest = (*run)->dir()->latest_step();
+  const auto plan = DryPlan(**run);
   auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
   for (; it != catalog.end() && static_cast<uint32_t>(resp->checkpoints_size()) < page; ++it) {
-    ToProto(it->second, latest == it->first, resp->add_checkpoints());
+    Describe(**run, it->second, plan, resp->add_checkpoints());
   }
   if (it != catalog.end() && resp->checkpoints_size() > 0) {
     resp->set_next_page_token(std::to_string(resp->checkpoints().rbegin()->step()));
@@ -258,7 +285,6 @@ grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext*,
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
   storage::CheckpointRecord record;
-  bool is_latest = false;
   {
     std::lock_guard lock((*run)->mu);
     const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step());
@@ -268,13 +294,13 @@ grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext*,
                                  req->step(), "; ListCheckpoints shows the committed steps"));
     }
     record = *r;
-    is_latest = (*run)->dir()->latest_step() == req->step();
+
+    Describe(**run, record, DryPlan(**run), resp->mutable_info());
   }
   // Header reads happen outside the lock; a concurrent overwrite replaces
   // the file atomically, so the header read is of one version or the other.
   auto model = storage::ReadGgufHeader(registry_->env(), record.model_path);
   if (!model.ok()) return ToGrpc(model.status());
-  ToProto(record, is_latest, resp->mutable_info());
   ToProto(model->metadata, resp->mutable_metadata());
   for (const auto& t : model->tensors)
     ToProto(t, storage::TensorGroup::kModel, resp->add_tensors());
@@ -320,11 +346,84 @@ grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::Wa
         break;
       case scheduler::Event::Type::kDeleted:
         out.set_type(v1::RunEvent::TYPE_DELETED);
+        out.set_error(e.error);  // why it was deleted
         break;
     }
     if (!writer->Write(out)) break;
   }
   return grpc::Status::OK;
+}
+
+}  // namespace ckptd::rpc
+
+namespace ckptd::rpc {
+
+grpc::Status CheckpointdService::Pin(grpc::ServerContext*, const v1::PinRequest* req,
+                                     v1::CheckpointInfo* resp) {
+  if (req->reason().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "reason: say why this checkpoint must stay (e.g. \"eval-2026-11\")");
+  }
+  auto run = registry_->Get(req->run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  std::lock_guard lock((*run)->mu);
+  const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step());
+  if (r == nullptr) {
+    return grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        StrCat("run '", req->run_id(), "' has no checkpoint at step ", req->step()));
+  }
+  if (absl::Status st = (*run)->pins.Pin(req->step(), req->reason()); !st.ok()) return ToGrpc(st);
+  spdlog::info("pinned run={} step={} reason=\"{}\"", req->run_id(), req->step(), req->reason());
+  Describe(**run, *r, DryPlan(**run), resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::Unpin(grpc::ServerContext*, const v1::UnpinRequest* req,
+                                       v1::CheckpointInfo* resp) {
+  auto run = registry_->Get(req->run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  std::lock_guard lock((*run)->mu);
+  if (absl::Status st = (*run)->pins.Unpin(req->step()); !st.ok()) {
+    return ToGrpc(absl::Status(st.code(), StrCat("run '", req->run_id(), "': ", st.message())));
+  }
+  spdlog::info("unpinned run={} step={}", req->run_id(), req->step());
+  if (const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step())) {
+    Describe(**run, *r, DryPlan(**run), resp);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::Retention(const v1::RetentionRequest& req, bool dry,
+                                           v1::RetentionPlan* resp) {
+  auto run = registry_->Get(req.run_id());
+  if (!run.ok()) return ToGrpc(run.status());
+  std::lock_guard lock((*run)->mu);
+  auto result = registry_->RunRetentionLocked(**run, dry);
+  if (!result.ok()) return ToGrpc(result.status());
+  resp->set_policy(policy::Describe(registry_->EffectiveRetention(**run)));
+  for (const auto& d : result->plan) {
+    v1::RetentionDecision* out = resp->add_decisions();
+    out->set_step(d.step);
+    out->set_keep(d.keep);
+    out->set_reason(d.reason);
+    out->set_bytes(d.bytes);
+  }
+  for (uint64_t step : result->deleted) resp->add_deleted(step);
+  resp->set_paused(result->paused);
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::PlanRetention(grpc::ServerContext*,
+                                               const v1::RetentionRequest* req,
+                                               v1::RetentionPlan* resp) {
+  return Retention(*req, /*dry=*/true, resp);
+}
+
+grpc::Status CheckpointdService::ApplyRetention(grpc::ServerContext*,
+                                                const v1::RetentionRequest* req,
+                                                v1::RetentionPlan* resp) {
+  return Retention(*req, /*dry=*/false, resp);
 }
 
 }  // namespace ckptd::rpc

@@ -41,6 +41,14 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                              v1::CheckpointDetail* resp) override;
   grpc::Status WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
                         grpc::ServerWriter<v1::RunEvent>* writer) override;
+  grpc::Status Pin(grpc::ServerContext* ctx, const v1::PinRequest* req,
+                   v1::CheckpointInfo* resp) override;
+  grpc::Status Unpin(grpc::ServerContext* ctx, const v1::UnpinRequest* req,
+                     v1::CheckpointInfo* resp) override;
+  grpc::Status PlanRetention(grpc::ServerContext* ctx, const v1::RetentionRequest* req,
+                             v1::RetentionPlan* resp) override;
+  grpc::Status ApplyRetention(grpc::ServerContext* ctx, const v1::RetentionRequest* req,
+                              v1::RetentionPlan* resp) override;
 
  private:
   // Runs a Save/CloseRun stream after its header.
@@ -48,6 +56,11 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                        const v1::SaveHeader& header, scheduler::SaveKind kind,
                        v1::SaveResponse* resp);
   v1::RunInfo Info(scheduler::Run& run) const;
+  // A checkpoint as listed: record, latest, pin and retention's verdict (run.mu held).
+  void Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
+                const std::vector<policy::RetentionDecision>& plan, v1::CheckpointInfo* out) const;
+  std::vector<policy::RetentionDecision> DryPlan(scheduler::Run& run) const;  // run.mu held
+  grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
 
   scheduler::RunRegistry* registry_;
   std::atomic<bool> stopping_{false};

@@ -9,6 +9,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/scheduler/retention.h"
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::scheduler {
@@ -75,6 +76,10 @@ void Subscription::Close() {
 
 void Run::Publish(const Event& e) {
   std::lock_guard lock(mu);
+  PublishLocked(e);
+}
+
+void Run::PublishLocked(const Event& e) {
   std::erase_if(subscribers_, [&](const std::weak_ptr<Subscription>& w) {
     auto s = w.lock();
     if (!s) return true;
@@ -98,11 +103,14 @@ void Run::CloseSubscriptions() {
 }
 
 RunRegistry::RunRegistry(env::Env* env, std::vector<std::string> roots,
-                         policy::Schedule default_schedule, DaemonFacts facts)
+                         policy::Schedule default_schedule, DaemonFacts facts,
+                         policy::RetentionPolicy default_retention, policy::DiskGuard disk_guard)
     : env_(env),
       roots_(std::move(roots)),
       facts_(std::move(facts)),
-      default_schedule_(std::move(default_schedule)) {}
+      default_schedule_(std::move(default_schedule)),
+      default_retention_(std::move(default_retention)),
+      disk_guard_(disk_guard) {}
 
 absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id,
                                                        const std::string& dir) {
@@ -119,7 +127,8 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id
     spdlog::info("recovery run={} latest repointed to {}", run_id,
                  last ? storage::ModelFileName(*last) : std::string("(none)"));
   }
-  auto run = std::make_shared<Run>(run_id, std::move(run_dir));
+  CKPTD_ASSIGN_OR_RETURN(storage::PinStore pins, storage::PinStore::Load(env_, dir));
+  auto run = std::make_shared<Run>(run_id, std::move(run_dir), std::move(pins));
   auto marker = env::ReadWholeFile(env_, StrCat(dir, "/", kRunStateFile));
   if (marker.ok() && *marker == kFinished) run->state = RunState::kFinished;
   return run;
@@ -253,9 +262,59 @@ policy::Schedule RunRegistry::EffectiveSchedule(const Run& run) const {
   return default_schedule_;
 }
 
-void RunRegistry::SetDefaultSchedule(const policy::Schedule& s) {
+policy::RetentionPolicy RunRegistry::EffectiveRetention(const Run& run) const {
+  if (run.settings && run.settings->retention) return *run.settings->retention;
+  std::lock_guard lock(mu_);
+  return default_retention_;
+}
+
+void RunRegistry::SetDefaults(const policy::Schedule& s, const policy::RetentionPolicy& r,
+                              const policy::DiskGuard& g) {
   std::lock_guard lock(mu_);
   default_schedule_ = s;
+  default_retention_ = r;
+  disk_guard_ = g;
+}
+
+policy::DiskGuard RunRegistry::disk_guard() const {
+  std::lock_guard lock(mu_);
+  return disk_guard_;
+}
+
+absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetention(Run& run, bool dry) {
+  std::lock_guard lock(run.mu);
+  return RunRetentionLocked(run, dry);
+}
+
+absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run& run, bool dry) {
+  RetentionResult r;
+  const policy::RetentionPolicy policy = EffectiveRetention(run);
+  if (!run.write_error.empty()) {
+    r.paused = StrCat("retention is paused while a write error is unresolved: ", run.write_error);
+    dry = true;
+  }
+  auto outcome = ApplyRetention(run.dir(), run.pins, policy, run.in_flight, NowSeconds(),
+                                dry ? DryRun::kYes : DryRun::kNo);
+  if (!outcome.ok()) {
+    spdlog::error("retention run={} failed: {}", run.id(), ToStd(outcome.status().message()));
+    return outcome.status();
+  }
+  r.plan = std::move(outcome->plan);
+  r.deleted = std::move(outcome->deleted);
+  for (uint64_t step : r.deleted) {
+    std::string reason;
+    for (const auto& d : r.plan) {
+      if (d.step == step) reason = d.reason;
+    }
+    spdlog::info("retention deleted run={} step={} reason=\"{}\"", run.id(), step, reason);
+    deletions_total_++;
+    run.PublishLocked({.type = Event::Type::kDeleted,
+                       .run_id = run.id(),
+                       .step = step,
+                       .error = reason,
+                       .time_utc = FormatUtc(NowSeconds())});
+  }
+  return r;
 }
 
 absl::Status RunRegistry::MarkFinished(Run* run) {

@@ -5,6 +5,7 @@
 // to WatchRun subscribers through bounded queues. Thread-safe.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -12,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -19,7 +21,9 @@
 #include "daemon/env/env.h"
 #include "daemon/gguf/layout.h"
 #include "daemon/gguf/value.h"
+#include "daemon/policy/retention.h"
 #include "daemon/policy/schedule.h"
+#include "daemon/storage/pins.h"
 #include "daemon/storage/run_dir.h"
 
 namespace ckptd::scheduler {
@@ -30,7 +34,8 @@ struct RunSettings {
   gguf::Metadata model_metadata;  // passed through into every checkpoint
   gguf::Metadata provenance;      // ckpt.trainer.*, ckpt.client.pid
   std::string base_model_uuid;
-  std::optional<policy::Schedule> schedule;  // nullopt: the daemon's default
+  std::optional<policy::Schedule> schedule;          // nullopt: the daemon's default
+  std::optional<policy::RetentionPolicy> retention;  // nullopt: the daemon's default
 };
 
 struct Event {
@@ -40,7 +45,7 @@ struct Event {
   uint64_t step = 0;
   std::optional<storage::CheckpointRecord> record;  // kCommitted
   bool is_latest = false;
-  std::string error;  // kFailed
+  std::string error;  // kFailed: the error; kDeleted: retention's reason
   std::string time_utc;
 };
 
@@ -74,8 +79,8 @@ struct DaemonFacts {
 
 class Run {
  public:
-  Run(std::string id, std::unique_ptr<storage::RunDir> dir)
-      : id_(std::move(id)), dir_(std::move(dir)) {}
+  Run(std::string id, std::unique_ptr<storage::RunDir> dir, storage::PinStore pins)
+      : pins(std::move(pins)), id_(std::move(id)), dir_(std::move(dir)) {}
   const std::string& id() const { return id_; }
 
   std::mutex save_mu;     // held for a whole save: saves of one run never interleave
@@ -87,8 +92,14 @@ class Run {
   std::optional<RunSettings> settings;  // set by OpenRun
   double reference_time_s = 0;          // last commit, or when opened
   std::string last_error;
+  // An unresolved write error (I/O, not a client's mistake): retention pauses
+  // until a save succeeds again.
+  std::string write_error;
+  storage::PinStore pins;
+  std::set<uint64_t> in_flight;  // steps being written
 
   void Publish(const Event& e);
+  void PublishLocked(const Event& e);  // mu held
   std::shared_ptr<Subscription> Subscribe();
   void CloseSubscriptions();
 
@@ -102,7 +113,8 @@ class RunRegistry {
  public:
   // `roots` must be absolute and resolved (realpath).
   RunRegistry(env::Env* env, std::vector<std::string> roots, policy::Schedule default_schedule,
-              DaemonFacts facts);
+              DaemonFacts facts, policy::RetentionPolicy default_retention = {},
+              policy::DiskGuard disk_guard = {});
 
   // Opens every <root>/<run_id>/weights under the roots (recovering each);
   // problems are returned as warnings, not errors.
@@ -117,13 +129,28 @@ class RunRegistry {
   absl::StatusOr<std::shared_ptr<Run>> Get(const std::string& run_id) const;
   std::vector<std::shared_ptr<Run>> List() const;
 
-  policy::Schedule EffectiveSchedule(const Run& run) const;  // run.mu held by the caller
-  void SetDefaultSchedule(const policy::Schedule& s);
+  policy::Schedule EffectiveSchedule(const Run& run) const;          // run.mu held by the caller
+  policy::RetentionPolicy EffectiveRetention(const Run& run) const;  // run.mu held
+  void SetDefaults(const policy::Schedule& s, const policy::RetentionPolicy& r,
+                   const policy::DiskGuard& g);
+  policy::DiskGuard disk_guard() const;
+
+  // Plans retention for a run and, unless dry or paused by a write error,
+  // deletes what it drops (logging and publishing DELETED events). `paused`
+  // receives the reason nothing was deleted, if so.
+  struct RetentionResult {
+    std::vector<policy::RetentionDecision> plan;
+    std::vector<uint64_t> deleted;
+    std::string paused;
+  };
+  absl::StatusOr<RetentionResult> RunRetention(Run& run, bool dry);        // takes run.mu
+  absl::StatusOr<RetentionResult> RunRetentionLocked(Run& run, bool dry);  // run.mu held
   // Marks a run finished (persisted beside its weights/).
   absl::Status MarkFinished(Run* run);
   void CloseAllSubscriptions();
 
   env::Env* env() const { return env_; }
+  uint64_t deletions_total() const { return deletions_total_; }
   const DaemonFacts& facts() const { return facts_; }
 
  private:
@@ -136,7 +163,10 @@ class RunRegistry {
   DaemonFacts facts_;
   mutable std::mutex mu_;
   policy::Schedule default_schedule_;
+  policy::RetentionPolicy default_retention_;
+  policy::DiskGuard disk_guard_;
   std::map<std::string, std::shared_ptr<Run>> runs_;
+  std::atomic<uint64_t> deletions_total_{0};
 };
 
 // Seconds since the epoch, and the same as RFC 3339 UTC with milliseconds.

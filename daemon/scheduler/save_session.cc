@@ -6,6 +6,7 @@
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/gguf/layout.h"
+#include "daemon/scheduler/retention.h"
 #include "daemon/storage/checkpoint.h"
 
 namespace ckptd::scheduler {
@@ -37,6 +38,20 @@ void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SavePar
     md->Set(std::string(storage::kKeyParentUuid), Value::String(parent_uuid));
 }
 
+// I/O failures, as opposed to a client's mistakes or a refusal up front.
+bool IsWriteError(const absl::Status& st) {
+  switch (st.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kNotFound:
+      return false;
+    default:
+      return true;
+  }
+}
+
 }  // namespace
 
 SaveSession::SaveSession(RunRegistry* registry, std::shared_ptr<Run> run, SaveParams params)
@@ -49,6 +64,10 @@ SaveSession::~SaveSession() {
   if (writer_ && !done_) {
     Fail(absl::CancelledError(StrCat("the client went away after ", writer_->received_bytes(),
                                      " of ", writer_->data_bytes(), " tensor bytes")));
+  }
+  if (in_flight_) {
+    std::lock_guard lock(run_->mu);
+    LeaveInFlight();
   }
 }
 
@@ -121,20 +140,58 @@ absl::Status SaveSession::Prepare() {
   plan.train_metadata.Set(std::string(storage::kKeyStep), Value(p.step));
   plan.train_metadata.Set(std::string(storage::kKeyTimeUtc), Value::String(FormatUtc(now)));
 
-  auto writer = storage::CheckpointWriter::Create(registry_->env(), weights_dir, std::move(plan));
+  auto writer = storage::CheckpointWriter::Plan(registry_->env(), weights_dir, std::move(plan));
   if (!writer.ok()) return writer.status();
-  // Refuse before writing any data when the files cannot fit.
-  CKPTD_ASSIGN_OR_RETURN(env::FsSpace space, registry_->env()->Space(weights_dir));
-  if (space.free_bytes < (*writer)->planned_bytes() + kSpaceMargin) {
-    return absl::ResourceExhaustedError(
-        StrCat("run '", p.run_id, "' step ", p.step, " needs ", (*writer)->planned_bytes(),
-               " bytes but the filesystem of ", weights_dir, " has ", space.free_bytes,
-               " free; free space there or move the run to another root"));
+  // Before a byte is written: make room under the disk guard, or refuse.
+  CKPTD_TRY(EnsureSpace((*writer)->planned_bytes(), weights_dir));
+  {
+    std::lock_guard lock(run_->mu);
+    run_->in_flight.insert(p.step);
+    in_flight_ = true;
   }
+  CKPTD_TRY((*writer)->Start());
   writer_ = std::move(*writer);
   spdlog::info("save started run={} step={} tensors={} bytes={} reason=\"{}\"", p.run_id, p.step,
                p.tensors.size(), writer_->data_bytes(), reason_);
   return absl::OkStatus();
+}
+
+absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weights_dir) {
+  const policy::DiskGuard guard = registry_->disk_guard();
+  CKPTD_ASSIGN_OR_RETURN(env::FsSpace space, registry_->env()->Space(weights_dir));
+  const uint64_t needed =
+      policy::BytesToFree(guard, space.free_bytes, space.total_bytes, planned + kSpaceMargin);
+  if (needed == 0) return absl::OkStatus();
+  std::lock_guard lock(run_->mu);
+  auto pruned = PruneForSpace(run_->dir(), run_->pins, registry_->EffectiveRetention(*run_),
+                              run_->in_flight, NowSeconds(), needed);
+  if (!pruned.ok()) {
+    return absl::ResourceExhaustedError(StrCat(
+        "run '", params_.run_id, "' step ", params_.step, " needs ", planned, " bytes; ",
+        weights_dir, " has ", space.free_bytes, " free and the disk guard keeps ",
+        std::max<uint64_t>(guard.min_free_bytes,
+                           static_cast<uint64_t>(guard.min_free_percent / 100 *
+                                                 static_cast<double>(space.total_bytes))),
+        " free (disk_guard.min_free_bytes/min_free_percent); ", pruned.status().message(),
+        ". Nothing was written or deleted: free space on that filesystem, unpin checkpoints, "
+        "lower the guard, or move the run to another root"));
+  }
+  for (uint64_t step : *pruned) {
+    spdlog::info("disk guard deleted run={} step={} to make room for step={} ({} bytes needed)",
+                 params_.run_id, step, params_.step, needed);
+    run_->PublishLocked({.type = Event::Type::kDeleted,
+                         .run_id = params_.run_id,
+                         .step = step,
+                         .error = StrCat("disk guard: room for step ", params_.step),
+                         .time_utc = FormatUtc(NowSeconds())});
+  }
+  return absl::OkStatus();
+}
+
+void SaveSession::LeaveInFlight() {
+  if (!in_flight_) return;
+  run_->in_flight.erase(params_.step);
+  in_flight_ = false;
 }
 
 absl::Status SaveSession::Write(std::string_view bytes) { return writer_->WriteData(bytes); }
@@ -152,6 +209,8 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
     *is_latest = run_->dir()->latest_step() == record.step;
     run_->reference_time_s = NowSeconds();
     run_->last_error.clear();
+    run_->write_error.clear();
+    LeaveInFlight();
   }
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
@@ -166,6 +225,8 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
                  .record = record,
                  .is_latest = *is_latest,
                  .time_utc = FormatUtc(NowSeconds())});
+  // Retention after every commit; its failure does not fail the save.
+  (void)registry_->RunRetention(*run_, /*dry=*/false);
   return record;
 }
 
@@ -176,6 +237,8 @@ void SaveSession::Fail(const absl::Status& why) {
   {
     std::lock_guard lock(run_->mu);
     run_->last_error = error;
+    if (IsWriteError(why)) run_->write_error = error;
+    LeaveInFlight();
   }
   spdlog::warn("save failed run={} step={} after={:.3f}s error=\"{}\"", params_.run_id,
                params_.step, NowSeconds() - start_s_, error);

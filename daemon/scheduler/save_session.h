@@ -63,6 +63,9 @@ class SaveSession {
  private:
   SaveSession(RunRegistry* registry, std::shared_ptr<Run> run, SaveParams params);
   absl::Status Prepare();
+  // Disk guard: prunes unprotected checkpoints to make room, or refuses.
+  absl::Status EnsureSpace(uint64_t planned, const std::string& weights_dir);
+  void LeaveInFlight();  // run_->mu held
 
   RunRegistry* registry_;
   std::shared_ptr<Run> run_;
@@ -71,7 +74,8 @@ class SaveSession {
   std::unique_ptr<storage::CheckpointWriter> writer_;
   std::string reason_;
   double start_s_ = 0;
-  bool done_ = false;  // committed or failed
+  bool done_ = false;       // committed or failed
+  bool in_flight_ = false;  // params_.step is in run_->in_flight
 };
 
 }  // namespace ckptd::scheduler

@@ -53,6 +53,20 @@ CheckpointWriter::~CheckpointWriter() {
 absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(env::Env* env,
                                                                            std::string weights_dir,
                                                                            SavePlan plan) {
+  CKPTD_ASSIGN_OR_RETURN(auto w, Plan(env, std::move(weights_dir), std::move(plan)));
+  CKPTD_TRY(w->Start());
+  return w;
+}
+
+absl::Status CheckpointWriter::Start() {
+  // Open the train file first so its temp exists no longer than the model's.
+  if (train_) CKPTD_TRY(Open(train_.get()));
+  return Open(model_.get());
+}
+
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Plan(env::Env* env,
+                                                                         std::string weights_dir,
+                                                                         SavePlan plan) {
   std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(env, std::move(weights_dir), plan.step));
   w->direct_io_ = plan.direct_io;
   std::vector<gguf::TensorSpec> model_specs, train_specs;
@@ -82,9 +96,6 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(env::
     w->sizes_.push_back(n);
     w->data_bytes_ += n;
   }
-  // Open the train file first so its temp exists no longer than the model's.
-  if (w->train_) CKPTD_TRY(w->Open(w->train_.get()));
-  CKPTD_TRY(w->Open(w->model_.get()));
   return w;
 }
 

@@ -45,11 +45,17 @@ struct WrittenFile {
 
 class CheckpointWriter {
  public:
-  // Validates and plans both files, then creates their temp files in
-  // weights_dir. Fails with INVALID_ARGUMENT naming the bad tensor or key.
+  // Validates and plans both files (touching no file). Fails with
+  // INVALID_ARGUMENT naming the bad tensor or key.
+  static absl::StatusOr<std::unique_ptr<CheckpointWriter>> Plan(env::Env* env,
+                                                                std::string weights_dir,
+                                                                SavePlan plan);
+  // Plan() then Start().
   static absl::StatusOr<std::unique_ptr<CheckpointWriter>> Create(env::Env* env,
                                                                   std::string weights_dir,
                                                                   SavePlan plan);
+  // Creates the temp files in weights_dir and writes their headers.
+  absl::Status Start();
   ~CheckpointWriter();  // removes temp files unless Release()d by a commit
 
   uint64_t step() const { return step_; }

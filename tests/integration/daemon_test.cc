@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -754,6 +755,184 @@ TEST_F(DaemonTest, ListensOnTcpWhenAsked) {
   EXPECT_EQ(r->result(), v1::SaveResponse::RESULT_COMMITTED);
   EXPECT_FALSE(fs::exists(root_ + "/ckptd.sock"));
   EXPECT_EQ(daemon->Stop(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+v1::RetentionPlan Plan(Client& c, const std::string& run) {
+  grpc::ClientContext ctx;
+  v1::RetentionRequest req;
+  req.set_run_id(run);
+  v1::RetentionPlan plan;
+  EXPECT_TRUE(c.stub().PlanRetention(&ctx, req, &plan).ok());
+  return plan;
+}
+
+TEST_F(DaemonTest, RetentionKeepLastAndEveryStepsWithDeletionsOnWatchRun) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  v1::OpenRunRequest req = OpenRequest("ret");
+  req.mutable_retention()->set_keep_last(3);
+  req.mutable_retention()->set_keep_every_steps(200);
+  auto run = client->OpenRun(req);
+  ASSERT_TRUE(run.ok());
+  grpc::ClientContext wctx;
+  v1::WatchRunRequest wreq;
+  wreq.set_run_id("ret");
+  auto watch = client->stub().WatchRun(&wctx, wreq);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  Model m(1.0f, 1024);
+  for (uint64_t step = 100; step <= 1000; step += 100) {
+    auto r = (*run)->save(step, m.Views());
+    ASSERT_TRUE(r.ok() && r->result() == v1::SaveResponse::RESULT_COMMITTED) << step;
+  }
+  EXPECT_THAT(Names(Weights("ret")),
+              UnorderedElementsAre("step_200.gguf", "step_400.gguf", "step_600.gguf",
+                                   "step_800.gguf", "step_900.gguf", "step_1000.gguf", "latest"));
+  EXPECT_EQ(Latest("ret"), "step_1000.gguf");
+  std::vector<uint64_t> deleted;
+  v1::RunEvent e;
+  while (deleted.size() < 4 && watch->Read(&e)) {
+    if (e.type() == v1::RunEvent::TYPE_DELETED) {
+      deleted.push_back(e.step());
+      EXPECT_THAT(e.error(), HasSubstr("not kept by keep_last=3, keep_every_steps=200"));
+    }
+  }
+  EXPECT_EQ(deleted, (std::vector<uint64_t>{100, 300, 500, 700}));
+  wctx.TryCancel();
+  // The plan explains every remaining checkpoint.
+  auto plan = Plan(*client, "ret");
+  ASSERT_EQ(plan.decisions_size(), 6);
+  EXPECT_EQ(plan.decisions(5).reason(), "latest");
+  EXPECT_EQ(plan.decisions(4).reason(), "keep_last=3");
+  EXPECT_EQ(plan.decisions(0).reason(), "keep_every_steps=200");
+  EXPECT_THAT(daemon->Log(), HasSubstr("retention deleted run=ret step=100"));
+}
+
+TEST_F(DaemonTest, PinsSurviveRestartsAndProtectFromRetention) {
+  const std::string sock = "--socket=unix:" + root_ + "/ckptd.sock";
+  {
+    auto daemon = StartDaemon();
+    auto client = daemon->Connect();
+    v1::OpenRunRequest req = OpenRequest("pinr", 1);
+    auto run = client->OpenRun(req);
+    Model m(2.0f, 1024);
+    ASSERT_TRUE((*run)->save(1, m.Views()).ok());
+    auto pin = RunCommand({CKPTCTL_BINARY, "pin", "pinr", "1", "--reason", "eval-2026-11", sock});
+    ASSERT_EQ(pin.exit_code, 0) << pin.err;
+    EXPECT_EQ(pin.out, "pinned step 1 of run pinr: eval-2026-11\n");
+    EXPECT_EQ(RunCommand({CKPTCTL_BINARY, "pin", "pinr", "7", "--reason", "x", sock}).exit_code, 1);
+    EXPECT_EQ(daemon->Stop(SIGTERM), 0);
+  }
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  v1::OpenRunRequest req = OpenRequest("pinr", 1);
+  req.mutable_retention()->set_keep_last(1);
+  auto run = client->OpenRun(req);
+  Model m(3.0f, 1024);
+  ASSERT_TRUE((*run)->save(2, m.Views()).ok());
+  ASSERT_TRUE((*run)->save(3, m.Views()).ok());
+  // keep_last=1 would leave only 3; the pin keeps 1.
+  EXPECT_THAT(Names(Weights("pinr")), UnorderedElementsAre("step_1.gguf", "step_3.gguf", "latest"));
+  auto ls = RunCommand({CKPTCTL_BINARY, "ls", "pinr", "--json", sock});
+  auto cps = nlohmann::json::parse(ls.out)["checkpoints"];
+  ASSERT_EQ(cps.size(), 2u);
+  EXPECT_EQ(cps[0]["pinned"], true);
+  EXPECT_EQ(cps[0]["pin_reason"], "eval-2026-11");
+  EXPECT_EQ(cps[0]["retention_reason"], "pinned: eval-2026-11");
+  auto plan = RunCommand({CKPTCTL_BINARY, "retention", "plan", "pinr", sock});
+  EXPECT_THAT(plan.out, HasSubstr("run pinr: keep_last=1"));
+  EXPECT_THAT(plan.out, HasSubstr("pinned: eval-2026-11"));
+  // Unpinned, the next apply deletes it.
+  ASSERT_EQ(RunCommand({CKPTCTL_BINARY, "unpin", "pinr", "1", sock}).exit_code, 0);
+  EXPECT_THAT(RunCommand({CKPTCTL_BINARY, "unpin", "pinr", "1", sock}).err,
+              HasSubstr("not pinned"));
+  auto apply = RunCommand({CKPTCTL_BINARY, "retention", "apply", "pinr", sock});
+  EXPECT_THAT(apply.out, HasSubstr("1 deleted"));
+  EXPECT_THAT(Names(Weights("pinr")), UnorderedElementsAre("step_3.gguf", "latest"));
+}
+
+TEST_F(DaemonTest, RetentionPausesWhileAWriteErrorIsUnresolved) {
+  // The second save's fdatasync fails with EIO: a write error, not a client's.
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:2:EIO"}});
+  auto client = daemon->Connect();
+  v1::OpenRunRequest req = OpenRequest("werr", 1);
+  req.mutable_retention()->set_keep_last(1);
+  auto run = client->OpenRun(req);
+  Model m(4.0f, 1024);
+  ASSERT_TRUE((*run)->save(1, m.Views()).ok());
+  auto failed = (*run)->save(2, m.Views());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(failed.status().message()), HasSubstr("Input/output error"));
+  auto plan = Plan(*client, "werr");
+  EXPECT_THAT(plan.paused(), HasSubstr("paused while a write error is unresolved"));
+  auto info = (*run)->latest();
+  grpc::ClientContext ctx;
+  v1::GetRunRequest greq;
+  greq.set_run_id("werr");
+  v1::RunInfo ri;
+  ASSERT_TRUE(client->stub().GetRun(&ctx, greq, &ri).ok());
+  EXPECT_THAT(ri.write_error(), HasSubstr("Input/output error"));
+  // A successful save clears it and retention resumes.
+  ASSERT_TRUE((*run)->save(3, m.Views()).ok());
+  EXPECT_TRUE(Plan(*client, "werr").paused().empty());
+  EXPECT_THAT(Names(Weights("werr")), UnorderedElementsAre("step_3.gguf", "latest"));
+}
+
+TEST_F(DaemonTest, DiskGuardPrunesToMakeRoomThenRefusesBeforeWriting) {
+  std::string mnt = tmp_.Join("small");
+  fs::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  root_ = mnt;
+  std::string cfg = tmp_.Join("guard.toml");
+  std::ofstream(cfg) << "[disk_guard]\nmin_free_bytes = 16777216\nmin_free_percent = 0\n";
+  auto daemon = StartDaemon({}, {"--config", cfg});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(OpenRequest("g", 1));  // no retention rule: keep everything
+  ASSERT_TRUE(run.ok());
+  std::vector<float> w(10 << 18);  // 10 MiB
+  std::vector<TensorView> ten = {{"w", v1::TENSOR_TYPE_F32, {w.size()}, w.data(), w.size() * 4}};
+  // 64 MiB with 16 MiB kept free: 4 fit; later saves prune the oldest.
+  for (uint64_t step = 1; step <= 8; ++step) {
+    auto r = (*run)->save(step, ten);
+    ASSERT_TRUE(r.ok()) << "step " << step << ": " << r.status();
+  }
+  auto names = Names(Weights("g"));
+  EXPECT_LE(names.size(), 5u);
+  EXPECT_THAT(names, ::testing::Contains("step_8.gguf"));
+  EXPECT_THAT(daemon->Log(), HasSubstr("disk guard deleted run=g step=1"));
+  // Pin everything but latest: nothing can be pruned, so a save is refused
+  // before a byte is written, and nothing is touched.
+  for (const auto& n : names) {
+    auto parsed = n.find("step_") == 0 ? std::stoull(n.substr(5)) : 0;
+    if (parsed == 0 || parsed == 8) continue;
+    grpc::ClientContext ctx;
+    v1::PinRequest pin;
+    pin.set_run_id("g");
+    pin.set_step(parsed);
+    pin.set_reason("keep");
+    v1::CheckpointInfo info;
+    ASSERT_TRUE(client->stub().Pin(&ctx, pin, &info).ok());
+  }
+  auto before = Names(Weights("g"));
+  auto refused = (*run)->save(9, ten);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string msg(refused.status().message());
+  EXPECT_THAT(msg, HasSubstr("run 'g' step 9 needs"));
+  EXPECT_THAT(msg, HasSubstr("disk_guard.min_free_bytes"));
+  EXPECT_THAT(msg, HasSubstr("Nothing was written or deleted"));
+  EXPECT_THAT(Names(Weights("g")), ::testing::UnorderedElementsAreArray(before));
+  EXPECT_EQ(Latest("g"), "step_8.gguf");
 }
 
 }  // namespace
