@@ -132,7 +132,7 @@ class RetentionPropertyTest : public ::testing::Test {
 };
 
 TEST_F(RetentionPropertyTest, RandomHistoriesMatchTheReferenceModel) {
-  constexpr int kSequences = 300;
+  constexpr int kSequences = 2000;
   constexpr int kEvents = 30;
   int events_checked = 0;
   for (int seq = 0; seq < kSequences; ++seq) {
