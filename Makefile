@@ -8,9 +8,11 @@ FUZZ_SECONDS ?= 30
 # normal build's binaries).
 SANITIZED  = gguf env storage policy config scheduler
 
-CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON
+PREFIX     ?= /usr
+CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON \
+                  -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 
-.PHONY: all deps build test unit-test sanitize fuzz run bench clean format
+.PHONY: all deps build test unit-test sanitize fuzz run bench clean format install
 
 all: build
 
@@ -54,3 +56,6 @@ format:
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz
+
+install: build
+	@cmake --install $(BUILD)

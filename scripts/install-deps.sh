@@ -22,9 +22,10 @@ test_pkgs=(
   clang libclang-rt-14-dev clang-format
   python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf
 )
+# What the installed ckptd and ckptctl load (from ldd; the rest come with them).
 runtime_pkgs=(
-  libgrpc++1.51 libprotobuf32 libboost-filesystem1.74.0 libspdlog1.10 libfmt9
-  libxxhash0 libsystemd0 libssl3 ca-certificates
+  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libspdlog1.10 libfmt9
+  libtomlplusplus3 libxxhash0 libsystemd0 libssl3 ca-certificates
 )
 
 mode=${1:-all}

@@ -205,6 +205,22 @@ int DaemonMain(int argc, char** argv) {
     }
   });
 
+  // Watchdog: under systemd with WatchdogSec=, ping at half the interval,
+  // after checking that the run registry still answers (not deadlocked).
+  uint64_t watchdog_usec = 0;
+  std::thread watchdog;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+    spdlog::info("systemd watchdog: pinging every {}ms", watchdog_usec / 2000);
+    watchdog = std::thread([&] {
+      std::unique_lock lock(timer_mu);
+      while (!timer_cv.wait_for(lock, std::chrono::microseconds(watchdog_usec / 2),
+                                [&] { return timer_stop; })) {
+        (void)registry.List();
+        Notify("WATCHDOG=1");
+      }
+    });
+  }
+
   while (true) {
     int sig = 0;
     sigwait(&signals, &sig);
@@ -238,6 +254,7 @@ int DaemonMain(int argc, char** argv) {
   }
   timer_cv.notify_all();
   retention_timer.join();
+  if (watchdog.joinable()) watchdog.join();
   spdlog::info("stopped");
   return kExitOk;
 }

@@ -691,12 +691,20 @@ TEST_F(DaemonTest, NotifiesSystemdReadyStatusAndStopping) {
     ssize_t n = ::recv(fd, buf, sizeof buf, 0);
     return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
   };
-  auto daemon = StartDaemon({{"NOTIFY_SOCKET", path}});
+  auto daemon = StartDaemon({{"NOTIFY_SOCKET", path}, {"WATCHDOG_USEC", "200000"}});
   std::string ready = receive();
   EXPECT_THAT(ready, HasSubstr("READY=1"));
   EXPECT_THAT(ready, HasSubstr("STATUS=serving 0 runs on unix:"));
+  // WatchdogSec=0.2s: pings every 100 ms.
+  int pings = 0;
+  for (int i = 0; i < 3; ++i) pings += receive() == "WATCHDOG=1";
+  EXPECT_EQ(pings, 3);
   ::kill(daemon->pid(), SIGTERM);
-  EXPECT_THAT(receive(), HasSubstr("STOPPING=1"));
+  std::string msg;
+  do {
+    msg = receive();
+  } while (msg == "WATCHDOG=1");
+  EXPECT_THAT(msg, HasSubstr("STOPPING=1"));
   EXPECT_EQ(daemon->Wait(), 0);
   ::close(fd);
 }
