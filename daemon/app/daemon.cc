@@ -21,6 +21,7 @@
 #include "daemon/base/strings.h"
 #include "daemon/config/config.h"
 #include "daemon/env/fault_env.h"
+#include "daemon/http/server.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
 
@@ -112,6 +113,7 @@ int DaemonMain(int argc, char** argv) {
   app.add_option("--listen", args.cli.listen, "unix:PATH or HOST:PORT");
   app.add_option("--root", args.cli.roots, "Checkpoint root directory (repeatable)");
   app.add_option("--log-level", args.cli.log_level, "trace|debug|info|warn|error|off");
+  app.add_option("--http-listen", args.cli.http_listen, "HOST:PORT for HTTP, \"\" for off");
   app.add_flag("--print-config", args.print_config, "Print the effective config and exit");
   app.set_version_flag("--version", CKPTD_VERSION);
   try {
@@ -186,6 +188,18 @@ int DaemonMain(int argc, char** argv) {
     spdlog::error("cannot listen on {} (in use, or no permission)", cfg->listen);
     return kExitRuntime;
   }
+  std::unique_ptr<http::HttpServer> http_server;
+  if (!cfg->http_listen.empty()) {
+    http_server = std::make_unique<http::HttpServer>(
+        http::HttpOptions{.listen = cfg->http_listen, .roots = *roots}, &service, &registry);
+    if (absl::Status st = http_server->Start(); !st.ok()) {
+      spdlog::error("{}", ToStd(st.message()));
+      server->Shutdown();
+      return kExitRuntime;
+    }
+    spdlog::info("http: listening on {}:{} (status page, /v1, /metrics)",
+                 cfg->http_listen.substr(0, cfg->http_listen.rfind(':')), http_server->port());
+  }
   spdlog::info("ready: listening on {}", cfg->listen);
   Notify(StrCat("READY=1\nSTATUS=serving ", registry.List().size(), " runs on ", cfg->listen));
 
@@ -245,6 +259,7 @@ int DaemonMain(int argc, char** argv) {
                cfg->shutdown_deadline_seconds);
   Notify("STOPPING=1\nSTATUS=draining in-flight saves");
   service.BeginShutdown();
+  if (http_server) http_server->Stop();
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
   server->Wait();

@@ -137,6 +137,7 @@ std::map<std::string, Setter> Setters(Config* c) {
       {"schedule.at_steps", StepList(&c->schedule.at_steps)},
       {"schedule.final_on_close", Bool(&c->schedule.final_on_close)},
       {"log.level", String(&c->log_level)},
+      {"http.listen", String(&c->http_listen)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
       {"retention.keep_best", Unsigned(&c->retention.keep_best)},
@@ -172,7 +173,8 @@ absl::Status LoadFile(const std::string& path, Config* c) {
     if (!node.is_table()) {
       return absl::InvalidArgumentError(StrCat(at, ": unknown key '", section.str(),
                                                "': keys belong in [server], [storage], "
-                                               "[schedule], [retention], [disk_guard] or [log]"));
+                                               "[schedule], [retention], [disk_guard], [http] or "
+                                               "[log]"));
     }
     for (const auto& [key, value] : *node.as_table()) {
       std::string name = StrCat(section.str(), ".", key.str());
@@ -218,6 +220,9 @@ absl::Status Validate(const Config& c) {
   if (c.disk_guard.min_free_percent > 90)
     return bad("disk_guard.min_free_percent", "must be at most 90");
   if (c.retention.metric.empty()) return bad("retention.metric", "must name a metric");
+  if (!c.http_listen.empty() && c.http_listen.rfind(':') == std::string::npos) {
+    return bad("http.listen", StrCat("'", c.http_listen, "' is not HOST:PORT (or \"\" for off)"));
+  }
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {
     return bad("log.level",
@@ -251,6 +256,10 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
   if (!cli.roots.empty()) {
     c.roots = cli.roots;
     c.sources["storage.roots"] = "--root";
+  }
+  if (cli.http_listen) {
+    c.http_listen = *cli.http_listen;
+    c.sources["http.listen"] = "--http-listen";
   }
   if (cli.log_level) {
     c.log_level = *cli.log_level;
@@ -295,6 +304,8 @@ std::string Describe(const Config& c) {
   line("min_free_bytes", std::to_string(c.disk_guard.min_free_bytes), "disk_guard.min_free_bytes");
   line("min_free_percent", fmt::format("{:g}", c.disk_guard.min_free_percent),
        "disk_guard.min_free_percent");
+  out += "\n[http]\n";
+  line("listen", q(c.http_listen), "http.listen");
   out += "\n[log]\n";
   line("level", q(c.log_level), "log.level");
   return out;

@@ -37,6 +37,8 @@ struct Config {
   double retention_interval_seconds = 300;  // also applied after every commit
   // [disk_guard]: free space to keep on a run's filesystem after a save
   policy::DiskGuard disk_guard{.min_free_bytes = 0, .min_free_percent = 1};
+  // [http]: JSON API, /metrics, /healthz, /readyz, status page; "" = off
+  std::string http_listen = "127.0.0.1:9477";
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 
@@ -48,6 +50,7 @@ struct CommandLine {
   std::optional<std::string> listen;
   std::vector<std::string> roots;
   std::optional<std::string> log_level;
+  std::optional<std::string> http_listen;
 };
 
 // Loads `file` (none when empty) over the defaults, then the environment

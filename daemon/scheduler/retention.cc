@@ -14,7 +14,8 @@ bool Protected(const storage::RunDir& dir, const storage::PinStore& pins,
 
 }  // namespace
 
-policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir, const storage::PinStore& pins,
+policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir,
+                                           const storage::PinStore& pins,
                                            const policy::RetentionPolicy& policy,
                                            const std::set<uint64_t>& in_flight, double now_s) {
   policy::RetentionInputs in;
@@ -22,7 +23,8 @@ policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir, const sto
   in.in_flight = in_flight;
   in.now_s = now_s;
   for (const auto& [step, r] : dir.catalog()) {
-    policy::CheckpointFacts f{step, r.model_bytes + r.train_bytes, r.time_s, std::nullopt, std::nullopt};
+    policy::CheckpointFacts f{step, r.model_bytes + r.train_bytes, r.time_s, std::nullopt,
+                              std::nullopt};
     if (auto it = r.metrics.find(policy.metric); it != r.metrics.end()) f.metric = it->second;
     if (const std::string* pin = pins.Find(step)) f.pin = *pin;
     in.checkpoints.push_back(std::move(f));
@@ -35,7 +37,8 @@ absl::StatusOr<RetentionOutcome> ApplyRetention(storage::RunDir* dir, const stor
                                                 const std::set<uint64_t>& in_flight, double now_s,
                                                 DryRun dry) {
   RetentionOutcome out;
-  out.plan = policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
+  out.plan =
+      policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
   if (dry == DryRun::kYes) return out;
   for (const auto& d : out.plan) {
     if (d.keep) continue;
@@ -53,7 +56,8 @@ absl::StatusOr<std::vector<uint64_t>> PruneForSpace(storage::RunDir* dir,
                                                     const policy::RetentionPolicy& policy,
                                                     const std::set<uint64_t>& in_flight,
                                                     double now_s, uint64_t needed) {
-  auto plan = policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
+  auto plan =
+      policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
   std::vector<std::pair<uint64_t, uint64_t>> order;  // (step, bytes): victims first, then oldest
   for (const auto& d : plan) {
     if (!d.keep) order.push_back({d.step, d.bytes});

@@ -9,6 +9,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/metrics/metrics.h"
 #include "daemon/scheduler/retention.h"
 #include "daemon/storage/file_names.h"
 
@@ -308,6 +309,7 @@ absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run
     }
     spdlog::info("retention deleted run={} step={} reason=\"{}\"", run.id(), step, reason);
     deletions_total_++;
+    metrics::Metrics::Get().CountDeletion(run.id(), "retention");
     run.PublishLocked({.type = Event::Type::kDeleted,
                        .run_id = run.id(),
                        .step = step,

@@ -6,6 +6,7 @@
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/gguf/layout.h"
+#include "daemon/metrics/metrics.h"
 #include "daemon/scheduler/retention.h"
 #include "daemon/storage/checkpoint.h"
 
@@ -92,6 +93,7 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
           policy::IsDue(registry->EffectiveSchedule(*run), state, p.step, NowSeconds());
       if (!d.due) {
         s->reason_ = d.reason;
+        metrics::Metrics::Get().CountSave(p.run_id, "skipped");
         return s;
       }
       s->reason_ = d.reason;
@@ -102,7 +104,9 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
   if (p.tensors.empty()) {
     return absl::InvalidArgumentError("tensors: a save needs at least one tensor");
   }
+  metrics::Metrics::Get().AddQueued(1);
   s->save_lock_ = std::unique_lock(run->save_mu);  // saves of one run are serialized
+  metrics::Metrics::Get().AddQueued(-1);
   CKPTD_TRY(s->Prepare());
   return s;
 }
@@ -151,6 +155,7 @@ absl::Status SaveSession::Prepare() {
   }
   CKPTD_TRY((*writer)->Start());
   writer_ = std::move(*writer);
+  metrics::Metrics::Get().AddInFlightBytes(static_cast<int64_t>(writer_->data_bytes()));
   spdlog::info("save started run={} step={} tensors={} bytes={} reason=\"{}\"", p.run_id, p.step,
                p.tensors.size(), writer_->data_bytes(), reason_);
   return absl::OkStatus();
@@ -179,6 +184,7 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   for (uint64_t step : *pruned) {
     spdlog::info("disk guard deleted run={} step={} to make room for step={} ({} bytes needed)",
                  params_.run_id, step, params_.step, needed);
+    metrics::Metrics::Get().CountDeletion(params_.run_id, "disk_guard");
     run_->PublishLocked({.type = Event::Type::kDeleted,
                          .run_id = params_.run_id,
                          .step = step,
@@ -214,6 +220,10 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   }
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
+  metrics::Metrics::Get().CountSave(params_.run_id, "committed");
+  metrics::Metrics::Get().RecordCommit(params_.run_id, record.model_bytes + record.train_bytes,
+                                       t->committed_s);
+  metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
   spdlog::info(
       "save committed run={} step={} bytes={} received={:.3f}s durable={:.3f}s committed={:.3f}s "
       "file={}{}",
@@ -233,6 +243,9 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
 void SaveSession::Fail(const absl::Status& why) {
   if (done_) return;
   done_ = true;
+  metrics::Metrics::Get().CountSave(params_.run_id, "failed");
+  if (writer_)
+    metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
   std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   {
     std::lock_guard lock(run_->mu);

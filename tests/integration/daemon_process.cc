@@ -1,9 +1,12 @@
 // Spawning and watching the ckptd binary.
 #include "tests/integration/daemon_process.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,8 +64,8 @@ DaemonProcess::~DaemonProcess() {
 }
 
 void DaemonProcess::Start() {
-  std::vector<std::string> argv = {CKPTD_BINARY, "--root",      options_.root, "--listen",
-                                   target_,      "--log-level", "debug"};
+  std::vector<std::string> argv = {CKPTD_BINARY,  "--root", options_.root,   "--listen",   target_,
+                                   "--log-level", "debug",  "--http-listen", "127.0.0.1:0"};
   argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
   std::filesystem::remove(socket_);              // a previous daemon's socket would answer nobody
   std::ofstream(log_, std::ios::trunc).close();  // before the child exists, so no stale "ready"
@@ -112,6 +115,42 @@ uint64_t DaemonProcess::PeakRssBytes() const {
     if (line.starts_with("VmHWM:")) return std::stoull(line.substr(6)) * 1024;
   }
   return 0;
+}
+
+int DaemonProcess::HttpPort() const {
+  const std::string log = Log();
+  const std::string marker = "http: listening on 127.0.0.1:";
+  size_t at = log.find(marker);
+  return at == std::string::npos ? -1 : std::stoi(log.substr(at + marker.size()));
+}
+
+HttpResponse HttpGet(int port, const std::string& target) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  HttpResponse r;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return r;
+  }
+  std::string req = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  (void)!::write(fd, req.data(), req.size());
+  std::string raw;
+  char buf[65536];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) raw.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  size_t end = raw.find("\r\n\r\n");
+  if (raw.size() < 12 || end == std::string::npos) return r;
+  r.status = std::stoi(raw.substr(9, 3));
+  std::string head = raw.substr(0, end);
+  size_t ct = head.find("Content-Type: ");
+  if (ct != std::string::npos)
+    r.content_type = head.substr(ct + 14, head.find("\r\n", ct) - ct - 14);
+  r.body = raw.substr(end + 4);
+  return r;
 }
 
 int DaemonProcess::OpenFds() const {

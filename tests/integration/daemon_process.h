@@ -40,6 +40,8 @@ class DaemonProcess {
   std::string Log() const;
   // From /proc/PID/status: VmHWM (peak RSS) and the number of open fds.
   uint64_t PeakRssBytes() const;
+  // The HTTP port the daemon logged ("http: listening on HOST:PORT").
+  int HttpPort() const;
   int OpenFds() const;
 
  private:
@@ -58,5 +60,13 @@ struct CommandResult {
 };
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          const std::map<std::string, std::string>& env = {});
+
+// A minimal HTTP/1.1 GET on 127.0.0.1 (Connection: close).
+struct HttpResponse {
+  int status = 0;
+  std::string content_type;
+  std::string body;
+};
+HttpResponse HttpGet(int port, const std::string& target);
 
 }  // namespace ckptd::testing

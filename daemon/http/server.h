@@ -1,0 +1,45 @@
+// The HTTP surface (Boost.Beast): a JSON API mirroring the gRPC reads with
+// the same schema (protobuf's JSON mapping), Server-Sent Events per run,
+// /healthz, /readyz, Prometheus /metrics and the embedded status page.
+// One thread per connection, at most max_connections at once (dashboards,
+// not trainers, use it). Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "daemon/rpc/service.h"
+#include "daemon/scheduler/run_registry.h"
+
+namespace ckptd::http {
+
+struct HttpOptions {
+  std::string listen;  // "HOST:PORT"; port 0 picks a free one
+  size_t max_connections = 64;
+  std::vector<std::string> roots;  // for disk gauges and /readyz
+};
+
+class HttpServer {
+ public:
+  HttpServer(HttpOptions options, rpc::CheckpointdService* service,
+             scheduler::RunRegistry* registry);
+  ~HttpServer();
+
+  absl::Status Start();  // binds and starts accepting
+  void Stop();           // stops accepting, ends event streams, joins
+  uint16_t port() const { return port_; }
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  uint16_t port_ = 0;
+};
+
+}  // namespace ckptd::http

@@ -1,0 +1,51 @@
+// Process-wide Prometheus metrics: counters and histograms keyed by label
+// values, rendered in the text exposition format. Gauges that describe
+// current state (disk free, last step per run) are computed at scrape time
+// by the HTTP layer. Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace ckptd::metrics {
+
+class Metrics {
+ public:
+  static Metrics& Get();
+
+  // ckptd_saves_total{run,result}: result is committed | failed | skipped.
+  void CountSave(const std::string& run, const std::string& result);
+  // ckptd_written_bytes_total{run} and ckptd_save_duration_seconds{run}.
+  void RecordCommit(const std::string& run, uint64_t bytes, double seconds);
+  // ckptd_retention_deletions_total{run,by}: by is retention | disk_guard.
+  void CountDeletion(const std::string& run, const std::string& by);
+  // ckptd_in_flight_bytes (bytes of saves being written) and
+  // ckptd_save_queue_depth (saves waiting for their run's save slot).
+  void AddInFlightBytes(int64_t delta);
+  void AddQueued(int delta);
+
+  // The text exposition of everything above (HELP and TYPE included).
+  std::string Render() const;
+
+ private:
+  struct Histogram {
+    std::vector<uint64_t> buckets;  // cumulative counts per bound
+    uint64_t count = 0;
+    double sum = 0;
+  };
+  mutable std::mutex mu_;
+  std::map<std::pair<std::string, std::string>, uint64_t> saves_;
+  std::map<std::string, uint64_t> written_bytes_;
+  std::map<std::string, Histogram> durations_;
+  std::map<std::pair<std::string, std::string>, uint64_t> deletions_;
+  int64_t in_flight_bytes_ = 0;
+  int64_t queued_ = 0;
+};
+
+// A label value escaped for the text format (backslash, quote, newline).
+std::string EscapeLabel(const std::string& v);
+
+}  // namespace ckptd::metrics
