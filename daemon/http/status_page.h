@@ -59,13 +59,15 @@ async function loadRun(){if(!run)return;$('#title').textContent='Checkpoints of 
  const fresh=new Set(all.map(c=>c.step).filter(s=>known.size&&!known.has(s)));known=new Set(all.map(c=>c.step));
  $('#table tbody').innerHTML=all.slice().reverse().map(c=>`<tr data-step="${c.step}" class="${c.is_latest?'latest':''}${fresh.has(c.step)?' fresh':''}"><td>${c.step}</td><td>${esc(c.time_utc||'')}</td><td class="num">${fmtB(Number(c.size_bytes||0)+Number(c.train_size_bytes||0))}</td>
  <td class="mono">${esc((c.uuid||'').slice(0,8))}</td><td>${Object.entries(c.metrics||{}).map(([k,v])=>esc(k)+'='+Number(v).toPrecision(4)).join(' ')}</td>
- <td>${c.pinned?'📌 '+esc(c.pin_reason):''}</td><td>${c.is_latest?'★':''}</td><td class="${c.retention_keeps?'keep':'drop'}">${c.retention_keeps?'keep':'delete'}: ${esc(c.retention_reason||'')}</td></tr>`).join('')||'<tr><td colspan="8" class="empty">No checkpoints yet.</td></tr>';
+ <td>${c.pinned?'<span class="pill finished">pinned</span> '+esc(c.pin_reason):''}</td><td>${c.is_latest?'★':''}</td><td class="${c.retention_keeps?'keep':'drop'}">${c.retention_keeps?'keep':'delete'}: ${esc(c.retention_reason||'')}</td></tr>`).join('')||'<tr><td colspan="8" class="empty">No checkpoints yet.</td></tr>';
  draw(all)}
 function draw(cs){const W=900,H=220,P=34,s=$('#chart');if(cs.length<1){s.innerHTML='';return}
  const xs=cs.map(c=>Number(c.step)),x0=Math.min(...xs),x1=Math.max(...xs)||1,X=v=>P+(W-2*P)*(x1==x0?0.5:(v-x0)/(x1-x0));
  const line=(vals,color)=>{const pts=cs.map((c,i)=>[X(xs[i]),vals[i]]).filter(p=>p[1]!=null&&isFinite(p[1]));if(!pts.length)return'';
   const lo=Math.min(...pts.map(p=>p[1])),hi=Math.max(...pts.map(p=>p[1])),Y=v=>H-P-(H-2*P)*(hi==lo?0.5:(v-lo)/(hi-lo));
-  return `<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map(p=>p[0]+','+Y(p[1])).join(' ')}"/>`+pts.map(p=>`<circle cx="${p[0]}" cy="${Y(p[1])}" r="2.5" fill="${color}"/>`).join('')};
+  const tag=(v,y,anchor,x)=>`<text class="lbl" x="${x}" y="${y}" text-anchor="${anchor}" fill="${color}">${Number(v.toPrecision(3))}</text>`;
+  const side=color=='#2f6fec'?[P-4,'end']:[W-P+4,'start'];
+  return `<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map(p=>p[0]+','+Y(p[1])).join(' ')}"/>`+pts.map(p=>`<circle cx="${p[0]}" cy="${Y(p[1])}" r="2.5" fill="${color}"/>`).join('')+tag(hi,P+4,side[1],side[0])+tag(lo,H-P,side[1],side[0])};
  const loss=cs.map(c=>c.metrics&&c.metrics.loss!=null?Number(c.metrics.loss):null),size=cs.map(c=>(Number(c.size_bytes||0)+Number(c.train_size_bytes||0))/1048576);
  s.innerHTML=`<line class="axis" x1="${P}" y1="${H-P}" x2="${W-P}" y2="${H-P}"/><text class="lbl" x="${P}" y="${H-10}">step ${x0}</text><text class="lbl" x="${W-P}" y="${H-10}" text-anchor="end">step ${x1}</text>`+line(size,'#c27c0e')+line(loss,'#2f6fec')}
 function watch(){if(es)es.close();if(!run)return;es=new EventSource(`/v1/runs/${encodeURIComponent(run)}/events`);

@@ -1,0 +1,88 @@
+// The status page in headless Chromium (Debian's, driven by playwright-core):
+// against a daemon holding fixture runs it shows the runs and checkpoint
+// rows, updates live when a new checkpoint lands, and leaves a screenshot.
+//   node status_page_test.mjs CKPTD CKPTCTL FIXTURE_WRITER SCREENSHOT.png
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, existsSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createRequire } from "node:module";
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+
+const require = createRequire(join(process.env.NODE_PATH ?? process.cwd(), "x.js"));
+const { chromium } = require("playwright-core");
+const [ckptd, ckptctl, fixtureWriter, screenshot] = process.argv.slice(2);
+const CHROMIUM = "/usr/bin/chromium";
+
+const dir = mkdtempSync(join(tmpdir(), "ckptd-page-"));
+const root = join(dir, "root");
+const sock = `unix:${root}/ckptd.sock`;
+let daemon;
+after(() => {
+  daemon?.kill("SIGTERM");
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function startDaemon() {
+  daemon = spawn(ckptd, ["--root", root, "--listen", sock, "--http-listen", "127.0.0.1:0"]);
+  let log = "";
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("ckptd did not start:\n" + log)), 20000);
+    daemon.stderr.on("data", (d) => {
+      log += d;
+      const m = /http: listening on 127\.0\.0\.1:(\d+)/.exec(log);
+      if (m && log.includes("ready: listening")) {
+        clearTimeout(timer);
+        resolve(Number(m[1]));
+      }
+    });
+  });
+}
+
+function importStep(run, step, seed, loss) {
+  const file = join(dir, `f${seed}.gguf`);
+  execFileSync(fixtureWriter, [file, "/dev/null", String(seed)]);
+  execFileSync(ckptctl, ["import", run, file, "--step", String(step), "--metric", `loss=${loss}`,
+                         `--socket=${sock}`]);
+}
+
+test("status page shows runs and checkpoints and updates live", { skip: !existsSync(CHROMIUM) && "no /usr/bin/chromium" }, async () => {
+  const port = await startDaemon();
+  for (const [i, step] of [100, 200, 300].entries()) importStep("llama-ft", step, i + 1, 3 - i * 0.7);
+  importStep("baseline", 50, 9, 4.2);
+  execFileSync(ckptctl, ["pin", "llama-ft", "100", "--reason", "eval-2026-11", `--socket=${sock}`]);
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`http://127.0.0.1:${port}/?run=llama-ft`);
+    await page.waitForSelector("tr[data-step='300']", { timeout: 10000 });
+    assert.equal(await page.locator(".run").count(), 2);
+    assert.match(await page.locator(".run.sel").innerText(), /llama-ft/);
+    assert.equal(await page.locator("#table tbody tr").count(), 3);
+    const latestRow = await page.locator("tr.latest").innerText();
+    assert.match(latestRow, /300/);
+    assert.match(latestRow, /★/);
+    assert.match(await page.locator("tr[data-step='100']").innerText(), /eval-2026-11/);
+    assert.match(await page.locator("tr[data-step='200']").innerText(), /loss=2\.300/);
+    assert.equal(await page.locator("#chart polyline").count(), 2);  // loss and size
+    await page.waitForSelector("#live.on", { timeout: 5000 });
+
+    // A new checkpoint lands: the page shows it without a reload.
+    importStep("llama-ft", 400, 4, 0.8);
+    await page.waitForSelector("tr[data-step='400'].latest", { timeout: 5000 });
+    assert.equal(await page.locator("#table tbody tr").count(), 4);
+    assert.deepEqual(errors, []);
+    await page.screenshot({ path: screenshot, fullPage: true });
+    assert.ok(readFileSync(screenshot).length > 10000, "screenshot written");
+  } finally {
+    await browser.close();
+  }
+});
