@@ -19,14 +19,7 @@
 namespace ckptd::cli {
 namespace {
 
-std::string Json(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.add_whitespace = true;
-  opts.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
-  return out;
-}
+std::string Json(const google::protobuf::Message& m) { return rpc::MessageToJson(m, true); }
 
 int Fail(const std::string& what, const absl::Status& st) {
   std::fprintf(stderr, "ckptctl: %s: %s\n", what.c_str(), std::string(st.message()).c_str());

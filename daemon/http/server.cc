@@ -1,7 +1,6 @@
 // HTTP server: JSON API, SSE, health, metrics, status page.
 #include "daemon/http/server.h"
 
-#include <google/protobuf/util/json_util.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -30,13 +29,7 @@ struct Reply {
   std::string body;
 };
 
-std::string ToJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
-  return out;
-}
+std::string ToJson(const google::protobuf::Message& m) { return rpc::MessageToJson(m); }
 
 int HttpStatus(grpc::StatusCode code) {
   switch (code) {

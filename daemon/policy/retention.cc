@@ -1,12 +1,12 @@
 // The retention planner and the disk guard arithmetic.
 #include "daemon/policy/retention.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 namespace ckptd::policy {
 
@@ -30,7 +30,8 @@ std::string Describe(const RetentionPolicy& p) {
                                     : ""));
   }
   if (p.max_bytes) parts.push_back(fmt::format("max_bytes={}", p.max_bytes));
-  return parts.empty() ? "keep everything (no retention rule)" : fmt::format("{}", fmt::join(parts, ", "));
+  return parts.empty() ? "keep everything (no retention rule)"
+                       : fmt::format("{}", fmt::join(parts, ", "));
 }
 
 std::vector<RetentionDecision> PlanRetention(const RetentionPolicy& p, const RetentionInputs& in) {
@@ -115,7 +116,8 @@ std::vector<RetentionDecision> PlanRetention(const RetentionPolicy& p, const Ret
     for (size_t i = 0; i < n && total > p.max_bytes; ++i) {
       if (!out[i].keep || is_protected[i]) continue;
       out[i].keep = false;
-      out[i].reason = fmt::format("over max_bytes={} (oldest first; was {})", p.max_bytes, out[i].reason);
+      out[i].reason =
+          fmt::format("over max_bytes={} (oldest first; was {})", p.max_bytes, out[i].reason);
       total -= cps[i].bytes;
     }
   }
@@ -124,8 +126,8 @@ std::vector<RetentionDecision> PlanRetention(const RetentionPolicy& p, const Ret
 
 uint64_t BytesToFree(const DiskGuard& g, uint64_t free_bytes, uint64_t total_bytes,
                      uint64_t incoming_bytes) {
-  const auto percent = static_cast<uint64_t>(std::ceil(g.min_free_percent / 100.0 *
-                                                       static_cast<double>(total_bytes)));
+  const auto percent = static_cast<uint64_t>(
+      std::ceil(g.min_free_percent / 100.0 * static_cast<double>(total_bytes)));
   const uint64_t want_free = std::max(g.min_free_bytes, percent) + incoming_bytes;
   return want_free > free_bytes ? want_free - free_bytes : 0;
 }

@@ -39,9 +39,9 @@ std::string Describe(const RetentionPolicy& p);
 
 struct CheckpointFacts {
   uint64_t step = 0;
-  uint64_t bytes = 0;     // model + train files
-  double time_s = 0;      // commit time, seconds since the epoch
-  std::optional<double> metric;  // the policy's metric, when the checkpoint has it
+  uint64_t bytes = 0;              // model + train files
+  double time_s = 0;               // commit time, seconds since the epoch
+  std::optional<double> metric;    // the policy's metric, when the checkpoint has it
   std::optional<std::string> pin;  // pin reason, when pinned
 };
 

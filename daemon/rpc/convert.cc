@@ -1,6 +1,8 @@
 // Proto <-> domain conversions with API validation.
 #include "daemon/rpc/convert.h"
 
+#include <google/protobuf/util/json_util.h>
+
 #include <limits>
 #include <set>
 
@@ -275,6 +277,15 @@ void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointI
   out->set_tensor_count(r.tensor_count);
   out->set_is_latest(is_latest);
   out->set_parent_uuid(r.parent_uuid);
+}
+
+std::string MessageToJson(const google::protobuf::Message& m, bool pretty) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = pretty;
+  opts.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
+  return out;
 }
 
 }  // namespace ckptd::rpc

@@ -39,6 +39,10 @@ v1::Schedule ToProto(const policy::Schedule& s);
 
 void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointInfo* out);
 
+// A message in protobuf's JSON mapping with the proto's field names: the
+// schema the HTTP API and `ckptctl --json` share.
+std::string MessageToJson(const google::protobuf::Message& m, bool pretty = false);
+
 // An absl::Status as a grpc::Status-compatible code and message.
 inline int GrpcCode(const absl::Status& st) { return static_cast<int>(st.code()); }
 

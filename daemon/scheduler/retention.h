@@ -21,7 +21,8 @@ struct RetentionOutcome {
   std::vector<uint64_t> deleted;
 };
 
-policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir, const storage::PinStore& pins,
+policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir,
+                                           const storage::PinStore& pins,
                                            const policy::RetentionPolicy& policy,
                                            const std::set<uint64_t>& in_flight, double now_s);
 

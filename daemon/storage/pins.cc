@@ -33,7 +33,8 @@ const std::string* PinStore::Find(uint64_t step) const {
 
 absl::Status PinStore::Save() const {
   nlohmann::json j = {{"pins", nlohmann::json::array()}};
-  for (const auto& [step, reason] : pins_) j["pins"].push_back({{"step", step}, {"reason", reason}});
+  for (const auto& [step, reason] : pins_)
+    j["pins"].push_back({{"step", step}, {"reason", reason}});
   return env::WriteFileAtomically(env_, path_, j.dump(1) + "\n");
 }
 

@@ -135,7 +135,8 @@ absl::Status RunDir::Delete(uint64_t step) {
   const CheckpointRecord* r = Find(step);
   if (r == nullptr) return absl::NotFoundError(StrCat("no checkpoint at step ", step));
   if (latest_step() == step) {
-    return absl::FailedPreconditionError(StrCat("step ", step, " is latest's target; not deleting it"));
+    return absl::FailedPreconditionError(
+        StrCat("step ", step, " is latest's target; not deleting it"));
   }
   CKPTD_TRY(env_->RemoveFile(PathOf(ModelFileName(step))));
   bool has_train = !r->train_path.empty();

@@ -1,9 +1,9 @@
 // The retention planner: each rule, their combination, protections, ties,
 // rollbacks and empty catalogs.
+#include "daemon/policy/retention.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
-#include "daemon/policy/retention.h"
 
 namespace ckptd::policy {
 namespace {
@@ -13,8 +13,12 @@ using ::testing::HasSubstr;
 
 RetentionInputs Steps(std::vector<uint64_t> steps, std::optional<uint64_t> latest = std::nullopt) {
   RetentionInputs in;
-  for (uint64_t s : steps) in.checkpoints.push_back({s, 10, static_cast<double>(s), std::nullopt, std::nullopt});
-  in.latest_step = latest ? latest : (steps.empty() ? std::nullopt : std::optional(*std::max_element(steps.begin(), steps.end())));
+  for (uint64_t s : steps)
+    in.checkpoints.push_back({s, 10, static_cast<double>(s), std::nullopt, std::nullopt});
+  in.latest_step =
+      latest ? latest
+             : (steps.empty() ? std::nullopt
+                              : std::optional(*std::max_element(steps.begin(), steps.end())));
   return in;
 }
 
@@ -65,9 +69,9 @@ TEST(RetentionTest, KeepBestMinMaxTiesAndMissingMetric) {
   // min: 0.2 twice: the newer (3) ranks first; keep_best=1 keeps 3 (+ latest 5).
   EXPECT_THAT(Kept(PlanRetention({.keep_best = 1}, in)), ElementsAre(3, 5));
   EXPECT_THAT(Kept(PlanRetention({.keep_best = 2}, in)), ElementsAre(2, 3, 5));
-  EXPECT_THAT(Kept(PlanRetention({.keep_best = 1, .mode = MetricMode::kMax}, in)), ElementsAre(4, 5));
-  auto keep_missing =
-      PlanRetention({.keep_best = 1, .missing_metric = MissingMetric::kKeep}, in);
+  EXPECT_THAT(Kept(PlanRetention({.keep_best = 1, .mode = MetricMode::kMax}, in)),
+              ElementsAre(4, 5));
+  auto keep_missing = PlanRetention({.keep_best = 1, .missing_metric = MissingMetric::kKeep}, in);
   EXPECT_THAT(Kept(keep_missing), ElementsAre(1, 3, 5));
   EXPECT_THAT(ReasonOf(keep_missing, 1), HasSubstr("no loss metric"));
   EXPECT_THAT(ReasonOf(keep_missing, 3), HasSubstr("keep_best=1 (loss=0.2)"));
@@ -84,7 +88,8 @@ TEST(RetentionTest, KeepTimeIntervalKeepsTheNewestPerIntervalWithinTheWindow) {
   // One per hour, all ages: buckets [0,3600): steps 1-4 -> 4; [3600,7200): 5-8 -> 8; 7200: 9.
   EXPECT_THAT(Kept(PlanRetention({.keep_time_interval_seconds = 3600}, in)), ElementsAre(4, 8, 9));
   // Only the last 3000 s count: steps with time >= 4200: 6, 7, 8, 9 -> 8 and 9.
-  EXPECT_THAT(Kept(PlanRetention({.keep_time_interval_seconds = 3600, .keep_time_window_seconds = 3000}, in)),
+  EXPECT_THAT(Kept(PlanRetention(
+                  {.keep_time_interval_seconds = 3600, .keep_time_window_seconds = 3000}, in)),
               ElementsAre(8, 9));
 }
 
@@ -126,7 +131,8 @@ TEST(RetentionTest, RollbackKeepsLatestAtTheHighestStepAndCountsStepsNotTimes) {
 
 TEST(RetentionTest, Describe) {
   EXPECT_EQ(Describe({}), "keep everything (no retention rule)");
-  EXPECT_EQ(Describe({.keep_last = 3, .keep_every_steps = 1000}), "keep_last=3, keep_every_steps=1000");
+  EXPECT_EQ(Describe({.keep_last = 3, .keep_every_steps = 1000}),
+            "keep_last=3, keep_every_steps=1000");
 }
 
 TEST(DiskGuardTest, BytesToFree) {

@@ -122,8 +122,10 @@ class RetentionPropertyTest : public ::testing::Test {
     if (loss) plan.model_metadata.Set("ckpt.metrics.loss", gguf::Value(*loss));
     uint64_t floats = 16 + rng() % 256;
     plan.tensors.push_back({{"w", gguf::TensorType::kF32, {floats}}, storage::TensorGroup::kModel});
-    if (with_train) plan.tensors.push_back({{"m", gguf::TensorType::kF32, {8}}, storage::TensorGroup::kTrain});
-    auto w = storage::CheckpointWriter::Create(env::Env::Default(), dir->weights_dir(), std::move(plan));
+    if (with_train)
+      plan.tensors.push_back({{"m", gguf::TensorType::kF32, {8}}, storage::TensorGroup::kTrain});
+    auto w =
+        storage::CheckpointWriter::Create(env::Env::Default(), dir->weights_dir(), std::move(plan));
     ASSERT_TRUE(w.ok()) << w.status();
     ASSERT_TRUE((*w)->WriteData(std::string((*w)->data_bytes(), 'x')).ok());
     ASSERT_TRUE((*w)->Finish().ok());
@@ -163,7 +165,8 @@ TEST_F(RetentionPropertyTest, RandomHistoriesMatchTheReferenceModel) {
         if (rng() % 5) loss = static_cast<double>(rng() % 50) / 10.0;
         Save(dir.get(), step, clock, loss, rng() % 3 == 0, rng);
         if (HasFailure()) return;
-        model[step] = {dir->Find(step)->model_bytes + dir->Find(step)->train_bytes, std::floor(clock), loss};
+        model[step] = {dir->Find(step)->model_bytes + dir->Find(step)->train_bytes,
+                       std::floor(clock), loss};
       } else if (kind == 6) {  // pin an existing step
         auto it = std::next(model.begin(), static_cast<long>(rng() % model.size()));
         ASSERT_TRUE(pins.Pin(it->first, fmt::format("pin {}", e)).ok());
@@ -180,7 +183,8 @@ TEST_F(RetentionPropertyTest, RandomHistoriesMatchTheReferenceModel) {
       ASSERT_TRUE(outcome.ok()) << outcome.status();
 
       std::set<uint64_t> want = ReferenceKeep(policy, model, pins.pins(), clock);
-      for (auto it = model.begin(); it != model.end();) it = want.count(it->first) ? std::next(it) : model.erase(it);
+      for (auto it = model.begin(); it != model.end();)
+        it = want.count(it->first) ? std::next(it) : model.erase(it);
 
       std::set<uint64_t> have, on_disk;
       for (const auto& [step, r] : dir->catalog()) have.insert(step);
@@ -195,8 +199,10 @@ TEST_F(RetentionPropertyTest, RandomHistoriesMatchTheReferenceModel) {
       }
       ASSERT_EQ(have, want);
       ASSERT_EQ(on_disk, want);
-      ASSERT_EQ(fs::read_symlink(dir->weights_dir() + "/latest"), storage::ModelFileName(*want.rbegin()));
-      for (const auto& [step, reason] : pins.pins()) ASSERT_TRUE(have.count(step)) << "pinned " << step;
+      ASSERT_EQ(fs::read_symlink(dir->weights_dir() + "/latest"),
+                storage::ModelFileName(*want.rbegin()));
+      for (const auto& [step, reason] : pins.pins())
+        ASSERT_TRUE(have.count(step)) << "pinned " << step;
       ++events_checked;
     }
     fs::remove_all(run_dir);
