@@ -12,7 +12,7 @@ PREFIX     ?= /usr
 CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON \
                   -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 
-.PHONY: all deps build test unit-test sanitize fuzz run bench clean format install
+.PHONY: all deps build test unit-test sanitize sanitize-daemon fuzz run bench clean format install
 
 all: build
 
@@ -36,6 +36,12 @@ sanitize:
 	@ninja -C $(BUILD)-asan -j$(JOBS) $(addsuffix _tests,$(SANITIZED))
 	@set -e; for t in $(SANITIZED); do \
 	  echo "sanitize: $$t"; $(BUILD)-asan/tests/$$t/$${t}_tests --gtest_brief=1; done
+
+# The black-box daemon suites against an ASan + UBSan daemon (slower; not in `make test`).
+sanitize-daemon:
+	@$(CMAKE_CONFIGURE) -B $(BUILD)-asan -DCKPTD_SANITIZE=address,undefined >/dev/null
+	@ninja -C $(BUILD)-asan -j$(JOBS) daemon_tests ckptd ckptctl gguf_fixture_writer
+	@$(BUILD)-asan/tests/integration/daemon_tests --gtest_brief=1
 
 fuzz:
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)

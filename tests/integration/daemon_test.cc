@@ -422,7 +422,9 @@ TEST_F(DaemonTest, BadRequestsGetClearStatusesAndLeaveNothing) {
   EXPECT_EQ(short_save.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(short_save.status().message()), HasSubstr("stream ended after"));
   auto long_data = m.Views();
-  long_data[1].bytes += 4;
+  std::vector<float> longer(m.out.size() + 1);  // sends one float more than declared
+  long_data[1].data = longer.data();
+  long_data[1].bytes = longer.size() * 4;
   EXPECT_THAT(std::string((*run)->save(200, long_data).status().message()),
               HasSubstr("past the last tensor"));
 
@@ -458,7 +460,9 @@ TEST_F(DaemonTest, StreamingOneGibKeepsDaemonMemoryBounded) {
               static_cast<double>(rss) / (1 << 20), r->timings().received_s(),
               r->timings().durable_s());
   RecordProperty("daemon_peak_rss_bytes", std::to_string(rss));
+#ifndef CKPTD_SANITIZED
   EXPECT_LT(rss, 128u << 20);
+#endif
   EXPECT_EQ(r->checkpoint().size_bytes(), fs::file_size(Weights("big") + "/step_100.gguf"));
 }
 
