@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "health.grpc.pb.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -1144,6 +1146,24 @@ TEST_F(DaemonTest, ReadyzIsUnavailableWhileAWriteErrorIsUnresolved) {
   EXPECT_THAT(ready.body, HasSubstr("run sick has an unresolved write error"));
   ASSERT_TRUE((*run)->save(2, m.Views()).ok());
   EXPECT_EQ(HttpGet(daemon->HttpPort(), "/readyz").status, 200);
+}
+
+}  // namespace
+}  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(DaemonTest, HealthServiceAnswersServing) {
+  auto daemon = StartDaemon();
+  auto channel =
+      grpc::CreateChannel("unix:" + daemon->socket(), grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 }  // namespace
