@@ -48,6 +48,7 @@ fuzz:
 
 run: build
 	@echo "ckptd: dev config: runs under ./ckpt-runs, socket unix:./ckpt-runs/ckptd.sock (Ctrl-C stops)."
+	@echo "Status page: http://127.0.0.1:9477/  (JSON under /v1, Prometheus at /metrics)"
 	@echo "Try it from another shell:"
 	@echo "  $(BUILD)/tests/gguf/gguf_fixture_writer /tmp/demo.gguf /dev/null"
 	@echo "  $(BUILD)/client/cli/ckptctl import demo /tmp/demo.gguf --step 100 --metric loss=2.5"
