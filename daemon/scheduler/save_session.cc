@@ -123,6 +123,11 @@ absl::Status SaveSession::Prepare() {
   std::string weights_dir;
   {
     std::lock_guard lock(run_->mu);
+    // The final snapshot is authoritative: at a step the schedule already
+    // saved, it replaces that checkpoint instead of failing the close.
+    if (p.kind == SaveKind::kClose && run_->dir()->Find(p.step) != nullptr) {
+      params_.overwrite = true;
+    }
     CKPTD_TRY(run_->dir()->CheckCanSave(
         p.step, p.overwrite ? storage::Overwrite::kYes : storage::Overwrite::kNo));
     std::string parent;

@@ -336,6 +336,15 @@ TEST_F(DaemonTest, ScheduleSkipsForcesAndCloseWritesTheFinalSnapshot) {
   EXPECT_EQ(closed->run().last_step(), 137u);
   EXPECT_THAT(Names(Weights("rs")),
               UnorderedElementsAre("step_100.gguf", "step_130.gguf", "step_137.gguf", "latest"));
+  // Closing again at an already committed step replaces it (the final
+  // snapshot wins) rather than failing the close.
+  auto reopened = client->OpenRun(req);
+  ASSERT_TRUE(reopened.ok());
+  Model final_weights(9.0f);
+  auto again = (*reopened)->close(137, final_weights.Views());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
+  EXPECT_NE(again->final_save().checkpoint().uuid(), closed->final_save().checkpoint().uuid());
   // A finished run refuses saves until reopened.
   auto after = (*run)->save(200, m.Views(), {}, {.force = true});
   EXPECT_EQ(after.status().code(), absl::StatusCode::kFailedPrecondition);
