@@ -56,7 +56,9 @@ run: build
 	@exec $(BUILD)/daemon/ckptd $(ARGS)
 
 bench: build
-	@$(BUILD)/bench/gguf_bench $(ARGS)
+	@scripts/install-deps.sh --bench
+	@$(BUILD)/bench/gguf_bench $(filter --quick,$(ARGS))
+	@/usr/bin/python3 bench/run_bench.py --build $(BUILD) $(ARGS)
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i

@@ -29,16 +29,20 @@ runtime_pkgs=(
   libtomlplusplus3 libxxhash0 libsystemd0 libssl3 ca-certificates
 )
 
+# Peers the benchmark measures against (make bench only: torch is large).
+bench_pkgs=(python3-torch fio)
+
 mode=${1:-all}
 case "$mode" in
   --runtime) wanted=("${runtime_pkgs[@]}") ;;
+  --bench) wanted=("${bench_pkgs[@]}") ;;
   all | --all) wanted=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [--runtime]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--runtime|--bench]" >&2; exit 2 ;;
 esac
 
 # Node may come from elsewhere (a nodesource build bundles npm and conflicts
 # with Debian's npm package): only ask apt for it when there is none.
-if [[ "$mode" != "--runtime" ]] && ! command -v npm >/dev/null; then
+if [[ "$mode" == "all" || "$mode" == "--all" ]] && ! command -v npm >/dev/null; then
   wanted+=(nodejs npm)
 fi
 
@@ -62,7 +66,7 @@ fi
 # Tie results to the environment they were built in.
 dpkg-query -W -f='  ${Package} ${Version}\n' "${wanted[@]}" 2>/dev/null | sort
 
-[[ "$mode" == "--runtime" ]] && exit 0
+[[ "$mode" == "--runtime" || "$mode" == "--bench" ]] && exit 0
 
 # npm test tools (GGUF interop checker), pinned in package-lock.json.
 # --ignore-scripts: no postinstall downloads, the network is closed.
