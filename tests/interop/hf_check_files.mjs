@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { createRequire } from "node:module";
 
 const require = createRequire(join(process.env.NODE_PATH ?? process.cwd(), "x.js"));
-const { gguf, GGML_QUANT_SIZES } = require("@huggingface/gguf");
+const { gguf } = require("@huggingface/gguf");
 
 const BYTES = { 0: 4, 1: 2, 24: 1, 25: 2, 26: 4, 27: 8, 28: 8, 30: 2 };
 let failed = 0;
