@@ -5,8 +5,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -34,6 +37,8 @@ class PosixWritableFile final : public WritableFile {
   PosixWritableFile(std::string path, ScopedFd fd, bool direct, AlignedBuffer buf)
       : path_(std::move(path)), fd_(std::move(fd)), direct_(direct), buf_(std::move(buf)) {}
 
+  ~PosixWritableFile() override { StopWorker(); }
+
   absl::Status Append(std::string_view data) override {
     while (!data.empty()) {
       size_t n = std::min(data.size(), kWriteBufferBytes - used_);
@@ -47,6 +52,7 @@ class PosixWritableFile final : public WritableFile {
   }
 
   absl::Status WriteAt(uint64_t offset, std::string_view data) override {
+    CKPTD_TRY(WaitWrite());  // the on-disk part is complete before it is patched
     if (offset > size_ || data.size() > size_ - offset) {
       return absl::OutOfRangeError(StrCat("write ", path_, ": patch past the end"));
     }
@@ -74,6 +80,7 @@ class PosixWritableFile final : public WritableFile {
   }
 
   absl::Status Sync() override {
+    CKPTD_TRY(WaitWrite());
     if (used_ > 0) {
       size_t n = direct_ ? AlignUpTo(used_) : used_;
       std::memset(buf_.get() + used_, 0, n - used_);
@@ -98,6 +105,9 @@ class PosixWritableFile final : public WritableFile {
   }
 
   absl::Status Close() override {
+    absl::Status pending = WaitWrite();
+    StopWorker();
+    CKPTD_TRY(pending);
     int fd = fd_.release();
     if (fd >= 0 && ::close(fd) != 0) return PosixError(StrCat("close ", path_), errno);
     return absl::OkStatus();
@@ -108,11 +118,62 @@ class PosixWritableFile final : public WritableFile {
   const std::string& path() const override { return path_; }
 
  private:
+  // Hands the full buffer to the worker thread and keeps filling the other
+  // one, so copying and hashing the next 4 MiB overlaps this write.
   absl::Status FlushFull() {
-    CKPTD_TRY(PwriteAll(buf_.get(), used_, flushed_));
+    CKPTD_TRY(WaitWrite());  // the previous write is done: `spare_` is free
+    if (spare_ == nullptr) spare_ = AllocateAligned(kWriteBufferBytes);
+    if (spare_ == nullptr) {  // no memory for a second buffer: write in line
+      CKPTD_TRY(PwriteAll(buf_.get(), used_, flushed_));
+    } else {
+      StartWrite(buf_.get(), used_, flushed_);
+      std::swap(buf_, spare_);
+    }
     flushed_ += used_;
     used_ = 0;
     return absl::OkStatus();
+  }
+
+  void StartWrite(const char* data, size_t n, uint64_t offset) {
+    std::unique_lock lock(wmu_);
+    if (!worker_.joinable()) worker_ = std::thread([this] { WorkerLoop(); });
+    job_ = {data, n, offset};
+    job_ready_ = true;
+    wcv_.notify_all();
+  }
+
+  // Waits for the write in flight; its error (sticky) if it failed.
+  absl::Status WaitWrite() {
+    std::unique_lock lock(wmu_);
+    wcv_.wait(lock, [&] { return !job_ready_; });
+    return write_status_;
+  }
+
+  void WorkerLoop() {
+    std::unique_lock lock(wmu_);
+    while (true) {
+      wcv_.wait(lock, [&] { return job_ready_ || stop_; });
+      if (job_ready_) {
+        Job job = job_;
+        lock.unlock();
+        absl::Status st = PwriteAll(job.data, job.n, job.offset);
+        lock.lock();
+        if (!st.ok() && write_status_.ok()) write_status_ = st;
+        job_ready_ = false;
+        wcv_.notify_all();
+        continue;
+      }
+      return;  // stop_, nothing pending
+    }
+  }
+
+  void StopWorker() {
+    {
+      std::lock_guard lock(wmu_);
+      stop_ = true;
+    }
+    wcv_.notify_all();
+    if (worker_.joinable()) worker_.join();
   }
 
   absl::Status PwriteAll(const char* p, size_t n, uint64_t offset) {
@@ -156,7 +217,20 @@ class PosixWritableFile final : public WritableFile {
   std::string path_;
   ScopedFd fd_;
   bool direct_;
-  AlignedBuffer buf_;
+  AlignedBuffer buf_;    // being filled
+  AlignedBuffer spare_;  // being written by the worker (allocated at the first flush)
+  struct Job {
+    const char* data = nullptr;
+    size_t n = 0;
+    uint64_t offset = 0;
+  };
+  std::mutex wmu_;  // guards the fields below and direct_ changes made by the worker
+  std::condition_variable wcv_;
+  Job job_;
+  bool job_ready_ = false;
+  bool stop_ = false;
+  absl::Status write_status_;
+  std::thread worker_;
   size_t used_ = 0;       // bytes in buf_, starting at file offset flushed_
   uint64_t flushed_ = 0;  // file offset of buf_[0]; always aligned under O_DIRECT
   uint64_t size_ = 0;     // logical file size

@@ -88,6 +88,33 @@ TEST(WritableFileTest, TmpfsWritesExactlyWithOrWithoutDirectIo) {
   ::umount(mnt.c_str());
 }
 
+TEST(WritableFileTest, DiskFullDuringABackgroundWriteSurfaces) {
+  testing::TempDir dir;
+  std::string mnt = dir.Join("tiny");
+  ASSERT_TRUE(Env::Default()->CreateDirs(mnt).ok());
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=6m") != 0) {
+    GTEST_SKIP() << "cannot mount tmpfs here (needs root)";
+  }
+  for (DirectIo mode : {DirectIo::kAuto, DirectIo::kOff}) {
+    std::string path = mnt + (mode == DirectIo::kAuto ? "/a" : "/b");
+    auto f = Env::Default()->NewWritableFile(path, mode);
+    ASSERT_TRUE(f.ok());
+    // Exactly two full buffers: the second is written by the worker thread and
+    // hits ENOSPC; nothing is left for Sync to write, so only the worker's
+    // error can fail it. It must not be lost.
+    std::string chunk(1 << 20, 'x');
+    absl::Status st;
+    for (int i = 0; i < 8 && st.ok(); ++i) st = (*f)->Append(chunk);
+    if (st.ok()) st = (*f)->Sync();
+    EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+    EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr(path));
+    EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("No space left on device"));
+    EXPECT_FALSE((*f)->Sync().ok());  // sticky
+    ::unlink(path.c_str());
+  }
+  ::umount(mnt.c_str());
+}
+
 TEST(WritableFileTest, NewFileRefusesToClobber) {
   testing::TempDir dir;
   testing::WriteFile(dir.Join("x"), "old");
