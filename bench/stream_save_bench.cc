@@ -34,8 +34,11 @@ int main(int argc, char** argv) {
   std::vector<ckptd::TensorView> views;
   for (size_t at = 0, i = 0; at < bytes; at += kTensor, ++i) {
     size_t n = std::min(kTensor, bytes - at);
-    views.push_back({"blk." + std::to_string(i) + ".weight", ckptd::v1::TENSOR_TYPE_F32,
-                     {n / 4}, data.data() + at, n});
+    views.push_back({"blk." + std::to_string(i) + ".weight",
+                     ckptd::v1::TENSOR_TYPE_F32,
+                     {n / 4},
+                     data.data() + at,
+                     n});
   }
   auto t0 = std::chrono::steady_clock::now();
   auto r = (*run)->save(step, views, {}, {.force = true});
@@ -44,10 +47,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "Save: %s\n", std::string(r.status().message()).c_str());
     return 1;
   }
-  std::printf("{\"call_s\": %.6f, \"received_s\": %.6f, \"durable_s\": %.6f, \"committed_s\": %.6f, "
-              "\"file_bytes\": %llu}\n",
-              call_s, r->timings().received_s(), r->timings().durable_s(),
-              r->timings().committed_s(),
-              static_cast<unsigned long long>(r->checkpoint().size_bytes()));
+  std::printf(
+      "{\"call_s\": %.6f, \"received_s\": %.6f, \"durable_s\": %.6f, \"committed_s\": %.6f, "
+      "\"file_bytes\": %llu}\n",
+      call_s, r->timings().received_s(), r->timings().durable_s(), r->timings().committed_s(),
+      static_cast<unsigned long long>(r->checkpoint().size_bytes()));
   return 0;
 }
