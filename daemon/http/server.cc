@@ -10,6 +10,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "daemon/base/strings.h"
 #include "daemon/http/status_page.h"
@@ -48,28 +49,14 @@ int HttpStatus(grpc::StatusCode code) {
   }
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    default:
-      return "INTERNAL";
-  }
-}
-
 Reply Error(grpc::StatusCode code, const std::string& message) {
-  std::string escaped;
-  for (char c : message) {
-    if (c == '"' || c == '\\') escaped += '\\';
-    if (static_cast<unsigned char>(c) >= 0x20) escaped += c;
-  }
+  nlohmann::json body = {
+      {"error",
+       {{"code", HttpStatus(code)},
+        {"status", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))},
+        {"message", message}}}};
   return {HttpStatus(code), "application/json",
-          fmt::format(R"({{"error":{{"code":{},"status":"{}","message":"{}"}}}})", HttpStatus(code),
-                      CodeName(code), escaped)};
+          body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
 }
 
 Reply FromCall(const grpc::Status& st, const google::protobuf::Message& m) {
@@ -170,17 +157,9 @@ Reply HttpServer::Impl::Readyz() {
           StrCat("root ", root, " is below the disk guard (", space->free_bytes, " bytes free)"));
     }
   }
-  std::string list;
-  for (const auto& r : reasons) {
-    std::string esc;
-    for (char c : r) {
-      if (c == '"' || c == '\\') esc += '\\';
-      esc += c;
-    }
-    StrAppend(&list, list.empty() ? "" : ",", "\"", esc, "\"");
-  }
+  nlohmann::json body = {{"ready", reasons.empty()}, {"reasons", reasons}};
   return {reasons.empty() ? 200 : 503, "application/json",
-          fmt::format(R"({{"ready":{},"reasons":[{}]}})", reasons.empty(), list)};
+          body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
 }
 
 Reply HttpServer::Impl::MetricsText() {

@@ -43,7 +43,4 @@ void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointI
 // schema the HTTP API and `ckptctl --json` share.
 std::string MessageToJson(const google::protobuf::Message& m, bool pretty = false);
 
-// An absl::Status as a grpc::Status-compatible code and message.
-inline int GrpcCode(const absl::Status& st) { return static_cast<int>(st.code()); }
-
 }  // namespace ckptd::rpc

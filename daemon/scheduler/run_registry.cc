@@ -308,7 +308,6 @@ absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run
       if (d.step == step) reason = d.reason;
     }
     spdlog::info("retention deleted run={} step={} reason=\"{}\"", run.id(), step, reason);
-    deletions_total_++;
     metrics::Metrics::Get().CountDeletion(run.id(), "retention");
     run.PublishLocked({.type = Event::Type::kDeleted,
                        .run_id = run.id(),

@@ -150,7 +150,6 @@ class RunRegistry {
   void CloseAllSubscriptions();
 
   env::Env* env() const { return env_; }
-  uint64_t deletions_total() const { return deletions_total_; }
   const DaemonFacts& facts() const { return facts_; }
 
  private:
@@ -166,7 +165,6 @@ class RunRegistry {
   policy::RetentionPolicy default_retention_;
   policy::DiskGuard disk_guard_;
   std::map<std::string, std::shared_ptr<Run>> runs_;
-  std::atomic<uint64_t> deletions_total_{0};
 };
 
 // Seconds since the epoch, and the same as RFC 3339 UTC with milliseconds.

@@ -52,19 +52,13 @@ void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRec
 }
 
 absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t step,
-                                                      const std::string& model_path,
-                                                      const std::string& train_path) {
+                                                      const std::string& model_path) {
   CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile model, ReadGgufHeader(env, model_path));
   CheckpointRecord r;
   r.step = step;
   r.model_path = model_path;
   r.model_bytes = model.file_size;
   FillFromHeader(model.metadata, model.tensors.size(), &r);
-  if (!train_path.empty()) {
-    CKPTD_ASSIGN_OR_RETURN(auto train, env->Stat(train_path));
-    r.train_path = train_path;
-    r.train_bytes = train.size;
-  }
   return r;
 }
 

@@ -49,11 +49,10 @@ double ParseUtc(const std::string& s);
 // file's header.
 void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRecord* r);
 
-// Reads step_N.gguf's header (and step_N.train.gguf's when train_path is
-// set) into a record; never reads tensor data.
+// Reads step_N.gguf's header into a record (the caller pairs it with its
+// train file); never reads tensor data.
 absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t step,
-                                                      const std::string& model_path,
-                                                      const std::string& train_path);
+                                                      const std::string& model_path);
 
 // The string value of `key`, or "" when absent or not a string.
 std::string StringValue(const gguf::Metadata& md, std::string_view key);

@@ -53,7 +53,7 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   }
   for (uint64_t step : models) {
     std::string model_path = PathOf(ModelFileName(step));
-    auto record = ReadCheckpointRecord(env_, step, model_path, "");
+    auto record = ReadCheckpointRecord(env_, step, model_path);
     if (!record.ok()) {
       report->unreadable.push_back(std::string(record.status().message()));
       continue;

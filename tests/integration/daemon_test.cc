@@ -1062,6 +1062,7 @@ TEST_F(HttpTest, NotFoundAndBadParametersAreJsonErrors) {
     auto j = nlohmann::json::parse(r.body, nullptr, false);
     ASSERT_FALSE(j.is_discarded()) << c.target << ": " << r.body;
     EXPECT_EQ(j["error"]["code"], c.status);
+    EXPECT_EQ(j["error"]["status"], c.status == 404 ? "NOT_FOUND" : "INVALID_ARGUMENT");
     EXPECT_THAT(j["error"]["message"].get<std::string>(), HasSubstr(c.message)) << c.target;
   }
 }
