@@ -91,6 +91,20 @@ v1::OpenRunRequest OpenRequest(const std::string& run_id, uint64_t every_steps =
   return req;
 }
 
+// The first message of a hand-made Save stream: one f32 tensor "w" of `floats` elements.
+v1::SaveRequest OneTensorHeader(const std::string& run, uint64_t step, uint64_t floats,
+                                bool force = false) {
+  v1::SaveRequest msg;
+  v1::SaveHeader* h = msg.mutable_header();
+  h->set_run_id(run);
+  h->set_step(step);
+  h->set_force(force);
+  auto* d = h->add_tensors();
+  d->set_name("w");
+  d->add_ne(floats);
+  return msg;
+}
+
 class DaemonTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -316,13 +330,7 @@ TEST_F(DaemonTest, ScheduleSkipsForcesAndCloseWritesTheFinalSnapshot) {
   grpc::ClientContext ctx;
   v1::SaveResponse resp;
   auto w = client->stub().Save(&ctx, &resp);
-  v1::SaveHeader h;
-  h.set_run_id("rs");
-  h.set_step(130);
-  auto* d = h.add_tensors();
-  d->set_name("x");
-  d->add_ne(4);
-  StreamTensors(w.get(), h, {}, 1);
+  StreamTensors(w.get(), OneTensorHeader("rs", 130, 4).header(), {}, 1);
   ASSERT_TRUE(w->Finish().ok());
   EXPECT_EQ(resp.result(), v1::SaveResponse::RESULT_SKIPPED);
   // Forced: written.
@@ -361,14 +369,7 @@ TEST_F(DaemonTest, ClientDisconnectMidStreamLeavesNothing) {
     grpc::ClientContext ctx;
     v1::SaveResponse resp;
     auto w = client->stub().Save(&ctx, &resp);
-    v1::SaveRequest msg;
-    auto* h = msg.mutable_header();
-    h->set_run_id("rd");
-    h->set_step(200);
-    auto* d = h->add_tensors();
-    d->set_name("big");
-    d->add_ne(1 << 20);  // 4 MiB declared
-    ASSERT_TRUE(w->Write(msg));
+    ASSERT_TRUE(w->Write(OneTensorHeader("rd", 200, 1 << 20)));  // 4 MiB declared
     v1::SaveRequest data;
     data.set_data(std::string(1 << 20, 'x'));  // a quarter of it
     ASSERT_TRUE(w->Write(data));
@@ -528,14 +529,7 @@ TEST_F(DaemonTest, SigtermPastTheDeadlineFailsTheSaveCleanly) {
   grpc::ClientContext ctx;
   v1::SaveResponse resp;
   auto writer = client->stub().Save(&ctx, &resp);
-  v1::SaveRequest msg;
-  msg.mutable_header()->set_run_id("rl");
-  msg.mutable_header()->set_step(100);
-  msg.mutable_header()->set_force(true);
-  auto* d = msg.mutable_header()->add_tensors();
-  d->set_name("w");
-  d->add_ne(1 << 20);
-  ASSERT_TRUE(writer->Write(msg));
+  ASSERT_TRUE(writer->Write(OneTensorHeader("rl", 100, 1 << 20, /*force=*/true)));
   v1::SaveRequest data;
   data.set_data(std::string(4096, 'x'));
   ASSERT_TRUE(writer->Write(data));  // then the client stalls
@@ -743,14 +737,8 @@ TEST_F(DaemonTest, StalledSaveIsCancelledAndFreesTheRun) {
   grpc::ClientContext ctx;
   v1::SaveResponse resp;
   auto writer = client->stub().Save(&ctx, &resp);
-  v1::SaveRequest msg;
-  msg.mutable_header()->set_run_id("ri");
-  msg.mutable_header()->set_step(100);
-  msg.mutable_header()->set_force(true);
-  auto* d = msg.mutable_header()->add_tensors();
-  d->set_name("w");
-  d->add_ne(1 << 20);
-  ASSERT_TRUE(writer->Write(msg));                              // then nothing: a hung trainer
+  // Then nothing: a hung trainer.
+  ASSERT_TRUE(writer->Write(OneTensorHeader("ri", 100, 1 << 20, /*force=*/true)));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // it holds the run's save slot
   // Another save of the same run waits for the slot, then goes through.
   Model m(9.0f);
@@ -1122,13 +1110,7 @@ TEST_F(HttpTest, MetricsParseWithPromtoolAndCountersMove) {
     grpc::ClientContext ctx;
     v1::SaveResponse resp;
     auto w = client_->stub().Save(&ctx, &resp);
-    v1::SaveHeader h;
-    h.set_run_id("web");
-    h.set_step(401);
-    auto* d = h.add_tensors();
-    d->set_name("x");
-    d->add_ne(4);
-    StreamTensors(w.get(), h, {}, 1);
+    StreamTensors(w.get(), OneTensorHeader("web", 401, 4).header(), {}, 1);
     ASSERT_TRUE(w->Finish().ok());
     ASSERT_EQ(resp.result(), v1::SaveResponse::RESULT_SKIPPED);
   }
