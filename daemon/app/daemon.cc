@@ -22,8 +22,10 @@
 #include "daemon/config/config.h"
 #include "daemon/env/fault_env.h"
 #include "daemon/http/server.h"
+#include "daemon/ingest/arena_server.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
+#include "daemon/scheduler/shared_saves.h"
 
 extern char** environ;
 
@@ -172,6 +174,26 @@ int DaemonMain(int argc, char** argv) {
   rpc::CheckpointdService service(
       &registry,
       std::chrono::milliseconds(static_cast<int64_t>(cfg->save_idle_timeout_seconds * 1000)));
+  // The shm path: arenas registered on their own socket, saves written by
+  // per-run workers. Declared after the registry, so destroyed before it.
+  ingest::ArenaRegistry arenas(cfg->shm_max_arenas);
+  scheduler::SharedSaveQueue shared_saves(&registry, cfg->shm_max_pending_saves);
+  std::unique_ptr<ingest::ArenaServer> arena_server;
+  if (const std::string path = config::ArenaSocketPath(*cfg); !path.empty()) {
+    arena_server = std::make_unique<ingest::ArenaServer>(path, &arenas);
+    absl::Status st = PrepareListen(env, "unix:" + path);
+    if (st.ok()) st = arena_server->Start(env);
+    if (!st.ok()) {
+      spdlog::error("cannot open the arena socket {} (shm.socket): {}", path, ToStd(st.message()));
+      return kExitRuntime;
+    }
+    service.EnableSharedMemory(&arenas, &shared_saves, path);
+    spdlog::info("shm: arena socket {}", path);
+  } else {
+    spdlog::info("shm: off ({}); trainers use the stream path",
+                 cfg->shm_enabled ? "the API listens on TCP and shm.socket is unset"
+                                  : "shm.enabled = false");
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -263,6 +285,11 @@ int DaemonMain(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
   server->Wait();
+  if (arena_server) arena_server->Stop();
+  if (size_t n = shared_saves.pending(); n > 0) {
+    spdlog::info("stopping: writing {} accepted shared-memory saves", n);
+  }
+  shared_saves.Drain();
   {
     std::lock_guard lock(timer_mu);
     timer_stop = true;

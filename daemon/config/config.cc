@@ -137,6 +137,10 @@ std::map<std::string, Setter> Setters(Config* c) {
       {"schedule.at_steps", StepList(&c->schedule.at_steps)},
       {"schedule.final_on_close", Bool(&c->schedule.final_on_close)},
       {"log.level", String(&c->log_level)},
+      {"shm.enabled", Bool(&c->shm_enabled)},
+      {"shm.socket", String(&c->shm_socket)},
+      {"shm.max_arenas", Unsigned(&c->shm_max_arenas)},
+      {"shm.max_pending_saves", Unsigned(&c->shm_max_pending_saves)},
       {"http.listen", String(&c->http_listen)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
@@ -171,10 +175,11 @@ absl::Status LoadFile(const std::string& path, Config* c) {
   for (const auto& [section, node] : root) {
     std::string at = StrCat(path, ":", node.source().begin.line);
     if (!node.is_table()) {
-      return absl::InvalidArgumentError(StrCat(at, ": unknown key '", section.str(),
-                                               "': keys belong in [server], [storage], "
-                                               "[schedule], [retention], [disk_guard], [http] or "
-                                               "[log]"));
+      return absl::InvalidArgumentError(
+          StrCat(at, ": unknown key '", section.str(),
+                 "': keys belong in [server], [storage], "
+                 "[schedule], [retention], [disk_guard], [shm], [http] "
+                 "or [log]"));
     }
     for (const auto& [key, value] : *node.as_table()) {
       std::string name = StrCat(section.str(), ".", key.str());
@@ -217,6 +222,8 @@ absl::Status Validate(const Config& c) {
     return bad("server.max_message_bytes", "must be between 64 KiB and 1 GiB");
   }
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
+  if (c.shm_max_arenas == 0) return bad("shm.max_arenas", "must be at least 1");
+  if (c.shm_max_pending_saves == 0) return bad("shm.max_pending_saves", "must be at least 1");
   if (c.disk_guard.min_free_percent > 90)
     return bad("disk_guard.min_free_percent", "must be at most 90");
   if (c.retention.metric.empty()) return bad("retention.metric", "must name a metric");
@@ -304,11 +311,23 @@ std::string Describe(const Config& c) {
   line("min_free_bytes", std::to_string(c.disk_guard.min_free_bytes), "disk_guard.min_free_bytes");
   line("min_free_percent", fmt::format("{:g}", c.disk_guard.min_free_percent),
        "disk_guard.min_free_percent");
+  out += "\n[shm]\n";
+  line("enabled", c.shm_enabled ? "true" : "false", "shm.enabled");
+  line("socket", q(c.shm_socket), "shm.socket");
+  line("max_arenas", std::to_string(c.shm_max_arenas), "shm.max_arenas");
+  line("max_pending_saves", std::to_string(c.shm_max_pending_saves), "shm.max_pending_saves");
   out += "\n[http]\n";
   line("listen", q(c.http_listen), "http.listen");
   out += "\n[log]\n";
   line("level", q(c.log_level), "log.level");
   return out;
+}
+
+std::string ArenaSocketPath(const Config& c) {
+  if (!c.shm_enabled) return "";
+  if (!c.shm_socket.empty()) return c.shm_socket;
+  if (!c.listen.starts_with("unix:")) return "";
+  return c.listen.substr(5) + ".arenas";
 }
 
 }  // namespace ckptd::config

@@ -37,6 +37,11 @@ struct Config {
   double retention_interval_seconds = 300;  // also applied after every commit
   // [disk_guard]: free space to keep on a run's filesystem after a save
   policy::DiskGuard disk_guard{.min_free_bytes = 0, .min_free_percent = 1};
+  // [shm]: shared-memory saves (memfd arenas registered over a second socket)
+  bool shm_enabled = true;
+  std::string shm_socket;              // "" = the listen socket's path + ".arenas" (Unix only)
+  uint32_t shm_max_arenas = 256;       // registered arenas, all trainers together
+  uint32_t shm_max_pending_saves = 8;  // queued shared-memory saves per run
   // [http]: JSON API, /metrics, /healthz, /readyz, status page; "" = off
   std::string http_listen = "127.0.0.1:9477";
   // [log]
@@ -62,5 +67,9 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
 
 // The effective configuration as TOML, each value commented with its source.
 std::string Describe(const Config& config);
+
+// The arena socket's path: shm.socket, or derived from a unix: listen
+// address; "" when shm is off or the API listens on TCP only.
+std::string ArenaSocketPath(const Config& config);
 
 }  // namespace ckptd::config

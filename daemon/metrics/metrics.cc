@@ -10,6 +10,8 @@ namespace {
 
 constexpr std::array<double, 12> kDurationBounds = {0.01, 0.05, 0.1, 0.25, 0.5, 1,
                                                     2.5,  5,    10,  30,   60,  300};
+constexpr std::array<double, 12> kStallBounds = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                 0.1,   0.25,   0.5,   1,    2.5,   10};
 
 }  // namespace
 
@@ -42,13 +44,38 @@ void Metrics::CountSave(const std::string& run, const std::string& result) {
 void Metrics::RecordCommit(const std::string& run, uint64_t bytes, double seconds) {
   std::lock_guard lock(mu_);
   written_bytes_[run] += bytes;
-  Histogram& h = durations_[run];
-  h.buckets.resize(kDurationBounds.size());
-  for (size_t i = 0; i < kDurationBounds.size(); ++i) {
-    if (seconds <= kDurationBounds[i]) h.buckets[i]++;
+  durations_[run].Observe(kDurationBounds, seconds);
+}
+
+void Metrics::RecordTrainerStall(const std::string& run, double seconds) {
+  std::lock_guard lock(mu_);
+  stalls_[run].Observe(kStallBounds, seconds);
+}
+
+void Metrics::Histogram::Observe(std::span<const double> bounds, double value) {
+  buckets.resize(bounds.size());
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    if (value <= bounds[i]) buckets[i]++;
   }
-  h.count++;
-  h.sum += seconds;
+  count++;
+  sum += value;
+}
+
+void Metrics::RenderHistogram(const std::string& name, const std::string& help,
+                              std::span<const double> bounds,
+                              const std::map<std::string, Histogram>& by_run, std::string* out) {
+  auto line = [&](const std::string& s) { *out += s + "\n"; };
+  line(fmt::format("# HELP {} {}", name, help));
+  line(fmt::format("# TYPE {} histogram", name));
+  for (const auto& [run, h] : by_run) {
+    const std::string r = EscapeLabel(run);
+    for (size_t i = 0; i < bounds.size(); ++i) {
+      line(fmt::format("{}_bucket{{run=\"{}\",le=\"{:g}\"}} {}", name, r, bounds[i], h.buckets[i]));
+    }
+    line(fmt::format("{}_bucket{{run=\"{}\",le=\"+Inf\"}} {}", name, r, h.count));
+    line(fmt::format("{}_sum{{run=\"{}\"}} {}", name, r, h.sum));
+    line(fmt::format("{}_count{{run=\"{}\"}} {}", name, r, h.count));
+  }
 }
 
 void Metrics::CountDeletion(const std::string& run, const std::string& by) {
@@ -81,19 +108,12 @@ std::string Metrics::Render() const {
   for (const auto& [run, v] : written_bytes_) {
     line(fmt::format("ckptd_written_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
   }
-  line("# HELP ckptd_save_duration_seconds From a save's header to its commit.");
-  line("# TYPE ckptd_save_duration_seconds histogram");
-  for (const auto& [run, h] : durations_) {
-    const std::string r = EscapeLabel(run);
-    for (size_t i = 0; i < kDurationBounds.size(); ++i) {
-      line(fmt::format("ckptd_save_duration_seconds_bucket{{run=\"{}\",le=\"{:g}\"}} {}", r,
-                       kDurationBounds[i], h.buckets[i]));
-    }
-    line(
-        fmt::format("ckptd_save_duration_seconds_bucket{{run=\"{}\",le=\"+Inf\"}} {}", r, h.count));
-    line(fmt::format("ckptd_save_duration_seconds_sum{{run=\"{}\"}} {}", r, h.sum));
-    line(fmt::format("ckptd_save_duration_seconds_count{{run=\"{}\"}} {}", r, h.count));
-  }
+  RenderHistogram("ckptd_save_duration_seconds", "From a save's header to its commit.",
+                  kDurationBounds, durations_, &out);
+  RenderHistogram("ckptd_trainer_stall_seconds",
+                  "Time a trainer was blocked staging a shared-memory save (waiting for a free "
+                  "arena and copying), as reported by the client.",
+                  kStallBounds, stalls_, &out);
   line(
       "# HELP ckptd_retention_deletions_total Checkpoints deleted, by retention or the disk "
       "guard.");

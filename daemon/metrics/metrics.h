@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,9 @@ class Metrics {
   // ckptd_save_queue_depth (saves waiting for their run's save slot).
   void AddInFlightBytes(int64_t delta);
   void AddQueued(int delta);
+  // ckptd_trainer_stall_seconds{run}: how long a shm-path trainer was blocked
+  // staging a save (waiting for a free arena + copying), as it reports.
+  void RecordTrainerStall(const std::string& run, double seconds);
 
   // The text exposition of everything above (HELP and TYPE included).
   std::string Render() const;
@@ -35,11 +39,16 @@ class Metrics {
     std::vector<uint64_t> buckets;  // cumulative counts per bound
     uint64_t count = 0;
     double sum = 0;
+    void Observe(std::span<const double> bounds, double value);
   };
+  static void RenderHistogram(const std::string& name, const std::string& help,
+                              std::span<const double> bounds,
+                              const std::map<std::string, Histogram>& by_run, std::string* out);
   mutable std::mutex mu_;
   std::map<std::pair<std::string, std::string>, uint64_t> saves_;
   std::map<std::string, uint64_t> written_bytes_;
   std::map<std::string, Histogram> durations_;
+  std::map<std::string, Histogram> stalls_;
   std::map<std::pair<std::string, std::string>, uint64_t> deletions_;
   int64_t in_flight_bytes_ = 0;
   int64_t queued_ = 0;

@@ -5,7 +5,9 @@
 
 #include <charconv>
 
+#include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/metrics/metrics.h"
 #include "daemon/rpc/convert.h"
 #include "daemon/scheduler/retention.h"
 #include "daemon/scheduler/save_session.h"
@@ -58,6 +60,26 @@ absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& re
   if (req.has_schedule()) s.schedule = FromProto(req.schedule());
   if (req.has_retention()) s.retention = FromProto(req.retention());
   return s;
+}
+
+absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h,
+                                                 scheduler::SaveKind kind) {
+  scheduler::SaveParams p;
+  p.run_id = h.run_id();
+  p.step = h.step();
+  p.metrics = {h.metrics().begin(), h.metrics().end()};
+  p.force = h.force();
+  p.overwrite = h.overwrite();
+  p.kind = kind;
+  CKPTD_ASSIGN_OR_RETURN(p.tensors, FromProto(h.tensors()));
+  CKPTD_ASSIGN_OR_RETURN(p.train_metadata, FromProto(h.train_metadata(), "train_metadata"));
+  return p;
+}
+
+void SetTimings(const scheduler::SaveTimings& t, v1::Timings* out) {
+  out->set_received_s(t.received_s);
+  out->set_durable_s(t.durable_s);
+  out->set_committed_s(t.committed_s);
 }
 
 }  // namespace
@@ -118,6 +140,10 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
   if (!run.ok()) return ToGrpc(run.status());
   *resp->mutable_run() = Info(**run);
   resp->set_resumed(resumed);
+  if (arenas_ != nullptr) {
+    resp->set_arena_token(arenas_->TokenFor(req->run_id()));
+    resp->set_arena_socket(arena_socket_);
+  }
   spdlog::info("run opened run={} dir={} resumed={} last_step={}", req->run_id(),
                resp->run().run_dir(), resumed,
                resp->run().has_last_step() ? std::to_string(resp->run().last_step()) : "none");
@@ -141,21 +167,9 @@ grpc::Status CheckpointdService::RunSave(grpc::ServerContext* ctx,
                                          grpc::ServerReader<v1::SaveRequest>* reader,
                                          const v1::SaveHeader& h, scheduler::SaveKind kind,
                                          v1::SaveResponse* resp) {
-  scheduler::SaveParams p;
-  p.run_id = h.run_id();
-  p.step = h.step();
-  p.metrics = {h.metrics().begin(), h.metrics().end()};
-  p.force = h.force();
-  p.overwrite = h.overwrite();
-  p.kind = kind;
-  auto tensors = FromProto(h.tensors());
-  if (!tensors.ok()) return ToGrpc(tensors.status());
-  p.tensors = std::move(*tensors);
-  auto train_md = FromProto(h.train_metadata(), "train_metadata");
-  if (!train_md.ok()) return ToGrpc(train_md.status());
-  p.train_metadata = std::move(*train_md);
-
-  auto session = scheduler::SaveSession::Begin(registry_, std::move(p));
+  auto p = ParamsFrom(h, kind);
+  if (!p.ok()) return ToGrpc(p.status());
+  auto session = scheduler::SaveSession::Begin(registry_, std::move(*p));
   if (!session.ok()) return ToGrpc(session.status());
   resp->set_reason((*session)->reason());
   if ((*session)->skipped()) {
@@ -187,9 +201,79 @@ grpc::Status CheckpointdService::RunSave(grpc::ServerContext* ctx,
   }
   resp->set_result(v1::SaveResponse::RESULT_COMMITTED);
   ToProto(*record, is_latest, resp->mutable_checkpoint());
-  resp->mutable_timings()->set_received_s(t.received_s);
-  resp->mutable_timings()->set_durable_s(t.durable_s);
-  resp->mutable_timings()->set_committed_s(t.committed_s);
+  SetTimings(t, resp->mutable_timings());
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::SaveSharedRequest* req,
+                                            v1::SaveSharedResponse* resp) {
+  if (shared_saves_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "shared-memory saves are off in this daemon (shm.enabled); use Save");
+  }
+  auto p = ParamsFrom(req->header(), scheduler::SaveKind::kSave);
+  if (!p.ok()) return ToGrpc(p.status());
+  scheduler::SharedSave save{.params = std::move(*p)};
+  for (int i = 0; i < req->locations_size(); ++i) {
+    const v1::TensorLocation& loc = req->locations(i);
+    auto arena = arenas_->Get(loc.arena_id(), save.params.run_id);
+    if (!arena.ok()) {
+      return ToGrpc(absl::Status(arena.status().code(),
+                                 StrCat("locations[", i, "]: ", arena.status().message())));
+    }
+    save.regions.push_back({std::move(*arena), loc.offset()});
+  }
+  const std::string run_id = save.params.run_id;
+  const uint64_t step = save.params.step;
+  auto accepted = shared_saves_->Submit(std::move(save));
+  if (!accepted.ok()) return ToGrpc(accepted.status());
+  resp->set_reason(accepted->reason);
+  if (accepted->skipped) {
+    resp->set_result(v1::SaveSharedResponse::RESULT_SKIPPED);
+    return grpc::Status::OK;
+  }
+  if (req->trainer_stall_s() > 0) {
+    metrics::Metrics::Get().RecordTrainerStall(run_id, req->trainer_stall_s());
+  }
+  resp->set_result(v1::SaveSharedResponse::RESULT_ACCEPTED);
+  resp->set_save_id(accepted->save_id);
+  spdlog::debug("shared save queued run={} step={} save={} trainer_stall={:.4f}s", run_id, step,
+                accepted->save_id, req->trainer_stall_s());
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
+                                           const v1::WaitSavedRequest* req,
+                                           v1::WaitSavedResponse* resp) {
+  if (shared_saves_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "shared-memory saves are off in this daemon (shm.enabled)");
+  }
+  constexpr double kMaxWait = 600;
+  if (!(req->timeout_seconds() >= 0 && req->timeout_seconds() <= kMaxWait)) {
+    return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
+  }
+  auto r = shared_saves_->Wait(
+      req->run_id(), req->save_id(),
+      std::chrono::milliseconds(static_cast<int64_t>(req->timeout_seconds() * 1000)),
+      [&] { return ctx->IsCancelled() || stopping_.load(); });
+  if (!r.ok()) return ToGrpc(r.status());
+  resp->set_step(r->step);
+  switch (r->state) {
+    case scheduler::SharedSaveResult::State::kPending:
+      resp->set_state(v1::WaitSavedResponse::STATE_PENDING);
+      break;
+    case scheduler::SharedSaveResult::State::kCommitted:
+      resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
+      ToProto(r->record, r->is_latest, resp->mutable_checkpoint());
+      SetTimings(r->timings, resp->mutable_timings());
+      break;
+    case scheduler::SharedSaveResult::State::kFailed:
+      resp->set_state(v1::WaitSavedResponse::STATE_FAILED);
+      resp->set_error_code(static_cast<int32_t>(r->error.code()));
+      resp->set_error(std::string(r->error.message()));
+      break;
+  }
   return grpc::Status::OK;
 }
 
@@ -213,6 +297,8 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
   const v1::SaveHeader& h = first.header();
   auto run = registry_->Get(h.run_id());
   if (!run.ok()) return ToGrpc(run.status());
+  // Shared-memory saves accepted before the close are committed before it.
+  if (shared_saves_ != nullptr) shared_saves_->WaitIdle(h.run_id());
   bool final_enabled = true;
   {
     std::lock_guard lock((*run)->mu);

@@ -11,6 +11,7 @@
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_session.h"
+#include "daemon/scheduler/shared_saves.h"
 
 namespace ckptd::rpc {
 
@@ -19,6 +20,15 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   // Save streams idle for longer than save_idle_timeout are cancelled.
   CheckpointdService(scheduler::RunRegistry* registry, std::chrono::milliseconds save_idle_timeout)
       : registry_(registry), watchdog_(save_idle_timeout) {}
+
+  // Turns on SaveShared/WaitSaved: arenas registered on `socket`, saves
+  // written by `queue`. Without it they answer UNAVAILABLE. Call before serving.
+  void EnableSharedMemory(ingest::ArenaRegistry* arenas, scheduler::SharedSaveQueue* queue,
+                          std::string socket) {
+    arenas_ = arenas;
+    shared_saves_ = queue;
+    arena_socket_ = std::move(socket);
+  }
 
   // Ends WatchRun streams promptly so shutdown is not held up by dashboards.
   void BeginShutdown();
@@ -29,6 +39,10 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                           v1::ShouldSaveResponse* resp) override;
   grpc::Status Save(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
                     v1::SaveResponse* resp) override;
+  grpc::Status SaveShared(grpc::ServerContext* ctx, const v1::SaveSharedRequest* req,
+                          v1::SaveSharedResponse* resp) override;
+  grpc::Status WaitSaved(grpc::ServerContext* ctx, const v1::WaitSavedRequest* req,
+                         v1::WaitSavedResponse* resp) override;
   grpc::Status CloseRun(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
                         v1::CloseRunResponse* resp) override;
   grpc::Status ListRuns(grpc::ServerContext* ctx, const v1::ListRunsRequest* req,
@@ -65,6 +79,9 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   scheduler::RunRegistry* registry_;
   std::atomic<bool> stopping_{false};
   StallWatchdog watchdog_;
+  ingest::ArenaRegistry* arenas_ = nullptr;
+  scheduler::SharedSaveQueue* shared_saves_ = nullptr;
+  std::string arena_socket_;
 };
 
 }  // namespace ckptd::rpc

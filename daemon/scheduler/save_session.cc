@@ -55,6 +55,34 @@ bool IsWriteError(const absl::Status& st) {
 
 }  // namespace
 
+absl::Status CheckAcceptsSaves(const Run& run) {
+  if (!run.settings) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(), "' has not been opened since the daemon started; call OpenRun"));
+  }
+  if (run.state == RunState::kFinished) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(), "' is finished; call OpenRun to resume it"));
+  }
+  return absl::OkStatus();
+}
+
+void ReportRefused(Run& run, uint64_t step, const absl::Status& why) {
+  metrics::Metrics::Get().CountSave(run.id(), "failed");
+  std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
+  {
+    std::lock_guard lock(run.mu);
+    run.last_error = error;
+    if (IsWriteError(why)) run.write_error = error;
+  }
+  spdlog::warn("save failed run={} step={} error=\"{}\"", run.id(), step, error);
+  run.Publish({.type = Event::Type::kFailed,
+               .run_id = run.id(),
+               .step = step,
+               .error = error,
+               .time_utc = FormatUtc(NowSeconds())});
+}
+
 SaveSession::SaveSession(RunRegistry* registry, std::shared_ptr<Run> run, SaveParams params)
     : registry_(registry),
       run_(std::move(run)),
@@ -79,15 +107,10 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
   const SaveParams& p = s->params_;
   {
     std::lock_guard lock(run->mu);
-    if (!run->settings) {
-      return absl::FailedPreconditionError(StrCat(
-          "run '", p.run_id, "' has not been opened since the daemon started; call OpenRun"));
-    }
-    if (run->state == RunState::kFinished) {
-      return absl::FailedPreconditionError(
-          StrCat("run '", p.run_id, "' is finished; call OpenRun to resume it"));
-    }
-    if (p.kind == SaveKind::kSave && !p.force) {
+    CKPTD_TRY(CheckAcceptsSaves(*run));
+    if (!p.decided_reason.empty()) {
+      s->reason_ = p.decided_reason;
+    } else if (p.kind == SaveKind::kSave && !p.force) {
       policy::ScheduleState state{run->dir()->latest_step(), run->reference_time_s};
       policy::Decision d =
           policy::IsDue(registry->EffectiveSchedule(*run), state, p.step, NowSeconds());

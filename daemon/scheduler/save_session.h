@@ -30,6 +30,9 @@ struct SaveParams {
   gguf::Metadata train_metadata;
   std::string transport = "grpc-stream";
   SaveKind kind = SaveKind::kSave;
+  // Set when the schedule was already consulted (a queued shm save): Begin
+  // uses this reason instead of asking the schedule again.
+  std::string decided_reason;
 };
 
 struct SaveTimings {
@@ -37,6 +40,14 @@ struct SaveTimings {
   double durable_s = 0;
   double committed_s = 0;
 };
+
+// OK when the run takes saves: opened since the daemon started, not finished
+// (run.mu held). FAILED_PRECONDITION naming what to call otherwise.
+absl::Status CheckAcceptsSaves(const Run& run);
+
+// Records a save that failed before it had a session (a queued shm save that
+// Begin refused): the run's last error, a FAILED event, the log, the metric.
+void ReportRefused(Run& run, uint64_t step, const absl::Status& why);
 
 class SaveSession {
  public:

@@ -70,6 +70,17 @@ class Run {
   absl::StatusOr<v1::CloseRunResponse> close(uint64_t step = 0,
                                              const std::vector<TensorView>& tensors = {},
                                              const std::map<std::string, double>& metrics = {});
+  // Shared-memory save: `tensors` describe the tensors (their data pointers
+  // are not read); `locations` say where each one's bytes lie in registered
+  // arenas. Returns once the daemon has queued it; see wait_saved.
+  absl::StatusOr<v1::SaveSharedResponse> save_shared(
+      uint64_t step, const std::vector<TensorView>& tensors,
+      const std::vector<v1::TensorLocation>& locations,
+      const std::map<std::string, double>& metrics = {}, const SaveOptions& options = {},
+      double trainer_stall_s = 0);
+  // A shared-memory save's state, waiting up to timeout_s for it to finish.
+  absl::StatusOr<v1::WaitSavedResponse> wait_saved(uint64_t save_id, double timeout_s);
+  Client* client() const { return client_; }
   // Path and step of the newest committed checkpoint, nullopt if none.
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> latest();
 

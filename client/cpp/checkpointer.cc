@@ -1,0 +1,291 @@
+// Trainer-side checkpointer: double-buffered shm saves, stream fallback.
+#include "client/cpp/ckptd/checkpointer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+namespace ckptd {
+namespace {
+
+constexpr size_t kTensorAlign = 64;        // each tensor's offset in an arena
+constexpr size_t kArenaGranule = 2 << 20;  // arena sizes are rounded up to this
+constexpr size_t kCopyPiece = 8 << 20;     // unit of work for the copy threads
+constexpr size_t kParallelCopyMin = 32 << 20;
+constexpr size_t kRememberedFinished = 16;
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+}  // namespace
+
+Checkpointer::Checkpointer(Run* run, CheckpointerOptions options)
+    : run_(run), options_(std::move(options)) {
+  options_.buffers = std::max(1, options_.buffers);
+  if (options_.copy_threads <= 0) {
+    options_.copy_threads =
+        static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+  }
+}
+
+Checkpointer::~Checkpointer() { (void)wait(); }
+
+void Checkpointer::Log(const std::string& line) const {
+  if (options_.log) {
+    options_.log(line);
+  } else {
+    std::fprintf(stderr, "ckptd: %s\n", line.c_str());
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Create(Run* run,
+                                                                   CheckpointerOptions options) {
+  std::unique_ptr<Checkpointer> c(new Checkpointer(run, std::move(options)));
+  const std::string& target = run->client()->target();
+  if (c->options_.force_stream) {
+    c->Log("run " + run->id() + ": saving over the stream path (force_stream)");
+  } else if (!target.starts_with("unix:")) {
+    c->Log("run " + run->id() + ": the daemon at " + target +
+           " is remote, so shared memory cannot reach it; saving over the stream path");
+  } else if (run->opened().arena_socket().empty()) {
+    c->Log("run " + run->id() +
+           ": the daemon has shared-memory saves off (shm.enabled); saving over the stream path");
+  } else if (absl::Status st = c->SetUpSharedMemory(); !st.ok()) {
+    c->Log("run " + run->id() + ": shared-memory saves unavailable (" + std::string(st.message()) +
+           "); saving over the stream path");
+  }
+  c->stats_.shared_memory = c->shared_;
+  return c;
+}
+
+absl::Status Checkpointer::SetUpSharedMemory() {
+  auto channel = ArenaChannel::Connect(run_->opened().arena_socket());
+  if (!channel.ok()) return channel.status();
+  channel_ = std::move(*channel);
+  shared_ = true;
+  if (options_.arena_bytes > 0) return EnsureArenas(options_.arena_bytes);
+  return absl::OkStatus();
+}
+
+absl::Status Checkpointer::reserve(size_t bytes) {
+  if (!shared_) return absl::OkStatus();
+  return EnsureArenas(bytes);
+}
+
+absl::Status Checkpointer::EnsureArenas(size_t bytes) {
+  if (!slots_.empty() && slots_.front().arena->size() >= bytes) return absl::OkStatus();
+  if (absl::Status st = wait(); !st.ok()) deferred_error_ = st;  // old arenas must be idle
+  slots_.clear();
+  const size_t size = RoundUp(std::max(bytes, options_.arena_bytes), kArenaGranule);
+  for (int i = 0; i < options_.buffers; ++i) {
+    auto arena = Arena::Create(size, "ckptd-" + run_->id());
+    if (!arena.ok()) return arena.status();
+    auto id = channel_->Register((*arena)->fd(), run_->opened().arena_token());
+    if (!id.ok()) return id.status();
+    slots_.push_back(Slot{std::move(*arena), *id, std::nullopt});
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
+  if (!slot.save_id) return true;
+  auto r = run_->wait_saved(*slot.save_id, timeout_s);
+  if (!r.ok()) return r.status();
+  switch (r->state()) {
+    case v1::WaitSavedResponse::STATE_PENDING:
+      return false;
+    case v1::WaitSavedResponse::STATE_FAILED:
+      if (deferred_error_.ok()) {
+        deferred_error_ = absl::Status(static_cast<absl::StatusCode>(r->error_code()),
+                                       "step " + std::to_string(r->step()) + ": " + r->error());
+      }
+      break;
+    default:
+      finished_.push_back(*r);
+      if (finished_.size() > kRememberedFinished) finished_.erase(finished_.begin());
+      break;
+  }
+  slot.save_id.reset();
+  return true;
+}
+
+absl::StatusOr<Checkpointer::Slot*> Checkpointer::FreeSlot(double* waited_s) {
+  for (Slot& s : slots_) {
+    if (!s.save_id) return &s;
+  }
+  for (Slot& s : slots_) {
+    auto done = Settle(s, 0);
+    if (!done.ok()) return done.status();
+    if (*done) return &s;
+  }
+  // Every arena is busy: wait for the oldest save (a run's saves finish in order).
+  Slot* oldest = &*std::min_element(slots_.begin(), slots_.end(), [](const Slot& a, const Slot& b) {
+    return *a.save_id < *b.save_id;
+  });
+  const double t0 = Now();
+  while (true) {
+    auto done = Settle(*oldest, 60);
+    if (!done.ok()) return done.status();
+    if (*done) break;
+  }
+  *waited_s = Now() - t0;
+  return oldest;
+}
+
+void Checkpointer::Copy(char* dst, const std::vector<TensorView>& tensors,
+                        const std::vector<uint64_t>& offsets) const {
+  struct Piece {
+    const char* src;
+    char* dst;
+    size_t n;
+  };
+  std::vector<Piece> pieces;
+  size_t total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const char* src = static_cast<const char*>(tensors[i].data);
+    for (size_t at = 0; at < tensors[i].bytes; at += kCopyPiece) {
+      pieces.push_back(
+          {src + at, dst + offsets[i] + at, std::min(kCopyPiece, tensors[i].bytes - at)});
+    }
+    total += tensors[i].bytes;
+  }
+  const size_t threads =
+      total < kParallelCopyMin ? 1 : std::min<size_t>(options_.copy_threads, pieces.size());
+  auto work = [&](size_t k) {
+    for (size_t i = k; i < pieces.size(); i += threads) {
+      std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].n);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work, k);
+  work(0);
+  for (auto& t : helpers) t.join();
+}
+
+void Checkpointer::Account(double stall_s) {
+  stats_.last_stall_s = stall_s;
+  stats_.total_stall_s += stall_s;
+  stats_.max_stall_s = std::max(stats_.max_stall_s, stall_s);
+}
+
+absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
+                                         const std::vector<TensorView>& tensors,
+                                         const std::map<std::string, double>& metrics,
+                                         const SaveOptions& options) {
+  std::vector<uint64_t> offsets;
+  size_t total = 0;
+  for (const TensorView& t : tensors) {
+    offsets.push_back(total);
+    total = RoundUp(total + t.bytes, kTensorAlign);
+  }
+  if (absl::Status st = EnsureArenas(total); !st.ok()) {
+    Log("run " + run_->id() + ": cannot set up shared-memory arenas (" + std::string(st.message()) +
+        "); saving over the stream path from now on");
+    shared_ = false;
+    stats_.shared_memory = false;
+    slots_.clear();
+    auto r = run_->save(step, tensors, metrics, options);
+    if (!r.ok()) return r.status();
+    return r->result() == v1::SaveResponse::RESULT_COMMITTED;
+  }
+  double waited = 0;
+  auto slot = FreeSlot(&waited);
+  if (!slot.ok()) return slot.status();
+  if (waited > 0) {
+    stats_.buffer_waits++;
+    stats_.buffer_wait_s += waited;
+  }
+  const double copy_start = Now();
+  Copy((*slot)->arena->data(), tensors, offsets);
+  stats_.last_copy_s = Now() - copy_start;
+  std::vector<v1::TensorLocation> locations(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    locations[i].set_arena_id((*slot)->arena_id);
+    locations[i].set_offset(offsets[i]);
+  }
+  auto r = run_->save_shared(step, tensors, locations, metrics, options, Now() - t0);
+  if (!r.ok()) return r.status();
+  Account(Now() - t0);
+  if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
+    stats_.skipped++;
+    return false;
+  }
+  (*slot)->save_id = r->save_id();
+  stats_.saves++;
+  return true;
+}
+
+absl::StatusOr<bool> Checkpointer::maybe_save(uint64_t step, const std::vector<TensorView>& tensors,
+                                              const std::map<std::string, double>& metrics) {
+  const double t0 = Now();
+  if (!shared_) {
+    auto r = run_->save(step, tensors, metrics);  // asks should_save first
+    if (!r.ok()) return r.status();
+    if (r->result() == v1::SaveResponse::RESULT_SKIPPED) {
+      stats_.skipped++;
+      return false;
+    }
+    stats_.saves++;
+    Account(Now() - t0);
+    return true;
+  }
+  auto due = run_->should_save(step);
+  if (!due.ok()) return due.status();
+  if (!due->due()) {
+    stats_.skipped++;
+    return false;
+  }
+  return Stage(t0, step, tensors, metrics, SaveOptions{});
+}
+
+absl::StatusOr<bool> Checkpointer::save(uint64_t step, const std::vector<TensorView>& tensors,
+                                        const std::map<std::string, double>& metrics,
+                                        const SaveOptions& options) {
+  const double t0 = Now();
+  if (!shared_) {
+    auto r = run_->save(step, tensors, metrics, options);
+    if (!r.ok()) return r.status();
+    stats_.saves++;
+    Account(Now() - t0);
+    return r->result() == v1::SaveResponse::RESULT_COMMITTED;
+  }
+  return Stage(t0, step, tensors, metrics, options);
+}
+
+absl::Status Checkpointer::wait() {
+  absl::Status first;
+  constexpr double kPerCall = 60;  // WaitSaved waits at most 600 s per call
+  for (Slot& s : slots_) {
+    absl::StatusOr<bool> done = true;
+    for (double left = options_.wait_timeout_s; left >= 0; left -= kPerCall) {
+      done = Settle(s, std::min(left, kPerCall));
+      if (!done.ok() || *done) break;
+    }
+    if (!done.ok()) {
+      if (first.ok()) first = done.status();
+      s.save_id.reset();  // the daemon is gone or forgot it: nothing more to wait for
+    } else if (!*done && first.ok()) {
+      first = absl::DeadlineExceededError("save " + std::to_string(*s.save_id) +
+                                          " is still being written after wait_timeout_s");
+    }
+  }
+  if (first.ok()) first = deferred_error_;
+  deferred_error_ = absl::OkStatus();
+  return first;
+}
+
+absl::StatusOr<v1::CloseRunResponse> Checkpointer::close(
+    uint64_t step, const std::vector<TensorView>& tensors,
+    const std::map<std::string, double>& metrics) {
+  absl::Status waited = wait();
+  auto r = run_->close(step, tensors, metrics);
+  if (!waited.ok()) return waited;
+  return r;
+}
+
+}  // namespace ckptd

@@ -1,0 +1,56 @@
+// Shared-memory arenas for the shm path, trainer side. An Arena is a memfd
+// sized once, sealed against shrinking and growing (the daemon refuses
+// unsealed ones) and mapped read-write with MAP_POPULATE, so copies into it
+// never pay first-touch page faults. An ArenaChannel is a connection to the
+// daemon's arena socket; arenas registered over it stay registered until it
+// closes (or the process dies), after which the daemon keeps only what
+// queued saves still need. Both are move-only RAII owners; not thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace ckptd {
+
+class Arena {
+ public:
+  static absl::StatusOr<std::unique_ptr<Arena>> Create(size_t bytes,
+                                                       const std::string& name = "ckptd-arena");
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+  int fd() const { return fd_; }
+
+ private:
+  Arena(int fd, char* data, size_t size) : fd_(fd), data_(data), size_(size) {}
+  int fd_;
+  char* data_;
+  size_t size_;
+};
+
+class ArenaChannel {
+ public:
+  // `socket_path`: OpenRunResponse.arena_socket.
+  static absl::StatusOr<std::unique_ptr<ArenaChannel>> Connect(const std::string& socket_path);
+  ~ArenaChannel();
+  ArenaChannel(const ArenaChannel&) = delete;
+  ArenaChannel& operator=(const ArenaChannel&) = delete;
+
+  // Sends `fd` (any fd: the daemon judges it) with the run's token; returns
+  // the arena id for TensorLocation. The daemon's refusal comes back with its
+  // status code and message.
+  absl::StatusOr<uint64_t> Register(int fd, const std::string& token);
+
+ private:
+  explicit ArenaChannel(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+}  // namespace ckptd

@@ -1,0 +1,107 @@
+// The trainer-side checkpointer: call maybe_save(step, tensors) every step.
+// When the daemon says the step is due, the tensors are copied into a free
+// shared-memory arena (several threads for large saves) and handed over by
+// reference; the call returns as soon as the copy is done, while the daemon
+// persists at disk speed. With two arenas (the default), save N+1 is staged
+// while save N is still being written; only when every arena is busy does
+// the trainer wait, and that wait is counted in stats() and reported to the
+// daemon's ckptd_trainer_stall_seconds. A remote daemon (TCP) or a daemon
+// without the shm path is served over the stream path instead (one log line
+// says so). Not thread-safe: one per training loop.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/cpp/ckptd/arena.h"
+#include "client/cpp/ckptd/client.h"
+
+namespace ckptd {
+
+struct CheckpointerOptions {
+  int buffers = 2;               // arenas; 2 = double buffering
+  int copy_threads = 0;          // 0 = one per core, at most 4
+  size_t arena_bytes = 0;        // 0 = sized by the first save that needs more
+  bool force_stream = false;     // never use shared memory
+  double wait_timeout_s = 3600;  // wait(): give up after this long per save
+  // Where the checkpointer's one-line notices go (default: stderr).
+  std::function<void(const std::string&)> log;
+};
+
+struct CheckpointerStats {
+  uint64_t saves = 0;    // staged (shm) or written (stream)
+  uint64_t skipped = 0;  // not due
+  double last_stall_s = 0;
+  double total_stall_s = 0;
+  double max_stall_s = 0;
+  uint64_t buffer_waits = 0;  // saves that found every arena busy
+  double buffer_wait_s = 0;   // time spent waiting for an arena
+  double last_copy_s = 0;
+  bool shared_memory = false;  // the shm path is in use
+};
+
+class Checkpointer {
+ public:
+  // `run` must outlive the checkpointer.
+  static absl::StatusOr<std::unique_ptr<Checkpointer>> Create(Run* run,
+                                                              CheckpointerOptions options = {});
+  ~Checkpointer();  // wait()s for staged saves (their bytes live in our arenas)
+
+  // Creates the arenas up front (otherwise the first due save does, and its
+  // stall includes the page population).
+  absl::Status reserve(size_t bytes);
+  // Saves if the step is due. true: staged (shm) or saved (stream); false: not due.
+  absl::StatusOr<bool> maybe_save(uint64_t step, const std::vector<TensorView>& tensors,
+                                  const std::map<std::string, double>& metrics = {});
+  // Saves regardless of the schedule (preemption, end of an epoch).
+  absl::StatusOr<bool> save(uint64_t step, const std::vector<TensorView>& tensors,
+                            const std::map<std::string, double>& metrics = {},
+                            const SaveOptions& options = {.force = true});
+  // Blocks until every staged save is committed; the first failure since
+  // the last wait() is returned.
+  absl::Status wait();
+  // wait(), then the final snapshot (if tensors are given) and the run's end.
+  absl::StatusOr<v1::CloseRunResponse> close(uint64_t step = 0,
+                                             const std::vector<TensorView>& tensors = {},
+                                             const std::map<std::string, double>& metrics = {});
+
+  const CheckpointerStats& stats() const { return stats_; }
+  // The committed checkpoints reported by finished shm saves, oldest first.
+  const std::vector<v1::WaitSavedResponse>& finished() const { return finished_; }
+
+ private:
+  struct Slot {
+    std::unique_ptr<Arena> arena;
+    uint64_t arena_id = 0;
+    std::optional<uint64_t> save_id;  // the pending save using it
+  };
+  Checkpointer(Run* run, CheckpointerOptions options);
+  void Log(const std::string& line) const;
+  absl::Status SetUpSharedMemory();
+  absl::Status EnsureArenas(size_t bytes);
+  // Polls (timeout 0) or waits for the slot's save; the slot is free after.
+  absl::StatusOr<bool> Settle(Slot& slot, double timeout_s);
+  absl::StatusOr<Slot*> FreeSlot(double* waited_s);
+  absl::StatusOr<bool> Stage(double t0, uint64_t step, const std::vector<TensorView>& tensors,
+                             const std::map<std::string, double>& metrics,
+                             const SaveOptions& options);
+  void Copy(char* dst, const std::vector<TensorView>& tensors,
+            const std::vector<uint64_t>& offsets) const;
+  void Account(double stall_s);
+
+  Run* run_;
+  CheckpointerOptions options_;
+  std::unique_ptr<ArenaChannel> channel_;
+  std::vector<Slot> slots_;
+  bool shared_ = false;
+  absl::Status deferred_error_;  // a failed shm save, reported by the next wait()
+  CheckpointerStats stats_;
+  std::vector<v1::WaitSavedResponse> finished_;
+};
+
+}  // namespace ckptd

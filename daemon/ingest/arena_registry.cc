@@ -1,0 +1,92 @@
+// Arena bookkeeping: tokens, ownership by run and connection.
+#include "daemon/ingest/arena_registry.h"
+
+#include <unistd.h>
+
+#include <random>
+
+#include "daemon/base/strings.h"
+
+namespace ckptd::ingest {
+namespace {
+
+// 128 random bits as hex, from the kernel's CSPRNG.
+std::string NewToken() {
+  std::random_device rd;  // /dev/urandom (getrandom) on Linux
+  std::string out;
+  for (int i = 0; i < 4; ++i) out += fmt::format("{:08x}", rd());
+  return out;
+}
+
+}  // namespace
+
+std::string ArenaRegistry::TokenFor(const std::string& run_id) {
+  std::lock_guard lock(mu_);
+  auto it = by_run_.find(run_id);
+  if (it != by_run_.end()) return it->second;
+  std::string token = NewToken();
+  by_run_[run_id] = token;
+  tokens_[token] = run_id;
+  return token;
+}
+
+absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view token, int fd,
+                                                               const Peer& peer) {
+  std::string run_id;
+  {
+    std::lock_guard lock(mu_);
+    auto it = tokens_.find(std::string(token));
+    if (it == tokens_.end()) {
+      ::close(fd);
+      return absl::PermissionDeniedError(
+          "unknown arena token: use the arena_token OpenRun returned for this run");
+    }
+    if (arenas_.size() >= max_arenas_) {
+      ::close(fd);
+      return absl::ResourceExhaustedError(
+          StrCat("the daemon already holds ", arenas_.size(),
+                 " arenas (shm.max_arenas); close unused ones or raise the limit"));
+    }
+    run_id = it->second;
+  }
+  auto memory = env::SharedMemory::Adopt(fd);
+  if (!memory.ok()) return memory.status();
+  auto arena = std::make_shared<Arena>();
+  arena->run_id = run_id;
+  arena->uid = peer.uid;
+  arena->pid = peer.pid;
+  arena->memory = std::move(*memory);
+  std::lock_guard lock(mu_);
+  arena->id = next_id_++;
+  arenas_[arena->id] = Entry{arena, peer.connection};
+  return arena;
+}
+
+absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Get(uint64_t id,
+                                                          const std::string& run_id) const {
+  std::lock_guard lock(mu_);
+  auto it = arenas_.find(id);
+  if (it == arenas_.end()) {
+    return absl::NotFoundError(
+        StrCat("arena ", id,
+               " is not registered (its connection closed, or it never was); register it "
+               "on the arena socket and use the id of the OK reply"));
+  }
+  if (it->second.arena->run_id != run_id) {
+    return absl::PermissionDeniedError(StrCat("arena ", id, " belongs to run '",
+                                              it->second.arena->run_id, "', not '", run_id, "'"));
+  }
+  return it->second.arena;
+}
+
+void ArenaRegistry::DropConnection(uint64_t connection) {
+  std::lock_guard lock(mu_);
+  std::erase_if(arenas_, [&](const auto& kv) { return kv.second.connection == connection; });
+}
+
+size_t ArenaRegistry::size() const {
+  std::lock_guard lock(mu_);
+  return arenas_.size();
+}
+
+}  // namespace ckptd::ingest

@@ -1,0 +1,63 @@
+// The shared-memory arenas trainers registered, by id. An arena belongs to
+// one run (the token's) and to the socket connection that registered it: when
+// that connection closes (the trainer exited or was killed), the registry
+// forgets the arena. A queued save holds its own shared_ptr, so the memfd
+// stays open exactly until no save needs it. Thread-safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "daemon/env/shared_memory.h"
+
+namespace ckptd::ingest {
+
+struct Arena {
+  uint64_t id = 0;
+  std::string run_id;
+  uid_t uid = 0;  // the registering peer, from SO_PEERCRED
+  pid_t pid = 0;
+  std::unique_ptr<env::SharedMemory> memory;
+};
+
+struct Peer {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  uint64_t connection = 0;  // the ArenaServer's connection number
+};
+
+class ArenaRegistry {
+ public:
+  explicit ArenaRegistry(size_t max_arenas) : max_arenas_(max_arenas) {}
+
+  // The run's token (created on first use, stable for the daemon's lifetime).
+  std::string TokenFor(const std::string& run_id);
+  // Checks the token, adopts the fd (checking its seals) and files the arena
+  // under the peer's connection. Takes ownership of fd in every case.
+  absl::StatusOr<std::shared_ptr<Arena>> Register(std::string_view token, int fd, const Peer& peer);
+  // NOT_FOUND for an unknown id, PERMISSION_DENIED for another run's arena.
+  absl::StatusOr<std::shared_ptr<Arena>> Get(uint64_t id, const std::string& run_id) const;
+  // The connection closed: forget its arenas (saves keep theirs alive).
+  void DropConnection(uint64_t connection);
+  size_t size() const;
+
+ private:
+  struct Entry {
+    std::shared_ptr<Arena> arena;
+    uint64_t connection = 0;
+  };
+  const size_t max_arenas_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::string> tokens_;  // token -> run id
+  std::map<std::string, std::string> by_run_;  // run id -> token
+  std::map<uint64_t, Entry> arenas_;
+  uint64_t next_id_ = 1;
+};
+
+}  // namespace ckptd::ingest

@@ -1,0 +1,54 @@
+// The arena socket: a Unix SOCK_SEQPACKET socket beside the gRPC one, where
+// trainers pass memfds with SCM_RIGHTS (gRPC cannot carry fds). Protocol,
+// one datagram each way per registration:
+//   client: "REGISTER <token>" with exactly one fd attached
+//   daemon: "OK <arena_id> <size>"  or  "ERR <CODE> <message>"
+// A connection may register several arenas; they stay registered until it
+// closes. Peers must run as the daemon's uid or as root (SO_PEERCRED). One
+// thread polls every connection; bounded connections and message sizes.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "daemon/env/env.h"
+#include "daemon/ingest/arena_registry.h"
+
+namespace ckptd::ingest {
+
+class ArenaServer {
+ public:
+  static constexpr size_t kMaxConnections = 1024;
+
+  ArenaServer(std::string path, ArenaRegistry* registry)
+      : path_(std::move(path)), registry_(registry) {}
+  ~ArenaServer();  // Stop()
+
+  // Binds (replacing a stale socket file) and starts the polling thread.
+  absl::Status Start(env::Env* env);
+  void Stop();
+  const std::string& path() const { return path_; }
+
+ private:
+  struct Connection {
+    int fd = -1;
+    Peer peer;
+  };
+  void Loop();
+  void Accept();
+  // False when the connection is done (closed by the peer, or broken).
+  bool Serve(Connection& c);
+
+  std::string path_;
+  ArenaRegistry* registry_;
+  int listen_fd_ = -1;
+  int wake_[2] = {-1, -1};  // pipe: Stop() wakes the poll
+  std::thread thread_;
+  std::map<int, Connection> connections_;  // by fd; touched only by the thread
+  uint64_t next_connection_ = 1;
+};
+
+}  // namespace ckptd::ingest

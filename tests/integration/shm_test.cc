@@ -1,0 +1,444 @@
+// Black-box tests of the shared-memory path (issue #4): the real daemon, the
+// real client library, real memfds and SCM_RIGHTS.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "client/cpp/ckptd/arena.h"
+#include "client/cpp/ckptd/checkpointer.h"
+#include "daemon/env/env.h"
+#include "daemon/gguf/reader.h"
+#include "tests/integration/daemon_process.h"
+#include "tests/testing/temp_dir.h"
+
+namespace ckptd::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Tensors with distinct contents per seed; sizes in floats.
+struct Tensors {
+  std::vector<std::vector<float>> data;
+  std::vector<TensorView> views;
+  Tensors(float seed, std::vector<size_t> sizes, bool with_train = false) {
+    data.resize(sizes.size() + (with_train ? 1 : 0));
+    if (with_train) sizes.push_back(1000);
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      data[t].resize(sizes[t]);
+      for (size_t i = 0; i < sizes[t]; ++i)
+        data[t][i] = seed + static_cast<float>(t) * 0.25f + static_cast<float>(i % 4093) * 1e-3f;
+      TensorView v{"blk." + std::to_string(t) + ".weight",
+                   v1::TENSOR_TYPE_F32,
+                   {sizes[t]},
+                   data[t].data(),
+                   sizes[t] * 4};
+      if (with_train && t + 1 == sizes.size()) {
+        v.name = "adam.m";
+        v.group = v1::TENSOR_GROUP_TRAIN;
+      }
+      views.push_back(v);
+    }
+  }
+  size_t bytes() const {
+    size_t n = 0;
+    for (const auto& v : views) n += v.bytes;
+    return n;
+  }
+};
+
+v1::OpenRunRequest Open(const std::string& run_id, uint64_t every_steps = 100) {
+  v1::OpenRunRequest req;
+  req.set_run_id(run_id);
+  v1::MetadataEntry arch;
+  arch.set_key("general.architecture");
+  arch.mutable_value()->set_string_value("llama");
+  *req.add_model_metadata() = arch;
+  req.mutable_schedule()->set_every_steps(every_steps);
+  return req;
+}
+
+struct ParsedFile {
+  gguf::GgufFile header;
+  std::string bytes;
+  std::string Meta(const std::string& key) const {
+    const gguf::Value* v = header.metadata.Find(key);
+    if (v == nullptr) return "<missing>";
+    if (const auto* s = v->get_if<std::string>()) return *s;
+    return gguf::FormatValue(*v);
+  }
+  std::string Data() const { return bytes.substr(header.data_offset); }
+};
+
+ParsedFile Parse(const std::string& path) {
+  ParsedFile f;
+  f.bytes = Slurp(path);
+  MemorySource src(f.bytes);
+  auto h = gguf::ReadHeader(src);
+  EXPECT_TRUE(h.ok()) << path << ": " << h.status();
+  if (h.ok()) {
+    f.header = std::move(*h);
+    auto verified = gguf::Verify(src, f.header);
+    EXPECT_TRUE(verified.ok()) << path << ": " << verified.status();
+  }
+  return f;
+}
+
+// memfd/ mappings of the daemon: what it still holds of trainers' arenas.
+int MemfdFds(pid_t pid) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    std::error_code ec;
+    if (fs::read_symlink(e.path(), ec).string().starts_with("/memfd:")) ++n;
+  }
+  return n;
+}
+int MemfdMappings(pid_t pid) {
+  std::istringstream maps(Slurp("/proc/" + std::to_string(pid) + "/maps"));
+  int n = 0;
+  for (std::string line; std::getline(maps, line);) n += line.find("/memfd:") != std::string::npos;
+  return n;
+}
+uint64_t RssBytes(pid_t pid) {
+  std::istringstream in(Slurp("/proc/" + std::to_string(pid) + "/status"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with("VmRSS:")) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+template <typename F>
+bool Eventually(F pred, std::chrono::milliseconds limit = std::chrono::seconds(30)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
+class ShmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = tmp_.Join("root");
+    fs::create_directories(root_);
+  }
+  std::unique_ptr<DaemonProcess> StartDaemon(std::map<std::string, std::string> env = {},
+                                             std::vector<std::string> args = {}) {
+    auto d = std::make_unique<DaemonProcess>(DaemonOptions{root_, std::move(args), std::move(env)});
+    d->Start();
+    return d;
+  }
+  std::string Weights(const std::string& run) const { return root_ + "/" + run + "/weights"; }
+  std::vector<std::string> Files(const std::string& run) const {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(Weights(run))) out.push_back(e.path().filename());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  TempDir tmp_;
+  std::string root_;
+};
+
+TEST_F(ShmTest, SharedSaveWritesTheSameTensorsAndUuidAsAStreamSave) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto shm_run = client->OpenRun(Open("via-shm"));
+  auto stream_run = client->OpenRun(Open("via-stream"));
+  ASSERT_TRUE(shm_run.ok() && stream_run.ok());
+  EXPECT_FALSE((*shm_run)->opened().arena_token().empty());
+  EXPECT_EQ((*shm_run)->opened().arena_socket(), daemon->socket() + ".arenas");
+
+  std::vector<std::string> notices;
+  auto cp = Checkpointer::Create(shm_run->get(),
+                                 {.log = [&](const std::string& l) { notices.push_back(l); }});
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  EXPECT_TRUE((*cp)->stats().shared_memory) << (notices.empty() ? "" : notices[0]);
+  for (uint64_t step : {100, 200}) {
+    Tensors t(static_cast<float>(step), {3 << 20, 12345, 7}, /*with_train=*/true);
+    auto staged = (*cp)->maybe_save(step, t.views, {{"loss", 2.5}});
+    ASSERT_TRUE(staged.ok()) << staged.status();
+    EXPECT_TRUE(*staged);
+    auto saved = (*stream_run)->save(step, t.views, {{"loss", 2.5}});
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    ASSERT_EQ(saved->result(), v1::SaveResponse::RESULT_COMMITTED);
+  }
+  auto not_due = (*cp)->maybe_save(150, Tensors(1, {10}).views);
+  ASSERT_TRUE(not_due.ok());
+  EXPECT_FALSE(*not_due);
+  absl::Status waited = (*cp)->wait();
+  ASSERT_TRUE(waited.ok()) << waited;
+  EXPECT_EQ((*cp)->stats().saves, 2u);
+  EXPECT_EQ((*cp)->stats().skipped, 1u);
+  ASSERT_EQ((*cp)->finished().size(), 2u);
+  EXPECT_EQ((*cp)->finished()[1].state(), v1::WaitSavedResponse::STATE_COMMITTED);
+  EXPECT_EQ((*cp)->finished()[1].checkpoint().step(), 200u);
+
+  for (const char* name : {"step_100.gguf", "step_200.gguf", "step_200.train.gguf"}) {
+    SCOPED_TRACE(name);
+    ParsedFile a = Parse(Weights("via-shm") + "/" + name);
+    ParsedFile b = Parse(Weights("via-stream") + "/" + name);
+    EXPECT_EQ(a.Data(), b.Data());  // same tensor bytes, same layout
+    ASSERT_EQ(a.header.tensors.size(), b.header.tensors.size());
+    for (size_t i = 0; i < a.header.tensors.size(); ++i) {
+      EXPECT_EQ(a.header.tensors[i].name, b.header.tensors[i].name);
+      EXPECT_EQ(a.header.tensors[i].ne, b.header.tensors[i].ne);
+      EXPECT_EQ(a.header.tensors[i].offset, b.header.tensors[i].offset);
+    }
+    EXPECT_EQ(a.Meta("ckpt.content_digest"), b.Meta("ckpt.content_digest"));
+    if (std::string(name).find("train") == std::string::npos) {
+      EXPECT_EQ(a.Meta("general.uuid"), b.Meta("general.uuid"));
+      EXPECT_NE(a.Meta("general.uuid"), "<missing>");
+      EXPECT_EQ(a.Meta("ckpt.transport"), "shm");
+      EXPECT_EQ(b.Meta("ckpt.transport"), "grpc-stream");
+    }
+  }
+  EXPECT_EQ(fs::read_symlink(Weights("via-shm") + "/latest"), "step_200.gguf");
+}
+
+TEST_F(ShmTest, UnsealedOrForeignFdsAndBadTokensAreRefused) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("seals"));
+  ASSERT_TRUE(run.ok());
+  const std::string token = (*run)->opened().arena_token();
+  const int fds_before = daemon->OpenFds();
+  {
+    auto channel = ArenaChannel::Connect((*run)->opened().arena_socket());
+    ASSERT_TRUE(channel.ok()) << channel.status();
+
+    int unsealed = ::memfd_create("unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    ASSERT_EQ(::ftruncate(unsealed, 1 << 20), 0);
+    auto r = (*channel)->Register(unsealed, token);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("not sealed against resizing"));
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("F_SEAL_SHRINK | F_SEAL_GROW"));
+
+    int shrink_only = ::memfd_create("shrink-only", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    ASSERT_EQ(::ftruncate(shrink_only, 1 << 20), 0);
+    ASSERT_EQ(::fcntl(shrink_only, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    EXPECT_EQ((*channel)->Register(shrink_only, token).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+
+    int no_sealing = ::memfd_create("no-sealing", MFD_CLOEXEC);
+    ASSERT_EQ(::ftruncate(no_sealing, 1 << 20), 0);
+    r = (*channel)->Register(no_sealing, token);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("MFD_ALLOW_SEALING"));
+
+    int pipe_fds[2];
+    ASSERT_EQ(::pipe(pipe_fds), 0);
+    EXPECT_EQ((*channel)->Register(pipe_fds[0], token).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+
+    auto good = Arena::Create(1 << 20);
+    ASSERT_TRUE(good.ok());
+    r = (*channel)->Register((*good)->fd(), "not-the-token");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("arena_token"));
+
+    // After all that, the same connection still registers a proper arena.
+    r = (*channel)->Register((*good)->fd(), token);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(MemfdFds(daemon->pid()), 1);
+    for (int fd : {unsealed, shrink_only, no_sealing, pipe_fds[0], pipe_fds[1]}) ::close(fd);
+  }
+  // The channel closed: the daemon let go of the arena and of every refused fd.
+  EXPECT_TRUE(Eventually([&] { return daemon->OpenFds() == fds_before; }))
+      << daemon->OpenFds() << " fds, " << fds_before << " before";
+  EXPECT_EQ(MemfdFds(daemon->pid()), 0);
+  EXPECT_THAT(daemon->Log(), HasSubstr("refused a registration"));
+}
+
+TEST_F(ShmTest, ReferencesOutsideTheArenaOrToOthersArenasAreRefused) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("bounds"));
+  auto other = client->OpenRun(Open("other"));
+  ASSERT_TRUE(run.ok() && other.ok());
+  auto channel = ArenaChannel::Connect((*run)->opened().arena_socket());
+  auto arena = Arena::Create(1 << 20);
+  ASSERT_TRUE(channel.ok() && arena.ok());
+  auto id = (*channel)->Register((*arena)->fd(), (*run)->opened().arena_token());
+  auto other_arena = Arena::Create(1 << 20);
+  auto other_id = (*channel)->Register((*other_arena)->fd(), (*other)->opened().arena_token());
+  ASSERT_TRUE(id.ok() && other_id.ok());
+
+  TensorView t{"w", v1::TENSOR_TYPE_F32, {1024}, nullptr, 4096};  // 4 KiB
+  auto at = [&](uint64_t arena_id, uint64_t offset) {
+    v1::TensorLocation loc;
+    loc.set_arena_id(arena_id);
+    loc.set_offset(offset);
+    return std::vector<v1::TensorLocation>{loc};
+  };
+  auto r = (*run)->save_shared(100, {t}, at(*id, (1 << 20) - 100), {}, {.force = true});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("needs 4096 bytes at offset 1048476 but arena"));
+  r = (*run)->save_shared(100, {t}, at(*id, UINT64_MAX - 10), {}, {.force = true});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  r = (*run)->save_shared(100, {t}, at(*id + 100, 0), {}, {.force = true});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  r = (*run)->save_shared(100, {t}, at(*other_id, 0), {}, {.force = true});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("belongs to run 'other'"));
+  r = (*run)->save_shared(100, {t, t}, at(*id, 0), {}, {.force = true});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);  // names clash / count
+  TensorView bad_dims{"w", v1::TENSOR_TYPE_F32, {}, nullptr, 0};
+  r = (*run)->save_shared(100, {bad_dims}, at(*id, 0), {}, {.force = true});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  auto w = (*run)->wait_saved(12345, 0);
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kNotFound);
+
+  // Nothing was queued or written, and a correct reference still works.
+  EXPECT_TRUE(Files("bounds").empty());
+  r = (*run)->save_shared(100, {t}, at(*id, (1 << 20) - 4096), {}, {.force = true});
+  ASSERT_TRUE(r.ok()) << r.status();
+  w = (*run)->wait_saved(r->save_id(), 30);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->state(), v1::WaitSavedResponse::STATE_COMMITTED) << w->error();
+  EXPECT_EQ(Files("bounds"), (std::vector<std::string>{"latest", "step_100.gguf"}));
+}
+
+TEST_F(ShmTest, TrainerKilledRightAfterSaveSharedStillGetsItsCheckpoint) {
+  // 64 MiB in 4 MiB writes, each delayed 40 ms: the save is still being
+  // written for ~0.6 s after the trainer is gone.
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "delay=write:40"}});
+  auto client = daemon->Connect();
+  ASSERT_TRUE(client->OpenRun(Open("warm-up")).ok());  // the client's connection is up
+  const int fds_before = daemon->OpenFds();
+  const uint64_t rss_before = RssBytes(daemon->pid());
+  constexpr size_t kBytes = 64 << 20;
+  CommandResult trainer =
+      RunCommand({SHM_TRAINER, daemon->target(), "doomed", "7", std::to_string(kBytes)});
+  ASSERT_EQ(trainer.exit_code, 128 + SIGKILL) << trainer.err;
+  EXPECT_THAT(trainer.out, HasSubstr("accepted "));
+  // The trainer is dead; the daemon holds its own reference to the memfd.
+  EXPECT_EQ(MemfdFds(daemon->pid()), 1);
+
+  ASSERT_TRUE(Eventually([&] {
+    grpc::ClientContext ctx;
+    v1::GetRunRequest req;
+    req.set_run_id("doomed");
+    v1::RunInfo info;
+    return client->stub().GetRun(&ctx, req, &info).ok() && info.has_last_step() &&
+           info.last_step() == 7;
+  })) << daemon->Log();
+  ParsedFile f = Parse(Weights("doomed") + "/step_7.gguf");
+  std::string expected(kBytes, '\0');
+  for (size_t i = 0; i < kBytes; ++i) expected[i] = static_cast<char>(i * 7 % 251);
+  EXPECT_TRUE(f.Data().substr(0, kBytes) == expected) << "tensor bytes differ from the arena's";
+  CommandResult verify = RunCommand({CKPTCTL_BINARY, "verify", Weights("doomed") + "/step_7.gguf"});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+
+  // Afterwards the daemon holds none of the dead trainer's fds or memory.
+  EXPECT_TRUE(Eventually([&] { return daemon->OpenFds() == fds_before; }))
+      << daemon->OpenFds() << " fds, " << fds_before << " before";
+  EXPECT_EQ(MemfdFds(daemon->pid()), 0);
+  EXPECT_EQ(MemfdMappings(daemon->pid()), 0);
+#ifndef CKPTD_SANITIZED
+  EXPECT_LT(RssBytes(daemon->pid()), rss_before + (32 << 20));
+  EXPECT_LT(daemon->PeakRssBytes(), kBytes) << "the daemon mapped the whole arena at once";
+#endif
+}
+
+TEST_F(ShmTest, DoubleBufferingOverlapsSavesOnASlowDisk) {
+  // Every 4 MiB write takes 50 ms more: a 32 MiB save needs >= 400 ms on disk.
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "delay=write:50"}});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("db", 1));
+  ASSERT_TRUE(run.ok());
+  auto cp = Checkpointer::Create(run->get(), {.buffers = 2});
+  ASSERT_TRUE(cp.ok());
+  Tensors t(1.0f, {4 << 20, 4 << 20});  // 32 MiB
+  ASSERT_TRUE((*cp)->reserve(t.bytes()).ok());
+  auto last_step = [&]() -> std::optional<uint64_t> {
+    auto l = (*run)->latest();
+    return l.ok() && l->has_value() ? std::optional((*l)->first) : std::nullopt;
+  };
+
+  ASSERT_TRUE(*(*cp)->maybe_save(1, t.views));
+  const double stall1 = (*cp)->stats().last_stall_s;
+  ASSERT_TRUE(*(*cp)->maybe_save(2, t.views));
+  const double stall2 = (*cp)->stats().last_stall_s;
+  // Save 2 was staged into the second arena while save 1 was still on its way
+  // to disk: nothing is committed yet and the trainer did not wait.
+  EXPECT_EQ(last_step(), std::nullopt);
+  EXPECT_EQ((*cp)->stats().buffer_waits, 0u);
+  // Both arenas busy: save 3 must wait for save 1 to be committed.
+  ASSERT_TRUE(*(*cp)->maybe_save(3, t.views));
+  const double stall3 = (*cp)->stats().last_stall_s;
+  EXPECT_EQ((*cp)->stats().buffer_waits, 1u);
+  EXPECT_GE(last_step().value_or(0), 1u);
+  EXPECT_GT(stall3, stall2 * 4) << "stalls: " << stall1 << " " << stall2 << " " << stall3;
+  EXPECT_GT((*cp)->stats().buffer_wait_s, 0.0);
+
+  // close() waits for the staged saves, then ends the run.
+  auto closed = (*cp)->close();
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->run().last_step(), 3u);
+  EXPECT_EQ(Files("db"),
+            (std::vector<std::string>{"latest", "step_1.gguf", "step_2.gguf", "step_3.gguf"}));
+  for (const char* f : {"step_1.gguf", "step_2.gguf", "step_3.gguf"})
+    Parse(Weights("db") + "/" + f);
+  // The trainer's reported stalls reach the daemon's histogram.
+  HttpResponse metrics = HttpGet(daemon->HttpPort(), "/metrics");
+  EXPECT_THAT(metrics.body, HasSubstr("ckptd_trainer_stall_seconds_count{run=\"db\"} 3"));
+}
+
+TEST_F(ShmTest, SigtermWritesAcceptedSharedSavesBeforeExiting) {
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "delay=write:40"}});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("drain"));
+  ASSERT_TRUE(run.ok());
+  auto cp = Checkpointer::Create(run->get());
+  ASSERT_TRUE(cp.ok());
+  Tensors t(3.0f, {4 << 20, 2 << 20});  // 24 MiB: 6 delayed writes
+  ASSERT_TRUE(*(*cp)->save(5, t.views));
+  EXPECT_EQ(daemon->Stop(SIGTERM), 0) << daemon->Log();
+  EXPECT_EQ(Files("drain"), (std::vector<std::string>{"latest", "step_5.gguf"}));
+  Parse(Weights("drain") + "/step_5.gguf");
+}
+
+TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
+  const std::string config = tmp_.Join("ckptd.toml");
+  std::ofstream(config) << "[shm]\nenabled = false\n";
+  auto daemon = StartDaemon({}, {"--config", config});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("nos", 10));
+  ASSERT_TRUE(run.ok());
+  EXPECT_TRUE((*run)->opened().arena_socket().empty());
+  std::vector<std::string> notices;
+  auto cp = Checkpointer::Create(run->get(),
+                                 {.log = [&](const std::string& l) { notices.push_back(l); }});
+  ASSERT_TRUE(cp.ok());
+  EXPECT_FALSE((*cp)->stats().shared_memory);
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_THAT(notices[0], HasSubstr("stream path"));
+  Tensors t(2.0f, {1000});
+  EXPECT_FALSE(*(*cp)->maybe_save(5, t.views));
+  EXPECT_TRUE(*(*cp)->maybe_save(10, t.views));
+  ASSERT_TRUE((*cp)->wait().ok());
+  EXPECT_EQ(Parse(Weights("nos") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
+  auto r = (*run)->save_shared(20, t.views, {}, {}, {.force = true});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace ckptd::testing

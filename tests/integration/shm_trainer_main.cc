@@ -1,0 +1,50 @@
+// A trainer that dies right after handing over a save: opens a run, stages
+// one tensor of N bytes (byte i = i * 7 mod 251) in a sealed memfd arena,
+// calls SaveShared, prints "accepted <save_id>", and SIGKILLs itself.
+// Usage: shm_trainer SOCKET RUN_ID STEP BYTES
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "client/cpp/ckptd/arena.h"
+#include "client/cpp/ckptd/client.h"
+
+int main(int argc, char** argv) {
+  if (argc != 5) {
+    std::fprintf(stderr, "usage: shm_trainer SOCKET RUN_ID STEP BYTES\n");
+    return 2;
+  }
+  const uint64_t step = std::stoull(argv[3]);
+  const size_t bytes = std::stoull(argv[4]);
+  auto client = ckptd::Client::Connect(argv[1]);
+  ckptd::v1::OpenRunRequest open;
+  open.set_run_id(argv[2]);
+  auto run = (*client)->OpenRun(open);
+  if (!run.ok()) {
+    std::fprintf(stderr, "OpenRun: %s\n", std::string(run.status().message()).c_str());
+    return 1;
+  }
+  auto arena = ckptd::Arena::Create(bytes);
+  auto channel = ckptd::ArenaChannel::Connect((*run)->opened().arena_socket());
+  if (!arena.ok() || !channel.ok()) return 1;
+  for (size_t i = 0; i < bytes; ++i) (*arena)->data()[i] = static_cast<char>(i * 7 % 251);
+  auto id = (*channel)->Register((*arena)->fd(), (*run)->opened().arena_token());
+  if (!id.ok()) {
+    std::fprintf(stderr, "Register: %s\n", std::string(id.status().message()).c_str());
+    return 1;
+  }
+  ckptd::TensorView t{"blob", ckptd::v1::TENSOR_TYPE_I8, {bytes}, nullptr, bytes};
+  ckptd::v1::TensorLocation loc;
+  loc.set_arena_id(*id);
+  auto r = (*run)->save_shared(step, {t}, {loc}, {{"loss", 0.5}}, {.force = true});
+  if (!r.ok()) {
+    std::fprintf(stderr, "SaveShared: %s\n", std::string(r.status().message()).c_str());
+    return 1;
+  }
+  std::printf("accepted %llu\n", static_cast<unsigned long long>(r->save_id()));
+  std::fflush(stdout);
+  ::raise(SIGKILL);  // no cleanup of any kind: the kernel closes our fds
+  return 0;
+}
