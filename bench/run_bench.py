@@ -2,11 +2,12 @@
 """make bench [ARGS=--quick]: ckptd against the physical limits and its peers,
 all measured in one run on one filesystem, as a table and bench/out/latest.json.
 
-Per size: warm memcpy into a pre-faulted buffer (numpy), fio sequential write
-with O_DIRECT and a final fsync, torch.save + fsync, numpy tofile + fsync, and
-ckptd's stream path over its Unix socket (the trainer's blocking time, the
-daemon's durable time and its peak RSS). The shared-memory path (issue #4)
-is not built yet: its keys (ckptd_stall_s) are null until it lands.
+Per size: warm memcpy into a pre-faulted memfd arena (the stall's floor),
+fio sequential write with O_DIRECT and a final fsync (the disk's limit),
+ckptd's shared-memory path through ckptd::Checkpointer (the trainer's stall
+per save and the time from the call to the durable commit), ckptd's stream
+path over its Unix socket, torch.save + fsync and numpy tofile + fsync, and
+the daemon's peak RSS on each path (a fresh daemon per path and size).
 Numbers on shared machines are noisy: read the ratios within one run.
 """
 import argparse
@@ -43,9 +44,15 @@ def memcpy_s(size):
     return best_of(3, lambda: timed(lambda: np.copyto(dst, src)))
 
 
-def fio_mbps(directory, size):
+def fio_mbps(directory, size, runs=3):
+    """Median of `runs` fio runs: the disk's own figure varies by ~30% between runs here."""
     if not shutil.which("fio"):
         return None
+    figures = [fio_once(directory, size) for _ in range(runs)]
+    return None if None in figures else sorted(figures)[runs // 2]
+
+
+def fio_once(directory, size):
     path = os.path.join(directory, "fio.tmp")
     out = subprocess.run(["fio", "--name=w", f"--filename={path}", "--rw=write", "--bs=4M",
                           f"--size={size}", "--direct=1", "--end_fsync=1", "--ioengine=psync",
@@ -98,6 +105,25 @@ def start_daemon(build, root):
     return proc, sock
 
 
+def run_json(argv):
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def with_daemon(build, root, fn):
+    """Runs fn(socket) against a fresh daemon; returns its result and the daemon's peak RSS."""
+    proc, sock = start_daemon(build, root)
+    try:
+        result = fn(sock)
+        rss = peak_rss(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    return result, rss
+
+
 def peak_rss(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
@@ -108,6 +134,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="256 MiB and 1 GiB only")
     ap.add_argument("--build", default="build")
     ap.add_argument("--dir", default=None, help="where files are written (default: under --build)")
+    ap.add_argument("--saves", type=int, default=3, help="shm saves per size (medians reported)")
     args = ap.parse_args()
     sizes = [256 * MiB, 1024 * MiB] + ([] if args.quick else [4096 * MiB])
     work = tempfile.mkdtemp(dir=args.dir or args.build, prefix="bench-")
@@ -117,27 +144,28 @@ def main():
         for size in sizes:
             root = os.path.join(work, f"root-{size}")
             os.makedirs(root)
-            proc, sock = start_daemon(args.build, root)
-            try:
-                out = subprocess.run([os.path.join(args.build, "bench/stream_save_bench"), sock,
-                                      "bench", "1", str(size)], capture_output=True, text=True,
-                                     check=True)
-                stream = json.loads(out.stdout)
-                rss = peak_rss(proc.pid)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait()
+            shm, shm_rss = with_daemon(args.build, root, lambda sock: run_json(
+                [os.path.join(args.build, "bench/shm_save_bench"), sock, "shm", str(size),
+                 str(args.saves)]))
+            stream, stream_rss = with_daemon(args.build, root, lambda sock: run_json(
+                [os.path.join(args.build, "bench/stream_save_bench"), sock, "stream", "1",
+                 str(size)]))
             r = {
                 "bytes": size,
-                "memcpy_s": memcpy_s(size),
+                "memcpy_s": shm["memcpy_s"],
                 "fio_direct_MBps": fio_mbps(work, size),
-                "ckptd_stall_s": None,  # shared-memory path: issue #4
-                "ckptd_stream_call_s": stream["call_s"],
-                "ckptd_durable_s": stream["durable_s"],
+                "ckptd_stall_s": shm["stall_s"],
+                "ckptd_max_stall_s": shm["max_stall_s"],
+                "ckptd_durable_s": shm["durable_s"],
+                "ckptd_arena_setup_s": shm["reserve_s"],
                 "torch_save_fsync_s": torch_s(work, size),
                 "numpy_fsync_s": numpy_s(work, size),
+                "stream_durable_s": stream["durable_s"],
                 "stream_MBps": size / stream["durable_s"] / 1e6,
-                "daemon_peak_rss_bytes": rss,
+                "daemon_peak_rss_bytes": max(shm_rss, stream_rss),
+                "shm_daemon_peak_rss_bytes": shm_rss,
+                "stream_daemon_peak_rss_bytes": stream_rss,
+                "numpy_memcpy_s": memcpy_s(size),
             }
             results.append(r)
             shutil.rmtree(root)
@@ -148,18 +176,27 @@ def main():
         return "-" if v is None else fmt.format(v)
 
     print(f"ckptd bench on {fs}, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC\n")
-    print(f"{'size':>8} {'memcpy':>8} {'fio MB/s':>9} {'ckptd':>8} {'torch':>8} {'numpy':>8} "
-          f"{'stream MB/s':>11} {'/fio':>6} {'vs torch':>8} {'rss MiB':>8}")
+    print("trainer stall per save (blocking time) and save call -> durable file, seconds")
+    print(f"{'size':>7} {'memcpy':>8} {'ckptd stall':>11} {'/memcpy':>7} {'torch':>7} "
+          f"{'torch/stall':>11} {'numpy':>7} | {'fio MB/s':>8} {'ckptd dur':>9} {'MB/s':>6} "
+          f"{'/fio':>5} {'vs torch':>8} | {'stream MB/s':>11} {'rss MiB shm/stream':>18}")
     for r in results:
         fio = r["fio_direct_MBps"]
-        print(f"{r['bytes'] // MiB:>6}Mi {r['memcpy_s']:>7.3f}s {f(fio, '{:.0f}'):>9} "
-              f"{r['ckptd_durable_s']:>7.3f}s {f(r['torch_save_fsync_s'], '{:.3f}s'):>8} "
-              f"{r['numpy_fsync_s']:>7.3f}s {r['stream_MBps']:>11.0f} "
-              f"{f(fio and r['stream_MBps'] / fio, '{:.2f}'):>6} "
-              f"{f(r['torch_save_fsync_s'] and r['torch_save_fsync_s'] / r['ckptd_durable_s'], '{:.2f}x'):>8} "
-              f"{r['daemon_peak_rss_bytes'] / MiB:>8.1f}")
-    print("\nckptd = save call to durable step_N.gguf over the stream path; torch/numpy = save + fsync;"
-          "\nstall on the shared-memory path (issue #4) is not measured yet.")
+        torch = r["torch_save_fsync_s"]
+        mbps = r["bytes"] / r["ckptd_durable_s"] / 1e6
+        print(f"{r['bytes'] // MiB:>5}Mi {r['memcpy_s']:>7.3f}s {r['ckptd_stall_s']:>10.3f}s "
+              f"{r['ckptd_stall_s'] / r['memcpy_s']:>6.2f}x {f(torch, '{:.3f}s'):>7} "
+              f"{f(torch and torch / r['ckptd_stall_s'], '{:.0f}x'):>11} "
+              f"{r['numpy_fsync_s']:>6.3f}s | {f(fio, '{:.0f}'):>8} "
+              f"{r['ckptd_durable_s']:>8.3f}s {mbps:>6.0f} {f(fio and mbps / fio, '{:.2f}'):>5} "
+              f"{f(torch and torch / r['ckptd_durable_s'], '{:.2f}x'):>8} | "
+              f"{r['stream_MBps']:>11.0f} "
+              f"{r['shm_daemon_peak_rss_bytes'] / MiB:>8.1f}/{r['stream_daemon_peak_rss_bytes'] / MiB:<9.1f}")
+    print("\nmemcpy = one warm single-thread copy into a pre-faulted memfd arena; ckptd stall ="
+          "\nCheckpointer.save() blocking time (median of --saves; arenas reserved beforehand:"
+          "\nsee ckptd_arena_setup_s); ckptd dur = that call to the durable, committed step_N.gguf;"
+          "\ntorch/numpy = save + fsync (their stall and their durable time are the same);"
+          "\nstream = the gRPC stream path over the Unix socket, call to durable.")
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/latest.json", "w") as out:
         json.dump({"sizes": results, "filesystem": fs,

@@ -4,12 +4,15 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -27,6 +30,24 @@ AlignedBuffer AllocateAligned(size_t n) {
   void* p = nullptr;
   if (::posix_memalign(&p, kDirectIoAlignment, n) != 0) return nullptr;
   return AlignedBuffer(static_cast<char*>(p));
+}
+
+// Write-behind depth: buffers per file (one filling, the rest queued or being
+// written) and threads writing them. Overridable for benchmarks through
+// CKPTD_WRITE_BUFFERS / CKPTD_WRITE_THREADS; see bench/README.
+size_t EnvOr(const char* name, size_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return fallback;
+  size_t n = std::strtoul(v, nullptr, 10);
+  return std::clamp<size_t>(n, 1, 64);
+}
+size_t WriteBuffers() {
+  static const size_t n = std::max<size_t>(2, EnvOr("CKPTD_WRITE_BUFFERS", kWriteBuffers));
+  return n;
+}
+size_t WriteThreads() {
+  static const size_t n = EnvOr("CKPTD_WRITE_THREADS", kWriteThreads);
+  return n;
 }
 
 uint64_t AlignDown(uint64_t x) { return x & ~uint64_t{kDirectIoAlignment - 1}; }
@@ -118,52 +139,65 @@ class PosixWritableFile final : public WritableFile {
   const std::string& path() const override { return path_; }
 
  private:
-  // Hands the full buffer to the worker thread and keeps filling the other
-  // one, so copying and hashing the next 4 MiB overlaps this write.
+  // Queues the full buffer for the writer threads and goes on filling a free
+  // one, so copying and hashing the next 4 MiB overlaps the writes in flight.
   absl::Status FlushFull() {
-    CKPTD_TRY(WaitWrite());  // the previous write is done: `spare_` is free
-    if (spare_ == nullptr) spare_ = AllocateAligned(kWriteBufferBytes);
-    if (spare_ == nullptr) {  // no memory for a second buffer: write in line
+    AlignedBuffer next;
+    {
+      std::unique_lock lock(wmu_);
+      wcv_.wait(lock, [&] { return !free_.empty() || allocated_ < WriteBuffers(); });
+      if (!write_status_.ok()) return write_status_;
+      if (!free_.empty()) {
+        next = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    const bool fresh = next == nullptr;
+    if (fresh) next = AllocateAligned(kWriteBufferBytes);
+    if (next == nullptr) {  // no memory for another buffer: write in line
+      CKPTD_TRY(WaitWrite());
       CKPTD_TRY(PwriteAll(buf_.get(), used_, flushed_));
     } else {
-      StartWrite(buf_.get(), used_, flushed_);
-      std::swap(buf_, spare_);
+      std::unique_lock lock(wmu_);
+      if (fresh) allocated_++;
+      queue_.push_back(Job{std::move(buf_), used_, flushed_});
+      if (workers_.size() < WriteThreads() && workers_.size() < queue_.size() + in_flight_) {
+        workers_.emplace_back([this] { WorkerLoop(); });
+      }
+      wcv_.notify_all();
+      buf_ = std::move(next);
     }
     flushed_ += used_;
     used_ = 0;
     return absl::OkStatus();
   }
 
-  void StartWrite(const char* data, size_t n, uint64_t offset) {
-    std::unique_lock lock(wmu_);
-    if (!worker_.joinable()) worker_ = std::thread([this] { WorkerLoop(); });
-    job_ = {data, n, offset};
-    job_ready_ = true;
-    wcv_.notify_all();
-  }
-
-  // Waits for the write in flight; its error (sticky) if it failed.
+  // Waits for every queued write; the first error (sticky) if one failed.
   absl::Status WaitWrite() {
     std::unique_lock lock(wmu_);
-    wcv_.wait(lock, [&] { return !job_ready_; });
+    wcv_.wait(lock, [&] { return queue_.empty() && in_flight_ == 0; });
     return write_status_;
   }
 
   void WorkerLoop() {
     std::unique_lock lock(wmu_);
     while (true) {
-      wcv_.wait(lock, [&] { return job_ready_ || stop_; });
-      if (job_ready_) {
-        Job job = job_;
-        lock.unlock();
-        absl::Status st = PwriteAll(job.data, job.n, job.offset);
-        lock.lock();
-        if (!st.ok() && write_status_.ok()) write_status_ = st;
-        job_ready_ = false;
-        wcv_.notify_all();
-        continue;
+      wcv_.wait(lock, [&] { return !queue_.empty() || stop_; });
+      if (queue_.empty()) return;  // stop_, nothing pending
+      Job job = std::move(queue_.front());
+      queue_.pop_front();
+      in_flight_++;
+      lock.unlock();
+      absl::Status st =
+          write_status_ok_ ? PwriteAll(job.buf.get(), job.n, job.offset) : absl::OkStatus();
+      lock.lock();
+      in_flight_--;
+      if (!st.ok() && write_status_.ok()) {
+        write_status_ = st;
+        write_status_ok_ = false;
       }
-      return;  // stop_, nothing pending
+      free_.push_back(std::move(job.buf));
+      wcv_.notify_all();
     }
   }
 
@@ -173,7 +207,8 @@ class PosixWritableFile final : public WritableFile {
       stop_ = true;
     }
     wcv_.notify_all();
-    if (worker_.joinable()) worker_.join();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
   }
 
   absl::Status PwriteAll(const char* p, size_t n, uint64_t offset) {
@@ -216,21 +251,23 @@ class PosixWritableFile final : public WritableFile {
 
   std::string path_;
   ScopedFd fd_;
-  bool direct_;
-  AlignedBuffer buf_;    // being filled
-  AlignedBuffer spare_;  // being written by the worker (allocated at the first flush)
+  std::atomic<bool> direct_;  // a writer thread may fall back to buffered
+  AlignedBuffer buf_;         // being filled
   struct Job {
-    const char* data = nullptr;
+    AlignedBuffer buf;
     size_t n = 0;
     uint64_t offset = 0;
   };
-  std::mutex wmu_;  // guards the fields below and direct_ changes made by the worker
+  std::mutex wmu_;  // guards the fields below
   std::condition_variable wcv_;
-  Job job_;
-  bool job_ready_ = false;
+  std::deque<Job> queue_;            // full buffers waiting for a writer
+  std::vector<AlignedBuffer> free_;  // written buffers, ready to fill again
+  size_t allocated_ = 1;             // buffers in existence, buf_ included
+  size_t in_flight_ = 0;             // writes being performed
   bool stop_ = false;
   absl::Status write_status_;
-  std::thread worker_;
+  std::atomic<bool> write_status_ok_{true};  // once a write failed, later ones are skipped
+  std::vector<std::thread> workers_;
   size_t used_ = 0;       // bytes in buf_, starting at file offset flushed_
   uint64_t flushed_ = 0;  // file offset of buf_[0]; always aligned under O_DIRECT
   uint64_t size_ = 0;     // logical file size
