@@ -39,10 +39,11 @@ enum class DirectIo {
   kOff,   // buffered writes
 };
 
-// A new file being written: appends go through an aligned 4 MiB buffer; a
-// full buffer is written (at an aligned offset under O_DIRECT) by a worker
-// thread while the next one fills, so at most 8 MiB per file is held. A
-// write error is sticky and surfaces from the next Append, WriteAt or Sync.
+// A new file being written: appends go through aligned 4 MiB buffers; a
+// full buffer is queued for two writer threads (at aligned offsets under
+// O_DIRECT) while the next one fills, so up to 4 buffers (16 MiB) per file
+// are held and two writes are in flight. A write error is sticky and
+// surfaces from the next Append, WriteAt or Sync.
 // Not thread-safe. The destructor closes the fd without syncing; removing an
 // abandoned file is the caller's job (storage/ owns temp names).
 class WritableFile {

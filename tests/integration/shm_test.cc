@@ -442,3 +442,31 @@ TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
 
 }  // namespace
 }  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
+  // A different port than daemon_test's TCP test, so the suites can run in parallel.
+  const std::string listen = "127.0.0.1:" + std::to_string(40000 + ::getpid() % 20000);
+  auto daemon = std::make_unique<DaemonProcess>(DaemonOptions{root_, {}, {}, listen});
+  daemon->Start();
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("remote", 10));
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_TRUE((*run)->opened().arena_socket().empty());  // no Unix socket: shm off
+  std::vector<std::string> notices;
+  auto cp = Checkpointer::Create(
+      run->get(), {.log = [&](const std::string& l) { notices.push_back(l); }});
+  ASSERT_TRUE(cp.ok());
+  EXPECT_FALSE((*cp)->stats().shared_memory);
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_THAT(notices[0], HasSubstr("is remote"));
+  Tensors t(4.0f, {2000});
+  EXPECT_TRUE(*(*cp)->maybe_save(10, t.views));
+  EXPECT_EQ(Parse(Weights("remote") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
+  EXPECT_THAT(daemon->Log(), HasSubstr("shm: off (the API listens on TCP"));
+}
+
+}  // namespace
+}  // namespace ckptd::testing
