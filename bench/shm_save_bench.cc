@@ -99,6 +99,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     stalls.push_back(stall);
+    if (std::getenv("BENCH_VERBOSE"))
+      std::fprintf(stderr, "save %d stall %.3f copy %.3f\n", k, stall, (*cp)->stats().last_copy_s);
     durables.push_back(Now() - t0);
   }
   std::printf(

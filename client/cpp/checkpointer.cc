@@ -2,9 +2,11 @@
 #include "client/cpp/ckptd/checkpointer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 namespace ckptd {
@@ -15,6 +17,9 @@ constexpr size_t kArenaGranule = 2 << 20;  // arena sizes are rounded up to this
 constexpr size_t kCopyPiece = 8 << 20;     // unit of work for the copy threads
 constexpr size_t kParallelCopyMin = 32 << 20;
 constexpr size_t kRememberedFinished = 16;
+// Beyond the tensor bytes: the progress counter's 64 bytes and up to 63
+// bytes of alignment per tensor (room for 16k tensors).
+constexpr size_t kArenaOverhead = 1 << 20;
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -68,13 +73,13 @@ absl::Status Checkpointer::SetUpSharedMemory() {
   if (!channel.ok()) return channel.status();
   channel_ = std::move(*channel);
   shared_ = true;
-  if (options_.arena_bytes > 0) return EnsureArenas(options_.arena_bytes);
+  if (options_.arena_bytes > 0) return EnsureArenas(options_.arena_bytes + kArenaOverhead);
   return absl::OkStatus();
 }
 
 absl::Status Checkpointer::reserve(size_t bytes) {
   if (!shared_) return absl::OkStatus();
-  return EnsureArenas(bytes);
+  return EnsureArenas(bytes + kArenaOverhead);
 }
 
 absl::Status Checkpointer::EnsureArenas(size_t bytes) {
@@ -94,8 +99,9 @@ absl::Status Checkpointer::EnsureArenas(size_t bytes) {
 
 absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
   if (!slot.save_id) return true;
-  auto r = run_->wait_saved(*slot.save_id, timeout_s);
+  auto r = run_->wait_saved(*slot.save_id, timeout_s, slot.stall_s);
   if (!r.ok()) return r.status();
+  slot.stall_s = 0;  // reported
   switch (r->state()) {
     case v1::WaitSavedResponse::STATE_PENDING:
       return false;
@@ -137,33 +143,44 @@ absl::StatusOr<Checkpointer::Slot*> Checkpointer::FreeSlot(double* waited_s) {
   return oldest;
 }
 
-void Checkpointer::Copy(char* dst, const std::vector<TensorView>& tensors,
+void Checkpointer::Copy(char* dst, uint64_t* progress, const std::vector<TensorView>& tensors,
                         const std::vector<uint64_t>& offsets) const {
   struct Piece {
     const char* src;
     char* dst;
     size_t n;
+    uint64_t staged_after;  // tensor bytes in place once this and every earlier piece is
   };
   std::vector<Piece> pieces;
-  size_t total = 0;
+  uint64_t total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const char* src = static_cast<const char*>(tensors[i].data);
     for (size_t at = 0; at < tensors[i].bytes; at += kCopyPiece) {
-      pieces.push_back(
-          {src + at, dst + offsets[i] + at, std::min(kCopyPiece, tensors[i].bytes - at)});
+      const size_t n = std::min(kCopyPiece, tensors[i].bytes - at);
+      total += n;
+      pieces.push_back({src + at, dst + offsets[i] + at, n, total});
     }
-    total += tensors[i].bytes;
   }
   const size_t threads =
       total < kParallelCopyMin ? 1 : std::min<size_t>(options_.copy_threads, pieces.size());
-  auto work = [&](size_t k) {
-    for (size_t i = k; i < pieces.size(); i += threads) {
+  std::atomic<size_t> next{0};
+  std::vector<char> done(pieces.size(), 0);
+  std::mutex mu;
+  size_t prefix = 0;  // pieces [0, prefix) are all in place
+  std::atomic_ref<uint64_t> staged(*progress);
+  auto work = [&] {
+    for (size_t i = next++; i < pieces.size(); i = next++) {
       std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].n);
+      std::lock_guard lock(mu);
+      done[i] = 1;
+      const size_t before = prefix;
+      while (prefix < pieces.size() && done[prefix]) ++prefix;
+      if (prefix > before) staged.store(pieces[prefix - 1].staged_after, std::memory_order_release);
     }
   };
   std::vector<std::thread> helpers;
-  for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work, k);
-  work(0);
+  for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work);
+  work();
   for (auto& t : helpers) t.join();
 }
 
@@ -178,7 +195,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
                                          const std::map<std::string, double>& metrics,
                                          const SaveOptions& options) {
   std::vector<uint64_t> offsets;
-  size_t total = 0;
+  size_t total = kTensorAlign;  // the first 64 bytes hold the progress counter
   for (const TensorView& t : tensors) {
     offsets.push_back(total);
     total = RoundUp(total + t.bytes, kTensorAlign);
@@ -200,22 +217,39 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
     stats_.buffer_waits++;
     stats_.buffer_wait_s += waited;
   }
-  const double copy_start = Now();
-  Copy((*slot)->arena->data(), tensors, offsets);
-  stats_.last_copy_s = Now() - copy_start;
+  Slot& free = **slot;
+  auto* counter = reinterpret_cast<uint64_t*>(free.arena->data());
   std::vector<v1::TensorLocation> locations(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
-    locations[i].set_arena_id((*slot)->arena_id);
+    locations[i].set_arena_id(free.arena_id);
     locations[i].set_offset(offsets[i]);
   }
-  auto r = run_->save_shared(step, tensors, locations, metrics, options, Now() - t0);
+  auto copy = [&] {
+    const double copy_start = Now();
+    Copy(free.arena->data(), counter, tensors, offsets);
+    stats_.last_copy_s = Now() - copy_start;
+  };
+  v1::TensorLocation progress;
+  if (options_.overlap_copy) {
+    // Announce the save first: the daemon starts writing as the progress
+    // counter (the arena's first 8 bytes) advances.
+    std::atomic_ref<uint64_t>(*counter).store(0, std::memory_order_release);
+    progress.set_arena_id(free.arena_id);
+    progress.set_offset(0);
+  } else {
+    copy();
+  }
+  auto r = run_->save_shared(step, tensors, locations, metrics, options, 0,
+                             options_.overlap_copy ? &progress : nullptr);
   if (!r.ok()) return r.status();
-  Account(Now() - t0);
   if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
     stats_.skipped++;
     return false;
   }
-  (*slot)->save_id = r->save_id();
+  free.save_id = r->save_id();
+  if (options_.overlap_copy) copy();
+  free.stall_s = Now() - t0;
+  Account(free.stall_s);
   stats_.saves++;
   return true;
 }

@@ -120,7 +120,7 @@ absl::StatusOr<v1::SaveResponse> Run::save(uint64_t step, const std::vector<Tens
 absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
     uint64_t step, const std::vector<TensorView>& tensors,
     const std::vector<v1::TensorLocation>& locations, const std::map<std::string, double>& metrics,
-    const SaveOptions& options, double trainer_stall_s) {
+    const SaveOptions& options, double trainer_stall_s, const v1::TensorLocation* progress) {
   v1::SaveSharedRequest req;
   v1::SaveHeader* h = req.mutable_header();
   *h = Header(id(), step, tensors, metrics);
@@ -129,6 +129,7 @@ absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
   for (const auto& e : options.train_metadata) *h->add_train_metadata() = e;
   for (const auto& loc : locations) *req.add_locations() = loc;
   req.set_trainer_stall_s(trainer_stall_s);
+  if (progress != nullptr) *req.mutable_progress() = *progress;
   grpc::ClientContext ctx;
   v1::SaveSharedResponse resp;
   grpc::Status st = client_->stub().SaveShared(&ctx, req, &resp);
@@ -136,7 +137,8 @@ absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
   return resp;
 }
 
-absl::StatusOr<v1::WaitSavedResponse> Run::wait_saved(uint64_t save_id, double timeout_s) {
+absl::StatusOr<v1::WaitSavedResponse> Run::wait_saved(uint64_t save_id, double timeout_s,
+                                                      double trainer_stall_s) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000) + 10000));
@@ -144,6 +146,7 @@ absl::StatusOr<v1::WaitSavedResponse> Run::wait_saved(uint64_t save_id, double t
   req.set_run_id(id());
   req.set_save_id(save_id);
   req.set_timeout_seconds(timeout_s);
+  req.set_trainer_stall_s(trainer_stall_s);
   v1::WaitSavedResponse resp;
   grpc::Status st = client_->stub().WaitSaved(&ctx, req, &resp);
   if (!st.ok()) return FromGrpc(st);

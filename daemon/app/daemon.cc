@@ -177,7 +177,9 @@ int DaemonMain(int argc, char** argv) {
   // The shm path: arenas registered on their own socket, saves written by
   // per-run workers. Declared after the registry, so destroyed before it.
   ingest::ArenaRegistry arenas(cfg->shm_max_arenas);
-  scheduler::SharedSaveQueue shared_saves(&registry, cfg->shm_max_pending_saves);
+  scheduler::SharedSaveQueue shared_saves(
+      &registry, cfg->shm_max_pending_saves,
+      std::chrono::milliseconds(static_cast<int64_t>(cfg->shm_staging_timeout_seconds * 1000)));
   std::unique_ptr<ingest::ArenaServer> arena_server;
   if (const std::string path = config::ArenaSocketPath(*cfg); !path.empty()) {
     arena_server = std::make_unique<ingest::ArenaServer>(path, &arenas);

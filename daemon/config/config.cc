@@ -141,6 +141,7 @@ std::map<std::string, Setter> Setters(Config* c) {
       {"shm.socket", String(&c->shm_socket)},
       {"shm.max_arenas", Unsigned(&c->shm_max_arenas)},
       {"shm.max_pending_saves", Unsigned(&c->shm_max_pending_saves)},
+      {"shm.staging_timeout_seconds", Seconds(&c->shm_staging_timeout_seconds)},
       {"http.listen", String(&c->http_listen)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
@@ -224,6 +225,8 @@ absl::Status Validate(const Config& c) {
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
   if (c.shm_max_arenas == 0) return bad("shm.max_arenas", "must be at least 1");
   if (c.shm_max_pending_saves == 0) return bad("shm.max_pending_saves", "must be at least 1");
+  if (c.shm_staging_timeout_seconds <= 0)
+    return bad("shm.staging_timeout_seconds", "must be above 0");
   if (c.disk_guard.min_free_percent > 90)
     return bad("disk_guard.min_free_percent", "must be at most 90");
   if (c.retention.metric.empty()) return bad("retention.metric", "must name a metric");
@@ -316,6 +319,8 @@ std::string Describe(const Config& c) {
   line("socket", q(c.shm_socket), "shm.socket");
   line("max_arenas", std::to_string(c.shm_max_arenas), "shm.max_arenas");
   line("max_pending_saves", std::to_string(c.shm_max_pending_saves), "shm.max_pending_saves");
+  line("staging_timeout_seconds", fmt::format("{:g}", c.shm_staging_timeout_seconds),
+       "shm.staging_timeout_seconds");
   out += "\n[http]\n";
   line("listen", q(c.http_listen), "http.listen");
   out += "\n[log]\n";

@@ -39,9 +39,10 @@ struct Config {
   policy::DiskGuard disk_guard{.min_free_bytes = 0, .min_free_percent = 1};
   // [shm]: shared-memory saves (memfd arenas registered over a second socket)
   bool shm_enabled = true;
-  std::string shm_socket;              // "" = the listen socket's path + ".arenas" (Unix only)
-  uint32_t shm_max_arenas = 256;       // registered arenas, all trainers together
-  uint32_t shm_max_pending_saves = 8;  // queued shared-memory saves per run
+  std::string shm_socket;                   // "" = the listen socket's path + ".arenas" (Unix only)
+  uint32_t shm_max_arenas = 256;            // registered arenas, all trainers together
+  uint32_t shm_max_pending_saves = 8;       // queued shared-memory saves per run
+  double shm_staging_timeout_seconds = 30;  // a progressive save stuck this long fails
   // [http]: JSON API, /metrics, /healthz, /readyz, status page; "" = off
   std::string http_listen = "127.0.0.1:9477";
   // [log]

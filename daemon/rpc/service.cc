@@ -223,6 +223,14 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
     }
     save.regions.push_back({std::move(*arena), loc.offset()});
   }
+  if (req->has_progress()) {
+    auto arena = arenas_->Get(req->progress().arena_id(), save.params.run_id);
+    if (!arena.ok()) {
+      return ToGrpc(
+          absl::Status(arena.status().code(), StrCat("progress: ", arena.status().message())));
+    }
+    save.progress = scheduler::SharedRegion{std::move(*arena), req->progress().offset()};
+  }
   const std::string run_id = save.params.run_id;
   const uint64_t step = save.params.step;
   auto accepted = shared_saves_->Submit(std::move(save));
@@ -258,6 +266,9 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
       std::chrono::milliseconds(static_cast<int64_t>(req->timeout_seconds() * 1000)),
       [&] { return ctx->IsCancelled() || stopping_.load(); });
   if (!r.ok()) return ToGrpc(r.status());
+  if (req->trainer_stall_s() > 0) {
+    metrics::Metrics::Get().RecordTrainerStall(req->run_id(), req->trainer_stall_s());
+  }
   resp->set_step(r->step);
   switch (r->state) {
     case scheduler::SharedSaveResult::State::kPending:

@@ -34,6 +34,14 @@ absl::Status CheckBounds(const SharedSave& save) {
                                                " bytes; every tensor must lie inside its arena"));
     }
   }
+  if (save.progress) {
+    const uint64_t size = save.progress->arena->memory->size();
+    if (save.progress->offset % 8 != 0 || size < 8 || save.progress->offset > size - 8) {
+      return absl::InvalidArgumentError(StrCat("progress: offset ", save.progress->offset,
+                                               " is not an 8-byte aligned u64 inside arena ",
+                                               save.progress->arena->id, " (", size, " bytes)"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -149,13 +157,29 @@ SharedSaveResult SharedSaveQueue::Execute(SharedSave& save) {
     }
     return fail(session.status());
   }
+  std::unique_ptr<env::MappedWindow> counter;
+  if (save.progress) {
+    auto mapped = save.progress->arena->memory->Map(save.progress->offset, 8);
+    if (!mapped.ok()) {
+      (*session)->Fail(mapped.status());
+      return fail(mapped.status());
+    }
+    counter = std::move(*mapped);
+  }
+  const uint64_t total = (*session)->expected_bytes();
+  uint64_t done = 0;  // tensor bytes written so far
   for (size_t i = 0; i < save.regions.size(); ++i) {
     const gguf::TensorSpec& t = save.params.tensors[i].spec;
     const uint64_t n = *gguf::TensorBytes(t.type, t.ne);  // checked by Submit
     const SharedRegion& r = save.regions[i];
     for (uint64_t at = 0; at < n; at += kWindowBytes) {
-      auto window = r.arena->memory->Map(r.offset + at, std::min<uint64_t>(kWindowBytes, n - at));
-      absl::Status st = window.ok() ? (*session)->Write((*window)->bytes()) : window.status();
+      const uint64_t len = std::min<uint64_t>(kWindowBytes, n - at);
+      absl::Status st = counter ? WaitStaged(*counter, done + len, total) : absl::OkStatus();
+      if (st.ok()) {
+        auto window = r.arena->memory->Map(r.offset + at, len);
+        st = window.ok() ? (*session)->Write((*window)->bytes()) : window.status();
+      }
+      done += len;
       if (!st.ok()) {
         (*session)->Fail(st);
         return fail(st);
@@ -170,6 +194,31 @@ SharedSaveResult SharedSaveQueue::Execute(SharedSave& save) {
   result.state = SharedSaveResult::State::kCommitted;
   result.record = std::move(*record);
   return result;
+}
+
+absl::Status SharedSaveQueue::WaitStaged(const env::MappedWindow& counter, uint64_t needed,
+                                         uint64_t total) const {
+  const auto* word = reinterpret_cast<const uint64_t*>(counter.bytes().data());
+  uint64_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+  auto last_progress = std::chrono::steady_clock::now();
+  auto pause = std::chrono::microseconds(20);
+  while (seen < needed) {
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
+    const uint64_t now_seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    if (now_seen != seen) {
+      seen = now_seen;
+      last_progress = std::chrono::steady_clock::now();
+      pause = std::chrono::microseconds(20);
+    } else if (std::chrono::steady_clock::now() - last_progress > staging_timeout_) {
+      return absl::DeadlineExceededError(
+          StrCat("the trainer stopped staging: ", seen, " of ", total,
+                 " tensor bytes in place and no progress for ",
+                 std::chrono::duration<double>(staging_timeout_).count(),
+                 " s (it exited or hung mid-copy); nothing was committed"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<SharedSaveResult> SharedSaveQueue::Wait(const std::string& run_id, uint64_t save_id,

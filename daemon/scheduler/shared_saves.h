@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,6 +35,9 @@ struct SharedRegion {
 struct SharedSave {
   SaveParams params;                  // transport is set to "shm"
   std::vector<SharedRegion> regions;  // one per params.tensors, same order
+  // Progressive staging: a u64 counter of tensor bytes in place (8-byte
+  // aligned, inside its arena); nullopt when everything is in place already.
+  std::optional<SharedRegion> progress;
 };
 
 struct SharedSaveResult {
@@ -51,8 +55,10 @@ class SharedSaveQueue {
   static constexpr size_t kRememberedResults = 256;  // finished saves kept per run
   static constexpr size_t kWindowBytes = 16 << 20;   // arena bytes mapped at a time
 
-  SharedSaveQueue(RunRegistry* registry, size_t max_pending_per_run)
-      : registry_(registry), max_pending_(max_pending_per_run) {}
+  // A progressive save whose counter does not advance for staging_timeout fails.
+  SharedSaveQueue(RunRegistry* registry, size_t max_pending_per_run,
+                  std::chrono::milliseconds staging_timeout = std::chrono::seconds(30))
+      : registry_(registry), max_pending_(max_pending_per_run), staging_timeout_(staging_timeout) {}
   ~SharedSaveQueue();  // Drain()
 
   struct Accepted {
@@ -91,9 +97,13 @@ class SharedSaveQueue {
   absl::Status CheckOrder(Run& run, const RunQueue& q, const SaveParams& p) const;  // run.mu held
   void Work(const std::string& run_id);
   SharedSaveResult Execute(SharedSave& save);
+  // Waits until the progress counter covers `needed` bytes; DEADLINE_EXCEEDED
+  // when it stops advancing for staging_timeout_.
+  absl::Status WaitStaged(const env::MappedWindow& counter, uint64_t needed, uint64_t total) const;
 
   RunRegistry* registry_;
   const size_t max_pending_;
+  const std::chrono::milliseconds staging_timeout_;
   mutable std::mutex mu_;
   std::condition_variable cv_;  // a save finished
   std::map<std::string, RunQueue> queues_;

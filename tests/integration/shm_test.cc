@@ -456,8 +456,8 @@ TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
   ASSERT_TRUE(run.ok()) << run.status();
   EXPECT_TRUE((*run)->opened().arena_socket().empty());  // no Unix socket: shm off
   std::vector<std::string> notices;
-  auto cp = Checkpointer::Create(
-      run->get(), {.log = [&](const std::string& l) { notices.push_back(l); }});
+  auto cp = Checkpointer::Create(run->get(),
+                                 {.log = [&](const std::string& l) { notices.push_back(l); }});
   ASSERT_TRUE(cp.ok());
   EXPECT_FALSE((*cp)->stats().shared_memory);
   ASSERT_EQ(notices.size(), 1u);
@@ -466,6 +466,76 @@ TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
   EXPECT_TRUE(*(*cp)->maybe_save(10, t.views));
   EXPECT_EQ(Parse(Weights("remote") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
   EXPECT_THAT(daemon->Log(), HasSubstr("shm: off (the API listens on TCP"));
+}
+
+}  // namespace
+}  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(ShmTest, OverlappedCopyWritesTheSameBytesAsACopyFirstSave) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto a = client->OpenRun(Open("overlap"));
+  auto b = client->OpenRun(Open("copy-first"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto overlapped = Checkpointer::Create(a->get(), {.overlap_copy = true});
+  auto copy_first = Checkpointer::Create(b->get());
+  ASSERT_TRUE(overlapped.ok() && copy_first.ok());
+  Tensors t(7.0f, {9 << 20, 3 << 20, 5});  // 48 MiB: several windows and copy pieces
+  ASSERT_TRUE(*(*overlapped)->save(100, t.views));
+  ASSERT_TRUE(*(*copy_first)->save(100, t.views));
+  ASSERT_TRUE((*overlapped)->wait().ok());
+  ASSERT_TRUE((*copy_first)->wait().ok());
+  ParsedFile x = Parse(Weights("overlap") + "/step_100.gguf");
+  ParsedFile y = Parse(Weights("copy-first") + "/step_100.gguf");
+  EXPECT_TRUE(x.Data() == y.Data());
+  EXPECT_EQ(x.Meta("general.uuid"), y.Meta("general.uuid"));
+}
+
+TEST_F(ShmTest, AStalledProgressCounterFailsTheSaveAndLeavesNothing) {
+  const std::string config = tmp_.Join("ckptd.toml");
+  std::ofstream(config) << "[shm]\nstaging_timeout_seconds = 0.5\n";
+  auto daemon = StartDaemon({}, {"--config", config});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("stuck"));
+  ASSERT_TRUE(run.ok());
+  auto channel = ArenaChannel::Connect((*run)->opened().arena_socket());
+  auto arena = Arena::Create(8 << 20);
+  ASSERT_TRUE(channel.ok() && arena.ok());
+  auto id = (*channel)->Register((*arena)->fd(), (*run)->opened().arena_token());
+  ASSERT_TRUE(id.ok());
+  auto* counter = reinterpret_cast<uint64_t*>((*arena)->data());
+  TensorView t{"w", v1::TENSOR_TYPE_F32, {1 << 20}, nullptr, 4 << 20};
+  v1::TensorLocation loc, progress;
+  loc.set_arena_id(*id);
+  loc.set_offset(4096);
+  progress.set_arena_id(*id);
+  progress.set_offset(0);
+
+  // Half the bytes staged, then the "trainer" stops: the save fails, cleanly.
+  *counter = 2 << 20;
+  auto r = (*run)->save_shared(100, {t}, {loc}, {}, {.force = true}, 0, &progress);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto w = (*run)->wait_saved(r->save_id(), 30);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->state(), v1::WaitSavedResponse::STATE_FAILED);
+  EXPECT_EQ(w->error_code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(w->error(), HasSubstr("stopped staging: 2097152 of 4194304"));
+  EXPECT_TRUE(Files("stuck").empty());
+
+  // A counter that gets there commits; a misaligned counter is refused up front.
+  *counter = 4 << 20;
+  r = (*run)->save_shared(100, {t}, {loc}, {}, {.force = true}, 0, &progress);
+  ASSERT_TRUE(r.ok());
+  w = (*run)->wait_saved(r->save_id(), 30);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->state(), v1::WaitSavedResponse::STATE_COMMITTED) << w->error();
+  progress.set_offset(3);
+  r = (*run)->save_shared(200, {t}, {loc}, {}, {.force = true}, 0, &progress);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("8-byte aligned"));
 }
 
 }  // namespace
