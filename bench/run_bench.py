@@ -44,15 +44,34 @@ def memcpy_s(size):
     return best_of(3, lambda: timed(lambda: np.copyto(dst, src)))
 
 
-def fio_mbps(directory, size, runs=3):
-    """Median of `runs` fio runs: the disk's own figure varies by ~30% between runs here."""
-    if not shutil.which("fio"):
-        return None
-    figures = [fio_once(directory, size) for _ in range(runs)]
-    return None if None in figures else sorted(figures)[runs // 2]
+def median(values):
+    return sorted(values)[len(values) // 2]
+
+
+def shm_interleaved_with_fio(build, sock, work, size, rounds):
+    """Alternates one fio run and one ckptd shm save, `rounds` times, and returns the
+    medians of both: the disk's own speed drifts by ~30% within a minute here, so the
+    two are measured side by side rather than one after the other."""
+    bench = subprocess.Popen([os.path.join(build, "bench/shm_save_bench"), sock, "shm", str(size),
+                              "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if bench.stdout.readline().strip() != "ready":
+        raise RuntimeError("shm_save_bench did not start")
+    fio = []
+    for _ in range(rounds):
+        fio.append(fio_once(work, size))
+        bench.stdin.write("save\n")
+        bench.stdin.flush()
+        json.loads(bench.stdout.readline())
+    bench.stdin.close()
+    summary = json.loads(bench.stdout.readline())
+    if bench.wait() != 0:
+        raise RuntimeError("shm_save_bench failed")
+    return summary, None if None in fio else median(fio)
 
 
 def fio_once(directory, size):
+    if not shutil.which("fio"):
+        return None
     path = os.path.join(directory, "fio.tmp")
     out = subprocess.run(["fio", "--name=w", f"--filename={path}", "--rw=write", "--bs=4M",
                           f"--size={size}", "--direct=1", "--end_fsync=1", "--ioengine=psync",
@@ -113,7 +132,7 @@ def run_json(argv):
 
 
 def with_daemon(build, root, fn):
-    """Runs fn(socket) against a fresh daemon; returns its result and the daemon's peak RSS."""
+    """Runs fn(socket) against a fresh daemon; returns its result(s) and the daemon's peak RSS."""
     proc, sock = start_daemon(build, root)
     try:
         result = fn(sock)
@@ -121,7 +140,7 @@ def with_daemon(build, root, fn):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
-    return result, rss
+    return (*result, rss) if isinstance(result, tuple) else (result, rss)
 
 
 def peak_rss(pid):
@@ -134,7 +153,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="256 MiB and 1 GiB only")
     ap.add_argument("--build", default="build")
     ap.add_argument("--dir", default=None, help="where files are written (default: under --build)")
-    ap.add_argument("--saves", type=int, default=3, help="shm saves per size (medians reported)")
+    ap.add_argument("--saves", type=int, default=3,
+                    help="rounds of (fio, ckptd shm save) per size; medians reported")
     args = ap.parse_args()
     sizes = [256 * MiB, 1024 * MiB] + ([] if args.quick else [4096 * MiB])
     work = tempfile.mkdtemp(dir=args.dir or args.build, prefix="bench-")
@@ -144,16 +164,15 @@ def main():
         for size in sizes:
             root = os.path.join(work, f"root-{size}")
             os.makedirs(root)
-            shm, shm_rss = with_daemon(args.build, root, lambda sock: run_json(
-                [os.path.join(args.build, "bench/shm_save_bench"), sock, "shm", str(size),
-                 str(args.saves)]))
+            shm, fio, shm_rss = with_daemon(args.build, root, lambda sock: shm_interleaved_with_fio(
+                args.build, sock, work, size, args.saves))
             stream, stream_rss = with_daemon(args.build, root, lambda sock: run_json(
                 [os.path.join(args.build, "bench/stream_save_bench"), sock, "stream", "1",
                  str(size)]))
             r = {
                 "bytes": size,
                 "memcpy_s": shm["memcpy_s"],
-                "fio_direct_MBps": fio_mbps(work, size),
+                "fio_direct_MBps": fio,
                 "ckptd_stall_s": shm["stall_s"],
                 "ckptd_max_stall_s": shm["max_stall_s"],
                 "ckptd_durable_s": shm["durable_s"],

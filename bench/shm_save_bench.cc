@@ -4,6 +4,9 @@
 // time from the call to the durable commit, the one-time arena setup, and
 // the warm single-thread memcpy of the same bytes into a pre-faulted memfd
 // arena (the physical floor for the stall), all measured in this process.
+// SAVES = 0: interactive, for interleaving with other measurements: prints
+// "ready", then saves once per line read from stdin, printing one JSON line
+// ({"stall_s", "durable_s"}) each, and the summary at EOF.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -85,7 +88,13 @@ int main(int argc, char** argv) {
   }
   const double reserve_s = Now() - t_reserve;
   std::vector<double> stalls, durables;
-  for (int k = 1; k <= saves; ++k) {
+  const bool interactive = saves == 0;
+  if (interactive) {
+    std::printf("ready\n");
+    std::fflush(stdout);
+  }
+  char line[64];
+  for (int k = 1; interactive ? std::fgets(line, sizeof line, stdin) != nullptr : k <= saves; ++k) {
     const double t0 = Now();
     auto r = (*cp)->save(static_cast<uint64_t>(k), views);
     const double stall = Now() - t0;
@@ -98,15 +107,19 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "wait: %s\n", std::string(st.message()).c_str());
       return 1;
     }
+    const double durable = Now() - t0;
     stalls.push_back(stall);
-    if (std::getenv("BENCH_VERBOSE"))
-      std::fprintf(stderr, "save %d stall %.3f copy %.3f\n", k, stall, (*cp)->stats().last_copy_s);
-    durables.push_back(Now() - t0);
+    durables.push_back(durable);
+    if (interactive) {
+      std::printf("{\"stall_s\": %.6f, \"durable_s\": %.6f}\n", stall, durable);
+      std::fflush(stdout);
+    }
   }
+  if (stalls.empty()) return 1;
   std::printf(
       "{\"memcpy_s\": %.6f, \"stall_s\": %.6f, \"max_stall_s\": %.6f, \"durable_s\": %.6f, "
       "\"copy_s\": %.6f, \"reserve_s\": %.6f, \"saves\": %d}\n",
       memcpy_s, Median(stalls), *std::max_element(stalls.begin(), stalls.end()), Median(durables),
-      (*cp)->stats().last_copy_s, reserve_s, saves);
+      (*cp)->stats().last_copy_s, reserve_s, static_cast<int>(stalls.size()));
   return 0;
 }
