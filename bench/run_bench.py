@@ -58,7 +58,7 @@ def shm_interleaved_with_fio(build, sock, work, size, rounds):
         raise RuntimeError("shm_save_bench did not start")
     fio = []
     for _ in range(rounds):
-        fio.append(fio_once(work, size))
+        fio.append(fio_once(work, size, f"fio-{len(fio)}.tmp"))
         bench.stdin.write("save\n")
         bench.stdin.flush()
         json.loads(bench.stdout.readline())
@@ -69,14 +69,13 @@ def shm_interleaved_with_fio(build, sock, work, size, rounds):
     return summary, None if None in fio else median(fio)
 
 
-def fio_once(directory, size):
+def fio_once(directory, size, name):
     if not shutil.which("fio"):
         return None
-    path = os.path.join(directory, "fio.tmp")
+    path = os.path.join(directory, name)  # kept until the size is done (see main)
     out = subprocess.run(["fio", "--name=w", f"--filename={path}", "--rw=write", "--bs=4M",
                           f"--size={size}", "--direct=1", "--end_fsync=1", "--ioengine=psync",
                           "--output-format=json"], capture_output=True, text=True)
-    os.unlink(path) if os.path.exists(path) else None
     if out.returncode != 0:
         return None
     job = json.loads(out.stdout)["jobs"][0]["write"]
@@ -93,9 +92,7 @@ def fsync_file(path, write):
 def numpy_s(directory, size):
     arr = np.ones(size // 4, dtype=np.float32)
     path = os.path.join(directory, "np.bin")
-    t = timed(lambda: fsync_file(path, arr.tofile))
-    os.unlink(path)
-    return t
+    return timed(lambda: fsync_file(path, arr.tofile))
 
 
 def torch_s(directory, size):
@@ -106,9 +103,7 @@ def torch_s(directory, size):
     n = 64 * MiB
     state = {f"blk.{i}.weight": torch.ones(min(n, size - i * n) // 4) for i in range((size + n - 1) // n)}
     path = os.path.join(directory, "torch.pt")
-    t = timed(lambda: fsync_file(path, lambda f: torch.save(state, f)))
-    os.unlink(path)
-    return t
+    return timed(lambda: fsync_file(path, lambda f: torch.save(state, f)))
 
 
 def start_daemon(build, root):
@@ -162,10 +157,14 @@ def main():
     results = []
     try:
         for size in sizes:
-            root = os.path.join(work, f"root-{size}")
+            # Everything a size writes stays until that size is done: the root
+            # filesystem here is mounted with `discard`, and the TRIM after a
+            # deletion slows the next writer (whichever tool that is).
+            scratch = os.path.join(work, f"size-{size}")
+            root = os.path.join(scratch, "root")
             os.makedirs(root)
             shm, fio, shm_rss = with_daemon(args.build, root, lambda sock: shm_interleaved_with_fio(
-                args.build, sock, work, size, args.saves))
+                args.build, sock, scratch, size, args.saves))
             stream, stream_rss = with_daemon(args.build, root, lambda sock: run_json(
                 [os.path.join(args.build, "bench/stream_save_bench"), sock, "stream", "1",
                  str(size)]))
@@ -177,8 +176,8 @@ def main():
                 "ckptd_max_stall_s": shm["max_stall_s"],
                 "ckptd_durable_s": shm["durable_s"],
                 "ckptd_arena_setup_s": shm["reserve_s"],
-                "torch_save_fsync_s": torch_s(work, size),
-                "numpy_fsync_s": numpy_s(work, size),
+                "torch_save_fsync_s": torch_s(scratch, size),
+                "numpy_fsync_s": numpy_s(scratch, size),
                 "stream_durable_s": stream["durable_s"],
                 "stream_MBps": size / stream["durable_s"] / 1e6,
                 "daemon_peak_rss_bytes": max(shm_rss, stream_rss),
@@ -187,7 +186,9 @@ def main():
                 "numpy_memcpy_s": memcpy_s(size),
             }
             results.append(r)
-            shutil.rmtree(root)
+            shutil.rmtree(scratch)
+            os.sync()
+            time.sleep(3)  # let the deletions' discards drain before the next size
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
