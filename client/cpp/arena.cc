@@ -7,9 +7,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 namespace ckptd {
 namespace {
@@ -28,6 +31,37 @@ absl::StatusCode CodeNamed(std::string_view name) {
   return absl::StatusCode::kUnknown;
 }
 
+// Faults every page in for writing, in parallel: first-touch faults run at
+// ~0.5 GB/s per thread here (the cost is per page, not per byte), so the
+// copies into the arena later never pay them. MADV_POPULATE_WRITE (Linux
+// 5.14) where available, one written byte per page otherwise.
+absl::Status Populate(char* base, size_t bytes) {
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 8);
+  const size_t slice = (bytes / threads + page - 1) / page * page;
+  std::vector<int> errors(threads, 0);
+  auto work = [&](size_t k) {
+    char* from = base + std::min(bytes, k * slice);
+    const size_t n = std::min(slice, bytes - static_cast<size_t>(from - base));
+    if (n == 0) return;
+    if (::madvise(from, n, kPopulateWrite) == 0) return;
+    if (errno != EINVAL) {
+      errors[k] = errno;
+      return;
+    }
+    for (size_t at = 0; at < n; at += page) from[at] = 0;  // pre-5.14 kernels
+  };
+  std::vector<std::thread> helpers;
+  for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work, k);
+  work(0);
+  for (auto& t : helpers) t.join();
+  for (int e : errors) {
+    if (e != 0) return Errno("populate memfd arena", e);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(size_t bytes, const std::string& name) {
@@ -42,9 +76,11 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(size_t bytes, const std::st
   if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     return fail(Errno("seal memfd", errno));
   }
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return fail(Errno("mmap memfd", errno));
-  return std::unique_ptr<Arena>(new Arena(fd, static_cast<char*>(p), bytes));
+  auto arena = std::unique_ptr<Arena>(new Arena(fd, static_cast<char*>(p), bytes));
+  if (absl::Status st = Populate(arena->data_, bytes); !st.ok()) return st;
+  return arena;
 }
 
 Arena::~Arena() {

@@ -1,10 +1,10 @@
 // Shared-memory arenas for the shm path, trainer side. An Arena is a memfd
 // sized once, sealed against shrinking and growing (the daemon refuses
-// unsealed ones) and mapped read-write with MAP_POPULATE, so copies into it
-// never pay first-touch page faults. An ArenaChannel is a connection to the
-// daemon's arena socket; arenas registered over it stay registered until it
-// closes (or the process dies), after which the daemon keeps only what
-// queued saves still need. Both are move-only RAII owners; not thread-safe.
+// unsealed ones), mapped read-write and populated up front by several
+// threads, so copies into it never pay first-touch page faults. An ArenaChannel is a connection to
+// the daemon's arena socket; arenas registered over it stay registered until it closes (or the
+// process dies), after which the daemon keeps only what queued saves still need. Both are move-only
+// RAII owners; not thread-safe.
 #pragma once
 
 #include <cstddef>
