@@ -14,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -182,15 +183,18 @@ int DaemonMain(int argc, char** argv) {
       std::chrono::milliseconds(static_cast<int64_t>(cfg->shm_staging_timeout_seconds * 1000)));
   std::unique_ptr<ingest::ArenaServer> arena_server;
   if (const std::string path = config::ArenaSocketPath(*cfg); !path.empty()) {
-    arena_server = std::make_unique<ingest::ArenaServer>(path, &arenas);
-    absl::Status st = PrepareListen(env, "unix:" + path);
+    arena_server = std::make_unique<ingest::ArenaServer>(
+        std::filesystem::absolute(path).lexically_normal().string(), &arenas,
+        cfg->shm_allowed_uids);
+    absl::Status st = PrepareListen(env, "unix:" + arena_server->path());
     if (st.ok()) st = arena_server->Start(env);
     if (!st.ok()) {
       spdlog::error("cannot open the arena socket {} (shm.socket): {}", path, ToStd(st.message()));
       return kExitRuntime;
     }
-    service.EnableSharedMemory(&arenas, &shared_saves, path);
-    spdlog::info("shm: arena socket {}", path);
+    // Advertised to trainers, whose working directory may differ: absolute.
+    service.EnableSharedMemory(&arenas, &shared_saves, arena_server->path());
+    spdlog::info("shm: arena socket {}", arena_server->path());
   } else {
     spdlog::info("shm: off ({}); trainers use the stream path",
                  cfg->shm_enabled ? "the API listens on TCP and shm.socket is unset"

@@ -89,9 +89,10 @@ Setter StringList(std::vector<std::string>* out) {
   };
 }
 
+// An array of non-negative integers (steps, uids).
 Setter StepList(std::vector<uint64_t>* out) {
   return [out](const toml::node& n, const std::string& where) -> absl::Status {
-    if (!n.is_array()) return TypeError(where, "an array of steps", n);
+    if (!n.is_array()) return TypeError(where, "an array of non-negative integers", n);
     out->clear();
     for (const toml::node& item : *n.as_array()) {
       if (!item.is_integer() || item.as_integer()->get() < 0) {
@@ -142,6 +143,7 @@ std::map<std::string, Setter> Setters(Config* c) {
       {"shm.max_arenas", Unsigned(&c->shm_max_arenas)},
       {"shm.max_pending_saves", Unsigned(&c->shm_max_pending_saves)},
       {"shm.staging_timeout_seconds", Seconds(&c->shm_staging_timeout_seconds)},
+      {"shm.allowed_uids", StepList(&c->shm_allowed_uids)},
       {"http.listen", String(&c->http_listen)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
@@ -321,6 +323,8 @@ std::string Describe(const Config& c) {
   line("max_pending_saves", std::to_string(c.shm_max_pending_saves), "shm.max_pending_saves");
   line("staging_timeout_seconds", fmt::format("{:g}", c.shm_staging_timeout_seconds),
        "shm.staging_timeout_seconds");
+  line("allowed_uids", fmt::format("[{}]", fmt::join(c.shm_allowed_uids, ", ")),
+       "shm.allowed_uids");
   out += "\n[http]\n";
   line("listen", q(c.http_listen), "http.listen");
   out += "\n[log]\n";

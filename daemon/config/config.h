@@ -43,6 +43,8 @@ struct Config {
   uint32_t shm_max_arenas = 256;            // registered arenas, all trainers together
   uint32_t shm_max_pending_saves = 8;       // queued shared-memory saves per run
   double shm_staging_timeout_seconds = 30;  // a progressive save stuck this long fails
+  // Peers that may register arenas besides the daemon's own uid and root.
+  std::vector<uint64_t> shm_allowed_uids;
   // [http]: JSON API, /metrics, /healthz, /readyz, status page; "" = off
   std::string http_listen = "127.0.0.1:9477";
   // [log]

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -112,14 +113,20 @@ void ArenaServer::Accept() {
     ::close(fd);
     return;
   }
-  if (cred.uid != ::geteuid() && cred.uid != 0) {
-    spdlog::warn("arena socket: refused pid={} uid={} (only uid {} or root may register arenas)",
-                 cred.pid, cred.uid, ::geteuid());
-    Reply(fd, ErrorReply(absl::PermissionDeniedError(
-                  StrCat("uid ", cred.uid, " may not register arenas; run the trainer as uid ",
-                         ::geteuid(), " (the daemon's) or use the stream path"))));
-    ::close(fd);
-    return;
+  const bool allowed =
+      cred.uid == ::geteuid() || cred.uid == 0 ||
+      std::find(allowed_uids_.begin(), allowed_uids_.end(), cred.uid) != allowed_uids_.end();
+  absl::Status refused;
+  if (!allowed) {
+    spdlog::warn(
+        "arena socket: refused pid={} uid={} (not the daemon's uid {}, root, or in "
+        "shm.allowed_uids)",
+        cred.pid, cred.uid, ::geteuid());
+    refused = absl::PermissionDeniedError(
+        StrCat("uid ", cred.uid,
+               " may not register arenas: add it to shm.allowed_uids in the daemon's config, run "
+               "the trainer as uid ",
+               ::geteuid(), ", or use the stream path"));
   }
   if (connections_.size() >= kMaxConnections) {
     Reply(fd, ErrorReply(absl::ResourceExhaustedError(
@@ -127,7 +134,9 @@ void ArenaServer::Accept() {
     ::close(fd);
     return;
   }
-  connections_[fd] = Connection{fd, Peer{cred.pid, cred.uid, next_connection_++}};
+  // A refused peer is answered when its first message arrives (closing now
+  // would reset the connection before it could read why).
+  connections_[fd] = Connection{fd, Peer{cred.pid, cred.uid, next_connection_++}, refused};
 }
 
 bool ArenaServer::Serve(Connection& c) {
@@ -160,6 +169,11 @@ bool ArenaServer::Serve(Connection& c) {
     Reply(c.fd, ErrorReply(st));
     return true;
   };
+  if (!c.refused.ok()) {
+    for (int fd : received) ::close(fd);
+    Reply(c.fd, ErrorReply(c.refused));
+    return false;
+  }
   if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
     return refuse(absl::InvalidArgumentError(
         StrCat("message too long (at most ", kMaxMessage, " bytes and one fd)")));

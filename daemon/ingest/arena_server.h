@@ -4,7 +4,8 @@
 //   client: "REGISTER <token>" with exactly one fd attached
 //   daemon: "OK <arena_id> <size>"  or  "ERR <CODE> <message>"
 // A connection may register several arenas; they stay registered until it
-// closes. Peers must run as the daemon's uid or as root (SO_PEERCRED). One
+// closes. Peers must run as the daemon's uid, as root, or as one of
+// `allowed_uids` (SO_PEERCRED). One
 // thread polls every connection; bounded connections and message sizes.
 #pragma once
 
@@ -12,6 +13,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "daemon/env/env.h"
@@ -23,8 +25,8 @@ class ArenaServer {
  public:
   static constexpr size_t kMaxConnections = 1024;
 
-  ArenaServer(std::string path, ArenaRegistry* registry)
-      : path_(std::move(path)), registry_(registry) {}
+  ArenaServer(std::string path, ArenaRegistry* registry, std::vector<uint64_t> allowed_uids = {})
+      : path_(std::move(path)), registry_(registry), allowed_uids_(std::move(allowed_uids)) {}
   ~ArenaServer();  // Stop()
 
   // Binds (replacing a stale socket file) and starts the polling thread.
@@ -36,6 +38,7 @@ class ArenaServer {
   struct Connection {
     int fd = -1;
     Peer peer;
+    absl::Status refused;  // set for a peer whose uid may not register: told on its first message
   };
   void Loop();
   void Accept();
@@ -44,6 +47,7 @@ class ArenaServer {
 
   std::string path_;
   ArenaRegistry* registry_;
+  std::vector<uint64_t> allowed_uids_;
   int listen_fd_ = -1;
   int wake_[2] = {-1, -1};  // pipe: Stop() wakes the poll
   std::thread thread_;

@@ -540,3 +540,36 @@ TEST_F(ShmTest, AStalledProgressCounterFailsTheSaveAndLeavesNothing) {
 
 }  // namespace
 }  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(ShmTest, OnlyTheDaemonsUidRootAndAllowedUidsMayRegisterArenas) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a peer as other uids";
+  const std::string config = tmp_.Join("ckptd.toml");
+  std::ofstream(config) << "[shm]\nallowed_uids = [65534]\n";
+  auto daemon = StartDaemon({}, {"--config", config});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("uids"));
+  ASSERT_TRUE(run.ok());
+  const std::string socket = (*run)->opened().arena_socket();
+  ASSERT_TRUE(socket.starts_with("/")) << socket;  // absolute, whatever the trainer's cwd
+  // The socket's permissions are the first gate (as for the API socket): open them.
+  for (const std::string& p : {tmp_.path(), root_}) fs::permissions(p, fs::perms::all);
+  fs::permissions(socket, fs::perms::all);
+  auto as = [&](const std::string& uid) {
+    return RunCommand({"/usr/bin/setpriv", "--reuid=" + uid, "--regid=" + uid, "--clear-groups",
+                       SHM_TRAINER, "register", socket, (*run)->opened().arena_token()});
+  };
+  CommandResult allowed = as("65534");
+  EXPECT_EQ(allowed.exit_code, 0) << allowed.out << allowed.err;
+  EXPECT_THAT(allowed.out, HasSubstr("OK "));
+  CommandResult refused = as("65533");
+  EXPECT_EQ(refused.exit_code, 1) << refused.out << refused.err;
+  EXPECT_THAT(refused.out, HasSubstr("PERMISSION_DENIED"));
+  EXPECT_THAT(refused.out, HasSubstr("uid 65533 may not register arenas"));
+  EXPECT_THAT(refused.out, HasSubstr("shm.allowed_uids"));
+}
+
+}  // namespace
+}  // namespace ckptd::testing

@@ -2,6 +2,8 @@
 // one tensor of N bytes (byte i = i * 7 mod 251) in a sealed memfd arena,
 // calls SaveShared, prints "accepted <save_id>", and SIGKILLs itself.
 // Usage: shm_trainer SOCKET RUN_ID STEP BYTES
+//        shm_trainer register ARENA_SOCKET TOKEN   (registers a 1 MiB arena,
+//        prints the daemon's answer: "OK <id>" or the error; exit 0 or 1)
 #include <signal.h>
 
 #include <cstdio>
@@ -11,7 +13,29 @@
 #include "client/cpp/ckptd/arena.h"
 #include "client/cpp/ckptd/client.h"
 
+namespace {
+
+int RegisterOnly(const std::string& socket, const std::string& token) {
+  auto arena = ckptd::Arena::Create(1 << 20);
+  if (!arena.ok()) return 1;
+  auto channel = ckptd::ArenaChannel::Connect(socket);
+  if (!channel.ok()) {
+    std::printf("%s\n", channel.status().ToString().c_str());
+    return 1;
+  }
+  auto id = (*channel)->Register((*arena)->fd(), token);
+  if (!id.ok()) {
+    std::printf("%s\n", id.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("OK %llu\n", static_cast<unsigned long long>(*id));
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "register") return RegisterOnly(argv[2], argv[3]);
   if (argc != 5) {
     std::fprintf(stderr, "usage: shm_trainer SOCKET RUN_ID STEP BYTES\n");
     return 2;
