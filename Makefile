@@ -40,8 +40,9 @@ sanitize:
 # The black-box daemon suites against an ASan + UBSan daemon (slower; not in `make test`).
 sanitize-daemon:
 	@$(CMAKE_CONFIGURE) -B $(BUILD)-asan -DCKPTD_SANITIZE=address,undefined >/dev/null
-	@ninja -C $(BUILD)-asan -j$(JOBS) daemon_tests ckptd ckptctl gguf_fixture_writer
+	@ninja -C $(BUILD)-asan -j$(JOBS) daemon_tests shm_tests shm_trainer ckptd ckptctl gguf_fixture_writer
 	@$(BUILD)-asan/tests/integration/daemon_tests --gtest_brief=1
+	@$(BUILD)-asan/tests/integration/shm_tests --gtest_brief=1
 
 fuzz:
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "daemon/base/strings.h"
+#include "daemon/metrics/metrics.h"
 
 namespace ckptd::ingest {
 namespace {
@@ -59,6 +60,7 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view 
   std::lock_guard lock(mu_);
   arena->id = next_id_++;
   arenas_[arena->id] = Entry{arena, peer.connection};
+  metrics::Metrics::Get().AddArenas(1);
   return arena;
 }
 
@@ -81,7 +83,9 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Get(uint64_t id,
 
 void ArenaRegistry::DropConnection(uint64_t connection) {
   std::lock_guard lock(mu_);
-  std::erase_if(arenas_, [&](const auto& kv) { return kv.second.connection == connection; });
+  const size_t dropped =
+      std::erase_if(arenas_, [&](const auto& kv) { return kv.second.connection == connection; });
+  metrics::Metrics::Get().AddArenas(-static_cast<int64_t>(dropped));
 }
 
 size_t ArenaRegistry::size() const {

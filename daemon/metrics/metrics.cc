@@ -47,6 +47,16 @@ void Metrics::RecordCommit(const std::string& run, uint64_t bytes, double second
   durations_[run].Observe(kDurationBounds, seconds);
 }
 
+void Metrics::AddArenas(int64_t delta) {
+  std::lock_guard lock(mu_);
+  arenas_ += delta;
+}
+
+void Metrics::AddSharedQueued(int64_t delta) {
+  std::lock_guard lock(mu_);
+  shared_queued_ += delta;
+}
+
 void Metrics::RecordTrainerStall(const std::string& run, double seconds) {
   std::lock_guard lock(mu_);
   stalls_[run].Observe(kStallBounds, seconds);
@@ -128,6 +138,12 @@ std::string Metrics::Render() const {
   line("# HELP ckptd_save_queue_depth Saves waiting for their run's save slot.");
   line("# TYPE ckptd_save_queue_depth gauge");
   line(fmt::format("ckptd_save_queue_depth {}", queued_));
+  line("# HELP ckptd_shm_arenas Shared-memory arenas registered by trainers.");
+  line("# TYPE ckptd_shm_arenas gauge");
+  line(fmt::format("ckptd_shm_arenas {}", arenas_));
+  line("# HELP ckptd_shm_queued_saves Accepted shared-memory saves not yet committed or failed.");
+  line("# TYPE ckptd_shm_queued_saves gauge");
+  line(fmt::format("ckptd_shm_queued_saves {}", shared_queued_));
   return out;
 }
 

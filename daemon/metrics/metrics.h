@@ -27,6 +27,10 @@ class Metrics {
   // ckptd_save_queue_depth (saves waiting for their run's save slot).
   void AddInFlightBytes(int64_t delta);
   void AddQueued(int delta);
+  // ckptd_shm_arenas (registered shared-memory arenas) and
+  // ckptd_shm_queued_saves (accepted shm saves not yet committed or failed).
+  void AddArenas(int64_t delta);
+  void AddSharedQueued(int64_t delta);
   // ckptd_trainer_stall_seconds{run}: how long a shm-path trainer was blocked
   // staging a save (waiting for a free arena + copying), as it reports.
   void RecordTrainerStall(const std::string& run, double seconds);
@@ -52,6 +56,8 @@ class Metrics {
   std::map<std::pair<std::string, std::string>, uint64_t> deletions_;
   int64_t in_flight_bytes_ = 0;
   int64_t queued_ = 0;
+  int64_t arenas_ = 0;
+  int64_t shared_queued_ = 0;
 };
 
 // A label value escaped for the text format (backslash, quote, newline).

@@ -113,6 +113,7 @@ absl::StatusOr<SharedSaveQueue::Accepted> SharedSaveQueue::Submit(SharedSave sav
   out.save_id = next_id_++;
   q.results[out.save_id] = SharedSaveResult{.step = p.step};
   q.jobs.push_back(Job{out.save_id, std::move(save)});
+  metrics::Metrics::Get().AddSharedQueued(1);
   if (!q.working) {
     if (q.worker.joinable()) q.worker.join();  // finished: it no longer touches mu_
     q.working = true;
@@ -131,6 +132,7 @@ void SharedSaveQueue::Work(const std::string& run_id) {
     lock.lock();
     const uint64_t id = job.id;
     q.jobs.pop_front();  // drops the arena references before the save is reported done
+    metrics::Metrics::Get().AddSharedQueued(-1);
     q.results[id] = std::move(result);
     q.finished.push_back(id);
     while (q.finished.size() > kRememberedResults) {

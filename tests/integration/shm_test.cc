@@ -323,7 +323,7 @@ TEST_F(ShmTest, TrainerKilledRightAfterSaveSharedStillGetsItsCheckpoint) {
   auto client = daemon->Connect();
   ASSERT_TRUE(client->OpenRun(Open("warm-up")).ok());  // the client's connection is up
   const int fds_before = daemon->OpenFds();
-  const uint64_t rss_before = RssBytes(daemon->pid());
+  [[maybe_unused]] const uint64_t rss_before = RssBytes(daemon->pid());
   constexpr size_t kBytes = 64 << 20;
   CommandResult trainer =
       RunCommand({SHM_TRAINER, daemon->target(), "doomed", "7", std::to_string(kBytes)});
@@ -400,6 +400,8 @@ TEST_F(ShmTest, DoubleBufferingOverlapsSavesOnASlowDisk) {
   // The trainer's reported stalls reach the daemon's histogram.
   HttpResponse metrics = HttpGet(daemon->HttpPort(), "/metrics");
   EXPECT_THAT(metrics.body, HasSubstr("ckptd_trainer_stall_seconds_count{run=\"db\"} 3"));
+  EXPECT_THAT(metrics.body, HasSubstr("\nckptd_shm_arenas 2\n"));  // still registered
+  EXPECT_THAT(metrics.body, HasSubstr("\nckptd_shm_queued_saves 0\n"));
 }
 
 TEST_F(ShmTest, SigtermWritesAcceptedSharedSavesBeforeExiting) {
