@@ -176,6 +176,7 @@ def main():
                 "ckptd_max_stall_s": shm["max_stall_s"],
                 "ckptd_durable_s": shm["durable_s"],
                 "ckptd_arena_setup_s": shm["reserve_s"],
+                "ckptd_saveshared_call_s": shm["call_s"],
                 "torch_save_fsync_s": torch_s(scratch, size),
                 "numpy_fsync_s": numpy_s(scratch, size),
                 "stream_durable_s": stream["durable_s"],
@@ -197,7 +198,7 @@ def main():
 
     print(f"ckptd bench on {fs}, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC\n")
     print("trainer stall per save (blocking time) and save call -> durable file, seconds")
-    print(f"{'size':>7} {'memcpy':>8} {'ckptd stall':>11} {'/memcpy':>7} {'torch':>7} "
+    print(f"{'size':>7} {'memcpy':>8} {'ckptd stall':>11} {'/memcpy':>7} {'call':>7} {'torch':>7} "
           f"{'torch/stall':>11} {'numpy':>7} | {'fio MB/s':>8} {'ckptd dur':>9} {'MB/s':>6} "
           f"{'/fio':>5} {'vs torch':>8} | {'stream MB/s':>11} {'rss MiB shm/stream':>18}")
     for r in results:
@@ -205,7 +206,8 @@ def main():
         torch = r["torch_save_fsync_s"]
         mbps = r["bytes"] / r["ckptd_durable_s"] / 1e6
         print(f"{r['bytes'] // MiB:>5}Mi {r['memcpy_s']:>7.3f}s {r['ckptd_stall_s']:>10.3f}s "
-              f"{r['ckptd_stall_s'] / r['memcpy_s']:>6.2f}x {f(torch, '{:.3f}s'):>7} "
+              f"{r['ckptd_stall_s'] / r['memcpy_s']:>6.2f}x "
+              f"{r['ckptd_saveshared_call_s'] * 1000:>5.2f}ms {f(torch, '{:.3f}s'):>7} "
               f"{f(torch and torch / r['ckptd_stall_s'], '{:.0f}x'):>11} "
               f"{r['numpy_fsync_s']:>6.3f}s | {f(fio, '{:.0f}'):>8} "
               f"{r['ckptd_durable_s']:>8.3f}s {mbps:>6.0f} {f(fio and mbps / fio, '{:.2f}'):>5} "
@@ -214,7 +216,9 @@ def main():
               f"{r['shm_daemon_peak_rss_bytes'] / MiB:>8.1f}/{r['stream_daemon_peak_rss_bytes'] / MiB:<9.1f}")
     print("\nmemcpy = one warm single-thread copy into a pre-faulted memfd arena; ckptd stall ="
           "\nCheckpointer.save() blocking time (median of --saves; arenas reserved beforehand:"
-          "\nsee ckptd_arena_setup_s); ckptd dur = that call to the durable, committed step_N.gguf;"
+          "\nsee ckptd_arena_setup_s); call = the part of the stall that is not the copy: the"
+          "\nSaveShared round trip (validate + queue), ckptd_saveshared_call_s;"
+          "\nckptd dur = that call to the durable, committed step_N.gguf;"
           "\ntorch/numpy = save + fsync (their stall and their durable time are the same);"
           "\nstream = the gRPC stream path over the Unix socket, call to durable.")
     os.makedirs("bench/out", exist_ok=True)

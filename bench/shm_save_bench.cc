@@ -3,7 +3,9 @@
 // prints JSON: the trainer's stall per save (the call's blocking time), the
 // time from the call to the durable commit, the one-time arena setup, and
 // the warm single-thread memcpy of the same bytes into a pre-faulted memfd
-// arena (the physical floor for the stall), all measured in this process.
+// arena (the physical floor for the stall), and call_s: the stall minus the
+// copy, i.e. the SaveShared round trip (validate + queue), all measured in
+// this process.
 // SAVES = 0: interactive, for interleaving with other measurements: prints
 // "ready", then saves once per line read from stdin, printing one JSON line
 // ({"stall_s", "durable_s"}) each, and the summary at EOF.
@@ -87,7 +89,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const double reserve_s = Now() - t_reserve;
-  std::vector<double> stalls, durables;
+  std::vector<double> stalls, durables, calls;  // calls: the stall minus the copy
   const bool interactive = saves == 0;
   if (interactive) {
     std::printf("ready\n");
@@ -110,6 +112,9 @@ int main(int argc, char** argv) {
     const double durable = Now() - t0;
     stalls.push_back(stall);
     durables.push_back(durable);
+    calls.push_back(stall - (*cp)->stats().last_copy_s);
+    if (std::getenv("BENCH_VERBOSE"))
+      std::fprintf(stderr, "save %d call %.3f ms\n", k, calls.back() * 1000);
     if (interactive) {
       std::printf("{\"stall_s\": %.6f, \"durable_s\": %.6f}\n", stall, durable);
       std::fflush(stdout);
@@ -118,8 +123,8 @@ int main(int argc, char** argv) {
   if (stalls.empty()) return 1;
   std::printf(
       "{\"memcpy_s\": %.6f, \"stall_s\": %.6f, \"max_stall_s\": %.6f, \"durable_s\": %.6f, "
-      "\"copy_s\": %.6f, \"reserve_s\": %.6f, \"saves\": %d}\n",
+      "\"copy_s\": %.6f, \"call_s\": %.6f, \"reserve_s\": %.6f, \"saves\": %d}\n",
       memcpy_s, Median(stalls), *std::max_element(stalls.begin(), stalls.end()), Median(durables),
-      (*cp)->stats().last_copy_s, reserve_s, static_cast<int>(stalls.size()));
+      (*cp)->stats().last_copy_s, Median(calls), reserve_s, static_cast<int>(stalls.size()));
   return 0;
 }

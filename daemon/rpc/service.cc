@@ -211,6 +211,7 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
   }
+  const double started = scheduler::NowSeconds();
   auto p = ParamsFrom(req->header(), scheduler::SaveKind::kSave);
   if (!p.ok()) return ToGrpc(p.status());
   scheduler::SharedSave save{.params = std::move(*p)};
@@ -245,8 +246,8 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
   }
   resp->set_result(v1::SaveSharedResponse::RESULT_ACCEPTED);
   resp->set_save_id(accepted->save_id);
-  spdlog::debug("shared save queued run={} step={} save={} trainer_stall={:.4f}s", run_id, step,
-                accepted->save_id, req->trainer_stall_s());
+  spdlog::debug("shared save queued run={} step={} save={} validated+queued in {:.3f}ms", run_id,
+                step, accepted->save_id, (scheduler::NowSeconds() - started) * 1000);
   return grpc::Status::OK;
 }
 
