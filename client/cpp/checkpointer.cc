@@ -193,7 +193,7 @@ void Checkpointer::Account(double stall_s) {
 absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
                                          const std::vector<TensorView>& tensors,
                                          const std::map<std::string, double>& metrics,
-                                         const SaveOptions& options) {
+                                         const SaveOptions& options, bool final_snapshot) {
   std::vector<uint64_t> offsets;
   size_t total = kTensorAlign;  // the first 64 bytes hold the progress counter
   for (const TensorView& t : tensors) {
@@ -206,6 +206,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
     shared_ = false;
     stats_.shared_memory = false;
     slots_.clear();
+    if (final_snapshot) return false;  // close() sends it with CloseRun
     auto r = run_->save(step, tensors, metrics, options);
     if (!r.ok()) return r.status();
     return r->result() == v1::SaveResponse::RESULT_COMMITTED;
@@ -240,7 +241,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
     copy();
   }
   auto r = run_->save_shared(step, tensors, locations, metrics, options, 0,
-                             options_.overlap_copy ? &progress : nullptr);
+                             options_.overlap_copy ? &progress : nullptr, final_snapshot);
   if (!r.ok()) return r.status();
   if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
     stats_.skipped++;
@@ -317,8 +318,26 @@ absl::StatusOr<v1::CloseRunResponse> Checkpointer::close(
     uint64_t step, const std::vector<TensorView>& tensors,
     const std::map<std::string, double>& metrics) {
   absl::Status waited = wait();
-  auto r = run_->close(step, tensors, metrics);
+  std::optional<v1::WaitSavedResponse> final;
+  bool final_sent = false;
+  if (shared_ && !tensors.empty() && waited.ok()) {
+    auto staged = Stage(Now(), step, tensors, metrics, SaveOptions{}, /*final_snapshot=*/true);
+    if (!staged.ok()) return staged.status();
+    final_sent = *staged || shared_;  // staged, or skipped by the run's final_on_close
+    if (*staged) {
+      if (absl::Status st = wait(); !st.ok()) return st;
+      final = finished_.back();
+    }
+  }
+  auto r = run_->close(step, final_sent ? std::vector<TensorView>{} : tensors, metrics);
   if (!waited.ok()) return waited;
+  if (r.ok() && final) {
+    v1::SaveResponse* s = r->mutable_final_save();
+    s->set_result(v1::SaveResponse::RESULT_COMMITTED);
+    s->set_reason("final snapshot");
+    *s->mutable_checkpoint() = final->checkpoint();
+    *s->mutable_timings() = final->timings();
+  }
   return r;
 }
 

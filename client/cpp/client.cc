@@ -120,7 +120,8 @@ absl::StatusOr<v1::SaveResponse> Run::save(uint64_t step, const std::vector<Tens
 absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
     uint64_t step, const std::vector<TensorView>& tensors,
     const std::vector<v1::TensorLocation>& locations, const std::map<std::string, double>& metrics,
-    const SaveOptions& options, double trainer_stall_s, const v1::TensorLocation* progress) {
+    const SaveOptions& options, double trainer_stall_s, const v1::TensorLocation* progress,
+    bool final_snapshot) {
   v1::SaveSharedRequest req;
   v1::SaveHeader* h = req.mutable_header();
   *h = Header(id(), step, tensors, metrics);
@@ -130,6 +131,7 @@ absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
   for (const auto& loc : locations) *req.add_locations() = loc;
   req.set_trainer_stall_s(trainer_stall_s);
   if (progress != nullptr) *req.mutable_progress() = *progress;
+  req.set_final_snapshot(final_snapshot);
   grpc::ClientContext ctx;
   v1::SaveSharedResponse resp;
   grpc::Status st = client_->stub().SaveShared(&ctx, req, &resp);

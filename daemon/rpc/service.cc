@@ -212,7 +212,8 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
   }
   const double started = scheduler::NowSeconds();
-  auto p = ParamsFrom(req->header(), scheduler::SaveKind::kSave);
+  auto p = ParamsFrom(req->header(), req->final_snapshot() ? scheduler::SaveKind::kClose
+                                                           : scheduler::SaveKind::kSave);
   if (!p.ok()) return ToGrpc(p.status());
   scheduler::SharedSave save{.params = std::move(*p)};
   for (int i = 0; i < req->locations_size(); ++i) {

@@ -91,8 +91,16 @@ absl::StatusOr<SharedSaveQueue::Accepted> SharedSaveQueue::Submit(SharedSave sav
         return Accepted{.skipped = true, .reason = d.reason};
       }
       out.reason = d.reason;
+    } else if (p.kind == SaveKind::kClose) {
+      if (!registry_->EffectiveSchedule(*run).final_on_close) {
+        metrics::Metrics::Get().CountSave(p.run_id, "skipped");
+        return Accepted{.skipped = true, .reason = "final_on_close is off for this run"};
+      }
+      out.reason = "final snapshot";
+      // As on CloseRun: the final snapshot replaces a checkpoint at its step.
+      if (q.jobs.empty() && run->dir()->Find(p.step) != nullptr) p.overwrite = true;
     } else {
-      out.reason = p.kind == SaveKind::kClose ? "final snapshot" : "forced";
+      out.reason = "forced";
     }
     CKPTD_TRY(CheckOrder(*run, q, p));
   }

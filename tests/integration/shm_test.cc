@@ -70,6 +70,7 @@ v1::OpenRunRequest Open(const std::string& run_id, uint64_t every_steps = 100) {
   arch.mutable_value()->set_string_value("llama");
   *req.add_model_metadata() = arch;
   req.mutable_schedule()->set_every_steps(every_steps);
+  req.mutable_schedule()->set_final_on_close(true);
   return req;
 }
 
@@ -210,6 +211,16 @@ TEST_F(ShmTest, SharedSaveWritesTheSameTensorsAndUuidAsAStreamSave) {
     }
   }
   EXPECT_EQ(fs::read_symlink(Weights("via-shm") + "/latest"), "step_200.gguf");
+
+  // The final snapshot goes through shared memory too, then the run ends.
+  Tensors last(300.0f, {1 << 20});
+  auto closed = (*cp)->close(250, last.views, {{"loss", 1.5}});
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->run().state(), v1::RUN_STATE_FINISHED);
+  EXPECT_EQ(closed->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
+  EXPECT_EQ(closed->final_save().checkpoint().step(), 250u);
+  EXPECT_EQ(Parse(Weights("via-shm") + "/step_250.gguf").Meta("ckpt.transport"), "shm");
+  EXPECT_EQ(fs::read_symlink(Weights("via-shm") + "/latest"), "step_250.gguf");
 }
 
 TEST_F(ShmTest, UnsealedOrForeignFdsAndBadTokensAreRefused) {
@@ -571,6 +582,31 @@ TEST_F(ShmTest, OnlyTheDaemonsUidRootAndAllowedUidsMayRegisterArenas) {
   EXPECT_THAT(refused.out, HasSubstr("PERMISSION_DENIED"));
   EXPECT_THAT(refused.out, HasSubstr("uid 65533 may not register arenas"));
   EXPECT_THAT(refused.out, HasSubstr("shm.allowed_uids"));
+}
+
+}  // namespace
+}  // namespace ckptd::testing
+
+namespace ckptd::testing {
+namespace {
+
+TEST_F(ShmTest, CloseWithoutFinalOnCloseWritesNoFinalSnapshot) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  v1::OpenRunRequest req = Open("no-final", 10);
+  req.mutable_schedule()->set_final_on_close(false);
+  auto run = client->OpenRun(req);
+  ASSERT_TRUE(run.ok());
+  auto cp = Checkpointer::Create(run->get());
+  ASSERT_TRUE(cp.ok() && (*cp)->stats().shared_memory);
+  Tensors t(5.0f, {1000});
+  ASSERT_TRUE(*(*cp)->maybe_save(10, t.views));
+  auto closed = (*cp)->close(15, t.views);
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->run().state(), v1::RUN_STATE_FINISHED);
+  EXPECT_EQ(closed->run().last_step(), 10u);
+  EXPECT_NE(closed->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
+  EXPECT_EQ(Files("no-final"), (std::vector<std::string>{"latest", "step_10.gguf"}));
 }
 
 }  // namespace

@@ -71,7 +71,8 @@ class Checkpointer {
   // Blocks until every staged save is committed; the first failure since
   // the last wait() is returned.
   absl::Status wait();
-  // wait(), then the final snapshot (if tensors are given) and the run's end.
+  // wait(), then the final snapshot (if tensors are given; through shared
+  // memory when in use, and waited for) and the run's end.
   absl::StatusOr<v1::CloseRunResponse> close(uint64_t step = 0,
                                              const std::vector<TensorView>& tensors = {},
                                              const std::map<std::string, double>& metrics = {});
@@ -94,9 +95,11 @@ class Checkpointer {
   // Polls (timeout 0) or waits for the slot's save; the slot is free after.
   absl::StatusOr<bool> Settle(Slot& slot, double timeout_s);
   absl::StatusOr<Slot*> FreeSlot(double* waited_s);
+  // Copies into a free arena and calls SaveShared. false: skipped, or (for a
+  // final snapshot) not sent because the arenas failed and shared_ is now off.
   absl::StatusOr<bool> Stage(double t0, uint64_t step, const std::vector<TensorView>& tensors,
                              const std::map<std::string, double>& metrics,
-                             const SaveOptions& options);
+                             const SaveOptions& options, bool final_snapshot = false);
   // Copies in order, advancing `progress` (tensor bytes in place) as each
   // piece lands; several threads for large saves.
   void Copy(char* dst, uint64_t* progress, const std::vector<TensorView>& tensors,

@@ -77,7 +77,8 @@ class Run {
       uint64_t step, const std::vector<TensorView>& tensors,
       const std::vector<v1::TensorLocation>& locations,
       const std::map<std::string, double>& metrics = {}, const SaveOptions& options = {},
-      double trainer_stall_s = 0, const v1::TensorLocation* progress = nullptr);
+      double trainer_stall_s = 0, const v1::TensorLocation* progress = nullptr,
+      bool final_snapshot = false);
   // A shared-memory save's state, waiting up to timeout_s for it to finish;
   // trainer_stall_s > 0 reports the save's stall (once per save).
   absl::StatusOr<v1::WaitSavedResponse> wait_saved(uint64_t save_id, double timeout_s,
