@@ -9,13 +9,16 @@
 // SAVES = 0: interactive, for interleaving with other measurements: prints
 // "ready", then saves once per line read from stdin, printing one JSON line
 // ({"stall_s", "durable_s"}) each, and the summary at EOF.
+// BENCH_OVERLAP=1 in the environment: CheckpointerOptions::overlap_copy.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "bench/bench_run.h"
 #include "client/cpp/ckptd/arena.h"
 #include "client/cpp/ckptd/checkpointer.h"
 
@@ -41,28 +44,10 @@ int main(int argc, char** argv) {
   const int saves = std::stoi(argv[4]);
   auto client = ckptd::Client::Connect(argv[1]);
   if (!client.ok()) return 1;
-  ckptd::v1::OpenRunRequest open;
-  open.set_run_id(argv[2]);
-  auto* arch = open.add_model_metadata();
-  arch->set_key("general.architecture");
-  arch->mutable_value()->set_string_value("llama");
-  auto run = (*client)->OpenRun(open);
-  if (!run.ok()) {
-    std::fprintf(stderr, "OpenRun: %s\n", std::string(run.status().message()).c_str());
-    return 1;
-  }
-  constexpr size_t kTensor = 64 << 20;
+  auto run = ckptd::bench::OpenBenchRun(**client, argv[2]);
+  if (run == nullptr) return 1;
   std::vector<char> data(bytes);
-  for (size_t i = 0; i < bytes; i += 4096) data[i] = static_cast<char>(i >> 12);  // pre-faulted
-  std::vector<ckptd::TensorView> views;
-  for (size_t at = 0, i = 0; at < bytes; at += kTensor, ++i) {
-    size_t n = std::min(kTensor, bytes - at);
-    views.push_back({"blk." + std::to_string(i) + ".weight",
-                     ckptd::v1::TENSOR_TYPE_F32,
-                     {n / 4},
-                     data.data() + at,
-                     n});
-  }
+  const std::vector<ckptd::TensorView> views = ckptd::bench::BenchTensors(data);
 
   // The floor: one warm memcpy of the same bytes into a pre-faulted arena.
   double memcpy_s = 1e9;
@@ -77,8 +62,9 @@ int main(int argc, char** argv) {
   }
 
   std::string notice;
-  auto cp =
-      ckptd::Checkpointer::Create(run->get(), {.log = [&](const std::string& l) { notice = l; }});
+  auto cp = ckptd::Checkpointer::Create(run.get(),
+                                        {.overlap_copy = std::getenv("BENCH_OVERLAP") != nullptr,
+                                         .log = [&](const std::string& l) { notice = l; }});
   if (!cp.ok() || !(*cp)->stats().shared_memory) {
     std::fprintf(stderr, "no shared-memory path: %s\n", notice.c_str());
     return 1;

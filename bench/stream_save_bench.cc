@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_run.h"
 #include "client/cpp/ckptd/client.h"
 
 int main(int argc, char** argv) {
@@ -18,30 +19,12 @@ int main(int argc, char** argv) {
   const size_t bytes = std::stoull(argv[4]);
   auto client = ckptd::Client::Connect(argv[1]);
   if (!client.ok()) return 1;
-  ckptd::v1::OpenRunRequest open;
-  open.set_run_id(argv[2]);
-  auto* arch = open.add_model_metadata();
-  arch->set_key("general.architecture");
-  arch->mutable_value()->set_string_value("llama");
-  auto run = (*client)->OpenRun(open);
-  if (!run.ok()) {
-    std::fprintf(stderr, "OpenRun: %s\n", std::string(run.status().message()).c_str());
-    return 1;
-  }
-  constexpr size_t kTensor = 64 << 20;
+  auto run = ckptd::bench::OpenBenchRun(**client, argv[2]);
+  if (run == nullptr) return 1;
   std::vector<char> data(bytes);
-  for (size_t i = 0; i < bytes; i += 4096) data[i] = static_cast<char>(i >> 12);  // pre-faulted
-  std::vector<ckptd::TensorView> views;
-  for (size_t at = 0, i = 0; at < bytes; at += kTensor, ++i) {
-    size_t n = std::min(kTensor, bytes - at);
-    views.push_back({"blk." + std::to_string(i) + ".weight",
-                     ckptd::v1::TENSOR_TYPE_F32,
-                     {n / 4},
-                     data.data() + at,
-                     n});
-  }
+  const std::vector<ckptd::TensorView> views = ckptd::bench::BenchTensors(data);
   auto t0 = std::chrono::steady_clock::now();
-  auto r = (*run)->save(step, views, {}, {.force = true});
+  auto r = run->save(step, views, {}, {.force = true});
   double call_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!r.ok()) {
     std::fprintf(stderr, "Save: %s\n", std::string(r.status().message()).c_str());

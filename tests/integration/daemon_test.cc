@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "health.grpc.pb.h"
+#include "tests/integration/daemon_fixture.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -105,27 +106,7 @@ v1::SaveRequest OneTensorHeader(const std::string& run, uint64_t step, uint64_t 
   return msg;
 }
 
-class DaemonTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    root_ = tmp_.Join("root");
-    fs::create_directories(root_);
-  }
-
-  std::unique_ptr<DaemonProcess> StartDaemon(std::map<std::string, std::string> env = {},
-                                             std::vector<std::string> args = {}) {
-    auto d = std::make_unique<DaemonProcess>(DaemonOptions{root_, std::move(args), std::move(env)});
-    d->Start();
-    return d;
-  }
-  std::string Weights(const std::string& run) const { return root_ + "/" + run + "/weights"; }
-  std::string Latest(const std::string& run) const {
-    return fs::read_symlink(Weights(run) + "/latest");
-  }
-
-  TempDir tmp_;
-  std::string root_;
-};
+using DaemonTest = DaemonFixture;
 
 TEST_F(DaemonTest, SavesStepsWithLatestProvenanceAndContentUuids) {
   auto daemon = StartDaemon();

@@ -16,6 +16,7 @@
 #include "client/cpp/ckptd/checkpointer.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/reader.h"
+#include "tests/integration/daemon_fixture.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -133,29 +134,23 @@ bool Eventually(F pred, std::chrono::milliseconds limit = std::chrono::seconds(3
   return pred();
 }
 
-class ShmTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    root_ = tmp_.Join("root");
-    fs::create_directories(root_);
-  }
-  std::unique_ptr<DaemonProcess> StartDaemon(std::map<std::string, std::string> env = {},
-                                             std::vector<std::string> args = {}) {
-    auto d = std::make_unique<DaemonProcess>(DaemonOptions{root_, std::move(args), std::move(env)});
-    d->Start();
-    return d;
-  }
-  std::string Weights(const std::string& run) const { return root_ + "/" + run + "/weights"; }
-  std::vector<std::string> Files(const std::string& run) const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(Weights(run))) out.push_back(e.path().filename());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
+using ShmTest = DaemonFixture;
 
-  TempDir tmp_;
-  std::string root_;
-};
+// A Checkpointer on a run the shm path cannot serve: one notice containing
+// `notice`, then stream saves.
+std::unique_ptr<Checkpointer> ExpectStreamFallback(ckptd::Run* run, const std::string& notice) {
+  EXPECT_TRUE(run->opened().arena_socket().empty());
+  std::vector<std::string> notices;
+  auto cp = Checkpointer::Create(run, {.log = [&](const std::string& l) { notices.push_back(l); }});
+  EXPECT_TRUE(cp.ok());
+  if (!cp.ok()) return nullptr;
+  EXPECT_FALSE((*cp)->stats().shared_memory);
+  EXPECT_EQ(notices.size(), 1u);
+  if (!notices.empty()) {
+    EXPECT_THAT(notices[0], HasSubstr(notice));
+  }
+  return std::move(*cp);
+}
 
 TEST_F(ShmTest, SharedSaveWritesTheSameTensorsAndUuidAsAStreamSave) {
   auto daemon = StartDaemon();
@@ -436,18 +431,12 @@ TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
   auto client = daemon->Connect();
   auto run = client->OpenRun(Open("nos", 10));
   ASSERT_TRUE(run.ok());
-  EXPECT_TRUE((*run)->opened().arena_socket().empty());
-  std::vector<std::string> notices;
-  auto cp = Checkpointer::Create(run->get(),
-                                 {.log = [&](const std::string& l) { notices.push_back(l); }});
-  ASSERT_TRUE(cp.ok());
-  EXPECT_FALSE((*cp)->stats().shared_memory);
-  ASSERT_EQ(notices.size(), 1u);
-  EXPECT_THAT(notices[0], HasSubstr("stream path"));
+  auto cp = ExpectStreamFallback(run->get(), "shared-memory saves off");
+  ASSERT_NE(cp, nullptr);
   Tensors t(2.0f, {1000});
-  EXPECT_FALSE(*(*cp)->maybe_save(5, t.views));
-  EXPECT_TRUE(*(*cp)->maybe_save(10, t.views));
-  ASSERT_TRUE((*cp)->wait().ok());
+  EXPECT_FALSE(*cp->maybe_save(5, t.views));
+  EXPECT_TRUE(*cp->maybe_save(10, t.views));
+  ASSERT_TRUE(cp->wait().ok());
   EXPECT_EQ(Parse(Weights("nos") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
   auto r = (*run)->save_shared(20, t.views, {}, {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
@@ -467,16 +456,10 @@ TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
   auto client = daemon->Connect();
   auto run = client->OpenRun(Open("remote", 10));
   ASSERT_TRUE(run.ok()) << run.status();
-  EXPECT_TRUE((*run)->opened().arena_socket().empty());  // no Unix socket: shm off
-  std::vector<std::string> notices;
-  auto cp = Checkpointer::Create(run->get(),
-                                 {.log = [&](const std::string& l) { notices.push_back(l); }});
-  ASSERT_TRUE(cp.ok());
-  EXPECT_FALSE((*cp)->stats().shared_memory);
-  ASSERT_EQ(notices.size(), 1u);
-  EXPECT_THAT(notices[0], HasSubstr("is remote"));
+  auto cp = ExpectStreamFallback(run->get(), "is remote");  // no Unix socket: shm off
+  ASSERT_NE(cp, nullptr);
   Tensors t(4.0f, {2000});
-  EXPECT_TRUE(*(*cp)->maybe_save(10, t.views));
+  EXPECT_TRUE(*cp->maybe_save(10, t.views));
   EXPECT_EQ(Parse(Weights("remote") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
   EXPECT_THAT(daemon->Log(), HasSubstr("shm: off (the API listens on TCP"));
 }
