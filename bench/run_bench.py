@@ -200,7 +200,7 @@ def main():
     print("trainer stall per save (blocking time) and save call -> durable file, seconds")
     print(f"{'size':>7} {'memcpy':>8} {'ckptd stall':>11} {'/memcpy':>7} {'call':>7} {'torch':>7} "
           f"{'torch/stall':>11} {'numpy':>7} | {'fio MB/s':>8} {'ckptd dur':>9} {'MB/s':>6} "
-          f"{'/fio':>5} {'vs torch':>8} | {'stream MB/s':>11} {'rss MiB shm/stream':>18}")
+          f"{'/fio':>5} {'vs torch':>8} {'vs numpy':>8} | {'stream MB/s':>11} {'rss MiB shm/stream':>18}")
     for r in results:
         fio = r["fio_direct_MBps"]
         torch = r["torch_save_fsync_s"]
@@ -211,7 +211,8 @@ def main():
               f"{f(torch and torch / r['ckptd_stall_s'], '{:.0f}x'):>11} "
               f"{r['numpy_fsync_s']:>6.3f}s | {f(fio, '{:.0f}'):>8} "
               f"{r['ckptd_durable_s']:>8.3f}s {mbps:>6.0f} {f(fio and mbps / fio, '{:.2f}'):>5} "
-              f"{f(torch and torch / r['ckptd_durable_s'], '{:.2f}x'):>8} | "
+              f"{f(torch and torch / r['ckptd_durable_s'], '{:.2f}x'):>8} "
+              f"{r['numpy_fsync_s'] / r['ckptd_durable_s']:>7.2f}x | "
               f"{r['stream_MBps']:>11.0f} "
               f"{r['shm_daemon_peak_rss_bytes'] / MiB:>8.1f}/{r['stream_daemon_peak_rss_bytes'] / MiB:<9.1f}")
     print("\nmemcpy = one warm single-thread copy into a pre-faulted memfd arena; ckptd stall ="
