@@ -209,7 +209,13 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
     if (final_snapshot) return false;  // close() sends it with CloseRun
     auto r = run_->save(step, tensors, metrics, options);
     if (!r.ok()) return r.status();
-    return r->result() == v1::SaveResponse::RESULT_COMMITTED;
+    if (r->result() != v1::SaveResponse::RESULT_COMMITTED) {
+      stats_.skipped++;
+      return false;
+    }
+    stats_.saves++;
+    Account(Now() - t0);
+    return true;
   }
   double waited = 0;
   auto slot = FreeSlot(&waited);
