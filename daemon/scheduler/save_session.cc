@@ -67,7 +67,7 @@ absl::Status CheckAcceptsSaves(const Run& run) {
   return absl::OkStatus();
 }
 
-void ReportRefused(Run& run, uint64_t step, const absl::Status& why) {
+void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail) {
   metrics::Metrics::Get().CountSave(run.id(), "failed");
   std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   {
@@ -75,7 +75,7 @@ void ReportRefused(Run& run, uint64_t step, const absl::Status& why) {
     run.last_error = error;
     if (IsWriteError(why)) run.write_error = error;
   }
-  spdlog::warn("save failed run={} step={} error=\"{}\"", run.id(), step, error);
+  spdlog::warn("save failed run={} step={} {}error=\"{}\"", run.id(), step, detail, error);
   run.Publish({.type = Event::Type::kFailed,
                .run_id = run.id(),
                .step = step,
@@ -271,23 +271,13 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
 void SaveSession::Fail(const absl::Status& why) {
   if (done_) return;
   done_ = true;
-  metrics::Metrics::Get().CountSave(params_.run_id, "failed");
   if (writer_)
     metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
-  std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   {
     std::lock_guard lock(run_->mu);
-    run_->last_error = error;
-    if (IsWriteError(why)) run_->write_error = error;
     LeaveInFlight();
   }
-  spdlog::warn("save failed run={} step={} after={:.3f}s error=\"{}\"", params_.run_id,
-               params_.step, NowSeconds() - start_s_, error);
-  run_->Publish({.type = Event::Type::kFailed,
-                 .run_id = params_.run_id,
-                 .step = params_.step,
-                 .error = error,
-                 .time_utc = FormatUtc(NowSeconds())});
+  RecordFailure(*run_, params_.step, why, fmt::format("after={:.3f}s ", NowSeconds() - start_s_));
 }
 
 }  // namespace ckptd::scheduler

@@ -45,9 +45,10 @@ struct SaveTimings {
 // (run.mu held). FAILED_PRECONDITION naming what to call otherwise.
 absl::Status CheckAcceptsSaves(const Run& run);
 
-// Records a save that failed before it had a session (a queued shm save that
-// Begin refused): the run's last error, a FAILED event, the log, the metric.
-void ReportRefused(Run& run, uint64_t step, const absl::Status& why);
+// Records a failed save: the run's last error (and write error for I/O
+// failures), a FAILED event, the log line (with `detail`), the metric. Used by
+// sessions and for queued shm saves that Begin refused.
+void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail = "");
 
 class SaveSession {
  public:

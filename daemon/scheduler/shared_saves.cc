@@ -163,7 +163,7 @@ SharedSaveResult SharedSaveQueue::Execute(SharedSave& save) {
   auto session = SaveSession::Begin(registry_, save.params);
   if (!session.ok()) {
     if (auto run = registry_->Get(save.params.run_id); run.ok()) {
-      ReportRefused(**run, save.params.step, session.status());
+      RecordFailure(**run, save.params.step, session.status());
     }
     return fail(session.status());
   }
