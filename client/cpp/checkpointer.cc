@@ -64,7 +64,6 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Create(Run* run,
     c->Log("run " + run->id() + ": shared-memory saves unavailable (" + std::string(st.message()) +
            "); saving over the stream path");
   }
-  c->stats_.shared_memory = c->shared_;
   return c;
 }
 
@@ -204,7 +203,6 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
     Log("run " + run_->id() + ": cannot set up shared-memory arenas (" + std::string(st.message()) +
         "); saving over the stream path from now on");
     shared_ = false;
-    stats_.shared_memory = false;
     slots_.clear();
     if (final_snapshot) return false;  // close() sends it with CloseRun
     auto r = run_->save(step, tensors, metrics, options);

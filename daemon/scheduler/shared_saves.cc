@@ -175,6 +175,8 @@ SharedSaveResult SharedSaveQueue::Execute(SharedSave& save) {
       return fail(mapped.status());
     }
     counter = std::move(*mapped);
+    spdlog::info("shared save run={} step={} staged progressively: writing as the trainer copies",
+                 save.params.run_id, save.params.step);
   }
   const uint64_t total = (*session)->expected_bytes();
   uint64_t done = 0;  // tensor bytes written so far

@@ -442,12 +442,6 @@ TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
 }
 
-}  // namespace
-}  // namespace ckptd::testing
-
-namespace ckptd::testing {
-namespace {
-
 TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
   // A different port than daemon_test's TCP test, so the suites can run in parallel.
   const std::string listen = "127.0.0.1:" + std::to_string(40000 + ::getpid() % 20000);
@@ -463,12 +457,6 @@ TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
   EXPECT_EQ(Parse(Weights("remote") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
   EXPECT_THAT(daemon->Log(), HasSubstr("shm: off (the API listens on TCP"));
 }
-
-}  // namespace
-}  // namespace ckptd::testing
-
-namespace ckptd::testing {
-namespace {
 
 TEST_F(ShmTest, OverlappedCopyWritesTheSameBytesAsACopyFirstSave) {
   auto daemon = StartDaemon();
@@ -488,6 +476,9 @@ TEST_F(ShmTest, OverlappedCopyWritesTheSameBytesAsACopyFirstSave) {
   ParsedFile y = Parse(Weights("copy-first") + "/step_100.gguf");
   EXPECT_TRUE(x.Data() == y.Data());
   EXPECT_EQ(x.Meta("general.uuid"), y.Meta("general.uuid"));
+  // Only the overlapped one took the progressive path.
+  EXPECT_THAT(daemon->Log(), HasSubstr("run=overlap step=100 staged progressively"));
+  EXPECT_THAT(daemon->Log(), ::testing::Not(HasSubstr("run=copy-first step=100 staged")));
 }
 
 TEST_F(ShmTest, AStalledProgressCounterFailsTheSaveAndLeavesNothing) {
@@ -534,12 +525,6 @@ TEST_F(ShmTest, AStalledProgressCounterFailsTheSaveAndLeavesNothing) {
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("8-byte aligned"));
 }
 
-}  // namespace
-}  // namespace ckptd::testing
-
-namespace ckptd::testing {
-namespace {
-
 TEST_F(ShmTest, OnlyTheDaemonsUidRootAndAllowedUidsMayRegisterArenas) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a peer as other uids";
   const std::string config = tmp_.Join("ckptd.toml");
@@ -566,12 +551,6 @@ TEST_F(ShmTest, OnlyTheDaemonsUidRootAndAllowedUidsMayRegisterArenas) {
   EXPECT_THAT(refused.out, HasSubstr("uid 65533 may not register arenas"));
   EXPECT_THAT(refused.out, HasSubstr("shm.allowed_uids"));
 }
-
-}  // namespace
-}  // namespace ckptd::testing
-
-namespace ckptd::testing {
-namespace {
 
 TEST_F(ShmTest, CloseWithoutFinalOnCloseWritesNoFinalSnapshot) {
   auto daemon = StartDaemon();

@@ -78,7 +78,11 @@ class Checkpointer {
                                              const std::vector<TensorView>& tensors = {},
                                              const std::map<std::string, double>& metrics = {});
 
-  const CheckpointerStats& stats() const { return stats_; }
+  CheckpointerStats stats() const {
+    CheckpointerStats s = stats_;
+    s.shared_memory = shared_;
+    return s;
+  }
   // The committed checkpoints reported by finished shm saves, oldest first.
   const std::vector<v1::WaitSavedResponse>& finished() const { return finished_; }
 
