@@ -54,7 +54,8 @@ class WritableFile {
   virtual absl::Status WriteAt(uint64_t offset, std::string_view data) = 0;
   // Writes everything out and fdatasyncs: the bytes are durable when it returns.
   virtual absl::Status Sync() = 0;
-  // Checked close (a close error loses data on some filesystems).
+  // Checked close (a close error loses data on some filesystems). Only after
+  // Sync(): FAILED_PRECONDITION if appended bytes were never synced.
   virtual absl::Status Close() = 0;
   virtual uint64_t size() const = 0;
   virtual bool direct() const = 0;  // O_DIRECT in use
@@ -104,9 +105,56 @@ class Env {
   virtual absl::StatusOr<std::string> RealPath(const std::string& path) = 0;
 };
 
-// Writes `data` to `path` durably and atomically: temp file in the same
-// directory, write, fdatasync, close, rename, fsync the directory; the temp
-// is removed on any failure. For small state files (not checkpoints).
+// Forwards every call to another Env, so a test env overrides only what it
+// changes (leveldb's EnvWrapper). `target` must outlive the wrapper.
+class EnvWrapper : public Env {
+ public:
+  explicit EnvWrapper(Env* target) : target_(target) {}
+  Env* target() const { return target_; }
+
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(const std::string& path) override {
+    return target_->OpenForRead(path);
+  }
+  absl::StatusOr<std::unique_ptr<MappedFile>> MapForRead(const std::string& path) override {
+    return target_->MapForRead(path);
+  }
+  absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
+                                                                DirectIo direct) override {
+    return target_->NewWritableFile(path, direct);
+  }
+  absl::Status RenameFile(const std::string& from, const std::string& to) override {
+    return target_->RenameFile(from, to);
+  }
+  absl::Status Symlink(const std::string& target, const std::string& link) override {
+    return target_->Symlink(target, link);
+  }
+  absl::StatusOr<std::string> ReadLink(const std::string& link) override {
+    return target_->ReadLink(link);
+  }
+  absl::Status SyncDir(const std::string& dir) override { return target_->SyncDir(dir); }
+  absl::Status RemoveFile(const std::string& path) override { return target_->RemoveFile(path); }
+  absl::Status CreateDirs(const std::string& path) override { return target_->CreateDirs(path); }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
+    return target_->ListDir(dir);
+  }
+  absl::StatusOr<FileStat> Stat(const std::string& path) override { return target_->Stat(path); }
+  absl::StatusOr<FsSpace> Space(const std::string& path) override { return target_->Space(path); }
+  absl::StatusOr<std::string> RealPath(const std::string& path) override {
+    return target_->RealPath(path);
+  }
+
+ private:
+  Env* target_;
+};
+
+// The one temp-name recipe: ".<final_name>.tmp-<16 hex digits>" in the same
+// directory (storage/file_names.h parses it back for recovery).
+inline constexpr std::string_view kTempMarker = ".tmp-";
+std::string TempName(std::string_view final_name);
+
+// Writes `data` to `path` durably and atomically: temp file (TempName) in
+// the same directory, write, fdatasync, close, rename, fsync the directory;
+// the temp is removed on any failure. For small state files (not checkpoints).
 absl::Status WriteFileAtomically(Env* env, const std::string& path, std::string_view data);
 
 // Reads a whole (small) file.

@@ -152,51 +152,32 @@ class FaultWritableFile final : public WritableFile {
   std::shared_ptr<Faults> faults_;
 };
 
-class FaultInjectionEnv final : public Env {
+class FaultInjectionEnv final : public EnvWrapper {
  public:
   FaultInjectionEnv(Env* base, Rules rules)
-      : base_(base), faults_(std::make_shared<Faults>(rules)) {}
+      : EnvWrapper(base), faults_(std::make_shared<Faults>(rules)) {}
 
-  absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(const std::string& path) override {
-    return base_->OpenForRead(path);
-  }
-  absl::StatusOr<std::unique_ptr<MappedFile>> MapForRead(const std::string& path) override {
-    return base_->MapForRead(path);
-  }
   absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
                                                                 DirectIo direct) override {
     return faults_->Run(kOpen, path, [&]() -> absl::StatusOr<std::unique_ptr<WritableFile>> {
-      CKPTD_ASSIGN_OR_RETURN(auto file, base_->NewWritableFile(path, direct));
+      CKPTD_ASSIGN_OR_RETURN(auto file, target()->NewWritableFile(path, direct));
       return std::unique_ptr<WritableFile>(new FaultWritableFile(std::move(file), faults_));
     });
   }
   absl::Status RenameFile(const std::string& from, const std::string& to) override {
-    return faults_->Run(kRename, to, [&] { return base_->RenameFile(from, to); });
+    return faults_->Run(kRename, to, [&] { return target()->RenameFile(from, to); });
   }
-  absl::Status Symlink(const std::string& target, const std::string& link) override {
-    return faults_->Run(kSymlink, link, [&] { return base_->Symlink(target, link); });
-  }
-  absl::StatusOr<std::string> ReadLink(const std::string& link) override {
-    return base_->ReadLink(link);
+  absl::Status Symlink(const std::string& target_name, const std::string& link) override {
+    return faults_->Run(kSymlink, link, [&] { return target()->Symlink(target_name, link); });
   }
   absl::Status SyncDir(const std::string& dir) override {
-    return faults_->Run(kSyncDir, dir, [&] { return base_->SyncDir(dir); });
+    return faults_->Run(kSyncDir, dir, [&] { return target()->SyncDir(dir); });
   }
   absl::Status RemoveFile(const std::string& path) override {
-    return faults_->Run(kRemove, path, [&] { return base_->RemoveFile(path); });
-  }
-  absl::Status CreateDirs(const std::string& path) override { return base_->CreateDirs(path); }
-  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
-    return base_->ListDir(dir);
-  }
-  absl::StatusOr<FileStat> Stat(const std::string& path) override { return base_->Stat(path); }
-  absl::StatusOr<FsSpace> Space(const std::string& path) override { return base_->Space(path); }
-  absl::StatusOr<std::string> RealPath(const std::string& path) override {
-    return base_->RealPath(path);
+    return faults_->Run(kRemove, path, [&] { return target()->RemoveFile(path); });
   }
 
  private:
-  Env* base_;
   std::shared_ptr<Faults> faults_;
 };
 

@@ -7,11 +7,16 @@
 
 namespace ckptd::env {
 
+std::string TempName(std::string_view final_name) {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return fmt::format(".{}{}{:016x}", final_name, kTempMarker, rng());
+}
+
 absl::Status WriteFileAtomically(Env* env, const std::string& path, std::string_view data) {
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
   std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  std::string tmp = StrCat(dir, "/.", name, ".tmp-", std::random_device{}());
+  std::string tmp = StrCat(dir, "/", TempName(name));
   auto write = [&]() -> absl::Status {
     CKPTD_ASSIGN_OR_RETURN(auto file, env->NewWritableFile(tmp, DirectIo::kOff));
     CKPTD_TRY(file->Append(data));

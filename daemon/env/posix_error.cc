@@ -4,11 +4,17 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/cord.h"
 #include "daemon/base/strings.h"
 
 namespace ckptd::env {
+namespace {
 
-absl::Status PosixError(std::string_view context, int err) {
+constexpr char kIoErrorPayload[] = "ckptd.dev/io-error";
+
+}  // namespace
+
+absl::Status SystemError(std::string_view context, int err) {
   std::string msg = StrCat(context, ": ", std::strerror(err));
   switch (err) {
     case ENOENT:
@@ -37,6 +43,19 @@ absl::Status PosixError(std::string_view context, int err) {
     default:
       return absl::InternalError(msg);
   }
+}
+
+absl::Status PosixError(std::string_view context, int err) {
+  return MarkIoError(SystemError(context, err));
+}
+
+absl::Status MarkIoError(absl::Status status) {
+  if (!status.ok()) status.SetPayload(kIoErrorPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsIoError(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kIoErrorPayload).has_value();
 }
 
 }  // namespace ckptd::env

@@ -122,6 +122,7 @@ class PosixWritableFile final : public WritableFile {
       }
     }
     if (::fdatasync(fd_.get()) != 0) return PosixError(StrCat("fdatasync ", path_), errno);
+    synced_size_ = size_;
     return absl::OkStatus();
   }
 
@@ -129,6 +130,11 @@ class PosixWritableFile final : public WritableFile {
     absl::Status pending = WaitWrite();
     StopWorker();
     CKPTD_TRY(pending);
+    // Close is only for synced files: unsynced appends would be lost silently.
+    if (size_ > synced_size_) {
+      return absl::FailedPreconditionError(
+          StrCat("close ", path_, ": ", size_ - synced_size_, " appended bytes were never synced"));
+    }
     int fd = fd_.release();
     if (fd >= 0 && ::close(fd) != 0) return PosixError(StrCat("close ", path_), errno);
     return absl::OkStatus();
@@ -271,6 +277,7 @@ class PosixWritableFile final : public WritableFile {
   size_t used_ = 0;       // bytes in buf_, starting at file offset flushed_
   uint64_t flushed_ = 0;  // file offset of buf_[0]; always aligned under O_DIRECT
   uint64_t size_ = 0;     // logical file size
+  uint64_t synced_size_ = 0;  // size_ at the last successful Sync
 };
 
 }  // namespace

@@ -43,7 +43,7 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Adopt(int fd) {
                "registering it, so it cannot be truncated while the daemon reads it")));
   }
   struct stat st;
-  if (::fstat(fd, &st) != 0) return fail(PosixError("fstat memfd", errno));
+  if (::fstat(fd, &st) != 0) return fail(SystemError("fstat memfd", errno));
   if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
     return fail(absl::FailedPreconditionError("the memfd is empty: size it before sealing"));
   }
@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<MappedWindow>> SharedMemory::Map(uint64_t offset,
   if (mapped == 0) return std::make_unique<MappedWindow>(nullptr, 0, std::string_view());
   void* base =
       ::mmap(nullptr, mapped, PROT_READ, MAP_SHARED | MAP_POPULATE, fd_, static_cast<off_t>(start));
-  if (base == MAP_FAILED) return PosixError("mmap memfd window", errno);
+  if (base == MAP_FAILED) return SystemError("mmap memfd window", errno);
   return std::make_unique<MappedWindow>(
       base, mapped, std::string_view(static_cast<const char*>(base) + (offset - start), n));
 }

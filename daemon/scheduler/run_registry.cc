@@ -16,7 +16,6 @@
 namespace ckptd::scheduler {
 namespace {
 
-constexpr std::string_view kRunStateFile = "ckptd-run-state";
 constexpr std::string_view kFinished = "finished\n";
 
 }  // namespace
@@ -130,7 +129,7 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id
   }
   CKPTD_ASSIGN_OR_RETURN(storage::PinStore pins, storage::PinStore::Load(env_, dir));
   auto run = std::make_shared<Run>(run_id, std::move(run_dir), std::move(pins));
-  auto marker = env::ReadWholeFile(env_, StrCat(dir, "/", kRunStateFile));
+  auto marker = env::ReadWholeFile(env_, StrCat(dir, "/", storage::kRunStateFile));
   if (marker.ok() && *marker == kFinished) run->state = RunState::kFinished;
   return run;
 }
@@ -232,7 +231,7 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
   std::lock_guard lock(run->mu);
   *resumed = !run->dir()->catalog().empty();
   if (run->state == RunState::kFinished) {
-    (void)env_->RemoveFile(StrCat(run->dir()->run_dir(), "/", kRunStateFile));
+    (void)env_->RemoveFile(StrCat(run->dir()->run_dir(), "/", storage::kRunStateFile));
   }
   run->state = RunState::kOpen;
   run->settings = std::move(settings);
@@ -320,7 +319,7 @@ absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run
 
 absl::Status RunRegistry::MarkFinished(Run* run) {
   CKPTD_TRY(
-      env::WriteFileAtomically(env_, StrCat(run->dir()->run_dir(), "/", kRunStateFile), kFinished));
+      env::WriteFileAtomically(env_, StrCat(run->dir()->run_dir(), "/", storage::kRunStateFile), kFinished));
   std::lock_guard lock(run->mu);
   run->state = RunState::kFinished;
   return absl::OkStatus();

@@ -2,9 +2,9 @@
 #include "daemon/storage/file_names.h"
 
 #include <charconv>
-#include <random>
 
 #include "daemon/base/strings.h"
+#include "daemon/env/env.h"
 
 namespace ckptd::storage {
 namespace {
@@ -12,7 +12,7 @@ namespace {
 constexpr std::string_view kStepPrefix = "step_";
 constexpr std::string_view kModelSuffix = ".gguf";
 constexpr std::string_view kTrainSuffix = ".train.gguf";
-constexpr std::string_view kTempMarker = ".tmp-";
+constexpr std::string_view kNextSuffix = ".next";
 
 std::optional<uint64_t> ParseStep(std::string_view digits) {
   if (digits.empty() || digits.size() > 20 || (digits.size() > 1 && digits[0] == '0')) {
@@ -50,20 +50,31 @@ bool IsHex(std::string_view s) {
 std::string ModelFileName(uint64_t step) { return StrCat(kStepPrefix, step, kModelSuffix); }
 std::string TrainFileName(uint64_t step) { return StrCat(kStepPrefix, step, kTrainSuffix); }
 
-std::string TempFileName(std::string_view final_name) {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return fmt::format(".{}{}{:016x}", final_name, kTempMarker, rng());
+std::string TrainNextFileName(uint64_t step) {
+  return StrCat(".", TrainFileName(step), kNextSuffix);
 }
+
+std::string TempFileName(std::string_view final_name) { return env::TempName(final_name); }
 
 std::optional<ParsedName> ParseFileName(std::string_view name) {
   if (name == kLatestName) return ParsedName{FileKind::kLatest};
+  if (name == kPinsFile || name == kRunStateFile) return ParsedName{FileKind::kStateFile};
   if (!name.starts_with('.')) return ParseFinal(name);
-  size_t marker = name.rfind(kTempMarker);
-  if (marker == std::string_view::npos || !IsHex(name.substr(marker + kTempMarker.size()))) {
+  if (name.ends_with(kNextSuffix)) {
+    auto parsed = ParseFinal(name.substr(1, name.size() - 1 - kNextSuffix.size()));
+    if (!parsed || parsed->kind != FileKind::kTrain) return std::nullopt;
+    parsed->kind = FileKind::kTrainNext;
+    return parsed;
+  }
+  size_t marker = name.rfind(env::kTempMarker);
+  if (marker == std::string_view::npos || !IsHex(name.substr(marker + env::kTempMarker.size()))) {
     return std::nullopt;
   }
   std::string_view final_name = name.substr(1, marker - 1);
   if (final_name == kLatestName) return ParsedName{FileKind::kLatestTemp};
+  if (final_name == kPinsFile || final_name == kRunStateFile) {
+    return ParsedName{FileKind::kStateTemp};
+  }
   auto parsed = ParseFinal(final_name);
   if (!parsed) return std::nullopt;
   parsed->kind = parsed->kind == FileKind::kModel ? FileKind::kModelTemp : FileKind::kTrainTemp;

@@ -5,11 +5,12 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/storage/file_names.h"
 
 namespace ckptd::storage {
 
 absl::StatusOr<PinStore> PinStore::Load(env::Env* env, const std::string& run_dir) {
-  PinStore store(env, StrCat(run_dir, "/pins.json"));
+  PinStore store(env, StrCat(run_dir, "/", kPinsFile));
   auto text = env::ReadWholeFile(env, store.path_);
   if (absl::IsNotFound(text.status())) return store;
   if (!text.ok()) return text.status();

@@ -23,15 +23,26 @@ absl::StatusOr<std::unique_ptr<RunDir>> RunDir::Open(env::Env* env, const std::s
 }
 
 absl::Status RunDir::Recover(RecoveryReport* report) {
-  CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
-  std::set<uint64_t> models, trains;
   bool changed = false;
-  auto remove = [&](const std::string& name) -> absl::Status {
-    CKPTD_TRY(env_->RemoveFile(PathOf(name)));
-    report->removed.push_back(PathOf(name));
+  auto remove = [&](const std::string& path) -> absl::Status {
+    CKPTD_TRY(env_->RemoveFile(path));
+    report->removed.push_back(path);
     changed = true;
     return absl::OkStatus();
   };
+  // The run's own state files (pins, run state) leave temps too.
+  CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> top, env_->ListDir(run_dir_));
+  for (const std::string& name : top) {
+    auto parsed = ParseFileName(name);
+    if (parsed && parsed->kind == FileKind::kStateTemp) {
+      CKPTD_TRY(remove(StrCat(run_dir_, "/", name)));
+    }
+  }
+  if (changed) CKPTD_TRY(env_->SyncDir(run_dir_));
+  changed = false;
+
+  CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
+  std::set<uint64_t> models, trains, nexts;
   for (const std::string& name : names) {
     auto parsed = ParseFileName(name);
     if (!parsed) continue;  // not ours: never touched
@@ -39,7 +50,8 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       case FileKind::kModelTemp:
       case FileKind::kTrainTemp:
       case FileKind::kLatestTemp:
-        CKPTD_TRY(remove(name));
+      case FileKind::kStateTemp:
+        CKPTD_TRY(remove(PathOf(name)));
         break;
       case FileKind::kModel:
         models.insert(parsed->step);
@@ -47,10 +59,20 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       case FileKind::kTrain:
         trains.insert(parsed->step);
         break;
+      case FileKind::kTrainNext:
+        nexts.insert(parsed->step);
+        break;
       case FileKind::kLatest:
+      case FileKind::kStateFile:
         break;
     }
   }
+  // A train file belongs to a model file only if it recorded its digest (an
+  // interrupted overwrite can leave the previous one behind).
+  auto belongs = [&](const std::string& train_path, const CheckpointRecord& model) {
+    auto train = ReadGgufHeader(env_, train_path);
+    return train.ok() && StringValue(train->metadata, kKeyModelDigest) == model.content_digest;
+  };
   for (uint64_t step : models) {
     std::string model_path = PathOf(ModelFileName(step));
     auto record = ReadCheckpointRecord(env_, step, model_path);
@@ -58,21 +80,33 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       report->unreadable.push_back(std::string(record.status().message()));
       continue;
     }
-    if (trains.erase(step) > 0) {
-      // A train file belongs to this model file only if it recorded its digest
-      // (an interrupted overwrite can leave the previous one behind).
-      std::string train_path = PathOf(TrainFileName(step));
-      auto train = ReadGgufHeader(env_, train_path);
-      if (train.ok() && StringValue(train->metadata, kKeyModelDigest) == record->content_digest) {
-        record->train_path = train_path;
-        record->train_bytes = train->file_size;
+    const std::string train_path = PathOf(TrainFileName(step));
+    // A commit that stopped between its model file and moving the new train
+    // file into place: finish it, or drop the train file of a commit that
+    // never happened.
+    if (nexts.erase(step) > 0) {
+      const std::string next_path = PathOf(TrainNextFileName(step));
+      if (belongs(next_path, *record)) {
+        CKPTD_TRY(env_->RenameFile(next_path, train_path));
+        trains.insert(step);
+        changed = true;
       } else {
-        CKPTD_TRY(remove(TrainFileName(step)));
+        CKPTD_TRY(remove(next_path));
+      }
+    }
+    if (trains.erase(step) > 0) {
+      if (belongs(train_path, *record)) {
+        record->train_path = train_path;
+        record->train_bytes = env_->Stat(train_path).value_or(env::FileStat{}).size;
+      } else {
+        CKPTD_TRY(remove(train_path));
       }
     }
     catalog_.emplace(step, std::move(*record));
   }
-  for (uint64_t step : trains) CKPTD_TRY(remove(TrainFileName(step)));  // no model file: orphan
+  // No model file: orphans.
+  for (uint64_t step : trains) CKPTD_TRY(remove(PathOf(TrainFileName(step))));
+  for (uint64_t step : nexts) CKPTD_TRY(remove(PathOf(TrainNextFileName(step))));
   if (changed) CKPTD_TRY(env_->SyncDir(weights_dir_));
 
   std::optional<uint64_t> want = latest_step();
@@ -149,34 +183,51 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
   const uint64_t step = writer->step();
   CKPTD_TRY(CheckCanSave(step, overwrite));
   const CheckpointRecord* old = Find(step);
-  const bool stale_train = old != nullptr && !old->train_path.empty() && !writer->has_train();
+  const bool old_train = old != nullptr && !old->train_path.empty();
+  const std::string train_final = PathOf(TrainFileName(step));
+  const std::string train_next = PathOf(TrainNextFileName(step));
 
+  // The new train file waits beside the old one under its own name, durably,
+  // so whichever model file survives a crash finds its own training state.
   if (const WrittenFile* train = writer->train()) {
-    CKPTD_TRY(env_->RenameFile(train->temp_path, PathOf(train->final_name)));
+    CKPTD_TRY(env_->RenameFile(train->temp_path, train_next));
+    absl::Status synced = env_->SyncDir(weights_dir_);
+    if (!synced.ok()) {
+      (void)env_->RemoveFile(train_next);
+      return synced;
+    }
   }
   // The commit point: from here the checkpoint exists.
   absl::Status renamed =
       env_->RenameFile(writer->model().temp_path, PathOf(writer->model().final_name));
   if (!renamed.ok()) {
-    if (writer->has_train() && old == nullptr) (void)env_->RemoveFile(PathOf(TrainFileName(step)));
+    if (writer->has_train()) (void)env_->RemoveFile(train_next);
     return renamed;
   }
   writer->Release();
-  if (stale_train) CKPTD_TRY(env_->RemoveFile(old->train_path));
-  CKPTD_TRY(env_->SyncDir(weights_dir_));
-
+  // Memory follows disk from the commit point on, whatever fails after it.
   CheckpointRecord record;
   record.step = step;
   record.model_path = PathOf(writer->model().final_name);
   record.model_bytes = writer->model().bytes;
-  if (const WrittenFile* train = writer->train()) {
-    record.train_path = PathOf(train->final_name);
-    record.train_bytes = train->bytes;
-  }
   const gguf::Layout& layout = writer->model_layout();
   FillFromHeader(layout.metadata, layout.tensors.size(), &record);
   catalog_[step] = record;
-  if (latest_step() == step) CKPTD_TRY(PointLatestAt(step));
+
+  CKPTD_TRY(env_->SyncDir(weights_dir_));
+  if (const WrittenFile* train = writer->train()) {
+    CKPTD_TRY(env_->RenameFile(train_next, train_final));
+    record.train_path = train_final;
+    record.train_bytes = train->bytes;
+  } else if (old_train) {
+    CKPTD_TRY(env_->RemoveFile(train_final));
+  }
+  catalog_[step] = record;
+  if (latest_step() == step) {
+    CKPTD_TRY(PointLatestAt(step));  // fsyncs the directory
+  } else if (writer->has_train() || old_train) {
+    CKPTD_TRY(env_->SyncDir(weights_dir_));
+  }
   return record;
 }
 

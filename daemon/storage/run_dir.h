@@ -44,9 +44,15 @@ class RunDir {
   // overwrite.
   absl::Status CheckCanSave(uint64_t step, Overwrite overwrite) const;
 
-  // The commit: renames the train file then the model file (the commit
-  // point), fsyncs the directory, then repoints `latest` if this is the
-  // highest step. A stale train file of an overwritten step is removed.
+  // The commit (each step durable before the next):
+  //   1. new train file -> .step_N.train.gguf.next, fsync the directory
+  //   2. model file -> step_N.gguf (the commit point), fsync the directory
+  //   3. .next -> step_N.train.gguf (or remove an overwritten step's stale
+  //      train file), then `latest` if this is the highest step, fsync.
+  // Recovery finishes step 3 or drops .next by its recorded model digest, so
+  // an overwrite never leaves the old model without its training state. An
+  // error after the commit point is returned, but the catalog already shows
+  // the new checkpoint (memory follows disk).
   absl::StatusOr<CheckpointRecord> Commit(CheckpointWriter* writer, Overwrite overwrite);
 
   // Deletes a committed checkpoint: the model file first (after which the

@@ -274,10 +274,12 @@ TEST_P(CrashDuringCommitTest, BothOrNeitherAfterRestart) {
 
 INSTANTIATE_TEST_SUITE_P(
     Renames, CrashDuringCommitTest,
+    // Renames: train -> .next 1, model 2 (the commit point), .next -> train 3, latest 4.
     ::testing::Values(std::pair{"crash_before=rename:1", false},  // before the train rename
                       std::pair{"crash_before=rename:2", false},  // between train and model
-                      std::pair{"crash_after=rename:2", true},    // model renamed, latest not yet
-                      std::pair{"crash_before=syncdir:1", true}),
+                      std::pair{"crash_after=rename:2", true},    // model renamed, train waits
+                      std::pair{"crash_before=syncdir:2", true},  // commit not yet fsynced
+                      std::pair{"crash_before=rename:4", true}),  // train in place, latest not yet
     [](const auto& info) {
       std::string name = info.param.first;
       std::replace_if(

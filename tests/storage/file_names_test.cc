@@ -27,6 +27,16 @@ TEST(FileNamesTest, BuildersRoundTrip) {
   EXPECT_EQ(ParseFileName("latest")->kind, FileKind::kLatest);
   EXPECT_EQ(ParseFileName(TempFileName("latest"))->kind, FileKind::kLatestTemp);
   EXPECT_NE(TempFileName("latest"), TempFileName("latest"));
+  EXPECT_EQ(TrainNextFileName(7), ".step_7.train.gguf.next");
+  auto next = ParseFileName(TrainNextFileName(7));
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->kind, FileKind::kTrainNext);
+  EXPECT_EQ(next->step, 7u);
+  // The run's state files and their temps (one temp recipe for everything).
+  EXPECT_EQ(ParseFileName(kPinsFile)->kind, FileKind::kStateFile);
+  EXPECT_EQ(ParseFileName(kRunStateFile)->kind, FileKind::kStateFile);
+  EXPECT_EQ(ParseFileName(TempFileName(kPinsFile))->kind, FileKind::kStateTemp);
+  EXPECT_EQ(ParseFileName(TempFileName(kRunStateFile))->kind, FileKind::kStateTemp);
 }
 
 TEST(FileNamesTest, ForeignNamesDoNotParse) {
@@ -34,7 +44,9 @@ TEST(FileNamesTest, ForeignNamesDoNotParse) {
        {"step_01.gguf", "step_.gguf", "step_1.ggufx", "step_1.gguf.bak", "step_-1.gguf",
         "step_18446744073709551616.gguf", "Step_1.gguf", "step_1.train.gguf.tmp",
         ".step_1.gguf.tmp-", ".step_1.gguf.tmp-XYZ", ".step_1.gguf", "latest2", ".latest",
-        "model.gguf", "step_1-00001-of-00002.gguf", "", ".", ".tmp-00", "..step_1.gguf.tmp-ab"}) {
+        "model.gguf", "step_1-00001-of-00002.gguf", "", ".", ".tmp-00", "..step_1.gguf.tmp-ab",
+        ".step_1.gguf.next", "step_1.train.gguf.next", ".step_01.train.gguf.next", ".pins.json.tmp-",
+        "pins.json.tmp-00", ".other.json.tmp-00"}) {
     EXPECT_FALSE(ParseFileName(name).has_value()) << name;
   }
 }

@@ -9,8 +9,10 @@
 
 #include "daemon/base/status.h"
 #include "daemon/env/fault_env.h"
+#include "daemon/env/posix_error.h"
 #include "daemon/gguf/reader.h"
 #include "daemon/storage/file_names.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace ckptd::storage {
@@ -144,13 +146,43 @@ TEST_F(RunDirTest, DanglingLatestIsRepairedAndEmptyRunHasNoLatest) {
 }
 
 TEST_F(RunDirTest, FailedModelRenameLeavesEverythingAsItWas) {
-  auto fault = env::NewFaultInjectionEnv(env::Env::Default(), "fail=rename:4:EIO");
+  auto fault = env::NewFaultInjectionEnv(env::Env::Default(), "fail=rename:6:EIO");
   auto dir = OpenDir(fault->get());
-  ASSERT_TRUE(Save(fault->get(), dir.get(), 1, true).ok());  // renames 1, 2 (+ latest 3)
-  auto st = Save(fault->get(), dir.get(), 2, true);          // train rename 4 fails
+  // Renames: train -> .next 1, model 2, .next -> train 3, latest 4.
+  ASSERT_TRUE(Save(fault->get(), dir.get(), 1, true).ok());
+  auto st = Save(fault->get(), dir.get(), 2, true);  // train -> .next 5, model rename 6 fails
   EXPECT_EQ(st.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_1.gguf", "step_1.train.gguf", "latest"));
   EXPECT_EQ(Latest(), "step_1.gguf");
+}
+
+TEST_F(RunDirTest, AnErrorAfterTheCommitPointStillUpdatesTheCatalog) {
+  // Dir fsyncs: step 1's commit 1 and latest 2; the overwrite's commit fsync 3 fails.
+  auto fault = env::NewFaultInjectionEnv(env::Env::Default(), "fail=syncdir:3:EIO");
+  auto dir = OpenDir(fault->get());
+  auto first = Save(fault->get(), dir.get(), 1, false, 'a');
+  ASSERT_OK(first.status());
+  auto again = Save(fault->get(), dir.get(), 1, false, 'b', Overwrite::kYes);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(env::IsIoError(again.status())) << again.status();
+  // The file on disk is the new one, and so is what listings show.
+  auto on_disk = ReadCheckpointRecord(env::Env::Default(), 1, Weights() + "/step_1.gguf");
+  ASSERT_OK(on_disk.status());
+  EXPECT_NE(on_disk->content_digest, first->content_digest);
+  ASSERT_NE(dir->Find(1), nullptr);
+  EXPECT_EQ(dir->Find(1)->content_digest, on_disk->content_digest);
+  EXPECT_EQ(dir->Find(1)->uuid, on_disk->uuid);
+}
+
+TEST_F(RunDirTest, RecoveryRemovesStateFileTemps) {
+  auto dir = OpenDir();
+  const std::string stale = tmp_.Join("run/" + TempFileName(kPinsFile));
+  ckptd::testing::WriteFile(stale, "{");
+  ckptd::testing::WriteFile(tmp_.Join("run/notes.txt"), "mine");
+  RecoveryReport report;
+  dir = OpenDir(env::Env::Default(), &report);
+  EXPECT_THAT(report.removed, UnorderedElementsAre(stale));
+  EXPECT_TRUE(env::Env::Default()->Stat(tmp_.Join("run/notes.txt")).ok());
 }
 
 TEST_F(RunDirTest, DiskFullMidWriteLeavesNoTrace) {
@@ -172,9 +204,9 @@ TEST_F(RunDirTest, FsyncErrorFailsTheSaveBeforeTheCommitPoint) {
 }
 
 // Counts bytes read through OpenForRead, to prove listing reads headers only.
-class CountingEnv : public env::Env {
+class CountingEnv : public env::EnvWrapper {
  public:
-  explicit CountingEnv(env::Env* base) : base_(base) {}
+  explicit CountingEnv(env::Env* base) : EnvWrapper(base) {}
   class File : public env::RandomAccessFile {
    public:
     File(std::unique_ptr<env::RandomAccessFile> f, std::atomic<uint64_t>* n)
@@ -191,39 +223,16 @@ class CountingEnv : public env::Env {
   };
   absl::StatusOr<std::unique_ptr<env::RandomAccessFile>> OpenForRead(
       const std::string& p) override {
-    auto f = base_->OpenForRead(p);
+    auto f = target()->OpenForRead(p);
     if (!f.ok()) return f.status();
     return std::unique_ptr<env::RandomAccessFile>(new File(std::move(*f), &bytes_read));
   }
   absl::StatusOr<std::unique_ptr<env::MappedFile>> MapForRead(const std::string& p) override {
     ADD_FAILURE() << "mapped " << p;
-    return base_->MapForRead(p);
+    return target()->MapForRead(p);
   }
-  absl::StatusOr<std::unique_ptr<env::WritableFile>> NewWritableFile(const std::string& p,
-                                                                     env::DirectIo d) override {
-    return base_->NewWritableFile(p, d);
-  }
-  absl::Status RenameFile(const std::string& a, const std::string& b) override {
-    return base_->RenameFile(a, b);
-  }
-  absl::Status Symlink(const std::string& a, const std::string& b) override {
-    return base_->Symlink(a, b);
-  }
-  absl::StatusOr<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
-  absl::Status SyncDir(const std::string& p) override { return base_->SyncDir(p); }
-  absl::Status RemoveFile(const std::string& p) override { return base_->RemoveFile(p); }
-  absl::Status CreateDirs(const std::string& p) override { return base_->CreateDirs(p); }
-  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& p) override {
-    return base_->ListDir(p);
-  }
-  absl::StatusOr<env::FileStat> Stat(const std::string& p) override { return base_->Stat(p); }
-  absl::StatusOr<env::FsSpace> Space(const std::string& p) override { return base_->Space(p); }
-  absl::StatusOr<std::string> RealPath(const std::string& p) override { return base_->RealPath(p); }
 
   std::atomic<uint64_t> bytes_read{0};
-
- private:
-  env::Env* base_;
 };
 
 TEST_F(RunDirTest, CatalogIsRebuiltFromHeadersWithoutReadingTensorData) {
