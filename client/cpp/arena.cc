@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -108,20 +109,63 @@ absl::StatusOr<std::unique_ptr<ArenaChannel>> ArenaChannel::Connect(
 
 ArenaChannel::~ArenaChannel() { ::close(fd_); }
 
+namespace {
+
+absl::StatusOr<uint64_t> ParseId(const std::vector<std::string>& words) {
+  uint64_t id = 0;
+  if (words.empty() || words[0].empty()) return absl::InternalError("bad arena reply: no id");
+  for (char c : words[0]) {
+    if (c < '0' || c > '9') return absl::InternalError("bad arena reply: id " + words[0]);
+    id = id * 10 + static_cast<uint64_t>(c - '0');
+  }
+  return id;
+}
+
+}  // namespace
+
 absl::StatusOr<uint64_t> ArenaChannel::Register(int fd, const std::string& token) {
-  std::string text = "REGISTER " + token;
+  auto words = Exchange("REGISTER " + token, fd);
+  if (!words.ok()) return words.status();
+  return ParseId(*words);
+}
+
+absl::StatusOr<PointerAttachment> ArenaChannel::Attach(const std::string& token) {
+  // Under Yama's ptrace_scope 1 the daemon may read only processes that
+  // name it as their tracer; without Yama this fails harmlessly.
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0) {
+    (void)::prctl(PR_SET_PTRACER, static_cast<unsigned long>(cred.pid), 0, 0, 0);
+  }
+  static const char kProbe[64] = "ckptd pointer-save probe";
+  auto words = Exchange("ATTACH " + token + " " +
+                            std::to_string(reinterpret_cast<uintptr_t>(kProbe)) + " " +
+                            std::to_string(sizeof kProbe),
+                        -1);
+  if (!words.ok()) return words.status();
+  auto id = ParseId(*words);
+  if (!id.ok()) return id.status();
+  if (words->size() < 3) return absl::InternalError("bad attach reply: no key");
+  return PointerAttachment{*id, (*words)[2]};
+}
+
+absl::StatusOr<std::vector<std::string>> ArenaChannel::Exchange(const std::string& request,
+                                                                int fd) {
+  std::string text = request;
   iovec iov{text.data(), text.size()};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* h = CMSG_FIRSTHDR(&msg);
-  h->cmsg_level = SOL_SOCKET;
-  h->cmsg_type = SCM_RIGHTS;
-  h->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(h), &fd, sizeof fd);
+  if (fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* h = CMSG_FIRSTHDR(&msg);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(h), &fd, sizeof fd);
+  }
   if (::sendmsg(fd_, &msg, MSG_NOSIGNAL) < 0) return Errno("send to the arena socket", errno);
   char reply[1024];
   ssize_t n;
@@ -132,13 +176,18 @@ absl::StatusOr<uint64_t> ArenaChannel::Register(int fd, const std::string& token
   if (n == 0) return absl::UnavailableError("the daemon closed the arena socket");
   std::string_view r(reply, static_cast<size_t>(n));
   if (r.starts_with("OK ")) {
-    uint64_t id = 0;
+    std::vector<std::string> words;
+    std::string word;
     for (char c : r.substr(3)) {
-      if (c == ' ') break;
-      if (c < '0' || c > '9') return absl::InternalError("bad arena reply: " + std::string(r));
-      id = id * 10 + static_cast<uint64_t>(c - '0');
+      if (c == ' ') {
+        words.push_back(std::move(word));
+        word.clear();
+      } else {
+        word += c;
+      }
     }
-    return id;
+    words.push_back(std::move(word));
+    return words;
   }
   if (r.starts_with("ERR ")) {
     r.remove_prefix(4);

@@ -72,12 +72,21 @@ absl::Status Checkpointer::SetUpSharedMemory() {
   if (!channel.ok()) return channel.status();
   channel_ = std::move(*channel);
   shared_ = true;
+  if (options_.pointers) {
+    auto attached = channel_->Attach(run_->opened().arena_token());
+    if (attached.ok()) {
+      attachment_ = *attached;
+      return absl::OkStatus();
+    }
+    Log("run " + run_->id() + ": pointer saves unavailable (" +
+        std::string(attached.status().message()) + "); copying into shared-memory arenas");
+  }
   if (options_.arena_bytes > 0) return EnsureArenas(options_.arena_bytes + kArenaOverhead);
   return absl::OkStatus();
 }
 
 absl::Status Checkpointer::reserve(size_t bytes) {
-  if (!shared_) return absl::OkStatus();
+  if (!shared_ || attachment_) return absl::OkStatus();
   return EnsureArenas(bytes + kArenaOverhead);
 }
 
@@ -193,6 +202,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
                                          const std::vector<TensorView>& tensors,
                                          const std::map<std::string, double>& metrics,
                                          const SaveOptions& options, bool final_snapshot) {
+  if (attachment_) return SendPointers(t0, step, tensors, metrics, options, final_snapshot);
   std::vector<uint64_t> offsets;
   size_t total = kTensorAlign;  // the first 64 bytes hold the progress counter
   for (const TensorView& t : tensors) {
@@ -205,15 +215,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
     shared_ = false;
     slots_.clear();
     if (final_snapshot) return false;  // close() sends it with CloseRun
-    auto r = run_->save(step, tensors, metrics, options);
-    if (!r.ok()) return r.status();
-    if (r->result() != v1::SaveResponse::RESULT_COMMITTED) {
-      stats_.skipped++;
-      return false;
-    }
-    stats_.saves++;
-    Account(Now() - t0);
-    return true;
+    return StreamSave(t0, step, tensors, metrics, options);
   }
   double waited = 0;
   auto slot = FreeSlot(&waited);
@@ -259,20 +261,49 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
   return true;
 }
 
+absl::StatusOr<bool> Checkpointer::StreamSave(double t0, uint64_t step,
+                                              const std::vector<TensorView>& tensors,
+                                              const std::map<std::string, double>& metrics,
+                                              const SaveOptions& options) {
+  auto r = run_->save(step, tensors, metrics, options);
+  if (!r.ok()) return r.status();
+  if (r->result() != v1::SaveResponse::RESULT_COMMITTED) {
+    stats_.skipped++;
+    return false;
+  }
+  stats_.saves++;
+  Account(Now() - t0);
+  return true;
+}
+
+absl::StatusOr<bool> Checkpointer::SendPointers(double t0, uint64_t step,
+                                                const std::vector<TensorView>& tensors,
+                                                const std::map<std::string, double>& metrics,
+                                                const SaveOptions& options, bool final_snapshot) {
+  // Forget pointer saves that finished (their outcome is kept for wait()).
+  std::erase_if(slots_, [&](Slot& s) {
+    if (s.arena != nullptr) return false;
+    auto done = Settle(s, 0);
+    return done.ok() && *done;
+  });
+  auto r = run_->save_pointers(step, tensors, *attachment_, metrics, options, final_snapshot);
+  if (!r.ok()) return r.status();
+  if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
+    stats_.skipped++;
+    return false;
+  }
+  // Read: the tensors are the trainer's again; the commit is waited for by wait().
+  slots_.push_back(Slot{nullptr, 0, r->save_id()});
+  slots_.back().stall_s = Now() - t0;
+  Account(slots_.back().stall_s);
+  stats_.saves++;
+  return true;
+}
+
 absl::StatusOr<bool> Checkpointer::maybe_save(uint64_t step, const std::vector<TensorView>& tensors,
                                               const std::map<std::string, double>& metrics) {
   const double t0 = Now();
-  if (!shared_) {
-    auto r = run_->save(step, tensors, metrics);  // asks should_save first
-    if (!r.ok()) return r.status();
-    if (r->result() == v1::SaveResponse::RESULT_SKIPPED) {
-      stats_.skipped++;
-      return false;
-    }
-    stats_.saves++;
-    Account(Now() - t0);
-    return true;
-  }
+  if (!shared_) return StreamSave(t0, step, tensors, metrics, SaveOptions{});  // asks should_save
   auto due = run_->should_save(step);
   if (!due.ok()) return due.status();
   if (!due->due()) {
@@ -286,13 +317,7 @@ absl::StatusOr<bool> Checkpointer::save(uint64_t step, const std::vector<TensorV
                                         const std::map<std::string, double>& metrics,
                                         const SaveOptions& options) {
   const double t0 = Now();
-  if (!shared_) {
-    auto r = run_->save(step, tensors, metrics, options);
-    if (!r.ok()) return r.status();
-    stats_.saves++;
-    Account(Now() - t0);
-    return r->result() == v1::SaveResponse::RESULT_COMMITTED;
-  }
+  if (!shared_) return StreamSave(t0, step, tensors, metrics, options);
   return Stage(t0, step, tensors, metrics, options);
 }
 
@@ -313,6 +338,7 @@ absl::Status Checkpointer::wait() {
                                           " is still being written after wait_timeout_s");
     }
   }
+  std::erase_if(slots_, [](const Slot& s) { return s.arena == nullptr && !s.save_id; });
   if (first.ok()) first = deferred_error_;
   deferred_error_ = absl::OkStatus();
   return first;

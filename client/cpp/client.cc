@@ -10,8 +10,12 @@ namespace {
 
 v1::SaveHeader Header(const std::string& run_id, uint64_t step,
                       const std::vector<TensorView>& tensors,
-                      const std::map<std::string, double>& metrics) {
+                      const std::map<std::string, double>& metrics,
+                      const SaveOptions& options = {}) {
   v1::SaveHeader h;
+  h.set_force(options.force);
+  h.set_overwrite(options.overwrite);
+  for (const auto& e : options.train_metadata) *h.add_train_metadata() = e;
   h.set_run_id(run_id);
   h.set_step(step);
   for (const auto& [k, v] : metrics) (*h.mutable_metrics())[k] = v;
@@ -104,15 +108,29 @@ absl::StatusOr<v1::SaveResponse> Run::save(uint64_t step, const std::vector<Tens
       return skipped;
     }
   }
-  v1::SaveHeader h = Header(id(), step, tensors, metrics);
-  h.set_force(options.force);
-  h.set_overwrite(options.overwrite);
-  for (const auto& e : options.train_metadata) *h.add_train_metadata() = e;
+  v1::SaveHeader h = Header(id(), step, tensors, metrics, options);
   grpc::ClientContext ctx;
   v1::SaveResponse resp;
   auto writer = client_->stub().Save(&ctx, &resp);
   StreamTensors(writer.get(), h, tensors, options.chunk_bytes);
   grpc::Status st = writer->Finish();
+  if (!st.ok()) return FromGrpc(st);
+  return resp;
+}
+
+absl::StatusOr<v1::SaveSharedResponse> Run::save_pointers(
+    uint64_t step, const std::vector<TensorView>& tensors, const PointerAttachment& attachment,
+    const std::map<std::string, double>& metrics, const SaveOptions& options,
+    bool final_snapshot) {
+  v1::SavePointersRequest req;
+  *req.mutable_header() = Header(id(), step, tensors, metrics, options);
+  req.set_attachment_id(attachment.id);
+  req.set_attachment_key(attachment.key);
+  for (const TensorView& t : tensors) req.add_addresses(reinterpret_cast<uintptr_t>(t.data));
+  req.set_final_snapshot(final_snapshot);
+  grpc::ClientContext ctx;
+  v1::SaveSharedResponse resp;
+  grpc::Status st = client_->stub().SavePointers(&ctx, req, &resp);
   if (!st.ok()) return FromGrpc(st);
   return resp;
 }
@@ -123,11 +141,7 @@ absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
     const SaveOptions& options, double trainer_stall_s, const v1::TensorLocation* progress,
     bool final_snapshot) {
   v1::SaveSharedRequest req;
-  v1::SaveHeader* h = req.mutable_header();
-  *h = Header(id(), step, tensors, metrics);
-  h->set_force(options.force);
-  h->set_overwrite(options.overwrite);
-  for (const auto& e : options.train_metadata) *h->add_train_metadata() = e;
+  *req.mutable_header() = Header(id(), step, tensors, metrics, options);
   for (const auto& loc : locations) *req.add_locations() = loc;
   req.set_trainer_stall_s(trainer_stall_s);
   if (progress != nullptr) *req.mutable_progress() = *progress;

@@ -26,7 +26,7 @@
 #include "daemon/ingest/arena_server.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
-#include "daemon/scheduler/shared_saves.h"
+#include "daemon/scheduler/save_queue.h"
 
 extern char** environ;
 
@@ -178,9 +178,7 @@ int DaemonMain(int argc, char** argv) {
   // The shm path: arenas registered on their own socket, saves written by
   // per-run workers. Declared after the registry, so destroyed before it.
   ingest::ArenaRegistry arenas(cfg->shm_max_arenas);
-  scheduler::SharedSaveQueue shared_saves(
-      &registry, cfg->shm_max_pending_saves,
-      std::chrono::milliseconds(static_cast<int64_t>(cfg->shm_staging_timeout_seconds * 1000)));
+  scheduler::SaveQueue shared_saves(&registry, cfg->shm_max_pending_saves);
   std::unique_ptr<ingest::ArenaServer> arena_server;
   if (const std::string path = config::ArenaSocketPath(*cfg); !path.empty()) {
     arena_server = std::make_unique<ingest::ArenaServer>(
@@ -193,7 +191,9 @@ int DaemonMain(int argc, char** argv) {
       return kExitRuntime;
     }
     // Advertised to trainers, whose working directory may differ: absolute.
-    service.EnableSharedMemory(&arenas, &shared_saves, arena_server->path());
+    service.EnableSharedMemory(
+        &arenas, &shared_saves, arena_server->path(),
+        std::chrono::milliseconds(static_cast<int64_t>(cfg->shm_staging_timeout_seconds * 1000)));
     spdlog::info("shm: arena socket {}", arena_server->path());
   } else {
     spdlog::info("shm: off ({}); trainers use the stream path",

@@ -81,8 +81,70 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Get(uint64_t id,
   return it->second.arena;
 }
 
+absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_view token,
+                                                                   const Peer& peer,
+                                                                   uint64_t probe,
+                                                                   uint64_t probe_len) {
+  constexpr uint64_t kMaxProbe = 4096;
+  if (probe_len == 0 || probe_len > kMaxProbe) {
+    return absl::InvalidArgumentError(
+        StrCat("ATTACH: the probe range must be 1 to ", kMaxProbe, " bytes"));
+  }
+  auto attachment = std::make_shared<Attachment>();
+  {
+    std::lock_guard lock(mu_);
+    auto it = tokens_.find(std::string(token));
+    if (it == tokens_.end()) {
+      return absl::PermissionDeniedError(
+          "unknown arena token: use the arena_token OpenRun returned for this run");
+    }
+    attachment->run_id = it->second;
+  }
+  auto memory = env::ProcessMemory::Open(peer.pid);
+  if (!memory.ok()) return memory.status();
+  std::string scratch(probe_len, '\0');
+  if (absl::Status st = (*memory)->Read(probe, probe_len, scratch.data()); !st.ok()) {
+    return absl::Status(st.code(), StrCat("ATTACH probe: ", st.message()));
+  }
+  attachment->key = NewToken();
+  attachment->uid = peer.uid;
+  attachment->pid = peer.pid;
+  attachment->memory = std::move(*memory);
+  std::lock_guard lock(mu_);
+  attachment->id = next_id_++;
+  attachments_[attachment->id] = {attachment, peer.connection};
+  return attachment;
+}
+
+absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::GetAttachment(
+    uint64_t id, const std::string& run_id, std::string_view key) const {
+  std::lock_guard lock(mu_);
+  auto it = attachments_.find(id);
+  if (it == attachments_.end()) {
+    return absl::NotFoundError(StrCat(
+        "attachment ", id,
+        " is not known (its connection closed, or it never was); ATTACH on the arena socket "
+        "and use the id of the OK reply"));
+  }
+  if (it->second.first->run_id != run_id) {
+    return absl::PermissionDeniedError(StrCat("attachment ", id, " belongs to run '",
+                                              it->second.first->run_id, "', not '", run_id, "'"));
+  }
+  if (it->second.first->key != key) {
+    return absl::PermissionDeniedError(
+        StrCat("attachment ", id,
+               ": wrong attachment_key; only the process that attached may save from its memory"));
+  }
+  return it->second.first;
+}
+
 void ArenaRegistry::DropConnection(uint64_t connection) {
   std::lock_guard lock(mu_);
+  std::erase_if(attachments_, [&](const auto& kv) {
+    if (kv.second.second != connection) return false;
+    kv.second.first->connected = false;
+    return true;
+  });
   const size_t dropped =
       std::erase_if(arenas_, [&](const auto& kv) { return kv.second.connection == connection; });
   metrics::Metrics::Get().AddArenas(-static_cast<int64_t>(dropped));

@@ -8,12 +8,14 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "daemon/env/process_memory.h"
 #include "daemon/env/shared_memory.h"
 
 namespace ckptd::ingest {
@@ -24,6 +26,19 @@ struct Arena {
   uid_t uid = 0;  // the registering peer, from SO_PEERCRED
   pid_t pid = 0;
   std::unique_ptr<env::SharedMemory> memory;
+};
+
+// A trainer process attached for pointer saves: while the connection that
+// attached it is open, the daemon may read the memory ranges its saves name
+// (process_vm_readv), and nothing else. The pidfd inside pins the process.
+struct Attachment {
+  uint64_t id = 0;
+  std::string run_id;
+  std::string key;  // told only to the attaching connection; SavePointers must present it
+  uid_t uid = 0;
+  pid_t pid = 0;
+  std::unique_ptr<env::ProcessMemory> memory;
+  std::atomic<bool> connected{true};  // cleared when its connection closes
 };
 
 struct Peer {
@@ -43,7 +58,17 @@ class ArenaRegistry {
   absl::StatusOr<std::shared_ptr<Arena>> Register(std::string_view token, int fd, const Peer& peer);
   // NOT_FOUND for an unknown id, PERMISSION_DENIED for another run's arena.
   absl::StatusOr<std::shared_ptr<Arena>> Get(uint64_t id, const std::string& run_id) const;
-  // The connection closed: forget its arenas (saves keep theirs alive).
+  // Checks the token, pins the peer's process (SO_PEERCRED pid) and reads
+  // [probe, probe + probe_len) from it, so a daemon that may not read the
+  // trainer's memory says so now (PERMISSION_DENIED naming the setting).
+  absl::StatusOr<std::shared_ptr<Attachment>> Attach(std::string_view token, const Peer& peer,
+                                                     uint64_t probe, uint64_t probe_len);
+  // NOT_FOUND once its connection closed (or never attached), PERMISSION_DENIED for
+  // another run's or a wrong key (another process cannot save from this one's memory).
+  absl::StatusOr<std::shared_ptr<Attachment>> GetAttachment(uint64_t id, const std::string& run_id,
+                                                            std::string_view key) const;
+  // The connection closed: forget its arenas and attachments (saves keep
+  // arenas alive; an attachment's reads fail from now on).
   void DropConnection(uint64_t connection);
   size_t size() const;
 
@@ -57,6 +82,7 @@ class ArenaRegistry {
   std::map<std::string, std::string> tokens_;  // token -> run id
   std::map<std::string, std::string> by_run_;  // run id -> token
   std::map<uint64_t, Entry> arenas_;
+  std::map<uint64_t, std::pair<std::shared_ptr<Attachment>, uint64_t>> attachments_;  // + connection
   uint64_t next_id_ = 1;
 };
 

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/posix_error.h"
 
@@ -21,6 +22,7 @@ namespace {
 
 constexpr size_t kMaxMessage = 512;
 constexpr std::string_view kRegister = "REGISTER ";
+constexpr std::string_view kAttach = "ATTACH ";
 
 void Reply(int fd, const std::string& text) {
   // MSG_DONTWAIT: a peer that never reads cannot block the loop; its
@@ -49,15 +51,15 @@ absl::Status ArenaServer::Start(env::Env* env) {
   }
   std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
   listen_fd_ = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (listen_fd_ < 0) return env::PosixError("socket (arena socket)", errno);
+  if (listen_fd_ < 0) return env::SystemError("socket (arena socket)", errno);
   if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
       ::listen(listen_fd_, 64) != 0) {
-    absl::Status st = env::PosixError(StrCat("bind/listen ", path_), errno);
+    absl::Status st = env::SystemError(StrCat("bind/listen ", path_), errno);
     ::close(listen_fd_);
     listen_fd_ = -1;
     return st;
   }
-  if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) return env::PosixError("pipe2", errno);
+  if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) return env::SystemError("pipe2", errno);
   thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
 }
@@ -178,8 +180,13 @@ bool ArenaServer::Serve(Connection& c) {
     return refuse(absl::InvalidArgumentError(
         StrCat("message too long (at most ", kMaxMessage, " bytes and one fd)")));
   }
+  if (text.starts_with(kAttach)) {
+    if (!received.empty()) return refuse(absl::InvalidArgumentError("ATTACH takes no fd"));
+    return ServeAttach(c, text.substr(kAttach.size()), refuse);
+  }
   if (!text.starts_with(kRegister)) {
-    return refuse(absl::InvalidArgumentError("expected \"REGISTER <token>\" with one fd"));
+    return refuse(absl::InvalidArgumentError(
+        "expected \"REGISTER <token>\" with one fd, or \"ATTACH <token> <address> <length>\""));
   }
   if (received.size() != 1) {
     return refuse(absl::InvalidArgumentError(
@@ -193,6 +200,23 @@ bool ArenaServer::Serve(Connection& c) {
   spdlog::info("arena registered run={} arena={} bytes={} pid={} uid={}", (*arena)->run_id,
                (*arena)->id, (*arena)->memory->size(), c.peer.pid, c.peer.uid);
   Reply(c.fd, StrCat("OK ", (*arena)->id, " ", (*arena)->memory->size()));
+  return true;
+}
+
+template <typename Refuse>
+bool ArenaServer::ServeAttach(Connection& c, std::string_view args, const Refuse& refuse) {
+  std::vector<std::string> parts = Split(args, ' ', /*skip_empty=*/true);
+  uint64_t probe = 0, probe_len = 0;
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &probe) ||
+      !absl::SimpleAtoi(parts[2], &probe_len)) {
+    return refuse(absl::InvalidArgumentError(
+        "expected \"ATTACH <token> <probe address> <probe length>\" (decimal numbers)"));
+  }
+  auto attached = registry_->Attach(parts[0], c.peer, probe, probe_len);
+  if (!attached.ok()) return refuse(attached.status());
+  spdlog::info("trainer attached for pointer saves run={} attachment={} pid={} uid={}",
+               (*attached)->run_id, (*attached)->id, c.peer.pid, c.peer.uid);
+  Reply(c.fd, StrCat("OK ", (*attached)->id, " 0 ", (*attached)->key));
   return true;
 }
 

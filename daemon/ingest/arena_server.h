@@ -3,6 +3,10 @@
 // one datagram each way per registration:
 //   client: "REGISTER <token>" with exactly one fd attached
 //   daemon: "OK <arena_id> <size>"  or  "ERR <CODE> <message>"
+// and for pointer saves (the daemon reads the trainer's own memory):
+//   client: "ATTACH <token> <probe address> <probe length>", no fd
+//   daemon: "OK <attachment_id> 0 <key>" once a read of the probe range
+//   worked; SavePointers names the attachment with its id and key
 // A connection may register several arenas; they stay registered until it
 // closes. Peers must run as the daemon's uid, as root, or as one of
 // `allowed_uids` (SO_PEERCRED). One
@@ -44,6 +48,8 @@ class ArenaServer {
   void Accept();
   // False when the connection is done (closed by the peer, or broken).
   bool Serve(Connection& c);
+  template <typename Refuse>
+  bool ServeAttach(Connection& c, std::string_view args, const Refuse& refuse);
 
   std::string path_;
   ArenaRegistry* registry_;

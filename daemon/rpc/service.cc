@@ -10,7 +10,9 @@
 #include "daemon/metrics/metrics.h"
 #include "daemon/rpc/convert.h"
 #include "daemon/scheduler/retention.h"
-#include "daemon/scheduler/save_session.h"
+#include "daemon/ingest/arena_source.h"
+#include "daemon/ingest/pointer_source.h"
+#include "daemon/ingest/stream_source.h"
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::rpc {
@@ -152,62 +154,84 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
 
 grpc::Status CheckpointdService::ShouldSave(grpc::ServerContext*, const v1::ShouldSaveRequest* req,
                                             v1::ShouldSaveResponse* resp) {
-  auto run = registry_->Get(req->run_id());
-  if (!run.ok()) return ToGrpc(run.status());
-  std::lock_guard lock((*run)->mu);
-  policy::ScheduleState state{(*run)->dir()->latest_step(), (*run)->reference_time_s};
-  policy::Decision d = policy::IsDue(registry_->EffectiveSchedule(**run), state, req->step(),
-                                     scheduler::NowSeconds());
-  resp->set_due(d.due);
-  resp->set_reason(d.reason);
+  auto d = pipeline_.ShouldSave(req->run_id(), req->step());
+  if (!d.ok()) return ToGrpc(d.status());
+  resp->set_due(d->due);
+  resp->set_reason(d->reason);
   return grpc::Status::OK;
 }
 
-grpc::Status CheckpointdService::RunSave(grpc::ServerContext* ctx,
-                                         grpc::ServerReader<v1::SaveRequest>* reader,
-                                         const v1::SaveHeader& h, scheduler::SaveKind kind,
-                                         v1::SaveResponse* resp) {
-  auto p = ParamsFrom(h, kind);
-  if (!p.ok()) return ToGrpc(p.status());
-  auto session = scheduler::SaveSession::Begin(registry_, std::move(*p));
-  if (!session.ok()) return ToGrpc(session.status());
-  resp->set_reason((*session)->reason());
-  if ((*session)->skipped()) {
+namespace {
+
+// A Save stream's data messages as chunks, under the idle watchdog from the
+// first read on (not while the save waits for its run's previous one).
+class GrpcChunkStream final : public ingest::ChunkStream {
+ public:
+  GrpcChunkStream(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
+                  StallWatchdog* watchdog)
+      : ctx_(ctx), reader_(reader), watchdog_(watchdog) {}
+
+  absl::StatusOr<bool> Next(std::string* chunk) override {
+    if (watch_ == nullptr) watch_.reset(new StallWatchdog::Guard(watchdog_->Watch(ctx_)));
+    if (!reader_->Read(&msg_)) {
+      if (ctx_->IsCancelled()) return absl::CancelledError("the client went away");
+      return false;
+    }
+    watch_->Progress();
+    if (!msg_.has_data()) {
+      return absl::InvalidArgumentError("a Save stream has one header, then data messages only");
+    }
+    chunk->swap(*msg_.mutable_data());
+    return true;
+  }
+
+ private:
+  grpc::ServerContext* ctx_;
+  grpc::ServerReader<v1::SaveRequest>* reader_;
+  StallWatchdog* watchdog_;
+  std::unique_ptr<StallWatchdog::Guard> watch_;
+  v1::SaveRequest msg_;
+};
+
+void OutcomeToProto(const scheduler::SaveOutcome& o, v1::SaveResponse* resp) {
+  resp->set_reason(o.reason);
+  if (o.skipped) {
     resp->set_result(v1::SaveResponse::RESULT_SKIPPED);
-    return grpc::Status::OK;
-  }
-  StallWatchdog::Guard watch = watchdog_.Watch(ctx);
-  v1::SaveRequest msg;
-  while (reader->Read(&msg)) {
-    watch.Progress();
-    if (!msg.has_data()) {
-      absl::Status st =
-          absl::InvalidArgumentError("a Save stream has one header, then data messages only");
-      (*session)->Fail(st);
-      return ToGrpc(st);
-    }
-    if (absl::Status st = (*session)->Write(msg.data()); !st.ok()) {
-      (*session)->Fail(st);
-      return ToGrpc(st);
-    }
-  }
-  if (ctx->IsCancelled()) return grpc::Status::CANCELLED;  // the session's destructor reports it
-  scheduler::SaveTimings t;
-  bool is_latest = false;
-  auto record = (*session)->Commit(&t, &is_latest);
-  if (!record.ok()) {
-    (*session)->Fail(record.status());
-    return ToGrpc(record.status());
+    return;
   }
   resp->set_result(v1::SaveResponse::RESULT_COMMITTED);
-  ToProto(*record, is_latest, resp->mutable_checkpoint());
-  SetTimings(t, resp->mutable_timings());
+  rpc::ToProto(o.record, o.is_latest, resp->mutable_checkpoint());
+  SetTimings(o.timings, resp->mutable_timings());
+}
+
+// A tensor's size, or INVALID_ARGUMENT naming it (bad type or dims).
+absl::StatusOr<uint64_t> TensorBytes(const gguf::TensorSpec& t, int index) {
+  auto n = gguf::TensorBytes(t.type, t.ne);
+  if (!n.ok()) {
+    return absl::InvalidArgumentError(
+        StrCat("tensors[", index, "] '", t.name, "': ", n.status().message()));
+  }
+  return n;
+}
+
+grpc::Status Accepted(const absl::StatusOr<scheduler::SaveQueue::Accepted>& accepted,
+                      v1::SaveSharedResponse* resp) {
+  if (!accepted.ok()) return ToGrpc(accepted.status());
+  resp->set_reason(accepted->reason);
+  if (accepted->skipped) {
+    resp->set_result(v1::SaveSharedResponse::RESULT_SKIPPED);
+    return grpc::Status::OK;
+  }
+  resp->set_result(v1::SaveSharedResponse::RESULT_ACCEPTED);
+  resp->set_save_id(accepted->save_id);
   return grpc::Status::OK;
 }
+
+}  // namespace
 
 grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::SaveSharedRequest* req,
                                             v1::SaveSharedResponse* resp) {
-  if (shared_saves_ == nullptr) {
+  if (arenas_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
   }
@@ -215,47 +239,118 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
   auto p = ParamsFrom(req->header(), req->final_snapshot() ? scheduler::SaveKind::kClose
                                                            : scheduler::SaveKind::kSave);
   if (!p.ok()) return ToGrpc(p.status());
-  scheduler::SharedSave save{.params = std::move(*p)};
+  if (req->locations_size() != static_cast<int>(p->tensors.size())) {
+    return Invalid(StrCat("locations: ", req->locations_size(), " given for ", p->tensors.size(),
+                          " tensors; give one per tensor, in the same order"));
+  }
+  std::vector<ingest::ArenaRegion> regions;
+  std::vector<std::string> names;
   for (int i = 0; i < req->locations_size(); ++i) {
     const v1::TensorLocation& loc = req->locations(i);
-    auto arena = arenas_->Get(loc.arena_id(), save.params.run_id);
+    auto arena = arenas_->Get(loc.arena_id(), p->run_id);
     if (!arena.ok()) {
       return ToGrpc(absl::Status(arena.status().code(),
                                  StrCat("locations[", i, "]: ", arena.status().message())));
     }
-    save.regions.push_back({std::move(*arena), loc.offset()});
+    const gguf::TensorSpec& t = p->tensors[i].spec;
+    auto bytes = TensorBytes(t, i);
+    if (!bytes.ok()) return ToGrpc(bytes.status());
+    regions.push_back({std::move(*arena), loc.offset(), *bytes});
+    names.push_back(t.name);
   }
+  std::optional<ingest::ArenaRegion> progress;
   if (req->has_progress()) {
-    auto arena = arenas_->Get(req->progress().arena_id(), save.params.run_id);
+    auto arena = arenas_->Get(req->progress().arena_id(), p->run_id);
     if (!arena.ok()) {
       return ToGrpc(
           absl::Status(arena.status().code(), StrCat("progress: ", arena.status().message())));
     }
-    save.progress = scheduler::SharedRegion{std::move(*arena), req->progress().offset()};
+    progress = ingest::ArenaRegion{std::move(*arena), req->progress().offset()};
   }
-  const std::string run_id = save.params.run_id;
-  const uint64_t step = save.params.step;
-  auto accepted = shared_saves_->Submit(std::move(save));
-  if (!accepted.ok()) return ToGrpc(accepted.status());
-  resp->set_reason(accepted->reason);
-  if (accepted->skipped) {
-    resp->set_result(v1::SaveSharedResponse::RESULT_SKIPPED);
-    return grpc::Status::OK;
-  }
+  auto source =
+      ingest::ArenaSource::Create(std::move(regions), names, std::move(progress), staging_timeout_);
+  if (!source.ok()) return ToGrpc(source.status());
+  const bool progressive = (*source)->progressive();
+  const std::string run_id = p->run_id;
+  const uint64_t step = p->step;
+  auto accepted = pipeline_.Enqueue(std::move(*p), std::move(*source));
+  grpc::Status st = Accepted(accepted, resp);
+  if (!st.ok() || accepted->skipped) return st;
   if (req->trainer_stall_s() > 0) {
     metrics::Metrics::Get().RecordTrainerStall(run_id, req->trainer_stall_s());
   }
-  resp->set_result(v1::SaveSharedResponse::RESULT_ACCEPTED);
-  resp->set_save_id(accepted->save_id);
+  if (progressive) {
+    spdlog::info("shared save run={} step={} staged progressively: writing as the trainer copies",
+                 run_id, step);
+  }
   spdlog::debug("shared save queued run={} step={} save={} validated+queued in {:.3f}ms", run_id,
                 step, accepted->save_id, (scheduler::NowSeconds() - started) * 1000);
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
+                                              const v1::SavePointersRequest* req,
+                                              v1::SaveSharedResponse* resp) {
+  if (arenas_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "pointer saves are off in this daemon (shm.enabled); use Save");
+  }
+  constexpr double kMaxWait = 600;
+  if (!(req->timeout_seconds() >= 0 && req->timeout_seconds() <= kMaxWait)) {
+    return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
+  }
+  auto p = ParamsFrom(req->header(), req->final_snapshot() ? scheduler::SaveKind::kClose
+                                                           : scheduler::SaveKind::kSave);
+  if (!p.ok()) return ToGrpc(p.status());
+  if (req->addresses_size() != static_cast<int>(p->tensors.size())) {
+    return Invalid(StrCat("addresses: ", req->addresses_size(), " given for ", p->tensors.size(),
+                          " tensors; give one per tensor, in the same order"));
+  }
+  // Only the process that attached on the arena socket, while its
+  // connection is open, and only the ranges named here.
+  auto attachment = arenas_->GetAttachment(req->attachment_id(), p->run_id, req->attachment_key());
+  if (!attachment.ok()) {
+    return ToGrpc(absl::Status(attachment.status().code(),
+                               StrCat("attachment_id: ", attachment.status().message())));
+  }
+  std::vector<ingest::PointerRange> ranges;
+  for (int i = 0; i < req->addresses_size(); ++i) {
+    const gguf::TensorSpec& t = p->tensors[i].spec;
+    auto bytes = TensorBytes(t, i);
+    if (!bytes.ok()) return ToGrpc(bytes.status());
+    const uint64_t n = *bytes;
+    if (req->addresses(i) > UINT64_MAX - n) {
+      return Invalid(StrCat("addresses[", i, "]: tensor '", t.name, "' would wrap around memory"));
+    }
+    ranges.push_back({req->addresses(i), n});
+  }
+  const std::string run_id = p->run_id;
+  auto accepted = pipeline_.Enqueue(
+      std::move(*p), std::make_unique<ingest::PointerSource>(std::move(*attachment), ranges));
+  grpc::Status st = Accepted(accepted, resp);
+  if (!st.ok() || accepted->skipped) return st;
+  // The trainer's tensors are in use until every byte has been read.
+  const double wait_s = req->timeout_seconds() == 0 ? kMaxWait : req->timeout_seconds();
+  auto r = pipeline_.queue()->Wait(
+      run_id, accepted->save_id, scheduler::SaveQueue::Until::kRead,
+      std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000)),
+      [&] { return ctx->IsCancelled() || stopping_.load(); });
+  if (!r.ok()) return ToGrpc(r.status());
+  if (!r->read_error.ok()) return ToGrpc(r->read_error);
+  if (r->state == scheduler::QueuedSaveResult::State::kFailed) return ToGrpc(r->error);
+  if (!r->read) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        StrCat("save ", accepted->save_id,
+                               " was not read within timeout_seconds; its tensors are still in "
+                               "use: WaitSaved before modifying them"));
+  }
   return grpc::Status::OK;
 }
 
 grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
                                            const v1::WaitSavedRequest* req,
                                            v1::WaitSavedResponse* resp) {
-  if (shared_saves_ == nullptr) {
+  if (pipeline_.queue() == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "shared-memory saves are off in this daemon (shm.enabled)");
   }
@@ -263,8 +358,8 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
   if (!(req->timeout_seconds() >= 0 && req->timeout_seconds() <= kMaxWait)) {
     return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
   }
-  auto r = shared_saves_->Wait(
-      req->run_id(), req->save_id(),
+  auto r = pipeline_.queue()->Wait(
+      req->run_id(), req->save_id(), scheduler::SaveQueue::Until::kFinished,
       std::chrono::milliseconds(static_cast<int64_t>(req->timeout_seconds() * 1000)),
       [&] { return ctx->IsCancelled() || stopping_.load(); });
   if (!r.ok()) return ToGrpc(r.status());
@@ -273,15 +368,15 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
   }
   resp->set_step(r->step);
   switch (r->state) {
-    case scheduler::SharedSaveResult::State::kPending:
+    case scheduler::QueuedSaveResult::State::kPending:
       resp->set_state(v1::WaitSavedResponse::STATE_PENDING);
       break;
-    case scheduler::SharedSaveResult::State::kCommitted:
+    case scheduler::QueuedSaveResult::State::kCommitted:
       resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
       ToProto(r->record, r->is_latest, resp->mutable_checkpoint());
       SetTimings(r->timings, resp->mutable_timings());
       break;
-    case scheduler::SharedSaveResult::State::kFailed:
+    case scheduler::QueuedSaveResult::State::kFailed:
       resp->set_state(v1::WaitSavedResponse::STATE_FAILED);
       resp->set_error_code(static_cast<int32_t>(r->error.code()));
       resp->set_error(std::string(r->error.message()));
@@ -297,7 +392,14 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first Save message must be a header (run_id, step, tensors)");
   }
-  return RunSave(ctx, reader, first.header(), scheduler::SaveKind::kSave, resp);
+  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kSave);
+  if (!p.ok()) return ToGrpc(p.status());
+  GrpcChunkStream chunks(ctx, reader, &watchdog_);
+  ingest::StreamSource source(&chunks);
+  auto outcome = pipeline_.SaveNow(std::move(*p), source);
+  if (!outcome.ok()) return ToGrpc(outcome.status());
+  OutcomeToProto(*outcome, resp);
+  return grpc::Status::OK;
 }
 
 grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
@@ -307,25 +409,17 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first CloseRun message must be a header naming run_id");
   }
-  const v1::SaveHeader& h = first.header();
-  auto run = registry_->Get(h.run_id());
+  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kClose);
+  if (!p.ok()) return ToGrpc(p.status());
+  const std::string run_id = p->run_id;
+  GrpcChunkStream chunks(ctx, reader, &watchdog_);
+  ingest::StreamSource source(&chunks);
+  auto final_save = pipeline_.Close(std::move(*p), source);
+  if (!final_save.ok()) return ToGrpc(final_save.status());
+  if (*final_save) OutcomeToProto(**final_save, resp->mutable_final_save());
+  auto run = registry_->Get(run_id);
   if (!run.ok()) return ToGrpc(run.status());
-  // Shared-memory saves accepted before the close are committed before it.
-  if (shared_saves_ != nullptr) shared_saves_->WaitIdle(h.run_id());
-  bool final_enabled = true;
-  {
-    std::lock_guard lock((*run)->mu);
-    final_enabled = registry_->EffectiveSchedule(**run).final_on_close;
-  }
-  if (h.tensors_size() > 0 && final_enabled) {
-    grpc::Status st =
-        RunSave(ctx, reader, h, scheduler::SaveKind::kClose, resp->mutable_final_save());
-    if (!st.ok()) return st;
-  }
-  if (absl::Status st = registry_->MarkFinished(run->get()); !st.ok()) return ToGrpc(st);
   *resp->mutable_run() = Info(**run);
-  spdlog::info("run finished run={} last_step={}", h.run_id(),
-               resp->run().has_last_step() ? std::to_string(resp->run().last_step()) : "none");
   return grpc::Status::OK;
 }
 

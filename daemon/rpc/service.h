@@ -10,8 +10,8 @@
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/scheduler/run_registry.h"
-#include "daemon/scheduler/save_session.h"
-#include "daemon/scheduler/shared_saves.h"
+#include "daemon/ingest/arena_registry.h"
+#include "daemon/scheduler/save_pipeline.h"
 
 namespace ckptd::rpc {
 
@@ -19,15 +19,18 @@ class CheckpointdService final : public v1::Checkpointd::Service {
  public:
   // Save streams idle for longer than save_idle_timeout are cancelled.
   CheckpointdService(scheduler::RunRegistry* registry, std::chrono::milliseconds save_idle_timeout)
-      : registry_(registry), watchdog_(save_idle_timeout) {}
+      : registry_(registry), pipeline_(registry, nullptr), watchdog_(save_idle_timeout) {}
 
-  // Turns on SaveShared/WaitSaved: arenas registered on `socket`, saves
-  // written by `queue`. Without it they answer UNAVAILABLE. Call before serving.
-  void EnableSharedMemory(ingest::ArenaRegistry* arenas, scheduler::SharedSaveQueue* queue,
-                          std::string socket) {
+  // Turns on SaveShared/SavePointers/WaitSaved: arenas and attachments on
+  // `socket`, saves written by `queue`; a progressive save whose counter
+  // stalls for `staging_timeout` fails. Without it they answer UNAVAILABLE.
+  // Call before serving.
+  void EnableSharedMemory(ingest::ArenaRegistry* arenas, scheduler::SaveQueue* queue,
+                          std::string socket, std::chrono::milliseconds staging_timeout) {
     arenas_ = arenas;
-    shared_saves_ = queue;
+    pipeline_ = scheduler::SavePipeline(registry_, queue);
     arena_socket_ = std::move(socket);
+    staging_timeout_ = staging_timeout;
   }
 
   // Ends WatchRun streams promptly so shutdown is not held up by dashboards.
@@ -41,6 +44,8 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                     v1::SaveResponse* resp) override;
   grpc::Status SaveShared(grpc::ServerContext* ctx, const v1::SaveSharedRequest* req,
                           v1::SaveSharedResponse* resp) override;
+  grpc::Status SavePointers(grpc::ServerContext* ctx, const v1::SavePointersRequest* req,
+                            v1::SaveSharedResponse* resp) override;
   grpc::Status WaitSaved(grpc::ServerContext* ctx, const v1::WaitSavedRequest* req,
                          v1::WaitSavedResponse* resp) override;
   grpc::Status CloseRun(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
@@ -65,10 +70,6 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                               v1::RetentionPlan* resp) override;
 
  private:
-  // Runs a Save/CloseRun stream after its header.
-  grpc::Status RunSave(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
-                       const v1::SaveHeader& header, scheduler::SaveKind kind,
-                       v1::SaveResponse* resp);
   v1::RunInfo Info(scheduler::Run& run) const;
   // A checkpoint as listed: record, latest, pin and retention's verdict (run.mu held).
   void Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
@@ -77,11 +78,12 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
 
   scheduler::RunRegistry* registry_;
+  scheduler::SavePipeline pipeline_;
   std::atomic<bool> stopping_{false};
   StallWatchdog watchdog_;
   ingest::ArenaRegistry* arenas_ = nullptr;
-  scheduler::SharedSaveQueue* shared_saves_ = nullptr;
   std::string arena_socket_;
+  std::chrono::milliseconds staging_timeout_{30000};
 };
 
 }  // namespace ckptd::rpc

@@ -5,6 +5,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/env/posix_error.h"
 #include "daemon/gguf/layout.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/scheduler/retention.h"
@@ -18,8 +19,9 @@ constexpr uint64_t kSpaceMargin = 4 << 20;
 
 using gguf::Value;
 
-void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SaveParams& p, double now,
-                   const std::string& parent_uuid, gguf::Metadata* md) {
+void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SaveParams& p,
+                   std::string_view transport, double now, const std::string& parent_uuid,
+                   gguf::Metadata* md) {
   if (!s.base_model_uuid.empty()) {
     md->Set("general.base_model.count", Value(uint32_t{1}));
     md->Set("general.base_model.0.uuid", Value::String(s.base_model_uuid));
@@ -30,7 +32,7 @@ void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SavePar
   md->Set(std::string(storage::kKeyTimeUtc), Value::String(FormatUtc(now)));
   md->Set(std::string(storage::kKeyDaemonVersion), Value::String(facts.version));
   md->Set(std::string(storage::kKeyDaemonHost), Value::String(facts.host));
-  md->Set(std::string(storage::kKeyTransport), Value::String(p.transport));
+  md->Set(std::string(storage::kKeyTransport), Value::String(std::string(transport)));
   for (const auto& [key, value] : s.provenance.entries()) md->Set(key, value);
   for (const auto& [name, value] : p.metrics) {
     md->Set(StrCat(storage::kMetricsPrefix, name), Value(value));
@@ -39,33 +41,7 @@ void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SavePar
     md->Set(std::string(storage::kKeyParentUuid), Value::String(parent_uuid));
 }
 
-// I/O failures, as opposed to a client's mistakes or a refusal up front.
-bool IsWriteError(const absl::Status& st) {
-  switch (st.code()) {
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kCancelled:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kNotFound:
-      return false;
-    default:
-      return true;
-  }
-}
-
 }  // namespace
-
-absl::Status CheckAcceptsSaves(const Run& run) {
-  if (!run.settings) {
-    return absl::FailedPreconditionError(
-        StrCat("run '", run.id(), "' has not been opened since the daemon started; call OpenRun"));
-  }
-  if (run.state == RunState::kFinished) {
-    return absl::FailedPreconditionError(
-        StrCat("run '", run.id(), "' is finished; call OpenRun to resume it"));
-  }
-  return absl::OkStatus();
-}
 
 void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail) {
   metrics::Metrics::Get().CountSave(run.id(), "failed");
@@ -73,7 +49,7 @@ void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string
   {
     std::lock_guard lock(run.mu);
     run.last_error = error;
-    if (IsWriteError(why)) run.write_error = error;
+    if (env::IsIoError(why)) run.write_error = error;
   }
   spdlog::warn("save failed run={} step={} {}error=\"{}\"", run.id(), step, detail, error);
   run.Publish({.type = Event::Type::kFailed,
@@ -83,17 +59,16 @@ void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string
                .time_utc = FormatUtc(NowSeconds())});
 }
 
-SaveSession::SaveSession(RunRegistry* registry, std::shared_ptr<Run> run, SaveParams params)
+SaveSession::SaveSession(RunRegistry* registry, std::shared_ptr<scheduler::Run> run,
+                         SaveParams params, std::string_view transport)
     : registry_(registry),
       run_(std::move(run)),
       params_(std::move(params)),
+      transport_(transport),
       start_s_(NowSeconds()) {}
 
 SaveSession::~SaveSession() {
-  if (writer_ && !done_) {
-    Fail(absl::CancelledError(StrCat("the client went away after ", writer_->received_bytes(),
-                                     " of ", writer_->data_bytes(), " tensor bytes")));
-  }
+  if (writer_ && !done_) (void)Fail(absl::AbortedError("the save was abandoned before its commit"));
   if (in_flight_) {
     std::lock_guard lock(run_->mu);
     LeaveInFlight();
@@ -101,41 +76,44 @@ SaveSession::~SaveSession() {
 }
 
 absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* registry,
-                                                                SaveParams params) {
-  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<Run> run, registry->Get(params.run_id));
-  std::unique_ptr<SaveSession> s(new SaveSession(registry, run, std::move(params)));
+                                                                SaveParams params,
+                                                                std::string_view transport,
+                                                                const Admission* admitted) {
+  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<scheduler::Run> run, registry->Get(params.run_id));
+  std::unique_ptr<SaveSession> s(new SaveSession(registry, run, std::move(params), transport));
   const SaveParams& p = s->params_;
+  absl::StatusOr<Admission> admission;
   {
     std::lock_guard lock(run->mu);
-    CKPTD_TRY(CheckAcceptsSaves(*run));
-    if (!p.decided_reason.empty()) {
-      s->reason_ = p.decided_reason;
-    } else if (p.kind == SaveKind::kSave && !p.force) {
-      policy::ScheduleState state{run->dir()->latest_step(), run->reference_time_s};
-      policy::Decision d =
-          policy::IsDue(registry->EffectiveSchedule(*run), state, p.step, NowSeconds());
-      if (!d.due) {
-        s->reason_ = d.reason;
-        metrics::Metrics::Get().CountSave(p.run_id, "skipped");
-        return s;
-      }
-      s->reason_ = d.reason;
+    if (admitted == nullptr) {
+      admission = Admit(*run, registry->EffectiveSchedule(*run), p.admit_request(), std::nullopt,
+                        NowSeconds());
     } else {
-      s->reason_ = p.kind == SaveKind::kClose ? "final snapshot" : "forced";
+      // Admitted when it was queued: the schedule was consulted then; the
+      // run's state and the step order may have changed since.
+      AdmitRequest again = p.admit_request();
+      again.force = true;
+      again.overwrite = admitted->overwrite;
+      admission = Admit(*run, registry->EffectiveSchedule(*run), again, std::nullopt, NowSeconds());
+      if (admission.ok()) admission->reason = admitted->reason;
     }
   }
-  if (p.tensors.empty()) {
-    return absl::InvalidArgumentError("tensors: a save needs at least one tensor");
+  if (!admission.ok()) return s->Fail(admission.status());
+  s->reason_ = admission->reason;
+  if (!admission->due) {
+    metrics::Metrics::Get().CountSave(p.run_id, "skipped");
+    return s;
   }
   metrics::Metrics::Get().AddQueued(1);
   s->save_lock_ = std::unique_lock(run->save_mu);  // saves of one run are serialized
   metrics::Metrics::Get().AddQueued(-1);
-  CKPTD_TRY(s->Prepare());
+  if (absl::Status st = s->Prepare(*admission); !st.ok()) return s->Fail(st);
   return s;
 }
 
-absl::Status SaveSession::Prepare() {
+absl::Status SaveSession::Prepare(const Admission& admission) {
   const SaveParams& p = params_;
+  overwrite_ = admission.overwrite;
   storage::SavePlan plan;
   plan.step = p.step;
   plan.alignment = registry_->facts().alignment;
@@ -146,19 +124,16 @@ absl::Status SaveSession::Prepare() {
   std::string weights_dir;
   {
     std::lock_guard lock(run_->mu);
-    // The final snapshot is authoritative: at a step the schedule already
-    // saved, it replaces that checkpoint instead of failing the close.
-    if (p.kind == SaveKind::kClose && run_->dir()->Find(p.step) != nullptr) {
-      params_.overwrite = true;
-    }
+    // Checked again under the save lock: another save may have committed meanwhile.
     CKPTD_TRY(run_->dir()->CheckCanSave(
-        p.step, p.overwrite ? storage::Overwrite::kYes : storage::Overwrite::kNo));
+        p.step, overwrite_ ? storage::Overwrite::kYes : storage::Overwrite::kNo));
     std::string parent;
     const auto& catalog = run_->dir()->catalog();
     auto it = catalog.lower_bound(p.step);
     if (it != catalog.begin()) parent = std::prev(it)->second.uuid;
     plan.model_metadata = run_->settings->model_metadata;
-    AddProvenance(*run_->settings, registry_->facts(), p, now, parent, &plan.model_metadata);
+    AddProvenance(*run_->settings, registry_->facts(), p, transport_, now, parent,
+                  &plan.model_metadata);
     weights_dir = run_->dir()->weights_dir();
   }
   bool has_train = false;
@@ -228,7 +203,23 @@ void SaveSession::LeaveInFlight() {
   in_flight_ = false;
 }
 
-absl::Status SaveSession::Write(std::string_view bytes) { return writer_->WriteData(bytes); }
+absl::StatusOr<SaveOutcome> SaveSession::Run(ingest::TensorSource& source) {
+  SaveOutcome out{.skipped = skipped(), .reason = reason_};
+  if (skipped()) return out;
+  absl::Status copied =
+      source.CopyTo([&](std::string_view bytes) { return writer_->WriteData(bytes); });
+  if (!copied.ok()) {
+    if (copied.code() == absl::StatusCode::kCancelled) {
+      copied = absl::CancelledError(StrCat(copied.message(), " after ", writer_->received_bytes(),
+                                           " of ", writer_->data_bytes(), " tensor bytes"));
+    }
+    return Fail(std::move(copied));
+  }
+  auto record = Commit(&out.timings, &out.is_latest);
+  if (!record.ok()) return Fail(record.status());
+  out.record = std::move(*record);
+  return out;
+}
 
 absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bool* is_latest) {
   t->received_s = NowSeconds() - start_s_;
@@ -238,8 +229,9 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   {
     std::lock_guard lock(run_->mu);
     CKPTD_ASSIGN_OR_RETURN(
-        record, run_->dir()->Commit(writer_.get(), params_.overwrite ? storage::Overwrite::kYes
-                                                                     : storage::Overwrite::kNo));
+        record,
+        run_->dir()->Commit(writer_.get(), overwrite_ ? storage::Overwrite::kYes
+                                                      : storage::Overwrite::kNo));
     *is_latest = run_->dir()->latest_step() == record.step;
     run_->reference_time_s = NowSeconds();
     run_->last_error.clear();
@@ -268,8 +260,8 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   return record;
 }
 
-void SaveSession::Fail(const absl::Status& why) {
-  if (done_) return;
+absl::Status SaveSession::Fail(absl::Status why) {
+  if (done_) return why;
   done_ = true;
   if (writer_)
     metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
@@ -277,7 +269,9 @@ void SaveSession::Fail(const absl::Status& why) {
     std::lock_guard lock(run_->mu);
     LeaveInFlight();
   }
-  RecordFailure(*run_, params_.step, why, fmt::format("after={:.3f}s ", NowSeconds() - start_s_));
+  RecordFailure(*run_, params_.step, why,
+                fmt::format("transport={} after={:.3f}s ", transport_, NowSeconds() - start_s_));
+  return why;
 }
 
 }  // namespace ckptd::scheduler

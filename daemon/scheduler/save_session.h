@@ -1,9 +1,9 @@
-// One save, from its header to its commit: schedule check, per-run
-// ordering, overwrite rules, provenance, the disk-space check before any
-// data is written, writing as bytes arrive, and the commit. A session that
-// is destroyed without Commit() (client gone, bad input) removes its temp
-// files and publishes a FAILED event; earlier checkpoints and `latest` stay
-// as they were. Not thread-safe; one per save.
+// One save, from admission to commit, whatever its transport: admission
+// (admission.h), per-run ordering, provenance, the disk-space check before
+// any data is written, the write from a TensorSource, and the commit. A save
+// that is refused or fails produces the same FAILED event, metric and log
+// line on every path; its temp files are removed and earlier checkpoints and
+// `latest` stay as they were. Not thread-safe; one per save.
 #pragma once
 
 #include <map>
@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/ingest/tensor_source.h"
+#include "daemon/scheduler/admission.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/storage/checkpoint_writer.h"
 
 namespace ckptd::scheduler {
-
-enum class SaveKind { kSave, kClose };
 
 struct SaveParams {
   std::string run_id;
@@ -28,11 +28,15 @@ struct SaveParams {
   bool overwrite = false;
   std::vector<storage::PlannedTensor> tensors;
   gguf::Metadata train_metadata;
-  std::string transport = "grpc-stream";
   SaveKind kind = SaveKind::kSave;
-  // Set when the schedule was already consulted (a queued shm save): Begin
-  // uses this reason instead of asking the schedule again.
-  std::string decided_reason;
+
+  AdmitRequest admit_request() const {
+    return {.step = step,
+            .kind = kind,
+            .force = force,
+            .overwrite = overwrite,
+            .tensor_count = tensors.size()};
+  }
 };
 
 struct SaveTimings {
@@ -41,50 +45,57 @@ struct SaveTimings {
   double committed_s = 0;
 };
 
-// OK when the run takes saves: opened since the daemon started, not finished
-// (run.mu held). FAILED_PRECONDITION naming what to call otherwise.
-absl::Status CheckAcceptsSaves(const Run& run);
+struct SaveOutcome {
+  bool skipped = false;  // not due: nothing written
+  std::string reason;
+  storage::CheckpointRecord record;  // committed
+  bool is_latest = false;
+  SaveTimings timings;
+};
 
-// Records a failed save: the run's last error (and write error for I/O
-// failures), a FAILED event, the log line (with `detail`), the metric. Used by
-// sessions and for queued shm saves that Begin refused.
+// Records a refused or failed save: the run's last error (and its sticky
+// write error for I/O failures, env::IsIoError), a FAILED event, the log
+// line (with `detail`), the metric.
 void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail = "");
 
 class SaveSession {
  public:
-  // Returns a session that is either skipped() (not due, nothing written)
-  // or ready for data. Errors: NOT_FOUND (unknown run), FAILED_PRECONDITION
-  // (run not opened, or finished; step below the last without overwrite),
-  // ALREADY_EXISTS, INVALID_ARGUMENT (tensors, metadata), RESOURCE_EXHAUSTED
-  // (not enough free space for the planned files).
-  static absl::StatusOr<std::unique_ptr<SaveSession>> Begin(RunRegistry* registry,
-                                                            SaveParams params);
+  // Admits the save (Admit, with `queued_last` as the queue's highest step)
+  // unless `admitted` says it was admitted earlier (a queued save: then only
+  // the run's state and the step order are checked again), and prepares it:
+  // plan, disk guard, temp files. The session is skipped() when not due.
+  // Errors: NOT_FOUND (unknown run), Admit's errors, INVALID_ARGUMENT
+  // (tensors, metadata), RESOURCE_EXHAUSTED (disk guard); each recorded.
+  static absl::StatusOr<std::unique_ptr<SaveSession>> Begin(
+      RunRegistry* registry, SaveParams params, std::string_view transport,
+      const Admission* admitted = nullptr);
   ~SaveSession();
 
   bool skipped() const { return writer_ == nullptr; }
   const std::string& reason() const { return reason_; }
-  uint64_t expected_bytes() const { return writer_ ? writer_->data_bytes() : 0; }
-  uint64_t received_bytes() const { return writer_ ? writer_->received_bytes() : 0; }
 
-  absl::Status Write(std::string_view bytes);
-  absl::StatusOr<storage::CheckpointRecord> Commit(SaveTimings* timings, bool* is_latest);
-  // Records the failure (run's last_error, FAILED event, log); the
-  // destructor then removes the temp files.
-  void Fail(const absl::Status& why);
+  // Writes every byte `source` delivers, then commits. On any failure the
+  // failure is recorded and returned, and nothing is left on disk.
+  absl::StatusOr<SaveOutcome> Run(ingest::TensorSource& source);
 
  private:
-  SaveSession(RunRegistry* registry, std::shared_ptr<Run> run, SaveParams params);
-  absl::Status Prepare();
+  SaveSession(RunRegistry* registry, std::shared_ptr<scheduler::Run> run, SaveParams params,
+              std::string_view transport);
+  absl::Status Prepare(const Admission& admission);
   // Disk guard: prunes unprotected checkpoints to make room, or refuses.
   absl::Status EnsureSpace(uint64_t planned, const std::string& weights_dir);
+  absl::StatusOr<storage::CheckpointRecord> Commit(SaveTimings* timings, bool* is_latest);
+  absl::Status Fail(absl::Status why);
   void LeaveInFlight();  // run_->mu held
 
   RunRegistry* registry_;
-  std::shared_ptr<Run> run_;
+  std::shared_ptr<scheduler::Run> run_;
   SaveParams params_;
+  std::string transport_;
   std::unique_lock<std::mutex> save_lock_;
   std::unique_ptr<storage::CheckpointWriter> writer_;
   std::string reason_;
+  bool overwrite_ = false;
   double start_s_ = 0;
   bool done_ = false;       // committed or failed
   bool in_flight_ = false;  // params_.step is in run_->in_flight

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -35,6 +36,12 @@ class Arena {
   size_t size_;
 };
 
+// What ATTACH returns: the id and key a save_pointers names.
+struct PointerAttachment {
+  uint64_t id = 0;
+  std::string key;
+};
+
 class ArenaChannel {
  public:
   // `socket_path`: OpenRunResponse.arena_socket.
@@ -47,8 +54,16 @@ class ArenaChannel {
   // the arena id for TensorLocation. The daemon's refusal comes back with its
   // status code and message.
   absl::StatusOr<uint64_t> Register(int fd, const std::string& token);
+  // Attaches this process for pointer saves: the daemon may then read the
+  // tensors a save_pointers names from this process's memory while this
+  // channel stays open. PERMISSION_DENIED (with the setting to change)
+  // where the daemon may not read it.
+  absl::StatusOr<PointerAttachment> Attach(const std::string& token);
 
  private:
+  // One request datagram (with `fd` attached when >= 0), one reply: the
+  // words after "OK", or the daemon's error.
+  absl::StatusOr<std::vector<std::string>> Exchange(const std::string& request, int fd);
   explicit ArenaChannel(int fd) : fd_(fd) {}
   int fd_;
 };

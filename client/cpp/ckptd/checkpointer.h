@@ -34,6 +34,13 @@ struct CheckpointerOptions {
   // daemon writes while the trainer copies. On 2 cores: ~7 % sooner durable,
   // ~28 % more stall (README, Benchmarks), hence off by default.
   bool overlap_copy = false;
+  // Pointer saves: no arena and no copy by the trainer; the daemon reads the
+  // tensors straight from this process's memory (process_vm_readv) and
+  // maybe_save returns once it has read them all (the tensors must not change
+  // until then: that is the stall). For trainers that cannot hold a second
+  // copy of their state. Falls back to arenas where the daemon may not read
+  // this process (another uid, Yama's ptrace_scope), with one log line.
+  bool pointers = false;
   double wait_timeout_s = 3600;  // wait(): give up after this long per save
   // Where the checkpointer's one-line notices go (default: stderr).
   std::function<void(const std::string&)> log;
@@ -48,7 +55,8 @@ struct CheckpointerStats {
   uint64_t buffer_waits = 0;  // saves that found every arena busy
   double buffer_wait_s = 0;   // time spent waiting for an arena
   double last_copy_s = 0;
-  bool shared_memory = false;  // the shm path is in use
+  bool shared_memory = false;  // the shm path (arenas or pointers) is in use
+  bool pointers = false;       // pointer saves are in use
 };
 
 class Checkpointer {
@@ -81,6 +89,7 @@ class Checkpointer {
   CheckpointerStats stats() const {
     CheckpointerStats s = stats_;
     s.shared_memory = shared_;
+    s.pointers = attachment_.has_value();
     return s;
   }
   // The committed checkpoints reported by finished shm saves, oldest first.
@@ -88,7 +97,7 @@ class Checkpointer {
 
  private:
   struct Slot {
-    std::unique_ptr<Arena> arena;
+    std::unique_ptr<Arena> arena;  // null for a pointer save (no buffer to reuse)
     uint64_t arena_id = 0;
     std::optional<uint64_t> save_id;  // the pending save using it
     double stall_s = 0;               // its stall, reported with the first WaitSaved
@@ -109,6 +118,14 @@ class Checkpointer {
   // piece lands; several threads for large saves.
   void Copy(char* dst, uint64_t* progress, const std::vector<TensorView>& tensors,
             const std::vector<uint64_t>& offsets) const;
+  // The pointer path: the daemon reads the tensors where they are.
+  absl::StatusOr<bool> SendPointers(double t0, uint64_t step, const std::vector<TensorView>& tensors,
+                                    const std::map<std::string, double>& metrics,
+                                    const SaveOptions& options, bool final_snapshot);
+  // The stream path, and the fallback of the others: one place counts it.
+  absl::StatusOr<bool> StreamSave(double t0, uint64_t step, const std::vector<TensorView>& tensors,
+                                  const std::map<std::string, double>& metrics,
+                                  const SaveOptions& options);
   void Account(double stall_s);
 
   Run* run_;
@@ -116,6 +133,7 @@ class Checkpointer {
   std::unique_ptr<ArenaChannel> channel_;
   std::vector<Slot> slots_;
   bool shared_ = false;
+  std::optional<PointerAttachment> attachment_;  // pointer saves
   absl::Status deferred_error_;  // a failed shm save, reported by the next wait()
   CheckpointerStats stats_;
   std::vector<v1::WaitSavedResponse> finished_;

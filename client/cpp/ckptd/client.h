@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "ckptd/v1/ckptd.grpc.pb.h"
+#include "client/cpp/ckptd/arena.h"
 
 namespace ckptd {
 
@@ -79,7 +80,16 @@ class Run {
       const std::map<std::string, double>& metrics = {}, const SaveOptions& options = {},
       double trainer_stall_s = 0, const v1::TensorLocation* progress = nullptr,
       bool final_snapshot = false);
-  // A shared-memory save's state, waiting up to timeout_s for it to finish;
+  // Pointer save: the daemon reads each tensor's bytes (TensorView::data)
+  // straight from this process's memory through the attachment
+  // (ArenaChannel::Attach). Returns once every byte has been read: the
+  // tensors must not change until then (that is the trainer's stall); the
+  // commit continues, and wait_saved(save_id) reports it.
+  absl::StatusOr<v1::SaveSharedResponse> save_pointers(
+      uint64_t step, const std::vector<TensorView>& tensors, const PointerAttachment& attachment,
+      const std::map<std::string, double>& metrics = {}, const SaveOptions& options = {},
+      bool final_snapshot = false);
+  // A queued (shared-memory or pointer) save's state, waiting up to timeout_s for it to finish;
   // trainer_stall_s > 0 reports the save's stall (once per save).
   absl::StatusOr<v1::WaitSavedResponse> wait_saved(uint64_t save_id, double timeout_s,
                                                    double trainer_stall_s = 0);

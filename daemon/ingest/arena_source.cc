@@ -1,0 +1,82 @@
+// Arena source: bounds checks, windows, progressive staging.
+#include "daemon/ingest/arena_source.h"
+
+#include <thread>
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+
+namespace ckptd::ingest {
+
+absl::StatusOr<std::unique_ptr<ArenaSource>> ArenaSource::Create(
+    std::vector<ArenaRegion> regions, const std::vector<std::string>& names,
+    std::optional<ArenaRegion> progress, std::chrono::milliseconds staging_timeout) {
+  for (size_t i = 0; i < regions.size(); ++i) {
+    const ArenaRegion& r = regions[i];
+    const uint64_t size = r.arena->memory->size();
+    if (r.offset > size || r.bytes > size - r.offset) {
+      return absl::InvalidArgumentError(
+          StrCat("locations[", i, "]: tensor '", i < names.size() ? names[i] : "", "' needs ",
+                 r.bytes, " bytes at offset ", r.offset, " but arena ", r.arena->id, " holds ",
+                 size, " bytes; every tensor must lie inside its arena"));
+    }
+  }
+  if (progress) {
+    const uint64_t size = progress->arena->memory->size();
+    if (progress->offset % 8 != 0 || size < 8 || progress->offset > size - 8) {
+      return absl::InvalidArgumentError(StrCat("progress: offset ", progress->offset,
+                                               " is not an 8-byte aligned u64 inside arena ",
+                                               progress->arena->id, " (", size, " bytes)"));
+    }
+    progress->bytes = 8;
+  }
+  return std::unique_ptr<ArenaSource>(
+      new ArenaSource(std::move(regions), std::move(progress), staging_timeout));
+}
+
+absl::Status ArenaSource::CopyTo(const ByteWriter& write) {
+  std::unique_ptr<env::MappedWindow> counter;
+  if (progress_) {
+    CKPTD_ASSIGN_OR_RETURN(counter, progress_->arena->memory->Map(progress_->offset, 8));
+  }
+  uint64_t total = 0;
+  for (const ArenaRegion& r : regions_) total += r.bytes;
+  uint64_t done = 0;  // tensor bytes written so far
+  for (const ArenaRegion& r : regions_) {
+    for (uint64_t at = 0; at < r.bytes; at += kWindowBytes) {
+      const uint64_t len = std::min<uint64_t>(kWindowBytes, r.bytes - at);
+      if (counter) CKPTD_TRY(WaitStaged(counter->bytes(), done + len, total));
+      CKPTD_ASSIGN_OR_RETURN(auto window, r.arena->memory->Map(r.offset + at, len));
+      CKPTD_TRY(write(window->bytes()));
+      done += len;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ArenaSource::WaitStaged(const std::string_view& counter, uint64_t needed,
+                                     uint64_t total) const {
+  const auto* word = reinterpret_cast<const uint64_t*>(counter.data());
+  uint64_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+  auto last_progress = std::chrono::steady_clock::now();
+  auto pause = std::chrono::microseconds(20);
+  while (seen < needed) {
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
+    const uint64_t now_seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    if (now_seen != seen) {
+      seen = now_seen;
+      last_progress = std::chrono::steady_clock::now();
+      pause = std::chrono::microseconds(20);
+    } else if (std::chrono::steady_clock::now() - last_progress > timeout_) {
+      return absl::DeadlineExceededError(
+          StrCat("the trainer stopped staging: ", seen, " of ", total,
+                 " tensor bytes in place and no progress for ",
+                 std::chrono::duration<double>(timeout_).count(),
+                 " s (it exited or hung mid-copy); nothing was committed"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ckptd::ingest

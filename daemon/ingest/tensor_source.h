@@ -1,0 +1,31 @@
+// Where a save's tensor bytes come from. Every transport is a TensorSource
+// feeding the one SaveSession (DESIGN.md, "Data flow"):
+//   StreamSource   chunks of a Save stream (any producer: a gRPC reader now,
+//                  a callback reactor's bounded queue later)
+//   ArenaSource    windows of the trainer's sealed memfd arenas (shm path)
+//   PointerSource  the trainer's own memory, read with process_vm_readv
+// A source hands every planned tensor's bytes, in plan order and any
+// chunking, to the session's writer, and knows nothing of GGUF layout.
+#pragma once
+
+#include <functional>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace ckptd::ingest {
+
+// Takes the next bytes of the save; an error stops the source.
+using ByteWriter = std::function<absl::Status(std::string_view)>;
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  // Recorded as ckpt.transport: "grpc-stream", "shm", "pointer".
+  virtual std::string_view transport() const = 0;
+  // Delivers every byte to `write`, or fails with the source's own error
+  // (client gone, stalled staging, unreadable range) or write's.
+  virtual absl::Status CopyTo(const ByteWriter& write) = 0;
+};
+
+}  // namespace ckptd::ingest

@@ -1,0 +1,60 @@
+// The admission rules.
+#include "daemon/scheduler/admission.h"
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+
+namespace ckptd::scheduler {
+namespace {
+
+absl::Status CheckAcceptsSaves(const Run& run) {
+  if (!run.settings) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(), "' has not been opened since the daemon started; call OpenRun"));
+  }
+  if (run.state == RunState::kFinished) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(), "' is finished; call OpenRun to resume it"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule,
+                                const AdmitRequest& r, std::optional<uint64_t> queued_last,
+                                double now) {
+  CKPTD_TRY(CheckAcceptsSaves(run));
+  Admission a{.due = true, .overwrite = r.overwrite};
+  if (r.kind == SaveKind::kClose) {
+    if (!schedule.final_on_close) return Admission{.reason = "final_on_close is off for this run"};
+    a.reason = "final snapshot";
+    // The final snapshot is authoritative: at a step the schedule already
+    // saved, it replaces that checkpoint instead of failing the close.
+    if (!queued_last && run.dir()->Find(r.step) != nullptr) a.overwrite = true;
+  } else if (r.force) {
+    a.reason = "forced";
+  } else {
+    const std::optional<uint64_t> last = queued_last ? queued_last : run.dir()->latest_step();
+    policy::Decision d = policy::IsDue(schedule, {last, run.reference_time_s}, r.step, now);
+    if (!d.due) return Admission{.reason = d.reason};
+    a.reason = d.reason;
+  }
+  if (r.tensor_count && *r.tensor_count == 0) {
+    return absl::InvalidArgumentError("tensors: a save needs at least one tensor");
+  }
+  if (queued_last) {
+    if (r.step <= *queued_last) {
+      return absl::FailedPreconditionError(
+          StrCat("step ", r.step, " is not above step ", *queued_last,
+                 ", which is still queued; a run's steps are saved in increasing order (to "
+                 "overwrite, WaitSaved for the queued save first)"));
+    }
+    return a;
+  }
+  CKPTD_TRY(run.dir()->CheckCanSave(
+      r.step, a.overwrite ? storage::Overwrite::kYes : storage::Overwrite::kNo));
+  return a;
+}
+
+}  // namespace ckptd::scheduler
