@@ -141,7 +141,7 @@ struct HttpServer::Impl {
 Reply HttpServer::Impl::Readyz() {
   std::vector<std::string> reasons;
   for (const auto& run : registry->List()) {
-    std::lock_guard lock(run->mu);
+    absl::MutexLock lock(&run->mu());
     if (!run->write_error.empty()) {
       reasons.push_back(
           StrCat("run ", run->id(), " has an unresolved write error: ", run->write_error));
@@ -174,7 +174,7 @@ Reply HttpServer::Impl::MetricsText() {
   }
   std::string last_step, last_time, count;
   for (const auto& run : registry->List()) {
-    std::lock_guard lock(run->mu);
+    absl::MutexLock lock(&run->mu());
     const std::string label = StrCat("{run=\"", metrics::EscapeLabel(run->id()), "\"} ");
     StrAppend(&count, "ckptd_checkpoints", label, run->dir()->catalog().size(), "\n");
     if (auto step = run->dir()->latest_step()) {

@@ -22,7 +22,7 @@ std::string NewToken() {
 }  // namespace
 
 std::string ArenaRegistry::TokenFor(const std::string& run_id) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = by_run_.find(run_id);
   if (it != by_run_.end()) return it->second;
   std::string token = NewToken();
@@ -35,7 +35,7 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view 
                                                                const Peer& peer) {
   std::string run_id;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = tokens_.find(std::string(token));
     if (it == tokens_.end()) {
       ::close(fd);
@@ -57,7 +57,7 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view 
   arena->uid = peer.uid;
   arena->pid = peer.pid;
   arena->memory = std::move(*memory);
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   arena->id = next_id_++;
   arenas_[arena->id] = Entry{arena, peer.connection};
   metrics::Metrics::Get().AddArenas(1);
@@ -66,7 +66,7 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view 
 
 absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Get(uint64_t id,
                                                           const std::string& run_id) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = arenas_.find(id);
   if (it == arenas_.end()) {
     return absl::NotFoundError(
@@ -92,7 +92,7 @@ absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_vi
   }
   auto attachment = std::make_shared<Attachment>();
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = tokens_.find(std::string(token));
     if (it == tokens_.end()) {
       return absl::PermissionDeniedError(
@@ -110,7 +110,7 @@ absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_vi
   attachment->uid = peer.uid;
   attachment->pid = peer.pid;
   attachment->memory = std::move(*memory);
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   attachment->id = next_id_++;
   attachments_[attachment->id] = {attachment, peer.connection};
   return attachment;
@@ -118,7 +118,7 @@ absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_vi
 
 absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::GetAttachment(
     uint64_t id, const std::string& run_id, std::string_view key) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = attachments_.find(id);
   if (it == attachments_.end()) {
     return absl::NotFoundError(StrCat(
@@ -139,7 +139,7 @@ absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::GetAttachment(
 }
 
 void ArenaRegistry::DropConnection(uint64_t connection) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::erase_if(attachments_, [&](const auto& kv) {
     if (kv.second.second != connection) return false;
     kv.second.first->connected = false;
@@ -151,7 +151,7 @@ void ArenaRegistry::DropConnection(uint64_t connection) {
 }
 
 size_t ArenaRegistry::size() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return arenas_.size();
 }
 

@@ -11,10 +11,11 @@
 #include <atomic>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/env/process_memory.h"
 #include "daemon/env/shared_memory.h"
 
@@ -78,12 +79,14 @@ class ArenaRegistry {
     uint64_t connection = 0;
   };
   const size_t max_arenas_;
-  mutable std::mutex mu_;
-  std::map<std::string, std::string> tokens_;  // token -> run id
-  std::map<std::string, std::string> by_run_;  // run id -> token
-  std::map<uint64_t, Entry> arenas_;
-  std::map<uint64_t, std::pair<std::shared_ptr<Attachment>, uint64_t>> attachments_;  // + connection
-  uint64_t next_id_ = 1;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::string> tokens_ ABSL_GUARDED_BY(mu_);  // token -> run id
+  std::map<std::string, std::string> by_run_ ABSL_GUARDED_BY(mu_);  // run id -> token
+  std::map<uint64_t, Entry> arenas_ ABSL_GUARDED_BY(mu_);
+  // By id, with the connection that attached it.
+  std::map<uint64_t, std::pair<std::shared_ptr<Attachment>, uint64_t>> attachments_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
 }  // namespace ckptd::ingest

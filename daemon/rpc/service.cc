@@ -92,7 +92,7 @@ void CheckpointdService::BeginShutdown() {
 }
 
 v1::RunInfo CheckpointdService::Info(scheduler::Run& run) const {
-  std::lock_guard lock(run.mu);
+  absl::MutexLock lock(&run.mu());
   v1::RunInfo info;
   info.set_run_id(run.id());
   info.set_run_dir(run.dir()->run_dir());
@@ -459,7 +459,7 @@ grpc::Status CheckpointdService::ListCheckpoints(grpc::ServerContext*,
   const uint32_t page = req->page_size() == 0 ? kDefaultPage : req->page_size();
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
-  std::lock_guard lock((*run)->mu);
+  absl::MutexLock lock(&(*run)->mu());
   const auto& catalog = (*run)->dir()->catalog();
   const auto plan = DryPlan(**run);
   auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
@@ -479,7 +479,7 @@ grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext*,
   if (!run.ok()) return ToGrpc(run.status());
   storage::CheckpointRecord record;
   {
-    std::lock_guard lock((*run)->mu);
+    absl::MutexLock lock(&(*run)->mu());
     const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step());
     if (r == nullptr) {
       return grpc::Status(grpc::StatusCode::NOT_FOUND,
@@ -559,7 +559,7 @@ grpc::Status CheckpointdService::Pin(grpc::ServerContext*, const v1::PinRequest*
   }
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
-  std::lock_guard lock((*run)->mu);
+  absl::MutexLock lock(&(*run)->mu());
   const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step());
   if (r == nullptr) {
     return grpc::Status(
@@ -576,7 +576,7 @@ grpc::Status CheckpointdService::Unpin(grpc::ServerContext*, const v1::UnpinRequ
                                        v1::CheckpointInfo* resp) {
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
-  std::lock_guard lock((*run)->mu);
+  absl::MutexLock lock(&(*run)->mu());
   if (absl::Status st = (*run)->pins.Unpin(req->step()); !st.ok()) {
     return ToGrpc(absl::Status(st.code(), StrCat("run '", req->run_id(), "': ", st.message())));
   }
@@ -591,7 +591,7 @@ grpc::Status CheckpointdService::Retention(const v1::RetentionRequest& req, bool
                                            v1::RetentionPlan* resp) {
   auto run = registry_->Get(req.run_id());
   if (!run.ok()) return ToGrpc(run.status());
-  std::lock_guard lock((*run)->mu);
+  absl::MutexLock lock(&(*run)->mu());
   auto result = registry_->RunRetentionLocked(**run, dry);
   if (!result.ok()) return ToGrpc(result.status());
   resp->set_policy(policy::Describe(registry_->EffectiveRetention(**run)));

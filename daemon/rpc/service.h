@@ -71,10 +71,12 @@ class CheckpointdService final : public v1::Checkpointd::Service {
 
  private:
   v1::RunInfo Info(scheduler::Run& run) const;
-  // A checkpoint as listed: record, latest, pin and retention's verdict (run.mu held).
+  // A checkpoint as listed: record, latest, pin and retention's verdict.
   void Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
-                const std::vector<policy::RetentionDecision>& plan, v1::CheckpointInfo* out) const;
-  std::vector<policy::RetentionDecision> DryPlan(scheduler::Run& run) const;  // run.mu held
+                const std::vector<policy::RetentionDecision>& plan, v1::CheckpointInfo* out) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
+  std::vector<policy::RetentionDecision> DryPlan(scheduler::Run& run) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
 
   scheduler::RunRegistry* registry_;

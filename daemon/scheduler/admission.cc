@@ -7,7 +7,7 @@
 namespace ckptd::scheduler {
 namespace {
 
-absl::Status CheckAcceptsSaves(const Run& run) {
+absl::Status CheckAcceptsSaves(const Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu()) {
   if (!run.settings) {
     return absl::FailedPreconditionError(
         StrCat("run '", run.id(), "' has not been opened since the daemon started; call OpenRun"));

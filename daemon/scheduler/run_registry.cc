@@ -35,8 +35,11 @@ std::string FormatUtc(double seconds) {
 }
 
 bool Subscription::Next(Event* out, std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return !queue_.empty() || closed_; });
+  absl::MutexLock lock(&mu_);
+  const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+  while (queue_.empty() && !closed_) {
+    if (cv_.WaitWithDeadline(&mu_, deadline)) break;  // timed out
+  }
   if (queue_.empty()) return false;
   *out = std::move(queue_.front());
   queue_.pop_front();
@@ -44,18 +47,18 @@ bool Subscription::Next(Event* out, std::chrono::milliseconds timeout) {
 }
 
 bool Subscription::closed() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return closed_ && queue_.empty();
 }
 
 bool Subscription::overflowed() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return overflowed_;
 }
 
 void Subscription::Push(const Event& e) {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (closed_) return;
     if (queue_.size() >= kMaxQueued) {
       overflowed_ = closed_ = true;
@@ -63,19 +66,19 @@ void Subscription::Push(const Event& e) {
       queue_.push_back(e);
     }
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void Subscription::Close() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     closed_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void Run::Publish(const Event& e) {
-  std::lock_guard lock(mu);
+  absl::MutexLock lock(&mu_);
   PublishLocked(e);
 }
 
@@ -90,13 +93,13 @@ void Run::PublishLocked(const Event& e) {
 
 std::shared_ptr<Subscription> Run::Subscribe() {
   auto s = std::make_shared<Subscription>();
-  std::lock_guard lock(mu);
+  absl::MutexLock lock(&mu_);
   subscribers_.push_back(s);
   return s;
 }
 
 void Run::CloseSubscriptions() {
-  std::lock_guard lock(mu);
+  absl::MutexLock lock(&mu_);
   for (auto& w : subscribers_) {
     if (auto s = w.lock()) s->Close();
   }
@@ -130,7 +133,10 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id
   CKPTD_ASSIGN_OR_RETURN(storage::PinStore pins, storage::PinStore::Load(env_, dir));
   auto run = std::make_shared<Run>(run_id, std::move(run_dir), std::move(pins));
   auto marker = env::ReadWholeFile(env_, StrCat(dir, "/", storage::kRunStateFile));
-  if (marker.ok() && *marker == kFinished) run->state = RunState::kFinished;
+  if (marker.ok() && *marker == kFinished) {
+    absl::MutexLock lock(&run->mu());
+    run->state = RunState::kFinished;
+  }
   return run;
 }
 
@@ -146,10 +152,10 @@ std::vector<std::string> RunRegistry::Scan() {
       std::string dir = StrCat(root, "/", name);
       auto st = env_->Stat(StrCat(dir, "/", storage::kWeightsDir));
       if (!storage::IsValidRunId(name) || !st.ok() || !st->is_dir) continue;
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (runs_.count(name)) {
         warnings.push_back(StrCat("run id '", name, "' exists under two roots; using ",
-                                  runs_[name]->dir()->run_dir(), ", ignoring ", dir));
+                                  runs_[name]->run_dir(), ", ignoring ", dir));
         continue;
       }
       auto run = Load(name, dir);
@@ -214,12 +220,12 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
   CKPTD_ASSIGN_OR_RETURN(std::string dir, ResolveRunDir(run_id, requested_dir));
   std::shared_ptr<Run> run;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = runs_.find(run_id);
     if (it != runs_.end()) {
-      if (!requested_dir.empty() && it->second->dir()->run_dir() != dir) {
+      if (!requested_dir.empty() && it->second->run_dir() != dir) {
         return absl::FailedPreconditionError(StrCat("run '", run_id, "' already lives in ",
-                                                    it->second->dir()->run_dir(),
+                                                    it->second->run_dir(),
                                                     "; pass the same run_dir or none"));
       }
       run = it->second;
@@ -228,7 +234,7 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
       runs_[run_id] = run;
     }
   }
-  std::lock_guard lock(run->mu);
+  absl::MutexLock lock(&run->mu());
   *resumed = !run->dir()->catalog().empty();
   if (run->state == RunState::kFinished) {
     (void)env_->RemoveFile(StrCat(run->dir()->run_dir(), "/", storage::kRunStateFile));
@@ -240,7 +246,7 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
 }
 
 absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Get(const std::string& run_id) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = runs_.find(run_id);
   if (it == runs_.end()) {
     return absl::NotFoundError(
@@ -250,7 +256,7 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Get(const std::string& run_id)
 }
 
 std::vector<std::shared_ptr<Run>> RunRegistry::List() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<std::shared_ptr<Run>> out;
   for (const auto& [id, run] : runs_) out.push_back(run);
   return out;
@@ -258,31 +264,31 @@ std::vector<std::shared_ptr<Run>> RunRegistry::List() const {
 
 policy::Schedule RunRegistry::EffectiveSchedule(const Run& run) const {
   if (run.settings && run.settings->schedule) return *run.settings->schedule;
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return default_schedule_;
 }
 
 policy::RetentionPolicy RunRegistry::EffectiveRetention(const Run& run) const {
   if (run.settings && run.settings->retention) return *run.settings->retention;
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return default_retention_;
 }
 
 void RunRegistry::SetDefaults(const policy::Schedule& s, const policy::RetentionPolicy& r,
                               const policy::DiskGuard& g) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   default_schedule_ = s;
   default_retention_ = r;
   disk_guard_ = g;
 }
 
 policy::DiskGuard RunRegistry::disk_guard() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return disk_guard_;
 }
 
 absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetention(Run& run, bool dry) {
-  std::lock_guard lock(run.mu);
+  absl::MutexLock lock(&run.mu());
   return RunRetentionLocked(run, dry);
 }
 
@@ -318,9 +324,9 @@ absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run
 }
 
 absl::Status RunRegistry::MarkFinished(Run* run) {
-  CKPTD_TRY(
-      env::WriteFileAtomically(env_, StrCat(run->dir()->run_dir(), "/", storage::kRunStateFile), kFinished));
-  std::lock_guard lock(run->mu);
+  CKPTD_TRY(env::WriteFileAtomically(env_, StrCat(run->run_dir(), "/", storage::kRunStateFile),
+                                     kFinished));
+  absl::MutexLock lock(&run->mu());
   run->state = RunState::kFinished;
   return absl::OkStatus();
 }

@@ -7,17 +7,17 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/layout.h"
 #include "daemon/gguf/value.h"
@@ -62,11 +62,11 @@ class Subscription {
   void Close();
 
  private:
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Event> queue_;
-  bool closed_ = false;
-  bool overflowed_ = false;
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::deque<Event> queue_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool overflowed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 struct DaemonFacts {
@@ -77,36 +77,47 @@ struct DaemonFacts {
   gguf::UuidScheme uuid_scheme = gguf::UuidScheme::kContent;
 };
 
+// One run's state. Its lock (mu()) guards everything below and is never held
+// across I/O of tensor data; save_mu() is held for a whole save, so saves of
+// one run never interleave (taken before mu(), never while holding it).
 class Run {
  public:
   Run(std::string id, std::unique_ptr<storage::RunDir> dir, storage::PinStore pins)
-      : pins(std::move(pins)), id_(std::move(id)), dir_(std::move(dir)) {}
+      : pins(std::move(pins)),
+        id_(std::move(id)),
+        run_dir_(dir->run_dir()),
+        dir_(std::move(dir)) {}
   const std::string& id() const { return id_; }
+  // Fixed for the run's lifetime: readable without the lock.
+  const std::string& run_dir() const { return run_dir_; }
 
-  std::mutex save_mu;     // held for a whole save: saves of one run never interleave
-  mutable std::mutex mu;  // guards everything below; never held across I/O of tensor data
+  absl::Mutex& mu() const ABSL_LOCK_RETURNED(mu_) { return mu_; }
+  absl::Mutex& save_mu() ABSL_LOCK_RETURNED(save_mu_) { return save_mu_; }
 
-  storage::RunDir* dir() { return dir_.get(); }
-  const storage::RunDir* dir() const { return dir_.get(); }
-  RunState state = RunState::kIdle;
-  std::optional<RunSettings> settings;  // set by OpenRun
-  double reference_time_s = 0;          // last commit, or when opened
-  std::string last_error;
+  storage::RunDir* dir() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
+  const storage::RunDir* dir() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
+  RunState state ABSL_GUARDED_BY(mu_) = RunState::kIdle;
+  std::optional<RunSettings> settings ABSL_GUARDED_BY(mu_);  // set by OpenRun
+  double reference_time_s ABSL_GUARDED_BY(mu_) = 0;          // last commit, or when opened
+  std::string last_error ABSL_GUARDED_BY(mu_);
   // An unresolved write error (I/O, not a client's mistake): retention pauses
   // until a save succeeds again.
-  std::string write_error;
-  storage::PinStore pins;
-  std::set<uint64_t> in_flight;  // steps being written
+  std::string write_error ABSL_GUARDED_BY(mu_);
+  storage::PinStore pins ABSL_GUARDED_BY(mu_);
+  std::set<uint64_t> in_flight ABSL_GUARDED_BY(mu_);  // steps being written
 
-  void Publish(const Event& e);
-  void PublishLocked(const Event& e);  // mu held
-  std::shared_ptr<Subscription> Subscribe();
-  void CloseSubscriptions();
+  void Publish(const Event& e) ABSL_LOCKS_EXCLUDED(mu_);
+  void PublishLocked(const Event& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::shared_ptr<Subscription> Subscribe() ABSL_LOCKS_EXCLUDED(mu_);
+  void CloseSubscriptions() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  mutable absl::Mutex mu_;
+  absl::Mutex save_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   std::string id_;
-  std::unique_ptr<storage::RunDir> dir_;
-  std::vector<std::weak_ptr<Subscription>> subscribers_;  // guarded by mu
+  std::string run_dir_;
+  std::unique_ptr<storage::RunDir> dir_ ABSL_PT_GUARDED_BY(mu_);
+  std::vector<std::weak_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
 };
 
 class RunRegistry {
@@ -129,8 +140,9 @@ class RunRegistry {
   absl::StatusOr<std::shared_ptr<Run>> Get(const std::string& run_id) const;
   std::vector<std::shared_ptr<Run>> List() const;
 
-  policy::Schedule EffectiveSchedule(const Run& run) const;          // run.mu held by the caller
-  policy::RetentionPolicy EffectiveRetention(const Run& run) const;  // run.mu held
+  policy::Schedule EffectiveSchedule(const Run& run) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
+  policy::RetentionPolicy EffectiveRetention(const Run& run) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
   void SetDefaults(const policy::Schedule& s, const policy::RetentionPolicy& r,
                    const policy::DiskGuard& g);
   policy::DiskGuard disk_guard() const;
@@ -143,8 +155,9 @@ class RunRegistry {
     std::vector<uint64_t> deleted;
     std::string paused;
   };
-  absl::StatusOr<RetentionResult> RunRetention(Run& run, bool dry);        // takes run.mu
-  absl::StatusOr<RetentionResult> RunRetentionLocked(Run& run, bool dry);  // run.mu held
+  absl::StatusOr<RetentionResult> RunRetention(Run& run, bool dry) ABSL_LOCKS_EXCLUDED(run.mu());
+  absl::StatusOr<RetentionResult> RunRetentionLocked(Run& run, bool dry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
   // Marks a run finished (persisted beside its weights/).
   absl::Status MarkFinished(Run* run);
   void CloseAllSubscriptions();
@@ -160,11 +173,11 @@ class RunRegistry {
   env::Env* env_;
   std::vector<std::string> roots_;
   DaemonFacts facts_;
-  mutable std::mutex mu_;
-  policy::Schedule default_schedule_;
-  policy::RetentionPolicy default_retention_;
-  policy::DiskGuard disk_guard_;
-  std::map<std::string, std::shared_ptr<Run>> runs_;
+  mutable absl::Mutex mu_;
+  policy::Schedule default_schedule_ ABSL_GUARDED_BY(mu_);
+  policy::RetentionPolicy default_retention_ ABSL_GUARDED_BY(mu_);
+  policy::DiskGuard disk_guard_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Run>> runs_ ABSL_GUARDED_BY(mu_);
 };
 
 // Seconds since the epoch, and the same as RFC 3339 UTC with milliseconds.

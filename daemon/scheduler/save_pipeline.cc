@@ -11,7 +11,7 @@ absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id,
                                                    uint64_t step) const {
   CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<Run> run, registry_->Get(run_id));
   const std::optional<uint64_t> queued = queue_ ? queue_->LastQueued(run_id) : std::nullopt;
-  std::lock_guard lock(run->mu);
+  absl::MutexLock lock(&run->mu());
   return Admit(*run, registry_->EffectiveSchedule(*run), {.step = step}, queued, NowSeconds());
 }
 
@@ -44,7 +44,7 @@ absl::StatusOr<std::optional<SaveOutcome>> SavePipeline::Close(SaveParams final_
   CKPTD_TRY(registry_->MarkFinished(run.get()));
   std::optional<uint64_t> last;
   {
-    std::lock_guard lock(run->mu);
+    absl::MutexLock lock(&run->mu());
     last = run->dir()->latest_step();
   }
   spdlog::info("run finished run={} last_step={}", run->id(),

@@ -37,7 +37,7 @@ absl::StatusOr<SaveQueue::Accepted> SaveQueue::Submit(
   CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<Run> run, registry_->Get(params.run_id));
   const uint64_t step = params.step;
   absl::StatusOr<Accepted> accepted = [&]() -> absl::StatusOr<Accepted> {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (draining_) {
       return absl::UnavailableError("the daemon is shutting down; save again after it restarts");
     }
@@ -62,8 +62,10 @@ absl::StatusOr<SaveQueue::Accepted> SaveQueue::Submit(
 
 absl::StatusOr<SaveQueue::Accepted> SaveQueue::Admit(Run& run, RunQueue& q, SaveParams& p,
                                                      Admission* admission) {
+  std::string weights_dir;
   {
-    std::lock_guard run_lock(run.mu);
+    absl::MutexLock run_lock(&run.mu());
+    weights_dir = run.dir()->weights_dir();
     std::optional<uint64_t> last;
     if (!q.jobs.empty()) last = q.jobs.back().params.step;
     CKPTD_ASSIGN_OR_RETURN(*admission, scheduler::Admit(run, registry_->EffectiveSchedule(run),
@@ -83,19 +85,19 @@ absl::StatusOr<SaveQueue::Accepted> SaveQueue::Admit(Run& run, RunQueue& q, Save
   storage::SavePlan plan{.step = p.step, .tensors = p.tensors};
   plan.train_metadata = p.train_metadata;
   auto planned =
-      storage::CheckpointWriter::Plan(registry_->env(), run.dir()->weights_dir(), std::move(plan));
+      storage::CheckpointWriter::Plan(registry_->env(), weights_dir, std::move(plan));
   if (!planned.ok()) return planned.status();
   return Accepted{.reason = admission->reason};
 }
 
 void SaveQueue::Work(const std::string& run_id) {
-  std::unique_lock lock(mu_);
+  absl::MutexLock lock(&mu_);
   RunQueue& q = queues_[run_id];
   while (!q.jobs.empty()) {
-    Job& job = q.jobs.front();  // deque references survive push_back
-    lock.unlock();
+    Job& job = q.jobs.front();  // deque references survive push_back; only we pop
+    mu_.Unlock();
     QueuedSaveResult result = Execute(job);
-    lock.lock();
+    mu_.Lock();
     const uint64_t id = job.id;
     q.jobs.pop_front();  // drops the source (arena references) before the save is reported done
     metrics::Metrics::Get().AddSharedQueued(-1);
@@ -107,20 +109,20 @@ void SaveQueue::Work(const std::string& run_id) {
       q.results.erase(q.finished.front());
       q.finished.pop_front();
     }
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   q.working = false;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void SaveQueue::MarkRead(const std::string& run_id, uint64_t id, const absl::Status& error) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto& results = queues_[run_id].results;
   if (auto it = results.find(id); it != results.end()) {
     it->second.read = true;
     it->second.read_error = error;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 QueuedSaveResult SaveQueue::Execute(Job& job) {
@@ -149,7 +151,7 @@ absl::StatusOr<QueuedSaveResult> SaveQueue::Wait(const std::string& run_id, uint
                                                  Until until, std::chrono::milliseconds timeout,
                                                  const std::function<bool()>& cancelled) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::unique_lock lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (true) {
     const QueuedSaveResult* found = nullptr;
     if (auto q = queues_.find(run_id); q != queues_.end()) {
@@ -165,41 +167,45 @@ absl::StatusOr<QueuedSaveResult> SaveQueue::Wait(const std::string& run_id, uint
                          (until == Until::kRead && found->read);
     const auto now = std::chrono::steady_clock::now();
     if (reached || now >= deadline || cancelled()) return *found;
-    cv_.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(100)));
+    const auto until = std::min(deadline, now + std::chrono::milliseconds(100));
+    cv_.WaitWithTimeout(&mu_, absl::FromChrono(until - now));
   }
 }
 
 std::optional<uint64_t> SaveQueue::LastQueued(const std::string& run_id) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto q = queues_.find(run_id);
   if (q == queues_.end() || q->second.jobs.empty()) return std::nullopt;
   return q->second.jobs.back().params.step;
 }
 
+bool SaveQueue::Idle(const std::string& run_id) const {
+  auto q = queues_.find(run_id);
+  return q == queues_.end() || (q->second.jobs.empty() && !q->second.working);
+}
+
 void SaveQueue::WaitIdle(const std::string& run_id) {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] {
-    auto q = queues_.find(run_id);
-    return q == queues_.end() || (q->second.jobs.empty() && !q->second.working);
-  });
+  absl::MutexLock lock(&mu_);
+  while (!Idle(run_id)) cv_.Wait(&mu_);
 }
 
 void SaveQueue::Drain() {
-  std::unique_lock lock(mu_);
+  absl::MutexLock lock(&mu_);
   draining_ = true;
-  cv_.wait(lock, [&] {
+  auto all_idle = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     for (const auto& [id, q] : queues_) {
-      if (!q.jobs.empty() || q.working) return false;
+      if (!Idle(id)) return false;
     }
     return true;
-  });
+  };
+  while (!all_idle()) cv_.Wait(&mu_);
   for (auto& [id, q] : queues_) {
     if (q.worker.joinable()) q.worker.join();
   }
 }
 
 size_t SaveQueue::pending() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   size_t n = 0;
   for (const auto& [id, q] : queues_) n += q.jobs.size();
   return n;

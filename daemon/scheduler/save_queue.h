@@ -8,17 +8,17 @@
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/ingest/tensor_source.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_session.h"
@@ -83,19 +83,21 @@ class SaveQueue {
     std::map<uint64_t, QueuedSaveResult> results;  // pending and remembered
     std::deque<uint64_t> finished;                 // oldest first, for forgetting
   };
-  absl::StatusOr<Accepted> Admit(Run& run, RunQueue& q, SaveParams& params,
-                                 Admission* admission);  // mu_ held
-  void Work(const std::string& run_id);
-  QueuedSaveResult Execute(Job& job);
-  void MarkRead(const std::string& run_id, uint64_t id, const absl::Status& error);
+  absl::StatusOr<Accepted> Admit(Run& run, RunQueue& q, SaveParams& params, Admission* admission)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Work(const std::string& run_id) ABSL_LOCKS_EXCLUDED(mu_);
+  QueuedSaveResult Execute(Job& job) ABSL_LOCKS_EXCLUDED(mu_);
+  void MarkRead(const std::string& run_id, uint64_t id, const absl::Status& error)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  bool Idle(const std::string& run_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   RunRegistry* registry_;
   const size_t max_pending_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;  // a save was read or finished
-  std::map<std::string, RunQueue> queues_;
-  uint64_t next_id_ = 1;
-  bool draining_ = false;
+  mutable absl::Mutex mu_;  // taken before any Run::mu()
+  absl::CondVar cv_;  // a save was read or finished
+  std::map<std::string, RunQueue> queues_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace ckptd::scheduler

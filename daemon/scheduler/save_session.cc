@@ -47,7 +47,7 @@ void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string
   metrics::Metrics::Get().CountSave(run.id(), "failed");
   std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   {
-    std::lock_guard lock(run.mu);
+    absl::MutexLock lock(&run.mu());
     run.last_error = error;
     if (env::IsIoError(why)) run.write_error = error;
   }
@@ -70,7 +70,7 @@ SaveSession::SaveSession(RunRegistry* registry, std::shared_ptr<scheduler::Run> 
 SaveSession::~SaveSession() {
   if (writer_ && !done_) (void)Fail(absl::AbortedError("the save was abandoned before its commit"));
   if (in_flight_) {
-    std::lock_guard lock(run_->mu);
+    absl::MutexLock lock(&run_->mu());
     LeaveInFlight();
   }
 }
@@ -84,7 +84,7 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
   const SaveParams& p = s->params_;
   absl::StatusOr<Admission> admission;
   {
-    std::lock_guard lock(run->mu);
+    absl::MutexLock lock(&run->mu());
     if (admitted == nullptr) {
       admission = Admit(*run, registry->EffectiveSchedule(*run), p.admit_request(), std::nullopt,
                         NowSeconds());
@@ -105,7 +105,7 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
     return s;
   }
   metrics::Metrics::Get().AddQueued(1);
-  s->save_lock_ = std::unique_lock(run->save_mu);  // saves of one run are serialized
+  s->save_lock_ = std::make_unique<absl::MutexLock>(&run->save_mu());  // one save at a time
   metrics::Metrics::Get().AddQueued(-1);
   if (absl::Status st = s->Prepare(*admission); !st.ok()) return s->Fail(st);
   return s;
@@ -123,7 +123,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   const double now = NowSeconds();
   std::string weights_dir;
   {
-    std::lock_guard lock(run_->mu);
+    absl::MutexLock lock(&run_->mu());
     // Checked again under the save lock: another save may have committed meanwhile.
     CKPTD_TRY(run_->dir()->CheckCanSave(
         p.step, overwrite_ ? storage::Overwrite::kYes : storage::Overwrite::kNo));
@@ -152,7 +152,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   // Before a byte is written: make room under the disk guard, or refuse.
   CKPTD_TRY(EnsureSpace((*writer)->planned_bytes(), weights_dir));
   {
-    std::lock_guard lock(run_->mu);
+    absl::MutexLock lock(&run_->mu());
     run_->in_flight.insert(p.step);
     in_flight_ = true;
   }
@@ -170,7 +170,7 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   const uint64_t needed =
       policy::BytesToFree(guard, space.free_bytes, space.total_bytes, planned + kSpaceMargin);
   if (needed == 0) return absl::OkStatus();
-  std::lock_guard lock(run_->mu);
+  absl::MutexLock lock(&run_->mu());
   auto pruned = PruneForSpace(run_->dir(), run_->pins, registry_->EffectiveRetention(*run_),
                               run_->in_flight, NowSeconds(), needed);
   if (!pruned.ok()) {
@@ -227,7 +227,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   t->durable_s = NowSeconds() - start_s_;
   storage::CheckpointRecord record;
   {
-    std::lock_guard lock(run_->mu);
+    absl::MutexLock lock(&run_->mu());
     CKPTD_ASSIGN_OR_RETURN(
         record,
         run_->dir()->Commit(writer_.get(), overwrite_ ? storage::Overwrite::kYes
@@ -266,7 +266,7 @@ absl::Status SaveSession::Fail(absl::Status why) {
   if (writer_)
     metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
   {
-    std::lock_guard lock(run_->mu);
+    absl::MutexLock lock(&run_->mu());
     LeaveInFlight();
   }
   RecordFailure(*run_, params_.step, why,

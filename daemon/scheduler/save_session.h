@@ -56,7 +56,8 @@ struct SaveOutcome {
 // Records a refused or failed save: the run's last error (and its sticky
 // write error for I/O failures, env::IsIoError), a FAILED event, the log
 // line (with `detail`), the metric.
-void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail = "");
+void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail = "")
+    ABSL_LOCKS_EXCLUDED(run.mu());
 
 class SaveSession {
  public:
@@ -86,13 +87,13 @@ class SaveSession {
   absl::Status EnsureSpace(uint64_t planned, const std::string& weights_dir);
   absl::StatusOr<storage::CheckpointRecord> Commit(SaveTimings* timings, bool* is_latest);
   absl::Status Fail(absl::Status why);
-  void LeaveInFlight();  // run_->mu held
+  void LeaveInFlight() ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_->mu());
 
   RunRegistry* registry_;
   std::shared_ptr<scheduler::Run> run_;
   SaveParams params_;
   std::string transport_;
-  std::unique_lock<std::mutex> save_lock_;
+  std::unique_ptr<absl::MutexLock> save_lock_;  // the run's save_mu(), for the whole save
   std::unique_ptr<storage::CheckpointWriter> writer_;
   std::string reason_;
   bool overwrite_ = false;
