@@ -138,10 +138,10 @@ absl::StatusOr<PointerAttachment> ArenaChannel::Attach(const std::string& token)
     (void)::prctl(PR_SET_PTRACER, static_cast<unsigned long>(cred.pid), 0, 0, 0);
   }
   static const char kProbe[64] = "ckptd pointer-save probe";
-  auto words = Exchange("ATTACH " + token + " " +
-                            std::to_string(reinterpret_cast<uintptr_t>(kProbe)) + " " +
-                            std::to_string(sizeof kProbe),
-                        -1);
+  auto words =
+      Exchange("ATTACH " + token + " " + std::to_string(reinterpret_cast<uintptr_t>(kProbe)) + " " +
+                   std::to_string(sizeof kProbe),
+               -1);
   if (!words.ok()) return words.status();
   auto id = ParseId(*words);
   if (!id.ok()) return id.status();

@@ -120,8 +120,7 @@ absl::StatusOr<v1::SaveResponse> Run::save(uint64_t step, const std::vector<Tens
 
 absl::StatusOr<v1::SaveSharedResponse> Run::save_pointers(
     uint64_t step, const std::vector<TensorView>& tensors, const PointerAttachment& attachment,
-    const std::map<std::string, double>& metrics, const SaveOptions& options,
-    bool final_snapshot) {
+    const std::map<std::string, double>& metrics, const SaveOptions& options, bool final_snapshot) {
   v1::SavePointersRequest req;
   *req.mutable_header() = Header(id(), step, tensors, metrics, options);
   req.set_attachment_id(attachment.id);

@@ -274,9 +274,9 @@ class PosixWritableFile final : public WritableFile {
   absl::Status write_status_;
   std::atomic<bool> write_status_ok_{true};  // once a write failed, later ones are skipped
   std::vector<std::thread> workers_;
-  size_t used_ = 0;       // bytes in buf_, starting at file offset flushed_
-  uint64_t flushed_ = 0;  // file offset of buf_[0]; always aligned under O_DIRECT
-  uint64_t size_ = 0;     // logical file size
+  size_t used_ = 0;           // bytes in buf_, starting at file offset flushed_
+  uint64_t flushed_ = 0;      // file offset of buf_[0]; always aligned under O_DIRECT
+  uint64_t size_ = 0;         // logical file size
   uint64_t synced_size_ = 0;  // size_ at the last successful Sync
 };
 

@@ -55,17 +55,19 @@ absl::Status ProcessMemory::Read(uint64_t address, size_t n, void* dst) const {
       const int err = errno;
       if (err == EINTR) continue;
       if (err == EFAULT) {
-        return absl::InvalidArgumentError(StrCat("address ", fmt::format("{:#x}", address), " (+", n,
-                                                 " bytes) is not readable memory of pid ", pid_));
+        return absl::InvalidArgumentError(StrCat("address ", fmt::format("{:#x}", address), " (+",
+                                                 n, " bytes) is not readable memory of pid ",
+                                                 pid_));
       }
       if (err == EPERM) {
-        return absl::PermissionDeniedError(StrCat(
-            "process_vm_readv of pid ", pid_,
-            " is not permitted: the daemon may read a trainer's memory only when it runs as "
-            "the same uid (or has CAP_SYS_PTRACE) and kernel.yama.ptrace_scope allows it "
-            "(now ",
-            PtraceScope(), "; the client calls prctl(PR_SET_PTRACER) for scope 1); use "
-            "shared-memory arenas otherwise"));
+        return absl::PermissionDeniedError(
+            StrCat("process_vm_readv of pid ", pid_,
+                   " is not permitted: the daemon may read a trainer's memory only when it runs as "
+                   "the same uid (or has CAP_SYS_PTRACE) and kernel.yama.ptrace_scope allows it "
+                   "(now ",
+                   PtraceScope(),
+                   "; the client calls prctl(PR_SET_PTRACER) for scope 1); use "
+                   "shared-memory arenas otherwise"));
       }
       if (err == ESRCH) {
         return absl::AbortedError(StrCat("the trainer (pid ", pid_, ") exited while being read"));

@@ -82,9 +82,8 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Get(uint64_t id,
 }
 
 absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_view token,
-                                                                   const Peer& peer,
-                                                                   uint64_t probe,
-                                                                   uint64_t probe_len) {
+                                                                  const Peer& peer, uint64_t probe,
+                                                                  uint64_t probe_len) {
   constexpr uint64_t kMaxProbe = 4096;
   if (probe_len == 0 || probe_len > kMaxProbe) {
     return absl::InvalidArgumentError(
@@ -121,10 +120,10 @@ absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::GetAttachment(
   absl::MutexLock lock(&mu_);
   auto it = attachments_.find(id);
   if (it == attachments_.end()) {
-    return absl::NotFoundError(StrCat(
-        "attachment ", id,
-        " is not known (its connection closed, or it never was); ATTACH on the arena socket "
-        "and use the id of the OK reply"));
+    return absl::NotFoundError(
+        StrCat("attachment ", id,
+               " is not known (its connection closed, or it never was); ATTACH on the arena socket "
+               "and use the id of the OK reply"));
   }
   if (it->second.first->run_id != run_id) {
     return absl::PermissionDeniedError(StrCat("attachment ", id, " belongs to run '",

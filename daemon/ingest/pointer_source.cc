@@ -14,13 +14,12 @@ absl::Status PointerSource::CopyTo(const ByteWriter& write) {
     const PointerRange& r = ranges_[i];
     for (uint64_t at = 0; at < r.bytes; at += buffer.size()) {
       if (!attachment_->connected) {
-        return absl::AbortedError(StrCat(
-            "the trainer (pid ", attachment_->pid,
-            ") closed its arena-socket connection mid-save; nothing was committed"));
+        return absl::AbortedError(
+            StrCat("the trainer (pid ", attachment_->pid,
+                   ") closed its arena-socket connection mid-save; nothing was committed"));
       }
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), r.bytes - at));
-      if (absl::Status st = attachment_->memory->Read(r.address + at, n, buffer.data());
-          !st.ok()) {
+      if (absl::Status st = attachment_->memory->Read(r.address + at, n, buffer.data()); !st.ok()) {
         return absl::Status(st.code(), StrCat("tensors[", i, "]: ", st.message()));
       }
       CKPTD_TRY(write(std::string_view(buffer.data(), n)));

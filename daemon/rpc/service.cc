@@ -7,12 +7,12 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
-#include "daemon/metrics/metrics.h"
-#include "daemon/rpc/convert.h"
-#include "daemon/scheduler/retention.h"
 #include "daemon/ingest/arena_source.h"
 #include "daemon/ingest/pointer_source.h"
 #include "daemon/ingest/stream_source.h"
+#include "daemon/metrics/metrics.h"
+#include "daemon/rpc/convert.h"
+#include "daemon/scheduler/retention.h"
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::rpc {
@@ -331,10 +331,9 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
   if (!st.ok() || accepted->skipped) return st;
   // The trainer's tensors are in use until every byte has been read.
   const double wait_s = req->timeout_seconds() == 0 ? kMaxWait : req->timeout_seconds();
-  auto r = pipeline_.queue()->Wait(
-      run_id, accepted->save_id, scheduler::SaveQueue::Until::kRead,
-      std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000)),
-      [&] { return ctx->IsCancelled() || stopping_.load(); });
+  auto r = pipeline_.queue()->Wait(run_id, accepted->save_id, scheduler::SaveQueue::Until::kRead,
+                                   std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000)),
+                                   [&] { return ctx->IsCancelled() || stopping_.load(); });
   if (!r.ok()) return ToGrpc(r.status());
   if (!r->read_error.ok()) return ToGrpc(r->read_error);
   if (r->state == scheduler::QueuedSaveResult::State::kFailed) return ToGrpc(r->error);

@@ -8,9 +8,9 @@
 #include <atomic>
 
 #include "ckptd/v1/ckptd.grpc.pb.h"
+#include "daemon/ingest/arena_registry.h"
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/scheduler/run_registry.h"
-#include "daemon/ingest/arena_registry.h"
 #include "daemon/scheduler/save_pipeline.h"
 
 namespace ckptd::rpc {

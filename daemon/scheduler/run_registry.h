@@ -83,10 +83,7 @@ struct DaemonFacts {
 class Run {
  public:
   Run(std::string id, std::unique_ptr<storage::RunDir> dir, storage::PinStore pins)
-      : pins(std::move(pins)),
-        id_(std::move(id)),
-        run_dir_(dir->run_dir()),
-        dir_(std::move(dir)) {}
+      : pins(std::move(pins)), id_(std::move(id)), run_dir_(dir->run_dir()), dir_(std::move(dir)) {}
   const std::string& id() const { return id_; }
   // Fixed for the run's lifetime: readable without the lock.
   const std::string& run_dir() const { return run_dir_; }

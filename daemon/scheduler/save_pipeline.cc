@@ -7,8 +7,7 @@
 
 namespace ckptd::scheduler {
 
-absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id,
-                                                   uint64_t step) const {
+absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id, uint64_t step) const {
   CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<Run> run, registry_->Get(run_id));
   const std::optional<uint64_t> queued = queue_ ? queue_->LastQueued(run_id) : std::nullopt;
   absl::MutexLock lock(&run->mu());

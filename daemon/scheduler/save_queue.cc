@@ -84,8 +84,7 @@ absl::StatusOr<SaveQueue::Accepted> SaveQueue::Admit(Run& run, RunQueue& q, Save
   // anything is queued (plans only; touches no file).
   storage::SavePlan plan{.step = p.step, .tensors = p.tensors};
   plan.train_metadata = p.train_metadata;
-  auto planned =
-      storage::CheckpointWriter::Plan(registry_->env(), weights_dir, std::move(plan));
+  auto planned = storage::CheckpointWriter::Plan(registry_->env(), weights_dir, std::move(plan));
   if (!planned.ok()) return planned.status();
   return Accepted{.reason = admission->reason};
 }
@@ -131,8 +130,8 @@ QueuedSaveResult SaveQueue::Execute(Job& job) {
   ReadNotifier source(job.source.get(),
                       [&](const absl::Status& st) { MarkRead(run_id, job.id, st); });
   auto outcome = [&]() -> absl::StatusOr<SaveOutcome> {
-    CKPTD_ASSIGN_OR_RETURN(
-        auto session, SaveSession::Begin(registry_, job.params, source.transport(), &job.admission));
+    CKPTD_ASSIGN_OR_RETURN(auto session, SaveSession::Begin(registry_, job.params,
+                                                            source.transport(), &job.admission));
     return session->Run(source);
   }();
   if (!outcome.ok()) {
@@ -161,10 +160,11 @@ absl::StatusOr<QueuedSaveResult> SaveQueue::Wait(const std::string& run_id, uint
     if (found == nullptr) {
       return absl::NotFoundError(StrCat("run '", run_id, "' has no queued save ", save_id,
                                         " (ids come from SaveShared or SavePointers; the last ",
-                                        kRememberedResults, " finished saves per run are remembered)"));
+                                        kRememberedResults,
+                                        " finished saves per run are remembered)"));
     }
-    const bool reached = found->state != QueuedSaveResult::State::kPending ||
-                         (until == Until::kRead && found->read);
+    const bool reached =
+        found->state != QueuedSaveResult::State::kPending || (until == Until::kRead && found->read);
     const auto now = std::chrono::steady_clock::now();
     if (reached || now >= deadline || cancelled()) return *found;
     const auto until = std::min(deadline, now + std::chrono::milliseconds(100));

@@ -29,8 +29,8 @@ struct QueuedSaveResult {
   enum class State { kPending, kCommitted, kFailed };
   State state = State::kPending;
   uint64_t step = 0;
-  bool read = false;         // the source is done: every byte read, or it failed
-  absl::Status read_error;  // why the source failed (the save then fails too)
+  bool read = false;                 // the source is done: every byte read, or it failed
+  absl::Status read_error;           // why the source failed (the save then fails too)
   storage::CheckpointRecord record;  // kCommitted
   bool is_latest = false;
   SaveTimings timings;
@@ -94,7 +94,7 @@ class SaveQueue {
   RunRegistry* registry_;
   const size_t max_pending_;
   mutable absl::Mutex mu_;  // taken before any Run::mu()
-  absl::CondVar cv_;  // a save was read or finished
+  absl::CondVar cv_;        // a save was read or finished
   std::map<std::string, RunQueue> queues_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;

@@ -229,9 +229,8 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   {
     absl::MutexLock lock(&run_->mu());
     CKPTD_ASSIGN_OR_RETURN(
-        record,
-        run_->dir()->Commit(writer_.get(), overwrite_ ? storage::Overwrite::kYes
-                                                      : storage::Overwrite::kNo));
+        record, run_->dir()->Commit(writer_.get(), overwrite_ ? storage::Overwrite::kYes
+                                                              : storage::Overwrite::kNo));
     *is_latest = run_->dir()->latest_step() == record.step;
     run_->reference_time_s = NowSeconds();
     run_->last_error.clear();

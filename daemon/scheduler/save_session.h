@@ -67,9 +67,10 @@ class SaveSession {
   // plan, disk guard, temp files. The session is skipped() when not due.
   // Errors: NOT_FOUND (unknown run), Admit's errors, INVALID_ARGUMENT
   // (tensors, metadata), RESOURCE_EXHAUSTED (disk guard); each recorded.
-  static absl::StatusOr<std::unique_ptr<SaveSession>> Begin(
-      RunRegistry* registry, SaveParams params, std::string_view transport,
-      const Admission* admitted = nullptr);
+  static absl::StatusOr<std::unique_ptr<SaveSession>> Begin(RunRegistry* registry,
+                                                            SaveParams params,
+                                                            std::string_view transport,
+                                                            const Admission* admitted = nullptr);
   ~SaveSession();
 
   bool skipped() const { return writer_ == nullptr; }

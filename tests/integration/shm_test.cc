@@ -597,7 +597,8 @@ TEST_F(PointerTest, PointerSaveWritesTheSameBytesAndUuidAsAStreamSave) {
   ASSERT_TRUE(ptr_run.ok() && stream_run.ok());
   std::vector<std::string> notices;
   auto cp = Checkpointer::Create(
-      ptr_run->get(), {.pointers = true, .log = [&](const std::string& l) { notices.push_back(l); }});
+      ptr_run->get(),
+      {.pointers = true, .log = [&](const std::string& l) { notices.push_back(l); }});
   ASSERT_OK(cp.status());
   EXPECT_TRUE((*cp)->stats().pointers) << (notices.empty() ? "" : notices[0]);
   for (uint64_t step : {100, 200}) {

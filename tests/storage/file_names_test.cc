@@ -40,13 +40,31 @@ TEST(FileNamesTest, BuildersRoundTrip) {
 }
 
 TEST(FileNamesTest, ForeignNamesDoNotParse) {
-  for (const char* name :
-       {"step_01.gguf", "step_.gguf", "step_1.ggufx", "step_1.gguf.bak", "step_-1.gguf",
-        "step_18446744073709551616.gguf", "Step_1.gguf", "step_1.train.gguf.tmp",
-        ".step_1.gguf.tmp-", ".step_1.gguf.tmp-XYZ", ".step_1.gguf", "latest2", ".latest",
-        "model.gguf", "step_1-00001-of-00002.gguf", "", ".", ".tmp-00", "..step_1.gguf.tmp-ab",
-        ".step_1.gguf.next", "step_1.train.gguf.next", ".step_01.train.gguf.next", ".pins.json.tmp-",
-        "pins.json.tmp-00", ".other.json.tmp-00"}) {
+  for (const char* name : {"step_01.gguf",
+                           "step_.gguf",
+                           "step_1.ggufx",
+                           "step_1.gguf.bak",
+                           "step_-1.gguf",
+                           "step_18446744073709551616.gguf",
+                           "Step_1.gguf",
+                           "step_1.train.gguf.tmp",
+                           ".step_1.gguf.tmp-",
+                           ".step_1.gguf.tmp-XYZ",
+                           ".step_1.gguf",
+                           "latest2",
+                           ".latest",
+                           "model.gguf",
+                           "step_1-00001-of-00002.gguf",
+                           "",
+                           ".",
+                           ".tmp-00",
+                           "..step_1.gguf.tmp-ab",
+                           ".step_1.gguf.next",
+                           "step_1.train.gguf.next",
+                           ".step_01.train.gguf.next",
+                           ".pins.json.tmp-",
+                           "pins.json.tmp-00",
+                           ".other.json.tmp-00"}) {
     EXPECT_FALSE(ParseFileName(name).has_value()) << name;
   }
 }

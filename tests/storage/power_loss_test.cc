@@ -88,15 +88,16 @@ class PowerLossTest : public ::testing::TestWithParam<Scenario> {
   // A run dir with the scenario's existing checkpoints, written once and copied per case.
   void SetUp() override {
     const char* shm = "/dev/shm";
-    root_ = fs::exists(shm) ? fs::path(shm) / fs::path(tmp_.path()).filename() : fs::path(tmp_.path());
+    root_ =
+        fs::exists(shm) ? fs::path(shm) / fs::path(tmp_.path()).filename() : fs::path(tmp_.path());
     fs::create_directories(root_);
     const std::string tmpl = (root_ / "template").string();
     {
       auto dir = RunDir::Open(env::Env::Default(), tmpl, nullptr);
       ASSERT_OK(dir.status());
       for (const Existing& e : GetParam().existing) {
-        ASSERT_OK(Save(env::Env::Default(), dir->get(), e.step, e.train, 'a', Overwrite::kYes)
-                      .status());
+        ASSERT_OK(
+            Save(env::Env::Default(), dir->get(), e.step, e.train, 'a', Overwrite::kYes).status());
       }
     }
     before_ = Snapshot(tmpl + "/weights");
@@ -107,8 +108,8 @@ class PowerLossTest : public ::testing::TestWithParam<Scenario> {
     auto dir = RunDir::Open(&env, ref, nullptr);
     ASSERT_OK(dir.status());
     ASSERT_OK(env.Track(ref + "/weights"));
-    ASSERT_OK(Save(&env, dir->get(), GetParam().step, GetParam().train, 'b', Overwrite::kYes)
-                  .status());
+    ASSERT_OK(
+        Save(&env, dir->get(), GetParam().step, GetParam().train, 'b', Overwrite::kYes).status());
     calls_ = env.calls();
     after_ = Snapshot(ref + "/weights");
     // The reference itself verifies.

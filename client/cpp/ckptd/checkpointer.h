@@ -119,7 +119,8 @@ class Checkpointer {
   void Copy(char* dst, uint64_t* progress, const std::vector<TensorView>& tensors,
             const std::vector<uint64_t>& offsets) const;
   // The pointer path: the daemon reads the tensors where they are.
-  absl::StatusOr<bool> SendPointers(double t0, uint64_t step, const std::vector<TensorView>& tensors,
+  absl::StatusOr<bool> SendPointers(double t0, uint64_t step,
+                                    const std::vector<TensorView>& tensors,
                                     const std::map<std::string, double>& metrics,
                                     const SaveOptions& options, bool final_snapshot);
   // The stream path, and the fallback of the others: one place counts it.
@@ -134,7 +135,7 @@ class Checkpointer {
   std::vector<Slot> slots_;
   bool shared_ = false;
   std::optional<PointerAttachment> attachment_;  // pointer saves
-  absl::Status deferred_error_;  // a failed shm save, reported by the next wait()
+  absl::Status deferred_error_;                  // a failed shm save, reported by the next wait()
   CheckpointerStats stats_;
   std::vector<v1::WaitSavedResponse> finished_;
 };
