@@ -17,7 +17,10 @@
 // CKPTD_ASSIGN_OR_RETURN(lhs, expr): lhs = *expr, or return its Status.
 #define CKPTD_ASSIGN_OR_RETURN(lhs, expr) \
   CKPTD_ASSIGN_OR_RETURN_IMPL_(CKPTD_CONCAT_(_statusor_, __LINE__), lhs, expr)
+// `lhs` may be a declaration ("auto x"), so it cannot be parenthesized.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define CKPTD_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                                 \
   if (!tmp.ok()) return std::move(tmp).status();     \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)

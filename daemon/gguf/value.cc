@@ -2,16 +2,21 @@
 #include "daemon/gguf/value.h"
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "daemon/base/strings.h"
 
 namespace ckptd::gguf {
 namespace {
 
+// Bit-identical (NaN payloads and -0 included), not numerically equal.
 template <typename F>
 bool SameBits(F a, F b) {
-  return std::memcmp(&a, &b, sizeof(F)) == 0;
+  return std::bit_cast<std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>>(a) ==
+         std::bit_cast<std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>>(b);
 }
 
 std::string Quote(std::string_view s) {

@@ -164,7 +164,7 @@ bool ArenaServer::Serve(Connection& c) {
     }
   }
   std::string_view text(buf, static_cast<size_t>(n));
-  auto refuse = [&](absl::Status st) {
+  auto refuse = [&](const absl::Status& st) {
     for (int fd : received) ::close(fd);
     spdlog::warn("arena socket: refused a registration from pid={}: {}", c.peer.pid,
                  ToStd(st.message()));
