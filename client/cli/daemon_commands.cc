@@ -14,12 +14,12 @@
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/reader.h"
-#include "daemon/rpc/convert.h"
+#include "daemon/api/convert.h"
 
 namespace ckptd::cli {
 namespace {
 
-std::string Json(const google::protobuf::Message& m) { return rpc::MessageToJson(m, true); }
+std::string Json(const google::protobuf::Message& m) { return api::MessageToJson(m, true); }
 
 int Fail(const std::string& what, const absl::Status& st) {
   std::fprintf(stderr, "ckptctl: %s: %s\n", what.c_str(), std::string(st.message()).c_str());
@@ -187,7 +187,7 @@ int Import(Client& c, const DaemonCommandArgs& a) {
     if (key.starts_with("ckpt.") || key == "general.uuid" || key == "general.alignment") continue;
     v1::MetadataEntry* e = open.add_model_metadata();
     e->set_key(key);
-    *e->mutable_value() = rpc::ToProto(value);
+    *e->mutable_value() = api::ToProto(value);
   }
   open.mutable_provenance()->mutable_extra()->insert({"imported_from", a.file});
   auto run = c.OpenRun(open);

@@ -26,6 +26,7 @@
 #include "daemon/ingest/arena_server.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
+#include "daemon/query/queries.h"
 #include "daemon/scheduler/save_queue.h"
 
 extern char** environ;
@@ -172,8 +173,9 @@ int DaemonMain(int argc, char** argv) {
     spdlog::error("cannot prepare {}: {}", cfg->listen, ToStd(st.message()));
     return kExitRuntime;
   }
+  query::Queries queries(&registry, *roots);
   rpc::CheckpointdService service(
-      &registry,
+      &registry, &queries,
       std::chrono::milliseconds(static_cast<int64_t>(cfg->save_idle_timeout_seconds * 1000)));
   // The shm path: arenas registered on their own socket, saves written by
   // per-run workers. Declared after the registry, so destroyed before it.
@@ -219,7 +221,7 @@ int DaemonMain(int argc, char** argv) {
   std::unique_ptr<http::HttpServer> http_server;
   if (!cfg->http_listen.empty()) {
     http_server = std::make_unique<http::HttpServer>(
-        http::HttpOptions{.listen = cfg->http_listen, .roots = *roots}, &service, &registry);
+        http::HttpOptions{.listen = cfg->http_listen, .roots = *roots}, &queries, &registry);
     if (absl::Status st = http_server->Start(); !st.ok()) {
       spdlog::error("{}", ToStd(st.message()));
       server->Shutdown();
@@ -245,6 +247,26 @@ int DaemonMain(int argc, char** argv) {
       for (const auto& run : registry.List()) (void)registry.RunRetention(*run, /*dry=*/false);
       lock.lock();
     }
+  });
+
+  // Readiness, from the one source /readyz uses: the gRPC health service
+  // and systemd's STATUS= follow it (checked every second, logged on change).
+  std::thread readiness([&] {
+    bool was = true;  // as READY=1 and the health service start out
+    std::unique_lock lock(timer_mu);
+    do {
+      lock.unlock();
+      const query::Readiness r = queries.Ready();
+      if (was != r.ready) {
+        server->GetHealthCheckService()->SetServingStatus(r.ready);
+        Notify(r.ready ? StrCat("STATUS=serving ", registry.List().size(), " runs on ", cfg->listen)
+                       : StrCat("STATUS=not ready: ", r.Summary()));
+        spdlog::log(r.ready ? spdlog::level::info : spdlog::level::warn, "readiness: {}",
+                    r.Summary());
+        was = r.ready;
+      }
+      lock.lock();
+    } while (!timer_cv.wait_for(lock, std::chrono::seconds(1), [&] { return timer_stop; }));
   });
 
   // Watchdog: under systemd with WatchdogSec=, ping at half the interval,
@@ -303,6 +325,7 @@ int DaemonMain(int argc, char** argv) {
   timer_cv.notify_all();
   retention_timer.join();
   if (watchdog.joinable()) watchdog.join();
+  readiness.join();
   spdlog::info("stopped");
   return kExitOk;
 }

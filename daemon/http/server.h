@@ -1,8 +1,6 @@
-// The HTTP surface (Boost.Beast): a JSON API mirroring the gRPC reads with
-// the same schema (protobuf's JSON mapping), Server-Sent Events per run,
-// /healthz, /readyz, Prometheus /metrics and the embedded status page.
-// One thread per connection, at most max_connections at once (dashboards,
-// not trainers, use it). Thread-safe.
+// The HTTP surface's sockets (Boost.Beast): one thread per connection, at
+// most max_connections at once (dashboards, not trainers, use it); what each
+// path answers is router.h's, event streams are framed by sse.h. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -14,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "daemon/rpc/service.h"
+#include "daemon/query/queries.h"
 #include "daemon/scheduler/run_registry.h"
 
 namespace ckptd::http {
@@ -27,7 +25,7 @@ struct HttpOptions {
 
 class HttpServer {
  public:
-  HttpServer(HttpOptions options, rpc::CheckpointdService* service,
+  HttpServer(HttpOptions options, const query::Queries* queries,
              scheduler::RunRegistry* registry);
   ~HttpServer();
 

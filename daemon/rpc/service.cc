@@ -3,7 +3,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <charconv>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -11,32 +10,30 @@
 #include "daemon/ingest/pointer_source.h"
 #include "daemon/ingest/stream_source.h"
 #include "daemon/metrics/metrics.h"
-#include "daemon/rpc/convert.h"
-#include "daemon/scheduler/retention.h"
+#include "daemon/api/convert.h"
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::rpc {
 namespace {
+
+using api::FromProto;
+using api::ToProto;
 
 grpc::Status ToGrpc(const absl::Status& st) {
   if (st.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
 }
 
-grpc::Status Invalid(const std::string& msg) {
-  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
+// A query's answer, or its error.
+template <typename M>
+grpc::Status Answer(absl::StatusOr<M> answer, M* resp) {
+  if (!answer.ok()) return ToGrpc(answer.status());
+  *resp = std::move(*answer);
+  return grpc::Status::OK;
 }
 
-v1::RunState ToProto(scheduler::RunState s) {
-  switch (s) {
-    case scheduler::RunState::kIdle:
-      return v1::RUN_STATE_IDLE;
-    case scheduler::RunState::kOpen:
-      return v1::RUN_STATE_OPEN;
-    case scheduler::RunState::kFinished:
-      return v1::RUN_STATE_FINISHED;
-  }
-  return v1::RUN_STATE_UNSPECIFIED;
+grpc::Status Invalid(const std::string& msg) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
 }
 
 absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req) {
@@ -91,48 +88,6 @@ void CheckpointdService::BeginShutdown() {
   registry_->CloseAllSubscriptions();
 }
 
-v1::RunInfo CheckpointdService::Info(scheduler::Run& run) const {
-  absl::MutexLock lock(&run.mu());
-  v1::RunInfo info;
-  info.set_run_id(run.id());
-  info.set_run_dir(run.dir()->run_dir());
-  info.set_state(ToProto(run.state));
-  if (auto last = run.dir()->latest_step()) {
-    info.set_last_step(*last);
-    info.set_latest_file(run.dir()->Find(*last)->model_path);
-  }
-  info.set_checkpoint_count(static_cast<uint32_t>(run.dir()->catalog().size()));
-  info.set_total_bytes(run.dir()->total_bytes());
-  *info.mutable_schedule() = ToProto(registry_->EffectiveSchedule(run));
-  *info.mutable_retention() = ToProto(registry_->EffectiveRetention(run));
-  info.set_last_error(run.last_error);
-  info.set_write_error(run.write_error);
-  return info;
-}
-
-std::vector<policy::RetentionDecision> CheckpointdService::DryPlan(scheduler::Run& run) const {
-  auto policy = registry_->EffectiveRetention(run);
-  return policy::PlanRetention(
-      policy, scheduler::RetentionInputsFor(*run.dir(), run.pins, policy, run.in_flight,
-                                            scheduler::NowSeconds()));
-}
-
-void CheckpointdService::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
-                                  const std::vector<policy::RetentionDecision>& plan,
-                                  v1::CheckpointInfo* out) const {
-  ToProto(r, run.dir()->latest_step() == r.step, out);
-  if (const std::string* pin = run.pins.Find(r.step)) {
-    out->set_pinned(true);
-    out->set_pin_reason(*pin);
-  }
-  auto it = std::lower_bound(plan.begin(), plan.end(), r.step,
-                             [](const auto& d, uint64_t step) { return d.step < step; });
-  if (it != plan.end() && it->step == r.step) {
-    out->set_retention_keeps(it->keep);
-    out->set_retention_reason(it->reason);
-  }
-}
-
 grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRunRequest* req,
                                          v1::OpenRunResponse* resp) {
   auto settings = SettingsFrom(*req);
@@ -140,7 +95,7 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
   bool resumed = false;
   auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);
   if (!run.ok()) return ToGrpc(run.status());
-  *resp->mutable_run() = Info(**run);
+  *resp->mutable_run() = queries_->RunInfo(**run);
   resp->set_resumed(resumed);
   if (arenas_ != nullptr) {
     resp->set_arena_token(arenas_->TokenFor(req->run_id()));
@@ -200,7 +155,7 @@ void OutcomeToProto(const scheduler::SaveOutcome& o, v1::SaveResponse* resp) {
     return;
   }
   resp->set_result(v1::SaveResponse::RESULT_COMMITTED);
-  rpc::ToProto(o.record, o.is_latest, resp->mutable_checkpoint());
+  api::ToProto(o.record, o.is_latest, resp->mutable_checkpoint());
   SetTimings(o.timings, resp->mutable_timings());
 }
 
@@ -335,7 +290,12 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
                                    std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000)),
                                    [&] { return ctx->IsCancelled() || stopping_.load(); });
   if (!r.ok()) return ToGrpc(r.status());
-  if (!r->read_error.ok()) return ToGrpc(r->read_error);
+  if (!r->read_error.ok()) {
+    // Answer once the failed save has removed its temp files.
+    (void)pipeline_.queue()->Wait(run_id, accepted->save_id, scheduler::SaveQueue::Until::kFinished,
+                                  std::chrono::seconds(60), [] { return false; });
+    return ToGrpc(r->read_error);
+  }
   if (r->state == scheduler::QueuedSaveResult::State::kFailed) return ToGrpc(r->error);
   if (!r->read) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
@@ -418,93 +378,31 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
   if (*final_save) OutcomeToProto(**final_save, resp->mutable_final_save());
   auto run = registry_->Get(run_id);
   if (!run.ok()) return ToGrpc(run.status());
-  *resp->mutable_run() = Info(**run);
+  *resp->mutable_run() = queries_->RunInfo(**run);
   return grpc::Status::OK;
 }
 
 grpc::Status CheckpointdService::ListRuns(grpc::ServerContext*, const v1::ListRunsRequest*,
                                           v1::ListRunsResponse* resp) {
-  for (const auto& run : registry_->List()) *resp->add_runs() = Info(*run);
+  *resp = queries_->ListRuns();
   return grpc::Status::OK;
 }
 
 grpc::Status CheckpointdService::GetRun(grpc::ServerContext*, const v1::GetRunRequest* req,
                                         v1::RunInfo* resp) {
-  auto run = registry_->Get(req->run_id());
-  if (!run.ok()) return ToGrpc(run.status());
-  *resp = Info(**run);
-  return grpc::Status::OK;
+  return Answer(queries_->GetRun(req->run_id()), resp);
 }
 
 grpc::Status CheckpointdService::ListCheckpoints(grpc::ServerContext*,
                                                  const v1::ListCheckpointsRequest* req,
                                                  v1::ListCheckpointsResponse* resp) {
-  constexpr uint32_t kDefaultPage = 100, kMaxPage = 1000;
-  if (req->page_size() > kMaxPage) {
-    return Invalid(StrCat("page_size ", req->page_size(), " is over the maximum of ", kMaxPage));
-  }
-  uint64_t after = req->since_step();
-  bool has_after = req->since_step() > 0;
-  if (!req->page_token().empty()) {
-    const std::string& tok = req->page_token();
-    uint64_t v = 0;
-    auto [end, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
-    if (ec != std::errc() || end != tok.data() + tok.size()) {
-      return Invalid("page_token is not one this server returned; start again without it");
-    }
-    after = std::max(after, v);
-    has_after = true;
-  }
-  const uint32_t page = req->page_size() == 0 ? kDefaultPage : req->page_size();
-  auto run = registry_->Get(req->run_id());
-  if (!run.ok()) return ToGrpc(run.status());
-  absl::MutexLock lock(&(*run)->mu());
-  const auto& catalog = (*run)->dir()->catalog();
-  const auto plan = DryPlan(**run);
-  auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
-  for (; it != catalog.end() && static_cast<uint32_t>(resp->checkpoints_size()) < page; ++it) {
-    Describe(**run, it->second, plan, resp->add_checkpoints());
-  }
-  if (it != catalog.end() && resp->checkpoints_size() > 0) {
-    resp->set_next_page_token(std::to_string(resp->checkpoints().rbegin()->step()));
-  }
-  return grpc::Status::OK;
+  return Answer(queries_->ListCheckpoints(*req), resp);
 }
 
 grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext*,
                                                const v1::GetCheckpointRequest* req,
                                                v1::CheckpointDetail* resp) {
-  auto run = registry_->Get(req->run_id());
-  if (!run.ok()) return ToGrpc(run.status());
-  storage::CheckpointRecord record;
-  {
-    absl::MutexLock lock(&(*run)->mu());
-    const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step());
-    if (r == nullptr) {
-      return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                          StrCat("run '", req->run_id(), "' has no checkpoint at step ",
-                                 req->step(), "; ListCheckpoints shows the committed steps"));
-    }
-    record = *r;
-
-    Describe(**run, record, DryPlan(**run), resp->mutable_info());
-  }
-  // Header reads happen outside the lock; a concurrent overwrite replaces
-  // the file atomically, so the header read is of one version or the other.
-  auto model = storage::ReadGgufHeader(registry_->env(), record.model_path);
-  if (!model.ok()) return ToGrpc(model.status());
-  ToProto(model->metadata, resp->mutable_metadata());
-  for (const auto& t : model->tensors)
-    ToProto(t, storage::TensorGroup::kModel, resp->add_tensors());
-  if (!record.train_path.empty()) {
-    auto train = storage::ReadGgufHeader(registry_->env(), record.train_path);
-    if (!train.ok()) return ToGrpc(train.status());
-    ToProto(train->metadata, resp->mutable_train_metadata());
-    for (const auto& t : train->tensors) {
-      ToProto(t, storage::TensorGroup::kTrain, resp->add_train_tensors());
-    }
-  }
-  return grpc::Status::OK;
+  return Answer(queries_->GetCheckpoint(req->run_id(), req->step()), resp);
 }
 
 grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
@@ -523,24 +421,7 @@ grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::Wa
       if (sub->closed()) break;
       continue;
     }
-    v1::RunEvent out;
-    out.set_run_id(e.run_id);
-    out.set_step(e.step);
-    out.set_time_utc(e.time_utc);
-    switch (e.type) {
-      case scheduler::Event::Type::kCommitted:
-        out.set_type(v1::RunEvent::TYPE_COMMITTED);
-        ToProto(*e.record, e.is_latest, out.mutable_checkpoint());
-        break;
-      case scheduler::Event::Type::kFailed:
-        out.set_type(v1::RunEvent::TYPE_FAILED);
-        out.set_error(e.error);
-        break;
-      case scheduler::Event::Type::kDeleted:
-        out.set_type(v1::RunEvent::TYPE_DELETED);
-        out.set_error(e.error);  // why it was deleted
-        break;
-    }
+    const v1::RunEvent out = query::Queries::EventToProto(e);
     if (!writer->Write(out)) break;
   }
   return grpc::Status::OK;
@@ -567,7 +448,7 @@ grpc::Status CheckpointdService::Pin(grpc::ServerContext*, const v1::PinRequest*
   }
   if (absl::Status st = (*run)->pins.Pin(req->step(), req->reason()); !st.ok()) return ToGrpc(st);
   spdlog::info("pinned run={} step={} reason=\"{}\"", req->run_id(), req->step(), req->reason());
-  Describe(**run, *r, DryPlan(**run), resp);
+  queries_->Describe(**run, *r, queries_->DryPlan(**run), resp);
   return grpc::Status::OK;
 }
 
@@ -581,7 +462,7 @@ grpc::Status CheckpointdService::Unpin(grpc::ServerContext*, const v1::UnpinRequ
   }
   spdlog::info("unpinned run={} step={}", req->run_id(), req->step());
   if (const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step())) {
-    Describe(**run, *r, DryPlan(**run), resp);
+    queries_->Describe(**run, *r, queries_->DryPlan(**run), resp);
   }
   return grpc::Status::OK;
 }

@@ -9,6 +9,7 @@
 
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/ingest/arena_registry.h"
+#include "daemon/query/queries.h"
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_pipeline.h"
@@ -18,8 +19,12 @@ namespace ckptd::rpc {
 class CheckpointdService final : public v1::Checkpointd::Service {
  public:
   // Save streams idle for longer than save_idle_timeout are cancelled.
-  CheckpointdService(scheduler::RunRegistry* registry, std::chrono::milliseconds save_idle_timeout)
-      : registry_(registry), pipeline_(registry, nullptr), watchdog_(save_idle_timeout) {}
+  CheckpointdService(scheduler::RunRegistry* registry, const query::Queries* queries,
+                     std::chrono::milliseconds save_idle_timeout)
+      : registry_(registry),
+        queries_(queries),
+        pipeline_(registry, nullptr),
+        watchdog_(save_idle_timeout) {}
 
   // Turns on SaveShared/SavePointers/WaitSaved: arenas and attachments on
   // `socket`, saves written by `queue`; a progressive save whose counter
@@ -70,16 +75,10 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                               v1::RetentionPlan* resp) override;
 
  private:
-  v1::RunInfo Info(scheduler::Run& run) const;
-  // A checkpoint as listed: record, latest, pin and retention's verdict.
-  void Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
-                const std::vector<policy::RetentionDecision>& plan, v1::CheckpointInfo* out) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
-  std::vector<policy::RetentionDecision> DryPlan(scheduler::Run& run) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
 
   scheduler::RunRegistry* registry_;
+  const query::Queries* queries_;
   scheduler::SavePipeline pipeline_;
   std::atomic<bool> stopping_{false};
   StallWatchdog watchdog_;

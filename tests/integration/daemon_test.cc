@@ -1129,16 +1129,38 @@ TEST_F(DaemonTest, ReadyzIsUnavailableWhileAWriteErrorIsUnresolved) {
 namespace ckptd::testing {
 namespace {
 
-TEST_F(DaemonTest, HealthServiceAnswersServing) {
-  auto daemon = StartDaemon();
+// The health service follows the same readiness as /readyz: NOT_SERVING
+// while a write error is unresolved, SERVING again once a save succeeds.
+TEST_F(DaemonTest, HealthServiceFollowsReadiness) {
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:1:EIO"}});
   auto channel =
       grpc::CreateChannel("unix:" + daemon->socket(), grpc::InsecureChannelCredentials());
   auto health = grpc::health::v1::Health::NewStub(channel);
-  grpc::ClientContext ctx;
-  grpc::health::v1::HealthCheckRequest req;
-  grpc::health::v1::HealthCheckResponse resp;
-  ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
-  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  auto status = [&] {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    EXPECT_TRUE(health->Check(&ctx, req, &resp).ok());
+    return resp.status();
+  };
+  auto eventually = [&](grpc::health::v1::HealthCheckResponse::ServingStatus want) {
+    for (int i = 0; i < 100 && status() != want; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return status();
+  };
+  EXPECT_EQ(eventually(grpc::health::v1::HealthCheckResponse::SERVING),
+            grpc::health::v1::HealthCheckResponse::SERVING);
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(OpenRequest("sick", 1));
+  Model m(1.0f, 1024);
+  EXPECT_FALSE((*run)->save(1, m.Views()).ok());  // fdatasync fails: a write error
+  EXPECT_EQ(eventually(grpc::health::v1::HealthCheckResponse::NOT_SERVING),
+            grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_THAT(daemon->Log(), HasSubstr("readiness: run sick has an unresolved write error"));
+  ASSERT_TRUE((*run)->save(2, m.Views()).ok());
+  EXPECT_EQ(eventually(grpc::health::v1::HealthCheckResponse::SERVING),
+            grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 }  // namespace

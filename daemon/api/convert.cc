@@ -1,5 +1,5 @@
 // Proto <-> domain conversions with API validation.
-#include "daemon/rpc/convert.h"
+#include "daemon/api/convert.h"
 
 #include <google/protobuf/util/json_util.h>
 
@@ -10,7 +10,7 @@
 #include "daemon/base/strings.h"
 #include "daemon/gguf/layout.h"
 
-namespace ckptd::rpc {
+namespace ckptd::api {
 namespace {
 
 using v1::MetadataValue;
@@ -288,4 +288,4 @@ std::string MessageToJson(const google::protobuf::Message& m, bool pretty) {
   return out;
 }
 
-}  // namespace ckptd::rpc
+}  // namespace ckptd::api

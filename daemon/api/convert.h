@@ -15,7 +15,7 @@
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/checkpoint_writer.h"
 
-namespace ckptd::rpc {
+namespace ckptd::api {
 
 absl::StatusOr<gguf::Value> FromProto(const v1::MetadataValue& v, const std::string& field);
 v1::MetadataValue ToProto(const gguf::Value& v);
@@ -43,4 +43,4 @@ void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointI
 // schema the HTTP API and `ckptctl --json` share.
 std::string MessageToJson(const google::protobuf::Message& m, bool pretty = false);
 
-}  // namespace ckptd::rpc
+}  // namespace ckptd::api

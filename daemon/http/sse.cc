@@ -1,0 +1,25 @@
+// SSE framing.
+#include "daemon/http/sse.h"
+
+#include "daemon/api/convert.h"
+#include "daemon/base/strings.h"
+#include "daemon/query/queries.h"
+
+namespace ckptd::http {
+
+std::string SseHead(const std::string& run_id) {
+  return StrCat(
+      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+      "Connection: close\r\n\r\n: watching run ",
+      run_id, "\n\n");
+}
+
+std::string SseEvent(const scheduler::Event& e) {
+  const char* name = e.type == scheduler::Event::Type::kCommitted ? "committed"
+                     : e.type == scheduler::Event::Type::kFailed  ? "failed"
+                                                                  : "deleted";
+  return fmt::format("event: {}\ndata: {}\n\n", name,
+                     api::MessageToJson(query::Queries::EventToProto(e)));
+}
+
+}  // namespace ckptd::http

@@ -1,0 +1,203 @@
+// The read side's answers.
+#include "daemon/query/queries.h"
+
+#include <algorithm>
+#include <charconv>
+
+#include "daemon/api/convert.h"
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/scheduler/retention.h"
+
+namespace ckptd::query {
+namespace {
+
+v1::RunState ToProto(scheduler::RunState s) {
+  switch (s) {
+    case scheduler::RunState::kIdle:
+      return v1::RUN_STATE_IDLE;
+    case scheduler::RunState::kOpen:
+      return v1::RUN_STATE_OPEN;
+    case scheduler::RunState::kFinished:
+      return v1::RUN_STATE_FINISHED;
+  }
+  return v1::RUN_STATE_UNSPECIFIED;
+}
+
+}  // namespace
+
+std::string Readiness::Summary() const {
+  if (ready) return "ready";
+  std::string out;
+  for (const std::string& r : reasons) StrAppend(&out, out.empty() ? "" : "; ", r);
+  return out;
+}
+
+v1::RunInfo Queries::RunInfo(scheduler::Run& run) const {
+  absl::MutexLock lock(&run.mu());
+  v1::RunInfo info;
+  info.set_run_id(run.id());
+  info.set_run_dir(run.run_dir());
+  info.set_state(ToProto(run.state));
+  if (auto last = run.dir()->latest_step()) {
+    info.set_last_step(*last);
+    info.set_latest_file(run.dir()->Find(*last)->model_path);
+  }
+  info.set_checkpoint_count(static_cast<uint32_t>(run.dir()->catalog().size()));
+  info.set_total_bytes(run.dir()->total_bytes());
+  *info.mutable_schedule() = api::ToProto(registry_->EffectiveSchedule(run));
+  *info.mutable_retention() = api::ToProto(registry_->EffectiveRetention(run));
+  info.set_last_error(run.last_error);
+  info.set_write_error(run.write_error);
+  return info;
+}
+
+v1::ListRunsResponse Queries::ListRuns() const {
+  v1::ListRunsResponse resp;
+  for (const auto& run : registry_->List()) *resp.add_runs() = RunInfo(*run);
+  return resp;
+}
+
+absl::StatusOr<v1::RunInfo> Queries::GetRun(const std::string& run_id) const {
+  CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(run_id));
+  return RunInfo(*run);
+}
+
+std::vector<policy::RetentionDecision> Queries::DryPlan(scheduler::Run& run) const {
+  auto policy = registry_->EffectiveRetention(run);
+  return policy::PlanRetention(
+      policy, scheduler::RetentionInputsFor(*run.dir(), run.pins, policy, run.in_flight,
+                                            scheduler::NowSeconds()));
+}
+
+void Queries::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
+                       const std::vector<policy::RetentionDecision>& plan,
+                       v1::CheckpointInfo* out) const {
+  api::ToProto(r, run.dir()->latest_step() == r.step, out);
+  if (const std::string* pin = run.pins.Find(r.step)) {
+    out->set_pinned(true);
+    out->set_pin_reason(*pin);
+  }
+  auto it = std::lower_bound(plan.begin(), plan.end(), r.step,
+                             [](const auto& d, uint64_t step) { return d.step < step; });
+  if (it != plan.end() && it->step == r.step) {
+    out->set_retention_keeps(it->keep);
+    out->set_retention_reason(it->reason);
+  }
+}
+
+absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
+    const v1::ListCheckpointsRequest& req) const {
+  constexpr uint32_t kDefaultPage = 100, kMaxPage = 1000;
+  if (req.page_size() > kMaxPage) {
+    return absl::InvalidArgumentError(
+        StrCat("page_size ", req.page_size(), " is over the maximum of ", kMaxPage));
+  }
+  uint64_t after = req.since_step();
+  bool has_after = req.since_step() > 0;
+  if (!req.page_token().empty()) {
+    const std::string& tok = req.page_token();
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), v);
+    if (ec != std::errc() || end != tok.data() + tok.size()) {
+      return absl::InvalidArgumentError(
+          "page_token is not one this server returned; start again without it");
+    }
+    after = std::max(after, v);
+    has_after = true;
+  }
+  const uint32_t page = req.page_size() == 0 ? kDefaultPage : req.page_size();
+  CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(req.run_id()));
+  v1::ListCheckpointsResponse resp;
+  absl::MutexLock lock(&run->mu());
+  const auto& catalog = run->dir()->catalog();
+  const auto plan = DryPlan(*run);
+  auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
+  for (; it != catalog.end() && static_cast<uint32_t>(resp.checkpoints_size()) < page; ++it) {
+    Describe(*run, it->second, plan, resp.add_checkpoints());
+  }
+  if (it != catalog.end() && resp.checkpoints_size() > 0) {
+    resp.set_next_page_token(std::to_string(resp.checkpoints().rbegin()->step()));
+  }
+  return resp;
+}
+
+absl::StatusOr<v1::CheckpointDetail> Queries::GetCheckpoint(const std::string& run_id,
+                                                            uint64_t step) const {
+  CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(run_id));
+  v1::CheckpointDetail resp;
+  storage::CheckpointRecord record;
+  {
+    absl::MutexLock lock(&run->mu());
+    const storage::CheckpointRecord* r = run->dir()->Find(step);
+    if (r == nullptr) {
+      return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint at step ", step,
+                                        "; ListCheckpoints shows the committed steps"));
+    }
+    record = *r;
+    Describe(*run, record, DryPlan(*run), resp.mutable_info());
+  }
+  // Header reads happen outside the lock; a concurrent overwrite replaces
+  // the file atomically, so the header read is of one version or the other.
+  CKPTD_ASSIGN_OR_RETURN(auto model, storage::ReadGgufHeader(registry_->env(), record.model_path));
+  api::ToProto(model.metadata, resp.mutable_metadata());
+  for (const auto& t : model.tensors) {
+    api::ToProto(t, storage::TensorGroup::kModel, resp.add_tensors());
+  }
+  if (!record.train_path.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(auto train,
+                           storage::ReadGgufHeader(registry_->env(), record.train_path));
+    api::ToProto(train.metadata, resp.mutable_train_metadata());
+    for (const auto& t : train.tensors) {
+      api::ToProto(t, storage::TensorGroup::kTrain, resp.add_train_tensors());
+    }
+  }
+  return resp;
+}
+
+Readiness Queries::Ready() const {
+  Readiness r;
+  for (const auto& run : registry_->List()) {
+    absl::MutexLock lock(&run->mu());
+    if (!run->write_error.empty()) {
+      r.reasons.push_back(
+          StrCat("run ", run->id(), " has an unresolved write error: ", run->write_error));
+    }
+  }
+  const policy::DiskGuard guard = registry_->disk_guard();
+  for (const std::string& root : roots_) {
+    auto space = registry_->env()->Space(root);
+    if (!space.ok()) {
+      r.reasons.push_back(std::string(space.status().message()));
+    } else if (policy::BytesToFree(guard, space->free_bytes, space->total_bytes, 0) > 0) {
+      r.reasons.push_back(
+          StrCat("root ", root, " is below the disk guard (", space->free_bytes, " bytes free)"));
+    }
+  }
+  r.ready = r.reasons.empty();
+  return r;
+}
+
+v1::RunEvent Queries::EventToProto(const scheduler::Event& e) {
+  v1::RunEvent out;
+  out.set_run_id(e.run_id);
+  out.set_step(e.step);
+  out.set_time_utc(e.time_utc);
+  switch (e.type) {
+    case scheduler::Event::Type::kCommitted:
+      out.set_type(v1::RunEvent::TYPE_COMMITTED);
+      api::ToProto(*e.record, e.is_latest, out.mutable_checkpoint());
+      break;
+    case scheduler::Event::Type::kFailed:
+      out.set_type(v1::RunEvent::TYPE_FAILED);
+      out.set_error(e.error);
+      break;
+    case scheduler::Event::Type::kDeleted:
+      out.set_type(v1::RunEvent::TYPE_DELETED);
+      out.set_error(e.error);  // why it was deleted
+      break;
+  }
+  return out;
+}
+
+}  // namespace ckptd::query
