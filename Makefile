@@ -12,7 +12,7 @@ PREFIX     ?= /usr
 CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON \
                   -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 
-.PHONY: all deps build test unit-test sanitize sanitize-daemon fuzz run bench clean format install
+.PHONY: all deps build test unit-test lint sanitize sanitize-daemon tsan fuzz run bench clean format install
 
 all: build
 
@@ -23,13 +23,20 @@ build: deps
 	@$(CMAKE_CONFIGURE) -B $(BUILD) >/dev/null
 	@ninja -C $(BUILD) -j$(JOBS)
 
-# Every suite: the unit tests under AddressSanitizer + UBSan, a bounded
-# libFuzzer run of the GGUF reader, then unit, CLI and interop tests (ctest,
-# last, so its summary closes the output).
+# Every suite: lint (clang-format, clang-tidy, clang's thread-safety
+# analysis), the unit tests under AddressSanitizer + UBSan, the unit and
+# black-box suites under ThreadSanitizer, a bounded libFuzzer run of the GGUF
+# reader, then unit, black-box, CLI and interop tests (ctest, last, so its
+# summary closes the output).
 test: build
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory sanitize
+	@$(MAKE) --no-print-directory tsan
 	@$(MAKE) --no-print-directory fuzz
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+lint: build
+	@scripts/lint.sh $(BUILD) $(JOBS)
 
 sanitize:
 	@$(CMAKE_CONFIGURE) -B $(BUILD)-asan -DCKPTD_SANITIZE=address,undefined >/dev/null
@@ -43,6 +50,19 @@ sanitize-daemon:
 	@ninja -C $(BUILD)-asan -j$(JOBS) daemon_tests shm_tests shm_trainer ckptd ckptctl gguf_fixture_writer
 	@$(BUILD)-asan/tests/integration/daemon_tests --gtest_brief=1
 	@$(BUILD)-asan/tests/integration/shm_tests --gtest_brief=1
+
+# The scheduler, env and storage unit suites and both black-box suites
+# against a ThreadSanitizer daemon and client; any report fails the run.
+TSAN_SUITES = env storage scheduler
+tsan:
+	@$(CMAKE_CONFIGURE) -B $(BUILD)-tsan -DCKPTD_SANITIZE=thread >/dev/null
+	@ninja -C $(BUILD)-tsan -j$(JOBS) $(addsuffix _tests,$(TSAN_SUITES)) daemon_tests shm_tests \
+	  shm_trainer ckptd ckptctl gguf_fixture_writer
+	@set -e; export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"; \
+	  for t in $(TSAN_SUITES); do echo "tsan: $$t"; \
+	    $(BUILD)-tsan/tests/$$t/$${t}_tests --gtest_brief=1; done; \
+	  echo "tsan: daemon_tests"; $(BUILD)-tsan/tests/integration/daemon_tests --gtest_brief=1; \
+	  echo "tsan: shm_tests"; $(BUILD)-tsan/tests/integration/shm_tests --gtest_brief=1
 
 fuzz:
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)
@@ -65,7 +85,7 @@ format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-fuzz
 
 install: build
 	@cmake --install $(BUILD)

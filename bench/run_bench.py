@@ -216,7 +216,7 @@ def main():
               f"{r['stream_MBps']:>11.0f} "
               f"{r['shm_daemon_peak_rss_bytes'] / MiB:>8.1f}/{r['stream_daemon_peak_rss_bytes'] / MiB:<9.1f}")
     print("\nmemcpy = one warm single-thread copy into a pre-faulted memfd arena; ckptd stall ="
-          "\nCheckpointer.save() blocking time (median of --saves; arenas reserved beforehand:"
+          "\nCheckpointer::Save() blocking time (median of --saves; arenas reserved beforehand:"
           "\nsee ckptd_arena_setup_s); call = the part of the stall that is not the copy: the"
           "\nSaveShared round trip (validate + queue), ckptd_saveshared_call_s;"
           "\nckptd dur = that call to the durable, committed step_N.gguf;"

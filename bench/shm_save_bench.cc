@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   double t_reserve = Now();
-  if (absl::Status st = (*cp)->reserve(bytes); !st.ok()) {
+  if (absl::Status st = (*cp)->Reserve(bytes); !st.ok()) {
     std::fprintf(stderr, "reserve: %s\n", std::string(st.message()).c_str());
     return 1;
   }
@@ -84,14 +84,14 @@ int main(int argc, char** argv) {
   char line[64];
   for (int k = 1; interactive ? std::fgets(line, sizeof line, stdin) != nullptr : k <= saves; ++k) {
     const double t0 = Now();
-    auto r = (*cp)->save(static_cast<uint64_t>(k), views);
+    auto r = (*cp)->Save(static_cast<uint64_t>(k), views);
     const double stall = Now() - t0;
     if (!r.ok() || !*r) {
       std::fprintf(stderr, "save: %s\n",
                    r.ok() ? "skipped" : std::string(r.status().message()).c_str());
       return 1;
     }
-    if (absl::Status st = (*cp)->wait(); !st.ok()) {
+    if (absl::Status st = (*cp)->Wait(); !st.ok()) {
       std::fprintf(stderr, "wait: %s\n", std::string(st.message()).c_str());
       return 1;
     }

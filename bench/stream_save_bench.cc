@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
   std::vector<char> data(bytes);
   const std::vector<ckptd::TensorView> views = ckptd::bench::BenchTensors(data);
   auto t0 = std::chrono::steady_clock::now();
-  auto r = run->save(step, views, {}, {.force = true});
+  auto r = run->Save(step, views, {}, {.force = true});
   double call_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!r.ok()) {
     std::fprintf(stderr, "Save: %s\n", std::string(r.status().message()).c_str());

@@ -11,10 +11,10 @@
 #include "absl/strings/numbers.h"
 #include "client/cli/commands.h"
 #include "client/cpp/ckptd/client.h"
+#include "daemon/api/convert.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/reader.h"
-#include "daemon/api/convert.h"
 
 namespace ckptd::cli {
 namespace {
@@ -207,7 +207,7 @@ int Import(Client& c, const DaemonCommandArgs& a) {
     }
     views.push_back({t.name, type, t.ne, base + t.offset, t.nbytes});
   }
-  auto saved = (*run)->save(a.step, views, metrics, {.force = true});
+  auto saved = (*run)->Save(a.step, views, metrics, {.force = true});
   if (!saved.ok()) return Fail(a.run, saved.status());
   if (a.json) {
     std::cout << Json(*saved) << "\n";

@@ -38,7 +38,7 @@ Checkpointer::Checkpointer(Run* run, CheckpointerOptions options)
   }
 }
 
-Checkpointer::~Checkpointer() { (void)wait(); }
+Checkpointer::~Checkpointer() { (void)Wait(); }
 
 void Checkpointer::Log(const std::string& line) const {
   if (options_.log) {
@@ -85,14 +85,14 @@ absl::Status Checkpointer::SetUpSharedMemory() {
   return absl::OkStatus();
 }
 
-absl::Status Checkpointer::reserve(size_t bytes) {
+absl::Status Checkpointer::Reserve(size_t bytes) {
   if (!shared_ || attachment_) return absl::OkStatus();
   return EnsureArenas(bytes + kArenaOverhead);
 }
 
 absl::Status Checkpointer::EnsureArenas(size_t bytes) {
   if (!slots_.empty() && slots_.front().arena->size() >= bytes) return absl::OkStatus();
-  if (absl::Status st = wait(); !st.ok()) deferred_error_ = st;  // old arenas must be idle
+  if (absl::Status st = Wait(); !st.ok()) deferred_error_ = st;  // old arenas must be idle
   slots_.clear();
   const size_t size = RoundUp(std::max(bytes, options_.arena_bytes), kArenaGranule);
   for (int i = 0; i < options_.buffers; ++i) {
@@ -107,7 +107,7 @@ absl::Status Checkpointer::EnsureArenas(size_t bytes) {
 
 absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
   if (!slot.save_id) return true;
-  auto r = run_->wait_saved(*slot.save_id, timeout_s, slot.stall_s);
+  auto r = run_->WaitSaved(*slot.save_id, timeout_s, slot.stall_s);
   if (!r.ok()) return r.status();
   slot.stall_s = 0;  // reported
   switch (r->state()) {
@@ -214,7 +214,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
         "); saving over the stream path from now on");
     shared_ = false;
     slots_.clear();
-    if (final_snapshot) return false;  // close() sends it with CloseRun
+    if (final_snapshot) return false;  // Close() sends it with CloseRun
     return StreamSave(t0, step, tensors, metrics, options);
   }
   double waited = 0;
@@ -246,8 +246,8 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
   } else {
     copy();
   }
-  auto r = run_->save_shared(step, tensors, locations, metrics, options, 0,
-                             options_.overlap_copy ? &progress : nullptr, final_snapshot);
+  auto r = run_->SaveShared(step, tensors, locations, metrics, options, 0,
+                            options_.overlap_copy ? &progress : nullptr, final_snapshot);
   if (!r.ok()) return r.status();
   if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
     stats_.skipped++;
@@ -265,7 +265,7 @@ absl::StatusOr<bool> Checkpointer::StreamSave(double t0, uint64_t step,
                                               const std::vector<TensorView>& tensors,
                                               const std::map<std::string, double>& metrics,
                                               const SaveOptions& options) {
-  auto r = run_->save(step, tensors, metrics, options);
+  auto r = run_->Save(step, tensors, metrics, options);
   if (!r.ok()) return r.status();
   if (r->result() != v1::SaveResponse::RESULT_COMMITTED) {
     stats_.skipped++;
@@ -280,19 +280,19 @@ absl::StatusOr<bool> Checkpointer::SendPointers(double t0, uint64_t step,
                                                 const std::vector<TensorView>& tensors,
                                                 const std::map<std::string, double>& metrics,
                                                 const SaveOptions& options, bool final_snapshot) {
-  // Forget pointer saves that finished (their outcome is kept for wait()).
+  // Forget pointer saves that finished (their outcome is kept for Wait()).
   std::erase_if(slots_, [&](Slot& s) {
     if (s.arena != nullptr) return false;
     auto done = Settle(s, 0);
     return done.ok() && *done;
   });
-  auto r = run_->save_pointers(step, tensors, *attachment_, metrics, options, final_snapshot);
+  auto r = run_->SavePointers(step, tensors, *attachment_, metrics, options, final_snapshot);
   if (!r.ok()) return r.status();
   if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
     stats_.skipped++;
     return false;
   }
-  // Read: the tensors are the trainer's again; the commit is waited for by wait().
+  // Read: the tensors are the trainer's again; the commit is waited for by Wait().
   slots_.push_back(Slot{nullptr, 0, r->save_id()});
   slots_.back().stall_s = Now() - t0;
   Account(slots_.back().stall_s);
@@ -300,11 +300,11 @@ absl::StatusOr<bool> Checkpointer::SendPointers(double t0, uint64_t step,
   return true;
 }
 
-absl::StatusOr<bool> Checkpointer::maybe_save(uint64_t step, const std::vector<TensorView>& tensors,
-                                              const std::map<std::string, double>& metrics) {
+absl::StatusOr<bool> Checkpointer::MaybeSave(uint64_t step, const std::vector<TensorView>& tensors,
+                                             const std::map<std::string, double>& metrics) {
   const double t0 = Now();
-  if (!shared_) return StreamSave(t0, step, tensors, metrics, SaveOptions{});  // asks should_save
-  auto due = run_->should_save(step);
+  if (!shared_) return StreamSave(t0, step, tensors, metrics, SaveOptions{});  // asks ShouldSave
+  auto due = run_->ShouldSave(step);
   if (!due.ok()) return due.status();
   if (!due->due()) {
     stats_.skipped++;
@@ -313,7 +313,7 @@ absl::StatusOr<bool> Checkpointer::maybe_save(uint64_t step, const std::vector<T
   return Stage(t0, step, tensors, metrics, SaveOptions{});
 }
 
-absl::StatusOr<bool> Checkpointer::save(uint64_t step, const std::vector<TensorView>& tensors,
+absl::StatusOr<bool> Checkpointer::Save(uint64_t step, const std::vector<TensorView>& tensors,
                                         const std::map<std::string, double>& metrics,
                                         const SaveOptions& options) {
   const double t0 = Now();
@@ -321,7 +321,7 @@ absl::StatusOr<bool> Checkpointer::save(uint64_t step, const std::vector<TensorV
   return Stage(t0, step, tensors, metrics, options);
 }
 
-absl::Status Checkpointer::wait() {
+absl::Status Checkpointer::Wait() {
   absl::Status first;
   constexpr double kPerCall = 60;  // WaitSaved waits at most 600 s per call
   for (Slot& s : slots_) {
@@ -344,10 +344,10 @@ absl::Status Checkpointer::wait() {
   return first;
 }
 
-absl::StatusOr<v1::CloseRunResponse> Checkpointer::close(
+absl::StatusOr<v1::CloseRunResponse> Checkpointer::Close(
     uint64_t step, const std::vector<TensorView>& tensors,
     const std::map<std::string, double>& metrics) {
-  absl::Status waited = wait();
+  absl::Status waited = Wait();
   std::optional<v1::WaitSavedResponse> final;
   bool final_sent = false;
   if (shared_ && !tensors.empty() && waited.ok()) {
@@ -355,11 +355,11 @@ absl::StatusOr<v1::CloseRunResponse> Checkpointer::close(
     if (!staged.ok()) return staged.status();
     final_sent = *staged || shared_;  // staged, or skipped by the run's final_on_close
     if (*staged) {
-      if (absl::Status st = wait(); !st.ok()) return st;
+      if (absl::Status st = Wait(); !st.ok()) return st;
       final = finished_.back();
     }
   }
-  auto r = run_->close(step, final_sent ? std::vector<TensorView>{} : tensors, metrics);
+  auto r = run_->Close(step, final_sent ? std::vector<TensorView>{} : tensors, metrics);
   if (!waited.ok()) return waited;
   if (r.ok() && final) {
     v1::SaveResponse* s = r->mutable_final_save();

@@ -84,7 +84,7 @@ absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& r
   return std::make_unique<Run>(this, std::move(resp));
 }
 
-absl::StatusOr<v1::ShouldSaveResponse> Run::should_save(uint64_t step) {
+absl::StatusOr<v1::ShouldSaveResponse> Run::ShouldSave(uint64_t step) {
   grpc::ClientContext ctx;
   v1::ShouldSaveRequest req;
   req.set_run_id(id());
@@ -95,11 +95,11 @@ absl::StatusOr<v1::ShouldSaveResponse> Run::should_save(uint64_t step) {
   return resp;
 }
 
-absl::StatusOr<v1::SaveResponse> Run::save(uint64_t step, const std::vector<TensorView>& tensors,
+absl::StatusOr<v1::SaveResponse> Run::Save(uint64_t step, const std::vector<TensorView>& tensors,
                                            const std::map<std::string, double>& metrics,
                                            const SaveOptions& options) {
   if (!options.force) {
-    auto due = should_save(step);
+    auto due = ShouldSave(step);
     if (!due.ok()) return due.status();
     if (!due->due()) {
       v1::SaveResponse skipped;
@@ -118,7 +118,7 @@ absl::StatusOr<v1::SaveResponse> Run::save(uint64_t step, const std::vector<Tens
   return resp;
 }
 
-absl::StatusOr<v1::SaveSharedResponse> Run::save_pointers(
+absl::StatusOr<v1::SaveSharedResponse> Run::SavePointers(
     uint64_t step, const std::vector<TensorView>& tensors, const PointerAttachment& attachment,
     const std::map<std::string, double>& metrics, const SaveOptions& options, bool final_snapshot) {
   v1::SavePointersRequest req;
@@ -134,7 +134,7 @@ absl::StatusOr<v1::SaveSharedResponse> Run::save_pointers(
   return resp;
 }
 
-absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
+absl::StatusOr<v1::SaveSharedResponse> Run::SaveShared(
     uint64_t step, const std::vector<TensorView>& tensors,
     const std::vector<v1::TensorLocation>& locations, const std::map<std::string, double>& metrics,
     const SaveOptions& options, double trainer_stall_s, const v1::TensorLocation* progress,
@@ -152,8 +152,8 @@ absl::StatusOr<v1::SaveSharedResponse> Run::save_shared(
   return resp;
 }
 
-absl::StatusOr<v1::WaitSavedResponse> Run::wait_saved(uint64_t save_id, double timeout_s,
-                                                      double trainer_stall_s) {
+absl::StatusOr<v1::WaitSavedResponse> Run::WaitSaved(uint64_t save_id, double timeout_s,
+                                                     double trainer_stall_s) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000) + 10000));
@@ -168,7 +168,7 @@ absl::StatusOr<v1::WaitSavedResponse> Run::wait_saved(uint64_t save_id, double t
   return resp;
 }
 
-absl::StatusOr<v1::CloseRunResponse> Run::close(uint64_t step,
+absl::StatusOr<v1::CloseRunResponse> Run::Close(uint64_t step,
                                                 const std::vector<TensorView>& tensors,
                                                 const std::map<std::string, double>& metrics) {
   grpc::ClientContext ctx;
@@ -180,7 +180,7 @@ absl::StatusOr<v1::CloseRunResponse> Run::close(uint64_t step,
   return resp;
 }
 
-absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> Run::latest() {
+absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> Run::Latest() {
   grpc::ClientContext ctx;
   v1::GetRunRequest req;
   req.set_run_id(id());

@@ -24,9 +24,9 @@
 #include "daemon/env/fault_env.h"
 #include "daemon/http/server.h"
 #include "daemon/ingest/arena_server.h"
+#include "daemon/query/queries.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
-#include "daemon/query/queries.h"
 #include "daemon/scheduler/save_queue.h"
 
 extern char** environ;

@@ -92,7 +92,8 @@ Reply Router::MetricsText() const {
 
 Reply Router::Route(std::string_view method, std::string_view target) const {
   if (method != "GET" && method != "HEAD") {
-    return ErrorReply(absl::InvalidArgumentError("only GET is served here; writes go through gRPC"));
+    return ErrorReply(
+        absl::InvalidArgumentError("only GET is served here; writes go through gRPC"));
   }
   const Target t = ParseTarget(target);
   const auto& s = t.segments;
@@ -101,8 +102,8 @@ Reply Router::Route(std::string_view method, std::string_view target) const {
   if (s.size() == 1 && s[0] == "readyz") return Readyz();
   if (s.size() == 1 && s[0] == "metrics") return MetricsText();
   if (s.size() < 2 || s[0] != "v1" || s[1] != "runs") {
-    return ErrorReply(absl::NotFoundError(StrCat(
-        "no such path ", target, "; try /v1/runs, /healthz, /readyz, /metrics or /")));
+    return ErrorReply(absl::NotFoundError(
+        StrCat("no such path ", target, "; try /v1/runs, /healthz, /readyz, /metrics or /")));
   }
   if (s.size() == 2) return {200, "application/json", api::MessageToJson(queries_->ListRuns())};
   return RunPath(s, t);
@@ -128,8 +129,8 @@ Reply Router::RunPath(const std::vector<std::string>& s, const Target& t) const 
     if (auto it = t.query.find("page_token"); it != t.query.end()) r.set_page_token(it->second);
     auto answer = queries_->ListCheckpoints(r);
     if (answer.status().code() == absl::StatusCode::kInvalidArgument) {
-      return ErrorReply(absl::InvalidArgumentError(
-          StrCat("query parameter ", answer.status().message())));
+      return ErrorReply(
+          absl::InvalidArgumentError(StrCat("query parameter ", answer.status().message())));
     }
     return Answer(answer);
   }
@@ -138,7 +139,8 @@ Reply Router::RunPath(const std::vector<std::string>& s, const Target& t) const 
     if (!step.ok()) return ErrorReply(step.status());
     return Answer(queries_->GetCheckpoint(run, *step));
   }
-  return ErrorReply(absl::NotFoundError(StrCat("no such path /", fmt::format("{}", fmt::join(s, "/")))));
+  return ErrorReply(
+      absl::NotFoundError(StrCat("no such path /", fmt::format("{}", fmt::join(s, "/")))));
 }
 
 }  // namespace ckptd::http

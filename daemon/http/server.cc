@@ -81,8 +81,9 @@ void HttpServer::Impl::Serve(tcp::socket socket) {
     bhttp::read(socket, buffer, parser, ec);
     if (ec) break;
     const auto& req = parser.get();
-    Reply r = router->Route(std::string_view(req.method_string().data(), req.method_string().size()),
-                            std::string_view(req.target().data(), req.target().size()));
+    Reply r =
+        router->Route(std::string_view(req.method_string().data(), req.method_string().size()),
+                      std::string_view(req.target().data(), req.target().size()));
     if (!r.stream_run.empty()) {
       StreamEvents(socket, r.stream_run);
       break;

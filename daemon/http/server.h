@@ -25,8 +25,7 @@ struct HttpOptions {
 
 class HttpServer {
  public:
-  HttpServer(HttpOptions options, const query::Queries* queries,
-             scheduler::RunRegistry* registry);
+  HttpServer(HttpOptions options, const query::Queries* queries, scheduler::RunRegistry* registry);
   ~HttpServer();
 
   absl::Status Start();  // binds and starts accepting

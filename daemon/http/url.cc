@@ -54,9 +54,8 @@ absl::StatusOr<std::optional<uint64_t>> QueryU64(const Target& t, const std::str
   if (it == t.query.end() || it->second.empty()) return std::optional<uint64_t>();
   auto v = ParseU64(it->second);
   if (!v) {
-    return absl::InvalidArgumentError(StrCat("query parameter '", name,
-                                             "' must be a non-negative integer, got '",
-                                             it->second, "'"));
+    return absl::InvalidArgumentError(StrCat(
+        "query parameter '", name, "' must be a non-negative integer, got '", it->second, "'"));
   }
   return v;
 }

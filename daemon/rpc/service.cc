@@ -3,14 +3,13 @@
 
 #include <spdlog/spdlog.h>
 
-
+#include "daemon/api/convert.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/ingest/arena_source.h"
 #include "daemon/ingest/pointer_source.h"
 #include "daemon/ingest/stream_source.h"
 #include "daemon/metrics/metrics.h"
-#include "daemon/api/convert.h"
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::rpc {

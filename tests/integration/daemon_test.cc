@@ -119,7 +119,7 @@ TEST_F(DaemonTest, SavesStepsWithLatestProvenanceAndContentUuids) {
   for (uint64_t step = 100; step <= 500; step += 100) {
     Model m(step == 300 ? 100.0f
                         : static_cast<float>(step));  // step 300 repeats step 100's weights
-    auto r = (*run)->save(step, m.Views(), {{"loss", 10.0 / static_cast<double>(step)}});
+    auto r = (*run)->Save(step, m.Views(), {{"loss", 10.0 / static_cast<double>(step)}});
     ASSERT_TRUE(r.ok()) << r.status();
     ASSERT_EQ(r->result(), v1::SaveResponse::RESULT_COMMITTED) << r->reason();
     EXPECT_EQ(r->checkpoint().step(), step);
@@ -190,7 +190,7 @@ TEST_F(DaemonTest, SavesStepsWithLatestProvenanceAndContentUuids) {
   EXPECT_EQ((*resumed)->opened().run().last_step(), 500u);
   EXPECT_EQ((*resumed)->opened().run().latest_file(),
             fs::canonical(Weights("r1")) / "step_500.gguf");
-  auto latest = (*resumed)->latest();
+  auto latest = (*resumed)->Latest();
   ASSERT_TRUE(latest.ok() && latest->has_value());
   EXPECT_EQ((*latest)->first, 500u);
   grpc::ClientContext lctx;
@@ -224,7 +224,7 @@ TEST_F(DaemonTest, ModelAndTrainFilesAreCommittedTogether) {
   lr.set_key("optimizer.lr");
   lr.mutable_value()->set_f32(3e-4f);
   opts.train_metadata.push_back(lr);
-  auto r = (*run)->save(100, m.Views(/*with_train=*/true), {}, opts);
+  auto r = (*run)->Save(100, m.Views(/*with_train=*/true), {}, opts);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_THAT(r->checkpoint().train_file(), HasSubstr("step_100.train.gguf"));
   EXPECT_THAT(Names(Weights("rt")),
@@ -257,7 +257,7 @@ TEST_P(CrashDuringCommitTest, BothOrNeitherAfterRestart) {
     auto run = client->OpenRun(OpenRequest("rc"));
     ASSERT_TRUE(run.ok());
     Model m(3.0f);
-    auto r = (*run)->save(100, m.Views(true));
+    auto r = (*run)->Save(100, m.Views(true));
     EXPECT_FALSE(r.ok());  // the daemon died mid-commit
     EXPECT_EQ(daemon->Wait(), 86) << daemon->Log();
   }
@@ -295,18 +295,18 @@ TEST_F(DaemonTest, ScheduleSkipsForcesAndCloseWritesTheFinalSnapshot) {
   req.mutable_schedule()->set_every_seconds(0.5);
   auto run = client->OpenRun(req);
   ASSERT_TRUE(run.ok());
-  EXPECT_TRUE((*run)->should_save(100)->due());
-  EXPECT_TRUE((*run)->should_save(150)->due());
-  EXPECT_THAT((*run)->should_save(120)->reason(), HasSubstr("not due"));
+  EXPECT_TRUE((*run)->ShouldSave(100)->due());
+  EXPECT_TRUE((*run)->ShouldSave(150)->due());
+  EXPECT_THAT((*run)->ShouldSave(120)->reason(), HasSubstr("not due"));
   std::this_thread::sleep_for(std::chrono::milliseconds(600));
-  auto by_time = (*run)->should_save(121);
+  auto by_time = (*run)->ShouldSave(121);
   EXPECT_TRUE(by_time->due());
   EXPECT_THAT(by_time->reason(), HasSubstr("every_seconds=0.5"));
 
   Model m(5.0f);
-  ASSERT_EQ((*run)->save(100, m.Views())->result(), v1::SaveResponse::RESULT_COMMITTED);
+  ASSERT_EQ((*run)->Save(100, m.Views())->result(), v1::SaveResponse::RESULT_COMMITTED);
   // Not due (and no time has passed since the commit): skipped, nothing written.
-  auto skipped = (*run)->save(120, m.Views());
+  auto skipped = (*run)->Save(120, m.Views());
   ASSERT_TRUE(skipped.ok());
   EXPECT_EQ(skipped->result(), v1::SaveResponse::RESULT_SKIPPED);
   // The server skips too when a client sends a not-due step anyway.
@@ -317,10 +317,10 @@ TEST_F(DaemonTest, ScheduleSkipsForcesAndCloseWritesTheFinalSnapshot) {
   ASSERT_TRUE(w->Finish().ok());
   EXPECT_EQ(resp.result(), v1::SaveResponse::RESULT_SKIPPED);
   // Forced: written.
-  ASSERT_EQ((*run)->save(130, m.Views(), {}, {.force = true})->result(),
+  ASSERT_EQ((*run)->Save(130, m.Views(), {}, {.force = true})->result(),
             v1::SaveResponse::RESULT_COMMITTED);
   // CloseRun with tensors: the final snapshot, then FINISHED.
-  auto closed = (*run)->close(137, m.Views(), {{"loss", 0.1}});
+  auto closed = (*run)->Close(137, m.Views(), {{"loss", 0.1}});
   ASSERT_TRUE(closed.ok()) << closed.status();
   EXPECT_EQ(closed->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
   EXPECT_EQ(closed->run().state(), v1::RUN_STATE_FINISHED);
@@ -332,12 +332,12 @@ TEST_F(DaemonTest, ScheduleSkipsForcesAndCloseWritesTheFinalSnapshot) {
   auto reopened = client->OpenRun(req);
   ASSERT_TRUE(reopened.ok());
   Model final_weights(9.0f);
-  auto again = (*reopened)->close(137, final_weights.Views());
+  auto again = (*reopened)->Close(137, final_weights.Views());
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
   EXPECT_NE(again->final_save().checkpoint().uuid(), closed->final_save().checkpoint().uuid());
   // A finished run refuses saves until reopened.
-  auto after = (*run)->save(200, m.Views(), {}, {.force = true});
+  auto after = (*run)->Save(200, m.Views(), {}, {.force = true});
   EXPECT_EQ(after.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
@@ -346,7 +346,7 @@ TEST_F(DaemonTest, ClientDisconnectMidStreamLeavesNothing) {
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("rd"));
   Model m(7.0f);
-  ASSERT_TRUE((*run)->save(100, m.Views()).ok());
+  ASSERT_TRUE((*run)->Save(100, m.Views()).ok());
   ASSERT_EQ(Latest("rd"), "step_100.gguf");
   {
     grpc::ClientContext ctx;
@@ -404,23 +404,23 @@ TEST_F(DaemonTest, BadRequestsGetClearStatusesAndLeaveNothing) {
   auto run = client->OpenRun(OpenRequest("rr"));
   ASSERT_TRUE(run.ok());
   Model m(1.0f);
-  ASSERT_TRUE((*run)->save(100, m.Views()).ok());
-  auto again = (*run)->save(100, m.Views(), {}, {.force = true});
+  ASSERT_TRUE((*run)->Save(100, m.Views()).ok());
+  auto again = (*run)->Save(100, m.Views(), {}, {.force = true});
   EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
   auto bad_tensor = m.Views();
   bad_tensor[0].ne = {0};
-  EXPECT_THAT(std::string((*run)->save(200, bad_tensor).status().message()),
+  EXPECT_THAT(std::string((*run)->Save(200, bad_tensor).status().message()),
               HasSubstr("dim 0 is 0"));
   auto short_data = m.Views();
   short_data[1].bytes -= 4;  // declares more than it sends
-  auto short_save = (*run)->save(200, short_data);
+  auto short_save = (*run)->Save(200, short_data);
   EXPECT_EQ(short_save.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(short_save.status().message()), HasSubstr("stream ended after"));
   auto long_data = m.Views();
   std::vector<float> longer(m.out.size() + 1);  // sends one float more than declared
   long_data[1].data = longer.data();
   long_data[1].bytes = longer.size() * 4;
-  EXPECT_THAT(std::string((*run)->save(200, long_data).status().message()),
+  EXPECT_THAT(std::string((*run)->Save(200, long_data).status().message()),
               HasSubstr("past the last tensor"));
 
   grpc::ClientContext ctx;
@@ -448,7 +448,7 @@ TEST_F(DaemonTest, StreamingOneGibKeepsDaemonMemoryBounded) {
                      data.data() + i * (n / 8),
                      n / 8});
   }
-  auto r = (*run)->save(100, views, {}, {.force = true});
+  auto r = (*run)->Save(100, views, {}, {.force = true});
   ASSERT_TRUE(r.ok()) << r.status();
   const uint64_t rss = daemon->PeakRssBytes();
   std::printf("daemon peak RSS while streaming 1 GiB: %.1f MiB (received %.2fs, durable %.2fs)\n",
@@ -490,7 +490,7 @@ TEST_F(DaemonTest, SigtermDuringASaveLetsItFinishThenExitsZero) {
   ASSERT_TRUE(run.ok());
   std::vector<float> w(8 << 20);  // 32 MiB in 64 KiB chunks: ~500 writes
   std::thread saver([&] {
-    auto r = (*run)->save(100, {{"w", v1::TENSOR_TYPE_F32, {w.size()}, w.data(), w.size() * 4}}, {},
+    auto r = (*run)->Save(100, {{"w", v1::TENSOR_TYPE_F32, {w.size()}, w.data(), w.size() * 4}}, {},
                           {.force = true, .chunk_bytes = 64 << 10});
     EXPECT_TRUE(r.ok()) << r.status();
   });
@@ -534,10 +534,10 @@ TEST_F(DaemonTest, WatchRunStreamsCommitsAndFailures) {
   auto reader = client->stub().WatchRun(&ctx, req);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // subscribed
   Model m(2.0f);
-  ASSERT_TRUE((*run)->save(100, m.Views()).ok());
+  ASSERT_TRUE((*run)->Save(100, m.Views()).ok());
   auto bad = m.Views();
   bad[1].bytes -= 4;
-  EXPECT_FALSE((*run)->save(200, bad).ok());
+  EXPECT_FALSE((*run)->Save(200, bad).ok());
   v1::RunEvent e;
   ASSERT_TRUE(reader->Read(&e));
   EXPECT_EQ(e.type(), v1::RunEvent::TYPE_COMMITTED);
@@ -624,8 +624,8 @@ TEST_F(DaemonTest, GgufHashUuidSchemeFromConfig) {
   auto run = client->OpenRun(OpenRequest("rh", 1));
   ASSERT_TRUE(run.ok());
   Model m(4.0f);
-  auto a = (*run)->save(1, m.Views());
-  auto b = (*run)->save(2, m.Views());
+  auto a = (*run)->Save(1, m.Views());
+  auto b = (*run)->Save(2, m.Views());
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(a->checkpoint().uuid(), b->checkpoint().uuid());
   EXPECT_EQ(a->checkpoint().uuid()[14], '5');  // UUIDv5
@@ -653,13 +653,13 @@ TEST_F(DaemonTest, SighupReloadsTheDefaultSchedule) {
   req.clear_schedule();  // follow the daemon's default
   auto run = client->OpenRun(req);
   ASSERT_TRUE(run.ok());
-  EXPECT_FALSE((*run)->should_save(7)->due());
+  EXPECT_FALSE((*run)->ShouldSave(7)->due());
   std::ofstream(cfg, std::ios::trunc) << "[schedule]\nevery_steps = 7\n";
   ::kill(daemon->pid(), SIGHUP);
   bool due = false;
   for (int i = 0; i < 100 && !due; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    due = (*run)->should_save(7)->due();
+    due = (*run)->ShouldSave(7)->due();
   }
   EXPECT_TRUE(due);
   EXPECT_THAT(daemon->Log(), HasSubstr("reloaded: schedule every_steps=7"));
@@ -667,7 +667,7 @@ TEST_F(DaemonTest, SighupReloadsTheDefaultSchedule) {
   std::ofstream(cfg, std::ios::trunc) << "[schedule]\nevery_steps = \"x\"\n";
   ::kill(daemon->pid(), SIGHUP);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_TRUE((*run)->should_save(14)->due());
+  EXPECT_TRUE((*run)->ShouldSave(14)->due());
   EXPECT_THAT(daemon->Log(), HasSubstr("reload failed, keeping the running config"));
 }
 
@@ -725,7 +725,7 @@ TEST_F(DaemonTest, StalledSaveIsCancelledAndFreesTheRun) {
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // it holds the run's save slot
   // Another save of the same run waits for the slot, then goes through.
   Model m(9.0f);
-  auto next = (*run)->save(200, m.Views(), {}, {.force = true});
+  auto next = (*run)->Save(200, m.Views(), {}, {.force = true});
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(next->checkpoint().step(), 200u);
   EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
@@ -747,7 +747,7 @@ TEST_F(DaemonTest, ListensOnTcpWhenAsked) {
   auto run = client->OpenRun(OpenRequest("tcp"));
   ASSERT_TRUE(run.ok()) << run.status();
   Model m(6.0f);
-  auto r = (*run)->save(100, m.Views());
+  auto r = (*run)->Save(100, m.Views());
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->result(), v1::SaveResponse::RESULT_COMMITTED);
   EXPECT_FALSE(fs::exists(root_ + "/ckptd.sock"));
@@ -784,7 +784,7 @@ TEST_F(DaemonTest, RetentionKeepLastAndEveryStepsWithDeletionsOnWatchRun) {
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   Model m(1.0f, 1024);
   for (uint64_t step = 100; step <= 1000; step += 100) {
-    auto r = (*run)->save(step, m.Views());
+    auto r = (*run)->Save(step, m.Views());
     ASSERT_TRUE(r.ok() && r->result() == v1::SaveResponse::RESULT_COMMITTED) << step;
   }
   EXPECT_THAT(Names(Weights("ret")),
@@ -818,7 +818,7 @@ TEST_F(DaemonTest, PinsSurviveRestartsAndProtectFromRetention) {
     v1::OpenRunRequest req = OpenRequest("pinr", 1);
     auto run = client->OpenRun(req);
     Model m(2.0f, 1024);
-    ASSERT_TRUE((*run)->save(1, m.Views()).ok());
+    ASSERT_TRUE((*run)->Save(1, m.Views()).ok());
     auto pin = RunCommand({CKPTCTL_BINARY, "pin", "pinr", "1", "--reason", "eval-2026-11", sock});
     ASSERT_EQ(pin.exit_code, 0) << pin.err;
     EXPECT_EQ(pin.out, "pinned step 1 of run pinr: eval-2026-11\n");
@@ -831,8 +831,8 @@ TEST_F(DaemonTest, PinsSurviveRestartsAndProtectFromRetention) {
   req.mutable_retention()->set_keep_last(1);
   auto run = client->OpenRun(req);
   Model m(3.0f, 1024);
-  ASSERT_TRUE((*run)->save(2, m.Views()).ok());
-  ASSERT_TRUE((*run)->save(3, m.Views()).ok());
+  ASSERT_TRUE((*run)->Save(2, m.Views()).ok());
+  ASSERT_TRUE((*run)->Save(3, m.Views()).ok());
   // keep_last=1 would leave only 3; the pin keeps 1.
   EXPECT_THAT(Names(Weights("pinr")), UnorderedElementsAre("step_1.gguf", "step_3.gguf", "latest"));
   auto ls = RunCommand({CKPTCTL_BINARY, "ls", "pinr", "--json", sock});
@@ -861,13 +861,13 @@ TEST_F(DaemonTest, RetentionPausesWhileAWriteErrorIsUnresolved) {
   req.mutable_retention()->set_keep_last(1);
   auto run = client->OpenRun(req);
   Model m(4.0f, 1024);
-  ASSERT_TRUE((*run)->save(1, m.Views()).ok());
-  auto failed = (*run)->save(2, m.Views());
+  ASSERT_TRUE((*run)->Save(1, m.Views()).ok());
+  auto failed = (*run)->Save(2, m.Views());
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(std::string(failed.status().message()), HasSubstr("Input/output error"));
   auto plan = Plan(*client, "werr");
   EXPECT_THAT(plan.paused(), HasSubstr("paused while a write error is unresolved"));
-  auto info = (*run)->latest();
+  auto info = (*run)->Latest();
   grpc::ClientContext ctx;
   v1::GetRunRequest greq;
   greq.set_run_id("werr");
@@ -875,7 +875,7 @@ TEST_F(DaemonTest, RetentionPausesWhileAWriteErrorIsUnresolved) {
   ASSERT_TRUE(client->stub().GetRun(&ctx, greq, &ri).ok());
   EXPECT_THAT(ri.write_error(), HasSubstr("Input/output error"));
   // A successful save clears it and retention resumes.
-  ASSERT_TRUE((*run)->save(3, m.Views()).ok());
+  ASSERT_TRUE((*run)->Save(3, m.Views()).ok());
   EXPECT_TRUE(Plan(*client, "werr").paused().empty());
   EXPECT_THAT(Names(Weights("werr")), UnorderedElementsAre("step_3.gguf", "latest"));
 }
@@ -901,7 +901,7 @@ TEST_F(DaemonTest, DiskGuardPrunesToMakeRoomThenRefusesBeforeWriting) {
   std::vector<TensorView> ten = {{"w", v1::TENSOR_TYPE_F32, {w.size()}, w.data(), w.size() * 4}};
   // 64 MiB with 16 MiB kept free: 4 fit; later saves prune the oldest.
   for (uint64_t step = 1; step <= 8; ++step) {
-    auto r = (*run)->save(step, ten);
+    auto r = (*run)->Save(step, ten);
     ASSERT_TRUE(r.ok()) << "step " << step << ": " << r.status();
   }
   auto names = Names(Weights("g"));
@@ -922,7 +922,7 @@ TEST_F(DaemonTest, DiskGuardPrunesToMakeRoomThenRefusesBeforeWriting) {
     ASSERT_TRUE(client->stub().Pin(&ctx, pin, &info).ok());
   }
   auto before = Names(Weights("g"));
-  auto refused = (*run)->save(9, ten);
+  auto refused = (*run)->Save(9, ten);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
   const std::string msg(refused.status().message());
   EXPECT_THAT(msg, HasSubstr("run 'g' step 9 needs"));
@@ -959,7 +959,7 @@ class HttpTest : public DaemonTest {
     run_ = std::move(*run);
     Model m(1.0f, 1024);
     for (uint64_t step = 100; step <= 300; step += 100) {
-      ASSERT_TRUE(run_->save(step, m.Views(), {{"loss", 1.0 / static_cast<double>(step)}}).ok());
+      ASSERT_TRUE(run_->Save(step, m.Views(), {{"loss", 1.0 / static_cast<double>(step)}}).ok());
     }
   }
   std::unique_ptr<DaemonProcess> daemon_;
@@ -1076,7 +1076,7 @@ TEST_F(HttpTest, ServerSentEventsDeliverACommitWithinASecond) {
   ASSERT_TRUE(read_until(": watching run web"));
   EXPECT_THAT(got, HasSubstr("Content-Type: text/event-stream"));
   Model m(2.0f, 1024);
-  ASSERT_TRUE(run_->save(400, m.Views()).ok());
+  ASSERT_TRUE(run_->Save(400, m.Views()).ok());
   EXPECT_TRUE(read_until("event: committed\ndata: ")) << got;
   EXPECT_TRUE(read_until("\"step\":\"400\"")) << got;
   ::close(fd);
@@ -1088,7 +1088,7 @@ TEST_F(HttpTest, MetricsParseWithPromtoolAndCountersMove) {
   EXPECT_THAT(before.content_type, HasSubstr("text/plain; version=0.0.4"));
   EXPECT_THAT(before.body, HasSubstr("ckptd_saves_total{run=\"web\",result=\"committed\"} 3"));
   Model m(3.0f, 1024);
-  ASSERT_TRUE(run_->save(400, m.Views()).ok());
+  ASSERT_TRUE(run_->Save(400, m.Views()).ok());
   {  // a Save for a step that is not due: the server skips it
     grpc::ClientContext ctx;
     v1::SaveResponse resp;
@@ -1115,11 +1115,11 @@ TEST_F(DaemonTest, ReadyzIsUnavailableWhileAWriteErrorIsUnresolved) {
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("sick", 1));
   Model m(1.0f, 1024);
-  EXPECT_FALSE((*run)->save(1, m.Views()).ok());
+  EXPECT_FALSE((*run)->Save(1, m.Views()).ok());
   auto ready = HttpGet(daemon->HttpPort(), "/readyz");
   EXPECT_EQ(ready.status, 503);
   EXPECT_THAT(ready.body, HasSubstr("run sick has an unresolved write error"));
-  ASSERT_TRUE((*run)->save(2, m.Views()).ok());
+  ASSERT_TRUE((*run)->Save(2, m.Views()).ok());
   EXPECT_EQ(HttpGet(daemon->HttpPort(), "/readyz").status, 200);
 }
 
@@ -1154,11 +1154,11 @@ TEST_F(DaemonTest, HealthServiceFollowsReadiness) {
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("sick", 1));
   Model m(1.0f, 1024);
-  EXPECT_FALSE((*run)->save(1, m.Views()).ok());  // fdatasync fails: a write error
+  EXPECT_FALSE((*run)->Save(1, m.Views()).ok());  // fdatasync fails: a write error
   EXPECT_EQ(eventually(grpc::health::v1::HealthCheckResponse::NOT_SERVING),
             grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   EXPECT_THAT(daemon->Log(), HasSubstr("readiness: run sick has an unresolved write error"));
-  ASSERT_TRUE((*run)->save(2, m.Views()).ok());
+  ASSERT_TRUE((*run)->Save(2, m.Views()).ok());
   EXPECT_EQ(eventually(grpc::health::v1::HealthCheckResponse::SERVING),
             grpc::health::v1::HealthCheckResponse::SERVING);
 }

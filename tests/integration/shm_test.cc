@@ -169,17 +169,17 @@ TEST_F(ShmTest, SharedSaveWritesTheSameTensorsAndUuidAsAStreamSave) {
   EXPECT_TRUE((*cp)->stats().shared_memory) << (notices.empty() ? "" : notices[0]);
   for (uint64_t step : {100, 200}) {
     Tensors t(static_cast<float>(step), {3 << 20, 12345, 7}, /*with_train=*/true);
-    auto staged = (*cp)->maybe_save(step, t.views, {{"loss", 2.5}});
+    auto staged = (*cp)->MaybeSave(step, t.views, {{"loss", 2.5}});
     ASSERT_TRUE(staged.ok()) << staged.status();
     EXPECT_TRUE(*staged);
-    auto saved = (*stream_run)->save(step, t.views, {{"loss", 2.5}});
+    auto saved = (*stream_run)->Save(step, t.views, {{"loss", 2.5}});
     ASSERT_TRUE(saved.ok()) << saved.status();
     ASSERT_EQ(saved->result(), v1::SaveResponse::RESULT_COMMITTED);
   }
-  auto not_due = (*cp)->maybe_save(150, Tensors(1, {10}).views);
+  auto not_due = (*cp)->MaybeSave(150, Tensors(1, {10}).views);
   ASSERT_TRUE(not_due.ok());
   EXPECT_FALSE(*not_due);
-  absl::Status waited = (*cp)->wait();
+  absl::Status waited = (*cp)->Wait();
   ASSERT_TRUE(waited.ok()) << waited;
   EXPECT_EQ((*cp)->stats().saves, 2u);
   EXPECT_EQ((*cp)->stats().skipped, 1u);
@@ -210,7 +210,7 @@ TEST_F(ShmTest, SharedSaveWritesTheSameTensorsAndUuidAsAStreamSave) {
 
   // The final snapshot goes through shared memory too, then the run ends.
   Tensors last(300.0f, {1 << 20});
-  auto closed = (*cp)->close(250, last.views, {{"loss", 1.5}});
+  auto closed = (*cp)->Close(250, last.views, {{"loss", 1.5}});
   ASSERT_TRUE(closed.ok()) << closed.status();
   EXPECT_EQ(closed->run().state(), v1::RUN_STATE_FINISHED);
   EXPECT_EQ(closed->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
@@ -294,30 +294,30 @@ TEST_F(ShmTest, ReferencesOutsideTheArenaOrToOthersArenasAreRefused) {
     loc.set_offset(offset);
     return std::vector<v1::TensorLocation>{loc};
   };
-  auto r = (*run)->save_shared(100, {t}, at(*id, (1 << 20) - 100), {}, {.force = true});
+  auto r = (*run)->SaveShared(100, {t}, at(*id, (1 << 20) - 100), {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()),
               HasSubstr("needs 4096 bytes at offset 1048476 but arena"));
-  r = (*run)->save_shared(100, {t}, at(*id, UINT64_MAX - 10), {}, {.force = true});
+  r = (*run)->SaveShared(100, {t}, at(*id, UINT64_MAX - 10), {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  r = (*run)->save_shared(100, {t}, at(*id + 100, 0), {}, {.force = true});
+  r = (*run)->SaveShared(100, {t}, at(*id + 100, 0), {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
-  r = (*run)->save_shared(100, {t}, at(*other_id, 0), {}, {.force = true});
+  r = (*run)->SaveShared(100, {t}, at(*other_id, 0), {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("belongs to run 'other'"));
-  r = (*run)->save_shared(100, {t, t}, at(*id, 0), {}, {.force = true});
+  r = (*run)->SaveShared(100, {t, t}, at(*id, 0), {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);  // names clash / count
   TensorView bad_dims{"w", v1::TENSOR_TYPE_F32, {}, nullptr, 0};
-  r = (*run)->save_shared(100, {bad_dims}, at(*id, 0), {}, {.force = true});
+  r = (*run)->SaveShared(100, {bad_dims}, at(*id, 0), {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  auto w = (*run)->wait_saved(12345, 0);
+  auto w = (*run)->WaitSaved(12345, 0);
   EXPECT_EQ(w.status().code(), absl::StatusCode::kNotFound);
 
   // Nothing was queued or written, and a correct reference still works.
   EXPECT_TRUE(Files("bounds").empty());
-  r = (*run)->save_shared(100, {t}, at(*id, (1 << 20) - 4096), {}, {.force = true});
+  r = (*run)->SaveShared(100, {t}, at(*id, (1 << 20) - 4096), {}, {.force = true});
   ASSERT_TRUE(r.ok()) << r.status();
-  w = (*run)->wait_saved(r->save_id(), 30);
+  w = (*run)->WaitSaved(r->save_id(), 30);
   ASSERT_TRUE(w.ok());
   EXPECT_EQ(w->state(), v1::WaitSavedResponse::STATE_COMMITTED) << w->error();
   EXPECT_EQ(Files("bounds"), (std::vector<std::string>{"latest", "step_100.gguf"}));
@@ -374,30 +374,30 @@ TEST_F(ShmTest, DoubleBufferingOverlapsSavesOnASlowDisk) {
   auto cp = Checkpointer::Create(run->get(), {.buffers = 2});
   ASSERT_TRUE(cp.ok());
   Tensors t(1.0f, {4 << 20, 4 << 20});  // 32 MiB
-  ASSERT_TRUE((*cp)->reserve(t.bytes()).ok());
+  ASSERT_TRUE((*cp)->Reserve(t.bytes()).ok());
   auto last_step = [&]() -> std::optional<uint64_t> {
-    auto l = (*run)->latest();
+    auto l = (*run)->Latest();
     return l.ok() && l->has_value() ? std::optional((*l)->first) : std::nullopt;
   };
 
-  ASSERT_TRUE(*(*cp)->maybe_save(1, t.views));
+  ASSERT_TRUE(*(*cp)->MaybeSave(1, t.views));
   const double stall1 = (*cp)->stats().last_stall_s;
-  ASSERT_TRUE(*(*cp)->maybe_save(2, t.views));
+  ASSERT_TRUE(*(*cp)->MaybeSave(2, t.views));
   const double stall2 = (*cp)->stats().last_stall_s;
   // Save 2 was staged into the second arena while save 1 was still on its way
   // to disk: nothing is committed yet and the trainer did not wait.
   EXPECT_EQ(last_step(), std::nullopt);
   EXPECT_EQ((*cp)->stats().buffer_waits, 0u);
   // Both arenas busy: save 3 must wait for save 1 to be committed.
-  ASSERT_TRUE(*(*cp)->maybe_save(3, t.views));
+  ASSERT_TRUE(*(*cp)->MaybeSave(3, t.views));
   const double stall3 = (*cp)->stats().last_stall_s;
   EXPECT_EQ((*cp)->stats().buffer_waits, 1u);
   EXPECT_GE(last_step().value_or(0), 1u);
   EXPECT_GT(stall3, stall2 * 4) << "stalls: " << stall1 << " " << stall2 << " " << stall3;
   EXPECT_GT((*cp)->stats().buffer_wait_s, 0.0);
 
-  // close() waits for the staged saves, then ends the run.
-  auto closed = (*cp)->close();
+  // Close() waits for the staged saves, then ends the run.
+  auto closed = (*cp)->Close();
   ASSERT_TRUE(closed.ok()) << closed.status();
   EXPECT_EQ(closed->run().last_step(), 3u);
   EXPECT_EQ(Files("db"),
@@ -419,7 +419,7 @@ TEST_F(ShmTest, SigtermWritesAcceptedSharedSavesBeforeExiting) {
   auto cp = Checkpointer::Create(run->get());
   ASSERT_TRUE(cp.ok());
   Tensors t(3.0f, {4 << 20, 2 << 20});  // 24 MiB: 6 delayed writes
-  ASSERT_TRUE(*(*cp)->save(5, t.views));
+  ASSERT_TRUE(*(*cp)->Save(5, t.views));
   EXPECT_EQ(daemon->Stop(SIGTERM), 0) << daemon->Log();
   EXPECT_EQ(Files("drain"), (std::vector<std::string>{"latest", "step_5.gguf"}));
   Parse(Weights("drain") + "/step_5.gguf");
@@ -435,11 +435,11 @@ TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
   auto cp = ExpectStreamFallback(run->get(), "shared-memory saves off");
   ASSERT_NE(cp, nullptr);
   Tensors t(2.0f, {1000});
-  EXPECT_FALSE(*cp->maybe_save(5, t.views));
-  EXPECT_TRUE(*cp->maybe_save(10, t.views));
-  ASSERT_TRUE(cp->wait().ok());
+  EXPECT_FALSE(*cp->MaybeSave(5, t.views));
+  EXPECT_TRUE(*cp->MaybeSave(10, t.views));
+  ASSERT_TRUE(cp->Wait().ok());
   EXPECT_EQ(Parse(Weights("nos") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
-  auto r = (*run)->save_shared(20, t.views, {}, {}, {.force = true});
+  auto r = (*run)->SaveShared(20, t.views, {}, {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
 }
 
@@ -454,7 +454,7 @@ TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
   auto cp = ExpectStreamFallback(run->get(), "is remote");  // no Unix socket: shm off
   ASSERT_NE(cp, nullptr);
   Tensors t(4.0f, {2000});
-  EXPECT_TRUE(*cp->maybe_save(10, t.views));
+  EXPECT_TRUE(*cp->MaybeSave(10, t.views));
   EXPECT_EQ(Parse(Weights("remote") + "/step_10.gguf").Meta("ckpt.transport"), "grpc-stream");
   EXPECT_THAT(daemon->Log(), HasSubstr("shm: off (the API listens on TCP"));
 }
@@ -469,10 +469,10 @@ TEST_F(ShmTest, OverlappedCopyWritesTheSameBytesAsACopyFirstSave) {
   auto copy_first = Checkpointer::Create(b->get());
   ASSERT_TRUE(overlapped.ok() && copy_first.ok());
   Tensors t(7.0f, {9 << 20, 3 << 20, 5});  // 48 MiB: several windows and copy pieces
-  ASSERT_TRUE(*(*overlapped)->save(100, t.views));
-  ASSERT_TRUE(*(*copy_first)->save(100, t.views));
-  ASSERT_TRUE((*overlapped)->wait().ok());
-  ASSERT_TRUE((*copy_first)->wait().ok());
+  ASSERT_TRUE(*(*overlapped)->Save(100, t.views));
+  ASSERT_TRUE(*(*copy_first)->Save(100, t.views));
+  ASSERT_TRUE((*overlapped)->Wait().ok());
+  ASSERT_TRUE((*copy_first)->Wait().ok());
   ParsedFile x = Parse(Weights("overlap") + "/step_100.gguf");
   ParsedFile y = Parse(Weights("copy-first") + "/step_100.gguf");
   EXPECT_TRUE(x.Data() == y.Data());
@@ -504,9 +504,9 @@ TEST_F(ShmTest, AStalledProgressCounterFailsTheSaveAndLeavesNothing) {
 
   // Half the bytes staged, then the "trainer" stops: the save fails, cleanly.
   *counter = 2 << 20;
-  auto r = (*run)->save_shared(100, {t}, {loc}, {}, {.force = true}, 0, &progress);
+  auto r = (*run)->SaveShared(100, {t}, {loc}, {}, {.force = true}, 0, &progress);
   ASSERT_TRUE(r.ok()) << r.status();
-  auto w = (*run)->wait_saved(r->save_id(), 30);
+  auto w = (*run)->WaitSaved(r->save_id(), 30);
   ASSERT_TRUE(w.ok());
   EXPECT_EQ(w->state(), v1::WaitSavedResponse::STATE_FAILED);
   EXPECT_EQ(w->error_code(), static_cast<int>(absl::StatusCode::kDeadlineExceeded));
@@ -515,13 +515,13 @@ TEST_F(ShmTest, AStalledProgressCounterFailsTheSaveAndLeavesNothing) {
 
   // A counter that gets there commits; a misaligned counter is refused up front.
   *counter = 4 << 20;
-  r = (*run)->save_shared(100, {t}, {loc}, {}, {.force = true}, 0, &progress);
+  r = (*run)->SaveShared(100, {t}, {loc}, {}, {.force = true}, 0, &progress);
   ASSERT_TRUE(r.ok());
-  w = (*run)->wait_saved(r->save_id(), 30);
+  w = (*run)->WaitSaved(r->save_id(), 30);
   ASSERT_TRUE(w.ok());
   EXPECT_EQ(w->state(), v1::WaitSavedResponse::STATE_COMMITTED) << w->error();
   progress.set_offset(3);
-  r = (*run)->save_shared(200, {t}, {loc}, {}, {.force = true}, 0, &progress);
+  r = (*run)->SaveShared(200, {t}, {loc}, {}, {.force = true}, 0, &progress);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("8-byte aligned"));
 }
@@ -563,8 +563,8 @@ TEST_F(ShmTest, CloseWithoutFinalOnCloseWritesNoFinalSnapshot) {
   auto cp = Checkpointer::Create(run->get());
   ASSERT_TRUE(cp.ok() && (*cp)->stats().shared_memory);
   Tensors t(5.0f, {1000});
-  ASSERT_TRUE(*(*cp)->maybe_save(10, t.views));
-  auto closed = (*cp)->close(15, t.views);
+  ASSERT_TRUE(*(*cp)->MaybeSave(10, t.views));
+  auto closed = (*cp)->Close(15, t.views);
   ASSERT_TRUE(closed.ok()) << closed.status();
   EXPECT_EQ(closed->run().state(), v1::RUN_STATE_FINISHED);
   EXPECT_EQ(closed->run().last_step(), 10u);
@@ -603,18 +603,18 @@ TEST_F(PointerTest, PointerSaveWritesTheSameBytesAndUuidAsAStreamSave) {
   EXPECT_TRUE((*cp)->stats().pointers) << (notices.empty() ? "" : notices[0]);
   for (uint64_t step : {100, 200}) {
     Tensors t(static_cast<float>(step), {3 << 20, 12345, 7}, /*with_train=*/true);
-    auto staged = (*cp)->maybe_save(step, t.views, {{"loss", 2.5}});
+    auto staged = (*cp)->MaybeSave(step, t.views, {{"loss", 2.5}});
     ASSERT_OK(staged.status());
     EXPECT_TRUE(*staged);
-    // Read in full when maybe_save returns: the trainer may overwrite its tensors.
+    // Read in full when MaybeSave returns: the trainer may overwrite its tensors.
     for (auto& d : t.data) std::fill(d.begin(), d.end(), -1.0f);
     Tensors same(static_cast<float>(step), {3 << 20, 12345, 7}, true);
-    auto saved = (*stream_run)->save(step, same.views, {{"loss", 2.5}});
+    auto saved = (*stream_run)->Save(step, same.views, {{"loss", 2.5}});
     ASSERT_OK(saved.status());
     ASSERT_EQ(saved->result(), v1::SaveResponse::RESULT_COMMITTED);
   }
-  EXPECT_FALSE(*(*cp)->maybe_save(150, Tensors(1, {10}).views));
-  ASSERT_OK((*cp)->wait());
+  EXPECT_FALSE(*(*cp)->MaybeSave(150, Tensors(1, {10}).views));
+  ASSERT_OK((*cp)->Wait());
   EXPECT_EQ((*cp)->stats().saves, 2u);
   EXPECT_EQ((*cp)->stats().skipped, 1u);
   for (const char* name : {"step_100.gguf", "step_200.gguf", "step_200.train.gguf"}) {
@@ -629,7 +629,7 @@ TEST_F(PointerTest, PointerSaveWritesTheSameBytesAndUuidAsAStreamSave) {
     }
   }
   Tensors last(300.0f, {1 << 20});
-  auto closed = (*cp)->close(250, last.views, {{"loss", 1.5}});
+  auto closed = (*cp)->Close(250, last.views, {{"loss", 1.5}});
   ASSERT_OK(closed.status());
   EXPECT_EQ(closed->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
   EXPECT_EQ(Parse(Weights("via-ptr") + "/step_250.gguf").Meta("ckpt.transport"), "pointer");
@@ -651,7 +651,7 @@ TEST_F(PointerTest, AnUnreadableAddressFailsTheSaveAndLeavesNothing) {
   ASSERT_NE(none, MAP_FAILED);
   Tensors t(1.0f, {1000, bytes / 4});
   t.views[1].data = none;
-  auto r = (*run)->save_pointers(100, t.views, *attached, {}, {.force = true});
+  auto r = (*run)->SavePointers(100, t.views, *attached, {}, {.force = true});
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("tensors[1]"));
@@ -660,9 +660,9 @@ TEST_F(PointerTest, AnUnreadableAddressFailsTheSaveAndLeavesNothing) {
   ::munmap(none, bytes);
   // The same attachment then saves fine.
   Tensors good(2.0f, {1000, 1024});
-  auto ok = (*run)->save_pointers(100, good.views, *attached, {}, {.force = true});
+  auto ok = (*run)->SavePointers(100, good.views, *attached, {}, {.force = true});
   ASSERT_OK(ok.status());
-  auto w = (*run)->wait_saved(ok->save_id(), 30);
+  auto w = (*run)->WaitSaved(ok->save_id(), 30);
   ASSERT_OK(w.status());
   EXPECT_EQ(w->state(), v1::WaitSavedResponse::STATE_COMMITTED) << w->error();
 }
@@ -680,11 +680,11 @@ TEST_F(PointerTest, OnlyTheAttachedProcessWhileConnectedAndOnlyItsRun) {
   Tensors t(1.0f, {1000});
   // Naming the attachment without its key (as another process would): refused.
   PointerAttachment forged{attached->id, "0123456789abcdef0123456789abcdef"};
-  auto r = (*run)->save_pointers(100, t.views, forged, {}, {.force = true});
+  auto r = (*run)->SavePointers(100, t.views, forged, {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("only the process that attached"));
   // Another run's save cannot use it.
-  r = (*other)->save_pointers(100, t.views, *attached, {}, {.force = true});
+  r = (*other)->SavePointers(100, t.views, *attached, {}, {.force = true});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("belongs to run 'owner'"));
   EXPECT_TRUE(Files("owner").empty());
@@ -692,7 +692,7 @@ TEST_F(PointerTest, OnlyTheAttachedProcessWhileConnectedAndOnlyItsRun) {
   // daemon's notice of the close may still go through: that is the trainer's).
   channel->reset();
   EXPECT_TRUE(Eventually([&] {
-    auto gone = (*run)->save_pointers(100, t.views, *attached, {}, {.force = true});
+    auto gone = (*run)->SavePointers(100, t.views, *attached, {}, {.force = true});
     return gone.status().code() == absl::StatusCode::kNotFound;
   }));
   EXPECT_TRUE(Files("other").empty());
@@ -710,12 +710,12 @@ TEST_F(PointerTest, TheDaemonsPrivateMemoryStaysBounded) {
   ASSERT_OK(cp.status());
   ASSERT_TRUE((*cp)->stats().pointers);
   Tensors warm(1.0f, {1 << 20});
-  ASSERT_OK((*cp)->save(1, warm.views).status());
-  ASSERT_OK((*cp)->wait());
+  ASSERT_OK((*cp)->Save(1, warm.views).status());
+  ASSERT_OK((*cp)->Wait());
   const uint64_t before = PeakRssBytes(daemon->pid());
   Tensors big(2.0f, {32 << 20, 32 << 20});  // 256 MiB in the trainer
-  ASSERT_OK((*cp)->save(2, big.views).status());
-  ASSERT_OK((*cp)->wait());
+  ASSERT_OK((*cp)->Save(2, big.views).status());
+  ASSERT_OK((*cp)->Wait());
   const uint64_t after = PeakRssBytes(daemon->pid());
   EXPECT_LT(after - before, 48u << 20) << "peak RSS " << (before >> 20) << " -> " << (after >> 20)
                                        << " MiB for a 256 MiB pointer save";
@@ -736,7 +736,7 @@ TEST_F(PointerTest, RefusalsAreRecordedAlikeOnEveryPath) {
   auto run = client->OpenRun(Open("refusals"));
   ASSERT_TRUE(run.ok());
   Tensors t(1.0f, {1000});
-  ASSERT_OK((*run)->save(100, t.views, {}, {.force = true}).status());
+  ASSERT_OK((*run)->Save(100, t.views, {}, {.force = true}).status());
   auto last_error = [&] {
     grpc::ClientContext ctx;
     v1::GetRunRequest req;
@@ -754,7 +754,7 @@ TEST_F(PointerTest, RefusalsAreRecordedAlikeOnEveryPath) {
     }
     return n;
   };
-  auto stream = (*run)->save(100, t.views, {}, {.force = true});
+  auto stream = (*run)->Save(100, t.views, {}, {.force = true});
   EXPECT_EQ(stream.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_THAT(last_error(), HasSubstr("ALREADY_EXISTS"));
   EXPECT_EQ(count(), 1u);
@@ -766,13 +766,13 @@ TEST_F(PointerTest, RefusalsAreRecordedAlikeOnEveryPath) {
   ASSERT_OK(id.status());
   v1::TensorLocation loc;
   loc.set_arena_id(*id);
-  auto shared = (*run)->save_shared(100, t.views, {loc}, {}, {.force = true});
+  auto shared = (*run)->SaveShared(100, t.views, {loc}, {}, {.force = true});
   EXPECT_EQ(shared.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(count(), 2u);
 
   auto attached = (*channel)->Attach((*run)->opened().arena_token());
   ASSERT_OK(attached.status());
-  auto pointers = (*run)->save_pointers(100, t.views, *attached, {}, {.force = true});
+  auto pointers = (*run)->SavePointers(100, t.views, *attached, {}, {.force = true});
   EXPECT_EQ(pointers.status().code(), absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(count(), 3u) << daemon->Log();
   EXPECT_THAT(last_error(), HasSubstr("step 100 is already committed"));

@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   ckptd::TensorView t{"blob", ckptd::v1::TENSOR_TYPE_I8, {bytes}, nullptr, bytes};
   ckptd::v1::TensorLocation loc;
   loc.set_arena_id(*id);
-  auto r = (*run)->save_shared(step, {t}, {loc}, {{"loss", 0.5}}, {.force = true});
+  auto r = (*run)->SaveShared(step, {t}, {loc}, {{"loss", 0.5}}, {.force = true});
   if (!r.ok()) {
     std::fprintf(stderr, "SaveShared: %s\n", std::string(r.status().message()).c_str());
     return 1;

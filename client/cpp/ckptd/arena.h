@@ -36,7 +36,7 @@ class Arena {
   size_t size_;
 };
 
-// What ATTACH returns: the id and key a save_pointers names.
+// What ATTACH returns: the id and key a SavePointers names.
 struct PointerAttachment {
   uint64_t id = 0;
   std::string key;
@@ -55,7 +55,7 @@ class ArenaChannel {
   // status code and message.
   absl::StatusOr<uint64_t> Register(int fd, const std::string& token);
   // Attaches this process for pointer saves: the daemon may then read the
-  // tensors a save_pointers names from this process's memory while this
+  // tensors a SavePointers names from this process's memory while this
   // channel stays open. PERMISSION_DENIED (with the setting to change)
   // where the daemon may not read it.
   absl::StatusOr<PointerAttachment> Attach(const std::string& token);

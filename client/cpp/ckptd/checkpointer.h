@@ -1,4 +1,4 @@
-// The trainer-side checkpointer: call maybe_save(step, tensors) every step.
+// The trainer-side checkpointer: call MaybeSave(step, tensors) every step.
 // When the daemon says the step is due, the tensors are copied into a free
 // shared-memory arena (several threads for large saves) and handed over by
 // reference; the call returns as soon as the copy is done, while the daemon
@@ -36,12 +36,12 @@ struct CheckpointerOptions {
   bool overlap_copy = false;
   // Pointer saves: no arena and no copy by the trainer; the daemon reads the
   // tensors straight from this process's memory (process_vm_readv) and
-  // maybe_save returns once it has read them all (the tensors must not change
+  // MaybeSave returns once it has read them all (the tensors must not change
   // until then: that is the stall). For trainers that cannot hold a second
   // copy of their state. Falls back to arenas where the daemon may not read
   // this process (another uid, Yama's ptrace_scope), with one log line.
   bool pointers = false;
-  double wait_timeout_s = 3600;  // wait(): give up after this long per save
+  double wait_timeout_s = 3600;  // Wait(): give up after this long per save
   // Where the checkpointer's one-line notices go (default: stderr).
   std::function<void(const std::string&)> log;
 };
@@ -64,25 +64,25 @@ class Checkpointer {
   // `run` must outlive the checkpointer.
   static absl::StatusOr<std::unique_ptr<Checkpointer>> Create(Run* run,
                                                               CheckpointerOptions options = {});
-  ~Checkpointer();  // wait()s for staged saves (their bytes live in our arenas)
+  ~Checkpointer();  // Wait()s for staged saves (their bytes live in our arenas)
 
   // Creates the arenas for saves of up to `bytes` tensor bytes up front
   // (otherwise the first due save does, and its stall includes the page
   // population: about 0.5 GB/s here).
-  absl::Status reserve(size_t bytes);
+  absl::Status Reserve(size_t bytes);
   // Saves if the step is due. true: staged (shm) or saved (stream); false: not due.
-  absl::StatusOr<bool> maybe_save(uint64_t step, const std::vector<TensorView>& tensors,
-                                  const std::map<std::string, double>& metrics = {});
+  absl::StatusOr<bool> MaybeSave(uint64_t step, const std::vector<TensorView>& tensors,
+                                 const std::map<std::string, double>& metrics = {});
   // Saves regardless of the schedule (preemption, end of an epoch).
-  absl::StatusOr<bool> save(uint64_t step, const std::vector<TensorView>& tensors,
+  absl::StatusOr<bool> Save(uint64_t step, const std::vector<TensorView>& tensors,
                             const std::map<std::string, double>& metrics = {},
                             const SaveOptions& options = {.force = true});
   // Blocks until every staged save is committed; the first failure since
-  // the last wait() is returned.
-  absl::Status wait();
-  // wait(), then the final snapshot (if tensors are given; through shared
+  // the last Wait() is returned.
+  absl::Status Wait();
+  // Wait(), then the final snapshot (if tensors are given; through shared
   // memory when in use, and waited for) and the run's end.
-  absl::StatusOr<v1::CloseRunResponse> close(uint64_t step = 0,
+  absl::StatusOr<v1::CloseRunResponse> Close(uint64_t step = 0,
                                              const std::vector<TensorView>& tensors = {},
                                              const std::map<std::string, double>& metrics = {});
 
@@ -135,7 +135,7 @@ class Checkpointer {
   std::vector<Slot> slots_;
   bool shared_ = false;
   std::optional<PointerAttachment> attachment_;  // pointer saves
-  absl::Status deferred_error_;                  // a failed shm save, reported by the next wait()
+  absl::Status deferred_error_;                  // a failed shm save, reported by the next Wait()
   CheckpointerStats stats_;
   std::vector<v1::WaitSavedResponse> finished_;
 };

@@ -61,20 +61,20 @@ class Run {
   const std::string& id() const { return opened_.run().run_id(); }
   const v1::OpenRunResponse& opened() const { return opened_; }
 
-  absl::StatusOr<v1::ShouldSaveResponse> should_save(uint64_t step);
-  // Streams the tensors; unless options.force, asks should_save first and
+  absl::StatusOr<v1::ShouldSaveResponse> ShouldSave(uint64_t step);
+  // Streams the tensors; unless options.force, asks ShouldSave first and
   // returns a SKIPPED response without sending data when the step is not due.
-  absl::StatusOr<v1::SaveResponse> save(uint64_t step, const std::vector<TensorView>& tensors,
+  absl::StatusOr<v1::SaveResponse> Save(uint64_t step, const std::vector<TensorView>& tensors,
                                         const std::map<std::string, double>& metrics = {},
                                         const SaveOptions& options = {});
   // Writes the final snapshot (if tensors are given) and marks the run finished.
-  absl::StatusOr<v1::CloseRunResponse> close(uint64_t step = 0,
+  absl::StatusOr<v1::CloseRunResponse> Close(uint64_t step = 0,
                                              const std::vector<TensorView>& tensors = {},
                                              const std::map<std::string, double>& metrics = {});
   // Shared-memory save: `tensors` describe the tensors (their data pointers
   // are not read); `locations` say where each one's bytes lie in registered
-  // arenas. Returns once the daemon has queued it; see wait_saved.
-  absl::StatusOr<v1::SaveSharedResponse> save_shared(
+  // arenas. Returns once the daemon has queued it; see WaitSaved.
+  absl::StatusOr<v1::SaveSharedResponse> SaveShared(
       uint64_t step, const std::vector<TensorView>& tensors,
       const std::vector<v1::TensorLocation>& locations,
       const std::map<std::string, double>& metrics = {}, const SaveOptions& options = {},
@@ -84,18 +84,18 @@ class Run {
   // straight from this process's memory through the attachment
   // (ArenaChannel::Attach). Returns once every byte has been read: the
   // tensors must not change until then (that is the trainer's stall); the
-  // commit continues, and wait_saved(save_id) reports it.
-  absl::StatusOr<v1::SaveSharedResponse> save_pointers(
+  // commit continues, and WaitSaved(save_id) reports it.
+  absl::StatusOr<v1::SaveSharedResponse> SavePointers(
       uint64_t step, const std::vector<TensorView>& tensors, const PointerAttachment& attachment,
       const std::map<std::string, double>& metrics = {}, const SaveOptions& options = {},
       bool final_snapshot = false);
   // A queued (shared-memory or pointer) save's state, waiting up to timeout_s for it to finish;
   // trainer_stall_s > 0 reports the save's stall (once per save).
-  absl::StatusOr<v1::WaitSavedResponse> wait_saved(uint64_t save_id, double timeout_s,
-                                                   double trainer_stall_s = 0);
+  absl::StatusOr<v1::WaitSavedResponse> WaitSaved(uint64_t save_id, double timeout_s,
+                                                  double trainer_stall_s = 0);
   Client* client() const { return client_; }
   // Path and step of the newest committed checkpoint, nullopt if none.
-  absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> latest();
+  absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> Latest();
 
  private:
   Client* client_;
