@@ -70,7 +70,7 @@ int Main(int argc, char** argv) {
   verify->add_option("FILE", verify_path, "GGUF file written by ckptd")->required();
 
   DaemonCommandArgs daemon_args;
-  AddDaemonCommands(&app, &daemon_args);
+  const std::vector<DaemonCommand> daemon_commands = AddDaemonCommands(&app, &daemon_args);
 
   try {
     app.parse(argc, argv);
@@ -82,8 +82,8 @@ int Main(int argc, char** argv) {
   }
   if (*inspect) return Inspect(inspect_path, inspect_json);
   if (*verify) return Verify(verify_path);
-  if (int rc = RunDaemonCommand(app, daemon_args); rc >= 0) return rc;
-  return kExitUsage;
+  if (auto rc = RunDaemonCommand(daemon_commands, daemon_args)) return *rc;
+  return kExitUsage;  // require_subcommand(1) makes this unreachable
 }
 
 }  // namespace ckptd::cli

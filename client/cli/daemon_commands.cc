@@ -271,71 +271,63 @@ int RetentionCommand(Client& c, const DaemonCommandArgs& a, bool apply) {
 
 }  // namespace
 
-void AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a) {
-  auto socket = [&](CLI::App* sub) {
+std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a) {
+  std::vector<DaemonCommand> table;
+  // Each subcommand, its options, and what runs when it was chosen.
+  auto add = [&](CLI::App* parent, const char* name, const char* help,
+                 std::function<int(Client&, const DaemonCommandArgs&)> run) {
+    CLI::App* sub = parent->add_subcommand(name, help);
     sub->add_option("--socket", a->socket,
                     "Daemon address: unix:PATH, PATH or HOST:PORT "
                     "(default $CKPTD_SOCKET or unix:./ckpt-runs/ckptd.sock)");
     sub->add_flag("--json", a->json, "Print the API's JSON");
+    table.push_back({sub, std::move(run)});
+    return sub;
   };
-  socket(app->add_subcommand("runs", "List the runs the daemon knows"));
-  auto* ls = app->add_subcommand("ls", "List a run's checkpoints");
-  ls->add_option("RUN", a->run)->required();
-  socket(ls);
-  auto* latest = app->add_subcommand("latest", "Print the path of a run's newest checkpoint");
-  latest->add_option("RUN", a->run)->required();
-  socket(latest);
-  auto* show = app->add_subcommand("show", "A checkpoint's metadata and tensors");
+  add(app, "runs", "List the runs the daemon knows", Runs);
+  add(app, "ls", "List a run's checkpoints", Ls)->add_option("RUN", a->run)->required();
+  add(app, "latest", "Print the path of a run's newest checkpoint", Latest)
+      ->add_option("RUN", a->run)
+      ->required();
+  auto* show = add(app, "show", "A checkpoint's metadata and tensors", Show);
   show->add_option("RUN", a->run)->required();
   show->add_option("STEP", a->step)->required();
-  socket(show);
-  auto* import = app->add_subcommand("import", "Bring an existing GGUF file under ckptd as a step");
+  auto* import = add(app, "import", "Bring an existing GGUF file under ckptd as a step", Import);
   import->add_option("RUN", a->run)->required();
   import->add_option("FILE", a->file)->required();
   import->add_option("--step", a->step, "Step to record it as")->required();
   import->add_option("--metric", a->metrics, "NAME=VALUE (repeatable)");
-  socket(import);
-  auto* pin = app->add_subcommand("pin", "Keep a checkpoint whatever retention says");
+  auto* pin = add(app, "pin", "Keep a checkpoint whatever retention says",
+                  [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, true); });
   pin->add_option("RUN", a->run)->required();
   pin->add_option("STEP", a->step)->required();
   pin->add_option("--reason", a->reason, "Why it must stay (shown in listings)")->required();
-  socket(pin);
-  auto* unpin = app->add_subcommand("unpin", "Let retention decide about a checkpoint again");
+  auto* unpin = add(app, "unpin", "Let retention decide about a checkpoint again",
+                    [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, false); });
   unpin->add_option("RUN", a->run)->required();
   unpin->add_option("STEP", a->step)->required();
-  socket(unpin);
   auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
   retention->require_subcommand(1);
-  auto* plan =
-      retention->add_subcommand("plan", "Each checkpoint's keep/delete and why (no change)");
-  plan->add_option("RUN", a->run)->required();
-  socket(plan);
-  auto* apply = retention->add_subcommand("apply", "Apply retention now");
-  apply->add_option("RUN", a->run)->required();
-  socket(apply);
+  add(retention, "plan", "Each checkpoint's keep/delete and why (no change)",
+      [](Client& c, const DaemonCommandArgs& args) { return RetentionCommand(c, args, false); })
+      ->add_option("RUN", a->run)
+      ->required();
+  add(retention, "apply", "Apply retention now",
+      [](Client& c, const DaemonCommandArgs& args) { return RetentionCommand(c, args, true); })
+      ->add_option("RUN", a->run)
+      ->required();
+  return table;
 }
 
-int RunDaemonCommand(const CLI::App& app, const DaemonCommandArgs& args) {
-  std::string name;
-  for (const char* n : {"runs", "ls", "latest", "show", "import", "pin", "unpin", "retention"}) {
-    if (app.got_subcommand(n)) name = n;
+std::optional<int> RunDaemonCommand(const std::vector<DaemonCommand>& table,
+                                    const DaemonCommandArgs& args) {
+  for (const DaemonCommand& command : table) {
+    if (!command.sub->parsed()) continue;
+    auto client = Client::Connect(args.socket.empty() ? DefaultSocket() : args.socket);
+    if (!client.ok()) return Fail("connect", client.status());
+    return command.run(**client, args);
   }
-  if (name == "retention") {
-    name = app.get_subcommand("retention")->got_subcommand("apply") ? "retention-apply"
-                                                                    : "retention-plan";
-  }
-  if (name.empty()) return -1;
-  auto client = Client::Connect(args.socket.empty() ? DefaultSocket() : args.socket);
-  if (!client.ok()) return Fail("connect", client.status());
-  if (name == "runs") return Runs(**client, args);
-  if (name == "ls") return Ls(**client, args);
-  if (name == "latest") return Latest(**client, args);
-  if (name == "show") return Show(**client, args);
-  if (name == "pin" || name == "unpin") return Pin(**client, args, name == "pin");
-  if (name == "retention-plan" || name == "retention-apply") {
-    return RetentionCommand(**client, args, name == "retention-apply");
-  }
-  return Import(**client, args);
+  return std::nullopt;
 }
 
 }  // namespace ckptd::cli

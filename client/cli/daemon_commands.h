@@ -3,12 +3,19 @@
 // in protobuf's JSON mapping.
 #pragma once
 
+#include <functional>
+#include <optional>
+
 #include <map>
 #include <string>
 #include <vector>
 
 namespace CLI {
 class App;
+}
+
+namespace ckptd {
+class Client;
 }
 
 namespace ckptd::cli {
@@ -23,9 +30,17 @@ struct DaemonCommandArgs {
   std::string reason;                // pin
 };
 
-// Adds the subcommands to `app`; `*args` receives their options. After
-// parsing, RunDaemonCommand runs whichever was chosen (or returns -1).
-void AddDaemonCommands(CLI::App* app, DaemonCommandArgs* args);
-int RunDaemonCommand(const CLI::App& app, const DaemonCommandArgs& args);
+// One subcommand and what runs when it was chosen.
+struct DaemonCommand {
+  CLI::App* sub;
+  std::function<int(Client&, const DaemonCommandArgs&)> run;
+};
+
+// Adds the subcommands to `app` (`*args` receives their options) and returns
+// the table. After parsing, RunDaemonCommand runs the chosen one (nullopt:
+// none of these was chosen).
+std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* args);
+std::optional<int> RunDaemonCommand(const std::vector<DaemonCommand>& table,
+                                    const DaemonCommandArgs& args);
 
 }  // namespace ckptd::cli

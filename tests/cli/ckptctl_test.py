@@ -241,6 +241,12 @@ class VerifyTest(unittest.TestCase):
         self.assertIn("No such file or directory", r.stderr)
         self.assertEqual(ckptctl("inspect").returncode, 2)
         self.assertEqual(ckptctl("frobnicate").returncode, 2)
+        # Every daemon command comes from one table: a partial or unknown
+        # subcommand is a usage error, never another command.
+        for argv in (("retention",), ("retention", "frobnicate", "r"), ("pin", "r", "1")):
+            r = ckptctl(*argv, "--socket", "unix:/nonexistent/ckptd.sock")
+            self.assertEqual(r.returncode, 2, argv)
+            self.assertNotIn("cannot reach ckptd", r.stderr, argv)
 
 
 if __name__ == "__main__":
