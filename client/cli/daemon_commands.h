@@ -4,9 +4,8 @@
 #pragma once
 
 #include <functional>
-#include <optional>
-
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 

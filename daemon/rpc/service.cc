@@ -189,7 +189,7 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
   }
-  const double started = scheduler::NowSeconds();
+  const double started = NowSeconds();
   auto p = ParamsFrom(req->header(), req->final_snapshot() ? scheduler::SaveKind::kClose
                                                            : scheduler::SaveKind::kSave);
   if (!p.ok()) return ToGrpc(p.status());
@@ -238,7 +238,7 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
                  run_id, step);
   }
   spdlog::debug("shared save queued run={} step={} save={} validated+queued in {:.3f}ms", run_id,
-                step, accepted->save_id, (scheduler::NowSeconds() - started) * 1000);
+                step, accepted->save_id, (NowSeconds() - started) * 1000);
   return grpc::Status::OK;
 }
 

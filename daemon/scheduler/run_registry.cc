@@ -12,6 +12,7 @@
 #include "daemon/metrics/metrics.h"
 #include "daemon/scheduler/retention.h"
 #include "daemon/storage/file_names.h"
+#include "daemon/storage/roots.h"
 
 namespace ckptd::scheduler {
 namespace {
@@ -19,63 +20,6 @@ namespace {
 constexpr std::string_view kFinished = "finished\n";
 
 }  // namespace
-
-double NowSeconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-std::string FormatUtc(double seconds) {
-  time_t whole = static_cast<time_t>(seconds);
-  int ms = static_cast<int>((seconds - static_cast<double>(whole)) * 1000);
-  struct tm tm;
-  gmtime_r(&whole, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  return fmt::format("{}.{:03d}Z", buf, ms);
-}
-
-bool Subscription::Next(Event* out, std::chrono::milliseconds timeout) {
-  absl::MutexLock lock(&mu_);
-  const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
-  while (queue_.empty() && !closed_) {
-    if (cv_.WaitWithDeadline(&mu_, deadline)) break;  // timed out
-  }
-  if (queue_.empty()) return false;
-  *out = std::move(queue_.front());
-  queue_.pop_front();
-  return true;
-}
-
-bool Subscription::closed() const {
-  absl::MutexLock lock(&mu_);
-  return closed_ && queue_.empty();
-}
-
-bool Subscription::overflowed() const {
-  absl::MutexLock lock(&mu_);
-  return overflowed_;
-}
-
-void Subscription::Push(const Event& e) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (closed_) return;
-    if (queue_.size() >= kMaxQueued) {
-      overflowed_ = closed_ = true;
-    } else {
-      queue_.push_back(e);
-    }
-  }
-  cv_.SignalAll();
-}
-
-void Subscription::Close() {
-  {
-    absl::MutexLock lock(&mu_);
-    closed_ = true;
-  }
-  cv_.SignalAll();
-}
 
 void Run::Publish(const Event& e) {
   absl::MutexLock lock(&mu_);
@@ -169,47 +113,6 @@ std::vector<std::string> RunRegistry::Scan() {
   return warnings;
 }
 
-absl::StatusOr<std::string> RunRegistry::ResolveRunDir(const std::string& run_id,
-                                                       const std::string& requested) const {
-  if (requested.empty()) return StrCat(roots_.front(), "/", run_id);
-  if (requested.find('\0') != std::string::npos || requested.size() > 4096) {
-    return absl::InvalidArgumentError("run_dir is not a usable path");
-  }
-  // Resolve the deepest existing ancestor (symlinks included); the rest must
-  // be plain new names.
-  std::string existing = requested;
-  std::vector<std::string> tail;
-  while (true) {
-    auto real = env_->RealPath(existing);
-    if (real.ok()) {
-      existing = *real;
-      break;
-    }
-    size_t slash = existing.find_last_of('/');
-    if (slash == std::string::npos || slash == 0) {
-      return absl::InvalidArgumentError(StrCat("run_dir '", requested, "' cannot be resolved"));
-    }
-    tail.insert(tail.begin(), existing.substr(slash + 1));
-    existing = existing.substr(0, slash);
-  }
-  std::string resolved = existing;
-  for (const std::string& part : tail) {
-    if (part.empty() || part == "." || part == "..") {
-      return absl::InvalidArgumentError(
-          StrCat("run_dir '", requested, "' has '", part, "' after its last existing directory"));
-    }
-    resolved += "/" + part;
-  }
-  for (const std::string& root : roots_) {
-    if (resolved.starts_with(root + "/")) return resolved;
-  }
-  return absl::PermissionDeniedError(StrCat("run_dir '", requested, "' resolves to ", resolved,
-                                            ", outside the configured roots (",
-                                            fmt::format("{}", fmt::join(roots_, ", ")),
-                                            "); add a root to storage.roots or pick a directory "
-                                            "inside one"));
-}
-
 absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id,
                                                        const std::string& requested_dir,
                                                        RunSettings settings, bool* resumed) {
@@ -217,7 +120,8 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
     return absl::InvalidArgumentError(
         StrCat("run_id '", run_id, "' must match [A-Za-z0-9._-]{1,128} and not be . or .."));
   }
-  CKPTD_ASSIGN_OR_RETURN(std::string dir, ResolveRunDir(run_id, requested_dir));
+  CKPTD_ASSIGN_OR_RETURN(std::string dir,
+                         storage::ResolveRunDir(env_, roots_, run_id, requested_dir));
   std::shared_ptr<Run> run;
   {
     absl::MutexLock lock(&mu_);

@@ -18,11 +18,13 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/base/time.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/layout.h"
 #include "daemon/gguf/value.h"
 #include "daemon/policy/retention.h"
 #include "daemon/policy/schedule.h"
+#include "daemon/scheduler/events.h"
 #include "daemon/storage/pins.h"
 #include "daemon/storage/run_dir.h"
 
@@ -36,37 +38,6 @@ struct RunSettings {
   std::string base_model_uuid;
   std::optional<policy::Schedule> schedule;          // nullopt: the daemon's default
   std::optional<policy::RetentionPolicy> retention;  // nullopt: the daemon's default
-};
-
-struct Event {
-  enum class Type { kCommitted, kFailed, kDeleted };
-  Type type = Type::kCommitted;
-  std::string run_id;
-  uint64_t step = 0;
-  std::optional<storage::CheckpointRecord> record;  // kCommitted
-  bool is_latest = false;
-  std::string error;  // kFailed: the error; kDeleted: retention's reason
-  std::string time_utc;
-};
-
-// One subscriber's queue. Bounded: a subscriber that falls kMaxQueued
-// events behind is closed rather than let memory grow.
-class Subscription {
- public:
-  static constexpr size_t kMaxQueued = 1024;
-  // Waits up to `timeout`; false when nothing arrived or the subscription closed.
-  bool Next(Event* out, std::chrono::milliseconds timeout);
-  bool closed() const;
-  bool overflowed() const;
-  void Push(const Event& e);
-  void Close();
-
- private:
-  mutable absl::Mutex mu_;
-  absl::CondVar cv_;
-  std::deque<Event> queue_ ABSL_GUARDED_BY(mu_);
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  bool overflowed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 struct DaemonFacts {
@@ -163,8 +134,6 @@ class RunRegistry {
   const DaemonFacts& facts() const { return facts_; }
 
  private:
-  absl::StatusOr<std::string> ResolveRunDir(const std::string& run_id,
-                                            const std::string& requested) const;
   absl::StatusOr<std::shared_ptr<Run>> Load(const std::string& run_id, const std::string& dir);
 
   env::Env* env_;
@@ -176,9 +145,5 @@ class RunRegistry {
   policy::DiskGuard disk_guard_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Run>> runs_ ABSL_GUARDED_BY(mu_);
 };
-
-// Seconds since the epoch, and the same as RFC 3339 UTC with milliseconds.
-double NowSeconds();
-std::string FormatUtc(double seconds);
 
 }  // namespace ckptd::scheduler

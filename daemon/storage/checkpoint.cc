@@ -6,6 +6,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/base/time.h"
 #include "daemon/gguf/layout.h"
 
 namespace ckptd::storage {
@@ -23,18 +24,6 @@ absl::StatusOr<gguf::GgufFile> ReadGgufHeader(env::Env* env, const std::string& 
     return absl::Status(header.status().code(), StrCat(path, ": ", header.status().message()));
   }
   return header;
-}
-
-double ParseUtc(const std::string& s) {
-  struct tm tm = {};
-  int ms = 0;
-  if (std::sscanf(s.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) < 6) {
-    return 0;
-  }
-  tm.tm_year -= 1900;
-  tm.tm_mon -= 1;
-  return static_cast<double>(timegm(&tm)) + ms / 1000.0;
 }
 
 void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRecord* r) {

@@ -42,9 +42,6 @@ struct CheckpointRecord {
   uint32_t tensor_count = 0;
 };
 
-// "2026-11-24T09:10:39.381Z" -> seconds since the epoch; 0 when unparseable.
-double ParseUtc(const std::string& s);
-
 // Fills uuid, digest, time, parent, metrics and tensor count from a model
 // file's header.
 void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRecord* r);

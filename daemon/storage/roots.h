@@ -1,0 +1,23 @@
+// Where a run may live: a trainer names a run directory, and only a
+// directory strictly inside one of the configured roots is accepted, with
+// every symlink of its existing part resolved (so no link leads out) and no
+// "." or ".." in the part still to be created. Security-critical; pure over Env.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/env/env.h"
+
+namespace ckptd::storage {
+
+// The absolute run directory for `requested` (or <first root>/<run_id> when
+// empty). `roots` must be absolute and resolved. INVALID_ARGUMENT for a
+// relative path, one that cannot be resolved, has "."/".." after its last existing
+// directory, contains NUL, or is a root itself; PERMISSION_DENIED for one
+// that resolves outside every root.
+absl::StatusOr<std::string> ResolveRunDir(env::Env* env, const std::vector<std::string>& roots,
+                                          const std::string& run_id, const std::string& requested);
+
+}  // namespace ckptd::storage
