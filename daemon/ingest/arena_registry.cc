@@ -5,6 +5,7 @@
 
 #include <random>
 
+#include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/metrics/metrics.h"
 
@@ -59,26 +60,31 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view 
   arena->memory = std::move(*memory);
   absl::MutexLock lock(&mu_);
   arena->id = next_id_++;
-  arenas_[arena->id] = Entry{arena, peer.connection};
+  arenas_[arena->id] = {arena, peer.connection};
   metrics::Metrics::Get().AddArenas(1);
   return arena;
+}
+
+template <typename T>
+absl::StatusOr<std::shared_ptr<T>> ArenaRegistry::Lookup(const std::map<uint64_t, Owned<T>>& items,
+                                                         uint64_t id, const std::string& run_id,
+                                                         std::string_view what,
+                                                         std::string_view unknown) {
+  auto it = items.find(id);
+  if (it == items.end()) return absl::NotFoundError(StrCat(what, " ", id, " ", unknown));
+  if (it->second.item->run_id != run_id) {
+    return absl::PermissionDeniedError(StrCat(what, " ", id, " belongs to run '",
+                                              it->second.item->run_id, "', not '", run_id, "'"));
+  }
+  return it->second.item;
 }
 
 absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Get(uint64_t id,
                                                           const std::string& run_id) const {
   absl::MutexLock lock(&mu_);
-  auto it = arenas_.find(id);
-  if (it == arenas_.end()) {
-    return absl::NotFoundError(
-        StrCat("arena ", id,
-               " is not registered (its connection closed, or it never was); register it "
-               "on the arena socket and use the id of the OK reply"));
-  }
-  if (it->second.arena->run_id != run_id) {
-    return absl::PermissionDeniedError(StrCat("arena ", id, " belongs to run '",
-                                              it->second.arena->run_id, "', not '", run_id, "'"));
-  }
-  return it->second.arena;
+  return Lookup<Arena>(arenas_, id, run_id, "arena",
+                       "is not registered (its connection closed, or it never was); register it "
+                       "on the arena socket and use the id of the OK reply");
 }
 
 absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_view token,
@@ -118,30 +124,24 @@ absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_vi
 absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::GetAttachment(
     uint64_t id, const std::string& run_id, std::string_view key) const {
   absl::MutexLock lock(&mu_);
-  auto it = attachments_.find(id);
-  if (it == attachments_.end()) {
-    return absl::NotFoundError(
-        StrCat("attachment ", id,
-               " is not known (its connection closed, or it never was); ATTACH on the arena socket "
-               "and use the id of the OK reply"));
-  }
-  if (it->second.first->run_id != run_id) {
-    return absl::PermissionDeniedError(StrCat("attachment ", id, " belongs to run '",
-                                              it->second.first->run_id, "', not '", run_id, "'"));
-  }
-  if (it->second.first->key != key) {
+  CKPTD_ASSIGN_OR_RETURN(
+      std::shared_ptr<Attachment> attachment,
+      Lookup<Attachment>(attachments_, id, run_id, "attachment",
+                         "is not known (its connection closed, or it never was); ATTACH on the "
+                         "arena socket and use the id of the OK reply"));
+  if (attachment->key != key) {
     return absl::PermissionDeniedError(
         StrCat("attachment ", id,
                ": wrong attachment_key; only the process that attached may save from its memory"));
   }
-  return it->second.first;
+  return attachment;
 }
 
 void ArenaRegistry::DropConnection(uint64_t connection) {
   absl::MutexLock lock(&mu_);
   std::erase_if(attachments_, [&](const auto& kv) {
-    if (kv.second.second != connection) return false;
-    kv.second.first->connected = false;
+    if (kv.second.connection != connection) return false;
+    kv.second.item->connected = false;
     return true;
   });
   const size_t dropped =

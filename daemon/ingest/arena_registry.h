@@ -74,18 +74,23 @@ class ArenaRegistry {
   size_t size() const;
 
  private:
-  struct Entry {
-    std::shared_ptr<Arena> arena;
+  // What a connection registered, with that connection's number.
+  template <typename T>
+  struct Owned {
+    std::shared_ptr<T> item;
     uint64_t connection = 0;
   };
+  // The item `id` of `run_id`: NOT_FOUND (with `unknown`) or PERMISSION_DENIED.
+  template <typename T>
+  static absl::StatusOr<std::shared_ptr<T>> Lookup(const std::map<uint64_t, Owned<T>>& items,
+                                                   uint64_t id, const std::string& run_id,
+                                                   std::string_view what, std::string_view unknown);
   const size_t max_arenas_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::string> tokens_ ABSL_GUARDED_BY(mu_);  // token -> run id
   std::map<std::string, std::string> by_run_ ABSL_GUARDED_BY(mu_);  // run id -> token
-  std::map<uint64_t, Entry> arenas_ ABSL_GUARDED_BY(mu_);
-  // By id, with the connection that attached it.
-  std::map<uint64_t, std::pair<std::shared_ptr<Attachment>, uint64_t>> attachments_
-      ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, Owned<Arena>> arenas_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, Owned<Attachment>> attachments_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
 };
 

@@ -8,8 +8,7 @@
 namespace ckptd::storage {
 
 absl::StatusOr<std::string> ResolveRunDir(env::Env* env, const std::vector<std::string>& roots,
-                                          const std::string& run_id,
-                                          const std::string& requested) {
+                                          const std::string& run_id, const std::string& requested) {
   if (requested.empty()) return StrCat(roots.front(), "/", run_id);
   if (requested.find('\0') != std::string::npos || requested.size() > 4096) {
     return absl::InvalidArgumentError("run_dir is not a usable path");
@@ -46,8 +45,8 @@ absl::StatusOr<std::string> ResolveRunDir(env::Env* env, const std::vector<std::
   for (const std::string& root : roots) {
     if (resolved == root) {
       return absl::InvalidArgumentError(StrCat("run_dir '", requested, "' is the root ", root,
-                                               " itself; name a directory inside it (e.g. ",
-                                               root, "/", run_id, ")"));
+                                               " itself; name a directory inside it (e.g. ", root,
+                                               "/", run_id, ")"));
     }
     if (resolved.starts_with(root + "/")) return resolved;
   }
