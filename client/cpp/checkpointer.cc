@@ -9,12 +9,12 @@
 #include <mutex>
 #include <thread>
 
+#include "client/cpp/staged_copy.h"
+
 namespace ckptd {
 namespace {
 
-constexpr size_t kTensorAlign = 64;        // each tensor's offset in an arena
 constexpr size_t kArenaGranule = 2 << 20;  // arena sizes are rounded up to this
-constexpr size_t kCopyPiece = 8 << 20;     // unit of work for the copy threads
 constexpr size_t kParallelCopyMin = 32 << 20;
 constexpr size_t kRememberedFinished = 16;
 // Beyond the tensor bytes: the progress counter's 64 bytes and up to 63
@@ -151,47 +151,6 @@ absl::StatusOr<Checkpointer::Slot*> Checkpointer::FreeSlot(double* waited_s) {
   return oldest;
 }
 
-void Checkpointer::Copy(char* dst, uint64_t* progress, const std::vector<TensorView>& tensors,
-                        const std::vector<uint64_t>& offsets) const {
-  struct Piece {
-    const char* src;
-    char* dst;
-    size_t n;
-    uint64_t staged_after;  // tensor bytes in place once this and every earlier piece is
-  };
-  std::vector<Piece> pieces;
-  uint64_t total = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const char* src = static_cast<const char*>(tensors[i].data);
-    for (size_t at = 0; at < tensors[i].bytes; at += kCopyPiece) {
-      const size_t n = std::min(kCopyPiece, tensors[i].bytes - at);
-      total += n;
-      pieces.push_back({src + at, dst + offsets[i] + at, n, total});
-    }
-  }
-  const size_t threads =
-      total < kParallelCopyMin ? 1 : std::min<size_t>(options_.copy_threads, pieces.size());
-  std::atomic<size_t> next{0};
-  std::vector<char> done(pieces.size(), 0);
-  std::mutex mu;
-  size_t prefix = 0;  // pieces [0, prefix) are all in place
-  std::atomic_ref<uint64_t> staged(*progress);
-  auto work = [&] {
-    for (size_t i = next++; i < pieces.size(); i = next++) {
-      std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].n);
-      std::lock_guard lock(mu);
-      done[i] = 1;
-      const size_t before = prefix;
-      while (prefix < pieces.size() && done[prefix]) ++prefix;
-      if (prefix > before) staged.store(pieces[prefix - 1].staged_after, std::memory_order_release);
-    }
-  };
-  std::vector<std::thread> helpers;
-  for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work);
-  work();
-  for (auto& t : helpers) t.join();
-}
-
 void Checkpointer::Account(double stall_s) {
   stats_.last_stall_s = stall_s;
   stats_.total_stall_s += stall_s;
@@ -203,13 +162,9 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
                                          const std::map<std::string, double>& metrics,
                                          const SaveOptions& options, bool final_snapshot) {
   if (attachment_) return SendPointers(t0, step, tensors, metrics, options, final_snapshot);
-  std::vector<uint64_t> offsets;
-  size_t total = kTensorAlign;  // the first 64 bytes hold the progress counter
-  for (const TensorView& t : tensors) {
-    offsets.push_back(total);
-    total = RoundUp(total + t.bytes, kTensorAlign);
-  }
-  if (absl::Status st = EnsureArenas(total); !st.ok()) {
+  const ArenaLayout layout = PlanArenaLayout(tensors);
+  const std::vector<uint64_t>& offsets = layout.offsets;
+  if (absl::Status st = EnsureArenas(layout.bytes); !st.ok()) {
     Log("run " + run_->id() + ": cannot set up shared-memory arenas (" + std::string(st.message()) +
         "); saving over the stream path from now on");
     shared_ = false;
@@ -233,7 +188,8 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
   }
   auto copy = [&] {
     const double copy_start = Now();
-    Copy(free.arena->data(), counter, tensors, offsets);
+    CopyInOrder(free.arena->data(), counter, tensors, offsets,
+                layout.data_bytes < kParallelCopyMin ? 1 : options_.copy_threads);
     stats_.last_copy_s = Now() - copy_start;
   };
   v1::TensorLocation progress;

@@ -114,10 +114,6 @@ class Checkpointer {
   absl::StatusOr<bool> Stage(double t0, uint64_t step, const std::vector<TensorView>& tensors,
                              const std::map<std::string, double>& metrics,
                              const SaveOptions& options, bool final_snapshot = false);
-  // Copies in order, advancing `progress` (tensor bytes in place) as each
-  // piece lands; several threads for large saves.
-  void Copy(char* dst, uint64_t* progress, const std::vector<TensorView>& tensors,
-            const std::vector<uint64_t>& offsets) const;
   // The pointer path: the daemon reads the tensors where they are.
   absl::StatusOr<bool> SendPointers(double t0, uint64_t step,
                                     const std::vector<TensorView>& tensors,

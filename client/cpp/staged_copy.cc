@@ -1,0 +1,65 @@
+// Arena layout and the ordered, multi-threaded copy.
+#include "client/cpp/staged_copy.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+namespace ckptd {
+
+ArenaLayout PlanArenaLayout(const std::vector<TensorView>& tensors) {
+  ArenaLayout layout;
+  uint64_t at = kArenaTensorAlign;  // the first 64 bytes hold the progress counter
+  for (const TensorView& t : tensors) {
+    layout.offsets.push_back(at);
+    at = (at + t.bytes + kArenaTensorAlign - 1) / kArenaTensorAlign * kArenaTensorAlign;
+    layout.data_bytes += t.bytes;
+  }
+  layout.bytes = at;
+  return layout;
+}
+
+void CopyInOrder(char* dst, uint64_t* progress, const std::vector<TensorView>& tensors,
+                 const std::vector<uint64_t>& offsets, int threads_wanted) {
+  struct Piece {
+    const char* src;
+    char* dst;
+    size_t n;
+    uint64_t staged_after;  // tensor bytes in place once this and every earlier piece is
+  };
+  std::vector<Piece> pieces;
+  uint64_t total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const char* src = static_cast<const char*>(tensors[i].data);
+    for (size_t at = 0; at < tensors[i].bytes; at += kCopyPiece) {
+      const size_t n = std::min(kCopyPiece, tensors[i].bytes - at);
+      total += n;
+      pieces.push_back({src + at, dst + offsets[i] + at, n, total});
+    }
+  }
+  const size_t threads = std::min(static_cast<size_t>(std::max(threads_wanted, 1)),
+                                  std::max<size_t>(pieces.size(), 1));
+  std::atomic<size_t> next{0};
+  std::vector<char> done(pieces.size(), 0);
+  std::mutex mu;
+  size_t prefix = 0;  // pieces [0, prefix) are all in place
+  std::atomic_ref<uint64_t> staged(*progress);
+  auto work = [&] {
+    for (size_t i = next++; i < pieces.size(); i = next++) {
+      std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].n);
+      std::lock_guard lock(mu);
+      done[i] = 1;
+      const size_t before = prefix;
+      while (prefix < pieces.size() && done[prefix]) ++prefix;
+      if (prefix > before) staged.store(pieces[prefix - 1].staged_after, std::memory_order_release);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (size_t k = 1; k < threads; ++k) helpers.emplace_back(work);
+  work();
+  for (auto& t : helpers) t.join();
+}
+
+}  // namespace ckptd
