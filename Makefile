@@ -51,14 +51,16 @@ sanitize-daemon:
 	@$(BUILD)-asan/tests/integration/daemon_tests --gtest_brief=1
 	@$(BUILD)-asan/tests/integration/shm_tests --gtest_brief=1
 
-# The scheduler, env and storage unit suites and both black-box suites
-# against a ThreadSanitizer daemon and client; any report fails the run.
-TSAN_SUITES = env storage scheduler
+# The threaded unit suites (env's write-behind queue, storage, the client's
+# copier) and both black-box suites against a ThreadSanitizer daemon and
+# client; any report fails the run (tests/tsan.supp: uninstrumented libraries).
+TSAN_SUITES = env storage client
 tsan:
 	@$(CMAKE_CONFIGURE) -B $(BUILD)-tsan -DCKPTD_SANITIZE=thread >/dev/null
 	@ninja -C $(BUILD)-tsan -j$(JOBS) $(addsuffix _tests,$(TSAN_SUITES)) daemon_tests shm_tests \
 	  shm_trainer ckptd ckptctl gguf_fixture_writer
-	@set -e; export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"; \
+	@set -e; export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 \
+	  suppressions=$(CURDIR)/tests/tsan.supp"; \
 	  for t in $(TSAN_SUITES); do echo "tsan: $$t"; \
 	    $(BUILD)-tsan/tests/$$t/$${t}_tests --gtest_brief=1; done; \
 	  echo "tsan: daemon_tests"; $(BUILD)-tsan/tests/integration/daemon_tests --gtest_brief=1; \
