@@ -19,6 +19,7 @@
 #include <mutex>
 #include <thread>
 
+#include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/config/config.h"
 #include "daemon/env/fault_env.h"
@@ -153,181 +154,217 @@ int DaemonMain(int argc, char** argv) {
     env = fault_env.get();
     spdlog::warn("fault injection active: {}", spec);
   }
-  auto roots = PrepareRoots(env, *cfg);
-  if (!roots.ok()) {
-    std::fprintf(stderr, "ckptd: %s\n", std::string(roots.status().message()).c_str());
-    return kExitConfig;
-  }
-
-  scheduler::DaemonFacts facts{
-      CKPTD_VERSION, Hostname(), cfg->alignment,
-      cfg->direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto,
-      cfg->uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash : gguf::UuidScheme::kContent};
-  scheduler::RunRegistry registry(env, *roots, cfg->schedule, facts, cfg->retention,
-                                  cfg->disk_guard);
-  for (const std::string& w : registry.Scan()) spdlog::warn("startup: {}", w);
-  spdlog::info("ckptd {} starting: roots={} runs={} listen={}", CKPTD_VERSION,
-               fmt::format("{}", fmt::join(*roots, ",")), registry.List().size(), cfg->listen);
-
-  if (absl::Status st = PrepareListen(env, cfg->listen); !st.ok()) {
-    spdlog::error("cannot prepare {}: {}", cfg->listen, ToStd(st.message()));
-    return kExitRuntime;
-  }
-  query::Queries queries(&registry, *roots);
-  rpc::CheckpointdService service(
-      &registry, &queries,
-      std::chrono::milliseconds(static_cast<int64_t>(cfg->save_idle_timeout_seconds * 1000)));
-  // The shm path: arenas registered on their own socket, saves written by
-  // per-run workers. Declared after the registry, so destroyed before it.
-  ingest::ArenaRegistry arenas(cfg->shm_max_arenas);
-  scheduler::SaveQueue shared_saves(&registry, cfg->shm_max_pending_saves);
-  std::unique_ptr<ingest::ArenaServer> arena_server;
-  if (const std::string path = config::ArenaSocketPath(*cfg); !path.empty()) {
-    arena_server = std::make_unique<ingest::ArenaServer>(
-        std::filesystem::absolute(path).lexically_normal().string(), &arenas,
-        cfg->shm_allowed_uids);
-    absl::Status st = PrepareListen(env, "unix:" + arena_server->path());
-    if (st.ok()) st = arena_server->Start(env);
-    if (!st.ok()) {
-      spdlog::error("cannot open the arena socket {} (shm.socket): {}", path, ToStd(st.message()));
-      return kExitRuntime;
+  int exit_code = kExitOk;
+  auto daemon = Daemon::Start(*cfg, env, &exit_code);
+  if (!daemon.ok()) {
+    if (exit_code == kExitConfig) {
+      std::fprintf(stderr, "ckptd: %s\n", std::string(daemon.status().message()).c_str());
+    } else {
+      spdlog::error("{}", ToStd(daemon.status().message()));
     }
-    // Advertised to trainers, whose working directory may differ: absolute.
-    service.EnableSharedMemory(
-        &arenas, &shared_saves, arena_server->path(),
-        std::chrono::milliseconds(static_cast<int64_t>(cfg->shm_staging_timeout_seconds * 1000)));
-    spdlog::info("shm: arena socket {}", arena_server->path());
-  } else {
-    spdlog::info("shm: off ({}); trainers use the stream path",
-                 cfg->shm_enabled ? "the API listens on TCP and shm.socket is unset"
-                                  : "shm.enabled = false");
+    return exit_code;
   }
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(cfg->listen, grpc::InsecureServerCredentials());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg->max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(cfg->max_message_bytes));
-  grpc::ResourceQuota quota("ckptd");
-  quota.Resize(cfg->memory_quota_bytes);
-  quota.SetMaxThreads(static_cast<int>(cfg->max_threads));
-  builder.SetResourceQuota(quota);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server) {
-    spdlog::error("cannot listen on {} (in use, or no permission)", cfg->listen);
-    return kExitRuntime;
-  }
-  std::unique_ptr<http::HttpServer> http_server;
-  if (!cfg->http_listen.empty()) {
-    http_server = std::make_unique<http::HttpServer>(
-        http::HttpOptions{.listen = cfg->http_listen, .roots = *roots}, &queries, &registry);
-    if (absl::Status st = http_server->Start(); !st.ok()) {
-      spdlog::error("{}", ToStd(st.message()));
-      server->Shutdown();
-      return kExitRuntime;
-    }
-    spdlog::info("http: listening on {}:{} (status page, /v1, /metrics)",
-                 cfg->http_listen.substr(0, cfg->http_listen.rfind(':')), http_server->port());
-  }
-  spdlog::info("ready: listening on {}", cfg->listen);
-  Notify(StrCat("READY=1\nSTATUS=serving ", registry.List().size(), " runs on ", cfg->listen));
-
-  // Retention also runs on a timer (besides after every commit), so policy
-  // changes and clock-based rules take effect without new saves.
-  std::mutex timer_mu;
-  std::condition_variable timer_cv;
-  bool timer_stop = false;
-  std::thread retention_timer([&] {
-    const auto period = std::chrono::milliseconds(
-        std::max<int64_t>(1000, static_cast<int64_t>(cfg->retention_interval_seconds * 1000)));
-    std::unique_lock lock(timer_mu);
-    while (!timer_cv.wait_for(lock, period, [&] { return timer_stop; })) {
-      lock.unlock();
-      for (const auto& run : registry.List()) (void)registry.RunRetention(*run, /*dry=*/false);
-      lock.lock();
-    }
-  });
-
-  // Readiness, from the one source /readyz uses: the gRPC health service
-  // and systemd's STATUS= follow it (checked every second, logged on change).
-  std::thread readiness([&] {
-    bool was = true;  // as READY=1 and the health service start out
-    std::unique_lock lock(timer_mu);
-    do {
-      lock.unlock();
-      const query::Readiness r = queries.Ready();
-      if (was != r.ready) {
-        server->GetHealthCheckService()->SetServingStatus(r.ready);
-        Notify(r.ready ? StrCat("STATUS=serving ", registry.List().size(), " runs on ", cfg->listen)
-                       : StrCat("STATUS=not ready: ", r.Summary()));
-        spdlog::log(r.ready ? spdlog::level::info : spdlog::level::warn, "readiness: {}",
-                    r.Summary());
-        was = r.ready;
-      }
-      lock.lock();
-    } while (!timer_cv.wait_for(lock, std::chrono::seconds(1), [&] { return timer_stop; }));
-  });
-
-  // Watchdog: under systemd with WatchdogSec=, ping at half the interval,
-  // after checking that the run registry still answers (not deadlocked).
-  uint64_t watchdog_usec = 0;
-  std::thread watchdog;
-  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
-    spdlog::info("systemd watchdog: pinging every {}ms", watchdog_usec / 2000);
-    watchdog = std::thread([&] {
-      std::unique_lock lock(timer_mu);
-      while (!timer_cv.wait_for(lock, std::chrono::microseconds(watchdog_usec / 2),
-                                [&] { return timer_stop; })) {
-        (void)registry.List();
-        Notify("WATCHDOG=1");
-      }
-    });
-  }
-
   while (true) {
     int sig = 0;
     sigwait(&signals, &sig);
-    if (sig == SIGHUP) {
-      auto fresh = config::LoadConfig(args.config_file, Environment(), args.cli);
-      if (!fresh.ok()) {
-        spdlog::error("reload failed, keeping the running config: {}",
-                      ToStd(fresh.status().message()));
-        continue;
-      }
-      registry.SetDefaults(fresh->schedule, fresh->retention, fresh->disk_guard);
-      spdlog::set_level(spdlog::level::from_str(fresh->log_level));
-      spdlog::info("reloaded: schedule {}; retention {}; log level {}",
-                   policy::Describe(fresh->schedule), policy::Describe(fresh->retention),
-                   fresh->log_level);
+    if (sig != SIGHUP) break;
+    auto fresh = config::LoadConfig(args.config_file, Environment(), args.cli);
+    if (!fresh.ok()) {
+      spdlog::error("reload failed, keeping the running config: {}",
+                    ToStd(fresh.status().message()));
       continue;
     }
-    break;
+    (*daemon)->Reload(*fresh);
   }
-  const auto deadline = std::chrono::duration<double>(cfg->shutdown_deadline_seconds);
+  (*daemon)->Stop();
+  return kExitOk;
+}
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const config::Config& cfg, env::Env* env,
+                                                      int* exit_code) {
+  std::unique_ptr<Daemon> d(new Daemon(cfg, env));
+  *exit_code = kExitConfig;
+  auto roots = PrepareRoots(env, cfg);
+  if (!roots.ok()) return roots.status();
+  d->roots_ = *roots;
+  *exit_code = kExitRuntime;
+  CKPTD_TRY(d->StartServing());
+  *exit_code = kExitOk;
+  return d;
+}
+
+absl::Status Daemon::StartServing() {
+  const config::Config& cfg = cfg_;
+  scheduler::DaemonFacts facts{
+      CKPTD_VERSION, Hostname(), cfg.alignment,
+      cfg.direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto,
+      cfg.uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash : gguf::UuidScheme::kContent};
+  registry_ = std::make_unique<scheduler::RunRegistry>(env_, roots_, cfg.schedule, facts,
+                                                       cfg.retention, cfg.disk_guard);
+  for (const std::string& w : registry_->Scan()) spdlog::warn("startup: {}", w);
+  spdlog::info("ckptd {} starting: roots={} runs={} listen={}", CKPTD_VERSION,
+               fmt::format("{}", fmt::join(roots_, ",")), registry_->List().size(), cfg.listen);
+  if (absl::Status st = PrepareListen(env_, cfg.listen); !st.ok()) {
+    return absl::Status(st.code(), StrCat("cannot prepare ", cfg.listen, ": ", st.message()));
+  }
+  queries_ = std::make_unique<query::Queries>(registry_.get(), roots_);
+  service_ = std::make_unique<rpc::CheckpointdService>(
+      registry_.get(), queries_.get(),
+      std::chrono::milliseconds(static_cast<int64_t>(cfg.save_idle_timeout_seconds * 1000)));
+  CKPTD_TRY(StartSharedMemory());
+  CKPTD_TRY(StartGrpc());
+  if (!cfg.http_listen.empty()) {
+    http_server_ = std::make_unique<http::HttpServer>(
+        http::HttpOptions{.listen = cfg.http_listen, .roots = roots_}, queries_.get(),
+        registry_.get());
+    if (absl::Status st = http_server_->Start(); !st.ok()) {
+      server_->Shutdown();
+      return st;
+    }
+    spdlog::info("http: listening on {}:{} (status page, /v1, /metrics)",
+                 cfg.http_listen.substr(0, cfg.http_listen.rfind(':')), http_server_->port());
+  }
+  spdlog::info("ready: listening on {}", cfg.listen);
+  Notify(StrCat("READY=1\nSTATUS=serving ", registry_->List().size(), " runs on ", cfg.listen));
+  StartTimers();
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartSharedMemory() {
+  // The shm and pointer paths: arenas and attachments on their own socket,
+  // saves written by per-run workers.
+  arenas_ = std::make_unique<ingest::ArenaRegistry>(cfg_.shm_max_arenas);
+  queue_ = std::make_unique<scheduler::SaveQueue>(registry_.get(), cfg_.shm_max_pending_saves);
+  const std::string path = config::ArenaSocketPath(cfg_);
+  if (path.empty()) {
+    spdlog::info("shm: off ({}); trainers use the stream path",
+                 cfg_.shm_enabled ? "the API listens on TCP and shm.socket is unset"
+                                  : "shm.enabled = false");
+    return absl::OkStatus();
+  }
+  arena_server_ = std::make_unique<ingest::ArenaServer>(
+      std::filesystem::absolute(path).lexically_normal().string(), arenas_.get(),
+      cfg_.shm_allowed_uids);
+  absl::Status st = PrepareListen(env_, "unix:" + arena_server_->path());
+  if (st.ok()) st = arena_server_->Start(env_);
+  if (!st.ok()) {
+    return absl::Status(
+        st.code(), StrCat("cannot open the arena socket ", path, " (shm.socket): ", st.message()));
+  }
+  // Advertised to trainers, whose working directory may differ: absolute.
+  service_->EnableSharedMemory(
+      arenas_.get(), queue_.get(), arena_server_->path(),
+      std::chrono::milliseconds(static_cast<int64_t>(cfg_.shm_staging_timeout_seconds * 1000)));
+  spdlog::info("shm: arena socket {}", arena_server_->path());
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartGrpc() {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(cfg_.listen, grpc::InsecureServerCredentials());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(cfg_.max_message_bytes));
+  grpc::ResourceQuota quota("ckptd");
+  quota.Resize(cfg_.memory_quota_bytes);
+  quota.SetMaxThreads(static_cast<int>(cfg_.max_threads));
+  builder.SetResourceQuota(quota);
+  builder.RegisterService(service_.get());
+  server_ = builder.BuildAndStart();
+  if (!server_) {
+    return absl::UnavailableError(
+        StrCat("cannot listen on ", cfg_.listen, " (in use, or no permission)"));
+  }
+  return absl::OkStatus();
+}
+
+void Daemon::StartTimers() {
+  // Retention also runs on a timer (besides after every commit), so policy
+  // changes and clock-based rules take effect without new saves.
+  const auto period = std::chrono::milliseconds(
+      std::max<int64_t>(1000, static_cast<int64_t>(cfg_.retention_interval_seconds * 1000)));
+  threads_.emplace_back([this, period] {
+    Every(period, [&] {
+      for (const auto& run : registry_->List()) (void)registry_->RunRetention(*run, false);
+    });
+  });
+  // Readiness, from the one source /readyz uses: the gRPC health service
+  // and systemd's STATUS= follow it (checked every second, logged on change).
+  threads_.emplace_back([this] {
+    bool was = true;  // as READY=1 and the health service start out
+    Every(std::chrono::seconds(1), [&] {
+      const query::Readiness r = queries_->Ready();
+      if (was == r.ready) return;
+      server_->GetHealthCheckService()->SetServingStatus(r.ready);
+      Notify(r.ready ? StrCat("STATUS=serving ", registry_->List().size(), " runs on ", cfg_.listen)
+                     : StrCat("STATUS=not ready: ", r.Summary()));
+      spdlog::log(r.ready ? spdlog::level::info : spdlog::level::warn, "readiness: {}",
+                  r.Summary());
+      was = r.ready;
+    });
+  });
+  // Watchdog: under systemd with WatchdogSec=, ping at half the interval,
+  // after checking that the run registry still answers (not deadlocked).
+  uint64_t watchdog_usec = 0;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+    spdlog::info("systemd watchdog: pinging every {}ms", watchdog_usec / 2000);
+    threads_.emplace_back([this, watchdog_usec] {
+      Every(std::chrono::microseconds(watchdog_usec / 2), [&] {
+        (void)registry_->List();
+        Notify("WATCHDOG=1");
+      });
+    });
+  }
+}
+
+template <typename Period, typename F>
+void Daemon::Every(Period period, F tick) {
+  std::unique_lock lock(timer_mu_);
+  while (!timer_cv_.wait_for(lock, period, [&] { return timer_stop_; })) {
+    lock.unlock();
+    tick();
+    lock.lock();
+  }
+}
+
+void Daemon::Reload(const config::Config& fresh) {
+  registry_->SetDefaults(fresh.schedule, fresh.retention, fresh.disk_guard);
+  spdlog::set_level(spdlog::level::from_str(fresh.log_level));
+  spdlog::info("reloaded: schedule {}; retention {}; log level {}",
+               policy::Describe(fresh.schedule), policy::Describe(fresh.retention),
+               fresh.log_level);
+}
+
+void Daemon::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  const auto deadline = std::chrono::duration<double>(cfg_.shutdown_deadline_seconds);
   spdlog::info("stopping: no new calls; in-flight saves have {:g}s",
-               cfg->shutdown_deadline_seconds);
+               cfg_.shutdown_deadline_seconds);
   Notify("STOPPING=1\nSTATUS=draining in-flight saves");
-  service.BeginShutdown();
-  if (http_server) http_server->Stop();
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
-  server->Wait();
-  if (arena_server) arena_server->Stop();
-  if (size_t n = shared_saves.pending(); n > 0) {
+  service_->BeginShutdown();
+  if (http_server_) http_server_->Stop();
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
+  server_->Wait();
+  if (arena_server_) arena_server_->Stop();
+  if (size_t n = queue_->pending(); n > 0) {
     spdlog::info("stopping: writing {} accepted shared-memory saves", n);
   }
-  shared_saves.Drain();
+  queue_->Drain();
   {
-    std::lock_guard lock(timer_mu);
-    timer_stop = true;
+    std::lock_guard lock(timer_mu_);
+    timer_stop_ = true;
   }
-  timer_cv.notify_all();
-  retention_timer.join();
-  if (watchdog.joinable()) watchdog.join();
-  readiness.join();
+  timer_cv_.notify_all();
+  for (std::thread& t : threads_) t.join();
+  threads_.clear();
   spdlog::info("stopped");
-  return kExitOk;
+}
+
+Daemon::~Daemon() {
+  if (server_ != nullptr) Stop();
 }
 
 }  // namespace ckptd::app

@@ -1,7 +1,27 @@
-// ckptd's lifecycle: command line, config, logging, roots, recovery, the
-// gRPC server, signals (SIGTERM/SIGINT drain and exit 0, SIGHUP reloads
-// policies) and sd_notify. main() only forwards here.
+// ckptd's lifecycle: DaemonMain parses the command line and config, sets up
+// logging, then runs a Daemon until SIGTERM/SIGINT (drain, exit 0), with
+// SIGHUP reloading the policies. main() only forwards here.
 #pragma once
+
+#include <grpcpp/server.h>
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/config/config.h"
+#include "daemon/env/env.h"
+#include "daemon/http/server.h"
+#include "daemon/ingest/arena_registry.h"
+#include "daemon/ingest/arena_server.h"
+#include "daemon/query/queries.h"
+#include "daemon/rpc/service.h"
+#include "daemon/scheduler/run_registry.h"
+#include "daemon/scheduler/save_queue.h"
 
 namespace ckptd::app {
 
@@ -10,5 +30,49 @@ inline constexpr int kExitRuntime = 1;  // could not start (socket in use, ...)
 inline constexpr int kExitConfig = 2;   // bad config or command line
 
 int DaemonMain(int argc, char** argv);
+
+// A running daemon: the registry (recovered at start), the arena socket,
+// the gRPC and HTTP servers, and the retention, readiness and watchdog
+// timers. Members are declared in start order and stopped in reverse.
+class Daemon {
+ public:
+  // Starts everything `cfg` describes on `env` (which must outlive it).
+  // On failure *exit_code says which: kExitConfig (roots) or kExitRuntime.
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const config::Config& cfg, env::Env* env,
+                                                       int* exit_code);
+  // SIGHUP: new default schedule, retention, disk guard and log level.
+  void Reload(const config::Config& fresh);
+  // Stops taking calls, lets in-flight saves finish within the shutdown
+  // deadline, writes every accepted queued save, joins the timers.
+  void Stop();
+  ~Daemon();  // Stop()
+
+ private:
+  Daemon(const config::Config& cfg, env::Env* env) : cfg_(cfg), env_(env) {}
+  absl::Status StartServing();
+  absl::Status StartSharedMemory();
+  absl::Status StartGrpc();
+  void StartTimers();
+  // Runs `tick` every `period` until Stop().
+  template <typename Period, typename F>
+  void Every(Period period, F tick);
+
+  config::Config cfg_;
+  env::Env* env_;
+  std::vector<std::string> roots_;
+  std::unique_ptr<scheduler::RunRegistry> registry_;
+  std::unique_ptr<query::Queries> queries_;
+  std::unique_ptr<rpc::CheckpointdService> service_;
+  std::unique_ptr<ingest::ArenaRegistry> arenas_;
+  std::unique_ptr<scheduler::SaveQueue> queue_;
+  std::unique_ptr<ingest::ArenaServer> arena_server_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<http::HttpServer> http_server_;
+  std::mutex timer_mu_;
+  std::condition_variable timer_cv_;
+  bool timer_stop_ = false;
+  std::vector<std::thread> threads_;
+  bool stopped_ = false;
+};
 
 }  // namespace ckptd::app
