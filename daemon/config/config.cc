@@ -15,6 +15,20 @@ namespace {
 
 using Setter = std::function<absl::Status(const toml::node&, const std::string& where)>;
 
+// One config key: how a TOML value sets it and how --print-config shows it
+// (as TOML, so the printed config loads back as the same config).
+struct Field {
+  Setter set;
+  std::function<std::string()> print;
+};
+
+template <typename T>
+std::string List(const std::vector<T>& v, bool quote) {
+  std::vector<std::string> items;
+  for (const auto& x : v) items.push_back(quote ? fmt::format("\"{}\"", x) : fmt::format("{}", x));
+  return fmt::format("[{}]", fmt::join(items, ", "));
+}
+
 std::string TypeName(const toml::node& n) {
   switch (n.type()) {
     case toml::node_type::string:
@@ -38,75 +52,88 @@ absl::Status TypeError(const std::string& where, const std::string& want, const 
   return absl::InvalidArgumentError(StrCat(where, ": expected ", want, ", got ", TypeName(n)));
 }
 
-Setter String(std::string* out) {
-  return [out](const toml::node& n, const std::string& where) -> absl::Status {
-    if (!n.is_string()) return TypeError(where, "a string", n);
-    *out = n.as_string()->get();
-    return absl::OkStatus();
-  };
+Field String(std::string* out) {
+  return {[out](const toml::node& n, const std::string& where) -> absl::Status {
+            if (!n.is_string()) return TypeError(where, "a string", n);
+            *out = n.as_string()->get();
+            return absl::OkStatus();
+          },
+          [out] { return fmt::format("\"{}\"", *out); }};
 }
 
 template <typename T>
-Setter Unsigned(T* out) {
-  return [out](const toml::node& n, const std::string& where) -> absl::Status {
-    if (!n.is_integer()) return TypeError(where, "an integer", n);
-    int64_t v = n.as_integer()->get();
-    if (v < 0 || static_cast<uint64_t>(v) > std::numeric_limits<T>::max()) {
-      return absl::InvalidArgumentError(StrCat(where, ": ", v, " is out of range"));
-    }
-    *out = static_cast<T>(v);
-    return absl::OkStatus();
-  };
+Field Unsigned(T* out) {
+  return {[out](const toml::node& n, const std::string& where) -> absl::Status {
+            if (!n.is_integer()) return TypeError(where, "an integer", n);
+            int64_t v = n.as_integer()->get();
+            if (v < 0 || static_cast<uint64_t>(v) > std::numeric_limits<T>::max()) {
+              return absl::InvalidArgumentError(StrCat(where, ": ", v, " is out of range"));
+            }
+            *out = static_cast<T>(v);
+            return absl::OkStatus();
+          },
+          [out] { return std::to_string(*out); }};
 }
 
-Setter Seconds(double* out) {
-  return [out](const toml::node& n, const std::string& where) -> absl::Status {
-    if (!n.is_number()) return TypeError(where, "a number", n);
-    *out =
-        n.is_integer() ? static_cast<double>(n.as_integer()->get()) : n.as_floating_point()->get();
-    if (*out < 0) return absl::InvalidArgumentError(StrCat(where, ": must not be negative"));
-    return absl::OkStatus();
-  };
+Field Seconds(double* out) {
+  return {[out](const toml::node& n, const std::string& where) -> absl::Status {
+            if (!n.is_number()) return TypeError(where, "a number", n);
+            *out = n.is_integer() ? static_cast<double>(n.as_integer()->get())
+                                  : n.as_floating_point()->get();
+            if (*out < 0)
+              return absl::InvalidArgumentError(StrCat(where, ": must not be negative"));
+            return absl::OkStatus();
+          },
+          [out] { return fmt::format("{:g}", *out); }};
 }
 
-Setter Bool(bool* out) {
-  return [out](const toml::node& n, const std::string& where) -> absl::Status {
-    if (!n.is_boolean()) return TypeError(where, "a boolean", n);
-    *out = n.as_boolean()->get();
-    return absl::OkStatus();
-  };
+Field Bool(bool* out) {
+  return {[out](const toml::node& n, const std::string& where) -> absl::Status {
+            if (!n.is_boolean()) return TypeError(where, "a boolean", n);
+            *out = n.as_boolean()->get();
+            return absl::OkStatus();
+          },
+          [out] { return std::string(*out ? "true" : "false"); }};
 }
 
-Setter StringList(std::vector<std::string>* out) {
-  return [out](const toml::node& n, const std::string& where) -> absl::Status {
-    if (!n.is_array()) return TypeError(where, "an array of strings", n);
-    out->clear();
-    for (const toml::node& item : *n.as_array()) {
-      if (!item.is_string()) return TypeError(where, "an array of strings", item);
-      out->push_back(item.as_string()->get());
-    }
-    return absl::OkStatus();
-  };
+Field StringList(std::vector<std::string>* out) {
+  return {[out](const toml::node& n, const std::string& where) -> absl::Status {
+            if (!n.is_array()) return TypeError(where, "an array of strings", n);
+            out->clear();
+            for (const toml::node& item : *n.as_array()) {
+              if (!item.is_string()) return TypeError(where, "an array of strings", item);
+              out->push_back(item.as_string()->get());
+            }
+            return absl::OkStatus();
+          },
+          [out] { return List(*out, /*quote=*/true); }};
 }
 
 // An array of non-negative integers (steps, uids).
-Setter StepList(std::vector<uint64_t>* out) {
-  return [out](const toml::node& n, const std::string& where) -> absl::Status {
-    if (!n.is_array()) return TypeError(where, "an array of non-negative integers", n);
-    out->clear();
-    for (const toml::node& item : *n.as_array()) {
-      if (!item.is_integer() || item.as_integer()->get() < 0) {
-        return TypeError(where, "an array of non-negative integers", item);
-      }
-      out->push_back(static_cast<uint64_t>(item.as_integer()->get()));
-    }
-    return absl::OkStatus();
-  };
+Field StepList(std::vector<uint64_t>* out) {
+  return {[out](const toml::node& n, const std::string& where) -> absl::Status {
+            if (!n.is_array()) return TypeError(where, "an array of non-negative integers", n);
+            out->clear();
+            for (const toml::node& item : *n.as_array()) {
+              if (!item.is_integer() || item.as_integer()->get() < 0) {
+                return TypeError(where, "an array of non-negative integers", item);
+              }
+              out->push_back(static_cast<uint64_t>(item.as_integer()->get()));
+            }
+            return absl::OkStatus();
+          },
+          [out] { return List(*out, /*quote=*/false); }};
 }
 
 template <typename E>
-Setter Enum(E* out, std::vector<std::pair<std::string, E>> names) {
-  return [out, names](const toml::node& n, const std::string& where) -> absl::Status {
+Field Enum(E* out, std::vector<std::pair<std::string, E>> names) {
+  auto print = [out, names] {
+    for (const auto& [name, value] : names) {
+      if (value == *out) return fmt::format("\"{}\"", name);
+    }
+    return std::string("\"?\"");
+  };
+  Setter set = [out, names](const toml::node& n, const std::string& where) -> absl::Status {
     if (!n.is_string()) return TypeError(where, "a string", n);
     std::vector<std::string> allowed;
     for (const auto& [name, value] : names) {
@@ -119,9 +146,12 @@ Setter Enum(E* out, std::vector<std::pair<std::string, E>> names) {
     return absl::InvalidArgumentError(StrCat(where, ": '", n.as_string()->get(), "' is not ",
                                              fmt::format("{}", fmt::join(allowed, " or "))));
   };
+  return {std::move(set), std::move(print)};
 }
 
-std::map<std::string, Setter> Setters(Config* c) {
+// Every key the config knows: parsing, defaults' provenance, --print-config
+// and the example-config test all come from this one table.
+std::map<std::string, Field> Fields(Config* c) {
   return {
       {"server.listen", String(&c->listen)},
       {"server.max_message_bytes", Unsigned(&c->max_message_bytes)},
@@ -174,7 +204,7 @@ absl::Status LoadFile(const std::string& path, Config* c) {
     return absl::InvalidArgumentError(
         StrCat(path, ":", e.source().begin.line, ": ", e.description()));
   }
-  auto setters = Setters(c);
+  auto fields = Fields(c);
   for (const auto& [section, node] : root) {
     std::string at = StrCat(path, ":", node.source().begin.line);
     if (!node.is_table()) {
@@ -187,12 +217,12 @@ absl::Status LoadFile(const std::string& path, Config* c) {
     for (const auto& [key, value] : *node.as_table()) {
       std::string name = StrCat(section.str(), ".", key.str());
       std::string where = StrCat(path, ":", value.source().begin.line);
-      auto it = setters.find(name);
-      if (it == setters.end()) {
+      auto it = fields.find(name);
+      if (it == fields.end()) {
         return absl::InvalidArgumentError(
             StrCat(where, ": unknown key '", name, "' (see config/ckptd.example.toml)"));
       }
-      CKPTD_TRY(it->second(value, StrCat(where, ": ", name)));
+      CKPTD_TRY(it->second.set(value, StrCat(where, ": ", name)));
       c->sources[name] = where;
     }
   }
@@ -249,7 +279,7 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
                                   const std::map<std::string, std::string>& environment,
                                   const CommandLine& cli) {
   Config c;
-  for (const auto& [key, setter] : Setters(&c)) c.sources[key] = "default";
+  for (const auto& [key, field] : Fields(&c)) c.sources[key] = "default";
   if (!file.empty()) CKPTD_TRY(LoadFile(file, &c));
   auto from_env = [&](const char* var, const std::string& key, auto apply) {
     auto it = environment.find(var);
@@ -282,53 +312,25 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
 }
 
 std::string Describe(const Config& c) {
-  auto src = [&](const char* key) { return c.sources.count(key) ? c.sources.at(key) : "default"; };
-  auto q = [](const std::string& s) { return fmt::format("\"{}\"", s); };
-  std::vector<std::string> roots;
-  for (const auto& r : c.roots) roots.push_back(q(r));
-  std::string out;
-  auto line = [&](const std::string& key, const std::string& value, const char* full) {
-    out += fmt::format("{:<28} # {}\n", key + " = " + value, src(full));
-  };
-  out += "[server]\n";
-  line("listen", q(c.listen), "server.listen");
-  line("max_message_bytes", std::to_string(c.max_message_bytes), "server.max_message_bytes");
-  line("memory_quota_bytes", std::to_string(c.memory_quota_bytes), "server.memory_quota_bytes");
-  line("max_threads", std::to_string(c.max_threads), "server.max_threads");
-  line("shutdown_deadline_seconds", fmt::format("{:g}", c.shutdown_deadline_seconds),
-       "server.shutdown_deadline_seconds");
-  line("save_idle_timeout_seconds", fmt::format("{:g}", c.save_idle_timeout_seconds),
-       "server.save_idle_timeout_seconds");
-  out += "\n[storage]\n";
-  line("roots", fmt::format("[{}]", fmt::join(roots, ", ")), "storage.roots");
-  line("direct_io", q(c.direct_io), "storage.direct_io");
-  line("alignment", std::to_string(c.alignment), "storage.alignment");
-  line("uuid_scheme", q(c.uuid_scheme), "storage.uuid_scheme");
-  out += "\n[schedule]\n";
-  line("every_steps", std::to_string(c.schedule.every_steps), "schedule.every_steps");
-  line("every_seconds", fmt::format("{:g}", c.schedule.every_seconds), "schedule.every_seconds");
-  line("at_steps", fmt::format("[{}]", fmt::join(c.schedule.at_steps, ", ")), "schedule.at_steps");
-  line("final_on_close", c.schedule.final_on_close ? "true" : "false", "schedule.final_on_close");
-  out += "\n[retention]                 # " + policy::Describe(c.retention) + "\n";
-  line("interval_seconds", fmt::format("{:g}", c.retention_interval_seconds),
-       "retention.interval_seconds");
-  out += "\n[disk_guard]\n";
-  line("min_free_bytes", std::to_string(c.disk_guard.min_free_bytes), "disk_guard.min_free_bytes");
-  line("min_free_percent", fmt::format("{:g}", c.disk_guard.min_free_percent),
-       "disk_guard.min_free_percent");
-  out += "\n[shm]\n";
-  line("enabled", c.shm_enabled ? "true" : "false", "shm.enabled");
-  line("socket", q(c.shm_socket), "shm.socket");
-  line("max_arenas", std::to_string(c.shm_max_arenas), "shm.max_arenas");
-  line("max_pending_saves", std::to_string(c.shm_max_pending_saves), "shm.max_pending_saves");
-  line("staging_timeout_seconds", fmt::format("{:g}", c.shm_staging_timeout_seconds),
-       "shm.staging_timeout_seconds");
-  line("allowed_uids", fmt::format("[{}]", fmt::join(c.shm_allowed_uids, ", ")),
-       "shm.allowed_uids");
-  out += "\n[http]\n";
-  line("listen", q(c.http_listen), "http.listen");
-  out += "\n[log]\n";
-  line("level", q(c.log_level), "log.level");
+  Config copy = c;
+  std::string out, section;
+  for (const auto& [key, field] : Fields(&copy)) {
+    const size_t dot = key.find('.');
+    if (key.substr(0, dot) != section) {
+      section = key.substr(0, dot);
+      out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", section);
+    }
+    auto src = c.sources.find(key);
+    out += fmt::format("{:<40} # {}\n", key.substr(dot + 1) + " = " + field.print(),
+                       src == c.sources.end() ? "default" : src->second);
+  }
+  return out;
+}
+
+std::vector<std::string> Keys() {
+  Config c;
+  std::vector<std::string> out;
+  for (const auto& [key, field] : Fields(&c)) out.push_back(key);
   return out;
 }
 

@@ -68,8 +68,11 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
                                   const std::map<std::string, std::string>& environment,
                                   const CommandLine& cli);
 
-// The effective configuration as TOML, each value commented with its source.
+// The effective configuration as TOML, each value commented with its source;
+// it loads back as the same configuration.
 std::string Describe(const Config& config);
+// Every key the loader knows, "section.name", sorted.
+std::vector<std::string> Keys();
 
 // The arena socket's path: shm.socket, or derived from a unix: listen
 // address; "" when shm is off or the API listens on TCP only.
