@@ -12,11 +12,9 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <map>
-#include <mutex>
 #include <thread>
 
 #include "daemon/base/status.h"
@@ -320,11 +318,15 @@ void Daemon::StartTimers() {
 
 template <typename Period, typename F>
 void Daemon::Every(Period period, F tick) {
-  std::unique_lock lock(timer_mu_);
-  while (!timer_cv_.wait_for(lock, period, [&] { return timer_stop_; })) {
-    lock.unlock();
+  absl::MutexLock lock(&timer_mu_);
+  while (true) {
+    const absl::Time deadline = absl::Now() + absl::FromChrono(period);
+    while (!timer_stop_ && !timer_cv_.WaitWithDeadline(&timer_mu_, deadline)) {
+    }
+    if (timer_stop_) return;
+    timer_mu_.Unlock();
     tick();
-    lock.lock();
+    timer_mu_.Lock();
   }
 }
 
@@ -354,10 +356,10 @@ void Daemon::Stop() {
   }
   queue_->Drain();
   {
-    std::lock_guard lock(timer_mu_);
+    absl::MutexLock lock(&timer_mu_);
     timer_stop_ = true;
   }
-  timer_cv_.notify_all();
+  timer_cv_.SignalAll();
   for (std::thread& t : threads_) t.join();
   threads_.clear();
   spdlog::info("stopped");

@@ -5,14 +5,14 @@
 
 #include <grpcpp/server.h>
 
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/config/config.h"
 #include "daemon/env/env.h"
 #include "daemon/http/server.h"
@@ -68,9 +68,9 @@ class Daemon {
   std::unique_ptr<ingest::ArenaServer> arena_server_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<http::HttpServer> http_server_;
-  std::mutex timer_mu_;
-  std::condition_variable timer_cv_;
-  bool timer_stop_ = false;
+  absl::Mutex timer_mu_;
+  absl::CondVar timer_cv_;
+  bool timer_stop_ ABSL_GUARDED_BY(timer_mu_) = false;
   std::vector<std::thread> threads_;
   bool stopped_ = false;
 };

@@ -25,6 +25,7 @@ struct Field {
 template <typename T>
 std::string List(const std::vector<T>& v, bool quote) {
   std::vector<std::string> items;
+  items.reserve(v.size());
   for (const auto& x : v) items.push_back(quote ? fmt::format("\"{}\"", x) : fmt::format("{}", x));
   return fmt::format("[{}]", fmt::join(items, ", "));
 }

@@ -43,40 +43,40 @@ GgufHashWorker::GgufHashWorker() {
 
 GgufHashWorker::~GgufHashWorker() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   thread_.join();
 }
 
 void GgufHashWorker::Loop() {
-  std::unique_lock lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (true) {
-    cv_.wait(lock, [&] { return busy_ || stop_; });
+    while (!busy_ && !stop_) cv_.Wait(&mu_);
     if (stop_) return;
     const void* data = data_;
     size_t n = n_;
-    lock.unlock();
+    mu_.Unlock();
     sha_.Update(data, n);
-    lock.lock();
+    mu_.Lock();
     busy_ = false;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
 }
 
 void GgufHashWorker::Submit(const void* data, size_t n) {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] { return !busy_; });
+  absl::MutexLock lock(&mu_);
+  while (busy_) cv_.Wait(&mu_);
   data_ = data;
   n_ = n;
   busy_ = true;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void GgufHashWorker::Wait() {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] { return !busy_; });
+  absl::MutexLock lock(&mu_);
+  while (busy_) cv_.Wait(&mu_);
 }
 
 std::string GgufHashWorker::FinishUuid() {

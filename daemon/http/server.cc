@@ -8,8 +8,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <charconv>
-#include <condition_variable>
 
+#include "absl/synchronization/mutex.h"
 #include "daemon/base/strings.h"
 #include "daemon/http/router.h"
 #include "daemon/http/sse.h"
@@ -31,10 +31,10 @@ struct HttpServer::Impl {
   tcp::acceptor acceptor{io};
   std::thread accept_thread;
   std::atomic<bool> stopping{false};
-  std::mutex mu;
-  std::condition_variable cv;
-  std::set<int> open_fds;  // connections, so Stop() can unblock them
-  size_t active = 0;
+  absl::Mutex mu;
+  absl::CondVar cv;
+  std::set<int> open_fds ABSL_GUARDED_BY(mu);  // connections, so Stop() can unblock them
+  size_t active ABSL_GUARDED_BY(mu) = 0;
 
   void StreamEvents(tcp::socket& socket, const std::string& run_id);
   void Serve(tcp::socket socket);
@@ -110,24 +110,28 @@ void HttpServer::Impl::AcceptLoop() {
       if (stopping) break;
       continue;
     }
-    std::unique_lock lock(mu);
-    if (active >= options.max_connections) {
-      lock.unlock();
+    const int fd = socket.native_handle();
+    bool admitted = false;
+    {
+      absl::MutexLock lock(&mu);
+      if (active < options.max_connections) {
+        ++active;
+        open_fds.insert(fd);
+        admitted = true;
+      }
+    }
+    if (!admitted) {
       const std::string busy =
           "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
       boost::asio::write(socket, boost::asio::buffer(busy), ec);
       continue;
     }
-    ++active;
-    int fd = socket.native_handle();
-    open_fds.insert(fd);
-    lock.unlock();
     std::thread([this, fd, s = std::move(socket)]() mutable {
       Serve(std::move(s));
-      std::lock_guard done(mu);
+      absl::MutexLock done(&mu);
       open_fds.erase(fd);
       --active;
-      cv.notify_all();
+      cv.SignalAll();
     }).detach();
   }
 }
@@ -175,9 +179,9 @@ void HttpServer::Stop() {
     impl_->acceptor.close(ec);
   }
   if (impl_->accept_thread.joinable()) impl_->accept_thread.join();
-  std::unique_lock lock(impl_->mu);
+  absl::MutexLock lock(&impl_->mu);
   for (int fd : impl_->open_fds) ::shutdown(fd, SHUT_RDWR);  // unblock reads and event streams
-  impl_->cv.wait(lock, [&] { return impl_->active == 0; });
+  while (impl_->active != 0) impl_->cv.Wait(&impl_->mu);
 }
 
 }  // namespace ckptd::http

@@ -37,28 +37,28 @@ Metrics& Metrics::Get() {
 }
 
 void Metrics::CountSave(const std::string& run, const std::string& result) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   saves_[{run, result}]++;
 }
 
 void Metrics::RecordCommit(const std::string& run, uint64_t bytes, double seconds) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   written_bytes_[run] += bytes;
   durations_[run].Observe(kDurationBounds, seconds);
 }
 
 void Metrics::AddArenas(int64_t delta) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   arenas_ += delta;
 }
 
 void Metrics::AddSharedQueued(int64_t delta) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   shared_queued_ += delta;
 }
 
 void Metrics::RecordTrainerStall(const std::string& run, double seconds) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   stalls_[run].Observe(kStallBounds, seconds);
 }
 
@@ -89,22 +89,22 @@ void Metrics::RenderHistogram(const std::string& name, const std::string& help,
 }
 
 void Metrics::CountDeletion(const std::string& run, const std::string& by) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   deletions_[{run, by}]++;
 }
 
 void Metrics::AddInFlightBytes(int64_t delta) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   in_flight_bytes_ += delta;
 }
 
 void Metrics::AddQueued(int delta) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   queued_ += delta;
 }
 
 std::string Metrics::Render() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::string out;
   auto line = [&](const std::string& s) { out += s + "\n"; };
   line("# HELP ckptd_saves_total Saves by run and result (committed, failed, skipped).");

@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
 namespace ckptd::metrics {
 
 class Metrics {
@@ -48,16 +51,16 @@ class Metrics {
   static void RenderHistogram(const std::string& name, const std::string& help,
                               std::span<const double> bounds,
                               const std::map<std::string, Histogram>& by_run, std::string* out);
-  mutable std::mutex mu_;
-  std::map<std::pair<std::string, std::string>, uint64_t> saves_;
-  std::map<std::string, uint64_t> written_bytes_;
-  std::map<std::string, Histogram> durations_;
-  std::map<std::string, Histogram> stalls_;
-  std::map<std::pair<std::string, std::string>, uint64_t> deletions_;
-  int64_t in_flight_bytes_ = 0;
-  int64_t queued_ = 0;
-  int64_t arenas_ = 0;
-  int64_t shared_queued_ = 0;
+  mutable absl::Mutex mu_;
+  std::map<std::pair<std::string, std::string>, uint64_t> saves_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> written_bytes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Histogram> durations_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Histogram> stalls_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, uint64_t> deletions_ ABSL_GUARDED_BY(mu_);
+  int64_t in_flight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t arenas_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t shared_queued_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A label value escaped for the text format (backslash, quote, newline).

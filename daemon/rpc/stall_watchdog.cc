@@ -17,28 +17,32 @@ StallWatchdog::StallWatchdog(std::chrono::milliseconds timeout) : timeout_(timeo
 
 StallWatchdog::~StallWatchdog() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   if (thread_.joinable()) thread_.join();
 }
 
 StallWatchdog::Guard StallWatchdog::Watch(grpc::ServerContext* ctx) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   entries_.emplace_front(ctx);
   return Guard(this, entries_.begin());
 }
 
 StallWatchdog::Guard::~Guard() {
-  std::lock_guard lock(w_->mu_);
+  absl::MutexLock lock(&w_->mu_);
   w_->entries_.erase(it_);
 }
 
 void StallWatchdog::Loop() {
   const auto period = std::max(std::chrono::milliseconds(50), timeout_ / 4);
-  std::unique_lock lock(mu_);
-  while (!cv_.wait_for(lock, period, [&] { return stop_; })) {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    const absl::Time deadline = absl::Now() + absl::FromChrono(period);
+    while (!stop_ && !cv_.WaitWithDeadline(&mu_, deadline)) {
+    }
+    if (stop_) break;
     const int64_t now = Entry::Now();
     for (Entry& e : entries_) {
       if (now - e.last_ > timeout_.count()) {
