@@ -52,11 +52,12 @@ sanitize-daemon:
 	@$(BUILD)-asan/tests/integration/shm_tests --gtest_brief=1
 
 # ThreadSanitizer (tests/tsan.supp: Debian's uninstrumented libraries).
-# tsan-unit, in `make test`: the threaded unit suites (env's write-behind
-# queue, storage, the client's copier). tsan: those and both black-box
-# suites against a TSan daemon; slow (5-15x) enough on 2 cores that their
-# timeouts can trip, so it is run by hand, not in CI.
-TSAN_SUITES = env storage client
+# tsan-unit, in `make test`: the threaded unit suites that need no gRPC
+# build (env's write-behind queue and hash worker, storage). tsan: those,
+# the client's copier and both black-box suites against a TSan daemon; slow
+# (5-15x) enough on 2 cores that their timeouts can trip, so it is run by
+# hand, not in CI.
+TSAN_SUITES = env storage
 TSAN_ENV = TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp"
 tsan-unit:
 	@$(CMAKE_CONFIGURE) -B $(BUILD)-tsan -DCKPTD_SANITIZE=thread >/dev/null
@@ -65,7 +66,9 @@ tsan-unit:
 	  $(TSAN_ENV) $(BUILD)-tsan/tests/$$t/$${t}_tests --gtest_brief=1; done
 
 tsan: tsan-unit
-	@ninja -C $(BUILD)-tsan -j$(JOBS) daemon_tests shm_tests shm_trainer ckptd ckptctl gguf_fixture_writer
+	@ninja -C $(BUILD)-tsan -j$(JOBS) client_tests daemon_tests shm_tests shm_trainer ckptd ckptctl \
+	  gguf_fixture_writer
+	@$(TSAN_ENV) $(BUILD)-tsan/tests/client/client_tests --gtest_brief=1
 	@$(TSAN_ENV) $(BUILD)-tsan/tests/integration/daemon_tests --gtest_brief=1
 	@$(TSAN_ENV) $(BUILD)-tsan/tests/integration/shm_tests --gtest_brief=1
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -13,7 +14,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/posix_error.h"
@@ -150,8 +150,8 @@ class PosixWritableFile final : public WritableFile {
   absl::Status FlushFull() {
     AlignedBuffer next;
     {
-      absl::MutexLock lock(&wmu_);
-      while (free_.empty() && allocated_ >= WriteBuffers()) wcv_.Wait(&wmu_);
+      std::unique_lock lock(wmu_);
+      wcv_.wait(lock, [&] { return !free_.empty() || allocated_ < WriteBuffers(); });
       if (!write_status_.ok()) return write_status_;
       if (!free_.empty()) {
         next = std::move(free_.back());
@@ -164,13 +164,13 @@ class PosixWritableFile final : public WritableFile {
       CKPTD_TRY(WaitWrite());
       CKPTD_TRY(PwriteAll(buf_.get(), used_, flushed_));
     } else {
-      absl::MutexLock lock(&wmu_);
+      std::unique_lock lock(wmu_);
       if (fresh) allocated_++;
       queue_.push_back(Job{std::move(buf_), used_, flushed_});
       if (workers_.size() < WriteThreads() && workers_.size() < queue_.size() + in_flight_) {
         workers_.emplace_back([this] { WorkerLoop(); });
       }
-      wcv_.SignalAll();
+      wcv_.notify_all();
       buf_ = std::move(next);
     }
     flushed_ += used_;
@@ -180,39 +180,39 @@ class PosixWritableFile final : public WritableFile {
 
   // Waits for every queued write; the first error (sticky) if one failed.
   absl::Status WaitWrite() {
-    absl::MutexLock lock(&wmu_);
-    while (!queue_.empty() || in_flight_ != 0) wcv_.Wait(&wmu_);
+    std::unique_lock lock(wmu_);
+    wcv_.wait(lock, [&] { return queue_.empty() && in_flight_ == 0; });
     return write_status_;
   }
 
   void WorkerLoop() {
-    absl::MutexLock lock(&wmu_);
+    std::unique_lock lock(wmu_);
     while (true) {
-      while (queue_.empty() && !stop_) wcv_.Wait(&wmu_);
+      wcv_.wait(lock, [&] { return !queue_.empty() || stop_; });
       if (queue_.empty()) return;  // stop_, nothing pending
       Job job = std::move(queue_.front());
       queue_.pop_front();
       in_flight_++;
-      wmu_.Unlock();
+      lock.unlock();
       absl::Status st =
           write_status_ok_ ? PwriteAll(job.buf.get(), job.n, job.offset) : absl::OkStatus();
-      wmu_.Lock();
+      lock.lock();
       in_flight_--;
       if (!st.ok() && write_status_.ok()) {
         write_status_ = st;
         write_status_ok_ = false;
       }
       free_.push_back(std::move(job.buf));
-      wcv_.SignalAll();
+      wcv_.notify_all();
     }
   }
 
   void StopWorker() {
     {
-      absl::MutexLock lock(&wmu_);
+      std::lock_guard lock(wmu_);
       stop_ = true;
     }
-    wcv_.SignalAll();
+    wcv_.notify_all();
     for (auto& w : workers_) w.join();
     workers_.clear();
   }
@@ -264,14 +264,16 @@ class PosixWritableFile final : public WritableFile {
     size_t n = 0;
     uint64_t offset = 0;
   };
-  absl::Mutex wmu_;
-  absl::CondVar wcv_;
-  std::deque<Job> queue_ ABSL_GUARDED_BY(wmu_);            // full buffers waiting for a writer
-  std::vector<AlignedBuffer> free_ ABSL_GUARDED_BY(wmu_);  // written, ready to fill again
-  size_t allocated_ ABSL_GUARDED_BY(wmu_) = 1;             // buffers in existence, buf_ included
-  size_t in_flight_ ABSL_GUARDED_BY(wmu_) = 0;             // writes being performed
-  bool stop_ ABSL_GUARDED_BY(wmu_) = false;
-  absl::Status write_status_ ABSL_GUARDED_BY(wmu_);
+  // std::mutex, not absl::Mutex: Debian's abseil is not built for TSan, so
+  // `make test`'s ThreadSanitizer run could not see absl::Mutex's ordering.
+  std::mutex wmu_;  // guards the fields below
+  std::condition_variable wcv_;
+  std::deque<Job> queue_;            // full buffers waiting for a writer
+  std::vector<AlignedBuffer> free_;  // written buffers, ready to fill again
+  size_t allocated_ = 1;             // buffers in existence, buf_ included
+  size_t in_flight_ = 0;             // writes being performed
+  bool stop_ = false;
+  absl::Status write_status_;
   std::atomic<bool> write_status_ok_{true};  // once a write failed, later ones are skipped
   std::vector<std::thread> workers_;
   size_t used_ = 0;           // bytes in buf_, starting at file offset flushed_

@@ -43,40 +43,40 @@ GgufHashWorker::GgufHashWorker() {
 
 GgufHashWorker::~GgufHashWorker() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard lock(mu_);
     stop_ = true;
   }
-  cv_.SignalAll();
+  cv_.notify_all();
   thread_.join();
 }
 
 void GgufHashWorker::Loop() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock lock(mu_);
   while (true) {
-    while (!busy_ && !stop_) cv_.Wait(&mu_);
+    cv_.wait(lock, [&] { return busy_ || stop_; });
     if (stop_) return;
     const void* data = data_;
     size_t n = n_;
-    mu_.Unlock();
+    lock.unlock();
     sha_.Update(data, n);
-    mu_.Lock();
+    lock.lock();
     busy_ = false;
-    cv_.SignalAll();
+    cv_.notify_all();
   }
 }
 
 void GgufHashWorker::Submit(const void* data, size_t n) {
-  absl::MutexLock lock(&mu_);
-  while (busy_) cv_.Wait(&mu_);
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return !busy_; });
   data_ = data;
   n_ = n;
   busy_ = true;
-  cv_.SignalAll();
+  cv_.notify_all();
 }
 
 void GgufHashWorker::Wait() {
-  absl::MutexLock lock(&mu_);
-  while (busy_) cv_.Wait(&mu_);
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return !busy_; });
 }
 
 std::string GgufHashWorker::FinishUuid() {

@@ -4,13 +4,12 @@
 #pragma once
 
 #include <array>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
-
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace ckptd::gguf {
 
@@ -48,13 +47,13 @@ class GgufHashWorker {
  private:
   void Loop();
 
-  Sha1 sha_;  // used by the worker while busy_, by FinishUuid after Wait()
-  absl::Mutex mu_;
-  absl::CondVar cv_;
-  const void* data_ ABSL_GUARDED_BY(mu_) = nullptr;
-  size_t n_ ABSL_GUARDED_BY(mu_) = 0;
-  bool busy_ ABSL_GUARDED_BY(mu_) = false;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  Sha1 sha_;
+  std::mutex mu_;  // std::mutex for TSan (see posix_writable_file.cc)
+  std::condition_variable cv_;
+  const void* data_ = nullptr;
+  size_t n_ = 0;
+  bool busy_ = false;
+  bool stop_ = false;
   std::thread thread_;
 };
 
