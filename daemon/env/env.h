@@ -19,6 +19,12 @@ namespace ckptd::env {
 class RandomAccessFile : public ByteSource {
  public:
   const std::string& path() const { return path_; }
+  // 0 for a buffered file. For one opened with O_DIRECT (OpenForDirectRead)
+  // the alignment every ReadUpTo offset, length and buffer address must have.
+  virtual size_t direct_alignment() const { return 0; }
+  // Reads up to n bytes at offset; fewer only at the end of the file (an
+  // aligned read under O_DIRECT may run past it). Returns the bytes read.
+  virtual absl::StatusOr<size_t> ReadUpTo(uint64_t offset, size_t n, void* dst) const = 0;
 
  protected:
   explicit RandomAccessFile(std::string path) : path_(std::move(path)) {}
@@ -83,6 +89,10 @@ class Env {
 
   virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(
       const std::string& path) = 0;
+  // Like OpenForRead, with O_DIRECT where the filesystem allows it (tmpfs
+  // does not: the file is then buffered and direct_alignment() is 0).
+  virtual absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForDirectRead(
+      const std::string& path) = 0;
   virtual absl::StatusOr<std::unique_ptr<MappedFile>> MapForRead(const std::string& path) = 0;
   // Creates a new file (fails if it exists), mode 0644.
   virtual absl::StatusOr<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path,
@@ -114,6 +124,10 @@ class EnvWrapper : public Env {
 
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForRead(const std::string& path) override {
     return target_->OpenForRead(path);
+  }
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> OpenForDirectRead(
+      const std::string& path) override {
+    return target_->OpenForDirectRead(path);
   }
   absl::StatusOr<std::unique_ptr<MappedFile>> MapForRead(const std::string& path) override {
     return target_->MapForRead(path);

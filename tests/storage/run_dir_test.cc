@@ -216,6 +216,10 @@ class CountingEnv : public env::EnvWrapper {
       *n_ += n;
       return f_->ReadAt(off, n, dst);
     }
+    absl::StatusOr<size_t> ReadUpTo(uint64_t off, size_t n, void* dst) const override {
+      *n_ += n;
+      return f_->ReadUpTo(off, n, dst);
+    }
 
    private:
     std::unique_ptr<env::RandomAccessFile> f_;

@@ -1,0 +1,113 @@
+// Restore: a checkpoint read back into the trainer's own memory.
+//
+//   auto r = ckptd::Restore::OpenRun(client, "run-7");          // latest
+//   if (r.ok()) for (auto& t : (*r)->tensors()) (*r)->ReadInto(t.name, dst(t), t.nbytes);
+//
+// A Restore opens step_N.gguf and, when there is one, step_N.train.gguf,
+// and checks before any data is read that each file's tensor table matches
+// its stored content digest and that the training-state file was written
+// with this model file (its ckpt.model_content_digest). Reads go straight
+// from the file into caller memory through a few reused, aligned buffers
+// (O_DIRECT where the filesystem allows it, `reads_in_flight` preads at
+// once, the file read sequentially across tensors), and each tensor's
+// XXH3-128 digest is checked as its bytes land: a mismatch is DATA_LOSS
+// naming the tensor, and the caller's buffer must then be treated as
+// garbage. Hot restore: when the daemon keeps the run's newest shared-memory
+// save in memory (`[shm] keep_last_in_memory`), OpenRun maps that copy
+// read-only and reads from it instead (source() == "memory"), with the same
+// digest checks; any problem with it falls back to disk.
+//
+// Thread-compatible: one thread uses a Restore at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ckptd/v1/ckptd.pb.h"
+#include "daemon/gguf/reader.h"
+
+namespace ckptd {
+
+class Client;
+
+struct RestoreOptions {
+  bool verify = true;     // check every tensor's digest as it lands
+  bool direct_io = true;  // O_DIRECT where the filesystem allows it
+  int reads_in_flight = 4;
+  size_t chunk_bytes = 8 << 20;  // one read; also the size of each reused buffer
+  bool allow_memory = true;      // OpenRun: use the daemon's in-memory copy when it has one
+};
+
+struct RestoreTensor {
+  std::string name;
+  v1::TensorType type = v1::TENSOR_TYPE_F32;
+  std::vector<uint64_t> ne;  // GGUF order (fastest-varying first)
+  uint64_t nbytes = 0;
+  std::string digest;  // XXH3-128 as 32 hex digits; "" when the file stores none
+  v1::TensorGroup group = v1::TENSOR_GROUP_MODEL;
+};
+
+struct ReadTarget {
+  std::string_view name;
+  void* dst = nullptr;
+  size_t n = 0;  // must equal the tensor's nbytes
+};
+
+class Restore {
+ public:
+  // A checkpoint by path. `train_path` "" = step_N.train.gguf beside the
+  // model file when it exists (FAILED_PRECONDITION if it belongs to another
+  // model file).
+  static absl::StatusOr<std::unique_ptr<Restore>> Open(const std::string& model_path,
+                                                       const std::string& train_path = "",
+                                                       const RestoreOptions& options = {});
+  // A run's checkpoint through the daemon: `step` nullopt = latest. NOT_FOUND
+  // when the run has no checkpoint (or not that step).
+  static absl::StatusOr<std::unique_ptr<Restore>> OpenRun(Client& client,
+                                                          const std::string& run_id,
+                                                          std::optional<uint64_t> step = {},
+                                                          const RestoreOptions& options = {});
+  ~Restore();
+  Restore(const Restore&) = delete;
+  Restore& operator=(const Restore&) = delete;
+
+  uint64_t step() const { return step_; }
+  // Model tensors first, then training-state tensors, each in file order.
+  const std::vector<RestoreTensor>& tensors() const { return tensors_; }
+  const RestoreTensor* Find(std::string_view name) const;
+  const gguf::Metadata& metadata() const;
+  // Empty when there is no training-state file.
+  const gguf::Metadata& train_metadata() const;
+  const std::string& model_path() const;
+  const std::string& train_path() const;  // "" when none
+  // "disk" or "memory" (hot restore).
+  std::string_view source() const;
+  uint64_t bytes_read() const { return bytes_read_; }
+
+  // Reads one tensor into dst (n must be its nbytes).
+  absl::Status ReadInto(std::string_view name, void* dst, size_t n);
+  // Reads several tensors at once, in file order whatever the order given:
+  // the fast way to restore a whole model.
+  absl::Status ReadMany(std::span<const ReadTarget> targets);
+
+  class File;  // one opened GGUF file (restore.cc)
+
+ private:
+  Restore(RestoreOptions options, std::vector<std::unique_ptr<File>> files);
+  absl::Status Index();
+  RestoreOptions options_;
+  std::vector<std::unique_ptr<File>> files_;  // [0] model, [1] train (optional)
+  std::vector<RestoreTensor> tensors_;
+  std::vector<std::pair<size_t, size_t>> where_;  // per tensor: (file, index in file)
+  uint64_t step_ = 0;
+  uint64_t bytes_read_ = 0;
+};
+
+}  // namespace ckptd

@@ -1,0 +1,453 @@
+// Restore: header checks at open, then a read pipeline per call: the
+// requested tensors are cut into pieces (aligned file ranges of up to
+// chunk_bytes, or slices of the in-memory copy), `reads_in_flight` workers
+// fetch pieces into caller memory, and the calling thread hashes each
+// tensor's bytes in order as the pieces covering them land, so hashing
+// overlaps the reads.
+#include "client/cpp/ckptd/restore.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+#include <tuple>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "client/cpp/ckptd/client.h"
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/env/env.h"
+#include "daemon/gguf/digest.h"
+#include "daemon/gguf/layout.h"
+#include "daemon/storage/checkpoint.h"
+#include "daemon/storage/file_names.h"
+
+namespace ckptd {
+
+// One GGUF file of the checkpoint: its header, its stored digests and where
+// its tensor bytes come from (the file, or a read-only mapping of the
+// daemon's in-memory copy with each tensor's offset in it).
+class Restore::File {
+ public:
+  std::string path;
+  gguf::GgufFile header;
+  std::vector<gguf::Digest128> digests;  // empty when the file stores none
+  std::string content_digest;            // ckpt.content_digest, "" when none
+  std::unique_ptr<env::RandomAccessFile> disk;
+  const char* memory = nullptr;  // hot restore
+  size_t memory_bytes = 0;
+  std::vector<uint64_t> memory_offsets;  // per tensor
+
+  ~File() {
+    if (memory != nullptr) ::munmap(const_cast<char*>(memory), memory_bytes);
+  }
+
+  static absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path, bool direct) {
+    auto f = std::make_unique<File>();
+    f->path = path;
+    env::Env* e = env::Env::Default();
+    CKPTD_ASSIGN_OR_RETURN(f->disk, direct ? e->OpenForDirectRead(path) : e->OpenForRead(path));
+    // The header is read with a buffered descriptor: it is small and
+    // unaligned.
+    CKPTD_ASSIGN_OR_RETURN(auto header_src, e->OpenForRead(path));
+    CKPTD_ASSIGN_OR_RETURN(f->header, gguf::ReadHeader(*header_src));
+    CKPTD_TRY(f->LoadDigests());
+    return f;
+  }
+
+ private:
+  // Parses ckpt.tensor_digests and checks that the tensor table (names,
+  // types, shapes) and those digests give the stored content digest, so a
+  // damaged table is caught before any data is read.
+  absl::Status LoadDigests() {
+    const gguf::Value* cd = header.metadata.Find(gguf::kKeyContentDigest);
+    const std::string* cd_str = cd ? cd->get_if<std::string>() : nullptr;
+    if (cd_str != nullptr) content_digest = *cd_str;
+    const gguf::Value* per = header.metadata.Find(gguf::kKeyTensorDigests);
+    const gguf::Array* arr = per ? per->get_if<gguf::Array>() : nullptr;
+    if (arr == nullptr) return absl::OkStatus();
+    if (arr->items.size() != header.tensors.size()) {
+      return absl::DataLossError(StrCat(path, ": ", gguf::kKeyTensorDigests, " has ",
+                                        arr->items.size(), " entries for ", header.tensors.size(),
+                                        " tensors"));
+    }
+    gguf::ContentDigestBuilder builder;
+    for (size_t i = 0; i < arr->items.size(); ++i) {
+      const std::string* hex = arr->items[i].get_if<std::string>();
+      auto d = hex ? gguf::ParseDigestHex(*hex) : absl::InvalidArgumentError("not a string");
+      if (!d.ok()) {
+        return absl::DataLossError(StrCat(path, ": the stored digest of tensor '",
+                                          header.tensors[i].name, "' is unreadable"));
+      }
+      digests.push_back(*d);
+      const gguf::TensorInfo& t = header.tensors[i];
+      builder.AddTensor(t.name, t.type, t.ne, t.nbytes, *d);
+    }
+    if (cd_str != nullptr && gguf::ContentDigestString(builder.Finish()) != *cd_str) {
+      return absl::DataLossError(StrCat(path,
+                                        ": the tensor table does not match the stored content "
+                                        "digest ",
+                                        *cd_str, " (names, types or shapes were changed)"));
+    }
+    return absl::OkStatus();
+  }
+};
+
+namespace {
+
+constexpr size_t kMinAlignment = 4096;  // bounce buffers: page aligned
+
+// Coalesce tensors closer than this into one sequential read.
+constexpr uint64_t kMaxGap = 1 << 20;
+
+struct Want {
+  size_t file = 0;
+  size_t index = 0;  // in the file's tensor table
+  uint64_t begin = 0;  // absolute file offset (disk) or offset in the mapping
+  uint64_t nbytes = 0;
+  char* dst = nullptr;
+  const RestoreTensor* tensor = nullptr;
+};
+
+// A unit of work: [begin, end) of one file (disk) or of one want (memory).
+struct Piece {
+  size_t file = 0;
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  size_t first_want = 0;  // wants overlapping it: [first_want, last_want]
+  size_t last_want = 0;
+};
+
+// Completion state shared by the workers and the hashing thread.
+class Board {
+ public:
+  explicit Board(size_t pieces) : done_(pieces, false) {}
+
+  void Finish(size_t piece, absl::Status st) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    done_[piece] = true;
+    if (!st.ok() && error_.ok()) error_ = std::move(st);
+    landed_.SignalAll();
+  }
+  // Waits until `piece` has landed; its error (or an earlier one) otherwise.
+  absl::Status Wait(size_t piece) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    while (!done_[piece] && error_.ok()) landed_.Wait(&mu_);
+    return error_;
+  }
+  void Fail(absl::Status st) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (error_.ok()) error_ = std::move(st);
+    landed_.SignalAll();
+  }
+  bool failed() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return !error_.ok();
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<bool> done_ ABSL_GUARDED_BY(mu_);
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  absl::CondVar landed_;
+};
+
+struct AlignedBuffer {
+  explicit AlignedBuffer(size_t n) : size(n) {
+    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    data = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+  }
+  ~AlignedBuffer() {
+    if (data != nullptr) ::munmap(data, size);
+  }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  char* data = nullptr;
+  size_t size = 0;
+};
+
+uint64_t AlignDown(uint64_t x, uint64_t a) { return a <= 1 ? x : x / a * a; }
+uint64_t AlignUpTo(uint64_t x, uint64_t a) { return a <= 1 ? x : (x + a - 1) / a * a; }
+
+}  // namespace
+
+Restore::Restore(RestoreOptions options, std::vector<std::unique_ptr<File>> files)
+    : options_(options), files_(std::move(files)) {}
+Restore::~Restore() = default;
+
+absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_path,
+                                                       const std::string& train_path,
+                                                       const RestoreOptions& options) {
+  if (options.reads_in_flight < 1 || options.chunk_bytes < kMinAlignment) {
+    return absl::InvalidArgumentError(StrCat("RestoreOptions: reads_in_flight must be >= 1 and "
+                                             "chunk_bytes >= ",
+                                             kMinAlignment));
+  }
+  std::vector<std::unique_ptr<File>> files;
+  CKPTD_ASSIGN_OR_RETURN(auto model, File::Open(model_path, options.direct_io));
+  files.push_back(std::move(model));
+  std::string train = train_path;
+  const gguf::Value* step = files[0]->header.metadata.Find(storage::kKeyStep);
+  const uint64_t* step_v = step ? step->get_if<uint64_t>() : nullptr;
+  if (train.empty() && step_v != nullptr) {
+    std::filesystem::path beside =
+        std::filesystem::path(model_path).parent_path() / storage::TrainFileName(*step_v);
+    std::error_code ec;
+    if (std::filesystem::exists(beside, ec)) train = beside.string();
+  }
+  if (!train.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(auto t, File::Open(train, options.direct_io));
+    const gguf::Value* md = t->header.metadata.Find(storage::kKeyModelDigest);
+    const std::string* md_str = md ? md->get_if<std::string>() : nullptr;
+    if (md_str == nullptr || *md_str != files[0]->content_digest) {
+      return absl::FailedPreconditionError(
+          StrCat("training-state file ", train, " was written with model content ",
+                 md_str ? *md_str : "(none recorded)", ", but ", model_path, " has ",
+                 files[0]->content_digest.empty() ? "none" : files[0]->content_digest,
+                 ": they are not one checkpoint; restore them from the same step"));
+    }
+    files.push_back(std::move(t));
+  }
+  auto r = std::unique_ptr<Restore>(new Restore(options, std::move(files)));
+  if (step_v != nullptr) r->step_ = *step_v;
+  CKPTD_TRY(r->Index());
+  return r;
+}
+
+absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client,
+                                                          const std::string& run_id,
+                                                          std::optional<uint64_t> step,
+                                                          const RestoreOptions& options) {
+  v1::GetRunRequest run_req;
+  run_req.set_run_id(run_id);
+  v1::RunInfo info;
+  {
+    grpc::ClientContext ctx;
+    grpc::Status st = client.stub().GetRun(&ctx, run_req, &info);
+    if (!st.ok()) return FromGrpc(st);
+  }
+  if (!step.has_value()) {
+    if (!info.has_last_step()) {
+      return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint yet"));
+    }
+    step = info.last_step();
+  }
+  v1::GetCheckpointRequest req;
+  req.set_run_id(run_id);
+  req.set_step(*step);
+  v1::CheckpointInfo cp;
+  {
+    grpc::ClientContext ctx;
+    v1::CheckpointDetail detail;
+    grpc::Status st = client.stub().GetCheckpoint(&ctx, req, &detail);
+    if (!st.ok()) return FromGrpc(st);
+    cp = detail.info();
+  }
+  return Open(cp.file(), cp.train_file().empty() ? std::string() : cp.train_file(), options);
+}
+
+absl::Status Restore::Index() {
+  for (size_t f = 0; f < files_.size(); ++f) {
+    const File& file = *files_[f];
+    if (options_.verify && file.digests.empty()) {
+      return absl::FailedPreconditionError(
+          StrCat(file.path, " stores no per-tensor digests (", gguf::kKeyTensorDigests,
+                 "): not a ckptd checkpoint; open it with verify = false to read it unchecked"));
+    }
+    for (size_t i = 0; i < file.header.tensors.size(); ++i) {
+      const gguf::TensorInfo& t = file.header.tensors[i];
+      RestoreTensor r;
+      r.name = t.name;
+      r.type = static_cast<v1::TensorType>(t.type);
+      r.ne = t.ne;
+      r.nbytes = t.nbytes;
+      if (!file.digests.empty()) r.digest = gguf::DigestHex(file.digests[i]);
+      r.group = f == 0 ? v1::TENSOR_GROUP_MODEL : v1::TENSOR_GROUP_TRAIN;
+      tensors_.push_back(std::move(r));
+      where_.emplace_back(f, i);
+    }
+  }
+  return absl::OkStatus();
+}
+
+const RestoreTensor* Restore::Find(std::string_view name) const {
+  for (const RestoreTensor& t : tensors_) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+const gguf::Metadata& Restore::metadata() const { return files_[0]->header.metadata; }
+const gguf::Metadata& Restore::train_metadata() const {
+  static const gguf::Metadata kEmpty;
+  return files_.size() > 1 ? files_[1]->header.metadata : kEmpty;
+}
+const std::string& Restore::model_path() const { return files_[0]->path; }
+const std::string& Restore::train_path() const {
+  static const std::string kNone;
+  return files_.size() > 1 ? files_[1]->path : kNone;
+}
+std::string_view Restore::source() const {
+  return files_[0]->memory != nullptr ? "memory" : "disk";
+}
+
+absl::Status Restore::ReadInto(std::string_view name, void* dst, size_t n) {
+  ReadTarget t{name, dst, n};
+  return ReadMany({&t, 1});
+}
+
+absl::Status Restore::ReadMany(std::span<const ReadTarget> targets) {
+  // Resolve and order the requests by (file, offset).
+  std::vector<Want> wants;
+  wants.reserve(targets.size());
+  for (const ReadTarget& t : targets) {
+    auto it = std::find_if(tensors_.begin(), tensors_.end(),
+                           [&](const RestoreTensor& r) { return r.name == t.name; });
+    if (it == tensors_.end()) {
+      return absl::NotFoundError(
+          StrCat("no tensor '", t.name, "' in this checkpoint (", model_path(), ")"));
+    }
+    if (t.n != it->nbytes) {
+      return absl::InvalidArgumentError(StrCat("tensor '", t.name, "' has ", it->nbytes,
+                                               " bytes; the destination has ", t.n));
+    }
+    auto [f, i] = where_[static_cast<size_t>(it - tensors_.begin())];
+    const File& file = *files_[f];
+    Want w;
+    w.file = f;
+    w.index = i;
+    w.nbytes = it->nbytes;
+    w.dst = static_cast<char*>(t.dst);
+    w.tensor = &*it;
+    w.begin = file.memory != nullptr ? file.memory_offsets[i]
+                                     : file.header.data_offset + file.header.tensors[i].offset;
+    wants.push_back(w);
+  }
+  std::sort(wants.begin(), wants.end(), [](const Want& a, const Want& b) {
+    return std::tie(a.file, a.begin) < std::tie(b.file, b.begin);
+  });
+  for (size_t k = 1; k < wants.size(); ++k) {
+    if (wants[k].file == wants[k - 1].file && wants[k].index == wants[k - 1].index) {
+      return absl::InvalidArgumentError(StrCat("tensor '", wants[k].tensor->name,
+                                               "' is requested twice in one read"));
+    }
+  }
+
+  // Cut into pieces. On disk: runs of nearby tensors read as one range,
+  // aligned for O_DIRECT, in chunk_bytes steps. In memory: slices of each
+  // tensor.
+  const uint64_t chunk = options_.chunk_bytes;
+  std::vector<Piece> pieces;
+  for (size_t k = 0; k < wants.size();) {
+    const File& file = *files_[wants[k].file];
+    if (file.memory != nullptr) {
+      for (uint64_t at = 0; at < wants[k].nbytes; at += chunk) {
+        pieces.push_back({wants[k].file, wants[k].begin + at,
+                          wants[k].begin + std::min(wants[k].nbytes, at + chunk), k, k});
+      }
+      ++k;
+      continue;
+    }
+    const uint64_t align = std::max<uint64_t>(file.disk->direct_alignment(), 1);
+    size_t last = k;
+    uint64_t end = wants[k].begin + wants[k].nbytes;
+    while (last + 1 < wants.size() && wants[last + 1].file == wants[k].file &&
+           wants[last + 1].begin <= end + kMaxGap) {
+      ++last;
+      end = std::max(end, wants[last].begin + wants[last].nbytes);
+    }
+    uint64_t from = AlignDown(wants[k].begin, align);
+    const uint64_t to = AlignUpTo(end, align);
+    size_t first = k;
+    while (from < to) {
+      const uint64_t piece_end = std::min(to, AlignDown(from + chunk, align));
+      while (first < last && wants[first].begin + wants[first].nbytes <= from) ++first;
+      size_t lw = first;
+      while (lw < last && wants[lw + 1].begin < piece_end) ++lw;
+      pieces.push_back({wants[k].file, from, piece_end, first, lw});
+      from = piece_end;
+    }
+    k = last + 1;
+  }
+
+  Board board(pieces.size());
+  std::atomic<size_t> next{0};
+  auto fetch = [&](AlignedBuffer* buf, const Piece& p) -> absl::Status {
+    const File& file = *files_[p.file];
+    if (file.memory != nullptr) {
+      const Want& w = wants[p.first_want];
+      std::memcpy(w.dst + (p.begin - w.begin), file.memory + p.begin, p.end - p.begin);
+      return absl::OkStatus();
+    }
+    CKPTD_ASSIGN_OR_RETURN(size_t got, file.disk->ReadUpTo(p.begin, p.end - p.begin, buf->data));
+    for (size_t k = p.first_want; k <= p.last_want; ++k) {
+      const Want& w = wants[k];
+      const uint64_t a = std::max(p.begin, w.begin);
+      const uint64_t b = std::min(p.end, w.begin + w.nbytes);
+      if (a >= b) continue;
+      if (b > p.begin + got) {
+        return absl::DataLossError(StrCat(file.path, ": the file ends inside tensor '",
+                                          w.tensor->name, "' (truncated?)"));
+      }
+      std::memcpy(w.dst + (a - w.begin), buf->data + (a - p.begin), b - a);
+    }
+    return absl::OkStatus();
+  };
+  auto worker = [&] {
+    AlignedBuffer buf(static_cast<size_t>(chunk) + kMinAlignment);
+    if (buf.data == nullptr) {
+      board.Fail(absl::ResourceExhaustedError("restore: cannot map a read buffer"));
+      return;
+    }
+    for (size_t i = next++; i < pieces.size(); i = next++) {
+      if (board.failed()) return;
+      board.Finish(i, fetch(&buf, pieces[i]));
+    }
+  };
+  const size_t n_workers =
+      std::min<size_t>(static_cast<size_t>(options_.reads_in_flight), pieces.size());
+  std::vector<std::thread> workers;
+  workers.reserve(n_workers);
+  for (size_t w = 0; w < n_workers; ++w) workers.emplace_back(worker);
+
+  // Hash each tensor in order as its pieces land.
+  absl::Status result;
+  std::vector<gguf::TensorHasher> hashers(options_.verify ? wants.size() : 0);
+  std::vector<uint64_t> hashed(wants.size(), 0);
+  for (size_t i = 0; i < pieces.size() && result.ok(); ++i) {
+    result = board.Wait(i);
+    if (!result.ok() || !options_.verify) continue;
+    const Piece& p = pieces[i];
+    for (size_t k = p.first_want; k <= p.last_want && result.ok(); ++k) {
+      const Want& w = wants[k];
+      const uint64_t a = std::max(p.begin, w.begin);
+      const uint64_t b = std::min(p.end, w.begin + w.nbytes);
+      if (a >= b) continue;
+      hashers[k].Update(w.dst + (a - w.begin), b - a);
+      hashed[k] += b - a;
+      if (hashed[k] == w.nbytes) {
+        const gguf::Digest128 got = hashers[k].Finish();
+        const gguf::Digest128& want = files_[w.file]->digests[w.index];
+        if (got != want) {
+          result = absl::DataLossError(
+              StrCat("tensor '", w.tensor->name, "' in ", files_[w.file]->path,
+                     " does not match its digest: stored ", gguf::DigestHex(want), ", read ",
+                     gguf::DigestHex(got), " (from ", source(),
+                     "); the destination holds damaged bytes"));
+        }
+      }
+    }
+  }
+  if (!result.ok()) board.Fail(result);
+  for (auto& t : workers) t.join();
+  if (result.ok()) {
+    for (const Want& w : wants) bytes_read_ += w.nbytes;
+  }
+  return result;
+}
+
+}  // namespace ckptd

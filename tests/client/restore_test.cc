@@ -1,0 +1,251 @@
+// Restore against checkpoints committed by the storage layer: every dtype
+// read back bit for bit (O_DIRECT and buffered, one tensor or many, pieces
+// smaller than a tensor, unaligned destinations), a flipped byte named by
+// tensor, the training-state file tied to its own model file, and files
+// without digests refused unless verify is off.
+#include "client/cpp/ckptd/restore.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "daemon/gguf/writer.h"
+#include "daemon/storage/checkpoint.h"
+#include "daemon/storage/checkpoint_writer.h"
+#include "daemon/storage/file_names.h"
+#include "daemon/storage/run_dir.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace ckptd {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Tensor {
+  std::string name;
+  gguf::TensorType type;
+  std::vector<uint64_t> ne;
+  storage::TensorGroup group = storage::TensorGroup::kModel;
+  std::string bytes;
+};
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// One tensor of every type the API accepts, shapes that leave the file
+// unaligned, and training-state tensors.
+std::vector<Tensor> AllTypes() {
+  std::vector<Tensor> ts = {
+      {"f32", gguf::TensorType::kF32, {7, 3}},
+      {"f16", gguf::TensorType::kF16, {5}},
+      {"bf16", gguf::TensorType::kBF16, {3, 3, 3}},
+      {"f64", gguf::TensorType::kF64, {2, 1, 1, 2}},
+      {"i8", gguf::TensorType::kI8, {13}},
+      {"i16", gguf::TensorType::kI16, {1}},
+      {"i32", gguf::TensorType::kI32, {9}},
+      {"i64", gguf::TensorType::kI64, {4}},
+      {"q8_0", gguf::TensorType::kQ8_0, {64}},
+      {"big", gguf::TensorType::kF32, {300000}},  // spans several pieces
+      {"opt.m", gguf::TensorType::kF32, {7, 3}, storage::TensorGroup::kTrain},
+      {"rng", gguf::TensorType::kI8, {2500}, storage::TensorGroup::kTrain},
+  };
+  uint32_t seed = 1;
+  for (Tensor& t : ts) {
+    t.bytes = RandomBytes(*gguf::TensorBytes(t.type, t.ne), seed++);
+  }
+  return ts;
+}
+
+class RestoreTest : public ::testing::Test {
+ protected:
+  // Commits `tensors` as step `step` of a run and returns the model path.
+  std::string Commit(uint64_t step, const std::vector<Tensor>& tensors) {
+    env::Env* env = env::Env::Default();
+    auto dir = storage::RunDir::Open(env, tmp_.Join("run"), nullptr);
+    EXPECT_OK(dir.status());
+    storage::SavePlan plan;
+    plan.step = step;
+    plan.model_metadata.Set("general.architecture", gguf::Value("llama"));
+    plan.model_metadata.Set(std::string(storage::kKeyStep), gguf::Value(step));
+    plan.train_metadata.Set("training.seed", gguf::Value(uint64_t{42}));
+    std::string data;
+    for (const Tensor& t : tensors) {
+      plan.tensors.push_back({{t.name, t.type, t.ne}, t.group});
+      data += t.bytes;
+    }
+    auto w = storage::CheckpointWriter::Create(env, (*dir)->weights_dir(), plan);
+    EXPECT_OK(w.status());
+    EXPECT_OK((*w)->WriteData(data));
+    EXPECT_OK((*w)->Finish());
+    auto rec = (*dir)->Commit(w->get(), storage::Overwrite::kNo);
+    EXPECT_OK(rec.status());
+    return rec->model_path;
+  }
+  std::string Weights() const { return tmp_.Join("run/weights"); }
+  testing::TempDir tmp_;
+};
+
+void FlipByte(const std::string& path, uint64_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x20);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&c, 1);
+}
+
+TEST_F(RestoreTest, EveryTypeReadsBackBitForBit) {
+  const auto tensors = AllTypes();
+  const std::string model = Commit(100, tensors);
+  for (bool direct : {true, false}) {
+    for (size_t chunk : {size_t{4096}, size_t{8} << 20}) {
+      RestoreOptions opt;
+      opt.direct_io = direct;
+      opt.chunk_bytes = chunk;
+      opt.reads_in_flight = 3;
+      auto r = Restore::Open(model, "", opt);
+      ASSERT_OK(r.status());
+      EXPECT_EQ((*r)->step(), 100u);
+      EXPECT_EQ((*r)->source(), "disk");
+      EXPECT_EQ((*r)->train_path(), Weights() + "/" + storage::TrainFileName(100));
+      ASSERT_EQ((*r)->tensors().size(), tensors.size());
+      // One read of everything, destinations deliberately unaligned.
+      std::vector<std::string> out;
+      out.reserve(tensors.size());
+      std::vector<ReadTarget> targets;
+      for (const Tensor& t : tensors) out.push_back(std::string(t.bytes.size() + 1, '\0'));
+      for (size_t i = tensors.size(); i-- > 0;) {  // any order
+        targets.push_back({tensors[i].name, out[i].data() + 1, tensors[i].bytes.size()});
+      }
+      ASSERT_OK((*r)->ReadMany(targets));
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        EXPECT_EQ(out[i].substr(1), tensors[i].bytes) << tensors[i].name << " direct=" << direct;
+        const RestoreTensor* info = (*r)->Find(tensors[i].name);
+        ASSERT_NE(info, nullptr);
+        EXPECT_EQ(info->ne, tensors[i].ne);
+        EXPECT_EQ(static_cast<uint32_t>(info->type), static_cast<uint32_t>(tensors[i].type));
+        EXPECT_EQ(info->digest.size(), 32u);
+        EXPECT_EQ(info->group, tensors[i].group == storage::TensorGroup::kModel
+                                   ? v1::TENSOR_GROUP_MODEL
+                                   : v1::TENSOR_GROUP_TRAIN);
+      }
+      // One at a time.
+      for (const Tensor& t : tensors) {
+        std::string one(t.bytes.size(), '\0');
+        ASSERT_OK((*r)->ReadInto(t.name, one.data(), one.size()));
+        EXPECT_EQ(one, t.bytes) << t.name;
+      }
+    }
+  }
+}
+
+TEST_F(RestoreTest, AFlippedByteIsNamedByTensor) {
+  const auto tensors = AllTypes();
+  const std::string model = Commit(100, tensors);
+  auto header = storage::ReadGgufHeader(env::Env::Default(), model);
+  ASSERT_OK(header.status());
+  const gguf::TensorInfo& big = header->tensors[9];
+  ASSERT_EQ(big.name, "big");
+  FlipByte(model, header->data_offset + big.offset + 777777);
+  auto r = Restore::Open(model);
+  ASSERT_OK(r.status());
+  std::string f32(tensors[0].bytes.size(), '\0');
+  EXPECT_OK((*r)->ReadInto("f32", f32.data(), f32.size()));  // the others are intact
+  std::string dst(big.nbytes, '\0');
+  absl::Status st = (*r)->ReadInto("big", dst.data(), dst.size());
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("tensor 'big'"));
+  // verify = false reads what is there.
+  RestoreOptions unchecked;
+  unchecked.verify = false;
+  auto u = Restore::Open(model, "", unchecked);
+  ASSERT_OK(u.status());
+  EXPECT_OK((*u)->ReadInto("big", dst.data(), dst.size()));
+  EXPECT_NE(dst, tensors[9].bytes);
+}
+
+TEST_F(RestoreTest, ARenamedTensorFailsAtOpen) {
+  const std::string model = Commit(100, AllTypes());
+  auto header = storage::ReadGgufHeader(env::Env::Default(), model);
+  ASSERT_OK(header.status());
+  // "f16" -> "g16" in the tensor table: the stored content digest no longer matches.
+  std::ifstream in(model, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  size_t at = bytes.find(std::string("\x03\0\0\0\0\0\0\0f16", 11));
+  ASSERT_NE(at, std::string::npos);
+  FlipByte(model, at + 8);
+  auto r = Restore::Open(model);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("tensor table"));
+}
+
+TEST_F(RestoreTest, TheTrainFileMustBelongToItsModelFile) {
+  auto a = AllTypes();
+  const std::string m100 = Commit(100, a);
+  a[0].bytes[0] ^= 1;
+  const std::string m200 = Commit(200, a);
+  const std::string t100 = Weights() + "/" + storage::TrainFileName(100);
+  auto r = Restore::Open(m200, t100);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("not one checkpoint"));
+  EXPECT_OK(Restore::Open(m100, t100).status());
+  // A model file without a train file has only model tensors.
+  std::filesystem::remove(Weights() + "/" + storage::TrainFileName(200));
+  auto only = Restore::Open(m200);
+  ASSERT_OK(only.status());
+  EXPECT_EQ((*only)->train_path(), "");
+  EXPECT_EQ((*only)->Find("opt.m"), nullptr);
+}
+
+TEST_F(RestoreTest, BadRequestsAreNamed) {
+  const auto tensors = AllTypes();
+  auto r = Restore::Open(Commit(100, tensors));
+  ASSERT_OK(r.status());
+  std::string dst(16, '\0');
+  absl::Status missing = (*r)->ReadInto("nope", dst.data(), dst.size());
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  absl::Status size = (*r)->ReadInto("f32", dst.data(), dst.size());
+  EXPECT_EQ(size.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(size.message()), HasSubstr("84 bytes"));
+  auto gone = Restore::Open(tmp_.Join("none.gguf"));
+  EXPECT_FALSE(gone.ok());
+}
+
+TEST_F(RestoreTest, AFileWithoutDigestsNeedsVerifyOff) {
+  gguf::Metadata md;
+  md.Set("general.architecture", gguf::Value("llama"));
+  const std::string bytes = RandomBytes(64, 9);
+  const std::string path = tmp_.Join("plain.gguf");
+  auto layout = gguf::PlanLayout(md, {{"w", gguf::TensorType::kF32, {16}}},
+                                 {.digest_slots = gguf::DigestSlots::kNone});
+  ASSERT_OK(layout.status());
+  gguf::StringSink sink;
+  gguf::Writer w(*layout, &sink);
+  ASSERT_OK(w.WriteHeader());
+  ASSERT_OK(w.WriteData(bytes));
+  ASSERT_OK(w.Finish().status());
+  std::ofstream(path, std::ios::binary) << sink.data();
+  auto r = Restore::Open(path);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("verify = false"));
+  RestoreOptions off;
+  off.verify = false;
+  auto u = Restore::Open(path, "", off);
+  ASSERT_OK(u.status());
+  std::string dst(64, '\0');
+  ASSERT_OK((*u)->ReadInto("w", dst.data(), dst.size()));
+  EXPECT_EQ(dst, bytes);
+}
+
+}  // namespace
+}  // namespace ckptd
