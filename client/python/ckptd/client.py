@@ -1,0 +1,430 @@
+"""The trainer-side client: connect, open a run, save, wait, restore, close."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import grpc
+import numpy as np
+
+from . import gguf, state
+from .reader import Checkpoint
+from .shm import ArenaPool, shm_supported
+from .v1 import ckptd_pb2 as pb
+from .v1 import ckptd_pb2_grpc as pb_grpc
+from .values import entries as metadata_entries
+
+log = logging.getLogger("ckptd")
+
+DEFAULT_SOCKET = "unix:./ckpt-runs/ckptd.sock"
+CHUNK = 4 << 20
+_TYPE_NAMES = {v: k for k, v in pb.TensorType.items()}
+
+
+class Error(Exception):
+    """A refusal or failure from the daemon: `code` is the gRPC status code name."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _rpc(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except grpc.RpcError as e:
+        raise Error(e.code().name, e.details() or "") from None
+
+
+@dataclass
+class SaveResult:
+    """What a save did. `state` is "committed", "skipped", "pending" (a
+    shared-memory save still being written: see Run.wait) or "failed"."""
+
+    step: int
+    state: str
+    reason: str = ""
+    file: str = ""
+    save_id: int = 0
+    stall_s: float = 0.0
+    transport: str = ""
+
+
+@dataclass
+class RestoreInfo:
+    step: int
+    extra: dict
+    metrics: dict[str, float]
+    source: str  # "disk" or "memory"
+    file: str
+    seconds: float = 0.0
+    bytes: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def connect(target: str | None = None) -> "Client":
+    """Connects to the daemon: `target` ("unix:/path", "host:port" or a socket
+    path), else $CKPTD_SOCKET, else the dev socket of `make run`."""
+    return Client(target or os.environ.get("CKPTD_SOCKET") or DEFAULT_SOCKET)
+
+
+class Client:
+    def __init__(self, target: str):
+        if "://" not in target and not target.startswith("unix:") and (
+            target.startswith("/") or target.startswith(".")
+        ):
+            target = "unix:" + target
+        self.target = target
+        self.local = target.startswith("unix:")
+        opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        self.channel = grpc.insecure_channel(target, options=opts)
+        self.stub = pb_grpc.CheckpointdStub(self.channel)
+
+    def open_run(self, run_id: str, metadata: dict | None = None, schedule=None, retention=None,
+                 base_model: str | None = None, run_dir: str = "", seed: int | None = None,
+                 transport: str = "auto", name_map: Callable[[str], str] | None = None,
+                 threads: int = 4) -> "Run":
+        """Opens (or resumes) a run. `schedule`/`retention`: dicts with the
+        proto's field names ({"every_steps": 500}) or the messages; `metadata`:
+        GGUF-typed model metadata (see ckptd.values); `transport`: "auto"
+        (shared memory when the daemon is local), "shm" or "stream"."""
+        req = pb.OpenRunRequest(run_id=run_id, run_dir=run_dir, base_model_uuid=base_model or "")
+        req.model_metadata.extend(metadata_entries(metadata, pb))
+        req.provenance.CopyFrom(_provenance(seed))
+        if schedule is not None:
+            req.schedule.CopyFrom(schedule if isinstance(schedule, pb.Schedule) else pb.Schedule(**schedule))
+        if retention is not None:
+            req.retention.CopyFrom(
+                retention if isinstance(retention, pb.RetentionPolicy) else pb.RetentionPolicy(**retention)
+            )
+        resp = _rpc(self.stub.OpenRun, req)
+        return Run(self, resp, transport, name_map, threads)
+
+    def close(self):
+        self.channel.close()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _provenance(seed: int | None) -> pb.Provenance:
+    p = pb.Provenance(
+        git_commit=_git_commit(),
+        command_line=" ".join([sys.executable] + sys.argv),
+        host=socket.gethostname(),
+        client_pid=os.getpid(),
+    )
+    if seed is not None:
+        p.seed = seed
+    p.framework_versions["python"] = platform.python_version()
+    p.framework_versions["numpy"] = np.__version__
+    if state.torch is not None:
+        p.framework_versions["torch"] = state.torch.__version__
+    try:
+        p.extra["user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    return p
+
+
+class Run:
+    """One training run. Not thread-safe: one trainer thread uses it."""
+
+    def __init__(self, client: Client, opened, transport: str, name_map, threads: int):
+        self.client = client
+        self.opened = opened
+        self.id = opened.run.run_id
+        self.name_map = name_map
+        self.threads = threads
+        self._pool = ArenaPool(opened.arena_socket, opened.arena_token) if self._use_shm(transport) else None
+        self.transport = "shm" if self._pool else "stream"
+        log.info("ckptd: run %s saves over %s (%s)", self.id, self.transport, client.target)
+        self._pending: list[SaveResult] = []
+        self.closed = False
+
+    def _use_shm(self, transport: str) -> bool:
+        if transport not in ("auto", "shm", "stream"):
+            raise ValueError(f"transport must be 'auto', 'shm' or 'stream', not {transport!r}")
+        if transport == "stream":
+            return False
+        ok = self.client.local and bool(self.opened.arena_socket) and shm_supported()
+        if transport == "shm" and not ok:
+            raise Error("FAILED_PRECONDITION",
+                        "shared-memory saves need a local daemon with [shm] enabled and Linux memfds")
+        return ok
+
+    @property
+    def resumed(self) -> bool:
+        return self.opened.resumed
+
+    def should_save(self, step: int) -> bool:
+        return _rpc(self.client.stub.ShouldSave, pb.ShouldSaveRequest(run_id=self.id, step=step)).due
+
+    # -- saving -------------------------------------------------------------
+
+    def maybe_save(self, step: int, model=None, optimizer=None, extra=None, metrics=None) -> SaveResult:
+        """Saves if the run's schedule says `step` is due (one cheap RPC otherwise)."""
+        due = _rpc(self.client.stub.ShouldSave, pb.ShouldSaveRequest(run_id=self.id, step=step))
+        if not due.due:
+            return SaveResult(step, "skipped", due.reason, transport=self.transport)
+        return self.save(step, model, optimizer, extra, metrics, force=False)
+
+    def save(self, step: int, model=None, optimizer=None, extra=None, metrics=None, force: bool = True,
+             overwrite: bool = False, _final: bool = False) -> SaveResult:
+        """Saves now. Over shared memory it returns once the tensors are
+        copied into an arena (state "pending"; the daemon writes in the
+        background, see wait()); over the stream, once committed."""
+        entries, train_md = self._collect(model, optimizer, extra)
+        header = pb.SaveHeader(run_id=self.id, step=step, force=force, overwrite=overwrite)
+        for k, v in state.finite_metrics(metrics).items():
+            header.metrics[k] = v
+        for e in entries:
+            header.tensors.add(name=e.name, type=e.ggml_type, ne=e.ne,
+                               group=pb.TENSOR_GROUP_TRAIN if e.train else pb.TENSOR_GROUP_MODEL)
+        header.train_metadata.extend(metadata_entries(train_md, pb))
+        if self._pool is not None:
+            return self._save_shared(header, entries, _final)
+        return self._save_stream(header, entries)
+
+    def _collect(self, model, optimizer, extra):
+        out: list[state.Entry] = []
+        md: dict[str, Any] = {}
+        sd = model.state_dict() if hasattr(model, "state_dict") and not isinstance(model, dict) else model
+        for name, t in (sd or {}).items():
+            out.append(state.make_entry(name, t, train=False, name_map=self.name_map))
+        if optimizer is not None:
+            state.optimizer_entries(optimizer, model, out, md)
+        state.extra_entries(extra or {}, out, md)
+        state.rng_entries(out, md)
+        names = [e.name for e in out]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tensor names {sorted(dup)} occur twice; rename (name_map=) to save both")
+        from .values import Typed
+
+        md["training.type"] = Typed("string", "ckptd-python")
+        hints = [f"{e.name}:{e.dtype_hint}" for e in out if e.dtype_hint]
+        if hints:
+            md[gguf.KEY_DTYPES] = Typed("array", hints, element="string")
+        zero_d = [f"{e.name}:()" for e in out if e.zero_d]
+        if zero_d:
+            md[gguf.KEY_SHAPES] = Typed("array", zero_d, element="string")
+        return out, md
+
+    def _save_stream(self, header, entries, closing: bool = False):
+        def requests():
+            yield pb.SaveRequest(header=header)
+            for e in entries:
+                mv = memoryview(e.array).cast("B")
+                for a in range(0, mv.nbytes, CHUNK):
+                    yield pb.SaveRequest(data=bytes(mv[a : a + CHUNK]))
+
+        if closing:
+            resp = _rpc(self.client.stub.CloseRun, requests())
+            return resp
+        t0 = time.perf_counter()
+        resp = _rpc(self.client.stub.Save, requests())
+        stall = time.perf_counter() - t0
+        if resp.result == pb.SaveResponse.RESULT_SKIPPED:
+            return SaveResult(header.step, "skipped", resp.reason, stall_s=stall, transport="stream")
+        return SaveResult(header.step, "committed", resp.reason, resp.checkpoint.file, stall_s=stall,
+                          transport="stream")
+
+    def _save_shared(self, header, entries, final: bool):
+        t0 = time.perf_counter()
+        arena, offsets = self._pool.stage(entries, self._wait_one, self.threads)
+        stall = time.perf_counter() - t0
+        req = pb.SaveSharedRequest(header=header, trainer_stall_s=stall, final_snapshot=final)
+        for off in offsets:
+            req.locations.add(arena_id=arena.id, offset=off)
+        try:
+            resp = _rpc(self.client.stub.SaveShared, req)
+        except Error:
+            arena.busy = None
+            raise
+        if resp.result == pb.SaveSharedResponse.RESULT_SKIPPED:
+            arena.busy = None
+            return SaveResult(header.step, "skipped", resp.reason, stall_s=stall, transport="shm")
+        r = SaveResult(header.step, "pending", resp.reason, save_id=resp.save_id, stall_s=stall, transport="shm")
+        arena.busy = r
+        self._pending.append(r)
+        return r
+
+    def _wait_one(self, r: SaveResult, timeout: float = 600.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            resp = _rpc(self.client.stub.WaitSaved,
+                        pb.WaitSavedRequest(run_id=self.id, save_id=r.save_id, timeout_seconds=min(left, 600)))
+            if resp.state == pb.WaitSavedResponse.STATE_COMMITTED:
+                r.state, r.file = "committed", resp.checkpoint.file
+                break
+            if resp.state == pb.WaitSavedResponse.STATE_FAILED:
+                r.state, r.reason = "failed", resp.error
+                break
+            if left <= 0:
+                raise Error("DEADLINE_EXCEEDED", f"save {r.save_id} (step {r.step}) still pending after {timeout}s")
+        if r in self._pending:
+            self._pending.remove(r)
+        for a in self._pool.arenas if self._pool else []:
+            if a.busy is r:
+                a.busy = None
+        return r
+
+    def wait(self, timeout: float = 600.0) -> list[SaveResult]:
+        """Waits until every pending save is committed or failed; raises Error
+        for a failed one (after waiting for all)."""
+        done = [self._wait_one(r, timeout) for r in list(self._pending)]
+        failed = [r for r in done if r.state == "failed"]
+        if failed:
+            raise Error("ABORTED", "; ".join(f"step {r.step}: {r.reason}" for r in failed))
+        return done
+
+    def close(self, final_state: dict | None = None, step: int | None = None, **kwargs):
+        """Writes the final snapshot (when `final_state` = dict(step=..., model=...,
+        optimizer=..., extra=..., metrics=...) or keyword arguments are given),
+        waits for every save and marks the run finished."""
+        if self.closed:
+            return None
+        fs = dict(final_state or {}, **kwargs)
+        if step is not None:
+            fs["step"] = step
+        result = None
+        if fs and self._pool is not None:
+            r = self.save(fs.pop("step"), force=True, overwrite=True, _final=True, **fs)
+            self.wait()
+            result = r
+            _rpc(self.client.stub.CloseRun, iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
+        elif fs:
+            self.wait()
+            entries, md = self._collect(fs.get("model"), fs.get("optimizer"), fs.get("extra"))
+            header = pb.SaveHeader(run_id=self.id, step=fs["step"])
+            for k, v in state.finite_metrics(fs.get("metrics")).items():
+                header.metrics[k] = v
+            for e in entries:
+                header.tensors.add(name=e.name, type=e.ggml_type, ne=e.ne,
+                                   group=pb.TENSOR_GROUP_TRAIN if e.train else pb.TENSOR_GROUP_MODEL)
+            header.train_metadata.extend(metadata_entries(md, pb))
+            resp = self._save_stream(header, entries, closing=True)
+            result = SaveResult(fs["step"], "committed", "", resp.final_save.checkpoint.file, transport="stream")
+        else:
+            self.wait()
+            _rpc(self.client.stub.CloseRun, iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
+        self.closed = True
+        if self._pool is not None:
+            self._pool.close()
+        return result
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:  # an exception: keep what is queued, do not mark the run finished
+            try:
+                self.wait()
+            finally:
+                if self._pool is not None:
+                    self._pool.close()
+
+    # -- restoring ----------------------------------------------------------
+
+    def latest(self) -> tuple[int, str] | None:
+        info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
+        return (info.last_step, info.latest_file) if info.HasField("last_step") else None
+
+    def open_checkpoint(self, step: int | None = None, verify: bool = True, hot: bool = True) -> Checkpoint | None:
+        """The run's latest (or `step`'s) checkpoint opened for reading; None when there is none."""
+        if step is None:
+            latest = self.latest()
+            if latest is None:
+                return None
+            step = latest[0]
+        detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
+        memory = None
+        if hot and self._pool is not None:
+            memory = self._pool.hot_copy(self.id, step)
+        return Checkpoint(detail.info.file, detail.info.train_file or "", verify=verify,
+                          threads=self.threads, memory=memory)
+
+    def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
+                as_torch: bool = True) -> RestoreInfo | None:
+        """Reads the run's latest (or `step`'s) checkpoint into the existing
+        tensors of `model` (a module or a state dict), in place; restores the
+        optimizer's moments by parameter name and the RNG states. Returns
+        None when the run has no checkpoint yet."""
+        t0 = time.perf_counter()
+        ckpt = self.open_checkpoint(step, verify)
+        if ckpt is None:
+            return None
+        with ckpt:
+            sd = model.state_dict() if hasattr(model, "state_dict") and not isinstance(model, dict) else model
+            with ThreadPoolExecutor(self.threads) as pool:
+                for name, t in (sd or {}).items():
+                    key = self.name_map(name) if self.name_map else name
+                    _read_into_tensor(ckpt, key, t, pool)
+            train_names = [t.name for t in ckpt.train.tensors] if ckpt.train else []
+            small = ckpt.read_all("torch" if state.torch else "numpy", names=set(train_names)) if train_names else {}
+            md = ckpt.train_metadata
+            if optimizer is not None:
+                state.restore_optimizer(optimizer, model, small, md)
+            state.restore_rng(small, md)
+            extra = state.decode_extra(md, small, as_torch)
+            return RestoreInfo(
+                step=ckpt.step,
+                extra=extra,
+                metrics={k[len("ckpt.metrics."):]: v for k, v in ckpt.metadata.items() if k.startswith("ckpt.metrics.")},
+                source=ckpt.source,
+                file=ckpt.model.path,
+                seconds=time.perf_counter() - t0,
+                bytes=ckpt.bytes_read,
+                metadata=dict(ckpt.metadata),
+            )
+
+
+def _read_into_tensor(ckpt: Checkpoint, name: str, t, pool):
+    found = ckpt.find(name)
+    if found is None:
+        raise KeyError(f"checkpoint {ckpt.model.path} has no tensor '{name}' (the model has it)")
+    info = found[1]
+    if state._is_torch(t):
+        torch = state.torch
+        with torch.no_grad():
+            if t.device.type == "cpu" and t.is_contiguous():
+                host = t
+            else:
+                host = torch.empty(t.shape, dtype=t.dtype)
+            if host.element_size() * host.numel() != info.nbytes:
+                raise ValueError(f"tensor '{name}': the model's {tuple(t.shape)} {t.dtype} is "
+                                 f"{host.element_size() * host.numel()} bytes, the checkpoint's "
+                                 f"{info.shape} is {info.nbytes}")
+            flat = host.reshape(-1) if host.dim() else host.reshape(1)
+            buf = flat.view(torch.uint8).numpy() if host.dtype != torch.bool else flat.view(torch.uint8).numpy()
+            ckpt.read_into(name, buf, pool)
+            if host is not t:
+                t.copy_(host)
+        return
+    arr = np.asarray(t)
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        raise ValueError(f"tensor '{name}': restore needs a writable C-contiguous array")
+    if arr.nbytes != info.nbytes:
+        raise ValueError(f"tensor '{name}': {arr.nbytes} bytes in the model, {info.nbytes} in the checkpoint")
+    ckpt.read_into(name, arr.reshape(-1).view(np.uint8), pool)

@@ -1,0 +1,270 @@
+"""Reading checkpoints back: ``Checkpoint`` (verified reads into caller
+memory), ``load`` and ``load_metadata``.
+
+A Checkpoint opens ``step_N.gguf`` and its ``step_N.train.gguf`` when there
+is one, and before reading any data checks that each file's tensor table
+gives its stored content digest and that the training-state file was written
+with this model file. ``read_into`` reads a tensor's bytes straight into an
+existing buffer (``os.preadv`` in pieces, several in flight: the reads
+release the GIL) and checks its XXH3-128 digest; a mismatch raises
+``DigestMismatch`` naming the tensor.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import gguf
+
+PIECE = 8 << 20
+
+
+class DigestMismatch(gguf.GgufError):
+    """A tensor's bytes do not match the digest stored with them."""
+
+
+def _content_digest(f: gguf.GgufFile) -> str:
+    """ckpt.content_digest recomputed from the tensor table and stored digests."""
+    stream = bytearray()
+    for t in f.tensors:
+        name = t.name.encode()
+        stream += struct.pack("<Q", len(name)) + name
+        stream += struct.pack("<II", t.type, len(t.ne)) + struct.pack(f"<{len(t.ne)}Q", *t.ne)
+        stream += struct.pack("<Q", t.nbytes)
+        d = int(t.digest, 16)
+        stream += struct.pack("<QQ", d & ((1 << 64) - 1), d >> 64)
+    return "xxh3-128:" + gguf.hasher.hexdigest(bytes(stream))
+
+
+def _check_table(f: gguf.GgufFile, verify: bool):
+    if not verify:
+        return
+    if not f.tensors:
+        return
+    if any(not t.digest for t in f.tensors):
+        raise gguf.GgufError(
+            f"{f.path} stores no per-tensor digests ({gguf.KEY_TENSOR_DIGESTS}): not a ckptd "
+            "checkpoint; open it with verify=False to read it unchecked"
+        )
+    stored = f.metadata.get(gguf.KEY_CONTENT_DIGEST)
+    if stored is not None and gguf.hasher.available and _content_digest(f) != stored:
+        raise gguf.GgufError(
+            f"{f.path}: the tensor table does not match the stored content digest {stored} "
+            "(names, types or shapes were changed)"
+        )
+
+
+def train_path_for(model_path: str, md: dict) -> str:
+    step = md.get(gguf.KEY_STEP)
+    if step is None:
+        return ""
+    p = os.path.join(os.path.dirname(model_path), f"step_{step}.train.gguf")
+    return p if os.path.exists(p) else ""
+
+
+class Checkpoint:
+    """One checkpoint (model file + optional training-state file), opened for reading."""
+
+    def __init__(self, model_path: str, train_path: str | None = None, verify: bool = True,
+                 threads: int = 4, memory=None):
+        self.verify = verify and gguf.hasher.available
+        self.threads = threads
+        self.source = "disk"
+        self.model = gguf.read_header(model_path)
+        _check_table(self.model, self.verify)
+        if train_path is None:
+            train_path = train_path_for(model_path, self.model.metadata)
+        self.train = None
+        if train_path:
+            self.train = gguf.read_header(train_path)
+            _check_table(self.train, self.verify)
+            tied = self.train.metadata.get(gguf.KEY_MODEL_DIGEST)
+            mine = self.model.metadata.get(gguf.KEY_CONTENT_DIGEST)
+            if tied != mine:
+                raise gguf.GgufError(
+                    f"training-state file {train_path} was written with model content {tied}, "
+                    f"but {model_path} has {mine}: they are not one checkpoint"
+                )
+        self._fds = {}
+        self._memory = memory  # hot restore: (mmap, {name: offset})
+        if memory is not None:
+            self.source = "memory"
+        self._lock = threading.Lock()
+        self.bytes_read = 0
+
+    # -- facts --------------------------------------------------------------
+
+    @property
+    def step(self) -> int | None:
+        return self.model.metadata.get(gguf.KEY_STEP)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.model.metadata
+
+    @property
+    def train_metadata(self) -> dict[str, Any]:
+        return self.train.metadata if self.train else {}
+
+    def files(self):
+        return [f for f in (self.model, self.train) if f is not None]
+
+    def tensors(self) -> list[gguf.TensorInfo]:
+        return [t for f in self.files() for t in f.tensors]
+
+    def find(self, name: str) -> tuple[gguf.GgufFile, gguf.TensorInfo] | None:
+        for f in self.files():
+            t = f.by_name.get(name)
+            if t is not None:
+                return f, t
+        return None
+
+    def hints(self) -> tuple[dict[str, str], set[str]]:
+        """(dtype by tensor name, names of 0-d tensors) recorded at save time."""
+        md = self.train_metadata or self.metadata
+        dtypes = dict(s.split(":", 1) for s in md.get(gguf.KEY_DTYPES, []))
+        shapes = {s.split(":", 1)[0] for s in md.get(gguf.KEY_SHAPES, [])}
+        return dtypes, shapes
+
+    # -- reads --------------------------------------------------------------
+
+    def _fd(self, path: str) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self._fds[path] = fd
+            return fd
+
+    def read_into(self, name: str, dst, pool: ThreadPoolExecutor | None = None):
+        """Reads tensor `name` into `dst` (a writable buffer of exactly its size)."""
+        found = self.find(name)
+        if found is None:
+            raise KeyError(f"no tensor '{name}' in {self.model.path}")
+        f, t = found
+        view = memoryview(dst).cast("B")
+        if view.nbytes != t.nbytes:
+            raise ValueError(f"tensor '{name}' has {t.nbytes} bytes; the destination has {view.nbytes}")
+        if self._memory is not None and name in self._memory[1]:
+            mm, offsets = self._memory
+            off = offsets[name]
+            view[:] = mm[off : off + t.nbytes]
+        else:
+            fd = self._fd(f.path)
+            base = f.data_offset + t.offset
+            pieces = [(a, min(t.nbytes, a + PIECE)) for a in range(0, t.nbytes, PIECE)]
+
+            def read(piece):
+                a, b = piece
+                got = 0
+                while a + got < b:
+                    n = os.preadv(fd, [view[a + got : b]], base + a + got)
+                    if n == 0:
+                        raise gguf.GgufError(f"{f.path}: the file ends inside tensor '{name}'")
+                    got += n
+
+            if pool is not None and len(pieces) > 1:
+                list(pool.map(read, pieces))
+            else:
+                for p in pieces:
+                    read(p)
+        if self.verify:
+            got = gguf.hasher.hexdigest(view)
+            if got != t.digest:
+                raise DigestMismatch(
+                    f"tensor '{name}' in {f.path} does not match its digest: stored {t.digest}, "
+                    f"read {got} (from {self.source})"
+                )
+        self.bytes_read += t.nbytes
+
+    def read_all(self, as_="numpy", names=None) -> dict[str, Any]:
+        """Every tensor (or `names`) as new arrays, dtypes and 0-d shapes as saved."""
+        dtypes, zero_d = self.hints()
+        out = {}
+        with ThreadPoolExecutor(self.threads) as pool:
+            for t in self.tensors():
+                if names is not None and t.name not in names:
+                    continue
+                arr = np.empty(t.nbytes, dtype=np.uint8)
+                self.read_into(t.name, arr, pool)
+                out[t.name] = _typed(arr, t, dtypes.get(t.name), t.name in zero_d, as_)
+        return out
+
+    def close(self):
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        if self._memory is not None:
+            try:
+                self._memory[0].close()
+            except BufferError:
+                pass  # arrays still view it; freed with them
+            self._memory = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _typed(raw: np.ndarray, t: gguf.TensorInfo, hint: str | None, zero_d: bool, as_: str):
+    shape = () if zero_d else t.shape
+    if hint == "bool":
+        arr = raw.view(np.bool_)
+    elif hint in ("uint8", "uint32"):
+        arr = raw.view(np.dtype(hint))
+    else:
+        arr = raw.view(gguf.GGUF_TO_NUMPY[t.type])
+    arr = arr.reshape(shape)
+    if as_ == "numpy":
+        return arr
+    if as_ != "torch":
+        raise ValueError(f"as_ must be 'numpy' or 'torch', not {as_!r}")
+    import torch
+
+    if t.type == gguf.BF16:
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    if hint == "uint32":
+        return torch.from_numpy(arr.view(np.int32))  # torch has no uint32: same bits
+    return torch.from_numpy(arr)
+
+
+def load(path: str, as_: str = "numpy", verify: bool = False) -> dict[str, Any]:
+    """Tensors of a GGUF file by name. numpy arrays are views of a private
+    memory map (no full copy; writing to one does not touch the file); with
+    verify=True every tensor's digest is checked first. Dtypes and 0-d shapes
+    recorded in the training-state file beside it are applied."""
+    f = gguf.read_header(path)
+    hints_src = f.metadata
+    if gguf.KEY_DTYPES not in hints_src:
+        tp = train_path_for(path, f.metadata)
+        if tp:
+            hints_src = gguf.read_header(tp).metadata
+    dtypes = dict(s.split(":", 1) for s in hints_src.get(gguf.KEY_DTYPES, []))
+    zero_d = {s.split(":", 1)[0] for s in hints_src.get(gguf.KEY_SHAPES, [])}
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    out = {}
+    for t in f.tensors:
+        raw = np.frombuffer(mm, dtype=np.uint8, count=t.nbytes, offset=f.data_offset + t.offset)
+        if verify:
+            if not t.digest:
+                raise gguf.GgufError(f"{path} stores no digest for tensor '{t.name}'")
+            if gguf.hasher.hexdigest(raw) != t.digest:
+                raise DigestMismatch(f"tensor '{t.name}' in {path} does not match its digest")
+        out[t.name] = _typed(raw, t, dtypes.get(t.name), t.name in zero_d, as_)
+    return out
+
+
+def load_metadata(path: str) -> dict[str, Any]:
+    """Every metadata key of a GGUF file (reads the header only)."""
+    return gguf.read_header(path).metadata
