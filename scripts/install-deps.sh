@@ -20,7 +20,7 @@ build_pkgs=(
 test_pkgs=(
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev clang-format
-  python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf
+  python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch
   prometheus chromium fonts-dejavu-core
 )
 # What the installed ckptd and ckptctl load (from ldd; the rest come with them).
@@ -29,8 +29,8 @@ runtime_pkgs=(
   libtomlplusplus3 libxxhash0 libsystemd0 libssl3 ca-certificates
 )
 
-# Peers the benchmark measures against (make bench only: torch is large).
-bench_pkgs=(python3-torch fio)
+# Peers the benchmark measures against (make bench only).
+bench_pkgs=(fio)
 
 mode=${1:-all}
 case "$mode" in

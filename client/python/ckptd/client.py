@@ -104,7 +104,10 @@ class Client:
         req.model_metadata.extend(metadata_entries(metadata, pb))
         req.provenance.CopyFrom(_provenance(seed))
         if schedule is not None:
-            req.schedule.CopyFrom(schedule if isinstance(schedule, pb.Schedule) else pb.Schedule(**schedule))
+            if not isinstance(schedule, pb.Schedule):
+                # final_on_close defaults to true, as in the daemon's config.
+                schedule = pb.Schedule(**{"final_on_close": True, **schedule})
+            req.schedule.CopyFrom(schedule)
         if retention is not None:
             req.retention.CopyFrom(
                 retention if isinstance(retention, pb.RetentionPolicy) else pb.RetentionPolicy(**retention)
@@ -311,6 +314,8 @@ class Run:
             r = self.save(fs.pop("step"), force=True, overwrite=True, _final=True, **fs)
             self.wait()
             result = r
+            if r.state == "skipped":
+                log.info("ckptd: run %s: final snapshot skipped: %s", self.id, r.reason)
             _rpc(self.client.stub.CloseRun, iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
         elif fs:
             self.wait()
