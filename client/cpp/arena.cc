@@ -149,8 +149,21 @@ absl::StatusOr<PointerAttachment> ArenaChannel::Attach(const std::string& token)
   return PointerAttachment{*id, (*words)[2]};
 }
 
+absl::StatusOr<std::pair<int, uint64_t>> ArenaChannel::OpenInMemoryCopy(const std::string& token,
+                                                                         uint64_t step) {
+  int fd = -1;
+  auto words = Exchange("HOT " + token + " " + std::to_string(step), -1, &fd);
+  if (!words.ok()) return words.status();
+  auto size = ParseId(*words);
+  if (!size.ok() || fd < 0) {
+    if (fd >= 0) ::close(fd);
+    return absl::InternalError("bad HOT reply: no size or no fd");
+  }
+  return std::pair(fd, *size);
+}
+
 absl::StatusOr<std::vector<std::string>> ArenaChannel::Exchange(const std::string& request,
-                                                                int fd) {
+                                                                int fd, int* received_fd) {
   std::string text = request;
   iovec iov{text.data(), text.size()};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
@@ -168,11 +181,28 @@ absl::StatusOr<std::vector<std::string>> ArenaChannel::Exchange(const std::strin
   }
   if (::sendmsg(fd_, &msg, MSG_NOSIGNAL) < 0) return Errno("send to the arena socket", errno);
   char reply[1024];
+  iovec riov{reply, sizeof reply};
+  alignas(cmsghdr) char rcontrol[CMSG_SPACE(sizeof(int))] = {};
+  msghdr rmsg{};
+  rmsg.msg_iov = &riov;
+  rmsg.msg_iovlen = 1;
+  rmsg.msg_control = rcontrol;
+  rmsg.msg_controllen = sizeof rcontrol;
   ssize_t n;
   do {
-    n = ::recv(fd_, reply, sizeof reply, 0);
+    n = ::recvmsg(fd_, &rmsg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return Errno("read from the arena socket", errno);
+  for (cmsghdr* h = CMSG_FIRSTHDR(&rmsg); h != nullptr; h = CMSG_NXTHDR(&rmsg, h)) {
+    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+    int got = -1;
+    std::memcpy(&got, CMSG_DATA(h), sizeof got);
+    if (received_fd != nullptr && *received_fd < 0) {
+      *received_fd = got;
+    } else {
+      ::close(got);  // nobody asked for it
+    }
+  }
   if (n == 0) return absl::UnavailableError("the daemon closed the arena socket");
   std::string_view r(reply, static_cast<size_t>(n));
   if (r.starts_with("OK ")) {

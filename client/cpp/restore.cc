@@ -12,11 +12,13 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <thread>
 #include <tuple>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "client/cpp/ckptd/arena.h"
 #include "client/cpp/ckptd/client.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -28,6 +30,16 @@
 
 namespace ckptd {
 
+// A read-only mapping of the daemon's in-memory copy of a checkpoint.
+struct MemoryMap {
+  const char* base = nullptr;
+  size_t size = 0;
+  MemoryMap(const char* b, size_t n) : base(b), size(n) {}
+  ~MemoryMap() { ::munmap(const_cast<char*>(base), size); }
+  MemoryMap(const MemoryMap&) = delete;
+  MemoryMap& operator=(const MemoryMap&) = delete;
+};
+
 // One GGUF file of the checkpoint: its header, its stored digests and where
 // its tensor bytes come from (the file, or a read-only mapping of the
 // daemon's in-memory copy with each tensor's offset in it).
@@ -38,13 +50,10 @@ class Restore::File {
   std::vector<gguf::Digest128> digests;  // empty when the file stores none
   std::string content_digest;            // ckpt.content_digest, "" when none
   std::unique_ptr<env::RandomAccessFile> disk;
-  const char* memory = nullptr;  // hot restore
-  size_t memory_bytes = 0;
+  // Hot restore: the daemon's in-memory copy (shared by both files) and
+  // where each of this file's tensors lies in it.
+  std::shared_ptr<const MemoryMap> memory;
   std::vector<uint64_t> memory_offsets;  // per tensor
-
-  ~File() {
-    if (memory != nullptr) ::munmap(const_cast<char*>(memory), memory_bytes);
-  }
 
   static absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path, bool direct) {
     auto f = std::make_unique<File>();
@@ -111,6 +120,7 @@ struct Want {
   uint64_t nbytes = 0;
   char* dst = nullptr;
   const RestoreTensor* tensor = nullptr;
+  ReadTarget target;
 };
 
 // A unit of work: [begin, end) of one file (disk) or of one want (memory).
@@ -250,6 +260,51 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client,
   return Open(cp.file(), cp.train_file().empty() ? std::string() : cp.train_file(), options);
 }
 
+absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Run& run, std::optional<uint64_t> step,
+                                                          const RestoreOptions& options) {
+  CKPTD_ASSIGN_OR_RETURN(auto r, OpenRun(*run.client(), run.id(), step, options));
+  const v1::OpenRunResponse& opened = run.opened();
+  if (options.allow_memory && opened.has_in_memory() && opened.in_memory().step() == r->step() &&
+      !opened.arena_socket().empty()) {
+    absl::Status st = r->AttachMemory(opened.arena_socket(), opened.arena_token(),
+                                      opened.in_memory());
+    // No copy (dropped since OpenRun, say): the disk it is.
+    if (!st.ok()) r->memory_error_ = std::string(st.message());
+  }
+  return r;
+}
+
+absl::Status Restore::AttachMemory(const std::string& socket, const std::string& token,
+                                   const v1::InMemoryCopy& copy) {
+  CKPTD_ASSIGN_OR_RETURN(auto channel, ArenaChannel::Connect(socket));
+  CKPTD_ASSIGN_OR_RETURN(auto opened, channel->OpenInMemoryCopy(token, copy.step()));
+  auto [fd, size] = opened;
+  void* p = size > 0 ? ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+  const int err = errno;
+  ::close(fd);
+  if (p == MAP_FAILED) {
+    return absl::UnavailableError(StrCat("map the in-memory copy: ", std::strerror(err)));
+  }
+  auto map = std::make_shared<const MemoryMap>(static_cast<const char*>(p), size);
+  std::map<std::string, std::pair<uint64_t, uint64_t>, std::less<>> where;
+  for (const auto& t : copy.tensors()) where[t.name()] = {t.offset(), t.nbytes()};
+  for (auto& file : files_) {
+    std::vector<uint64_t> offsets;
+    for (const gguf::TensorInfo& t : file->header.tensors) {
+      auto it = where.find(t.name);
+      if (it == where.end() || it->second.second != t.nbytes ||
+          it->second.first > size || t.nbytes > size - it->second.first) {
+        return absl::FailedPreconditionError(
+            StrCat("the in-memory copy does not hold tensor '", t.name, "' as the file does"));
+      }
+      offsets.push_back(it->second.first);
+    }
+    file->memory_offsets = std::move(offsets);
+  }
+  for (auto& file : files_) file->memory = map;
+  return absl::OkStatus();
+}
+
 absl::Status Restore::Index() {
   for (size_t f = 0; f < files_.size(); ++f) {
     const File& file = *files_[f];
@@ -301,6 +356,18 @@ absl::Status Restore::ReadInto(std::string_view name, void* dst, size_t n) {
 }
 
 absl::Status Restore::ReadMany(std::span<const ReadTarget> targets) {
+  std::vector<ReadTarget> damaged;
+  CKPTD_TRY(ReadPass(targets, files_[0]->memory != nullptr, &damaged));
+  if (damaged.empty()) return absl::OkStatus();
+  // The in-memory copy changed since it was committed (the trainer reused
+  // its arena): those tensors come from disk.
+  memory_fallbacks_ += damaged.size();
+  for (const ReadTarget& t : damaged) bytes_read_ -= t.n;
+  return ReadPass(damaged, /*use_memory=*/false, nullptr);
+}
+
+absl::Status Restore::ReadPass(std::span<const ReadTarget> targets, bool use_memory,
+                               std::vector<ReadTarget>* damaged) {
   // Resolve and order the requests by (file, offset).
   std::vector<Want> wants;
   wants.reserve(targets.size());
@@ -323,8 +390,9 @@ absl::Status Restore::ReadMany(std::span<const ReadTarget> targets) {
     w.nbytes = it->nbytes;
     w.dst = static_cast<char*>(t.dst);
     w.tensor = &*it;
-    w.begin = file.memory != nullptr ? file.memory_offsets[i]
-                                     : file.header.data_offset + file.header.tensors[i].offset;
+    w.target = t;
+    w.begin = use_memory ? file.memory_offsets[i]
+                         : file.header.data_offset + file.header.tensors[i].offset;
     wants.push_back(w);
   }
   std::sort(wants.begin(), wants.end(), [](const Want& a, const Want& b) {
@@ -344,7 +412,7 @@ absl::Status Restore::ReadMany(std::span<const ReadTarget> targets) {
   std::vector<Piece> pieces;
   for (size_t k = 0; k < wants.size();) {
     const File& file = *files_[wants[k].file];
-    if (file.memory != nullptr) {
+    if (use_memory) {
       for (uint64_t at = 0; at < wants[k].nbytes; at += chunk) {
         pieces.push_back({wants[k].file, wants[k].begin + at,
                           wants[k].begin + std::min(wants[k].nbytes, at + chunk), k, k});
@@ -378,9 +446,9 @@ absl::Status Restore::ReadMany(std::span<const ReadTarget> targets) {
   std::atomic<size_t> next{0};
   auto fetch = [&](AlignedBuffer* buf, const Piece& p) -> absl::Status {
     const File& file = *files_[p.file];
-    if (file.memory != nullptr) {
+    if (use_memory) {
       const Want& w = wants[p.first_want];
-      std::memcpy(w.dst + (p.begin - w.begin), file.memory + p.begin, p.end - p.begin);
+      std::memcpy(w.dst + (p.begin - w.begin), file.memory->base + p.begin, p.end - p.begin);
       return absl::OkStatus();
     }
     CKPTD_ASSIGN_OR_RETURN(size_t got, file.disk->ReadUpTo(p.begin, p.end - p.begin, buf->data));
@@ -432,12 +500,13 @@ absl::Status Restore::ReadMany(std::span<const ReadTarget> targets) {
       if (hashed[k] == w.nbytes) {
         const gguf::Digest128 got = hashers[k].Finish();
         const gguf::Digest128& want = files_[w.file]->digests[w.index];
-        if (got != want) {
+        if (got != want && use_memory && damaged != nullptr) {
+          damaged->push_back(w.target);
+        } else if (got != want) {
           result = absl::DataLossError(
               StrCat("tensor '", w.tensor->name, "' in ", files_[w.file]->path,
                      " does not match its digest: stored ", gguf::DigestHex(want), ", read ",
-                     gguf::DigestHex(got), " (from ", source(),
-                     "); the destination holds damaged bytes"));
+                     gguf::DigestHex(got), "; the destination holds damaged bytes"));
         }
       }
     }

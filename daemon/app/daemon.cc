@@ -232,7 +232,11 @@ absl::Status Daemon::StartSharedMemory() {
   // The shm and pointer paths: arenas and attachments on their own socket,
   // saves written by per-run workers.
   arenas_ = std::make_unique<ingest::ArenaRegistry>(cfg_.shm_max_arenas);
-  queue_ = std::make_unique<scheduler::SaveQueue>(registry_.get(), cfg_.shm_max_pending_saves);
+  if (cfg_.shm_keep_last_in_memory) {
+    hot_ = std::make_unique<ingest::HotCopies>(cfg_.shm_keep_in_memory_max_bytes);
+  }
+  queue_ = std::make_unique<scheduler::SaveQueue>(registry_.get(), cfg_.shm_max_pending_saves,
+                                                  hot_.get());
   const std::string path = config::ArenaSocketPath(cfg_);
   if (path.empty()) {
     spdlog::info("shm: off ({}); trainers use the stream path",
@@ -242,7 +246,7 @@ absl::Status Daemon::StartSharedMemory() {
   }
   arena_server_ = std::make_unique<ingest::ArenaServer>(
       std::filesystem::absolute(path).lexically_normal().string(), arenas_.get(),
-      cfg_.shm_allowed_uids);
+      cfg_.shm_allowed_uids, hot_.get());
   absl::Status st = PrepareListen(env_, "unix:" + arena_server_->path());
   if (st.ok()) st = arena_server_->Start(env_);
   if (!st.ok()) {
@@ -253,7 +257,10 @@ absl::Status Daemon::StartSharedMemory() {
   service_->EnableSharedMemory(
       arenas_.get(), queue_.get(), arena_server_->path(),
       std::chrono::milliseconds(static_cast<int64_t>(cfg_.shm_staging_timeout_seconds * 1000)));
-  spdlog::info("shm: arena socket {}", arena_server_->path());
+  spdlog::info("shm: arena socket {}{}", arena_server_->path(),
+               hot_ ? StrCat("; hot restore on (up to ", cfg_.shm_keep_in_memory_max_bytes,
+                             " bytes in memory)")
+                    : "");
   return absl::OkStatus();
 }
 

@@ -64,6 +64,7 @@ class Daemon {
   std::unique_ptr<query::Queries> queries_;
   std::unique_ptr<rpc::CheckpointdService> service_;
   std::unique_ptr<ingest::ArenaRegistry> arenas_;
+  std::unique_ptr<ingest::HotCopies> hot_;  // destroyed after queue_, whose workers fill it
   std::unique_ptr<scheduler::SaveQueue> queue_;
   std::unique_ptr<ingest::ArenaServer> arena_server_;
   std::unique_ptr<grpc::Server> server_;

@@ -175,6 +175,8 @@ std::map<std::string, Field> Fields(Config* c) {
       {"shm.max_pending_saves", Unsigned(&c->shm_max_pending_saves)},
       {"shm.staging_timeout_seconds", Seconds(&c->shm_staging_timeout_seconds)},
       {"shm.allowed_uids", StepList(&c->shm_allowed_uids)},
+      {"shm.keep_last_in_memory", Bool(&c->shm_keep_last_in_memory)},
+      {"shm.keep_in_memory_max_bytes", Unsigned(&c->shm_keep_in_memory_max_bytes)},
       {"http.listen", String(&c->http_listen)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},

@@ -43,6 +43,10 @@ struct Config {
   uint32_t shm_max_arenas = 256;            // registered arenas, all trainers together
   uint32_t shm_max_pending_saves = 8;       // queued shared-memory saves per run
   double shm_staging_timeout_seconds = 30;  // a progressive save stuck this long fails
+  // Hot restore: keep each run's newest committed shm save in memory (its
+  // arena's memfd) after the trainer is gone, up to this many bytes in all.
+  bool shm_keep_last_in_memory = false;
+  uint64_t shm_keep_in_memory_max_bytes = uint64_t{8} << 30;
   // Peers that may register arenas besides the daemon's own uid and root.
   std::vector<uint64_t> shm_allowed_uids;
   // [http]: JSON API, /metrics, /healthz, /readyz, status page; "" = off

@@ -52,6 +52,13 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Adopt(int fd) {
 
 SharedMemory::~SharedMemory() { ::close(fd_); }
 
+absl::StatusOr<int> SharedMemory::OpenReadOnly() const {
+  const std::string self = StrCat("/proc/self/fd/", fd_);
+  int fd = ::open(self.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return SystemError(StrCat("reopen memfd read-only via ", self), errno);
+  return fd;
+}
+
 absl::StatusOr<std::unique_ptr<MappedWindow>> SharedMemory::Map(uint64_t offset, size_t n) const {
   if (offset > size_ || n > size_ - offset) {
     return absl::OutOfRangeError(

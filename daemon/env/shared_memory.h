@@ -41,6 +41,10 @@ class SharedMemory {
 
   uint64_t size() const { return size_; }
   int fd() const { return fd_; }
+  // A new read-only descriptor of the segment (reopened through
+  // /proc/self/fd), to hand to another process that may map it only for
+  // reading. The caller owns the returned fd.
+  absl::StatusOr<int> OpenReadOnly() const;
   // Maps [offset, offset + n) read-only (populated). OUT_OF_RANGE outside the segment.
   absl::StatusOr<std::unique_ptr<MappedWindow>> Map(uint64_t offset, size_t n) const;
 

@@ -32,6 +32,16 @@ std::string ArenaRegistry::TokenFor(const std::string& run_id) {
   return token;
 }
 
+absl::StatusOr<std::string> ArenaRegistry::RunOfToken(std::string_view token) const {
+  absl::MutexLock lock(&mu_);
+  auto it = tokens_.find(std::string(token));
+  if (it == tokens_.end()) {
+    return absl::PermissionDeniedError(
+        "unknown arena token: use the arena_token OpenRun returned for this run");
+  }
+  return it->second;
+}
+
 absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view token, int fd,
                                                                const Peer& peer) {
   std::string run_id;
@@ -96,15 +106,7 @@ absl::StatusOr<std::shared_ptr<Attachment>> ArenaRegistry::Attach(std::string_vi
         StrCat("ATTACH: the probe range must be 1 to ", kMaxProbe, " bytes"));
   }
   auto attachment = std::make_shared<Attachment>();
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = tokens_.find(std::string(token));
-    if (it == tokens_.end()) {
-      return absl::PermissionDeniedError(
-          "unknown arena token: use the arena_token OpenRun returned for this run");
-    }
-    attachment->run_id = it->second;
-  }
+  CKPTD_ASSIGN_OR_RETURN(attachment->run_id, RunOfToken(token));
   auto memory = env::ProcessMemory::Open(peer.pid);
   if (!memory.ok()) return memory.status();
   std::string scratch(probe_len, '\0');

@@ -54,6 +54,8 @@ class ArenaRegistry {
 
   // The run's token (created on first use, stable for the daemon's lifetime).
   std::string TokenFor(const std::string& run_id);
+  // The run a token belongs to; PERMISSION_DENIED for an unknown token.
+  absl::StatusOr<std::string> RunOfToken(std::string_view token) const;
   // Checks the token, adopts the fd (checking its seals) and files the arena
   // under the peer's connection. Takes ownership of fd in every case.
   absl::StatusOr<std::shared_ptr<Arena>> Register(std::string_view token, int fd, const Peer& peer);

@@ -23,11 +23,30 @@ namespace {
 constexpr size_t kMaxMessage = 512;
 constexpr std::string_view kRegister = "REGISTER ";
 constexpr std::string_view kAttach = "ATTACH ";
+constexpr std::string_view kHot = "HOT ";
 
 void Reply(int fd, const std::string& text) {
   // MSG_DONTWAIT: a peer that never reads cannot block the loop; its
   // registration still stands and it learns nothing, which is its problem.
   (void)::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// One datagram with `fd` attached (SCM_RIGHTS).
+void ReplyWithFd(int sock, const std::string& text, int fd) {
+  std::string copy = text;
+  iovec iov{copy.data(), copy.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* h = CMSG_FIRSTHDR(&msg);
+  h->cmsg_level = SOL_SOCKET;
+  h->cmsg_type = SCM_RIGHTS;
+  h->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(h), &fd, sizeof fd);
+  (void)::sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 std::string ErrorReply(const absl::Status& st) {
@@ -184,9 +203,14 @@ bool ArenaServer::Serve(Connection& c) {
     if (!received.empty()) return refuse(absl::InvalidArgumentError("ATTACH takes no fd"));
     return ServeAttach(c, text.substr(kAttach.size()), refuse);
   }
+  if (text.starts_with(kHot)) {
+    if (!received.empty()) return refuse(absl::InvalidArgumentError("HOT takes no fd"));
+    return ServeHot(c, text.substr(kHot.size()), refuse);
+  }
   if (!text.starts_with(kRegister)) {
     return refuse(absl::InvalidArgumentError(
-        "expected \"REGISTER <token>\" with one fd, or \"ATTACH <token> <address> <length>\""));
+        "expected \"REGISTER <token>\" with one fd, \"ATTACH <token> <address> <length>\" or "
+        "\"HOT <token> <step>\""));
   }
   if (received.size() != 1) {
     return refuse(absl::InvalidArgumentError(
@@ -217,6 +241,33 @@ bool ArenaServer::ServeAttach(Connection& c, std::string_view args, const Refuse
   spdlog::info("trainer attached for pointer saves run={} attachment={} pid={} uid={}",
                (*attached)->run_id, (*attached)->id, c.peer.pid, c.peer.uid);
   Reply(c.fd, StrCat("OK ", (*attached)->id, " 0 ", (*attached)->key));
+  return true;
+}
+
+template <typename Refuse>
+bool ArenaServer::ServeHot(Connection& c, std::string_view args, const Refuse& refuse) {
+  std::vector<std::string> parts = Split(args, ' ', /*skip_empty=*/true);
+  uint64_t step = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &step)) {
+    return refuse(absl::InvalidArgumentError("expected \"HOT <token> <step>\""));
+  }
+  auto run_id = registry_->RunOfToken(parts[0]);
+  if (!run_id.ok()) return refuse(run_id.status());
+  if (hot_ == nullptr) {
+    Reply(c.fd, ErrorReply(absl::NotFoundError(
+                    "the daemon keeps no in-memory copies (shm.keep_last_in_memory = false)")));
+    return true;
+  }
+  auto opened = hot_->OpenReadOnly(*run_id, step);
+  if (!opened.ok()) {
+    Reply(c.fd, ErrorReply(opened.status()));
+    return true;
+  }
+  auto [fd, size] = *opened;
+  spdlog::info("hot copy handed out run={} step={} bytes={} pid={}", *run_id, step, size,
+               c.peer.pid);
+  ReplyWithFd(c.fd, StrCat("OK ", size), fd);
+  ::close(fd);
   return true;
 }
 

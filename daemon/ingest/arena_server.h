@@ -7,6 +7,11 @@
 //   client: "ATTACH <token> <probe address> <probe length>", no fd
 //   daemon: "OK <attachment_id> 0 <key>" once a read of the probe range
 //   worked; SavePointers names the attachment with its id and key
+// and for hot restore ([shm] keep_last_in_memory):
+//   client: "HOT <token> <step>", no fd
+//   daemon: "OK <size>" with a read-only fd of the in-memory copy of that
+//   step attached (where each tensor lies in it: OpenRunResponse.in_memory),
+//   or "ERR NOT_FOUND ..." when the daemon keeps no copy of that step
 // A connection may register several arenas; they stay registered until it
 // closes. Peers must run as the daemon's uid, as root, or as one of
 // `allowed_uids` (SO_PEERCRED). One
@@ -22,6 +27,7 @@
 #include "absl/status/status.h"
 #include "daemon/env/env.h"
 #include "daemon/ingest/arena_registry.h"
+#include "daemon/ingest/hot_copies.h"
 
 namespace ckptd::ingest {
 
@@ -29,8 +35,13 @@ class ArenaServer {
  public:
   static constexpr size_t kMaxConnections = 1024;
 
-  ArenaServer(std::string path, ArenaRegistry* registry, std::vector<uint64_t> allowed_uids = {})
-      : path_(std::move(path)), registry_(registry), allowed_uids_(std::move(allowed_uids)) {}
+  // `hot` (may be null): the in-memory copies HOT hands out.
+  ArenaServer(std::string path, ArenaRegistry* registry, std::vector<uint64_t> allowed_uids = {},
+              HotCopies* hot = nullptr)
+      : path_(std::move(path)),
+        registry_(registry),
+        allowed_uids_(std::move(allowed_uids)),
+        hot_(hot) {}
   ~ArenaServer();  // Stop()
 
   // Binds (replacing a stale socket file) and starts the polling thread.
@@ -50,10 +61,13 @@ class ArenaServer {
   bool Serve(Connection& c);
   template <typename Refuse>
   bool ServeAttach(Connection& c, std::string_view args, const Refuse& refuse);
+  template <typename Refuse>
+  bool ServeHot(Connection& c, std::string_view args, const Refuse& refuse);
 
   std::string path_;
   ArenaRegistry* registry_;
   std::vector<uint64_t> allowed_uids_;
+  HotCopies* hot_;
   int listen_fd_ = -1;
   int wake_[2] = {-1, -1};  // pipe: Stop() wakes the poll
   std::thread thread_;

@@ -39,6 +39,7 @@ class ArenaSource final : public TensorSource {
   // DEADLINE_EXCEEDED when a progress counter stops advancing for the timeout.
   absl::Status CopyTo(const ByteWriter& write) override;
   bool progressive() const { return progress_.has_value(); }
+  const std::vector<ArenaRegion>& regions() const { return regions_; }
 
  private:
   ArenaSource(std::vector<ArenaRegion> regions, std::optional<ArenaRegion> progress,

@@ -99,11 +99,28 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
   if (arenas_ != nullptr) {
     resp->set_arena_token(arenas_->TokenFor(req->run_id()));
     resp->set_arena_socket(arena_socket_);
+    AddInMemoryCopy(resp);
   }
   spdlog::info("run opened run={} dir={} resumed={} last_step={}", req->run_id(),
                resp->run().run_dir(), resumed,
                resp->run().has_last_step() ? std::to_string(resp->run().last_step()) : "none");
   return grpc::Status::OK;
+}
+
+void CheckpointdService::AddInMemoryCopy(v1::OpenRunResponse* resp) const {
+  ingest::HotCopies* hot = pipeline_.queue() ? pipeline_.queue()->hot_copies() : nullptr;
+  if (hot == nullptr || !resp->run().has_last_step()) return;
+  auto copy = hot->Find(resp->run().run_id());
+  if (!copy || copy->step != resp->run().last_step()) return;
+  v1::InMemoryCopy* out = resp->mutable_in_memory();
+  out->set_step(copy->step);
+  out->set_bytes(copy->bytes);
+  for (const ingest::HotTensor& t : copy->tensors) {
+    v1::InMemoryCopy::Tensor* o = out->add_tensors();
+    o->set_name(t.name);
+    o->set_offset(t.offset);
+    o->set_nbytes(t.bytes);
+  }
 }
 
 grpc::Status CheckpointdService::ShouldSave(grpc::ServerContext*, const v1::ShouldSaveRequest* req,

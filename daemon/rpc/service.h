@@ -75,6 +75,8 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                               v1::RetentionPlan* resp) override;
 
  private:
+  // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.
+  void AddInMemoryCopy(v1::OpenRunResponse* resp) const;
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
 
   scheduler::RunRegistry* registry_;

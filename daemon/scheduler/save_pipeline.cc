@@ -16,9 +16,17 @@ absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id, ui
 
 absl::StatusOr<SaveOutcome> SavePipeline::SaveNow(SaveParams params,
                                                   ingest::TensorSource& source) const {
+  const std::string run_id = params.run_id;
   CKPTD_ASSIGN_OR_RETURN(auto session,
                          SaveSession::Begin(registry_, std::move(params), source.transport()));
-  return session->Run(source);
+  auto outcome = session->Run(source);
+  // A newer checkpoint not from an arena: the run's in-memory copy is stale.
+  if (outcome.ok() && !outcome->skipped) DropHotCopy(run_id);
+  return outcome;
+}
+
+void SavePipeline::DropHotCopy(const std::string& run_id) const {
+  if (queue_ != nullptr && queue_->hot_copies() != nullptr) queue_->hot_copies()->Drop(run_id);
 }
 
 absl::StatusOr<SaveQueue::Accepted> SavePipeline::Enqueue(
@@ -41,6 +49,7 @@ absl::StatusOr<std::optional<SaveOutcome>> SavePipeline::Close(SaveParams final_
     CKPTD_ASSIGN_OR_RETURN(final_save, SaveNow(std::move(final_params), source));
   }
   CKPTD_TRY(registry_->MarkFinished(run.get()));
+  DropHotCopy(run->id());
   std::optional<uint64_t> last;
   {
     absl::MutexLock lock(&run->mu());

@@ -5,6 +5,8 @@
 //   SaveNow     bytes that arrive now (the stream path)
 //   Enqueue     bytes the run's writer reads later (shm and pointer paths)
 //   Close       queued saves first, then the final snapshot, then finished
+// A commit from one arena keeps it as the run's in-memory copy (hot restore,
+// in SaveQueue); any other commit, and closing the run, drops that copy.
 // Thread-safe.
 #pragma once
 
@@ -38,6 +40,7 @@ class SavePipeline {
   SaveQueue* queue() const { return queue_; }
 
  private:
+  void DropHotCopy(const std::string& run_id) const;
   RunRegistry* registry_;
   SaveQueue* queue_;
 };

@@ -3,7 +3,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "daemon/base/status.h"
+#include "daemon/ingest/arena_source.h"
 #include "daemon/base/strings.h"
 #include "daemon/metrics/metrics.h"
 
@@ -140,10 +143,32 @@ QueuedSaveResult SaveQueue::Execute(Job& job) {
     return result;
   }
   result.state = QueuedSaveResult::State::kCommitted;
+  KeepHot(job, outcome->record.step);
   result.record = std::move(outcome->record);
   result.is_latest = outcome->is_latest;
   result.timings = outcome->timings;
   return result;
+}
+
+void SaveQueue::KeepHot(const Job& job, uint64_t step) {
+  if (hot_ == nullptr) return;
+  const auto* arena_source = dynamic_cast<const ingest::ArenaSource*>(job.source.get());
+  const auto& regions = arena_source != nullptr ? arena_source->regions()
+                                                : std::vector<ingest::ArenaRegion>{};
+  const bool one_arena =
+      !regions.empty() && std::all_of(regions.begin(), regions.end(), [&](const auto& r) {
+        return r.arena == regions.front().arena;
+      });
+  if (!one_arena || regions.size() != job.params.tensors.size()) {
+    hot_->Drop(job.params.run_id);  // the newest checkpoint is not in one arena
+    return;
+  }
+  ingest::HotCopyInfo info{.run_id = job.params.run_id, .step = step};
+  info.tensors.reserve(regions.size());
+  for (size_t i = 0; i < regions.size(); ++i) {
+    info.tensors.push_back({job.params.tensors[i].spec.name, regions[i].offset, regions[i].bytes});
+  }
+  hot_->Keep(std::move(info), regions.front().arena);
 }
 
 absl::StatusOr<QueuedSaveResult> SaveQueue::Wait(const std::string& run_id, uint64_t save_id,

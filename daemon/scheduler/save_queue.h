@@ -19,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/ingest/hot_copies.h"
 #include "daemon/ingest/tensor_source.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_session.h"
@@ -41,8 +42,10 @@ class SaveQueue {
  public:
   static constexpr size_t kRememberedResults = 256;  // finished saves kept per run
 
-  SaveQueue(RunRegistry* registry, size_t max_pending_per_run)
-      : registry_(registry), max_pending_(max_pending_per_run) {}
+  // `hot` (may be null): where a save committed from one arena is kept for
+  // hot restore.
+  SaveQueue(RunRegistry* registry, size_t max_pending_per_run, ingest::HotCopies* hot = nullptr)
+      : registry_(registry), max_pending_(max_pending_per_run), hot_(hot) {}
   ~SaveQueue();  // Drain()
 
   struct Accepted {
@@ -68,6 +71,7 @@ class SaveQueue {
   // Blocks until every queued save finished (shutdown); later Submits fail.
   void Drain();
   size_t pending() const;
+  ingest::HotCopies* hot_copies() const { return hot_; }
 
  private:
   struct Job {
@@ -91,8 +95,12 @@ class SaveQueue {
       ABSL_LOCKS_EXCLUDED(mu_);
   bool Idle(const std::string& run_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Keeps the committed save's arena for hot restore (or drops the run's older copy).
+  void KeepHot(const Job& job, uint64_t step);
+
   RunRegistry* registry_;
   const size_t max_pending_;
+  ingest::HotCopies* const hot_;
   mutable absl::Mutex mu_;  // taken before any Run::mu()
   absl::CondVar cv_;        // a save was read or finished
   std::map<std::string, RunQueue> queues_ ABSL_GUARDED_BY(mu_);

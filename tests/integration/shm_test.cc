@@ -14,6 +14,7 @@
 
 #include "client/cpp/ckptd/arena.h"
 #include "client/cpp/ckptd/checkpointer.h"
+#include "client/cpp/ckptd/restore.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/reader.h"
 #include "tests/integration/daemon_fixture.h"
@@ -363,6 +364,124 @@ TEST_F(ShmTest, TrainerKilledRightAfterSaveSharedStillGetsItsCheckpoint) {
   EXPECT_LT(RssBytes(daemon->pid()), rss_before + (32 << 20));
   EXPECT_LT(daemon->PeakRssBytes(), kBytes) << "the daemon mapped the whole arena at once";
 #endif
+}
+
+// Hot restore: with [shm] keep_last_in_memory the daemon keeps the arena
+// of a run's newest shm save after the trainer died, a new trainer restores
+// from it (same bytes as from disk), and the copy goes when the run closes.
+// A byte bound keeps the most recently used copies only.
+TEST_F(ShmTest, HotRestoreServesTheDeadTrainersArenaUntilTheRunCloses) {
+  const std::string config = root_ + ".hot.toml";
+  std::ofstream(config) << "[shm]\nkeep_last_in_memory = true\nkeep_in_memory_max_bytes = "
+                        << (12 << 20) << "\n";
+  auto daemon = StartDaemon({}, {"--config", config});
+  auto client = daemon->Connect();
+  constexpr size_t kBytes = 8 << 20;
+  std::string expected(kBytes, '\0');
+  for (size_t i = 0; i < kBytes; ++i) expected[i] = static_cast<char>(i * 7 % 251);
+  auto committed = [&](const std::string& run, uint64_t step) {
+    return Eventually([&] {
+      grpc::ClientContext ctx;
+      v1::GetRunRequest req;
+      req.set_run_id(run);
+      v1::RunInfo info;
+      return client->stub().GetRun(&ctx, req, &info).ok() && info.has_last_step() &&
+             info.last_step() == step;
+    });
+  };
+  CommandResult trainer =
+      RunCommand({SHM_TRAINER, daemon->target(), "hot", "7", std::to_string(kBytes)});
+  ASSERT_EQ(trainer.exit_code, 128 + SIGKILL) << trainer.err;
+  ASSERT_TRUE(committed("hot", 7)) << daemon->Log();
+  EXPECT_EQ(MemfdFds(daemon->pid()), 1) << "the daemon let go of the dead trainer's arena";
+
+  // The restarted trainer: OpenRun says step 7 is in memory; restore reads it from there.
+  auto run = client->OpenRun(Open("hot"));
+  ASSERT_OK(run.status());
+  ASSERT_TRUE((*run)->opened().has_in_memory());
+  EXPECT_EQ((*run)->opened().in_memory().step(), 7u);
+  auto hot = Restore::OpenRun(**run);
+  ASSERT_OK(hot.status());
+  EXPECT_EQ((*hot)->source(), "memory") << (*hot)->memory_error();
+  std::string got(kBytes, '\0');
+  ASSERT_OK((*hot)->ReadInto("blob", got.data(), got.size()));
+  EXPECT_TRUE(got == expected);
+  EXPECT_EQ((*hot)->memory_fallbacks(), 0u);
+  RestoreOptions disk_only;
+  disk_only.allow_memory = false;
+  auto cold = Restore::OpenRun(**run, {}, disk_only);
+  ASSERT_OK(cold.status());
+  EXPECT_EQ((*cold)->source(), "disk");
+  std::string from_disk(kBytes, '\0');
+  ASSERT_OK((*cold)->ReadInto("blob", from_disk.data(), from_disk.size()));
+  EXPECT_TRUE(from_disk == got);
+  hot->reset();
+
+  // A second run's copy: together above the 12 MiB bound, the older one goes.
+  trainer = RunCommand({SHM_TRAINER, daemon->target(), "hot-2", "3", std::to_string(kBytes)});
+  ASSERT_EQ(trainer.exit_code, 128 + SIGKILL) << trainer.err;
+  ASSERT_TRUE(committed("hot-2", 3)) << daemon->Log();
+  auto again = client->OpenRun(Open("hot"));
+  ASSERT_OK(again.status());
+  EXPECT_FALSE((*again)->opened().has_in_memory()) << "the least recently used copy stayed";
+  auto second = client->OpenRun(Open("hot-2"));
+  ASSERT_OK(second.status());
+  EXPECT_TRUE((*second)->opened().has_in_memory());
+  auto fallback = Restore::OpenRun(**again);
+  ASSERT_OK(fallback.status());
+  EXPECT_EQ((*fallback)->source(), "disk");
+
+  // Closing the run drops its copy and the memfd with it.
+  ASSERT_OK((*second)->Close().status());
+  EXPECT_TRUE(Eventually([&] { return MemfdFds(daemon->pid()) == 0; }));
+  auto closed = client->OpenRun(Open("hot-2"));
+  ASSERT_OK(closed.status());
+  EXPECT_FALSE((*closed)->opened().has_in_memory());
+}
+
+// The trainer is alive and reuses its arena after the save committed: the
+// in-memory copy no longer matches, and restore reads those tensors from disk.
+TEST_F(ShmTest, HotRestoreFallsBackToDiskWhenTheArenaChanged) {
+  const std::string config = root_ + ".hot.toml";
+  std::ofstream(config) << "[shm]\nkeep_last_in_memory = true\n";
+  auto daemon = StartDaemon({}, {"--config", config});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("reused"));
+  ASSERT_OK(run.status());
+  constexpr size_t kBytes = 1 << 20;
+  auto arena = Arena::Create(2 * kBytes);
+  auto channel = ArenaChannel::Connect((*run)->opened().arena_socket());
+  ASSERT_OK(arena.status());
+  ASSERT_OK(channel.status());
+  auto id = (*channel)->Register((*arena)->fd(), (*run)->opened().arena_token());
+  ASSERT_OK(id.status());
+  for (size_t i = 0; i < 2 * kBytes; ++i) (*arena)->data()[i] = static_cast<char>(i % 13);
+  TensorView a{"a", v1::TENSOR_TYPE_I8, {kBytes}, nullptr, kBytes};
+  TensorView b{"b", v1::TENSOR_TYPE_I8, {kBytes}, nullptr, kBytes};
+  v1::TensorLocation la, lb;
+  la.set_arena_id(*id);
+  lb.set_arena_id(*id);
+  lb.set_offset(kBytes);
+  auto saved = (*run)->SaveShared(100, {a, b}, {la, lb}, {}, {.force = true});
+  ASSERT_OK(saved.status());
+  auto done = (*run)->WaitSaved(saved->save_id(), 60);
+  ASSERT_OK(done.status());
+  ASSERT_EQ(done->state(), v1::WaitSavedResponse::STATE_COMMITTED);
+  (*arena)->data()[kBytes + 5] ^= 1;  // the next save is being staged over tensor b
+
+  auto reopened = client->OpenRun(Open("reused"));
+  ASSERT_OK(reopened.status());
+  auto r = Restore::OpenRun(**reopened);
+  ASSERT_OK(r.status());
+  EXPECT_EQ((*r)->source(), "memory");
+  std::string got_a(kBytes, '\0'), got_b(kBytes, '\0');
+  std::vector<ReadTarget> targets = {{"a", got_a.data(), kBytes}, {"b", got_b.data(), kBytes}};
+  ASSERT_OK((*r)->ReadMany(targets));
+  EXPECT_EQ((*r)->memory_fallbacks(), 1u);
+  for (size_t i = 0; i < kBytes; ++i) {
+    ASSERT_EQ(got_a[i], static_cast<char>(i % 13)) << i;
+    ASSERT_EQ(got_b[i], static_cast<char>((kBytes + i) % 13)) << i;
+  }
 }
 
 TEST_F(ShmTest, DoubleBufferingOverlapsSavesOnASlowDisk) {

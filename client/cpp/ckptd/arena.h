@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -59,11 +60,18 @@ class ArenaChannel {
   // channel stays open. PERMISSION_DENIED (with the setting to change)
   // where the daemon may not read it.
   absl::StatusOr<PointerAttachment> Attach(const std::string& token);
+  // Hot restore: a read-only fd (the caller closes it) of the daemon's
+  // in-memory copy of `step` of the token's run, and its size. NOT_FOUND
+  // when the daemon keeps no copy of that step.
+  absl::StatusOr<std::pair<int, uint64_t>> OpenInMemoryCopy(const std::string& token,
+                                                            uint64_t step);
 
  private:
   // One request datagram (with `fd` attached when >= 0), one reply: the
   // words after "OK", or the daemon's error.
-  absl::StatusOr<std::vector<std::string>> Exchange(const std::string& request, int fd);
+  // A reply's fd, if any, goes to *received_fd (closed when not asked for).
+  absl::StatusOr<std::vector<std::string>> Exchange(const std::string& request, int fd,
+                                                    int* received_fd = nullptr);
   explicit ArenaChannel(int fd) : fd_(fd) {}
   int fd_;
 };

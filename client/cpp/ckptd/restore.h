@@ -36,6 +36,7 @@
 namespace ckptd {
 
 class Client;
+class Run;
 
 struct RestoreOptions {
   bool verify = true;     // check every tensor's digest as it lands
@@ -74,6 +75,13 @@ class Restore {
                                                           const std::string& run_id,
                                                           std::optional<uint64_t> step = {},
                                                           const RestoreOptions& options = {});
+  // Through an open run (what a restarted trainer has): as above, and from
+  // the daemon's in-memory copy when OpenRun said it holds one of that step
+  // (hot restore; options.allow_memory). A tensor whose bytes there no longer
+  // match its digest is read from disk instead (memory_fallbacks()).
+  static absl::StatusOr<std::unique_ptr<Restore>> OpenRun(Run& run,
+                                                          std::optional<uint64_t> step = {},
+                                                          const RestoreOptions& options = {});
   ~Restore();
   Restore(const Restore&) = delete;
   Restore& operator=(const Restore&) = delete;
@@ -90,6 +98,10 @@ class Restore {
   // "disk" or "memory" (hot restore).
   std::string_view source() const;
   uint64_t bytes_read() const { return bytes_read_; }
+  // Hot restore: tensors read from disk because the in-memory copy had
+  // changed, and why memory was not used at all ("" when it was, or not offered).
+  uint64_t memory_fallbacks() const { return memory_fallbacks_; }
+  const std::string& memory_error() const { return memory_error_; }
 
   // Reads one tensor into dst (n must be its nbytes).
   absl::Status ReadInto(std::string_view name, void* dst, size_t n);
@@ -102,12 +114,18 @@ class Restore {
  private:
   Restore(RestoreOptions options, std::vector<std::unique_ptr<File>> files);
   absl::Status Index();
+  absl::Status AttachMemory(const std::string& socket, const std::string& token,
+                            const v1::InMemoryCopy& copy);
+  absl::Status ReadPass(std::span<const ReadTarget> targets, bool use_memory,
+                        std::vector<ReadTarget>* damaged);
   RestoreOptions options_;
   std::vector<std::unique_ptr<File>> files_;  // [0] model, [1] train (optional)
   std::vector<RestoreTensor> tensors_;
   std::vector<std::pair<size_t, size_t>> where_;  // per tensor: (file, index in file)
   uint64_t step_ = 0;
   uint64_t bytes_read_ = 0;
+  uint64_t memory_fallbacks_ = 0;
+  std::string memory_error_;
 };
 
 }  // namespace ckptd
