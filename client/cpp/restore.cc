@@ -257,27 +257,24 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client,
     if (!st.ok()) return FromGrpc(st);
     cp = detail.info();
   }
-  return Open(cp.file(), cp.train_file().empty() ? std::string() : cp.train_file(), options);
-}
-
-absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Run& run, std::optional<uint64_t> step,
-                                                          const RestoreOptions& options) {
-  CKPTD_ASSIGN_OR_RETURN(auto r, OpenRun(*run.client(), run.id(), step, options));
-  const v1::OpenRunResponse& opened = run.opened();
-  if (options.allow_memory && opened.has_in_memory() && opened.in_memory().step() == r->step() &&
-      !opened.arena_socket().empty()) {
-    absl::Status st = r->AttachMemory(opened.arena_socket(), opened.arena_token(),
-                                      opened.in_memory());
-    // No copy (dropped since OpenRun, say): the disk it is.
+  CKPTD_ASSIGN_OR_RETURN(auto r, Open(cp.file(), cp.train_file(), options));
+  if (options.allow_memory && info.has_in_memory() && info.in_memory().step() == *step &&
+      !info.in_memory().socket().empty()) {
+    absl::Status st = r->AttachMemory(run_id, info.in_memory());
+    // No copy (dropped since GetRun, say): the disk it is.
     if (!st.ok()) r->memory_error_ = std::string(st.message());
   }
   return r;
 }
 
-absl::Status Restore::AttachMemory(const std::string& socket, const std::string& token,
-                                   const v1::InMemoryCopy& copy) {
-  CKPTD_ASSIGN_OR_RETURN(auto channel, ArenaChannel::Connect(socket));
-  CKPTD_ASSIGN_OR_RETURN(auto opened, channel->OpenInMemoryCopy(token, copy.step()));
+absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Run& run, std::optional<uint64_t> step,
+                                                          const RestoreOptions& options) {
+  return OpenRun(*run.client(), run.id(), step, options);
+}
+
+absl::Status Restore::AttachMemory(const std::string& run_id, const v1::InMemoryCopy& copy) {
+  CKPTD_ASSIGN_OR_RETURN(auto channel, ArenaChannel::Connect(copy.socket()));
+  CKPTD_ASSIGN_OR_RETURN(auto opened, channel->OpenInMemoryCopy(run_id, copy.step()));
   auto [fd, size] = opened;
   void* p = size > 0 ? ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
   const int err = errno;

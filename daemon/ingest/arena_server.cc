@@ -210,7 +210,7 @@ bool ArenaServer::Serve(Connection& c) {
   if (!text.starts_with(kRegister)) {
     return refuse(absl::InvalidArgumentError(
         "expected \"REGISTER <token>\" with one fd, \"ATTACH <token> <address> <length>\" or "
-        "\"HOT <token> <step>\""));
+        "\"HOT <run_id> <step>\""));
   }
   if (received.size() != 1) {
     return refuse(absl::InvalidArgumentError(
@@ -249,22 +249,21 @@ bool ArenaServer::ServeHot(Connection& c, std::string_view args, const Refuse& r
   std::vector<std::string> parts = Split(args, ' ', /*skip_empty=*/true);
   uint64_t step = 0;
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &step)) {
-    return refuse(absl::InvalidArgumentError("expected \"HOT <token> <step>\""));
+    return refuse(absl::InvalidArgumentError("expected \"HOT <run_id> <step>\""));
   }
-  auto run_id = registry_->RunOfToken(parts[0]);
-  if (!run_id.ok()) return refuse(run_id.status());
+  const std::string& run_id = parts[0];
   if (hot_ == nullptr) {
     Reply(c.fd, ErrorReply(absl::NotFoundError(
                     "the daemon keeps no in-memory copies (shm.keep_last_in_memory = false)")));
     return true;
   }
-  auto opened = hot_->OpenReadOnly(*run_id, step);
+  auto opened = hot_->OpenReadOnly(run_id, step);
   if (!opened.ok()) {
     Reply(c.fd, ErrorReply(opened.status()));
     return true;
   }
   auto [fd, size] = *opened;
-  spdlog::info("hot copy handed out run={} step={} bytes={} pid={}", *run_id, step, size,
+  spdlog::info("hot copy handed out run={} step={} bytes={} pid={}", run_id, step, size,
                c.peer.pid);
   ReplyWithFd(c.fd, StrCat("OK ", size), fd);
   ::close(fd);

@@ -8,10 +8,12 @@
 //   daemon: "OK <attachment_id> 0 <key>" once a read of the probe range
 //   worked; SavePointers names the attachment with its id and key
 // and for hot restore ([shm] keep_last_in_memory):
-//   client: "HOT <token> <step>", no fd
+//   client: "HOT <run_id> <step>", no fd
 //   daemon: "OK <size>" with a read-only fd of the in-memory copy of that
-//   step attached (where each tensor lies in it: OpenRunResponse.in_memory),
-//   or "ERR NOT_FOUND ..." when the daemon keeps no copy of that step
+//   step attached (where each tensor lies in it: RunInfo.in_memory), or
+//   "ERR NOT_FOUND ..." when the daemon keeps no copy of that step. A read
+//   needs no token: the peer-uid gate below is the boundary (the token ties
+//   registrations, which write into a run, to that run)
 // A connection may register several arenas; they stay registered until it
 // closes. Peers must run as the daemon's uid, as root, or as one of
 // `allowed_uids` (SO_PEERCRED). One

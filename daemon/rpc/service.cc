@@ -99,7 +99,7 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
   if (arenas_ != nullptr) {
     resp->set_arena_token(arenas_->TokenFor(req->run_id()));
     resp->set_arena_socket(arena_socket_);
-    AddInMemoryCopy(resp);
+    AddInMemoryCopy(resp->mutable_run());
   }
   spdlog::info("run opened run={} dir={} resumed={} last_step={}", req->run_id(),
                resp->run().run_dir(), resumed,
@@ -107,14 +107,15 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
   return grpc::Status::OK;
 }
 
-void CheckpointdService::AddInMemoryCopy(v1::OpenRunResponse* resp) const {
+void CheckpointdService::AddInMemoryCopy(v1::RunInfo* info) const {
   ingest::HotCopies* hot = pipeline_.queue() ? pipeline_.queue()->hot_copies() : nullptr;
-  if (hot == nullptr || !resp->run().has_last_step()) return;
-  auto copy = hot->Find(resp->run().run_id());
-  if (!copy || copy->step != resp->run().last_step()) return;
-  v1::InMemoryCopy* out = resp->mutable_in_memory();
+  if (hot == nullptr || !info->has_last_step()) return;
+  auto copy = hot->Find(info->run_id());
+  if (!copy || copy->step != info->last_step()) return;
+  v1::InMemoryCopy* out = info->mutable_in_memory();
   out->set_step(copy->step);
   out->set_bytes(copy->bytes);
+  out->set_socket(arena_socket_);
   for (const ingest::HotTensor& t : copy->tensors) {
     v1::InMemoryCopy::Tensor* o = out->add_tensors();
     o->set_name(t.name);
@@ -406,7 +407,9 @@ grpc::Status CheckpointdService::ListRuns(grpc::ServerContext*, const v1::ListRu
 
 grpc::Status CheckpointdService::GetRun(grpc::ServerContext*, const v1::GetRunRequest* req,
                                         v1::RunInfo* resp) {
-  return Answer(queries_->GetRun(req->run_id()), resp);
+  grpc::Status st = Answer(queries_->GetRun(req->run_id()), resp);
+  if (st.ok()) AddInMemoryCopy(resp);
+  return st;
 }
 
 grpc::Status CheckpointdService::ListCheckpoints(grpc::ServerContext*,

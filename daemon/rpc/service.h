@@ -76,7 +76,7 @@ class CheckpointdService final : public v1::Checkpointd::Service {
 
  private:
   // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.
-  void AddInMemoryCopy(v1::OpenRunResponse* resp) const;
+  void AddInMemoryCopy(v1::RunInfo* info) const;
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
 
   scheduler::RunRegistry* registry_;

@@ -398,8 +398,8 @@ TEST_F(ShmTest, HotRestoreServesTheDeadTrainersArenaUntilTheRunCloses) {
   // The restarted trainer: OpenRun says step 7 is in memory; restore reads it from there.
   auto run = client->OpenRun(Open("hot"));
   ASSERT_OK(run.status());
-  ASSERT_TRUE((*run)->opened().has_in_memory());
-  EXPECT_EQ((*run)->opened().in_memory().step(), 7u);
+  ASSERT_TRUE((*run)->opened().run().has_in_memory());
+  EXPECT_EQ((*run)->opened().run().in_memory().step(), 7u);
   auto hot = Restore::OpenRun(**run);
   ASSERT_OK(hot.status());
   EXPECT_EQ((*hot)->source(), "memory") << (*hot)->memory_error();
@@ -423,10 +423,10 @@ TEST_F(ShmTest, HotRestoreServesTheDeadTrainersArenaUntilTheRunCloses) {
   ASSERT_TRUE(committed("hot-2", 3)) << daemon->Log();
   auto again = client->OpenRun(Open("hot"));
   ASSERT_OK(again.status());
-  EXPECT_FALSE((*again)->opened().has_in_memory()) << "the least recently used copy stayed";
+  EXPECT_FALSE((*again)->opened().run().has_in_memory()) << "the least recently used copy stayed";
   auto second = client->OpenRun(Open("hot-2"));
   ASSERT_OK(second.status());
-  EXPECT_TRUE((*second)->opened().has_in_memory());
+  EXPECT_TRUE((*second)->opened().run().has_in_memory());
   auto fallback = Restore::OpenRun(**again);
   ASSERT_OK(fallback.status());
   EXPECT_EQ((*fallback)->source(), "disk");
@@ -436,7 +436,7 @@ TEST_F(ShmTest, HotRestoreServesTheDeadTrainersArenaUntilTheRunCloses) {
   EXPECT_TRUE(Eventually([&] { return MemfdFds(daemon->pid()) == 0; }));
   auto closed = client->OpenRun(Open("hot-2"));
   ASSERT_OK(closed.status());
-  EXPECT_FALSE((*closed)->opened().has_in_memory());
+  EXPECT_FALSE((*closed)->opened().run().has_in_memory());
 }
 
 // The trainer is alive and reuses its arena after the save committed: the

@@ -294,3 +294,26 @@ def test_example_killed_mid_run_resumes_bit_identical(daemon, transport):
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_hot_restore_gives_the_same_bytes_as_disk(hot_daemon):
+    out = _trainer(hot_daemon, """
+        run = ckptd.connect().open_run("hot", transport="shm")
+        g = torch.Generator().manual_seed(3)
+        model = {"w": torch.randn(512, 256, generator=g), "b": torch.randn(256, generator=g).bfloat16()}
+        run.save(5, model=model, extra={"at": 5})
+        run.wait()
+        os.kill(os.getpid(), signal.SIGKILL)  # the trainer dies; the daemon keeps its arena
+    """)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    run = ckptd.connect(hot_daemon.target).open_run("hot", transport="stream")
+    assert run.opened.run.in_memory.step == 5
+    hot = {"w": torch.zeros(512, 256), "b": torch.zeros(256, dtype=torch.bfloat16)}
+    info = run.restore(model=hot)
+    assert info.source == "memory" and info.extra == {"at": 5}
+    cold = {"w": torch.zeros(512, 256), "b": torch.zeros(256, dtype=torch.bfloat16)}
+    assert run.restore(model=cold, hot=False).source == "disk"
+    for k in hot:
+        assert same(hot[k], cold[k]), k
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(hot["w"], torch.randn(512, 256, generator=g))

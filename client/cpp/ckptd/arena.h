@@ -61,9 +61,9 @@ class ArenaChannel {
   // where the daemon may not read it.
   absl::StatusOr<PointerAttachment> Attach(const std::string& token);
   // Hot restore: a read-only fd (the caller closes it) of the daemon's
-  // in-memory copy of `step` of the token's run, and its size. NOT_FOUND
-  // when the daemon keeps no copy of that step.
-  absl::StatusOr<std::pair<int, uint64_t>> OpenInMemoryCopy(const std::string& token,
+  // in-memory copy of `step` of the run, and its size. NOT_FOUND when the
+  // daemon keeps no copy of that step.
+  absl::StatusOr<std::pair<int, uint64_t>> OpenInMemoryCopy(const std::string& run_id,
                                                             uint64_t step);
 
  private:

@@ -70,15 +70,15 @@ class Restore {
                                                        const std::string& train_path = "",
                                                        const RestoreOptions& options = {});
   // A run's checkpoint through the daemon: `step` nullopt = latest. NOT_FOUND
-  // when the run has no checkpoint (or not that step).
+  // when the run has no checkpoint (or not that step). Reads the daemon's
+  // in-memory copy when it holds one of that step (hot restore;
+  // options.allow_memory); a tensor whose bytes there no longer match its
+  // digest is read from disk instead (memory_fallbacks()).
   static absl::StatusOr<std::unique_ptr<Restore>> OpenRun(Client& client,
                                                           const std::string& run_id,
                                                           std::optional<uint64_t> step = {},
                                                           const RestoreOptions& options = {});
-  // Through an open run (what a restarted trainer has): as above, and from
-  // the daemon's in-memory copy when OpenRun said it holds one of that step
-  // (hot restore; options.allow_memory). A tensor whose bytes there no longer
-  // match its digest is read from disk instead (memory_fallbacks()).
+  // The same, for an open run.
   static absl::StatusOr<std::unique_ptr<Restore>> OpenRun(Run& run,
                                                           std::optional<uint64_t> step = {},
                                                           const RestoreOptions& options = {});
@@ -114,8 +114,7 @@ class Restore {
  private:
   Restore(RestoreOptions options, std::vector<std::unique_ptr<File>> files);
   absl::Status Index();
-  absl::Status AttachMemory(const std::string& socket, const std::string& token,
-                            const v1::InMemoryCopy& copy);
+  absl::Status AttachMemory(const std::string& run_id, const v1::InMemoryCopy& copy);
   absl::Status ReadPass(std::span<const ReadTarget> targets, bool use_memory,
                         std::vector<ReadTarget>* damaged);
   RestoreOptions options_;

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import gguf, state
 from .reader import Checkpoint
-from .shm import ArenaPool, shm_supported
+from .shm import ArenaPool, hot_copy, shm_supported
 from .v1 import ckptd_pb2 as pb
 from .v1 import ckptd_pb2_grpc as pb_grpc
 from .values import entries as metadata_entries
@@ -357,27 +357,30 @@ class Run:
         return (info.last_step, info.latest_file) if info.HasField("last_step") else None
 
     def open_checkpoint(self, step: int | None = None, verify: bool = True, hot: bool = True) -> Checkpoint | None:
-        """The run's latest (or `step`'s) checkpoint opened for reading; None when there is none."""
+        """The run's latest (or `step`'s) checkpoint opened for reading; None
+        when there is none. Reads come from the daemon's in-memory copy when it
+        holds one of that step (hot restore; `hot`)."""
+        info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
         if step is None:
-            latest = self.latest()
-            if latest is None:
+            if not info.HasField("last_step"):
                 return None
-            step = latest[0]
+            step = info.last_step
         detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
         memory = None
-        if hot and self._pool is not None:
-            memory = self._pool.hot_copy(self.id, step)
+        if hot and self.client.local and info.HasField("in_memory") and info.in_memory.step == step:
+            memory = hot_copy(self.id, info.in_memory)
         return Checkpoint(detail.info.file, detail.info.train_file or "", verify=verify,
                           threads=self.threads, memory=memory)
 
     def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
-                as_torch: bool = True) -> RestoreInfo | None:
+                as_torch: bool = True, hot: bool = True) -> RestoreInfo | None:
         """Reads the run's latest (or `step`'s) checkpoint into the existing
         tensors of `model` (a module or a state dict), in place; restores the
-        optimizer's moments by parameter name and the RNG states. Returns
-        None when the run has no checkpoint yet."""
+        optimizer's moments by parameter name and the RNG states. Reads the
+        daemon's in-memory copy when it keeps one (hot restore; `hot`).
+        Returns None when the run has no checkpoint yet."""
         t0 = time.perf_counter()
-        ckpt = self.open_checkpoint(step, verify)
+        ckpt = self.open_checkpoint(step, verify, hot)
         if ckpt is None:
             return None
         with ckpt:

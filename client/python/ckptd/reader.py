@@ -98,6 +98,7 @@ class Checkpoint:
             self.source = "memory"
         self._lock = threading.Lock()
         self.bytes_read = 0
+        self.memory_fallbacks = 0  # tensors read from disk because memory had changed
 
     # -- facts --------------------------------------------------------------
 
@@ -155,32 +156,37 @@ class Checkpoint:
         if self._memory is not None and name in self._memory[1]:
             mm, offsets = self._memory
             off = offsets[name]
-            view[:] = mm[off : off + t.nbytes]
+            if off + t.nbytes <= len(mm):
+                np.frombuffer(view, dtype=np.uint8)[:] = np.frombuffer(mm, dtype=np.uint8, count=t.nbytes, offset=off)
+                if not self.verify or gguf.hasher.hexdigest(view) == t.digest:
+                    self.bytes_read += t.nbytes
+                    return
+            # The arena was reused since the commit: this tensor comes from disk.
+            self.memory_fallbacks += 1
+        fd = self._fd(f.path)
+        base = f.data_offset + t.offset
+        pieces = [(a, min(t.nbytes, a + PIECE)) for a in range(0, t.nbytes, PIECE)]
+
+        def read(piece):
+            a, b = piece
+            got = 0
+            while a + got < b:
+                n = os.preadv(fd, [view[a + got : b]], base + a + got)
+                if n == 0:
+                    raise gguf.GgufError(f"{f.path}: the file ends inside tensor '{name}'")
+                got += n
+
+        if pool is not None and len(pieces) > 1:
+            list(pool.map(read, pieces))
         else:
-            fd = self._fd(f.path)
-            base = f.data_offset + t.offset
-            pieces = [(a, min(t.nbytes, a + PIECE)) for a in range(0, t.nbytes, PIECE)]
-
-            def read(piece):
-                a, b = piece
-                got = 0
-                while a + got < b:
-                    n = os.preadv(fd, [view[a + got : b]], base + a + got)
-                    if n == 0:
-                        raise gguf.GgufError(f"{f.path}: the file ends inside tensor '{name}'")
-                    got += n
-
-            if pool is not None and len(pieces) > 1:
-                list(pool.map(read, pieces))
-            else:
-                for p in pieces:
-                    read(p)
+            for p in pieces:
+                read(p)
         if self.verify:
             got = gguf.hasher.hexdigest(view)
             if got != t.digest:
                 raise DigestMismatch(
                     f"tensor '{name}' in {f.path} does not match its digest: stored {t.digest}, "
-                    f"read {got} (from {self.source})"
+                    f"read {got}"
                 )
         self.bytes_read += t.nbytes
 

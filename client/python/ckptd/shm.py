@@ -157,26 +157,6 @@ class ArenaPool:
         oldest.busy = None
         return self._acquire(need, wait)
 
-    def hot_copy(self, run_id: str, step: int):
-        """The daemon's in-memory copy of `step` (hot restore) as (mmap,
-        {tensor name: offset}), or None when it keeps none."""
-        try:
-            words, fd = self.channel.exchange(f"HOT {self.token} {step}", want_fd=True)
-        except (ArenaError, OSError):
-            return None
-        if fd is None:
-            return None
-        try:
-            size = int(words[0])
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        finally:
-            os.close(fd)
-        offsets = {}
-        for w in words[1:]:
-            name, _, off = w.rpartition("@")
-            offsets[name] = int(off)
-        return mm, offsets
-
     def close(self):
         if self._copier is not None:
             self._copier.shutdown()
@@ -184,3 +164,28 @@ class ArenaPool:
             a.close()
         self.arenas.clear()
         self.channel.close()
+
+
+def hot_copy(run_id: str, in_memory):
+    """The daemon's in-memory copy of a run's checkpoint (hot restore), as
+    described by RunInfo.in_memory: (read-only mmap, {tensor name: offset}),
+    or None when it no longer keeps it."""
+    if not shm_supported() or not in_memory.socket:
+        return None
+    try:
+        channel = Channel(in_memory.socket)
+    except OSError:
+        return None
+    try:
+        words, fd = channel.exchange(f"HOT {run_id} {in_memory.step}", want_fd=True)
+    except (ArenaError, OSError):
+        return None
+    finally:
+        channel.close()
+    if fd is None:
+        return None
+    try:
+        mm = mmap.mmap(fd, int(words[0]), mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    return mm, {t.name: t.offset for t in in_memory.tensors}
