@@ -4,13 +4,16 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <cstdio>
+#include <chrono>
 #include <iostream>
 #include <set>
 
 #include "absl/strings/numbers.h"
 #include "client/cli/commands.h"
 #include "client/cpp/ckptd/client.h"
+#include "client/cpp/ckptd/restore.h"
 #include "daemon/api/convert.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
@@ -121,6 +124,55 @@ int Latest(Client& c, const DaemonCommandArgs& a) {
     std::cout << Json(info) << "\n";
   } else {
     std::cout << info.latest_file() << "\n";
+  }
+  return kExitOk;
+}
+
+// Reads a checkpoint as a trainer's restore would (every tensor into
+// memory, digests checked) and says how fast and from where.
+int RestoreCheck(Client& c, const DaemonCommandArgs& a) {
+  RestoreOptions options;
+  options.allow_memory = !a.no_memory;
+  options.verify = !a.no_verify;
+  std::optional<uint64_t> step;
+  if (a.restore_step >= 0) step = static_cast<uint64_t>(a.restore_step);
+  auto r = Restore::OpenRun(c, a.run, step, options);
+  if (!r.ok()) return Fail(a.run, r.status());
+  uint64_t total = 0;
+  for (const RestoreTensor& t : (*r)->tensors()) total += t.nbytes;
+  // The destination is faulted in first: a trainer restores into tensors it
+  // already has, so page faults are not part of a restore.
+  std::vector<char> buffer(total, 1);
+  std::vector<ReadTarget> targets;
+  targets.reserve((*r)->tensors().size());
+  uint64_t at = 0;
+  for (const RestoreTensor& t : (*r)->tensors()) {
+    targets.push_back({t.name, buffer.data() + at, t.nbytes});
+    at += t.nbytes;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  if (absl::Status st = (*r)->ReadMany(targets); !st.ok()) return Fail(a.run, st);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double mbps = seconds > 0 ? static_cast<double>(total) / seconds / 1e6 : 0;
+  if (a.json) {
+    nlohmann::json j = {{"run_id", a.run},       {"step", (*r)->step()},
+                        {"source", (*r)->source()}, {"tensors", targets.size()},
+                        {"bytes", total},        {"seconds", seconds},
+                        {"MBps", mbps},          {"verified", options.verify},
+                        {"memory_fallbacks", (*r)->memory_fallbacks()},
+                        {"memory_error", (*r)->memory_error()}};
+    std::cout << j.dump() << "\n";
+    return kExitOk;
+  }
+  std::cout << fmt::format("{} step {}: {} tensors, {} bytes from {} in {:.3f} s ({:.0f} MB/s), {}\n",
+                           a.run, (*r)->step(), targets.size(), total, (*r)->source(), seconds,
+                           mbps, options.verify ? "every digest checked" : "digests not checked");
+  if ((*r)->memory_fallbacks() > 0) {
+    std::cout << fmt::format("  {} tensors read from disk: the in-memory copy had changed\n",
+                             (*r)->memory_fallbacks());
+  }
+  if (!(*r)->memory_error().empty()) {
+    std::cout << "  in-memory copy not used: " << (*r)->memory_error() << "\n";
   }
   return kExitOk;
 }
@@ -306,6 +358,13 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
                     [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, false); });
   unpin->add_option("RUN", a->run)->required();
   unpin->add_option("STEP", a->step)->required();
+  auto* check = add(app, "restore-check",
+                    "Read a checkpoint as a restore would; print where from and how fast",
+                    RestoreCheck);
+  check->add_option("RUN", a->run)->required();
+  check->add_option("STEP", a->restore_step, "Step (default: latest)");
+  check->add_flag("--no-memory", a->no_memory, "Read from disk even if the daemon holds it in memory");
+  check->add_flag("--no-verify", a->no_verify, "Skip the digest checks");
   auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
   retention->require_subcommand(1);
   add(retention, "plan", "Each checkpoint's keep/delete and why (no change)",

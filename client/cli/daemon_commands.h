@@ -1,5 +1,5 @@
 // ckptctl subcommands that talk to a running daemon: runs, ls, latest,
-// show, import. Each prints a table, or with --json the API's own messages
+// show, import, pin, retention, restore-check. Each prints a table, or with --json the API's own messages
 // in protobuf's JSON mapping.
 #pragma once
 
@@ -27,6 +27,9 @@ struct DaemonCommandArgs {
   std::string file;
   std::vector<std::string> metrics;  // k=v
   std::string reason;                // pin
+  int64_t restore_step = -1;         // restore-check: -1 = latest
+  bool no_memory = false;            // restore-check: disk even when the daemon holds it in memory
+  bool no_verify = false;            // restore-check
 };
 
 // One subcommand and what runs when it was chosen.

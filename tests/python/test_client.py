@@ -4,6 +4,7 @@ moments by name, RNG, extra), load/load_metadata, bad inputs named, a
 trainer SIGKILLed right after a save still gets it committed, SIGTERM saves
 once more, and python -m ckptd."""
 
+import json
 import os
 import random
 import signal
@@ -317,3 +318,13 @@ def test_hot_restore_gives_the_same_bytes_as_disk(hot_daemon):
         assert same(hot[k], cold[k]), k
     g = torch.Generator().manual_seed(3)
     assert torch.equal(hot["w"], torch.randn(512, 256, generator=g))
+    # ckptctl restore-check reads it the same way and says from where.
+    ckptctl = os.environ.get("CKPTCTL_BINARY", os.path.join(ROOT, "build", "client", "cli", "ckptctl"))
+    for flags, source in (([], "memory"), (["--no-memory"], "disk")):
+        out = subprocess.run([ckptctl, "restore-check", "hot", "--json", "--socket", hot_daemon.target, *flags],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["source"] == source and report["step"] == 5 and report["verified"]
+        assert report["bytes"] == 512 * 256 * 4 + 256 * 2 + sum(
+            t.nbytes for t in ckptd.Checkpoint(info.file).train.tensors)
