@@ -8,6 +8,11 @@ ckptd's shared-memory path through ckptd::Checkpointer (the trainer's stall
 per save and the time from the call to the durable commit), ckptd's stream
 path over its Unix socket, torch.save + fsync and numpy tofile + fsync, and
 the daemon's peak RSS on each path (a fresh daemon per path and size).
+The Python client (client/python/ckptd), with a hot-restore daemon: its
+shm save stall against a numpy copy of the same bytes and torch.save +
+fsync; a cold restore (page cache dropped) into existing tensors against
+fio's sequential O_DIRECT read of the same size and torch.load; a hot
+restore (from the daemon's in-memory copy) against a memcpy.
 Numbers on shared machines are noisy: read the ratios within one run.
 """
 import argparse
@@ -106,10 +111,10 @@ def torch_s(directory, size):
     return timed(lambda: fsync_file(path, lambda f: torch.save(state, f)))
 
 
-def start_daemon(build, root):
+def start_daemon(build, root, args=()):
     sock = f"unix:{root}/ckptd.sock"
     proc = subprocess.Popen([os.path.join(build, "daemon/ckptd"), "--root", root, "--listen", sock,
-                             "--http-listen", ""], stderr=subprocess.PIPE, text=True)
+                             "--http-listen", "", *args], stderr=subprocess.PIPE, text=True)
     log = ""
     while "ready: listening" not in log:
         line = proc.stderr.readline()
@@ -126,9 +131,9 @@ def run_json(argv):
     return json.loads(out.stdout)
 
 
-def with_daemon(build, root, fn):
+def with_daemon(build, root, fn, args=()):
     """Runs fn(socket) against a fresh daemon; returns its result(s) and the daemon's peak RSS."""
-    proc, sock = start_daemon(build, root)
+    proc, sock = start_daemon(build, root, args)
     try:
         result = fn(sock)
         rss = peak_rss(proc.pid)
@@ -136,6 +141,79 @@ def with_daemon(build, root, fn):
         proc.send_signal(signal.SIGTERM)
         proc.wait()
     return (*result, rss) if isinstance(result, tuple) else (result, rss)
+
+
+def drop_caches():
+    """Cold reads: write back and drop the page cache (root only); False when not allowed."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def fio_read(path, size):
+    if not shutil.which("fio"):
+        return None
+    drop_caches()
+    out = subprocess.run(["fio", "--name=r", f"--filename={path}", "--rw=read", "--bs=4M",
+                          f"--size={size}", "--direct=1", "--ioengine=psync", "--output-format=json"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e6
+
+
+def python_client(sock, scratch, size, rounds):
+    """The Python client's save stall, cold and hot restore, and their peers."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
+    import ckptd
+    import torch
+
+    n = 64 * MiB
+    model = {f"blk.{i}.weight": torch.ones(min(n, size - i * n) // 4) for i in range((size + n - 1) // n)}
+    run = ckptd.connect(sock).open_run("py-bench", transport="shm", schedule={"every_steps": 0})
+    run.save(0, model=model)  # arenas created and populated once, as a trainer's first save
+    run.wait()
+    stalls = []
+    for step in range(1, rounds + 1):
+        stalls.append(run.save(step, model=model).stall_s)
+        run.wait()
+    flat = np.ones(size, dtype=np.uint8)
+    dst = np.zeros(size, dtype=np.uint8)
+    dst[:] = 1
+    numpy_copy = best_of(3, lambda: timed(lambda: np.copyto(dst, flat)))
+    del flat, dst
+    # Restores into the existing tensors (as a resumed trainer does).
+    cold = []
+    for _ in range(rounds):
+        cold_ok = drop_caches()
+        t0 = time.perf_counter()
+        info = run.restore(model=model, hot=False)
+        cold.append(time.perf_counter() - t0)
+    hot = []
+    for _ in range(rounds):
+        info = run.restore(model=model)
+        if info.source != "memory":
+            raise RuntimeError("hot restore did not come from memory")
+        hot.append(info.seconds)
+    torch_path = os.path.join(scratch, "torch.pt")
+    fsync_file(torch_path, lambda f: torch.save(model, f))
+    drop_caches()
+    torch_load = timed(lambda: torch.load(torch_path))
+    fio_path = os.path.join(scratch, "fio-0.tmp")
+    run.close()
+    return {
+        "py_stall_s": median(stalls),
+        "py_numpy_copy_s": numpy_copy,
+        "restore_cold_s": median(cold),
+        "restore_cold_dropped_cache": cold_ok,
+        "restore_hot_s": median(hot),
+        "torch_load_s": torch_load,
+        "fio_read_MBps": fio_read(fio_path, size) if os.path.exists(fio_path) else None,
+    }
 
 
 def peak_rss(pid):
@@ -168,6 +246,11 @@ def main():
             stream, stream_rss = with_daemon(args.build, root, lambda sock: run_json(
                 [os.path.join(args.build, "bench/stream_save_bench"), sock, "stream", "1",
                  str(size)]))
+            hot_cfg = os.path.join(scratch, "hot.toml")
+            with open(hot_cfg, "w") as f:
+                f.write(f"[shm]\nkeep_last_in_memory = true\nkeep_in_memory_max_bytes = {4 * size}\n")
+            py, _ = with_daemon(args.build, root, lambda sock: python_client(sock, scratch, size, args.saves),
+                                ["--config", hot_cfg])
             r = {
                 "bytes": size,
                 "memcpy_s": shm["memcpy_s"],
@@ -185,6 +268,7 @@ def main():
                 "shm_daemon_peak_rss_bytes": shm_rss,
                 "stream_daemon_peak_rss_bytes": stream_rss,
                 "numpy_memcpy_s": memcpy_s(size),
+                **py,
             }
             results.append(r)
             shutil.rmtree(scratch)
@@ -222,6 +306,23 @@ def main():
           "\nckptd dur = that call to the durable, committed step_N.gguf;"
           "\ntorch/numpy = save + fsync (their stall and their durable time are the same);"
           "\nstream = the gRPC stream path over the Unix socket, call to durable.")
+    print("\nPython client (ckptd package): save stall, and restore into existing tensors, seconds")
+    print(f"{'size':>7} {'np copy':>8} {'py stall':>8} {'/copy':>6} {'torch.save':>10} | "
+          f"{'fio read':>8} {'cold':>7} {'MB/s':>6} {'/fio':>5} {'torch.load':>10} | "
+          f"{'memcpy':>7} {'hot':>7} {'/memcpy':>7}")
+    for r in results:
+        cold_mbps = r["bytes"] / r["restore_cold_s"] / 1e6
+        fio_r = r["fio_read_MBps"]
+        print(f"{r['bytes'] // MiB:>5}Mi {r['py_numpy_copy_s']:>7.3f}s {r['py_stall_s']:>7.3f}s "
+              f"{r['py_stall_s'] / r['py_numpy_copy_s']:>5.2f}x {f(r['torch_save_fsync_s'], '{:.3f}s'):>10} | "
+              f"{f(fio_r, '{:.0f}'):>8} {r['restore_cold_s']:>6.3f}s {cold_mbps:>6.0f} "
+              f"{f(fio_r and cold_mbps / fio_r, '{:.2f}'):>5} {r['torch_load_s']:>9.3f}s | "
+              f"{r['memcpy_s']:>6.3f}s {r['restore_hot_s']:>6.3f}s {r['restore_hot_s'] / r['memcpy_s']:>6.2f}x")
+    print("\nnp copy = numpy copy of the same bytes into pre-faulted memory; py stall = Run.save()"
+          "\nblocking time over shared memory (median; arenas set up by a first save); cold ="
+          "\nRun.restore() into the model's existing tensors after dropping the page cache, digests"
+          "\nchecked; fio read = sequential O_DIRECT read, cold; torch.load = cold, into new tensors;"
+          "\nhot = Run.restore() from the daemon's in-memory copy, digests checked.")
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/latest.json", "w") as out:
         json.dump({"sizes": results, "filesystem": fs,

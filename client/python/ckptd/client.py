@@ -385,10 +385,13 @@ class Run:
             return None
         with ckpt:
             sd = model.state_dict() if hasattr(model, "state_dict") and not isinstance(model, dict) else model
-            with ThreadPoolExecutor(self.threads) as pool:
-                for name, t in (sd or {}).items():
-                    key = self.name_map(name) if self.name_map else name
-                    _read_into_tensor(ckpt, key, t, pool)
+            # Tensors in parallel (reads and digest checks release the GIL), each
+            # read in pieces by a second pool, so one huge tensor is not serial.
+            with ThreadPoolExecutor(self.threads) as tensors, ThreadPoolExecutor(self.threads) as pieces:
+                jobs = [tensors.submit(_read_into_tensor, ckpt, self.name_map(n) if self.name_map else n, t, pieces)
+                        for n, t in (sd or {}).items()]
+                for j in jobs:
+                    j.result()
             train_names = [t.name for t in ckpt.train.tensors] if ckpt.train else []
             small = ckpt.read_all("torch" if state.torch else "numpy", names=set(train_names)) if train_names else {}
             md = ckpt.train_metadata

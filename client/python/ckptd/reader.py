@@ -159,10 +159,11 @@ class Checkpoint:
             if off + t.nbytes <= len(mm):
                 np.frombuffer(view, dtype=np.uint8)[:] = np.frombuffer(mm, dtype=np.uint8, count=t.nbytes, offset=off)
                 if not self.verify or gguf.hasher.hexdigest(view) == t.digest:
-                    self.bytes_read += t.nbytes
+                    self._count(t.nbytes)
                     return
             # The arena was reused since the commit: this tensor comes from disk.
-            self.memory_fallbacks += 1
+            with self._lock:
+                self.memory_fallbacks += 1
         fd = self._fd(f.path)
         base = f.data_offset + t.offset
         pieces = [(a, min(t.nbytes, a + PIECE)) for a in range(0, t.nbytes, PIECE)]
@@ -188,7 +189,11 @@ class Checkpoint:
                     f"tensor '{name}' in {f.path} does not match its digest: stored {t.digest}, "
                     f"read {got}"
                 )
-        self.bytes_read += t.nbytes
+        self._count(t.nbytes)
+
+    def _count(self, n: int):
+        with self._lock:
+            self.bytes_read += n
 
     def read_all(self, as_="numpy", names=None) -> dict[str, Any]:
         """Every tensor (or `names`) as new arrays, dtypes and 0-d shapes as saved."""
