@@ -4,10 +4,10 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "absl/strings/numbers.h"
@@ -152,21 +152,27 @@ int RestoreCheck(Client& c, const DaemonCommandArgs& a) {
   }
   const auto t0 = std::chrono::steady_clock::now();
   if (absl::Status st = (*r)->ReadMany(targets); !st.ok()) return Fail(a.run, st);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double mbps = seconds > 0 ? static_cast<double>(total) / seconds / 1e6 : 0;
   if (a.json) {
-    nlohmann::json j = {{"run_id", a.run},       {"step", (*r)->step()},
-                        {"source", (*r)->source()}, {"tensors", targets.size()},
-                        {"bytes", total},        {"seconds", seconds},
-                        {"MBps", mbps},          {"verified", options.verify},
+    nlohmann::json j = {{"run_id", a.run},
+                        {"step", (*r)->step()},
+                        {"source", (*r)->source()},
+                        {"tensors", targets.size()},
+                        {"bytes", total},
+                        {"seconds", seconds},
+                        {"MBps", mbps},
+                        {"verified", options.verify},
                         {"memory_fallbacks", (*r)->memory_fallbacks()},
                         {"memory_error", (*r)->memory_error()}};
     std::cout << j.dump() << "\n";
     return kExitOk;
   }
-  std::cout << fmt::format("{} step {}: {} tensors, {} bytes from {} in {:.3f} s ({:.0f} MB/s), {}\n",
-                           a.run, (*r)->step(), targets.size(), total, (*r)->source(), seconds,
-                           mbps, options.verify ? "every digest checked" : "digests not checked");
+  std::cout << fmt::format(
+      "{} step {}: {} tensors, {} bytes from {} in {:.3f} s ({:.0f} MB/s), {}\n", a.run,
+      (*r)->step(), targets.size(), total, (*r)->source(), seconds, mbps,
+      options.verify ? "every digest checked" : "digests not checked");
   if ((*r)->memory_fallbacks() > 0) {
     std::cout << fmt::format("  {} tensors read from disk: the in-memory copy had changed\n",
                              (*r)->memory_fallbacks());
@@ -358,12 +364,13 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
                     [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, false); });
   unpin->add_option("RUN", a->run)->required();
   unpin->add_option("STEP", a->step)->required();
-  auto* check = add(app, "restore-check",
-                    "Read a checkpoint as a restore would; print where from and how fast",
-                    RestoreCheck);
+  auto* check =
+      add(app, "restore-check",
+          "Read a checkpoint as a restore would; print where from and how fast", RestoreCheck);
   check->add_option("RUN", a->run)->required();
   check->add_option("STEP", a->restore_step, "Step (default: latest)");
-  check->add_flag("--no-memory", a->no_memory, "Read from disk even if the daemon holds it in memory");
+  check->add_flag("--no-memory", a->no_memory,
+                  "Read from disk even if the daemon holds it in memory");
   check->add_flag("--no-verify", a->no_verify, "Skip the digest checks");
   auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
   retention->require_subcommand(1);

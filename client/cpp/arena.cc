@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "daemon/env/fd_passing.h"
+
 namespace ckptd {
 namespace {
 
@@ -150,7 +152,7 @@ absl::StatusOr<PointerAttachment> ArenaChannel::Attach(const std::string& token)
 }
 
 absl::StatusOr<std::pair<int, uint64_t>> ArenaChannel::OpenInMemoryCopy(const std::string& run_id,
-                                                                         uint64_t step) {
+                                                                        uint64_t step) {
   int fd = -1;
   auto words = Exchange("HOT " + run_id + " " + std::to_string(step), -1, &fd);
   if (!words.ok()) return words.status();
@@ -162,24 +164,11 @@ absl::StatusOr<std::pair<int, uint64_t>> ArenaChannel::OpenInMemoryCopy(const st
   return std::pair(fd, *size);
 }
 
-absl::StatusOr<std::vector<std::string>> ArenaChannel::Exchange(const std::string& request,
-                                                                int fd, int* received_fd) {
-  std::string text = request;
-  iovec iov{text.data(), text.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* h = CMSG_FIRSTHDR(&msg);
-    h->cmsg_level = SOL_SOCKET;
-    h->cmsg_type = SCM_RIGHTS;
-    h->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(h), &fd, sizeof fd);
+absl::StatusOr<std::vector<std::string>> ArenaChannel::Exchange(const std::string& request, int fd,
+                                                                int* received_fd) {
+  if (absl::Status st = env::SendWithFd(fd_, request, fd); !st.ok()) {
+    return absl::UnavailableError("send to the arena socket: " + std::string(st.message()));
   }
-  if (::sendmsg(fd_, &msg, MSG_NOSIGNAL) < 0) return Errno("send to the arena socket", errno);
   char reply[1024];
   iovec riov{reply, sizeof reply};
   alignas(cmsghdr) char rcontrol[CMSG_SPACE(sizeof(int))] = {};

@@ -115,7 +115,7 @@ constexpr uint64_t kMaxGap = 1 << 20;
 
 struct Want {
   size_t file = 0;
-  size_t index = 0;  // in the file's tensor table
+  size_t index = 0;    // in the file's tensor table
   uint64_t begin = 0;  // absolute file offset (disk) or offset in the mapping
   uint64_t nbytes = 0;
   char* dst = nullptr;
@@ -193,9 +193,10 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_
                                                        const std::string& train_path,
                                                        const RestoreOptions& options) {
   if (options.reads_in_flight < 1 || options.chunk_bytes < kMinAlignment) {
-    return absl::InvalidArgumentError(StrCat("RestoreOptions: reads_in_flight must be >= 1 and "
-                                             "chunk_bytes >= ",
-                                             kMinAlignment));
+    return absl::InvalidArgumentError(
+        StrCat("RestoreOptions: reads_in_flight must be >= 1 and "
+               "chunk_bytes >= ",
+               kMinAlignment));
   }
   std::vector<std::unique_ptr<File>> files;
   CKPTD_ASSIGN_OR_RETURN(auto model, File::Open(model_path, options.direct_io));
@@ -228,8 +229,7 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_
   return r;
 }
 
-absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client,
-                                                          const std::string& run_id,
+absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const std::string& run_id,
                                                           std::optional<uint64_t> step,
                                                           const RestoreOptions& options) {
   v1::GetRunRequest run_req;
@@ -289,8 +289,8 @@ absl::Status Restore::AttachMemory(const std::string& run_id, const v1::InMemory
     std::vector<uint64_t> offsets;
     for (const gguf::TensorInfo& t : file->header.tensors) {
       auto it = where.find(t.name);
-      if (it == where.end() || it->second.second != t.nbytes ||
-          it->second.first > size || t.nbytes > size - it->second.first) {
+      if (it == where.end() || it->second.second != t.nbytes || it->second.first > size ||
+          t.nbytes > size - it->second.first) {
         return absl::FailedPreconditionError(
             StrCat("the in-memory copy does not hold tensor '", t.name, "' as the file does"));
       }
@@ -376,8 +376,8 @@ absl::Status Restore::ReadPass(std::span<const ReadTarget> targets, bool use_mem
           StrCat("no tensor '", t.name, "' in this checkpoint (", model_path(), ")"));
     }
     if (t.n != it->nbytes) {
-      return absl::InvalidArgumentError(StrCat("tensor '", t.name, "' has ", it->nbytes,
-                                               " bytes; the destination has ", t.n));
+      return absl::InvalidArgumentError(
+          StrCat("tensor '", t.name, "' has ", it->nbytes, " bytes; the destination has ", t.n));
     }
     auto [f, i] = where_[static_cast<size_t>(it - tensors_.begin())];
     const File& file = *files_[f];
@@ -397,8 +397,8 @@ absl::Status Restore::ReadPass(std::span<const ReadTarget> targets, bool use_mem
   });
   for (size_t k = 1; k < wants.size(); ++k) {
     if (wants[k].file == wants[k - 1].file && wants[k].index == wants[k - 1].index) {
-      return absl::InvalidArgumentError(StrCat("tensor '", wants[k].tensor->name,
-                                               "' is requested twice in one read"));
+      return absl::InvalidArgumentError(
+          StrCat("tensor '", wants[k].tensor->name, "' is requested twice in one read"));
     }
   }
 
@@ -455,8 +455,8 @@ absl::Status Restore::ReadPass(std::span<const ReadTarget> targets, bool use_mem
       const uint64_t b = std::min(p.end, w.begin + w.nbytes);
       if (a >= b) continue;
       if (b > p.begin + got) {
-        return absl::DataLossError(StrCat(file.path, ": the file ends inside tensor '",
-                                          w.tensor->name, "' (truncated?)"));
+        return absl::DataLossError(
+            StrCat(file.path, ": the file ends inside tensor '", w.tensor->name, "' (truncated?)"));
       }
       std::memcpy(w.dst + (a - w.begin), buf->data + (a - p.begin), b - a);
     }

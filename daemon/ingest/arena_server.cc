@@ -15,6 +15,7 @@
 
 #include "absl/strings/numbers.h"
 #include "daemon/base/strings.h"
+#include "daemon/env/fd_passing.h"
 #include "daemon/env/posix_error.h"
 
 namespace ckptd::ingest {
@@ -29,24 +30,6 @@ void Reply(int fd, const std::string& text) {
   // MSG_DONTWAIT: a peer that never reads cannot block the loop; its
   // registration still stands and it learns nothing, which is its problem.
   (void)::send(fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-}
-
-// One datagram with `fd` attached (SCM_RIGHTS).
-void ReplyWithFd(int sock, const std::string& text, int fd) {
-  std::string copy = text;
-  iovec iov{copy.data(), copy.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* h = CMSG_FIRSTHDR(&msg);
-  h->cmsg_level = SOL_SOCKET;
-  h->cmsg_type = SCM_RIGHTS;
-  h->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(h), &fd, sizeof fd);
-  (void)::sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 std::string ErrorReply(const absl::Status& st) {
@@ -265,7 +248,8 @@ bool ArenaServer::ServeHot(Connection& c, std::string_view args, const Refuse& r
   auto [fd, size] = *opened;
   spdlog::info("hot copy handed out run={} step={} bytes={} pid={}", run_id, step, size,
                c.peer.pid);
-  ReplyWithFd(c.fd, StrCat("OK ", size), fd);
+  // MSG_DONTWAIT, as in Reply.
+  (void)env::SendWithFd(c.fd, StrCat("OK ", size), fd, MSG_DONTWAIT);
   ::close(fd);
   return true;
 }

@@ -24,9 +24,10 @@ bool HotCopies::Keep(HotCopyInfo info, std::shared_ptr<const Arena> arena) {
     for (auto it = copies_.begin(); it != copies_.end(); ++it) {
       if (it->second.last_use < lru->second.last_use) lru = it;
     }
-    spdlog::info("hot copy dropped run={} step={} bytes={} reason=\"least recently used; "
-                 "shm.keep_in_memory_max_bytes={}\"",
-                 lru->first, lru->second.info.step, lru->second.info.bytes, max_bytes_);
+    spdlog::info(
+        "hot copy dropped run={} step={} bytes={} reason=\"least recently used; "
+        "shm.keep_in_memory_max_bytes={}\"",
+        lru->first, lru->second.info.step, lru->second.info.bytes, max_bytes_);
     EraseLocked(lru);
   }
   bytes_ += bytes;
@@ -58,8 +59,8 @@ absl::StatusOr<std::pair<int, uint64_t>> HotCopies::OpenReadOnly(const std::stri
   absl::MutexLock lock(&mu_);
   auto it = copies_.find(run_id);
   if (it == copies_.end() || it->second.info.step != step) {
-    return absl::NotFoundError(StrCat("no in-memory copy of step ", step, " of run '", run_id,
-                                      "'; restore from disk"));
+    return absl::NotFoundError(
+        StrCat("no in-memory copy of step ", step, " of run '", run_id, "'; restore from disk"));
   }
   it->second.last_use = ++clock_;
   auto fd = it->second.arena->memory->OpenReadOnly();

@@ -4,10 +4,10 @@
 // where each tensor lies in it; a restarted trainer on the same host asks
 // for it on the arena socket (HOT) and maps it read-only. A copy is dropped
 // when another checkpoint of its run commits (the newest is latest, which
-// retention never deletes), when the run is closed, and least recently used first whenever the copies
-// together would exceed max_bytes. The trainer may still be alive and
-// reusing the arena: readers must check each tensor's digest (the committed
-// file's) and fall back to disk. Thread-safe.
+// retention never deletes), when the run is closed, and least recently used first whenever the
+// copies together would exceed max_bytes. The trainer may still be alive and reusing the arena:
+// readers must check each tensor's digest (the committed file's) and fall back to disk.
+// Thread-safe.
 #pragma once
 
 #include <cstdint>

@@ -6,8 +6,8 @@
 #include <algorithm>
 
 #include "daemon/base/status.h"
-#include "daemon/ingest/arena_source.h"
 #include "daemon/base/strings.h"
+#include "daemon/ingest/arena_source.h"
 #include "daemon/metrics/metrics.h"
 
 namespace ckptd::scheduler {
@@ -153,8 +153,8 @@ QueuedSaveResult SaveQueue::Execute(Job& job) {
 void SaveQueue::KeepHot(const Job& job, uint64_t step) {
   if (hot_ == nullptr) return;
   const auto* arena_source = dynamic_cast<const ingest::ArenaSource*>(job.source.get());
-  const auto& regions = arena_source != nullptr ? arena_source->regions()
-                                                : std::vector<ingest::ArenaRegion>{};
+  const auto& regions =
+      arena_source != nullptr ? arena_source->regions() : std::vector<ingest::ArenaRegion>{};
   const bool one_arena =
       !regions.empty() && std::all_of(regions.begin(), regions.end(), [&](const auto& r) {
         return r.arena == regions.front().arena;

@@ -328,3 +328,17 @@ def test_hot_restore_gives_the_same_bytes_as_disk(hot_daemon):
         assert report["source"] == source and report["step"] == 5 and report["verified"]
         assert report["bytes"] == 512 * 256 * 4 + 256 * 2 + sum(
             t.nbytes for t in ckptd.Checkpoint(info.file).train.tensors)
+
+
+def test_hot_restore_reads_a_changed_tensor_from_disk(hot_daemon):
+    # The trainer lives on and stages its next save over the kept arena.
+    run = ckptd.connect(hot_daemon.target).open_run("reused", transport="shm")
+    model = {"a": torch.arange(4096, dtype=torch.float32), "b": torch.ones(4096)}
+    run.save(1, model=model)
+    run.wait()
+    arena = run._pool.arenas[0]
+    arena.view[4096 * 4 + 100] ^= 0xFF  # inside tensor "b" (64-byte aligned after "a")
+    dst = {"a": torch.zeros(4096), "b": torch.zeros(4096)}
+    info = run.restore(model=dst)
+    assert info.source == "memory" and info.memory_fallbacks == 1
+    assert torch.equal(dst["a"], model["a"]) and torch.equal(dst["b"], model["b"])

@@ -74,8 +74,7 @@ class Restore {
   // in-memory copy when it holds one of that step (hot restore;
   // options.allow_memory); a tensor whose bytes there no longer match its
   // digest is read from disk instead (memory_fallbacks()).
-  static absl::StatusOr<std::unique_ptr<Restore>> OpenRun(Client& client,
-                                                          const std::string& run_id,
+  static absl::StatusOr<std::unique_ptr<Restore>> OpenRun(Client& client, const std::string& run_id,
                                                           std::optional<uint64_t> step = {},
                                                           const RestoreOptions& options = {});
   // The same, for an open run.

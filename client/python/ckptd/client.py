@@ -72,6 +72,7 @@ class RestoreInfo:
     seconds: float = 0.0
     bytes: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    memory_fallbacks: int = 0  # hot restore: tensors read from disk because memory had changed
 
 
 def connect(target: str | None = None) -> "Client":
@@ -408,6 +409,7 @@ class Run:
                 seconds=time.perf_counter() - t0,
                 bytes=ckpt.bytes_read,
                 metadata=dict(ckpt.metadata),
+                memory_fallbacks=ckpt.memory_fallbacks,
             )
 
 
