@@ -6,7 +6,7 @@ ARGS       ?=
 FUZZ_SECONDS ?= 30
 # Unit suites run again under ASan + UBSan (the black-box suites run the
 # normal build's binaries).
-SANITIZED  = gguf env storage policy config scheduler
+SANITIZED  = gguf env storage policy config scheduler client
 
 PREFIX     ?= /usr
 CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON \
