@@ -342,3 +342,23 @@ def test_hot_restore_reads_a_changed_tensor_from_disk(hot_daemon):
     info = run.restore(model=dst)
     assert info.source == "memory" and info.memory_fallbacks == 1
     assert torch.equal(dst["a"], model["a"]) and torch.equal(dst["b"], model["b"])
+
+
+def test_optimizer_state_dict_without_a_module_matches_by_position(daemon):
+    run = ckptd.connect(daemon.target).open_run("positional", transport="stream")
+    m, opt = _model_and_opt(1)
+    opt.zero_grad()
+    m(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    run.save(1, model=m.state_dict(), optimizer=opt.state_dict())
+    m2, opt2 = _model_and_opt(2)
+    run.restore(model=m2.state_dict(), optimizer=opt2)
+    for i, st in opt.state_dict()["state"].items():
+        assert torch.equal(st["exp_avg"], opt2.state_dict()["state"][i]["exp_avg"]), i
+    # A module whose names match nothing saved is refused, not silently ignored.
+    run2 = ckptd.connect(daemon.target).open_run("renamed", transport="stream")
+    run2.save(1, model=m, optimizer=opt)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8))
+    with pytest.raises(ValueError, match="no parameter of the optimizer matches"):
+        run2.restore(model={k: v.clone() for k, v in m.state_dict().items()},
+                     optimizer=torch.optim.AdamW(other.parameters()))

@@ -183,6 +183,14 @@ def restore_optimizer(optimizer, model, tensors: dict[str, np.ndarray], md: dict
         raise ValueError("this checkpoint holds no optimizer state (no optimizer.param_names)")
     current = _param_names(model, optimizer) or [f"param.{i}" for i in range(len(saved_names))]
     saved_index = {n: i for i, n in enumerate(saved_names)}
+    if not set(current) & set(saved_index):
+        if all(n.startswith("param.") for n in saved_names) and len(saved_names) == len(current):
+            # Saved without a module (positional names): match by position.
+            saved_index = {n: i for i, n in enumerate(current)}
+        else:
+            raise ValueError(
+                "no parameter of the optimizer matches a saved one by name (saved: "
+                f"{saved_names[:3]}..., now: {current[:3]}...): pass the same model to restore()")
     cur_sd = optimizer.state_dict()
     state = {}
     for cur_i, name in enumerate(current):
