@@ -82,6 +82,7 @@ run: build
 	@echo "  $(BUILD)/tests/gguf/gguf_fixture_writer /tmp/demo.gguf /dev/null"
 	@echo "  $(BUILD)/client/cli/ckptctl import demo /tmp/demo.gguf --step 100 --metric loss=2.5"
 	@echo "  $(BUILD)/client/cli/ckptctl runs; $(BUILD)/client/cli/ckptctl ls demo; $(BUILD)/client/cli/ckptctl latest demo"
+	@echo "  PYTHONPATH=client/python /usr/bin/python3 examples/train_tiny_gpt.py --steps 200 --every 50"
 	@exec $(BUILD)/daemon/ckptd $(ARGS)
 
 bench: build
