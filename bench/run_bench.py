@@ -167,7 +167,7 @@ def fio_read(path, size):
     return json.loads(out.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e6
 
 
-def python_client(sock, scratch, size, rounds):
+def python_client(build, sock, scratch, size, rounds):
     """The Python client's save stall, cold and hot restore, and their peers."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
     import ckptd
@@ -233,6 +233,11 @@ def python_client(sock, scratch, size, rounds):
     drop_caches()
     torch_load = timed(lambda: torch.load(torch_path))
     fio_path = os.path.join(scratch, "fio-0.tmp")
+    # The C++ Restore (O_DIRECT, 4 reads in flight) through ckptctl restore-check.
+    ckptctl = os.path.join(build, "client/cli/ckptctl")
+    drop_caches()
+    cpp_cold = run_json([ckptctl, "restore-check", "py-bench", "--no-memory", "--json", "--socket", sock])
+    cpp_hot = run_json([ckptctl, "restore-check", "py-bench", "--json", "--socket", sock])
     run.close()
     return {
         "py_stall_s": median(stalls),
@@ -241,6 +246,8 @@ def python_client(sock, scratch, size, rounds):
         "restore_cold_dropped_cache": cold_ok,
         "restore_hot_s": median(hot),
         "memfd_read_s": memfd_read_s,
+        "cpp_restore_cold_s": cpp_cold["seconds"],
+        "cpp_restore_hot_s": cpp_hot["seconds"] if cpp_hot["source"] == "memory" else None,
         "torch_load_s": torch_load,
         "fio_read_MBps": fio_read(fio_path, size) if os.path.exists(fio_path) else None,
     }
@@ -279,7 +286,7 @@ def main():
             hot_cfg = os.path.join(scratch, "hot.toml")
             with open(hot_cfg, "w") as f:
                 f.write(f"[shm]\nkeep_last_in_memory = true\nkeep_in_memory_max_bytes = {4 * size}\n")
-            py, _ = with_daemon(args.build, root, lambda sock: python_client(sock, scratch, size, args.saves),
+            py, _ = with_daemon(args.build, root, lambda sock: python_client(args.build, sock, scratch, size, args.saves),
                                 ["--config", hot_cfg])
             r = {
                 "bytes": size,
@@ -355,6 +362,14 @@ def main():
           "\nchecked; fio read = sequential O_DIRECT read, cold; torch.load = cold, into new tensors;"
           "\nhot = Run.restore() from the daemon's in-memory copy, digests checked; memfd rd = one"
           "\ncopy out of a fresh read-only mapping of a memfd (the same kind of memory), its floor.")
+    print("\nC++ Restore (ckptctl restore-check: ReadMany, O_DIRECT, 4 reads in flight), seconds")
+    print(f"{'size':>7} {'cold':>7} {'MB/s':>6} {'/fio':>5} | {'hot':>7} {'/memcpy':>7}")
+    for r in results:
+        mbps = r["bytes"] / r["cpp_restore_cold_s"] / 1e6
+        hot = r["cpp_restore_hot_s"]
+        print(f"{r['bytes'] // MiB:>5}Mi {r['cpp_restore_cold_s']:>6.3f}s {mbps:>6.0f} "
+              f"{f(r['fio_read_MBps'] and mbps / r['fio_read_MBps'], '{:.2f}'):>5} | "
+              f"{f(hot, '{:.3f}s'):>7} {f(hot and hot / r['memcpy_s'], '{:.2f}x'):>7}")
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/latest.json", "w") as out:
         json.dump({"sizes": results, "filesystem": fs,
