@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A tiny causal language model trained with ckptd checkpoints.
 
-Trains a ~200k-parameter GPT (token + position embeddings, two pre-norm
+Trains a ~220k-parameter GPT (token + position embeddings, four pre-norm
 transformer blocks with dropout, tied output head) on synthetic sequences
 with AdamW and a warmup + cosine learning-rate schedule, on the CPU with
 Debian's torch. Every --every steps it checkpoints through ckptd (model to
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
 import ckptd  # noqa: E402
 
-VOCAB, CTX, DIM, HEADS, LAYERS, BATCH = 256, 32, 64, 4, 2, 8
+VOCAB, CTX, DIM, HEADS, LAYERS, BATCH = 256, 32, 64, 4, 4, 8
 
 
 class Block(nn.Module):
