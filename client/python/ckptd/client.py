@@ -9,7 +9,6 @@ import platform
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ log = logging.getLogger("ckptd")
 
 DEFAULT_SOCKET = "unix:./ckpt-runs/ckptd.sock"
 CHUNK = 4 << 20
-_TYPE_NAMES = {v: k for k, v in pb.TensorType.items()}
 
 
 class Error(Exception):
@@ -195,6 +193,13 @@ class Run:
         """Saves now. Over shared memory it returns once the tensors are
         copied into an arena (state "pending"; the daemon writes in the
         background, see wait()); over the stream, once committed."""
+        header, entries = self._header(step, model, optimizer, extra, metrics, force, overwrite)
+        if self._pool is not None:
+            return self._save_shared(header, entries, _final)
+        return self._save_stream(header, entries)
+
+    def _header(self, step, model, optimizer, extra, metrics, force=False, overwrite=False):
+        """The SaveHeader of a save and the tensors whose bytes follow it."""
         entries, train_md = self._collect(model, optimizer, extra)
         header = pb.SaveHeader(run_id=self.id, step=step, force=force, overwrite=overwrite)
         for k, v in state.finite_metrics(metrics).items():
@@ -203,9 +208,7 @@ class Run:
             header.tensors.add(name=e.name, type=e.ggml_type, ne=e.ne,
                                group=pb.TENSOR_GROUP_TRAIN if e.train else pb.TENSOR_GROUP_MODEL)
         header.train_metadata.extend(metadata_entries(train_md, pb))
-        if self._pool is not None:
-            return self._save_shared(header, entries, _final)
-        return self._save_stream(header, entries)
+        return header, entries
 
     def _collect(self, model, optimizer, extra):
         out: list[state.Entry] = []
@@ -320,14 +323,8 @@ class Run:
             _rpc(self.client.stub.CloseRun, iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
         elif fs:
             self.wait()
-            entries, md = self._collect(fs.get("model"), fs.get("optimizer"), fs.get("extra"))
-            header = pb.SaveHeader(run_id=self.id, step=fs["step"])
-            for k, v in state.finite_metrics(fs.get("metrics")).items():
-                header.metrics[k] = v
-            for e in entries:
-                header.tensors.add(name=e.name, type=e.ggml_type, ne=e.ne,
-                                   group=pb.TENSOR_GROUP_TRAIN if e.train else pb.TENSOR_GROUP_MODEL)
-            header.train_metadata.extend(metadata_entries(md, pb))
+            header, entries = self._header(fs["step"], fs.get("model"), fs.get("optimizer"), fs.get("extra"),
+                                           fs.get("metrics"))
             resp = self._save_stream(header, entries, closing=True)
             result = SaveResult(fs["step"], "committed", "", resp.final_save.checkpoint.file, transport="stream")
         else:
