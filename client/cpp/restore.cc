@@ -258,8 +258,10 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
     cp = detail.info();
   }
   CKPTD_ASSIGN_OR_RETURN(auto r, Open(cp.file(), cp.train_file(), options));
-  if (options.allow_memory && info.has_in_memory() && info.in_memory().step() == *step &&
-      !info.in_memory().socket().empty()) {
+  // The in-memory copy is only ever read with digests checked: a live
+  // trainer may be reusing that arena.
+  if (options.allow_memory && options.verify && info.has_in_memory() &&
+      info.in_memory().step() == *step && !info.in_memory().socket().empty()) {
     absl::Status st = r->AttachMemory(run_id, info.in_memory());
     // No copy (dropped since GetRun, say): the disk it is.
     if (!st.ok()) r->memory_error_ = std::string(st.message());
@@ -319,6 +321,7 @@ absl::Status Restore::Index() {
       r.nbytes = t.nbytes;
       if (!file.digests.empty()) r.digest = gguf::DigestHex(file.digests[i]);
       r.group = f == 0 ? v1::TENSOR_GROUP_MODEL : v1::TENSOR_GROUP_TRAIN;
+      by_name_.emplace(r.name, tensors_.size());
       tensors_.push_back(std::move(r));
       where_.emplace_back(f, i);
     }
@@ -327,10 +330,8 @@ absl::Status Restore::Index() {
 }
 
 const RestoreTensor* Restore::Find(std::string_view name) const {
-  for (const RestoreTensor& t : tensors_) {
-    if (t.name == name) return &t;
-  }
-  return nullptr;
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
 const gguf::Metadata& Restore::metadata() const { return files_[0]->header.metadata; }
@@ -369,9 +370,8 @@ absl::Status Restore::ReadPass(std::span<const ReadTarget> targets, bool use_mem
   std::vector<Want> wants;
   wants.reserve(targets.size());
   for (const ReadTarget& t : targets) {
-    auto it = std::find_if(tensors_.begin(), tensors_.end(),
-                           [&](const RestoreTensor& r) { return r.name == t.name; });
-    if (it == tensors_.end()) {
+    const RestoreTensor* it = Find(t.name);
+    if (it == nullptr) {
       return absl::NotFoundError(
           StrCat("no tensor '", t.name, "' in this checkpoint (", model_path(), ")"));
     }
@@ -379,14 +379,14 @@ absl::Status Restore::ReadPass(std::span<const ReadTarget> targets, bool use_mem
       return absl::InvalidArgumentError(
           StrCat("tensor '", t.name, "' has ", it->nbytes, " bytes; the destination has ", t.n));
     }
-    auto [f, i] = where_[static_cast<size_t>(it - tensors_.begin())];
+    auto [f, i] = where_[static_cast<size_t>(it - tensors_.data())];
     const File& file = *files_[f];
     Want w;
     w.file = f;
     w.index = i;
     w.nbytes = it->nbytes;
     w.dst = static_cast<char*>(t.dst);
-    w.tensor = &*it;
+    w.tensor = it;
     w.target = t;
     w.begin = use_memory ? file.memory_offsets[i]
                          : file.header.data_offset + file.header.tensors[i].offset;

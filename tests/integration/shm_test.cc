@@ -415,6 +415,12 @@ TEST_F(ShmTest, HotRestoreServesTheDeadTrainersArenaUntilTheRunCloses) {
   std::string from_disk(kBytes, '\0');
   ASSERT_OK((*cold)->ReadInto("blob", from_disk.data(), from_disk.size()));
   EXPECT_TRUE(from_disk == got);
+  // Unchecked reads never come from memory (a live trainer may reuse the arena).
+  RestoreOptions unchecked;
+  unchecked.verify = false;
+  auto blind = Restore::OpenRun(**run, {}, unchecked);
+  ASSERT_OK(blind.status());
+  EXPECT_EQ((*blind)->source(), "disk");
   hot->reset();
 
   // A second run's copy: together above the 12 MiB bound, the older one goes.

@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -43,7 +44,7 @@ struct RestoreOptions {
   bool direct_io = true;  // O_DIRECT where the filesystem allows it
   int reads_in_flight = 4;
   size_t chunk_bytes = 8 << 20;  // one read; also the size of each reused buffer
-  bool allow_memory = true;      // OpenRun: use the daemon's in-memory copy when it has one
+  bool allow_memory = true;      // OpenRun: use the daemon's in-memory copy (only with verify)
 };
 
 struct RestoreTensor {
@@ -119,7 +120,8 @@ class Restore {
   RestoreOptions options_;
   std::vector<std::unique_ptr<File>> files_;  // [0] model, [1] train (optional)
   std::vector<RestoreTensor> tensors_;
-  std::vector<std::pair<size_t, size_t>> where_;  // per tensor: (file, index in file)
+  std::vector<std::pair<size_t, size_t>> where_;        // per tensor: (file, index in file)
+  std::map<std::string, size_t, std::less<>> by_name_;  // index into tensors_
   uint64_t step_ = 0;
   uint64_t bytes_read_ = 0;
   uint64_t memory_fallbacks_ = 0;

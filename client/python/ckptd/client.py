@@ -365,7 +365,8 @@ class Run:
             step = info.last_step
         detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
         memory = None
-        if hot and self.client.local and info.HasField("in_memory") and info.in_memory.step == step:
+        # Only with digests checked: a live trainer may be reusing that arena.
+        if hot and verify and self.client.local and info.HasField("in_memory") and info.in_memory.step == step:
             memory = hot_copy(self.id, info.in_memory)
         return Checkpoint(detail.info.file, detail.info.train_file or "", verify=verify,
                           threads=self.threads, memory=memory)
