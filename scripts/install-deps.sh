@@ -68,12 +68,14 @@ dpkg-query -W -f='  ${Package} ${Version}\n' "${wanted[@]}" 2>/dev/null | sort
 
 [[ "$mode" == "--runtime" || "$mode" == "--bench" ]] && exit 0
 
-# npm test tools (GGUF interop checker), pinned in package-lock.json.
-# --ignore-scripts: no postinstall downloads, the network is closed.
+# npm test tools (GGUF interop checker, llama.cpp via node-llama-cpp with its
+# prebuilt CPU build), pinned in package-lock.json. --ignore-scripts: no
+# postinstall downloads; --omit=optional: node-llama-cpp's CUDA/Vulkan/other
+# platform builds stay out (the CPU one is a direct dependency).
 if [[ ! -f node_modules/.package-lock.json ]] ||
    ! cmp -s package-lock.json node_modules/.ckptd-lock-stamp; then
   echo "install-deps: npm ci"
-  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+  npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error
   cp package-lock.json node_modules/.ckptd-lock-stamp
 else
   echo "install-deps: node_modules matches package-lock.json"

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "client/cli/daemon_commands.h"
+#include "client/cli/export_command.h"
 #include "client/cli/gguf_json.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
@@ -69,6 +70,9 @@ int Main(int argc, char** argv) {
   auto* verify = app.add_subcommand("verify", "Re-read all tensor data and check its digests");
   verify->add_option("FILE", verify_path, "GGUF file written by ckptd")->required();
 
+  ExportArgs export_args;
+  auto* export_cmd = AddExportCommand(&app, &export_args);
+
   DaemonCommandArgs daemon_args;
   const std::vector<DaemonCommand> daemon_commands = AddDaemonCommands(&app, &daemon_args);
 
@@ -82,6 +86,7 @@ int Main(int argc, char** argv) {
   }
   if (*inspect) return Inspect(inspect_path, inspect_json);
   if (*verify) return Verify(verify_path);
+  if (*export_cmd) return RunExport(export_args);
   if (auto rc = RunDaemonCommand(daemon_commands, daemon_args)) return *rc;
   return kExitUsage;  // require_subcommand(1) makes this unreachable
 }

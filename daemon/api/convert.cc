@@ -277,6 +277,88 @@ void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointI
   out->set_tensor_count(r.tensor_count);
   out->set_is_latest(is_latest);
   out->set_parent_uuid(r.parent_uuid);
+  out->set_base_model_uuid(r.base_model_uuid);
+  for (const auto& e : r.exports) {
+    v1::ExportInfo* x = out->add_exports();
+    x->set_name(e.name);
+    x->set_file(e.path);
+    x->set_size_bytes(e.bytes);
+    x->set_uuid(e.uuid);
+    x->set_profile(e.profile);
+  }
+}
+
+exports::ProfileSpec FromProto(const v1::ExportProfile& p) {
+  exports::ProfileSpec s;
+  s.name = p.name();
+  s.description = p.description();
+  s.architecture = p.architecture();
+  s.drop = {p.drop().begin(), p.drop().end()};
+  s.remove_metadata = {p.remove_metadata().begin(), p.remove_metadata().end()};
+  for (const auto& r : p.rename()) s.rename.push_back({r.from(), r.to()});
+  for (const auto& f : p.fuse()) s.fuse.push_back({f.from(), f.order(), f.axis(), f.to()});
+  for (const auto& sp : p.split()) s.split.push_back({sp.from(), sp.axis(), {sp.to().begin(), sp.to().end()}});
+  for (const auto& t : p.transform()) {
+    s.transform.push_back({t.match(), t.rope_permute(), t.transpose(), {t.permute().begin(), t.permute().end()}});
+  }
+  for (const auto& c : p.cast()) s.cast.push_back({c.match(), c.type(), c.dims()});
+  for (const auto& m : p.metadata()) {
+    exports::ProfileSpec::MetadataRule rule{m.key(), m.type(), {m.from().begin(), m.from().end()}, m.derive()};
+    if (m.has_value()) rule.value = m.value();
+    rule.required = !m.has_required() || m.required();
+    s.metadata.push_back(std::move(rule));
+  }
+  return s;
+}
+
+v1::ExportProfile ToProto(const exports::ProfileSpec& s) {
+  v1::ExportProfile p;
+  p.set_name(s.name);
+  p.set_description(s.description);
+  p.set_architecture(s.architecture);
+  for (const auto& d : s.drop) p.add_drop(d);
+  for (const auto& d : s.remove_metadata) p.add_remove_metadata(d);
+  for (const auto& r : s.rename) {
+    auto* x = p.add_rename();
+    x->set_from(r.from);
+    x->set_to(r.to);
+  }
+  for (const auto& f : s.fuse) {
+    auto* x = p.add_fuse();
+    x->set_from(f.from);
+    x->set_order(f.order);
+    x->set_axis(f.axis);
+    x->set_to(f.to);
+  }
+  for (const auto& sp : s.split) {
+    auto* x = p.add_split();
+    x->set_from(sp.from);
+    x->set_axis(sp.axis);
+    for (const auto& t : sp.to) x->add_to(t);
+  }
+  for (const auto& t : s.transform) {
+    auto* x = p.add_transform();
+    x->set_match(t.match);
+    x->set_rope_permute(t.rope_permute);
+    x->set_transpose(t.transpose);
+    for (int d : t.permute) x->add_permute(d);
+  }
+  for (const auto& c : s.cast) {
+    auto* x = p.add_cast();
+    x->set_match(c.match);
+    x->set_type(c.type);
+    x->set_dims(c.dims);
+  }
+  for (const auto& m : s.metadata) {
+    auto* x = p.add_metadata();
+    x->set_key(m.key);
+    x->set_type(m.type);
+    for (const auto& f : m.from) x->add_from(f);
+    x->set_derive(m.derive);
+    if (m.value) x->set_value(*m.value);
+    if (!m.required) x->set_required(false);
+  }
+  return p;
 }
 
 std::string MessageToJson(const google::protobuf::Message& m, bool pretty) {

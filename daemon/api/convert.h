@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "ckptd/v1/ckptd.pb.h"
+#include "daemon/export/profile.h"
 #include "daemon/gguf/reader.h"
 #include "daemon/gguf/value.h"
 #include "daemon/policy/retention.h"
@@ -38,6 +39,9 @@ policy::Schedule FromProto(const v1::Schedule& s);
 v1::Schedule ToProto(const policy::Schedule& s);
 
 void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointInfo* out);
+
+exports::ProfileSpec FromProto(const v1::ExportProfile& p);
+v1::ExportProfile ToProto(const exports::ProfileSpec& s);
 
 // A message in protobuf's JSON mapping with the proto's field names: the
 // schema the HTTP API and `ckptctl --json` share.

@@ -196,7 +196,8 @@ absl::Status Daemon::StartServing() {
   scheduler::DaemonFacts facts{
       CKPTD_VERSION, Hostname(), cfg.alignment,
       cfg.direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto,
-      cfg.uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash : gguf::UuidScheme::kContent};
+      cfg.uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash : gguf::UuidScheme::kContent,
+      cfg.export_profiles_dir};
   registry_ = std::make_unique<scheduler::RunRegistry>(env_, roots_, cfg.schedule, facts,
                                                        cfg.retention, cfg.disk_guard);
   for (const std::string& w : registry_->Scan()) spdlog::warn("startup: {}", w);

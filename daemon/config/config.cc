@@ -164,6 +164,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"storage.direct_io", String(&c->direct_io)},
       {"storage.alignment", Unsigned(&c->alignment)},
       {"storage.uuid_scheme", String(&c->uuid_scheme)},
+      {"export.profiles_dir", String(&c->export_profiles_dir)},
       {"schedule.every_steps", Unsigned(&c->schedule.every_steps)},
       {"schedule.every_seconds", Seconds(&c->schedule.every_seconds)},
       {"schedule.at_steps", StepList(&c->schedule.at_steps)},
@@ -214,8 +215,8 @@ absl::Status LoadFile(const std::string& path, Config* c) {
       return absl::InvalidArgumentError(
           StrCat(at, ": unknown key '", section.str(),
                  "': keys belong in [server], [storage], "
-                 "[schedule], [retention], [disk_guard], [shm], [http] "
-                 "or [log]"));
+                 "[schedule], [retention], [disk_guard], [shm], [http], "
+                 "[export] or [log]"));
     }
     for (const auto& [key, value] : *node.as_table()) {
       std::string name = StrCat(section.str(), ".", key.str());

@@ -30,6 +30,8 @@ struct Config {
   std::string direct_io = "auto";                    // "auto" | "off"
   uint32_t alignment = 32;                           // GGUF general.alignment
   std::string uuid_scheme = "content";               // "content" | "gguf-hash"
+  // [export]: named export profiles (<dir>/<name>.toml) beyond the built-ins
+  std::string export_profiles_dir;
   // [schedule]: the default for runs that do not send their own
   policy::Schedule schedule{.every_steps = 1000};
   // [retention]: the default for runs that do not send their own

@@ -49,6 +49,10 @@ v1::RunInfo Queries::RunInfo(scheduler::Run& run) const {
   *info.mutable_retention() = api::ToProto(registry_->EffectiveRetention(run));
   info.set_last_error(run.last_error);
   info.set_write_error(run.write_error);
+  if (run.settings) {
+    for (const auto& e : run.settings->exports) info.add_exports(e.name);
+    info.set_base_model_uuid(run.settings->base_model_uuid);
+  }
   return info;
 }
 

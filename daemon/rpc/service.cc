@@ -10,7 +10,10 @@
 #include "daemon/ingest/pointer_source.h"
 #include "daemon/ingest/stream_source.h"
 #include "daemon/metrics/metrics.h"
+#include "daemon/scheduler/save_session.h"
 #include "daemon/storage/file_names.h"
+
+#include <set>
 
 namespace ckptd::rpc {
 namespace {
@@ -60,6 +63,39 @@ absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& re
   return s;
 }
 
+// Resolves the run's export profiles and, when the request lists the model
+// tensors, plans each export now so a bad profile fails here, not at a save.
+absl::Status ExportsFrom(const v1::OpenRunRequest& req, scheduler::RunRegistry& registry,
+                         scheduler::RunSettings* s) {
+  std::set<std::string> names;
+  for (const v1::ExportRequest& e : req.exports()) {
+    absl::StatusOr<exports::Profile> profile =
+        e.has_definition()
+            ? exports::CompileProfile(api::FromProto(e.definition()))
+            : exports::ResolveProfile(registry.env(), registry.facts().export_profiles_dir,
+                                      e.profile());
+    if (!profile.ok()) {
+      return absl::Status(profile.status().code(),
+                          StrCat("exports: ", profile.status().message()));
+    }
+    std::string name = e.name().empty() ? profile->spec.name : e.name();
+    if (!exports::IsValidExportName(name) || !names.insert(name).second) {
+      return absl::InvalidArgumentError(StrCat("exports: name '", name,
+                                               "' is invalid ([a-z0-9_-]{1,64}, not 'train') or "
+                                               "listed twice"));
+    }
+    s->exports.push_back(
+        {std::move(name), std::make_shared<const exports::Profile>(std::move(*profile))});
+  }
+  if (req.model_tensors().empty() || s->exports.empty()) return absl::OkStatus();
+  CKPTD_ASSIGN_OR_RETURN(std::vector<storage::PlannedTensor> tensors,
+                         api::FromProto(req.model_tensors()));
+  gguf::Metadata md = s->model_metadata;
+  for (const auto& [key, value] : s->provenance.entries()) md.Set(key, value);
+  std::vector<std::shared_ptr<const exports::ExportPlan>> plans;
+  return scheduler::PlanExports(s->exports, tensors, md, registry.facts().version, &plans);
+}
+
 absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h,
                                                  scheduler::SaveKind kind) {
   scheduler::SaveParams p;
@@ -91,6 +127,7 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
                                          v1::OpenRunResponse* resp) {
   auto settings = SettingsFrom(*req);
   if (!settings.ok()) return ToGrpc(settings.status());
+  if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
   bool resumed = false;
   auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);
   if (!run.ok()) return ToGrpc(run.status());

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/base/time.h"
 #include "daemon/env/env.h"
+#include "daemon/export/profile.h"
 #include "daemon/gguf/layout.h"
 #include "daemon/gguf/value.h"
 #include "daemon/policy/retention.h"
@@ -32,12 +33,19 @@ namespace ckptd::scheduler {
 
 enum class RunState { kIdle, kOpen, kFinished };
 
+// An export a run writes with each checkpoint.
+struct RunExport {
+  std::string name;
+  std::shared_ptr<const exports::Profile> profile;
+};
+
 struct RunSettings {
   gguf::Metadata model_metadata;  // passed through into every checkpoint
   gguf::Metadata provenance;      // ckpt.trainer.*, ckpt.client.pid
   std::string base_model_uuid;
   std::optional<policy::Schedule> schedule;          // nullopt: the daemon's default
   std::optional<policy::RetentionPolicy> retention;  // nullopt: the daemon's default
+  std::vector<RunExport> exports;
 };
 
 struct DaemonFacts {
@@ -46,6 +54,7 @@ struct DaemonFacts {
   uint32_t alignment = 32;
   env::DirectIo direct_io = env::DirectIo::kAuto;
   gguf::UuidScheme uuid_scheme = gguf::UuidScheme::kContent;
+  std::string export_profiles_dir;  // named profiles beyond the built-ins; "" = none
 };
 
 // One run's state. Its lock (mu()) guards everything below and is never held

@@ -43,6 +43,23 @@ void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SavePar
 
 }  // namespace
 
+absl::Status PlanExports(const std::vector<RunExport>& run_exports,
+                         const std::vector<storage::PlannedTensor>& tensors,
+                         const gguf::Metadata& model_metadata, std::string_view version,
+                         std::vector<std::shared_ptr<const exports::ExportPlan>>* out) {
+  if (run_exports.empty()) return absl::OkStatus();
+  std::vector<gguf::TensorSpec> model;
+  for (const auto& t : tensors) {
+    if (t.group == storage::TensorGroup::kModel) model.push_back(t.spec);
+  }
+  for (const RunExport& e : run_exports) {
+    CKPTD_ASSIGN_OR_RETURN(exports::ExportPlan plan,
+                           exports::PlanExport(*e.profile, e.name, model, model_metadata, version));
+    out->push_back(std::make_shared<const exports::ExportPlan>(std::move(plan)));
+  }
+  return absl::OkStatus();
+}
+
 void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail) {
   metrics::Metrics::Get().CountSave(run.id(), "failed");
   std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
@@ -122,6 +139,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   plan.tensors = p.tensors;
   const double now = NowSeconds();
   std::string weights_dir;
+  std::vector<RunExport> run_exports;
   {
     absl::MutexLock lock(&run_->mu());
     // Checked again under the save lock: another save may have committed meanwhile.
@@ -135,7 +153,10 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     AddProvenance(*run_->settings, registry_->facts(), p, transport_, now, parent,
                   &plan.model_metadata);
     weights_dir = run_->dir()->weights_dir();
+    run_exports = run_->settings->exports;
   }
+  CKPTD_TRY(PlanExports(run_exports, p.tensors, plan.model_metadata, registry_->facts().version,
+                        &plan.exports));
   bool has_train = false;
   for (const auto& t : p.tensors) has_train |= t.group == storage::TensorGroup::kTrain;
   if (!has_train && !p.train_metadata.entries().empty()) {
@@ -240,13 +261,13 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
   metrics::Metrics::Get().CountSave(params_.run_id, "committed");
-  metrics::Metrics::Get().RecordCommit(params_.run_id, record.model_bytes + record.train_bytes,
+  metrics::Metrics::Get().RecordCommit(params_.run_id, record.total_bytes(),
                                        t->committed_s);
   metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
   spdlog::info(
       "save committed run={} step={} bytes={} received={:.3f}s durable={:.3f}s committed={:.3f}s "
       "file={}{}",
-      params_.run_id, record.step, record.model_bytes + record.train_bytes, t->received_s,
+      params_.run_id, record.step, record.total_bytes(), t->received_s,
       t->durable_s, t->committed_s, record.model_path, *is_latest ? " latest" : "");
   run_->Publish({.type = Event::Type::kCommitted,
                  .run_id = params_.run_id,

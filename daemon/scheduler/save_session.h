@@ -59,6 +59,13 @@ struct SaveOutcome {
 void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail = "")
     ABSL_LOCKS_EXCLUDED(run.mu());
 
+// Plans each of a run's exports for one save's model tensors (also used by
+// OpenRun to refuse a profile before the first save).
+absl::Status PlanExports(const std::vector<RunExport>& run_exports,
+                         const std::vector<storage::PlannedTensor>& tensors,
+                         const gguf::Metadata& model_metadata, std::string_view version,
+                         std::vector<std::shared_ptr<const exports::ExportPlan>>* out);
+
 class SaveSession {
  public:
   // Admits the save (Admit, with `queued_last` as the queue's highest step)

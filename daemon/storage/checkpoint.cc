@@ -32,12 +32,19 @@ void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRec
   r->time_utc = StringValue(md, kKeyTimeUtc);
   r->time_s = ParseUtc(r->time_utc);
   r->parent_uuid = StringValue(md, kKeyParentUuid);
+  r->base_model_uuid = StringValue(md, "general.base_model.0.uuid");
   r->tensor_count = static_cast<uint32_t>(tensor_count);
   for (const auto& [key, value] : md.entries()) {
     if (!key.starts_with(kMetricsPrefix)) continue;
     if (const double* d = value.get_if<double>())
       r->metrics[key.substr(kMetricsPrefix.size())] = *d;
   }
+}
+
+uint64_t CheckpointRecord::total_bytes() const {
+  uint64_t total = model_bytes + train_bytes;
+  for (const auto& e : exports) total += e.bytes;
+  return total;
 }
 
 absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t step,

@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "daemon/env/env.h"
@@ -27,6 +28,16 @@ inline constexpr std::string_view kKeyModelDigest = "ckpt.model_content_digest";
 inline constexpr std::string_view kMetricsPrefix = "ckpt.metrics.";
 inline constexpr std::string_view kTrainerPrefix = "ckpt.trainer.";
 
+// An export committed with a checkpoint (step_N.<name>.gguf).
+struct ExportRecord {
+  std::string name;
+  std::string path;  // absolute
+  uint64_t bytes = 0;
+  std::string uuid;
+  std::string profile;
+  friend bool operator==(const ExportRecord&, const ExportRecord&) = default;
+};
+
 struct CheckpointRecord {
   uint64_t step = 0;
   std::string model_path;  // absolute
@@ -40,6 +51,9 @@ struct CheckpointRecord {
   std::string parent_uuid;
   std::map<std::string, double> metrics;
   uint32_t tensor_count = 0;
+  std::string base_model_uuid;        // general.base_model.0.uuid
+  std::vector<ExportRecord> exports;  // by name
+  uint64_t total_bytes() const;
 };
 
 // Fills uuid, digest, time, parent, metrics and tensor count from a model

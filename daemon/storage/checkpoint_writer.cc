@@ -9,23 +9,6 @@
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::storage {
-namespace {
-
-// gguf::Sink onto an env::WritableFile.
-class FileSink final : public gguf::Sink {
- public:
-  explicit FileSink(env::WritableFile* file) : file_(file) {}
-  absl::Status Append(std::string_view bytes) override { return file_->Append(bytes); }
-  absl::Status WriteAt(uint64_t offset, std::string_view bytes) override {
-    return file_->WriteAt(offset, bytes);
-  }
-
- private:
-  env::WritableFile* file_;
-};
-
-}  // namespace
-
 struct CheckpointWriter::File {
   gguf::Layout layout;
   std::unique_ptr<env::WritableFile> file;
@@ -43,6 +26,7 @@ CheckpointWriter::CheckpointWriter(env::Env* env, std::string weights_dir, uint6
 
 CheckpointWriter::~CheckpointWriter() {
   if (released_) return;
+  exports_.clear();  // each removes its own temp
   for (File* f : {model_.get(), train_.get()}) {
     if (f == nullptr || f->written.temp_path.empty()) continue;
     f->file.reset();  // close before unlinking
@@ -61,6 +45,9 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(env::
 absl::Status CheckpointWriter::Start() {
   // Open the train file first so its temp exists no longer than the model's.
   if (train_) CKPTD_TRY(Open(train_.get()));
+  for (auto& e : exports_) {
+    CKPTD_TRY(e->Start(env_, weights_dir_, ExportFileName(step_, e->plan().name), direct_io_));
+  }
   return Open(model_.get());
 }
 
@@ -90,8 +77,15 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Plan(env::En
     w->train_->layout = std::move(*train_layout);
     w->train_->written.final_name = TrainFileName(plan.step);
   }
+  for (const auto& e : plan.exports) {
+    auto ew = ExportWriter::Plan(e, model_specs, options);
+    if (!ew.ok()) return ew.status();
+    w->exports_.push_back(std::move(*ew));
+  }
+  size_t model_index = 0;
   for (const PlannedTensor& t : plan.tensors) {
     w->route_.push_back(t.group == TensorGroup::kTrain ? w->train_.get() : w->model_.get());
+    w->model_index_.push_back(t.group == TensorGroup::kTrain ? SIZE_MAX : model_index++);
     uint64_t n = *gguf::TensorBytes(t.spec.type, t.spec.ne);  // validated by PlanLayout
     w->sizes_.push_back(n);
     w->data_bytes_ += n;
@@ -109,7 +103,9 @@ absl::Status CheckpointWriter::Open(File* f) {
 }
 
 uint64_t CheckpointWriter::planned_bytes() const {
-  return model_->layout.file_size + (train_ ? train_->layout.file_size : 0);
+  uint64_t total = model_->layout.file_size + (train_ ? train_->layout.file_size : 0);
+  for (const auto& e : exports_) total += e->file_size();
+  return total;
 }
 
 absl::Status CheckpointWriter::WriteData(std::string_view bytes) {
@@ -122,6 +118,9 @@ absl::Status CheckpointWriter::WriteData(std::string_view bytes) {
     size_t n = std::min<uint64_t>(bytes.size(), sizes_[tensor_] - filled_);
     CKPTD_TRY(route_[tensor_]->writer->WriteData(bytes.substr(0, n)));
     filled_ += n;
+    if (const size_t m = model_index_[tensor_]; m != SIZE_MAX) {
+      for (auto& e : exports_) CKPTD_TRY(e->Feed(m, bytes.substr(0, n), filled_ == sizes_[tensor_]));
+    }
     received_ += n;
     bytes.remove_prefix(n);
     if (filled_ == sizes_[tensor_]) {
@@ -152,6 +151,7 @@ absl::Status CheckpointWriter::Finish() {
         gguf::Value::String(gguf::ContentDigestString(model_->written.digest.content))));
     CKPTD_TRY(FinishFile(train_.get()));
   }
+  for (auto& e : exports_) CKPTD_TRY(e->Finish(model_->written.digest.uuid));
   return absl::OkStatus();
 }
 

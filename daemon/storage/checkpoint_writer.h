@@ -1,7 +1,8 @@
 // Writes one checkpoint's files under temporary names, as bytes arrive, in a
-// single pass that writes and hashes: step_N.gguf (model tensors) and, when
-// the save has training-state tensors, step_N.train.gguf, which records the
-// model file's content digest. Finish() makes both durable; RunDir::Commit
+// single pass that writes and hashes: step_N.gguf (model tensors), when the
+// save has training-state tensors step_N.train.gguf, which records the
+// model file's content digest, and each export step_N.E.gguf, which records
+// the model file's uuid. Finish() makes both durable; RunDir::Commit
 // renames them. Until then nothing but temp files exist, and the destructor
 // removes those. Memory is one write buffer per file, whatever the size.
 // Not thread-safe.
@@ -16,6 +17,8 @@
 #include "absl/status/statusor.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/writer.h"
+#include "daemon/storage/export_writer.h"
+#include "daemon/storage/written_file.h"
 
 namespace ckptd::storage {
 
@@ -34,13 +37,8 @@ struct SavePlan {
   uint32_t alignment = gguf::kDefaultAlignment;
   env::DirectIo direct_io = env::DirectIo::kAuto;
   gguf::UuidScheme uuid_scheme = gguf::UuidScheme::kContent;
-};
-
-struct WrittenFile {
-  std::string temp_path;
-  std::string final_name;
-  uint64_t bytes = 0;
-  gguf::ContentDigest digest;
+  // Inference exports written from the model tensors in the same pass.
+  std::vector<std::shared_ptr<const exports::ExportPlan>> exports;
 };
 
 class CheckpointWriter {
@@ -72,10 +70,14 @@ class CheckpointWriter {
 
   const WrittenFile& model() const;
   const WrittenFile* train() const;
+  const std::vector<std::unique_ptr<ExportWriter>>& exports() const { return exports_; }
   // The model file's header as written (digests filled in after Finish()).
   const gguf::Layout& model_layout() const;
   // Called by the commit once the temps have been renamed away.
-  void Release() { released_ = true; }
+  void Release() {
+    released_ = true;
+    for (auto& e : exports_) e->Release();
+  }
 
  private:
   struct File;
@@ -88,6 +90,7 @@ class CheckpointWriter {
   uint64_t step_;
   env::DirectIo direct_io_ = env::DirectIo::kAuto;
   std::vector<File*> route_;  // per tensor, in arrival order
+  std::vector<size_t> model_index_;  // per tensor: its index among the model tensors
   std::vector<uint64_t> sizes_;
   size_t tensor_ = 0;
   uint64_t filled_ = 0;
@@ -96,6 +99,7 @@ class CheckpointWriter {
   bool released_ = false;
   std::unique_ptr<File> model_;
   std::unique_ptr<File> train_;
+  std::vector<std::unique_ptr<ExportWriter>> exports_;
 };
 
 }  // namespace ckptd::storage

@@ -5,6 +5,7 @@
 
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
+#include "daemon/export/profile.h"
 
 namespace ckptd::storage {
 namespace {
@@ -34,7 +35,23 @@ std::optional<ParsedName> ParseFinal(std::string_view name) {
     auto step = ParseStep(name.substr(0, name.size() - suffix.size()));
     if (step) return ParsedName{kind, *step};
   }
-  return std::nullopt;
+  // step_N.E.gguf
+  if (!name.ends_with(kModelSuffix)) return std::nullopt;
+  name.remove_suffix(kModelSuffix.size());
+  size_t dot = name.find('.');
+  if (dot == std::string_view::npos) return std::nullopt;
+  auto step = ParseStep(name.substr(0, dot));
+  std::string_view export_name = name.substr(dot + 1);
+  if (!step || !exports::IsValidExportName(export_name)) return std::nullopt;
+  return ParsedName{FileKind::kExport, *step, std::string(export_name)};
+}
+
+// "latest.E" -> E, when E is a valid export name.
+std::optional<std::string_view> ExportLatestOf(std::string_view name) {
+  if (!name.starts_with("latest.")) return std::nullopt;
+  std::string_view e = name.substr(7);
+  if (!exports::IsValidExportName(e)) return std::nullopt;
+  return e;
 }
 
 bool IsHex(std::string_view s) {
@@ -54,10 +71,18 @@ std::string TrainNextFileName(uint64_t step) {
   return StrCat(".", TrainFileName(step), kNextSuffix);
 }
 
+std::string ExportFileName(uint64_t step, std::string_view export_name) {
+  return StrCat(kStepPrefix, step, ".", export_name, kModelSuffix);
+}
+std::string ExportLatestName(std::string_view export_name) {
+  return StrCat(kLatestName, ".", export_name);
+}
+
 std::string TempFileName(std::string_view final_name) { return env::TempName(final_name); }
 
 std::optional<ParsedName> ParseFileName(std::string_view name) {
   if (name == kLatestName) return ParsedName{FileKind::kLatest};
+  if (auto e = ExportLatestOf(name)) return ParsedName{FileKind::kExportLatest, 0, std::string(*e)};
   if (name == kPinsFile || name == kRunStateFile) return ParsedName{FileKind::kStateFile};
   if (!name.starts_with('.')) return ParseFinal(name);
   if (name.ends_with(kNextSuffix)) {
@@ -72,12 +97,17 @@ std::optional<ParsedName> ParseFileName(std::string_view name) {
   }
   std::string_view final_name = name.substr(1, marker - 1);
   if (final_name == kLatestName) return ParsedName{FileKind::kLatestTemp};
+  if (auto e = ExportLatestOf(final_name)) {
+    return ParsedName{FileKind::kExportLatestTemp, 0, std::string(*e)};
+  }
   if (final_name == kPinsFile || final_name == kRunStateFile) {
     return ParsedName{FileKind::kStateTemp};
   }
   auto parsed = ParseFinal(final_name);
   if (!parsed) return std::nullopt;
-  parsed->kind = parsed->kind == FileKind::kModel ? FileKind::kModelTemp : FileKind::kTrainTemp;
+  parsed->kind = parsed->kind == FileKind::kModel   ? FileKind::kModelTemp
+                 : parsed->kind == FileKind::kTrain ? FileKind::kTrainTemp
+                                                    : FileKind::kExportTemp;
   return parsed;
 }
 

@@ -7,8 +7,14 @@
 //   .step_N.train.gguf.next   a written training-state file waiting for its
 //                             model file's commit (it belongs to step_N.gguf
 //                             only if it records that file's digest)
+//   step_N.E.gguf             export E of step N (E: [a-z0-9_-]{1,64}, not
+//                             "train"); renamed before the model file, it
+//                             belongs to step_N.gguf only if its
+//                             general.source.uuid is that file's uuid
+//   .step_N.E.gguf.tmp-X      an export being written
 //   latest                    symlink to the newest step_N.gguf (relative)
-//   .latest.tmp-X             the next `latest`, before its rename
+//   latest.E                  symlink to the newest step_N.E.gguf
+//   .latest.tmp-X, .latest.E.tmp-X  the next link, before its rename
 // and in the run directory, the run's small state files:
 //   pins.json, ckptd-run-state   and their temps .pins.json.tmp-X, ...
 // N is decimal without leading zeros (a u64); X is 16 hex digits.
@@ -31,11 +37,16 @@ enum class FileKind {
   kLatestTemp,
   kStateFile,
   kStateTemp,
+  kExport,
+  kExportTemp,
+  kExportLatest,
+  kExportLatestTemp,
 };
 
 struct ParsedName {
   FileKind kind;
-  uint64_t step = 0;  // for model/train files and their temps
+  uint64_t step = 0;         // for model/train/export files and their temps
+  std::string export_name;  // for exports and their links
 };
 
 inline constexpr std::string_view kLatestName = "latest";
@@ -46,6 +57,8 @@ inline constexpr std::string_view kRunStateFile = "ckptd-run-state";
 std::string ModelFileName(uint64_t step);
 std::string TrainFileName(uint64_t step);
 std::string TrainNextFileName(uint64_t step);
+std::string ExportFileName(uint64_t step, std::string_view export_name);
+std::string ExportLatestName(std::string_view export_name);
 // Temp name for a final name (model or train file, "latest", a state file):
 // the one temp recipe, shared with env::WriteFileAtomically.
 std::string TempFileName(std::string_view final_name);

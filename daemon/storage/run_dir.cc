@@ -1,10 +1,13 @@
 // Run directory: recovery, catalog, commit and `latest`.
 #include "daemon/storage/run_dir.h"
 
+#include <algorithm>
+#include <map>
 #include <set>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/export/plan.h"
 #include "daemon/gguf/layout.h"
 #include "daemon/storage/file_names.h"
 
@@ -43,6 +46,7 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
 
   CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
   std::set<uint64_t> models, trains, nexts;
+  std::map<uint64_t, std::vector<std::string>> exported;  // step -> export names
   for (const std::string& name : names) {
     auto parsed = ParseFileName(name);
     if (!parsed) continue;  // not ours: never touched
@@ -51,6 +55,8 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       case FileKind::kTrainTemp:
       case FileKind::kLatestTemp:
       case FileKind::kStateTemp:
+      case FileKind::kExportTemp:
+      case FileKind::kExportLatestTemp:
         CKPTD_TRY(remove(PathOf(name)));
         break;
       case FileKind::kModel:
@@ -62,8 +68,12 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       case FileKind::kTrainNext:
         nexts.insert(parsed->step);
         break;
+      case FileKind::kExport:
+        exported[parsed->step].push_back(parsed->export_name);
+        break;
       case FileKind::kLatest:
       case FileKind::kStateFile:
+      case FileKind::kExportLatest:
         break;
     }
   }
@@ -102,7 +112,27 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
         CKPTD_TRY(remove(train_path));
       }
     }
+    // Exports are renamed before the commit point: one belongs to this
+    // model file only if it names it as its source.
+    auto found = exported.extract(step);
+    for (const std::string& name : found.empty() ? std::vector<std::string>{} : found.mapped()) {
+      const std::string path = PathOf(ExportFileName(step, name));
+      auto header = ReadGgufHeader(env_, path);
+      if (header.ok() && StringValue(header->metadata, exports::kKeySourceUuid) == record->uuid) {
+        record->exports.push_back({.name = name,
+                                   .path = path,
+                                   .bytes = header->file_size,
+                                   .uuid = StringValue(header->metadata, gguf::kKeyUuid),
+                                   .profile = StringValue(header->metadata,
+                                                          exports::kKeyExportProfile)});
+      } else {
+        CKPTD_TRY(remove(path));
+      }
+    }
     catalog_.emplace(step, std::move(*record));
+  }
+  for (const auto& [step, names] : exported) {
+    for (const std::string& name : names) CKPTD_TRY(remove(PathOf(ExportFileName(step, name))));
   }
   // No model file: orphans.
   for (uint64_t step : trains) CKPTD_TRY(remove(PathOf(TrainFileName(step))));
@@ -115,6 +145,45 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   if (!ok) {
     CKPTD_TRY(PointLatestAt(want));
     report->latest_repaired = true;
+  }
+  CKPTD_ASSIGN_OR_RETURN(bool relinked, RelinkExports());
+  report->latest_repaired |= relinked;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> RunDir::RelinkExports() {
+  std::map<std::string, uint64_t> newest;  // export name -> newest step that has it
+  for (const auto& [step, r] : catalog_) {
+    for (const auto& e : r.exports) newest[e.name] = step;
+  }
+  bool changed = false;
+  CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
+  for (const std::string& name : names) {
+    auto parsed = ParseFileName(name);
+    if (parsed && parsed->kind == FileKind::kExportLatest && !newest.contains(parsed->export_name)) {
+      CKPTD_TRY(env_->RemoveFile(PathOf(name)));
+      changed = true;
+    }
+  }
+  for (const auto& [name, step] : newest) {
+    const std::string link = ExportLatestName(name);
+    const std::string target = ExportFileName(step, name);
+    auto current = env_->ReadLink(PathOf(link));
+    if (current.ok() && *current == target) continue;
+    CKPTD_TRY(ReplaceLink(link, target));
+    changed = true;
+  }
+  if (changed) CKPTD_TRY(env_->SyncDir(weights_dir_));
+  return changed;
+}
+
+absl::Status RunDir::ReplaceLink(const std::string& link, const std::string& target) {
+  // Like leveldb's CURRENT: a new link under a temp name, renamed over.
+  std::string tmp = PathOf(TempFileName(link));
+  CKPTD_TRY(env_->Symlink(target, tmp));
+  if (absl::Status st = env_->RenameFile(tmp, PathOf(link)); !st.ok()) {
+    (void)env_->RemoveFile(tmp);
+    return st;
   }
   return absl::OkStatus();
 }
@@ -131,7 +200,7 @@ const CheckpointRecord* RunDir::Find(uint64_t step) const {
 
 uint64_t RunDir::total_bytes() const {
   uint64_t total = 0;
-  for (const auto& [step, r] : catalog_) total += r.model_bytes + r.train_bytes;
+  for (const auto& [step, r] : catalog_) total += r.total_bytes();
   return total;
 }
 
@@ -155,13 +224,7 @@ absl::Status RunDir::PointLatestAt(std::optional<uint64_t> step) {
     if (!st.ok() && !absl::IsNotFound(st)) return st;
     return env_->SyncDir(weights_dir_);
   }
-  // Like leveldb's CURRENT: a new link under a temp name, renamed over.
-  std::string tmp = PathOf(TempFileName(kLatestName));
-  CKPTD_TRY(env_->Symlink(ModelFileName(*step), tmp));
-  if (absl::Status st = env_->RenameFile(tmp, latest); !st.ok()) {
-    (void)env_->RemoveFile(tmp);
-    return st;
-  }
+  CKPTD_TRY(ReplaceLink(std::string(kLatestName), ModelFileName(*step)));
   return env_->SyncDir(weights_dir_);
 }
 
@@ -174,9 +237,13 @@ absl::Status RunDir::Delete(uint64_t step) {
   }
   CKPTD_TRY(env_->RemoveFile(PathOf(ModelFileName(step))));
   bool has_train = !r->train_path.empty();
+  std::vector<ExportRecord> exports = r->exports;
   catalog_.erase(step);
   if (has_train) CKPTD_TRY(env_->RemoveFile(PathOf(TrainFileName(step))));
-  return env_->SyncDir(weights_dir_);
+  for (const auto& e : exports) CKPTD_TRY(env_->RemoveFile(e.path));
+  CKPTD_TRY(env_->SyncDir(weights_dir_));
+  if (!exports.empty()) CKPTD_TRY(RelinkExports().status());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwrite overwrite) {
@@ -184,16 +251,33 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
   CKPTD_TRY(CheckCanSave(step, overwrite));
   const CheckpointRecord* old = Find(step);
   const bool old_train = old != nullptr && !old->train_path.empty();
+  const std::vector<ExportRecord> old_exports = old ? old->exports : std::vector<ExportRecord>{};
   const std::string train_final = PathOf(TrainFileName(step));
   const std::string train_next = PathOf(TrainNextFileName(step));
 
   // The new train file waits beside the old one under its own name, durably,
   // so whichever model file survives a crash finds its own training state.
+  // Exports go to their final names too: recovery keeps one only if the
+  // model file it names as its source exists.
+  std::vector<std::string> placed;
+  auto undo = [&] {
+    for (const std::string& path : placed) (void)env_->RemoveFile(path);
+  };
   if (const WrittenFile* train = writer->train()) {
     CKPTD_TRY(env_->RenameFile(train->temp_path, train_next));
-    absl::Status synced = env_->SyncDir(weights_dir_);
-    if (!synced.ok()) {
-      (void)env_->RemoveFile(train_next);
+    placed.push_back(train_next);
+  }
+  for (const auto& e : writer->exports()) {
+    const std::string path = PathOf(e->written().final_name);
+    if (absl::Status st = env_->RenameFile(e->written().temp_path, path); !st.ok()) {
+      undo();
+      return st;
+    }
+    placed.push_back(path);
+  }
+  if (!placed.empty()) {
+    if (absl::Status synced = env_->SyncDir(weights_dir_); !synced.ok()) {
+      undo();
       return synced;
     }
   }
@@ -201,7 +285,7 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
   absl::Status renamed =
       env_->RenameFile(writer->model().temp_path, PathOf(writer->model().final_name));
   if (!renamed.ok()) {
-    if (writer->has_train()) (void)env_->RemoveFile(train_next);
+    undo();
     return renamed;
   }
   writer->Release();
@@ -212,6 +296,13 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
   record.model_bytes = writer->model().bytes;
   const gguf::Layout& layout = writer->model_layout();
   FillFromHeader(layout.metadata, layout.tensors.size(), &record);
+  for (const auto& e : writer->exports()) {
+    record.exports.push_back({.name = e->plan().name,
+                              .path = PathOf(e->written().final_name),
+                              .bytes = e->written().bytes,
+                              .uuid = e->written().digest.uuid,
+                              .profile = e->plan().profile});
+  }
   catalog_[step] = record;
 
   CKPTD_TRY(env_->SyncDir(weights_dir_));
@@ -223,11 +314,24 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
     CKPTD_TRY(env_->RemoveFile(train_final));
   }
   catalog_[step] = record;
+  // An overwritten step's exports that this save did not write again.
+  bool stale_exports = false;
+  if (old != nullptr) {
+    for (const auto& e : old_exports) {
+      bool kept = std::any_of(record.exports.begin(), record.exports.end(),
+                              [&](const ExportRecord& n) { return n.name == e.name; });
+      if (!kept) {
+        CKPTD_TRY(env_->RemoveFile(e.path));
+        stale_exports = true;
+      }
+    }
+  }
   if (latest_step() == step) {
     CKPTD_TRY(PointLatestAt(step));  // fsyncs the directory
-  } else if (writer->has_train() || old_train) {
+  } else if (writer->has_train() || old_train || stale_exports) {
     CKPTD_TRY(env_->SyncDir(weights_dir_));
   }
+  if (!record.exports.empty() || stale_exports) CKPTD_TRY(RelinkExports().status());
   return record;
 }
 

@@ -47,8 +47,10 @@ class RunDir {
   // The commit (each step durable before the next):
   //   1. new train file -> .step_N.train.gguf.next, fsync the directory
   //   2. model file -> step_N.gguf (the commit point), fsync the directory
+  //      (exports are renamed to their final names in step 1 as well)
   //   3. .next -> step_N.train.gguf (or remove an overwritten step's stale
-  //      train file), then `latest` if this is the highest step, fsync.
+  //      train file and exports), then `latest` if this is the highest
+  //      step, fsync, then each latest.E.
   // Recovery finishes step 3 or drops .next by its recorded model digest, so
   // an overwrite never leaves the old model without its training state. An
   // error after the commit point is returned, but the catalog already shows
@@ -56,7 +58,7 @@ class RunDir {
   absl::StatusOr<CheckpointRecord> Commit(CheckpointWriter* writer, Overwrite overwrite);
 
   // Deletes a committed checkpoint: the model file first (after which the
-  // checkpoint no longer exists), then its train file, then fsyncs the
+  // checkpoint no longer exists), then its train file and exports, then fsyncs the
   // directory. Refuses `latest`'s target (FAILED_PRECONDITION). Only files
   // named by the grammar inside weights/ are touched.
   absl::Status Delete(uint64_t step);
@@ -65,6 +67,11 @@ class RunDir {
   RunDir(env::Env* env, std::string run_dir);
   absl::Status Recover(RecoveryReport* report);
   absl::Status PointLatestAt(std::optional<uint64_t> step);
+  // Points each latest.E at the newest step with export E (removing links
+  // of exports no step has); fsyncs when anything changed.
+  absl::StatusOr<bool> RelinkExports();
+  // Symlink `link` -> `target` via a temp link renamed over; no fsync.
+  absl::Status ReplaceLink(const std::string& link, const std::string& target);
   std::string PathOf(const std::string& name) const { return weights_dir_ + "/" + name; }
 
   env::Env* env_;

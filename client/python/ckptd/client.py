@@ -94,12 +94,24 @@ class Client:
     def open_run(self, run_id: str, metadata: dict | None = None, schedule=None, retention=None,
                  base_model: str | None = None, run_dir: str = "", seed: int | None = None,
                  transport: str = "auto", name_map: Callable[[str], str] | None = None,
-                 threads: int = 4) -> "Run":
+                 threads: int = 4, exports: list | None = None, model=None) -> "Run":
         """Opens (or resumes) a run. `schedule`/`retention`: dicts with the
         proto's field names ({"every_steps": 500}) or the messages; `metadata`:
         GGUF-typed model metadata (see ckptd.values); `transport`: "auto"
-        (shared memory when the daemon is local), "shm" or "stream"."""
+        (shared memory when the daemon is local), "shm" or "stream".
+        `exports`: inference files written with every checkpoint, each a
+        profile name ("hf-llama-q8_0"), a path to a profile .toml, or a dict
+        {"name": ..., "profile": ...}; with `model` (a module or state_dict)
+        the daemon checks the exports against its tensors now, not at the
+        first save."""
         req = pb.OpenRunRequest(run_id=run_id, run_dir=run_dir, base_model_uuid=base_model or "")
+        for e in exports or []:
+            req.exports.append(_export_request(e))
+        if model is not None and exports:
+            sd = model.state_dict() if hasattr(model, "state_dict") and not isinstance(model, dict) else model
+            for name, t in sd.items():
+                e = state.make_entry(name, t, train=False, name_map=name_map)
+                req.model_tensors.add(name=e.name, type=e.ggml_type, ne=e.ne)
         req.model_metadata.extend(metadata_entries(metadata, pb))
         req.provenance.CopyFrom(_provenance(seed))
         if schedule is not None:
@@ -116,6 +128,45 @@ class Client:
 
     def close(self):
         self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _export_request(e) -> "pb.ExportRequest":
+    """A profile name, a .toml path (parsed here, sent as the definition) or a dict."""
+    if isinstance(e, dict):
+        e = dict(e)
+        profile = e.pop("profile", "")
+        req = pb.ExportRequest(name=e.pop("name", ""))
+        if e:
+            raise ValueError(f"export {e}: only 'name' and 'profile' are known")
+        if str(profile).endswith(".toml"):
+            req.definition.CopyFrom(load_profile(profile))
+        else:
+            req.profile = profile
+        return req
+    if str(e).endswith(".toml"):
+        return pb.ExportRequest(definition=load_profile(e))
+    return pb.ExportRequest(profile=str(e))
+
+
+def load_profile(path) -> "pb.ExportProfile":
+    """Reads an export profile .toml into the ExportProfile message."""
+    import tomllib
+
+    from google.protobuf import json_format
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    for m in data.get("metadata", []):
+        if "value" in m and not isinstance(m["value"], str):
+            v = m["value"]
+            m["value"] = ("true" if v else "false") if isinstance(v, bool) else repr(v)
+    return json_format.ParseDict(data, pb.ExportProfile())
 
 
 def _git_commit() -> str:

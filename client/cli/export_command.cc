@@ -1,0 +1,138 @@
+// ckptctl export: plan, stream the source's tensors through the export
+// writer (checking their digests on the way), rename into place.
+#include "client/cli/export_command.h"
+
+#include <cstdio>
+#include <iostream>
+
+#include "client/cli/commands.h"
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/env/env.h"
+#include "daemon/export/plan.h"
+#include "daemon/gguf/reader.h"
+#include "daemon/storage/export_writer.h"
+
+namespace ckptd::cli {
+namespace {
+
+constexpr size_t kChunk = 8 << 20;
+
+std::vector<gguf::Digest128> StoredDigests(const gguf::Metadata& md) {
+  std::vector<gguf::Digest128> out;
+  const gguf::Value* v = md.Find(gguf::kKeyTensorDigests);
+  const gguf::Array* a = v ? v->get_if<gguf::Array>() : nullptr;
+  if (a == nullptr) return out;
+  for (const gguf::Value& item : a->items) {
+    const std::string* s = item.get_if<std::string>();
+    auto d = s ? gguf::ParseDigestHex(*s) : absl::InvalidArgumentError("");
+    if (!d.ok()) return {};
+    out.push_back(*d);
+  }
+  return out;
+}
+
+absl::Status Export(const ExportArgs& a) {
+  env::Env* env = env::Env::Default();
+  CKPTD_ASSIGN_OR_RETURN(exports::Profile profile, exports::LoadProfile(env, a.profile));
+  CKPTD_ASSIGN_OR_RETURN(auto file, env->OpenForRead(a.file));
+  CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile src, gguf::ReadHeader(*file));
+  std::vector<gguf::TensorSpec> specs;
+  for (const auto& t : src.tensors) specs.push_back({t.name, t.type, t.ne});
+  CKPTD_ASSIGN_OR_RETURN(exports::ExportPlan plan,
+                         exports::PlanExport(profile, a.name, specs, src.metadata, CKPTD_VERSION));
+  auto shared = std::make_shared<const exports::ExportPlan>(std::move(plan));
+  gguf::PlanOptions options{.alignment = src.alignment};
+  if (const gguf::Value* scheme = src.metadata.Find(gguf::kKeyUuidScheme);
+      scheme && scheme->get_if<std::string>() && *scheme->get_if<std::string>() == gguf::kGgufHashScheme) {
+    options.uuid_scheme = gguf::UuidScheme::kGgufHash;
+  }
+  CKPTD_ASSIGN_OR_RETURN(auto writer, storage::ExportWriter::Plan(shared, specs, options));
+  std::string dir = ".", name = a.out;
+  if (size_t slash = a.out.rfind('/'); slash != std::string::npos) {
+    dir = slash == 0 ? "/" : a.out.substr(0, slash);
+    name = a.out.substr(slash + 1);
+  }
+  CKPTD_TRY(writer->Start(env, dir, name, env::DirectIo::kOff));
+  // The source's bytes are checked against its own digests as they pass.
+  const std::vector<gguf::Digest128> stored = StoredDigests(src.metadata);
+  std::string buf;
+  for (size_t i = 0; i < src.tensors.size(); ++i) {
+    const gguf::TensorInfo& t = src.tensors[i];
+    gguf::TensorHasher hasher;
+    for (uint64_t done = 0; done < t.nbytes || t.nbytes == 0;) {
+      size_t n = std::min<uint64_t>(kChunk, t.nbytes - done);
+      buf.resize(n);
+      CKPTD_TRY(file->ReadAt(src.data_offset + t.offset + done, n, buf.data()));
+      hasher.Update(buf.data(), n);
+      done += n;
+      CKPTD_TRY(writer->Feed(i, buf, done == t.nbytes));
+      if (t.nbytes == 0) break;
+    }
+    if (stored.size() == src.tensors.size() && !(hasher.Finish() == stored[i])) {
+      return absl::DataLossError(StrCat("tensor '", t.name, "' of ", a.file,
+                                        " does not match its recorded digest; nothing written"));
+    }
+  }
+  std::string source_uuid;
+  if (const gguf::Value* u = src.metadata.Find(gguf::kKeyUuid); u && u->get_if<std::string>()) {
+    source_uuid = *u->get_if<std::string>();
+  }
+  if (source_uuid.size() != 36) {
+    return absl::InvalidArgumentError(StrCat(a.file, " has no general.uuid to record as the "
+                                             "export's general.source.uuid"));
+  }
+  CKPTD_TRY(writer->Finish(source_uuid));
+  CKPTD_TRY(env->RenameFile(writer->written().temp_path, a.out));
+  writer->Release();
+  CKPTD_TRY(env->SyncDir(dir));
+  std::cout << "wrote " << a.out << " (" << writer->layout().tensors.size() << " tensors, "
+            << writer->written().bytes << " bytes, profile " << shared->profile << " "
+            << shared->profile_digest << ", uuid " << writer->written().digest.uuid
+            << ", source " << source_uuid << ")\n";
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+CLI::App* AddExportCommand(CLI::App* app, ExportArgs* a) {
+  auto* cmd = app->add_subcommand(
+      "export", "Apply an export profile to a GGUF checkpoint (offline, same result as at save time)");
+  cmd->add_option("FILE", a->file, "step_N.gguf written by ckptd");
+  cmd->add_option("--profile", a->profile, "Built-in profile name or a profile .toml");
+  cmd->add_option("-o,--out", a->out, "Output file");
+  cmd->add_option("--name", a->name, "Export name recorded in the file (default: the profile's)");
+  cmd->add_flag("--list-profiles", a->list, "List the built-in profiles");
+  cmd->add_option("--show-profile", a->show, "Print a profile as TOML");
+  return cmd;
+}
+
+int RunExport(const ExportArgs& a) {
+  if (a.list) {
+    for (const std::string& name : exports::BuiltinProfileNames()) {
+      auto spec = exports::BuiltinProfile(name);
+      std::cout << name << "\t" << spec->description << "\n";
+    }
+    return kExitOk;
+  }
+  if (!a.show.empty()) {
+    auto profile = exports::LoadProfile(env::Env::Default(), a.show);
+    if (!profile.ok()) {
+      std::fprintf(stderr, "ckptctl: %s\n", std::string(profile.status().message()).c_str());
+      return kExitFailed;
+    }
+    std::cout << "# digest " << profile->digest << "\n" << exports::CanonicalText(profile->spec);
+    return kExitOk;
+  }
+  if (a.file.empty() || a.profile.empty() || a.out.empty()) {
+    std::fprintf(stderr, "ckptctl export: give FILE, --profile and -o (or --list-profiles)\n");
+    return kExitUsage;
+  }
+  if (absl::Status st = Export(a); !st.ok()) {
+    std::fprintf(stderr, "ckptctl export: %s\n", std::string(st.message()).c_str());
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
+}  // namespace ckptd::cli

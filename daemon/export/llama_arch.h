@@ -1,0 +1,20 @@
+// llama.cpp's tensor set for the `llama` architecture: the names and GGUF
+// dims it creates from the hyperparameters, so an export that llama.cpp
+// would refuse ("wrong number of tensors", "wrong shape") is refused when
+// the run opens instead. Pure; thread-safe.
+#pragma once
+
+#include <span>
+
+#include "absl/status/status.h"
+#include "daemon/gguf/layout.h"
+#include "daemon/gguf/value.h"
+
+namespace ckptd::exports {
+
+// Checks `tensors` (names, dims) and `md` (llama.* hyperparameters, the
+// tokenizer) against what llama.cpp loads; the error names the first
+// offending tensor or key.
+absl::Status CheckLlama(std::span<const gguf::TensorSpec> tensors, const gguf::Metadata& md);
+
+}  // namespace ckptd::exports

@@ -1,0 +1,127 @@
+// Name patterns: compile, match by backtracking over the pieces, expand.
+#include "daemon/export/pattern.h"
+
+#include <algorithm>
+
+#include "daemon/base/strings.h"
+
+namespace ckptd::exports {
+namespace {
+
+bool IsNameChar(char c, bool first) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' ||
+         (!first && c >= '0' && c <= '9');
+}
+
+}  // namespace
+
+absl::StatusOr<Pattern> Pattern::Compile(std::string_view text) {
+  Pattern p;
+  p.text_ = std::string(text);
+  if (text.empty()) return absl::InvalidArgumentError("empty tensor-name pattern");
+  std::string literal;
+  auto flush = [&] {
+    if (!literal.empty()) p.pieces_.push_back({Piece::Kind::kLiteral, std::move(literal)});
+    literal.clear();
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '*') {
+      flush();
+      if (!p.pieces_.empty() && p.pieces_.back().kind != Piece::Kind::kLiteral) {
+        return absl::InvalidArgumentError(
+            StrCat("pattern '", text, "': '*' must not follow another capture or '*'"));
+      }
+      p.pieces_.push_back({Piece::Kind::kWildcard, ""});
+      p.wildcard_ = true;
+    } else if (c == '{') {
+      size_t close = text.find('}', i);
+      if (close == std::string_view::npos) {
+        return absl::InvalidArgumentError(StrCat("pattern '", text, "': '{' without '}'"));
+      }
+      std::string name(text.substr(i + 1, close - i - 1));
+      bool ok = !name.empty();
+      for (size_t k = 0; k < name.size(); ++k) ok = ok && IsNameChar(name[k], k == 0);
+      if (!ok) {
+        return absl::InvalidArgumentError(
+            StrCat("pattern '", text, "': capture '{", name, "}' must be [A-Za-z_][A-Za-z0-9_]*"));
+      }
+      flush();
+      if (!p.pieces_.empty() && p.pieces_.back().kind != Piece::Kind::kLiteral) {
+        return absl::InvalidArgumentError(
+            StrCat("pattern '", text, "': two captures need literal text between them"));
+      }
+      if (std::find(p.names_.begin(), p.names_.end(), name) == p.names_.end()) {
+        p.names_.push_back(name);
+      }
+      p.pieces_.push_back({Piece::Kind::kCapture, std::move(name)});
+      i = close;
+    } else if (c == '}') {
+      return absl::InvalidArgumentError(StrCat("pattern '", text, "': '}' without '{'"));
+    } else {
+      literal.push_back(c);
+    }
+  }
+  flush();
+  return p;
+}
+
+bool Pattern::MatchFrom(size_t piece, std::string_view rest, Captures* out) const {
+  if (piece == pieces_.size()) return rest.empty();
+  const Piece& p = pieces_[piece];
+  switch (p.kind) {
+    case Piece::Kind::kLiteral:
+      return rest.starts_with(p.text) && MatchFrom(piece + 1, rest.substr(p.text.size()), out);
+    case Piece::Kind::kWildcard:
+      for (size_t n = 0; n <= rest.size(); ++n) {
+        if (MatchFrom(piece + 1, rest.substr(n), out)) return true;
+      }
+      return false;
+    case Piece::Kind::kCapture: {
+      auto bound = out->find(p.text);
+      if (bound != out->end()) {
+        return rest.starts_with(bound->second) &&
+               MatchFrom(piece + 1, rest.substr(bound->second.size()), out);
+      }
+      for (size_t n = 1; n <= rest.size() && rest[n - 1] != '.'; ++n) {
+        (*out)[p.text] = std::string(rest.substr(0, n));
+        if (MatchFrom(piece + 1, rest.substr(n), out)) return true;
+      }
+      out->erase(p.text);
+      return false;
+    }
+  }
+  return false;
+}
+
+std::optional<Captures> Pattern::Match(std::string_view name) const {
+  Captures captures;
+  if (!MatchFrom(0, name, &captures)) return std::nullopt;
+  return captures;
+}
+
+absl::StatusOr<std::string> Pattern::Expand(const Captures& captures) const {
+  std::string out;
+  for (const Piece& p : pieces_) {
+    switch (p.kind) {
+      case Piece::Kind::kLiteral:
+        out += p.text;
+        break;
+      case Piece::Kind::kWildcard:
+        return absl::InvalidArgumentError(
+            StrCat("pattern '", text_, "' names an output: it cannot contain '*'"));
+      case Piece::Kind::kCapture: {
+        auto it = captures.find(p.text);
+        if (it == captures.end()) {
+          return absl::InvalidArgumentError(StrCat("pattern '", text_, "' uses {", p.text,
+                                                   "}, which its source pattern does not capture"));
+        }
+        out += it->second;
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace ckptd::exports

@@ -1,0 +1,66 @@
+// Plans one export of a checkpoint's model tensors: which source tensors
+// make each output tensor, how (copy, fuse, split, rotary permutation, dim
+// permutation, cast), in what order outputs can be written as sources
+// arrive, and the output file's metadata. Everything is checked here, before
+// a byte is written: every source tensor consumed exactly once or dropped,
+// fused members alike, casts possible, and for an architecture the tensor
+// set llama.cpp expects. Errors name the export and the first offending
+// tensor or key. Pure; thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/export/profile.h"
+#include "daemon/gguf/layout.h"
+#include "daemon/gguf/value.h"
+
+namespace ckptd::exports {
+
+inline constexpr std::string_view kKeySourceUuid = "general.source.uuid";
+inline constexpr std::string_view kKeyExportName = "ckpt.export.name";
+inline constexpr std::string_view kKeyExportProfile = "ckpt.export.profile";
+inline constexpr std::string_view kKeyExportProfileDigest = "ckpt.export.profile_digest";
+inline constexpr std::string_view kKeyExportDaemonVersion = "ckpt.export.daemon_version";
+
+struct OutputRecipe {
+  enum class Kind { kCopy, kFuse, kSplit };
+  Kind kind = Kind::kCopy;
+  gguf::TensorSpec out;         // final name, type and dims
+  std::vector<size_t> sources;  // source indices; a fuse's in member order
+  int axis = 0;                 // fuse and split (ggml dim)
+  size_t part = 0, parts = 1;   // split
+  gguf::TensorType element_type = gguf::TensorType::kF32;  // before the cast
+  std::vector<uint64_t> assembled_ne;  // after fuse/split, before the permutes
+  uint32_t rope_heads = 0;             // 0: no rotary permutation
+  std::vector<int> permute;            // output dim i = input dim permute[i]; empty: none
+  size_t ready_after = 0;              // the source index whose arrival completes it
+};
+
+struct ExportPlan {
+  std::string name;  // the export's name (file step_N.<name>.gguf)
+  std::string profile;
+  std::string profile_digest;
+  gguf::Metadata metadata;              // general.source.uuid is a placeholder slot
+  std::vector<OutputRecipe> outputs;    // in write order (by ready_after)
+  std::vector<bool> source_used;        // per source: false when dropped
+  uint64_t peak_buffer_bytes = 0;       // most source bytes held at once
+  uint64_t output_bytes = 0;            // tensor bytes of the output file
+};
+
+// `sources` are the model file's tensors in arrival order; `source_metadata`
+// its metadata as written (provenance included). `export_name` defaults to
+// the profile's name.
+absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view export_name,
+                                      std::span<const gguf::TensorSpec> sources,
+                                      const gguf::Metadata& source_metadata,
+                                      std::string_view daemon_version);
+
+// Converts a metadata value to `type` when that loses nothing (integer range,
+// integral floats); f64 -> f32 rounds.
+absl::StatusOr<gguf::Value> ConvertValue(const gguf::Value& v, gguf::ValueType type);
+
+}  // namespace ckptd::exports

@@ -1,0 +1,107 @@
+// Streaming export writer: buffer what a recipe needs, write outputs in
+// plan order as their last source arrives.
+#include "daemon/storage/export_writer.h"
+
+#include "daemon/base/status.h"
+#include "daemon/base/strings.h"
+#include "daemon/export/transform.h"
+#include "daemon/storage/file_names.h"
+
+namespace ckptd::storage {
+
+ExportWriter::ExportWriter(std::shared_ptr<const exports::ExportPlan> plan)
+    : plan_(std::move(plan)) {}
+
+ExportWriter::~ExportWriter() {
+  if (released_ || written_.temp_path.empty()) return;
+  file_.reset();
+  (void)env_->RemoveFile(written_.temp_path);
+}
+
+absl::StatusOr<std::unique_ptr<ExportWriter>> ExportWriter::Plan(
+    std::shared_ptr<const exports::ExportPlan> plan, std::span<const gguf::TensorSpec> sources,
+    const gguf::PlanOptions& options) {
+  if (plan->source_used.size() != sources.size()) {
+    return absl::InvalidArgumentError(
+        StrCat("export '", plan->name, "' was planned for ", plan->source_used.size(),
+               " model tensors but this save has ", sources.size()));
+  }
+  std::unique_ptr<ExportWriter> w(new ExportWriter(plan));
+  std::vector<gguf::TensorSpec> specs;
+  for (const auto& r : plan->outputs) specs.push_back(r.out);
+  CKPTD_ASSIGN_OR_RETURN(w->layout_, gguf::PlanLayout(plan->metadata, std::move(specs), options));
+  w->release_after_.assign(sources.size(), 0);
+  for (const auto& r : plan->outputs) {
+    for (size_t s : r.sources) w->release_after_[s] = std::max(w->release_after_[s], r.ready_after);
+  }
+  for (const auto& s : sources) w->source_bytes_.push_back(*gguf::TensorBytes(s.type, s.ne));
+  w->buffers_.resize(sources.size());
+  return w;
+}
+
+absl::Status ExportWriter::Start(env::Env* env, const std::string& dir, std::string final_name,
+                                 env::DirectIo direct) {
+  env_ = env;
+  written_.final_name = std::move(final_name);
+  std::string path = StrCat(dir, "/", TempFileName(written_.final_name));
+  CKPTD_ASSIGN_OR_RETURN(file_, env->NewWritableFile(path, direct));
+  written_.temp_path = path;
+  sink_ = std::make_unique<FileSink>(file_.get());
+  writer_ = std::make_unique<gguf::Writer>(layout_, sink_.get());
+  return writer_->WriteHeader();
+}
+
+// A source streams when its only output is itself, renamed, same type, and
+// that output is next in line.
+bool ExportWriter::Streams(size_t source) const {
+  if (next_output_ >= plan_->outputs.size()) return false;
+  const exports::OutputRecipe& r = plan_->outputs[next_output_];
+  return r.kind == exports::OutputRecipe::Kind::kCopy && r.sources[0] == source &&
+         r.rope_heads == 0 && r.permute.empty() && r.out.type == r.element_type;
+}
+
+absl::Status ExportWriter::Feed(size_t source, std::string_view bytes, bool complete) {
+  if (!plan_->source_used[source]) return absl::OkStatus();
+  if (Streams(source)) {
+    CKPTD_TRY(writer_->WriteData(bytes));
+    if (complete) ++next_output_;
+    return complete ? WriteReady(source) : absl::OkStatus();
+  }
+  std::string& buf = buffers_[source];
+  if (buf.capacity() < source_bytes_[source]) buf.reserve(source_bytes_[source]);
+  buf.append(bytes);
+  return complete ? WriteReady(source) : absl::OkStatus();
+}
+
+absl::Status ExportWriter::WriteReady(size_t source) {
+  std::vector<std::string_view> views;
+  while (next_output_ < plan_->outputs.size() &&
+         plan_->outputs[next_output_].ready_after == source) {
+    const exports::OutputRecipe& r = plan_->outputs[next_output_];
+    views.clear();
+    for (size_t s : r.sources) views.push_back(buffers_[s]);
+    CKPTD_TRY(exports::BuildOutput(r, views, &scratch_));
+    CKPTD_TRY(writer_->WriteData(scratch_));
+    ++next_output_;
+  }
+  for (size_t s = 0; s <= source; ++s) {
+    if (release_after_[s] <= source && !buffers_[s].empty()) std::string().swap(buffers_[s]);
+  }
+  if (scratch_.capacity() > (64u << 20)) std::string().swap(scratch_);
+  return absl::OkStatus();
+}
+
+absl::Status ExportWriter::Finish(std::string_view source_uuid) {
+  if (next_output_ != plan_->outputs.size()) {
+    return absl::InternalError(StrCat("export '", plan_->name, "': ", next_output_, " of ",
+                                      plan_->outputs.size(), " tensors were written"));
+  }
+  CKPTD_TRY(writer_->SetSlot(exports::kKeySourceUuid, gguf::Value::String(std::string(source_uuid))));
+  CKPTD_ASSIGN_OR_RETURN(written_.digest, writer_->Finish());
+  CKPTD_TRY(file_->Sync());
+  CKPTD_TRY(file_->Close());
+  written_.bytes = file_->size();
+  return absl::OkStatus();
+}
+
+}  // namespace ckptd::storage

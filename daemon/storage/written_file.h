@@ -1,0 +1,32 @@
+// A file written under a temp name for a commit to rename, and the
+// gguf::Sink that writes onto an env::WritableFile. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "daemon/env/env.h"
+#include "daemon/gguf/writer.h"
+
+namespace ckptd::storage {
+
+struct WrittenFile {
+  std::string temp_path;
+  std::string final_name;
+  uint64_t bytes = 0;
+  gguf::ContentDigest digest;
+};
+
+class FileSink final : public gguf::Sink {
+ public:
+  explicit FileSink(env::WritableFile* file) : file_(file) {}
+  absl::Status Append(std::string_view bytes) override { return file_->Append(bytes); }
+  absl::Status WriteAt(uint64_t offset, std::string_view bytes) override {
+    return file_->WriteAt(offset, bytes);
+  }
+
+ private:
+  env::WritableFile* file_;
+};
+
+}  // namespace ckptd::storage
