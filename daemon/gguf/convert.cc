@@ -70,14 +70,22 @@ absl::Status QuantizeQ8_0(std::span<const float> src, std::span<uint8_t> dst) {
   for (size_t b = 0; b < blocks; ++b) {
     const float* x = src.data() + b * kQ8_0BlockElems;
     uint8_t* out = dst.data() + b * kQ8_0BlockBytes;
+    // ggml's MAX(a, b) is ((a) > (b) ? (a) : (b)): a NaN replaces the
+    // running maximum, and the next number replaces the NaN.
     float amax = 0.0f;
-    for (size_t j = 0; j < kQ8_0BlockElems; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    for (size_t j = 0; j < kQ8_0BlockElems; ++j) {
+      const float a = std::fabs(x[j]);
+      amax = amax > a ? amax : a;
+    }
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const uint16_t scale = Fp32ToFp16(d);
     std::memcpy(out, &scale, 2);
     for (size_t j = 0; j < kQ8_0BlockElems; ++j) {
-      out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::roundf(x[j] * id)));
+      // roundf of a NaN or infinity has no int8 value (C leaves it undefined);
+      // x86 builds of ggml convert with cvttss2si, whose 0x80000000 stores 0.
+      const float r = std::roundf(x[j] * id);
+      out[2 + j] = std::isfinite(r) ? static_cast<uint8_t>(static_cast<int8_t>(r)) : 0;
     }
   }
   return absl::OkStatus();

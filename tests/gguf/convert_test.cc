@@ -98,5 +98,26 @@ TEST(Q8_0Test, ZeroBlockAndBadSizes) {
   EXPECT_FALSE(QuantizeQ8_0(x, short_out).ok());
 }
 
+// ggml's MAX macro, not fmax: a NaN last in the block leaves amax NaN
+// (scale 0x7e00, every quant 0); a NaN earlier is replaced by the next value.
+TEST(Q8_0Test, NanAndInfFollowGgmlsMaxMacro) {
+  std::vector<float> x(32, 1.0f);
+  x[31] = std::nanf("");
+  std::vector<uint8_t> q(34);
+  ASSERT_TRUE(QuantizeQ8_0(x, q).ok());
+  EXPECT_EQ(q[0] | (q[1] << 8), 0x7e00);
+  for (int j = 0; j < 32; ++j) EXPECT_EQ(q[2 + j], 0) << j;
+  x[31] = 1.0f;
+  x[3] = std::nanf("");
+  ASSERT_TRUE(QuantizeQ8_0(x, q).ok());
+  EXPECT_EQ(q[0] | (q[1] << 8), Fp32ToFp16(1.0f / 127.0f));
+  EXPECT_EQ(static_cast<int8_t>(q[2]), 127);
+  EXPECT_EQ(q[2 + 3], 0);  // the NaN itself
+  x[3] = -INFINITY;        // amax inf: d inf, id 0, inf * 0 = NaN -> 0
+  ASSERT_TRUE(QuantizeQ8_0(x, q).ok());
+  EXPECT_EQ(q[0] | (q[1] << 8), 0x7c00);
+  for (int j = 0; j < 32; ++j) EXPECT_EQ(q[2 + j], 0) << j;
+}
+
 }  // namespace
 }  // namespace ckptd::gguf
