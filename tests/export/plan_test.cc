@@ -1,0 +1,236 @@
+// Export planning: consumption, fuse/split checks, metadata resolution and
+// types, the llama tensor set, and the write order.
+#include "daemon/export/plan.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "daemon/base/strings.h"
+
+namespace ckptd::exports {
+namespace {
+
+using gguf::TensorSpec;
+using gguf::TensorType;
+using gguf::Value;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kE = 64, kFf = 128, kVocab = 40, kHeads = 4, kKv = 2, kHead = kE / kHeads;
+
+gguf::Metadata HfMetadata() {
+  gguf::Metadata md;
+  md.Set("hf.num_attention_heads", Value(uint32_t{kHeads}));
+  md.Set("hf.num_key_value_heads", Value(uint32_t{kKv}));
+  md.Set("hf.max_position_embeddings", Value(uint32_t{256}));
+  md.Set("hf.rms_norm_eps", Value(1e-5f));
+  md.Set("tokenizer.ggml.model", Value("llama"));
+  std::vector<Value> tokens;
+  for (uint64_t i = 0; i < kVocab; ++i) tokens.push_back(Value::String(StrCat("t", i)));
+  md.Set("tokenizer.ggml.tokens", Value::MakeArray(gguf::ValueType::kString, tokens));
+  return md;
+}
+
+std::vector<TensorSpec> HfTensors(int layers = 1) {
+  std::vector<TensorSpec> t{{"model.embed_tokens.weight", TensorType::kF32, {kE, kVocab}}};
+  for (int l = 0; l < layers; ++l) {
+    std::string p = StrCat("model.layers.", l, ".");
+    t.push_back({p + "input_layernorm.weight", TensorType::kF32, {kE}});
+    t.push_back({p + "self_attn.q_proj.weight", TensorType::kF32, {kE, kE}});
+    t.push_back({p + "self_attn.k_proj.weight", TensorType::kF32, {kE, kKv * kHead}});
+    t.push_back({p + "self_attn.v_proj.weight", TensorType::kF32, {kE, kKv * kHead}});
+    t.push_back({p + "self_attn.o_proj.weight", TensorType::kF32, {kE, kE}});
+    t.push_back({p + "self_attn.rotary_emb.inv_freq", TensorType::kF32, {kHead / 2}});
+    t.push_back({p + "post_attention_layernorm.weight", TensorType::kF32, {kE}});
+    t.push_back({p + "mlp.gate_proj.weight", TensorType::kBF16, {kE, kFf}});
+    t.push_back({p + "mlp.up_proj.weight", TensorType::kBF16, {kE, kFf}});
+    t.push_back({p + "mlp.down_proj.weight", TensorType::kBF16, {kFf, kE}});
+  }
+  t.push_back({"model.norm.weight", TensorType::kF32, {kE}});
+  t.push_back({"lm_head.weight", TensorType::kF32, {kE, kVocab}});
+  return t;
+}
+
+Profile Builtin(std::string_view name) { return *CompileProfile(*BuiltinProfile(name)); }
+
+const OutputRecipe* Find(const ExportPlan& p, std::string_view name) {
+  for (const auto& r : p.outputs) {
+    if (r.out.name == name) return &r;
+  }
+  return nullptr;
+}
+
+TEST(PlanTest, HfLlamaMapsNamesPermutesQkAndDerivesHyperparameters) {
+  auto plan = PlanExport(Builtin("hf-llama-q8_0"), "", HfTensors(2), HfMetadata(), "1.2.3");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->name, "hf-llama-q8_0");
+  EXPECT_EQ(plan->outputs.size(), 2 + 2 * 9 + 1u);  // inv_freq dropped
+  const OutputRecipe* q = Find(*plan, "blk.1.attn_q.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->rope_heads, kHeads);
+  EXPECT_EQ(q->out.type, TensorType::kQ8_0);
+  EXPECT_EQ(Find(*plan, "blk.0.attn_k.weight")->rope_heads, kKv);
+  EXPECT_EQ(Find(*plan, "blk.0.attn_v.weight")->rope_heads, 0u);
+  EXPECT_EQ(Find(*plan, "blk.0.attn_norm.weight")->out.type, TensorType::kF32);  // 1-D stays F32
+  EXPECT_EQ(Find(*plan, "blk.0.ffn_up.weight")->element_type, TensorType::kBF16);
+  const gguf::Metadata& md = plan->metadata;
+  EXPECT_EQ(*md.Find("general.architecture"), Value("llama"));
+  EXPECT_EQ(*md.Find("llama.block_count"), Value(uint32_t{2}));
+  EXPECT_EQ(*md.Find("llama.embedding_length"), Value(uint32_t{kE}));
+  EXPECT_EQ(*md.Find("llama.feed_forward_length"), Value(uint32_t{kFf}));
+  EXPECT_EQ(*md.Find("llama.attention.head_count_kv"), Value(uint32_t{kKv}));
+  EXPECT_EQ(*md.Find("llama.attention.layer_norm_rms_epsilon"), Value(1e-5f));
+  EXPECT_EQ(*md.Find("llama.rope.freq_base"), Value(10000.0f));  // the default
+  EXPECT_EQ(*md.Find("general.file_type"), Value(uint32_t{7}));  // MOSTLY_Q8_0
+  EXPECT_EQ(*md.Find("general.quantization_version"), Value(uint32_t{2}));
+  EXPECT_EQ(*md.Find(kKeyExportDaemonVersion), Value("1.2.3"));
+  EXPECT_NE(md.Find(kKeySourceUuid), nullptr);
+  // Written in arrival order: an output goes out when its last source lands.
+  for (size_t i = 1; i < plan->outputs.size(); ++i) {
+    EXPECT_LE(plan->outputs[i - 1].ready_after, plan->outputs[i].ready_after);
+  }
+  EXPECT_FALSE(plan->source_used[6]);  // the rotary cache
+}
+
+TEST(PlanTest, EverySourceIsConsumedExactlyOnce) {
+  auto tensors = HfTensors();
+  tensors.push_back({"model.layers.0.extra", TensorType::kF32, {4}});
+  auto plan = PlanExport(Builtin("hf-llama"), "", tensors, HfMetadata(), "v");
+  EXPECT_THAT(plan.status().message(),
+              HasSubstr("source tensor 'model.layers.0.extra' is not consumed"));
+
+  auto spec = *BuiltinProfile("hf-llama");
+  spec.drop.push_back("model.norm.weight");
+  plan = PlanExport(*CompileProfile(spec), "", HfTensors(), HfMetadata(), "v");
+  EXPECT_THAT(plan.status().message(), HasSubstr("'model.norm.weight' is consumed twice"));
+}
+
+TEST(PlanTest, LlamaTensorSetIsChecked) {
+  // No lm_head: output.weight is optional (tied embeddings).
+  auto tensors = HfTensors();
+  tensors.pop_back();
+  EXPECT_TRUE(PlanExport(Builtin("hf-llama"), "", tensors, HfMetadata(), "v").ok());
+  // A missing norm is named.
+  tensors = HfTensors();
+  tensors.erase(tensors.begin() + 7);  // post_attention_layernorm
+  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", tensors, HfMetadata(), "v").status().message(),
+              HasSubstr("needs tensor 'blk.0.ffn_norm.weight'"));
+  // A k projection sized for all heads while the metadata says 2 kv heads.
+  tensors = HfTensors();
+  tensors[3].ne = {kE, kE};
+  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", tensors, HfMetadata(), "v").status().message(),
+              HasSubstr("tensor 'blk.0.attn_k.weight' has dims [64, 64]; llama.cpp expects [64, 32]"));
+  // No tokenizer.
+  gguf::Metadata md = HfMetadata();
+  md.Remove("tokenizer.ggml.tokens");
+  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v").status().message(),
+              HasSubstr("tokenizer"));
+  // A head count the metadata lacks, and one of the wrong type.
+  md = HfMetadata();
+  md.Remove("hf.num_attention_heads");
+  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v").status().message(),
+              HasSubstr("'llama.attention.head_count' needs one of"));
+  md = HfMetadata();
+  md.Set("hf.num_attention_heads", Value(-4));
+  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v").status().message(),
+              HasSubstr("does not fit a u32"));
+}
+
+std::vector<TensorSpec> PerHead(uint64_t odd_head_rows = kHead) {
+  std::vector<TensorSpec> t{{"token_embd.weight", TensorType::kF16, {kE, kVocab}}};
+  t.push_back({"blk.0.attn_norm.weight", TensorType::kF32, {kE}});
+  for (uint64_t h = 0; h < kHeads; ++h) {
+    t.push_back({StrCat("blk.0.attn_q.head_", h, ".weight"), TensorType::kF16,
+                 {kE, h == 2 ? odd_head_rows : kHead}});
+    t.push_back({StrCat("blk.0.attn_output.head_", h, ".weight"), TensorType::kF16, {kHead, kE}});
+  }
+  for (uint64_t h = 0; h < kKv; ++h) {
+    t.push_back({StrCat("blk.0.attn_k.head_", h, ".weight"), TensorType::kF16, {kE, kHead}});
+    t.push_back({StrCat("blk.0.attn_v.head_", h, ".weight"), TensorType::kF16, {kE, kHead}});
+  }
+  for (const char* n : {"ffn_gate", "ffn_up"}) {
+    t.push_back({StrCat("blk.0.", n, ".weight"), TensorType::kF16, {kE, kFf}});
+  }
+  t.push_back({"blk.0.ffn_down.weight", TensorType::kF16, {kFf, kE}});
+  t.push_back({"blk.0.ffn_norm.weight", TensorType::kF32, {kE}});
+  t.push_back({"output_norm.weight", TensorType::kF32, {kE}});
+  return t;
+}
+
+gguf::Metadata LlamaMetadata() {
+  gguf::Metadata md = HfMetadata();
+  md.Set("llama.context_length", Value(uint32_t{256}));
+  md.Set("llama.attention.layer_norm_rms_epsilon", Value(1e-5f));
+  return md;
+}
+
+TEST(PlanTest, PerHeadFusesFamiliesInHeadOrder) {
+  auto tensors = PerHead();
+  std::swap(tensors[2], tensors[4]);  // heads arrive out of order
+  auto plan = PlanExport(Builtin("per-head-llama-f16"), "ph", tensors, LlamaMetadata(), "v");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const OutputRecipe* q = Find(*plan, "blk.0.attn_q.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->kind, OutputRecipe::Kind::kFuse);
+  EXPECT_EQ(q->axis, 1);
+  EXPECT_EQ(q->out.ne, (std::vector<uint64_t>{kE, kE}));
+  EXPECT_EQ(q->sources, (std::vector<size_t>{4, 2, 6, 8}));  // heads 0..3 wherever they arrive
+  EXPECT_EQ(q->ready_after, 8u);
+  EXPECT_EQ(Find(*plan, "blk.0.attn_output.weight")->axis, 0);
+  EXPECT_EQ(*plan->metadata.Find("llama.attention.head_count"), Value(uint32_t{kHeads}));
+  EXPECT_EQ(*plan->metadata.Find("general.file_type"), Value(uint32_t{1}));  // MOSTLY_F16
+  // Peak buffering is the families, not the checkpoint.
+  uint64_t all = 0;
+  for (const auto& t : tensors) all += *gguf::TensorBytes(t.type, t.ne);
+  EXPECT_LT(plan->peak_buffer_bytes, all / 2);
+}
+
+TEST(PlanTest, FuseRefusesMismatchedOrMissingMembers) {
+  auto plan = PlanExport(Builtin("per-head-llama"), "", PerHead(kHead / 2), LlamaMetadata(), "v");
+  EXPECT_THAT(plan.status().message(),
+              HasSubstr("fused tensor 'blk.0.attn_q.weight': member 'blk.0.attn_q.head_2.weight'"));
+  auto tensors = PerHead();
+  tensors.erase(tensors.begin() + 4);  // head 1 of q
+  plan = PlanExport(Builtin("per-head-llama"), "", tensors, LlamaMetadata(), "v");
+  EXPECT_THAT(plan.status().message(), HasSubstr("member 1 is missing"));
+}
+
+TEST(PlanTest, SplitPermuteAndCastChecks) {
+  auto spec = ParseProfileToml(R"(
+name = "custom"
+split = [{ from = "qkv", axis = "rows", to = ["q", "k", "v"] }]
+rename = [{ from = "w", to = "w" }, { from = "odd", to = "odd" }]
+transform = [{ match = "w", transpose = true }]
+cast = [{ match = "odd", type = "q8_0" }]
+)",
+                               "t");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  Profile p = *CompileProfile(*spec);
+  std::vector<TensorSpec> t{{"qkv", TensorType::kF32, {8, 12}},
+                            {"w", TensorType::kF16, {3, 5}},
+                            {"odd", TensorType::kF32, {64, 2}}};
+  auto plan = PlanExport(p, "", t, {}, "v");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(Find(*plan, "k")->out.ne, (std::vector<uint64_t>{8, 4}));
+  EXPECT_EQ(Find(*plan, "k")->part, 1u);
+  EXPECT_EQ(Find(*plan, "w")->out.ne, (std::vector<uint64_t>{5, 3}));
+  t[0].ne = {8, 10};
+  EXPECT_THAT(PlanExport(p, "", t, {}, "v").status().message(), HasSubstr("3 equal parts"));
+  t[0].ne = {8, 12};
+  t[2].ne = {48, 2};
+  EXPECT_THAT(PlanExport(p, "", t, {}, "v").status().message(),
+              HasSubstr("'odd' [48, 2] cannot be q8_0"));
+  t[2] = {"odd", TensorType::kI32, {64, 2}};
+  EXPECT_THAT(PlanExport(p, "", t, {}, "v").status().message(), HasSubstr("is i32 and cannot be cast"));
+}
+
+TEST(PlanTest, ConvertValueLosesNothing) {
+  EXPECT_EQ(*ConvertValue(Value(uint64_t{7}), gguf::ValueType::kU32), Value(uint32_t{7}));
+  EXPECT_FALSE(ConvertValue(Value(uint64_t{1} << 33), gguf::ValueType::kU32).ok());
+  EXPECT_FALSE(ConvertValue(Value(2.5), gguf::ValueType::kU32).ok());
+  EXPECT_EQ(*ConvertValue(Value(4.0), gguf::ValueType::kU32), Value(uint32_t{4}));
+  EXPECT_EQ(*ConvertValue(Value(1e-6), gguf::ValueType::kF32), Value(1e-6f));
+  EXPECT_FALSE(ConvertValue(Value("4"), gguf::ValueType::kU32).ok());
+}
+
+}  // namespace
+}  // namespace ckptd::exports
