@@ -39,6 +39,27 @@ TEST(FileNamesTest, BuildersRoundTrip) {
   EXPECT_EQ(ParseFileName(TempFileName(kRunStateFile))->kind, FileKind::kStateTemp);
 }
 
+TEST(FileNamesTest, ExportsAndTheirLinks) {
+  EXPECT_EQ(ExportFileName(1200, "llama-q8_0"), "step_1200.llama-q8_0.gguf");
+  auto e = ParseFileName("step_1200.llama-q8_0.gguf");
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->kind, FileKind::kExport);
+  EXPECT_EQ(e->step, 1200u);
+  EXPECT_EQ(e->export_name, "llama-q8_0");
+  auto t = ParseFileName(TempFileName(ExportFileName(3, "hf-llama")));
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->kind, FileKind::kExportTemp);
+  EXPECT_EQ(t->export_name, "hf-llama");
+  EXPECT_EQ(ParseFileName(ExportLatestName("hf-llama"))->kind, FileKind::kExportLatest);
+  EXPECT_EQ(ParseFileName(TempFileName(ExportLatestName("x")))->kind, FileKind::kExportLatestTemp);
+  // "train" is the training-state file, never an export; bad export names are foreign.
+  EXPECT_EQ(ParseFileName("step_5.train.gguf")->kind, FileKind::kTrain);
+  for (const char* name : {"step_5.Bad.gguf", "step_5.a.b.gguf", "step_5..gguf", "latest.",
+                           "latest.A", "step_05.x.gguf"}) {
+    EXPECT_FALSE(ParseFileName(name)) << name;
+  }
+}
+
 TEST(FileNamesTest, ForeignNamesDoNotParse) {
   for (const char* name : {"step_01.gguf",
                            "step_.gguf",

@@ -1,0 +1,177 @@
+// Exports committed with a checkpoint: written in the same pass, renamed
+// before the model file, `latest.E`, deleted and overwritten with it, and
+// recovery dropping exports whose checkpoint never committed or is another.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "daemon/base/status.h"
+#include "daemon/env/fault_env.h"
+#include "daemon/export/plan.h"
+#include "daemon/gguf/reader.h"
+#include "daemon/storage/file_names.h"
+#include "daemon/storage/run_dir.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace ckptd::storage {
+namespace {
+
+using ::testing::UnorderedElementsAre;
+
+// "half": every tensor as f16, renamed with a prefix.
+std::shared_ptr<const exports::ExportPlan> HalfPlan(const std::vector<PlannedTensor>& tensors,
+                                                    const gguf::Metadata& md,
+                                                    std::string name = "half") {
+  auto spec = exports::ParseProfileToml(
+      "name = \"half\"\nrename = [{ from = \"{X}\", to = \"x.{X}\" }]\n"
+      "cast = [{ match = \"*\", type = \"f16\" }]\n",
+      "half.toml");
+  auto profile = exports::CompileProfile(*spec);
+  std::vector<gguf::TensorSpec> model;
+  for (const auto& t : tensors) {
+    if (t.group == TensorGroup::kModel) model.push_back(t.spec);
+  }
+  auto plan = exports::PlanExport(*profile, name, model, md, "test");
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  return std::make_shared<const exports::ExportPlan>(std::move(*plan));
+}
+
+SavePlan Plan(uint64_t step, bool with_export) {
+  SavePlan plan;
+  plan.step = step;
+  plan.direct_io = env::DirectIo::kOff;
+  plan.model_metadata.Set(std::string(kKeyStep), gguf::Value(step));
+  plan.tensors.push_back({{"w", gguf::TensorType::kF32, {256}}, TensorGroup::kModel});
+  plan.tensors.push_back({{"m", gguf::TensorType::kF32, {64}}, TensorGroup::kTrain});
+  plan.tensors.push_back({{"b", gguf::TensorType::kF32, {32}}, TensorGroup::kModel});
+  if (with_export) plan.exports.push_back(HalfPlan(plan.tensors, plan.model_metadata));
+  return plan;
+}
+
+absl::StatusOr<CheckpointRecord> Save(env::Env* env, RunDir* dir, uint64_t step, bool with_export,
+                                      float value = 1.5f, Overwrite ow = Overwrite::kNo) {
+  CKPTD_ASSIGN_OR_RETURN(auto w, CheckpointWriter::Create(env, dir->weights_dir(),
+                                                          Plan(step, with_export)));
+  std::vector<float> data(w->data_bytes() / 4, value);
+  // Odd chunking: exports must not care where chunks end.
+  std::string_view bytes(reinterpret_cast<const char*>(data.data()), w->data_bytes());
+  while (!bytes.empty()) {
+    size_t n = std::min<size_t>(bytes.size(), 100);
+    CKPTD_TRY(w->WriteData(bytes.substr(0, n)));
+    bytes.remove_prefix(n);
+  }
+  CKPTD_TRY(w->Finish());
+  return dir->Commit(w.get(), ow);
+}
+
+class ExportCommitTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<RunDir> OpenDir(env::Env* env = env::Env::Default(),
+                                  RecoveryReport* report = nullptr) {
+    auto d = RunDir::Open(env, tmp_.Join("run"), report);
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? std::move(*d) : nullptr;
+  }
+  std::string Weights() const { return tmp_.Join("run/weights"); }
+  std::vector<std::string> Names() const { return *env::Env::Default()->ListDir(Weights()); }
+  std::string Link(const std::string& name) const {
+    return env::Env::Default()->ReadLink(Weights() + "/" + name).value_or("(none)");
+  }
+  testing::TempDir tmp_;
+};
+
+TEST_F(ExportCommitTest, WrittenWithTheCheckpointAndNamingItsSource) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  auto r = Save(env, dir.get(), 10, true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(Names(), UnorderedElementsAre("step_10.gguf", "step_10.train.gguf",
+                                            "step_10.half.gguf", "latest", "latest.half"));
+  EXPECT_EQ(Link("latest.half"), "step_10.half.gguf");
+  ASSERT_EQ(r->exports.size(), 1u);
+  auto header = ReadGgufHeader(env, Weights() + "/step_10.half.gguf");
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(StringValue(header->metadata, exports::kKeySourceUuid), r->uuid);
+  EXPECT_EQ(StringValue(header->metadata, gguf::kKeyUuid), r->exports[0].uuid);
+  ASSERT_EQ(header->tensors.size(), 2u);  // the train tensor is not exported
+  EXPECT_EQ(header->tensors[0].name, "x.w");
+  EXPECT_EQ(header->tensors[0].type, gguf::TensorType::kF16);
+  // Its data verifies, and the catalog rebuilt from disk says the same.
+  auto file = env->OpenForRead(Weights() + "/step_10.half.gguf");
+  EXPECT_TRUE(gguf::Verify(**file, *header).ok());
+  auto again = OpenDir();
+  EXPECT_EQ(again->Find(10)->exports, r->exports);
+  EXPECT_EQ(again->total_bytes(), dir->total_bytes());
+}
+
+TEST_F(ExportCommitTest, LatestFollowsTheNewestStepWithTheExport) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  ASSERT_OK(Save(env, dir.get(), 10, true).status());
+  ASSERT_OK(Save(env, dir.get(), 20, true).status());
+  ASSERT_OK(Save(env, dir.get(), 30, false).status());  // this save has no export
+  EXPECT_EQ(Link("latest"), "step_30.gguf");
+  EXPECT_EQ(Link("latest.half"), "step_20.half.gguf");
+  ASSERT_OK(dir->Delete(20));
+  EXPECT_EQ(Link("latest.half"), "step_10.half.gguf");
+  ASSERT_OK(dir->Delete(10));
+  EXPECT_THAT(Names(), UnorderedElementsAre("step_30.gguf", "step_30.train.gguf", "latest"));
+}
+
+TEST_F(ExportCommitTest, OverwriteWithoutTheExportRemovesTheStaleOne) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  ASSERT_OK(Save(env, dir.get(), 10, true).status());
+  ASSERT_OK(Save(env, dir.get(), 10, false, 2.5f, Overwrite::kYes).status());
+  EXPECT_THAT(Names(), UnorderedElementsAre("step_10.gguf", "step_10.train.gguf", "latest"));
+  EXPECT_TRUE(dir->Find(10)->exports.empty());
+}
+
+TEST_F(ExportCommitTest, AFailedCommitLeavesNoExportBehind) {
+  // Renames: train -> .next 1, export 2, model 3 (the commit point).
+  for (const char* fault : {"fail=rename:2:EIO", "fail=rename:3:EIO", "fail=syncdir:1:EIO"}) {
+    SCOPED_TRACE(fault);
+    std::filesystem::remove_all(tmp_.Join("run"));
+    auto faulty = env::NewFaultInjectionEnv(env::Env::Default(), fault);
+    ASSERT_TRUE(faulty.ok());
+    auto dir = OpenDir(faulty->get());
+    EXPECT_FALSE(Save(faulty->get(), dir.get(), 10, true).ok());
+    EXPECT_THAT(Names(), ::testing::IsEmpty());
+  }
+}
+
+TEST_F(ExportCommitTest, RecoveryDropsExportsOfCheckpointsThatDoNotExist) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    ASSERT_OK(Save(env, dir.get(), 10, true).status());
+    ASSERT_OK(Save(env, dir.get(), 20, true, 3.0f).status());
+  }
+  namespace fs = std::filesystem;
+  // A crash after the exports' rename but before the model's: step 30's
+  // export without its model file.
+  fs::copy_file(Weights() + "/step_20.half.gguf", Weights() + "/step_30.half.gguf");
+  // An interrupted overwrite: step 10's export replaced by another
+  // checkpoint's (its general.source.uuid names step 20).
+  fs::copy_file(Weights() + "/step_20.half.gguf", Weights() + "/step_10.half.gguf",
+                fs::copy_options::overwrite_existing);
+  // Temps of an export and of its link.
+  fs::copy_file(Weights() + "/step_20.half.gguf", Weights() + "/.step_40.half.gguf.tmp-0123456789abcdef");
+  fs::create_symlink("step_20.half.gguf", Weights() + "/.latest.half.tmp-0123456789abcdef");
+  fs::remove(Weights() + "/latest.half");
+  RecoveryReport report;
+  auto dir = OpenDir(env, &report);
+  EXPECT_THAT(Names(), UnorderedElementsAre("step_10.gguf", "step_10.train.gguf", "step_20.gguf",
+                                            "step_20.train.gguf", "step_20.half.gguf", "latest",
+                                            "latest.half"));
+  EXPECT_TRUE(dir->Find(10)->exports.empty());
+  EXPECT_EQ(dir->Find(20)->exports.size(), 1u);
+  EXPECT_EQ(Link("latest.half"), "step_20.half.gguf");
+  EXPECT_TRUE(report.latest_repaired);
+  EXPECT_EQ(report.removed.size(), 4u);
+}
+
+}  // namespace
+}  // namespace ckptd::storage
