@@ -12,11 +12,13 @@
 
 #include "absl/strings/numbers.h"
 #include "client/cli/commands.h"
+#include "client/cli/lineage_command.h"
 #include "client/cpp/ckptd/client.h"
 #include "client/cpp/ckptd/restore.h"
 #include "daemon/api/convert.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
+#include "daemon/export/profile.h"
 #include "daemon/gguf/reader.h"
 
 namespace ckptd::cli {
@@ -248,6 +250,18 @@ int Import(Client& c, const DaemonCommandArgs& a) {
     *e->mutable_value() = api::ToProto(value);
   }
   open.mutable_provenance()->mutable_extra()->insert({"imported_from", a.file});
+  open.set_base_model_uuid(a.base_model);
+  for (const std::string& e : a.exports) {
+    v1::ExportRequest* req = open.add_exports();
+    if (!e.ends_with(".toml")) {
+      req->set_profile(e);
+      continue;
+    }
+    auto text = env::ReadWholeFile(env::Env::Default(), e);
+    auto spec = text.ok() ? exports::ParseProfileToml(*text, e) : text.status();
+    if (!spec.ok()) return Fail(e, spec.status());
+    *req->mutable_definition() = api::ToProto(*spec);
+  }
   auto run = c.OpenRun(open);
   if (!run.ok()) return Fail(a.run, run.status());
   std::vector<TensorView> views;
@@ -355,6 +369,9 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   import->add_option("FILE", a->file)->required();
   import->add_option("--step", a->step, "Step to record it as")->required();
   import->add_option("--metric", a->metrics, "NAME=VALUE (repeatable)");
+  import->add_option("--base-model", a->base_model, "uuid of the model this run started from");
+  import->add_option("--export", a->exports,
+                     "Export profile (built-in name or .toml) to write with it (repeatable)");
   auto* pin = add(app, "pin", "Keep a checkpoint whatever retention says",
                   [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, true); });
   pin->add_option("RUN", a->run)->required();
@@ -372,6 +389,10 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   check->add_flag("--no-memory", a->no_memory,
                   "Read from disk even if the daemon holds it in memory");
   check->add_flag("--no-verify", a->no_verify, "Skip the digest checks");
+  add(app, "lineage",
+      "Where files came from: base model, runs, checkpoints, exports (UUID or RUN; all if none)",
+      LineageCommand)
+      ->add_option("UUID_OR_RUN", a->run);
   auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
   retention->require_subcommand(1);
   add(retention, "plan", "Each checkpoint's keep/delete and why (no change)",

@@ -1,5 +1,5 @@
 // ckptctl subcommands that talk to a running daemon: runs, ls, latest,
-// show, import, pin, retention, restore-check. Each prints a table, or with --json the API's own
+// show, import, pin, retention, restore-check, lineage. Each prints a table, or with --json the API's own
 // messages in protobuf's JSON mapping.
 #pragma once
 
@@ -30,6 +30,8 @@ struct DaemonCommandArgs {
   int64_t restore_step = -1;         // restore-check: -1 = latest
   bool no_memory = false;            // restore-check: disk even when the daemon holds it in memory
   bool no_verify = false;            // restore-check
+  std::string base_model;            // import: general.base_model.0.uuid
+  std::vector<std::string> exports;  // import: profile names or .toml paths
 };
 
 // One subcommand and what runs when it was chosen.

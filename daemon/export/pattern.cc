@@ -40,11 +40,14 @@ absl::StatusOr<Pattern> Pattern::Compile(std::string_view text) {
         return absl::InvalidArgumentError(StrCat("pattern '", text, "': '{' without '}'"));
       }
       std::string name(text.substr(i + 1, close - i - 1));
+      const bool dotted = name.ends_with('*');
+      if (dotted) name.pop_back();
       bool ok = !name.empty();
       for (size_t k = 0; k < name.size(); ++k) ok = ok && IsNameChar(name[k], k == 0);
       if (!ok) {
         return absl::InvalidArgumentError(
-            StrCat("pattern '", text, "': capture '{", name, "}' must be [A-Za-z_][A-Za-z0-9_]*"));
+            StrCat("pattern '", text, "': capture '{", name,
+                   "}' must be [A-Za-z_][A-Za-z0-9_]* (with a trailing * to match dots too)"));
       }
       flush();
       if (!p.pieces_.empty() && p.pieces_.back().kind != Piece::Kind::kLiteral) {
@@ -54,7 +57,7 @@ absl::StatusOr<Pattern> Pattern::Compile(std::string_view text) {
       if (std::find(p.names_.begin(), p.names_.end(), name) == p.names_.end()) {
         p.names_.push_back(name);
       }
-      p.pieces_.push_back({Piece::Kind::kCapture, std::move(name)});
+      p.pieces_.push_back({Piece::Kind::kCapture, std::move(name), dotted});
       i = close;
     } else if (c == '}') {
       return absl::InvalidArgumentError(StrCat("pattern '", text, "': '}' without '{'"));
@@ -83,7 +86,7 @@ bool Pattern::MatchFrom(size_t piece, std::string_view rest, Captures* out) cons
         return rest.starts_with(bound->second) &&
                MatchFrom(piece + 1, rest.substr(bound->second.size()), out);
       }
-      for (size_t n = 1; n <= rest.size() && rest[n - 1] != '.'; ++n) {
+      for (size_t n = 1; n <= rest.size() && (p.dotted || rest[n - 1] != '.'); ++n) {
         (*out)[p.text] = std::string(rest.substr(0, n));
         if (MatchFrom(piece + 1, rest.substr(n), out)) return true;
       }

@@ -1,6 +1,7 @@
 // Tensor-name patterns of export profiles: literal text, `{NAME}` captures
-// (one or more characters other than '.'), and `*` (any characters, dots
-// included; only in patterns that match, never in ones that are expanded).
+// (one or more characters other than '.'), `{NAME*}` captures (one or more
+// characters, dots included: "{all*}" -> "{all*}" keeps every name), and `*`
+// (any characters; only in patterns that match, never in ones expanded).
 // "model.layers.{L}.self_attn.q_proj.weight" matches
 // "model.layers.3.self_attn.q_proj.weight" with L = "3"; expanding
 // "blk.{L}.attn_q.weight" with those captures gives "blk.3.attn_q.weight".
@@ -37,7 +38,8 @@ class Pattern {
  private:
   struct Piece {
     enum class Kind { kLiteral, kCapture, kWildcard } kind;
-    std::string text;  // literal text or capture name
+    std::string text;     // literal text or capture name
+    bool dotted = false;  // a capture that may span dots
   };
   bool MatchFrom(size_t piece, std::string_view rest, Captures* out) const;
 

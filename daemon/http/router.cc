@@ -101,9 +101,12 @@ Reply Router::Route(std::string_view method, std::string_view target) const {
   if (s.size() == 1 && s[0] == "healthz") return {200, "text/plain", "ok\n"};
   if (s.size() == 1 && s[0] == "readyz") return Readyz();
   if (s.size() == 1 && s[0] == "metrics") return MetricsText();
+  if (s.size() >= 2 && s.size() <= 3 && s[0] == "v1" && s[1] == "lineage") {
+    return Answer(queries_->Lineage(s.size() == 3 ? s[2] : "", ""));
+  }
   if (s.size() < 2 || s[0] != "v1" || s[1] != "runs") {
-    return ErrorReply(absl::NotFoundError(
-        StrCat("no such path ", target, "; try /v1/runs, /healthz, /readyz, /metrics or /")));
+    return ErrorReply(absl::NotFoundError(StrCat(
+        "no such path ", target, "; try /v1/runs, /v1/lineage, /healthz, /readyz, /metrics or /")));
   }
   if (s.size() == 2) return {200, "application/json", api::MessageToJson(queries_->ListRuns())};
   return RunPath(s, t);
@@ -113,6 +116,7 @@ Reply Router::RunPath(const std::vector<std::string>& s, const Target& t) const 
   const std::string& run = s[2];
   if (s.size() == 3) return Answer(queries_->GetRun(run));
   if (s.size() == 4 && s[3] == "events") return {.stream_run = run};
+  if (s.size() == 4 && s[3] == "lineage") return Answer(queries_->Lineage("", run));
   if (s[3] == "checkpoints" && s.size() == 4) {
     auto since = QueryU64(t, "since_step");
     if (!since.ok()) return ErrorReply(since.status());

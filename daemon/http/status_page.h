@@ -1,6 +1,8 @@
 // The status page served at /: one self-contained HTML file (no external
-// assets) that lists runs and, for the chosen run, its checkpoints and a
-// chart of loss and size over steps, updated live from the events stream.
+// assets) that lists runs and, for the chosen run, its checkpoints, a chart
+// of loss and size over steps and its lineage (base models, the runs it
+// branched from or into, checkpoints, exports), updated live from the
+// events stream.
 #pragma once
 
 #include <string_view>
@@ -33,6 +35,11 @@ svg{width:100%;height:220px}.axis{stroke:var(--line)}.lbl{fill:var(--mute);font-
 .legend{display:flex;gap:14px;color:var(--mute);font-size:12px;margin-bottom:6px}.legend i{display:inline-block;width:18px;height:3px;vertical-align:middle;margin-right:5px}
 #live{font-size:12px;color:var(--mute)}#live.on::before{content:"\25CF ";color:var(--ok)}
 .empty{color:var(--mute);padding:10px 0}
+#lineage{height:auto;min-height:120px}#lineage .edge{fill:none;stroke:#aab2c2;stroke-width:1.5}
+#lineage .node circle,#lineage .node rect{stroke:#fff;stroke-width:2}#lineage .ckpt circle{fill:var(--acc)}
+#lineage .base circle{fill:#7b5cc4}#lineage .gone circle{fill:#c9ced8}#lineage .export rect{fill:var(--warn)}
+#lineage .pinned circle{fill:var(--ok)}#lineage .latest circle,#lineage .latest rect{stroke:#141a26;stroke-width:2.5}
+#lineage text{font-size:11px;fill:var(--ink)}#lineage text.lane{fill:var(--mute);font-weight:600}
 </style></head><body>
 <header><h1>ckptd</h1><span id="summary">loading…</span><span id="live"></span></header>
 <main>
@@ -40,6 +47,9 @@ svg{width:100%;height:220px}.axis{stroke:var(--line)}.lbl{fill:var(--mute);font-
 <section class="panel"><h2 id="title">Checkpoints</h2>
 <div class="legend"><span><i style="background:#2f6fec"></i>loss</span><span><i style="background:#c27c0e"></i>size (MiB)</span></div>
 <svg id="chart" viewBox="0 0 900 220" preserveAspectRatio="none"></svg></section>
+<section class="panel"><h2 id="ltitle">Lineage</h2>
+<div class="legend"><span><i style="background:#7b5cc4"></i>base model</span><span><i style="background:#2f6fec"></i>checkpoint</span><span><i style="background:#1f9d55"></i>pinned</span><span><i style="background:#c27c0e"></i>export</span><span>★ latest</span></div>
+<svg id="lineage" viewBox="0 0 900 120"></svg></section>
 <section class="panel"><table id="table"><thead><tr><th>step</th><th>time (UTC)</th><th class="num">size</th><th>uuid</th><th>metrics</th><th>pinned</th><th>latest</th><th>retention next</th></tr></thead><tbody></tbody></table></section>
 </main>
 <script>
@@ -60,7 +70,34 @@ async function loadRun(){if(!run)return;$('#title').textContent='Checkpoints of 
  $('#table tbody').innerHTML=all.slice().reverse().map(c=>`<tr data-step="${c.step}" class="${c.is_latest?'latest':''}${fresh.has(c.step)?' fresh':''}"><td>${c.step}</td><td>${esc(c.time_utc||'')}</td><td class="num">${fmtB(Number(c.size_bytes||0)+Number(c.train_size_bytes||0))}</td>
  <td class="mono">${esc((c.uuid||'').slice(0,8))}</td><td>${Object.entries(c.metrics||{}).map(([k,v])=>esc(k)+'='+Number(v).toPrecision(4)).join(' ')}</td>
  <td>${c.pinned?'<span class="pill finished">pinned</span> '+esc(c.pin_reason):''}</td><td>${c.is_latest?'★':''}</td><td class="${c.retention_keeps?'keep':'drop'}">${c.retention_keeps?'keep':'delete'}: ${esc(c.retention_reason||'')}</td></tr>`).join('')||'<tr><td colspan="8" class="empty">No checkpoints yet.</td></tr>';
- draw(all)}
+ draw(all);lineage()}
+async function lineage(){const d=await get(`/v1/runs/${encodeURIComponent(run)}/lineage`).catch(()=>({nodes:[]}));drawLineage(d.nodes||[])}
+// Lanes: base models on the left, one row per run; a run starts right of
+// the checkpoint it branched from; exports hang under their checkpoint.
+function drawLineage(ns){const s=$('#lineage');if(!ns.length){s.innerHTML='';return}
+ // An export may share its checkpoint's uuid (same tensors): key nodes by kind too.
+ const kind=n=>(n.kind||'').replace('KIND_','').toLowerCase(),key=n=>(kind(n)=='export'?'e:':'n:')+n.uuid,pkey=n=>'n:'+n.parent_uuid;
+ const by=new Map(ns.map(n=>[key(n),n])),pos=new Map(),lanes=[],laneOf=new Map();
+ const runs=[...new Set(ns.filter(n=>n.run_id).map(n=>n.run_id))],bases=ns.filter(n=>kind(n)=='base_model');
+ bases.forEach((b,i)=>pos.set(key(b),{x:0,y:i}));let row=bases.length?1:0;
+ const steps=r=>ns.filter(n=>n.run_id==r&&(kind(n)=='checkpoint'||kind(n)=='gone'));
+ const place=r=>{if(laneOf.has(r))return;laneOf.set(r,-1);const cs=steps(r);const first=cs[0],p=first&&by.get(pkey(first));
+  if(p&&p.run_id&&p.run_id!=r)place(p.run_id);const px=p&&pos.has(key(p))?pos.get(key(p)).x:0;
+  laneOf.set(r,row);lanes.push([r,row]);cs.forEach((c,i)=>pos.set(key(c),{x:px+1+i,y:row}));
+  const ex=ns.filter(n=>kind(n)=='export'&&n.run_id==r);row+=1+(ex.length?1:0)};
+ runs.forEach(place);
+ const leaf=new Map();ns.filter(n=>kind(n)=='export').forEach(e=>{const p=pos.get(pkey(e));if(!p)return;const k=leaf.get(pkey(e))||0;leaf.set(pkey(e),k+1);pos.set(key(e),{x:p.x+k*0.22,y:p.y+0.75})});
+ const maxX=Math.max(1,...[...pos.values()].map(p=>p.x)),W=900,DX=Math.min(90,(W-150)/(maxX+1)),DY=46,X=x=>120+x*DX,Y=y=>24+y*DY,H=Y(row)-DY+30;
+ s.setAttribute('viewBox',`0 0 ${W} ${H}`);s.style.height=H+'px';let out='';
+ for(const [r,y] of lanes)out+=`<text class="lane" x="4" y="${Y(y)+4}">${esc(r)}</text>`;
+ for(const n of ns){const a=pos.get(pkey(n)),b=pos.get(key(n));if(!a||!b||!n.parent_uuid)continue;const mx=(X(a.x)+X(b.x))/2;
+  out+=`<path class="edge" d="M${X(a.x)},${Y(a.y)} C${mx},${Y(a.y)} ${mx},${Y(b.y)} ${X(b.x)},${Y(b.y)}"/>`}
+ for(const n of ns){const p=pos.get(key(n));if(!p)continue;const k=kind(n),cls=`node ${k=='base_model'?'base':k=='checkpoint'?'ckpt':k}${n.pinned?' pinned':''}${n.is_latest?' latest':''}`;
+  const tip=`${k.replace('_',' ')} ${n.uuid}${n.run_id?'\n'+n.run_id+' step '+(n.step||0):''}${n.name?'\n'+n.name:''}${n.file?'\n'+n.file:''}`;
+  const label=k=='export'?esc(n.name)+(n.is_latest?' ★':''):k=='base_model'?'base '+esc(n.uuid.slice(0,8)):k=='gone'?'deleted':String(n.step||0)+(n.is_latest?' ★':'');
+  const shape=k=='export'?`<rect x="${X(p.x)-5}" y="${Y(p.y)-5}" width="10" height="10" rx="2"/>`:`<circle cx="${X(p.x)}" cy="${Y(p.y)}" r="${k=='base_model'?8:6}"/>`;
+  out+=`<g class="${cls}" data-uuid="${esc(n.uuid)}" data-kind="${k}">${shape}<title>${esc(tip)}</title><text x="${X(p.x)+(k=='export'?8:0)}" y="${Y(p.y)+(k=='export'?4:-10)}" text-anchor="${k=='export'?'start':'middle'}">${label}</text></g>`}
+ s.innerHTML=out}
 function draw(cs){const W=900,H=220,P=34,s=$('#chart');if(cs.length<1){s.innerHTML='';return}
  const xs=cs.map(c=>Number(c.step)),x0=Math.min(...xs),x1=Math.max(...xs)||1,X=v=>P+(W-2*P)*(x1==x0?0.5:(v-x0)/(x1-x0));
  const line=(vals,color)=>{const pts=cs.map((c,i)=>[X(xs[i]),vals[i]]).filter(p=>p[1]!=null&&isFinite(p[1]));if(!pts.length)return'';

@@ -7,6 +7,7 @@
 #include "daemon/api/convert.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/query/lineage.h"
 #include "daemon/scheduler/retention.h"
 
 namespace ckptd::query {
@@ -54,6 +55,53 @@ v1::RunInfo Queries::RunInfo(scheduler::Run& run) const {
     info.set_base_model_uuid(run.settings->base_model_uuid);
   }
   return info;
+}
+
+absl::StatusOr<v1::Lineage> Queries::Lineage(const std::string& uuid,
+                                             const std::string& run_id) const {
+  if (!uuid.empty() && !run_id.empty()) {
+    return absl::InvalidArgumentError("give a uuid or a run_id, not both");
+  }
+  std::vector<v1::LineageNode> files;
+  std::map<std::string, std::string> run_base;
+  for (const auto& run : registry_->List()) {
+    absl::MutexLock lock(&run->mu());
+    const auto& catalog = run->dir()->catalog();
+    const std::optional<uint64_t> latest = run->dir()->latest_step();
+    std::map<std::string, uint64_t> newest_export;
+    for (const auto& [step, r] : catalog) {
+      for (const auto& e : r.exports) newest_export[e.name] = step;
+    }
+    std::string base = run->settings ? run->settings->base_model_uuid : "";
+    for (const auto& [step, r] : catalog) {
+      if (base.empty()) base = r.base_model_uuid;
+      v1::LineageNode& n = files.emplace_back();
+      n.set_uuid(r.uuid);
+      n.set_kind(v1::LineageNode::KIND_CHECKPOINT);
+      n.set_parent_uuid(!r.parent_uuid.empty() ? r.parent_uuid : r.base_model_uuid);
+      n.set_run_id(run->id());
+      n.set_step(step);
+      n.set_file(r.model_path);
+      n.set_time_utc(r.time_utc);
+      n.set_is_latest(latest == step);
+      n.set_pinned(run->pins.Find(step) != nullptr);
+      for (const auto& e : r.exports) {
+        v1::LineageNode& x = files.emplace_back();
+        x.set_uuid(e.uuid);
+        x.set_kind(v1::LineageNode::KIND_EXPORT);
+        x.set_parent_uuid(r.uuid);
+        x.set_run_id(run->id());
+        x.set_step(step);
+        x.set_name(e.name);
+        x.set_file(e.path);
+        x.set_time_utc(r.time_utc);
+        x.set_is_latest(newest_export[e.name] == step);
+        x.set_profile(e.profile);
+      }
+    }
+    if (!base.empty()) run_base[run->id()] = base;
+  }
+  return Focus(CompleteGraph(std::move(files), run_base), uuid, run_id);
 }
 
 v1::ListRunsResponse Queries::ListRuns() const {

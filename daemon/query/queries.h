@@ -44,6 +44,10 @@ class Queries {
   std::vector<policy::RetentionDecision> DryPlan(scheduler::Run& run) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
 
+  // GetLineage: INVALID_ARGUMENT for both a uuid and a run, NOT_FOUND for
+  // an unknown one.
+  absl::StatusOr<v1::Lineage> Lineage(const std::string& uuid, const std::string& run_id) const;
+
   Readiness Ready() const;
   static v1::RunEvent EventToProto(const scheduler::Event& e);
 

@@ -461,6 +461,11 @@ grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext*,
   return Answer(queries_->GetCheckpoint(req->run_id(), req->step()), resp);
 }
 
+grpc::Status CheckpointdService::GetLineage(grpc::ServerContext*, const v1::LineageRequest* req,
+                                            v1::Lineage* resp) {
+  return Answer(queries_->Lineage(req->uuid(), req->run_id()), resp);
+}
+
 grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
                                           grpc::ServerWriter<v1::RunEvent>* writer) {
   auto run = registry_->Get(req->run_id());

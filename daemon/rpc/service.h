@@ -63,6 +63,8 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                                v1::ListCheckpointsResponse* resp) override;
   grpc::Status GetCheckpoint(grpc::ServerContext* ctx, const v1::GetCheckpointRequest* req,
                              v1::CheckpointDetail* resp) override;
+  grpc::Status GetLineage(grpc::ServerContext* ctx, const v1::LineageRequest* req,
+                          v1::Lineage* resp) override;
   grpc::Status WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
                         grpc::ServerWriter<v1::RunEvent>* writer) override;
   grpc::Status Pin(grpc::ServerContext* ctx, const v1::PinRequest* req,

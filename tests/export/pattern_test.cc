@@ -38,6 +38,14 @@ TEST(PatternTest, WildcardMatchesDotsButCannotBeExpanded) {
   EXPECT_FALSE(Pattern::Compile("blk.{L}.x")->Expand({}).ok());  // {L} not captured
 }
 
+TEST(PatternTest, StarredCapturesSpanDots) {
+  auto p = Pattern::Compile("{all*}");
+  auto m = p->Match("model.layers.0.mlp.up_proj.weight");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(*Pattern::Compile("x.{all*}")->Expand(*m), "x.model.layers.0.mlp.up_proj.weight");
+  EXPECT_EQ(Pattern::Compile("{a*}.weight")->Match("a.b.weight")->at("a"), "a.b");
+}
+
 TEST(PatternTest, RefusesMalformedPatterns) {
   for (const char* bad : {"", "a{", "a}", "{}", "{1x}", "{A}{B}", "{A}*", "**"}) {
     EXPECT_FALSE(Pattern::Compile(bad).ok()) << bad;

@@ -3,7 +3,7 @@
 // rows, updates live when a new checkpoint lands, and leaves a screenshot.
 //   node status_page_test.mjs CKPTD CKPTCTL FIXTURE_WRITER SCREENSHOT.png
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, existsSync, readFileSync } from "node:fs";
+import { mkdtempSync, rmSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createRequire } from "node:module";
@@ -40,16 +40,26 @@ async function startDaemon() {
   });
 }
 
-function importStep(run, step, seed, loss) {
+function importStep(run, step, seed, loss, extra = []) {
   const file = join(dir, `f${seed}.gguf`);
   execFileSync(fixtureWriter, [file, "/dev/null", String(seed)]);
-  execFileSync(ckptctl, ["import", run, file, "--step", String(step), "--metric", `loss=${loss}`,
-                         `--socket=${sock}`]);
+  return execFileSync(ckptctl, ["import", run, file, "--step", String(step), "--metric",
+                                `loss=${loss}`, `--socket=${sock}`, "--json", ...extra]).toString();
 }
 
 test("status page shows runs and checkpoints and updates live", { skip: !existsSync(CHROMIUM) && "no /usr/bin/chromium" }, async () => {
   const port = await startDaemon();
-  for (const [i, step] of [100, 200, 300].entries()) importStep("llama-ft", step, i + 1, 3 - i * 0.7);
+  // llama-ft starts from an outside base model; ft-child is fine-tuned from
+  // llama-ft's step 300 and writes an export with each checkpoint.
+  const BASE = "0b5e0000-0000-8000-8000-00000000ba5e";
+  const uuids = {};
+  for (const [i, step] of [100, 200, 300].entries()) {
+    const out = importStep("llama-ft", step, i + 1, 3 - i * 0.7, ["--base-model", BASE]);
+    uuids[step] = JSON.parse(out).checkpoint.uuid;
+  }
+  const profile = join(dir, "same.toml");
+  writeFileSync(profile, 'name = "same"\nrename = [{ from = "{all*}", to = "{all*}" }]\n');
+  importStep("ft-child", 10, 7, 1.5, ["--base-model", uuids[300], "--export", profile]);
   importStep("baseline", 50, 9, 4.2);
   execFileSync(ckptctl, ["pin", "llama-ft", "100", "--reason", "eval-2026-11", `--socket=${sock}`]);
 
@@ -64,7 +74,7 @@ test("status page shows runs and checkpoints and updates live", { skip: !existsS
     page.on("pageerror", (e) => errors.push(e.message));
     await page.goto(`http://127.0.0.1:${port}/?run=llama-ft`);
     await page.waitForSelector("tr[data-step='300']", { timeout: 10000 });
-    assert.equal(await page.locator(".run").count(), 2);
+    assert.equal(await page.locator(".run").count(), 3);
     assert.match(await page.locator(".run.sel").innerText(), /llama-ft/);
     assert.equal(await page.locator("#table tbody tr").count(), 3);
     const latestRow = await page.locator("tr.latest").innerText();
@@ -79,6 +89,23 @@ test("status page shows runs and checkpoints and updates live", { skip: !existsS
     importStep("llama-ft", 400, 4, 0.8);
     await page.waitForSelector("tr[data-step='400'].latest", { timeout: 5000 });
     assert.equal(await page.locator("#table tbody tr").count(), 4);
+    assert.deepEqual(errors, []);
+
+    // The lineage of the fine-tune: the outside base model, llama-ft's
+    // checkpoints, the branch at step 300 into ft-child, its export as a leaf.
+    await page.goto(`http://127.0.0.1:${port}/?run=ft-child`);
+    await page.waitForSelector("#lineage g[data-kind='export']", { timeout: 10000 });
+    const kinds = await page.locator("#lineage g.node").evaluateAll(
+        (gs) => gs.map((g) => g.dataset.kind + ":" + g.dataset.uuid));
+    assert.ok(kinds.includes(`base_model:${BASE}`), kinds.join(" "));
+    for (const step of [100, 200, 300]) assert.ok(kinds.includes(`checkpoint:${uuids[step]}`));
+    // Ancestors and descendants only: llama-ft's step 400 is neither.
+    assert.equal(kinds.filter((k) => k.startsWith("checkpoint:")).length, 4);
+    assert.equal(kinds.filter((k) => k.startsWith("export:")).length, 1);
+    assert.equal(await page.locator("#lineage g.ckpt.latest").count(), 1);  // ft-child's step 10
+    assert.equal(await page.locator("#lineage g.ckpt.pinned").count(), 1);  // llama-ft 100
+    assert.equal(await page.locator("#lineage path.edge").count(), 5);
+    assert.match(await page.locator("#lineage").innerHTML(), /ft-child/);
     assert.deepEqual(errors, []);
     await page.screenshot({ path: screenshot, fullPage: true });
     assert.ok(readFileSync(screenshot).length > 10000, "screenshot written");
