@@ -21,12 +21,13 @@ class Daemon:
         self.target = "unix:" + self.sock
         self.log = str(tmp / "daemon.log")
         self.extra_args = list(extra_args)
+        self.http = [] if "--http-listen" in self.extra_args else ["--http-listen", ""]
         self.proc = None
 
     def start(self):
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [BINARY, "--root", self.root, "--listen", self.target, "--http-listen", "",
+                [BINARY, "--root", self.root, "--listen", self.target, *self.http,
                  "--log-level", "debug", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

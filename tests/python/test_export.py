@@ -165,3 +165,88 @@ def test_offline_export_equals_the_one_written_at_save_time(daemon, tmp_path):
                           "-o", str(tmp_path / "bad.gguf")], capture_output=True, text=True)
     assert bad.returncode != 0 and "model.embed_tokens.weight" in bad.stderr
     assert not (tmp_path / "bad.gguf").exists()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_lineage_of_a_fine_tune_with_exports(tmp_path):
+    """A base model (known only by uuid) -> run "pre" -> a fine-tune "ft"
+    started from pre's step 2 -> ft's exports: ckptctl lineage, the HTTP
+    endpoint and GetLineage all show the whole tree."""
+    import urllib.request
+
+    from conftest import Daemon
+
+    port = _free_port()
+    d = Daemon(tmp_path, ["--http-listen", f"127.0.0.1:{port}"]).start()
+    try:
+        base = "0b5e0000-0000-8000-8000-00000000ba5e"
+        state = tl.hf_weights()
+        with ckptd.connect(d.target) as c:
+            pre = c.open_run("pre", metadata=tl.metadata(), base_model=base, schedule={"every_steps": 1})
+            for step in (1, 2):
+                state["lm_head.weight"][0, 0] = step  # different content, different uuid
+                pre.save(step, model=state)
+                pre.wait(step)
+            pre.close()
+            info = c.lineage(run_id="pre")
+            pre_uuids = {n.step: n.uuid for n in info.nodes if n.kind == n.KIND_CHECKPOINT}
+            ft = c.open_run("ft", metadata=tl.metadata(), base_model=pre_uuids[2], exports=["hf-llama", "hf-llama-q8_0"],
+                            model=state, schedule={"every_steps": 1})
+            for step in (10, 20):
+                state["lm_head.weight"][0, 1] = step
+                ft.save(step, model=state)
+                ft.wait(step)
+            ft.close()
+            whole = c.lineage(run_id="ft")
+        kinds = [(n.kind, n.run_id, n.step, n.name) for n in whole.nodes]
+        K = whole.nodes[0].__class__
+        assert (K.KIND_BASE_MODEL, "", 0, "") in kinds
+        assert [(k, r, s) for k, r, s, _ in kinds if k == K.KIND_CHECKPOINT] == [
+            (K.KIND_CHECKPOINT, "ft", 10), (K.KIND_CHECKPOINT, "ft", 20),
+            (K.KIND_CHECKPOINT, "pre", 1), (K.KIND_CHECKPOINT, "pre", 2)]
+        assert sorted((s, n) for k, r, s, n in kinds if k == K.KIND_EXPORT) == [
+            (10, "hf-llama"), (10, "hf-llama-q8_0"), (20, "hf-llama"), (20, "hf-llama-q8_0")]
+        by_uuid = {n.uuid: n for n in whole.nodes if n.kind != K.KIND_EXPORT}
+        ft10 = next(n for n in whole.nodes if n.run_id == "ft" and n.step == 10 and n.kind == K.KIND_CHECKPOINT)
+        assert ft10.parent_uuid == pre_uuids[2]                      # the branch point
+        assert by_uuid[pre_uuids[1]].parent_uuid == base              # the run's root
+        for n in whole.nodes:
+            if n.kind == K.KIND_EXPORT:                               # exports are leaves of their checkpoint
+                src = by_uuid[n.parent_uuid]
+                assert (src.run_id, src.step) == (n.run_id, n.step)
+                assert G.read_header(n.file).metadata["general.source.uuid"] == n.parent_uuid
+
+        tree = subprocess.run([CKPTCTL, "lineage", "ft", f"--socket={d.target}"], capture_output=True,
+                              text=True, check=True).stdout
+        lines = tree.splitlines()
+        assert lines[0] == f"base model {base}"
+        assert any(l.startswith("└─ pre step 1 ") for l in lines)
+        assert any("ft step 20 " in l and "[latest]" in l for l in lines)
+        assert sum("export hf-llama-q8_0 (hf-llama-q8_0)" in l for l in lines) == 2
+        assert any("[latest.hf-llama]" in l for l in lines)
+        # Focused on one export: its checkpoint and every ancestor, nothing else.
+        leaf = next(n for n in whole.nodes if n.kind == K.KIND_EXPORT and n.step == 10 and n.name == "hf-llama")
+        one = json.loads(subprocess.run([CKPTCTL, "lineage", leaf.uuid, "--json", f"--socket={d.target}"],
+                                        capture_output=True, text=True, check=True).stdout)
+        assert {(n.get("run_id", ""), int(n.get("step", 0))) for n in one["nodes"]} == {
+            ("", 0), ("pre", 1), ("pre", 2), ("ft", 10)}
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/lineage/{pre_uuids[2]}") as r:
+            http = json.loads(r.read())
+        runs = {(n.get("run_id"), int(n.get("step", 0)), n.get("kind")) for n in http["nodes"]}
+        assert ("ft", 20, "KIND_CHECKPOINT") in runs and ("pre", 1, "KIND_CHECKPOINT") in runs
+        assert sum(1 for n in http["nodes"] if n["kind"] == "KIND_EXPORT") == 4
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/lineage/00000000-0000-8000-8000-000000000000")
+            raise AssertionError("an unknown uuid must be 404")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404 and "no file with uuid" in e.read().decode()
+    finally:
+        d.stop()

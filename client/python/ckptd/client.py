@@ -126,6 +126,11 @@ class Client:
         resp = _rpc(self.stub.OpenRun, req)
         return Run(self, resp, transport, name_map, threads)
 
+    def lineage(self, uuid: str = "", run_id: str = ""):
+        """The ancestors and descendants of a file (by general.uuid) or a run;
+        neither: everything the daemon knows. A ckptd.v1.Lineage message."""
+        return _rpc(self.stub.GetLineage, pb.LineageRequest(uuid=uuid, run_id=run_id))
+
     def close(self):
         self.channel.close()
 
