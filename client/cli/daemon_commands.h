@@ -1,6 +1,6 @@
 // ckptctl subcommands that talk to a running daemon: runs, ls, latest,
-// show, import, pin, retention, restore-check, lineage. Each prints a table, or with --json the API's own
-// messages in protobuf's JSON mapping.
+// show, import, pin, retention, restore-check, lineage. Each prints a table, or with --json the
+// API's own messages in protobuf's JSON mapping.
 #pragma once
 
 #include <functional>

@@ -44,7 +44,8 @@ absl::Status Export(const ExportArgs& a) {
   auto shared = std::make_shared<const exports::ExportPlan>(std::move(plan));
   gguf::PlanOptions options{.alignment = src.alignment};
   if (const gguf::Value* scheme = src.metadata.Find(gguf::kKeyUuidScheme);
-      scheme && scheme->get_if<std::string>() && *scheme->get_if<std::string>() == gguf::kGgufHashScheme) {
+      scheme && scheme->get_if<std::string>() &&
+      *scheme->get_if<std::string>() == gguf::kGgufHashScheme) {
     options.uuid_scheme = gguf::UuidScheme::kGgufHash;
   }
   CKPTD_ASSIGN_OR_RETURN(auto writer, storage::ExportWriter::Plan(shared, specs, options));
@@ -79,7 +80,8 @@ absl::Status Export(const ExportArgs& a) {
     source_uuid = *u->get_if<std::string>();
   }
   if (source_uuid.size() != 36) {
-    return absl::InvalidArgumentError(StrCat(a.file, " has no general.uuid to record as the "
+    return absl::InvalidArgumentError(StrCat(a.file,
+                                             " has no general.uuid to record as the "
                                              "export's general.source.uuid"));
   }
   CKPTD_TRY(writer->Finish(source_uuid));
@@ -88,8 +90,8 @@ absl::Status Export(const ExportArgs& a) {
   CKPTD_TRY(env->SyncDir(dir));
   std::cout << "wrote " << a.out << " (" << writer->layout().tensors.size() << " tensors, "
             << writer->written().bytes << " bytes, profile " << shared->profile << " "
-            << shared->profile_digest << ", uuid " << writer->written().digest.uuid
-            << ", source " << source_uuid << ")\n";
+            << shared->profile_digest << ", uuid " << writer->written().digest.uuid << ", source "
+            << source_uuid << ")\n";
   return absl::OkStatus();
 }
 
@@ -97,7 +99,8 @@ absl::Status Export(const ExportArgs& a) {
 
 CLI::App* AddExportCommand(CLI::App* app, ExportArgs* a) {
   auto* cmd = app->add_subcommand(
-      "export", "Apply an export profile to a GGUF checkpoint (offline, same result as at save time)");
+      "export",
+      "Apply an export profile to a GGUF checkpoint (offline, same result as at save time)");
   cmd->add_option("FILE", a->file, "step_N.gguf written by ckptd");
   cmd->add_option("--profile", a->profile, "Built-in profile name or a profile .toml");
   cmd->add_option("-o,--out", a->out, "Output file");

@@ -4,9 +4,8 @@
 // written with the checkpoint.
 #pragma once
 
-#include <string>
-
 #include <CLI/CLI.hpp>
+#include <string>
 
 namespace ckptd::cli {
 

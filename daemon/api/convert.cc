@@ -297,13 +297,16 @@ exports::ProfileSpec FromProto(const v1::ExportProfile& p) {
   s.remove_metadata = {p.remove_metadata().begin(), p.remove_metadata().end()};
   for (const auto& r : p.rename()) s.rename.push_back({r.from(), r.to()});
   for (const auto& f : p.fuse()) s.fuse.push_back({f.from(), f.order(), f.axis(), f.to()});
-  for (const auto& sp : p.split()) s.split.push_back({sp.from(), sp.axis(), {sp.to().begin(), sp.to().end()}});
+  for (const auto& sp : p.split())
+    s.split.push_back({sp.from(), sp.axis(), {sp.to().begin(), sp.to().end()}});
   for (const auto& t : p.transform()) {
-    s.transform.push_back({t.match(), t.rope_permute(), t.transpose(), {t.permute().begin(), t.permute().end()}});
+    s.transform.push_back(
+        {t.match(), t.rope_permute(), t.transpose(), {t.permute().begin(), t.permute().end()}});
   }
   for (const auto& c : p.cast()) s.cast.push_back({c.match(), c.type(), c.dims()});
   for (const auto& m : p.metadata()) {
-    exports::ProfileSpec::MetadataRule rule{m.key(), m.type(), {m.from().begin(), m.from().end()}, m.derive()};
+    exports::ProfileSpec::MetadataRule rule{
+        m.key(), m.type(), {m.from().begin(), m.from().end()}, m.derive()};
     if (m.has_value()) rule.value = m.value();
     rule.required = !m.has_required() || m.required();
     s.metadata.push_back(std::move(rule));

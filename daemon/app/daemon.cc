@@ -194,7 +194,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const config::Config& cfg,
 absl::Status Daemon::StartServing() {
   const config::Config& cfg = cfg_;
   scheduler::DaemonFacts facts{
-      CKPTD_VERSION, Hostname(), cfg.alignment,
+      CKPTD_VERSION,
+      Hostname(),
+      cfg.alignment,
       cfg.direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto,
       cfg.uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash : gguf::UuidScheme::kContent,
       cfg.export_profiles_dir};

@@ -60,9 +60,10 @@ absl::Status CheckLlama(std::span<const gguf::TensorSpec> tensors, const gguf::M
   if (const gguf::Value* rope = md.Find("llama.rope.dimension_count")) {
     auto v = ConvertValue(*rope, gguf::ValueType::kU64);
     if (!v.ok() || *v->get_if<uint64_t>() != head_dim) {
-      return absl::InvalidArgumentError(StrCat("metadata 'llama.rope.dimension_count' must equal "
-                                               "the head dimension ",
-                                               head_dim));
+      return absl::InvalidArgumentError(
+          StrCat("metadata 'llama.rope.dimension_count' must equal "
+                 "the head dimension ",
+                 head_dim));
     }
   }
   std::map<std::string, std::vector<uint64_t>, std::less<>> want{
@@ -90,17 +91,17 @@ absl::Status CheckLlama(std::span<const gguf::TensorSpec> tensors, const gguf::M
                  " blocks (llama.cpp refuses extra tensors: drop or rename it)"));
     }
     if (t.ne != it->second) {
-      return absl::InvalidArgumentError(StrCat("tensor '", t.name, "' has dims [",
-                                               fmt::format("{}", fmt::join(t.ne, ", ")), "]; llama.cpp expects [",
-                                               fmt::format("{}", fmt::join(it->second, ", ")),
-                                               "] from the hyperparameters and vocabulary"));
+      return absl::InvalidArgumentError(
+          StrCat("tensor '", t.name, "' has dims [", fmt::format("{}", fmt::join(t.ne, ", ")),
+                 "]; llama.cpp expects [", fmt::format("{}", fmt::join(it->second, ", ")),
+                 "] from the hyperparameters and vocabulary"));
     }
     want.erase(it);
   }
   want.erase("output.weight");  // optional: tied to token_embd when absent
   if (!want.empty()) {
-    return absl::InvalidArgumentError(StrCat("llama.cpp needs tensor '", want.begin()->first,
-                                             "', which no rule produces"));
+    return absl::InvalidArgumentError(
+        StrCat("llama.cpp needs tensor '", want.begin()->first, "', which no rule produces"));
   }
   return absl::OkStatus();
 }

@@ -22,7 +22,9 @@ using gguf::ValueType;
 bool IsFloatType(TensorType t) {
   return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16;
 }
-bool IsPlainType(TensorType t) { return gguf::LookupTensorType(static_cast<uint32_t>(t))->block_elems == 1; }
+bool IsPlainType(TensorType t) {
+  return gguf::LookupTensorType(static_cast<uint32_t>(t))->block_elems == 1;
+}
 
 std::string Dims(std::span<const uint64_t> ne) { return fmt::format("[{}]", fmt::join(ne, ", ")); }
 
@@ -49,8 +51,8 @@ struct Builder {
                                                "' is made twice (again from '", from, "')"));
     }
     if (r.out.name.size() > gguf::kMaxTensorNameBytes) {
-      return absl::InvalidArgumentError(StrCat(where, ": output tensor '", r.out.name,
-                                               "' is longer than ggml's 63-byte limit"));
+      return absl::InvalidArgumentError(
+          StrCat(where, ": output tensor '", r.out.name, "' is longer than ggml's 63-byte limit"));
     }
     outputs.push_back(std::move(r));
     return absl::OkStatus();
@@ -114,8 +116,8 @@ absl::Status MapSources(Builder& b) {
       if (!caps) continue;
       auto order = ParseIndex(caps->at(f.order));
       if (!order.ok()) {
-        return absl::InvalidArgumentError(StrCat(b.where, ": source tensor '", src.name, "': ",
-                                                 f.order, " = '", caps->at(f.order),
+        return absl::InvalidArgumentError(StrCat(b.where, ": source tensor '", src.name,
+                                                 "': ", f.order, " = '", caps->at(f.order),
                                                  "' is not a decimal index"));
       }
       CKPTD_ASSIGN_OR_RETURN(std::string to, f.to.Expand(*caps));
@@ -162,9 +164,9 @@ absl::Status MapSources(Builder& b) {
       if (m.type != first.type || m.ne != first.ne) {
         return absl::InvalidArgumentError(StrCat(
             b.where, ": fused tensor '", to, "': member '", m.name, "' is ",
-            gguf::LookupTensorType(static_cast<uint32_t>(m.type))->name, " ", Dims(m.ne),
-            " but '", first.name, "' is ",
-            gguf::LookupTensorType(static_cast<uint32_t>(first.type))->name, " ", Dims(first.ne)));
+            gguf::LookupTensorType(static_cast<uint32_t>(m.type))->name, " ", Dims(m.ne), " but '",
+            first.name, "' is ", gguf::LookupTensorType(static_cast<uint32_t>(first.type))->name,
+            " ", Dims(first.ne)));
       }
       out.sources.push_back(members[k].source);
     }
@@ -188,10 +190,9 @@ absl::Status ApplyTransformsShape(Builder& b) {
     for (const auto& t : b.profile.transform) {
       if (!t.match.Match(r.out.name) || t.permute.empty()) continue;
       if (t.permute.size() != r.out.ne.size() || !IsPlainType(r.out.type)) {
-        return absl::InvalidArgumentError(StrCat(b.where, ": tensor '", r.out.name, "' ",
-                                                 Dims(r.out.ne), " cannot be permuted by [",
-                                                 fmt::format("{}", fmt::join(t.permute, ", ")),
-                                                 "]"));
+        return absl::InvalidArgumentError(
+            StrCat(b.where, ": tensor '", r.out.name, "' ", Dims(r.out.ne),
+                   " cannot be permuted by [", fmt::format("{}", fmt::join(t.permute, ", ")), "]"));
       }
       std::vector<uint64_t> ne(r.out.ne.size());
       for (size_t i = 0; i < ne.size(); ++i) ne[i] = r.assembled_ne[t.permute[i]];
@@ -223,7 +224,8 @@ absl::StatusOr<std::optional<Value>> Derive(const Builder& b, const std::string&
   // dim:TENSOR:AXIS
   std::string_view rest = std::string_view(derive).substr(4);
   size_t colon = rest.rfind(':');
-  if (colon == std::string_view::npos) return absl::InvalidArgumentError(StrCat("derive '", derive, "' lacks :AXIS"));
+  if (colon == std::string_view::npos)
+    return absl::InvalidArgumentError(StrCat("derive '", derive, "' lacks :AXIS"));
   CKPTD_ASSIGN_OR_RETURN(uint64_t axis, ParseIndex(rest.substr(colon + 1)));
   auto it = b.by_name.find(rest.substr(0, colon));
   if (it == b.by_name.end()) return std::optional<Value>();
@@ -261,7 +263,8 @@ absl::Status ResolveMetadata(Builder& b, const gguf::Metadata& source, gguf::Met
         auto converted = ConvertValue(*derived, rule.type);
         if (!converted.ok()) {
           return absl::InvalidArgumentError(StrCat(b.where, ": metadata '", rule.key, "' (",
-                                                   rule.derive, "): ", converted.status().message()));
+                                                   rule.derive,
+                                                   "): ", converted.status().message()));
         }
         v = std::move(*converted);
       }
@@ -269,10 +272,11 @@ absl::Status ResolveMetadata(Builder& b, const gguf::Metadata& source, gguf::Met
     if (!v && rule.value) v = rule.value;
     if (!v) {
       if (!rule.required) continue;
-      std::string wants = rule.from.empty() ? "" : StrCat("one of ", fmt::format("{}", fmt::join(rule.from, ", ")));
+      std::string wants =
+          rule.from.empty() ? "" : StrCat("one of ", fmt::format("{}", fmt::join(rule.from, ", ")));
       if (!rule.derive.empty()) StrAppend(&wants, wants.empty() ? "" : ", or ", rule.derive);
-      return absl::InvalidArgumentError(StrCat(b.where, ": metadata '", rule.key, "' needs ",
-                                               wants, " (add it to the run's model metadata)"));
+      return absl::InvalidArgumentError(StrCat(b.where, ": metadata '", rule.key, "' needs ", wants,
+                                               " (add it to the run's model metadata)"));
     }
     md->Set(rule.key, std::move(*v));
   }
@@ -283,7 +287,8 @@ absl::StatusOr<uint64_t> IntegerKey(const gguf::Metadata& md, std::string_view k
   const Value* v = md.Find(key);
   if (v == nullptr) return absl::NotFoundError(StrCat("metadata '", key, "' is not set"));
   auto u = ConvertValue(*v, ValueType::kU64);
-  if (!u.ok()) return absl::InvalidArgumentError(StrCat("metadata '", key, "': ", u.status().message()));
+  if (!u.ok())
+    return absl::InvalidArgumentError(StrCat("metadata '", key, "': ", u.status().message()));
   return *u->get_if<uint64_t>();
 }
 
@@ -298,10 +303,10 @@ absl::Status ResolveRope(Builder& b, const gguf::Metadata& md) {
       }
       if (r.assembled_ne.size() != 2 || *heads == 0 || r.assembled_ne[1] % (2 * *heads) != 0 ||
           !IsPlainType(r.out.type) || !r.permute.empty()) {
-        return absl::InvalidArgumentError(StrCat(
-            b.where, ": tensor '", r.out.name, "' ", Dims(r.assembled_ne),
-            " cannot take the rotary permutation for ", *heads, " heads (", t.rope_permute,
-            "): it needs 2 dims with rows divisible by 2 x heads"));
+        return absl::InvalidArgumentError(
+            StrCat(b.where, ": tensor '", r.out.name, "' ", Dims(r.assembled_ne),
+                   " cannot take the rotary permutation for ", *heads, " heads (", t.rope_permute,
+                   "): it needs 2 dims with rows divisible by 2 x heads"));
       }
       r.rope_heads = static_cast<uint32_t>(*heads);
     }
@@ -316,11 +321,12 @@ absl::Status ResolveCasts(Builder& b) {
       if (c.dims != 0 && static_cast<size_t>(c.dims) != r.out.ne.size()) continue;
       if (c.type != r.element_type) {
         if (!IsFloatType(r.element_type)) {
-          return absl::InvalidArgumentError(StrCat(
-              b.where, ": tensor '", r.out.name, "' is ",
-              gguf::LookupTensorType(static_cast<uint32_t>(r.element_type))->name,
-              " and cannot be cast to ", gguf::LookupTensorType(static_cast<uint32_t>(c.type))->name,
-              " (only f32, f16 and bf16 sources convert)"));
+          return absl::InvalidArgumentError(
+              StrCat(b.where, ": tensor '", r.out.name, "' is ",
+                     gguf::LookupTensorType(static_cast<uint32_t>(r.element_type))->name,
+                     " and cannot be cast to ",
+                     gguf::LookupTensorType(static_cast<uint32_t>(c.type))->name,
+                     " (only f32, f16 and bf16 sources convert)"));
         }
         if (c.type == TensorType::kQ8_0 && r.out.ne[0] % 32 != 0) {
           return absl::InvalidArgumentError(StrCat(b.where, ": tensor '", r.out.name, "' ",
@@ -351,10 +357,18 @@ void SetFileType(const std::vector<OutputRecipe>& outputs, gguf::Metadata* md) {
   // llama.cpp's llama_ftype values.
   uint32_t ftype = 0;
   switch (dominant) {
-    case TensorType::kF16: ftype = 1; break;
-    case TensorType::kQ8_0: ftype = 7; break;
-    case TensorType::kBF16: ftype = 32; break;
-    default: ftype = 0; break;
+    case TensorType::kF16:
+      ftype = 1;
+      break;
+    case TensorType::kQ8_0:
+      ftype = 7;
+      break;
+    case TensorType::kBF16:
+      ftype = 32;
+      break;
+    default:
+      ftype = 0;
+      break;
   }
   md->Set("general.file_type", Value(ftype));
   if (quantized) md->Set("general.quantization_version", Value(uint32_t{2}));
@@ -364,9 +378,8 @@ void SetFileType(const std::vector<OutputRecipe>& outputs, gguf::Metadata* md) {
 
 absl::StatusOr<Value> ConvertValue(const Value& v, ValueType type) {
   if (v.type() == type) return v;
-  if (type == ValueType::kString || v.type() == ValueType::kString ||
-      type == ValueType::kArray || v.type() == ValueType::kArray || type == ValueType::kBool ||
-      v.type() == ValueType::kBool) {
+  if (type == ValueType::kString || v.type() == ValueType::kString || type == ValueType::kArray ||
+      v.type() == ValueType::kArray || type == ValueType::kBool || v.type() == ValueType::kBool) {
     return absl::InvalidArgumentError(StrCat("a ", gguf::ValueTypeName(v.type()),
                                              " cannot become a ", gguf::ValueTypeName(type)));
   }
@@ -381,23 +394,34 @@ absl::StatusOr<Value> ConvertValue(const Value& v, ValueType type) {
   auto fits = [&]<typename T>(T) -> absl::StatusOr<Value> {
     if (x < static_cast<long double>(std::numeric_limits<T>::min()) ||
         x > static_cast<long double>(std::numeric_limits<T>::max()) || x != std::floor(x)) {
-      return absl::InvalidArgumentError(StrCat(FormatValue(v), " does not fit a ",
-                                               gguf::ValueTypeName(type)));
+      return absl::InvalidArgumentError(
+          StrCat(FormatValue(v), " does not fit a ", gguf::ValueTypeName(type)));
     }
     return Value(static_cast<T>(x));
   };
   switch (type) {
-    case ValueType::kU8: return fits(uint8_t{});
-    case ValueType::kI8: return fits(int8_t{});
-    case ValueType::kU16: return fits(uint16_t{});
-    case ValueType::kI16: return fits(int16_t{});
-    case ValueType::kU32: return fits(uint32_t{});
-    case ValueType::kI32: return fits(int32_t{});
-    case ValueType::kU64: return fits(uint64_t{});
-    case ValueType::kI64: return fits(int64_t{});
-    case ValueType::kF32: return Value(static_cast<float>(x));
-    case ValueType::kF64: return Value(static_cast<double>(x));
-    default: break;
+    case ValueType::kU8:
+      return fits(uint8_t{});
+    case ValueType::kI8:
+      return fits(int8_t{});
+    case ValueType::kU16:
+      return fits(uint16_t{});
+    case ValueType::kI16:
+      return fits(int16_t{});
+    case ValueType::kU32:
+      return fits(uint32_t{});
+    case ValueType::kI32:
+      return fits(int32_t{});
+    case ValueType::kU64:
+      return fits(uint64_t{});
+    case ValueType::kI64:
+      return fits(int64_t{});
+    case ValueType::kF32:
+      return Value(static_cast<float>(x));
+    case ValueType::kF64:
+      return Value(static_cast<double>(x));
+    default:
+      break;
   }
   return absl::InvalidArgumentError("unsupported conversion");
 }
@@ -411,8 +435,8 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
   plan.profile = profile.spec.name;
   plan.profile_digest = profile.digest;
   if (!IsValidExportName(plan.name)) {
-    return absl::InvalidArgumentError(StrCat("export name '", plan.name,
-                                             "' must be [a-z0-9_-]{1,64} and not 'train'"));
+    return absl::InvalidArgumentError(
+        StrCat("export name '", plan.name, "' must be [a-z0-9_-]{1,64} and not 'train'"));
   }
   Builder b{profile, StrCat("export '", plan.name, "' (profile ", profile.spec.name, ")"), sources};
   CKPTD_TRY(MapSources(b));
@@ -431,7 +455,8 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
   plan.metadata.Set(std::string(kKeyExportName), Value::String(plan.name));
   plan.metadata.Set(std::string(kKeyExportProfile), Value::String(profile.spec.name));
   plan.metadata.Set(std::string(kKeyExportProfileDigest), Value::String(profile.digest));
-  plan.metadata.Set(std::string(kKeyExportDaemonVersion), Value::String(std::string(daemon_version)));
+  plan.metadata.Set(std::string(kKeyExportDaemonVersion),
+                    Value::String(std::string(daemon_version)));
   plan.metadata.Set("ckpt.role", Value("export"));
   plan.metadata.Set(std::string(kKeySourceUuid), gguf::UuidPlaceholder());
 
@@ -441,10 +466,9 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
     for (size_t s : r.sources) plan.source_used[s] = true;
     plan.output_bytes += *gguf::TensorBytes(r.out.type, r.out.ne);
   }
-  std::stable_sort(b.outputs.begin(), b.outputs.end(),
-                   [](const OutputRecipe& a, const OutputRecipe& c) {
-                     return a.ready_after < c.ready_after;
-                   });
+  std::stable_sort(
+      b.outputs.begin(), b.outputs.end(),
+      [](const OutputRecipe& a, const OutputRecipe& c) { return a.ready_after < c.ready_after; });
   // Peak buffering: sources held from arrival until their output is written.
   std::vector<size_t> release(sources.size(), 0);
   for (const auto& r : b.outputs) {

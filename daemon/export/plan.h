@@ -34,21 +34,21 @@ struct OutputRecipe {
   int axis = 0;                 // fuse and split (ggml dim)
   size_t part = 0, parts = 1;   // split
   gguf::TensorType element_type = gguf::TensorType::kF32;  // before the cast
-  std::vector<uint64_t> assembled_ne;  // after fuse/split, before the permutes
-  uint32_t rope_heads = 0;             // 0: no rotary permutation
-  std::vector<int> permute;            // output dim i = input dim permute[i]; empty: none
-  size_t ready_after = 0;              // the source index whose arrival completes it
+  std::vector<uint64_t> assembled_ne;                      // after fuse/split, before the permutes
+  uint32_t rope_heads = 0;                                 // 0: no rotary permutation
+  std::vector<int> permute;  // output dim i = input dim permute[i]; empty: none
+  size_t ready_after = 0;    // the source index whose arrival completes it
 };
 
 struct ExportPlan {
   std::string name;  // the export's name (file step_N.<name>.gguf)
   std::string profile;
   std::string profile_digest;
-  gguf::Metadata metadata;              // general.source.uuid is a placeholder slot
-  std::vector<OutputRecipe> outputs;    // in write order (by ready_after)
-  std::vector<bool> source_used;        // per source: false when dropped
-  uint64_t peak_buffer_bytes = 0;       // most source bytes held at once
-  uint64_t output_bytes = 0;            // tensor bytes of the output file
+  gguf::Metadata metadata;            // general.source.uuid is a placeholder slot
+  std::vector<OutputRecipe> outputs;  // in write order (by ready_after)
+  std::vector<bool> source_used;      // per source: false when dropped
+  uint64_t peak_buffer_bytes = 0;     // most source bytes held at once
+  uint64_t output_bytes = 0;          // tensor bytes of the output file
 };
 
 // `sources` are the model file's tensors in arrival order; `source_metadata`

@@ -135,92 +135,112 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
     } else if (k == "rename") {
       CKPTD_TRY(ForEachTable(source, n, k, "from,to", [&](const table& t) -> absl::Status {
         ProfileSpec::Rename r;
-        CKPTD_ASSIGN_OR_RETURN(r.from, Str(source, t["from"].node() ? *t["from"].node() : n, "from"));
+        CKPTD_ASSIGN_OR_RETURN(r.from,
+                               Str(source, t["from"].node() ? *t["from"].node() : n, "from"));
         CKPTD_ASSIGN_OR_RETURN(r.to, Str(source, t["to"].node() ? *t["to"].node() : n, "to"));
         s.rename.push_back(std::move(r));
         return absl::OkStatus();
       }));
     } else if (k == "fuse") {
-      CKPTD_TRY(ForEachTable(source, n, k, "from,order,axis,to", [&](const table& t) -> absl::Status {
-        ProfileSpec::Fuse f;
-        for (auto [field, out] : {std::pair{"from", &f.from}, std::pair{"order", &f.order},
-                                  std::pair{"axis", &f.axis}, std::pair{"to", &f.to}}) {
-          CKPTD_ASSIGN_OR_RETURN(*out, Str(source, t[field].node() ? *t[field].node() : n,
-                                           StrCat("fuse.", field)));
-        }
-        s.fuse.push_back(std::move(f));
-        return absl::OkStatus();
-      }));
+      CKPTD_TRY(
+          ForEachTable(source, n, k, "from,order,axis,to", [&](const table& t) -> absl::Status {
+            ProfileSpec::Fuse f;
+            for (auto [field, out] : {std::pair{"from", &f.from}, std::pair{"order", &f.order},
+                                      std::pair{"axis", &f.axis}, std::pair{"to", &f.to}}) {
+              CKPTD_ASSIGN_OR_RETURN(*out, Str(source, t[field].node() ? *t[field].node() : n,
+                                               StrCat("fuse.", field)));
+            }
+            s.fuse.push_back(std::move(f));
+            return absl::OkStatus();
+          }));
     } else if (k == "split") {
       CKPTD_TRY(ForEachTable(source, n, k, "from,axis,to", [&](const table& t) -> absl::Status {
         ProfileSpec::Split sp;
-        CKPTD_ASSIGN_OR_RETURN(sp.from, Str(source, t["from"].node() ? *t["from"].node() : n, "split.from"));
-        CKPTD_ASSIGN_OR_RETURN(sp.axis, Str(source, t["axis"].node() ? *t["axis"].node() : n, "split.axis"));
-        CKPTD_ASSIGN_OR_RETURN(sp.to, Strings(source, t["to"].node() ? *t["to"].node() : n, "split.to"));
+        CKPTD_ASSIGN_OR_RETURN(sp.from,
+                               Str(source, t["from"].node() ? *t["from"].node() : n, "split.from"));
+        CKPTD_ASSIGN_OR_RETURN(sp.axis,
+                               Str(source, t["axis"].node() ? *t["axis"].node() : n, "split.axis"));
+        CKPTD_ASSIGN_OR_RETURN(sp.to,
+                               Strings(source, t["to"].node() ? *t["to"].node() : n, "split.to"));
         s.split.push_back(std::move(sp));
         return absl::OkStatus();
       }));
     } else if (k == "transform") {
-      CKPTD_TRY(ForEachTable(source, n, k, "match,rope_permute,transpose,permute",
-                             [&](const table& t) -> absl::Status {
-        ProfileSpec::Transform tr;
-        CKPTD_ASSIGN_OR_RETURN(tr.match, Str(source, t["match"].node() ? *t["match"].node() : n, "transform.match"));
-        if (const node* r = t["rope_permute"].node()) {
-          CKPTD_ASSIGN_OR_RETURN(tr.rope_permute, Str(source, *r, "transform.rope_permute"));
-        }
-        if (const node* r = t["transpose"].node()) {
-          auto b = r->value<bool>();
-          if (!b) return absl::InvalidArgumentError(StrCat(At(source, *r), ": 'transpose' must be true or false"));
-          tr.transpose = *b;
-        }
-        if (const node* r = t["permute"].node()) {
-          const toml::array* a = r->as_array();
-          if (a == nullptr) return absl::InvalidArgumentError(StrCat(At(source, *r), ": 'permute' must be an array of dims"));
-          for (const node& d : *a) {
-            auto v = d.value<int64_t>();
-            if (!v || *v < 0 || *v > 3) return absl::InvalidArgumentError(StrCat(At(source, d), ": 'permute' dims must be 0-3"));
-            tr.permute.push_back(static_cast<int>(*v));
-          }
-        }
-        s.transform.push_back(std::move(tr));
-        return absl::OkStatus();
-      }));
+      CKPTD_TRY(ForEachTable(
+          source, n, k, "match,rope_permute,transpose,permute",
+          [&](const table& t) -> absl::Status {
+            ProfileSpec::Transform tr;
+            CKPTD_ASSIGN_OR_RETURN(tr.match, Str(source, t["match"].node() ? *t["match"].node() : n,
+                                                 "transform.match"));
+            if (const node* r = t["rope_permute"].node()) {
+              CKPTD_ASSIGN_OR_RETURN(tr.rope_permute, Str(source, *r, "transform.rope_permute"));
+            }
+            if (const node* r = t["transpose"].node()) {
+              auto b = r->value<bool>();
+              if (!b)
+                return absl::InvalidArgumentError(
+                    StrCat(At(source, *r), ": 'transpose' must be true or false"));
+              tr.transpose = *b;
+            }
+            if (const node* r = t["permute"].node()) {
+              const toml::array* a = r->as_array();
+              if (a == nullptr)
+                return absl::InvalidArgumentError(
+                    StrCat(At(source, *r), ": 'permute' must be an array of dims"));
+              for (const node& d : *a) {
+                auto v = d.value<int64_t>();
+                if (!v || *v < 0 || *v > 3)
+                  return absl::InvalidArgumentError(
+                      StrCat(At(source, d), ": 'permute' dims must be 0-3"));
+                tr.permute.push_back(static_cast<int>(*v));
+              }
+            }
+            s.transform.push_back(std::move(tr));
+            return absl::OkStatus();
+          }));
     } else if (k == "cast") {
       CKPTD_TRY(ForEachTable(source, n, k, "match,type,dims", [&](const table& t) -> absl::Status {
         ProfileSpec::Cast c;
-        CKPTD_ASSIGN_OR_RETURN(c.match, Str(source, t["match"].node() ? *t["match"].node() : n, "cast.match"));
-        CKPTD_ASSIGN_OR_RETURN(c.type, Str(source, t["type"].node() ? *t["type"].node() : n, "cast.type"));
+        CKPTD_ASSIGN_OR_RETURN(
+            c.match, Str(source, t["match"].node() ? *t["match"].node() : n, "cast.match"));
+        CKPTD_ASSIGN_OR_RETURN(c.type,
+                               Str(source, t["type"].node() ? *t["type"].node() : n, "cast.type"));
         if (const node* d = t["dims"].node()) {
           auto v = d->value<int64_t>();
-          if (!v || *v < 0 || *v > 4) return absl::InvalidArgumentError(StrCat(At(source, *d), ": 'dims' must be 0-4"));
+          if (!v || *v < 0 || *v > 4)
+            return absl::InvalidArgumentError(StrCat(At(source, *d), ": 'dims' must be 0-4"));
           c.dims = static_cast<int>(*v);
         }
         s.cast.push_back(std::move(c));
         return absl::OkStatus();
       }));
     } else if (k == "metadata") {
-      CKPTD_TRY(ForEachTable(source, n, k, "key,type,from,derive,value,required",
-                             [&](const table& t) -> absl::Status {
-        ProfileSpec::MetadataRule m;
-        CKPTD_ASSIGN_OR_RETURN(m.key, Str(source, t["key"].node() ? *t["key"].node() : n, "metadata.key"));
-        CKPTD_ASSIGN_OR_RETURN(m.type, Str(source, t["type"].node() ? *t["type"].node() : n, "metadata.type"));
-        if (const node* f = t["from"].node()) {
-          CKPTD_ASSIGN_OR_RETURN(m.from, Strings(source, *f, "metadata.from"));
-        }
-        if (const node* d = t["derive"].node()) {
-          CKPTD_ASSIGN_OR_RETURN(m.derive, Str(source, *d, "metadata.derive"));
-        }
-        if (const node* v = t["value"].node()) {
-          CKPTD_ASSIGN_OR_RETURN(m.value, ScalarText(source, *v, "metadata.value"));
-        }
-        if (const node* r = t["required"].node()) {
-          auto b = r->value<bool>();
-          if (!b) return absl::InvalidArgumentError(StrCat(At(source, *r), ": 'required' must be true or false"));
-          m.required = *b;
-        }
-        s.metadata.push_back(std::move(m));
-        return absl::OkStatus();
-      }));
+      CKPTD_TRY(ForEachTable(
+          source, n, k, "key,type,from,derive,value,required", [&](const table& t) -> absl::Status {
+            ProfileSpec::MetadataRule m;
+            CKPTD_ASSIGN_OR_RETURN(
+                m.key, Str(source, t["key"].node() ? *t["key"].node() : n, "metadata.key"));
+            CKPTD_ASSIGN_OR_RETURN(
+                m.type, Str(source, t["type"].node() ? *t["type"].node() : n, "metadata.type"));
+            if (const node* f = t["from"].node()) {
+              CKPTD_ASSIGN_OR_RETURN(m.from, Strings(source, *f, "metadata.from"));
+            }
+            if (const node* d = t["derive"].node()) {
+              CKPTD_ASSIGN_OR_RETURN(m.derive, Str(source, *d, "metadata.derive"));
+            }
+            if (const node* v = t["value"].node()) {
+              CKPTD_ASSIGN_OR_RETURN(m.value, ScalarText(source, *v, "metadata.value"));
+            }
+            if (const node* r = t["required"].node()) {
+              auto b = r->value<bool>();
+              if (!b)
+                return absl::InvalidArgumentError(
+                    StrCat(At(source, *r), ": 'required' must be true or false"));
+              m.required = *b;
+            }
+            s.metadata.push_back(std::move(m));
+            return absl::OkStatus();
+          }));
     } else {
       return Unknown(source, n, k, kTop);
     }
@@ -244,14 +264,22 @@ absl::StatusOr<gguf::Value> ParseTypedValue(gguf::ValueType type, std::string_vi
     return Value(v);
   };
   switch (type) {
-    case ValueType::kU8: return integer(uint8_t{});
-    case ValueType::kI8: return integer(int8_t{});
-    case ValueType::kU16: return integer(uint16_t{});
-    case ValueType::kI16: return integer(int16_t{});
-    case ValueType::kU32: return integer(uint32_t{});
-    case ValueType::kI32: return integer(int32_t{});
-    case ValueType::kU64: return integer(uint64_t{});
-    case ValueType::kI64: return integer(int64_t{});
+    case ValueType::kU8:
+      return integer(uint8_t{});
+    case ValueType::kI8:
+      return integer(int8_t{});
+    case ValueType::kU16:
+      return integer(uint16_t{});
+    case ValueType::kI16:
+      return integer(int16_t{});
+    case ValueType::kU32:
+      return integer(uint32_t{});
+    case ValueType::kI32:
+      return integer(int32_t{});
+    case ValueType::kU64:
+      return integer(uint64_t{});
+    case ValueType::kI64:
+      return integer(int64_t{});
     case ValueType::kF32:
     case ValueType::kF64: {
       std::string s(text);
@@ -288,7 +316,8 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
   }
   auto compile = [&](std::string_view text, std::string_view field) -> absl::StatusOr<Pattern> {
     auto pat = Pattern::Compile(text);
-    if (!pat.ok()) return absl::InvalidArgumentError(StrCat(where, ": ", field, ": ", pat.status().message()));
+    if (!pat.ok())
+      return absl::InvalidArgumentError(StrCat(where, ": ", field, ": ", pat.status().message()));
     return pat;
   };
   for (const auto& d : spec.drop) {
@@ -306,13 +335,13 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
     CKPTD_ASSIGN_OR_RETURN(int axis, ParseAxis(f.axis, StrCat(where, ": fuse '", f.from, "'")));
     const auto& names = from.capture_names();
     if (std::find(names.begin(), names.end(), f.order) == names.end()) {
-      return absl::InvalidArgumentError(StrCat(where, ": fuse '", f.from, "': order '", f.order,
-                                               "' is not one of its captures"));
+      return absl::InvalidArgumentError(
+          StrCat(where, ": fuse '", f.from, "': order '", f.order, "' is not one of its captures"));
     }
     for (const auto& n : to.capture_names()) {
       if (n == f.order) {
-        return absl::InvalidArgumentError(StrCat(where, ": fuse '", f.from, "': the output '",
-                                                 f.to, "' must not use the order capture"));
+        return absl::InvalidArgumentError(StrCat(where, ": fuse '", f.from, "': the output '", f.to,
+                                                 "' must not use the order capture"));
       }
     }
     p.fuse.push_back({std::move(from), f.order, axis, std::move(to)});
@@ -345,8 +374,8 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
       std::sort(sorted.begin(), sorted.end());
       for (size_t i = 0; i < sorted.size(); ++i) {
         if (sorted[i] != static_cast<int>(i)) {
-          return absl::InvalidArgumentError(StrCat(where, ": transform '", t.match,
-                                                   "': permute must list each dim once"));
+          return absl::InvalidArgumentError(
+              StrCat(where, ": transform '", t.match, "': permute must list each dim once"));
         }
       }
     }
@@ -376,12 +405,15 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
     }
     if (!m.derive.empty() && !m.derive.starts_with("dim:") && !m.derive.starts_with("count:")) {
       return absl::InvalidArgumentError(StrCat(where, ": metadata '", m.key, "': derive '",
-                                               m.derive, "' must be dim:TENSOR:AXIS or count:PATTERN"));
+                                               m.derive,
+                                               "' must be dim:TENSOR:AXIS or count:PATTERN"));
     }
     Profile::MetadataRule rule{m.key, *type, m.from, m.derive, std::nullopt, m.required};
     if (m.value) {
       auto v = ParseTypedValue(*type, *m.value);
-      if (!v.ok()) return absl::InvalidArgumentError(StrCat(where, ": metadata '", m.key, "': ", v.status().message()));
+      if (!v.ok())
+        return absl::InvalidArgumentError(
+            StrCat(where, ": metadata '", m.key, "': ", v.status().message()));
       rule.value = std::move(*v);
     }
     if (m.from.empty() && m.derive.empty() && !rule.value) {
@@ -425,20 +457,24 @@ std::string CanonicalText(const ProfileSpec& s) {
   if (!s.description.empty()) StrAppend(&out, "description = ", q(s.description), "\n");
   if (!s.architecture.empty()) StrAppend(&out, "architecture = ", q(s.architecture), "\n");
   if (!s.drop.empty()) StrAppend(&out, "drop = ", list(s.drop), "\n");
-  if (!s.remove_metadata.empty()) StrAppend(&out, "remove_metadata = ", list(s.remove_metadata), "\n");
-  for (const auto& r : s.rename) StrAppend(&out, "\n[[rename]]\nfrom = ", q(r.from), "\nto = ", q(r.to), "\n");
+  if (!s.remove_metadata.empty())
+    StrAppend(&out, "remove_metadata = ", list(s.remove_metadata), "\n");
+  for (const auto& r : s.rename)
+    StrAppend(&out, "\n[[rename]]\nfrom = ", q(r.from), "\nto = ", q(r.to), "\n");
   for (const auto& f : s.fuse) {
-    StrAppend(&out, "\n[[fuse]]\nfrom = ", q(f.from), "\norder = ", q(f.order), "\naxis = ", q(f.axis),
-              "\nto = ", q(f.to), "\n");
+    StrAppend(&out, "\n[[fuse]]\nfrom = ", q(f.from), "\norder = ", q(f.order),
+              "\naxis = ", q(f.axis), "\nto = ", q(f.to), "\n");
   }
   for (const auto& sp : s.split) {
-    StrAppend(&out, "\n[[split]]\nfrom = ", q(sp.from), "\naxis = ", q(sp.axis), "\nto = ", list(sp.to), "\n");
+    StrAppend(&out, "\n[[split]]\nfrom = ", q(sp.from), "\naxis = ", q(sp.axis),
+              "\nto = ", list(sp.to), "\n");
   }
   for (const auto& t : s.transform) {
     StrAppend(&out, "\n[[transform]]\nmatch = ", q(t.match), "\n");
     if (!t.rope_permute.empty()) StrAppend(&out, "rope_permute = ", q(t.rope_permute), "\n");
     if (t.transpose) StrAppend(&out, "transpose = true\n");
-    if (!t.permute.empty()) StrAppend(&out, "permute = [", fmt::format("{}", fmt::join(t.permute, ", ")), "]\n");
+    if (!t.permute.empty())
+      StrAppend(&out, "permute = [", fmt::format("{}", fmt::join(t.permute, ", ")), "]\n");
   }
   for (const auto& c : s.cast) {
     StrAppend(&out, "\n[[cast]]\nmatch = ", q(c.match), "\ntype = ", q(c.type), "\n");
@@ -457,15 +493,16 @@ std::string CanonicalText(const ProfileSpec& s) {
 std::vector<std::string> BuiltinProfileNames() {
   std::vector<std::string> out;
   for (std::string_view base : {"hf-llama", "per-head-llama"}) {
-    for (std::string_view suffix : {"", "-f16", "-bf16", "-q8_0"}) out.push_back(StrCat(base, suffix));
+    for (std::string_view suffix : {"", "-f16", "-bf16", "-q8_0"})
+      out.push_back(StrCat(base, suffix));
   }
   return out;
 }
 
 std::optional<ProfileSpec> BuiltinProfile(std::string_view name) {
-  for (auto [base, toml_text] : {std::pair{std::string_view("hf-llama"), internal::kHfLlamaToml},
-                                 std::pair{std::string_view("per-head-llama"),
-                                           internal::kPerHeadLlamaToml}}) {
+  for (auto [base, toml_text] :
+       {std::pair{std::string_view("hf-llama"), internal::kHfLlamaToml},
+        std::pair{std::string_view("per-head-llama"), internal::kPerHeadLlamaToml}}) {
     if (!name.starts_with(base)) continue;
     std::string_view suffix = name.substr(base.size());
     std::string_view type;
@@ -493,9 +530,10 @@ absl::StatusOr<Profile> LoadProfile(env::Env* env, std::string_view name_or_path
   if (name_or_path.find('/') == std::string_view::npos && !name_or_path.ends_with(".toml")) {
     auto spec = BuiltinProfile(name_or_path);
     if (!spec) {
-      return absl::NotFoundError(StrCat("no built-in export profile '", name_or_path, "' (built in: ",
-                                        fmt::format("{}", fmt::join(BuiltinProfileNames(), ", ")),
-                                        "; or give a path to a .toml profile)"));
+      return absl::NotFoundError(
+          StrCat("no built-in export profile '", name_or_path,
+                 "' (built in: ", fmt::format("{}", fmt::join(BuiltinProfileNames(), ", ")),
+                 "; or give a path to a .toml profile)"));
     }
     return CompileProfile(std::move(*spec));
   }
@@ -516,12 +554,12 @@ absl::StatusOr<Profile> ResolveProfile(env::Env* env, const std::string& profile
     std::string path = StrCat(profiles_dir, "/", name, ".toml");
     if (env->Stat(path).ok()) return LoadProfile(env, path);
   }
-  return absl::NotFoundError(StrCat(
-      "no export profile '", name, "': built in are ",
-      fmt::format("{}", fmt::join(BuiltinProfileNames(), ", ")),
-      profiles_dir.empty() ? std::string("; the daemon has no [export] profiles_dir")
-                           : StrCat("; and none is in ", profiles_dir),
-      " (or send the profile itself in ExportRequest.definition)"));
+  return absl::NotFoundError(StrCat("no export profile '", name, "': built in are ",
+                                    fmt::format("{}", fmt::join(BuiltinProfileNames(), ", ")),
+                                    profiles_dir.empty()
+                                        ? std::string("; the daemon has no [export] profiles_dir")
+                                        : StrCat("; and none is in ", profiles_dir),
+                                    " (or send the profile itself in ExportRequest.definition)"));
 }
 
 }  // namespace ckptd::exports

@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/env/env.h"
 #include "daemon/export/pattern.h"
 #include "daemon/gguf/types.h"
-#include "daemon/env/env.h"
 #include "daemon/gguf/value.h"
 
 namespace ckptd::exports {
@@ -49,9 +49,9 @@ struct ProfileSpec {
   };
   struct MetadataRule {
     std::string key;
-    std::string type;               // u32, f32, string, ... (GGUF value type names)
-    std::vector<std::string> from;  // first key present wins (source, then earlier rules)
-    std::string derive;             // "dim:TENSOR:AXIS" or "count:PATTERN" (output tensors)
+    std::string type;                  // u32, f32, string, ... (GGUF value type names)
+    std::vector<std::string> from;     // first key present wins (source, then earlier rules)
+    std::string derive;                // "dim:TENSOR:AXIS" or "count:PATTERN" (output tensors)
     std::optional<std::string> value;  // literal, also the default when `from` finds nothing
     bool required = true;
   };

@@ -52,8 +52,8 @@ void Rope(std::string_view src, uint64_t rows, uint64_t row_bytes, uint64_t head
           std::string* out) {
   out->resize(src.size());
   for (uint64_t r = 0; r < rows; ++r) {
-    std::memcpy(out->data() + r * row_bytes,
-                src.data() + RopeSourceRow(r, rows, heads) * row_bytes, row_bytes);
+    std::memcpy(out->data() + r * row_bytes, src.data() + RopeSourceRow(r, rows, heads) * row_bytes,
+                row_bytes);
   }
 }
 
@@ -125,7 +125,8 @@ absl::Status Cast(std::string_view src, TensorType from, TensorType to, std::str
     case TensorType::kBF16: {
       out->resize(n * 2);
       for (uint64_t i = 0; i < n; ++i) {
-        uint16_t h = to == TensorType::kF16 ? gguf::Fp32ToFp16(values[i]) : gguf::Fp32ToBf16(values[i]);
+        uint16_t h =
+            to == TensorType::kF16 ? gguf::Fp32ToFp16(values[i]) : gguf::Fp32ToBf16(values[i]);
         std::memcpy(out->data() + i * 2, &h, 2);
       }
       return absl::OkStatus();

@@ -64,8 +64,8 @@ absl::StatusOr<v1::Lineage> Focus(const std::vector<v1::LineageNode>& graph,
   std::vector<std::string> start;
   if (!uuid.empty()) {
     if (!by_uuid.contains(uuid)) {
-      return absl::NotFoundError(StrCat("no file with uuid ", uuid,
-                                        " among the runs this daemon knows"));
+      return absl::NotFoundError(
+          StrCat("no file with uuid ", uuid, " among the runs this daemon knows"));
     }
     start.push_back(uuid);
   } else if (!run_id.empty()) {

@@ -3,6 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <set>
+
 #include "daemon/api/convert.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -12,8 +14,6 @@
 #include "daemon/metrics/metrics.h"
 #include "daemon/scheduler/save_session.h"
 #include "daemon/storage/file_names.h"
-
-#include <set>
 
 namespace ckptd::rpc {
 namespace {
@@ -70,13 +70,11 @@ absl::Status ExportsFrom(const v1::OpenRunRequest& req, scheduler::RunRegistry& 
   std::set<std::string> names;
   for (const v1::ExportRequest& e : req.exports()) {
     absl::StatusOr<exports::Profile> profile =
-        e.has_definition()
-            ? exports::CompileProfile(api::FromProto(e.definition()))
-            : exports::ResolveProfile(registry.env(), registry.facts().export_profiles_dir,
-                                      e.profile());
+        e.has_definition() ? exports::CompileProfile(api::FromProto(e.definition()))
+                           : exports::ResolveProfile(
+                                 registry.env(), registry.facts().export_profiles_dir, e.profile());
     if (!profile.ok()) {
-      return absl::Status(profile.status().code(),
-                          StrCat("exports: ", profile.status().message()));
+      return absl::Status(profile.status().code(), StrCat("exports: ", profile.status().message()));
     }
     std::string name = e.name().empty() ? profile->spec.name : e.name();
     if (!exports::IsValidExportName(name) || !names.insert(name).second) {

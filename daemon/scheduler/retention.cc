@@ -23,8 +23,7 @@ policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir,
   in.in_flight = in_flight;
   in.now_s = now_s;
   for (const auto& [step, r] : dir.catalog()) {
-    policy::CheckpointFacts f{step, r.total_bytes(), r.time_s, std::nullopt,
-                              std::nullopt};
+    policy::CheckpointFacts f{step, r.total_bytes(), r.time_s, std::nullopt, std::nullopt};
     if (auto it = r.metrics.find(policy.metric); it != r.metrics.end()) f.metric = it->second;
     if (const std::string* pin = pins.Find(step)) f.pin = *pin;
     in.checkpoints.push_back(std::move(f));

@@ -119,7 +119,8 @@ absl::Status CheckpointWriter::WriteData(std::string_view bytes) {
     CKPTD_TRY(route_[tensor_]->writer->WriteData(bytes.substr(0, n)));
     filled_ += n;
     if (const size_t m = model_index_[tensor_]; m != SIZE_MAX) {
-      for (auto& e : exports_) CKPTD_TRY(e->Feed(m, bytes.substr(0, n), filled_ == sizes_[tensor_]));
+      for (auto& e : exports_)
+        CKPTD_TRY(e->Feed(m, bytes.substr(0, n), filled_ == sizes_[tensor_]));
     }
     received_ += n;
     bytes.remove_prefix(n);

@@ -89,7 +89,7 @@ class CheckpointWriter {
   std::string weights_dir_;
   uint64_t step_;
   env::DirectIo direct_io_ = env::DirectIo::kAuto;
-  std::vector<File*> route_;  // per tensor, in arrival order
+  std::vector<File*> route_;         // per tensor, in arrival order
   std::vector<size_t> model_index_;  // per tensor: its index among the model tensors
   std::vector<uint64_t> sizes_;
   size_t tensor_ = 0;

@@ -22,9 +22,9 @@ absl::StatusOr<std::unique_ptr<ExportWriter>> ExportWriter::Plan(
     std::shared_ptr<const exports::ExportPlan> plan, std::span<const gguf::TensorSpec> sources,
     const gguf::PlanOptions& options) {
   if (plan->source_used.size() != sources.size()) {
-    return absl::InvalidArgumentError(
-        StrCat("export '", plan->name, "' was planned for ", plan->source_used.size(),
-               " model tensors but this save has ", sources.size()));
+    return absl::InvalidArgumentError(StrCat("export '", plan->name, "' was planned for ",
+                                             plan->source_used.size(),
+                                             " model tensors but this save has ", sources.size()));
   }
   std::unique_ptr<ExportWriter> w(new ExportWriter(plan));
   std::vector<gguf::TensorSpec> specs;
@@ -96,7 +96,8 @@ absl::Status ExportWriter::Finish(std::string_view source_uuid) {
     return absl::InternalError(StrCat("export '", plan_->name, "': ", next_output_, " of ",
                                       plan_->outputs.size(), " tensors were written"));
   }
-  CKPTD_TRY(writer_->SetSlot(exports::kKeySourceUuid, gguf::Value::String(std::string(source_uuid))));
+  CKPTD_TRY(
+      writer_->SetSlot(exports::kKeySourceUuid, gguf::Value::String(std::string(source_uuid))));
   CKPTD_ASSIGN_OR_RETURN(written_.digest, writer_->Finish());
   CKPTD_TRY(file_->Sync());
   CKPTD_TRY(file_->Close());

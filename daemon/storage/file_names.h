@@ -45,7 +45,7 @@ enum class FileKind {
 
 struct ParsedName {
   FileKind kind;
-  uint64_t step = 0;         // for model/train/export files and their temps
+  uint64_t step = 0;        // for model/train/export files and their temps
   std::string export_name;  // for exports and their links
 };
 

@@ -119,12 +119,12 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       const std::string path = PathOf(ExportFileName(step, name));
       auto header = ReadGgufHeader(env_, path);
       if (header.ok() && StringValue(header->metadata, exports::kKeySourceUuid) == record->uuid) {
-        record->exports.push_back({.name = name,
-                                   .path = path,
-                                   .bytes = header->file_size,
-                                   .uuid = StringValue(header->metadata, gguf::kKeyUuid),
-                                   .profile = StringValue(header->metadata,
-                                                          exports::kKeyExportProfile)});
+        record->exports.push_back(
+            {.name = name,
+             .path = path,
+             .bytes = header->file_size,
+             .uuid = StringValue(header->metadata, gguf::kKeyUuid),
+             .profile = StringValue(header->metadata, exports::kKeyExportProfile)});
       } else {
         CKPTD_TRY(remove(path));
       }
@@ -160,7 +160,8 @@ absl::StatusOr<bool> RunDir::RelinkExports() {
   CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
   for (const std::string& name : names) {
     auto parsed = ParseFileName(name);
-    if (parsed && parsed->kind == FileKind::kExportLatest && !newest.contains(parsed->export_name)) {
+    if (parsed && parsed->kind == FileKind::kExportLatest &&
+        !newest.contains(parsed->export_name)) {
       CKPTD_TRY(env_->RemoveFile(PathOf(name)));
       changed = true;
     }

@@ -117,8 +117,9 @@ TEST(PlanTest, LlamaTensorSetIsChecked) {
   // A k projection sized for all heads while the metadata says 2 kv heads.
   tensors = HfTensors();
   tensors[3].ne = {kE, kE};
-  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", tensors, HfMetadata(), "v").status().message(),
-              HasSubstr("tensor 'blk.0.attn_k.weight' has dims [64, 64]; llama.cpp expects [64, 32]"));
+  EXPECT_THAT(
+      PlanExport(Builtin("hf-llama"), "", tensors, HfMetadata(), "v").status().message(),
+      HasSubstr("tensor 'blk.0.attn_k.weight' has dims [64, 64]; llama.cpp expects [64, 32]"));
   // No tokenizer.
   gguf::Metadata md = HfMetadata();
   md.Remove("tokenizer.ggml.tokens");
@@ -139,7 +140,8 @@ std::vector<TensorSpec> PerHead(uint64_t odd_head_rows = kHead) {
   std::vector<TensorSpec> t{{"token_embd.weight", TensorType::kF16, {kE, kVocab}}};
   t.push_back({"blk.0.attn_norm.weight", TensorType::kF32, {kE}});
   for (uint64_t h = 0; h < kHeads; ++h) {
-    t.push_back({StrCat("blk.0.attn_q.head_", h, ".weight"), TensorType::kF16,
+    t.push_back({StrCat("blk.0.attn_q.head_", h, ".weight"),
+                 TensorType::kF16,
                  {kE, h == 2 ? odd_head_rows : kHead}});
     t.push_back({StrCat("blk.0.attn_output.head_", h, ".weight"), TensorType::kF16, {kHead, kE}});
   }
@@ -220,7 +222,8 @@ cast = [{ match = "odd", type = "q8_0" }]
   EXPECT_THAT(PlanExport(p, "", t, {}, "v").status().message(),
               HasSubstr("'odd' [48, 2] cannot be q8_0"));
   t[2] = {"odd", TensorType::kI32, {64, 2}};
-  EXPECT_THAT(PlanExport(p, "", t, {}, "v").status().message(), HasSubstr("is i32 and cannot be cast"));
+  EXPECT_THAT(PlanExport(p, "", t, {}, "v").status().message(),
+              HasSubstr("is i32 and cannot be cast"));
 }
 
 TEST(PlanTest, ConvertValueLosesNothing) {

@@ -30,7 +30,8 @@ TEST(ProfileTest, EveryBuiltinCompilesAndCastsAsNamed) {
 
 TEST(ProfileTest, DigestIgnoresSpellingButNotMeaning) {
   auto a = ParseProfileToml("name = \"p\"\nrename = [{ from = \"a\", to = \"b\" }]\n", "a.toml");
-  auto b = ParseProfileToml("# comment\nname = 'p'\n\n[[rename]]\nto = \"b\"\nfrom = \"a\"\n", "b.toml");
+  auto b =
+      ParseProfileToml("# comment\nname = 'p'\n\n[[rename]]\nto = \"b\"\nfrom = \"a\"\n", "b.toml");
   auto c = ParseProfileToml("name = \"p\"\nrename = [{ from = \"a\", to = \"c\" }]\n", "c.toml");
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
   EXPECT_EQ(CompileProfile(*a)->digest, CompileProfile(*b)->digest);
@@ -38,13 +39,15 @@ TEST(ProfileTest, DigestIgnoresSpellingButNotMeaning) {
   // The canonical text parses back to the same digest.
   auto again = ParseProfileToml(CanonicalText(*BuiltinProfile("hf-llama-q8_0")), "canon");
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(CompileProfile(*again)->digest, CompileProfile(*BuiltinProfile("hf-llama-q8_0"))->digest);
+  EXPECT_EQ(CompileProfile(*again)->digest,
+            CompileProfile(*BuiltinProfile("hf-llama-q8_0"))->digest);
 }
 
 TEST(ProfileTest, ErrorsNameTheFileLineAndField) {
   auto bad_key = ParseProfileToml("name = \"p\"\n\nrenames = []\n", "p.toml");
   EXPECT_THAT(bad_key.status().message(), HasSubstr("p.toml:3: unknown key 'renames'"));
-  auto bad_field = ParseProfileToml("name = \"p\"\nfuse = [{ from = \"a\", too = \"b\" }]\n", "p.toml");
+  auto bad_field =
+      ParseProfileToml("name = \"p\"\nfuse = [{ from = \"a\", too = \"b\" }]\n", "p.toml");
   EXPECT_THAT(bad_field.status().message(), HasSubstr("fuse.too"));
   auto syntax = ParseProfileToml("name = \n", "p.toml");
   EXPECT_THAT(syntax.status().message(), HasSubstr("p.toml:1"));

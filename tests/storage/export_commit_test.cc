@@ -52,8 +52,8 @@ SavePlan Plan(uint64_t step, bool with_export) {
 
 absl::StatusOr<CheckpointRecord> Save(env::Env* env, RunDir* dir, uint64_t step, bool with_export,
                                       float value = 1.5f, Overwrite ow = Overwrite::kNo) {
-  CKPTD_ASSIGN_OR_RETURN(auto w, CheckpointWriter::Create(env, dir->weights_dir(),
-                                                          Plan(step, with_export)));
+  CKPTD_ASSIGN_OR_RETURN(
+      auto w, CheckpointWriter::Create(env, dir->weights_dir(), Plan(step, with_export)));
   std::vector<float> data(w->data_bytes() / 4, value);
   // Odd chunking: exports must not care where chunks end.
   std::string_view bytes(reinterpret_cast<const char*>(data.data()), w->data_bytes());
@@ -158,7 +158,8 @@ TEST_F(ExportCommitTest, RecoveryDropsExportsOfCheckpointsThatDoNotExist) {
   fs::copy_file(Weights() + "/step_20.half.gguf", Weights() + "/step_10.half.gguf",
                 fs::copy_options::overwrite_existing);
   // Temps of an export and of its link.
-  fs::copy_file(Weights() + "/step_20.half.gguf", Weights() + "/.step_40.half.gguf.tmp-0123456789abcdef");
+  fs::copy_file(Weights() + "/step_20.half.gguf",
+                Weights() + "/.step_40.half.gguf.tmp-0123456789abcdef");
   fs::create_symlink("step_20.half.gguf", Weights() + "/.latest.half.tmp-0123456789abcdef");
   fs::remove(Weights() + "/latest.half");
   RecoveryReport report;
