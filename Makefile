@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 30
 # normal build's binaries). The client suite (restore) needs the protobuf
 # code built under ASan too, a few minutes more on 2 cores, so it is left to
 # `make sanitize SANITIZED="... client"` to keep make test within budget.
-SANITIZED  = gguf env storage policy config scheduler
+SANITIZED  = gguf export env storage policy config scheduler
 
 PREFIX     ?= /usr
 CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON \

@@ -53,6 +53,17 @@ absl::StatusOr<std::vector<std::string>> Strings(std::string_view source, const 
   return out;
 }
 
+// A required string field of an array-of-tables entry.
+absl::StatusOr<std::string> Req(std::string_view source, const table& t, std::string_view key,
+                                std::string_view what) {
+  const node* n = t.get(key);
+  if (n == nullptr) {
+    return absl::InvalidArgumentError(
+        StrCat(source, ":", t.source().begin.line, ": each '", what, "' entry needs '", key, "'"));
+  }
+  return Str(source, *n, StrCat(what, ".", key));
+}
+
 // Each element of an array of tables, with its keys checked against `allowed`.
 template <typename Fn>
 absl::Status ForEachTable(std::string_view source, const node& n, std::string_view key,
@@ -120,8 +131,9 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
   constexpr std::string_view kTop =
       "name,description,architecture,drop,rename,fuse,split,transform,cast,metadata,"
       "remove_metadata";
-  for (const auto& [key, n] : root) {
-    const std::string_view k = key.str();
+  for (const auto& entry : root) {
+    const std::string_view k = entry.first.str();
+    const node& n = entry.second;
     if (k == "name") {
       CKPTD_ASSIGN_OR_RETURN(s.name, Str(source, n, k));
     } else if (k == "description") {
@@ -135,9 +147,8 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
     } else if (k == "rename") {
       CKPTD_TRY(ForEachTable(source, n, k, "from,to", [&](const table& t) -> absl::Status {
         ProfileSpec::Rename r;
-        CKPTD_ASSIGN_OR_RETURN(r.from,
-                               Str(source, t["from"].node() ? *t["from"].node() : n, "from"));
-        CKPTD_ASSIGN_OR_RETURN(r.to, Str(source, t["to"].node() ? *t["to"].node() : n, "to"));
+        CKPTD_ASSIGN_OR_RETURN(r.from, Req(source, t, "from", "rename"));
+        CKPTD_ASSIGN_OR_RETURN(r.to, Req(source, t, "to", "rename"));
         s.rename.push_back(std::move(r));
         return absl::OkStatus();
       }));
@@ -147,8 +158,7 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
             ProfileSpec::Fuse f;
             for (auto [field, out] : {std::pair{"from", &f.from}, std::pair{"order", &f.order},
                                       std::pair{"axis", &f.axis}, std::pair{"to", &f.to}}) {
-              CKPTD_ASSIGN_OR_RETURN(*out, Str(source, t[field].node() ? *t[field].node() : n,
-                                               StrCat("fuse.", field)));
+              CKPTD_ASSIGN_OR_RETURN(*out, Req(source, t, field, "fuse"));
             }
             s.fuse.push_back(std::move(f));
             return absl::OkStatus();
@@ -156,12 +166,10 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
     } else if (k == "split") {
       CKPTD_TRY(ForEachTable(source, n, k, "from,axis,to", [&](const table& t) -> absl::Status {
         ProfileSpec::Split sp;
-        CKPTD_ASSIGN_OR_RETURN(sp.from,
-                               Str(source, t["from"].node() ? *t["from"].node() : n, "split.from"));
-        CKPTD_ASSIGN_OR_RETURN(sp.axis,
-                               Str(source, t["axis"].node() ? *t["axis"].node() : n, "split.axis"));
-        CKPTD_ASSIGN_OR_RETURN(sp.to,
-                               Strings(source, t["to"].node() ? *t["to"].node() : n, "split.to"));
+        CKPTD_ASSIGN_OR_RETURN(sp.from, Req(source, t, "from", "split"));
+        CKPTD_ASSIGN_OR_RETURN(sp.axis, Req(source, t, "axis", "split"));
+        if (t.get("to") == nullptr) return Req(source, t, "to", "split").status();
+        CKPTD_ASSIGN_OR_RETURN(sp.to, Strings(source, *t.get("to"), "split.to"));
         s.split.push_back(std::move(sp));
         return absl::OkStatus();
       }));
@@ -170,8 +178,7 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
           source, n, k, "match,rope_permute,transpose,permute",
           [&](const table& t) -> absl::Status {
             ProfileSpec::Transform tr;
-            CKPTD_ASSIGN_OR_RETURN(tr.match, Str(source, t["match"].node() ? *t["match"].node() : n,
-                                                 "transform.match"));
+            CKPTD_ASSIGN_OR_RETURN(tr.match, Req(source, t, "match", "transform"));
             if (const node* r = t["rope_permute"].node()) {
               CKPTD_ASSIGN_OR_RETURN(tr.rope_permute, Str(source, *r, "transform.rope_permute"));
             }
@@ -201,10 +208,8 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
     } else if (k == "cast") {
       CKPTD_TRY(ForEachTable(source, n, k, "match,type,dims", [&](const table& t) -> absl::Status {
         ProfileSpec::Cast c;
-        CKPTD_ASSIGN_OR_RETURN(
-            c.match, Str(source, t["match"].node() ? *t["match"].node() : n, "cast.match"));
-        CKPTD_ASSIGN_OR_RETURN(c.type,
-                               Str(source, t["type"].node() ? *t["type"].node() : n, "cast.type"));
+        CKPTD_ASSIGN_OR_RETURN(c.match, Req(source, t, "match", "cast"));
+        CKPTD_ASSIGN_OR_RETURN(c.type, Req(source, t, "type", "cast"));
         if (const node* d = t["dims"].node()) {
           auto v = d->value<int64_t>();
           if (!v || *v < 0 || *v > 4)
@@ -218,10 +223,8 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
       CKPTD_TRY(ForEachTable(
           source, n, k, "key,type,from,derive,value,required", [&](const table& t) -> absl::Status {
             ProfileSpec::MetadataRule m;
-            CKPTD_ASSIGN_OR_RETURN(
-                m.key, Str(source, t["key"].node() ? *t["key"].node() : n, "metadata.key"));
-            CKPTD_ASSIGN_OR_RETURN(
-                m.type, Str(source, t["type"].node() ? *t["type"].node() : n, "metadata.type"));
+            CKPTD_ASSIGN_OR_RETURN(m.key, Req(source, t, "key", "metadata"));
+            CKPTD_ASSIGN_OR_RETURN(m.type, Req(source, t, "type", "metadata"));
             if (const node* f = t["from"].node()) {
               CKPTD_ASSIGN_OR_RETURN(m.from, Strings(source, *f, "metadata.from"));
             }

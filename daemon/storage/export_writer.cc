@@ -26,12 +26,13 @@ absl::StatusOr<std::unique_ptr<ExportWriter>> ExportWriter::Plan(
                                              plan->source_used.size(),
                                              " model tensors but this save has ", sources.size()));
   }
-  std::unique_ptr<ExportWriter> w(new ExportWriter(plan));
+  std::unique_ptr<ExportWriter> w(new ExportWriter(std::move(plan)));
+  const exports::ExportPlan& p = *w->plan_;
   std::vector<gguf::TensorSpec> specs;
-  for (const auto& r : plan->outputs) specs.push_back(r.out);
-  CKPTD_ASSIGN_OR_RETURN(w->layout_, gguf::PlanLayout(plan->metadata, std::move(specs), options));
+  for (const auto& r : p.outputs) specs.push_back(r.out);
+  CKPTD_ASSIGN_OR_RETURN(w->layout_, gguf::PlanLayout(p.metadata, std::move(specs), options));
   w->release_after_.assign(sources.size(), 0);
-  for (const auto& r : plan->outputs) {
+  for (const auto& r : p.outputs) {
     for (size_t s : r.sources) w->release_after_[s] = std::max(w->release_after_[s], r.ready_after);
   }
   for (const auto& s : sources) w->source_bytes_.push_back(*gguf::TensorBytes(s.type, s.ne));
