@@ -102,14 +102,14 @@ def main():
         }
         for r in runs.values():  # arenas created once, as a trainer's first save
             r.save(0, model=state)
-            r.wait(0)
+            r.wait()
         q8_bytes = size * 34 // 128
         ckptctl = os.path.join(args.build, "client/cli/ckptctl")
         for step in range(1, args.rounds + 1):
             for name, r in runs.items():
                 t0 = time.perf_counter()
                 r.save(step, model=state)
-                r.wait(step)
+                r.wait()
                 results[name].append(time.perf_counter() - t0)
             # The peer: a separate conversion after the checkpoint is durable.
             src = os.path.join(root, "none", "weights", f"step_{step}.gguf")

@@ -100,20 +100,24 @@ float Load(TensorType t, const char* p) {
   }
 }
 
-absl::Status Cast(std::string_view src, TensorType from, TensorType to, std::string* out) {
+}  // namespace
+
+absl::Status ConvertElements(std::string_view src, TensorType from, TensorType to,
+                             std::string* out) {
   const uint64_t in_es = ElementSize(from);
   const uint64_t n = src.size() / in_es;
-  std::vector<float> f32;
+  // Reused across calls: fresh pages cost far more than the conversion here.
+  thread_local std::vector<float> f32;
   const float* values = nullptr;
   if (from == TensorType::kF32) {
     values = reinterpret_cast<const float*>(src.data());
     if (reinterpret_cast<uintptr_t>(values) % alignof(float) != 0) {
-      f32.resize(n);
+      if (f32.size() < n) f32.resize(n);
       std::memcpy(f32.data(), src.data(), n * 4);
       values = f32.data();
     }
   } else {
-    f32.resize(n);
+    if (f32.size() < n) f32.resize(n);
     for (uint64_t i = 0; i < n; ++i) f32[i] = Load(from, src.data() + i * in_es);
     values = f32.data();
   }
@@ -140,8 +144,6 @@ absl::Status Cast(std::string_view src, TensorType from, TensorType to, std::str
   }
   return absl::InvalidArgumentError(StrCat("no conversion to ggml type ", static_cast<int>(to)));
 }
-
-}  // namespace
 
 uint64_t RopeSourceRow(uint64_t r, uint64_t rows, uint64_t heads) {
   const uint64_t head_rows = rows / heads, half = head_rows / 2;
@@ -188,7 +190,7 @@ absl::Status BuildOutput(const OutputRecipe& r, std::span<const std::string_view
     out->assign(cur);
     return absl::OkStatus();
   }
-  return Cast(cur, r.element_type, r.out.type, out);
+  return ConvertElements(cur, r.element_type, r.out.type, out);
 }
 
 }  // namespace ckptd::exports

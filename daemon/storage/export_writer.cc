@@ -52,19 +52,51 @@ absl::Status ExportWriter::Start(env::Env* env, const std::string& dir, std::str
   return writer_->WriteHeader();
 }
 
-// A source streams when its only output is itself, renamed, same type, and
-// that output is next in line.
+// A source streams when its only output is itself, renamed (a same-type
+// copy, or an element-wise conversion done chunk by chunk), and that output
+// is next in line.
 bool ExportWriter::Streams(size_t source) const {
   if (next_output_ >= plan_->outputs.size()) return false;
   const exports::OutputRecipe& r = plan_->outputs[next_output_];
   return r.kind == exports::OutputRecipe::Kind::kCopy && r.sources[0] == source &&
-         r.rope_heads == 0 && r.permute.empty() && r.out.type == r.element_type;
+         r.rope_heads == 0 && r.permute.empty();
+}
+
+absl::Status ExportWriter::StreamChunk(const exports::OutputRecipe& r, std::string_view bytes,
+                                       bool complete) {
+  if (r.out.type == r.element_type) return writer_->WriteData(bytes);
+  // Convert whole units (an element, or a 32-element block for Q8_0); a
+  // unit split across chunks waits in `carry_`.
+  const size_t element = gguf::LookupTensorType(static_cast<uint32_t>(r.element_type))->block_bytes;
+  const size_t unit = element * (r.out.type == gguf::TensorType::kQ8_0 ? 32 : 1);
+  if (!carry_.empty()) {
+    const size_t take = std::min(unit - carry_.size(), bytes.size());
+    carry_.append(bytes.substr(0, take));
+    bytes.remove_prefix(take);
+    if (carry_.size() == unit) {
+      CKPTD_TRY(exports::ConvertElements(carry_, r.element_type, r.out.type, &scratch_));
+      CKPTD_TRY(writer_->WriteData(scratch_));
+      carry_.clear();
+    }
+  }
+  const size_t whole = bytes.size() / unit * unit;
+  if (whole > 0) {
+    CKPTD_TRY(
+        exports::ConvertElements(bytes.substr(0, whole), r.element_type, r.out.type, &scratch_));
+    CKPTD_TRY(writer_->WriteData(scratch_));
+  }
+  carry_.append(bytes.substr(whole));
+  if (complete && !carry_.empty()) {
+    return absl::InternalError(StrCat("export '", plan_->name, "': tensor '", r.out.name,
+                                      "' ended inside a conversion unit"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ExportWriter::Feed(size_t source, std::string_view bytes, bool complete) {
   if (!plan_->source_used[source]) return absl::OkStatus();
   if (Streams(source)) {
-    CKPTD_TRY(writer_->WriteData(bytes));
+    CKPTD_TRY(StreamChunk(plan_->outputs[next_output_], bytes, complete));
     if (complete) ++next_output_;
     return complete ? WriteReady(source) : absl::OkStatus();
   }
@@ -88,7 +120,6 @@ absl::Status ExportWriter::WriteReady(size_t source) {
   for (size_t s = 0; s <= source; ++s) {
     if (release_after_[s] <= source && !buffers_[s].empty()) std::string().swap(buffers_[s]);
   }
-  if (scratch_.capacity() > (64u << 20)) std::string().swap(scratch_);
   return absl::OkStatus();
 }
 

@@ -3,9 +3,9 @@
 // read back from disk. A source tensor is buffered only while an output
 // that needs it is incomplete (a fused family, or a tensor that is
 // permuted or cast); a renamed tensor of the same type streams straight
-// through. Finish() records the checkpoint's uuid as general.source.uuid
-// and makes the file durable; the commit renames it. The destructor removes
-// the temp unless Release()d. Not thread-safe.
+// through, converted chunk by chunk when it changes type. Finish() records the checkpoint's uuid as
+// general.source.uuid and makes the file durable; the commit renames it. The destructor removes the
+// temp unless Release()d. Not thread-safe.
 #pragma once
 
 #include <memory>
@@ -46,6 +46,7 @@ class ExportWriter {
   explicit ExportWriter(std::shared_ptr<const exports::ExportPlan> plan);
   absl::Status WriteReady(size_t source);
   bool Streams(size_t source) const;
+  absl::Status StreamChunk(const exports::OutputRecipe& r, std::string_view bytes, bool complete);
 
   std::shared_ptr<const exports::ExportPlan> plan_;
   gguf::Layout layout_;
@@ -58,7 +59,8 @@ class ExportWriter {
   std::unique_ptr<FileSink> sink_;
   std::unique_ptr<gguf::Writer> writer_;
   WrittenFile written_;
-  std::string scratch_;
+  std::string scratch_;  // converted bytes, reused
+  std::string carry_;    // a conversion unit split across chunks
   bool released_ = false;
 };
 

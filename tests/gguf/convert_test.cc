@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <random>
 
 namespace ckptd::gguf {
 namespace {
@@ -117,6 +118,34 @@ TEST(Q8_0Test, NanAndInfFollowGgmlsMaxMacro) {
   ASSERT_TRUE(QuantizeQ8_0(x, q).ok());
   EXPECT_EQ(q[0] | (q[1] << 8), 0x7c00);
   for (int j = 0; j < 32; ++j) EXPECT_EQ(q[2 + j], 0) << j;
+}
+
+// The vectorized path against ggml's reference written out with libm's
+// roundf, on blocks of every magnitude (including infinities and scales
+// that underflow to subnormals).
+TEST(Q8_0Test, MatchesTheReferenceOnRandomBlocks) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> exp(-140, 120);
+  std::vector<float> x(32 * 4096);
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = std::ldexp(normal(rng), exp(rng) / (i % 7 == 0 ? 1 : 8));
+    if (i % 9973 == 0) x[i] = (i % 2 ? 1 : -1) * INFINITY;
+  }
+  std::vector<uint8_t> q(x.size() / 32 * 34);
+  ASSERT_TRUE(QuantizeQ8_0(x, q).ok());
+  for (size_t b = 0; b < x.size() / 32; ++b) {
+    float amax = 0;
+    for (int j = 0; j < 32; ++j)
+      amax = amax > std::fabs(x[b * 32 + j]) ? amax : std::fabs(x[b * 32 + j]);
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    ASSERT_EQ(q[b * 34] | (q[b * 34 + 1] << 8), Fp32ToFp16(d)) << b;
+    for (int j = 0; j < 32; ++j) {
+      const float r = std::roundf(x[b * 32 + j] * id);
+      const auto want = std::isfinite(r) ? static_cast<uint8_t>(static_cast<int32_t>(r)) : 0;
+      ASSERT_EQ(q[b * 34 + 2 + j], want) << "block " << b << " element " << j;
+    }
+  }
 }
 
 }  // namespace

@@ -113,7 +113,7 @@ def test_casts_are_bit_exact_with_ggml(daemon, tmp_path):
         run = c.open_run("casts", exports=[profile(tmp_path, t) for t in ("f16", "bf16", "q8_0")],
                          model=state, schedule={"every_steps": 1})
         run.save(1, model=state)
-        run.wait(1)
+        run.wait()
         run.close()
     wd = os.path.join(daemon.root, "casts", "weights")
     for name, x in state.items():

@@ -26,7 +26,7 @@ def save_once(daemon, run_id, model, exports, metadata, step=1, **kw):
         run = c.open_run(run_id, metadata=metadata, exports=exports, model=model,
                          schedule={"every_steps": 1}, **kw)
         run.save(step, model=model)
-        run.wait(step)
+        run.wait()
         run.close()
     return weights_dir(daemon, run_id)
 
@@ -136,7 +136,7 @@ def test_the_first_save_is_refused_when_no_manifest_was_given(daemon):
         run = c.open_run("late", metadata=tl.metadata(), exports=["hf-llama"], schedule={"every_steps": 1})
         with pytest.raises(ckptd.Error) as e:
             run.save(1, model=state)
-            run.wait(1)
+            run.wait()
         assert "stray" in str(e.value)
         run.close()
     wd = weights_dir(daemon, "late")
@@ -193,7 +193,7 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
             for step in (1, 2):
                 state["lm_head.weight"][0, 0] = step  # different content, different uuid
                 pre.save(step, model=state)
-                pre.wait(step)
+                pre.wait()
             pre.close()
             info = c.lineage(run_id="pre")
             pre_uuids = {n.step: n.uuid for n in info.nodes if n.kind == n.KIND_CHECKPOINT}
@@ -202,7 +202,7 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
             for step in (10, 20):
                 state["lm_head.weight"][0, 1] = step
                 ft.save(step, model=state)
-                ft.wait(step)
+                ft.wait()
             ft.close()
             whole = c.lineage(run_id="ft")
         kinds = [(n.kind, n.run_id, n.step, n.name) for n in whole.nodes]
