@@ -91,6 +91,7 @@ bench: build
 	@scripts/install-deps.sh --bench
 	@$(BUILD)/bench/gguf_bench $(filter --quick,$(ARGS))
 	@/usr/bin/python3 bench/run_bench.py --build $(BUILD) $(ARGS)
+	@/usr/bin/python3 bench/export_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 3,)
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i

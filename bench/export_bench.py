@@ -76,6 +76,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--build", default="build")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--only", default="", help="comma-separated: none,f32,q8_0 (profiling)")
     args = ap.parse_args()
     import ckptd
     from run_bench import start_daemon
@@ -100,6 +101,8 @@ def main():
             "q8_0": c.open_run("q8_0", metadata=md, schedule={"every_steps": 1}, transport="shm",
                                exports=["hf-llama-q8_0"], model=state),
         }
+        if args.only:
+            runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
         for r in runs.values():  # arenas created once, as a trainer's first save
             r.save(0, model=state)
             r.wait()
@@ -111,6 +114,8 @@ def main():
                 r.save(step, model=state)
                 r.wait()
                 results[name].append(time.perf_counter() - t0)
+            if args.only:
+                continue
             # The peer: a separate conversion after the checkpoint is durable.
             src = os.path.join(root, "none", "weights", f"step_{step}.gguf")
             out = os.path.join(work, "offline.gguf")
@@ -128,6 +133,9 @@ def main():
         proc.terminate()
         proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+    if args.only:
+        print({k: median(v) for k, v in results.items() if v})
+        return 0
     med = {k: median(v) for k, v in results.items()}
     fmed = {k: (median(v) if None not in v else None) for k, v in fio.items()}
     base = med["none"]

@@ -54,7 +54,7 @@ absl::Status Export(const ExportArgs& a) {
     dir = slash == 0 ? "/" : a.out.substr(0, slash);
     name = a.out.substr(slash + 1);
   }
-  CKPTD_TRY(writer->Start(env, dir, name, env::DirectIo::kOff));
+  CKPTD_TRY(writer->Start(env, dir, name, env::DirectIo::kAuto));
   // The source's bytes are checked against its own digests as they pass.
   const std::vector<gguf::Digest128> stored = StoredDigests(src.metadata);
   std::string buf;
