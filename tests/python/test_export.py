@@ -250,3 +250,26 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
             assert e.code == 404 and "no file with uuid" in e.read().decode()
     finally:
         d.stop()
+
+
+def test_named_profiles_from_the_daemons_profiles_dir(tmp_path):
+    """[export] profiles_dir: a run names a profile the operator installed."""
+    from conftest import Daemon
+
+    pdir = tmp_path / "profiles"
+    pdir.mkdir()
+    (pdir / "f16-all.toml").write_text('name = "f16-all"\nrename = [{ from = "{all*}", to = "{all*}" }]\n'
+                                       'cast = [{ match = "*", type = "f16" }]\n')
+    cfg = tmp_path / "ckptd.toml"
+    cfg.write_text(f'[export]\nprofiles_dir = "{pdir}"\n')
+    d = Daemon(tmp_path, ["--config", str(cfg)]).start()
+    try:
+        state = {"a.b": np.arange(8, dtype=np.float32)}
+        wd = save_once(d, "named", state, ["f16-all"], {})
+        h = G.read_header(os.path.join(wd, "step_1.f16-all.gguf"))
+        assert h.by_name["a.b"].type == G.F16
+        assert h.metadata["ckpt.export.profile"] == "f16-all"
+        msg = _open_error(d, "missing", state, ["not-there"], {})
+        assert "not-there" in msg and str(pdir) in msg
+    finally:
+        d.stop()
