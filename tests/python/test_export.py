@@ -6,6 +6,7 @@ pass; refusals; offline re-export; lineage."""
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,6 +232,11 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
         assert any("ft step 20 " in l and "[latest]" in l for l in lines)
         assert sum("export hf-llama-q8_0 (hf-llama-q8_0)" in l for l in lines) == 2
         assert any("[latest.hf-llama]" in l for l in lines)
+        py = subprocess.run([sys.executable, "-m", "ckptd", "--socket", d.target, "lineage", "ft"],
+                            capture_output=True, text=True, env=d.env()).stdout.splitlines()
+        assert py[0] == f"base model {base}" and py[1].startswith("  pre step 1 ")
+        assert py[2].startswith("  pre step 2 ") and py[3].startswith("    ft step 10 ")
+        assert sum(l.strip().startswith("export hf-llama ") for l in py) == 2
         # Focused on one export: its checkpoint and every ancestor, nothing else.
         leaf = next(n for n in whole.nodes if n.kind == K.KIND_EXPORT and n.step == 10 and n.name == "hf-llama")
         one = json.loads(subprocess.run([CKPTCTL, "lineage", leaf.uuid, "--json", f"--socket={d.target}"],

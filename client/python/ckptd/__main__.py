@@ -1,4 +1,4 @@
-"""python -m ckptd ls|latest|show|inspect|verify: the read-only ckptctl commands."""
+"""python -m ckptd ls|latest|show|inspect|verify|lineage: the read-only ckptctl commands."""
 
 from __future__ import annotations
 
@@ -95,6 +95,56 @@ def cmd_verify(args):
     return 0
 
 
+def _label(n) -> str:
+    kind = pb.LineageNode.Kind.Name(n.kind)[5:].lower()
+    if kind == "base_model":
+        return f"base model {n.uuid}"
+    if kind == "export":
+        return f"export {n.name} ({n.profile})  {n.uuid[:8]}" + (f"  [latest.{n.name}]" if n.is_latest else "")
+    if kind == "gone":
+        return f"{n.run_id} deleted checkpoint  {n.uuid[:8]}"
+    return (f"{n.run_id} step {n.step}  {n.uuid[:8]}  {n.time_utc}" + ("  [latest]" if n.is_latest else "")
+            + ("  [pinned]" if n.pinned else ""))
+
+
+def cmd_lineage(args):
+    """The tree of ancestors and descendants, one node per line, indented under its parent."""
+    target = args.target or ""
+    looks_uuid = len(target) == 36 and target.count("-") == 4
+    lineage = connect(args.socket).lineage(uuid=target if looks_uuid else "", run_id="" if looks_uuid else target)
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(lineage, preserving_proto_field_name=True))
+        return 0
+    export = pb.LineageNode.KIND_EXPORT
+    present = {n.uuid for n in lineage.nodes}
+    children: dict[str, list] = {}
+    roots = []
+    for n in lineage.nodes:
+        if not n.parent_uuid or n.parent_uuid not in present or (n.parent_uuid == n.uuid and n.kind != export):
+            roots.append(n)
+        else:
+            children.setdefault(n.parent_uuid, []).append(n)
+
+    def show(n, depth):
+        # A run's checkpoints stay in one column; exports and other runs indent.
+        while n is not None:
+            print("  " * depth + _label(n))
+            if n.kind == export:  # a leaf (it may share its checkpoint's uuid)
+                return
+            kids = [c for c in children.get(n.uuid, []) if c is not n]
+            nxt = next((c for c in kids if c.kind != export and c.run_id == n.run_id and n.run_id), None)
+            for c in kids:
+                if c is not nxt:
+                    show(c, depth + 1)
+            n = nxt
+
+    for r in roots:
+        show(r, 0)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m ckptd", description=__doc__)
     p.add_argument("--socket", help="daemon address (default: $CKPTD_SOCKET, else the dev socket)")
@@ -117,6 +167,10 @@ def main(argv=None):
     s.add_argument("path")
     s.add_argument("--model-only", action="store_true", help="skip the training-state file")
     s.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("lineage", help="base model -> runs -> checkpoints -> exports (UUID, RUN or all)")
+    s.add_argument("target", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_lineage)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
