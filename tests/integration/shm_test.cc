@@ -379,6 +379,8 @@ TEST_F(ShmTest, HotRestoreServesTheDeadTrainersArenaUntilTheRunCloses) {
   constexpr size_t kBytes = 8 << 20;
   std::string expected(kBytes, '\0');
   for (size_t i = 0; i < kBytes; ++i) expected[i] = static_cast<char>(i * 7 % 251);
+  // Committed and kept in memory: the daemon keeps the arena just after the
+  // commit becomes visible, so wait for both.
   auto committed = [&](const std::string& run, uint64_t step) {
     return Eventually([&] {
       grpc::ClientContext ctx;
@@ -386,7 +388,7 @@ TEST_F(ShmTest, HotRestoreServesTheDeadTrainersArenaUntilTheRunCloses) {
       req.set_run_id(run);
       v1::RunInfo info;
       return client->stub().GetRun(&ctx, req, &info).ok() && info.has_last_step() &&
-             info.last_step() == step;
+             info.last_step() == step && info.in_memory().step() == step;
     });
   };
   CommandResult trainer =
