@@ -108,6 +108,7 @@ absl::Status ExportWriter::Feed(size_t source, std::string_view bytes, bool comp
 
 absl::Status ExportWriter::WriteReady(size_t source) {
   std::vector<std::string_view> views;
+  std::vector<size_t> read;
   while (next_output_ < plan_->outputs.size() &&
          plan_->outputs[next_output_].ready_after == source) {
     const exports::OutputRecipe& r = plan_->outputs[next_output_];
@@ -116,9 +117,12 @@ absl::Status ExportWriter::WriteReady(size_t source) {
     CKPTD_TRY(exports::BuildOutput(r, views, &scratch_));
     CKPTD_TRY(writer_->WriteData(scratch_));
     ++next_output_;
+    read.insert(read.end(), r.sources.begin(), r.sources.end());
   }
-  for (size_t s = 0; s <= source; ++s) {
-    if (release_after_[s] <= source && !buffers_[s].empty()) std::string().swap(buffers_[s]);
+  // A source is freed once the last output that reads it is written (a
+  // split's parts all read it, so only after the loop).
+  for (size_t s : read) {
+    if (release_after_[s] <= source) std::string().swap(buffers_[s]);
   }
   return absl::OkStatus();
 }

@@ -106,6 +106,60 @@ TEST_F(ExportCommitTest, WrittenWithTheCheckpointAndNamingItsSource) {
   EXPECT_EQ(again->total_bytes(), dir->total_bytes());
 }
 
+// Outputs that need their sources whole (split parts, a transpose) are built
+// when the last source lands, whatever the chunking, and read back exactly.
+TEST_F(ExportCommitTest, SplitAndTransposedOutputsHoldTheRightBytes) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  SavePlan plan;
+  plan.step = 5;
+  plan.direct_io = env::DirectIo::kOff;
+  plan.tensors.push_back({{"w", gguf::TensorType::kF32, {4, 6}}, TensorGroup::kModel});
+  plan.tensors.push_back({{"t", gguf::TensorType::kF32, {2, 3}}, TensorGroup::kModel});
+  auto spec = exports::ParseProfileToml(
+      "name = \"parts\"\nsplit = [{ from = \"w\", axis = \"rows\", to = [\"w0\", \"w1\", \"w2\"] "
+      "}]\n"
+      "rename = [{ from = \"t\", to = \"t\" }]\ntransform = [{ match = \"t\", transpose = true "
+      "}]\n",
+      "parts.toml");
+  ASSERT_OK(spec.status());
+  auto profile = exports::CompileProfile(*spec);
+  ASSERT_OK(profile.status());
+  std::vector<gguf::TensorSpec> model{plan.tensors[0].spec, plan.tensors[1].spec};
+  auto ep = exports::PlanExport(*profile, "", model, plan.model_metadata, "test");
+  ASSERT_OK(ep.status());
+  plan.exports.push_back(std::make_shared<const exports::ExportPlan>(std::move(*ep)));
+  auto w = CheckpointWriter::Create(env, dir->weights_dir(), std::move(plan));
+  ASSERT_OK(w.status());
+  std::vector<float> data(30);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i);
+  std::string_view bytes(reinterpret_cast<const char*>(data.data()), data.size() * 4);
+  while (!bytes.empty()) {  // 7-byte chunks: no chunk ends on a float
+    ASSERT_OK((*w)->WriteData(bytes.substr(0, 7)));
+    bytes.remove_prefix(std::min<size_t>(7, bytes.size()));
+  }
+  ASSERT_OK((*w)->Finish());
+  ASSERT_OK(dir->Commit(w->get(), Overwrite::kNo).status());
+  const std::string path = Weights() + "/step_5.parts.gguf";
+  auto header = ReadGgufHeader(env, path);
+  ASSERT_OK(header.status());
+  auto file = env->OpenForRead(path);
+  auto values = [&](const std::string& name) {
+    for (const auto& t : header->tensors) {
+      if (t.name != name) continue;
+      std::vector<float> v(t.nbytes / 4);
+      EXPECT_OK((*file)->ReadAt(header->data_offset + t.offset, t.nbytes, v.data()));
+      return v;
+    }
+    return std::vector<float>{};
+  };
+  EXPECT_EQ(values("w0"), (std::vector<float>{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(values("w1"), (std::vector<float>{8, 9, 10, 11, 12, 13, 14, 15}));
+  EXPECT_EQ(values("w2"), (std::vector<float>{16, 17, 18, 19, 20, 21, 22, 23}));
+  EXPECT_EQ(values("t"), (std::vector<float>{24, 26, 28, 25, 27,
+                                             29}));  // rows {24 25} {26 27} {28 29}, transposed
+}
+
 TEST_F(ExportCommitTest, LatestFollowsTheNewestStepWithTheExport) {
   env::Env* env = env::Env::Default();
   auto dir = OpenDir();
