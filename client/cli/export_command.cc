@@ -18,20 +18,6 @@ namespace {
 
 constexpr size_t kChunk = 8 << 20;
 
-std::vector<gguf::Digest128> StoredDigests(const gguf::Metadata& md) {
-  std::vector<gguf::Digest128> out;
-  const gguf::Value* v = md.Find(gguf::kKeyTensorDigests);
-  const gguf::Array* a = v ? v->get_if<gguf::Array>() : nullptr;
-  if (a == nullptr) return out;
-  for (const gguf::Value& item : a->items) {
-    const std::string* s = item.get_if<std::string>();
-    auto d = s ? gguf::ParseDigestHex(*s) : absl::InvalidArgumentError("");
-    if (!d.ok()) return {};
-    out.push_back(*d);
-  }
-  return out;
-}
-
 absl::Status Export(const ExportArgs& a) {
   env::Env* env = env::Env::Default();
   CKPTD_ASSIGN_OR_RETURN(exports::Profile profile, exports::LoadProfile(env, a.profile));
@@ -56,7 +42,7 @@ absl::Status Export(const ExportArgs& a) {
   }
   CKPTD_TRY(writer->Start(env, dir, name, env::DirectIo::kAuto));
   // The source's bytes are checked against its own digests as they pass.
-  const std::vector<gguf::Digest128> stored = StoredDigests(src.metadata);
+  CKPTD_ASSIGN_OR_RETURN(const std::vector<gguf::Digest128> stored, gguf::StoredTensorDigests(src));
   std::string buf;
   for (size_t i = 0; i < src.tensors.size(); ++i) {
     const gguf::TensorInfo& t = src.tensors[i];
@@ -70,7 +56,7 @@ absl::Status Export(const ExportArgs& a) {
       CKPTD_TRY(writer->Feed(i, buf, done == t.nbytes));
       if (t.nbytes == 0) break;
     }
-    if (stored.size() == src.tensors.size() && !(hasher.Finish() == stored[i])) {
+    if (!stored.empty() && !(hasher.Finish() == stored[i])) {
       return absl::DataLossError(StrCat("tensor '", t.name, "' of ", a.file,
                                         " does not match its recorded digest; nothing written"));
     }

@@ -76,25 +76,14 @@ class Restore::File {
     const gguf::Value* cd = header.metadata.Find(gguf::kKeyContentDigest);
     const std::string* cd_str = cd ? cd->get_if<std::string>() : nullptr;
     if (cd_str != nullptr) content_digest = *cd_str;
-    const gguf::Value* per = header.metadata.Find(gguf::kKeyTensorDigests);
-    const gguf::Array* arr = per ? per->get_if<gguf::Array>() : nullptr;
-    if (arr == nullptr) return absl::OkStatus();
-    if (arr->items.size() != header.tensors.size()) {
-      return absl::DataLossError(StrCat(path, ": ", gguf::kKeyTensorDigests, " has ",
-                                        arr->items.size(), " entries for ", header.tensors.size(),
-                                        " tensors"));
-    }
+    auto stored = gguf::StoredTensorDigests(header);
+    if (!stored.ok()) return absl::DataLossError(StrCat(path, ": ", stored.status().message()));
+    if (stored->empty()) return absl::OkStatus();
+    digests = std::move(*stored);
     gguf::ContentDigestBuilder builder;
-    for (size_t i = 0; i < arr->items.size(); ++i) {
-      const std::string* hex = arr->items[i].get_if<std::string>();
-      auto d = hex ? gguf::ParseDigestHex(*hex) : absl::InvalidArgumentError("not a string");
-      if (!d.ok()) {
-        return absl::DataLossError(StrCat(path, ": the stored digest of tensor '",
-                                          header.tensors[i].name, "' is unreadable"));
-      }
-      digests.push_back(*d);
+    for (size_t i = 0; i < digests.size(); ++i) {
       const gguf::TensorInfo& t = header.tensors[i];
-      builder.AddTensor(t.name, t.type, t.ne, t.nbytes, *d);
+      builder.AddTensor(t.name, t.type, t.ne, t.nbytes, digests[i]);
     }
     if (cd_str != nullptr && gguf::ContentDigestString(builder.Finish()) != *cd_str) {
       return absl::DataLossError(StrCat(path,

@@ -345,6 +345,27 @@ absl::StatusOr<ContentDigest> ComputeDigest(const ByteSource& src, const GgufFil
   return out;
 }
 
+absl::StatusOr<std::vector<Digest128>> StoredTensorDigests(const GgufFile& file) {
+  const Value* per = file.metadata.Find(kKeyTensorDigests);
+  const Array* arr = per ? per->get_if<Array>() : nullptr;
+  std::vector<Digest128> out;
+  if (arr == nullptr) return out;
+  if (arr->items.size() != file.tensors.size()) {
+    return absl::DataLossError(StrCat(kKeyTensorDigests, " has ", arr->items.size(),
+                                      " entries for ", file.tensors.size(), " tensors"));
+  }
+  for (size_t i = 0; i < arr->items.size(); ++i) {
+    const std::string* hex = arr->items[i].get_if<std::string>();
+    auto d = hex ? ParseDigestHex(*hex) : absl::InvalidArgumentError("not a string");
+    if (!d.ok()) {
+      return absl::DataLossError(
+          StrCat("the stored digest of tensor '", file.tensors[i].name, "' is unreadable"));
+    }
+    out.push_back(*d);
+  }
+  return out;
+}
+
 absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file) {
   const Value* stored = file.metadata.Find(kKeyContentDigest);
   const std::string* stored_str = stored ? stored->get_if<std::string>() : nullptr;

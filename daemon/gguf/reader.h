@@ -38,6 +38,11 @@ struct VerifyReport {
   std::string stored_content_digest;
 };
 
+// The per-tensor digests stored in ckpt.tensor_digests, in file order; empty
+// when the file stores none. DATA_LOSS when the list does not match the
+// tensor table in length or an entry is not a digest (naming the tensor).
+absl::StatusOr<std::vector<Digest128>> StoredTensorDigests(const GgufFile& file);
+
 // Re-reads all tensor data and checks it against the stored digests:
 //   FailedPrecondition  the file carries no ckpt.content_digest (not ckptd's)
 //   DataLoss            a mismatch; names the first mismatching tensor when

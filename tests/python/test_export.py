@@ -166,6 +166,16 @@ def test_offline_export_equals_the_one_written_at_save_time(daemon, tmp_path):
                           "-o", str(tmp_path / "bad.gguf")], capture_output=True, text=True)
     assert bad.returncode != 0 and "model.embed_tokens.weight" in bad.stderr
     assert not (tmp_path / "bad.gguf").exists()
+    # A damaged source is refused by its own digests; nothing is written.
+    damaged = tmp_path / "damaged.gguf"
+    data = bytearray(open(os.path.join(wd, "step_1.gguf"), "rb").read())
+    src = G.read_header(os.path.join(wd, "step_1.gguf"))
+    data[src.data_offset + src.by_name["lm_head.weight"].offset] ^= 0x40
+    damaged.write_bytes(bytes(data))
+    r = subprocess.run([CKPTCTL, "export", str(damaged), "--profile", "hf-llama-q8_0", "-o",
+                        str(tmp_path / "from-damaged.gguf")], capture_output=True, text=True)
+    assert r.returncode != 0 and "'lm_head.weight'" in r.stderr and "digest" in r.stderr
+    assert not [f for f in os.listdir(tmp_path) if "from-damaged" in f]  # no temp left either
 
 
 def _free_port():
