@@ -2,17 +2,24 @@
 """make bench [ARGS=--quick]: ckptd against the physical limits and its peers,
 all measured in one run on one filesystem, as a table and bench/out/latest.json.
 
-Per size: warm memcpy into a pre-faulted memfd arena (the stall's floor),
-fio sequential write with O_DIRECT and a final fsync (the disk's limit),
-ckptd's shared-memory path through ckptd::Checkpointer (the trainer's stall
-per save and the time from the call to the durable commit), ckptd's stream
-path over its Unix socket, torch.save + fsync and numpy tofile + fsync, and
-the daemon's peak RSS on each path (a fresh daemon per path and size).
-The Python client (client/python/ckptd), with a hot-restore daemon: its
-shm save stall against a numpy copy of the same bytes and torch.save +
-fsync; a cold restore (page cache dropped) into existing tensors against
-fio's sequential O_DIRECT read of the same size and torch.load; a hot
-restore (from the daemon's in-memory copy) against a memcpy.
+Per size: warm memcpy into a pre-faulted memfd arena (the stall's floor);
+the disk's limit: the best of fio sequential O_DIRECT writes at queue depth 1
+(psync) and 8 (libaio), each with a final fsync; ckptd's shared-memory path
+through ckptd::Checkpointer, its saves interleaved with those fio runs
+(medians): the trainer's stall and the call-to-durable time, the daemon's CPU
+seconds per GiB (/proc/PID/stat) and its private memory (RssAnon + RssFile,
+sampled; the arenas it maps are the trainer's shared memory); then saves
+spaced as a trainer spaces them (a pause after each at least as long as the
+disk needs), whose stall p50 and p99 measure the copy, and saves back to
+back (backpressure); the arena setup per GiB with 4 KiB pages and with
+huge pages; ckptd's stream path over its Unix socket; torch.save + fsync
+and numpy tofile + fsync. N trainers (1, 2, 4) saving at once to different
+runs against fio with numjobs=N. The Python client, with a hot-restore
+daemon: its shm save stall against a numpy copy of the same bytes and
+torch.save + fsync; a cold restore (page cache dropped) into existing
+tensors against fio's sequential O_DIRECT read of the same size and
+torch.load; a hot restore (from the daemon's in-memory copy) against a memcpy.
+Every ratio is printed against its goal, marked where it falls short.
 Numbers on shared machines are noisy: read the ratios within one run.
 """
 import argparse
@@ -25,11 +32,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 
 MiB = 1 << 20
+GiB = 1 << 30
+THP_SHMEM = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
 
 def best_of(n, fn):
@@ -53,38 +63,176 @@ def median(values):
     return sorted(values)[len(values) // 2]
 
 
-def shm_interleaved_with_fio(build, sock, work, size, rounds):
-    """Alternates one fio run and one ckptd shm save, `rounds` times, and returns the
-    medians of both: the disk's own speed drifts by ~30% within a minute here, so the
-    two are measured side by side rather than one after the other."""
-    bench = subprocess.Popen([os.path.join(build, "bench/shm_save_bench"), sock, "shm", str(size),
-                              "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if bench.stdout.readline().strip() != "ready":
-        raise RuntimeError("shm_save_bench did not start")
-    fio = []
-    for _ in range(rounds):
-        fio.append(fio_once(work, size, f"fio-{len(fio)}.tmp"))
-        bench.stdin.write("save\n")
-        bench.stdin.flush()
-        json.loads(bench.stdout.readline())
-    bench.stdin.close()
-    summary = json.loads(bench.stdout.readline())
-    if bench.wait() != 0:
-        raise RuntimeError("shm_save_bench failed")
-    return summary, None if None in fio else median(fio)
+def percentile(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
-def fio_once(directory, size, name):
+class DaemonWatch:
+    """The daemon's CPU seconds (utime + stime) and its private memory
+    (RssAnon + RssFile, sampled every 10 ms) while `with` runs."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.private_max = 0
+        self._stop = threading.Event()
+
+    def cpu_s(self):
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def private_rss(self):
+        with open(f"/proc/{self.pid}/status") as f:
+            text = f.read()
+        return sum(int(m) * 1024 for m in re.findall(r"Rss(?:Anon|File):\s+(\d+) kB", text))
+
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            self.private_max = max(self.private_max, self.private_rss())
+
+    def __enter__(self):
+        self.private_max = self.private_rss()
+        self._cpu0 = self.cpu_s()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.cpu = self.cpu_s() - self._cpu0
+
+
+class ShmBench:
+    """An interactive bench/shm_save_bench (one trainer, its arenas reserved)."""
+
+    def __init__(self, build, sock, run, size):
+        self.proc = subprocess.Popen([os.path.join(build, "bench/shm_save_bench"), sock, run, str(size),
+                                      "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("shm_save_bench did not start")
+
+    def send(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def reply(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("shm_save_bench failed")
+        return json.loads(line)
+
+    def ask(self, command):
+        self.send(command)
+        return self.reply()
+
+    def close(self):
+        self.proc.stdin.close()
+        summary = json.loads(self.proc.stdout.readline())
+        if self.proc.wait() != 0:
+            raise RuntimeError("shm_save_bench failed")
+        return summary
+
+
+def shm_interleaved_with_fio(build, pid, sock, work, size, rounds, quick):
+    """Alternates fio (QD1, then QD8) and ckptd shm saves, `rounds` times, and
+    returns the medians of each: the disk's own speed drifts by ~30% within a
+    minute here, so they are measured side by side rather than one after the
+    other. Then saves spaced as a trainer spaces them and saves back to back."""
+    bench = ShmBench(build, sock, "shm", size)
+    qd1, qd8 = [], []
+    with DaemonWatch(pid) as watch:
+        for _ in range(rounds):
+            qd1.append(fio_once(work, size, f"fio-{len(qd1)}.tmp", depth=1))
+            bench.ask("save")
+            qd8.append(fio_once(work, size, f"fio-q8-{len(qd8)}.tmp", depth=8))
+            bench.ask("save")
+    summary = bench.close()
+    # Spaced: a pause after each save of 1.5x the time the disk needed.
+    gap = max(0.2, 1.5 * summary["durable_s"])
+    bench = ShmBench(build, sock, "shm-spaced", size)
+    spaced = bench.ask(f"spaced {8 if quick else 12} {gap:.3f}")
+    burst = bench.ask("burst 4")
+    bench.close()
+    med = lambda v: None if None in v else median(v)
+    return {
+        "summary": summary, "fio_qd1": med(qd1), "fio_qd8": med(qd8), "cpu_s": watch.cpu,
+        "saves": 2 * rounds, "private_max": watch.private_max, "spaced": spaced, "gap_s": gap,
+        "burst": burst,
+    }
+
+
+def fio_once(directory, size, name, depth=1, jobs=1):
+    """Sequential 4 MiB O_DIRECT writes and a final fsync: psync at depth 1,
+    libaio deeper; `jobs` writers of `size` bytes each. Aggregate MB/s."""
     if not shutil.which("fio"):
         return None
     path = os.path.join(directory, name)  # kept until the size is done (see main)
-    out = subprocess.run(["fio", "--name=w", f"--filename={path}", "--rw=write", "--bs=4M",
-                          f"--size={size}", "--direct=1", "--end_fsync=1", "--ioengine=psync",
-                          "--output-format=json"], capture_output=True, text=True)
+    engine = ["--ioengine=psync"] if depth == 1 else ["--ioengine=libaio", f"--iodepth={depth}"]
+    multi = [f"--numjobs={jobs}", "--group_reporting"] if jobs > 1 else []
+    target = [f"--directory={path}"] if jobs > 1 else [f"--filename={path}"]
+    if jobs > 1:
+        os.makedirs(path, exist_ok=True)
+    out = subprocess.run(["fio", "--name=w", *target, "--rw=write", "--bs=4M", f"--size={size}",
+                          "--direct=1", "--end_fsync=1", *engine, *multi, "--output-format=json"],
+                         capture_output=True, text=True)
     if out.returncode != 0:
         return None
     job = json.loads(out.stdout)["jobs"][0]["write"]
     return job["bw_bytes"] / 1e6
+
+
+def concurrent_trainers(build, sock, work, size, rounds):
+    """N trainers (1, 2, 4) saving `size` bytes each at once to different runs:
+    the aggregate call-to-durable rate against fio with numjobs=N (the best of
+    QD1 and QD8), interleaved round by round."""
+    results = []
+    for n in (1, 2, 4):
+        benches = [ShmBench(build, sock, f"conc-{n}-{i}", size) for i in range(n)]
+        ours, fio = [], []
+        for r in range(rounds):
+            f1 = fio_once(work, size, f"fio-c{n}-{r}", depth=1, jobs=n)
+            f8 = fio_once(work, size, f"fio-c{n}-{r}-q8", depth=8, jobs=n)
+            fio.append(None if f1 is None or f8 is None else max(f1, f8))
+            t0 = time.perf_counter()
+            for b in benches:
+                b.send("save")
+            for b in benches:
+                b.reply()
+            ours.append(n * size / (time.perf_counter() - t0) / 1e6)
+        for b in benches:
+            b.close()
+        results.append({"n": n, "aggregate_MBps": median(ours),
+                        "fio_MBps": None if None in fio else median(fio)})
+    return results
+
+
+def arena_setup(build, size):
+    """Arena setup seconds with 4 KiB pages and with huge pages: shmem THP
+    (shmem_enabled=advise, set here when run as root) or a hugetlb pool."""
+
+    def once():
+        return run_json([os.path.join(build, "bench/shm_save_bench"), "--arena-setup", str(size)])
+
+    out = {"thp_setting": None}
+    try:
+        with open(THP_SHMEM) as f:
+            out["thp_setting"] = re.search(r"\[(\w+)\]", f.read()).group(1)
+    except OSError:
+        return {**out, "small_s": once()["setup_s"], "huge_s": None}
+    try:
+        with open(THP_SHMEM, "w") as f:
+            f.write("never")
+        out["small_s"] = once()["setup_s"]
+        with open(THP_SHMEM, "w") as f:
+            f.write("advise")
+        out["huge_s"] = once()["setup_s"]
+    except OSError:  # not root: only the current setting
+        r = once()
+        out["small_s"] = r["setup_s"] if out["thp_setting"] == "never" else None
+        out["huge_s"] = r["setup_s"] if out["thp_setting"] != "never" else None
+    return out
 
 
 def fsync_file(path, write):
@@ -132,10 +280,10 @@ def run_json(argv):
 
 
 def with_daemon(build, root, fn, args=()):
-    """Runs fn(socket) against a fresh daemon; returns its result(s) and the daemon's peak RSS."""
+    """Runs fn(socket, pid) against a fresh daemon; returns its result(s) and the daemon's peak RSS."""
     proc, sock = start_daemon(build, root, args)
     try:
-        result = fn(sock)
+        result = fn(sock, proc.pid)
         rss = peak_rss(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -258,19 +406,61 @@ def peak_rss(pid):
         return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
+GOALS = [
+    # (key in a size's results, label, goal, True when higher is better)
+    ("durable_vs_fio", "ckptd durable / disk limit", 0.90, True),
+    ("stall_p50_vs_memcpy", "stall p50 / memcpy", 1.10, False),
+    ("stall_p99_vs_memcpy", "stall p99 / memcpy", 1.50, False),
+    ("torch_vs_stall", "torch.save+fsync / stall p50", 20.0, True),
+    ("daemon_private_rss_MiB", "daemon private RSS, MiB (max of paths)", 64.0, False),
+    ("daemon_cpu_s_per_GiB", "daemon CPU s/GiB, shm", 0.30, False),
+    ("arena_setup_huge_s_per_GiB", "arena setup s/GiB, huge pages", 0.30, False),
+    ("stream_vs_fio", "stream durable / disk limit", 0.70, True),
+]
+
+
+def ratios(r):
+    """The goal ratios of one size's results (None where an input is missing)."""
+    fio = r["fio_direct_MBps"]
+    mbps = r["bytes"] / r["ckptd_durable_s"] / 1e6
+    div = lambda a, b: None if a is None or not b else a / b
+    huge = r["arena_setup"]["huge_s"]
+    return {
+        "durable_vs_fio": div(mbps, fio),
+        "stall_p50_vs_memcpy": div(r["ckptd_stall_p50_s"], r["memcpy_s"]),
+        "stall_p99_vs_memcpy": div(r["ckptd_stall_p99_s"], r["memcpy_s"]),
+        "torch_vs_stall": div(r["torch_save_fsync_s"], r["ckptd_stall_p50_s"]),
+        "daemon_private_rss_MiB": r["daemon_private_rss_bytes"] / MiB,
+        "daemon_cpu_s_per_GiB": r["daemon_cpu_s_per_GiB"],
+        "arena_setup_huge_s_per_GiB": div(huge, r["bytes"] / GiB),
+        "stream_vs_fio": div(r["stream_MBps"], fio),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="256 MiB and 1 GiB only")
     ap.add_argument("--build", default="build")
     ap.add_argument("--dir", default=None, help="where files are written (default: under --build)")
     ap.add_argument("--saves", type=int, default=3,
-                    help="rounds of (fio, ckptd shm save) per size; medians reported")
+                    help="rounds of (fio QD1, save, fio QD8, save) per size; medians reported")
     args = ap.parse_args()
     sizes = [256 * MiB, 1024 * MiB] + ([] if args.quick else [4096 * MiB])
     work = tempfile.mkdtemp(dir=args.dir or args.build, prefix="bench-")
     fs = subprocess.run(["stat", "-f", "-c", "%T", work], capture_output=True, text=True).stdout.strip()
     results = []
+    concurrent = []
+    thp_before = None
     try:
+        # Huge pages for the arenas (shmem THP on request), as the README
+        # tells operators to set it; restored afterwards.
+        try:
+            with open(THP_SHMEM) as f:
+                thp_before = re.search(r"\[(\w+)\]", f.read()).group(1)
+            with open(THP_SHMEM, "w") as f:
+                f.write("advise")
+        except OSError:
+            pass
         for size in sizes:
             # Everything a size writes stays until that size is done: the root
             # filesystem here is mounted with `discard`, and the TRIM after a
@@ -278,25 +468,48 @@ def main():
             scratch = os.path.join(work, f"size-{size}")
             root = os.path.join(scratch, "root")
             os.makedirs(root)
-            shm, fio, shm_rss = with_daemon(args.build, root, lambda sock: shm_interleaved_with_fio(
-                args.build, sock, scratch, size, args.saves))
-            stream, stream_rss = with_daemon(args.build, root, lambda sock: run_json(
-                [os.path.join(args.build, "bench/stream_save_bench"), sock, "stream", "1",
-                 str(size)]))
+            setup = arena_setup(args.build, size)
+            shm, shm_rss = with_daemon(args.build, root, lambda sock, pid: shm_interleaved_with_fio(
+                args.build, pid, sock, scratch, size, args.saves, args.quick))
+
+            def stream_save(sock, pid):
+                with DaemonWatch(pid) as watch:
+                    out = run_json([os.path.join(args.build, "bench/stream_save_bench"), sock, "stream",
+                                    "1", str(size)])
+                return out, watch
+
+            (stream, stream_watch), stream_rss = with_daemon(args.build, root, stream_save)
             hot_cfg = os.path.join(scratch, "hot.toml")
             with open(hot_cfg, "w") as f:
                 f.write(f"[shm]\nkeep_last_in_memory = true\nkeep_in_memory_max_bytes = {4 * size}\n")
-            py, _ = with_daemon(args.build, root, lambda sock: python_client(args.build, sock, scratch, size, args.saves),
+            py, _ = with_daemon(args.build, root,
+                                lambda sock, pid: python_client(args.build, sock, scratch, size, args.saves),
                                 ["--config", hot_cfg])
+            summary = shm["summary"]
+            stalls = shm["spaced"]["stalls"]
+            fio_best = None if shm["fio_qd1"] is None else max(shm["fio_qd1"], shm["fio_qd8"] or 0)
             r = {
                 "bytes": size,
-                "memcpy_s": shm["memcpy_s"],
-                "fio_direct_MBps": fio,
-                "ckptd_stall_s": shm["stall_s"],
-                "ckptd_max_stall_s": shm["max_stall_s"],
-                "ckptd_durable_s": shm["durable_s"],
-                "ckptd_arena_setup_s": shm["reserve_s"],
-                "ckptd_saveshared_call_s": shm["call_s"],
+                "memcpy_s": summary["memcpy_s"],
+                "fio_direct_MBps": fio_best,
+                "fio_qd1_MBps": shm["fio_qd1"],
+                "fio_qd8_MBps": shm["fio_qd8"],
+                "ckptd_stall_s": median(stalls),
+                "ckptd_stall_p50_s": percentile(stalls, 50),
+                "ckptd_stall_p99_s": percentile(stalls, 99),
+                "ckptd_stalls_s": stalls,
+                "ckptd_spacing_s": shm["gap_s"],
+                "ckptd_max_stall_s": max(stalls),
+                "ckptd_waited_stall_s": summary["stall_s"],
+                "ckptd_durable_s": summary["durable_s"],
+                "ckptd_spaced_durable_s": shm["spaced"]["durable_s"],
+                "backpressure_stall_p50_s": percentile(shm["burst"]["stalls"], 50),
+                "backpressure_MBps": 4 * size / shm["burst"]["seconds"] / 1e6,
+                "ckptd_arena_setup_s": summary["reserve_s"],
+                "arena_setup": setup,
+                "ckptd_saveshared_call_s": summary["call_s"],
+                "daemon_cpu_s_per_GiB": shm["cpu_s"] / (shm["saves"] * size / GiB),
+                "stream_daemon_cpu_s_per_GiB": stream_watch.cpu / (size / GiB),
                 "torch_save_fsync_s": torch_s(scratch, size),
                 "numpy_fsync_s": numpy_s(scratch, size),
                 "stream_durable_s": stream["durable_s"],
@@ -304,45 +517,76 @@ def main():
                 "daemon_peak_rss_bytes": max(shm_rss, stream_rss),
                 "shm_daemon_peak_rss_bytes": shm_rss,
                 "stream_daemon_peak_rss_bytes": stream_rss,
+                "daemon_private_rss_bytes": max(shm["private_max"], stream_watch.private_max),
+                "shm_daemon_private_rss_bytes": shm["private_max"],
+                "stream_daemon_private_rss_bytes": stream_watch.private_max,
                 "numpy_memcpy_s": memcpy_s(size),
                 **py,
             }
             results.append(r)
+            if size == sizes[0]:
+                concurrent, _ = with_daemon(args.build, root, lambda sock, pid: concurrent_trainers(
+                    args.build, sock, scratch, size, args.saves))
             shutil.rmtree(scratch)
             os.sync()
             time.sleep(3)  # let the deletions' discards drain before the next size
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if thp_before is not None:
+            with open(THP_SHMEM, "w") as f:
+                f.write(thp_before)
 
     def f(v, fmt):
         return "-" if v is None else fmt.format(v)
 
-    print(f"ckptd bench on {fs}, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC\n")
-    print("trainer stall per save (blocking time) and save call -> durable file, seconds")
-    print(f"{'size':>7} {'memcpy':>8} {'ckptd stall':>11} {'/memcpy':>7} {'call':>7} {'torch':>7} "
-          f"{'torch/stall':>11} {'numpy':>7} | {'fio MB/s':>8} {'ckptd dur':>9} {'MB/s':>6} "
-          f"{'/fio':>5} {'vs torch':>8} {'vs numpy':>8} | {'stream MB/s':>11} {'rss MiB shm/stream':>18}")
+    print(f"ckptd bench on {fs}, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC"
+          f" (shmem THP was '{thp_before}', 'advise' during the run)\n")
+    print("trainer stall per save and save call -> durable file, seconds; the disk's limit, MB/s")
+    print(f"{'size':>7} {'memcpy':>7} {'p50':>7} {'p99':>7} {'/memcpy':>11} {'torch':>7} "
+          f"{'/p50':>5} {'backpr.':>7} | {'fio QD1':>7} {'QD8':>5} {'ckptd dur':>9} {'MB/s':>6} "
+          f"{'/best':>5} | {'stream':>6} {'/best':>5} | {'CPU s/GiB':>9} {'private MiB':>11}")
     for r in results:
         fio = r["fio_direct_MBps"]
-        torch = r["torch_save_fsync_s"]
         mbps = r["bytes"] / r["ckptd_durable_s"] / 1e6
-        print(f"{r['bytes'] // MiB:>5}Mi {r['memcpy_s']:>7.3f}s {r['ckptd_stall_s']:>10.3f}s "
-              f"{r['ckptd_stall_s'] / r['memcpy_s']:>6.2f}x "
-              f"{r['ckptd_saveshared_call_s'] * 1000:>5.2f}ms {f(torch, '{:.3f}s'):>7} "
-              f"{f(torch and torch / r['ckptd_stall_s'], '{:.0f}x'):>11} "
-              f"{r['numpy_fsync_s']:>6.3f}s | {f(fio, '{:.0f}'):>8} "
-              f"{r['ckptd_durable_s']:>8.3f}s {mbps:>6.0f} {f(fio and mbps / fio, '{:.2f}'):>5} "
-              f"{f(torch and torch / r['ckptd_durable_s'], '{:.2f}x'):>8} "
-              f"{r['numpy_fsync_s'] / r['ckptd_durable_s']:>7.2f}x | "
-              f"{r['stream_MBps']:>11.0f} "
-              f"{r['shm_daemon_peak_rss_bytes'] / MiB:>8.1f}/{r['stream_daemon_peak_rss_bytes'] / MiB:<9.1f}")
-    print("\nmemcpy = one warm single-thread copy into a pre-faulted memfd arena; ckptd stall ="
-          "\nCheckpointer::Save() blocking time (median of --saves; arenas reserved beforehand:"
-          "\nsee ckptd_arena_setup_s); call = the part of the stall that is not the copy: the"
-          "\nSaveShared round trip (validate + queue), ckptd_saveshared_call_s;"
-          "\nckptd dur = that call to the durable, committed step_N.gguf;"
-          "\ntorch/numpy = save + fsync (their stall and their durable time are the same);"
-          "\nstream = the gRPC stream path over the Unix socket, call to durable.")
+        torch = r["torch_save_fsync_s"]
+        print(f"{r['bytes'] // MiB:>5}Mi {r['memcpy_s']:>6.3f}s {r['ckptd_stall_p50_s']:>6.3f}s "
+              f"{r['ckptd_stall_p99_s']:>6.3f}s "
+              f"{r['ckptd_stall_p50_s'] / r['memcpy_s']:>5.2f}/{r['ckptd_stall_p99_s'] / r['memcpy_s']:<5.2f} "
+              f"{f(torch, '{:.3f}s'):>7} {f(torch and torch / r['ckptd_stall_p50_s'], '{:.0f}x'):>5} "
+              f"{r['backpressure_stall_p50_s']:>6.3f}s | "
+              f"{f(r['fio_qd1_MBps'], '{:.0f}'):>7} {f(r['fio_qd8_MBps'], '{:.0f}'):>5} "
+              f"{r['ckptd_durable_s']:>8.3f}s {mbps:>6.0f} {f(fio and mbps / fio, '{:.2f}'):>5} | "
+              f"{r['stream_MBps']:>6.0f} {f(fio and r['stream_MBps'] / fio, '{:.2f}'):>5} | "
+              f"{r['daemon_cpu_s_per_GiB']:>4.2f}/{r['stream_daemon_cpu_s_per_GiB']:<4.2f} "
+              f"{r['shm_daemon_private_rss_bytes'] / MiB:>5.0f}/{r['stream_daemon_private_rss_bytes'] / MiB:<5.0f}")
+    print("\nmemcpy = one warm single-thread copy into a pre-faulted memfd arena; p50/p99 ="
+          "\nCheckpointer::Save() blocking time over saves spaced as a trainer spaces them (a pause"
+          "\nof 1.5x the disk's time after each); backpr. = its p50 when saves come back to back;"
+          "\nfio = sequential 4 MiB O_DIRECT writes + fsync at queue depth 1 (psync) and 8 (libaio),"
+          "\nthe best of the two is the disk's limit; ckptd dur = the save call to the durable,"
+          "\ncommitted step_N.gguf (median of saves interleaved with the fio runs); stream = the"
+          "\ngRPC stream path over the Unix socket, call to durable; CPU = the daemon's CPU seconds"
+          "\nper GiB saved, shm/stream; private = the daemon's RssAnon + RssFile, max sampled, shm/stream.")
+    print("\narena setup per size (two arenas per trainer are set up once), seconds")
+    for r in results:
+        a = r["arena_setup"]
+        print(f"{r['bytes'] // MiB:>5}Mi 4 KiB pages {f(a['small_s'], '{:.3f}s'):>7}  huge pages "
+              f"{f(a['huge_s'], '{:.3f}s'):>7}  ({f(a['huge_s'] and a['huge_s'] / (r['bytes'] / GiB), '{:.2f}')} s/GiB)")
+    if concurrent:
+        print(f"\nN trainers saving {sizes[0] // MiB} MiB each at once (aggregate MB/s, medians)")
+        for c in concurrent:
+            ok = c["fio_MBps"] and c["aggregate_MBps"] / c["fio_MBps"]
+            print(f"  N={c['n']}: ckptd {c['aggregate_MBps']:>6.0f}  fio numjobs={c['n']} "
+                  f"{f(c['fio_MBps'], '{:.0f}'):>6}  ratio {f(ok, '{:.2f}')} (goal >= 0.85)"
+                  f"{'' if ok and ok >= 0.85 else '  <-- short'}")
+    print("\ngoals (a mark where one falls short)")
+    for key, label, goal, higher in GOALS:
+        cells = []
+        for r in results:
+            v = ratios(r)[key]
+            short = v is not None and (v < goal if higher else v > goal)
+            cells.append(f"{r['bytes'] // MiB}Mi {f(v, '{:.2f}')}{' <-- short' if short else ''}")
+        print(f"  {label:<40} {'>=' if higher else '<='} {goal:<5} " + "   ".join(cells))
     print("\nPython client (ckptd package): save stall, and restore into existing tensors, seconds")
     print(f"{'size':>7} {'np copy':>8} {'py stall':>8} {'/copy':>6} {'torch.save':>10} | "
           f"{'fio read':>8} {'cold':>7} {'MB/s':>6} {'/fio':>5} {'torch.load':>10} | "
@@ -372,7 +616,8 @@ def main():
               f"{f(hot, '{:.3f}s'):>7} {f(hot and hot / r['memcpy_s'], '{:.2f}x'):>7}")
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/latest.json", "w") as out:
-        json.dump({"sizes": results, "filesystem": fs,
+        json.dump({"sizes": results, "concurrent": concurrent, "filesystem": fs,
+                   "shmem_thp_setting": thp_before,
                    "when": datetime.datetime.utcnow().isoformat() + "Z"}, out, indent=1)
 
 

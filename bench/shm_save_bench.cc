@@ -7,15 +7,25 @@
 // copy, i.e. the SaveShared round trip (validate + queue), all measured in
 // this process.
 // SAVES = 0: interactive, for interleaving with other measurements: prints
-// "ready", then saves once per line read from stdin, printing one JSON line
-// ({"stall_s", "durable_s"}) each, and the summary at EOF.
+// "ready", then runs one command per line read from stdin, printing one
+// JSON line each, and the summary of the `save` commands at EOF:
+//   save          one save, waited for: {"stall_s", "durable_s"}
+//   spaced N GAP  N saves with GAP seconds of "compute" (a sleep) after
+//                 each, as a trainer spaces them, not waited for in between:
+//                 {"stalls": [...], "durable_s": the last call to durable}
+//   burst N       N saves back to back, faster than the disk (backpressure):
+//                 {"stalls": [...], "seconds": the first call to the last durable}
+// shm_save_bench --arena-setup BYTES: creates (and populates) a BYTES arena
+// three times: {"setup_s": median, "hugetlb": bool}.
 // BENCH_OVERLAP=1 in the environment: CheckpointerOptions::overlap_copy.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench/bench_run.h"
@@ -33,9 +43,33 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+std::string JsonList(const std::vector<double>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+int ArenaSetup(size_t bytes) {
+  std::vector<double> times;
+  bool hugetlb = false;
+  for (int i = 0; i < 3; ++i) {
+    const double t0 = Now();
+    auto arena = ckptd::Arena::Create(bytes);
+    if (!arena.ok()) {
+      std::fprintf(stderr, "arena: %s\n", std::string(arena.status().message()).c_str());
+      return 1;
+    }
+    times.push_back(Now() - t0);
+    hugetlb = (*arena)->hugetlb();
+  }
+  std::printf("{\"setup_s\": %.6f, \"hugetlb\": %s}\n", Median(times), hugetlb ? "true" : "false");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--arena-setup") return ArenaSetup(std::stoull(argv[2]));
   if (argc != 5) {
     std::fprintf(stderr, "usage: %s SOCKET RUN BYTES SAVES\n", argv[0]);
     return 2;
@@ -81,20 +115,52 @@ int main(int argc, char** argv) {
     std::printf("ready\n");
     std::fflush(stdout);
   }
-  char line[64];
-  for (int k = 1; interactive ? std::fgets(line, sizeof line, stdin) != nullptr : k <= saves; ++k) {
+  uint64_t step = 0;
+  auto save = [&]() -> double {  // the stall, or < 0 after printing the error
     const double t0 = Now();
-    auto r = (*cp)->Save(static_cast<uint64_t>(k), views);
-    const double stall = Now() - t0;
+    auto r = (*cp)->Save(++step, views);
     if (!r.ok() || !*r) {
       std::fprintf(stderr, "save: %s\n",
                    r.ok() ? "skipped" : std::string(r.status().message()).c_str());
-      return 1;
+      return -1;
     }
-    if (absl::Status st = (*cp)->Wait(); !st.ok()) {
-      std::fprintf(stderr, "wait: %s\n", std::string(st.message()).c_str());
-      return 1;
+    return Now() - t0;
+  };
+  auto wait = [&]() {
+    absl::Status st = (*cp)->Wait();
+    if (!st.ok()) std::fprintf(stderr, "wait: %s\n", std::string(st.message()).c_str());
+    return st.ok();
+  };
+  char line[64];
+  for (int k = 1; interactive ? std::fgets(line, sizeof line, stdin) != nullptr : k <= saves; ++k) {
+    std::istringstream command(interactive ? line : "save");
+    std::string verb;
+    command >> verb;
+    if (verb == "spaced" || verb == "burst") {
+      int n = 0;
+      double gap = 0;
+      command >> n >> gap;
+      std::vector<double> run_stalls;
+      const double first = Now();
+      double last_call = first;
+      for (int i = 0; i < n; ++i) {
+        last_call = Now();
+        const double stall = save();
+        if (stall < 0) return 1;
+        run_stalls.push_back(stall);
+        if (verb == "spaced" && i + 1 < n) {
+          std::this_thread::sleep_for(std::chrono::duration<double>(gap));
+        }
+      }
+      if (!wait()) return 1;
+      std::printf("{\"stalls\": %s, \"durable_s\": %.6f, \"seconds\": %.6f}\n",
+                  JsonList(run_stalls).c_str(), Now() - last_call, Now() - first);
+      std::fflush(stdout);
+      continue;
     }
+    const double t0 = Now();
+    const double stall = save();
+    if (stall < 0 || !wait()) return 1;
     const double durable = Now() - t0;
     stalls.push_back(stall);
     durables.push_back(durable);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string_view>
 #include <thread>
@@ -65,11 +66,40 @@ absl::Status Populate(char* base, size_t bytes) {
   return absl::OkStatus();
 }
 
+constexpr size_t kHugePage = 2 << 20;
+
+// Free 2 MiB hugetlb pages (HugePages_Free in /proc/meminfo when the
+// default huge page size is 2 MiB); 0 when there are none or it is unknown.
+size_t FreeHugePages() {
+  FILE* f = std::fopen("/proc/meminfo", "re");
+  if (f == nullptr) return 0;
+  char line[128];
+  size_t free = 0, size_kb = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    (void)std::sscanf(line, "HugePages_Free: %zu", &free);
+    (void)std::sscanf(line, "Hugepagesize: %zu kB", &size_kb);
+  }
+  std::fclose(f);
+  return size_kb * 1024 == kHugePage ? free : 0;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(size_t bytes, const std::string& name) {
   if (bytes == 0) return absl::InvalidArgumentError("an arena needs at least one byte");
-  int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  // A hugetlb arena when the pages are there; any failure on the way (taken
+  // meanwhile by another process) falls back to a normal memfd.
+  if (bytes % kHugePage == 0 && FreeHugePages() >= bytes / kHugePage) {
+    auto arena = CreateWith(bytes, name, /*hugetlb=*/true);
+    if (arena.ok()) return arena;
+  }
+  return CreateWith(bytes, name, /*hugetlb=*/false);
+}
+
+absl::StatusOr<std::unique_ptr<Arena>> Arena::CreateWith(size_t bytes, const std::string& name,
+                                                         bool hugetlb) {
+  int fd =
+      ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING | (hugetlb ? MFD_HUGETLB : 0));
   if (fd < 0) return Errno("memfd_create", errno);
   auto fail = [fd](absl::Status st) {
     ::close(fd);
@@ -81,7 +111,8 @@ absl::StatusOr<std::unique_ptr<Arena>> Arena::Create(size_t bytes, const std::st
   }
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) return fail(Errno("mmap memfd", errno));
-  auto arena = std::unique_ptr<Arena>(new Arena(fd, static_cast<char*>(p), bytes));
+  if (!hugetlb) (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a no-op where shmem THP is off
+  auto arena = std::unique_ptr<Arena>(new Arena(fd, static_cast<char*>(p), bytes, hugetlb));
   if (absl::Status st = Populate(arena->data_, bytes); !st.ok()) return st;
   return arena;
 }

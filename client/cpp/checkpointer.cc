@@ -17,9 +17,10 @@ namespace {
 constexpr size_t kArenaGranule = 2 << 20;  // arena sizes are rounded up to this
 constexpr size_t kParallelCopyMin = 32 << 20;
 constexpr size_t kRememberedFinished = 16;
-// Beyond the tensor bytes: the progress counter's 64 bytes and up to 63
-// bytes of alignment per tensor (room for 16k tensors).
-constexpr size_t kArenaOverhead = 1 << 20;
+// Beyond the tensor bytes: the progress counter's 64 bytes and the
+// alignment before each tensor (up to 4 KiB for large ones: room for 500
+// page-aligned tensors; a save that needs more resizes the arenas once).
+constexpr size_t kArenaOverhead = 2 << 20;
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

@@ -13,10 +13,13 @@ ArenaLayout PlanArenaLayout(const std::vector<TensorView>& tensors) {
   ArenaLayout layout;
   uint64_t at = kArenaTensorAlign;  // the first 64 bytes hold the progress counter
   for (const TensorView& t : tensors) {
+    const size_t align = t.bytes >= kArenaPageAlignMin ? kArenaPageAlign : kArenaTensorAlign;
+    at = (at + align - 1) / align * align;
     layout.offsets.push_back(at);
-    at = (at + t.bytes + kArenaTensorAlign - 1) / kArenaTensorAlign * kArenaTensorAlign;
+    at += t.bytes;
     layout.data_bytes += t.bytes;
   }
+  at = (at + kArenaTensorAlign - 1) / kArenaTensorAlign * kArenaTensorAlign;
   layout.bytes = at;
   return layout;
 }

@@ -12,11 +12,16 @@
 
 namespace ckptd {
 
-inline constexpr size_t kArenaTensorAlign = 64;  // each tensor's offset in an arena
-inline constexpr size_t kCopyPiece = 8 << 20;    // unit of work for the copy threads
+// Each tensor's offset in an arena: a page boundary for tensors of 64 KiB
+// and more (the daemon, whose files put tensors at 4 KiB boundaries, then
+// writes them to disk straight from the arena), 64 bytes for smaller ones.
+inline constexpr size_t kArenaTensorAlign = 64;
+inline constexpr size_t kArenaPageAlign = 4096;
+inline constexpr size_t kArenaPageAlignMin = 64 << 10;
+inline constexpr size_t kCopyPiece = 8 << 20;  // unit of work for the copy threads
 
 struct ArenaLayout {
-  std::vector<uint64_t> offsets;  // one per tensor, 64-byte aligned, after the counter
+  std::vector<uint64_t> offsets;  // one per tensor (aligned as above), after the counter
   uint64_t bytes = 0;             // arena bytes needed (counter, padding included)
   uint64_t data_bytes = 0;        // the tensors' own bytes
 };

@@ -28,7 +28,7 @@ struct Config {
   // [storage]
   std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
   std::string direct_io = "auto";                    // "auto" | "off"
-  uint32_t alignment = 32;                           // GGUF general.alignment
+  uint32_t alignment = 4096;                         // GGUF general.alignment
   std::string uuid_scheme = "content";               // "content" | "gguf-hash"
   // [export]: named export profiles (<dir>/<name>.toml) beyond the built-ins
   std::string export_profiles_dir;

@@ -48,7 +48,8 @@ enum class DirectIo {
 // A new file being written: appends go through aligned 4 MiB buffers; a
 // full buffer is queued for two writer threads (at aligned offsets under
 // O_DIRECT) while the next one fills, so up to 4 buffers (16 MiB) per file
-// are held and two writes are in flight. A write error is sticky and
+// are held and two writes are in flight. Stable appends (AppendStable) queue
+// their aligned middle for the same threads without a buffer. A write error is sticky and
 // surfaces from the next Append, WriteAt or Sync.
 // Not thread-safe. The destructor closes the fd without syncing; removing an
 // abandoned file is the caller's job (storage/ owns temp names).
@@ -56,6 +57,15 @@ class WritableFile {
  public:
   virtual ~WritableFile() = default;
   virtual absl::Status Append(std::string_view data) = 0;
+  // Append, for bytes that stay valid and unchanged until Sync() has
+  // returned or the file is destroyed (a trainer's arena during its save).
+  // Under O_DIRECT the part of `data` that is 4 KiB-aligned both in memory
+  // and in the file is written straight from that memory, with no copy;
+  // the rest (and everything when the two are not in the same 4 KiB phase)
+  // goes through the write buffer as Append's bytes do.
+  virtual absl::Status AppendStable(std::string_view data) { return Append(data); }
+  // Bytes AppendStable wrote without copying them (for stats and tests).
+  virtual uint64_t zero_copy_bytes() const { return 0; }
   // Overwrites bytes already appended, e.g. a header patched after the data.
   virtual absl::Status WriteAt(uint64_t offset, std::string_view data) = 0;
   // Writes everything out and fdatasyncs: the bytes are durable when it returns.

@@ -134,6 +134,13 @@ class FaultWritableFile final : public WritableFile {
       return base_->Append(data);
     });
   }
+  absl::Status AppendStable(std::string_view data) override {
+    return faults_->Run(kWrite, path(), [&] {
+      CKPTD_TRY(faults_->ChargeBytes(data.size(), path()));
+      return base_->AppendStable(data);
+    });
+  }
+  uint64_t zero_copy_bytes() const override { return base_->zero_copy_bytes(); }
   absl::Status WriteAt(uint64_t offset, std::string_view data) override {
     return faults_->Run(kWrite, path(), [&] { return base_->WriteAt(offset, data); });
   }

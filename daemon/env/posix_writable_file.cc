@@ -50,6 +50,10 @@ size_t WriteThreads() {
   return n;
 }
 
+// Below this a stable append is copied: the saved copy would not pay for
+// the extra, smaller writes.
+constexpr size_t kMinZeroCopyBytes = 256 << 10;
+
 uint64_t AlignDown(uint64_t x) { return x & ~uint64_t{kDirectIoAlignment - 1}; }
 uint64_t AlignUpTo(uint64_t x) { return AlignDown(x + kDirectIoAlignment - 1); }
 
@@ -58,7 +62,12 @@ class PosixWritableFile final : public WritableFile {
   PosixWritableFile(std::string path, ScopedFd fd, bool direct, AlignedBuffer buf)
       : path_(std::move(path)), fd_(std::move(fd)), direct_(direct), buf_(std::move(buf)) {}
 
-  ~PosixWritableFile() override { StopWorker(); }
+  // An abandoned file's queued writes are skipped (stable bytes may be
+  // about to go away); a closed file has none.
+  ~PosixWritableFile() override {
+    write_status_ok_ = false;
+    StopWorker();
+  }
 
   absl::Status Append(std::string_view data) override {
     while (!data.empty()) {
@@ -71,6 +80,36 @@ class PosixWritableFile final : public WritableFile {
     }
     return absl::OkStatus();
   }
+
+  absl::Status AppendStable(std::string_view data) override {
+    // Same 4 KiB phase in memory and in the file: the head goes through the
+    // buffer up to the file's next aligned offset, the buffer is queued (its
+    // bytes end there, so its write is aligned), the aligned middle is
+    // queued as it lies in the caller's memory, the tail is buffered.
+    const uint64_t phase = (reinterpret_cast<uintptr_t>(data.data()) - size_) % kDirectIoAlignment;
+    if (!direct_ || phase != 0 || data.size() < kMinZeroCopyBytes) return Append(data);
+    const size_t head = static_cast<size_t>(AlignUpTo(size_) - size_);
+    CKPTD_TRY(Append(data.substr(0, head)));
+    data.remove_prefix(head);
+    const size_t middle = static_cast<size_t>(AlignDown(data.size()));
+    if (middle > 0) {
+      if (used_ > 0) CKPTD_TRY(FlushFull());
+      std::lock_guard lock(wmu_);
+      if (!write_status_.ok()) return write_status_;
+      for (size_t at = 0; at < middle; at += kWriteBufferBytes) {
+        const size_t n = std::min(kWriteBufferBytes, middle - at);
+        queue_.push_back(Job{nullptr, data.data() + at, n, flushed_});
+        flushed_ += n;
+        size_ += n;
+      }
+      zero_copy_bytes_ += middle;
+      StartWorkersLocked();
+      wcv_.notify_all();
+    }
+    return Append(data.substr(middle));
+  }
+
+  uint64_t zero_copy_bytes() const override { return zero_copy_bytes_; }
 
   absl::Status WriteAt(uint64_t offset, std::string_view data) override {
     CKPTD_TRY(WaitWrite());  // the on-disk part is complete before it is patched
@@ -166,16 +205,22 @@ class PosixWritableFile final : public WritableFile {
     } else {
       std::unique_lock lock(wmu_);
       if (fresh) allocated_++;
-      queue_.push_back(Job{std::move(buf_), used_, flushed_});
-      if (workers_.size() < WriteThreads() && workers_.size() < queue_.size() + in_flight_) {
-        workers_.emplace_back([this] { WorkerLoop(); });
-      }
+      const char* bytes = buf_.get();
+      queue_.push_back(Job{std::move(buf_), bytes, used_, flushed_});
+      StartWorkersLocked();
       wcv_.notify_all();
       buf_ = std::move(next);
     }
     flushed_ += used_;
     used_ = 0;
     return absl::OkStatus();
+  }
+
+  // A writer thread per queued or running write, up to WriteThreads().
+  void StartWorkersLocked() {
+    while (workers_.size() < WriteThreads() && workers_.size() < queue_.size() + in_flight_) {
+      workers_.emplace_back([this] { WorkerLoop(); });
+    }
   }
 
   // Waits for every queued write; the first error (sticky) if one failed.
@@ -195,14 +240,14 @@ class PosixWritableFile final : public WritableFile {
       in_flight_++;
       lock.unlock();
       absl::Status st =
-          write_status_ok_ ? PwriteAll(job.buf.get(), job.n, job.offset) : absl::OkStatus();
+          write_status_ok_ ? PwriteAll(job.bytes, job.n, job.offset) : absl::OkStatus();
       lock.lock();
       in_flight_--;
       if (!st.ok() && write_status_.ok()) {
         write_status_ = st;
         write_status_ok_ = false;
       }
-      free_.push_back(std::move(job.buf));
+      if (job.buf != nullptr) free_.push_back(std::move(job.buf));
       wcv_.notify_all();
     }
   }
@@ -260,7 +305,8 @@ class PosixWritableFile final : public WritableFile {
   std::atomic<bool> direct_;  // a writer thread may fall back to buffered
   AlignedBuffer buf_;         // being filled
   struct Job {
-    AlignedBuffer buf;
+    AlignedBuffer buf;            // a full write buffer, or null for stable bytes
+    const char* bytes = nullptr;  // what to write: buf's, or the caller's
     size_t n = 0;
     uint64_t offset = 0;
   };
@@ -280,6 +326,7 @@ class PosixWritableFile final : public WritableFile {
   uint64_t flushed_ = 0;      // file offset of buf_[0]; always aligned under O_DIRECT
   uint64_t size_ = 0;         // logical file size
   uint64_t synced_size_ = 0;  // size_ at the last successful Sync
+  uint64_t zero_copy_bytes_ = 0;
 };
 
 }  // namespace

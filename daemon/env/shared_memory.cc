@@ -1,4 +1,4 @@
-// Sealed memfd segments, mapped window by window.
+// Sealed memfd segments, mapped once.
 #include "daemon/env/shared_memory.h"
 
 #include <fcntl.h>
@@ -7,15 +7,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "daemon/base/strings.h"
 #include "daemon/env/posix_error.h"
 
 namespace ckptd::env {
-
-MappedWindow::~MappedWindow() {
-  if (base_ != nullptr) ::munmap(base_, mapped_);
-}
 
 absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Adopt(int fd) {
   auto fail = [fd](absl::Status st) {
@@ -47,10 +44,20 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Adopt(int fd) {
   if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
     return fail(absl::FailedPreconditionError("the memfd is empty: size it before sealing"));
   }
-  return std::unique_ptr<SharedMemory>(new SharedMemory(fd, static_cast<uint64_t>(st.st_size)));
+  const size_t size = static_cast<size_t>(st.st_size);
+  void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (base == MAP_FAILED) {
+    return fail(absl::ResourceExhaustedError(
+        StrCat("mmap memfd arena of ", size, " bytes: ", std::strerror(errno))));
+  }
+  return std::unique_ptr<SharedMemory>(
+      new SharedMemory(fd, std::string_view(static_cast<const char*>(base), size)));
 }
 
-SharedMemory::~SharedMemory() { ::close(fd_); }
+SharedMemory::~SharedMemory() {
+  ::munmap(const_cast<char*>(bytes_.data()), bytes_.size());
+  ::close(fd_);
+}
 
 absl::StatusOr<int> SharedMemory::OpenReadOnly() const {
   const std::string self = StrCat("/proc/self/fd/", fd_);
@@ -59,20 +66,12 @@ absl::StatusOr<int> SharedMemory::OpenReadOnly() const {
   return fd;
 }
 
-absl::StatusOr<std::unique_ptr<MappedWindow>> SharedMemory::Map(uint64_t offset, size_t n) const {
-  if (offset > size_ || n > size_ - offset) {
-    return absl::OutOfRangeError(
-        StrCat("bytes [", offset, ", ", offset + n, ") lie outside the arena (", size_, " bytes)"));
+absl::StatusOr<std::string_view> SharedMemory::Slice(uint64_t offset, uint64_t n) const {
+  if (offset > size() || n > size() - offset) {
+    return absl::OutOfRangeError(StrCat("bytes [", offset, ", ", offset + n,
+                                        ") lie outside the arena (", size(), " bytes)"));
   }
-  static const uint64_t kPage = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t start = offset / kPage * kPage;
-  const size_t mapped = static_cast<size_t>(offset - start) + n;
-  if (mapped == 0) return std::make_unique<MappedWindow>(nullptr, 0, std::string_view());
-  void* base =
-      ::mmap(nullptr, mapped, PROT_READ, MAP_SHARED | MAP_POPULATE, fd_, static_cast<off_t>(start));
-  if (base == MAP_FAILED) return SystemError("mmap memfd window", errno);
-  return std::make_unique<MappedWindow>(
-      base, mapped, std::string_view(static_cast<const char*>(base) + (offset - start), n));
+  return bytes_.substr(offset, n);
 }
 
 }  // namespace ckptd::env

@@ -72,7 +72,7 @@ void Writer::CloseTensor() {
   tensor_filled_ = 0;
 }
 
-absl::Status Writer::WriteData(std::string_view bytes) {
+absl::Status Writer::WriteData(std::string_view bytes, bool stable) {
   if (!header_written_ || finished_) {
     return absl::FailedPreconditionError("GGUF data written outside header..finish");
   }
@@ -88,7 +88,8 @@ absl::Status Writer::WriteData(std::string_view bytes) {
     size_t n = std::min<uint64_t>(bytes.size(), t.nbytes - tensor_filled_);
     // SHA-1 (when asked for) runs on its worker while this thread writes.
     if (gguf_hash_) gguf_hash_->Submit(bytes.data(), n);
-    absl::Status appended = sink_->Append(bytes.substr(0, n));
+    absl::Status appended =
+        stable ? sink_->AppendStable(bytes.substr(0, n)) : sink_->Append(bytes.substr(0, n));
     if (!appended.ok()) {
       if (gguf_hash_) gguf_hash_->Wait();
       return appended;

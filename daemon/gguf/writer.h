@@ -24,6 +24,9 @@ class Sink {
   virtual ~Sink() = default;
   // Appends bytes at the current end.
   virtual absl::Status Append(std::string_view bytes) = 0;
+  // Append for bytes that stay valid and unchanged until the file is
+  // finished: a sink may keep (and write from) them instead of copying.
+  virtual absl::Status AppendStable(std::string_view bytes) { return Append(bytes); }
   // Overwrites bytes already appended (used once, for the header).
   virtual absl::Status WriteAt(uint64_t offset, std::string_view bytes) = 0;
 };
@@ -46,8 +49,10 @@ class Writer {
 
   absl::Status WriteHeader();
   // Appends tensor bytes in layout order. A call may end mid-tensor or span
-  // several tensors; bytes beyond the last tensor are an error.
-  absl::Status WriteData(std::string_view bytes);
+  // several tensors; bytes beyond the last tensor are an error. `stable`:
+  // the bytes stay valid and unchanged until the sink's file is finished
+  // (Sink::AppendStable), so they need not be copied.
+  absl::Status WriteData(std::string_view bytes, bool stable = false);
   // Fails unless every tensor is complete; pads, computes the digests and,
   // when the layout reserved digest slots, rewrites the header with them.
   absl::StatusOr<ContentDigest> Finish();

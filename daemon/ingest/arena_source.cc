@@ -1,4 +1,4 @@
-// Arena source: bounds checks, windows, progressive staging.
+// Arena source: bounds checks, windows of the mapped arena, progressive staging.
 #include "daemon/ingest/arena_source.h"
 
 #include <thread>
@@ -35,9 +35,9 @@ absl::StatusOr<std::unique_ptr<ArenaSource>> ArenaSource::Create(
 }
 
 absl::Status ArenaSource::CopyTo(const ByteWriter& write) {
-  std::unique_ptr<env::MappedWindow> counter;
+  std::string_view counter;
   if (progress_) {
-    CKPTD_ASSIGN_OR_RETURN(counter, progress_->arena->memory->Map(progress_->offset, 8));
+    CKPTD_ASSIGN_OR_RETURN(counter, progress_->arena->memory->Slice(progress_->offset, 8));
   }
   uint64_t total = 0;
   for (const ArenaRegion& r : regions_) total += r.bytes;
@@ -45,9 +45,9 @@ absl::Status ArenaSource::CopyTo(const ByteWriter& write) {
   for (const ArenaRegion& r : regions_) {
     for (uint64_t at = 0; at < r.bytes; at += kWindowBytes) {
       const uint64_t len = std::min<uint64_t>(kWindowBytes, r.bytes - at);
-      if (counter) CKPTD_TRY(WaitStaged(counter->bytes(), done + len, total));
-      CKPTD_ASSIGN_OR_RETURN(auto window, r.arena->memory->Map(r.offset + at, len));
-      CKPTD_TRY(write(window->bytes()));
+      if (!counter.empty()) CKPTD_TRY(WaitStaged(counter, done + len, total));
+      CKPTD_ASSIGN_OR_RETURN(std::string_view window, r.arena->memory->Slice(r.offset + at, len));
+      CKPTD_TRY(write(window));
       done += len;
     }
   }

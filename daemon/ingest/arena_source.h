@@ -1,9 +1,11 @@
 // The shm path's source: each tensor's bytes lie in a registered arena (a
-// sealed memfd) at an offset. Read window by window, mapped read-only and
-// unmapped as it goes. With progressive staging, a u64 counter in an arena
-// says how many bytes the trainer has copied in so far; each window is read
-// only once the counter covers it. Holds its own references to the arenas,
-// so a save outlives the trainer's connection. Thread-compatible.
+// sealed memfd, mapped read-only once for its registration) at an offset,
+// handed to the writer window by window straight from that mapping: the
+// bytes are stable() until the save ends, since the trainer may not touch an
+// arena between SaveShared and the save's outcome. With progressive staging, a u64 counter in an
+// arena says how many bytes the trainer has copied in so far; each window is read only once the
+// counter covers it. Holds its own references to the arenas, so a save outlives the trainer's
+// connection. Thread-compatible.
 #pragma once
 
 #include <chrono>
@@ -26,7 +28,7 @@ struct ArenaRegion {
 
 class ArenaSource final : public TensorSource {
  public:
-  static constexpr size_t kWindowBytes = 16 << 20;  // arena bytes mapped at a time
+  static constexpr size_t kWindowBytes = 16 << 20;  // arena bytes handed to the writer at a time
 
   // INVALID_ARGUMENT naming the tensor when a region is not inside its arena
   // (overflow-safe), or the counter is not an 8-byte aligned u64 inside its arena.
@@ -36,6 +38,7 @@ class ArenaSource final : public TensorSource {
       std::optional<ArenaRegion> progress, std::chrono::milliseconds staging_timeout);
 
   std::string_view transport() const override { return "shm"; }
+  bool stable() const override { return true; }
   // DEADLINE_EXCEEDED when a progress counter stops advancing for the timeout.
   absl::Status CopyTo(const ByteWriter& write) override;
   bool progressive() const { return progress_.has_value(); }

@@ -23,6 +23,11 @@ class TensorSource {
   virtual ~TensorSource() = default;
   // Recorded as ckpt.transport: "grpc-stream", "shm", "pointer".
   virtual std::string_view transport() const = 0;
+  // True when the bytes handed to `write` stay valid and unchanged until the
+  // save has ended (committed or failed), so the writer may write them to
+  // disk straight from that memory instead of copying them (the arena's
+  // pages). False: each chunk is valid only during its `write` call.
+  virtual bool stable() const { return false; }
   // Delivers every byte to `write`, or fails with the source's own error
   // (client gone, stalled staging, unreadable range) or write's.
   virtual absl::Status CopyTo(const ByteWriter& write) = 0;

@@ -227,8 +227,9 @@ void SaveSession::LeaveInFlight() {
 absl::StatusOr<SaveOutcome> SaveSession::Run(ingest::TensorSource& source) {
   SaveOutcome out{.skipped = skipped(), .reason = reason_};
   if (skipped()) return out;
+  const bool stable = source.stable();
   absl::Status copied =
-      source.CopyTo([&](std::string_view bytes) { return writer_->WriteData(bytes); });
+      source.CopyTo([&](std::string_view bytes) { return writer_->WriteData(bytes, stable); });
   if (!copied.ok()) {
     if (copied.code() == absl::StatusCode::kCancelled) {
       copied = absl::CancelledError(StrCat(copied.message(), " after ", writer_->received_bytes(),

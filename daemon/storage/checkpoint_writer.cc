@@ -108,7 +108,7 @@ uint64_t CheckpointWriter::planned_bytes() const {
   return total;
 }
 
-absl::Status CheckpointWriter::WriteData(std::string_view bytes) {
+absl::Status CheckpointWriter::WriteData(std::string_view bytes, bool stable) {
   while (!bytes.empty()) {
     if (tensor_ >= sizes_.size()) {
       return absl::InvalidArgumentError(StrCat("received ", bytes.size(),
@@ -116,11 +116,11 @@ absl::Status CheckpointWriter::WriteData(std::string_view bytes) {
                                                " bytes were declared)"));
     }
     size_t n = std::min<uint64_t>(bytes.size(), sizes_[tensor_] - filled_);
-    CKPTD_TRY(route_[tensor_]->writer->WriteData(bytes.substr(0, n)));
+    CKPTD_TRY(route_[tensor_]->writer->WriteData(bytes.substr(0, n), stable));
     filled_ += n;
     if (const size_t m = model_index_[tensor_]; m != SIZE_MAX) {
       for (auto& e : exports_)
-        CKPTD_TRY(e->Feed(m, bytes.substr(0, n), filled_ == sizes_[tensor_]));
+        CKPTD_TRY(e->Feed(m, bytes.substr(0, n), filled_ == sizes_[tensor_], stable));
     }
     received_ += n;
     bytes.remove_prefix(n);

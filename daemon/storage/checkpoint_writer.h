@@ -63,7 +63,10 @@ class CheckpointWriter {
   bool has_train() const { return train_ != nullptr; }
 
   // Tensor bytes in plan order, any chunking. More than planned is an error.
-  absl::Status WriteData(std::string_view bytes);
+  // `stable`: the bytes stay valid and unchanged until Finish() has
+  // returned or the writer is destroyed (TensorSource::stable()); they are
+  // then written from where they lie where the files allow it.
+  absl::Status WriteData(std::string_view bytes, bool stable = false);
   // Fails unless every byte arrived; finishes both files (digests patched,
   // the model digest recorded in the train file), fdatasyncs and closes them.
   absl::Status Finish();

@@ -63,8 +63,8 @@ bool ExportWriter::Streams(size_t source) const {
 }
 
 absl::Status ExportWriter::StreamChunk(const exports::OutputRecipe& r, std::string_view bytes,
-                                       bool complete) {
-  if (r.out.type == r.element_type) return writer_->WriteData(bytes);
+                                       bool complete, bool stable) {
+  if (r.out.type == r.element_type) return writer_->WriteData(bytes, stable);
   // Convert whole units (an element, or a 32-element block for Q8_0); a
   // unit split across chunks waits in `carry_`.
   const size_t element = gguf::LookupTensorType(static_cast<uint32_t>(r.element_type))->block_bytes;
@@ -93,10 +93,10 @@ absl::Status ExportWriter::StreamChunk(const exports::OutputRecipe& r, std::stri
   return absl::OkStatus();
 }
 
-absl::Status ExportWriter::Feed(size_t source, std::string_view bytes, bool complete) {
+absl::Status ExportWriter::Feed(size_t source, std::string_view bytes, bool complete, bool stable) {
   if (!plan_->source_used[source]) return absl::OkStatus();
   if (Streams(source)) {
-    CKPTD_TRY(StreamChunk(plan_->outputs[next_output_], bytes, complete));
+    CKPTD_TRY(StreamChunk(plan_->outputs[next_output_], bytes, complete, stable));
     if (complete) ++next_output_;
     return complete ? WriteReady(source) : absl::OkStatus();
   }

@@ -31,8 +31,10 @@ class ExportWriter {
   absl::Status Start(env::Env* env, const std::string& dir, std::string final_name,
                      env::DirectIo direct);
   // Bytes of source tensor `source` (an index into the model tensors), in
-  // order; `complete` on the chunk that ends the tensor.
-  absl::Status Feed(size_t source, std::string_view bytes, bool complete);
+  // order; `complete` on the chunk that ends the tensor; `stable` as in
+  // CheckpointWriter::WriteData (a renamed same-type output is then written
+  // from the source bytes without a copy).
+  absl::Status Feed(size_t source, std::string_view bytes, bool complete, bool stable = false);
   // Every output written: patches general.source.uuid, finishes, syncs, closes.
   absl::Status Finish(std::string_view source_uuid);
 
@@ -46,7 +48,8 @@ class ExportWriter {
   explicit ExportWriter(std::shared_ptr<const exports::ExportPlan> plan);
   absl::Status WriteReady(size_t source);
   bool Streams(size_t source) const;
-  absl::Status StreamChunk(const exports::OutputRecipe& r, std::string_view bytes, bool complete);
+  absl::Status StreamChunk(const exports::OutputRecipe& r, std::string_view bytes, bool complete,
+                           bool stable);
 
   std::shared_ptr<const exports::ExportPlan> plan_;
   gguf::Layout layout_;

@@ -21,6 +21,7 @@ class FileSink final : public gguf::Sink {
  public:
   explicit FileSink(env::WritableFile* file) : file_(file) {}
   absl::Status Append(std::string_view bytes) override { return file_->Append(bytes); }
+  absl::Status AppendStable(std::string_view bytes) override { return file_->AppendStable(bytes); }
   absl::Status WriteAt(uint64_t offset, std::string_view bytes) override {
     return file_->WriteAt(offset, bytes);
   }

@@ -41,6 +41,24 @@ TEST(StagedCopyTest, LayoutIsAlignedAndDisjointAfterTheCounter) {
   EXPECT_EQ(layout.data_bytes, 1u + 100 + 64 + 65 + (3 << 20));
 }
 
+// Large tensors start at a page boundary, so the daemon (whose files put
+// tensors at 4 KiB boundaries) can write them from the arena without a copy;
+// small ones are packed at 64 bytes.
+TEST(StagedCopyTest, LargeTensorsStartAtPageBoundariesSmallOnesArePacked) {
+  Tensors t({100, kArenaPageAlignMin, 3, kArenaPageAlignMin - 1, (1 << 20) + 7, 5});
+  const ArenaLayout layout = PlanArenaLayout(t.views);
+  for (size_t i = 0; i < t.views.size(); ++i) {
+    if (t.views[i].bytes >= kArenaPageAlignMin) {
+      EXPECT_EQ(layout.offsets[i] % kArenaPageAlign, 0u) << i;
+    }
+  }
+  // The small ones are not padded to a page: 100 bytes after the counter,
+  // then 3 bytes right after the first large tensor.
+  EXPECT_EQ(layout.offsets[0], kArenaTensorAlign);
+  EXPECT_EQ(layout.offsets[2], layout.offsets[1] + kArenaPageAlignMin);
+  EXPECT_LT(layout.offsets[3] - layout.offsets[2], kArenaPageAlign);
+}
+
 TEST(StagedCopyTest, BytesLandAndProgressOnlyCoversBytesInPlace) {
   Tensors t({30 << 20, 1, 17 << 20, 0, 5});
   const ArenaLayout layout = PlanArenaLayout(t.views);

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <optional>
 #include <random>
 
@@ -70,6 +73,64 @@ TEST(WritableFileTest, DirectIoContentIsExact) {
   }
   for (uint64_t seed = 1; seed <= 4; ++seed)
     WriteAndCheck(dir.path(), DirectIo::kAuto, seed, direct_ok);
+}
+
+// Stable appends: bytes in the same 4 KiB phase in memory and in the file
+// are written from the caller's memory (their aligned middle, when it is at
+// least 256 KiB), everything else through the buffer; interleaved with plain
+// appends and a header patch, the file is exact either way.
+TEST(WritableFileTest, StableAppendsWriteTheAlignedMiddleFromTheCallersMemory) {
+  testing::TempDir dir;
+  std::mt19937_64 rng(7);
+  constexpr size_t kSource = 24 << 20;
+  void* mem = nullptr;
+  ASSERT_EQ(::posix_memalign(&mem, kDirectIoAlignment, kSource), 0);
+  std::unique_ptr<char, decltype(&std::free)> source(static_cast<char*>(mem), &std::free);
+  const std::string random = Random(kSource, rng);
+  std::memcpy(source.get(), random.data(), kSource);
+  for (DirectIo mode : {DirectIo::kAuto, DirectIo::kOff}) {
+    const std::string path = dir.Join(mode == DirectIo::kAuto ? "auto" : "off");
+    auto file = Env::Default()->NewWritableFile(path, mode);
+    ASSERT_TRUE(file.ok()) << file.status();
+    std::string want;
+    uint64_t expect_zero_copy = 0;
+    auto stable = [&](size_t from, size_t n) {
+      const std::string_view bytes(source.get() + from, n);
+      const uint64_t at = want.size();
+      if ((*file)->direct() && (from - at) % kDirectIoAlignment == 0 && n >= (256 << 10)) {
+        const uint64_t head = (kDirectIoAlignment - at % kDirectIoAlignment) % kDirectIoAlignment;
+        expect_zero_copy += (n - head) / kDirectIoAlignment * kDirectIoAlignment;
+      }
+      ASSERT_TRUE((*file)->AppendStable(bytes).ok());
+      want.append(bytes);
+    };
+    auto plain = [&](size_t n) {
+      std::string b = Random(n, rng);
+      ASSERT_TRUE((*file)->Append(b).ok());
+      want += b;
+    };
+    plain(1000);                         // a header
+    stable(1000 + 4096, 5 << 20);        // in phase, starts mid-block
+    plain(4096 - (want.size() % 4096));  // padding to a boundary
+    stable(8192, (9 << 20) + 123);       // in phase, aligned start, odd tail
+    stable(12345, 300 << 10);            // out of phase: copied
+    stable(0, 1000);                     // too small: copied
+    plain(17);
+    stable(4096 * 1024 + (want.size() % 4096), 6 << 20);  // in phase again
+    stable(16 << 20, 4096);                               // small, aligned: copied
+    const std::string head = Random(64, rng);
+    want.replace(10, head.size(), head);
+    ASSERT_TRUE((*file)->WriteAt(10, head).ok());
+    ASSERT_TRUE((*file)->Sync().ok());
+    ASSERT_TRUE((*file)->Close().ok());
+    EXPECT_EQ((*file)->zero_copy_bytes(), expect_zero_copy);
+    if ((*file)->direct()) {
+      EXPECT_GT(expect_zero_copy, 19u << 20);
+    }
+    const std::string got = testing::ReadFile(path);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_TRUE(got == want) << "content differs";
+  }
 }
 
 TEST(WritableFileTest, BufferedContentIsExact) {

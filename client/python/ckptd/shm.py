@@ -20,7 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+# Tensors of 64 KiB and more start at a page boundary (the daemon's files put
+# tensors at 4 KiB boundaries, so it writes them to disk straight from the
+# arena), smaller ones at 64 bytes.
 ALIGN = 64
+PAGE_ALIGN = 4096
+PAGE_ALIGN_MIN = 64 << 10
 PARALLEL_COPY_BYTES = 32 << 20
 _MADV_POPULATE_WRITE = 23
 
@@ -124,7 +129,8 @@ class ArenaPool:
         """Copies the entries into a free arena; returns (arena, offsets)."""
         offsets, end = [], 0
         for e in entries:
-            end = (end + ALIGN - 1) // ALIGN * ALIGN
+            align = PAGE_ALIGN if e.nbytes >= PAGE_ALIGN_MIN else ALIGN
+            end = (end + align - 1) // align * align
             offsets.append(end)
             end += e.nbytes
         need = max(end, 1)
