@@ -478,7 +478,7 @@ def main():
                                     "1", str(size)])
                 return out, watch
 
-            (stream, stream_watch), stream_rss = with_daemon(args.build, root, stream_save)
+            stream, stream_watch, stream_rss = with_daemon(args.build, root, stream_save)
             hot_cfg = os.path.join(scratch, "hot.toml")
             with open(hot_cfg, "w") as f:
                 f.write(f"[shm]\nkeep_last_in_memory = true\nkeep_in_memory_max_bytes = {4 * size}\n")

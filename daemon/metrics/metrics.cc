@@ -41,9 +41,11 @@ void Metrics::CountSave(const std::string& run, const std::string& result) {
   saves_[{run, result}]++;
 }
 
-void Metrics::RecordCommit(const std::string& run, uint64_t bytes, double seconds) {
+void Metrics::RecordCommit(const std::string& run, uint64_t bytes, uint64_t zero_copy_bytes,
+                           double seconds) {
   absl::MutexLock lock(&mu_);
   written_bytes_[run] += bytes;
+  zero_copy_bytes_[run] += zero_copy_bytes;
   durations_[run].Observe(kDurationBounds, seconds);
 }
 
@@ -117,6 +119,13 @@ std::string Metrics::Render() const {
   line("# TYPE ckptd_written_bytes_total counter");
   for (const auto& [run, v] : written_bytes_) {
     line(fmt::format("ckptd_written_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
+  }
+  line(
+      "# HELP ckptd_zero_copy_bytes_total Of the written bytes, those written to disk straight "
+      "from a trainer's shared-memory arena (no copy in the daemon).");
+  line("# TYPE ckptd_zero_copy_bytes_total counter");
+  for (const auto& [run, v] : zero_copy_bytes_) {
+    line(fmt::format("ckptd_zero_copy_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
   }
   RenderHistogram("ckptd_save_duration_seconds", "From a save's header to its commit.",
                   kDurationBounds, durations_, &out);

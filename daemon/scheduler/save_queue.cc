@@ -20,6 +20,7 @@ class ReadNotifier final : public ingest::TensorSource {
   ReadNotifier(ingest::TensorSource* inner, std::function<void(const absl::Status&)> read)
       : inner_(inner), read_(std::move(read)) {}
   std::string_view transport() const override { return inner_->transport(); }
+  bool stable() const override { return inner_->stable(); }
   absl::Status CopyTo(const ingest::ByteWriter& write) override {
     absl::Status st = inner_->CopyTo(write);
     read_(st);

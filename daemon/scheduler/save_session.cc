@@ -262,13 +262,14 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
   metrics::Metrics::Get().CountSave(params_.run_id, "committed");
-  metrics::Metrics::Get().RecordCommit(params_.run_id, record.total_bytes(), t->committed_s);
+  metrics::Metrics::Get().RecordCommit(params_.run_id, record.total_bytes(),
+                                       writer_->zero_copy_bytes(), t->committed_s);
   metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
   spdlog::info(
-      "save committed run={} step={} bytes={} received={:.3f}s durable={:.3f}s committed={:.3f}s "
-      "file={}{}",
-      params_.run_id, record.step, record.total_bytes(), t->received_s, t->durable_s,
-      t->committed_s, record.model_path, *is_latest ? " latest" : "");
+      "save committed run={} step={} bytes={} zero_copy={} received={:.3f}s durable={:.3f}s "
+      "committed={:.3f}s file={}{}",
+      params_.run_id, record.step, record.total_bytes(), writer_->zero_copy_bytes(), t->received_s,
+      t->durable_s, t->committed_s, record.model_path, *is_latest ? " latest" : "");
   run_->Publish({.type = Event::Type::kCommitted,
                  .run_id = params_.run_id,
                  .step = record.step,

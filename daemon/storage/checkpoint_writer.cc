@@ -102,6 +102,13 @@ absl::Status CheckpointWriter::Open(File* f) {
   return f->writer->WriteHeader();
 }
 
+uint64_t CheckpointWriter::zero_copy_bytes() const {
+  uint64_t total = model_->written.zero_copy_bytes;
+  if (train_) total += train_->written.zero_copy_bytes;
+  for (const auto& e : exports_) total += e->written().zero_copy_bytes;
+  return total;
+}
+
 uint64_t CheckpointWriter::planned_bytes() const {
   uint64_t total = model_->layout.file_size + (train_ ? train_->layout.file_size : 0);
   for (const auto& e : exports_) total += e->file_size();
@@ -137,6 +144,7 @@ absl::Status CheckpointWriter::FinishFile(File* f) {
   CKPTD_TRY(f->file->Sync());
   CKPTD_TRY(f->file->Close());
   f->written.bytes = f->file->size();
+  f->written.zero_copy_bytes = f->file->zero_copy_bytes();
   return absl::OkStatus();
 }
 

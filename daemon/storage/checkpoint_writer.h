@@ -60,6 +60,9 @@ class CheckpointWriter {
   uint64_t data_bytes() const { return data_bytes_; }  // tensor bytes expected
   uint64_t planned_bytes() const;                      // both files' sizes
   uint64_t received_bytes() const { return received_; }
+  // After Finish(): bytes of all the files written straight from stable
+  // source memory, without a copy.
+  uint64_t zero_copy_bytes() const;
   bool has_train() const { return train_ != nullptr; }
 
   // Tensor bytes in plan order, any chunking. More than planned is an error.

@@ -138,6 +138,7 @@ absl::Status ExportWriter::Finish(std::string_view source_uuid) {
   CKPTD_TRY(file_->Sync());
   CKPTD_TRY(file_->Close());
   written_.bytes = file_->size();
+  written_.zero_copy_bytes = file_->zero_copy_bytes();
   return absl::OkStatus();
 }
 

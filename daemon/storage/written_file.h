@@ -14,6 +14,7 @@ struct WrittenFile {
   std::string temp_path;
   std::string final_name;
   uint64_t bytes = 0;
+  uint64_t zero_copy_bytes = 0;  // written from the source's memory (WritableFile::AppendStable)
   gguf::ContentDigest digest;
 };
 

@@ -221,6 +221,16 @@ TEST_F(ShmTest, SharedSaveWritesTheSameTensorsAndUuidAsAStreamSave) {
     }
   }
   EXPECT_EQ(fs::read_symlink(Weights("via-shm") + "/latest"), "step_200.gguf");
+  // The shm saves' 12 MiB tensor (page-aligned in the arena and in the file)
+  // went to disk straight from the arena; the stream path copies everything.
+  const std::string metrics = HttpGet(daemon->HttpPort(), "/metrics").body;
+  auto zero_copy = [&](const std::string& run) -> uint64_t {
+    const std::string key = "ckptd_zero_copy_bytes_total{run=\"" + run + "\"} ";
+    const size_t at = metrics.find(key);
+    return at == std::string::npos ? UINT64_MAX : std::stoull(metrics.substr(at + key.size()));
+  };
+  EXPECT_EQ(zero_copy("via-shm"), 2u * (12 << 20)) << metrics;
+  EXPECT_EQ(zero_copy("via-stream"), 0u);
 
   // The final snapshot goes through shared memory too, then the run ends.
   Tensors last(300.0f, {1 << 20});
