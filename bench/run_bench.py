@@ -450,6 +450,7 @@ def main():
     fs = subprocess.run(["stat", "-f", "-c", "%T", work], capture_output=True, text=True).stdout.strip()
     results = []
     concurrent = []
+    submission = None
     thp_before = None
     try:
         # Huge pages for the arenas (shmem THP on request), as the README
@@ -530,6 +531,12 @@ def main():
             shutil.rmtree(scratch)
             os.sync()
             time.sleep(3)  # let the deletions' discards drain before the next size
+        # The write submission A/B: pwrite threads (ckptd's) against io_uring.
+        submission = None
+        wpb = os.path.join(args.build, "bench/write_path_bench")
+        if os.path.exists(wpb):
+            os.makedirs(os.path.join(work, "wpb"))
+            submission = run_json([wpb, os.path.join(work, "wpb"), str(GiB), str(args.saves)])
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if thp_before is not None:
@@ -579,6 +586,15 @@ def main():
             print(f"  N={c['n']}: ckptd {c['aggregate_MBps']:>6.0f}  fio numjobs={c['n']} "
                   f"{f(c['fio_MBps'], '{:.0f}'):>6}  ratio {f(ok, '{:.2f}')} (goal >= 0.85)"
                   f"{'' if ok and ok >= 0.85 else '  <-- short'}")
+    if submission:
+        print("\nwrite submission A/B (1 GiB from a memfd arena, O_DIRECT 4 MiB pieces + fdatasync, "
+              "interleaved, medians)")
+        for name, v in submission.items():
+            if "error" in v:
+                print(f"  {name:<14} {v['error']}")
+            else:
+                print(f"  {name:<14} {v['MBps']:>6.0f} MB/s  {v['cpu_s_per_GiB']:.3f} CPU s/GiB"
+                      f"{'   <- ckptd' if name == 'threads:2' else ''}")
     print("\ngoals (a mark where one falls short)")
     for key, label, goal, higher in GOALS:
         cells = []
@@ -616,7 +632,8 @@ def main():
               f"{f(hot, '{:.3f}s'):>7} {f(hot and hot / r['memcpy_s'], '{:.2f}x'):>7}")
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/latest.json", "w") as out:
-        json.dump({"sizes": results, "concurrent": concurrent, "filesystem": fs,
+        json.dump({"sizes": results, "concurrent": concurrent, "write_submission": submission,
+                   "filesystem": fs,
                    "shmem_thp_setting": thp_before,
                    "when": datetime.datetime.utcnow().isoformat() + "Z"}, out, indent=1)
 

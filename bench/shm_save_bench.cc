@@ -151,6 +151,10 @@ int main(int argc, char** argv) {
         const double stall = save();
         if (stall < 0) return 1;
         run_stalls.push_back(stall);
+        if (std::getenv("BENCH_VERBOSE")) {
+          std::fprintf(stderr, "stall %.2f ms copy %.2f ms\n", stall * 1000,
+                       (*cp)->stats().last_copy_s * 1000);
+        }
         if (verb == "spaced" && i + 1 < n) {
           std::this_thread::sleep_for(std::chrono::duration<double>(gap));
         }

@@ -15,7 +15,7 @@ build_pkgs=(
   libboost-dev libboost-filesystem-dev libssl-dev
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
-  libsystemd-dev
+  libsystemd-dev liburing-dev
 )
 test_pkgs=(
   libgtest-dev libgmock-dev
