@@ -11,11 +11,14 @@
 
 namespace ckptd::bench {
 
-// Opens `run_id` (model metadata: general.architecture = llama); nullptr
-// after printing the error.
-inline std::unique_ptr<Run> OpenBenchRun(Client& client, const std::string& run_id) {
+// Opens `run_id` (model metadata: general.architecture = llama; retention
+// keep_last when not 0, so long runs of saves fit the disk); nullptr after
+// printing the error.
+inline std::unique_ptr<Run> OpenBenchRun(Client& client, const std::string& run_id,
+                                         uint32_t keep_last = 0) {
   v1::OpenRunRequest open;
   open.set_run_id(run_id);
+  if (keep_last > 0) open.mutable_retention()->set_keep_last(keep_last);
   auto* arch = open.add_model_metadata();
   arch->set_key("general.architecture");
   arch->mutable_value()->set_string_value("llama");

@@ -107,9 +107,11 @@ class DaemonWatch:
 class ShmBench:
     """An interactive bench/shm_save_bench (one trainer, its arenas reserved)."""
 
-    def __init__(self, build, sock, run, size):
+    def __init__(self, build, sock, run, size, keep_last=0):
+        env = dict(os.environ, BENCH_KEEP_LAST=str(keep_last))
         self.proc = subprocess.Popen([os.path.join(build, "bench/shm_save_bench"), sock, run, str(size),
-                                      "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                      "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("shm_save_bench did not start")
 
@@ -136,29 +138,35 @@ class ShmBench:
 
 
 def shm_interleaved_with_fio(build, pid, sock, work, size, rounds, quick):
-    """Alternates fio (QD1, then QD8) and ckptd shm saves, `rounds` times, and
+    """Alternates fio (QD1, then QD8) and a ckptd shm save, `rounds` times, and
     returns the medians of each: the disk's own speed drifts by ~30% within a
     minute here, so they are measured side by side rather than one after the
-    other. Then saves spaced as a trainer spaces them and saves back to back."""
+    other. Then saves spaced as a trainer spaces them and saves back to back
+    (a run keeping its 2 newest checkpoints: the disk must hold them)."""
     bench = ShmBench(build, sock, "shm", size)
     qd1, qd8 = [], []
     with DaemonWatch(pid) as watch:
         for _ in range(rounds):
             qd1.append(fio_once(work, size, f"fio-{len(qd1)}.tmp", depth=1))
-            bench.ask("save")
             qd8.append(fio_once(work, size, f"fio-q8-{len(qd8)}.tmp", depth=8))
             bench.ask("save")
     summary = bench.close()
+    # Room for what follows (fio-0.tmp stays: the restore bench reads it).
+    for name in os.listdir(work):
+        if name.startswith("fio-") and name != "fio-0.tmp":
+            os.remove(os.path.join(work, name))
+    os.sync()
+    time.sleep(3)  # let the deletions' discards drain
     # Spaced: a pause after each save of 1.5x the time the disk needed.
     gap = max(0.2, 1.5 * summary["durable_s"])
-    bench = ShmBench(build, sock, "shm-spaced", size)
+    bench = ShmBench(build, sock, "shm-spaced", size, keep_last=2)
     spaced = bench.ask(f"spaced {8 if quick else 12} {gap:.3f}")
     burst = bench.ask("burst 4")
     bench.close()
     med = lambda v: None if None in v else median(v)
     return {
         "summary": summary, "fio_qd1": med(qd1), "fio_qd8": med(qd8), "cpu_s": watch.cpu,
-        "saves": 2 * rounds, "private_max": watch.private_max, "spaced": spaced, "gap_s": gap,
+        "saves": rounds, "private_max": watch.private_max, "spaced": spaced, "gap_s": gap,
         "burst": burst,
     }
 
@@ -189,7 +197,7 @@ def concurrent_trainers(build, sock, work, size, rounds):
     QD1 and QD8), interleaved round by round."""
     results = []
     for n in (1, 2, 4):
-        benches = [ShmBench(build, sock, f"conc-{n}-{i}", size) for i in range(n)]
+        benches = [ShmBench(build, sock, f"conc-{n}-{i}", size, keep_last=2) for i in range(n)]
         ours, fio = [], []
         for r in range(rounds):
             f1 = fio_once(work, size, f"fio-c{n}-{r}", depth=1, jobs=n)
@@ -323,7 +331,8 @@ def python_client(build, sock, scratch, size, rounds):
 
     n = 64 * MiB
     model = {f"blk.{i}.weight": torch.ones(min(n, size - i * n) // 4) for i in range((size + n - 1) // n)}
-    run = ckptd.connect(sock).open_run("py-bench", transport="shm", schedule={"every_steps": 0})
+    run = ckptd.connect(sock).open_run("py-bench", transport="shm", schedule={"every_steps": 0},
+                                       retention={"keep_last": 2})
     run.save(0, model=model)  # arenas created and populated once, as a trainer's first save
     run.wait()
     stalls = []
@@ -443,7 +452,7 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--dir", default=None, help="where files are written (default: under --build)")
     ap.add_argument("--saves", type=int, default=3,
-                    help="rounds of (fio QD1, save, fio QD8, save) per size; medians reported")
+                    help="rounds of (fio QD1, fio QD8, save) per size; medians reported")
     args = ap.parse_args()
     sizes = [256 * MiB, 1024 * MiB] + ([] if args.quick else [4096 * MiB])
     work = tempfile.mkdtemp(dir=args.dir or args.build, prefix="bench-")
@@ -472,6 +481,10 @@ def main():
             setup = arena_setup(args.build, size)
             shm, shm_rss = with_daemon(args.build, root, lambda sock, pid: shm_interleaved_with_fio(
                 args.build, pid, sock, scratch, size, args.saves, args.quick))
+            for run_dir in ("shm", "shm-spaced"):  # room for the rest of the size
+                shutil.rmtree(os.path.join(root, run_dir), ignore_errors=True)
+            os.sync()
+            time.sleep(3)
 
             def stream_save(sock, pid):
                 with DaemonWatch(pid) as watch:

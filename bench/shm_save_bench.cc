@@ -17,7 +17,9 @@
 //                 {"stalls": [...], "seconds": the first call to the last durable}
 // shm_save_bench --arena-setup BYTES: creates (and populates) a BYTES arena
 // three times: {"setup_s": median, "hugetlb": bool}.
-// BENCH_OVERLAP=1 in the environment: CheckpointerOptions::overlap_copy.
+// BENCH_OVERLAP=1 in the environment: CheckpointerOptions::overlap_copy;
+// BENCH_COPY_THREADS=N: CheckpointerOptions::copy_threads; BENCH_KEEP_LAST=N:
+// the run's retention keeps the N newest checkpoints.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -78,7 +80,9 @@ int main(int argc, char** argv) {
   const int saves = std::stoi(argv[4]);
   auto client = ckptd::Client::Connect(argv[1]);
   if (!client.ok()) return 1;
-  auto run = ckptd::bench::OpenBenchRun(**client, argv[2]);
+  const char* keep_last = std::getenv("BENCH_KEEP_LAST");
+  auto run = ckptd::bench::OpenBenchRun(
+      **client, argv[2], keep_last != nullptr ? static_cast<uint32_t>(std::atoi(keep_last)) : 0);
   if (run == nullptr) return 1;
   std::vector<char> data(bytes);
   const std::vector<ckptd::TensorView> views = ckptd::bench::BenchTensors(data);

@@ -127,18 +127,19 @@ int main(int argc, char** argv) {
   const int rounds = std::stoi(argv[3]);
   int mfd = ::memfd_create("write-path-bench", MFD_CLOEXEC);
   if (mfd < 0 || ::ftruncate(mfd, static_cast<off_t>(bytes)) != 0) return 1;
-  auto* arena = static_cast<char*>(
-      ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0));
+  auto* arena =
+      static_cast<char*>(::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0));
   if (arena == MAP_FAILED) return 1;
   (void)::madvise(arena, bytes, MADV_HUGEPAGE);
   for (size_t i = 0; i < bytes; i += 4096) arena[i] = static_cast<char>(i >> 12);
 
-  std::vector<Scheme> schemes = {{.name = "threads:1", .depth = 1},
-                                 {.name = "threads:2", .depth = 2},
-                                 {.name = "threads:4", .depth = 4},
-                                 {.name = "uring:8", .uring = true, .depth = 8},
-                                 {.name = "uring:16", .uring = true, .depth = 16},
-                                 {.name = "uring-fixed:8", .uring = true, .fixed = true, .depth = 8}};
+  std::vector<Scheme> schemes = {
+      {.name = "threads:1", .depth = 1},
+      {.name = "threads:2", .depth = 2},
+      {.name = "threads:4", .depth = 4},
+      {.name = "uring:8", .uring = true, .depth = 8},
+      {.name = "uring:16", .uring = true, .depth = 16},
+      {.name = "uring-fixed:8", .uring = true, .fixed = true, .depth = 8}};
   int file_no = 0;
   for (int r = 0; r < rounds; ++r) {
     for (Scheme& s : schemes) {

@@ -347,6 +347,79 @@ TEST_F(ShmTest, ReferencesOutsideTheArenaOrToOthersArenasAreRefused) {
   EXPECT_EQ(Files("bounds"), (std::vector<std::string>{"latest", "step_100.gguf"}));
 }
 
+// Raises vm.nr_hugepages by `pages` (root only) and puts it back.
+class HugePagesReserved {
+ public:
+  explicit HugePagesReserved(int pages) {
+    std::ifstream in("/proc/sys/vm/nr_hugepages");
+    if (!(in >> before_)) return;
+    std::ofstream("/proc/sys/vm/nr_hugepages") << before_ + pages << "\n";
+    ok_ = FreeHugePages() >= pages;
+  }
+  ~HugePagesReserved() {
+    if (before_ >= 0) std::ofstream("/proc/sys/vm/nr_hugepages") << before_ << "\n";
+  }
+  bool ok() const { return ok_; }
+  static int FreeHugePages() {
+    std::istringstream in(Slurp("/proc/meminfo"));
+    for (std::string line; std::getline(in, line);) {
+      if (line.starts_with("HugePages_Free:")) return std::stoi(line.substr(15));
+    }
+    return 0;
+  }
+
+ private:
+  int before_ = -1;
+  bool ok_ = false;
+};
+
+// With 2 MiB hugetlb pages reserved, an arena is a hugetlb memfd; the daemon
+// adopts it (sealed like any other) and writes the save from its pages.
+// Without reserved pages the arena is a normal memfd.
+TEST_F(ShmTest, ArenasUseReservedHugetlbPagesAndSaveFromThem) {
+  if (::geteuid() != 0) GTEST_SKIP() << "reserving hugetlb pages needs root";
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("huge"));
+  ASSERT_TRUE(run.ok());
+  auto channel = ArenaChannel::Connect((*run)->opened().arena_socket());
+  ASSERT_TRUE(channel.ok());
+  constexpr size_t kArena = 4 << 20, kTensor = 2 << 20, kAt = 4096;
+  std::unique_ptr<Arena> arena;
+  {
+    HugePagesReserved reserved(2);
+    if (!reserved.ok()) GTEST_SKIP() << "the kernel found no free 2 MiB pages";
+    auto created = Arena::Create(kArena);
+    ASSERT_TRUE(created.ok()) << created.status();
+    if (!(*created)->hugetlb() && HugePagesReserved::FreeHugePages() < 2) {
+      GTEST_SKIP() << "another test took the reserved pages meanwhile";
+    }
+    EXPECT_TRUE((*created)->hugetlb());
+    arena = std::move(*created);
+  }
+  for (size_t i = 0; i < kTensor; ++i) arena->data()[kAt + i] = static_cast<char>(i * 13 % 251);
+  auto id = (*channel)->Register(arena->fd(), (*run)->opened().arena_token());
+  ASSERT_TRUE(id.ok()) << id.status();
+  TensorView t{"w", v1::TENSOR_TYPE_F32, {kTensor / 4}, nullptr, kTensor};
+  v1::TensorLocation loc;
+  loc.set_arena_id(*id);
+  loc.set_offset(kAt);
+  auto r = (*run)->SaveShared(1, {t}, {loc}, {}, {.force = true});
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto w = (*run)->WaitSaved(r->save_id(), 30);
+  ASSERT_TRUE(w.ok());
+  ASSERT_EQ(w->state(), v1::WaitSavedResponse::STATE_COMMITTED) << w->error();
+  EXPECT_TRUE(Parse(Weights("huge") + "/step_1.gguf").Data() ==
+              std::string_view(arena->data() + kAt, kTensor));
+  EXPECT_THAT(HttpGet(daemon->HttpPort(), "/metrics").body,
+              HasSubstr("ckptd_zero_copy_bytes_total{run=\"huge\"} " + std::to_string(kTensor)));
+  if (HugePagesReserved::FreeHugePages() == 0) {
+    auto plain = Arena::Create(kArena);
+    ASSERT_TRUE(plain.ok());
+    EXPECT_FALSE((*plain)->hugetlb());
+  }
+}
+
 TEST_F(ShmTest, TrainerKilledRightAfterSaveSharedStillGetsItsCheckpoint) {
   // 64 MiB in 4 MiB writes, each delayed 40 ms: the save is still being
   // written for ~0.6 s after the trainer is gone.
