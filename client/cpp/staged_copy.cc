@@ -3,11 +3,53 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <thread>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace ckptd {
+namespace {
+
+// memcpy with non-temporal stores: the arena is not read again by this
+// process, so its lines need not be fetched into the cache first. glibc's
+// memcpy switches to such stores only above ~3/4 of the L3 per call, so an
+// 8 MiB piece went through the cache: two threads copying pieces ran no
+// faster than one memcpy of the whole (1 GiB: 0.08 s against 0.054 s).
+void StreamCopy(char* dst, const char* src, size_t n) {
+#if defined(__SSE2__)
+  const size_t head = (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16;
+  if (n < (64 << 10) || head > n) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  std::memcpy(dst, src, head);
+  dst += head;
+  src += head;
+  n -= head;
+  const size_t blocks = n / 64;
+  for (size_t i = 0; i < blocks; ++i) {
+    const auto* s = reinterpret_cast<const __m128i*>(src + i * 64);
+    auto* d = reinterpret_cast<__m128i*>(dst + i * 64);
+    const __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1), c = _mm_loadu_si128(s + 2),
+                  e = _mm_loadu_si128(s + 3);
+    _mm_stream_si128(d, a);
+    _mm_stream_si128(d + 1, b);
+    _mm_stream_si128(d + 2, c);
+    _mm_stream_si128(d + 3, e);
+  }
+  _mm_sfence();  // the stores are visible before the progress counter says so
+  std::memcpy(dst + blocks * 64, src + blocks * 64, n - blocks * 64);
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
+}  // namespace
 
 ArenaLayout PlanArenaLayout(const std::vector<TensorView>& tensors) {
   ArenaLayout layout;
@@ -51,7 +93,7 @@ void CopyInOrder(char* dst, uint64_t* progress, const std::vector<TensorView>& t
   std::atomic_ref<uint64_t> staged(*progress);
   auto work = [&] {
     for (size_t i = next++; i < pieces.size(); i = next++) {
-      std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].n);
+      StreamCopy(pieces[i].dst, pieces[i].src, pieces[i].n);
       std::lock_guard lock(mu);
       done[i] = 1;
       const size_t before = prefix;
