@@ -157,10 +157,11 @@ def shm_interleaved_with_fio(build, pid, sock, work, size, rounds, quick):
             os.remove(os.path.join(work, name))
     os.sync()
     time.sleep(3)  # let the deletions' discards drain
-    # Spaced: a pause after each save of 1.5x the time the disk needed.
-    gap = max(0.2, 1.5 * summary["durable_s"])
+    # Spaced: a pause after each save of 2.5x the time the disk needed (its
+    # rate drifts by half within minutes, and retention deletes as it goes).
+    gap = max(0.2, 2.5 * summary["durable_s"])
     bench = ShmBench(build, sock, "shm-spaced", size, keep_last=2)
-    spaced = bench.ask(f"spaced {8 if quick else 12} {gap:.3f}")
+    spaced = bench.ask(f"spaced {8 if quick or size > GiB else 12} {gap:.3f}")
     burst = bench.ask("burst 4")
     bench.close()
     med = lambda v: None if None in v else median(v)
@@ -512,6 +513,8 @@ def main():
                 "ckptd_stall_p50_s": percentile(stalls, 50),
                 "ckptd_stall_p99_s": percentile(stalls, 99),
                 "ckptd_stalls_s": stalls,
+                "ckptd_stall_copies_s": shm["spaced"]["copies"],
+                "ckptd_stall_waits_s": shm["spaced"]["waits"],
                 "ckptd_spacing_s": shm["gap_s"],
                 "ckptd_max_stall_s": max(stalls),
                 "ckptd_waited_stall_s": summary["stall_s"],
@@ -581,7 +584,7 @@ def main():
               f"{r['shm_daemon_private_rss_bytes'] / MiB:>5.0f}/{r['stream_daemon_private_rss_bytes'] / MiB:<5.0f}")
     print("\nmemcpy = one warm single-thread copy into a pre-faulted memfd arena; p50/p99 ="
           "\nCheckpointer::Save() blocking time over saves spaced as a trainer spaces them (a pause"
-          "\nof 1.5x the disk's time after each); backpr. = its p50 when saves come back to back;"
+          "\nof 2.5x the disk's time after each); backpr. = its p50 when saves come back to back;"
           "\nfio = sequential 4 MiB O_DIRECT writes + fsync at queue depth 1 (psync) and 8 (libaio),"
           "\nthe best of the two is the disk's limit; ckptd dur = the save call to the durable,"
           "\ncommitted step_N.gguf (median of saves interleaved with the fio runs); stream = the"

@@ -12,7 +12,9 @@
 //   save          one save, waited for: {"stall_s", "durable_s"}
 //   spaced N GAP  N saves with GAP seconds of "compute" (a sleep) after
 //                 each, as a trainer spaces them, not waited for in between:
-//                 {"stalls": [...], "durable_s": the last call to durable}
+//                 {"stalls": [...], "copies": [the copy's part of each],
+//                 "waits": [waiting for a free arena, part of each],
+//                 "durable_s": the last call to durable}
 //   burst N       N saves back to back, faster than the disk (backpressure):
 //                 {"stalls": [...], "seconds": the first call to the last durable}
 // shm_save_bench --arena-setup BYTES: creates (and populates) a BYTES arena
@@ -147,14 +149,17 @@ int main(int argc, char** argv) {
       int n = 0;
       double gap = 0;
       command >> n >> gap;
-      std::vector<double> run_stalls;
+      std::vector<double> run_stalls, copies, waits;
       const double first = Now();
       double last_call = first;
       for (int i = 0; i < n; ++i) {
         last_call = Now();
+        const double waited_before = (*cp)->stats().buffer_wait_s;
         const double stall = save();
         if (stall < 0) return 1;
         run_stalls.push_back(stall);
+        copies.push_back((*cp)->stats().last_copy_s);
+        waits.push_back((*cp)->stats().buffer_wait_s - waited_before);
         if (std::getenv("BENCH_VERBOSE")) {
           std::fprintf(stderr, "stall %.2f ms copy %.2f ms\n", stall * 1000,
                        (*cp)->stats().last_copy_s * 1000);
@@ -164,8 +169,11 @@ int main(int argc, char** argv) {
         }
       }
       if (!wait()) return 1;
-      std::printf("{\"stalls\": %s, \"durable_s\": %.6f, \"seconds\": %.6f}\n",
-                  JsonList(run_stalls).c_str(), Now() - last_call, Now() - first);
+      std::printf(
+          "{\"stalls\": %s, \"copies\": %s, \"waits\": %s, \"durable_s\": %.6f, "
+          "\"seconds\": %.6f}\n",
+          JsonList(run_stalls).c_str(), JsonList(copies).c_str(), JsonList(waits).c_str(),
+          Now() - last_call, Now() - first);
       std::fflush(stdout);
       continue;
     }
