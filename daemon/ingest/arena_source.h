@@ -1,10 +1,11 @@
 // The shm path's source: each tensor's bytes lie in a registered arena (a
 // sealed memfd, mapped read-only once for its registration) at an offset,
 // handed to the writer window by window straight from that mapping: the
-// bytes are stable() until the save ends, since the trainer may not touch an
-// arena between SaveShared and the save's outcome. With progressive staging, a u64 counter in an
-// arena says how many bytes the trainer has copied in so far; each window is read only once the
-// counter covers it. Holds its own references to the arenas, so a save outlives the trainer's
+// bytes are stable() until the save ends, since the trainer may not touch
+// an arena between SaveShared and the save's outcome. With progressive
+// staging, a u64 counter in an arena says how many bytes the trainer has
+// copied in so far; each window is read only once the counter covers it.
+// Holds its own references to the arenas, so a save outlives the trainer's
 // connection. Thread-compatible.
 #pragma once
 
