@@ -194,6 +194,9 @@ std::map<std::string, Field> Fields(Config* c) {
       {"retention.interval_seconds", Seconds(&c->retention_interval_seconds)},
       {"disk_guard.min_free_bytes", Unsigned(&c->disk_guard.min_free_bytes)},
       {"disk_guard.min_free_percent", Seconds(&c->disk_guard.min_free_percent)},
+      {"disk_guard.on_full", Enum(&c->disk_guard.on_full, {{"refuse", policy::OnFull::kRefuse},
+                                                           {"prune_oldest",
+                                                            policy::OnFull::kPruneOldest}})},
   };
 }
 

@@ -66,9 +66,15 @@ std::vector<RetentionDecision> PlanRetention(const RetentionPolicy& policy,
 
 // Disk guard: the filesystem should keep min_free_bytes and min_free_percent
 // free after a save. Returns how many bytes must be freed first (0: none).
+// What a save does when the guard needs room: kRefuse frees only what the
+// retention policy drops anyway and otherwise refuses the save (a checkpoint
+// the policy keeps is never deleted for space); kPruneOldest (an explicit
+// opt-in) also deletes the oldest unprotected checkpoints.
+enum class OnFull { kRefuse, kPruneOldest };
 struct DiskGuard {
   uint64_t min_free_bytes = 0;
   double min_free_percent = 0;
+  OnFull on_full = OnFull::kRefuse;
   friend bool operator==(const DiskGuard&, const DiskGuard&) = default;
 };
 uint64_t BytesToFree(const DiskGuard& guard, uint64_t free_bytes, uint64_t total_bytes,

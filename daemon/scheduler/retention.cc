@@ -54,21 +54,30 @@ absl::StatusOr<std::vector<uint64_t>> PruneForSpace(storage::RunDir* dir,
                                                     const storage::PinStore& pins,
                                                     const policy::RetentionPolicy& policy,
                                                     const std::set<uint64_t>& in_flight,
-                                                    double now_s, uint64_t needed) {
+                                                    double now_s, uint64_t needed,
+                                                    policy::OnFull on_full) {
   auto plan =
       policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
   std::vector<std::pair<uint64_t, uint64_t>> order;  // (step, bytes): victims first, then oldest
   for (const auto& d : plan) {
     if (!d.keep) order.push_back({d.step, d.bytes});
   }
+  const bool prune_kept = on_full == policy::OnFull::kPruneOldest;
   for (const auto& d : plan) {
-    if (d.keep && !Protected(*dir, pins, in_flight, d.step)) order.push_back({d.step, d.bytes});
+    if (prune_kept && d.keep && !Protected(*dir, pins, in_flight, d.step)) {
+      order.push_back({d.step, d.bytes});
+    }
   }
   uint64_t available = 0;
   for (const auto& [step, bytes] : order) available += bytes;
   if (available < needed) {
-    return absl::ResourceExhaustedError(StrCat("pruning every unprotected checkpoint would free ",
-                                               available, " of the ", needed, " bytes needed"));
+    return absl::ResourceExhaustedError(
+        prune_kept ? StrCat("pruning every unprotected checkpoint would free ", available,
+                            " of the ", needed, " bytes needed")
+                   : StrCat("the checkpoints the retention policy drops would free ", available,
+                            " of the ", needed,
+                            " bytes needed, and disk_guard.on_full = \"refuse\" never deletes "
+                            "a checkpoint the policy keeps"));
   }
   std::vector<uint64_t> deleted;
   uint64_t freed = 0;

@@ -33,14 +33,15 @@ absl::StatusOr<RetentionOutcome> ApplyRetention(storage::RunDir* dir, const stor
                                                 const std::set<uint64_t>& in_flight, double now_s,
                                                 DryRun dry);
 
-// Frees at least `needed` bytes by deleting unprotected checkpoints, the
-// retention plan's own victims first, then the oldest. Deletes nothing and
-// returns RESOURCE_EXHAUSTED (with what it could free) when all of them
-// together would not be enough.
+// Frees at least `needed` bytes by deleting the retention plan's own victims
+// and, with OnFull::kPruneOldest, then the oldest unprotected checkpoints.
+// Deletes nothing and returns RESOURCE_EXHAUSTED (with what it could free)
+// when all of them together would not be enough.
 absl::StatusOr<std::vector<uint64_t>> PruneForSpace(storage::RunDir* dir,
                                                     const storage::PinStore& pins,
                                                     const policy::RetentionPolicy& policy,
                                                     const std::set<uint64_t>& in_flight,
-                                                    double now_s, uint64_t needed);
+                                                    double now_s, uint64_t needed,
+                                                    policy::OnFull on_full);
 
 }  // namespace ckptd::scheduler

@@ -193,7 +193,7 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   if (needed == 0) return absl::OkStatus();
   absl::MutexLock lock(&run_->mu());
   auto pruned = PruneForSpace(run_->dir(), run_->pins, registry_->EffectiveRetention(*run_),
-                              run_->in_flight, NowSeconds(), needed);
+                              run_->in_flight, NowSeconds(), needed, guard.on_full);
   if (!pruned.ok()) {
     return absl::ResourceExhaustedError(StrCat(
         "run '", params_.run_id, "' step ", params_.step, " needs ", planned, " bytes; ",
@@ -202,8 +202,9 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
                            static_cast<uint64_t>(guard.min_free_percent / 100 *
                                                  static_cast<double>(space.total_bytes))),
         " free (disk_guard.min_free_bytes/min_free_percent); ", pruned.status().message(),
-        ". Nothing was written or deleted: free space on that filesystem, unpin checkpoints, "
-        "lower the guard, or move the run to another root"));
+        ". Nothing was written or deleted: free space on that filesystem, keep fewer checkpoints "
+        "(retention), unpin checkpoints, lower the guard, set disk_guard.on_full = "
+        "\"prune_oldest\" to delete the oldest for room, or move the run to another root"));
   }
   for (uint64_t step : *pruned) {
     spdlog::info("disk guard deleted run={} step={} to make room for step={} ({} bytes needed)",

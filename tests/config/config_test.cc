@@ -34,6 +34,16 @@ TEST_F(ConfigTest, DefaultsAreTheDevSetup) {
   EXPECT_EQ(c->roots, std::vector<std::string>{"./ckpt-runs"});
   EXPECT_EQ(c->schedule.every_steps, 1000u);
   EXPECT_EQ(c->sources.at("server.listen"), "default");
+  EXPECT_EQ(c->disk_guard.on_full, policy::OnFull::kRefuse);  // never deletes what is kept
+}
+
+TEST_F(ConfigTest, DiskGuardOnFullIsRefuseOrAnExplicitPruneOldest) {
+  auto c = LoadConfig(File("[disk_guard]\non_full = \"prune_oldest\"\n"), {}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->disk_guard.on_full, policy::OnFull::kPruneOldest);
+  EXPECT_THAT(Describe(*c), HasSubstr("on_full = \"prune_oldest\""));
+  EXPECT_THAT(Error("[disk_guard]\non_full = \"delete\"\n"),
+              HasSubstr(":2: disk_guard.on_full: 'delete' is not \"refuse\" or \"prune_oldest\""));
 }
 
 TEST_F(ConfigTest, FileThenEnvironmentThenCommandLine) {

@@ -880,7 +880,7 @@ TEST_F(DaemonTest, RetentionPausesWhileAWriteErrorIsUnresolved) {
   EXPECT_THAT(Names(Weights("werr")), UnorderedElementsAre("step_3.gguf", "latest"));
 }
 
-TEST_F(DaemonTest, DiskGuardPrunesToMakeRoomThenRefusesBeforeWriting) {
+TEST_F(DaemonTest, DiskGuardNeverDeletesWhatKeepEverythingKeepsAndRefusesClearly) {
   std::string mnt = tmp_.Join("small");
   fs::create_directories(mnt);
   if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") != 0) {
@@ -893,6 +893,46 @@ TEST_F(DaemonTest, DiskGuardPrunesToMakeRoomThenRefusesBeforeWriting) {
   root_ = mnt;
   std::string cfg = tmp_.Join("guard.toml");
   std::ofstream(cfg) << "[disk_guard]\nmin_free_bytes = 16777216\nmin_free_percent = 0\n";
+  auto daemon = StartDaemon({}, {"--config", cfg});
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(OpenRequest("k", 1));  // no retention rule: keep everything
+  ASSERT_TRUE(run.ok());
+  std::vector<float> w(10 << 18);  // 10 MiB
+  std::vector<TensorView> ten = {{"w", v1::TENSOR_TYPE_F32, {w.size()}, w.data(), w.size() * 4}};
+  // 64 MiB with 16 MiB kept free: 4 fit, the 5th is refused and nothing goes.
+  uint64_t step = 1;
+  absl::StatusOr<v1::SaveResponse> r;
+  for (; step <= 8; ++step) {
+    r = (*run)->Save(step, ten);
+    if (!r.ok()) break;
+  }
+  ASSERT_FALSE(r.ok()) << "eight 10 MiB saves fit a 64 MiB filesystem that keeps 16 MiB free?";
+  EXPECT_GE(step, 4u);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string msg(r.status().message());
+  EXPECT_THAT(msg, HasSubstr("run 'k' step " + std::to_string(step) + " needs"));
+  EXPECT_THAT(msg, HasSubstr("never deletes a checkpoint the policy keeps"));
+  EXPECT_THAT(msg, HasSubstr("disk_guard.on_full"));
+  std::vector<std::string> want = {"latest"};
+  for (uint64_t s = 1; s < step; ++s) want.push_back("step_" + std::to_string(s) + ".gguf");
+  EXPECT_THAT(Names(Weights("k")), ::testing::UnorderedElementsAreArray(want));
+  EXPECT_THAT(daemon->Log(), ::testing::Not(HasSubstr("disk guard deleted")));
+}
+
+TEST_F(DaemonTest, DiskGuardPrunesOldestWhenOptedInThenRefusesBeforeWriting) {
+  std::string mnt = tmp_.Join("small");
+  fs::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  root_ = mnt;
+  std::string cfg = tmp_.Join("guard.toml");
+  std::ofstream(cfg) << "[disk_guard]\nmin_free_bytes = 16777216\nmin_free_percent = 0\n"
+                         "on_full = \"prune_oldest\"\n";
   auto daemon = StartDaemon({}, {"--config", cfg});
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("g", 1));  // no retention rule: keep everything
