@@ -164,7 +164,11 @@ absl::StatusOr<gguf::Metadata> FromProto(
   gguf::Metadata md;
   for (int i = 0; i < entries.size(); ++i) {
     const std::string& key = entries[i].key();
-    std::string at = StrCat(field, "[", i, "] '", key, "'");
+    std::string at = StrCat(field, "[", i, "] '", Printable(key), "'");
+    if (std::string problem = NameProblem(key); !problem.empty()) {
+      return Invalid(
+          at, StrCat("the key ", problem, "; keys are UTF-8 without NUL or control characters"));
+    }
     if (!allow_reserved && IsReserved(key)) {
       return Invalid(at, "this key is written by the daemon; use another name");
     }
@@ -189,7 +193,12 @@ absl::StatusOr<std::vector<storage::PlannedTensor>> FromProto(
   out.reserve(tensors.size());
   for (int i = 0; i < tensors.size(); ++i) {
     const v1::TensorDescriptor& t = tensors[i];
-    std::string at = StrCat("tensors[", i, "] '", t.name(), "'");
+    std::string at = StrCat("tensors[", i, "] '", Printable(t.name()), "'");
+    if (std::string problem = NameProblem(t.name()); !problem.empty()) {
+      return Invalid(at, StrCat("the name ", problem,
+                                "; names are UTF-8 without NUL or control characters (llama.cpp "
+                                "compares them as C strings)"));
+    }
     if (!v1::TensorType_IsValid(t.type())) {
       return Invalid(at, StrCat("type ", static_cast<int>(t.type()),
                                 " is not one ckptd writes (F32, F16, BF16, F64, I8-I64, Q8_0)"));

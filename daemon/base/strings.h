@@ -36,6 +36,15 @@ std::string StrCat(const Args&... args) {
 
 inline std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}; }
 
+// Why `s` cannot be a name taken from a client (a tensor name, a metadata
+// key): "is empty", "has a control character (...)" (NUL included: ggml and
+// llama.cpp compare names as C strings), "is not valid UTF-8 (...)"; "" when
+// it can.
+std::string NameProblem(std::string_view s);
+// `s` for a message or a log line: control characters and bytes that are
+// not UTF-8 as \xNN.
+std::string Printable(std::string_view s);
+
 // Splits on `sep`; empty pieces are dropped when skip_empty.
 inline std::vector<std::string> Split(std::string_view s, char sep, bool skip_empty = false) {
   std::vector<std::string> out;

@@ -160,6 +160,8 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.max_threads", Unsigned(&c->max_threads)},
       {"server.shutdown_deadline_seconds", Seconds(&c->shutdown_deadline_seconds)},
       {"server.save_idle_timeout_seconds", Seconds(&c->save_idle_timeout_seconds)},
+      {"server.max_tensors_per_save", Unsigned(&c->max_tensors_per_save)},
+      {"server.max_metadata_bytes", Unsigned(&c->max_metadata_bytes)},
       {"storage.roots", StringList(&c->roots)},
       {"storage.direct_io", String(&c->direct_io)},
       {"storage.alignment", Unsigned(&c->alignment)},
@@ -194,9 +196,9 @@ std::map<std::string, Field> Fields(Config* c) {
       {"retention.interval_seconds", Seconds(&c->retention_interval_seconds)},
       {"disk_guard.min_free_bytes", Unsigned(&c->disk_guard.min_free_bytes)},
       {"disk_guard.min_free_percent", Seconds(&c->disk_guard.min_free_percent)},
-      {"disk_guard.on_full", Enum(&c->disk_guard.on_full, {{"refuse", policy::OnFull::kRefuse},
-                                                           {"prune_oldest",
-                                                            policy::OnFull::kPruneOldest}})},
+      {"disk_guard.on_full",
+       Enum(&c->disk_guard.on_full,
+            {{"refuse", policy::OnFull::kRefuse}, {"prune_oldest", policy::OnFull::kPruneOldest}})},
   };
 }
 
@@ -262,6 +264,7 @@ absl::Status Validate(const Config& c) {
     return bad("server.max_message_bytes", "must be between 64 KiB and 1 GiB");
   }
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
+  if (c.max_tensors_per_save == 0) return bad("server.max_tensors_per_save", "must be at least 1");
   if (c.shm_max_arenas == 0) return bad("shm.max_arenas", "must be at least 1");
   if (c.shm_max_pending_saves == 0) return bad("shm.max_pending_saves", "must be at least 1");
   if (c.shm_staging_timeout_seconds <= 0)

@@ -25,6 +25,8 @@ struct Config {
   uint32_t max_threads = 64;                           // gRPC sync server threads
   double shutdown_deadline_seconds = 60;               // SIGTERM: in-flight saves get this long
   double save_idle_timeout_seconds = 120;  // a Save stream silent this long is cancelled; 0 = never
+  uint64_t max_tensors_per_save = 100000;  // tensors one save (or OpenRun) may declare
+  uint64_t max_metadata_bytes = uint64_t{64} << 20;  // metadata one save or OpenRun may carry
   // [storage]
   std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
   std::string direct_io = "auto";                    // "auto" | "off"

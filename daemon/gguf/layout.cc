@@ -37,7 +37,11 @@ absl::StatusOr<uint32_t> ResolveAlignment(Metadata* metadata, uint32_t wanted) {
 }
 
 absl::Status ValidateTensor(const TensorSpec& t) {
-  if (t.name.empty()) return absl::InvalidArgumentError("tensor name is empty");
+  if (std::string problem = NameProblem(t.name); !problem.empty()) {
+    return absl::InvalidArgumentError(
+        StrCat("tensor name '", Printable(t.name), "' ", problem,
+               "; names are UTF-8 without NUL or control characters"));
+  }
   if (t.name.size() > kMaxTensorNameBytes) {
     return absl::InvalidArgumentError(StrCat("tensor name '", t.name, "' is ", t.name.size(),
                                              " bytes; ggml allows at most ", kMaxTensorNameBytes));

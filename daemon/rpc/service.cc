@@ -1,6 +1,7 @@
 // ckptd.v1.Checkpointd implementation.
 #include "daemon/rpc/service.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <spdlog/spdlog.h>
 
 #include <set>
@@ -94,8 +95,35 @@ absl::Status ExportsFrom(const v1::OpenRunRequest& req, scheduler::RunRegistry& 
   return scheduler::PlanExports(s->exports, tensors, md, registry.facts().version, &plans);
 }
 
-absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h,
-                                                 scheduler::SaveKind kind) {
+// The request limits, checked before anything is converted.
+absl::Status CheckLimits(const RequestLimits& limits, const char* tensors_field, int tensors,
+                         const char* metadata_field,
+                         const google::protobuf::RepeatedPtrField<v1::MetadataEntry>& metadata) {
+  if (static_cast<uint64_t>(tensors) > limits.max_tensors) {
+    return absl::ResourceExhaustedError(
+        StrCat(tensors_field, ": ", tensors, " tensors is more than server.max_tensors_per_save (",
+               limits.max_tensors, "); save fewer, larger tensors or raise the limit"));
+  }
+  uint64_t bytes = 0;
+  for (const v1::MetadataEntry& e : metadata) bytes += e.ByteSizeLong();
+  if (bytes > limits.max_metadata_bytes) {
+    return absl::ResourceExhaustedError(
+        StrCat(metadata_field, ": ", bytes, " bytes is more than server.max_metadata_bytes (",
+               limits.max_metadata_bytes, "); keep large data in tensors or raise the limit"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h, scheduler::SaveKind kind,
+                                                 const RequestLimits& limits) {
+  CKPTD_TRY(CheckLimits(limits, "tensors", h.tensors_size(), "train_metadata", h.train_metadata()));
+  for (const auto& [name, value] : h.metrics()) {
+    if (std::string problem = NameProblem(name); !problem.empty()) {
+      return absl::InvalidArgumentError(
+          StrCat("metrics: the name '", Printable(name), "' ", problem,
+                 "; metric names are UTF-8 without NUL or control characters"));
+    }
+  }
   scheduler::SaveParams p;
   p.run_id = h.run_id();
   p.step = h.step();
@@ -123,12 +151,25 @@ void CheckpointdService::BeginShutdown() {
 
 grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRunRequest* req,
                                          v1::OpenRunResponse* resp) {
+  if (absl::Status st = CheckLimits(limits_, "model_tensors", req->model_tensors_size(),
+                                    "model_metadata", req->model_metadata());
+      !st.ok()) {
+    return ToGrpc(st);
+  }
   auto settings = SettingsFrom(*req);
   if (!settings.ok()) return ToGrpc(settings.status());
   if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
   bool resumed = false;
   auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);
   if (!run.ok()) return ToGrpc(run.status());
+  // The settings survive a restart: the request as given, reloaded by
+  // RestoreRuns. A run whose settings cannot be stored is not opened.
+  if (absl::Status st = env::WriteFileAtomically(
+          registry_->env(), StrCat((*run)->run_dir(), "/", storage::kRunSettingsFile),
+          api::MessageToJson(*req, /*pretty=*/true));
+      !st.ok()) {
+    return ToGrpc(absl::Status(st.code(), StrCat("storing the run's settings: ", st.message())));
+  }
   *resp->mutable_run() = queries_->RunInfo(**run);
   resp->set_resumed(resumed);
   if (arenas_ != nullptr) {
@@ -140,6 +181,31 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRun
                resp->run().run_dir(), resumed,
                resp->run().has_last_step() ? std::to_string(resp->run().last_step()) : "none");
   return grpc::Status::OK;
+}
+
+std::vector<std::string> CheckpointdService::RestoreRuns() {
+  std::vector<std::string> warnings;
+  for (const std::shared_ptr<scheduler::Run>& run : registry_->List()) {
+    const std::string path = StrCat(run->run_dir(), "/", storage::kRunSettingsFile);
+    auto text = env::ReadWholeFile(registry_->env(), path);
+    if (!text.ok()) continue;  // never opened with settings: the daemon's defaults
+    v1::OpenRunRequest req;
+    auto parsed = google::protobuf::util::JsonStringToMessage(*text, &req);
+    absl::StatusOr<scheduler::RunSettings> settings =
+        parsed.ok() ? SettingsFrom(req) : absl::InvalidArgumentError(std::string(parsed.message()));
+    if (settings.ok()) {
+      if (absl::Status st = ExportsFrom(req, *registry_, &*settings); !st.ok()) settings = st;
+    }
+    if (!settings.ok()) {
+      warnings.push_back(StrCat("run '", run->id(), "': ", path,
+                                " cannot be used (the run keeps the daemon's defaults until it is "
+                                "opened again): ",
+                                settings.status().message()));
+      continue;
+    }
+    registry_->Restore(*run, std::move(*settings));
+  }
+  return warnings;
 }
 
 void CheckpointdService::AddInMemoryCopy(v1::RunInfo* info) const {
@@ -243,9 +309,12 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
   }
   const double started = NowSeconds();
-  auto p = ParamsFrom(req->header(), req->final_snapshot() ? scheduler::SaveKind::kClose
-                                                           : scheduler::SaveKind::kSave);
+  auto p = ParamsFrom(
+      req->header(),
+      req->final_snapshot() ? scheduler::SaveKind::kClose : scheduler::SaveKind::kSave, limits_);
   if (!p.ok()) return ToGrpc(p.status());
+  // An unknown run is the problem to name, not the arenas it cannot own.
+  if (auto run = registry_->Get(p->run_id); !run.ok()) return ToGrpc(run.status());
   if (req->locations_size() != static_cast<int>(p->tensors.size())) {
     return Invalid(StrCat("locations: ", req->locations_size(), " given for ", p->tensors.size(),
                           " tensors; give one per tensor, in the same order"));
@@ -306,9 +375,11 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
   if (!(req->timeout_seconds() >= 0 && req->timeout_seconds() <= kMaxWait)) {
     return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
   }
-  auto p = ParamsFrom(req->header(), req->final_snapshot() ? scheduler::SaveKind::kClose
-                                                           : scheduler::SaveKind::kSave);
+  auto p = ParamsFrom(
+      req->header(),
+      req->final_snapshot() ? scheduler::SaveKind::kClose : scheduler::SaveKind::kSave, limits_);
   if (!p.ok()) return ToGrpc(p.status());
+  if (auto run = registry_->Get(p->run_id); !run.ok()) return ToGrpc(run.status());
   if (req->addresses_size() != static_cast<int>(p->tensors.size())) {
     return Invalid(StrCat("addresses: ", req->addresses_size(), " given for ", p->tensors.size(),
                           " tensors; give one per tensor, in the same order"));
@@ -373,6 +444,42 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
       req->run_id(), req->save_id(), scheduler::SaveQueue::Until::kFinished,
       std::chrono::milliseconds(static_cast<int64_t>(req->timeout_seconds() * 1000)),
       [&] { return ctx->IsCancelled() || stopping_.load(); });
+  if (!r.ok() && r.status().code() == absl::StatusCode::kNotFound && req->has_step()) {
+    // Queued before a restart: the catalog knows whether it committed.
+    auto run = registry_->Get(req->run_id());
+    if (!run.ok()) return ToGrpc(run.status());
+    absl::MutexLock lock(&(*run)->mu());
+    const storage::CheckpointRecord* record = (*run)->dir()->Find(req->step());
+    if (record == nullptr) {
+      return ToGrpc(absl::NotFoundError(
+          StrCat("run '", req->run_id(), "' has no save ", req->save_id(),
+                 " (the daemon restarted "
+                 "since it was queued) and step ",
+                 req->step(), " is not committed: the save was lost; save the step again")));
+    }
+    resp->set_step(req->step());
+    resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
+    ToProto(*record, (*run)->dir()->latest_step() == req->step(), resp->mutable_checkpoint());
+    return grpc::Status::OK;
+  }
+  if (!r.ok() && r.status().code() == absl::StatusCode::kNotFound && req->has_step()) {
+    // Queued before a restart: the catalog knows whether it committed.
+    auto run = registry_->Get(req->run_id());
+    if (!run.ok()) return ToGrpc(run.status());
+    absl::MutexLock lock(&(*run)->mu());
+    const storage::CheckpointRecord* record = (*run)->dir()->Find(req->step());
+    if (record == nullptr) {
+      return ToGrpc(absl::NotFoundError(
+          StrCat("run '", req->run_id(), "' has no save ", req->save_id(),
+                 " (the daemon restarted "
+                 "since it was queued) and step ",
+                 req->step(), " is not committed: the save was lost; save the step again")));
+    }
+    resp->set_step(req->step());
+    resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
+    ToProto(*record, (*run)->dir()->latest_step() == req->step(), resp->mutable_checkpoint());
+    return grpc::Status::OK;
+  }
   if (!r.ok()) return ToGrpc(r.status());
   if (req->trainer_stall_s() > 0) {
     metrics::Metrics::Get().RecordTrainerStall(req->run_id(), req->trainer_stall_s());
@@ -403,7 +510,7 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first Save message must be a header (run_id, step, tensors)");
   }
-  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kSave);
+  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kSave, limits_);
   if (!p.ok()) return ToGrpc(p.status());
   GrpcChunkStream chunks(ctx, reader, &watchdog_);
   ingest::StreamSource source(&chunks);
@@ -420,7 +527,7 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first CloseRun message must be a header naming run_id");
   }
-  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kClose);
+  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kClose, limits_);
   if (!p.ok()) return ToGrpc(p.status());
   const std::string run_id = p->run_id;
   GrpcChunkStream chunks(ctx, reader, &watchdog_);

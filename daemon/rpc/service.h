@@ -16,6 +16,12 @@
 
 namespace ckptd::rpc {
 
+// What one request may declare, whatever its transport allows.
+struct RequestLimits {
+  uint64_t max_tensors = 100000;
+  uint64_t max_metadata_bytes = uint64_t{64} << 20;
+};
+
 class CheckpointdService final : public v1::Checkpointd::Service {
  public:
   // Save streams idle for longer than save_idle_timeout are cancelled.
@@ -37,6 +43,13 @@ class CheckpointdService final : public v1::Checkpointd::Service {
     arena_socket_ = std::move(socket);
     staging_timeout_ = staging_timeout;
   }
+
+  // At startup, after RunRegistry::Scan: each run's settings as last opened
+  // (stored by OpenRun in its directory), so ShouldSave, saves, retention
+  // and listings behave as before the restart. Problems come back as warnings.
+  std::vector<std::string> RestoreRuns();
+
+  void SetLimits(RequestLimits limits) { limits_ = limits; }  // before serving
 
   // Ends WatchRun streams promptly so shutdown is not held up by dashboards.
   void BeginShutdown();
@@ -89,6 +102,7 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   ingest::ArenaRegistry* arenas_ = nullptr;
   std::string arena_socket_;
   std::chrono::milliseconds staging_timeout_{30000};
+  RequestLimits limits_;
 };
 
 }  // namespace ckptd::rpc

@@ -95,19 +95,29 @@ std::vector<std::string> RunRegistry::Scan() {
     for (const std::string& name : *names) {
       std::string dir = StrCat(root, "/", name);
       auto st = env_->Stat(StrCat(dir, "/", storage::kWeightsDir));
-      if (!storage::IsValidRunId(name) || !st.ok() || !st->is_dir) continue;
+      if (!st.ok() || !st->is_dir) continue;
+      // The recorded owner names the run (a run opened with its own run_dir
+      // keeps its id); a directory from before the marker is named after itself.
+      std::string id = storage::RunOwner(env_, dir);
+      if (id.empty()) id = name;
+      if (!storage::IsValidRunId(id)) continue;
       absl::MutexLock lock(&mu_);
-      if (runs_.count(name)) {
-        warnings.push_back(StrCat("run id '", name, "' exists under two roots; using ",
-                                  runs_[name]->run_dir(), ", ignoring ", dir));
+      if (runs_.count(id)) {
+        warnings.push_back(StrCat("run id '", id, "' exists under two roots; using ",
+                                  runs_[id]->run_dir(), ", ignoring ", dir));
         continue;
       }
-      auto run = Load(name, dir);
+      auto run = Load(id, dir);
       if (!run.ok()) {
         warnings.push_back(std::string(run.status().message()));
         continue;
       }
-      runs_[name] = *run;
+      if (storage::RunOwner(env_, dir).empty()) {
+        if (absl::Status w = storage::WriteRunOwner(env_, dir, id); !w.ok()) {
+          warnings.push_back(StrCat("run '", id, "': ", w.message()));
+        }
+      }
+      runs_[id] = *run;
     }
   }
   return warnings;
@@ -134,7 +144,11 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
       }
       run = it->second;
     } else {
+      CKPTD_TRY(CheckDirFreeLocked(run_id, dir));
       CKPTD_ASSIGN_OR_RETURN(run, Load(run_id, dir));
+      if (storage::RunOwner(env_, dir) != run_id) {
+        CKPTD_TRY(storage::WriteRunOwner(env_, dir, run_id));
+      }
       runs_[run_id] = run;
     }
   }
@@ -147,6 +161,32 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
   run->settings = std::move(settings);
   run->reference_time_s = NowSeconds();
   return run;
+}
+
+void RunRegistry::Restore(Run& run, RunSettings settings) {
+  absl::MutexLock lock(&run.mu());
+  if (run.state != RunState::kFinished) run.state = RunState::kOpen;
+  run.settings = std::move(settings);
+  run.reference_time_s = NowSeconds();
+}
+
+absl::Status RunRegistry::CheckDirFreeLocked(const std::string& run_id,
+                                             const std::string& dir) const {
+  for (const auto& [id, other] : runs_) {
+    const std::string& theirs = other->run_dir();
+    if (theirs == dir) {
+      return absl::FailedPreconditionError(
+          StrCat("run_dir ", dir, " belongs to run '", id,
+                 "'; a directory holds one run: pick another run_dir, or open run '", id,
+                 "' to continue it"));
+    }
+    if (dir.starts_with(theirs + "/") || theirs.starts_with(dir + "/")) {
+      return absl::FailedPreconditionError(StrCat(
+          "run_dir ", dir, (dir.size() > theirs.size() ? " is inside " : " contains "), theirs,
+          ", the directory of run '", id, "'; runs do not nest: pick a directory beside it"));
+    }
+  }
+  return storage::CheckRunDirFree(env_, roots_, run_id, dir);
 }
 
 absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Get(const std::string& run_id) const {

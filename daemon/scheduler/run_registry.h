@@ -110,10 +110,14 @@ class RunRegistry {
 
   // Registers or resumes a run. INVALID_ARGUMENT for a bad id, PERMISSION_DENIED
   // for a directory outside the roots, FAILED_PRECONDITION if the id already
-  // lives in another directory.
+  // lives in another directory or the directory belongs to (or nests with)
+  // another run's. The first open records the run id in the directory.
   absl::StatusOr<std::shared_ptr<Run>> Open(const std::string& run_id,
                                             const std::string& requested_dir, RunSettings settings,
                                             bool* resumed);
+  // Gives a run found by Scan the settings it was last opened with: it takes
+  // saves again as if opened (unless it was finished).
+  void Restore(Run& run, RunSettings settings) ABSL_LOCKS_EXCLUDED(run.mu());
   absl::StatusOr<std::shared_ptr<Run>> Get(const std::string& run_id) const;
   std::vector<std::shared_ptr<Run>> List() const;
 
@@ -144,6 +148,10 @@ class RunRegistry {
 
  private:
   absl::StatusOr<std::shared_ptr<Run>> Load(const std::string& run_id, const std::string& dir);
+  // FAILED_PRECONDITION naming the owner when `dir` is another known run's
+  // directory, inside one, or contains one, or its marker names another run.
+  absl::Status CheckDirFreeLocked(const std::string& run_id, const std::string& dir) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   env::Env* env_;
   std::vector<std::string> roots_;

@@ -19,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/base/time.h"
 #include "daemon/ingest/hot_copies.h"
 #include "daemon/ingest/tensor_source.h"
 #include "daemon/scheduler/run_registry.h"
@@ -104,7 +105,10 @@ class SaveQueue {
   mutable absl::Mutex mu_;  // taken before any Run::mu()
   absl::CondVar cv_;        // a save was read or finished
   std::map<std::string, RunQueue> queues_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Save ids are unique across restarts (they start at the daemon's start
+  // time in microseconds), so an id from before a restart is never taken for
+  // a new save.
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = static_cast<uint64_t>(NowSeconds() * 1e6);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -78,12 +78,19 @@ std::string ExportLatestName(std::string_view export_name) {
   return StrCat(kLatestName, ".", export_name);
 }
 
+namespace {
+bool IsStateFile(std::string_view name) {
+  return name == kPinsFile || name == kRunStateFile || name == kRunOwnerFile ||
+         name == kRunSettingsFile;
+}
+}  // namespace
+
 std::string TempFileName(std::string_view final_name) { return env::TempName(final_name); }
 
 std::optional<ParsedName> ParseFileName(std::string_view name) {
   if (name == kLatestName) return ParsedName{FileKind::kLatest};
   if (auto e = ExportLatestOf(name)) return ParsedName{FileKind::kExportLatest, 0, std::string(*e)};
-  if (name == kPinsFile || name == kRunStateFile) return ParsedName{FileKind::kStateFile};
+  if (IsStateFile(name)) return ParsedName{FileKind::kStateFile};
   if (!name.starts_with('.')) return ParseFinal(name);
   if (name.ends_with(kNextSuffix)) {
     auto parsed = ParseFinal(name.substr(1, name.size() - 1 - kNextSuffix.size()));
@@ -100,9 +107,7 @@ std::optional<ParsedName> ParseFileName(std::string_view name) {
   if (auto e = ExportLatestOf(final_name)) {
     return ParsedName{FileKind::kExportLatestTemp, 0, std::string(*e)};
   }
-  if (final_name == kPinsFile || final_name == kRunStateFile) {
-    return ParsedName{FileKind::kStateTemp};
-  }
+  if (IsStateFile(final_name)) return ParsedName{FileKind::kStateTemp};
   auto parsed = ParseFinal(final_name);
   if (!parsed) return std::nullopt;
   parsed->kind = parsed->kind == FileKind::kModel   ? FileKind::kModelTemp

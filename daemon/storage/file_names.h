@@ -17,6 +17,12 @@
 //   .latest.tmp-X, .latest.E.tmp-X  the next link, before its rename
 // and in the run directory, the run's small state files:
 //   pins.json, ckptd-run-state   and their temps .pins.json.tmp-X, ...
+//   ckptd-run-id                 the owner: the id of the run this directory
+//                                belongs to (one line); written at the first
+//                                OpenRun, checked at every later one
+//   ckptd-run.json               the run's settings as last opened (the
+//                                OpenRunRequest in protobuf JSON), reloaded
+//                                at startup
 // N is decimal without leading zeros (a u64); X is 16 hex digits.
 #pragma once
 
@@ -53,6 +59,8 @@ inline constexpr std::string_view kLatestName = "latest";
 inline constexpr std::string_view kWeightsDir = "weights";
 inline constexpr std::string_view kPinsFile = "pins.json";
 inline constexpr std::string_view kRunStateFile = "ckptd-run-state";
+inline constexpr std::string_view kRunOwnerFile = "ckptd-run-id";
+inline constexpr std::string_view kRunSettingsFile = "ckptd-run.json";
 
 std::string ModelFileName(uint64_t step);
 std::string TrainFileName(uint64_t step);

@@ -3,7 +3,9 @@
 
 #include <fmt/ranges.h>
 
+#include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/storage/file_names.h"
 
 namespace ckptd::storage {
 
@@ -55,6 +57,48 @@ absl::StatusOr<std::string> ResolveRunDir(env::Env* env, const std::vector<std::
                                             fmt::format("{}", fmt::join(roots, ", ")),
                                             "); add a root to storage.roots or pick a directory "
                                             "inside one"));
+}
+
+std::string RunOwner(env::Env* env, const std::string& dir) {
+  auto text = env::ReadWholeFile(env, StrCat(dir, "/", kRunOwnerFile));
+  if (!text.ok()) return "";
+  std::string id = *text;
+  while (!id.empty() && (id.back() == '\n' || id.back() == '\r')) id.pop_back();
+  return id;
+}
+
+absl::Status WriteRunOwner(env::Env* env, const std::string& dir, const std::string& run_id) {
+  return env::WriteFileAtomically(env, StrCat(dir, "/", kRunOwnerFile), StrCat(run_id, "\n"));
+}
+
+absl::Status CheckRunDirFree(env::Env* env, const std::vector<std::string>& roots,
+                             const std::string& run_id, const std::string& dir) {
+  const std::string owner = RunOwner(env, dir);
+  if (!owner.empty() && owner != run_id) {
+    return absl::FailedPreconditionError(
+        StrCat("run_dir ", dir, " belongs to run '", owner, "' (", dir, "/", kRunOwnerFile,
+               "); a directory holds one run: pick another run_dir, or open run '", owner,
+               "' to continue it"));
+  }
+  std::string root;
+  for (const std::string& r : roots) {
+    if (dir.starts_with(r + "/")) root = r;
+  }
+  if (root.empty()) return absl::OkStatus();  // ResolveRunDir refuses it
+  for (size_t slash = dir.find('/', root.size() + 1); slash != std::string::npos;
+       slash = dir.find('/', slash + 1)) {
+    const std::string ancestor = dir.substr(0, slash);
+    std::string holder = RunOwner(env, ancestor);
+    if (holder.empty()) {
+      auto st = env->Stat(StrCat(ancestor, "/", kWeightsDir));
+      if (!st.ok() || !st->is_dir) continue;
+      holder = ancestor.substr(ancestor.find_last_of('/') + 1);
+    }
+    return absl::FailedPreconditionError(
+        StrCat("run_dir ", dir, " is inside ", ancestor, ", the directory of run '", holder,
+               "'; runs do not nest: pick a directory outside it"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ckptd::storage

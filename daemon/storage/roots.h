@@ -20,4 +20,16 @@ namespace ckptd::storage {
 absl::StatusOr<std::string> ResolveRunDir(env::Env* env, const std::vector<std::string>& roots,
                                           const std::string& run_id, const std::string& requested);
 
+// A run directory belongs to one run: its id is recorded in the directory
+// (kRunOwnerFile) at the first OpenRun.
+// The owner recorded in `dir`, or "" when it has none (new, or older than
+// the marker).
+std::string RunOwner(env::Env* env, const std::string& dir);
+absl::Status WriteRunOwner(env::Env* env, const std::string& dir, const std::string& run_id);
+// FAILED_PRECONDITION, naming the owner, when `dir` (resolved, inside one of
+// `roots`) is owned by another run or lies inside another run's directory
+// (an ancestor below the root has an owner marker or a weights/ folder).
+absl::Status CheckRunDirFree(env::Env* env, const std::vector<std::string>& roots,
+                             const std::string& run_id, const std::string& dir);
+
 }  // namespace ckptd::storage

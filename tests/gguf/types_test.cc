@@ -4,6 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "daemon/base/strings.h"
+#include "daemon/gguf/layout.h"
+
 namespace ckptd::gguf {
 namespace {
 
@@ -68,6 +71,38 @@ TEST(TypesTest, AlignUp) {
   EXPECT_TRUE(AlignUp(64, 32, &out));
   EXPECT_EQ(out, 64u);
   EXPECT_FALSE(AlignUp(~uint64_t{0} - 3, 32, &out));
+}
+
+// Names from clients (tensor names, metadata keys, metric names): UTF-8
+// without NUL or control characters, since ggml and llama.cpp compare them
+// as C strings ("x\0a" and "x\0b" are the same name to them).
+TEST(NameTest, NamesAreUtf8WithoutNulOrControlCharacters) {
+  using std::string_literals::operator""s;
+  EXPECT_EQ(NameProblem("blk.0.attn_q.weight"), "");
+  EXPECT_EQ(NameProblem("общий.вес✓"), "");        // UTF-8 is fine
+  EXPECT_EQ(NameProblem("\xF0\x9F\x98\x80"), "");  // U+1F600, four bytes
+  EXPECT_EQ(NameProblem(""), "is empty");
+  EXPECT_EQ(NameProblem("x\0a"s), "has a control character (byte 0x00 at offset 1)");
+  EXPECT_EQ(NameProblem("a\nb"), "has a control character (byte 0x0a at offset 1)");
+  EXPECT_EQ(NameProblem("a\x7f"), "has a control character (byte 0x7f at offset 1)");
+  EXPECT_EQ(NameProblem("ab\xff"), "is not valid UTF-8 (byte 0xff at offset 2)");
+  EXPECT_EQ(NameProblem("\xC0\xAF"), "is not valid UTF-8 (byte 0xc0 at offset 0)");  // overlong
+  EXPECT_EQ(NameProblem("\xED\xA0\x80"),
+            "is not valid UTF-8 (byte 0xed at offset 0)");                           // surrogate
+  EXPECT_EQ(NameProblem("\xE2\x82"), "is not valid UTF-8 (byte 0xe2 at offset 0)");  // cut short
+  EXPECT_EQ(NameProblem("\xF4\x90\x80\x80"), "is not valid UTF-8 (byte 0xf4 at offset 0)");
+  EXPECT_EQ(Printable("x\0a\xff\n✓"s), "x\\x00a\\xff\\x0a✓");
+}
+
+TEST(NameTest, PlannedTensorNamesAreChecked) {
+  using std::string_literals::operator""s;
+  for (const std::string& bad : {"x\0a"s, "a\tb"s, "\xff"s, ""s}) {
+    auto layout = PlanLayout({}, {{bad, TensorType::kF32, {4}}}, {});
+    ASSERT_FALSE(layout.ok()) << Printable(bad);
+    EXPECT_THAT(std::string(layout.status().message()),
+                ::testing::HasSubstr("names are UTF-8 without NUL or control characters"));
+  }
+  EXPECT_TRUE(PlanLayout({}, {{"ok", TensorType::kF32, {4}}}, {}).ok());
 }
 
 }  // namespace

@@ -275,11 +275,13 @@ TEST_P(CrashDuringCommitTest, BothOrNeitherAfterRestart) {
 INSTANTIATE_TEST_SUITE_P(
     Renames, CrashDuringCommitTest,
     // Renames: train -> .next 1, model 2 (the commit point), .next -> train 3, latest 4.
-    ::testing::Values(std::pair{"crash_before=rename:1", false},  // before the train rename
-                      std::pair{"crash_before=rename:2", false},  // between train and model
-                      std::pair{"crash_after=rename:2", true},    // model renamed, train waits
-                      std::pair{"crash_before=syncdir:2", true},  // commit not yet fsynced
-                      std::pair{"crash_before=rename:4", true}),  // train in place, latest not yet
+    // OpenRun's two state files (owner marker, settings) take the first two
+    // syncs, renames and directory syncs of a fresh daemon.
+    ::testing::Values(std::pair{"crash_before=rename:3", false},  // before the train rename
+                      std::pair{"crash_before=rename:4", false},  // between train and model
+                      std::pair{"crash_after=rename:4", true},    // model renamed, train waits
+                      std::pair{"crash_before=syncdir:4", true},  // commit not yet fsynced
+                      std::pair{"crash_before=rename:6", true}),  // train in place, latest not yet
     [](const auto& info) {
       std::string name = info.param.first;
       std::replace_if(
@@ -854,8 +856,9 @@ TEST_F(DaemonTest, PinsSurviveRestartsAndProtectFromRetention) {
 }
 
 TEST_F(DaemonTest, RetentionPausesWhileAWriteErrorIsUnresolved) {
-  // The second save's fdatasync fails with EIO: a write error, not a client's.
-  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:2:EIO"}});
+  // The second save's fdatasync fails with EIO: a write error, not a client's
+  // (OpenRun's owner marker and settings file take the first two syncs).
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:4:EIO"}});
   auto client = daemon->Connect();
   v1::OpenRunRequest req = OpenRequest("werr", 1);
   req.mutable_retention()->set_keep_last(1);
@@ -878,6 +881,89 @@ TEST_F(DaemonTest, RetentionPausesWhileAWriteErrorIsUnresolved) {
   ASSERT_TRUE((*run)->Save(3, m.Views()).ok());
   EXPECT_TRUE(Plan(*client, "werr").paused().empty());
   EXPECT_THAT(Names(Weights("werr")), UnorderedElementsAre("step_3.gguf", "latest"));
+}
+
+TEST_F(DaemonTest, ARunDirectoryBelongsToOneRunAcrossRestarts) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto victim = client->OpenRun(OpenRequest("victim", 1));
+  ASSERT_TRUE(victim.ok()) << victim.status();
+  Model m(1);
+  ASSERT_TRUE((*victim)->Save(1, m.Views()).ok());
+  auto open_at = [&](const std::string& id, const std::string& dir) {
+    v1::OpenRunRequest req = OpenRequest(id, 1);
+    req.set_run_dir(dir);
+    return client->OpenRun(req).status();
+  };
+  auto expect_refused = [&](const std::string& id, const std::string& dir,
+                            const std::string& fragment) {
+    absl::Status st = open_at(id, dir);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition)
+        << id << " at " << dir << ": " << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr(fragment)) << id << " at " << dir;
+  };
+  const std::string victim_dir = root_ + "/victim";
+  expect_refused("evil", victim_dir, "belongs to run 'victim'");
+  expect_refused("evil", victim_dir + "/", "belongs to run 'victim'");
+  expect_refused("evil", victim_dir + "/weights", "inside");
+  expect_refused("evil", victim_dir + "/deeper/still", "the directory of run 'victim'");
+  // The root itself: named as such, not as "outside the roots".
+  for (const std::string& dir : {root_, root_ + "/"}) {
+    absl::Status st = open_at("evil", dir);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("itself")) << st;
+  }
+  // A run with its own directory keeps it, and its id, across a restart;
+  // the owner marker refuses everyone else even before the run is reopened.
+  const std::string own_dir = root_ + "/shared-name";
+  ASSERT_TRUE(open_at("mine", own_dir).ok());
+  EXPECT_EQ(testing::ReadFile(own_dir + "/ckptd-run-id"), "mine\n");
+  EXPECT_EQ(testing::ReadFile(victim_dir + "/ckptd-run-id"), "victim\n");
+  expect_refused("shared-name", "", "belongs to run 'mine'");
+  EXPECT_EQ(daemon->Stop(SIGKILL), 128 + SIGKILL);
+  daemon = StartDaemon();
+  client = daemon->Connect();
+  expect_refused("evil", victim_dir, "belongs to run 'victim'");
+  expect_refused("shared-name", "", "belongs to run 'mine'");
+  expect_refused("evil", own_dir + "/x", "the directory of run 'mine'");
+  EXPECT_TRUE(open_at("mine", "").ok());  // found again under its own id
+  EXPECT_TRUE(open_at("victim", victim_dir).ok());
+  // Nothing of the refused runs was created.
+  EXPECT_FALSE(fs::exists(root_ + "/evil"));
+  EXPECT_FALSE(fs::exists(victim_dir + "/deeper"));
+  EXPECT_THAT(Names(Weights("victim")), UnorderedElementsAre("step_1.gguf", "latest"));
+}
+
+TEST_F(DaemonTest, ARunKeepsItsScheduleRetentionAndSavesAcrossRestarts) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  v1::OpenRunRequest req = OpenRequest("keep", 5);
+  req.mutable_retention()->set_keep_last(2);
+  auto run = client->OpenRun(req);
+  ASSERT_TRUE(run.ok()) << run.status();
+  Model m(1);
+  ASSERT_TRUE((*run)->Save(5, m.Views()).ok());
+  for (int sig : {SIGTERM, SIGKILL}) {
+    EXPECT_EQ(daemon->Stop(sig), sig == SIGTERM ? 0 : 128 + SIGKILL);
+    daemon = StartDaemon();
+    client = daemon->Connect();
+    // The same Run handle, through a new connection, without reopening.
+    ckptd::Run same(client.get(), (*run)->opened());
+    auto due = same.ShouldSave(10 + (sig == SIGKILL ? 5 : 0));
+    ASSERT_TRUE(due.ok()) << due.status();
+    EXPECT_TRUE(due->due()) << "after " << strsignal(sig) << ": " << due->reason();
+    EXPECT_THAT(due->reason(), HasSubstr("every_steps=5"));
+    auto not_due = same.ShouldSave(11);
+    ASSERT_TRUE(not_due.ok());
+    EXPECT_FALSE(not_due->due()) << not_due->reason();
+    auto saved = same.Save(sig == SIGTERM ? 10 : 15, m.Views());
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    EXPECT_EQ(saved->result(), v1::SaveResponse::RESULT_COMMITTED) << saved->reason();
+  }
+  // keep_last=2 still applies: 5 went when 15 committed.
+  EXPECT_THAT(Names(Weights("keep")),
+              UnorderedElementsAre("step_10.gguf", "step_15.gguf", "latest"));
+  EXPECT_THAT(testing::ReadFile(root_ + "/keep/ckptd-run.json"), HasSubstr("\"keep_last\": 2"));
 }
 
 TEST_F(DaemonTest, DiskGuardNeverDeletesWhatKeepEverythingKeepsAndRefusesClearly) {
@@ -932,7 +1018,7 @@ TEST_F(DaemonTest, DiskGuardPrunesOldestWhenOptedInThenRefusesBeforeWriting) {
   root_ = mnt;
   std::string cfg = tmp_.Join("guard.toml");
   std::ofstream(cfg) << "[disk_guard]\nmin_free_bytes = 16777216\nmin_free_percent = 0\n"
-                         "on_full = \"prune_oldest\"\n";
+                        "on_full = \"prune_oldest\"\n";
   auto daemon = StartDaemon({}, {"--config", cfg});
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("g", 1));  // no retention rule: keep everything
@@ -1151,7 +1237,8 @@ TEST_F(HttpTest, MetricsParseWithPromtoolAndCountersMove) {
 }
 
 TEST_F(DaemonTest, ReadyzIsUnavailableWhileAWriteErrorIsUnresolved) {
-  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:1:EIO"}});
+  // The first save's sync (after OpenRun's owner marker and settings file).
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:3:EIO"}});
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("sick", 1));
   Model m(1.0f, 1024);
@@ -1172,7 +1259,8 @@ namespace {
 // The health service follows the same readiness as /readyz: NOT_SERVING
 // while a write error is unresolved, SERVING again once a save succeeds.
 TEST_F(DaemonTest, HealthServiceFollowsReadiness) {
-  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:1:EIO"}});
+  // The first save's sync (after OpenRun's owner marker and settings file).
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "fail=sync:3:EIO"}});
   auto channel =
       grpc::CreateChannel("unix:" + daemon->socket(), grpc::InsecureChannelCredentials());
   auto health = grpc::health::v1::Health::NewStub(channel);

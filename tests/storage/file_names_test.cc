@@ -37,6 +37,10 @@ TEST(FileNamesTest, BuildersRoundTrip) {
   EXPECT_EQ(ParseFileName(kRunStateFile)->kind, FileKind::kStateFile);
   EXPECT_EQ(ParseFileName(TempFileName(kPinsFile))->kind, FileKind::kStateTemp);
   EXPECT_EQ(ParseFileName(TempFileName(kRunStateFile))->kind, FileKind::kStateTemp);
+  for (std::string_view f : {kRunOwnerFile, kRunSettingsFile}) {
+    EXPECT_EQ(ParseFileName(f)->kind, FileKind::kStateFile) << f;
+    EXPECT_EQ(ParseFileName(TempFileName(f))->kind, FileKind::kStateTemp) << f;
+  }
 }
 
 TEST(FileNamesTest, ExportsAndTheirLinks) {
