@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Create(Run* run,
 }
 
 absl::Status Checkpointer::SetUpSharedMemory() {
+  generation_ = run_->generation();
   auto channel = ArenaChannel::Connect(run_->opened().arena_socket());
   if (!channel.ok()) return channel.status();
   channel_ = std::move(*channel);
@@ -106,9 +107,118 @@ absl::Status Checkpointer::EnsureArenas(size_t bytes) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The daemon no longer knows an arena or attachment of ours (it restarted,
+// or the arena connection closed).
+bool LostRegistration(const absl::Status& st) {
+  const std::string_view msg(st.message().data(), st.message().size());
+  return st.code() == absl::StatusCode::kNotFound &&
+         (msg.find("is not registered") != std::string_view::npos ||
+          msg.find("attachment") != std::string_view::npos);
+}
+
+}  // namespace
+
+absl::Status Checkpointer::Recover(const absl::Status& cause, double* deadline) {
+  if (!Run::IsReconnectable(cause) && !LostRegistration(cause)) return cause;
+  const double timeout = run_->client()->options().reconnect_timeout_s;
+  if (timeout <= 0) return cause;
+  if (*deadline == 0) *deadline = Now() + timeout;
+  if (run_->generation() == generation_) {
+    if (absl::Status st = run_->Reopen(cause, *deadline); !st.ok()) return st;
+  }
+  return Resync();
+}
+
+absl::Status Checkpointer::Resync() {
+  if (run_->generation() == generation_ && channel_ != nullptr) return absl::OkStatus();
+  const std::string& token = run_->opened().arena_token();
+  auto channel = ArenaChannel::Connect(run_->opened().arena_socket());
+  if (!channel.ok()) return channel.status();
+  channel_ = std::move(*channel);
+  if (attachment_) {
+    auto attached = channel_->Attach(token);
+    if (!attached.ok()) return attached.status();
+    attachment_ = *attached;
+  }
+  for (Slot& slot : slots_) {
+    if (slot.arena == nullptr) continue;
+    auto id = channel_->Register(slot.arena->fd(), token);
+    if (!id.ok()) return id.status();
+    slot.arena_id = *id;
+  }
+  generation_ = run_->generation();
+  Log("run " + run_->id() + ": reconnected to the daemon; arenas registered again");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::SaveSharedResponse> Checkpointer::SendShared(
+    Slot& slot, double stall_s, const v1::TensorLocation* progress) {
+  double deadline = 0;
+  while (true) {
+    if (absl::Status st = Resync(); !st.ok()) {
+      if (absl::Status rec = Recover(st, &deadline); !rec.ok()) return rec;
+      continue;
+    }
+    const Sent& sent = slot.sent;
+    std::vector<v1::TensorLocation> locations(sent.tensors.size());
+    for (size_t i = 0; i < locations.size(); ++i) {
+      locations[i].set_arena_id(slot.arena_id);
+      locations[i].set_offset(sent.offsets[i]);
+    }
+    v1::TensorLocation moved;
+    if (progress != nullptr) {
+      moved = *progress;
+      moved.set_arena_id(slot.arena_id);
+    }
+    auto r = run_->SaveShared(sent.step, sent.tensors, locations, sent.metrics, sent.options,
+                              stall_s, progress != nullptr ? &moved : nullptr, sent.final_snapshot);
+    if (r.ok()) return r;
+    if (absl::Status rec = Recover(r.status(), &deadline); !rec.ok()) return rec;
+  }
+}
+
+absl::Status Checkpointer::ResendLost() {
+  std::vector<Slot*> pending;
+  for (Slot& slot : slots_) {
+    if (slot.arena != nullptr && slot.save_id) pending.push_back(&slot);
+  }
+  // In step order: the daemon takes a run's steps in increasing order.
+  std::sort(pending.begin(), pending.end(),
+            [](const Slot* a, const Slot* b) { return a->sent.step < b->sent.step; });
+  for (Slot* slot : pending) {
+    auto known = run_->WaitSaved(*slot->save_id, 0, 0, slot->sent.step);
+    if (known.ok()) continue;  // queued, or committed before the restart: Settle reports it
+    if (known.status().code() != absl::StatusCode::kNotFound) return known.status();
+    slot->sent.options.force = true;  // it was accepted once; the schedule does not apply
+    auto again = SendShared(*slot, 0, nullptr);
+    if (!again.ok()) return again.status();
+    if (again->result() != v1::SaveSharedResponse::RESULT_ACCEPTED) {
+      slot->save_id.reset();  // skipped: a final snapshot the run no longer wants
+      continue;
+    }
+    Log("run " + run_->id() + ": step " + std::to_string(slot->sent.step) +
+        " was lost when the daemon restarted; sent again from its arena");
+    slot->save_id = again->save_id();
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
   if (!slot.save_id) return true;
-  auto r = run_->WaitSaved(*slot.save_id, timeout_s, slot.stall_s);
+  auto r = run_->WaitSaved(*slot.save_id, timeout_s, slot.stall_s, slot.sent.step);
+  if (!r.ok() && r.status().code() == absl::StatusCode::kNotFound) {
+    // Lost with a restarted daemon: an arena still holds the bytes, so send
+    // it again; a pointer save's tensors have moved on, so report it.
+    if (slot.arena != nullptr) {
+      if (absl::Status st = ResendLost(); !st.ok()) return st;
+      return !slot.save_id.has_value();
+    }
+    slot.save_id.reset();
+    return absl::Status(r.status().code(), "step " + std::to_string(slot.sent.step) + ": " +
+                                               std::string(r.status().message()));
+  }
   if (!r.ok()) return r.status();
   slot.stall_s = 0;  // reported
   switch (r->state()) {
@@ -182,11 +292,8 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
   }
   Slot& free = **slot;
   auto* counter = reinterpret_cast<uint64_t*>(free.arena->data());
-  std::vector<v1::TensorLocation> locations(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    locations[i].set_arena_id(free.arena_id);
-    locations[i].set_offset(offsets[i]);
-  }
+  free.sent = Sent{step, tensors, offsets, metrics, options, final_snapshot};
+  for (TensorView& t : free.sent.tensors) t.data = nullptr;
   auto copy = [&] {
     const double copy_start = Now();
     CopyInOrder(free.arena->data(), counter, tensors, offsets,
@@ -203,8 +310,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
   } else {
     copy();
   }
-  auto r = run_->SaveShared(step, tensors, locations, metrics, options, 0,
-                            options_.overlap_copy ? &progress : nullptr, final_snapshot);
+  auto r = SendShared(free, 0, options_.overlap_copy ? &progress : nullptr);
   if (!r.ok()) return r.status();
   if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
     stats_.skipped++;
@@ -243,14 +349,23 @@ absl::StatusOr<bool> Checkpointer::SendPointers(double t0, uint64_t step,
     auto done = Settle(s, 0);
     return done.ok() && *done;
   });
-  auto r = run_->SavePointers(step, tensors, *attachment_, metrics, options, final_snapshot);
-  if (!r.ok()) return r.status();
+  absl::StatusOr<v1::SaveSharedResponse> r;
+  for (double deadline = 0;;) {
+    if (absl::Status st = Resync(); !st.ok()) {
+      if (absl::Status rec = Recover(st, &deadline); !rec.ok()) return rec;
+      continue;
+    }
+    r = run_->SavePointers(step, tensors, *attachment_, metrics, options, final_snapshot);
+    if (r.ok()) break;
+    if (absl::Status rec = Recover(r.status(), &deadline); !rec.ok()) return rec;
+  }
   if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
     stats_.skipped++;
     return false;
   }
   // Read: the tensors are the trainer's again; the commit is waited for by Wait().
   slots_.push_back(Slot{nullptr, 0, r->save_id()});
+  slots_.back().sent.step = step;
   slots_.back().stall_s = Now() - t0;
   Account(slots_.back().stall_s);
   stats_.saves++;

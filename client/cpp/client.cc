@@ -4,9 +4,39 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
 namespace ckptd {
 namespace {
+
+double SteadyNow() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// A steady-clock deadline as gRPC's (system clock) deadline.
+std::chrono::system_clock::time_point GrpcDeadline(double deadline) {
+  return std::chrono::system_clock::now() + std::chrono::microseconds(static_cast<int64_t>(
+                                                std::max(0.0, deadline - SteadyNow()) * 1e6));
+}
+
+// Whether a committed checkpoint holds the tensors a resent save carries
+// (names, types, shapes in order, model and train groups).
+bool SameTensors(const v1::CheckpointDetail& d, const std::vector<TensorView>& tensors) {
+  std::vector<const v1::TensorDescriptor*> stored;
+  for (const auto& t : d.tensors()) stored.push_back(&t.tensor());
+  for (const auto& t : d.train_tensors()) stored.push_back(&t.tensor());
+  if (stored.size() != tensors.size()) return false;
+  for (const TensorView& t : tensors) {
+    auto it = std::find_if(stored.begin(), stored.end(),
+                           [&](const v1::TensorDescriptor* s) { return s->name() == t.name; });
+    if (it == stored.end() || (*it)->type() != t.type ||
+        !std::equal((*it)->ne().begin(), (*it)->ne().end(), t.ne.begin(), t.ne.end())) {
+      return false;
+    }
+  }
+  return true;
+}
 
 v1::SaveHeader Header(const std::string& run_id, uint64_t step,
                       const std::vector<TensorView>& tensors,
@@ -56,24 +86,30 @@ bool StreamTensors(Writer* writer, const v1::SaveHeader& header,
 template bool StreamTensors(grpc::ClientWriter<v1::SaveRequest>*, const v1::SaveHeader&,
                             const std::vector<TensorView>&, size_t);
 
-Client::Client(std::string target, std::shared_ptr<grpc::Channel> channel)
+Client::Client(std::string target, ClientOptions options, std::shared_ptr<grpc::Channel> channel)
     : target_(std::move(target)),
+      options_(options),
       channel_(std::move(channel)),
       stub_(v1::Checkpointd::NewStub(channel_)) {}
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target) {
+bool Client::WaitForConnected(double deadline) {
+  return channel_->WaitForConnected(GrpcDeadline(deadline));
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
+                                                        ClientOptions options) {
   std::string uri = target;
   if (!target.starts_with("unix:") && target.find(':') == std::string::npos) uri = "unix:" + target;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   // The daemon is a local sidecar: after a restart, reconnect within
-  // ~100 ms rather than gRPC's default one-second-and-growing backoff.
+  // ~250 ms rather than gRPC's default one-second-and-growing backoff.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 250);
   auto channel = grpc::CreateCustomChannel(uri, grpc::InsecureChannelCredentials(), args);
-  return std::unique_ptr<Client>(new Client(uri, std::move(channel)));
+  return std::unique_ptr<Client>(new Client(uri, options, std::move(channel)));
 }
 
 absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& request) {
@@ -81,41 +117,127 @@ absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& r
   v1::OpenRunResponse resp;
   grpc::Status st = stub_->OpenRun(&ctx, request, &resp);
   if (!st.ok()) return FromGrpc(st);
-  return std::make_unique<Run>(this, std::move(resp));
+  return std::make_unique<Run>(this, std::move(resp), request);
+}
+
+Run::Run(Client* client, v1::OpenRunResponse opened, v1::OpenRunRequest request)
+    : client_(client), opened_(std::move(opened)), request_(std::move(request)) {}
+
+bool Run::IsReconnectable(const absl::Status& st) {
+  const std::string_view msg(st.message().data(), st.message().size());
+  switch (st.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kCancelled:  // this client cancels nothing: the daemon went away
+      return true;
+    case absl::StatusCode::kNotFound:  // a daemon that lost the run (another root, no settings)
+      return msg.find("is not known to this daemon") != std::string_view::npos;
+    case absl::StatusCode::kFailedPrecondition:
+      return msg.find("has not been opened since the daemon started") != std::string_view::npos;
+    default:
+      return false;
+  }
+}
+
+absl::Status Run::Reopen(const absl::Status& cause, double deadline) {
+  absl::Status last = cause;
+  while (true) {
+    if (SteadyNow() >= deadline) {
+      return absl::UnavailableError(
+          "run '" + id() + "': the daemon at " + client_->target() + " has not come back within " +
+          std::to_string(static_cast<int>(client_->options().reconnect_timeout_s)) +
+          " s (reconnect_timeout_s); last error: " + std::string(last.message()));
+    }
+    client_->WaitForConnected(std::min(deadline, SteadyNow() + 1));
+    if (request_.run_id().empty()) {  // opened elsewhere: the daemon restores its settings
+      if (client_->WaitForConnected(SteadyNow())) {
+        ++generation_;
+        return absl::OkStatus();
+      }
+      continue;
+    }
+    grpc::ClientContext ctx;
+    ctx.set_wait_for_ready(true);
+    ctx.set_deadline(GrpcDeadline(std::min(deadline, SteadyNow() + 1)));
+    v1::OpenRunResponse resp;
+    grpc::Status st = client_->stub().OpenRun(&ctx, request_, &resp);
+    if (st.ok()) {
+      opened_ = std::move(resp);
+      ++generation_;
+      return absl::OkStatus();
+    }
+    last = FromGrpc(st);
+    if (st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED && !IsReconnectable(last)) {
+      return last;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+template <typename F>
+auto Run::WithReconnect(F call) -> decltype(call(0)) {
+  double deadline = 0;
+  for (int attempt = 0;; ++attempt) {
+    auto r = call(attempt);
+    if (r.ok() || !IsReconnectable(r.status()) || client_->options().reconnect_timeout_s <= 0) {
+      return r;
+    }
+    if (deadline == 0) deadline = SteadyNow() + client_->options().reconnect_timeout_s;
+    if (absl::Status st = Reopen(r.status(), deadline); !st.ok()) return st;
+  }
 }
 
 absl::StatusOr<v1::ShouldSaveResponse> Run::ShouldSave(uint64_t step) {
-  grpc::ClientContext ctx;
-  v1::ShouldSaveRequest req;
-  req.set_run_id(id());
-  req.set_step(step);
-  v1::ShouldSaveResponse resp;
-  grpc::Status st = client_->stub().ShouldSave(&ctx, req, &resp);
-  if (!st.ok()) return FromGrpc(st);
-  return resp;
+  return WithReconnect([&](int) -> absl::StatusOr<v1::ShouldSaveResponse> {
+    grpc::ClientContext ctx;
+    v1::ShouldSaveRequest req;
+    req.set_run_id(id());
+    req.set_step(step);
+    v1::ShouldSaveResponse resp;
+    grpc::Status st = client_->stub().ShouldSave(&ctx, req, &resp);
+    if (!st.ok()) return FromGrpc(st);
+    return resp;
+  });
 }
 
 absl::StatusOr<v1::SaveResponse> Run::Save(uint64_t step, const std::vector<TensorView>& tensors,
                                            const std::map<std::string, double>& metrics,
                                            const SaveOptions& options) {
-  if (!options.force) {
-    auto due = ShouldSave(step);
-    if (!due.ok()) return due.status();
-    if (!due->due()) {
-      v1::SaveResponse skipped;
-      skipped.set_result(v1::SaveResponse::RESULT_SKIPPED);
-      skipped.set_reason(due->reason());
-      return skipped;
+  return WithReconnect([&](int attempt) -> absl::StatusOr<v1::SaveResponse> {
+    if (!options.force) {
+      auto due = ShouldSave(step);
+      if (!due.ok()) return due.status();
+      if (!due->due()) {
+        v1::SaveResponse skipped;
+        skipped.set_result(v1::SaveResponse::RESULT_SKIPPED);
+        skipped.set_reason(due->reason());
+        return skipped;
+      }
     }
-  }
-  v1::SaveHeader h = Header(id(), step, tensors, metrics, options);
-  grpc::ClientContext ctx;
-  v1::SaveResponse resp;
-  auto writer = client_->stub().Save(&ctx, &resp);
-  StreamTensors(writer.get(), h, tensors, options.chunk_bytes);
-  grpc::Status st = writer->Finish();
-  if (!st.ok()) return FromGrpc(st);
-  return resp;
+    v1::SaveHeader h = Header(id(), step, tensors, metrics, options);
+    grpc::ClientContext ctx;
+    v1::SaveResponse resp;
+    auto writer = client_->stub().Save(&ctx, &resp);
+    StreamTensors(writer.get(), h, tensors, options.chunk_bytes);
+    grpc::Status st = writer->Finish();
+    if (st.ok()) return resp;
+    if (attempt > 0 && st.error_code() == grpc::StatusCode::ALREADY_EXISTS && !options.overwrite) {
+      // Sent again after a lost answer: the daemon had committed it.
+      grpc::ClientContext dctx;
+      v1::GetCheckpointRequest dreq;
+      dreq.set_run_id(id());
+      dreq.set_step(step);
+      v1::CheckpointDetail detail;
+      if (client_->stub().GetCheckpoint(&dctx, dreq, &detail).ok() &&
+          SameTensors(detail, tensors)) {
+        v1::SaveResponse committed;
+        committed.set_result(v1::SaveResponse::RESULT_COMMITTED);
+        committed.set_reason("committed before the connection was lost (found when sent again)");
+        *committed.mutable_checkpoint() = detail.info();
+        return committed;
+      }
+    }
+    return FromGrpc(st);
+  });
 }
 
 absl::StatusOr<v1::SaveSharedResponse> Run::SavePointers(
@@ -153,42 +275,51 @@ absl::StatusOr<v1::SaveSharedResponse> Run::SaveShared(
 }
 
 absl::StatusOr<v1::WaitSavedResponse> Run::WaitSaved(uint64_t save_id, double timeout_s,
-                                                     double trainer_stall_s) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000) + 10000));
-  v1::WaitSavedRequest req;
-  req.set_run_id(id());
-  req.set_save_id(save_id);
-  req.set_timeout_seconds(timeout_s);
-  req.set_trainer_stall_s(trainer_stall_s);
-  v1::WaitSavedResponse resp;
-  grpc::Status st = client_->stub().WaitSaved(&ctx, req, &resp);
-  if (!st.ok()) return FromGrpc(st);
-  return resp;
+                                                     double trainer_stall_s,
+                                                     std::optional<uint64_t> step) {
+  return WithReconnect([&](int) -> absl::StatusOr<v1::WaitSavedResponse> {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000) + 10000));
+    v1::WaitSavedRequest req;
+    req.set_run_id(id());
+    req.set_save_id(save_id);
+    req.set_timeout_seconds(timeout_s);
+    req.set_trainer_stall_s(trainer_stall_s);
+    if (step) req.set_step(*step);
+    v1::WaitSavedResponse resp;
+    grpc::Status st = client_->stub().WaitSaved(&ctx, req, &resp);
+    if (!st.ok()) return FromGrpc(st);
+    return resp;
+  });
 }
 
 absl::StatusOr<v1::CloseRunResponse> Run::Close(uint64_t step,
                                                 const std::vector<TensorView>& tensors,
                                                 const std::map<std::string, double>& metrics) {
-  grpc::ClientContext ctx;
-  v1::CloseRunResponse resp;
-  auto writer = client_->stub().CloseRun(&ctx, &resp);
-  StreamTensors(writer.get(), Header(id(), step, tensors, metrics), tensors, 4 << 20);
-  grpc::Status st = writer->Finish();
-  if (!st.ok()) return FromGrpc(st);
-  return resp;
+  return WithReconnect([&](int) -> absl::StatusOr<v1::CloseRunResponse> {
+    grpc::ClientContext ctx;
+    v1::CloseRunResponse resp;
+    auto writer = client_->stub().CloseRun(&ctx, &resp);
+    StreamTensors(writer.get(), Header(id(), step, tensors, metrics), tensors, 4 << 20);
+    grpc::Status st = writer->Finish();
+    if (!st.ok()) return FromGrpc(st);
+    return resp;
+  });
 }
 
 absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> Run::Latest() {
-  grpc::ClientContext ctx;
-  v1::GetRunRequest req;
-  req.set_run_id(id());
-  v1::RunInfo info;
-  grpc::Status st = client_->stub().GetRun(&ctx, req, &info);
-  if (!st.ok()) return FromGrpc(st);
-  if (!info.has_last_step()) return std::optional<std::pair<uint64_t, std::string>>();
-  return std::optional(std::pair(info.last_step(), info.latest_file()));
+  using Answer = std::optional<std::pair<uint64_t, std::string>>;
+  return WithReconnect([&](int) -> absl::StatusOr<Answer> {
+    grpc::ClientContext ctx;
+    v1::GetRunRequest req;
+    req.set_run_id(id());
+    v1::RunInfo info;
+    grpc::Status st = client_->stub().GetRun(&ctx, req, &info);
+    if (!st.ok()) return FromGrpc(st);
+    if (!info.has_last_step()) return Answer();
+    return Answer(std::pair(info.last_step(), info.latest_file()));
+  });
 }
 
 }  // namespace ckptd

@@ -655,6 +655,101 @@ TEST_F(ShmTest, SigtermWritesAcceptedSharedSavesBeforeExiting) {
   Parse(Weights("drain") + "/step_5.gguf");
 }
 
+// A trainer that knows nothing of restarts keeps saving while its daemon is
+// stopped with SIGTERM and later SIGKILLed and started again: every save it
+// was told succeeded is on disk with its step's bytes, and the final
+// snapshot lands. Over shared-memory arenas and over the stream path.
+class RestartTest : public ShmTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(RestartTest, TheTrainerKeepsSavingAcrossDaemonRestartsWithNoCodeOfItsOwn) {
+  const bool stream = GetParam();
+  auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "delay=write:2"}});
+  auto client = Client::Connect(daemon->target(), {.reconnect_timeout_s = 30});
+  ASSERT_TRUE(client.ok());
+  auto run = (*client)->OpenRun(Open("survivor", 2));
+  ASSERT_TRUE(run.ok()) << run.status();
+  std::atomic<int> resent{0};
+  auto cp =
+      Checkpointer::Create(run->get(), {.force_stream = stream, .log = [&](const std::string& l) {
+                                          if (l.find("sent again") != l.npos) ++resent;
+                                        }});
+  ASSERT_TRUE(cp.ok());
+  ASSERT_EQ((*cp)->stats().shared_memory, !stream);
+  constexpr uint64_t kSteps = 90;
+  std::atomic<uint64_t> at{0};
+  std::vector<uint64_t> saved;
+  std::vector<std::string> errors;
+  std::vector<std::pair<uint64_t, double>> done_at;  // step, steady seconds
+  auto now = [] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  std::thread trainer([&] {
+    for (uint64_t step = 1; step < kSteps; ++step) {
+      Tensors t(static_cast<float>(step), {1 << 18, 3000});
+      auto r = (*cp)->MaybeSave(step, t.views);
+      if (!r.ok()) errors.push_back("step " + std::to_string(step) + ": " + r.status().ToString());
+      if (r.ok() && *r) saved.push_back(step);
+      done_at.push_back({step, now()});
+      at = step;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    Tensors last(static_cast<float>(kSteps), {1 << 18, 3000});
+    auto closed = (*cp)->Close(kSteps, last.views);
+    if (!closed.ok()) errors.push_back("close: " + closed.status().ToString());
+    at = kSteps + 1;
+  });
+  std::vector<double> back_at;
+  for (auto [sig, when] : {std::pair{SIGTERM, 25}, std::pair{SIGKILL, 60}}) {
+    ASSERT_TRUE(Eventually([&] { return at >= static_cast<uint64_t>(when); }));
+    daemon->Stop(sig);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the trainer meets a dead socket
+    // Slow writes before the SIGKILL, so that it catches queued saves.
+    daemon =
+        sig == SIGTERM ? StartDaemon({{"CKPTD_TEST_FAULTS", "delay=write:30"}}) : StartDaemon();
+    back_at.push_back(now());
+  }
+  trainer.join();
+  EXPECT_THAT(errors, ::testing::IsEmpty());
+  // Saves queued in the killed daemon were sent again from their arenas.
+  if (!stream) {
+    EXPECT_GE(resent.load(), 1);
+  }
+  // Every acknowledged save is on disk with its own step's bytes, and the
+  // final snapshot too; nothing else is.
+  saved.push_back(kSteps);
+  std::vector<std::string> want = {"latest"};
+  for (uint64_t step : saved) want.push_back("step_" + std::to_string(step) + ".gguf");
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(Files("survivor"), want);
+  for (uint64_t step : saved) {
+    ParsedFile f = Parse(Weights("survivor") + "/step_" + std::to_string(step) + ".gguf");
+    Tensors expect(static_cast<float>(step), {1 << 18, 3000});
+    ASSERT_EQ(f.header.tensors.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      const auto& info = f.header.tensors[i];
+      EXPECT_EQ(f.bytes.compare(f.header.data_offset + info.offset, info.nbytes,
+                                static_cast<const char*>(expect.views[i].data), info.nbytes),
+                0)
+          << "step " << step << " tensor " << i;
+    }
+  }
+  EXPECT_EQ(Latest("survivor"), "step_" + std::to_string(kSteps) + ".gguf");
+  // How long after each restart the trainer's next call succeeded (for the
+  // record; timings are not asserted).
+  for (double back : back_at) {
+    auto next = std::find_if(done_at.begin(), done_at.end(),
+                             [&](const auto& d) { return d.second >= back; });
+    if (next != done_at.end()) {
+      std::printf("[ reconnect ] %s: next call done %.3f s after the daemon was ready\n",
+                  stream ? "stream" : "shm", next->second - back);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, RestartTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Stream" : "SharedMemory"; });
+
 TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
   const std::string config = tmp_.Join("ckptd.toml");
   std::ofstream(config) << "[shm]\nenabled = false\n";

@@ -9,7 +9,12 @@
 // the trainer wait, and that wait is counted in stats() and reported to the
 // daemon's ckptd_trainer_stall_seconds. A remote daemon (TCP) or a daemon
 // without the shm path is served over the stream path instead (one log line
-// says so). Not thread-safe: one per training loop.
+// says so). A daemon restart costs the trainer nothing but time: the
+// checkpointer reconnects, reopens the run, registers its arenas again, and
+// sends again a staged save the restarted daemon did not commit (its bytes
+// are still in the arena); see ClientOptions::reconnect_timeout_s. A pointer
+// save lost that way is reported by Wait() (the tensors have moved on).
+// Not thread-safe: one per training loop.
 #pragma once
 
 #include <functional>
@@ -96,11 +101,21 @@ class Checkpointer {
   const std::vector<v1::WaitSavedResponse>& finished() const { return finished_; }
 
  private:
+  // A queued save, as sent: enough to send it again to a restarted daemon.
+  struct Sent {
+    uint64_t step = 0;
+    std::vector<TensorView> tensors;  // descriptions (data not read)
+    std::vector<uint64_t> offsets;    // in the slot's arena; empty for a pointer save
+    std::map<std::string, double> metrics;
+    SaveOptions options;
+    bool final_snapshot = false;
+  };
   struct Slot {
     std::unique_ptr<Arena> arena;  // null for a pointer save (no buffer to reuse)
     uint64_t arena_id = 0;
     std::optional<uint64_t> save_id;  // the pending save using it
     double stall_s = 0;               // its stall, reported with the first WaitSaved
+    Sent sent;                        // what save_id was
   };
   Checkpointer(Run* run, CheckpointerOptions options);
   void Log(const std::string& line) const;
@@ -124,10 +139,25 @@ class Checkpointer {
                                   const std::map<std::string, double>& metrics,
                                   const SaveOptions& options);
   void Account(double stall_s);
+  // After a failure that a restarted or unreachable daemon explains (or an
+  // arena or attachment it no longer knows): reopens the run if no call has
+  // yet, then Resync(). Other failures come back unchanged.
+  absl::Status Recover(const absl::Status& cause, double* deadline);
+  // A new arena connection, the arenas registered again, the attachment
+  // renewed: for a daemon of a newer generation than ours.
+  absl::Status Resync();
+  // Sends again, in step order, every staged save a restarted daemon does
+  // not know (its bytes are still in its arena).
+  absl::Status ResendLost();
+  // SaveShared for `slot`'s arena, sent again through Recover() while the
+  // daemon restarts.
+  absl::StatusOr<v1::SaveSharedResponse> SendShared(Slot& slot, double stall_s,
+                                                    const v1::TensorLocation* progress);
 
   Run* run_;
   CheckpointerOptions options_;
   std::unique_ptr<ArenaChannel> channel_;
+  uint64_t generation_ = 0;  // the run's generation our arenas are registered with
   std::vector<Slot> slots_;
   bool shared_ = false;
   std::optional<PointerAttachment> attachment_;  // pointer saves

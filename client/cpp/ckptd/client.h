@@ -40,26 +40,48 @@ struct SaveOptions {
 
 class Run;
 
+struct ClientOptions {
+  // A daemon that restarts or is briefly unreachable does not fail a call:
+  // the call reconnects, reopens its run (with the request it was opened
+  // with) and is sent again, for up to this long; after that it fails with
+  // UNAVAILABLE naming the daemon and the last error. 0 = fail at once.
+  double reconnect_timeout_s = 60;
+};
+
 class Client {
  public:
   // `target`: "unix:/path", "host:port", or a plain path (taken as a Unix socket).
-  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target);
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& target,
+                                                         ClientOptions options = {});
 
   absl::StatusOr<std::unique_ptr<Run>> OpenRun(const v1::OpenRunRequest& request);
   // The server's stub, for calls the helpers do not wrap.
   v1::Checkpointd::Stub& stub() { return *stub_; }
   const std::string& target() const { return target_; }
+  const ClientOptions& options() const { return options_; }
+  // Waits until the connection is up (or `deadline`, steady clock seconds).
+  bool WaitForConnected(double deadline);
 
  private:
-  Client(std::string target, std::shared_ptr<grpc::Channel> channel);
+  Client(std::string target, ClientOptions options, std::shared_ptr<grpc::Channel> channel);
   std::string target_;
+  ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Checkpointd::Stub> stub_;
 };
 
+// Every call survives a daemon restart (see ClientOptions): ShouldSave,
+// Save and Close are sent again after the run is reopened. A Save whose
+// outcome was lost with the connection is sent again too; if the daemon
+// had committed it, the step is found committed with the same tensors
+// (names, types, shapes) and reported COMMITTED. SaveShared and
+// SavePointers are not sent again by themselves (their arena ids and
+// attachments die with the daemon): the Checkpointer re-registers and resends.
 class Run {
  public:
-  Run(Client* client, v1::OpenRunResponse opened) : client_(client), opened_(std::move(opened)) {}
+  // `request`: what the run was opened with, for reopening it; without one
+  // (a run opened elsewhere) an OpenRun with just the run id is sent.
+  Run(Client* client, v1::OpenRunResponse opened, v1::OpenRunRequest request = {});
 
   const std::string& id() const { return opened_.run().run_id(); }
   const v1::OpenRunResponse& opened() const { return opened_; }
@@ -94,15 +116,35 @@ class Run {
       bool final_snapshot = false);
   // A queued (shared-memory or pointer) save's state, waiting up to timeout_s for it to finish;
   // trainer_stall_s > 0 reports the save's stall (once per save).
+  // `step`: the save's step, so that a daemon restarted since can tell
+  // whether it committed (COMMITTED from its catalog, else NOT_FOUND).
   absl::StatusOr<v1::WaitSavedResponse> WaitSaved(uint64_t save_id, double timeout_s,
-                                                  double trainer_stall_s = 0);
+                                                  double trainer_stall_s = 0,
+                                                  std::optional<uint64_t> step = std::nullopt);
   Client* client() const { return client_; }
   // Path and step of the newest committed checkpoint, nullopt if none.
   absl::StatusOr<std::optional<std::pair<uint64_t, std::string>>> Latest();
 
+  // Reconnects and reopens the run after `cause` (UNAVAILABLE, or a daemon
+  // that no longer knows the run), retrying until `deadline` (steady clock
+  // seconds); UNAVAILABLE naming the daemon and `cause` past it.
+  absl::Status Reopen(const absl::Status& cause, double deadline);
+  // Whether `st` means the daemon restarted or is unreachable, so that
+  // Reopen and a retry can help.
+  static bool IsReconnectable(const absl::Status& st);
+  // Bumped by every Reopen: arena ids and attachments of an older
+  // generation are unknown to the daemon.
+  uint64_t generation() const { return generation_; }
+
  private:
+  // Runs `call` and, while it fails reconnectably, reopens and runs it again.
+  template <typename F>
+  auto WithReconnect(F call) -> decltype(call(0));
+
   Client* client_;
   v1::OpenRunResponse opened_;
+  v1::OpenRunRequest request_;
+  uint64_t generation_ = 0;
 };
 
 // grpc::Status -> absl::Status (same codes).
