@@ -153,10 +153,14 @@ absl::Status Checkpointer::Resync() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::SaveSharedResponse> Checkpointer::SendShared(
-    Slot& slot, double stall_s, const v1::TensorLocation* progress) {
+absl::StatusOr<v1::SaveSharedResponse> Checkpointer::SendShared(Slot& slot, double stall_s,
+                                                                const v1::TensorLocation* progress,
+                                                                bool fresh) {
   double deadline = 0;
   while (true) {
+    if (fresh && resent_generation_ != run_->generation()) {
+      if (absl::Status st = ResendLost(); !st.ok()) return st;
+    }
     if (absl::Status st = Resync(); !st.ok()) {
       if (absl::Status rec = Recover(st, &deadline); !rec.ok()) return rec;
       continue;
@@ -180,6 +184,7 @@ absl::StatusOr<v1::SaveSharedResponse> Checkpointer::SendShared(
 }
 
 absl::Status Checkpointer::ResendLost() {
+  resent_generation_ = run_->generation();
   std::vector<Slot*> pending;
   for (Slot& slot : slots_) {
     if (slot.arena != nullptr && slot.save_id) pending.push_back(&slot);
@@ -310,7 +315,7 @@ absl::StatusOr<bool> Checkpointer::Stage(double t0, uint64_t step,
   } else {
     copy();
   }
-  auto r = SendShared(free, 0, options_.overlap_copy ? &progress : nullptr);
+  auto r = SendShared(free, 0, options_.overlap_copy ? &progress : nullptr, /*fresh=*/true);
   if (!r.ok()) return r.status();
   if (r->result() == v1::SaveSharedResponse::RESULT_SKIPPED) {
     stats_.skipped++;

@@ -24,12 +24,13 @@ class Daemon:
         self.http = [] if "--http-listen" in self.extra_args else ["--http-listen", ""]
         self.proc = None
 
-    def start(self):
+    def start(self, env=None):
+        """Starts the binary; `env`: extra environment (e.g. CKPTD_TEST_FAULTS)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [BINARY, "--root", self.root, "--listen", self.target, *self.http,
                  "--log-level", "debug", *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 30
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:

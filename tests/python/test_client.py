@@ -7,6 +7,7 @@ once more, and python -m ckptd."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -363,3 +364,60 @@ def test_optimizer_state_dict_without_a_module_matches_by_position(daemon):
     with pytest.raises(ValueError, match="no parameter of the optimizer matches"):
         run2.restore(model={k: v.clone() for k, v in m.state_dict().items()},
                      optimizer=torch.optim.AdamW(other.parameters()))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_training_survives_daemon_restarts_with_no_code_of_its_own(daemon, transport, caplog):
+    """SIGTERM and later SIGKILL of the daemon under a live trainer: every
+    save the trainer was told about is on disk with its own step's bytes, and
+    the final snapshot lands (shm saves queued in the killed daemon are sent
+    again from their arenas)."""
+    import threading
+    import time
+
+    caplog.set_level("INFO", logger="ckptd")
+    client = ckptd.connect(daemon.target, reconnect_timeout=30)
+    run = client.open_run("survivor", schedule={"every_steps": 2}, transport=transport)
+    model = {"w": torch.zeros(1 << 18), "b": torch.zeros(300)}
+    progress = [0]
+    restarted = []
+
+    def restarter():
+        for sig, at in ((signal.SIGTERM, 20), (signal.SIGKILL, 32)):
+            wait_for(lambda: progress[0] >= at, 60, f"step {at}")
+            daemon.proc.send_signal(sig)
+            daemon.proc.wait(30)
+            time.sleep(0.2)  # the trainer meets a dead socket
+            # Slow writes before the SIGKILL, so that it catches queued saves.
+            daemon.start({"CKPTD_TEST_FAULTS": "delay=write:8"} if sig == signal.SIGTERM else None)
+            restarted.append(sig)
+
+    t = threading.Thread(target=restarter)
+    t.start()
+    told = []
+    for step in range(1, 70):
+        for v in model.values():
+            v.fill_(float(step))
+        r = run.maybe_save(step, model=model)
+        if r.state != "skipped":
+            told.append(step)
+        progress[0] = step
+        time.sleep(0.01)
+    t.join()
+    for v in model.values():
+        v.fill_(70.0)
+    run.close(step=70, model=model)
+    assert restarted == [signal.SIGTERM, signal.SIGKILL]
+    assert run.reconnects >= 2
+    if transport == "shm":  # saves queued in the killed daemon were sent again from their arenas
+        assert "sent again from its arena" in caplog.text
+    told.append(70)
+    weights = os.path.join(daemon.root, "survivor", "weights")
+    steps = sorted(int(m.group(1)) for m in map(re.compile(r"step_(\d+)\.gguf$").match, os.listdir(weights)) if m)
+    assert steps == told
+    reader = ckptd.connect(daemon.target).open_run("survivor")
+    for step in told:
+        dst = {"w": torch.zeros(1 << 18), "b": torch.zeros(300)}
+        assert reader.restore(model=dst, step=step).step == step
+        assert torch.all(dst["w"] == float(step)) and torch.all(dst["b"] == float(step)), step
+    assert reader.latest()[0] == 70

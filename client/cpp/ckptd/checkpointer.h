@@ -151,13 +151,17 @@ class Checkpointer {
   absl::Status ResendLost();
   // SaveShared for `slot`'s arena, sent again through Recover() while the
   // daemon restarts.
+  // A `fresh` save first lets ResendLost() send the lost ones (a run's
+  // steps go in increasing order).
   absl::StatusOr<v1::SaveSharedResponse> SendShared(Slot& slot, double stall_s,
-                                                    const v1::TensorLocation* progress);
+                                                    const v1::TensorLocation* progress,
+                                                    bool fresh = false);
 
   Run* run_;
   CheckpointerOptions options_;
   std::unique_ptr<ArenaChannel> channel_;
-  uint64_t generation_ = 0;  // the run's generation our arenas are registered with
+  uint64_t generation_ = 0;         // the run's generation our arenas are registered with
+  uint64_t resent_generation_ = 0;  // the generation ResendLost() last ran for
   std::vector<Slot> slots_;
   bool shared_ = false;
   std::optional<PointerAttachment> attachment_;  // pointer saves

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import gguf, state
 from .reader import Checkpoint
-from .shm import ArenaPool, hot_copy, shm_supported
+from .shm import ArenaError, ArenaPool, hot_copy, shm_supported
 from .v1 import ckptd_pb2 as pb
 from .v1 import ckptd_pb2_grpc as pb_grpc
 from .values import entries as metadata_entries
@@ -48,6 +48,24 @@ def _rpc(fn, *args, **kwargs):
         raise Error(e.code().name, e.details() or "") from None
 
 
+def _reconnectable(e: Error) -> bool:
+    """Whether a failure means the daemon restarted or is unreachable, so that
+    reopening the run and sending the call again can help."""
+    if e.code in ("UNAVAILABLE", "CANCELLED"):  # the client cancels nothing itself
+        return True
+    if e.code == "NOT_FOUND":
+        return "is not known to this daemon" in e.message
+    if e.code == "FAILED_PRECONDITION":
+        return "has not been opened since the daemon started" in e.message
+    return False
+
+
+def _lost_registration(e: Exception) -> bool:
+    """The daemon no longer knows one of our arenas (it restarted)."""
+    return isinstance(e, ArenaError) or (
+        isinstance(e, Error) and e.code == "NOT_FOUND" and "is not registered" in e.message)
+
+
 @dataclass
 class SaveResult:
     """What a save did. `state` is "committed", "skipped", "pending" (a
@@ -60,6 +78,9 @@ class SaveResult:
     save_id: int = 0
     stall_s: float = 0.0
     transport: str = ""
+    # A pending shm save as sent (header, arena, offsets, final), to send it
+    # again to a daemon that restarted before committing it.
+    _sent: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -75,21 +96,29 @@ class RestoreInfo:
     memory_fallbacks: int = 0  # hot restore: tensors read from disk because memory had changed
 
 
-def connect(target: str | None = None) -> "Client":
+def connect(target: str | None = None, reconnect_timeout: float = 60.0) -> "Client":
     """Connects to the daemon: `target` ("unix:/path", "host:port" or a socket
-    path), else $CKPTD_SOCKET, else the dev socket of `make run`."""
-    return Client(target or os.environ.get("CKPTD_SOCKET") or DEFAULT_SOCKET)
+    path), else $CKPTD_SOCKET, else the dev socket of `make run`.
+    `reconnect_timeout`: how long a run's calls keep reconnecting (and
+    reopening the run) while the daemon restarts or is unreachable before
+    they raise Error("UNAVAILABLE"); 0 = raise at once."""
+    return Client(target or os.environ.get("CKPTD_SOCKET") or DEFAULT_SOCKET, reconnect_timeout)
 
 
 class Client:
-    def __init__(self, target: str):
+    def __init__(self, target: str, reconnect_timeout: float = 60.0):
         if "://" not in target and not target.startswith("unix:") and (
             target.startswith("/") or target.startswith(".")
         ):
             target = "unix:" + target
         self.target = target
         self.local = target.startswith("unix:")
-        opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        self.reconnect_timeout = reconnect_timeout
+        # A local sidecar: after a restart, reconnect within ~250 ms rather
+        # than gRPC's one-second-and-growing backoff.
+        opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 250)]
         self.channel = grpc.insecure_channel(target, options=opts)
         self.stub = pb_grpc.CheckpointdStub(self.channel)
 
@@ -126,7 +155,9 @@ class Client:
                 retention if isinstance(retention, pb.RetentionPolicy) else pb.RetentionPolicy(**retention)
             )
         resp = _rpc(self.stub.OpenRun, req)
-        return Run(self, resp, transport, name_map, threads)
+        run = Run(self, resp, transport, name_map, threads)
+        run._open_request = req
+        return run
 
     def lineage(self, uuid: str = "", run_id: str = ""):
         """The ancestors and descendants of a file (by general.uuid) or a run;
@@ -218,6 +249,63 @@ class Run:
         log.info("ckptd: run %s saves over %s (%s)", self.id, self.transport, client.target)
         self._pending: list[SaveResult] = []
         self.closed = False
+        self._open_request = None  # set by Client.open_run: how to reopen the run
+        self.reconnects = 0
+        self._resent_at = 0  # reconnects when lost saves were last sent again
+
+    # -- surviving daemon restarts -----------------------------------------
+
+    def _reopen(self, cause: Error, deadline: float):
+        """Reconnects and reopens the run (and registers the arenas again)
+        after `cause`, until `deadline` (time.monotonic)."""
+        last = cause
+        while True:
+            if time.monotonic() >= deadline:
+                raise Error("UNAVAILABLE", f"run {self.id!r}: the daemon at {self.client.target} has not come back "
+                                           f"within {self.client.reconnect_timeout:g} s (reconnect_timeout); "
+                                           f"last error: {last}")
+            try:
+                if self._open_request is None:  # opened elsewhere: the daemon restores its settings
+                    grpc.channel_ready_future(self.client.channel).result(timeout=min(1.0, deadline - time.monotonic()))
+                else:
+                    self.opened = self.client.stub.OpenRun(self._open_request, wait_for_ready=True,
+                                                           timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+                if self._pool is not None:
+                    self._pool.resync(self.opened.arena_socket, self.opened.arena_token)
+                self.reconnects += 1
+                log.info("ckptd: run %s: reconnected to the daemon (%s)", self.id, cause)
+                return
+            except grpc.FutureTimeoutError:
+                continue
+            except grpc.RpcError as e:
+                last = Error(e.code().name, e.details() or "")
+                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED and not _reconnectable(last):
+                    raise last from None
+            except (OSError, ArenaError) as e:  # the arena socket is not back yet
+                last = Error("UNAVAILABLE", str(e))
+            time.sleep(0.02)
+
+    def _call(self, name: str, make_request, on_retry_error=None):
+        """Calls stub.`name` with make_request() (a new request each attempt,
+        so streams can be sent again), reopening the run while the failure is
+        a restarted or unreachable daemon. `on_retry_error(e)` may turn a
+        failure of a resent call into an answer."""
+        deadline = None
+        attempt = 0
+        while True:
+            try:
+                return _rpc(getattr(self.client.stub, name), make_request())
+            except Error as e:
+                if attempt > 0 and on_retry_error is not None:
+                    answer = on_retry_error(e)
+                    if answer is not None:
+                        return answer
+                if not _reconnectable(e) or self.client.reconnect_timeout <= 0:
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + self.client.reconnect_timeout
+                self._reopen(e, deadline)
+                attempt += 1
 
     def _use_shm(self, transport: str) -> bool:
         if transport not in ("auto", "shm", "stream"):
@@ -235,13 +323,13 @@ class Run:
         return self.opened.resumed
 
     def should_save(self, step: int) -> bool:
-        return _rpc(self.client.stub.ShouldSave, pb.ShouldSaveRequest(run_id=self.id, step=step)).due
+        return self._call("ShouldSave", lambda: pb.ShouldSaveRequest(run_id=self.id, step=step)).due
 
     # -- saving -------------------------------------------------------------
 
     def maybe_save(self, step: int, model=None, optimizer=None, extra=None, metrics=None) -> SaveResult:
         """Saves if the run's schedule says `step` is due (one cheap RPC otherwise)."""
-        due = _rpc(self.client.stub.ShouldSave, pb.ShouldSaveRequest(run_id=self.id, step=step))
+        due = self._call("ShouldSave", lambda: pb.ShouldSaveRequest(run_id=self.id, step=step))
         if not due.due:
             return SaveResult(step, "skipped", due.reason, transport=self.transport)
         return self.save(step, model, optimizer, extra, metrics, force=False)
@@ -302,10 +390,25 @@ class Run:
                     yield pb.SaveRequest(data=bytes(mv[a : a + CHUNK]))
 
         if closing:
-            resp = _rpc(self.client.stub.CloseRun, requests())
-            return resp
+            return self._call("CloseRun", requests)
+
+        def already_committed(e: Error):
+            # Sent again after a lost answer: the daemon had committed it.
+            if e.code != "ALREADY_EXISTS" or header.overwrite:
+                return None
+            try:
+                d = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=header.step))
+            except Error:
+                return None
+            stored = {t.tensor.name: (t.tensor.type, list(t.tensor.ne)) for t in [*d.tensors, *d.train_tensors]}
+            sent = {t.name: (t.type, list(t.ne)) for t in header.tensors}
+            if stored != sent:
+                return None
+            return pb.SaveResponse(result=pb.SaveResponse.RESULT_COMMITTED, checkpoint=d.info,
+                                   reason="committed before the connection was lost (found when sent again)")
+
         t0 = time.perf_counter()
-        resp = _rpc(self.client.stub.Save, requests())
+        resp = self._call("Save", requests, already_committed)
         stall = time.perf_counter() - t0
         if resp.result == pb.SaveResponse.RESULT_SKIPPED:
             return SaveResult(header.step, "skipped", resp.reason, stall_s=stall, transport="stream")
@@ -314,30 +417,88 @@ class Run:
 
     def _save_shared(self, header, entries, final: bool):
         t0 = time.perf_counter()
-        arena, offsets = self._pool.stage(entries, self._wait_one, self.threads)
-        stall = time.perf_counter() - t0
-        req = pb.SaveSharedRequest(header=header, trainer_stall_s=stall, final_snapshot=final)
-        for off in offsets:
-            req.locations.add(arena_id=arena.id, offset=off)
         try:
-            resp = _rpc(self.client.stub.SaveShared, req)
+            arena, offsets = self._pool.stage(entries, self._wait_one, self.threads)
+        except (OSError, ArenaError) as e:  # a new arena met a restarted daemon's closed socket
+            if self.client.reconnect_timeout <= 0:
+                raise
+            self._reopen(Error("UNAVAILABLE", f"arena socket: {e}"), time.monotonic() + self.client.reconnect_timeout)
+            arena, offsets = self._pool.stage(entries, self._wait_one, self.threads)
+        stall = time.perf_counter() - t0
+        try:
+            if self._resent_at != self.reconnects:  # reconnected since: lost saves go first
+                self._resend_lost()
+            resp = self._send_shared(header, arena, offsets, final, stall, fresh=True)
         except Error:
             arena.busy = None
             raise
         if resp.result == pb.SaveSharedResponse.RESULT_SKIPPED:
             arena.busy = None
             return SaveResult(header.step, "skipped", resp.reason, stall_s=stall, transport="shm")
-        r = SaveResult(header.step, "pending", resp.reason, save_id=resp.save_id, stall_s=stall, transport="shm")
+        r = SaveResult(header.step, "pending", resp.reason, save_id=resp.save_id, stall_s=stall, transport="shm",
+                       _sent=(header, arena, offsets, final))
         arena.busy = r
         self._pending.append(r)
         return r
+
+    def _send_shared(self, header, arena, offsets, final: bool, stall: float = 0.0, fresh: bool = False):
+        """SaveShared for a staged arena, registered again and sent again
+        while the daemon restarts; a `fresh` save waits for the lost pending
+        ones to be sent again first (a run's steps go in increasing order)."""
+        deadline = None
+        while True:
+            req = pb.SaveSharedRequest(header=header, trainer_stall_s=stall, final_snapshot=final)
+            for off in offsets:
+                req.locations.add(arena_id=arena.id, offset=off)
+            try:
+                return _rpc(self.client.stub.SaveShared, req)
+            except Error as e:
+                if not (_reconnectable(e) or _lost_registration(e)) or self.client.reconnect_timeout <= 0:
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + self.client.reconnect_timeout
+                self._reopen(e, deadline)
+                if fresh:
+                    self._resend_lost()
+
+    def _resend_lost(self):
+        """Sends again, in step order, every pending shm save the (restarted)
+        daemon does not know; its bytes are still in its arena."""
+        self._resent_at = self.reconnects
+        for r in sorted(self._pending, key=lambda r: r.step):
+            try:
+                self._call("WaitSaved", lambda: pb.WaitSavedRequest(run_id=self.id, save_id=r.save_id,
+                                                                    step=r.step, timeout_seconds=0))
+                continue  # known: queued, or committed before the restart
+            except Error as e:
+                if e.code != "NOT_FOUND":
+                    raise
+            header, arena, offsets, final = r._sent
+            header.force = True  # accepted once: the schedule does not apply again
+            resp = self._send_shared(header, arena, offsets, final)
+            if resp.result == pb.SaveSharedResponse.RESULT_SKIPPED:
+                r.state, r.reason = "skipped", resp.reason
+                self._pending.remove(r)
+                arena.busy = None
+                continue
+            log.info("ckptd: run %s: step %d was lost when the daemon restarted; sent again from its arena",
+                     self.id, r.step)
+            r.save_id = resp.save_id
 
     def _wait_one(self, r: SaveResult, timeout: float = 600.0):
         deadline = time.monotonic() + timeout
         while True:
             left = max(0.0, deadline - time.monotonic())
-            resp = _rpc(self.client.stub.WaitSaved,
-                        pb.WaitSavedRequest(run_id=self.id, save_id=r.save_id, timeout_seconds=min(left, 600)))
+            try:
+                resp = self._call("WaitSaved", lambda: pb.WaitSavedRequest(
+                    run_id=self.id, save_id=r.save_id, step=r.step, timeout_seconds=min(left, 600)))
+            except Error as e:
+                if e.code != "NOT_FOUND" or r._sent is None:
+                    raise
+                self._resend_lost()
+                if r.state == "skipped":
+                    break
+                continue
             if resp.state == pb.WaitSavedResponse.STATE_COMMITTED:
                 r.state, r.file = "committed", resp.checkpoint.file
                 break
@@ -378,7 +539,7 @@ class Run:
             result = r
             if r.state == "skipped":
                 log.info("ckptd: run %s: final snapshot skipped: %s", self.id, r.reason)
-            _rpc(self.client.stub.CloseRun, iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
+            self._call("CloseRun", lambda: iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
         elif fs:
             self.wait()
             header, entries = self._header(fs["step"], fs.get("model"), fs.get("optimizer"), fs.get("extra"),
@@ -387,7 +548,7 @@ class Run:
             result = SaveResult(fs["step"], "committed", "", resp.final_save.checkpoint.file, transport="stream")
         else:
             self.wait()
-            _rpc(self.client.stub.CloseRun, iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
+            self._call("CloseRun", lambda: iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
         self.closed = True
         if self._pool is not None:
             self._pool.close()
@@ -409,7 +570,7 @@ class Run:
     # -- restoring ----------------------------------------------------------
 
     def latest(self) -> tuple[int, str] | None:
-        info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
+        info = self._call("GetRun", lambda: pb.GetRunRequest(run_id=self.id))
         return (info.last_step, info.latest_file) if info.HasField("last_step") else None
 
     def open_checkpoint(self, step: int | None = None, verify: bool = True, hot: bool = True) -> Checkpoint | None:

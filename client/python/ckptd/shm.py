@@ -212,6 +212,16 @@ class ArenaPool:
         oldest.busy = None
         return self._acquire(need, wait)
 
+    def resync(self, socket_path: str, token: str):
+        """After a daemon restart: a new arena connection, every arena
+        registered again (new ids; their bytes are kept)."""
+        channel = Channel(socket_path)
+        for a in self.arenas:
+            words, _ = channel.exchange("REGISTER " + token, a.fd)
+            a.id = int(words[0])
+        self.channel.close()
+        self.channel, self.socket_path, self.token = channel, socket_path, token
+
     def close(self):
         if self._copier is not None:
             self._copier.shutdown()
