@@ -21,6 +21,7 @@
 #include "daemon/base/strings.h"
 #include "daemon/config/config.h"
 #include "daemon/env/fault_env.h"
+#include "daemon/env/fd_limit.h"
 #include "daemon/http/server.h"
 #include "daemon/ingest/arena_server.h"
 #include "daemon/query/queries.h"
@@ -202,6 +203,20 @@ absl::Status Daemon::StartServing() {
       cfg.export_profiles_dir};
   registry_ = std::make_unique<scheduler::RunRegistry>(env_, roots_, cfg.schedule, facts,
                                                        cfg.retention, cfg.disk_guard);
+  if (auto lim = env::RaiseOpenFileLimit(); lim.ok()) {
+    fd_limit_ = lim->soft;
+    if (lim->soft != lim->before) {
+      spdlog::info("open files: soft limit raised from {} to {}", lim->before, lim->soft);
+    }
+  } else {
+    spdlog::warn("open files: {}", ToStd(lim.status().message()));
+  }
+  if (fd_limit_ < 4096) {
+    spdlog::warn(
+        "open files: the limit is {}; raise LimitNOFILE (the unit sets 65536) so that "
+        "trainers' connections cannot use up the descriptors saves need",
+        fd_limit_);
+  }
   for (const std::string& w : registry_->Scan()) spdlog::warn("startup: {}", w);
   spdlog::info("ckptd {} starting: roots={} runs={} listen={}", CKPTD_VERSION,
                fmt::format("{}", fmt::join(roots_, ",")), registry_->List().size(), cfg.listen);
@@ -252,7 +267,8 @@ absl::Status Daemon::StartSharedMemory() {
   }
   arena_server_ = std::make_unique<ingest::ArenaServer>(
       std::filesystem::absolute(path).lexically_normal().string(), arenas_.get(),
-      cfg_.shm_allowed_uids, hot_.get());
+      cfg_.shm_allowed_uids, hot_.get(),
+      env::ConnectionCap(fd_limit_, ingest::ArenaServer::kMaxConnections));
   absl::Status st = PrepareListen(env_, "unix:" + arena_server_->path());
   if (st.ok()) st = arena_server_->Start(env_);
   if (!st.ok()) {

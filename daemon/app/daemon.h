@@ -67,6 +67,7 @@ class Daemon {
   std::unique_ptr<ingest::HotCopies> hot_;  // destroyed after queue_, whose workers fill it
   std::unique_ptr<scheduler::SaveQueue> queue_;
   std::unique_ptr<ingest::ArenaServer> arena_server_;
+  uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<http::HttpServer> http_server_;
   absl::Mutex timer_mu_;

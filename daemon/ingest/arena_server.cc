@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -62,6 +63,7 @@ absl::Status ArenaServer::Start(env::Env* env) {
     return st;
   }
   if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) return env::SystemError("pipe2", errno);
+  spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
 }
@@ -79,6 +81,8 @@ void ArenaServer::Stop() {
   ::close(listen_fd_);
   ::close(wake_[0]);
   ::close(wake_[1]);
+  if (spare_fd_ >= 0) ::close(spare_fd_);
+  spare_fd_ = -1;
 }
 
 void ArenaServer::Loop() {
@@ -110,6 +114,21 @@ void ArenaServer::Loop() {
 
 void ArenaServer::Accept() {
   int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+    // Out of descriptors: turn the waiting peer away (it sees the connection
+    // close) rather than leave it pending, which would make poll spin.
+    spdlog::warn("arena socket: out of file descriptors ({}); a connection was refused",
+                 std::strerror(errno));
+    if (spare_fd_ >= 0) {
+      ::close(spare_fd_);
+      int peer = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (peer >= 0) ::close(peer);
+      spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return;
+  }
   if (fd < 0) return;
   ucred cred{};
   socklen_t len = sizeof cred;
@@ -132,9 +151,11 @@ void ArenaServer::Accept() {
                "the trainer as uid ",
                ::geteuid(), ", or use the stream path"));
   }
-  if (connections_.size() >= kMaxConnections) {
+  if (connections_.size() >= max_connections_) {
     Reply(fd, ErrorReply(absl::ResourceExhaustedError(
-                  StrCat("the arena socket already has ", kMaxConnections, " connections"))));
+                  StrCat("the arena socket already has ", max_connections_,
+                         " connections (the cap follows the daemon's open-file limit); close "
+                         "idle ones or raise LimitNOFILE"))));
     ::close(fd);
     return;
   }

@@ -20,6 +20,7 @@
 // thread polls every connection; bounded connections and message sizes.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <string>
@@ -38,12 +39,15 @@ class ArenaServer {
   static constexpr size_t kMaxConnections = 1024;
 
   // `hot` (may be null): the in-memory copies HOT hands out.
+  // `max_connections`: at most kMaxConnections; the daemon derives it from
+  // its open-file limit (env::ConnectionCap).
   ArenaServer(std::string path, ArenaRegistry* registry, std::vector<uint64_t> allowed_uids = {},
-              HotCopies* hot = nullptr)
+              HotCopies* hot = nullptr, size_t max_connections = kMaxConnections)
       : path_(std::move(path)),
         registry_(registry),
         allowed_uids_(std::move(allowed_uids)),
-        hot_(hot) {}
+        hot_(hot),
+        max_connections_(std::min(max_connections, kMaxConnections)) {}
   ~ArenaServer();  // Stop()
 
   // Binds (replacing a stale socket file) and starts the polling thread.
@@ -71,6 +75,11 @@ class ArenaServer {
   std::vector<uint64_t> allowed_uids_;
   HotCopies* hot_;
   int listen_fd_ = -1;
+  // A descriptor held in reserve: when accept fails with EMFILE, it is
+  // closed to accept and close the waiting peer (so poll does not spin on
+  // it), then taken again.
+  int spare_fd_ = -1;
+  const size_t max_connections_;
   int wake_[2] = {-1, -1};  // pipe: Stop() wakes the poll
   std::thread thread_;
   std::map<int, Connection> connections_;  // by fd; touched only by the thread

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,9 +34,14 @@ std::string Slurp(const std::string& path) {
 }
 
 pid_t Spawn(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env,
-            const std::string& out_path, const std::string& err_path) {
+            const std::string& out_path, const std::string& err_path,
+            std::optional<std::pair<uint64_t, uint64_t>> nofile = std::nullopt) {
   pid_t pid = ::fork();
   if (pid != 0) return pid;
+  if (nofile) {
+    rlimit lim{.rlim_cur = nofile->first, .rlim_max = nofile->second};
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) ::_exit(126);
+  }
   for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
   int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
@@ -69,7 +75,7 @@ void DaemonProcess::Start() {
   argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
   std::filesystem::remove(socket_);              // a previous daemon's socket would answer nobody
   std::ofstream(log_, std::ios::trunc).close();  // before the child exists, so no stale "ready"
-  pid_ = Spawn(argv, options_.env, "/dev/null", log_);
+  pid_ = Spawn(argv, options_.env, "/dev/null", log_, options_.nofile);
   // Connect only once the daemon says it listens: a channel whose first
   // attempt fails backs off for a second or more.
   for (int i = 0; i < 1000 && Log().find("ready: listening") == std::string::npos; ++i) {

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,8 @@ struct DaemonOptions {
   std::vector<std::string> extra_args;     // e.g. {"--config", path}
   std::map<std::string, std::string> env;  // e.g. CKPTD_TEST_FAULTS
   std::string listen;                      // default: unix:<root>/ckptd.sock
+  // RLIMIT_NOFILE (soft, hard) for the daemon; default: the test's own.
+  std::optional<std::pair<uint64_t, uint64_t>> nofile;
 };
 
 class DaemonProcess {

@@ -4,6 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -749,6 +752,88 @@ TEST_P(RestartTest, TheTrainerKeepsSavingAcrossDaemonRestartsWithNoCodeOfItsOwn)
 
 INSTANTIATE_TEST_SUITE_P(Paths, RestartTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Stream" : "SharedMemory"; });
+
+// The daemon's CPU time (user + system) so far, in seconds.
+double CpuSeconds(pid_t pid) {
+  std::string stat = Slurp("/proc/" + std::to_string(pid) + "/stat");
+  std::istringstream in(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(field);
+  }
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// Out of file descriptors (a tiny hard limit, many idle connections on both
+// sockets): the daemon raises its soft limit to the hard one, caps arena
+// connections below it, does not spin, and saves again once they are gone.
+TEST_F(ShmTest, RunningOutOfFileDescriptorsNeitherSpinsNorStopsSavingForGood) {
+  auto daemon = std::make_unique<DaemonProcess>(
+      DaemonOptions{.root = root_, .nofile = std::pair<uint64_t, uint64_t>{300, 600}});
+  daemon->Start();
+  struct rlimit raised {};
+  ASSERT_EQ(::prlimit(daemon->pid(), RLIMIT_NOFILE, nullptr, &raised), 0);
+  EXPECT_EQ(raised.rlim_cur, 600u);  // soft raised to hard
+  EXPECT_THAT(daemon->Log(), HasSubstr("open files: soft limit raised from 300 to 600"));
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("fds", 1));
+  ASSERT_TRUE(run.ok()) << run.status();
+  const std::string arena_socket = (*run)->opened().arena_socket();
+  auto connect_many = [](const std::string& path, int type, int n) {
+    std::vector<int> fds;
+    for (int i = 0; i < n; ++i) {
+      int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        continue;
+      }
+      fds.push_back(fd);
+    }
+    return fds;
+  };
+  // (600 - 256) / 4 = 86 arena connections at most; the rest are told so.
+  std::vector<int> held = connect_many(arena_socket, SOCK_SEQPACKET, 150);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  int told = 0;
+  for (int fd : held) {
+    char buf[512];
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0 && std::string(buf, n).find("already has 86 connections") != std::string::npos)
+      ++told;
+  }
+  EXPECT_GE(told, 50);  // of the 150 - 86 over the cap (a few may still be on their way)
+  std::vector<int> api = connect_many(daemon->socket(), SOCK_STREAM, 700);
+  held.insert(held.end(), api.begin(), api.end());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The daemon is out of descriptors now: more arena peers wait in accept.
+  std::vector<int> more = connect_many(arena_socket, SOCK_SEQPACKET, 20);
+  held.insert(held.end(), more.begin(), more.end());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const double cpu0 = CpuSeconds(daemon->pid());
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const double cpu = CpuSeconds(daemon->pid()) - cpu0;
+  EXPECT_LT(cpu, 0.5) << "the daemon spins while out of descriptors";
+  for (int fd : held) ::close(fd);
+  // Descriptors back: a trainer saves over shared memory again.
+  Tensors t(5.0f, {1 << 16});
+  absl::StatusOr<bool> saved;
+  ASSERT_TRUE(Eventually([&] {
+    auto again = Client::Connect(daemon->target());
+    auto r = (*again)->OpenRun(Open("fds", 1));
+    if (!r.ok()) return false;
+    auto cp = Checkpointer::Create(r->get());
+    if (!cp.ok() || !(*cp)->stats().shared_memory) return false;
+    saved = (*cp)->Save(7, t.views);
+    return saved.ok() && *saved && (*cp)->Wait().ok();
+  })) << saved.status()
+      << daemon->Log().substr(daemon->Log().size() > 3000 ? daemon->Log().size() - 3000 : 0);
+  EXPECT_EQ(Files("fds"), (std::vector<std::string>{"latest", "step_7.gguf"}));
+  EXPECT_THAT(daemon->Log(), HasSubstr("arena socket: out of file descriptors"));
+}
 
 TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
   const std::string config = tmp_.Join("ckptd.toml");
