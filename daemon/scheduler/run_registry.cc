@@ -127,8 +127,8 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
                                                        const std::string& requested_dir,
                                                        RunSettings settings, bool* resumed) {
   if (!storage::IsValidRunId(run_id)) {
-    return absl::InvalidArgumentError(
-        StrCat("run_id '", run_id, "' must match [A-Za-z0-9._-]{1,128} and not be . or .."));
+    return absl::InvalidArgumentError(StrCat(
+        "run_id '", Printable(run_id), "' must match [A-Za-z0-9._-]{1,128} and not be . or .."));
   }
   CKPTD_ASSIGN_OR_RETURN(std::string dir,
                          storage::ResolveRunDir(env_, roots_, run_id, requested_dir));

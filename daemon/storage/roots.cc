@@ -13,7 +13,9 @@ absl::StatusOr<std::string> ResolveRunDir(env::Env* env, const std::vector<std::
                                           const std::string& run_id, const std::string& requested) {
   if (requested.empty()) return StrCat(roots.front(), "/", run_id);
   if (requested.find('\0') != std::string::npos || requested.size() > 4096) {
-    return absl::InvalidArgumentError("run_dir is not a usable path");
+    return absl::InvalidArgumentError(
+        "run_dir contains a NUL byte or is longer than 4096 bytes; give an absolute path inside a "
+        "root");
   }
   if (!requested.starts_with('/')) {
     return absl::InvalidArgumentError(
