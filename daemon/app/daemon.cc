@@ -227,8 +227,11 @@ absl::Status Daemon::StartServing() {
   service_ = std::make_unique<rpc::CheckpointdService>(
       registry_.get(), queries_.get(),
       std::chrono::milliseconds(static_cast<int64_t>(cfg.save_idle_timeout_seconds * 1000)));
-  service_->SetLimits(
-      {.max_tensors = cfg.max_tensors_per_save, .max_metadata_bytes = cfg.max_metadata_bytes});
+  service_->SetLimits({.max_tensors = cfg.max_tensors_per_save,
+                       .max_metadata_bytes = cfg.max_metadata_bytes,
+                       .max_watch_streams = config::EffectiveMaxWatchStreams(cfg),
+                       .max_save_streams = config::EffectiveMaxSaveStreams(cfg),
+                       .watch_max_seconds = cfg.watch_max_seconds});
   for (const std::string& w : service_->RestoreRuns()) spdlog::warn("startup: {}", w);
   CKPTD_TRY(StartSharedMemory());
   CKPTD_TRY(StartGrpc());

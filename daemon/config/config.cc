@@ -162,6 +162,9 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.save_idle_timeout_seconds", Seconds(&c->save_idle_timeout_seconds)},
       {"server.max_tensors_per_save", Unsigned(&c->max_tensors_per_save)},
       {"server.max_metadata_bytes", Unsigned(&c->max_metadata_bytes)},
+      {"server.max_watch_streams", Unsigned(&c->max_watch_streams)},
+      {"server.max_save_streams", Unsigned(&c->max_save_streams)},
+      {"server.watch_max_seconds", Seconds(&c->watch_max_seconds)},
       {"storage.roots", StringList(&c->roots)},
       {"storage.direct_io", String(&c->direct_io)},
       {"storage.alignment", Unsigned(&c->alignment)},
@@ -265,6 +268,13 @@ absl::Status Validate(const Config& c) {
   }
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
   if (c.max_tensors_per_save == 0) return bad("server.max_tensors_per_save", "must be at least 1");
+  if (uint64_t{EffectiveMaxWatchStreams(c)} + EffectiveMaxSaveStreams(c) + 2 > c.max_threads) {
+    return bad("server.max_save_streams",
+               StrCat("max_watch_streams (", EffectiveMaxWatchStreams(c), ") + max_save_streams (",
+                      EffectiveMaxSaveStreams(c), ") must leave at least 2 of server.max_threads (",
+                      c.max_threads, ") for unary calls"));
+  }
+  if (c.watch_max_seconds <= 0) return bad("server.watch_max_seconds", "must be above 0");
   if (c.shm_max_arenas == 0) return bad("shm.max_arenas", "must be at least 1");
   if (c.shm_max_pending_saves == 0) return bad("shm.max_pending_saves", "must be at least 1");
   if (c.shm_staging_timeout_seconds <= 0)
@@ -342,6 +352,14 @@ std::vector<std::string> Keys() {
   std::vector<std::string> out;
   for (const auto& [key, field] : Fields(&c)) out.push_back(key);
   return out;
+}
+
+uint32_t EffectiveMaxWatchStreams(const Config& c) {
+  return c.max_watch_streams != 0 ? c.max_watch_streams : std::max<uint32_t>(1, c.max_threads / 4);
+}
+
+uint32_t EffectiveMaxSaveStreams(const Config& c) {
+  return c.max_save_streams != 0 ? c.max_save_streams : std::max<uint32_t>(1, c.max_threads / 2);
 }
 
 std::string ArenaSocketPath(const Config& c) {

@@ -27,6 +27,9 @@ struct Config {
   double save_idle_timeout_seconds = 120;  // a Save stream silent this long is cancelled; 0 = never
   uint64_t max_tensors_per_save = 100000;  // tensors one save (or OpenRun) may declare
   uint64_t max_metadata_bytes = uint64_t{64} << 20;  // metadata one save or OpenRun may carry
+  uint32_t max_watch_streams = 0;   // concurrent WatchRun streams; 0 = max_threads / 4
+  uint32_t max_save_streams = 0;    // concurrent Save + CloseRun streams; 0 = max_threads / 2
+  double watch_max_seconds = 3600;  // a WatchRun stream ends after this long
   // [storage]
   std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
   std::string direct_io = "auto";                    // "auto" | "off"
@@ -61,6 +64,10 @@ struct Config {
   // "server.listen" -> "default", "/etc/ckptd.toml:12", "env CKPTD_LISTEN", "--listen"
   std::map<std::string, std::string> sources;
 };
+
+// The stream caps in force: the configured ones, or derived from max_threads.
+uint32_t EffectiveMaxWatchStreams(const Config& c);
+uint32_t EffectiveMaxSaveStreams(const Config& c);
 
 struct CommandLine {
   std::optional<std::string> listen;

@@ -39,6 +39,12 @@ grpc::Status Invalid(const std::string& msg) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
 }
 
+grpc::Status TooManyStreams(const char* what, const char* setting, uint32_t limit) {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      StrCat("the daemon already serves ", limit, " ", what, " streams (", setting,
+                             "); close idle ones or try again later"));
+}
+
 absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req) {
   scheduler::RunSettings s;
   auto md = FromProto(req.model_metadata(), "model_metadata");
@@ -506,6 +512,9 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
 grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
                                       grpc::ServerReader<v1::SaveRequest>* reader,
                                       v1::SaveResponse* resp) {
+  StreamSlot slot(&save_streams_, limits_.max_save_streams);
+  if (!slot.ok())
+    return TooManyStreams("Save and CloseRun", "server.max_save_streams", limits_.max_save_streams);
   v1::SaveRequest first;
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first Save message must be a header (run_id, step, tensors)");
@@ -523,6 +532,9 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
 grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
                                           grpc::ServerReader<v1::SaveRequest>* reader,
                                           v1::CloseRunResponse* resp) {
+  StreamSlot slot(&save_streams_, limits_.max_save_streams);
+  if (!slot.ok())
+    return TooManyStreams("Save and CloseRun", "server.max_save_streams", limits_.max_save_streams);
   v1::SaveRequest first;
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first CloseRun message must be a header naming run_id");
@@ -573,10 +585,22 @@ grpc::Status CheckpointdService::GetLineage(grpc::ServerContext*, const v1::Line
 
 grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
                                           grpc::ServerWriter<v1::RunEvent>* writer) {
+  StreamSlot slot(&watch_streams_, limits_.max_watch_streams);
+  if (!slot.ok()) {
+    return TooManyStreams("WatchRun", "server.max_watch_streams", limits_.max_watch_streams);
+  }
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
   auto sub = (*run)->Subscribe();
+  const double end = NowSeconds() + limits_.watch_max_seconds;
   while (!stopping_ && !ctx->IsCancelled()) {
+    if (NowSeconds() >= end) {
+      // Watches end by themselves, so none holds a thread forever.
+      return grpc::Status(
+          grpc::StatusCode::DEADLINE_EXCEEDED,
+          StrCat("this watch ended after server.watch_max_seconds (", limits_.watch_max_seconds,
+                 " s); watch again with since_step = the last step seen"));
+    }
     scheduler::Event e;
     if (!sub->Next(&e, std::chrono::milliseconds(500))) {
       if (sub->overflowed()) {

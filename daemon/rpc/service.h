@@ -20,6 +20,28 @@ namespace ckptd::rpc {
 struct RequestLimits {
   uint64_t max_tensors = 100000;
   uint64_t max_metadata_bytes = uint64_t{64} << 20;
+  // Streams that hold a server thread for long: beyond these, the call is
+  // refused at once, so that unary calls (ShouldSave, SaveShared, WaitSaved)
+  // always find a thread, whatever dashboards and stalled trainers hold.
+  uint32_t max_watch_streams = 16;
+  uint32_t max_save_streams = 32;
+  double watch_max_seconds = 3600;  // a WatchRun ends after this; resume with since_step
+};
+
+// A counted place among at most `limit` concurrent streams (RAII).
+class StreamSlot {
+ public:
+  StreamSlot(std::atomic<uint32_t>* count, uint32_t limit) : count_(count) {
+    ok_ = count_->fetch_add(1) < limit;
+  }
+  ~StreamSlot() { count_->fetch_sub(1); }
+  StreamSlot(const StreamSlot&) = delete;
+  StreamSlot& operator=(const StreamSlot&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  std::atomic<uint32_t>* count_;
+  bool ok_ = false;
 };
 
 class CheckpointdService final : public v1::Checkpointd::Service {
@@ -103,6 +125,8 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   std::string arena_socket_;
   std::chrono::milliseconds staging_timeout_{30000};
   RequestLimits limits_;
+  std::atomic<uint32_t> watch_streams_{0};
+  std::atomic<uint32_t> save_streams_{0};
 };
 
 }  // namespace ckptd::rpc

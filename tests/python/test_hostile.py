@@ -259,3 +259,75 @@ def test_after_the_table_nothing_is_left_and_memory_is_bounded(hostile):
     assert weights == ["latest", "step_10.gguf"], weights
     rss = int(re.search(r"VmRSS:\s+(\d+) kB", open(f"/proc/{d.proc.pid}/status").read()).group(1)) << 10
     assert rss < 256 << 20, f"daemon RSS {rss >> 20} MiB after the hostile table"
+
+
+def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
+    """With 16 server threads: 10 WatchRun streams held open and 12 Save
+    streams that go quiet after their header. The streams beyond their caps
+    (a quarter and a half of the threads) are refused at once, naming the
+    setting; a trainer's ShouldSave and shared-memory save still go through."""
+    import threading
+
+    import torch
+
+    cfg = tmp_path / "threads.toml"
+    cfg.write_text("[server]\nmax_threads = 16\n")
+    d = Daemon(tmp_path, ["--config", str(cfg)]).start()
+    try:
+        ch = grpc.insecure_channel(d.target)
+        stub = pb_grpc.CheckpointdStub(ch)
+        grpc.channel_ready_future(ch).result(timeout=30)
+        stub.OpenRun(pb.OpenRunRequest(run_id="busy"))
+        watchers = [stub.WatchRun(pb.WatchRunRequest(run_id="busy")) for _ in range(10)]
+        quiet = threading.Event()
+
+        def stalled(i):
+            yield pb.SaveRequest(header=header(run="busy", step=100 + i))
+            quiet.wait(60)
+
+        saves = [stub.Save.future(stalled(i)) for i in range(12)]
+        import time
+        time.sleep(1)  # refusals are immediate; the admitted streams stay open
+        refused_watch = [(w.code().name, w.details()) for w in watchers if w.done()]
+        # The trainer, meanwhile: ShouldSave and a save over shared memory.
+        trainer = ckptd.connect(d.target).open_run("trainer", schedule={"every_steps": 1})
+        assert trainer.should_save(1)
+        r = trainer.save(1, model={"w": torch.ones(1000)})
+        trainer.wait()
+        assert r.state == "committed", r
+        quiet.set()
+        refused_save = []
+        for f in saves:
+            try:
+                f.result(timeout=60)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused_save.append(e.details())
+        for w in watchers:
+            w.cancel()
+        assert len(refused_watch) == 10 - 4, refused_watch
+        assert all(c == "RESOURCE_EXHAUSTED" and "server.max_watch_streams" in m for c, m in refused_watch)
+        assert len(refused_save) == 12 - 8, refused_save
+        assert all("server.max_save_streams" in m for m in refused_save)
+        ch.close()
+    finally:
+        d.stop()
+
+
+def test_a_watch_ends_by_itself_and_says_how_to_resume(tmp_path):
+    cfg = tmp_path / "watch.toml"
+    cfg.write_text("[server]\nwatch_max_seconds = 1\n")
+    d = Daemon(tmp_path, ["--config", str(cfg)]).start()
+    try:
+        ch = grpc.insecure_channel(d.target)
+        stub = pb_grpc.CheckpointdStub(ch)
+        grpc.channel_ready_future(ch).result(timeout=30)
+        stub.OpenRun(pb.OpenRunRequest(run_id="w"))
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.WatchRun(pb.WatchRunRequest(run_id="w"), timeout=30))
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "server.watch_max_seconds" in err.value.details()
+        assert "since_step" in err.value.details()
+        ch.close()
+    finally:
+        d.stop()
