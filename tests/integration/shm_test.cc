@@ -704,7 +704,8 @@ TEST_P(RestartTest, TheTrainerKeepsSavingAcrossDaemonRestartsWithNoCodeOfItsOwn)
   });
   std::vector<double> back_at;
   for (auto [sig, when] : {std::pair{SIGTERM, 25}, std::pair{SIGKILL, 60}}) {
-    ASSERT_TRUE(Eventually([&] { return at >= static_cast<uint64_t>(when); }));
+    const auto until = static_cast<uint64_t>(when);
+    ASSERT_TRUE(Eventually([&] { return at >= until; }));
     daemon->Stop(sig);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the trainer meets a dead socket
     // Slow writes before the SIGKILL, so that it catches queued saves.
