@@ -459,27 +459,8 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
     if (record == nullptr) {
       return ToGrpc(absl::NotFoundError(
           StrCat("run '", req->run_id(), "' has no save ", req->save_id(),
-                 " (the daemon restarted "
-                 "since it was queued) and step ",
-                 req->step(), " is not committed: the save was lost; save the step again")));
-    }
-    resp->set_step(req->step());
-    resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
-    ToProto(*record, (*run)->dir()->latest_step() == req->step(), resp->mutable_checkpoint());
-    return grpc::Status::OK;
-  }
-  if (!r.ok() && r.status().code() == absl::StatusCode::kNotFound && req->has_step()) {
-    // Queued before a restart: the catalog knows whether it committed.
-    auto run = registry_->Get(req->run_id());
-    if (!run.ok()) return ToGrpc(run.status());
-    absl::MutexLock lock(&(*run)->mu());
-    const storage::CheckpointRecord* record = (*run)->dir()->Find(req->step());
-    if (record == nullptr) {
-      return ToGrpc(absl::NotFoundError(
-          StrCat("run '", req->run_id(), "' has no save ", req->save_id(),
-                 " (the daemon restarted "
-                 "since it was queued) and step ",
-                 req->step(), " is not committed: the save was lost; save the step again")));
+                 " (the daemon restarted since it was queued) and step ", req->step(),
+                 " is not committed: the save was lost; save the step again")));
     }
     resp->set_step(req->step());
     resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);

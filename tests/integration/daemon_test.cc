@@ -966,17 +966,29 @@ TEST_F(DaemonTest, ARunKeepsItsScheduleRetentionAndSavesAcrossRestarts) {
   EXPECT_THAT(testing::ReadFile(root_ + "/keep/ckptd-run.json"), HasSubstr("\"keep_last\": 2"));
 }
 
-TEST_F(DaemonTest, DiskGuardNeverDeletesWhatKeepEverythingKeepsAndRefusesClearly) {
-  std::string mnt = tmp_.Join("small");
-  fs::create_directories(mnt);
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") != 0) {
-    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+// A 64 MiB tmpfs as the daemon's root (unmounted when the result goes);
+// null where tmpfs cannot be mounted (not root).
+struct Unmount {
+  std::string path;
+  ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+};
+
+class DiskGuardTest : public DaemonFixture {
+ protected:
+  std::unique_ptr<Unmount> SmallRoot() {
+    std::string mnt = tmp_.Join("small");
+    fs::create_directories(mnt);
+    if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") != 0) return nullptr;
+    root_ = mnt;
+    auto unmount = std::make_unique<Unmount>();  // built in place: a temporary would unmount
+    unmount->path = mnt;
+    return unmount;
   }
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{mnt};
-  root_ = mnt;
+};
+
+TEST_F(DiskGuardTest, NeverDeletesWhatKeepEverythingKeepsAndRefusesClearly) {
+  auto small = SmallRoot();
+  if (!small) GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
   std::string cfg = tmp_.Join("guard.toml");
   std::ofstream(cfg) << "[disk_guard]\nmin_free_bytes = 16777216\nmin_free_percent = 0\n";
   auto daemon = StartDaemon({}, {"--config", cfg});
@@ -1005,17 +1017,9 @@ TEST_F(DaemonTest, DiskGuardNeverDeletesWhatKeepEverythingKeepsAndRefusesClearly
   EXPECT_THAT(daemon->Log(), ::testing::Not(HasSubstr("disk guard deleted")));
 }
 
-TEST_F(DaemonTest, DiskGuardPrunesOldestWhenOptedInThenRefusesBeforeWriting) {
-  std::string mnt = tmp_.Join("small");
-  fs::create_directories(mnt);
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64m") != 0) {
-    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
-  }
-  struct Unmount {
-    std::string path;
-    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
-  } unmount{mnt};
-  root_ = mnt;
+TEST_F(DiskGuardTest, PrunesOldestWhenOptedInThenRefusesBeforeWriting) {
+  auto small = SmallRoot();
+  if (!small) GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
   std::string cfg = tmp_.Join("guard.toml");
   std::ofstream(cfg) << "[disk_guard]\nmin_free_bytes = 16777216\nmin_free_percent = 0\n"
                         "on_full = \"prune_oldest\"\n";

@@ -4,6 +4,7 @@ must name the field or setting at fault). After every case the daemon still
 answers; after the table nothing was left on disk (no temp files, no
 directory for a refused run) and the daemon's memory stayed bounded."""
 
+import contextlib
 import os
 import re
 
@@ -206,23 +207,31 @@ CASES = [
 ]
 
 
+@contextlib.contextmanager
+def _daemon(tmp, config: str):
+    """A daemon with `config` (TOML text) and a raw stub on it."""
+    cfg = tmp / "ckptd.toml"
+    cfg.write_text(config)
+    d = Daemon(tmp, ["--config", str(cfg)]).start()
+    ch = grpc.insecure_channel(d.target)
+    try:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        yield d, pb_grpc.CheckpointdStub(ch)
+    finally:
+        ch.close()
+        d.stop()
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
-    cfg = tmp / "limits.toml"
-    cfg.write_text("[server]\nmax_tensors_per_save = 1000\nmax_metadata_bytes = 1048576\n")
-    d = Daemon(tmp, ["--config", str(cfg)]).start()
-    ch = grpc.insecure_channel(d.target)
-    stub = pb_grpc.CheckpointdStub(ch)
-    grpc.channel_ready_future(ch).result(timeout=30)
-    stub.OpenRun(pb.OpenRunRequest(run_id=GOOD))
-    stub.Save(stream(header(step=10)))
-    ctx = {"root": os.path.realpath(d.root), "good": os.path.realpath(os.path.join(d.root, GOOD)),
-           "outside": str(tmp / "outside")}
-    os.makedirs(ctx["outside"], exist_ok=True)
-    yield d, stub, ctx
-    ch.close()
-    d.stop()
+    with _daemon(tmp, "[server]\nmax_tensors_per_save = 1000\nmax_metadata_bytes = 1048576\n") as (d, stub):
+        stub.OpenRun(pb.OpenRunRequest(run_id=GOOD))
+        stub.Save(stream(header(step=10)))
+        ctx = {"root": os.path.realpath(d.root), "good": os.path.realpath(os.path.join(d.root, GOOD)),
+               "outside": str(tmp / "outside")}
+        os.makedirs(ctx["outside"], exist_ok=True)
+        yield d, stub, ctx
 
 
 def test_the_table_has_sixty_cases_or_more():
@@ -270,13 +279,7 @@ def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
 
     import torch
 
-    cfg = tmp_path / "threads.toml"
-    cfg.write_text("[server]\nmax_threads = 16\n")
-    d = Daemon(tmp_path, ["--config", str(cfg)]).start()
-    try:
-        ch = grpc.insecure_channel(d.target)
-        stub = pb_grpc.CheckpointdStub(ch)
-        grpc.channel_ready_future(ch).result(timeout=30)
+    with _daemon(tmp_path, "[server]\nmax_threads = 16\n") as (d, stub):
         stub.OpenRun(pb.OpenRunRequest(run_id="busy"))
         watchers = [stub.WatchRun(pb.WatchRunRequest(run_id="busy")) for _ in range(10)]
         quiet = threading.Event()
@@ -309,25 +312,13 @@ def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
         assert all(c == "RESOURCE_EXHAUSTED" and "server.max_watch_streams" in m for c, m in refused_watch)
         assert len(refused_save) == 12 - 8, refused_save
         assert all("server.max_save_streams" in m for m in refused_save)
-        ch.close()
-    finally:
-        d.stop()
 
 
 def test_a_watch_ends_by_itself_and_says_how_to_resume(tmp_path):
-    cfg = tmp_path / "watch.toml"
-    cfg.write_text("[server]\nwatch_max_seconds = 1\n")
-    d = Daemon(tmp_path, ["--config", str(cfg)]).start()
-    try:
-        ch = grpc.insecure_channel(d.target)
-        stub = pb_grpc.CheckpointdStub(ch)
-        grpc.channel_ready_future(ch).result(timeout=30)
+    with _daemon(tmp_path, "[server]\nwatch_max_seconds = 1\n") as (_, stub):
         stub.OpenRun(pb.OpenRunRequest(run_id="w"))
         with pytest.raises(grpc.RpcError) as err:
             list(stub.WatchRun(pb.WatchRunRequest(run_id="w"), timeout=30))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "server.watch_max_seconds" in err.value.details()
         assert "since_step" in err.value.details()
-        ch.close()
-    finally:
-        d.stop()
