@@ -50,12 +50,9 @@ absl::StatusOr<RetentionOutcome> ApplyRetention(storage::RunDir* dir, const stor
   return out;
 }
 
-absl::StatusOr<std::vector<uint64_t>> PruneForSpace(storage::RunDir* dir,
-                                                    const storage::PinStore& pins,
-                                                    const policy::RetentionPolicy& policy,
-                                                    const std::set<uint64_t>& in_flight,
-                                                    double now_s, uint64_t needed,
-                                                    policy::OnFull on_full) {
+absl::StatusOr<std::vector<uint64_t>> PruneForSpace(
+    storage::RunDir* dir, const storage::PinStore& pins, const policy::RetentionPolicy& policy,
+    const std::set<uint64_t>& in_flight, double now_s, uint64_t needed, policy::OnFull on_full) {
   auto plan =
       policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
   std::vector<std::pair<uint64_t, uint64_t>> order;  // (step, bytes): victims first, then oldest

@@ -37,11 +37,8 @@ absl::StatusOr<RetentionOutcome> ApplyRetention(storage::RunDir* dir, const stor
 // and, with OnFull::kPruneOldest, then the oldest unprotected checkpoints.
 // Deletes nothing and returns RESOURCE_EXHAUSTED (with what it could free)
 // when all of them together would not be enough.
-absl::StatusOr<std::vector<uint64_t>> PruneForSpace(storage::RunDir* dir,
-                                                    const storage::PinStore& pins,
-                                                    const policy::RetentionPolicy& policy,
-                                                    const std::set<uint64_t>& in_flight,
-                                                    double now_s, uint64_t needed,
-                                                    policy::OnFull on_full);
+absl::StatusOr<std::vector<uint64_t>> PruneForSpace(
+    storage::RunDir* dir, const storage::PinStore& pins, const policy::RetentionPolicy& policy,
+    const std::set<uint64_t>& in_flight, double now_s, uint64_t needed, policy::OnFull on_full);
 
 }  // namespace ckptd::scheduler
