@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -33,7 +34,9 @@ int Fail(const std::string& what, const absl::Status& st) {
 
 int Fail(const std::string& what, const grpc::Status& st) {
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
-    std::fprintf(stderr, "ckptctl: %s: cannot reach ckptd (%s); is it running? (--socket)\n",
+    std::fprintf(stderr,
+                 "ckptctl: %s: cannot reach ckptd (%s); is it running? (--socket; for a TLS "
+                 "daemon, --tls-ca and, if it asks for one, --tls-cert/--tls-key)\n",
                  what.c_str(), st.error_message().c_str());
     return kExitFailed;
   }
@@ -233,7 +236,7 @@ int Import(Client& c, const DaemonCommandArgs& a) {
   if (!header.ok()) return Fail(a.file, header.status());
   std::map<std::string, double> metrics;
   for (const std::string& kv : a.metrics) {
-    size_t eq = kv.find('=');
+    size_t eq = kv.rfind('=');
     double v = 0;
     if (eq == std::string::npos || !absl::SimpleAtod(kv.substr(eq + 1), &v)) {
       std::fprintf(stderr, "ckptctl: --metric '%s' is not NAME=NUMBER\n", kv.c_str());
@@ -352,6 +355,10 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
     sub->add_option("--socket", a->socket,
                     "Daemon address: unix:PATH, PATH or HOST:PORT "
                     "(default $CKPTD_SOCKET or unix:./ckpt-runs/ckptd.sock)");
+    sub->add_option("--tls-ca", a->tls_ca, "TLS: PEM CA that signed the daemon's certificate");
+    sub->add_option("--tls-cert", a->tls_cert, "TLS: this client's PEM certificate (mTLS)");
+    sub->add_option("--tls-key", a->tls_key, "TLS: this client's PEM private key (mTLS)");
+    sub->add_option("--token-file", a->token_file, "File holding a bearer token (needs TLS)");
     sub->add_flag("--json", a->json, "Print the API's JSON");
     table.push_back({sub, std::move(run)});
     return sub;
@@ -410,7 +417,18 @@ std::optional<int> RunDaemonCommand(const std::vector<DaemonCommand>& table,
                                     const DaemonCommandArgs& args) {
   for (const DaemonCommand& command : table) {
     if (!command.sub->parsed()) continue;
-    auto client = Client::Connect(args.socket.empty() ? DefaultSocket() : args.socket);
+    ClientOptions options{
+        .tls_ca_file = args.tls_ca, .tls_cert_file = args.tls_cert, .tls_key_file = args.tls_key};
+    if (!args.token_file.empty()) {
+      std::ifstream in(args.token_file);
+      if (!(in >> options.token)) {
+        return Fail("--token-file",
+                    absl::NotFoundError(StrCat("cannot read a token from ", args.token_file)));
+      }
+      options.tls = true;
+    }
+    auto client =
+        Client::Connect(args.socket.empty() ? DefaultSocket() : args.socket, std::move(options));
     if (!client.ok()) return Fail("connect", client.status());
     return command.run(**client, args);
   }

@@ -20,7 +20,11 @@ class Client;
 namespace ckptd::cli {
 
 struct DaemonCommandArgs {
-  std::string socket;  // unix:PATH, PATH or HOST:PORT
+  std::string socket;    // unix:PATH, PATH or HOST:PORT
+  std::string tls_ca;    // TLS: the CA that signed the daemon's certificate
+  std::string tls_cert;  // TLS: this client's certificate and key (mTLS)
+  std::string tls_key;
+  std::string token_file;  // a bearer token (server.tokens_file)
   bool json = false;
   std::string run;
   uint64_t step = 0;

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 namespace ckptd {
@@ -92,6 +94,51 @@ Client::Client(std::string target, ClientOptions options, std::shared_ptr<grpc::
       channel_(std::move(channel)),
       stub_(v1::Checkpointd::NewStub(channel_)) {}
 
+namespace {
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientOptions& o) {
+  const bool tls = o.tls || !o.tls_ca_file.empty() || !o.tls_cert_file.empty();
+  if (!tls) {
+    if (!o.token.empty()) {
+      return absl::InvalidArgumentError(
+          "a bearer token is sent only over TLS: set tls (and tls_ca_file) too");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("tls_cert_file and tls_key_file go together");
+  }
+  auto read = [](const std::string& what, const std::string& path) -> absl::StatusOr<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.empty()) return absl::NotFoundError(what + ": " + path + " is missing or empty");
+    return text;
+  };
+  grpc::SslCredentialsOptions ssl;
+  struct Pem {
+    const char* what;
+    const std::string& path;
+    std::string* out;
+  };
+  for (const Pem& pem : {Pem{"tls_ca_file", o.tls_ca_file, &ssl.pem_root_certs},
+                         Pem{"tls_cert_file", o.tls_cert_file, &ssl.pem_cert_chain},
+                         Pem{"tls_key_file", o.tls_key_file, &ssl.pem_private_key}}) {
+    if (pem.path.empty()) continue;
+    auto text = read(pem.what, pem.path);
+    if (!text.ok()) return text.status();
+    *pem.out = std::move(*text);
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(ssl);
+  if (!o.token.empty()) {
+    credentials =
+        grpc::CompositeChannelCredentials(credentials, grpc::AccessTokenCredentials(o.token));
+  }
+  return credentials;
+}
+
+}  // namespace
+
 bool Client::WaitForConnected(double deadline) {
   return channel_->WaitForConnected(GrpcDeadline(deadline));
 }
@@ -108,7 +155,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 250);
-  auto channel = grpc::CreateCustomChannel(uri, grpc::InsecureChannelCredentials(), args);
+  auto credentials = ChannelCredentials(options);
+  if (!credentials.ok()) return credentials.status();
+  auto channel = grpc::CreateCustomChannel(uri, *credentials, args);
   return std::unique_ptr<Client>(new Client(uri, options, std::move(channel)));
 }
 

@@ -118,6 +118,8 @@ int DaemonMain(int argc, char** argv) {
   app.add_option("--root", args.cli.roots, "Checkpoint root directory (repeatable)");
   app.add_option("--log-level", args.cli.log_level, "trace|debug|info|warn|error|off");
   app.add_option("--http-listen", args.cli.http_listen, "HOST:PORT for HTTP, \"\" for off");
+  app.add_flag("--insecure", args.cli.insecure,
+               "Serve a HOST:PORT listen without TLS (server.insecure)");
   app.add_flag("--print-config", args.print_config, "Print the effective config and exit");
   app.set_version_flag("--version", CKPTD_VERSION);
   try {
@@ -233,12 +235,31 @@ absl::Status Daemon::StartServing() {
                        .max_save_streams = config::EffectiveMaxSaveStreams(cfg),
                        .watch_max_seconds = cfg.watch_max_seconds});
   for (const std::string& w : service_->RestoreRuns()) spdlog::warn("startup: {}", w);
+  if (!cfg.tokens_file.empty()) {
+    auto tokens = rpc::TokenTable::Load(env_, cfg.tokens_file);
+    if (!tokens.ok()) {
+      return absl::Status(tokens.status().code(),
+                          StrCat("server.tokens_file: ", tokens.status().message()));
+    }
+    spdlog::info("auth: {} bearer tokens from {}", tokens->size(), cfg.tokens_file);
+    service_->SetTokens(std::make_shared<const rpc::TokenTable>(std::move(*tokens)));
+  }
   CKPTD_TRY(StartSharedMemory());
   CKPTD_TRY(StartGrpc());
   if (!cfg.http_listen.empty()) {
+    std::string http_token;
+    if (!cfg.http_token_file.empty()) {
+      auto token = rpc::LoadSingleToken(env_, cfg.http_token_file);
+      if (!token.ok()) {
+        server_->Shutdown();
+        return absl::Status(token.status().code(),
+                            StrCat("http.token_file: ", token.status().message()));
+      }
+      http_token = std::move(*token);
+    }
     http_server_ = std::make_unique<http::HttpServer>(
-        http::HttpOptions{.listen = cfg.http_listen, .roots = roots_}, queries_.get(),
-        registry_.get());
+        http::HttpOptions{.listen = cfg.http_listen, .roots = roots_, .token = http_token},
+        queries_.get(), registry_.get());
     if (absl::Status st = http_server_->Start(); !st.ok()) {
       server_->Shutdown();
       return st;
@@ -289,11 +310,43 @@ absl::Status Daemon::StartSharedMemory() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Daemon::ServerCredentials() {
+  if (cfg_.listen.starts_with("unix:")) return grpc::InsecureServerCredentials();
+  if (cfg_.tls_cert.empty()) {
+    spdlog::warn(
+        "server: {} serves plaintext TCP (server.insecure): anyone who can reach it can read and "
+        "overwrite checkpoints; set server.tls_cert and server.tls_key",
+        cfg_.listen);
+    return grpc::InsecureServerCredentials();
+  }
+  auto read = [&](const char* key, const std::string& path) -> absl::StatusOr<std::string> {
+    auto pem = env::ReadWholeFile(env_, path);
+    if (!pem.ok())
+      return absl::Status(pem.status().code(), StrCat(key, ": ", pem.status().message()));
+    return pem;
+  };
+  grpc::SslServerCredentialsOptions ssl;
+  CKPTD_ASSIGN_OR_RETURN(std::string cert, read("server.tls_cert", cfg_.tls_cert));
+  CKPTD_ASSIGN_OR_RETURN(std::string key, read("server.tls_key", cfg_.tls_key));
+  ssl.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
+  if (!cfg_.tls_client_ca.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(ssl.pem_root_certs, read("server.tls_client_ca", cfg_.tls_client_ca));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  spdlog::info("server: TLS on {} ({}){}", cfg_.listen, cfg_.tls_cert,
+               cfg_.tls_client_ca.empty()
+                   ? ""
+                   : StrCat("; client certificates signed by ", cfg_.tls_client_ca, " required"));
+  return grpc::SslServerCredentials(ssl);
+}
+
 absl::Status Daemon::StartGrpc() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(cfg_.listen, grpc::InsecureServerCredentials());
+  auto credentials = ServerCredentials();
+  if (!credentials.ok()) return credentials.status();
+  builder.AddListeningPort(cfg_.listen, *credentials);
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(cfg_.max_message_bytes));
   grpc::ResourceQuota quota("ckptd");
@@ -304,7 +357,10 @@ absl::Status Daemon::StartGrpc() {
   server_ = builder.BuildAndStart();
   if (!server_) {
     return absl::UnavailableError(
-        StrCat("cannot listen on ", cfg_.listen, " (in use, or no permission)"));
+        StrCat("cannot listen on ", cfg_.listen,
+               cfg_.tls_cert.empty()
+                   ? " (in use, or no permission)"
+                   : " (in use, no permission, or a certificate and key gRPC cannot use)"));
   }
   return absl::OkStatus();
 }

@@ -52,6 +52,8 @@ class Daemon {
   absl::Status StartServing();
   absl::Status StartSharedMemory();
   absl::Status StartGrpc();
+  // TLS for a HOST:PORT listen (server.tls_*), else plaintext (Unix socket, or server.insecure).
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials();
   void StartTimers();
   // Runs `tick` every `period` until Stop().
   template <typename Period, typename F>

@@ -45,6 +45,9 @@ std::string NameProblem(std::string_view s);
 // not UTF-8 as \xNN.
 std::string Printable(std::string_view s);
 
+// Equality whose time depends on the lengths only (for secrets).
+bool ConstantTimeEqual(std::string_view a, std::string_view b);
+
 // Splits on `sep`; empty pieces are dropped when skip_empty.
 inline std::vector<std::string> Split(std::string_view s, char sep, bool skip_empty = false) {
   std::vector<std::string> out;

@@ -165,6 +165,11 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.max_watch_streams", Unsigned(&c->max_watch_streams)},
       {"server.max_save_streams", Unsigned(&c->max_save_streams)},
       {"server.watch_max_seconds", Seconds(&c->watch_max_seconds)},
+      {"server.tls_cert", String(&c->tls_cert)},
+      {"server.tls_key", String(&c->tls_key)},
+      {"server.tls_client_ca", String(&c->tls_client_ca)},
+      {"server.insecure", Bool(&c->insecure)},
+      {"server.tokens_file", String(&c->tokens_file)},
       {"storage.roots", StringList(&c->roots)},
       {"storage.direct_io", String(&c->direct_io)},
       {"storage.alignment", Unsigned(&c->alignment)},
@@ -184,6 +189,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"shm.keep_last_in_memory", Bool(&c->shm_keep_last_in_memory)},
       {"shm.keep_in_memory_max_bytes", Unsigned(&c->shm_keep_in_memory_max_bytes)},
       {"http.listen", String(&c->http_listen)},
+      {"http.token_file", String(&c->http_token_file)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
       {"retention.keep_best", Unsigned(&c->retention.keep_best)},
@@ -248,6 +254,32 @@ absl::Status Validate(const Config& c) {
   if (c.listen.empty() ||
       (!c.listen.starts_with("unix:") && c.listen.find(':') == std::string::npos)) {
     return bad("server.listen", StrCat("'", c.listen, "' is not unix:PATH or HOST:PORT"));
+  }
+  const bool tcp = !c.listen.starts_with("unix:");
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return bad(c.tls_cert.empty() ? "server.tls_cert" : "server.tls_key",
+               "server.tls_cert and server.tls_key go together (a PEM certificate chain and its "
+               "private key)");
+  }
+  if (!c.tls_cert.empty() && !tcp) {
+    return bad("server.tls_cert",
+               StrCat("TLS is for a HOST:PORT listen; server.listen is the Unix socket '", c.listen,
+                      "', which file permissions protect"));
+  }
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return bad("server.tls_client_ca", "client certificates need TLS: set server.tls_cert too");
+  }
+  if (tcp && c.tls_cert.empty() && !c.insecure) {
+    return bad("server.listen",
+               StrCat("'", c.listen,
+                      "' is TCP without TLS: set server.tls_cert and server.tls_key, or "
+                      "server.insecure = true (or --insecure) to serve plaintext, which anyone "
+                      "who can reach the port can use to read and overwrite checkpoints"));
+  }
+  if (!c.tokens_file.empty() && c.tls_cert.empty()) {
+    return bad("server.tokens_file",
+               "bearer tokens need TLS (server.tls_cert): in plaintext anyone on the path can "
+               "read them");
   }
   if (c.roots.empty()) return bad("storage.roots", "at least one root is needed");
   for (const std::string& r : c.roots) {
@@ -322,6 +354,10 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
   if (cli.http_listen) {
     c.http_listen = *cli.http_listen;
     c.sources["http.listen"] = "--http-listen";
+  }
+  if (cli.insecure) {
+    c.insecure = true;
+    c.sources["server.insecure"] = "--insecure";
   }
   if (cli.log_level) {
     c.log_level = *cli.log_level;

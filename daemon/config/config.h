@@ -30,6 +30,13 @@ struct Config {
   uint32_t max_watch_streams = 0;   // concurrent WatchRun streams; 0 = max_threads / 4
   uint32_t max_save_streams = 0;    // concurrent Save + CloseRun streams; 0 = max_threads / 2
   double watch_max_seconds = 3600;  // a WatchRun stream ends after this long
+  // A HOST:PORT listen serves TLS with this certificate chain and key (PEM
+  // files); with tls_client_ca, clients must present a certificate it signed.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  bool insecure = false;    // a HOST:PORT listen without TLS: only when set (logs a warning)
+  std::string tokens_file;  // bearer tokens per run-id prefix (needs TLS); "" = none
   // [storage]
   std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
   std::string direct_io = "auto";                    // "auto" | "off"
@@ -58,6 +65,7 @@ struct Config {
   std::vector<uint64_t> shm_allowed_uids;
   // [http]: JSON API, /metrics, /healthz, /readyz, status page; "" = off
   std::string http_listen = "127.0.0.1:9477";
+  std::string http_token_file;  // a read token every request but /healthz, /readyz needs; "" = none
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 
@@ -74,6 +82,7 @@ struct CommandLine {
   std::vector<std::string> roots;
   std::optional<std::string> log_level;
   std::optional<std::string> http_listen;
+  bool insecure = false;  // --insecure
 };
 
 // Loads `file` (none when empty) over the defaults, then the environment

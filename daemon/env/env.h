@@ -83,6 +83,7 @@ struct FileStat {
   bool is_dir = false;
   bool is_symlink = false;
   bool is_regular = false;
+  uint32_t mode = 0;  // permission bits (st_mode & 07777)
 };
 
 struct FsSpace {

@@ -38,6 +38,10 @@ int HttpStatus(absl::StatusCode code) {
       return 503;
     case absl::StatusCode::kUnimplemented:
       return 405;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
+    case absl::StatusCode::kPermissionDenied:
+      return 403;
     default:
       return 500;
   }
@@ -90,7 +94,18 @@ Reply Router::MetricsText() const {
   return {200, "text/plain; version=0.0.4; charset=utf-8", out};
 }
 
-Reply Router::Route(std::string_view method, std::string_view target) const {
+bool Router::Authorized(const Target& t, std::string_view authorization) const {
+  if (read_token_.empty()) return true;
+  constexpr std::string_view kBearer = "Bearer ";
+  if (authorization.starts_with(kBearer)) {
+    return ConstantTimeEqual(authorization.substr(kBearer.size()), read_token_);
+  }
+  auto it = t.query.find("token");
+  return it != t.query.end() && ConstantTimeEqual(it->second, read_token_);
+}
+
+Reply Router::Route(std::string_view method, std::string_view target,
+                    std::string_view authorization) const {
   if (method != "GET" && method != "HEAD") {
     return ErrorReply(
         absl::InvalidArgumentError("only GET is served here; writes go through gRPC"));
@@ -100,6 +115,11 @@ Reply Router::Route(std::string_view method, std::string_view target) const {
   if (s.empty()) return {200, "text/html; charset=utf-8", std::string(kStatusPage)};
   if (s.size() == 1 && s[0] == "healthz") return {200, "text/plain", "ok\n"};
   if (s.size() == 1 && s[0] == "readyz") return Readyz();
+  if (!Authorized(t, authorization)) {
+    return ErrorReply(absl::UnauthenticatedError(
+        "this daemon's HTTP API needs its read token (http.token_file): send 'Authorization: "
+        "Bearer <token>', or open the status page as /?token=<token>"));
+  }
   if (s.size() == 1 && s[0] == "metrics") return MetricsText();
   if (s.size() >= 2 && s.size() <= 3 && s[0] == "v1" && s[1] == "lineage") {
     return Answer(queries_->Lineage(s.size() == 3 ? s[2] : "", ""));

@@ -28,20 +28,30 @@ int HttpStatus(absl::StatusCode code);
 class Router {
  public:
   // `roots`: for the disk gauges of /metrics.
+  // `read_token` (http.token_file): when set, every path but the page
+  // itself, /healthz and /readyz needs it, as "Authorization: Bearer T" or,
+  // for EventSource (which cannot send headers), a "token=T" query parameter.
   Router(scheduler::RunRegistry* registry, const query::Queries* queries,
-         std::vector<std::string> roots)
-      : registry_(registry), queries_(queries), roots_(std::move(roots)) {}
+         std::vector<std::string> roots, std::string read_token = "")
+      : registry_(registry),
+        queries_(queries),
+        roots_(std::move(roots)),
+        read_token_(std::move(read_token)) {}
 
-  Reply Route(std::string_view method, std::string_view target) const;
+  // `authorization`: the request's Authorization header ("" when absent).
+  Reply Route(std::string_view method, std::string_view target,
+              std::string_view authorization = "") const;
 
  private:
   Reply Readyz() const;
   Reply MetricsText() const;
   Reply RunPath(const std::vector<std::string>& s, const struct Target& t) const;
+  bool Authorized(const struct Target& t, std::string_view authorization) const;
 
   scheduler::RunRegistry* registry_;
   const query::Queries* queries_;
   std::vector<std::string> roots_;
+  std::string read_token_;
 };
 
 }  // namespace ckptd::http

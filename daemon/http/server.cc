@@ -81,9 +81,12 @@ void HttpServer::Impl::Serve(tcp::socket socket) {
     bhttp::read(socket, buffer, parser, ec);
     if (ec) break;
     const auto& req = parser.get();
-    Reply r =
-        router->Route(std::string_view(req.method_string().data(), req.method_string().size()),
-                      std::string_view(req.target().data(), req.target().size()));
+    const auto auth = req.find(bhttp::field::authorization);
+    Reply r = router->Route(
+        std::string_view(req.method_string().data(), req.method_string().size()),
+        std::string_view(req.target().data(), req.target().size()),
+        auth == req.end() ? std::string_view()
+                          : std::string_view(auth->value().data(), auth->value().size()));
     if (!r.stream_run.empty()) {
       StreamEvents(socket, r.stream_run);
       break;
@@ -92,6 +95,7 @@ void HttpServer::Impl::Serve(tcp::socket socket) {
     res.set(bhttp::field::server, "ckptd");
     res.set(bhttp::field::content_type, r.content_type);
     res.set(bhttp::field::cache_control, "no-store");
+    if (r.status == 401) res.set(bhttp::field::www_authenticate, "Bearer realm=\"ckptd\"");
     res.keep_alive(req.keep_alive());
     res.body() = req.method() == bhttp::verb::head ? "" : std::move(r.body);
     res.prepare_payload();
@@ -139,7 +143,7 @@ void HttpServer::Impl::AcceptLoop() {
 HttpServer::HttpServer(HttpOptions options, const query::Queries* queries,
                        scheduler::RunRegistry* registry)
     : impl_(std::make_unique<Impl>()) {
-  impl_->router = std::make_unique<Router>(registry, queries, options.roots);
+  impl_->router = std::make_unique<Router>(registry, queries, options.roots, options.token);
   impl_->options = std::move(options);
   impl_->registry = registry;
 }

@@ -20,6 +20,7 @@ struct HttpOptions {
   std::string listen;  // "HOST:PORT"; port 0 picks a free one
   size_t max_connections = 64;
   std::vector<std::string> roots;  // for disk gauges and /readyz
+  std::string token;               // the read token (see Router); "" = none
 };
 
 class HttpServer {

@@ -54,9 +54,11 @@ svg{width:100%;height:220px}.axis{stroke:var(--line)}.lbl{fill:var(--mute);font-
 </main>
 <script>
 const $=s=>document.querySelector(s);let run=new URLSearchParams(location.search).get('run');let es=null;let known=new Set();
+let T=new URLSearchParams(location.search).get('token')||sessionStorage.getItem('ckptd-token');
+if(T){sessionStorage.setItem('ckptd-token',T);const u=new URL(location.href);if(u.searchParams.has('token')){u.searchParams.delete('token');history.replaceState(null,'',u)}}
 const fmtB=b=>{b=Number(b);const u=['B','KiB','MiB','GiB','TiB'];let i=0;while(b>=1024&&i<4){b/=1024;i++}return b.toFixed(i?1:0)+' '+u[i]};
 const esc=s=>String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-async function get(p){const r=await fetch(p);if(!r.ok)throw new Error((await r.json()).error.message);return r.json()}
+async function get(p){const r=await fetch(p,T?{headers:{Authorization:'Bearer '+T}}:{});if(!r.ok)throw new Error((await r.json()).error.message);return r.json()}
 async function loadRuns(){const d=await get('/v1/runs');const runs=d.runs||[];
  $('#summary').textContent=runs.length+' run'+(runs.length==1?'':'s');
  if(!run&&runs.length)run=runs[0].run_id;
@@ -107,7 +109,7 @@ function draw(cs){const W=900,H=220,P=34,s=$('#chart');if(cs.length<1){s.innerHT
   return `<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map(p=>p[0]+','+Y(p[1])).join(' ')}"/>`+pts.map(p=>`<circle cx="${p[0]}" cy="${Y(p[1])}" r="2.5" fill="${color}"/>`).join('')+tag(hi,P+4,side[1],side[0])+tag(lo,H-P,side[1],side[0])};
  const loss=cs.map(c=>c.metrics&&c.metrics.loss!=null?Number(c.metrics.loss):null),size=cs.map(c=>(Number(c.size_bytes||0)+Number(c.train_size_bytes||0))/1048576);
  s.innerHTML=`<line class="axis" x1="${P}" y1="${H-P}" x2="${W-P}" y2="${H-P}"/><text class="lbl" x="${P}" y="${H-10}">step ${x0}</text><text class="lbl" x="${W-P}" y="${H-10}" text-anchor="end">step ${x1}</text>`+line(size,'#c27c0e')+line(loss,'#2f6fec')}
-function watch(){if(es)es.close();if(!run)return;es=new EventSource(`/v1/runs/${encodeURIComponent(run)}/events`);
+function watch(){if(es)es.close();if(!run)return;es=new EventSource(`/v1/runs/${encodeURIComponent(run)}/events`+(T?'?token='+encodeURIComponent(T):''));
  es.onopen=()=>{$('#live').className='on';$('#live').textContent='live'};es.onerror=()=>{$('#live').className='';$('#live').textContent='reconnecting…'};
  for(const t of['committed','deleted','failed'])es.addEventListener(t,()=>{loadRun();loadRuns()})}
 loadRuns().then(()=>{loadRun();watch()}).catch(e=>$('#summary').textContent='error: '+e.message);setInterval(loadRuns,10000);

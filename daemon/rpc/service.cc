@@ -150,13 +150,36 @@ void SetTimings(const scheduler::SaveTimings& t, v1::Timings* out) {
 
 }  // namespace
 
+std::optional<std::string_view> CheckpointdService::Authorization(const grpc::ServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) return std::nullopt;
+  return std::string_view(it->second.data(), it->second.size());
+}
+
+grpc::Status CheckpointdService::Authorize(const grpc::ServerContext* ctx,
+                                           std::optional<std::string_view> run_id) const {
+  if (tokens_ == nullptr) return grpc::Status::OK;
+  const std::optional<std::string_view> auth = Authorization(ctx);
+  absl::Status st = tokens_->Authorize(auth.value_or(""), auth.has_value(), run_id.value_or(""));
+  if (!st.ok() && !run_id.has_value() && st.code() == absl::StatusCode::kPermissionDenied) {
+    return grpc::Status::OK;  // a known token, asking for what it covers
+  }
+  if (!st.ok()) {
+    spdlog::warn("refused {} call{}: {}", ctx->peer(),
+                 run_id ? StrCat(" for run=", Printable(*run_id)) : "", st.message());
+  }
+  return ToGrpc(st);
+}
+
 void CheckpointdService::BeginShutdown() {
   stopping_ = true;
   registry_->CloseAllSubscriptions();
 }
 
-grpc::Status CheckpointdService::OpenRun(grpc::ServerContext*, const v1::OpenRunRequest* req,
+grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::OpenRunRequest* req,
                                          v1::OpenRunResponse* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   if (absl::Status st = CheckLimits(limits_, "model_tensors", req->model_tensors_size(),
                                     "model_metadata", req->model_metadata());
       !st.ok()) {
@@ -231,8 +254,10 @@ void CheckpointdService::AddInMemoryCopy(v1::RunInfo* info) const {
   }
 }
 
-grpc::Status CheckpointdService::ShouldSave(grpc::ServerContext*, const v1::ShouldSaveRequest* req,
+grpc::Status CheckpointdService::ShouldSave(grpc::ServerContext* ctx,
+                                            const v1::ShouldSaveRequest* req,
                                             v1::ShouldSaveResponse* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   auto d = pipeline_.ShouldSave(req->run_id(), req->step());
   if (!d.ok()) return ToGrpc(d.status());
   resp->set_due(d->due);
@@ -308,8 +333,10 @@ grpc::Status Accepted(const absl::StatusOr<scheduler::SaveQueue::Accepted>& acce
 
 }  // namespace
 
-grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::SaveSharedRequest* req,
+grpc::Status CheckpointdService::SaveShared(grpc::ServerContext* ctx,
+                                            const v1::SaveSharedRequest* req,
                                             v1::SaveSharedResponse* resp) {
+  if (grpc::Status st = Authorize(ctx, req->header().run_id()); !st.ok()) return st;
   if (arenas_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
@@ -373,6 +400,7 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext*, const v1::Save
 grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
                                               const v1::SavePointersRequest* req,
                                               v1::SaveSharedResponse* resp) {
+  if (grpc::Status st = Authorize(ctx, req->header().run_id()); !st.ok()) return st;
   if (arenas_ == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "pointer saves are off in this daemon (shm.enabled); use Save");
@@ -438,6 +466,7 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
 grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
                                            const v1::WaitSavedRequest* req,
                                            v1::WaitSavedResponse* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   if (pipeline_.queue() == nullptr) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "shared-memory saves are off in this daemon (shm.enabled)");
@@ -500,6 +529,7 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first Save message must be a header (run_id, step, tensors)");
   }
+  if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
   auto p = ParamsFrom(first.header(), scheduler::SaveKind::kSave, limits_);
   if (!p.ok()) return ToGrpc(p.status());
   GrpcChunkStream chunks(ctx, reader, &watchdog_);
@@ -520,6 +550,7 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
   if (!reader->Read(&first) || !first.has_header()) {
     return Invalid("the first CloseRun message must be a header naming run_id");
   }
+  if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
   auto p = ParamsFrom(first.header(), scheduler::SaveKind::kClose, limits_);
   if (!p.ok()) return ToGrpc(p.status());
   const std::string run_id = p->run_id;
@@ -534,38 +565,52 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CheckpointdService::ListRuns(grpc::ServerContext*, const v1::ListRunsRequest*,
+grpc::Status CheckpointdService::ListRuns(grpc::ServerContext* ctx, const v1::ListRunsRequest*,
                                           v1::ListRunsResponse* resp) {
   *resp = queries_->ListRuns();
+  if (tokens_ == nullptr) return grpc::Status::OK;
+  // Any known token may list; it sees only the runs it covers.
+  if (grpc::Status st = Authorize(ctx, std::nullopt); !st.ok()) return st;
+  const std::string_view auth = *Authorization(ctx);
+  auto* runs = resp->mutable_runs();
+  runs->erase(
+      std::remove_if(runs->begin(), runs->end(),
+                     [&](const v1::RunInfo& r) { return !tokens_->Covers(auth, r.run_id()); }),
+      runs->end());
   return grpc::Status::OK;
 }
 
-grpc::Status CheckpointdService::GetRun(grpc::ServerContext*, const v1::GetRunRequest* req,
+grpc::Status CheckpointdService::GetRun(grpc::ServerContext* ctx, const v1::GetRunRequest* req,
                                         v1::RunInfo* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   grpc::Status st = Answer(queries_->GetRun(req->run_id()), resp);
   if (st.ok()) AddInMemoryCopy(resp);
   return st;
 }
 
-grpc::Status CheckpointdService::ListCheckpoints(grpc::ServerContext*,
+grpc::Status CheckpointdService::ListCheckpoints(grpc::ServerContext* ctx,
                                                  const v1::ListCheckpointsRequest* req,
                                                  v1::ListCheckpointsResponse* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   return Answer(queries_->ListCheckpoints(*req), resp);
 }
 
-grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext*,
+grpc::Status CheckpointdService::GetCheckpoint(grpc::ServerContext* ctx,
                                                const v1::GetCheckpointRequest* req,
                                                v1::CheckpointDetail* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   return Answer(queries_->GetCheckpoint(req->run_id(), req->step()), resp);
 }
 
-grpc::Status CheckpointdService::GetLineage(grpc::ServerContext*, const v1::LineageRequest* req,
+grpc::Status CheckpointdService::GetLineage(grpc::ServerContext* ctx, const v1::LineageRequest* req,
                                             v1::Lineage* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   return Answer(queries_->Lineage(req->uuid(), req->run_id()), resp);
 }
 
 grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
                                           grpc::ServerWriter<v1::RunEvent>* writer) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   StreamSlot slot(&watch_streams_, limits_.max_watch_streams);
   if (!slot.ok()) {
     return TooManyStreams("WatchRun", "server.max_watch_streams", limits_.max_watch_streams);
@@ -602,8 +647,9 @@ grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::Wa
 
 namespace ckptd::rpc {
 
-grpc::Status CheckpointdService::Pin(grpc::ServerContext*, const v1::PinRequest* req,
+grpc::Status CheckpointdService::Pin(grpc::ServerContext* ctx, const v1::PinRequest* req,
                                      v1::CheckpointInfo* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   if (req->reason().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "reason: say why this checkpoint must stay (e.g. \"eval-2026-11\")");
@@ -623,8 +669,9 @@ grpc::Status CheckpointdService::Pin(grpc::ServerContext*, const v1::PinRequest*
   return grpc::Status::OK;
 }
 
-grpc::Status CheckpointdService::Unpin(grpc::ServerContext*, const v1::UnpinRequest* req,
+grpc::Status CheckpointdService::Unpin(grpc::ServerContext* ctx, const v1::UnpinRequest* req,
                                        v1::CheckpointInfo* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
   absl::MutexLock lock(&(*run)->mu());
@@ -658,15 +705,17 @@ grpc::Status CheckpointdService::Retention(const v1::RetentionRequest& req, bool
   return grpc::Status::OK;
 }
 
-grpc::Status CheckpointdService::PlanRetention(grpc::ServerContext*,
+grpc::Status CheckpointdService::PlanRetention(grpc::ServerContext* ctx,
                                                const v1::RetentionRequest* req,
                                                v1::RetentionPlan* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   return Retention(*req, /*dry=*/true, resp);
 }
 
-grpc::Status CheckpointdService::ApplyRetention(grpc::ServerContext*,
+grpc::Status CheckpointdService::ApplyRetention(grpc::ServerContext* ctx,
                                                 const v1::RetentionRequest* req,
                                                 v1::RetentionPlan* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   return Retention(*req, /*dry=*/false, resp);
 }
 

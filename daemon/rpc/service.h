@@ -6,11 +6,15 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
+#include <optional>
+#include <string_view>
 
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/ingest/arena_registry.h"
 #include "daemon/query/queries.h"
 #include "daemon/rpc/stall_watchdog.h"
+#include "daemon/rpc/tokens.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_pipeline.h"
 
@@ -72,6 +76,8 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   std::vector<std::string> RestoreRuns();
 
   void SetLimits(RequestLimits limits) { limits_ = limits; }  // before serving
+  // Every call then needs a bearer token covering its run (server.tokens_file).
+  void SetTokens(std::shared_ptr<const TokenTable> tokens) { tokens_ = std::move(tokens); }
 
   // Ends WatchRun streams promptly so shutdown is not held up by dashboards.
   void BeginShutdown();
@@ -115,6 +121,11 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.
   void AddInMemoryCopy(v1::RunInfo* info) const;
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
+  // With tokens: whether the call's bearer token covers `run_id` (nullopt:
+  // the call names no run, and any known token will do). OK without tokens.
+  grpc::Status Authorize(const grpc::ServerContext* ctx,
+                         std::optional<std::string_view> run_id) const;
+  static std::optional<std::string_view> Authorization(const grpc::ServerContext* ctx);
 
   scheduler::RunRegistry* registry_;
   const query::Queries* queries_;
@@ -125,6 +136,7 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   std::string arena_socket_;
   std::chrono::milliseconds staging_timeout_{30000};
   RequestLimits limits_;
+  std::shared_ptr<const TokenTable> tokens_;
   std::atomic<uint32_t> watch_streams_{0};
   std::atomic<uint32_t> save_streams_{0};
 };

@@ -46,6 +46,23 @@ TEST_F(ConfigTest, DiskGuardOnFullIsRefuseOrAnExplicitPruneOldest) {
               HasSubstr(":2: disk_guard.on_full: 'delete' is not \"refuse\" or \"prune_oldest\""));
 }
 
+TEST_F(ConfigTest, TcpNeedsTlsOrAnExplicitInsecure) {
+  const std::string tcp = "[server]\nlisten = \"0.0.0.0:7000\"\n";
+  EXPECT_THAT(Error(tcp), HasSubstr("server.listen: '0.0.0.0:7000' is TCP without TLS"));
+  EXPECT_TRUE(LoadConfig(File(tcp + "insecure = true\n"), {}, {}).ok());
+  auto c = LoadConfig(File(tcp), {}, {.insecure = true});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->sources.at("server.insecure"), "--insecure");
+  EXPECT_TRUE(LoadConfig(File(tcp + "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n"), {}, {}).ok());
+  EXPECT_THAT(Error(tcp + "tls_cert = \"c.pem\"\n"), HasSubstr("go together"));
+  EXPECT_THAT(Error(tcp + "insecure = true\ntls_client_ca = \"ca.pem\"\n"),
+              HasSubstr("server.tls_client_ca: client certificates need TLS"));
+  EXPECT_THAT(Error(tcp + "insecure = true\ntokens_file = \"t\"\n"),
+              HasSubstr("server.tokens_file: bearer tokens need TLS"));
+  EXPECT_THAT(Error("[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n"),
+              HasSubstr("TLS is for a HOST:PORT listen"));
+}
+
 TEST_F(ConfigTest, FileThenEnvironmentThenCommandLine) {
   std::string path = File(
       "[server]\nlisten = \"unix:/run/x.sock\"\nmax_threads = 8\n"

@@ -743,7 +743,7 @@ namespace {
 
 TEST_F(DaemonTest, ListensOnTcpWhenAsked) {
   const std::string listen = "127.0.0.1:" + std::to_string(20000 + ::getpid() % 20000);
-  auto daemon = std::make_unique<DaemonProcess>(DaemonOptions{root_, {}, {}, listen});
+  auto daemon = std::make_unique<DaemonProcess>(DaemonOptions{root_, {"--insecure"}, {}, listen});
   daemon->Start();
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("tcp"));

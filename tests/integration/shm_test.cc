@@ -857,7 +857,7 @@ TEST_F(ShmTest, CheckpointerFallsBackToTheStreamPathWhenShmIsOff) {
 TEST_F(ShmTest, CheckpointerOverTcpSavesOverTheStreamPathAndSaysSo) {
   // A different port than daemon_test's TCP test, so the suites can run in parallel.
   const std::string listen = "127.0.0.1:" + std::to_string(40000 + ::getpid() % 20000);
-  auto daemon = std::make_unique<DaemonProcess>(DaemonOptions{root_, {}, {}, listen});
+  auto daemon = std::make_unique<DaemonProcess>(DaemonOptions{root_, {"--insecure"}, {}, listen});
   daemon->Start();
   auto client = daemon->Connect();
   auto run = client->OpenRun(Open("remote", 10));

@@ -24,8 +24,8 @@ after(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function startDaemon() {
-  daemon = spawn(ckptd, ["--root", root, "--listen", sock, "--http-listen", "127.0.0.1:0"]);
+async function startDaemon(extra = []) {
+  daemon = spawn(ckptd, ["--root", root, "--listen", sock, "--http-listen", "127.0.0.1:0", ...extra]);
   let log = "";
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("ckptd did not start:\n" + log)), 20000);
@@ -109,6 +109,56 @@ test("status page shows runs and checkpoints and updates live", { skip: !existsS
     assert.deepEqual(errors, []);
     await page.screenshot({ path: screenshot, fullPage: true });
     assert.ok(readFileSync(screenshot).length > 10000, "screenshot written");
+  } finally {
+    await browser.close();
+  }
+});
+
+// Everything a trainer or an operator can name (metric names, pin reasons)
+// is shown as text: HTML and script in it never run. With a read token the
+// page works from /?token=... and drops the token from the address bar.
+test("status page escapes trainer-supplied strings and works behind a read token", { skip: !existsSync(CHROMIUM) && "no /usr/bin/chromium" }, async () => {
+  daemon?.kill("SIGKILL");
+  rmSync(root, { recursive: true, force: true });
+  const token = "page-token-" + "c3".repeat(16);
+  const tokenFile = join(dir, "http.token");
+  writeFileSync(tokenFile, token + "\n", { mode: 0o600 });
+  const cfg = join(dir, "token.toml");
+  writeFileSync(cfg, `[http]\ntoken_file = "${tokenFile}"\n`);
+  const port = await startDaemon(["--config", cfg]);
+  const metric = "<img src=x onerror=window.__pwned=1>";
+  const reason = `<script>window.__pwned=2</script>"'><svg onload=window.__pwned=3>`;
+  importStep("xss", 10, 11, 1.0, ["--metric", `${metric}=2.5`]);
+  execFileSync(ckptctl, ["pin", "xss", "10", "--reason", reason, `--socket=${sock}`]);
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    page.on("dialog", (d) => { errors.push("dialog: " + d.message()); d.dismiss(); });
+    // Without the token the data API refuses; the page says why.
+    await page.goto(`http://127.0.0.1:${port}/?run=xss`);
+    await page.waitForFunction(() => document.querySelector("#summary").textContent.includes("error"),
+                               null, { timeout: 10000 });
+    assert.match(await page.locator("#summary").innerText(), /read token/);
+
+    await page.goto(`http://127.0.0.1:${port}/?run=xss&token=${token}`);
+    await page.waitForSelector("tr[data-step='10']", { timeout: 10000 });
+    await page.waitForSelector("#live.on", { timeout: 5000 });  // the event stream took the token too
+    assert.ok(!page.url().includes(token), page.url());
+    const row = page.locator("tr[data-step='10']");
+    const text = await row.innerText();
+    assert.ok(text.includes(metric), text);
+    assert.ok(text.includes(reason), text);
+    assert.equal(await row.locator("img, script, svg").count(), 0);
+    assert.equal(await page.locator("#table img, #table script, #lineage img, #lineage script").count(), 0);
+    assert.equal(await page.evaluate(() => window.__pwned), undefined);
+    assert.deepEqual(errors, []);
   } finally {
     await browser.close();
   }

@@ -46,6 +46,17 @@ struct ClientOptions {
   // with) and is sent again, for up to this long; after that it fails with
   // UNAVAILABLE naming the daemon and the last error. 0 = fail at once.
   double reconnect_timeout_s = 60;
+  // TLS, for a daemon serving HOST:PORT with server.tls_cert: on when any
+  // of these is set. `tls_ca_file`: the PEM CA bundle that signed the
+  // daemon's certificate ("" = the system's roots); `tls_cert_file` and
+  // `tls_key_file`: this client's certificate and key, for a daemon that
+  // requires one (server.tls_client_ca).
+  bool tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // A bearer token, for a daemon with server.tokens_file; sent only over TLS.
+  std::string token;
 };
 
 class Client {

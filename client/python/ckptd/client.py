@@ -96,17 +96,37 @@ class RestoreInfo:
     memory_fallbacks: int = 0  # hot restore: tensors read from disk because memory had changed
 
 
-def connect(target: str | None = None, reconnect_timeout: float = 60.0) -> "Client":
+def connect(target: str | None = None, reconnect_timeout: float = 60.0, *, tls: bool = False,
+            tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+            token: str | None = None) -> "Client":
     """Connects to the daemon: `target` ("unix:/path", "host:port" or a socket
     path), else $CKPTD_SOCKET, else the dev socket of `make run`.
     `reconnect_timeout`: how long a run's calls keep reconnecting (and
     reopening the run) while the daemon restarts or is unreachable before
-    they raise Error("UNAVAILABLE"); 0 = raise at once."""
-    return Client(target or os.environ.get("CKPTD_SOCKET") or DEFAULT_SOCKET, reconnect_timeout)
+    they raise Error("UNAVAILABLE"); 0 = raise at once.
+    TLS (a daemon on host:port with server.tls_cert) is on when `tls` or any
+    tls_* is given: `tls_ca` the PEM file of the CA that signed the daemon's
+    certificate (None = the system's roots), `tls_cert`/`tls_key` this
+    client's certificate and key when the daemon requires one. `token`: a
+    bearer token for a daemon with server.tokens_file (sent only over TLS)."""
+    return Client(target or os.environ.get("CKPTD_SOCKET") or DEFAULT_SOCKET, reconnect_timeout,
+                  tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
+
+
+def _read_pem(what: str, path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise Error("INVALID_ARGUMENT", f"{what}: cannot read {path}: {e.strerror}") from None
 
 
 class Client:
-    def __init__(self, target: str, reconnect_timeout: float = 60.0):
+    def __init__(self, target: str, reconnect_timeout: float = 60.0, *, tls: bool = False,
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, token: str | None = None):
         if "://" not in target and not target.startswith("unix:") and (
             target.startswith("/") or target.startswith(".")
         ):
@@ -119,7 +139,22 @@ class Client:
         opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 250)]
-        self.channel = grpc.insecure_channel(target, options=opts)
+        if not (tls or tls_ca or tls_cert):
+            if token:
+                raise Error("INVALID_ARGUMENT",
+                            "a bearer token is sent only over TLS: pass tls=True (and tls_ca) too")
+            self.channel = grpc.insecure_channel(target, options=opts)
+        else:
+            if bool(tls_cert) != bool(tls_key):
+                raise Error("INVALID_ARGUMENT", "tls_cert and tls_key go together")
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read_pem("tls_ca", tls_ca),
+                private_key=_read_pem("tls_key", tls_key),
+                certificate_chain=_read_pem("tls_cert", tls_cert))
+            if token:
+                creds = grpc.composite_channel_credentials(
+                    creds, grpc.access_token_call_credentials(token))
+            self.channel = grpc.secure_channel(target, creds, options=opts)
         self.stub = pb_grpc.CheckpointdStub(self.channel)
 
     def open_run(self, run_id: str, metadata: dict | None = None, schedule=None, retention=None,

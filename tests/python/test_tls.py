@@ -1,0 +1,235 @@
+"""The API over TCP: TLS, client certificates and bearer tokens, against the
+real daemon with certificates made by openssl for each test session; and
+the HTTP API's read token. Each refusal must be a clear status, and a
+secret must never reach the daemon's log."""
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+import ckptd
+from ckptd.v1 import ckptd_pb2 as pb
+
+BINARY = os.environ.get("CKPTD_BINARY", os.path.join(os.path.dirname(__file__), "..", "..",
+                                                      "build", "daemon", "ckptd"))
+CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(os.path.dirname(BINARY), "..", "client",
+                                                         "cli", "ckptctl"))
+TOKEN_LLAMA = "llama-token-" + "a1" * 16
+TOKEN_ALL = "admin-token-" + "b2" * 16
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _issue(d, name, ca, usage, san=None):
+    """A P-256 key and a certificate for it signed by `ca` (name of the CA files)."""
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    ext = f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else "")
+    with open(os.path.join(d, f"{name}.ext"), "w") as f:
+        f.write(ext)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext", cwd=d)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("certs"))
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
+                 "-subj", f"/CN=ckptd test {ca}", cwd=d)
+    _issue(d, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
+    _issue(d, "trainer", "ca", "clientAuth")
+    _issue(d, "stranger", "other-ca", "clientAuth")
+    return lambda name: os.path.join(d, name)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tcp_daemon(tmp, config, args=(), expect_start=True):
+    """The daemon on 127.0.0.1:<free port> with `config` (TOML text)."""
+    port = _free_port()
+    cfg = tmp / "ckptd.toml"
+    cfg.write_text(config)
+    log = tmp / "daemon.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([BINARY, "--root", str(tmp / "runs"), "--listen", f"127.0.0.1:{port}",
+                                 "--config", str(cfg), "--log-level", "debug", *args],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "ready: listening" not in log.read_text():
+            if proc.poll() is not None:
+                if expect_start:
+                    raise RuntimeError("ckptd did not start:\n" + log.read_text()[-2000:])
+                break
+            assert time.monotonic() < deadline, "ckptd did not start in 30 s:\n" + log.read_text()
+            time.sleep(0.02)
+        yield proc, f"127.0.0.1:{port}", log
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+
+
+def _save_and_restore(client, run_id):
+    run = client.open_run(run_id, transport="stream")
+    w = np.arange(64, dtype=np.float32)
+    assert run.save(10, {"w": w}).state == "committed"
+    with run.open_checkpoint() as c:
+        assert c.step == 10
+        np.testing.assert_array_equal(c.read_all("numpy")["w"], w)
+
+
+def _refused(fn, code, *fragments):
+    with pytest.raises(ckptd.Error) as e:
+        fn()
+    assert e.value.code == code, e.value
+    for f in fragments:
+        assert f in e.value.message, e.value.message
+    return e.value
+
+
+def test_tls_serves_trainers_and_refuses_plaintext_clients(tmp_path, certs):
+    cfg = f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
+    with tcp_daemon(tmp_path, cfg) as (_, target, log):
+        _save_and_restore(ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem")), "tls")
+        plain = ckptd.connect(target, reconnect_timeout=0)
+        _refused(lambda: plain.open_run("plain", transport="stream"), "UNAVAILABLE")
+        # A client that does not trust the daemon's CA does not talk to it either.
+        wrong_ca = ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("other-ca.pem"))
+        _refused(lambda: wrong_ca.open_run("mitm", transport="stream"), "UNAVAILABLE")
+        ok = subprocess.run([CKPTCTL, "runs", "--socket", target, "--tls-ca", certs("ca.pem")],
+                            capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0 and "tls" in ok.stdout, ok.stderr
+        bad = subprocess.run([CKPTCTL, "runs", "--socket", target], capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode != 0 and "--tls-ca" in bad.stderr, bad.stderr
+        assert "TLS on 127.0.0.1" in log.read_text()
+    assert not (tmp_path / "runs" / "plain").exists()
+
+
+def test_client_certificates_when_the_daemon_requires_them(tmp_path, certs):
+    cfg = (f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
+           f'tls_client_ca = "{certs("ca.pem")}"\n')
+    with tcp_daemon(tmp_path, cfg) as (_, target, _log):
+        trainer = ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem"),
+                                tls_cert=certs("trainer.pem"), tls_key=certs("trainer.key"))
+        _save_and_restore(trainer, "mtls")
+        anonymous = ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem"))
+        _refused(lambda: anonymous.open_run("anon", transport="stream"), "UNAVAILABLE")
+        stranger = ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem"),
+                                 tls_cert=certs("stranger.pem"), tls_key=certs("stranger.key"))
+        _refused(lambda: stranger.open_run("stranger", transport="stream"), "UNAVAILABLE")
+    for refused in ("anon", "stranger"):
+        assert not (tmp_path / "runs" / refused).exists()
+
+
+def test_bearer_tokens_grant_runs_by_prefix(tmp_path, certs):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# prefix token\nllama- {TOKEN_LLAMA}\n*      {TOKEN_ALL}   # ops\n")
+    os.chmod(tokens, 0o600)
+    cfg = (f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
+           f'tokens_file = "{tokens}"\n')
+    with tcp_daemon(tmp_path, cfg) as (_, target, log):
+        def connect(token=None):
+            return ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem"), token=token)
+
+        _refused(lambda: connect().open_run("llama-7b", transport="stream"), "UNAUTHENTICATED",
+                 "requires a bearer token")
+        _refused(lambda: connect("x" * 40).open_run("llama-7b", transport="stream"),
+                 "UNAUTHENTICATED", "not one this daemon knows")
+        llama = connect(TOKEN_LLAMA)
+        _save_and_restore(llama, "llama-7b")
+        _refused(lambda: llama.open_run("mistral", transport="stream"), "PERMISSION_DENIED",
+                 "'llama-*'", "'mistral'")
+        admin = connect(TOKEN_ALL)
+        _save_and_restore(admin, "mistral")
+        # Listing: each token sees only the runs it covers.
+        assert [r.run_id for r in llama.stub.ListRuns(pb.ListRunsRequest()).runs] == ["llama-7b"]
+        assert sorted(r.run_id for r in admin.stub.ListRuns(pb.ListRunsRequest()).runs) == [
+            "llama-7b", "mistral"]
+        # Reading another run's checkpoints is refused like writing them.
+        _refused(lambda: ckptd.client._rpc(llama.stub.GetRun, pb.GetRunRequest(run_id="mistral")),
+                 "PERMISSION_DENIED", "'mistral'")
+        # ckptctl with a token file.
+        token_file = tmp_path / "llama.token"
+        token_file.write_text(TOKEN_LLAMA + "\n")
+        out = subprocess.run([CKPTCTL, "ls", "llama-7b", "--socket", target, "--tls-ca",
+                              certs("ca.pem"), "--token-file", str(token_file)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "10" in out.stdout, out.stderr
+        text = log.read_text()
+        assert "refused ipv4:127.0.0.1" in text and "run=mistral" in text, text[-3000:]
+        for secret in (TOKEN_LLAMA, TOKEN_ALL):
+            assert secret not in text
+    assert not (tmp_path / "runs" / "mistral-by-llama").exists()
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path, certs):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"* {TOKEN_ALL}\n")
+    os.chmod(tokens, 0o644)
+    cfg = (f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
+           f'tokens_file = "{tokens}"\n')
+    with tcp_daemon(tmp_path, cfg, expect_start=False) as (proc, _, log):
+        assert proc.wait(30) != 0
+        text = log.read_text()
+        assert "other users can read this token file" in text and "chmod o-rwx" in text, text
+        assert TOKEN_ALL not in text
+
+
+def test_plaintext_tcp_needs_an_explicit_insecure(tmp_path):
+    with tcp_daemon(tmp_path, "", expect_start=False) as (proc, _, log):
+        assert proc.wait(30) != 0
+        assert "is TCP without TLS" in log.read_text() and "server.insecure" in log.read_text()
+    with tcp_daemon(tmp_path, "", args=["--insecure"]) as (_, target, log):
+        _save_and_restore(ckptd.connect(target, reconnect_timeout=0), "plain")
+        assert "serves plaintext TCP" in log.read_text()
+    # A token over plaintext is refused by the client, before anything is sent.
+    _refused(lambda: ckptd.connect("127.0.0.1:1", token=TOKEN_ALL), "INVALID_ARGUMENT", "TLS")
+
+
+def _get(url, headers=None):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_the_http_api_needs_its_read_token(tmp_path):
+    token = tmp_path / "http.token"
+    token.write_text(TOKEN_ALL + "\n")
+    os.chmod(token, 0o600)
+    http_port = _free_port()
+    cfg = f'[http]\nlisten = "127.0.0.1:{http_port}"\ntoken_file = "{token}"\n'
+    with tcp_daemon(tmp_path, cfg, args=["--insecure"]) as (_, _target, log):
+        base = f"http://127.0.0.1:{http_port}"
+        status, headers, body = _get(base + "/v1/runs")
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        assert "http.token_file" in json.loads(body)["error"]["message"]
+        assert _get(base + "/v1/runs", {"Authorization": "Bearer wrong-" + "0" * 20})[0] == 401
+        assert _get(base + "/metrics")[0] == 401
+        assert _get(base + "/v1/runs", {"Authorization": "Bearer " + TOKEN_ALL})[0] == 200
+        assert _get(base + f"/v1/runs?token={TOKEN_ALL}")[0] == 200  # EventSource's way
+        # Probes and the page itself (which holds no data) need no token.
+        for path in ("/healthz", "/readyz", "/"):
+            assert _get(base + path)[0] == 200, path
+        assert TOKEN_ALL not in log.read_text()
