@@ -3,7 +3,7 @@ BUILD      ?= build
 JOBS       ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 ARGS       ?=
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 300
 # Unit suites run again under ASan + UBSan (the black-box suites run the
 # normal build's binaries). The client suite (restore) needs the protobuf
 # code built under ASan too, a few minutes more on 2 cores, so it is left to
@@ -14,7 +14,7 @@ PREFIX     ?= /usr
 CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON \
                   -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 
-.PHONY: all deps build test unit-test lint sanitize sanitize-daemon tsan tsan-unit fuzz run bench clean format install
+.PHONY: all deps build test unit-test lint sanitize sanitize-daemon tsan tsan-unit fuzz soak run bench clean format install
 
 all: build
 
@@ -27,14 +27,14 @@ build: deps
 
 # Every suite: lint (clang-format, clang-tidy, clang's thread-safety
 # analysis), the unit tests under AddressSanitizer + UBSan, the unit and
-# black-box suites under ThreadSanitizer, a bounded libFuzzer run of the GGUF
-# reader, then unit, black-box, CLI and interop tests (ctest, last, so its
+# black-box suites under ThreadSanitizer, a bounded libFuzzer run of each
+# parser (15 s each; `make fuzz` runs them FUZZ_SECONDS each), then unit, black-box, CLI and interop tests (ctest, last, so its
 # summary closes the output).
 test: build
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory sanitize
 	@$(MAKE) --no-print-directory tsan-unit
-	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=15
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 
 lint: build
@@ -76,6 +76,13 @@ tsan: tsan-unit
 
 fuzz:
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)
+
+# The crash soak at length: SOAK_KILLS SIGKILLs of the daemon during
+# continuous saves over every path, each followed by the invariant checks
+# (`make test` runs it with 50).
+SOAK_KILLS ?= 1000
+soak: build
+	@CKPTD_SOAK_KILLS=$(SOAK_KILLS) $(BUILD)/tests/integration/shm_tests --gtest_filter='CrashSoak.*'
 
 run: build
 	@echo "ckptd: dev config: runs under ./ckpt-runs, socket unix:./ckpt-runs/ckptd.sock (Ctrl-C stops)."

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Builds the GGUF reader's libFuzzer target with clang (ASan + UBSan) and runs
-# it for a bounded time on a seed corpus of files our writer produced.
-#   scripts/run-fuzz.sh BUILD_DIR SECONDS
+# Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for a
+# bounded time on a seed corpus:
+#   gguf_reader_fuzz     GGUF header and tensor-table reader (files our writer produced)
+#   request_fuzz         save/OpenRun request checks and conversions (protobuf)
+#   arena_request_fuzz   the arena socket's request parser
+#   export_profile_fuzz  export profiles (TOML -> compiled profile)
+#   config_fuzz          the config loader (TOML -> validated Config)
+# A crash leaves its input in BUILD-fuzz/crashes/ and fails the run.
+#   scripts/run-fuzz.sh BUILD_DIR SECONDS_PER_TARGET
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
 seconds=${2:-30}
+targets=(gguf_reader_fuzz request_fuzz arena_request_fuzz export_profile_fuzz config_fuzz)
 
 if ! command -v clang++ >/dev/null; then
   echo "run-fuzz: clang++ not found; skipping the fuzz run (scripts/install-deps.sh installs it)"
@@ -15,15 +22,50 @@ fi
 fuzz_build="$build-fuzz"
 cmake -S . -B "$fuzz_build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCKPTD_FUZZ=ON -DCKPTD_SANITIZE=address,undefined >/dev/null
-ninja -C "$fuzz_build" -j2 gguf_reader_fuzz
+ninja -C "$fuzz_build" -j2 "${targets[@]}"
 
-corpus="$fuzz_build/corpus"
-mkdir -p "$corpus"
+seeds="$fuzz_build/seeds"
+rm -rf "$seeds" && mkdir -p "$seeds"/{gguf_reader_fuzz,request_fuzz,arena_request_fuzz,export_profile_fuzz,config_fuzz}
 for seed in 1 2 3 4 5; do
-  "$build/tests/gguf/gguf_fixture_writer" "$corpus/seed$seed.gguf" /dev/null "$seed" >/dev/null
+  "$build/tests/gguf/gguf_fixture_writer" "$seeds/gguf_reader_fuzz/seed$seed.gguf" /dev/null "$seed" >/dev/null
 done
+cp config/ckptd.example.toml "$seeds/config_fuzz/example.toml"
+printf '[server]\nlisten = "0.0.0.0:1"\ninsecure = true\n' >"$seeds/config_fuzz/tcp.toml"
+# The built-in export profiles, as their TOML.
+awk '/R"toml\(/{f=1; n++; next} /\)toml"/{f=0} f{print > (dir "/builtin" n ".toml")}' \
+  dir="$seeds/export_profile_fuzz" daemon/export/builtin_profiles.cc
+printf '\001REGISTER 0123456789abcdef' >"$seeds/arena_request_fuzz/register"
+printf '\000ATTACH 0123456789abcdef 140737488355328 4096' >"$seeds/arena_request_fuzz/attach"
+printf '\000HOT llama-7b 1000' >"$seeds/arena_request_fuzz/hot"
+# Requests as the clients send them (Debian's protobuf, the stubs make build generated).
+PYTHONPATH=client/python /usr/bin/python3 - "$seeds/request_fuzz" <<'PY' || echo "run-fuzz: no protobuf seeds (python3-protobuf missing?)"
+import sys
+from ckptd.v1 import ckptd_pb2 as pb
+out = sys.argv[1]
+h = pb.SaveHeader(run_id="llama", step=100, force=True, metrics={"loss": 1.5})
+h.tensors.add(name="token_embd.weight", type=pb.TENSOR_TYPE_F32, ne=[64, 32])
+h.tensors.add(name="opt.0.exp_avg", type=pb.TENSOR_TYPE_F32, ne=[64], group=pb.TENSOR_GROUP_TRAIN)
+h.train_metadata.add(key="ckpt.extra", value=pb.MetadataValue(string_value='{"lr": 0.1}'))
+open(f"{out}/save", "wb").write(b"\x00" + h.SerializeToString())
+r = pb.OpenRunRequest(run_id="llama", schedule=pb.Schedule(every_steps=500))
+r.model_metadata.add(key="general.architecture", value=pb.MetadataValue(string_value="llama"))
+r.model_metadata.add(key="llama.block_count", value=pb.MetadataValue(u32=2))
+r.provenance.git_commit = "abc123"
+open(f"{out}/open_run", "wb").write(b"\x01" + r.SerializeToString())
+PY
 
-echo "run-fuzz: fuzzing the GGUF reader for ${seconds}s"
-"$fuzz_build/tests/fuzz/gguf_reader_fuzz" -max_total_time="$seconds" -max_len=65536 \
-  -rss_limit_mb=2048 -print_final_stats=1 "$corpus" 2>&1 | tail -n 12
-echo "run-fuzz: no crash in ${seconds}s"
+mkdir -p "$fuzz_build/crashes"
+for target in "${targets[@]}"; do
+  corpus="$fuzz_build/corpus/$target"
+  mkdir -p "$corpus"
+  echo "run-fuzz: $target for ${seconds}s"
+  "$fuzz_build/tests/fuzz/$target" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 \
+    -artifact_prefix="$fuzz_build/crashes/$target-" -print_final_stats=1 \
+    "$corpus" "$seeds/$target" 2>&1 | tail -n 6
+  status=${PIPESTATUS[0]}
+  if [ "$status" -ne 0 ]; then
+    echo "run-fuzz: $target failed (exit $status); inputs in $fuzz_build/crashes/"
+    exit 1
+  fi
+done
+echo "run-fuzz: no crash in ${#targets[@]} targets × ${seconds}s"

@@ -25,6 +25,7 @@
 #include "daemon/http/server.h"
 #include "daemon/ingest/arena_server.h"
 #include "daemon/query/queries.h"
+#include "daemon/rpc/decode_errors.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_queue.h"
@@ -354,6 +355,9 @@ absl::Status Daemon::StartGrpc() {
   quota.SetMaxThreads(static_cast<int>(cfg_.max_threads));
   builder.SetResourceQuota(quota);
   builder.RegisterService(service_.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<rpc::DecodeErrorInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server_ = builder.BuildAndStart();
   if (!server_) {
     return absl::UnavailableError(

@@ -211,10 +211,11 @@ std::map<std::string, Field> Fields(Config* c) {
   };
 }
 
-absl::Status LoadFile(const std::string& path, Config* c) {
+// `text` (nullopt: read the file at `path`) over `c`; errors name `path`.
+absl::Status LoadToml(const std::string& path, std::optional<std::string_view> text, Config* c) {
   toml::table root;
   try {
-    root = toml::parse_file(path);
+    root = text ? toml::parse(*text, path) : toml::parse_file(path);
   } catch (const toml::parse_error& e) {
     if (e.source().begin.line == 0) {
       return absl::InvalidArgumentError(StrCat(path, ": ", e.description()));
@@ -332,7 +333,7 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
                                   const CommandLine& cli) {
   Config c;
   for (const auto& [key, field] : Fields(&c)) c.sources[key] = "default";
-  if (!file.empty()) CKPTD_TRY(LoadFile(file, &c));
+  if (!file.empty()) CKPTD_TRY(LoadToml(file, std::nullopt, &c));
   auto from_env = [&](const char* var, const std::string& key, auto apply) {
     auto it = environment.find(var);
     if (it == environment.end()) return;
@@ -363,6 +364,14 @@ absl::StatusOr<Config> LoadConfig(const std::string& file,
     c.log_level = *cli.log_level;
     c.sources["log.level"] = "--log-level";
   }
+  CKPTD_TRY(Validate(c));
+  return c;
+}
+
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& source) {
+  Config c;
+  for (const auto& [key, field] : Fields(&c)) c.sources[key] = "default";
+  CKPTD_TRY(LoadToml(source, toml_text, &c));
   CKPTD_TRY(Validate(c));
   return c;
 }

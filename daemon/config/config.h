@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -91,6 +92,10 @@ struct CommandLine {
 absl::StatusOr<Config> LoadConfig(const std::string& file,
                                   const std::map<std::string, std::string>& environment,
                                   const CommandLine& cli);
+
+// `toml_text` alone over the defaults (no environment, no command line),
+// validated; errors name `source`. For tools and the config fuzzer.
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, const std::string& source);
 
 // The effective configuration as TOML, each value commented with its source;
 // it loads back as the same configuration.

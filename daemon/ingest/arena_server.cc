@@ -22,10 +22,7 @@
 namespace ckptd::ingest {
 namespace {
 
-constexpr size_t kMaxMessage = 512;
-constexpr std::string_view kRegister = "REGISTER ";
-constexpr std::string_view kAttach = "ATTACH ";
-constexpr std::string_view kHot = "HOT ";
+constexpr size_t kMaxMessage = kMaxArenaMessage;
 
 void Reply(int fd, const std::string& text) {
   // MSG_DONTWAIT: a peer that never reads cannot block the loop; its
@@ -203,24 +200,11 @@ bool ArenaServer::Serve(Connection& c) {
     return refuse(absl::InvalidArgumentError(
         StrCat("message too long (at most ", kMaxMessage, " bytes and one fd)")));
   }
-  if (text.starts_with(kAttach)) {
-    if (!received.empty()) return refuse(absl::InvalidArgumentError("ATTACH takes no fd"));
-    return ServeAttach(c, text.substr(kAttach.size()), refuse);
-  }
-  if (text.starts_with(kHot)) {
-    if (!received.empty()) return refuse(absl::InvalidArgumentError("HOT takes no fd"));
-    return ServeHot(c, text.substr(kHot.size()), refuse);
-  }
-  if (!text.starts_with(kRegister)) {
-    return refuse(absl::InvalidArgumentError(
-        "expected \"REGISTER <token>\" with one fd, \"ATTACH <token> <address> <length>\" or "
-        "\"HOT <run_id> <step>\""));
-  }
-  if (received.size() != 1) {
-    return refuse(absl::InvalidArgumentError(
-        StrCat("REGISTER needs exactly one fd attached (SCM_RIGHTS); got ", received.size())));
-  }
-  auto arena = registry_->Register(text.substr(kRegister.size()), received[0], c.peer);
+  auto request = ParseArenaRequest(text, received.size());
+  if (!request.ok()) return refuse(request.status());
+  if (request->kind == ArenaRequest::Kind::kAttach) return ServeAttach(c, *request, refuse);
+  if (request->kind == ArenaRequest::Kind::kHot) return ServeHot(c, *request);
+  auto arena = registry_->Register(request->token, received[0], c.peer);
   if (!arena.ok()) {
     received.clear();  // Register took the fd
     return refuse(arena.status());
@@ -232,15 +216,8 @@ bool ArenaServer::Serve(Connection& c) {
 }
 
 template <typename Refuse>
-bool ArenaServer::ServeAttach(Connection& c, std::string_view args, const Refuse& refuse) {
-  std::vector<std::string> parts = Split(args, ' ', /*skip_empty=*/true);
-  uint64_t probe = 0, probe_len = 0;
-  if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &probe) ||
-      !absl::SimpleAtoi(parts[2], &probe_len)) {
-    return refuse(absl::InvalidArgumentError(
-        "expected \"ATTACH <token> <probe address> <probe length>\" (decimal numbers)"));
-  }
-  auto attached = registry_->Attach(parts[0], c.peer, probe, probe_len);
+bool ArenaServer::ServeAttach(Connection& c, const ArenaRequest& r, const Refuse& refuse) {
+  auto attached = registry_->Attach(r.token, c.peer, r.probe, r.probe_len);
   if (!attached.ok()) return refuse(attached.status());
   spdlog::info("trainer attached for pointer saves run={} attachment={} pid={} uid={}",
                (*attached)->run_id, (*attached)->id, c.peer.pid, c.peer.uid);
@@ -248,14 +225,9 @@ bool ArenaServer::ServeAttach(Connection& c, std::string_view args, const Refuse
   return true;
 }
 
-template <typename Refuse>
-bool ArenaServer::ServeHot(Connection& c, std::string_view args, const Refuse& refuse) {
-  std::vector<std::string> parts = Split(args, ' ', /*skip_empty=*/true);
-  uint64_t step = 0;
-  if (parts.size() != 2 || !absl::SimpleAtoi(parts[1], &step)) {
-    return refuse(absl::InvalidArgumentError("expected \"HOT <run_id> <step>\""));
-  }
-  const std::string& run_id = parts[0];
+bool ArenaServer::ServeHot(Connection& c, const ArenaRequest& r) {
+  const std::string& run_id = r.run_id;
+  const uint64_t step = r.step;
   if (hot_ == nullptr) {
     Reply(c.fd, ErrorReply(absl::NotFoundError(
                     "the daemon keeps no in-memory copies (shm.keep_last_in_memory = false)")));

@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "daemon/env/env.h"
+#include "daemon/ingest/arena_protocol.h"
 #include "daemon/ingest/arena_registry.h"
 #include "daemon/ingest/hot_copies.h"
 
@@ -66,9 +67,8 @@ class ArenaServer {
   // False when the connection is done (closed by the peer, or broken).
   bool Serve(Connection& c);
   template <typename Refuse>
-  bool ServeAttach(Connection& c, std::string_view args, const Refuse& refuse);
-  template <typename Refuse>
-  bool ServeHot(Connection& c, std::string_view args, const Refuse& refuse);
+  bool ServeAttach(Connection& c, const ArenaRequest& r, const Refuse& refuse);
+  bool ServeHot(Connection& c, const ArenaRequest& r);
 
   std::string path_;
   ArenaRegistry* registry_;

@@ -13,6 +13,7 @@
 #include "daemon/ingest/pointer_source.h"
 #include "daemon/ingest/stream_source.h"
 #include "daemon/metrics/metrics.h"
+#include "daemon/rpc/requests.h"
 #include "daemon/scheduler/save_session.h"
 #include "daemon/storage/file_names.h"
 
@@ -45,31 +46,6 @@ grpc::Status TooManyStreams(const char* what, const char* setting, uint32_t limi
                              "); close idle ones or try again later"));
 }
 
-absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req) {
-  scheduler::RunSettings s;
-  auto md = FromProto(req.model_metadata(), "model_metadata");
-  if (!md.ok()) return md.status();
-  s.model_metadata = std::move(*md);
-  const v1::Provenance& p = req.provenance();
-  auto put = [&](const std::string& key, const std::string& value) {
-    if (!value.empty()) s.provenance.Set(StrCat(storage::kTrainerPrefix, key), gguf::Value(value));
-  };
-  put("git_commit", p.git_commit());
-  put("command_line", p.command_line());
-  put("host", p.host());
-  if (p.has_seed())
-    s.provenance.Set(StrCat(storage::kTrainerPrefix, "seed"), gguf::Value(p.seed()));
-  for (const auto& [name, version] : p.framework_versions())
-    put(StrCat("framework.", name), version);
-  for (const auto& [key, value] : p.extra()) put(StrCat("extra.", key), value);
-  if (p.client_pid() != 0)
-    s.provenance.Set(std::string(storage::kKeyClientPid), gguf::Value(p.client_pid()));
-  s.base_model_uuid = req.base_model_uuid();
-  if (req.has_schedule()) s.schedule = FromProto(req.schedule());
-  if (req.has_retention()) s.retention = FromProto(req.retention());
-  return s;
-}
-
 // Resolves the run's export profiles and, when the request lists the model
 // tensors, plans each export now so a bad profile fails here, not at a save.
 absl::Status ExportsFrom(const v1::OpenRunRequest& req, scheduler::RunRegistry& registry,
@@ -99,47 +75,6 @@ absl::Status ExportsFrom(const v1::OpenRunRequest& req, scheduler::RunRegistry& 
   for (const auto& [key, value] : s->provenance.entries()) md.Set(key, value);
   std::vector<std::shared_ptr<const exports::ExportPlan>> plans;
   return scheduler::PlanExports(s->exports, tensors, md, registry.facts().version, &plans);
-}
-
-// The request limits, checked before anything is converted.
-absl::Status CheckLimits(const RequestLimits& limits, const char* tensors_field, int tensors,
-                         const char* metadata_field,
-                         const google::protobuf::RepeatedPtrField<v1::MetadataEntry>& metadata) {
-  if (static_cast<uint64_t>(tensors) > limits.max_tensors) {
-    return absl::ResourceExhaustedError(
-        StrCat(tensors_field, ": ", tensors, " tensors is more than server.max_tensors_per_save (",
-               limits.max_tensors, "); save fewer, larger tensors or raise the limit"));
-  }
-  uint64_t bytes = 0;
-  for (const v1::MetadataEntry& e : metadata) bytes += e.ByteSizeLong();
-  if (bytes > limits.max_metadata_bytes) {
-    return absl::ResourceExhaustedError(
-        StrCat(metadata_field, ": ", bytes, " bytes is more than server.max_metadata_bytes (",
-               limits.max_metadata_bytes, "); keep large data in tensors or raise the limit"));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h, scheduler::SaveKind kind,
-                                                 const RequestLimits& limits) {
-  CKPTD_TRY(CheckLimits(limits, "tensors", h.tensors_size(), "train_metadata", h.train_metadata()));
-  for (const auto& [name, value] : h.metrics()) {
-    if (std::string problem = NameProblem(name); !problem.empty()) {
-      return absl::InvalidArgumentError(
-          StrCat("metrics: the name '", Printable(name), "' ", problem,
-                 "; metric names are UTF-8 without NUL or control characters"));
-    }
-  }
-  scheduler::SaveParams p;
-  p.run_id = h.run_id();
-  p.step = h.step();
-  p.metrics = {h.metrics().begin(), h.metrics().end()};
-  p.force = h.force();
-  p.overwrite = h.overwrite();
-  p.kind = kind;
-  CKPTD_ASSIGN_OR_RETURN(p.tensors, FromProto(h.tensors()));
-  CKPTD_ASSIGN_OR_RETURN(p.train_metadata, FromProto(h.train_metadata(), "train_metadata"));
-  return p;
 }
 
 void SetTimings(const scheduler::SaveTimings& t, v1::Timings* out) {
@@ -527,7 +462,9 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
     return TooManyStreams("Save and CloseRun", "server.max_save_streams", limits_.max_save_streams);
   v1::SaveRequest first;
   if (!reader->Read(&first) || !first.has_header()) {
-    return Invalid("the first Save message must be a header (run_id, step, tensors)");
+    return Invalid(
+        "the first Save message must be a header (run_id, step, tensors); none arrived, or it "
+        "could not be decoded (not valid protobuf, or a string field that is not valid UTF-8)");
   }
   if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
   auto p = ParamsFrom(first.header(), scheduler::SaveKind::kSave, limits_);
@@ -548,7 +485,9 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
     return TooManyStreams("Save and CloseRun", "server.max_save_streams", limits_.max_save_streams);
   v1::SaveRequest first;
   if (!reader->Read(&first) || !first.has_header()) {
-    return Invalid("the first CloseRun message must be a header naming run_id");
+    return Invalid(
+        "the first CloseRun message must be a header naming run_id; none arrived, or it could "
+        "not be decoded (not valid protobuf, or a string field that is not valid UTF-8)");
   }
   if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
   auto p = ParamsFrom(first.header(), scheduler::SaveKind::kClose, limits_);

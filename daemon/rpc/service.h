@@ -13,24 +13,13 @@
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/ingest/arena_registry.h"
 #include "daemon/query/queries.h"
+#include "daemon/rpc/requests.h"
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/rpc/tokens.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_pipeline.h"
 
 namespace ckptd::rpc {
-
-// What one request may declare, whatever its transport allows.
-struct RequestLimits {
-  uint64_t max_tensors = 100000;
-  uint64_t max_metadata_bytes = uint64_t{64} << 20;
-  // Streams that hold a server thread for long: beyond these, the call is
-  // refused at once, so that unary calls (ShouldSave, SaveShared, WaitSaved)
-  // always find a thread, whatever dashboards and stalled trainers hold.
-  uint32_t max_watch_streams = 16;
-  uint32_t max_save_streams = 32;
-  double watch_max_seconds = 3600;  // a WatchRun ends after this; resume with since_step
-};
 
 // A counted place among at most `limit` concurrent streams (RAII).
 class StreamSlot {

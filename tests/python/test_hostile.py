@@ -54,8 +54,30 @@ def tensors(n):
     return [(f"t{i}", F32, (1,)) for i in range(n)]
 
 
+def raw(method, *messages):
+    """Bytes no client would send, straight onto the wire (a unary call, or a
+    client stream when several messages are given)."""
+    def call(stub, ctx):
+        path = f"/ckptd.v1.Checkpointd/{method}"
+        if method in ("Save", "CloseRun"):
+            return stub.channel.stream_unary(path)(iter(messages), timeout=30)
+        return stub.channel.unary_unary(path)(messages[0], timeout=30)
+    return call
+
+
+NOT_UTF8 = b"\xff\xfe\xc3\x28"  # invalid UTF-8 (a bad start byte, a bad continuation)
+
 # (id, call(stub, ctx), expected code, message fragment). ctx: paths of the test.
 CASES = [
+    # Requests gRPC cannot decode: INVALID_ARGUMENT naming the method, not INTERNAL ""
+    ("undecodable-open-run", raw("OpenRun", b"\x0a\x10abc"), "INVALID_ARGUMENT",
+     "request to /ckptd.v1.Checkpointd/OpenRun could not be decoded"),
+    ("not-utf8-run-id", raw("OpenRun", b"\x0a\x04" + NOT_UTF8), "INVALID_ARGUMENT", "not valid UTF-8"),
+    ("not-utf8-should-save", raw("ShouldSave", b"\x0a\x04" + NOT_UTF8), "INVALID_ARGUMENT",
+     "could not be decoded"),
+    ("undecodable-save-header", raw("Save", b"\x0a\x06\x0a\x04" + NOT_UTF8), "INVALID_ARGUMENT",
+     "could not be decoded"),
+    ("garbage-get-run", raw("GetRun", b"\xff" * 32), "INVALID_ARGUMENT", "could not be decoded"),
     # OpenRun: the run id and its directory
     ("run-id-empty", open_run(""), "INVALID_ARGUMENT", "run_id '' must match"),
     ("run-id-dot", open_run("."), "INVALID_ARGUMENT", "must match"),
@@ -216,7 +238,9 @@ def _daemon(tmp, config: str):
     ch = grpc.insecure_channel(d.target)
     try:
         grpc.channel_ready_future(ch).result(timeout=30)
-        yield d, pb_grpc.CheckpointdStub(ch)
+        stub = pb_grpc.CheckpointdStub(ch)
+        stub.channel = ch  # for raw bytes
+        yield d, stub
     finally:
         ch.close()
         d.stop()

@@ -1,0 +1,40 @@
+// Requests to save parameters: the limits one request may declare and the
+// checks and conversions every save and OpenRun goes through before
+// anything is allocated for it or touches a run. Pure (no registry, no
+// I/O); fuzzed (tests/fuzz/request_fuzz.cc).
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "ckptd/v1/ckptd.pb.h"
+#include "daemon/scheduler/run_registry.h"
+#include "daemon/scheduler/save_session.h"
+
+namespace ckptd::rpc {
+
+// What one request may declare, whatever its transport allows.
+struct RequestLimits {
+  uint64_t max_tensors = 100000;
+  uint64_t max_metadata_bytes = uint64_t{64} << 20;
+  // Streams that hold a server thread for long: beyond these, the call is
+  // refused at once, so that unary calls (ShouldSave, SaveShared, WaitSaved)
+  // always find a thread, whatever dashboards and stalled trainers hold.
+  uint32_t max_watch_streams = 16;
+  uint32_t max_save_streams = 32;
+  double watch_max_seconds = 3600;  // a WatchRun ends after this; resume with since_step
+};
+
+// `tensors` tensors and `metadata` against the limits; the fields named in errors.
+absl::Status CheckLimits(const RequestLimits& limits, const char* tensors_field, int tensors,
+                         const char* metadata_field,
+                         const google::protobuf::RepeatedPtrField<v1::MetadataEntry>& metadata);
+
+// A save's header: limits, metric names, tensors and metadata, converted.
+absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h, scheduler::SaveKind kind,
+                                                 const RequestLimits& limits);
+
+// OpenRun's settings but exports (model metadata, provenance, schedule, retention).
+absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req);
+
+}  // namespace ckptd::rpc
