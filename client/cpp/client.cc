@@ -90,7 +90,7 @@ template bool StreamTensors(grpc::ClientWriter<v1::SaveRequest>*, const v1::Save
 
 Client::Client(std::string target, ClientOptions options, std::shared_ptr<grpc::Channel> channel)
     : target_(std::move(target)),
-      options_(options),
+      options_(std::move(options)),
       channel_(std::move(channel)),
       stub_(v1::Checkpointd::NewStub(channel_)) {}
 
@@ -158,7 +158,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
   auto credentials = ChannelCredentials(options);
   if (!credentials.ok()) return credentials.status();
   auto channel = grpc::CreateCustomChannel(uri, *credentials, args);
-  return std::unique_ptr<Client>(new Client(uri, options, std::move(channel)));
+  return std::unique_ptr<Client>(new Client(uri, std::move(options), std::move(channel)));
 }
 
 absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& request) {

@@ -301,10 +301,9 @@ absl::Status Validate(const Config& c) {
   }
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
   if (c.max_tensors_per_save == 0) return bad("server.max_tensors_per_save", "must be at least 1");
-  if (uint64_t{EffectiveMaxWatchStreams(c)} + EffectiveMaxSaveStreams(c) + 2 > c.max_threads) {
+  if (uint64_t{EffectiveMaxSaveStreams(c)} + 2 > c.max_threads) {
     return bad("server.max_save_streams",
-               StrCat("max_watch_streams (", EffectiveMaxWatchStreams(c), ") + max_save_streams (",
-                      EffectiveMaxSaveStreams(c), ") must leave at least 2 of server.max_threads (",
+               StrCat(EffectiveMaxSaveStreams(c), " must leave at least 2 of server.max_threads (",
                       c.max_threads, ") for unary calls"));
   }
   if (c.watch_max_seconds <= 0) return bad("server.watch_max_seconds", "must be above 0");
@@ -400,7 +399,7 @@ std::vector<std::string> Keys() {
 }
 
 uint32_t EffectiveMaxWatchStreams(const Config& c) {
-  return c.max_watch_streams != 0 ? c.max_watch_streams : std::max<uint32_t>(1, c.max_threads / 4);
+  return c.max_watch_streams != 0 ? c.max_watch_streams : 1024;
 }
 
 uint32_t EffectiveMaxSaveStreams(const Config& c) {

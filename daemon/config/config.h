@@ -28,7 +28,7 @@ struct Config {
   double save_idle_timeout_seconds = 120;  // a Save stream silent this long is cancelled; 0 = never
   uint64_t max_tensors_per_save = 100000;  // tensors one save (or OpenRun) may declare
   uint64_t max_metadata_bytes = uint64_t{64} << 20;  // metadata one save or OpenRun may carry
-  uint32_t max_watch_streams = 0;   // concurrent WatchRun streams; 0 = max_threads / 4
+  uint32_t max_watch_streams = 0;   // concurrent WatchRun streams (no thread each); 0 = 1024
   uint32_t max_save_streams = 0;    // concurrent Save + CloseRun streams; 0 = max_threads / 2
   double watch_max_seconds = 3600;  // a WatchRun stream ends after this long
   // A HOST:PORT listen serves TLS with this certificate chain and key (PEM

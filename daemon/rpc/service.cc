@@ -20,7 +20,6 @@
 namespace ckptd::rpc {
 namespace {
 
-using api::FromProto;
 using api::ToProto;
 
 grpc::Status ToGrpc(const absl::Status& st) {
@@ -85,14 +84,15 @@ void SetTimings(const scheduler::SaveTimings& t, v1::Timings* out) {
 
 }  // namespace
 
-std::optional<std::string_view> CheckpointdService::Authorization(const grpc::ServerContext* ctx) {
+std::optional<std::string_view> CheckpointdService::Authorization(
+    const grpc::ServerContextBase* ctx) {
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return std::nullopt;
   return std::string_view(it->second.data(), it->second.size());
 }
 
-grpc::Status CheckpointdService::Authorize(const grpc::ServerContext* ctx,
+grpc::Status CheckpointdService::Authorize(const grpc::ServerContextBase* ctx,
                                            std::optional<std::string_view> run_id) const {
   if (tokens_ == nullptr) return grpc::Status::OK;
   const std::optional<std::string_view> auth = Authorization(ctx);
@@ -109,6 +109,7 @@ grpc::Status CheckpointdService::Authorize(const grpc::ServerContext* ctx,
 
 void CheckpointdService::BeginShutdown() {
   stopping_ = true;
+  watches_.BeginShutdown();
   registry_->CloseAllSubscriptions();
 }
 
@@ -547,39 +548,22 @@ grpc::Status CheckpointdService::GetLineage(grpc::ServerContext* ctx, const v1::
   return Answer(queries_->Lineage(req->uuid(), req->run_id()), resp);
 }
 
-grpc::Status CheckpointdService::WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
-                                          grpc::ServerWriter<v1::RunEvent>* writer) {
-  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
-  StreamSlot slot(&watch_streams_, limits_.max_watch_streams);
-  if (!slot.ok()) {
-    return TooManyStreams("WatchRun", "server.max_watch_streams", limits_.max_watch_streams);
+grpc::ServerWriteReactor<v1::RunEvent>* CheckpointdService::WatchRun(
+    grpc::CallbackServerContext* ctx, const v1::WatchRunRequest* req) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return WatchStreams::Refuse(st);
+  auto slot = std::make_shared<StreamSlot>(&watch_streams_, limits_.max_watch_streams);
+  if (!slot->ok()) {
+    return WatchStreams::Refuse(
+        TooManyStreams("WatchRun", "server.max_watch_streams", limits_.max_watch_streams));
+  }
+  if (stopping_) {
+    return WatchStreams::Refuse(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "the daemon is stopping"));
   }
   auto run = registry_->Get(req->run_id());
-  if (!run.ok()) return ToGrpc(run.status());
-  auto sub = (*run)->Subscribe();
-  const double end = NowSeconds() + limits_.watch_max_seconds;
-  while (!stopping_ && !ctx->IsCancelled()) {
-    if (NowSeconds() >= end) {
-      // Watches end by themselves, so none holds a thread forever.
-      return grpc::Status(
-          grpc::StatusCode::DEADLINE_EXCEEDED,
-          StrCat("this watch ended after server.watch_max_seconds (", limits_.watch_max_seconds,
-                 " s); watch again with since_step = the last step seen"));
-    }
-    scheduler::Event e;
-    if (!sub->Next(&e, std::chrono::milliseconds(500))) {
-      if (sub->overflowed()) {
-        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            "this watcher fell more than 1024 events behind; reconnect and "
-                            "ListCheckpoints since the last step seen");
-      }
-      if (sub->closed()) break;
-      continue;
-    }
-    const v1::RunEvent out = query::Queries::EventToProto(e);
-    if (!writer->Write(out)) break;
-  }
-  return grpc::Status::OK;
+  if (!run.ok()) return WatchStreams::Refuse(ToGrpc(run.status()));
+  return watches_.Start((*run)->Subscribe(watches_.OnChange()), limits_.watch_max_seconds,
+                        [slot] {});
 }
 
 }  // namespace ckptd::rpc

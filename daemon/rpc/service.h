@@ -1,8 +1,10 @@
-// The gRPC service (ckptd.v1.Checkpointd) on the synchronous server API:
-// each call runs on a server thread bounded by the ResourceQuota's thread
-// limit; Save writes each received chunk before reading the next, so a
-// save's memory is one message plus the files' write buffers whatever its
-// size (gRPC flow control holds the sender back). Thread-safe.
+// The gRPC service (ckptd.v1.Checkpointd). WatchRun runs on the callback
+// API (watch_streams.h: a held watch costs no thread); every other method
+// on the synchronous API, each call on a server thread bounded by the
+// ResourceQuota's thread limit. Save writes each received chunk before
+// reading the next, so a save's memory is one message plus the files' write
+// buffers whatever its size (gRPC flow control holds the sender back).
+// Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -16,6 +18,7 @@
 #include "daemon/rpc/requests.h"
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/rpc/tokens.h"
+#include "daemon/rpc/watch_streams.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_pipeline.h"
 
@@ -37,7 +40,10 @@ class StreamSlot {
   bool ok_ = false;
 };
 
-class CheckpointdService final : public v1::Checkpointd::Service {
+// WatchRun is served on the callback API (held watches cost no thread; see
+// watch_streams.h); every other method on the synchronous one.
+class CheckpointdService final
+    : public v1::Checkpointd::WithCallbackMethod_WatchRun<v1::Checkpointd::Service> {
  public:
   // Save streams idle for longer than save_idle_timeout are cancelled.
   CheckpointdService(scheduler::RunRegistry* registry, const query::Queries* queries,
@@ -95,8 +101,8 @@ class CheckpointdService final : public v1::Checkpointd::Service {
                              v1::CheckpointDetail* resp) override;
   grpc::Status GetLineage(grpc::ServerContext* ctx, const v1::LineageRequest* req,
                           v1::Lineage* resp) override;
-  grpc::Status WatchRun(grpc::ServerContext* ctx, const v1::WatchRunRequest* req,
-                        grpc::ServerWriter<v1::RunEvent>* writer) override;
+  grpc::ServerWriteReactor<v1::RunEvent>* WatchRun(grpc::CallbackServerContext* ctx,
+                                                   const v1::WatchRunRequest* req) override;
   grpc::Status Pin(grpc::ServerContext* ctx, const v1::PinRequest* req,
                    v1::CheckpointInfo* resp) override;
   grpc::Status Unpin(grpc::ServerContext* ctx, const v1::UnpinRequest* req,
@@ -112,9 +118,9 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
   // With tokens: whether the call's bearer token covers `run_id` (nullopt:
   // the call names no run, and any known token will do). OK without tokens.
-  grpc::Status Authorize(const grpc::ServerContext* ctx,
+  grpc::Status Authorize(const grpc::ServerContextBase* ctx,
                          std::optional<std::string_view> run_id) const;
-  static std::optional<std::string_view> Authorization(const grpc::ServerContext* ctx);
+  static std::optional<std::string_view> Authorization(const grpc::ServerContextBase* ctx);
 
   scheduler::RunRegistry* registry_;
   const query::Queries* queries_;
@@ -127,6 +133,7 @@ class CheckpointdService final : public v1::Checkpointd::Service {
   RequestLimits limits_;
   std::shared_ptr<const TokenTable> tokens_;
   std::atomic<uint32_t> watch_streams_{0};
+  WatchStreams watches_;  // after what its reactors use; destroyed once the server is down
   std::atomic<uint32_t> save_streams_{0};
 };
 

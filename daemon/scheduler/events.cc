@@ -36,6 +36,7 @@ void Subscription::Push(const Event& e) {
     }
   }
   cv_.SignalAll();
+  if (on_change_) on_change_();
 }
 
 void Subscription::Close() {
@@ -44,6 +45,7 @@ void Subscription::Close() {
     closed_ = true;
   }
   cv_.SignalAll();
+  if (on_change_) on_change_();
 }
 
 }  // namespace ckptd::scheduler

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -30,14 +31,22 @@ struct Event {
 class Subscription {
  public:
   static constexpr size_t kMaxQueued = 1024;
+  Subscription() = default;
+  // `on_change` runs (outside the queue's lock, on the publishing thread)
+  // after every Push and Close: a cheap wake-up, for a reader that does not
+  // block in Next.
+  explicit Subscription(std::function<void()> on_change) : on_change_(std::move(on_change)) {}
   // Waits up to `timeout`; false when nothing arrived or the subscription closed.
   bool Next(Event* out, std::chrono::milliseconds timeout);
+  // Next without waiting.
+  bool TryNext(Event* out) { return Next(out, std::chrono::milliseconds(0)); }
   bool closed() const;
   bool overflowed() const;
   void Push(const Event& e);
   void Close();
 
  private:
+  const std::function<void()> on_change_;
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
   std::deque<Event> queue_ ABSL_GUARDED_BY(mu_);

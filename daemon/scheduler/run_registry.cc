@@ -35,8 +35,8 @@ void Run::PublishLocked(const Event& e) {
   });
 }
 
-std::shared_ptr<Subscription> Run::Subscribe() {
-  auto s = std::make_shared<Subscription>();
+std::shared_ptr<Subscription> Run::Subscribe(std::function<void()> on_change) {
+  auto s = std::make_shared<Subscription>(std::move(on_change));
   absl::MutexLock lock(&mu_);
   subscribers_.push_back(s);
   return s;

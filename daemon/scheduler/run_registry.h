@@ -85,7 +85,9 @@ class Run {
 
   void Publish(const Event& e) ABSL_LOCKS_EXCLUDED(mu_);
   void PublishLocked(const Event& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::shared_ptr<Subscription> Subscribe() ABSL_LOCKS_EXCLUDED(mu_);
+  // `on_change`: see Subscription.
+  std::shared_ptr<Subscription> Subscribe(std::function<void()> on_change = nullptr)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void CloseSubscriptions() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:

@@ -110,7 +110,9 @@ int DaemonProcess::Wait() {
   return ExitCode(status);
 }
 
-std::unique_ptr<Client> DaemonProcess::Connect() const { return *Client::Connect(target_); }
+std::unique_ptr<Client> DaemonProcess::Connect(ClientOptions options) const {
+  return *Client::Connect(target_, options);
+}
 
 std::string DaemonProcess::Log() const { return Slurp(log_); }
 

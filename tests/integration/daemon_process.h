@@ -39,7 +39,7 @@ class DaemonProcess {
 
   const std::string& socket() const { return socket_; }
   const std::string& target() const { return target_; }
-  std::unique_ptr<Client> Connect() const;
+  std::unique_ptr<Client> Connect(ClientOptions options = {}) const;
   std::string Log() const;
   // From /proc/PID/status: VmHWM (peak RSS) and the number of open fds.
   uint64_t PeakRssBytes() const;

@@ -253,7 +253,7 @@ TEST_P(CrashDuringCommitTest, BothOrNeitherAfterRestart) {
   const auto [fault, committed] = GetParam();
   {
     auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", fault}});
-    auto client = daemon->Connect();
+    auto client = daemon->Connect({.reconnect_timeout_s = 0});  // the daemon dies: fail at once
     auto run = client->OpenRun(OpenRequest("rc"));
     ASSERT_TRUE(run.ok());
     Model m(3.0f);

@@ -650,7 +650,7 @@ TEST_F(ShmTest, DoubleBufferingOverlapsSavesOnASlowDisk) {
 
 TEST_F(ShmTest, SigtermWritesAcceptedSharedSavesBeforeExiting) {
   auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "delay=write:40"}});
-  auto client = daemon->Connect();
+  auto client = daemon->Connect({.reconnect_timeout_s = 0});  // no daemon comes back
   auto run = client->OpenRun(Open("drain"));
   ASSERT_TRUE(run.ok());
   auto cp = Checkpointer::Create(run->get());

@@ -295,17 +295,21 @@ def test_after_the_table_nothing_is_left_and_memory_is_bounded(hostile):
 
 
 def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
-    """With 16 server threads: 10 WatchRun streams held open and 12 Save
-    streams that go quiet after their header. The streams beyond their caps
-    (a quarter and a half of the threads) are refused at once, naming the
-    setting; a trainer's ShouldSave and shared-memory save still go through."""
+    """With 16 server threads: 60 WatchRun streams held open (more than
+    there are threads: a watch holds none) and 12 Save streams that go quiet
+    after their header. Beyond their caps (max_watch_streams = 50; half the
+    threads for saves) streams are refused at once, naming the setting; a
+    trainer's ShouldSave and shared-memory save still go through, and every
+    held watch sees its commit."""
     import threading
+    import time
 
     import torch
 
-    with _daemon(tmp_path, "[server]\nmax_threads = 16\n") as (d, stub):
+    with _daemon(tmp_path, "[server]\nmax_threads = 16\nmax_watch_streams = 50\n") as (d, stub):
         stub.OpenRun(pb.OpenRunRequest(run_id="busy"))
-        watchers = [stub.WatchRun(pb.WatchRunRequest(run_id="busy")) for _ in range(10)]
+        stub.OpenRun(pb.OpenRunRequest(run_id="trainer"))
+        watchers = [stub.WatchRun(pb.WatchRunRequest(run_id="trainer")) for _ in range(60)]
         quiet = threading.Event()
 
         def stalled(i):
@@ -313,15 +317,18 @@ def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
             quiet.wait(60)
 
         saves = [stub.Save.future(stalled(i)) for i in range(12)]
-        import time
         time.sleep(1)  # refusals are immediate; the admitted streams stay open
         refused_watch = [(w.code().name, w.details()) for w in watchers if w.done()]
+        held = [w for w in watchers if not w.done()]
         # The trainer, meanwhile: ShouldSave and a save over shared memory.
         trainer = ckptd.connect(d.target).open_run("trainer", schedule={"every_steps": 1})
         assert trainer.should_save(1)
         r = trainer.save(1, model={"w": torch.ones(1000)})
         trainer.wait()
         assert r.state == "committed", r
+        # Every held watch gets the commit.
+        seen = [next(w) for w in held]
+        assert all(e.step == 1 for e in seen), seen
         quiet.set()
         refused_save = []
         for f in saves:
@@ -332,7 +339,8 @@ def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
                     refused_save.append(e.details())
         for w in watchers:
             w.cancel()
-        assert len(refused_watch) == 10 - 4, refused_watch
+        assert len(refused_watch) == 60 - 50, refused_watch
+        assert len(held) == 50
         assert all(c == "RESOURCE_EXHAUSTED" and "server.max_watch_streams" in m for c, m in refused_watch)
         assert len(refused_save) == 12 - 8, refused_save
         assert all("server.max_save_streams" in m for m in refused_save)
