@@ -165,6 +165,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.max_watch_streams", Unsigned(&c->max_watch_streams)},
       {"server.max_save_streams", Unsigned(&c->max_save_streams)},
       {"server.watch_max_seconds", Seconds(&c->watch_max_seconds)},
+      {"server.memory_budget_bytes", Unsigned(&c->memory_budget_bytes)},
       {"server.tls_cert", String(&c->tls_cert)},
       {"server.tls_key", String(&c->tls_key)},
       {"server.tls_client_ca", String(&c->tls_client_ca)},
@@ -307,6 +308,8 @@ absl::Status Validate(const Config& c) {
                       c.max_threads, ") for unary calls"));
   }
   if (c.watch_max_seconds <= 0) return bad("server.watch_max_seconds", "must be above 0");
+  if (c.memory_budget_bytes < (1u << 20))
+    return bad("server.memory_budget_bytes", "must be at least 1 MiB");
   if (c.shm_max_arenas == 0) return bad("shm.max_arenas", "must be at least 1");
   if (c.shm_max_pending_saves == 0) return bad("shm.max_pending_saves", "must be at least 1");
   if (c.shm_staging_timeout_seconds <= 0)

@@ -31,6 +31,9 @@ struct Config {
   uint32_t max_watch_streams = 0;   // concurrent WatchRun streams (no thread each); 0 = 1024
   uint32_t max_save_streams = 0;    // concurrent Save + CloseRun streams; 0 = max_threads / 2
   double watch_max_seconds = 3600;  // a WatchRun stream ends after this long
+  // Memory clients decide the size of: save headers and metadata in flight,
+  // open runs' settings (see rpc::MemoryBudget).
+  uint64_t memory_budget_bytes = uint64_t{256} << 20;
   // A HOST:PORT listen serves TLS with this certificate chain and key (PEM
   // files); with tls_client_ca, clients must present a certificate it signed.
   std::string tls_cert;

@@ -39,6 +39,11 @@ grpc::Status Invalid(const std::string& msg) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, msg);
 }
 
+// The request a budget refusal names.
+std::string HeaderWhat(const v1::SaveHeader& h) {
+  return StrCat("the save of run '", Printable(h.run_id()), "' step ", h.step());
+}
+
 grpc::Status TooManyStreams(const char* what, const char* setting, uint32_t limit) {
   return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                       StrCat("the daemon already serves ", limit, " ", what, " streams (", setting,
@@ -121,12 +126,30 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
       !st.ok()) {
     return ToGrpc(st);
   }
+  // While converting; a reopened run's current settings are replaced, so
+  // only what the new ones add is charged.
+  const uint64_t settings_bytes = req->ByteSizeLong() * MemoryBudget::kParsedFactor;
+  const uint64_t held = budget_->HeldByRun(req->run_id());
+  MemoryBudget::Charge charge;
+  if (absl::Status st =
+          budget_->Reserve(settings_bytes - std::min(held, settings_bytes),
+                           StrCat("OpenRun of run '", Printable(req->run_id()), "'"), &charge);
+      !st.ok()) {
+    return ToGrpc(st);
+  }
   auto settings = SettingsFrom(*req);
   if (!settings.ok()) return ToGrpc(settings.status());
   if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
+  // Converted: from here the settings stay in memory while the daemon
+  // knows the run, charged to it instead.
+  charge.Release();
+  if (absl::Status st = budget_->FitsRun(req->run_id(), settings_bytes); !st.ok()) {
+    return ToGrpc(st);
+  }
   bool resumed = false;
   auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);
   if (!run.ok()) return ToGrpc(run.status());
+  (void)budget_->ReserveForRun(req->run_id(), settings_bytes, /*force=*/true);
   // The settings survive a restart: the request as given, reloaded by
   // RestoreRuns. A run whose settings cannot be stored is not opened.
   if (absl::Status st = env::WriteFileAtomically(
@@ -169,6 +192,11 @@ std::vector<std::string> CheckpointdService::RestoreRuns() {
       continue;
     }
     registry_->Restore(*run, std::move(*settings));
+    if (absl::Status st = budget_->ReserveForRun(
+            run->id(), req.ByteSizeLong() * MemoryBudget::kParsedFactor, /*force=*/true);
+        !st.ok()) {
+      warnings.push_back(StrCat("run '", run->id(), "': ", st.message()));
+    }
   }
   return warnings;
 }
@@ -278,6 +306,10 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext* ctx,
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
   }
   const double started = NowSeconds();
+  MemoryBudget::Charge charge;
+  if (absl::Status st = Charge(*req, HeaderWhat(req->header()), &charge); !st.ok()) {
+    return ToGrpc(st);
+  }
   auto p = ParamsFrom(
       req->header(),
       req->final_snapshot() ? scheduler::SaveKind::kClose : scheduler::SaveKind::kSave, limits_);
@@ -344,6 +376,10 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
   constexpr double kMaxWait = 600;
   if (!(req->timeout_seconds() >= 0 && req->timeout_seconds() <= kMaxWait)) {
     return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
+  }
+  MemoryBudget::Charge charge;
+  if (absl::Status st = Charge(*req, HeaderWhat(req->header()), &charge); !st.ok()) {
+    return ToGrpc(st);
   }
   auto p = ParamsFrom(
       req->header(),
@@ -468,6 +504,10 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
         "could not be decoded (not valid protobuf, or a string field that is not valid UTF-8)");
   }
   if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
+  MemoryBudget::Charge charge;
+  if (absl::Status st = Charge(first, HeaderWhat(first.header()), &charge); !st.ok()) {
+    return ToGrpc(st);
+  }
   auto p = ParamsFrom(first.header(), scheduler::SaveKind::kSave, limits_);
   if (!p.ok()) return ToGrpc(p.status());
   GrpcChunkStream chunks(ctx, reader, &watchdog_);
@@ -491,6 +531,10 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
         "not be decoded (not valid protobuf, or a string field that is not valid UTF-8)");
   }
   if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
+  MemoryBudget::Charge charge;
+  if (absl::Status st = Charge(first, HeaderWhat(first.header()), &charge); !st.ok()) {
+    return ToGrpc(st);
+  }
   auto p = ParamsFrom(first.header(), scheduler::SaveKind::kClose, limits_);
   if (!p.ok()) return ToGrpc(p.status());
   const std::string run_id = p->run_id;

@@ -15,6 +15,7 @@
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/ingest/arena_registry.h"
 #include "daemon/query/queries.h"
+#include "daemon/rpc/memory_budget.h"
 #include "daemon/rpc/requests.h"
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/rpc/tokens.h"
@@ -70,7 +71,11 @@ class CheckpointdService final
   // and listings behave as before the restart. Problems come back as warnings.
   std::vector<std::string> RestoreRuns();
 
-  void SetLimits(RequestLimits limits) { limits_ = limits; }  // before serving
+  void SetLimits(RequestLimits limits) {  // before serving
+    limits_ = limits;
+    budget_ = std::make_unique<MemoryBudget>(limits.memory_budget_bytes);
+  }
+  const MemoryBudget& budget() const { return *budget_; }
   // Every call then needs a bearer token covering its run (server.tokens_file).
   void SetTokens(std::shared_ptr<const TokenTable> tokens) { tokens_ = std::move(tokens); }
 
@@ -132,6 +137,13 @@ class CheckpointdService final
   std::chrono::milliseconds staging_timeout_{30000};
   RequestLimits limits_;
   std::shared_ptr<const TokenTable> tokens_;
+  std::unique_ptr<MemoryBudget> budget_ =
+      std::make_unique<MemoryBudget>(RequestLimits{}.memory_budget_bytes);
+  // A request's encoded size charged to the budget for as long as the call runs.
+  absl::Status Charge(const google::protobuf::Message& m, const std::string& what,
+                      MemoryBudget::Charge* charge) {
+    return budget_->Reserve(m.ByteSizeLong() * MemoryBudget::kParsedFactor, what, charge);
+  }
   std::atomic<uint32_t> watch_streams_{0};
   WatchStreams watches_;  // after what its reactors use; destroyed once the server is down
   std::atomic<uint32_t> save_streams_{0};

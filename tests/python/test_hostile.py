@@ -346,6 +346,37 @@ def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
         assert all("server.max_save_streams" in m for m in refused_save)
 
 
+def test_the_memory_budget_bounds_run_settings_and_save_headers(tmp_path):
+    """server.memory_budget_bytes = 8 MiB; metadata counts 3x its size. Two
+    runs with 1 MiB of metadata fit, a third is refused naming the budget
+    (and leaves no directory); reopening a run does not grow the total; a
+    save whose header carries 2 MiB more does not fit while the runs hold
+    theirs, and fits once one is reopened with less."""
+    def md(n):
+        return [entry("general.description", string_value="x" * n)]
+
+    with _daemon(tmp_path, "[server]\nmemory_budget_bytes = 8388608\n") as (d, stub):
+        for run in ("big-0", "big-1"):
+            stub.OpenRun(pb.OpenRunRequest(run_id=run, model_metadata=md(1 << 20)), timeout=30)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.OpenRun(pb.OpenRunRequest(run_id="big-2", model_metadata=md(1 << 20)), timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "server.memory_budget_bytes" in e.value.details() and "big-2" in e.value.details()
+        assert not os.path.exists(os.path.join(d.root, "big-2"))
+        for _ in range(5):  # reopening replaces what the run held
+            stub.OpenRun(pb.OpenRunRequest(run_id="big-0", model_metadata=md(1 << 20)), timeout=30)
+        h = header(run="big-0", step=1)
+        h.tensors.add(name="adam.m", type=F32, ne=[4], group=pb.TENSOR_GROUP_TRAIN)
+        h.train_metadata.append(entry("trainer.notes", string_value="y" * (3 << 19)))  # 1.5 MiB
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Save(stream(h, b"\0" * 32), timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the save of run 'big-0' step 1" in e.value.details(), e.value.details()
+        assert "server.memory_budget_bytes" in e.value.details()
+        stub.OpenRun(pb.OpenRunRequest(run_id="big-1"), timeout=30)  # gives back 3 MiB
+        assert stub.Save(stream(h, b"\0" * 32), timeout=30).result == pb.SaveResponse.RESULT_COMMITTED
+
+
 def test_a_watch_ends_by_itself_and_says_how_to_resume(tmp_path):
     with _daemon(tmp_path, "[server]\nwatch_max_seconds = 1\n") as (_, stub):
         stub.OpenRun(pb.OpenRunRequest(run_id="w"))
