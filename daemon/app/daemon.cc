@@ -235,7 +235,8 @@ absl::Status Daemon::StartServing() {
                        .max_watch_streams = config::EffectiveMaxWatchStreams(cfg),
                        .max_save_streams = config::EffectiveMaxSaveStreams(cfg),
                        .watch_max_seconds = cfg.watch_max_seconds,
-                       .memory_budget_bytes = cfg.memory_budget_bytes});
+                       .memory_budget_bytes = cfg.memory_budget_bytes,
+                       .max_streams_per_peer = cfg.max_streams_per_peer});
   for (const std::string& w : service_->RestoreRuns()) spdlog::warn("startup: {}", w);
   if (!cfg.tokens_file.empty()) {
     auto tokens = rpc::TokenTable::Load(env_, cfg.tokens_file);

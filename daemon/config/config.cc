@@ -166,6 +166,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.max_save_streams", Unsigned(&c->max_save_streams)},
       {"server.watch_max_seconds", Seconds(&c->watch_max_seconds)},
       {"server.memory_budget_bytes", Unsigned(&c->memory_budget_bytes)},
+      {"server.max_streams_per_peer", Unsigned(&c->max_streams_per_peer)},
       {"server.tls_cert", String(&c->tls_cert)},
       {"server.tls_key", String(&c->tls_key)},
       {"server.tls_client_ca", String(&c->tls_client_ca)},

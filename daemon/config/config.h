@@ -34,6 +34,7 @@ struct Config {
   // Memory clients decide the size of: save headers and metadata in flight,
   // open runs' settings (see rpc::MemoryBudget).
   uint64_t memory_budget_bytes = uint64_t{256} << 20;
+  uint32_t max_streams_per_peer = 64;  // WatchRun + Save streams per TCP host; 0 = no limit
   // A HOST:PORT listen serves TLS with this certificate chain and key (PEM
   // files); with tls_client_ca, clients must present a certificate it signed.
   std::string tls_cert;

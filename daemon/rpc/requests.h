@@ -24,6 +24,7 @@ struct RequestLimits {
   uint32_t max_save_streams = 32;
   double watch_max_seconds = 3600;  // a WatchRun ends after this; resume with since_step
   uint64_t memory_budget_bytes = uint64_t{256} << 20;  // see MemoryBudget
+  uint32_t max_streams_per_peer = 64;  // watch + save streams of one TCP host; 0 = no limit
 };
 
 // `tensors` tensors and `metadata` against the limits; the fields named in errors.

@@ -44,6 +44,13 @@ std::string HeaderWhat(const v1::SaveHeader& h) {
   return StrCat("the save of run '", Printable(h.run_id()), "' step ", h.step());
 }
 
+grpc::Status TooManyPeerStreams(const std::string& host, uint32_t limit) {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      StrCat(host, " already holds ", limit,
+                             " WatchRun and Save streams (server.max_streams_per_peer); close "
+                             "idle ones or try again later"));
+}
+
 grpc::Status TooManyStreams(const char* what, const char* setting, uint32_t limit) {
   return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                       StrCat("the daemon already serves ", limit, " ", what, " streams (", setting,
@@ -110,6 +117,29 @@ grpc::Status CheckpointdService::Authorize(const grpc::ServerContextBase* ctx,
                  run_id ? StrCat(" for run=", Printable(*run_id)) : "", st.message());
   }
   return ToGrpc(st);
+}
+
+std::string PeerStreams::HostOf(std::string_view peer) {
+  if (!peer.starts_with("ipv4:") && !peer.starts_with("ipv6:")) return "";
+  const size_t colon = peer.rfind(':');
+  return std::string(colon > 5 ? peer.substr(0, colon) : peer);
+}
+
+bool PeerStreams::Acquire(const std::string& host, uint32_t limit) {
+  absl::MutexLock lock(&mu_);
+  uint32_t& n = held_[host];
+  if (limit != 0 && n >= limit) {
+    if (n == 0) held_.erase(host);
+    return false;
+  }
+  ++n;
+  return true;
+}
+
+void PeerStreams::Release(const std::string& host) {
+  absl::MutexLock lock(&mu_);
+  auto it = held_.find(host);
+  if (it != held_.end() && --it->second == 0) held_.erase(it);
 }
 
 void CheckpointdService::BeginShutdown() {
@@ -491,28 +521,46 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+grpc::Status CheckpointdService::StartSaveStream(grpc::ServerContext* ctx,
+                                                 grpc::ServerReader<v1::SaveRequest>* reader,
+                                                 scheduler::SaveKind kind, SaveStreamStart* out) {
+  out->slot = std::make_unique<StreamSlot>(&save_streams_, limits_.max_save_streams);
+  if (!out->slot->ok()) {
+    return TooManyStreams("Save and CloseRun", "server.max_save_streams", limits_.max_save_streams);
+  }
+  out->peer_slot =
+      std::make_unique<PeerSlot>(&peer_streams_, ctx->peer(), limits_.max_streams_per_peer);
+  if (!out->peer_slot->ok()) {
+    return TooManyPeerStreams(out->peer_slot->host(), limits_.max_streams_per_peer);
+  }
+  v1::SaveRequest first;
+  if (!reader->Read(&first) || !first.has_header()) {
+    return Invalid(StrCat(
+        "the first ", kind == scheduler::SaveKind::kClose ? "CloseRun" : "Save",
+        " message must be a header (run_id, step, tensors); none arrived, or it could not be "
+        "decoded (not valid protobuf, or a string field that is not valid UTF-8)"));
+  }
+  if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
+  if (absl::Status st = Charge(first, HeaderWhat(first.header()), &out->charge); !st.ok()) {
+    return ToGrpc(st);
+  }
+  auto p = ParamsFrom(first.header(), kind, limits_);
+  if (!p.ok()) return ToGrpc(p.status());
+  out->params = std::move(*p);
+  return grpc::Status::OK;
+}
+
 grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
                                       grpc::ServerReader<v1::SaveRequest>* reader,
                                       v1::SaveResponse* resp) {
-  StreamSlot slot(&save_streams_, limits_.max_save_streams);
-  if (!slot.ok())
-    return TooManyStreams("Save and CloseRun", "server.max_save_streams", limits_.max_save_streams);
-  v1::SaveRequest first;
-  if (!reader->Read(&first) || !first.has_header()) {
-    return Invalid(
-        "the first Save message must be a header (run_id, step, tensors); none arrived, or it "
-        "could not be decoded (not valid protobuf, or a string field that is not valid UTF-8)");
+  SaveStreamStart start;
+  if (grpc::Status st = StartSaveStream(ctx, reader, scheduler::SaveKind::kSave, &start);
+      !st.ok()) {
+    return st;
   }
-  if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
-  MemoryBudget::Charge charge;
-  if (absl::Status st = Charge(first, HeaderWhat(first.header()), &charge); !st.ok()) {
-    return ToGrpc(st);
-  }
-  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kSave, limits_);
-  if (!p.ok()) return ToGrpc(p.status());
   GrpcChunkStream chunks(ctx, reader, &watchdog_);
   ingest::StreamSource source(&chunks);
-  auto outcome = pipeline_.SaveNow(std::move(*p), source);
+  auto outcome = pipeline_.SaveNow(std::move(start.params), source);
   if (!outcome.ok()) return ToGrpc(outcome.status());
   OutcomeToProto(*outcome, resp);
   return grpc::Status::OK;
@@ -521,26 +569,15 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
 grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
                                           grpc::ServerReader<v1::SaveRequest>* reader,
                                           v1::CloseRunResponse* resp) {
-  StreamSlot slot(&save_streams_, limits_.max_save_streams);
-  if (!slot.ok())
-    return TooManyStreams("Save and CloseRun", "server.max_save_streams", limits_.max_save_streams);
-  v1::SaveRequest first;
-  if (!reader->Read(&first) || !first.has_header()) {
-    return Invalid(
-        "the first CloseRun message must be a header naming run_id; none arrived, or it could "
-        "not be decoded (not valid protobuf, or a string field that is not valid UTF-8)");
+  SaveStreamStart start;
+  if (grpc::Status st = StartSaveStream(ctx, reader, scheduler::SaveKind::kClose, &start);
+      !st.ok()) {
+    return st;
   }
-  if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
-  MemoryBudget::Charge charge;
-  if (absl::Status st = Charge(first, HeaderWhat(first.header()), &charge); !st.ok()) {
-    return ToGrpc(st);
-  }
-  auto p = ParamsFrom(first.header(), scheduler::SaveKind::kClose, limits_);
-  if (!p.ok()) return ToGrpc(p.status());
-  const std::string run_id = p->run_id;
+  const std::string run_id = start.params.run_id;
   GrpcChunkStream chunks(ctx, reader, &watchdog_);
   ingest::StreamSource source(&chunks);
-  auto final_save = pipeline_.Close(std::move(*p), source);
+  auto final_save = pipeline_.Close(std::move(start.params), source);
   if (!final_save.ok()) return ToGrpc(final_save.status());
   if (*final_save) OutcomeToProto(**final_save, resp->mutable_final_save());
   auto run = registry_->Get(run_id);
@@ -600,6 +637,12 @@ grpc::ServerWriteReactor<v1::RunEvent>* CheckpointdService::WatchRun(
     return WatchStreams::Refuse(
         TooManyStreams("WatchRun", "server.max_watch_streams", limits_.max_watch_streams));
   }
+  auto peer_slot =
+      std::make_shared<PeerSlot>(&peer_streams_, ctx->peer(), limits_.max_streams_per_peer);
+  if (!peer_slot->ok()) {
+    return WatchStreams::Refuse(
+        TooManyPeerStreams(peer_slot->host(), limits_.max_streams_per_peer));
+  }
   if (stopping_) {
     return WatchStreams::Refuse(
         grpc::Status(grpc::StatusCode::UNAVAILABLE, "the daemon is stopping"));
@@ -607,7 +650,7 @@ grpc::ServerWriteReactor<v1::RunEvent>* CheckpointdService::WatchRun(
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return WatchStreams::Refuse(ToGrpc(run.status()));
   return watches_.Start((*run)->Subscribe(watches_.OnChange()), limits_.watch_max_seconds,
-                        [slot] {});
+                        [slot, peer_slot] {});
 }
 
 }  // namespace ckptd::rpc

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -43,6 +44,45 @@ class StreamSlot {
 
 // WatchRun is served on the callback API (held watches cost no thread; see
 // watch_streams.h); every other method on the synchronous one.
+// Long-lived streams per TCP peer host (all ports together), so that one
+// host cannot take every stream slot. Unix-socket peers are not told apart:
+// the socket's file permissions decide who connects at all.
+class PeerStreams {
+ public:
+  // The peer's host from gRPC's peer string ("ipv4:10.0.0.7:5123" ->
+  // "ipv4:10.0.0.7"); "" for a Unix-socket peer.
+  static std::string HostOf(std::string_view peer);
+  // Takes a place for `host` unless it already holds `limit` (0 = no limit).
+  bool Acquire(const std::string& host, uint32_t limit) ABSL_LOCKS_EXCLUDED(mu_);
+  void Release(const std::string& host) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, uint32_t> held_ ABSL_GUARDED_BY(mu_);
+};
+
+// A stream's place among its peer host's (RAII); ok() for Unix-socket peers.
+class PeerSlot {
+ public:
+  PeerSlot(PeerStreams* streams, std::string_view peer, uint32_t limit)
+      : streams_(streams), host_(PeerStreams::HostOf(peer)) {
+    ok_ = host_.empty() || streams_->Acquire(host_, limit);
+    if (host_.empty() || !ok_) streams_ = nullptr;
+  }
+  ~PeerSlot() {
+    if (streams_ != nullptr) streams_->Release(host_);
+  }
+  PeerSlot(const PeerSlot&) = delete;
+  PeerSlot& operator=(const PeerSlot&) = delete;
+  bool ok() const { return ok_; }
+  const std::string& host() const { return host_; }
+
+ private:
+  PeerStreams* streams_;
+  std::string host_;
+  bool ok_ = false;
+};
+
 class CheckpointdService final
     : public v1::Checkpointd::WithCallbackMethod_WatchRun<v1::Checkpointd::Service> {
  public:
@@ -121,6 +161,18 @@ class CheckpointdService final
   // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.
   void AddInMemoryCopy(v1::RunInfo* info) const;
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
+  // What Save and CloseRun hold once their header is read and admitted.
+  struct SaveStreamStart {
+    std::unique_ptr<StreamSlot> slot;
+    std::unique_ptr<PeerSlot> peer_slot;
+    MemoryBudget::Charge charge;
+    scheduler::SaveParams params;
+  };
+  // The start both save streams share: a stream slot, the header, its token,
+  // its budget charge and its parameters.
+  grpc::Status StartSaveStream(grpc::ServerContext* ctx,
+                               grpc::ServerReader<v1::SaveRequest>* reader,
+                               scheduler::SaveKind kind, SaveStreamStart* out);
   // With tokens: whether the call's bearer token covers `run_id` (nullopt:
   // the call names no run, and any known token will do). OK without tokens.
   grpc::Status Authorize(const grpc::ServerContextBase* ctx,
@@ -145,6 +197,7 @@ class CheckpointdService final
     return budget_->Reserve(m.ByteSizeLong() * MemoryBudget::kParsedFactor, what, charge);
   }
   std::atomic<uint32_t> watch_streams_{0};
+  PeerStreams peer_streams_;
   WatchStreams watches_;  // after what its reactors use; destroyed once the server is down
   std::atomic<uint32_t> save_streams_{0};
 };

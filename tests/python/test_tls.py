@@ -87,6 +87,18 @@ def tcp_daemon(tmp, config, args=(), expect_start=True):
             proc.wait(30)
 
 
+def _tls_config(certs, extra=""):
+    return (f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
+            + extra)
+
+
+def _tokens_config(tmp, certs, text, mode):
+    tokens = tmp / "tokens"
+    tokens.write_text(text)
+    os.chmod(tokens, mode)
+    return _tls_config(certs, f'tokens_file = "{tokens}"\n')
+
+
 def _save_and_restore(client, run_id):
     run = client.open_run(run_id, transport="stream")
     w = np.arange(64, dtype=np.float32)
@@ -106,7 +118,7 @@ def _refused(fn, code, *fragments):
 
 
 def test_tls_serves_trainers_and_refuses_plaintext_clients(tmp_path, certs):
-    cfg = f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
+    cfg = _tls_config(certs)
     with tcp_daemon(tmp_path, cfg) as (_, target, log):
         _save_and_restore(ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem")), "tls")
         plain = ckptd.connect(target, reconnect_timeout=0)
@@ -124,9 +136,36 @@ def test_tls_serves_trainers_and_refuses_plaintext_clients(tmp_path, certs):
     assert not (tmp_path / "runs" / "plain").exists()
 
 
+def test_one_host_cannot_take_every_stream(tmp_path, certs):
+    """server.max_streams_per_peer = 3: a host's fourth held stream (watch or
+    save) is refused naming the setting and the host; one ended, the next fits."""
+    cfg = _tls_config(certs, "max_streams_per_peer = 3\n")
+    with tcp_daemon(tmp_path, cfg) as (_, target, _log):
+        client = ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem"))
+        client.open_run("w", transport="stream")
+        watches = [client.stub.WatchRun(pb.WatchRunRequest(run_id="w")) for _ in range(3)]
+        time.sleep(0.5)
+        assert not any(w.done() for w in watches)
+        fourth = client.stub.WatchRun(pb.WatchRunRequest(run_id="w"), timeout=10)
+        with pytest.raises(Exception) as e:
+            next(fourth)
+        assert e.value.code().name == "RESOURCE_EXHAUSTED", e.value
+        assert "server.max_streams_per_peer" in e.value.details()
+        assert "ipv4:127.0.0.1 already holds 3" in e.value.details(), e.value.details()
+        # A save stream counts too; once a watch ends, it fits.
+        with pytest.raises(Exception) as e:
+            client.open_run("w", transport="stream").save(1, {"x": np.zeros(4, np.float32)})
+        assert "server.max_streams_per_peer" in str(e.value), e.value
+        watches[0].cancel()
+        time.sleep(0.5)
+        run = client.open_run("w", transport="stream")
+        assert run.save(1, {"x": np.zeros(4, np.float32)}).state == "committed"
+        for w in watches:
+            w.cancel()
+
+
 def test_client_certificates_when_the_daemon_requires_them(tmp_path, certs):
-    cfg = (f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
-           f'tls_client_ca = "{certs("ca.pem")}"\n')
+    cfg = _tls_config(certs, f'tls_client_ca = "{certs("ca.pem")}"\n')
     with tcp_daemon(tmp_path, cfg) as (_, target, _log):
         trainer = ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem"),
                                 tls_cert=certs("trainer.pem"), tls_key=certs("trainer.key"))
@@ -141,11 +180,8 @@ def test_client_certificates_when_the_daemon_requires_them(tmp_path, certs):
 
 
 def test_bearer_tokens_grant_runs_by_prefix(tmp_path, certs):
-    tokens = tmp_path / "tokens"
-    tokens.write_text(f"# prefix token\nllama- {TOKEN_LLAMA}\n*      {TOKEN_ALL}   # ops\n")
-    os.chmod(tokens, 0o600)
-    cfg = (f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
-           f'tokens_file = "{tokens}"\n')
+    cfg = _tokens_config(tmp_path, certs,
+                         f"# prefix token\nllama- {TOKEN_LLAMA}\n*      {TOKEN_ALL}   # ops\n", 0o600)
     with tcp_daemon(tmp_path, cfg) as (_, target, log):
         def connect(token=None):
             return ckptd.connect(target, reconnect_timeout=0, tls_ca=certs("ca.pem"), token=token)
@@ -182,11 +218,7 @@ def test_bearer_tokens_grant_runs_by_prefix(tmp_path, certs):
 
 
 def test_a_token_file_others_can_read_is_refused(tmp_path, certs):
-    tokens = tmp_path / "tokens"
-    tokens.write_text(f"* {TOKEN_ALL}\n")
-    os.chmod(tokens, 0o644)
-    cfg = (f'[server]\ntls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n'
-           f'tokens_file = "{tokens}"\n')
+    cfg = _tokens_config(tmp_path, certs, f"* {TOKEN_ALL}\n", 0o644)
     with tcp_daemon(tmp_path, cfg, expect_start=False) as (proc, _, log):
         assert proc.wait(30) != 0
         text = log.read_text()
