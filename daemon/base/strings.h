@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <iterator>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +48,10 @@ std::string Printable(std::string_view s);
 
 // Equality whose time depends on the lengths only (for secrets).
 bool ConstantTimeEqual(std::string_view a, std::string_view b);
+
+// The token of an "Authorization: Bearer <token>" value (gRPC metadata or an
+// HTTP header); nullopt when it is not that form.
+std::optional<std::string_view> BearerToken(std::string_view authorization);
 
 // Splits on `sep`; empty pieces are dropped when skip_empty.
 inline std::vector<std::string> Split(std::string_view s, char sep, bool skip_empty = false) {

@@ -96,9 +96,8 @@ Reply Router::MetricsText() const {
 
 bool Router::Authorized(const Target& t, std::string_view authorization) const {
   if (read_token_.empty()) return true;
-  constexpr std::string_view kBearer = "Bearer ";
-  if (authorization.starts_with(kBearer)) {
-    return ConstantTimeEqual(authorization.substr(kBearer.size()), read_token_);
+  if (const std::optional<std::string_view> token = BearerToken(authorization)) {
+    return ConstantTimeEqual(*token, read_token_);
   }
   auto it = t.query.find("token");
   return it != t.query.end() && ConstantTimeEqual(it->second, read_token_);

@@ -9,7 +9,6 @@ namespace {
 
 constexpr size_t kMinTokenLength = 16;
 constexpr size_t kMaxTokenLength = 512;
-constexpr std::string_view kBearer = "Bearer ";
 
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\r'; }
 
@@ -97,17 +96,18 @@ const std::vector<std::string>* TokenTable::Find(std::string_view token) const {
   return found;
 }
 
-absl::Status TokenTable::Authorize(std::string_view authorization, bool present,
+absl::Status TokenTable::Authorize(std::optional<std::string_view> authorization,
                                    std::string_view run_id) const {
-  if (!present) {
+  if (!authorization) {
     return absl::UnauthenticatedError(
         "this daemon requires a bearer token (server.tokens_file): send the 'authorization: "
         "Bearer <token>' metadata (clients: the token option, ckptctl --token-file)");
   }
-  if (!authorization.starts_with(kBearer)) {
+  const std::optional<std::string_view> token = BearerToken(*authorization);
+  if (!token) {
     return absl::UnauthenticatedError("the 'authorization' metadata is not 'Bearer <token>'");
   }
-  const std::vector<std::string>* prefixes = Find(authorization.substr(kBearer.size()));
+  const std::vector<std::string>* prefixes = Find(*token);
   if (prefixes == nullptr) {
     return absl::UnauthenticatedError(
         "the bearer token is not one this daemon knows (server.tokens_file); check the token "
@@ -127,7 +127,7 @@ absl::Status TokenTable::Authorize(std::string_view authorization, bool present,
 }
 
 bool TokenTable::Covers(std::string_view authorization, std::string_view run_id) const {
-  return Authorize(authorization, true, run_id).ok();
+  return Authorize(authorization, run_id).ok();
 }
 
 absl::StatusOr<std::string> LoadSingleToken(env::Env* env, const std::string& path) {

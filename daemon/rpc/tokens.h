@@ -15,6 +15,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,9 +35,10 @@ class TokenTable {
   static absl::StatusOr<TokenTable> Load(env::Env* env, const std::string& path);
 
   // UNAUTHENTICATED when `authorization` (the call's "authorization"
-  // metadata) is missing, malformed or an unknown token; PERMISSION_DENIED
-  // when the token does not cover `run_id`. Both say what to do.
-  absl::Status Authorize(std::string_view authorization, bool present,
+  // metadata; nullopt when it sent none) is missing, malformed or an unknown
+  // token; PERMISSION_DENIED when the token does not cover `run_id`. Both
+  // say what to do.
+  absl::Status Authorize(std::optional<std::string_view> authorization,
                          std::string_view run_id) const;
   // Whether a known token (as above) covers `run_id`; false for an unknown one.
   bool Covers(std::string_view authorization, std::string_view run_id) const;

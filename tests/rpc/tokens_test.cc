@@ -34,25 +34,26 @@ TokenTable Table() {
 TEST(TokenTableTest, ATokenCoversTheRunsOfItsPrefixes) {
   TokenTable t = Table();
   EXPECT_EQ(t.size(), 2u);
-  EXPECT_TRUE(t.Authorize("Bearer " + kLlama, true, "llama-7b").ok());
-  EXPECT_TRUE(t.Authorize("Bearer " + kLlama, true, "mistral-7b").ok());
-  absl::Status other = t.Authorize("Bearer " + kLlama, true, "gpt-2");
+  EXPECT_TRUE(t.Authorize("Bearer " + kLlama, "llama-7b").ok());
+  EXPECT_TRUE(t.Authorize("Bearer " + kLlama, "mistral-7b").ok());
+  absl::Status other = t.Authorize("Bearer " + kLlama, "gpt-2");
   EXPECT_EQ(other.code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(other.message(), HasSubstr("covers runs 'llama-*', 'mistral-*', not 'gpt-2'"));
-  EXPECT_TRUE(t.Authorize("Bearer " + kAll, true, "gpt-2").ok());
+  EXPECT_TRUE(t.Authorize("Bearer " + kAll, "gpt-2").ok());
   // A call naming no run needs a token for every run.
-  EXPECT_TRUE(t.Authorize("Bearer " + kAll, true, "").ok());
-  EXPECT_THAT(t.Authorize("Bearer " + kLlama, true, "").message(), HasSubstr("names no run"));
+  EXPECT_TRUE(t.Authorize("Bearer " + kAll, "").ok());
+  EXPECT_THAT(t.Authorize("Bearer " + kLlama, "").message(), HasSubstr("names no run"));
   EXPECT_TRUE(t.Covers("Bearer " + kLlama, "llama-x"));
   EXPECT_FALSE(t.Covers("Bearer " + kLlama, "x-llama-"));
 }
 
 TEST(TokenTableTest, MissingMalformedAndUnknownTokensAreUnauthenticated) {
   TokenTable t = Table();
-  EXPECT_EQ(t.Authorize("", false, "llama-7b").code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(t.Authorize("", false, "llama-7b").message(), HasSubstr("requires a bearer token"));
-  EXPECT_THAT(t.Authorize(kLlama, true, "llama-7b").message(), HasSubstr("not 'Bearer <token>'"));
-  absl::Status unknown = t.Authorize("Bearer " + kLlama + "x", true, "llama-7b");
+  EXPECT_EQ(t.Authorize(std::nullopt, "llama-7b").code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(t.Authorize(std::nullopt, "llama-7b").message(),
+              HasSubstr("requires a bearer token"));
+  EXPECT_THAT(t.Authorize(kLlama, "llama-7b").message(), HasSubstr("not 'Bearer <token>'"));
+  absl::Status unknown = t.Authorize("Bearer " + kLlama + "x", "llama-7b");
   EXPECT_EQ(unknown.code(), absl::StatusCode::kUnauthenticated);
   EXPECT_THAT(unknown.message(), HasSubstr("not one this daemon knows"));
   EXPECT_FALSE(t.Covers("Bearer " + kLlama.substr(0, 20), "llama-7b"));  // a prefix of a token
