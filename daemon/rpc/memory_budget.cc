@@ -28,7 +28,8 @@ absl::Status MemoryBudget::CheckLocked(uint64_t bytes, uint64_t freed,
       StrCat(what, " needs ", bytes, " bytes of the daemon's memory budget, which has ",
              limit_ - std::min(limit_, used_ - freed), " of ", limit_,
              " left (server.memory_budget_bytes); send less metadata, wait for other saves, "
-             "close runs you no longer use, or raise the budget"));
+             "close runs you no longer use (their settings leave memory after "
+             "server.unload_idle_runs_seconds), or raise the budget"));
 }
 
 absl::Status MemoryBudget::Reserve(uint64_t bytes, const std::string& what, Charge* out) {
@@ -51,11 +52,12 @@ absl::Status MemoryBudget::ReserveForRun(const std::string& run_id, uint64_t byt
   return st;
 }
 
-absl::Status MemoryBudget::FitsRun(const std::string& run_id, uint64_t bytes) const {
+void MemoryBudget::ReleaseRun(const std::string& run_id) {
   absl::MutexLock lock(&mu_);
   auto it = runs_.find(run_id);
-  return CheckLocked(bytes, it == runs_.end() ? 0 : it->second,
-                     StrCat("the settings of run '", Printable(run_id), "'"));
+  if (it == runs_.end()) return;
+  used_ -= std::min(used_, it->second);
+  runs_.erase(it);
 }
 
 uint64_t MemoryBudget::HeldByRun(const std::string& run_id) const {

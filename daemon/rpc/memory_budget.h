@@ -1,11 +1,10 @@
 // The daemon's budget for memory that clients decide the size of: save
 // headers and metadata while a save is admitted and converted, and each
 // open run's settings (model metadata, provenance, exports) for as long as
-// the run is known. A request that would take the total past the budget is
-// refused with RESOURCE_EXHAUSTED naming server.memory_budget_bytes, before
-// anything is converted for it. Tensor bytes are not charged: they stream
-// through bounded buffers (stream path) or stay in the trainer's arenas
-// (shm, pointers). Thread-safe.
+// they are in memory (an idle run's leave it: RunRegistry::UnloadIdle). A request that would take
+// the total past the budget is refused with RESOURCE_EXHAUSTED naming server.memory_budget_bytes,
+// before anything is converted for it. Tensor bytes are not charged: they stream through bounded
+// buffers (stream path) or stay in the trainer's arenas (shm, pointers). Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -54,9 +53,8 @@ class MemoryBudget {
   absl::Status ReserveForRun(const std::string& run_id, uint64_t bytes, bool force = false)
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Whether ReserveForRun(run_id, bytes) would fit now (checked before a
-  // run is created, so a refused OpenRun leaves no charge behind).
-  absl::Status FitsRun(const std::string& run_id, uint64_t bytes) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Returns all a run holds (its settings left memory).
+  void ReleaseRun(const std::string& run_id) ABSL_LOCKS_EXCLUDED(mu_);
 
   // What a run's settings hold now (0 for a run not opened yet).
   uint64_t HeldByRun(const std::string& run_id) const ABSL_LOCKS_EXCLUDED(mu_);

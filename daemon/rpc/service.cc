@@ -107,8 +107,7 @@ std::optional<std::string_view> CheckpointdService::Authorization(
 grpc::Status CheckpointdService::Authorize(const grpc::ServerContextBase* ctx,
                                            std::optional<std::string_view> run_id) const {
   if (tokens_ == nullptr) return grpc::Status::OK;
-  const std::optional<std::string_view> auth = Authorization(ctx);
-  absl::Status st = tokens_->Authorize(auth.value_or(""), auth.has_value(), run_id.value_or(""));
+  absl::Status st = tokens_->Authorize(Authorization(ctx), run_id.value_or(""));
   if (!st.ok() && !run_id.has_value() && st.code() == absl::StatusCode::kPermissionDenied) {
     return grpc::Status::OK;  // a known token, asking for what it covers
   }
@@ -170,15 +169,11 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
   auto settings = SettingsFrom(*req);
   if (!settings.ok()) return ToGrpc(settings.status());
   if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
-  // Converted: from here the settings stay in memory while the daemon
-  // knows the run, charged to it instead.
-  charge.Release();
-  if (absl::Status st = budget_->FitsRun(req->run_id(), settings_bytes); !st.ok()) {
-    return ToGrpc(st);
-  }
   bool resumed = false;
   auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);
   if (!run.ok()) return ToGrpc(run.status());
+  // Converted and kept: from here the settings are charged to the run (the
+  // transient charge above ends with this call).
   (void)budget_->ReserveForRun(req->run_id(), settings_bytes, /*force=*/true);
   // The settings survive a restart: the request as given, reloaded by
   // RestoreRuns. A run whose settings cannot be stored is not opened.
@@ -632,16 +627,22 @@ grpc::Status CheckpointdService::GetLineage(grpc::ServerContext* ctx, const v1::
 grpc::ServerWriteReactor<v1::RunEvent>* CheckpointdService::WatchRun(
     grpc::CallbackServerContext* ctx, const v1::WatchRunRequest* req) {
   if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return WatchStreams::Refuse(st);
-  auto slot = std::make_shared<StreamSlot>(&watch_streams_, limits_.max_watch_streams);
-  if (!slot->ok()) {
+  // The slots live as long as the watch: released when gRPC is done with it.
+  struct Slots {
+    Slots(CheckpointdService& s, std::string_view peer)
+        : global(&s.watch_streams_, s.limits_.max_watch_streams),
+          peer(&s.peer_streams_, peer, s.limits_.max_streams_per_peer) {}
+    StreamSlot global;
+    PeerSlot peer;
+  };
+  auto slots = std::make_shared<Slots>(*this, ctx->peer());
+  if (!slots->global.ok()) {
     return WatchStreams::Refuse(
         TooManyStreams("WatchRun", "server.max_watch_streams", limits_.max_watch_streams));
   }
-  auto peer_slot =
-      std::make_shared<PeerSlot>(&peer_streams_, ctx->peer(), limits_.max_streams_per_peer);
-  if (!peer_slot->ok()) {
+  if (!slots->peer.ok()) {
     return WatchStreams::Refuse(
-        TooManyPeerStreams(peer_slot->host(), limits_.max_streams_per_peer));
+        TooManyPeerStreams(slots->peer.host(), limits_.max_streams_per_peer));
   }
   if (stopping_) {
     return WatchStreams::Refuse(
@@ -650,7 +651,7 @@ grpc::ServerWriteReactor<v1::RunEvent>* CheckpointdService::WatchRun(
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return WatchStreams::Refuse(ToGrpc(run.status()));
   return watches_.Start((*run)->Subscribe(watches_.OnChange()), limits_.watch_max_seconds,
-                        [slot, peer_slot] {});
+                        std::move(slots));
 }
 
 }  // namespace ckptd::rpc

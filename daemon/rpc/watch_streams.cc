@@ -12,15 +12,12 @@ namespace ckptd::rpc {
 class WatchReactor final : public grpc::ServerWriteReactor<v1::RunEvent> {
  public:
   WatchReactor(std::shared_ptr<scheduler::Subscription> sub, double max_seconds,
-               std::function<void()> on_end, std::shared_ptr<PumpSignal> signal)
+               std::shared_ptr<void> held, std::shared_ptr<PumpSignal> signal)
       : signal_(std::move(signal)),
         sub_(std::move(sub)),
         max_seconds_(max_seconds),
         deadline_(NowSeconds() + max_seconds),
-        on_end_(std::move(on_end)) {}
-  ~WatchReactor() override {
-    if (on_end_) on_end_();
-  }
+        held_(std::move(held)) {}
 
   // From the pump: the next event into the stream, or the end.
   void Pump(bool stopping) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -78,7 +75,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::RunEvent> {
   const std::shared_ptr<scheduler::Subscription> sub_;
   const double max_seconds_;
   const double deadline_;
-  const std::function<void()> on_end_;
+  const std::shared_ptr<void> held_;  // released with the reactor
   absl::Mutex mu_;
   v1::RunEvent out_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -114,9 +111,8 @@ std::function<void()> WatchStreams::OnChange() const {
 }
 
 grpc::ServerWriteReactor<v1::RunEvent>* WatchStreams::Start(
-    std::shared_ptr<scheduler::Subscription> sub, double max_seconds,
-    std::function<void()> on_end) {
-  auto* r = new WatchReactor(std::move(sub), max_seconds, std::move(on_end), signal_);
+    std::shared_ptr<scheduler::Subscription> sub, double max_seconds, std::shared_ptr<void> held) {
+  auto* r = new WatchReactor(std::move(sub), max_seconds, std::move(held), signal_);
   {
     absl::MutexLock lock(&mu_);
     reactors_.push_back(r);

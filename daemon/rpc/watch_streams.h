@@ -45,9 +45,9 @@ class WatchStreams {
   // What Subscribe should call on every event (wakes the pump).
   std::function<void()> OnChange() const;
   // A watch over `sub`, ended with DEADLINE_EXCEEDED after `max_seconds`;
-  // `on_end` runs when gRPC is done with it (releases its stream slot).
+  // `held` (its stream slots) is released when gRPC is done with it.
   grpc::ServerWriteReactor<v1::RunEvent>* Start(std::shared_ptr<scheduler::Subscription> sub,
-                                                double max_seconds, std::function<void()> on_end);
+                                                double max_seconds, std::shared_ptr<void> held);
   // A watch refused before it started.
   static grpc::ServerWriteReactor<v1::RunEvent>* Refuse(grpc::Status status);
 
