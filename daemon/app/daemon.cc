@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -19,6 +20,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/base/time.h"
 #include "daemon/config/config.h"
 #include "daemon/env/fault_env.h"
 #include "daemon/env/fd_limit.h"
@@ -381,6 +383,19 @@ void Daemon::StartTimers() {
       for (const auto& run : registry_->List()) (void)registry_->RunRetention(*run, false);
     });
   });
+  // Idle runs give their settings' memory back (RunRegistry::UnloadIdle).
+  if (const double idle = cfg_.unload_idle_runs_seconds; idle > 0) {
+    const auto every =
+        std::chrono::milliseconds(static_cast<int64_t>(std::clamp(idle / 4, 0.25, 60.0) * 1000));
+    threads_.emplace_back([this, idle, every] {
+      Every(every, [&] {
+        for (const std::string& id : registry_->UnloadIdle(idle, NowSeconds())) {
+          spdlog::info("run settings unloaded run={} idle_s>={} (reloaded by its next save)", id,
+                       idle);
+        }
+      });
+    });
+  }
   // Readiness, from the one source /readyz uses: the gRPC health service
   // and systemd's STATUS= follow it (checked every second, logged on change).
   threads_.emplace_back([this] {

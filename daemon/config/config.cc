@@ -166,6 +166,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.max_save_streams", Unsigned(&c->max_save_streams)},
       {"server.watch_max_seconds", Seconds(&c->watch_max_seconds)},
       {"server.memory_budget_bytes", Unsigned(&c->memory_budget_bytes)},
+      {"server.unload_idle_runs_seconds", Seconds(&c->unload_idle_runs_seconds)},
       {"server.max_streams_per_peer", Unsigned(&c->max_streams_per_peer)},
       {"server.tls_cert", String(&c->tls_cert)},
       {"server.tls_key", String(&c->tls_key)},
@@ -311,6 +312,8 @@ absl::Status Validate(const Config& c) {
   if (c.watch_max_seconds <= 0) return bad("server.watch_max_seconds", "must be above 0");
   if (c.memory_budget_bytes < (1u << 20))
     return bad("server.memory_budget_bytes", "must be at least 1 MiB");
+  if (c.unload_idle_runs_seconds < 0)
+    return bad("server.unload_idle_runs_seconds", "must be 0 (never) or above");
   if (c.shm_max_arenas == 0) return bad("shm.max_arenas", "must be at least 1");
   if (c.shm_max_pending_saves == 0) return bad("shm.max_pending_saves", "must be at least 1");
   if (c.shm_staging_timeout_seconds <= 0)

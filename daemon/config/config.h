@@ -34,6 +34,10 @@ struct Config {
   // Memory clients decide the size of: save headers and metadata in flight,
   // open runs' settings (see rpc::MemoryBudget).
   uint64_t memory_budget_bytes = uint64_t{256} << 20;
+  // A run idle this long (no OpenRun, ShouldSave or save: closed, or its
+  // trainer went away) drops its settings from memory and the budget; its
+  // next save reads them back from the run directory. 0 = never.
+  double unload_idle_runs_seconds = 900;
   uint32_t max_streams_per_peer = 64;  // WatchRun + Save streams per TCP host; 0 = no limit
   // A HOST:PORT listen serves TLS with this certificate chain and key (PEM
   // files); with tls_client_ca, clients must present a certificate it signed.

@@ -196,33 +196,52 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
   return grpc::Status::OK;
 }
 
+absl::StatusOr<scheduler::RunSettings> CheckpointdService::ReadStoredSettings(
+    const scheduler::Run& run, uint64_t* charge) const {
+  const std::string path = StrCat(run.run_dir(), "/", storage::kRunSettingsFile);
+  CKPTD_ASSIGN_OR_RETURN(std::string text, env::ReadWholeFile(registry_->env(), path));
+  v1::OpenRunRequest req;
+  if (auto parsed = google::protobuf::util::JsonStringToMessage(text, &req); !parsed.ok()) {
+    return absl::InvalidArgumentError(StrCat(path, ": ", std::string(parsed.message())));
+  }
+  auto settings = SettingsFrom(req);
+  if (settings.ok()) {
+    if (absl::Status st = ExportsFrom(req, *registry_, &*settings); !st.ok()) settings = st;
+  }
+  if (!settings.ok()) {
+    return absl::Status(settings.status().code(), StrCat(path, ": ", settings.status().message()));
+  }
+  *charge = req.ByteSizeLong() * MemoryBudget::kParsedFactor;
+  return settings;
+}
+
 std::vector<std::string> CheckpointdService::RestoreRuns() {
   std::vector<std::string> warnings;
   for (const std::shared_ptr<scheduler::Run>& run : registry_->List()) {
-    const std::string path = StrCat(run->run_dir(), "/", storage::kRunSettingsFile);
-    auto text = env::ReadWholeFile(registry_->env(), path);
-    if (!text.ok()) continue;  // never opened with settings: the daemon's defaults
-    v1::OpenRunRequest req;
-    auto parsed = google::protobuf::util::JsonStringToMessage(*text, &req);
-    absl::StatusOr<scheduler::RunSettings> settings =
-        parsed.ok() ? SettingsFrom(req) : absl::InvalidArgumentError(std::string(parsed.message()));
-    if (settings.ok()) {
-      if (absl::Status st = ExportsFrom(req, *registry_, &*settings); !st.ok()) settings = st;
-    }
+    uint64_t charge = 0;
+    absl::StatusOr<scheduler::RunSettings> settings = ReadStoredSettings(*run, &charge);
+    if (absl::IsNotFound(settings.status())) continue;  // never opened with settings: defaults
     if (!settings.ok()) {
-      warnings.push_back(StrCat("run '", run->id(), "': ", path,
-                                " cannot be used (the run keeps the daemon's defaults until it is "
-                                "opened again): ",
+      warnings.push_back(StrCat("run '", run->id(), "': the stored settings cannot be used (the ",
+                                "run keeps the daemon's defaults until it is opened again): ",
                                 settings.status().message()));
       continue;
     }
     registry_->Restore(*run, std::move(*settings));
-    if (absl::Status st = budget_->ReserveForRun(
-            run->id(), req.ByteSizeLong() * MemoryBudget::kParsedFactor, /*force=*/true);
-        !st.ok()) {
+    if (absl::Status st = budget_->ReserveForRun(run->id(), charge, /*force=*/true); !st.ok()) {
       warnings.push_back(StrCat("run '", run->id(), "': ", st.message()));
     }
   }
+  // An idle run's settings leave memory (and the budget); a save reads
+  // them back. A reload is never refused: the run was admitted when opened.
+  registry_->SetSettingsStore(
+      {.reload = [this](const scheduler::Run& run) -> absl::StatusOr<scheduler::RunSettings> {
+         uint64_t charge = 0;
+         CKPTD_ASSIGN_OR_RETURN(scheduler::RunSettings settings, ReadStoredSettings(run, &charge));
+         (void)budget_->ReserveForRun(run.id(), charge, /*force=*/true);
+         return settings;
+       },
+       .unloaded = [this](const scheduler::Run& run) { budget_->ReleaseRun(run.id()); }});
   return warnings;
 }
 

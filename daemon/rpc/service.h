@@ -109,6 +109,7 @@ class CheckpointdService final
   // At startup, after RunRegistry::Scan: each run's settings as last opened
   // (stored by OpenRun in its directory), so ShouldSave, saves, retention
   // and listings behave as before the restart. Problems come back as warnings.
+  // Also makes the same file where an idle run's settings come back from.
   std::vector<std::string> RestoreRuns();
 
   void SetLimits(RequestLimits limits) {  // before serving
@@ -160,6 +161,10 @@ class CheckpointdService final
  private:
   // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.
   void AddInMemoryCopy(v1::RunInfo* info) const;
+  // The settings OpenRun stored in the run's directory; `charge` receives
+  // what they count against the memory budget. NOT_FOUND when there are none.
+  absl::StatusOr<scheduler::RunSettings> ReadStoredSettings(const scheduler::Run& run,
+                                                            uint64_t* charge) const;
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
   // What Save and CloseRun hold once their header is read and admitted.
   struct SaveStreamStart {

@@ -159,7 +159,8 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
   }
   run->state = RunState::kOpen;
   run->settings = std::move(settings);
-  run->reference_time_s = NowSeconds();
+  run->settings_unloaded = false;
+  run->reference_time_s = run->last_active_s = NowSeconds();
   return run;
 }
 
@@ -167,7 +168,57 @@ void RunRegistry::Restore(Run& run, RunSettings settings) {
   absl::MutexLock lock(&run.mu());
   if (run.state != RunState::kFinished) run.state = RunState::kOpen;
   run.settings = std::move(settings);
-  run.reference_time_s = NowSeconds();
+  run.settings_unloaded = false;
+  run.reference_time_s = run.last_active_s = NowSeconds();
+}
+
+void RunRegistry::SetSettingsStore(SettingsStore store) { store_ = std::move(store); }
+
+std::vector<std::string> RunRegistry::UnloadIdle(double idle_s, double now) {
+  std::vector<std::string> out;
+  if (!store_.reload) return out;
+  for (const std::shared_ptr<Run>& run : List()) {
+    if (!run->save_mu().TryLock()) continue;  // a save in progress: not idle
+    bool unloaded = false;
+    {
+      absl::MutexLock lock(&run->mu());
+      const double last = std::max(run->last_active_s, run->reference_time_s);
+      if (run->settings && !run->settings_unloaded && run->in_flight.empty() &&
+          now - last >= idle_s) {
+        RunSettings& s = *run->settings;
+        s.model_metadata = {};
+        s.provenance = {};
+        for (RunExport& e : s.exports) e.profile.reset();
+        run->settings_unloaded = unloaded = true;
+      }
+    }
+    run->save_mu().Unlock();
+    if (!unloaded) continue;
+    if (store_.unloaded) store_.unloaded(*run);
+    out.push_back(run->id());
+  }
+  return out;
+}
+
+absl::Status RunRegistry::EnsureSettings(Run& run) {
+  {
+    absl::MutexLock lock(&run.mu());
+    if (!run.settings_unloaded) return absl::OkStatus();
+  }
+  absl::StatusOr<RunSettings> back =
+      store_.reload ? store_.reload(run) : absl::InternalError("no settings store");
+  if (!back.ok()) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(), "': its settings left memory while it was idle and cannot be ",
+               "read back (", back.status().message(), "); call OpenRun again"));
+  }
+  absl::MutexLock lock(&run.mu());
+  if (run.settings_unloaded) {  // else reopened meanwhile: the new settings stand
+    run.settings = *std::move(back);
+    run.settings_unloaded = false;
+  }
+  spdlog::info("run settings reloaded run={}", run.id());
+  return absl::OkStatus();
 }
 
 absl::Status RunRegistry::CheckDirFreeLocked(const std::string& run_id,

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -48,6 +49,16 @@ struct RunSettings {
   std::vector<RunExport> exports;
 };
 
+class Run;
+
+// Where a run's settings come back from after they left memory (the API
+// layer keeps them in the run directory and charges them to the memory
+// budget).
+struct SettingsStore {
+  std::function<absl::StatusOr<RunSettings>(const Run&)> reload;
+  std::function<void(const Run&)> unloaded;  // after a run's settings left memory
+};
+
 struct DaemonFacts {
   std::string version;
   std::string host;
@@ -75,7 +86,12 @@ class Run {
   const storage::RunDir* dir() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
   RunState state ABSL_GUARDED_BY(mu_) = RunState::kIdle;
   std::optional<RunSettings> settings ABSL_GUARDED_BY(mu_);  // set by OpenRun
-  double reference_time_s ABSL_GUARDED_BY(mu_) = 0;          // last commit, or when opened
+  // The bulky part of `settings` (model metadata, provenance, export
+  // profiles) left memory while the run was idle (RunRegistry::UnloadIdle);
+  // schedule, retention, base model and export names stay.
+  bool settings_unloaded ABSL_GUARDED_BY(mu_) = false;
+  double reference_time_s ABSL_GUARDED_BY(mu_) = 0;  // last commit, or when opened
+  double last_active_s ABSL_GUARDED_BY(mu_) = 0;     // last OpenRun, ShouldSave or save
   std::string last_error ABSL_GUARDED_BY(mu_);
   // An unresolved write error (I/O, not a client's mistake): retention pauses
   // until a save succeeds again.
@@ -123,6 +139,17 @@ class RunRegistry {
   absl::StatusOr<std::shared_ptr<Run>> Get(const std::string& run_id) const;
   std::vector<std::shared_ptr<Run>> List() const;
 
+  // Idle runs give their settings' memory back: a run with no OpenRun,
+  // ShouldSave or save for `idle_s` (closed, or its trainer went away) and
+  // no save in progress drops the bulky part of its settings. Returns the
+  // ids unloaded. Needs a SettingsStore.
+  void SetSettingsStore(SettingsStore store);
+  std::vector<std::string> UnloadIdle(double idle_s, double now);
+  // Before a save uses a run's settings: reads them back if they were
+  // unloaded. FAILED_PRECONDITION (reopen the run) when they cannot be.
+  absl::Status EnsureSettings(Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.save_mu())
+      ABSL_LOCKS_EXCLUDED(run.mu());
+
   policy::Schedule EffectiveSchedule(const Run& run) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
   policy::RetentionPolicy EffectiveRetention(const Run& run) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
@@ -163,6 +190,7 @@ class RunRegistry {
   policy::RetentionPolicy default_retention_ ABSL_GUARDED_BY(mu_);
   policy::DiskGuard disk_guard_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Run>> runs_ ABSL_GUARDED_BY(mu_);
+  SettingsStore store_;  // set once, before the daemon serves
 };
 
 }  // namespace ckptd::scheduler

@@ -102,6 +102,7 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
   absl::StatusOr<Admission> admission;
   {
     absl::MutexLock lock(&run->mu());
+    run->last_active_s = NowSeconds();
     if (admitted == nullptr) {
       admission = Admit(*run, registry->EffectiveSchedule(*run), p.admit_request(), std::nullopt,
                         NowSeconds());
@@ -140,6 +141,8 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   const double now = NowSeconds();
   std::string weights_dir;
   std::vector<RunExport> run_exports;
+  run_->save_mu().AssertHeld();                 // by save_lock_, taken in Begin
+  CKPTD_TRY(registry_->EnsureSettings(*run_));  // an idle run's come back from its directory
   {
     absl::MutexLock lock(&run_->mu());
     // Checked again under the save lock: another save may have committed meanwhile.

@@ -377,6 +377,43 @@ def test_the_memory_budget_bounds_run_settings_and_save_headers(tmp_path):
         assert stub.Save(stream(h, b"\0" * 32), timeout=30).result == pb.SaveResponse.RESULT_COMMITTED
 
 
+def test_idle_runs_give_their_settings_memory_back_and_a_save_reads_them_back(tmp_path):
+    """server.unload_idle_runs_seconds = 1, budget 8 MiB. Two runs holding
+    1 MiB of metadata each (3 MiB charged each) go idle and leave memory, so
+    two more such runs fit; the first's next save reads its settings back from
+    the run directory: the checkpoint carries the model metadata and the
+    trainer provenance it was opened with."""
+    import time
+
+    import ckptd.gguf
+
+    def md(n):
+        return [entry("general.description", string_value="x" * n)]
+
+    config = "[server]\nmemory_budget_bytes = 8388608\nunload_idle_runs_seconds = 1\n"
+    with _daemon(tmp_path, config) as (d, stub):
+        for run in ("big-0", "big-1"):
+            stub.OpenRun(pb.OpenRunRequest(
+                run_id=run, model_metadata=md(1 << 20),
+                provenance=pb.Provenance(git_commit="idle-test")), timeout=30)
+        assert save(stub, header(run="big-0", step=1)).result == pb.SaveResponse.RESULT_COMMITTED
+
+        def logged(what):
+            return re.findall(what, open(d.log).read())
+
+        deadline = time.monotonic() + 30
+        while len(set(logged(r"run settings unloaded run=(big-\d)"))) < 2:
+            assert time.monotonic() < deadline, open(d.log).read()[-3000:]
+            time.sleep(0.1)
+        for run in ("big-2", "big-3"):  # 4 x 3 MiB would not fit
+            stub.OpenRun(pb.OpenRunRequest(run_id=run, model_metadata=md(1 << 20)), timeout=30)
+        assert save(stub, header(run="big-0", step=2)).result == pb.SaveResponse.RESULT_COMMITTED
+        h = ckptd.gguf.read_header(os.path.join(d.root, "big-0", "weights", "step_2.gguf"))
+        assert h.metadata["general.description"] == "x" * (1 << 20)
+        assert h.metadata["ckpt.trainer.git_commit"] == "idle-test"
+        assert logged(r"run settings reloaded run=big-0")
+
+
 def test_a_watch_ends_by_itself_and_says_how_to_resume(tmp_path):
     with _daemon(tmp_path, "[server]\nwatch_max_seconds = 1\n") as (_, stub):
         stub.OpenRun(pb.OpenRunRequest(run_id="w"))
