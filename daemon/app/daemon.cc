@@ -262,15 +262,20 @@ absl::Status Daemon::StartServing() {
       }
       http_token = std::move(*token);
     }
-    http_server_ = std::make_unique<http::HttpServer>(
-        http::HttpOptions{.listen = cfg.http_listen, .roots = roots_, .token = http_token},
-        queries_.get(), registry_.get());
+    http_server_ =
+        std::make_unique<http::HttpServer>(http::HttpOptions{.listen = cfg.http_listen,
+                                                             .roots = roots_,
+                                                             .token = http_token,
+                                                             .tls_cert = cfg.http_tls_cert,
+                                                             .tls_key = cfg.http_tls_key},
+                                           queries_.get(), registry_.get());
     if (absl::Status st = http_server_->Start(); !st.ok()) {
       server_->Shutdown();
       return st;
     }
-    spdlog::info("http: listening on {}:{} (status page, /v1, /metrics)",
-                 cfg.http_listen.substr(0, cfg.http_listen.rfind(':')), http_server_->port());
+    spdlog::info("http: listening on {}:{} ({}; status page, /v1, /metrics)",
+                 cfg.http_listen.substr(0, cfg.http_listen.rfind(':')), http_server_->port(),
+                 cfg.http_tls_cert.empty() ? "plain HTTP" : "HTTPS only");
   }
   spdlog::info("ready: listening on {}", cfg.listen);
   Notify(StrCat("READY=1\nSTATUS=serving ", registry_->List().size(), " runs on ", cfg.listen));

@@ -193,6 +193,8 @@ std::map<std::string, Field> Fields(Config* c) {
       {"shm.keep_in_memory_max_bytes", Unsigned(&c->shm_keep_in_memory_max_bytes)},
       {"http.listen", String(&c->http_listen)},
       {"http.token_file", String(&c->http_token_file)},
+      {"http.tls_cert", String(&c->http_tls_cert)},
+      {"http.tls_key", String(&c->http_tls_key)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
       {"retention.keep_best", Unsigned(&c->retention.keep_best)},
@@ -323,6 +325,10 @@ absl::Status Validate(const Config& c) {
   if (c.retention.metric.empty()) return bad("retention.metric", "must name a metric");
   if (!c.http_listen.empty() && c.http_listen.rfind(':') == std::string::npos) {
     return bad("http.listen", StrCat("'", c.http_listen, "' is not HOST:PORT (or \"\" for off)"));
+  }
+  if (c.http_tls_cert.empty() != c.http_tls_key.empty()) {
+    return bad(c.http_tls_cert.empty() ? "http.tls_cert" : "http.tls_key",
+               "http.tls_cert and http.tls_key go together: set both for HTTPS, or neither");
   }
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {

@@ -75,6 +75,8 @@ struct Config {
   // [http]: JSON API, /metrics, /healthz, /readyz, status page; "" = off
   std::string http_listen = "127.0.0.1:9477";
   std::string http_token_file;  // a read token every request but /healthz, /readyz needs; "" = none
+  std::string http_tls_cert;    // PEM chain and key: the listener serves HTTPS only
+  std::string http_tls_key;
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <charconv>
@@ -20,6 +21,7 @@ namespace {
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = boost::asio::ip::tcp;
+namespace ssl = boost::asio::ssl;
 
 }  // namespace
 
@@ -29,6 +31,7 @@ struct HttpServer::Impl {
   std::unique_ptr<Router> router;
   boost::asio::io_context io;
   tcp::acceptor acceptor{io};
+  std::unique_ptr<ssl::context> tls;  // null: plain HTTP
   std::thread accept_thread;
   std::atomic<bool> stopping{false};
   absl::Mutex mu;
@@ -36,12 +39,43 @@ struct HttpServer::Impl {
   std::set<int> open_fds ABSL_GUARDED_BY(mu);  // connections, so Stop() can unblock them
   size_t active ABSL_GUARDED_BY(mu) = 0;
 
-  void StreamEvents(tcp::socket& socket, const std::string& run_id);
-  void Serve(tcp::socket socket);
+  absl::Status LoadTls();
+  // `Stream`: the TCP socket, or a TLS stream over it.
+  template <typename Stream>
+  void StreamEvents(Stream& socket, const std::string& run_id);
+  template <typename Stream>
+  void Serve(Stream& socket);
+  void ServeConnection(tcp::socket socket);
   void AcceptLoop();
 };
 
-void HttpServer::Impl::StreamEvents(tcp::socket& socket, const std::string& run_id) {
+absl::Status HttpServer::Impl::LoadTls() {
+  if (options.tls_cert.empty() && options.tls_key.empty()) return absl::OkStatus();
+  if (options.tls_cert.empty() || options.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "http.tls_cert and http.tls_key go together: set both for HTTPS, or neither");
+  }
+  tls = std::make_unique<ssl::context>(ssl::context::tls_server);
+  tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                   ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 |
+                   ssl::context::single_dh_use);
+  boost::system::error_code ec;
+  tls->use_certificate_chain_file(options.tls_cert, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(StrCat("http.tls_cert: cannot use ", options.tls_cert, ": ",
+                                             ec.message(), " (a PEM certificate chain)"));
+  }
+  tls->use_private_key_file(options.tls_key, ssl::context::pem, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(StrCat("http.tls_key: cannot use ", options.tls_key, ": ",
+                                             ec.message(),
+                                             " (a PEM private key matching http.tls_cert)"));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Stream>
+void HttpServer::Impl::StreamEvents(Stream& socket, const std::string& run_id) {
   auto run = registry->Get(run_id);
   boost::system::error_code ec;
   if (!run.ok()) {
@@ -71,7 +105,8 @@ void HttpServer::Impl::StreamEvents(tcp::socket& socket, const std::string& run_
   }
 }
 
-void HttpServer::Impl::Serve(tcp::socket socket) {
+template <typename Stream>
+void HttpServer::Impl::Serve(Stream& socket) {
   beast::flat_buffer buffer;
   boost::system::error_code ec;
   while (!stopping) {
@@ -102,6 +137,24 @@ void HttpServer::Impl::Serve(tcp::socket socket) {
     bhttp::write(socket, res, ec);
     if (ec || !res.keep_alive()) break;
   }
+}
+
+void HttpServer::Impl::ServeConnection(tcp::socket socket) {
+  boost::system::error_code ec;
+  if (tls == nullptr) {
+    Serve(socket);
+  } else {
+    ssl::stream<tcp::socket&> stream(socket, *tls);
+    stream.handshake(ssl::stream_base::server, ec);
+    if (!ec) {
+      Serve(stream);
+      // close_notify, without waiting for the peer's (browsers often never send it).
+      ::SSL_shutdown(stream.native_handle());
+    } else if (!stopping) {
+      spdlog::debug("http: TLS handshake with {} failed: {}",
+                    socket.remote_endpoint(ec).address().to_string(), ec.message());
+    }
+  }
   socket.shutdown(tcp::socket::shutdown_both, ec);
 }
 
@@ -131,7 +184,7 @@ void HttpServer::Impl::AcceptLoop() {
       continue;
     }
     std::thread([this, fd, s = std::move(socket)]() mutable {
-      Serve(std::move(s));
+      ServeConnection(std::move(s));
       absl::MutexLock done(&mu);
       open_fds.erase(fd);
       --active;
@@ -151,6 +204,7 @@ HttpServer::HttpServer(HttpOptions options, const query::Queries* queries,
 HttpServer::~HttpServer() { Stop(); }
 
 absl::Status HttpServer::Start() {
+  if (absl::Status st = impl_->LoadTls(); !st.ok()) return st;
   const std::string& listen = impl_->options.listen;
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) {

@@ -1,6 +1,8 @@
 // The HTTP surface's sockets (Boost.Beast): one thread per connection, at
 // most max_connections at once (dashboards, not trainers, use it); what each
-// path answers is router.h's, event streams are framed by sse.h. Thread-safe.
+// path answers is router.h's, event streams are framed by sse.h. With a
+// certificate it serves HTTPS only (TLS 1.2 or later, OpenSSL through
+// Boost.Asio). Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -21,6 +23,9 @@ struct HttpOptions {
   size_t max_connections = 64;
   std::vector<std::string> roots;  // for disk gauges and /readyz
   std::string token;               // the read token (see Router); "" = none
+  // PEM files: with both, the listener speaks TLS (HTTPS) and nothing else.
+  std::string tls_cert;  // certificate chain
+  std::string tls_key;
 };
 
 class HttpServer {

@@ -265,3 +265,73 @@ def test_the_http_api_needs_its_read_token(tmp_path):
         for path in ("/healthz", "/readyz", "/"):
             assert _get(base + path)[0] == 200, path
         assert TOKEN_ALL not in log.read_text()
+
+
+def test_the_http_listener_serves_https_only_with_a_certificate(tmp_path, certs):
+    """http.tls_cert + http.tls_key: the JSON API, the probes and an event
+    stream over HTTPS, verified against the test CA; plain HTTP on that port
+    and a client that does not trust the certificate get nothing."""
+    import http.client
+    import ssl
+
+    token = tmp_path / "http.token"
+    token.write_text(TOKEN_ALL + "\n")
+    os.chmod(token, 0o600)
+    http_port = _free_port()
+    cfg = (f'[http]\nlisten = "127.0.0.1:{http_port}"\ntoken_file = "{token}"\n'
+           f'tls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n')
+    trusting = ssl.create_default_context(cafile=certs("ca.pem"))
+    auth = {"Authorization": "Bearer " + TOKEN_ALL}
+    with tcp_daemon(tmp_path, cfg, args=["--insecure"]) as (_, target, log):
+        assert "HTTPS only" in log.read_text()
+        base = f"https://127.0.0.1:{http_port}"
+
+        def get(path, headers=None, context=trusting):
+            req = urllib.request.Request(base + path, headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=30, context=context) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+
+        assert get("/healthz")[0] == 200
+        assert get("/v1/runs")[0] == 401
+        client = ckptd.connect(target)
+        client.open_run("tls-http", transport="stream")
+        status, body = get("/v1/runs", auth)
+        assert status == 200 and b"tls-http" in body
+        # An event stream over TLS sees a commit.
+        conn = http.client.HTTPSConnection("127.0.0.1", http_port, context=trusting, timeout=30)
+        conn.request("GET", "/v1/runs/tls-http/events", headers=auth)
+        events = conn.getresponse()
+        assert events.status == 200
+        run = client.open_run("tls-http", transport="stream")
+        assert run.save(3, {"w": np.ones(8, dtype=np.float32)}).state == "committed"
+        seen = b""
+        while b"event: committed" not in seen:
+            line = events.fp.readline()
+            assert line, seen
+            seen += line
+        conn.close()
+        # Plain HTTP on the HTTPS port, and a client that does not trust the
+        # server's certificate: no answer at all.
+        with pytest.raises((OSError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=30).read()
+        with pytest.raises(urllib.error.URLError) as e:
+            get("/healthz", context=ssl.create_default_context())
+        assert isinstance(e.value.reason, ssl.SSLCertVerificationError)
+        assert get("/healthz")[0] == 200  # still serving
+        assert TOKEN_ALL not in log.read_text()
+
+
+@pytest.mark.parametrize("keys,fragment", [
+    ("cert", "http.tls_cert and http.tls_key go together"),
+    ("cert+wrong-key", "http.tls_key: cannot use"),
+])
+def test_a_bad_https_setup_stops_the_daemon_naming_the_key(tmp_path, certs, keys, fragment):
+    cfg = f'[http]\nlisten = "127.0.0.1:{_free_port()}"\ntls_cert = "{certs("server.pem")}"\n'
+    if keys == "cert+wrong-key":
+        cfg += f'tls_key = "{certs("trainer.key")}"\n'
+    with tcp_daemon(tmp_path, cfg, args=["--insecure"], expect_start=False) as (proc, _, log):
+        assert proc.wait(30) != 0
+        assert fragment in log.read_text(), log.read_text()[-2000:]
