@@ -803,14 +803,22 @@ TEST_F(ShmTest, RunningOutOfFileDescriptorsNeitherSpinsNorStopsSavingForGood) {
   };
   // (600 - 256) / 4 = 86 arena connections at most; the rest are told so.
   std::vector<int> held = connect_many(arena_socket, SOCK_SEQPACKET, 150);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   int told = 0;
-  for (int fd : held) {
-    char buf[512];
-    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n > 0 && std::string(buf, n).find("already has 86 connections") != std::string::npos)
-      ++told;
-  }
+  std::set<int> answered;
+  Eventually(
+      [&] {  // a loaded machine may take a while to accept them all
+        for (int fd : held) {
+          char buf[512];
+          ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+          if (n > 0 && !answered.contains(fd) &&
+              std::string(buf, n).find("already has 86 connections") != std::string::npos) {
+            answered.insert(fd);
+            ++told;
+          }
+        }
+        return told >= 150 - 86;
+      },
+      std::chrono::seconds(10));
   EXPECT_GE(told, 50);  // of the 150 - 86 over the cap (a few may still be on their way)
   std::vector<int> api = connect_many(daemon->socket(), SOCK_STREAM, 700);
   held.insert(held.end(), api.begin(), api.end());
@@ -819,10 +827,12 @@ TEST_F(ShmTest, RunningOutOfFileDescriptorsNeitherSpinsNorStopsSavingForGood) {
   std::vector<int> more = connect_many(arena_socket, SOCK_SEQPACKET, 20);
   held.insert(held.end(), more.begin(), more.end());
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // A spinning accept loop burns a whole core; over 2 s, well under one
+  // core-second leaves room for a loaded machine finishing the handshakes.
   const double cpu0 = CpuSeconds(daemon->pid());
-  std::this_thread::sleep_for(std::chrono::seconds(1));
+  std::this_thread::sleep_for(std::chrono::seconds(2));
   const double cpu = CpuSeconds(daemon->pid()) - cpu0;
-  EXPECT_LT(cpu, 0.5) << "the daemon spins while out of descriptors";
+  EXPECT_LT(cpu, 1.0) << "the daemon spins while out of descriptors";
   for (int fd : held) ::close(fd);
   // Descriptors back: a trainer saves over shared memory again.
   Tensors t(5.0f, {1 << 16});
