@@ -261,7 +261,7 @@ policy::Schedule FromProto(const v1::Schedule& s) {
   return {.every_steps = s.every_steps(),
           .every_seconds = s.every_seconds(),
           .at_steps = {s.at_steps().begin(), s.at_steps().end()},
-          .final_on_close = s.final_on_close()};
+          .final_on_close = !s.has_final_on_close() || s.final_on_close()};
 }
 
 v1::Schedule ToProto(const policy::Schedule& s) {

@@ -124,10 +124,12 @@ int DaemonMain(int argc, char** argv) {
   app.add_flag("--insecure", args.cli.insecure,
                "Serve a HOST:PORT listen without TLS (server.insecure)");
   app.add_flag("--print-config", args.print_config, "Print the effective config and exit");
-  app.set_version_flag("--version", CKPTD_VERSION);
+  app.set_version_flag("--version", "ckptd " CKPTD_VERSION);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     app.exit(e);
