@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/client.h"
 
 namespace ckptd::bench {
 

@@ -33,8 +33,8 @@
 #include <vector>
 
 #include "bench/bench_run.h"
-#include "client/cpp/ckptd/arena.h"
-#include "client/cpp/ckptd/checkpointer.h"
+#include "ckptd/arena.h"
+#include "ckptd/checkpointer.h"
 
 namespace {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "bench/bench_run.h"
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/client.h"
 
 int main(int argc, char** argv) {
   if (argc != 5) {

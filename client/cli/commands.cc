@@ -59,6 +59,7 @@ int Verify(const std::string& path) {
 int Main(int argc, char** argv) {
   CLI::App app{"ckptctl: inspect, verify and manage ckptd checkpoints"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", StrCat("ckptctl ", CKPTD_VERSION));
 
   std::string inspect_path;
   bool inspect_json = false;
@@ -79,6 +80,8 @@ int Main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     app.exit(e);

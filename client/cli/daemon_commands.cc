@@ -12,10 +12,10 @@
 #include <set>
 
 #include "absl/strings/numbers.h"
+#include "ckptd/client.h"
+#include "ckptd/restore.h"
 #include "client/cli/commands.h"
 #include "client/cli/lineage_command.h"
-#include "client/cpp/ckptd/client.h"
-#include "client/cpp/ckptd/restore.h"
 #include "daemon/api/convert.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"

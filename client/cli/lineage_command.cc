@@ -8,8 +8,8 @@
 #include <map>
 #include <set>
 
+#include "ckptd/client.h"
 #include "client/cli/commands.h"
-#include "client/cpp/ckptd/client.h"
 #include "daemon/api/convert.h"
 
 namespace ckptd::cli {

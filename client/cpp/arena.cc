@@ -1,5 +1,5 @@
 // memfd arenas and the SCM_RIGHTS registration channel.
-#include "client/cpp/ckptd/arena.h"
+#include "ckptd/arena.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

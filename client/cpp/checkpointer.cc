@@ -1,5 +1,5 @@
 // Trainer-side checkpointer: double-buffered shm saves, stream fallback.
-#include "client/cpp/ckptd/checkpointer.h"
+#include "ckptd/checkpointer.h"
 
 #include <algorithm>
 #include <atomic>

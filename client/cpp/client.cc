@@ -1,5 +1,5 @@
 // ckptd C++ client.
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/client.h"
 
 #include <grpcpp/grpcpp.h>
 

@@ -4,7 +4,7 @@
 // fetch pieces into caller memory, and the calling thread hashes each
 // tensor's bytes in order as the pieces covering them land, so hashing
 // overlaps the reads.
-#include "client/cpp/ckptd/restore.h"
+#include "ckptd/restore.h"
 
 #include <sys/mman.h>
 
@@ -18,13 +18,14 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "client/cpp/ckptd/arena.h"
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/arena.h"
+#include "ckptd/client.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/digest.h"
 #include "daemon/gguf/layout.h"
+#include "daemon/gguf/reader.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/file_names.h"
 

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/client.h"
 
 namespace ckptd {
 

@@ -110,15 +110,6 @@ absl::StatusOr<int> ParseAxis(std::string_view axis, std::string_view where) {
 
 }  // namespace
 
-bool IsValidExportName(std::string_view name) {
-  if (name.empty() || name.size() > 64 || name == "train") return false;
-  for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
-
 absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_view source) {
   table root;
   try {

@@ -3,7 +3,7 @@
 // smaller than a tensor, unaligned destinations), a flipped byte named by
 // tensor, the training-state file tied to its own model file, and files
 // without digests refused unless verify is off.
-#include "client/cpp/ckptd/restore.h"
+#include "ckptd/restore.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/client.h"
 
 namespace ckptd::testing {
 

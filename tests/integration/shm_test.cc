@@ -20,9 +20,9 @@
 #include <sstream>
 #include <thread>
 
-#include "client/cpp/ckptd/arena.h"
-#include "client/cpp/ckptd/checkpointer.h"
-#include "client/cpp/ckptd/restore.h"
+#include "ckptd/arena.h"
+#include "ckptd/checkpointer.h"
+#include "ckptd/restore.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/reader.h"
 #include "tests/integration/daemon_fixture.h"

@@ -10,8 +10,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "client/cpp/ckptd/arena.h"
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/arena.h"
+#include "ckptd/client.h"
 
 namespace {
 

@@ -25,8 +25,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "client/cpp/ckptd/arena.h"
-#include "client/cpp/ckptd/client.h"
+#include "ckptd/arena.h"
+#include "ckptd/client.h"
 
 namespace ckptd {
 

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "ckptd/arena.h"
 #include "ckptd/v1/ckptd.grpc.pb.h"
-#include "client/cpp/ckptd/arena.h"
 
 namespace ckptd {
 

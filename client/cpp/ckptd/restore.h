@@ -32,7 +32,7 @@
 
 #include "absl/status/statusor.h"
 #include "ckptd/v1/ckptd.pb.h"
-#include "daemon/gguf/reader.h"
+#include "daemon/gguf/value.h"
 
 namespace ckptd {
 
