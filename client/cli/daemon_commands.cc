@@ -33,6 +33,15 @@ int Fail(const std::string& what, const absl::Status& st) {
 }
 
 int Fail(const std::string& what, const grpc::Status& st) {
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      st.error_message().find("Permission denied") != std::string::npos) {
+    std::fprintf(stderr,
+                 "ckptctl: %s: permission denied on ckptd's socket (%s): the daemon is there, but "
+                 "this user may not connect. Join the socket's group (server.socket_group; "
+                 "`ls -l` the socket to see it), then log in again\n",
+                 what.c_str(), st.error_message().c_str());
+    return kExitFailed;
+  }
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
     std::fprintf(stderr,
                  "ckptctl: %s: cannot reach ckptd (%s); is it running? (--socket; for a TLS "

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@
 #include "daemon/config/config.h"
 #include "daemon/env/fault_env.h"
 #include "daemon/env/fd_limit.h"
+#include "daemon/env/fd_passing.h"
 #include "daemon/http/server.h"
 #include "daemon/ingest/arena_server.h"
 #include "daemon/query/queries.h"
@@ -31,6 +33,7 @@
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_queue.h"
+#include "daemon/storage/file_names.h"
 
 extern char** environ;
 
@@ -88,7 +91,11 @@ absl::StatusOr<std::vector<std::string>> PrepareRoots(env::Env* env, const confi
 }
 
 // "unix:PATH" -> makes PATH's directory and removes a stale socket file.
-absl::Status PrepareListen(env::Env* env, const std::string& listen) {
+// A Unix socket's directory exists and its path is free: a socket left by
+// a daemon that died is removed (nothing can bind over it), one that a live
+// daemon serves is never touched (FAILED_PRECONDITION naming the setting).
+absl::Status PrepareListen(env::Env* env, const std::string& listen, int type,
+                           std::string_view setting) {
   if (!listen.starts_with("unix:")) return absl::OkStatus();
   std::string path = listen.substr(5);
   size_t slash = path.rfind('/');
@@ -98,9 +105,25 @@ absl::Status PrepareListen(env::Env* env, const std::string& listen) {
   }
   auto st = env->Stat(path);
   if (st.ok() && !st->is_regular && !st->is_dir && !st->is_symlink) {
-    // A socket left by a previous run; gRPC cannot bind over it.
+    if (env::UnixSocketAnswers(path, type)) {
+      return absl::FailedPreconditionError(
+          StrCat("another ckptd is serving ", path,
+                 " (it accepts connections); stop it first, or give this one another ", setting));
+    }
     return env->RemoveFile(path);
   }
+  return absl::OkStatus();
+}
+
+// The sockets' permissions (server.socket_mode, server.socket_group), set
+// after bind so that the service's UMask does not decide who may connect.
+absl::Status SetSocketAccess(env::Env* env, const config::Config& cfg, const std::string& path) {
+  const int64_t gid = cfg.socket_group.empty() ? -1 : config::GroupId(cfg.socket_group);
+  if (absl::Status st = env->SetMode(path, cfg.socket_mode, gid); !st.ok()) {
+    return absl::Status(st.code(), StrCat("server.socket_mode/socket_group: ", st.message()));
+  }
+  spdlog::info("socket {}: mode {:04o}{}", path, cfg.socket_mode,
+               cfg.socket_group.empty() ? "" : StrCat(", group ", cfg.socket_group));
   return absl::OkStatus();
 }
 
@@ -199,8 +222,30 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const config::Config& cfg,
   return d;
 }
 
+absl::Status Daemon::LockRoots() {
+  for (const std::string& root : roots_) {
+    const std::string path = StrCat(root, "/", storage::kRootLockFile);
+    std::string holder;
+    auto lock = env_->LockFile(path, &holder);
+    if (absl::IsFailedPrecondition(lock.status())) {
+      return absl::FailedPreconditionError(
+          StrCat("root ", root, " is in use by another ckptd",
+                 holder.empty() ? "" : StrCat(" (pid ", holder, ")"), ", which holds ", path,
+                 "; stop it first, or give this one other storage.roots"));
+    }
+    if (!lock.ok()) return lock.status();
+    root_locks_.push_back(*std::move(lock));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Daemon::StartServing() {
   const config::Config& cfg = cfg_;
+  // Before recovery touches a root: one daemon per root and per socket.
+  CKPTD_TRY(LockRoots());
+  if (absl::Status st = PrepareListen(env_, cfg.listen, SOCK_STREAM, "server.listen"); !st.ok()) {
+    return absl::Status(st.code(), StrCat("cannot prepare ", cfg.listen, ": ", st.message()));
+  }
   scheduler::DaemonFacts facts{
       CKPTD_VERSION,
       Hostname(),
@@ -227,9 +272,6 @@ absl::Status Daemon::StartServing() {
   for (const std::string& w : registry_->Scan()) spdlog::warn("startup: {}", w);
   spdlog::info("ckptd {} starting: roots={} runs={} listen={}", CKPTD_VERSION,
                fmt::format("{}", fmt::join(roots_, ",")), registry_->List().size(), cfg.listen);
-  if (absl::Status st = PrepareListen(env_, cfg.listen); !st.ok()) {
-    return absl::Status(st.code(), StrCat("cannot prepare ", cfg.listen, ": ", st.message()));
-  }
   queries_ = std::make_unique<query::Queries>(registry_.get(), roots_);
   service_ = std::make_unique<rpc::CheckpointdService>(
       registry_.get(), queries_.get(),
@@ -305,8 +347,10 @@ absl::Status Daemon::StartSharedMemory() {
       std::filesystem::absolute(path).lexically_normal().string(), arenas_.get(),
       cfg_.shm_allowed_uids, hot_.get(),
       env::ConnectionCap(fd_limit_, ingest::ArenaServer::kMaxConnections));
-  absl::Status st = PrepareListen(env_, "unix:" + arena_server_->path());
+  absl::Status st =
+      PrepareListen(env_, "unix:" + arena_server_->path(), SOCK_SEQPACKET, "shm.socket");
   if (st.ok()) st = arena_server_->Start(env_);
+  if (st.ok()) st = SetSocketAccess(env_, cfg_, arena_server_->path());
   if (!st.ok()) {
     return absl::Status(
         st.code(), StrCat("cannot open the arena socket ", path, " (shm.socket): ", st.message()));
@@ -376,6 +420,9 @@ absl::Status Daemon::StartGrpc() {
                cfg_.tls_cert.empty()
                    ? " (in use, or no permission)"
                    : " (in use, no permission, or a certificate and key gRPC cannot use)"));
+  }
+  if (cfg_.listen.starts_with("unix:")) {
+    CKPTD_TRY(SetSocketAccess(env_, cfg_, cfg_.listen.substr(5)));
   }
   return absl::OkStatus();
 }
@@ -466,7 +513,11 @@ void Daemon::Stop() {
   server_->Shutdown(std::chrono::system_clock::now() +
                     std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
   server_->Wait();
-  if (arena_server_) arena_server_->Stop();
+  if (arena_server_) {
+    arena_server_->Stop();
+    (void)env_->RemoveFile(arena_server_->path());  // a clean stop leaves no socket behind
+  }
+  if (cfg_.listen.starts_with("unix:")) (void)env_->RemoveFile(cfg_.listen.substr(5));
   if (size_t n = queue_->pending(); n > 0) {
     spdlog::info("stopping: writing {} accepted shared-memory saves", n);
   }

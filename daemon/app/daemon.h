@@ -59,9 +59,13 @@ class Daemon {
   template <typename Period, typename F>
   void Every(Period period, F tick);
 
+  // flock on each root's ckptd-root.lock: one daemon per root.
+  absl::Status LockRoots();
+
   config::Config cfg_;
   env::Env* env_;
   std::vector<std::string> roots_;
+  std::vector<std::unique_ptr<env::FileLock>> root_locks_;  // held while the daemon lives
   std::unique_ptr<scheduler::RunRegistry> registry_;
   std::unique_ptr<query::Queries> queries_;
   std::unique_ptr<rpc::CheckpointdService> service_;

@@ -3,8 +3,10 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <grp.h>
 #include <toml++/toml.h>
 
+#include <charconv>
 #include <functional>
 
 #include "daemon/base/status.h"
@@ -88,6 +90,23 @@ Field Seconds(double* out) {
           [out] { return fmt::format("{:g}", *out); }};
 }
 
+// File permission bits as an octal string ("0660"), as chmod writes them.
+Field Mode(uint32_t* out) {
+  return {[out](const toml::node& n, const std::string& where) -> absl::Status {
+            if (!n.is_string()) return TypeError(where, "an octal string like \"0660\"", n);
+            const std::string text = n.as_string()->get();
+            uint32_t v = 0;
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v, 8);
+            if (text.empty() || ec != std::errc() || end != text.data() + text.size() || v > 0777) {
+              return absl::InvalidArgumentError(StrCat(
+                  where, ": '", text, "' is not a mode like \"0660\" (octal, at most 0777)"));
+            }
+            *out = v;
+            return absl::OkStatus();
+          },
+          [out] { return fmt::format("\"{:04o}\"", *out); }};
+}
+
 Field Bool(bool* out) {
   return {[out](const toml::node& n, const std::string& where) -> absl::Status {
             if (!n.is_boolean()) return TypeError(where, "a boolean", n);
@@ -155,6 +174,8 @@ Field Enum(E* out, std::vector<std::pair<std::string, E>> names) {
 std::map<std::string, Field> Fields(Config* c) {
   return {
       {"server.listen", String(&c->listen)},
+      {"server.socket_mode", Mode(&c->socket_mode)},
+      {"server.socket_group", String(&c->socket_group)},
       {"server.max_message_bytes", Unsigned(&c->max_message_bytes)},
       {"server.memory_quota_bytes", Unsigned(&c->memory_quota_bytes)},
       {"server.max_threads", Unsigned(&c->max_threads)},
@@ -257,9 +278,17 @@ absl::Status Validate(const Config& c) {
   auto bad = [&](const std::string& key, const std::string& msg) {
     return absl::InvalidArgumentError(StrCat(c.sources.at(key), ": ", key, ": ", msg));
   };
-  if (c.listen.empty() ||
-      (!c.listen.starts_with("unix:") && c.listen.find(':') == std::string::npos)) {
+  if (c.listen.empty() || (c.listen.starts_with("unix:") && c.listen.size() == 5)) {
     return bad("server.listen", StrCat("'", c.listen, "' is not unix:PATH or HOST:PORT"));
+  }
+  if (!c.listen.starts_with("unix:")) {
+    if (std::string problem = HostPortProblem(c.listen, /*port_zero=*/false); !problem.empty()) {
+      return bad("server.listen", StrCat(problem, "; or unix:PATH for a Unix socket"));
+    }
+  }
+  if (!c.socket_group.empty() && GroupId(c.socket_group) < 0) {
+    return bad("server.socket_group",
+               StrCat("no group named '", c.socket_group, "' on this system (getent group)"));
   }
   const bool tcp = !c.listen.starts_with("unix:");
   if (c.tls_cert.empty() != c.tls_key.empty()) {
@@ -323,8 +352,11 @@ absl::Status Validate(const Config& c) {
   if (c.disk_guard.min_free_percent > 90)
     return bad("disk_guard.min_free_percent", "must be at most 90");
   if (c.retention.metric.empty()) return bad("retention.metric", "must name a metric");
-  if (!c.http_listen.empty() && c.http_listen.rfind(':') == std::string::npos) {
-    return bad("http.listen", StrCat("'", c.http_listen, "' is not HOST:PORT (or \"\" for off)"));
+  if (!c.http_listen.empty()) {
+    if (std::string problem = HostPortProblem(c.http_listen, /*port_zero=*/true);
+        !problem.empty()) {
+      return bad("http.listen", StrCat(problem, "; or \"\" for off"));
+    }
   }
   if (c.http_tls_cert.empty() != c.http_tls_key.empty()) {
     return bad(c.http_tls_cert.empty() ? "http.tls_cert" : "http.tls_key",
@@ -339,6 +371,40 @@ absl::Status Validate(const Config& c) {
 }
 
 }  // namespace
+
+std::string HostPortProblem(std::string_view v, bool port_zero) {
+  const std::string quoted = StrCat("'", v, "'");
+  if (size_t scheme = v.find("://"); scheme != std::string_view::npos) {
+    return StrCat(quoted, " has a scheme (", v.substr(0, scheme),
+                  "://); write HOST:PORT, e.g. 0.0.0.0:9476");
+  }
+  const size_t colon = v.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    return StrCat(quoted, " is not HOST:PORT, e.g. 127.0.0.1:9476 or [::1]:9476");
+  }
+  const std::string_view host = v.substr(0, colon), port = v.substr(colon + 1);
+  if (host.find(':') != std::string_view::npos && !(host.front() == '[' && host.back() == ']')) {
+    return StrCat(quoted, ": an IPv6 host goes in brackets, e.g. [::1]:9476");
+  }
+  uint32_t p = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || p > 65535 ||
+      (p == 0 && !port_zero)) {
+    return StrCat(quoted, ": the port must be a number from ", port_zero ? "0" : "1", " to 65535",
+                  port_zero ? " (0 picks a free one)" : "");
+  }
+  return "";
+}
+
+int64_t GroupId(const std::string& name) {
+  std::vector<char> buf(16384);
+  group g{};
+  group* found = nullptr;
+  if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return -1;
+  }
+  return found->gr_gid;
+}
 
 absl::StatusOr<Config> LoadConfig(const std::string& file,
                                   const std::map<std::string, std::string>& environment,

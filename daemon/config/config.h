@@ -21,10 +21,14 @@ namespace ckptd::config {
 struct Config {
   // [server]
   std::string listen = "unix:./ckpt-runs/ckptd.sock";  // "unix:PATH" or "HOST:PORT"
-  uint64_t max_message_bytes = 16 << 20;               // gRPC max receive/send message size
-  uint64_t memory_quota_bytes = 512 << 20;             // gRPC ResourceQuota
-  uint32_t max_threads = 64;                           // gRPC sync server threads
-  double shutdown_deadline_seconds = 60;               // SIGTERM: in-flight saves get this long
+  // The Unix sockets' (API and arenas) permissions, set after bind: trainers
+  // in the socket's group may connect. "" = the daemon's own group.
+  uint32_t socket_mode = 0660;
+  std::string socket_group;
+  uint64_t max_message_bytes = 16 << 20;    // gRPC max receive/send message size
+  uint64_t memory_quota_bytes = 512 << 20;  // gRPC ResourceQuota
+  uint32_t max_threads = 64;                // gRPC sync server threads
+  double shutdown_deadline_seconds = 60;    // SIGTERM: in-flight saves get this long
   double save_idle_timeout_seconds = 120;  // a Save stream silent this long is cancelled; 0 = never
   uint64_t max_tensors_per_save = 100000;  // tensors one save (or OpenRun) may declare
   uint64_t max_metadata_bytes = uint64_t{64} << 20;  // metadata one save or OpenRun may carry
@@ -116,5 +120,12 @@ std::vector<std::string> Keys();
 // The arena socket's path: shm.socket, or derived from a unix: listen
 // address; "" when shm is off or the API listens on TCP only.
 std::string ArenaSocketPath(const Config& config);
+
+// What is wrong with `value` as HOST:PORT ("" when nothing): a scheme
+// ("tcp://"), no port, a port outside 1-65535 (0 allowed with port_zero),
+// an IPv6 host without brackets.
+std::string HostPortProblem(std::string_view value, bool port_zero);
+// The id of the group `name`, or -1 when there is none.
+int64_t GroupId(const std::string& name);
 
 }  // namespace ckptd::config

@@ -91,6 +91,12 @@ struct FsSpace {
   uint64_t total_bytes = 0;
 };
 
+// An advisory lock held on a file (flock): released when destroyed.
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
 class Env {
  public:
   virtual ~Env() = default;
@@ -124,6 +130,14 @@ class Env {
   virtual absl::StatusOr<FsSpace> Space(const std::string& path) = 0;
   // realpath(3): absolute, symlinks resolved; the path must exist.
   virtual absl::StatusOr<std::string> RealPath(const std::string& path) = 0;
+  // chmod(2) to `mode`, then chown(2) to group `gid` unless it is -1.
+  virtual absl::Status SetMode(const std::string& path, uint32_t mode, int64_t gid) = 0;
+  // An exclusive flock(2) on `path` (created 0644 if missing), without
+  // waiting: FAILED_PRECONDITION when another process holds it. The holder's
+  // pid is written into the file, so `*holder` (if given) names the running
+  // one when refused.
+  virtual absl::StatusOr<std::unique_ptr<FileLock>> LockFile(const std::string& path,
+                                                             std::string* holder) = 0;
 };
 
 // Forwards every call to another Env, so a test env overrides only what it
@@ -166,6 +180,13 @@ class EnvWrapper : public Env {
   absl::StatusOr<FsSpace> Space(const std::string& path) override { return target_->Space(path); }
   absl::StatusOr<std::string> RealPath(const std::string& path) override {
     return target_->RealPath(path);
+  }
+  absl::Status SetMode(const std::string& path, uint32_t mode, int64_t gid) override {
+    return target_->SetMode(path, mode, gid);
+  }
+  absl::StatusOr<std::unique_ptr<FileLock>> LockFile(const std::string& path,
+                                                     std::string* holder) override {
+    return target_->LockFile(path, holder);
   }
 
  private:

@@ -2,6 +2,8 @@
 #include "daemon/env/fd_passing.h"
 
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -29,6 +31,21 @@ absl::Status SendWithFd(int sock, std::string_view text, int fd, int flags) {
   }
   if (::sendmsg(sock, &msg, flags | MSG_NOSIGNAL) < 0) return SystemError("sendmsg", errno);
   return absl::OkStatus();
+}
+
+bool UnixSocketAnswers(const std::string& path, int type) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return false;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return false;
+  // A stale socket file refuses (ECONNREFUSED); a live listener accepts,
+  // or has a full backlog (EAGAIN), which is alive too.
+  const bool answers =
+      ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN;
+  ::close(fd);
+  return answers;
 }
 
 }  // namespace ckptd::env

@@ -2,6 +2,7 @@
 // socket's two ends, the daemon and the trainer-side client, pass memfds.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -11,5 +12,10 @@ namespace ckptd::env {
 // Sends `text` as one datagram on `sock`, with `fd` attached when fd >= 0.
 // `flags` are sendmsg's (MSG_NOSIGNAL is always added).
 absl::Status SendWithFd(int sock, std::string_view text, int fd, int flags = 0);
+
+// Whether a process accepts connections on the Unix socket at `path`
+// (`type`: SOCK_STREAM or SOCK_SEQPACKET): a live daemon's socket, not one
+// left behind by a daemon that died.
+bool UnixSocketAnswers(const std::string& path, int type);
 
 }  // namespace ckptd::env

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -224,6 +225,44 @@ class PosixEnv final : public Env {
     std::string out(resolved);
     ::free(resolved);
     return out;
+  }
+
+  absl::Status SetMode(const std::string& path, uint32_t mode, int64_t gid) override {
+    if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
+      return PosixError(StrCat("chmod ", path), errno);
+    }
+    if (gid >= 0 && ::chown(path.c_str(), static_cast<uid_t>(-1), static_cast<gid_t>(gid)) != 0) {
+      return PosixError(StrCat("chown ", path, " to group ", gid), errno);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<FileLock>> LockFile(const std::string& path,
+                                                     std::string* holder) override {
+    ScopedFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (fd.get() < 0) return PosixError(StrCat("open ", path), errno);
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err != EWOULDBLOCK) return PosixError(StrCat("flock ", path), err);
+      if (holder != nullptr) {
+        char buf[32] = {};
+        const ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
+        *holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+        while (!holder->empty() && (holder->back() == '\n' || holder->back() == ' ')) {
+          holder->pop_back();
+        }
+      }
+      return absl::FailedPreconditionError(StrCat(path, " is locked by another process"));
+    }
+    const std::string pid = StrCat(::getpid(), "\n");
+    if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), pid.data(), pid.size(), 0) < 0) {
+      return PosixError(StrCat("write ", path), errno);
+    }
+    struct Lock final : FileLock {
+      explicit Lock(ScopedFd f) : fd(std::move(f)) {}
+      ScopedFd fd;  // closing it releases the lock
+    };
+    return std::make_unique<Lock>(std::move(fd));
   }
 };
 

@@ -47,6 +47,10 @@ absl::Status ArenaServer::Start(env::Env* env) {
                                              sizeof addr.sun_path - 1, " bytes)"));
   }
   if (auto st = env->Stat(path_); st.ok() && !st->is_regular && !st->is_dir && !st->is_symlink) {
+    if (env::UnixSocketAnswers(path_, SOCK_SEQPACKET)) {
+      return absl::FailedPreconditionError(
+          StrCat("another ckptd is serving the arena socket ", path_, "; stop it first"));
+    }
     (void)env->RemoveFile(path_);  // a socket left by a previous run
   }
   std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);

@@ -61,6 +61,8 @@ inline constexpr std::string_view kPinsFile = "pins.json";
 inline constexpr std::string_view kRunStateFile = "ckptd-run-state";
 inline constexpr std::string_view kRunOwnerFile = "ckptd-run-id";
 inline constexpr std::string_view kRunSettingsFile = "ckptd-run.json";
+// In each root: flock'ed by the daemon serving it (holds its pid).
+inline constexpr std::string_view kRootLockFile = "ckptd-root.lock";
 
 std::string ModelFileName(uint64_t step);
 std::string TrainFileName(uint64_t step);

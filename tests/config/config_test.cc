@@ -63,6 +63,48 @@ TEST_F(ConfigTest, TcpNeedsTlsOrAnExplicitInsecure) {
               HasSubstr("TLS is for a HOST:PORT listen"));
 }
 
+TEST_F(ConfigTest, ListenAddressesAreCheckedWhereTheyAreWritten) {
+  auto listen = [&](const std::string& v) {
+    return Error("[server]\ninsecure = true\nlisten = \"" + v + "\"\n");
+  };
+  EXPECT_THAT(listen("tcp://0.0.0.0:7000"),
+              HasSubstr(":3: server.listen: 'tcp://0.0.0.0:7000' has a scheme (tcp://)"));
+  EXPECT_THAT(listen("0.0.0.0:0"), HasSubstr("the port must be a number from 1 to 65535"));
+  EXPECT_THAT(listen("0.0.0.0:65536"), HasSubstr("the port must be a number from 1 to 65535"));
+  EXPECT_THAT(listen("0.0.0.0:70000"), HasSubstr("from 1 to 65535"));
+  EXPECT_THAT(listen("0.0.0.0:http"), HasSubstr("from 1 to 65535"));
+  EXPECT_THAT(listen("::1:7000"), HasSubstr("an IPv6 host goes in brackets"));
+  EXPECT_THAT(listen("unix:"), HasSubstr("is not unix:PATH or HOST:PORT"));
+  EXPECT_THAT(listen(":7000"), HasSubstr("is not HOST:PORT"));
+  EXPECT_TRUE(
+      LoadConfig(File("[server]\ninsecure = true\nlisten = \"[::1]:65535\"\n"), {}, {}).ok());
+  // The HTTP listener may ask for a free port.
+  EXPECT_TRUE(LoadConfig(File("[http]\nlisten = \"127.0.0.1:0\"\n"), {}, {}).ok());
+  EXPECT_THAT(Error("[http]\nlisten = \"http://127.0.0.1:9477\"\n"),
+              HasSubstr(":2: http.listen: 'http://127.0.0.1:9477' has a scheme"));
+  EXPECT_THAT(Error("[http]\nlisten = \"127.0.0.1:99999\"\n"),
+              HasSubstr("from 0 to 65535 (0 picks a free one)"));
+  // The command line is checked as strictly, and named as the source.
+  auto c = LoadConfig("", {}, {.listen = "tcp://h:1"});
+  EXPECT_THAT(c.status().message(), HasSubstr("--listen: server.listen: 'tcp://h:1'"));
+}
+
+TEST_F(ConfigTest, SocketModeAndGroup) {
+  auto c = LoadConfig(File("[server]\nsocket_mode = \"0660\"\nsocket_group = \"root\"\n"), {}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->socket_mode, 0660u);
+  EXPECT_THAT(Describe(*c), HasSubstr("socket_mode = \"0660\""));
+  EXPECT_EQ(LoadConfig("", {}, {})->socket_mode, 0660u);  // the group may connect by default
+  EXPECT_THAT(Error("[server]\nsocket_mode = 660\n"), HasSubstr("expected an octal string"));
+  EXPECT_THAT(Error("[server]\nsocket_mode = \"0999\"\n"),
+              HasSubstr(":2: server.socket_mode: '0999' is not a mode like \"0660\""));
+  EXPECT_THAT(Error("[server]\nsocket_mode = \"01777\"\n"), HasSubstr("at most 0777"));
+  EXPECT_THAT(Error("[server]\nsocket_group = \"no-such-group-here\"\n"),
+              HasSubstr(":2: server.socket_group: no group named 'no-such-group-here'"));
+  EXPECT_EQ(GroupId("root"), 0);
+  EXPECT_EQ(GroupId("no-such-group-here"), -1);
+}
+
 TEST_F(ConfigTest, FileThenEnvironmentThenCommandLine) {
   std::string path = File(
       "[server]\nlisten = \"unix:/run/x.sock\"\nmax_threads = 8\n"

@@ -1,0 +1,126 @@
+"""Ops: who may connect to the daemon's sockets (a peer of another uid, as
+`setpriv` makes one), and one daemon per root and per socket: a second one
+refuses to start naming the first, and never takes its socket away."""
+
+import grp
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BINARY, Daemon
+
+CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(os.path.dirname(BINARY), "..", "client",
+                                                         "cli", "ckptctl"))
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_dir():
+    """A directory any uid may traverse (pytest's own are 0700)."""
+    d = tempfile.mkdtemp(prefix="ckptd-ops-")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _ckptctl_as(uid, groups, target):
+    who = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", str(uid), *who,
+                           CKPTCTL, "runs", "--socket", target],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _serving(d):
+    """Starts `d` and waits until it serves: its socket may exist before it
+    does (a stale one), and its log may hold an earlier daemon's lines."""
+    start = os.path.getsize(d.log) if os.path.exists(d.log) else 0
+    d.start()
+    deadline = time.monotonic() + 30
+    while True:
+        with open(d.log) as f:
+            f.seek(start)
+            if "ready: listening" in f.read():
+                return d
+        assert d.proc.poll() is None and time.monotonic() < deadline, open(d.log).read()[-2000:]
+        time.sleep(0.02)
+
+
+def _start_refused(root, sock, log):
+    """Runs a daemon expected to refuse to start; returns (exit code, log text)."""
+    with open(log, "wb") as out:
+        p = subprocess.run([BINARY, "--root", str(root), "--listen", "unix:" + str(sock),
+                            "--http-listen", ""], stdout=out, stderr=subprocess.STDOUT, timeout=60)
+    return p.returncode, Path(log).read_text()
+
+
+def test_the_sockets_group_may_connect_and_others_are_told_it_is_permissions(open_dir):
+    """As under the unit (UMask=0027): with server.socket_group = "users" the
+    API and arena sockets are srw-rw---- root:users after bind; a uid in
+    the group connects, one outside is told it is a permission problem."""
+    users = grp.getgrnam("users").gr_gid
+    cfg = open_dir / "ckptd.toml"
+    cfg.write_text('[server]\nsocket_group = "users"\n')
+    d = Daemon(open_dir, ["--config", str(cfg)])
+    old = os.umask(0o027)
+    try:
+        _serving(d)
+    finally:
+        os.umask(old)
+    try:
+        for path in (d.sock, d.sock + ".arenas"):
+            st = os.stat(path)
+            assert stat.S_ISSOCK(st.st_mode), path
+            assert stat.S_IMODE(st.st_mode) == 0o660, (path, oct(st.st_mode))
+            assert st.st_gid == users, path
+        member = _ckptctl_as(NOBODY, [users], d.target)
+        assert member.returncode == 0, member.stderr
+        stranger = _ckptctl_as(NOBODY, [], d.target)
+        assert stranger.returncode != 0
+        assert "permission denied on ckptd's socket" in stranger.stderr, stranger.stderr
+        assert "server.socket_group" in stranger.stderr
+        assert "is it running" not in stranger.stderr
+    finally:
+        d.stop()
+
+
+def test_one_daemon_per_root_and_per_socket(open_dir):
+    first = _serving(Daemon(open_dir))
+    try:
+        # The same root, another socket: refused before it touches the root.
+        rc, log = _start_refused(first.root, open_dir / "other.sock", open_dir / "second.log")
+        assert rc == 1, log
+        assert f"root {os.path.realpath(first.root)} is in use by another ckptd " \
+               f"(pid {first.proc.pid})" in log, log
+        assert "ckptd-root.lock" in log
+        # Another root, the same socket: refused, and the socket stays the first's.
+        rc, log = _start_refused(open_dir / "root-3", first.sock, open_dir / "third.log")
+        assert rc == 1, log
+        assert f"another ckptd is serving {first.sock}" in log, log
+        assert "server.listen" in log
+        assert os.path.exists(first.sock)
+        assert subprocess.run([CKPTCTL, "runs", "--socket", first.target], capture_output=True,
+                              timeout=60).returncode == 0
+    finally:
+        first.stop()
+    # A clean stop leaves no socket behind, the arena socket included.
+    assert not os.path.exists(first.sock)
+    assert not os.path.exists(first.sock + ".arenas")
+    # A daemon that died leaves its socket; the next one takes the root and
+    # the socket over (the lock died with it).
+    crashed = _serving(Daemon(open_dir))
+    crashed.proc.send_signal(signal.SIGKILL)
+    crashed.proc.wait()
+    assert os.path.exists(crashed.sock)
+    again = _serving(Daemon(open_dir))
+    try:
+        assert subprocess.run([CKPTCTL, "runs", "--socket", again.target], capture_output=True,
+                              timeout=60).returncode == 0
+    finally:
+        again.stop()
