@@ -88,8 +88,7 @@ run: build
 	@echo "ckptd: dev config: runs under ./ckpt-runs, socket unix:./ckpt-runs/ckptd.sock (Ctrl-C stops)."
 	@echo "Status page: http://127.0.0.1:9477/  (JSON under /v1, Prometheus at /metrics)"
 	@echo "Try it from another shell:"
-	@echo "  $(BUILD)/tests/gguf/gguf_fixture_writer /tmp/demo.gguf /dev/null"
-	@echo "  $(BUILD)/client/cli/ckptctl import demo /tmp/demo.gguf --step 100 --metric loss=2.5"
+	@echo "  $(BUILD)/examples/ckptd_example_trainer --run demo --steps 200 --every 50   # C++; again: it resumes"
 	@echo "  $(BUILD)/client/cli/ckptctl runs; $(BUILD)/client/cli/ckptctl ls demo; $(BUILD)/client/cli/ckptctl latest demo"
 	@echo "  PYTHONPATH=client/python /usr/bin/python3 examples/train_tiny_gpt.py --steps 200 --every 50"
 	@exec $(BUILD)/daemon/ckptd $(ARGS)

@@ -59,12 +59,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # What was installed, with versions (the log then ties results to them).
+  dpkg-query -W -f='  ${Package} ${Version}\n' "${missing[@]}" 2>/dev/null | sort
 else
   echo "install-deps: all ${#wanted[@]} Debian packages present"
 fi
-
-# Tie results to the environment they were built in.
-dpkg-query -W -f='  ${Package} ${Version}\n' "${wanted[@]}" 2>/dev/null | sort
 
 [[ "$mode" == "--runtime" || "$mode" == "--bench" ]] && exit 0
 
