@@ -259,26 +259,26 @@ std::vector<std::shared_ptr<Run>> RunRegistry::List() const {
 
 policy::Schedule RunRegistry::EffectiveSchedule(const Run& run) const {
   if (run.settings && run.settings->schedule) return *run.settings->schedule;
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&defaults_mu_);
   return default_schedule_;
 }
 
 policy::RetentionPolicy RunRegistry::EffectiveRetention(const Run& run) const {
   if (run.settings && run.settings->retention) return *run.settings->retention;
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&defaults_mu_);
   return default_retention_;
 }
 
 void RunRegistry::SetDefaults(const policy::Schedule& s, const policy::RetentionPolicy& r,
                               const policy::DiskGuard& g) {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&defaults_mu_);
   default_schedule_ = s;
   default_retention_ = r;
   disk_guard_ = g;
 }
 
 policy::DiskGuard RunRegistry::disk_guard() const {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&defaults_mu_);
   return disk_guard_;
 }
 

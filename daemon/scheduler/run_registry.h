@@ -185,11 +185,16 @@ class RunRegistry {
   env::Env* env_;
   std::vector<std::string> roots_;
   DaemonFacts facts_;
+  // The runs. Taken before a run's lock (Scan and Open load runs under it).
   mutable absl::Mutex mu_;
-  policy::Schedule default_schedule_ ABSL_GUARDED_BY(mu_);
-  policy::RetentionPolicy default_retention_ ABSL_GUARDED_BY(mu_);
-  policy::DiskGuard disk_guard_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<Run>> runs_ ABSL_GUARDED_BY(mu_);
+  // The daemon's defaults (SIGHUP replaces them). A leaf: read under a
+  // run's lock (EffectiveSchedule/Retention), so it must not be mu_, which
+  // is taken before run locks (absl's deadlock detector aborts on the cycle).
+  mutable absl::Mutex defaults_mu_;
+  policy::Schedule default_schedule_ ABSL_GUARDED_BY(defaults_mu_);
+  policy::RetentionPolicy default_retention_ ABSL_GUARDED_BY(defaults_mu_);
+  policy::DiskGuard disk_guard_ ABSL_GUARDED_BY(defaults_mu_);
   SettingsStore store_;  // set once, before the daemon serves
 };
 
