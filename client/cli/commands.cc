@@ -77,6 +77,10 @@ int Main(int argc, char** argv) {
   DaemonCommandArgs daemon_args;
   const std::vector<DaemonCommand> daemon_commands = AddDaemonCommands(&app, &daemon_args);
 
+  std::vector<std::string> help_topic;
+  auto* help = app.add_subcommand("help", "Show the commands, or one command's options");
+  help->add_option("COMMAND", help_topic, "A command (e.g. ls, or retention plan)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -86,6 +90,25 @@ int Main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     app.exit(e);
     return kExitUsage;
+  }
+  if (*help) {
+    const CLI::App* topic = &app;
+    for (const std::string& name : help_topic) {
+      const CLI::App* next = nullptr;
+      for (const CLI::App* sub : topic->get_subcommands([](const CLI::App*) { return true; })) {
+        if (sub->get_name() == name) next = sub;
+      }
+      if (next == nullptr) {
+        std::fprintf(stderr, "ckptctl: help: no command '%s' (ckptctl help lists them)\n",
+                     name.c_str());
+        return kExitUsage;
+      }
+      topic = next;
+    }
+    // The formatter, not help(): that would describe the parsed `help` command.
+    std::cout << topic->get_formatter()->make_help(
+        topic, topic == &app ? "ckptctl" : topic->get_name(), CLI::AppFormatMode::Normal);
+    return kExitOk;
   }
   if (*inspect) return Inspect(inspect_path, inspect_json);
   if (*verify) return Verify(verify_path);

@@ -291,7 +291,7 @@ int Import(Client& c, const DaemonCommandArgs& a) {
     }
     views.push_back({t.name, type, t.ne, base + t.offset, t.nbytes});
   }
-  auto saved = (*run)->Save(a.step, views, metrics, {.force = true});
+  auto saved = (*run)->Save(a.step, views, metrics, {.force = true, .overwrite = a.overwrite});
   if (!saved.ok()) return Fail(a.run, saved.status());
   if (a.json) {
     std::cout << Json(*saved) << "\n";
@@ -357,17 +357,21 @@ int RetentionCommand(Client& c, const DaemonCommandArgs& a, bool apply) {
 
 std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a) {
   std::vector<DaemonCommand> table;
+  // How to reach the daemon: options of ckptctl itself, so they go before
+  // the subcommand (`ckptctl --socket X ls RUN`) or after it (subcommands
+  // fall through to their parent for options they do not have).
+  app->add_option("--socket", a->socket,
+                  "Daemon address: unix:PATH, PATH or HOST:PORT "
+                  "(default $CKPTD_SOCKET or unix:./ckpt-runs/ckptd.sock)");
+  app->add_option("--tls-ca", a->tls_ca, "TLS: PEM CA that signed the daemon's certificate");
+  app->add_option("--tls-cert", a->tls_cert, "TLS: this client's PEM certificate (mTLS)");
+  app->add_option("--tls-key", a->tls_key, "TLS: this client's PEM private key (mTLS)");
+  app->add_option("--token-file", a->token_file, "File holding a bearer token (needs TLS)");
   // Each subcommand, its options, and what runs when it was chosen.
   auto add = [&](CLI::App* parent, const char* name, const char* help,
                  std::function<int(Client&, const DaemonCommandArgs&)> run) {
     CLI::App* sub = parent->add_subcommand(name, help);
-    sub->add_option("--socket", a->socket,
-                    "Daemon address: unix:PATH, PATH or HOST:PORT "
-                    "(default $CKPTD_SOCKET or unix:./ckpt-runs/ckptd.sock)");
-    sub->add_option("--tls-ca", a->tls_ca, "TLS: PEM CA that signed the daemon's certificate");
-    sub->add_option("--tls-cert", a->tls_cert, "TLS: this client's PEM certificate (mTLS)");
-    sub->add_option("--tls-key", a->tls_key, "TLS: this client's PEM private key (mTLS)");
-    sub->add_option("--token-file", a->token_file, "File holding a bearer token (needs TLS)");
+    sub->fallthrough();
     sub->add_flag("--json", a->json, "Print the API's JSON");
     table.push_back({sub, std::move(run)});
     return sub;
@@ -388,6 +392,8 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   import->add_option("--base-model", a->base_model, "uuid of the model this run started from");
   import->add_option("--export", a->exports,
                      "Export profile (built-in name or .toml) to write with it (repeatable)");
+  import->add_flag("--overwrite", a->overwrite,
+                   "Replace the step if the run has it (or roll back to it)");
   auto* pin = add(app, "pin", "Keep a checkpoint whatever retention says",
                   [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, true); });
   pin->add_option("RUN", a->run)->required();
@@ -410,6 +416,7 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
       LineageCommand)
       ->add_option("UUID_OR_RUN", a->run);
   auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
+  retention->fallthrough();
   retention->require_subcommand(1);
   add(retention, "plan", "Each checkpoint's keep/delete and why (no change)",
       [](Client& c, const DaemonCommandArgs& args) { return RetentionCommand(c, args, false); })

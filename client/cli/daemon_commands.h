@@ -36,6 +36,7 @@ struct DaemonCommandArgs {
   bool no_verify = false;            // restore-check
   std::string base_model;            // import: general.base_model.0.uuid
   std::vector<std::string> exports;  // import: profile names or .toml paths
+  bool overwrite = false;            // import: replace an existing step
 };
 
 // One subcommand and what runs when it was chosen.

@@ -124,3 +124,70 @@ def test_one_daemon_per_root_and_per_socket(open_dir):
                               timeout=60).returncode == 0
     finally:
         again.stop()
+
+
+def test_a_finished_run_is_listed_after_a_restart(tmp_path):
+    """A run closed (finished) before a restart, on the daemon's default
+    retention: listing its checkpoints after the restart. This aborted the
+    daemon: startup takes the registry lock and then the run's, the listing
+    took the run's and then the registry's (for the default policy), and
+    absl's deadlock detector kills the process on such a cycle."""
+    import numpy as np
+
+    import ckptd
+
+    d = _serving(Daemon(tmp_path))
+    try:
+        run = ckptd.connect(d.target).open_run("done", transport="stream")
+        assert run.save(1, {"w": np.ones(4, dtype=np.float32)}).state == "committed"
+        run.close()
+    finally:
+        d.stop()
+    d = _serving(Daemon(tmp_path))
+    try:
+        for _ in range(2):
+            r = subprocess.run([CKPTCTL, "ls", "done", "--socket", d.target], capture_output=True,
+                               text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            assert "step_1.gguf" in r.stdout or " 1 " in r.stdout, r.stdout
+        assert d.proc.poll() is None, open(d.log).read()[-2000:]
+    finally:
+        d.stop()
+
+
+def test_ckptctl_takes_its_options_before_or_after_the_command_and_explains_itself(tmp_path):
+    """`ckptctl --socket X ls RUN` as well as `ckptctl ls RUN --socket X`;
+    `ckptctl help [COMMAND...]`; `import --overwrite`, which the refusal
+    without it asks for."""
+    import numpy as np
+
+    import ckptd
+
+    d = _serving(Daemon(tmp_path))
+    try:
+        run = ckptd.connect(d.target).open_run("cli", transport="stream")
+        assert run.save(1, {"w": np.ones(4, dtype=np.float32)}).state == "committed"
+
+        def ctl(*args):
+            return subprocess.run([CKPTCTL, *args], capture_output=True, text=True, timeout=60)
+
+        for args in (["--socket", d.target, "ls", "cli"], ["ls", "cli", "--socket", d.target],
+                     ["--socket", d.target, "retention", "plan", "cli"],
+                     ["retention", "plan", "cli", "--socket", d.target]):
+            r = ctl(*args)
+            assert r.returncode == 0, (args, r.stderr)
+        top = ctl("help")
+        assert top.returncode == 0 and "Usage: ckptctl" in top.stdout
+        assert all(c in top.stdout for c in ("ls", "import", "retention", "--socket")), top.stdout
+        sub = ctl("help", "retention", "plan")
+        assert sub.returncode == 0 and "RUN" in sub.stdout and "keep/delete" in sub.stdout
+        bad = ctl("help", "nope")
+        assert bad.returncode == 2 and "no command 'nope'" in bad.stderr
+        src = os.path.join(d.root, "cli", "weights", "step_1.gguf")
+        assert ctl("--socket", d.target, "import", "copy", src, "--step", "5").returncode == 0
+        again = ctl("--socket", d.target, "import", "copy", src, "--step", "5")
+        assert again.returncode != 0 and "overwrite" in again.stderr, again.stderr
+        assert ctl("--socket", d.target, "import", "copy", src, "--step", "5",
+                   "--overwrite").returncode == 0
+    finally:
+        d.stop()
