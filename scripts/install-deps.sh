@@ -20,7 +20,7 @@ build_pkgs=(
 test_pkgs=(
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev clang-format
-  python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch
+  python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch python3-yaml
   prometheus chromium fonts-dejavu-core
 )
 # What the installed ckptd and ckptctl load (from ldd; the rest come with them).

@@ -2,13 +2,17 @@
 """Ops surface: the install tree (DESTDIR), the systemd unit (systemd-analyze
 verify), and the Dockerfile's build steps staying the README's."""
 import argparse
+import fnmatch
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
+
+import yaml
 
 ARGS = None
 
@@ -20,7 +24,7 @@ def read(path):
 
 def readme_install_commands():
     text = read(os.path.join(ARGS.source, "README.md"))
-    section = text.split("\n## Install", 1)[1]
+    section = text.split("\n### Install", 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
     return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
 
@@ -44,6 +48,62 @@ class DockerDriftTest(unittest.TestCase):
         self.assertRegex(runtime, r"\nUSER ckptd\n")
 
 
+def dockerignore_patterns():
+    lines = read(os.path.join(ARGS.source, ".dockerignore")).splitlines()
+    return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+def build_context(source, patterns):
+    """The files `COPY . .` sends: every file under `source` that no
+    .dockerignore pattern excludes (Docker's rules: a pattern matches a path
+    relative to the context, `**` any number of directories; a directory
+    that matches is left out whole). No `!` exceptions are used here."""
+    def ignored(rel):
+        for p in patterns:
+            if fnmatch.fnmatchcase(rel, p) or (p.startswith("**/") and fnmatch.fnmatchcase(
+                    os.path.basename(rel), p[3:])):
+                return True
+        return False
+
+    sent = []
+    for d, dirs, files in os.walk(source):
+        rel_d = os.path.relpath(d, source)
+        dirs[:] = [x for x in dirs if not ignored(os.path.normpath(os.path.join(rel_d, x)))]
+        sent += [os.path.normpath(os.path.join(rel_d, f)) for f in files
+                 if not ignored(os.path.normpath(os.path.join(rel_d, f)))]
+    return sent
+
+
+class ContainerTest(unittest.TestCase):
+    def test_the_build_context_carries_no_host_build_state(self):
+        # This checkout has build trees (make test made them): none of them,
+        # and no CMakeCache.txt anywhere, may reach the image's configure.
+        sent = build_context(ARGS.source, dockerignore_patterns())
+        self.assertIn("CMakeLists.txt", sent)
+        self.assertIn("scripts/install-deps.sh", sent)
+        leaked = [f for f in sent if os.path.basename(f) == "CMakeCache.txt" or
+                  f.split(os.sep)[0].startswith("build") or f.startswith("node_modules" + os.sep)
+                  or f.startswith("ckpt-runs" + os.sep) or f.startswith(".git" + os.sep)]
+        self.assertEqual(leaked[:10], [], f"{len(leaked)} host files would be copied into the image")
+
+    def test_compose_runs_the_example_trainer_the_image_ships(self):
+        compose = yaml.safe_load(read(os.path.join(ARGS.source, "docker", "compose.yaml")))
+        trainer = compose["services"]["trainer"]
+        entry = trainer["entrypoint"]
+        self.assertEqual(entry[0], "/usr/libexec/ckptd/ckptd_example_trainer")
+        self.assertNotIn("sleep", " ".join(entry))
+        socket = entry[entry.index("--socket") + 1]
+        # The trainer reaches the daemon's socket (and its .arenas) through the shared volume.
+        service_cfg = read(os.path.join(ARGS.source, "config", "ckptd.example.toml"))
+        self.assertIn(f'listen = "{socket}"', service_cfg)
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in trainer["volumes"]}
+        daemon_mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["ckptd"]["volumes"]}
+        sock_dir = os.path.dirname(socket[len("unix:"):])
+        self.assertEqual(mounts.get(sock_dir), daemon_mounts.get(sock_dir))
+        runtime = read(os.path.join(ARGS.source, "docker", "Dockerfile")).split("\nFROM debian:12\n", 1)[1]
+        self.assertIn("/out/usr/libexec/ckptd/ckptd_example_trainer /usr/libexec/ckptd/", runtime)
+
+
 class InstallTest(unittest.TestCase):
     def setUp(self):
         self.dest = tempfile.mkdtemp()
@@ -62,7 +122,9 @@ class InstallTest(unittest.TestCase):
                      "usr/lib/sysusers.d/ckptd.conf", "usr/lib/tmpfiles.d/ckptd.conf",
                      "etc/ckptd/ckptd.toml", "usr/share/doc/ckptd/README.md",
                      "usr/share/doc/ckptd/ckptd.example.toml",
-                     "usr/share/ckptd/proto/ckptd/v1/ckptd.proto"]:
+                     "usr/share/ckptd/proto/ckptd/v1/ckptd.proto",
+                     "usr/libexec/ckptd/ckptd_example_trainer", "usr/share/doc/ckptd/docs/config.md",
+                     "usr/share/doc/ckptd/docs/metadata.md", "usr/share/doc/ckptd/docs/shared-memory.md"]:
             self.assertIn(want, tree)
         self.assertTrue(os.access(os.path.join(self.dest, "usr/bin/ckptd"), os.X_OK))
         unit = read(os.path.join(self.dest, "usr/lib/systemd/system/ckptd.service"))
@@ -73,6 +135,35 @@ class InstallTest(unittest.TestCase):
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn('listen = "unix:/run/ckptd/ckptd.sock"', r.stdout)
+
+    def test_the_compose_trainer_saves_over_shared_memory(self):
+        """The compose file's trainer command, from the installed tree, run
+        against an installed daemon on a temp socket: it saves through the
+        arena and, run again, resumes."""
+        compose = yaml.safe_load(read(os.path.join(ARGS.source, "docker", "compose.yaml")))
+        entry = list(compose["services"]["trainer"]["entrypoint"])
+        tmp = tempfile.mkdtemp()
+        sock = "unix:" + os.path.join(tmp, "ckptd.sock")
+        entry[0] = os.path.join(self.dest, entry[0].lstrip("/"))
+        entry[entry.index("--socket") + 1] = sock
+        daemon = subprocess.Popen([os.path.join(self.dest, "usr/bin/ckptd"), "--root",
+                                   os.path.join(tmp, "runs"), "--listen", sock, "--http-listen", ""],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(sock[5:]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            first = subprocess.run(entry, capture_output=True, text=True, timeout=120)
+            self.assertEqual(first.returncode, 0, first.stderr)
+            self.assertIn("(shared memory)", first.stdout)
+            self.assertIn("saved step 100", first.stdout)
+            again = subprocess.run(entry, capture_output=True, text=True, timeout=120)
+            self.assertEqual(again.returncode, 0, again.stderr)
+            self.assertIn("restored step 2000", again.stdout)
+        finally:
+            daemon.terminate()
+            daemon.wait(30)
+            shutil.rmtree(tmp)
 
     def test_systemd_analyze_verify(self):
         if not shutil.which("systemd-analyze"):
