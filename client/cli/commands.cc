@@ -15,8 +15,6 @@
 namespace ckptd::cli {
 namespace {
 
-constexpr size_t kTableArrayItems = 8;
-
 int Fail(const std::string& file, const absl::Status& st) {
   std::fprintf(stderr, "ckptctl: %s: %s\n", file.c_str(), std::string(st.message()).c_str());
   return kExitFailed;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -15,6 +16,7 @@
 #include "ckptd/client.h"
 #include "ckptd/restore.h"
 #include "client/cli/commands.h"
+#include "client/cli/gguf_json.h"
 #include "client/cli/lineage_command.h"
 #include "daemon/api/convert.h"
 #include "daemon/base/strings.h"
@@ -57,10 +59,14 @@ std::string DefaultSocket() {
   return env && *env ? env : "unix:./ckpt-runs/ckptd.sock";
 }
 
+// Metrics are printed with every digit a double has (the shortest text
+// that reads back to the same value), in name order.
+std::string Number(double v) { return fmt::format("{}", v); }
+
 std::string Metrics(const google::protobuf::Map<std::string, double>& m) {
+  const std::map<std::string, double> sorted(m.begin(), m.end());
   std::string out;
-  for (const auto& [k, v] : m)
-    StrAppend(&out, out.empty() ? "" : " ", k, "=", fmt::format("{:g}", v));
+  for (const auto& [k, v] : sorted) StrAppend(&out, out.empty() ? "" : " ", k, "=", Number(v));
   return out;
 }
 
@@ -112,14 +118,30 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
     std::cout << Json(all) << "\n";
     return kExitOk;
   }
-  std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {:<24} {}\n", "STEP", "TIME (UTC)",
-                           "BYTES", "UUID", "LATEST", "METRICS", "RETENTION");
+  // One column per metric name any checkpoint has, in name order, each as
+  // wide as its widest value; "-" where a checkpoint lacks it.
+  std::map<std::string, size_t> columns;
   for (const auto& cp : all.checkpoints()) {
-    std::cout << fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6} {:<24} {}{}\n", cp.step(),
-                             cp.time_utc(), cp.size_bytes() + cp.train_size_bytes(),
-                             cp.uuid().substr(0, 8), cp.is_latest() ? "*" : "",
-                             Metrics(cp.metrics()), cp.retention_keeps() ? "keep: " : "delete: ",
-                             cp.pinned() ? "pinned: " + cp.pin_reason() : cp.retention_reason());
+    for (const auto& [name, v] : cp.metrics()) {
+      size_t& w = columns[name];
+      w = std::max({w, name.size(), Number(v).size()});
+    }
+  }
+  std::string head = fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6}", "STEP", "TIME (UTC)",
+                                 "BYTES", "UUID", "LATEST");
+  for (const auto& [name, w] : columns) StrAppend(&head, "  ", fmt::format("{:>{}}", name, w));
+  std::cout << head << "  RETENTION\n";
+  for (const auto& cp : all.checkpoints()) {
+    std::string row = fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6}", cp.step(), cp.time_utc(),
+                                  cp.size_bytes() + cp.train_size_bytes(), cp.uuid().substr(0, 8),
+                                  cp.is_latest() ? "*" : "");
+    for (const auto& [name, w] : columns) {
+      auto it = cp.metrics().find(name);
+      StrAppend(&row, "  ",
+                fmt::format("{:>{}}", it == cp.metrics().end() ? "-" : Number(it->second), w));
+    }
+    std::cout << row << "  " << (cp.retention_keeps() ? "keep: " : "delete: ")
+              << (cp.pinned() ? "pinned: " + cp.pin_reason() : cp.retention_reason()) << "\n";
   }
   return kExitOk;
 }
@@ -216,23 +238,24 @@ int Show(Client& c, const DaemonCommandArgs& a) {
   }
   std::cout << fmt::format("  uuid    {}\n  digest  {}\n  time    {}\n  metrics {}\n", i.uuid(),
                            i.content_digest(), i.time_utc(), Metrics(i.metrics()));
-  std::cout << "\nmetadata:\n";
-  for (const auto& e : d.metadata()) {
-    std::string v;
-    google::protobuf::util::MessageToJsonString(e.value(), &v);
-    if (v.size() > 100) v = v.substr(0, 97) + "...";
-    std::cout << fmt::format("  {:<40} {}\n", e.key(), v);
+  auto md = api::FromProto(d.metadata(), "metadata", /*allow_reserved=*/true);
+  if (!md.ok()) return Fail(a.run, md.status());
+  std::cout << "\nmetadata:\n" << MetadataToTable(*md, kTableArrayItems);
+  size_t width = 6;
+  for (const auto* list : {&d.tensors(), &d.train_tensors()}) {
+    for (const auto& t : *list) width = std::max(width, t.tensor().name().size());
   }
-  std::cout << "\ntensors:\n";
-  for (const auto& t : d.tensors()) {
-    std::cout << fmt::format("  {:<40} {:<18} [{}] {} bytes\n", t.tensor().name(),
-                             v1::TensorType_Name(t.tensor().type()),
-                             fmt::join(t.tensor().ne(), ", "), t.nbytes());
-  }
-  for (const auto& t : d.train_tensors()) {
-    std::cout << fmt::format("  {:<40} {:<18} [{}] {} bytes (train)\n", t.tensor().name(),
-                             v1::TensorType_Name(t.tensor().type()),
-                             fmt::join(t.tensor().ne(), ", "), t.nbytes());
+  std::cout << fmt::format("\n{:>5}  {:<{}}  {:<7} {:<28} {:>14}  {}\n", "#", "tensor", width,
+                           "type", "ne", "bytes", "file");
+  size_t n = 0;
+  for (const auto* list : {&d.tensors(), &d.train_tensors()}) {
+    for (const auto& t : *list) {
+      const auto type = gguf::LookupTensorType(static_cast<uint32_t>(t.tensor().type()));
+      std::cout << fmt::format("{:>5}  {:<{}}  {:<7} {:<28} {:>14}  {}\n", ++n, t.tensor().name(),
+                               width, type ? std::string(type->name) : "?",
+                               fmt::format("[{}]", fmt::join(t.tensor().ne(), ", ")), t.nbytes(),
+                               list == &d.tensors() ? "model" : "train");
+    }
   }
   return kExitOk;
 }
@@ -252,6 +275,18 @@ int Import(Client& c, const DaemonCommandArgs& a) {
       return kExitUsage;
     }
     metrics[kv.substr(0, eq)] = v;
+  }
+  // Whether a trainer is using the run: then the import leaves it open;
+  // else the run is closed afterwards (nothing is training it).
+  bool trainer_has_it = false;
+  {
+    grpc::ClientContext ctx;
+    v1::GetRunRequest get;
+    get.set_run_id(a.run);
+    v1::RunInfo info;
+    const grpc::Status st = c.stub().GetRun(&ctx, get, &info);
+    if (!st.ok() && st.error_code() != grpc::StatusCode::NOT_FOUND) return Fail(a.run, st);
+    trainer_has_it = st.ok() && info.state() == v1::RUN_STATE_OPEN;
   }
   v1::OpenRunRequest open;
   open.set_run_id(a.run);
@@ -292,13 +327,23 @@ int Import(Client& c, const DaemonCommandArgs& a) {
     views.push_back({t.name, type, t.ne, base + t.offset, t.nbytes});
   }
   auto saved = (*run)->Save(a.step, views, metrics, {.force = true, .overwrite = a.overwrite});
+  if (!saved.ok() && !a.overwrite &&
+      (absl::IsAlreadyExists(saved.status()) || absl::IsFailedPrecondition(saved.status()))) {
+    return Fail(a.run, absl::Status(saved.status().code(),
+                                    StrCat(saved.status().message(),
+                                           " (ckptctl import --overwrite replaces it)")));
+  }
   if (!saved.ok()) return Fail(a.run, saved.status());
+  if (!trainer_has_it) {
+    if (auto closed = (*run)->Close(); !closed.ok()) return Fail(a.run, closed.status());
+  }
   if (a.json) {
     std::cout << Json(*saved) << "\n";
   } else {
-    std::cout << fmt::format("imported {} as step {} of run {}: {} ({} bytes, uuid {})\n", a.file,
-                             a.step, a.run, saved->checkpoint().file(),
-                             saved->checkpoint().size_bytes(), saved->checkpoint().uuid());
+    std::cout << fmt::format("imported {} as step {} of run {}: {} ({} bytes, uuid {}); run {}\n",
+                             a.file, a.step, a.run, saved->checkpoint().file(),
+                             saved->checkpoint().size_bytes(), saved->checkpoint().uuid(),
+                             trainer_has_it ? "left open (a trainer has it)" : "finished");
   }
   return kExitOk;
 }
@@ -376,7 +421,12 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
     table.push_back({sub, std::move(run)});
     return sub;
   };
-  add(app, "runs", "List the runs the daemon knows", Runs);
+  add(app, "runs",
+      "List the runs the daemon knows. STATE: open = a trainer is using it (a call within "
+      "server.unload_idle_runs_seconds); idle = nobody is (not opened since the daemon started, "
+      "or its trainer went away without closing it); finished = closed (CloseRun, or imported "
+      "with ckptctl import)",
+      Runs);
   add(app, "ls", "List a run's checkpoints", Ls)->add_option("RUN", a->run)->required();
   add(app, "latest", "Print the path of a run's newest checkpoint", Latest)
       ->add_option("RUN", a->run)

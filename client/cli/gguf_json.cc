@@ -66,24 +66,29 @@ nlohmann::ordered_json FileToJson(const gguf::GgufFile& f) {
           {"file_size", f.file_size}, {"metadata", std::move(md)}, {"tensors", std::move(tensors)}};
 }
 
-std::string FileToTable(const gguf::GgufFile& f, size_t max_items) {
-  std::string out = fmt::format(
-      "GGUF v{}, alignment {}, {} key/values, {} tensors, data at offset {}, {} bytes\n", f.version,
-      f.alignment, f.metadata.size(), f.tensors.size(), f.data_offset, f.file_size);
+std::string MetadataToTable(const gguf::Metadata& md, size_t max_items) {
   size_t key_width = 3;
-  for (const auto& [key, value] : f.metadata.entries()) key_width = std::max(key_width, key.size());
-  fmt::format_to(std::back_inserter(out), "\n{:>5}  {:<{}}  {:<14} {}\n", "#", "key", key_width,
-                 "type", "value");
+  for (const auto& [key, value] : md.entries()) key_width = std::max(key_width, key.size());
+  std::string out =
+      fmt::format("{:>5}  {:<{}}  {:<14} {}\n", "#", "key", key_width, "type", "value");
   size_t i = 0;
-  for (const auto& [key, value] : f.metadata.entries()) {
+  for (const auto& [key, value] : md.entries()) {
     fmt::format_to(std::back_inserter(out), "{:>5}  {:<{}}  {:<14} {}\n", ++i, key, key_width,
                    TypeLabel(value), gguf::FormatValue(value, max_items));
   }
+  return out;
+}
+
+std::string FileToTable(const gguf::GgufFile& f, size_t max_items) {
+  std::string out = fmt::format(
+      "GGUF v{}, alignment {}, {} key/values, {} tensors, data at offset {}, {} bytes\n\n",
+      f.version, f.alignment, f.metadata.size(), f.tensors.size(), f.data_offset, f.file_size);
+  out += MetadataToTable(f.metadata, max_items);
   size_t name_width = 4;
   for (const auto& t : f.tensors) name_width = std::max(name_width, t.name.size());
   fmt::format_to(std::back_inserter(out), "\n{:>5}  {:<{}}  {:<7} {:<28} {:>14} {:>14}\n", "#",
                  "tensor", name_width, "type", "ne", "offset", "bytes");
-  i = 0;
+  size_t i = 0;
   for (const auto& t : f.tensors) {
     fmt::format_to(std::back_inserter(out), "{:>5}  {:<{}}  {:<7} {:<28} {:>14} {:>14}\n", ++i,
                    t.name, name_width, gguf::LookupTensorType(static_cast<uint32_t>(t.type))->name,

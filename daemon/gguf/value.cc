@@ -105,7 +105,7 @@ std::string FormatValue(const Value& v, size_t max_items) {
         } else if constexpr (std::is_same_v<T, bool>) {
           return x ? "true" : "false";
         } else if constexpr (std::is_floating_point_v<T>) {
-          return fmt::format("{:.9g}", x);
+          return fmt::format("{}", x);  // the shortest text that reads back exactly
         } else if constexpr (sizeof(T) == 1) {
           return StrCat(static_cast<int>(x));
         } else {

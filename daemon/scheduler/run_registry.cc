@@ -176,15 +176,17 @@ void RunRegistry::SetSettingsStore(SettingsStore store) { store_ = std::move(sto
 
 std::vector<std::string> RunRegistry::UnloadIdle(double idle_s, double now) {
   std::vector<std::string> out;
-  if (!store_.reload) return out;
   for (const std::shared_ptr<Run>& run : List()) {
     if (!run->save_mu().TryLock()) continue;  // a save in progress: not idle
     bool unloaded = false;
     {
       absl::MutexLock lock(&run->mu());
       const double last = std::max(run->last_active_s, run->reference_time_s);
-      if (run->settings && !run->settings_unloaded && run->in_flight.empty() &&
-          now - last >= idle_s) {
+      const bool idle = run->in_flight.empty() && now - last >= idle_s;
+      // Opened but unused this long: its trainer went away without closing
+      // it (or it was only imported). Listings say idle until it is used.
+      if (idle && run->state == RunState::kOpen) run->state = RunState::kIdle;
+      if (idle && store_.reload && run->settings && !run->settings_unloaded) {
         RunSettings& s = *run->settings;
         s.model_metadata = {};
         s.provenance = {};

@@ -92,6 +92,12 @@ class Run {
   bool settings_unloaded ABSL_GUARDED_BY(mu_) = false;
   double reference_time_s ABSL_GUARDED_BY(mu_) = 0;  // last commit, or when opened
   double last_active_s ABSL_GUARDED_BY(mu_) = 0;     // last OpenRun, ShouldSave or save
+  // A trainer's call (ShouldSave, a save): stamps the time and makes a run
+  // that went idle open again (a finished run stays finished).
+  void MarkActive(double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    last_active_s = now;
+    if (state == RunState::kIdle && settings) state = RunState::kOpen;
+  }
   std::string last_error ABSL_GUARDED_BY(mu_);
   // An unresolved write error (I/O, not a client's mistake): retention pauses
   // until a save succeeds again.
@@ -141,8 +147,9 @@ class RunRegistry {
 
   // Idle runs give their settings' memory back: a run with no OpenRun,
   // ShouldSave or save for `idle_s` (closed, or its trainer went away) and
-  // no save in progress drops the bulky part of its settings. Returns the
-  // ids unloaded. Needs a SettingsStore.
+  // no save in progress drops the bulky part of its settings (with a
+  // SettingsStore) and, if it was open, is idle until it is used again.
+  // Returns the ids unloaded.
   void SetSettingsStore(SettingsStore store);
   std::vector<std::string> UnloadIdle(double idle_s, double now);
   // Before a save uses a run's settings: reads them back if they were

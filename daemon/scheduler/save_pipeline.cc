@@ -11,7 +11,7 @@ absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id, ui
   CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<Run> run, registry_->Get(run_id));
   const std::optional<uint64_t> queued = queue_ ? queue_->LastQueued(run_id) : std::nullopt;
   absl::MutexLock lock(&run->mu());
-  run->last_active_s = NowSeconds();
+  run->MarkActive(NowSeconds());
   return Admit(*run, registry_->EffectiveSchedule(*run), {.step = step}, queued,
                run->last_active_s);
 }

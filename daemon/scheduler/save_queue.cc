@@ -69,7 +69,7 @@ absl::StatusOr<SaveQueue::Accepted> SaveQueue::Admit(Run& run, RunQueue& q, Save
   std::string weights_dir;
   {
     absl::MutexLock run_lock(&run.mu());
-    run.last_active_s = NowSeconds();
+    run.MarkActive(NowSeconds());
     weights_dir = run.dir()->weights_dir();
     std::optional<uint64_t> last;
     if (!q.jobs.empty()) last = q.jobs.back().params.step;

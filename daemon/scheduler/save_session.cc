@@ -102,7 +102,7 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
   absl::StatusOr<Admission> admission;
   {
     absl::MutexLock lock(&run->mu());
-    run->last_active_s = NowSeconds();
+    run->MarkActive(NowSeconds());
     if (admitted == nullptr) {
       admission = Admit(*run, registry->EffectiveSchedule(*run), p.admit_request(), std::nullopt,
                         NowSeconds());

@@ -4,6 +4,7 @@ refuses to start naming the first, and never takes its socket away."""
 
 import grp
 import os
+import re
 import shutil
 import signal
 import stat
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BINARY, Daemon
+from conftest import BINARY, Daemon, wait_for
 
 CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(os.path.dirname(BINARY), "..", "client",
                                                          "cli", "ckptctl"))
@@ -186,8 +187,70 @@ def test_ckptctl_takes_its_options_before_or_after_the_command_and_explains_itse
         src = os.path.join(d.root, "cli", "weights", "step_1.gguf")
         assert ctl("--socket", d.target, "import", "copy", src, "--step", "5").returncode == 0
         again = ctl("--socket", d.target, "import", "copy", src, "--step", "5")
-        assert again.returncode != 0 and "overwrite" in again.stderr, again.stderr
+        assert again.returncode != 0 and "--overwrite" in again.stderr, again.stderr
         assert ctl("--socket", d.target, "import", "copy", src, "--step", "5",
                    "--overwrite").returncode == 0
+    finally:
+        d.stop()
+
+
+def test_ckptctl_show_ls_and_runs_speak_to_people(tmp_path):
+    """`show`: metadata as `key type value` rows and a tensor table (`--json`:
+    the API's message); `ls`: one column per metric, in name order, with
+    every digit; `runs`: an imported run is finished, a run a trainer has
+    open stays open, and an open run nobody uses turns idle."""
+    import json
+
+    import numpy as np
+
+    import ckptd
+
+    cfg = tmp_path / "idle.toml"
+    cfg.write_text("[server]\nunload_idle_runs_seconds = 1\n")
+    d = _serving(Daemon(tmp_path, ["--config", str(cfg)]))
+    try:
+        def ctl(*args):
+            r = subprocess.run([CKPTCTL, "--socket", d.target, *args], capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode == 0, (args, r.stderr)
+            return r.stdout
+
+        def state(run_id):
+            rows = [l.split() for l in ctl("runs").splitlines()[1:]]
+            return {r[0]: r[1] for r in rows}[run_id]
+
+        run = ckptd.connect(d.target).open_run("people", transport="stream")
+        loss, acc = 0.1 + 0.2, 2 / 3  # 0.30000000000000004: 17 digits
+        run.save(10, {"w": np.ones((2, 3), dtype=np.float32)}, metrics={"loss": loss, "acc": acc})
+        run.save(20, {"w": np.ones((2, 3), dtype=np.float32)}, metrics={"loss": 0.25})
+        show = ctl("show", "people", "20")
+        rows = {l.split()[1]: l.split()[2:] for l in show.splitlines()
+                if re.match(r"^\s+\d+\s+\S", l)}
+        assert re.search(r"^\s+#\s+key\s+type\s+value$", show, re.M), show
+        assert rows["ckpt.step"] == ["u64", "20"]
+        assert rows["ckpt.run_id"] == ["string", '"people"']
+        assert rows["ckpt.metrics.loss"] == ["f64", "0.25"]
+        assert rows["w"][:3] == ["f32", "[3,", "2]"], rows["w"]
+        assert "stringValue" not in show
+        detail = json.loads(ctl("show", "people", "20", "--json"))
+        assert detail["info"]["step"] == "20" and detail["metadata"]
+        ls = ctl("ls", "people").splitlines()
+        assert ls[0].index(" acc ") < ls[0].index(" loss "), ls[0]
+
+        def cell(row, name):  # columns are right-aligned under their names
+            end = ls[0].index(f" {name} ") + len(name) + 1
+            return row[:end].split()[-1]
+
+        assert (cell(ls[1], "acc"), cell(ls[1], "loss")) == (repr(acc), repr(loss)), ls
+        assert (cell(ls[2], "acc"), cell(ls[2], "loss")) == ("-", "0.25"), ls
+
+        src = os.path.join(d.root, "people", "weights", "step_10.gguf")
+        assert "run finished" in ctl("import", "imported", src, "--step", "1")
+        assert state("imported") == "finished"
+        assert "left open" in ctl("import", "people", src, "--step", "30")  # its trainer has it
+        assert state("people") == "open"
+        wait_for(lambda: state("people") == "idle", 30, "the unused run to turn idle")
+        run.should_save(31)
+        assert state("people") == "open"
     finally:
         d.stop()

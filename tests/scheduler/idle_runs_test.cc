@@ -127,6 +127,35 @@ TEST_F(IdleRunsTest, ShouldSaveCountsAsActivity) {
   EXPECT_THAT(registry_.UnloadIdle(60, now + 61), ElementsAre("r"));
 }
 
+// An open run nobody uses (its trainer went away without CloseRun, or it
+// was only imported) is listed idle, and open again at its next call; a
+// finished run stays finished.
+TEST_F(IdleRunsTest, AnOpenRunNobodyUsesIsIdleUntilItsNextCall) {
+  auto state = [&] {
+    absl::MutexLock lock(&run_->mu());
+    return run_->state;
+  };
+  const double now = NowSeconds();
+  EXPECT_EQ(state(), RunState::kOpen);
+  registry_.UnloadIdle(60, now + 30);
+  EXPECT_EQ(state(), RunState::kOpen);
+  registry_.UnloadIdle(60, now + 61);
+  EXPECT_EQ(state(), RunState::kIdle);
+  SavePipeline pipeline(&registry_, nullptr);
+  ASSERT_OK(pipeline.ShouldSave("r", 1).status());
+  EXPECT_EQ(state(), RunState::kOpen);
+  // Idle again later, even though its settings are already unloaded.
+  registry_.UnloadIdle(60, NowSeconds() + 61);
+  EXPECT_EQ(state(), RunState::kIdle);
+  {
+    absl::MutexLock lock(&run_->mu());
+    run_->state = RunState::kFinished;
+    run_->MarkActive(NowSeconds());
+  }
+  registry_.UnloadIdle(60, NowSeconds() + 61);
+  EXPECT_EQ(state(), RunState::kFinished);
+}
+
 TEST_F(IdleRunsTest, ASaveInProgressKeepsTheSettings) {
   const double later = NowSeconds() + 61;
   {
