@@ -87,6 +87,24 @@ def test_the_sockets_group_may_connect_and_others_are_told_it_is_permissions(ope
         assert "permission denied on ckptd's socket" in stranger.stderr, stranger.stderr
         assert "server.socket_group" in stranger.stderr
         assert "is it running" not in stranger.stderr
+        # The Python client says the same, at once (no reconnecting).
+        py = ("import ckptd\ntry:\n    ckptd.connect(%r).open_run('p', transport='stream')\n"
+              "except ckptd.Error as e:\n    print(e.code, e.message)\nelse:\n    print('OK')\n"
+              % d.target)
+        env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "..", "client",
+                                                        "python")}
+
+        def python_as(groups):
+            who = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+            return subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), *who,
+                                   "/usr/bin/python3", "-c", py], capture_output=True, text=True,
+                                  timeout=60, env=env, cwd=open_dir)
+
+        assert python_as([users]).stdout.strip() == "OK"
+        refused = python_as([])
+        assert refused.stdout.startswith("PERMISSION_DENIED permission denied on ckptd's socket"), \
+            refused.stdout + refused.stderr
+        assert "server.socket_group" in refused.stdout
     finally:
         d.stop()
 

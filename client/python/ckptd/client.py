@@ -41,11 +41,24 @@ class Error(Exception):
         self.message = message
 
 
+def _error(e: grpc.RpcError) -> Error:
+    """The Error for a failed call. A Unix socket this user may not open is
+    said to be a permission problem (gRPC calls it UNAVAILABLE, as if the
+    daemon were not running), and is not retried."""
+    details = e.details() or ""
+    if e.code() == grpc.StatusCode.UNAVAILABLE and "Permission denied" in details:
+        return Error("PERMISSION_DENIED",
+                     "permission denied on ckptd's socket: the daemon is there, but this user may not "
+                     "connect. Join the socket's group (server.socket_group; `ls -l` the socket shows "
+                     f"it), then log in again ({details})")
+    return Error(e.code().name, details)
+
+
 def _rpc(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except grpc.RpcError as e:
-        raise Error(e.code().name, e.details() or "") from None
+        raise _error(e) from None
 
 
 def _reconnectable(e: Error) -> bool:
@@ -313,7 +326,7 @@ class Run:
             except grpc.FutureTimeoutError:
                 continue
             except grpc.RpcError as e:
-                last = Error(e.code().name, e.details() or "")
+                last = _error(e)
                 if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED and not _reconnectable(last):
                     raise last from None
             except (OSError, ArenaError) as e:  # the arena socket is not back yet
