@@ -163,3 +163,118 @@ test("status page escapes trainer-supplied strings and works behind a read token
     await browser.close();
   }
 });
+
+// The chart and the page's states, at 1280 and 400 px: axes with ticks and
+// units that fit the data (sizes from zero, in the unit that fits), one
+// checkpoint as a dot, a flat series as a level line, text drawn at its
+// pixel size and inside the chart, no page-wide horizontal scroll on a
+// phone, a clear message for an empty and an unknown run (no event
+// stream, no "reconnecting…"), a favicon (no failed request). Screenshots
+// of each state go beside SCREENSHOT.png.
+test("status page chart, narrow layout, empty and unknown runs", { skip: !existsSync(CHROMIUM) && "no /usr/bin/chromium" }, async () => {
+  daemon?.kill("SIGKILL");
+  rmSync(root, { recursive: true, force: true });
+  const port = await startDaemon();
+  const source = join(new URL(".", import.meta.url).pathname, "..", "..");
+  execFileSync("/usr/bin/python3", ["-c", `
+import math, numpy as np, ckptd
+c = ckptd.connect(${JSON.stringify(sock)})
+c.open_run("empty", transport="stream")
+c.open_run("single", transport="stream").save(1000, {"w": np.full(1000, 2, np.float32)}, metrics={"loss": 2.5})
+flat = c.open_run("flat", transport="stream")
+for step in (10, 20):
+    flat.save(step, {"w": np.ones(1000, np.float32)}, metrics={"loss": 1.25})
+many = c.open_run("many", transport="stream")
+for i in range(60):
+    n = (1 << 18) + i * 8192  # 1 MiB growing to ~2.9 MiB of f32
+    many.save(500 * (i + 1), {"w": np.full(n, i, np.float32)},
+              metrics={"loss": 3 * math.exp(-i / 15) + 0.05 * math.sin(i), "lr": 1e-3})
+`], { env: { ...process.env, PYTHONPATH: join(source, "client", "python") } });
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const shot = (name) => screenshot.replace(/\.png$/, `_${name}.png`);
+  // Every text of the chart inside the chart's box, and the SVG drawn 1:1.
+  const chartGeometry = (page) => page.evaluate(() => {
+    const svg = document.querySelector("#chart"), box = svg.getBoundingClientRect();
+    const vb = svg.viewBox.baseVal;
+    const outside = [...svg.querySelectorAll("text")].map((t) => [t.textContent, t.getBoundingClientRect()])
+      .filter(([, r]) => r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.top < box.top - 0.5 ||
+                         r.bottom > box.bottom + 0.5).map(([s]) => s);
+    return { scale: box.width / vb.width, outside, pageWidth: document.documentElement.scrollWidth,
+             texts: [...svg.querySelectorAll("text")].map((t) => t.textContent),
+             sizeTicks: [...svg.querySelectorAll("text[fill='#c27c0e']")].map((t) => t.textContent) };
+  });
+  const messageFits = (page) => page.evaluate(() => {
+    const n = document.querySelector("#note");
+    return !n.hidden && n.scrollWidth <= n.clientWidth && document.documentElement.scrollWidth <= innerWidth;
+  });
+  try {
+    for (const width of [1280, 400]) {
+      const page = await browser.newPage({ viewport: { width, height: 900 } });
+      const errors = [], failed = [];
+      page.on("pageerror", (e) => errors.push(e.message));
+      page.on("response", (r) => { if (r.status() >= 400) failed.push(r.status() + " " + r.url()); });
+      page.on("requestfailed", (r) => { if (!r.url().includes("/events")) failed.push(r.url()); });
+
+      await page.goto(`http://127.0.0.1:${port}/?run=many`);
+      await page.waitForSelector("tr[data-step='30000'].latest", { timeout: 10000 });
+      await page.waitForSelector("#live.on", { timeout: 5000 });
+      const g = await chartGeometry(page);
+      assert.ok(Math.abs(g.scale - 1) < 0.01, `chart drawn scaled by ${g.scale}`);
+      assert.deepEqual(g.outside, [], "chart text outside the chart");
+      assert.ok(g.pageWidth <= width, `page ${g.pageWidth} px wide in a ${width} px window`);
+      assert.ok(g.texts.includes("size (MiB)"), g.texts.join("|"));
+      assert.equal(g.sizeTicks[0], "0", "sizes start at zero: " + g.sizeTicks.join("|"));
+      assert.ok(g.sizeTicks.length >= 3, g.sizeTicks.join("|"));
+      assert.ok(g.texts.includes("step") && g.texts.includes("loss"), g.texts.join("|"));
+      assert.ok(g.texts.some((t) => /^(10|15|20|25|30)k$/.test(t)), "step ticks: " + g.texts.join("|"));
+      assert.equal(await page.locator("#chart polyline").count(), 2);
+      assert.equal(await page.locator("link[rel=icon]").count(), 1);
+      await page.screenshot({ path: shot(width > 600 ? "many_wide" : "many_narrow") });
+
+      await page.goto(`http://127.0.0.1:${port}/?run=single`);
+      await page.waitForSelector("tr[data-step='1000']", { timeout: 10000 });
+      assert.equal(await page.locator("#chart polyline").count(), 0);  // one point: dots, no line
+      assert.equal(await page.locator("#chart circle").count(), 2);    // size and loss
+      const single = await chartGeometry(page);
+      assert.deepEqual(single.outside, []);
+      assert.ok(single.texts.includes("size (KiB)"), single.texts.join("|"));  // 4 KiB file
+      if (width > 600) await page.screenshot({ path: shot("single"), fullPage: true });
+
+      await page.goto(`http://127.0.0.1:${port}/?run=flat`);
+      await page.waitForSelector("tr[data-step='20']", { timeout: 10000 });
+      const ys = await page.locator("#chart polyline").evaluateAll((ls) => ls.map(
+          (l) => new Set(l.getAttribute("points").split(" ").map((p) => p.split(",")[1])).size));
+      assert.deepEqual(ys, [1, 1], "equal values draw a level line");
+
+      await page.goto(`http://127.0.0.1:${port}/?run=empty`);
+      await page.waitForFunction(() => document.querySelector("#note").innerText.includes("No checkpoints yet"),
+                                 null, { timeout: 10000 });
+      assert.ok(await messageFits(page), "the message fits its panel");
+      assert.equal(await page.locator("#tpanel").isVisible(), false);  // the message says it all
+      await page.waitForSelector("#live.on", { timeout: 5000 });  // an empty run is watched: its first save shows
+      if (width > 600) await page.screenshot({ path: shot("empty"), fullPage: true });
+
+      await page.goto(`http://127.0.0.1:${port}/?run=nope`);
+      await page.waitForFunction(() => document.querySelector("#note").innerText.includes("no run named"),
+                                 null, { timeout: 10000 });
+      await page.waitForTimeout(1500);
+      assert.match(await page.locator("#note").innerText(), /no run named “nope”/);
+      assert.ok(await messageFits(page), "the message fits its panel");
+      assert.equal(await page.locator("#lpanel").isVisible(), false);
+      assert.equal(await page.locator("#live").innerText(), "");  // no stream, no "reconnecting…"
+      assert.match(await page.locator("#title").innerText(), /Unknown run/);
+      assert.equal(await page.locator(".run").count(), 4);  // the runs to pick from
+      if (width <= 600) await page.screenshot({ path: shot("unknown_narrow"), fullPage: true });
+      assert.deepEqual(errors, []);
+      assert.deepEqual(failed.filter((f) => !f.includes("/v1/runs/nope/")), []);
+      await page.close();
+    }
+  } finally {
+    await browser.close();
+  }
+});
