@@ -12,7 +12,7 @@ namespace ckptd::http {
 inline constexpr std::string_view kStatusPage = R"html(<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>ckptd</title>
-<link rel="icon" href="data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E%3Crect width='16' height='16' rx='3' fill='%23141a26'/%3E%3Cpath d='M4 11.5h8M4 8.5h8M4 5.5h5' stroke='%232f6fec' stroke-width='1.8' stroke-linecap='round'/%3E%3C/svg%3E">
+<link rel="icon" href="data:image/svg+xml,%3Csvg xmlns='http%3A%2F%2Fwww.w3.org%2F2000%2Fsvg' viewBox='0 0 16 16'%3E%3Crect width='16' height='16' rx='3' fill='%23141a26'/%3E%3Cpath d='M4 11.5h8M4 8.5h8M4 5.5h5' stroke='%232f6fec' stroke-width='1.8' stroke-linecap='round'/%3E%3C/svg%3E">
 <style>
 :root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--mute:#6b7385;--line:#e3e6ec;--acc:#2f6fec;--ok:#1f9d55;--warn:#c27c0e;--bad:#d64545}
 *{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;background:var(--bg);color:var(--ink)}
