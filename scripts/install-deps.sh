@@ -16,17 +16,20 @@ build_pkgs=(
   libspdlog-dev libfmt-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
   libsystemd-dev liburing-dev
+  libcurl4-openssl-dev libxml2-dev
 )
 test_pkgs=(
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev clang-format
   python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch python3-yaml
   prometheus chromium fonts-dejavu-core
+  ceph-mon ceph-osd radosgw ceph-common uuid-runtime python3-boto3
 )
 # What the installed ckptd and ckptctl load (from ldd; the rest come with them).
 runtime_pkgs=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libspdlog1.10 libfmt9
   libtomlplusplus3 libxxhash0 libsystemd0 libssl3 ca-certificates
+  libcurl4 libxml2
 )
 
 # Peers the benchmark measures against (make bench only).

@@ -19,6 +19,7 @@
 #include <map>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
@@ -28,6 +29,7 @@
 #include "daemon/env/fd_passing.h"
 #include "daemon/http/server.h"
 #include "daemon/ingest/arena_server.h"
+#include "daemon/metrics/metrics.h"
 #include "daemon/query/queries.h"
 #include "daemon/rpc/decode_errors.h"
 #include "daemon/rpc/service.h"
@@ -293,6 +295,7 @@ absl::Status Daemon::StartServing() {
     spdlog::info("auth: {} bearer tokens from {}", tokens->size(), cfg.tokens_file);
     service_->SetTokens(std::make_shared<const rpc::TokenTable>(std::move(*tokens)));
   }
+  CKPTD_TRY(StartTier());
   CKPTD_TRY(StartSharedMemory());
   CKPTD_TRY(StartGrpc());
   if (!cfg.http_listen.empty()) {
@@ -324,6 +327,102 @@ absl::Status Daemon::StartServing() {
   spdlog::info("ready: listening on {}", cfg.listen);
   Notify(StrCat("READY=1\nSTATUS=serving ", registry_->List().size(), " runs on ", cfg.listen));
   StartTimers();
+  return absl::OkStatus();
+}
+
+// [tier.s3]: credentials, the uploader, what each run still has to upload,
+// and the hook that queues every commit.
+absl::Status Daemon::StartTier() {
+  const config::Config& cfg = cfg_;
+  if (cfg.s3_endpoint.empty()) return absl::OkStatus();
+  std::string access, secret;
+  if (!cfg.s3_credentials_file.empty()) {
+    auto st = env_->Stat(cfg.s3_credentials_file);
+    if (st.ok() && (st->mode & 0007) != 0) {
+      return absl::PermissionDeniedError(
+          StrCat("tier.s3.credentials_file: ", cfg.s3_credentials_file,
+                 " is readable by other users; chmod 600 it (or 640 with the daemon's group)"));
+    }
+    auto text = env::ReadWholeFile(env_, cfg.s3_credentials_file);
+    if (!text.ok()) {
+      return absl::Status(text.status().code(),
+                          StrCat("tier.s3.credentials_file: ", text.status().message()));
+    }
+    const std::vector<std::string> lines = Split(*text, '\n');
+    if (lines.size() >= 2) {
+      access = std::string(absl::StripAsciiWhitespace(lines[0]));
+      secret = std::string(absl::StripAsciiWhitespace(lines[1]));
+    }
+  } else {
+    const char* a = std::getenv("CKPTD_S3_ACCESS_KEY");
+    const char* s = std::getenv("CKPTD_S3_SECRET_KEY");
+    access = a ? a : "";
+    secret = s ? s : "";
+  }
+  if (access.empty() || secret.empty()) {
+    return absl::InvalidArgumentError(
+        "tier.s3: no credentials: set CKPTD_S3_ACCESS_KEY and CKPTD_S3_SECRET_KEY in the "
+        "daemon's environment, or name a file with tier.s3.credentials_file (access key on the "
+        "first line, secret key on the second)");
+  }
+  auto client = std::make_unique<tier::S3Client>(tier::S3Config{.endpoint = cfg.s3_endpoint,
+                                                                .bucket = cfg.s3_bucket,
+                                                                .region = cfg.s3_region,
+                                                                .access_key = access,
+                                                                .secret_key = secret});
+  tier::TierSettings settings{.prefix = cfg.s3_prefix,
+                              .part_size = cfg.s3_part_size,
+                              .parallel_parts = static_cast<int>(cfg.s3_parallel_parts),
+                              .max_memory_bytes = cfg.s3_max_memory_bytes};
+  if (const char* pause = std::getenv("CKPTD_TEST_TIER_PAUSE_S")) {
+    settings.test_pause_s = std::atof(pause);
+  }
+  uploader_ = std::make_unique<tier::Uploader>(
+      env_, std::move(client), settings, [this](const tier::UploadEvent& e) {
+        if (e.type == tier::UploadEventType::kUploaded) {
+          metrics::Metrics::Get().RecordUpload(e.run_id, e.bytes, e.seconds);
+        } else {
+          metrics::Metrics::Get().CountUploadFailure(e.run_id);
+        }
+        auto run = registry_->Get(e.run_id);
+        if (!run.ok()) return;
+        (*run)->Publish({.type = e.type == tier::UploadEventType::kUploaded
+                                     ? scheduler::Event::Type::kUploaded
+                                     : scheduler::Event::Type::kUploadFailed,
+                         .run_id = e.run_id,
+                         .step = e.step,
+                         .error = e.error,
+                         .time_utc = FormatUtc(NowSeconds())});
+      });
+  for (const auto& run : registry_->List()) {
+    std::vector<storage::CheckpointRecord> local;
+    {
+      absl::MutexLock lock(&run->mu());
+      for (const auto& [step, record] : run->dir()->catalog()) local.push_back(record);
+    }
+    if (absl::Status st = uploader_->Recover(run->id(), run->run_dir(), local); !st.ok()) {
+      spdlog::warn("tier: run={}: {}", run->id(), st.message());
+    }
+  }
+  registry_->SetCommitHook([this](scheduler::Run& run, const storage::CheckpointRecord& r) {
+    if (absl::Status st = uploader_->Enqueue({run.id(), run.run_dir(), r}); !st.ok()) {
+      spdlog::error("tier: run={} step={} not queued for upload: {}", run.id(), r.step,
+                    st.message());
+    }
+  });
+  queries_->SetTier(
+      {.upload_state = [this](const std::string& run_id,
+                              uint64_t step) { return uploader_->StateOf(run_id, step); },
+       .unhealthy = [this]() -> std::optional<std::string> {
+         tier::Uploader::Health h = uploader_->health();
+         if (h.healthy) return std::nullopt;
+         return h.error;
+       }});
+  metrics::Metrics::Get().SetTier(static_cast<int64_t>(uploader_->queue_depth()), true);
+  uploader_->Start();
+  spdlog::info("tier: copying checkpoints to {}/{}{}{} (parts of {} bytes, {} in flight)",
+               cfg.s3_endpoint, cfg.s3_bucket, cfg.s3_prefix.empty() ? "" : "/", cfg.s3_prefix,
+               cfg.s3_part_size, cfg.s3_parallel_parts);
   return absl::OkStatus();
 }
 
@@ -456,6 +555,10 @@ void Daemon::StartTimers() {
     bool was = true;  // as READY=1 and the health service start out
     Every(std::chrono::seconds(1), [&] {
       const query::Readiness r = queries_->Ready();
+      if (uploader_) {
+        metrics::Metrics::Get().SetTier(static_cast<int64_t>(uploader_->queue_depth()),
+                                        uploader_->health().healthy);
+      }
       if (was == r.ready) return;
       server_->GetHealthCheckService()->SetServingStatus(r.ready);
       Notify(r.ready ? StrCat("STATUS=serving ", registry_->List().size(), " runs on ", cfg_.listen)
@@ -509,6 +612,7 @@ void Daemon::Stop() {
                cfg_.shutdown_deadline_seconds);
   Notify("STOPPING=1\nSTATUS=draining in-flight saves");
   service_->BeginShutdown();
+  if (uploader_) uploader_->Stop();  // what is left resumes at the next start
   if (http_server_) http_server_->Stop();
   server_->Shutdown(std::chrono::system_clock::now() +
                     std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));

@@ -22,6 +22,7 @@
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_queue.h"
+#include "daemon/tier/uploader.h"
 
 namespace ckptd::app {
 
@@ -50,6 +51,7 @@ class Daemon {
  private:
   Daemon(const config::Config& cfg, env::Env* env) : cfg_(cfg), env_(env) {}
   absl::Status StartServing();
+  absl::Status StartTier();
   absl::Status StartSharedMemory();
   absl::Status StartGrpc();
   // TLS for a HOST:PORT listen (server.tls_*), else plaintext (Unix socket, or server.insecure).
@@ -76,6 +78,7 @@ class Daemon {
   uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<http::HttpServer> http_server_;
+  std::unique_ptr<tier::Uploader> uploader_;  // [tier.s3]; null when off
   absl::Mutex timer_mu_;
   absl::CondVar timer_cv_;
   bool timer_stop_ ABSL_GUARDED_BY(timer_mu_) = false;

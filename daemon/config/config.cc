@@ -216,6 +216,14 @@ std::map<std::string, Field> Fields(Config* c) {
       {"http.token_file", String(&c->http_token_file)},
       {"http.tls_cert", String(&c->http_tls_cert)},
       {"http.tls_key", String(&c->http_tls_key)},
+      {"tier.s3.endpoint", String(&c->s3_endpoint)},
+      {"tier.s3.bucket", String(&c->s3_bucket)},
+      {"tier.s3.prefix", String(&c->s3_prefix)},
+      {"tier.s3.region", String(&c->s3_region)},
+      {"tier.s3.credentials_file", String(&c->s3_credentials_file)},
+      {"tier.s3.part_size", Unsigned(&c->s3_part_size)},
+      {"tier.s3.parallel_parts", Unsigned(&c->s3_parallel_parts)},
+      {"tier.s3.max_memory_bytes", Unsigned(&c->s3_max_memory_bytes)},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
       {"retention.keep_best", Unsigned(&c->retention.keep_best)},
@@ -257,19 +265,29 @@ absl::Status LoadToml(const std::string& path, std::optional<std::string_view> t
           StrCat(at, ": unknown key '", section.str(),
                  "': keys belong in [server], [storage], "
                  "[schedule], [retention], [disk_guard], [shm], [http], "
-                 "[export] or [log]"));
+                 "[export], [tier.s3] or [log]"));
     }
-    for (const auto& [key, value] : *node.as_table()) {
-      std::string name = StrCat(section.str(), ".", key.str());
-      std::string where = StrCat(path, ":", value.source().begin.line);
-      auto it = fields.find(name);
-      if (it == fields.end()) {
-        return absl::InvalidArgumentError(
-            StrCat(where, ": unknown key '", name, "' (see config/ckptd.example.toml)"));
+    // Keys, with [a.b] tables flattened to "a.b.key".
+    std::function<absl::Status(const toml::table&, const std::string&)> walk =
+        [&](const toml::table& table, const std::string& prefix) -> absl::Status {
+      for (const auto& [key, value] : table) {
+        std::string name = StrCat(prefix, ".", key.str());
+        std::string where = StrCat(path, ":", value.source().begin.line);
+        auto it = fields.find(name);
+        if (it == fields.end() && value.is_table()) {
+          CKPTD_TRY(walk(*value.as_table(), name));
+          continue;
+        }
+        if (it == fields.end()) {
+          return absl::InvalidArgumentError(
+              StrCat(where, ": unknown key '", name, "' (see config/ckptd.example.toml)"));
+        }
+        CKPTD_TRY(it->second.set(value, StrCat(where, ": ", name)));
+        c->sources[name] = where;
       }
-      CKPTD_TRY(it->second.set(value, StrCat(where, ": ", name)));
-      c->sources[name] = where;
-    }
+      return absl::OkStatus();
+    };
+    CKPTD_TRY(walk(*node.as_table(), std::string(section.str())));
   }
   return absl::OkStatus();
 }
@@ -361,6 +379,28 @@ absl::Status Validate(const Config& c) {
   if (c.http_tls_cert.empty() != c.http_tls_key.empty()) {
     return bad(c.http_tls_cert.empty() ? "http.tls_cert" : "http.tls_key",
                "http.tls_cert and http.tls_key go together: set both for HTTPS, or neither");
+  }
+  if (!c.s3_endpoint.empty()) {
+    if (!c.s3_endpoint.starts_with("http://") && !c.s3_endpoint.starts_with("https://")) {
+      return bad("tier.s3.endpoint",
+                 StrCat("'", c.s3_endpoint, "' is not http://HOST[:PORT] or https://HOST[:PORT]"));
+    }
+    if (c.s3_bucket.empty()) {
+      return bad("tier.s3.endpoint", "needs tier.s3.bucket: the bucket checkpoints go to");
+    }
+  }
+  if (c.s3_prefix.starts_with('/') || c.s3_prefix.ends_with('/')) {
+    return bad("tier.s3.prefix", "a key prefix without a leading or trailing '/', e.g. \"ckpt\"");
+  }
+  if (c.s3_part_size < (uint64_t{5} << 20) || c.s3_part_size > (uint64_t{5} << 30)) {
+    return bad("tier.s3.part_size", "S3 parts are 5 MiB (5242880) to 5 GiB");
+  }
+  if (c.s3_parallel_parts < 1 || c.s3_parallel_parts > 64) {
+    return bad("tier.s3.parallel_parts", "must be 1 to 64");
+  }
+  if (c.s3_max_memory_bytes < c.s3_part_size) {
+    return bad("tier.s3.max_memory_bytes",
+               StrCat("must hold at least one part (tier.s3.part_size = ", c.s3_part_size, ")"));
   }
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {
@@ -458,7 +498,7 @@ std::string Describe(const Config& c) {
   Config copy = c;
   std::string out, section;
   for (const auto& [key, field] : Fields(&copy)) {
-    const size_t dot = key.find('.');
+    const size_t dot = key.rfind('.');  // "tier.s3.endpoint": [tier.s3] endpoint
     if (key.substr(0, dot) != section) {
       section = key.substr(0, dot);
       out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", section);

@@ -81,6 +81,19 @@ struct Config {
   std::string http_token_file;  // a read token every request but /healthz, /readyz needs; "" = none
   std::string http_tls_cert;    // PEM chain and key: the listener serves HTTPS only
   std::string http_tls_key;
+  // [tier.s3]: copy every committed checkpoint to an S3-compatible store
+  // (tier/uploader.h); "" endpoint = off. Credentials come from the
+  // environment (CKPTD_S3_ACCESS_KEY, CKPTD_S3_SECRET_KEY) or the file named
+  // here (access key on the first line, secret key on the second), never
+  // from this struct, so they are never printed.
+  std::string s3_endpoint;
+  std::string s3_bucket;
+  std::string s3_prefix;
+  std::string s3_region = "us-east-1";
+  std::string s3_credentials_file;
+  uint64_t s3_part_size = uint64_t{16} << 20;
+  uint64_t s3_parallel_parts = 4;
+  uint64_t s3_max_memory_bytes = uint64_t{64} << 20;
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

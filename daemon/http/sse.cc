@@ -15,9 +15,12 @@ std::string SseHead(const std::string& run_id) {
 }
 
 std::string SseEvent(const scheduler::Event& e) {
-  const char* name = e.type == scheduler::Event::Type::kCommitted ? "committed"
-                     : e.type == scheduler::Event::Type::kFailed  ? "failed"
-                                                                  : "deleted";
+  using Type = scheduler::Event::Type;
+  const char* name = e.type == Type::kCommitted  ? "committed"
+                     : e.type == Type::kFailed   ? "failed"
+                     : e.type == Type::kDeleted  ? "deleted"
+                     : e.type == Type::kUploaded ? "uploaded"
+                                                 : "upload_failed";
   return fmt::format("event: {}\ndata: {}\n\n", name,
                      api::MessageToJson(query::Queries::EventToProto(e)));
 }

@@ -59,6 +59,25 @@ void Metrics::AddSharedQueued(int64_t delta) {
   shared_queued_ += delta;
 }
 
+void Metrics::RecordUpload(const std::string& run, uint64_t bytes, double seconds) {
+  absl::MutexLock lock(&mu_);
+  uploaded_bytes_[run] += bytes;
+  upload_seconds_[run] += seconds;
+  uploads_[{run, "uploaded"}]++;
+}
+
+void Metrics::CountUploadFailure(const std::string& run) {
+  absl::MutexLock lock(&mu_);
+  uploads_[{run, "failed"}]++;
+}
+
+void Metrics::SetTier(int64_t queue_depth, bool healthy) {
+  absl::MutexLock lock(&mu_);
+  tier_on_ = true;
+  tier_queue_depth_ = queue_depth;
+  tier_healthy_ = healthy;
+}
+
 void Metrics::RecordTrainerStall(const std::string& run, double seconds) {
   absl::MutexLock lock(&mu_);
   stalls_[run].Observe(kStallBounds, seconds);
@@ -153,6 +172,30 @@ std::string Metrics::Render() const {
   line("# HELP ckptd_shm_queued_saves Accepted shared-memory saves not yet committed or failed.");
   line("# TYPE ckptd_shm_queued_saves gauge");
   line(fmt::format("ckptd_shm_queued_saves {}", shared_queued_));
+  if (tier_on_) {
+    line("# HELP ckptd_tier_uploaded_bytes_total Bytes copied to the object store.");
+    line("# TYPE ckptd_tier_uploaded_bytes_total counter");
+    for (const auto& [run, v] : uploaded_bytes_) {
+      line(fmt::format("ckptd_tier_uploaded_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
+    }
+    line("# HELP ckptd_tier_upload_seconds_total Seconds spent uploading steps.");
+    line("# TYPE ckptd_tier_upload_seconds_total counter");
+    for (const auto& [run, v] : upload_seconds_) {
+      line(fmt::format("ckptd_tier_upload_seconds_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
+    }
+    line("# HELP ckptd_tier_uploads_total Step uploads by result (uploaded, failed).");
+    line("# TYPE ckptd_tier_uploads_total counter");
+    for (const auto& [k, v] : uploads_) {
+      line(fmt::format("ckptd_tier_uploads_total{{run=\"{}\",result=\"{}\"}} {}",
+                       EscapeLabel(k.first), k.second, v));
+    }
+    line("# HELP ckptd_tier_queue_depth Committed steps waiting for their upload.");
+    line("# TYPE ckptd_tier_queue_depth gauge");
+    line(fmt::format("ckptd_tier_queue_depth {}", tier_queue_depth_));
+    line("# HELP ckptd_tier_healthy 1 while the object store takes uploads, 0 while they fail.");
+    line("# TYPE ckptd_tier_healthy gauge");
+    line(fmt::format("ckptd_tier_healthy {}", tier_healthy_ ? 1 : 0));
+  }
   return out;
 }
 

@@ -41,6 +41,15 @@ class Metrics {
   // staging a save (waiting for a free arena + copying), as it reports.
   void RecordTrainerStall(const std::string& run, double seconds);
 
+  // The object-storage tier: ckptd_tier_uploaded_bytes_total{run},
+  // ckptd_tier_upload_seconds_total{run}, ckptd_tier_uploads_total{run,
+  // result} (uploaded | failed), and the gauges ckptd_tier_queue_depth
+  // (steps waiting) and ckptd_tier_healthy (0 while uploads fail). Rendered
+  // once SetTier was called (the tier is on).
+  void RecordUpload(const std::string& run, uint64_t bytes, double seconds);
+  void CountUploadFailure(const std::string& run);
+  void SetTier(int64_t queue_depth, bool healthy);
+
   // The text exposition of everything above (HELP and TYPE included).
   std::string Render() const;
 
@@ -65,6 +74,12 @@ class Metrics {
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t arenas_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t shared_queued_ ABSL_GUARDED_BY(mu_) = 0;
+  bool tier_on_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t tier_queue_depth_ ABSL_GUARDED_BY(mu_) = 0;
+  bool tier_healthy_ ABSL_GUARDED_BY(mu_) = true;
+  std::map<std::string, uint64_t> uploaded_bytes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, double> upload_seconds_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, uint64_t> uploads_ ABSL_GUARDED_BY(mu_);
 };
 
 // A label value escaped for the text format (backslash, quote, newline).

@@ -135,6 +135,7 @@ void Queries::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
     out->set_retention_keeps(it->keep);
     out->set_retention_reason(it->reason);
   }
+  if (tier_.upload_state) out->set_upload_state(tier_.upload_state(run.id(), r.step));
 }
 
 absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
@@ -225,6 +226,11 @@ Readiness Queries::Ready() const {
           StrCat("root ", root, " is below the disk guard (", space->free_bytes, " bytes free)"));
     }
   }
+  if (tier_.unhealthy) {
+    if (std::optional<std::string> why = tier_.unhealthy()) {
+      r.reasons.push_back(StrCat("the object-storage tier is unhealthy: ", *why));
+    }
+  }
   r.ready = r.reasons.empty();
   return r;
 }
@@ -246,6 +252,13 @@ v1::RunEvent Queries::EventToProto(const scheduler::Event& e) {
     case scheduler::Event::Type::kDeleted:
       out.set_type(v1::RunEvent::TYPE_DELETED);
       out.set_error(e.error);  // why it was deleted
+      break;
+    case scheduler::Event::Type::kUploaded:
+      out.set_type(v1::RunEvent::TYPE_UPLOADED);
+      break;
+    case scheduler::Event::Type::kUploadFailed:
+      out.set_type(v1::RunEvent::TYPE_UPLOAD_FAILED);
+      out.set_error(e.error);
       break;
   }
   return out;

@@ -5,6 +5,8 @@
 // errors are absl::Status naming what was wrong. Thread-safe.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,8 +53,17 @@ class Queries {
   Readiness Ready() const;
   static v1::RunEvent EventToProto(const scheduler::Event& e);
 
+  // The object-storage tier, when it is on: a checkpoint's upload state,
+  // and why the tier is unhealthy (nullopt: healthy). Set before serving.
+  struct Tier {
+    std::function<std::string(const std::string& run_id, uint64_t step)> upload_state;
+    std::function<std::optional<std::string>()> unhealthy;
+  };
+  void SetTier(Tier tier) { tier_ = std::move(tier); }
+
  private:
   scheduler::RunRegistry* registry_;
+  Tier tier_;
   std::vector<std::string> roots_;
 };
 

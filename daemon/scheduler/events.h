@@ -16,7 +16,7 @@
 namespace ckptd::scheduler {
 
 struct Event {
-  enum class Type { kCommitted, kFailed, kDeleted };
+  enum class Type { kCommitted, kFailed, kDeleted, kUploaded, kUploadFailed };
   Type type = Type::kCommitted;
   std::string run_id;
   uint64_t step = 0;

@@ -151,6 +151,13 @@ class RunRegistry {
   // SettingsStore) and, if it was open, is idle until it is used again.
   // Returns the ids unloaded.
   void SetSettingsStore(SettingsStore store);
+  // Called after every commit (on the saving thread, no lock held): the
+  // object-storage tier queues the step. Set before serving.
+  using CommitHook = std::function<void(Run& run, const storage::CheckpointRecord& record)>;
+  void SetCommitHook(CommitHook hook) { commit_hook_ = std::move(hook); }
+  void Committed(Run& run, const storage::CheckpointRecord& record) {
+    if (commit_hook_) commit_hook_(run, record);
+  }
   std::vector<std::string> UnloadIdle(double idle_s, double now);
   // Before a save uses a run's settings: reads them back if they were
   // unloaded. FAILED_PRECONDITION (reopen the run) when they cannot be.
@@ -183,6 +190,7 @@ class RunRegistry {
   const DaemonFacts& facts() const { return facts_; }
 
  private:
+  CommitHook commit_hook_;
   absl::StatusOr<std::shared_ptr<Run>> Load(const std::string& run_id, const std::string& dir);
   // FAILED_PRECONDITION naming the owner when `dir` is another known run's
   // directory, inside one, or contains one, or its marker names another run.

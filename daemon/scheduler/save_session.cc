@@ -280,6 +280,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
                  .record = record,
                  .is_latest = *is_latest,
                  .time_utc = FormatUtc(NowSeconds())});
+  registry_->Committed(*run_, record);
   // Retention after every commit; its failure does not fail the save.
   (void)registry_->RunRetention(*run_, /*dry=*/false);
   return record;

@@ -154,5 +154,29 @@ TEST_F(ConfigTest, MissingFileIsAnError) {
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("absent.toml"));
 }
 
+// [tier.s3] is a nested table; its keys load with their provenance, and
+// each bad value is refused naming the key and what to do.
+TEST_F(ConfigTest, TheObjectStorageTierIsANestedTableCheckedKeyByKey) {
+  auto c = LoadConfig(File("[tier.s3]\nendpoint = \"http://127.0.0.1:7480\"\nbucket = \"b\"\n"
+                           "prefix = \"ckpt/a\"\npart_size = 8388608\n"),
+                      {}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->s3_endpoint, "http://127.0.0.1:7480");
+  EXPECT_EQ(c->s3_part_size, 8u << 20);
+  EXPECT_THAT(c->sources.at("tier.s3.bucket"), HasSubstr("ckptd.toml:3"));
+  EXPECT_THAT(Describe(*c), HasSubstr("[tier.s3]\nbucket = \"b\""));
+  EXPECT_THAT(Error("[tier.s3]\nendpoint = \"127.0.0.1:7480\"\nbucket = \"b\"\n"),
+              HasSubstr("tier.s3.endpoint: '127.0.0.1:7480' is not http://"));
+  EXPECT_THAT(Error("[tier.s3]\nendpoint = \"http://h:1\"\n"), HasSubstr("needs tier.s3.bucket"));
+  EXPECT_THAT(Error("[tier.s3]\npart_size = 1048576\n"),
+              HasSubstr("tier.s3.part_size: S3 parts are 5 MiB"));
+  EXPECT_THAT(Error("[tier.s3]\npart_size = 16777216\nmax_memory_bytes = 8388608\n"),
+              HasSubstr("tier.s3.max_memory_bytes: must hold at least one part"));
+  EXPECT_THAT(Error("[tier.s3]\nprefix = \"/ckpt\"\n"), HasSubstr("tier.s3.prefix"));
+  EXPECT_THAT(Error("[tier.s3]\nparallel_parts = 0\n"), HasSubstr("tier.s3.parallel_parts"));
+  EXPECT_THAT(Error("[tier.s3]\nsecret_key = \"x\"\n"),
+              HasSubstr("unknown key 'tier.s3.secret_key'"));
+}
+
 }  // namespace
 }  // namespace ckptd::config

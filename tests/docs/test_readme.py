@@ -230,7 +230,7 @@ def test_the_config_reference_lists_every_key_the_daemon_knows():
     doc = open(os.path.join(ROOT, "docs", "config.md")).read()
     section, missing = "", []
     for line in r.stdout.split("\n"):
-        if m := re.match(r"^\[(\w+)\]", line):
+        if m := re.match(r"^\[([\w.]+)\]", line):
             section = m.group(1)
             assert f"## `[{section}]`" in doc, f"docs/config.md has no [{section}] section"
         elif m := re.match(r"^(\w+) =", line):

@@ -819,7 +819,7 @@ TEST_F(ShmTest, RunningOutOfFileDescriptorsNeitherSpinsNorStopsSavingForGood) {
         return told >= 150 - 86;
       },
       std::chrono::seconds(10));
-  EXPECT_GE(told, 50);  // of the 150 - 86 over the cap (a few may still be on their way)
+  EXPECT_GE(told, 50) << daemon->Log();  // of the 150 - 86 over the cap (a few may still be on their way)
   std::vector<int> api = connect_many(daemon->socket(), SOCK_STREAM, 700);
   held.insert(held.end(), api.begin(), api.end());
   std::this_thread::sleep_for(std::chrono::milliseconds(300));

@@ -1,0 +1,159 @@
+// The object-storage tier: every committed checkpoint is copied to an
+// S3-compatible store as soon as it is durable locally.
+//
+// Layout, per run: <prefix>/<run>/step_N.gguf, step_N.train.gguf and the
+// step's exports; then <prefix>/<run>/step_N.manifest.json (files, sizes,
+// ETags, part size, ckptd's content digests, uuid) once every file is
+// complete; then <prefix>/<run>/latest naming the newest uploaded step,
+// written last. A reader that trusts manifests never sees a partial step.
+//
+// Files larger than a part go up as multipart uploads, several parts at
+// once, read from the committed file part by part: memory is
+// parallel_parts x part_size whatever the file size, and never more than
+// max_memory_bytes. Every part is sent with its SHA-256 and MD5 and its
+// ETag checked; a completed object's ETag is checked against its parts'.
+//
+// Durable state: <run_dir>/ckptd-uploads.json records the steps waiting,
+// each multipart upload's id and the parts done, and the steps uploaded. A
+// restarted daemon resumes each upload where it stopped (an upload the
+// store forgot is started again) and aborts multipart uploads under the
+// run's prefix that the state does not name. Transient failures (5xx,
+// SlowDown, connection errors) are retried with backoff and mark the tier
+// unhealthy until an upload succeeds; a permanent one (403, a missing
+// bucket) fails the step's upload (UPLOAD_FAILED), marks the tier
+// unhealthy, and the step is tried again later. Local saves never wait.
+//
+// Thread-safety: every public method may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/env/env.h"
+#include "daemon/storage/checkpoint.h"
+#include "daemon/tier/s3_client.h"
+
+namespace ckptd::tier {
+
+struct TierSettings {
+  std::string prefix;                // key prefix, no trailing '/'
+  uint64_t part_size = 16ull << 20;  // 5 MiB .. 5 GiB
+  int parallel_parts = 4;
+  uint64_t max_memory_bytes = 64ull << 20;  // part buffers, all together
+  double retry_initial_s = 0.2;
+  double retry_max_s = 10;
+  double failed_retry_s = 30;  // a step whose upload failed for good is tried again after this
+  // Tests only (CKPTD_TEST_TIER_PAUSE_S): a pause after each object of a
+  // step, so a reader polling the store sees every intermediate state.
+  double test_pause_s = 0;
+};
+
+inline constexpr const char* kUploadStateFile = "ckptd-uploads.json";
+
+// What one step's upload carries, from its commit.
+struct StepUpload {
+  std::string run_id;
+  std::string run_dir;
+  storage::CheckpointRecord record;
+};
+
+enum class UploadEventType { kUploaded, kFailed };
+struct UploadEvent {
+  UploadEventType type;
+  std::string run_id;
+  uint64_t step = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;
+  std::string error;  // kFailed
+};
+
+class Uploader {
+ public:
+  using Listener = std::function<void(const UploadEvent&)>;
+  Uploader(env::Env* env, std::unique_ptr<S3Client> client, TierSettings settings,
+           Listener listener);
+  ~Uploader();
+  Uploader(const Uploader&) = delete;
+  Uploader& operator=(const Uploader&) = delete;
+
+  void Start();
+  // Stops after the parts in flight; what is left resumes at the next start.
+  void Stop();
+
+  // Records the step as waiting (durably) and queues it.
+  absl::Status Enqueue(StepUpload upload);
+  // At start, per run: queues the steps its state says are waiting and
+  // aborts multipart uploads under its prefix the state does not name.
+  // `local`: the run's committed checkpoints; steps newer than any the
+  // state knows (committed while the daemon was down) are queued too.
+  absl::Status Recover(const std::string& run_id, const std::string& run_dir,
+                       const std::vector<storage::CheckpointRecord>& local);
+
+  struct Health {
+    bool healthy = true;
+    std::string error;  // the last failure while unhealthy
+  };
+  Health health() const;
+  // "uploaded", "uploading", "queued", "failed: ..." or "" (not for the tier).
+  std::string StateOf(const std::string& run_id, uint64_t step) const;
+  size_t queue_depth() const;
+  std::string KeyFor(const std::string& run_id, const std::string& name) const;
+  const TierSettings& settings() const { return settings_; }
+  S3Client& client() { return *client_; }
+
+ private:
+  struct Job {
+    StepUpload upload;
+    double not_before_s = 0;
+  };
+  struct StaleCheck {
+    std::string run_id;
+    std::set<std::string> known_ids;
+  };
+  void Loop();
+  absl::Status AbortStale(const StaleCheck& check);
+  absl::Status Upload(const Job& job);
+  absl::Status UploadFile(const StepUpload& up, const std::string& path, const std::string& name,
+                          uint64_t size, std::string* etag);
+  void TestPause();
+  absl::Status Verify(const std::string& key, uint64_t size, const std::string& etag);
+  // Read-modify-write of a run's state file.
+  absl::Status UpdateState(const std::string& run_dir,
+                           const std::function<void(nlohmann::json&)>& change);
+  nlohmann::json LoadState(const std::string& run_dir);
+  // Runs `op` until it succeeds, fails permanently, or the uploader stops;
+  // transient failures are retried with backoff and make the tier unhealthy.
+  absl::Status Retry(const std::function<absl::Status()>& op);
+  void SetHealth(const absl::Status& st);
+  bool stopping() const;
+
+  env::Env* env_;
+  std::unique_ptr<S3Client> client_;
+  TierSettings settings_;
+  Listener listener_;
+
+  mutable absl::Mutex mu_;
+  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<StaleCheck> stale_checks_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::map<uint64_t, std::string>> states_ ABSL_GUARDED_BY(mu_);
+  Health health_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  absl::CondVar cv_;
+  // Serializes read-modify-write of the runs' state files (never held
+  // with mu_).
+  absl::Mutex state_file_mu_;
+  std::thread worker_;
+};
+
+}  // namespace ckptd::tier

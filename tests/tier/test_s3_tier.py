@@ -1,0 +1,299 @@
+"""The object-storage tier against a real Ceph RGW (scripts/dev-s3.sh starts a
+one-node cluster for this module): committed checkpoints land in the bucket
+with their manifest and `latest` written last, an independent client
+(boto3) reads back exactly what was committed, an upload survives the
+daemon's SIGKILL and the store's, and a refusing store makes the tier
+unhealthy without stopping local saves."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+
+from conftest import BINARY, Daemon, wait_for  # noqa: E402
+
+CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(ROOT, "build", "client", "cli", "ckptctl"))
+DEV_S3 = os.path.join(ROOT, "scripts", "dev-s3.sh")
+MiB = 1 << 20
+
+boto3 = pytest.importorskip("boto3")
+if not shutil.which("radosgw"):
+    pytest.skip("Ceph RGW is not installed (scripts/install-deps.sh installs it)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def store():
+    """One Ceph cluster + RGW for the module; every test gets its own bucket."""
+    d = tempfile.mkdtemp(prefix="ckptd-s3-")
+    try:
+        out = subprocess.run([DEV_S3, "start", d], capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+        env["dir"] = d
+        yield env
+    finally:
+        subprocess.run([DEV_S3, "stop", d], timeout=60)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def s3_client(store, secret=None):
+    return boto3.client("s3", endpoint_url=store["CKPTD_S3_ENDPOINT"],
+                        aws_access_key_id=store["CKPTD_S3_ACCESS_KEY"],
+                        aws_secret_access_key=secret or store["CKPTD_S3_SECRET_KEY"],
+                        region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(store):
+    name = "t-" + uuid.uuid4().hex[:12]
+    s3_client(store).create_bucket(Bucket=name)
+    return name
+
+
+def tier_daemon(tmp_path, store, bucket, extra_toml="", secret=None, http=False, pause=0):
+    cfg = tmp_path / "tier.toml"
+    cfg.write_text(f'[tier.s3]\nendpoint = "{store["CKPTD_S3_ENDPOINT"]}"\nbucket = "{bucket}"\n'
+                   f'prefix = "ckpt"\npart_size = {5 * MiB}\n{extra_toml}')
+    args = ["--config", str(cfg)] + (["--http-listen", "127.0.0.1:0"] if http else [])
+    d = Daemon(tmp_path, args)
+    d.secret = secret or store["CKPTD_S3_SECRET_KEY"]
+    d.s3_env = {"CKPTD_S3_ACCESS_KEY": store["CKPTD_S3_ACCESS_KEY"], "CKPTD_S3_SECRET_KEY": d.secret}
+    if pause:  # a pause after each object of a step: every intermediate state is seen
+        d.s3_env["CKPTD_TEST_TIER_PAUSE_S"] = str(pause)
+    return d.start(env=d.s3_env)
+
+
+def http_port(d):
+    m = wait_for(lambda: re.search(r"http: listening on 127\.0\.0\.1:(\d+)", open(d.log).read()), 30,
+                 "the HTTP listener")
+    return int(m.group(1))
+
+
+def uploaded(d, run_id, steps):
+    """Waits until the daemon's state file says every step is uploaded."""
+    path = os.path.join(d.root, run_id, "ckptd-uploads.json")
+
+    def done():
+        try:
+            state = json.load(open(path))
+        except (OSError, ValueError):
+            return False
+        return set(steps) <= set(state.get("uploaded", [])) and not state.get("waiting")
+    wait_for(done, 120, f"steps {steps} of {run_id} uploaded")
+
+
+def multipart_etag(data, part):
+    """The ETag S3 gives a multipart object, computed from its bytes."""
+    if len(data) <= part:
+        return hashlib.md5(data).hexdigest()
+    digests = b"".join(hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part))
+    return f"{hashlib.md5(digests).hexdigest()}-{(len(data) + part - 1) // part}"
+
+
+def check_consistent(s3, bucket, prefix):
+    """Every manifest names only complete objects; latest names a manifest.
+    Each object is read before the listing that must show what it names (it
+    was written after them), so a check never races a live upload."""
+    try:
+        latest = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "latest")["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        latest = None
+    objects = {o["Key"]: o for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
+    for key in objects:
+        if key.endswith(".manifest.json"):
+            m = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            for f in m["files"]:
+                assert f["key"] in objects, f"{key} names {f['key']}, which is not in the store"
+                assert objects[f["key"]]["Size"] == f["size"]
+    if latest is not None:
+        assert latest["manifest"] in objects, f"latest names {latest['manifest']}, not in the store"
+    return objects
+
+
+def test_committed_steps_land_with_manifest_and_latest_last_and_read_back_exactly(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket, pause=0.3)
+    s3 = s3_client(store)
+    prefix = "ckpt/sizes/"
+    seen_bad = []
+    stop = threading.Event()
+
+    def watch():  # a reader that trusts manifests, polling while uploads run
+        while not stop.is_set():
+            try:
+                check_consistent(s3, bucket, prefix)
+            except AssertionError as e:
+                seen_bad.append(str(e))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run = ckptd.connect(d.target).open_run("sizes", transport="stream")
+        rng = np.random.default_rng(7)
+        sizes = {10: 1000, 20: (5 * MiB) // 4 - 100, 30: int(3.5 * 5 * MiB) // 4}  # float32 counts
+        for step, n in sizes.items():
+            r = run.save(step, {"w": rng.standard_normal(n, dtype=np.float32)},
+                         optimizer=None, extra={"next": step + 1})
+            assert r.state == "committed"
+        uploaded(d, "sizes", list(sizes))
+    finally:
+        stop.set()
+        watcher.join()
+        d.stop()
+    assert seen_bad == [], seen_bad[:3]
+    objects = check_consistent(s3, bucket, prefix)
+    latest = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "latest")["Body"].read())
+    assert latest["step"] == 30
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    for step in sizes:
+        m = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}step_{step}.manifest.json")["Body"].read())
+        names = {f["name"] for f in m["files"]}
+        assert names == {f"step_{step}.gguf", f"step_{step}.train.gguf"}
+        for f in m["files"]:
+            local = open(os.path.join(d.root, "sizes", "weights", f["name"]), "rb").read()
+            body = s3.get_object(Bucket=bucket, Key=f["key"])["Body"].read()
+            assert body == local, f["key"]
+            assert objects[f["key"]]["ETag"].strip('"') == multipart_etag(body, m["part_size"]) == f["etag"]
+            if f["role"] == "model":
+                out = tmp_path / f["name"]
+                out.write_bytes(body)
+                v = subprocess.run([CKPTCTL, "verify", str(out)], capture_output=True, text=True)
+                assert v.returncode == 0, v.stdout + v.stderr
+                assert f["content_digest"] in v.stdout and m["uuid"] in v.stdout
+    assert objects[f"{prefix}step_30.gguf"]["ETag"].endswith('-4"')  # a real 4-part upload
+
+
+def test_an_upload_resumes_after_the_daemon_is_killed_and_leaves_no_stale_upload(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+
+    # One part at a time, so the kill lands between parts.
+    d = tier_daemon(tmp_path, store, bucket, "parallel_parts = 1\n")
+    run = ckptd.connect(d.target, reconnect_timeout=0).open_run("resume", transport="stream")
+    data = np.random.default_rng(3).standard_normal(40 * MiB // 4, dtype=np.float32)
+    assert run.save(100, {"w": data}).state == "committed"
+    state_path = os.path.join(d.root, "resume", "ckptd-uploads.json")
+
+    def parts_done():
+        try:
+            files = json.load(open(state_path))["waiting"]["100"]["files"]
+            return sum(1 for p in files["step_100.gguf"]["parts"] if p)
+        except (OSError, ValueError, KeyError):
+            return 0
+    wait_for(lambda: parts_done() >= 2, 60, "two parts uploaded")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    done_before = parts_done()
+    assert done_before < 9, "the upload finished before the kill; make the file larger"
+    # A stale upload of this run the state does not know (as if the daemon
+    # had died between creating it and recording it): aborted at restart.
+    s3 = s3_client(store)
+    stale = s3.create_multipart_upload(Bucket=bucket, Key="ckpt/resume/step_99.gguf")["UploadId"]
+    d.start(env=d.s3_env)
+    uploaded(d, "resume", [100])
+    log = open(d.log).read()
+    assert re.search(rf"resuming run=resume step=100 file=step_100.gguf .*\({done_before} of 9 parts done\)", log), log[-3000:]
+    assert "aborting a stale multipart upload run=resume key=ckpt/resume/step_99.gguf" in log
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert uploads == [], [u["UploadId"] for u in uploads] + [stale]
+    body = s3.get_object(Bucket=bucket, Key="ckpt/resume/step_100.gguf")["Body"].read()
+    assert body == open(os.path.join(d.root, "resume", "weights", "step_100.gguf"), "rb").read()
+    check_consistent(s3, bucket, "ckpt/resume/")
+    d.stop()
+
+
+def test_a_dead_store_makes_the_tier_unhealthy_and_local_saves_go_on(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket, http=True)
+    port = http_port(d)
+    run = ckptd.connect(d.target).open_run("outage", transport="stream")
+
+    def ready():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200, ""
+        except urllib.error.HTTPError as e:
+            return False, e.read().decode()
+
+    assert run.save(1, {"w": np.ones(1000, np.float32)}).state == "committed"
+    uploaded(d, "outage", [1])
+    subprocess.run([DEV_S3, "kill", store["dir"], "rgw"], check=True, timeout=60)
+    try:
+        t0 = time.monotonic()
+        assert run.save(2, {"w": np.full(1000, 2, np.float32)}).state == "committed"
+        assert time.monotonic() - t0 < 10  # the local save does not wait for the store
+        why = wait_for(lambda: (lambda r: not r[0] and r[1])(ready()), 60, "readyz to report the tier")
+        assert "object-storage tier is unhealthy" in why, why
+        def metrics():
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        wait_for(lambda: "ckptd_tier_healthy 0" in metrics(), 10, "ckptd_tier_healthy 0")
+    finally:
+        subprocess.run([DEV_S3, "revive", store["dir"]], check=True, timeout=240)
+    uploaded(d, "outage", [1, 2])
+    wait_for(lambda: ready()[0], 30, "readyz back to 200")
+    wait_for(lambda: "ckptd_tier_healthy 1" in urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(), 10, "ckptd_tier_healthy 1")
+    s3 = s3_client(store)
+    latest = json.loads(s3.get_object(Bucket=bucket, Key="ckpt/outage/latest")["Body"].read())
+    assert latest["step"] == 2
+    infos = {c["step"]: c for c in json.loads(subprocess.run(
+        [CKPTCTL, "--socket", d.target, "ls", "outage", "--json"], capture_output=True, text=True,
+        check=True).stdout)["checkpoints"]}
+    assert infos["2"]["upload_state"] == "uploaded"
+    d.stop()
+
+
+def test_a_refusing_store_reports_upload_failed_and_keeps_saving(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+    from ckptd.v1 import ckptd_pb2 as pb
+
+    d = tier_daemon(tmp_path, store, bucket, secret="not-the-secret-" + "0" * 24)
+    client = ckptd.connect(d.target)
+    run = client.open_run("refused", transport="stream")
+    events = []
+
+    def watch():
+        for e in client.stub.WatchRun(pb.WatchRunRequest(run_id="refused"), timeout=60):
+            events.append(e)
+            if e.type == pb.RunEvent.TYPE_UPLOAD_FAILED:
+                return
+    t = threading.Thread(target=watch)
+    t.start()
+    time.sleep(0.5)
+    assert run.save(1, {"w": np.ones(1000, np.float32)}).state == "committed"
+    t.join(60)
+    failed = [e for e in events if e.type == pb.RunEvent.TYPE_UPLOAD_FAILED]
+    assert failed and "403" in failed[0].error and "SignatureDoesNotMatch" in failed[0].error, events
+    assert run.save(2, {"w": np.ones(1000, np.float32)}).state == "committed"  # saves go on
+    log = open(d.log).read()
+    assert d.secret not in log and store["CKPTD_S3_SECRET_KEY"] not in log
+    printed = subprocess.run([BINARY, "--config", str(tmp_path / "tier.toml"), "--print-config"],
+                             capture_output=True, text=True, env={**os.environ, **d.s3_env})
+    assert d.secret not in printed.stdout and "endpoint" in printed.stdout
+    d.stop()
