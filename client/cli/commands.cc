@@ -7,6 +7,7 @@
 
 #include "client/cli/daemon_commands.h"
 #include "client/cli/export_command.h"
+#include "client/cli/fetch_command.h"
 #include "client/cli/gguf_json.h"
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
@@ -71,6 +72,8 @@ int Main(int argc, char** argv) {
 
   ExportArgs export_args;
   auto* export_cmd = AddExportCommand(&app, &export_args);
+  FetchArgs fetch_args;
+  auto* fetch_cmd = AddFetchCommand(&app, &fetch_args);
 
   DaemonCommandArgs daemon_args;
   const std::vector<DaemonCommand> daemon_commands = AddDaemonCommands(&app, &daemon_args);
@@ -111,6 +114,7 @@ int Main(int argc, char** argv) {
   if (*inspect) return Inspect(inspect_path, inspect_json);
   if (*verify) return Verify(verify_path);
   if (*export_cmd) return RunExport(export_args);
+  if (*fetch_cmd) return RunFetch(fetch_args);
   if (auto rc = RunDaemonCommand(daemon_commands, daemon_args)) return *rc;
   return kExitUsage;  // require_subcommand(1) makes this unreachable
 }

@@ -36,6 +36,7 @@
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_queue.h"
 #include "daemon/storage/file_names.h"
+#include "daemon/tier/fetch.h"
 
 extern char** environ;
 
@@ -335,41 +336,9 @@ absl::Status Daemon::StartServing() {
 absl::Status Daemon::StartTier() {
   const config::Config& cfg = cfg_;
   if (cfg.s3_endpoint.empty()) return absl::OkStatus();
-  std::string access, secret;
-  if (!cfg.s3_credentials_file.empty()) {
-    auto st = env_->Stat(cfg.s3_credentials_file);
-    if (st.ok() && (st->mode & 0007) != 0) {
-      return absl::PermissionDeniedError(
-          StrCat("tier.s3.credentials_file: ", cfg.s3_credentials_file,
-                 " is readable by other users; chmod 600 it (or 640 with the daemon's group)"));
-    }
-    auto text = env::ReadWholeFile(env_, cfg.s3_credentials_file);
-    if (!text.ok()) {
-      return absl::Status(text.status().code(),
-                          StrCat("tier.s3.credentials_file: ", text.status().message()));
-    }
-    const std::vector<std::string> lines = Split(*text, '\n');
-    if (lines.size() >= 2) {
-      access = std::string(absl::StripAsciiWhitespace(lines[0]));
-      secret = std::string(absl::StripAsciiWhitespace(lines[1]));
-    }
-  } else {
-    const char* a = std::getenv("CKPTD_S3_ACCESS_KEY");
-    const char* s = std::getenv("CKPTD_S3_SECRET_KEY");
-    access = a ? a : "";
-    secret = s ? s : "";
-  }
-  if (access.empty() || secret.empty()) {
-    return absl::InvalidArgumentError(
-        "tier.s3: no credentials: set CKPTD_S3_ACCESS_KEY and CKPTD_S3_SECRET_KEY in the "
-        "daemon's environment, or name a file with tier.s3.credentials_file (access key on the "
-        "first line, secret key on the second)");
-  }
-  auto client = std::make_unique<tier::S3Client>(tier::S3Config{.endpoint = cfg.s3_endpoint,
-                                                                .bucket = cfg.s3_bucket,
-                                                                .region = cfg.s3_region,
-                                                                .access_key = access,
-                                                                .secret_key = secret});
+  tier::S3Config s3{.endpoint = cfg.s3_endpoint, .bucket = cfg.s3_bucket, .region = cfg.s3_region};
+  CKPTD_TRY(tier::LoadCredentials(env_, cfg.s3_credentials_file, &s3));
+  auto client = std::make_unique<tier::S3Client>(std::move(s3));
   tier::TierSettings settings{.prefix = cfg.s3_prefix,
                               .part_size = cfg.s3_part_size,
                               .parallel_parts = static_cast<int>(cfg.s3_parallel_parts),

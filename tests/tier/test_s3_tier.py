@@ -297,3 +297,64 @@ def test_a_refusing_store_reports_upload_failed_and_keeps_saving(tmp_path, store
                              capture_output=True, text=True, env={**os.environ, **d.s3_env})
     assert d.secret not in printed.stdout and "endpoint" in printed.stdout
     d.stop()
+
+
+def test_ckptctl_fetch_restores_a_wiped_run_that_verifies_and_loads(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket)
+    model = {"w": np.random.default_rng(5).standard_normal((3000, 1000), dtype=np.float32),
+             "b": np.arange(7, dtype=np.float32)}
+    run = ckptd.connect(d.target).open_run("wiped", transport="stream")
+    assert run.save(100, model, extra={"next_step": 101}).state == "committed"
+    assert run.save(200, {k: v + 1 for k, v in model.items()}, extra={"next_step": 201}).state == "committed"
+    uploaded(d, "wiped", [100, 200])
+    d.stop()
+    shutil.rmtree(os.path.join(d.root, "wiped"))
+    env = {**os.environ, **d.s3_env}
+    cfg = str(tmp_path / "tier.toml")
+    with open(cfg, "a") as f:  # ckptctl reads the daemon's config: roots too
+        f.write(f'[storage]\nroots = ["{d.root}"]\n')
+
+    def fetch(*args):
+        return subprocess.run([CKPTCTL, "fetch", "wiped", *args, "--config", cfg, "--json"],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    r = fetch()  # the step latest names, into <root>/wiped/weights
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["step"] == 200 and got["files"][-1].endswith("/wiped/weights/step_200.gguf")
+    weights = os.path.join(d.root, "wiped", "weights")
+    assert sorted(os.listdir(weights)) == ["step_200.gguf", "step_200.train.gguf"]
+    v = subprocess.run([CKPTCTL, "verify", os.path.join(weights, "step_200.gguf")], capture_output=True,
+                       text=True)
+    assert v.returncode == 0, v.stdout + v.stderr
+    older = tmp_path / "older"
+    r = fetch("100", "-o", str(older))
+    assert r.returncode == 0, r.stderr
+    loaded = ckptd.load(str(older / "step_100.gguf"))
+    assert np.array_equal(loaded["w"], model["w"]) and np.array_equal(loaded["b"], model["b"])
+    # The daemon finds the fetched step at its next start; a trainer restores it.
+    d.start(env=d.s3_env)
+    run = ckptd.connect(d.target).open_run("wiped", transport="stream")
+    into = {k: np.zeros_like(v) for k, v in model.items()}
+    info = run.restore(model=into)
+    assert info.step == 200 and info.extra["next_step"] == 201
+    assert np.array_equal(into["w"], model["w"] + 1)
+    d.stop()
+    # Refusals: a step never uploaded, an existing file, a tampered object.
+    r = fetch("300", "-o", str(tmp_path / "none"))
+    assert r.returncode == 1 and "no manifest ckpt/wiped/step_300.manifest.json" in r.stderr, r.stderr
+    r = fetch("100", "-o", str(older))
+    assert r.returncode == 1 and "exists: fetch into another directory" in r.stderr, r.stderr
+    s3 = s3_client(store)
+    key = "ckpt/wiped/step_100.gguf"
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[-1] ^= 1
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    tampered = tmp_path / "tampered"
+    r = fetch("100", "-o", str(tampered))
+    assert r.returncode == 1 and "the manifest says" in r.stderr, r.stderr
+    assert [f for f in os.listdir(tampered) if "step_100" in f] == []  # nothing left behind

@@ -1,0 +1,48 @@
+// Restoring a step from the object store: the step's manifest (or the one
+// `latest` names), then every file it lists, downloaded with ranged GETs
+// several at a time (memory: parallel x part size), each checked against
+// its manifest ETag (the MD5s of its parts) and size, the model file's
+// tensor digests and content digest verified, and placed atomically: temp
+// files in the destination directory, the training state and exports
+// renamed first and the model file last (the commit point), then the
+// directory fsynced. Nothing of a step that fails a check is left behind.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/env/env.h"
+#include "daemon/tier/s3_client.h"
+
+namespace ckptd::tier {
+
+struct FetchOptions {
+  std::string prefix;  // as tier.s3.prefix
+  int parallel = 4;
+  uint64_t max_memory_bytes = 64ull << 20;
+};
+
+struct FetchResult {
+  uint64_t step = 0;
+  std::string uuid;
+  std::vector<std::string> files;  // placed, model file last
+  uint64_t bytes = 0;
+  double seconds = 0;
+};
+
+// Fills config->access_key and secret_key: from `credentials_file` (access
+// key on the first line, secret key on the second; refused if others may
+// read it) or, when it is "", from CKPTD_S3_ACCESS_KEY and
+// CKPTD_S3_SECRET_KEY. INVALID_ARGUMENT says where to put them.
+absl::Status LoadCredentials(env::Env* env, const std::string& credentials_file, S3Config* config);
+
+// `step`: nullopt = the step `latest` names. NOT_FOUND names what is missing;
+// DATA_LOSS names the file and the check it failed.
+absl::StatusOr<FetchResult> FetchStep(env::Env* env, S3Client& client, const FetchOptions& options,
+                                      const std::string& run_id, std::optional<uint64_t> step,
+                                      const std::string& dest_dir);
+
+}  // namespace ckptd::tier
