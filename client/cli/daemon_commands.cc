@@ -378,6 +378,7 @@ int RetentionCommand(Client& c, const DaemonCommandArgs& a, bool apply) {
   grpc::ClientContext ctx;
   v1::RetentionRequest req;
   req.set_run_id(a.run);
+  req.set_remote(a.remote);
   v1::RetentionPlan plan;
   grpc::Status st =
       apply ? c.stub().ApplyRetention(&ctx, req, &plan) : c.stub().PlanRetention(&ctx, req, &plan);
@@ -468,14 +469,17 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
   retention->fallthrough();
   retention->require_subcommand(1);
-  add(retention, "plan", "Each checkpoint's keep/delete and why (no change)",
-      [](Client& c, const DaemonCommandArgs& args) { return RetentionCommand(c, args, false); })
-      ->add_option("RUN", a->run)
-      ->required();
-  add(retention, "apply", "Apply retention now",
-      [](Client& c, const DaemonCommandArgs& args) { return RetentionCommand(c, args, true); })
-      ->add_option("RUN", a->run)
-      ->required();
+  for (const bool apply : {false, true}) {
+    auto* sub =
+        add(retention, apply ? "apply" : "plan",
+            apply ? "Apply retention now" : "Each checkpoint's keep/delete and why (no change)",
+            [apply](Client& c, const DaemonCommandArgs& args) {
+              return RetentionCommand(c, args, apply);
+            });
+    sub->add_option("RUN", a->run)->required();
+    sub->add_flag("--remote", a->remote,
+                  "The run's copies in the object store ([tier.s3]) instead of local checkpoints");
+  }
   return table;
 }
 

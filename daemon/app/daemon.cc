@@ -343,6 +343,7 @@ absl::Status Daemon::StartTier() {
                               .part_size = cfg.s3_part_size,
                               .parallel_parts = static_cast<int>(cfg.s3_parallel_parts),
                               .max_memory_bytes = cfg.s3_max_memory_bytes};
+  settings.remote_retention = cfg.s3_retention_same;
   if (const char* pause = std::getenv("CKPTD_TEST_TIER_PAUSE_S")) {
     settings.test_pause_s = std::atof(pause);
   }
@@ -373,6 +374,13 @@ absl::Status Daemon::StartTier() {
       spdlog::warn("tier: run={}: {}", run->id(), st.message());
     }
   }
+  uploader_->SetRules([this](const std::string& run_id) -> std::optional<tier::RemoteRules> {
+    auto run = registry_->Get(run_id);
+    if (!run.ok()) return std::nullopt;
+    absl::MutexLock lock(&(*run)->mu());
+    return tier::RemoteRules{.policy = registry_->EffectiveRetention(**run),
+                             .pins = (*run)->pins.pins()};
+  });
   registry_->SetCommitHook([this](scheduler::Run& run, const storage::CheckpointRecord& r) {
     if (absl::Status st = uploader_->Enqueue({run.id(), run.run_dir(), r}); !st.ok()) {
       spdlog::error("tier: run={} step={} not queued for upload: {}", run.id(), r.step,
@@ -386,6 +394,21 @@ absl::Status Daemon::StartTier() {
          tier::Uploader::Health h = uploader_->health();
          if (h.healthy) return std::nullopt;
          return h.error;
+       },
+       .remote_retention = [this](const std::string& run_id,
+                                  bool apply) -> absl::StatusOr<v1::RetentionPlan> {
+         CKPTD_ASSIGN_OR_RETURN(tier::RemotePlan plan, uploader_->PlanRemote(run_id, apply));
+         v1::RetentionPlan out;
+         out.set_policy(StrCat("remote copies: ", plan.policy));
+         for (const policy::RetentionDecision& d : plan.decisions) {
+           v1::RetentionDecision* p = out.add_decisions();
+           p->set_step(d.step);
+           p->set_keep(d.keep);
+           p->set_reason(d.reason);
+           p->set_bytes(d.bytes);
+         }
+         for (uint64_t step : plan.deleted) out.add_deleted(step);
+         return out;
        }});
   metrics::Metrics::Get().SetTier(static_cast<int64_t>(uploader_->queue_depth()), true);
   uploader_->Start();

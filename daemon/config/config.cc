@@ -224,6 +224,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"tier.s3.part_size", Unsigned(&c->s3_part_size)},
       {"tier.s3.parallel_parts", Unsigned(&c->s3_parallel_parts)},
       {"tier.s3.max_memory_bytes", Unsigned(&c->s3_max_memory_bytes)},
+      {"tier.s3.retention", Enum(&c->s3_retention_same, {{"keep_all", false}, {"same", true}})},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
       {"retention.keep_best", Unsigned(&c->retention.keep_best)},

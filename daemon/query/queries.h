@@ -58,7 +58,11 @@ class Queries {
   struct Tier {
     std::function<std::string(const std::string& run_id, uint64_t step)> upload_state;
     std::function<std::optional<std::string>()> unhealthy;
+    // PlanRetention / ApplyRetention with `remote`.
+    std::function<absl::StatusOr<v1::RetentionPlan>(const std::string& run_id, bool apply)>
+        remote_retention;
   };
+  const Tier& tier() const { return tier_; }
   void SetTier(Tier tier) { tier_ = std::move(tier); }
 
  private:

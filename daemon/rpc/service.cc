@@ -717,6 +717,16 @@ grpc::Status CheckpointdService::Unpin(grpc::ServerContext* ctx, const v1::Unpin
 
 grpc::Status CheckpointdService::Retention(const v1::RetentionRequest& req, bool dry,
                                            v1::RetentionPlan* resp) {
+  if (req.remote()) {
+    if (!queries_->tier().remote_retention) {
+      return ToGrpc(absl::FailedPreconditionError(
+          "the object-storage tier is off ([tier.s3] endpoint): there are no remote copies"));
+    }
+    auto plan = queries_->tier().remote_retention(req.run_id(), !dry);
+    if (!plan.ok()) return ToGrpc(plan.status());
+    *resp = std::move(*plan);
+    return grpc::Status::OK;
+  }
   auto run = registry_->Get(req.run_id());
   if (!run.ok()) return ToGrpc(run.status());
   absl::MutexLock lock(&(*run)->mu());

@@ -94,6 +94,7 @@ absl::Status Uploader::Enqueue(StepUpload upload) {
     return st;
   }
   absl::MutexLock lock(&mu_);
+  run_dirs_[upload.run_id] = upload.run_dir;
   states_[upload.run_id][upload.record.step] = "queued";
   queue_.push_back({.upload = std::move(upload)});
   cv_.Signal();
@@ -142,6 +143,7 @@ absl::Status Uploader::Recover(const std::string& run_id, const std::string& run
   {
     absl::MutexLock lock(&mu_);
     for (uint64_t s : uploaded) states_[run_id].try_emplace(s, "uploaded");
+    run_dirs_[run_id] = run_dir;
   }
   // Multipart uploads of this run that no state names (a daemon died
   // between creating one and recording it, or its step was dropped) are
@@ -360,8 +362,11 @@ absl::Status Uploader::Upload(const Job& job) {
     files.push_back({e.path, Base(e.path), "export:" + e.name, "", e.bytes});
   }
   const double start = NowSeconds();
+  nlohmann::json metrics = nlohmann::json::object();
+  for (const auto& [name, value] : r.metrics) metrics[name] = value;
   nlohmann::json manifest = {{"run_id", up.run_id},
                              {"step", r.step},
+                             {"metrics", std::move(metrics)},
                              {"uuid", r.uuid},
                              {"content_digest", r.content_digest},
                              {"time_utc", r.time_utc},
@@ -414,6 +419,12 @@ absl::Status Uploader::Upload(const Job& job) {
     if (std::find(done.begin(), done.end(), r.step) == done.end()) done.push_back(r.step);
   }));
   const double seconds = NowSeconds() - start;
+  if (settings_.remote_retention) {
+    auto applied = PlanRemote(up.run_id, /*apply=*/true);
+    if (!applied.ok()) {
+      spdlog::warn("tier: remote retention run={}: {}", up.run_id, applied.status().message());
+    }
+  }
   spdlog::info("tier: uploaded run={} step={} files={} bytes={} seconds={:.3f} ({:.0f} MB/s)",
                up.run_id, r.step, files.size(), bytes, seconds,
                seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0.0);
@@ -425,6 +436,102 @@ absl::Status Uploader::Upload(const Job& job) {
                .seconds = seconds});
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool apply) {
+  RemotePlan out;
+  std::optional<RemoteRules> rules = rules_ ? rules_(run_id) : std::nullopt;
+  if (!rules) return absl::NotFoundError(StrCat("run '", run_id, "' is not known to this daemon"));
+  const std::string prefix = KeyFor(run_id, "");
+  std::vector<S3Object> objects;
+  CKPTD_TRY(Retry([&]() -> absl::Status {
+    CKPTD_ASSIGN_OR_RETURN(objects, client_->List(prefix));
+    return absl::OkStatus();
+  }));
+  // Each step with a manifest, and the keys its manifest names (the
+  // manifest's own key last).
+  std::map<uint64_t, std::vector<std::string>> keys;
+  policy::RetentionInputs in;
+  in.now_s = NowSeconds();
+  for (const S3Object& o : objects) {
+    if (!o.key.ends_with(".manifest.json")) continue;
+    std::string text;
+    CKPTD_TRY(Retry([&]() -> absl::Status {
+      CKPTD_ASSIGN_OR_RETURN(text, client_->Get(o.key));
+      return absl::OkStatus();
+    }));
+    nlohmann::json m = nlohmann::json::parse(text, nullptr, false);
+    if (!m.is_object() || !m.contains("step") || !m.contains("files")) continue;
+    policy::CheckpointFacts f{.step = m["step"].get<uint64_t>(),
+                              .time_s = ParseUtc(m.value("time_utc", ""))};
+    std::vector<std::string>& names = keys[f.step];
+    for (const auto& file : m["files"]) {
+      f.bytes += file.value("size", uint64_t{0});
+      names.push_back(file["key"].get<std::string>());
+    }
+    names.push_back(o.key);
+    if (m.contains("metrics") && m["metrics"].contains(rules->policy.metric)) {
+      f.metric = m["metrics"][rules->policy.metric].get<double>();
+    }
+    if (auto pin = rules->pins.find(f.step); pin != rules->pins.end()) f.pin = pin->second;
+    in.checkpoints.push_back(std::move(f));
+  }
+  std::string latest_text;
+  absl::Status got = Retry([&]() -> absl::Status {
+    CKPTD_ASSIGN_OR_RETURN(latest_text, client_->Get(KeyFor(run_id, "latest")));
+    return absl::OkStatus();
+  });
+  if (got.ok()) {
+    nlohmann::json l = nlohmann::json::parse(latest_text, nullptr, false);
+    if (l.is_object() && l.contains("step")) in.latest_step = l["step"].get<uint64_t>();
+  } else if (!absl::IsNotFound(got)) {
+    return got;
+  }
+  std::string run_dir;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = states_.find(run_id); it != states_.end()) {
+      for (const auto& [step, state] : it->second) {
+        if (state == "queued" || state == "uploading") in.in_flight.insert(step);
+      }
+    }
+    if (auto it = run_dirs_.find(run_id); it != run_dirs_.end()) run_dir = it->second;
+  }
+  if (!settings_.remote_retention) {
+    out.policy = "tier.s3.retention = \"keep_all\": remote copies are never deleted";
+    for (const auto& f : in.checkpoints) {
+      out.decisions.push_back(
+          {.step = f.step, .keep = true, .reason = "keep_all", .bytes = f.bytes});
+    }
+    std::sort(out.decisions.begin(), out.decisions.end(),
+              [](const auto& a, const auto& b) { return a.step < b.step; });
+    return out;
+  }
+  out.policy = policy::Describe(rules->policy);
+  out.decisions = policy::PlanRetention(rules->policy, in);
+  if (!apply) return out;
+  for (const policy::RetentionDecision& d : out.decisions) {
+    if (d.keep || (in.latest_step && d.step == *in.latest_step) || rules->pins.count(d.step) ||
+        in.in_flight.count(d.step)) {
+      continue;  // the protections, checked again before each delete
+    }
+    std::vector<std::string> names = keys[d.step];
+    const std::string manifest = names.back();
+    names.pop_back();
+    CKPTD_TRY(Retry([&] { return client_->Delete({manifest}); }));
+    CKPTD_TRY(Retry([&] { return client_->Delete(names); }));
+    if (!run_dir.empty()) {
+      (void)UpdateState(run_dir, [&](nlohmann::json& j) {
+        auto& done = j["uploaded"];
+        if (done.is_array()) done.erase(std::remove(done.begin(), done.end(), d.step), done.end());
+      });
+    }
+    out.deleted.push_back(d.step);
+    spdlog::info("tier: remote retention deleted run={} step={} ({})", run_id, d.step, d.reason);
+    absl::MutexLock lock(&mu_);
+    if (auto it = states_.find(run_id); it != states_.end()) it->second.erase(d.step);
+  }
+  return out;
 }
 
 void Uploader::Loop() {

@@ -41,6 +41,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/env/env.h"
+#include "daemon/policy/retention.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/tier/s3_client.h"
 
@@ -54,6 +55,11 @@ struct TierSettings {
   double retry_initial_s = 0.2;
   double retry_max_s = 10;
   double failed_retry_s = 30;  // a step whose upload failed for good is tried again after this
+  // Remote retention: false keeps every uploaded step ("keep_all"); true
+  // applies each run's own retention policy to its remote copies ("same")
+  // after every upload, with the same protections (latest, pins, steps
+  // still uploading).
+  bool remote_retention = false;
   // Tests only (CKPTD_TEST_TIER_PAUSE_S): a pause after each object of a
   // step, so a reader polling the store sees every intermediate state.
   double test_pause_s = 0;
@@ -78,14 +84,36 @@ struct UploadEvent {
   std::string error;  // kFailed
 };
 
+// What a run's remote copies are judged by: its retention policy and pins.
+struct RemoteRules {
+  policy::RetentionPolicy policy;
+  std::map<uint64_t, std::string> pins;
+};
+
+struct RemotePlan {
+  std::string policy;                                // described, or why everything is kept
+  std::vector<policy::RetentionDecision> decisions;  // ascending step
+  std::vector<uint64_t> deleted;                     // when applied
+};
+
 class Uploader {
  public:
   using Listener = std::function<void(const UploadEvent&)>;
+  // nullopt: the run is not known (its copies are left alone).
+  using RulesFn = std::function<std::optional<RemoteRules>(const std::string& run_id)>;
   Uploader(env::Env* env, std::unique_ptr<S3Client> client, TierSettings settings,
            Listener listener);
   ~Uploader();
   Uploader(const Uploader&) = delete;
   Uploader& operator=(const Uploader&) = delete;
+
+  void SetRules(RulesFn rules) { rules_ = std::move(rules); }
+
+  // The run's retention over its remote copies (the steps with a manifest).
+  // With `apply`, deletes what it drops: a step's manifest first (so no
+  // manifest ever names a missing object), then its files; never latest's
+  // step, a pinned one or one still uploading.
+  absl::StatusOr<RemotePlan> PlanRemote(const std::string& run_id, bool apply);
 
   void Start();
   // Stops after the parts in flight; what is left resumes at the next start.
@@ -142,11 +170,13 @@ class Uploader {
   std::unique_ptr<S3Client> client_;
   TierSettings settings_;
   Listener listener_;
+  RulesFn rules_;
 
   mutable absl::Mutex mu_;
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   std::deque<StaleCheck> stale_checks_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::map<uint64_t, std::string>> states_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> run_dirs_ ABSL_GUARDED_BY(mu_);
   Health health_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::CondVar cv_;

@@ -358,3 +358,72 @@ def test_ckptctl_fetch_restores_a_wiped_run_that_verifies_and_loads(tmp_path, st
     r = fetch("100", "-o", str(tampered))
     assert r.returncode == 1 and "the manifest says" in r.stderr, r.stderr
     assert [f for f in os.listdir(tampered) if "step_100" in f] == []  # nothing left behind
+
+
+def test_remote_retention_deletes_exactly_what_its_plan_says_never_latest_or_pinned(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket, 'retention = "same"\n')
+    client = ckptd.connect(d.target)
+    run = client.open_run("kept", transport="stream")  # no retention rule yet: all kept
+    steps = [10, 20, 30, 40, 50, 60]
+    for step in steps:
+        assert run.save(step, {"w": np.full(1000, step, np.float32)},
+                        metrics={"loss": 1.0 / step}).state == "committed"
+    uploaded(d, "kept", steps)
+    s3 = s3_client(store)
+
+    def remote_steps():
+        objs = check_consistent(s3, bucket, "ckpt/kept/")
+        return sorted(int(m.group(1)) for k in objs if (m := re.search(r"step_(\d+)\.manifest\.json$", k)))
+    assert remote_steps() == steps
+
+    def ctl(*args):
+        r = subprocess.run([CKPTCTL, "--socket", d.target, *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    ctl("pin", "kept", "10", "--reason", "paper")
+    client.open_run("kept", transport="stream", retention={"keep_last": 2})
+    plan = json.loads(ctl("retention", "plan", "kept", "--remote", "--json"))
+    verdict = {int(x["step"]): x.get("keep", False) for x in plan["decisions"]}
+    assert verdict == {10: True, 20: False, 30: False, 40: False, 50: True, 60: True}, plan
+    assert "remote copies" in plan["policy"]
+    assert remote_steps() == steps  # planning deletes nothing
+    applied = json.loads(ctl("retention", "apply", "kept", "--remote", "--json"))
+    assert sorted(int(s) for s in applied["deleted"]) == [20, 30, 40]
+    assert remote_steps() == [10, 50, 60]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ckpt/kept/")["Contents"]}
+    assert not any(re.search(r"step_(20|30|40)\.", k) for k in keys), keys  # no orphaned file
+    assert json.loads(s3.get_object(Bucket=bucket, Key="ckpt/kept/latest")["Body"].read())["step"] == 60
+    d.stop()
+
+
+def test_remote_copies_are_kept_by_default_and_the_plan_says_so(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket)
+    run = ckptd.connect(d.target).open_run("all", transport="stream", retention={"keep_last": 1})
+    for step in (1, 2, 3):
+        assert run.save(step, {"w": np.full(10, step, np.float32)}).state == "committed"
+    wait_for(lambda: len([k for k in {o["Key"] for o in s3_client(store).list_objects_v2(
+        Bucket=bucket, Prefix="ckpt/all/").get("Contents", [])} if k.endswith(".manifest.json")]) >= 2,
+        60, "uploads")
+    d.stop()
+    d.start(env=d.s3_env)
+    out = subprocess.run([CKPTCTL, "--socket", d.target, "retention", "apply", "all", "--remote", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert "keep_all" in plan["policy"] and not plan.get("deleted")
+    assert all(x["keep"] for x in plan["decisions"])
+    off = Daemon(tmp_path / "off").start() if (tmp_path / "off").mkdir() is None else None
+    r = subprocess.run([CKPTCTL, "--socket", off.target, "retention", "plan", "x", "--remote"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "object-storage tier is off" in r.stderr, r.stderr
+    off.stop()
+    d.stop()
