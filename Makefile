@@ -98,6 +98,7 @@ bench: build
 	@$(BUILD)/bench/gguf_bench $(filter --quick,$(ARGS))
 	@/usr/bin/python3 bench/run_bench.py --build $(BUILD) $(ARGS)
 	@/usr/bin/python3 bench/export_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 3,)
+	@/usr/bin/python3 bench/tier_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i

@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""The object-storage tier against the same Ceph RGW (scripts/dev-s3.sh, one
+bluestore OSD on this machine's disk), in one run, interleaved round by
+round (medians):
+
+- local: the checkpoint's call-to-durable time on the shared-memory path
+  (the disk's rate as ckptd writes it), the reference the upload is held to;
+- ckptd: the uploader's time for the step's files (log line "tier:
+  uploaded ... seconds="), multipart, `parallel_parts` in flight;
+- boto3: `upload_file` of the same committed file with 4 threads and the
+  same part size (Debian's python3-boto3), the peer;
+- the daemon's private memory (RssAnon + RssFile, sampled every 20 ms)
+  during the upload, against tier.s3.max_memory_bytes.
+
+  bench/tier_bench.py --build build [--mib 1024] [--rounds 3]
+Goals (issue): upload >= 80 % of the local write rate and >= boto3; memory
+bounded by max_memory_bytes + a constant whatever the size.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+
+import boto3  # noqa: E402
+import numpy as np  # noqa: E402
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+
+import ckptd  # noqa: E402
+
+MiB = 1 << 20
+
+
+def private_rss(pid):
+    kb = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                kb += int(line.split()[1])
+    return kb * 1024
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--part-mib", type=int, default=16)
+    ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--max-memory-mib", type=int, default=64)
+    args = ap.parse_args()
+    scratch = tempfile.mkdtemp(prefix="ckptd-tier-bench-", dir=os.path.join(ROOT, "bench", "out")
+                               if os.path.isdir(os.path.join(ROOT, "bench", "out")) else None)
+    s3dir = os.path.join(scratch, "s3")
+    daemon = None
+    try:
+        out = subprocess.run([os.path.join(ROOT, "scripts", "dev-s3.sh"), "start", s3dir],
+                             capture_output=True, text=True, timeout=240, check=True).stdout
+        env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        s3 = boto3.client("s3", endpoint_url=env["CKPTD_S3_ENDPOINT"],
+                          aws_access_key_id=env["CKPTD_S3_ACCESS_KEY"],
+                          aws_secret_access_key=env["CKPTD_S3_SECRET_KEY"], region_name="us-east-1")
+        s3.create_bucket(Bucket="bench")
+        cfg = os.path.join(scratch, "ckptd.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[tier.s3]\nendpoint = "{env["CKPTD_S3_ENDPOINT"]}"\nbucket = "bench"\n'
+                    f'prefix = "ckptd"\npart_size = {args.part_mib * MiB}\n'
+                    f'parallel_parts = {args.parallel}\nmax_memory_bytes = {args.max_memory_mib * MiB}\n'
+                    '[retention]\nkeep_last = 1\n')
+        sock = os.path.join(scratch, "ckptd.sock")
+        log_path = os.path.join(scratch, "daemon.log")
+        daemon = subprocess.Popen([os.path.join(args.build, "daemon", "ckptd"), "--config", cfg, "--root",
+                                   os.path.join(scratch, "runs"), "--listen", "unix:" + sock,
+                                   "--http-listen", ""], stdout=open(log_path, "wb"),
+                                  stderr=subprocess.STDOUT, env={**os.environ, **env})
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock):
+            assert daemon.poll() is None and time.monotonic() < deadline, open(log_path).read()
+            time.sleep(0.05)
+        run = ckptd.connect("unix:" + sock).open_run("bench", transport="shm")
+        tensors = {"w": np.random.default_rng(1).standard_normal(args.mib * MiB // 4, dtype=np.float32)}
+        rows = []
+        for rnd in range(args.rounds):
+            step = rnd + 1
+            t0 = time.monotonic()
+            r = run.save(step, tensors)
+            run.wait()
+            local_s = time.monotonic() - t0
+            # The upload starts at the commit; sample the daemon meanwhile.
+            peak = [0]
+            done = threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    peak[0] = max(peak[0], private_rss(daemon.pid))
+                    time.sleep(0.02)
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            pattern = re.compile(rf"tier: uploaded run=bench step={step} files=\d+ bytes=(\d+) seconds=([\d.]+)")
+            deadline = time.monotonic() + 600
+            while not (m := pattern.search(open(log_path).read())):
+                assert time.monotonic() < deadline, "upload did not finish"
+                time.sleep(0.05)
+            done.set()
+            sampler.join()
+            up_bytes, up_s = int(m.group(1)), float(m.group(2))
+            model = os.path.join(scratch, "runs", "bench", "weights", f"step_{step}.gguf")
+            size = os.path.getsize(model)
+            t0 = time.monotonic()
+            s3.upload_file(model, "bench", f"boto3/step_{step}.gguf",
+                           Config=TransferConfig(multipart_threshold=args.part_mib * MiB,
+                                                 multipart_chunksize=args.part_mib * MiB,
+                                                 max_concurrency=4, use_threads=True))
+            boto_s = time.monotonic() - t0
+            rows.append({"local_MBps": size / local_s / 1e6, "ckptd_MBps": up_bytes / up_s / 1e6,
+                         "boto3_MBps": size / boto_s / 1e6, "peak_private_MiB": peak[0] / MiB,
+                         "bytes": up_bytes, "model_bytes": size})
+            print(f"round {rnd + 1}: local {rows[-1]['local_MBps']:.0f} MB/s, ckptd upload "
+                  f"{rows[-1]['ckptd_MBps']:.0f} MB/s, boto3 {rows[-1]['boto3_MBps']:.0f} MB/s, "
+                  f"daemon private {rows[-1]['peak_private_MiB']:.0f} MiB", flush=True)
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print()
+        print(f"| checkpoint | local write (call to durable) | ckptd upload (/local) | boto3, 4 threads "
+              f"(ckptd/boto3) | daemon private memory, peak (max_memory_bytes) |")
+        print("| --- | --- | --- | --- | --- |")
+        print(f"| {args.mib} MiB | {med['local_MBps']:.0f} MB/s | {med['ckptd_MBps']:.0f} MB/s "
+              f"({med['ckptd_MBps'] / med['local_MBps']:.2f}) | {med['boto3_MBps']:.0f} MB/s "
+              f"({med['ckptd_MBps'] / med['boto3_MBps']:.2f}) | {med['peak_private_MiB']:.0f} MiB "
+              f"({args.max_memory_mib} MiB) |")
+        print(f"\nmedians of {args.rounds} rounds; parts of {args.part_mib} MiB, {args.parallel} in flight; "
+              "the store is one bluestore OSD on this machine's disk, so uploads and local writes share it.")
+        os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench", "out", "tier.json"), "w") as f:
+            json.dump({"mib": args.mib, "rounds": rows, "median": med, "part_mib": args.part_mib,
+                       "parallel": args.parallel, "max_memory_mib": args.max_memory_mib,
+                       "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f, indent=1)
+    finally:
+        if daemon and daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(60)
+        subprocess.run([os.path.join(ROOT, "scripts", "dev-s3.sh"), "stop", s3dir], timeout=60)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
