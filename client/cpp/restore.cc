@@ -230,22 +230,46 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
     grpc::Status st = client.stub().GetRun(&ctx, run_req, &info);
     if (!st.ok()) return FromGrpc(st);
   }
+  // Not on the daemon's disk: its object store may have it. A daemon
+  // without a tier (FAILED_PRECONDITION) or a store without the step
+  // (NOT_FOUND) leaves the answer as it was.
+  auto fetched = [&](std::optional<uint64_t> want) -> std::optional<v1::CheckpointInfo> {
+    if (!options.allow_remote) return std::nullopt;
+    v1::FetchRemoteRequest fetch;
+    fetch.set_run_id(run_id);
+    if (want) fetch.set_step(*want);
+    v1::CheckpointInfo got;
+    grpc::ClientContext ctx;
+    if (!client.stub().FetchRemote(&ctx, fetch, &got).ok()) return std::nullopt;
+    return got;
+  };
+  v1::CheckpointInfo cp;
   if (!step.has_value()) {
     if (!info.has_last_step()) {
-      return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint yet"));
+      std::optional<v1::CheckpointInfo> remote = fetched(std::nullopt);
+      if (!remote) return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint yet"));
+      cp = *remote;
+      step = cp.step();
+    } else {
+      step = info.last_step();
     }
-    step = info.last_step();
   }
-  v1::GetCheckpointRequest req;
-  req.set_run_id(run_id);
-  req.set_step(*step);
-  v1::CheckpointInfo cp;
-  {
+  if (cp.file().empty()) {
+    v1::GetCheckpointRequest req;
+    req.set_run_id(run_id);
+    req.set_step(*step);
     grpc::ClientContext ctx;
     v1::CheckpointDetail detail;
     grpc::Status st = client.stub().GetCheckpoint(&ctx, req, &detail);
+    if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
+      if (std::optional<v1::CheckpointInfo> remote = fetched(step)) {
+        cp = *remote;
+        st = grpc::Status::OK;
+      }
+    } else if (st.ok()) {
+      cp = detail.info();
+    }
     if (!st.ok()) return FromGrpc(st);
-    cp = detail.info();
   }
   CKPTD_ASSIGN_OR_RETURN(auto r, Open(cp.file(), cp.train_file(), options));
   // The in-memory copy is only ever read with digests checked: a live

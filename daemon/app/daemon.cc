@@ -409,13 +409,53 @@ absl::Status Daemon::StartTier() {
          }
          for (uint64_t step : plan.deleted) out.add_deleted(step);
          return out;
-       }});
+       },
+       .fetch_remote = [this](const std::string& run_id, std::optional<uint64_t> step)
+           -> absl::StatusOr<v1::CheckpointInfo> { return FetchRemote(run_id, step); }});
   metrics::Metrics::Get().SetTier(static_cast<int64_t>(uploader_->queue_depth()), true);
   uploader_->Start();
   spdlog::info("tier: copying checkpoints to {}/{}{}{} (parts of {} bytes, {} in flight)",
                cfg.s3_endpoint, cfg.s3_bucket, cfg.s3_prefix.empty() ? "" : "/", cfg.s3_prefix,
                cfg.s3_part_size, cfg.s3_parallel_parts);
   return absl::OkStatus();
+}
+
+// FetchRemote: the step into the run's weights/ (no save runs meanwhile:
+// the run's save lock is held), then the directory re-read as at startup.
+absl::StatusOr<v1::CheckpointInfo> Daemon::FetchRemote(const std::string& run_id,
+                                                       std::optional<uint64_t> step) {
+  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<scheduler::Run> run, registry_->Get(run_id));
+  absl::MutexLock save(&run->save_mu());
+  std::string weights;
+  {
+    absl::MutexLock lock(&run->mu());
+    if (step && run->dir()->Find(*step) != nullptr) {
+      v1::CheckpointInfo info;
+      queries_->Describe(*run, *run->dir()->Find(*step), queries_->DryPlan(*run), &info);
+      return info;
+    }
+    weights = run->dir()->weights_dir();
+  }
+  const tier::TierSettings& s = uploader_->settings();
+  CKPTD_ASSIGN_OR_RETURN(tier::FetchResult got,
+                         tier::FetchStep(env_, uploader_->client(),
+                                         {.prefix = s.prefix,
+                                          .parallel = s.parallel_parts,
+                                          .max_memory_bytes = s.max_memory_bytes},
+                                         run_id, step, weights));
+  spdlog::info("tier: fetched run={} step={} files={} bytes={} seconds={:.3f}", run_id, got.step,
+               got.files.size(), got.bytes, got.seconds);
+  (void)uploader_->MarkUploaded(run_id, run->run_dir(), got.step);
+  absl::MutexLock lock(&run->mu());
+  storage::RecoveryReport report;
+  CKPTD_TRY(run->dir()->Recover(&report));
+  const storage::CheckpointRecord* r = run->dir()->Find(got.step);
+  if (r == nullptr) {
+    return absl::InternalError(StrCat("step ", got.step, " was fetched but is not listed"));
+  }
+  v1::CheckpointInfo info;
+  queries_->Describe(*run, *r, queries_->DryPlan(*run), &info);
+  return info;
 }
 
 absl::Status Daemon::StartSharedMemory() {

@@ -51,6 +51,8 @@ class Daemon {
  private:
   Daemon(const config::Config& cfg, env::Env* env) : cfg_(cfg), env_(env) {}
   absl::Status StartServing();
+  absl::StatusOr<v1::CheckpointInfo> FetchRemote(const std::string& run_id,
+                                                 std::optional<uint64_t> step);
   absl::Status StartTier();
   absl::Status StartSharedMemory();
   absl::Status StartGrpc();

@@ -61,6 +61,10 @@ class Queries {
     // PlanRetention / ApplyRetention with `remote`.
     std::function<absl::StatusOr<v1::RetentionPlan>(const std::string& run_id, bool apply)>
         remote_retention;
+    // FetchRemote.
+    std::function<absl::StatusOr<v1::CheckpointInfo>(const std::string& run_id,
+                                                     std::optional<uint64_t> step)>
+        fetch_remote;
   };
   const Tier& tier() const { return tier_; }
   void SetTier(Tier tier) { tier_ = std::move(tier); }

@@ -673,6 +673,22 @@ grpc::ServerWriteReactor<v1::RunEvent>* CheckpointdService::WatchRun(
                         std::move(slots));
 }
 
+grpc::Status CheckpointdService::FetchRemote(grpc::ServerContext* ctx,
+                                             const v1::FetchRemoteRequest* req,
+                                             v1::CheckpointInfo* resp) {
+  if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
+  if (!queries_->tier().fetch_remote) {
+    return ToGrpc(absl::FailedPreconditionError(
+        "the object-storage tier is off ([tier.s3] endpoint): there is nothing to fetch from"));
+  }
+  std::optional<uint64_t> step;
+  if (req->has_step()) step = req->step();
+  auto info = queries_->tier().fetch_remote(req->run_id(), step);
+  if (!info.ok()) return ToGrpc(info.status());
+  *resp = std::move(*info);
+  return grpc::Status::OK;
+}
+
 }  // namespace ckptd::rpc
 
 namespace ckptd::rpc {

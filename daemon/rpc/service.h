@@ -157,6 +157,8 @@ class CheckpointdService final
                              v1::RetentionPlan* resp) override;
   grpc::Status ApplyRetention(grpc::ServerContext* ctx, const v1::RetentionRequest* req,
                               v1::RetentionPlan* resp) override;
+  grpc::Status FetchRemote(grpc::ServerContext* ctx, const v1::FetchRemoteRequest* req,
+                           v1::CheckpointInfo* resp) override;
 
  private:
   // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.

@@ -63,9 +63,13 @@ class RunDir {
   // named by the grammar inside weights/ are touched.
   absl::Status Delete(uint64_t step);
 
+  // Startup recovery again, e.g. after a step was fetched from the object
+  // store into weights/: temps and orphans removed, `latest` repointed,
+  // the catalog reloaded from the headers.
+  absl::Status Recover(RecoveryReport* report);
+
  private:
   RunDir(env::Env* env, std::string run_dir);
-  absl::Status Recover(RecoveryReport* report);
   absl::Status PointLatestAt(std::optional<uint64_t> step);
   // Points each latest.E at the newest step with export E (removing links
   // of exports no step has); fsyncs when anything changed.

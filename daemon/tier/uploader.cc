@@ -169,6 +169,19 @@ absl::Status Uploader::AbortStale(const StaleCheck& check) {
   });
 }
 
+absl::Status Uploader::MarkUploaded(const std::string& run_id, const std::string& run_dir,
+                                    uint64_t step) {
+  CKPTD_TRY(UpdateState(run_dir, [&](nlohmann::json& j) {
+    auto& done = j["uploaded"];
+    if (!done.is_array()) done = nlohmann::json::array();
+    if (std::find(done.begin(), done.end(), step) == done.end()) done.push_back(step);
+  }));
+  absl::MutexLock lock(&mu_);
+  run_dirs_[run_id] = run_dir;
+  states_[run_id][step] = "uploaded";
+  return absl::OkStatus();
+}
+
 Uploader::Health Uploader::health() const {
   absl::MutexLock lock(&mu_);
   return health_;

@@ -115,6 +115,10 @@ class Uploader {
   // step, a pinned one or one still uploading.
   absl::StatusOr<RemotePlan> PlanRemote(const std::string& run_id, bool apply);
 
+  // A step fetched back from the store into `run_dir`: recorded as
+  // uploaded, so it is not sent again.
+  absl::Status MarkUploaded(const std::string& run_id, const std::string& run_dir, uint64_t step);
+
   void Start();
   // Stops after the parts in flight; what is left resumes at the next start.
   void Stop();

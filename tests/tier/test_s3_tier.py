@@ -427,3 +427,46 @@ def test_remote_copies_are_kept_by_default_and_the_plan_says_so(tmp_path, store,
     assert r.returncode == 1 and "object-storage tier is off" in r.stderr, r.stderr
     off.stop()
     d.stop()
+
+
+def test_a_trainer_on_a_new_node_restores_from_the_store_python_and_cpp(tmp_path, store, bucket):
+    """Node A saves and uploads; node B (an empty root, the same bucket)
+    restores: the Python client and the C++ example trainer ask the daemon to
+    fetch the step back, and it is not uploaded again."""
+    import numpy as np
+
+    import ckptd
+
+    a = tier_daemon(tmp_path / "a", store, bucket) if (tmp_path / "a").mkdir() is None else None
+    model = {"w": np.random.default_rng(9).standard_normal((500, 300), dtype=np.float32)}
+    run = ckptd.connect(a.target).open_run("moved", transport="stream")
+    assert run.save(10, model, extra={"next_step": 11}).state == "committed"
+    assert run.save(20, {"w": model["w"] * 2}, extra={"next_step": 21}).state == "committed"
+    uploaded(a, "moved", [10, 20])
+    trainer = os.path.join(os.path.dirname(BINARY), "..", "examples", "ckptd_example_trainer")
+    r = subprocess.run([trainer, "--socket", a.target, "--run", "cpp", "--steps", "120", "--every", "50"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    uploaded(a, "cpp", [50, 100, 120])
+    a.stop()
+
+    b = tier_daemon(tmp_path / "b", store, bucket) if (tmp_path / "b").mkdir() is None else None
+    run = ckptd.connect(b.target).open_run("moved", transport="stream")
+    into = {"w": np.zeros_like(model["w"])}
+    info = run.restore(model=into)
+    assert info is not None and info.step == 20 and info.extra["next_step"] == 21
+    assert np.array_equal(into["w"], model["w"] * 2)
+    older = run.restore(model=into, step=10)
+    assert older.step == 10 and np.array_equal(into["w"], model["w"])
+    r = subprocess.run([trainer, "--socket", b.target, "--run", "cpp", "--steps", "10", "--every", "50"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "restored step 120" in r.stdout, r.stdout
+    time.sleep(1)
+    log = open(b.log).read()
+    assert "tier: fetched run=moved step=20" in log and "tier: fetched run=cpp step=120" in log
+    assert not re.search(r"tier: uploaded run=moved step=(10|20) ", log), "a fetched step was sent again"
+    # Nothing in the store: restore says so (None), as for a fresh run.
+    fresh = ckptd.connect(b.target).open_run("never-saved", transport="stream")
+    assert fresh.restore(model={"w": np.zeros(3, np.float32)}) is None
+    b.stop()

@@ -45,6 +45,10 @@ struct RestoreOptions {
   int reads_in_flight = 4;
   size_t chunk_bytes = 8 << 20;  // one read; also the size of each reused buffer
   bool allow_memory = true;      // OpenRun: use the daemon's in-memory copy (only with verify)
+  // OpenRun: when the step (or, with none asked for, any step) is not on
+  // the daemon's disk, ask it to fetch the step from its object store
+  // ([tier.s3], FetchRemote) first: a trainer on a new node restores.
+  bool allow_remote = true;
 };
 
 struct RestoreTensor {

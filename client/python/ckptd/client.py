@@ -621,16 +621,42 @@ class Run:
         info = self._call("GetRun", lambda: pb.GetRunRequest(run_id=self.id))
         return (info.last_step, info.latest_file) if info.HasField("last_step") else None
 
-    def open_checkpoint(self, step: int | None = None, verify: bool = True, hot: bool = True) -> Checkpoint | None:
+    def _fetch_remote(self, step: int | None):
+        """Asks the daemon to bring the step (None: the store's latest) back
+        from its object store into the run directory; None when it has no
+        tier (FAILED_PRECONDITION) or the store has no such step."""
+        req = pb.FetchRemoteRequest(run_id=self.id)
+        if step is not None:
+            req.step = step
+        try:
+            return _rpc(self.client.stub.FetchRemote, req)
+        except Error as e:
+            if e.code in ("FAILED_PRECONDITION", "NOT_FOUND", "UNIMPLEMENTED"):
+                return None
+            raise
+
+    def open_checkpoint(self, step: int | None = None, verify: bool = True, hot: bool = True,
+                        remote: bool = True) -> Checkpoint | None:
         """The run's latest (or `step`'s) checkpoint opened for reading; None
         when there is none. Reads come from the daemon's in-memory copy when it
-        holds one of that step (hot restore; `hot`)."""
+        holds one of that step (hot restore; `hot`). With `remote`, a step not
+        on the daemon's disk is first fetched from its object store ([tier.s3])
+        when it has one: a trainer on a new node restores."""
         info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
         if step is None:
             if not info.HasField("last_step"):
-                return None
-            step = info.last_step
-        detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
+                fetched = self._fetch_remote(None) if remote else None
+                if fetched is None:
+                    return None
+                step = fetched.step
+            else:
+                step = info.last_step
+        try:
+            detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
+        except Error as e:
+            if e.code != "NOT_FOUND" or not remote or self._fetch_remote(step) is None:
+                raise
+            detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
         memory = None
         # Only with digests checked: a live trainer may be reusing that arena.
         if hot and verify and self.client.local and info.HasField("in_memory") and info.in_memory.step == step:
@@ -639,14 +665,14 @@ class Run:
                           threads=self.threads, memory=memory)
 
     def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
-                as_torch: bool = True, hot: bool = True) -> RestoreInfo | None:
+                as_torch: bool = True, hot: bool = True, remote: bool = True) -> RestoreInfo | None:
         """Reads the run's latest (or `step`'s) checkpoint into the existing
         tensors of `model` (a module or a state dict), in place; restores the
         optimizer's moments by parameter name and the RNG states. Reads the
         daemon's in-memory copy when it keeps one (hot restore; `hot`).
         Returns None when the run has no checkpoint yet."""
         t0 = time.perf_counter()
-        ckpt = self.open_checkpoint(step, verify, hot)
+        ckpt = self.open_checkpoint(step, verify, hot, remote)
         if ckpt is None:
             return None
         with ckpt:
