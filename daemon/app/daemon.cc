@@ -356,6 +356,10 @@ absl::Status Daemon::StartTier() {
         }
         auto run = registry_->Get(e.run_id);
         if (!run.ok()) return;
+        if (e.type == tier::UploadEventType::kUploaded) {
+          absl::MutexLock lock(&(*run)->mu());
+          (*run)->awaiting_upload.erase(e.step);
+        }
         (*run)->Publish({.type = e.type == tier::UploadEventType::kUploaded
                                      ? scheduler::Event::Type::kUploaded
                                      : scheduler::Event::Type::kUploadFailed,
@@ -373,6 +377,10 @@ absl::Status Daemon::StartTier() {
     if (absl::Status st = uploader_->Recover(run->id(), run->run_dir(), local); !st.ok()) {
       spdlog::warn("tier: run={}: {}", run->id(), st.message());
     }
+    absl::MutexLock lock(&run->mu());
+    for (const auto& r : local) {
+      if (uploader_->StateOf(run->id(), r.step) == "queued") run->awaiting_upload.insert(r.step);
+    }
   }
   uploader_->SetRules([this](const std::string& run_id) -> std::optional<tier::RemoteRules> {
     auto run = registry_->Get(run_id);
@@ -382,6 +390,10 @@ absl::Status Daemon::StartTier() {
                              .pins = (*run)->pins.pins()};
   });
   registry_->SetCommitHook([this](scheduler::Run& run, const storage::CheckpointRecord& r) {
+    {
+      absl::MutexLock lock(&run.mu());
+      run.awaiting_upload.insert(r.step);
+    }
     if (absl::Status st = uploader_->Enqueue({run.id(), run.run_dir(), r}); !st.ok()) {
       spdlog::error("tier: run={} step={} not queued for upload: {}", run.id(), r.step,
                     st.message());

@@ -117,8 +117,9 @@ absl::StatusOr<v1::RunInfo> Queries::GetRun(const std::string& run_id) const {
 
 std::vector<policy::RetentionDecision> Queries::DryPlan(scheduler::Run& run) const {
   auto policy = registry_->EffectiveRetention(run);
-  return policy::PlanRetention(policy, scheduler::RetentionInputsFor(*run.dir(), run.pins, policy,
-                                                                     run.in_flight, NowSeconds()));
+  return policy::PlanRetention(
+      policy, scheduler::RetentionInputsFor(*run.dir(), run.pins, policy, run.RetentionHolds(),
+                                            NowSeconds()));
 }
 
 void Queries::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,

@@ -296,7 +296,7 @@ absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run
     r.paused = StrCat("retention is paused while a write error is unresolved: ", run.write_error);
     dry = true;
   }
-  auto outcome = ApplyRetention(run.dir(), run.pins, policy, run.in_flight, NowSeconds(),
+  auto outcome = ApplyRetention(run.dir(), run.pins, policy, run.RetentionHolds(), NowSeconds(),
                                 dry ? DryRun::kYes : DryRun::kNo);
   if (!outcome.ok()) {
     spdlog::error("retention run={} failed: {}", run.id(), ToStd(outcome.status().message()));

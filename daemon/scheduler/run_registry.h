@@ -104,6 +104,16 @@ class Run {
   std::string write_error ABSL_GUARDED_BY(mu_);
   storage::PinStore pins ABSL_GUARDED_BY(mu_);
   std::set<uint64_t> in_flight ABSL_GUARDED_BY(mu_);  // steps being written
+  // Committed steps the object-storage tier has not uploaded yet: retention
+  // and the disk guard keep them ("in flight") so none is lost before it
+  // reaches the store.
+  std::set<uint64_t> awaiting_upload ABSL_GUARDED_BY(mu_);
+  // What retention must not delete besides latest and pins.
+  std::set<uint64_t> RetentionHolds() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::set<uint64_t> out = in_flight;
+    out.insert(awaiting_upload.begin(), awaiting_upload.end());
+    return out;
+  }
 
   void Publish(const Event& e) ABSL_LOCKS_EXCLUDED(mu_);
   void PublishLocked(const Event& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -196,7 +196,7 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   if (needed == 0) return absl::OkStatus();
   absl::MutexLock lock(&run_->mu());
   auto pruned = PruneForSpace(run_->dir(), run_->pins, registry_->EffectiveRetention(*run_),
-                              run_->in_flight, NowSeconds(), needed, guard.on_full);
+                              run_->RetentionHolds(), NowSeconds(), needed, guard.on_full);
   if (!pruned.ok()) {
     return absl::ResourceExhaustedError(StrCat(
         "run '", params_.run_id, "' step ", params_.step, " needs ", planned, " bytes; ",
