@@ -25,6 +25,9 @@ CLI::App* AddFetchCommand(CLI::App* app, FetchArgs* args) {
   sub->add_option("-o,--output", args->out,
                   "Directory for the files (default <first root>/<RUN>/weights; restart the "
                   "daemon afterwards for it to list them)");
+  sub->add_option("--prefix", args->prefix,
+                  "Key prefix of the run's objects, for a run opened with its own tier prefix "
+                  "(default tier.s3.prefix)");
   sub->add_flag("--json", args->json, "Print what was fetched as JSON");
   return sub;
 }
@@ -58,8 +61,14 @@ int RunFetch(const FetchArgs& args) {
                               : StrCat(cfg->roots.front(), "/", args.run, "/weights");
   std::optional<uint64_t> step;
   if (args.step >= 0) step = static_cast<uint64_t>(args.step);
+  if (args.prefix) {
+    if (std::string problem = KeyPrefixProblem(*args.prefix); !problem.empty()) {
+      return fail("", absl::InvalidArgumentError(
+                          StrCat("--prefix '", Printable(*args.prefix), "' ", problem)));
+    }
+  }
   auto got = tier::FetchStep(env, client,
-                             {.prefix = cfg->s3_prefix,
+                             {.prefix = args.prefix.value_or(cfg->s3_prefix),
                               .parallel = static_cast<int>(cfg->s3_parallel_parts),
                               .max_memory_bytes = cfg->s3_max_memory_bytes},
                              args.run, step, out);

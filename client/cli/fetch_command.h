@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace ckptd::cli {
@@ -14,6 +15,7 @@ struct FetchArgs {
   int64_t step = -1;  // -1: the step `latest` names
   std::string config;
   std::string out;
+  std::optional<std::string> prefix;  // the run's own tier prefix
   bool json = false;
 };
 

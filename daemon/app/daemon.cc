@@ -279,6 +279,7 @@ absl::Status Daemon::StartServing() {
   service_ = std::make_unique<rpc::CheckpointdService>(
       registry_.get(), queries_.get(),
       std::chrono::milliseconds(static_cast<int64_t>(cfg.save_idle_timeout_seconds * 1000)));
+  service_->SetTierConfigured(!cfg.s3_endpoint.empty());
   service_->SetLimits({.max_tensors = cfg.max_tensors_per_save,
                        .max_metadata_bytes = cfg.max_metadata_bytes,
                        .max_watch_streams = config::EffectiveMaxWatchStreams(cfg),
@@ -331,12 +332,22 @@ absl::Status Daemon::StartServing() {
   return absl::OkStatus();
 }
 
+namespace {
+// A run whose checkpoints stay on the node (OpenRun's tier.local_only).
+bool LocalOnly(const scheduler::Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu()) {
+  return run.settings && run.settings->tier.local_only;
+}
+}  // namespace
+
 // [tier.s3]: credentials, the uploader, what each run still has to upload,
 // and the hook that queues every commit.
 absl::Status Daemon::StartTier() {
   const config::Config& cfg = cfg_;
   if (cfg.s3_endpoint.empty()) return absl::OkStatus();
-  tier::S3Config s3{.endpoint = cfg.s3_endpoint, .bucket = cfg.s3_bucket, .region = cfg.s3_region};
+  tier::S3Config s3{.endpoint = cfg.s3_endpoint,
+                    .bucket = cfg.s3_bucket,
+                    .region = cfg.s3_region,
+                    .stall_timeout_s = cfg.s3_stall_timeout_seconds};
   CKPTD_TRY(tier::LoadCredentials(env_, cfg.s3_credentials_file, &s3));
   auto client = std::make_unique<tier::S3Client>(std::move(s3));
   tier::TierSettings settings{.prefix = cfg.s3_prefix,
@@ -372,6 +383,7 @@ absl::Status Daemon::StartTier() {
     std::vector<storage::CheckpointRecord> local;
     {
       absl::MutexLock lock(&run->mu());
+      if (LocalOnly(*run)) continue;
       for (const auto& [step, record] : run->dir()->catalog()) local.push_back(record);
     }
     if (absl::Status st = uploader_->Recover(run->id(), run->run_dir(), local); !st.ok()) {
@@ -386,12 +398,17 @@ absl::Status Daemon::StartTier() {
     auto run = registry_->Get(run_id);
     if (!run.ok()) return std::nullopt;
     absl::MutexLock lock(&(*run)->mu());
-    return tier::RemoteRules{.policy = registry_->EffectiveRetention(**run),
-                             .pins = (*run)->pins.pins()};
+    scheduler::RunTier t = (*run)->settings ? (*run)->settings->tier : scheduler::RunTier{};
+    return tier::RemoteRules{
+        .prefix = t.prefix.empty() ? cfg_.s3_prefix : t.prefix,
+        .remote_retention = t.remote_retention.value_or(cfg_.s3_retention_same),
+        .policy = registry_->EffectiveRetention(**run),
+        .pins = (*run)->pins.pins()};
   });
   registry_->SetCommitHook([this](scheduler::Run& run, const storage::CheckpointRecord& r) {
     {
       absl::MutexLock lock(&run.mu());
+      if (LocalOnly(run)) return;
       run.awaiting_upload.insert(r.step);
     }
     if (absl::Status st = uploader_->Enqueue({run.id(), run.run_dir(), r}); !st.ok()) {
@@ -451,7 +468,7 @@ absl::StatusOr<v1::CheckpointInfo> Daemon::FetchRemote(const std::string& run_id
   const tier::TierSettings& s = uploader_->settings();
   CKPTD_ASSIGN_OR_RETURN(tier::FetchResult got,
                          tier::FetchStep(env_, uploader_->client(),
-                                         {.prefix = s.prefix,
+                                         {.prefix = uploader_->PrefixOf(run_id),
                                           .parallel = s.parallel_parts,
                                           .max_memory_bytes = s.max_memory_bytes},
                                          run_id, step, weights));

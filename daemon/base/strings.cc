@@ -1,6 +1,8 @@
 // Text checks shared by every layer that takes names from clients.
 #include "daemon/base/strings.h"
 
+#include "absl/strings/str_split.h"
+
 namespace ckptd {
 namespace {
 
@@ -80,6 +82,20 @@ std::optional<std::string_view> BearerToken(std::string_view authorization) {
   constexpr std::string_view kBearer = "Bearer ";
   if (!authorization.starts_with(kBearer)) return std::nullopt;
   return authorization.substr(kBearer.size());
+}
+
+std::string KeyPrefixProblem(std::string_view prefix) {
+  if (prefix.size() > 512) return "is longer than 512 bytes";
+  if (prefix.starts_with('/') || prefix.ends_with('/')) return "starts or ends with '/'";
+  if (prefix.find("//") != std::string_view::npos) return "has an empty segment ('//')";
+  for (unsigned char c : prefix) {
+    if (c < 0x20 || c == 0x7f) return "has a control character";
+  }
+  for (absl::string_view seg :
+       absl::StrSplit(absl::string_view(prefix.data(), prefix.size()), '/')) {
+    if (seg == "." || seg == "..") return "has a '.' or '..' segment";
+  }
+  return "";
 }
 
 }  // namespace ckptd

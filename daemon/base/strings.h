@@ -46,6 +46,11 @@ std::string NameProblem(std::string_view s);
 // not UTF-8 as \xNN.
 std::string Printable(std::string_view s);
 
+// What is wrong with an object-storage key prefix ("team-a/ckpt"), or "":
+// no leading, trailing or doubled '/', no '.' or '..' segment, no control
+// character, at most 512 bytes. "" itself is a valid prefix.
+std::string KeyPrefixProblem(std::string_view prefix);
+
 // Equality whose time depends on the lengths only (for secrets).
 bool ConstantTimeEqual(std::string_view a, std::string_view b);
 

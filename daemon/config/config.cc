@@ -224,6 +224,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"tier.s3.part_size", Unsigned(&c->s3_part_size)},
       {"tier.s3.parallel_parts", Unsigned(&c->s3_parallel_parts)},
       {"tier.s3.max_memory_bytes", Unsigned(&c->s3_max_memory_bytes)},
+      {"tier.s3.stall_timeout_seconds", Seconds(&c->s3_stall_timeout_seconds)},
       {"tier.s3.retention", Enum(&c->s3_retention_same, {{"keep_all", false}, {"same", true}})},
       {"retention.keep_last", Unsigned(&c->retention.keep_last)},
       {"retention.keep_every_steps", Unsigned(&c->retention.keep_every_steps)},
@@ -390,8 +391,9 @@ absl::Status Validate(const Config& c) {
       return bad("tier.s3.endpoint", "needs tier.s3.bucket: the bucket checkpoints go to");
     }
   }
-  if (c.s3_prefix.starts_with('/') || c.s3_prefix.ends_with('/')) {
-    return bad("tier.s3.prefix", "a key prefix without a leading or trailing '/', e.g. \"ckpt\"");
+  if (std::string problem = KeyPrefixProblem(c.s3_prefix); !problem.empty()) {
+    return bad("tier.s3.prefix", StrCat("'", Printable(c.s3_prefix), "' ", problem,
+                                        "; a key prefix such as \"ckpt/cluster-a\""));
   }
   if (c.s3_part_size < (uint64_t{5} << 20) || c.s3_part_size > (uint64_t{5} << 30)) {
     return bad("tier.s3.part_size", "S3 parts are 5 MiB (5242880) to 5 GiB");
@@ -402,6 +404,10 @@ absl::Status Validate(const Config& c) {
   if (c.s3_max_memory_bytes < c.s3_part_size) {
     return bad("tier.s3.max_memory_bytes",
                StrCat("must hold at least one part (tier.s3.part_size = ", c.s3_part_size, ")"));
+  }
+  if (c.s3_stall_timeout_seconds < 1) {
+    return bad("tier.s3.stall_timeout_seconds",
+               "must be at least 1: a request moving no byte that long is retried");
   }
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(std::begin(kLevels), std::end(kLevels), c.log_level) == std::end(kLevels)) {

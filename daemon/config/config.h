@@ -94,7 +94,8 @@ struct Config {
   uint64_t s3_part_size = uint64_t{16} << 20;
   uint64_t s3_parallel_parts = 4;
   uint64_t s3_max_memory_bytes = uint64_t{64} << 20;
-  bool s3_retention_same = false;  // tier.s3.retention: "keep_all" (false) | "same"
+  double s3_stall_timeout_seconds = 30;  // a request moving no byte this long is retried
+  bool s3_retention_same = false;        // tier.s3.retention: "keep_all" (false) | "same"
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

@@ -32,6 +32,25 @@ absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& re
   s.base_model_uuid = req.base_model_uuid();
   if (req.has_schedule()) s.schedule = FromProto(req.schedule());
   if (req.has_retention()) s.retention = FromProto(req.retention());
+  if (req.has_tier()) {
+    const v1::TierOptions& t = req.tier();
+    s.tier.local_only = t.local_only();
+    if (std::string problem = KeyPrefixProblem(t.prefix()); !problem.empty()) {
+      return absl::InvalidArgumentError(
+          StrCat("tier.prefix: '", Printable(t.prefix()), "' ", problem,
+                 "; give a key prefix such as \"team-a/ckpt\", or \"\" for the daemon's"));
+    }
+    s.tier.prefix = t.prefix();
+    if (t.remote_retention() == "same") {
+      s.tier.remote_retention = true;
+    } else if (t.remote_retention() == "keep_all") {
+      s.tier.remote_retention = false;
+    } else if (!t.remote_retention().empty()) {
+      return absl::InvalidArgumentError(
+          StrCat("tier.remote_retention: '", Printable(t.remote_retention()),
+                 "' is not \"keep_all\", \"same\" or \"\" (the daemon's tier.s3.retention)"));
+    }
+  }
   return s;
 }
 

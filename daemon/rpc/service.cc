@@ -168,6 +168,11 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
   }
   auto settings = SettingsFrom(*req);
   if (!settings.ok()) return ToGrpc(settings.status());
+  if (req->has_tier() && !req->tier().local_only() && !tier_configured_) {
+    return ToGrpc(absl::FailedPreconditionError(
+        "tier: this daemon has no object-storage tier ([tier.s3] endpoint is unset), so the "
+        "run's checkpoints would not be copied; configure [tier.s3] or drop the tier options"));
+  }
   if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
   bool resumed = false;
   auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);

@@ -112,6 +112,9 @@ class CheckpointdService final
   // Also makes the same file where an idle run's settings come back from.
   std::vector<std::string> RestoreRuns();
 
+  // Whether [tier.s3] is on: OpenRun refuses TierOptions other than
+  // local_only without it. Before serving.
+  void SetTierConfigured(bool on) { tier_configured_ = on; }
   void SetLimits(RequestLimits limits) {  // before serving
     limits_ = limits;
     budget_ = std::make_unique<MemoryBudget>(limits.memory_budget_bytes);
@@ -195,6 +198,7 @@ class CheckpointdService final
   std::string arena_socket_;
   std::chrono::milliseconds staging_timeout_{30000};
   RequestLimits limits_;
+  bool tier_configured_ = false;
   std::shared_ptr<const TokenTable> tokens_;
   std::unique_ptr<MemoryBudget> budget_ =
       std::make_unique<MemoryBudget>(RequestLimits{}.memory_budget_bytes);

@@ -40,6 +40,13 @@ struct RunExport {
   std::shared_ptr<const exports::Profile> profile;
 };
 
+// How a run uses the object-storage tier (OpenRun's TierOptions).
+struct RunTier {
+  bool local_only = false;               // never uploaded
+  std::string prefix;                    // "" = the daemon's tier.s3.prefix
+  std::optional<bool> remote_retention;  // nullopt = the daemon's; true = "same"
+};
+
 struct RunSettings {
   gguf::Metadata model_metadata;  // passed through into every checkpoint
   gguf::Metadata provenance;      // ckpt.trainer.*, ckpt.client.pid
@@ -47,6 +54,7 @@ struct RunSettings {
   std::optional<policy::Schedule> schedule;          // nullopt: the daemon's default
   std::optional<policy::RetentionPolicy> retention;  // nullopt: the daemon's default
   std::vector<RunExport> exports;
+  RunTier tier;
 };
 
 class Run;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <memory>
 #include <mutex>
 
@@ -222,6 +223,9 @@ absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const s
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(config_.connect_timeout_s * 1e3));
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.request_timeout_s * 1e3));
+  curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
+                   std::max(1L, static_cast<long>(std::lround(config_.stall_timeout_s))));
   const std::string sigv4 = StrCat("aws:amz:", config_.region, ":s3");
   curl_easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4.c_str());
   curl_easy_setopt(h, CURLOPT_USERNAME, config_.access_key.c_str());
@@ -255,6 +259,11 @@ absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const s
   curl_easy_setopt(h, CURLOPT_HEADERDATA, &sink);
   const CURLcode rc = curl_easy_perform(h);
   curl_slist_free_all(list);
+  if (rc == CURLE_OPERATION_TIMEDOUT) {
+    return absl::UnavailableError(StrCat(
+        what, ": ", curl_easy_strerror(rc), " (", config_.endpoint, " moved no byte for ",
+        config_.stall_timeout_s, " s, or the request ran past ", config_.request_timeout_s, " s)"));
+  }
   if (rc != CURLE_OK) {
     return absl::UnavailableError(
         StrCat(what, ": ", curl_easy_strerror(rc), " (", config_.endpoint, ")"));

@@ -32,6 +32,9 @@ struct S3Config {
   std::string secret_key;
   double connect_timeout_s = 10;
   double request_timeout_s = 300;
+  // A request that moves no byte either way for this long fails (as a
+  // transient error): a store whose disks died holds requests open.
+  double stall_timeout_s = 30;
 };
 
 struct S3Object {

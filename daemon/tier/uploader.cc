@@ -57,9 +57,16 @@ bool Uploader::stopping() const {
   return stop_;
 }
 
+std::string Uploader::PrefixOf(const std::string& run_id) const {
+  if (rules_) {
+    if (std::optional<RemoteRules> r = rules_(run_id)) return r->prefix;
+  }
+  return settings_.prefix;
+}
+
 std::string Uploader::KeyFor(const std::string& run_id, const std::string& name) const {
-  return settings_.prefix.empty() ? StrCat(run_id, "/", name)
-                                  : StrCat(settings_.prefix, "/", run_id, "/", name);
+  const std::string prefix = PrefixOf(run_id);
+  return prefix.empty() ? StrCat(run_id, "/", name) : StrCat(prefix, "/", run_id, "/", name);
 }
 
 nlohmann::json Uploader::LoadState(const std::string& run_dir) {
@@ -229,11 +236,13 @@ absl::Status Uploader::Retry(const std::function<absl::Status()>& op) {
 }
 
 absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
-                                  const std::string& name, uint64_t size, std::string* etag) {
-  const std::string key = KeyFor(up.run_id, name);
+                                  const std::string& name, uint64_t size, std::string* key_out,
+                                  std::string* etag) {
   const std::string step = std::to_string(up.record.step);
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::RandomAccessFile> file, env_->OpenForRead(path));
   const uint64_t part = settings_.part_size;
+  std::string& key = *key_out;
+  key = KeyFor(up.run_id, name);
   if (size <= part) {
     std::string body(size, '\0');
     CKPTD_ASSIGN_OR_RETURN(size_t n, file->ReadUpTo(0, size, body.data()));
@@ -258,6 +267,8 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
       }
       if (f && f->value("part_size", uint64_t{0}) == part && f->contains("upload_id")) {
         upload_id = (*f)["upload_id"].get<std::string>();
+        // The key it was started with (the run's prefix may have changed since).
+        key = f->value("key", key);
         const auto& parts = (*f)["parts"];
         for (size_t i = 0; i < std::min(nparts, parts.size()); ++i) {
           if (parts[i].is_string()) etags[i] = parts[i].get<std::string>();
@@ -270,8 +281,10 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
         return absl::OkStatus();
       }));
       CKPTD_TRY(UpdateState(up.run_dir, [&](nlohmann::json& j) {
-        j["waiting"][step]["files"][name] = {
-            {"upload_id", upload_id}, {"part_size", part}, {"parts", nlohmann::json::array()}};
+        j["waiting"][step]["files"][name] = {{"upload_id", upload_id},
+                                             {"key", key},
+                                             {"part_size", part},
+                                             {"parts", nlohmann::json::array()}};
       }));
     } else {
       spdlog::info("tier: resuming run={} step={} file={} upload_id={} ({} of {} parts done)",
@@ -391,15 +404,12 @@ absl::Status Uploader::Upload(const Job& job) {
     if (!st.ok()) {
       return absl::NotFoundError(StrCat(f.path, " is gone (deleted locally before its upload)"));
     }
-    std::string etag;
-    CKPTD_TRY(UploadFile(up, f.path, f.name, st->size, &etag));
+    std::string key, etag;
+    CKPTD_TRY(UploadFile(up, f.path, f.name, st->size, &key, &etag));
     TestPause();
     bytes += st->size;
-    nlohmann::json entry = {{"name", f.name},
-                            {"key", KeyFor(up.run_id, f.name)},
-                            {"role", f.role},
-                            {"size", st->size},
-                            {"etag", etag}};
+    nlohmann::json entry = {
+        {"name", f.name}, {"key", key}, {"role", f.role}, {"size", st->size}, {"etag", etag}};
     if (!f.content_digest.empty()) entry["content_digest"] = f.content_digest;
     manifest["files"].push_back(std::move(entry));
   }
@@ -432,7 +442,8 @@ absl::Status Uploader::Upload(const Job& job) {
     if (std::find(done.begin(), done.end(), r.step) == done.end()) done.push_back(r.step);
   }));
   const double seconds = NowSeconds() - start;
-  if (settings_.remote_retention) {
+  std::optional<RemoteRules> rules = rules_ ? rules_(up.run_id) : std::nullopt;
+  if (rules ? rules->remote_retention : settings_.remote_retention) {
     auto applied = PlanRemote(up.run_id, /*apply=*/true);
     if (!applied.ok()) {
       spdlog::warn("tier: remote retention run={}: {}", up.run_id, applied.status().message());
@@ -510,8 +521,8 @@ absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool 
     }
     if (auto it = run_dirs_.find(run_id); it != run_dirs_.end()) run_dir = it->second;
   }
-  if (!settings_.remote_retention) {
-    out.policy = "tier.s3.retention = \"keep_all\": remote copies are never deleted";
+  if (!rules->remote_retention) {
+    out.policy = "remote_retention \"keep_all\": remote copies are never deleted";
     for (const auto& f : in.checkpoints) {
       out.decisions.push_back(
           {.step = f.step, .keep = true, .reason = "keep_all", .bytes = f.bytes});

@@ -84,8 +84,12 @@ struct UploadEvent {
   std::string error;  // kFailed
 };
 
-// What a run's remote copies are judged by: its retention policy and pins.
+// A run as the tier sees it (the daemon's [tier.s3] unless OpenRun's
+// TierOptions override it): where its objects go, and what its remote
+// copies are judged by.
 struct RemoteRules {
+  std::string prefix;             // the run's key prefix
+  bool remote_retention = false;  // "same": the run's policy applies to its remote copies
   policy::RetentionPolicy policy;
   std::map<uint64_t, std::string> pins;
 };
@@ -140,7 +144,10 @@ class Uploader {
   // "uploaded", "uploading", "queued", "failed: ..." or "" (not for the tier).
   std::string StateOf(const std::string& run_id, uint64_t step) const;
   size_t queue_depth() const;
+  // The key of a run's object: <the run's prefix>/<run>/<name>.
   std::string KeyFor(const std::string& run_id, const std::string& name) const;
+  // The run's key prefix (the daemon's unless the run overrides it).
+  std::string PrefixOf(const std::string& run_id) const;
   const TierSettings& settings() const { return settings_; }
   S3Client& client() { return *client_; }
 
@@ -156,8 +163,10 @@ class Uploader {
   void Loop();
   absl::Status AbortStale(const StaleCheck& check);
   absl::Status Upload(const Job& job);
+  // Uploads one file of a step; `key` is where it went (a resumed upload
+  // keeps the key it was started with).
   absl::Status UploadFile(const StepUpload& up, const std::string& path, const std::string& name,
-                          uint64_t size, std::string* etag);
+                          uint64_t size, std::string* key, std::string* etag);
   void TestPause();
   absl::Status Verify(const std::string& key, uint64_t size, const std::string& etag);
   // Read-modify-write of a run's state file.

@@ -224,12 +224,19 @@ def test_an_upload_resumes_after_the_daemon_is_killed_and_leaves_no_stale_upload
     d.stop()
 
 
-def test_a_dead_store_makes_the_tier_unhealthy_and_local_saves_go_on(tmp_path, store, bucket):
+@pytest.mark.parametrize("victim", ["osd", "rgw"])
+def test_a_store_killed_mid_upload_makes_the_tier_unhealthy_local_saves_go_on_and_it_completes(
+        tmp_path, store, bucket, victim):
+    """SIGKILL the OSD (RGW then holds requests open: the stall timeout
+    turns that into a retry) or RGW itself while a multipart upload is
+    between parts; restart it: the upload completes, exact."""
     import numpy as np
 
     import ckptd
 
-    d = tier_daemon(tmp_path, store, bucket, http=True)
+    # One part at a time, so the kill lands between parts of step 100.
+    d = tier_daemon(tmp_path, store, bucket, "parallel_parts = 1\nstall_timeout_seconds = 3\n",
+                    http=True)
     port = http_port(d)
     run = ckptd.connect(d.target).open_run("outage", transport="stream")
 
@@ -239,31 +246,49 @@ def test_a_dead_store_makes_the_tier_unhealthy_and_local_saves_go_on(tmp_path, s
         except urllib.error.HTTPError as e:
             return False, e.read().decode()
 
-    assert run.save(1, {"w": np.ones(1000, np.float32)}).state == "committed"
-    uploaded(d, "outage", [1])
-    subprocess.run([DEV_S3, "kill", store["dir"], "rgw"], check=True, timeout=60)
+    def metrics():
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+    state_path = os.path.join(d.root, "outage", "ckptd-uploads.json")
+
+    def parts_done():
+        try:
+            files = json.load(open(state_path))["waiting"]["100"]["files"]
+            return sum(1 for p in files["step_100.gguf"]["parts"] if p)
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    data = np.random.default_rng(5).standard_normal(40 * MiB // 4, dtype=np.float32)
+    assert run.save(100, {"w": data}).state == "committed"
+    wait_for(lambda: parts_done() >= 2, 60, "two parts uploaded")
+    subprocess.run([DEV_S3, "kill", store["dir"], victim], check=True, timeout=60)
     try:
+        assert parts_done() < 9, "the upload finished before the kill; make the file larger"
         t0 = time.monotonic()
-        assert run.save(2, {"w": np.full(1000, 2, np.float32)}).state == "committed"
+        assert run.save(101, {"w": np.full(1000, 2, np.float32)}).state == "committed"
         assert time.monotonic() - t0 < 10  # the local save does not wait for the store
         why = wait_for(lambda: (lambda r: not r[0] and r[1])(ready()), 60, "readyz to report the tier")
         assert "object-storage tier is unhealthy" in why, why
-        def metrics():
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         wait_for(lambda: "ckptd_tier_healthy 0" in metrics(), 10, "ckptd_tier_healthy 0")
+        t0 = time.monotonic()
+        assert run.save(102, {"w": np.full(1000, 3, np.float32)}).state == "committed"
+        assert time.monotonic() - t0 < 10  # nor while the tier is known to be down
     finally:
         subprocess.run([DEV_S3, "revive", store["dir"]], check=True, timeout=240)
-    uploaded(d, "outage", [1, 2])
+    uploaded(d, "outage", [100, 101, 102])
     wait_for(lambda: ready()[0], 30, "readyz back to 200")
-    wait_for(lambda: "ckptd_tier_healthy 1" in urllib.request.urlopen(
-        f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(), 10, "ckptd_tier_healthy 1")
+    wait_for(lambda: "ckptd_tier_healthy 1" in metrics(), 10, "ckptd_tier_healthy 1")
     s3 = s3_client(store)
     latest = json.loads(s3.get_object(Bucket=bucket, Key="ckpt/outage/latest")["Body"].read())
-    assert latest["step"] == 2
+    assert latest["step"] == 102
+    body = s3.get_object(Bucket=bucket, Key="ckpt/outage/step_100.gguf")["Body"].read()
+    assert body == open(os.path.join(d.root, "outage", "weights", "step_100.gguf"), "rb").read()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    check_consistent(s3, bucket, "ckpt/outage/")
     infos = {c["step"]: c for c in json.loads(subprocess.run(
         [CKPTCTL, "--socket", d.target, "ls", "outage", "--json"], capture_output=True, text=True,
         check=True).stdout)["checkpoints"]}
-    assert infos["2"]["upload_state"] == "uploaded"
+    assert infos["100"]["upload_state"] == "uploaded"
     d.stop()
 
 
@@ -470,3 +495,94 @@ def test_a_trainer_on_a_new_node_restores_from_the_store_python_and_cpp(tmp_path
     fresh = ckptd.connect(b.target).open_run("never-saved", transport="stream")
     assert fresh.restore(model={"w": np.zeros(3, np.float32)}) is None
     b.stop()
+
+
+def test_runs_override_the_tier_in_open_run_and_keep_it_across_restarts(tmp_path, store, bucket):
+    """OpenRun's tier options: a local_only run is never uploaded; another
+    run's objects go under its own prefix with its own remote retention,
+    also after the daemon restarts; bad options are refused up front."""
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket)  # daemon: prefix "ckpt", keep_all
+    client = ckptd.connect(d.target)
+    scratch = client.open_run("scratch", transport="stream", tier={"local_only": True})
+    team = client.open_run("team", transport="stream", retention={"keep_last": 2},
+                           tier={"prefix": "team-b/ckpt", "remote_retention": "same"})
+    plain = client.open_run("plain", transport="stream", retention={"keep_last": 2})
+    for step in (1, 2, 3):
+        for r in (scratch, team, plain):
+            assert r.save(step, {"w": np.full(1000, step, np.float32)}).state == "committed"
+    uploaded(d, "team", [1, 2, 3])
+    uploaded(d, "plain", [1, 2, 3])
+    s3 = s3_client(store)
+
+    def remote_steps(prefix):
+        objs = check_consistent(s3, bucket, prefix)
+        return sorted(int(m.group(1)) for k in objs if (m := re.search(r"step_(\d+)\.manifest\.json$", k)))
+    # The run's own prefix and retention (applied just after each upload).
+    wait_for(lambda: remote_steps("team-b/ckpt/team/") == [2, 3], 30, "team's remote retention")
+    assert remote_steps("ckpt/team/") == []
+    assert remote_steps("ckpt/plain/") == [1, 2, 3]  # the daemon's keep_all
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in keys if "/scratch/" in k], keys  # local_only: nothing uploaded
+    assert not os.path.exists(os.path.join(d.root, "scratch", "ckptd-uploads.json"))
+    infos = {c["step"]: c for c in json.loads(subprocess.run(
+        [CKPTCTL, "--socket", d.target, "ls", "scratch", "--json"], capture_output=True, text=True,
+        check=True).stdout)["checkpoints"]}
+    assert not infos["3"].get("upload_state"), infos["3"]
+    plan = json.loads(subprocess.run(
+        [CKPTCTL, "--socket", d.target, "retention", "plan", "team", "--remote", "--json"],
+        capture_output=True, text=True, check=True).stdout)
+    assert "keep_last" in plan["policy"], plan
+
+    # The options are the run's settings: a restarted daemon keeps them
+    # (no OpenRun needed before the first save).
+    d.stop()
+    d.start(env=d.s3_env)
+    team = ckptd.connect(d.target).open_run("team", transport="stream", retention={"keep_last": 2},
+                                           tier={"prefix": "team-b/ckpt", "remote_retention": "same"})
+    assert team.save(4, {"w": np.full(1000, 4, np.float32)}).state == "committed"
+    uploaded(d, "team", [4])
+    wait_for(lambda: remote_steps("team-b/ckpt/team/") == [3, 4], 30, "team's remote retention")
+    latest = json.loads(s3.get_object(Bucket=bucket, Key="team-b/ckpt/team/latest")["Body"].read())
+    assert latest == {"step": 4, "manifest": "team-b/ckpt/team/step_4.manifest.json"}
+    # Fetch finds the run's objects under its own prefix.
+    shutil.rmtree(os.path.join(d.root, "team", "weights"))
+    os.makedirs(os.path.join(d.root, "team", "weights"))
+    d.stop()
+    d.start(env=d.s3_env)
+    run = ckptd.connect(d.target).open_run("team", transport="stream",
+                                          tier={"prefix": "team-b/ckpt", "remote_retention": "same"})
+    into = {"w": np.zeros(1000, np.float32)}
+    assert run.restore(model=into, remote=True).step == 4
+    assert np.array_equal(into["w"], np.full(1000, 4, np.float32))
+    fetched = tmp_path / "fetched"
+    r = subprocess.run([CKPTCTL, "fetch", "team", "3", "--config", str(tmp_path / "tier.toml"),
+                        "--prefix", "team-b/ckpt", "-o", str(fetched)], env={**os.environ, **d.s3_env},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and (fetched / "step_3.gguf").exists(), r.stderr
+
+    for bad, code, words in [
+            ({"prefix": "/abs"}, "INVALID_ARGUMENT", "starts or ends with '/'"),
+            ({"prefix": "a/../b"}, "INVALID_ARGUMENT", "'..' segment"),
+            ({"remote_retention": "forever"}, "INVALID_ARGUMENT", "is not \"keep_all\"")]:
+        with pytest.raises(ckptd.Error) as e:
+            ckptd.connect(d.target).open_run("refused", transport="stream", tier=bad)
+        assert e.value.code == code and words in e.value.message, e.value.message
+    assert not os.path.exists(os.path.join(d.root, "refused"))  # nothing left behind
+    d.stop()
+    # A daemon without the tier refuses options that need it, not local_only.
+    plain_daemon = Daemon(tmp_path / "plain")
+    os.makedirs(tmp_path / "plain", exist_ok=True)
+    plain_daemon.start()
+    try:
+        c = ckptd.connect(plain_daemon.target)
+        with pytest.raises(ckptd.Error) as e:
+            c.open_run("r", transport="stream", tier={"prefix": "team-b"})
+        assert e.value.code == "FAILED_PRECONDITION"
+        assert "has no object-storage tier" in e.value.message, e.value.message
+        assert c.open_run("r", transport="stream", tier={"local_only": True}) is not None
+    finally:
+        plain_daemon.stop()

@@ -173,7 +173,8 @@ class Client:
     def open_run(self, run_id: str, metadata: dict | None = None, schedule=None, retention=None,
                  base_model: str | None = None, run_dir: str = "", seed: int | None = None,
                  transport: str = "auto", name_map: Callable[[str], str] | None = None,
-                 threads: int = 4, exports: list | None = None, model=None) -> "Run":
+                 threads: int = 4, exports: list | None = None, model=None,
+                 tier=None) -> "Run":
         """Opens (or resumes) a run. `schedule`/`retention`: dicts with the
         proto's field names ({"every_steps": 500}) or the messages; `metadata`:
         GGUF-typed model metadata (see ckptd.values); `transport`: "auto"
@@ -182,7 +183,9 @@ class Client:
         profile name ("hf-llama-q8_0"), a path to a profile .toml, or a dict
         {"name": ..., "profile": ...}; with `model` (a module or state_dict)
         the daemon checks the exports against its tensors now, not at the
-        first save."""
+        first save. `tier`: how this run uses the daemon's object-storage
+        tier, a dict ({"local_only": True}, {"prefix": "team-a/ckpt",
+        "remote_retention": "same"}) or a TierOptions message."""
         req = pb.OpenRunRequest(run_id=run_id, run_dir=run_dir, base_model_uuid=base_model or "")
         for e in exports or []:
             req.exports.append(_export_request(e))
@@ -198,6 +201,8 @@ class Client:
                 # final_on_close defaults to true, as in the daemon's config.
                 schedule = pb.Schedule(**{"final_on_close": True, **schedule})
             req.schedule.CopyFrom(schedule)
+        if tier is not None:
+            req.tier.CopyFrom(tier if isinstance(tier, pb.TierOptions) else pb.TierOptions(**tier))
         if retention is not None:
             req.retention.CopyFrom(
                 retention if isinstance(retention, pb.RetentionPolicy) else pb.RetentionPolicy(**retention)
