@@ -44,7 +44,9 @@ int Fail(const std::string& what, const grpc::Status& st) {
                  what.c_str(), st.error_message().c_str());
     return kExitFailed;
   }
-  if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+  // The daemon's own answer about the object store, not a transport failure.
+  const bool from_store = st.error_message().starts_with("object store: ");
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE && !from_store) {
     std::fprintf(stderr,
                  "ckptctl: %s: cannot reach ckptd (%s); is it running? (--socket; for a TLS "
                  "daemon, --tls-ca and, if it asks for one, --tls-cert/--tls-key)\n",
@@ -107,6 +109,7 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
   v1::ListCheckpointsRequest req;
   req.set_run_id(a.run);
   req.set_page_size(1000);
+  req.set_include_remote(a.remote);
   do {
     grpc::ClientContext ctx;
     v1::ListCheckpointsResponse page;
@@ -130,6 +133,11 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
   std::string head = fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6}", "STEP", "TIME (UTC)",
                                  "BYTES", "UUID", "LATEST");
   for (const auto& [name, w] : columns) StrAppend(&head, "  ", fmt::format("{:>{}}", name, w));
+  // WHERE (local, both, remote) when the daemon copies to an object store.
+  const bool tiered =
+      a.remote || std::any_of(all.checkpoints().begin(), all.checkpoints().end(),
+                              [](const auto& cp) { return !cp.upload_state().empty(); });
+  if (tiered) StrAppend(&head, "  WHERE ");
   std::cout << head << "  RETENTION\n";
   for (const auto& cp : all.checkpoints()) {
     std::string row = fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6}", cp.step(), cp.time_utc(),
@@ -140,6 +148,7 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
       StrAppend(&row, "  ",
                 fmt::format("{:>{}}", it == cp.metrics().end() ? "-" : Number(it->second), w));
     }
+    if (tiered) StrAppend(&row, "  ", fmt::format("{:<6}", cp.location()));
     std::cout << row << "  " << (cp.retention_keeps() ? "keep: " : "delete: ")
               << (cp.pinned() ? "pinned: " + cp.pin_reason() : cp.retention_reason()) << "\n";
   }
@@ -428,7 +437,10 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
       "or its trainer went away without closing it); finished = closed (CloseRun, or imported "
       "with ckptctl import)",
       Runs);
-  add(app, "ls", "List a run's checkpoints", Ls)->add_option("RUN", a->run)->required();
+  auto* ls = add(app, "ls", "List a run's checkpoints", Ls);
+  ls->add_option("RUN", a->run)->required();
+  ls->add_flag("--remote", a->remote,
+               "Also list the steps only the object store holds (WHERE: local, both, remote)");
   add(app, "latest", "Print the path of a run's newest checkpoint", Latest)
       ->add_option("RUN", a->run)
       ->required();

@@ -37,7 +37,7 @@ struct DaemonCommandArgs {
   std::string base_model;            // import: general.base_model.0.uuid
   std::vector<std::string> exports;  // import: profile names or .toml paths
   bool overwrite = false;            // import: replace an existing step
-  bool remote = false;               // retention plan/apply: the object store's copies
+  bool remote = false;               // retention plan/apply, ls: the object store's copies
 };
 
 // One subcommand and what runs when it was chosen.

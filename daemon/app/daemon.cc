@@ -333,9 +333,47 @@ absl::Status Daemon::StartServing() {
 }
 
 namespace {
+constexpr std::string_view kStoreErrorPrefix = "object store: ";
+
 // A run whose checkpoints stay on the node (OpenRun's tier.local_only).
 bool LocalOnly(const scheduler::Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu()) {
   return run.settings && run.settings->tier.local_only;
+}
+
+// An answer about the object store for a client: its errors say so first
+// ("object store: ..."), so an UNAVAILABLE from the store is not taken for
+// the daemon being unreachable.
+absl::Status StoreError(const absl::Status& st) {
+  return absl::Status(st.code(), StrCat(kStoreErrorPrefix, st.message()));
+}
+
+// A step only the object store holds, as listed: from its manifest.
+void DescribeRemote(const nlohmann::json& m, const std::string& bucket, v1::CheckpointInfo* out) {
+  out->set_uuid(m.value("uuid", ""));
+  out->set_content_digest(m.value("content_digest", ""));
+  out->set_time_utc(m.value("time_utc", ""));
+  if (m.contains("metrics") && m["metrics"].is_object()) {
+    for (const auto& [name, value] : m["metrics"].items()) {
+      if (value.is_number()) (*out->mutable_metrics())[name] = value.get<double>();
+    }
+  }
+  for (const auto& f : m["files"]) {
+    const std::string role = f.value("role", "");
+    const std::string url = StrCat("s3://", bucket, "/", f.value("key", ""));
+    const uint64_t size = f.value("size", uint64_t{0});
+    if (role == "model") {
+      out->set_file(url);
+      out->set_size_bytes(size);
+    } else if (role == "train") {
+      out->set_train_file(url);
+      out->set_train_size_bytes(size);
+    } else if (role.starts_with("export:")) {
+      v1::ExportInfo* e = out->add_exports();
+      e->set_name(role.substr(7));
+      e->set_file(url);
+      e->set_size_bytes(size);
+    }
+  }
 }
 }  // namespace
 
@@ -368,8 +406,13 @@ absl::Status Daemon::StartTier() {
         auto run = registry_->Get(e.run_id);
         if (!run.ok()) return;
         if (e.type == tier::UploadEventType::kUploaded) {
-          absl::MutexLock lock(&(*run)->mu());
-          (*run)->awaiting_upload.erase(e.step);
+          {
+            absl::MutexLock lock(&(*run)->mu());
+            (*run)->awaiting_upload.erase(e.step);
+          }
+          // Steps local retention kept only because they were not in the
+          // store yet go now, not at the next commit.
+          (void)registry_->RunRetention(**run, /*dry=*/false);
         }
         (*run)->Publish({.type = e.type == tier::UploadEventType::kUploaded
                                      ? scheduler::Event::Type::kUploaded
@@ -426,7 +469,10 @@ absl::Status Daemon::StartTier() {
        },
        .remote_retention = [this](const std::string& run_id,
                                   bool apply) -> absl::StatusOr<v1::RetentionPlan> {
-         CKPTD_ASSIGN_OR_RETURN(tier::RemotePlan plan, uploader_->PlanRemote(run_id, apply));
+         absl::StatusOr<tier::RemotePlan> planned =
+             uploader_->PlanRemote(run_id, apply, /*retry=*/false);
+         if (!planned.ok()) return StoreError(planned.status());
+         tier::RemotePlan& plan = *planned;
          v1::RetentionPlan out;
          out.set_policy(StrCat("remote copies: ", plan.policy));
          for (const policy::RetentionDecision& d : plan.decisions) {
@@ -439,8 +485,24 @@ absl::Status Daemon::StartTier() {
          for (uint64_t step : plan.deleted) out.add_deleted(step);
          return out;
        },
-       .fetch_remote = [this](const std::string& run_id, std::optional<uint64_t> step)
-           -> absl::StatusOr<v1::CheckpointInfo> { return FetchRemote(run_id, step); }});
+       .remote_steps = [this](const std::string& run_id) -> absl::StatusOr<std::set<uint64_t>> {
+         absl::StatusOr<std::set<uint64_t>> steps = uploader_->RemoteSteps(run_id);
+         if (!steps.ok()) return StoreError(steps.status());
+         return steps;
+       },
+       .describe_remote = [this](const std::string& run_id, uint64_t step,
+                                 v1::CheckpointInfo* out) -> absl::Status {
+         absl::StatusOr<nlohmann::json> m = uploader_->RemoteManifest(run_id, step);
+         if (!m.ok()) return StoreError(m.status());
+         DescribeRemote(*m, uploader_->client().config().bucket, out);
+         return absl::OkStatus();
+       },
+       .fetch_remote = [this](const std::string& run_id,
+                              std::optional<uint64_t> step) -> absl::StatusOr<v1::CheckpointInfo> {
+         absl::StatusOr<v1::CheckpointInfo> info = FetchRemote(run_id, step);
+         if (!info.ok() && absl::IsUnavailable(info.status())) return StoreError(info.status());
+         return info;
+       }});
   metrics::Metrics::Get().SetTier(static_cast<int64_t>(uploader_->queue_depth()), true);
   uploader_->Start();
   spdlog::info("tier: copying checkpoints to {}/{}{}{} (parts of {} bytes, {} in flight)",

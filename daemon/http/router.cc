@@ -150,6 +150,13 @@ Reply Router::RunPath(const std::vector<std::string>& s, const Target& t) const 
     }
     r.set_page_size(static_cast<uint32_t>(page_size->value_or(0)));
     if (auto it = t.query.find("page_token"); it != t.query.end()) r.set_page_token(it->second);
+    if (auto it = t.query.find("remote"); it != t.query.end()) {
+      if (it->second != "0" && it->second != "1") {
+        return ErrorReply(absl::InvalidArgumentError(
+            StrCat("query parameter 'remote' is '", Printable(it->second), "'; give 1 or 0")));
+      }
+      r.set_include_remote(it->second == "1");
+    }
     auto answer = queries_->ListCheckpoints(r);
     if (answer.status().code() == absl::StatusCode::kInvalidArgument) {
       return ErrorReply(

@@ -137,6 +137,7 @@ void Queries::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
     out->set_retention_reason(it->reason);
   }
   if (tier_.upload_state) out->set_upload_state(tier_.upload_state(run.id(), r.step));
+  out->set_location(out->upload_state() == "uploaded" ? "both" : "local");
 }
 
 absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
@@ -161,15 +162,60 @@ absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
   }
   const uint32_t page = req.page_size() == 0 ? kDefaultPage : req.page_size();
   CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(req.run_id()));
-  v1::ListCheckpointsResponse resp;
-  absl::MutexLock lock(&run->mu());
-  const auto& catalog = run->dir()->catalog();
-  const auto plan = DryPlan(*run);
-  auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
-  for (; it != catalog.end() && static_cast<uint32_t>(resp.checkpoints_size()) < page; ++it) {
-    Describe(*run, it->second, plan, resp.add_checkpoints());
+  // The store's steps first, without the run's lock (one LIST).
+  std::set<uint64_t> remote;
+  if (req.include_remote()) {
+    if (!tier_.remote_steps) {
+      return absl::FailedPreconditionError(
+          "include_remote: this daemon has no object-storage tier ([tier.s3] endpoint is unset)");
+    }
+    CKPTD_ASSIGN_OR_RETURN(remote, tier_.remote_steps(req.run_id()));
   }
-  if (it != catalog.end() && resp.checkpoints_size() > 0) {
+  v1::ListCheckpointsResponse resp;
+  std::vector<int> remote_only;  // indexes into resp.checkpoints
+  bool more = false;
+  {
+    absl::MutexLock lock(&run->mu());
+    const auto& catalog = run->dir()->catalog();
+    const auto plan = DryPlan(*run);
+    auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
+    auto rit = has_after ? remote.upper_bound(after) : remote.begin();
+    while (it != catalog.end() || rit != remote.end()) {
+      if (static_cast<uint32_t>(resp.checkpoints_size()) == page) {
+        more = true;
+        break;
+      }
+      const bool local_next = rit == remote.end() || (it != catalog.end() && it->first <= *rit);
+      if (local_next) {
+        const bool in_store = rit != remote.end() && *rit == it->first;
+        v1::CheckpointInfo* info = resp.add_checkpoints();
+        Describe(*run, it->second, plan, info);
+        if (in_store) {
+          info->set_location("both");
+          ++rit;
+        }
+        ++it;
+        continue;
+      }
+      v1::CheckpointInfo* info = resp.add_checkpoints();
+      info->set_step(*rit);
+      info->set_location("remote");
+      info->set_upload_state("uploaded");
+      info->set_retention_reason("only in the object store: local retention does not apply");
+      if (const std::string* pin = run->pins.Find(*rit)) {
+        info->set_pinned(true);
+        info->set_pin_reason(*pin);
+      }
+      remote_only.push_back(resp.checkpoints_size() - 1);
+      ++rit;
+    }
+  }
+  // Remote-only steps described from their manifests, without the lock.
+  for (int i : remote_only) {
+    v1::CheckpointInfo* info = resp.mutable_checkpoints(i);
+    CKPTD_TRY(tier_.describe_remote(req.run_id(), info->step(), info));
+  }
+  if (more && resp.checkpoints_size() > 0) {
     resp.set_next_page_token(std::to_string(resp.checkpoints().rbegin()->step()));
   }
   return resp;

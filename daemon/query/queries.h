@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,11 @@ class Queries {
     // PlanRetention / ApplyRetention with `remote`.
     std::function<absl::StatusOr<v1::RetentionPlan>(const std::string& run_id, bool apply)>
         remote_retention;
+    // ListCheckpoints with include_remote: the steps with a manifest in the
+    // store, and a remote-only step described from its manifest.
+    std::function<absl::StatusOr<std::set<uint64_t>>(const std::string& run_id)> remote_steps;
+    std::function<absl::Status(const std::string& run_id, uint64_t step, v1::CheckpointInfo* out)>
+        describe_remote;
     // FetchRemote.
     std::function<absl::StatusOr<v1::CheckpointInfo>(const std::string& run_id,
                                                      std::optional<uint64_t> step)>

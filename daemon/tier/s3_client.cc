@@ -217,7 +217,8 @@ absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const s
   if (h == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
   curl_easy_reset(h);
   const std::string url = Url(key, query);
-  const std::string what = StrCat(method, " ", key.empty() ? config_.bucket : key);
+  const std::string what =
+      StrCat(method, " ", key.empty() ? config_.bucket : key, query.empty() ? "" : "?", query);
   curl_easy_setopt(h, CURLOPT_URL, url.c_str());
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 
 #include "absl/time/clock.h"
 #include "daemon/base/status.h"
@@ -18,6 +19,20 @@ namespace {
 std::string Base(const std::string& path) {
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// "step_N.manifest.json" -> N.
+std::optional<uint64_t> ManifestStep(std::string_view name) {
+  constexpr std::string_view kHead = "step_", kTail = ".manifest.json";
+  if (!name.starts_with(kHead) || !name.ends_with(kTail)) return std::nullopt;
+  const std::string_view digits =
+      name.substr(kHead.size(), name.size() - kHead.size() - kTail.size());
+  uint64_t step = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+  if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty()) {
+    return std::nullopt;
+  }
+  return step;
 }
 
 // A store that forgot an upload (aborted, expired): start it again.
@@ -444,7 +459,7 @@ absl::Status Uploader::Upload(const Job& job) {
   const double seconds = NowSeconds() - start;
   std::optional<RemoteRules> rules = rules_ ? rules_(up.run_id) : std::nullopt;
   if (rules ? rules->remote_retention : settings_.remote_retention) {
-    auto applied = PlanRemote(up.run_id, /*apply=*/true);
+    auto applied = PlanRemote(up.run_id, /*apply=*/true, /*retry=*/true);
     if (!applied.ok()) {
       spdlog::warn("tier: remote retention run={}: {}", up.run_id, applied.status().message());
     }
@@ -462,13 +477,33 @@ absl::Status Uploader::Upload(const Job& job) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool apply) {
+absl::StatusOr<std::set<uint64_t>> Uploader::RemoteSteps(const std::string& run_id) {
+  CKPTD_ASSIGN_OR_RETURN(std::vector<S3Object> objects, client_->List(KeyFor(run_id, "")));
+  std::set<uint64_t> steps;
+  for (const S3Object& o : objects) {
+    if (std::optional<uint64_t> step = ManifestStep(Base(o.key))) steps.insert(*step);
+  }
+  return steps;
+}
+
+absl::StatusOr<nlohmann::json> Uploader::RemoteManifest(const std::string& run_id, uint64_t step) {
+  const std::string key = KeyFor(run_id, StrCat("step_", step, ".manifest.json"));
+  CKPTD_ASSIGN_OR_RETURN(std::string text, client_->Get(key));
+  nlohmann::json m = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!m.is_object() || !m.contains("files") || !m["files"].is_array()) {
+    return absl::DataLossError(StrCat(key, " is not a ckptd step manifest"));
+  }
+  return m;
+}
+
+absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool apply, bool retry) {
   RemotePlan out;
+  auto call = [&](const std::function<absl::Status()>& op) { return retry ? Retry(op) : op(); };
   std::optional<RemoteRules> rules = rules_ ? rules_(run_id) : std::nullopt;
   if (!rules) return absl::NotFoundError(StrCat("run '", run_id, "' is not known to this daemon"));
   const std::string prefix = KeyFor(run_id, "");
   std::vector<S3Object> objects;
-  CKPTD_TRY(Retry([&]() -> absl::Status {
+  CKPTD_TRY(call([&]() -> absl::Status {
     CKPTD_ASSIGN_OR_RETURN(objects, client_->List(prefix));
     return absl::OkStatus();
   }));
@@ -480,7 +515,7 @@ absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool 
   for (const S3Object& o : objects) {
     if (!o.key.ends_with(".manifest.json")) continue;
     std::string text;
-    CKPTD_TRY(Retry([&]() -> absl::Status {
+    CKPTD_TRY(call([&]() -> absl::Status {
       CKPTD_ASSIGN_OR_RETURN(text, client_->Get(o.key));
       return absl::OkStatus();
     }));
@@ -501,7 +536,7 @@ absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool 
     in.checkpoints.push_back(std::move(f));
   }
   std::string latest_text;
-  absl::Status got = Retry([&]() -> absl::Status {
+  absl::Status got = call([&]() -> absl::Status {
     CKPTD_ASSIGN_OR_RETURN(latest_text, client_->Get(KeyFor(run_id, "latest")));
     return absl::OkStatus();
   });
@@ -542,8 +577,8 @@ absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool 
     std::vector<std::string> names = keys[d.step];
     const std::string manifest = names.back();
     names.pop_back();
-    CKPTD_TRY(Retry([&] { return client_->Delete({manifest}); }));
-    CKPTD_TRY(Retry([&] { return client_->Delete(names); }));
+    CKPTD_TRY(call([&] { return client_->Delete({manifest}); }));
+    CKPTD_TRY(call([&] { return client_->Delete(names); }));
     if (!run_dir.empty()) {
       (void)UpdateState(run_dir, [&](nlohmann::json& j) {
         auto& done = j["uploaded"];

@@ -117,7 +117,15 @@ class Uploader {
   // With `apply`, deletes what it drops: a step's manifest first (so no
   // manifest ever names a missing object), then its files; never latest's
   // step, a pinned one or one still uploading.
-  absl::StatusOr<RemotePlan> PlanRemote(const std::string& run_id, bool apply);
+  // `retry`: transient failures are retried until they succeed (the upload
+  // worker); without it one attempt each (a client waits on the answer).
+  absl::StatusOr<RemotePlan> PlanRemote(const std::string& run_id, bool apply, bool retry);
+
+  // The run's steps with a manifest in the store, and one step's manifest
+  // (NOT_FOUND when it has none). One attempt each: a caller waiting on an
+  // answer gets UNAVAILABLE rather than a retry loop.
+  absl::StatusOr<std::set<uint64_t>> RemoteSteps(const std::string& run_id);
+  absl::StatusOr<nlohmann::json> RemoteManifest(const std::string& run_id, uint64_t step);
 
   // A step fetched back from the store into `run_dir`: recorded as
   // uploaded, so it is not sent again.

@@ -531,7 +531,7 @@ def test_runs_override_the_tier_in_open_run_and_keep_it_across_restarts(tmp_path
     infos = {c["step"]: c for c in json.loads(subprocess.run(
         [CKPTCTL, "--socket", d.target, "ls", "scratch", "--json"], capture_output=True, text=True,
         check=True).stdout)["checkpoints"]}
-    assert not infos["3"].get("upload_state"), infos["3"]
+    assert not infos["3"].get("upload_state") and infos["3"]["location"] == "local", infos["3"]
     plan = json.loads(subprocess.run(
         [CKPTCTL, "--socket", d.target, "retention", "plan", "team", "--remote", "--json"],
         capture_output=True, text=True, check=True).stdout)
@@ -586,3 +586,54 @@ def test_runs_override_the_tier_in_open_run_and_keep_it_across_restarts(tmp_path
         assert c.open_run("r", transport="stream", tier={"local_only": True}) is not None
     finally:
         plain_daemon.stop()
+
+
+def test_listings_say_where_each_step_lives_local_both_or_only_in_the_store(tmp_path, store, bucket):
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket, http=True)
+    port = http_port(d)
+    run = ckptd.connect(d.target).open_run("where", transport="stream", retention={"keep_last": 1})
+    for step in (1, 2, 3):
+        assert run.save(step, {"w": np.full(1000, step, np.float32)},
+                        metrics={"loss": 1.0 / step}).state == "committed"
+    uploaded(d, "where", [1, 2, 3])
+    # Local retention (keep_last 1) drops 1 and 2 once they are in the store.
+    ctl = lambda *a: subprocess.run([CKPTCTL, "--socket", d.target, *a], capture_output=True,
+                                    text=True, timeout=60)
+    wait_for(lambda: [c["step"] for c in json.loads(ctl("ls", "where", "--json").stdout)["checkpoints"]] == ["3"],
+             30, "local retention")
+    local = json.loads(ctl("ls", "where", "--json").stdout)["checkpoints"]
+    assert local[0]["location"] == "both"
+    both = {c["step"]: c for c in json.loads(ctl("ls", "where", "--remote", "--json").stdout)["checkpoints"]}
+    assert {k: v["location"] for k, v in both.items()} == {"1": "remote", "2": "remote", "3": "both"}
+    assert both["1"]["file"] == f"s3://{bucket}/ckpt/where/step_1.gguf"
+    assert both["1"]["metrics"] == {"loss": 1.0} and both["1"]["uuid"] and int(both["1"]["size_bytes"]) > 4000
+    table = ctl("ls", "where", "--remote").stdout
+    assert re.search(r"^\s+1 .* remote ", table, re.M) and re.search(r"^\s+3 .* both ", table, re.M), table
+    # The JSON API, paged: remote-only and local steps in one ascending order.
+    page = json.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/v1/runs/where/checkpoints?remote=1&page_size=2", timeout=10).read())
+    assert [c["step"] for c in page["checkpoints"]] == ["1", "2"] and page["next_page_token"] == "2"
+    page = json.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/v1/runs/where/checkpoints?remote=1&page_size=2&page_token=2",
+        timeout=10).read())
+    assert [c["step"] for c in page["checkpoints"]] == ["3"] and not page.get("next_page_token")
+    # A store that does not answer: UNAVAILABLE naming it, not a hang.
+    subprocess.run([DEV_S3, "kill", store["dir"], "rgw"], check=True, timeout=60)
+    try:
+        t0 = time.monotonic()
+        r = ctl("ls", "where", "--remote")
+        assert r.returncode != 0 and "where: object store: GET" in r.stderr, r.stderr
+        assert "prefix=ckpt%2Fwhere%2F" in r.stderr and "cannot reach ckptd" not in r.stderr, r.stderr
+        assert time.monotonic() - t0 < 30
+        assert ctl("ls", "where").returncode == 0  # the local listing does not need the store
+        t0 = time.monotonic()  # nor does a remote plan wait for the store to come back
+        r = ctl("retention", "plan", "where", "--remote")
+        assert r.returncode != 0 and "object store: GET" in r.stderr, r.stderr
+        assert time.monotonic() - t0 < 30
+    finally:
+        subprocess.run([DEV_S3, "revive", store["dir"]], check=True, timeout=240)
+    d.stop()
