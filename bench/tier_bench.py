@@ -49,6 +49,21 @@ def private_rss(pid):
     return kb * 1024
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def store_pids(s3dir):
+    return {name: int(open(os.path.join(s3dir, "pids", name)).read()) for name in ("rgw", "osd")}
+
+
+def cpu_of(pids):
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -63,8 +78,11 @@ def main():
     s3dir = os.path.join(scratch, "s3")
     daemon = None
     try:
+        # Room for two copies of the largest checkpoint (ckptd's, boto3's).
+        block_gib = max(8, 3 * args.mib // 1024 + 4)
         out = subprocess.run([os.path.join(ROOT, "scripts", "dev-s3.sh"), "start", s3dir],
-                             capture_output=True, text=True, timeout=240, check=True).stdout
+                             capture_output=True, text=True, timeout=240, check=True,
+                             env={**os.environ, "CKPTD_DEV_S3_BLOCK_GIB": str(block_gib)}).stdout
         env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         s3 = boto3.client("s3", endpoint_url=env["CKPTD_S3_ENDPOINT"],
                           aws_access_key_id=env["CKPTD_S3_ACCESS_KEY"],
@@ -75,6 +93,7 @@ def main():
             f.write(f'[tier.s3]\nendpoint = "{env["CKPTD_S3_ENDPOINT"]}"\nbucket = "bench"\n'
                     f'prefix = "ckptd"\npart_size = {args.part_mib * MiB}\n'
                     f'parallel_parts = {args.parallel}\nmax_memory_bytes = {args.max_memory_mib * MiB}\n'
+                    'retention = "same"\n'
                     '[retention]\nkeep_last = 1\n')
         sock = os.path.join(scratch, "ckptd.sock")
         log_path = os.path.join(scratch, "daemon.log")
@@ -104,6 +123,8 @@ def main():
                     peak[0] = max(peak[0], private_rss(daemon.pid))
                     time.sleep(0.02)
             sampler = threading.Thread(target=sample)
+            pids = {**store_pids(s3dir), "ckptd": daemon.pid}
+            cpu0 = cpu_of(pids)
             sampler.start()
             pattern = re.compile(rf"tier: uploaded run=bench step={step} files=\d+ bytes=(\d+) seconds=([\d.]+)")
             deadline = time.monotonic() + 600
@@ -112,21 +133,40 @@ def main():
                 time.sleep(0.05)
             done.set()
             sampler.join()
+            cpu1 = cpu_of(pids)
             up_bytes, up_s = int(m.group(1)), float(m.group(2))
             model = os.path.join(scratch, "runs", "bench", "weights", f"step_{step}.gguf")
             size = os.path.getsize(model)
             t0 = time.monotonic()
+            me0 = time.process_time()
+            store0 = cpu_of(store_pids(s3dir))
             s3.upload_file(model, "bench", f"boto3/step_{step}.gguf",
                            Config=TransferConfig(multipart_threshold=args.part_mib * MiB,
                                                  multipart_chunksize=args.part_mib * MiB,
                                                  max_concurrency=4, use_threads=True))
             boto_s = time.monotonic() - t0
+            boto_cpu = time.process_time() - me0
+            store1 = cpu_of(store_pids(s3dir))
+            # Room for the next round: the copies just measured go.
+            s3.delete_object(Bucket="bench", Key=f"boto3/step_{step}.gguf")
             rows.append({"local_MBps": size / local_s / 1e6, "ckptd_MBps": up_bytes / up_s / 1e6,
                          "boto3_MBps": size / boto_s / 1e6, "peak_private_MiB": peak[0] / MiB,
-                         "bytes": up_bytes, "model_bytes": size})
+                         "bytes": up_bytes, "model_bytes": size,
+                         # CPU seconds per GB moved, by process, during each upload
+                         "ckptd_cpu_s_per_GB": (cpu1["ckptd"] - cpu0["ckptd"]) / (up_bytes / 1e9),
+                         "store_cpu_s_per_GB_ckptd": sum(cpu1[n] - cpu0[n] for n in ("rgw", "osd")) / (up_bytes / 1e9),
+                         "boto3_cpu_s_per_GB": boto_cpu / (size / 1e9),
+                         "store_cpu_s_per_GB_boto3": sum(store1[n] - store0[n] for n in ("rgw", "osd")) / (size / 1e9),
+                         "store_cores_ckptd": sum(cpu1[n] - cpu0[n] for n in ("rgw", "osd")) / up_s,
+                         "store_cores_boto3": sum(store1[n] - store0[n] for n in ("rgw", "osd")) / boto_s})
             print(f"round {rnd + 1}: local {rows[-1]['local_MBps']:.0f} MB/s, ckptd upload "
                   f"{rows[-1]['ckptd_MBps']:.0f} MB/s, boto3 {rows[-1]['boto3_MBps']:.0f} MB/s, "
-                  f"daemon private {rows[-1]['peak_private_MiB']:.0f} MiB", flush=True)
+                  f"daemon private {rows[-1]['peak_private_MiB']:.0f} MiB; CPU s/GB: ckptd "
+                  f"{rows[-1]['ckptd_cpu_s_per_GB']:.2f}, boto3 {rows[-1]['boto3_cpu_s_per_GB']:.2f}, "
+                  f"store (RGW+OSD) {rows[-1]['store_cpu_s_per_GB_ckptd']:.2f} / "
+                  f"{rows[-1]['store_cpu_s_per_GB_boto3']:.2f}; store busy "
+                  f"{rows[-1]['store_cores_ckptd']:.2f} / {rows[-1]['store_cores_boto3']:.2f} cores",
+                  flush=True)
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print()
         print(f"| checkpoint | local write (call to durable) | ckptd upload (/local) | boto3, 4 threads "
@@ -136,6 +176,13 @@ def main():
               f"({med['ckptd_MBps'] / med['local_MBps']:.2f}) | {med['boto3_MBps']:.0f} MB/s "
               f"({med['ckptd_MBps'] / med['boto3_MBps']:.2f}) | {med['peak_private_MiB']:.0f} MiB "
               f"({args.max_memory_mib} MiB) |")
+        print()
+        print("| CPU seconds per GB uploaded | uploader | store (RGW + OSD) | store busy (cores of 2) |")
+        print("| --- | --- | --- | --- |")
+        print(f"| ckptd | {med['ckptd_cpu_s_per_GB']:.2f} | {med['store_cpu_s_per_GB_ckptd']:.2f} | "
+              f"{med['store_cores_ckptd']:.2f} |")
+        print(f"| boto3, 4 threads | {med['boto3_cpu_s_per_GB']:.2f} | {med['store_cpu_s_per_GB_boto3']:.2f} | "
+              f"{med['store_cores_boto3']:.2f} |")
         print(f"\nmedians of {args.rounds} rounds; parts of {args.part_mib} MiB, {args.parallel} in flight; "
               "the store is one bluestore OSD on this machine's disk, so uploads and local writes share it.")
         os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)

@@ -9,6 +9,7 @@
 #
 # Every daemon runs in the foreground (-f) with its PID kept in DIR/pids;
 # every wait has a deadline, and a failed start prints the daemons' logs.
+# CKPTD_DEV_S3_BLOCK_GIB sizes the OSD's block file (sparse; default 8).
 # No cephx: RGW still checks S3 signatures. Needs root-free ports only;
 # packages: ceph-mon ceph-osd radosgw ceph-common (scripts/install-deps.sh).
 set -euo pipefail
@@ -116,7 +117,7 @@ osd data = $dir/osd.\$id
 osd objectstore = bluestore
 bluestore block path = $dir/osd.\$id.block
 bluestore block create = true
-bluestore block size = 8589934592
+bluestore block size = $((${CKPTD_DEV_S3_BLOCK_GIB:-8} << 30))
 bluestore fsck on mount = false
 osd memory target = 939524096
 [client.rgw.a]

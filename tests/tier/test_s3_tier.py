@@ -67,6 +67,17 @@ def bucket(store):
     return name
 
 
+_started = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_started_daemons():
+    """Every daemon a test started is stopped when it ends, failed or not."""
+    yield
+    while _started:
+        _started.pop().stop()
+
+
 def tier_daemon(tmp_path, store, bucket, extra_toml="", secret=None, http=False, pause=0):
     cfg = tmp_path / "tier.toml"
     cfg.write_text(f'[tier.s3]\nendpoint = "{store["CKPTD_S3_ENDPOINT"]}"\nbucket = "{bucket}"\n'
@@ -77,6 +88,7 @@ def tier_daemon(tmp_path, store, bucket, extra_toml="", secret=None, http=False,
     d.s3_env = {"CKPTD_S3_ACCESS_KEY": store["CKPTD_S3_ACCESS_KEY"], "CKPTD_S3_SECRET_KEY": d.secret}
     if pause:  # a pause after each object of a step: every intermediate state is seen
         d.s3_env["CKPTD_TEST_TIER_PAUSE_S"] = str(pause)
+    _started.append(d)
     return d.start(env=d.s3_env)
 
 
