@@ -78,8 +78,9 @@ def main():
     s3dir = os.path.join(scratch, "s3")
     daemon = None
     try:
-        # Room for two copies of the largest checkpoint (ckptd's, boto3's).
-        block_gib = max(8, 3 * args.mib // 1024 + 4)
+        # Room for every copy of every round: RGW frees deleted objects'
+        # space only at its garbage collection, hours later.
+        block_gib = max(8, 2 * args.rounds * args.mib // 1024 + 4)
         out = subprocess.run([os.path.join(ROOT, "scripts", "dev-s3.sh"), "start", s3dir],
                              capture_output=True, text=True, timeout=240, check=True,
                              env={**os.environ, "CKPTD_DEV_S3_BLOCK_GIB": str(block_gib)}).stdout

@@ -212,7 +212,8 @@ std::string S3Client::Url(const std::string& key, const std::string& query) cons
 absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const std::string& key,
                                                      const std::string& query,
                                                      std::string_view body,
-                                                     const std::vector<std::string>& headers) {
+                                                     const std::vector<std::string>& headers,
+                                                     std::string_view md5_raw) {
   CURL* h = ThreadHandle();
   if (h == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
   curl_easy_reset(h);
@@ -244,7 +245,8 @@ absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const s
   list = curl_slist_append(list, sha.c_str());
   std::string md5;
   if (!body.empty()) {
-    md5 = StrCat("Content-MD5: ", Base64(Digest(EVP_md5(), body, false)));
+    md5 = StrCat("Content-MD5: ",
+                 Base64(md5_raw.empty() ? Digest(EVP_md5(), body, false) : std::string(md5_raw)));
     list = curl_slist_append(list, md5.c_str());
   }
   list = curl_slist_append(list, "Content-Type: application/octet-stream");
@@ -284,15 +286,21 @@ absl::Status S3Client::CreateBucket() {
   return r.status();
 }
 
-absl::StatusOr<std::string> S3Client::Put(const std::string& key, std::string_view body) {
-  auto r = Request("PUT", key, "", body);
+absl::StatusOr<std::string> S3Client::PutChecked(const std::string& what, const std::string& key,
+                                                 const std::string& query, std::string_view body) {
+  const std::string md5 = Digest(EVP_md5(), body, false);
+  auto r = Request("PUT", key, query, body, {}, md5);
   if (!r.ok()) return r.status();
-  const std::string want = Md5Hex(body);
+  const std::string want = Hex(reinterpret_cast<const unsigned char*>(md5.data()), md5.size());
   if (r->etag != want) {
     return absl::DataLossError(
-        StrCat("PUT ", key, ": the store's ETag ", r->etag, " is not the MD5 sent, ", want));
+        StrCat(what, ": the store's ETag ", r->etag, " is not the MD5 sent, ", want));
   }
   return r->etag;
+}
+
+absl::StatusOr<std::string> S3Client::Put(const std::string& key, std::string_view body) {
+  return PutChecked(StrCat("PUT ", key), key, "", body);
 }
 
 absl::StatusOr<std::string> S3Client::CreateMultipartUpload(const std::string& key) {
@@ -310,17 +318,9 @@ absl::StatusOr<std::string> S3Client::CreateMultipartUpload(const std::string& k
 absl::StatusOr<std::string> S3Client::UploadPart(const std::string& key,
                                                  const std::string& upload_id, int part_number,
                                                  std::string_view body) {
-  auto r =
-      Request("PUT", key,
-              StrCat("partNumber=", part_number, "&uploadId=", UriEncode(upload_id, false)), body);
-  if (!r.ok()) return r.status();
-  const std::string want = Md5Hex(body);
-  if (r->etag != want) {
-    return absl::DataLossError(StrCat("upload part ", part_number, " of ", key,
-                                      ": the store's ETag ", r->etag, " is not the MD5 sent, ",
-                                      want));
-  }
-  return r->etag;
+  return PutChecked(StrCat("upload part ", part_number, " of ", key), key,
+                    StrCat("partNumber=", part_number, "&uploadId=", UriEncode(upload_id, false)),
+                    body);
 }
 
 absl::StatusOr<std::string> S3Client::CompleteMultipartUpload(

@@ -93,9 +93,15 @@ class S3Client {
     uint64_t content_length = 0;
   };
   // `query`: already canonical (sorted keys, encoded values, "uploads=").
+  // `md5`: the body's raw MD5 when the caller has it (it is the costliest
+  // part of a request: computed once per body, here or by the caller).
   absl::StatusOr<Response> Request(const char* method, const std::string& key,
                                    const std::string& query, std::string_view body,
-                                   const std::vector<std::string>& headers = {});
+                                   const std::vector<std::string>& headers = {},
+                                   std::string_view md5 = {});
+  // A PUT of `body` whose answer must carry its MD5 as ETag.
+  absl::StatusOr<std::string> PutChecked(const std::string& what, const std::string& key,
+                                         const std::string& query, std::string_view body);
   std::string Url(const std::string& key, const std::string& query) const;
 
   S3Config config_;
