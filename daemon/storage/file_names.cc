@@ -1,6 +1,8 @@
 // Builder and parser of weights/ file names.
 #include "daemon/storage/file_names.h"
 
+#include <fmt/format.h>
+
 #include <charconv>
 
 #include "daemon/base/strings.h"
@@ -63,6 +65,35 @@ bool IsHex(std::string_view s) {
 }
 
 }  // namespace
+
+std::string SplitFileName(uint64_t step, uint32_t rank, uint32_t world_size) {
+  return fmt::format("{}{}-{:05d}-of-{:05d}{}", kStepPrefix, step, rank + 1, world_size,
+                     kModelSuffix);
+}
+
+std::optional<SplitName> ParseSplitFileName(std::string_view name) {
+  // step_N-RRRRR-of-WWWWW.gguf: the tail is 18 bytes after N.
+  constexpr size_t kTail = 1 + 5 + 4 + 5;  // "-RRRRR-of-WWWWW"
+  if (!name.starts_with(kStepPrefix) || !name.ends_with(kModelSuffix)) return std::nullopt;
+  name.remove_prefix(kStepPrefix.size());
+  name.remove_suffix(kModelSuffix.size());
+  if (name.size() <= kTail) return std::nullopt;
+  const std::string_view tail = name.substr(name.size() - kTail);
+  auto step = ParseStep(name.substr(0, name.size() - kTail));
+  if (!step || tail[0] != '-' || tail.substr(6, 4) != "-of-") return std::nullopt;
+  auto five = [](std::string_view d) -> std::optional<uint32_t> {
+    uint32_t v = 0;
+    for (char c : d) {
+      if (c < '0' || c > '9') return std::nullopt;
+      v = v * 10 + static_cast<uint32_t>(c - '0');
+    }
+    return v;
+  };
+  auto no = five(tail.substr(1, 5));
+  auto count = five(tail.substr(10, 5));
+  if (!no || !count || *no < 1 || *no > *count || *count > kMaxWorldSize) return std::nullopt;
+  return SplitName{.step = *step, .rank = *no - 1, .world_size = *count};
+}
 
 std::string ModelFileName(uint64_t step) { return StrCat(kStepPrefix, step, kModelSuffix); }
 std::string TrainFileName(uint64_t step) { return StrCat(kStepPrefix, step, kTrainSuffix); }

@@ -74,6 +74,22 @@ std::string ExportLatestName(std::string_view export_name);
 std::string TempFileName(std::string_view final_name);
 std::optional<ParsedName> ParseFileName(std::string_view name);
 
+// A rank's part of a step of a multi-rank run, named as llama.cpp's
+// gguf-split names shards: "step_N-RRRRR-of-WWWWW.gguf", RRRRR the 1-based
+// part number (rank + 1) and WWWWW the world size, both 5 digits (the GGUF
+// keys split.no and split.count are u16, so 1 <= rank + 1 <= world <=
+// 65535). Loaders are given the first part. Not part of the grammar
+// ParseFileName knows (recovery does not act on these names).
+struct SplitName {
+  uint64_t step = 0;
+  uint32_t rank = 0;  // 0-based
+  uint32_t world_size = 0;
+};
+inline constexpr uint32_t kMaxWorldSize = 65535;
+// Requires rank < world_size <= kMaxWorldSize.
+std::string SplitFileName(uint64_t step, uint32_t rank, uint32_t world_size);
+std::optional<SplitName> ParseSplitFileName(std::string_view name);
+
 // [A-Za-z0-9._-]{1,128}, not "." or "..".
 bool IsValidRunId(std::string_view run_id);
 

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 namespace ckptd::storage {
 namespace {
 
@@ -92,6 +94,29 @@ TEST(FileNamesTest, ForeignNamesDoNotParse) {
                            ".other.json.tmp-00"}) {
     EXPECT_FALSE(ParseFileName(name).has_value()) << name;
   }
+}
+
+TEST(FileNamesTest, SplitPartsAreNamedAsGgufSplitNamesShards) {
+  EXPECT_EQ(SplitFileName(100, 0, 3), "step_100-00001-of-00003.gguf");
+  EXPECT_EQ(SplitFileName(7, 65534, 65535), "step_7-65535-of-65535.gguf");
+  for (auto [step, rank, world] : {std::tuple{0ull, 0u, 1u}, std::tuple{100ull, 2u, 3u},
+                                   std::tuple{18446744073709551615ull, 65534u, 65535u}}) {
+    auto p = ParseSplitFileName(SplitFileName(step, rank, world));
+    ASSERT_TRUE(p.has_value());
+    EXPECT_EQ(p->step, step);
+    EXPECT_EQ(p->rank, rank);
+    EXPECT_EQ(p->world_size, world);
+  }
+  for (std::string_view bad :
+       {"step_100.gguf", "step_100-00000-of-00003.gguf", "step_100-00004-of-00003.gguf",
+        "step_100-0001-of-00003.gguf", "step_100-00001-of-0003.gguf", "step_-00001-of-00003.gguf",
+        "step_01-00001-of-00003.gguf", "step_1-00001-0f-00003.gguf", "step_1-0000a-of-00003.gguf",
+        "step_1-00001-of-99999.gguf", "step_1-00001-of-00003.train.gguf",
+        "x-00001-of-00001.gguf"}) {
+    EXPECT_FALSE(ParseSplitFileName(bad).has_value()) << bad;
+  }
+  // Not in the grammar recovery acts on.
+  EXPECT_FALSE(ParseFileName("step_100-00001-of-00003.gguf").has_value());
 }
 
 TEST(FileNamesTest, RunIds) {
