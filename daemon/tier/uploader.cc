@@ -12,6 +12,7 @@
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
+#include "daemon/storage/file_names.h"
 
 namespace ckptd::tier {
 namespace {
@@ -450,12 +451,34 @@ absl::Status Uploader::Upload(const Job& job) {
     }));
     TestPause();
   }
+  std::vector<uint64_t> forgotten;
   CKPTD_TRY(UpdateState(up.run_dir, [&](nlohmann::json& j) {
     j["waiting"].erase(std::to_string(r.step));
-    auto& done = j["uploaded"];
-    if (!done.is_array()) done = nlohmann::json::array();
-    if (std::find(done.begin(), done.end(), r.step) == done.end()) done.push_back(r.step);
+    std::set<uint64_t> done;
+    if (j["uploaded"].is_array()) {
+      for (const auto& s : j["uploaded"]) done.insert(s.get<uint64_t>());
+    }
+    done.insert(r.step);
+    // Only what is still asked about: steps still on the node, and the
+    // newest (Recover and latest compare with it). The file stays small
+    // however long the run.
+    const uint64_t newest_done = *done.rbegin();
+    auto done_json = nlohmann::json::array();
+    for (uint64_t s : done) {
+      if (s == newest_done ||
+          env_->Stat(StrCat(up.run_dir, "/", storage::kWeightsDir, "/", storage::ModelFileName(s)))
+              .ok()) {
+        done_json.push_back(s);
+      } else {
+        forgotten.push_back(s);
+      }
+    }
+    j["uploaded"] = std::move(done_json);
   }));
+  if (!forgotten.empty()) {
+    absl::MutexLock lock(&mu_);
+    for (uint64_t s : forgotten) states_[up.run_id].erase(s);
+  }
   const double seconds = NowSeconds() - start;
   std::optional<RemoteRules> rules = rules_ ? rules_(up.run_id) : std::nullopt;
   if (rules ? rules->remote_retention : settings_.remote_retention) {
@@ -514,12 +537,24 @@ absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool 
   in.now_s = NowSeconds();
   for (const S3Object& o : objects) {
     if (!o.key.ends_with(".manifest.json")) continue;
-    std::string text;
-    CKPTD_TRY(call([&]() -> absl::Status {
-      CKPTD_ASSIGN_OR_RETURN(text, client_->Get(o.key));
-      return absl::OkStatus();
-    }));
-    nlohmann::json m = nlohmann::json::parse(text, nullptr, false);
+    // A manifest is read once: the listing's ETag says whether it changed.
+    nlohmann::json m;
+    {
+      absl::MutexLock lock(&mu_);
+      if (auto it = manifests_.find(o.key); it != manifests_.end() && it->second.first == o.etag) {
+        m = it->second.second;
+      }
+    }
+    if (m.is_null()) {
+      std::string text;
+      CKPTD_TRY(call([&]() -> absl::Status {
+        CKPTD_ASSIGN_OR_RETURN(text, client_->Get(o.key));
+        return absl::OkStatus();
+      }));
+      m = nlohmann::json::parse(text, nullptr, false);
+      absl::MutexLock lock(&mu_);
+      manifests_[o.key] = {o.etag, m};
+    }
     if (!m.is_object() || !m.contains("step") || !m.contains("files")) continue;
     policy::CheckpointFacts f{.step = m["step"].get<uint64_t>(),
                               .time_s = ParseUtc(m.value("time_utc", ""))};
@@ -578,6 +613,10 @@ absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool 
     const std::string manifest = names.back();
     names.pop_back();
     CKPTD_TRY(call([&] { return client_->Delete({manifest}); }));
+    {
+      absl::MutexLock lock(&mu_);
+      manifests_.erase(manifest);
+    }
     CKPTD_TRY(call([&] { return client_->Delete(names); }));
     if (!run_dir.empty()) {
       (void)UpdateState(run_dir, [&](nlohmann::json& j) {

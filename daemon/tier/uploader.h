@@ -199,6 +199,8 @@ class Uploader {
   std::map<std::string, std::map<uint64_t, std::string>> states_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> run_dirs_ ABSL_GUARDED_BY(mu_);
   Health health_ ABSL_GUARDED_BY(mu_);
+  // Remote manifests read by PlanRemote, by key: {ETag, parsed}.
+  std::map<std::string, std::pair<std::string, nlohmann::json>> manifests_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::CondVar cv_;
   // Serializes read-modify-write of the runs' state files (never held

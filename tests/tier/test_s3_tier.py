@@ -107,7 +107,12 @@ def uploaded(d, run_id, steps):
             state = json.load(open(path))
         except (OSError, ValueError):
             return False
-        return set(steps) <= set(state.get("uploaded", [])) and not state.get("waiting")
+        done = set(state.get("uploaded", []))
+        if state.get("waiting") or not done or max(done) < max(steps):
+            return False
+        # The file forgets uploaded steps once they are gone from the node.
+        return all(s in done or not os.path.exists(
+            os.path.join(d.root, run_id, "weights", f"step_{s}.gguf")) for s in steps)
     wait_for(done, 120, f"steps {steps} of {run_id} uploaded")
 
 
@@ -633,6 +638,12 @@ def test_listings_say_where_each_step_lives_local_both_or_only_in_the_store(tmp_
         f"http://127.0.0.1:{port}/v1/runs/where/checkpoints?remote=1&page_size=2&page_token=2",
         timeout=10).read())
     assert [c["step"] for c in page["checkpoints"]] == ["3"] and not page.get("next_page_token")
+    # The state file keeps only what is still asked about (steps on the
+    # node, and the newest uploaded): it does not grow with the run.
+    assert run.save(4, {"w": np.full(1000, 4, np.float32)}).state == "committed"
+    state_path = os.path.join(d.root, "where", "ckptd-uploads.json")
+    wait_for(lambda: json.load(open(state_path)).get("uploaded") == [4], 30,
+             "the state file to forget steps deleted locally")
     # A store that does not answer: UNAVAILABLE naming it, not a hang.
     subprocess.run([DEV_S3, "kill", store["dir"], "rgw"], check=True, timeout=60)
     try:
