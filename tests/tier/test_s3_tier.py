@@ -116,6 +116,16 @@ def uploaded(d, run_id, steps):
     wait_for(done, 120, f"steps {steps} of {run_id} uploaded")
 
 
+def parts_recorded(d, run_id, step):
+    """How many parts of step_N.gguf's multipart upload the state file records."""
+    try:
+        state = json.load(open(os.path.join(d.root, run_id, "ckptd-uploads.json")))
+        files = state["waiting"][str(step)]["files"]
+        return sum(1 for p in files[f"step_{step}.gguf"]["parts"] if p)
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def multipart_etag(data, part):
     """The ETag S3 gives a multipart object, computed from its bytes."""
     if len(data) <= part:
@@ -211,14 +221,7 @@ def test_an_upload_resumes_after_the_daemon_is_killed_and_leaves_no_stale_upload
     run = ckptd.connect(d.target, reconnect_timeout=0).open_run("resume", transport="stream")
     data = np.random.default_rng(3).standard_normal(40 * MiB // 4, dtype=np.float32)
     assert run.save(100, {"w": data}).state == "committed"
-    state_path = os.path.join(d.root, "resume", "ckptd-uploads.json")
-
-    def parts_done():
-        try:
-            files = json.load(open(state_path))["waiting"]["100"]["files"]
-            return sum(1 for p in files["step_100.gguf"]["parts"] if p)
-        except (OSError, ValueError, KeyError):
-            return 0
+    parts_done = lambda: parts_recorded(d, "resume", 100)  # noqa: E731
     wait_for(lambda: parts_done() >= 2, 60, "two parts uploaded")
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()
@@ -266,15 +269,7 @@ def test_a_store_killed_mid_upload_makes_the_tier_unhealthy_local_saves_go_on_an
     def metrics():
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
-    state_path = os.path.join(d.root, "outage", "ckptd-uploads.json")
-
-    def parts_done():
-        try:
-            files = json.load(open(state_path))["waiting"]["100"]["files"]
-            return sum(1 for p in files["step_100.gguf"]["parts"] if p)
-        except (OSError, ValueError, KeyError):
-            return 0
-
+    parts_done = lambda: parts_recorded(d, "outage", 100)  # noqa: E731
     data = np.random.default_rng(5).standard_normal(40 * MiB // 4, dtype=np.float32)
     assert run.save(100, {"w": data}).state == "committed"
     wait_for(lambda: parts_done() >= 2, 60, "two parts uploaded")
