@@ -1,0 +1,25 @@
+// The GGUF keys of one rank's part of a multi-rank step, as llama.cpp's
+// gguf-split writes shards (llama.cpp checks them when it loads a split
+// model): split.no (u16, 0-based), split.count (u16) and
+// split.tensors.count (i32, the tensors of all parts together) in every
+// part; the model's own metadata (architecture, hyperparameters,
+// tokenizer) in the first part only, as gguf-split leaves it.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "daemon/gguf/value.h"
+
+namespace ckptd::storage {
+
+inline constexpr const char* kSplitNo = "split.no";
+inline constexpr const char* kSplitCount = "split.count";
+inline constexpr const char* kSplitTensorsCount = "split.tensors.count";
+
+// INVALID_ARGUMENT, naming the bound, for a rank outside the world, a
+// world over 65535 or a tensor count over INT32_MAX.
+absl::StatusOr<gguf::Metadata> SplitPartMetadata(const gguf::Metadata& model, uint32_t rank,
+                                                 uint32_t world_size, uint64_t total_tensors);
+
+}  // namespace ckptd::storage
