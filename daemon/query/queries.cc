@@ -211,9 +211,12 @@ absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
     }
   }
   // Remote-only steps described from their manifests, without the lock.
+  // A manifest deleted since the LIST (remote retention) leaves the entry
+  // bare rather than failing the listing.
   for (int i : remote_only) {
     v1::CheckpointInfo* info = resp.mutable_checkpoints(i);
-    CKPTD_TRY(tier_.describe_remote(req.run_id(), info->step(), info));
+    absl::Status st = tier_.describe_remote(req.run_id(), info->step(), info);
+    if (!st.ok() && !absl::IsNotFound(st)) return st;
   }
   if (more && resp.checkpoints_size() > 0) {
     resp.set_next_page_token(std::to_string(resp.checkpoints().rbegin()->step()));
