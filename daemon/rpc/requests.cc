@@ -51,7 +51,61 @@ absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& re
                  "' is not \"keep_all\", \"same\" or \"\" (the daemon's tier.s3.retention)"));
     }
   }
+  if (req.has_multi_rank()) CKPTD_TRY(MultiRankFrom(req.multi_rank(), &s.multi_rank));
   return s;
+}
+
+absl::Status MultiRankFrom(const v1::MultiRank& m, scheduler::RunMultiRank* out) {
+  const uint32_t world = m.world_size();
+  if (world > storage::kMaxWorldSize) {
+    return absl::InvalidArgumentError(
+        StrCat("multi_rank.world_size: ", world, " is more than ", storage::kMaxWorldSize,
+               " (gguf-split's split.count is a u16)"));
+  }
+  if (m.rank() >= std::max<uint32_t>(world, 1)) {
+    return absl::InvalidArgumentError(
+        StrCat("multi_rank.rank: ", m.rank(), " is outside a world of ", std::max<uint32_t>(world, 1),
+               " ranks (0 to ", std::max<uint32_t>(world, 1) - 1, "); give each rank its own number"));
+  }
+  if (!(m.part_timeout_seconds() >= 0) || m.part_timeout_seconds() > 7 * 86400) {
+    return absl::InvalidArgumentError(
+        StrCat("multi_rank.part_timeout_seconds: ", m.part_timeout_seconds(),
+               " is not 0 (the default, 600) to 604800"));
+  }
+  if (world <= 1) return absl::OkStatus();  // one rank: whole steps, as without multi_rank
+  out->world_size = world;
+  out->rank = m.rank();
+  out->coordinator = m.has_coordinator() ? m.coordinator() : m.rank() == 0;
+  out->part_timeout_s = m.part_timeout_seconds() > 0 ? m.part_timeout_seconds() : 600;
+  out->total_tensors = m.total_tensors();
+  for (const v1::ShardSlice& sl : m.slices()) {
+    const std::string where = StrCat("multi_rank.slices['", Printable(sl.name()), "']");
+    if (sl.name().empty() || sl.name().size() > 63) {
+      return absl::InvalidArgumentError(StrCat(where, ": a tensor name is 1 to 63 bytes"));
+    }
+    if (sl.full_ne_size() < 1 || sl.full_ne_size() > 4) {
+      return absl::InvalidArgumentError(
+          StrCat(where, ".full_ne: ", sl.full_ne_size(), " dims; a tensor has 1 to 4"));
+    }
+    policy::TensorSlice t{.dim = sl.dim(), .offset = sl.offset()};
+    for (uint64_t d : sl.full_ne()) {
+      if (d == 0) return absl::InvalidArgumentError(StrCat(where, ".full_ne: a dim is 0"));
+      t.full_ne.push_back(d);
+    }
+    if (sl.dim() >= t.full_ne.size()) {
+      return absl::InvalidArgumentError(StrCat(where, ".dim: ", sl.dim(), " but the tensor has ",
+                                               t.full_ne.size(), " dims (GGUF order, 0 first)"));
+    }
+    if (sl.offset() >= t.full_ne[sl.dim()]) {
+      return absl::InvalidArgumentError(StrCat(where, ".offset: ", sl.offset(),
+                                               " is past the tensor's ", t.full_ne[sl.dim()],
+                                               " along dim ", sl.dim()));
+    }
+    if (!out->slices.emplace(sl.name(), std::move(t)).second) {
+      return absl::InvalidArgumentError(StrCat(where, ": named twice"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckLimits(const RequestLimits& limits, const char* tensors_field, int tensors,

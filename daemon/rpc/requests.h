@@ -38,5 +38,8 @@ absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h, schedu
 
 // OpenRun's settings but exports (model metadata, provenance, schedule, retention).
 absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req);
+// OpenRun's multi_rank: bounds checked, the coordinator and timeout
+// defaulted; a world of 0 or 1 leaves `out` a single-rank run.
+absl::Status MultiRankFrom(const v1::MultiRank& m, scheduler::RunMultiRank* out);
 
 }  // namespace ckptd::rpc

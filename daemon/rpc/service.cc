@@ -173,6 +173,19 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
         "tier: this daemon has no object-storage tier ([tier.s3] endpoint is unset), so the "
         "run's checkpoints would not be copied; configure [tier.s3] or drop the tier options"));
   }
+  if (settings->multi_rank.world_size > 1) {
+    if (!tier_configured_ || settings->tier.local_only) {
+      return ToGrpc(absl::FailedPreconditionError(
+          "multi_rank: the ranks' daemons agree on each step through the object-storage tier, "
+          "and this run has none ([tier.s3] endpoint is unset, or tier.local_only); configure "
+          "[tier.s3] on every node"));
+    }
+    if (req->exports_size() > 0) {
+      return ToGrpc(absl::InvalidArgumentError(
+          "exports: a multi-rank run's parts are not exported one by one; drop the exports and "
+          "export the merged step (ckptctl merge)"));
+    }
+  }
   if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
   bool resumed = false;
   auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);

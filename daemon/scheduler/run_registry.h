@@ -26,6 +26,7 @@
 #include "daemon/gguf/value.h"
 #include "daemon/policy/retention.h"
 #include "daemon/policy/schedule.h"
+#include "daemon/policy/step_commit.h"
 #include "daemon/scheduler/events.h"
 #include "daemon/storage/pins.h"
 #include "daemon/storage/run_dir.h"
@@ -47,6 +48,17 @@ struct RunTier {
   std::optional<bool> remote_retention;  // nullopt = the daemon's; true = "same"
 };
 
+// A run trained by several ranks (OpenRun's MultiRank): this node saves
+// rank `rank`'s part of each step.
+struct RunMultiRank {
+  uint32_t world_size = 0;  // 0: a single-rank run
+  uint32_t rank = 0;
+  bool coordinator = false;  // this daemon decides the run's steps
+  double part_timeout_s = 600;
+  uint64_t total_tensors = 0;  // split.tensors.count; 0 = this rank's count x world_size
+  std::map<std::string, policy::TensorSlice> slices;  // by tensor name
+};
+
 struct RunSettings {
   gguf::Metadata model_metadata;  // passed through into every checkpoint
   gguf::Metadata provenance;      // ckpt.trainer.*, ckpt.client.pid
@@ -55,6 +67,7 @@ struct RunSettings {
   std::optional<policy::RetentionPolicy> retention;  // nullopt: the daemon's default
   std::vector<RunExport> exports;
   RunTier tier;
+  RunMultiRank multi_rank;
 };
 
 class Run;
@@ -176,6 +189,12 @@ class RunRegistry {
   void Committed(Run& run, const storage::CheckpointRecord& record) {
     if (commit_hook_) commit_hook_(run, record);
   }
+  // Called after a multi-rank run's part is durable here (its step not
+  // committed yet): the tier uploads it and reports it to the coordinator.
+  void SetStagedHook(CommitHook hook) { staged_hook_ = std::move(hook); }
+  void Staged(Run& run, const storage::CheckpointRecord& record) {
+    if (staged_hook_) staged_hook_(run, record);
+  }
   std::vector<std::string> UnloadIdle(double idle_s, double now);
   // Before a save uses a run's settings: reads them back if they were
   // unloaded. FAILED_PRECONDITION (reopen the run) when they cannot be.
@@ -209,6 +228,7 @@ class RunRegistry {
 
  private:
   CommitHook commit_hook_;
+  CommitHook staged_hook_;
   absl::StatusOr<std::shared_ptr<Run>> Load(const std::string& run_id, const std::string& dir);
   // FAILED_PRECONDITION naming the owner when `dir` is another known run's
   // directory, inside one, or contains one, or its marker names another run.

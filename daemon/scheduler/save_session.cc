@@ -1,7 +1,10 @@
 // A save's lifecycle: checks, provenance, streaming write, commit.
 #include "daemon/scheduler/save_session.h"
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -10,6 +13,7 @@
 #include "daemon/metrics/metrics.h"
 #include "daemon/scheduler/retention.h"
 #include "daemon/storage/checkpoint.h"
+#include "daemon/storage/split_part.h"
 
 namespace ckptd::scheduler {
 namespace {
@@ -39,6 +43,42 @@ void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SavePar
   }
   if (!parent_uuid.empty())
     md->Set(std::string(storage::kKeyParentUuid), Value::String(parent_uuid));
+}
+
+// The ckpt.shard.<name>.* keys of the tensors this rank holds a slice of,
+// after checking each slice against the tensor saved.
+absl::Status AddShardKeys(const std::map<std::string, policy::TensorSlice>& slices,
+                          const std::vector<storage::PlannedTensor>& tensors, gguf::Metadata* md) {
+  for (const auto& [name, slice] : slices) {
+    auto t = std::find_if(tensors.begin(), tensors.end(), [&](const storage::PlannedTensor& p) {
+      return p.group == storage::TensorGroup::kModel && p.spec.name == name;
+    });
+    if (t == tensors.end()) {
+      return absl::InvalidArgumentError(
+          StrCat("multi_rank.slices names tensor '", name,
+                 "' but this save has no model tensor of that name; save it or reopen the run "
+                 "without that slice"));
+    }
+    const std::vector<uint64_t>& ne = t->spec.ne;
+    bool fits = ne.size() == slice.full_ne.size();
+    for (size_t d = 0; fits && d < ne.size(); ++d) {
+      fits = d == slice.dim ? slice.offset + ne[d] <= slice.full_ne[d] : ne[d] == slice.full_ne[d];
+    }
+    if (!fits) {
+      return absl::InvalidArgumentError(StrCat(
+          "tensor '", name, "': saved with ne [", fmt::format("{}", fmt::join(ne, ", ")),
+          "], which is not a slice at offset ", slice.offset, " along dim ", slice.dim,
+          " of the full ne [", fmt::format("{}", fmt::join(slice.full_ne, ", ")),
+          "] multi_rank.slices declares (the other dims must be whole)"));
+    }
+    std::vector<Value> full;
+    for (uint64_t d : slice.full_ne) full.emplace_back(d);
+    const std::string key = StrCat(storage::kShardPrefix, name);
+    md->Set(StrCat(key, ".full_ne"), Value::MakeArray(gguf::ValueType::kU64, std::move(full)));
+    md->Set(StrCat(key, ".dim"), Value(slice.dim));
+    md->Set(StrCat(key, ".offset"), Value(slice.offset));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -152,7 +192,25 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     const auto& catalog = run_->dir()->catalog();
     auto it = catalog.lower_bound(p.step);
     if (it != catalog.begin()) parent = std::prev(it)->second.uuid;
-    plan.model_metadata = run_->settings->model_metadata;
+    if (const RunMultiRank& mr = run_->settings->multi_rank; mr.world_size > 1) {
+      if (overwrite_) {
+        return absl::FailedPreconditionError(
+            StrCat("overwrite: step ", p.step, " of multi-rank run '", p.run_id,
+                   "' cannot be rewritten or rolled back (every rank's part commits together); "
+                   "save a new step"));
+      }
+      uint64_t model_tensors = 0;
+      for (const auto& t : p.tensors) model_tensors += t.group == storage::TensorGroup::kModel;
+      const uint64_t total = mr.total_tensors ? mr.total_tensors : model_tensors * mr.world_size;
+      CKPTD_ASSIGN_OR_RETURN(plan.model_metadata,
+                             storage::SplitPartMetadata(run_->settings->model_metadata, mr.rank,
+                                                        mr.world_size, total));
+      CKPTD_TRY(AddShardKeys(mr.slices, p.tensors, &plan.model_metadata));
+      plan.part = storage::SplitName{.step = p.step, .rank = mr.rank, .world_size = mr.world_size};
+      part_ = true;
+    } else {
+      plan.model_metadata = run_->settings->model_metadata;
+    }
     AddProvenance(*run_->settings, registry_->facts(), p, transport_, now, parent,
                   &plan.model_metadata);
     weights_dir = run_->dir()->weights_dir();
@@ -252,6 +310,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   CKPTD_TRY(writer_->Finish());
   t->durable_s = NowSeconds() - start_s_;
   storage::CheckpointRecord record;
+  if (part_) return StagePart(t);
   {
     absl::MutexLock lock(&run_->mu());
     CKPTD_ASSIGN_OR_RETURN(
@@ -283,6 +342,31 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   registry_->Committed(*run_, record);
   // Retention after every commit; its failure does not fail the save.
   (void)registry_->RunRetention(*run_, /*dry=*/false);
+  return record;
+}
+
+// A multi-rank run's part: durable here, invisible until the step's verdict
+// (the coordinator's, through the object store) commits or aborts it.
+absl::StatusOr<storage::CheckpointRecord> SaveSession::StagePart(SaveTimings* t) {
+  storage::CheckpointRecord record;
+  {
+    absl::MutexLock lock(&run_->mu());
+    CKPTD_ASSIGN_OR_RETURN(record, run_->dir()->StagePart(writer_.get()));
+    run_->reference_time_s = NowSeconds();
+    run_->last_error.clear();
+    run_->write_error.clear();
+    LeaveInFlight();
+  }
+  done_ = true;
+  t->committed_s = NowSeconds() - start_s_;
+  metrics::Metrics::Get().CountSave(params_.run_id, "staged");
+  metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
+  spdlog::info(
+      "save staged run={} step={} rank={} world_size={} bytes={} received={:.3f}s "
+      "durable={:.3f}s staged={:.3f}s file={} (the step commits when every rank's part is durable)",
+      params_.run_id, record.step, record.rank, record.world_size, record.total_bytes(),
+      t->received_s, t->durable_s, t->committed_s, record.model_path);
+  registry_->Staged(*run_, record);
   return record;
 }
 

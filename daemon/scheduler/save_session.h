@@ -94,6 +94,7 @@ class SaveSession {
   // Disk guard: prunes unprotected checkpoints to make room, or refuses.
   absl::Status EnsureSpace(uint64_t planned, const std::string& weights_dir);
   absl::StatusOr<storage::CheckpointRecord> Commit(SaveTimings* timings, bool* is_latest);
+  absl::StatusOr<storage::CheckpointRecord> StagePart(SaveTimings* t);
   absl::Status Fail(absl::Status why);
   void LeaveInFlight() ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_->mu());
 
@@ -105,6 +106,7 @@ class SaveSession {
   std::unique_ptr<storage::CheckpointWriter> writer_;
   std::string reason_;
   bool overwrite_ = false;
+  bool part_ = false;  // a multi-rank run's part: staged, committed by the coordinator's verdict
   double start_s_ = 0;
   bool done_ = false;       // committed or failed
   bool in_flight_ = false;  // params_.step is in run_->in_flight

@@ -53,6 +53,10 @@ struct CheckpointRecord {
   uint32_t tensor_count = 0;
   std::string base_model_uuid;        // general.base_model.0.uuid
   std::vector<ExportRecord> exports;  // by name
+  // A multi-rank run's part (model_path is step_N-RRRRR-of-WWWWW.gguf):
+  // this node's rank and the world size; 0 for a whole step.
+  uint32_t rank = 0;
+  uint32_t world_size = 0;
   uint64_t total_bytes() const;
 };
 

@@ -65,7 +65,9 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Plan(env::En
   if (!model_layout.ok()) return model_layout.status();
   w->model_ = std::make_unique<File>();
   w->model_->layout = std::move(*model_layout);
-  w->model_->written.final_name = ModelFileName(plan.step);
+  w->model_->written.final_name =
+      plan.part ? SplitFileName(plan.step, plan.part->rank, plan.part->world_size)
+                : ModelFileName(plan.step);
   if (!train_specs.empty()) {
     plan.train_metadata.Set(std::string(kKeyModelDigest), gguf::ContentDigestPlaceholder());
     auto train_layout = gguf::PlanLayout(std::move(plan.train_metadata), train_specs, options);
@@ -75,7 +77,9 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Plan(env::En
     }
     w->train_ = std::make_unique<File>();
     w->train_->layout = std::move(*train_layout);
-    w->train_->written.final_name = TrainFileName(plan.step);
+    w->train_->written.final_name =
+        plan.part ? PartTrainFileName(plan.step, plan.part->rank, plan.part->world_size)
+                  : TrainFileName(plan.step);
   }
   for (const auto& e : plan.exports) {
     auto ew = ExportWriter::Plan(e, model_specs, options);

@@ -18,6 +18,7 @@
 #include "daemon/env/env.h"
 #include "daemon/gguf/writer.h"
 #include "daemon/storage/export_writer.h"
+#include "daemon/storage/file_names.h"
 #include "daemon/storage/written_file.h"
 
 namespace ckptd::storage {
@@ -39,6 +40,9 @@ struct SavePlan {
   gguf::UuidScheme uuid_scheme = gguf::UuidScheme::kContent;
   // Inference exports written from the model tensors in the same pass.
   std::vector<std::shared_ptr<const exports::ExportPlan>> exports;
+  // A multi-rank run's part: the files are named as the rank's part
+  // (SplitFileName, PartTrainFileName) and committed by RunDir::StagePart.
+  std::optional<SplitName> part;
 };
 
 class CheckpointWriter {

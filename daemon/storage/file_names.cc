@@ -16,6 +16,7 @@ constexpr std::string_view kStepPrefix = "step_";
 constexpr std::string_view kModelSuffix = ".gguf";
 constexpr std::string_view kTrainSuffix = ".train.gguf";
 constexpr std::string_view kNextSuffix = ".next";
+constexpr std::string_view kCommitSuffix = ".commit";
 
 std::optional<uint64_t> ParseStep(std::string_view digits) {
   if (digits.empty() || digits.size() > 20 || (digits.size() > 1 && digits[0] == '0')) {
@@ -27,9 +28,26 @@ std::optional<uint64_t> ParseStep(std::string_view digits) {
   return v;
 }
 
-// "step_N.gguf" / "step_N.train.gguf" -> kind and step.
+std::optional<SplitName> ParseSplit(std::string_view name);
+
+// "step_N.gguf" / "step_N.train.gguf" / parts / markers -> kind and step.
 std::optional<ParsedName> ParseFinal(std::string_view name) {
   if (!name.starts_with(kStepPrefix)) return std::nullopt;
+  if (name.ends_with(kTrainSuffix)) {
+    const std::string_view model = name.substr(0, name.size() - kTrainSuffix.size());
+    if (auto p = ParseSplit(StrCat(model, kModelSuffix))) {
+      return ParsedName{FileKind::kPartTrain, p->step, "", p->rank, p->world_size};
+    }
+  }
+  if (auto p = ParseSplit(name)) {
+    return ParsedName{FileKind::kPart, p->step, "", p->rank, p->world_size};
+  }
+  if (name.ends_with(kCommitSuffix)) {
+    auto step = ParseStep(
+        name.substr(kStepPrefix.size(), name.size() - kStepPrefix.size() - kCommitSuffix.size()));
+    if (step) return ParsedName{FileKind::kCommitMarker, *step};
+    return std::nullopt;
+  }
   name.remove_prefix(kStepPrefix.size());
   for (auto [suffix, kind] :
        {std::pair{kTrainSuffix, FileKind::kTrain}, std::pair{kModelSuffix, FileKind::kModel}}) {
@@ -71,7 +89,10 @@ std::string SplitFileName(uint64_t step, uint32_t rank, uint32_t world_size) {
                      kModelSuffix);
 }
 
-std::optional<SplitName> ParseSplitFileName(std::string_view name) {
+std::optional<SplitName> ParseSplitFileName(std::string_view name) { return ParseSplit(name); }
+
+namespace {
+std::optional<SplitName> ParseSplit(std::string_view name) {
   // step_N-RRRRR-of-WWWWW.gguf: the tail is 18 bytes after N.
   constexpr size_t kTail = 1 + 5 + 4 + 5;  // "-RRRRR-of-WWWWW"
   if (!name.starts_with(kStepPrefix) || !name.ends_with(kModelSuffix)) return std::nullopt;
@@ -94,6 +115,15 @@ std::optional<SplitName> ParseSplitFileName(std::string_view name) {
   if (!no || !count || *no < 1 || *no > *count || *count > kMaxWorldSize) return std::nullopt;
   return SplitName{.step = *step, .rank = *no - 1, .world_size = *count};
 }
+}  // namespace
+
+std::string PartTrainFileName(uint64_t step, uint32_t rank, uint32_t world_size) {
+  std::string name = SplitFileName(step, rank, world_size);
+  name.resize(name.size() - kModelSuffix.size());
+  return StrCat(name, kTrainSuffix);
+}
+
+std::string CommitMarkerName(uint64_t step) { return StrCat(kStepPrefix, step, kCommitSuffix); }
 
 std::string ModelFileName(uint64_t step) { return StrCat(kStepPrefix, step, kModelSuffix); }
 std::string TrainFileName(uint64_t step) { return StrCat(kStepPrefix, step, kTrainSuffix); }
@@ -141,9 +171,22 @@ std::optional<ParsedName> ParseFileName(std::string_view name) {
   if (IsStateFile(final_name)) return ParsedName{FileKind::kStateTemp};
   auto parsed = ParseFinal(final_name);
   if (!parsed) return std::nullopt;
-  parsed->kind = parsed->kind == FileKind::kModel   ? FileKind::kModelTemp
-                 : parsed->kind == FileKind::kTrain ? FileKind::kTrainTemp
-                                                    : FileKind::kExportTemp;
+  switch (parsed->kind) {
+    case FileKind::kModel:
+    case FileKind::kPart:
+      parsed->kind = FileKind::kModelTemp;
+      break;
+    case FileKind::kTrain:
+    case FileKind::kPartTrain:
+      parsed->kind = FileKind::kTrainTemp;
+      break;
+    case FileKind::kCommitMarker:
+      parsed->kind = FileKind::kStateTemp;
+      break;
+    default:
+      parsed->kind = FileKind::kExportTemp;
+      break;
+  }
   return parsed;
 }
 

@@ -15,6 +15,14 @@
 //   latest                    symlink to the newest step_N.gguf (relative)
 //   latest.E                  symlink to the newest step_N.E.gguf
 //   .latest.tmp-X, .latest.E.tmp-X  the next link, before its rename
+//   step_N-RRRRR-of-WWWWW.gguf        a multi-rank run's part (rank R-1 of W)
+//   step_N-RRRRR-of-WWWWW.train.gguf  its training state (same commit rule
+//                             as step_N.train.gguf: it records the part's digest)
+//   step_N.commit             the step's commit marker on this node: the
+//                             part beside it is visible only with it (until
+//                             then the part is pending: every rank's part
+//                             is not known durable yet)
+//   and their temps .NAME.tmp-X
 // and in the run directory, the run's small state files:
 //   pins.json, ckptd-run-state   and their temps .pins.json.tmp-X, ...
 //   ckptd-run-id                 the owner: the id of the run this directory
@@ -47,12 +55,17 @@ enum class FileKind {
   kExportTemp,
   kExportLatest,
   kExportLatestTemp,
+  kPart,
+  kPartTrain,
+  kCommitMarker,
 };
 
 struct ParsedName {
   FileKind kind;
   uint64_t step = 0;        // for model/train/export files and their temps
   std::string export_name;  // for exports and their links
+  uint32_t rank = 0;        // for parts (0-based)
+  uint32_t world_size = 0;  // for parts
 };
 
 inline constexpr std::string_view kLatestName = "latest";
@@ -78,8 +91,8 @@ std::optional<ParsedName> ParseFileName(std::string_view name);
 // gguf-split names shards: "step_N-RRRRR-of-WWWWW.gguf", RRRRR the 1-based
 // part number (rank + 1) and WWWWW the world size, both 5 digits (the GGUF
 // keys split.no and split.count are u16, so 1 <= rank + 1 <= world <=
-// 65535). Loaders are given the first part. Not part of the grammar
-// ParseFileName knows (recovery does not act on these names).
+// 65535). Loaders are given the first part. ParseFileName knows them as
+// kPart (and kPartTrain for PartTrainFileName).
 struct SplitName {
   uint64_t step = 0;
   uint32_t rank = 0;  // 0-based
@@ -89,6 +102,8 @@ inline constexpr uint32_t kMaxWorldSize = 65535;
 // Requires rank < world_size <= kMaxWorldSize.
 std::string SplitFileName(uint64_t step, uint32_t rank, uint32_t world_size);
 std::optional<SplitName> ParseSplitFileName(std::string_view name);
+std::string PartTrainFileName(uint64_t step, uint32_t rank, uint32_t world_size);
+std::string CommitMarkerName(uint64_t step);
 
 // [A-Za-z0-9._-]{1,128}, not "." or "..".
 bool IsValidRunId(std::string_view run_id);

@@ -47,6 +47,9 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
   std::set<uint64_t> models, trains, nexts;
   std::map<uint64_t, std::vector<std::string>> exported;  // step -> export names
+  std::map<uint64_t, SplitName> parts;
+  std::set<std::string> part_trains;
+  std::set<uint64_t> markers;
   for (const std::string& name : names) {
     auto parsed = ParseFileName(name);
     if (!parsed) continue;  // not ours: never touched
@@ -70,6 +73,17 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
         break;
       case FileKind::kExport:
         exported[parsed->step].push_back(parsed->export_name);
+        break;
+      case FileKind::kPart:
+        parts.try_emplace(parsed->step, SplitName{.step = parsed->step,
+                                                  .rank = parsed->rank,
+                                                  .world_size = parsed->world_size});
+        break;
+      case FileKind::kPartTrain:
+        part_trains.insert(name);
+        break;
+      case FileKind::kCommitMarker:
+        markers.insert(parsed->step);
         break;
       case FileKind::kLatest:
       case FileKind::kStateFile:
@@ -134,6 +148,38 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   for (const auto& [step, names] : exported) {
     for (const std::string& name : names) CKPTD_TRY(remove(PathOf(ExportFileName(step, name))));
   }
+  // A multi-rank run's parts: committed with their marker, pending without
+  // one (the coordinator's verdict decides), their train files kept only
+  // beside the part whose digest they record.
+  pending_.clear();
+  for (const auto& [step, part] : parts) {
+    if (catalog_.contains(step)) continue;  // a whole step of the same number: not ours to judge
+    const std::string path = PathOf(SplitFileName(step, part.rank, part.world_size));
+    auto record = ReadCheckpointRecord(env_, step, path);
+    if (!record.ok()) {
+      report->unreadable.push_back(std::string(record.status().message()));
+      continue;
+    }
+    record->rank = part.rank;
+    record->world_size = part.world_size;
+    const std::string train_name = PartTrainFileName(step, part.rank, part.world_size);
+    if (part_trains.erase(train_name) > 0) {
+      const std::string train_path = PathOf(train_name);
+      if (belongs(train_path, *record)) {
+        record->train_path = train_path;
+        record->train_bytes = env_->Stat(train_path).value_or(env::FileStat{}).size;
+      } else {
+        CKPTD_TRY(remove(train_path));
+      }
+    }
+    if (markers.erase(step) > 0) {
+      catalog_.emplace(step, std::move(*record));
+    } else {
+      pending_.emplace(step, std::move(*record));
+    }
+  }
+  for (const std::string& name : part_trains) CKPTD_TRY(remove(PathOf(name)));
+  for (uint64_t step : markers) CKPTD_TRY(remove(PathOf(CommitMarkerName(step))));
   // No model file: orphans.
   for (uint64_t step : trains) CKPTD_TRY(remove(PathOf(TrainFileName(step))));
   for (uint64_t step : nexts) CKPTD_TRY(remove(PathOf(TrainNextFileName(step))));
@@ -141,7 +187,7 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
 
   std::optional<uint64_t> want = latest_step();
   auto target = env_->ReadLink(PathOf(std::string(kLatestName)));
-  bool ok = want ? (target.ok() && *target == ModelFileName(*want)) : !target.ok();
+  bool ok = want ? (target.ok() && *target == LatestTarget(*want)) : !target.ok();
   if (!ok) {
     CKPTD_TRY(PointLatestAt(want));
     report->latest_repaired = true;
@@ -206,6 +252,11 @@ uint64_t RunDir::total_bytes() const {
 }
 
 absl::Status RunDir::CheckCanSave(uint64_t step, Overwrite overwrite) const {
+  if (pending_.contains(step)) {
+    return absl::AlreadyExistsError(
+        StrCat("step ", step, "'s part is already written here and waits for the other ranks' (",
+               pending_.at(step).model_path, ")"));
+  }
   if (overwrite == Overwrite::kYes) return absl::OkStatus();
   if (const CheckpointRecord* r = Find(step)) {
     return absl::AlreadyExistsError(StrCat("step ", step, " is already committed (", r->model_path,
@@ -225,8 +276,14 @@ absl::Status RunDir::PointLatestAt(std::optional<uint64_t> step) {
     if (!st.ok() && !absl::IsNotFound(st)) return st;
     return env_->SyncDir(weights_dir_);
   }
-  CKPTD_TRY(ReplaceLink(std::string(kLatestName), ModelFileName(*step)));
+  CKPTD_TRY(ReplaceLink(std::string(kLatestName), LatestTarget(*step)));
   return env_->SyncDir(weights_dir_);
+}
+
+std::string RunDir::LatestTarget(uint64_t step) const {
+  const CheckpointRecord* r = Find(step);
+  if (r == nullptr || r->world_size == 0) return ModelFileName(step);
+  return SplitFileName(step, r->rank, r->world_size);
 }
 
 absl::Status RunDir::Delete(uint64_t step) {
@@ -236,11 +293,13 @@ absl::Status RunDir::Delete(uint64_t step) {
     return absl::FailedPreconditionError(
         StrCat("step ", step, " is latest's target; not deleting it"));
   }
-  CKPTD_TRY(env_->RemoveFile(PathOf(ModelFileName(step))));
-  bool has_train = !r->train_path.empty();
+  const std::string model_path = r->model_path;
+  const std::string train_path = r->train_path;
+  if (r->world_size > 0) CKPTD_TRY(env_->RemoveFile(PathOf(CommitMarkerName(step))));
+  CKPTD_TRY(env_->RemoveFile(model_path));
   std::vector<ExportRecord> exports = r->exports;
   catalog_.erase(step);
-  if (has_train) CKPTD_TRY(env_->RemoveFile(PathOf(TrainFileName(step))));
+  if (!train_path.empty()) CKPTD_TRY(env_->RemoveFile(train_path));
   for (const auto& e : exports) CKPTD_TRY(env_->RemoveFile(e.path));
   CKPTD_TRY(env_->SyncDir(weights_dir_));
   if (!exports.empty()) CKPTD_TRY(RelinkExports().status());
@@ -334,6 +393,78 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
   }
   if (!record.exports.empty() || stale_exports) CKPTD_TRY(RelinkExports().status());
   return record;
+}
+
+absl::StatusOr<CheckpointRecord> RunDir::StagePart(CheckpointWriter* writer) {
+  const uint64_t step = writer->step();
+  CKPTD_TRY(CheckCanSave(step, Overwrite::kNo));
+  const std::optional<SplitName> part = ParseSplitFileName(writer->model().final_name);
+  if (!part) {
+    return absl::InternalError(StrCat(writer->model().final_name, " is not a part's name"));
+  }
+  std::vector<std::string> placed;
+  auto undo = [&] {
+    for (const std::string& path : placed) (void)env_->RemoveFile(path);
+  };
+  // The train file first: a part found without its train file was never
+  // staged whole, and a train file found alone is an orphan.
+  CheckpointRecord record;
+  if (const WrittenFile* train = writer->train()) {
+    record.train_path = PathOf(train->final_name);
+    record.train_bytes = train->bytes;
+    CKPTD_TRY(env_->RenameFile(train->temp_path, record.train_path));
+    placed.push_back(record.train_path);
+  }
+  record.model_path = PathOf(writer->model().final_name);
+  if (absl::Status st = env_->RenameFile(writer->model().temp_path, record.model_path); !st.ok()) {
+    undo();
+    return st;
+  }
+  placed.push_back(record.model_path);
+  writer->Release();
+  if (absl::Status st = env_->SyncDir(weights_dir_); !st.ok()) {
+    undo();
+    return st;
+  }
+  record.step = step;
+  record.model_bytes = writer->model().bytes;
+  record.rank = part->rank;
+  record.world_size = part->world_size;
+  const gguf::Layout& layout = writer->model_layout();
+  FillFromHeader(layout.metadata, layout.tensors.size(), &record);
+  pending_[step] = record;
+  return record;
+}
+
+absl::StatusOr<CheckpointRecord> RunDir::CommitPart(uint64_t step) {
+  auto it = pending_.find(step);
+  if (it == pending_.end()) {
+    if (const CheckpointRecord* r = Find(step); r != nullptr && r->world_size > 0) return *r;
+    return absl::NotFoundError(StrCat("step ", step, " has no part waiting here"));
+  }
+  const CheckpointRecord& r = it->second;
+  // The commit point on this node.
+  CKPTD_TRY(env::WriteFileAtomically(
+      env_, PathOf(CommitMarkerName(step)),
+      StrCat("{\"step\": ", step, ", \"rank\": ", r.rank, ", \"world_size\": ", r.world_size, "}\n")));
+  CheckpointRecord record = std::move(it->second);
+  pending_.erase(it);
+  catalog_[step] = record;
+  if (latest_step() == step) CKPTD_TRY(PointLatestAt(step));
+  return record;
+}
+
+absl::Status RunDir::AbortPart(uint64_t step) {
+  auto it = pending_.find(step);
+  if (it == pending_.end()) return absl::OkStatus();
+  const CheckpointRecord r = it->second;
+  pending_.erase(it);
+  for (const std::string& path : {r.model_path, r.train_path}) {
+    if (path.empty()) continue;
+    absl::Status st = env_->RemoveFile(path);
+    if (!st.ok() && !absl::IsNotFound(st)) return st;
+  }
+  return env_->SyncDir(weights_dir_);
 }
 
 }  // namespace ckptd::storage

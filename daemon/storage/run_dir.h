@@ -35,6 +35,9 @@ class RunDir {
   const std::string& run_dir() const { return run_dir_; }
   const std::string& weights_dir() const { return weights_dir_; }
   const std::map<uint64_t, CheckpointRecord>& catalog() const { return catalog_; }
+  // A multi-rank run's parts written here whose step is not committed yet
+  // (no commit marker): invisible to the catalog, `latest` and retention.
+  const std::map<uint64_t, CheckpointRecord>& pending() const { return pending_; }
   std::optional<uint64_t> latest_step() const;
   const CheckpointRecord* Find(uint64_t step) const;
   uint64_t total_bytes() const;
@@ -57,9 +60,21 @@ class RunDir {
   // the new checkpoint (memory follows disk).
   absl::StatusOr<CheckpointRecord> Commit(CheckpointWriter* writer, Overwrite overwrite);
 
-  // Deletes a committed checkpoint: the model file first (after which the
-  // checkpoint no longer exists), then its train file and exports, then fsyncs the
-  // directory. Refuses `latest`'s target (FAILED_PRECONDITION). Only files
+  // A multi-rank run's part (the writer planned with SavePlan::part): its
+  // files renamed to their part names and made durable, the step pending
+  // (not in the catalog) until CommitPart or AbortPart. ALREADY_EXISTS if
+  // the step is committed or pending already.
+  absl::StatusOr<CheckpointRecord> StagePart(CheckpointWriter* writer);
+  // Every rank's part is durable: writes step_N.commit (the commit point on
+  // this node), moves the part into the catalog and points `latest` at it
+  // if it is the newest. Idempotent for a committed step.
+  absl::StatusOr<CheckpointRecord> CommitPart(uint64_t step);
+  // The step failed: removes the pending part's files.
+  absl::Status AbortPart(uint64_t step);
+
+  // Deletes a committed checkpoint: the model file (a part's commit
+  // marker) first, after which the checkpoint no longer exists, then its
+  // train file and exports, then fsyncs the directory. Refuses `latest`'s target (FAILED_PRECONDITION). Only files
   // named by the grammar inside weights/ are touched.
   absl::Status Delete(uint64_t step);
 
@@ -71,6 +86,8 @@ class RunDir {
  private:
   RunDir(env::Env* env, std::string run_dir);
   absl::Status PointLatestAt(std::optional<uint64_t> step);
+  // What `latest` names for a committed step: its model file or its part.
+  std::string LatestTarget(uint64_t step) const;
   // Points each latest.E at the newest step with export E (removing links
   // of exports no step has); fsyncs when anything changed.
   absl::StatusOr<bool> RelinkExports();
@@ -82,6 +99,7 @@ class RunDir {
   std::string run_dir_;
   std::string weights_dir_;
   std::map<uint64_t, CheckpointRecord> catalog_;
+  std::map<uint64_t, CheckpointRecord> pending_;
 };
 
 }  // namespace ckptd::storage

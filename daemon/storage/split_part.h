@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "daemon/gguf/value.h"
@@ -16,6 +17,11 @@ namespace ckptd::storage {
 inline constexpr const char* kSplitNo = "split.no";
 inline constexpr const char* kSplitCount = "split.count";
 inline constexpr const char* kSplitTensorsCount = "split.tensors.count";
+// A rank's slice of a row-sharded tensor T: ckpt.shard.T.full_ne (u64
+// array, the whole tensor's dims in GGUF order), ckpt.shard.T.dim (u32),
+// ckpt.shard.T.offset (u64); the slice's length is the saved tensor's
+// ne[dim].
+inline constexpr std::string_view kShardPrefix = "ckpt.shard.";
 
 // INVALID_ARGUMENT, naming the bound, for a rank outside the world, a
 // world over 65535 or a tensor count over INT32_MAX.

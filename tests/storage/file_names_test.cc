@@ -81,7 +81,7 @@ TEST(FileNamesTest, ForeignNamesDoNotParse) {
                            "latest2",
                            ".latest",
                            "model.gguf",
-                           "step_1-00001-of-00002.gguf",
+                           "step_1-00001-of-00002.gguf.old",
                            "",
                            ".",
                            ".tmp-00",
@@ -115,8 +115,28 @@ TEST(FileNamesTest, SplitPartsAreNamedAsGgufSplitNamesShards) {
         "x-00001-of-00001.gguf"}) {
     EXPECT_FALSE(ParseSplitFileName(bad).has_value()) << bad;
   }
-  // Not in the grammar recovery acts on.
-  EXPECT_FALSE(ParseFileName("step_100-00001-of-00003.gguf").has_value());
+  // In the grammar recovery acts on: parts, their train files, commit
+  // markers and the temps of all three.
+  auto part = ParseFileName("step_100-00002-of-00003.gguf");
+  ASSERT_TRUE(part.has_value());
+  EXPECT_EQ(part->kind, FileKind::kPart);
+  EXPECT_EQ(part->step, 100u);
+  EXPECT_EQ(part->rank, 1u);
+  EXPECT_EQ(part->world_size, 3u);
+  EXPECT_EQ(PartTrainFileName(100, 1, 3), "step_100-00002-of-00003.train.gguf");
+  auto train = ParseFileName(PartTrainFileName(100, 1, 3));
+  ASSERT_TRUE(train.has_value());
+  EXPECT_EQ(train->kind, FileKind::kPartTrain);
+  EXPECT_EQ(train->rank, 1u);
+  EXPECT_EQ(CommitMarkerName(100), "step_100.commit");
+  EXPECT_EQ(ParseFileName("step_100.commit")->kind, FileKind::kCommitMarker);
+  EXPECT_EQ(ParseFileName(TempFileName(SplitFileName(100, 1, 3)))->kind, FileKind::kModelTemp);
+  EXPECT_EQ(ParseFileName(TempFileName(PartTrainFileName(100, 1, 3)))->kind, FileKind::kTrainTemp);
+  EXPECT_EQ(ParseFileName(TempFileName(CommitMarkerName(100)))->kind, FileKind::kStateTemp);
+  for (std::string_view bad : {"step_01.commit", "step_.commit", "step_1-00004-of-00003.train.gguf",
+                               "step_1.x.commit"}) {
+    EXPECT_FALSE(ParseFileName(bad).has_value()) << bad;
+  }
 }
 
 TEST(FileNamesTest, RunIds) {

@@ -260,5 +260,81 @@ TEST_F(RunDirTest, CatalogIsRebuiltFromHeadersWithoutReadingTensorData) {
   EXPECT_EQ(dir->Find(3)->model_bytes, env->Stat(dir->Find(3)->model_path)->size);
 }
 
+// A multi-rank run's part: staged (invisible), then committed by its
+// marker or aborted; recovery keeps a pending part pending.
+absl::StatusOr<CheckpointRecord> StageRankPart(env::Env* env, RunDir* dir, uint64_t step,
+                                               uint32_t rank, uint32_t world) {
+  SavePlan plan = Plan(step, /*with_train=*/true);
+  plan.part = SplitName{.step = step, .rank = rank, .world_size = world};
+  auto w = CheckpointWriter::Create(env, dir->weights_dir(), std::move(plan));
+  if (!w.ok()) return w.status();
+  CKPTD_TRY((*w)->WriteData(Bytes((*w)->data_bytes(), 'p')));
+  CKPTD_TRY((*w)->Finish());
+  return dir->StagePart(w->get());
+}
+
+TEST_F(RunDirTest, APartIsInvisibleUntilItsCommitMarker) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  auto staged = StageRankPart(env, dir.get(), 100, 1, 3);
+  ASSERT_TRUE(staged.ok()) << staged.status();
+  EXPECT_EQ(staged->rank, 1u);
+  EXPECT_EQ(staged->world_size, 3u);
+  EXPECT_TRUE(dir->catalog().empty());
+  EXPECT_EQ(dir->pending().size(), 1u);
+  EXPECT_FALSE(env->ReadLink(Weights() + "/latest").ok());
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_100-00002-of-00003.gguf",
+                                                     "step_100-00002-of-00003.train.gguf"));
+  // The same step again is refused while it waits.
+  EXPECT_EQ(dir->CheckCanSave(100, Overwrite::kYes).code(), absl::StatusCode::kAlreadyExists);
+  {  // a restart keeps it pending
+    RecoveryReport report;
+    auto again = OpenDir(env, &report);
+    EXPECT_TRUE(again->catalog().empty());
+    ASSERT_EQ(again->pending().count(100), 1u);
+    EXPECT_EQ(again->pending().at(100).train_path, staged->train_path);
+    EXPECT_TRUE(report.removed.empty());
+  }
+  auto committed = dir->CommitPart(100);
+  ASSERT_TRUE(committed.ok()) << committed.status();
+  EXPECT_TRUE(dir->pending().empty());
+  ASSERT_NE(dir->Find(100), nullptr);
+  EXPECT_EQ(Latest(), "step_100-00002-of-00003.gguf");
+  EXPECT_TRUE(dir->CommitPart(100).ok());  // idempotent
+  {  // a restart finds it committed, with its training state
+    auto again = OpenDir();
+    ASSERT_NE(again->Find(100), nullptr);
+    EXPECT_EQ(again->Find(100)->rank, 1u);
+    EXPECT_EQ(again->Find(100)->train_path, staged->train_path);
+    EXPECT_TRUE(again->pending().empty());
+  }
+  // Deleting it takes the marker first, then its files.
+  ASSERT_TRUE(StageRankPart(env, dir.get(), 200, 1, 3).ok());
+  ASSERT_TRUE(dir->CommitPart(200).ok());
+  EXPECT_EQ(Latest(), "step_200-00002-of-00003.gguf");
+  ASSERT_TRUE(dir->Delete(100).ok());
+  EXPECT_THAT(Names(Weights()),
+              UnorderedElementsAre("step_200-00002-of-00003.gguf",
+                                   "step_200-00002-of-00003.train.gguf", "step_200.commit",
+                                   "latest"));
+}
+
+TEST_F(RunDirTest, AnAbortedPartLeavesNothingAndRecoveryDropsOrphans) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  ASSERT_TRUE(StageRankPart(env, dir.get(), 100, 0, 2).ok());
+  ASSERT_TRUE(dir->AbortPart(100).ok());
+  EXPECT_TRUE(Names(Weights()).empty());
+  EXPECT_TRUE(dir->pending().empty());
+  // A marker without its part, and a part's train file without its part.
+  ASSERT_TRUE(env::WriteFileAtomically(env, Weights() + "/step_7.commit", "{}").ok());
+  ASSERT_TRUE(StageRankPart(env, dir.get(), 8, 0, 2).ok());
+  ASSERT_TRUE(env->RemoveFile(Weights() + "/step_8-00001-of-00002.gguf").ok());
+  RecoveryReport report;
+  auto again = OpenDir(env, &report);
+  EXPECT_TRUE(Names(Weights()).empty());
+  EXPECT_EQ(report.removed.size(), 2u);
+}
+
 }  // namespace
 }  // namespace ckptd::storage
