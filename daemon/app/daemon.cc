@@ -37,6 +37,7 @@
 #include "daemon/scheduler/save_queue.h"
 #include "daemon/storage/file_names.h"
 #include "daemon/tier/fetch.h"
+#include "daemon/tier/step_coordinator.h"
 
 extern char** environ;
 
@@ -424,12 +425,21 @@ absl::Status Daemon::StartTier() {
       });
   for (const auto& run : registry_->List()) {
     std::vector<storage::CheckpointRecord> local;
+    std::optional<uint32_t> rank;
     {
       absl::MutexLock lock(&run->mu());
       if (LocalOnly(*run)) continue;
       for (const auto& [step, record] : run->dir()->catalog()) local.push_back(record);
+      // A multi-rank run's parts waiting for their verdict: reported (or
+      // uploaded and reported) before the verdict can come.
+      for (const auto& [step, record] : run->dir()->pending()) local.push_back(record);
+      std::sort(local.begin(), local.end(),
+                [](const auto& a, const auto& b) { return a.step < b.step; });
+      if (run->settings && run->settings->multi_rank.world_size > 1) {
+        rank = run->settings->multi_rank.rank;
+      }
     }
-    if (absl::Status st = uploader_->Recover(run->id(), run->run_dir(), local); !st.ok()) {
+    if (absl::Status st = uploader_->Recover(run->id(), run->run_dir(), local, rank); !st.ok()) {
       spdlog::warn("tier: run={}: {}", run->id(), st.message());
     }
     absl::MutexLock lock(&run->mu());
@@ -503,12 +513,100 @@ absl::Status Daemon::StartTier() {
          if (!info.ok() && absl::IsUnavailable(info.status())) return StoreError(info.status());
          return info;
        }});
+  registry_->SetStagedHook([this](scheduler::Run& run, const storage::CheckpointRecord& r) {
+    if (absl::Status st = uploader_->Enqueue({run.id(), run.run_dir(), r}); !st.ok()) {
+      spdlog::error("tier: run={} step={} part not queued for upload: {}", run.id(), r.step,
+                    st.message());
+    }
+  });
   metrics::Metrics::Get().SetTier(static_cast<int64_t>(uploader_->queue_depth()), true);
   uploader_->Start();
+  StartCoordinator();
   spdlog::info("tier: copying checkpoints to {}/{}{}{} (parts of {} bytes, {} in flight)",
                cfg.s3_endpoint, cfg.s3_bucket, cfg.s3_prefix.empty() ? "" : "/", cfg.s3_prefix,
                cfg.s3_part_size, cfg.s3_parallel_parts);
   return absl::OkStatus();
+}
+
+void Daemon::StartCoordinator() {
+  tier::CoordinatorHooks hooks;
+  hooks.runs = [this] {
+    std::vector<tier::MultiRankRun> out;
+    for (const auto& run : registry_->List()) {
+      absl::MutexLock lock(&run->mu());
+      tier::MultiRankRun m{.run_id = run->id(), .run_dir = run->run_dir()};
+      if (run->settings && run->settings->multi_rank.world_size > 1 && !LocalOnly(*run)) {
+        const scheduler::RunMultiRank& mr = run->settings->multi_rank;
+        m.rank = mr.rank;
+        m.world_size = mr.world_size;
+        m.coordinator = mr.coordinator;
+        m.part_timeout_s = mr.part_timeout_s;
+      }
+      for (const auto& [step, record] : run->dir()->pending()) {
+        m.pending.insert(step);
+        if (m.world_size == 0) {  // reopened as another world: the part's own
+          m.rank = record.rank;
+          m.world_size = record.world_size;
+        }
+      }
+      if (m.coordinator || !m.pending.empty()) out.push_back(std::move(m));
+    }
+    return out;
+  };
+  hooks.commit = [this](const std::string& run_id, uint64_t step) {
+    auto run = registry_->Get(run_id);
+    if (!run.ok()) return;
+    absl::StatusOr<storage::CheckpointRecord> record;
+    bool is_latest = false;
+    {
+      absl::MutexLock lock(&(*run)->mu());
+      record = (*run)->dir()->CommitPart(step);
+      if (record.ok()) is_latest = (*run)->dir()->latest_step() == step;
+    }
+    if (!record.ok()) {
+      spdlog::error("multi-rank: run={} step={}: the step is committed but this node's part "
+                    "could not be: {}",
+                    run_id, step, record.status().message());
+      return;
+    }
+    (void)uploader_->MarkUploaded(run_id, (*run)->run_dir(), step);
+    metrics::Metrics::Get().CountSave(run_id, "committed");
+    spdlog::info("multi-rank: part committed run={} step={} rank={} world_size={} file={}{}",
+                 run_id, step, record->rank, record->world_size, record->model_path,
+                 is_latest ? " latest" : "");
+    (*run)->Publish({.type = scheduler::Event::Type::kCommitted,
+                     .run_id = run_id,
+                     .step = step,
+                     .record = *record,
+                     .is_latest = is_latest,
+                     .time_utc = FormatUtc(NowSeconds())});
+    (void)registry_->RunRetention(**run, /*dry=*/false);
+  };
+  hooks.abort = [this](const std::string& run_id, uint64_t step, const std::string& reason) {
+    auto run = registry_->Get(run_id);
+    if (!run.ok()) return;
+    const std::string error = StrCat("ABORTED: multi-rank step ", step, " aborted: ", reason);
+    {
+      absl::MutexLock lock(&(*run)->mu());
+      if (absl::Status st = (*run)->dir()->AbortPart(step); !st.ok()) {
+        spdlog::error("multi-rank: run={} step={}: removing the aborted part: {}", run_id, step,
+                      st.message());
+      }
+      (*run)->last_error = error;
+    }
+    uploader_->Forget(run_id, (*run)->run_dir(), step);
+    metrics::Metrics::Get().CountSave(run_id, "failed");
+    spdlog::warn("multi-rank: part removed run={} step={}: {}", run_id, step, reason);
+    (*run)->Publish({.type = scheduler::Event::Type::kFailed,
+                     .run_id = run_id,
+                     .step = step,
+                     .error = error,
+                     .time_utc = FormatUtc(NowSeconds())});
+  };
+  double poll_s = 1.0;
+  if (const char* p = std::getenv("CKPTD_TEST_MULTI_RANK_POLL_S")) poll_s = std::atof(p);
+  coordinator_ = std::make_unique<tier::StepCoordinator>(uploader_.get(), std::move(hooks), poll_s);
+  coordinator_->Start();
 }
 
 // FetchRemote: the step into the run's weights/ (no save runs meanwhile:
@@ -735,6 +833,7 @@ void Daemon::Stop() {
                cfg_.shutdown_deadline_seconds);
   Notify("STOPPING=1\nSTATUS=draining in-flight saves");
   service_->BeginShutdown();
+  if (coordinator_) coordinator_->Stop();
   if (uploader_) uploader_->Stop();  // what is left resumes at the next start
   if (http_server_) http_server_->Stop();
   server_->Shutdown(std::chrono::system_clock::now() +

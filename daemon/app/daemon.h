@@ -22,6 +22,7 @@
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_queue.h"
+#include "daemon/tier/step_coordinator.h"
 #include "daemon/tier/uploader.h"
 
 namespace ckptd::app {
@@ -54,6 +55,9 @@ class Daemon {
   absl::StatusOr<v1::CheckpointInfo> FetchRemote(const std::string& run_id,
                                                  std::optional<uint64_t> step);
   absl::Status StartTier();
+  // Multi-rank runs: the verdicts on this node's parts, and the steps this
+  // node coordinates (tier/step_coordinator.h).
+  void StartCoordinator();
   absl::Status StartSharedMemory();
   absl::Status StartGrpc();
   // TLS for a HOST:PORT listen (server.tls_*), else plaintext (Unix socket, or server.insecure).
@@ -81,6 +85,7 @@ class Daemon {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<http::HttpServer> http_server_;
   std::unique_ptr<tier::Uploader> uploader_;  // [tier.s3]; null when off
+  std::unique_ptr<tier::StepCoordinator> coordinator_;  // multi-rank verdicts; with uploader_
   absl::Mutex timer_mu_;
   absl::CondVar timer_cv_;
   bool timer_stop_ ABSL_GUARDED_BY(timer_mu_) = false;

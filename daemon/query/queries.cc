@@ -53,7 +53,10 @@ v1::RunInfo Queries::RunInfo(scheduler::Run& run) const {
   if (run.settings) {
     for (const auto& e : run.settings->exports) info.add_exports(e.name);
     info.set_base_model_uuid(run.settings->base_model_uuid);
+    info.set_world_size(run.settings->multi_rank.world_size);
+    info.set_rank(run.settings->multi_rank.rank);
   }
+  for (const auto& [step, record] : run.dir()->pending()) info.add_pending_steps(step);
   return info;
 }
 
@@ -138,6 +141,7 @@ void Queries::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
   }
   if (tier_.upload_state) out->set_upload_state(tier_.upload_state(run.id(), r.step));
   out->set_location(out->upload_state() == "uploaded" ? "both" : "local");
+  out->set_pending(run.dir()->pending().contains(r.step));
 }
 
 absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(

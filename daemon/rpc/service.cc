@@ -323,6 +323,12 @@ class GrpcChunkStream final : public ingest::ChunkStream {
   v1::SaveRequest msg_;
 };
 
+// A multi-rank run's part, just staged: its step commits when every rank's
+// part is durable.
+void SetStaged(const storage::CheckpointRecord& r, v1::CheckpointInfo* out) {
+  if (r.world_size > 0) out->set_pending(true);
+}
+
 void OutcomeToProto(const scheduler::SaveOutcome& o, v1::SaveResponse* resp) {
   resp->set_reason(o.reason);
   if (o.skipped) {
@@ -331,6 +337,7 @@ void OutcomeToProto(const scheduler::SaveOutcome& o, v1::SaveResponse* resp) {
   }
   resp->set_result(v1::SaveResponse::RESULT_COMMITTED);
   api::ToProto(o.record, o.is_latest, resp->mutable_checkpoint());
+  SetStaged(o.record, resp->mutable_checkpoint());
   SetTimings(o.timings, resp->mutable_timings());
 }
 
@@ -519,6 +526,8 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
     if (!run.ok()) return ToGrpc(run.status());
     absl::MutexLock lock(&(*run)->mu());
     const storage::CheckpointRecord* record = (*run)->dir()->Find(req->step());
+    const auto& pending = (*run)->dir()->pending();
+    if (record == nullptr && pending.contains(req->step())) record = &pending.at(req->step());
     if (record == nullptr) {
       return ToGrpc(absl::NotFoundError(
           StrCat("run '", req->run_id(), "' has no save ", req->save_id(),
@@ -528,6 +537,7 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
     resp->set_step(req->step());
     resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
     ToProto(*record, (*run)->dir()->latest_step() == req->step(), resp->mutable_checkpoint());
+    resp->mutable_checkpoint()->set_pending(pending.contains(req->step()));
     return grpc::Status::OK;
   }
   if (!r.ok()) return ToGrpc(r.status());
@@ -542,6 +552,7 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
     case scheduler::QueuedSaveResult::State::kCommitted:
       resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
       ToProto(r->record, r->is_latest, resp->mutable_checkpoint());
+      SetStaged(r->record, resp->mutable_checkpoint());
       SetTimings(r->timings, resp->mutable_timings());
       break;
     case scheduler::QueuedSaveResult::State::kFailed:

@@ -6,13 +6,15 @@
 
 #include <algorithm>
 #include <atomic>
-#include <charconv>
 
 #include "absl/time/clock.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
+#include "daemon/storage/checkpoint.h"
 #include "daemon/storage/file_names.h"
+#include "daemon/storage/split_part.h"
+#include "daemon/tier/remote_names.h"
 
 namespace ckptd::tier {
 namespace {
@@ -20,20 +22,6 @@ namespace {
 std::string Base(const std::string& path) {
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-// "step_N.manifest.json" -> N.
-std::optional<uint64_t> ManifestStep(std::string_view name) {
-  constexpr std::string_view kHead = "step_", kTail = ".manifest.json";
-  if (!name.starts_with(kHead) || !name.ends_with(kTail)) return std::nullopt;
-  const std::string_view digits =
-      name.substr(kHead.size(), name.size() - kHead.size() - kTail.size());
-  uint64_t step = 0;
-  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
-  if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty()) {
-    return std::nullopt;
-  }
-  return step;
 }
 
 // A store that forgot an upload (aborted, expired): start it again.
@@ -125,7 +113,8 @@ absl::Status Uploader::Enqueue(StepUpload upload) {
 }
 
 absl::Status Uploader::Recover(const std::string& run_id, const std::string& run_dir,
-                               const std::vector<storage::CheckpointRecord>& local) {
+                               const std::vector<storage::CheckpointRecord>& local,
+                               std::optional<uint32_t> rank) {
   nlohmann::json j = LoadState(run_dir);
   std::set<uint64_t> waiting, uploaded;
   std::set<std::string> known_ids;
@@ -173,7 +162,7 @@ absl::Status Uploader::Recover(const std::string& run_id, const std::string& run
   // aborted by the worker before it uploads anything: the store may be
   // down now, and the daemon's start does not wait for it.
   absl::MutexLock lock(&mu_);
-  stale_checks_.push_back({run_id, std::move(known_ids)});
+  stale_checks_.push_back({run_id, std::move(known_ids), rank});
   cv_.Signal();
   return absl::OkStatus();
 }
@@ -184,6 +173,14 @@ absl::Status Uploader::AbortStale(const StaleCheck& check) {
     CKPTD_ASSIGN_OR_RETURN(std::vector<S3Upload> open, client_->ListMultipartUploads(prefix));
     for (const S3Upload& u : open) {
       if (check.known_ids.count(u.upload_id)) continue;
+      if (check.rank) {  // a multi-rank run: the other ranks' uploads are other nodes'
+        auto parsed = storage::ParseFileName(Base(u.key));
+        if (!parsed || (parsed->kind != storage::FileKind::kPart &&
+                        parsed->kind != storage::FileKind::kPartTrain) ||
+            parsed->rank != *check.rank) {
+          continue;
+        }
+      }
       spdlog::info("tier: aborting a stale multipart upload run={} key={} upload_id={}",
                    check.run_id, u.key, u.upload_id);
       CKPTD_TRY(client_->AbortMultipartUpload(u.key, u.upload_id));
@@ -403,6 +400,7 @@ absl::Status Uploader::Upload(const Job& job) {
   for (const storage::ExportRecord& e : r.exports) {
     files.push_back({e.path, Base(e.path), "export:" + e.name, "", e.bytes});
   }
+  const bool part = r.world_size > 0;
   const double start = NowSeconds();
   nlohmann::json metrics = nlohmann::json::object();
   for (const auto& [name, value] : r.metrics) metrics[name] = value;
@@ -427,10 +425,12 @@ absl::Status Uploader::Upload(const Job& job) {
     nlohmann::json entry = {
         {"name", f.name}, {"key", key}, {"role", f.role}, {"size", st->size}, {"etag", etag}};
     if (!f.content_digest.empty()) entry["content_digest"] = f.content_digest;
+    if (part) entry["rank"] = r.rank;
     manifest["files"].push_back(std::move(entry));
   }
+  if (part) return ReportPart(up, std::move(manifest), bytes, start);
   // The commit record of the step in the store, then latest: last.
-  const std::string manifest_name = StrCat("step_", r.step, ".manifest.json");
+  const std::string manifest_name = ManifestName(r.step);
   const std::string manifest_text = manifest.dump(2);
   CKPTD_TRY(Retry([&]() -> absl::Status {
     return client_->Put(KeyFor(up.run_id, manifest_name), manifest_text).status();
@@ -500,17 +500,103 @@ absl::Status Uploader::Upload(const Job& job) {
   return absl::OkStatus();
 }
 
+// A multi-rank run's part is uploaded: its report for the coordinator
+// (what it holds, where its files went), then the state. The step's
+// manifest and `latest` are the coordinator's to write.
+absl::Status Uploader::ReportPart(const StepUpload& up, nlohmann::json report, uint64_t bytes,
+                                  double start) {
+  const storage::CheckpointRecord& r = up.record;
+  CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile header, storage::ReadGgufHeader(env_, r.model_path));
+  report["rank"] = r.rank;
+  report["world_size"] = r.world_size;
+  report["bytes"] = bytes;
+  if (const gguf::Value* count = header.metadata.Find(storage::kSplitTensorsCount)) {
+    if (const auto* n = count->get_if<int32_t>()) report["split_tensors_count"] = *n;
+  }
+  auto tensors = nlohmann::json::array();
+  for (const gguf::TensorInfo& t : header.tensors) {
+    nlohmann::json entry = {{"name", t.name}, {"ne", t.ne}};
+    const std::string key = StrCat(storage::kShardPrefix, t.name);
+    const gguf::Value* full = header.metadata.Find(StrCat(key, ".full_ne"));
+    const gguf::Value* dim = header.metadata.Find(StrCat(key, ".dim"));
+    const gguf::Value* offset = header.metadata.Find(StrCat(key, ".offset"));
+    if (full && dim && offset) {
+      std::vector<uint64_t> full_ne;
+      if (const auto* a = full->get_if<gguf::Array>()) {
+        for (const gguf::Value& v : a->items) {
+          if (const auto* d = v.get_if<uint64_t>()) full_ne.push_back(*d);
+        }
+      }
+      const auto* d = dim->get_if<uint32_t>();
+      const auto* o = offset->get_if<uint64_t>();
+      if (d && o && *d < t.ne.size()) {
+        entry["slice"] = {
+            {"full_ne", full_ne}, {"dim", *d}, {"offset", *o}, {"length", t.ne[*d]}};
+      }
+    }
+    tensors.push_back(std::move(entry));
+  }
+  report["tensors"] = std::move(tensors);
+  const std::string text = report.dump(2);
+  CKPTD_TRY(Retry([&]() -> absl::Status {
+    return client_->Put(KeyFor(up.run_id, PartReportName(r.step, r.rank)), text).status();
+  }));
+  TestPause();
+  CKPTD_TRY(UpdateState(up.run_dir, [&](nlohmann::json& j) {
+    j["waiting"].erase(std::to_string(r.step));
+    auto& done = j["uploaded"];
+    if (!done.is_array()) done = nlohmann::json::array();
+    // The newest only: Recover compares with it; older parts were reported.
+    uint64_t newest = r.step;
+    for (const auto& s : done) newest = std::max(newest, s.get<uint64_t>());
+    done = nlohmann::json::array({newest});
+  }));
+  const double seconds = NowSeconds() - start;
+  spdlog::info(
+      "tier: uploaded run={} step={} rank={} part bytes={} seconds={:.3f}; reported to the "
+      "coordinator",
+      up.run_id, r.step, r.rank, bytes, seconds);
+  if (listener_) {
+    listener_({.type = UploadEventType::kUploaded,
+               .run_id = up.run_id,
+               .step = r.step,
+               .bytes = bytes,
+               .seconds = seconds});
+  }
+  return absl::OkStatus();
+}
+
+void Uploader::Forget(const std::string& run_id, const std::string& run_dir, uint64_t step) {
+  {
+    absl::MutexLock lock(&mu_);
+    queue_.erase(std::remove_if(queue_.begin(), queue_.end(),
+                                [&](const Job& j) {
+                                  return j.upload.run_id == run_id && j.upload.record.step == step;
+                                }),
+                 queue_.end());
+    if (auto it = states_.find(run_id); it != states_.end()) it->second.erase(step);
+  }
+  (void)UpdateState(run_dir, [&](nlohmann::json& j) {
+    if (j.contains("waiting")) j["waiting"].erase(std::to_string(step));
+  });
+}
+
+bool Uploader::RemoteRetentionOf(const std::string& run_id) const {
+  std::optional<RemoteRules> rules = rules_ ? rules_(run_id) : std::nullopt;
+  return rules ? rules->remote_retention : settings_.remote_retention;
+}
+
 absl::StatusOr<std::set<uint64_t>> Uploader::RemoteSteps(const std::string& run_id) {
   CKPTD_ASSIGN_OR_RETURN(std::vector<S3Object> objects, client_->List(KeyFor(run_id, "")));
   std::set<uint64_t> steps;
   for (const S3Object& o : objects) {
-    if (std::optional<uint64_t> step = ManifestStep(Base(o.key))) steps.insert(*step);
+    if (std::optional<uint64_t> step = ParseManifestName(Base(o.key))) steps.insert(*step);
   }
   return steps;
 }
 
 absl::StatusOr<nlohmann::json> Uploader::RemoteManifest(const std::string& run_id, uint64_t step) {
-  const std::string key = KeyFor(run_id, StrCat("step_", step, ".manifest.json"));
+  const std::string key = KeyFor(run_id, ManifestName(step));
   CKPTD_ASSIGN_OR_RETURN(std::string text, client_->Get(key));
   nlohmann::json m = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!m.is_object() || !m.contains("files") || !m["files"].is_array()) {

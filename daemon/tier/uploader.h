@@ -6,6 +6,8 @@
 // ETags, part size, ckptd's content digests, uuid) once every file is
 // complete; then <prefix>/<run>/latest naming the newest uploaded step,
 // written last. A reader that trusts manifests never sees a partial step.
+// A multi-rank run's part ends with its report for the coordinator
+// instead (tier/remote_names.h, tier/step_coordinator.h).
 //
 // Files larger than a part go up as multipart uploads, several parts at
 // once, read from the committed file part by part: memory is
@@ -131,6 +133,13 @@ class Uploader {
   // uploaded, so it is not sent again.
   absl::Status MarkUploaded(const std::string& run_id, const std::string& run_dir, uint64_t step);
 
+  // A step that will not be uploaded after all (a multi-rank step aborted):
+  // dropped from the queue and the state. An upload already running ends
+  // on its own.
+  void Forget(const std::string& run_id, const std::string& run_dir, uint64_t step);
+  // Whether the run's retention policy applies to its remote copies.
+  bool RemoteRetentionOf(const std::string& run_id) const;
+
   void Start();
   // Stops after the parts in flight; what is left resumes at the next start.
   void Stop();
@@ -141,8 +150,11 @@ class Uploader {
   // aborts multipart uploads under its prefix the state does not name.
   // `local`: the run's committed checkpoints; steps newer than any the
   // state knows (committed while the daemon was down) are queued too.
+  // `rank`: a multi-rank run's rank on this node; its stale check then
+  // leaves the other ranks' uploads (other nodes') alone.
   absl::Status Recover(const std::string& run_id, const std::string& run_dir,
-                       const std::vector<storage::CheckpointRecord>& local);
+                       const std::vector<storage::CheckpointRecord>& local,
+                       std::optional<uint32_t> rank = std::nullopt);
 
   struct Health {
     bool healthy = true;
@@ -167,10 +179,13 @@ class Uploader {
   struct StaleCheck {
     std::string run_id;
     std::set<std::string> known_ids;
+    std::optional<uint32_t> rank;  // only this rank's part files
   };
   void Loop();
   absl::Status AbortStale(const StaleCheck& check);
   absl::Status Upload(const Job& job);
+  absl::Status ReportPart(const StepUpload& up, nlohmann::json report, uint64_t bytes,
+                          double start);
   // Uploads one file of a step; `key` is where it went (a resumed upload
   // keeps the key it was started with).
   absl::Status UploadFile(const StepUpload& up, const std::string& path, const std::string& name,

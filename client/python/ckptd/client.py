@@ -174,7 +174,7 @@ class Client:
                  base_model: str | None = None, run_dir: str = "", seed: int | None = None,
                  transport: str = "auto", name_map: Callable[[str], str] | None = None,
                  threads: int = 4, exports: list | None = None, model=None,
-                 tier=None) -> "Run":
+                 tier=None, multi_rank=None) -> "Run":
         """Opens (or resumes) a run. `schedule`/`retention`: dicts with the
         proto's field names ({"every_steps": 500}) or the messages; `metadata`:
         GGUF-typed model metadata (see ckptd.values); `transport`: "auto"
@@ -185,7 +185,13 @@ class Client:
         the daemon checks the exports against its tensors now, not at the
         first save. `tier`: how this run uses the daemon's object-storage
         tier, a dict ({"local_only": True}, {"prefix": "team-a/ckpt",
-        "remote_retention": "same"}) or a TierOptions message."""
+        "remote_retention": "same"}) or a TierOptions message. `multi_rank`:
+        this process is one rank of a run trained by several, a dict
+        ({"world_size": 3, "rank": 1}, optionally "part_timeout_seconds",
+        "total_tensors", "slices": [{"name", "full_ne", "dim", "offset"}])
+        or a MultiRank message: each save writes this rank's part, and the
+        step shows in listings and restores once every rank's part is
+        durable (the daemons agree through the object-storage tier)."""
         req = pb.OpenRunRequest(run_id=run_id, run_dir=run_dir, base_model_uuid=base_model or "")
         for e in exports or []:
             req.exports.append(_export_request(e))
@@ -203,6 +209,12 @@ class Client:
             req.schedule.CopyFrom(schedule)
         if tier is not None:
             req.tier.CopyFrom(tier if isinstance(tier, pb.TierOptions) else pb.TierOptions(**tier))
+        if multi_rank is not None:
+            if not isinstance(multi_rank, pb.MultiRank):
+                multi_rank = dict(multi_rank)
+                slices = [pb.ShardSlice(**sl) for sl in multi_rank.pop("slices", [])]
+                multi_rank = pb.MultiRank(slices=slices, **multi_rank)
+            req.multi_rank.CopyFrom(multi_rank)
         if retention is not None:
             req.retention.CopyFrom(
                 retention if isinstance(retention, pb.RetentionPolicy) else pb.RetentionPolicy(**retention)

@@ -1,0 +1,49 @@
+// Object names of a run in the store.
+#include "daemon/tier/remote_names.h"
+
+#include <charconv>
+
+#include "daemon/base/strings.h"
+
+namespace ckptd::tier {
+namespace {
+
+template <typename T>
+std::optional<T> Decimal(std::string_view digits) {
+  if (digits.empty() || (digits.size() > 1 && digits[0] == '0')) return std::nullopt;
+  T v = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  if (ec != std::errc() || end != digits.data() + digits.size()) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+std::string ManifestName(uint64_t step) { return StrCat("step_", step, ".manifest.json"); }
+std::string FailedName(uint64_t step) { return StrCat("step_", step, ".failed.json"); }
+std::string PartReportName(uint64_t step, uint32_t rank) {
+  return StrCat(kPartsDir, "step_", step, "/rank-", rank, ".json");
+}
+
+std::optional<uint64_t> ParseManifestName(std::string_view name) {
+  constexpr std::string_view kHead = "step_", kTail = ".manifest.json";
+  if (!name.starts_with(kHead) || !name.ends_with(kTail)) return std::nullopt;
+  return Decimal<uint64_t>(name.substr(kHead.size(), name.size() - kHead.size() - kTail.size()));
+}
+
+std::optional<PartReportKey> ParsePartReportName(std::string_view name) {
+  constexpr std::string_view kStep = "step_", kRank = "/rank-", kJson = ".json";
+  if (!name.starts_with(kPartsDir)) return std::nullopt;
+  name.remove_prefix(kPartsDir.size());
+  if (!name.starts_with(kStep) || !name.ends_with(kJson)) return std::nullopt;
+  name.remove_prefix(kStep.size());
+  name.remove_suffix(kJson.size());
+  const size_t slash = name.find(kRank);
+  if (slash == std::string_view::npos) return std::nullopt;
+  auto step = Decimal<uint64_t>(name.substr(0, slash));
+  auto rank = Decimal<uint32_t>(name.substr(slash + kRank.size()));
+  if (!step || !rank) return std::nullopt;
+  return PartReportKey{*step, *rank};
+}
+
+}  // namespace ckptd::tier
