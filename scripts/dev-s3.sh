@@ -17,11 +17,11 @@ set -euo pipefail
 cmd=${1:-}
 dir=${2:-}
 [[ -n "$cmd" && -n "$dir" ]] || { echo "usage: $0 start|stop|kill|revive DIR [DAEMON]" >&2; exit 2; }
-IP=127.0.0.1
+IP=${CKPTD_DEV_S3_IP:-127.0.0.1}  # another loopback address inside a network namespace
 export CEPH_CONF="$dir/ceph.conf"
 
 free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("'"$IP"'",0)); print(s.getsockname()[1])'
 }
 
 dump_logs() {

@@ -1,0 +1,329 @@
+"""Multi-rank steps across three "nodes": network namespaces joined by a
+bridge in a fourth, the storage namespace, where a Ceph cluster with RGW
+runs (scripts/dev-s3.sh on 127.100.0.10). Each node runs its own ckptd;
+a trainer per node (rank 0, 1, 2) saves its part of each step through its
+node's daemon (a Unix socket: reachable from the test's namespace). The
+invariant every test checks after recovery: each step is committed on
+every node and in the store (a manifest naming all three parts), or on
+none and absent from the store; `latest` names the newest complete step
+everywhere; no report or stray part is left."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+
+from conftest import BINARY, wait_for  # noqa: E402
+
+import ckptd  # noqa: E402
+from ckptd.v1 import ckptd_pb2 as pb  # noqa: E402
+
+DEV_S3 = os.path.join(ROOT, "scripts", "dev-s3.sh")
+TRAINER = os.path.join(HERE, "trainer.py")
+PY = "/usr/bin/python3"
+MiB = 1 << 20
+STORE_IP = "127.100.0.10"
+WORLD = 3
+TIMEOUT = 6.0  # multi_rank.part_timeout_seconds in these tests
+
+pytest.importorskip("boto3")
+if os.geteuid() != 0:
+    pytest.skip("network namespaces need root", allow_module_level=True)
+if not shutil.which("radosgw") or not shutil.which("ip"):
+    pytest.skip("Ceph RGW or iproute2 is not installed (scripts/install-deps.sh installs them)",
+                allow_module_level=True)
+
+
+def sh(*args, timeout=60, check=True):
+    out = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+class Net:
+    """The storage namespace (bridge, 127.100.0.10) and one per node
+    (127.100.0.11...), as ../shared recipe: lo keeps only 127.0.0.1/32 and
+    route_localnet lets 127/8 cross the veths."""
+
+    def __init__(self, nodes):
+        tag = f"{os.getpid() % 100000}"
+        self.storage = f"cks{tag}"
+        self.nodes = [f"ckn{tag}x{i}" for i in range(nodes)]
+        self.made = []
+
+    def up(self):
+        s = self.storage
+        for ns in [s, *self.nodes]:
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+        sh("ip", "-n", s, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", s, "addr", "add", f"{STORE_IP}/24", "dev", "br0")
+        sh("ip", "-n", s, "link", "set", "br0", "up")
+        for i, ns in enumerate(self.nodes):
+            sh("ip", "-n", s, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0",
+               "netns", ns)
+            sh("ip", "-n", s, "link", "set", f"v{i}", "master", "br0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"127.100.0.{11 + i}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        for ns in [s, *self.nodes]:
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "del", "127.0.0.1/8", "dev", "lo")
+            sh("ip", "-n", ns, "addr", "add", "127.0.0.1/32", "dev", "lo")
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")
+        sh("ip", "netns", "exec", s, "sysctl", "-qw", "net.ipv4.conf.br0.route_localnet=1")
+        for ns in self.nodes:
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1")
+
+    def partition(self, i, down=True):
+        sh("ip", "-n", self.nodes[i], "link", "set", "eth0", "down" if down else "up")
+
+    def down(self):
+        for ns in self.made:
+            sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    d = tempfile.mkdtemp(prefix="ckptd-mr-")
+    net = Net(WORLD)
+    try:
+        net.up()
+        out = sh("ip", "netns", "exec", net.storage, "env", f"CKPTD_DEV_S3_IP={STORE_IP}",
+                 "CKPTD_DEV_S3_BLOCK_GIB=4", DEV_S3, "start", d, timeout=180)
+        env = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+        yield {"net": net, "dir": d, **env}
+    finally:
+        subprocess.run([DEV_S3, "stop", d], timeout=60)
+        net.down()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def store(cluster, code, **kw):
+    """Runs boto3 code in the storage namespace (the test's own cannot reach
+    it); `s3`, `bucket`, `json` are defined; the code prints JSON."""
+    prog = ("import boto3, json, sys\n"
+            f"s3 = boto3.client('s3', endpoint_url={cluster['CKPTD_S3_ENDPOINT']!r}, "
+            f"aws_access_key_id={cluster['CKPTD_S3_ACCESS_KEY']!r}, "
+            f"aws_secret_access_key={cluster['CKPTD_S3_SECRET_KEY']!r}, region_name='us-east-1')\n"
+            f"kw = json.loads({json.dumps(json.dumps(kw))})\n" + code)
+    out = sh("ip", "netns", "exec", cluster["net"].storage, PY, "-c", prog, timeout=60)
+    return json.loads(out.stdout)
+
+
+def store_objects(cluster, bucket):
+    return store(cluster, """
+keys = {}
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=kw['bucket']):
+    for o in page.get('Contents', []):
+        keys[o['Key']] = o['Size']
+uploads = s3.list_multipart_uploads(Bucket=kw['bucket']).get('Uploads', [])
+out = {'keys': keys, 'uploads': len(uploads), 'docs': {}}
+for k in keys:
+    if k.endswith('.json') or k.endswith('/latest'):
+        out['docs'][k] = json.loads(s3.get_object(Bucket=kw['bucket'], Key=k)['Body'].read())
+print(json.dumps(out))
+""", bucket=bucket)
+
+
+class Node:
+    """One node's ckptd, run in the node's namespace; its socket is a file,
+    so trainers and the test reach it from outside."""
+
+    def __init__(self, cluster, i, bucket, base):
+        self.i, self.ns = i, cluster["net"].nodes[i]
+        self.dir = os.path.join(base, f"node{i}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.root = os.path.join(self.dir, "runs")
+        self.sock = os.path.join(self.dir, "ckptd.sock")
+        self.log = os.path.join(self.dir, "daemon.log")
+        self.cfg = os.path.join(self.dir, "ckptd.toml")
+        with open(self.cfg, "w") as f:
+            f.write(f'[tier.s3]\nendpoint = "{cluster["CKPTD_S3_ENDPOINT"]}"\nbucket = "{bucket}"\n'
+                    f'prefix = "mr"\npart_size = {5 * MiB}\nstall_timeout_seconds = 5\n')
+        self.env = {**os.environ, "CKPTD_S3_ACCESS_KEY": cluster["CKPTD_S3_ACCESS_KEY"],
+                    "CKPTD_S3_SECRET_KEY": cluster["CKPTD_S3_SECRET_KEY"],
+                    "CKPTD_TEST_MULTI_RANK_POLL_S": "0.3"}
+        self.proc = None
+
+    def start(self):
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, BINARY, "--root", self.root, "--listen",
+                 "unix:" + self.sock, "--http-listen", "", "--log-level", "debug", "--config",
+                 self.cfg], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        wait_for(lambda: os.path.exists(self.sock) or self.proc.poll() is not None, 30,
+                 f"node {self.i}'s ckptd")
+        assert self.proc.poll() is None, open(self.log).read()[-3000:]
+        return self
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self):
+        return ckptd.Client("unix:" + self.sock, reconnect_timeout=10)
+
+    def info(self, run):
+        with self.client() as c:
+            return c.stub.GetRun(pb.GetRunRequest(run_id=run), timeout=10)
+
+    def steps(self, run):
+        with self.client() as c:
+            r = c.stub.ListCheckpoints(pb.ListCheckpointsRequest(run_id=run), timeout=10)
+            return sorted(ck.step for ck in r.checkpoints)
+
+    def part_files(self, run):
+        w = os.path.join(self.root, run, "weights")
+        return sorted(n for n in os.listdir(w) if "-of-" in n) if os.path.isdir(w) else []
+
+
+@pytest.fixture
+def nodes(cluster, tmp_path):
+    bucket = "mr-" + uuid.uuid4().hex[:10]
+    store(cluster, "s3.create_bucket(Bucket=kw['bucket']); print('{}')", bucket=bucket)
+    ns = [Node(cluster, i, bucket, str(tmp_path)) for i in range(WORLD)]
+    for n in ns:
+        n.bucket = bucket
+        n.start()
+    yield ns
+    for n in ns:
+        n.stop()
+    for n in ns:  # the daemons' logs, for a failed test's report
+        print(f"==== node {n.i} log (tail)\n" + open(n.log, errors="replace").read()[-4000:])
+
+
+class Trainer:
+    def __init__(self, node, run, rank, steps, mib=1.0):
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [PY, TRAINER, "--socket", node.sock, "--run", run, "--rank", str(rank), "--world",
+             str(WORLD), "--steps", ",".join(map(str, steps)), "--mib", str(mib),
+             "--part-timeout", str(TIMEOUT)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "client", "python")})
+
+    def wait_line(self, want, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line.strip())
+            if line.strip() == want:
+                return
+        raise AssertionError(f"trainer never printed {want!r}: {self.lines}")
+
+    def finish(self, timeout=120):
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.lines += out.splitlines()
+        return self.proc.returncode
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def settle(nodes, run, timeout=TIMEOUT + 40):
+    """Until no node has a part waiting for its verdict."""
+    wait_for(lambda: all(not n.info(run).pending_steps for n in nodes), timeout,
+             "every node's parts decided")
+
+
+def check_atomic(cluster, nodes, run, tried):
+    """The invariant, after recovery: complete everywhere or absent everywhere."""
+    settle(nodes, run)
+    objs = store_objects(cluster, nodes[0].bucket)
+    keys, docs = objs["keys"], objs["docs"]
+    base = f"mr/{run}/"
+    manifests = {docs[k]["step"]: docs[k] for k in docs if k.startswith(base) and
+                 k.endswith(".manifest.json")}
+    assert not [k for k in keys if k.startswith(base + "parts/")], "reports left behind"
+    assert objs["uploads"] == 0, "a multipart upload was left open"
+    committed = [set(n.steps(run)) for n in nodes]
+    for step in tried:
+        if step in manifests:
+            m = manifests[step]
+            assert sorted(p["rank"] for p in m["parts"]) == list(range(WORLD)), m
+            for f in m["files"]:
+                assert f["key"] in keys and keys[f["key"]] == f["size"], (step, f)
+            for i, c in enumerate(committed):
+                assert step in c, f"step {step} is in the store but not committed on node {i}"
+        else:
+            for i, c in enumerate(committed):
+                assert step not in c, f"step {step} committed on node {i} but not in the store"
+            assert not [k for k in keys if k.startswith(f"{base}step_{step}-")], \
+                f"parts of failed step {step} left in the store"
+            for n in nodes:
+                assert not [f for f in n.part_files(run) if f.startswith(f"step_{step}-")], \
+                    f"node {n.i} kept a part of failed step {step}"
+    newest = max(manifests) if manifests else None
+    if newest is not None:
+        assert docs[base + "latest"]["step"] == newest
+    for n in nodes:
+        info = n.info(run)
+        assert (info.last_step if info.HasField("last_step") else None) == newest, n.i
+        if newest is not None:
+            link = os.readlink(os.path.join(n.root, run, "weights", "latest"))
+            assert link == f"step_{newest}-{n.i + 1:05d}-of-{WORLD:05d}.gguf"
+    return set(manifests), docs
+
+
+def test_a_step_commits_everywhere_only_once_every_rank_s_part_is_durable(cluster, nodes):
+    run = "mr-basic"
+    ts = [Trainer(nodes[r], run, r, [10, 20]) for r in range(WORLD)]
+    assert [t.finish() for t in ts] == [0] * WORLD, [t.lines for t in ts]
+    wait_for(lambda: all(n.steps(run) == [10, 20] for n in nodes), 60, "steps 10, 20 everywhere")
+    done, docs = check_atomic(cluster, nodes, run, [10, 20])
+    assert done == {10, 20}
+    m = docs[f"mr/{run}/step_20.manifest.json"]
+    assert m["world_size"] == WORLD and len(m["files"]) == 2 * WORLD  # part + train file each
+    # Each node's part has the split keys llama.cpp reads, model metadata in the first.
+    from ckptd import gguf
+    for n in nodes:
+        info = n.info(run)
+        assert (info.world_size, info.rank) == (WORLD, n.i)
+        part = os.path.join(n.root, run, "weights", f"step_20-{n.i + 1:05d}-of-00003.gguf")
+        md = gguf.read_header(part).metadata
+        assert (md["split.no"], md["split.count"], md["split.tensors.count"]) == (n.i, 3, 6)
+
+    # Ranks 0 and 1 save step 30, rank 2 never does: invisible, then aborted.
+    ts = [Trainer(nodes[r], run, r, [30]) for r in (0, 1)]
+    assert [t.finish() for t in ts] == [0, 0]
+    for n in nodes[:2]:
+        assert list(n.info(run).pending_steps) == [30]
+        assert n.steps(run) == [10, 20]  # never listed while a part is missing
+    done, docs = check_atomic(cluster, nodes, run, [10, 20, 30])
+    assert done == {10, 20}
+    failed = docs[f"mr/{run}/step_30.failed.json"]
+    assert failed["missing_ranks"] == [2], failed
+    assert "aborted" in nodes[0].info(run).last_error and "2" in nodes[0].info(run).last_error
+    # Rank 2's part of the failed step, late: removed too.
+    assert Trainer(nodes[2], run, 2, [30]).finish() == 0
+    wait_for(lambda: not nodes[2].part_files(run) or
+             all(not f.startswith("step_30-") for f in nodes[2].part_files(run)), 30,
+             "the late part removed")
+    check_atomic(cluster, nodes, run, [10, 20, 30])
