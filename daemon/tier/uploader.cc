@@ -765,6 +765,13 @@ void Uploader::Loop() {
       (void)UpdateState(job.upload.run_dir, [&](nlohmann::json& j) {
         j["waiting"].erase(std::to_string(job.upload.record.step));
       });
+      if (const storage::CheckpointRecord& r = job.upload.record; r.world_size > 0) {
+        // A multi-rank part removed (its step aborted) while it was going
+        // up: what already reached the store goes too.
+        (void)client_->Delete(
+            {KeyFor(job.upload.run_id, Base(r.model_path)),
+             KeyFor(job.upload.run_id, storage::PartTrainFileName(r.step, r.rank, r.world_size))});
+      }
       absl::MutexLock lock(&mu_);
       states_[job.upload.run_id].erase(job.upload.record.step);
       continue;

@@ -133,7 +133,10 @@ uploads = s3.list_multipart_uploads(Bucket=kw['bucket']).get('Uploads', [])
 out = {'keys': keys, 'uploads': len(uploads), 'docs': {}}
 for k in keys:
     if k.endswith('.json') or k.endswith('/latest'):
-        out['docs'][k] = json.loads(s3.get_object(Bucket=kw['bucket'], Key=k)['Body'].read())
+        try:  # a report the coordinator deletes meanwhile
+            out['docs'][k] = json.loads(s3.get_object(Bucket=kw['bucket'], Key=k)['Body'].read())
+        except s3.exceptions.NoSuchKey:
+            pass
 print(json.dumps(out))
 """, bucket=bucket)
 
@@ -327,3 +330,55 @@ def test_a_step_commits_everywhere_only_once_every_rank_s_part_is_durable(cluste
              all(not f.startswith("step_30-") for f in nodes[2].part_files(run)), 30,
              "the late part removed")
     check_atomic(cluster, nodes, run, [10, 20, 30])
+
+
+STEPS = list(range(1, 9))
+
+
+def test_a_trainer_killed_mid_save_aborts_its_step_everywhere(cluster, nodes):
+    run = "mr-trainer-killed"
+    ts = [Trainer(nodes[r], run, r, STEPS, mib=16) for r in range(WORLD)]
+    ts[1].wait_line("saving 4")
+    ts[1].kill()  # mid-save of step 4 (or just before its part was staged)
+    assert ts[0].finish() == 0 and ts[2].finish() == 0
+    done, docs = check_atomic(cluster, nodes, run, STEPS)
+    assert {1, 2, 3} <= done, done
+    assert not done & {5, 6, 7, 8}, done  # rank 1 never saved them
+    for step in (5, 6, 7, 8):
+        assert docs[f"mr/{run}/step_{step}.failed.json"]["missing_ranks"] == [1]
+
+
+def test_a_node_s_ckptd_killed_mid_save_recovers_to_complete_or_absent(cluster, nodes):
+    run = "mr-daemon-killed"
+    ts = [Trainer(nodes[r], run, r, STEPS, mib=16) for r in range(WORLD)]
+    ts[2].wait_line("saving 3")
+    time.sleep(0.05)
+    nodes[2].kill()  # SIGKILL, mid-save of step 3, uploads of earlier parts perhaps in flight
+    time.sleep(1)
+    nodes[2].start()  # recovery: pending parts found on disk, uploads resumed, verdicts read
+    for t in ts:
+        assert t.finish(timeout=180) == 0
+    done, _ = check_atomic(cluster, nodes, run, STEPS)
+    assert {1, 2, 8} <= done, done  # before the kill, and once the trainer reconnected
+
+
+def test_a_partitioned_node_s_steps_abort_and_its_parts_go_when_it_is_back(cluster, nodes):
+    run = "mr-partition"
+    net = cluster["net"]
+    ts = [Trainer(nodes[r], run, r, STEPS, mib=4) for r in range(WORLD)]
+    ts[1].wait_line("saved 2")
+    net.partition(1)
+    try:
+        for t in ts:
+            assert t.finish(timeout=180) == 0  # local saves never wait for the store
+        # Node 1 cannot report; the coordinator aborts what it misses, and
+        # node 1's parts stay invisible meanwhile.
+        wait_for(lambda: store_objects(cluster, nodes[0].bucket)["docs"].get(
+            f"mr/{run}/step_8.failed.json"), TIMEOUT + 60, "step 8 aborted")
+        assert 8 in nodes[1].info(run).pending_steps
+        assert 8 not in nodes[1].steps(run)
+    finally:
+        net.partition(1, down=False)
+    done, docs = check_atomic(cluster, nodes, run, STEPS)
+    assert 8 not in done, done
+    assert docs[f"mr/{run}/step_8.failed.json"]["missing_ranks"] == [1]
