@@ -382,3 +382,61 @@ def test_a_partitioned_node_s_steps_abort_and_its_parts_go_when_it_is_back(clust
     done, docs = check_atomic(cluster, nodes, run, STEPS)
     assert 8 not in done, done
     assert docs[f"mr/{run}/step_8.failed.json"]["missing_ranks"] == [1]
+
+
+def test_a_whole_tensor_step_loads_in_llama_cpp_as_a_split_model(cluster, nodes, tmp_path):
+    """Three ranks each save a third of a tiny Llama's tensors (llama.cpp
+    names and layout, as a ggml trainer holds them): the first part, given to
+    llama.cpp, loads the three as one model whose logits equal the
+    single-file model's; and each node's part reads back exactly the bytes
+    its rank saved."""
+    import numpy as np
+    import tiny_llama as tl
+    from conftest import Daemon
+
+    # The single-file reference: llama.cpp's layout, from the hf-llama export.
+    os.makedirs(tmp_path / "single")
+    one = Daemon(tmp_path / "single").start()
+    try:
+        with ckptd.Client(one.target) as c:
+            r = c.open_run("single", metadata=tl.metadata(), exports=["hf-llama"],
+                           transport="stream")
+            r.save(1, model=tl.hf_model())
+            r.close()
+        single = os.path.join(one.root, "single", "weights", "step_1.hf-llama.gguf")
+        weights = ckptd.load(single)
+        meta = {k: v for k, v in ckptd.gguf.read_header(single).metadata.items()
+                if k.startswith("llama.") and k not in tl.metadata(hf_names=False)}
+    finally:
+        one.stop()
+    meta.update(tl.metadata(hf_names=False), **{"general.architecture": "llama"})
+    names = list(weights)
+    run = "mr-llama"
+    saved = {}
+    for rank, n in enumerate(nodes):
+        mine = {k: weights[k] for k in names[rank::WORLD]}
+        saved[rank] = mine
+        with n.client() as c:
+            r = c.open_run(run, metadata=meta, transport="stream",
+                           multi_rank={"world_size": WORLD, "rank": rank,
+                                       "part_timeout_seconds": TIMEOUT,
+                                       "total_tensors": len(names)})
+            r.save(1, model=mine)
+    wait_for(lambda: all(n.steps(run) == [1] for n in nodes), 60, "step 1 committed everywhere")
+    check_atomic(cluster, nodes, run, [1])
+    # llama.cpp is given the first part and finds the others beside it.
+    split = os.path.join(tmp_path, "split")
+    os.makedirs(split)
+    for n in nodes:
+        name = f"step_1-{n.i + 1:05d}-of-{WORLD:05d}.gguf"
+        shutil.copy(os.path.join(n.root, run, "weights", name), os.path.join(split, name))
+    got = tl.llama_cpp_logits(os.path.join(split, "step_1-00001-of-00003.gguf"))
+    want = tl.llama_cpp_logits(single)
+    assert np.abs(got - want).max() < 1e-6, np.abs(got - want).max()
+    # Restore at the same world size: each rank's part, exactly its bytes.
+    for n in nodes:
+        back = ckptd.load(os.path.join(n.root, run, "weights", "latest"), verify=True)
+        model = {k: v for k, v in back.items() if k in weights}
+        assert sorted(model) == sorted(saved[n.i])
+        for k, v in saved[n.i].items():
+            assert model[k].tobytes() == v.tobytes(), k
