@@ -12,6 +12,7 @@
 #include "daemon/base/strings.h"
 #include "daemon/env/env.h"
 #include "daemon/gguf/reader.h"
+#include "daemon/storage/merge.h"
 
 namespace ckptd::cli {
 namespace {
@@ -53,6 +54,19 @@ int Verify(const std::string& path) {
   return kExitOk;
 }
 
+int Merge(const std::string& first, const std::string& out) {
+  auto merged = storage::MergeParts(env::Env::Default(), first, out);
+  if (!merged.ok()) {
+    std::fprintf(stderr, "ckptctl merge: %s\n", std::string(merged.status().message()).c_str());
+    return kExitFailed;
+  }
+  std::cout << "wrote " << out << " (step " << merged->step << ", " << merged->world_size
+            << " parts, " << merged->tensors << " tensors of which " << merged->sliced_tensors
+            << " reassembled from slices, " << merged->bytes << " bytes, uuid " << merged->uuid
+            << ")\n";
+  return kExitOk;
+}
+
 }  // namespace
 
 int Main(int argc, char** argv) {
@@ -69,6 +83,13 @@ int Main(int argc, char** argv) {
   std::string verify_path;
   auto* verify = app.add_subcommand("verify", "Re-read all tensor data and check its digests");
   verify->add_option("FILE", verify_path, "GGUF file written by ckptd")->required();
+
+  std::string merge_first, merge_out;
+  auto* merge = app.add_subcommand(
+      "merge", "Join a multi-rank step's parts (slices reassembled) into one checkpoint file");
+  merge->add_option("FIRST_PART", merge_first, "step_N-00001-of-WWWWW.gguf (the others beside it)")
+      ->required();
+  merge->add_option("-o,--out", merge_out, "Output file")->required();
 
   ExportArgs export_args;
   auto* export_cmd = AddExportCommand(&app, &export_args);
@@ -113,6 +134,7 @@ int Main(int argc, char** argv) {
   }
   if (*inspect) return Inspect(inspect_path, inspect_json);
   if (*verify) return Verify(verify_path);
+  if (*merge) return Merge(merge_first, merge_out);
   if (*export_cmd) return RunExport(export_args);
   if (*fetch_cmd) return RunFetch(fetch_args);
   if (auto rc = RunDaemonCommand(daemon_commands, daemon_args)) return *rc;
