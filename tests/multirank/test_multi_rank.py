@@ -440,3 +440,69 @@ def test_a_whole_tensor_step_loads_in_llama_cpp_as_a_split_model(cluster, nodes,
         assert sorted(model) == sorted(saved[n.i])
         for k, v in saved[n.i].items():
             assert model[k].tobytes() == v.tobytes(), k
+
+
+CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(ROOT, "build", "client", "cli", "ckptctl"))
+
+
+def test_a_row_sliced_step_merges_into_the_single_process_checkpoint(cluster, nodes, tmp_path):
+    """FSDP-style: every rank holds a slice of every tensor (rows, the
+    outermost dimension, and for one tensor columns); `ckptctl merge` joins
+    the parts into a file whose tensor data equals, byte for byte, the
+    checkpoint one process holding the whole tensors writes."""
+    import numpy as np
+    from conftest import Daemon
+    rng = np.random.default_rng(7)
+    full = {"emb": rng.standard_normal((9, 16)).astype(np.float32),   # rows split 3/3/3
+            "proj": rng.standard_normal((6, 12)).astype(np.float32),  # columns split 4/4/4
+            "norm": rng.standard_normal(16).astype(np.float32)}       # whole, on rank 0
+    run = "mr-sliced"
+    for rank, n in enumerate(nodes):
+        mine = {"emb": full["emb"][3 * rank:3 * rank + 3], "proj": full["proj"][:, 4 * rank:4 * rank + 4]}
+        if rank == 0:
+            mine["norm"] = full["norm"]
+        slices = [{"name": "emb", "full_ne": [16, 9], "dim": 1, "offset": 3 * rank},
+                  {"name": "proj", "full_ne": [12, 6], "dim": 0, "offset": 4 * rank}]
+        with n.client() as c:
+            r = c.open_run(run, transport="stream",
+                           multi_rank={"world_size": WORLD, "rank": rank,
+                                       "part_timeout_seconds": TIMEOUT, "slices": slices})
+            r.save(5, model=mine)
+    wait_for(lambda: all(n.steps(run) == [5] for n in nodes), 60, "step 5 committed everywhere")
+    check_atomic(cluster, nodes, run, [5])
+    parts = os.path.join(tmp_path, "parts")
+    os.makedirs(parts)
+    for n in nodes:
+        name = f"step_5-{n.i + 1:05d}-of-{WORLD:05d}.gguf"
+        shutil.copy(os.path.join(n.root, run, "weights", name), os.path.join(parts, name))
+    merged = os.path.join(tmp_path, "merged.gguf")
+    out = sh(CKPTCTL, "merge", os.path.join(parts, "step_5-00001-of-00003.gguf"), "-o", merged)
+    assert "2 reassembled from slices" in out.stdout, out.stdout
+    # The single-process checkpoint of the same tensors.
+    os.makedirs(tmp_path / "single")
+    one = Daemon(tmp_path / "single").start()
+    try:
+        with ckptd.Client(one.target) as c:
+            r = c.open_run("single", transport="stream")
+            r.save(5, model=full)
+        single = os.path.join(one.root, "single", "weights", "step_5.gguf")
+    finally:
+        one.stop()
+
+    def tensor_bytes(path):
+        h = ckptd.gguf.read_header(path)
+        with open(path, "rb") as f:
+            data = {}
+            for t in h.tensors:
+                f.seek(h.data_offset + t.offset)
+                data[t.name] = (list(t.ne), t.type, f.read(t.nbytes))
+            return data
+    got, want = tensor_bytes(merged), tensor_bytes(single)
+    assert sorted(got) == sorted(want) == ["emb", "norm", "proj"]
+    for name in want:
+        assert got[name] == want[name], name
+    # Restore at world size 1: the merged file is an ordinary, verified checkpoint.
+    back = ckptd.load(merged, verify=True)
+    for name, v in full.items():
+        assert np.array_equal(back[name], v), name
+    sh(CKPTCTL, "verify", merged)
