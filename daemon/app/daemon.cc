@@ -616,6 +616,7 @@ absl::StatusOr<v1::CheckpointInfo> Daemon::FetchRemote(const std::string& run_id
   CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<scheduler::Run> run, registry_->Get(run_id));
   absl::MutexLock save(&run->save_mu());
   std::string weights;
+  std::optional<uint32_t> rank;
   {
     absl::MutexLock lock(&run->mu());
     if (step && run->dir()->Find(*step) != nullptr) {
@@ -624,14 +625,25 @@ absl::StatusOr<v1::CheckpointInfo> Daemon::FetchRemote(const std::string& run_id
       return info;
     }
     weights = run->dir()->weights_dir();
+    if (run->settings && run->settings->multi_rank.world_size > 1) {
+      rank = run->settings->multi_rank.rank;
+    }
   }
   const tier::TierSettings& s = uploader_->settings();
   CKPTD_ASSIGN_OR_RETURN(tier::FetchResult got,
                          tier::FetchStep(env_, uploader_->client(),
                                          {.prefix = uploader_->PrefixOf(run_id),
                                           .parallel = s.parallel_parts,
-                                          .max_memory_bytes = s.max_memory_bytes},
+                                          .max_memory_bytes = s.max_memory_bytes,
+                                          .rank = rank},
                                          run_id, step, weights));
+  if (got.world_size > 0) {
+    // A multi-rank step is committed in the store (its manifest): its part
+    // here is committed too.
+    CKPTD_TRY(env::WriteFileAtomically(
+        env_, StrCat(weights, "/", storage::CommitMarkerName(got.step)),
+        StrCat("{\"step\": ", got.step, ", \"fetched\": true}\n")));
+  }
   spdlog::info("tier: fetched run={} step={} files={} bytes={} seconds={:.3f}", run_id, got.step,
                got.files.size(), got.bytes, got.seconds);
   (void)uploader_->MarkUploaded(run_id, run->run_dir(), got.step);

@@ -161,7 +161,11 @@ absl::StatusOr<FetchResult> FetchStep(env::Env* env, S3Client& client, const Fet
       std::max<uint64_t>(1, std::min<uint64_t>(static_cast<uint64_t>(std::max(1, options.parallel)),
                                                options.max_memory_bytes / part)));
   std::vector<ManifestFile> files;
+  result.world_size = m.value("world_size", uint32_t{0});
   for (const auto& f : m["files"]) {
+    if (options.rank && result.world_size > 0 && f.value("rank", uint32_t{0}) != *options.rank) {
+      continue;  // another rank's part
+    }
     files.push_back({.name = f["name"].get<std::string>(),
                      .key = f["key"].get<std::string>(),
                      .role = f.value("role", ""),

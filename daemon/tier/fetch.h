@@ -23,12 +23,16 @@ struct FetchOptions {
   std::string prefix;  // as tier.s3.prefix
   int parallel = 4;
   uint64_t max_memory_bytes = 64ull << 20;
+  // A multi-rank step: only this rank's files (its part and training
+  // state); nullopt = every file of the step (ckptctl fetch, merge).
+  std::optional<uint32_t> rank;
 };
 
 struct FetchResult {
   uint64_t step = 0;
   std::string uuid;
   std::vector<std::string> files;  // placed, model file last
+  uint32_t world_size = 0;         // a multi-rank step's world size, 0 for a whole step
   uint64_t bytes = 0;
   double seconds = 0;
 };

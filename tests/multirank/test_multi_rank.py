@@ -506,3 +506,31 @@ def test_a_row_sliced_step_merges_into_the_single_process_checkpoint(cluster, no
     for name, v in full.items():
         assert np.array_equal(back[name], v), name
     sh(CKPTCTL, "verify", merged)
+
+
+def test_a_new_node_restores_its_rank_s_part_from_the_store(cluster, nodes):
+    """Node 1's disk is lost after step 20 committed: restarted empty, its
+    rank's trainer restores exactly what rank 1 saved, fetched from the
+    store (its part and training state only), and the step is committed
+    there again (listed, `latest`), not pending."""
+    import numpy as np
+    import trainer as tr
+    run = "mr-new-node"
+    ts = [Trainer(nodes[r], run, r, [10, 20]) for r in range(WORLD)]
+    assert [t.finish() for t in ts] == [0] * WORLD
+    check_atomic(cluster, nodes, run, [10, 20])
+    nodes[1].stop()
+    shutil.rmtree(os.path.join(nodes[1].root, run))
+    nodes[1].start()
+    with nodes[1].client() as c:
+        r = c.open_run(run, transport="stream", multi_rank={"world_size": WORLD, "rank": 1})
+        want = tr.tensors(1, 20, 1.0)
+        got = {k: np.zeros_like(v) for k, v in want.items()}
+        info = r.restore(got)
+        assert info is not None and info.step == 20
+        for k, v in want.items():
+            assert got[k].tobytes() == v.tobytes(), k
+    files = sorted(os.listdir(os.path.join(nodes[1].root, run, "weights")))
+    assert files == ["latest", "step_20-00002-of-00003.gguf", "step_20-00002-of-00003.train.gguf",
+                     "step_20.commit"], files
+    assert nodes[1].steps(run) == [20] and not nodes[1].info(run).pending_steps
