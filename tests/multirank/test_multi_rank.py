@@ -501,11 +501,25 @@ def test_a_row_sliced_step_merges_into_the_single_process_checkpoint(cluster, no
     assert sorted(got) == sorted(want) == ["emb", "norm", "proj"]
     for name in want:
         assert got[name] == want[name], name
-    # Restore at world size 1: the merged file is an ordinary, verified checkpoint.
+    # Restore at world size 1: the merged file is an ordinary, verified
+    # checkpoint; or straight from the parts.
     back = ckptd.load(merged, verify=True)
     for name, v in full.items():
         assert np.array_equal(back[name], v), name
     sh(CKPTCTL, "verify", merged)
+    first = os.path.join(parts, "step_5-00001-of-00003.gguf")
+    for name, v in ckptd.load_step(first).items():
+        assert v.tobytes() == full[name].tobytes(), name
+    # Restore at world size 2: each new rank's rows of emb and columns of proj.
+    for rank, (rows, cols) in enumerate([((0, 5), (0, 6)), ((5, 4), (6, 6))]):
+        mine = ckptd.load_step(first, select={"emb": (1, *rows), "proj": (0, *cols)})
+        assert mine["emb"].tobytes() == full["emb"][rows[0]:rows[0] + rows[1]].tobytes()
+        assert mine["proj"].tobytes() == np.ascontiguousarray(
+            full["proj"][:, cols[0]:cols[0] + cols[1]]).tobytes()
+    # Restore at world size 3: each rank's part gives exactly its slices.
+    for rank, n in enumerate(nodes):
+        got = ckptd.load(os.path.join(n.root, run, "weights", "latest"), verify=True)
+        assert got["emb"].tobytes() == full["emb"][3 * rank:3 * rank + 3].tobytes()
 
 
 def test_a_new_node_restores_its_rank_s_part_from_the_store(cluster, nodes):
@@ -534,3 +548,36 @@ def test_a_new_node_restores_its_rank_s_part_from_the_store(cluster, nodes):
     assert files == ["latest", "step_20-00002-of-00003.gguf", "step_20-00002-of-00003.train.gguf",
                      "step_20.commit"], files
     assert nodes[1].steps(run) == [20] and not nodes[1].info(run).pending_steps
+
+
+def test_retention_drops_whole_steps_never_a_part_without_its_siblings(cluster, nodes):
+    """keep_last 1 with remote retention "same": in the store a dropped
+    step goes whole (its manifest first, then every rank's files); on each
+    node its part goes with it, and no node ever drops a step it has not
+    committed."""
+    import numpy as np
+    run = "mr-retention"
+    runs = []
+    for rank, n in enumerate(nodes):
+        c = n.client()
+        runs.append((c, c.open_run(run, transport="stream", retention={"keep_last": 1},
+                                   tier={"remote_retention": "same"},
+                                   multi_rank={"world_size": WORLD, "rank": rank,
+                                               "part_timeout_seconds": TIMEOUT})))
+    for step in (10, 20, 30):
+        for rank, (c, r) in enumerate(runs):
+            r.save(step, model={f"w{rank}": np.full(64, step, np.float32)})
+        wait_for(lambda: all(n.steps(run) == [step] for n in nodes), 60, f"step {step} everywhere")
+    for c, r in runs:
+        c.close()
+    wait_for(lambda: sorted(k for k in store_objects(cluster, nodes[0].bucket)["keys"]
+                            if k.endswith(".manifest.json")) == [f"mr/{run}/step_30.manifest.json"],
+             60, "remote retention down to step 30")
+    done, _ = check_atomic(cluster, nodes, run, [30])
+    assert done == {30}
+    keys = store_objects(cluster, nodes[0].bucket)["keys"]
+    assert sorted(k.rsplit("/", 1)[1] for k in keys if "-of-" in k) == sorted(
+        f"step_30-{r + 1:05d}-of-00003{ext}" for r in range(WORLD) for ext in (".gguf", ".train.gguf"))
+    for n in nodes:
+        assert n.part_files(run) == sorted([f"step_30-{n.i + 1:05d}-of-00003.gguf",
+                                            f"step_30-{n.i + 1:05d}-of-00003.train.gguf"])

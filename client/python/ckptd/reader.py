@@ -279,3 +279,62 @@ def load(path: str, as_: str = "numpy", verify: bool = False) -> dict[str, Any]:
 def load_metadata(path: str) -> dict[str, Any]:
     """Every metadata key of a GGUF file (reads the header only)."""
     return gguf.read_header(path).metadata
+
+
+def _split_parts(first_part: str) -> list[str]:
+    """The paths of a multi-rank step's parts, from its first one."""
+    d, base = os.path.split(first_part)
+    if not base.endswith("-00001-of-" + base[-10:-5] + ".gguf") or not base[-10:-5].isdigit():
+        raise gguf.GgufError(f"{first_part} is not the first part of a multi-rank step "
+                             "(step_N-00001-of-WWWWW.gguf)")
+    world, stem = int(base[-10:-5]), base[: -len("-00001-of-00000.gguf")]
+    return [os.path.join(d, f"{stem}-{r + 1:05d}-of-{world:05d}.gguf") for r in range(world)]
+
+
+def load_step(first_part: str, as_: str = "numpy", verify: bool = True,
+              select: dict[str, tuple[int, int, int]] | None = None) -> dict[str, Any]:
+    """A multi-rank step's model tensors, from all of its parts
+    (step_N-00001-of-WWWWW.gguf and the others beside it): whole tensors as
+    their rank saved them, row-sharded ones (ckpt.shard.* keys) reassembled
+    from every rank's slice; each part's digests checked (verify). This is a
+    restore at world size 1. `select` restores at another world size: for
+    the named tensors, only {name: (dim, offset, length)} of the whole
+    tensor (dim in GGUF order, as multi_rank slices declare it)."""
+    whole: dict[str, np.ndarray] = {}
+    sliced: dict[str, list] = {}
+    for path in _split_parts(first_part):
+        md = gguf.read_header(path).metadata
+        for name, arr in load(path, verify=verify).items():
+            key = f"ckpt.shard.{name}."
+            if key + "dim" not in md:
+                if name in whole or name in sliced:
+                    raise gguf.GgufError(f"tensor '{name}' is held whole by more than one part ({path})")
+                whole[name] = arr
+                continue
+            full = list(md[key + "full_ne"])
+            sliced.setdefault(name, []).append((md[key + "offset"], md[key + "dim"], full, arr))
+    for name, pieces in sliced.items():
+        pieces.sort(key=lambda p: p[0])
+        dim, full = pieces[0][1], pieces[0][2]
+        axis = len(full) - 1 - dim
+        at = 0
+        for offset, d, f, arr in pieces:
+            if d != dim or f != full:
+                raise gguf.GgufError(f"tensor '{name}': the parts disagree on its full shape or dimension")
+            if offset != at:
+                raise gguf.GgufError(f"tensor '{name}': its slices {'leave a gap' if offset > at else 'overlap'} "
+                                     f"at {min(offset, at)} along dim {dim}")
+            at += arr.shape[axis]
+        if at != full[dim]:
+            raise gguf.GgufError(f"tensor '{name}': its slices cover {at} of {full[dim]} along dim {dim}")
+        whole[name] = np.concatenate([p[3] for p in pieces], axis=axis)
+    for name, (dim, offset, length) in (select or {}).items():
+        arr = whole[name]
+        axis = arr.ndim - 1 - dim
+        if offset + length > arr.shape[axis]:
+            raise ValueError(f"select['{name}']: {offset}+{length} is past its {arr.shape[axis]} along dim {dim}")
+        whole[name] = np.ascontiguousarray(np.take(arr, range(offset, offset + length), axis=axis))
+    if as_ == "torch":
+        import torch
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in whole.items()}
+    return whole
