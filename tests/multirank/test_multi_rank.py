@@ -581,3 +581,52 @@ def test_retention_drops_whole_steps_never_a_part_without_its_siblings(cluster, 
     for n in nodes:
         assert n.part_files(run) == sorted([f"step_30-{n.i + 1:05d}-of-00003.gguf",
                                             f"step_30-{n.i + 1:05d}-of-00003.train.gguf"])
+
+
+def test_bad_multi_rank_settings_and_saves_are_refused_naming_what_to_fix(cluster, nodes):
+    import numpy as np
+    n = nodes[0]
+    cases = [
+        ({"world_size": 3, "rank": 3}, {}, "INVALID_ARGUMENT", "multi_rank.rank"),
+        ({"world_size": 70000, "rank": 0}, {}, "INVALID_ARGUMENT", "u16"),
+        ({"world_size": 3, "rank": 0, "part_timeout_seconds": -1}, {}, "INVALID_ARGUMENT",
+         "part_timeout_seconds"),
+        ({"world_size": 3, "rank": 0, "slices": [{"name": "w", "full_ne": [4, 6], "dim": 2}]}, {},
+         "INVALID_ARGUMENT", "dim"),
+        ({"world_size": 3, "rank": 0, "slices": [{"name": "w", "full_ne": [4, 6], "dim": 1,
+                                                   "offset": 6}]}, {}, "INVALID_ARGUMENT", "offset"),
+        ({"world_size": 3, "rank": 0}, {"tier": {"local_only": True}}, "FAILED_PRECONDITION",
+         "object-storage tier"),
+        ({"world_size": 3, "rank": 0}, {"exports": ["hf-llama"]}, "INVALID_ARGUMENT", "merge"),
+    ]
+    with n.client() as c:
+        for i, (mr, extra, code, words) in enumerate(cases):
+            with pytest.raises(ckptd.Error) as e:
+                c.open_run(f"mr-bad-{i}", transport="stream", multi_rank=mr, **extra)
+            assert e.value.code == code and words in e.value.message, (mr, e.value.message)
+            assert not os.path.exists(os.path.join(n.root, f"mr-bad-{i}", "ckptd-run.json"))
+        r = c.open_run("mr-bad-save", transport="stream", multi_rank={
+            "world_size": 3, "rank": 0, "slices": [{"name": "w", "full_ne": [4, 6], "dim": 1}]})
+        with pytest.raises(ckptd.Error) as e:  # not a slice of the declared tensor
+            r.save(1, model={"w": np.zeros((2, 5), np.float32)})
+        assert e.value.code == "INVALID_ARGUMENT" and "not a slice" in e.value.message
+        r.save(1, model={"w": np.zeros((2, 4), np.float32)})
+        with pytest.raises(ckptd.Error) as e:  # rewriting or rolling back: never
+            r.save(2, model={"w": np.zeros((2, 4), np.float32)}, overwrite=True)
+        assert e.value.code == "FAILED_PRECONDITION" and "multi-rank" in e.value.message
+        with pytest.raises(ckptd.Error) as e:  # its part waits for the other ranks'
+            r.save(1, model={"w": np.zeros((2, 4), np.float32)})
+        assert e.value.code == "ALREADY_EXISTS" and "other ranks" in e.value.message
+    assert n.part_files("mr-bad-save") == ["step_1-00001-of-00003.gguf",
+                                           "step_1-00001-of-00003.train.gguf"]
+    # A daemon without [tier.s3] cannot run a multi-rank run at all.
+    os.makedirs(os.path.join(n.dir, "plain"), exist_ok=True)
+    from conftest import Daemon
+    import pathlib
+    plain = Daemon(pathlib.Path(n.dir) / "plain").start()
+    try:
+        with ckptd.Client(plain.target) as c, pytest.raises(ckptd.Error) as e:
+            c.open_run("mr-plain", multi_rank={"world_size": 2, "rank": 1})
+        assert e.value.code == "FAILED_PRECONDITION" and "[tier.s3]" in e.value.message
+    finally:
+        plain.stop()
