@@ -564,9 +564,10 @@ void Daemon::StartCoordinator() {
       if (record.ok()) is_latest = (*run)->dir()->latest_step() == step;
     }
     if (!record.ok()) {
-      spdlog::error("multi-rank: run={} step={}: the step is committed but this node's part "
-                    "could not be: {}",
-                    run_id, step, record.status().message());
+      spdlog::error(
+          "multi-rank: run={} step={}: the step is committed but this node's part "
+          "could not be: {}",
+          run_id, step, record.status().message());
       return;
     }
     (void)uploader_->MarkUploaded(run_id, (*run)->run_dir(), step);
@@ -640,9 +641,9 @@ absl::StatusOr<v1::CheckpointInfo> Daemon::FetchRemote(const std::string& run_id
   if (got.world_size > 0) {
     // A multi-rank step is committed in the store (its manifest): its part
     // here is committed too.
-    CKPTD_TRY(env::WriteFileAtomically(
-        env_, StrCat(weights, "/", storage::CommitMarkerName(got.step)),
-        StrCat("{\"step\": ", got.step, ", \"fetched\": true}\n")));
+    CKPTD_TRY(env::WriteFileAtomically(env_,
+                                       StrCat(weights, "/", storage::CommitMarkerName(got.step)),
+                                       StrCat("{\"step\": ", got.step, ", \"fetched\": true}\n")));
   }
   spdlog::info("tier: fetched run={} step={} files={} bytes={} seconds={:.3f}", run_id, got.step,
                got.files.size(), got.bytes, got.seconds);

@@ -84,7 +84,7 @@ class Daemon {
   uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<http::HttpServer> http_server_;
-  std::unique_ptr<tier::Uploader> uploader_;  // [tier.s3]; null when off
+  std::unique_ptr<tier::Uploader> uploader_;            // [tier.s3]; null when off
   std::unique_ptr<tier::StepCoordinator> coordinator_;  // multi-rank verdicts; with uploader_
   absl::Mutex timer_mu_;
   absl::CondVar timer_cv_;

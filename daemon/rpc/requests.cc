@@ -58,14 +58,14 @@ absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& re
 absl::Status MultiRankFrom(const v1::MultiRank& m, scheduler::RunMultiRank* out) {
   const uint32_t world = m.world_size();
   if (world > storage::kMaxWorldSize) {
-    return absl::InvalidArgumentError(
-        StrCat("multi_rank.world_size: ", world, " is more than ", storage::kMaxWorldSize,
-               " (gguf-split's split.count is a u16)"));
+    return absl::InvalidArgumentError(StrCat("multi_rank.world_size: ", world, " is more than ",
+                                             storage::kMaxWorldSize,
+                                             " (gguf-split's split.count is a u16)"));
   }
   if (m.rank() >= std::max<uint32_t>(world, 1)) {
-    return absl::InvalidArgumentError(
-        StrCat("multi_rank.rank: ", m.rank(), " is outside a world of ", std::max<uint32_t>(world, 1),
-               " ranks (0 to ", std::max<uint32_t>(world, 1) - 1, "); give each rank its own number"));
+    return absl::InvalidArgumentError(StrCat(
+        "multi_rank.rank: ", m.rank(), " is outside a world of ", std::max<uint32_t>(world, 1),
+        " ranks (0 to ", std::max<uint32_t>(world, 1) - 1, "); give each rank its own number"));
   }
   if (!(m.part_timeout_seconds() >= 0) || m.part_timeout_seconds() > 7 * 86400) {
     return absl::InvalidArgumentError(

@@ -65,11 +65,11 @@ absl::Status AddShardKeys(const std::map<std::string, policy::TensorSlice>& slic
       fits = d == slice.dim ? slice.offset + ne[d] <= slice.full_ne[d] : ne[d] == slice.full_ne[d];
     }
     if (!fits) {
-      return absl::InvalidArgumentError(StrCat(
-          "tensor '", name, "': saved with ne [", fmt::format("{}", fmt::join(ne, ", ")),
-          "], which is not a slice at offset ", slice.offset, " along dim ", slice.dim,
-          " of the full ne [", fmt::format("{}", fmt::join(slice.full_ne, ", ")),
-          "] multi_rank.slices declares (the other dims must be whole)"));
+      return absl::InvalidArgumentError(
+          StrCat("tensor '", name, "': saved with ne [", fmt::format("{}", fmt::join(ne, ", ")),
+                 "], which is not a slice at offset ", slice.offset, " along dim ", slice.dim,
+                 " of the full ne [", fmt::format("{}", fmt::join(slice.full_ne, ", ")),
+                 "] multi_rank.slices declares (the other dims must be whole)"));
     }
     std::vector<Value> full;
     for (uint64_t d : slice.full_ne) full.emplace_back(d);

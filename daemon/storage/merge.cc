@@ -63,8 +63,8 @@ absl::StatusOr<MergeResult> MergeParts(env::Env* env, const std::string& first_p
   }
   const std::optional<SplitName> name = ParseSplitFileName(base);
   if (!name || name->rank != 0) {
-    return absl::InvalidArgumentError(
-        StrCat(first_part, " is not the first part of a multi-rank step (step_N-00001-of-WWWWW.gguf)"));
+    return absl::InvalidArgumentError(StrCat(
+        first_part, " is not the first part of a multi-rank step (step_N-00001-of-WWWWW.gguf)"));
   }
   MergeResult result{.step = name->step, .world_size = name->world_size};
   std::vector<Part> parts(name->world_size);
@@ -81,8 +81,8 @@ absl::StatusOr<MergeResult> MergeParts(env::Env* env, const std::string& first_p
     const uint16_t* no = Get<uint16_t>(p.header.metadata, kSplitNo);
     const uint16_t* count = Get<uint16_t>(p.header.metadata, kSplitCount);
     if (!no || !count || *no != r || *count != name->world_size) {
-      return absl::InvalidArgumentError(StrCat(p.path, ": its split.no/split.count do not say part ",
-                                               r + 1, " of ", name->world_size));
+      return absl::InvalidArgumentError(StrCat(
+          p.path, ": its split.no/split.count do not say part ", r + 1, " of ", name->world_size));
     }
     CKPTD_ASSIGN_OR_RETURN(p.digests, gguf::StoredTensorDigests(p.header));
   }
@@ -123,8 +123,10 @@ absl::StatusOr<MergeResult> MergeParts(env::Env* env, const std::string& first_p
         m.spec.ne = full_ne;
       } else if (!m.sliced || m.dim != *dim || m.spec.ne != full_ne || m.spec.type != t.type) {
         return absl::InvalidArgumentError(
-            StrCat("tensor '", t.name, "': the parts disagree on its type, full shape or sliced "
-                   "dimension (", parts[pi].path, ")"));
+            StrCat("tensor '", t.name,
+                   "': the parts disagree on its type, full shape or sliced "
+                   "dimension (",
+                   parts[pi].path, ")"));
       }
       m.slices.push_back({pi, ti, *offset, t.ne[*dim]});
     }
@@ -145,9 +147,8 @@ absl::StatusOr<MergeResult> MergeParts(env::Env* env, const std::string& first_p
       at += s.length;
     }
     if (at != m.spec.ne[m.dim]) {
-      return absl::InvalidArgumentError(StrCat("tensor '", m.spec.name, "': its slices cover ",
-                                               at, " of ", m.spec.ne[m.dim], " along dim ",
-                                               m.dim));
+      return absl::InvalidArgumentError(StrCat("tensor '", m.spec.name, "': its slices cover ", at,
+                                               " of ", m.spec.ne[m.dim], " along dim ", m.dim));
     }
   }
   // The first part's metadata, without what made it a part or a written file.
@@ -215,8 +216,8 @@ absl::StatusOr<MergeResult> MergeParts(env::Env* env, const std::string& first_p
       for (size_t i = 0; i < m.slices.size(); ++i) {
         const Part& p = parts[m.slices[i].part];
         const gguf::TensorInfo& t = p.header.tensors[m.slices[i].tensor];
-        CKPTD_TRY(copy(p, p.header.data_offset + t.offset + o * row_bytes[i], row_bytes[i],
-                       &hashers[i]));
+        CKPTD_TRY(
+            copy(p, p.header.data_offset + t.offset + o * row_bytes[i], row_bytes[i], &hashers[i]));
       }
     }
     for (size_t i = 0; i < m.slices.size(); ++i) {

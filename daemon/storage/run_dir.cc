@@ -444,9 +444,9 @@ absl::StatusOr<CheckpointRecord> RunDir::CommitPart(uint64_t step) {
   }
   const CheckpointRecord& r = it->second;
   // The commit point on this node.
-  CKPTD_TRY(env::WriteFileAtomically(
-      env_, PathOf(CommitMarkerName(step)),
-      StrCat("{\"step\": ", step, ", \"rank\": ", r.rank, ", \"world_size\": ", r.world_size, "}\n")));
+  CKPTD_TRY(env::WriteFileAtomically(env_, PathOf(CommitMarkerName(step)),
+                                     StrCat("{\"step\": ", step, ", \"rank\": ", r.rank,
+                                            ", \"world_size\": ", r.world_size, "}\n")));
   CheckpointRecord record = std::move(it->second);
   pending_.erase(it);
   catalog_[step] = record;

@@ -74,8 +74,8 @@ class RunDir {
 
   // Deletes a committed checkpoint: the model file (a part's commit
   // marker) first, after which the checkpoint no longer exists, then its
-  // train file and exports, then fsyncs the directory. Refuses `latest`'s target (FAILED_PRECONDITION). Only files
-  // named by the grammar inside weights/ are touched.
+  // train file and exports, then fsyncs the directory. Refuses `latest`'s target
+  // (FAILED_PRECONDITION). Only files named by the grammar inside weights/ are touched.
   absl::Status Delete(uint64_t step);
 
   // Startup recovery again, e.g. after a step was fetched from the object

@@ -249,12 +249,13 @@ absl::Status StepCoordinator::Commit(const MultiRankRun& run, uint64_t step,
     if (l.is_object() && l.contains("step")) newest = l["step"].get<uint64_t>();
   }
   if (!newest || *newest < step) {
-    CKPTD_TRY(client_
-                  .Put(uploader_->KeyFor(run.run_id, "latest"),
-                       nlohmann::json{{"step", step},
-                                      {"manifest", uploader_->KeyFor(run.run_id, ManifestName(step))}}
-                           .dump())
-                  .status());
+    CKPTD_TRY(
+        client_
+            .Put(uploader_->KeyFor(run.run_id, "latest"),
+                 nlohmann::json{{"step", step},
+                                {"manifest", uploader_->KeyFor(run.run_id, ManifestName(step))}}
+                     .dump())
+            .status());
   }
   spdlog::info("multi-rank: step committed run={} step={} world_size={} bytes={}", run.run_id, step,
                run.world_size, bytes);
@@ -272,14 +273,11 @@ absl::Status StepCoordinator::Commit(const MultiRankRun& run, uint64_t step,
 absl::Status StepCoordinator::Abort(const MultiRankRun& run, uint64_t step,
                                     const std::string& reason, const std::vector<uint32_t>& missing,
                                     const std::vector<nlohmann::json>& parts) {
-  const nlohmann::json record = {{"run_id", run.run_id},
-                                 {"step", step},
-                                 {"world_size", run.world_size},
-                                 {"reason", reason},
-                                 {"missing_ranks", missing},
-                                 {"time_utc", FormatUtc(NowSeconds())}};
-  CKPTD_TRY(
-      client_.Put(uploader_->KeyFor(run.run_id, FailedName(step)), record.dump(2)).status());
+  const nlohmann::json record = {
+      {"run_id", run.run_id},         {"step", step},
+      {"world_size", run.world_size}, {"reason", reason},
+      {"missing_ranks", missing},     {"time_utc", FormatUtc(NowSeconds())}};
+  CKPTD_TRY(client_.Put(uploader_->KeyFor(run.run_id, FailedName(step)), record.dump(2)).status());
   spdlog::warn("multi-rank: step aborted run={} step={}: {}", run.run_id, step, reason);
   first_seen_.erase({run.run_id, step});
   std::vector<std::string> keys;
@@ -334,8 +332,7 @@ absl::Status StepCoordinator::ApplyVerdicts(const MultiRankRun& run) {
     // after the coordinator's cleanup): gone too.
     (void)client_.Delete(
         {uploader_->KeyFor(run.run_id, storage::SplitFileName(step, run.rank, run.world_size)),
-         uploader_->KeyFor(run.run_id,
-                           storage::PartTrainFileName(step, run.rank, run.world_size)),
+         uploader_->KeyFor(run.run_id, storage::PartTrainFileName(step, run.rank, run.world_size)),
          uploader_->KeyFor(run.run_id, PartReportName(step, run.rank))});
   }
   return absl::OkStatus();

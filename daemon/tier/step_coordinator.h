@@ -80,9 +80,11 @@ class StepCoordinator {
   absl::Status Coordinate(const MultiRankRun& run);
   absl::Status Decide(const MultiRankRun& run, uint64_t step,
                       const std::vector<std::pair<std::string, std::string>>& reports);
-  absl::Status Commit(const MultiRankRun& run, uint64_t step, const std::vector<nlohmann::json>& parts);
+  absl::Status Commit(const MultiRankRun& run, uint64_t step,
+                      const std::vector<nlohmann::json>& parts);
   absl::Status Abort(const MultiRankRun& run, uint64_t step, const std::string& reason,
-                     const std::vector<uint32_t>& missing, const std::vector<nlohmann::json>& parts);
+                     const std::vector<uint32_t>& missing,
+                     const std::vector<nlohmann::json>& parts);
   absl::Status ApplyVerdicts(const MultiRankRun& run);
   // Deletes step's reports (and for a failed step the files they name).
   absl::Status Cleanup(const MultiRankRun& run, const std::vector<std::string>& report_keys,
@@ -99,7 +101,7 @@ class StepCoordinator {
   absl::CondVar cv_;
   std::thread worker_;
   // Only the worker thread (PollOnce) touches these.
-  std::map<std::pair<std::string, uint64_t>, double> first_seen_;  // (run, step) -> when
+  std::map<std::pair<std::string, uint64_t>, double> first_seen_;          // (run, step) -> when
   std::map<std::string, std::pair<std::string, nlohmann::json>> reports_;  // key -> {ETag, parsed}
   std::string last_error_;  // logged once until it changes
 };

@@ -175,8 +175,9 @@ absl::Status Uploader::AbortStale(const StaleCheck& check) {
       if (check.known_ids.count(u.upload_id)) continue;
       if (check.rank) {  // a multi-rank run: the other ranks' uploads are other nodes'
         auto parsed = storage::ParseFileName(Base(u.key));
-        if (!parsed || (parsed->kind != storage::FileKind::kPart &&
-                        parsed->kind != storage::FileKind::kPartTrain) ||
+        if (!parsed ||
+            (parsed->kind != storage::FileKind::kPart &&
+             parsed->kind != storage::FileKind::kPartTrain) ||
             parsed->rank != *check.rank) {
           continue;
         }
@@ -530,8 +531,7 @@ absl::Status Uploader::ReportPart(const StepUpload& up, nlohmann::json report, u
       const auto* d = dim->get_if<uint32_t>();
       const auto* o = offset->get_if<uint64_t>();
       if (d && o && *d < t.ne.size()) {
-        entry["slice"] = {
-            {"full_ne", full_ne}, {"dim", *d}, {"offset", *o}, {"length", t.ne[*d]}};
+        entry["slice"] = {{"full_ne", full_ne}, {"dim", *d}, {"offset", *o}, {"length", t.ne[*d]}};
       }
     }
     tensors.push_back(std::move(entry));

@@ -133,8 +133,8 @@ TEST(FileNamesTest, SplitPartsAreNamedAsGgufSplitNamesShards) {
   EXPECT_EQ(ParseFileName(TempFileName(SplitFileName(100, 1, 3)))->kind, FileKind::kModelTemp);
   EXPECT_EQ(ParseFileName(TempFileName(PartTrainFileName(100, 1, 3)))->kind, FileKind::kTrainTemp);
   EXPECT_EQ(ParseFileName(TempFileName(CommitMarkerName(100)))->kind, FileKind::kStateTemp);
-  for (std::string_view bad : {"step_01.commit", "step_.commit", "step_1-00004-of-00003.train.gguf",
-                               "step_1.x.commit"}) {
+  for (std::string_view bad :
+       {"step_01.commit", "step_.commit", "step_1-00004-of-00003.train.gguf", "step_1.x.commit"}) {
     EXPECT_FALSE(ParseFileName(bad).has_value()) << bad;
   }
 }

@@ -39,7 +39,8 @@ std::string Bytes(const std::vector<float>& v) {
 
 // Rows [r0, r1) of a row-major [rows][cols] matrix.
 std::vector<float> Rows(const std::vector<float>& m, size_t cols, size_t r0, size_t r1) {
-  return {m.begin() + static_cast<ptrdiff_t>(r0 * cols), m.begin() + static_cast<ptrdiff_t>(r1 * cols)};
+  return {m.begin() + static_cast<ptrdiff_t>(r0 * cols),
+          m.begin() + static_cast<ptrdiff_t>(r1 * cols)};
 }
 // Columns [c0, c1) of every row.
 std::vector<float> Cols(const std::vector<float>& m, size_t cols, size_t c0, size_t c1) {
@@ -76,7 +77,8 @@ class MergeTest : public ::testing::Test {
     Shard(&plan.model_metadata, "b", {8, 3}, 0, rank * 4);
     plan.tensors.push_back({{"a", gguf::TensorType::kF32, {4, an}}, TensorGroup::kModel});
     plan.tensors.push_back({{"b", gguf::TensorType::kF32, {4, 3}}, TensorGroup::kModel});
-    if (rank == 1) plan.tensors.push_back({{"c", gguf::TensorType::kF32, {5}}, TensorGroup::kModel});
+    if (rank == 1)
+      plan.tensors.push_back({{"c", gguf::TensorType::kF32, {5}}, TensorGroup::kModel});
     auto w = CheckpointWriter::Create(env::Env::Default(), tmp_.path(), std::move(plan));
     ASSERT_TRUE(w.ok()) << w.status();
     ASSERT_TRUE((*w)->WriteData(Bytes(Rows(full_.a, 4, a0, a0 + an))).ok());
@@ -157,10 +159,9 @@ TEST_F(MergeTest, AGapAMissingPartOrACorruptPartIsRefusedAndLeavesNothing) {
   for (const std::string& name : *names) {
     EXPECT_FALSE(name.starts_with(".") || name == "merged.gguf") << name;
   }
-  EXPECT_THAT(MergeParts(env::Env::Default(), tmp_.Join(SplitFileName(7, 1, 2)), out)
-                  .status()
-                  .message(),
-              HasSubstr("not the first part"));
+  EXPECT_THAT(
+      MergeParts(env::Env::Default(), tmp_.Join(SplitFileName(7, 1, 2)), out).status().message(),
+      HasSubstr("not the first part"));
 }
 
 }  // namespace

@@ -301,7 +301,7 @@ TEST_F(RunDirTest, APartIsInvisibleUntilItsCommitMarker) {
   ASSERT_NE(dir->Find(100), nullptr);
   EXPECT_EQ(Latest(), "step_100-00002-of-00003.gguf");
   EXPECT_TRUE(dir->CommitPart(100).ok());  // idempotent
-  {  // a restart finds it committed, with its training state
+  {                                        // a restart finds it committed, with its training state
     auto again = OpenDir();
     ASSERT_NE(again->Find(100), nullptr);
     EXPECT_EQ(again->Find(100)->rank, 1u);
@@ -313,10 +313,9 @@ TEST_F(RunDirTest, APartIsInvisibleUntilItsCommitMarker) {
   ASSERT_TRUE(dir->CommitPart(200).ok());
   EXPECT_EQ(Latest(), "step_200-00002-of-00003.gguf");
   ASSERT_TRUE(dir->Delete(100).ok());
-  EXPECT_THAT(Names(Weights()),
-              UnorderedElementsAre("step_200-00002-of-00003.gguf",
-                                   "step_200-00002-of-00003.train.gguf", "step_200.commit",
-                                   "latest"));
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_200-00002-of-00003.gguf",
+                                                     "step_200-00002-of-00003.train.gguf",
+                                                     "step_200.commit", "latest"));
 }
 
 TEST_F(RunDirTest, AnAbortedPartLeavesNothingAndRecoveryDropsOrphans) {

@@ -22,9 +22,10 @@ TEST(RemoteNamesTest, RoundTripAndForeignNames) {
                           "latest", "step_1.gguf"}) {
     EXPECT_FALSE(ParseManifestName(bad).has_value()) << bad;
   }
-  for (const char* bad : {"parts/step_1/rank-01.json", "parts/step_1/rank-.json",
-                          "parts/step_/rank-1.json", "parts/step_1/rank-1.jsn", "step_1/rank-1.json",
-                          "parts/step_1/x/rank-1.json", "parts/step_1rank-1.json"}) {
+  for (const char* bad :
+       {"parts/step_1/rank-01.json", "parts/step_1/rank-.json", "parts/step_/rank-1.json",
+        "parts/step_1/rank-1.jsn", "step_1/rank-1.json", "parts/step_1/x/rank-1.json",
+        "parts/step_1rank-1.json"}) {
     EXPECT_FALSE(ParsePartReportName(bad).has_value()) << bad;
   }
 }
@@ -43,9 +44,10 @@ TEST(RemoteNamesTest, PartReportsParseWithTheirSlices) {
   ASSERT_TRUE(r->tensors[1].slice.has_value());
   EXPECT_EQ(r->tensors[1].slice->offset, 2u);
   EXPECT_EQ(r->tensors[1].slice->full_ne, (std::vector<uint64_t>{4, 6}));
-  for (const char* bad : {R"({"world_size": 3, "tensors": []})", R"({"rank": "x", "world_size": 3, "tensors": []})",
-                          R"({"rank": 0, "world_size": 3})",
-                          R"({"rank": 0, "world_size": 3, "tensors": [{"name": "a", "slice": {"dim": 0}}]})"}) {
+  for (const char* bad :
+       {R"({"world_size": 3, "tensors": []})", R"({"rank": "x", "world_size": 3, "tensors": []})",
+        R"({"rank": 0, "world_size": 3})",
+        R"({"rank": 0, "world_size": 3, "tensors": [{"name": "a", "slice": {"dim": 0}}]})"}) {
     EXPECT_EQ(ParsePartReport(nlohmann::json::parse(bad)).status().code(),
               absl::StatusCode::kInvalidArgument)
         << bad;
