@@ -458,6 +458,13 @@ absl::Status Daemon::StartTier() {
         .policy = registry_->EffectiveRetention(**run),
         .pins = (*run)->pins.pins()};
   });
+  uploader_->SetPrefix([this](const std::string& run_id) -> std::optional<std::string> {
+    auto run = registry_->Get(run_id);
+    if (!run.ok()) return std::nullopt;
+    absl::MutexLock lock(&(*run)->mu());
+    if (!(*run)->settings || (*run)->settings->tier.prefix.empty()) return cfg_.s3_prefix;
+    return (*run)->settings->tier.prefix;
+  });
   registry_->SetCommitHook([this](scheduler::Run& run, const storage::CheckpointRecord& r) {
     {
       absl::MutexLock lock(&run.mu());

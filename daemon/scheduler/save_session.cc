@@ -49,7 +49,9 @@ void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SavePar
 // after checking each slice against the tensor saved.
 absl::Status AddShardKeys(const std::map<std::string, policy::TensorSlice>& slices,
                           const std::vector<storage::PlannedTensor>& tensors, gguf::Metadata* md) {
-  for (const auto& [name, slice] : slices) {
+  for (const auto& entry : slices) {
+    const std::string& name = entry.first;
+    const policy::TensorSlice& slice = entry.second;
     auto t = std::find_if(tensors.begin(), tensors.end(), [&](const storage::PlannedTensor& p) {
       return p.group == storage::TensorGroup::kModel && p.spec.name == name;
     });

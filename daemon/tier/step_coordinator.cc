@@ -207,7 +207,6 @@ absl::Status StepCoordinator::Decide(
                         " on rank 0 so that llama.cpp can load the step"),
                  {}, parts);
   }
-  (void)keys;
   return Commit(run, step, kept);
 }
 

@@ -62,6 +62,10 @@ bool Uploader::stopping() const {
 }
 
 std::string Uploader::PrefixOf(const std::string& run_id) const {
+  if (prefix_) {
+    if (std::optional<std::string> p = prefix_(run_id)) return *p;
+    return settings_.prefix;
+  }
   if (rules_) {
     if (std::optional<RemoteRules> r = rules_(run_id)) return r->prefix;
   }

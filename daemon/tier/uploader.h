@@ -114,6 +114,10 @@ class Uploader {
   Uploader& operator=(const Uploader&) = delete;
 
   void SetRules(RulesFn rules) { rules_ = std::move(rules); }
+  // A run's key prefix alone (asked for every object's key; cheaper than
+  // the rules). Unset or nullopt: the rules' prefix, else the daemon's.
+  using PrefixFn = std::function<std::optional<std::string>(const std::string& run_id)>;
+  void SetPrefix(PrefixFn prefix) { prefix_ = std::move(prefix); }
 
   // The run's retention over its remote copies (the steps with a manifest).
   // With `apply`, deletes what it drops: a step's manifest first (so no
@@ -207,6 +211,7 @@ class Uploader {
   TierSettings settings_;
   Listener listener_;
   RulesFn rules_;
+  PrefixFn prefix_;
 
   mutable absl::Mutex mu_;
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
