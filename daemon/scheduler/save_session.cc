@@ -282,6 +282,13 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   return absl::OkStatus();
 }
 
+void SaveSession::Written() {
+  run_->reference_time_s = NowSeconds();
+  run_->last_error.clear();
+  run_->write_error.clear();
+  LeaveInFlight();
+}
+
 void SaveSession::LeaveInFlight() {
   if (!in_flight_) return;
   run_->in_flight.erase(params_.step);
@@ -319,10 +326,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
         record, run_->dir()->Commit(writer_.get(), overwrite_ ? storage::Overwrite::kYes
                                                               : storage::Overwrite::kNo));
     *is_latest = run_->dir()->latest_step() == record.step;
-    run_->reference_time_s = NowSeconds();
-    run_->last_error.clear();
-    run_->write_error.clear();
-    LeaveInFlight();
+    Written();
   }
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
@@ -354,10 +358,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::StagePart(SaveTimings* t)
   {
     absl::MutexLock lock(&run_->mu());
     CKPTD_ASSIGN_OR_RETURN(record, run_->dir()->StagePart(writer_.get()));
-    run_->reference_time_s = NowSeconds();
-    run_->last_error.clear();
-    run_->write_error.clear();
-    LeaveInFlight();
+    Written();
   }
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;

@@ -97,6 +97,9 @@ class SaveSession {
   absl::StatusOr<storage::CheckpointRecord> StagePart(SaveTimings* t);
   absl::Status Fail(absl::Status why);
   void LeaveInFlight() ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_->mu());
+  // The save's files are durable (committed, or a part staged): the run's
+  // schedule clock restarts, its errors clear, the step leaves in_flight.
+  void Written() ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_->mu());
 
   RunRegistry* registry_;
   std::shared_ptr<scheduler::Run> run_;

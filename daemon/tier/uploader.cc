@@ -387,6 +387,10 @@ absl::Status Uploader::Verify(const std::string& key, uint64_t size, const std::
   return absl::OkStatus();
 }
 
+void Uploader::Notify(const UploadEvent& e) {
+  if (listener_) listener_(e);
+}
+
 void Uploader::TestPause() {
   if (settings_.test_pause_s > 0) absl::SleepFor(absl::Seconds(settings_.test_pause_s));
 }
@@ -495,13 +499,11 @@ absl::Status Uploader::Upload(const Job& job) {
   spdlog::info("tier: uploaded run={} step={} files={} bytes={} seconds={:.3f} ({:.0f} MB/s)",
                up.run_id, r.step, files.size(), bytes, seconds,
                seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0.0);
-  if (listener_) {
-    listener_({.type = UploadEventType::kUploaded,
-               .run_id = up.run_id,
-               .step = r.step,
-               .bytes = bytes,
-               .seconds = seconds});
-  }
+  Notify({.type = UploadEventType::kUploaded,
+          .run_id = up.run_id,
+          .step = r.step,
+          .bytes = bytes,
+          .seconds = seconds});
   return absl::OkStatus();
 }
 
@@ -560,13 +562,11 @@ absl::Status Uploader::ReportPart(const StepUpload& up, nlohmann::json report, u
       "tier: uploaded run={} step={} rank={} part bytes={} seconds={:.3f}; reported to the "
       "coordinator",
       up.run_id, r.step, r.rank, bytes, seconds);
-  if (listener_) {
-    listener_({.type = UploadEventType::kUploaded,
-               .run_id = up.run_id,
-               .step = r.step,
-               .bytes = bytes,
-               .seconds = seconds});
-  }
+  Notify({.type = UploadEventType::kUploaded,
+          .run_id = up.run_id,
+          .step = r.step,
+          .bytes = bytes,
+          .seconds = seconds});
   return absl::OkStatus();
 }
 

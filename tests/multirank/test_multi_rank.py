@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 
+import grpc
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,7 +26,7 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
 sys.path.insert(0, os.path.join(ROOT, "client", "python"))
 
-from conftest import BINARY, wait_for  # noqa: E402
+from conftest import BINARY, Daemon, wait_for  # noqa: E402
 
 import ckptd  # noqa: E402
 from ckptd.v1 import ckptd_pb2 as pb  # noqa: E402
@@ -141,7 +142,7 @@ print(json.dumps(out))
 """, bucket=bucket)
 
 
-class Node:
+class Node(Daemon):
     """One node's ckptd, run in the node's namespace; its socket is a file,
     so trainers and the test reach it from outside."""
 
@@ -178,26 +179,29 @@ class Node:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
 
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
     def client(self):
         return ckptd.Client("unix:" + self.sock, reconnect_timeout=10)
 
+    def _ask(self, method, req):
+        """A query through one channel per daemon process; a busy machine's
+        slow connect (UNAVAILABLE) is tried again for up to 60 s."""
+        if getattr(self, "_chan_for", None) is not self.proc:
+            self._chan, self._chan_for = ckptd.Client("unix:" + self.sock), self.proc
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return getattr(self._chan.stub, method)(req, timeout=30)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def info(self, run):
-        with self.client() as c:
-            return c.stub.GetRun(pb.GetRunRequest(run_id=run), timeout=10)
+        return self._ask("GetRun", pb.GetRunRequest(run_id=run))
 
     def steps(self, run):
-        with self.client() as c:
-            r = c.stub.ListCheckpoints(pb.ListCheckpointsRequest(run_id=run), timeout=10)
-            return sorted(ck.step for ck in r.checkpoints)
+        r = self._ask("ListCheckpoints", pb.ListCheckpointsRequest(run_id=run))
+        return sorted(ck.step for ck in r.checkpoints)
 
     def part_files(self, run):
         w = os.path.join(self.root, run, "weights")
@@ -293,6 +297,18 @@ def check_atomic(cluster, nodes, run, tried):
             link = os.readlink(os.path.join(n.root, run, "weights", "latest"))
             assert link == f"step_{newest}-{n.i + 1:05d}-of-{WORLD:05d}.gguf"
     return set(manifests), docs
+
+
+def gather_parts(cluster, nodes, run, step, dest):
+    """Once `step` is committed everywhere: its parts copied from every node
+    into `dest`, as a loader wants them (side by side); the first's path."""
+    wait_for(lambda: all(n.steps(run) == [step] for n in nodes), 60, f"step {step} everywhere")
+    check_atomic(cluster, nodes, run, [step])
+    os.makedirs(dest)
+    for n in nodes:
+        name = f"step_{step}-{n.i + 1:05d}-of-{WORLD:05d}.gguf"
+        shutil.copy(os.path.join(n.root, run, "weights", name), os.path.join(dest, name))
+    return os.path.join(dest, f"step_{step}-00001-of-{WORLD:05d}.gguf")
 
 
 def test_a_step_commits_everywhere_only_once_every_rank_s_part_is_durable(cluster, nodes):
@@ -392,7 +408,6 @@ def test_a_whole_tensor_step_loads_in_llama_cpp_as_a_split_model(cluster, nodes,
     its rank saved."""
     import numpy as np
     import tiny_llama as tl
-    from conftest import Daemon
 
     # The single-file reference: llama.cpp's layout, from the hf-llama export.
     os.makedirs(tmp_path / "single")
@@ -422,15 +437,9 @@ def test_a_whole_tensor_step_loads_in_llama_cpp_as_a_split_model(cluster, nodes,
                                        "part_timeout_seconds": TIMEOUT,
                                        "total_tensors": len(names)})
             r.save(1, model=mine)
-    wait_for(lambda: all(n.steps(run) == [1] for n in nodes), 60, "step 1 committed everywhere")
-    check_atomic(cluster, nodes, run, [1])
     # llama.cpp is given the first part and finds the others beside it.
-    split = os.path.join(tmp_path, "split")
-    os.makedirs(split)
-    for n in nodes:
-        name = f"step_1-{n.i + 1:05d}-of-{WORLD:05d}.gguf"
-        shutil.copy(os.path.join(n.root, run, "weights", name), os.path.join(split, name))
-    got = tl.llama_cpp_logits(os.path.join(split, "step_1-00001-of-00003.gguf"))
+    first = gather_parts(cluster, nodes, run, 1, os.path.join(tmp_path, "split"))
+    got = tl.llama_cpp_logits(first)
     want = tl.llama_cpp_logits(single)
     assert np.abs(got - want).max() < 1e-6, np.abs(got - want).max()
     # Restore at the same world size: each rank's part, exactly its bytes.
@@ -451,7 +460,6 @@ def test_a_row_sliced_step_merges_into_the_single_process_checkpoint(cluster, no
     the parts into a file whose tensor data equals, byte for byte, the
     checkpoint one process holding the whole tensors writes."""
     import numpy as np
-    from conftest import Daemon
     rng = np.random.default_rng(7)
     full = {"emb": rng.standard_normal((9, 16)).astype(np.float32),   # rows split 3/3/3
             "proj": rng.standard_normal((6, 12)).astype(np.float32),  # columns split 4/4/4
@@ -468,15 +476,9 @@ def test_a_row_sliced_step_merges_into_the_single_process_checkpoint(cluster, no
                            multi_rank={"world_size": WORLD, "rank": rank,
                                        "part_timeout_seconds": TIMEOUT, "slices": slices})
             r.save(5, model=mine)
-    wait_for(lambda: all(n.steps(run) == [5] for n in nodes), 60, "step 5 committed everywhere")
-    check_atomic(cluster, nodes, run, [5])
-    parts = os.path.join(tmp_path, "parts")
-    os.makedirs(parts)
-    for n in nodes:
-        name = f"step_5-{n.i + 1:05d}-of-{WORLD:05d}.gguf"
-        shutil.copy(os.path.join(n.root, run, "weights", name), os.path.join(parts, name))
+    first = gather_parts(cluster, nodes, run, 5, os.path.join(tmp_path, "parts"))
     merged = os.path.join(tmp_path, "merged.gguf")
-    out = sh(CKPTCTL, "merge", os.path.join(parts, "step_5-00001-of-00003.gguf"), "-o", merged)
+    out = sh(CKPTCTL, "merge", first, "-o", merged)
     assert "2 reassembled from slices" in out.stdout, out.stdout
     # The single-process checkpoint of the same tensors.
     os.makedirs(tmp_path / "single")
@@ -507,7 +509,6 @@ def test_a_row_sliced_step_merges_into_the_single_process_checkpoint(cluster, no
     for name, v in full.items():
         assert np.array_equal(back[name], v), name
     sh(CKPTCTL, "verify", merged)
-    first = os.path.join(parts, "step_5-00001-of-00003.gguf")
     for name, v in ckptd.load_step(first).items():
         assert v.tobytes() == full[name].tobytes(), name
     # Restore at world size 2: each new rank's rows of emb and columns of proj.
@@ -621,7 +622,6 @@ def test_bad_multi_rank_settings_and_saves_are_refused_naming_what_to_fix(cluste
                                            "step_1-00001-of-00003.train.gguf"]
     # A daemon without [tier.s3] cannot run a multi-rank run at all.
     os.makedirs(os.path.join(n.dir, "plain"), exist_ok=True)
-    from conftest import Daemon
     import pathlib
     plain = Daemon(pathlib.Path(n.dir) / "plain").start()
     try:
