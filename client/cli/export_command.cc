@@ -12,16 +12,42 @@
 #include "daemon/export/plan.h"
 #include "daemon/gguf/reader.h"
 #include "daemon/storage/export_writer.h"
+#include "daemon/storage/file_names.h"
+#include "daemon/storage/merge.h"
 
 namespace ckptd::cli {
 namespace {
 
 constexpr size_t kChunk = 8 << 20;
 
+absl::Status ExportFile(const ExportArgs& a, const std::string& source);
+
+// A multi-rank step's first part: its parts merged (slices joined) into a
+// temporary file beside the output, exported, then removed.
 absl::Status Export(const ExportArgs& a) {
+  const size_t slash = a.file.rfind('/');
+  const auto part =
+      storage::ParseSplitFileName(slash == std::string::npos ? a.file : a.file.substr(slash + 1));
+  if (!part || part->world_size < 2) return ExportFile(a, a.file);
+  env::Env* env = env::Env::Default();
+  const size_t out_slash = a.out.rfind('/');
+  const std::string merged =
+      out_slash == std::string::npos
+          ? env::TempName(a.out)
+          : StrCat(a.out.substr(0, out_slash + 1), env::TempName(a.out.substr(out_slash + 1)));
+  auto result = storage::MergeParts(env, a.file, merged);
+  if (!result.ok()) return result.status();
+  std::cout << "merged " << result->world_size << " parts (" << result->sliced_tensors
+            << " tensors joined from slices)\n";
+  absl::Status st = ExportFile(a, merged);
+  (void)env->RemoveFile(merged);
+  return st;
+}
+
+absl::Status ExportFile(const ExportArgs& a, const std::string& source) {
   env::Env* env = env::Env::Default();
   CKPTD_ASSIGN_OR_RETURN(exports::Profile profile, exports::LoadProfile(env, a.profile));
-  CKPTD_ASSIGN_OR_RETURN(auto file, env->OpenForRead(a.file));
+  CKPTD_ASSIGN_OR_RETURN(auto file, env->OpenForRead(source));
   CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile src, gguf::ReadHeader(*file));
   std::vector<gguf::TensorSpec> specs;
   for (const auto& t : src.tensors) specs.push_back({t.name, t.type, t.ne});
@@ -87,7 +113,8 @@ CLI::App* AddExportCommand(CLI::App* app, ExportArgs* a) {
   auto* cmd = app->add_subcommand(
       "export",
       "Apply an export profile to a GGUF checkpoint (offline, same result as at save time)");
-  cmd->add_option("FILE", a->file, "step_N.gguf written by ckptd");
+  cmd->add_option("FILE", a->file,
+                  "step_N.gguf written by ckptd, or a multi-rank step's first part (merged first)");
   cmd->add_option("--profile", a->profile, "Built-in profile name or a profile .toml");
   cmd->add_option("-o,--out", a->out, "Output file");
   cmd->add_option("--name", a->name, "Export name recorded in the file (default: the profile's)");

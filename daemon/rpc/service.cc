@@ -183,7 +183,7 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
     if (req->exports_size() > 0) {
       return ToGrpc(absl::InvalidArgumentError(
           "exports: a multi-rank run's parts are not exported one by one; drop the exports and "
-          "export the merged step (ckptctl merge)"));
+          "export the step from its parts (ckptctl export FIRST_PART, or ckptctl merge)"));
     }
   }
   if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
