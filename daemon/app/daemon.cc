@@ -406,6 +406,8 @@ absl::Status Daemon::StartTier() {
         }
         auto run = registry_->Get(e.run_id);
         if (!run.ok()) return;
+        // A multi-rank part reported: its verdict may be due now.
+        if (coordinator_ && e.type == tier::UploadEventType::kUploaded) coordinator_->Poke(e.run_id);
         if (e.type == tier::UploadEventType::kUploaded) {
           {
             absl::MutexLock lock(&(*run)->mu());
@@ -525,10 +527,11 @@ absl::Status Daemon::StartTier() {
       spdlog::error("tier: run={} step={} part not queued for upload: {}", run.id(), r.step,
                     st.message());
     }
+    if (coordinator_) coordinator_->Poke(run.id());
   });
   metrics::Metrics::Get().SetTier(static_cast<int64_t>(uploader_->queue_depth()), true);
+  StartCoordinator();  // before the uploader's thread, whose events poke it
   uploader_->Start();
-  StartCoordinator();
   spdlog::info("tier: copying checkpoints to {}/{}{}{} (parts of {} bytes, {} in flight)",
                cfg.s3_endpoint, cfg.s3_bucket, cfg.s3_prefix.empty() ? "" : "/", cfg.s3_prefix,
                cfg.s3_part_size, cfg.s3_parallel_parts);

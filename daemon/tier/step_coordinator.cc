@@ -68,9 +68,10 @@ void StepCoordinator::Stop() {
   if (worker_.joinable()) worker_.join();
 }
 
-void StepCoordinator::Poke() {
+void StepCoordinator::Poke(const std::string& run_id) {
   absl::MutexLock lock(&mu_);
   poked_ = true;
+  if (!run_id.empty()) poked_runs_.insert(run_id);
   cv_.Signal();
 }
 
@@ -89,9 +90,19 @@ void StepCoordinator::Loop() {
 
 void StepCoordinator::PollOnce() {
   const std::vector<MultiRankRun> runs = hooks_.runs();
+  std::set<std::string> poked;
+  {
+    absl::MutexLock lock(&mu_);
+    poked.swap(poked_runs_);
+  }
+  const double now = NowSeconds();
   std::string error;
   for (const MultiRankRun& run : runs) {
-    absl::Status st = run.coordinator ? Coordinate(run) : absl::OkStatus();
+    // Listed every poll while it has reports or this node's parts wait.
+    auto quiet = quiet_until_.find(run.run_id);
+    const bool listen = run.coordinator && (!run.pending.empty() || poked.contains(run.run_id) ||
+                                            quiet == quiet_until_.end() || quiet->second <= now);
+    absl::Status st = listen ? Coordinate(run) : absl::OkStatus();
     if (st.ok() && !run.pending.empty()) st = ApplyVerdicts(run);
     if (!st.ok() && error.empty()) error = StrCat("run=", run.run_id, ": ", st.message());
   }
@@ -120,6 +131,11 @@ absl::Status StepCoordinator::Coordinate(const MultiRankRun& run) {
     it = it->first.first == run.run_id && !by_step.contains(it->first.second)
              ? first_seen_.erase(it)
              : std::next(it);
+  }
+  if (by_step.empty()) {
+    quiet_until_[run.run_id] = NowSeconds() + kQuietPollS;
+  } else {
+    quiet_until_.erase(run.run_id);
   }
   for (const auto& [step, reports] : by_step) CKPTD_TRY(Decide(run, step, reports));
   return absl::OkStatus();

@@ -62,6 +62,7 @@ absl::StatusOr<policy::PartReport> ParsePartReport(const nlohmann::json& j);
 
 class StepCoordinator {
  public:
+  static constexpr double kQuietPollS = 5;
   StepCoordinator(Uploader* uploader, CoordinatorHooks hooks, double poll_s);
   ~StepCoordinator();
   StepCoordinator(const StepCoordinator&) = delete;
@@ -72,8 +73,9 @@ class StepCoordinator {
   // One round: decide what this node coordinates, then apply the verdicts
   // on this node's parts. Errors are logged; the next round tries again.
   void PollOnce();
-  // Wakes the thread now (a part was just reported).
-  void Poke();
+  // Wakes the thread now; `run_id`'s reports are listed at once even if
+  // it was quiet (a part of it was just staged or reported here).
+  void Poke(const std::string& run_id = "");
 
  private:
   void Loop();
@@ -98,12 +100,17 @@ class StepCoordinator {
   absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool poked_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<std::string> poked_runs_ ABSL_GUARDED_BY(mu_);
   absl::CondVar cv_;
   std::thread worker_;
   // Only the worker thread (PollOnce) touches these.
   std::map<std::pair<std::string, uint64_t>, double> first_seen_;          // (run, step) -> when
   std::map<std::string, std::pair<std::string, nlohmann::json>> reports_;  // key -> {ETag, parsed}
   std::string last_error_;  // logged once until it changes
+  // A coordinated run whose parts/ listing was empty is listed again only
+  // after kQuietPollS (or a Poke naming it): idle and finished runs cost
+  // one LIST per kQuietPollS, not per poll.
+  std::map<std::string, double> quiet_until_;
 };
 
 }  // namespace ckptd::tier
