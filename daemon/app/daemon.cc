@@ -407,7 +407,8 @@ absl::Status Daemon::StartTier() {
         auto run = registry_->Get(e.run_id);
         if (!run.ok()) return;
         // A multi-rank part reported: its verdict may be due now.
-        if (coordinator_ && e.type == tier::UploadEventType::kUploaded) coordinator_->Poke(e.run_id);
+        if (coordinator_ && e.type == tier::UploadEventType::kUploaded)
+          coordinator_->Poke(e.run_id);
         if (e.type == tier::UploadEventType::kUploaded) {
           {
             absl::MutexLock lock(&(*run)->mu());
