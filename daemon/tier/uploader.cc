@@ -387,8 +387,13 @@ absl::Status Uploader::Verify(const std::string& key, uint64_t size, const std::
   return absl::OkStatus();
 }
 
-void Uploader::Notify(const UploadEvent& e) {
-  if (listener_) listener_(e);
+void Uploader::NotifyUploaded(const StepUpload& up, uint64_t bytes, double seconds) {
+  if (!listener_) return;
+  listener_({.type = UploadEventType::kUploaded,
+             .run_id = up.run_id,
+             .step = up.record.step,
+             .bytes = bytes,
+             .seconds = seconds});
 }
 
 void Uploader::TestPause() {
@@ -499,11 +504,7 @@ absl::Status Uploader::Upload(const Job& job) {
   spdlog::info("tier: uploaded run={} step={} files={} bytes={} seconds={:.3f} ({:.0f} MB/s)",
                up.run_id, r.step, files.size(), bytes, seconds,
                seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0.0);
-  Notify({.type = UploadEventType::kUploaded,
-          .run_id = up.run_id,
-          .step = r.step,
-          .bytes = bytes,
-          .seconds = seconds});
+  NotifyUploaded(up, bytes, seconds);
   return absl::OkStatus();
 }
 
@@ -562,11 +563,7 @@ absl::Status Uploader::ReportPart(const StepUpload& up, nlohmann::json report, u
       "tier: uploaded run={} step={} rank={} part bytes={} seconds={:.3f}; reported to the "
       "coordinator",
       up.run_id, r.step, r.rank, bytes, seconds);
-  Notify({.type = UploadEventType::kUploaded,
-          .run_id = up.run_id,
-          .step = r.step,
-          .bytes = bytes,
-          .seconds = seconds});
+  NotifyUploaded(up, bytes, seconds);
   return absl::OkStatus();
 }
 
