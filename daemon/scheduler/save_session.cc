@@ -73,12 +73,7 @@ absl::Status AddShardKeys(const std::map<std::string, policy::TensorSlice>& slic
                  " of the full ne [", fmt::format("{}", fmt::join(slice.full_ne, ", ")),
                  "] multi_rank.slices declares (the other dims must be whole)"));
     }
-    std::vector<Value> full;
-    for (uint64_t d : slice.full_ne) full.emplace_back(d);
-    const std::string key = StrCat(storage::kShardPrefix, name);
-    md->Set(StrCat(key, ".full_ne"), Value::MakeArray(gguf::ValueType::kU64, std::move(full)));
-    md->Set(StrCat(key, ".dim"), Value(slice.dim));
-    md->Set(StrCat(key, ".offset"), Value(slice.offset));
+    storage::SetShardKeys(name, slice, md);
   }
   return absl::OkStatus();
 }

@@ -93,14 +93,14 @@ absl::StatusOr<MergeResult> MergeParts(env::Env* env, const std::string& first_p
     const gguf::GgufFile& h = parts[pi].header;
     for (size_t ti = 0; ti < h.tensors.size(); ++ti) {
       const gguf::TensorInfo& t = h.tensors[ti];
-      const std::string key = StrCat(kShardPrefix, t.name);
-      const gguf::Array* full = Get<gguf::Array>(h.metadata, StrCat(key, ".full_ne"));
-      const uint32_t* dim = Get<uint32_t>(h.metadata, StrCat(key, ".dim"));
-      const uint64_t* offset = Get<uint64_t>(h.metadata, StrCat(key, ".offset"));
+      auto slice = ShardSliceOf(h.metadata, t);
+      if (!slice.ok()) {
+        return absl::InvalidArgumentError(StrCat(parts[pi].path, ": ", slice.status().message()));
+      }
       auto [it, fresh] = index.try_emplace(t.name, merged.size());
       if (fresh) merged.push_back({.spec = {t.name, t.type, t.ne}});
       Merged& m = merged[it->second];
-      if (!full || !dim || !offset) {
+      if (!*slice) {
         if (!fresh) {
           return absl::InvalidArgumentError(
               StrCat("tensor '", t.name, "' is in more than one part whole (", parts[pi].path,
@@ -109,26 +109,19 @@ absl::StatusOr<MergeResult> MergeParts(env::Env* env, const std::string& first_p
         m.slices.push_back({pi, ti, 0, 0});
         continue;
       }
-      std::vector<uint64_t> full_ne;
-      for (const gguf::Value& v : full->items) {
-        if (const uint64_t* d = v.get_if<uint64_t>()) full_ne.push_back(*d);
-      }
-      if (*dim >= t.ne.size() || full_ne.size() != t.ne.size()) {
-        return absl::InvalidArgumentError(
-            StrCat(parts[pi].path, ": tensor '", t.name, "' has bad ckpt.shard keys"));
-      }
+      const policy::TensorSlice& s = **slice;
       if (fresh) {
         m.sliced = true;
-        m.dim = *dim;
-        m.spec.ne = full_ne;
-      } else if (!m.sliced || m.dim != *dim || m.spec.ne != full_ne || m.spec.type != t.type) {
+        m.dim = s.dim;
+        m.spec.ne = s.full_ne;
+      } else if (!m.sliced || m.dim != s.dim || m.spec.ne != s.full_ne || m.spec.type != t.type) {
         return absl::InvalidArgumentError(
             StrCat("tensor '", t.name,
                    "': the parts disagree on its type, full shape or sliced "
                    "dimension (",
                    parts[pi].path, ")"));
       }
-      m.slices.push_back({pi, ti, *offset, t.ne[*dim]});
+      m.slices.push_back({pi, ti, s.offset, s.length});
     }
   }
   // Each sliced tensor tiled exactly: no gap, no overlap, nothing past the end.

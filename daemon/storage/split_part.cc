@@ -30,4 +30,40 @@ absl::StatusOr<gguf::Metadata> SplitPartMetadata(const gguf::Metadata& model, ui
   return out;
 }
 
+void SetShardKeys(const std::string& name, const policy::TensorSlice& slice, gguf::Metadata* md) {
+  std::vector<gguf::Value> full;
+  for (uint64_t d : slice.full_ne) full.emplace_back(d);
+  const std::string key = StrCat(kShardPrefix, name);
+  md->Set(StrCat(key, ".full_ne"), gguf::Value::MakeArray(gguf::ValueType::kU64, std::move(full)));
+  md->Set(StrCat(key, ".dim"), gguf::Value(slice.dim));
+  md->Set(StrCat(key, ".offset"), gguf::Value(slice.offset));
+}
+
+absl::StatusOr<std::optional<policy::TensorSlice>> ShardSliceOf(const gguf::Metadata& md,
+                                                                const gguf::TensorInfo& t) {
+  const std::string key = StrCat(kShardPrefix, t.name);
+  const gguf::Value* full = md.Find(StrCat(key, ".full_ne"));
+  const gguf::Value* dim = md.Find(StrCat(key, ".dim"));
+  const gguf::Value* offset = md.Find(StrCat(key, ".offset"));
+  if (!full && !dim && !offset) return std::nullopt;
+  const gguf::Array* a = full ? full->get_if<gguf::Array>() : nullptr;
+  const uint32_t* d = dim ? dim->get_if<uint32_t>() : nullptr;
+  const uint64_t* o = offset ? offset->get_if<uint64_t>() : nullptr;
+  policy::TensorSlice slice;
+  if (a) {
+    for (const gguf::Value& v : a->items) {
+      if (const uint64_t* n = v.get_if<uint64_t>()) slice.full_ne.push_back(*n);
+    }
+  }
+  if (!a || !d || !o || slice.full_ne.size() != t.ne.size() || *d >= t.ne.size() ||
+      *o + t.ne[*d] > slice.full_ne[*d]) {
+    return absl::InvalidArgumentError(
+        StrCat("tensor '", t.name, "' has incomplete or inconsistent ", key, ".* keys"));
+  }
+  slice.dim = *d;
+  slice.offset = *o;
+  slice.length = t.ne[*d];
+  return slice;
+}
+
 }  // namespace ckptd::storage

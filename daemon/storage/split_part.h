@@ -7,10 +7,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "daemon/gguf/layout.h"
 #include "daemon/gguf/value.h"
+#include "daemon/policy/step_commit.h"
 
 namespace ckptd::storage {
 
@@ -25,6 +29,15 @@ inline constexpr std::string_view kShardPrefix = "ckpt.shard.";
 
 // INVALID_ARGUMENT, naming the bound, for a rank outside the world, a
 // world over 65535 or a tensor count over INT32_MAX.
+// Writes the ckpt.shard.<name>.* keys of `slice` (its length is the saved
+// tensor's, not written).
+void SetShardKeys(const std::string& name, const policy::TensorSlice& slice, gguf::Metadata* md);
+// The slice a part's tensor holds, from its ckpt.shard keys (length: the
+// tensor's ne[dim]); nullopt for a whole tensor. INVALID_ARGUMENT for keys
+// that are partial, mistyped or do not fit the tensor.
+absl::StatusOr<std::optional<policy::TensorSlice>> ShardSliceOf(const gguf::Metadata& md,
+                                                                const gguf::TensorInfo& t);
+
 absl::StatusOr<gguf::Metadata> SplitPartMetadata(const gguf::Metadata& model, uint32_t rank,
                                                  uint32_t world_size, uint64_t total_tensors);
 

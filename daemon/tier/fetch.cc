@@ -10,6 +10,7 @@
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
 #include "daemon/gguf/reader.h"
+#include "daemon/tier/remote_names.h"
 
 namespace ckptd::tier {
 namespace {
@@ -124,7 +125,7 @@ absl::StatusOr<FetchResult> FetchStep(env::Env* env, S3Client& client, const Fet
   const double start = NowSeconds();
   std::string manifest_key;
   if (step) {
-    manifest_key = Key(options, run_id, StrCat("step_", *step, ".manifest.json"));
+    manifest_key = Key(options, run_id, ManifestName(*step));
   } else {
     auto latest = client.Get(Key(options, run_id, "latest"));
     if (absl::IsNotFound(latest.status())) {

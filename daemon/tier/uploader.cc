@@ -524,22 +524,13 @@ absl::Status Uploader::ReportPart(const StepUpload& up, nlohmann::json report, u
   auto tensors = nlohmann::json::array();
   for (const gguf::TensorInfo& t : header.tensors) {
     nlohmann::json entry = {{"name", t.name}, {"ne", t.ne}};
-    const std::string key = StrCat(storage::kShardPrefix, t.name);
-    const gguf::Value* full = header.metadata.Find(StrCat(key, ".full_ne"));
-    const gguf::Value* dim = header.metadata.Find(StrCat(key, ".dim"));
-    const gguf::Value* offset = header.metadata.Find(StrCat(key, ".offset"));
-    if (full && dim && offset) {
-      std::vector<uint64_t> full_ne;
-      if (const auto* a = full->get_if<gguf::Array>()) {
-        for (const gguf::Value& v : a->items) {
-          if (const auto* d = v.get_if<uint64_t>()) full_ne.push_back(*d);
-        }
-      }
-      const auto* d = dim->get_if<uint32_t>();
-      const auto* o = offset->get_if<uint64_t>();
-      if (d && o && *d < t.ne.size()) {
-        entry["slice"] = {{"full_ne", full_ne}, {"dim", *d}, {"offset", *o}, {"length", t.ne[*d]}};
-      }
+    CKPTD_ASSIGN_OR_RETURN(std::optional<policy::TensorSlice> slice,
+                           storage::ShardSliceOf(header.metadata, t));
+    if (slice) {
+      entry["slice"] = {{"full_ne", slice->full_ne},
+                        {"dim", slice->dim},
+                        {"offset", slice->offset},
+                        {"length", slice->length}};
     }
     tensors.push_back(std::move(entry));
   }

@@ -44,5 +44,28 @@ TEST(SplitPartTest, BoundsOfTheKeyTypesAreRefusedWithTheirReason) {
               HasSubstr("split.tensors.count (an i32)"));
 }
 
+TEST(SplitPartTest, ShardKeysRoundTripAndBadOnesAreNamed) {
+  gguf::Metadata md;
+  SetShardKeys("w", {.full_ne = {4, 6}, .dim = 1, .offset = 2}, &md);
+  gguf::TensorInfo t{.name = "w", .ne = {4, 3}};
+  auto slice = ShardSliceOf(md, t);
+  ASSERT_TRUE(slice.ok()) << slice.status();
+  ASSERT_TRUE(slice->has_value());
+  EXPECT_EQ((*slice)->full_ne, (std::vector<uint64_t>{4, 6}));
+  EXPECT_EQ((*slice)->dim, 1u);
+  EXPECT_EQ((*slice)->offset, 2u);
+  EXPECT_EQ((*slice)->length, 3u);
+  EXPECT_FALSE(ShardSliceOf(md, {.name = "other", .ne = {4}})->has_value());  // whole
+  // Past the end along the sliced dim, another rank of dims, a key missing.
+  EXPECT_EQ(ShardSliceOf(md, {.name = "w", .ne = {4, 5}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ShardSliceOf(md, {.name = "w", .ne = {24}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  md.Remove("ckpt.shard.w.offset");
+  auto partial = ShardSliceOf(md, t);
+  EXPECT_EQ(partial.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(partial.status().message().find("ckpt.shard.w"), std::string_view::npos);
+}
+
 }  // namespace
 }  // namespace ckptd::storage
