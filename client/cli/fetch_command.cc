@@ -11,6 +11,7 @@
 #include "daemon/config/config.h"
 #include "daemon/env/env.h"
 #include "daemon/tier/fetch.h"
+#include "daemon/tier/store_factory.h"
 
 namespace ckptd::cli {
 
@@ -49,12 +50,8 @@ int RunFetch(const FetchArgs& args) {
                         StrCat(config_path, " has no [tier.s3] endpoint: nothing to fetch from")));
   }
   env::Env* env = env::Env::Default();
-  tier::S3Config s3{
-      .endpoint = cfg->s3_endpoint, .bucket = cfg->s3_bucket, .region = cfg->s3_region};
-  if (absl::Status st = tier::LoadCredentials(env, cfg->s3_credentials_file, &s3); !st.ok()) {
-    return fail("", st);
-  }
-  tier::S3Client client(std::move(s3));
+  auto store = tier::OpenStore(env, *cfg);
+  if (!store.ok()) return fail("", store.status());
   const std::string out = !args.out.empty() ? args.out
                           : cfg->roots.empty()
                               ? std::string()
@@ -67,7 +64,7 @@ int RunFetch(const FetchArgs& args) {
                           StrCat("--prefix '", Printable(*args.prefix), "' ", problem)));
     }
   }
-  auto got = tier::FetchStep(env, client,
+  auto got = tier::FetchStep(env, **store,
                              {.prefix = args.prefix.value_or(cfg->s3_prefix),
                               .parallel = static_cast<int>(cfg->s3_parallel_parts),
                               .max_memory_bytes = cfg->s3_max_memory_bytes},

@@ -3,6 +3,7 @@
 // field and what to do.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "daemon/policy/schedule.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/checkpoint_writer.h"
+#include "daemon/tier/remote_records.h"
 
 namespace ckptd::api {
 
@@ -39,6 +41,12 @@ policy::Schedule FromProto(const v1::Schedule& s);
 v1::Schedule ToProto(const policy::Schedule& s);
 
 void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointInfo* out);
+// A step only the object store holds, as listed: from its manifest.
+// `url_of` names an object for a reader ("s3://bucket/key").
+void ToProto(const tier::StepManifest& m,
+             const std::function<std::string(const std::string&)>& url_of, v1::CheckpointInfo* out);
+// Retention's verdicts (local or remote), in step order.
+void ToProto(const std::vector<policy::RetentionDecision>& plan, v1::RetentionPlan* out);
 
 exports::ProfileSpec FromProto(const v1::ExportProfile& p);
 v1::ExportProfile ToProto(const exports::ProfileSpec& s);

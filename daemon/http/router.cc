@@ -73,13 +73,13 @@ Reply Router::MetricsText() const {
   }
   std::string last_step, last_time, count;
   for (const auto& run : registry_->List()) {
-    absl::MutexLock lock(&run->mu());
-    const std::string label = StrCat("{run=\"", metrics::EscapeLabel(run->id()), "\"} ");
-    StrAppend(&count, "ckptd_checkpoints", label, run->dir()->catalog().size(), "\n");
-    if (auto step = run->dir()->latest_step()) {
+    const scheduler::RunSnapshot snap = run->Snapshot();
+    const std::string label = StrCat("{run=\"", metrics::EscapeLabel(snap.id), "\"} ");
+    StrAppend(&count, "ckptd_checkpoints", label, snap.catalog->size(), "\n");
+    if (auto step = snap.latest_step) {
       StrAppend(&last_step, "ckptd_last_committed_step", label, *step, "\n");
       StrAppend(&last_time, "ckptd_last_commit_timestamp_seconds", label,
-                fmt::format("{:.3f}", run->dir()->Find(*step)->time_s), "\n");
+                fmt::format("{:.3f}", snap.Find(*step)->time_s), "\n");
     }
   }
   out +=

@@ -1,5 +1,5 @@
 // Where a save's tensor bytes come from. Every transport is a TensorSource
-// feeding the one SaveSession (DESIGN.md, "Data flow"):
+// feeding the one SaveSession (ARCHITECTURE.md, "One save"):
 //   StreamSource   chunks of a Save stream (any producer: a gRPC reader now,
 //                  a callback reactor's bounded queue later)
 //   ArenaSource    windows of the trainer's sealed memfd arenas (shm path)

@@ -7,8 +7,8 @@
 #include "daemon/api/convert.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/base/time.h"
 #include "daemon/query/lineage.h"
-#include "daemon/scheduler/retention.h"
 
 namespace ckptd::query {
 namespace {
@@ -34,29 +34,28 @@ std::string Readiness::Summary() const {
   return out;
 }
 
-v1::RunInfo Queries::RunInfo(scheduler::Run& run) const {
-  absl::MutexLock lock(&run.mu());
+v1::RunInfo Queries::RunInfo(const scheduler::RunSnapshot& run) const {
   v1::RunInfo info;
-  info.set_run_id(run.id());
-  info.set_run_dir(run.run_dir());
+  info.set_run_id(run.id);
+  info.set_run_dir(run.run_dir);
   info.set_state(ToProto(run.state));
-  if (auto last = run.dir()->latest_step()) {
-    info.set_last_step(*last);
-    info.set_latest_file(run.dir()->Find(*last)->model_path);
+  if (run.latest_step) {
+    info.set_last_step(*run.latest_step);
+    info.set_latest_file(run.Find(*run.latest_step)->model_path);
   }
-  info.set_checkpoint_count(static_cast<uint32_t>(run.dir()->catalog().size()));
-  info.set_total_bytes(run.dir()->total_bytes());
-  *info.mutable_schedule() = api::ToProto(registry_->EffectiveSchedule(run));
-  *info.mutable_retention() = api::ToProto(registry_->EffectiveRetention(run));
+  info.set_checkpoint_count(static_cast<uint32_t>(run.catalog->size()));
+  info.set_total_bytes(run.total_bytes());
+  *info.mutable_schedule() = api::ToProto(run.schedule);
+  *info.mutable_retention() = api::ToProto(run.retention);
   info.set_last_error(run.last_error);
   info.set_write_error(run.write_error);
-  if (run.settings) {
-    for (const auto& e : run.settings->exports) info.add_exports(e.name);
-    info.set_base_model_uuid(run.settings->base_model_uuid);
-    info.set_world_size(run.settings->multi_rank.world_size);
-    info.set_rank(run.settings->multi_rank.rank);
+  if (run.opened) {
+    for (const std::string& e : run.export_names) info.add_exports(e);
+    info.set_base_model_uuid(run.base_model_uuid);
+    info.set_world_size(run.multi_rank.world_size);
+    info.set_rank(run.multi_rank.rank);
   }
-  for (const auto& [step, record] : run.dir()->pending()) info.add_pending_steps(step);
+  for (const auto& [step, record] : *run.pending) info.add_pending_steps(step);
   return info;
 }
 
@@ -67,33 +66,34 @@ absl::StatusOr<v1::Lineage> Queries::Lineage(const std::string& uuid,
   }
   std::vector<v1::LineageNode> files;
   std::map<std::string, std::string> run_base;
-  for (const auto& run : registry_->List()) {
-    absl::MutexLock lock(&run->mu());
-    const auto& catalog = run->dir()->catalog();
-    const std::optional<uint64_t> latest = run->dir()->latest_step();
+  for (const auto& r : registry_->List()) {
+    const scheduler::RunSnapshot snap = r->Snapshot();
+    const scheduler::RunSnapshot* run = &snap;
+    const auto& catalog = *run->catalog;
+    const std::optional<uint64_t> latest = run->latest_step;
     std::map<std::string, uint64_t> newest_export;
-    for (const auto& [step, r] : catalog) {
-      for (const auto& e : r.exports) newest_export[e.name] = step;
+    for (const auto& [step, c] : catalog) {
+      for (const auto& e : c.exports) newest_export[e.name] = step;
     }
-    std::string base = run->settings ? run->settings->base_model_uuid : "";
+    std::string base = run->base_model_uuid;
     for (const auto& [step, r] : catalog) {
       if (base.empty()) base = r.base_model_uuid;
       v1::LineageNode& n = files.emplace_back();
       n.set_uuid(r.uuid);
       n.set_kind(v1::LineageNode::KIND_CHECKPOINT);
       n.set_parent_uuid(!r.parent_uuid.empty() ? r.parent_uuid : r.base_model_uuid);
-      n.set_run_id(run->id());
+      n.set_run_id(run->id);
       n.set_step(step);
       n.set_file(r.model_path);
       n.set_time_utc(r.time_utc);
       n.set_is_latest(latest == step);
-      n.set_pinned(run->pins.Find(step) != nullptr);
+      n.set_pinned(run->pins.contains(step));
       for (const auto& e : r.exports) {
         v1::LineageNode& x = files.emplace_back();
         x.set_uuid(e.uuid);
         x.set_kind(v1::LineageNode::KIND_EXPORT);
         x.set_parent_uuid(r.uuid);
-        x.set_run_id(run->id());
+        x.set_run_id(run->id);
         x.set_step(step);
         x.set_name(e.name);
         x.set_file(e.path);
@@ -102,36 +102,29 @@ absl::StatusOr<v1::Lineage> Queries::Lineage(const std::string& uuid,
         x.set_profile(e.profile);
       }
     }
-    if (!base.empty()) run_base[run->id()] = base;
+    if (!base.empty()) run_base[run->id] = base;
   }
   return Focus(CompleteGraph(std::move(files), run_base), uuid, run_id);
 }
 
 v1::ListRunsResponse Queries::ListRuns() const {
   v1::ListRunsResponse resp;
-  for (const auto& run : registry_->List()) *resp.add_runs() = RunInfo(*run);
+  for (const auto& run : registry_->List()) *resp.add_runs() = RunInfo(run->Snapshot());
   return resp;
 }
 
 absl::StatusOr<v1::RunInfo> Queries::GetRun(const std::string& run_id) const {
   CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(run_id));
-  return RunInfo(*run);
+  return RunInfo(run->Snapshot());
 }
 
-std::vector<policy::RetentionDecision> Queries::DryPlan(scheduler::Run& run) const {
-  auto policy = registry_->EffectiveRetention(run);
-  return policy::PlanRetention(
-      policy, scheduler::RetentionInputsFor(*run.dir(), run.pins, policy, run.RetentionHolds(),
-                                            NowSeconds()));
-}
-
-void Queries::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
+void Queries::Describe(const scheduler::RunSnapshot& run, const storage::CheckpointRecord& r,
                        const std::vector<policy::RetentionDecision>& plan,
                        v1::CheckpointInfo* out) const {
-  api::ToProto(r, run.dir()->latest_step() == r.step, out);
-  if (const std::string* pin = run.pins.Find(r.step)) {
+  api::ToProto(r, run.latest_step == r.step, out);
+  if (auto pin = run.pins.find(r.step); pin != run.pins.end()) {
     out->set_pinned(true);
-    out->set_pin_reason(*pin);
+    out->set_pin_reason(pin->second);
   }
   auto it = std::lower_bound(plan.begin(), plan.end(), r.step,
                              [](const auto& d, uint64_t step) { return d.step < step; });
@@ -139,9 +132,22 @@ void Queries::Describe(scheduler::Run& run, const storage::CheckpointRecord& r,
     out->set_retention_keeps(it->keep);
     out->set_retention_reason(it->reason);
   }
-  if (tier_.upload_state) out->set_upload_state(tier_.upload_state(run.id(), r.step));
+  if (replicator_ != nullptr) out->set_upload_state(replicator_->UploadState(run.id, r.step));
   out->set_location(out->upload_state() == "uploaded" ? "both" : "local");
-  out->set_pending(run.dir()->pending().contains(r.step));
+  out->set_pending(run.pending->contains(r.step));
+}
+
+absl::StatusOr<v1::CheckpointInfo> Queries::DescribeCheckpoint(const std::string& run_id,
+                                                               uint64_t step) const {
+  CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(run_id));
+  const scheduler::RunSnapshot snap = run->Snapshot();
+  const storage::CheckpointRecord* r = snap.Find(step);
+  if (r == nullptr) {
+    return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint at step ", step));
+  }
+  v1::CheckpointInfo info;
+  Describe(snap, *r, snap.DryPlan(NowSeconds()), &info);
+  return info;
 }
 
 absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
@@ -165,23 +171,24 @@ absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
     has_after = true;
   }
   const uint32_t page = req.page_size() == 0 ? kDefaultPage : req.page_size();
-  CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(req.run_id()));
-  // The store's steps first, without the run's lock (one LIST).
+  CKPTD_ASSIGN_OR_RETURN(auto r, registry_->Get(req.run_id()));
+  // The store's steps first (one LIST).
   std::set<uint64_t> remote;
   if (req.include_remote()) {
-    if (!tier_.remote_steps) {
+    if (replicator_ == nullptr) {
       return absl::FailedPreconditionError(
           "include_remote: this daemon has no object-storage tier ([tier.s3] endpoint is unset)");
     }
-    CKPTD_ASSIGN_OR_RETURN(remote, tier_.remote_steps(req.run_id()));
+    CKPTD_ASSIGN_OR_RETURN(remote, replicator_->RemoteSteps(req.run_id()));
   }
   v1::ListCheckpointsResponse resp;
   std::vector<int> remote_only;  // indexes into resp.checkpoints
   bool more = false;
   {
-    absl::MutexLock lock(&run->mu());
-    const auto& catalog = run->dir()->catalog();
-    const auto plan = DryPlan(*run);
+    const scheduler::RunSnapshot snap = r->Snapshot();
+    const scheduler::RunSnapshot* run = &snap;
+    const auto& catalog = *snap.catalog;
+    const auto plan = snap.DryPlan(NowSeconds());
     auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
     auto rit = has_after ? remote.upper_bound(after) : remote.begin();
     while (it != catalog.end() || rit != remote.end()) {
@@ -206,21 +213,24 @@ absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
       info->set_location("remote");
       info->set_upload_state("uploaded");
       info->set_retention_reason("only in the object store: local retention does not apply");
-      if (const std::string* pin = run->pins.Find(*rit)) {
+      if (auto pin = run->pins.find(*rit); pin != run->pins.end()) {
         info->set_pinned(true);
-        info->set_pin_reason(*pin);
+        info->set_pin_reason(pin->second);
       }
       remote_only.push_back(resp.checkpoints_size() - 1);
       ++rit;
     }
   }
-  // Remote-only steps described from their manifests, without the lock.
-  // A manifest deleted since the LIST (remote retention) leaves the entry
-  // bare rather than failing the listing.
+  // Remote-only steps described from their manifests. A manifest deleted
+  // since the LIST (remote retention) leaves the entry bare rather than
+  // failing the listing.
   for (int i : remote_only) {
     v1::CheckpointInfo* info = resp.mutable_checkpoints(i);
-    absl::Status st = tier_.describe_remote(req.run_id(), info->step(), info);
-    if (!st.ok() && !absl::IsNotFound(st)) return st;
+    absl::StatusOr<tier::StepManifest> m = replicator_->RemoteManifest(req.run_id(), info->step());
+    if (absl::IsNotFound(m.status())) continue;
+    if (!m.ok()) return m.status();
+    api::ToProto(
+        *m, [&](const std::string& key) { return replicator_->UrlOf(key); }, info);
   }
   if (more && resp.checkpoints_size() > 0) {
     resp.set_next_page_token(std::to_string(resp.checkpoints().rbegin()->step()));
@@ -234,17 +244,17 @@ absl::StatusOr<v1::CheckpointDetail> Queries::GetCheckpoint(const std::string& r
   v1::CheckpointDetail resp;
   storage::CheckpointRecord record;
   {
-    absl::MutexLock lock(&run->mu());
-    const storage::CheckpointRecord* r = run->dir()->Find(step);
+    const scheduler::RunSnapshot snap = run->Snapshot();
+    const storage::CheckpointRecord* r = snap.Find(step);
     if (r == nullptr) {
       return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint at step ", step,
                                         "; ListCheckpoints shows the committed steps"));
     }
     record = *r;
-    Describe(*run, record, DryPlan(*run), resp.mutable_info());
+    Describe(snap, record, snap.DryPlan(NowSeconds()), resp.mutable_info());
   }
-  // Header reads happen outside the lock; a concurrent overwrite replaces
-  // the file atomically, so the header read is of one version or the other.
+  // A concurrent overwrite replaces the file atomically, so the header read
+  // is of one version or the other.
   CKPTD_ASSIGN_OR_RETURN(auto model, storage::ReadGgufHeader(registry_->env(), record.model_path));
   api::ToProto(model.metadata, resp.mutable_metadata());
   for (const auto& t : model.tensors) {
@@ -264,10 +274,10 @@ absl::StatusOr<v1::CheckpointDetail> Queries::GetCheckpoint(const std::string& r
 Readiness Queries::Ready() const {
   Readiness r;
   for (const auto& run : registry_->List()) {
-    absl::MutexLock lock(&run->mu());
-    if (!run->write_error.empty()) {
+    const scheduler::RunSnapshot snap = run->Snapshot();
+    if (!snap.write_error.empty()) {
       r.reasons.push_back(
-          StrCat("run ", run->id(), " has an unresolved write error: ", run->write_error));
+          StrCat("run ", snap.id, " has an unresolved write error: ", snap.write_error));
     }
   }
   const policy::DiskGuard guard = registry_->disk_guard();
@@ -280,8 +290,8 @@ Readiness Queries::Ready() const {
           StrCat("root ", root, " is below the disk guard (", space->free_bytes, " bytes free)"));
     }
   }
-  if (tier_.unhealthy) {
-    if (std::optional<std::string> why = tier_.unhealthy()) {
+  if (replicator_ != nullptr) {
+    if (std::optional<std::string> why = replicator_->Unhealthy()) {
       r.reasons.push_back(StrCat("the object-storage tier is unhealthy: ", *why));
     }
   }

@@ -1,6 +1,10 @@
 // Checks and conversions of save and OpenRun requests.
 #include "daemon/rpc/requests.h"
 
+#include <google/protobuf/util/json_util.h>
+
+#include <set>
+
 #include "daemon/api/convert.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -146,6 +150,49 @@ absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h, schedu
   CKPTD_ASSIGN_OR_RETURN(p.tensors, FromProto(h.tensors()));
   CKPTD_ASSIGN_OR_RETURN(p.train_metadata, FromProto(h.train_metadata(), "train_metadata"));
   return p;
+}
+
+absl::StatusOr<scheduler::DeclaredSettings> RequestCodec::Declared(
+    const v1::OpenRunRequest& req) const {
+  scheduler::DeclaredSettings d{
+      .tier_options = req.has_tier(),
+      .charge = req.ByteSizeLong() * scheduler::MemoryBudget::kParsedFactor};
+  CKPTD_ASSIGN_OR_RETURN(d.settings, SettingsFrom(req));
+  std::set<std::string> names;
+  for (const v1::ExportRequest& e : req.exports()) {
+    absl::StatusOr<exports::Profile> profile =
+        e.has_definition() ? exports::CompileProfile(FromProto(e.definition()))
+                           : exports::ResolveProfile(env_, profiles_dir_, e.profile());
+    if (!profile.ok()) {
+      return absl::Status(profile.status().code(), StrCat("exports: ", profile.status().message()));
+    }
+    std::string name = e.name().empty() ? profile->spec.name : e.name();
+    if (!exports::IsValidExportName(name) || !names.insert(name).second) {
+      return absl::InvalidArgumentError(StrCat("exports: name '", name,
+                                               "' is invalid ([a-z0-9_-]{1,64}, not 'train') or "
+                                               "listed twice"));
+    }
+    d.settings.exports.push_back(
+        {std::move(name), std::make_shared<const exports::Profile>(std::move(*profile))});
+  }
+  if (!req.model_tensors().empty() && !d.settings.exports.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(d.model_tensors, FromProto(req.model_tensors()));
+  }
+  return d;
+}
+
+absl::StatusOr<scheduler::DeclaredSettings> RequestCodec::Decode(std::string_view stored) const {
+  v1::OpenRunRequest req;
+  if (auto parsed = google::protobuf::util::JsonStringToMessage(
+          google::protobuf::StringPiece(stored.data(), stored.size()), &req);
+      !parsed.ok()) {
+    return absl::InvalidArgumentError(std::string(parsed.message()));
+  }
+  return Declared(req);
+}
+
+std::string RequestCodec::Stored(const v1::OpenRunRequest& req) {
+  return api::MessageToJson(req, /*pretty=*/true);
 }
 
 }  // namespace ckptd::rpc

@@ -8,6 +8,8 @@
 
 #include "absl/status/statusor.h"
 #include "ckptd/v1/ckptd.pb.h"
+#include "daemon/env/env.h"
+#include "daemon/scheduler/run_lifecycle.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_session.h"
 
@@ -38,6 +40,24 @@ absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h, schedu
 
 // OpenRun's settings but exports (model metadata, provenance, schedule, retention).
 absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req);
+// OpenRun's request as the run lifecycle takes it: settings converted,
+// export profiles resolved (built-in, from `profiles_dir`, or defined in the
+// request), the declared model tensors, and the budget charge (the
+// request's size x MemoryBudget::kParsedFactor). The stored form is the
+// request as protobuf JSON, so a restart converts it with the same code.
+class RequestCodec final : public scheduler::SettingsCodec {
+ public:
+  RequestCodec(env::Env* env, std::string profiles_dir)
+      : env_(env), profiles_dir_(std::move(profiles_dir)) {}
+  absl::StatusOr<scheduler::DeclaredSettings> Declared(const v1::OpenRunRequest& req) const;
+  absl::StatusOr<scheduler::DeclaredSettings> Decode(std::string_view stored) const override;
+  static std::string Stored(const v1::OpenRunRequest& req);
+
+ private:
+  env::Env* env_;
+  std::string profiles_dir_;
+};
+
 // OpenRun's multi_rank: bounds checked, the coordinator and timeout
 // defaulted; a world of 0 or 1 leaves `out` a single-rank run.
 absl::Status MultiRankFrom(const v1::MultiRank& m, scheduler::RunMultiRank* out);

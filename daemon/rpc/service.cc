@@ -1,7 +1,6 @@
 // ckptd.v1.Checkpointd implementation.
 #include "daemon/rpc/service.h"
 
-#include <google/protobuf/util/json_util.h>
 #include <spdlog/spdlog.h>
 
 #include <set>
@@ -55,37 +54,6 @@ grpc::Status TooManyStreams(const char* what, const char* setting, uint32_t limi
   return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                       StrCat("the daemon already serves ", limit, " ", what, " streams (", setting,
                              "); close idle ones or try again later"));
-}
-
-// Resolves the run's export profiles and, when the request lists the model
-// tensors, plans each export now so a bad profile fails here, not at a save.
-absl::Status ExportsFrom(const v1::OpenRunRequest& req, scheduler::RunRegistry& registry,
-                         scheduler::RunSettings* s) {
-  std::set<std::string> names;
-  for (const v1::ExportRequest& e : req.exports()) {
-    absl::StatusOr<exports::Profile> profile =
-        e.has_definition() ? exports::CompileProfile(api::FromProto(e.definition()))
-                           : exports::ResolveProfile(
-                                 registry.env(), registry.facts().export_profiles_dir, e.profile());
-    if (!profile.ok()) {
-      return absl::Status(profile.status().code(), StrCat("exports: ", profile.status().message()));
-    }
-    std::string name = e.name().empty() ? profile->spec.name : e.name();
-    if (!exports::IsValidExportName(name) || !names.insert(name).second) {
-      return absl::InvalidArgumentError(StrCat("exports: name '", name,
-                                               "' is invalid ([a-z0-9_-]{1,64}, not 'train') or "
-                                               "listed twice"));
-    }
-    s->exports.push_back(
-        {std::move(name), std::make_shared<const exports::Profile>(std::move(*profile))});
-  }
-  if (req.model_tensors().empty() || s->exports.empty()) return absl::OkStatus();
-  CKPTD_ASSIGN_OR_RETURN(std::vector<storage::PlannedTensor> tensors,
-                         api::FromProto(req.model_tensors()));
-  gguf::Metadata md = s->model_metadata;
-  for (const auto& [key, value] : s->provenance.entries()) md.Set(key, value);
-  std::vector<std::shared_ptr<const exports::ExportPlan>> plans;
-  return scheduler::PlanExports(s->exports, tensors, md, registry.facts().version, &plans);
 }
 
 void SetTimings(const scheduler::SaveTimings& t, v1::Timings* out) {
@@ -157,51 +125,22 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
   }
   // While converting; a reopened run's current settings are replaced, so
   // only what the new ones add is charged.
-  const uint64_t settings_bytes = req->ByteSizeLong() * MemoryBudget::kParsedFactor;
+  const uint64_t settings_bytes = req->ByteSizeLong() * scheduler::MemoryBudget::kParsedFactor;
   const uint64_t held = budget_->HeldByRun(req->run_id());
-  MemoryBudget::Charge charge;
+  scheduler::MemoryBudget::Charge charge;
   if (absl::Status st =
           budget_->Reserve(settings_bytes - std::min(held, settings_bytes),
                            StrCat("OpenRun of run '", Printable(req->run_id()), "'"), &charge);
       !st.ok()) {
     return ToGrpc(st);
   }
-  auto settings = SettingsFrom(*req);
-  if (!settings.ok()) return ToGrpc(settings.status());
-  if (req->has_tier() && !req->tier().local_only() && !tier_configured_) {
-    return ToGrpc(absl::FailedPreconditionError(
-        "tier: this daemon has no object-storage tier ([tier.s3] endpoint is unset), so the "
-        "run's checkpoints would not be copied; configure [tier.s3] or drop the tier options"));
-  }
-  if (settings->multi_rank.world_size > 1) {
-    if (!tier_configured_ || settings->tier.local_only) {
-      return ToGrpc(absl::FailedPreconditionError(
-          "multi_rank: the ranks' daemons agree on each step through the object-storage tier, "
-          "and this run has none ([tier.s3] endpoint is unset, or tier.local_only); configure "
-          "[tier.s3] on every node"));
-    }
-    if (req->exports_size() > 0) {
-      return ToGrpc(absl::InvalidArgumentError(
-          "exports: a multi-rank run's parts are not exported one by one; drop the exports and "
-          "export the step from its parts (ckptctl export FIRST_PART, or ckptctl merge)"));
-    }
-  }
-  if (absl::Status st = ExportsFrom(*req, *registry_, &*settings); !st.ok()) return ToGrpc(st);
+  auto declared = codec_->Declared(*req);
+  if (!declared.ok()) return ToGrpc(declared.status());
   bool resumed = false;
-  auto run = registry_->Open(req->run_id(), req->run_dir(), std::move(*settings), &resumed);
+  auto run = lifecycle_->Open(req->run_id(), req->run_dir(), *std::move(declared),
+                              RequestCodec::Stored(*req), &resumed);
   if (!run.ok()) return ToGrpc(run.status());
-  // Converted and kept: from here the settings are charged to the run (the
-  // transient charge above ends with this call).
-  (void)budget_->ReserveForRun(req->run_id(), settings_bytes, /*force=*/true);
-  // The settings survive a restart: the request as given, reloaded by
-  // RestoreRuns. A run whose settings cannot be stored is not opened.
-  if (absl::Status st = env::WriteFileAtomically(
-          registry_->env(), StrCat((*run)->run_dir(), "/", storage::kRunSettingsFile),
-          api::MessageToJson(*req, /*pretty=*/true));
-      !st.ok()) {
-    return ToGrpc(absl::Status(st.code(), StrCat("storing the run's settings: ", st.message())));
-  }
-  *resp->mutable_run() = queries_->RunInfo(**run);
+  *resp->mutable_run() = queries_->RunInfo((*run)->Snapshot());
   resp->set_resumed(resumed);
   if (arenas_ != nullptr) {
     resp->set_arena_token(arenas_->TokenFor(req->run_id()));
@@ -212,55 +151,6 @@ grpc::Status CheckpointdService::OpenRun(grpc::ServerContext* ctx, const v1::Ope
                resp->run().run_dir(), resumed,
                resp->run().has_last_step() ? std::to_string(resp->run().last_step()) : "none");
   return grpc::Status::OK;
-}
-
-absl::StatusOr<scheduler::RunSettings> CheckpointdService::ReadStoredSettings(
-    const scheduler::Run& run, uint64_t* charge) const {
-  const std::string path = StrCat(run.run_dir(), "/", storage::kRunSettingsFile);
-  CKPTD_ASSIGN_OR_RETURN(std::string text, env::ReadWholeFile(registry_->env(), path));
-  v1::OpenRunRequest req;
-  if (auto parsed = google::protobuf::util::JsonStringToMessage(text, &req); !parsed.ok()) {
-    return absl::InvalidArgumentError(StrCat(path, ": ", std::string(parsed.message())));
-  }
-  auto settings = SettingsFrom(req);
-  if (settings.ok()) {
-    if (absl::Status st = ExportsFrom(req, *registry_, &*settings); !st.ok()) settings = st;
-  }
-  if (!settings.ok()) {
-    return absl::Status(settings.status().code(), StrCat(path, ": ", settings.status().message()));
-  }
-  *charge = req.ByteSizeLong() * MemoryBudget::kParsedFactor;
-  return settings;
-}
-
-std::vector<std::string> CheckpointdService::RestoreRuns() {
-  std::vector<std::string> warnings;
-  for (const std::shared_ptr<scheduler::Run>& run : registry_->List()) {
-    uint64_t charge = 0;
-    absl::StatusOr<scheduler::RunSettings> settings = ReadStoredSettings(*run, &charge);
-    if (absl::IsNotFound(settings.status())) continue;  // never opened with settings: defaults
-    if (!settings.ok()) {
-      warnings.push_back(StrCat("run '", run->id(), "': the stored settings cannot be used (the ",
-                                "run keeps the daemon's defaults until it is opened again): ",
-                                settings.status().message()));
-      continue;
-    }
-    registry_->Restore(*run, std::move(*settings));
-    if (absl::Status st = budget_->ReserveForRun(run->id(), charge, /*force=*/true); !st.ok()) {
-      warnings.push_back(StrCat("run '", run->id(), "': ", st.message()));
-    }
-  }
-  // An idle run's settings leave memory (and the budget); a save reads
-  // them back. A reload is never refused: the run was admitted when opened.
-  registry_->SetSettingsStore(
-      {.reload = [this](const scheduler::Run& run) -> absl::StatusOr<scheduler::RunSettings> {
-         uint64_t charge = 0;
-         CKPTD_ASSIGN_OR_RETURN(scheduler::RunSettings settings, ReadStoredSettings(run, &charge));
-         (void)budget_->ReserveForRun(run.id(), charge, /*force=*/true);
-         return settings;
-       },
-       .unloaded = [this](const scheduler::Run& run) { budget_->ReleaseRun(run.id()); }});
-  return warnings;
 }
 
 void CheckpointdService::AddInMemoryCopy(v1::RunInfo* info) const {
@@ -375,7 +265,7 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext* ctx,
                         "shared-memory saves are off in this daemon (shm.enabled); use Save");
   }
   const double started = NowSeconds();
-  MemoryBudget::Charge charge;
+  scheduler::MemoryBudget::Charge charge;
   if (absl::Status st = Charge(*req, HeaderWhat(req->header()), &charge); !st.ok()) {
     return ToGrpc(st);
   }
@@ -446,7 +336,7 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
   if (!(req->timeout_seconds() >= 0 && req->timeout_seconds() <= kMaxWait)) {
     return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
   }
-  MemoryBudget::Charge charge;
+  scheduler::MemoryBudget::Charge charge;
   if (absl::Status st = Charge(*req, HeaderWhat(req->header()), &charge); !st.ok()) {
     return ToGrpc(st);
   }
@@ -524,9 +414,9 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
     // Queued before a restart: the catalog knows whether it committed.
     auto run = registry_->Get(req->run_id());
     if (!run.ok()) return ToGrpc(run.status());
-    absl::MutexLock lock(&(*run)->mu());
-    const storage::CheckpointRecord* record = (*run)->dir()->Find(req->step());
-    const auto& pending = (*run)->dir()->pending();
+    const scheduler::RunSnapshot snap = (*run)->Snapshot();
+    const storage::CheckpointRecord* record = snap.Find(req->step());
+    const storage::Catalog& pending = *snap.pending;
     if (record == nullptr && pending.contains(req->step())) record = &pending.at(req->step());
     if (record == nullptr) {
       return ToGrpc(absl::NotFoundError(
@@ -536,7 +426,7 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
     }
     resp->set_step(req->step());
     resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
-    ToProto(*record, (*run)->dir()->latest_step() == req->step(), resp->mutable_checkpoint());
+    ToProto(*record, snap.latest_step == req->step(), resp->mutable_checkpoint());
     resp->mutable_checkpoint()->set_pending(pending.contains(req->step()));
     return grpc::Status::OK;
   }
@@ -625,7 +515,7 @@ grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
   if (*final_save) OutcomeToProto(**final_save, resp->mutable_final_save());
   auto run = registry_->Get(run_id);
   if (!run.ok()) return ToGrpc(run.status());
-  *resp->mutable_run() = queries_->RunInfo(**run);
+  *resp->mutable_run() = queries_->RunInfo((*run)->Snapshot());
   return grpc::Status::OK;
 }
 
@@ -706,16 +596,15 @@ grpc::Status CheckpointdService::FetchRemote(grpc::ServerContext* ctx,
                                              const v1::FetchRemoteRequest* req,
                                              v1::CheckpointInfo* resp) {
   if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
-  if (!queries_->tier().fetch_remote) {
+  if (replicator_ == nullptr) {
     return ToGrpc(absl::FailedPreconditionError(
         "the object-storage tier is off ([tier.s3] endpoint): there is nothing to fetch from"));
   }
   std::optional<uint64_t> step;
   if (req->has_step()) step = req->step();
-  auto info = queries_->tier().fetch_remote(req->run_id(), step);
-  if (!info.ok()) return ToGrpc(info.status());
-  *resp = std::move(*info);
-  return grpc::Status::OK;
+  auto record = replicator_->Fetch(req->run_id(), step);
+  if (!record.ok()) return ToGrpc(record.status());
+  return Answer(queries_->DescribeCheckpoint(req->run_id(), record->step), resp);
 }
 
 }  // namespace ckptd::rpc
@@ -731,17 +620,10 @@ grpc::Status CheckpointdService::Pin(grpc::ServerContext* ctx, const v1::PinRequ
   }
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
-  absl::MutexLock lock(&(*run)->mu());
-  const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step());
-  if (r == nullptr) {
-    return grpc::Status(
-        grpc::StatusCode::NOT_FOUND,
-        StrCat("run '", req->run_id(), "' has no checkpoint at step ", req->step()));
+  if (auto r = registry_->Pin(**run, req->step(), req->reason()); !r.ok()) {
+    return ToGrpc(r.status());
   }
-  if (absl::Status st = (*run)->pins.Pin(req->step(), req->reason()); !st.ok()) return ToGrpc(st);
-  spdlog::info("pinned run={} step={} reason=\"{}\"", req->run_id(), req->step(), req->reason());
-  queries_->Describe(**run, *r, queries_->DryPlan(**run), resp);
-  return grpc::Status::OK;
+  return Answer(queries_->DescribeCheckpoint(req->run_id(), req->step()), resp);
 }
 
 grpc::Status CheckpointdService::Unpin(grpc::ServerContext* ctx, const v1::UnpinRequest* req,
@@ -749,13 +631,9 @@ grpc::Status CheckpointdService::Unpin(grpc::ServerContext* ctx, const v1::Unpin
   if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
   auto run = registry_->Get(req->run_id());
   if (!run.ok()) return ToGrpc(run.status());
-  absl::MutexLock lock(&(*run)->mu());
-  if (absl::Status st = (*run)->pins.Unpin(req->step()); !st.ok()) {
-    return ToGrpc(absl::Status(st.code(), StrCat("run '", req->run_id(), "': ", st.message())));
-  }
-  spdlog::info("unpinned run={} step={}", req->run_id(), req->step());
-  if (const storage::CheckpointRecord* r = (*run)->dir()->Find(req->step())) {
-    queries_->Describe(**run, *r, queries_->DryPlan(**run), resp);
+  if (absl::Status st = registry_->Unpin(**run, req->step()); !st.ok()) return ToGrpc(st);
+  if (auto info = queries_->DescribeCheckpoint(req->run_id(), req->step()); info.ok()) {
+    *resp = *std::move(info);
   }
   return grpc::Status::OK;
 }
@@ -763,28 +641,23 @@ grpc::Status CheckpointdService::Unpin(grpc::ServerContext* ctx, const v1::Unpin
 grpc::Status CheckpointdService::Retention(const v1::RetentionRequest& req, bool dry,
                                            v1::RetentionPlan* resp) {
   if (req.remote()) {
-    if (!queries_->tier().remote_retention) {
+    if (replicator_ == nullptr) {
       return ToGrpc(absl::FailedPreconditionError(
           "the object-storage tier is off ([tier.s3] endpoint): there are no remote copies"));
     }
-    auto plan = queries_->tier().remote_retention(req.run_id(), !dry);
+    auto plan = replicator_->PlanRemote(req.run_id(), !dry);
     if (!plan.ok()) return ToGrpc(plan.status());
-    *resp = std::move(*plan);
+    resp->set_policy(StrCat("remote copies: ", plan->policy));
+    api::ToProto(plan->decisions, resp);
+    for (uint64_t step : plan->deleted) resp->add_deleted(step);
     return grpc::Status::OK;
   }
   auto run = registry_->Get(req.run_id());
   if (!run.ok()) return ToGrpc(run.status());
-  absl::MutexLock lock(&(*run)->mu());
-  auto result = registry_->RunRetentionLocked(**run, dry);
+  auto result = registry_->RunRetention(**run, dry);
   if (!result.ok()) return ToGrpc(result.status());
-  resp->set_policy(policy::Describe(registry_->EffectiveRetention(**run)));
-  for (const auto& d : result->plan) {
-    v1::RetentionDecision* out = resp->add_decisions();
-    out->set_step(d.step);
-    out->set_keep(d.keep);
-    out->set_reason(d.reason);
-    out->set_bytes(d.bytes);
-  }
+  resp->set_policy(result->policy);
+  api::ToProto(result->plan, resp);
   for (uint64_t step : result->deleted) resp->add_deleted(step);
   resp->set_paused(result->paused);
   return grpc::Status::OK;

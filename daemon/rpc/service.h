@@ -16,11 +16,13 @@
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/ingest/arena_registry.h"
 #include "daemon/query/queries.h"
-#include "daemon/rpc/memory_budget.h"
+#include "daemon/replication/replicator.h"
 #include "daemon/rpc/requests.h"
 #include "daemon/rpc/stall_watchdog.h"
 #include "daemon/rpc/tokens.h"
 #include "daemon/rpc/watch_streams.h"
+#include "daemon/scheduler/memory_budget.h"
+#include "daemon/scheduler/run_lifecycle.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_pipeline.h"
 
@@ -86,12 +88,25 @@ class PeerSlot {
 class CheckpointdService final
     : public v1::Checkpointd::WithCallbackMethod_WatchRun<v1::Checkpointd::Service> {
  public:
-  // Save streams idle for longer than save_idle_timeout are cancelled.
-  CheckpointdService(scheduler::RunRegistry* registry, const query::Queries* queries,
-                     std::chrono::milliseconds save_idle_timeout)
-      : registry_(registry),
-        queries_(queries),
-        pipeline_(registry, nullptr),
+  // The domain objects it converts to and from, all outliving it;
+  // `replicator` is null without an object-storage tier. Save streams idle
+  // for longer than save_idle_timeout are cancelled.
+  struct Parts {
+    scheduler::RunRegistry* registry;
+    scheduler::RunLifecycle* lifecycle;
+    const RequestCodec* codec;
+    scheduler::MemoryBudget* budget;
+    const query::Queries* queries;
+    replication::Replicator* replicator = nullptr;
+  };
+  CheckpointdService(Parts parts, std::chrono::milliseconds save_idle_timeout)
+      : registry_(parts.registry),
+        lifecycle_(parts.lifecycle),
+        codec_(parts.codec),
+        budget_(parts.budget),
+        queries_(parts.queries),
+        replicator_(parts.replicator),
+        pipeline_(parts.registry, nullptr),
         watchdog_(save_idle_timeout) {}
 
   // Turns on SaveShared/SavePointers/WaitSaved: arenas and attachments on
@@ -106,20 +121,7 @@ class CheckpointdService final
     staging_timeout_ = staging_timeout;
   }
 
-  // At startup, after RunRegistry::Scan: each run's settings as last opened
-  // (stored by OpenRun in its directory), so ShouldSave, saves, retention
-  // and listings behave as before the restart. Problems come back as warnings.
-  // Also makes the same file where an idle run's settings come back from.
-  std::vector<std::string> RestoreRuns();
-
-  // Whether [tier.s3] is on: OpenRun refuses TierOptions other than
-  // local_only without it. Before serving.
-  void SetTierConfigured(bool on) { tier_configured_ = on; }
-  void SetLimits(RequestLimits limits) {  // before serving
-    limits_ = limits;
-    budget_ = std::make_unique<MemoryBudget>(limits.memory_budget_bytes);
-  }
-  const MemoryBudget& budget() const { return *budget_; }
+  void SetLimits(RequestLimits limits) { limits_ = limits; }  // before serving
   // Every call then needs a bearer token covering its run (server.tokens_file).
   void SetTokens(std::shared_ptr<const TokenTable> tokens) { tokens_ = std::move(tokens); }
 
@@ -166,16 +168,12 @@ class CheckpointdService final
  private:
   // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.
   void AddInMemoryCopy(v1::RunInfo* info) const;
-  // The settings OpenRun stored in the run's directory; `charge` receives
-  // what they count against the memory budget. NOT_FOUND when there are none.
-  absl::StatusOr<scheduler::RunSettings> ReadStoredSettings(const scheduler::Run& run,
-                                                            uint64_t* charge) const;
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
   // What Save and CloseRun hold once their header is read and admitted.
   struct SaveStreamStart {
     std::unique_ptr<StreamSlot> slot;
     std::unique_ptr<PeerSlot> peer_slot;
-    MemoryBudget::Charge charge;
+    scheduler::MemoryBudget::Charge charge;
     scheduler::SaveParams params;
   };
   // The start both save streams share: a stream slot, the header, its token,
@@ -190,7 +188,11 @@ class CheckpointdService final
   static std::optional<std::string_view> Authorization(const grpc::ServerContextBase* ctx);
 
   scheduler::RunRegistry* registry_;
+  scheduler::RunLifecycle* lifecycle_;
+  const RequestCodec* codec_;
+  scheduler::MemoryBudget* budget_;
   const query::Queries* queries_;
+  replication::Replicator* replicator_;
   scheduler::SavePipeline pipeline_;
   std::atomic<bool> stopping_{false};
   StallWatchdog watchdog_;
@@ -198,14 +200,12 @@ class CheckpointdService final
   std::string arena_socket_;
   std::chrono::milliseconds staging_timeout_{30000};
   RequestLimits limits_;
-  bool tier_configured_ = false;
   std::shared_ptr<const TokenTable> tokens_;
-  std::unique_ptr<MemoryBudget> budget_ =
-      std::make_unique<MemoryBudget>(RequestLimits{}.memory_budget_bytes);
   // A request's encoded size charged to the budget for as long as the call runs.
   absl::Status Charge(const google::protobuf::Message& m, const std::string& what,
-                      MemoryBudget::Charge* charge) {
-    return budget_->Reserve(m.ByteSizeLong() * MemoryBudget::kParsedFactor, what, charge);
+                      scheduler::MemoryBudget::Charge* charge) {
+    return budget_->Reserve(m.ByteSizeLong() * scheduler::MemoryBudget::kParsedFactor, what,
+                            charge);
   }
   std::atomic<uint32_t> watch_streams_{0};
   PeerStreams peer_streams_;

@@ -5,26 +5,18 @@
 #include "daemon/base/strings.h"
 
 namespace ckptd::scheduler {
-namespace {
-
-absl::Status CheckAcceptsSaves(const Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu()) {
-  if (!run.settings) {
-    return absl::FailedPreconditionError(
-        StrCat("run '", run.id(), "' has not been opened since the daemon started; call OpenRun"));
-  }
-  if (run.state == RunState::kFinished) {
-    return absl::FailedPreconditionError(
-        StrCat("run '", run.id(), "' is finished; call OpenRun to resume it"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule,
                                 const AdmitRequest& r, std::optional<uint64_t> queued_last,
                                 double now) {
-  CKPTD_TRY(CheckAcceptsSaves(run));
+  if (!run.settings_) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(), "' has not been opened since the daemon started; call OpenRun"));
+  }
+  if (run.state_ == RunState::kFinished) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(), "' is finished; call OpenRun to resume it"));
+  }
   Admission a{.due = true, .overwrite = r.overwrite};
   if (r.kind == SaveKind::kClose) {
     if (!schedule.final_on_close) return Admission{.reason = "final_on_close is off for this run"};
@@ -36,7 +28,7 @@ absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule
     a.reason = "forced";
   } else {
     const std::optional<uint64_t> last = queued_last ? queued_last : run.dir()->latest_step();
-    policy::Decision d = policy::IsDue(schedule, {last, run.reference_time_s}, r.step, now);
+    policy::Decision d = policy::IsDue(schedule, {last, run.reference_time_s_}, r.step, now);
     if (!d.due) return Admission{.reason = d.reason};
     a.reason = d.reason;
   }

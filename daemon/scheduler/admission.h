@@ -40,6 +40,6 @@ struct Admission {
 // INVALID_ARGUMENT (no tensors).
 absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule,
                                 const AdmitRequest& request, std::optional<uint64_t> queued_last,
-                                double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
+                                double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
 
 }  // namespace ckptd::scheduler

@@ -14,30 +14,41 @@ bool Protected(const storage::RunDir& dir, const storage::PinStore& pins,
 
 }  // namespace
 
-policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir,
-                                           const storage::PinStore& pins,
+policy::RetentionInputs RetentionInputsFor(const storage::Catalog& catalog,
+                                           std::optional<uint64_t> latest_step,
+                                           const std::map<uint64_t, std::string>& pins,
                                            const policy::RetentionPolicy& policy,
                                            const std::set<uint64_t>& in_flight, double now_s) {
   policy::RetentionInputs in;
-  in.latest_step = dir.latest_step();
+  in.latest_step = latest_step;
   in.in_flight = in_flight;
   in.now_s = now_s;
-  for (const auto& [step, r] : dir.catalog()) {
+  for (const auto& [step, r] : catalog) {
     policy::CheckpointFacts f{step, r.total_bytes(), r.time_s, std::nullopt, std::nullopt};
     if (auto it = r.metrics.find(policy.metric); it != r.metrics.end()) f.metric = it->second;
-    if (const std::string* pin = pins.Find(step)) f.pin = *pin;
+    if (auto pin = pins.find(step); pin != pins.end()) f.pin = pin->second;
     in.checkpoints.push_back(std::move(f));
   }
   return in;
 }
+
+namespace {
+
+policy::RetentionInputs InputsOf(const storage::RunDir& dir, const storage::PinStore& pins,
+                                 const policy::RetentionPolicy& policy,
+                                 const std::set<uint64_t>& in_flight, double now_s) {
+  return RetentionInputsFor(dir.catalog(), dir.latest_step(), pins.pins(), policy, in_flight,
+                            now_s);
+}
+
+}  // namespace
 
 absl::StatusOr<RetentionOutcome> ApplyRetention(storage::RunDir* dir, const storage::PinStore& pins,
                                                 const policy::RetentionPolicy& policy,
                                                 const std::set<uint64_t>& in_flight, double now_s,
                                                 DryRun dry) {
   RetentionOutcome out;
-  out.plan =
-      policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
+  out.plan = policy::PlanRetention(policy, InputsOf(*dir, pins, policy, in_flight, now_s));
   if (dry == DryRun::kYes) return out;
   for (const auto& d : out.plan) {
     if (d.keep) continue;
@@ -53,8 +64,7 @@ absl::StatusOr<RetentionOutcome> ApplyRetention(storage::RunDir* dir, const stor
 absl::StatusOr<std::vector<uint64_t>> PruneForSpace(
     storage::RunDir* dir, const storage::PinStore& pins, const policy::RetentionPolicy& policy,
     const std::set<uint64_t>& in_flight, double now_s, uint64_t needed, policy::OnFull on_full) {
-  auto plan =
-      policy::PlanRetention(policy, RetentionInputsFor(*dir, pins, policy, in_flight, now_s));
+  auto plan = policy::PlanRetention(policy, InputsOf(*dir, pins, policy, in_flight, now_s));
   std::vector<std::pair<uint64_t, uint64_t>> order;  // (step, bytes): victims first, then oldest
   for (const auto& d : plan) {
     if (!d.keep) order.push_back({d.step, d.bytes});

@@ -4,7 +4,10 @@
 // guard. Callers hold the run's lock.
 #pragma once
 
+#include <map>
+#include <optional>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,8 +24,9 @@ struct RetentionOutcome {
   std::vector<uint64_t> deleted;
 };
 
-policy::RetentionInputs RetentionInputsFor(const storage::RunDir& dir,
-                                           const storage::PinStore& pins,
+policy::RetentionInputs RetentionInputsFor(const storage::Catalog& catalog,
+                                           std::optional<uint64_t> latest_step,
+                                           const std::map<uint64_t, std::string>& pins,
                                            const policy::RetentionPolicy& policy,
                                            const std::set<uint64_t>& in_flight, double now_s);
 

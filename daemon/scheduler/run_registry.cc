@@ -11,6 +11,7 @@
 #include "daemon/base/strings.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/scheduler/retention.h"
+#include "daemon/scheduler/save_session.h"
 #include "daemon/storage/file_names.h"
 #include "daemon/storage/roots.h"
 
@@ -20,6 +21,60 @@ namespace {
 constexpr std::string_view kFinished = "finished\n";
 
 }  // namespace
+
+const storage::CheckpointRecord* RunSnapshot::Find(uint64_t step) const {
+  if (catalog == nullptr) return nullptr;
+  auto it = catalog->find(step);
+  return it == catalog->end() ? nullptr : &it->second;
+}
+
+uint64_t RunSnapshot::total_bytes() const {
+  uint64_t total = 0;
+  if (catalog != nullptr) {
+    for (const auto& [step, r] : *catalog) total += r.total_bytes();
+  }
+  return total;
+}
+
+std::vector<policy::RetentionDecision> RunSnapshot::DryPlan(double now_s) const {
+  return policy::PlanRetention(
+      retention, RetentionInputsFor(catalog ? *catalog : storage::Catalog{}, latest_step, pins,
+                                    retention, holds, now_s));
+}
+
+RunSnapshot Run::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  RunSnapshot s{.id = id_,
+                .run_dir = run_dir_,
+                .state = state_,
+                .opened = settings_.has_value(),
+                .schedule = registry_->EffectiveSchedule(*this),
+                .retention = registry_->EffectiveRetention(*this),
+                .last_error = last_error_,
+                .write_error = write_error_,
+                .pins = pins_.pins(),
+                .holds = RetentionHolds(),
+                .catalog = dir_->catalog_ref(),
+                .pending = dir_->pending_ref(),
+                .latest_step = dir_->latest_step()};
+  if (settings_) {
+    for (const RunExport& e : settings_->exports) s.export_names.push_back(e.name);
+    s.base_model_uuid = settings_->base_model_uuid;
+    s.tier = settings_->tier;
+    s.multi_rank = settings_->multi_rank;
+  }
+  return s;
+}
+
+void Run::HoldForUpload(uint64_t step) {
+  absl::MutexLock lock(&mu_);
+  awaiting_upload_.insert(step);
+}
+
+void Run::ReleaseUploadHold(uint64_t step) {
+  absl::MutexLock lock(&mu_);
+  awaiting_upload_.erase(step);
+}
 
 void Run::Publish(const Event& e) {
   absl::MutexLock lock(&mu_);
@@ -75,11 +130,11 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id
                  last ? storage::ModelFileName(*last) : std::string("(none)"));
   }
   CKPTD_ASSIGN_OR_RETURN(storage::PinStore pins, storage::PinStore::Load(env_, dir));
-  auto run = std::make_shared<Run>(run_id, std::move(run_dir), std::move(pins));
+  auto run = std::make_shared<Run>(run_id, std::move(run_dir), std::move(pins), this);
   auto marker = env::ReadWholeFile(env_, StrCat(dir, "/", storage::kRunStateFile));
   if (marker.ok() && *marker == kFinished) {
     absl::MutexLock lock(&run->mu());
-    run->state = RunState::kFinished;
+    run->state_ = RunState::kFinished;
   }
   return run;
 }
@@ -154,25 +209,23 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
   }
   absl::MutexLock lock(&run->mu());
   *resumed = !run->dir()->catalog().empty();
-  if (run->state == RunState::kFinished) {
+  if (run->state_ == RunState::kFinished) {
     (void)env_->RemoveFile(StrCat(run->dir()->run_dir(), "/", storage::kRunStateFile));
   }
-  run->state = RunState::kOpen;
-  run->settings = std::move(settings);
-  run->settings_unloaded = false;
-  run->reference_time_s = run->last_active_s = NowSeconds();
+  run->state_ = RunState::kOpen;
+  run->settings_ = std::move(settings);
+  run->settings_unloaded_ = false;
+  run->reference_time_s_ = run->last_active_s_ = NowSeconds();
   return run;
 }
 
 void RunRegistry::Restore(Run& run, RunSettings settings) {
   absl::MutexLock lock(&run.mu());
-  if (run.state != RunState::kFinished) run.state = RunState::kOpen;
-  run.settings = std::move(settings);
-  run.settings_unloaded = false;
-  run.reference_time_s = run.last_active_s = NowSeconds();
+  if (run.state_ != RunState::kFinished) run.state_ = RunState::kOpen;
+  run.settings_ = std::move(settings);
+  run.settings_unloaded_ = false;
+  run.reference_time_s_ = run.last_active_s_ = NowSeconds();
 }
-
-void RunRegistry::SetSettingsStore(SettingsStore store) { store_ = std::move(store); }
 
 std::vector<std::string> RunRegistry::UnloadIdle(double idle_s, double now) {
   std::vector<std::string> out;
@@ -181,22 +234,22 @@ std::vector<std::string> RunRegistry::UnloadIdle(double idle_s, double now) {
     bool unloaded = false;
     {
       absl::MutexLock lock(&run->mu());
-      const double last = std::max(run->last_active_s, run->reference_time_s);
-      const bool idle = run->in_flight.empty() && now - last >= idle_s;
+      const double last = std::max(run->last_active_s_, run->reference_time_s_);
+      const bool idle = run->in_flight_.empty() && now - last >= idle_s;
       // Opened but unused this long: its trainer went away without closing
       // it (or it was only imported). Listings say idle until it is used.
-      if (idle && run->state == RunState::kOpen) run->state = RunState::kIdle;
-      if (idle && store_.reload && run->settings && !run->settings_unloaded) {
-        RunSettings& s = *run->settings;
+      if (idle && run->state_ == RunState::kOpen) run->state_ = RunState::kIdle;
+      if (idle && store_ != nullptr && run->settings_ && !run->settings_unloaded_) {
+        RunSettings& s = *run->settings_;
         s.model_metadata = {};
         s.provenance = {};
         for (RunExport& e : s.exports) e.profile.reset();
-        run->settings_unloaded = unloaded = true;
+        run->settings_unloaded_ = unloaded = true;
       }
     }
     run->save_mu().Unlock();
     if (!unloaded) continue;
-    if (store_.unloaded) store_.unloaded(*run);
+    store_->Unloaded(*run);
     out.push_back(run->id());
   }
   return out;
@@ -205,19 +258,19 @@ std::vector<std::string> RunRegistry::UnloadIdle(double idle_s, double now) {
 absl::Status RunRegistry::EnsureSettings(Run& run) {
   {
     absl::MutexLock lock(&run.mu());
-    if (!run.settings_unloaded) return absl::OkStatus();
+    if (!run.settings_unloaded_) return absl::OkStatus();
   }
   absl::StatusOr<RunSettings> back =
-      store_.reload ? store_.reload(run) : absl::InternalError("no settings store");
+      store_ != nullptr ? store_->Reload(run) : absl::InternalError("no settings store");
   if (!back.ok()) {
     return absl::FailedPreconditionError(
         StrCat("run '", run.id(), "': its settings left memory while it was idle and cannot be ",
                "read back (", back.status().message(), "); call OpenRun again"));
   }
   absl::MutexLock lock(&run.mu());
-  if (run.settings_unloaded) {  // else reopened meanwhile: the new settings stand
-    run.settings = *std::move(back);
-    run.settings_unloaded = false;
+  if (run.settings_unloaded_) {  // else reopened meanwhile: the new settings stand
+    run.settings_ = *std::move(back);
+    run.settings_unloaded_ = false;
   }
   spdlog::info("run settings reloaded run={}", run.id());
   return absl::OkStatus();
@@ -260,13 +313,13 @@ std::vector<std::shared_ptr<Run>> RunRegistry::List() const {
 }
 
 policy::Schedule RunRegistry::EffectiveSchedule(const Run& run) const {
-  if (run.settings && run.settings->schedule) return *run.settings->schedule;
+  if (run.settings_ && run.settings_->schedule) return *run.settings_->schedule;
   absl::MutexLock lock(&defaults_mu_);
   return default_schedule_;
 }
 
 policy::RetentionPolicy RunRegistry::EffectiveRetention(const Run& run) const {
-  if (run.settings && run.settings->retention) return *run.settings->retention;
+  if (run.settings_ && run.settings_->retention) return *run.settings_->retention;
   absl::MutexLock lock(&defaults_mu_);
   return default_retention_;
 }
@@ -292,11 +345,12 @@ absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetention(Run& run,
 absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run& run, bool dry) {
   RetentionResult r;
   const policy::RetentionPolicy policy = EffectiveRetention(run);
-  if (!run.write_error.empty()) {
-    r.paused = StrCat("retention is paused while a write error is unresolved: ", run.write_error);
+  r.policy = policy::Describe(policy);
+  if (!run.write_error_.empty()) {
+    r.paused = StrCat("retention is paused while a write error is unresolved: ", run.write_error_);
     dry = true;
   }
-  auto outcome = ApplyRetention(run.dir(), run.pins, policy, run.RetentionHolds(), NowSeconds(),
+  auto outcome = ApplyRetention(run.dir(), run.pins_, policy, run.RetentionHolds(), NowSeconds(),
                                 dry ? DryRun::kYes : DryRun::kNo);
   if (!outcome.ok()) {
     spdlog::error("retention run={} failed: {}", run.id(), ToStd(outcome.status().message()));
@@ -324,7 +378,113 @@ absl::Status RunRegistry::MarkFinished(Run* run) {
   CKPTD_TRY(env::WriteFileAtomically(env_, StrCat(run->run_dir(), "/", storage::kRunStateFile),
                                      kFinished));
   absl::MutexLock lock(&run->mu());
-  run->state = RunState::kFinished;
+  run->state_ = RunState::kFinished;
+  return absl::OkStatus();
+}
+
+void RunRegistry::Committed(Run& run, const storage::CheckpointRecord& record, CommitSource source,
+                            std::string_view details) {
+  bool is_latest = false;
+  {
+    absl::MutexLock lock(&run.mu());
+    is_latest = run.dir()->latest_step() == record.step;
+  }
+  const char* what = source == CommitSource::kSave   ? "save committed"
+                     : source == CommitSource::kStep ? "multi-rank: part committed"
+                                                     : "tier: fetched step committed";
+  if (source != CommitSource::kFetched) metrics::Metrics::Get().CountSave(run.id(), "committed");
+  spdlog::info("{} run={} step={} {}file={}{}", what, run.id(), record.step, details,
+               record.model_path, is_latest ? " latest" : "");
+  run.Publish({.type = Event::Type::kCommitted,
+               .run_id = run.id(),
+               .step = record.step,
+               .record = record,
+               .is_latest = is_latest,
+               .time_utc = FormatUtc(NowSeconds())});
+  if (observer_ != nullptr) observer_->OnCommitted(run, record, source);
+  // A fetched step is one the trainer asked back: retention must not take
+  // it before it is restored.
+  if (source != CommitSource::kFetched) (void)RunRetention(run, /*dry=*/false);
+}
+
+void RunRegistry::Staged(Run& run, const storage::CheckpointRecord& record) {
+  if (observer_ != nullptr) observer_->OnStaged(run, record);
+}
+
+absl::StatusOr<storage::CheckpointRecord> RunRegistry::CommitPart(Run& run, uint64_t step) {
+  absl::StatusOr<storage::CheckpointRecord> record;
+  {
+    absl::MutexLock lock(&run.mu());
+    record = run.dir()->CommitPart(step);
+  }
+  if (!record.ok()) {
+    spdlog::error(
+        "multi-rank: run={} step={}: the step is committed but this node's part could not be: {}",
+        run.id(), step, record.status().message());
+    return record.status();
+  }
+  Committed(run, *record, CommitSource::kStep,
+            StrCat("rank=", record->rank, " world_size=", record->world_size, " "));
+  return record;
+}
+
+void RunRegistry::AbortPart(Run& run, uint64_t step, const std::string& reason) {
+  {
+    absl::MutexLock lock(&run.mu());
+    if (absl::Status st = run.dir()->AbortPart(step); !st.ok()) {
+      spdlog::error("multi-rank: run={} step={}: removing the aborted part: {}", run.id(), step,
+                    st.message());
+    }
+  }
+  RecordFailure(run, step,
+                absl::AbortedError(StrCat("multi-rank step ", step, " aborted: ", reason)),
+                "part=removed ");
+}
+
+absl::StatusOr<storage::CheckpointRecord> RunRegistry::Adopt(Run& run, std::optional<uint64_t> step,
+                                                             const PlaceFn& place) {
+  absl::MutexLock save(&run.save_mu());  // no save writes into weights/ meanwhile
+  std::string weights;
+  {
+    absl::MutexLock lock(&run.mu());
+    if (step) {
+      if (const storage::CheckpointRecord* r = run.dir()->Find(*step)) return *r;
+    }
+    weights = run.dir()->weights_dir();
+  }
+  CKPTD_ASSIGN_OR_RETURN(uint64_t placed, place(weights));
+  storage::RecoveryReport report;
+  absl::StatusOr<storage::CheckpointRecord> record;
+  {
+    absl::MutexLock lock(&run.mu());
+    record = run.dir()->Adopt(placed, &report);
+  }
+  for (const std::string& path : report.removed) {
+    spdlog::info("adopt run={} step={} removed {}", run.id(), placed, path);
+  }
+  if (!record.ok()) return record.status();
+  Committed(run, *record, CommitSource::kFetched, "");
+  return record;
+}
+
+absl::StatusOr<storage::CheckpointRecord> RunRegistry::Pin(Run& run, uint64_t step,
+                                                           const std::string& reason) {
+  absl::MutexLock lock(&run.mu());
+  const storage::CheckpointRecord* r = run.dir()->Find(step);
+  if (r == nullptr) {
+    return absl::NotFoundError(StrCat("run '", run.id(), "' has no checkpoint at step ", step));
+  }
+  CKPTD_TRY(run.pins_.Pin(step, reason));
+  spdlog::info("pinned run={} step={} reason=\"{}\"", run.id(), step, reason);
+  return *r;
+}
+
+absl::Status RunRegistry::Unpin(Run& run, uint64_t step) {
+  absl::MutexLock lock(&run.mu());
+  if (absl::Status st = run.pins_.Unpin(step); !st.ok()) {
+    return absl::Status(st.code(), StrCat("run '", run.id(), "': ", st.message()));
+  }
+  spdlog::info("unpinned run={} step={}", run.id(), step);
   return absl::OkStatus();
 }
 

@@ -1,8 +1,11 @@
 // The runs the daemon knows: found under the configured roots at startup or
 // opened by trainers since. Each Run serializes its saves (one at a time, in
 // arrival order) and guards its state with a short-held lock, so listings
-// never wait behind a long save. Events (committed, failed, deleted) fan out
-// to WatchRun subscribers through bounded queues. Thread-safe.
+// never wait behind a long save; readers get snapshots. Every change to a
+// run outside a save (a multi-rank part's verdict, a step fetched back,
+// pins, retention) is a RunRegistry method, and every commit ends in one
+// tail (catalog, events, metrics, log line, observers, retention). Events
+// fan out to WatchRun subscribers through bounded queues. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -71,13 +74,36 @@ struct RunSettings {
 };
 
 class Run;
+class RunRegistry;
+struct AdmitRequest;
+struct Admission;
 
-// Where a run's settings come back from after they left memory (the API
-// layer keeps them in the run directory and charges them to the memory
-// budget).
-struct SettingsStore {
-  std::function<absl::StatusOr<RunSettings>(const Run&)> reload;
-  std::function<void(const Run&)> unloaded;  // after a run's settings left memory
+// Where a run's settings come back from after they left memory (the run
+// lifecycle keeps them in the run directory and charges them to the
+// memory budget).
+class SettingsStore {
+ public:
+  virtual ~SettingsStore() = default;
+  virtual absl::StatusOr<RunSettings> Reload(const Run& run) = 0;
+  virtual void Unloaded(const Run& run) = 0;  // after a run's settings left memory
+};
+
+// Where a committed checkpoint came from.
+enum class CommitSource {
+  kSave,     // a trainer's save, written here
+  kStep,     // a multi-rank run's part, committed by its step's verdict
+  kFetched,  // brought back from the object store
+};
+
+// Told of every checkpoint that becomes durable here, on the committing
+// thread with no run lock held. Set before serving.
+class CommitObserver {
+ public:
+  virtual ~CommitObserver() = default;
+  virtual void OnCommitted(Run& run, const storage::CheckpointRecord& record,
+                           CommitSource source) = 0;
+  // A multi-rank run's part is durable here; its step is not committed yet.
+  virtual void OnStaged(Run& run, const storage::CheckpointRecord& record) = 0;
 };
 
 struct DaemonFacts {
@@ -89,65 +115,118 @@ struct DaemonFacts {
   std::string export_profiles_dir;  // named profiles beyond the built-ins; "" = none
 };
 
-// One run's state. Its lock (mu()) guards everything below and is never held
-// across I/O of tensor data; save_mu() is held for a whole save, so saves of
-// one run never interleave (taken before mu(), never while holding it).
+// A run as readers see it at one moment: a copy made under the run's lock,
+// which readers never take. The catalogs are shared, never copied.
+struct RunSnapshot {
+  std::string id;
+  std::string run_dir;
+  RunState state = RunState::kIdle;
+  bool opened = false;                // has settings (OpenRun, or restored at start)
+  policy::Schedule schedule;          // effective (the run's or the daemon's)
+  policy::RetentionPolicy retention;  // effective
+  std::vector<std::string> export_names;
+  std::string base_model_uuid;
+  RunTier tier;
+  RunMultiRank multi_rank;
+  std::string last_error;
+  std::string write_error;
+  std::map<uint64_t, std::string> pins;  // step -> reason
+  std::set<uint64_t> holds;              // in flight or awaiting upload: retention keeps them
+  std::shared_ptr<const storage::Catalog> catalog;
+  std::shared_ptr<const storage::Catalog> pending;
+  std::optional<uint64_t> latest_step;
+
+  const storage::CheckpointRecord* Find(uint64_t step) const;
+  uint64_t total_bytes() const;
+  // What retention would do now (nothing is deleted).
+  std::vector<policy::RetentionDecision> DryPlan(double now_s) const;
+};
+
+// One run's state, owned by the scheduler: mu_ guards everything below and
+// is never held across I/O of tensor data; save_mu_ is held for a whole
+// save, so saves of one run never interleave (taken before mu_, never while
+// holding it). Outside scheduler/ a run is read through Snapshot() and
+// changed through RunRegistry: no other layer takes its locks (they are
+// private, so the compiler says so).
 class Run {
  public:
-  Run(std::string id, std::unique_ptr<storage::RunDir> dir, storage::PinStore pins)
-      : pins(std::move(pins)), id_(std::move(id)), run_dir_(dir->run_dir()), dir_(std::move(dir)) {}
+  Run(std::string id, std::unique_ptr<storage::RunDir> dir, storage::PinStore pins,
+      const RunRegistry* registry)
+      : id_(std::move(id)),
+        run_dir_(dir->run_dir()),
+        registry_(registry),
+        pins_(std::move(pins)),
+        dir_(std::move(dir)) {}
   const std::string& id() const { return id_; }
-  // Fixed for the run's lifetime: readable without the lock.
+  // Fixed for the run's lifetime.
   const std::string& run_dir() const { return run_dir_; }
 
-  absl::Mutex& mu() const ABSL_LOCK_RETURNED(mu_) { return mu_; }
-  absl::Mutex& save_mu() ABSL_LOCK_RETURNED(save_mu_) { return save_mu_; }
+  RunSnapshot Snapshot() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  storage::RunDir* dir() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
-  const storage::RunDir* dir() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
-  RunState state ABSL_GUARDED_BY(mu_) = RunState::kIdle;
-  std::optional<RunSettings> settings ABSL_GUARDED_BY(mu_);  // set by OpenRun
-  // The bulky part of `settings` (model metadata, provenance, export
-  // profiles) left memory while the run was idle (RunRegistry::UnloadIdle);
-  // schedule, retention, base model and export names stay.
-  bool settings_unloaded ABSL_GUARDED_BY(mu_) = false;
-  double reference_time_s ABSL_GUARDED_BY(mu_) = 0;  // last commit, or when opened
-  double last_active_s ABSL_GUARDED_BY(mu_) = 0;     // last OpenRun, ShouldSave or save
-  // A trainer's call (ShouldSave, a save): stamps the time and makes a run
-  // that went idle open again (a finished run stays finished).
-  void MarkActive(double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    last_active_s = now;
-    if (state == RunState::kIdle && settings) state = RunState::kOpen;
-  }
-  std::string last_error ABSL_GUARDED_BY(mu_);
-  // An unresolved write error (I/O, not a client's mistake): retention pauses
-  // until a save succeeds again.
-  std::string write_error ABSL_GUARDED_BY(mu_);
-  storage::PinStore pins ABSL_GUARDED_BY(mu_);
-  std::set<uint64_t> in_flight ABSL_GUARDED_BY(mu_);  // steps being written
-  // Committed steps the object-storage tier has not uploaded yet: retention
-  // and the disk guard keep them ("in flight") so none is lost before it
+  // Committed steps the object-storage tier has not uploaded yet:
+  // retention and the disk guard keep them so none is lost before it
   // reaches the store.
-  std::set<uint64_t> awaiting_upload ABSL_GUARDED_BY(mu_);
-  // What retention must not delete besides latest and pins.
-  std::set<uint64_t> RetentionHolds() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    std::set<uint64_t> out = in_flight;
-    out.insert(awaiting_upload.begin(), awaiting_upload.end());
-    return out;
-  }
+  void HoldForUpload(uint64_t step) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReleaseUploadHold(uint64_t step) ABSL_LOCKS_EXCLUDED(mu_);
 
   void Publish(const Event& e) ABSL_LOCKS_EXCLUDED(mu_);
-  void PublishLocked(const Event& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `on_change`: see Subscription.
   std::shared_ptr<Subscription> Subscribe(std::function<void()> on_change = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
   void CloseSubscriptions() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // The scheduler's own: they change a run under its locks.
+  friend class RunRegistry;
+  friend class RunLifecycle;
+  friend class SaveSession;
+  friend class SaveQueue;
+  friend class SavePipeline;
+  friend class RunTestPeer;  // tests/scheduler
+  friend absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule,
+                                         const AdmitRequest& request,
+                                         std::optional<uint64_t> queued_last, double now);
+  friend void RecordFailure(Run& run, uint64_t step, const absl::Status& why,
+                            std::string_view detail);
+
+  absl::Mutex& mu() const ABSL_LOCK_RETURNED(mu_) { return mu_; }
+  absl::Mutex& save_mu() ABSL_LOCK_RETURNED(save_mu_) { return save_mu_; }
+  storage::RunDir* dir() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
+  const storage::RunDir* dir() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
+  // A trainer's call (ShouldSave, a save): stamps the time and makes a run
+  // that went idle open again (a finished run stays finished).
+  void MarkActive(double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    last_active_s_ = now;
+    if (state_ == RunState::kIdle && settings_) state_ = RunState::kOpen;
+  }
+  // What retention must not delete besides latest and pins.
+  std::set<uint64_t> RetentionHolds() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::set<uint64_t> out = in_flight_;
+    out.insert(awaiting_upload_.begin(), awaiting_upload_.end());
+    return out;
+  }
+  void PublishLocked(const Event& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::string id_;
+  const std::string run_dir_;
+  const RunRegistry* const registry_;  // the daemon's defaults
   mutable absl::Mutex mu_;
   absl::Mutex save_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  std::string id_;
-  std::string run_dir_;
+  RunState state_ ABSL_GUARDED_BY(mu_) = RunState::kIdle;
+  std::optional<RunSettings> settings_ ABSL_GUARDED_BY(mu_);  // set by OpenRun
+  // The bulky part of `settings_` (model metadata, provenance, export
+  // profiles) left memory while the run was idle (RunRegistry::UnloadIdle);
+  // schedule, retention, base model and export names stay.
+  bool settings_unloaded_ ABSL_GUARDED_BY(mu_) = false;
+  double reference_time_s_ ABSL_GUARDED_BY(mu_) = 0;  // last commit, or when opened
+  double last_active_s_ ABSL_GUARDED_BY(mu_) = 0;     // last OpenRun, ShouldSave or save
+  std::string last_error_ ABSL_GUARDED_BY(mu_);
+  // An unresolved write error (I/O, not a client's mistake): retention
+  // pauses until a save succeeds again.
+  std::string write_error_ ABSL_GUARDED_BY(mu_);
+  storage::PinStore pins_ ABSL_GUARDED_BY(mu_);
+  std::set<uint64_t> in_flight_ ABSL_GUARDED_BY(mu_);  // steps being written
+  std::set<uint64_t> awaiting_upload_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<storage::RunDir> dir_ ABSL_PT_GUARDED_BY(mu_);
   std::vector<std::weak_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
 };
@@ -172,63 +251,86 @@ class RunRegistry {
                                             bool* resumed);
   // Gives a run found by Scan the settings it was last opened with: it takes
   // saves again as if opened (unless it was finished).
-  void Restore(Run& run, RunSettings settings) ABSL_LOCKS_EXCLUDED(run.mu());
+  void Restore(Run& run, RunSettings settings);
   absl::StatusOr<std::shared_ptr<Run>> Get(const std::string& run_id) const;
   std::vector<std::shared_ptr<Run>> List() const;
+
+  // Both set once, before the daemon serves; either may stay unset.
+  void SetSettingsStore(SettingsStore* store) { store_ = store; }
+  void SetObserver(CommitObserver* observer) { observer_ = observer; }
 
   // Idle runs give their settings' memory back: a run with no OpenRun,
   // ShouldSave or save for `idle_s` (closed, or its trainer went away) and
   // no save in progress drops the bulky part of its settings (with a
   // SettingsStore) and, if it was open, is idle until it is used again.
   // Returns the ids unloaded.
-  void SetSettingsStore(SettingsStore store);
-  // Called after every commit (on the saving thread, no lock held): the
-  // object-storage tier queues the step. Set before serving.
-  using CommitHook = std::function<void(Run& run, const storage::CheckpointRecord& record)>;
-  void SetCommitHook(CommitHook hook) { commit_hook_ = std::move(hook); }
-  void Committed(Run& run, const storage::CheckpointRecord& record) {
-    if (commit_hook_) commit_hook_(run, record);
-  }
-  // Called after a multi-rank run's part is durable here (its step not
-  // committed yet): the tier uploads it and reports it to the coordinator.
-  void SetStagedHook(CommitHook hook) { staged_hook_ = std::move(hook); }
-  void Staged(Run& run, const storage::CheckpointRecord& record) {
-    if (staged_hook_) staged_hook_(run, record);
-  }
   std::vector<std::string> UnloadIdle(double idle_s, double now);
   // Before a save uses a run's settings: reads them back if they were
   // unloaded. FAILED_PRECONDITION (reopen the run) when they cannot be.
-  absl::Status EnsureSettings(Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.save_mu())
-      ABSL_LOCKS_EXCLUDED(run.mu());
+  absl::Status EnsureSettings(Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.save_mu_)
+      ABSL_LOCKS_EXCLUDED(run.mu_);
 
-  policy::Schedule EffectiveSchedule(const Run& run) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
+  policy::Schedule EffectiveSchedule(const Run& run) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
   policy::RetentionPolicy EffectiveRetention(const Run& run) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
   void SetDefaults(const policy::Schedule& s, const policy::RetentionPolicy& r,
                    const policy::DiskGuard& g);
   policy::DiskGuard disk_guard() const;
+
+  // The one commit tail, after the files are durable and in the catalog:
+  // the schedule's clock restarts and the run's errors clear, then the
+  // metric, the log line (`how` and `details` in it), the COMMITTED event,
+  // the observer, and retention (whose failure does not fail the commit).
+  void Committed(Run& run, const storage::CheckpointRecord& record, CommitSource source,
+                 std::string_view details) ABSL_LOCKS_EXCLUDED(run.mu_);
+  // A multi-rank part durable here: the observer uploads and reports it.
+  void Staged(Run& run, const storage::CheckpointRecord& record) ABSL_LOCKS_EXCLUDED(run.mu_);
+
+  // A multi-rank step's verdict on this node's part. Commit: the part's
+  // marker, the catalog and `latest`, then the commit tail. Abort: the
+  // part's files removed and the failure recorded as a save's is (event,
+  // metric, last_error).
+  absl::StatusOr<storage::CheckpointRecord> CommitPart(Run& run, uint64_t step)
+      ABSL_LOCKS_EXCLUDED(run.mu_);
+  void AbortPart(Run& run, uint64_t step, const std::string& reason) ABSL_LOCKS_EXCLUDED(run.mu_);
+
+  // Brings a step into the run from elsewhere: `place` runs with the run's
+  // saves held off and puts the step's files into `weights_dir` (model file
+  // last); the run directory then adopts them (storage::RunDir::Adopt) and
+  // the commit tail runs with CommitSource::kFetched. A step already
+  // committed here is returned without calling `place`.
+  using PlaceFn = std::function<absl::StatusOr<uint64_t>(const std::string& weights_dir)>;
+  absl::StatusOr<storage::CheckpointRecord> Adopt(Run& run, std::optional<uint64_t> step,
+                                                  const PlaceFn& place)
+      ABSL_LOCKS_EXCLUDED(run.mu_, run.save_mu_);
+
+  // Pins: NOT_FOUND for a step the run does not have.
+  absl::StatusOr<storage::CheckpointRecord> Pin(Run& run, uint64_t step, const std::string& reason)
+      ABSL_LOCKS_EXCLUDED(run.mu_);
+  absl::Status Unpin(Run& run, uint64_t step) ABSL_LOCKS_EXCLUDED(run.mu_);
 
   // Plans retention for a run and, unless dry or paused by a write error,
   // deletes what it drops (logging and publishing DELETED events). `paused`
   // receives the reason nothing was deleted, if so.
   struct RetentionResult {
+    std::string policy;  // described
     std::vector<policy::RetentionDecision> plan;
     std::vector<uint64_t> deleted;
     std::string paused;
   };
-  absl::StatusOr<RetentionResult> RunRetention(Run& run, bool dry) ABSL_LOCKS_EXCLUDED(run.mu());
-  absl::StatusOr<RetentionResult> RunRetentionLocked(Run& run, bool dry)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu());
+  absl::StatusOr<RetentionResult> RunRetention(Run& run, bool dry) ABSL_LOCKS_EXCLUDED(run.mu_);
   // Marks a run finished (persisted beside its weights/).
   absl::Status MarkFinished(Run* run);
   void CloseAllSubscriptions();
 
   env::Env* env() const { return env_; }
   const DaemonFacts& facts() const { return facts_; }
+  const std::vector<std::string>& roots() const { return roots_; }
 
  private:
-  CommitHook commit_hook_;
-  CommitHook staged_hook_;
+  friend class Run;
+  absl::StatusOr<RetentionResult> RunRetentionLocked(Run& run, bool dry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
   absl::StatusOr<std::shared_ptr<Run>> Load(const std::string& run_id, const std::string& dir);
   // FAILED_PRECONDITION naming the owner when `dir` is another known run's
   // directory, inside one, or contains one, or its marker names another run.
@@ -238,6 +340,8 @@ class RunRegistry {
   env::Env* env_;
   std::vector<std::string> roots_;
   DaemonFacts facts_;
+  SettingsStore* store_ = nullptr;
+  CommitObserver* observer_ = nullptr;
   // The runs. Taken before a run's lock (Scan and Open load runs under it).
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Run>> runs_ ABSL_GUARDED_BY(mu_);
@@ -248,7 +352,6 @@ class RunRegistry {
   policy::Schedule default_schedule_ ABSL_GUARDED_BY(defaults_mu_);
   policy::RetentionPolicy default_retention_ ABSL_GUARDED_BY(defaults_mu_);
   policy::DiskGuard disk_guard_ ABSL_GUARDED_BY(defaults_mu_);
-  SettingsStore store_;  // set once, before the daemon serves
 };
 
 }  // namespace ckptd::scheduler

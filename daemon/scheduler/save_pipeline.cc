@@ -13,7 +13,7 @@ absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id, ui
   absl::MutexLock lock(&run->mu());
   run->MarkActive(NowSeconds());
   return Admit(*run, registry_->EffectiveSchedule(*run), {.step = step}, queued,
-               run->last_active_s);
+               run->last_active_s_);
 }
 
 absl::StatusOr<SaveOutcome> SavePipeline::SaveNow(SaveParams params,

@@ -102,8 +102,8 @@ void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string
   std::string error = StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   {
     absl::MutexLock lock(&run.mu());
-    run.last_error = error;
-    if (env::IsIoError(why)) run.write_error = error;
+    run.last_error_ = error;
+    if (env::IsIoError(why)) run.write_error_ = error;
   }
   spdlog::warn("save failed run={} step={} {}error=\"{}\"", run.id(), step, detail, error);
   run.Publish({.type = Event::Type::kFailed,
@@ -189,7 +189,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     const auto& catalog = run_->dir()->catalog();
     auto it = catalog.lower_bound(p.step);
     if (it != catalog.begin()) parent = std::prev(it)->second.uuid;
-    if (const RunMultiRank& mr = run_->settings->multi_rank; mr.world_size > 1) {
+    if (const RunMultiRank& mr = run_->settings_->multi_rank; mr.world_size > 1) {
       if (overwrite_) {
         return absl::FailedPreconditionError(
             StrCat("overwrite: step ", p.step, " of multi-rank run '", p.run_id,
@@ -200,18 +200,18 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
       for (const auto& t : p.tensors) model_tensors += t.group == storage::TensorGroup::kModel;
       const uint64_t total = mr.total_tensors ? mr.total_tensors : model_tensors * mr.world_size;
       CKPTD_ASSIGN_OR_RETURN(plan.model_metadata,
-                             storage::SplitPartMetadata(run_->settings->model_metadata, mr.rank,
+                             storage::SplitPartMetadata(run_->settings_->model_metadata, mr.rank,
                                                         mr.world_size, total));
       CKPTD_TRY(AddShardKeys(mr.slices, p.tensors, &plan.model_metadata));
       plan.part = storage::SplitName{.step = p.step, .rank = mr.rank, .world_size = mr.world_size};
       part_ = true;
     } else {
-      plan.model_metadata = run_->settings->model_metadata;
+      plan.model_metadata = run_->settings_->model_metadata;
     }
-    AddProvenance(*run_->settings, registry_->facts(), p, transport_, now, parent,
+    AddProvenance(*run_->settings_, registry_->facts(), p, transport_, now, parent,
                   &plan.model_metadata);
     weights_dir = run_->dir()->weights_dir();
-    run_exports = run_->settings->exports;
+    run_exports = run_->settings_->exports;
   }
   CKPTD_TRY(PlanExports(run_exports, p.tensors, plan.model_metadata, registry_->facts().version,
                         &plan.exports));
@@ -232,7 +232,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   CKPTD_TRY(EnsureSpace((*writer)->planned_bytes(), weights_dir));
   {
     absl::MutexLock lock(&run_->mu());
-    run_->in_flight.insert(p.step);
+    run_->in_flight_.insert(p.step);
     in_flight_ = true;
   }
   CKPTD_TRY((*writer)->Start());
@@ -250,7 +250,7 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
       policy::BytesToFree(guard, space.free_bytes, space.total_bytes, planned + kSpaceMargin);
   if (needed == 0) return absl::OkStatus();
   absl::MutexLock lock(&run_->mu());
-  auto pruned = PruneForSpace(run_->dir(), run_->pins, registry_->EffectiveRetention(*run_),
+  auto pruned = PruneForSpace(run_->dir(), run_->pins_, registry_->EffectiveRetention(*run_),
                               run_->RetentionHolds(), NowSeconds(), needed, guard.on_full);
   if (!pruned.ok()) {
     return absl::ResourceExhaustedError(StrCat(
@@ -278,15 +278,15 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
 }
 
 void SaveSession::Written() {
-  run_->reference_time_s = NowSeconds();
-  run_->last_error.clear();
-  run_->write_error.clear();
+  run_->reference_time_s_ = NowSeconds();
+  run_->last_error_.clear();
+  run_->write_error_.clear();
   LeaveInFlight();
 }
 
 void SaveSession::LeaveInFlight() {
   if (!in_flight_) return;
-  run_->in_flight.erase(params_.step);
+  run_->in_flight_.erase(params_.step);
   in_flight_ = false;
 }
 
@@ -325,24 +325,14 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   }
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
-  metrics::Metrics::Get().CountSave(params_.run_id, "committed");
   metrics::Metrics::Get().RecordCommit(params_.run_id, record.total_bytes(),
                                        writer_->zero_copy_bytes(), t->committed_s);
   metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
-  spdlog::info(
-      "save committed run={} step={} bytes={} zero_copy={} received={:.3f}s durable={:.3f}s "
-      "committed={:.3f}s file={}{}",
-      params_.run_id, record.step, record.total_bytes(), writer_->zero_copy_bytes(), t->received_s,
-      t->durable_s, t->committed_s, record.model_path, *is_latest ? " latest" : "");
-  run_->Publish({.type = Event::Type::kCommitted,
-                 .run_id = params_.run_id,
-                 .step = record.step,
-                 .record = record,
-                 .is_latest = *is_latest,
-                 .time_utc = FormatUtc(NowSeconds())});
-  registry_->Committed(*run_, record);
-  // Retention after every commit; its failure does not fail the save.
-  (void)registry_->RunRetention(*run_, /*dry=*/false);
+  registry_->Committed(
+      *run_, record, CommitSource::kSave,
+      fmt::format("bytes={} zero_copy={} received={:.3f}s durable={:.3f}s committed={:.3f}s ",
+                  record.total_bytes(), writer_->zero_copy_bytes(), t->received_s, t->durable_s,
+                  t->committed_s));
   return record;
 }
 

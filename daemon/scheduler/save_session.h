@@ -57,7 +57,7 @@ struct SaveOutcome {
 // write error for I/O failures, env::IsIoError), a FAILED event, the log
 // line (with `detail`), the metric.
 void RecordFailure(Run& run, uint64_t step, const absl::Status& why, std::string_view detail = "")
-    ABSL_LOCKS_EXCLUDED(run.mu());
+    ABSL_LOCKS_EXCLUDED(run.mu_);
 
 // Plans each of a run's exports for one save's model tensors (also used by
 // OpenRun to refuse a profile before the first save).

@@ -103,4 +103,12 @@ absl::Status CheckRunDirFree(env::Env* env, const std::vector<std::string>& root
   return absl::OkStatus();
 }
 
+absl::Status WriteRunSettings(env::Env* env, const std::string& dir, std::string_view text) {
+  return env::WriteFileAtomically(env, StrCat(dir, "/", kRunSettingsFile), text);
+}
+
+absl::StatusOr<std::string> ReadRunSettings(env::Env* env, const std::string& dir) {
+  return env::ReadWholeFile(env, StrCat(dir, "/", kRunSettingsFile));
+}
+
 }  // namespace ckptd::storage

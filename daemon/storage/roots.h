@@ -32,4 +32,9 @@ absl::Status WriteRunOwner(env::Env* env, const std::string& dir, const std::str
 absl::Status CheckRunDirFree(env::Env* env, const std::vector<std::string>& roots,
                              const std::string& run_id, const std::string& dir);
 
+// A run's settings as its lifecycle keeps them (kRunSettingsFile), written
+// atomically; reading one a run never stored is NOT_FOUND.
+absl::Status WriteRunSettings(env::Env* env, const std::string& dir, std::string_view text);
+absl::StatusOr<std::string> ReadRunSettings(env::Env* env, const std::string& dir);
+
 }  // namespace ckptd::storage

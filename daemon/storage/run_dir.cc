@@ -143,7 +143,7 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
         CKPTD_TRY(remove(path));
       }
     }
-    catalog_.emplace(step, std::move(*record));
+    Edit(catalog_).emplace(step, std::move(*record));
   }
   for (const auto& [step, names] : exported) {
     for (const std::string& name : names) CKPTD_TRY(remove(PathOf(ExportFileName(step, name))));
@@ -151,9 +151,9 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   // A multi-rank run's parts: committed with their marker, pending without
   // one (the coordinator's verdict decides), their train files kept only
   // beside the part whose digest they record.
-  pending_.clear();
+  Edit(pending_).clear();
   for (const auto& [step, part] : parts) {
-    if (catalog_.contains(step)) continue;  // a whole step of the same number: not ours to judge
+    if (catalog_->contains(step)) continue;  // a whole step of the same number: not ours to judge
     const std::string path = PathOf(SplitFileName(step, part.rank, part.world_size));
     auto record = ReadCheckpointRecord(env_, step, path);
     if (!record.ok()) {
@@ -173,9 +173,9 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       }
     }
     if (markers.erase(step) > 0) {
-      catalog_.emplace(step, std::move(*record));
+      Edit(catalog_).emplace(step, std::move(*record));
     } else {
-      pending_.emplace(step, std::move(*record));
+      Edit(pending_).emplace(step, std::move(*record));
     }
   }
   for (const std::string& name : part_trains) CKPTD_TRY(remove(PathOf(name)));
@@ -199,7 +199,7 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
 
 absl::StatusOr<bool> RunDir::RelinkExports() {
   std::map<std::string, uint64_t> newest;  // export name -> newest step that has it
-  for (const auto& [step, r] : catalog_) {
+  for (const auto& [step, r] : *catalog_) {
     for (const auto& e : r.exports) newest[e.name] = step;
   }
   bool changed = false;
@@ -236,26 +236,26 @@ absl::Status RunDir::ReplaceLink(const std::string& link, const std::string& tar
 }
 
 std::optional<uint64_t> RunDir::latest_step() const {
-  if (catalog_.empty()) return std::nullopt;
-  return catalog_.rbegin()->first;
+  if (catalog_->empty()) return std::nullopt;
+  return catalog_->rbegin()->first;
 }
 
 const CheckpointRecord* RunDir::Find(uint64_t step) const {
-  auto it = catalog_.find(step);
-  return it == catalog_.end() ? nullptr : &it->second;
+  auto it = catalog_->find(step);
+  return it == catalog_->end() ? nullptr : &it->second;
 }
 
 uint64_t RunDir::total_bytes() const {
   uint64_t total = 0;
-  for (const auto& [step, r] : catalog_) total += r.total_bytes();
+  for (const auto& [step, r] : *catalog_) total += r.total_bytes();
   return total;
 }
 
 absl::Status RunDir::CheckCanSave(uint64_t step, Overwrite overwrite) const {
-  if (pending_.contains(step)) {
+  if (pending_->contains(step)) {
     return absl::AlreadyExistsError(
         StrCat("step ", step, "'s part is already written here and waits for the other ranks' (",
-               pending_.at(step).model_path, ")"));
+               pending_->at(step).model_path, ")"));
   }
   if (overwrite == Overwrite::kYes) return absl::OkStatus();
   if (const CheckpointRecord* r = Find(step)) {
@@ -298,7 +298,7 @@ absl::Status RunDir::Delete(uint64_t step) {
   if (r->world_size > 0) CKPTD_TRY(env_->RemoveFile(PathOf(CommitMarkerName(step))));
   CKPTD_TRY(env_->RemoveFile(model_path));
   std::vector<ExportRecord> exports = r->exports;
-  catalog_.erase(step);
+  Edit(catalog_).erase(step);
   if (!train_path.empty()) CKPTD_TRY(env_->RemoveFile(train_path));
   for (const auto& e : exports) CKPTD_TRY(env_->RemoveFile(e.path));
   CKPTD_TRY(env_->SyncDir(weights_dir_));
@@ -363,7 +363,7 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
                               .uuid = e->written().digest.uuid,
                               .profile = e->plan().profile});
   }
-  catalog_[step] = record;
+  Edit(catalog_)[step] = record;
 
   CKPTD_TRY(env_->SyncDir(weights_dir_));
   if (const WrittenFile* train = writer->train()) {
@@ -373,7 +373,7 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
   } else if (old_train) {
     CKPTD_TRY(env_->RemoveFile(train_final));
   }
-  catalog_[step] = record;
+  Edit(catalog_)[step] = record;
   // An overwritten step's exports that this save did not write again.
   bool stale_exports = false;
   if (old != nullptr) {
@@ -432,33 +432,59 @@ absl::StatusOr<CheckpointRecord> RunDir::StagePart(CheckpointWriter* writer) {
   record.world_size = part->world_size;
   const gguf::Layout& layout = writer->model_layout();
   FillFromHeader(layout.metadata, layout.tensors.size(), &record);
-  pending_[step] = record;
+  Edit(pending_)[step] = record;
   return record;
 }
 
+Catalog& RunDir::Edit(std::shared_ptr<Catalog>& c) {
+  // Handed out only under the caller's lock, so a count of 1 cannot grow
+  // meanwhile; a stale higher count only costs a needless copy.
+  if (c.use_count() > 1) c = std::make_shared<Catalog>(*c);
+  return *c;
+}
+
+absl::Status RunDir::WriteCommitMarker(uint64_t step, uint32_t rank, uint32_t world_size) {
+  return env::WriteFileAtomically(
+      env_, PathOf(CommitMarkerName(step)),
+      StrCat("{\"step\": ", step, ", \"rank\": ", rank, ", \"world_size\": ", world_size, "}\n"));
+}
+
 absl::StatusOr<CheckpointRecord> RunDir::CommitPart(uint64_t step) {
-  auto it = pending_.find(step);
-  if (it == pending_.end()) {
+  auto it = pending_->find(step);
+  if (it == pending_->end()) {
     if (const CheckpointRecord* r = Find(step); r != nullptr && r->world_size > 0) return *r;
     return absl::NotFoundError(StrCat("step ", step, " has no part waiting here"));
   }
-  const CheckpointRecord& r = it->second;
+  CheckpointRecord record = it->second;
   // The commit point on this node.
-  CKPTD_TRY(env::WriteFileAtomically(env_, PathOf(CommitMarkerName(step)),
-                                     StrCat("{\"step\": ", step, ", \"rank\": ", r.rank,
-                                            ", \"world_size\": ", r.world_size, "}\n")));
-  CheckpointRecord record = std::move(it->second);
-  pending_.erase(it);
-  catalog_[step] = record;
+  CKPTD_TRY(WriteCommitMarker(step, record.rank, record.world_size));
+  Edit(pending_).erase(step);
+  Edit(catalog_)[step] = record;
   if (latest_step() == step) CKPTD_TRY(PointLatestAt(step));
   return record;
 }
 
+absl::StatusOr<CheckpointRecord> RunDir::Adopt(uint64_t step, RecoveryReport* report) {
+  CKPTD_ASSIGN_OR_RETURN(std::vector<std::string> names, env_->ListDir(weights_dir_));
+  for (const std::string& name : names) {
+    const std::optional<SplitName> part = ParseSplitFileName(name);
+    if (part && part->step == step)
+      CKPTD_TRY(WriteCommitMarker(step, part->rank, part->world_size));
+  }
+  CKPTD_TRY(Recover(report));
+  const CheckpointRecord* r = Find(step);
+  if (r == nullptr) {
+    return absl::NotFoundError(
+        StrCat("step ", step, " was placed in ", weights_dir_, " but is not a checkpoint there"));
+  }
+  return *r;
+}
+
 absl::Status RunDir::AbortPart(uint64_t step) {
-  auto it = pending_.find(step);
-  if (it == pending_.end()) return absl::OkStatus();
+  auto it = pending_->find(step);
+  if (it == pending_->end()) return absl::OkStatus();
   const CheckpointRecord r = it->second;
-  pending_.erase(it);
+  Edit(pending_).erase(step);
   for (const std::string& path : {r.model_path, r.train_path}) {
     if (path.empty()) continue;
     absl::Status st = env_->RemoveFile(path);

@@ -25,6 +25,10 @@ struct RecoveryReport {
 
 enum class Overwrite { kNo, kYes };
 
+// Checkpoints by step. RunDir shares its catalogs with readers (catalog_ref)
+// and copies one before changing it while a reader holds it.
+using Catalog = std::map<uint64_t, CheckpointRecord>;
+
 class RunDir {
  public:
   // Creates weights/ if needed, removes temp files and orphaned train files,
@@ -34,10 +38,14 @@ class RunDir {
 
   const std::string& run_dir() const { return run_dir_; }
   const std::string& weights_dir() const { return weights_dir_; }
-  const std::map<uint64_t, CheckpointRecord>& catalog() const { return catalog_; }
+  const Catalog& catalog() const { return *catalog_; }
   // A multi-rank run's parts written here whose step is not committed yet
   // (no commit marker): invisible to the catalog, `latest` and retention.
-  const std::map<uint64_t, CheckpointRecord>& pending() const { return pending_; }
+  const Catalog& pending() const { return *pending_; }
+  // The same, as they are now, for a reader that keeps them past the
+  // caller's lock (they never change once handed out).
+  std::shared_ptr<const Catalog> catalog_ref() const { return catalog_; }
+  std::shared_ptr<const Catalog> pending_ref() const { return pending_; }
   std::optional<uint64_t> latest_step() const;
   const CheckpointRecord* Find(uint64_t step) const;
   uint64_t total_bytes() const;
@@ -78,10 +86,16 @@ class RunDir {
   // (FAILED_PRECONDITION). Only files named by the grammar inside weights/ are touched.
   absl::Status Delete(uint64_t step);
 
-  // Startup recovery again, e.g. after a step was fetched from the object
-  // store into weights/: temps and orphans removed, `latest` repointed,
+  // Startup recovery again: temps and orphans removed, `latest` repointed,
   // the catalog reloaded from the headers.
   absl::Status Recover(RecoveryReport* report);
+
+  // A step whose files were placed in weights/ from elsewhere (fetched from
+  // the object store, model file renamed last): a multi-rank part is
+  // committed by its marker (its step is committed in the store), then the
+  // directory is read again as at startup. NOT_FOUND when no file of the
+  // step is there after all.
+  absl::StatusOr<CheckpointRecord> Adopt(uint64_t step, RecoveryReport* report);
 
  private:
   RunDir(env::Env* env, std::string run_dir);
@@ -94,12 +108,16 @@ class RunDir {
   // Symlink `link` -> `target` via a temp link renamed over; no fsync.
   absl::Status ReplaceLink(const std::string& link, const std::string& target);
   std::string PathOf(const std::string& name) const { return weights_dir_ + "/" + name; }
+  // A part's commit marker, written atomically (the commit point on this node).
+  absl::Status WriteCommitMarker(uint64_t step, uint32_t rank, uint32_t world_size);
+  // `c`, copied first if a reader shares it.
+  static Catalog& Edit(std::shared_ptr<Catalog>& c);
 
   env::Env* env_;
   std::string run_dir_;
   std::string weights_dir_;
-  std::map<uint64_t, CheckpointRecord> catalog_;
-  std::map<uint64_t, CheckpointRecord> pending_;
+  std::shared_ptr<Catalog> catalog_ = std::make_shared<Catalog>();
+  std::shared_ptr<Catalog> pending_ = std::make_shared<Catalog>();
 };
 
 }  // namespace ckptd::storage

@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/env/env.h"
-#include "daemon/tier/s3_client.h"
+#include "daemon/tier/object_store.h"
 
 namespace ckptd::tier {
 
@@ -37,16 +37,10 @@ struct FetchResult {
   double seconds = 0;
 };
 
-// Fills config->access_key and secret_key: from `credentials_file` (access
-// key on the first line, secret key on the second; refused if others may
-// read it) or, when it is "", from CKPTD_S3_ACCESS_KEY and
-// CKPTD_S3_SECRET_KEY. INVALID_ARGUMENT says where to put them.
-absl::Status LoadCredentials(env::Env* env, const std::string& credentials_file, S3Config* config);
-
 // `step`: nullopt = the step `latest` names. NOT_FOUND names what is missing;
 // DATA_LOSS names the file and the check it failed.
-absl::StatusOr<FetchResult> FetchStep(env::Env* env, S3Client& client, const FetchOptions& options,
-                                      const std::string& run_id, std::optional<uint64_t> step,
-                                      const std::string& dest_dir);
+absl::StatusOr<FetchResult> FetchStep(env::Env* env, ObjectStore& store,
+                                      const FetchOptions& options, const std::string& run_id,
+                                      std::optional<uint64_t> step, const std::string& dest_dir);
 
 }  // namespace ckptd::tier

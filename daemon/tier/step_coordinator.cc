@@ -10,45 +10,12 @@
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
 #include "daemon/storage/file_names.h"
-#include "daemon/tier/remote_names.h"
+#include "daemon/tier/remote_keys.h"
 
 namespace ckptd::tier {
-namespace {
 
-absl::StatusOr<nlohmann::json> ParseObject(const std::string& key, const std::string& text) {
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) return absl::DataLossError(StrCat(key, " is not a JSON object"));
-  return j;
-}
-
-}  // namespace
-
-absl::StatusOr<policy::PartReport> ParsePartReport(const nlohmann::json& j) {
-  try {
-    policy::PartReport r;
-    r.rank = j.at("rank").get<uint32_t>();
-    r.world_size = j.at("world_size").get<uint32_t>();
-    r.bytes = j.value("bytes", uint64_t{0});
-    r.uuid = j.value("uuid", std::string());
-    for (const auto& t : j.at("tensors")) {
-      policy::PartTensor pt{.name = t.at("name").get<std::string>()};
-      if (t.contains("slice")) {
-        const auto& s = t["slice"];
-        pt.slice = policy::TensorSlice{.full_ne = s.at("full_ne").get<std::vector<uint64_t>>(),
-                                       .dim = s.at("dim").get<uint32_t>(),
-                                       .offset = s.at("offset").get<uint64_t>(),
-                                       .length = s.at("length").get<uint64_t>()};
-      }
-      r.tensors.push_back(std::move(pt));
-    }
-    return r;
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(StrCat("not a part report: ", e.what()));
-  }
-}
-
-StepCoordinator::StepCoordinator(Uploader* uploader, CoordinatorHooks hooks, double poll_s)
-    : uploader_(uploader), client_(uploader->client()), hooks_(std::move(hooks)), poll_s_(poll_s) {}
+StepCoordinator::StepCoordinator(Uploader* uploader, MultiRankNode* node, double poll_s)
+    : uploader_(uploader), store_(uploader->store()), node_(node), poll_s_(poll_s) {}
 
 StepCoordinator::~StepCoordinator() { Stop(); }
 
@@ -89,7 +56,7 @@ void StepCoordinator::Loop() {
 }
 
 void StepCoordinator::PollOnce() {
-  const std::vector<MultiRankRun> runs = hooks_.runs();
+  const std::vector<MultiRankRun> runs = node_->MultiRankRuns();
   std::set<std::string> poked;
   {
     absl::MutexLock lock(&mu_);
@@ -117,15 +84,13 @@ void StepCoordinator::PollOnce() {
 }
 
 absl::Status StepCoordinator::Coordinate(const MultiRankRun& run) {
-  const std::string base = uploader_->KeyFor(run.run_id, "");
-  CKPTD_ASSIGN_OR_RETURN(std::vector<S3Object> objects,
-                         client_.List(uploader_->KeyFor(run.run_id, std::string(kPartsDir))));
+  const RunKeys keys = uploader_->KeysOf(run.run_id);
+  CKPTD_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, store_.List(keys.PartsDir()));
   std::map<uint64_t, std::vector<std::pair<std::string, std::string>>> by_step;
-  for (const S3Object& o : objects) {
-    if (!o.key.starts_with(base)) continue;
-    if (auto k = ParsePartReportName(std::string_view(o.key).substr(base.size()))) {
-      by_step[k->step].emplace_back(o.key, o.etag);
-    }
+  for (const ObjectInfo& o : objects) {
+    std::optional<std::string_view> name = keys.NameOf(o.key);
+    if (!name) continue;
+    if (auto k = ParsePartReportName(*name)) by_step[k->step].emplace_back(o.key, o.etag);
   }
   for (auto it = first_seen_.begin(); it != first_seen_.end();) {
     it = it->first.first == run.run_id && !by_step.contains(it->first.second)
@@ -144,55 +109,49 @@ absl::Status StepCoordinator::Coordinate(const MultiRankRun& run) {
 absl::Status StepCoordinator::Decide(
     const MultiRankRun& run, uint64_t step,
     const std::vector<std::pair<std::string, std::string>>& reports) {
-  std::vector<nlohmann::json> parts;
-  std::vector<std::string> keys;
+  const RunKeys keys = uploader_->KeysOf(run.run_id);
+  std::vector<PartReport> parts;
+  std::vector<std::string> report_keys;
   for (const auto& [key, etag] : reports) {
-    keys.push_back(key);
+    report_keys.push_back(key);
     if (auto it = reports_.find(key); it != reports_.end() && it->second.first == etag) {
       parts.push_back(it->second.second);
       continue;
     }
-    absl::StatusOr<std::string> text = client_.Get(key);
+    absl::StatusOr<std::string> text = store_.Get(key);
     if (absl::IsNotFound(text.status())) continue;  // cleaned up meanwhile
     CKPTD_TRY(text.status());
-    absl::StatusOr<nlohmann::json> j = ParseObject(key, *text);
-    if (!j.ok()) {
-      spdlog::warn("multi-rank: run={} step={}: {}; ignored", run.run_id, step,
-                   j.status().message());
-      continue;
-    }
-    reports_[key] = {etag, *j};
-    parts.push_back(std::move(*j));
-  }
-  // A verdict already given (by a coordinator that stopped before its
-  // cleanup, or a part reported after its step failed): only the cleanup
-  // is left.
-  CKPTD_ASSIGN_OR_RETURN(std::optional<S3Object> manifest,
-                         client_.Head(uploader_->KeyFor(run.run_id, ManifestName(step))));
-  if (manifest) return Cleanup(run, keys, parts, /*with_files=*/false);
-  CKPTD_ASSIGN_OR_RETURN(std::optional<S3Object> failed,
-                         client_.Head(uploader_->KeyFor(run.run_id, FailedName(step))));
-  if (failed) return Cleanup(run, keys, parts, /*with_files=*/true);
-
-  policy::StepParts sp{.step = step, .world_size = run.world_size};
-  sp.first_report_s = first_seen_.try_emplace({run.run_id, step}, NowSeconds()).first->second;
-  std::vector<nlohmann::json> kept;
-  for (const nlohmann::json& j : parts) {
-    absl::StatusOr<policy::PartReport> r = ParsePartReport(j);
+    absl::StatusOr<PartReport> r = PartReport::Parse(*text, key);
     if (!r.ok()) {
       spdlog::warn("multi-rank: run={} step={}: {}; ignored", run.run_id, step,
                    r.status().message());
       continue;
     }
-    if (r->world_size != run.world_size || r->rank >= run.world_size) {
+    reports_[key] = {etag, *r};
+    parts.push_back(*std::move(r));
+  }
+  // A verdict already given (by a coordinator that stopped before its
+  // cleanup, or a part reported after its step failed): what is left of
+  // the commit (latest) and the cleanup.
+  CKPTD_ASSIGN_OR_RETURN(std::optional<ObjectInfo> manifest, store_.Head(keys.Manifest(step)));
+  if (manifest) {
+    CKPTD_TRY(AdvanceLatest(keys, step));
+    return Cleanup(report_keys, parts, /*with_files=*/false);
+  }
+  CKPTD_ASSIGN_OR_RETURN(std::optional<ObjectInfo> failed, store_.Head(keys.Failed(step)));
+  if (failed) return Cleanup(report_keys, parts, /*with_files=*/true);
+
+  policy::StepParts sp{.step = step, .world_size = run.world_size};
+  sp.first_report_s = first_seen_.try_emplace({run.run_id, step}, NowSeconds()).first->second;
+  for (const PartReport& r : parts) {
+    if (r.world_size != run.world_size || r.rank >= run.world_size) {
       return Abort(run, step,
-                   StrCat("rank ", r->rank, " saved its part for a world of ", r->world_size,
+                   StrCat("rank ", r.rank, " saved its part for a world of ", r.world_size,
                           " ranks; the coordinator's run has ", run.world_size,
                           " (every rank must open the run with the same multi_rank.world_size)"),
                    {}, parts);
     }
-    sp.parts[r->rank] = std::move(*r);
-    kept.push_back(j);
+    sp.parts[r.rank] = r.ForPolicy();
   }
   const policy::StepDecision d = policy::DecideStep(sp, NowSeconds(), run.part_timeout_s);
   switch (d.verdict) {
@@ -211,71 +170,53 @@ absl::Status StepCoordinator::Decide(
     tensors += r.tensors.size();
     for (const auto& t : r.tensors) sliced |= t.slice.has_value();
   }
-  std::sort(kept.begin(), kept.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
-    return a["rank"].get<uint32_t>() < b["rank"].get<uint32_t>();
-  });
-  if (!sliced && !kept.empty() && kept[0].contains("split_tensors_count") &&
-      kept[0]["split_tensors_count"].get<int64_t>() != static_cast<int64_t>(tensors)) {
-    return Abort(run, step,
-                 StrCat("rank 0's part says split.tensors.count = ",
-                        kept[0]["split_tensors_count"].get<int64_t>(), " but the parts hold ",
-                        tensors, " tensors; set multi_rank.total_tensors to ", tensors,
-                        " on rank 0 so that llama.cpp can load the step"),
-                 {}, parts);
+  std::vector<PartReport> kept = parts;
+  std::sort(kept.begin(), kept.end(),
+            [](const PartReport& a, const PartReport& b) { return a.rank < b.rank; });
+  if (!sliced && !kept.empty() && kept[0].split_tensors_count &&
+      *kept[0].split_tensors_count != static_cast<int64_t>(tensors)) {
+    return Abort(
+        run, step,
+        StrCat("rank 0's part says split.tensors.count = ", *kept[0].split_tensors_count,
+               " but the parts hold ", tensors, " tensors; set multi_rank.total_tensors to ",
+               tensors, " on rank 0 so that llama.cpp can load the step"),
+        {}, parts);
   }
   return Commit(run, step, kept);
 }
 
 absl::Status StepCoordinator::Commit(const MultiRankRun& run, uint64_t step,
-                                     const std::vector<nlohmann::json>& parts) {
-  const nlohmann::json& first = parts.front();
-  nlohmann::json manifest = {{"run_id", run.run_id},
-                             {"step", step},
-                             {"world_size", run.world_size},
-                             {"metrics", first.value("metrics", nlohmann::json::object())},
-                             {"uuid", first.value("uuid", "")},
-                             {"content_digest", first.value("content_digest", "")},
-                             {"time_utc", first.value("time_utc", "")},
-                             {"part_size", first.value("part_size", uint64_t{0})},
-                             {"files", nlohmann::json::array()},
-                             {"parts", nlohmann::json::array()}};
+                                     const std::vector<PartReport>& parts) {
+  const RunKeys keys = uploader_->KeysOf(run.run_id);
+  const StepFacts& first = parts.front().facts;
+  StepManifest manifest{.facts = {.run_id = run.run_id,
+                                  .step = step,
+                                  .metrics = first.metrics,
+                                  .uuid = first.uuid,
+                                  .content_digest = first.content_digest,
+                                  .time_utc = first.time_utc,
+                                  .part_size = first.part_size},
+                        .world_size = run.world_size};
   uint64_t bytes = 0;
   std::vector<std::string> report_keys;
-  for (const nlohmann::json& p : parts) {
-    for (const auto& f : p["files"]) manifest["files"].push_back(f);
-    manifest["parts"].push_back({{"rank", p["rank"]},
-                                 {"uuid", p.value("uuid", "")},
-                                 {"content_digest", p.value("content_digest", "")},
-                                 {"bytes", p.value("bytes", uint64_t{0})},
-                                 {"time_utc", p.value("time_utc", "")},
-                                 {"tensors", p["tensors"]}});
-    bytes += p.value("bytes", uint64_t{0});
-    report_keys.push_back(
-        uploader_->KeyFor(run.run_id, PartReportName(step, p["rank"].get<uint32_t>())));
+  for (const PartReport& p : parts) {
+    for (const RemoteFile& f : p.facts.files) manifest.facts.files.push_back(f);
+    manifest.parts.push_back({.rank = p.rank,
+                              .uuid = p.facts.uuid,
+                              .content_digest = p.facts.content_digest,
+                              .bytes = p.bytes,
+                              .time_utc = p.facts.time_utc,
+                              .tensors = p.tensors});
+    bytes += p.bytes;
+    report_keys.push_back(keys.PartReport(step, p.rank));
   }
   // The step's commit record, then latest: as for a single-rank step.
-  CKPTD_TRY(
-      client_.Put(uploader_->KeyFor(run.run_id, ManifestName(step)), manifest.dump(2)).status());
-  absl::StatusOr<std::string> latest = client_.Get(uploader_->KeyFor(run.run_id, "latest"));
-  if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
-  std::optional<uint64_t> newest;
-  if (latest.ok()) {
-    nlohmann::json l = nlohmann::json::parse(*latest, nullptr, false);
-    if (l.is_object() && l.contains("step")) newest = l["step"].get<uint64_t>();
-  }
-  if (!newest || *newest < step) {
-    CKPTD_TRY(
-        client_
-            .Put(uploader_->KeyFor(run.run_id, "latest"),
-                 nlohmann::json{{"step", step},
-                                {"manifest", uploader_->KeyFor(run.run_id, ManifestName(step))}}
-                     .dump())
-            .status());
-  }
+  CKPTD_TRY(store_.Put(keys.Manifest(step), manifest.ToJson(), Precondition::kNone, {}).status());
+  CKPTD_TRY(AdvanceLatest(keys, step));
   spdlog::info("multi-rank: step committed run={} step={} world_size={} bytes={}", run.run_id, step,
                run.world_size, bytes);
   first_seen_.erase({run.run_id, step});
-  CKPTD_TRY(Cleanup(run, report_keys, {}, /*with_files=*/false));
+  CKPTD_TRY(Cleanup(report_keys, {}, /*with_files=*/false));
   if (uploader_->RemoteRetentionOf(run.run_id)) {
     auto applied = uploader_->PlanRemote(run.run_id, /*apply=*/true, /*retry=*/false);
     if (!applied.ok()) {
@@ -285,70 +226,78 @@ absl::Status StepCoordinator::Commit(const MultiRankRun& run, uint64_t step,
   return absl::OkStatus();
 }
 
-absl::Status StepCoordinator::Abort(const MultiRankRun& run, uint64_t step,
-                                    const std::string& reason, const std::vector<uint32_t>& missing,
-                                    const std::vector<nlohmann::json>& parts) {
-  const nlohmann::json record = {
-      {"run_id", run.run_id},         {"step", step},
-      {"world_size", run.world_size}, {"reason", reason},
-      {"missing_ranks", missing},     {"time_utc", FormatUtc(NowSeconds())}};
-  CKPTD_TRY(client_.Put(uploader_->KeyFor(run.run_id, FailedName(step)), record.dump(2)).status());
-  spdlog::warn("multi-rank: step aborted run={} step={}: {}", run.run_id, step, reason);
-  first_seen_.erase({run.run_id, step});
-  std::vector<std::string> keys;
-  for (const nlohmann::json& p : parts) {
-    if (p.contains("rank")) {
-      keys.push_back(
-          uploader_->KeyFor(run.run_id, PartReportName(step, p["rank"].get<uint32_t>())));
-    }
+absl::Status StepCoordinator::AdvanceLatest(const RunKeys& keys, uint64_t step) {
+  absl::StatusOr<std::string> latest = store_.Get(keys.Latest());
+  if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
+  if (latest.ok()) {
+    absl::StatusOr<LatestRecord> l = LatestRecord::Parse(*latest, keys.Latest());
+    if (!l.ok()) return l.status();  // damaged or newer: never overwritten blindly
+    if (l->step >= step) return absl::OkStatus();
   }
-  return Cleanup(run, keys, parts, /*with_files=*/true);
+  return store_
+      .Put(keys.Latest(), LatestRecord{.step = step, .manifest = keys.Manifest(step)}.ToJson(),
+           Precondition::kNone, {})
+      .status();
 }
 
-absl::Status StepCoordinator::Cleanup(const MultiRankRun& run,
-                                      const std::vector<std::string>& report_keys,
-                                      const std::vector<nlohmann::json>& parts, bool with_files) {
+absl::Status StepCoordinator::Abort(const MultiRankRun& run, uint64_t step,
+                                    const std::string& reason, const std::vector<uint32_t>& missing,
+                                    const std::vector<PartReport>& parts) {
+  const RunKeys keys = uploader_->KeysOf(run.run_id);
+  const FailedStep record{.run_id = run.run_id,
+                          .step = step,
+                          .world_size = run.world_size,
+                          .reason = reason,
+                          .missing_ranks = missing,
+                          .time_utc = FormatUtc(NowSeconds())};
+  CKPTD_TRY(store_.Put(keys.Failed(step), record.ToJson(), Precondition::kNone, {}).status());
+  spdlog::warn("multi-rank: step aborted run={} step={}: {}", run.run_id, step, reason);
+  first_seen_.erase({run.run_id, step});
+  std::vector<std::string> report_keys;
+  for (const PartReport& p : parts) report_keys.push_back(keys.PartReport(step, p.rank));
+  return Cleanup(report_keys, parts, /*with_files=*/true);
+}
+
+absl::Status StepCoordinator::Cleanup(const std::vector<std::string>& report_keys,
+                                      const std::vector<PartReport>& parts, bool with_files) {
   std::vector<std::string> keys;
   if (with_files) {
-    for (const nlohmann::json& p : parts) {
-      if (!p.contains("files") || !p["files"].is_array()) continue;
-      for (const auto& f : p["files"]) {
-        if (f.contains("key") && f["key"].is_string()) keys.push_back(f["key"].get<std::string>());
-      }
+    for (const PartReport& p : parts) {
+      for (const RemoteFile& f : p.facts.files) keys.push_back(f.key);
     }
   }
   // The files first: a report left behind by a failure here names them
   // again at the next round.
-  if (!keys.empty()) CKPTD_TRY(client_.Delete(keys));
-  if (!report_keys.empty()) CKPTD_TRY(client_.Delete(report_keys));
+  if (!keys.empty()) CKPTD_TRY(store_.Delete(keys));
+  if (!report_keys.empty()) CKPTD_TRY(store_.Delete(report_keys));
   for (const std::string& k : report_keys) reports_.erase(k);
-  (void)run;
   return absl::OkStatus();
 }
 
 absl::Status StepCoordinator::ApplyVerdicts(const MultiRankRun& run) {
+  const RunKeys keys = uploader_->KeysOf(run.run_id);
   for (uint64_t step : run.pending) {
-    CKPTD_ASSIGN_OR_RETURN(std::optional<S3Object> manifest,
-                           client_.Head(uploader_->KeyFor(run.run_id, ManifestName(step))));
+    CKPTD_ASSIGN_OR_RETURN(std::optional<ObjectInfo> manifest, store_.Head(keys.Manifest(step)));
     if (manifest) {
-      hooks_.commit(run.run_id, step);
+      node_->CommitPart(run.run_id, step);
       continue;
     }
-    const std::string failed_key = uploader_->KeyFor(run.run_id, FailedName(step));
-    absl::StatusOr<std::string> failed = client_.Get(failed_key);
+    const std::string failed_key = keys.Failed(step);
+    absl::StatusOr<std::string> failed = store_.Get(failed_key);
     if (absl::IsNotFound(failed.status())) continue;  // not decided yet
     CKPTD_TRY(failed.status());
     std::string reason = "the coordinator aborted the step";
-    if (absl::StatusOr<nlohmann::json> j = ParseObject(failed_key, *failed); j.ok()) {
-      reason = j->value("reason", reason);
+    if (absl::StatusOr<FailedStep> f = FailedStep::Parse(*failed, failed_key); f.ok()) {
+      if (!f->reason.empty()) reason = f->reason;
+    } else {
+      reason = StrCat(reason, " (", f.status().message(), ")");
     }
-    hooks_.abort(run.run_id, step, reason);
+    node_->AbortPart(run.run_id, step, reason);
     // What this node may have uploaded of the part (an upload that ended
     // after the coordinator's cleanup): gone too.
-    (void)client_.Delete(
-        {uploader_->KeyFor(run.run_id, storage::SplitFileName(step, run.rank, run.world_size)),
-         uploader_->KeyFor(run.run_id, storage::PartTrainFileName(step, run.rank, run.world_size)),
-         uploader_->KeyFor(run.run_id, PartReportName(step, run.rank))});
+    (void)store_.Delete({keys.Object(storage::SplitFileName(step, run.rank, run.world_size)),
+                         keys.Object(storage::PartTrainFileName(step, run.rank, run.world_size)),
+                         keys.PartReport(step, run.rank)});
   }
   return absl::OkStatus();
 }

@@ -3,7 +3,7 @@
 // rank 0's by default) gives it.
 //
 // A rank's part is durable on its node (staged, invisible), then uploaded
-// and reported (tier/remote_names.h: parts/step_N/rank-R.json, written by
+// and reported (tier/remote_keys.h: parts/step_N/rank-R.json, written by
 // the Uploader). The coordinator lists the reports of the steps not
 // decided yet, feeds them to policy::DecideStep, and writes either the
 // step's manifest (every rank's files and tensors) and then `latest`, or
@@ -23,7 +23,6 @@
 // coordinator. Thread-safe; one thread.
 #pragma once
 
-#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -49,21 +48,23 @@ struct MultiRankRun {
   std::set<uint64_t> pending;  // this node's parts waiting for their verdict
 };
 
-struct CoordinatorHooks {
-  std::function<std::vector<MultiRankRun>()> runs;
-  // The verdicts for this node's parts: commit it locally, or delete it.
-  std::function<void(const std::string& run_id, uint64_t step)> commit;
-  std::function<void(const std::string& run_id, uint64_t step, const std::string& reason)> abort;
+// This node, as the coordinator sees it (the replication layer answers):
+// its multi-rank runs, and where the verdicts on its parts go.
+class MultiRankNode {
+ public:
+  virtual ~MultiRankNode() = default;
+  virtual std::vector<MultiRankRun> MultiRankRuns() = 0;
+  // Every rank's part is durable: commit this node's part of the step.
+  virtual void CommitPart(const std::string& run_id, uint64_t step) = 0;
+  // The step failed: delete this node's part.
+  virtual void AbortPart(const std::string& run_id, uint64_t step, const std::string& reason) = 0;
 };
-
-// The part reports of one step, parsed into DecideStep's terms.
-// INVALID_ARGUMENT for a report that is not one.
-absl::StatusOr<policy::PartReport> ParsePartReport(const nlohmann::json& j);
 
 class StepCoordinator {
  public:
   static constexpr double kQuietPollS = 5;
-  StepCoordinator(Uploader* uploader, CoordinatorHooks hooks, double poll_s);
+  // `uploader` (its store and keys) and `node` must outlive the coordinator.
+  StepCoordinator(Uploader* uploader, MultiRankNode* node, double poll_s);
   ~StepCoordinator();
   StepCoordinator(const StepCoordinator&) = delete;
   StepCoordinator& operator=(const StepCoordinator&) = delete;
@@ -82,19 +83,19 @@ class StepCoordinator {
   absl::Status Coordinate(const MultiRankRun& run);
   absl::Status Decide(const MultiRankRun& run, uint64_t step,
                       const std::vector<std::pair<std::string, std::string>>& reports);
-  absl::Status Commit(const MultiRankRun& run, uint64_t step,
-                      const std::vector<nlohmann::json>& parts);
+  absl::Status Commit(const MultiRankRun& run, uint64_t step, const std::vector<PartReport>& parts);
   absl::Status Abort(const MultiRankRun& run, uint64_t step, const std::string& reason,
-                     const std::vector<uint32_t>& missing,
-                     const std::vector<nlohmann::json>& parts);
+                     const std::vector<uint32_t>& missing, const std::vector<PartReport>& parts);
   absl::Status ApplyVerdicts(const MultiRankRun& run);
+  // Points `latest` at `step` unless it names a newer one already.
+  absl::Status AdvanceLatest(const RunKeys& keys, uint64_t step);
   // Deletes step's reports (and for a failed step the files they name).
-  absl::Status Cleanup(const MultiRankRun& run, const std::vector<std::string>& report_keys,
-                       const std::vector<nlohmann::json>& parts, bool with_files);
+  absl::Status Cleanup(const std::vector<std::string>& report_keys,
+                       const std::vector<PartReport>& parts, bool with_files);
 
   Uploader* uploader_;
-  S3Client& client_;
-  CoordinatorHooks hooks_;
+  ObjectStore& store_;
+  MultiRankNode* node_;
   double poll_s_;
 
   absl::Mutex mu_;
@@ -104,8 +105,8 @@ class StepCoordinator {
   absl::CondVar cv_;
   std::thread worker_;
   // Only the worker thread (PollOnce) touches these.
-  std::map<std::pair<std::string, uint64_t>, double> first_seen_;          // (run, step) -> when
-  std::map<std::string, std::pair<std::string, nlohmann::json>> reports_;  // key -> {ETag, parsed}
+  std::map<std::pair<std::string, uint64_t>, double> first_seen_;      // (run, step) -> when
+  std::map<std::string, std::pair<std::string, PartReport>> reports_;  // key -> {ETag, parsed}
   std::string last_error_;  // logged once until it changes
   // A coordinated run whose parts/ listing was empty is listed again only
   // after kQuietPollS (or a Poke naming it): idle and finished runs cost

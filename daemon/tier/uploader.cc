@@ -14,7 +14,7 @@
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/file_names.h"
 #include "daemon/storage/split_part.h"
-#include "daemon/tier/remote_names.h"
+#include "daemon/tier/remote_keys.h"
 
 namespace ckptd::tier {
 namespace {
@@ -24,19 +24,19 @@ std::string Base(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// A store that forgot an upload (aborted, expired): start it again.
-bool UploadGone(const absl::Status& st) {
-  return absl::IsNotFound(st) && st.message().find("NoSuchUpload") != std::string_view::npos;
+// The store's ETag for a body must be the MD5 computed here: anything else
+// means it holds other bytes than those sent.
+absl::Status CheckEtag(const std::string& what, const std::string& got, const std::string& sent) {
+  if (got == sent) return absl::OkStatus();
+  return absl::DataLossError(
+      StrCat(what, ": the store's ETag ", got, " is not the MD5 of the bytes sent, ", sent));
 }
 
 }  // namespace
 
-Uploader::Uploader(env::Env* env, std::unique_ptr<S3Client> client, TierSettings settings,
-                   Listener listener)
-    : env_(env),
-      client_(std::move(client)),
-      settings_(std::move(settings)),
-      listener_(std::move(listener)) {}
+Uploader::Uploader(env::Env* env, ObjectStore* store, TierSettings settings, const TierRuns* runs,
+                   UploadObserver* observer)
+    : env_(env), store_(store), settings_(std::move(settings)), runs_(runs), observer_(observer) {}
 
 Uploader::~Uploader() { Stop(); }
 
@@ -61,50 +61,35 @@ bool Uploader::stopping() const {
   return stop_;
 }
 
-std::string Uploader::PrefixOf(const std::string& run_id) const {
-  if (prefix_) {
-    if (std::optional<std::string> p = prefix_(run_id)) return *p;
-    return settings_.prefix;
-  }
-  if (rules_) {
-    if (std::optional<RemoteRules> r = rules_(run_id)) return r->prefix;
-  }
-  return settings_.prefix;
+RunKeys Uploader::KeysOf(const std::string& run_id) const {
+  std::optional<std::string> prefix = runs_ ? runs_->PrefixOf(run_id) : std::nullopt;
+  return RunKeys(prefix.value_or(settings_.prefix), run_id);
 }
 
-std::string Uploader::KeyFor(const std::string& run_id, const std::string& name) const {
-  const std::string prefix = PrefixOf(run_id);
-  return prefix.empty() ? StrCat(run_id, "/", name) : StrCat(prefix, "/", run_id, "/", name);
-}
-
-nlohmann::json Uploader::LoadState(const std::string& run_dir) {
-  auto text = env::ReadWholeFile(env_, StrCat(run_dir, "/", kUploadStateFile));
-  if (!text.ok()) return nlohmann::json::object();
-  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) {
-    spdlog::warn("tier: {}/{} is unreadable; uploads of the run start over", run_dir,
-                 kUploadStateFile);
-    return nlohmann::json::object();
+UploadState Uploader::LoadState(const std::string& run_dir) {
+  const std::string path = StrCat(run_dir, "/", kUploadStateFile);
+  auto text = env::ReadWholeFile(env_, path);
+  if (!text.ok()) return {};
+  absl::StatusOr<UploadState> state = UploadState::Parse(*text, path);
+  if (!state.ok()) {
+    spdlog::warn("tier: {}; uploads of the run start over", state.status().message());
+    return {};
   }
-  return j;
+  return *std::move(state);
 }
 
 absl::Status Uploader::UpdateState(const std::string& run_dir,
-                                   const std::function<void(nlohmann::json&)>& change) {
+                                   const std::function<void(UploadState&)>& change) {
   absl::MutexLock lock(&state_file_mu_);
-  nlohmann::json j = LoadState(run_dir);
-  change(j);
-  return env::WriteFileAtomically(env_, StrCat(run_dir, "/", kUploadStateFile), j.dump());
+  UploadState state = LoadState(run_dir);
+  change(state);
+  return env::WriteFileAtomically(env_, StrCat(run_dir, "/", kUploadStateFile), state.ToJson());
 }
 
 absl::Status Uploader::Enqueue(StepUpload upload) {
-  const std::string step = std::to_string(upload.record.step);
-  if (absl::Status st = UpdateState(upload.run_dir,
-                                    [&](nlohmann::json& j) {
-                                      if (!j["waiting"].contains(step)) {
-                                        j["waiting"][step] = {{"files", nlohmann::json::object()}};
-                                      }
-                                    });
+  const uint64_t step = upload.record.step;
+  if (absl::Status st =
+          UpdateState(upload.run_dir, [&](UploadState& s) { s.waiting.try_emplace(step); });
       !st.ok()) {
     return st;
   }
@@ -119,19 +104,15 @@ absl::Status Uploader::Enqueue(StepUpload upload) {
 absl::Status Uploader::Recover(const std::string& run_id, const std::string& run_dir,
                                const std::vector<storage::CheckpointRecord>& local,
                                std::optional<uint32_t> rank) {
-  nlohmann::json j = LoadState(run_dir);
-  std::set<uint64_t> waiting, uploaded;
+  const UploadState state = LoadState(run_dir);
+  std::set<uint64_t> waiting;
+  const std::set<uint64_t>& uploaded = state.uploaded;
   std::set<std::string> known_ids;
-  if (j.contains("waiting")) {
-    for (auto& [step, w] : j["waiting"].items()) {
-      waiting.insert(std::stoull(step));
-      for (auto& [name, f] : w["files"].items()) {
-        if (f.contains("upload_id")) known_ids.insert(f["upload_id"].get<std::string>());
-      }
+  for (const auto& [step, w] : state.waiting) {
+    waiting.insert(step);
+    for (const auto& [name, f] : w.files) {
+      if (!f.upload_id.empty()) known_ids.insert(f.upload_id);
     }
-  }
-  if (j.contains("uploaded")) {
-    for (const auto& s : j["uploaded"]) uploaded.insert(s.get<uint64_t>());
   }
   const uint64_t newest_known =
       std::max(waiting.empty() ? 0 : *waiting.rbegin(), uploaded.empty() ? 0 : *uploaded.rbegin());
@@ -147,8 +128,8 @@ absl::Status Uploader::Recover(const std::string& run_id, const std::string& run
   }
   // Steps deleted locally before they were uploaded: nothing to send.
   if (!gone.empty()) {
-    CKPTD_TRY(UpdateState(run_dir, [&](nlohmann::json& s) {
-      for (uint64_t step : gone) s["waiting"].erase(std::to_string(step));
+    CKPTD_TRY(UpdateState(run_dir, [&](UploadState& s) {
+      for (uint64_t step : gone) s.waiting.erase(step);
     }));
     for (uint64_t step : gone) {
       spdlog::info("tier: run={} step={} was deleted locally before its upload; skipped", run_id,
@@ -172,10 +153,10 @@ absl::Status Uploader::Recover(const std::string& run_id, const std::string& run
 }
 
 absl::Status Uploader::AbortStale(const StaleCheck& check) {
-  const std::string prefix = KeyFor(check.run_id, "");
+  const std::string prefix = KeysOf(check.run_id).root();
   return Retry([&]() -> absl::Status {
-    CKPTD_ASSIGN_OR_RETURN(std::vector<S3Upload> open, client_->ListMultipartUploads(prefix));
-    for (const S3Upload& u : open) {
+    CKPTD_ASSIGN_OR_RETURN(std::vector<MultipartUpload> open, store_->ListMultipartUploads(prefix));
+    for (const MultipartUpload& u : open) {
       if (check.known_ids.count(u.upload_id)) continue;
       if (check.rank) {  // a multi-rank run: the other ranks' uploads are other nodes'
         auto parsed = storage::ParseFileName(Base(u.key));
@@ -188,7 +169,7 @@ absl::Status Uploader::AbortStale(const StaleCheck& check) {
       }
       spdlog::info("tier: aborting a stale multipart upload run={} key={} upload_id={}",
                    check.run_id, u.key, u.upload_id);
-      CKPTD_TRY(client_->AbortMultipartUpload(u.key, u.upload_id));
+      CKPTD_TRY(store_->AbortMultipartUpload(u.key, u.upload_id));
     }
     return absl::OkStatus();
   });
@@ -196,11 +177,7 @@ absl::Status Uploader::AbortStale(const StaleCheck& check) {
 
 absl::Status Uploader::MarkUploaded(const std::string& run_id, const std::string& run_dir,
                                     uint64_t step) {
-  CKPTD_TRY(UpdateState(run_dir, [&](nlohmann::json& j) {
-    auto& done = j["uploaded"];
-    if (!done.is_array()) done = nlohmann::json::array();
-    if (std::find(done.begin(), done.end(), step) == done.end()) done.push_back(step);
-  }));
+  CKPTD_TRY(UpdateState(run_dir, [&](UploadState& s) { s.uploaded.insert(step); }));
   absl::MutexLock lock(&mu_);
   run_dirs_[run_id] = run_dir;
   states_[run_id][step] = "uploaded";
@@ -241,7 +218,7 @@ absl::Status Uploader::Retry(const std::function<absl::Status()>& op) {
   while (true) {
     absl::Status st = op();
     if (st.ok() || !IsTransient(st)) {
-      SetHealth(st.ok() || UploadGone(st) ? absl::OkStatus() : st);
+      SetHealth(st.ok() || IsNoSuchUpload(st) ? absl::OkStatus() : st);
       return st;
     }
     SetHealth(st);
@@ -256,18 +233,19 @@ absl::Status Uploader::Retry(const std::function<absl::Status()>& op) {
 absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
                                   const std::string& name, uint64_t size, std::string* key_out,
                                   std::string* etag) {
-  const std::string step = std::to_string(up.record.step);
+  const uint64_t step = up.record.step;
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::RandomAccessFile> file, env_->OpenForRead(path));
   const uint64_t part = settings_.part_size;
   std::string& key = *key_out;
-  key = KeyFor(up.run_id, name);
+  key = KeysOf(up.run_id).Object(name);
   if (size <= part) {
     std::string body(size, '\0');
     CKPTD_ASSIGN_OR_RETURN(size_t n, file->ReadUpTo(0, size, body.data()));
     if (n != size) return absl::DataLossError(StrCat(path, ": shorter than its ", size, " bytes"));
+    const std::string md5 = Md5Hex(body);
     CKPTD_TRY(Retry([&]() -> absl::Status {
-      CKPTD_ASSIGN_OR_RETURN(*etag, client_->Put(key, body));
-      return absl::OkStatus();
+      CKPTD_ASSIGN_OR_RETURN(*etag, store_->Put(key, body, Precondition::kNone, md5));
+      return CheckEtag(StrCat("PUT ", key), *etag, md5);
     }));
     return Verify(key, size, *etag);
   }
@@ -277,36 +255,29 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
     std::string upload_id;
     std::vector<std::string> etags(nparts);
     {
-      nlohmann::json j = LoadState(up.run_dir);
-      const nlohmann::json* f = nullptr;
-      if (j.contains("waiting") && j["waiting"].contains(step) &&
-          j["waiting"][step]["files"].contains(name)) {
-        f = &j["waiting"][step]["files"][name];
+      const UploadState state = LoadState(up.run_dir);
+      const UploadState::FileProgress* f = nullptr;
+      if (auto w = state.waiting.find(step); w != state.waiting.end()) {
+        if (auto it = w->second.files.find(name); it != w->second.files.end()) f = &it->second;
       }
-      if (f && f->value("part_size", uint64_t{0}) == part && f->contains("upload_id")) {
-        upload_id = (*f)["upload_id"].get<std::string>();
+      if (f && f->part_size == part && !f->upload_id.empty()) {
+        upload_id = f->upload_id;
         // The key it was started with (the run's prefix may have changed since).
-        key = f->value("key", key);
-        const auto& parts = (*f)["parts"];
-        for (size_t i = 0; i < std::min(nparts, parts.size()); ++i) {
-          if (parts[i].is_string()) etags[i] = parts[i].get<std::string>();
-        }
+        if (!f->key.empty()) key = f->key;
+        for (size_t i = 0; i < std::min(nparts, f->parts.size()); ++i) etags[i] = f->parts[i];
       }
     }
     if (upload_id.empty()) {
       CKPTD_TRY(Retry([&]() -> absl::Status {
-        CKPTD_ASSIGN_OR_RETURN(upload_id, client_->CreateMultipartUpload(key));
+        CKPTD_ASSIGN_OR_RETURN(upload_id, store_->CreateMultipartUpload(key));
         return absl::OkStatus();
       }));
-      CKPTD_TRY(UpdateState(up.run_dir, [&](nlohmann::json& j) {
-        j["waiting"][step]["files"][name] = {{"upload_id", upload_id},
-                                             {"key", key},
-                                             {"part_size", part},
-                                             {"parts", nlohmann::json::array()}};
+      CKPTD_TRY(UpdateState(up.run_dir, [&](UploadState& s) {
+        s.waiting[step].files[name] = {.upload_id = upload_id, .key = key, .part_size = part};
       }));
     } else {
       spdlog::info("tier: resuming run={} step={} file={} upload_id={} ({} of {} parts done)",
-                   up.run_id, up.record.step, name, upload_id,
+                   up.run_id, step, name, upload_id,
                    std::count_if(etags.begin(), etags.end(), [](auto& e) { return !e.empty(); }),
                    nparts);
     }
@@ -331,16 +302,17 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
         absl::Status st = file->ReadUpTo(offset, n, buffer.data()).status();
         std::string tag;
         if (st.ok()) {
+          const std::string md5 = Md5Hex(buffer);
           st = Retry([&]() -> absl::Status {
             CKPTD_ASSIGN_OR_RETURN(
-                tag, client_->UploadPart(key, upload_id, static_cast<int>(i + 1), buffer));
-            return absl::OkStatus();
+                tag, store_->UploadPart(key, upload_id, static_cast<int>(i + 1), buffer, md5));
+            return CheckEtag(StrCat("upload part ", i + 1, " of ", key), tag, md5);
           });
         }
         if (st.ok()) {
-          st = UpdateState(up.run_dir, [&](nlohmann::json& j) {
-            auto& parts = j["waiting"][step]["files"][name]["parts"];
-            while (parts.size() <= i) parts.push_back(nullptr);
+          st = UpdateState(up.run_dir, [&](UploadState& s) {
+            std::vector<std::string>& parts = s.waiting[step].files[name].parts;
+            if (parts.size() <= i) parts.resize(i + 1);
             parts[i] = tag;
           });
         }
@@ -358,24 +330,23 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
     for (std::thread& t : pool) t.join();
     if (result.ok()) {
       result = Retry([&]() -> absl::Status {
-        CKPTD_ASSIGN_OR_RETURN(*etag, client_->CompleteMultipartUpload(key, upload_id, etags));
-        return absl::OkStatus();
+        CKPTD_ASSIGN_OR_RETURN(*etag, store_->CompleteMultipartUpload(key, upload_id, etags));
+        return CheckEtag(StrCat("complete ", key), *etag, MultipartEtag(etags));
       });
     }
     if (result.ok()) return Verify(key, size, *etag);
-    if (!UploadGone(result) || attempt > 0) return result;
+    if (!IsNoSuchUpload(result) || attempt > 0) return result;
     spdlog::warn("tier: the store forgot upload {} of {}; starting it again", upload_id, key);
-    CKPTD_TRY(UpdateState(up.run_dir,
-                          [&](nlohmann::json& j) { j["waiting"][step]["files"].erase(name); }));
+    CKPTD_TRY(UpdateState(up.run_dir, [&](UploadState& s) { s.waiting[step].files.erase(name); }));
   }
 }
 
 // What the store holds now is what was sent: its size, and its ETag (the
 // MD5 of the bytes, or of the parts' MD5s) equal to the one computed here.
 absl::Status Uploader::Verify(const std::string& key, uint64_t size, const std::string& etag) {
-  std::optional<S3Object> head;
+  std::optional<ObjectInfo> head;
   CKPTD_TRY(Retry([&]() -> absl::Status {
-    CKPTD_ASSIGN_OR_RETURN(head, client_->Head(key));
+    CKPTD_ASSIGN_OR_RETURN(head, store_->Head(key));
     return absl::OkStatus();
   }));
   if (!head) return absl::DataLossError(StrCat("verify ", key, ": the object is not in the store"));
@@ -388,12 +359,12 @@ absl::Status Uploader::Verify(const std::string& key, uint64_t size, const std::
 }
 
 void Uploader::NotifyUploaded(const StepUpload& up, uint64_t bytes, double seconds) {
-  if (!listener_) return;
-  listener_({.type = UploadEventType::kUploaded,
-             .run_id = up.run_id,
-             .step = up.record.step,
-             .bytes = bytes,
-             .seconds = seconds});
+  if (observer_ == nullptr) return;
+  observer_->OnUploadEvent({.type = UploadEventType::kUploaded,
+                            .run_id = up.run_id,
+                            .step = up.record.step,
+                            .bytes = bytes,
+                            .seconds = seconds});
 }
 
 void Uploader::TestPause() {
@@ -416,16 +387,14 @@ absl::Status Uploader::Upload(const Job& job) {
   }
   const bool part = r.world_size > 0;
   const double start = NowSeconds();
-  nlohmann::json metrics = nlohmann::json::object();
-  for (const auto& [name, value] : r.metrics) metrics[name] = value;
-  nlohmann::json manifest = {{"run_id", up.run_id},
-                             {"step", r.step},
-                             {"metrics", std::move(metrics)},
-                             {"uuid", r.uuid},
-                             {"content_digest", r.content_digest},
-                             {"time_utc", r.time_utc},
-                             {"part_size", settings_.part_size},
-                             {"files", nlohmann::json::array()}};
+  const RunKeys keys = KeysOf(up.run_id);
+  StepFacts facts{.run_id = up.run_id,
+                  .step = r.step,
+                  .metrics = r.metrics,
+                  .uuid = r.uuid,
+                  .content_digest = r.content_digest,
+                  .time_utc = r.time_utc,
+                  .part_size = settings_.part_size};
   uint64_t bytes = 0;
   for (const File& f : files) {
     auto st = env_->Stat(f.path);
@@ -436,66 +405,58 @@ absl::Status Uploader::Upload(const Job& job) {
     CKPTD_TRY(UploadFile(up, f.path, f.name, st->size, &key, &etag));
     TestPause();
     bytes += st->size;
-    nlohmann::json entry = {
-        {"name", f.name}, {"key", key}, {"role", f.role}, {"size", st->size}, {"etag", etag}};
-    if (!f.content_digest.empty()) entry["content_digest"] = f.content_digest;
-    if (part) entry["rank"] = r.rank;
-    manifest["files"].push_back(std::move(entry));
+    RemoteFile entry{.name = f.name,
+                     .key = key,
+                     .role = f.role,
+                     .size = st->size,
+                     .etag = etag,
+                     .content_digest = f.content_digest};
+    if (part) entry.rank = r.rank;
+    facts.files.push_back(std::move(entry));
   }
-  if (part) return ReportPart(up, std::move(manifest), bytes, start);
+  if (part) return ReportPart(up, std::move(facts), bytes, start);
   // The commit record of the step in the store, then latest: last.
-  const std::string manifest_name = ManifestName(r.step);
-  const std::string manifest_text = manifest.dump(2);
+  const std::string manifest_key = keys.Manifest(r.step);
+  const std::string manifest_text = StepManifest{.facts = std::move(facts)}.ToJson();
   CKPTD_TRY(Retry([&]() -> absl::Status {
-    return client_->Put(KeyFor(up.run_id, manifest_name), manifest_text).status();
+    return store_->Put(manifest_key, manifest_text, Precondition::kNone, {}).status();
   }));
   TestPause();
-  uint64_t newest = r.step;
-  {
-    nlohmann::json j = LoadState(up.run_dir);
-    if (j.contains("uploaded")) {
-      for (const auto& s : j["uploaded"]) newest = std::max(newest, s.get<uint64_t>());
-    }
-  }
-  if (newest == r.step) {
-    const std::string latest =
-        nlohmann::json{{"step", r.step}, {"manifest", KeyFor(up.run_id, manifest_name)}}.dump();
+  const UploadState before = LoadState(up.run_dir);
+  if (before.uploaded.empty() || *before.uploaded.rbegin() <= r.step) {
+    const std::string latest = LatestRecord{.step = r.step, .manifest = manifest_key}.ToJson();
     CKPTD_TRY(Retry([&]() -> absl::Status {
-      return client_->Put(KeyFor(up.run_id, "latest"), latest).status();
+      return store_->Put(keys.Latest(), latest, Precondition::kNone, {}).status();
     }));
     TestPause();
   }
   std::vector<uint64_t> forgotten;
-  CKPTD_TRY(UpdateState(up.run_dir, [&](nlohmann::json& j) {
-    j["waiting"].erase(std::to_string(r.step));
-    std::set<uint64_t> done;
-    if (j["uploaded"].is_array()) {
-      for (const auto& s : j["uploaded"]) done.insert(s.get<uint64_t>());
-    }
-    done.insert(r.step);
+  CKPTD_TRY(UpdateState(up.run_dir, [&](UploadState& s) {
+    s.waiting.erase(r.step);
+    s.uploaded.insert(r.step);
     // Only what is still asked about: steps still on the node, and the
     // newest (Recover and latest compare with it). The file stays small
     // however long the run.
-    const uint64_t newest_done = *done.rbegin();
-    auto done_json = nlohmann::json::array();
-    for (uint64_t s : done) {
-      if (s == newest_done ||
-          env_->Stat(StrCat(up.run_dir, "/", storage::kWeightsDir, "/", storage::ModelFileName(s)))
-              .ok()) {
-        done_json.push_back(s);
+    const uint64_t newest_done = *s.uploaded.rbegin();
+    for (auto it = s.uploaded.begin(); it != s.uploaded.end();) {
+      const bool keep =
+          *it == newest_done || env_->Stat(StrCat(up.run_dir, "/", storage::kWeightsDir, "/",
+                                                  storage::ModelFileName(*it)))
+                                    .ok();
+      if (keep) {
+        ++it;
       } else {
-        forgotten.push_back(s);
+        forgotten.push_back(*it);
+        it = s.uploaded.erase(it);
       }
     }
-    j["uploaded"] = std::move(done_json);
   }));
   if (!forgotten.empty()) {
     absl::MutexLock lock(&mu_);
     for (uint64_t s : forgotten) states_[up.run_id].erase(s);
   }
   const double seconds = NowSeconds() - start;
-  std::optional<RemoteRules> rules = rules_ ? rules_(up.run_id) : std::nullopt;
-  if (rules ? rules->remote_retention : settings_.remote_retention) {
+  if (RemoteRetentionOf(up.run_id)) {
     auto applied = PlanRemote(up.run_id, /*apply=*/true, /*retry=*/true);
     if (!applied.ok()) {
       spdlog::warn("tier: remote retention run={}: {}", up.run_id, applied.status().message());
@@ -511,43 +472,30 @@ absl::Status Uploader::Upload(const Job& job) {
 // A multi-rank run's part is uploaded: its report for the coordinator
 // (what it holds, where its files went), then the state. The step's
 // manifest and `latest` are the coordinator's to write.
-absl::Status Uploader::ReportPart(const StepUpload& up, nlohmann::json report, uint64_t bytes,
+absl::Status Uploader::ReportPart(const StepUpload& up, StepFacts facts, uint64_t bytes,
                                   double start) {
   const storage::CheckpointRecord& r = up.record;
   CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile header, storage::ReadGgufHeader(env_, r.model_path));
-  report["rank"] = r.rank;
-  report["world_size"] = r.world_size;
-  report["bytes"] = bytes;
+  PartReport report{
+      .facts = std::move(facts), .rank = r.rank, .world_size = r.world_size, .bytes = bytes};
   if (const gguf::Value* count = header.metadata.Find(storage::kSplitTensorsCount)) {
-    if (const auto* n = count->get_if<int32_t>()) report["split_tensors_count"] = *n;
+    if (const auto* n = count->get_if<int32_t>()) report.split_tensors_count = *n;
   }
-  auto tensors = nlohmann::json::array();
   for (const gguf::TensorInfo& t : header.tensors) {
-    nlohmann::json entry = {{"name", t.name}, {"ne", t.ne}};
     CKPTD_ASSIGN_OR_RETURN(std::optional<policy::TensorSlice> slice,
                            storage::ShardSliceOf(header.metadata, t));
-    if (slice) {
-      entry["slice"] = {{"full_ne", slice->full_ne},
-                        {"dim", slice->dim},
-                        {"offset", slice->offset},
-                        {"length", slice->length}};
-    }
-    tensors.push_back(std::move(entry));
+    report.tensors.push_back({.name = t.name, .ne = t.ne, .slice = std::move(slice)});
   }
-  report["tensors"] = std::move(tensors);
-  const std::string text = report.dump(2);
-  CKPTD_TRY(Retry([&]() -> absl::Status {
-    return client_->Put(KeyFor(up.run_id, PartReportName(r.step, r.rank)), text).status();
-  }));
+  const std::string text = report.ToJson();
+  const std::string key = KeysOf(up.run_id).PartReport(r.step, r.rank);
+  CKPTD_TRY(Retry(
+      [&]() -> absl::Status { return store_->Put(key, text, Precondition::kNone, {}).status(); }));
   TestPause();
-  CKPTD_TRY(UpdateState(up.run_dir, [&](nlohmann::json& j) {
-    j["waiting"].erase(std::to_string(r.step));
-    auto& done = j["uploaded"];
-    if (!done.is_array()) done = nlohmann::json::array();
+  CKPTD_TRY(UpdateState(up.run_dir, [&](UploadState& s) {
+    s.waiting.erase(r.step);
     // The newest only: Recover compares with it; older parts were reported.
-    uint64_t newest = r.step;
-    for (const auto& s : done) newest = std::max(newest, s.get<uint64_t>());
-    done = nlohmann::json::array({newest});
+    const uint64_t newest = std::max(r.step, s.uploaded.empty() ? 0 : *s.uploaded.rbegin());
+    s.uploaded = {newest};
   }));
   const double seconds = NowSeconds() - start;
   spdlog::info(
@@ -568,94 +516,99 @@ void Uploader::Forget(const std::string& run_id, const std::string& run_dir, uin
                  queue_.end());
     if (auto it = states_.find(run_id); it != states_.end()) it->second.erase(step);
   }
-  (void)UpdateState(run_dir, [&](nlohmann::json& j) {
-    if (j.contains("waiting")) j["waiting"].erase(std::to_string(step));
-  });
+  (void)UpdateState(run_dir, [&](UploadState& s) { s.waiting.erase(step); });
 }
 
 bool Uploader::RemoteRetentionOf(const std::string& run_id) const {
-  std::optional<RemoteRules> rules = rules_ ? rules_(run_id) : std::nullopt;
+  std::optional<RemoteRules> rules = runs_ ? runs_->RulesOf(run_id) : std::nullopt;
   return rules ? rules->remote_retention : settings_.remote_retention;
 }
 
 absl::StatusOr<std::set<uint64_t>> Uploader::RemoteSteps(const std::string& run_id) {
-  CKPTD_ASSIGN_OR_RETURN(std::vector<S3Object> objects, client_->List(KeyFor(run_id, "")));
+  const RunKeys keys = KeysOf(run_id);
+  CKPTD_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, store_->List(keys.root()));
   std::set<uint64_t> steps;
-  for (const S3Object& o : objects) {
-    if (std::optional<uint64_t> step = ParseManifestName(Base(o.key))) steps.insert(*step);
+  for (const ObjectInfo& o : objects) {
+    std::optional<std::string_view> name = keys.NameOf(o.key);
+    if (!name) continue;
+    if (std::optional<uint64_t> step = ParseManifestName(*name)) steps.insert(*step);
   }
   return steps;
 }
 
-absl::StatusOr<nlohmann::json> Uploader::RemoteManifest(const std::string& run_id, uint64_t step) {
-  const std::string key = KeyFor(run_id, ManifestName(step));
-  CKPTD_ASSIGN_OR_RETURN(std::string text, client_->Get(key));
-  nlohmann::json m = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!m.is_object() || !m.contains("files") || !m["files"].is_array()) {
-    return absl::DataLossError(StrCat(key, " is not a ckptd step manifest"));
-  }
-  return m;
+absl::StatusOr<StepManifest> Uploader::RemoteManifest(const std::string& run_id, uint64_t step) {
+  const std::string key = KeysOf(run_id).Manifest(step);
+  CKPTD_ASSIGN_OR_RETURN(std::string text, store_->Get(key));
+  return StepManifest::Parse(text, key);
 }
 
 absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool apply, bool retry) {
   RemotePlan out;
   auto call = [&](const std::function<absl::Status()>& op) { return retry ? Retry(op) : op(); };
-  std::optional<RemoteRules> rules = rules_ ? rules_(run_id) : std::nullopt;
+  std::optional<RemoteRules> rules = runs_ ? runs_->RulesOf(run_id) : std::nullopt;
   if (!rules) return absl::NotFoundError(StrCat("run '", run_id, "' is not known to this daemon"));
-  const std::string prefix = KeyFor(run_id, "");
-  std::vector<S3Object> objects;
+  const RunKeys keys = KeysOf(run_id);
+  std::vector<ObjectInfo> objects;
   CKPTD_TRY(call([&]() -> absl::Status {
-    CKPTD_ASSIGN_OR_RETURN(objects, client_->List(prefix));
+    CKPTD_ASSIGN_OR_RETURN(objects, store_->List(keys.root()));
     return absl::OkStatus();
   }));
   // Each step with a manifest, and the keys its manifest names (the
   // manifest's own key last).
-  std::map<uint64_t, std::vector<std::string>> keys;
+  std::map<uint64_t, std::vector<std::string>> step_keys;
   policy::RetentionInputs in;
   in.now_s = NowSeconds();
-  for (const S3Object& o : objects) {
-    if (!o.key.ends_with(".manifest.json")) continue;
+  for (const ObjectInfo& o : objects) {
+    std::optional<std::string_view> name = keys.NameOf(o.key);
+    if (!name || !ParseManifestName(*name)) continue;
     // A manifest is read once: the listing's ETag says whether it changed.
-    nlohmann::json m;
+    std::optional<StepManifest> m;
     {
       absl::MutexLock lock(&mu_);
       if (auto it = manifests_.find(o.key); it != manifests_.end() && it->second.first == o.etag) {
         m = it->second.second;
       }
     }
-    if (m.is_null()) {
+    if (!m) {
       std::string text;
-      CKPTD_TRY(call([&]() -> absl::Status {
-        CKPTD_ASSIGN_OR_RETURN(text, client_->Get(o.key));
+      absl::Status got = call([&]() -> absl::Status {
+        CKPTD_ASSIGN_OR_RETURN(text, store_->Get(o.key));
         return absl::OkStatus();
-      }));
-      m = nlohmann::json::parse(text, nullptr, false);
+      });
+      if (absl::IsNotFound(got)) continue;  // deleted since the listing
+      CKPTD_TRY(got);
+      absl::StatusOr<StepManifest> parsed = StepManifest::Parse(text, o.key);
+      if (!parsed.ok()) {
+        // Not ours to judge (damaged, or a newer ckptd's): kept, and said so.
+        spdlog::warn("tier: remote retention run={}: {}; that step is kept", run_id,
+                     parsed.status().message());
+        continue;
+      }
+      m = *std::move(parsed);
       absl::MutexLock lock(&mu_);
-      manifests_[o.key] = {o.etag, m};
+      manifests_[o.key] = {o.etag, *m};
     }
-    if (!m.is_object() || !m.contains("step") || !m.contains("files")) continue;
-    policy::CheckpointFacts f{.step = m["step"].get<uint64_t>(),
-                              .time_s = ParseUtc(m.value("time_utc", ""))};
-    std::vector<std::string>& names = keys[f.step];
-    for (const auto& file : m["files"]) {
-      f.bytes += file.value("size", uint64_t{0});
-      names.push_back(file["key"].get<std::string>());
-    }
+    policy::CheckpointFacts f{
+        .step = m->facts.step, .bytes = m->bytes(), .time_s = ParseUtc(m->facts.time_utc)};
+    std::vector<std::string>& names = step_keys[f.step];
+    for (const RemoteFile& file : m->facts.files) names.push_back(file.key);
     names.push_back(o.key);
-    if (m.contains("metrics") && m["metrics"].contains(rules->policy.metric)) {
-      f.metric = m["metrics"][rules->policy.metric].get<double>();
+    if (auto metric = m->facts.metrics.find(rules->policy.metric);
+        metric != m->facts.metrics.end()) {
+      f.metric = metric->second;
     }
     if (auto pin = rules->pins.find(f.step); pin != rules->pins.end()) f.pin = pin->second;
     in.checkpoints.push_back(std::move(f));
   }
   std::string latest_text;
   absl::Status got = call([&]() -> absl::Status {
-    CKPTD_ASSIGN_OR_RETURN(latest_text, client_->Get(KeyFor(run_id, "latest")));
+    CKPTD_ASSIGN_OR_RETURN(latest_text, store_->Get(keys.Latest()));
     return absl::OkStatus();
   });
   if (got.ok()) {
-    nlohmann::json l = nlohmann::json::parse(latest_text, nullptr, false);
-    if (l.is_object() && l.contains("step")) in.latest_step = l["step"].get<uint64_t>();
+    absl::StatusOr<LatestRecord> latest = LatestRecord::Parse(latest_text, keys.Latest());
+    if (!latest.ok()) return latest.status();  // cannot tell which step to protect: delete nothing
+    in.latest_step = latest->step;
   } else if (!absl::IsNotFound(got)) {
     return got;
   }
@@ -687,20 +640,17 @@ absl::StatusOr<RemotePlan> Uploader::PlanRemote(const std::string& run_id, bool 
         in.in_flight.count(d.step)) {
       continue;  // the protections, checked again before each delete
     }
-    std::vector<std::string> names = keys[d.step];
+    std::vector<std::string> names = step_keys[d.step];
     const std::string manifest = names.back();
     names.pop_back();
-    CKPTD_TRY(call([&] { return client_->Delete({manifest}); }));
+    CKPTD_TRY(call([&] { return store_->Delete({manifest}); }));
     {
       absl::MutexLock lock(&mu_);
       manifests_.erase(manifest);
     }
-    CKPTD_TRY(call([&] { return client_->Delete(names); }));
+    CKPTD_TRY(call([&] { return store_->Delete(names); }));
     if (!run_dir.empty()) {
-      (void)UpdateState(run_dir, [&](nlohmann::json& j) {
-        auto& done = j["uploaded"];
-        if (done.is_array()) done.erase(std::remove(done.begin(), done.end(), d.step), done.end());
-      });
+      (void)UpdateState(run_dir, [&](UploadState& s) { s.uploaded.erase(d.step); });
     }
     out.deleted.push_back(d.step);
     spdlog::info("tier: remote retention deleted run={} step={} ({})", run_id, d.step, d.reason);
@@ -754,15 +704,15 @@ void Uploader::Loop() {
     }
     if (absl::IsCancelled(st) && stopping()) return;  // resumes at the next start
     if (absl::IsNotFound(st) && st.message().find("deleted locally") != std::string_view::npos) {
-      (void)UpdateState(job.upload.run_dir, [&](nlohmann::json& j) {
-        j["waiting"].erase(std::to_string(job.upload.record.step));
-      });
+      (void)UpdateState(job.upload.run_dir,
+                        [&](UploadState& s) { s.waiting.erase(job.upload.record.step); });
       if (const storage::CheckpointRecord& r = job.upload.record; r.world_size > 0) {
         // A multi-rank part removed (its step aborted) while it was going
         // up: what already reached the store goes too.
-        (void)client_->Delete(
-            {KeyFor(job.upload.run_id, Base(r.model_path)),
-             KeyFor(job.upload.run_id, storage::PartTrainFileName(r.step, r.rank, r.world_size))});
+        const RunKeys keys = KeysOf(job.upload.run_id);
+        (void)store_->Delete(
+            {keys.Object(Base(r.model_path)),
+             keys.Object(storage::PartTrainFileName(r.step, r.rank, r.world_size))});
       }
       absl::MutexLock lock(&mu_);
       states_[job.upload.run_id].erase(job.upload.record.step);
@@ -772,11 +722,11 @@ void Uploader::Loop() {
     spdlog::error("tier: upload failed run={} step={}: {} (tried again in {:g}s)",
                   job.upload.run_id, job.upload.record.step, st.message(),
                   settings_.failed_retry_s);
-    if (listener_) {
-      listener_({.type = UploadEventType::kFailed,
-                 .run_id = job.upload.run_id,
-                 .step = job.upload.record.step,
-                 .error = std::string(st.message())});
+    if (observer_ != nullptr) {
+      observer_->OnUploadEvent({.type = UploadEventType::kFailed,
+                                .run_id = job.upload.run_id,
+                                .step = job.upload.record.step,
+                                .error = std::string(st.message())});
     }
     absl::MutexLock lock(&mu_);
     states_[job.upload.run_id][job.upload.record.step] = StrCat("failed: ", st.message());

@@ -25,6 +25,10 @@
 // bucket) fails the step's upload (UPLOAD_FAILED), marks the tier
 // unhealthy, and the step is tried again later. Local saves never wait.
 //
+// The runs above it answer through TierRuns (prefixes, retention rules) and
+// hear of each upload through UploadObserver: interfaces, so the uploader
+// knows nothing of runs' locks. Every store call goes through ObjectStore.
+//
 // Thread-safety: every public method may be called from any thread.
 #pragma once
 
@@ -33,7 +37,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
@@ -45,7 +48,9 @@
 #include "daemon/env/env.h"
 #include "daemon/policy/retention.h"
 #include "daemon/storage/checkpoint.h"
-#include "daemon/tier/s3_client.h"
+#include "daemon/tier/object_store.h"
+#include "daemon/tier/remote_keys.h"
+#include "daemon/tier/remote_records.h"
 
 namespace ckptd::tier {
 
@@ -66,8 +71,6 @@ struct TierSettings {
   // step, so a reader polling the store sees every intermediate state.
   double test_pause_s = 0;
 };
-
-inline constexpr const char* kUploadStateFile = "ckptd-uploads.json";
 
 // What one step's upload carries, from its commit.
 struct StepUpload {
@@ -96,6 +99,23 @@ struct RemoteRules {
   std::map<uint64_t, std::string> pins;
 };
 
+// What the tier asks of the runs above it (the replication layer answers).
+class TierRuns {
+ public:
+  virtual ~TierRuns() = default;
+  // The run's key prefix; nullopt for a run not known (the daemon's applies).
+  virtual std::optional<std::string> PrefixOf(const std::string& run_id) const = 0;
+  // How the run's remote copies are judged; nullopt: not known (left alone).
+  virtual std::optional<RemoteRules> RulesOf(const std::string& run_id) const = 0;
+};
+
+// Told of every step uploaded, or whose upload failed (on the upload thread).
+class UploadObserver {
+ public:
+  virtual ~UploadObserver() = default;
+  virtual void OnUploadEvent(const UploadEvent& e) = 0;
+};
+
 struct RemotePlan {
   std::string policy;                                // described, or why everything is kept
   std::vector<policy::RetentionDecision> decisions;  // ascending step
@@ -104,20 +124,13 @@ struct RemotePlan {
 
 class Uploader {
  public:
-  using Listener = std::function<void(const UploadEvent&)>;
-  // nullopt: the run is not known (its copies are left alone).
-  using RulesFn = std::function<std::optional<RemoteRules>(const std::string& run_id)>;
-  Uploader(env::Env* env, std::unique_ptr<S3Client> client, TierSettings settings,
-           Listener listener);
+  // `store`, `runs` and `observer` must outlive the uploader; `observer`
+  // may be null.
+  Uploader(env::Env* env, ObjectStore* store, TierSettings settings, const TierRuns* runs,
+           UploadObserver* observer);
   ~Uploader();
   Uploader(const Uploader&) = delete;
   Uploader& operator=(const Uploader&) = delete;
-
-  void SetRules(RulesFn rules) { rules_ = std::move(rules); }
-  // A run's key prefix alone (asked for every object's key; cheaper than
-  // the rules). Unset or nullopt: the rules' prefix, else the daemon's.
-  using PrefixFn = std::function<std::optional<std::string>(const std::string& run_id)>;
-  void SetPrefix(PrefixFn prefix) { prefix_ = std::move(prefix); }
 
   // The run's retention over its remote copies (the steps with a manifest).
   // With `apply`, deletes what it drops: a step's manifest first (so no
@@ -131,7 +144,7 @@ class Uploader {
   // (NOT_FOUND when it has none). One attempt each: a caller waiting on an
   // answer gets UNAVAILABLE rather than a retry loop.
   absl::StatusOr<std::set<uint64_t>> RemoteSteps(const std::string& run_id);
-  absl::StatusOr<nlohmann::json> RemoteManifest(const std::string& run_id, uint64_t step);
+  absl::StatusOr<StepManifest> RemoteManifest(const std::string& run_id, uint64_t step);
 
   // A step fetched back from the store into `run_dir`: recorded as
   // uploaded, so it is not sent again.
@@ -168,12 +181,10 @@ class Uploader {
   // "uploaded", "uploading", "queued", "failed: ..." or "" (not for the tier).
   std::string StateOf(const std::string& run_id, uint64_t step) const;
   size_t queue_depth() const;
-  // The key of a run's object: <the run's prefix>/<run>/<name>.
-  std::string KeyFor(const std::string& run_id, const std::string& name) const;
-  // The run's key prefix (the daemon's unless the run overrides it).
-  std::string PrefixOf(const std::string& run_id) const;
+  // The run's keys under its prefix (the daemon's unless the run overrides it).
+  RunKeys KeysOf(const std::string& run_id) const;
   const TierSettings& settings() const { return settings_; }
-  S3Client& client() { return *client_; }
+  ObjectStore& store() { return *store_; }
 
  private:
   struct Job {
@@ -188,8 +199,7 @@ class Uploader {
   void Loop();
   absl::Status AbortStale(const StaleCheck& check);
   absl::Status Upload(const Job& job);
-  absl::Status ReportPart(const StepUpload& up, nlohmann::json report, uint64_t bytes,
-                          double start);
+  absl::Status ReportPart(const StepUpload& up, StepFacts facts, uint64_t bytes, double start);
   // Uploads one file of a step; `key` is where it went (a resumed upload
   // keeps the key it was started with).
   absl::Status UploadFile(const StepUpload& up, const std::string& path, const std::string& name,
@@ -199,8 +209,8 @@ class Uploader {
   absl::Status Verify(const std::string& key, uint64_t size, const std::string& etag);
   // Read-modify-write of a run's state file.
   absl::Status UpdateState(const std::string& run_dir,
-                           const std::function<void(nlohmann::json&)>& change);
-  nlohmann::json LoadState(const std::string& run_dir);
+                           const std::function<void(UploadState&)>& change);
+  UploadState LoadState(const std::string& run_dir);
   // Runs `op` until it succeeds, fails permanently, or the uploader stops;
   // transient failures are retried with backoff and make the tier unhealthy.
   absl::Status Retry(const std::function<absl::Status()>& op);
@@ -208,11 +218,10 @@ class Uploader {
   bool stopping() const;
 
   env::Env* env_;
-  std::unique_ptr<S3Client> client_;
+  ObjectStore* store_;
   TierSettings settings_;
-  Listener listener_;
-  RulesFn rules_;
-  PrefixFn prefix_;
+  const TierRuns* runs_;
+  UploadObserver* observer_;
 
   mutable absl::Mutex mu_;
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
@@ -221,7 +230,7 @@ class Uploader {
   std::map<std::string, std::string> run_dirs_ ABSL_GUARDED_BY(mu_);
   Health health_ ABSL_GUARDED_BY(mu_);
   // Remote manifests read by PlanRemote, by key: {ETag, parsed}.
-  std::map<std::string, std::pair<std::string, nlohmann::json>> manifests_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::pair<std::string, StepManifest>> manifests_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::CondVar cv_;
   // Serializes read-modify-write of the runs' state files (never held

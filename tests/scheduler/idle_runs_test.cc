@@ -8,6 +8,7 @@
 #include "daemon/base/time.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_pipeline.h"
+#include "tests/scheduler/run_test_peer.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -17,6 +18,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using Peer = RunTestPeer;
 
 RunSettings Settings(const std::string& description) {
   RunSettings s;
@@ -27,36 +29,37 @@ RunSettings Settings(const std::string& description) {
   return s;
 }
 
-class IdleRunsTest : public ::testing::Test {
+class IdleRunsTest : public ::testing::Test, public SettingsStore {
  protected:
   IdleRunsTest()
       : registry_(env::Env::Default(), {std::filesystem::canonical(tmp_.path()).string()},
                   policy::Schedule{.every_steps = 1000}, DaemonFacts{}) {
-    registry_.SetSettingsStore(
-        {.reload = [this](const scheduler::Run&) -> absl::StatusOr<RunSettings> {
-           ++reloads_;
-           if (!reload_error_.ok()) return reload_error_;
-           return Settings("from disk");
-         },
-         .unloaded = [this](const scheduler::Run& run) { unloaded_.push_back(run.id()); }});
+    registry_.SetSettingsStore(this);
     bool resumed = false;
     auto run = registry_.Open("r", "", Settings("opened"), &resumed);
     EXPECT_OK(run.status());
     run_ = *run;
   }
 
+  absl::StatusOr<RunSettings> Reload(const scheduler::Run&) override {
+    ++reloads_;
+    if (!reload_error_.ok()) return reload_error_;
+    return Settings("from disk");
+  }
+  void Unloaded(const scheduler::Run& run) override { unloaded_.push_back(run.id()); }
+
   std::string Description() {
-    absl::MutexLock lock(&run_->mu());
-    const gguf::Value* v = run_->settings->model_metadata.Find("general.description");
+    absl::MutexLock lock(&Peer::mu(*run_));
+    const gguf::Value* v = Peer::settings(*run_)->model_metadata.Find("general.description");
     const std::string* text = v == nullptr ? nullptr : v->get_if<std::string>();
     return text == nullptr ? "" : *text;
   }
   bool Unloaded() {
-    absl::MutexLock lock(&run_->mu());
-    return run_->settings_unloaded;
+    absl::MutexLock lock(&Peer::mu(*run_));
+    return Peer::settings_unloaded(*run_);
   }
   absl::Status Ensure() {
-    absl::MutexLock save(&run_->save_mu());
+    absl::MutexLock save(&Peer::save_mu(*run_));
     return registry_.EnsureSettings(*run_);
   }
 
@@ -75,8 +78,8 @@ TEST_F(IdleRunsTest, AnIdleRunKeepsItsPoliciesAndNamesButNotItsMetadata) {
   EXPECT_THAT(unloaded_, ElementsAre("r"));
   EXPECT_TRUE(Unloaded());
   {
-    absl::MutexLock lock(&run_->mu());
-    const RunSettings& s = *run_->settings;
+    absl::MutexLock lock(&Peer::mu(*run_));
+    const RunSettings& s = *Peer::settings(*run_);
     EXPECT_EQ(s.model_metadata.size(), 0u);
     EXPECT_EQ(s.provenance.size(), 0u);
     ASSERT_EQ(s.exports.size(), 1u);
@@ -117,8 +120,8 @@ TEST_F(IdleRunsTest, SettingsThatCannotBeReadBackSayToReopen) {
 
 TEST_F(IdleRunsTest, ShouldSaveCountsAsActivity) {
   {
-    absl::MutexLock lock(&run_->mu());
-    run_->reference_time_s = run_->last_active_s = 0;  // long ago
+    absl::MutexLock lock(&Peer::mu(*run_));
+    Peer::reference_time_s(*run_) = Peer::last_active_s(*run_) = 0;  // long ago
   }
   SavePipeline pipeline(&registry_, nullptr);
   ASSERT_OK(pipeline.ShouldSave("r", 1).status());
@@ -132,8 +135,8 @@ TEST_F(IdleRunsTest, ShouldSaveCountsAsActivity) {
 // finished run stays finished.
 TEST_F(IdleRunsTest, AnOpenRunNobodyUsesIsIdleUntilItsNextCall) {
   auto state = [&] {
-    absl::MutexLock lock(&run_->mu());
-    return run_->state;
+    absl::MutexLock lock(&Peer::mu(*run_));
+    return Peer::state(*run_);
   };
   const double now = NowSeconds();
   EXPECT_EQ(state(), RunState::kOpen);
@@ -148,9 +151,9 @@ TEST_F(IdleRunsTest, AnOpenRunNobodyUsesIsIdleUntilItsNextCall) {
   registry_.UnloadIdle(60, NowSeconds() + 61);
   EXPECT_EQ(state(), RunState::kIdle);
   {
-    absl::MutexLock lock(&run_->mu());
-    run_->state = RunState::kFinished;
-    run_->MarkActive(NowSeconds());
+    absl::MutexLock lock(&Peer::mu(*run_));
+    Peer::state(*run_) = RunState::kFinished;
+    Peer::MarkActive(*run_, NowSeconds());
   }
   registry_.UnloadIdle(60, NowSeconds() + 61);
   EXPECT_EQ(state(), RunState::kFinished);
@@ -159,25 +162,25 @@ TEST_F(IdleRunsTest, AnOpenRunNobodyUsesIsIdleUntilItsNextCall) {
 TEST_F(IdleRunsTest, ASaveInProgressKeepsTheSettings) {
   const double later = NowSeconds() + 61;
   {
-    absl::MutexLock save(&run_->save_mu());  // a save holds it from admission to commit
+    absl::MutexLock save(&Peer::save_mu(*run_));  // a save holds it from admission to commit
     EXPECT_THAT(registry_.UnloadIdle(60, later), IsEmpty());
   }
   {
-    absl::MutexLock lock(&run_->mu());
-    run_->in_flight.insert(5);  // a step being written
+    absl::MutexLock lock(&Peer::mu(*run_));
+    Peer::in_flight(*run_).insert(5);  // a step being written
   }
   EXPECT_THAT(registry_.UnloadIdle(60, later), IsEmpty());
   {
-    absl::MutexLock lock(&run_->mu());
-    run_->in_flight.clear();
+    absl::MutexLock lock(&Peer::mu(*run_));
+    Peer::in_flight(*run_).clear();
   }
   EXPECT_THAT(registry_.UnloadIdle(60, later), ElementsAre("r"));
 }
 
 TEST_F(IdleRunsTest, ARunWithTheDaemonsDefaultsHasNothingToUnload) {
   for (const auto& run : registry_.List()) {
-    absl::MutexLock lock(&run->mu());
-    run->settings.reset();  // as a run found on disk and never opened
+    absl::MutexLock lock(&Peer::mu(*run));
+    Peer::settings(*run).reset();  // as a run found on disk and never opened
   }
   EXPECT_THAT(registry_.UnloadIdle(60, NowSeconds() + 61), IsEmpty());
 }

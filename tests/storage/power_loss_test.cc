@@ -1,7 +1,7 @@
 // Power loss at every env call of the commit path (leveldb's fault-injection
 // discipline, with reordered directory updates): for each scenario, a save
 // is cut off after its Kth mutating call, every subset of the directory
-// changes not yet fsynced is allowed to survive, and DESIGN.md's invariants
+// changes not yet fsynced is allowed to survive, and ARCHITECTURE.md's invariants
 // are checked on the raw disk and again after recovery:
 //   1. every step_N.gguf present is complete (byte-equal to a verified version)
 //   2. `latest`, when present, names a complete checkpoint; after recovery, the newest

@@ -1,5 +1,5 @@
 // RunDir: the commit protocol, `latest`, overwrite rules and recovery, with
-// faults injected at each step (invariants 1, 2 and 4 of DESIGN.md).
+// faults injected at each step (invariants 1, 2 and 4 of ARCHITECTURE.md).
 #include "daemon/storage/run_dir.h"
 
 #include <gmock/gmock.h>

@@ -1,5 +1,5 @@
 // S3 requests over libcurl: signing, hashing, XML answers, error mapping.
-#include "daemon/tier/s3_client.h"
+#include "daemon/tier/s3_store.h"
 
 #include <curl/curl.h>
 #include <fmt/format.h>
@@ -13,27 +13,21 @@
 #include <memory>
 #include <mutex>
 
+#include "absl/strings/ascii.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/base/time.h"
+#include "daemon/tier/sigv4.h"
 
 namespace ckptd::tier {
 namespace {
 
-std::string Hex(const unsigned char* p, size_t n) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out(n * 2, '0');
-  for (size_t i = 0; i < n; ++i) {
-    out[2 * i] = kDigits[p[i] >> 4];
-    out[2 * i + 1] = kDigits[p[i] & 15];
-  }
-  return out;
-}
-
-std::string Digest(const EVP_MD* md, std::string_view data, bool hex) {
+// The binary digest (Content-MD5 is its base64).
+std::string Digest(const EVP_MD* md, std::string_view data) {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   EVP_Digest(data.data(), data.size(), out, &n, md, nullptr);
-  return hex ? Hex(out, n) : std::string(reinterpret_cast<char*>(out), n);
+  return std::string(reinterpret_cast<char*>(out), n);
 }
 
 std::string Base64(std::string_view bin) {
@@ -168,23 +162,6 @@ absl::Status HttpError(const std::string& what, long status, const std::string& 
 
 }  // namespace
 
-bool IsTransient(const absl::Status& st) {
-  return absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st);
-}
-
-std::string Md5Hex(std::string_view data) { return Digest(EVP_md5(), data, true); }
-std::string Sha256Hex(std::string_view data) { return Digest(EVP_sha256(), data, true); }
-
-std::string MultipartEtag(const std::vector<std::string>& part_md5_hex) {
-  std::string bin;
-  for (const std::string& hex : part_md5_hex) {
-    for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-      bin.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-    }
-  }
-  return StrCat(Md5Hex(bin), "-", part_md5_hex.size());
-}
-
 std::string UriEncode(std::string_view s, bool keep_slash) {
   std::string out;
   for (unsigned char c : s) {
@@ -198,22 +175,35 @@ std::string UriEncode(std::string_view s, bool keep_slash) {
   return out;
 }
 
-S3Client::S3Client(S3Config config) : config_(std::move(config)) {
+S3Store::S3Store(S3Config config) : config_(std::move(config)) {
   while (!config_.endpoint.empty() && config_.endpoint.back() == '/') config_.endpoint.pop_back();
+  // The Host header as curl sends it: the authority, without a default port.
+  std::string_view authority = config_.endpoint;
+  const bool https = authority.starts_with("https://");
+  if (const size_t scheme = authority.find("://"); scheme != std::string_view::npos) {
+    authority.remove_prefix(scheme + 3);
+  }
+  host_ = std::string(authority.substr(0, authority.find('/')));
+  const std::string_view default_port = https ? ":443" : ":80";
+  if (host_.ends_with(default_port)) host_.resize(host_.size() - default_port.size());
 }
 
-std::string S3Client::Url(const std::string& key, const std::string& query) const {
-  std::string url = StrCat(config_.endpoint, "/", UriEncode(config_.bucket, false));
-  if (!key.empty()) StrAppend(&url, "/", UriEncode(key, true));
+std::string S3Store::Path(const std::string& key) const {
+  std::string path = StrCat("/", UriEncode(config_.bucket, false));
+  if (!key.empty()) StrAppend(&path, "/", UriEncode(key, true));
+  return path;
+}
+
+std::string S3Store::Url(const std::string& key, const std::string& query) const {
+  std::string url = StrCat(config_.endpoint, Path(key));
   if (!query.empty()) StrAppend(&url, "?", query);
   return url;
 }
 
-absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const std::string& key,
-                                                     const std::string& query,
-                                                     std::string_view body,
-                                                     const std::vector<std::string>& headers,
-                                                     std::string_view md5_raw) {
+absl::StatusOr<S3Store::Response> S3Store::Request(const char* method, const std::string& key,
+                                                   const std::string& query, std::string_view body,
+                                                   const std::vector<std::string>& headers,
+                                                   std::string_view md5_raw) {
   CURL* h = ThreadHandle();
   if (h == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
   curl_easy_reset(h);
@@ -228,10 +218,6 @@ absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const s
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME,
                    std::max(1L, static_cast<long>(std::lround(config_.stall_timeout_s))));
-  const std::string sigv4 = StrCat("aws:amz:", config_.region, ":s3");
-  curl_easy_setopt(h, CURLOPT_AWS_SIGV4, sigv4.c_str());
-  curl_easy_setopt(h, CURLOPT_USERNAME, config_.access_key.c_str());
-  curl_easy_setopt(h, CURLOPT_PASSWORD, config_.secret_key.c_str());
   const std::string_view m(method);
   if (m == "HEAD") {
     curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
@@ -240,19 +226,38 @@ absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const s
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
   }
-  curl_slist* list = nullptr;
-  const std::string sha = StrCat("x-amz-content-sha256: ", Sha256Hex(body));
-  list = curl_slist_append(list, sha.c_str());
-  std::string md5;
+  // Signed here (sigv4.h): host, the payload's SHA-256, the date, the
+  // Content-MD5 and every header the request adds.
+  const std::string payload_sha = Sha256Hex(body);
+  const std::string amz_date = AmzDate(NowSeconds());
+  SigV4Request signing{
+      .method = method,
+      .canonical_uri = Path(key),
+      .canonical_query = query,
+      .headers = {{"host", host_}, {"x-amz-content-sha256", payload_sha}, {"x-amz-date", amz_date}},
+      .payload_sha256_hex = payload_sha,
+      .amz_date = amz_date};
+  std::vector<std::string> sent = {StrCat("x-amz-content-sha256: ", payload_sha),
+                                   StrCat("x-amz-date: ", amz_date),
+                                   "Content-Type: application/octet-stream"};
   if (!body.empty()) {
-    md5 = StrCat("Content-MD5: ",
-                 Base64(md5_raw.empty() ? Digest(EVP_md5(), body, false) : std::string(md5_raw)));
-    list = curl_slist_append(list, md5.c_str());
+    const std::string md5 =
+        Base64(md5_raw.empty() ? Digest(EVP_md5(), body) : std::string(md5_raw));
+    signing.headers["content-md5"] = md5;
+    sent.push_back(StrCat("Content-MD5: ", md5));
   }
-  list = curl_slist_append(list, "Content-Type: application/octet-stream");
-  // No "Expect:" override: curl would sign the empty header it never
-  // sends (RGW answers SignatureDoesNotMatch); RGW answers 100-continue.
-  for (const std::string& extra : headers) list = curl_slist_append(list, extra.c_str());
+  for (const std::string& extra : headers) {
+    const size_t colon = extra.find(':');
+    std::string name = extra.substr(0, colon);
+    std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+    signing.headers[name] = std::string(absl::StripAsciiWhitespace(extra.substr(colon + 1)));
+    sent.push_back(extra);
+  }
+  sent.push_back(StrCat("Authorization: ", SignV4(signing, {.access_key = config_.access_key,
+                                                            .secret_key = config_.secret_key,
+                                                            .region = config_.region})));
+  curl_slist* list = nullptr;
+  for (const std::string& line : sent) list = curl_slist_append(list, line.c_str());
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
   Response r;
   HeaderSink sink;
@@ -278,7 +283,7 @@ absl::StatusOr<S3Client::Response> S3Client::Request(const char* method, const s
   return r;
 }
 
-absl::Status S3Client::CreateBucket() {
+absl::Status S3Store::CreateBucket() {
   auto r = Request("PUT", "", "", "");
   if (!r.ok() && r.status().message().find("BucketAlreadyOwnedByYou") != std::string_view::npos) {
     return absl::OkStatus();
@@ -286,24 +291,38 @@ absl::Status S3Client::CreateBucket() {
   return r.status();
 }
 
-absl::StatusOr<std::string> S3Client::PutChecked(const std::string& what, const std::string& key,
-                                                 const std::string& query, std::string_view body) {
-  const std::string md5 = Digest(EVP_md5(), body, false);
-  auto r = Request("PUT", key, query, body, {}, md5);
-  if (!r.ok()) return r.status();
-  const std::string want = Hex(reinterpret_cast<const unsigned char*>(md5.data()), md5.size());
-  if (r->etag != want) {
-    return absl::DataLossError(
-        StrCat(what, ": the store's ETag ", r->etag, " is not the MD5 sent, ", want));
+namespace {
+
+// The binary MD5 of a body from its hex form, or computed when not given.
+std::string RawMd5(std::string_view body, std::string_view md5_hex) {
+  if (md5_hex.size() != 2 * 16) return Digest(EVP_md5(), body);
+  std::string raw;
+  for (size_t i = 0; i < md5_hex.size(); i += 2) {
+    raw.push_back(static_cast<char>(std::stoi(std::string(md5_hex.substr(i, 2)), nullptr, 16)));
   }
-  return r->etag;
+  return raw;
 }
 
-absl::StatusOr<std::string> S3Client::Put(const std::string& key, std::string_view body) {
-  return PutChecked(StrCat("PUT ", key), key, "", body);
+}  // namespace
+
+std::string S3Store::UrlOf(const std::string& key) const {
+  return StrCat("s3://", config_.bucket, "/", key);
 }
 
-absl::StatusOr<std::string> S3Client::CreateMultipartUpload(const std::string& key) {
+absl::StatusOr<std::string> S3Store::Put(const std::string& key, std::string_view body,
+                                         Precondition pre, std::string_view md5_hex) {
+  std::vector<std::string> headers;
+  if (pre == Precondition::kIfAbsent) headers.push_back("If-None-Match: *");
+  auto r = Request("PUT", key, "", body, headers, RawMd5(body, md5_hex));
+  if (r.ok()) return r->etag;
+  if (pre == Precondition::kIfAbsent &&
+      r.status().message().find("HTTP 412") != std::string::npos) {
+    return absl::AlreadyExistsError(r.status().message());
+  }
+  return r.status();
+}
+
+absl::StatusOr<std::string> S3Store::CreateMultipartUpload(const std::string& key) {
   auto r = Request("POST", key, "uploads=", "");
   if (!r.ok()) return r.status();
   XmlDoc doc = ParseXml(r->body);
@@ -315,15 +334,46 @@ absl::StatusOr<std::string> S3Client::CreateMultipartUpload(const std::string& k
   return id;
 }
 
-absl::StatusOr<std::string> S3Client::UploadPart(const std::string& key,
-                                                 const std::string& upload_id, int part_number,
-                                                 std::string_view body) {
-  return PutChecked(StrCat("upload part ", part_number, " of ", key), key,
-                    StrCat("partNumber=", part_number, "&uploadId=", UriEncode(upload_id, false)),
-                    body);
+absl::StatusOr<std::string> S3Store::UploadPart(const std::string& key,
+                                                const std::string& upload_id, int part_number,
+                                                std::string_view body, std::string_view md5_hex) {
+  auto r = Request("PUT", key,
+                   StrCat("partNumber=", part_number, "&uploadId=", UriEncode(upload_id, false)),
+                   body, {}, RawMd5(body, md5_hex));
+  if (!r.ok()) return r.status();
+  return r->etag;
 }
 
-absl::StatusOr<std::string> S3Client::CompleteMultipartUpload(
+absl::StatusOr<std::string> S3Store::UploadPartCopy(const std::string& key,
+                                                    const std::string& upload_id, int part_number,
+                                                    const std::string& source_key,
+                                                    ByteRange range) {
+  if (range.length == 0) {
+    return absl::InvalidArgumentError(
+        StrCat("copy part ", part_number, " of ", key, " from ", source_key, ": an empty range"));
+  }
+  auto r = Request(
+      "PUT", key, StrCat("partNumber=", part_number, "&uploadId=", UriEncode(upload_id, false)), "",
+      {StrCat("x-amz-copy-source: /", UriEncode(config_.bucket, false), "/",
+              UriEncode(source_key, true)),
+       StrCat("x-amz-copy-source-range: bytes=", range.offset, "-",
+              range.offset + range.length - 1)});
+  if (!r.ok()) return r.status();
+  // S3 may answer 200 with an <Error> body when a copy fails late.
+  XmlDoc doc = ParseXml(r->body);
+  xmlNode* root = doc ? xmlDocGetRootElement(doc.get()) : nullptr;
+  if (root && Named(root, "Error")) {
+    return HttpError(StrCat("copy part ", part_number, " of ", key), 500, r->body);
+  }
+  std::string etag = root ? Unquote(Text(root, "ETag")) : "";
+  if (etag.empty()) {
+    return absl::FailedPreconditionError(StrCat("copy part ", part_number, " of ", key, " from ",
+                                                source_key, ": no ETag in the answer"));
+  }
+  return etag;
+}
+
+absl::StatusOr<std::string> S3Store::CompleteMultipartUpload(
     const std::string& key, const std::string& upload_id, const std::vector<std::string>& etags) {
   std::string xml = "<CompleteMultipartUpload>";
   for (size_t i = 0; i < etags.size(); ++i) {
@@ -339,50 +389,44 @@ absl::StatusOr<std::string> S3Client::CompleteMultipartUpload(
   if (root && Named(root, "Error")) return HttpError(StrCat("complete ", key), 500, r->body);
   std::string etag = root ? Unquote(Text(root, "ETag")) : "";
   if (etag.empty()) etag = r->etag;
-  const std::string want = MultipartEtag(etags);
   if (etag.empty()) {
     // Ceph RGW 16 answers an empty <ETag>: ask the object itself.
-    CKPTD_ASSIGN_OR_RETURN(std::optional<S3Object> head, Head(key));
+    CKPTD_ASSIGN_OR_RETURN(std::optional<ObjectInfo> head, Head(key));
     if (!head) return absl::NotFoundError(StrCat("complete ", key, ": the object is not there"));
     etag = head->etag;
-  }
-  if (etag != want) {
-    return absl::DataLossError(StrCat("complete ", key, ": the store's ETag ", etag,
-                                      " is not the one of the parts sent, ", want));
   }
   return etag;
 }
 
-absl::Status S3Client::AbortMultipartUpload(const std::string& key, const std::string& upload_id) {
+absl::Status S3Store::AbortMultipartUpload(const std::string& key, const std::string& upload_id) {
   auto r = Request("DELETE", key, StrCat("uploadId=", UriEncode(upload_id, false)), "");
   if (absl::IsNotFound(r.status())) return absl::OkStatus();  // already gone
   return r.status();
 }
 
-absl::StatusOr<std::vector<S3Object>> S3Client::List(const std::string& prefix) {
-  std::vector<S3Object> out;
-  std::string token;
-  do {
-    std::string query =
-        token.empty() ? "" : StrCat("continuation-token=", UriEncode(token, false), "&");
-    StrAppend(&query, "list-type=2&prefix=", UriEncode(prefix, false));
-    auto r = Request("GET", "", query, "");
-    if (!r.ok()) return r.status();
-    XmlDoc doc = ParseXml(r->body);
-    xmlNode* root = doc ? xmlDocGetRootElement(doc.get()) : nullptr;
-    if (root == nullptr) return absl::FailedPreconditionError("ListObjectsV2: unreadable answer");
-    for (xmlNode* c : ChildrenNamed(root, "Contents")) {
-      out.push_back({.key = Text(c, "Key"),
-                     .size = std::strtoull(Text(c, "Size").c_str(), nullptr, 10),
-                     .etag = Unquote(Text(c, "ETag"))});
-    }
-    token = Text(root, "IsTruncated") == "true" ? Text(root, "NextContinuationToken") : "";
-  } while (!token.empty());
-  return out;
+absl::StatusOr<ListPage> S3Store::ListPageOf(const std::string& prefix, const std::string& token,
+                                             int max_keys) {
+  std::string query =
+      token.empty() ? "" : StrCat("continuation-token=", UriEncode(token, false), "&");
+  StrAppend(&query, "list-type=2&max-keys=", max_keys, "&prefix=", UriEncode(prefix, false));
+  auto r = Request("GET", "", query, "");
+  if (!r.ok()) return r.status();
+  XmlDoc doc = ParseXml(r->body);
+  xmlNode* root = doc ? xmlDocGetRootElement(doc.get()) : nullptr;
+  if (root == nullptr) return absl::FailedPreconditionError("ListObjectsV2: unreadable answer");
+  ListPage page;
+  for (xmlNode* c : ChildrenNamed(root, "Contents")) {
+    page.objects.push_back({.key = Text(c, "Key"),
+                            .size = std::strtoull(Text(c, "Size").c_str(), nullptr, 10),
+                            .etag = Unquote(Text(c, "ETag"))});
+  }
+  if (Text(root, "IsTruncated") == "true") page.next_token = Text(root, "NextContinuationToken");
+  return page;
 }
 
-absl::StatusOr<std::vector<S3Upload>> S3Client::ListMultipartUploads(const std::string& prefix) {
-  std::vector<S3Upload> out;
+absl::StatusOr<std::vector<MultipartUpload>> S3Store::ListMultipartUploads(
+    const std::string& prefix) {
+  std::vector<MultipartUpload> out;
   std::string key_marker, id_marker;
   while (true) {
     std::string query;
@@ -406,7 +450,7 @@ absl::StatusOr<std::vector<S3Upload>> S3Client::ListMultipartUploads(const std::
   return out;
 }
 
-absl::Status S3Client::Delete(const std::vector<std::string>& keys) {
+absl::Status S3Store::Delete(const std::vector<std::string>& keys) {
   for (size_t at = 0; at < keys.size(); at += 1000) {
     std::string xml = "<Delete><Quiet>true</Quiet>";
     for (size_t i = at; i < std::min(keys.size(), at + 1000); ++i) {
@@ -426,27 +470,28 @@ absl::Status S3Client::Delete(const std::vector<std::string>& keys) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> S3Client::Get(const std::string& key,
-                                          std::optional<std::pair<uint64_t, uint64_t>> range) {
+absl::StatusOr<std::string> S3Store::Get(const std::string& key, std::optional<ByteRange> range) {
   std::vector<std::string> headers;
   if (range) {
-    if (range->second == 0) return std::string();
-    headers.push_back(StrCat("Range: bytes=", range->first, "-", range->first + range->second - 1));
+    if (range->length == 0) return std::string();
+    headers.push_back(
+        StrCat("Range: bytes=", range->offset, "-", range->offset + range->length - 1));
   }
   auto r = Request("GET", key, "", "", headers);
   if (!r.ok()) return r.status();
-  if (range && r->body.size() != range->second) {
-    return absl::DataLossError(StrCat("GET ", key, " bytes ", range->first, "+", range->second,
+  if (range && r->body.size() != range->length) {
+    return absl::DataLossError(StrCat("GET ", key, " bytes ", range->offset, "+", range->length,
                                       ": got ", r->body.size(), " bytes"));
   }
   return std::move(r->body);
 }
 
-absl::StatusOr<std::optional<S3Object>> S3Client::Head(const std::string& key) {
+absl::StatusOr<std::optional<ObjectInfo>> S3Store::Head(const std::string& key) {
   auto r = Request("HEAD", key, "", "");
-  if (absl::IsNotFound(r.status())) return std::optional<S3Object>();
+  if (absl::IsNotFound(r.status())) return std::optional<ObjectInfo>();
   if (!r.ok()) return r.status();
-  return std::optional<S3Object>(S3Object{.key = key, .size = r->content_length, .etag = r->etag});
+  return std::optional<ObjectInfo>(
+      ObjectInfo{.key = key, .size = r->content_length, .etag = r->etag});
 }
 
 }  // namespace ckptd::tier

@@ -1,9 +1,9 @@
 // The memory budget's accounting.
-#include "daemon/rpc/memory_budget.h"
+#include "daemon/scheduler/memory_budget.h"
 
 #include "daemon/base/strings.h"
 
-namespace ckptd::rpc {
+namespace ckptd::scheduler {
 
 MemoryBudget::Charge& MemoryBudget::Charge::operator=(Charge&& o) noexcept {
   if (this != &o) {
@@ -76,4 +76,4 @@ void MemoryBudget::Return(uint64_t bytes) {
   used_ -= std::min(used_, bytes);
 }
 
-}  // namespace ckptd::rpc
+}  // namespace ckptd::scheduler

@@ -15,7 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 
-namespace ckptd::rpc {
+namespace ckptd::scheduler {
 
 class MemoryBudget {
  public:
@@ -72,4 +72,4 @@ class MemoryBudget {
   std::map<std::string, uint64_t> runs_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace ckptd::rpc
+}  // namespace ckptd::scheduler

@@ -1,5 +1,5 @@
 // Object names of a run in the store.
-#include "daemon/tier/remote_names.h"
+#include "daemon/tier/remote_keys.h"
 
 #include <charconv>
 
@@ -44,6 +44,14 @@ std::optional<PartReportKey> ParsePartReportName(std::string_view name) {
   auto rank = Decimal<uint32_t>(name.substr(slash + kRank.size()));
   if (!step || !rank) return std::nullopt;
   return PartReportKey{*step, *rank};
+}
+
+RunKeys::RunKeys(std::string_view prefix, std::string_view run_id)
+    : root_(prefix.empty() ? StrCat(run_id, "/") : StrCat(prefix, "/", run_id, "/")) {}
+
+std::optional<std::string_view> RunKeys::NameOf(std::string_view key) const {
+  if (!key.starts_with(root_)) return std::nullopt;
+  return key.substr(root_.size());
 }
 
 }  // namespace ckptd::tier

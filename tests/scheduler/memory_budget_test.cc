@@ -1,10 +1,10 @@
 // The memory budget's accounting: charges, run settings, refusals.
-#include "daemon/rpc/memory_budget.h"
+#include "daemon/scheduler/memory_budget.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-namespace ckptd::rpc {
+namespace ckptd::scheduler {
 namespace {
 
 using ::testing::HasSubstr;
@@ -56,4 +56,4 @@ TEST(MemoryBudgetTest, ARunsSettingsAreReplacedNotAdded) {
 }
 
 }  // namespace
-}  // namespace ckptd::rpc
+}  // namespace ckptd::scheduler

@@ -1,0 +1,58 @@
+// Every object name of a run in the store; nothing else builds one. Under
+// <prefix>/<run>/ (or <run>/ with no prefix):
+//   step_N.gguf ...               the files, as on disk
+//   step_N.manifest.json          the step's commit record (remote_records.h)
+//   latest                        names the newest manifest, written last
+// and for multi-rank runs:
+//   step_N-RRRRR-of-WWWWW.gguf    each rank's part (and its .train.gguf)
+//   parts/step_N/rank-R.json      a rank's report: its part is uploaded;
+//                                 deleted once the step is decided
+//   step_N.failed.json            the coordinator aborted the step (why)
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace ckptd::tier {
+
+std::string ManifestName(uint64_t step);
+std::string FailedName(uint64_t step);
+std::string PartReportName(uint64_t step, uint32_t rank);
+inline constexpr std::string_view kPartsDir = "parts/";
+inline constexpr std::string_view kLatestName = "latest";
+
+// "step_N.manifest.json" -> N.
+std::optional<uint64_t> ParseManifestName(std::string_view name);
+// "parts/step_N/rank-R.json" (relative to the run's key) -> N and R.
+struct PartReportKey {
+  uint64_t step = 0;
+  uint32_t rank = 0;
+};
+std::optional<PartReportKey> ParsePartReportName(std::string_view name);
+
+// The keys of one run under one prefix.
+class RunKeys {
+ public:
+  // `prefix`: tier.s3.prefix or the run's own, without a trailing '/'.
+  RunKeys(std::string_view prefix, std::string_view run_id);
+
+  // "<prefix>/<run>/": every key of the run starts with it.
+  const std::string& root() const { return root_; }
+  std::string Object(std::string_view name) const { return root_ + std::string(name); }
+  std::string Manifest(uint64_t step) const { return Object(ManifestName(step)); }
+  std::string Failed(uint64_t step) const { return Object(FailedName(step)); }
+  std::string PartReport(uint64_t step, uint32_t rank) const {
+    return Object(PartReportName(step, rank));
+  }
+  std::string PartsDir() const { return Object(kPartsDir); }
+  std::string Latest() const { return Object(kLatestName); }
+  // `key` relative to root(), or nullopt for a key of another run.
+  std::optional<std::string_view> NameOf(std::string_view key) const;
+
+ private:
+  std::string root_;
+};
+
+}  // namespace ckptd::tier
