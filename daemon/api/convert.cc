@@ -384,30 +384,6 @@ std::string MessageToJson(const google::protobuf::Message& m, bool pretty) {
   return out;
 }
 
-void ToProto(const tier::StepManifest& m,
-             const std::function<std::string(const std::string&)>& url_of,
-             v1::CheckpointInfo* out) {
-  out->set_uuid(m.facts.uuid);
-  out->set_content_digest(m.facts.content_digest);
-  out->set_time_utc(m.facts.time_utc);
-  for (const auto& [name, value] : m.facts.metrics) (*out->mutable_metrics())[name] = value;
-  for (const tier::RemoteFile& f : m.facts.files) {
-    const std::string url = url_of(f.key);
-    if (f.role == "model") {
-      out->set_file(url);
-      out->set_size_bytes(f.size);
-    } else if (f.role == "train") {
-      out->set_train_file(url);
-      out->set_train_size_bytes(f.size);
-    } else if (f.role.starts_with("export:")) {
-      v1::ExportInfo* e = out->add_exports();
-      e->set_name(f.role.substr(7));
-      e->set_file(url);
-      e->set_size_bytes(f.size);
-    }
-  }
-}
-
 void ToProto(const std::vector<policy::RetentionDecision>& plan, v1::RetentionPlan* out) {
   for (const policy::RetentionDecision& d : plan) {
     v1::RetentionDecision* p = out->add_decisions();

@@ -3,7 +3,6 @@
 // field and what to do.
 #pragma once
 
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,7 +15,6 @@
 #include "daemon/policy/schedule.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/checkpoint_writer.h"
-#include "daemon/tier/remote_records.h"
 
 namespace ckptd::api {
 
@@ -41,10 +39,6 @@ policy::Schedule FromProto(const v1::Schedule& s);
 v1::Schedule ToProto(const policy::Schedule& s);
 
 void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointInfo* out);
-// A step only the object store holds, as listed: from its manifest.
-// `url_of` names an object for a reader ("s3://bucket/key").
-void ToProto(const tier::StepManifest& m,
-             const std::function<std::string(const std::string&)>& url_of, v1::CheckpointInfo* out);
 // Retention's verdicts (local or remote), in step order.
 void ToProto(const std::vector<policy::RetentionDecision>& plan, v1::RetentionPlan* out);
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <functional>
 
 #include "daemon/api/convert.h"
 #include "daemon/base/status.h"
@@ -23,6 +24,32 @@ v1::RunState ToProto(scheduler::RunState s) {
       return v1::RUN_STATE_FINISHED;
   }
   return v1::RUN_STATE_UNSPECIFIED;
+}
+
+// A step only the object store holds, as listed: from its manifest.
+// `url_of` names an object for a reader ("s3://bucket/key").
+void DescribeRemote(const tier::StepManifest& m,
+                    const std::function<std::string(const std::string&)>& url_of,
+                    v1::CheckpointInfo* out) {
+  out->set_uuid(m.facts.uuid);
+  out->set_content_digest(m.facts.content_digest);
+  out->set_time_utc(m.facts.time_utc);
+  for (const auto& [name, value] : m.facts.metrics) (*out->mutable_metrics())[name] = value;
+  for (const tier::RemoteFile& f : m.facts.files) {
+    const std::string url = url_of(f.key);
+    if (f.role == "model") {
+      out->set_file(url);
+      out->set_size_bytes(f.size);
+    } else if (f.role == "train") {
+      out->set_train_file(url);
+      out->set_train_size_bytes(f.size);
+    } else if (f.role.starts_with("export:")) {
+      v1::ExportInfo* e = out->add_exports();
+      e->set_name(f.role.substr(7));
+      e->set_file(url);
+      e->set_size_bytes(f.size);
+    }
+  }
 }
 
 }  // namespace
@@ -229,7 +256,7 @@ absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
     absl::StatusOr<tier::StepManifest> m = replicator_->RemoteManifest(req.run_id(), info->step());
     if (absl::IsNotFound(m.status())) continue;
     if (!m.ok()) return m.status();
-    api::ToProto(
+    DescribeRemote(
         *m, [&](const std::string& key) { return replicator_->UrlOf(key); }, info);
   }
   if (more && resp.checkpoints_size() > 0) {

@@ -27,6 +27,8 @@ struct StoreKind {
   std::function<std::unique_ptr<ObjectStore>()> make;  // null: not available here
 };
 
+void PrintTo(const StoreKind& k, std::ostream* os) { *os << k.name; }
+
 std::unique_ptr<ObjectStore> MakeS3() {
   const char* endpoint = std::getenv("CKPTD_TEST_S3_ENDPOINT");
   const char* bucket = std::getenv("CKPTD_TEST_S3_BUCKET");
