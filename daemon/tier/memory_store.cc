@@ -218,6 +218,7 @@ absl::StatusOr<std::vector<MultipartUpload>> MemoryStore::ListMultipartUploads(
   }
   std::sort(found.begin(), found.end());
   std::vector<MultipartUpload> out;
+  out.reserve(found.size());
   for (auto& [order, id] : found) out.push_back({.key = order.first, .upload_id = id});
   return out;
 }

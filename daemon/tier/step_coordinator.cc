@@ -254,6 +254,7 @@ absl::Status StepCoordinator::Abort(const MultiRankRun& run, uint64_t step,
   spdlog::warn("multi-rank: step aborted run={} step={}: {}", run.run_id, step, reason);
   first_seen_.erase({run.run_id, step});
   std::vector<std::string> report_keys;
+  report_keys.reserve(parts.size());
   for (const PartReport& p : parts) report_keys.push_back(keys.PartReport(step, p.rank));
   return Cleanup(report_keys, parts, /*with_files=*/true);
 }

@@ -112,7 +112,8 @@ inline ParsedFile Parse(const std::string& path) {
 // memfd/ mappings of the daemon: what it still holds of trainers' arenas.
 inline int MemfdFds(pid_t pid) {
   int n = 0;
-  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
     std::error_code ec;
     if (std::filesystem::read_symlink(e.path(), ec).string().starts_with("/memfd:")) ++n;
   }
