@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for a
-# bounded time on a seed corpus:
+# Runs each libFuzzer target (built by `make fuzz` or `make sanitize` in the
+# clang ASan + UBSan tree, BUILD-asan) for a bounded time on a seed corpus:
 #   gguf_reader_fuzz     GGUF header and tensor-table reader (files our writer produced)
 #   request_fuzz         save/OpenRun request checks and conversions (protobuf)
 #   arena_request_fuzz   the arena socket's request parser
 #   export_profile_fuzz  export profiles (TOML -> compiled profile)
 #   config_fuzz          the config loader (TOML -> validated Config)
-# A crash leaves its input in BUILD-fuzz/crashes/ and fails the run.
+# A crash leaves its input in BUILD-asan/fuzz/crashes/ and fails the run.
 #   scripts/run-fuzz.sh BUILD_DIR SECONDS_PER_TARGET
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,15 +19,19 @@ if ! command -v clang++ >/dev/null; then
   exit 0
 fi
 
-fuzz_build="$build-fuzz"
-cmake -S . -B "$fuzz_build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCKPTD_FUZZ=ON -DCKPTD_SANITIZE=address,undefined >/dev/null
-ninja -C "$fuzz_build" -j2 "${targets[@]}"
-
-seeds="$fuzz_build/seeds"
+fuzz_build="$build-asan"
+for target in "${targets[@]}"; do
+  if [[ ! -x "$fuzz_build/tests/fuzz/$target" ]]; then
+    echo "run-fuzz: $fuzz_build/tests/fuzz/$target is not built (make fuzz builds it)" >&2
+    exit 1
+  fi
+done
+work="$fuzz_build/fuzz"
+seeds="$work/seeds"
 rm -rf "$seeds" && mkdir -p "$seeds"/{gguf_reader_fuzz,request_fuzz,arena_request_fuzz,export_profile_fuzz,config_fuzz}
 for seed in 1 2 3 4 5; do
-  "$build/tests/gguf/gguf_fixture_writer" "$seeds/gguf_reader_fuzz/seed$seed.gguf" /dev/null "$seed" >/dev/null
+  "$fuzz_build/tests/gguf/gguf_fixture_writer" "$seeds/gguf_reader_fuzz/seed$seed.gguf" /dev/null \
+    "$seed" >/dev/null
 done
 cp config/ckptd.example.toml "$seeds/config_fuzz/example.toml"
 printf '[server]\nlisten = "0.0.0.0:1"\ninsecure = true\n' >"$seeds/config_fuzz/tcp.toml"
@@ -54,17 +58,17 @@ r.provenance.git_commit = "abc123"
 open(f"{out}/open_run", "wb").write(b"\x01" + r.SerializeToString())
 PY
 
-mkdir -p "$fuzz_build/crashes"
+mkdir -p "$work/crashes"
 for target in "${targets[@]}"; do
-  corpus="$fuzz_build/corpus/$target"
+  corpus="$work/corpus/$target"
   mkdir -p "$corpus"
   echo "run-fuzz: $target for ${seconds}s"
   "$fuzz_build/tests/fuzz/$target" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 \
-    -artifact_prefix="$fuzz_build/crashes/$target-" -print_final_stats=1 \
+    -artifact_prefix="$work/crashes/$target-" -print_final_stats=1 \
     "$corpus" "$seeds/$target" 2>&1 | tail -n 6
   status=${PIPESTATUS[0]}
   if [ "$status" -ne 0 ]; then
-    echo "run-fuzz: $target failed (exit $status); inputs in $fuzz_build/crashes/"
+    echo "run-fuzz: $target failed (exit $status); inputs in $work/crashes/"
     exit 1
   fi
 done

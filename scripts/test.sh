@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# `make test`: every suite, in two lanes that share the machine's cores.
+#   lane A: the build, then ctest (unit, black-box, CLI, interop and the
+#           real-service suites: Ceph RGW, network namespaces, the SDK)
+#   lane B: lint (clang-format, clang-tidy, clang's thread-safety
+#           analysis), the clang ASan + UBSan tree (unit suites run; the
+#           libFuzzer targets built from the same objects), the TSan unit
+#           suites, and a bounded run of each fuzzer
+# The real-service suites spend most of their time waiting on daemons,
+# Ceph and the network, so the compilers of lane B fill those cores. Every
+# check runs; the table at the end gives each phase's duration, each ctest
+# label's test time, and the total (docs/testing.md keeps the figures).
+# Usage: test.sh BUILD JOBS FUZZ_SECONDS
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+jobs=${2:-2}
+fuzz_seconds=${3:-15}
+logs="$build-logs"
+rm -rf "$logs" && mkdir -p "$logs"
+start=$(date +%s)
+table="$logs/phases.tsv"
+: >"$table"
+
+# phase LANE NAME COMMAND...: runs it, logging to $logs/NAME.log, and
+# records its start, duration and result.
+phase() {
+  local lane=$1 name=$2
+  shift 2
+  local t0 rc
+  t0=$(date +%s)
+  echo "test: [$lane] $name started at +$((t0 - start))s"
+  "$@" >"$logs/$name.log" 2>&1
+  rc=$?
+  printf '%s\t%s\t%s\t%s\t%s\n' "$lane" "$name" "$((t0 - start))" "$(($(date +%s) - t0))" "$rc" >>"$table"
+  if [[ $rc -ne 0 ]]; then
+    echo "test: [$lane] $name FAILED (exit $rc); its log, $logs/$name.log, ends:"
+    tail -n 60 "$logs/$name.log"
+  else
+    echo "test: [$lane] $name passed in $(($(date +%s) - t0))s"
+  fi
+  return $rc
+}
+
+phase - deps scripts/install-deps.sh || exit 1
+cmake_main=(cmake -S . -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" -DCKPTD_WERROR=ON
+            -DCMAKE_INSTALL_PREFIX="${PREFIX:-/usr}" -B "$build")
+phase - configure "${cmake_main[@]}" || exit 1
+# What lane B needs of the main tree (lint reads its compile database and
+# the generated headers; the fuzz seeds use the Python stubs), made before
+# the lanes part so that no two ninja runs share the tree.
+gen_targets=(ckptd_proto_gen)
+ninja -C "$build" -t targets all 2>/dev/null | grep -q '^ckptd_python_stubs:' &&
+  gen_targets+=(ckptd_python_stubs)
+phase - generate ninja -C "$build" "${gen_targets[@]}" || exit 1
+
+lane_a() {
+  phase A build ninja -C "$build" -j"$jobs" || return 1
+  phase A ctest bash -c "cd '$build' && ctest --output-on-failure -j$jobs"
+}
+lane_b() {
+  local rc=0
+  # clang-tidy needs the generated API headers, not the build.
+  phase B lint scripts/lint.sh "$build" "$jobs" || rc=1
+  phase B sanitize make --no-print-directory sanitize BUILD="$build" JOBS="$jobs" || rc=1
+  phase B tsan make --no-print-directory tsan-unit BUILD="$build" JOBS="$jobs" || rc=1
+  phase B fuzz make --no-print-directory fuzz-run BUILD="$build" FUZZ_SECONDS="$fuzz_seconds" || rc=1
+  return $rc
+}
+lane_a &
+a=$!
+lane_b
+rc_b=$?
+wait "$a"
+rc_a=$?
+
+total=$(($(date +%s) - start))
+echo
+echo "test: phases (lane A and lane B run side by side; m:ss)"
+printf '  %-5s %-10s %8s %8s  %s\n' lane phase start took result
+while IFS=$'\t' read -r lane name t0 took rc; do
+  printf '  %-5s %-10s %5d:%02d %5d:%02d  %s\n' "$lane" "$name" $((t0 / 60)) $((t0 % 60)) \
+    $((took / 60)) $((took % 60)) "$([[ $rc -eq 0 ]] && echo ok || echo "FAILED ($rc)")"
+done <"$table"
+if [[ -f "$logs/ctest.log" ]]; then
+  echo "  ctest labels (test time, summed over tests run side by side):"
+  sed -n '/Label Time Summary:/,/^$/p' "$logs/ctest.log" | sed '1d;/^$/d;s/^/    /'
+fi
+printf '  total %d:%02d\n' $((total / 60)) $((total % 60))
+if [[ -f "$logs/ctest.log" ]]; then
+  echo
+  sed -n '/tests passed/,$p' "$logs/ctest.log"
+fi
+[[ $rc_a -eq 0 && $rc_b -eq 0 ]]
