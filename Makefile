@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 300
 # normal build's binaries). The client suite (restore) needs the protobuf
 # code built under ASan too, a few minutes more on 2 cores, so it is left to
 # `make sanitize SANITIZED="... client"` to keep make test within budget.
-SANITIZED  = gguf export env storage policy config scheduler tier
+SANITIZED  = gguf export env storage policy config scheduler tier query http
 FUZZERS    = gguf_reader_fuzz request_fuzz arena_request_fuzz export_profile_fuzz config_fuzz
 
 PREFIX     ?= /usr
@@ -83,6 +83,9 @@ fuzz:
 	@$(ASAN_CONFIGURE) >/dev/null
 	@ninja -C $(BUILD)-asan -j$(JOBS) $(FUZZERS) gguf_fixture_writer
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)
+print-sanitized:
+	@echo $(SANITIZED)
+
 # The run alone, on targets `make sanitize` built.
 fuzz-run:
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)

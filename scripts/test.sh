@@ -43,8 +43,12 @@ phase() {
 }
 
 phase - deps scripts/install-deps.sh || exit 1
+# The unit suites the sanitizer tree runs (the Makefile's SANITIZED) are not
+# built here too: each unit test runs once, under ASan + UBSan.
+sanitized=$(make --no-print-directory -s print-sanitized)
 cmake_main=(cmake -S . -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" -DCKPTD_WERROR=ON
-            -DCMAKE_INSTALL_PREFIX="${PREFIX:-/usr}" -B "$build")
+            -DCMAKE_INSTALL_PREFIX="${PREFIX:-/usr}" -DCKPTD_SANITIZED_ONLY="${sanitized// /;}"
+            -B "$build")
 phase - configure "${cmake_main[@]}" || exit 1
 # What lane B needs of the main tree (lint reads its compile database and
 # the generated headers; the fuzz seeds use the Python stubs), made before

@@ -159,8 +159,8 @@ def test_the_object_store_contract_holds_on_ceph_rgw_as_on_memory(store):
     the upload, coordination and fetch unit tests rely on MemoryStore for,
     run against this RGW: SigV4, ETags, multipart and part-copy semantics,
     paging order, Content-MD5. None of its cases may be skipped here."""
-    binary = os.environ.get("TIER_TESTS_BINARY",
-                            os.path.join(ROOT, "build", "tests", "tier", "tier_tests"))
+    binary = os.environ.get("STORE_CONTRACT_BINARY",
+                            os.path.join(ROOT, "build", "tests", "tier", "store_contract_tests"))
     env = {**os.environ, "CKPTD_TEST_S3_ENDPOINT": store["CKPTD_S3_ENDPOINT"],
            "CKPTD_TEST_S3_BUCKET": "contract-" + uuid.uuid4().hex[:8],
            "CKPTD_S3_ACCESS_KEY": store["CKPTD_S3_ACCESS_KEY"],
