@@ -17,7 +17,7 @@ namespace {
 
 using Node = v1::LineageNode;
 
-std::string Label(const Node& n) {
+std::string KindLabel(const Node& n) {
   const std::string id = n.uuid().substr(0, 8);
   switch (n.kind()) {
     case Node::KIND_BASE_MODEL:
@@ -31,9 +31,16 @@ std::string Label(const Node& n) {
     case Node::KIND_GONE:
       return fmt::format("{} deleted checkpoint  {}", n.run_id(), id);
     default:
-      return n.uuid();
+      return n.id();
   }
 }
+
+std::string SameContent(const Node& n) {
+  if (n.same_content().empty()) return "";
+  return fmt::format("  [same content as {}]", fmt::join(n.same_content(), ", "));
+}
+
+std::string Label(const Node& n) { return KindLabel(n) + SameContent(n); }
 
 bool Continues(const Node& parent, const Node& child) {
   return (child.kind() == Node::KIND_CHECKPOINT || child.kind() == Node::KIND_GONE) &&
@@ -45,13 +52,12 @@ class Tree {
  public:
   explicit Tree(const v1::Lineage& l) {
     std::set<std::string> present;
-    for (const Node& n : l.nodes()) present.insert(n.uuid());
+    for (const Node& n : l.nodes()) present.insert(n.id());
     for (const Node& n : l.nodes()) {
-      if (n.parent_uuid().empty() || !present.contains(n.parent_uuid()) ||
-          (n.parent_uuid() == n.uuid() && n.kind() != Node::KIND_EXPORT)) {
+      if (n.parent_id().empty() || !present.contains(n.parent_id())) {
         roots_.push_back(&n);
       } else {
-        children_[n.parent_uuid()].push_back(&n);
+        children_[n.parent_id()].push_back(&n);
       }
     }
   }
@@ -65,14 +71,12 @@ class Tree {
   // A run's checkpoints go down one column; everything else branches.
   void Chain(const Node* n, const std::string& first, const std::string& rest) {
     std::string lead = first;
-    while (n != nullptr) {
+    while (n != nullptr && printed_.insert(n->id()).second) {  // each node once, even in a cycle
       out_ += lead + Label(*n) + "\n";
       lead = rest;
-      if (n->kind() == Node::KIND_EXPORT) return;  // a leaf (it may share its source's uuid)
       const Node* next = nullptr;
       std::vector<const Node*> branches;
-      for (const Node* c : children_[n->uuid()]) {
-        if (c == n) continue;
+      for (const Node* c : children_[n->id()]) {
         if (next == nullptr && Continues(*n, *c)) {
           next = c;
         } else {
@@ -89,6 +93,7 @@ class Tree {
 
   std::vector<const Node*> roots_;
   std::map<std::string, std::vector<const Node*>> children_;
+  std::set<std::string> printed_;
   std::string out_;
 };
 

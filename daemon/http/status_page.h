@@ -39,7 +39,7 @@ tr.latest td{background:#f3f7ff}tr.fresh td{animation:hl 2s ease-out}@keyframes 
 #live{font-size:12px;color:var(--mute)}#live.on::before{content:"\25CF ";color:var(--ok)}
 .empty{color:var(--mute);padding:10px 0;white-space:normal!important}#note{color:var(--mute);padding:28px 4px;text-align:center}
 #lineage{display:block;height:auto;min-height:60px}#lineage .edge{fill:none;stroke:#aab2c2;stroke-width:1.5}
-#lineage .node circle,#lineage .node rect{stroke:#fff;stroke-width:2}#lineage .ckpt circle{fill:var(--acc)}
+#lineage .same{stroke:#aab2c2;stroke-width:1.2;stroke-dasharray:4 3}#lineage .node circle,#lineage .node rect{stroke:#fff;stroke-width:2}#lineage .ckpt circle{fill:var(--acc)}
 #lineage .base circle{fill:#7b5cc4}#lineage .gone circle{fill:#c9ced8}#lineage .export rect{fill:var(--warn)}
 #lineage .pinned circle{fill:var(--ok)}#lineage .latest circle,#lineage .latest rect{stroke:#141a26;stroke-width:2.5}
 #lineage text{font-size:11px;fill:var(--ink)}#lineage text.lane{fill:var(--mute);font-weight:600}
@@ -91,8 +91,8 @@ async function lineage(){const d=await get(`/v1/runs/${encodeURIComponent(run)}/
 // Lanes: base models on the left, one row per run; a run starts right of
 // the checkpoint it branched from; exports hang under their checkpoint.
 function drawLineage(ns){const s=$('#lineage');$('#lpanel').hidden=!ns.length;if(!ns.length){s.innerHTML='';return}
- // An export may share its checkpoint's uuid (same tensors): key nodes by kind too.
- const kind=n=>(n.kind||'').replace('KIND_','').toLowerCase(),key=n=>(kind(n)=='export'?'e:':'n:')+n.uuid,pkey=n=>'n:'+n.parent_uuid;
+ // Nodes are files (id), not contents (uuid): equal uuids are dashed "same content" links.
+ const kind=n=>(n.kind||'').replace('KIND_','').toLowerCase(),key=n=>n.id,pkey=n=>n.parent_id;
  const by=new Map(ns.map(n=>[key(n),n])),pos=new Map(),lanes=[],laneOf=new Map();
  const runs=[...new Set(ns.filter(n=>n.run_id).map(n=>n.run_id))],bases=ns.filter(n=>kind(n)=='base_model');
  bases.forEach((b,i)=>pos.set(key(b),{x:0,y:i}));let row=bases.length?1:0;
@@ -107,13 +107,15 @@ function drawLineage(ns){const s=$('#lineage');$('#lpanel').hidden=!ns.length;if
  const maxX=Math.max(1,...[...pos.values()].map(p=>p.x)),W=Math.max(s.parentNode.clientWidth||900,150+(maxX+1)*56),DX=Math.min(90,(W-150)/(maxX+1)),DY=46,X=x=>120+x*DX,Y=y=>24+y*DY,H=Y(row)-DY+30;
  s.setAttribute('viewBox',`0 0 ${W} ${H}`);s.style.width=W+'px';s.style.height=H+'px';let out='';
  for(const [r,y] of lanes)out+=`<text class="lane" x="4" y="${Y(y)+4}">${esc(r.length>16?r.slice(0,15)+'…':r)}<title>${esc(r)}</title></text>`;
- for(const n of ns){const a=pos.get(pkey(n)),b=pos.get(key(n));if(!a||!b||!n.parent_uuid)continue;const mx=(X(a.x)+X(b.x))/2;
+ for(const n of ns){const a=pos.get(pkey(n)),b=pos.get(key(n));if(!a||!b||!n.parent_id)continue;const mx=(X(a.x)+X(b.x))/2;
   out+=`<path class="edge" d="M${X(a.x)},${Y(a.y)} C${mx},${Y(a.y)} ${mx},${Y(b.y)} ${X(b.x)},${Y(b.y)}"/>`}
+ for(const n of ns)for(const o of n.same_content||[]){const a=pos.get(key(n)),b=pos.get(o);if(!a||!b||!(n.id<o))continue;
+  out+=`<line class="same" data-a="${esc(n.id)}" data-b="${esc(o)}" x1="${X(a.x)}" y1="${Y(a.y)}" x2="${X(b.x)}" y2="${Y(b.y)}"><title>same content</title></line>`}
  for(const n of ns){const p=pos.get(key(n));if(!p)continue;const k=kind(n),cls=`node ${k=='base_model'?'base':k=='checkpoint'?'ckpt':k}${n.pinned?' pinned':''}${n.is_latest?' latest':''}`;
-  const tip=`${k.replace('_',' ')} ${n.uuid}${n.run_id?'\n'+n.run_id+' step '+(n.step||0):''}${n.name?'\n'+n.name:''}${n.file?'\n'+n.file:''}`;
+  const tip=`${k.replace('_',' ')} ${n.uuid}${n.run_id?'\n'+n.run_id+' step '+(n.step||0):''}${n.name?'\n'+n.name:''}${n.file?'\n'+n.file:''}${(n.same_content||[]).length?'\nsame content as '+n.same_content.join(', '):''}`;
   const label=k=='export'?esc(n.name)+(n.is_latest?' ★':''):k=='base_model'?'base '+esc(n.uuid.slice(0,8)):k=='gone'?'deleted':String(n.step||0)+(n.is_latest?' ★':'');
   const shape=k=='export'?`<rect x="${X(p.x)-5}" y="${Y(p.y)-5}" width="10" height="10" rx="2"/>`:`<circle cx="${X(p.x)}" cy="${Y(p.y)}" r="${k=='base_model'?8:6}"/>`;
-  out+=`<g class="${cls}" data-uuid="${esc(n.uuid)}" data-kind="${k}">${shape}<title>${esc(tip)}</title><text x="${X(p.x)+(k=='export'?8:0)}" y="${Y(p.y)+(k=='export'?4:-10)}" text-anchor="${k=='export'?'start':'middle'}">${label}</text></g>`}
+  out+=`<g class="${cls}" data-id="${esc(n.id)}" data-uuid="${esc(n.uuid)}" data-kind="${k}">${shape}<title>${esc(tip)}</title><text x="${X(p.x)+(k=='export'?8:0)}" y="${Y(p.y)+(k=='export'?4:-10)}" text-anchor="${k=='export'?'start':'middle'}">${label}</text></g>`}
  s.innerHTML=out}
 // Round tick values: about n of them covering [lo, hi], from 1/2/5 × 10^k.
 function ticks(lo,hi,n,integer){if(!(hi>lo)){const d=lo==0?1:Math.abs(lo)/2;lo-=d;hi+=d}

@@ -106,6 +106,7 @@ absl::StatusOr<v1::Lineage> Queries::Lineage(const std::string& uuid,
     for (const auto& [step, r] : catalog) {
       if (base.empty()) base = r.base_model_uuid;
       v1::LineageNode& n = files.emplace_back();
+      n.set_id(CheckpointNodeId(run->id, step));
       n.set_uuid(r.uuid);
       n.set_kind(v1::LineageNode::KIND_CHECKPOINT);
       n.set_parent_uuid(!r.parent_uuid.empty() ? r.parent_uuid : r.base_model_uuid);
@@ -117,9 +118,11 @@ absl::StatusOr<v1::Lineage> Queries::Lineage(const std::string& uuid,
       n.set_pinned(run->pins.contains(step));
       for (const auto& e : r.exports) {
         v1::LineageNode& x = files.emplace_back();
+        x.set_id(ExportNodeId(run->id, step, e.name));
         x.set_uuid(e.uuid);
         x.set_kind(v1::LineageNode::KIND_EXPORT);
         x.set_parent_uuid(r.uuid);
+        x.set_parent_id(CheckpointNodeId(run->id, step));
         x.set_run_id(run->id);
         x.set_step(step);
         x.set_name(e.name);

@@ -107,6 +107,10 @@ def _label(n) -> str:
             + ("  [pinned]" if n.pinned else ""))
 
 
+def _same_content(n) -> str:
+    return f"  [same content as {', '.join(n.same_content)}]" if n.same_content else ""
+
+
 def cmd_lineage(args):
     """The tree of ancestors and descendants, one node per line, indented under its parent."""
     target = args.target or ""
@@ -118,22 +122,22 @@ def cmd_lineage(args):
         print(json_format.MessageToJson(lineage, preserving_proto_field_name=True))
         return 0
     export = pb.LineageNode.KIND_EXPORT
-    present = {n.uuid for n in lineage.nodes}
+    present = {n.id for n in lineage.nodes}
     children: dict[str, list] = {}
     roots = []
     for n in lineage.nodes:
-        if not n.parent_uuid or n.parent_uuid not in present or (n.parent_uuid == n.uuid and n.kind != export):
+        if not n.parent_id or n.parent_id not in present:
             roots.append(n)
         else:
-            children.setdefault(n.parent_uuid, []).append(n)
+            children.setdefault(n.parent_id, []).append(n)
+    printed: set[str] = set()
 
     def show(n, depth):
         # A run's checkpoints stay in one column; exports and other runs indent.
-        while n is not None:
-            print("  " * depth + _label(n))
-            if n.kind == export:  # a leaf (it may share its checkpoint's uuid)
-                return
-            kids = [c for c in children.get(n.uuid, []) if c is not n]
+        while n is not None and n.id not in printed:
+            printed.add(n.id)
+            print("  " * depth + _label(n) + _same_content(n))
+            kids = children.get(n.id, [])
             nxt = next((c for c in kids if c.kind != export and c.run_id == n.run_id and n.run_id), None)
             for c in kids:
                 if c is not nxt:
