@@ -4,6 +4,8 @@
 #include "daemon/export/llama_arch.h"
 
 #include <map>
+#include <set>
+#include <string_view>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -26,9 +28,124 @@ absl::StatusOr<uint64_t> Count(const gguf::Metadata& md, std::string_view key) {
   return *v->get_if<uint32_t>();
 }
 
+// The GGUF type llama.cpp's loader reads each key as (llama-arch.cpp's key
+// names; llama-model-loader.cpp and llama-vocab.cpp check the type and
+// refuse any other, e.g. "invalid gguf type for tokenizer.ggml.token_type").
+// `element` is the array element type, for arrays.
+struct KeyType {
+  std::string_view key;
+  gguf::ValueType type;
+  gguf::ValueType element = gguf::ValueType::kU8;
+};
+using VT = gguf::ValueType;
+constexpr KeyType kLlamaKeyTypes[] = {
+    {"general.architecture", VT::kString},
+    {"general.name", VT::kString},
+    {"general.alignment", VT::kU32},
+    {"general.file_type", VT::kU32},
+    {"general.quantization_version", VT::kU32},
+    {"llama.vocab_size", VT::kU32},
+    {"llama.context_length", VT::kU32},
+    {"llama.embedding_length", VT::kU32},
+    {"llama.block_count", VT::kU32},
+    {"llama.feed_forward_length", VT::kU32},
+    {"llama.expert_count", VT::kU32},
+    {"llama.expert_used_count", VT::kU32},
+    {"llama.attention.head_count", VT::kU32},
+    {"llama.attention.head_count_kv", VT::kU32},
+    {"llama.attention.key_length", VT::kU32},
+    {"llama.attention.value_length", VT::kU32},
+    {"llama.attention.layer_norm_rms_epsilon", VT::kF32},
+    {"llama.rope.dimension_count", VT::kU32},
+    {"llama.rope.freq_base", VT::kF32},
+    {"llama.rope.scale_linear", VT::kF32},
+    {"llama.rope.scaling.type", VT::kString},
+    {"llama.rope.scaling.factor", VT::kF32},
+    {"llama.rope.scaling.original_context_length", VT::kU32},
+    {"llama.rope.scaling.finetuned", VT::kBool},
+    {"tokenizer.ggml.model", VT::kString},
+    {"tokenizer.ggml.pre", VT::kString},
+    {"tokenizer.ggml.tokens", VT::kArray, VT::kString},
+    {"tokenizer.ggml.token_type", VT::kArray, VT::kI32},
+    {"tokenizer.ggml.scores", VT::kArray, VT::kF32},
+    {"tokenizer.ggml.merges", VT::kArray, VT::kString},
+    {"tokenizer.ggml.precompiled_charsmap", VT::kArray, VT::kU8},
+    {"tokenizer.ggml.bos_token_id", VT::kU32},
+    {"tokenizer.ggml.eos_token_id", VT::kU32},
+    {"tokenizer.ggml.eot_token_id", VT::kU32},
+    {"tokenizer.ggml.eom_token_id", VT::kU32},
+    {"tokenizer.ggml.unknown_token_id", VT::kU32},
+    {"tokenizer.ggml.seperator_token_id", VT::kU32},
+    {"tokenizer.ggml.padding_token_id", VT::kU32},
+    {"tokenizer.ggml.cls_token_id", VT::kU32},
+    {"tokenizer.ggml.mask_token_id", VT::kU32},
+    {"tokenizer.ggml.fim_pre_token_id", VT::kU32},
+    {"tokenizer.ggml.fim_suf_token_id", VT::kU32},
+    {"tokenizer.ggml.fim_mid_token_id", VT::kU32},
+    {"tokenizer.ggml.fim_pad_token_id", VT::kU32},
+    {"tokenizer.ggml.fim_rep_token_id", VT::kU32},
+    {"tokenizer.ggml.fim_sep_token_id", VT::kU32},
+    {"tokenizer.ggml.add_bos_token", VT::kBool},
+    {"tokenizer.ggml.add_eos_token", VT::kBool},
+    {"tokenizer.ggml.add_space_prefix", VT::kBool},
+    {"tokenizer.ggml.remove_extra_whitespaces", VT::kBool},
+    {"tokenizer.chat_template", VT::kString},
+};
+
+std::string TypeName(gguf::ValueType type, gguf::ValueType element) {
+  if (type != gguf::ValueType::kArray) return std::string(gguf::ValueTypeName(type));
+  return StrCat(gguf::ValueTypeName(element), "[]");
+}
+
+// Every key llama.cpp reads has the type it reads it as.
+absl::Status CheckKeyTypes(const gguf::Metadata& md) {
+  for (const KeyType& k : kLlamaKeyTypes) {
+    const gguf::Value* v = md.Find(k.key);
+    if (v == nullptr) continue;
+    const gguf::Array* arr = v->get_if<gguf::Array>();
+    gguf::ValueType element = arr != nullptr ? arr->element_type : gguf::ValueType::kU8;
+    if (v->type() != k.type || (arr != nullptr && element != k.element)) {
+      return absl::InvalidArgumentError(
+          StrCat("metadata '", k.key, "' is a ", TypeName(v->type(), element),
+                 "; llama.cpp reads it as a ", TypeName(k.type, k.element),
+                 " and refuses the file otherwise (give the run's metadata that type, e.g. "
+                 "ckptd.Typed in Python, or convert it in the profile's [[metadata]])"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The per-token arrays have one entry per token; tokens are unique
+// (llama.cpp asserts it). After CheckKeyTypes.
+absl::Status CheckTokenizer(const gguf::Metadata& md) {
+  const gguf::Value* tokens = md.Find("tokenizer.ggml.tokens");
+  if (tokens == nullptr) return absl::OkStatus();
+  const auto& items = tokens->get_if<gguf::Array>()->items;
+  for (std::string_view key : {"tokenizer.ggml.token_type", "tokenizer.ggml.scores"}) {
+    const gguf::Value* v = md.Find(key);
+    if (v != nullptr && v->get_if<gguf::Array>()->items.size() != items.size()) {
+      return absl::InvalidArgumentError(StrCat("metadata '", key, "' has ",
+                                               v->get_if<gguf::Array>()->items.size(),
+                                               " entries for ", items.size(),
+                                               " tokens; llama.cpp needs one per token"));
+    }
+  }
+  std::set<std::string_view> seen;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const std::string& token = *items[i].get_if<std::string>();
+    if (!seen.insert(token).second) {
+      return absl::InvalidArgumentError(
+          StrCat("metadata 'tokenizer.ggml.tokens': token ", i, " (\"", token,
+                 "\") appears twice; llama.cpp needs each token once"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status CheckLlama(std::span<const gguf::TensorSpec> tensors, const gguf::Metadata& md) {
+  CKPTD_TRY(CheckKeyTypes(md));
   CKPTD_ASSIGN_OR_RETURN(uint64_t n_embd, Count(md, "llama.embedding_length"));
   CKPTD_ASSIGN_OR_RETURN(uint64_t n_layer, Count(md, "llama.block_count"));
   CKPTD_ASSIGN_OR_RETURN(uint64_t n_ff, Count(md, "llama.feed_forward_length"));
@@ -103,7 +220,7 @@ absl::Status CheckLlama(std::span<const gguf::TensorSpec> tensors, const gguf::M
     return absl::InvalidArgumentError(
         StrCat("llama.cpp needs tensor '", want.begin()->first, "', which no rule produces"));
   }
-  return absl::OkStatus();
+  return CheckTokenizer(md);
 }
 
 }  // namespace ckptd::exports

@@ -136,6 +136,55 @@ TEST(PlanTest, LlamaTensorSetIsChecked) {
               HasSubstr("does not fit a u32"));
 }
 
+// Keys llama.cpp reads with one GGUF type: any other is refused at planning,
+// naming the key, its type and llama.cpp's.
+TEST(PlanTest, LlamaKeysMustHaveTheTypesLlamaCppReads) {
+  auto refused = [](gguf::Metadata md) {
+    return std::string(PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v").status().message());
+  };
+  std::vector<Value> types(kVocab, Value(int32_t{1}));
+  std::vector<Value> scores(kVocab, Value(0.5f));
+  gguf::Metadata md = HfMetadata();
+  md.Set("tokenizer.ggml.token_type", Value::MakeArray(gguf::ValueType::kI32, types));
+  md.Set("tokenizer.ggml.scores", Value::MakeArray(gguf::ValueType::kF32, scores));
+  md.Set("tokenizer.ggml.bos_token_id", Value(uint32_t{1}));
+  md.Set("tokenizer.ggml.add_bos_token", Value(true));
+  md.Set("llama.rope.freq_base", Value(10000.0f));
+  EXPECT_TRUE(PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v").ok());
+
+  gguf::Metadata bad = md;  // token types as u32: "invalid gguf type" in llama.cpp
+  std::vector<Value> u32_types(kVocab, Value(uint32_t{1}));
+  bad.Set("tokenizer.ggml.token_type", Value::MakeArray(gguf::ValueType::kU32, u32_types));
+  EXPECT_THAT(refused(bad), HasSubstr("metadata 'tokenizer.ggml.token_type' is a u32[]; llama.cpp "
+                                      "reads it as a i32[]"));
+  bad = md;
+  bad.Set("tokenizer.ggml.scores", Value::MakeArray(gguf::ValueType::kF64, {Value(0.5)}));
+  EXPECT_THAT(refused(bad), HasSubstr("'tokenizer.ggml.scores' is a f64[]"));
+  bad = md;
+  bad.Set("tokenizer.ggml.bos_token_id", Value(int32_t{1}));
+  EXPECT_THAT(refused(bad), HasSubstr("'tokenizer.ggml.bos_token_id' is a i32; llama.cpp reads it "
+                                      "as a u32"));
+  bad = md;
+  bad.Set("tokenizer.ggml.add_bos_token", Value(uint8_t{1}));
+  EXPECT_THAT(refused(bad), HasSubstr("'tokenizer.ggml.add_bos_token' is a u8"));
+  bad = md;
+  bad.Set("llama.rope.scaling.factor", Value(2.0));  // a key the profile passes through
+  EXPECT_THAT(refused(bad),
+              HasSubstr("'llama.rope.scaling.factor' is a f64; llama.cpp reads it as a f32"));
+  bad = md;
+  bad.Set("tokenizer.ggml.model", Value(uint32_t{1}));
+  EXPECT_THAT(refused(bad), HasSubstr("'tokenizer.ggml.model' is a u32"));
+  // One entry per token, and each token once.
+  bad = md;
+  bad.Set("tokenizer.ggml.scores", Value::MakeArray(gguf::ValueType::kF32, {Value(0.5f)}));
+  EXPECT_THAT(refused(bad), HasSubstr("'tokenizer.ggml.scores' has 1 entries for 40 tokens"));
+  bad = md;
+  std::vector<Value> tokens;
+  for (uint64_t i = 0; i < kVocab; ++i) tokens.push_back(Value::String(StrCat("t", i % 39)));
+  bad.Set("tokenizer.ggml.tokens", Value::MakeArray(gguf::ValueType::kString, tokens));
+  EXPECT_THAT(refused(bad), HasSubstr("token 39 (\"t0\") appears twice"));
+}
+
 std::vector<TensorSpec> PerHead(uint64_t odd_head_rows = kHead) {
   std::vector<TensorSpec> t{{"token_embd.weight", TensorType::kF16, {kE, kVocab}}};
   t.push_back({"blk.0.attn_norm.weight", TensorType::kF32, {kE}});

@@ -17,6 +17,15 @@ list/tuple of one of the above  array of that type (all items alike)
 numpy scalar                    its own width (np.float64 -> f64, ...)
 ``ckptd.Typed("f64", x)``       exactly the type named
 ==============================  =========================================
+
+Keys llama.cpp reads with one fixed type (``LLAMA_KEYS`` below: the
+``tokenizer.ggml.*`` keys, ``<arch>.`` hyperparameters such as
+``rope.freq_base``) are written with that type whatever Python type holds
+them, when the value fits it: a token-type list of ints becomes an i32
+array, ``rope.freq_base = 10000`` an f32, a numpy int64 count a u32. A
+value that does not fit (a negative token id, a float token type) is
+refused with a ValueError naming the key. ``Typed`` still names a type
+exactly.
 """
 
 from __future__ import annotations
@@ -93,6 +102,83 @@ def infer(value) -> Typed:
     raise ValueError(f"a {type(value).__name__} cannot be GGUF metadata")
 
 
+# The GGUF type llama.cpp's loader reads each key as (it refuses any other:
+# "invalid gguf type for tokenizer.ggml.token_type"). Keys of an
+# architecture are listed without their "<arch>." prefix.
+LLAMA_KEYS = {
+    "general.architecture": "string",
+    "general.name": "string",
+    "tokenizer.ggml.model": "string",
+    "tokenizer.ggml.pre": "string",
+    "tokenizer.chat_template": "string",
+    "tokenizer.ggml.tokens": ("array", "string"),
+    "tokenizer.ggml.merges": ("array", "string"),
+    "tokenizer.ggml.token_type": ("array", "i32"),
+    "tokenizer.ggml.scores": ("array", "f32"),
+    "tokenizer.ggml.precompiled_charsmap": ("array", "u8"),
+    **{f"tokenizer.ggml.{t}_token_id": "u32" for t in (
+        "bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "cls", "mask",
+        "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")},
+    **{f"tokenizer.ggml.{f}": "bool" for f in (
+        "add_bos_token", "add_eos_token", "add_space_prefix", "remove_extra_whitespaces")},
+}
+ARCH_KEYS = {
+    **{k: "u32" for k in (
+        "vocab_size", "context_length", "embedding_length", "block_count", "feed_forward_length",
+        "expert_count", "expert_used_count", "attention.head_count", "attention.head_count_kv",
+        "attention.key_length", "attention.value_length", "rope.dimension_count",
+        "rope.scaling.original_context_length")},
+    **{k: "f32" for k in (
+        "attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.freq_base",
+        "rope.scale_linear", "rope.scaling.factor")},
+    "rope.scaling.type": "string",
+    "rope.scaling.finetuned": "bool",
+}
+_RANGE = {"u8": (0, 1 << 8), "i32": (-(1 << 31), 1 << 31), "u32": (0, 1 << 32)}
+
+
+def llama_type(key: str, architecture: str | None = None):
+    """The type llama.cpp reads `key` as ("u32", ("array", "i32")...), or None."""
+    if key in LLAMA_KEYS:
+        return LLAMA_KEYS[key]
+    arch, _, rest = key.partition(".")
+    if rest in ARCH_KEYS and (architecture is None or arch == architecture):
+        return ARCH_KEYS[rest]
+    return None
+
+
+def _scalar_as(key: str, x, t: str):
+    if isinstance(x, np.generic):
+        x = x.item()
+    if t == "string":
+        if isinstance(x, str):
+            return x
+    elif t == "bool":
+        if isinstance(x, bool):
+            return x
+    elif t == "f32":
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            return float(x)
+    elif isinstance(x, int) and not isinstance(x, bool):
+        lo, hi = _RANGE[t]
+        if lo <= x < hi:
+            return x
+    raise ValueError(f"metadata '{key}': {x!r} is not a {t}, the type llama.cpp reads this key as "
+                     "(it refuses the file otherwise)")
+
+
+def coerce(key: str, value, architecture: str | None = None):
+    """`value` as the Typed llama.cpp requires for `key`, or as given."""
+    t = llama_type(key, architecture)
+    if t is None or isinstance(value, Typed):
+        return value
+    if isinstance(t, tuple):
+        if not isinstance(value, (list, tuple, np.ndarray)):
+            raise ValueError(f"metadata '{key}': llama.cpp reads it as an array of {t[1]}")
+        return Typed("array", [_scalar_as(key, x, t[1]) for x in value], element=t[1])
+    return Typed(t, _scalar_as(key, value, t))
+
+
 _FIELD = {
     "u8": "u8",
     "i8": "i8",
@@ -124,10 +210,12 @@ def to_proto(value, pb):
 
 
 def entries(metadata: dict | None, pb) -> list:
+    md = metadata or {}
+    arch = md.get("general.architecture")
     out = []
-    for k, v in (metadata or {}).items():
+    for k, v in md.items():
         e = pb.MetadataEntry(key=k)
-        e.value.CopyFrom(to_proto(v, pb))
+        e.value.CopyFrom(to_proto(coerce(k, v, arch if isinstance(arch, str) else None), pb))
         out.append(e)
     return out
 
