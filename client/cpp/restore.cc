@@ -6,6 +6,7 @@
 // overlaps the reads.
 #include "ckptd/restore.h"
 
+#include <fmt/ranges.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -367,6 +368,12 @@ absl::Status Restore::ReadInto(std::string_view name, void* dst, size_t n) {
   return ReadMany({&t, 1});
 }
 
+absl::Status Restore::ReadInto(std::string_view name, void* dst, size_t n, v1::TensorType type,
+                               std::span<const uint64_t> ne) {
+  ReadTarget t{.name = name, .dst = dst, .n = n, .type = type, .ne = {ne.begin(), ne.end()}};
+  return ReadMany({&t, 1});
+}
+
 absl::Status Restore::ReadMany(std::span<const ReadTarget> targets) {
   std::vector<ReadTarget> damaged;
   CKPTD_TRY(ReadPass(targets, files_[0]->memory != nullptr, &damaged));
@@ -388,6 +395,14 @@ absl::Status Restore::ReadPass(std::span<const ReadTarget> targets, bool use_mem
     if (it == nullptr) {
       return absl::NotFoundError(
           StrCat("no tensor '", t.name, "' in this checkpoint (", model_path(), ")"));
+    }
+    if (t.type && (*t.type != it->type || t.ne != it->ne)) {
+      return absl::FailedPreconditionError(StrCat(
+          "tensor '", t.name, "': the checkpoint holds ", v1::TensorType_Name(it->type), " [",
+          fmt::format("{}", fmt::join(it->ne, ", ")), "], the destination is ",
+          v1::TensorType_Name(*t.type), " [", fmt::format("{}", fmt::join(t.ne, ", ")),
+          "] (dims in GGUF order); nothing was read: give the destination the saved type and "
+          "dims"));
     }
     if (t.n != it->nbytes) {
       return absl::InvalidArgumentError(

@@ -71,9 +71,11 @@ int main(int argc, char** argv) {
   // The model: one weight matrix, trained by a toy update rule.
   std::vector<float> w(256 * 256, 0.0f);
   uint64_t first = 1;
+  const std::vector<uint64_t> dims = {256, 256};  // GGUF order
   auto restored = ckptd::Restore::OpenRun(**run);  // the latest checkpoint
   if (restored.ok()) {
-    if (absl::Status st = (*restored)->ReadInto("w", w.data(), w.size() * sizeof(float));
+    if (absl::Status st = (*restored)->ReadInto("w", w.data(), w.size() * sizeof(float),
+                                                ckptd::v1::TENSOR_TYPE_F32, dims);
         !st.ok()) {
       return Fail("restore", st);
     }
@@ -86,7 +88,7 @@ int main(int argc, char** argv) {
   auto cp = ckptd::Checkpointer::Create(run->get());
   if (!cp.ok()) return Fail("checkpointer", cp.status());
   const std::vector<ckptd::TensorView> tensors = {
-      {.name = "w", .ne = {256, 256}, .data = w.data(), .bytes = w.size() * sizeof(float)}};
+      {.name = "w", .ne = dims, .data = w.data(), .bytes = w.size() * sizeof(float)}};
   const uint64_t last = first + args.steps - 1;
   double loss = 0;
   for (uint64_t step = first; step <= last; ++step) {

@@ -221,6 +221,29 @@ TEST_F(RestoreTest, BadRequestsAreNamed) {
   EXPECT_FALSE(gone.ok());
 }
 
+// A destination that states its type and dims gets the saved tensor only
+// when both are the same: an F16 tensor is never read into BF16 memory, a
+// [16, 4] one never into [4, 16], even with the byte counts equal.
+TEST_F(RestoreTest, ATypeOrShapeOtherThanTheSavedOneIsRefusedBeforeReading) {
+  const std::vector<Tensor> tensors = {
+      {"w", gguf::TensorType::kF16, {16, 4}, storage::TensorGroup::kModel, RandomBytes(128, 3)}};
+  auto r = Restore::Open(Commit(100, tensors));
+  ASSERT_OK(r.status());
+  std::string dst(128, '\0');
+  const std::vector<uint64_t> saved = {16, 4}, turned = {4, 16};
+  absl::Status type = (*r)->ReadInto("w", dst.data(), dst.size(), v1::TENSOR_TYPE_BF16, saved);
+  EXPECT_EQ(type.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(type.message()),
+              HasSubstr("tensor 'w': the checkpoint holds TENSOR_TYPE_F16 [16, 4], the "
+                        "destination is TENSOR_TYPE_BF16 [16, 4]"));
+  absl::Status shape = (*r)->ReadInto("w", dst.data(), dst.size(), v1::TENSOR_TYPE_F16, turned);
+  EXPECT_EQ(shape.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(shape.message()), HasSubstr("[16, 4], the destination is"));
+  EXPECT_EQ(dst, std::string(128, '\0'));  // nothing was read
+  ASSERT_OK((*r)->ReadInto("w", dst.data(), dst.size(), v1::TENSOR_TYPE_F16, saved));
+  EXPECT_EQ(dst, tensors[0].bytes);
+}
+
 TEST_F(RestoreTest, AFileWithoutDigestsNeedsVerifyOff) {
   gguf::Metadata md;
   md.Set("general.architecture", gguf::Value("llama"));

@@ -64,6 +64,12 @@ struct ReadTarget {
   std::string_view name;
   void* dst = nullptr;
   size_t n = 0;  // must equal the tensor's nbytes
+  // What the destination holds. When `type` is given, the saved tensor must
+  // have exactly this type and these dims (GGUF order), or the read is
+  // refused before any byte is read: FAILED_PRECONDITION naming the tensor,
+  // both types and both shapes. Bytes are never reinterpreted.
+  std::optional<v1::TensorType> type;
+  std::vector<uint64_t> ne;
 };
 
 class Restore {
@@ -109,6 +115,11 @@ class Restore {
 
   // Reads one tensor into dst (n must be its nbytes).
   absl::Status ReadInto(std::string_view name, void* dst, size_t n);
+  // The same, checking that the saved tensor is `type` with dims `ne`
+  // (GGUF order, as the trainer saved it): the way to restore into a
+  // model's own tensors.
+  absl::Status ReadInto(std::string_view name, void* dst, size_t n, v1::TensorType type,
+                        std::span<const uint64_t> ne);
   // Reads several tensors at once, in file order whatever the order given:
   // the fast way to restore a whole model.
   absl::Status ReadMany(std::span<const ReadTarget> targets);
