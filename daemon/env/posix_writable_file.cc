@@ -71,12 +71,12 @@ class PosixWritableFile final : public WritableFile {
 
   absl::Status Append(std::string_view data) override {
     while (!data.empty()) {
-      size_t n = std::min(data.size(), kWriteBufferBytes - used_);
+      size_t n = std::min(data.size(), capacity_ - used_);
       std::memcpy(buf_.get() + used_, data.data(), n);
       used_ += n;
       size_ += n;
       data.remove_prefix(n);
-      if (used_ == kWriteBufferBytes) CKPTD_TRY(FlushFull());
+      if (used_ == capacity_) CKPTD_TRY(capacity_ < kWriteBufferBytes ? Grow() : FlushFull());
     }
     return absl::OkStatus();
   }
@@ -184,9 +184,25 @@ class PosixWritableFile final : public WritableFile {
   const std::string& path() const override { return path_; }
 
  private:
+  // A file starts with a small buffer (most files the daemon writes are
+  // small: the allocator maps and unmaps 4 MiB ones for each) and moves to a
+  // full-size one when it fills.
+  absl::Status Grow() {
+    AlignedBuffer bigger = AllocateAligned(kWriteBufferBytes);
+    if (bigger == nullptr) {
+      return absl::ResourceExhaustedError(
+          StrCat("write ", path_, ": no memory for a write buffer"));
+    }
+    std::memcpy(bigger.get(), buf_.get(), used_);
+    buf_ = std::move(bigger);
+    capacity_ = kWriteBufferBytes;
+    return absl::OkStatus();
+  }
+
   // Queues the full buffer for the writer threads and goes on filling a free
   // one, so copying and hashing the next 4 MiB overlaps the writes in flight.
   absl::Status FlushFull() {
+    if (capacity_ < kWriteBufferBytes) CKPTD_TRY(Grow());  // only full-size buffers circulate
     AlignedBuffer next;
     {
       std::unique_lock lock(wmu_);
@@ -322,7 +338,8 @@ class PosixWritableFile final : public WritableFile {
   absl::Status write_status_;
   std::atomic<bool> write_status_ok_{true};  // once a write failed, later ones are skipped
   std::vector<std::thread> workers_;
-  size_t used_ = 0;           // bytes in buf_, starting at file offset flushed_
+  size_t capacity_ = kFirstWriteBufferBytes;  // of buf_: a multiple of the alignment
+  size_t used_ = 0;                           // bytes in buf_, starting at file offset flushed_
   uint64_t flushed_ = 0;      // file offset of buf_[0]; always aligned under O_DIRECT
   uint64_t size_ = 0;         // logical file size
   uint64_t synced_size_ = 0;  // size_ at the last successful Sync
@@ -345,7 +362,7 @@ absl::StatusOr<std::unique_ptr<WritableFile>> OpenPosixWritableFile(const std::s
     fd = ::open(path.c_str(), flags, 0644);
     if (fd < 0) return PosixError(StrCat("open ", path), errno);
   }
-  AlignedBuffer buf = AllocateAligned(kWriteBufferBytes);
+  AlignedBuffer buf = AllocateAligned(kFirstWriteBufferBytes);
   if (buf == nullptr) {
     ::close(fd);
     ::unlink(path.c_str());

@@ -34,8 +34,9 @@ class ScopedFd {
 
 inline constexpr size_t kDirectIoAlignment = 4096;
 inline constexpr size_t kWriteBufferBytes = 4 << 20;
-inline constexpr size_t kWriteBuffers = 4;  // per file: at most 16 MiB
-inline constexpr size_t kWriteThreads = 2;  // writes in flight per file
+inline constexpr size_t kFirstWriteBufferBytes = 64 << 10;  // until a file outgrows it
+inline constexpr size_t kWriteBuffers = 4;                  // per file: at most 16 MiB
+inline constexpr size_t kWriteThreads = 2;                  // writes in flight per file
 
 absl::StatusOr<std::unique_ptr<WritableFile>> OpenPosixWritableFile(const std::string& path,
                                                                     DirectIo direct);

@@ -133,6 +133,43 @@ TEST(WritableFileTest, StableAppendsWriteTheAlignedMiddleFromTheCallersMemory) {
   }
 }
 
+// A file starts on a small buffer and moves to a full-size one when it
+// fills: content is exact at and around the move, with a sync before it
+// and patches on both sides.
+TEST(WritableFileTest, ContentIsExactAcrossTheMoveToAFullSizeBuffer) {
+  testing::TempDir dir;
+  std::mt19937_64 rng(11);
+  for (DirectIo mode : {DirectIo::kAuto, DirectIo::kOff}) {
+    for (size_t total : {size_t{1}, kFirstWriteBufferBytes - 1, kFirstWriteBufferBytes,
+                         kFirstWriteBufferBytes + 1, 3 * kFirstWriteBufferBytes + 4097}) {
+      const std::string path =
+          dir.Join(std::to_string(static_cast<int>(mode)) + "-" + std::to_string(total));
+      auto file = Env::Default()->NewWritableFile(path, mode);
+      ASSERT_TRUE(file.ok()) << file.status();
+      std::string want = Random(total, rng);
+      bool synced = total < 2 * kFirstWriteBufferBytes;  // the big one syncs before it moves
+      for (size_t at = 0; at < total;) {
+        const size_t n = std::min<size_t>(total - at, 1 + rng() % 5000);
+        ASSERT_TRUE((*file)->Append(std::string_view(want).substr(at, n)).ok());
+        at += n;
+        if (!synced && at >= total / 4) {
+          ASSERT_TRUE((*file)->Sync().ok());
+          synced = true;
+        }
+      }
+      want[0] = 'P';
+      want[total - 1] = 'Q';
+      ASSERT_TRUE((*file)->WriteAt(0, "P").ok());
+      ASSERT_TRUE((*file)->WriteAt(total - 1, "Q").ok());
+      ASSERT_TRUE((*file)->Sync().ok());
+      ASSERT_TRUE((*file)->Close().ok());
+      const std::string got = testing::ReadFile(path);
+      ASSERT_EQ(got.size(), total);
+      EXPECT_TRUE(got == want) << "content differs at size " << total;
+    }
+  }
+}
+
 TEST(WritableFileTest, BufferedContentIsExact) {
   testing::TempDir dir;
   for (uint64_t seed = 1; seed <= 4; ++seed) WriteAndCheck(dir.path(), DirectIo::kOff, seed, false);
