@@ -124,10 +124,9 @@ absl::Status CheckTokenizer(const gguf::Metadata& md) {
   for (std::string_view key : {"tokenizer.ggml.token_type", "tokenizer.ggml.scores"}) {
     const gguf::Value* v = md.Find(key);
     if (v != nullptr && v->get_if<gguf::Array>()->items.size() != items.size()) {
-      return absl::InvalidArgumentError(StrCat("metadata '", key, "' has ",
-                                               v->get_if<gguf::Array>()->items.size(),
-                                               " entries for ", items.size(),
-                                               " tokens; llama.cpp needs one per token"));
+      return absl::InvalidArgumentError(
+          StrCat("metadata '", key, "' has ", v->get_if<gguf::Array>()->items.size(),
+                 " entries for ", items.size(), " tokens; llama.cpp needs one per token"));
     }
   }
   std::set<std::string_view> seen;

@@ -205,7 +205,8 @@ class Uploader {
   absl::Status UploadFile(const StepUpload& up, const std::string& path, const std::string& name,
                           uint64_t size, std::string* key, std::string* etag);
   void TestPause();
-  void NotifyUploaded(const StepUpload& up, uint64_t bytes, double seconds) ABSL_LOCKS_EXCLUDED(mu_);
+  void NotifyUploaded(const StepUpload& up, uint64_t bytes, double seconds)
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Verify(const std::string& key, uint64_t size, const std::string& etag);
   // Read-modify-write of a run's state file.
   absl::Status UpdateState(const std::string& run_dir,

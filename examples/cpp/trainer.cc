@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   // The model: one weight matrix, trained by a toy update rule.
   std::vector<float> w(256 * 256, 0.0f);
   uint64_t first = 1;
-  const std::vector<uint64_t> dims = {256, 256};  // GGUF order
+  const std::vector<uint64_t> dims = {256, 256};   // GGUF order
   auto restored = ckptd::Restore::OpenRun(**run);  // the latest checkpoint
   if (restored.ok()) {
     if (absl::Status st = (*restored)->ReadInto("w", w.data(), w.size() * sizeof(float),

@@ -140,7 +140,8 @@ TEST(PlanTest, LlamaTensorSetIsChecked) {
 // naming the key, its type and llama.cpp's.
 TEST(PlanTest, LlamaKeysMustHaveTheTypesLlamaCppReads) {
   auto refused = [](gguf::Metadata md) {
-    return std::string(PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v").status().message());
+    return std::string(
+        PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v").status().message());
   };
   std::vector<Value> types(kVocab, Value(int32_t{1}));
   std::vector<Value> scores(kVocab, Value(0.5f));

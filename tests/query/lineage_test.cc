@@ -28,8 +28,8 @@ Node Checkpoint(const std::string& run, uint64_t step, const std::string& uuid,
   return n;
 }
 
-Node Export(const std::string& run, uint64_t step, const std::string& name,
-            const std::string& uuid, const std::string& ckpt_uuid) {
+Node Export(const std::string& run, uint64_t step, const std::string& name, const std::string& uuid,
+            const std::string& ckpt_uuid) {
   Node n;
   n.set_id(ExportNodeId(run, step, name));
   n.set_kind(Node::KIND_EXPORT);
@@ -87,14 +87,13 @@ TEST(LineageTest, RunsWithEqualContentAreTwoLanesLinkedAsSameContent) {
   // Run b's own lane is all of b, once each, and none of a.
   auto b = Focus(g, "", "b");
   ASSERT_TRUE(b.ok()) << b.status();
-  EXPECT_THAT(Ids(*b),
-              ElementsAre("base:base", "b/step_100", "b/step_200", "b/step_200.hf-llama"));
+  EXPECT_THAT(Ids(*b), ElementsAre("base:base", "b/step_100", "b/step_200", "b/step_200.hf-llama"));
   // A uuid names every file holding it: both runs' exports, each once.
   auto x = Focus(g, "x200", "");
   ASSERT_TRUE(x.ok());
-  EXPECT_THAT(Ids(*x), UnorderedElementsAre("base:base", "a/step_100", "a/step_200",
-                                            "a/step_200.hf-llama", "b/step_100", "b/step_200",
-                                            "b/step_200.hf-llama"));
+  EXPECT_THAT(Ids(*x),
+              UnorderedElementsAre("base:base", "a/step_100", "a/step_200", "a/step_200.hf-llama",
+                                   "b/step_100", "b/step_200", "b/step_200.hf-llama"));
 }
 
 TEST(LineageTest, AnExportWithItsCheckpointsTensorsHangsUnderIt) {
