@@ -11,6 +11,7 @@ FUZZ_SECONDS ?= 300
 SANITIZED  = gguf export env storage policy config scheduler tier query http
 FUZZERS    = gguf_reader_fuzz request_fuzz arena_request_fuzz export_profile_fuzz config_fuzz
 
+comma      := ,
 PREFIX     ?= /usr
 CMAKE_CONFIGURE = cmake -S . -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCKPTD_WERROR=ON \
                   -DCMAKE_INSTALL_PREFIX=$(PREFIX)
@@ -110,6 +111,7 @@ bench: build
 	@scripts/install-deps.sh --bench
 	@$(BUILD)/bench/gguf_bench $(filter --quick,$(ARGS))
 	@/usr/bin/python3 bench/run_bench.py --build $(BUILD) $(ARGS)
+	@/usr/bin/python3 bench/first_save_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256$(comma)1024,)
 	@/usr/bin/python3 bench/export_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 3,)
 	@/usr/bin/python3 bench/tier_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
 

@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import random
-import signal
 import sys
 import time
 
@@ -88,6 +87,8 @@ def main():
     p.add_argument("--socket", default=None, help="daemon address (default $CKPTD_SOCKET)")
     p.add_argument("--transport", default="auto", choices=["auto", "shm", "stream"])
     p.add_argument("--sleep", type=float, default=0.0, help="pause per step (tests)")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds after SIGTERM for the step in progress to end and be saved")
     args = p.parse_args()
 
     torch.set_num_threads(1)  # bit-for-bit reproducible on any machine
@@ -110,33 +111,35 @@ def main():
         sched.load_state_dict(info.extra["scheduler"])
         first = info.extra["next_step"]
         print(f"resumed from step {info.step} ({info.source}, {info.bytes} bytes in {info.seconds:.3f}s)", flush=True)
-    ckptd.on_preemption(run, lambda: state(last_done))
 
     def state(step):
         return dict(step=step, model=model, optimizer=opt, metrics={"loss": last_loss},
                     extra={"scheduler": sched.state_dict(), "next_step": step + 1, "seed": args.seed})
 
-    last_done, last_loss = first - 1, float("nan")
-    for step in range(first, args.steps):
-        model.train()
-        x, y = batch(args.seed, step)
-        loss = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        last_done, last_loss = step, loss.item()
-        # ckptd: a checkpoint when the schedule says so (one cheap RPC otherwise).
-        r = run.maybe_save(step, **{k: v for k, v in state(step).items() if k != "step"})
-        if r.state != "skipped":
-            print(f"step {step} loss {last_loss:.4f} checkpoint {r.state} ({r.transport}, stall {r.stall_s * 1e3:.1f} ms)",
-                  flush=True)
-        if args.sleep:
-            time.sleep(args.sleep)
-    final = state(args.steps - 1)
-    run.close(final)
+    last_loss = float("nan")
+    print(f"training from step {first}", flush=True)
+    # ckptd: on SIGTERM the step in progress ends, maybe_save saves it and
+    # the trainer exits (within --grace seconds).
+    with run.preemptible(grace=args.grace):
+        for step in range(first, args.steps):
+            model.train()
+            x, y = batch(args.seed, step)
+            loss = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last_loss = loss.item()
+            if args.sleep:
+                time.sleep(args.sleep)
+            # ckptd: a checkpoint when the schedule says so (one cheap RPC otherwise).
+            r = run.maybe_save(step, **{k: v for k, v in state(step).items() if k != "step"})
+            if r.state != "skipped":
+                print(f"step {step} loss {last_loss:.4f} checkpoint {r.state} ({r.transport}, stall {r.stall_s * 1e3:.1f} ms)",
+                      flush=True)
+        final = state(args.steps - 1)
+        run.close(final)
     print(f"done: step {args.steps - 1} loss {last_loss:.4f}", flush=True)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -217,17 +217,19 @@ def test_sigkill_right_after_a_shm_save_still_commits(daemon):
 
 
 def test_sigterm_saves_once_more_and_exits(daemon):
+    # The save happens at the next step boundary (maybe_save), never mid-step.
     p = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import ckptd, torch, time, sys
         run = ckptd.connect().open_run("preempted", schedule={"every_steps": 1000})
         w = torch.zeros(100)
         step = 0
-        ckptd.on_preemption(run, lambda: {"step": step, "model": {"w": w}, "extra": {"step": step}})
+        ckptd.on_preemption(run)
         print("ready", flush=True)
         while True:
             step += 1
             w += 1
             time.sleep(0.001)
+            run.maybe_save(step, model={"w": w}, extra={"step": step})
     """)], stdout=subprocess.PIPE, text=True, env=daemon.env())
     assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGTERM)

@@ -5,6 +5,7 @@ pass; refusals; offline re-export; lineage."""
 
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -130,6 +131,49 @@ def test_profiles_that_do_not_fit_are_refused_when_the_run_opens(daemon, tmp_pat
         assert not os.path.exists(weights_dir(daemon, run_id)) or not os.listdir(weights_dir(daemon, run_id))
 
 
+def _kv_type(data: bytes, key: str) -> tuple[int, int | None, int]:
+    """(value type, array element type or None, offset of the value type)
+    of a metadata key, read from the file's bytes (key: u64 length, bytes)."""
+    k = key.encode()
+    at = data.index(struct.pack("<Q", len(k)) + k) + 8 + len(k)
+    vtype = struct.unpack_from("<I", data, at)[0]
+    return vtype, struct.unpack_from("<I", data, at + 4)[0] if vtype == 9 else None, at
+
+
+def test_a_tokenizer_given_as_plain_lists_gets_the_types_llama_cpp_reads(daemon, tmp_path):
+    # The tokenizer as a trainer has it: lists of ints and floats, plain ints.
+    md = {k: (list(v.value) if v.type == "array" else v.value) if isinstance(v, ckptd.Typed) else v
+          for k, v in tl.metadata().items()}
+    md["tokenizer.ggml.scores"] = [0] * tl.VOCAB  # ints: f32 all the same
+    wd = save_once(daemon, "plain-tokenizer", tl.hf_model(), ["hf-llama"], md)
+    path = os.path.join(wd, "step_1.hf-llama.gguf")
+    data = open(path, "rb").read()
+    I32, U32, F32, BOOL, ARRAY = 5, 4, 6, 7, 9
+    assert _kv_type(data, "tokenizer.ggml.token_type")[:2] == (ARRAY, I32)
+    assert _kv_type(data, "tokenizer.ggml.scores")[:2] == (ARRAY, F32)
+    assert _kv_type(data, "tokenizer.ggml.bos_token_id")[:2] == (U32, None)
+    got = tl.llama_cpp_logits(path)
+    assert np.abs(got - tl.reference_logits(tl.hf_weights())).max() < 1e-3
+    # llama.cpp itself refuses the other types: the same file with token_type
+    # as u32[], or bos_token_id as an i32 (same widths: one byte patched).
+    for key, patch, want in (("tokenizer.ggml.token_type", 4, "token_type"),
+                             ("tokenizer.ggml.bos_token_id", 0, "bos_token_id")):
+        bad = bytearray(data)
+        vtype, _, at = _kv_type(data, key)
+        struct.pack_into("<I", bad, at + patch, U32 if vtype == ARRAY else I32)
+        (tmp_path / "bad.gguf").write_bytes(bad)
+        with pytest.raises(AssertionError, match=want):
+            tl.llama_cpp_logits(str(tmp_path / "bad.gguf"))
+    # ... and so does ckptd, when the run opens, naming the key and both types.
+    md["tokenizer.ggml.token_type"] = ckptd.Typed("array", md["tokenizer.ggml.token_type"], element="u32")
+    msg = _open_error(daemon, "u32-token-types", tl.hf_weights(), ["hf-llama"], md)
+    assert "metadata 'tokenizer.ggml.token_type' is a u32[]; llama.cpp reads it as a i32[]" in msg, msg
+    md["tokenizer.ggml.token_type"] = [-1] + [1] * (tl.VOCAB - 1)
+    md["tokenizer.ggml.bos_token_id"] = -1
+    with pytest.raises(ValueError, match="'tokenizer.ggml.bos_token_id': -1 is not a u32"):
+        _open_error(daemon, "negative-id", tl.hf_weights(), ["hf-llama"], md)
+
+
 def test_the_first_save_is_refused_when_no_manifest_was_given(daemon):
     state = dict(tl.hf_weights())
     state["stray"] = np.zeros(4, np.float32)
@@ -216,6 +260,15 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
                 ft.wait()
             ft.close()
             whole = c.lineage(run_id="ft")
+            # A run with ft's content step for step (the same seed): equal uuids.
+            twin = c.open_run("ft-twin", metadata=tl.metadata(), base_model=pre_uuids[2], exports=["hf-llama"],
+                              model=state, schedule={"every_steps": 1})
+            for step in (10, 20):
+                state["lm_head.weight"][0, 1] = step
+                twin.save(step, model=state)
+                twin.wait()
+            twin.close()
+            lane = {n.id: n for n in c.lineage(run_id="ft-twin").nodes}
         kinds = [(n.kind, n.run_id, n.step, n.name) for n in whole.nodes]
         K = whole.nodes[0].__class__
         assert (K.KIND_BASE_MODEL, "", 0, "") in kinds
@@ -233,6 +286,19 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
                 src = by_uuid[n.parent_uuid]
                 assert (src.run_id, src.step) == (n.run_id, n.step)
                 assert G.read_header(n.file).metadata["general.source.uuid"] == n.parent_uuid
+
+        # The twin is a lane of its own, linked to ft as the same content: not
+        # a fork of ft, nothing listed twice, nothing of ft in its lane.
+        ft_ids = {n.id: n for n in whole.nodes}
+        assert sorted(i for i in lane if i.startswith("ft-twin/")) == [
+            "ft-twin/step_10", "ft-twin/step_10.hf-llama", "ft-twin/step_20", "ft-twin/step_20.hf-llama"]
+        assert not any(i.startswith("ft/") for i in lane), sorted(lane)
+        assert lane["ft-twin/step_20"].parent_id == "ft-twin/step_10"
+        assert lane["ft-twin/step_10"].parent_id == "pre/step_2"
+        assert lane["ft-twin/step_20.hf-llama"].parent_id == "ft-twin/step_20"
+        assert lane["ft-twin/step_20"].uuid == ft_ids["ft/step_20"].uuid
+        assert list(lane["ft-twin/step_20"].same_content) == ["ft/step_20"]
+        assert list(lane["ft-twin/step_10.hf-llama"].same_content) == ["ft/step_10.hf-llama"]
 
         tree = subprocess.run([CKPTCTL, "lineage", "ft", f"--socket={d.target}"], capture_output=True,
                               text=True, check=True).stdout
@@ -252,13 +318,13 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
         one = json.loads(subprocess.run([CKPTCTL, "lineage", leaf.uuid, "--json", f"--socket={d.target}"],
                                         capture_output=True, text=True, check=True).stdout)
         assert {(n.get("run_id", ""), int(n.get("step", 0))) for n in one["nodes"]} == {
-            ("", 0), ("pre", 1), ("pre", 2), ("ft", 10)}
+            ("", 0), ("pre", 1), ("pre", 2), ("ft", 10), ("ft-twin", 10)}  # both files with that content
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/lineage/{pre_uuids[2]}") as r:
             http = json.loads(r.read())
         runs = {(n.get("run_id"), int(n.get("step", 0)), n.get("kind")) for n in http["nodes"]}
         assert ("ft", 20, "KIND_CHECKPOINT") in runs and ("pre", 1, "KIND_CHECKPOINT") in runs
-        assert sum(1 for n in http["nodes"] if n["kind"] == "KIND_EXPORT") == 4
+        assert sum(1 for n in http["nodes"] if n["kind"] == "KIND_EXPORT") == 4 + 2
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/lineage/00000000-0000-8000-8000-000000000000")
             raise AssertionError("an unknown uuid must be 404")

@@ -6,6 +6,7 @@ import getpass
 import logging
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -17,12 +18,14 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from . import gguf, state
+from . import compat, gguf, state
 from .reader import Checkpoint
 from .shm import ArenaError, ArenaPool, hot_copy, shm_supported
 from .v1 import ckptd_pb2 as pb
 from .v1 import ckptd_pb2_grpc as pb_grpc
 from .values import entries as metadata_entries
+
+state_lib = state  # the module, where a method's `state=` parameter shadows it
 
 log = logging.getLogger("ckptd")
 
@@ -107,6 +110,8 @@ class RestoreInfo:
     bytes: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     memory_fallbacks: int = 0  # hot restore: tensors read from disk because memory had changed
+    # What restore(cast=..., reshape=...) changed, one line per tensor ("" none).
+    changes: list[str] = field(default_factory=list)
 
 
 def connect(target: str | None = None, reconnect_timeout: float = 60.0, *, tls: bool = False,
@@ -174,7 +179,7 @@ class Client:
                  base_model: str | None = None, run_dir: str = "", seed: int | None = None,
                  transport: str = "auto", name_map: Callable[[str], str] | None = None,
                  threads: int = 4, exports: list | None = None, model=None,
-                 tier=None, multi_rank=None) -> "Run":
+                 tier=None, multi_rank=None, optimizer=None) -> "Run":
         """Opens (or resumes) a run. `schedule`/`retention`: dicts with the
         proto's field names ({"every_steps": 500}) or the messages; `metadata`:
         GGUF-typed model metadata (see ckptd.values); `transport`: "auto"
@@ -191,7 +196,9 @@ class Client:
         "total_tensors", "slices": [{"name", "full_ne", "dim", "offset"}])
         or a MultiRank message: each save writes this rank's part, and the
         step shows in listings and restores once every rank's part is
-        durable (the daemons agree through the object-storage tier)."""
+        durable (the daemons agree through the object-storage tier).
+        With `model` (and `optimizer`) given, a shared-memory run sets up
+        its arena now (Run.reserve): the first save costs what later ones do."""
         req = pb.OpenRunRequest(run_id=run_id, run_dir=run_dir, base_model_uuid=base_model or "")
         for e in exports or []:
             req.exports.append(_export_request(e))
@@ -222,6 +229,8 @@ class Client:
         resp = _rpc(self.stub.OpenRun, req)
         run = Run(self, resp, transport, name_map, threads)
         run._open_request = req
+        if model is not None:
+            run.reserve(model=model, optimizer=optimizer)
         return run
 
     def lineage(self, uuid: str = "", run_id: str = ""):
@@ -272,17 +281,29 @@ def load_profile(path) -> "pb.ExportProfile":
     return json_format.ParseDict(data, pb.ExportProfile())
 
 
-def _git_commit() -> str:
+def _git_commit() -> tuple[str, str]:
+    """The commit of the git repository that holds the trainer's entry script
+    (__main__.__file__), not of the working directory (which may be anyone's
+    checkout), and what it was taken from: (commit, source) where source is
+    the script's path, or why there is no commit."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not script:
+        return "", "no entry script (interactive, python -c or an embedded interpreter)"
+    script = os.path.abspath(script)
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
+        out = subprocess.run(["git", "-C", os.path.dirname(script), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError) as e:
+        return "", f"git could not be run for {script}: {e}"
+    if out.returncode != 0:
+        return "", f"{script} is in no git repository"
+    return out.stdout.strip(), script
 
 
 def _provenance(seed: int | None) -> pb.Provenance:
+    commit, source = _git_commit()
     p = pb.Provenance(
-        git_commit=_git_commit(),
+        git_commit=commit,
         command_line=" ".join([sys.executable] + sys.argv),
         host=socket.gethostname(),
         client_pid=os.getpid(),
@@ -293,11 +314,46 @@ def _provenance(seed: int | None) -> pb.Provenance:
     p.framework_versions["numpy"] = np.__version__
     if state.torch is not None:
         p.framework_versions["torch"] = state.torch.__version__
+    # Which repository git_commit is of, or why it is empty.
+    p.extra["git_commit_source"] = source
     try:
         p.extra["user"] = getpass.getuser()
     except (KeyError, OSError):
         pass
     return p
+
+
+def _flat(sd, prefix: str = "", out=None) -> dict:
+    """A model's tensors by name; nested dicts ({"model": sd, "ema": sd2})
+    joined with "." ("model.fc.weight"). A name made twice is refused."""
+    out = {} if out is None else out
+    for k, v in (sd or {}).items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            _flat(v, name + ".", out)
+            continue
+        if name in out:
+            raise ValueError(f"model: the nested dicts make the name '{name}' twice")
+        out[name] = v
+    return out
+
+
+def _state_dict(model) -> dict:
+    return model.state_dict() if hasattr(model, "state_dict") and not isinstance(model, dict) else (model or {})
+
+
+class _Installed:
+    """Run.preemptible()'s context manager."""
+
+    def __init__(self, preemption):
+        self.preemption = preemption
+
+    def __enter__(self):
+        self.preemption.install()
+        return self.preemption.run
+
+    def __exit__(self, *exc):
+        self.preemption.uninstall()
 
 
 class Run:
@@ -309,12 +365,24 @@ class Run:
         self.id = opened.run.run_id
         self.name_map = name_map
         self.threads = threads
-        self._pool = ArenaPool(opened.arena_socket, opened.arena_token) if self._use_shm(transport) else None
+        self._auto = transport == "auto"
+        self._pool = None
+        if self._use_shm(transport):
+            try:
+                self._pool = ArenaPool(opened.arena_socket, opened.arena_token)
+            except PermissionError as e:  # the arena socket's permissions (server.socket_mode/group)
+                if not self._auto:
+                    raise
+                self._shm_refused(e)
         self.transport = "shm" if self._pool else "stream"
         log.info("ckptd: run %s saves over %s (%s)", self.id, self.transport, client.target)
         self._pending: list[SaveResult] = []
+        # Failed saves found while waiting for an arena, reported by the next wait().
+        self._failed_unreported: list[SaveResult] = []
         self.closed = False
         self._open_request = None  # set by Client.open_run: how to reopen the run
+        self._preemption = None  # preemption.Preemption, when installed
+        self._checked = False  # the first maybe_save checked what it was given
         self.reconnects = 0
         self._resent_at = 0  # reconnects when lost saves were last sent again
 
@@ -372,6 +440,19 @@ class Run:
                 self._reopen(e, deadline)
                 attempt += 1
 
+    def _shm_refused(self, why):
+        """The daemon will not take this process's arenas (its uid is not in
+        shm.allowed_uids, or it may not open the arena socket): with
+        transport="auto", save over the stream instead, as the C++
+        Checkpointer does, and say so once."""
+        log.warning("ckptd: run %s: the daemon refuses this process shared memory (%s); saving over "
+                    "the stream instead (add this uid to [shm] allowed_uids, or pass "
+                    "transport=\"stream\" to silence this)", self.id, why)
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = None
+        self.transport = "stream"
+
     def _use_shm(self, transport: str) -> bool:
         if transport not in ("auto", "shm", "stream"):
             raise ValueError(f"transport must be 'auto', 'shm' or 'stream', not {transport!r}")
@@ -392,26 +473,83 @@ class Run:
 
     # -- saving -------------------------------------------------------------
 
-    def maybe_save(self, step: int, model=None, optimizer=None, extra=None, metrics=None) -> SaveResult:
-        """Saves if the run's schedule says `step` is due (one cheap RPC otherwise)."""
+    def reserve(self, model=None, optimizer=None, extra=None, state=None) -> int:
+        """Sets up the shared-memory arena a save of this state needs, now:
+        created, registered with the daemon and its pages populated, so the
+        first save stalls no longer than the next ones (without it the first
+        pays for every page). Also checks, as the first maybe_save does,
+        that everything given saves and restores faithfully. Returns the
+        bytes reserved (0 over the stream, which needs none)."""
+        entries, _ = self._collect(model, optimizer, extra, state)
+        self._checked = True
+        if self._pool is None:
+            return 0
+        _, need = ArenaPool.layout(entries)
+        try:
+            return self._pool.reserve(need)
+        except ArenaError as e:
+            if e.code != "PERMISSION_DENIED" or not self._auto:
+                raise
+            self._shm_refused(e)
+            return 0
+
+    def preemptible(self, grace: float = 30.0, signals=(signal.SIGTERM,), exit_code: int = 143):
+        """A context manager: inside it, SIGTERM makes the next maybe_save or
+        save (the step boundary) save its step, wait for the commit and exit
+        with `exit_code`; without a boundary within `grace` seconds the
+        process exits unsaved, saying so (ckptd/preemption.py)."""
+        from .preemption import Preemption
+
+        return _Installed(Preemption(self, grace, signals, exit_code))
+
+    def _preempted(self, step, model, optimizer, extra, metrics, state_objs):
+        """At a step boundary after SIGTERM: the preemption save, then exit."""
+        self._preemption.save_and_exit(
+            step, lambda: self._save(step, model, optimizer, extra, metrics, True, True, False, state_objs))
+
+    def maybe_save(self, step: int, model=None, optimizer=None, extra=None, metrics=None,
+                   state=None) -> SaveResult:
+        """Saves if the run's schedule says `step` is due (one cheap RPC otherwise).
+        The first call checks that everything given can be saved and
+        restored faithfully, due or not (the error names the key path).
+        After a preemption signal (preemptible(), on_preemption()) it saves
+        `step` whatever the schedule and exits."""
+        if self._preemption is not None and self._preemption.pending:
+            self._preempted(step, model, optimizer, extra, metrics, state)
+        if not self._checked:
+            self._collect(model, optimizer, extra, state)  # refuses now, not an interval later
+            self._checked = True
         due = self._call("ShouldSave", lambda: pb.ShouldSaveRequest(run_id=self.id, step=step))
         if not due.due:
             return SaveResult(step, "skipped", due.reason, transport=self.transport)
-        return self.save(step, model, optimizer, extra, metrics, force=False)
+        return self.save(step, model, optimizer, extra, metrics, force=False, state=state)
 
     def save(self, step: int, model=None, optimizer=None, extra=None, metrics=None, force: bool = True,
-             overwrite: bool = False, _final: bool = False) -> SaveResult:
+             overwrite: bool = False, _final: bool = False, state=None) -> SaveResult:
         """Saves now. Over shared memory it returns once the tensors are
         copied into an arena (state "pending"; the daemon writes in the
-        background, see wait()); over the stream, once committed."""
-        header, entries = self._header(step, model, optimizer, extra, metrics, force, overwrite)
+        background, see wait()); over the stream, once committed.
+        `state`: named objects saved by their state_dict() (learning-rate
+        schedulers, GradScaler), restored with restore(state=...)."""
+        if self._preemption is not None and self._preemption.pending and not _final:
+            self._preempted(step, model, optimizer, extra, metrics, state)
+        return self._save(step, model, optimizer, extra, metrics, force, overwrite, _final, state)
+
+    def _save(self, step: int, model=None, optimizer=None, extra=None, metrics=None, force: bool = True,
+              overwrite: bool = False, _final: bool = False, state_objs=None) -> SaveResult:
+        header, entries = self._header(step, model, optimizer, extra, metrics, force, overwrite, state_objs)
         if self._pool is not None:
-            return self._save_shared(header, entries, _final)
+            try:
+                return self._save_shared(header, entries, _final)
+            except ArenaError as e:
+                if e.code != "PERMISSION_DENIED" or not self._auto or self._pool.arenas:
+                    raise
+                self._shm_refused(e)
         return self._save_stream(header, entries)
 
-    def _header(self, step, model, optimizer, extra, metrics, force=False, overwrite=False):
+    def _header(self, step, model, optimizer, extra, metrics, force=False, overwrite=False, state_objs=None):
         """The SaveHeader of a save and the tensors whose bytes follow it."""
-        entries, train_md = self._collect(model, optimizer, extra)
+        entries, train_md = self._collect(model, optimizer, extra, state_objs)
         header = pb.SaveHeader(run_id=self.id, step=step, force=force, overwrite=overwrite)
         for k, v in state.finite_metrics(metrics).items():
             header.metrics[k] = v
@@ -421,15 +559,15 @@ class Run:
         header.train_metadata.extend(metadata_entries(train_md, pb))
         return header, entries
 
-    def _collect(self, model, optimizer, extra):
+    def _collect(self, model, optimizer, extra, state_objs=None):
         out: list[state.Entry] = []
         md: dict[str, Any] = {}
-        sd = model.state_dict() if hasattr(model, "state_dict") and not isinstance(model, dict) else model
-        for name, t in (sd or {}).items():
+        for name, t in _flat(_state_dict(model)).items():
             out.append(state.make_entry(name, t, train=False, name_map=self.name_map))
         if optimizer is not None:
             state.optimizer_entries(optimizer, model, out, md)
         state.extra_entries(extra or {}, out, md)
+        state.state_entries(state_objs or {}, out, md)
         state.rng_entries(out, md)
         names = [e.name for e in out]
         dup = {n for n in names if names.count(n) > 1}
@@ -483,12 +621,12 @@ class Run:
     def _save_shared(self, header, entries, final: bool):
         t0 = time.perf_counter()
         try:
-            arena, offsets = self._pool.stage(entries, self._wait_one, self.threads)
+            arena, offsets = self._pool.stage(entries, self._wait_one, self.threads, self._settled)
         except (OSError, ArenaError) as e:  # a new arena met a restarted daemon's closed socket
-            if self.client.reconnect_timeout <= 0:
+            if self.client.reconnect_timeout <= 0 or getattr(e, "code", "") == "PERMISSION_DENIED":
                 raise
             self._reopen(Error("UNAVAILABLE", f"arena socket: {e}"), time.monotonic() + self.client.reconnect_timeout)
-            arena, offsets = self._pool.stage(entries, self._wait_one, self.threads)
+            arena, offsets = self._pool.stage(entries, self._wait_one, self.threads, self._settled)
         stall = time.perf_counter() - t0
         try:
             if self._resent_at != self.reconnects:  # reconnected since: lost saves go first
@@ -550,6 +688,21 @@ class Run:
                      self.id, r.step)
             r.save_id = resp.save_id
 
+    def _settled(self, r: SaveResult) -> bool:
+        """Whether the save using an arena is done (asked without waiting):
+        then its arena can be reused instead of another one created."""
+        try:
+            resp = self._call("WaitSaved", lambda: pb.WaitSavedRequest(
+                run_id=self.id, save_id=r.save_id, step=r.step, timeout_seconds=0))
+        except Error as e:
+            if e.code == "NOT_FOUND":
+                return False  # lost in a daemon restart: the waiting path sends it again
+            raise
+        if resp.state == pb.WaitSavedResponse.STATE_PENDING:
+            return False
+        self._wait_one(r)  # records the outcome (answered at once) and frees the arena
+        return True
+
     def _wait_one(self, r: SaveResult, timeout: float = 600.0):
         deadline = time.monotonic() + timeout
         while True:
@@ -574,6 +727,8 @@ class Run:
                 raise Error("DEADLINE_EXCEEDED", f"save {r.save_id} (step {r.step}) still pending after {timeout}s")
         if r in self._pending:
             self._pending.remove(r)
+            if r.state == "failed":
+                self._failed_unreported.append(r)
         for a in self._pool.arenas if self._pool else []:
             if a.busy is r:
                 a.busy = None
@@ -583,7 +738,9 @@ class Run:
         """Waits until every pending save is committed or failed; raises Error
         for a failed one (after waiting for all)."""
         done = [self._wait_one(r, timeout) for r in list(self._pending)]
-        failed = [r for r in done if r.state == "failed"]
+        # Failures found meanwhile (while a save waited for an arena) too.
+        failed, self._failed_unreported = self._failed_unreported, []
+        failed.sort(key=lambda r: r.step)
         if failed:
             raise Error("ABORTED", "; ".join(f"step {r.step}: {r.reason}" for r in failed))
         return done
@@ -594,9 +751,22 @@ class Run:
         waits for every save and marks the run finished."""
         if self.closed:
             return None
+        if self._preemption is not None and self._preemption.pending:
+            self._preemption._cancel()  # the final snapshot is the step boundary
+        if final_state is not None and not isinstance(final_state, dict):
+            raise TypeError("close() takes the final state as keywords, as save() does: "
+                            "run.close(step=..., model=..., optimizer=..., extra=..., metrics=...) "
+                            "(or the same as one dict)")
+        known = {"step", "model", "optimizer", "extra", "metrics", "state"}
+        if final_state and not set(final_state) <= known:
+            raise TypeError(f"close() got a dict with {sorted(set(final_state) - known)[:3]}...: "
+                            "pass the final state as close(step=..., model=model.state_dict(), "
+                            "optimizer=..., ...), not the state dict itself")
         fs = dict(final_state or {}, **kwargs)
         if step is not None:
             fs["step"] = step
+        if fs and "step" not in fs:
+            raise TypeError("close() with a final state needs its step: run.close(step=..., model=...)")
         result = None
         if fs and self._pool is not None:
             r = self.save(fs.pop("step"), force=True, overwrite=True, _final=True, **fs)
@@ -608,7 +778,7 @@ class Run:
         elif fs:
             self.wait()
             header, entries = self._header(fs["step"], fs.get("model"), fs.get("optimizer"), fs.get("extra"),
-                                           fs.get("metrics"))
+                                           fs.get("metrics"), state_objs=fs.get("state"))
             resp = self._save_stream(header, entries, closing=True)
             result = SaveResult(fs["step"], "committed", "", resp.final_save.checkpoint.file, transport="stream")
         else:
@@ -682,32 +852,49 @@ class Run:
                           threads=self.threads, memory=memory)
 
     def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
-                as_torch: bool = True, hot: bool = True, remote: bool = True) -> RestoreInfo | None:
+                as_torch: bool = True, hot: bool = True, remote: bool = True, *,
+                cast: bool = False, reshape: bool = False, state=None) -> RestoreInfo | None:
         """Reads the run's latest (or `step`'s) checkpoint into the existing
         tensors of `model` (a module or a state dict), in place; restores the
         optimizer's moments by parameter name and the RNG states. Reads the
         daemon's in-memory copy when it keeps one (hot restore; `hot`).
-        Returns None when the run has no checkpoint yet."""
+        Returns None when the run has no checkpoint yet.
+
+        Each tensor's saved dtype and shape must equal its destination's, or
+        ckptd.RestoreMismatch names the tensor, both dtypes and both shapes
+        before anything is read. `cast=True` converts between float16,
+        bfloat16, float32 and float64 (narrowing rounds to nearest, ties to
+        even); `reshape=True` accepts another shape with as many elements.
+        What they changed is in RestoreInfo.changes and the log. `state`:
+        the objects save(state=...) was given (schedulers, GradScaler),
+        loaded with their saved state dicts."""
         t0 = time.perf_counter()
         ckpt = self.open_checkpoint(step, verify, hot, remote)
         if ckpt is None:
             return None
         with ckpt:
-            sd = model.state_dict() if hasattr(model, "state_dict") and not isinstance(model, dict) else model
+            sd = _flat(_state_dict(model))
+            # Every tensor checked against its destination before a byte is read.
+            plans = _restore_plans(ckpt, sd, self.name_map, cast, reshape)
+            changes = [p.note for _, _, _, p in plans if p.note]
+            for line in changes:
+                log.warning("restore of run %s step %s: %s", self.id, ckpt.step, line)
             # Tensors in parallel (reads and digest checks release the GIL), each
             # read in pieces by a second pool, so one huge tensor is not serial.
             with ThreadPoolExecutor(self.threads) as tensors, ThreadPoolExecutor(self.threads) as pieces:
-                jobs = [tensors.submit(_read_into_tensor, ckpt, self.name_map(n) if self.name_map else n, t, pieces)
-                        for n, t in (sd or {}).items()]
+                jobs = [tensors.submit(_read_into_tensor, ckpt, name, t, info, p, pieces)
+                        for name, t, info, p in plans]
                 for j in jobs:
                     j.result()
             train_names = [t.name for t in ckpt.train.tensors] if ckpt.train else []
-            small = ckpt.read_all("torch" if state.torch else "numpy", names=set(train_names)) if train_names else {}
+            small = ckpt.read_all("torch" if state_lib.torch else "numpy", names=set(train_names)) if train_names else {}
             md = ckpt.train_metadata
             if optimizer is not None:
-                state.restore_optimizer(optimizer, model, small, md)
-            state.restore_rng(small, md)
-            extra = state.decode_extra(md, small, as_torch)
+                state_lib.restore_optimizer(optimizer, model, small, md)
+            state_lib.restore_rng(small, md)
+            if state:
+                state_lib.restore_state(state, md, small)
+            extra = state_lib.decode_extra(md, small, as_torch)
             return RestoreInfo(
                 step=ckpt.step,
                 extra=extra,
@@ -718,14 +905,48 @@ class Run:
                 bytes=ckpt.bytes_read,
                 metadata=dict(ckpt.metadata),
                 memory_fallbacks=ckpt.memory_fallbacks,
+                changes=changes,
             )
 
 
-def _read_into_tensor(ckpt: Checkpoint, name: str, t, pool):
-    found = ckpt.find(name)
-    if found is None:
-        raise KeyError(f"checkpoint {ckpt.model.path} has no tensor '{name}' (the model has it)")
-    info = found[1]
+def _restore_plans(ckpt: Checkpoint, sd: dict, name_map, cast: bool, reshape: bool):
+    """(checkpoint name, destination, tensor info, compat.Plan) for every
+    tensor of `sd`, or the first mismatch raised (nothing read yet)."""
+    dtypes, zero_d = ckpt.hints()
+    out = []
+    for key, t in sd.items():
+        name = name_map(key) if name_map else key
+        found = ckpt.find(name)
+        if found is None:
+            raise KeyError(f"checkpoint {ckpt.model.path} has no tensor '{name}' (the model has it)")
+        info = found[1]
+        src_dtype = compat.saved_dtype(info, dtypes.get(name))
+        label = name if name == key else f"{name}' (the model's '{key}"
+        p = compat.plan(label, src_dtype, compat.saved_shape(info, name in zero_d),
+                        compat.dtype_name(t), tuple(t.shape), cast, reshape)
+        out.append((name, t, info, p))
+    return out
+
+
+def _read_into_tensor(ckpt: Checkpoint, name: str, t, info, p, pool):
+    """Reads `name` into `t` as `p` (compat.Plan) says: its bytes straight
+    into the destination's memory, or through a host copy of the saved
+    dtype, converted, for a cast."""
+    if p.cast:
+        raw = np.empty(info.nbytes, dtype=np.uint8)
+        ckpt.read_into(name, raw, pool)
+        src = raw.view(np.uint16 if p.src_dtype == "bfloat16" else np.dtype(p.src_dtype))
+        if state._is_torch(t):
+            torch = state.torch
+            host = (torch.from_numpy(src.view(np.int16)).view(torch.bfloat16)
+                    if p.src_dtype == "bfloat16" else torch.from_numpy(src))
+            with torch.no_grad():
+                t.copy_(host.reshape(t.shape).to(t.dtype))  # round to nearest, ties to even
+            return
+        arr = np.asarray(t)
+        out = compat.convert_numpy(src, p.src_dtype, arr.dtype.name)
+        arr[...] = out.reshape(arr.shape)
+        return
     if state._is_torch(t):
         torch = state.torch
         with torch.no_grad():
@@ -733,12 +954,8 @@ def _read_into_tensor(ckpt: Checkpoint, name: str, t, pool):
                 host = t
             else:
                 host = torch.empty(t.shape, dtype=t.dtype)
-            if host.element_size() * host.numel() != info.nbytes:
-                raise ValueError(f"tensor '{name}': the model's {tuple(t.shape)} {t.dtype} is "
-                                 f"{host.element_size() * host.numel()} bytes, the checkpoint's "
-                                 f"{info.shape} is {info.nbytes}")
             flat = host.reshape(-1) if host.dim() else host.reshape(1)
-            buf = flat.view(torch.uint8).numpy() if host.dtype != torch.bool else flat.view(torch.uint8).numpy()
+            buf = flat.view(torch.uint8).numpy()
             ckpt.read_into(name, buf, pool)
             if host is not t:
                 t.copy_(host)
@@ -746,6 +963,4 @@ def _read_into_tensor(ckpt: Checkpoint, name: str, t, pool):
     arr = np.asarray(t)
     if not arr.flags.c_contiguous or not arr.flags.writeable:
         raise ValueError(f"tensor '{name}': restore needs a writable C-contiguous array")
-    if arr.nbytes != info.nbytes:
-        raise ValueError(f"tensor '{name}': {arr.nbytes} bytes in the model, {info.nbytes} in the checkpoint")
     ckpt.read_into(name, arr.reshape(-1).view(np.uint8), pool)

@@ -12,6 +12,7 @@ release the GIL) and checks its XXH3-128 digest; a mismatch raises
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
@@ -21,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from . import gguf
+from . import compat, gguf
+
+log = logging.getLogger("ckptd")
 
 PIECE = 8 << 20
 
@@ -249,11 +252,20 @@ def _typed(raw: np.ndarray, t: gguf.TensorInfo, hint: str | None, zero_d: bool, 
     return torch.from_numpy(arr)
 
 
-def load(path: str, as_: str = "numpy", verify: bool = False) -> dict[str, Any]:
-    """Tensors of a GGUF file by name. numpy arrays are views of a private
-    memory map (no full copy; writing to one does not touch the file); with
-    verify=True every tensor's digest is checked first. Dtypes and 0-d shapes
-    recorded in the training-state file beside it are applied."""
+def load(path: str, as_: str = "numpy", verify: bool = False, *, like: dict | None = None,
+         cast: bool = False, reshape: bool = False) -> dict[str, Any]:
+    """Tensors of a GGUF file by name, in their saved dtypes and shapes.
+    numpy arrays are views of a private memory map (no full copy; writing to
+    one does not touch the file); with verify=True every tensor's digest is
+    checked first. Dtypes and 0-d shapes recorded in the training-state file
+    beside it are applied.
+
+    `like` (a state dict, e.g. ``model.state_dict()``) holds the destinations
+    the tensors are meant for: each of its tensors must be in the file with
+    the same dtype and shape, or compat.RestoreMismatch names the tensor and
+    both dtypes and shapes (the rule restore() follows); `cast` and
+    `reshape` relax it as they do for restore(), and what they changed is
+    logged. Without `like` nothing is compared."""
     f = gguf.read_header(path)
     hints_src = f.metadata
     if gguf.KEY_DTYPES not in hints_src:
@@ -273,7 +285,34 @@ def load(path: str, as_: str = "numpy", verify: bool = False) -> dict[str, Any]:
             if gguf.hasher.hexdigest(raw) != t.digest:
                 raise DigestMismatch(f"tensor '{t.name}' in {path} does not match its digest")
         out[t.name] = _typed(raw, t, dtypes.get(t.name), t.name in zero_d, as_)
+    if like is not None:
+        _conform(path, f, out, like, dtypes, zero_d, as_, cast, reshape)
     return out
+
+
+def _conform(path, f, out, like, dtypes, zero_d, as_, cast, reshape):
+    """Checks `out` against the destinations in `like` (all before changing
+    anything) and applies the casts and reshapes the options allow."""
+    infos = {t.name: t for t in f.tensors}
+    plans = []
+    for name, dst in like.items():
+        if name not in infos:
+            raise KeyError(f"{path} has no tensor '{name}' (the destination has it)")
+        info = infos[name]
+        p = compat.plan(name, compat.saved_dtype(info, dtypes.get(name)),
+                        compat.saved_shape(info, name in zero_d), compat.dtype_name(dst),
+                        tuple(dst.shape), cast, reshape)
+        plans.append((name, dst, p))
+    for name, dst, p in plans:
+        if p.note:
+            log.warning("load of %s: %s", path, p.note)
+        a = out[name]
+        if p.cast:
+            if as_ == "torch":
+                a = a.to(dst.dtype)  # round to nearest, ties to even
+            else:
+                a = compat.convert_numpy(a, p.src_dtype, compat.dtype_name(dst))
+        out[name] = a.reshape(tuple(dst.shape)) if p.reshape else a
 
 
 def load_metadata(path: str) -> dict[str, Any]:

@@ -171,16 +171,34 @@ class ArenaPool:
         self.arenas: list[Arena] = []
         self._copier: ThreadPoolExecutor | None = None
 
-    def stage(self, entries, wait, threads: int):
-        """Copies the entries into a free arena; returns (arena, offsets)."""
+    @staticmethod
+    def layout(entries) -> tuple[list[int], int]:
+        """Each entry's offset in an arena, and the bytes they need."""
         offsets, end = [], 0
         for e in entries:
             align = PAGE_ALIGN if e.nbytes >= PAGE_ALIGN_MIN else ALIGN
             end = (end + align - 1) // align * align
             offsets.append(end)
             end += e.nbytes
-        need = max(end, 1)
-        arena = self._acquire(need, wait)
+        return offsets, max(end, 1)
+
+    def reserve(self, need: int) -> int:
+        """An arena of at least `need` bytes, created, registered and its
+        pages populated now (the first save's cost moved to here); returns
+        its size. A free arena that is big enough already is kept."""
+        for a in self.arenas:
+            if a.busy is None and a.size >= need:
+                return a.size
+        if len(self.arenas) >= self.count and all(a.busy is not None for a in self.arenas):
+            return 0  # every arena holds a save in flight: nothing to set up now
+        return self._acquire(need, wait=None).size
+
+    def stage(self, entries, wait, threads: int, settled=None):
+        """Copies the entries into a free arena; returns (arena, offsets).
+        `wait(save)` waits for a save to finish; `settled(save)` asks
+        whether it has, without waiting."""
+        offsets, need = self.layout(entries)
+        arena = self._acquire(need, wait, settled)
         # Copies are bound by memory bandwidth: more threads than half the
         # cores only contend (measured on 2 cores: 1 thread is fastest).
         copiers = max(1, min(threads, (os.cpu_count() or 2) // 2))
@@ -191,12 +209,19 @@ class ArenaPool:
         arena.busy = True  # until the caller sets the SaveResult
         return arena, offsets
 
-    def _acquire(self, need: int, wait) -> Arena:
-        # A free arena big enough; else replace a free small one; else wait
-        # for the oldest busy one.
+    def _acquire(self, need: int, wait, settled=None) -> Arena:
+        # A free arena big enough; else one whose save has finished meanwhile
+        # (the usual case when saves are spaced: no second arena to create
+        # and populate); else a new one, or one replacing a free small one;
+        # else wait for the oldest busy one.
         for a in self.arenas:
             if a.busy is None and a.size >= need:
                 return a
+        if settled is not None:
+            for a in sorted(self.arenas, key=lambda a: getattr(a.busy, "save_id", 0)):
+                if a.busy not in (None, True) and a.size >= need and settled(a.busy):
+                    a.busy = None
+                    return a
         free_small = [a for a in self.arenas if a.busy is None]
         if len(self.arenas) < self.count or free_small:
             if free_small:
@@ -210,7 +235,7 @@ class ArenaPool:
         oldest = min(self.arenas, key=lambda a: a.busy.save_id if a.busy not in (None, True) else 0)
         wait(oldest.busy)
         oldest.busy = None
-        return self._acquire(need, wait)
+        return self._acquire(need, wait, settled)
 
     def resync(self, socket_path: str, token: str):
         """After a daemon restart: a new arena connection, every arena

@@ -3,8 +3,10 @@
 What goes where:
 
 * ``model`` (a ``state_dict()`` of torch tensors, or a dict of numpy arrays;
-  a ``torch.nn.Module`` is taken as its state_dict) -> ``step_N.gguf``, one
-  tensor per entry, named as in the state dict.
+  a ``torch.nn.Module`` is taken as its state_dict; dicts may nest, as
+  ``{"model": sd, "ema": sd2}``, and their keys join with ".") ->
+  ``step_N.gguf``, one tensor per entry, named as in the state dict. Meta
+  and sparse tensors are refused, named.
 * ``optimizer`` (a torch optimizer, or its ``state_dict()``) ->
   ``step_N.train.gguf``: tensor ``opt.<i>.<slot>`` for each per-parameter
   state tensor (``exp_avg``, ``exp_avg_sq``, ``step``...), where ``i`` indexes
@@ -14,10 +16,17 @@ What goes where:
   each param group as ``optimizer.group.<g>.<name>`` and the parameters of each
   group as ``optimizer.group.<g>.params`` (indices into param_names);
   ``optimizer.type`` is the optimizer's class name.
-* ``extra`` (numbers, strings, bools, None, lists, dicts, numpy arrays and
-  torch tensors) -> ``training.extra_json`` (the structure, JSON; tuples come
-  back as lists), arrays as tensors ``extra.<n>``, and each top-level
-  number or string also as a typed key ``training.extra.<key>`` for tools.
+* ``extra`` (numbers, strings, bools, None, lists, tuples, dicts, numpy
+  arrays and torch tensors, nested) -> ``training.extra_json`` (the
+  structure, JSON; tuples come back as tuples), arrays as tensors
+  ``extra.<n>``, and each top-level number or string also as a typed key
+  ``training.extra.<key>`` for tools. Anything else is refused at the first
+  ``maybe_save`` (due or not), naming its key path.
+* ``state`` (named objects with ``state_dict()``/``load_state_dict()``:
+  every ``torch.optim.lr_scheduler`` scheduler, ``GradScaler``, ...) -> the
+  same encoding under ``training.state.<name>``; a bound method of the
+  object itself in its state dict (OneCycleLR's ``anneal_func`` in torch
+  1.13) is recorded by name and bound to the restoring object again.
 * RNG states of torch, numpy and Python's ``random`` -> tensors ``rng.torch``,
   ``rng.numpy``, ``rng.python`` and keys ``training.rng.*``.
 * ``training.type`` = "ckptd-python", ``training.iteration_count`` = the step.
@@ -25,9 +34,12 @@ What goes where:
 
 from __future__ import annotations
 
+import collections
+import inspect
 import json
 import math
 import random
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -66,6 +78,12 @@ def _is_torch(x) -> bool:
 def to_array(name: str, value) -> tuple[np.ndarray, str, bool]:
     """A host, C-contiguous numpy view of a tensor; (array, dtype name, 0-d)."""
     if _is_torch(value):
+        if value.is_meta:
+            raise ValueError(f"tensor '{name}' is a meta tensor: it has no data to save "
+                             "(materialize the model first, e.g. to_empty() and load)")
+        if value.layout != torch.strided:
+            raise ValueError(f"tensor '{name}' is {value.layout} (sparse); save it dense "
+                             "(.to_dense()) or its components as separate tensors")
         t = value.detach()
         if t.device.type != "cpu":
             t = t.cpu()
@@ -268,32 +286,80 @@ def restore_rng(tensors: dict[str, np.ndarray], md: dict[str, Any]):
 # --- extra -------------------------------------------------------------------
 
 
-def extra_entries(extra: dict, out: list[Entry], md: dict[str, Any]):
-    arrays: list[Entry] = []
+class _Encoder:
+    """Values into JSON with their arrays as tensors, refusing (naming the key
+    path) anything that would not come back as it was. `owner`: the object
+    whose own bound methods may appear (recorded by name, bound again to
+    the restoring object)."""
 
-    def encode(v):
+    def __init__(self, tensor_prefix: str, owner=None):
+        self.prefix = tensor_prefix
+        self.owner = owner
+        self.arrays: list[Entry] = []
+
+    def encode(self, v, path: str):
         if _is_torch(v) or isinstance(v, np.ndarray):
-            name = f"extra.{len(arrays)}"
-            arrays.append(make_entry(name, v, train=True))
+            name = f"{self.prefix}{len(self.arrays)}"
+            self.arrays.append(make_entry(name, v, train=True))
             return {"__tensor__": name}
-        if isinstance(v, dict):
+        if isinstance(v, collections.Counter) or (
+                isinstance(v, dict) and not all(isinstance(k, str) for k in v)):
+            # MultiStepLR's milestones: a Counter keyed by step.
             for k in v:
-                if not isinstance(k, str):
-                    raise ValueError(f"extra: dict keys must be strings, got {k!r}")
-            return {k: encode(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [encode(x) for x in v]
+                if not (k is None or isinstance(k, (bool, int, float, str))):
+                    raise ValueError(f"{path}: dict key {k!r} cannot be saved faithfully; keys "
+                                     "must be strings or numbers")
+            tag = "__counter__" if isinstance(v, collections.Counter) else "__items__"
+            return {tag: [[k, self.encode(x, f"{path}[{k!r}]")] for k, x in v.items()]}
+        if isinstance(v, dict):
+            return {k: self.encode(x, f"{path}.{k}") for k, x in v.items()}
+        if isinstance(v, tuple):
+            return {"__tuple__": [self.encode(x, f"{path}[{i}]") for i, x in enumerate(v)]}
+        if isinstance(v, list):
+            return [self.encode(x, f"{path}[{i}]") for i, x in enumerate(v)]
         if isinstance(v, np.generic):
             return v.item()
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
-        raise ValueError(
-            f"extra: {type(v).__name__} is not saved; use numbers, strings, bools, None, "
-            "lists, dicts and arrays"
-        )
+        if self.owner is not None and getattr(v, "__self__", None) is self.owner:
+            return {"__method__": v.__func__.__name__}
+        if self.owner is not None and isinstance(v, weakref.WeakMethod) and v() is not None and (
+                v().__self__ is self.owner):
+            return {"__weakmethod__": v().__func__.__name__}  # CyclicLR's _scale_fn_ref
+        hint = ("; pass the object itself as state={...} (its own methods are bound again on "
+                "restore)" if inspect.ismethod(v) or isinstance(v, weakref.WeakMethod) else
+                "; use numbers, strings, bools, None, lists, tuples, dicts and arrays")
+        raise ValueError(f"{path}: {type(v).__name__} is not saved: it cannot be restored faithfully{hint}")
 
-    encoded = encode(extra)
-    out.extend(arrays)
+
+def _decode(v, tensors: dict[str, np.ndarray], as_torch: bool, owner=None):
+    if isinstance(v, dict):
+        if set(v) == {"__tensor__"}:
+            arr = np.array(tensors[v["__tensor__"]])
+            return torch.from_numpy(arr) if as_torch and torch is not None else arr
+        if set(v) == {"__tuple__"}:
+            return tuple(_decode(x, tensors, as_torch, owner) for x in v["__tuple__"])
+        if set(v) == {"__counter__"}:
+            return collections.Counter({k: _decode(x, tensors, as_torch, owner) for k, x in v["__counter__"]})
+        if set(v) == {"__items__"}:
+            return {k: _decode(x, tensors, as_torch, owner) for k, x in v["__items__"]}
+        if set(v) & {"__method__", "__weakmethod__"}:
+            name = v.get("__method__") or v.get("__weakmethod__")
+            if owner is None or not hasattr(owner, name):
+                raise ValueError(f"a saved method '{name}' has no object to bind to "
+                                 "(restore it through state={...})")
+            method = getattr(owner, name)
+            return weakref.WeakMethod(method) if "__weakmethod__" in v else method
+        return {k: _decode(x, tensors, as_torch, owner) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x, tensors, as_torch, owner) for x in v]
+    return v
+
+
+def extra_entries(extra: dict, out: list[Entry], md: dict[str, Any]):
+    enc = _Encoder("extra.")
+    encoded = enc.encode(extra, "extra")
+    out.extend(enc.arrays)
     md["training.extra_json"] = Typed("string", json.dumps(encoded, allow_nan=True))
     for k, v in extra.items():
         if isinstance(v, bool):
@@ -310,18 +376,39 @@ def decode_extra(md: dict[str, Any], tensors: dict[str, np.ndarray], as_torch: b
     raw = md.get("training.extra_json")
     if raw is None:
         return {}
+    return _decode(json.loads(raw), tensors, as_torch)
 
-    def decode(v):
-        if isinstance(v, dict):
-            if set(v) == {"__tensor__"}:
-                arr = np.array(tensors[v["__tensor__"]])
-                return torch.from_numpy(arr) if as_torch and torch is not None else arr
-            return {k: decode(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [decode(x) for x in v]
-        return v
 
-    return decode(json.loads(raw))
+def state_entries(objects: dict, out: list[Entry], md: dict[str, Any]):
+    """Named objects with state_dict(): each one's state dict, faithfully."""
+    names = sorted(objects)
+    for i, name in enumerate(names):
+        obj = objects[name]
+        if not hasattr(obj, "state_dict") or not hasattr(obj, "load_state_dict"):
+            raise ValueError(f"state.{name}: a {type(obj).__name__} has no state_dict() and "
+                             "load_state_dict(); pass such objects (schedulers, GradScaler) or "
+                             "put plain values in extra")
+        enc = _Encoder(f"st.{i}.", owner=obj)
+        encoded = enc.encode(obj.state_dict(), f"state.{name}")
+        out.extend(enc.arrays)
+        md[f"training.state.{i}.json"] = Typed("string", json.dumps(encoded, allow_nan=True))
+        md[f"training.state.{i}.type"] = Typed("string", type(obj).__name__)
+    if names:
+        md["training.state_names"] = Typed("array", names, element="string")
+
+
+def restore_state(objects: dict, md: dict[str, Any], tensors: dict[str, np.ndarray]):
+    """Loads each named object's saved state dict (load_state_dict)."""
+    saved = list(md.get("training.state_names", []))
+    for name, obj in objects.items():
+        if name not in saved:
+            raise KeyError(f"this checkpoint holds no state '{name}' (it holds {saved})")
+        i = saved.index(name)
+        kind = md.get(f"training.state.{i}.type", "")
+        if kind and kind != type(obj).__name__:
+            raise ValueError(f"state '{name}' was saved from a {kind}; restoring it into a "
+                             f"{type(obj).__name__} would not be faithful")
+        obj.load_state_dict(_decode(json.loads(md[f"training.state.{i}.json"]), tensors, True, owner=obj))
 
 
 def finite_metrics(metrics: dict | None) -> dict[str, float]:
