@@ -89,7 +89,7 @@ def main():
                         os.path.join(work, "torch.pt"), lambda f: __import__("torch").save(model, f))))
                 return plain, reserved, torch_s
 
-            (plain, reserved, torch_s), _ = rb.with_daemon(args.build, root, measure)
+            plain, reserved, torch_s, _ = rb.with_daemon(args.build, root, measure)
             med = lambda xs, i: rb.median([x[i] for x in xs])  # noqa: E731
             rows.append((mib, numpy_copy(model, size), med(plain, 1), med(plain, 2), med(reserved, 0),
                          med(reserved, 1), rb.median(torch_s)))
