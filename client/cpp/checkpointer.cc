@@ -7,7 +7,10 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include "client/cpp/staged_copy.h"
 
@@ -94,7 +97,7 @@ absl::Status Checkpointer::Reserve(size_t bytes) {
 
 absl::Status Checkpointer::EnsureArenas(size_t bytes) {
   if (!slots_.empty() && slots_.front().arena->size() >= bytes) return absl::OkStatus();
-  if (absl::Status st = Wait(); !st.ok()) deferred_error_ = st;  // old arenas must be idle
+  Defer(Wait());  // old arenas must be idle; what they report waits for the next Wait()
   slots_.clear();
   const size_t size = RoundUp(std::max(bytes, options_.arena_bytes), kArenaGranule);
   for (int i = 0; i < options_.buffers; ++i) {
@@ -220,9 +223,16 @@ absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
       if (absl::Status st = ResendLost(); !st.ok()) return st;
       return !slot.save_id.has_value();
     }
+    // Settled, as a failure Wait() and Close() report (whoever settles the
+    // slot: dropping the status here once lost the step without a word).
     slot.save_id.reset();
-    return absl::Status(r.status().code(), "step " + std::to_string(slot.sent.step) + ": " +
-                                               std::string(r.status().message()));
+    Defer(absl::DataLossError(
+        "step " + std::to_string(slot.sent.step) +
+        ": the daemon restarted after reading this save's tensors and before committing it, "
+        "so the step is not on disk (" +
+        std::string(r.status().message()) +
+        "); save a later step, or restore the last committed one"));
+    return true;
   }
   if (!r.ok()) return r.status();
   slot.stall_s = 0;  // reported
@@ -230,10 +240,8 @@ absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
     case v1::WaitSavedResponse::STATE_PENDING:
       return false;
     case v1::WaitSavedResponse::STATE_FAILED:
-      if (deferred_error_.ok()) {
-        deferred_error_ = absl::Status(static_cast<absl::StatusCode>(r->error_code()),
-                                       "step " + std::to_string(r->step()) + ": " + r->error());
-      }
+      Defer(absl::Status(static_cast<absl::StatusCode>(r->error_code()),
+                         "step " + std::to_string(r->step()) + ": " + r->error()));
       break;
     default:
       finished_.push_back(*r);
@@ -398,8 +406,26 @@ absl::StatusOr<bool> Checkpointer::Save(uint64_t step, const std::vector<TensorV
   return Stage(t0, step, tensors, metrics, options);
 }
 
+void Checkpointer::Defer(const absl::Status& st) {
+  if (st.ok()) return;
+  if (deferred_error_.ok()) {
+    deferred_error_ = st;
+    return;
+  }
+  // Every failure is named (up to a bounded message), none hidden behind the first.
+  constexpr size_t kMaxMessage = 4096;
+  constexpr std::string_view kMore = " (and more failures)";
+  std::string msg(deferred_error_.message());
+  if (msg.size() < kMaxMessage) {
+    msg += "; ";
+    msg.append(st.message().data(), st.message().size());
+  } else if (!msg.ends_with(kMore)) {
+    msg += kMore;
+  }
+  deferred_error_ = absl::Status(deferred_error_.code(), msg);
+}
+
 absl::Status Checkpointer::Wait() {
-  absl::Status first;
   constexpr double kPerCall = 60;  // WaitSaved waits at most 600 s per call
   for (Slot& s : slots_) {
     absl::StatusOr<bool> done = true;
@@ -408,17 +434,15 @@ absl::Status Checkpointer::Wait() {
       if (!done.ok() || *done) break;
     }
     if (!done.ok()) {
-      if (first.ok()) first = done.status();
+      Defer(done.status());
       s.save_id.reset();  // the daemon is gone or forgot it: nothing more to wait for
-    } else if (!*done && first.ok()) {
-      first = absl::DeadlineExceededError("save " + std::to_string(*s.save_id) +
-                                          " is still being written after wait_timeout_s");
+    } else if (!*done) {
+      Defer(absl::DeadlineExceededError("step " + std::to_string(s.sent.step) +
+                                        " is still being written after wait_timeout_s"));
     }
   }
   std::erase_if(slots_, [](const Slot& s) { return s.arena == nullptr && !s.save_id; });
-  if (first.ok()) first = deferred_error_;
-  deferred_error_ = absl::OkStatus();
-  return first;
+  return std::exchange(deferred_error_, absl::OkStatus());
 }
 
 absl::StatusOr<v1::CloseRunResponse> Checkpointer::Close(

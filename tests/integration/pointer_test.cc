@@ -65,6 +65,61 @@ TEST_F(PointerTest, PointerSaveWritesTheSameBytesAndUuidAsAStreamSave) {
   EXPECT_EQ(closed->run().state(), v1::RUN_STATE_FINISHED);
 }
 
+// A pointer save is read when MaybeSave returns true and committed later;
+// the trainer's tensors move on at once. When the daemon dies in between,
+// those steps are gone with it, and the next Wait() (or Close()) says so,
+// naming each of them, while the saves after the restart commit: every save
+// that returned true commits or is reported, never dropped.
+TEST_F(PointerTest, APointerSaveLostWithTheDaemonIsReportedByWaitAndByClose) {
+  for (const bool by_close : {false, true}) {
+    SCOPED_TRACE(by_close ? "Close" : "Wait");
+    const std::string id = by_close ? "lost-close" : "lost-wait";
+    // Slow writes: the daemon is killed right after reading step 200, long
+    // before it could commit it (step 100 may or may not be committed by then).
+    auto daemon = StartDaemon({{"CKPTD_TEST_FAULTS", "delay=write:500"}});
+    auto client = Client::Connect(daemon->target(), {.reconnect_timeout_s = 30});
+    ASSERT_OK(client.status());
+    auto run = (*client)->OpenRun(Open(id));
+    ASSERT_OK(run.status());
+    auto cp = Checkpointer::Create(run->get(), {.pointers = true});
+    ASSERT_OK(cp.status());
+    ASSERT_TRUE((*cp)->stats().pointers);
+    for (uint64_t step : {100, 200}) {
+      Tensors t(static_cast<float>(step), {1 << 20});
+      auto staged = (*cp)->MaybeSave(step, t.views);
+      ASSERT_OK(staged.status());
+      ASSERT_TRUE(*staged);
+    }
+    daemon->Stop(SIGKILL);
+    daemon = StartDaemon();
+    Tensors next(3.0f, {1 << 18});
+    auto later = (*cp)->MaybeSave(300, next.views);
+    ASSERT_OK(later.status());
+    EXPECT_TRUE(*later);
+    absl::Status reported;
+    if (by_close) {
+      Tensors last(4.0f, {1 << 18});
+      reported = (*cp)->Close(400, last.views).status();
+    } else {
+      reported = (*cp)->Wait();
+    }
+    EXPECT_EQ(reported.code(), absl::StatusCode::kDataLoss) << reported;
+    const std::string message(reported.message());
+    EXPECT_THAT(message, HasSubstr("step 200:"));
+    EXPECT_THAT(message, HasSubstr("not on disk"));
+    for (uint64_t step : {100, 200}) {  // on disk or reported: exactly one of them
+      const std::string name = "step_" + std::to_string(step) + ".gguf";
+      const bool reported_lost = message.find("step " + std::to_string(step) + ":") != message.npos;
+      EXPECT_NE(fs::exists(Weights(id) + "/" + name), reported_lost) << name;
+    }
+    EXPECT_TRUE(fs::exists(Weights(id) + "/step_300.gguf"));
+    if (!by_close) {
+      EXPECT_OK((*cp)->Wait());  // reported once
+    }
+    daemon->Stop(SIGTERM);
+  }
+}
+
 TEST_F(PointerTest, AnUnreadableAddressFailsTheSaveAndLeavesNothing) {
   auto daemon = StartDaemon();
   auto client = daemon->Connect();

@@ -149,6 +149,8 @@ class Checkpointer {
   // Sends again, in step order, every staged save a restarted daemon does
   // not know (its bytes are still in its arena).
   absl::Status ResendLost();
+  // Keeps a failure for the next Wait() (added to any kept before).
+  void Defer(const absl::Status& st);
   // SaveShared for `slot`'s arena, sent again through Recover() while the
   // daemon restarts.
   // A `fresh` save first lets ResendLost() send the lost ones (a run's
@@ -165,7 +167,7 @@ class Checkpointer {
   std::vector<Slot> slots_;
   bool shared_ = false;
   std::optional<PointerAttachment> attachment_;  // pointer saves
-  absl::Status deferred_error_;                  // a failed shm save, reported by the next Wait()
+  absl::Status deferred_error_;  // failed saves, every one named, reported by the next Wait()
   CheckpointerStats stats_;
   std::vector<v1::WaitSavedResponse> finished_;
 };
