@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -51,20 +50,6 @@ def first_saves(sock, model, tag, reserve):
     return opened, first, second
 
 
-def numpy_copy(model, size):
-    dst = np.zeros(size, dtype=np.uint8)
-    dst[:] = 1
-
-    def once():
-        at = 0
-        for t in model.values():
-            src = t.numpy().view(np.uint8)
-            np.copyto(dst[at:at + src.nbytes], src)
-            at += src.nbytes
-
-    return rb.median([rb.timed(once) for _ in range(3)])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -91,7 +76,7 @@ def main():
 
             plain, reserved, torch_s, _ = rb.with_daemon(args.build, root, measure)
             med = lambda xs, i: rb.median([x[i] for x in xs])  # noqa: E731
-            rows.append((mib, numpy_copy(model, size), med(plain, 1), med(plain, 2), med(reserved, 0),
+            rows.append((mib, rb.numpy_copy_s(model, size, 3), med(plain, 1), med(plain, 2), med(reserved, 0),
                          med(reserved, 1), rb.median(torch_s)))
             shutil.rmtree(root)
             del model

@@ -288,6 +288,22 @@ def run_json(argv):
     return json.loads(out.stdout)
 
 
+def numpy_copy_s(model, size, rounds):
+    """The floor of a save that copies: a numpy copy of the model's own
+    tensors into pre-faulted memory (median seconds of `rounds`)."""
+    dst = np.zeros(size, dtype=np.uint8)
+    dst[:] = 1
+
+    def copy_model():
+        at = 0
+        for t in model.values():
+            src = t.numpy().view(np.uint8)
+            np.copyto(dst[at:at + src.nbytes], src)
+            at += src.nbytes
+
+    return median([timed(copy_model) for _ in range(rounds)])
+
+
 def with_daemon(build, root, fn, args=()):
     """Runs fn(socket, pid) against a fresh daemon; returns its result(s) and the daemon's peak RSS."""
     proc, sock = start_daemon(build, root, args)
@@ -340,19 +356,8 @@ def python_client(build, sock, scratch, size, rounds):
     for step in range(1, rounds + 1):
         stalls.append(run.save(step, model=model).stall_s)
         run.wait()
-    # The floor: a numpy copy of the same bytes (the model's own tensors)
-    # into pre-faulted memory.
-    dst = np.zeros(size, dtype=np.uint8)
-    dst[:] = 1
-
-    def copy_model():
-        at = 0
-        for t in model.values():
-            src = t.numpy().view(np.uint8)
-            np.copyto(dst[at:at + src.nbytes], src)
-            at += src.nbytes
-
-    numpy_copy = median([timed(copy_model) for _ in range(5)])
+    numpy_copy = numpy_copy_s(model, size, 5)
+    dst = np.ones(size, dtype=np.uint8)  # pre-faulted, for hot restore's floor below
 
     # Hot restore's floor: copying the bytes out of a fresh read-only mapping
     # of a memfd (shmem pages, 4 KiB each here, where anonymous memory gets
