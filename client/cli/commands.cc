@@ -15,12 +15,13 @@
 #include "daemon/storage/merge.h"
 
 namespace ckptd::cli {
-namespace {
 
-int Fail(const std::string& file, const absl::Status& st) {
-  std::fprintf(stderr, "ckptctl: %s: %s\n", file.c_str(), std::string(st.message()).c_str());
+int Fail(const std::string& what, const absl::Status& st) {
+  std::fprintf(stderr, "ckptctl: %s: %s\n", what.c_str(), std::string(st.message()).c_str());
   return kExitFailed;
 }
+
+namespace {
 
 int Inspect(const std::string& path, bool json) {
   auto file = env::Env::Default()->OpenForRead(path);

@@ -25,15 +25,8 @@
 #include "daemon/gguf/reader.h"
 
 namespace ckptd::cli {
-namespace {
 
-std::string Json(const google::protobuf::Message& m) { return api::MessageToJson(m, true); }
-
-int Fail(const std::string& what, const absl::Status& st) {
-  std::fprintf(stderr, "ckptctl: %s: %s\n", what.c_str(), std::string(st.message()).c_str());
-  return kExitFailed;
-}
-
+// Beside Fail(what, absl::Status) (commands.h), so that neither hides the other.
 int Fail(const std::string& what, const grpc::Status& st) {
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
       st.error_message().find("Permission denied") != std::string::npos) {
@@ -55,6 +48,10 @@ int Fail(const std::string& what, const grpc::Status& st) {
   }
   return Fail(what, FromGrpc(st));
 }
+
+namespace {
+
+std::string Json(const google::protobuf::Message& m) { return api::MessageToJson(m, true); }
 
 std::string DefaultSocket() {
   const char* env = std::getenv("CKPTD_SOCKET");

@@ -14,6 +14,9 @@
 
 namespace ckptd::testing {
 
+// A whole file's bytes (empty when it cannot be read).
+std::string Slurp(const std::string& path);
+
 struct DaemonOptions {
   std::string root;                        // --root
   std::vector<std::string> extra_args;     // e.g. {"--config", path}

@@ -34,13 +34,6 @@
 
 namespace ckptd::testing {
 
-inline std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Tensors with distinct contents per seed; sizes in floats.
 struct Tensors {
   std::vector<std::vector<float>> data;
