@@ -271,9 +271,15 @@ def settle(nodes, run, timeout=TIMEOUT + 40):
 def check_atomic(cluster, nodes, run, tried):
     """The invariant, after recovery: complete everywhere or absent everywhere."""
     settle(nodes, run)
+    base = f"mr/{run}/"
+    # A report that lands after its step's verdict (a PUT retried across a
+    # partition) is removed at the coordinator's next listing, at most
+    # kQuietPollS (5 s) later on an idle run: every report must go, within
+    # a deadline.
+    wait_for(lambda: not [k for k in store_objects(cluster, nodes[0].bucket)["keys"]
+                          if k.startswith(base + "parts/")], 30, "every part report removed")
     objs = store_objects(cluster, nodes[0].bucket)
     keys, docs = objs["keys"], objs["docs"]
-    base = f"mr/{run}/"
     manifests = {docs[k]["step"]: docs[k] for k in docs if k.startswith(base) and
                  k.endswith(".manifest.json")}
     assert not [k for k in keys if k.startswith(base + "parts/")], "reports left behind"
