@@ -47,7 +47,8 @@ build: deps
 test:
 	@scripts/test.sh $(BUILD) $(JOBS) 15
 
-lint: build
+# Lint configures a tree of its own (BUILD-lint): it needs no build first.
+lint: deps
 	@scripts/lint.sh $(BUILD) $(JOBS)
 
 # One tree for ASan + UBSan and the fuzzers (they share its objects).

@@ -56,8 +56,8 @@ def sh(*args, timeout=60, check=True):
 
 class Net:
     """The storage namespace (bridge, 127.100.0.10) and one per node
-    (127.100.0.11...), as ../shared recipe: lo keeps only 127.0.0.1/32 and
-    route_localnet lets 127/8 cross the veths."""
+    (127.100.0.11...): each namespace's lo keeps only 127.0.0.1/32, and
+    route_localnet lets 127/8 addresses cross the veths."""
 
     def __init__(self, nodes):
         tag = f"{os.getpid() % 100000}"
