@@ -698,10 +698,30 @@ class Run:
             if e.code == "NOT_FOUND":
                 return False  # lost in a daemon restart: the waiting path sends it again
             raise
-        if resp.state == pb.WaitSavedResponse.STATE_PENDING:
+        return self._record(r, resp)
+
+    def _record(self, r: SaveResult, resp) -> bool:
+        """Records a finished save's outcome from its WaitSaved answer and
+        frees its arena; False while it is still pending."""
+        if resp.state == pb.WaitSavedResponse.STATE_COMMITTED:
+            r.state, r.file = "committed", resp.checkpoint.file
+        elif resp.state == pb.WaitSavedResponse.STATE_FAILED:
+            r.state, r.reason = "failed", resp.error
+        else:
             return False
-        self._wait_one(r)  # records the outcome (answered at once) and frees the arena
+        self._release(r)
         return True
+
+    def _release(self, r: SaveResult):
+        """A save that is done: no longer pending (a failure kept for the
+        next wait()), its arena free again."""
+        if r in self._pending:
+            self._pending.remove(r)
+            if r.state == "failed":
+                self._failed_unreported.append(r)
+        for a in self._pool.arenas if self._pool else []:
+            if a.busy is r:
+                a.busy = None
 
     def _wait_one(self, r: SaveResult, timeout: float = 600.0):
         deadline = time.monotonic() + timeout
@@ -715,24 +735,13 @@ class Run:
                     raise
                 self._resend_lost()
                 if r.state == "skipped":
-                    break
+                    self._release(r)
+                    return r
                 continue
-            if resp.state == pb.WaitSavedResponse.STATE_COMMITTED:
-                r.state, r.file = "committed", resp.checkpoint.file
-                break
-            if resp.state == pb.WaitSavedResponse.STATE_FAILED:
-                r.state, r.reason = "failed", resp.error
-                break
+            if self._record(r, resp):
+                return r
             if left <= 0:
                 raise Error("DEADLINE_EXCEEDED", f"save {r.save_id} (step {r.step}) still pending after {timeout}s")
-        if r in self._pending:
-            self._pending.remove(r)
-            if r.state == "failed":
-                self._failed_unreported.append(r)
-        for a in self._pool.arenas if self._pool else []:
-            if a.busy is r:
-                a.busy = None
-        return r
 
     def wait(self, timeout: float = 600.0) -> list[SaveResult]:
         """Waits until every pending save is committed or failed; raises Error
