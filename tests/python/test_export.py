@@ -252,22 +252,20 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
             pre.close()
             info = c.lineage(run_id="pre")
             pre_uuids = {n.step: n.uuid for n in info.nodes if n.kind == n.KIND_CHECKPOINT}
-            ft = c.open_run("ft", metadata=tl.metadata(), base_model=pre_uuids[2], exports=["hf-llama", "hf-llama-q8_0"],
-                            model=state, schedule={"every_steps": 1})
-            for step in (10, 20):
-                state["lm_head.weight"][0, 1] = step
-                ft.save(step, model=state)
-                ft.wait()
-            ft.close()
+
+            def fine_tune(run_id, exports):
+                run = c.open_run(run_id, metadata=tl.metadata(), base_model=pre_uuids[2], exports=exports,
+                                 model=state, schedule={"every_steps": 1})
+                for step in (10, 20):
+                    state["lm_head.weight"][0, 1] = step
+                    run.save(step, model=state)
+                    run.wait()
+                run.close()
+
+            fine_tune("ft", ["hf-llama", "hf-llama-q8_0"])
             whole = c.lineage(run_id="ft")
             # A run with ft's content step for step (the same seed): equal uuids.
-            twin = c.open_run("ft-twin", metadata=tl.metadata(), base_model=pre_uuids[2], exports=["hf-llama"],
-                              model=state, schedule={"every_steps": 1})
-            for step in (10, 20):
-                state["lm_head.weight"][0, 1] = step
-                twin.save(step, model=state)
-                twin.wait()
-            twin.close()
+            fine_tune("ft-twin", ["hf-llama"])
             lane = {n.id: n for n in c.lineage(run_id="ft-twin").nodes}
         kinds = [(n.kind, n.run_id, n.step, n.name) for n in whole.nodes]
         K = whole.nodes[0].__class__
