@@ -112,6 +112,7 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
     v1::ListCheckpointsResponse page;
     if (auto st = c.stub().ListCheckpoints(&ctx, req, &page); !st.ok()) return Fail(a.run, st);
     for (auto& cp : *page.mutable_checkpoints()) *all.add_checkpoints() = std::move(cp);
+    for (auto& q : *page.mutable_quarantined()) *all.add_quarantined() = std::move(q);
     req.set_page_token(page.next_page_token());
   } while (!req.page_token().empty());
   if (a.json) {
@@ -148,6 +149,13 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
     if (tiered) StrAppend(&row, "  ", fmt::format("{:<6}", cp.location()));
     std::cout << row << "  " << (cp.retention_keeps() ? "keep: " : "delete: ")
               << (cp.pinned() ? "pinned: " + cp.pin_reason() : cp.retention_reason()) << "\n";
+  }
+  if (!all.quarantined().empty()) {
+    std::cout << "\nQUARANTINED (damaged or not belonging to their checkpoint; never read, never "
+                 "deleted by ckptd)\n";
+    for (const auto& q : all.quarantined()) {
+      std::cout << fmt::format("  {}  {} bytes\n    {}\n", q.file(), q.size_bytes(), q.reason());
+    }
   }
   return kExitOk;
 }

@@ -18,8 +18,7 @@ void PutU64(std::string* out, uint64_t v) {
 int HexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
+  return -1;  // digests are written lowercase: an upper-case digit is a changed byte
 }
 
 }  // namespace
@@ -34,7 +33,7 @@ absl::StatusOr<Digest128> ParseDigestHex(std::string_view hex) {
   Digest128 d;
   for (size_t i = 0; i < 32; ++i) {
     int v = HexValue(hex[i]);
-    if (v < 0) return absl::InvalidArgumentError(StrCat("digest '", hex, "' is not hex"));
+    if (v < 0) return absl::InvalidArgumentError(StrCat("digest '", hex, "' is not lowercase hex"));
     uint64_t& half = i < 16 ? d.high : d.low;
     half = (half << 4) | static_cast<uint64_t>(v);
   }

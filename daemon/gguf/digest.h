@@ -30,6 +30,7 @@ struct Digest128 {
 };
 
 // 32 lowercase hex digits, most significant first (XXH128's canonical form).
+// Parsing accepts only that form, so each digest has one spelling.
 std::string DigestHex(const Digest128& d);
 absl::StatusOr<Digest128> ParseDigestHex(std::string_view hex);
 

@@ -44,6 +44,39 @@ void AppendValue(std::string* out, const Value& v) {
       v.storage());
 }
 
+bool IsDigestSlot(std::string_view key) {
+  return key == kKeyUuid || key == kKeyContentDigest || key == kKeyTensorDigests ||
+         key == kKeyMetadataDigest;
+}
+
+Digest128 MetadataDigest(uint32_t version, const Metadata& metadata,
+                         const std::vector<TensorInfo>& tensors) {
+  TensorHasher hasher;
+  std::string out;
+  Put<uint32_t>(&out, kMagic);
+  Put<uint32_t>(&out, version);
+  Put<uint64_t>(&out, tensors.size());
+  Put<uint64_t>(&out, metadata.size());
+  for (const auto& [key, value] : metadata.entries()) {
+    PutString(&out, key);
+    Put<uint32_t>(&out, static_cast<uint32_t>(value.type()));
+    if (!IsDigestSlot(key)) AppendValue(&out, value);
+    if (out.size() >= (1 << 20)) {
+      hasher.Update(out.data(), out.size());
+      out.clear();
+    }
+  }
+  for (const TensorInfo& t : tensors) {
+    PutString(&out, t.name);
+    Put<uint32_t>(&out, static_cast<uint32_t>(t.ne.size()));
+    for (uint64_t n : t.ne) Put<uint64_t>(&out, n);
+    Put<uint32_t>(&out, static_cast<uint32_t>(t.type));
+    Put<uint64_t>(&out, t.offset);
+  }
+  hasher.Update(out.data(), out.size());
+  return hasher.Finish();
+}
+
 std::string EncodeHeader(const Layout& layout) {
   std::string out;
   out.reserve(layout.data_offset);

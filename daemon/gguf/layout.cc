@@ -72,6 +72,7 @@ absl::StatusOr<Layout> PlanLayout(Metadata metadata, std::vector<TensorSpec> ten
     metadata.Set(std::string(kKeyUuid), UuidPlaceholder());
     metadata.Set(std::string(kKeyContentDigest), ContentDigestPlaceholder());
     metadata.Set(std::string(kKeyTensorDigests), TensorDigestsPlaceholder(tensors.size()));
+    metadata.Set(std::string(kKeyMetadataDigest), ContentDigestPlaceholder());
     layout.has_digest_slots = true;
     if (options.uuid_scheme == UuidScheme::kGgufHash) {
       metadata.Set(std::string(kKeyUuidScheme), Value::String(std::string(kGgufHashScheme)));

@@ -23,6 +23,9 @@ inline constexpr std::string_view kKeyAlignment = "general.alignment";
 inline constexpr std::string_view kKeyUuid = "general.uuid";
 inline constexpr std::string_view kKeyContentDigest = "ckpt.content_digest";
 inline constexpr std::string_view kKeyTensorDigests = "ckpt.tensor_digests";
+// XXH3-128 over the header with the slots' values left out (MetadataDigest
+// in encode.h): every other key and value, the counts and the tensor table.
+inline constexpr std::string_view kKeyMetadataDigest = "ckpt.metadata_digest";
 // Present only when general.uuid is not UuidFromDigest(content digest):
 // "gguf-hash" (see UuidScheme).
 inline constexpr std::string_view kKeyUuidScheme = "ckpt.uuid_scheme";

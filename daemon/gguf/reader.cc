@@ -9,6 +9,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/gguf/encode.h"
 #include "daemon/gguf/sha1.h"
 
 namespace ckptd::gguf {
@@ -309,6 +310,7 @@ absl::StatusOr<GgufFile> ReadHeader(const ByteSource& src) {
     }
     f.tensors.push_back(std::move(t));
   }
+  f.header_bytes = c.offset();
   if (!AlignUp(c.offset(), f.alignment, &f.data_offset) || f.data_offset > f.file_size) {
     return Malformed(c.offset(), StrCat("truncated: data section would start at ", f.data_offset,
                                         ", file has ", f.file_size, " bytes"));
@@ -366,6 +368,82 @@ absl::StatusOr<std::vector<Digest128>> StoredTensorDigests(const GgufFile& file)
   return out;
 }
 
+namespace {
+
+bool OneBitApart(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  int bits = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    bits += std::popcount(static_cast<unsigned>(static_cast<uint8_t>(a[i] ^ b[i])));
+  }
+  return bits == 1;
+}
+
+// Every byte the tensors do not cover, from the end of the tensor table to
+// the end of the file, is zero (the writer's padding).
+absl::Status CheckPadding(const ByteSource& src, const GgufFile& file) {
+  std::vector<std::pair<uint64_t, uint64_t>> used;  // absolute [begin, end)
+  used.reserve(file.tensors.size());
+  for (const TensorInfo& t : file.tensors) {
+    used.emplace_back(file.data_offset + t.offset, file.data_offset + t.offset + t.nbytes);
+  }
+  std::sort(used.begin(), used.end());
+  used.emplace_back(file.file_size, file.file_size);
+  uint64_t at = file.header_bytes;
+  std::string gap;
+  for (const auto& [begin, end] : used) {
+    if (begin > at) {
+      // Gaps are alignment padding: under the alignment each, except before
+      // a tensor placed further on by another writer (read in pieces).
+      for (uint64_t pos = at; pos < begin;) {
+        const size_t n = std::min<uint64_t>(begin - pos, 1 << 20);
+        gap.resize(n);
+        CKPTD_TRY(src.ReadAt(pos, n, gap.data()));
+        const size_t nz = gap.find_first_not_of('\0');
+        if (nz != std::string::npos) {
+          return absl::DataLossError(StrCat("byte at offset ", pos + nz,
+                                            " lies between tensors (padding) and is not zero"));
+        }
+        pos += n;
+      }
+    }
+    at = std::max(at, end);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<bool> CheckMetadataDigest(const GgufFile& file) {
+  const Value* stored = file.metadata.Find(kKeyMetadataDigest);
+  if (stored == nullptr) {
+    for (const auto& [key, value] : file.metadata.entries()) {
+      if (OneBitApart(key, kKeyMetadataDigest)) {
+        return absl::DataLossError(StrCat("metadata key '", key, "' is one bit away from ",
+                                          kKeyMetadataDigest, ": the header is damaged"));
+      }
+    }
+    return false;
+  }
+  const std::string* str = stored->get_if<std::string>();
+  if (str == nullptr) {
+    return absl::DataLossError(StrCat(kKeyMetadataDigest, " is ", ValueTypeName(stored->type()),
+                                      ", not a digest: the header is damaged"));
+  }
+  auto want = ParseContentDigestString(*str);
+  if (!want.ok()) {
+    return absl::DataLossError(
+        StrCat(kKeyMetadataDigest, " '", *str, "' is not a digest: the header is damaged"));
+  }
+  const Digest128 got = MetadataDigest(file.version, file.metadata, file.tensors);
+  if (got != *want) {
+    return absl::DataLossError(StrCat("metadata digest mismatch: stored ", *str, ", computed ",
+                                      ContentDigestString(got),
+                                      " (a metadata value or the tensor table was changed)"));
+  }
+  return true;
+}
+
 absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file) {
   const Value* stored = file.metadata.Find(kKeyContentDigest);
   const std::string* stored_str = stored ? stored->get_if<std::string>() : nullptr;
@@ -377,6 +455,8 @@ absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file)
   CKPTD_ASSIGN_OR_RETURN(Digest128 want, ParseContentDigestString(*stored_str));
   VerifyReport report;
   report.stored_content_digest = *stored_str;
+  // Header first: it costs no data read.
+  CKPTD_ASSIGN_OR_RETURN(report.metadata_covered, CheckMetadataDigest(file));
   CKPTD_ASSIGN_OR_RETURN(report.computed, ComputeDigest(src, file));
 
   const Value* per = file.metadata.Find(kKeyTensorDigests);
@@ -404,6 +484,7 @@ absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file)
                                       " does not match the content (expected ",
                                       report.computed.uuid, ")"));
   }
+  CKPTD_TRY(CheckPadding(src, file));
   return report;
 }
 

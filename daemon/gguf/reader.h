@@ -21,6 +21,7 @@ struct GgufFile {
   Metadata metadata;
   std::vector<TensorInfo> tensors;  // in file order
   uint32_t alignment = kDefaultAlignment;
+  uint64_t header_bytes = 0;  // up to the end of the tensor table
   uint64_t data_offset = 0;
   uint64_t file_size = 0;
 };
@@ -36,6 +37,7 @@ absl::StatusOr<ContentDigest> ComputeDigest(const ByteSource& src, const GgufFil
 struct VerifyReport {
   ContentDigest computed;
   std::string stored_content_digest;
+  bool metadata_covered = false;  // the file carries a metadata digest (and it matched)
 };
 
 // The per-tensor digests stored in ckpt.tensor_digests, in file order; empty
@@ -43,10 +45,18 @@ struct VerifyReport {
 // tensor table in length or an entry is not a digest (naming the tensor).
 absl::StatusOr<std::vector<Digest128>> StoredTensorDigests(const GgufFile& file);
 
+// Checks ckpt.metadata_digest against the header as parsed (header-only,
+// no data read). true: covered and it matches; false: the file has no
+// metadata digest (written before ckptd recorded one); DATA_LOSS: it does
+// not match, is not a digest, or a key one bit away from its name stands
+// where it should be (a damaged key name must not pass for an old file).
+absl::StatusOr<bool> CheckMetadataDigest(const GgufFile& file);
+
 // Re-reads all tensor data and checks it against the stored digests:
 //   FailedPrecondition  the file carries no ckpt.content_digest (not ckptd's)
 //   DataLoss            a mismatch; names the first mismatching tensor when
-//                       per-tensor digests are stored
+//                       per-tensor digests are stored; a metadata digest that
+//                       does not match; a padding byte that is not zero
 absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file);
 
 }  // namespace ckptd::gguf

@@ -37,6 +37,12 @@ void FillDigestSlots(const ContentDigest& digest, Layout* layout) {
                        Value::String(ContentDigestString(digest.content)));
   layout->metadata.Set(std::string(kKeyTensorDigests),
                        Value::MakeArray(ValueType::kString, std::move(per_tensor)));
+  // Last: every other value is final by now (slots set by SetSlot included).
+  if (layout->metadata.Find(kKeyMetadataDigest) != nullptr) {
+    layout->metadata.Set(std::string(kKeyMetadataDigest),
+                         Value::String(ContentDigestString(
+                             MetadataDigest(kVersion, layout->metadata, layout->tensors))));
+  }
 }
 
 Writer::Writer(Layout layout, Sink* sink) : layout_(std::move(layout)), sink_(sink) {

@@ -114,6 +114,11 @@ void Metrics::CountDeletion(const std::string& run, const std::string& by) {
   deletions_[{run, by}]++;
 }
 
+void Metrics::CountQuarantined(const std::string& run, const std::string& by) {
+  absl::MutexLock lock(&mu_);
+  quarantined_[{run, by}]++;
+}
+
 void Metrics::AddInFlightBytes(int64_t delta) {
   absl::MutexLock lock(&mu_);
   in_flight_bytes_ += delta;
@@ -158,6 +163,14 @@ std::string Metrics::Render() const {
   line("# TYPE ckptd_retention_deletions_total counter");
   for (const auto& [k, v] : deletions_) {
     line(fmt::format("ckptd_retention_deletions_total{{run=\"{}\",by=\"{}\"}} {}",
+                     EscapeLabel(k.first), k.second, v));
+  }
+  line(
+      "# HELP ckptd_quarantined_files_total Files moved to a run's quarantine/ (damaged, or not "
+      "belonging to their checkpoint), by recovery or the scrubber.");
+  line("# TYPE ckptd_quarantined_files_total counter");
+  for (const auto& [k, v] : quarantined_) {
+    line(fmt::format("ckptd_quarantined_files_total{{run=\"{}\",by=\"{}\"}} {}",
                      EscapeLabel(k.first), k.second, v));
   }
   line("# HELP ckptd_in_flight_bytes Tensor bytes of saves being written.");

@@ -219,6 +219,14 @@ absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
     const scheduler::RunSnapshot* run = &snap;
     const auto& catalog = *snap.catalog;
     const auto plan = snap.DryPlan(NowSeconds());
+    if (req.page_token().empty()) {
+      for (const storage::QuarantinedFile& q : snap.quarantined) {
+        v1::QuarantinedFile* out = resp.add_quarantined();
+        out->set_file(q.path);
+        out->set_size_bytes(q.bytes);
+        out->set_reason(q.reason);
+      }
+    }
     auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
     auto rit = has_after ? remote.upper_bound(after) : remote.begin();
     while (it != catalog.end() || rit != remote.end()) {
@@ -352,6 +360,10 @@ v1::RunEvent Queries::EventToProto(const scheduler::Event& e) {
       break;
     case scheduler::Event::Type::kUploadFailed:
       out.set_type(v1::RunEvent::TYPE_UPLOAD_FAILED);
+      out.set_error(e.error);
+      break;
+    case scheduler::Event::Type::kQuarantined:
+      out.set_type(v1::RunEvent::TYPE_QUARANTINED);
       out.set_error(e.error);
       break;
   }

@@ -16,13 +16,15 @@
 namespace ckptd::scheduler {
 
 struct Event {
-  enum class Type { kCommitted, kFailed, kDeleted, kUploaded, kUploadFailed };
+  enum class Type { kCommitted, kFailed, kDeleted, kUploaded, kUploadFailed, kQuarantined };
   Type type = Type::kCommitted;
   std::string run_id;
   uint64_t step = 0;
   std::optional<storage::CheckpointRecord> record;  // kCommitted
   bool is_latest = false;
-  std::string error;  // kFailed: the error; kDeleted: retention's reason
+  // kFailed: the error; kDeleted: retention's reason; kQuarantined: the
+  // file, where it went and why.
+  std::string error;
   std::string time_utc;
 };
 

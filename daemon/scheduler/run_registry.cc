@@ -56,6 +56,7 @@ RunSnapshot Run::Snapshot() const {
                 .holds = RetentionHolds(),
                 .catalog = dir_->catalog_ref(),
                 .pending = dir_->pending_ref(),
+                .quarantined = dir_->quarantined(),
                 .latest_step = dir_->latest_step()};
   if (settings_) {
     for (const RunExport& e : settings_->exports) s.export_names.push_back(e.name);
@@ -121,8 +122,9 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id
   for (const std::string& path : report.removed) {
     spdlog::info("recovery run={} removed {}", run_id, path);
   }
-  for (const std::string& problem : report.unreadable) {
-    spdlog::error("recovery run={} unreadable checkpoint: {}", run_id, problem);
+  for (const storage::QuarantinedFile& q : report.quarantined) {
+    spdlog::error("recovery run={} quarantined {} as {}: {}", run_id, q.from, q.path, q.reason);
+    metrics::Metrics::Get().CountQuarantined(run_id, "recovery");
   }
   if (report.latest_repaired) {
     auto last = run_dir->latest_step();
@@ -461,6 +463,16 @@ absl::StatusOr<storage::CheckpointRecord> RunRegistry::Adopt(Run& run, std::opti
   }
   for (const std::string& path : report.removed) {
     spdlog::info("adopt run={} step={} removed {}", run.id(), placed, path);
+  }
+  for (const storage::QuarantinedFile& q : report.quarantined) {
+    spdlog::error("adopt run={} step={} quarantined {} as {}: {}", run.id(), placed, q.from,
+                  q.path, q.reason);
+    metrics::Metrics::Get().CountQuarantined(run.id(), "recovery");
+    run.Publish(Event{.type = Event::Type::kQuarantined,
+                  .run_id = run.id(),
+                  .step = placed,
+                  .error = StrCat(q.from, " -> ", q.path, ": ", q.reason),
+                  .time_utc = FormatUtc(NowSeconds())});
   }
   if (!record.ok()) return record.status();
   Committed(run, *record, CommitSource::kFetched, "");

@@ -134,6 +134,7 @@ struct RunSnapshot {
   std::set<uint64_t> holds;              // in flight or awaiting upload: retention keeps them
   std::shared_ptr<const storage::Catalog> catalog;
   std::shared_ptr<const storage::Catalog> pending;
+  std::vector<storage::QuarantinedFile> quarantined;
   std::optional<uint64_t> latest_step;
 
   const storage::CheckpointRecord* Find(uint64_t step) const;

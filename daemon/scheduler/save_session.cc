@@ -25,7 +25,7 @@ using gguf::Value;
 
 void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SaveParams& p,
                    std::string_view transport, double now, const std::string& parent_uuid,
-                   gguf::Metadata* md) {
+                   const std::string& save_id, gguf::Metadata* md) {
   if (!s.base_model_uuid.empty()) {
     md->Set("general.base_model.count", Value(uint32_t{1}));
     md->Set("general.base_model.0.uuid", Value::String(s.base_model_uuid));
@@ -43,6 +43,7 @@ void AddProvenance(const RunSettings& s, const DaemonFacts& facts, const SavePar
   }
   if (!parent_uuid.empty())
     md->Set(std::string(storage::kKeyParentUuid), Value::String(parent_uuid));
+  md->Set(std::string(storage::kKeySaveId), Value::String(save_id));
 }
 
 // The ckpt.shard.<name>.* keys of the tensors this rank holds a slice of,
@@ -176,6 +177,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   plan.uuid_scheme = registry_->facts().uuid_scheme;
   plan.tensors = p.tensors;
   const double now = NowSeconds();
+  const std::string save_id = storage::NewSaveId();
   std::string weights_dir;
   std::vector<RunExport> run_exports;
   run_->save_mu().AssertHeld();                 // by save_lock_, taken in Begin
@@ -208,7 +210,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     } else {
       plan.model_metadata = run_->settings_->model_metadata;
     }
-    AddProvenance(*run_->settings_, registry_->facts(), p, transport_, now, parent,
+    AddProvenance(*run_->settings_, registry_->facts(), p, transport_, now, parent, save_id,
                   &plan.model_metadata);
     weights_dir = run_->dir()->weights_dir();
     run_exports = run_->settings_->exports;
@@ -225,6 +227,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   plan.train_metadata.Set(std::string(storage::kKeyRunId), Value::String(p.run_id));
   plan.train_metadata.Set(std::string(storage::kKeyStep), Value(p.step));
   plan.train_metadata.Set(std::string(storage::kKeyTimeUtc), Value::String(FormatUtc(now)));
+  plan.train_metadata.Set(std::string(storage::kKeySaveId), Value::String(save_id));
 
   auto writer = storage::CheckpointWriter::Plan(registry_->env(), weights_dir, std::move(plan));
   if (!writer.ok()) return writer.status();

@@ -3,10 +3,12 @@
 
 #include <cstdio>
 #include <ctime>
+#include <random>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
+#include "daemon/gguf/digest.h"
 #include "daemon/gguf/layout.h"
 
 namespace ckptd::storage {
@@ -29,6 +31,7 @@ absl::StatusOr<gguf::GgufFile> ReadGgufHeader(env::Env* env, const std::string& 
 void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRecord* r) {
   r->uuid = StringValue(md, gguf::kKeyUuid);
   r->content_digest = StringValue(md, gguf::kKeyContentDigest);
+  r->save_id = StringValue(md, kKeySaveId);
   r->time_utc = StringValue(md, kKeyTimeUtc);
   r->time_s = ParseUtc(r->time_utc);
   r->parent_uuid = StringValue(md, kKeyParentUuid);
@@ -47,9 +50,58 @@ uint64_t CheckpointRecord::total_bytes() const {
   return total;
 }
 
+std::string NewSaveId() {
+  thread_local std::mt19937_64 rng = [] {
+    std::random_device rd;
+    std::seed_seq seed{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seed);
+  }();
+  return gguf::DigestHex(gguf::Digest128{.low = rng(), .high = rng()});
+}
+
+std::optional<uint64_t> StepValue(const gguf::Metadata& md) {
+  const gguf::Value* v = md.Find(kKeyStep);
+  if (v == nullptr) return std::nullopt;
+  if (const uint64_t* u = v->get_if<uint64_t>()) return *u;
+  if (const int64_t* i = v->get_if<int64_t>(); i != nullptr && *i >= 0) return *i;
+  if (const uint32_t* u = v->get_if<uint32_t>()) return *u;
+  return std::nullopt;
+}
+
+std::string TrainMismatch(const gguf::GgufFile& train, const CheckpointRecord& model) {
+  const std::string digest = StringValue(train.metadata, kKeyModelDigest);
+  if (digest != model.content_digest) {
+    return StrCat("it was written with model content ", digest.empty() ? "(none)" : digest,
+                  ", the model file has ", model.content_digest);
+  }
+  const std::optional<uint64_t> step = StepValue(train.metadata);
+  if (step && *step != model.step) {
+    return StrCat("it is step ", *step, "'s training state, the model file is step ", model.step);
+  }
+  const std::string save_id = StringValue(train.metadata, kKeySaveId);
+  if (save_id != model.save_id) {
+    return StrCat("it belongs to save ", save_id.empty() ? "(none)" : save_id,
+                  ", the model file to save ", model.save_id.empty() ? "(none)" : model.save_id,
+                  " (equal tensors, another save)");
+  }
+  return "";
+}
+
 absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t step,
                                                       const std::string& model_path) {
   CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile model, ReadGgufHeader(env, model_path));
+  if (auto covered = gguf::CheckMetadataDigest(model); !covered.ok()) {
+    return absl::DataLossError(StrCat(model_path, ": ", covered.status().message()));
+  }
+  const std::optional<uint64_t> header_step = StepValue(model.metadata);
+  if (header_step && *header_step != step) {
+    return absl::DataLossError(StrCat(model_path, ": its header says step ", *header_step,
+                                      " (ckpt.step), its name says step ", step));
+  }
+  if (const std::string role = StringValue(model.metadata, kKeyRole); role == "train") {
+    return absl::DataLossError(
+        StrCat(model_path, ": a training-state file (ckpt.role = train) under a model file's name"));
+  }
   CheckpointRecord r;
   r.step = step;
   r.model_path = model_path;

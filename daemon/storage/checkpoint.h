@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +26,10 @@ inline constexpr std::string_view kKeyTransport = "ckpt.transport";
 inline constexpr std::string_view kKeyClientPid = "ckpt.client.pid";
 inline constexpr std::string_view kKeyParentUuid = "ckpt.parent_uuid";
 inline constexpr std::string_view kKeyModelDigest = "ckpt.model_content_digest";  // train file
+// 32 random hex digits, one per save, in the model file, its train file
+// and its exports: ties them to one save (equal tensors at two steps give
+// equal content digests; the save id never repeats).
+inline constexpr std::string_view kKeySaveId = "ckpt.save_id";
 inline constexpr std::string_view kMetricsPrefix = "ckpt.metrics.";
 inline constexpr std::string_view kTrainerPrefix = "ckpt.trainer.";
 
@@ -46,6 +51,7 @@ struct CheckpointRecord {
   uint64_t train_bytes = 0;
   std::string uuid;
   std::string content_digest;
+  std::string save_id;  // ckpt.save_id, "" in files written before it existed
   std::string time_utc;
   double time_s = 0;  // time_utc as seconds since the epoch (0 if absent)
   std::string parent_uuid;
@@ -65,9 +71,23 @@ struct CheckpointRecord {
 void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRecord* r);
 
 // Reads step_N.gguf's header into a record (the caller pairs it with its
-// train file); never reads tensor data.
+// train file); never reads tensor data. DATA_LOSS when the header is
+// damaged (its metadata digest included), and when it is not step `step`'s
+// model file: its ckpt.step or ckpt.role says otherwise.
 absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t step,
                                                       const std::string& model_path);
+
+// Why the training-state file `train` (a parsed header) is not the one saved
+// with `model`, or "" when it is: its ckpt.model_content_digest, ckpt.step
+// and ckpt.save_id must all be the model file's (a file from before save ids
+// has neither, and then the first two decide).
+std::string TrainMismatch(const gguf::GgufFile& train, const CheckpointRecord& model);
+
+// A fresh ckpt.save_id: 128 random bits as 32 hex digits.
+std::string NewSaveId();
+
+// ckpt.step as a number, if present and an integer.
+std::optional<uint64_t> StepValue(const gguf::Metadata& md);
 
 // The string value of `key`, or "" when absent or not a string.
 std::string StringValue(const gguf::Metadata& md, std::string_view key);

@@ -70,6 +70,12 @@ struct ParsedName {
 
 inline constexpr std::string_view kLatestName = "latest";
 inline constexpr std::string_view kWeightsDir = "weights";
+// <run_dir>/quarantine/: files recovery or the scrubber took out of
+// weights/ (damaged, or not belonging to their checkpoint), each with a
+// NAME.why beside it saying why. Never read by restore, never deleted by
+// ckptd.
+inline constexpr std::string_view kQuarantineDir = "quarantine";
+inline constexpr std::string_view kQuarantineReasonSuffix = ".why";
 inline constexpr std::string_view kPinsFile = "pins.json";
 inline constexpr std::string_view kRunStateFile = "ckptd-run-state";
 inline constexpr std::string_view kRunOwnerFile = "ckptd-run-id";

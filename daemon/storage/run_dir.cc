@@ -5,16 +5,54 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/export/plan.h"
 #include "daemon/gguf/layout.h"
+#include "daemon/gguf/reader.h"
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::storage {
 
 RunDir::RunDir(env::Env* env, std::string run_dir)
-    : env_(env), run_dir_(std::move(run_dir)), weights_dir_(StrCat(run_dir_, "/", kWeightsDir)) {}
+    : env_(env),
+      run_dir_(std::move(run_dir)),
+      weights_dir_(StrCat(run_dir_, "/", kWeightsDir)),
+      quarantine_dir_(StrCat(run_dir_, "/", kQuarantineDir)) {}
+
+absl::StatusOr<QuarantinedFile> RunDir::Quarantine(const std::string& name,
+                                                   const std::string& reason) {
+  CKPTD_TRY(env_->CreateDirs(quarantine_dir_));
+  QuarantinedFile q{.from = PathOf(name), .reason = reason};
+  q.bytes = env_->Stat(q.from).value_or(env::FileStat{}).size;
+  std::string to = name;
+  for (int n = 1; env_->Stat(StrCat(quarantine_dir_, "/", to)).ok(); ++n) to = StrCat(name, ".", n);
+  q.path = StrCat(quarantine_dir_, "/", to);
+  // The reason first: a file in quarantine/ always says why it is there.
+  CKPTD_TRY(env::WriteFileAtomically(env_, StrCat(q.path, kQuarantineReasonSuffix), reason + "\n"));
+  CKPTD_TRY(env_->RenameFile(q.from, q.path));
+  CKPTD_TRY(env_->SyncDir(quarantine_dir_));
+  CKPTD_TRY(env_->SyncDir(weights_dir_));
+  quarantined_.push_back(q);
+  return q;
+}
+
+std::vector<QuarantinedFile> RunDir::ScanQuarantine() const {
+  std::vector<QuarantinedFile> out;
+  auto names = env_->ListDir(quarantine_dir_);
+  if (!names.ok()) return out;
+  std::sort(names->begin(), names->end());
+  for (const std::string& name : *names) {
+    if (name.ends_with(kQuarantineReasonSuffix) || name.starts_with(".")) continue;
+    QuarantinedFile q{.path = StrCat(quarantine_dir_, "/", name)};
+    q.bytes = env_->Stat(q.path).value_or(env::FileStat{}).size;
+    auto why = env::ReadWholeFile(env_, StrCat(q.path, kQuarantineReasonSuffix));
+    q.reason = why.ok() ? std::string(absl::StripTrailingAsciiWhitespace(*why)) : "(no reason recorded)";
+    out.push_back(std::move(q));
+  }
+  return out;
+}
 
 absl::StatusOr<std::unique_ptr<RunDir>> RunDir::Open(env::Env* env, const std::string& run_dir,
                                                      RecoveryReport* report) {
@@ -91,26 +129,52 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
         break;
     }
   }
-  // A train file belongs to a model file only if it recorded its digest (an
-  // interrupted overwrite can leave the previous one behind).
-  auto belongs = [&](const std::string& train_path, const CheckpointRecord& model) {
+  // A train file belongs to a model file only if it recorded its digest, its
+  // step and its save id (an interrupted overwrite can leave the previous
+  // one behind; equal tensors at another step give an equal digest).
+  struct Tie {
+    std::string why;     // "" when the train file is the model file's
+    bool stale = false;  // an intact train file of an earlier save of the same step
+  };
+  auto tie = [&](const std::string& train_path, const CheckpointRecord& model) -> Tie {
     auto train = ReadGgufHeader(env_, train_path);
-    return train.ok() && StringValue(train->metadata, kKeyModelDigest) == model.content_digest;
+    if (!train.ok()) return {std::string(train.status().message())};
+    if (auto covered = gguf::CheckMetadataDigest(*train); !covered.ok()) {
+      return {std::string(covered.status().message())};
+    }
+    std::string why = TrainMismatch(*train, model);
+    return {why, !why.empty() && StepValue(train->metadata) == model.step};
+  };
+  auto quarantine = [&](const std::string& name, const std::string& reason) -> absl::Status {
+    CKPTD_ASSIGN_OR_RETURN(QuarantinedFile q, Quarantine(name, reason));
+    report->quarantined.push_back(std::move(q));
+    return absl::OkStatus();
   };
   for (uint64_t step : models) {
-    std::string model_path = PathOf(ModelFileName(step));
-    auto record = ReadCheckpointRecord(env_, step, model_path);
+    const std::string model_name = ModelFileName(step);
+    auto record = ReadCheckpointRecord(env_, step, PathOf(model_name));
     if (!record.ok()) {
-      report->unreadable.push_back(std::string(record.status().message()));
+      // Damaged, or not this step's: out of the catalog, and so are the
+      // files saved with it, none of them deleted.
+      const std::string why(record.status().message());
+      CKPTD_TRY(quarantine(model_name, why));
+      const std::string follows = StrCat("saved with ", model_name, ", which was quarantined: ", why);
+      if (trains.erase(step) > 0) CKPTD_TRY(quarantine(TrainFileName(step), follows));
+      if (nexts.erase(step) > 0) CKPTD_TRY(quarantine(TrainNextFileName(step), follows));
+      auto found = exported.extract(step);
+      for (const std::string& name : found.empty() ? std::vector<std::string>{} : found.mapped()) {
+        CKPTD_TRY(quarantine(ExportFileName(step, name), follows));
+      }
       continue;
     }
     const std::string train_path = PathOf(TrainFileName(step));
     // A commit that stopped between its model file and moving the new train
-    // file into place: finish it, or drop the train file of a commit that
-    // never happened.
+    // file into place: finish it (replacing the overwritten step's train
+    // file, as the commit would have), or drop the train file of a commit
+    // that never happened.
     if (nexts.erase(step) > 0) {
       const std::string next_path = PathOf(TrainNextFileName(step));
-      if (belongs(next_path, *record)) {
+      if (tie(next_path, *record).why.empty()) {
         CKPTD_TRY(env_->RenameFile(next_path, train_path));
         trains.insert(step);
         changed = true;
@@ -119,20 +183,33 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       }
     }
     if (trains.erase(step) > 0) {
-      if (belongs(train_path, *record)) {
+      if (Tie t = tie(train_path, *record); t.why.empty()) {
         record->train_path = train_path;
         record->train_bytes = env_->Stat(train_path).value_or(env::FileStat{}).size;
-      } else {
+      } else if (t.stale) {
+        // An overwrite without training state stopped after its commit
+        // point: finish it, as its step 3 would have.
         CKPTD_TRY(remove(train_path));
+      } else {
+        CKPTD_TRY(quarantine(TrainFileName(step),
+                             StrCat("not the training state saved with ", model_name, ": ", t.why)));
       }
     }
     // Exports are renamed before the commit point: one belongs to this
-    // model file only if it names it as its source.
+    // model file only if it names it as its source (and, when it carries
+    // one, its save id); any other is a save's that never committed.
     auto found = exported.extract(step);
     for (const std::string& name : found.empty() ? std::vector<std::string>{} : found.mapped()) {
       const std::string path = PathOf(ExportFileName(step, name));
       auto header = ReadGgufHeader(env_, path);
-      if (header.ok() && StringValue(header->metadata, exports::kKeySourceUuid) == record->uuid) {
+      auto covered = header.ok() ? gguf::CheckMetadataDigest(*header) : header.status();
+      if (!covered.ok()) {
+        CKPTD_TRY(quarantine(ExportFileName(step, name), std::string(covered.status().message())));
+        continue;
+      }
+      const std::string save_id = StringValue(header->metadata, kKeySaveId);
+      if (StringValue(header->metadata, exports::kKeySourceUuid) == record->uuid &&
+          (save_id.empty() || save_id == record->save_id)) {
         record->exports.push_back(
             {.name = name,
              .path = path,
@@ -154,10 +231,10 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   Edit(pending_).clear();
   for (const auto& [step, part] : parts) {
     if (catalog_->contains(step)) continue;  // a whole step of the same number: not ours to judge
-    const std::string path = PathOf(SplitFileName(step, part.rank, part.world_size));
-    auto record = ReadCheckpointRecord(env_, step, path);
+    const std::string part_name = SplitFileName(step, part.rank, part.world_size);
+    auto record = ReadCheckpointRecord(env_, step, PathOf(part_name));
     if (!record.ok()) {
-      report->unreadable.push_back(std::string(record.status().message()));
+      CKPTD_TRY(quarantine(part_name, std::string(record.status().message())));
       continue;
     }
     record->rank = part.rank;
@@ -165,11 +242,12 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
     const std::string train_name = PartTrainFileName(step, part.rank, part.world_size);
     if (part_trains.erase(train_name) > 0) {
       const std::string train_path = PathOf(train_name);
-      if (belongs(train_path, *record)) {
+      if (Tie t = tie(train_path, *record); t.why.empty()) {
         record->train_path = train_path;
         record->train_bytes = env_->Stat(train_path).value_or(env::FileStat{}).size;
       } else {
-        CKPTD_TRY(remove(train_path));
+        CKPTD_TRY(quarantine(train_name, StrCat("not the training state saved with ", part_name,
+                                                ": ", t.why)));
       }
     }
     if (markers.erase(step) > 0) {
@@ -180,8 +258,13 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   }
   for (const std::string& name : part_trains) CKPTD_TRY(remove(PathOf(name)));
   for (uint64_t step : markers) CKPTD_TRY(remove(PathOf(CommitMarkerName(step))));
-  // No model file: orphans.
-  for (uint64_t step : trains) CKPTD_TRY(remove(PathOf(TrainFileName(step))));
+  // No model file. A .next is a save's that never reached its commit
+  // point; a train file outlived its model file (a deletion cut short, or
+  // a model file removed by hand): it may be all that is left of a step.
+  for (uint64_t step : trains) {
+    CKPTD_TRY(quarantine(TrainFileName(step), StrCat("its model file ", ModelFileName(step),
+                                                      " is missing")));
+  }
   for (uint64_t step : nexts) CKPTD_TRY(remove(PathOf(TrainNextFileName(step))));
   if (changed) CKPTD_TRY(env_->SyncDir(weights_dir_));
 
@@ -194,6 +277,7 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   }
   CKPTD_ASSIGN_OR_RETURN(bool relinked, RelinkExports());
   report->latest_repaired |= relinked;
+  quarantined_ = ScanQuarantine();
   return absl::OkStatus();
 }
 

@@ -17,9 +17,21 @@
 
 namespace ckptd::storage {
 
+// A file moved to <run_dir>/quarantine/.
+struct QuarantinedFile {
+  std::string from;  // where it was (absolute)
+  std::string path;  // where it is (absolute)
+  std::string reason;
+  uint64_t bytes = 0;
+};
+
 struct RecoveryReport {
-  std::vector<std::string> removed;     // temp files and orphaned train files
-  std::vector<std::string> unreadable;  // committed files whose header fails to parse
+  // Files of saves that never committed (temps, a .next or exports without
+  // their commit) and of deletions that were under way.
+  std::vector<std::string> removed;
+  // Files that were committed once but are damaged or do not belong where
+  // they lie: moved, never deleted.
+  std::vector<QuarantinedFile> quarantined;
   bool latest_repaired = false;
 };
 
@@ -90,6 +102,12 @@ class RunDir {
   // the catalog reloaded from the headers.
   absl::Status Recover(RecoveryReport* report);
 
+  // Moves weights/NAME to quarantine/NAME (NAME.1, NAME.2, ... when taken)
+  // with NAME.why holding `reason`, both directories made durable.
+  absl::StatusOr<QuarantinedFile> Quarantine(const std::string& name, const std::string& reason);
+  // What quarantine/ holds (read at recovery, added to by Quarantine), by name.
+  const std::vector<QuarantinedFile>& quarantined() const { return quarantined_; }
+
   // A step whose files were placed in weights/ from elsewhere (fetched from
   // the object store, model file renamed last): a multi-rank part is
   // committed by its marker (its step is committed in the store), then the
@@ -112,12 +130,15 @@ class RunDir {
   absl::Status WriteCommitMarker(uint64_t step, uint32_t rank, uint32_t world_size);
   // `c`, copied first if a reader shares it.
   static Catalog& Edit(std::shared_ptr<Catalog>& c);
+  std::vector<QuarantinedFile> ScanQuarantine() const;
 
   env::Env* env_;
   std::string run_dir_;
   std::string weights_dir_;
+  std::string quarantine_dir_;
   std::shared_ptr<Catalog> catalog_ = std::make_shared<Catalog>();
   std::shared_ptr<Catalog> pending_ = std::make_shared<Catalog>();
+  std::vector<QuarantinedFile> quarantined_;
 };
 
 }  // namespace ckptd::storage

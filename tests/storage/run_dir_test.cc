@@ -21,15 +21,20 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
+// As a save plans it: ckpt.step and one ckpt.save_id in both files.
 SavePlan Plan(uint64_t step, bool with_train, uint64_t floats = 1024) {
   SavePlan plan;
   plan.step = step;
+  const std::string save_id = NewSaveId();
   plan.model_metadata.Set("general.architecture", gguf::Value("llama"));
   plan.model_metadata.Set(std::string(kKeyStep), gguf::Value(step));
+  plan.model_metadata.Set(std::string(kKeySaveId), gguf::Value::String(save_id));
   plan.tensors.push_back({{"w", gguf::TensorType::kF32, {floats}}, TensorGroup::kModel});
   if (with_train) {
     plan.tensors.push_back({{"adam.m", gguf::TensorType::kF32, {floats}}, TensorGroup::kTrain});
     plan.train_metadata.Set("opt.lr", gguf::Value(1e-4));
+    plan.train_metadata.Set(std::string(kKeyStep), gguf::Value(step));
+    plan.train_metadata.Set(std::string(kKeySaveId), gguf::Value::String(save_id));
   }
   return plan;
 }
@@ -128,13 +133,138 @@ TEST_F(RunDirTest, RecoveryRemovesTempsAndOrphansAndRepairsLatest) {
 
   RecoveryReport report;
   auto dir = OpenDir(env, &report);
-  EXPECT_EQ(report.removed.size(), 4u);
+  EXPECT_EQ(report.removed.size(), 3u);  // the temps
+  // The train file without its model file may be all that is left of step
+  // 9: moved aside, not deleted.
+  ASSERT_EQ(report.quarantined.size(), 1u);
+  EXPECT_EQ(report.quarantined[0].path, tmp_.Join("run/quarantine/step_9.train.gguf"));
+  EXPECT_THAT(report.quarantined[0].reason, HasSubstr("its model file step_9.gguf is missing"));
   EXPECT_TRUE(report.latest_repaired);
   EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_1.gguf", "step_2.gguf",
                                                      "step_2.train.gguf", "latest", "notes.txt"));
   EXPECT_EQ(Latest(), "step_2.gguf");
   EXPECT_EQ(dir->catalog().size(), 2u);
   EXPECT_FALSE(dir->Find(2)->train_path.empty());
+  ASSERT_EQ(dir->quarantined().size(), 1u);
+}
+
+// Recovery never deletes a file that verifies: a damaged model file goes to
+// quarantine/ with the intact train file saved with it, each with a reason.
+TEST_F(RunDirTest, ADamagedModelFileIsQuarantinedWithItsIntactTrainFile) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    ASSERT_OK(Save(env, dir.get(), 1, true, 'a').status());
+    ASSERT_OK(Save(env, dir.get(), 2, true, 'b').status());
+  }
+  const std::string train = testing::ReadFile(Weights() + "/step_2.train.gguf");
+  ASSERT_EQ(::truncate((Weights() + "/step_2.gguf").c_str(), 1000), 0);
+  RecoveryReport report;
+  auto dir = OpenDir(env, &report);
+  EXPECT_TRUE(report.removed.empty());
+  ASSERT_EQ(report.quarantined.size(), 2u);
+  EXPECT_THAT(report.quarantined[0].reason, HasSubstr("runs past the end of the file"));
+  EXPECT_THAT(report.quarantined[1].reason,
+              HasSubstr("saved with step_2.gguf, which was quarantined: "));
+  EXPECT_EQ(Latest(), "step_1.gguf");
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_1.gguf", "step_1.train.gguf", "latest"));
+  EXPECT_THAT(Names(tmp_.Join("run/quarantine")),
+              UnorderedElementsAre("step_2.gguf", "step_2.gguf.why", "step_2.train.gguf",
+                                   "step_2.train.gguf.why"));
+  EXPECT_EQ(testing::ReadFile(tmp_.Join("run/quarantine/step_2.train.gguf")), train);
+  // Listed after a restart too, reasons and all; a second damaged step 2
+  // does not overwrite the first.
+  ASSERT_OK(Save(env, dir.get(), 2, true, 'c').status());
+  ASSERT_EQ(::truncate((Weights() + "/step_2.gguf").c_str(), 1000), 0);
+  dir = OpenDir();
+  ASSERT_EQ(dir->quarantined().size(), 4u);
+  EXPECT_EQ(dir->quarantined()[1].path, tmp_.Join("run/quarantine/step_2.gguf.1"));
+  EXPECT_THAT(dir->quarantined()[1].reason, HasSubstr("runs past the end of the file"));
+}
+
+// Equal model tensors at two steps give equal content digests: the step and
+// the save id tie a train file to its model file.
+TEST_F(RunDirTest, ATrainFileOfAnotherStepWithEqualTensorsIsNotTied) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    ASSERT_OK(Save(env, dir.get(), 1, true, 'a').status());
+    ASSERT_OK(Save(env, dir.get(), 2, true, 'a').status());  // the same bytes
+  }
+  ASSERT_EQ(std::rename((Weights() + "/step_2.train.gguf").c_str(),
+                        (Weights() + "/step_1.train.gguf").c_str()),
+            0);
+  RecoveryReport report;
+  auto dir = OpenDir(env, &report);
+  ASSERT_EQ(report.quarantined.size(), 1u);
+  EXPECT_THAT(report.quarantined[0].reason,
+              HasSubstr("it is step 2's training state, the model file is step 1"));
+  ASSERT_NE(dir->Find(1), nullptr);
+  EXPECT_TRUE(dir->Find(1)->train_path.empty());
+  EXPECT_TRUE(dir->Find(2)->train_path.empty());  // it moved away
+}
+
+TEST_F(RunDirTest, AnotherSavesTrainFileOfTheSameStepIsNotTied) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    ASSERT_OK(Save(env, dir.get(), 1, true, 'a').status());
+  }
+  const std::string first = testing::ReadFile(Weights() + "/step_1.train.gguf");
+  {
+    auto dir = OpenDir();
+    ASSERT_OK(Save(env, dir.get(), 1, true, 'a', Overwrite::kYes).status());  // same tensors
+  }
+  testing::WriteFile(Weights() + "/step_1.train.gguf", first);  // the first save's, put back
+  auto dir = OpenDir();
+  // Same step, same model content, another save: an overwrite's leftover,
+  // never this model file's training state.
+  EXPECT_TRUE(dir->Find(1)->train_path.empty());
+  EXPECT_THAT(Names(Weights()), UnorderedElementsAre("step_1.gguf", "latest"));
+}
+
+TEST_F(RunDirTest, StepOnesFilesUnderStepThreesNamesAreNotStepThree) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    ASSERT_OK(Save(env, dir.get(), 1, true, 'a').status());
+    ASSERT_OK(Save(env, dir.get(), 3, true, 'b').status());
+  }
+  for (const char* suffix : {".gguf", ".train.gguf"}) {
+    testing::WriteFile(Weights() + "/step_3" + suffix,
+                       testing::ReadFile(Weights() + "/step_1" + suffix));
+  }
+  RecoveryReport report;
+  auto dir = OpenDir(env, &report);
+  ASSERT_EQ(report.quarantined.size(), 2u);
+  EXPECT_THAT(report.quarantined[0].reason,
+              HasSubstr("its header says step 1 (ckpt.step), its name says step 3"));
+  EXPECT_EQ(dir->Find(3), nullptr);
+  EXPECT_EQ(Latest(), "step_1.gguf");
+}
+
+TEST_F(RunDirTest, AChangedMetadataValueQuarantinesTheFile) {
+  env::Env* env = env::Env::Default();
+  {
+    auto dir = OpenDir();
+    ASSERT_OK(Save(env, dir.get(), 1, true, 'a').status());
+    ASSERT_OK(Save(env, dir.get(), 2, true, 'a').status());
+  }
+  for (const char* name : {"step_2.gguf", "step_1.train.gguf"}) {
+    std::string bytes = testing::ReadFile(Weights() + "/" + name);
+    const size_t at = bytes.find("llama");  // general.architecture, or opt.lr's neighbour
+    const size_t lr = bytes.find("opt.lr");
+    const size_t flip = at != std::string::npos ? at + 4 : lr + 16;  // a value byte
+    ASSERT_LT(flip, bytes.size());
+    bytes[flip] ^= 0x01;  // "llama" -> "llamb"; a bit of opt.lr's f64
+    testing::WriteFile(Weights() + "/" + name, bytes);
+  }
+  RecoveryReport report;
+  auto dir = OpenDir(env, &report);
+  ASSERT_EQ(report.quarantined.size(), 3u);  // step 2's model file and train file; step 1's train
+  for (const auto& q : report.quarantined) EXPECT_THAT(q.reason, HasSubstr("metadata digest"));
+  EXPECT_EQ(Latest(), "step_1.gguf");
+  EXPECT_TRUE(dir->Find(1)->train_path.empty());
 }
 
 TEST_F(RunDirTest, DanglingLatestIsRepairedAndEmptyRunHasNoLatest) {
