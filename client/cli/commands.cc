@@ -51,6 +51,9 @@ int Verify(const std::string& path) {
   }
   std::cout << "ok " << path << " (" << header->tensors.size() << " tensors, " << header->file_size
             << " bytes, " << report->stored_content_digest << ", uuid " << report->computed.uuid
+            << (report->metadata_covered
+                    ? ", header under its digest"
+                    : ", header not covered: written before ckptd recorded ckpt.metadata_digest")
             << ")\n";
   return kExitOk;
 }

@@ -192,10 +192,28 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_
   std::vector<std::unique_ptr<File>> files;
   CKPTD_ASSIGN_OR_RETURN(auto model, File::Open(model_path, options.direct_io));
   files.push_back(std::move(model));
+  const gguf::GgufFile& header = files[0]->header;
+  // Every header byte a restore depends on is under the metadata digest.
+  if (options.verify) {
+    if (auto covered = gguf::CheckMetadataDigest(header); !covered.ok()) {
+      return absl::DataLossError(StrCat(model_path, ": ", covered.status().message()));
+    }
+  }
+  const std::optional<uint64_t> step_v = storage::StepValue(header.metadata);
+  // The file's name and its header agree on the step, and it is a model file.
+  auto named = storage::ParseFileName(std::filesystem::path(model_path).filename().string());
+  if (named && (named->kind == storage::FileKind::kModel || named->kind == storage::FileKind::kPart) &&
+      step_v && *step_v != named->step) {
+    return absl::DataLossError(StrCat(model_path, ": its header says step ", *step_v,
+                                      " (ckpt.step), its name says step ", named->step,
+                                      "; it is not that step's checkpoint"));
+  }
+  if (storage::StringValue(header.metadata, storage::kKeyRole) == "train") {
+    return absl::InvalidArgumentError(StrCat(
+        model_path, " is a training-state file (ckpt.role = train); open its step_N.gguf"));
+  }
   std::string train = train_path;
-  const gguf::Value* step = files[0]->header.metadata.Find(storage::kKeyStep);
-  const uint64_t* step_v = step ? step->get_if<uint64_t>() : nullptr;
-  if (train.empty() && step_v != nullptr) {
+  if (train.empty() && step_v) {
     std::filesystem::path beside =
         std::filesystem::path(model_path).parent_path() / storage::TrainFileName(*step_v);
     std::error_code ec;
@@ -203,19 +221,27 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_
   }
   if (!train.empty()) {
     CKPTD_ASSIGN_OR_RETURN(auto t, File::Open(train, options.direct_io));
-    const gguf::Value* md = t->header.metadata.Find(storage::kKeyModelDigest);
-    const std::string* md_str = md ? md->get_if<std::string>() : nullptr;
-    if (md_str == nullptr || *md_str != files[0]->content_digest) {
+    if (options.verify) {
+      if (auto covered = gguf::CheckMetadataDigest(t->header); !covered.ok()) {
+        return absl::DataLossError(StrCat(train, ": ", covered.status().message()));
+      }
+    }
+    storage::CheckpointRecord saved;
+    saved.step = step_v.value_or(0);
+    saved.content_digest = files[0]->content_digest;
+    saved.save_id = storage::StringValue(header.metadata, storage::kKeySaveId);
+    const std::optional<uint64_t> train_step = storage::StepValue(t->header.metadata);
+    std::string why = step_v || !train_step ? storage::TrainMismatch(t->header, saved)
+                                            : "the model file records no step";
+    if (!why.empty()) {
       return absl::FailedPreconditionError(
-          StrCat("training-state file ", train, " was written with model content ",
-                 md_str ? *md_str : "(none recorded)", ", but ", model_path, " has ",
-                 files[0]->content_digest.empty() ? "none" : files[0]->content_digest,
-                 ": they are not one checkpoint; restore them from the same step"));
+          StrCat("training-state file ", train, " is not the one saved with ", model_path, ": ",
+                 why, "; they are not one checkpoint; restore them from the same save"));
     }
     files.push_back(std::move(t));
   }
   auto r = std::unique_ptr<Restore>(new Restore(options, std::move(files)));
-  if (step_v != nullptr) r->step_ = *step_v;
+  if (step_v) r->step_ = *step_v;
   CKPTD_TRY(r->Index());
   return r;
 }
@@ -273,6 +299,10 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
     if (!st.ok()) return FromGrpc(st);
   }
   CKPTD_ASSIGN_OR_RETURN(auto r, Open(cp.file(), cp.train_file(), options));
+  if (r->step() != *step) {
+    return absl::DataLossError(StrCat("asked run '", run_id, "' for step ", *step, ", but ",
+                                      cp.file(), " holds step ", r->step(), " (its ckpt.step)"));
+  }
   // The in-memory copy is only ever read with digests checked: a live
   // trainer may be reusing that arena.
   if (options.allow_memory && options.verify && info.has_in_memory() &&

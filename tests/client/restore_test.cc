@@ -77,6 +77,12 @@ class RestoreTest : public ::testing::Test {
     plan.model_metadata.Set("general.architecture", gguf::Value("llama"));
     plan.model_metadata.Set(std::string(storage::kKeyStep), gguf::Value(step));
     plan.train_metadata.Set("training.seed", gguf::Value(uint64_t{42}));
+    // As a save writes them: the step and one save id in both files.
+    const std::string save_id = storage::NewSaveId();
+    plan.model_metadata.Set(std::string(storage::kKeySaveId), gguf::Value::String(save_id));
+    plan.train_metadata.Set(std::string(storage::kKeyStep), gguf::Value(step));
+    plan.train_metadata.Set(std::string(storage::kKeySaveId), gguf::Value::String(save_id));
+    plan.train_metadata.Set(std::string(storage::kKeyRole), gguf::Value("train"));
     std::string data;
     for (const Tensor& t : tensors) {
       plan.tensors.push_back({{t.name, t.type, t.ne}, t.group});
@@ -187,6 +193,54 @@ TEST_F(RestoreTest, ARenamedTensorFailsAtOpen) {
   auto r = Restore::Open(model);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("tensor table"));
+}
+
+// Equal model tensors at two steps (frozen weights) give equal content
+// digests: the step and the save id tie the train file to its model file.
+TEST_F(RestoreTest, ATrainFileOfAnotherStepWithEqualModelTensorsIsRefused) {
+  const auto a = AllTypes();
+  const std::string m1 = Commit(1, a);
+  Commit(2, a);
+  const std::string t2 = Weights() + "/" + storage::TrainFileName(2);
+  auto r = Restore::Open(m1, t2);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("it is step 2's training state, the model file is step 1"));
+  // The same step saved twice with the same tensors: another save's file.
+  std::filesystem::copy_file(t2, tmp_.Join("t2"));
+  std::filesystem::remove_all(Weights());
+  Commit(2, a);
+  auto again = Restore::Open(Weights() + "/step_2.gguf", tmp_.Join("t2"));
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition) << again.status();
+  EXPECT_THAT(std::string(again.status().message()), HasSubstr("(equal tensors, another save)"));
+}
+
+TEST_F(RestoreTest, AFileUnderAnotherStepsNameIsRefused) {
+  const auto a = AllTypes();
+  const std::string m1 = Commit(1, a);
+  std::filesystem::copy_file(m1, Weights() + "/step_3.gguf");
+  auto r = Restore::Open(Weights() + "/step_3.gguf", "");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("its header says step 1 (ckpt.step), its name says step 3"));
+  auto train = Restore::Open(Weights() + "/" + storage::TrainFileName(1), "");
+  EXPECT_EQ(train.status().code(), absl::StatusCode::kInvalidArgument) << train.status();
+}
+
+TEST_F(RestoreTest, AFlippedMetadataValueIsRefused) {
+  const std::string m = Commit(4, AllTypes());
+  const std::string t = Weights() + "/" + storage::TrainFileName(4);
+  std::ifstream in(t, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  const size_t at = bytes.find("training.seed");
+  ASSERT_NE(at, std::string::npos);
+  FlipByte(t, at + 13 + 4);  // the seed's u64: 42 -> 10
+  auto r = Restore::Open(m);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("metadata digest mismatch"));
+  RestoreOptions unchecked;
+  unchecked.verify = false;
+  EXPECT_OK(Restore::Open(m, "", unchecked).status());  // asked for: unchecked
 }
 
 TEST_F(RestoreTest, TheTrainFileMustBelongToItsModelFile) {

@@ -857,8 +857,13 @@ class Run:
         # Only with digests checked: a live trainer may be reusing that arena.
         if hot and verify and self.client.local and info.HasField("in_memory") and info.in_memory.step == step:
             memory = hot_copy(self.id, info.in_memory)
-        return Checkpoint(detail.info.file, detail.info.train_file or "", verify=verify,
-                          threads=self.threads, memory=memory)
+        c = Checkpoint(detail.info.file, detail.info.train_file or "", verify=verify,
+                       threads=self.threads, memory=memory)
+        if c.step != step:
+            c.close()
+            raise gguf.GgufError(f"asked run {self.id!r} for step {step}, but {detail.info.file} holds step "
+                                 f"{c.step} (its {gguf.KEY_STEP})")
+        return c
 
     def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
                 as_torch: bool = True, hot: bool = True, remote: bool = True, *,

@@ -89,6 +89,12 @@ KEY_TENSOR_DIGESTS = "ckpt.tensor_digests"
 KEY_CONTENT_DIGEST = "ckpt.content_digest"
 KEY_MODEL_DIGEST = "ckpt.model_content_digest"
 KEY_STEP = "ckpt.step"
+KEY_METADATA_DIGEST = "ckpt.metadata_digest"
+KEY_SAVE_ID = "ckpt.save_id"
+KEY_ROLE = "ckpt.role"
+# Keys whose values are patched after the data is hashed: the metadata
+# digest covers their keys and type ids, not their values.
+DIGEST_SLOTS = frozenset({"general.uuid", KEY_CONTENT_DIGEST, KEY_TENSOR_DIGESTS, KEY_METADATA_DIGEST})
 KEY_DTYPES = "training.tensor_dtypes"
 KEY_SHAPES = "training.tensor_shapes"
 
@@ -138,6 +144,8 @@ class GgufFile:
     data_offset: int
     file_size: int
     by_name: dict[str, TensorInfo] = field(default_factory=dict)
+    # ckpt.metadata_digest as computed from the header's bytes ("" without XXH3)
+    computed_metadata_digest: str = ""
 
 
 def tensor_nbytes(ttype: int, ne: list[int]) -> int:
@@ -209,10 +217,19 @@ def _parse(buf, path: str, size: int) -> GgufFile:
     n_tensors, n_kv = c.unpack("<Q"), c.unpack("<Q")
     if n_tensors > 1 << 20 or n_kv > 1 << 20:
         raise GgufError(f"{path}: implausible counts ({n_tensors} tensors, {n_kv} keys)")
+    # What the metadata digest covers, as the file holds it: the fixed
+    # header, every key/value (a digest slot's value left out) and the
+    # tensor table.
+    covered = [bytes(buf[0:24])]
     md: dict[str, Any] = {}
     for _ in range(n_kv):
+        start = c.pos
         key = c.string()
-        md[key] = c.value(c.unpack("<I"))
+        vtype = c.unpack("<I")
+        typed = c.pos
+        md[key] = c.value(vtype)
+        covered.append(bytes(buf[start:typed if key in DIGEST_SLOTS else c.pos]))
+    table = c.pos
     tensors = []
     for _ in range(n_tensors):
         name = c.string()
@@ -225,6 +242,7 @@ def _parse(buf, path: str, size: int) -> GgufFile:
             raise GgufError(f"{path}: tensor '{name}' has unsupported type {ttype}")
         offset = c.unpack("<Q")
         tensors.append(TensorInfo(name, ttype, ne, offset, tensor_nbytes(ttype, ne)))
+    covered.append(bytes(buf[table:c.pos]))
     alignment = int(md.get("general.alignment", DEFAULT_ALIGNMENT))
     data_offset = (c.pos + alignment - 1) // alignment * alignment
     digests = md.get(KEY_TENSOR_DIGESTS)
@@ -236,6 +254,8 @@ def _parse(buf, path: str, size: int) -> GgufFile:
             raise GgufError(f"{path}: tensor '{t.name}' runs past the end of the file")
     g = GgufFile(path, version, md, tensors, alignment, data_offset, size)
     g.by_name = {t.name: t for t in tensors}
+    if hasher.available:
+        g.computed_metadata_digest = "xxh3-128:" + hasher.hexdigest(b"".join(covered))
     return g
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import re
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +47,67 @@ def _content_digest(f: gguf.GgufFile) -> str:
     return "xxh3-128:" + gguf.hasher.hexdigest(bytes(stream))
 
 
+def _one_bit_apart(a: str, b: str) -> bool:
+    x, y = a.encode(errors="surrogateescape"), b.encode()
+    return len(x) == len(y) and sum(bin(p ^ q).count("1") for p, q in zip(x, y)) == 1
+
+
+def check_metadata(f: gguf.GgufFile) -> bool:
+    """Checks ckpt.metadata_digest against the header as the file holds it:
+    True when covered and equal, False for a file from before ckptd recorded
+    one; GgufError when it differs (or a key one bit from its name stands
+    where it should be)."""
+    stored = f.metadata.get(gguf.KEY_METADATA_DIGEST)
+    if stored is None:
+        for key in f.metadata:
+            if _one_bit_apart(key, gguf.KEY_METADATA_DIGEST):
+                raise gguf.GgufError(f"{f.path}: metadata key {key!r} is one bit away from "
+                                     f"{gguf.KEY_METADATA_DIGEST}: the header is damaged")
+        return False
+    if stored != f.computed_metadata_digest:
+        raise gguf.GgufError(
+            f"{f.path}: metadata digest mismatch: stored {stored}, computed "
+            f"{f.computed_metadata_digest} (a metadata value or the tensor table was changed)")
+    return True
+
+
+def train_mismatch(train: gguf.GgufFile, model: gguf.GgufFile) -> str:
+    """Why `train` is not the training-state file saved with `model` ("" when
+    it is): its model content digest, step and save id must all be the model
+    file's."""
+    tied = train.metadata.get(gguf.KEY_MODEL_DIGEST)
+    mine = model.metadata.get(gguf.KEY_CONTENT_DIGEST)
+    if tied != mine:
+        return f"it was written with model content {tied}, the model file has {mine}"
+    step, model_step = train.metadata.get(gguf.KEY_STEP), model.metadata.get(gguf.KEY_STEP)
+    if step is not None and step != model_step:
+        return f"it is step {step}'s training state, the model file is step {model_step}"
+    save, model_save = train.metadata.get(gguf.KEY_SAVE_ID, ""), model.metadata.get(gguf.KEY_SAVE_ID, "")
+    if save != model_save:
+        return (f"it belongs to save {save or '(none)'}, the model file to save {model_save or '(none)'} "
+                "(equal tensors, another save)")
+    return ""
+
+
+_STEP_NAME = re.compile(r"step_(\d+)(-\d{5}-of-\d{5})?(\.train)?\.gguf")
+
+
+def check_named_step(f: gguf.GgufFile, model: bool = True):
+    """A checkpoint file's name and its ckpt.step agree (and, with `model`,
+    it is a model file)."""
+    if model and f.metadata.get(gguf.KEY_ROLE) == "train":
+        raise gguf.GgufError(f"{f.path} is a training-state file (ckpt.role = train); open its step_N.gguf")
+    m = _STEP_NAME.fullmatch(os.path.basename(f.path))
+    step = f.metadata.get(gguf.KEY_STEP)
+    if m and step is not None and int(m.group(1)) != step:
+        raise gguf.GgufError(f"{f.path}: its header says step {step} ({gguf.KEY_STEP}), its name says "
+                             f"step {m.group(1)}; it is not that step's checkpoint")
+
+
 def _check_table(f: gguf.GgufFile, verify: bool):
     if not verify:
         return
+    check_metadata(f)
     if not f.tensors:
         return
     if any(not t.digest for t in f.tensors):
@@ -82,18 +141,18 @@ class Checkpoint:
         self.source = "disk"
         self.model = gguf.read_header(model_path)
         _check_table(self.model, self.verify)
+        check_named_step(self.model)
         if train_path is None:
             train_path = train_path_for(model_path, self.model.metadata)
         self.train = None
         if train_path:
             self.train = gguf.read_header(train_path)
             _check_table(self.train, self.verify)
-            tied = self.train.metadata.get(gguf.KEY_MODEL_DIGEST)
-            mine = self.model.metadata.get(gguf.KEY_CONTENT_DIGEST)
-            if tied != mine:
+            why = train_mismatch(self.train, self.model)
+            if why:
                 raise gguf.GgufError(
-                    f"training-state file {train_path} was written with model content {tied}, "
-                    f"but {model_path} has {mine}: they are not one checkpoint"
+                    f"training-state file {train_path} is not the one saved with {model_path}: {why}; "
+                    "they are not one checkpoint"
                 )
         self._fds = {}
         self._memory = memory  # hot restore: (mmap, {name: offset})
@@ -252,12 +311,14 @@ def _typed(raw: np.ndarray, t: gguf.TensorInfo, hint: str | None, zero_d: bool, 
     return torch.from_numpy(arr)
 
 
-def load(path: str, as_: str = "numpy", verify: bool = False, *, like: dict | None = None,
+def load(path: str, as_: str = "numpy", verify: bool = True, *, like: dict | None = None,
          cast: bool = False, reshape: bool = False) -> dict[str, Any]:
     """Tensors of a GGUF file by name, in their saved dtypes and shapes.
     numpy arrays are views of a private memory map (no full copy; writing to
-    one does not touch the file); with verify=True every tensor's digest is
-    checked first. Dtypes and 0-d shapes recorded in the training-state file
+    one does not touch the file). With verify (the default) the metadata
+    digest and every tensor's digest are checked first, and a training-state
+    file beside it must be the one saved with it; verify=False reads a GGUF
+    file ckptd did not write. Dtypes and 0-d shapes recorded in the training-state file
     beside it are applied.
 
     `like` (a state dict, e.g. ``model.state_dict()``) holds the destinations
@@ -267,11 +328,21 @@ def load(path: str, as_: str = "numpy", verify: bool = False, *, like: dict | No
     `reshape` relax it as they do for restore(), and what they changed is
     logged. Without `like` nothing is compared."""
     f = gguf.read_header(path)
+    verify = verify and gguf.hasher.available
+    _check_table(f, verify)
+    check_named_step(f, model=False)
     hints_src = f.metadata
     if gguf.KEY_DTYPES not in hints_src:
         tp = train_path_for(path, f.metadata)
         if tp:
-            hints_src = gguf.read_header(tp).metadata
+            train = gguf.read_header(tp)
+            if verify:
+                check_metadata(train)
+                why = train_mismatch(train, f)
+                if why:
+                    raise gguf.GgufError(f"{tp} holds {path}'s dtypes and shapes but is not saved with it: "
+                                         f"{why}")
+            hints_src = train.metadata
     dtypes = dict(s.split(":", 1) for s in hints_src.get(gguf.KEY_DTYPES, []))
     zero_d = {s.split(":", 1)[0] for s in hints_src.get(gguf.KEY_SHAPES, [])}
     with open(path, "rb") as fh:
