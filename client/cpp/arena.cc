@@ -183,9 +183,10 @@ absl::StatusOr<PointerAttachment> ArenaChannel::Attach(const std::string& token)
 }
 
 absl::StatusOr<std::pair<int, uint64_t>> ArenaChannel::OpenInMemoryCopy(const std::string& run_id,
-                                                                        uint64_t step) {
+                                                                        uint64_t step,
+                                                                        const std::string& key) {
   int fd = -1;
-  auto words = Exchange("HOT " + run_id + " " + std::to_string(step), -1, &fd);
+  auto words = Exchange("HOT " + run_id + " " + std::to_string(step) + " " + key, -1, &fd);
   if (!words.ok()) return words.status();
   auto size = ParseId(*words);
   if (!size.ok() || fd < 0) {

@@ -215,6 +215,7 @@ absl::Status Checkpointer::ResendLost() {
 
 absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
   if (!slot.save_id) return true;
+  const double asked = Now();
   auto r = run_->WaitSaved(*slot.save_id, timeout_s, slot.stall_s, slot.sent.step);
   if (!r.ok() && r.status().code() == absl::StatusCode::kNotFound) {
     // Lost with a restarted daemon: an arena still holds the bytes, so send
@@ -238,6 +239,11 @@ absl::StatusOr<bool> Checkpointer::Settle(Slot& slot, double timeout_s) {
   slot.stall_s = 0;  // reported
   switch (r->state()) {
     case v1::WaitSavedResponse::STATE_PENDING:
+      // Answered without waiting (the daemon's waiting calls are all taken:
+      // server.max_waiting_calls): pause before asking again.
+      if (timeout_s > 0 && Now() - asked < std::min(timeout_s, 0.05)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
       return false;
     case v1::WaitSavedResponse::STATE_FAILED:
       Defer(absl::Status(static_cast<absl::StatusCode>(r->error_code()),

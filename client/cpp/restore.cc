@@ -321,7 +321,7 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Run& run, std::optiona
 
 absl::Status Restore::AttachMemory(const std::string& run_id, const v1::InMemoryCopy& copy) {
   CKPTD_ASSIGN_OR_RETURN(auto channel, ArenaChannel::Connect(copy.socket()));
-  CKPTD_ASSIGN_OR_RETURN(auto opened, channel->OpenInMemoryCopy(run_id, copy.step()));
+  CKPTD_ASSIGN_OR_RETURN(auto opened, channel->OpenInMemoryCopy(run_id, copy.step(), copy.key()));
   auto [fd, size] = opened;
   void* p = size > 0 ? ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
   const int err = errno;

@@ -12,7 +12,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 
 #include "daemon/app/listeners.h"
 #include "daemon/base/status.h"
@@ -175,6 +180,7 @@ absl::Status Daemon::StartService() {
                        .max_metadata_bytes = cfg.max_metadata_bytes,
                        .max_watch_streams = config::EffectiveMaxWatchStreams(cfg),
                        .max_save_streams = config::EffectiveMaxSaveStreams(cfg),
+                       .max_waiting_calls = config::EffectiveMaxWaitingCalls(cfg),
                        .watch_max_seconds = cfg.watch_max_seconds,
                        .memory_budget_bytes = cfg.memory_budget_bytes,
                        .max_streams_per_peer = cfg.max_streams_per_peer});
@@ -346,6 +352,20 @@ void Daemon::Stop() {
   spdlog::info("stopping: no new calls; in-flight saves have {:g}s",
                cfg_.shutdown_deadline_seconds);
   Notify("STOPPING=1\nSTATUS=draining in-flight saves");
+  // The daemon stops within the deadline whatever a handler is doing (a
+  // write stuck on a dead disk, a loop a client found): past it, the process
+  // exits as a SIGKILL would leave it, which recovery is built for. Saves
+  // not committed by then were never acknowledged.
+  absl::Notification stopped;
+  std::thread watchdog([&stopped, seconds = cfg_.shutdown_deadline_seconds] {
+    if (stopped.WaitForNotificationWithTimeout(absl::Seconds(seconds))) return;
+    spdlog::error(
+        "stopping: still busy {:g}s after SIGTERM (server.shutdown_deadline_seconds); exiting "
+        "now: uncommitted saves are lost as in a crash, and the next start recovers",
+        seconds);
+    spdlog::shutdown();
+    std::_Exit(3);
+  });
   service_->BeginShutdown();
   if (replicator_) replicator_->Stop();  // what is left resumes at the next start
   if (http_server_) http_server_->Stop();
@@ -362,6 +382,8 @@ void Daemon::Stop() {
   }
   queue_->Drain();
   timers_.Stop();
+  stopped.Notify();
+  watchdog.join();
   spdlog::info("stopped");
 }
 

@@ -185,6 +185,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.max_metadata_bytes", Unsigned(&c->max_metadata_bytes)},
       {"server.max_watch_streams", Unsigned(&c->max_watch_streams)},
       {"server.max_save_streams", Unsigned(&c->max_save_streams)},
+      {"server.max_waiting_calls", Unsigned(&c->max_waiting_calls)},
       {"server.watch_max_seconds", Seconds(&c->watch_max_seconds)},
       {"server.memory_budget_bytes", Unsigned(&c->memory_budget_bytes)},
       {"server.unload_idle_runs_seconds", Seconds(&c->unload_idle_runs_seconds)},
@@ -355,9 +356,10 @@ absl::Status Validate(const Config& c) {
   }
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
   if (c.max_tensors_per_save == 0) return bad("server.max_tensors_per_save", "must be at least 1");
-  if (uint64_t{EffectiveMaxSaveStreams(c)} + 2 > c.max_threads) {
+  if (uint64_t{EffectiveMaxSaveStreams(c)} + EffectiveMaxWaitingCalls(c) + 2 > c.max_threads) {
     return bad("server.max_save_streams",
-               StrCat(EffectiveMaxSaveStreams(c), " must leave at least 2 of server.max_threads (",
+               StrCat(EffectiveMaxSaveStreams(c), " and server.max_waiting_calls (",
+                      EffectiveMaxWaitingCalls(c), ") must leave at least 2 of server.max_threads (",
                       c.max_threads, ") for unary calls"));
   }
   if (c.watch_max_seconds <= 0) return bad("server.watch_max_seconds", "must be above 0");
@@ -530,6 +532,10 @@ uint32_t EffectiveMaxWatchStreams(const Config& c) {
 
 uint32_t EffectiveMaxSaveStreams(const Config& c) {
   return c.max_save_streams != 0 ? c.max_save_streams : std::max<uint32_t>(1, c.max_threads / 2);
+}
+
+uint32_t EffectiveMaxWaitingCalls(const Config& c) {
+  return c.max_waiting_calls != 0 ? c.max_waiting_calls : std::max<uint32_t>(1, c.max_threads / 4);
 }
 
 std::string ArenaSocketPath(const Config& c) {

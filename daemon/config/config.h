@@ -34,6 +34,10 @@ struct Config {
   uint64_t max_metadata_bytes = uint64_t{64} << 20;  // metadata one save or OpenRun may carry
   uint32_t max_watch_streams = 0;   // concurrent WatchRun streams (no thread each); 0 = 1024
   uint32_t max_save_streams = 0;    // concurrent Save + CloseRun streams; 0 = max_threads / 2
+  // Calls that wait holding a thread: WaitSaved's wait, SavePointers' read.
+  // Beyond it WaitSaved answers at once and SavePointers is refused;
+  // 0 = max_threads / 4.
+  uint32_t max_waiting_calls = 0;
   double watch_max_seconds = 3600;  // a WatchRun stream ends after this long
   // Memory clients decide the size of: save headers and metadata in flight,
   // open runs' settings (see rpc::MemoryBudget).
@@ -106,6 +110,7 @@ struct Config {
 // The stream caps in force: the configured ones, or derived from max_threads.
 uint32_t EffectiveMaxWatchStreams(const Config& c);
 uint32_t EffectiveMaxSaveStreams(const Config& c);
+uint32_t EffectiveMaxWaitingCalls(const Config& c);
 
 struct CommandLine {
   std::optional<std::string> listen;

@@ -1,7 +1,9 @@
-// Name patterns: compile, match by backtracking over the pieces, expand.
+// Name patterns: compile, match by memoized backtracking over the pieces, expand.
 #include "daemon/export/pattern.h"
 
 #include <algorithm>
+#include <set>
+#include <unordered_set>
 
 #include "daemon/base/strings.h"
 
@@ -66,40 +68,93 @@ absl::StatusOr<Pattern> Pattern::Compile(std::string_view text) {
     }
   }
   flush();
+  // The names each piece's outcome depends on: bound before it, used at or after it.
+  p.live_names_.resize(p.pieces_.size() + 1);
+  for (size_t i = 0; i <= p.pieces_.size(); ++i) {
+    std::set<std::string> before, after;
+    for (size_t k = 0; k < p.pieces_.size(); ++k) {
+      if (p.pieces_[k].kind != Piece::Kind::kCapture) continue;
+      (k < i ? before : after).insert(p.pieces_[k].text);
+    }
+    for (const std::string& n : before) {
+      if (after.contains(n)) p.live_names_[i].push_back(n);
+    }
+  }
   return p;
 }
 
-bool Pattern::MatchFrom(size_t piece, std::string_view rest, Captures* out) const {
+// Failed states: (piece, remaining length) in a bitmap when no bound name is
+// used again, else with those names' texts in a set.
+struct Pattern::Memo {
+  size_t len = 0;
+  std::vector<bool> failed;  // (pieces + 1) x (len + 1)
+  std::unordered_set<std::string> failed_bound;
+  std::string Key(size_t piece, size_t rest, const std::vector<std::string>& names,
+                  const Captures& c) const {
+    std::string key = StrCat(piece, ":", rest);
+    for (const std::string& n : names) {
+      auto it = c.find(n);
+      key += '\0';
+      if (it != c.end()) key += it->second;
+    }
+    return key;
+  }
+};
+
+bool Pattern::MatchFrom(size_t piece, std::string_view rest, Captures* out, Memo& memo) const {
   if (piece == pieces_.size()) return rest.empty();
+  const std::vector<std::string>& live = live_names_[piece];
+  const size_t slot = piece * (memo.len + 1) + rest.size();
+  std::string key;
+  if (live.empty()) {
+    if (memo.failed[slot]) return false;
+  } else {
+    key = memo.Key(piece, rest.size(), live, *out);
+    if (memo.failed_bound.contains(key)) return false;
+  }
+  bool matched = false;
   const Piece& p = pieces_[piece];
   switch (p.kind) {
     case Piece::Kind::kLiteral:
-      return rest.starts_with(p.text) && MatchFrom(piece + 1, rest.substr(p.text.size()), out);
+      matched = rest.starts_with(p.text) &&
+                MatchFrom(piece + 1, rest.substr(p.text.size()), out, memo);
+      break;
     case Piece::Kind::kWildcard:
-      for (size_t n = 0; n <= rest.size(); ++n) {
-        if (MatchFrom(piece + 1, rest.substr(n), out)) return true;
+      for (size_t n = 0; n <= rest.size() && !matched; ++n) {
+        matched = MatchFrom(piece + 1, rest.substr(n), out, memo);
       }
-      return false;
+      break;
     case Piece::Kind::kCapture: {
       auto bound = out->find(p.text);
       if (bound != out->end()) {
-        return rest.starts_with(bound->second) &&
-               MatchFrom(piece + 1, rest.substr(bound->second.size()), out);
+        matched = rest.starts_with(bound->second) &&
+                  MatchFrom(piece + 1, rest.substr(bound->second.size()), out, memo);
+        break;
       }
-      for (size_t n = 1; n <= rest.size() && (p.dotted || rest[n - 1] != '.'); ++n) {
+      for (size_t n = 1; n <= rest.size() && (p.dotted || rest[n - 1] != '.') && !matched; ++n) {
         (*out)[p.text] = std::string(rest.substr(0, n));
-        if (MatchFrom(piece + 1, rest.substr(n), out)) return true;
+        matched = MatchFrom(piece + 1, rest.substr(n), out, memo);
       }
-      out->erase(p.text);
-      return false;
+      if (!matched) out->erase(p.text);
+      break;
     }
   }
-  return false;
+  if (!matched) {
+    if (live.empty()) {
+      memo.failed[slot] = true;
+    } else {
+      memo.failed_bound.insert(std::move(key));
+    }
+  }
+  return matched;
 }
 
 std::optional<Captures> Pattern::Match(std::string_view name) const {
   Captures captures;
-  if (!MatchFrom(0, name, &captures)) return std::nullopt;
+  Memo memo;
+  memo.len = name.size();
+  memo.failed.assign((pieces_.size() + 1) * (name.size() + 1), false);
+  if (!MatchFrom(0, name, &captures, memo)) return std::nullopt;
   return captures;
 }
 

@@ -467,6 +467,16 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
     for (size_t s : r.sources) plan.source_used[s] = true;
     plan.output_bytes += *gguf::TensorBytes(r.out.type, r.out.ne);
   }
+  // An export is a view of the checkpoint: bounded by it, whatever the
+  // profile says (each output also costs a header entry and its padding).
+  const uint64_t max_outputs = kMaxOutputsPerSource * sources.size() + kMaxExtraOutputs;
+  if (b.outputs.size() > max_outputs) {
+    return absl::InvalidArgumentError(
+        StrCat(b.where, ": ", b.outputs.size(), " output tensors from ", sources.size(),
+               " source tensors; an export may have at most ", kMaxOutputsPerSource,
+               " per source tensor + ", kMaxExtraOutputs, " (", max_outputs, ")"));
+  }
+
   std::stable_sort(
       b.outputs.begin(), b.outputs.end(),
       [](const OutputRecipe& a, const OutputRecipe& c) { return a.ready_after < c.ready_after; });

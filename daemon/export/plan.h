@@ -51,6 +51,16 @@ struct ExportPlan {
   uint64_t output_bytes = 0;          // tensor bytes of the output file
 };
 
+// An export's size is bounded by its sources. Its tensor bytes are by
+// construction: every source is consumed once, and the widest cast (q8_0 to
+// f32) multiplies bytes by 3.8. Its output count is bounded here
+// (INVALID_ARGUMENT beyond): each output costs a header entry and up to an
+// alignment of padding, so a split into thousands of outputs would turn a
+// small checkpoint into a large export. 4 per source covers a split into
+// q, k and v with room to spare.
+inline constexpr uint64_t kMaxOutputsPerSource = 4;
+inline constexpr uint64_t kMaxExtraOutputs = 64;
+
 // `sources` are the model file's tensors in arrival order; `source_metadata`
 // its metadata as written (provenance included). `export_name` defaults to
 // the profile's name.

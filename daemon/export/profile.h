@@ -21,6 +21,14 @@
 namespace ckptd::exports {
 
 // Plain data, as written in TOML or sent in the proto message.
+// What one profile may ask for, so no client can make planning or matching
+// costly: rules of all kinds together, pattern length, wildcards and
+// captures per pattern, outputs of one split.
+inline constexpr size_t kMaxProfileRules = 1024;
+inline constexpr size_t kMaxPatternBytes = 256;
+inline constexpr size_t kMaxPatternWildcards = 16;
+inline constexpr size_t kMaxSplitOutputs = 64;
+
 struct ProfileSpec {
   struct Rename {
     std::string from, to;

@@ -34,17 +34,19 @@ absl::StatusOr<ArenaRequest> ParseArenaRequest(std::string_view text, size_t fds
   if (text.starts_with(kHot)) {
     if (fds != 0) return absl::InvalidArgumentError("HOT takes no fd");
     std::vector<std::string> parts = Split(text.substr(kHot.size()), ' ', /*skip_empty=*/true);
-    if (parts.size() != 2 || !ParseU64(parts[1], &r.step)) {
-      return absl::InvalidArgumentError("expected \"HOT <run_id> <step>\"");
+    if (parts.size() != 3 || !ParseU64(parts[1], &r.step)) {
+      return absl::InvalidArgumentError(
+          "expected \"HOT <run_id> <step> <key>\" (the key is GetRun's in_memory.key)");
     }
     r.kind = ArenaRequest::Kind::kHot;
     r.run_id = std::move(parts[0]);
+    r.key = std::move(parts[2]);
     return r;
   }
   if (!text.starts_with(kRegister)) {
     return absl::InvalidArgumentError(
         "expected \"REGISTER <token>\" with one fd, \"ATTACH <token> <address> <length>\" or "
-        "\"HOT <run_id> <step>\"");
+        "\"HOT <run_id> <step> <key>\"");
   }
   if (fds != 1) {
     return absl::InvalidArgumentError(

@@ -22,6 +22,7 @@ struct ArenaRequest {
   uint64_t probe_len = 0;
   std::string run_id;  // HOT
   uint64_t step = 0;   // HOT
+  std::string key;     // HOT: the copy's key (in_memory.key)
 };
 
 // `text`: the datagram; `fds`: how many descriptors came with it.

@@ -10,7 +10,6 @@
 #include "daemon/metrics/metrics.h"
 
 namespace ckptd::ingest {
-namespace {
 
 // 128 random bits as hex, from the kernel's CSPRNG.
 std::string NewToken() {
@@ -19,8 +18,6 @@ std::string NewToken() {
   for (int i = 0; i < 4; ++i) out += fmt::format("{:08x}", rd());
   return out;
 }
-
-}  // namespace
 
 std::string ArenaRegistry::TokenFor(const std::string& run_id) {
   absl::MutexLock lock(&mu_);

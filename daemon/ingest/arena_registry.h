@@ -48,6 +48,9 @@ struct Peer {
   uint64_t connection = 0;  // the ArenaServer's connection number
 };
 
+// 128 random bits as 32 hex digits (arena tokens, hot-copy keys).
+std::string NewToken();
+
 class ArenaRegistry {
  public:
   explicit ArenaRegistry(size_t max_arenas) : max_arenas_(max_arenas) {}

@@ -237,7 +237,11 @@ bool ArenaServer::ServeHot(Connection& c, const ArenaRequest& r) {
                     "the daemon keeps no in-memory copies (shm.keep_last_in_memory = false)")));
     return true;
   }
-  auto opened = hot_->OpenReadOnly(run_id, step);
+  auto opened = hot_->OpenReadOnly(run_id, step, r.key);
+  if (!opened.ok() && absl::IsPermissionDenied(opened.status())) {
+    spdlog::warn("hot copy refused run={} step={} pid={} uid={}: wrong key", run_id, step,
+                 c.peer.pid, c.peer.uid);
+  }
   if (!opened.ok()) {
     Reply(c.fd, ErrorReply(opened.status()));
     return true;

@@ -1,6 +1,8 @@
 // Hot restore's in-memory copies, with an LRU byte bound.
 #include "daemon/ingest/hot_copies.h"
 
+#include "daemon/ingest/arena_registry.h"
+
 #include <spdlog/spdlog.h>
 
 #include "daemon/base/strings.h"
@@ -12,6 +14,7 @@ bool HotCopies::Keep(HotCopyInfo info, std::shared_ptr<const Arena> arena) {
   const uint64_t step = info.step;
   const uint64_t bytes = arena->memory->size();
   info.bytes = bytes;
+  info.key = NewToken();
   absl::MutexLock lock(&mu_);
   if (auto it = copies_.find(run_id); it != copies_.end()) EraseLocked(it);
   if (bytes > max_bytes_) {
@@ -55,12 +58,21 @@ std::optional<HotCopyInfo> HotCopies::Find(const std::string& run_id) {
 }
 
 absl::StatusOr<std::pair<int, uint64_t>> HotCopies::OpenReadOnly(const std::string& run_id,
-                                                                 uint64_t step) {
+                                                                 uint64_t step,
+                                                                 std::string_view key) {
   absl::MutexLock lock(&mu_);
   auto it = copies_.find(run_id);
   if (it == copies_.end() || it->second.info.step != step) {
     return absl::NotFoundError(
         StrCat("no in-memory copy of step ", step, " of run '", run_id, "'; restore from disk"));
+  }
+  const std::string& want = it->second.info.key;
+  unsigned diff = key.size() ^ want.size();
+  for (size_t i = 0; i < std::min(key.size(), want.size()); ++i) diff |= key[i] ^ want[i];
+  if (diff != 0) {
+    return absl::PermissionDeniedError(StrCat(
+        "HOT: the key does not open run '", run_id, "' step ", step,
+        "'s in-memory copy; pass the key GetRun or OpenRun returned (in_memory.key)"));
   }
   it->second.last_use = ++clock_;
   auto fd = it->second.arena->memory->OpenReadOnly();

@@ -35,6 +35,10 @@ struct HotCopyInfo {
   uint64_t step = 0;
   uint64_t bytes = 0;  // the arena's size: what holding it costs
   std::vector<HotTensor> tensors;
+  // A random key made when the copy is kept: HOT hands the copy only to a
+  // peer that names it, and only GetRun and OpenRun (authorized for the
+  // run) tell it. Another step's copy gets another key.
+  std::string key;
 };
 
 class HotCopies {
@@ -52,7 +56,9 @@ class HotCopies {
   std::optional<HotCopyInfo> Find(const std::string& run_id) ABSL_LOCKS_EXCLUDED(mu_);
   // A read-only fd of the run's copy of `step` (the caller closes it), and
   // its size. NOT_FOUND when the daemon keeps no copy of that step.
-  absl::StatusOr<std::pair<int, uint64_t>> OpenReadOnly(const std::string& run_id, uint64_t step)
+  // PERMISSION_DENIED unless `key` is the copy's.
+  absl::StatusOr<std::pair<int, uint64_t>> OpenReadOnly(const std::string& run_id, uint64_t step,
+                                                        std::string_view key)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   uint64_t bytes() const ABSL_LOCKS_EXCLUDED(mu_);

@@ -124,11 +124,15 @@ std::vector<RetentionDecision> PlanRetention(const RetentionPolicy& p, const Ret
   return out;
 }
 
-uint64_t BytesToFree(const DiskGuard& g, uint64_t free_bytes, uint64_t total_bytes,
-                     uint64_t incoming_bytes) {
+uint64_t GuardKeepsFree(const DiskGuard& g, uint64_t total_bytes) {
   const auto percent = static_cast<uint64_t>(
       std::ceil(g.min_free_percent / 100.0 * static_cast<double>(total_bytes)));
-  const uint64_t want_free = std::max(g.min_free_bytes, percent) + incoming_bytes;
+  return std::max(g.min_free_bytes, percent);
+}
+
+uint64_t BytesToFree(const DiskGuard& g, uint64_t free_bytes, uint64_t total_bytes,
+                     uint64_t incoming_bytes) {
+  const uint64_t want_free = GuardKeepsFree(g, total_bytes) + incoming_bytes;
   return want_free > free_bytes ? want_free - free_bytes : 0;
 }
 

@@ -79,5 +79,8 @@ struct DiskGuard {
 };
 uint64_t BytesToFree(const DiskGuard& guard, uint64_t free_bytes, uint64_t total_bytes,
                      uint64_t incoming_bytes);
+// What the guard keeps free on a filesystem of `total_bytes`: the larger of
+// min_free_bytes and min_free_percent of it (rounded up).
+uint64_t GuardKeepsFree(const DiskGuard& g, uint64_t total_bytes);
 
 }  // namespace ckptd::policy

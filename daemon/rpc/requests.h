@@ -24,6 +24,9 @@ struct RequestLimits {
   // always find a thread, whatever dashboards and stalled trainers hold.
   uint32_t max_watch_streams = 16;
   uint32_t max_save_streams = 32;
+  // Calls that wait holding a thread (WaitSaved's wait, SavePointers' read):
+  // beyond this WaitSaved answers at once and SavePointers is refused.
+  uint32_t max_waiting_calls = 16;
   double watch_max_seconds = 3600;  // a WatchRun ends after this; resume with since_step
   uint64_t memory_budget_bytes = uint64_t{256} << 20;  // see MemoryBudget
   uint32_t max_streams_per_peer = 64;  // watch + save streams of one TCP host; 0 = no limit

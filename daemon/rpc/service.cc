@@ -162,6 +162,7 @@ void CheckpointdService::AddInMemoryCopy(v1::RunInfo* info) const {
   out->set_step(copy->step);
   out->set_bytes(copy->bytes);
   out->set_socket(arena_socket_);
+  out->set_key(copy->key);
   for (const ingest::HotTensor& t : copy->tensors) {
     v1::InMemoryCopy::Tensor* o = out->add_tensors();
     o->set_name(t.name);
@@ -367,6 +368,16 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
     }
     ranges.push_back({req->addresses(i), n});
   }
+  // The call holds its thread until every byte is read: counted among the
+  // waiting calls, so trainers' other calls always find a thread.
+  StreamSlot waiting(&waiting_calls_, limits_.max_waiting_calls);
+  if (!waiting.ok()) {
+    return grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        StrCat("the daemon already holds ", limits_.max_waiting_calls,
+               " calls that wait (server.max_waiting_calls): try the pointer save again shortly, "
+               "or save over shared memory (SaveShared), which holds no thread"));
+  }
   const std::string run_id = p->run_id;
   auto accepted = pipeline_.Enqueue(
       std::move(*p), std::make_unique<ingest::PointerSource>(std::move(*attachment), ranges));
@@ -406,9 +417,14 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
   if (!(req->timeout_seconds() >= 0 && req->timeout_seconds() <= kMaxWait)) {
     return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
   }
+  // Beyond server.max_waiting_calls the answer is the state now (PENDING
+  // if so), without waiting: the clients ask again after a short pause,
+  // and no number of waiters can take the threads other calls need.
+  StreamSlot waiting(&waiting_calls_, limits_.max_waiting_calls);
+  const double timeout_s = waiting.ok() ? req->timeout_seconds() : 0;
   auto r = pipeline_.queue()->Wait(
       req->run_id(), req->save_id(), scheduler::SaveQueue::Until::kFinished,
-      std::chrono::milliseconds(static_cast<int64_t>(req->timeout_seconds() * 1000)),
+      std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)),
       [&] { return ctx->IsCancelled() || stopping_.load(); });
   if (!r.ok() && r.status().code() == absl::StatusCode::kNotFound && req->has_step()) {
     // Queued before a restart: the catalog knows whether it committed.

@@ -211,6 +211,7 @@ class CheckpointdService final
   PeerStreams peer_streams_;
   WatchStreams watches_;  // after what its reactors use; destroyed once the server is down
   std::atomic<uint32_t> save_streams_{0};
+  std::atomic<uint32_t> waiting_calls_{0};
 };
 
 }  // namespace ckptd::rpc

@@ -256,13 +256,15 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   auto pruned = PruneForSpace(run_->dir(), run_->pins_, registry_->EffectiveRetention(*run_),
                               run_->RetentionHolds(), NowSeconds(), needed, guard.on_full);
   if (!pruned.ok()) {
+    const uint64_t keep = policy::GuardKeepsFree(guard, space.total_bytes);
     return absl::ResourceExhaustedError(StrCat(
-        "run '", params_.run_id, "' step ", params_.step, " needs ", planned, " bytes; ",
-        weights_dir, " has ", space.free_bytes, " free and the disk guard keeps ",
-        std::max<uint64_t>(guard.min_free_bytes,
-                           static_cast<uint64_t>(guard.min_free_percent / 100 *
-                                                 static_cast<double>(space.total_bytes))),
-        " free (disk_guard.min_free_bytes/min_free_percent); ", pruned.status().message(),
+        "run '", params_.run_id, "' step ", params_.step, " needs ", planned,
+        " bytes (its files) + ", kSpaceMargin, " (margin for filesystem metadata) + ", keep,
+        " the disk guard keeps free (the larger of disk_guard.min_free_bytes = ",
+        guard.min_free_bytes, " and disk_guard.min_free_percent = ", guard.min_free_percent,
+        "% of ", space.total_bytes, ") = ", planned + kSpaceMargin + keep, " bytes, but ",
+        weights_dir, " has ", space.free_bytes, " free: ", needed, " short; ",
+        pruned.status().message(),
         ". Nothing was written or deleted: free space on that filesystem, keep fewer checkpoints "
         "(retention), unpin checkpoints, lower the guard, set disk_guard.on_full = "
         "\"prune_oldest\" to delete the oldest for room, or move the run to another root"));

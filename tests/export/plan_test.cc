@@ -91,6 +91,30 @@ TEST(PlanTest, HfLlamaMapsNamesPermutesQkAndDerivesHyperparameters) {
   EXPECT_FALSE(plan->source_used[6]);  // the rotary cache
 }
 
+// One tensor split into 20,000 outputs would turn an 86 KB checkpoint into an
+// 83 MB export (a header entry and padding each): refused, naming the bound.
+TEST(PlanTest, AnExportIsBoundedByItsSources) {
+  ProfileSpec spec{.name = "many"};
+  for (int part = 0; part < 40; ++part) {
+    ProfileSpec::Split s{.from = StrCat("w", part), .axis = "rows"};
+    for (int i = 0; i < 50; ++i) s.to.push_back(StrCat("w", part, ".", i));
+    spec.split.push_back(std::move(s));
+  }
+  auto profile = CompileProfile(spec);
+  ASSERT_TRUE(profile.ok()) << profile.status();
+  std::vector<TensorSpec> sources;
+  for (int part = 0; part < 40; ++part) sources.push_back({StrCat("w", part), TensorType::kF32, {4, 50}});
+  auto plan = PlanExport(*profile, "", sources, {}, "test");
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(plan.status().message(),
+              HasSubstr("2000 output tensors from 40 source tensors; an export may have at most 4 "
+                        "per source tensor + 64 (224)"));
+  spec.split.resize(3);  // 150 outputs, the other 37 sources dropped: under 224
+  for (int part = 3; part < 40; ++part) spec.drop.push_back(StrCat("w", part));
+  auto fewer = PlanExport(*CompileProfile(spec), "", sources, {}, "test");
+  EXPECT_TRUE(fewer.ok()) << fewer.status();
+}
+
 TEST(PlanTest, EverySourceIsConsumedExactlyOnce) {
   auto tensors = HfTensors();
   tensors.push_back({"model.layers.0.extra", TensorType::kF32, {4}});

@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "daemon/base/strings.h"
+
 namespace ckptd::exports {
 namespace {
 
@@ -83,6 +85,27 @@ TEST(ProfileTest, CompileRefusesWhatCannotWork) {
               HasSubstr("'x' is not a u32"));
   EXPECT_THAT(compile("name = \"p\"\nmetadata = [{ key = \"k\", type = \"u32\" }]").message(),
               HasSubstr("needs from, derive or value"));
+}
+
+TEST(ProfileTest, LimitsBoundWhatOneProfileMayAsk) {
+  ProfileSpec wild{.name = "p"};
+  wild.drop = {"*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b"};  // 17 wildcards
+  EXPECT_THAT(CompileProfile(wild).status().message(),
+              HasSubstr("has 17 wildcards and captures; at most 16"));
+  ProfileSpec long_pattern{.name = "p"};
+  long_pattern.drop = {std::string(257, 'a')};
+  EXPECT_THAT(CompileProfile(long_pattern).status().message(),
+              HasSubstr("a pattern of 257 bytes; at most 256"));
+  ProfileSpec many{.name = "p"};
+  many.drop.assign(1025, "a");
+  EXPECT_THAT(CompileProfile(many).status().message(),
+              HasSubstr("1025 rules; a profile may have at most 1024"));
+  ProfileSpec split{.name = "p"};
+  split.split.push_back({.from = "w", .axis = "rows"});
+  for (int i = 0; i < 65; ++i) split.split.back().to.push_back(StrCat("w", i));
+  EXPECT_THAT(CompileProfile(split).status().message(), HasSubstr("has 65 outputs; it needs 2 to 64"));
+  split.split.back().to.resize(64);
+  EXPECT_TRUE(CompileProfile(split).ok()) << CompileProfile(split).status();
 }
 
 TEST(ProfileTest, ExportNames) {

@@ -14,6 +14,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -277,6 +278,19 @@ TEST_F(DiskGuardTest, NeverDeletesWhatKeepEverythingKeepsAndRefusesClearly) {
   EXPECT_THAT(msg, HasSubstr("run 'k' step " + std::to_string(step) + " needs"));
   EXPECT_THAT(msg, HasSubstr("never deletes a checkpoint the policy keeps"));
   EXPECT_THAT(msg, HasSubstr("disk_guard.on_full"));
+  // Every term is named, and they add up.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      msg, m,
+      std::regex("needs (\\d+) bytes \\(its files\\) \\+ (\\d+) \\(margin for filesystem "
+                 "metadata\\) \\+ (\\d+) the disk guard keeps free \\(the larger of "
+                 "disk_guard.min_free_bytes = 16777216 and disk_guard.min_free_percent = 0% of "
+                 "\\d+\\) = (\\d+) bytes, but \\S+ has (\\d+) free: (\\d+) short")))
+      << msg;
+  auto n = [&](int i) { return std::stoull(m[i].str()); };
+  EXPECT_EQ(n(3), 16777216u);
+  EXPECT_EQ(n(1) + n(2) + n(3), n(4)) << msg;
+  EXPECT_EQ(n(4) - n(5), n(6)) << msg;
   std::vector<std::string> want = {"latest"};
   for (uint64_t s = 1; s < step; ++s) want.push_back("step_" + std::to_string(s) + ".gguf");
   EXPECT_THAT(Names(Weights("k")), ::testing::UnorderedElementsAreArray(want));

@@ -73,10 +73,11 @@ class ArenaChannel {
   // where the daemon may not read it.
   absl::StatusOr<PointerAttachment> Attach(const std::string& token);
   // Hot restore: a read-only fd (the caller closes it) of the daemon's
-  // in-memory copy of `step` of the run, and its size. NOT_FOUND when the
-  // daemon keeps no copy of that step.
+  // in-memory copy of `step` of the run, and its size. `key` is GetRun's
+  // in_memory.key. NOT_FOUND when the daemon keeps no copy of that step;
+  // PERMISSION_DENIED for a wrong key.
   absl::StatusOr<std::pair<int, uint64_t>> OpenInMemoryCopy(const std::string& run_id,
-                                                            uint64_t step);
+                                                             uint64_t step, const std::string& key);
 
  private:
   // One request datagram (with `fd` attached when >= 0), one reply: the

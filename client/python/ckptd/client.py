@@ -727,6 +727,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while True:
             left = max(0.0, deadline - time.monotonic())
+            asked = time.monotonic()
             try:
                 resp = self._call("WaitSaved", lambda: pb.WaitSavedRequest(
                     run_id=self.id, save_id=r.save_id, step=r.step, timeout_seconds=min(left, 600)))
@@ -742,6 +743,8 @@ class Run:
                 return r
             if left <= 0:
                 raise Error("DEADLINE_EXCEEDED", f"save {r.save_id} (step {r.step}) still pending after {timeout}s")
+            if time.monotonic() - asked < min(left, 0.05):
+                time.sleep(0.05)  # answered without waiting: the daemon's waiters are all busy
 
     def wait(self, timeout: float = 600.0) -> list[SaveResult]:
         """Waits until every pending save is committed or failed; raises Error

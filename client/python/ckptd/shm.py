@@ -267,7 +267,7 @@ def hot_copy(run_id: str, in_memory):
     except OSError:
         return None
     try:
-        words, fd = channel.exchange(f"HOT {run_id} {in_memory.step}", want_fd=True)
+        words, fd = channel.exchange(f"HOT {run_id} {in_memory.step} {in_memory.key}", want_fd=True)
     except (ArenaError, OSError):
         return None
     finally:
