@@ -202,15 +202,16 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_
   const std::optional<uint64_t> step_v = storage::StepValue(header.metadata);
   // The file's name and its header agree on the step, and it is a model file.
   auto named = storage::ParseFileName(std::filesystem::path(model_path).filename().string());
-  if (named && (named->kind == storage::FileKind::kModel || named->kind == storage::FileKind::kPart) &&
+  if (named &&
+      (named->kind == storage::FileKind::kModel || named->kind == storage::FileKind::kPart) &&
       step_v && *step_v != named->step) {
     return absl::DataLossError(StrCat(model_path, ": its header says step ", *step_v,
                                       " (ckpt.step), its name says step ", named->step,
                                       "; it is not that step's checkpoint"));
   }
   if (storage::StringValue(header.metadata, storage::kKeyRole) == "train") {
-    return absl::InvalidArgumentError(StrCat(
-        model_path, " is a training-state file (ckpt.role = train); open its step_N.gguf"));
+    return absl::InvalidArgumentError(
+        StrCat(model_path, " is a training-state file (ckpt.role = train); open its step_N.gguf"));
   }
   std::string train = train_path;
   if (train.empty() && step_v) {

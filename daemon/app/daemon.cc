@@ -18,7 +18,6 @@
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-
 #include "daemon/app/listeners.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -277,12 +276,16 @@ absl::Status Daemon::StartHttp() {
     }
     http_token = std::move(*token);
   }
-  http_server_ = std::make_unique<http::HttpServer>(http::HttpOptions{.listen = cfg.http_listen,
-                                                                      .roots = roots_,
-                                                                      .token = http_token,
-                                                                      .tls_cert = cfg.http_tls_cert,
-                                                                      .tls_key = cfg.http_tls_key},
-                                                    queries_.get(), registry_.get());
+  http::HttpOptions http_options{.listen = cfg.http_listen,
+                                 .max_connections_per_peer = cfg.http_max_connections_per_peer,
+                                 .header_timeout_seconds = cfg.http_header_timeout_seconds,
+                                 .idle_timeout_seconds = cfg.http_idle_timeout_seconds,
+                                 .roots = roots_,
+                                 .token = http_token,
+                                 .tls_cert = cfg.http_tls_cert,
+                                 .tls_key = cfg.http_tls_key};
+  http_server_ =
+      std::make_unique<http::HttpServer>(std::move(http_options), queries_.get(), registry_.get());
   CKPTD_TRY(http_server_->Start());
   spdlog::info("http: listening on {}:{} ({}; status page, /v1, /metrics)",
                cfg.http_listen.substr(0, cfg.http_listen.rfind(':')), http_server_->port(),
@@ -369,8 +372,11 @@ void Daemon::Stop() {
   service_->BeginShutdown();
   if (replicator_) replicator_->Stop();  // what is left resumes at the next start
   if (http_server_) http_server_->Stop();
+  // Calls still running are cancelled a little before the deadline, so
+  // they can remove their temp files before the watchdog would exit.
+  const auto cancel_at = deadline - std::min(std::chrono::duration<double>(5), deadline * 0.2);
   server_->Shutdown(std::chrono::system_clock::now() +
-                    std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(cancel_at));
   server_->Wait();
   if (arena_server_) {
     arena_server_->Stop();

@@ -79,9 +79,19 @@ bool ConstantTimeEqual(std::string_view a, std::string_view b) {
 }
 
 std::optional<std::string_view> BearerToken(std::string_view authorization) {
-  constexpr std::string_view kBearer = "Bearer ";
-  if (!authorization.starts_with(kBearer)) return std::nullopt;
-  return authorization.substr(kBearer.size());
+  // RFC 9110 11.4: the scheme is case-insensitive, then one or more spaces.
+  constexpr std::string_view kBearer = "bearer";
+  if (authorization.size() <= kBearer.size() || authorization[kBearer.size()] != ' ') {
+    return std::nullopt;
+  }
+  for (size_t i = 0; i < kBearer.size(); ++i) {
+    const char c = authorization[i];
+    if ((c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c) != kBearer[i]) return std::nullopt;
+  }
+  std::string_view token = authorization.substr(kBearer.size());
+  while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
+  while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+  return token;
 }
 
 std::string KeyPrefixProblem(std::string_view prefix) {

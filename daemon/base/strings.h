@@ -55,7 +55,8 @@ std::string KeyPrefixProblem(std::string_view prefix);
 bool ConstantTimeEqual(std::string_view a, std::string_view b);
 
 // The token of an "Authorization: Bearer <token>" value (gRPC metadata or an
-// HTTP header); nullopt when it is not that form.
+// HTTP header); nullopt when it is not that form. The scheme is matched
+// case-insensitively ("bearer", "BEARER"), spaces around the token dropped.
 std::optional<std::string_view> BearerToken(std::string_view authorization);
 
 // Splits on `sep`; empty pieces are dropped when skip_empty.

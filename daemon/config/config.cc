@@ -217,6 +217,9 @@ std::map<std::string, Field> Fields(Config* c) {
       {"http.token_file", String(&c->http_token_file)},
       {"http.tls_cert", String(&c->http_tls_cert)},
       {"http.tls_key", String(&c->http_tls_key)},
+      {"http.max_connections_per_peer", Unsigned(&c->http_max_connections_per_peer)},
+      {"http.header_timeout_seconds", Seconds(&c->http_header_timeout_seconds)},
+      {"http.idle_timeout_seconds", Seconds(&c->http_idle_timeout_seconds)},
       {"tier.s3.endpoint", String(&c->s3_endpoint)},
       {"tier.s3.bucket", String(&c->s3_bucket)},
       {"tier.s3.prefix", String(&c->s3_prefix)},
@@ -357,12 +360,16 @@ absl::Status Validate(const Config& c) {
   if (c.max_threads < 4) return bad("server.max_threads", "must be at least 4");
   if (c.max_tensors_per_save == 0) return bad("server.max_tensors_per_save", "must be at least 1");
   if (uint64_t{EffectiveMaxSaveStreams(c)} + EffectiveMaxWaitingCalls(c) + 2 > c.max_threads) {
-    return bad("server.max_save_streams",
-               StrCat(EffectiveMaxSaveStreams(c), " and server.max_waiting_calls (",
-                      EffectiveMaxWaitingCalls(c), ") must leave at least 2 of server.max_threads (",
-                      c.max_threads, ") for unary calls"));
+    return bad(
+        "server.max_save_streams",
+        StrCat(EffectiveMaxSaveStreams(c), " and server.max_waiting_calls (",
+               EffectiveMaxWaitingCalls(c), ") must leave at least 2 of server.max_threads (",
+               c.max_threads, ") for unary calls"));
   }
   if (c.watch_max_seconds <= 0) return bad("server.watch_max_seconds", "must be above 0");
+  if (c.http_header_timeout_seconds <= 0)
+    return bad("http.header_timeout_seconds", "must be above 0");
+  if (c.http_idle_timeout_seconds <= 0) return bad("http.idle_timeout_seconds", "must be above 0");
   if (c.memory_budget_bytes < (1u << 20))
     return bad("server.memory_budget_bytes", "must be at least 1 MiB");
   if (c.unload_idle_runs_seconds < 0)

@@ -32,8 +32,8 @@ struct Config {
   double save_idle_timeout_seconds = 120;  // a Save stream silent this long is cancelled; 0 = never
   uint64_t max_tensors_per_save = 100000;  // tensors one save (or OpenRun) may declare
   uint64_t max_metadata_bytes = uint64_t{64} << 20;  // metadata one save or OpenRun may carry
-  uint32_t max_watch_streams = 0;   // concurrent WatchRun streams (no thread each); 0 = 1024
-  uint32_t max_save_streams = 0;    // concurrent Save + CloseRun streams; 0 = max_threads / 2
+  uint32_t max_watch_streams = 0;  // concurrent WatchRun streams (no thread each); 0 = 1024
+  uint32_t max_save_streams = 0;   // concurrent Save + CloseRun streams; 0 = max_threads / 2
   // Calls that wait holding a thread: WaitSaved's wait, SavePointers' read.
   // Beyond it WaitSaved answers at once and SavePointers is refused;
   // 0 = max_threads / 4.
@@ -85,6 +85,9 @@ struct Config {
   std::string http_token_file;  // a read token every request but /healthz, /readyz needs; "" = none
   std::string http_tls_cert;    // PEM chain and key: the listener serves HTTPS only
   std::string http_tls_key;
+  uint32_t http_max_connections_per_peer = 0;  // 0 = a quarter of the 64 connections
+  double http_header_timeout_seconds = 10;     // a request arrives within twice this
+  double http_idle_timeout_seconds = 30;       // a kept-alive connection idle this long closes
   // [tier.s3]: copy every committed checkpoint to an S3-compatible store
   // (tier/uploader.h); "" endpoint = off. Credentials come from the
   // environment (CKPTD_S3_ACCESS_KEY, CKPTD_S3_SECRET_KEY) or the file named

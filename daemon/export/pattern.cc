@@ -116,8 +116,8 @@ bool Pattern::MatchFrom(size_t piece, std::string_view rest, Captures* out, Memo
   const Piece& p = pieces_[piece];
   switch (p.kind) {
     case Piece::Kind::kLiteral:
-      matched = rest.starts_with(p.text) &&
-                MatchFrom(piece + 1, rest.substr(p.text.size()), out, memo);
+      matched =
+          rest.starts_with(p.text) && MatchFrom(piece + 1, rest.substr(p.text.size()), out, memo);
       break;
     case Piece::Kind::kWildcard:
       for (size_t n = 0; n <= rest.size() && !matched; ++n) {

@@ -32,10 +32,9 @@ std::string Dims(std::span<const uint64_t> ne) { return fmt::format("[{}]", fmt:
 bool IsPerFileKey(std::string_view key) {
   return key == gguf::kKeyUuid || key == gguf::kKeyContentDigest || key == gguf::kKeyAlignment ||
          key == gguf::kKeyTensorDigests || key == gguf::kKeyMetadataDigest ||
-         key == gguf::kKeyUuidScheme ||
-         key == "ckpt.parent_uuid" || key == "ckpt.role" || key == "general.file_type" ||
-         key == "general.quantization_version" || key == kKeySourceUuid ||
-         key.starts_with("ckpt.export.");
+         key == gguf::kKeyUuidScheme || key == "ckpt.parent_uuid" || key == "ckpt.role" ||
+         key == "general.file_type" || key == "general.quantization_version" ||
+         key == kKeySourceUuid || key.starts_with("ckpt.export.");
 }
 
 struct Builder {

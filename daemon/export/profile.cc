@@ -312,20 +312,20 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
                        spec.split.size() + spec.transform.size() + spec.cast.size() +
                        spec.metadata.size() + spec.remove_metadata.size();
   if (rules > kMaxProfileRules) {
-    return absl::InvalidArgumentError(StrCat(where, ": ", rules, " rules; a profile may have at most ",
-                                             kMaxProfileRules));
+    return absl::InvalidArgumentError(
+        StrCat(where, ": ", rules, " rules; a profile may have at most ", kMaxProfileRules));
   }
   auto compile = [&](std::string_view text, std::string_view field) -> absl::StatusOr<Pattern> {
     if (text.size() > kMaxPatternBytes) {
       return absl::InvalidArgumentError(StrCat(where, ": ", field, ": a pattern of ", text.size(),
                                                " bytes; at most ", kMaxPatternBytes));
     }
-    const size_t wild = std::count(text.begin(), text.end(), '*') +
-                        std::count(text.begin(), text.end(), '{');
+    const size_t wild =
+        std::count(text.begin(), text.end(), '*') + std::count(text.begin(), text.end(), '{');
     if (wild > kMaxPatternWildcards) {
-      return absl::InvalidArgumentError(
-          StrCat(where, ": ", field, ": pattern '", text, "' has ", wild,
-                 " wildcards and captures; at most ", kMaxPatternWildcards));
+      return absl::InvalidArgumentError(StrCat(where, ": ", field, ": pattern '", text, "' has ",
+                                               wild, " wildcards and captures; at most ",
+                                               kMaxPatternWildcards));
     }
     auto pat = Pattern::Compile(text);
     if (!pat.ok())
@@ -362,9 +362,8 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
     CKPTD_ASSIGN_OR_RETURN(Pattern from, compile(sp.from, "split.from"));
     CKPTD_ASSIGN_OR_RETURN(int axis, ParseAxis(sp.axis, StrCat(where, ": split '", sp.from, "'")));
     if (sp.to.size() < 2 || sp.to.size() > kMaxSplitOutputs) {
-      return absl::InvalidArgumentError(StrCat(where, ": split '", sp.from, "' has ",
-                                               sp.to.size(), " outputs; it needs 2 to ",
-                                               kMaxSplitOutputs));
+      return absl::InvalidArgumentError(StrCat(where, ": split '", sp.from, "' has ", sp.to.size(),
+                                               " outputs; it needs 2 to ", kMaxSplitOutputs));
     }
     Profile::Split out{std::move(from), axis, {}};
     for (const auto& t : sp.to) {

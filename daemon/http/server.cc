@@ -1,6 +1,7 @@
 // HTTP server: JSON API, SSE, health, metrics, status page.
 #include "daemon/http/server.h"
 
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -9,6 +10,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <charconv>
+#include <chrono>
+#include <map>
 
 #include "absl/synchronization/mutex.h"
 #include "daemon/base/strings.h"
@@ -22,6 +25,9 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using tcp = boost::asio::ip::tcp;
 namespace ssl = boost::asio::ssl;
+
+constexpr uint64_t kMaxHeaderBytes = 16 * 1024;  // request line included: 431 beyond
+constexpr uint64_t kMaxBodyBytes = 64 * 1024;    // 413 beyond
 
 }  // namespace
 
@@ -38,6 +44,7 @@ struct HttpServer::Impl {
   absl::CondVar cv;
   std::set<int> open_fds ABSL_GUARDED_BY(mu);  // connections, so Stop() can unblock them
   size_t active ABSL_GUARDED_BY(mu) = 0;
+  std::map<std::string, size_t> per_peer ABSL_GUARDED_BY(mu);  // open connections by address
 
   absl::Status LoadTls();
   // `Stream`: the TCP socket, or a TLS stream over it.
@@ -105,15 +112,109 @@ void HttpServer::Impl::StreamEvents(Stream& socket, const std::string& run_id) {
   }
 }
 
+namespace {
+
+// Whether `socket` has bytes to read within `seconds` (asio's blocking reads
+// ignore SO_RCVTIMEO: they poll again on EAGAIN).
+bool Readable(tcp::socket& socket, double seconds) {
+  pollfd p{.fd = socket.native_handle(), .events = POLLIN, .revents = 0};
+  return ::poll(&p, 1, static_cast<int>(std::max(seconds, 0.001) * 1000)) != 0;
+}
+// Over TLS, asio's engine buffers records it has read from the socket where
+// neither poll nor SSL_pending sees them: reads block as they come, and
+// max_connections_per_peer bounds what one client holds.
+bool Readable(ssl::stream<tcp::socket&>&, double) { return true; }
+
+template <typename Stream>
+void WriteStatus(Stream& socket, int version, bhttp::status status, std::string body) {
+  bhttp::response<bhttp::string_body> res{status, version};
+  res.set(bhttp::field::server, "ckptd");
+  res.set(bhttp::field::content_type, "text/plain");
+  res.keep_alive(false);
+  res.body() = std::move(body);
+  res.prepare_payload();
+  boost::system::error_code ec;
+  bhttp::write(socket, res, ec);
+}
+
+}  // namespace
+
 template <typename Stream>
 void HttpServer::Impl::Serve(Stream& socket) {
+  using Clock = std::chrono::steady_clock;
   beast::flat_buffer buffer;
   boost::system::error_code ec;
   while (!stopping) {
     bhttp::request_parser<bhttp::string_body> parser;
-    parser.body_limit(64 * 1024);
-    parser.header_limit(16 * 1024);
-    bhttp::read(socket, buffer, parser, ec);
+    parser.body_limit(kMaxBodyBytes);
+    parser.header_limit(kMaxHeaderBytes);
+    parser.eager(true);
+    // Idle until the request's first byte (a kept-alive connection may
+    // wait that long), then the header and the body within their deadline.
+    std::optional<Clock::time_point> deadline;
+    const auto idle_until =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(options.idle_timeout_seconds));
+    bool timed_out = false;
+    bool pipelined = buffer.size() > 0;  // the previous read brought this request's bytes too
+    while (!parser.is_done()) {
+      if (!deadline && buffer.size() > 0) {
+        deadline =
+            Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(2 * options.header_timeout_seconds));
+      }
+      const auto until = deadline ? *deadline : idle_until;
+      const double left = std::chrono::duration<double>(until - Clock::now()).count();
+      if (left <= 0) {
+        timed_out = true;
+        break;
+      }
+      if (!pipelined) {
+        if (!Readable(socket, left)) continue;  // the deadline decides
+        // One read of what is there (Beast's read_some would block until a
+        // whole header arrived, whatever the deadline).
+        const size_t n = socket.read_some(buffer.prepare(4096), ec);
+        if (ec) break;
+        buffer.commit(n);
+      }
+      pipelined = false;
+      const size_t used = parser.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec == bhttp::error::need_more) {
+        ec = {};
+        if (used == 0 && buffer.size() > kMaxHeaderBytes + kMaxBodyBytes) {
+          ec = bhttp::error::header_limit;
+          break;
+        }
+        continue;
+      }
+      if (ec) break;
+      if (used > 0 && buffer.size() > 0 && !parser.is_done()) pipelined = true;  // parse the rest
+      if (!deadline && !parser.is_done()) {
+        deadline =
+            Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(2 * options.header_timeout_seconds));
+      }
+    }
+    if (timed_out) {
+      // Idle between requests: close quietly; mid-request: say why.
+      if (deadline) {
+        WriteStatus(socket, 11, bhttp::status::request_timeout,
+                    StrCat("request not complete within ", options.header_timeout_seconds,
+                           "s (http header timeout)\n"));
+      }
+      break;
+    }
+    if (ec == bhttp::error::header_limit) {
+      WriteStatus(socket, 11, bhttp::status::request_header_fields_too_large,
+                  StrCat("request line and headers over ", kMaxHeaderBytes, " bytes\n"));
+      break;
+    }
+    if (ec == bhttp::error::body_limit) {
+      WriteStatus(socket, 11, bhttp::status::payload_too_large,
+                  StrCat("request body over ", kMaxBodyBytes, " bytes (only GET is served)\n"));
+      break;
+    }
     if (ec) break;
     const auto& req = parser.get();
     const auto auth = req.find(bhttp::field::authorization);
@@ -168,26 +269,61 @@ void HttpServer::Impl::AcceptLoop() {
       continue;
     }
     const int fd = socket.native_handle();
-    bool admitted = false;
+    const std::string peer = socket.remote_endpoint(ec).address().to_string();
+    const size_t per_peer_cap = options.max_connections_per_peer != 0
+                                    ? options.max_connections_per_peer
+                                    : std::max<size_t>(1, options.max_connections / 4);
+    std::string refused;
     {
       absl::MutexLock lock(&mu);
-      if (active < options.max_connections) {
+      if (active >= options.max_connections) {
+        refused = StrCat("all ", options.max_connections, " connections are in use\n");
+      } else if (per_peer[peer] >= per_peer_cap) {
+        refused = StrCat(peer, " already holds ", per_peer_cap,
+                         " connections (http.max_connections_per_peer)\n");
+      } else {
         ++active;
+        ++per_peer[peer];
         open_fds.insert(fd);
-        admitted = true;
       }
     }
-    if (!admitted) {
-      const std::string busy =
-          "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-      boost::asio::write(socket, boost::asio::buffer(busy), ec);
+    if (!refused.empty()) {
+      // Probes still get their answer: a liveness check must not restart a
+      // healthy daemon because dashboards (or one client) hold every slot.
+      // Their request line is read here, briefly (plain HTTP only).
+      int status = 503;
+      std::string body = refused;
+      char line[64];
+      pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+      if (tls == nullptr && ::poll(&p, 1, 100) == 1) {
+        const ssize_t n = ::recv(fd, line, sizeof(line), MSG_PEEK | MSG_DONTWAIT);
+        const std::string_view got(line, n > 0 ? static_cast<size_t>(n) : 0);
+        for (std::string_view probe : {"/healthz", "/readyz"}) {
+          if (got.starts_with(StrCat("GET ", probe, " "))) {
+            Reply r = router->Route("GET", probe, "");
+            status = r.status;
+            body = r.body;
+          }
+        }
+      }
+      // Read what arrived, so closing does not reset the connection before
+      // the peer has our answer.
+      char drain[8192];
+      (void)::recv(fd, drain, sizeof(drain), MSG_DONTWAIT);
+      const std::string reply =
+          StrCat("HTTP/1.1 ", status, status == 503 ? " Service Unavailable" : " OK",
+                 "\r\nContent-Type: text/plain\r\nContent-Length: ", body.size(),
+                 "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n", body);
+      boost::asio::write(socket, boost::asio::buffer(reply), ec);
+      socket.shutdown(tcp::socket::shutdown_send, ec);
       continue;
     }
-    std::thread([this, fd, s = std::move(socket)]() mutable {
+    std::thread([this, fd, peer, s = std::move(socket)]() mutable {
       ServeConnection(std::move(s));
       absl::MutexLock done(&mu);
       open_fds.erase(fd);
       --active;
+      if (--per_peer[peer] == 0) per_peer.erase(peer);
       cv.SignalAll();
     }).detach();
   }

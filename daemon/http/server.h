@@ -21,6 +21,14 @@ namespace ckptd::http {
 struct HttpOptions {
   std::string listen;  // "HOST:PORT"; port 0 picks a free one
   size_t max_connections = 64;
+  // One peer address holds at most this many of them (0 = max_connections
+  // / 4), so a single client cannot take the slots probes need.
+  size_t max_connections_per_peer = 0;
+  // A request must arrive within twice header_timeout of its first byte
+  // (header and body), else 408 and the connection closes; a kept-alive
+  // connection idle for idle_timeout closes.
+  double header_timeout_seconds = 10;
+  double idle_timeout_seconds = 30;
   std::vector<std::string> roots;  // for disk gauges and /readyz
   std::string token;               // the read token (see Router); "" = none
   // PEM files: with both, the listener speaks TLS (HTTPS) and nothing else.

@@ -1,11 +1,10 @@
 // Hot restore's in-memory copies, with an LRU byte bound.
 #include "daemon/ingest/hot_copies.h"
 
-#include "daemon/ingest/arena_registry.h"
-
 #include <spdlog/spdlog.h>
 
 #include "daemon/base/strings.h"
+#include "daemon/ingest/arena_registry.h"
 
 namespace ckptd::ingest {
 
@@ -70,9 +69,9 @@ absl::StatusOr<std::pair<int, uint64_t>> HotCopies::OpenReadOnly(const std::stri
   unsigned diff = key.size() ^ want.size();
   for (size_t i = 0; i < std::min(key.size(), want.size()); ++i) diff |= key[i] ^ want[i];
   if (diff != 0) {
-    return absl::PermissionDeniedError(StrCat(
-        "HOT: the key does not open run '", run_id, "' step ", step,
-        "'s in-memory copy; pass the key GetRun or OpenRun returned (in_memory.key)"));
+    return absl::PermissionDeniedError(
+        StrCat("HOT: the key does not open run '", run_id, "' step ", step,
+               "'s in-memory copy; pass the key GetRun or OpenRun returned (in_memory.key)"));
   }
   it->second.last_use = ++clock_;
   auto fd = it->second.arena->memory->OpenReadOnly();

@@ -195,4 +195,9 @@ std::string RequestCodec::Stored(const v1::OpenRunRequest& req) {
   return api::MessageToJson(req, /*pretty=*/true);
 }
 
+uint64_t SaveHeaderCharge(const v1::SaveHeader& h, uint64_t message_bytes) {
+  return message_bytes * scheduler::MemoryBudget::kParsedFactor +
+         static_cast<uint64_t>(h.tensors_size()) * kChargePerTensor;
+}
+
 }  // namespace ckptd::rpc

@@ -41,6 +41,16 @@ absl::Status CheckLimits(const RequestLimits& limits, const char* tensors_field,
 absl::StatusOr<scheduler::SaveParams> ParamsFrom(const v1::SaveHeader& h, scheduler::SaveKind kind,
                                                  const RequestLimits& limits);
 
+// What the memory budget charges for a save header that arrived as
+// `message_bytes` on the wire: the parsed message and what it is converted
+// into (SaveParams, the planned files' layouts), measured in
+// tests/rpc/header_cost_test.cc: a per-tensor cost on top of the factor on
+// the wire size, since a tensor's ~28 wire bytes become ~490-650 bytes
+// parsed and planned (48.7 MB for 100k tensors, where 3x the wire size
+// charged 8.4 MB).
+inline constexpr uint64_t kChargePerTensor = 640;
+uint64_t SaveHeaderCharge(const v1::SaveHeader& h, uint64_t message_bytes);
+
 // OpenRun's settings but exports (model metadata, provenance, schedule, retention).
 absl::StatusOr<scheduler::RunSettings> SettingsFrom(const v1::OpenRunRequest& req);
 // OpenRun's request as the run lifecycle takes it: settings converted,

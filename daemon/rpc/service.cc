@@ -267,7 +267,7 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext* ctx,
   }
   const double started = NowSeconds();
   scheduler::MemoryBudget::Charge charge;
-  if (absl::Status st = Charge(*req, HeaderWhat(req->header()), &charge); !st.ok()) {
+  if (absl::Status st = Charge(*req, req->header(), HeaderWhat(req->header()), &charge); !st.ok()) {
     return ToGrpc(st);
   }
   auto p = ParamsFrom(
@@ -338,7 +338,7 @@ grpc::Status CheckpointdService::SavePointers(grpc::ServerContext* ctx,
     return Invalid(StrCat("timeout_seconds must be within [0, ", kMaxWait, "]"));
   }
   scheduler::MemoryBudget::Charge charge;
-  if (absl::Status st = Charge(*req, HeaderWhat(req->header()), &charge); !st.ok()) {
+  if (absl::Status st = Charge(*req, req->header(), HeaderWhat(req->header()), &charge); !st.ok()) {
     return ToGrpc(st);
   }
   auto p = ParamsFrom(
@@ -422,10 +422,10 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
   // and no number of waiters can take the threads other calls need.
   StreamSlot waiting(&waiting_calls_, limits_.max_waiting_calls);
   const double timeout_s = waiting.ok() ? req->timeout_seconds() : 0;
-  auto r = pipeline_.queue()->Wait(
-      req->run_id(), req->save_id(), scheduler::SaveQueue::Until::kFinished,
-      std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)),
-      [&] { return ctx->IsCancelled() || stopping_.load(); });
+  auto r =
+      pipeline_.queue()->Wait(req->run_id(), req->save_id(), scheduler::SaveQueue::Until::kFinished,
+                              std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)),
+                              [&] { return ctx->IsCancelled() || stopping_.load(); });
   if (!r.ok() && r.status().code() == absl::StatusCode::kNotFound && req->has_step()) {
     // Queued before a restart: the catalog knows whether it committed.
     auto run = registry_->Get(req->run_id());
@@ -490,7 +490,8 @@ grpc::Status CheckpointdService::StartSaveStream(grpc::ServerContext* ctx,
         "decoded (not valid protobuf, or a string field that is not valid UTF-8)"));
   }
   if (grpc::Status st = Authorize(ctx, first.header().run_id()); !st.ok()) return st;
-  if (absl::Status st = Charge(first, HeaderWhat(first.header()), &out->charge); !st.ok()) {
+  if (absl::Status st = Charge(first, first.header(), HeaderWhat(first.header()), &out->charge);
+      !st.ok()) {
     return ToGrpc(st);
   }
   auto p = ParamsFrom(first.header(), kind, limits_);

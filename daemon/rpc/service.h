@@ -202,10 +202,11 @@ class CheckpointdService final
   RequestLimits limits_;
   std::shared_ptr<const TokenTable> tokens_;
   // A request's encoded size charged to the budget for as long as the call runs.
-  absl::Status Charge(const google::protobuf::Message& m, const std::string& what,
-                      scheduler::MemoryBudget::Charge* charge) {
-    return budget_->Reserve(m.ByteSizeLong() * scheduler::MemoryBudget::kParsedFactor, what,
-                            charge);
+  // A save request (its header `h`): what parsing and planning it costs,
+  // measured (SaveHeaderCharge), not only its wire size.
+  absl::Status Charge(const google::protobuf::Message& m, const v1::SaveHeader& h,
+                      const std::string& what, scheduler::MemoryBudget::Charge* charge) {
+    return budget_->Reserve(SaveHeaderCharge(h, m.ByteSizeLong()), what, charge);
   }
   std::atomic<uint32_t> watch_streams_{0};
   PeerStreams peer_streams_;

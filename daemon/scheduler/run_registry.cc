@@ -465,14 +465,14 @@ absl::StatusOr<storage::CheckpointRecord> RunRegistry::Adopt(Run& run, std::opti
     spdlog::info("adopt run={} step={} removed {}", run.id(), placed, path);
   }
   for (const storage::QuarantinedFile& q : report.quarantined) {
-    spdlog::error("adopt run={} step={} quarantined {} as {}: {}", run.id(), placed, q.from,
-                  q.path, q.reason);
+    spdlog::error("adopt run={} step={} quarantined {} as {}: {}", run.id(), placed, q.from, q.path,
+                  q.reason);
     metrics::Metrics::Get().CountQuarantined(run.id(), "recovery");
     run.Publish(Event{.type = Event::Type::kQuarantined,
-                  .run_id = run.id(),
-                  .step = placed,
-                  .error = StrCat(q.from, " -> ", q.path, ": ", q.reason),
-                  .time_utc = FormatUtc(NowSeconds())});
+                      .run_id = run.id(),
+                      .step = placed,
+                      .error = StrCat(q.from, " -> ", q.path, ": ", q.reason),
+                      .time_utc = FormatUtc(NowSeconds())});
   }
   if (!record.ok()) return record.status();
   Committed(run, *record, CommitSource::kFetched, "");

@@ -99,8 +99,8 @@ absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t st
                                       " (ckpt.step), its name says step ", step));
   }
   if (const std::string role = StringValue(model.metadata, kKeyRole); role == "train") {
-    return absl::DataLossError(
-        StrCat(model_path, ": a training-state file (ckpt.role = train) under a model file's name"));
+    return absl::DataLossError(StrCat(
+        model_path, ": a training-state file (ckpt.role = train) under a model file's name"));
   }
   CheckpointRecord r;
   r.step = step;

@@ -48,7 +48,8 @@ std::vector<QuarantinedFile> RunDir::ScanQuarantine() const {
     QuarantinedFile q{.path = StrCat(quarantine_dir_, "/", name)};
     q.bytes = env_->Stat(q.path).value_or(env::FileStat{}).size;
     auto why = env::ReadWholeFile(env_, StrCat(q.path, kQuarantineReasonSuffix));
-    q.reason = why.ok() ? std::string(absl::StripTrailingAsciiWhitespace(*why)) : "(no reason recorded)";
+    q.reason =
+        why.ok() ? std::string(absl::StripTrailingAsciiWhitespace(*why)) : "(no reason recorded)";
     out.push_back(std::move(q));
   }
   return out;
@@ -158,7 +159,8 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       // files saved with it, none of them deleted.
       const std::string why(record.status().message());
       CKPTD_TRY(quarantine(model_name, why));
-      const std::string follows = StrCat("saved with ", model_name, ", which was quarantined: ", why);
+      const std::string follows =
+          StrCat("saved with ", model_name, ", which was quarantined: ", why);
       if (trains.erase(step) > 0) CKPTD_TRY(quarantine(TrainFileName(step), follows));
       if (nexts.erase(step) > 0) CKPTD_TRY(quarantine(TrainNextFileName(step), follows));
       auto found = exported.extract(step);
@@ -191,8 +193,8 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
         // point: finish it, as its step 3 would have.
         CKPTD_TRY(remove(train_path));
       } else {
-        CKPTD_TRY(quarantine(TrainFileName(step),
-                             StrCat("not the training state saved with ", model_name, ": ", t.why)));
+        CKPTD_TRY(quarantine(TrainFileName(step), StrCat("not the training state saved with ",
+                                                         model_name, ": ", t.why)));
       }
     }
     // Exports are renamed before the commit point: one belongs to this
@@ -246,8 +248,8 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
         record->train_path = train_path;
         record->train_bytes = env_->Stat(train_path).value_or(env::FileStat{}).size;
       } else {
-        CKPTD_TRY(quarantine(train_name, StrCat("not the training state saved with ", part_name,
-                                                ": ", t.why)));
+        CKPTD_TRY(quarantine(train_name,
+                             StrCat("not the training state saved with ", part_name, ": ", t.why)));
       }
     }
     if (markers.erase(step) > 0) {
@@ -262,8 +264,8 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   // point; a train file outlived its model file (a deletion cut short, or
   // a model file removed by hand): it may be all that is left of a step.
   for (uint64_t step : trains) {
-    CKPTD_TRY(quarantine(TrainFileName(step), StrCat("its model file ", ModelFileName(step),
-                                                      " is missing")));
+    CKPTD_TRY(quarantine(TrainFileName(step),
+                         StrCat("its model file ", ModelFileName(step), " is missing")));
   }
   for (uint64_t step : nexts) CKPTD_TRY(remove(PathOf(TrainNextFileName(step))));
   if (changed) CKPTD_TRY(env_->SyncDir(weights_dir_));

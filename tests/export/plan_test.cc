@@ -103,7 +103,8 @@ TEST(PlanTest, AnExportIsBoundedByItsSources) {
   auto profile = CompileProfile(spec);
   ASSERT_TRUE(profile.ok()) << profile.status();
   std::vector<TensorSpec> sources;
-  for (int part = 0; part < 40; ++part) sources.push_back({StrCat("w", part), TensorType::kF32, {4, 50}});
+  for (int part = 0; part < 40; ++part)
+    sources.push_back({StrCat("w", part), TensorType::kF32, {4, 50}});
   auto plan = PlanExport(*profile, "", sources, {}, "test");
   EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(plan.status().message(),

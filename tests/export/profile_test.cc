@@ -103,7 +103,8 @@ TEST(ProfileTest, LimitsBoundWhatOneProfileMayAsk) {
   ProfileSpec split{.name = "p"};
   split.split.push_back({.from = "w", .axis = "rows"});
   for (int i = 0; i < 65; ++i) split.split.back().to.push_back(StrCat("w", i));
-  EXPECT_THAT(CompileProfile(split).status().message(), HasSubstr("has 65 outputs; it needs 2 to 64"));
+  EXPECT_THAT(CompileProfile(split).status().message(),
+              HasSubstr("has 65 outputs; it needs 2 to 64"));
   split.split.back().to.resize(64);
   EXPECT_TRUE(CompileProfile(split).ok()) << CompileProfile(split).status();
 }

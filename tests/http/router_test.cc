@@ -86,6 +86,14 @@ TEST_F(RouterTest, TheReadTokenGuardsTheApiButNotTheProbes) {
   EXPECT_EQ(guarded.Route("GET", "/v1/runs", "Bearer wrong").status, 401);
   EXPECT_EQ(guarded.Route("GET", "/metrics").status, 401);
   EXPECT_EQ(guarded.Route("GET", "/v1/runs", "Bearer s3cret").status, 200);
+  // The scheme is case-insensitive (RFC 9110), with one or more spaces.
+  for (const char* auth : {"bearer s3cret", "BEARER s3cret", "BeArEr  s3cret ", "Bearer\ts3cret"}) {
+    EXPECT_EQ(guarded.Route("GET", "/v1/runs", auth).status,
+              std::string_view(auth).find('\t') == std::string_view::npos ? 200 : 401)
+        << auth;
+  }
+  EXPECT_EQ(guarded.Route("GET", "/v1/runs", "Bearers3cret").status, 401);
+  EXPECT_EQ(guarded.Route("GET", "/v1/runs", "Basic s3cret").status, 401);
   EXPECT_EQ(guarded.Route("GET", "/v1/runs/r/events?token=s3cret").stream_run, "r");
   EXPECT_EQ(guarded.Route("GET", "/healthz").status, 200);
   EXPECT_EQ(guarded.Route("GET", "/readyz").status, 200);

@@ -14,8 +14,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <thread>
 
 #include "tests/integration/daemon_helpers.h"

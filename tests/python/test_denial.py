@@ -149,3 +149,65 @@ def test_a_hot_copy_needs_its_key(tmp_path):
         assert run.restore(model={"w": w}).source == "memory"
         assert torch.equal(w, torch.arange(1024, dtype=torch.float32))
         assert "hot copy refused run=hot step=1" in open(d.log).read()
+
+
+def _http_port(d):
+    def port():
+        for line in open(d.log):
+            if "http: listening on" in line:
+                return int(line.split("http: listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+        return None
+    deadline = time.monotonic() + 30
+    while port() is None:
+        assert time.monotonic() < deadline, "no http listen line in the log"
+        time.sleep(0.05)
+    return port()
+
+
+def _http(port, raw: bytes, timeout=10) -> bytes:
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def test_half_sent_http_requests_cannot_take_the_probes_or_hold_slots(tmp_path):
+    import socket
+    cfg = tmp_path / "ckptd.toml"
+    cfg.write_text("[http]\nheader_timeout_seconds = 1\n")
+    d = Daemon(tmp_path, ["--config", str(cfg), "--http-listen", "127.0.0.1:0"]).start()
+    try:
+        port = _http_port(d)
+        held = []
+        for _ in range(64):  # every slot the daemon has, from one client
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n")  # never finished
+            held.append(s)
+        time.sleep(0.2)
+        assert _http(port, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 200")
+        busy = _http(port, b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert busy.startswith(b"HTTP/1.1 503") and b"http.max_connections_per_peer" in busy, busy
+        # The header timeout frees them: 408 to those that got a slot.
+        answers = []
+        for s in held:
+            try:
+                answers.append(s.recv(4096))
+            except OSError as e:
+                answers.append(repr(e).encode())
+            s.close()
+        assert sum(a.startswith(b"HTTP/1.1 408") for a in answers) == 16, answers[:20]
+        assert all(a.startswith((b"HTTP/1.1 408", b"HTTP/1.1 503")) for a in answers), answers
+        ok = _http(port, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+        # Oversized: said so, not a silent close.
+        huge = _http(port, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert huge.startswith(b"HTTP/1.1 431"), huge[:100]
+        body = _http(port, b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000)
+        assert body.startswith(b"HTTP/1.1 413"), body[:100]
+    finally:
+        d.stop()

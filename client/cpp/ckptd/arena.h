@@ -77,7 +77,7 @@ class ArenaChannel {
   // in_memory.key. NOT_FOUND when the daemon keeps no copy of that step;
   // PERMISSION_DENIED for a wrong key.
   absl::StatusOr<std::pair<int, uint64_t>> OpenInMemoryCopy(const std::string& run_id,
-                                                             uint64_t step, const std::string& key);
+                                                            uint64_t step, const std::string& key);
 
  private:
   // One request datagram (with `fd` attached when >= 0), one reply: the

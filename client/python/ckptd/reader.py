@@ -332,7 +332,9 @@ def load(path: str, as_: str = "numpy", verify: bool = True, *, like: dict | Non
     _check_table(f, verify)
     check_named_step(f, model=False)
     hints_src = f.metadata
-    if gguf.KEY_DTYPES not in hints_src:
+    # A model file's dtypes and 0-d shapes are in its training-state file (an
+    # export's tensors have other names: its own metadata is all it has).
+    if gguf.KEY_DTYPES not in hints_src and f.metadata.get(gguf.KEY_ROLE, "model") == "model":
         tp = train_path_for(path, f.metadata)
         if tp:
             train = gguf.read_header(tp)
