@@ -313,6 +313,12 @@ void Daemon::StartTimers() {
           }
         });
   }
+  // The scrubber: every committed file re-read and checked, rate-capped.
+  if (cfg_.scrub_bytes_per_second > 0) {
+    scrubber_ = std::make_unique<scheduler::Scrubber>(
+        env_, registry_.get(), cfg_.scrub_bytes_per_second, cfg_.scrub_min_age_seconds);
+    timers_.Every(std::chrono::seconds(1), [this] { scrubber_->Tick(); });
+  }
   // Readiness, from the one source /readyz uses: the gRPC health service
   // and systemd's STATUS= follow it (checked every second, logged on change).
   timers_.Every(std::chrono::seconds(1), [this, was = true]() mutable {

@@ -27,6 +27,7 @@
 #include "daemon/scheduler/run_lifecycle.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/scheduler/save_queue.h"
+#include "daemon/scheduler/scrubber.h"
 
 namespace ckptd::app {
 
@@ -82,6 +83,7 @@ class Daemon {
   uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<http::HttpServer> http_server_;
+  std::unique_ptr<scheduler::Scrubber> scrubber_;  // ticked by timers_ (storage.scrub_*)
   Periodic timers_;
   bool stopped_ = false;
 };

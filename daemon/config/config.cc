@@ -198,6 +198,8 @@ std::map<std::string, Field> Fields(Config* c) {
       {"storage.roots", StringList(&c->roots)},
       {"storage.direct_io", String(&c->direct_io)},
       {"storage.alignment", Unsigned(&c->alignment)},
+      {"storage.scrub_bytes_per_second", Unsigned(&c->scrub_bytes_per_second)},
+      {"storage.scrub_min_age_seconds", Seconds(&c->scrub_min_age_seconds)},
       {"storage.uuid_scheme", String(&c->uuid_scheme)},
       {"export.profiles_dir", String(&c->export_profiles_dir)},
       {"schedule.every_steps", Unsigned(&c->schedule.every_steps)},

@@ -59,6 +59,10 @@ struct Config {
   std::string direct_io = "auto";                    // "auto" | "off"
   uint32_t alignment = 4096;                         // GGUF general.alignment
   std::string uuid_scheme = "content";               // "content" | "gguf-hash"
+  // The scrubber: committed files re-read and every digest checked at this
+  // rate (0 = off), files changed in the last scrub_min_age_seconds skipped.
+  uint64_t scrub_bytes_per_second = uint64_t{16} << 20;
+  double scrub_min_age_seconds = 300;
   // [export]: named export profiles (<dir>/<name>.toml) beyond the built-ins
   std::string export_profiles_dir;
   // [schedule]: the default for runs that do not send their own

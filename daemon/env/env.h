@@ -83,7 +83,8 @@ struct FileStat {
   bool is_dir = false;
   bool is_symlink = false;
   bool is_regular = false;
-  uint32_t mode = 0;  // permission bits (st_mode & 07777)
+  uint32_t mode = 0;     // permission bits (st_mode & 07777)
+  double changed_s = 0;  // st_ctime (seconds since the epoch): the last write, rename or chmod
 };
 
 struct FsSpace {

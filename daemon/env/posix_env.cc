@@ -207,9 +207,13 @@ class PosixEnv final : public Env {
   absl::StatusOr<FileStat> Stat(const std::string& path) override {
     struct stat st;
     if (::lstat(path.c_str(), &st) != 0) return PosixError(StrCat("lstat ", path), errno);
-    return FileStat{static_cast<uint64_t>(st.st_size), S_ISDIR(st.st_mode) != 0,
-                    S_ISLNK(st.st_mode) != 0, S_ISREG(st.st_mode) != 0,
-                    static_cast<uint32_t>(st.st_mode & 07777)};
+    return FileStat{
+        static_cast<uint64_t>(st.st_size),
+        S_ISDIR(st.st_mode) != 0,
+        S_ISLNK(st.st_mode) != 0,
+        S_ISREG(st.st_mode) != 0,
+        static_cast<uint32_t>(st.st_mode & 07777),
+        static_cast<double>(st.st_ctim.tv_sec) + static_cast<double>(st.st_ctim.tv_nsec) * 1e-9};
   }
 
   absl::StatusOr<FsSpace> Space(const std::string& path) override {

@@ -198,6 +198,23 @@ absl::StatusOr<storage::CheckpointRecord> Replicator::Fetch(const std::string& r
   return record;
 }
 
+void Replicator::OnQuarantined(scheduler::Run& run, uint64_t step) {
+  const std::string state = UploadState(run.id(), step);
+  if (state != "uploaded") {
+    spdlog::error("scrub run={} step={}: no copy in the object store to heal from ({})", run.id(),
+                  step, state.empty() ? "never uploaded" : state);
+    return;
+  }
+  auto healed = Fetch(run.id(), step);
+  if (healed.ok()) {
+    spdlog::info("scrub run={} step={} healed from the object store ({} bytes)", run.id(), step,
+                 healed->total_bytes());
+  } else {
+    spdlog::error("scrub run={} step={}: healing from the object store failed: {}", run.id(), step,
+                  healed.status().message());
+  }
+}
+
 absl::StatusOr<tier::RemotePlan> Replicator::PlanRemote(const std::string& run_id, bool apply) {
   absl::StatusOr<tier::RemotePlan> plan = uploader_.PlanRemote(run_id, apply, /*retry=*/false);
   if (!plan.ok()) return StoreError(plan.status());

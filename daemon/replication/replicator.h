@@ -72,6 +72,8 @@ class Replicator final : public scheduler::CommitObserver,
   void OnCommitted(scheduler::Run& run, const storage::CheckpointRecord& record,
                    scheduler::CommitSource source) override;
   void OnStaged(scheduler::Run& run, const storage::CheckpointRecord& record) override;
+  // A damaged step the store holds is fetched back (self-heal).
+  void OnQuarantined(scheduler::Run& run, uint64_t step) override;
   // tier::TierRuns
   std::optional<std::string> PrefixOf(const std::string& run_id) const override;
   std::optional<tier::RemoteRules> RulesOf(const std::string& run_id) const override;

@@ -479,6 +479,35 @@ absl::StatusOr<storage::CheckpointRecord> RunRegistry::Adopt(Run& run, std::opti
   return record;
 }
 
+absl::StatusOr<storage::RunDir::Damaged> RunRegistry::QuarantineDamaged(Run& run, uint64_t step,
+                                                                        const std::string& path,
+                                                                        const std::string& reason) {
+  absl::StatusOr<storage::RunDir::Damaged> damaged;
+  {
+    absl::MutexLock save(&run.save_mu());  // no save writes into weights/ meanwhile
+    absl::MutexLock lock(&run.mu());
+    damaged = run.dir()->QuarantineDamaged(step, path, reason);
+    if (!damaged.ok()) return damaged.status();
+    for (const storage::QuarantinedFile& q : damaged->files) {
+      spdlog::error("scrub run={} step={} quarantined {} as {}: {}", run.id(), step, q.from, q.path,
+                    q.reason);
+      metrics::Metrics::Get().CountQuarantined(run.id(), "scrub");
+      run.PublishLocked(Event{.type = Event::Type::kQuarantined,
+                              .run_id = run.id(),
+                              .step = step,
+                              .error = StrCat(q.from, " -> ", q.path, ": ", q.reason),
+                              .time_utc = FormatUtc(NowSeconds())});
+    }
+    if (damaged->step_lost) {
+      const std::optional<uint64_t> latest = run.dir()->latest_step();
+      spdlog::error("scrub run={} step={} is no longer a checkpoint; latest is {}", run.id(), step,
+                    latest ? storage::ModelFileName(*latest) : std::string("(none)"));
+    }
+  }
+  if (damaged->step_lost && observer_ != nullptr) observer_->OnQuarantined(run, step);
+  return damaged;
+}
+
 absl::StatusOr<storage::CheckpointRecord> RunRegistry::Pin(Run& run, uint64_t step,
                                                            const std::string& reason) {
   absl::MutexLock lock(&run.mu());

@@ -104,6 +104,9 @@ class CommitObserver {
                            CommitSource source) = 0;
   // A multi-rank run's part is durable here; its step is not committed yet.
   virtual void OnStaged(Run& run, const storage::CheckpointRecord& record) = 0;
+  // A committed step was found damaged after its commit and quarantined:
+  // it is no longer in the catalog (a copy elsewhere may bring it back).
+  virtual void OnQuarantined(Run& /*run*/, uint64_t /*step*/) {}
 };
 
 struct DaemonFacts {
@@ -301,6 +304,14 @@ class RunRegistry {
   // the commit tail runs with CommitSource::kFetched. A step already
   // committed here is returned without calling `place`.
   using PlaceFn = std::function<absl::StatusOr<uint64_t>(const std::string& weights_dir)>;
+  // The scrubber found `path` of committed `step` damaged: quarantined
+  // (storage::RunDir::QuarantineDamaged) with saves held off, each file
+  // logged, counted (by = scrub) and published as QUARANTINED; the observer
+  // is told when the step left the catalog.
+  absl::StatusOr<storage::RunDir::Damaged> QuarantineDamaged(Run& run, uint64_t step,
+                                                             const std::string& path,
+                                                             const std::string& reason)
+      ABSL_LOCKS_EXCLUDED(run.mu_, run.save_mu_);
   absl::StatusOr<storage::CheckpointRecord> Adopt(Run& run, std::optional<uint64_t> step,
                                                   const PlaceFn& place)
       ABSL_LOCKS_EXCLUDED(run.mu_, run.save_mu_);

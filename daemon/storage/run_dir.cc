@@ -372,6 +372,49 @@ std::string RunDir::LatestTarget(uint64_t step) const {
   return SplitFileName(step, r->rank, r->world_size);
 }
 
+absl::StatusOr<RunDir::Damaged> RunDir::QuarantineDamaged(uint64_t step, const std::string& path,
+                                                          const std::string& reason) {
+  const CheckpointRecord* r = Find(step);
+  if (r == nullptr) return absl::NotFoundError(StrCat("no checkpoint at step ", step));
+  const CheckpointRecord record = *r;
+  auto name_of = [](const std::string& p) { return p.substr(p.rfind('/') + 1); };
+  Damaged out;
+  for (size_t i = 0; i < record.exports.size(); ++i) {
+    if (record.exports[i].path != path) continue;
+    CKPTD_ASSIGN_OR_RETURN(QuarantinedFile q, Quarantine(name_of(path), reason));
+    out.files.push_back(std::move(q));
+    auto& exports = Edit(catalog_).at(step).exports;
+    exports.erase(exports.begin() + static_cast<std::ptrdiff_t>(i));
+    CKPTD_TRY(RelinkExports().status());
+    return out;
+  }
+  if (path != record.model_path && path != record.train_path) {
+    return absl::NotFoundError(StrCat(path, " is not a file of step ", step));
+  }
+  // The model file first: from here the step is no longer committed.
+  if (record.world_size > 0) CKPTD_TRY(env_->RemoveFile(PathOf(CommitMarkerName(step))));
+  const std::string follows = StrCat("saved with ", name_of(path), ", which was damaged: ", reason);
+  std::vector<std::pair<std::string, std::string>> moves = {
+      {record.model_path, record.model_path == path ? reason : follows}};
+  if (!record.train_path.empty()) {
+    moves.emplace_back(record.train_path, record.train_path == path ? reason : follows);
+  }
+  for (const auto& e : record.exports) moves.emplace_back(e.path, follows);
+  Edit(catalog_).erase(step);
+  out.step_lost = true;
+  for (const auto& [file, why] : moves) {
+    CKPTD_ASSIGN_OR_RETURN(QuarantinedFile q, Quarantine(name_of(file), why));
+    out.files.push_back(std::move(q));
+  }
+  std::optional<uint64_t> want = latest_step();
+  auto target = env_->ReadLink(PathOf(std::string(kLatestName)));
+  if (!(want ? (target.ok() && *target == LatestTarget(*want)) : !target.ok())) {
+    CKPTD_TRY(PointLatestAt(want));
+  }
+  CKPTD_TRY(RelinkExports().status());
+  return out;
+}
+
 absl::Status RunDir::Delete(uint64_t step) {
   const CheckpointRecord* r = Find(step);
   if (r == nullptr) return absl::NotFoundError(StrCat("no checkpoint at step ", step));

@@ -105,6 +105,17 @@ class RunDir {
   // Moves weights/NAME to quarantine/NAME (NAME.1, NAME.2, ... when taken)
   // with NAME.why holding `reason`, both directories made durable.
   absl::StatusOr<QuarantinedFile> Quarantine(const std::string& name, const std::string& reason);
+  // A committed file found damaged after its commit (the scrubber): an
+  // export goes alone; a model or train file takes its whole step with it
+  // (the step is no longer one checkpoint), which leaves the catalog, and
+  // `latest` and `latest.E` move to the newest step left. NOT_FOUND when
+  // `path` is no longer a file of `step` (retention got there first).
+  struct Damaged {
+    std::vector<QuarantinedFile> files;
+    bool step_lost = false;  // the step left the catalog
+  };
+  absl::StatusOr<Damaged> QuarantineDamaged(uint64_t step, const std::string& path,
+                                            const std::string& reason);
   // What quarantine/ holds (read at recovery, added to by Quarantine), by name.
   const std::vector<QuarantinedFile>& quarantined() const { return quarantined_; }
 

@@ -163,3 +163,72 @@ def test_a_damaged_model_file_never_costs_its_intact_train_file(daemon):
     assert "recovery run=trunc quarantined" in log and "step_2.train.gguf" in log
     run = ckptd.connect(daemon.target).open_run("trunc", transport="stream")
     assert run.restore(model=model, optimizer=opt).step == 1
+
+
+def test_restore_falls_back_to_the_newest_intact_step_and_says_why(daemon):
+    run = ckptd.connect(daemon.target).open_run("fallback", transport="stream")
+    saved = {}
+    for step in (1, 2, 3):
+        w = torch.full((1024,), float(step))
+        run.save(step, model={"w": w})
+        saved[step] = w
+    run.wait()
+    path = os.path.join(weights(daemon, "fallback"), "step_3.gguf")
+    f = ckptd.gguf.read_header(path)
+    t = f.by_name["w"]
+    data = bytearray(open(path, "rb").read())
+    data[f.data_offset + t.offset + 100] ^= 0x04  # one bit of the tensor's bytes
+    open(path, "wb").write(bytes(data))
+    dst = {"w": torch.zeros(1024)}
+    info = run.restore(model=dst)
+    assert info.step == 2, info
+    assert torch.equal(dst["w"], saved[2])
+    assert len(info.skipped) == 1 and info.skipped[0].startswith("step 3: "), info.skipped
+    assert "does not match its digest" in info.skipped[0], info.skipped
+    # A step asked for is never swapped for another; nor with fall_back=False.
+    with pytest.raises(ckptd.DigestMismatch):
+        run.restore(model=dst, step=3)
+    with pytest.raises(ckptd.DigestMismatch):
+        run.restore(model=dst, fall_back=False)
+
+
+def test_the_scrubber_quarantines_a_damaged_step_and_latest_moves_back(tmp_path):
+    import urllib.request
+
+    from conftest import Daemon, wait_for
+
+    cfg = tmp_path / "scrub.toml"
+    cfg.write_text("[storage]\nscrub_bytes_per_second = 1073741824\nscrub_min_age_seconds = 0\n")
+    d = Daemon(tmp_path, ["--config", str(cfg), "--http-listen", "127.0.0.1:0"]).start()
+    try:
+        run = ckptd.connect(d.target).open_run("scrubbed", transport="stream")
+        model = torch.nn.Linear(16, 16)
+        opt = torch.optim.Adam(model.parameters())
+        for step in (1, 2, 3):
+            model(torch.randn(2, 16)).sum().backward()
+            opt.step()
+            run.save(step, model=model, optimizer=opt)
+        run.wait()
+        w = weights(d, "scrubbed")
+        train = os.path.join(w, "step_3.train.gguf")
+        f = ckptd.gguf.read_header(train)
+        t = f.tensors[0]
+        data = bytearray(open(train, "rb").read())
+        data[f.data_offset + t.offset + t.nbytes // 2] ^= 0x10  # rot in the optimizer state
+        open(train, "wb").write(bytes(data))
+        qdir = os.path.join(d.root, "scrubbed", "quarantine")
+        wait_for(lambda: os.path.exists(os.path.join(qdir, "step_3.train.gguf")), timeout=60,
+                 what="the scrubber to quarantine step 3")
+        assert os.readlink(os.path.join(w, "latest")) == "step_2.gguf"
+        assert sorted(os.listdir(qdir)) == ["step_3.gguf", "step_3.gguf.why", "step_3.train.gguf",
+                                            "step_3.train.gguf.why"]
+        assert "does not match its digest" in open(os.path.join(qdir, "step_3.train.gguf.why")).read()
+        assert run.restore(model=model, optimizer=opt).step == 2
+        log = open(d.log).read()
+        assert "scrub run=scrubbed step=3 is no longer a checkpoint; latest is step_2.gguf" in log
+        port = next(int(line.split("http: listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+                    for line in log.splitlines() if "http: listening on" in line)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'ckptd_quarantined_files_total{run="scrubbed",by="scrub"} 2' in metrics, metrics
+    finally:
+        d.stop()

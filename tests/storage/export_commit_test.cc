@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <random>
 
+#include "daemon/base/byte_source.h"
 #include "daemon/base/status.h"
 #include "daemon/env/fault_env.h"
 #include "daemon/export/plan.h"
@@ -226,6 +228,80 @@ TEST_F(ExportCommitTest, RecoveryDropsExportsOfCheckpointsThatDoNotExist) {
   EXPECT_EQ(Link("latest.half"), "step_20.half.gguf");
   EXPECT_TRUE(report.latest_repaired);
   EXPECT_EQ(report.removed.size(), 4u);
+}
+
+// 1,000 random single-bit flips over a committed checkpoint's model, train
+// and export files, headers and data alike: Verify catches every one, so no
+// restore (which checks the same digests) returns a flipped byte.
+TEST_F(ExportCommitTest, EveryRandomBitFlipInAnyFileOfACheckpointIsCaught) {
+  auto dir = OpenDir();
+  auto r = Save(env::Env::Default(), dir.get(), 7, true);
+  ASSERT_OK(r.status());
+  ASSERT_FALSE(r->train_path.empty());
+  ASSERT_EQ(r->exports.size(), 1u);
+  std::vector<std::string> files;
+  for (const std::string& path : {r->model_path, r->train_path, r->exports[0].path}) {
+    files.push_back(testing::ReadFile(path));
+    MemorySource src(files.back());
+    auto header = gguf::ReadHeader(src);
+    ASSERT_OK(header.status());
+    ASSERT_OK(gguf::Verify(src, *header).status()) << path;
+  }
+  std::mt19937_64 rng(31);
+  int caught = 0, in_header = 0;
+  for (int i = 0; i < 1000; ++i) {
+    const size_t f = rng() % files.size();
+    std::string bytes = files[f];
+    const uint64_t bit = rng() % (8 * bytes.size());
+    bytes[bit / 8] ^= static_cast<char>(1 << (bit % 8));
+    MemorySource src(bytes);
+    auto header = gguf::ReadHeader(src);
+    const absl::Status st = header.ok() ? gguf::Verify(src, *header).status() : header.status();
+    if (!st.ok()) {
+      ++caught;
+    } else {
+      ADD_FAILURE() << "file " << f << ": a flip of bit " << bit % 8 << " of byte " << bit / 8
+                    << " passed";
+    }
+    if (header.ok() && bit / 8 < header->data_offset) ++in_header;
+  }
+  EXPECT_EQ(caught, 1000);
+  std::printf("1000 flips over 3 files (%d landing in a header or its padding): %d caught\n",
+              in_header, caught);
+}
+
+TEST_F(ExportCommitTest, ADamagedFileIsQuarantinedAloneOrWithItsStep) {
+  auto dir = OpenDir();
+  ASSERT_OK(Save(env::Env::Default(), dir.get(), 1, true).status());
+  auto r2 = Save(env::Env::Default(), dir.get(), 2, true);
+  ASSERT_OK(r2.status());
+  // A damaged export goes alone; step 2 stays, latest.half moves back.
+  auto alone = dir->QuarantineDamaged(2, r2->exports[0].path, "scrub: export damaged");
+  ASSERT_OK(alone.status());
+  EXPECT_FALSE(alone->step_lost);
+  ASSERT_EQ(alone->files.size(), 1u);
+  EXPECT_TRUE(dir->Find(2)->exports.empty());
+  EXPECT_EQ(Link("latest"), "step_2.gguf");
+  EXPECT_EQ(Link("latest.half"), "step_1.half.gguf");
+  // A damaged train file takes its step: latest moves back to step 1.
+  auto step = dir->QuarantineDamaged(2, r2->train_path, "scrub: train damaged");
+  ASSERT_OK(step.status());
+  EXPECT_TRUE(step->step_lost);
+  ASSERT_EQ(step->files.size(), 2u);  // the model file first, then the train file
+  EXPECT_THAT(step->files[0].reason, ::testing::HasSubstr("saved with step_2.train.gguf"));
+  EXPECT_EQ(step->files[1].reason, "scrub: train damaged");
+  EXPECT_EQ(dir->Find(2), nullptr);
+  EXPECT_EQ(Link("latest"), "step_1.gguf");
+  EXPECT_THAT(Names(), UnorderedElementsAre("step_1.gguf", "step_1.train.gguf", "step_1.half.gguf",
+                                            "latest", "latest.half"));
+  EXPECT_EQ(dir->quarantined().size(), 3u);
+  // Gone already: NOT_FOUND, nothing moved.
+  EXPECT_EQ(dir->QuarantineDamaged(2, r2->model_path, "x").status().code(),
+            absl::StatusCode::kNotFound);
+  // Recovery agrees: step 1 is latest, the quarantine stays.
+  dir = OpenDir();
+  EXPECT_EQ(dir->latest_step(), 1u);
+  EXPECT_EQ(dir->quarantined().size(), 3u);
 }
 
 }  // namespace

@@ -112,6 +112,9 @@ class RestoreInfo:
     memory_fallbacks: int = 0  # hot restore: tensors read from disk because memory had changed
     # What restore(cast=..., reshape=...) changed, one line per tensor ("" none).
     changes: list[str] = field(default_factory=list)
+    # Newer steps restore() refused as damaged before this one, each with why
+    # (latest only: a step asked for is never swapped for another).
+    skipped: list[str] = field(default_factory=list)
 
 
 def connect(target: str | None = None, reconnect_timeout: float = 60.0, *, tls: bool = False,
@@ -870,7 +873,54 @@ class Run:
 
     def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
                 as_torch: bool = True, hot: bool = True, remote: bool = True, *,
-                cast: bool = False, reshape: bool = False, state=None) -> RestoreInfo | None:
+                cast: bool = False, reshape: bool = False, state=None,
+                fall_back: bool = True) -> RestoreInfo | None:
+        """Restores `step`, or with none the newest intact step: when the
+        latest is damaged (a digest fails, a file does not belong to its
+        step), each older step is tried in turn, what was refused and why is
+        logged and kept in RestoreInfo.skipped; when no step is intact the
+        newest step's error is raised. `fall_back=False` (or verify=False) restores
+        the latest or raises. The rest: _restore_step."""
+        kw = dict(verify=verify, as_torch=as_torch, hot=hot, remote=remote, cast=cast,
+                  reshape=reshape, state=state)
+        if step is not None or not verify or not fall_back:
+            return self._restore_step(model, optimizer, step, **kw)
+        skipped: list[str] = []
+        first: gguf.GgufError | None = None
+        for s in self._local_steps_newest_first() or [None]:
+            try:
+                info = self._restore_step(model, optimizer, s, **kw)
+            except gguf.GgufError as e:  # damage; a mismatch with the model is not
+                if s is None:
+                    raise
+                first = first or e
+                skipped.append(f"step {s}: {e}")
+                log.error("restore of run %s: step %s refused, trying the one before: %s", self.id, s, e)
+                continue
+            if info is not None and skipped:
+                info.skipped = skipped
+                log.warning("restore of run %s: restored step %s; newer steps were damaged: %s",
+                            self.id, info.step, "; ".join(skipped))
+            return info
+        # None intact: the newest step's refusal, as restore(step=latest) gives it.
+        log.error("restore of run %s: no intact checkpoint: %s", self.id, "; ".join(skipped))
+        assert first is not None
+        raise first
+
+    def _local_steps_newest_first(self) -> list[int]:
+        steps: list[int] = []
+        token = ""
+        while True:
+            page = _rpc(self.client.stub.ListCheckpoints,
+                        pb.ListCheckpointsRequest(run_id=self.id, page_size=1000, page_token=token))
+            steps += [c.step for c in page.checkpoints if not c.pending]
+            token = page.next_page_token
+            if not token:
+                return sorted(steps, reverse=True)
+
+    def _restore_step(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
+                      as_torch: bool = True, hot: bool = True, remote: bool = True, *,
+                      cast: bool = False, reshape: bool = False, state=None) -> RestoreInfo | None:
         """Reads the run's latest (or `step`'s) checkpoint into the existing
         tensors of `model` (a module or a state dict), in place; restores the
         optimizer's moments by parameter name and the RNG states. Reads the
