@@ -45,7 +45,7 @@ build: deps
 # (15 s each; `make fuzz` runs them FUZZ_SECONDS each). It ends with each
 # phase's time and ctest's summary.
 test:
-	@scripts/test.sh $(BUILD) $(JOBS) 15
+	@LINT_TARGET=lint scripts/test.sh $(BUILD) $(JOBS) 15
 
 # Lint configures a tree of its own (BUILD-lint): it needs no build first.
 lint: deps
