@@ -443,6 +443,27 @@ void RunRegistry::AbortPart(Run& run, uint64_t step, const std::string& reason) 
                 "part=removed ");
 }
 
+namespace {
+
+// One log line, one count and one QUARANTINED event per file moved aside
+// after a step was adopted or scrubbed (`what`: the log's verb; `by`: the
+// metric's label).
+void ReportQuarantined(Run& run, uint64_t step, const std::vector<storage::QuarantinedFile>& files,
+                       std::string_view what, const std::string& by) {
+  for (const storage::QuarantinedFile& q : files) {
+    spdlog::error("{} run={} step={} quarantined {} as {}: {}", what, run.id(), step, q.from,
+                  q.path, q.reason);
+    metrics::Metrics::Get().CountQuarantined(run.id(), by);
+    run.Publish(Event{.type = Event::Type::kQuarantined,
+                      .run_id = run.id(),
+                      .step = step,
+                      .error = StrCat(q.from, " -> ", q.path, ": ", q.reason),
+                      .time_utc = FormatUtc(NowSeconds())});
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<storage::CheckpointRecord> RunRegistry::Adopt(Run& run, std::optional<uint64_t> step,
                                                              const PlaceFn& place) {
   absl::MutexLock save(&run.save_mu());  // no save writes into weights/ meanwhile
@@ -464,16 +485,7 @@ absl::StatusOr<storage::CheckpointRecord> RunRegistry::Adopt(Run& run, std::opti
   for (const std::string& path : report.removed) {
     spdlog::info("adopt run={} step={} removed {}", run.id(), placed, path);
   }
-  for (const storage::QuarantinedFile& q : report.quarantined) {
-    spdlog::error("adopt run={} step={} quarantined {} as {}: {}", run.id(), placed, q.from, q.path,
-                  q.reason);
-    metrics::Metrics::Get().CountQuarantined(run.id(), "recovery");
-    run.Publish(Event{.type = Event::Type::kQuarantined,
-                      .run_id = run.id(),
-                      .step = placed,
-                      .error = StrCat(q.from, " -> ", q.path, ": ", q.reason),
-                      .time_utc = FormatUtc(NowSeconds())});
-  }
+  ReportQuarantined(run, placed, report.quarantined, "adopt", "recovery");
   if (!record.ok()) return record.status();
   Committed(run, *record, CommitSource::kFetched, "");
   return record;
@@ -488,22 +500,13 @@ absl::StatusOr<storage::RunDir::Damaged> RunRegistry::QuarantineDamaged(Run& run
     absl::MutexLock lock(&run.mu());
     damaged = run.dir()->QuarantineDamaged(step, path, reason);
     if (!damaged.ok()) return damaged.status();
-    for (const storage::QuarantinedFile& q : damaged->files) {
-      spdlog::error("scrub run={} step={} quarantined {} as {}: {}", run.id(), step, q.from, q.path,
-                    q.reason);
-      metrics::Metrics::Get().CountQuarantined(run.id(), "scrub");
-      run.PublishLocked(Event{.type = Event::Type::kQuarantined,
-                              .run_id = run.id(),
-                              .step = step,
-                              .error = StrCat(q.from, " -> ", q.path, ": ", q.reason),
-                              .time_utc = FormatUtc(NowSeconds())});
-    }
     if (damaged->step_lost) {
       const std::optional<uint64_t> latest = run.dir()->latest_step();
       spdlog::error("scrub run={} step={} is no longer a checkpoint; latest is {}", run.id(), step,
                     latest ? storage::ModelFileName(*latest) : std::string("(none)"));
     }
   }
+  ReportQuarantined(run, step, damaged->files, "scrub", "scrub");
   if (damaged->step_lost && observer_ != nullptr) observer_->OnQuarantined(run, step);
   return damaged;
 }
