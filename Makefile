@@ -97,12 +97,19 @@ print-sanitized:
 fuzz-run:
 	@scripts/run-fuzz.sh $(BUILD) $(FUZZ_SECONDS)
 
-# The crash soak at length: SOAK_KILLS SIGKILLs of the daemon during
-# continuous saves over every path, each followed by the invariant checks
-# (`make test` runs it with 50).
+# The soaks at length (`make test` runs each shorter): SOAK_KILLS SIGKILLs
+# of the daemon during continuous saves over every path (50 in make test),
+# TRAINER_KILLS trainers SIGKILLed right after a shared-memory save returns
+# (100), and POWER_CUTS power cuts of powercut_fs, the FUSE file system that
+# forgets what was never synced, under the real daemon (100; root and
+# /dev/fuse), each followed by the invariant checks.
 SOAK_KILLS ?= 1000
+TRAINER_KILLS ?= 1000
+POWER_CUTS ?= 1000
 soak: build
-	@CKPTD_SOAK_KILLS=$(SOAK_KILLS) $(BUILD)/tests/integration/shm_tests --gtest_filter='CrashSoak.*'
+	@CKPTD_SOAK_KILLS=$(SOAK_KILLS) CKPTD_TRAINER_KILLS=$(TRAINER_KILLS) \
+	  $(BUILD)/tests/integration/shm_tests --gtest_filter='CrashSoak.*'
+	@CKPTD_POWER_CUTS=$(POWER_CUTS) $(BUILD)/tests/powercut/powercut_tests
 
 run: build
 	@echo "ckptd: dev config: runs under ./ckpt-runs, socket unix:./ckpt-runs/ckptd.sock (Ctrl-C stops)."

@@ -19,7 +19,7 @@ build_pkgs=(
   libcurl4-openssl-dev libxml2-dev
 )
 test_pkgs=(
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev libfuse3-dev
   clang libclang-rt-14-dev clang-format
   python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch python3-yaml
   prometheus chromium fonts-dejavu-core

@@ -122,7 +122,8 @@ class Env {
   // fsync of a directory, so renames and unlinks in it are durable.
   virtual absl::Status SyncDir(const std::string& dir) = 0;
   virtual absl::Status RemoveFile(const std::string& path) = 0;
-  // mkdir -p, mode 0755.
+  // mkdir -p, mode 0755; each directory it creates is durable (its parent
+  // synced) when it returns.
   virtual absl::Status CreateDirs(const std::string& path) = 0;
   // Entry names (no "." or ".."), unsorted.
   virtual absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) = 0;

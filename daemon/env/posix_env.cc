@@ -22,6 +22,13 @@
 namespace ckptd::env {
 namespace {
 
+// The directory holding `path`'s entry ("/" for "/x", "." for "x").
+std::string Parent(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 absl::StatusOr<uint64_t> RegularFileSize(int fd, const std::string& path) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return PosixError(StrCat("fstat ", path), errno);
@@ -176,16 +183,22 @@ class PosixEnv final : public Env {
 
   absl::Status CreateDirs(const std::string& path) override {
     if (path.empty()) return absl::OkStatus();
+    std::vector<std::string> created;
     for (size_t pos = 1; pos <= path.size(); ++pos) {
       if (pos != path.size() && path[pos] != '/') continue;
       std::string prefix = path.substr(0, pos);
-      if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+      if (::mkdir(prefix.c_str(), 0755) == 0) {
+        created.push_back(std::move(prefix));
+      } else if (errno != EEXIST) {
         return PosixError(StrCat("mkdir ", prefix), errno);
       }
     }
     struct stat st;
     if (::stat(path.c_str(), &st) != 0) return PosixError(StrCat("stat ", path), errno);
     if (!S_ISDIR(st.st_mode)) return PosixError(StrCat("mkdir ", path), ENOTDIR);
+    // A new directory's name is an entry of its parent: durable only once
+    // the parent is synced, or a power cut takes it and all it will hold.
+    for (const std::string& dir : created) CKPTD_TRY(SyncDir(Parent(dir)));
     return absl::OkStatus();
   }
 

@@ -228,6 +228,7 @@ class Run {
   // An unresolved write error (I/O, not a client's mistake): retention
   // pauses until a save succeeds again.
   std::string write_error_ ABSL_GUARDED_BY(mu_);
+  bool buffered_noted_ ABSL_GUARDED_BY(mu_) = false;  // said once: no direct I/O here
   storage::PinStore pins_ ABSL_GUARDED_BY(mu_);
   std::set<uint64_t> in_flight_ ABSL_GUARDED_BY(mu_);  // steps being written
   std::set<uint64_t> awaiting_upload_ ABSL_GUARDED_BY(mu_);

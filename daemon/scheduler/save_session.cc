@@ -319,6 +319,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   CKPTD_TRY(writer_->Finish());
   t->durable_s = NowSeconds() - start_s_;
   storage::CheckpointRecord record;
+  bool note_buffered = false;
   if (part_) return StagePart(t);
   {
     absl::MutexLock lock(&run_->mu());
@@ -327,6 +328,14 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
                                                               : storage::Overwrite::kNo));
     *is_latest = run_->dir()->latest_step() == record.step;
     Written();
+    note_buffered = writer_->direct_io_refused() && !std::exchange(run_->buffered_noted_, true);
+  }
+  if (note_buffered) {
+    spdlog::warn(
+        "direct I/O refused run={} step={} dir={}: the file system does not take O_DIRECT "
+        "(tmpfs, FUSE and some network file systems); this run's checkpoints are written through "
+        "the page cache, each still fdatasync'd before its commit",
+        params_.run_id, record.step, run_->run_dir());
   }
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
@@ -335,8 +344,9 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
   registry_->Committed(
       *run_, record, CommitSource::kSave,
-      fmt::format("bytes={} zero_copy={} received={:.3f}s durable={:.3f}s committed={:.3f}s ",
-                  record.total_bytes(), writer_->zero_copy_bytes(), t->received_s, t->durable_s,
+      fmt::format("bytes={} zero_copy={} io={} received={:.3f}s durable={:.3f}s committed={:.3f}s ",
+                  record.total_bytes(), writer_->zero_copy_bytes(),
+                  writer_->model().direct ? "direct" : "buffered", t->received_s, t->durable_s,
                   t->committed_s));
   return record;
 }

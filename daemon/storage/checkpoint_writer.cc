@@ -149,6 +149,7 @@ absl::Status CheckpointWriter::FinishFile(File* f) {
   CKPTD_TRY(f->file->Close());
   f->written.bytes = f->file->size();
   f->written.zero_copy_bytes = f->file->zero_copy_bytes();
+  f->written.direct = f->file->direct();
   return absl::OkStatus();
 }
 

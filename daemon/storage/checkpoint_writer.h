@@ -67,6 +67,9 @@ class CheckpointWriter {
   // After Finish(): bytes of all the files written straight from stable
   // source memory, without a copy.
   uint64_t zero_copy_bytes() const;
+  // After Finish: direct I/O was asked for (auto) and the file system
+  // refused it, so the model file went through the page cache.
+  bool direct_io_refused() const { return direct_io_ == env::DirectIo::kAuto && !model().direct; }
   bool has_train() const { return train_ != nullptr; }
 
   // Tensor bytes in plan order, any chunking. More than planned is an error.

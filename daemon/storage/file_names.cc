@@ -17,6 +17,7 @@ constexpr std::string_view kModelSuffix = ".gguf";
 constexpr std::string_view kTrainSuffix = ".train.gguf";
 constexpr std::string_view kNextSuffix = ".next";
 constexpr std::string_view kCommitSuffix = ".commit";
+constexpr std::string_view kDeletingSuffix = ".deleting";
 
 std::optional<uint64_t> ParseStep(std::string_view digits) {
   if (digits.empty() || digits.size() > 20 || (digits.size() > 1 && digits[0] == '0')) {
@@ -132,6 +133,10 @@ std::string TrainNextFileName(uint64_t step) {
   return StrCat(".", TrainFileName(step), kNextSuffix);
 }
 
+std::string DeletingFileName(std::string_view model_name) {
+  return StrCat(".", model_name, kDeletingSuffix);
+}
+
 std::string ExportFileName(uint64_t step, std::string_view export_name) {
   return StrCat(kStepPrefix, step, ".", export_name, kModelSuffix);
 }
@@ -157,6 +162,14 @@ std::optional<ParsedName> ParseFileName(std::string_view name) {
     auto parsed = ParseFinal(name.substr(1, name.size() - 1 - kNextSuffix.size()));
     if (!parsed || parsed->kind != FileKind::kTrain) return std::nullopt;
     parsed->kind = FileKind::kTrainNext;
+    return parsed;
+  }
+  if (name.ends_with(kDeletingSuffix)) {
+    auto parsed = ParseFinal(name.substr(1, name.size() - 1 - kDeletingSuffix.size()));
+    if (!parsed || (parsed->kind != FileKind::kModel && parsed->kind != FileKind::kPart)) {
+      return std::nullopt;
+    }
+    parsed->kind = FileKind::kDeleting;
     return parsed;
   }
   size_t marker = name.rfind(env::kTempMarker);

@@ -18,6 +18,10 @@
 //   step_N-RRRRR-of-WWWWW.gguf        a multi-rank run's part (rank R-1 of W)
 //   step_N-RRRRR-of-WWWWW.train.gguf  its training state (same commit rule
 //                             as step_N.train.gguf: it records the part's digest)
+//   .step_N.gguf.deleting     a model file (or .PART.deleting, a part) being
+//                             deleted: renamed away first, so the step is no
+//                             longer committed; the files saved with it go
+//                             next and it last (recovery finishes the job)
 //   step_N.commit             the step's commit marker on this node: the
 //                             part beside it is visible only with it (until
 //                             then the part is pending: every rank's part
@@ -58,6 +62,7 @@ enum class FileKind {
   kPart,
   kPartTrain,
   kCommitMarker,
+  kDeleting,
 };
 
 struct ParsedName {
@@ -86,6 +91,8 @@ inline constexpr std::string_view kRootLockFile = "ckptd-root.lock";
 std::string ModelFileName(uint64_t step);
 std::string TrainFileName(uint64_t step);
 std::string TrainNextFileName(uint64_t step);
+// ".NAME.deleting" for a model file's or a part's name.
+std::string DeletingFileName(std::string_view model_name);
 std::string ExportFileName(uint64_t step, std::string_view export_name);
 std::string ExportLatestName(std::string_view export_name);
 // Temp name for a final name (model or train file, "latest", a state file):

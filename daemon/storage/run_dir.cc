@@ -89,6 +89,7 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
   std::map<uint64_t, SplitName> parts;
   std::set<std::string> part_trains;
   std::set<uint64_t> markers;
+  std::map<uint64_t, std::string> deleting;  // step -> .NAME.deleting
   for (const std::string& name : names) {
     auto parsed = ParseFileName(name);
     if (!parsed) continue;  // not ours: never touched
@@ -124,11 +125,39 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
       case FileKind::kCommitMarker:
         markers.insert(parsed->step);
         break;
+      case FileKind::kDeleting:
+        deleting.emplace(parsed->step, name);
+        break;
       case FileKind::kLatest:
       case FileKind::kStateFile:
       case FileKind::kExportLatest:
         break;
     }
+  }
+  // A deletion cut short after its model file was renamed away: the files
+  // saved with it go first (unless the step was saved again since), then
+  // the renamed model file, as Delete would have.
+  for (const auto& [step, name] : deleting) {
+    if (models.contains(step) || parts.contains(step)) continue;
+    if (trains.erase(step) > 0) CKPTD_TRY(remove(PathOf(TrainFileName(step))));
+    if (nexts.erase(step) > 0) CKPTD_TRY(remove(PathOf(TrainNextFileName(step))));
+    for (auto it = part_trains.begin(); it != part_trains.end();) {
+      const auto parsed = ParseFileName(*it);
+      if (parsed && parsed->step == step) {
+        CKPTD_TRY(remove(PathOf(*it)));
+        it = part_trains.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto found = exported.extract(step);
+    for (const std::string& e : found.empty() ? std::vector<std::string>{} : found.mapped()) {
+      CKPTD_TRY(remove(PathOf(ExportFileName(step, e))));
+    }
+  }
+  if (!deleting.empty()) {
+    if (changed) CKPTD_TRY(env_->SyncDir(weights_dir_));
+    for (const auto& [step, name] : deleting) CKPTD_TRY(remove(PathOf(name)));
   }
   // A train file belongs to a model file only if it recorded its digest, its
   // step and its save id (an interrupted overwrite can leave the previous
@@ -424,12 +453,22 @@ absl::Status RunDir::Delete(uint64_t step) {
   }
   const std::string model_path = r->model_path;
   const std::string train_path = r->train_path;
+  const std::vector<ExportRecord> exports = r->exports;
+  // In three durable steps, so that a crash anywhere leaves the whole step
+  // or what recovery knows to finish deleting, never a model file without
+  // the train file saved with it, nor a train file it must quarantine: the
+  // model file is renamed away (the step is no longer committed), then the
+  // files saved with it go, then the renamed model file.
   if (r->world_size > 0) CKPTD_TRY(env_->RemoveFile(PathOf(CommitMarkerName(step))));
-  CKPTD_TRY(env_->RemoveFile(model_path));
-  std::vector<ExportRecord> exports = r->exports;
+  const std::string deleting =
+      PathOf(DeletingFileName(model_path.substr(model_path.rfind('/') + 1)));
+  CKPTD_TRY(env_->RenameFile(model_path, deleting));
   Edit(catalog_).erase(step);
+  CKPTD_TRY(env_->SyncDir(weights_dir_));
   if (!train_path.empty()) CKPTD_TRY(env_->RemoveFile(train_path));
   for (const auto& e : exports) CKPTD_TRY(env_->RemoveFile(e.path));
+  if (!train_path.empty() || !exports.empty()) CKPTD_TRY(env_->SyncDir(weights_dir_));
+  CKPTD_TRY(env_->RemoveFile(deleting));
   CKPTD_TRY(env_->SyncDir(weights_dir_));
   if (!exports.empty()) CKPTD_TRY(RelinkExports().status());
   return absl::OkStatus();

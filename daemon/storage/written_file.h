@@ -15,6 +15,7 @@ struct WrittenFile {
   std::string final_name;
   uint64_t bytes = 0;
   uint64_t zero_copy_bytes = 0;  // written from the source's memory (WritableFile::AppendStable)
+  bool direct = false;           // written with O_DIRECT to the end
   gguf::ContentDigest digest;
 };
 

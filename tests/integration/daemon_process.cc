@@ -64,7 +64,8 @@ DaemonProcess::DaemonProcess(DaemonOptions options)
     : options_(std::move(options)),
       socket_(options_.root + "/ckptd.sock"),
       target_(options_.listen.empty() ? "unix:" + socket_ : options_.listen),
-      log_(options_.root + "/../ckptd-" + std::to_string(::getpid()) + ".log") {}
+      log_(options_.log.empty() ? options_.root + "/../ckptd-" + std::to_string(::getpid()) + ".log"
+                                : options_.log) {}
 
 DaemonProcess::~DaemonProcess() {
   if (pid_ > 0) Stop(SIGKILL);

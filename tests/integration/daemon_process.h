@@ -22,6 +22,7 @@ struct DaemonOptions {
   std::vector<std::string> extra_args;     // e.g. {"--config", path}
   std::map<std::string, std::string> env;  // e.g. CKPTD_TEST_FAULTS
   std::string listen;                      // default: unix:<root>/ckptd.sock
+  std::string log;                         // stderr; default: <root>/../ckptd-PID.log
   // RLIMIT_NOFILE (soft, hard) for the daemon; default: the test's own.
   std::optional<std::pair<uint64_t, uint64_t>> nofile;
 };

@@ -34,6 +34,14 @@ TEST(FileNamesTest, BuildersRoundTrip) {
   ASSERT_TRUE(next);
   EXPECT_EQ(next->kind, FileKind::kTrainNext);
   EXPECT_EQ(next->step, 7u);
+  // A model file or part being deleted.
+  EXPECT_EQ(DeletingFileName(ModelFileName(9)), ".step_9.gguf.deleting");
+  for (const std::string& name : {ModelFileName(9), SplitFileName(9, 1, 2)}) {
+    auto deleting = ParseFileName(DeletingFileName(name));
+    ASSERT_TRUE(deleting) << name;
+    EXPECT_EQ(deleting->kind, FileKind::kDeleting);
+    EXPECT_EQ(deleting->step, 9u);
+  }
   // The run's state files and their temps (one temp recipe for everything).
   EXPECT_EQ(ParseFileName(kPinsFile)->kind, FileKind::kStateFile);
   EXPECT_EQ(ParseFileName(kRunStateFile)->kind, FileKind::kStateFile);
@@ -89,6 +97,9 @@ TEST(FileNamesTest, ForeignNamesDoNotParse) {
                            ".step_1.gguf.next",
                            "step_1.train.gguf.next",
                            ".step_01.train.gguf.next",
+                           ".step_1.train.gguf.deleting",
+                           ".step_1.f16.gguf.deleting",
+                           "step_1.gguf.deleting",
                            ".pins.json.tmp-",
                            "pins.json.tmp-00",
                            ".other.json.tmp-00"}) {

@@ -256,5 +256,74 @@ INSTANTIATE_TEST_SUITE_P(
       return n;
     });
 
+// Deleting a step (retention, the disk guard, `ckptctl delete`) cut off at
+// every call, every subset of its pending directory changes surviving:
+// after recovery the step is whole (its train file tied to it) or gone
+// with every file saved with it, nothing lands in quarantine, and step 2
+// is untouched. One durable batch of unlinks fails this: a surviving subset
+// can leave the model file without its train file (a step that silently
+// lost its training state) or an orphan train file.
+TEST(PowerLossDeleteTest, ADeletionCutShortLeavesTheWholeStepOrNothingOfIt) {
+  ckptd::testing::TempDir tmp;
+  const std::string tmpl = tmp.Join("template");
+  {
+    auto dir = RunDir::Open(env::Env::Default(), tmpl, nullptr);
+    ASSERT_OK(dir.status());
+    ASSERT_OK(Save(env::Env::Default(), dir->get(), 1, true, 'a', Overwrite::kNo).status());
+    ASSERT_OK(Save(env::Env::Default(), dir->get(), 2, true, 'b', Overwrite::kNo).status());
+  }
+  const Files before = Snapshot(tmpl + "/weights");
+  // One deletion cut after call k (0: never), `keep` choosing the pending
+  // changes that survive; returns how many calls it made and left pending.
+  auto cut = [&](const std::string& run, uint64_t k, uint64_t keep, size_t* pending) -> uint64_t {
+    fs::copy(tmpl, run, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+    ckptd::testing::PowerLossEnv env(env::Env::Default());
+    auto dir = RunDir::Open(&env, run, nullptr);
+    EXPECT_OK(dir.status());
+    EXPECT_OK(env.Track(run + "/weights"));
+    const uint64_t start = env.calls();
+    env.CutPowerAfter(k);
+    const bool ok = (*dir)->Delete(1).ok();
+    *pending = env.pending();
+    EXPECT_TRUE(!ok || *pending == 0) << run << ": a deletion that returned OK is not durable";
+    dir->reset();
+    EXPECT_OK(env.Crash([&](size_t i) { return (keep >> i) & 1; }));
+    return env.calls() - start;
+  };
+  size_t pending = 0;
+  const uint64_t calls = cut(tmp.Join("count"), 0, 0, &pending);
+  ASSERT_GT(calls, 0u);
+  size_t cases = 0;
+  for (uint64_t k = 1; k <= calls; ++k) {
+    pending = 0;
+    for (uint64_t mask = 0; mask < (uint64_t{1} << pending) || mask == 0; ++mask) {
+      const std::string where =
+          fmt::format("power cut after call {} of {}, surviving {:#x}", k, calls, mask);
+      const std::string run = tmp.Join(fmt::format("k{}m{}", k, mask));
+      cut(run, k, mask, &pending);
+      ASSERT_LE(pending, 12u) << where;
+      RecoveryReport report;
+      ASSERT_OK(RunDir::Open(env::Env::Default(), run, &report).status()) << where;
+      EXPECT_TRUE(report.quarantined.empty())
+          << where << ": " << report.quarantined[0].from << ": " << report.quarantined[0].reason;
+      const Files got = Snapshot(run + "/weights");
+      EXPECT_EQ(Get(got, "step_2.gguf"), Get(before, "step_2.gguf")) << where;
+      EXPECT_EQ(Get(got, "step_2.train.gguf"), Get(before, "step_2.train.gguf")) << where;
+      if (got.contains("step_1.gguf")) {
+        EXPECT_EQ(Get(got, "step_1.gguf"), Get(before, "step_1.gguf")) << where;
+        EXPECT_EQ(Get(got, "step_1.train.gguf"), Get(before, "step_1.train.gguf"))
+            << where << ": step 1 survived without its training state";
+      } else {
+        EXPECT_FALSE(got.contains("step_1.train.gguf")) << where << ": an orphan train file";
+      }
+      EXPECT_EQ(got.size(), got.contains("step_1.gguf") ? 5u : 3u) << where << ": stray files";
+      fs::remove_all(run);
+      ++cases;
+      if (HasFailure()) return;
+    }
+  }
+  EXPECT_GE(cases, calls);
+}
+
 }  // namespace
 }  // namespace ckptd::storage
