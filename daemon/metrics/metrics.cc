@@ -119,6 +119,11 @@ void Metrics::CountQuarantined(const std::string& run, const std::string& by) {
   quarantined_[{run, by}]++;
 }
 
+void Metrics::CountRemoteRepair(const std::string& run) {
+  absl::MutexLock lock(&mu_);
+  remote_repairs_[run]++;
+}
+
 void Metrics::AddInFlightBytes(int64_t delta) {
   absl::MutexLock lock(&mu_);
   in_flight_bytes_ += delta;
@@ -172,6 +177,13 @@ std::string Metrics::Render() const {
   for (const auto& [k, v] : quarantined_) {
     line(fmt::format("ckptd_quarantined_files_total{{run=\"{}\",by=\"{}\"}} {}",
                      EscapeLabel(k.first), k.second, v));
+  }
+  line(
+      "# HELP ckptd_remote_repairs_total Steps uploaded again from intact local files because "
+      "the object store's copy was missing or failed its digests.");
+  line("# TYPE ckptd_remote_repairs_total counter");
+  for (const auto& [run, v] : remote_repairs_) {
+    line(fmt::format("ckptd_remote_repairs_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
   }
   line("# HELP ckptd_in_flight_bytes Tensor bytes of saves being written.");
   line("# TYPE ckptd_in_flight_bytes gauge");

@@ -32,6 +32,9 @@ class Metrics {
   // ckptd_quarantined_files_total{run,by}: files moved to the run's
   // quarantine/; by is recovery | scrub.
   void CountQuarantined(const std::string& run, const std::string& by);
+  // ckptd_remote_repairs_total{run}: steps uploaded again because the
+  // object store's copy was missing or failed its digests.
+  void CountRemoteRepair(const std::string& run);
   // ckptd_in_flight_bytes (bytes of saves being written) and
   // ckptd_save_queue_depth (saves waiting for their run's save slot).
   void AddInFlightBytes(int64_t delta);
@@ -74,6 +77,7 @@ class Metrics {
   std::map<std::string, Histogram> stalls_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> deletions_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> quarantined_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> remote_repairs_ ABSL_GUARDED_BY(mu_);
   int64_t in_flight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t arenas_ ABSL_GUARDED_BY(mu_) = 0;

@@ -8,6 +8,7 @@
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
+#include "daemon/gguf/reader.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/tier/fetch.h"
 
@@ -213,6 +214,58 @@ void Replicator::OnQuarantined(scheduler::Run& run, uint64_t step) {
     spdlog::error("scrub run={} step={}: healing from the object store failed: {}", run.id(), step,
                   healed.status().message());
   }
+}
+
+std::string Replicator::RemoteDamage(const std::string& run_id, uint64_t step,
+                                     const std::string& name, uint64_t* read) {
+  auto unanswered = [&](const absl::Status& st) {
+    spdlog::warn("scrub run={} step={}: cannot check the object store's copy of {}: {}", run_id,
+                 step, name, st.message());
+    return std::string();
+  };
+  auto manifest = uploader_.RemoteManifest(run_id, step);
+  if (absl::IsNotFound(manifest.status())) return "its manifest is missing";
+  if (!manifest.ok()) return unanswered(manifest.status());
+  const auto& files = manifest->facts.files;
+  auto file = std::find_if(files.begin(), files.end(),
+                           [&](const tier::RemoteFile& f) { return f.name == name; });
+  if (file == files.end()) return "";  // not a file of the step as uploaded
+  auto head = store_->Head(file->key);
+  if (!head.ok()) return unanswered(head.status());
+  const std::string url = store_->UrlOf(file->key);
+  if (!head->has_value()) return StrCat(url, " is missing");
+  if ((*head)->size != file->size) {
+    return StrCat(url, " has ", (*head)->size, " bytes, its manifest says ", file->size);
+  }
+  tier::ObjectSource src(store_.get(), file->key, file->size);
+  auto header = gguf::ReadHeader(src);
+  const absl::Status st = header.ok() ? gguf::Verify(src, *header).status() : header.status();
+  *read += src.bytes_fetched();
+  if (st.ok() || absl::IsFailedPrecondition(st)) return "";  // intact, or carries no digests
+  if (tier::IsTransient(st)) return unanswered(st);
+  return StrCat(url, ": ", st.message());
+}
+
+uint64_t Replicator::OnIntact(scheduler::Run& run, uint64_t step, const std::string& path) {
+  if (UploadState(run.id(), step) != "uploaded") return 0;
+  const scheduler::RunSnapshot snap = run.Snapshot();
+  auto record = snap.catalog->find(step);
+  // A multi-rank step's copy is its ranks' together: the coordinator's.
+  if (record == snap.catalog->end() || record->second.world_size > 0) return 0;
+  uint64_t read = 0;
+  const std::string damage = RemoteDamage(run.id(), step, path.substr(path.rfind('/') + 1), &read);
+  if (damage.empty()) return read;
+  spdlog::error(
+      "scrub run={} step={}: the object store's copy cannot be trusted ({}); uploading the step "
+      "again from its intact local files",
+      run.id(), step, damage);
+  metrics::Metrics::Get().CountRemoteRepair(run.id());
+  run.HoldForUpload(step);
+  if (absl::Status st = uploader_.Enqueue({run.id(), run.run_dir(), record->second}); !st.ok()) {
+    spdlog::error("tier: run={} step={} not queued for upload again: {}", run.id(), step,
+                  st.message());
+  }
+  return read;
 }
 
 absl::StatusOr<tier::RemotePlan> Replicator::PlanRemote(const std::string& run_id, bool apply) {

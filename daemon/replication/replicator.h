@@ -74,6 +74,10 @@ class Replicator final : public scheduler::CommitObserver,
   void OnStaged(scheduler::Run& run, const storage::CheckpointRecord& record) override;
   // A damaged step the store holds is fetched back (self-heal).
   void OnQuarantined(scheduler::Run& run, uint64_t step) override;
+  // An intact local file of an uploaded step: the store's copy is checked
+  // (its manifest, the object's size, then every digest through ranged
+  // GETs) and, when missing or damaged, the step is uploaded again.
+  uint64_t OnIntact(scheduler::Run& run, uint64_t step, const std::string& path) override;
   // tier::TierRuns
   std::optional<std::string> PrefixOf(const std::string& run_id) const override;
   std::optional<tier::RemoteRules> RulesOf(const std::string& run_id) const override;
@@ -87,6 +91,11 @@ class Replicator final : public scheduler::CommitObserver,
  private:
   // Queues what each run's state file says is left, at Start().
   void RecoverUploads();
+  // Why the store's copy of `name` of `step` cannot be trusted ("" when it
+  // can, or when the store did not answer: a later pass asks again); adds
+  // the bytes read to `*read`.
+  std::string RemoteDamage(const std::string& run_id, uint64_t step, const std::string& name,
+                           uint64_t* read);
 
   env::Env* env_;
   scheduler::RunRegistry* registry_;

@@ -107,6 +107,12 @@ class CommitObserver {
   // A committed step was found damaged after its commit and quarantined:
   // it is no longer in the catalog (a copy elsewhere may bring it back).
   virtual void OnQuarantined(Run& /*run*/, uint64_t /*step*/) {}
+  // The scrubber found `path` of committed `step` intact: a copy elsewhere
+  // may be checked against it (and replaced from it). Returns the bytes
+  // that check read, charged to the scrubber's rate.
+  virtual uint64_t OnIntact(Run& /*run*/, uint64_t /*step*/, const std::string& /*path*/) {
+    return 0;
+  }
 };
 
 struct DaemonFacts {
@@ -305,6 +311,11 @@ class RunRegistry {
   // the commit tail runs with CommitSource::kFetched. A step already
   // committed here is returned without calling `place`.
   using PlaceFn = std::function<absl::StatusOr<uint64_t>(const std::string& weights_dir)>;
+  // The scrubber found `path` of committed `step` intact: the observer's
+  // OnIntact, or 0 without one.
+  uint64_t ScrubbedIntact(Run& run, uint64_t step, const std::string& path) {
+    return observer_ != nullptr ? observer_->OnIntact(run, step, path) : 0;
+  }
   // The scrubber found `path` of committed `step` damaged: quarantined
   // (storage::RunDir::QuarantineDamaged) with saves held off, each file
   // logged, counted (by = scrub) and published as QUARANTINED; the observer

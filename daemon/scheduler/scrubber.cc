@@ -76,7 +76,8 @@ uint64_t Scrubber::Verify(const Next& next) {
   absl::Status st = header.ok() ? gguf::Verify(**file, *header).status() : header.status();
   ++totals_.files;
   totals_.bytes += size;
-  if (st.ok() || absl::IsFailedPrecondition(st)) return size;  // intact, or carries no digests
+  if (st.ok()) return size + registry_->ScrubbedIntact(*next.run, next.step, next.path);
+  if (absl::IsFailedPrecondition(st)) return size;  // carries no digests
   if (env::IsIoError(st)) {  // the disk said no: not proof of damage; the next pass retries
     spdlog::warn("scrub run={} step={}: reading {} failed: {}", next.run->id(), next.step,
                  next.path, st.message());

@@ -3,7 +3,9 @@
 // metadata digest, zero padding), at most `bytes_per_second` on average. A
 // damaged file is quarantined through RunRegistry::QuarantineDamaged (an
 // export alone; a model or train file with its step, `latest` moving back),
-// and the registry's observer may heal the step from the object store.
+// and the registry's observer may heal the step from the object store; an
+// intact file is handed to the observer, which may check the store's copy
+// of it against it (the bytes it reads count against the same rate).
 // Tick() is called once a second from one timer thread; not thread-safe
 // otherwise.
 #pragma once

@@ -4,6 +4,9 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 
@@ -63,6 +66,28 @@ absl::StatusOr<std::vector<ObjectInfo>> ObjectStore::List(const std::string& pre
     token = std::move(page.next_token);
   } while (!token.empty());
   return out;
+}
+
+absl::Status ObjectSource::ReadAt(uint64_t offset, size_t n, void* dst) const {
+  if (offset > size_ || n > size_ - offset) {
+    return absl::OutOfRangeError(StrCat("read of ", n, " bytes at offset ", offset,
+                                        " past the end of ", key_, " (", size_, " bytes)"));
+  }
+  auto* out = static_cast<char*>(dst);
+  while (n > 0) {
+    if (offset < at_ || offset >= at_ + cache_.size()) {
+      const uint64_t length = std::min<uint64_t>(std::max(window_, n), size_ - offset);
+      CKPTD_ASSIGN_OR_RETURN(cache_, store_->Get(key_, ByteRange{offset, length}));
+      at_ = offset;
+      fetched_ += cache_.size();
+    }
+    const size_t k = std::min<uint64_t>(n, at_ + cache_.size() - offset);
+    std::memcpy(out, cache_.data() + (offset - at_), k);
+    out += k;
+    offset += k;
+    n -= k;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ckptd::tier

@@ -42,6 +42,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "daemon/base/byte_source.h"
 
 namespace ckptd::tier {
 
@@ -142,5 +143,27 @@ std::string MultipartEtag(const std::vector<std::string>& part_md5_hex);
 // Whether `st` is the store saying an upload id is unknown (aborted,
 // completed or expired): the upload must start again.
 bool IsNoSuchUpload(const absl::Status& st);
+
+// An object read as a ByteSource through ranged GETs of `window` bytes (a
+// read inside the last window costs nothing), so gguf::ReadHeader and
+// gguf::Verify check a remote copy without holding it or writing it out.
+// Not thread-safe; the store must outlive it.
+class ObjectSource final : public ByteSource {
+ public:
+  ObjectSource(ObjectStore* store, std::string key, uint64_t size, size_t window = 8 << 20)
+      : store_(store), key_(std::move(key)), size_(size), window_(window) {}
+  uint64_t size() const override { return size_; }
+  absl::Status ReadAt(uint64_t offset, size_t n, void* dst) const override;
+  uint64_t bytes_fetched() const { return fetched_; }
+
+ private:
+  ObjectStore* store_;
+  const std::string key_;
+  const uint64_t size_;
+  const size_t window_;
+  mutable uint64_t at_ = 0;  // the cached window: [at_, at_ + cache_.size())
+  mutable std::string cache_;
+  mutable uint64_t fetched_ = 0;
+};
 
 }  // namespace ckptd::tier

@@ -673,3 +673,66 @@ def test_listings_say_where_each_step_lives_local_both_or_only_in_the_store(tmp_
     finally:
         subprocess.run([DEV_S3, "revive", store["dir"]], check=True, timeout=240)
     d.stop()
+
+
+def test_the_scrubber_heals_from_the_store_and_repairs_the_stores_copy_from_disk(tmp_path, store, bucket):
+    """Both ways: a step that rots on disk comes back from the store, byte
+    for byte; an object that rots or vanishes in the store is uploaded
+    again from the intact local file."""
+    import numpy as np
+
+    import ckptd
+
+    d = tier_daemon(tmp_path, store, bucket, http=True,
+                    extra_toml="[storage]\nscrub_bytes_per_second = 1073741824\n"
+                               "scrub_min_age_seconds = 0\n")
+    model = {"w": np.random.default_rng(9).standard_normal((1000, 700), dtype=np.float32)}
+    run = ckptd.connect(d.target).open_run("healed", transport="stream")
+    for step in (1, 2, 3):
+        saved = {"w": model["w"] + step}
+        assert run.save(step, saved, extra={"next_step": step + 1}).state == "committed"
+    uploaded(d, "healed", [1, 2, 3])
+    s3 = s3_client(store)
+    weights = os.path.join(d.root, "healed", "weights")
+    original = {s: open(os.path.join(weights, f"step_{s}.gguf"), "rb").read() for s in (1, 2, 3)}
+
+    # A bit flipped on disk: quarantined by the scrubber, fetched back whole.
+    path = os.path.join(weights, "step_2.gguf")
+    with open(path, "r+b") as f:
+        f.seek(len(original[2]) - 4096)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+    wait_for(lambda: "scrub run=healed step=2 healed from the object store" in open(d.log).read(), 60,
+             "step 2 healed from the store")
+    assert open(path, "rb").read() == original[2]
+    into = {"w": np.zeros_like(model["w"])}
+    assert run.restore(model=into, step=2).step == 2
+    assert np.array_equal(into["w"], model["w"] + 2)
+
+    # A bit flipped in the store's copy of step 1, and step 3's object gone:
+    # each is uploaded again from the intact local file.
+    key1, key3 = "ckpt/healed/step_1.gguf", "ckpt/healed/step_3.gguf"
+    body = bytearray(s3.get_object(Bucket=bucket, Key=key1)["Body"].read())
+    assert bytes(body) == original[1]
+    body[len(body) - 4096] ^= 0x10
+    s3.put_object(Bucket=bucket, Key=key1, Body=bytes(body))
+    s3.delete_object(Bucket=bucket, Key=key3)
+
+    def remote(key):
+        try:
+            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return None
+
+    wait_for(lambda: remote(key1) == original[1] and remote(key3) == original[3], 90,
+             "the store's copies of steps 1 and 3 repaired")
+    log = open(d.log).read()
+    assert re.search(r"scrub run=healed step=1: the object store's copy cannot be trusted "
+                     r"\(\S+/ckpt/healed/step_1\.gguf: .*digest", log), log
+    assert re.search(r"scrub run=healed step=3: the object store's copy cannot be trusted "
+                     r"\(\S+/ckpt/healed/step_3\.gguf is missing\)", log), log
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port(d)}/metrics", timeout=10).read().decode()
+    assert 'ckptd_remote_repairs_total{run="healed"} 2' in metrics, metrics
+    assert 'ckptd_quarantined_files_total{run="healed",by="scrub"}' in metrics
+    check_consistent(s3, bucket, "ckpt/healed/")
