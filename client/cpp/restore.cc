@@ -315,6 +315,66 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
   return r;
 }
 
+namespace {
+
+// What a damaged or foreign file looks like when opened or read: the next
+// older step may restore. Anything else (the daemon, the caller's targets)
+// would fail the same way for every step.
+bool FilesAreAtFault(const absl::Status& st, bool reading) {
+  if (reading) return absl::IsDataLoss(st);
+  return absl::IsDataLoss(st) || absl::IsFailedPrecondition(st) || absl::IsInvalidArgument(st) ||
+         absl::IsOutOfRange(st) || absl::IsNotFound(st);
+}
+
+// The run's committed steps, newest first.
+absl::StatusOr<std::vector<uint64_t>> StepsNewestFirst(Client& client, const std::string& run_id) {
+  std::vector<uint64_t> steps;
+  v1::ListCheckpointsRequest req;
+  req.set_run_id(run_id);
+  req.set_page_size(1000);
+  do {
+    v1::ListCheckpointsResponse page;
+    grpc::ClientContext ctx;
+    grpc::Status st = client.stub().ListCheckpoints(&ctx, req, &page);
+    if (!st.ok()) return FromGrpc(st);
+    for (const auto& c : page.checkpoints()) steps.push_back(c.step());
+    req.set_page_token(page.next_page_token());
+  } while (!req.page_token().empty());
+  std::sort(steps.rbegin(), steps.rend());
+  return steps;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Restore>> Restore::ReadRun(Client& client, const std::string& run_id,
+                                                          std::span<const ReadTarget> targets,
+                                                          const RestoreOptions& options) {
+  CKPTD_ASSIGN_OR_RETURN(std::vector<uint64_t> steps, StepsNewestFirst(client, run_id));
+  if (steps.empty()) return OpenRun(client, run_id, std::nullopt, options);  // remote, or NOT_FOUND
+  std::vector<Skipped> skipped;
+  absl::Status newest_error;
+  for (uint64_t step : steps) {
+    auto r = OpenRun(client, run_id, step, options);
+    absl::Status st = r.ok() ? (*r)->ReadMany(targets) : r.status();
+    if (st.ok()) {
+      (*r)->skipped_ = std::move(skipped);
+      return r;
+    }
+    if (!FilesAreAtFault(st, r.ok())) return st;
+    if (newest_error.ok()) newest_error = st;
+    skipped.push_back({step, std::string(st.message())});
+  }
+  return absl::Status(newest_error.code(),
+                      StrCat("no step of run '", run_id, "' restores whole; the newest, step ",
+                             steps.front(), ": ", newest_error.message()));
+}
+
+absl::StatusOr<std::unique_ptr<Restore>> Restore::ReadRun(Run& run,
+                                                          std::span<const ReadTarget> targets,
+                                                          const RestoreOptions& options) {
+  return ReadRun(*run.client(), run.id(), targets, options);
+}
+
 absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Run& run, std::optional<uint64_t> step,
                                                           const RestoreOptions& options) {
   return OpenRun(*run.client(), run.id(), step, options);

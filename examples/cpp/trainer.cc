@@ -71,13 +71,18 @@ int main(int argc, char** argv) {
   // The model: one weight matrix, trained by a toy update rule.
   std::vector<float> w(256 * 256, 0.0f);
   uint64_t first = 1;
-  const std::vector<uint64_t> dims = {256, 256};   // GGUF order
-  auto restored = ckptd::Restore::OpenRun(**run);  // the latest checkpoint
+  const std::vector<uint64_t> dims = {256, 256};  // GGUF order
+  const ckptd::ReadTarget target{.name = "w",
+                                 .dst = w.data(),
+                                 .n = w.size() * sizeof(float),
+                                 .type = ckptd::v1::TENSOR_TYPE_F32,
+                                 .ne = dims};
+  // The latest checkpoint, or the newest before it that restores whole.
+  auto restored = ckptd::Restore::ReadRun(**run, {&target, 1});
   if (restored.ok()) {
-    if (absl::Status st = (*restored)->ReadInto("w", w.data(), w.size() * sizeof(float),
-                                                ckptd::v1::TENSOR_TYPE_F32, dims);
-        !st.ok()) {
-      return Fail("restore", st);
+    for (const auto& s : (*restored)->skipped()) {
+      std::printf("skipped step %llu: %s\n", static_cast<unsigned long long>(s.step),
+                  s.why.c_str());
     }
     first = (*restored)->step() + 1;
     std::printf("restored step %llu\n", static_cast<unsigned long long>(first - 1));

@@ -653,5 +653,71 @@ TEST_F(ShmTest, CloseWithoutFinalOnCloseWritesNoFinalSnapshot) {
   EXPECT_EQ(Files("no-final"), (std::vector<std::string>{"latest", "step_10.gguf"}));
 }
 
+// Restore::ReadRun: the latest step's data rotted, the one before it has a
+// flipped metadata byte; the trainer gets step 1, exactly, with each
+// skipped step named and why. Asked for by number, a step is never swapped.
+TEST_F(ShmTest, ReadRunFallsBackToTheNewestIntactStepAndSaysWhy) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(Open("rotting", 1));
+  ASSERT_OK(run.status());
+  auto cp =
+      Checkpointer::Create(run->get(), {.force_stream = true, .log = [](const std::string&) {}});
+  ASSERT_OK(cp.status());
+  std::vector<Tensors> saved;
+  for (uint64_t step = 1; step <= 3; ++step) {
+    saved.emplace_back(static_cast<float>(step), std::vector<size_t>{4096, 300}, true);
+    ASSERT_OK((*cp)->Save(step, saved.back().views).status());
+  }
+  ASSERT_OK((*cp)->Wait());
+  auto flip = [&](uint64_t step, int64_t at) {
+    const std::string path = Weights("rotting") + "/step_" + std::to_string(step) + ".gguf";
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(at);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x04);
+    f.seekp(at);
+    f.write(&c, 1);
+  };
+  ParsedFile three_file = Parse(Weights("rotting") + "/step_3.gguf");
+  flip(3, static_cast<int64_t>(three_file.header.data_offset + three_file.header.tensors[0].offset +
+                               40));  // blk.0.weight's data
+  ParsedFile two = Parse(Weights("rotting") + "/step_2.gguf");
+  flip(2, static_cast<int64_t>(two.bytes.find("llama")));  // general.architecture's value
+
+  std::vector<std::vector<char>> buffers;
+  std::vector<ReadTarget> targets;
+  for (const TensorView& v : saved[0].views) buffers.emplace_back(v.bytes);
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    targets.push_back(
+        {.name = saved[0].views[i].name, .dst = buffers[i].data(), .n = buffers[i].size()});
+  }
+  auto r = Restore::ReadRun(*client, "rotting", targets);
+  ASSERT_OK(r.status());
+  EXPECT_EQ((*r)->step(), 1u);
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    EXPECT_EQ(std::memcmp(buffers[i].data(), saved[0].views[i].data, buffers[i].size()), 0) << i;
+  }
+  ASSERT_EQ((*r)->skipped().size(), 2u);
+  EXPECT_EQ((*r)->skipped()[0].step, 3u);
+  EXPECT_THAT((*r)->skipped()[0].why, HasSubstr("blk.0.weight"));
+  EXPECT_EQ((*r)->skipped()[1].step, 2u);
+  EXPECT_THAT((*r)->skipped()[1].why, HasSubstr("metadata digest"));
+
+  // By number: step 3 is refused, not swapped.
+  auto three = Restore::OpenRun(*client, "rotting", 3);
+  ASSERT_OK(three.status());
+  EXPECT_TRUE(absl::IsDataLoss((*three)->ReadMany(targets)));
+  // A target of the wrong size is the caller's error, returned at once.
+  std::vector<char> small(8);
+  std::vector<ReadTarget> wrong = {
+      {.name = "blk.1.weight", .dst = small.data(), .n = small.size()}};
+  auto refused = Restore::ReadRun(*client, "rotting", wrong);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("blk.1.weight"));
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::Not(HasSubstr("no step")));
+}
+
 }  // namespace
 }  // namespace ckptd::testing

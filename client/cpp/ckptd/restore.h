@@ -92,6 +92,26 @@ class Restore {
   static absl::StatusOr<std::unique_ptr<Restore>> OpenRun(Run& run,
                                                           std::optional<uint64_t> step = {},
                                                           const RestoreOptions& options = {});
+  // The newest step of the run that restores whole into `targets`: the
+  // latest, or, when its files fail to open (damaged header, metadata
+  // digest, a train file not its own) or a tensor fails its digest, the
+  // step before it, and so on down the run's steps; skipped() names each
+  // step passed over and why. Other errors (the daemon, a target of another
+  // size, type or shape) are returned at once, as is the newest step's
+  // error when no step restores. A step asked for by number is OpenRun's:
+  // never swapped. On success the targets hold the returned step's bytes.
+  static absl::StatusOr<std::unique_ptr<Restore>> ReadRun(Client& client, const std::string& run_id,
+                                                          std::span<const ReadTarget> targets,
+                                                          const RestoreOptions& options = {});
+  static absl::StatusOr<std::unique_ptr<Restore>> ReadRun(Run& run,
+                                                          std::span<const ReadTarget> targets,
+                                                          const RestoreOptions& options = {});
+  struct Skipped {
+    uint64_t step = 0;
+    std::string why;
+  };
+  // ReadRun: the newer steps that did not restore, newest first.
+  const std::vector<Skipped>& skipped() const { return skipped_; }
   ~Restore();
   Restore(const Restore&) = delete;
   Restore& operator=(const Restore&) = delete;
@@ -141,6 +161,7 @@ class Restore {
   uint64_t bytes_read_ = 0;
   uint64_t memory_fallbacks_ = 0;
   std::string memory_error_;
+  std::vector<Skipped> skipped_;
 };
 
 }  // namespace ckptd
