@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <thread>
@@ -162,11 +163,24 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
 }
 
 absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& request) {
-  grpc::ClientContext ctx;
-  v1::OpenRunResponse resp;
-  grpc::Status st = stub_->OpenRun(&ctx, request, &resp);
-  if (!st.ok()) return FromGrpc(st);
-  return std::make_unique<Run>(this, std::move(resp), request);
+  // Where the daemon's Unix socket exists, a daemon is starting, restarting
+  // or too busy to answer yet: it is waited for, up to reconnect_timeout_s,
+  // as a run's calls wait. No socket (no daemon) or a TCP target fails at once.
+  const double deadline = SteadyNow() + options_.reconnect_timeout_s;
+  std::optional<bool> waiting;
+  while (true) {
+    grpc::ClientContext ctx;
+    v1::OpenRunResponse resp;
+    grpc::Status st = stub_->OpenRun(&ctx, request, &resp);
+    if (st.ok()) return std::make_unique<Run>(this, std::move(resp), request);
+    if (!waiting) {
+      waiting = target_.starts_with("unix:") && std::filesystem::exists(target_.substr(5));
+    }
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE || !*waiting || SteadyNow() >= deadline) {
+      return FromGrpc(st);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 Run::Run(Client* client, v1::OpenRunResponse opened, v1::OpenRunRequest request)

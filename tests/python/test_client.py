@@ -423,3 +423,32 @@ def test_training_survives_daemon_restarts_with_no_code_of_its_own(daemon, trans
         assert reader.restore(model=dst, step=step).step == step
         assert torch.all(dst["w"] == float(step)) and torch.all(dst["b"] == float(step)), step
     assert reader.latest()[0] == 70
+
+
+def test_open_run_waits_for_a_daemon_that_is_restarting_and_fails_at_once_without_one(tmp_path):
+    """A trainer started while its daemon restarts (its socket still there)
+    waits for it, as a run's calls do; with no socket at all there is no
+    daemon to wait for."""
+    import threading
+    import time
+
+    from conftest import Daemon
+
+    d = Daemon(tmp_path).start()
+    d.proc.kill()  # SIGKILL: the socket file stays behind
+    d.proc.wait()
+    assert os.path.exists(d.sock)
+    threading.Timer(1.0, d.start).start()
+    t0 = time.monotonic()
+    try:
+        run = ckptd.connect(d.target).open_run("waited")
+        assert run.id == "waited"
+        assert time.monotonic() - t0 >= 0.9
+    finally:
+        time.sleep(0.2)
+        d.stop()
+    t0 = time.monotonic()
+    with pytest.raises(ckptd.Error) as e:
+        ckptd.connect("unix:" + str(tmp_path / "nobody-here.sock")).open_run("x")
+    assert e.value.code == "UNAVAILABLE"
+    assert time.monotonic() - t0 < 5

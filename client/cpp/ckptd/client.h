@@ -44,7 +44,10 @@ struct ClientOptions {
   // A daemon that restarts or is briefly unreachable does not fail a call:
   // the call reconnects, reopens its run (with the request it was opened
   // with) and is sent again, for up to this long; after that it fails with
-  // UNAVAILABLE naming the daemon and the last error. 0 = fail at once.
+  // UNAVAILABLE naming the daemon and the last error. OpenRun waits the
+  // same way when the daemon's Unix socket exists (a daemon starting,
+  // restarting or too busy to answer yet); with no socket it fails at once.
+  // 0 = fail at once.
   double reconnect_timeout_s = 60;
   // TLS, for a daemon serving HOST:PORT with server.tls_cert: on when any
   // of these is set. `tls_ca_file`: the PEM CA bundle that signed the

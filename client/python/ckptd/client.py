@@ -229,12 +229,29 @@ class Client:
             req.retention.CopyFrom(
                 retention if isinstance(retention, pb.RetentionPolicy) else pb.RetentionPolicy(**retention)
             )
-        resp = _rpc(self.stub.OpenRun, req)
+        resp = self._open(req)
         run = Run(self, resp, transport, name_map, threads)
         run._open_request = req
         if model is not None:
             run.reserve(model=model, optimizer=optimizer)
         return run
+
+    def _open(self, req):
+        """OpenRun. Where the daemon's Unix socket exists, a daemon is starting,
+        restarting or too busy to answer yet: it is waited for, up to
+        reconnect_timeout, as a run's calls wait. No socket (no daemon) or a
+        TCP target fails at once."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        waiting = None
+        while True:
+            try:
+                return _rpc(self.stub.OpenRun, req)
+            except Error as e:
+                if waiting is None:
+                    waiting = self.local and os.path.exists(self.target[len("unix:"):])
+                if e.code != "UNAVAILABLE" or not waiting or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
     def lineage(self, uuid: str = "", run_id: str = ""):
         """The ancestors and descendants of a file (by general.uuid) or a run;
