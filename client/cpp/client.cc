@@ -179,7 +179,7 @@ absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& r
     if (st.error_code() != grpc::StatusCode::UNAVAILABLE || !*waiting || SteadyNow() >= deadline) {
       return FromGrpc(st);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    WaitForConnected(std::min(deadline, SteadyNow() + 1));  // gRPC reconnects meanwhile
   }
 }
 

@@ -719,5 +719,31 @@ TEST_F(ShmTest, ReadRunFallsBackToTheNewestIntactStepAndSaysWhy) {
   EXPECT_THAT(std::string(refused.status().message()), ::testing::Not(HasSubstr("no step")));
 }
 
+// A trainer started while its daemon restarts (the socket still there)
+// waits for it in OpenRun, as a run's calls do; with no socket there is no
+// daemon to wait for.
+TEST_F(ShmTest, OpenRunWaitsForADaemonThatIsRestartingAndFailsAtOnceWithoutOne) {
+  auto daemon = StartDaemon();
+  ASSERT_EQ(daemon->Stop(SIGKILL), 128 + SIGKILL);
+  ASSERT_TRUE(std::filesystem::exists(daemon->socket()));
+  auto client = Client::Connect(daemon->target());
+  ASSERT_OK(client.status());
+  std::thread restart([&] {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    daemon->Start();
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  auto run = (*client)->OpenRun(Open("waited"));
+  restart.join();
+  ASSERT_OK(run.status());
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(900));
+  auto none = Client::Connect("unix:" + tmp_.Join("nobody-here.sock"));
+  ASSERT_OK(none.status());
+  t0 = std::chrono::steady_clock::now();
+  auto refused = (*none)->OpenRun(Open("x"));
+  EXPECT_TRUE(absl::IsUnavailable(refused.status())) << refused.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+}
+
 }  // namespace
 }  // namespace ckptd::testing

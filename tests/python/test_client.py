@@ -438,14 +438,15 @@ def test_open_run_waits_for_a_daemon_that_is_restarting_and_fails_at_once_withou
     d.proc.kill()  # SIGKILL: the socket file stays behind
     d.proc.wait()
     assert os.path.exists(d.sock)
-    threading.Timer(1.0, d.start).start()
+    restart = threading.Timer(1.0, d.start)
+    restart.start()
     t0 = time.monotonic()
     try:
         run = ckptd.connect(d.target).open_run("waited")
         assert run.id == "waited"
         assert time.monotonic() - t0 >= 0.9
     finally:
-        time.sleep(0.2)
+        restart.join()  # the daemon it starts is stopped here, whatever happened
         d.stop()
     t0 = time.monotonic()
     with pytest.raises(ckptd.Error) as e:

@@ -242,16 +242,23 @@ class Client:
         reconnect_timeout, as a run's calls wait. No socket (no daemon) or a
         TCP target fails at once."""
         deadline = time.monotonic() + self.reconnect_timeout
-        waiting = None
-        while True:
+        try:
+            return _rpc(self.stub.OpenRun, req)
+        except Error as e:
+            if e.code != "UNAVAILABLE" or not (self.local and os.path.exists(self.target[len("unix:"):])):
+                raise
+            last = e
+        while time.monotonic() < deadline:
             try:
-                return _rpc(self.stub.OpenRun, req)
-            except Error as e:
-                if waiting is None:
-                    waiting = self.local and os.path.exists(self.target[len("unix:"):])
-                if e.code != "UNAVAILABLE" or not waiting or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.1)
+                # Waits for the channel to connect (gRPC retries it) rather than failing fast.
+                return self.stub.OpenRun(req, wait_for_ready=True, timeout=max(0.05, deadline - time.monotonic()))
+            except grpc.RpcError as e:
+                last = _error(e)
+                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED and not _reconnectable(last):
+                    raise last from None
+            time.sleep(0.02)
+        raise Error("UNAVAILABLE", f"the daemon at {self.target} did not answer within {self.reconnect_timeout:g} s "
+                                   f"(reconnect_timeout); last error: {last}")
 
     def lineage(self, uuid: str = "", run_id: str = ""):
         """The ancestors and descendants of a file (by general.uuid) or a run;
