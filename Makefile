@@ -44,8 +44,9 @@ build: deps
 # threaded unit suites under TSan and a bounded libFuzzer run of each parser
 # (15 s each; `make fuzz` runs them FUZZ_SECONDS each). It ends with each
 # phase's time and ctest's summary.
+# Lane B of scripts/test.sh runs LINT_CMD, `$(MAKE) lint`, beside the build.
 test:
-	@LINT_TARGET=lint scripts/test.sh $(BUILD) $(JOBS) 15
+	@LINT_CMD="$(MAKE) --no-print-directory lint" scripts/test.sh $(BUILD) $(JOBS) 15
 
 # Lint configures a tree of its own (BUILD-lint): it needs no build first.
 lint: deps
