@@ -27,15 +27,17 @@ using ::testing::HasSubstr;
 // soak` runs 1000), each after 50-400 ms of saving.
 class CrashSoak : public ShmTest {};
 
-int SoakKills() {
-  const char* env = std::getenv("CKPTD_SOAK_KILLS");
+// A soak's count: $name when set, else `normal` (10 under a sanitizer).
+int SoakCount(const char* name, int normal) {
+  const char* env = std::getenv(name);
   if (env != nullptr && *env != '\0') return std::atoi(env);
 #ifdef CKPTD_SANITIZED
   return 10;
 #else
-  return 50;
+  return normal;
 #endif
 }
+int SoakKills() { return SoakCount("CKPTD_SOAK_KILLS", 50); }
 
 constexpr uint64_t kSoakKeep = 4;
 const std::vector<size_t> kSoakSizes = {1 << 14, 3000};
@@ -166,15 +168,7 @@ TEST_F(CrashSoak, EveryAcknowledgedSaveSurvivesRandomKillsOnEveryPath) {
 // saves return only after their commit, and a pointer save is read from the
 // trainer's own memory (a trainer that dies mid-read aborts it, by design:
 // docs/shared-memory.md), so shared memory is the path this asks about.
-int TrainerKills() {
-  const char* env = std::getenv("CKPTD_TRAINER_KILLS");
-  if (env != nullptr && *env != '\0') return std::atoi(env);
-#ifdef CKPTD_SANITIZED
-  return 10;
-#else
-  return 100;
-#endif
-}
+int TrainerKills() { return SoakCount("CKPTD_TRAINER_KILLS", 100); }
 
 std::string TrainerBytes(size_t n) {
   std::string out(n, '\0');

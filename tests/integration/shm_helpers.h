@@ -177,13 +177,16 @@ inline uint64_t PeakRssBytes(pid_t pid) {
   return 0;
 }
 
-// The committed steps in a weights/ directory, ascending.
+// The committed steps in a weights/ directory (step_N.gguf only: not
+// train files, exports or parts), ascending.
 inline std::vector<uint64_t> StepsOnDisk(const std::string& weights) {
   std::vector<uint64_t> steps;
   for (const auto& e : std::filesystem::directory_iterator(weights)) {
     const std::string name = e.path().filename();
-    if (name.starts_with("step_") && name.ends_with(".gguf") && !name.ends_with(".train.gguf")) {
-      steps.push_back(std::stoull(name.substr(5, name.size() - 10)));
+    const std::string digits = name.size() > 10 ? name.substr(5, name.size() - 10) : std::string();
+    if (name.starts_with("step_") && name.ends_with(".gguf") && !digits.empty() &&
+        digits.find_first_not_of("0123456789") == std::string::npos) {
+      steps.push_back(std::stoull(digits));
     }
   }
   std::sort(steps.begin(), steps.end());

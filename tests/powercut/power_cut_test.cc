@@ -55,21 +55,6 @@ struct Trainer {
   uint64_t saves = 0, overwrites = 0;
 };
 
-// The committed model files' steps (step_N.gguf only), ascending.
-std::vector<uint64_t> ModelSteps(const std::string& weights) {
-  std::vector<uint64_t> steps;
-  for (const auto& e : fs::directory_iterator(weights)) {
-    const std::string name = e.path().filename();
-    const std::string digits = name.substr(5, name.size() - 10);
-    if (name.starts_with("step_") && name.ends_with(".gguf") && !digits.empty() &&
-        digits.find_first_not_of("0123456789") == std::string::npos) {
-      steps.push_back(std::stoull(digits));
-    }
-  }
-  std::sort(steps.begin(), steps.end());
-  return steps;
-}
-
 bool Mounted(const std::string& dir) {
   std::istringstream mounts(Slurp("/proc/self/mounts"));
   for (std::string line; std::getline(mounts, line);) {
@@ -178,7 +163,7 @@ void PowerCutTest::Check(Trainer& t, DaemonProcess& daemon, int cut) {
   ASSERT_TRUE(!fs::exists(quarantine) || fs::is_empty(quarantine))
       << "cut " << cut << ": " << t.run << " quarantined "
       << fs::begin(fs::directory_iterator(quarantine))->path();
-  const std::vector<uint64_t> steps = ModelSteps(Weights(t.run));
+  const std::vector<uint64_t> steps = StepsOnDisk(Weights(t.run));
   if (!steps.empty()) {
     ASSERT_EQ(Latest(t.run), "step_" + std::to_string(steps.back()) + ".gguf") << "cut " << cut;
   }

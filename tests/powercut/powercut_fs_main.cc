@@ -43,7 +43,6 @@ struct Handle {
 
 struct Counters {
   uint64_t cuts = 0, fsyncs = 0, fsyncdirs = 0, refused_direct = 0, stale_handle_calls = 0;
-  CutStats last;
   uint64_t ops_dropped = 0, files_dropped = 0, files_torn = 0, ops_kept = 0;
 };
 
