@@ -272,14 +272,18 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
     return got;
   };
   v1::CheckpointInfo cp;
+  std::string tier;
   if (!step.has_value()) {
-    if (!info.has_last_step()) {
+    if (!info.has_last_step() && !info.has_memory_step()) {
       std::optional<v1::CheckpointInfo> remote = fetched(std::nullopt);
       if (!remote) return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint yet"));
       cp = *remote;
       step = cp.step();
+      tier = "store";
     } else {
-      step = info.last_step();
+      // The newest step on this node, in either tier.
+      step = std::max(info.has_last_step() ? info.last_step() : 0,
+                      info.has_memory_step() ? info.memory_step() : 0);
     }
   }
   if (cp.file().empty()) {
@@ -293,6 +297,7 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
       if (std::optional<v1::CheckpointInfo> remote = fetched(step)) {
         cp = *remote;
         st = grpc::Status::OK;
+        tier = "store";
       }
     } else if (st.ok()) {
       cp = detail.info();
@@ -303,6 +308,10 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
   if (r->step() != *step) {
     return absl::DataLossError(StrCat("asked run '", run_id, "' for step ", *step, ", but ",
                                       cp.file(), " holds step ", r->step(), " (its ckpt.step)"));
+  }
+  r->tier_ = !tier.empty() ? tier : cp.location() == "memory" ? "memory" : "disk";
+  if (info.has_last_seen_step() && info.last_seen_step() >= *step) {
+    r->steps_lost_ = info.last_seen_step() - *step;
   }
   // The in-memory copy is only ever read with digests checked: a live
   // trainer may be reusing that arena.

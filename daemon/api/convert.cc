@@ -261,7 +261,9 @@ policy::Schedule FromProto(const v1::Schedule& s) {
   return {.every_steps = s.every_steps(),
           .every_seconds = s.every_seconds(),
           .at_steps = {s.at_steps().begin(), s.at_steps().end()},
-          .final_on_close = !s.has_final_on_close() || s.final_on_close()};
+          .final_on_close = !s.has_final_on_close() || s.final_on_close(),
+          .memory_every_steps = s.memory_every_steps(),
+          .memory_keep_last = s.memory_keep_last()};
 }
 
 v1::Schedule ToProto(const policy::Schedule& s) {
@@ -270,6 +272,8 @@ v1::Schedule ToProto(const policy::Schedule& s) {
   out.set_every_seconds(s.every_seconds);
   for (uint64_t step : s.at_steps) out.add_at_steps(step);
   out.set_final_on_close(s.final_on_close);
+  out.set_memory_every_steps(s.memory_every_steps);
+  out.set_memory_keep_last(s.memory_keep_last);
   return out;
 }
 

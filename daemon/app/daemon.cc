@@ -53,6 +53,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const config::Config& cfg,
   auto roots = PrepareRoots(env, cfg);
   if (!roots.ok()) return roots.status();
   d->roots_ = *roots;
+  auto memory_root = PrepareMemoryRoot(env, cfg);
+  if (!memory_root.ok()) return memory_root.status();
+  d->memory_root_ = *memory_root;
   *exit_code = kExitRuntime;
   CKPTD_TRY(d->StartServing());
   *exit_code = kExitOk;
@@ -60,7 +63,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const config::Config& cfg,
 }
 
 absl::Status Daemon::LockRoots() {
-  for (const std::string& root : roots_) {
+  std::vector<std::string> locked = roots_;
+  if (!memory_root_.empty()) locked.push_back(memory_root_);
+  for (const std::string& root : locked) {
     const std::string path = StrCat(root, "/", storage::kRootLockFile);
     std::string holder;
     auto lock = env_->LockFile(path, &holder);
@@ -127,9 +132,12 @@ absl::Status Daemon::StartRuns() {
                                                         : gguf::UuidScheme::kContent,
           .export_profiles_dir = cfg.export_profiles_dir},
       cfg.retention, cfg.disk_guard);
+  registry_->SetMemoryTier(
+      {.root = memory_root_, .keep_last = cfg.memory_keep_last, .max_bytes = cfg.memory_max_bytes});
   for (const std::string& w : registry_->Scan()) spdlog::warn("startup: {}", w);
-  spdlog::info("ckptd {} starting: roots={} runs={} listen={}", CKPTD_VERSION,
-               fmt::format("{}", fmt::join(roots_, ",")), registry_->List().size(), cfg.listen);
+  spdlog::info("ckptd {} starting: roots={} memory_tier={} runs={} listen={}", CKPTD_VERSION,
+               fmt::format("{}", fmt::join(roots_, ",")),
+               memory_root_.empty() ? "off" : memory_root_, registry_->List().size(), cfg.listen);
   budget_ = std::make_unique<scheduler::MemoryBudget>(cfg.memory_budget_bytes);
   codec_ = std::make_unique<rpc::RequestCodec>(env_, cfg.export_profiles_dir);
   lifecycle_ = std::make_unique<scheduler::RunLifecycle>(

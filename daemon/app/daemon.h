@@ -67,6 +67,7 @@ class Daemon {
 
   config::Config cfg_;
   env::Env* env_;
+  std::string memory_root_;  // the memory tier's, resolved; "" = off
   std::vector<std::string> roots_;
   std::vector<std::unique_ptr<env::FileLock>> root_locks_;  // held while the daemon lives
   std::unique_ptr<scheduler::RunRegistry> registry_;

@@ -25,6 +25,19 @@ absl::StatusOr<std::vector<std::string>> PrepareRoots(env::Env* env, const confi
   return out;
 }
 
+absl::StatusOr<std::string> PrepareMemoryRoot(env::Env* env, const config::Config& c) {
+  if (c.memory_root.empty()) return std::string();
+  const std::string& source = c.sources.at("memory.root");
+  if (absl::Status st = env->CreateDirs(c.memory_root); !st.ok()) {
+    return absl::InvalidArgumentError(StrCat(source, ": memory.root: ", st.message()));
+  }
+  auto real = env->RealPath(c.memory_root);
+  if (!real.ok()) {
+    return absl::InvalidArgumentError(StrCat(source, ": memory.root: ", real.status().message()));
+  }
+  return *real;
+}
+
 absl::Status PrepareListen(env::Env* env, const std::string& listen, int type,
                            std::string_view setting) {
   if (!listen.starts_with("unix:")) return absl::OkStatus();

@@ -17,6 +17,8 @@ namespace ckptd::app {
 
 // Creates and resolves each root; errors name the config value's source.
 absl::StatusOr<std::vector<std::string>> PrepareRoots(env::Env* env, const config::Config& c);
+// The memory tier's root, created and resolved; "" when it is off.
+absl::StatusOr<std::string> PrepareMemoryRoot(env::Env* env, const config::Config& c);
 
 // "unix:PATH": makes PATH's directory and removes a socket left by a daemon
 // that died; one a live daemon serves is never touched (FAILED_PRECONDITION

@@ -206,6 +206,11 @@ std::map<std::string, Field> Fields(Config* c) {
       {"schedule.every_seconds", Seconds(&c->schedule.every_seconds)},
       {"schedule.at_steps", StepList(&c->schedule.at_steps)},
       {"schedule.final_on_close", Bool(&c->schedule.final_on_close)},
+      {"schedule.memory_every_steps", Unsigned(&c->schedule.memory_every_steps)},
+      {"schedule.memory_keep_last", Unsigned(&c->schedule.memory_keep_last)},
+      {"memory.root", String(&c->memory_root)},
+      {"memory.keep_last", Unsigned(&c->memory_keep_last)},
+      {"memory.max_bytes", Unsigned(&c->memory_max_bytes)},
       {"log.level", String(&c->log_level)},
       {"shm.enabled", Bool(&c->shm_enabled)},
       {"shm.socket", String(&c->shm_socket)},
@@ -346,6 +351,22 @@ absl::Status Validate(const Config& c) {
   for (const std::string& r : c.roots) {
     if (r.empty()) return bad("storage.roots", "a root is an empty path");
   }
+  if (c.schedule.memory_every_steps > 0 && c.memory_root.empty()) {
+    return bad("schedule.memory_every_steps",
+               "memory steps need the memory tier: set [memory] root to a directory on tmpfs "
+               "(e.g. /dev/shm/ckptd)");
+  }
+  if (!c.memory_root.empty()) {
+    for (const std::string& r : c.roots) {
+      const std::string a = r.ends_with('/') ? r : r + "/";
+      const std::string b = c.memory_root.ends_with('/') ? c.memory_root : c.memory_root + "/";
+      if (a.starts_with(b) || b.starts_with(a)) {
+        return bad("memory.root", StrCat("'", c.memory_root, "' overlaps storage.roots '", r,
+                                         "'; the memory tier needs its own directory on tmpfs"));
+      }
+    }
+  }
+  if (c.memory_keep_last == 0) return bad("memory.keep_last", "must be at least 1");
   if (c.direct_io != "auto" && c.direct_io != "off") {
     return bad("storage.direct_io", StrCat("'", c.direct_io, "' is not \"auto\" or \"off\""));
   }

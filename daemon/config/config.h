@@ -107,6 +107,12 @@ struct Config {
   uint64_t s3_max_memory_bytes = uint64_t{64} << 20;
   double s3_stall_timeout_seconds = 30;  // a request moving no byte this long is retried
   bool s3_retention_same = false;        // tier.s3.retention: "keep_all" (false) | "same"
+  // [memory]: the memory tier, a directory on tmpfs holding each run's last
+  // memory steps (schedule.memory_every_steps) as complete checkpoints.
+  // "" = off: runs asking for memory steps are refused.
+  std::string memory_root;
+  uint32_t memory_keep_last = 2;  // memory steps kept per run (a run's schedule may say otherwise)
+  uint64_t memory_max_bytes = 0;  // all runs' memory steps together; 0 = tmpfs's size
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

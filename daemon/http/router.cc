@@ -71,11 +71,30 @@ Reply Router::MetricsText() const {
                 space->free_bytes, "\n");
     }
   }
-  std::string last_step, last_time, count;
+  std::string last_step, last_time, count, recovery, memory;
   for (const auto& run : registry_->List()) {
     const scheduler::RunSnapshot snap = run->Snapshot();
     const std::string label = StrCat("{run=\"", metrics::EscapeLabel(snap.id), "\"} ");
     StrAppend(&count, "ckptd_checkpoints", label, snap.catalog->size(), "\n");
+    if (snap.memory_catalog != nullptr) {
+      uint64_t bytes = 0;
+      for (const auto& [step, r] : *snap.memory_catalog) bytes += r.total_bytes();
+      StrAppend(&memory, "ckptd_memory_tier_bytes", label, bytes, "\n");
+    }
+    // What a failure now would cost if that tier were the best one left
+    // (the tiers below it remain): from the highest step the trainer reached.
+    if (auto seen = snap.last_seen_step) {
+      const std::string run_label = StrCat("{run=\"", metrics::EscapeLabel(snap.id), "\",tier=\"");
+      auto lost = [&](std::optional<uint64_t> newest) {
+        return newest && *newest <= *seen ? *seen - *newest : *seen;
+      };
+      if (snap.memory_catalog != nullptr) {
+        StrAppend(&recovery, "ckptd_recovery_point_steps", run_label, "memory\"} ",
+                  lost(snap.newest_step()), "\n");
+      }
+      StrAppend(&recovery, "ckptd_recovery_point_steps", run_label, "disk\"} ",
+                lost(snap.latest_step), "\n");
+    }
     if (auto step = snap.latest_step) {
       StrAppend(&last_step, "ckptd_last_committed_step", label, *step, "\n");
       StrAppend(&last_time, "ckptd_last_commit_timestamp_seconds", label,
@@ -89,6 +108,12 @@ Reply Router::MetricsText() const {
   out += "# TYPE ckptd_last_committed_step gauge\n" + last_step;
   out += "# HELP ckptd_last_commit_timestamp_seconds When the highest step was saved.\n";
   out += "# TYPE ckptd_last_commit_timestamp_seconds gauge\n" + last_time;
+  out += "# HELP ckptd_memory_tier_bytes Bytes the run's memory steps hold in the memory tier.\n";
+  out += "# TYPE ckptd_memory_tier_bytes gauge\n" + memory;
+  out +=
+      "# HELP ckptd_recovery_point_steps Steps a failure now would lose if that tier were the "
+      "best one left, counted from the highest step the trainer reached.\n";
+  out += "# TYPE ckptd_recovery_point_steps gauge\n" + recovery;
   out += "# HELP ckptd_build_info The running daemon's version.\n# TYPE ckptd_build_info gauge\n";
   StrAppend(&out, "ckptd_build_info{version=\"", registry_->facts().version, "\"} 1\n");
   return {200, "text/plain; version=0.0.4; charset=utf-8", out};

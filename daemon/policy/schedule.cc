@@ -36,12 +36,46 @@ Decision IsDue(const Schedule& s, const ScheduleState& state, uint64_t step, dou
   return {false, fmt::format("not due under {}{}", Describe(s), next)};
 }
 
+Decision IsMemoryDue(const Schedule& s, std::optional<uint64_t> last, uint64_t step) {
+  if (s.memory_every_steps == 0) return {false, "not due: the memory tier is off for this run"};
+  if (last && step <= *last) {
+    return {false,
+            fmt::format("not due: step {} is not after the last saved step {}", step, *last)};
+  }
+  if (step == 0 || step % s.memory_every_steps != 0) {
+    return {false, fmt::format("not due under {}; next memory step at {}", Describe(s),
+                               (step / s.memory_every_steps + 1) * s.memory_every_steps)};
+  }
+  return {true, fmt::format("memory_every_steps={}", s.memory_every_steps)};
+}
+
+std::vector<uint64_t> MemoryEvictions(const std::vector<MemoryStep>& held, uint64_t step,
+                                      uint32_t keep_last, uint64_t max_bytes) {
+  std::vector<uint64_t> out;
+  const size_t keep = std::max<uint32_t>(keep_last, 1);
+  uint64_t bytes = 0;
+  for (const MemoryStep& m : held) bytes += m.bytes;
+  size_t left = held.size();
+  for (const MemoryStep& m : held) {  // oldest first
+    if (m.step == step) continue;
+    const bool over_count = left > keep;
+    const bool over_bytes = max_bytes > 0 && bytes > max_bytes;
+    if (!over_count && !over_bytes) break;
+    out.push_back(m.step);
+    bytes -= m.bytes;
+    --left;
+  }
+  return out;
+}
+
 std::string Describe(const Schedule& s) {
   std::vector<std::string> parts;
   if (s.every_steps > 0) parts.push_back(fmt::format("every_steps={}", s.every_steps));
   if (s.every_seconds > 0) parts.push_back(fmt::format("every_seconds={:g}", s.every_seconds));
   if (!s.at_steps.empty())
     parts.push_back(fmt::format("at_steps=[{}]", fmt::join(s.at_steps, ", ")));
+  if (s.memory_every_steps > 0)
+    parts.push_back(fmt::format("memory_every_steps={}", s.memory_every_steps));
   if (parts.empty()) return "never (forced saves only)";
   return fmt::format("{}", fmt::join(parts, ", "));
 }

@@ -14,6 +14,10 @@ struct Schedule {
   double every_seconds = 0;        // due once this long has passed since the last commit
   std::vector<uint64_t> at_steps;  // exact steps
   bool final_on_close = true;      // CloseRun's tensors are written
+  // The memory tier: steps divisible by it that the rules above do not make
+  // disk steps are kept in memory (0 = off). Not a rule for IsDue.
+  uint64_t memory_every_steps = 0;
+  uint32_t memory_keep_last = 0;  // memory steps kept per run; 0 = the daemon's default
   friend bool operator==(const Schedule&, const Schedule&) = default;
 };
 
@@ -28,6 +32,22 @@ struct Decision {
 };
 
 Decision IsDue(const Schedule& schedule, const ScheduleState& state, uint64_t step, double now_s);
+
+// Is step N a memory step? Asked only when IsDue said no: due when the
+// memory tier is on, N is a positive multiple of memory_every_steps and N
+// is above `last`, the highest step saved in any tier.
+Decision IsMemoryDue(const Schedule& schedule, std::optional<uint64_t> last, uint64_t step);
+
+// Which memory steps to evict after `step` was kept in memory (`held`: the
+// run's memory steps, ascending, `step` among them): the oldest beyond
+// `keep_last` (at least 1), then the oldest while the bytes held exceed
+// `max_bytes` (0 = no cap), never `step` itself.
+struct MemoryStep {
+  uint64_t step = 0;
+  uint64_t bytes = 0;
+};
+std::vector<uint64_t> MemoryEvictions(const std::vector<MemoryStep>& held, uint64_t step,
+                                      uint32_t keep_last, uint64_t max_bytes);
 
 // "every_steps=100, every_seconds=600, at_steps=[5, 10]" or "never (forced saves only)".
 std::string Describe(const Schedule& schedule);

@@ -83,6 +83,11 @@ v1::RunInfo Queries::RunInfo(const scheduler::RunSnapshot& run) const {
     info.set_rank(run.multi_rank.rank);
   }
   for (const auto& [step, record] : *run.pending) info.add_pending_steps(step);
+  if (auto m = run.memory_step()) {
+    info.set_memory_step(*m);
+    info.set_memory_count(static_cast<uint32_t>(run.memory_catalog->size()));
+  }
+  if (run.last_seen_step) info.set_last_seen_step(*run.last_seen_step);
   return info;
 }
 
@@ -167,16 +172,33 @@ void Queries::Describe(const scheduler::RunSnapshot& run, const storage::Checkpo
   out->set_pending(run.pending->contains(r.step));
 }
 
+void Queries::DescribeMemory(const scheduler::RunSnapshot& run, const storage::CheckpointRecord& r,
+                             v1::CheckpointInfo* out) const {
+  api::ToProto(r, false, out);
+  out->set_location("memory");
+  out->set_retention_keeps(true);
+  const uint32_t keep = run.schedule.memory_keep_last ? run.schedule.memory_keep_last
+                                                      : registry_->memory_tier().keep_last;
+  out->set_retention_reason(StrCat("memory tier: the newest ", keep, " memory steps"));
+}
+
+void Queries::DescribeAny(const scheduler::RunSnapshot& run, const storage::CheckpointRecord& r,
+                          scheduler::Tier tier, v1::CheckpointInfo* out) const {
+  if (tier == scheduler::Tier::kMemory) return DescribeMemory(run, r, out);
+  Describe(run, r, run.DryPlan(NowSeconds()), out);
+}
+
 absl::StatusOr<v1::CheckpointInfo> Queries::DescribeCheckpoint(const std::string& run_id,
                                                                uint64_t step) const {
   CKPTD_ASSIGN_OR_RETURN(auto run, registry_->Get(run_id));
   const scheduler::RunSnapshot snap = run->Snapshot();
-  const storage::CheckpointRecord* r = snap.Find(step);
+  scheduler::Tier tier;
+  const storage::CheckpointRecord* r = snap.FindAny(step, &tier);
   if (r == nullptr) {
     return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint at step ", step));
   }
   v1::CheckpointInfo info;
-  Describe(snap, *r, snap.DryPlan(NowSeconds()), &info);
+  DescribeAny(snap, *r, tier, &info);
   return info;
 }
 
@@ -227,36 +249,47 @@ absl::StatusOr<v1::ListCheckpointsResponse> Queries::ListCheckpoints(
         out->set_reason(q.reason);
       }
     }
+    // Disk, memory tier and store merged by step; a step on disk is listed
+    // once (a memory copy of it is about to be evicted).
+    static const storage::Catalog kNone;
+    const storage::Catalog& memory = snap.memory_catalog ? *snap.memory_catalog : kNone;
     auto it = has_after ? catalog.upper_bound(after) : catalog.begin();
+    auto mit = has_after ? memory.upper_bound(after) : memory.begin();
     auto rit = has_after ? remote.upper_bound(after) : remote.begin();
-    while (it != catalog.end() || rit != remote.end()) {
+    while (it != catalog.end() || mit != memory.end() || rit != remote.end()) {
       if (static_cast<uint32_t>(resp.checkpoints_size()) == page) {
         more = true;
         break;
       }
-      const bool local_next = rit == remote.end() || (it != catalog.end() && it->first <= *rit);
-      if (local_next) {
-        const bool in_store = rit != remote.end() && *rit == it->first;
-        v1::CheckpointInfo* info = resp.add_checkpoints();
+      uint64_t next = UINT64_MAX;
+      if (it != catalog.end()) next = it->first;
+      if (mit != memory.end()) next = std::min(next, mit->first);
+      if (rit != remote.end()) next = std::min(next, *rit);
+      const bool on_disk = it != catalog.end() && it->first == next;
+      const bool in_memory = mit != memory.end() && mit->first == next;
+      const bool in_store = rit != remote.end() && *rit == next;
+      if (in_memory) ++mit;
+      if (in_store) ++rit;
+      v1::CheckpointInfo* info = resp.add_checkpoints();
+      if (on_disk) {
         Describe(*run, it->second, plan, info);
-        if (in_store) {
-          info->set_location("both");
-          ++rit;
-        }
+        if (in_store) info->set_location("both");
         ++it;
         continue;
       }
-      v1::CheckpointInfo* info = resp.add_checkpoints();
-      info->set_step(*rit);
+      if (in_memory) {
+        DescribeMemory(*run, std::prev(mit)->second, info);
+        continue;
+      }
+      info->set_step(next);
       info->set_location("remote");
       info->set_upload_state("uploaded");
       info->set_retention_reason("only in the object store: local retention does not apply");
-      if (auto pin = run->pins.find(*rit); pin != run->pins.end()) {
+      if (auto pin = run->pins.find(next); pin != run->pins.end()) {
         info->set_pinned(true);
         info->set_pin_reason(pin->second);
       }
       remote_only.push_back(resp.checkpoints_size() - 1);
-      ++rit;
     }
   }
   // Remote-only steps described from their manifests. A manifest deleted
@@ -283,13 +316,14 @@ absl::StatusOr<v1::CheckpointDetail> Queries::GetCheckpoint(const std::string& r
   storage::CheckpointRecord record;
   {
     const scheduler::RunSnapshot snap = run->Snapshot();
-    const storage::CheckpointRecord* r = snap.Find(step);
+    scheduler::Tier tier;
+    const storage::CheckpointRecord* r = snap.FindAny(step, &tier);
     if (r == nullptr) {
       return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint at step ", step,
                                         "; ListCheckpoints shows the committed steps"));
     }
     record = *r;
-    Describe(snap, record, snap.DryPlan(NowSeconds()), resp.mutable_info());
+    DescribeAny(snap, record, tier, resp.mutable_info());
   }
   // A concurrent overwrite replaces the file atomically, so the header read
   // is of one version or the other.

@@ -56,6 +56,11 @@ class Queries {
   bool has_tier() const { return replicator_ != nullptr; }
 
  private:
+  // A memory-tier step as listed.
+  void DescribeMemory(const scheduler::RunSnapshot& run, const storage::CheckpointRecord& r,
+                      v1::CheckpointInfo* out) const;
+  void DescribeAny(const scheduler::RunSnapshot& run, const storage::CheckpointRecord& r,
+                   scheduler::Tier tier, v1::CheckpointInfo* out) const;
   // A checkpoint as listed: record, latest, pin and retention's verdict.
   void Describe(const scheduler::RunSnapshot& run, const storage::CheckpointRecord& r,
                 const std::vector<policy::RetentionDecision>& plan, v1::CheckpointInfo* out) const;

@@ -179,6 +179,7 @@ grpc::Status CheckpointdService::ShouldSave(grpc::ServerContext* ctx,
   if (!d.ok()) return ToGrpc(d.status());
   resp->set_due(d->due);
   resp->set_reason(d->reason);
+  if (d->due) resp->set_tier(std::string(scheduler::TierName(d->tier)));
   return grpc::Status::OK;
 }
 

@@ -29,6 +29,13 @@ absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule
   } else {
     const std::optional<uint64_t> last = queued_last ? queued_last : run.dir()->latest_step();
     policy::Decision d = policy::IsDue(schedule, {last, run.reference_time_s_}, r.step, now);
+    if (!d.due && schedule.memory_every_steps > 0 && run.settings_->multi_rank.world_size <= 1) {
+      policy::Decision m = policy::IsMemoryDue(schedule, last, r.step);
+      if (!m.due) return Admission{.reason = d.reason};
+      a.tier = Tier::kMemory;
+      a.overwrite = true;
+      d = std::move(m);
+    }
     if (!d.due) return Admission{.reason = d.reason};
     a.reason = d.reason;
   }
@@ -44,8 +51,10 @@ absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule
     }
     return a;
   }
-  CKPTD_TRY(run.dir()->CheckCanSave(
-      r.step, a.overwrite ? storage::Overwrite::kYes : storage::Overwrite::kNo));
+  if (a.tier == Tier::kDisk) {
+    CKPTD_TRY(run.dir()->CheckCanSave(
+        r.step, a.overwrite ? storage::Overwrite::kYes : storage::Overwrite::kNo));
+  }
   return a;
 }
 

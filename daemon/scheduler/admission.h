@@ -30,10 +30,16 @@ struct Admission {
   bool due = false;  // false: skipped, nothing is written
   std::string reason;
   bool overwrite = false;  // the request's, or set for a final snapshot at a committed step
+  // kMemory: a memory step (schedule.memory_every_steps, not a disk step),
+  // written to the run's memory-tier directory. A memory step may replace
+  // one the memory tier holds (a step retaken after a restore).
+  Tier tier = Tier::kDisk;
 };
 
 // Decides for `run` (its mu held) under `schedule` (the run's effective one).
 // `queued_last`: the highest step accepted but not yet written, if any.
+// A step the disk schedule does not want is a memory step when
+// policy::IsMemoryDue says so against the newest disk or queued step.
 // Errors: FAILED_PRECONDITION (run not opened since the daemon started, or
 // finished; a step not above a queued one; below the last without
 // overwrite), ALREADY_EXISTS (committed step without overwrite),

@@ -23,6 +23,18 @@ absl::Status RunLifecycle::Check(const DeclaredSettings& d) const {
         "tier: this daemon has no object-storage tier ([tier.s3] endpoint is unset), so the "
         "run's checkpoints would not be copied; configure [tier.s3] or drop the tier options");
   }
+  if (s.schedule && s.schedule->memory_every_steps > 0) {
+    if (registry_->memory_tier().root.empty()) {
+      return absl::FailedPreconditionError(
+          "schedule.memory_every_steps: this daemon has no memory tier ([memory] root is "
+          "unset); configure it, or drop memory_every_steps");
+    }
+    if (s.multi_rank.world_size > 1) {
+      return absl::FailedPreconditionError(
+          "schedule.memory_every_steps: a multi-rank run's steps commit through the object store, "
+          "which the memory tier does not reach yet; drop memory_every_steps for this run");
+    }
+  }
   if (s.multi_rank.world_size > 1) {
     if (!options_.tier_configured || s.tier.local_only) {
       return absl::FailedPreconditionError(

@@ -20,12 +20,52 @@ namespace {
 
 constexpr std::string_view kFinished = "finished\n";
 
+void LogRecovery(const std::string& run_id, const storage::RecoveryReport& report,
+                 const storage::RunDir& dir, std::string_view tier) {
+  for (const std::string& path : report.removed) {
+    spdlog::info("recovery run={} {}removed {}", run_id, tier, path);
+  }
+  for (const storage::QuarantinedFile& q : report.quarantined) {
+    spdlog::error("recovery run={} {}quarantined {} as {}: {}", run_id, tier, q.from, q.path,
+                  q.reason);
+    metrics::Metrics::Get().CountQuarantined(run_id, "recovery");
+  }
+  if (report.latest_repaired) {
+    auto last = dir.latest_step();
+    spdlog::info("recovery run={} {}latest repointed to {}", run_id, tier,
+                 last ? storage::ModelFileName(*last) : std::string("(none)"));
+  }
+}
+
 }  // namespace
+
+std::string_view TierName(Tier t) { return t == Tier::kDisk ? "disk" : "memory"; }
+
+std::optional<uint64_t> RunSnapshot::memory_step() const {
+  if (memory_catalog == nullptr || memory_catalog->empty()) return std::nullopt;
+  return memory_catalog->rbegin()->first;
+}
+
+std::optional<uint64_t> RunSnapshot::newest_step() const {
+  std::optional<uint64_t> m = memory_step();
+  if (!latest_step) return m;
+  return m && *m > *latest_step ? m : latest_step;
+}
 
 const storage::CheckpointRecord* RunSnapshot::Find(uint64_t step) const {
   if (catalog == nullptr) return nullptr;
   auto it = catalog->find(step);
   return it == catalog->end() ? nullptr : &it->second;
+}
+
+const storage::CheckpointRecord* RunSnapshot::FindAny(uint64_t step, Tier* tier) const {
+  *tier = Tier::kDisk;
+  if (const storage::CheckpointRecord* r = Find(step)) return r;
+  if (memory_catalog == nullptr) return nullptr;
+  auto it = memory_catalog->find(step);
+  if (it == memory_catalog->end()) return nullptr;
+  *tier = Tier::kMemory;
+  return &it->second;
 }
 
 uint64_t RunSnapshot::total_bytes() const {
@@ -57,7 +97,12 @@ RunSnapshot Run::Snapshot() const {
                 .catalog = dir_->catalog_ref(),
                 .pending = dir_->pending_ref(),
                 .quarantined = dir_->quarantined(),
-                .latest_step = dir_->latest_step()};
+                .latest_step = dir_->latest_step(),
+                .last_seen_step = last_seen_step_};
+  if (mem_dir_ != nullptr) {
+    s.memory_catalog = mem_dir_->catalog_ref();
+    s.memory_dir = mem_dir_->weights_dir();
+  }
   if (settings_) {
     for (const RunExport& e : settings_->exports) s.export_names.push_back(e.name);
     s.base_model_uuid = settings_->base_model_uuid;
@@ -119,20 +164,19 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Load(const std::string& run_id
                                                        const std::string& dir) {
   storage::RecoveryReport report;
   CKPTD_ASSIGN_OR_RETURN(auto run_dir, storage::RunDir::Open(env_, dir, &report));
-  for (const std::string& path : report.removed) {
-    spdlog::info("recovery run={} removed {}", run_id, path);
-  }
-  for (const storage::QuarantinedFile& q : report.quarantined) {
-    spdlog::error("recovery run={} quarantined {} as {}: {}", run_id, q.from, q.path, q.reason);
-    metrics::Metrics::Get().CountQuarantined(run_id, "recovery");
-  }
-  if (report.latest_repaired) {
-    auto last = run_dir->latest_step();
-    spdlog::info("recovery run={} latest repointed to {}", run_id,
-                 last ? storage::ModelFileName(*last) : std::string("(none)"));
-  }
+  LogRecovery(run_id, report, *run_dir, "");
   CKPTD_ASSIGN_OR_RETURN(storage::PinStore pins, storage::PinStore::Load(env_, dir));
   auto run = std::make_shared<Run>(run_id, std::move(run_dir), std::move(pins), this);
+  if (!memory_.root.empty()) {
+    // The memory tier outlives the trainer and the daemon, not the host.
+    auto st = env_->Stat(StrCat(memory_.root, "/", run_id, "/", storage::kWeightsDir));
+    if (st.ok() && st->is_dir) {
+      absl::MutexLock lock(&run->mu());
+      if (absl::Status opened = OpenMemoryDir(*run); !opened.ok()) {
+        spdlog::error("recovery run={} memory tier: {}", run_id, opened.message());
+      }
+    }
+  }
   auto marker = env::ReadWholeFile(env_, StrCat(dir, "/", storage::kRunStateFile));
   if (marker.ok() && *marker == kFinished) {
     absl::MutexLock lock(&run->mu());
@@ -217,6 +261,7 @@ absl::StatusOr<std::shared_ptr<Run>> RunRegistry::Open(const std::string& run_id
   run->state_ = RunState::kOpen;
   run->settings_ = std::move(settings);
   run->settings_unloaded_ = false;
+  run->reopened_ = true;
   run->reference_time_s_ = run->last_active_s_ = NowSeconds();
   return run;
 }
@@ -314,6 +359,82 @@ std::vector<std::shared_ptr<Run>> RunRegistry::List() const {
   return out;
 }
 
+absl::Status RunRegistry::OpenMemoryDir(Run& run) {
+  if (run.mem_dir_ != nullptr) return absl::OkStatus();
+  if (memory_.root.empty()) {
+    return absl::FailedPreconditionError(
+        StrCat("run '", run.id(),
+               "' has memory steps (schedule.memory_every_steps) but this daemon has no memory "
+               "tier; set [memory] root to a directory on tmpfs, or drop memory_every_steps"));
+  }
+  storage::RecoveryReport report;
+  CKPTD_ASSIGN_OR_RETURN(run.mem_dir_,
+                         storage::RunDir::Open(env_, StrCat(memory_.root, "/", run.id()), &report));
+  LogRecovery(run.id(), report, *run.mem_dir_, "memory tier: ");
+  return absl::OkStatus();
+}
+
+uint64_t RunRegistry::MemoryTierBytes() const {
+  uint64_t total = 0;
+  for (const std::shared_ptr<Run>& run : List()) {
+    absl::MutexLock lock(&run->mu());
+    if (run->mem_dir_ != nullptr) total += run->mem_dir_->total_bytes();
+  }
+  return total;
+}
+
+void RunRegistry::EvictMemory(Run& run, const std::vector<uint64_t>& steps, std::string_view why) {
+  for (uint64_t step : steps) {
+    spdlog::info("memory step evicted run={} step={} why=\"{}\"", run.id(), step, why);
+    metrics::Metrics::Get().CountDeletion(run.id(), "memory_tier");
+    run.PublishLocked({.type = Event::Type::kDeleted,
+                       .run_id = run.id(),
+                       .step = step,
+                       .error = StrCat("memory tier: ", why),
+                       .time_utc = FormatUtc(NowSeconds())});
+  }
+}
+
+void RunRegistry::EvictMemoryForRoom(Run& run, const std::vector<uint64_t>& steps,
+                                     uint64_t for_step) {
+  EvictMemory(run, steps, StrCat("room for step ", for_step, " under [memory] max_bytes"));
+}
+
+void RunRegistry::CommittedToMemory(Run& run, const storage::CheckpointRecord& record,
+                                    std::string_view details) {
+  metrics::Metrics::Get().CountSave(run.id(), "memory");
+  spdlog::info("memory step committed run={} step={} {}file={}", run.id(), record.step, details,
+               record.model_path);
+  run.Publish({.type = Event::Type::kCommitted,
+               .run_id = run.id(),
+               .step = record.step,
+               .record = record,
+               .time_utc = FormatUtc(NowSeconds())});
+  absl::MutexLock lock(&run.mu());
+  storage::RunDir* mem = run.mem_dir_.get();
+  if (mem == nullptr) return;
+  auto above = mem->DeleteAbove(record.step);
+  if (!above.ok()) {
+    spdlog::error("memory tier run={} step={}: evicting the steps above it: {}", run.id(),
+                  record.step, above.status().message());
+  } else {
+    EvictMemory(run, *above, StrCat("step ", record.step, " was saved again after a restore"));
+  }
+  std::vector<policy::MemoryStep> held;
+  for (const auto& [step, r] : mem->catalog()) held.push_back({step, r.total_bytes()});
+  const policy::Schedule schedule = EffectiveSchedule(run);
+  const uint32_t keep = schedule.memory_keep_last ? schedule.memory_keep_last : memory_.keep_last;
+  std::vector<uint64_t> evicted;
+  for (uint64_t step : policy::MemoryEvictions(held, record.step, keep, 0)) {
+    if (absl::Status st = mem->Delete(step); !st.ok()) {
+      spdlog::error("memory tier run={} step={}: evicting: {}", run.id(), step, st.message());
+      continue;
+    }
+    evicted.push_back(step);
+  }
+  EvictMemory(run, evicted, StrCat("memory_keep_last=", keep));
+}
+
 policy::Schedule RunRegistry::EffectiveSchedule(const Run& run) const {
   if (run.settings_ && run.settings_->schedule) return *run.settings_->schedule;
   absl::MutexLock lock(&defaults_mu_);
@@ -403,6 +524,20 @@ void RunRegistry::Committed(Run& run, const storage::CheckpointRecord& record, C
                .record = record,
                .is_latest = is_latest,
                .time_utc = FormatUtc(NowSeconds())});
+  if (source == CommitSource::kSave) {
+    // The disk holds this step now; memory steps at or above it belong to
+    // a continuation the trainer abandoned when it resumed from older.
+    absl::MutexLock lock(&run.mu());
+    if (storage::RunDir* mem = run.mem_dir_.get(); mem != nullptr && record.step > 0) {
+      auto gone = mem->DeleteAbove(record.step - 1);
+      if (gone.ok()) {
+        EvictMemory(run, *gone, StrCat("step ", record.step, " is on disk"));
+      } else {
+        spdlog::error("memory tier run={} step={}: evicting: {}", run.id(), record.step,
+                      gone.status().message());
+      }
+    }
+  }
   if (observer_ != nullptr) observer_->OnCommitted(run, record, source);
   // A fetched step is one the trainer asked back: retention must not take
   // it before it is restored.

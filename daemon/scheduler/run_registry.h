@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -37,6 +38,20 @@
 namespace ckptd::scheduler {
 
 enum class RunState { kIdle, kOpen, kFinished };
+
+// Where a step is kept on this node: the disk tier is the run directory;
+// the memory tier is a second run directory on a memory-backed file system
+// (the daemon's [memory] root, tmpfs), holding the run's last few memory
+// steps as complete checkpoints with the same commit recipe.
+enum class Tier { kDisk, kMemory };
+std::string_view TierName(Tier t);
+
+// The daemon's memory tier ([memory]).
+struct MemoryTierOptions {
+  std::string root;        // "" = off: a run asking for memory steps is refused
+  uint32_t keep_last = 2;  // memory steps kept per run (a run's schedule may say otherwise)
+  uint64_t max_bytes = 0;  // all runs' memory steps together; 0 = no cap beyond tmpfs's size
+};
 
 // An export a run writes with each checkpoint.
 struct RunExport {
@@ -145,8 +160,19 @@ struct RunSnapshot {
   std::shared_ptr<const storage::Catalog> pending;
   std::vector<storage::QuarantinedFile> quarantined;
   std::optional<uint64_t> latest_step;
+  // The memory tier: its steps (null when the run has none) and directory.
+  std::shared_ptr<const storage::Catalog> memory_catalog;
+  std::string memory_dir;
+  // The highest step the trainer asked about (ShouldSave) or saved since
+  // the daemon started: what a restore now would lose is measured from it.
+  std::optional<uint64_t> last_seen_step;
 
-  const storage::CheckpointRecord* Find(uint64_t step) const;
+  std::optional<uint64_t> memory_step() const;  // the newest memory step
+  std::optional<uint64_t> newest_step() const;  // the newest step in either tier
+
+  const storage::CheckpointRecord* Find(uint64_t step) const;  // on disk
+  // On disk, else in the memory tier (`tier` says which).
+  const storage::CheckpointRecord* FindAny(uint64_t step, Tier* tier) const;
   uint64_t total_bytes() const;
   // What retention would do now (nothing is deleted).
   std::vector<policy::RetentionDecision> DryPlan(double now_s) const;
@@ -203,6 +229,19 @@ class Run {
   absl::Mutex& save_mu() ABSL_LOCK_RETURNED(save_mu_) { return save_mu_; }
   storage::RunDir* dir() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
   const storage::RunDir* dir() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return dir_.get(); }
+  // The tier's directory; the memory tier's only once opened
+  // (RunRegistry::OpenMemoryDir), else null.
+  storage::RunDir* dir(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return t == Tier::kDisk ? dir_.get() : mem_dir_.get();
+  }
+  // After an OpenRun the first step seen starts afresh (a resumed trainer
+  // counts from its restored step); until then the old one stays, so the
+  // resumed trainer's restore is told what it lost.
+  void SawStep(uint64_t step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (std::exchange(reopened_, false) || !last_seen_step_ || step > *last_seen_step_) {
+      last_seen_step_ = step;
+    }
+  }
   // A trainer's call (ShouldSave, a save): stamps the time and makes a run
   // that went idle open again (a finished run stays finished).
   void MarkActive(double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -239,6 +278,9 @@ class Run {
   std::set<uint64_t> in_flight_ ABSL_GUARDED_BY(mu_);  // steps being written
   std::set<uint64_t> awaiting_upload_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<storage::RunDir> dir_ ABSL_PT_GUARDED_BY(mu_);
+  std::unique_ptr<storage::RunDir> mem_dir_ ABSL_PT_GUARDED_BY(mu_);  // the memory tier's
+  std::optional<uint64_t> last_seen_step_ ABSL_GUARDED_BY(mu_);
+  bool reopened_ ABSL_GUARDED_BY(mu_) = false;  // OpenRun since the last step seen
   std::vector<std::weak_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -249,9 +291,21 @@ class RunRegistry {
               DaemonFacts facts, policy::RetentionPolicy default_retention = {},
               policy::DiskGuard disk_guard = {});
 
-  // Opens every <root>/<run_id>/weights under the roots (recovering each);
+  // Before Scan: the memory tier's directory and budget.
+  void SetMemoryTier(MemoryTierOptions options) { memory_ = std::move(options); }
+  const MemoryTierOptions& memory_tier() const { return memory_; }
+
+  // Opens every <root>/<run_id>/weights under the roots (recovering each),
+  // and each run's memory-tier directory found under the memory root;
   // problems are returned as warnings, not errors.
   std::vector<std::string> Scan();
+
+  // The run's memory-tier directory (<memory root>/<run_id>), opened (and
+  // recovered) if it is not yet. FAILED_PRECONDITION when the daemon has no
+  // memory tier.
+  absl::Status OpenMemoryDir(Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
+  // The bytes every run's memory steps hold, together.
+  uint64_t MemoryTierBytes() const;
 
   // Registers or resumes a run. INVALID_ARGUMENT for a bad id, PERMISSION_DENIED
   // for a directory outside the roots, FAILED_PRECONDITION if the id already
@@ -294,6 +348,17 @@ class RunRegistry {
   // the observer, and retention (whose failure does not fail the commit).
   void Committed(Run& run, const storage::CheckpointRecord& record, CommitSource source,
                  std::string_view details) ABSL_LOCKS_EXCLUDED(run.mu_);
+  // The commit tail of a memory step: the metric, the log line, the
+  // COMMITTED event, then the run's memory steps beyond its keep_last and
+  // those above this step (an abandoned continuation: the trainer resumed
+  // from an older step) are evicted. No observer, no retention: the memory
+  // tier is this node's alone.
+  void CommittedToMemory(Run& run, const storage::CheckpointRecord& record,
+                         std::string_view details) ABSL_LOCKS_EXCLUDED(run.mu_);
+  // Memory steps `steps` of `run` were evicted to make room for `for_step`
+  // under [memory] max_bytes (logged, counted, published).
+  void EvictMemoryForRoom(Run& run, const std::vector<uint64_t>& steps, uint64_t for_step)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
   // A multi-rank part durable here: the observer uploads and reports it.
   void Staged(Run& run, const storage::CheckpointRecord& record) ABSL_LOCKS_EXCLUDED(run.mu_);
 
@@ -361,8 +426,13 @@ class RunRegistry {
   absl::Status CheckDirFreeLocked(const std::string& run_id, const std::string& dir) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Evicts memory steps `steps` (logged, counted, published as DELETED with `why`).
+  void EvictMemory(Run& run, const std::vector<uint64_t>& steps, std::string_view why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
+
   env::Env* env_;
   std::vector<std::string> roots_;
+  MemoryTierOptions memory_;
   DaemonFacts facts_;
   SettingsStore* store_ = nullptr;
   CommitObserver* observer_ = nullptr;

@@ -12,6 +12,7 @@ absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id, ui
   const std::optional<uint64_t> queued = queue_ ? queue_->LastQueued(run_id) : std::nullopt;
   absl::MutexLock lock(&run->mu());
   run->MarkActive(NowSeconds());
+  run->SawStep(step);
   return Admit(*run, registry_->EffectiveSchedule(*run), {.step = step}, queued,
                run->last_active_s_);
 }

@@ -70,6 +70,7 @@ absl::StatusOr<SaveQueue::Accepted> SaveQueue::Admit(Run& run, RunQueue& q, Save
   {
     absl::MutexLock run_lock(&run.mu());
     run.MarkActive(NowSeconds());
+    run.SawStep(p.step);
     weights_dir = run.dir()->weights_dir();
     std::optional<uint64_t> last;
     if (!q.jobs.empty()) last = q.jobs.back().params.step;

@@ -141,6 +141,7 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
   {
     absl::MutexLock lock(&run->mu());
     run->MarkActive(NowSeconds());
+    run->SawStep(p.step);
     if (admitted == nullptr) {
       admission = Admit(*run, registry->EffectiveSchedule(*run), p.admit_request(), std::nullopt,
                         NowSeconds());
@@ -151,7 +152,10 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
       again.force = true;
       again.overwrite = admitted->overwrite;
       admission = Admit(*run, registry->EffectiveSchedule(*run), again, std::nullopt, NowSeconds());
-      if (admission.ok()) admission->reason = admitted->reason;
+      if (admission.ok()) {
+        admission->reason = admitted->reason;
+        admission->tier = admitted->tier;
+      }
     }
   }
   if (!admission.ok()) return s->Fail(admission.status());
@@ -170,6 +174,7 @@ absl::StatusOr<std::unique_ptr<SaveSession>> SaveSession::Begin(RunRegistry* reg
 absl::Status SaveSession::Prepare(const Admission& admission) {
   const SaveParams& p = params_;
   overwrite_ = admission.overwrite;
+  tier_ = admission.tier;
   storage::SavePlan plan;
   plan.step = p.step;
   plan.alignment = registry_->facts().alignment;
@@ -184,14 +189,17 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   CKPTD_TRY(registry_->EnsureSettings(*run_));  // an idle run's come back from its directory
   {
     absl::MutexLock lock(&run_->mu());
+    if (tier_ == Tier::kMemory) CKPTD_TRY(registry_->OpenMemoryDir(*run_));
+    storage::RunDir* dir = run_->dir(tier_);
     // Checked again under the save lock: another save may have committed meanwhile.
-    CKPTD_TRY(run_->dir()->CheckCanSave(
-        p.step, overwrite_ ? storage::Overwrite::kYes : storage::Overwrite::kNo));
+    CKPTD_TRY(
+        dir->CheckCanSave(p.step, overwrite_ ? storage::Overwrite::kYes : storage::Overwrite::kNo));
     std::string parent;
     const auto& catalog = run_->dir()->catalog();
     auto it = catalog.lower_bound(p.step);
     if (it != catalog.begin()) parent = std::prev(it)->second.uuid;
-    if (const RunMultiRank& mr = run_->settings_->multi_rank; mr.world_size > 1) {
+    if (const RunMultiRank& mr = run_->settings_->multi_rank;
+        mr.world_size > 1 && tier_ == Tier::kDisk) {
       if (overwrite_) {
         return absl::FailedPreconditionError(
             StrCat("overwrite: step ", p.step, " of multi-rank run '", p.run_id,
@@ -212,8 +220,9 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     }
     AddProvenance(*run_->settings_, registry_->facts(), p, transport_, now, parent, save_id,
                   &plan.model_metadata);
-    weights_dir = run_->dir()->weights_dir();
-    run_exports = run_->settings_->exports;
+    weights_dir = dir->weights_dir();
+    // Exports are made from disk steps only: a memory step is for resuming.
+    if (tier_ == Tier::kDisk) run_exports = run_->settings_->exports;
   }
   CKPTD_TRY(PlanExports(run_exports, p.tensors, plan.model_metadata, registry_->facts().version,
                         &plan.exports));
@@ -231,7 +240,9 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
 
   auto writer = storage::CheckpointWriter::Plan(registry_->env(), weights_dir, std::move(plan));
   if (!writer.ok()) return writer.status();
-  // Before a byte is written: make room under the disk guard, or refuse.
+  // Before a byte is written: make room under the disk guard (and the
+  // memory tier's budget), or refuse.
+  if (tier_ == Tier::kMemory) CKPTD_TRY(EnsureMemory((*writer)->planned_bytes()));
   CKPTD_TRY(EnsureSpace((*writer)->planned_bytes(), weights_dir));
   {
     absl::MutexLock lock(&run_->mu());
@@ -241,9 +252,40 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   CKPTD_TRY((*writer)->Start());
   writer_ = std::move(*writer);
   metrics::Metrics::Get().AddInFlightBytes(static_cast<int64_t>(writer_->data_bytes()));
-  spdlog::info("save started run={} step={} tensors={} bytes={} reason=\"{}\"", p.run_id, p.step,
-               p.tensors.size(), writer_->data_bytes(), reason_);
+  spdlog::info("save started run={} step={} tier={} tensors={} bytes={} reason=\"{}\"", p.run_id,
+               p.step, TierName(tier_), p.tensors.size(), writer_->data_bytes(), reason_);
   return absl::OkStatus();
+}
+
+absl::Status SaveSession::EnsureMemory(uint64_t planned) {
+  const uint64_t cap = registry_->memory_tier().max_bytes;
+  if (cap == 0) return absl::OkStatus();
+  const uint64_t held = registry_->MemoryTierBytes();
+  if (held + planned <= cap) return absl::OkStatus();
+  std::vector<uint64_t> evicted;
+  uint64_t freed = 0;
+  absl::MutexLock lock(&run_->mu());
+  storage::RunDir* mem = run_->dir(Tier::kMemory);
+  // This run's oldest memory steps make room for its newest; other runs'
+  // are theirs.
+  while (held - freed + planned > cap && !mem->catalog().empty()) {
+    const auto& [step, record] = *mem->catalog().begin();
+    const uint64_t bytes = record.total_bytes();
+    const uint64_t s = step;
+    CKPTD_TRY(s == mem->latest_step() ? mem->DeleteAbove(s - 1).status() : mem->Delete(s));
+    freed += bytes;
+    evicted.push_back(s);
+  }
+  registry_->EvictMemoryForRoom(*run_, evicted, params_.step);
+  if (held - freed + planned <= cap) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      StrCat("run '", params_.run_id, "' memory step ", params_.step, " needs ", planned,
+             " bytes, but the memory tier holds ", held - freed,
+             " bytes of other runs' memory steps and "
+             "[memory] max_bytes is ",
+             cap,
+             "; nothing was written. Raise [memory] max_bytes, lower "
+             "memory_keep_last, or save less often to memory"));
 }
 
 absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weights_dir) {
@@ -252,6 +294,14 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   const uint64_t needed =
       policy::BytesToFree(guard, space.free_bytes, space.total_bytes, planned + kSpaceMargin);
   if (needed == 0) return absl::OkStatus();
+  if (tier_ == Tier::kMemory) {
+    return absl::ResourceExhaustedError(
+        StrCat("run '", params_.run_id, "' memory step ", params_.step, " needs ", planned,
+               " bytes, but the memory tier's file system (", weights_dir, ") has ",
+               space.free_bytes, " free, ", needed,
+               " short of the disk guard's margin; nothing was written. Give the tmpfs more "
+               "room, or set [memory] max_bytes below its size"));
+  }
   absl::MutexLock lock(&run_->mu());
   auto pruned = PruneForSpace(run_->dir(), run_->pins_, registry_->EffectiveRetention(*run_),
                               run_->RetentionHolds(), NowSeconds(), needed, guard.on_full);
@@ -321,6 +371,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   storage::CheckpointRecord record;
   bool note_buffered = false;
   if (part_) return StagePart(t);
+  if (tier_ == Tier::kMemory) return CommitToMemory(t);
   {
     absl::MutexLock lock(&run_->mu());
     CKPTD_ASSIGN_OR_RETURN(
@@ -348,6 +399,27 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
                   record.total_bytes(), writer_->zero_copy_bytes(),
                   writer_->model().direct ? "direct" : "buffered", t->received_s, t->durable_s,
                   t->committed_s));
+  return record;
+}
+
+// A memory step: committed in the memory tier's directory by the same
+// recipe; the disk schedule's clock (every_seconds) does not restart.
+absl::StatusOr<storage::CheckpointRecord> SaveSession::CommitToMemory(SaveTimings* t) {
+  storage::CheckpointRecord record;
+  {
+    absl::MutexLock lock(&run_->mu());
+    CKPTD_ASSIGN_OR_RETURN(
+        record, run_->dir(Tier::kMemory)->Commit(writer_.get(), storage::Overwrite::kYes));
+    run_->last_error_.clear();
+    LeaveInFlight();
+  }
+  done_ = true;
+  t->committed_s = NowSeconds() - start_s_;
+  metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
+  registry_->CommittedToMemory(
+      *run_, record,
+      fmt::format("bytes={} received={:.3f}s durable={:.3f}s committed={:.3f}s ",
+                  record.total_bytes(), t->received_s, t->durable_s, t->committed_s));
   return record;
 }
 

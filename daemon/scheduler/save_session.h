@@ -93,8 +93,12 @@ class SaveSession {
   absl::Status Prepare(const Admission& admission);
   // Disk guard: prunes unprotected checkpoints to make room, or refuses.
   absl::Status EnsureSpace(uint64_t planned, const std::string& weights_dir);
+  // The memory tier's budget ([memory] max_bytes): this run's oldest memory
+  // steps evicted to make room, or RESOURCE_EXHAUSTED.
+  absl::Status EnsureMemory(uint64_t planned);
   absl::StatusOr<storage::CheckpointRecord> Commit(SaveTimings* timings, bool* is_latest);
   absl::StatusOr<storage::CheckpointRecord> StagePart(SaveTimings* t);
+  absl::StatusOr<storage::CheckpointRecord> CommitToMemory(SaveTimings* t);
   absl::Status Fail(absl::Status why);
   void LeaveInFlight() ABSL_EXCLUSIVE_LOCKS_REQUIRED(run_->mu());
   // The save's files are durable (committed, or a part staged): the run's
@@ -110,6 +114,7 @@ class SaveSession {
   std::string reason_;
   bool overwrite_ = false;
   bool part_ = false;  // a multi-rank run's part: staged, committed by the coordinator's verdict
+  Tier tier_ = Tier::kDisk;
   double start_s_ = 0;
   bool done_ = false;       // committed or failed
   bool in_flight_ = false;  // params_.step is in run_->in_flight

@@ -451,6 +451,12 @@ absl::Status RunDir::Delete(uint64_t step) {
     return absl::FailedPreconditionError(
         StrCat("step ", step, " is latest's target; not deleting it"));
   }
+  return DeleteStep(step);
+}
+
+absl::Status RunDir::DeleteStep(uint64_t step) {
+  const CheckpointRecord* r = Find(step);
+  if (r == nullptr) return absl::NotFoundError(StrCat("no checkpoint at step ", step));
   const std::string model_path = r->model_path;
   const std::string train_path = r->train_path;
   const std::vector<ExportRecord> exports = r->exports;
@@ -472,6 +478,22 @@ absl::Status RunDir::Delete(uint64_t step) {
   CKPTD_TRY(env_->SyncDir(weights_dir_));
   if (!exports.empty()) CKPTD_TRY(RelinkExports().status());
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint64_t>> RunDir::DeleteAbove(uint64_t step) {
+  std::vector<uint64_t> above;
+  const auto first = catalog_->upper_bound(step);
+  for (auto it = first; it != catalog_->end(); ++it) above.push_back(it->first);
+  if (above.empty()) return above;
+  std::optional<uint64_t> keep;
+  if (first != catalog_->begin()) keep = std::prev(first)->first;
+  CKPTD_TRY(PointLatestAt(keep));
+  std::vector<uint64_t> deleted;
+  for (auto it = above.rbegin(); it != above.rend(); ++it) {
+    CKPTD_TRY(DeleteStep(*it));
+    deleted.push_back(*it);
+  }
+  return deleted;
 }
 
 absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwrite overwrite) {

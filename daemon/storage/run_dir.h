@@ -97,6 +97,11 @@ class RunDir {
   // train file and exports, then fsyncs the directory. Refuses `latest`'s target
   // (FAILED_PRECONDITION). Only files named by the grammar inside weights/ are touched.
   absl::Status Delete(uint64_t step);
+  // Deletes every committed step above `step`, newest first, after `latest`
+  // is pointed at the newest step left: the steps a retaken step replaces
+  // (the memory tier's, after a trainer resumed from an older step).
+  // Returns the steps deleted.
+  absl::StatusOr<std::vector<uint64_t>> DeleteAbove(uint64_t step);
 
   // Startup recovery again: temps and orphans removed, `latest` repointed,
   // the catalog reloaded from the headers.
@@ -129,6 +134,8 @@ class RunDir {
  private:
   RunDir(env::Env* env, std::string run_dir);
   absl::Status PointLatestAt(std::optional<uint64_t> step);
+  // Delete without the `latest` check (DeleteAbove repoints it first).
+  absl::Status DeleteStep(uint64_t step);
   // What `latest` names for a committed step: its model file or its part.
   std::string LatestTarget(uint64_t step) const;
   // Points each latest.E at the newest step with export E (removing links

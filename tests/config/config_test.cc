@@ -46,6 +46,25 @@ TEST_F(ConfigTest, DiskGuardOnFullIsRefuseOrAnExplicitPruneOldest) {
               HasSubstr(":2: disk_guard.on_full: 'delete' is not \"refuse\" or \"prune_oldest\""));
 }
 
+TEST_F(ConfigTest, TheMemoryTierHasItsOwnRootAndMemoryStepsNeedIt) {
+  auto c = LoadConfig(File("[memory]\nroot = \"/dev/shm/ckptd\"\nkeep_last = 3\nmax_bytes = 1024\n"
+                           "[schedule]\nmemory_every_steps = 10\n"),
+                      {}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->memory_root, "/dev/shm/ckptd");
+  EXPECT_EQ(c->memory_keep_last, 3u);
+  EXPECT_EQ(c->memory_max_bytes, 1024u);
+  EXPECT_EQ(c->schedule.memory_every_steps, 10u);
+  EXPECT_THAT(Error("[schedule]\nmemory_every_steps = 10\n"),
+              HasSubstr("schedule.memory_every_steps: memory steps need the memory tier"));
+  EXPECT_THAT(Error("[storage]\nroots = [\"/srv/ckpt\"]\n[memory]\nroot = \"/srv/ckpt/mem\"\n"),
+              HasSubstr("memory.root: '/srv/ckpt/mem' overlaps storage.roots '/srv/ckpt'"));
+  EXPECT_THAT(Error("[storage]\nroots = [\"/dev/shm/x/runs\"]\n[memory]\nroot = \"/dev/shm/x\"\n"),
+              HasSubstr("overlaps storage.roots"));
+  EXPECT_THAT(Error("[memory]\nroot = \"/dev/shm/a\"\nkeep_last = 0\n"),
+              HasSubstr("memory.keep_last: must be at least 1"));
+}
+
 TEST_F(ConfigTest, TcpNeedsTlsOrAnExplicitInsecure) {
   const std::string tcp = "[server]\nlisten = \"0.0.0.0:7000\"\n";
   EXPECT_THAT(Error(tcp), HasSubstr("server.listen: '0.0.0.0:7000' is TCP without TLS"));

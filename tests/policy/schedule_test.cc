@@ -62,5 +62,35 @@ TEST(ScheduleTest, EmptyScheduleNeverDue) {
   EXPECT_EQ(Describe({.every_steps = 10, .at_steps = {1, 2}}), "every_steps=10, at_steps=[1, 2]");
 }
 
+TEST(ScheduleTest, MemoryStepsAreMultiplesAboveTheLastStepOfAnyTier) {
+  Schedule s{.every_steps = 100, .memory_every_steps = 10};
+  EXPECT_FALSE(IsMemoryDue(s, std::nullopt, 0).due);  // step 0 is the untrained model
+  EXPECT_FALSE(IsMemoryDue(s, std::nullopt, 15).due);
+  EXPECT_THAT(IsMemoryDue(s, std::nullopt, 15).reason, HasSubstr("next memory step at 20"));
+  Decision d = IsMemoryDue(s, std::nullopt, 20);
+  EXPECT_TRUE(d.due);
+  EXPECT_EQ(d.reason, "memory_every_steps=10");
+  EXPECT_FALSE(IsMemoryDue(s, 30, 30).due);  // already saved (in either tier)
+  EXPECT_THAT(IsMemoryDue(s, 40, 30).reason, HasSubstr("not after the last saved step 40"));
+  EXPECT_TRUE(IsMemoryDue(s, 30, 40).due);
+  EXPECT_FALSE(IsMemoryDue(Schedule{.every_steps = 100}, std::nullopt, 20).due);
+  EXPECT_THAT(IsMemoryDue(Schedule{}, std::nullopt, 20).reason, HasSubstr("memory tier is off"));
+  EXPECT_THAT(Describe(s), HasSubstr("memory_every_steps=10"));
+}
+
+TEST(ScheduleTest, MemoryEvictionsKeepTheNewestWithinCountAndBytes) {
+  std::vector<MemoryStep> held = {{10, 100}, {20, 100}, {30, 100}, {40, 100}};
+  EXPECT_EQ(MemoryEvictions(held, 40, 2, 0), (std::vector<uint64_t>{10, 20}));
+  EXPECT_EQ(MemoryEvictions(held, 40, 4, 0), (std::vector<uint64_t>{}));
+  EXPECT_EQ(MemoryEvictions(held, 40, 0, 0), (std::vector<uint64_t>{10, 20, 30}));  // at least 1
+  EXPECT_EQ(MemoryEvictions(held, 40, 4, 250), (std::vector<uint64_t>{10, 20}));    // bytes too
+  EXPECT_EQ(MemoryEvictions(held, 40, 4, 400), (std::vector<uint64_t>{}));          // exactly fits
+  // The step just kept is never evicted, even alone over the cap, and even
+  // when it is not the newest (an older step retaken after a restore).
+  EXPECT_EQ(MemoryEvictions(held, 40, 4, 50), (std::vector<uint64_t>{10, 20, 30}));
+  EXPECT_EQ(MemoryEvictions(held, 20, 1, 0), (std::vector<uint64_t>{10, 30, 40}));
+  EXPECT_EQ(MemoryEvictions({}, 10, 2, 0), (std::vector<uint64_t>{}));
+}
+
 }  // namespace
 }  // namespace ckptd::policy

@@ -113,6 +113,23 @@ TEST_F(RunDirTest, OverwriteAndRollbackRules) {
   EXPECT_TRUE(r->train_path.empty());
 }
 
+TEST_F(RunDirTest, DeleteAboveRemovesNewerStepsAndRepointsLatest) {
+  env::Env* env = env::Env::Default();
+  auto dir = OpenDir();
+  for (uint64_t step : {10, 20, 30, 40}) ASSERT_TRUE(Save(env, dir.get(), step, true).ok());
+  auto deleted = dir->DeleteAbove(20);
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(*deleted, (std::vector<uint64_t>{40, 30}));  // newest first
+  EXPECT_EQ(Latest(), "step_20.gguf");
+  EXPECT_THAT(Names(Weights()),
+              UnorderedElementsAre("step_10.gguf", "step_10.train.gguf", "step_20.gguf",
+                                   "step_20.train.gguf", "latest"));
+  EXPECT_EQ(dir->DeleteAbove(20)->size(), 0u);
+  ASSERT_EQ(dir->DeleteAbove(0)->size(), 2u);  // everything: latest goes too
+  EXPECT_FALSE(env->ReadLink(Weights() + "/latest").ok());
+  EXPECT_TRUE(dir->catalog().empty());
+}
+
 TEST_F(RunDirTest, RecoveryRemovesTempsAndOrphansAndRepairsLatest) {
   env::Env* env = env::Env::Default();
   {

@@ -112,6 +112,12 @@ class Restore {
   };
   // ReadRun: the newer steps that did not restore, newest first.
   const std::vector<Skipped>& skipped() const { return skipped_; }
+  // OpenRun and ReadRun: the tier that held the step ("memory": the
+  // daemon's memory tier, "disk", or "store": fetched back first), and the
+  // steps between the highest step the daemon saw the trainer reach and
+  // this one (unknown after the daemon restarted).
+  const std::string& tier() const { return tier_; }
+  std::optional<uint64_t> steps_lost() const { return steps_lost_; }
   ~Restore();
   Restore(const Restore&) = delete;
   Restore& operator=(const Restore&) = delete;
@@ -162,6 +168,8 @@ class Restore {
   uint64_t memory_fallbacks_ = 0;
   std::string memory_error_;
   std::vector<Skipped> skipped_;
+  std::string tier_ = "disk";
+  std::optional<uint64_t> steps_lost_;
 };
 
 }  // namespace ckptd

@@ -115,6 +115,13 @@ class RestoreInfo:
     # Newer steps restore() refused as damaged before this one, each with why
     # (latest only: a step asked for is never swapped for another).
     skipped: list[str] = field(default_factory=list)
+    # The tier that served it: "memory" (the daemon's memory tier), "disk"
+    # or "store" (fetched back from the object store first).
+    tier: str = "disk"
+    # Steps between the highest step the daemon saw the trainer reach
+    # (ShouldSave or a save) and this one: the work a resume repeats. None
+    # when the daemon does not know (it restarted since).
+    steps_lost: int | None = None
 
 
 def connect(target: str | None = None, reconnect_timeout: float = 60.0, *, tls: bool = False,
@@ -869,20 +876,25 @@ class Run:
         on the daemon's disk is first fetched from its object store ([tier.s3])
         when it has one: a trainer on a new node restores."""
         info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
+        tier = None
         if step is None:
-            if not info.HasField("last_step"):
+            local = [info.last_step] if info.HasField("last_step") else []
+            local += [info.memory_step] if info.HasField("memory_step") else []
+            if not local:
                 fetched = self._fetch_remote(None) if remote else None
                 if fetched is None:
                     return None
-                step = fetched.step
+                step, tier = fetched.step, "store"
             else:
-                step = info.last_step
+                step = max(local)
         try:
             detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
         except Error as e:
             if e.code != "NOT_FOUND" or not remote or self._fetch_remote(step) is None:
                 raise
             detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
+            tier = "store"
+        tier = tier or ("memory" if detail.info.location == "memory" else "disk")
         memory = None
         # Only with digests checked: a live trainer may be reusing that arena.
         if hot and verify and self.client.local and info.HasField("in_memory") and info.in_memory.step == step:
@@ -893,6 +905,8 @@ class Run:
             c.close()
             raise gguf.GgufError(f"asked run {self.id!r} for step {step}, but {detail.info.file} holds step "
                                  f"{c.step} (its {gguf.KEY_STEP})")
+        c.tier = tier
+        c.steps_lost = info.last_seen_step - step if info.HasField("last_seen_step") else None
         return c
 
     def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
@@ -997,6 +1011,8 @@ class Run:
                 metadata=dict(ckpt.metadata),
                 memory_fallbacks=ckpt.memory_fallbacks,
                 changes=changes,
+                tier=ckpt.tier,
+                steps_lost=ckpt.steps_lost,
             )
 
 

@@ -139,6 +139,8 @@ class Checkpoint:
         self.verify = verify and gguf.hasher.available
         self.threads = threads
         self.source = "disk"
+        self.tier = "disk"  # set by Run.open_checkpoint: the tier that holds it
+        self.steps_lost: int | None = None
         self.model = gguf.read_header(model_path)
         _check_table(self.model, self.verify)
         check_named_step(self.model)
