@@ -261,29 +261,37 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
   // Not on the daemon's disk: its object store may have it. A daemon
   // without a tier (FAILED_PRECONDITION) or a store without the step
   // (NOT_FOUND) leaves the answer as it was.
-  auto fetched = [&](std::optional<uint64_t> want) -> std::optional<v1::CheckpointInfo> {
+  auto fetched = [&](std::optional<uint64_t> want,
+                     std::optional<uint64_t> newer_than) -> std::optional<v1::CheckpointInfo> {
     if (!options.allow_remote) return std::nullopt;
     v1::FetchRemoteRequest fetch;
     fetch.set_run_id(run_id);
     if (want) fetch.set_step(*want);
+    if (newer_than) fetch.set_newer_than(*newer_than);
     v1::CheckpointInfo got;
     grpc::ClientContext ctx;
     if (!client.stub().FetchRemote(&ctx, fetch, &got).ok()) return std::nullopt;
     return got;
   };
+  auto tier_of = [](const v1::CheckpointInfo& got) {
+    return std::string(got.fetched_from().starts_with("peer") ? "peer" : "store");
+  };
   v1::CheckpointInfo cp;
   std::string tier;
   if (!step.has_value()) {
-    if (!info.has_last_step() && !info.has_memory_step()) {
-      std::optional<v1::CheckpointInfo> remote = fetched(std::nullopt);
-      if (!remote) return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint yet"));
+    // The newest step on this node, in either tier, unless a peer's memory
+    // or the store has a newer one.
+    std::optional<uint64_t> local;
+    if (info.has_last_step()) local = info.last_step();
+    if (info.has_memory_step()) local = std::max(local.value_or(0), info.memory_step());
+    if (std::optional<v1::CheckpointInfo> remote = fetched(std::nullopt, local)) {
       cp = *remote;
       step = cp.step();
-      tier = "store";
+      tier = tier_of(cp);
+    } else if (!local) {
+      return absl::NotFoundError(StrCat("run '", run_id, "' has no checkpoint yet"));
     } else {
-      // The newest step on this node, in either tier.
-      step = std::max(info.has_last_step() ? info.last_step() : 0,
-                      info.has_memory_step() ? info.memory_step() : 0);
+      step = local;
     }
   }
   if (cp.file().empty()) {
@@ -294,10 +302,10 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
     v1::CheckpointDetail detail;
     grpc::Status st = client.stub().GetCheckpoint(&ctx, req, &detail);
     if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
-      if (std::optional<v1::CheckpointInfo> remote = fetched(step)) {
+      if (std::optional<v1::CheckpointInfo> remote = fetched(step, std::nullopt)) {
         cp = *remote;
         st = grpc::Status::OK;
-        tier = "store";
+        tier = tier_of(cp);
       }
     } else if (st.ok()) {
       cp = detail.info();
@@ -309,7 +317,10 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
     return absl::DataLossError(StrCat("asked run '", run_id, "' for step ", *step, ", but ",
                                       cp.file(), " holds step ", r->step(), " (its ckpt.step)"));
   }
-  r->tier_ = !tier.empty() ? tier : cp.location() == "memory" ? "memory" : "disk";
+  r->tier_ = !tier.empty()                ? tier
+             : !cp.fetched_from().empty() ? tier_of(cp)
+             : cp.location() == "memory"  ? "memory"
+                                          : "disk";
   if (info.has_last_seen_step() && info.last_seen_step() >= *step) {
     r->steps_lost_ = info.last_seen_step() - *step;
   }
@@ -360,6 +371,19 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::ReadRun(Client& client, const 
                                                           const RestoreOptions& options) {
   CKPTD_ASSIGN_OR_RETURN(std::vector<uint64_t> steps, StepsNewestFirst(client, run_id));
   if (steps.empty()) return OpenRun(client, run_id, std::nullopt, options);  // remote, or NOT_FOUND
+  // A peer's memory or the store may hold a newer step than this node.
+  std::optional<std::pair<uint64_t, std::string>> fetched;
+  if (options.allow_remote) {
+    v1::FetchRemoteRequest fetch;
+    fetch.set_run_id(run_id);
+    fetch.set_newer_than(steps.front());
+    v1::CheckpointInfo got;
+    grpc::ClientContext ctx;
+    if (client.stub().FetchRemote(&ctx, fetch, &got).ok()) {
+      fetched = {got.step(), got.fetched_from().starts_with("peer") ? "peer" : "store"};
+      steps.insert(steps.begin(), got.step());
+    }
+  }
   std::vector<Skipped> skipped;
   absl::Status newest_error;
   for (uint64_t step : steps) {
@@ -367,6 +391,7 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::ReadRun(Client& client, const 
     absl::Status st = r.ok() ? (*r)->ReadMany(targets) : r.status();
     if (st.ok()) {
       (*r)->skipped_ = std::move(skipped);
+      if (fetched && fetched->first == step) (*r)->tier_ = fetched->second;
       return r;
     }
     if (!FilesAreAtFault(st, r.ok())) return st;

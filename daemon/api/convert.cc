@@ -263,7 +263,9 @@ policy::Schedule FromProto(const v1::Schedule& s) {
           .at_steps = {s.at_steps().begin(), s.at_steps().end()},
           .final_on_close = !s.has_final_on_close() || s.final_on_close(),
           .memory_every_steps = s.memory_every_steps(),
-          .memory_keep_last = s.memory_keep_last()};
+          .memory_keep_last = s.memory_keep_last(),
+          .memory_auto = s.memory_auto(),
+          .memory_overhead_budget = s.memory_overhead_budget()};
 }
 
 v1::Schedule ToProto(const policy::Schedule& s) {
@@ -274,6 +276,8 @@ v1::Schedule ToProto(const policy::Schedule& s) {
   out.set_final_on_close(s.final_on_close);
   out.set_memory_every_steps(s.memory_every_steps);
   out.set_memory_keep_last(s.memory_keep_last);
+  out.set_memory_auto(s.memory_auto);
+  out.set_memory_overhead_budget(s.memory_overhead_budget);
   return out;
 }
 

@@ -24,6 +24,7 @@
 #include "daemon/base/time.h"
 #include "daemon/env/fd_limit.h"
 #include "daemon/metrics/metrics.h"
+#include "daemon/policy/peers.h"
 #include "daemon/rpc/decode_errors.h"
 #include "daemon/storage/file_names.h"
 #include "daemon/tier/store_factory.h"
@@ -103,6 +104,7 @@ absl::Status Daemon::StartServing() {
   }
   CKPTD_TRY(StartRuns());
   CKPTD_TRY(StartReplication());
+  CKPTD_TRY(StartPeers());
   queries_ = std::make_unique<query::Queries>(registry_.get(), roots_, replicator_.get());
   CKPTD_TRY(StartService());
   CKPTD_TRY(StartSharedMemory());
@@ -173,6 +175,55 @@ absl::Status Daemon::StartReplication() {
   return absl::OkStatus();
 }
 
+// [peers]: replicas of peers' steps held in the memory tier, taken on
+// their own listener; this node's steps sent to the next nodes in the ring.
+absl::Status Daemon::StartPeers() {
+  const config::Config& cfg = cfg_;
+  if (cfg.peers_listen.empty()) return absl::OkStatus();
+  CKPTD_ASSIGN_OR_RETURN(replicas_, replication::ReplicaStore::Open(
+                                        env_, {.root = StrCat(memory_root_, "/", kReplicaDir),
+                                               .max_bytes = cfg.peers_max_bytes,
+                                               .keep_last = cfg.peers_keep_last}));
+  std::string token;
+  if (!cfg.peers_token_file.empty()) {
+    auto t = rpc::LoadSingleToken(env_, cfg.peers_token_file);
+    if (!t.ok()) {
+      return absl::Status(t.status().code(), StrCat("peers.token_file: ", t.status().message()));
+    }
+    token = *t;
+  }
+  CKPTD_ASSIGN_OR_RETURN(PeerCredentials creds, LoadPeerCredentials(env_, cfg));
+  peer_service_ = std::make_unique<rpc::PeerService>(replicas_.get(), token);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(cfg.peers_listen, creds.server);
+  builder.SetMaxReceiveMessageSize(4 << 20);
+  builder.SetMaxSendMessageSize(4 << 20);
+  builder.RegisterService(peer_service_.get());
+  peer_server_ = builder.BuildAndStart();
+  if (!peer_server_) {
+    return absl::UnavailableError(
+        StrCat("cannot listen on ", cfg.peers_listen, " (peers.listen): in use, or no permission"));
+  }
+  const std::string self = cfg.peers_self.empty() ? cfg.peers_listen : cfg.peers_self;
+  std::vector<std::string> ring;
+  if (!cfg.peers_nodes.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(ring, policy::RingPeers(cfg.peers_nodes, self, cfg.peers_replicas));
+  }
+  peers_ = std::make_unique<replication::PeerSender>(
+      env_, registry_.get(),
+      replication::PeerOptions{.self = self,
+                               .peers = ring,
+                               .nodes = cfg.peers_nodes,
+                               .credentials = creds.channel,
+                               .token = token});
+  registry_->SetTierObserver(peers_.get());
+  peers_->Start();
+  spdlog::info("peers: taking replicas on {} (up to {} bytes, {}); sending each step to {}",
+               cfg.peers_listen, cfg.peers_max_bytes, cfg.peers_insecure ? "plaintext" : "mTLS",
+               ring.empty() ? std::string("no peer") : fmt::format("{}", fmt::join(ring, ", ")));
+  return absl::OkStatus();
+}
+
 absl::Status Daemon::StartService() {
   const config::Config& cfg = cfg_;
   service_ = std::make_unique<rpc::CheckpointdService>(
@@ -181,7 +232,8 @@ absl::Status Daemon::StartService() {
                                      .codec = codec_.get(),
                                      .budget = budget_.get(),
                                      .queries = queries_.get(),
-                                     .replicator = replicator_.get()},
+                                     .replicator = replicator_.get(),
+                                     .peers = peers_.get()},
       std::chrono::milliseconds(static_cast<int64_t>(cfg.save_idle_timeout_seconds * 1000)));
   service_->SetLimits({.max_tensors = cfg.max_tensors_per_save,
                        .max_metadata_bytes = cfg.max_metadata_bytes,
@@ -385,6 +437,8 @@ void Daemon::Stop() {
   });
   service_->BeginShutdown();
   if (replicator_) replicator_->Stop();  // what is left resumes at the next start
+  if (peer_server_) peer_server_->Shutdown(std::chrono::system_clock::now());
+  if (peers_) peers_->Stop();  // unsent replicas go: the next commit sends again
   if (http_server_) http_server_->Stop();
   // Calls still running are cancelled a little before the deadline, so
   // they can remove their temp files before the watchdog would exit.

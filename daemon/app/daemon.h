@@ -20,7 +20,10 @@
 #include "daemon/ingest/arena_registry.h"
 #include "daemon/ingest/arena_server.h"
 #include "daemon/query/queries.h"
+#include "daemon/replication/peer_sender.h"
+#include "daemon/replication/replica_store.h"
 #include "daemon/replication/replicator.h"
+#include "daemon/rpc/peer_service.h"
 #include "daemon/rpc/requests.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/memory_budget.h"
@@ -59,6 +62,7 @@ class Daemon {
   absl::Status LockRoots();
   absl::Status StartRuns();
   absl::Status StartReplication();  // [tier.s3]
+  absl::Status StartPeers();        // [peers]
   absl::Status StartService();
   absl::Status StartSharedMemory();
   absl::Status StartGrpc();
@@ -75,6 +79,11 @@ class Daemon {
   std::unique_ptr<rpc::RequestCodec> codec_;
   std::unique_ptr<scheduler::RunLifecycle> lifecycle_;
   std::unique_ptr<replication::Replicator> replicator_;  // null without [tier.s3]
+  // [peers]: replicas held for peers and their listener; this node's sender.
+  std::unique_ptr<replication::ReplicaStore> replicas_;
+  std::unique_ptr<rpc::PeerService> peer_service_;
+  std::unique_ptr<grpc::Server> peer_server_;
+  std::unique_ptr<replication::PeerSender> peers_;
   std::unique_ptr<query::Queries> queries_;
   std::unique_ptr<rpc::CheckpointdService> service_;
   std::unique_ptr<ingest::ArenaRegistry> arenas_;

@@ -25,6 +25,30 @@ absl::StatusOr<std::vector<std::string>> PrepareRoots(env::Env* env, const confi
   return out;
 }
 
+absl::StatusOr<PeerCredentials> LoadPeerCredentials(env::Env* env, const config::Config& c) {
+  if (c.peers_insecure && c.peers_tls_cert.empty()) {
+    spdlog::warn("peers: {} and the replicas sent from here travel in plaintext (peers.insecure)",
+                 c.peers_listen);
+    return PeerCredentials{grpc::InsecureServerCredentials(), grpc::InsecureChannelCredentials()};
+  }
+  auto read = [&](const char* key, const std::string& path) -> absl::StatusOr<std::string> {
+    auto pem = env::ReadWholeFile(env, path);
+    if (!pem.ok())
+      return absl::Status(pem.status().code(), StrCat(key, ": ", pem.status().message()));
+    return pem;
+  };
+  CKPTD_ASSIGN_OR_RETURN(std::string cert, read("peers.tls_cert", c.peers_tls_cert));
+  CKPTD_ASSIGN_OR_RETURN(std::string key, read("peers.tls_key", c.peers_tls_key));
+  CKPTD_ASSIGN_OR_RETURN(std::string ca, read("peers.tls_ca", c.peers_tls_ca));
+  grpc::SslServerCredentialsOptions server;
+  server.pem_key_cert_pairs.push_back({key, cert});
+  server.pem_root_certs = ca;
+  server.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  grpc::SslCredentialsOptions channel{
+      .pem_root_certs = ca, .pem_private_key = key, .pem_cert_chain = cert};
+  return PeerCredentials{grpc::SslServerCredentials(server), grpc::SslCredentials(channel)};
+}
+
 absl::StatusOr<std::string> PrepareMemoryRoot(env::Env* env, const config::Config& c) {
   if (c.memory_root.empty()) return std::string();
   const std::string& source = c.sources.at("memory.root");

@@ -2,6 +2,7 @@
 // paths and permissions, and the gRPC listener's TLS credentials.
 #pragma once
 
+#include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 
 #include <memory>
@@ -17,6 +18,18 @@ namespace ckptd::app {
 
 // Creates and resolves each root; errors name the config value's source.
 absl::StatusOr<std::vector<std::string>> PrepareRoots(env::Env* env, const config::Config& c);
+// [peers]: the listener's credentials and the channels' (plaintext with
+// peers.insecure, else mutual TLS with peers.tls_*).
+struct PeerCredentials {
+  std::shared_ptr<grpc::ServerCredentials> server;
+  std::shared_ptr<grpc::ChannelCredentials> channel;
+};
+absl::StatusOr<PeerCredentials> LoadPeerCredentials(env::Env* env, const config::Config& c);
+
+// Where replicas held for peers live under the memory tier's root (a name
+// no run id can take).
+inline constexpr std::string_view kReplicaDir = "replicas@peers";
+
 // The memory tier's root, created and resolved; "" when it is off.
 absl::StatusOr<std::string> PrepareMemoryRoot(env::Env* env, const config::Config& c);
 

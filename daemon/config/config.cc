@@ -11,6 +11,7 @@
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
+#include "daemon/policy/peers.h"
 
 namespace ckptd::config {
 namespace {
@@ -208,9 +209,22 @@ std::map<std::string, Field> Fields(Config* c) {
       {"schedule.final_on_close", Bool(&c->schedule.final_on_close)},
       {"schedule.memory_every_steps", Unsigned(&c->schedule.memory_every_steps)},
       {"schedule.memory_keep_last", Unsigned(&c->schedule.memory_keep_last)},
+      {"schedule.memory_auto", Bool(&c->schedule.memory_auto)},
+      {"schedule.memory_overhead_budget", Seconds(&c->schedule.memory_overhead_budget)},
       {"memory.root", String(&c->memory_root)},
       {"memory.keep_last", Unsigned(&c->memory_keep_last)},
       {"memory.max_bytes", Unsigned(&c->memory_max_bytes)},
+      {"peers.listen", String(&c->peers_listen)},
+      {"peers.nodes", StringList(&c->peers_nodes)},
+      {"peers.self", String(&c->peers_self)},
+      {"peers.replicas", Unsigned(&c->peers_replicas)},
+      {"peers.max_bytes", Unsigned(&c->peers_max_bytes)},
+      {"peers.keep_last", Unsigned(&c->peers_keep_last)},
+      {"peers.insecure", Bool(&c->peers_insecure)},
+      {"peers.tls_cert", String(&c->peers_tls_cert)},
+      {"peers.tls_key", String(&c->peers_tls_key)},
+      {"peers.tls_ca", String(&c->peers_tls_ca)},
+      {"peers.token_file", String(&c->peers_token_file)},
       {"log.level", String(&c->log_level)},
       {"shm.enabled", Bool(&c->shm_enabled)},
       {"shm.socket", String(&c->shm_socket)},
@@ -351,8 +365,8 @@ absl::Status Validate(const Config& c) {
   for (const std::string& r : c.roots) {
     if (r.empty()) return bad("storage.roots", "a root is an empty path");
   }
-  if (c.schedule.memory_every_steps > 0 && c.memory_root.empty()) {
-    return bad("schedule.memory_every_steps",
+  if ((c.schedule.memory_every_steps > 0 || c.schedule.memory_auto) && c.memory_root.empty()) {
+    return bad(c.schedule.memory_auto ? "schedule.memory_auto" : "schedule.memory_every_steps",
                "memory steps need the memory tier: set [memory] root to a directory on tmpfs "
                "(e.g. /dev/shm/ckptd)");
   }
@@ -367,6 +381,45 @@ absl::Status Validate(const Config& c) {
     }
   }
   if (c.memory_keep_last == 0) return bad("memory.keep_last", "must be at least 1");
+  if (!c.peers_listen.empty()) {
+    if (std::string problem = HostPortProblem(c.peers_listen, /*port_zero=*/false);
+        !problem.empty()) {
+      return bad("peers.listen", problem);
+    }
+    if (c.memory_root.empty()) {
+      return bad("peers.listen", "replicas are held in the memory tier: set [memory] root");
+    }
+    if (c.peers_max_bytes == 0) {
+      return bad("peers.max_bytes", "how much RAM replicas for peers may hold (bytes, > 0)");
+    }
+    if (c.peers_keep_last == 0) return bad("peers.keep_last", "must be at least 1");
+    if (c.peers_tls_cert.empty() != c.peers_tls_key.empty()) {
+      return bad(c.peers_tls_cert.empty() ? "peers.tls_cert" : "peers.tls_key",
+                 "peers.tls_cert and peers.tls_key go together");
+    }
+    if (c.peers_tls_cert.empty() && !c.peers_insecure) {
+      return bad("peers.listen",
+                 "peers talk over TCP: set peers.tls_cert, peers.tls_key and peers.tls_ca, or "
+                 "peers.insecure = true on a network you trust");
+    }
+    if (!c.peers_tls_cert.empty() && c.peers_tls_ca.empty()) {
+      return bad("peers.tls_ca", "the CA that signs every node's certificate (mutual TLS)");
+    }
+    if (!c.peers_token_file.empty() && c.peers_tls_cert.empty()) {
+      return bad("peers.token_file",
+                 "a token needs TLS (peers.tls_cert): in plaintext anyone on "
+                 "the path can read it");
+    }
+  }
+  if (!c.peers_nodes.empty()) {
+    if (c.peers_listen.empty()) {
+      return bad("peers.nodes", "this node needs peers.listen to take part in the ring");
+    }
+    const std::string self = c.peers_self.empty() ? c.peers_listen : c.peers_self;
+    if (auto ring = policy::RingPeers(c.peers_nodes, self, c.peers_replicas); !ring.ok()) {
+      return bad("peers.nodes", std::string(ring.status().message()));
+    }
+  }
   if (c.direct_io != "auto" && c.direct_io != "off") {
     return bad("storage.direct_io", StrCat("'", c.direct_io, "' is not \"auto\" or \"off\""));
   }

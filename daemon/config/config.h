@@ -113,6 +113,19 @@ struct Config {
   std::string memory_root;
   uint32_t memory_keep_last = 2;  // memory steps kept per run (a run's schedule may say otherwise)
   uint64_t memory_max_bytes = 0;  // all runs' memory steps together; 0 = tmpfs's size
+  // [peers]: memory steps replicated to peer daemons' memory. "" listen =
+  // off. Peers are the next `replicas` nodes after this one in `nodes`.
+  std::string peers_listen;              // HOST:PORT replicas arrive on
+  std::vector<std::string> peers_nodes;  // every node's peers.listen, in ring order
+  std::string peers_self;                // this node in nodes; "" = peers.listen
+  uint32_t peers_replicas = 1;           // k: 1 or 2
+  uint64_t peers_max_bytes = 0;          // replicas held for peers, all runs (> 0 when on)
+  uint32_t peers_keep_last = 2;          // replicas held per run
+  bool peers_insecure = false;           // plaintext between peers
+  std::string peers_tls_cert;            // this node's certificate chain (server and client)
+  std::string peers_tls_key;
+  std::string peers_tls_ca;      // the CA that signs every node's certificate
+  std::string peers_token_file;  // a token peers send and require; "" = none
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

@@ -71,6 +71,32 @@ void Metrics::CountUploadFailure(const std::string& run) {
   uploads_[{run, "failed"}]++;
 }
 
+void Metrics::RecordReplicaIn(uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  peers_on_ = true;
+  replica_in_bytes_ += bytes;
+  replicas_in_++;
+}
+
+void Metrics::RecordReplicaOut(const std::string& peer, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  peers_on_ = true;
+  replica_out_bytes_[peer] += bytes;
+  replica_sends_[{peer, "sent"}]++;
+}
+
+void Metrics::CountReplicaSend(const std::string& peer, const std::string& result) {
+  absl::MutexLock lock(&mu_);
+  peers_on_ = true;
+  replica_sends_[{peer, result}]++;
+}
+
+void Metrics::SetPeerLag(const std::string& run, const std::string& peer, uint64_t steps) {
+  absl::MutexLock lock(&mu_);
+  peers_on_ = true;
+  peer_lag_[{run, peer}] = steps;
+}
+
 void Metrics::SetTier(int64_t queue_depth, bool healthy) {
   absl::MutexLock lock(&mu_);
   tier_on_ = true;
@@ -197,6 +223,35 @@ std::string Metrics::Render() const {
   line("# HELP ckptd_shm_queued_saves Accepted shared-memory saves not yet committed or failed.");
   line("# TYPE ckptd_shm_queued_saves gauge");
   line(fmt::format("ckptd_shm_queued_saves {}", shared_queued_));
+  if (peers_on_) {
+    line("# HELP ckptd_peer_received_bytes_total Bytes of replicas taken from peers and held.");
+    line("# TYPE ckptd_peer_received_bytes_total counter");
+    line(fmt::format("ckptd_peer_received_bytes_total {}", replica_in_bytes_));
+    line("# HELP ckptd_peer_replicas_received_total Replicas taken from peers and held.");
+    line("# TYPE ckptd_peer_replicas_received_total counter");
+    line(fmt::format("ckptd_peer_replicas_received_total {}", replicas_in_));
+    line("# HELP ckptd_peer_sent_bytes_total Bytes of replicas sent to each peer.");
+    line("# TYPE ckptd_peer_sent_bytes_total counter");
+    for (const auto& [peer, v] : replica_out_bytes_) {
+      line(fmt::format("ckptd_peer_sent_bytes_total{{peer=\"{}\"}} {}", EscapeLabel(peer), v));
+    }
+    line(
+        "# HELP ckptd_peer_sends_total Replicas sent to each peer by result (sent, failed, "
+        "superseded by a newer step before it was sent).");
+    line("# TYPE ckptd_peer_sends_total counter");
+    for (const auto& [k, v] : replica_sends_) {
+      line(fmt::format("ckptd_peer_sends_total{{peer=\"{}\",result=\"{}\"}} {}",
+                       EscapeLabel(k.first), k.second, v));
+    }
+    line(
+        "# HELP ckptd_peer_lag_steps The run's newest step minus the newest step the peer "
+        "holds.");
+    line("# TYPE ckptd_peer_lag_steps gauge");
+    for (const auto& [k, v] : peer_lag_) {
+      line(fmt::format("ckptd_peer_lag_steps{{run=\"{}\",peer=\"{}\"}} {}", EscapeLabel(k.first),
+                       EscapeLabel(k.second), v));
+    }
+  }
   if (tier_on_) {
     line("# HELP ckptd_tier_uploaded_bytes_total Bytes copied to the object store.");
     line("# TYPE ckptd_tier_uploaded_bytes_total counter");

@@ -56,6 +56,18 @@ class Metrics {
   void CountUploadFailure(const std::string& run);
   void SetTier(int64_t queue_depth, bool healthy);
 
+  // Peer replication ([peers]), rendered once anything happened:
+  // ckptd_peer_received_bytes_total and _replicas_received_total (replicas
+  // held for peers), ckptd_peer_sent_bytes_total{peer},
+  // ckptd_peer_sends_total{peer,result} (sent | failed | superseded: a
+  // newer step of the run replaced it in the queue), and the gauge
+  // ckptd_peer_lag_steps{run,peer}: the run's newest step minus the newest
+  // the peer acknowledged.
+  void RecordReplicaIn(uint64_t bytes);
+  void RecordReplicaOut(const std::string& peer, uint64_t bytes);
+  void CountReplicaSend(const std::string& peer, const std::string& result);
+  void SetPeerLag(const std::string& run, const std::string& peer, uint64_t steps);
+
   // The text exposition of everything above (HELP and TYPE included).
   std::string Render() const;
 
@@ -78,6 +90,12 @@ class Metrics {
   std::map<std::pair<std::string, std::string>, uint64_t> deletions_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> quarantined_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> remote_repairs_ ABSL_GUARDED_BY(mu_);
+  bool peers_on_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t replica_in_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t replicas_in_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, uint64_t> replica_out_bytes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, uint64_t> replica_sends_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, uint64_t> peer_lag_ ABSL_GUARDED_BY(mu_);
   int64_t in_flight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t arenas_ ABSL_GUARDED_BY(mu_) = 0;

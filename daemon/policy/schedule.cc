@@ -49,6 +49,14 @@ Decision IsMemoryDue(const Schedule& s, std::optional<uint64_t> last, uint64_t s
   return {true, fmt::format("memory_every_steps={}", s.memory_every_steps)};
 }
 
+std::optional<uint64_t> AutoMemoryInterval(double stall_s, double step_s, double budget) {
+  if (!(stall_s > 0) || !(step_s > 0)) return std::nullopt;
+  if (!(budget > 0)) budget = 0.01;
+  const double n = std::ceil(stall_s / (budget * step_s) - 1e-9);
+  if (n >= 1e12) return uint64_t{1000000000000};
+  return std::max<uint64_t>(1, static_cast<uint64_t>(n));
+}
+
 std::vector<uint64_t> MemoryEvictions(const std::vector<MemoryStep>& held, uint64_t step,
                                       uint32_t keep_last, uint64_t max_bytes) {
   std::vector<uint64_t> out;
@@ -74,8 +82,12 @@ std::string Describe(const Schedule& s) {
   if (s.every_seconds > 0) parts.push_back(fmt::format("every_seconds={:g}", s.every_seconds));
   if (!s.at_steps.empty())
     parts.push_back(fmt::format("at_steps=[{}]", fmt::join(s.at_steps, ", ")));
-  if (s.memory_every_steps > 0)
+  if (s.memory_auto) {
+    parts.push_back(fmt::format("memory_auto (budget {:g})",
+                                s.memory_overhead_budget > 0 ? s.memory_overhead_budget : 0.01));
+  } else if (s.memory_every_steps > 0) {
     parts.push_back(fmt::format("memory_every_steps={}", s.memory_every_steps));
+  }
   if (parts.empty()) return "never (forced saves only)";
   return fmt::format("{}", fmt::join(parts, ", "));
 }

@@ -18,6 +18,12 @@ struct Schedule {
   // disk steps are kept in memory (0 = off). Not a rule for IsDue.
   uint64_t memory_every_steps = 0;
   uint32_t memory_keep_last = 0;  // memory steps kept per run; 0 = the daemon's default
+  // The daemon picks the memory interval: the most frequent that keeps the
+  // trainer's save stall within memory_overhead_budget of its step time
+  // (AutoMemoryInterval); memory_every_steps is the interval until both are
+  // measured (0 = 10).
+  bool memory_auto = false;
+  double memory_overhead_budget = 0;  // 0 = 0.01
   friend bool operator==(const Schedule&, const Schedule&) = default;
 };
 
@@ -37,6 +43,11 @@ Decision IsDue(const Schedule& schedule, const ScheduleState& state, uint64_t st
 // memory tier is on, N is a positive multiple of memory_every_steps and N
 // is above `last`, the highest step saved in any tier.
 Decision IsMemoryDue(const Schedule& schedule, std::optional<uint64_t> last, uint64_t step);
+
+// `auto`: the smallest interval N (most frequent memory steps) with
+// stall_s / N <= budget * step_s, i.e. ceil(stall / (budget x step)), at
+// least 1; nullopt until both are measured (> 0). budget 0 = 0.01.
+std::optional<uint64_t> AutoMemoryInterval(double stall_s, double step_s, double budget);
 
 // Which memory steps to evict after `step` was kept in memory (`held`: the
 // run's memory steps, ascending, `step` among them): the oldest beyond

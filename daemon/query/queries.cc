@@ -88,6 +88,8 @@ v1::RunInfo Queries::RunInfo(const scheduler::RunSnapshot& run) const {
     info.set_memory_count(static_cast<uint32_t>(run.memory_catalog->size()));
   }
   if (run.last_seen_step) info.set_last_seen_step(*run.last_seen_step);
+  info.set_measured_step_seconds(run.step_seconds);
+  info.set_measured_stall_seconds(run.stall_seconds);
   return info;
 }
 

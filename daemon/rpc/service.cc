@@ -12,6 +12,7 @@
 #include "daemon/ingest/pointer_source.h"
 #include "daemon/ingest/stream_source.h"
 #include "daemon/metrics/metrics.h"
+#include "daemon/replication/recover.h"
 #include "daemon/rpc/requests.h"
 #include "daemon/scheduler/save_session.h"
 #include "daemon/storage/file_names.h"
@@ -316,6 +317,7 @@ grpc::Status CheckpointdService::SaveShared(grpc::ServerContext* ctx,
   if (!st.ok() || accepted->skipped) return st;
   if (req->trainer_stall_s() > 0) {
     metrics::Metrics::Get().RecordTrainerStall(run_id, req->trainer_stall_s());
+    pipeline_.RecordStall(run_id, req->trainer_stall_s());
   }
   if (progressive) {
     spdlog::info("shared save run={} step={} staged progressively: writing as the trainer copies",
@@ -614,15 +616,14 @@ grpc::Status CheckpointdService::FetchRemote(grpc::ServerContext* ctx,
                                              const v1::FetchRemoteRequest* req,
                                              v1::CheckpointInfo* resp) {
   if (grpc::Status st = Authorize(ctx, req->run_id()); !st.ok()) return st;
-  if (replicator_ == nullptr) {
-    return ToGrpc(absl::FailedPreconditionError(
-        "the object-storage tier is off ([tier.s3] endpoint): there is nothing to fetch from"));
-  }
-  std::optional<uint64_t> step;
+  std::optional<uint64_t> step, newer_than;
   if (req->has_step()) step = req->step();
-  auto record = replicator_->Fetch(req->run_id(), step);
-  if (!record.ok()) return ToGrpc(record.status());
-  return Answer(queries_->DescribeCheckpoint(req->run_id(), record->step), resp);
+  if (req->has_newer_than()) newer_than = req->newer_than();
+  auto got = replication::Recover(registry_, peers_, replicator_, req->run_id(), step, newer_than);
+  if (!got.ok()) return ToGrpc(got.status());
+  grpc::Status st = Answer(queries_->DescribeCheckpoint(req->run_id(), got->record.step), resp);
+  resp->set_fetched_from(got->from);
+  return st;
 }
 
 }  // namespace ckptd::rpc

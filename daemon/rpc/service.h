@@ -16,6 +16,7 @@
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/ingest/arena_registry.h"
 #include "daemon/query/queries.h"
+#include "daemon/replication/peer_sender.h"
 #include "daemon/replication/replicator.h"
 #include "daemon/rpc/requests.h"
 #include "daemon/rpc/stall_watchdog.h"
@@ -98,6 +99,7 @@ class CheckpointdService final
     scheduler::MemoryBudget* budget;
     const query::Queries* queries;
     replication::Replicator* replicator = nullptr;
+    replication::PeerSender* peers = nullptr;
   };
   CheckpointdService(Parts parts, std::chrono::milliseconds save_idle_timeout)
       : registry_(parts.registry),
@@ -106,6 +108,7 @@ class CheckpointdService final
         budget_(parts.budget),
         queries_(parts.queries),
         replicator_(parts.replicator),
+        peers_(parts.peers),
         pipeline_(parts.registry, nullptr),
         watchdog_(save_idle_timeout) {}
 
@@ -193,6 +196,7 @@ class CheckpointdService final
   scheduler::MemoryBudget* budget_;
   const query::Queries* queries_;
   replication::Replicator* replicator_;
+  replication::PeerSender* peers_;
   scheduler::SavePipeline pipeline_;
   std::atomic<bool> stopping_{false};
   StallWatchdog watchdog_;

@@ -23,7 +23,7 @@ absl::Status RunLifecycle::Check(const DeclaredSettings& d) const {
         "tier: this daemon has no object-storage tier ([tier.s3] endpoint is unset), so the "
         "run's checkpoints would not be copied; configure [tier.s3] or drop the tier options");
   }
-  if (s.schedule && s.schedule->memory_every_steps > 0) {
+  if (s.schedule && (s.schedule->memory_every_steps > 0 || s.schedule->memory_auto)) {
     if (registry_->memory_tier().root.empty()) {
       return absl::FailedPreconditionError(
           "schedule.memory_every_steps: this daemon has no memory tier ([memory] root is "

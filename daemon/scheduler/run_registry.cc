@@ -98,7 +98,9 @@ RunSnapshot Run::Snapshot() const {
                 .pending = dir_->pending_ref(),
                 .quarantined = dir_->quarantined(),
                 .latest_step = dir_->latest_step(),
-                .last_seen_step = last_seen_step_};
+                .last_seen_step = last_seen_step_,
+                .step_seconds = step_s_,
+                .stall_seconds = stall_s_};
   if (mem_dir_ != nullptr) {
     s.memory_catalog = mem_dir_->catalog_ref();
     s.memory_dir = mem_dir_->weights_dir();
@@ -410,6 +412,7 @@ void RunRegistry::CommittedToMemory(Run& run, const storage::CheckpointRecord& r
                .step = record.step,
                .record = record,
                .time_utc = FormatUtc(NowSeconds())});
+  if (tier_observer_ != nullptr) tier_observer_->OnTierCommitted(run, record, Tier::kMemory);
   absl::MutexLock lock(&run.mu());
   storage::RunDir* mem = run.mem_dir_.get();
   if (mem == nullptr) return;
@@ -436,9 +439,51 @@ void RunRegistry::CommittedToMemory(Run& run, const storage::CheckpointRecord& r
 }
 
 policy::Schedule RunRegistry::EffectiveSchedule(const Run& run) const {
-  if (run.settings_ && run.settings_->schedule) return *run.settings_->schedule;
-  absl::MutexLock lock(&defaults_mu_);
-  return default_schedule_;
+  policy::Schedule s;
+  if (run.settings_ && run.settings_->schedule) {
+    s = *run.settings_->schedule;
+  } else {
+    absl::MutexLock lock(&defaults_mu_);
+    s = default_schedule_;
+  }
+  // memory_auto: the interval in force is the measured one, else the start.
+  if (s.memory_auto) {
+    s.memory_every_steps = run.auto_interval_     ? run.auto_interval_
+                           : s.memory_every_steps ? s.memory_every_steps
+                                                  : 10;
+  }
+  return s;
+}
+
+void RunRegistry::ObserveStep(Run& run, uint64_t step, double now) {
+  run.ObserveStep(step, now);
+  UpdateAutoInterval(run);
+}
+
+void RunRegistry::RecordStall(Run& run, double seconds) {
+  absl::MutexLock lock(&run.mu());
+  run.stall_s_ = run.stall_s_ > 0 ? 0.8 * run.stall_s_ + 0.2 * seconds : seconds;
+  UpdateAutoInterval(run);
+}
+
+void RunRegistry::UpdateAutoInterval(Run& run) {
+  policy::Schedule s;
+  if (run.settings_ && run.settings_->schedule) {
+    s = *run.settings_->schedule;
+  } else {
+    absl::MutexLock lock(&defaults_mu_);
+    s = default_schedule_;
+  }
+  if (!s.memory_auto) return;
+  const std::optional<uint64_t> n =
+      policy::AutoMemoryInterval(run.stall_s_, run.step_s_, s.memory_overhead_budget);
+  if (!n || *n == run.auto_interval_) return;
+  spdlog::info(
+      "memory tier: auto interval run={} memory_every_steps={} (was {}) stall={:.6f}s "
+      "step={:.6f}s budget={:g}",
+      run.id(), *n, run.auto_interval_, run.stall_s_, run.step_s_,
+      s.memory_overhead_budget > 0 ? s.memory_overhead_budget : 0.01);
+  run.auto_interval_ = *n;
 }
 
 policy::RetentionPolicy RunRegistry::EffectiveRetention(const Run& run) const {
@@ -539,6 +584,9 @@ void RunRegistry::Committed(Run& run, const storage::CheckpointRecord& record, C
     }
   }
   if (observer_ != nullptr) observer_->OnCommitted(run, record, source);
+  if (tier_observer_ != nullptr && source == CommitSource::kSave && record.world_size == 0) {
+    tier_observer_->OnTierCommitted(run, record, Tier::kDisk);
+  }
   // A fetched step is one the trainer asked back: retention must not take
   // it before it is restored.
   if (source != CommitSource::kFetched) (void)RunRetention(run, /*dry=*/false);

@@ -130,6 +130,15 @@ class CommitObserver {
   }
 };
 
+// Told of every step a trainer's save made durable on this node, in either
+// tier (a multi-rank part and a fetched step are not), on the committing
+// thread with no run lock held: the peers' replication. Set before serving.
+class TierObserver {
+ public:
+  virtual ~TierObserver() = default;
+  virtual void OnTierCommitted(Run& run, const storage::CheckpointRecord& record, Tier tier) = 0;
+};
+
 struct DaemonFacts {
   std::string version;
   std::string host;
@@ -166,6 +175,8 @@ struct RunSnapshot {
   // The highest step the trainer asked about (ShouldSave) or saved since
   // the daemon started: what a restore now would lose is measured from it.
   std::optional<uint64_t> last_seen_step;
+  double step_seconds = 0;   // measured time per step (0 = not yet)
+  double stall_seconds = 0;  // measured save stall (0 = not yet)
 
   std::optional<uint64_t> memory_step() const;  // the newest memory step
   std::optional<uint64_t> newest_step() const;  // the newest step in either tier
@@ -234,6 +245,16 @@ class Run {
   storage::RunDir* dir(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return t == Tier::kDisk ? dir_.get() : mem_dir_.get();
   }
+  // The memory tier's `auto`: the time per step, from ShouldSave's steps and
+  // times, and the trainer's save stall, as it reports it (moving averages).
+  void ObserveStep(uint64_t step, double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (last_ask_ && step > last_ask_->first) {
+      const double per_step =
+          (now - last_ask_->second) / static_cast<double>(step - last_ask_->first);
+      step_s_ = step_s_ > 0 ? 0.8 * step_s_ + 0.2 * per_step : per_step;
+    }
+    last_ask_ = std::pair(step, now);
+  }
   // After an OpenRun the first step seen starts afresh (a resumed trainer
   // counts from its restored step); until then the old one stays, so the
   // resumed trainer's restore is told what it lost.
@@ -281,6 +302,10 @@ class Run {
   std::unique_ptr<storage::RunDir> mem_dir_ ABSL_PT_GUARDED_BY(mu_);  // the memory tier's
   std::optional<uint64_t> last_seen_step_ ABSL_GUARDED_BY(mu_);
   bool reopened_ ABSL_GUARDED_BY(mu_) = false;  // OpenRun since the last step seen
+  std::optional<std::pair<uint64_t, double>> last_ask_ ABSL_GUARDED_BY(mu_);  // step, time
+  double step_s_ ABSL_GUARDED_BY(mu_) = 0;           // measured seconds per step
+  double stall_s_ ABSL_GUARDED_BY(mu_) = 0;          // measured save stall
+  uint64_t auto_interval_ ABSL_GUARDED_BY(mu_) = 0;  // memory_auto's choice; 0 = none yet
   std::vector<std::weak_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -323,6 +348,7 @@ class RunRegistry {
   // Both set once, before the daemon serves; either may stay unset.
   void SetSettingsStore(SettingsStore* store) { store_ = store; }
   void SetObserver(CommitObserver* observer) { observer_ = observer; }
+  void SetTierObserver(TierObserver* observer) { tier_observer_ = observer; }
 
   // Idle runs give their settings' memory back: a run with no OpenRun,
   // ShouldSave or save for `idle_s` (closed, or its trainer went away) and
@@ -355,6 +381,11 @@ class RunRegistry {
   // tier is this node's alone.
   void CommittedToMemory(Run& run, const storage::CheckpointRecord& record,
                          std::string_view details) ABSL_LOCKS_EXCLUDED(run.mu_);
+  // A trainer's save stall as it reported it (SaveShared): measured for the
+  // memory tier's `auto`, whose interval follows.
+  void RecordStall(Run& run, double seconds) ABSL_LOCKS_EXCLUDED(run.mu_);
+  // ShouldSave saw `step` now: measured for `auto` (the interval follows).
+  void ObserveStep(Run& run, uint64_t step, double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
   // Memory steps `steps` of `run` were evicted to make room for `for_step`
   // under [memory] max_bytes (logged, counted, published).
   void EvictMemoryForRoom(Run& run, const std::vector<uint64_t>& steps, uint64_t for_step)
@@ -426,6 +457,8 @@ class RunRegistry {
   absl::Status CheckDirFreeLocked(const std::string& run_id, const std::string& dir) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // memory_auto: the interval for what is measured now (logged when it changes).
+  void UpdateAutoInterval(Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
   // Evicts memory steps `steps` (logged, counted, published as DELETED with `why`).
   void EvictMemory(Run& run, const std::vector<uint64_t>& steps, std::string_view why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(run.mu_);
@@ -436,6 +469,7 @@ class RunRegistry {
   DaemonFacts facts_;
   SettingsStore* store_ = nullptr;
   CommitObserver* observer_ = nullptr;
+  TierObserver* tier_observer_ = nullptr;
   // The runs. Taken before a run's lock (Scan and Open load runs under it).
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Run>> runs_ ABSL_GUARDED_BY(mu_);

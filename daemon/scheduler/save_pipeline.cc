@@ -13,6 +13,7 @@ absl::StatusOr<Admission> SavePipeline::ShouldSave(const std::string& run_id, ui
   absl::MutexLock lock(&run->mu());
   run->MarkActive(NowSeconds());
   run->SawStep(step);
+  registry_->ObserveStep(*run, step, run->last_active_s_);
   return Admit(*run, registry_->EffectiveSchedule(*run), {.step = step}, queued,
                run->last_active_s_);
 }
@@ -26,6 +27,10 @@ absl::StatusOr<SaveOutcome> SavePipeline::SaveNow(SaveParams params,
   // A newer checkpoint not from an arena: the run's in-memory copy is stale.
   if (outcome.ok() && !outcome->skipped) DropHotCopy(run_id);
   return outcome;
+}
+
+void SavePipeline::RecordStall(const std::string& run_id, double seconds) const {
+  if (auto run = registry_->Get(run_id); run.ok()) registry_->RecordStall(**run, seconds);
 }
 
 void SavePipeline::DropHotCopy(const std::string& run_id) const {

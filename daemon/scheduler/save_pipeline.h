@@ -37,6 +37,9 @@ class SavePipeline {
   absl::StatusOr<std::optional<SaveOutcome>> Close(SaveParams final_params,
                                                    ingest::TensorSource& source) const;
 
+  // A trainer's save stall, as it reported it (for the memory tier's auto).
+  void RecordStall(const std::string& run_id, double seconds) const;
+
   SaveQueue* queue() const { return queue_; }
 
  private:

@@ -10,6 +10,7 @@
 #include "daemon/base/time.h"
 #include "daemon/gguf/digest.h"
 #include "daemon/gguf/layout.h"
+#include "daemon/gguf/reader.h"
 
 namespace ckptd::storage {
 
@@ -85,6 +86,34 @@ std::string TrainMismatch(const gguf::GgufFile& train, const CheckpointRecord& m
                   " (equal tensors, another save)");
   }
   return "";
+}
+
+absl::StatusOr<CheckpointRecord> VerifyStepFiles(env::Env* env, uint64_t step,
+                                                 const std::string& model_path,
+                                                 const std::string& train_path) {
+  CKPTD_ASSIGN_OR_RETURN(CheckpointRecord record, ReadCheckpointRecord(env, step, model_path));
+  auto verify = [&](const std::string& path) -> absl::StatusOr<gguf::GgufFile> {
+    CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile header, ReadGgufHeader(env, path));
+    if (auto covered = gguf::CheckMetadataDigest(header); !covered.ok()) {
+      return absl::DataLossError(StrCat(path, ": ", covered.status().message()));
+    }
+    CKPTD_ASSIGN_OR_RETURN(auto file, env->OpenForRead(path));
+    if (auto report = gguf::Verify(*file, header); !report.ok()) {
+      return absl::DataLossError(StrCat(path, ": ", report.status().message()));
+    }
+    return header;
+  };
+  CKPTD_TRY(verify(model_path).status());
+  record.model_path = model_path;
+  if (!train_path.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile train, verify(train_path));
+    if (std::string why = TrainMismatch(train, record); !why.empty()) {
+      return absl::DataLossError(
+          StrCat(train_path, " is not the training state saved with ", model_path, ": ", why));
+    }
+    record.train_path = train_path;
+  }
+  return record;
 }
 
 absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t step,

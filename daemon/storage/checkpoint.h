@@ -83,6 +83,14 @@ absl::StatusOr<CheckpointRecord> ReadCheckpointRecord(env::Env* env, uint64_t st
 // has neither, and then the first two decide).
 std::string TrainMismatch(const gguf::GgufFile& train, const CheckpointRecord& model);
 
+// Every byte of one step's files checked, as a restore would: the model
+// file's header (metadata digest, step, role), every tensor digest and its
+// content digest; the train file (if any) the same and tied to the model
+// file (TrainMismatch). DATA_LOSS naming the file and the check it failed.
+absl::StatusOr<CheckpointRecord> VerifyStepFiles(env::Env* env, uint64_t step,
+                                                 const std::string& model_path,
+                                                 const std::string& train_path);
+
 // A fresh ckpt.save_id: 128 random bits as 32 hex digits.
 std::string NewSaveId();
 

@@ -65,6 +65,33 @@ TEST_F(ConfigTest, TheMemoryTierHasItsOwnRootAndMemoryStepsNeedIt) {
               HasSubstr("memory.keep_last: must be at least 1"));
 }
 
+TEST_F(ConfigTest, PeersNeedTheMemoryTierABudgetAndTlsOrAnExplicitInsecure) {
+  const std::string memory = "[memory]\nroot = \"/dev/shm/ckptd\"\n";
+  auto c = LoadConfig(File(memory + "[peers]\nlisten = \"10.0.0.1:7070\"\nmax_bytes = 1024\n"
+                                    "insecure = true\nnodes = [\"10.0.0.1:7070\", "
+                                    "\"10.0.0.2:7070\"]\nreplicas = 2\n"),
+                      {}, {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->peers_nodes.size(), 2u);
+  EXPECT_EQ(c->peers_replicas, 2u);
+  EXPECT_THAT(Error("[peers]\nlisten = \"10.0.0.1:7070\"\nmax_bytes = 1\ninsecure = true\n"),
+              HasSubstr("peers.listen: replicas are held in the memory tier"));
+  EXPECT_THAT(Error(memory + "[peers]\nlisten = \"10.0.0.1:7070\"\ninsecure = true\n"),
+              HasSubstr("peers.max_bytes"));
+  EXPECT_THAT(Error(memory + "[peers]\nlisten = \"10.0.0.1:7070\"\nmax_bytes = 1\n"),
+              HasSubstr("or peers.insecure = true"));
+  EXPECT_THAT(Error(memory + "[peers]\nlisten = \"10.0.0.1:7070\"\nmax_bytes = 1\n"
+                             "tls_cert = \"c\"\ntls_key = \"k\"\n"),
+              HasSubstr("peers.tls_ca"));
+  EXPECT_THAT(Error(memory + "[peers]\nlisten = \"10.0.0.1:7070\"\nmax_bytes = 1\n"
+                             "insecure = true\nnodes = [\"10.0.0.2:7070\"]\n"),
+              HasSubstr("'10.0.0.1:7070') is not in the list of nodes"));
+  EXPECT_THAT(Error(memory + "[peers]\nlisten = \"10.0.0.1:7070\"\nmax_bytes = 1\n"
+                             "insecure = true\nnodes = [\"10.0.0.1:7070\"]\nreplicas = 3\n"),
+              HasSubstr("1 or 2 peers"));
+  EXPECT_THAT(Error("[peers]\nnodes = [\"a:1\"]\n"), HasSubstr("needs peers.listen"));
+}
+
 TEST_F(ConfigTest, TcpNeedsTlsOrAnExplicitInsecure) {
   const std::string tcp = "[server]\nlisten = \"0.0.0.0:7000\"\n";
   EXPECT_THAT(Error(tcp), HasSubstr("server.listen: '0.0.0.0:7000' is TCP without TLS"));

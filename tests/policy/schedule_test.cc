@@ -92,5 +92,18 @@ TEST(ScheduleTest, MemoryEvictionsKeepTheNewestWithinCountAndBytes) {
   EXPECT_EQ(MemoryEvictions({}, 10, 2, 0), (std::vector<uint64_t>{}));
 }
 
+TEST(ScheduleTest, AutoMemoryIntervalIsTheMostFrequentWithinTheBudget) {
+  // A 2 ms stall every N steps of 100 ms stays within 1 % from N = 2.
+  EXPECT_EQ(AutoMemoryInterval(0.002, 0.1, 0.01), 2u);
+  EXPECT_EQ(AutoMemoryInterval(0.001, 0.1, 0.01), 1u);   // exactly at the budget
+  EXPECT_EQ(AutoMemoryInterval(0.0001, 0.1, 0.01), 1u);  // never below 1
+  EXPECT_EQ(AutoMemoryInterval(0.05, 0.01, 0.01), 500u);
+  EXPECT_EQ(AutoMemoryInterval(0.05, 0.01, 0), 500u);  // 0 = the default 1 %
+  EXPECT_EQ(AutoMemoryInterval(0.05, 0.01, 0.05), 100u);
+  EXPECT_EQ(AutoMemoryInterval(0, 0.1, 0.01), std::nullopt);  // not measured yet
+  EXPECT_EQ(AutoMemoryInterval(0.002, 0, 0.01), std::nullopt);
+  EXPECT_EQ(AutoMemoryInterval(1e9, 1e-9, 0.01), 1000000000000u);  // capped, no overflow
+}
+
 }  // namespace
 }  // namespace ckptd::policy

@@ -6,6 +6,7 @@ daemon without the tier refusing runs that ask for it. Each recovery test
 states the tier that served it and the work lost."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -220,5 +222,39 @@ def test_a_daemon_without_the_memory_tier_refuses_memory_steps(tmp_path):
             ckptd.connect(d.target).open_run("nomem", schedule=SCHEDULE)
         assert e.value.code == "FAILED_PRECONDITION"
         assert "[memory] root" in str(e.value)
+    finally:
+        d.stop()
+
+
+def test_auto_picks_the_most_frequent_memory_interval_within_the_stall_budget(tmp_path, memory_root):
+    d = tier_daemon(tmp_path, memory_root, keep_last=2).start()
+    try:
+        budget = 0.005
+        schedule = {"every_steps": 1000, "memory_auto": True, "memory_every_steps": 2,
+                    "memory_overhead_budget": budget}
+        run = ckptd.connect(d.target).open_run("auto", schedule=schedule)
+        model, opt = tier_trainer.make()
+        memory_steps = []
+        for step in range(1, 161):
+            tier_trainer.train_step(model, opt, step)
+            time.sleep(0.01)  # a step of ~10 ms
+            r = run.maybe_save(step, model=model, optimizer=opt)
+            if r is not None and r.state != "skipped":
+                memory_steps.append(step)
+        run.wait()
+        info = run.client.stub.GetRun(pb.GetRunRequest(run_id="auto"))
+        chosen = info.schedule.memory_every_steps
+        stall, per_step = info.measured_stall_seconds, info.measured_step_seconds
+        print(f"auto: stall {stall * 1e3:.2f} ms, step {per_step * 1e3:.2f} ms, budget {budget:.1%}: "
+              f"memory every {chosen} steps (overhead {stall / chosen / per_step:.2%}); "
+              f"memory steps {memory_steps[:4]}...{memory_steps[-3:]}")
+        assert stall > 0 and per_step > 0
+        # The most frequent interval within the budget, reported as in force.
+        assert chosen == max(1, math.ceil(stall / (budget * per_step) - 1e-9)), (chosen, stall, per_step)
+        assert stall / chosen <= budget * per_step * (1 + 1e-9)
+        assert chosen == 1 or stall / (chosen - 1) > budget * per_step
+        assert info.schedule.memory_auto
+        assert "memory tier: auto interval run=auto" in open(d.log).read()
+        assert memory_steps[0] == 2  # the starting interval, before a stall was measured
     finally:
         d.stop()

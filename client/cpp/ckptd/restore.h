@@ -113,7 +113,8 @@ class Restore {
   // ReadRun: the newer steps that did not restore, newest first.
   const std::vector<Skipped>& skipped() const { return skipped_; }
   // OpenRun and ReadRun: the tier that held the step ("memory": the
-  // daemon's memory tier, "disk", or "store": fetched back first), and the
+  // daemon's memory tier, "disk", "peer": fetched back from a peer daemon's
+  // memory first, or "store": from the object store), and the
   // steps between the highest step the daemon saw the trainer reach and
   // this one (unknown after the daemon restarted).
   const std::string& tier() const { return tier_; }

@@ -115,13 +115,17 @@ class RestoreInfo:
     # Newer steps restore() refused as damaged before this one, each with why
     # (latest only: a step asked for is never swapped for another).
     skipped: list[str] = field(default_factory=list)
-    # The tier that served it: "memory" (the daemon's memory tier), "disk"
-    # or "store" (fetched back from the object store first).
+    # The tier that served it: "memory" (the daemon's memory tier), "disk",
+    # "peer" (fetched back from a peer daemon's memory first) or "store"
+    # (fetched back from the object store first).
     tier: str = "disk"
     # Steps between the highest step the daemon saw the trainer reach
     # (ShouldSave or a save) and this one: the work a resume repeats. None
     # when the daemon does not know (it restarted since).
     steps_lost: int | None = None
+    # Why no peer or store gave a newer step (their answers), "" when none
+    # was asked or none is configured.
+    elsewhere: str = ""
 
 
 def connect(target: str | None = None, reconnect_timeout: float = 60.0, *, tls: bool = False,
@@ -397,6 +401,8 @@ class Run:
         self.client = client
         self.opened = opened
         self.id = opened.run.run_id
+        self._elsewhere = ""  # the daemon's answer on newer steps elsewhere, at the last restore
+        self._fetched: dict[int, str] = {}  # steps this client had fetched back: their tier
         self.name_map = name_map
         self.threads = threads
         self._auto = transport == "auto"
@@ -854,17 +860,22 @@ class Run:
         info = self._call("GetRun", lambda: pb.GetRunRequest(run_id=self.id))
         return (info.last_step, info.latest_file) if info.HasField("last_step") else None
 
-    def _fetch_remote(self, step: int | None):
-        """Asks the daemon to bring the step (None: the store's latest) back
-        from its object store into the run directory; None when it has no
-        tier (FAILED_PRECONDITION) or the store has no such step."""
+    def _fetch_remote(self, step: int | None, newer_than: int | None = None):
+        """Asks the daemon to bring the step (None: the newest a peer or the
+        store holds, above `newer_than`) back from its peers' memory or its
+        object store into the run directory; None when it has neither
+        (FAILED_PRECONDITION) or none has such a step, with the daemon's
+        account of what each holds kept in self._elsewhere."""
         req = pb.FetchRemoteRequest(run_id=self.id)
         if step is not None:
             req.step = step
+        if newer_than is not None:
+            req.newer_than = newer_than
         try:
             return _rpc(self.client.stub.FetchRemote, req)
         except Error as e:
             if e.code in ("FAILED_PRECONDITION", "NOT_FOUND", "UNIMPLEMENTED"):
+                self._elsewhere = e.message if e.code == "NOT_FOUND" else ""
                 return None
             raise
 
@@ -876,24 +887,29 @@ class Run:
         on the daemon's disk is first fetched from its object store ([tier.s3])
         when it has one: a trainer on a new node restores."""
         info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
-        tier = None
+        tier = self._fetched.get(step) if step is not None else None
         if step is None:
+            self._elsewhere = ""
             local = [info.last_step] if info.HasField("last_step") else []
             local += [info.memory_step] if info.HasField("memory_step") else []
-            if not local:
-                fetched = self._fetch_remote(None) if remote else None
-                if fetched is None:
-                    return None
-                step, tier = fetched.step, "store"
+            newest = max(local) if local else None
+            # A peer's memory or the store may hold a newer step than this node.
+            fetched = self._fetch_remote(None, newer_than=newest) if remote else None
+            if fetched is not None:
+                step, tier = fetched.step, _fetched_tier(fetched)
+                self._fetched[step] = tier
+            elif newest is None:
+                return None
             else:
-                step = max(local)
+                step = newest
         try:
             detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
         except Error as e:
-            if e.code != "NOT_FOUND" or not remote or self._fetch_remote(step) is None:
+            fetched = self._fetch_remote(step) if e.code == "NOT_FOUND" and remote else None
+            if fetched is None:
                 raise
             detail = _rpc(self.client.stub.GetCheckpoint, pb.GetCheckpointRequest(run_id=self.id, step=step))
-            tier = "store"
+            tier = self._fetched[step] = _fetched_tier(fetched)
         tier = tier or ("memory" if detail.info.location == "memory" else "disk")
         memory = None
         # Only with digests checked: a live trainer may be reusing that arena.
@@ -906,6 +922,7 @@ class Run:
             raise gguf.GgufError(f"asked run {self.id!r} for step {step}, but {detail.info.file} holds step "
                                  f"{c.step} (its {gguf.KEY_STEP})")
         c.tier = tier
+        c.elsewhere = self._elsewhere
         c.steps_lost = info.last_seen_step - step if info.HasField("last_seen_step") else None
         return c
 
@@ -925,7 +942,16 @@ class Run:
             return self._restore_step(model, optimizer, step, **kw)
         skipped: list[str] = []
         first: gguf.GgufError | None = None
-        for s in self._local_steps_newest_first() or [None]:
+        steps = self._local_steps_newest_first()
+        self._elsewhere = ""
+        if remote:
+            # A peer's memory or the store may hold a newer step than this node.
+            fetched = self._fetch_remote(None, newer_than=steps[0] if steps else None)
+            if fetched is not None:
+                self._fetched[fetched.step] = _fetched_tier(fetched)
+                steps.insert(0, fetched.step)
+            kw["remote"] = False  # asked once: what is listed is here now
+        for s in steps or [None]:
             try:
                 info = self._restore_step(model, optimizer, s, **kw)
             except gguf.GgufError as e:  # damage; a mismatch with the model is not
@@ -1013,7 +1039,12 @@ class Run:
                 changes=changes,
                 tier=ckpt.tier,
                 steps_lost=ckpt.steps_lost,
+                elsewhere=ckpt.elsewhere,
             )
+
+
+def _fetched_tier(info) -> str:
+    return "peer" if info.fetched_from.startswith("peer") else "store"
 
 
 def _restore_plans(ckpt: Checkpoint, sd: dict, name_map, cast: bool, reshape: bool):

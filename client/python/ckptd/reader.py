@@ -141,6 +141,7 @@ class Checkpoint:
         self.source = "disk"
         self.tier = "disk"  # set by Run.open_checkpoint: the tier that holds it
         self.steps_lost: int | None = None
+        self.elsewhere = ""
         self.model = gguf.read_header(model_path)
         _check_table(self.model, self.verify)
         check_named_step(self.model)
