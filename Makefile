@@ -128,6 +128,7 @@ bench: build
 	@/usr/bin/python3 bench/first_save_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256$(comma)1024,)
 	@/usr/bin/python3 bench/export_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 3,)
 	@/usr/bin/python3 bench/tier_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
+	@/usr/bin/python3 bench/peer_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i

@@ -33,7 +33,7 @@ runtime_pkgs=(
 )
 
 # Peers the benchmark measures against (make bench only).
-bench_pkgs=(fio)
+bench_pkgs=(fio iperf3)
 
 mode=${1:-all}
 case "$mode" in

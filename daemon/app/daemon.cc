@@ -210,12 +210,11 @@ absl::Status Daemon::StartPeers() {
     CKPTD_ASSIGN_OR_RETURN(ring, policy::RingPeers(cfg.peers_nodes, self, cfg.peers_replicas));
   }
   peers_ = std::make_unique<replication::PeerSender>(
-      env_, registry_.get(),
-      replication::PeerOptions{.self = self,
-                               .peers = ring,
-                               .nodes = cfg.peers_nodes,
-                               .credentials = creds.channel,
-                               .token = token});
+      env_, replication::PeerOptions{.self = self,
+                                     .peers = ring,
+                                     .nodes = cfg.peers_nodes,
+                                     .credentials = creds.channel,
+                                     .token = token});
   registry_->SetTierObserver(peers_.get());
   peers_->Start();
   spdlog::info("peers: taking replicas on {} (up to {} bytes, {}); sending each step to {}",

@@ -69,7 +69,7 @@ async function loadRuns(){const d=await get('/v1/runs');const runs=d.runs||[];
  if(!run&&runs.length)run=runs[0].run_id;
  $('#runs').innerHTML=runs.map(r=>{const st=(r.state||'').replace('RUN_STATE_','').toLowerCase();
   return `<div class="run${r.run_id==run?' sel':''}" data-run="${esc(r.run_id)}"><b>${esc(r.run_id)}</b><span class="pill ${st}" title="${esc(STATES[st]||'')}">${st}</span>${r.write_error?'<span class="pill err">write error</span>':''}
-  <div class="meta">last step ${r.last_step??'—'} · ${r.checkpoint_count||0} checkpoints · ${fmtB(r.total_bytes||0)}</div></div>`}).join('')||'<div class="empty">No runs yet: a trainer that opens a run (or <span class="mono">ckptctl import</span>) makes one appear here.</div>';
+  <div class="meta">last step ${r.last_step??'—'} · ${r.checkpoint_count||0} checkpoints · ${fmtB(r.total_bytes||0)}</div>${r.memory_step!=null||r.last_seen_step!=null?`<div class="meta tiers" title="the newest step each tier holds, and the step the trainer reached">memory ${r.memory_step??'—'} · disk ${r.last_step??'—'} · trainer at ${r.last_seen_step??'—'}</div>`:''}</div>`}).join('')||'<div class="empty">No runs yet: a trainer that opens a run (or <span class="mono">ckptctl import</span>) makes one appear here.</div>';
  document.querySelectorAll('.run').forEach(e=>e.onclick=()=>{run=e.dataset.run;history.replaceState(null,'','?run='+encodeURIComponent(run));known.clear();loadRuns();show()});return runs}
 const STATES={open:'a trainer is using it',idle:'nobody is using it: not opened since the daemon started, or its trainer went away without closing it',finished:'closed'};
 // A run's page: its checkpoints, chart and lineage, then live events. An

@@ -33,8 +33,8 @@ std::chrono::system_clock::time_point In(double seconds) {
 
 }  // namespace
 
-PeerSender::PeerSender(env::Env* env, scheduler::RunRegistry* registry, PeerOptions options)
-    : env_(env), registry_(registry), options_(std::move(options)) {
+PeerSender::PeerSender(env::Env* env, PeerOptions options)
+    : env_(env), options_(std::move(options)) {
   for (const std::string& address : options_.peers) {
     auto p = std::make_unique<Peer>();
     p->address = address;

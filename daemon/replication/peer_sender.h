@@ -49,7 +49,7 @@ struct PeerStep {
 
 class PeerSender final : public scheduler::TierObserver {
  public:
-  PeerSender(env::Env* env, scheduler::RunRegistry* registry, PeerOptions options);
+  PeerSender(env::Env* env, PeerOptions options);
   ~PeerSender() override;  // Stop()
   void Start();
   void Stop();
@@ -87,7 +87,6 @@ class PeerSender final : public scheduler::TierObserver {
   void Authorize(grpc::ClientContext* ctx) const;
 
   env::Env* env_;
-  scheduler::RunRegistry* registry_;
   const PeerOptions options_;
   mutable absl::Mutex mu_;
   absl::CondVar cv_;

@@ -887,7 +887,7 @@ class Run:
         on the daemon's disk is first fetched from its object store ([tier.s3])
         when it has one: a trainer on a new node restores."""
         info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
-        tier = self._fetched.get(step) if step is not None else None
+        tier = self._fetched.pop(step, None) if step is not None else None
         if step is None:
             self._elsewhere = ""
             local = [info.last_step] if info.HasField("last_step") else []

@@ -1,0 +1,227 @@
+#!/usr/bin/python3
+"""Peer replication over a real, rate-limited link, in one run (medians of
+the rounds), against the limits measured on the same link:
+
+- two network namespaces joined by a veth pair, each end shaped with tc's
+  token bucket to --gbit (so the link, not the 2 CPUs, is the limit); one
+  daemon per namespace, node A sending its memory steps to node B;
+- iperf3 over the same link, before and after the rounds: the link's rate;
+- replication: a --mib memory step saved on A; the sender's time from its
+  log line ("peers: replicated ... seconds="); rate against iperf3;
+- CPU per replicated GiB of A's and B's daemons (utime + stime from /proc
+  over each round: A's includes writing the memory step to its tmpfs);
+- restore: A is lost (daemon killed, disk and memory wiped) and replaced;
+  the trainer's restore() fetches the step from B's memory; then, the page
+  cache dropped, the same step restored again from A's disk (cold): both
+  whole restores (read, every digest checked), same step, same run.
+
+Needs root (namespaces, tc, drop_caches) and iperf3 (install-deps --bench).
+
+  bench/peer_bench.py --build build [--mib 256] [--rounds 3] [--gbit 2]
+  (--gbit 0: the veth unshaped, so the CPUs are the limit)
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+
+import numpy as np  # noqa: E402
+
+import ckptd  # noqa: E402
+
+MiB = 1 << 20
+A_IP, B_IP = "10.77.0.1", "10.77.0.2"
+
+
+def sh(*args, check=True, timeout=60):
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Link:
+    def __init__(self, gbit):
+        tag = os.getpid() % 100000
+        self.ns = (f"ckpba{tag}", f"ckpbb{tag}")
+        self.gbit = gbit
+
+    def __enter__(self):
+        a, b = self.ns
+        for ns in self.ns:
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "pba", "netns", a, "type", "veth", "peer", "name", "pbb", "netns", b)
+        for ns, dev, ip in ((a, "pba", A_IP), (b, "pbb", B_IP)):
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            if self.gbit > 0:  # 0: the veth unshaped (the CPUs are the limit)
+                sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+                   f"{self.gbit}gbit", "burst", "4mbit", "latency", "50ms")
+        return self
+
+    def __exit__(self, *exc):
+        for ns in self.ns:
+            sh("ip", "netns", "del", ns, check=False)
+
+    def iperf(self):
+        a, b = self.ns
+        server = subprocess.Popen(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B", B_IP],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            out = sh("ip", "netns", "exec", a, "iperf3", "-c", B_IP, "-t", "4", "-J", timeout=30).stdout
+            return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8
+        finally:
+            server.wait(timeout=10)
+
+
+class Node:
+    def __init__(self, build, base, name, ns, ip, nodes, max_bytes):
+        self.build, self.ns, self.ip = build, ns, ip
+        self.dir = os.path.join(base, name)
+        self.memory = tempfile.mkdtemp(prefix=f"ckptd-peer-bench-{name}-", dir="/dev/shm")
+        os.makedirs(self.dir, exist_ok=True)
+        self.sock = os.path.join(self.dir, "ckptd.sock")
+        self.log = os.path.join(self.dir, "daemon.log")
+        self.cfg = os.path.join(self.dir, "ckptd.toml")
+        with open(self.cfg, "w") as f:
+            f.write(f'[memory]\nroot = "{self.memory}"\nkeep_last = 2\n'
+                    f'[peers]\nlisten = "{ip}:7077"\nnodes = [{", ".join(nodes)}]\n'
+                    f'max_bytes = {max_bytes}\ninsecure = true\n')
+        self.proc = None
+
+    def start(self):
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, os.path.join(self.build, "daemon", "ckptd"),
+                 "--config", self.cfg, "--root", os.path.join(self.dir, "runs"),
+                 "--listen", "unix:" + self.sock, "--http-listen", ""],
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(open(self.log).read()[-2000:])
+            time.sleep(0.05)
+        return self
+
+    def lose(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        shutil.rmtree(os.path.join(self.dir, "runs"), ignore_errors=True)
+        shutil.rmtree(self.memory, ignore_errors=True)
+        os.makedirs(self.memory)
+        os.remove(self.sock)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        shutil.rmtree(self.memory, ignore_errors=True)
+
+    def replicated(self, step, timeout=600):
+        pat = re.compile(rf"peers: replicated run=bench step={step} peer=\S+ bytes=(\d+) seconds=([\d.]+)")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = pat.search(open(self.log).read())
+            if m:
+                return int(m.group(1)), float(m.group(2))
+            time.sleep(0.05)
+        raise RuntimeError(f"step {step} was not replicated: {open(self.log).read()[-2000:]}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gbit", type=float, default=2)
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("iperf3"):
+        print("peer_bench: needs root and iperf3 (scripts/install-deps.sh --bench); skipped")
+        return
+    build = os.path.abspath(args.build)
+    n = args.mib * MiB // 4 // 8
+    state = {f"layer{i}": np.random.default_rng(i).standard_normal(n, dtype=np.float32) for i in range(8)}
+    base = tempfile.mkdtemp(prefix="ckptd-peer-bench-")
+    link_rates, rates, cpu_a, cpu_b = [], [], [], []
+    with Link(args.gbit) as link:
+        nodes = [f'"{A_IP}:7077"', f'"{B_IP}:7077"']
+        a = Node(build, base, "a", link.ns[0], A_IP, nodes, 8 * args.mib * MiB).start()
+        b = Node(build, base, "b", link.ns[1], B_IP, nodes, 8 * args.mib * MiB).start()
+        try:
+            schedule = {"every_steps": 1000000, "memory_every_steps": 1}
+            run = ckptd.connect("unix:" + a.sock).open_run("bench", schedule=schedule)
+            link_rates.append(link.iperf())
+            for step in range(1, args.rounds + 1):
+                ca, cb = cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid)
+                for v in state.values():
+                    v[:16] += 1  # a new step's bytes
+                run.maybe_save(step, model=state)
+                run.wait()
+                nbytes, seconds = a.replicated(step)
+                rates.append(nbytes / seconds)
+                time.sleep(0.2)
+                gib = nbytes / (1 << 30)
+                cpu_a.append((cpu_seconds(a.proc.pid) - ca) / gib)
+                cpu_b.append((cpu_seconds(b.proc.pid) - cb) / gib)
+            link_rates.append(link.iperf())
+            last = args.rounds
+            run.close()
+            # A is lost and replaced: restore from B's memory, then from A's disk, cold.
+            a.lose()
+            a.start()
+            run = ckptd.connect("unix:" + a.sock).open_run("bench", schedule=schedule)
+            dest = {k: np.zeros_like(v) for k, v in state.items()}
+            t = time.perf_counter()
+            info = run.restore(model=dest)
+            peer_s = time.perf_counter() - t
+            assert info.step == last and info.tier == "peer", info
+            assert all(np.array_equal(dest[k], state[k]) for k in state)
+            cold = []
+            for _ in range(args.rounds):
+                sh("sync")
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+                t = time.perf_counter()
+                info = run.restore(model=dest, remote=False)
+                cold.append(time.perf_counter() - t)
+                assert info.step == last and info.tier == "disk", info
+        finally:
+            a.stop()
+            b.stop()
+    shutil.rmtree(base, ignore_errors=True)
+    link_rate = statistics.median(link_rates)
+    rate = statistics.median(rates)
+    size = args.mib * MiB
+    shaped = f"link shaped to {args.gbit:g} Gbit/s" if args.gbit > 0 else "veth unshaped"
+    print(f"\nPeer replication, {args.mib} MiB memory step, {shaped}, {args.rounds} rounds (medians)")
+    print(f"{'':<38}{'measured':>14}{'limit':>14}{'ratio':>8}")
+    print(f"{'replication rate (MB/s), vs iperf3':<38}{rate / 1e6:>14.1f}{link_rate / 1e6:>14.1f}"
+          f"{rate / link_rate:>8.2f}")
+    print(f"{'sender CPU (s per replicated GiB)':<38}{statistics.median(cpu_a):>14.2f}")
+    print(f"{'receiver CPU (s per replicated GiB)':<38}{statistics.median(cpu_b):>14.2f}")
+    print(f"{'restore from a peer (s), vs cold disk':<38}{peer_s:>14.3f}{statistics.median(cold):>14.3f}"
+          f"{statistics.median(cold) / peer_s:>8.2f}")
+    print(f"  ({size / peer_s / 1e6:.0f} MB/s from the peer over the link, "
+          f"{size / statistics.median(cold) / 1e6:.0f} MB/s from the disk, cold)")
+
+
+if __name__ == "__main__":
+    main()
