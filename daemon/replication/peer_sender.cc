@@ -17,16 +17,16 @@
 namespace ckptd::replication {
 namespace {
 
-constexpr size_t kChunk = 1 << 20;
+constexpr size_t kSendChunk = 1 << 20;  // PutReplica's messages
 constexpr double kListDeadline = 5;
 
-absl::Status FromGrpc(const grpc::Status& st, std::string_view what) {
+absl::Status PeerError(const grpc::Status& st, std::string_view what) {
   if (st.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
                       StrCat(what, ": ", st.error_message()));
 }
 
-std::chrono::system_clock::time_point In(double seconds) {
+std::chrono::system_clock::time_point DeadlineIn(double seconds) {
   return std::chrono::system_clock::now() +
          std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6));
 }
@@ -171,7 +171,7 @@ absl::Status PeerSender::Send(Peer& peer, const Job& job) const {
   for (const auto& f : job.files) total += f.second;
   grpc::ClientContext ctx;
   Authorize(&ctx);
-  ctx.set_deadline(In(30 + static_cast<double>(total) / options_.bytes_per_second_floor));
+  ctx.set_deadline(DeadlineIn(30 + static_cast<double>(total) / options_.bytes_per_second_floor));
   v1::ReplicaAck ack;
   std::unique_ptr<grpc::ClientWriter<v1::ReplicaChunk>> w = peer.stub->PutReplica(&ctx, &ack);
   v1::ReplicaChunk head;
@@ -185,10 +185,11 @@ absl::Status PeerSender::Send(Peer& peer, const Job& job) const {
     f->set_size(size);
   }
   bool ok = w->Write(head);
-  std::string buf(kChunk, '\0');
+  std::string buf(kSendChunk, '\0');
   for (size_t i = 0; ok && i < job.open.size(); ++i) {
     for (uint64_t off = 0; ok && off < job.files[i].second;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, job.files[i].second - off));
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(kSendChunk, job.files[i].second - off));
       auto got = job.open[i]->ReadUpTo(off, n, buf.data());
       if (!got.ok() || *got == 0) {
         ctx.TryCancel();
@@ -202,7 +203,7 @@ absl::Status PeerSender::Send(Peer& peer, const Job& job) const {
     }
   }
   if (ok) w->WritesDone();
-  return FromGrpc(w->Finish(), StrCat("PutReplica to ", peer.address));
+  return PeerError(w->Finish(), StrCat("PutReplica to ", peer.address));
 }
 
 std::vector<PeerStep> PeerSender::Holders(const std::string& run_id,
@@ -213,7 +214,7 @@ std::vector<PeerStep> PeerSender::Holders(const std::string& run_id,
     auto stub = StubFor(node);
     grpc::ClientContext ctx;
     Authorize(&ctx);
-    ctx.set_deadline(In(kListDeadline));
+    ctx.set_deadline(DeadlineIn(kListDeadline));
     v1::ListReplicasRequest req;
     req.set_run_id(run_id);
     v1::ListReplicasResponse resp;
@@ -246,7 +247,7 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
   auto stub = StubFor(peer);
   grpc::ClientContext ctx;
   Authorize(&ctx);
-  ctx.set_deadline(In(600));
+  ctx.set_deadline(DeadlineIn(600));
   v1::GetReplicaRequest req;
   req.set_run_id(run_id);
   req.set_step(step);
@@ -258,7 +259,7 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
   };
   if (!r->Read(&chunk) || !chunk.has_header()) {
     ctx.TryCancel();
-    absl::Status st = FromGrpc(r->Finish(), StrCat("GetReplica from ", peer));
+    absl::Status st = PeerError(r->Finish(), StrCat("GetReplica from ", peer));
     return st.ok() ? absl::DataLossError(StrCat("peer ", peer, " sent no replica header")) : st;
   }
   const v1::ReplicaHeader h = chunk.header();
@@ -307,7 +308,7 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
     }
   }
   if (!st.ok()) ctx.TryCancel();
-  absl::Status finished = FromGrpc(r->Finish(), StrCat("GetReplica from ", peer));
+  absl::Status finished = PeerError(r->Finish(), StrCat("GetReplica from ", peer));
   if (st.ok()) st = finished;
   if (st.ok() && file < out.size()) {
     st = absl::DataLossError(StrCat("peer ", peer, " ended the replica early"));

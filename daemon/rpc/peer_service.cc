@@ -10,9 +10,9 @@
 namespace ckptd::rpc {
 namespace {
 
-constexpr size_t kChunk = 1 << 20;
+constexpr size_t kReplicaChunk = 1 << 20;  // GetReplica's messages
 
-grpc::Status ToGrpc(const absl::Status& st) {
+grpc::Status PeerStatus(const absl::Status& st) {
   if (st.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
 }
@@ -48,20 +48,20 @@ grpc::Status PeerService::PutReplica(grpc::ServerContext* ctx,
   std::vector<replication::ReplicaFileSpec> files;
   for (const auto& f : h.files()) files.push_back({f.name(), f.size()});
   auto in = store_->Begin(h.run_id(), h.step(), h.origin(), std::move(files));
-  if (!in.ok()) return ToGrpc(in.status());
+  if (!in.ok()) return PeerStatus(in.status());
   while (reader->Read(&chunk)) {
     if (!chunk.has_data() && chunk.has_header()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "PutReplica: a second header; one replica per call");
     }
-    if (absl::Status st = (*in)->Write(chunk.data()); !st.ok()) return ToGrpc(st);
+    if (absl::Status st = (*in)->Write(chunk.data()); !st.ok()) return PeerStatus(st);
   }
   if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
   auto info = (*in)->Finish();
   if (!info.ok()) {
     spdlog::error("peers: replica run={} step={} from {}: {}", h.run_id(), h.step(), h.origin(),
                   info.status().message());
-    return ToGrpc(info.status());
+    return PeerStatus(info.status());
   }
   metrics::Metrics::Get().RecordReplicaIn(info->bytes);
   spdlog::info("peers: replica held run={} step={} from={} bytes={} seconds={:.3f}", h.run_id(),
@@ -89,7 +89,7 @@ grpc::Status PeerService::GetReplica(grpc::ServerContext* ctx, const v1::GetRepl
                                      grpc::ServerWriter<v1::ReplicaChunk>* writer) {
   if (grpc::Status st = Authorize(ctx); !st.ok()) return st;
   auto files = store_->Checked(req->run_id(), req->step());
-  if (!files.ok()) return ToGrpc(files.status());
+  if (!files.ok()) return PeerStatus(files.status());
   // Open both first: an eviction from now on cannot take the bytes away.
   std::vector<std::unique_ptr<env::RandomAccessFile>> open;
   v1::ReplicaChunk head;
@@ -98,19 +98,20 @@ grpc::Status PeerService::GetReplica(grpc::ServerContext* ctx, const v1::GetRepl
   h->set_step(req->step());
   for (const replication::ReplicaFileSpec& f : *files) {
     auto file = store_->env()->OpenForRead(f.name);
-    if (!file.ok()) return ToGrpc(file.status());
+    if (!file.ok()) return PeerStatus(file.status());
     open.push_back(std::move(*file));
     v1::ReplicaFile* rf = h->add_files();
     rf->set_name(f.name.substr(f.name.rfind('/') + 1));
     rf->set_size(f.size);
   }
   if (!writer->Write(head)) return grpc::Status(grpc::StatusCode::CANCELLED, "reader went away");
-  std::string buf(kChunk, '\0');
+  std::string buf(kReplicaChunk, '\0');
   for (size_t i = 0; i < open.size(); ++i) {
     for (uint64_t off = 0; off < (*files)[i].size;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, (*files)[i].size - off));
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(kReplicaChunk, (*files)[i].size - off));
       auto got = open[i]->ReadUpTo(off, n, buf.data());
-      if (!got.ok()) return ToGrpc(got.status());
+      if (!got.ok()) return PeerStatus(got.status());
       if (*got == 0) return grpc::Status(grpc::StatusCode::DATA_LOSS, "replica file shrank");
       v1::ReplicaChunk c;
       c.set_data(buf.data(), *got);
