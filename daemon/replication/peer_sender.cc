@@ -68,6 +68,7 @@ void PeerSender::Stop() {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
     stopping_ = true;
+    for (auto& [peer, ctx] : active_) ctx->TryCancel();
   }
   cv_.SignalAll();
   for (auto& p : peers_) {
@@ -166,12 +167,25 @@ void PeerSender::Work(Peer* peer) {
   }
 }
 
-absl::Status PeerSender::Send(Peer& peer, const Job& job) const {
+absl::Status PeerSender::Send(Peer& peer, const Job& job) {
   uint64_t total = 0;
   for (const auto& f : job.files) total += f.second;
   grpc::ClientContext ctx;
   Authorize(&ctx);
   ctx.set_deadline(DeadlineIn(30 + static_cast<double>(total) / options_.bytes_per_second_floor));
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::CancelledError("stopping");
+    active_[peer.address] = &ctx;
+  }
+  struct Done {
+    PeerSender* sender;
+    const std::string& address;
+    ~Done() {
+      absl::MutexLock lock(&sender->mu_);
+      sender->active_.erase(address);
+    }
+  } done{this, peer.address};
   v1::ReplicaAck ack;
   std::unique_ptr<grpc::ClientWriter<v1::ReplicaChunk>> w = peer.stub->PutReplica(&ctx, &ack);
   v1::ReplicaChunk head;

@@ -81,7 +81,7 @@ class PeerSender final : public scheduler::TierObserver {
     std::thread worker;
   };
   void Work(Peer* peer);
-  absl::Status Send(Peer& peer, const Job& job) const;
+  absl::Status Send(Peer& peer, const Job& job);
   void UpdateLag(const Peer& peer, const std::string& run_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<v1::Peers::Stub> StubFor(const std::string& address) const;
   void Authorize(grpc::ClientContext* ctx) const;
@@ -96,6 +96,9 @@ class PeerSender final : public scheduler::TierObserver {
   std::map<std::string, std::map<std::string, Job>> queued_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::map<std::string, uint64_t>> acked_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> newest_ ABSL_GUARDED_BY(mu_);  // newest step committed, per run
+  // The send in flight to each peer, cancelled by Stop (a stopped peer
+  // must not hold the daemon's shutdown for a send's whole deadline).
+  std::map<std::string, grpc::ClientContext*> active_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -52,10 +52,10 @@ class Node:
         self.http = f"127.0.0.1:{http_port}"
         self.daemon = None
 
-    def configure(self, nodes, replicas=1, max_bytes=64 << 20, ring=True):
+    def configure(self, nodes, replicas=1, max_bytes=64 << 20, ring=True, server=""):
         cfg = self.dir / "ckptd.toml"
         peers = ", ".join(f'"{n}"' for n in nodes) if ring else ""
-        cfg.write_text(f'[memory]\nroot = "{self.memory}"\nkeep_last = 3\n'
+        cfg.write_text(f'[server]\n{server}\n[memory]\nroot = "{self.memory}"\nkeep_last = 3\n'
                        f'[peers]\nlisten = "{self.peer}"\nnodes = [{peers}]\nreplicas = {replicas}\n'
                        f'max_bytes = {max_bytes}\ninsecure = true\n')
         self.daemon = Daemon(self.dir, ["--config", str(cfg), "--http-listen", self.http])
@@ -207,6 +207,29 @@ def test_a_stopped_peer_never_slows_the_trainer_and_catches_up(ring):
     print(f"median save stall: {h * 1e3:.2f} ms with b up, {s * 1e3:.2f} ms with b stopped; "
           f"lag while stopped {lag:.0f} steps, then caught up to step 120")
     assert s <= 1.5 * h + 0.005, (h, s)
+
+
+def test_a_daemon_stops_within_its_deadline_while_a_send_hangs_on_a_stopped_peer(ring):
+    a, b, c = ring()
+    a.daemon.stop()
+    a.configure([a.peer, b.peer, c.peer], server="shutdown_deadline_seconds = 8").start()
+    b.daemon.proc.send_signal(signal.SIGSTOP)  # accepts the connection, never answers
+    try:
+        run = ckptd.connect(a.daemon.target).open_run("job", schedule=SCHEDULE)
+        model, opt = tier_trainer.make()
+        tier_trainer.train_step(model, opt, 5)
+        run.maybe_save(5, model=model, optimizer=opt)
+        run.wait()
+        wait_for(lambda: "peers: replicated" not in open(a.daemon.log).read() and
+                 "memory step committed run=job step=5" in open(a.daemon.log).read(), 10, "step 5")
+        time.sleep(0.5)  # the send to b is in flight, and hangs
+        t = time.monotonic()
+        a.daemon.proc.send_signal(signal.SIGTERM)
+        rc = a.daemon.proc.wait(30)
+        print(f"a stopped in {time.monotonic() - t:.2f} s with a send to a stopped peer in flight")
+        assert rc == 0, open(a.daemon.log).read()[-2000:]  # 3: the shutdown deadline passed
+    finally:
+        b.daemon.proc.send_signal(signal.SIGCONT)
 
 
 def test_a_peers_budget_holds_and_evicts_the_oldest(ring):
