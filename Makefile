@@ -46,7 +46,7 @@ build: deps
 # phase's time and ctest's summary.
 # Lane B of scripts/test.sh runs LINT_CMD, `$(MAKE) lint`, beside the build.
 test:
-	@LINT_CMD="$(MAKE) --no-print-directory lint" scripts/test.sh $(BUILD) $(JOBS) 15
+	@LINT_CMD="$(MAKE) lint --no-print-directory" scripts/test.sh $(BUILD) $(JOBS) 15
 
 # Lint configures a tree of its own (BUILD-lint): it needs no build first.
 lint: deps

@@ -467,13 +467,7 @@ void RunRegistry::RecordStall(Run& run, double seconds) {
 }
 
 void RunRegistry::UpdateAutoInterval(Run& run) {
-  policy::Schedule s;
-  if (run.settings_ && run.settings_->schedule) {
-    s = *run.settings_->schedule;
-  } else {
-    absl::MutexLock lock(&defaults_mu_);
-    s = default_schedule_;
-  }
+  const policy::Schedule s = EffectiveSchedule(run);
   if (!s.memory_auto) return;
   const std::optional<uint64_t> n =
       policy::AutoMemoryInterval(run.stall_s_, run.step_s_, s.memory_overhead_budget);
