@@ -13,7 +13,7 @@
 # ctest label's test time, and the total (docs/testing.md keeps the figures).
 # Usage: test.sh BUILD JOBS FUZZ_SECONDS
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 build=${1:-build}
 jobs=${2:-2}
 fuzz_seconds=${3:-15}
@@ -105,5 +105,13 @@ printf '  total %d:%02d\n' $((total / 60)) $((total % 60))
 if [[ -f "$logs/ctest.log" ]]; then
   echo
   sed -n '/tests passed/,$p' "$logs/ctest.log"
+  # The failing cases by name, last, where a CI log's tail shows them:
+  # pytest's summary lines and first assertion lines, gtest's FAILED lines.
+  fails=$(grep -E '^(FAILED|ERROR) |^\[  FAILED  \] [A-Za-z]|^E  ' "$logs/ctest.log" | head -n 40)
+  if [[ -n "$fails" ]]; then
+    echo
+    echo "test: the failing cases, as their suites named them:"
+    echo "$fails"
+  fi
 fi
 [[ $rc_a -eq 0 && $rc_b -eq 0 ]]

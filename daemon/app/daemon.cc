@@ -113,8 +113,8 @@ absl::Status Daemon::StartServing() {
     server_->Shutdown();
     return st;
   }
-  spdlog::info("ready: listening on {}", cfg_.listen);
-  Notify(StrCat("READY=1\nSTATUS=serving ", registry_->List().size(), " runs on ", cfg_.listen));
+  spdlog::info("ready: listening on {}", listening_);
+  Notify(StrCat("READY=1\nSTATUS=serving ", registry_->List().size(), " runs on ", listening_));
   StartTimers();
   return absl::OkStatus();
 }
@@ -298,7 +298,8 @@ absl::Status Daemon::StartGrpc() {
   grpc::ServerBuilder builder;
   auto credentials = ServerCredentials(env_, cfg_);
   if (!credentials.ok()) return credentials.status();
-  builder.AddListeningPort(cfg_.listen, *credentials);
+  int port = 0;  // what a TCP address's port 0 became
+  builder.AddListeningPort(cfg_.listen, *credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(cfg_.max_message_bytes));
   grpc::ResourceQuota quota("ckptd");
@@ -317,8 +318,11 @@ absl::Status Daemon::StartGrpc() {
                    ? " (in use, or no permission)"
                    : " (in use, no permission, or a certificate and key gRPC cannot use)"));
   }
+  listening_ = cfg_.listen;
   if (cfg_.listen.starts_with("unix:")) {
     CKPTD_TRY(SetSocketAccess(env_, cfg_, cfg_.listen.substr(5)));
+  } else if (cfg_.listen.ends_with(":0") && port > 0) {
+    listening_ = StrCat(cfg_.listen.substr(0, cfg_.listen.size() - 1), port);
   }
   return absl::OkStatus();
 }

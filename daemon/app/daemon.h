@@ -92,6 +92,7 @@ class Daemon {
   std::unique_ptr<ingest::ArenaServer> arena_server_;
   uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
   std::unique_ptr<grpc::Server> server_;
+  std::string listening_;  // the address served: cfg_.listen with port 0 made real
   std::unique_ptr<http::HttpServer> http_server_;
   std::unique_ptr<scheduler::Scrubber> scrubber_;  // ticked by timers_ (storage.scrub_*)
   Periodic timers_;

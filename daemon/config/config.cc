@@ -327,7 +327,7 @@ absl::Status Validate(const Config& c) {
     return bad("server.listen", StrCat("'", c.listen, "' is not unix:PATH or HOST:PORT"));
   }
   if (!c.listen.starts_with("unix:")) {
-    if (std::string problem = HostPortProblem(c.listen, /*port_zero=*/false); !problem.empty()) {
+    if (std::string problem = HostPortProblem(c.listen, /*port_zero=*/true); !problem.empty()) {
       return bad("server.listen", StrCat(problem, "; or unix:PATH for a Unix socket"));
     }
   }

@@ -70,6 +70,22 @@ def hot_daemon(tmp_path):
     d.stop()
 
 
+def logged_port(log, what="http", timeout=30):
+    """The port a daemon started with port 0 took, from its log line
+    ("http: listening on HOST:PORT" or, what="ready", the API's
+    "ready: listening on HOST:PORT"): no port is picked, then bound, by
+    another process in between."""
+    marker = f"{what}: listening on "
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log) as f:
+            for line in f:
+                if marker in line:
+                    return int(line.split(marker, 1)[1].split()[0].rsplit(":", 1)[1])
+        assert time.monotonic() < deadline, f"no '{marker}' line in {log} after {timeout}s"
+        time.sleep(0.02)
+
+
 def wait_for(pred, timeout=60, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

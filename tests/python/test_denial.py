@@ -16,7 +16,7 @@ import ckptd
 from ckptd import shm
 from ckptd.v1 import ckptd_pb2 as pb
 from ckptd.v1 import ckptd_pb2_grpc as pb_grpc
-from conftest import Daemon
+from conftest import Daemon, logged_port
 
 F32 = pb.TENSOR_TYPE_F32
 
@@ -151,19 +151,6 @@ def test_a_hot_copy_needs_its_key(tmp_path):
         assert "hot copy refused run=hot step=1" in open(d.log).read()
 
 
-def _http_port(d):
-    def port():
-        for line in open(d.log):
-            if "http: listening on" in line:
-                return int(line.split("http: listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
-        return None
-    deadline = time.monotonic() + 30
-    while port() is None:
-        assert time.monotonic() < deadline, "no http listen line in the log"
-        time.sleep(0.05)
-    return port()
-
-
 def _http(port, raw: bytes, timeout=10) -> bytes:
     import socket
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -182,7 +169,7 @@ def test_half_sent_http_requests_cannot_take_the_probes_or_hold_slots(tmp_path):
     cfg.write_text("[http]\nheader_timeout_seconds = 1\n")
     d = Daemon(tmp_path, ["--config", str(cfg), "--http-listen", "127.0.0.1:0"]).start()
     try:
-        port = _http_port(d)
+        port = logged_port(d.log)
         held = []
         for _ in range(64):  # every slot the daemon has, from one client
             s = socket.create_connection(("127.0.0.1", port), timeout=10)

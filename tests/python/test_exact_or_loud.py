@@ -195,7 +195,7 @@ def test_restore_falls_back_to_the_newest_intact_step_and_says_why(daemon):
 def test_the_scrubber_quarantines_a_damaged_step_and_latest_moves_back(tmp_path):
     import urllib.request
 
-    from conftest import Daemon, wait_for
+    from conftest import Daemon, logged_port, wait_for
 
     cfg = tmp_path / "scrub.toml"
     cfg.write_text("[storage]\nscrub_bytes_per_second = 1073741824\nscrub_min_age_seconds = 0\n")
@@ -226,8 +226,7 @@ def test_the_scrubber_quarantines_a_damaged_step_and_latest_moves_back(tmp_path)
         assert run.restore(model=model, optimizer=opt).step == 2
         log = open(d.log).read()
         assert "scrub run=scrubbed step=3 is no longer a checkpoint; latest is step_2.gguf" in log
-        port = next(int(line.split("http: listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
-                    for line in log.splitlines() if "http: listening on" in line)
+        port = logged_port(d.log)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert 'ckptd_quarantined_files_total{run="scrubbed",by="scrub"} 2' in metrics, metrics
     finally:

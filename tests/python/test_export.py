@@ -222,25 +222,17 @@ def test_offline_export_equals_the_one_written_at_save_time(daemon, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if "from-damaged" in f]  # no temp left either
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_lineage_of_a_fine_tune_with_exports(tmp_path):
     """A base model (known only by uuid) -> run "pre" -> a fine-tune "ft"
     started from pre's step 2 -> ft's exports: ckptctl lineage, the HTTP
     endpoint and GetLineage all show the whole tree."""
     import urllib.request
 
-    from conftest import Daemon
+    from conftest import Daemon, logged_port
 
-    port = _free_port()
-    d = Daemon(tmp_path, ["--http-listen", f"127.0.0.1:{port}"]).start()
+    d = Daemon(tmp_path, ["--http-listen", "127.0.0.1:0"]).start()
     try:
+        port = logged_port(d.log)
         base = "0b5e0000-0000-8000-8000-00000000ba5e"
         state = tl.hf_weights()
         with ckptd.connect(d.target) as c:

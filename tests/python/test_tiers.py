@@ -23,7 +23,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from conftest import Daemon, wait_for  # noqa: E402
+from conftest import Daemon, logged_port, wait_for  # noqa: E402
 import tier_trainer  # noqa: E402
 
 import ckptd  # noqa: E402
@@ -106,9 +106,9 @@ def assert_exactly(model, opt, step):
 
 
 def test_a_killed_trainer_resumes_from_the_memory_tier(tmp_path, memory_root):
-    http = f"127.0.0.1:{free_port()}"
-    d = tier_daemon(tmp_path, memory_root, http=http).start()
+    d = tier_daemon(tmp_path, memory_root, http="127.0.0.1:0").start()
     try:
+        http = f"127.0.0.1:{logged_port(d.log)}"
         p, restored = start_trainer(d, "mem")
         assert restored["restored"] is None
         train_until(p, 73)

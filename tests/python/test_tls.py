@@ -6,7 +6,6 @@ secret must never reach the daemon's log."""
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,6 +16,7 @@ import pytest
 
 import ckptd
 from ckptd.v1 import ckptd_pb2 as pb
+from conftest import logged_port
 
 BINARY = os.environ.get("CKPTD_BINARY", os.path.join(os.path.dirname(__file__), "..", "..",
                                                       "build", "daemon", "ckptd"))
@@ -54,21 +54,14 @@ def certs(tmp_path_factory):
     return lambda name: os.path.join(d, name)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def tcp_daemon(tmp, config, args=(), expect_start=True):
-    """The daemon on 127.0.0.1:<free port> with `config` (TOML text)."""
-    port = _free_port()
+    """The daemon on 127.0.0.1:<a free port it picks> with `config` (TOML text)."""
     cfg = tmp / "ckptd.toml"
     cfg.write_text(config)
     log = tmp / "daemon.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([BINARY, "--root", str(tmp / "runs"), "--listen", f"127.0.0.1:{port}",
+        proc = subprocess.Popen([BINARY, "--root", str(tmp / "runs"), "--listen", "127.0.0.1:0",
                                  "--config", str(cfg), "--log-level", "debug", *args],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -80,6 +73,7 @@ def tcp_daemon(tmp, config, args=(), expect_start=True):
                 break
             assert time.monotonic() < deadline, "ckptd did not start in 30 s:\n" + log.read_text()
             time.sleep(0.02)
+        port = logged_port(str(log), "ready") if proc.poll() is None else 0
         yield proc, f"127.0.0.1:{port}", log
     finally:
         if proc.poll() is None:
@@ -250,9 +244,9 @@ def test_the_http_api_needs_its_read_token(tmp_path):
     token = tmp_path / "http.token"
     token.write_text(TOKEN_ALL + "\n")
     os.chmod(token, 0o600)
-    http_port = _free_port()
-    cfg = f'[http]\nlisten = "127.0.0.1:{http_port}"\ntoken_file = "{token}"\n'
+    cfg = f'[http]\nlisten = "127.0.0.1:0"\ntoken_file = "{token}"\n'
     with tcp_daemon(tmp_path, cfg, args=["--insecure"]) as (_, _target, log):
+        http_port = logged_port(str(log))
         base = f"http://127.0.0.1:{http_port}"
         status, headers, body = _get(base + "/v1/runs")
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
@@ -277,13 +271,13 @@ def test_the_http_listener_serves_https_only_with_a_certificate(tmp_path, certs)
     token = tmp_path / "http.token"
     token.write_text(TOKEN_ALL + "\n")
     os.chmod(token, 0o600)
-    http_port = _free_port()
-    cfg = (f'[http]\nlisten = "127.0.0.1:{http_port}"\ntoken_file = "{token}"\n'
+    cfg = (f'[http]\nlisten = "127.0.0.1:0"\ntoken_file = "{token}"\n'
            f'tls_cert = "{certs("server.pem")}"\ntls_key = "{certs("server.key")}"\n')
     trusting = ssl.create_default_context(cafile=certs("ca.pem"))
     auth = {"Authorization": "Bearer " + TOKEN_ALL}
     with tcp_daemon(tmp_path, cfg, args=["--insecure"]) as (_, target, log):
         assert "HTTPS only" in log.read_text()
+        http_port = logged_port(str(log))
         base = f"https://127.0.0.1:{http_port}"
 
         def get(path, headers=None, context=trusting):
@@ -329,7 +323,7 @@ def test_the_http_listener_serves_https_only_with_a_certificate(tmp_path, certs)
     ("cert+wrong-key", "http.tls_key: cannot use"),
 ])
 def test_a_bad_https_setup_stops_the_daemon_naming_the_key(tmp_path, certs, keys, fragment):
-    cfg = f'[http]\nlisten = "127.0.0.1:{_free_port()}"\ntls_cert = "{certs("server.pem")}"\n'
+    cfg = f'[http]\nlisten = "127.0.0.1:0"\ntls_cert = "{certs("server.pem")}"\n'
     if keys == "cert+wrong-key":
         cfg += f'tls_key = "{certs("trainer.key")}"\n'
     with tcp_daemon(tmp_path, cfg, args=["--insecure"], expect_start=False) as (proc, _, log):
