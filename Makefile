@@ -129,6 +129,7 @@ bench: build
 	@/usr/bin/python3 bench/export_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 3,)
 	@/usr/bin/python3 bench/tier_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
 	@/usr/bin/python3 bench/peer_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
+	@/usr/bin/python3 bench/tier_stall_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--rounds 3 --auto-seconds 20,)
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i

@@ -14,6 +14,9 @@ the rounds), against the limits measured on the same link:
   the trainer's restore() fetches the step from B's memory; then, the page
   cache dropped, the same step restored again from A's disk (cold): both
   whole restores (read, every digest checked), same step, same run.
+- with Ceph RGW installed: the same step restored from the object store
+  (dev RGW in B's namespace, so over the same link) with B's daemon down,
+  against the peer; the step is then a disk step, uploaded and replicated.
 
 Needs root (namespaces, tc, drop_caches) and iperf3 (install-deps --bench).
 
@@ -92,8 +95,32 @@ class Link:
             server.wait(timeout=10)
 
 
+class Store:
+    """The dev RGW (scripts/dev-s3.sh) in B's namespace, on B's address."""
+
+    def __init__(self, base, ns, ip):
+        self.dir = os.path.join(base, "s3")
+        self.ns = ns
+        out = sh("ip", "netns", "exec", ns, "env", f"CKPTD_DEV_S3_IP={ip}", "CKPTD_DEV_S3_BLOCK_GIB=4",
+                 os.path.join(ROOT, "scripts", "dev-s3.sh"), "start", self.dir, timeout=240).stdout
+        self.env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        prog = ("import boto3, sys\n"
+                "boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2],"
+                " aws_secret_access_key=sys.argv[3], region_name='us-east-1')"
+                ".create_bucket(Bucket='bench')\n")
+        sh("ip", "netns", "exec", ns, "/usr/bin/python3", "-c", prog, self.env["CKPTD_S3_ENDPOINT"],
+           self.env["CKPTD_S3_ACCESS_KEY"], self.env["CKPTD_S3_SECRET_KEY"])
+
+    def config(self):
+        return (f'[tier.s3]\nendpoint = "{self.env["CKPTD_S3_ENDPOINT"]}"\nbucket = "bench"\n'
+                'prefix = "peer-bench"\n')
+
+    def stop(self):
+        sh(os.path.join(ROOT, "scripts", "dev-s3.sh"), "stop", self.dir, check=False, timeout=120)
+
+
 class Node:
-    def __init__(self, build, base, name, ns, ip, nodes, max_bytes):
+    def __init__(self, build, base, name, ns, ip, nodes, max_bytes, store=None):
         self.build, self.ns, self.ip = build, ns, ip
         self.dir = os.path.join(base, name)
         self.memory = tempfile.mkdtemp(prefix=f"ckptd-peer-bench-{name}-", dir="/dev/shm")
@@ -104,7 +131,8 @@ class Node:
         with open(self.cfg, "w") as f:
             f.write(f'[memory]\nroot = "{self.memory}"\nkeep_last = 2\n'
                     f'[peers]\nlisten = "{ip}:7077"\nnodes = [{", ".join(nodes)}]\n'
-                    f'max_bytes = {max_bytes}\ninsecure = true\n')
+                    f'max_bytes = {max_bytes}\ninsecure = true\n' + (store.config() if store else ""))
+        self.env = {**os.environ, **(store.env if store else {})}
         self.proc = None
 
     def start(self):
@@ -113,7 +141,7 @@ class Node:
                 ["ip", "netns", "exec", self.ns, os.path.join(self.build, "daemon", "ckptd"),
                  "--config", self.cfg, "--root", os.path.join(self.dir, "runs"),
                  "--listen", "unix:" + self.sock, "--http-listen", ""],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -135,6 +163,13 @@ class Node:
             self.proc.wait(60)
         shutil.rmtree(self.memory, ignore_errors=True)
 
+    def uploaded(self, step, timeout=600):
+        deadline = time.monotonic() + timeout
+        while f"tier: uploaded run=bench step={step} " not in open(self.log).read():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"step {step} was not uploaded: {open(self.log).read()[-2000:]}")
+            time.sleep(0.05)
+
     def replicated(self, step, timeout=600):
         pat = re.compile(rf"peers: replicated run=bench step={step} peer=\S+ bytes=(\d+) seconds=([\d.]+)")
         deadline = time.monotonic() + timeout
@@ -152,7 +187,10 @@ def main():
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gbit", type=float, default=2)
+    ap.add_argument("--store", choices=("auto", "on", "off"), default="auto",
+                    help="also restore from Ceph RGW (auto: where radosgw is installed)")
     args = ap.parse_args()
+    with_store = args.store == "on" or (args.store == "auto" and shutil.which("radosgw"))
     if os.geteuid() != 0 or not shutil.which("iperf3"):
         print("peer_bench: needs root and iperf3 (scripts/install-deps.sh --bench); skipped")
         return
@@ -161,9 +199,11 @@ def main():
     state = {f"layer{i}": np.random.default_rng(i).standard_normal(n, dtype=np.float32) for i in range(8)}
     base = tempfile.mkdtemp(prefix="ckptd-peer-bench-")
     link_rates, rates, cpu_a, cpu_b = [], [], [], []
+    store, store_s, store_split = None, None, ""
     with Link(args.gbit) as link:
         nodes = [f'"{A_IP}:7077"', f'"{B_IP}:7077"']
-        a = Node(build, base, "a", link.ns[0], A_IP, nodes, 8 * args.mib * MiB).start()
+        store = Store(base, link.ns[1], B_IP) if with_store else None
+        a = Node(build, base, "a", link.ns[0], A_IP, nodes, 8 * args.mib * MiB, store).start()
         b = Node(build, base, "b", link.ns[1], B_IP, nodes, 8 * args.mib * MiB).start()
         try:
             schedule = {"every_steps": 1000000, "memory_every_steps": 1}
@@ -183,6 +223,14 @@ def main():
                 cpu_b.append((cpu_seconds(b.proc.pid) - cb) / gib)
             link_rates.append(link.iperf())
             last = args.rounds
+            if store:  # a disk step, so that the store has it too
+                last += 1
+                for v in state.values():
+                    v[:16] += 1
+                run.save(last, model=state)
+                run.wait()
+                a.uploaded(last)
+                a.replicated(last)
             run.close()
             # A is lost and replaced: restore from B's memory, then from A's disk, cold.
             a.lose()
@@ -193,6 +241,10 @@ def main():
             info = run.restore(model=dest)
             peer_s = time.perf_counter() - t
             assert info.step == last and info.tier == "peer", info
+            fetched = re.search(rf"peers: fetched run=bench step={last} from peer=\S+ bytes=\d+ "
+                                r"seconds=([\d.]+) (\(.*\))", open(a.log).read())
+            fetch_s = float(fetched.group(1)) if fetched else float("nan")
+            fetch_split = fetched.group(2) if fetched else ""
             assert all(np.array_equal(dest[k], state[k]) for k in state)
             cold = []
             for _ in range(args.rounds):
@@ -203,9 +255,25 @@ def main():
                 info = run.restore(model=dest, remote=False)
                 cold.append(time.perf_counter() - t)
                 assert info.step == last and info.tier == "disk", info
+            if store:  # A lost again, B down: the store is the only source left
+                b.stop()
+                a.lose()
+                a.start()
+                run = ckptd.connect("unix:" + a.sock).open_run("bench", schedule=schedule)
+                dest = {k: np.zeros_like(v) for k, v in state.items()}
+                t = time.perf_counter()
+                info = run.restore(model=dest)
+                store_s = time.perf_counter() - t
+                assert info.step == last and info.tier == "store", info
+                assert all(np.array_equal(dest[k], state[k]) for k in state)
+                m = re.search(rf"tier: fetched run=bench step={last} files=\d+ bytes=\d+ seconds=([\d.]+)",
+                              open(a.log).read())
+                store_split = f"(of which {float(m.group(1)):.3f} s fetching into the node)" if m else ""
         finally:
             a.stop()
             b.stop()
+            if store:
+                store.stop()
     shutil.rmtree(base, ignore_errors=True)
     link_rate = statistics.median(link_rates)
     rate = statistics.median(rates)
@@ -219,6 +287,12 @@ def main():
     print(f"{'receiver CPU (s per replicated GiB)':<38}{statistics.median(cpu_b):>14.2f}")
     print(f"{'restore from a peer (s), vs cold disk':<38}{peer_s:>14.3f}{statistics.median(cold):>14.3f}"
           f"{statistics.median(cold) / peer_s:>8.2f}")
+    print(f"  (of which {fetch_s:.3f} s fetching into the node {fetch_split}; the rest the "
+          f"trainer's read)")
+    if store_s is not None:
+        print(f"{'restore from the store (RGW) (s), vs peer':<38}{store_s:>14.3f}{peer_s:>14.3f}"
+              f"{store_s / peer_s:>8.2f}")
+        print(f"  {store_split}; the same step, over the same link, after a disk step's upload")
     print(f"  ({size / peer_s / 1e6:.0f} MB/s from the peer over the link, "
           f"{size / statistics.median(cold) / 1e6:.0f} MB/s from the disk, cold)")
 

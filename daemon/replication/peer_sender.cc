@@ -322,6 +322,7 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
     }
   }
   if (!st.ok()) ctx.TryCancel();
+  const double received = NowSeconds();
   absl::Status finished = PeerError(r->Finish(), StrCat("GetReplica from ", peer));
   if (st.ok()) st = finished;
   if (st.ok() && file < out.size()) {
@@ -332,6 +333,7 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
     absl::Status closed = w->Close();
     if (st.ok()) st = closed;
   }
+  const double synced = NowSeconds();
   if (st.ok()) {
     // Every digest checked before anything is placed.
     auto record = storage::VerifyStepFiles(env_, step, temps[0], temps.size() > 1 ? temps[1] : "");
@@ -348,8 +350,11 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
   if (temps.size() > 1) CKPTD_TRY(env_->RenameFile(temps[1], StrCat(weights_dir, "/", train_name)));
   CKPTD_TRY(env_->RenameFile(temps[0], StrCat(weights_dir, "/", model_name)));
   CKPTD_TRY(env_->SyncDir(weights_dir));
-  spdlog::info("peers: fetched run={} step={} from peer={} bytes={} seconds={:.3f}", run_id, step,
-               peer, total, NowSeconds() - start);
+  const double end = NowSeconds();
+  spdlog::info(
+      "peers: fetched run={} step={} from peer={} bytes={} seconds={:.3f} (received {:.3f}, "
+      "synced {:.3f}, checked and placed {:.3f})",
+      run_id, step, peer, total, end - start, received - start, synced - received, end - synced);
   return step;
 }
 

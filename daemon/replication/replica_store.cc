@@ -245,8 +245,8 @@ std::vector<ReplicaInfo> ReplicaStore::List(const std::string& run_id) const {
   return out;
 }
 
-absl::StatusOr<std::vector<ReplicaFileSpec>> ReplicaStore::Checked(const std::string& run_id,
-                                                                   uint64_t step) {
+absl::StatusOr<std::vector<ReplicaFileSpec>> ReplicaStore::Files(const std::string& run_id,
+                                                                 uint64_t step) {
   {
     absl::MutexLock lock(&mu_);
     auto run = replicas_.find(run_id);
@@ -259,20 +259,30 @@ absl::StatusOr<std::vector<ReplicaFileSpec>> ReplicaStore::Checked(const std::st
   std::vector<ReplicaFileSpec> files = {{StrCat(dir, "/", storage::ModelFileName(step)), 0}};
   const std::string train = StrCat(dir, "/", storage::TrainFileName(step));
   if (env_->Stat(train).ok()) files.push_back({train, 0});
-  auto record = storage::VerifyStepFiles(env_, step, files[0].name,
-                                         files.size() > 1 ? files[1].name : std::string());
-  if (!record.ok()) {
-    spdlog::error("peers: replica run={} step={} is damaged, dropped: {}", run_id, step,
-                  record.status().message());
-    absl::MutexLock lock(&mu_);
-    DropLocked(run_id, step, "damaged");
-    return absl::DataLossError(StrCat("this peer's replica of run '", run_id, "' step ", step,
-                                      " is damaged (dropped): ", record.status().message()));
-  }
   for (ReplicaFileSpec& f : files) {
     CKPTD_ASSIGN_OR_RETURN(auto st, env_->Stat(f.name));
     f.size = st.size;
   }
+  return files;
+}
+
+absl::Status ReplicaStore::Check(const std::string& run_id, uint64_t step,
+                                 const std::vector<ReplicaFileSpec>& files) {
+  auto record = storage::VerifyStepFiles(env_, step, files[0].name,
+                                         files.size() > 1 ? files[1].name : std::string());
+  if (record.ok()) return absl::OkStatus();
+  spdlog::error("peers: replica run={} step={} is damaged, dropped: {}", run_id, step,
+                record.status().message());
+  absl::MutexLock lock(&mu_);
+  DropLocked(run_id, step, "damaged");
+  return absl::DataLossError(StrCat("this peer's replica of run '", run_id, "' step ", step,
+                                    " is damaged (dropped): ", record.status().message()));
+}
+
+absl::StatusOr<std::vector<ReplicaFileSpec>> ReplicaStore::Checked(const std::string& run_id,
+                                                                   uint64_t step) {
+  CKPTD_ASSIGN_OR_RETURN(std::vector<ReplicaFileSpec> files, Files(run_id, step));
+  CKPTD_TRY(Check(run_id, step, files));
   return files;
 }
 

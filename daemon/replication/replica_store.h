@@ -82,9 +82,14 @@ class ReplicaStore {
 
   // The replicas of `run_id` ("" = every run), by run and ascending step.
   std::vector<ReplicaInfo> List(const std::string& run_id) const;
-  // A replica's files (paths, model file first), every digest checked
-  // again; DATA_LOSS (the replica is dropped) when one fails, NOT_FOUND
-  // when there is no such replica.
+  // A replica's files (paths and sizes, model file first); NOT_FOUND when
+  // there is no such replica.
+  absl::StatusOr<std::vector<ReplicaFileSpec>> Files(const std::string& run_id, uint64_t step);
+  // Every digest of those files checked again; DATA_LOSS (the replica is
+  // dropped) when one fails. GetReplica runs it beside the send.
+  absl::Status Check(const std::string& run_id, uint64_t step,
+                     const std::vector<ReplicaFileSpec>& files);
+  // Files, then Check.
   absl::StatusOr<std::vector<ReplicaFileSpec>> Checked(const std::string& run_id, uint64_t step);
   uint64_t bytes() const;
   const ReplicaStoreOptions& options() const { return options_; }

@@ -3,6 +3,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <future>
+
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
 #include "daemon/metrics/metrics.h"
@@ -88,7 +91,7 @@ grpc::Status PeerService::ListReplicas(grpc::ServerContext* ctx, const v1::ListR
 grpc::Status PeerService::GetReplica(grpc::ServerContext* ctx, const v1::GetReplicaRequest* req,
                                      grpc::ServerWriter<v1::ReplicaChunk>* writer) {
   if (grpc::Status st = Authorize(ctx); !st.ok()) return st;
-  auto files = store_->Checked(req->run_id(), req->step());
+  auto files = store_->Files(req->run_id(), req->step());
   if (!files.ok()) return PeerStatus(files.status());
   // Open both first: an eviction from now on cannot take the bytes away.
   std::vector<std::unique_ptr<env::RandomAccessFile>> open;
@@ -105,11 +108,25 @@ grpc::Status PeerService::GetReplica(grpc::ServerContext* ctx, const v1::GetRepl
     rf->set_size(f.size);
   }
   if (!writer->Write(head)) return grpc::Status(grpc::StatusCode::CANCELLED, "reader went away");
+  // Every digest is checked again beside the send, on another core: the
+  // stream ends in DATA_LOSS (and the replica is dropped) when one fails.
+  // The receiver checks them all too before it places a byte.
+  std::future<absl::Status> checked = std::async(
+      std::launch::async, [&] { return store_->Check(req->run_id(), req->step(), *files); });
+  grpc::Status sent = SendReplicaFiles(*files, open, writer);
+  absl::Status check = checked.get();
+  if (!check.ok()) return PeerStatus(check);
+  return sent;
+}
+
+grpc::Status PeerService::SendReplicaFiles(
+    const std::vector<replication::ReplicaFileSpec>& files,
+    const std::vector<std::unique_ptr<env::RandomAccessFile>>& open,
+    grpc::ServerWriter<v1::ReplicaChunk>* writer) {
   std::string buf(kReplicaChunk, '\0');
   for (size_t i = 0; i < open.size(); ++i) {
-    for (uint64_t off = 0; off < (*files)[i].size;) {
-      const size_t n =
-          static_cast<size_t>(std::min<uint64_t>(kReplicaChunk, (*files)[i].size - off));
+    for (uint64_t off = 0; off < files[i].size;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(kReplicaChunk, files[i].size - off));
       auto got = open[i]->ReadUpTo(off, n, buf.data());
       if (!got.ok()) return PeerStatus(got.status());
       if (*got == 0) return grpc::Status(grpc::StatusCode::DATA_LOSS, "replica file shrank");

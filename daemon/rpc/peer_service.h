@@ -4,7 +4,9 @@
 // Bearer <token>"), compared in constant time.
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "ckptd/v1/ckptd.grpc.pb.h"
 #include "daemon/replication/replica_store.h"
@@ -26,6 +28,11 @@ class PeerService final : public v1::Peers::Service {
 
  private:
   grpc::Status Authorize(grpc::ServerContext* ctx) const;
+  // Streams the open files' bytes in kReplicaChunk messages.
+  static grpc::Status SendReplicaFiles(
+      const std::vector<replication::ReplicaFileSpec>& files,
+      const std::vector<std::unique_ptr<env::RandomAccessFile>>& open,
+      grpc::ServerWriter<v1::ReplicaChunk>* writer);
   replication::ReplicaStore* store_;
   const std::string token_;
 };
