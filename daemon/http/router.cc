@@ -8,6 +8,7 @@
 #include "daemon/http/status_page.h"
 #include "daemon/http/url.h"
 #include "daemon/metrics/metrics.h"
+#include "daemon/policy/schedule.h"
 
 namespace ckptd::http {
 namespace {
@@ -71,7 +72,7 @@ Reply Router::MetricsText() const {
                 space->free_bytes, "\n");
     }
   }
-  std::string last_step, last_time, count, recovery, memory;
+  std::string last_step, last_time, count, recovery, memory, clock, expected;
   for (const auto& run : registry_->List()) {
     const scheduler::RunSnapshot snap = run->Snapshot();
     const std::string label = StrCat("{run=\"", metrics::EscapeLabel(snap.id), "\"} ");
@@ -95,6 +96,16 @@ Reply Router::MetricsText() const {
       StrAppend(&recovery, "ckptd_recovery_point_steps", run_label, "disk\"} ",
                 lost(snap.latest_step), "\n");
     }
+    // For the checkpoint-overdue alert: open runs only (a finished or idle
+    // run is not expected to commit).
+    if (snap.state == scheduler::RunState::kOpen) {
+      StrAppend(&clock, "ckptd_last_commit_or_open_timestamp_seconds", label,
+                fmt::format("{:.3f}", snap.reference_time_s), "\n");
+      if (auto every = policy::ExpectedCommitInterval(snap.schedule, snap.step_seconds)) {
+        StrAppend(&expected, "ckptd_expected_commit_interval_seconds", label,
+                  fmt::format("{:.3f}", *every), "\n");
+      }
+    }
     if (auto step = snap.latest_step) {
       StrAppend(&last_step, "ckptd_last_committed_step", label, *step, "\n");
       StrAppend(&last_time, "ckptd_last_commit_timestamp_seconds", label,
@@ -108,6 +119,14 @@ Reply Router::MetricsText() const {
   out += "# TYPE ckptd_last_committed_step gauge\n" + last_step;
   out += "# HELP ckptd_last_commit_timestamp_seconds When the highest step was saved.\n";
   out += "# TYPE ckptd_last_commit_timestamp_seconds gauge\n" + last_time;
+  out +=
+      "# HELP ckptd_last_commit_or_open_timestamp_seconds Open runs: the last disk commit, or "
+      "when the run was opened if none since.\n";
+  out += "# TYPE ckptd_last_commit_or_open_timestamp_seconds gauge\n" + clock;
+  out +=
+      "# HELP ckptd_expected_commit_interval_seconds Open runs: how often the schedule commits "
+      "(every_seconds, or every_steps times the measured time per step, the sooner).\n";
+  out += "# TYPE ckptd_expected_commit_interval_seconds gauge\n" + expected;
   out += "# HELP ckptd_memory_tier_bytes Bytes the run's memory steps hold in the memory tier.\n";
   out += "# TYPE ckptd_memory_tier_bytes gauge\n" + memory;
   out +=

@@ -145,6 +145,11 @@ void Metrics::CountQuarantined(const std::string& run, const std::string& by) {
   quarantined_[{run, by}]++;
 }
 
+void Metrics::CountDiskGuardRefusal(const std::string& run) {
+  absl::MutexLock lock(&mu_);
+  guard_refusals_[run]++;
+}
+
 void Metrics::CountRemoteRepair(const std::string& run) {
   absl::MutexLock lock(&mu_);
   remote_repairs_[run]++;
@@ -210,6 +215,13 @@ std::string Metrics::Render() const {
   line("# TYPE ckptd_remote_repairs_total counter");
   for (const auto& [run, v] : remote_repairs_) {
     line(fmt::format("ckptd_remote_repairs_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
+  }
+  line(
+      "# HELP ckptd_disk_guard_refusals_total Saves refused because the disk guard could not "
+      "make room.");
+  line("# TYPE ckptd_disk_guard_refusals_total counter");
+  for (const auto& [run, v] : guard_refusals_) {
+    line(fmt::format("ckptd_disk_guard_refusals_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
   }
   line("# HELP ckptd_in_flight_bytes Tensor bytes of saves being written.");
   line("# TYPE ckptd_in_flight_bytes gauge");

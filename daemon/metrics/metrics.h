@@ -35,6 +35,9 @@ class Metrics {
   // ckptd_remote_repairs_total{run}: steps uploaded again because the
   // object store's copy was missing or failed its digests.
   void CountRemoteRepair(const std::string& run);
+  // ckptd_disk_guard_refusals_total{run}: saves refused because the disk
+  // guard could not make room (nothing written or deleted).
+  void CountDiskGuardRefusal(const std::string& run);
   // ckptd_in_flight_bytes (bytes of saves being written) and
   // ckptd_save_queue_depth (saves waiting for their run's save slot).
   void AddInFlightBytes(int64_t delta);
@@ -90,6 +93,7 @@ class Metrics {
   std::map<std::pair<std::string, std::string>, uint64_t> deletions_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> quarantined_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> remote_repairs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> guard_refusals_ ABSL_GUARDED_BY(mu_);
   bool peers_on_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t replica_in_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t replicas_in_ ABSL_GUARDED_BY(mu_) = 0;

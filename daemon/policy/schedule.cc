@@ -57,6 +57,16 @@ std::optional<uint64_t> AutoMemoryInterval(double stall_s, double step_s, double
   return std::max<uint64_t>(1, static_cast<uint64_t>(n));
 }
 
+std::optional<double> ExpectedCommitInterval(const Schedule& schedule, double step_s) {
+  std::optional<double> out;
+  if (schedule.every_seconds > 0) out = schedule.every_seconds;
+  if (schedule.every_steps > 0 && step_s > 0) {
+    const double by_steps = static_cast<double>(schedule.every_steps) * step_s;
+    out = out ? std::min(*out, by_steps) : by_steps;
+  }
+  return out;
+}
+
 std::vector<uint64_t> MemoryEvictions(const std::vector<MemoryStep>& held, uint64_t step,
                                       uint32_t keep_last, uint64_t max_bytes) {
   std::vector<uint64_t> out;

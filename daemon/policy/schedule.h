@@ -49,6 +49,13 @@ Decision IsMemoryDue(const Schedule& schedule, std::optional<uint64_t> last, uin
 // least 1; nullopt until both are measured (> 0). budget 0 = 0.01.
 std::optional<uint64_t> AutoMemoryInterval(double stall_s, double step_s, double budget);
 
+// How often the disk schedule is expected to commit, in seconds: the
+// smaller of every_seconds and every_steps x the measured time per step,
+// of those set (and measured: step_s > 0); nullopt when neither applies
+// (at_steps only, forced saves only, or steps not measured yet). What the
+// checkpoint-overdue alert compares the time since the last commit with.
+std::optional<double> ExpectedCommitInterval(const Schedule& schedule, double step_s);
+
 // Which memory steps to evict after `step` was kept in memory (`held`: the
 // run's memory steps, ascending, `step` among them): the oldest beyond
 // `keep_last` (at least 1), then the oldest while the bytes held exceed

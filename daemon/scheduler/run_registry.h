@@ -175,8 +175,9 @@ struct RunSnapshot {
   // The highest step the trainer asked about (ShouldSave) or saved since
   // the daemon started: what a restore now would lose is measured from it.
   std::optional<uint64_t> last_seen_step;
-  double step_seconds = 0;   // measured time per step (0 = not yet)
-  double stall_seconds = 0;  // measured save stall (0 = not yet)
+  double reference_time_s = 0;  // the disk schedule's clock: last commit, or when opened
+  double step_seconds = 0;      // measured time per step (0 = not yet)
+  double stall_seconds = 0;     // measured save stall (0 = not yet)
 
   std::optional<uint64_t> memory_step() const;  // the newest memory step
   std::optional<uint64_t> newest_step() const;  // the newest step in either tier

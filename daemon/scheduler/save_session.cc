@@ -306,6 +306,7 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
   auto pruned = PruneForSpace(run_->dir(), run_->pins_, registry_->EffectiveRetention(*run_),
                               run_->RetentionHolds(), NowSeconds(), needed, guard.on_full);
   if (!pruned.ok()) {
+    metrics::Metrics::Get().CountDiskGuardRefusal(params_.run_id);
     const uint64_t keep = policy::GuardKeepsFree(guard, space.total_bytes);
     return absl::ResourceExhaustedError(StrCat(
         "run '", params_.run_id, "' step ", params_.step, " needs ", planned,

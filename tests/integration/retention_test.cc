@@ -295,6 +295,10 @@ TEST_F(DiskGuardTest, NeverDeletesWhatKeepEverythingKeepsAndRefusesClearly) {
   for (uint64_t s = 1; s < step; ++s) want.push_back("step_" + std::to_string(s) + ".gguf");
   EXPECT_THAT(Names(Weights("k")), ::testing::UnorderedElementsAreArray(want));
   EXPECT_THAT(daemon->Log(), ::testing::Not(HasSubstr("disk guard deleted")));
+  // What the disk-guard alert watches, and the overdue alert's clock.
+  const std::string metrics = HttpGet(daemon->HttpPort(), "/metrics").body;
+  EXPECT_THAT(metrics, HasSubstr("ckptd_disk_guard_refusals_total{run=\"k\"} 1\n"));
+  EXPECT_THAT(metrics, HasSubstr("ckptd_last_commit_or_open_timestamp_seconds{run=\"k\"} "));
 }
 
 TEST_F(DiskGuardTest, PrunesOldestWhenOptedInThenRefusesBeforeWriting) {

@@ -105,5 +105,21 @@ TEST(ScheduleTest, AutoMemoryIntervalIsTheMostFrequentWithinTheBudget) {
   EXPECT_EQ(AutoMemoryInterval(1e9, 1e-9, 0.01), 1000000000000u);  // capped, no overflow
 }
 
+TEST(ScheduleTest, TheExpectedCommitIntervalIsTheSoonerOfTheRulesThatApply) {
+  Schedule s;
+  EXPECT_EQ(ExpectedCommitInterval(s, 0.5), std::nullopt);  // forced saves only
+  s.at_steps = {10, 20};
+  EXPECT_EQ(ExpectedCommitInterval(s, 0.5), std::nullopt);  // exact steps: no interval
+  s.every_steps = 100;
+  EXPECT_EQ(ExpectedCommitInterval(s, 0), std::nullopt);  // steps not measured yet
+  EXPECT_DOUBLE_EQ(*ExpectedCommitInterval(s, 0.5), 50.0);
+  s.every_seconds = 30;
+  EXPECT_DOUBLE_EQ(*ExpectedCommitInterval(s, 0.5), 30.0);  // the clock comes first
+  EXPECT_DOUBLE_EQ(*ExpectedCommitInterval(s, 0.1), 10.0);  // the steps come first
+  EXPECT_DOUBLE_EQ(*ExpectedCommitInterval(s, 0), 30.0);    // only the clock is known
+  s.every_steps = 0;
+  EXPECT_DOUBLE_EQ(*ExpectedCommitInterval(s, 0.5), 30.0);
+}
+
 }  // namespace
 }  // namespace ckptd::policy
