@@ -349,7 +349,7 @@ absl::StatusOr<bool> Checkpointer::StreamSave(double t0, uint64_t step,
                                               const SaveOptions& options) {
   auto r = run_->Save(step, tensors, metrics, options);
   if (!r.ok()) return r.status();
-  if (r->result() != v1::SaveResponse::RESULT_COMMITTED) {
+  if (r->result() == v1::SaveResponse::RESULT_SKIPPED) {
     stats_.skipped++;
     return false;
   }

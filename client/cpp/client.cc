@@ -293,8 +293,12 @@ absl::StatusOr<v1::SaveResponse> Run::Save(uint64_t step, const std::vector<Tens
       if (client_->stub().GetCheckpoint(&dctx, dreq, &detail).ok() &&
           SameTensors(detail, tensors)) {
         v1::SaveResponse committed;
-        committed.set_result(v1::SaveResponse::RESULT_COMMITTED);
-        committed.set_reason("committed before the connection was lost (found when sent again)");
+        committed.set_result(detail.info().pending() ? v1::SaveResponse::RESULT_STAGED
+                                                     : v1::SaveResponse::RESULT_COMMITTED);
+        committed.set_reason(
+            detail.info().pending()
+                ? "staged before the connection was lost (found when sent again)"
+                : "committed before the connection was lost (found when sent again)");
         *committed.mutable_checkpoint() = detail.info();
         return committed;
       }

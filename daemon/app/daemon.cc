@@ -23,6 +23,7 @@
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
 #include "daemon/env/fd_limit.h"
+#include "daemon/env/fd_passing.h"
 #include "daemon/metrics/metrics.h"
 #include "daemon/policy/peers.h"
 #include "daemon/rpc/decode_errors.h"
@@ -32,7 +33,7 @@
 namespace ckptd::app {
 namespace {
 
-void Notify(const std::string& state) { sd_notify(0, state.c_str()); }
+void Notify(const std::string& state) { env::NotifyServiceManager(state); }
 
 std::string Hostname() {
   char buf[256] = {};
@@ -383,17 +384,22 @@ void Daemon::StartTimers() {
     timers_.Every(std::chrono::seconds(1), [this] { scrubber_->Tick(); });
   }
   // Readiness, from the one source /readyz uses: the gRPC health service
-  // and systemd's STATUS= follow it (checked every second, logged on change).
-  timers_.Every(std::chrono::seconds(1), [this, was = true]() mutable {
+  // follows it (checked every second, logged on change); systemd's STATUS=
+  // follows the daemon: runs, the last commit, the current problem.
+  timers_.Every(std::chrono::seconds(1), [this, was = true, status = std::string()]() mutable {
     const query::Readiness r = queries_->Ready();
+    std::optional<std::string> unhealthy;
     if (replicator_) {
+      unhealthy = replicator_->Unhealthy();
       metrics::Metrics::Get().SetTier(static_cast<int64_t>(replicator_->queue_depth()),
-                                      !replicator_->Unhealthy().has_value());
+                                      !unhealthy.has_value());
+    }
+    if (std::string now = StatusLine(r, unhealthy); now != status) {
+      Notify("STATUS=" + now);
+      status = std::move(now);
     }
     if (was == r.ready) return;
     server_->GetHealthCheckService()->SetServingStatus(r.ready);
-    Notify(r.ready ? StrCat("STATUS=serving ", registry_->List().size(), " runs on ", cfg_.listen)
-                   : StrCat("STATUS=not ready: ", r.Summary()));
     spdlog::log(r.ready ? spdlog::level::info : spdlog::level::warn, "readiness: {}", r.Summary());
     was = r.ready;
   });
@@ -407,6 +413,27 @@ void Daemon::StartTimers() {
       Notify("WATCHDOG=1");
     });
   }
+}
+
+std::string Daemon::StatusLine(const query::Readiness& ready,
+                               const std::optional<std::string>& unhealthy) const {
+  if (!ready.ready) return StrCat("not ready: ", ready.Summary());
+  size_t runs = 0, open = 0;
+  std::optional<std::pair<double, std::string>> last;  // time, "run=R step=N"
+  for (const auto& run : registry_->List()) {
+    const scheduler::RunSnapshot snap = run->Snapshot();
+    ++runs;
+    open += snap.state == scheduler::RunState::kOpen ? 1 : 0;
+    if (!snap.latest_step) continue;
+    const double t = snap.Find(*snap.latest_step)->time_s;
+    if (!last || t > last->first) {
+      last = std::pair(t, StrCat("run=", snap.id, " step=", *snap.latest_step));
+    }
+  }
+  std::string out = StrCat("serving ", runs, " runs (", open, " open) on ", listening_);
+  if (last) StrAppend(&out, "; last commit ", last->second, " at ", FormatUtc(last->first));
+  if (unhealthy) StrAppend(&out, "; object store: ", *unhealthy);
+  return out;
 }
 
 void Daemon::Reload(const config::Config& fresh) {

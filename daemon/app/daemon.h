@@ -9,6 +9,7 @@
 #include <grpcpp/server.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,10 @@ class Daemon {
   absl::Status StartGrpc();
   absl::Status StartHttp();
   void StartTimers();
+  // systemd's STATUS=: runs, the newest commit of any run, the current
+  // problem (not ready, or the object store failing).
+  std::string StatusLine(const query::Readiness& ready,
+                         const std::optional<std::string>& unhealthy) const;
 
   config::Config cfg_;
   env::Env* env_;

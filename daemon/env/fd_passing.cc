@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -46,6 +48,27 @@ bool UnixSocketAnswers(const std::string& path, int type) {
       ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN;
   ::close(fd);
   return answers;
+}
+
+void NotifyServiceManager(const std::string& state) {
+  const char* env = std::getenv("NOTIFY_SOCKET");
+  if (env == nullptr || env[0] == '\0') return;
+  const std::string path = env;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size());
+  if (path[0] == '@') {
+    addr.sun_path[0] = '\0';  // the abstract namespace
+  } else {
+    ++len;  // the terminating NUL
+  }
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return;
+  (void)::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
+                 reinterpret_cast<sockaddr*>(&addr), len);
+  ::close(fd);
 }
 
 }  // namespace ckptd::env

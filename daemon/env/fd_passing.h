@@ -18,4 +18,11 @@ absl::Status SendWithFd(int sock, std::string_view text, int fd, int flags = 0);
 // left behind by a daemon that died.
 bool UnixSocketAnswers(const std::string& path, int type);
 
+// systemd's notification (READY=1, STATUS=..., WATCHDOG=1) to the datagram
+// socket $NOTIFY_SOCKET names ("@..." = abstract), as sd_notify sends it,
+// but never blocking: a manager that does not read (its queue full) costs
+// the message, not a stuck timer or shutdown. Without $NOTIFY_SOCKET,
+// nothing.
+void NotifyServiceManager(const std::string& state);
+
 }  // namespace ckptd::env

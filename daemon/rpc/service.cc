@@ -228,7 +228,8 @@ void OutcomeToProto(const scheduler::SaveOutcome& o, v1::SaveResponse* resp) {
     resp->set_result(v1::SaveResponse::RESULT_SKIPPED);
     return;
   }
-  resp->set_result(v1::SaveResponse::RESULT_COMMITTED);
+  resp->set_result(o.record.world_size > 0 ? v1::SaveResponse::RESULT_STAGED
+                                           : v1::SaveResponse::RESULT_COMMITTED);
   api::ToProto(o.record, o.is_latest, resp->mutable_checkpoint());
   SetStaged(o.record, resp->mutable_checkpoint());
   SetTimings(o.timings, resp->mutable_timings());
@@ -444,9 +445,11 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
                  " is not committed: the save was lost; save the step again")));
     }
     resp->set_step(req->step());
-    resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
+    const bool staged = pending.contains(req->step());
+    resp->set_state(staged ? v1::WaitSavedResponse::STATE_STAGED
+                           : v1::WaitSavedResponse::STATE_COMMITTED);
     ToProto(*record, snap.latest_step == req->step(), resp->mutable_checkpoint());
-    resp->mutable_checkpoint()->set_pending(pending.contains(req->step()));
+    resp->mutable_checkpoint()->set_pending(staged);
     return grpc::Status::OK;
   }
   if (!r.ok()) return ToGrpc(r.status());
@@ -459,7 +462,8 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
       resp->set_state(v1::WaitSavedResponse::STATE_PENDING);
       break;
     case scheduler::QueuedSaveResult::State::kCommitted:
-      resp->set_state(v1::WaitSavedResponse::STATE_COMMITTED);
+      resp->set_state(r->record.world_size > 0 ? v1::WaitSavedResponse::STATE_STAGED
+                                               : v1::WaitSavedResponse::STATE_COMMITTED);
       ToProto(r->record, r->is_latest, resp->mutable_checkpoint());
       SetStaged(r->record, resp->mutable_checkpoint());
       SetTimings(r->timings, resp->mutable_timings());

@@ -72,8 +72,18 @@ absl::StatusOr<TokenTable> TokenTable::Parse(std::string_view text, std::string_
     }
     const std::string_view token = words[1];
     CKPTD_TRY(CheckToken(token, at));
-    std::string prefix = words[0] == "*" ? "" : std::string(words[0]);
-    table.grants_[std::string(token)].push_back(std::move(prefix));
+    // A prefix: "llama-" or, the same, "llama-*"; "*" = every run. A '*'
+    // elsewhere is not a pattern this file has: refused, not matched
+    // literally (which would deny every run without a word).
+    std::string_view prefix = words[0];
+    if (prefix.ends_with('*')) prefix.remove_suffix(1);
+    if (prefix.find('*') != std::string_view::npos) {
+      return absl::InvalidArgumentError(StrCat(
+          at, "'", Printable(words[0]),
+          "': a '*' may only end a run-id prefix ('llama-*' or 'llama-' covers every run whose "
+          "id starts with 'llama-'; '*' covers every run)"));
+    }
+    table.grants_[std::string(token)].push_back(std::string(prefix));
   }
   return table;
 }

@@ -159,13 +159,25 @@ TEST_F(DaemonTest, NotifiesSystemdReadyStatusAndStopping) {
   int pings = 0;
   for (int i = 0; i < 3; ++i) pings += receive() == "WATCHDOG=1";
   EXPECT_EQ(pings, 3);
+  // STATUS= follows the daemon: a commit shows within a second or two.
+  auto client = daemon->Connect();
+  auto run = client->OpenRun(OpenRequest("st"));
+  ASSERT_TRUE(run.ok()) << run.status();
+  Model m(2.0f);
+  ASSERT_TRUE((*run)->Save(100, m.Views(), {}, {.force = true}).ok());
+  std::string status;
+  for (int i = 0; i < 100 && status.find("last commit") == std::string::npos; ++i) {
+    if (std::string msg = receive(); msg.starts_with("STATUS=")) status = msg;
+  }
+  EXPECT_THAT(status, HasSubstr("STATUS=serving 1 runs (1 open) on unix:"));
+  EXPECT_THAT(status, HasSubstr("; last commit run=st step=100 at "));
   ::kill(daemon->pid(), SIGTERM);
   std::string msg;
   do {
     msg = receive();
   } while (msg == "WATCHDOG=1");
   EXPECT_THAT(msg, HasSubstr("STOPPING=1"));
-  EXPECT_EQ(daemon->Wait(), 0);
+  EXPECT_EQ(daemon->Wait(), 0) << daemon->Log();
   ::close(fd);
 }
 

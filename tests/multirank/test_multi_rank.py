@@ -346,6 +346,8 @@ def test_a_step_commits_everywhere_only_once_every_rank_s_part_is_durable(cluste
     # Ranks 0 and 1 save step 30, rank 2 never does: invisible, then aborted.
     ts = [Trainer(nodes[r], run, r, [30]) for r in (0, 1)]
     assert [t.finish() for t in ts] == [0, 0]
+    # Each save said what it did: its part durable here, the step not committed.
+    assert all("saved 30 pending staged" in t.lines for t in ts), [t.lines for t in ts]
     for n in nodes[:2]:
         assert list(n.info(run).pending_steps) == [30]
         assert n.steps(run) == [10, 20]  # never listed while a part is missing
@@ -397,7 +399,7 @@ def test_a_partitioned_node_s_steps_abort_and_its_parts_go_when_it_is_back(clust
     run = "mr-partition"
     net = cluster["net"]
     ts = [Trainer(nodes[r], run, r, STEPS, mib=4) for r in range(WORLD)]
-    ts[1].wait_line("saved 2")
+    ts[1].wait_line("saved 2 pending staged")
     net.partition(1)
     try:
         for t in ts:

@@ -1,8 +1,8 @@
 """One rank of a multi-rank "training" run, for the multi-node tests: opens
 the run as rank R of W on its node's ckptd and saves its part of each step
 (whole tensors of its own, deterministic in rank and step), printing
-"saving N" before and "saved N" after each save, so that the test can kill
-it mid-save."""
+"saving N" before and "saved N STATE" after each save, so that the test can
+kill it mid-save."""
 
 import argparse
 import sys
@@ -35,11 +35,12 @@ def main() -> int:
     for step in (int(s) for s in args.steps.split(",") if s):
         print(f"saving {step}", flush=True)
         try:
-            run.save(step, model=tensors(args.rank, step, args.mib), metrics={"loss": 1.0 / step})
+            r = run.save(step, model=tensors(args.rank, step, args.mib), metrics={"loss": 1.0 / step})
         except ckptd.Error as e:
             print(f"failed {step} {e.code}: {e.message}", flush=True)
             continue
-        print(f"saved {step}", flush=True)
+        # A part is durable here, not yet a checkpoint: "pending", staged.
+        print(f"saved {step} {r.state}{' staged' if r.staged else ''}", flush=True)
     return 0
 
 

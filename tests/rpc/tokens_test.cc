@@ -72,6 +72,15 @@ TEST(TokenTableTest, TheFileGrammarIsStrictAndSaysWhere) {
   EXPECT_THAT(err("a b c\n"), HasSubstr("found 3 words"));
   EXPECT_THAT(err("x " + std::string(600, 'a') + "\n"), HasSubstr("this one has 600"));
   EXPECT_THAT(err("x " + kAll + "\x7f\n"), HasSubstr("printable ASCII"));
+  // '*' ends a prefix or is the whole of it; anywhere else it is refused.
+  EXPECT_THAT(err("llama-*-7b " + kAll + "\n"),
+              HasSubstr("tokens:1: 'llama-*-7b': a '*' may only end a run-id prefix"));
+  EXPECT_THAT(err("\n*llama " + kAll + "\n"), HasSubstr("tokens:2: '*llama'"));
+  EXPECT_THAT(err("** " + kAll + "\n"), HasSubstr("tokens:1: '**'"));
+  auto star = TokenTable::Parse("llama-* " + kAll + "\n", "tokens");
+  ASSERT_TRUE(star.ok()) << star.status();
+  EXPECT_TRUE(star->Covers("Bearer " + kAll, "llama-7b"));  // as "llama-"
+  EXPECT_FALSE(star->Covers("Bearer " + kAll, "mistral"));
   // A '#' inside a token is part of it, not a comment.
   auto hash = TokenTable::Parse("* abc#defghijklmnopqrstuvwxyz\n", "tokens");
   ASSERT_TRUE(hash.ok());

@@ -84,8 +84,12 @@ def _lost_registration(e: Exception) -> bool:
 
 @dataclass
 class SaveResult:
-    """What a save did. `state` is "committed", "skipped", "pending" (a
-    shared-memory save still being written: see Run.wait) or "failed"."""
+    """What a save did. `state` is "committed", "skipped", "pending" or
+    "failed". "pending" is a shared-memory save still being written (see
+    Run.wait), or, with `staged`, a multi-rank run's part that is durable on
+    this node while its step waits for the other ranks' parts: the step is
+    not a checkpoint until every rank's part is durable (then it commits
+    everywhere, or aborts everywhere: GetRun's pending_steps, listings)."""
 
     step: int
     state: str
@@ -94,6 +98,7 @@ class SaveResult:
     save_id: int = 0
     stall_s: float = 0.0
     transport: str = ""
+    staged: bool = False
     # A pending shm save as sent (header, arena, offsets, final), to send it
     # again to a daemon that restarted before committing it.
     _sent: Any = field(default=None, repr=False, compare=False)
@@ -647,6 +652,9 @@ class Run:
             sent = {t.name: (t.type, list(t.ne)) for t in header.tensors}
             if stored != sent:
                 return None
+            if d.info.pending:
+                return pb.SaveResponse(result=pb.SaveResponse.RESULT_STAGED, checkpoint=d.info,
+                                       reason="staged before the connection was lost (found when sent again)")
             return pb.SaveResponse(result=pb.SaveResponse.RESULT_COMMITTED, checkpoint=d.info,
                                    reason="committed before the connection was lost (found when sent again)")
 
@@ -655,6 +663,9 @@ class Run:
         stall = time.perf_counter() - t0
         if resp.result == pb.SaveResponse.RESULT_SKIPPED:
             return SaveResult(header.step, "skipped", resp.reason, stall_s=stall, transport="stream")
+        if resp.result == pb.SaveResponse.RESULT_STAGED:
+            return SaveResult(header.step, "pending", _staged_reason(header.step, resp.reason),
+                              resp.checkpoint.file, stall_s=stall, transport="stream", staged=True)
         return SaveResult(header.step, "committed", resp.reason, resp.checkpoint.file, stall_s=stall,
                           transport="stream")
 
@@ -745,6 +756,9 @@ class Run:
         frees its arena; False while it is still pending."""
         if resp.state == pb.WaitSavedResponse.STATE_COMMITTED:
             r.state, r.file = "committed", resp.checkpoint.file
+        elif resp.state == pb.WaitSavedResponse.STATE_STAGED:
+            r.state, r.file, r.staged = "pending", resp.checkpoint.file, True
+            r.reason = _staged_reason(r.step, r.reason)
         elif resp.state == pb.WaitSavedResponse.STATE_FAILED:
             r.state, r.reason = "failed", resp.error
         else:
@@ -787,8 +801,9 @@ class Run:
                 time.sleep(0.05)  # answered without waiting: the daemon's waiters are all busy
 
     def wait(self, timeout: float = 600.0) -> list[SaveResult]:
-        """Waits until every pending save is committed or failed; raises Error
-        for a failed one (after waiting for all)."""
+        """Waits until every pending save is committed (a multi-rank run's
+        part: staged, durable on this node, see SaveResult) or failed;
+        raises Error for a failed one (after waiting for all)."""
         done = [self._wait_one(r, timeout) for r in list(self._pending)]
         # Failures found meanwhile (while a save waited for an arena) too.
         failed, self._failed_unreported = self._failed_unreported, []
@@ -832,7 +847,10 @@ class Run:
             header, entries = self._header(fs["step"], fs.get("model"), fs.get("optimizer"), fs.get("extra"),
                                            fs.get("metrics"), state_objs=fs.get("state"))
             resp = self._save_stream(header, entries, closing=True)
-            result = SaveResult(fs["step"], "committed", "", resp.final_save.checkpoint.file, transport="stream")
+            staged = resp.final_save.result == pb.SaveResponse.RESULT_STAGED
+            result = SaveResult(fs["step"], "pending" if staged else "committed",
+                                _staged_reason(fs["step"], "") if staged else "",
+                                resp.final_save.checkpoint.file, transport="stream", staged=staged)
         else:
             self.wait()
             self._call("CloseRun", lambda: iter([pb.SaveRequest(header=pb.SaveHeader(run_id=self.id))]))
@@ -1041,6 +1059,12 @@ class Run:
                 steps_lost=ckpt.steps_lost,
                 elsewhere=ckpt.elsewhere,
             )
+
+
+def _staged_reason(step: int, reason: str) -> str:
+    what = (f"this rank's part of step {step} is durable on this node; the step is not a checkpoint "
+            "until every rank's part is")
+    return f"{what} ({reason})" if reason else what
 
 
 def _fetched_tier(info) -> str:
