@@ -16,11 +16,27 @@ std::string SseHead(const std::string& run_id) {
 
 std::string SseEvent(const scheduler::Event& e) {
   using Type = scheduler::Event::Type;
-  const char* name = e.type == Type::kCommitted  ? "committed"
-                     : e.type == Type::kFailed   ? "failed"
-                     : e.type == Type::kDeleted  ? "deleted"
-                     : e.type == Type::kUploaded ? "uploaded"
-                                                 : "upload_failed";
+  const char* name = "committed";
+  switch (e.type) {
+    case Type::kCommitted:
+      name = "committed";
+      break;
+    case Type::kFailed:
+      name = "failed";
+      break;
+    case Type::kDeleted:
+      name = "deleted";
+      break;
+    case Type::kUploaded:
+      name = "uploaded";
+      break;
+    case Type::kUploadFailed:
+      name = "upload_failed";
+      break;
+    case Type::kQuarantined:
+      name = "quarantined";
+      break;
+  }
   return fmt::format("event: {}\ndata: {}\n\n", name,
                      api::MessageToJson(query::Queries::EventToProto(e)));
 }

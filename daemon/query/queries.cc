@@ -389,7 +389,7 @@ v1::RunEvent Queries::EventToProto(const scheduler::Event& e) {
       break;
     case scheduler::Event::Type::kDeleted:
       out.set_type(v1::RunEvent::TYPE_DELETED);
-      out.set_error(e.error);  // why it was deleted
+      out.set_reason(e.reason);
       break;
     case scheduler::Event::Type::kUploaded:
       out.set_type(v1::RunEvent::TYPE_UPLOADED);

@@ -242,6 +242,8 @@ std::string Replicator::RemoteDamage(const std::string& run_id, uint64_t step,
   const absl::Status st = header.ok() ? gguf::Verify(src, *header).status() : header.status();
   *read += src.bytes_fetched();
   if (st.ok() || absl::IsFailedPrecondition(st)) return "";  // intact, or carries no digests
+  // Deleted between the HEAD and the reads: missing, as if the HEAD had seen it.
+  if (absl::IsNotFound(st)) return StrCat(url, " is missing");
   if (tier::IsTransient(st)) return unanswered(st);
   return StrCat(url, ": ", st.message());
 }

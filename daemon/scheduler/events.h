@@ -22,10 +22,11 @@ struct Event {
   uint64_t step = 0;
   std::optional<storage::CheckpointRecord> record;  // kCommitted
   bool is_latest = false;
-  // kFailed: the error; kDeleted: retention's reason; kQuarantined: the
-  // file, where it went and why.
+  // kFailed, kUploadFailed: the error; kQuarantined: the file, where it
+  // went and why.
   std::string error;
   std::string time_utc;
+  std::string reason;  // kDeleted: why (retention, the disk guard, the memory tier)
 };
 
 // One subscriber's queue. Bounded: a subscriber that falls kMaxQueued

@@ -393,8 +393,8 @@ void RunRegistry::EvictMemory(Run& run, const std::vector<uint64_t>& steps, std:
     run.PublishLocked({.type = Event::Type::kDeleted,
                        .run_id = run.id(),
                        .step = step,
-                       .error = StrCat("memory tier: ", why),
-                       .time_utc = FormatUtc(NowSeconds())});
+                       .time_utc = FormatUtc(NowSeconds()),
+                       .reason = StrCat("memory tier: ", why)});
   }
 }
 
@@ -531,8 +531,8 @@ absl::StatusOr<RunRegistry::RetentionResult> RunRegistry::RunRetentionLocked(Run
     run.PublishLocked({.type = Event::Type::kDeleted,
                        .run_id = run.id(),
                        .step = step,
-                       .error = reason,
-                       .time_utc = FormatUtc(NowSeconds())});
+                       .time_utc = FormatUtc(NowSeconds()),
+                       .reason = reason});
   }
   return r;
 }

@@ -327,8 +327,8 @@ absl::Status SaveSession::EnsureSpace(uint64_t planned, const std::string& weigh
     run_->PublishLocked({.type = Event::Type::kDeleted,
                          .run_id = params_.run_id,
                          .step = step,
-                         .error = StrCat("disk guard: room for step ", params_.step),
-                         .time_utc = FormatUtc(NowSeconds())});
+                         .time_utc = FormatUtc(NowSeconds()),
+                         .reason = StrCat("disk guard: room for step ", params_.step)});
   }
   return absl::OkStatus();
 }

@@ -65,7 +65,8 @@ TEST_F(DaemonTest, RetentionKeepLastAndEveryStepsWithDeletionsOnWatchRun) {
   while (deleted.size() < 4 && watch->Read(&e)) {
     if (e.type() == v1::RunEvent::TYPE_DELETED) {
       deleted.push_back(e.step());
-      EXPECT_THAT(e.error(), HasSubstr("not kept by keep_last=3, keep_every_steps=200"));
+      EXPECT_THAT(e.reason(), HasSubstr("not kept by keep_last=3, keep_every_steps=200"));
+      EXPECT_EQ(e.error(), "");  // a deletion by the policy is not an error
     }
   }
   EXPECT_EQ(deleted, (std::vector<uint64_t>{100, 300, 500, 700}));
