@@ -205,9 +205,11 @@ TEST_F(DaemonTest, StalledSaveIsCancelledAndFreesTheRun) {
 }
 
 TEST_F(DaemonTest, ListensOnTcpWhenAsked) {
-  const std::string listen = "127.0.0.1:" + std::to_string(20000 + ::getpid() % 20000);
-  auto daemon = std::make_unique<DaemonProcess>(DaemonOptions{root_, {"--insecure"}, {}, listen});
+  // Port 0: the daemon picks a free one and its ready line names it.
+  auto daemon =
+      std::make_unique<DaemonProcess>(DaemonOptions{root_, {"--insecure"}, {}, "127.0.0.1:0"});
   daemon->Start();
+  EXPECT_THAT(daemon->target(), ::testing::MatchesRegex("127\\.0\\.0\\.1:[1-9][0-9]*"));
   auto client = daemon->Connect();
   auto run = client->OpenRun(OpenRequest("tcp"));
   ASSERT_TRUE(run.ok()) << run.status();

@@ -72,6 +72,7 @@ DaemonProcess::~DaemonProcess() {
 }
 
 void DaemonProcess::Start() {
+  target_ = options_.listen.empty() ? "unix:" + socket_ : options_.listen;
   std::vector<std::string> argv = {CKPTD_BINARY,  "--root", options_.root,   "--listen",   target_,
                                    "--log-level", "debug",  "--http-listen", "127.0.0.1:0"};
   argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
@@ -82,6 +83,13 @@ void DaemonProcess::Start() {
   // attempt fails backs off for a second or more.
   for (int i = 0; i < 1000 && Log().find("ready: listening") == std::string::npos; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (target_.ends_with(":0")) {  // a free port the daemon picked: its ready line names it
+    const std::string log = Log(), marker = "ready: listening on ";
+    if (size_t at = log.find(marker); at != std::string::npos) {
+      at += marker.size();
+      target_ = log.substr(at, log.find('\n', at) - at);
+    }
   }
   auto client = Connect();
   for (int i = 0; i < 400; ++i) {
