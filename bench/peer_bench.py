@@ -181,6 +181,22 @@ class Node:
         raise RuntimeError(f"step {step} was not replicated: {open(self.log).read()[-2000:]}")
 
 
+def restore_on_replacement(node, schedule, state, step, tier):
+    """The node lost and restarted empty; its trainer's restore(), timed:
+    it must bring back `step` from `tier`, every tensor equal to `state`.
+    Returns the run, the restored tensors and the seconds."""
+    node.lose()
+    node.start()
+    run = ckptd.connect("unix:" + node.sock).open_run("bench", schedule=schedule)
+    dest = {k: np.zeros_like(v) for k, v in state.items()}
+    t = time.perf_counter()
+    info = run.restore(model=dest)
+    seconds = time.perf_counter() - t
+    assert info.step == step and info.tier == tier, info
+    assert all(np.array_equal(dest[k], state[k]) for k in state)
+    return run, dest, seconds
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -233,19 +249,11 @@ def main():
                 a.replicated(last)
             run.close()
             # A is lost and replaced: restore from B's memory, then from A's disk, cold.
-            a.lose()
-            a.start()
-            run = ckptd.connect("unix:" + a.sock).open_run("bench", schedule=schedule)
-            dest = {k: np.zeros_like(v) for k, v in state.items()}
-            t = time.perf_counter()
-            info = run.restore(model=dest)
-            peer_s = time.perf_counter() - t
-            assert info.step == last and info.tier == "peer", info
+            run, dest, peer_s = restore_on_replacement(a, schedule, state, last, "peer")
             fetched = re.search(rf"peers: fetched run=bench step={last} from peer=\S+ bytes=\d+ "
                                 r"seconds=([\d.]+) (\(.*\))", open(a.log).read())
             fetch_s = float(fetched.group(1)) if fetched else float("nan")
             fetch_split = fetched.group(2) if fetched else ""
-            assert all(np.array_equal(dest[k], state[k]) for k in state)
             cold = []
             for _ in range(args.rounds):
                 sh("sync")
@@ -257,15 +265,7 @@ def main():
                 assert info.step == last and info.tier == "disk", info
             if store:  # A lost again, B down: the store is the only source left
                 b.stop()
-                a.lose()
-                a.start()
-                run = ckptd.connect("unix:" + a.sock).open_run("bench", schedule=schedule)
-                dest = {k: np.zeros_like(v) for k, v in state.items()}
-                t = time.perf_counter()
-                info = run.restore(model=dest)
-                store_s = time.perf_counter() - t
-                assert info.step == last and info.tier == "store", info
-                assert all(np.array_equal(dest[k], state[k]) for k in state)
+                run, dest, store_s = restore_on_replacement(a, schedule, state, last, "store")
                 m = re.search(rf"tier: fetched run=bench step={last} files=\d+ bytes=\d+ seconds=([\d.]+)",
                               open(a.log).read())
                 store_split = f"(of which {float(m.group(1)):.3f} s fetching into the node)" if m else ""
