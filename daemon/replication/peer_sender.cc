@@ -79,7 +79,10 @@ void PeerSender::Stop() {
 void PeerSender::OnTierCommitted(scheduler::Run& run, const storage::CheckpointRecord& record,
                                  scheduler::Tier tier) {
   if (peers_.empty()) return;
-  Job job{.run_id = run.id(), .step = record.step};
+  Job job{.run_id = run.id(),
+          .step = record.step,
+          .rank = record.rank,
+          .world_size = record.world_size};
   for (const std::string& path : {record.model_path, record.train_path}) {
     if (path.empty()) continue;
     auto file = env_->OpenForRead(path);
@@ -193,6 +196,8 @@ absl::Status PeerSender::Send(Peer& peer, const Job& job) {
   h->set_run_id(job.run_id);
   h->set_step(job.step);
   h->set_origin(options_.self);
+  h->set_rank(job.rank);
+  h->set_world_size(job.world_size);
   for (const auto& [name, size] : job.files) {
     v1::ReplicaFile* f = h->add_files();
     f->set_name(name);
@@ -220,7 +225,7 @@ absl::Status PeerSender::Send(Peer& peer, const Job& job) {
   return PeerError(w->Finish(), StrCat("PutReplica to ", peer.address));
 }
 
-std::vector<PeerStep> PeerSender::Holders(const std::string& run_id,
+std::vector<PeerStep> PeerSender::Holders(const std::string& run_id, std::optional<RankPart> part,
                                           std::vector<std::string>* notes) const {
   std::vector<PeerStep> out;
   for (const std::string& node : options_.nodes) {
@@ -237,17 +242,18 @@ std::vector<PeerStep> PeerSender::Holders(const std::string& run_id,
       notes->push_back(StrCat("peer ", node, ": ", st.error_message()));
       continue;
     }
-    uint64_t best = 0;
     bool any = false;
     for (const v1::Replica& r : resp.replicas()) {
-      if (r.run_id() != run_id) continue;
-      best = std::max(best, r.step());
+      if (r.run_id() != run_id || (r.world_size() > 0) != part.has_value() ||
+          (part && r.rank() != part->rank)) {
+        continue;
+      }
+      out.push_back({r.step(), node});
       any = true;
     }
-    if (any) {
-      out.push_back({best, node});
-    } else {
-      notes->push_back(StrCat("peer ", node, ": no replica of run '", run_id, "'"));
+    if (!any) {
+      notes->push_back(StrCat("peer ", node, ": no replica of run '", run_id, "'",
+                              part ? StrCat(" rank ", part->rank) : std::string()));
     }
   }
   std::stable_sort(out.begin(), out.end(),
@@ -256,7 +262,8 @@ std::vector<PeerStep> PeerSender::Holders(const std::string& run_id,
 }
 
 absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::string& run_id,
-                                           uint64_t step, const std::string& weights_dir) const {
+                                           std::optional<RankPart> part, uint64_t step,
+                                           const std::string& weights_dir) const {
   const double start = NowSeconds();
   auto stub = StubFor(peer);
   grpc::ClientContext ctx;
@@ -265,6 +272,7 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
   v1::GetReplicaRequest req;
   req.set_run_id(run_id);
   req.set_step(step);
+  if (part) req.set_rank(part->rank);
   std::unique_ptr<grpc::ClientReader<v1::ReplicaChunk>> r = stub->GetReplica(&ctx, req);
   v1::ReplicaChunk chunk;
   std::vector<std::string> temps;
@@ -277,8 +285,11 @@ absl::StatusOr<uint64_t> PeerSender::Fetch(const std::string& peer, const std::s
     return st.ok() ? absl::DataLossError(StrCat("peer ", peer, " sent no replica header")) : st;
   }
   const v1::ReplicaHeader h = chunk.header();
-  const std::string model_name = storage::ModelFileName(step);
-  const std::string train_name = storage::TrainFileName(step);
+  const std::string model_name = part ? storage::SplitFileName(step, part->rank, part->world_size)
+                                      : storage::ModelFileName(step);
+  const std::string train_name =
+      part ? storage::PartTrainFileName(step, part->rank, part->world_size)
+           : storage::TrainFileName(step);
   if (h.files_size() < 1 || h.files_size() > 2 || h.files(0).name() != model_name ||
       (h.files_size() == 2 && h.files(1).name() != train_name)) {
     ctx.TryCancel();

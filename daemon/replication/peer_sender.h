@@ -41,10 +41,16 @@ struct PeerOptions {
   double bytes_per_second_floor = 8e6;  // a send's deadline: 30 s + its bytes at this rate
 };
 
-// Where the newest step of a run lies on the peers.
+// A step of a run that a peer holds.
 struct PeerStep {
   uint64_t step = 0;
   std::string peer;
+};
+
+// A multi-rank run's part: which one.
+struct RankPart {
+  uint32_t rank = 0;
+  uint32_t world_size = 0;
 };
 
 class PeerSender final : public scheduler::TierObserver {
@@ -56,20 +62,27 @@ class PeerSender final : public scheduler::TierObserver {
 
   void OnTierCommitted(scheduler::Run& run, const storage::CheckpointRecord& record,
                        scheduler::Tier tier) override;
+  const std::string& self() const { return options_.self; }
 
-  // The peers holding replicas of `run_id`, newest step first (each peer
-  // once); `notes` gets one line per peer that could not be asked.
-  std::vector<PeerStep> Holders(const std::string& run_id, std::vector<std::string>* notes) const;
-  // Brings `step` of `run_id` from `peer` into `weights_dir` (temps, every
-  // digest checked, the training state then the model file renamed in).
-  // Returns the step. DATA_LOSS when the replica fails a check (nothing is left).
-  absl::StatusOr<uint64_t> Fetch(const std::string& peer, const std::string& run_id, uint64_t step,
+  // Every replica of `run_id` the peers hold (of rank `part->rank`'s part
+  // with `part`, else of whole steps), newest step first; `notes` gets one
+  // line per peer that could not be asked or holds none.
+  std::vector<PeerStep> Holders(const std::string& run_id, std::optional<RankPart> part,
+                                std::vector<std::string>* notes) const;
+  // Brings `step` of `run_id` (rank `part`'s part with `part`) from `peer`
+  // into `weights_dir` (temps, every digest checked, the training state then
+  // the model file renamed in). Returns the step. DATA_LOSS when the
+  // replica fails a check (nothing is left).
+  absl::StatusOr<uint64_t> Fetch(const std::string& peer, const std::string& run_id,
+                                 std::optional<RankPart> part, uint64_t step,
                                  const std::string& weights_dir) const;
 
  private:
   struct Job {
     std::string run_id;
     uint64_t step = 0;
+    uint32_t rank = 0;
+    uint32_t world_size = 0;                              // > 0: a multi-rank run's part
     std::vector<std::pair<std::string, uint64_t>> files;  // names and sizes, model first
     std::vector<std::shared_ptr<env::RandomAccessFile>> open;
     double not_before = 0;  // backoff after a failed send

@@ -3,10 +3,21 @@
 
 #include <spdlog/spdlog.h>
 
+#include <set>
+
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 
 namespace ckptd::replication {
+namespace {
+
+// A multi-rank run's part of this node, or nullopt for a whole-step run.
+std::optional<RankPart> RecoverPartOf(const scheduler::RunSnapshot& s) {
+  if (s.multi_rank.world_size <= 1) return std::nullopt;
+  return RankPart{.rank = s.multi_rank.rank, .world_size = s.multi_rank.world_size};
+}
+
+}  // namespace
 
 absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* peers,
                                   Replicator* store, const std::string& run_id,
@@ -18,9 +29,10 @@ absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* 
         "there is nothing to fetch from");
   }
   CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<scheduler::Run> run, registry->Get(run_id));
+  const std::optional<RankPart> part = RecoverPartOf(run->Snapshot());
   std::vector<std::string> notes;
   std::vector<PeerStep> holders;
-  if (peers != nullptr) holders = peers->Holders(run_id, &notes);
+  if (peers != nullptr) holders = peers->Holders(run_id, part, &notes);
   std::optional<uint64_t> in_store;
   if (store != nullptr) {
     auto steps = store->RemoteSteps(run_id);
@@ -52,7 +64,7 @@ absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* 
   for (const Candidate& c : candidates) {
     if (!c.peer.empty()) {
       auto record = registry->Adopt(*run, c.step, [&](const std::string& weights) {
-        return peers->Fetch(c.peer, run_id, c.step, weights);
+        return peers->Fetch(c.peer, run_id, part, c.step, weights);
       });
       if (record.ok()) return Recovered{*record, StrCat("peer ", c.peer)};
       spdlog::error("peers: run={} step={} from peer={} refused: {}", run_id, c.step, c.peer,
@@ -69,6 +81,58 @@ absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* 
                                    newer_than ? StrCat(" above step ", *newer_than) : "");
   for (const std::string& n : notes) StrAppend(&what, "; ", n);
   return absl::NotFoundError(what);
+}
+
+absl::StatusOr<Recovered> RecoverAgreed(scheduler::RunRegistry* registry, PeerSender* peers,
+                                        Replicator* store, const std::string& run_id,
+                                        const std::string& attempt, double timeout_s,
+                                        const std::function<bool()>& cancelled) {
+  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<scheduler::Run> run, registry->Get(run_id));
+  const scheduler::RunSnapshot snap = run->Snapshot();
+  const std::optional<RankPart> part = RecoverPartOf(snap);
+  if (!part) {
+    return absl::InvalidArgumentError(
+        StrCat("agree_attempt: run '", run_id,
+               "' is not trained by several ranks (multi_rank.world_size is not above 1); restore "
+               "it without agree_attempt"));
+  }
+  if (store == nullptr) {
+    return absl::FailedPreconditionError(
+        "agree_attempt: the ranks agree through the object store, and this daemon has none "
+        "([tier.s3] endpoint is unset)");
+  }
+  tier::RestoreAgreementRequest req{.run_id = run_id,
+                                    .attempt = attempt,
+                                    .mine = {.rank = part->rank, .world_size = part->world_size},
+                                    .node = peers != nullptr ? peers->self() : std::string(),
+                                    .timeout_s = timeout_s};
+  // What this rank can get: its own steps, its part's replicas, the store's.
+  std::set<uint64_t>& steps = req.mine.steps;
+  for (const auto& [step, record] : *snap.catalog) steps.insert(step);
+  if (snap.memory_catalog != nullptr) {
+    for (const auto& [step, record] : *snap.memory_catalog) steps.insert(step);
+  }
+  if (!steps.empty()) req.newest_local = *steps.rbegin();
+  std::vector<std::string> notes;
+  if (peers != nullptr) {
+    for (const PeerStep& h : peers->Holders(run_id, part, &notes)) steps.insert(h.step);
+  }
+  CKPTD_ASSIGN_OR_RETURN(std::set<uint64_t> remote, store->RemoteSteps(run_id));
+  steps.insert(remote.begin(), remote.end());
+  CKPTD_ASSIGN_OR_RETURN(tier::AgreedRestore agreed, store->AgreeOnRestore(req, cancelled));
+  std::string ranks;
+  for (const tier::RestoreReport& r : agreed.reports) {
+    StrAppend(&ranks, ranks.empty() ? "" : " ", r.rank, ":",
+              r.steps.empty() ? std::string("none") : StrCat(r.steps.back()));
+  }
+  spdlog::info("restore agreement run={} attempt={} rank={} step={} (each rank's newest: {})",
+               run_id, attempt, part->rank, agreed.step, ranks);
+  const scheduler::RunSnapshot now = run->Snapshot();
+  scheduler::Tier tier = scheduler::Tier::kDisk;
+  if (const storage::CheckpointRecord* here = now.FindAny(agreed.step, &tier); here != nullptr) {
+    return Recovered{*here, ""};
+  }
+  return Recover(registry, peers, store, run_id, agreed.step, std::nullopt);
 }
 
 }  // namespace ckptd::replication

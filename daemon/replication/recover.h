@@ -6,6 +6,7 @@
 // for the next holder, then the store.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -26,5 +27,16 @@ struct Recovered {
 absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* peers,
                                   Replicator* store, const std::string& run_id,
                                   std::optional<uint64_t> step, std::optional<uint64_t> newer_than);
+
+// A multi-rank run restarting: this rank reports the steps it can get its
+// part of (its memory and disk, its part's replicas on the peers, the
+// store's complete steps), the ranks agree through the store on the newest
+// step all of them can get (tier/restore_agreement.h), and that step is
+// brought here when it is not (`from` "" when it is already here).
+// INVALID_ARGUMENT for a run that is not multi-rank; the agreement's errors.
+absl::StatusOr<Recovered> RecoverAgreed(scheduler::RunRegistry* registry, PeerSender* peers,
+                                        Replicator* store, const std::string& run_id,
+                                        const std::string& attempt, double timeout_s,
+                                        const std::function<bool()>& cancelled);
 
 }  // namespace ckptd::replication

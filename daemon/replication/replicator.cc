@@ -294,6 +294,14 @@ absl::StatusOr<std::set<uint64_t>> Replicator::RemoteSteps(const std::string& ru
   return steps;
 }
 
+absl::StatusOr<tier::AgreedRestore> Replicator::AgreeOnRestore(
+    const tier::RestoreAgreementRequest& request, const std::function<bool()>& cancelled) {
+  absl::StatusOr<tier::AgreedRestore> agreed =
+      tier::AgreeOnRestore(*store_, uploader_.KeysOf(request.run_id), request, cancelled);
+  if (!agreed.ok() && absl::IsUnavailable(agreed.status())) return StoreError(agreed.status());
+  return agreed;
+}
+
 absl::StatusOr<tier::StepManifest> Replicator::RemoteManifest(const std::string& run_id,
                                                               uint64_t step) {
   absl::StatusOr<tier::StepManifest> m = uploader_.RemoteManifest(run_id, step);

@@ -15,6 +15,7 @@
 // Thread-safe.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -23,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "daemon/scheduler/run_registry.h"
 #include "daemon/tier/object_store.h"
+#include "daemon/tier/restore_agreement.h"
 #include "daemon/tier/step_coordinator.h"
 #include "daemon/tier/uploader.h"
 
@@ -65,6 +67,10 @@ class Replicator final : public scheduler::CommitObserver,
   std::optional<std::string> Unhealthy() const;
   size_t queue_depth() const;
   absl::StatusOr<std::set<uint64_t>> RemoteSteps(const std::string& run_id);
+  // A multi-rank run's ranks agree, through the store, on the step they
+  // restore (tier/restore_agreement.h); `request.run_id` names the run.
+  absl::StatusOr<tier::AgreedRestore> AgreeOnRestore(const tier::RestoreAgreementRequest& request,
+                                                     const std::function<bool()>& cancelled);
   absl::StatusOr<tier::StepManifest> RemoteManifest(const std::string& run_id, uint64_t step);
   std::string UrlOf(const std::string& key) const { return store_->UrlOf(key); }
 

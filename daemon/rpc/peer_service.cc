@@ -50,7 +50,8 @@ grpc::Status PeerService::PutReplica(grpc::ServerContext* ctx,
   const v1::ReplicaHeader h = chunk.header();
   std::vector<replication::ReplicaFileSpec> files;
   for (const auto& f : h.files()) files.push_back({f.name(), f.size()});
-  auto in = store_->Begin(h.run_id(), h.step(), h.origin(), std::move(files));
+  auto in =
+      store_->Begin(h.run_id(), h.rank(), h.world_size(), h.step(), h.origin(), std::move(files));
   if (!in.ok()) return PeerStatus(in.status());
   while (reader->Read(&chunk)) {
     if (!chunk.has_data() && chunk.has_header()) {
@@ -67,8 +68,9 @@ grpc::Status PeerService::PutReplica(grpc::ServerContext* ctx,
     return PeerStatus(info.status());
   }
   metrics::Metrics::Get().RecordReplicaIn(info->bytes);
-  spdlog::info("peers: replica held run={} step={} from={} bytes={} seconds={:.3f}", h.run_id(),
-               h.step(), h.origin(), info->bytes, NowSeconds() - start);
+  spdlog::info("peers: replica held run={} step={}{} from={} bytes={} seconds={:.3f}", h.run_id(),
+               h.step(), h.world_size() ? StrCat(" rank=", h.rank()) : std::string(), h.origin(),
+               info->bytes, NowSeconds() - start);
   resp->set_step(info->step);
   resp->set_bytes(info->bytes);
   return grpc::Status::OK;
@@ -84,6 +86,8 @@ grpc::Status PeerService::ListReplicas(grpc::ServerContext* ctx, const v1::ListR
     out->set_origin(r.origin);
     out->set_bytes(r.bytes);
     out->set_content_digest(r.content_digest);
+    out->set_rank(r.rank);
+    out->set_world_size(r.world_size);
   }
   return grpc::Status::OK;
 }
@@ -91,7 +95,9 @@ grpc::Status PeerService::ListReplicas(grpc::ServerContext* ctx, const v1::ListR
 grpc::Status PeerService::GetReplica(grpc::ServerContext* ctx, const v1::GetReplicaRequest* req,
                                      grpc::ServerWriter<v1::ReplicaChunk>* writer) {
   if (grpc::Status st = Authorize(ctx); !st.ok()) return st;
-  auto files = store_->Files(req->run_id(), req->step());
+  std::optional<uint32_t> rank;
+  if (req->has_rank()) rank = req->rank();
+  auto files = store_->Files(req->run_id(), rank, req->step());
   if (!files.ok()) return PeerStatus(files.status());
   // Open both first: an eviction from now on cannot take the bytes away.
   std::vector<std::unique_ptr<env::RandomAccessFile>> open;
@@ -99,6 +105,7 @@ grpc::Status PeerService::GetReplica(grpc::ServerContext* ctx, const v1::GetRepl
   v1::ReplicaHeader* h = head.mutable_header();
   h->set_run_id(req->run_id());
   h->set_step(req->step());
+  if (rank) h->set_rank(*rank);
   for (const replication::ReplicaFileSpec& f : *files) {
     auto file = store_->env()->OpenForRead(f.name);
     if (!file.ok()) return PeerStatus(file.status());
@@ -112,7 +119,7 @@ grpc::Status PeerService::GetReplica(grpc::ServerContext* ctx, const v1::GetRepl
   // stream ends in DATA_LOSS (and the replica is dropped) when one fails.
   // The receiver checks them all too before it places a byte.
   std::future<absl::Status> checked = std::async(
-      std::launch::async, [&] { return store_->Check(req->run_id(), req->step(), *files); });
+      std::launch::async, [&] { return store_->Check(req->run_id(), rank, req->step(), *files); });
   grpc::Status sent = SendReplicaFiles(*files, open, writer);
   absl::Status check = checked.get();
   if (!check.ok()) return PeerStatus(check);

@@ -623,7 +623,24 @@ grpc::Status CheckpointdService::FetchRemote(grpc::ServerContext* ctx,
   std::optional<uint64_t> step, newer_than;
   if (req->has_step()) step = req->step();
   if (req->has_newer_than()) newer_than = req->newer_than();
-  auto got = replication::Recover(registry_, peers_, replicator_, req->run_id(), step, newer_than);
+  absl::StatusOr<replication::Recovered> got;
+  if (!req->agree_attempt().empty()) {
+    if (step || newer_than) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "agree_attempt: the ranks agree on the step; leave step and newer_than "
+                          "unset");
+    }
+    const double timeout = req->has_agree_timeout_seconds() ? req->agree_timeout_seconds() : 300;
+    if (!(timeout > 0 && timeout <= 3600)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "agree_timeout_seconds: give a wait above 0 and at most 3600 s");
+    }
+    got = replication::RecoverAgreed(registry_, peers_, replicator_, req->run_id(),
+                                     req->agree_attempt(), timeout,
+                                     [ctx] { return ctx->IsCancelled(); });
+  } else {
+    got = replication::Recover(registry_, peers_, replicator_, req->run_id(), step, newer_than);
+  }
   if (!got.ok()) return ToGrpc(got.status());
   grpc::Status st = Answer(queries_->DescribeCheckpoint(req->run_id(), got->record.step), resp);
   resp->set_fetched_from(got->from);

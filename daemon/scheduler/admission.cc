@@ -29,8 +29,17 @@ absl::StatusOr<Admission> Admit(const Run& run, const policy::Schedule& schedule
   } else {
     const std::optional<uint64_t> last = queued_last ? queued_last : run.dir()->latest_step();
     policy::Decision d = policy::IsDue(schedule, {last, run.reference_time_s_}, r.step, now);
-    if (!d.due && schedule.memory_every_steps > 0 && run.settings_->multi_rank.world_size <= 1) {
-      policy::Decision m = policy::IsMemoryDue(schedule, last, r.step);
+    if (!d.due && schedule.memory_every_steps > 0) {
+      // Memory steps count from the newest disk step this rank saved: for a
+      // multi-rank run that may be a part still waiting for its verdict,
+      // and every rank must count from the same step to take the same
+      // memory steps.
+      std::optional<uint64_t> base = last;
+      if (const storage::Catalog& pending = run.dir()->pending();
+          !queued_last && !pending.empty() && (!base || pending.rbegin()->first > *base)) {
+        base = pending.rbegin()->first;
+      }
+      policy::Decision m = policy::IsMemoryDue(schedule, base, r.step);
       if (!m.due) return Admission{.reason = d.reason};
       a.tier = Tier::kMemory;
       a.overwrite = true;

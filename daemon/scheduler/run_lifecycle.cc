@@ -29,10 +29,11 @@ absl::Status RunLifecycle::Check(const DeclaredSettings& d) const {
           "schedule.memory_every_steps: this daemon has no memory tier ([memory] root is "
           "unset); configure it, or drop memory_every_steps");
     }
-    if (s.multi_rank.world_size > 1) {
-      return absl::FailedPreconditionError(
-          "schedule.memory_every_steps: a multi-rank run's steps commit through the object store, "
-          "which the memory tier does not reach yet; drop memory_every_steps for this run");
+    if (s.multi_rank.world_size > 1 && s.schedule->memory_auto) {
+      return absl::InvalidArgumentError(
+          "schedule.memory_auto: each rank would measure and pick its own interval, but a "
+          "multi-rank memory step is only worth restoring when every rank took it; give "
+          "memory_every_steps (the same on every rank) instead");
     }
   }
   if (s.multi_rank.world_size > 1) {

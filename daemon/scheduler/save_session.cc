@@ -198,9 +198,8 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     const auto& catalog = run_->dir()->catalog();
     auto it = catalog.lower_bound(p.step);
     if (it != catalog.begin()) parent = std::prev(it)->second.uuid;
-    if (const RunMultiRank& mr = run_->settings_->multi_rank;
-        mr.world_size > 1 && tier_ == Tier::kDisk) {
-      if (overwrite_) {
+    if (const RunMultiRank& mr = run_->settings_->multi_rank; mr.world_size > 1) {
+      if (overwrite_ && tier_ == Tier::kDisk) {
         return absl::FailedPreconditionError(
             StrCat("overwrite: step ", p.step, " of multi-rank run '", p.run_id,
                    "' cannot be rewritten or rolled back (every rank's part commits together); "
@@ -214,7 +213,8 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
                                                         mr.world_size, total));
       CKPTD_TRY(AddShardKeys(mr.slices, p.tensors, &plan.model_metadata));
       plan.part = storage::SplitName{.step = p.step, .rank = mr.rank, .world_size = mr.world_size};
-      part_ = true;
+      part_ = tier_ == Tier::kDisk;
+      memory_part_ = tier_ == Tier::kMemory;
     } else {
       plan.model_metadata = run_->settings_->model_metadata;
     }
@@ -409,8 +409,20 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::CommitToMemory(SaveTiming
   storage::CheckpointRecord record;
   {
     absl::MutexLock lock(&run_->mu());
-    CKPTD_ASSIGN_OR_RETURN(
-        record, run_->dir(Tier::kMemory)->Commit(writer_.get(), storage::Overwrite::kYes));
+    storage::RunDir* mem = run_->dir(Tier::kMemory);
+    if (memory_part_) {
+      // A part's commit point is its marker; a memory step saved again (a
+      // resumed trainer) replaces the one there.
+      // (DeleteAbove moves `latest` off it when it is the newest.)
+      if (mem->Find(params_.step) != nullptr) {
+        CKPTD_TRY(params_.step == mem->latest_step() ? mem->DeleteAbove(params_.step - 1).status()
+                                                     : mem->Delete(params_.step));
+      }
+      CKPTD_TRY(mem->StagePart(writer_.get(), storage::Overwrite::kYes).status());
+      CKPTD_ASSIGN_OR_RETURN(record, mem->CommitPart(params_.step));
+    } else {
+      CKPTD_ASSIGN_OR_RETURN(record, mem->Commit(writer_.get(), storage::Overwrite::kYes));
+    }
     run_->last_error_.clear();
     LeaveInFlight();
   }

@@ -114,6 +114,9 @@ class SaveSession {
   std::string reason_;
   bool overwrite_ = false;
   bool part_ = false;  // a multi-rank run's part: staged, committed by the coordinator's verdict
+  // A multi-rank run's part of a memory step: committed on this node at
+  // once (the ranks agree on a memory step only when they restore).
+  bool memory_part_ = false;
   Tier tier_ = Tier::kDisk;
   double start_s_ = 0;
   bool done_ = false;       // committed or failed

@@ -585,9 +585,12 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
   return record;
 }
 
-absl::StatusOr<CheckpointRecord> RunDir::StagePart(CheckpointWriter* writer) {
+absl::StatusOr<CheckpointRecord> RunDir::StagePart(CheckpointWriter* writer, Overwrite overwrite) {
   const uint64_t step = writer->step();
-  CKPTD_TRY(CheckCanSave(step, Overwrite::kNo));
+  CKPTD_TRY(CheckCanSave(step, overwrite));
+  if (Find(step) != nullptr) {
+    return absl::AlreadyExistsError(StrCat("step ", step, " is already committed here"));
+  }
   const std::optional<SplitName> part = ParseSplitFileName(writer->model().final_name);
   if (!part) {
     return absl::InternalError(StrCat(writer->model().final_name, " is not a part's name"));

@@ -84,7 +84,10 @@ class RunDir {
   // files renamed to their part names and made durable, the step pending
   // (not in the catalog) until CommitPart or AbortPart. ALREADY_EXISTS if
   // the step is committed or pending already.
-  absl::StatusOr<CheckpointRecord> StagePart(CheckpointWriter* writer);
+  // kYes: a step below the latest committed one may be staged (a memory
+  // step of a trainer that resumed from an older step).
+  absl::StatusOr<CheckpointRecord> StagePart(CheckpointWriter* writer,
+                                             Overwrite overwrite = Overwrite::kNo);
   // Every rank's part is durable: writes step_N.commit (the commit point on
   // this node), moves the part into the catalog and points `latest` at it
   // if it is the newest. Idempotent for a committed step.

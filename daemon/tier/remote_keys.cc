@@ -25,6 +25,24 @@ std::string PartReportName(uint64_t step, uint32_t rank) {
   return StrCat(kPartsDir, "step_", step, "/rank-", rank, ".json");
 }
 
+std::string RestoreReportName(std::string_view attempt, uint32_t rank) {
+  return StrCat(kRestoresDir, attempt, "/rank-", rank, ".json");
+}
+
+absl::Status CheckRestoreAttempt(std::string_view attempt) {
+  bool ok = !attempt.empty() && attempt.size() <= 128 && attempt.front() != '.';
+  for (char c : attempt) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '.' || c == '_' || c == ':' || c == '-');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      StrCat("agree_attempt '", attempt,
+             "': give 1 to 128 of [A-Za-z0-9._:-] (not starting with '.'), the same on every rank "
+             "of one restart and new for each restart (torchrun's TORCHELASTIC_RESTART_COUNT, a "
+             "job id and its restart count)"));
+}
+
 std::optional<uint64_t> ParseManifestName(std::string_view name) {
   constexpr std::string_view kHead = "step_", kTail = ".manifest.json";
   if (!name.starts_with(kHead) || !name.ends_with(kTail)) return std::nullopt;

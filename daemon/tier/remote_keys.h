@@ -8,12 +8,17 @@
 //   parts/step_N/rank-R.json      a rank's report: its part is uploaded;
 //                                 deleted once the step is decided
 //   step_N.failed.json            the coordinator aborted the step (why)
+//   restores/<attempt>/rank-R.json  the steps rank R can restore its part
+//                                 of, for one restart (`attempt`)
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+
+#include "absl/status/status.h"
+#include "daemon/base/strings.h"
 
 namespace ckptd::tier {
 
@@ -22,6 +27,12 @@ std::string FailedName(uint64_t step);
 std::string PartReportName(uint64_t step, uint32_t rank);
 inline constexpr std::string_view kPartsDir = "parts/";
 inline constexpr std::string_view kLatestName = "latest";
+inline constexpr std::string_view kRestoresDir = "restores/";
+// "restores/<attempt>/rank-R.json"; the attempt is checked by
+// CheckRestoreAttempt.
+std::string RestoreReportName(std::string_view attempt, uint32_t rank);
+// 1 to 128 of [A-Za-z0-9._:-], not starting with '.'; INVALID_ARGUMENT otherwise.
+absl::Status CheckRestoreAttempt(std::string_view attempt);
 
 // "step_N.manifest.json" -> N.
 std::optional<uint64_t> ParseManifestName(std::string_view name);
@@ -47,6 +58,12 @@ class RunKeys {
     return Object(PartReportName(step, rank));
   }
   std::string PartsDir() const { return Object(kPartsDir); }
+  std::string RestoreReport(std::string_view attempt, uint32_t rank) const {
+    return Object(RestoreReportName(attempt, rank));
+  }
+  std::string RestoresOf(std::string_view attempt) const {
+    return Object(StrCat(kRestoresDir, attempt, "/"));
+  }
   std::string Latest() const { return Object(kLatestName); }
   // `key` relative to root(), or nullopt for a key of another run.
   std::optional<std::string_view> NameOf(std::string_view key) const;

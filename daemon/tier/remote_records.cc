@@ -245,6 +245,34 @@ uint64_t StepManifest::bytes() const {
   return n;
 }
 
+std::string RestoreReport::ToJson() const {
+  return Write(unknown, {{"run_id", run_id},
+                         {"attempt", attempt},
+                         {"rank", rank},
+                         {"world_size", world_size},
+                         {"steps", steps},
+                         {"node", node},
+                         {"time_utc", time_utc}})
+      .dump(2);
+}
+
+absl::StatusOr<RestoreReport> RestoreReport::Parse(std::string_view text, std::string_view where) {
+  constexpr std::string_view kWhat = "restore report";
+  absl::StatusOr<Json> j = ParseObject(text, where, kWhat);
+  if (!j.ok()) return j.status();
+  return Guarded<RestoreReport>(where, kWhat, [&] {
+    return RestoreReport{.run_id = j->at("run_id").get<std::string>(),
+                         .attempt = j->at("attempt").get<std::string>(),
+                         .rank = j->at("rank").get<uint32_t>(),
+                         .world_size = j->at("world_size").get<uint32_t>(),
+                         .steps = j->at("steps").get<std::vector<uint64_t>>(),
+                         .node = j->value("node", ""),
+                         .time_utc = j->value("time_utc", ""),
+                         .unknown = Unknown(*j, {"run_id", "attempt", "rank", "world_size", "steps",
+                                                 "node", "time_utc"})};
+  });
+}
+
 std::string FailedStep::ToJson() const {
   return Write(unknown, {{"run_id", run_id},
                          {"step", step},

@@ -11,6 +11,8 @@
 //   PartReport    <run>/parts/step_N/rank-R.json: one rank's part is uploaded
 //   FailedStep    <run>/step_N.failed.json: the coordinator aborted the step
 //   LatestRecord  <run>/latest: the newest step's manifest
+//   RestoreReport <run>/restores/<attempt>/rank-R.json: the steps one rank
+//                 can restore its part of, once per restart
 //   UploadState   <run_dir>/ckptd-uploads.json on the node: uploads in
 //                 progress (multipart ids, parts done) and steps uploaded
 #pragma once
@@ -119,6 +121,22 @@ struct LatestRecord {
 
   std::string ToJson() const;
   static absl::StatusOr<LatestRecord> Parse(std::string_view text, std::string_view where);
+};
+
+// One rank's availability for a restart of a multi-rank run (written once,
+// never changed: every rank decides from the same reports).
+struct RestoreReport {
+  std::string run_id;
+  std::string attempt;
+  uint32_t rank = 0;
+  uint32_t world_size = 0;
+  std::vector<uint64_t> steps;  // ascending
+  std::string node;             // who wrote it, for the operator
+  std::string time_utc;
+  nlohmann::json unknown = nlohmann::json::object();
+
+  std::string ToJson() const;
+  static absl::StatusOr<RestoreReport> Parse(std::string_view text, std::string_view where);
 };
 
 inline constexpr const char* kUploadStateFile = "ckptd-uploads.json";

@@ -146,7 +146,7 @@ class Node(Daemon):
     """One node's ckptd, run in the node's namespace; its socket is a file,
     so trainers and the test reach it from outside."""
 
-    def __init__(self, cluster, i, bucket, base):
+    def __init__(self, cluster, i, bucket, base, extra=""):
         self.i, self.ns = i, cluster["net"].nodes[i]
         self.dir = os.path.join(base, f"node{i}")
         os.makedirs(self.dir, exist_ok=True)
@@ -156,7 +156,7 @@ class Node(Daemon):
         self.cfg = os.path.join(self.dir, "ckptd.toml")
         with open(self.cfg, "w") as f:
             f.write(f'[tier.s3]\nendpoint = "{cluster["CKPTD_S3_ENDPOINT"]}"\nbucket = "{bucket}"\n'
-                    f'prefix = "mr"\npart_size = {5 * MiB}\nstall_timeout_seconds = 5\n')
+                    f'prefix = "mr"\npart_size = {5 * MiB}\nstall_timeout_seconds = 5\n{extra}')
         self.env = {**os.environ, "CKPTD_S3_ACCESS_KEY": cluster["CKPTD_S3_ACCESS_KEY"],
                     "CKPTD_S3_SECRET_KEY": cluster["CKPTD_S3_SECRET_KEY"],
                     "CKPTD_TEST_MULTI_RANK_POLL_S": "0.3"}
@@ -678,3 +678,133 @@ def test_a_sliced_hf_llama_step_exports_for_llama_cpp_like_the_reference(cluster
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # the merged temp is gone
     err = np.abs(tl.llama_cpp_logits(out) - tl.reference_logits(weights)).max()
     assert err < 1e-3, f"max |logit - reference| = {err}"
+
+
+# -- tiers: memory steps, replicated to peers, restored by agreement ---------
+
+TIER_TRAINER = os.path.join(HERE, "tier_rank_trainer.py")
+TIER_SCHEDULE = {"every_steps": 20, "memory_every_steps": 5}
+PEER_PORT = 7411  # in each node's own namespace: no other suite can take it
+
+
+@pytest.fixture
+def tier_nodes(cluster, tmp_path):
+    """The three nodes with a memory tier each (tmpfs) and [peers] in a
+    ring over the namespaces' link: node i sends its memory steps to node
+    i + 1."""
+    bucket = "mr-" + uuid.uuid4().hex[:10]
+    store(cluster, "s3.create_bucket(Bucket=kw['bucket']); print('{}')", bucket=bucket)
+    peers = [f"127.100.0.{11 + i}:{PEER_PORT}" for i in range(WORLD)]
+    ring = ", ".join(f'"{p}"' for p in peers)
+    ns = []
+    try:
+        for i in range(WORLD):
+            memory = tempfile.mkdtemp(prefix=f"ckptd-mr-mem{i}-", dir="/dev/shm")
+            extra = (f'[memory]\nroot = "{memory}"\nkeep_last = 3\n'
+                     f'[peers]\nlisten = "{peers[i]}"\nnodes = [{ring}]\nreplicas = 1\n'
+                     f'max_bytes = {64 * MiB}\ninsecure = true\n')
+            n = Node(cluster, i, bucket, str(tmp_path), extra)
+            n.bucket, n.memory = bucket, memory
+            ns.append(n)
+            n.start()
+        yield ns
+    finally:
+        for n in ns:
+            n.stop()
+            shutil.rmtree(n.memory, ignore_errors=True)
+        for n in ns:
+            print(f"==== node {n.i} log (tail)\n" + open(n.log, errors="replace").read()[-4000:])
+
+
+class RankTrainer:
+    """tier_rank_trainer.py as rank `rank` on `node`."""
+
+    def __init__(self, node, run, rank, until, attempt=None):
+        args = [PY, TIER_TRAINER, "--socket", node.sock, "--run", run, "--rank", str(rank),
+                "--world", str(WORLD), "--schedule", json.dumps(TIER_SCHEDULE),
+                "--until", str(until)]
+        if attempt:
+            args += ["--attempt", attempt]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "client", "python")})
+
+    def restored(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(10)
+            raise AssertionError(f"trainer failed: {self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def wait_done(self):
+        for line in self.proc.stdout:
+            if line.strip() == "done":
+                return
+        self.proc.wait(10)
+        raise AssertionError(f"trainer exited early: {self.proc.stderr.read()[-3000:]}")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+def test_ranks_agree_on_the_newest_step_complete_across_tiers_after_a_node_is_lost(cluster,
+                                                                                   tier_nodes):
+    """Three PyTorch ranks, memory steps every 5, disk (and the store)
+    every 20. Rank 0 ran ahead and saved memory step 50; ranks 1 and 2
+    reached step 47. Node 1 is lost (daemon killed, its runs and memory
+    wiped) and replaced by an empty one. Every rank restores step 45, the
+    newest step every rank can get its own part of: rank 1's part from
+    node 2's memory (its ring peer), ranks 0 and 2 from their own memory;
+    not 40 (the newest on disk and in the store: 5 more steps lost), and
+    not rank 0's 50 (ranks 1 and 2 never saved it). Each rank gets exactly
+    the state it had after step 45, lost work ≤ the memory interval for the
+    ranks in step, and training goes on across the replaced node."""
+    import tier_rank_trainer as trt
+    nodes, run = tier_nodes, "mr-tiers"
+    until = {0: 51, 1: 47, 2: 47}
+    ts = [RankTrainer(nodes[r], run, r, until[r], attempt="start") for r in range(WORLD)]
+    try:
+        assert [t.restored()["restored"] for t in ts] == [None] * WORLD
+        for t in ts:
+            t.wait_done()
+        wait_for(lambda: all(n.info(run).last_step == 40 for n in nodes), 60,
+                 "step 40 committed on every node")
+        wait_for(lambda: [n.info(run).memory_step for n in nodes] == [50, 45, 45], 60,
+                 "memory steps 50, 45, 45")
+        replica = os.path.join(nodes[2].memory, "replicas@peers", run, "rank-1",
+                               f"step_45-00002-of-{WORLD:05d}.gguf")
+        wait_for(lambda: os.path.exists(replica), 60, "rank 1's part of step 45 on node 2")
+    finally:
+        for t in ts:
+            t.kill()
+    lost = nodes[1]
+    lost.kill()
+    shutil.rmtree(lost.root)
+    shutil.rmtree(lost.memory)
+    os.makedirs(lost.memory)
+    lost.start()
+    ts = [RankTrainer(nodes[r], run, r, 60, attempt="restart-1") for r in range(WORLD)]
+    try:
+        got = [t.restored() for t in ts]
+        assert [g["restored"] for g in got] == [45] * WORLD, got
+        assert [g["tier"] for g in got] == ["memory", "peer", "memory"], got
+        for rank, g in enumerate(got):
+            assert g["digest"] == trt.digest(*trt.replay(rank, 45)), \
+                f"rank {rank} did not get back exactly its state after step 45"
+        # Work lost: rank 2 reached 47 (≤ the memory interval); rank 0,
+        # ahead at 51, gives up 6; rank 1's node is new (nothing seen).
+        assert got[2]["steps_lost"] == 2 and got[0]["steps_lost"] == 6, got
+        objs = store_objects(cluster, nodes[0].bucket)
+        reports = sorted(k.rsplit("/", 1)[1] for k in objs["keys"]
+                         if k.startswith(f"mr/{run}/restores/restart-1/"))
+        assert reports == [f"rank-{r}.json" for r in range(WORLD)]
+        for t in ts:
+            t.wait_done()
+        wait_for(lambda: all(n.info(run).last_step == 60 for n in nodes), 90,
+                 "step 60 committed on every node, the replaced one included")
+    finally:
+        for t in ts:
+            t.kill()

@@ -88,5 +88,24 @@ TEST_F(AdmissionTest, TheFinalSnapshotReplacesACommittedStepOrIsSkippedWhenOff) 
   EXPECT_THAT(off->reason, HasSubstr("final_on_close"));
 }
 
+TEST_F(AdmissionTest, AMultiRankRunsMemoryStepsCountFromItsNewestPartPendingOrNot) {
+  RunSettings settings;
+  settings.multi_rank = {.world_size = 3, .rank = 1};
+  auto run = Open("mr", settings);
+  // Staged: durable here, pending until every rank's part is; every rank
+  // counts its memory steps from it, committed or not.
+  ASSERT_OK(Save("mr", 20).status());
+  ASSERT_EQ(run->Snapshot().latest_step, std::nullopt);
+  const policy::Schedule schedule{.every_steps = 20, .memory_every_steps = 5};
+  absl::StatusOr<Admission> below = AdmitNow(*run, {.step = 15}, std::nullopt, schedule);
+  ASSERT_OK(below.status());
+  EXPECT_FALSE(below->due) << below->reason;
+  absl::StatusOr<Admission> after = AdmitNow(*run, {.step = 25}, std::nullopt, schedule);
+  ASSERT_OK(after.status());
+  EXPECT_TRUE(after->due);
+  EXPECT_EQ(after->tier, Tier::kMemory);
+  EXPECT_FALSE(AdmitNow(*run, {.step = 27}, std::nullopt, schedule)->due);
+}
+
 }  // namespace
 }  // namespace ckptd::scheduler

@@ -947,15 +947,33 @@ class Run:
     def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
                 as_torch: bool = True, hot: bool = True, remote: bool = True, *,
                 cast: bool = False, reshape: bool = False, state=None,
-                fall_back: bool = True) -> RestoreInfo | None:
+                fall_back: bool = True, attempt: str | None = None,
+                agree_timeout: float = 300.0) -> RestoreInfo | None:
         """Restores `step`, or with none the newest intact step: when the
         latest is damaged (a digest fails, a file does not belong to its
         step), each older step is tried in turn, what was refused and why is
         logged and kept in RestoreInfo.skipped; when no step is intact the
         newest step's error is raised. `fall_back=False` (or verify=False) restores
-        the latest or raises. The rest: _restore_step."""
+        the latest or raises. The rest: _restore_step.
+
+        A rank of a multi-rank run with `attempt` (default: $CKPTD_RESTORE_ATTEMPT,
+        else torchrun's "$TORCHELASTIC_RUN_ID:$TORCHELASTIC_RESTART_COUNT"): the ranks
+        agree, through the daemons' object store, on the newest step every rank can
+        get its part of from some tier, and each restores that step (brought from a
+        peer or the store when its node lacks it), or raises; never an older one of
+        its own. `attempt` is the same on every rank of one restart and new for each
+        restart; the wait for the other ranks is `agree_timeout` seconds. A
+        multi-rank run with memory steps (memory_every_steps) needs it: its
+        ranks' newest steps differ after a node is lost."""
         kw = dict(verify=verify, as_torch=as_torch, hot=hot, remote=remote, cast=cast,
                   reshape=reshape, state=state)
+        if step is None:
+            agreed = self._agree(attempt, agree_timeout)
+            if agreed is _NOTHING_ANYWHERE:
+                return None
+            if agreed is not None:
+                kw["remote"] = False
+                return self._restore_step(model, optimizer, agreed, **kw)
         if step is not None or not verify or not fall_back:
             return self._restore_step(model, optimizer, step, **kw)
         skipped: list[str] = []
@@ -988,6 +1006,41 @@ class Run:
         log.error("restore of run %s: no intact checkpoint: %s", self.id, "; ".join(skipped))
         assert first is not None
         raise first
+
+    def _agree(self, attempt: str | None, timeout: float):
+        """For a multi-rank run: the step every rank restores (see restore),
+        here on this node, or _NOTHING_ANYWHERE for a new run (no rank holds
+        a step); None for a single-rank run, or a multi-rank one without
+        memory steps and no attempt id (its committed steps are every rank's
+        already)."""
+        info = _rpc(self.client.stub.GetRun, pb.GetRunRequest(run_id=self.id))
+        if info.world_size <= 1:
+            return None
+        if attempt is None:
+            attempt = os.environ.get("CKPTD_RESTORE_ATTEMPT")
+        if attempt is None and "TORCHELASTIC_RESTART_COUNT" in os.environ:
+            attempt = (f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchelastic')}:"
+                       f"{os.environ['TORCHELASTIC_RESTART_COUNT']}")
+        if attempt is None:
+            if info.schedule.memory_every_steps > 0:
+                raise ValueError(
+                    f"run {self.id!r} is rank {info.rank} of {info.world_size} with memory steps, so its "
+                    "ranks must agree on the step they restore: pass attempt=... (the same on every rank "
+                    "of this restart, new for each restart), set CKPTD_RESTORE_ATTEMPT, or run under torchrun")
+            return None
+        req = pb.FetchRemoteRequest(run_id=self.id, agree_attempt=attempt, agree_timeout_seconds=timeout)
+        try:
+            fetched = _rpc(self.client.stub.FetchRemote, req, timeout=timeout + 60)
+        except Error as e:
+            if e.code == "NOT_FOUND" and _NO_STEP_ANYWHERE in e.message:
+                return _NOTHING_ANYWHERE
+            raise
+        if fetched.fetched_from:
+            self._fetched[fetched.step] = _fetched_tier(fetched)
+        log.info("restore of run %s (rank %d of %d, attempt %s): the ranks agreed on step %d%s", self.id,
+                 info.rank, info.world_size, attempt, fetched.step,
+                 f", fetched from {fetched.fetched_from}" if fetched.fetched_from else "")
+        return fetched.step
 
     def _local_steps_newest_first(self) -> list[int]:
         steps: list[int] = []
@@ -1065,6 +1118,12 @@ def _staged_reason(step: int, reason: str) -> str:
     what = (f"this rank's part of step {step} is durable on this node; the step is not a checkpoint "
             "until every rank's part is")
     return f"{what} ({reason})" if reason else what
+
+
+# The daemon's words when every rank of a restart reported and none holds a
+# step (tier/restore_agreement.h): a new run, nothing to restore.
+_NO_STEP_ANYWHERE = "no rank holds a step of the run"
+_NOTHING_ANYWHERE = object()
 
 
 def _fetched_tier(info) -> str:
