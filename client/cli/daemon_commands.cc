@@ -184,6 +184,7 @@ int RestoreCheck(Client& c, const DaemonCommandArgs& a) {
   RestoreOptions options;
   options.allow_memory = !a.no_memory;
   options.verify = !a.no_verify;
+  options.agree_attempt = a.attempt;
   std::optional<uint64_t> step;
   if (a.restore_step >= 0) step = static_cast<uint64_t>(a.restore_step);
   auto r = Restore::OpenRun(c, a.run, step, options);
@@ -209,6 +210,7 @@ int RestoreCheck(Client& c, const DaemonCommandArgs& a) {
     nlohmann::json j = {{"run_id", a.run},
                         {"step", (*r)->step()},
                         {"source", (*r)->source()},
+                        {"tier", (*r)->tier()},
                         {"tensors", targets.size()},
                         {"bytes", total},
                         {"seconds", seconds},
@@ -479,6 +481,9 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   check->add_flag("--no-memory", a->no_memory,
                   "Read from disk even if the daemon holds it in memory");
   check->add_flag("--no-verify", a->no_verify, "Skip the digest checks");
+  check->add_option("--attempt", a->attempt,
+                    "A multi-rank run's restart id: agree with the other ranks on the step, as "
+                    "their restores do (default $CKPTD_RESTORE_ATTEMPT)");
   add(app, "lineage",
       "Where files came from: base model, runs, checkpoints, exports (UUID or RUN; all if none)",
       LineageCommand)

@@ -34,6 +34,7 @@ struct DaemonCommandArgs {
   int64_t restore_step = -1;         // restore-check: -1 = latest
   bool no_memory = false;            // restore-check: disk even when the daemon holds it in memory
   bool no_verify = false;            // restore-check
+  std::string attempt;               // restore-check: a multi-rank run's restart id
   std::string base_model;            // import: general.base_model.0.uuid
   std::vector<std::string> exports;  // import: profile names or .toml paths
   bool overwrite = false;            // import: replace an existing step

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -27,6 +29,7 @@
 #include "daemon/gguf/digest.h"
 #include "daemon/gguf/layout.h"
 #include "daemon/gguf/reader.h"
+#include "daemon/policy/restore_agreement.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/file_names.h"
 
@@ -177,7 +180,7 @@ uint64_t AlignUpTo(uint64_t x, uint64_t a) { return a <= 1 ? x : (x + a - 1) / a
 }  // namespace
 
 Restore::Restore(RestoreOptions options, std::vector<std::unique_ptr<File>> files)
-    : options_(options), files_(std::move(files)) {}
+    : options_(std::move(options)), files_(std::move(files)) {}
 Restore::~Restore() = default;
 
 absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_path,
@@ -247,6 +250,51 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::Open(const std::string& model_
   return r;
 }
 
+namespace {
+
+// The restart's id: the caller's, else the environment's (ours, then torchrun's).
+std::string RestoreAttempt(const RestoreOptions& options) {
+  if (!options.agree_attempt.empty()) return options.agree_attempt;
+  if (const char* a = std::getenv("CKPTD_RESTORE_ATTEMPT"); a != nullptr && *a != '\0') return a;
+  if (const char* n = std::getenv("TORCHELASTIC_RESTART_COUNT"); n != nullptr && *n != '\0') {
+    const char* id = std::getenv("TORCHELASTIC_RUN_ID");
+    return StrCat(id != nullptr && *id != '\0' ? id : "torchelastic", ":", n);
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<v1::CheckpointInfo>> Restore::AgreedStep(
+    Client& client, const v1::RunInfo& info, const RestoreOptions& options) {
+  const std::string attempt = RestoreAttempt(options);
+  if (attempt.empty()) {
+    if (info.schedule().memory_every_steps() == 0) return std::nullopt;  // steps commit everywhere
+    return absl::FailedPreconditionError(StrCat(
+        "run '", info.run_id(), "' is rank ", info.rank(), " of ", info.world_size(),
+        " with memory steps, so its ranks must agree on the step they restore: set "
+        "RestoreOptions::agree_attempt (the same on every rank of this restart, new for each "
+        "restart), or CKPTD_RESTORE_ATTEMPT, or run under torchrun"));
+  }
+  v1::FetchRemoteRequest req;
+  req.set_run_id(info.run_id());
+  req.set_agree_attempt(attempt);
+  req.set_agree_timeout_seconds(options.agree_timeout_s);
+  v1::CheckpointInfo got;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(options.agree_timeout_s * 1000) + 60000));
+  grpc::Status st = client.stub().FetchRemote(&ctx, req, &got);
+  if (st.error_code() == grpc::StatusCode::NOT_FOUND &&
+      st.error_message().find(policy::kNoStepAnywhere) != std::string::npos) {
+    return absl::NotFoundError(StrCat("run '", info.run_id(), "' has no checkpoint yet (", attempt,
+                                      ": no rank holds a step)"));
+  }
+  if (!st.ok()) return FromGrpc(st);
+  return got;
+}
+
 absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const std::string& run_id,
                                                           std::optional<uint64_t> step,
                                                           const RestoreOptions& options) {
@@ -278,6 +326,15 @@ absl::StatusOr<std::unique_ptr<Restore>> Restore::OpenRun(Client& client, const 
   };
   v1::CheckpointInfo cp;
   std::string tier;
+  if (!step.has_value() && info.world_size() > 1) {
+    CKPTD_ASSIGN_OR_RETURN(std::optional<v1::CheckpointInfo> agreed,
+                           AgreedStep(client, info, options));
+    if (agreed) {
+      cp = *agreed;
+      step = cp.step();
+      if (!cp.fetched_from().empty()) tier = tier_of(cp);
+    }
+  }
   if (!step.has_value()) {
     // The newest step on this node, in either tier, unless a peer's memory
     // or the store has a newer one.
@@ -369,6 +426,21 @@ absl::StatusOr<std::vector<uint64_t>> StepsNewestFirst(Client& client, const std
 absl::StatusOr<std::unique_ptr<Restore>> Restore::ReadRun(Client& client, const std::string& run_id,
                                                           std::span<const ReadTarget> targets,
                                                           const RestoreOptions& options) {
+  {
+    // A multi-rank run restoring by agreement takes the agreed step or
+    // fails: an older step of its own would differ from the other ranks'.
+    v1::GetRunRequest run_req;
+    run_req.set_run_id(run_id);
+    v1::RunInfo info;
+    grpc::ClientContext ctx;
+    if (grpc::Status st = client.stub().GetRun(&ctx, run_req, &info); !st.ok()) return FromGrpc(st);
+    if (info.world_size() > 1 &&
+        (!RestoreAttempt(options).empty() || info.schedule().memory_every_steps() > 0)) {
+      CKPTD_ASSIGN_OR_RETURN(auto r, OpenRun(client, run_id, std::nullopt, options));
+      CKPTD_TRY(r->ReadMany(targets));
+      return r;
+    }
+  }
   CKPTD_ASSIGN_OR_RETURN(std::vector<uint64_t> steps, StepsNewestFirst(client, run_id));
   if (steps.empty()) return OpenRun(client, run_id, std::nullopt, options);  // remote, or NOT_FOUND
   // A peer's memory or the store may hold a newer step than this node.

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ckptd::policy {
@@ -27,6 +28,11 @@ enum class AgreementState {
   kEmpty,     // every rank reported and none holds any step (a new run)
   kConflict,  // the reports cannot be from one run's ranks (`reason`)
 };
+
+// What the daemon says (NOT_FOUND) when every rank reported and none holds
+// a step: a new run. Clients tell "nothing to restore" from "no common
+// step" by this phrase.
+inline constexpr std::string_view kNoStepAnywhere = "no rank holds a step of the run";
 
 struct Agreement {
   AgreementState state = AgreementState::kWait;

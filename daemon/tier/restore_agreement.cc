@@ -102,7 +102,7 @@ absl::StatusOr<AgreedRestore> AgreeOnRestore(ObjectStore& store, const RunKeys& 
       case policy::AgreementState::kNone:
         return absl::NotFoundError(StrCat(where, ": ", a.reason));
       case policy::AgreementState::kEmpty:
-        return absl::NotFoundError(StrCat(where, ": ", kNoStepAnywhere, " (a new run)"));
+        return absl::NotFoundError(StrCat(where, ": ", policy::kNoStepAnywhere, " (a new run)"));
       case policy::AgreementState::kConflict:
         return absl::FailedPreconditionError(
             StrCat(where, ": ", a.reason, " (", store.UrlOf(prefix), ")"));

@@ -27,10 +27,6 @@
 
 namespace ckptd::tier {
 
-// A new run: every rank reported, and none holds a step. Clients tell
-// "nothing to restore" from "no common step" by this phrase.
-inline constexpr std::string_view kNoStepAnywhere = "no rank holds a step of the run";
-
 struct RestoreAgreementRequest {
   std::string run_id;
   std::string attempt;
@@ -50,7 +46,7 @@ struct AgreedRestore {
   bool reported_before = false;        // this rank's report was there already
 };
 
-// OK with the step; NOT_FOUND with kNoStepAnywhere in its message when no
+// OK with the step; NOT_FOUND with policy::kNoStepAnywhere in its message when no
 // rank holds any step (a new run); DEADLINE_EXCEEDED naming the ranks that did not report;
 // NOT_FOUND when no step is held by every rank (saying what each holds);
 // FAILED_PRECONDITION for reports that cannot be one run's ranks, or an

@@ -808,3 +808,18 @@ def test_ranks_agree_on_the_newest_step_complete_across_tiers_after_a_node_is_lo
     finally:
         for t in ts:
             t.kill()
+    # The next restart: ranks 0 and 1 restore through Python, rank 2 through
+    # the C++ SDK (ckptctl restore-check); all agree on step 60. Then the
+    # first restart's id again: refused, training went on since.
+    ts = [RankTrainer(nodes[r], run, r, 60, attempt="restart-2") for r in (0, 1)]
+    try:
+        cpp = sh(CKPTCTL, "--socket", "unix:" + nodes[2].sock, "restore-check", run, "--attempt",
+                 "restart-2", "--json", timeout=180)
+        assert json.loads(cpp.stdout)["step"] == 60, cpp.stdout
+        assert [t.restored()["restored"] for t in ts] == [60, 60]
+        reused = sh(CKPTCTL, "--socket", "unix:" + nodes[2].sock, "restore-check", run,
+                    "--attempt", "restart-1", check=False, timeout=60)
+        assert reused.returncode != 0 and "was used already" in reused.stderr, reused.stderr
+    finally:
+        for t in ts:
+            t.kill()

@@ -49,6 +49,16 @@ struct RestoreOptions {
   // the daemon's disk, ask it to fetch the step from its object store
   // ([tier.s3], FetchRemote) first: a trainer on a new node restores.
   bool allow_remote = true;
+  // A rank of a multi-rank run restoring with no step asked for: the ranks
+  // agree, through the daemons' object store, on the newest step every rank
+  // can get its part of (from its memory or disk, a peer's memory or the
+  // store), and each restores exactly that step or fails (NOT_FOUND: no
+  // common step; DEADLINE_EXCEEDED: a rank never reported). The same id on
+  // every rank of one restart, a new one for each; "" = $CKPTD_RESTORE_ATTEMPT,
+  // else torchrun's "$TORCHELASTIC_RUN_ID:$TORCHELASTIC_RESTART_COUNT". A
+  // multi-rank run with memory steps and no id is FAILED_PRECONDITION.
+  std::string agree_attempt;
+  double agree_timeout_s = 300;
 };
 
 struct RestoreTensor {
@@ -157,6 +167,10 @@ class Restore {
   Restore(RestoreOptions options, std::vector<std::unique_ptr<File>> files);
   absl::Status Index();
   absl::Status AttachMemory(const std::string& run_id, const v1::InMemoryCopy& copy);
+  // A multi-rank run: the step its ranks agreed on (here now), or nullopt
+  // when there is nothing to agree on (no attempt id, no memory steps).
+  static absl::StatusOr<std::optional<v1::CheckpointInfo>> AgreedStep(
+      Client& client, const v1::RunInfo& info, const RestoreOptions& options);
   absl::Status ReadPass(std::span<const ReadTarget> targets, bool use_memory,
                         std::vector<ReadTarget>* damaged);
   RestoreOptions options_;
