@@ -23,7 +23,7 @@ test_pkgs=(
   clang libclang-rt-14-dev clang-format
   python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch python3-yaml
   prometheus chromium fonts-dejavu-core
-  ceph-mon ceph-osd radosgw ceph-common uuid-runtime python3-boto3 iproute2
+  ceph-mon ceph-osd radosgw ceph-common uuid-runtime python3-boto3 iproute2 xfsprogs
 )
 # What the installed ckptd and ckptctl load (from ldd; the rest come with them).
 runtime_pkgs=(

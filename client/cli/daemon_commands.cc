@@ -136,6 +136,10 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
       a.remote || std::any_of(all.checkpoints().begin(), all.checkpoints().end(),
                               [](const auto& cp) { return !cp.upload_state().empty(); });
   if (tiered) StrAppend(&head, "  WHERE ");
+  // SHARED: bytes shared with the previous checkpoint (reflink), when any are.
+  const bool shared = std::any_of(all.checkpoints().begin(), all.checkpoints().end(),
+                                  [](const auto& cp) { return cp.shared_bytes() > 0; });
+  if (shared) StrAppend(&head, fmt::format("  {:>14}", "SHARED"));
   std::cout << head << "  RETENTION\n";
   for (const auto& cp : all.checkpoints()) {
     std::string row = fmt::format("{:>10}  {:<24} {:>14}  {:<8}  {:<6}", cp.step(), cp.time_utc(),
@@ -147,6 +151,7 @@ int Ls(Client& c, const DaemonCommandArgs& a) {
                 fmt::format("{:>{}}", it == cp.metrics().end() ? "-" : Number(it->second), w));
     }
     if (tiered) StrAppend(&row, "  ", fmt::format("{:<6}", cp.location()));
+    if (shared) StrAppend(&row, fmt::format("  {:>14}", cp.shared_bytes()));
     std::cout << row << "  " << (cp.retention_keeps() ? "keep: " : "delete: ")
               << (cp.pinned() ? "pinned: " + cp.pin_reason() : cp.retention_reason()) << "\n";
   }
@@ -251,6 +256,10 @@ int Show(Client& c, const DaemonCommandArgs& a) {
                            i.is_latest() ? " (latest)" : "", i.file(), i.size_bytes());
   if (!i.train_file().empty()) {
     std::cout << fmt::format("  train   {} ({} bytes)\n", i.train_file(), i.train_size_bytes());
+  }
+  if (i.shared_bytes() > 0) {
+    std::cout << fmt::format("  shared  {} bytes with the previous checkpoint (reflink)\n",
+                             i.shared_bytes());
   }
   std::cout << fmt::format("  uuid    {}\n  digest  {}\n  time    {}\n  metrics {}\n", i.uuid(),
                            i.content_digest(), i.time_utc(), Metrics(i.metrics()));

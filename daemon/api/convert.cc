@@ -297,6 +297,7 @@ void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointI
   out->set_base_model_uuid(r.base_model_uuid);
   out->set_rank(r.rank);
   out->set_world_size(r.world_size);
+  out->set_shared_bytes(r.shared_bytes);
   for (const auto& e : r.exports) {
     v1::ExportInfo* x = out->add_exports();
     x->set_name(e.name);

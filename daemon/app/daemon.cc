@@ -133,7 +133,8 @@ absl::Status Daemon::StartRuns() {
           .direct_io = cfg.direct_io == "off" ? env::DirectIo::kOff : env::DirectIo::kAuto,
           .uuid_scheme = cfg.uuid_scheme == "gguf-hash" ? gguf::UuidScheme::kGgufHash
                                                         : gguf::UuidScheme::kContent,
-          .export_profiles_dir = cfg.export_profiles_dir},
+          .export_profiles_dir = cfg.export_profiles_dir,
+          .share_unchanged = cfg.share_unchanged},
       cfg.retention, cfg.disk_guard);
   registry_->SetMemoryTier(
       {.root = memory_root_, .keep_last = cfg.memory_keep_last, .max_bytes = cfg.memory_max_bytes});

@@ -198,6 +198,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"server.tokens_file", String(&c->tokens_file)},
       {"storage.roots", StringList(&c->roots)},
       {"storage.direct_io", String(&c->direct_io)},
+      {"storage.share_unchanged", Bool(&c->share_unchanged)},
       {"storage.alignment", Unsigned(&c->alignment)},
       {"storage.scrub_bytes_per_second", Unsigned(&c->scrub_bytes_per_second)},
       {"storage.scrub_min_age_seconds", Seconds(&c->scrub_min_age_seconds)},

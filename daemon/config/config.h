@@ -57,8 +57,9 @@ struct Config {
   // [storage]
   std::vector<std::string> roots = {"./ckpt-runs"};  // runs live in <root>/<run_id>
   std::string direct_io = "auto";                    // "auto" | "off"
-  uint32_t alignment = 4096;                         // GGUF general.alignment
-  std::string uuid_scheme = "content";               // "content" | "gguf-hash"
+  bool share_unchanged = true;          // reflink tensors equal to the previous checkpoint's
+  uint32_t alignment = 4096;            // GGUF general.alignment
+  std::string uuid_scheme = "content";  // "content" | "gguf-hash"
   // The scrubber: committed files re-read and every digest checked at this
   // rate (0 = off), files changed in the last scrub_min_age_seconds skipped.
   uint64_t scrub_bytes_per_second = uint64_t{16} << 20;

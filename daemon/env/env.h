@@ -25,6 +25,9 @@ class RandomAccessFile : public ByteSource {
   // Reads up to n bytes at offset; fewer only at the end of the file (an
   // aligned read under O_DIRECT may run past it). Returns the bytes read.
   virtual absl::StatusOr<size_t> ReadUpTo(uint64_t offset, size_t n, void* dst) const = 0;
+  // The open file's descriptor, for WritableFile::AppendClone; -1 when it
+  // has none (a test double).
+  virtual int native_handle() const { return -1; }
 
  protected:
   explicit RandomAccessFile(std::string path) : path_(std::move(path)) {}
@@ -66,6 +69,18 @@ class WritableFile {
   virtual absl::Status AppendStable(std::string_view data) { return Append(data); }
   // Bytes AppendStable wrote without copying them (for stats and tests).
   virtual uint64_t zero_copy_bytes() const { return 0; }
+  // Appends `n` bytes of `src` from `src_offset` by sharing its extents
+  // (FICLONERANGE: XFS with reflink, btrfs) instead of writing them. The
+  // file's size, `src_offset` and `n` must be multiples of 4 KiB.
+  // UNIMPLEMENTED, with nothing appended, where the file system or the
+  // files cannot (ext4, tmpfs, another file system, unaligned): the caller
+  // appends the bytes itself. Other errors are the file system's.
+  virtual absl::Status AppendClone(const RandomAccessFile& src, uint64_t src_offset, uint64_t n) {
+    (void)src, (void)src_offset, (void)n;
+    return absl::UnimplementedError("this file cannot share extents");
+  }
+  // Bytes AppendClone shared rather than wrote.
+  virtual uint64_t cloned_bytes() const { return 0; }
   // Overwrites bytes already appended, e.g. a header patched after the data.
   virtual absl::Status WriteAt(uint64_t offset, std::string_view data) = 0;
   // Writes everything out and fdatasyncs: the bytes are durable when it returns.

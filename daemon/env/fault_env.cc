@@ -141,6 +141,10 @@ class FaultWritableFile final : public WritableFile {
     });
   }
   uint64_t zero_copy_bytes() const override { return base_->zero_copy_bytes(); }
+  absl::Status AppendClone(const RandomAccessFile& src, uint64_t src_offset, uint64_t n) override {
+    return faults_->Run(kWrite, path(), [&] { return base_->AppendClone(src, src_offset, n); });
+  }
+  uint64_t cloned_bytes() const override { return base_->cloned_bytes(); }
   absl::Status WriteAt(uint64_t offset, std::string_view data) override {
     return faults_->Run(kWrite, path(), [&] { return base_->WriteAt(offset, data); });
   }

@@ -48,6 +48,7 @@ class PosixRandomAccessFile final : public RandomAccessFile {
 
   uint64_t size() const override { return size_; }
   size_t direct_alignment() const override { return direct_alignment_; }
+  int native_handle() const override { return fd_.get(); }
 
   absl::Status ReadAt(uint64_t offset, size_t n, void* dst) const override {
     if (offset > size_ || n > size_ - offset) {

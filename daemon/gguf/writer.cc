@@ -71,11 +71,41 @@ absl::Status Writer::Pad() {
   return absl::OkStatus();
 }
 
-void Writer::CloseTensor() {
-  digest_.tensors.push_back(hasher_.Finish());
+void Writer::CloseTensor(const Digest128& digest) {
+  digest_.tensors.push_back(digest);
   hasher_.Reset();
   ++tensor_;
   tensor_filled_ = 0;
+}
+
+absl::Status Writer::WriteHeldBack() {
+  holding_ = false;
+  for (std::string_view bytes : held_) {
+    CKPTD_TRY(sink_->AppendStable(bytes));
+    position_ += bytes.size();
+  }
+  held_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status Writer::SettleCandidate(const CloneCandidate& candidate) {
+  const Digest128 digest = hasher_.Finish();
+  if (digest == candidate.digest) {
+    absl::Status shared = sink_->AppendClone(candidate.src_offset, candidate.length);
+    if (shared.ok()) {
+      holding_ = false;
+      held_.clear();
+      position_ += candidate.length;
+      shared_bytes_ += candidate.length;
+      CloseTensor(digest);
+      return absl::OkStatus();
+    }
+    if (!absl::IsUnimplemented(shared)) return shared;
+    sink_shares_ = false;  // written from here on, without holding bytes back
+  }
+  CKPTD_TRY(WriteHeldBack());
+  CloseTensor(digest);
+  return Pad();
 }
 
 absl::Status Writer::WriteData(std::string_view bytes, bool stable) {
@@ -92,21 +122,38 @@ absl::Status Writer::WriteData(std::string_view bytes, bool stable) {
       throw std::logic_error("gguf: tensor data position differs from its planned offset");
     }
     size_t n = std::min<uint64_t>(bytes.size(), t.nbytes - tensor_filled_);
+    const CloneCandidate* candidate =
+        sink_shares_ && tensor_ < clones_.size() && clones_[tensor_] ? &*clones_[tensor_] : nullptr;
+    if (tensor_filled_ == 0) holding_ = candidate != nullptr;
+    // Bytes the caller may reuse cannot wait for the tensor's digest.
+    absl::Status appended = holding_ && !stable ? WriteHeldBack() : absl::OkStatus();
     // SHA-1 (when asked for) runs on its worker while this thread writes.
     if (gguf_hash_) gguf_hash_->Submit(bytes.data(), n);
-    absl::Status appended =
-        stable ? sink_->AppendStable(bytes.substr(0, n)) : sink_->Append(bytes.substr(0, n));
+    if (appended.ok() && holding_) {
+      held_.push_back(bytes.substr(0, n));
+    } else if (appended.ok()) {
+      appended =
+          stable ? sink_->AppendStable(bytes.substr(0, n)) : sink_->Append(bytes.substr(0, n));
+      position_ += n;
+    }
     if (!appended.ok()) {
       if (gguf_hash_) gguf_hash_->Wait();
       return appended;
     }
     hasher_.Update(bytes.data(), n);
-    position_ += n;
     tensor_filled_ += n;
     bytes.remove_prefix(n);
     if (tensor_filled_ == t.nbytes) {
-      CloseTensor();
-      CKPTD_TRY(Pad());
+      if (holding_) {
+        absl::Status settled = SettleCandidate(*candidate);
+        if (!settled.ok()) {
+          if (gguf_hash_) gguf_hash_->Wait();
+          return settled;
+        }
+      } else {
+        CloseTensor(hasher_.Finish());
+        CKPTD_TRY(Pad());
+      }
     }
   }
   if (gguf_hash_) gguf_hash_->Wait();  // the caller's bytes are free again

@@ -29,6 +29,24 @@ class Sink {
   virtual absl::Status AppendStable(std::string_view bytes) { return Append(bytes); }
   // Overwrites bytes already appended (used once, for the header).
   virtual absl::Status WriteAt(uint64_t offset, std::string_view bytes) = 0;
+  // Appends `n` bytes that equal bytes [src_offset, src_offset + n) of the
+  // sink's clone source by sharing them (WritableFile::AppendClone).
+  // UNIMPLEMENTED, with nothing appended, where the sink cannot.
+  virtual absl::Status AppendClone(uint64_t src_offset, uint64_t n) {
+    (void)src_offset, (void)n;
+    return absl::UnimplementedError("this sink cannot share bytes");
+  }
+};
+
+// A tensor whose bytes another file (the sink's clone source) may hold
+// already: [src_offset, src_offset + length) is the tensor there with its
+// zero padding, `length` the tensor's bytes padded to the alignment here
+// too, and `digest` its digest there. When the bytes written hash to it,
+// the sink shares that range instead of writing them.
+struct CloneCandidate {
+  uint64_t src_offset = 0;
+  uint64_t length = 0;
+  Digest128 digest;
 };
 
 // Keeps everything in memory; for tests and small files.
@@ -57,6 +75,17 @@ class Writer {
   // when the layout reserved digest slots, rewrites the header with them.
   absl::StatusOr<ContentDigest> Finish();
 
+  // Before any data: per tensor in layout order, where its bytes may be
+  // shared from (nullopt: written). A candidate's bytes must come stable
+  // (WriteData's `stable`): they are held back, hashed, and then either
+  // shared or written where they lie; bytes that come unstable are written
+  // as they come. The digests recorded are those of the bytes given, always.
+  void SetCloneCandidates(std::vector<std::optional<CloneCandidate>> candidates) {
+    clones_ = std::move(candidates);
+  }
+  // Bytes (padding included) shared rather than written.
+  uint64_t shared_bytes() const { return shared_bytes_; }
+
   // Replaces a metadata value before Finish() rewrites the header; the new
   // value must encode to exactly the same size (a fixed-width slot).
   absl::Status SetSlot(std::string_view key, Value value);
@@ -68,7 +97,12 @@ class Writer {
 
  private:
   absl::Status Pad();
-  void CloseTensor();
+  void CloseTensor(const Digest128& digest);
+  // The held-back bytes of a candidate tensor, written where they lie.
+  absl::Status WriteHeldBack();
+  // A candidate tensor complete: shared when it hashes to its candidate's
+  // digest and the sink can share, written otherwise.
+  absl::Status SettleCandidate(const CloneCandidate& candidate);
 
   Layout layout_;
   Sink* sink_;
@@ -79,6 +113,11 @@ class Writer {
   size_t tensor_ = 0;      // tensor being filled
   uint64_t tensor_filled_ = 0;
   TensorHasher hasher_;
+  std::vector<std::optional<CloneCandidate>> clones_;
+  bool holding_ = false;                // the current tensor's bytes are held back
+  std::vector<std::string_view> held_;  // ... these
+  bool sink_shares_ = true;             // false once the sink said it cannot
+  uint64_t shared_bytes_ = 0;
   std::unique_ptr<GgufHashWorker> gguf_hash_;  // when layout.uuid_scheme is kGgufHash
   ContentDigest digest_;
 };

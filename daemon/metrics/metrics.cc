@@ -42,10 +42,11 @@ void Metrics::CountSave(const std::string& run, const std::string& result) {
 }
 
 void Metrics::RecordCommit(const std::string& run, uint64_t bytes, uint64_t zero_copy_bytes,
-                           double seconds) {
+                           uint64_t shared_bytes, double seconds) {
   absl::MutexLock lock(&mu_);
   written_bytes_[run] += bytes;
   zero_copy_bytes_[run] += zero_copy_bytes;
+  reflink_bytes_[run] += shared_bytes;
   durations_[run].Observe(kDurationBounds, seconds);
 }
 
@@ -186,6 +187,13 @@ std::string Metrics::Render() const {
   line("# TYPE ckptd_zero_copy_bytes_total counter");
   for (const auto& [run, v] : zero_copy_bytes_) {
     line(fmt::format("ckptd_zero_copy_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
+  }
+  line(
+      "# HELP ckptd_reflink_bytes_total Of the written bytes, those shared with the run's "
+      "previous checkpoint (unchanged tensors, reflinked) instead of written.");
+  line("# TYPE ckptd_reflink_bytes_total counter");
+  for (const auto& [run, v] : reflink_bytes_) {
+    line(fmt::format("ckptd_reflink_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
   }
   RenderHistogram("ckptd_save_duration_seconds", "From a save's header to its commit.",
                   kDurationBounds, durations_, &out);

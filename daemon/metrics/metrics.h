@@ -22,11 +22,14 @@ class Metrics {
 
   // ckptd_saves_total{run,result}: result is committed | failed | skipped.
   void CountSave(const std::string& run, const std::string& result);
-  // ckptd_written_bytes_total{run}, ckptd_zero_copy_bytes_total{run} (of
+  // ckptd_written_bytes_total{run}, ckptd_reflink_bytes_total{run},
+  // ckptd_zero_copy_bytes_total{run} (of
   // those, bytes written to disk straight from a trainer's arena) and
   // ckptd_save_duration_seconds{run}.
+  // `shared_bytes`: of `bytes`, those shared with the previous checkpoint
+  // (ckptd_reflink_bytes_total{run}).
   void RecordCommit(const std::string& run, uint64_t bytes, uint64_t zero_copy_bytes,
-                    double seconds);
+                    uint64_t shared_bytes, double seconds);
   // ckptd_retention_deletions_total{run,by}: by is retention | disk_guard.
   void CountDeletion(const std::string& run, const std::string& by);
   // ckptd_quarantined_files_total{run,by}: files moved to the run's
@@ -88,6 +91,7 @@ class Metrics {
   std::map<std::pair<std::string, std::string>, uint64_t> saves_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> written_bytes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> zero_copy_bytes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> reflink_bytes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Histogram> durations_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Histogram> stalls_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> deletions_ ABSL_GUARDED_BY(mu_);

@@ -146,6 +146,9 @@ struct DaemonFacts {
   env::DirectIo direct_io = env::DirectIo::kAuto;
   gguf::UuidScheme uuid_scheme = gguf::UuidScheme::kContent;
   std::string export_profiles_dir;  // named profiles beyond the built-ins; "" = none
+  // Disk saves share tensors equal to the run's previous checkpoint's
+  // (storage::CloneSource) where the file system can.
+  bool share_unchanged = true;
 };
 
 // A run as readers see it at one moment: a copy made under the run's lock,

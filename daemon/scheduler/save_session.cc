@@ -185,6 +185,8 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   const std::string save_id = storage::NewSaveId();
   std::string weights_dir;
   std::vector<RunExport> run_exports;
+  const storage::CheckpointRecord* share_from = nullptr;  // the run's previous disk checkpoint
+  storage::CheckpointRecord previous;
   run_->save_mu().AssertHeld();                 // by save_lock_, taken in Begin
   CKPTD_TRY(registry_->EnsureSettings(*run_));  // an idle run's come back from its directory
   {
@@ -197,7 +199,11 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     std::string parent;
     const auto& catalog = run_->dir()->catalog();
     auto it = catalog.lower_bound(p.step);
-    if (it != catalog.begin()) parent = std::prev(it)->second.uuid;
+    if (it != catalog.begin()) {
+      parent = std::prev(it)->second.uuid;
+      previous = std::prev(it)->second;
+      share_from = &previous;
+    }
     if (const RunMultiRank& mr = run_->settings_->multi_rank; mr.world_size > 1) {
       if (overwrite_ && tier_ == Tier::kDisk) {
         return absl::FailedPreconditionError(
@@ -226,6 +232,21 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   }
   CKPTD_TRY(PlanExports(run_exports, p.tensors, plan.model_metadata, registry_->facts().version,
                         &plan.exports));
+  // Tensors equal to the previous checkpoint's are shared with it, not
+  // written again, where the file system can (same kind of step only: a
+  // part from a part of the same rank, a whole step from a whole step).
+  if (share_from != nullptr && tier_ == Tier::kDisk && registry_->facts().share_unchanged &&
+      share_from->world_size == (plan.part ? plan.part->world_size : 0) &&
+      share_from->rank == (plan.part ? plan.part->rank : 0)) {
+    auto source =
+        storage::OpenCloneSource(registry_->env(), share_from->model_path, share_from->train_path);
+    if (source.ok()) {
+      plan.clone_from = *std::move(source);
+    } else {
+      spdlog::debug("save run={} step={}: not sharing with step {}: {}", p.run_id, p.step,
+                    share_from->step, source.status().message());
+    }
+  }
   bool has_train = false;
   for (const auto& t : p.tensors) has_train |= t.group == storage::TensorGroup::kTrain;
   if (!has_train && !p.train_metadata.entries().empty()) {
@@ -392,12 +413,14 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   done_ = true;
   t->committed_s = NowSeconds() - start_s_;
   metrics::Metrics::Get().RecordCommit(params_.run_id, record.total_bytes(),
-                                       writer_->zero_copy_bytes(), t->committed_s);
+                                       writer_->zero_copy_bytes(), writer_->shared_bytes(),
+                                       t->committed_s);
   metrics::Metrics::Get().AddInFlightBytes(-static_cast<int64_t>(writer_->data_bytes()));
   registry_->Committed(
       *run_, record, CommitSource::kSave,
-      fmt::format("bytes={} zero_copy={} io={} received={:.3f}s durable={:.3f}s committed={:.3f}s ",
-                  record.total_bytes(), writer_->zero_copy_bytes(),
+      fmt::format("bytes={} zero_copy={} shared={} io={} received={:.3f}s durable={:.3f}s "
+                  "committed={:.3f}s ",
+                  record.total_bytes(), writer_->zero_copy_bytes(), writer_->shared_bytes(),
                   writer_->model().direct ? "direct" : "buffered", t->received_s, t->durable_s,
                   t->committed_s));
   return record;

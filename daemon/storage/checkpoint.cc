@@ -38,6 +38,9 @@ void FillFromHeader(const gguf::Metadata& md, size_t tensor_count, CheckpointRec
   r->parent_uuid = StringValue(md, kKeyParentUuid);
   r->base_model_uuid = StringValue(md, "general.base_model.0.uuid");
   r->tensor_count = static_cast<uint32_t>(tensor_count);
+  if (const gguf::Value* v = md.Find(kKeySharedBytes); v != nullptr) {
+    if (const uint64_t* n = v->get_if<uint64_t>()) r->shared_bytes = *n;
+  }
   for (const auto& [key, value] : md.entries()) {
     if (!key.starts_with(kMetricsPrefix)) continue;
     if (const double* d = value.get_if<double>())

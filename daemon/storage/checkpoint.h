@@ -30,6 +30,11 @@ inline constexpr std::string_view kKeyModelDigest = "ckpt.model_content_digest";
 // and its exports: ties them to one save (equal tensors at two steps give
 // equal content digests; the save id never repeats).
 inline constexpr std::string_view kKeySaveId = "ckpt.save_id";
+// Model file: bytes of this step's model and training-state files that
+// share their extents with the run's previous checkpoint (reflink: its
+// unchanged tensors were not written again). Present when a previous
+// checkpoint could be shared from; 0 when nothing was.
+inline constexpr std::string_view kKeySharedBytes = "ckpt.shared_bytes";
 inline constexpr std::string_view kMetricsPrefix = "ckpt.metrics.";
 inline constexpr std::string_view kTrainerPrefix = "ckpt.trainer.";
 
@@ -63,6 +68,7 @@ struct CheckpointRecord {
   // this node's rank and the world size; 0 for a whole step.
   uint32_t rank = 0;
   uint32_t world_size = 0;
+  uint64_t shared_bytes = 0;  // ckpt.shared_bytes
   uint64_t total_bytes() const;
 };
 

@@ -2,6 +2,7 @@
 #include "daemon/storage/checkpoint_writer.h"
 
 #include <algorithm>
+#include <map>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -9,13 +10,74 @@
 #include "daemon/storage/file_names.h"
 
 namespace ckptd::storage {
+namespace {
+
+constexpr uint64_t kShareBlock = 4096;  // what FICLONERANGE shares: whole blocks
+
+// Per tensor of `now`: the range of `before` holding the same tensor (name,
+// type, shape) with its digest, where both files align it to whole blocks.
+std::vector<std::optional<gguf::CloneCandidate>> MatchClones(const gguf::Layout& now,
+                                                             const gguf::GgufFile& before) {
+  std::vector<std::optional<gguf::CloneCandidate>> out(now.tensors.size());
+  if (now.alignment % kShareBlock != 0 || before.alignment != now.alignment) return out;
+  const gguf::Value* digests = before.metadata.Find(gguf::kKeyTensorDigests);
+  const gguf::Array* hexes = digests != nullptr ? digests->get_if<gguf::Array>() : nullptr;
+  if (hexes == nullptr || hexes->items.size() != before.tensors.size()) return out;
+  std::map<std::string_view, size_t> index;
+  for (size_t j = 0; j < before.tensors.size(); ++j) index[before.tensors[j].name] = j;
+  for (size_t i = 0; i < now.tensors.size(); ++i) {
+    const gguf::TensorInfo& t = now.tensors[i];
+    auto it = index.find(t.name);
+    if (it == index.end()) continue;
+    const gguf::TensorInfo& b = before.tensors[it->second];
+    uint64_t length = 0;
+    if (b.type != t.type || b.ne != t.ne || b.nbytes != t.nbytes ||
+        !gguf::AlignUp(t.nbytes, now.alignment, &length)) {
+      continue;
+    }
+    const uint64_t src = before.data_offset + b.offset;
+    const uint64_t dst = now.data_offset + t.offset;
+    if (src % kShareBlock != 0 || dst % kShareBlock != 0 || src + length > before.file_size) {
+      continue;
+    }
+    const std::string* hex = hexes->items[it->second].get_if<std::string>();
+    if (hex == nullptr) continue;
+    absl::StatusOr<gguf::Digest128> digest = gguf::ParseDigestHex(*hex);
+    if (!digest.ok()) continue;
+    out[i] = gguf::CloneCandidate{.src_offset = src, .length = length, .digest = *digest};
+  }
+  return out;
+}
+
+}  // namespace
+
 struct CheckpointWriter::File {
   gguf::Layout layout;
   std::unique_ptr<env::WritableFile> file;
   std::unique_ptr<FileSink> sink;
   std::unique_ptr<gguf::Writer> writer;
   WrittenFile written;
+  // Where unchanged tensors are shared from (CloneSource), per tensor.
+  const env::RandomAccessFile* clone_source = nullptr;
+  std::vector<std::optional<gguf::CloneCandidate>> clones;
 };
+
+absl::StatusOr<std::shared_ptr<const CloneSource>> OpenCloneSource(env::Env* env,
+                                                                   const std::string& model_path,
+                                                                   const std::string& train_path) {
+  auto source = std::make_shared<CloneSource>();
+  CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::RandomAccessFile> model,
+                         env->OpenForRead(model_path));
+  CKPTD_ASSIGN_OR_RETURN(source->model_header, gguf::ReadHeader(*model));
+  source->model = std::move(model);
+  if (!train_path.empty()) {
+    CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::RandomAccessFile> train,
+                           env->OpenForRead(train_path));
+    CKPTD_ASSIGN_OR_RETURN(source->train_header, gguf::ReadHeader(*train));
+    source->train = std::move(train);
+  }
+  return std::shared_ptr<const CloneSource>(std::move(source));
+}
 
 const WrittenFile& CheckpointWriter::model() const { return model_->written; }
 const WrittenFile* CheckpointWriter::train() const { return train_ ? &train_->written : nullptr; }
@@ -56,6 +118,11 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Plan(env::En
                                                                          SavePlan plan) {
   std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(env, std::move(weights_dir), plan.step));
   w->direct_io_ = plan.direct_io;
+  if (plan.clone_from != nullptr && plan.alignment % kShareBlock == 0) {
+    w->clone_from_ = plan.clone_from;
+    w->records_shared_ = true;
+    plan.model_metadata.Set(std::string(kKeySharedBytes), gguf::Value(uint64_t{0}));
+  }
   std::vector<gguf::TensorSpec> model_specs, train_specs;
   for (const PlannedTensor& t : plan.tensors) {
     (t.group == TensorGroup::kTrain ? train_specs : model_specs).push_back(t.spec);
@@ -81,6 +148,14 @@ absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Plan(env::En
         plan.part ? PartTrainFileName(plan.step, plan.part->rank, plan.part->world_size)
                   : TrainFileName(plan.step);
   }
+  if (w->clone_from_) {
+    w->model_->clone_source = w->clone_from_->model.get();
+    w->model_->clones = MatchClones(w->model_->layout, w->clone_from_->model_header);
+    if (w->train_ && w->clone_from_->train) {
+      w->train_->clone_source = w->clone_from_->train.get();
+      w->train_->clones = MatchClones(w->train_->layout, w->clone_from_->train_header);
+    }
+  }
   for (const auto& e : plan.exports) {
     auto ew = ExportWriter::Plan(e, model_specs, options);
     if (!ew.ok()) return ew.status();
@@ -101,8 +176,9 @@ absl::Status CheckpointWriter::Open(File* f) {
   std::string path = StrCat(weights_dir_, "/", TempFileName(f->written.final_name));
   CKPTD_ASSIGN_OR_RETURN(f->file, env_->NewWritableFile(path, direct_io_));
   f->written.temp_path = path;
-  f->sink = std::make_unique<FileSink>(f->file.get());
+  f->sink = std::make_unique<FileSink>(f->file.get(), f->clone_source);
   f->writer = std::make_unique<gguf::Writer>(f->layout, f->sink.get());
+  f->writer->SetCloneCandidates(f->clones);
   return f->writer->WriteHeader();
 }
 
@@ -111,6 +187,10 @@ uint64_t CheckpointWriter::zero_copy_bytes() const {
   if (train_) total += train_->written.zero_copy_bytes;
   for (const auto& e : exports_) total += e->written().zero_copy_bytes;
   return total;
+}
+
+uint64_t CheckpointWriter::shared_bytes() const {
+  return model_->written.shared_bytes + (train_ ? train_->written.shared_bytes : 0);
 }
 
 uint64_t CheckpointWriter::planned_bytes() const {
@@ -149,6 +229,7 @@ absl::Status CheckpointWriter::FinishFile(File* f) {
   CKPTD_TRY(f->file->Close());
   f->written.bytes = f->file->size();
   f->written.zero_copy_bytes = f->file->zero_copy_bytes();
+  f->written.shared_bytes = f->writer->shared_bytes();
   f->written.direct = f->file->direct();
   return absl::OkStatus();
 }
@@ -157,6 +238,11 @@ absl::Status CheckpointWriter::Finish() {
   if (received_ != data_bytes_) {
     return absl::InvalidArgumentError(StrCat("stream ended after ", received_, " of ", data_bytes_,
                                              " tensor bytes (tensor ", tensor_, " incomplete)"));
+  }
+  if (records_shared_) {
+    const uint64_t shared =
+        model_->writer->shared_bytes() + (train_ ? train_->writer->shared_bytes() : 0);
+    CKPTD_TRY(model_->writer->SetSlot(kKeySharedBytes, gguf::Value(shared)));
   }
   CKPTD_TRY(FinishFile(model_.get()));
   if (train_) {

@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/env/env.h"
+#include "daemon/gguf/reader.h"
 #include "daemon/gguf/writer.h"
 #include "daemon/storage/export_writer.h"
 #include "daemon/storage/file_names.h"
@@ -30,6 +31,24 @@ struct PlannedTensor {
   TensorGroup group = TensorGroup::kModel;
 };
 
+// The run's previous checkpoint, opened: a save shares the ranges of its
+// files that hold tensors this save's bytes equal (same name, type and
+// shape, digest equal to the one recorded there) instead of writing them,
+// where the file system shares extents (XFS with reflink, btrfs) and both
+// files align tensors at 4 KiB or more. Elsewhere the bytes are written.
+struct CloneSource {
+  std::shared_ptr<env::RandomAccessFile> model;
+  gguf::GgufFile model_header;
+  std::shared_ptr<env::RandomAccessFile> train;  // null when it has none
+  gguf::GgufFile train_header;
+};
+
+// Opens `record`'s files and reads their headers; nullopt (logged by the
+// caller) when a file is gone or unreadable: the save then writes every byte.
+absl::StatusOr<std::shared_ptr<const CloneSource>> OpenCloneSource(env::Env* env,
+                                                                   const std::string& model_path,
+                                                                   const std::string& train_path);
+
 struct SavePlan {
   uint64_t step = 0;
   gguf::Metadata model_metadata;       // provenance included; digest slots are added
@@ -43,6 +62,8 @@ struct SavePlan {
   // A multi-rank run's part: the files are named as the rank's part
   // (SplitFileName, PartTrainFileName) and committed by RunDir::StagePart.
   std::optional<SplitName> part;
+  // Unchanged tensors shared from there (see CloneSource); null: none.
+  std::shared_ptr<const CloneSource> clone_from;
 };
 
 class CheckpointWriter {
@@ -67,6 +88,8 @@ class CheckpointWriter {
   // After Finish(): bytes of all the files written straight from stable
   // source memory, without a copy.
   uint64_t zero_copy_bytes() const;
+  // After Finish(): bytes of both files shared with the clone source.
+  uint64_t shared_bytes() const;
   // After Finish: direct I/O was asked for (auto) and the file system
   // refused it, so the model file went through the page cache.
   bool direct_io_refused() const { return direct_io_ == env::DirectIo::kAuto && !model().direct; }
@@ -113,6 +136,8 @@ class CheckpointWriter {
   std::unique_ptr<File> model_;
   std::unique_ptr<File> train_;
   std::vector<std::unique_ptr<ExportWriter>> exports_;
+  std::shared_ptr<const CloneSource> clone_from_;
+  bool records_shared_ = false;  // the model file has a kKeySharedBytes slot
 };
 
 }  // namespace ckptd::storage

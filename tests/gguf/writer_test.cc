@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "daemon/base/status.h"
+
 namespace ckptd::gguf {
 namespace {
 
@@ -117,6 +119,107 @@ TEST(WriterTest, SinkErrorsPropagate) {
   Writer w(*layout, &sink);
   ASSERT_TRUE(w.WriteHeader().ok());
   EXPECT_EQ(w.WriteData("abcd").code(), absl::StatusCode::kResourceExhausted);
+}
+
+// A sink over memory that shares a clone source's bytes the way a file
+// system with reflink does (here: by copying them), or cannot.
+class CloningSink final : public Sink {
+ public:
+  CloningSink(std::string source, bool can_share) : source_(std::move(source)), can_(can_share) {}
+  absl::Status Append(std::string_view bytes) override { return out_.Append(bytes); }
+  absl::Status WriteAt(uint64_t offset, std::string_view bytes) override {
+    return out_.WriteAt(offset, bytes);
+  }
+  absl::Status AppendClone(uint64_t src_offset, uint64_t n) override {
+    if (!can_) return absl::UnimplementedError("no reflink here");
+    shared_ += n;
+    return out_.Append(std::string_view(source_).substr(src_offset, n));
+  }
+  const std::string& data() const { return out_.data(); }
+  uint64_t shared() const { return shared_; }
+
+ private:
+  StringSink out_;
+  std::string source_;
+  bool can_;
+  uint64_t shared_ = 0;
+};
+
+// Writes three 5000-byte tensors at 4 KiB alignment into `sink`, tensor i
+// filled with fills[i], in chunks of 3000 bytes; `stable` per chunk.
+absl::StatusOr<ContentDigest> WriteThree(Sink* sink, const std::string& fills,
+                                         std::vector<std::optional<CloneCandidate>> clones = {},
+                                         bool stable = true, uint64_t* shared = nullptr) {
+  auto layout = PlanLayout({},
+                           {{"a", TensorType::kI8, {5000}},
+                            {"b", TensorType::kI8, {5000}},
+                            {"c", TensorType::kI8, {5000}}},
+                           {.alignment = 4096});
+  if (!layout.ok()) return layout.status();
+  Writer w(*layout, sink);
+  w.SetCloneCandidates(std::move(clones));
+  CKPTD_TRY(w.WriteHeader());
+  std::string data;
+  for (char f : fills) data += std::string(5000, f);
+  for (size_t at = 0; at < data.size(); at += 3000) {
+    CKPTD_TRY(w.WriteData(std::string_view(data).substr(at, 3000), stable));
+  }
+  auto digest = w.Finish();
+  if (shared != nullptr) *shared = w.shared_bytes();
+  return digest;
+}
+
+TEST(WriterTest, UnchangedTensorsAreSharedAndTheFileIsTheSameBytes) {
+  StringSink before;
+  auto first = WriteThree(&before, "xyz");
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto layout = PlanLayout({},
+                           {{"a", TensorType::kI8, {5000}},
+                            {"b", TensorType::kI8, {5000}},
+                            {"c", TensorType::kI8, {5000}}},
+                           {.alignment = 4096});
+  ASSERT_TRUE(layout.ok());
+  // Every tensor a candidate; b changed ('Y'), so its digest differs.
+  std::vector<std::optional<CloneCandidate>> clones;
+  for (size_t i = 0; i < 3; ++i) {
+    clones.push_back(CloneCandidate{.src_offset = layout->data_offset + layout->tensors[i].offset,
+                                    .length = 8192,
+                                    .digest = first->tensors[i]});
+  }
+  StringSink plain;
+  auto want = WriteThree(&plain, "xYz");
+  ASSERT_TRUE(want.ok());
+  CloningSink sharing(before.data(), /*can_share=*/true);
+  uint64_t shared = 0;
+  auto got = WriteThree(&sharing, "xYz", clones, /*stable=*/true, &shared);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(shared, 2 * 8192u);  // a and c
+  EXPECT_EQ(sharing.shared(), 2 * 8192u);
+  EXPECT_EQ(sharing.data(), plain.data());  // the same bytes as a plain write
+  EXPECT_EQ(got->content, want->content);
+
+  // A sink that cannot share writes everything, and the bytes are the same.
+  CloningSink unable(before.data(), /*can_share=*/false);
+  got = WriteThree(&unable, "xYz", clones, true, &shared);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(shared, 0u);
+  EXPECT_EQ(unable.data(), plain.data());
+
+  // Bytes the caller may reuse are never held back: written as they come.
+  CloningSink unstable(before.data(), true);
+  got = WriteThree(&unstable, "xYz", clones, /*stable=*/false, &shared);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(shared, 0u);
+  EXPECT_EQ(unstable.data(), plain.data());
+
+  // A candidate whose recorded digest is not the bytes' (a stale or lying
+  // source) is written: the digest decides, never the name.
+  clones[0]->digest.low ^= 1;
+  CloningSink stale(before.data(), true);
+  got = WriteThree(&stale, "xYz", clones, true, &shared);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(shared, 8192u);  // c only
+  EXPECT_EQ(stale.data(), plain.data());
 }
 
 }  // namespace
