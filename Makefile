@@ -130,6 +130,7 @@ bench: build
 	@/usr/bin/python3 bench/tier_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
 	@/usr/bin/python3 bench/peer_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
 	@/usr/bin/python3 bench/tier_stall_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--rounds 3 --auto-seconds 20,)
+	@/usr/bin/python3 bench/finetune_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 128 --steps 4,)
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i

@@ -161,7 +161,8 @@ absl::Status Daemon::StartReplication() {
                .part_size = cfg.s3_part_size,
                .parallel_parts = static_cast<int>(cfg.s3_parallel_parts),
                .max_memory_bytes = cfg.s3_max_memory_bytes,
-               .remote_retention = cfg.s3_retention_same}};
+               .remote_retention = cfg.s3_retention_same,
+               .part_copy = cfg.s3_part_copy}};
   if (const char* pause = std::getenv("CKPTD_TEST_TIER_PAUSE_S")) {
     options.tier.test_pause_s = std::atof(pause);
   }

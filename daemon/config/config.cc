@@ -249,6 +249,7 @@ std::map<std::string, Field> Fields(Config* c) {
       {"tier.s3.credentials_file", String(&c->s3_credentials_file)},
       {"tier.s3.part_size", Unsigned(&c->s3_part_size)},
       {"tier.s3.parallel_parts", Unsigned(&c->s3_parallel_parts)},
+      {"tier.s3.part_copy", Bool(&c->s3_part_copy)},
       {"tier.s3.max_memory_bytes", Unsigned(&c->s3_max_memory_bytes)},
       {"tier.s3.stall_timeout_seconds", Seconds(&c->s3_stall_timeout_seconds)},
       {"tier.s3.retention", Enum(&c->s3_retention_same, {{"keep_all", false}, {"same", true}})},

@@ -105,6 +105,7 @@ struct Config {
   std::string s3_credentials_file;
   uint64_t s3_part_size = uint64_t{16} << 20;
   uint64_t s3_parallel_parts = 4;
+  bool s3_part_copy = true;  // unchanged ranges copied inside the store (UploadPartCopy)
   uint64_t s3_max_memory_bytes = uint64_t{64} << 20;
   double s3_stall_timeout_seconds = 30;  // a request moving no byte this long is retried
   bool s3_retention_same = false;        // tier.s3.retention: "keep_all" (false) | "same"

@@ -60,9 +60,11 @@ void Metrics::AddSharedQueued(int64_t delta) {
   shared_queued_ += delta;
 }
 
-void Metrics::RecordUpload(const std::string& run, uint64_t bytes, double seconds) {
+void Metrics::RecordUpload(const std::string& run, uint64_t bytes, uint64_t copied,
+                           double seconds) {
   absl::MutexLock lock(&mu_);
   uploaded_bytes_[run] += bytes;
+  copied_bytes_[run] += copied;
   upload_seconds_[run] += seconds;
   uploads_[{run, "uploaded"}]++;
 }
@@ -277,6 +279,13 @@ std::string Metrics::Render() const {
     line("# TYPE ckptd_tier_uploaded_bytes_total counter");
     for (const auto& [run, v] : uploaded_bytes_) {
       line(fmt::format("ckptd_tier_uploaded_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
+    }
+    line(
+        "# HELP ckptd_tier_copied_bytes_total Of the uploaded bytes, those copied inside the "
+        "store from the previous step's objects (unchanged tensors) rather than sent.");
+    line("# TYPE ckptd_tier_copied_bytes_total counter");
+    for (const auto& [run, v] : copied_bytes_) {
+      line(fmt::format("ckptd_tier_copied_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
     }
     line("# HELP ckptd_tier_upload_seconds_total Seconds spent uploading steps.");
     line("# TYPE ckptd_tier_upload_seconds_total counter");

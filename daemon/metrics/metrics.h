@@ -58,7 +58,9 @@ class Metrics {
   // result} (uploaded | failed), and the gauges ckptd_tier_queue_depth
   // (steps waiting) and ckptd_tier_healthy (0 while uploads fail). Rendered
   // once SetTier was called (the tier is on).
-  void RecordUpload(const std::string& run, uint64_t bytes, double seconds);
+  // `copied`: of `bytes`, those copied inside the store (UploadPartCopy)
+  // rather than sent: ckptd_tier_copied_bytes_total{run}.
+  void RecordUpload(const std::string& run, uint64_t bytes, uint64_t copied, double seconds);
   void CountUploadFailure(const std::string& run);
   void SetTier(int64_t queue_depth, bool healthy);
 
@@ -112,6 +114,7 @@ class Metrics {
   int64_t tier_queue_depth_ ABSL_GUARDED_BY(mu_) = 0;
   bool tier_healthy_ ABSL_GUARDED_BY(mu_) = true;
   std::map<std::string, uint64_t> uploaded_bytes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> copied_bytes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, double> upload_seconds_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> uploads_ ABSL_GUARDED_BY(mu_);
 };

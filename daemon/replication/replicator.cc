@@ -120,7 +120,7 @@ std::optional<tier::RemoteRules> Replicator::RulesOf(const std::string& run_id) 
 void Replicator::OnUploadEvent(const tier::UploadEvent& e) {
   const bool uploaded = e.type == tier::UploadEventType::kUploaded;
   if (uploaded) {
-    metrics::Metrics::Get().RecordUpload(e.run_id, e.bytes, e.seconds);
+    metrics::Metrics::Get().RecordUpload(e.run_id, e.bytes, e.copied_bytes, e.seconds);
   } else {
     metrics::Metrics::Get().CountUploadFailure(e.run_id);
   }

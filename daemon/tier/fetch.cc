@@ -2,6 +2,7 @@
 #include "daemon/tier/fetch.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include "daemon/base/status.h"
@@ -20,17 +21,41 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
                       size_t threads, const std::string& temp) {
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::WritableFile> out,
                          env->NewWritableFile(temp, env::DirectIo::kOff));
-  const size_t nparts = f.size == 0 ? 0 : static_cast<size_t>((f.size + part - 1) / part);
+  // The upload's parts (the manifest's lengths where some were copied,
+  // else part_size each), read in windows of at most `part` bytes; the
+  // ETag is the MD5 of each upload part's MD5.
+  std::vector<uint64_t> lengths = f.part_lengths;
+  if (lengths.empty()) {
+    for (uint64_t at = 0; at < f.size; at += part) lengths.push_back(std::min(part, f.size - at));
+  }
+  uint64_t total = 0;
+  for (uint64_t n : lengths) total += n;
+  if (total != f.size) {
+    return absl::DataLossError(StrCat(f.key, ": the manifest's part lengths add up to ", total,
+                                      " bytes, not its ", f.size));
+  }
+  struct Window {
+    size_t part;
+    uint64_t offset, length;
+  };
+  std::vector<Window> windows;
+  for (size_t i = 0, at = 0; i < lengths.size(); at += lengths[i], ++i) {
+    for (uint64_t w = 0; w < lengths[i]; w += part) {
+      windows.push_back({i, at + w, std::min(part, lengths[i] - w)});
+    }
+  }
+  const size_t nparts = lengths.size();
   std::vector<std::string> md5s;
+  std::optional<Md5Stream> sum;
   std::vector<std::string> buffers(threads);
-  for (size_t first = 0; first < nparts; first += threads) {
-    const size_t n = std::min(threads, nparts - first);
+  for (size_t first = 0; first < windows.size(); first += threads) {
+    const size_t n = std::min(threads, windows.size() - first);
     std::vector<absl::Status> results(n);
     std::vector<std::thread> pool;
     for (size_t t = 0; t < n; ++t) {
       pool.emplace_back([&, t] {
-        const uint64_t offset = (first + t) * part, len = std::min(part, f.size - offset);
-        auto got = store.Get(f.key, ByteRange{.offset = offset, .length = len});
+        const Window& w = windows[first + t];
+        auto got = store.Get(f.key, ByteRange{.offset = w.offset, .length = w.length});
         if (!got.ok()) {
           results[t] = got.status();
           return;
@@ -41,7 +66,13 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
     for (std::thread& th : pool) th.join();
     for (size_t t = 0; t < n; ++t) {
       CKPTD_TRY(results[t]);
-      md5s.push_back(Md5Hex(buffers[t]));
+      const Window& w = windows[first + t];
+      if (!sum) sum.emplace();
+      sum->Update(buffers[t]);
+      if (first + t + 1 == windows.size() || windows[first + t + 1].part != w.part) {
+        md5s.push_back(sum->FinishHex());
+        sum.reset();
+      }
       CKPTD_TRY(out->Append(buffers[t]));
     }
   }

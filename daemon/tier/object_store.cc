@@ -41,6 +41,20 @@ bool IsNoSuchUpload(const absl::Status& st) {
 }
 
 std::string Md5Hex(std::string_view data) { return HexDigest(EVP_md5(), data); }
+
+Md5Stream::Md5Stream() : ctx_(EVP_MD_CTX_new()) {
+  EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_md5(), nullptr);
+}
+Md5Stream::~Md5Stream() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+void Md5Stream::Update(std::string_view data) {
+  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data.data(), data.size());
+}
+std::string Md5Stream::FinishHex() {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), out, &n);
+  return Hex(out, n);
+}
 std::string Sha256Hex(std::string_view data) { return HexDigest(EVP_sha256(), data); }
 
 std::string MultipartEtag(const std::vector<std::string>& part_md5_hex) {

@@ -137,6 +137,19 @@ class ObjectStore {
 
 // Hex digests, as S3 writes ETags and x-amz-content-sha256.
 std::string Md5Hex(std::string_view data);
+// MD5 over bytes given in pieces (a copied part's bytes, read in windows).
+class Md5Stream {
+ public:
+  Md5Stream();
+  ~Md5Stream();
+  Md5Stream(const Md5Stream&) = delete;
+  Md5Stream& operator=(const Md5Stream&) = delete;
+  void Update(std::string_view data);
+  std::string FinishHex();
+
+ private:
+  void* ctx_;  // EVP_MD_CTX
+};
 std::string Sha256Hex(std::string_view data);
 // The ETag S3 gives a multipart object: MD5 of the parts' binary MD5s, "-N".
 std::string MultipartEtag(const std::vector<std::string>& part_md5_hex);

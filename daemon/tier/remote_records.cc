@@ -58,14 +58,17 @@ absl::StatusOr<T> Guarded(std::string_view where, std::string_view what, F parse
   }
 }
 
-const std::vector<std::string_view> kFileFields = {"name",           "key", "role", "size", "etag",
-                                                   "content_digest", "rank"};
+const std::vector<std::string_view> kFileFields = {"name", "key",          "role",
+                                                   "size", "etag",         "content_digest",
+                                                   "rank", "copied_bytes", "part_lengths"};
 
 Json FileToJson(const RemoteFile& f) {
   Json known = {
       {"name", f.name}, {"key", f.key}, {"role", f.role}, {"size", f.size}, {"etag", f.etag}};
   if (!f.content_digest.empty()) known["content_digest"] = f.content_digest;
   if (f.rank) known["rank"] = *f.rank;
+  if (f.copied_bytes > 0) known["copied_bytes"] = f.copied_bytes;
+  if (!f.part_lengths.empty()) known["part_lengths"] = f.part_lengths;
   Json out = f.unknown.is_object() ? f.unknown : Json::object();
   for (auto& [k, v] : known.items()) out[k] = std::move(v);
   return out;
@@ -78,6 +81,8 @@ RemoteFile FileFromJson(const Json& j) {
                .size = j.at("size").get<uint64_t>(),
                .etag = j.at("etag").get<std::string>(),
                .content_digest = j.value("content_digest", ""),
+               .copied_bytes = j.value("copied_bytes", uint64_t{0}),
+               .part_lengths = j.value("part_lengths", std::vector<uint64_t>{}),
                .unknown = Unknown(j, kFileFields)};
   if (j.contains("rank")) f.rank = j["rank"].get<uint32_t>();
   return f;
@@ -323,6 +328,7 @@ std::string UploadState::ToJson() const {
       e["upload_id"] = f.upload_id;
       e["key"] = f.key;
       e["part_size"] = f.part_size;
+      if (!f.layout.empty()) e["layout"] = f.layout;
       Json parts = Json::array();
       for (const std::string& p : f.parts) parts.push_back(p.empty() ? Json() : Json(p));
       e["parts"] = std::move(parts);
@@ -347,10 +353,12 @@ absl::StatusOr<UploadState> UploadState::Parse(std::string_view text, std::strin
         out.unknown = Unknown(w, {"files"});
         if (!w.contains("files")) continue;
         for (const auto& [name, f] : w["files"].items()) {
-          FileProgress p{.upload_id = f.value("upload_id", ""),
-                         .key = f.value("key", ""),
-                         .part_size = f.value("part_size", uint64_t{0}),
-                         .unknown = Unknown(f, {"upload_id", "key", "part_size", "parts"})};
+          FileProgress p{
+              .upload_id = f.value("upload_id", ""),
+              .key = f.value("key", ""),
+              .part_size = f.value("part_size", uint64_t{0}),
+              .layout = f.value("layout", ""),
+              .unknown = Unknown(f, {"upload_id", "key", "part_size", "layout", "parts"})};
           if (f.contains("parts")) {
             for (const Json& part : f["parts"]) {
               p.parts.push_back(part.is_string() ? part.get<std::string>() : "");

@@ -41,6 +41,12 @@ struct RemoteFile {
   uint64_t size = 0;
   std::string etag;
   std::string content_digest;  // model files: ckptd's content digest
+  // Of `size`, the bytes copied inside the store from the previous step's
+  // object (UploadPartCopy) rather than sent.
+  uint64_t copied_bytes = 0;
+  // The multipart upload's part lengths when they are not all the step's
+  // part_size (some copied): the ETag is the MD5 of these parts' MD5s.
+  std::vector<uint64_t> part_lengths;
   std::optional<uint32_t> rank;
   nlohmann::json unknown = nlohmann::json::object();
 };
@@ -148,6 +154,10 @@ struct UploadState {
     std::string upload_id;
     std::string key;
     uint64_t part_size = 0;
+    // The parts' layout when some are copied from another object ("" for
+    // parts of part_size): a resumed upload keeps its parts only under the
+    // same layout.
+    std::string layout;
     std::vector<std::string> parts;
     nlohmann::json unknown = nlohmann::json::object();
   };

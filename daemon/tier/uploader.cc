@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 
 #include "absl/time/clock.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
+#include "daemon/gguf/reader.h"
+#include "daemon/policy/part_plan.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/storage/file_names.h"
 #include "daemon/storage/split_part.h"
@@ -230,10 +233,97 @@ absl::Status Uploader::Retry(const std::function<absl::Status()>& op) {
   }
 }
 
-absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
-                                  const std::string& name, uint64_t size, std::string* key_out,
-                                  std::string* etag) {
+namespace {
+
+constexpr uint64_t kMaxCopyPart = 5ull << 30;  // S3's largest part
+
+// The ranges of `mine` (a file) equal to ranges of `theirs` (the object it
+// may copy from): each tensor with the same name, type, shape and digest,
+// with its padding where both files pad alike.
+std::vector<policy::SameRange> EqualRanges(const gguf::GgufFile& mine,
+                                           const gguf::GgufFile& theirs) {
+  std::vector<policy::SameRange> out;
+  auto digests = [](const gguf::GgufFile& f) -> const gguf::Array* {
+    const gguf::Value* v = f.metadata.Find(gguf::kKeyTensorDigests);
+    const gguf::Array* a = v != nullptr ? v->get_if<gguf::Array>() : nullptr;
+    return a != nullptr && a->items.size() == f.tensors.size() ? a : nullptr;
+  };
+  const gguf::Array* mine_d = digests(mine);
+  const gguf::Array* theirs_d = digests(theirs);
+  if (mine_d == nullptr || theirs_d == nullptr) return out;
+  std::map<std::string_view, size_t> index;
+  for (size_t j = 0; j < theirs.tensors.size(); ++j) index[theirs.tensors[j].name] = j;
+  for (size_t i = 0; i < mine.tensors.size(); ++i) {
+    const gguf::TensorInfo& t = mine.tensors[i];
+    auto it = index.find(t.name);
+    if (it == index.end()) continue;
+    const gguf::TensorInfo& u = theirs.tensors[it->second];
+    const std::string* a = mine_d->items[i].get_if<std::string>();
+    const std::string* b = theirs_d->items[it->second].get_if<std::string>();
+    if (u.type != t.type || u.ne != t.ne || u.nbytes != t.nbytes || a == nullptr || b == nullptr ||
+        *a != *b) {
+      continue;
+    }
+    uint64_t length = t.nbytes;
+    if (mine.alignment == theirs.alignment) (void)gguf::AlignUp(t.nbytes, mine.alignment, &length);
+    const uint64_t at = mine.data_offset + t.offset, from = theirs.data_offset + u.offset;
+    if (at + length > mine.file_size || from + length > theirs.file_size) length = t.nbytes;
+    out.push_back({.offset = at, .length = length, .src_offset = from});
+  }
+  return out;
+}
+
+}  // namespace
+
+Uploader::FilePlan Uploader::PlanFile(const StepUpload& up, const env::RandomAccessFile& file,
+                                      const std::string& role, uint64_t size, bool copy) {
+  const uint64_t part = settings_.part_size;
+  FilePlan plain{.parts = policy::PlanParts(size, part, kMinPartSize, kMaxCopyPart, {})};
+  if (!copy || !settings_.part_copy) return plain;
   const uint64_t step = up.record.step;
+  std::optional<uint64_t> previous;
+  for (uint64_t s : LoadState(up.run_dir).uploaded) {
+    if (s < step) previous = s;
+  }
+  if (!previous) return plain;
+  auto note = [&](const std::string& why) {
+    spdlog::debug("tier: run={} step={} {}: every part sent ({})", up.run_id, step, role, why);
+    return plain;
+  };
+  absl::StatusOr<StepManifest> manifest = RemoteManifest(up.run_id, *previous);
+  if (!manifest.ok()) return note(std::string(manifest.status().message()));
+  const RemoteFile* source = nullptr;
+  for (const RemoteFile& f : manifest->facts.files) {
+    const bool same_rank = up.record.world_size == 0 ? !f.rank : f.rank == up.record.rank;
+    if (f.role == role && same_rank) source = &f;
+  }
+  if (source == nullptr) return note(StrCat("step ", *previous, " has no ", role, " file"));
+  absl::StatusOr<gguf::GgufFile> mine = gguf::ReadHeader(file);
+  if (!mine.ok()) return note(std::string(mine.status().message()));
+  ObjectSource remote(store_, source->key, source->size);
+  absl::StatusOr<gguf::GgufFile> theirs = gguf::ReadHeader(remote);
+  if (!theirs.ok()) return note(std::string(theirs.status().message()));
+  FilePlan plan{.parts = policy::PlanParts(size, part, kMinPartSize, kMaxCopyPart,
+                                           EqualRanges(*mine, *theirs)),
+                .source_key = source->key};
+  const bool copies = std::any_of(plan.parts.begin(), plan.parts.end(),
+                                  [](const policy::PlannedPart& p) { return p.copy_from; });
+  if (!copies || plan.parts.size() > static_cast<size_t>(kMaxParts)) return note("nothing to copy");
+  std::string layout = source->key;
+  for (const policy::PlannedPart& p : plan.parts) {
+    StrAppend(&layout, ";", p.offset, "+", p.length, p.copy_from ? StrCat("@", *p.copy_from) : "");
+  }
+  plan.layout = StrCat("copy:", Md5Hex(layout));
+  return plan;
+}
+
+absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
+                                  const std::string& name, const std::string& role, uint64_t size,
+                                  std::string* key_out, std::string* etag, uint64_t* copied,
+                                  std::vector<uint64_t>* part_lengths) {
+  const uint64_t step = up.record.step;
+  *copied = 0;
+  part_lengths->clear();
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::RandomAccessFile> file, env_->OpenForRead(path));
   const uint64_t part = settings_.part_size;
   std::string& key = *key_out;
@@ -249,8 +339,10 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
     }));
     return Verify(key, size, *etag);
   }
-  const size_t nparts = static_cast<size_t>((size + part - 1) / part);
+  bool copy = true;
   for (int attempt = 0;; ++attempt) {
+    const FilePlan plan = PlanFile(up, *file, role, size, copy);
+    const size_t nparts = plan.parts.size();
     // The upload this step's state names, with the parts already done.
     std::string upload_id;
     std::vector<std::string> etags(nparts);
@@ -260,11 +352,15 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
       if (auto w = state.waiting.find(step); w != state.waiting.end()) {
         if (auto it = w->second.files.find(name); it != w->second.files.end()) f = &it->second;
       }
-      if (f && f->part_size == part && !f->upload_id.empty()) {
+      if (f && f->part_size == part && f->layout == plan.layout && !f->upload_id.empty()) {
         upload_id = f->upload_id;
         // The key it was started with (the run's prefix may have changed since).
         if (!f->key.empty()) key = f->key;
         for (size_t i = 0; i < std::min(nparts, f->parts.size()); ++i) etags[i] = f->parts[i];
+      } else if (f && !f->upload_id.empty()) {
+        // Another layout (the previous step's object changed, say): that
+        // upload is of no use; it goes, and this one starts afresh.
+        (void)store_->AbortMultipartUpload(f->key.empty() ? key : f->key, f->upload_id);
       }
     }
     if (upload_id.empty()) {
@@ -273,7 +369,8 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
         return absl::OkStatus();
       }));
       CKPTD_TRY(UpdateState(up.run_dir, [&](UploadState& s) {
-        s.waiting[step].files[name] = {.upload_id = upload_id, .key = key, .part_size = part};
+        s.waiting[step].files[name] = {
+            .upload_id = upload_id, .key = key, .part_size = part, .layout = plan.layout};
       }));
     } else {
       spdlog::info("tier: resuming run={} step={} file={} upload_id={} ({} of {} parts done)",
@@ -281,7 +378,9 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
                    std::count_if(etags.begin(), etags.end(), [](auto& e) { return !e.empty(); }),
                    nparts);
     }
-    // Parts in parallel, each thread with one part-sized buffer.
+    // Parts in parallel, each thread with one part-sized buffer. A copied
+    // part's bytes are read here too: its ETag (the MD5 of what the store
+    // copied) must be the MD5 of this file's bytes.
     const size_t threads = static_cast<size_t>(std::max<uint64_t>(
         1, std::min<uint64_t>(static_cast<uint64_t>(std::max(1, settings_.parallel_parts)),
                               settings_.max_memory_bytes / part)));
@@ -297,17 +396,39 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
           absl::MutexLock lock(&result_mu);
           if (!result.ok() || !etags[i].empty()) continue;
         }
-        const uint64_t offset = i * part, n = std::min(part, size - offset);
-        buffer.resize(n);
-        absl::Status st = file->ReadUpTo(offset, n, buffer.data()).status();
-        std::string tag;
-        if (st.ok()) {
-          const std::string md5 = Md5Hex(buffer);
-          st = Retry([&]() -> absl::Status {
-            CKPTD_ASSIGN_OR_RETURN(
-                tag, store_->UploadPart(key, upload_id, static_cast<int>(i + 1), buffer, md5));
-            return CheckEtag(StrCat("upload part ", i + 1, " of ", key), tag, md5);
-          });
+        const policy::PlannedPart& p = plan.parts[i];
+        absl::Status st;
+        std::string tag, md5;
+        if (p.copy_from) {
+          Md5Stream sum;
+          for (uint64_t at = 0; st.ok() && at < p.length;) {
+            const uint64_t n = std::min(part, p.length - at);
+            buffer.resize(n);
+            st = file->ReadAt(p.offset + at, n, buffer.data());
+            sum.Update(buffer);
+            at += n;
+          }
+          md5 = sum.FinishHex();
+          if (st.ok()) {
+            st = Retry([&]() -> absl::Status {
+              CKPTD_ASSIGN_OR_RETURN(
+                  tag, store_->UploadPartCopy(key, upload_id, static_cast<int>(i + 1),
+                                              plan.source_key, {*p.copy_from, p.length}));
+              return CheckEtag(StrCat("copy part ", i + 1, " of ", key, " from ", plan.source_key),
+                               tag, md5);
+            });
+          }
+        } else {
+          buffer.resize(p.length);
+          st = file->ReadAt(p.offset, p.length, buffer.data());
+          if (st.ok()) {
+            md5 = Md5Hex(buffer);
+            st = Retry([&]() -> absl::Status {
+              CKPTD_ASSIGN_OR_RETURN(
+                  tag, store_->UploadPart(key, upload_id, static_cast<int>(i + 1), buffer, md5));
+              return CheckEtag(StrCat("upload part ", i + 1, " of ", key), tag, md5);
+            });
+          }
         }
         if (st.ok()) {
           st = UpdateState(up.run_dir, [&](UploadState& s) {
@@ -334,9 +455,25 @@ absl::Status Uploader::UploadFile(const StepUpload& up, const std::string& path,
         return CheckEtag(StrCat("complete ", key), *etag, MultipartEtag(etags));
       });
     }
-    if (result.ok()) return Verify(key, size, *etag);
-    if (!IsNoSuchUpload(result) || attempt > 0) return result;
-    spdlog::warn("tier: the store forgot upload {} of {}; starting it again", upload_id, key);
+    if (result.ok()) {
+      for (const policy::PlannedPart& p : plan.parts) {
+        *copied += p.copy_from ? p.length : 0;
+        if (!plan.layout.empty()) part_lengths->push_back(p.length);
+      }
+      return Verify(key, size, *etag);
+    }
+    const bool copy_refused = !plan.source_key.empty() && !IsTransient(result) && copy;
+    if (!(IsNoSuchUpload(result) || copy_refused) || attempt > 1) return result;
+    if (copy_refused) {
+      // A copy the store refused or got wrong (its ETag is not this file's
+      // bytes' MD5): this file goes up again with every byte sent.
+      spdlog::warn("tier: run={} step={} {}: copying from {} failed ({}); sending every part",
+                   up.run_id, step, name, plan.source_key, result.message());
+      (void)store_->AbortMultipartUpload(key, upload_id);
+      copy = false;
+    } else {
+      spdlog::warn("tier: the store forgot upload {} of {}; starting it again", upload_id, key);
+    }
     CKPTD_TRY(UpdateState(up.run_dir, [&](UploadState& s) { s.waiting[step].files.erase(name); }));
   }
 }
@@ -358,7 +495,8 @@ absl::Status Uploader::Verify(const std::string& key, uint64_t size, const std::
   return absl::OkStatus();
 }
 
-void Uploader::NotifyUploaded(const StepUpload& up, uint64_t bytes, double seconds) {
+void Uploader::NotifyUploaded(const StepUpload& up, uint64_t bytes, uint64_t copied,
+                              double seconds) {
   {
     // Before anyone hears of it: an observer that asks StateOf gets the same answer.
     absl::MutexLock lock(&mu_);
@@ -369,6 +507,7 @@ void Uploader::NotifyUploaded(const StepUpload& up, uint64_t bytes, double secon
                             .run_id = up.run_id,
                             .step = up.record.step,
                             .bytes = bytes,
+                            .copied_bytes = copied,
                             .seconds = seconds});
 }
 
@@ -400,22 +539,28 @@ absl::Status Uploader::Upload(const Job& job) {
                   .content_digest = r.content_digest,
                   .time_utc = r.time_utc,
                   .part_size = settings_.part_size};
-  uint64_t bytes = 0;
+  uint64_t bytes = 0, copied = 0;
   for (const File& f : files) {
     auto st = env_->Stat(f.path);
     if (!st.ok()) {
       return absl::NotFoundError(StrCat(f.path, " is gone (deleted locally before its upload)"));
     }
     std::string key, etag;
-    CKPTD_TRY(UploadFile(up, f.path, f.name, st->size, &key, &etag));
+    uint64_t file_copied = 0;
+    std::vector<uint64_t> part_lengths;
+    CKPTD_TRY(
+        UploadFile(up, f.path, f.name, f.role, st->size, &key, &etag, &file_copied, &part_lengths));
     TestPause();
     bytes += st->size;
+    copied += file_copied;
     RemoteFile entry{.name = f.name,
                      .key = key,
                      .role = f.role,
                      .size = st->size,
                      .etag = etag,
-                     .content_digest = f.content_digest};
+                     .content_digest = f.content_digest,
+                     .copied_bytes = file_copied,
+                     .part_lengths = std::move(part_lengths)};
     if (part) entry.rank = r.rank;
     facts.files.push_back(std::move(entry));
   }
@@ -467,10 +612,12 @@ absl::Status Uploader::Upload(const Job& job) {
       spdlog::warn("tier: remote retention run={}: {}", up.run_id, applied.status().message());
     }
   }
-  spdlog::info("tier: uploaded run={} step={} files={} bytes={} seconds={:.3f} ({:.0f} MB/s)",
-               up.run_id, r.step, files.size(), bytes, seconds,
-               seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0.0);
-  NotifyUploaded(up, bytes, seconds);
+  spdlog::info(
+      "tier: uploaded run={} step={} files={} bytes={} copied_in_store={} seconds={:.3f} ({:.0f} "
+      "MB/s sent)",
+      up.run_id, r.step, files.size(), bytes, copied, seconds,
+      seconds > 0 ? static_cast<double>(bytes - copied) / seconds / 1e6 : 0.0);
+  NotifyUploaded(up, bytes, copied, seconds);
   return absl::OkStatus();
 }
 
@@ -507,7 +654,9 @@ absl::Status Uploader::ReportPart(const StepUpload& up, StepFacts facts, uint64_
       "tier: uploaded run={} step={} rank={} part bytes={} seconds={:.3f}; reported to the "
       "coordinator",
       up.run_id, r.step, r.rank, bytes, seconds);
-  NotifyUploaded(up, bytes, seconds);
+  uint64_t copied = 0;
+  for (const RemoteFile& f : report.facts.files) copied += f.copied_bytes;
+  NotifyUploaded(up, bytes, copied, seconds);
   return absl::OkStatus();
 }
 

@@ -46,6 +46,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/env/env.h"
+#include "daemon/policy/part_plan.h"
 #include "daemon/policy/retention.h"
 #include "daemon/storage/checkpoint.h"
 #include "daemon/tier/object_store.h"
@@ -67,6 +68,10 @@ struct TierSettings {
   // after every upload, with the same protections (latest, pins, steps
   // still uploading).
   bool remote_retention = false;
+  // A multipart part whose bytes equal a range of the run's previous
+  // uploaded step's object (its unchanged tensors) is copied inside the
+  // store (UploadPartCopy) instead of sent ([tier.s3] part_copy).
+  bool part_copy = true;
   // Tests only (CKPTD_TEST_TIER_PAUSE_S): a pause after each object of a
   // step, so a reader polling the store sees every intermediate state.
   double test_pause_s = 0;
@@ -85,6 +90,7 @@ struct UploadEvent {
   std::string run_id;
   uint64_t step = 0;
   uint64_t bytes = 0;
+  uint64_t copied_bytes = 0;  // of `bytes`, copied inside the store (kUploaded)
   double seconds = 0;
   std::string error;  // kFailed
 };
@@ -202,10 +208,20 @@ class Uploader {
   absl::Status ReportPart(const StepUpload& up, StepFacts facts, uint64_t bytes, double start);
   // Uploads one file of a step; `key` is where it went (a resumed upload
   // keeps the key it was started with).
+  // How one file's parts go up: copied from the previous uploaded step's
+  // object where its tensors are unchanged (policy::PlanParts), else sent.
+  struct FilePlan {
+    std::vector<policy::PlannedPart> parts;
+    std::string source_key;  // the object copied from ("" = none)
+    std::string layout;      // UploadState::FileProgress::layout
+  };
+  FilePlan PlanFile(const StepUpload& up, const env::RandomAccessFile& file,
+                    const std::string& role, uint64_t size, bool copy);
   absl::Status UploadFile(const StepUpload& up, const std::string& path, const std::string& name,
-                          uint64_t size, std::string* key, std::string* etag);
+                          const std::string& role, uint64_t size, std::string* key,
+                          std::string* etag, uint64_t* copied, std::vector<uint64_t>* part_lengths);
   void TestPause();
-  void NotifyUploaded(const StepUpload& up, uint64_t bytes, double seconds)
+  void NotifyUploaded(const StepUpload& up, uint64_t bytes, uint64_t copied, double seconds)
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Verify(const std::string& key, uint64_t size, const std::string& etag);
   // Read-modify-write of a run's state file.
