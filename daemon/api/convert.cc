@@ -313,6 +313,7 @@ exports::ProfileSpec FromProto(const v1::ExportProfile& p) {
   s.name = p.name();
   s.description = p.description();
   s.architecture = p.architecture();
+  s.adapter = p.adapter();
   s.drop = {p.drop().begin(), p.drop().end()};
   s.remove_metadata = {p.remove_metadata().begin(), p.remove_metadata().end()};
   for (const auto& r : p.rename()) s.rename.push_back({r.from(), r.to()});
@@ -339,6 +340,7 @@ v1::ExportProfile ToProto(const exports::ProfileSpec& s) {
   p.set_name(s.name);
   p.set_description(s.description);
   p.set_architecture(s.architecture);
+  p.set_adapter(s.adapter);
   for (const auto& d : s.drop) p.add_drop(d);
   for (const auto& d : s.remove_metadata) p.add_remove_metadata(d);
   for (const auto& r : s.rename) {

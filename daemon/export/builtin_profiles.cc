@@ -79,4 +79,57 @@ metadata = [
 ]
 )toml";
 
+// PEFT's LoRA factors on a Hugging Face LlamaForCausalLM to a llama.cpp
+// LoRA adapter: PEFT's names without their "base_model.model." prefix (a
+// GGUF name has at most 63 bytes; the client's name_map drops it), base
+// weights as "...q_proj.base_layer.weight" or plain, factors as
+// "...q_proj.lora_A.weight". As convert_lora_to_gguf.py
+// writes one: A and B as PEFT holds them, B of q and k in llama.cpp's
+// rotary layout; the base weights are left to the base model's export.
+extern const std::string_view kHfLlamaLoraToml = R"toml(
+name = "hf-llama-lora"
+description = "PEFT LoRA factors of a Hugging Face Llama to a llama.cpp LoRA adapter (base weights left out)"
+architecture = "llama"
+adapter = "lora"
+remove_metadata = ["tokenizer.*"]
+drop = [
+  "model.embed_tokens.weight",
+  "model.norm.weight",
+  "lm_head.weight",
+  "model.layers.{L}.{A}.weight",
+  "model.layers.{L}.{A}.{B}.weight",
+  "model.layers.{L}.{A}.{B}.base_layer.weight",
+  "model.layers.{L}.self_attn.rotary_emb.inv_freq",
+]
+
+rename = [
+  { from = "model.layers.{L}.self_attn.q_proj.lora_A.weight", to = "blk.{L}.attn_q.weight.lora_a" },
+  { from = "model.layers.{L}.self_attn.q_proj.lora_B.weight", to = "blk.{L}.attn_q.weight.lora_b" },
+  { from = "model.layers.{L}.self_attn.k_proj.lora_A.weight", to = "blk.{L}.attn_k.weight.lora_a" },
+  { from = "model.layers.{L}.self_attn.k_proj.lora_B.weight", to = "blk.{L}.attn_k.weight.lora_b" },
+  { from = "model.layers.{L}.self_attn.v_proj.lora_A.weight", to = "blk.{L}.attn_v.weight.lora_a" },
+  { from = "model.layers.{L}.self_attn.v_proj.lora_B.weight", to = "blk.{L}.attn_v.weight.lora_b" },
+  { from = "model.layers.{L}.self_attn.o_proj.lora_A.weight", to = "blk.{L}.attn_output.weight.lora_a" },
+  { from = "model.layers.{L}.self_attn.o_proj.lora_B.weight", to = "blk.{L}.attn_output.weight.lora_b" },
+  { from = "model.layers.{L}.mlp.gate_proj.lora_A.weight", to = "blk.{L}.ffn_gate.weight.lora_a" },
+  { from = "model.layers.{L}.mlp.gate_proj.lora_B.weight", to = "blk.{L}.ffn_gate.weight.lora_b" },
+  { from = "model.layers.{L}.mlp.up_proj.lora_A.weight", to = "blk.{L}.ffn_up.weight.lora_a" },
+  { from = "model.layers.{L}.mlp.up_proj.lora_B.weight", to = "blk.{L}.ffn_up.weight.lora_b" },
+  { from = "model.layers.{L}.mlp.down_proj.lora_A.weight", to = "blk.{L}.ffn_down.weight.lora_a" },
+  { from = "model.layers.{L}.mlp.down_proj.lora_B.weight", to = "blk.{L}.ffn_down.weight.lora_b" },
+]
+
+# B's rows are q's and k's output rows: the same permutation as their weights.
+transform = [
+  { match = "blk.{L}.attn_q.weight.lora_b", rope_permute = "llama.attention.head_count" },
+  { match = "blk.{L}.attn_k.weight.lora_b", rope_permute = "llama.attention.head_count_kv" },
+]
+
+metadata = [
+  { key = "llama.attention.head_count", type = "u32", from = ["llama.attention.head_count", "hf.num_attention_heads"] },
+  { key = "llama.attention.head_count_kv", type = "u32", from = ["llama.attention.head_count_kv", "hf.num_key_value_heads", "llama.attention.head_count"] },
+  { key = "adapter.lora.alpha", type = "f32", from = ["adapter.lora.alpha", "peft.lora_alpha"] },
+]
+)toml";
+
 }  // namespace ckptd::exports::internal

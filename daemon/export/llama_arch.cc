@@ -226,4 +226,52 @@ absl::Status CheckLlama(std::span<const gguf::TensorSpec> tensors, const gguf::M
   return CheckTokenizer(md);
 }
 
+absl::Status CheckLoraAdapter(std::span<const gguf::TensorSpec> tensors, const gguf::Metadata& md) {
+  constexpr std::string_view kA = ".lora_a", kB = ".lora_b";
+  std::map<std::string, const gguf::TensorSpec*> a, b;
+  for (const gguf::TensorSpec& t : tensors) {
+    const bool is_a = t.name.ends_with(kA), is_b = t.name.ends_with(kB);
+    if (!is_a && !is_b) {
+      return absl::InvalidArgumentError(
+          StrCat("tensor '", t.name,
+                 "' is not a LoRA factor: llama.cpp refuses an adapter tensor "
+                 "whose name does not end in .lora_a or .lora_b"));
+    }
+    if (t.ne.size() != 2) {
+      return absl::InvalidArgumentError(
+          StrCat("LoRA factor '", t.name, "' has ", t.ne.size(), " dims; llama.cpp takes 2"));
+    }
+    const std::string base = t.name.substr(0, t.name.size() - kA.size());
+    if (base.ends_with("_norm.weight")) {
+      return absl::InvalidArgumentError(
+          StrCat("LoRA factor '", t.name, "': llama.cpp skips norms' factors; drop them"));
+    }
+    (is_a ? a : b)[base] = &t;
+  }
+  if (a.empty()) return absl::InvalidArgumentError("the adapter has no LoRA factors");
+  for (const auto& [base, ta] : a) {
+    auto it = b.find(base);
+    if (it == b.end()) {
+      return absl::InvalidArgumentError(StrCat("'", base, kA, "' has no '", base, kB, "'"));
+    }
+    if (ta->ne[1] != it->second->ne[0]) {
+      return absl::InvalidArgumentError(
+          StrCat("'", base, "': lora_a's rank (ne[1] = ", ta->ne[1],
+                 ") differs from lora_b's (ne[0] = ", it->second->ne[0], ")"));
+    }
+  }
+  for (const auto& [base, tb] : b) {
+    if (!a.contains(base)) {
+      return absl::InvalidArgumentError(StrCat("'", base, kB, "' has no '", base, kA, "'"));
+    }
+  }
+  const gguf::Value* alpha = md.Find("adapter.lora.alpha");
+  if (alpha == nullptr || alpha->get_if<float>() == nullptr) {
+    return absl::InvalidArgumentError(
+        "adapter.lora.alpha: a LoRA adapter needs its alpha as an f32 (the run's metadata "
+        "adapter.lora.alpha or peft.lora_alpha); llama.cpp scales by alpha / rank");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace ckptd::exports

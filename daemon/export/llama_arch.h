@@ -17,4 +17,10 @@ namespace ckptd::exports {
 // offending tensor or key.
 absl::Status CheckLlama(std::span<const gguf::TensorSpec> tensors, const gguf::Metadata& md);
 
+// A LoRA adapter as llama.cpp's loader takes it: every tensor a base
+// tensor's name plus ".lora_a" or ".lora_b" (norms have none), each with
+// its partner, 2-D, A's ne[1] (the rank) equal to B's ne[0], and
+// adapter.lora.alpha an f32 in `md`.
+absl::Status CheckLoraAdapter(std::span<const gguf::TensorSpec> tensors, const gguf::Metadata& md);
+
 }  // namespace ckptd::exports

@@ -444,7 +444,15 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
   CKPTD_TRY(ResolveMetadata(b, source_metadata, &plan.metadata));
   CKPTD_TRY(ResolveRope(b, plan.metadata));
   CKPTD_TRY(ResolveCasts(b));
-  if (profile.spec.architecture == "llama") {
+  if (profile.spec.adapter == "lora") {
+    plan.metadata.Set("general.type", Value::String("adapter"));
+    plan.metadata.Set("adapter.type", Value::String("lora"));
+    std::vector<TensorSpec> outs;
+    for (const auto& r : b.outputs) outs.push_back(r.out);
+    if (absl::Status st = CheckLoraAdapter(outs, plan.metadata); !st.ok()) {
+      return absl::InvalidArgumentError(StrCat(b.where, ": ", st.message()));
+    }
+  } else if (profile.spec.architecture == "llama") {
     std::vector<TensorSpec> outs;
     for (const auto& r : b.outputs) outs.push_back(r.out);
     if (absl::Status st = CheckLlama(outs, plan.metadata); !st.ok()) {

@@ -17,6 +17,7 @@ namespace ckptd::exports {
 namespace internal {
 extern const std::string_view kHfLlamaToml;
 extern const std::string_view kPerHeadLlamaToml;
+extern const std::string_view kHfLlamaLoraToml;
 }  // namespace internal
 namespace {
 
@@ -120,7 +121,7 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
   }
   ProfileSpec s;
   constexpr std::string_view kTop =
-      "name,description,architecture,drop,rename,fuse,split,transform,cast,metadata,"
+      "name,description,architecture,adapter,drop,rename,fuse,split,transform,cast,metadata,"
       "remove_metadata";
   for (const auto& entry : root) {
     const std::string_view k = entry.first.str();
@@ -131,6 +132,8 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
       CKPTD_ASSIGN_OR_RETURN(s.description, Str(source, n, k));
     } else if (k == "architecture") {
       CKPTD_ASSIGN_OR_RETURN(s.architecture, Str(source, n, k));
+    } else if (k == "adapter") {
+      CKPTD_ASSIGN_OR_RETURN(s.adapter, Str(source, n, k));
     } else if (k == "drop") {
       CKPTD_ASSIGN_OR_RETURN(s.drop, Strings(source, n, k));
     } else if (k == "remove_metadata") {
@@ -308,6 +311,12 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
                                              "' is not known (known: llama; leave it empty to "
                                              "skip the architecture check)"));
   }
+  if (!spec.adapter.empty() && (spec.adapter != "lora" || spec.architecture.empty())) {
+    return absl::InvalidArgumentError(
+        StrCat(where, ": adapter '", spec.adapter,
+               "': the known adapter is \"lora\", for a base model's architecture (set "
+               "architecture too)"));
+  }
   const size_t rules = spec.drop.size() + spec.rename.size() + spec.fuse.size() +
                        spec.split.size() + spec.transform.size() + spec.cast.size() +
                        spec.metadata.size() + spec.remove_metadata.size();
@@ -468,6 +477,7 @@ std::string CanonicalText(const ProfileSpec& s) {
   StrAppend(&out, "name = ", q(s.name), "\n");
   if (!s.description.empty()) StrAppend(&out, "description = ", q(s.description), "\n");
   if (!s.architecture.empty()) StrAppend(&out, "architecture = ", q(s.architecture), "\n");
+  if (!s.adapter.empty()) StrAppend(&out, "adapter = ", q(s.adapter), "\n");
   if (!s.drop.empty()) StrAppend(&out, "drop = ", list(s.drop), "\n");
   if (!s.remove_metadata.empty())
     StrAppend(&out, "remove_metadata = ", list(s.remove_metadata), "\n");
@@ -502,25 +512,44 @@ std::string CanonicalText(const ProfileSpec& s) {
   return out;
 }
 
+namespace {
+
+// The built-in bases and their variants: a whole model comes as q8_0 too,
+// an adapter not (a LoRA factor's rank is rarely a multiple of Q8_0's 32).
+struct BuiltinBase {
+  std::string_view name;
+  std::string_view toml;
+  bool q8_0;
+};
+constexpr std::string_view kBuiltinSuffixes[] = {"", "-f16", "-bf16", "-q8_0"};
+
+std::vector<BuiltinBase> BuiltinBases() {
+  return {{"hf-llama", internal::kHfLlamaToml, true},
+          {"per-head-llama", internal::kPerHeadLlamaToml, true},
+          {"hf-llama-lora", internal::kHfLlamaLoraToml, false}};
+}
+
+}  // namespace
+
 std::vector<std::string> BuiltinProfileNames() {
   std::vector<std::string> out;
-  for (std::string_view base : {"hf-llama", "per-head-llama"}) {
-    for (std::string_view suffix : {"", "-f16", "-bf16", "-q8_0"})
-      out.push_back(StrCat(base, suffix));
+  for (const BuiltinBase& base : BuiltinBases()) {
+    for (std::string_view suffix : kBuiltinSuffixes) {
+      if (suffix != "-q8_0" || base.q8_0) out.push_back(StrCat(base.name, suffix));
+    }
   }
   return out;
 }
 
 std::optional<ProfileSpec> BuiltinProfile(std::string_view name) {
-  for (auto [base, toml_text] :
-       {std::pair{std::string_view("hf-llama"), internal::kHfLlamaToml},
-        std::pair{std::string_view("per-head-llama"), internal::kPerHeadLlamaToml}}) {
+  for (const BuiltinBase& b : BuiltinBases()) {
+    const std::string_view base = b.name, toml_text = b.toml;
     if (!name.starts_with(base)) continue;
     std::string_view suffix = name.substr(base.size());
     std::string_view type;
     if (suffix.empty()) {
       type = "f32";
-    } else if (suffix == "-f16" || suffix == "-bf16" || suffix == "-q8_0") {
+    } else if (suffix == "-f16" || suffix == "-bf16" || (suffix == "-q8_0" && b.q8_0)) {
       type = suffix.substr(1);
     } else {
       continue;

@@ -66,6 +66,11 @@ struct ProfileSpec {
   std::string name;
   std::string description;
   std::string architecture;  // "llama": output checked against llama.cpp's tensor set
+  // "lora": the export is a llama.cpp LoRA adapter for a model of
+  // `architecture` (general.type = adapter, adapter.type = lora; every
+  // output a base tensor's name + .lora_a/.lora_b, paired, ranks agreeing)
+  // instead of a whole model.
+  std::string adapter;
   std::vector<std::string> drop;
   std::vector<Rename> rename;
   std::vector<Fuse> fuse;

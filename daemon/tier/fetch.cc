@@ -2,7 +2,6 @@
 #include "daemon/tier/fetch.h"
 
 #include <algorithm>
-#include <optional>
 #include <thread>
 
 #include "daemon/base/status.h"
@@ -46,7 +45,7 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
   }
   const size_t nparts = lengths.size();
   std::vector<std::string> md5s;
-  std::optional<Md5Stream> sum;
+  Md5Stream sum;
   std::vector<std::string> buffers(threads);
   for (size_t first = 0; first < windows.size(); first += threads) {
     const size_t n = std::min(threads, windows.size() - first);
@@ -67,11 +66,9 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
     for (size_t t = 0; t < n; ++t) {
       CKPTD_TRY(results[t]);
       const Window& w = windows[first + t];
-      if (!sum) sum.emplace();
-      sum->Update(buffers[t]);
+      sum.Update(buffers[t]);
       if (first + t + 1 == windows.size() || windows[first + t + 1].part != w.part) {
-        md5s.push_back(sum->FinishHex());
-        sum.reset();
+        md5s.push_back(sum.FinishHex());
       }
       CKPTD_TRY(out->Append(buffers[t]));
     }

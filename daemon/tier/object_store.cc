@@ -53,6 +53,7 @@ std::string Md5Stream::FinishHex() {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), out, &n);
+  EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_md5(), nullptr);
   return Hex(out, n);
 }
 std::string Sha256Hex(std::string_view data) { return HexDigest(EVP_sha256(), data); }

@@ -138,6 +138,7 @@ class ObjectStore {
 // Hex digests, as S3 writes ETags and x-amz-content-sha256.
 std::string Md5Hex(std::string_view data);
 // MD5 over bytes given in pieces (a copied part's bytes, read in windows).
+// FinishHex starts it afresh for the next bytes.
 class Md5Stream {
  public:
   Md5Stream();

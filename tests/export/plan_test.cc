@@ -129,6 +129,49 @@ TEST(PlanTest, EverySourceIsConsumedExactlyOnce) {
   EXPECT_THAT(plan.status().message(), HasSubstr("'model.norm.weight' is consumed twice"));
 }
 
+// A LoRA fine-tune's checkpoint: the base (q's weight as PEFT's
+// base_layer) and rank-4 factors on q.
+std::vector<TensorSpec> LoraTensors() {
+  auto t = HfTensors();
+  for (TensorSpec& s : t) {
+    if (s.name == "model.layers.0.self_attn.q_proj.weight")
+      s.name = "model.layers.0.self_attn.q_proj.base_layer.weight";
+  }
+  t.push_back({"model.layers.0.self_attn.q_proj.lora_A.weight", TensorType::kF32, {kE, 4}});
+  t.push_back({"model.layers.0.self_attn.q_proj.lora_B.weight", TensorType::kF32, {4, kE}});
+  return t;
+}
+
+TEST(PlanTest, ALoraAdapterHasOnlyPairedFactorsItsAlphaAndTheAdapterKeys) {
+  gguf::Metadata md = HfMetadata();
+  md.Set("peft.lora_alpha", Value(8.0f));
+  auto plan = PlanExport(Builtin("hf-llama-lora"), "", LoraTensors(), md, "v");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_EQ(plan->outputs.size(), 2u);
+  EXPECT_NE(Find(*plan, "blk.0.attn_q.weight.lora_a"), nullptr);
+  const OutputRecipe* b = Find(*plan, "blk.0.attn_q.weight.lora_b");
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(b->rope_heads, kHeads) << "B of q gets the rotary permutation of q";
+  EXPECT_EQ(*plan->metadata.Find("general.type")->get_if<std::string>(), "adapter");
+  EXPECT_EQ(*plan->metadata.Find("adapter.type")->get_if<std::string>(), "lora");
+  EXPECT_EQ(*plan->metadata.Find("adapter.lora.alpha")->get_if<float>(), 8.0f);
+  EXPECT_EQ(plan->metadata.Find("tokenizer.ggml.tokens"), nullptr);
+
+  // No alpha: llama.cpp would scale by 0.
+  EXPECT_THAT(
+      PlanExport(Builtin("hf-llama-lora"), "", LoraTensors(), HfMetadata(), "v").status().message(),
+      HasSubstr("adapter.lora.alpha"));
+  // A factor without its partner, or ranks that disagree.
+  auto lone = LoraTensors();
+  lone.pop_back();
+  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora"), "", lone, md, "v").status().message(),
+              HasSubstr("'blk.0.attn_q.weight.lora_a' has no 'blk.0.attn_q.weight.lora_b'"));
+  auto ranks = LoraTensors();
+  ranks.back().ne = {8, kE};
+  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora"), "", ranks, md, "v").status().message(),
+              HasSubstr("rank"));
+}
+
 TEST(PlanTest, LlamaTensorSetIsChecked) {
   // No lm_head: output.weight is optional (tied embeddings).
   auto tensors = HfTensors();

@@ -26,8 +26,10 @@ TEST(ProfileTest, EveryBuiltinCompilesAndCastsAsNamed) {
       EXPECT_EQ(p->cast.front().dims, 2);
     }
   }
-  EXPECT_EQ(BuiltinProfileNames().size(), 8u);
+  EXPECT_EQ(BuiltinProfileNames().size(), 11u);  // two models x 4, the adapter x 3
   EXPECT_FALSE(BuiltinProfile("hf-llama-q4_0"));
+  EXPECT_FALSE(BuiltinProfile("hf-llama-lora-q8_0"));  // a factor's rank is not a multiple of 32
+  EXPECT_EQ(BuiltinProfile("hf-llama-lora-f16")->adapter, "lora");
 }
 
 TEST(ProfileTest, DigestIgnoresSpellingButNotMeaning) {

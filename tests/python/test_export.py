@@ -345,3 +345,58 @@ def test_named_profiles_from_the_daemons_profiles_dir(tmp_path):
         assert "not-there" in msg and str(pdir) in msg
     finally:
         d.stop()
+
+
+def test_a_lora_adapter_export_runs_in_llama_cpp_on_its_base(daemon):
+    """A LoRA fine-tune (rank 4 on q and v, PEFT's names, the base frozen)
+    exports a llama.cpp adapter with every checkpoint (hf-llama-lora):
+    llama.cpp running the base model's export with the adapter gives the
+    logits of an independent forward pass of the merged weights
+    W + alpha/r * B A, and visibly other logits without it."""
+    base = tl.hf_weights()
+    base_dir = save_once(daemon, "lora-base", tl.hf_model(), ["hf-llama"], tl.metadata())
+    base_file = os.path.join(base_dir, "step_1.hf-llama.gguf")
+    rank, alpha = 4, 8.0
+    frozen = {}
+    for k, v in base.items():
+        name = k  # PEFT's names without "base_model.model." (GGUF names are <= 63 bytes)
+        if ".q_proj." in k or ".v_proj." in k:
+            name = name.replace(".weight", ".base_layer.weight")
+        frozen[name] = v
+    rng = np.random.default_rng(3)
+    factors = {}
+    for layer in range(tl.N_LAYER):
+        for proj, out in (("q_proj", tl.E), ("v_proj", tl.N_KV * tl.HEAD)):
+            p = f"model.layers.{layer}.self_attn.{proj}."
+            factors[p + "lora_A.weight"] = (rng.standard_normal((rank, tl.E)) * 0.3).astype(np.float32)
+            factors[p + "lora_B.weight"] = np.zeros((out, rank), np.float32)
+    md = {**tl.metadata(), "peft.lora_alpha": alpha}
+    with ckptd.connect(daemon.target) as c:
+        run = c.open_run("lora-ft", metadata=md, exports=["hf-llama-lora"],
+                         model={**frozen, **factors}, schedule={"every_steps": 1})
+        for step in (1, 2, 3):  # "training": B moves away from zero, A too
+            for k in factors:
+                factors[k] = factors[k] + (rng.standard_normal(factors[k].shape) * 0.1).astype(np.float32)
+            run.save(step, model={**frozen, **factors})
+        run.wait()
+        run.close()
+    wd = weights_dir(daemon, "lora-ft")
+    adapter = os.path.join(wd, "step_3.hf-llama-lora.gguf")
+    h = G.read_header(adapter)
+    assert h.metadata["general.type"] == "adapter" and h.metadata["adapter.type"] == "lora"
+    assert h.metadata["general.architecture"] == "llama"
+    assert h.metadata["adapter.lora.alpha"] == alpha
+    assert sorted(t.name for t in h.tensors) == sorted(
+        f"blk.{i}.attn_{p}.weight.lora_{ab}" for i in range(tl.N_LAYER) for p in "qv" for ab in "ab")
+    merged = dict(base)
+    for layer in range(tl.N_LAYER):
+        for proj in ("q_proj", "v_proj"):
+            k = f"model.layers.{layer}.self_attn.{proj}."
+            a, b = factors[k + "lora_A.weight"], factors[k + "lora_B.weight"]
+            merged[k + "weight"] = (base[k + "weight"].astype(np.float64) + alpha / rank * (b.astype(np.float64) @ a)).astype(np.float32)
+    ref = tl.reference_logits(merged)
+    got = tl.llama_cpp_logits(base_file, adapter=adapter)
+    err = np.abs(got - ref).max()
+    assert err < 1e-3, f"base + adapter: max |logit - merged reference| = {err}"
+    plain = tl.llama_cpp_logits(base_file)
+    assert np.abs(plain - ref).max() > 1e-2, "the adapter changed nothing"

@@ -231,11 +231,13 @@ def reference_logits(weights: dict[str, np.ndarray], tokens=PROMPT, quantize=Fal
     return mm(rms(h, g("model.norm.weight")), "lm_head.weight")
 
 
-def llama_cpp_logits(path: str, tokens=PROMPT) -> np.ndarray:
+def llama_cpp_logits(path: str, tokens=PROMPT, adapter: str | None = None) -> np.ndarray:
     """Logits after each prompt token, from llama.cpp (F32 KV cache, no flash
-    attention, so an F32 model is compared at F32)."""
+    attention, so an F32 model is compared at F32), with `adapter` (a LoRA
+    adapter file) applied at scale 1 when given."""
     out = subprocess.run(["node", os.path.join(ROOT, "tests", "interop", "llama_logits.mjs"), path,
-                          json.dumps(tokens)], capture_output=True, text=True, timeout=300)
+                          json.dumps(tokens), *([adapter] if adapter else [])],
+                         capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise AssertionError(f"llama.cpp could not run {path}: {out.stderr[-3000:]}")
     return np.array(json.loads(out.stdout)["logits"])
