@@ -305,6 +305,7 @@ void ToProto(const storage::CheckpointRecord& r, bool is_latest, v1::CheckpointI
     x->set_size_bytes(e.bytes);
     x->set_uuid(e.uuid);
     x->set_profile(e.profile);
+    x->set_base(e.base);
   }
 }
 
@@ -314,6 +315,7 @@ exports::ProfileSpec FromProto(const v1::ExportProfile& p) {
   s.description = p.description();
   s.architecture = p.architecture();
   s.adapter = p.adapter();
+  s.lora = p.lora();
   s.drop = {p.drop().begin(), p.drop().end()};
   s.remove_metadata = {p.remove_metadata().begin(), p.remove_metadata().end()};
   for (const auto& r : p.rename()) s.rename.push_back({r.from(), r.to()});
@@ -341,6 +343,7 @@ v1::ExportProfile ToProto(const exports::ProfileSpec& s) {
   p.set_description(s.description);
   p.set_architecture(s.architecture);
   p.set_adapter(s.adapter);
+  p.set_lora(s.lora);
   for (const auto& d : s.drop) p.add_drop(d);
   for (const auto& d : s.remove_metadata) p.add_remove_metadata(d);
   for (const auto& r : s.rename) {

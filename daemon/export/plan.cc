@@ -37,10 +37,23 @@ bool IsPerFileKey(std::string_view key) {
          key == kKeySourceUuid || key.starts_with("ckpt.export.");
 }
 
+constexpr std::string_view kLoraA = ".lora_A.weight", kLoraB = ".lora_B.weight";
+constexpr std::string_view kBaseLayer = ".base_layer.weight";
+
+struct LoraFactors {
+  size_t a = SIZE_MAX, b = SIZE_MAX;
+};
+
 struct Builder {
   const Profile& profile;
   std::string where;  // "export 'name'"
   std::span<const TensorSpec> sources;
+  // With a lora mode: the names the rules see (P.base_layer.weight as
+  // P.weight), the factors (consumed by the mode), and each base weight's
+  // factors when they are merged.
+  std::vector<std::string> names;
+  std::vector<bool> factor;
+  std::map<size_t, LoraFactors> merge;
   std::vector<OutputRecipe> outputs;
   std::map<std::string, size_t, std::less<>> by_name;  // output name -> index
 
@@ -68,8 +81,55 @@ absl::StatusOr<uint64_t> ParseIndex(std::string_view s) {
   return v;
 }
 
+// PEFT's LoRA factors and their base weights, for a profile with a lora
+// mode: every factor has its partner and exactly one base weight.
+absl::Status FindLoraFactors(Builder& b) {
+  b.names.clear();
+  for (const TensorSpec& s : b.sources) b.names.push_back(s.name);
+  b.factor.assign(b.sources.size(), false);
+  if (b.profile.spec.lora.empty()) return absl::OkStatus();
+  std::map<std::string, size_t, std::less<>> index;
+  for (size_t i = 0; i < b.sources.size(); ++i) index.emplace(b.sources[i].name, i);
+  std::map<std::string, LoraFactors> pairs;  // P -> its factors
+  for (size_t i = 0; i < b.sources.size(); ++i) {
+    const std::string& name = b.sources[i].name;
+    for (std::string_view suffix : {kLoraA, kLoraB}) {
+      if (!name.ends_with(suffix)) continue;
+      LoraFactors& f = pairs[name.substr(0, name.size() - suffix.size())];
+      (suffix == kLoraA ? f.a : f.b) = i;
+      b.factor[i] = true;
+    }
+  }
+  for (const auto& [prefix, f] : pairs) {
+    if (f.a == SIZE_MAX || f.b == SIZE_MAX) {
+      const std::string& has = b.sources[f.a == SIZE_MAX ? f.b : f.a].name;
+      return absl::InvalidArgumentError(
+          StrCat(b.where, ": LoRA factor '", has, "' has no partner '", prefix,
+                 f.a == SIZE_MAX ? kLoraA : kLoraB, "' (save both of a layer's factors)"));
+    }
+    auto plain = index.find(StrCat(prefix, ".weight"));
+    auto layer = index.find(StrCat(prefix, kBaseLayer));
+    if (plain == index.end() && layer == index.end()) {
+      return absl::InvalidArgumentError(StrCat(b.where, ": LoRA factors '", prefix,
+                                               ".lora_{A,B}.weight' have no base weight '", prefix,
+                                               ".weight' or '", prefix, kBaseLayer,
+                                               "' in the checkpoint"));
+    }
+    if (plain != index.end() && layer != index.end()) {
+      return absl::InvalidArgumentError(
+          StrCat(b.where, ": LoRA factors '", prefix, ".lora_{A,B}.weight' have two base weights, '",
+                 plain->first, "' and '", layer->first, "'; keep one"));
+    }
+    const size_t base = plain != index.end() ? plain->second : layer->second;
+    b.names[base] = StrCat(prefix, ".weight");
+    if (b.profile.spec.lora == "merge") b.merge[base] = f;
+  }
+  return absl::OkStatus();
+}
+
 // Which rules consume each source: exactly one, or an error.
 absl::Status MapSources(Builder& b) {
+  CKPTD_TRY(FindLoraFactors(b));
   struct FuseMember {
     uint64_t order;
     size_t source;
@@ -77,42 +137,60 @@ absl::Status MapSources(Builder& b) {
   std::map<std::string, std::vector<FuseMember>> families;  // output name -> members
   std::map<std::string, const Profile::Fuse*> family_rule;
   for (size_t i = 0; i < b.sources.size(); ++i) {
+    if (b.factor[i]) continue;  // merged into its base weight, or left out
     const TensorSpec& src = b.sources[i];
+    const std::string& name = b.names[i];
     std::vector<std::string> hits;
     for (const Pattern& d : b.profile.drop) {
-      if (d.Match(src.name)) hits.push_back(StrCat("drop '", d.text(), "'"));
+      if (d.Match(name)) hits.push_back(StrCat("drop '", d.text(), "'"));
     }
     for (const auto& r : b.profile.rename) {
-      if (r.from.Match(src.name)) hits.push_back(StrCat("rename '", r.from.text(), "'"));
+      if (r.from.Match(name)) hits.push_back(StrCat("rename '", r.from.text(), "'"));
     }
     for (const auto& f : b.profile.fuse) {
-      if (f.from.Match(src.name)) hits.push_back(StrCat("fuse '", f.from.text(), "'"));
+      if (f.from.Match(name)) hits.push_back(StrCat("fuse '", f.from.text(), "'"));
     }
     for (const auto& s : b.profile.split) {
-      if (s.from.Match(src.name)) hits.push_back(StrCat("split '", s.from.text(), "'"));
+      if (s.from.Match(name)) hits.push_back(StrCat("split '", s.from.text(), "'"));
     }
     if (hits.empty()) {
+      const bool lora =
+          name.ends_with(kLoraA) || name.ends_with(kLoraB) || name.ends_with(kBaseLayer);
       return absl::InvalidArgumentError(
           StrCat(b.where, ": source tensor '", src.name,
-                 "' is not consumed by any rule of the profile (rename, fuse, split or drop it)"));
+                 "' is not consumed by any rule of the profile (rename, fuse, split or drop it)",
+                 lora ? "; it belongs to a LoRA: export the factors with an adapter profile (hf-llama-lora), "
+                        "fold them in with lora = \"merge\" (hf-llama-lora-merged), or leave them "
+                        "out with lora = \"base\" (hf-llama-lora-base)"
+                      : ""));
     }
     if (hits.size() > 1) {
       return absl::InvalidArgumentError(StrCat(b.where, ": source tensor '", src.name,
                                                "' is consumed twice: by ", hits[0], " and by ",
                                                hits[1]));
     }
+    auto merged = b.merge.find(i);
+    if (merged != b.merge.end() && !hits[0].starts_with("rename")) {
+      return absl::InvalidArgumentError(
+          StrCat(b.where, ": LoRA factors cannot be merged into '", src.name,
+                 "': the profile consumes it by ", hits[0], "; merging needs a rename"));
+    }
     for (const auto& r : b.profile.rename) {
-      auto caps = r.from.Match(src.name);
+      auto caps = r.from.Match(name);
       if (!caps) continue;
       OutputRecipe out;
       CKPTD_ASSIGN_OR_RETURN(out.out.name, r.to.Expand(*caps));
       out.out.type = src.type;
       out.out.ne = src.ne;
       out.sources = {i};
+      if (merged != b.merge.end()) {
+        out.sources = {i, merged->second.a, merged->second.b};
+        out.merge_lora = true;
+      }
       CKPTD_TRY(b.AddOutput(std::move(out), src.name));
     }
     for (const auto& f : b.profile.fuse) {
-      auto caps = f.from.Match(src.name);
+      auto caps = f.from.Match(name);
       if (!caps) continue;
       auto order = ParseIndex(caps->at(f.order));
       if (!order.ok()) {
@@ -125,7 +203,7 @@ absl::Status MapSources(Builder& b) {
       family_rule[to] = &f;
     }
     for (const auto& s : b.profile.split) {
-      auto caps = s.from.Match(src.name);
+      auto caps = s.from.Match(name);
       if (!caps) continue;
       if (static_cast<size_t>(s.axis) >= src.ne.size() || src.ne[s.axis] % s.to.size() != 0 ||
           !IsPlainType(src.type)) {
@@ -183,10 +261,37 @@ absl::Status MapSources(Builder& b) {
   return absl::OkStatus();
 }
 
+// A merged weight W (ne [in, out]) takes A (ne [in, r]) and B (ne [r, out]),
+// all floating point; it is assembled in f32.
+absl::Status CheckLoraShapes(const Builder& b, OutputRecipe& r) {
+  const TensorSpec &w = b.sources[r.sources[0]], &a = b.sources[r.sources[1]],
+                   &bm = b.sources[r.sources[2]];
+  if (w.ne.size() != 2 || a.ne.size() != 2 || bm.ne.size() != 2 || a.ne[0] != w.ne[0] ||
+      bm.ne[1] != w.ne[1] || a.ne[1] != bm.ne[0] || a.ne[1] == 0) {
+    return absl::InvalidArgumentError(StrCat(
+        b.where, ": cannot merge LoRA into '", w.name, "' ", Dims(w.ne), ": A '", a.name, "' is ",
+        Dims(a.ne), " and B '", bm.name, "' is ", Dims(bm.ne),
+        " (ggml dims; W [in, out] needs A [in, r] and B [r, out])"));
+  }
+  for (const TensorSpec* t : {&w, &a, &bm}) {
+    if (!IsFloatType(t->type)) {
+      return absl::InvalidArgumentError(
+          StrCat(b.where, ": cannot merge LoRA into '", w.name, "': '", t->name, "' is ",
+                 gguf::LookupTensorType(static_cast<uint32_t>(t->type))->name,
+                 " (only f32, f16 and bf16 merge)"));
+    }
+  }
+  r.element_type = TensorType::kF32;
+  r.lora_types = {w.type, a.type, bm.type};
+  r.lora_rank = a.ne[1];
+  return absl::OkStatus();
+}
+
 absl::Status ApplyTransformsShape(Builder& b) {
   for (OutputRecipe& r : b.outputs) {
     r.element_type = r.out.type;
     r.assembled_ne = r.out.ne;
+    if (r.merge_lora) CKPTD_TRY(CheckLoraShapes(b, r));
     for (const auto& t : b.profile.transform) {
       if (!t.match.Match(r.out.name) || t.permute.empty()) continue;
       if (t.permute.size() != r.out.ne.size() || !IsPlainType(r.out.type)) {
@@ -314,6 +419,28 @@ absl::Status ResolveRope(Builder& b, const gguf::Metadata& md) {
   return absl::OkStatus();
 }
 
+// alpha / r for every merged weight, from the run's metadata as PEFT names it.
+absl::Status ResolveLoraScale(Builder& b, gguf::Metadata* md) {
+  uint32_t merged = 0;
+  for (OutputRecipe& r : b.outputs) {
+    if (!r.merge_lora) continue;
+    const Value* alpha = md->Find("adapter.lora.alpha");
+    if (alpha == nullptr) alpha = md->Find("peft.lora_alpha");
+    auto a = alpha == nullptr ? absl::NotFoundError("not set") : ConvertValue(*alpha, ValueType::kF64);
+    if (!a.ok()) {
+      return absl::InvalidArgumentError(
+          StrCat(b.where, ": merging LoRA into '", r.out.name,
+                 "' needs the adapter's alpha as a number in the run's metadata "
+                 "(adapter.lora.alpha or peft.lora_alpha): ",
+                 a.status().message()));
+    }
+    r.lora_scale = static_cast<float>(*a->get_if<double>() / static_cast<double>(r.lora_rank));
+    ++merged;
+  }
+  if (merged > 0) md->Set(std::string(kKeyExportLoraMerged), Value(merged));
+  return absl::OkStatus();
+}
+
 absl::Status ResolveCasts(Builder& b) {
   for (OutputRecipe& r : b.outputs) {
     for (const auto& c : b.profile.cast) {
@@ -426,6 +553,29 @@ absl::StatusOr<Value> ConvertValue(const Value& v, ValueType type) {
   return absl::InvalidArgumentError("unsupported conversion");
 }
 
+void LinkAdapters(std::vector<ExportPlan>* plans) {
+  // Bases first, each group in its given order.
+  std::stable_partition(plans->begin(), plans->end(),
+                        [](const ExportPlan& p) { return !p.adapter; });
+  for (ExportPlan& adapter : *plans) {
+    if (!adapter.adapter) continue;
+    auto base = std::find_if(plans->begin(), plans->end(), [&](const ExportPlan& p) {
+      return !p.adapter && p.lora != "merge" && p.architecture == adapter.architecture;
+    });
+    if (base == plans->end()) continue;
+    adapter.base_export = base->name;
+    std::vector<std::string> inherited;  // the run's base model's, replaced by the base export
+    for (const auto& [key, value] : adapter.metadata.entries()) {
+      if (key.starts_with("general.base_model.")) inherited.push_back(key);
+    }
+    for (const std::string& key : inherited) adapter.metadata.Remove(key);
+    adapter.metadata.Set("general.base_model.count", Value(uint32_t{1}));
+    adapter.metadata.Set("general.base_model.0.name", Value::String(base->name));
+    adapter.metadata.Set("general.base_model.0.uuid", gguf::UuidPlaceholder());
+    adapter.metadata.Set(std::string(kKeyExportBase), Value::String(base->name));
+  }
+}
+
 absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view export_name,
                                       std::span<const TensorSpec> sources,
                                       const gguf::Metadata& source_metadata,
@@ -434,6 +584,9 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
   plan.name = export_name.empty() ? profile.spec.name : std::string(export_name);
   plan.profile = profile.spec.name;
   plan.profile_digest = profile.digest;
+  plan.architecture = profile.spec.architecture;
+  plan.adapter = !profile.spec.adapter.empty();
+  plan.lora = profile.spec.lora;
   if (!IsValidExportName(plan.name)) {
     return absl::InvalidArgumentError(
         StrCat("export name '", plan.name, "' must be [a-z0-9_-]{1,64} and not 'train'"));
@@ -443,6 +596,7 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
   CKPTD_TRY(ApplyTransformsShape(b));
   CKPTD_TRY(ResolveMetadata(b, source_metadata, &plan.metadata));
   CKPTD_TRY(ResolveRope(b, plan.metadata));
+  CKPTD_TRY(ResolveLoraScale(b, &plan.metadata));
   CKPTD_TRY(ResolveCasts(b));
   if (profile.spec.adapter == "lora") {
     plan.metadata.Set("general.type", Value::String("adapter"));

@@ -8,6 +8,7 @@
 // tensor or key. Pure; thread-safe.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -25,6 +26,11 @@ inline constexpr std::string_view kKeyExportName = "ckpt.export.name";
 inline constexpr std::string_view kKeyExportProfile = "ckpt.export.profile";
 inline constexpr std::string_view kKeyExportProfileDigest = "ckpt.export.profile_digest";
 inline constexpr std::string_view kKeyExportDaemonVersion = "ckpt.export.daemon_version";
+// An adapter export's base: the export of the same pass it applies to (its
+// uuid is general.base_model.0.uuid), and how many weights a merged export
+// folded a LoRA into.
+inline constexpr std::string_view kKeyExportBase = "ckpt.export.base";
+inline constexpr std::string_view kKeyExportLoraMerged = "ckpt.export.lora_merged";
 
 struct OutputRecipe {
   enum class Kind { kCopy, kFuse, kSplit };
@@ -37,6 +43,12 @@ struct OutputRecipe {
   std::vector<uint64_t> assembled_ne;                      // after fuse/split, before the permutes
   uint32_t rope_heads = 0;                                 // 0: no rotary permutation
   std::vector<int> permute;  // output dim i = input dim permute[i]; empty: none
+  // A merged LoRA (profile lora = "merge"): `sources` are [W, A, B] and the
+  // tensor assembled is W + lora_scale * B A, in f32 (element_type).
+  bool merge_lora = false;
+  float lora_scale = 0;
+  uint64_t lora_rank = 0;
+  std::array<gguf::TensorType, 3> lora_types{};  // of W, A and B
   size_t ready_after = 0;    // the source index whose arrival completes it
 };
 
@@ -44,6 +56,12 @@ struct ExportPlan {
   std::string name;  // the export's name (file step_N.<name>.gguf)
   std::string profile;
   std::string profile_digest;
+  std::string architecture;  // the profile's
+  bool adapter = false;      // a LoRA adapter, not a whole model
+  std::string lora;          // the profile's lora mode
+  // An adapter's base export in the same pass (LinkAdapters); then
+  // general.base_model.0.uuid is a placeholder slot for its uuid.
+  std::string base_export;
   gguf::Metadata metadata;            // general.source.uuid is a placeholder slot
   std::vector<OutputRecipe> outputs;  // in write order (by ready_after)
   std::vector<bool> source_used;      // per source: false when dropped
@@ -68,6 +86,13 @@ absl::StatusOr<ExportPlan> PlanExport(const Profile& profile, std::string_view e
                                       std::span<const gguf::TensorSpec> sources,
                                       const gguf::Metadata& source_metadata,
                                       std::string_view daemon_version);
+
+// Links each adapter plan in `plans` (one save's exports) to the first
+// whole-model plan of the same architecture that does not merge LoRA
+// factors (the model the adapter applies to), and orders every base before
+// its adapters so the base's uuid is known when the adapter finishes. An
+// adapter without such a plan keeps the source's general.base_model.*.
+void LinkAdapters(std::vector<ExportPlan>* plans);
 
 // Converts a metadata value to `type` when that loses nothing (integer range,
 // integral floats); f64 -> f32 rounds.

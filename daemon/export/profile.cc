@@ -121,7 +121,7 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
   }
   ProfileSpec s;
   constexpr std::string_view kTop =
-      "name,description,architecture,adapter,drop,rename,fuse,split,transform,cast,metadata,"
+      "name,description,architecture,adapter,lora,drop,rename,fuse,split,transform,cast,metadata,"
       "remove_metadata";
   for (const auto& entry : root) {
     const std::string_view k = entry.first.str();
@@ -134,6 +134,8 @@ absl::StatusOr<ProfileSpec> ParseProfileToml(std::string_view text, std::string_
       CKPTD_ASSIGN_OR_RETURN(s.architecture, Str(source, n, k));
     } else if (k == "adapter") {
       CKPTD_ASSIGN_OR_RETURN(s.adapter, Str(source, n, k));
+    } else if (k == "lora") {
+      CKPTD_ASSIGN_OR_RETURN(s.lora, Str(source, n, k));
     } else if (k == "drop") {
       CKPTD_ASSIGN_OR_RETURN(s.drop, Strings(source, n, k));
     } else if (k == "remove_metadata") {
@@ -317,6 +319,17 @@ absl::StatusOr<Profile> CompileProfile(ProfileSpec spec) {
                "': the known adapter is \"lora\", for a base model's architecture (set "
                "architecture too)"));
   }
+  if (!spec.lora.empty() && spec.lora != "merge" && spec.lora != "base") {
+    return absl::InvalidArgumentError(
+        StrCat(where, ": lora '", spec.lora,
+               "' must be \"merge\" (fold LoRA factors into their base weights) or \"base\" "
+               "(leave them out); leave it empty to treat them as ordinary tensors"));
+  }
+  if (!spec.lora.empty() && !spec.adapter.empty()) {
+    return absl::InvalidArgumentError(
+        StrCat(where, ": lora = \"", spec.lora,
+               "\" is for whole-model exports; an adapter export takes the factors themselves"));
+  }
   const size_t rules = spec.drop.size() + spec.rename.size() + spec.fuse.size() +
                        spec.split.size() + spec.transform.size() + spec.cast.size() +
                        spec.metadata.size() + spec.remove_metadata.size();
@@ -478,6 +491,7 @@ std::string CanonicalText(const ProfileSpec& s) {
   if (!s.description.empty()) StrAppend(&out, "description = ", q(s.description), "\n");
   if (!s.architecture.empty()) StrAppend(&out, "architecture = ", q(s.architecture), "\n");
   if (!s.adapter.empty()) StrAppend(&out, "adapter = ", q(s.adapter), "\n");
+  if (!s.lora.empty()) StrAppend(&out, "lora = ", q(s.lora), "\n");
   if (!s.drop.empty()) StrAppend(&out, "drop = ", list(s.drop), "\n");
   if (!s.remove_metadata.empty())
     StrAppend(&out, "remove_metadata = ", list(s.remove_metadata), "\n");
@@ -516,17 +530,26 @@ namespace {
 
 // The built-in bases and their variants: a whole model comes as q8_0 too,
 // an adapter not (a LoRA factor's rank is rarely a multiple of Q8_0's 32).
+// hf-llama's LoRA variants are hf-llama with a lora mode.
 struct BuiltinBase {
   std::string_view name;
   std::string_view toml;
   bool q8_0;
+  std::string_view lora = {};
+  std::string_view description = {};
 };
 constexpr std::string_view kBuiltinSuffixes[] = {"", "-f16", "-bf16", "-q8_0"};
 
 std::vector<BuiltinBase> BuiltinBases() {
   return {{"hf-llama", internal::kHfLlamaToml, true},
           {"per-head-llama", internal::kPerHeadLlamaToml, true},
-          {"hf-llama-lora", internal::kHfLlamaLoraToml, false}};
+          {"hf-llama-lora", internal::kHfLlamaLoraToml, false},
+          {"hf-llama-lora-merged", internal::kHfLlamaToml, true, "merge",
+           "a Hugging Face Llama with its PEFT LoRA factors merged (W + alpha/r * B A) to "
+           "llama.cpp's llama"},
+          {"hf-llama-lora-base", internal::kHfLlamaToml, true, "base",
+           "the frozen base of a Hugging Face Llama with PEFT LoRA factors (left out) to "
+           "llama.cpp's llama: the model an hf-llama-lora adapter applies to"}};
 }
 
 }  // namespace
@@ -557,6 +580,10 @@ std::optional<ProfileSpec> BuiltinProfile(std::string_view name) {
     auto spec = ParseProfileToml(toml_text, StrCat("<built-in ", base, ">"));
     if (!spec.ok()) return std::nullopt;  // covered by a unit test
     spec->name = std::string(name);
+    if (!b.lora.empty()) {
+      spec->lora = std::string(b.lora);
+      spec->description = std::string(b.description);
+    }
     if (type != "f32") {
       spec->description += StrCat("; 2-D weights as ", type, ", 1-D tensors as f32");
       spec->cast.push_back({"*", std::string(type), 2});

@@ -71,6 +71,14 @@ struct ProfileSpec {
   // output a base tensor's name + .lora_a/.lora_b, paired, ranks agreeing)
   // instead of a whole model.
   std::string adapter;
+  // What to do with PEFT LoRA factors (`P.lora_A.weight`, `P.lora_B.weight`)
+  // whose base weight is `P.weight` or `P.base_layer.weight`:
+  // "" — nothing: they are sources like any other, for the rules to consume;
+  // "merge" — fold them into the base weight, W + alpha/r * B A (computed in
+  //   f32, then cast as the rules say), and drop them;
+  // "base" — drop them, leaving the frozen base the adapter applies to.
+  // With "merge" or "base", rules see `P.base_layer.weight` as `P.weight`.
+  std::string lora;
   std::vector<std::string> drop;
   std::vector<Rename> rename;
   std::vector<Fuse> fuse;

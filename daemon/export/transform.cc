@@ -1,6 +1,7 @@
 // Byte-level tensor reshaping and dtype conversion for exports.
 #include "daemon/export/transform.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -100,6 +101,35 @@ float Load(TensorType t, const char* p) {
   }
 }
 
+void LoadAll(std::string_view src, TensorType t, std::vector<float>* out) {
+  const uint64_t es = ElementSize(t), n = src.size() / es;
+  out->resize(n);
+  for (uint64_t i = 0; i < n; ++i) (*out)[i] = Load(t, src.data() + i * es);
+}
+
+// W + scale * (B A), as PEFT merges: the product accumulated in f32 over
+// the rank, scaled, then added. W is ne [in, out] (row o holds `in`
+// elements), A ne [in, r], B ne [r, out]; the result is f32.
+void MergeLora(const OutputRecipe& r, std::span<const std::string_view> src, std::string* out) {
+  const uint64_t in = r.assembled_ne[0], rows = r.assembled_ne[1], rank = r.lora_rank;
+  std::vector<float> w, a, b;
+  LoadAll(src[0], r.lora_types[0], &w);
+  LoadAll(src[1], r.lora_types[1], &a);
+  LoadAll(src[2], r.lora_types[2], &b);
+  std::vector<float> delta(in);
+  for (uint64_t o = 0; o < rows; ++o) {
+    std::fill(delta.begin(), delta.end(), 0.0F);
+    for (uint64_t k = 0; k < rank; ++k) {
+      const float bk = b[o * rank + k];
+      const float* ak = a.data() + k * in;
+      for (uint64_t i = 0; i < in; ++i) delta[i] += bk * ak[i];
+    }
+    float* wo = w.data() + o * in;
+    for (uint64_t i = 0; i < in; ++i) wo[i] += delta[i] * r.lora_scale;
+  }
+  out->assign(reinterpret_cast<const char*>(w.data()), w.size() * sizeof(float));
+}
+
 }  // namespace
 
 absl::Status ConvertElements(std::string_view src, TensorType from, TensorType to,
@@ -159,7 +189,12 @@ absl::Status BuildOutput(const OutputRecipe& r, std::span<const std::string_view
   std::string_view cur;
   switch (r.kind) {
     case OutputRecipe::Kind::kCopy:
-      cur = sources[0];
+      if (r.merge_lora) {
+        MergeLora(r, sources, &a);
+        cur = a;
+      } else {
+        cur = sources[0];
+      }
       break;
     case OutputRecipe::Kind::kFuse: {
       std::vector<uint64_t> member_ne = r.assembled_ne;

@@ -112,6 +112,8 @@ absl::StatusOr<v1::Lineage> Queries::Lineage(const std::string& uuid,
     std::string base = run->base_model_uuid;
     for (const auto& [step, r] : catalog) {
       if (base.empty()) base = r.base_model_uuid;
+      std::map<std::string_view, const storage::ExportRecord*> by_name;
+      for (const auto& e : r.exports) by_name[e.name] = &e;
       v1::LineageNode& n = files.emplace_back();
       n.set_id(CheckpointNodeId(run->id, step));
       n.set_uuid(r.uuid);
@@ -128,8 +130,14 @@ absl::StatusOr<v1::Lineage> Queries::Lineage(const std::string& uuid,
         x.set_id(ExportNodeId(run->id, step, e.name));
         x.set_uuid(e.uuid);
         x.set_kind(v1::LineageNode::KIND_EXPORT);
-        x.set_parent_uuid(r.uuid);
-        x.set_parent_id(CheckpointNodeId(run->id, step));
+        // An adapter hangs off the base export it applies to.
+        if (auto b = by_name.find(e.base); !e.base.empty() && b != by_name.end()) {
+          x.set_parent_uuid(b->second->uuid);
+          x.set_parent_id(ExportNodeId(run->id, step, e.base));
+        } else {
+          x.set_parent_uuid(r.uuid);
+          x.set_parent_id(CheckpointNodeId(run->id, step));
+        }
         x.set_run_id(run->id);
         x.set_step(step);
         x.set_name(e.name);

@@ -90,9 +90,14 @@ absl::Status PlanExports(const std::vector<RunExport>& run_exports,
   for (const auto& t : tensors) {
     if (t.group == storage::TensorGroup::kModel) model.push_back(t.spec);
   }
+  std::vector<exports::ExportPlan> plans;
   for (const RunExport& e : run_exports) {
     CKPTD_ASSIGN_OR_RETURN(exports::ExportPlan plan,
                            exports::PlanExport(*e.profile, e.name, model, model_metadata, version));
+    plans.push_back(std::move(plan));
+  }
+  exports::LinkAdapters(&plans);
+  for (exports::ExportPlan& plan : plans) {
     out->push_back(std::make_shared<const exports::ExportPlan>(std::move(plan)));
   }
   return absl::OkStatus();

@@ -45,6 +45,7 @@ struct ExportRecord {
   uint64_t bytes = 0;
   std::string uuid;
   std::string profile;
+  std::string base;  // an adapter's base export of the same step ("" if none)
   friend bool operator==(const ExportRecord&, const ExportRecord&) = default;
 };
 

@@ -251,7 +251,14 @@ absl::Status CheckpointWriter::Finish() {
         gguf::Value::String(gguf::ContentDigestString(model_->written.digest.content))));
     CKPTD_TRY(FinishFile(train_.get()));
   }
-  for (auto& e : exports_) CKPTD_TRY(e->Finish(model_->written.digest.uuid));
+  // Bases before their adapters (LinkAdapters orders the plans so).
+  std::map<std::string, std::string, std::less<>> uuids;
+  for (auto& e : exports_) {
+    auto base = uuids.find(e->plan().base_export);
+    CKPTD_TRY(e->Finish(model_->written.digest.uuid,
+                        base == uuids.end() ? std::string_view() : base->second));
+    uuids[e->plan().name] = e->written().digest.uuid;
+  }
   return absl::OkStatus();
 }
 

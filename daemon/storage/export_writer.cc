@@ -59,7 +59,7 @@ bool ExportWriter::Streams(size_t source) const {
   if (next_output_ >= plan_->outputs.size()) return false;
   const exports::OutputRecipe& r = plan_->outputs[next_output_];
   return r.kind == exports::OutputRecipe::Kind::kCopy && r.sources[0] == source &&
-         r.rope_heads == 0 && r.permute.empty();
+         r.rope_heads == 0 && r.permute.empty() && !r.merge_lora;
 }
 
 absl::Status ExportWriter::StreamChunk(const exports::OutputRecipe& r, std::string_view bytes,
@@ -127,13 +127,21 @@ absl::Status ExportWriter::WriteReady(size_t source) {
   return absl::OkStatus();
 }
 
-absl::Status ExportWriter::Finish(std::string_view source_uuid) {
+absl::Status ExportWriter::Finish(std::string_view source_uuid, std::string_view base_uuid) {
   if (next_output_ != plan_->outputs.size()) {
     return absl::InternalError(StrCat("export '", plan_->name, "': ", next_output_, " of ",
                                       plan_->outputs.size(), " tensors were written"));
   }
   CKPTD_TRY(
       writer_->SetSlot(exports::kKeySourceUuid, gguf::Value::String(std::string(source_uuid))));
+  if (!plan_->base_export.empty()) {
+    if (base_uuid.empty()) {
+      return absl::InternalError(StrCat("export '", plan_->name, "': its base export '",
+                                        plan_->base_export, "' has not finished"));
+    }
+    CKPTD_TRY(writer_->SetSlot("general.base_model.0.uuid",
+                               gguf::Value::String(std::string(base_uuid))));
+  }
   CKPTD_ASSIGN_OR_RETURN(written_.digest, writer_->Finish());
   CKPTD_TRY(file_->Sync());
   CKPTD_TRY(file_->Close());

@@ -35,8 +35,9 @@ class ExportWriter {
   // CheckpointWriter::WriteData (a renamed same-type output is then written
   // from the source bytes without a copy).
   absl::Status Feed(size_t source, std::string_view bytes, bool complete, bool stable = false);
-  // Every output written: patches general.source.uuid, finishes, syncs, closes.
-  absl::Status Finish(std::string_view source_uuid);
+  // Every output written: patches general.source.uuid (and an adapter's
+  // general.base_model.0.uuid with `base_uuid`, its base export's), finishes, syncs, closes.
+  absl::Status Finish(std::string_view source_uuid, std::string_view base_uuid = {});
 
   const exports::ExportPlan& plan() const { return *plan_; }
   uint64_t file_size() const { return layout_.file_size; }

@@ -246,7 +246,8 @@ absl::Status RunDir::Recover(RecoveryReport* report) {
              .path = path,
              .bytes = header->file_size,
              .uuid = StringValue(header->metadata, gguf::kKeyUuid),
-             .profile = StringValue(header->metadata, exports::kKeyExportProfile)});
+             .profile = StringValue(header->metadata, exports::kKeyExportProfile),
+             .base = StringValue(header->metadata, exports::kKeyExportBase)});
       } else {
         CKPTD_TRY(remove(path));
       }
@@ -551,7 +552,8 @@ absl::StatusOr<CheckpointRecord> RunDir::Commit(CheckpointWriter* writer, Overwr
                               .path = PathOf(e->written().final_name),
                               .bytes = e->written().bytes,
                               .uuid = e->written().digest.uuid,
-                              .profile = e->plan().profile});
+                              .profile = e->plan().profile,
+                              .base = e->plan().base_export});
   }
   Edit(catalog_)[step] = record;
 

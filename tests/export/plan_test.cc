@@ -172,6 +172,98 @@ TEST(PlanTest, ALoraAdapterHasOnlyPairedFactorsItsAlphaAndTheAdapterKeys) {
               HasSubstr("rank"));
 }
 
+TEST(PlanTest, AMergedExportFoldsEachFactorPairIntoItsBaseWeight) {
+  gguf::Metadata md = HfMetadata();
+  md.Set("peft.lora_alpha", Value(8.0f));
+  auto t = LoraTensors();
+  auto plan = PlanExport(Builtin("hf-llama-lora-merged-f16"), "", t, md, "v");
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const OutputRecipe* q = Find(*plan, "blk.0.attn_q.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_TRUE(q->merge_lora);
+  ASSERT_EQ(q->sources.size(), 3u);
+  EXPECT_EQ(t[q->sources[0]].name, "model.layers.0.self_attn.q_proj.base_layer.weight");
+  EXPECT_EQ(t[q->sources[1]].name, "model.layers.0.self_attn.q_proj.lora_A.weight");
+  EXPECT_EQ(t[q->sources[2]].name, "model.layers.0.self_attn.q_proj.lora_B.weight");
+  EXPECT_EQ(q->lora_scale, 2.0f) << "alpha 8 / rank 4";
+  EXPECT_EQ(q->element_type, TensorType::kF32);
+  EXPECT_EQ(q->out.type, TensorType::kF16);
+  EXPECT_EQ(q->rope_heads, kHeads);
+  EXPECT_EQ(q->ready_after, t.size() - 1) << "written once B has arrived";
+  EXPECT_FALSE(Find(*plan, "blk.0.attn_k.weight")->merge_lora);
+  EXPECT_EQ(*plan->metadata.Find("ckpt.export.lora_merged")->get_if<uint32_t>(), 1u);
+  EXPECT_EQ(plan->outputs.size(),
+            PlanExport(Builtin("hf-llama"), "", HfTensors(), md, "v")->outputs.size())
+      << "the same tensors as the model without LoRA";
+
+  // The base export leaves the factors out and reads base_layer as the weight.
+  auto base = PlanExport(Builtin("hf-llama-lora-base"), "", t, md, "v");
+  ASSERT_TRUE(base.ok()) << base.status();
+  EXPECT_FALSE(Find(*base, "blk.0.attn_q.weight")->merge_lora);
+  EXPECT_EQ(Find(*base, "blk.0.attn_q.weight")->sources.size(), 1u);
+
+  // No alpha, a lone factor, no base weight, two base weights, wrong shapes.
+  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora-merged"), "", t, HfMetadata(), "v")
+                  .status()
+                  .message(),
+              HasSubstr("peft.lora_alpha"));
+  auto lone = t;
+  lone.pop_back();
+  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora-merged"), "", lone, md, "v").status().message(),
+              HasSubstr("has no partner 'model.layers.0.self_attn.q_proj.lora_B.weight'"));
+  auto orphan = t;
+  orphan[2].name = "model.layers.0.self_attn.q_proj.elsewhere.weight";
+  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora-merged"), "", orphan, md, "v").status().message(),
+              HasSubstr("have no base weight"));
+  auto both = t;
+  both.push_back({"model.layers.0.self_attn.q_proj.weight", TensorType::kF32, {kE, kE}});
+  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora-merged"), "", both, md, "v").status().message(),
+              HasSubstr("two base weights"));
+  auto shapes = t;
+  shapes.back().ne = {4, kE / 2};
+  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora-merged"), "", shapes, md, "v").status().message(),
+              HasSubstr("cannot merge LoRA into"));
+  // Without a lora mode, a factor is a tensor no rule consumes: the error says what to use.
+  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", t, md, "v").status().message(),
+              HasSubstr("'model.layers.0.self_attn.q_proj.base_layer.weight' is not consumed"));
+  EXPECT_THAT(PlanExport(Builtin("hf-llama"), "", t, md, "v").status().message(),
+              HasSubstr("hf-llama-lora-merged"));
+}
+
+TEST(PlanTest, AnAdapterLinksToTheBaseExportOfItsPass) {
+  gguf::Metadata md = HfMetadata();
+  md.Set("peft.lora_alpha", Value(8.0f));
+  md.Set("general.base_model.count", Value(uint32_t{1}));
+  md.Set("general.base_model.0.uuid", Value::String("run-base"));
+  auto t = LoraTensors();
+  std::vector<ExportPlan> plans;
+  for (std::string_view p : {"hf-llama-lora", "hf-llama-lora-merged", "hf-llama-lora-base-f16"}) {
+    auto plan = PlanExport(Builtin(p), "", t, md, "v");
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    plans.push_back(std::move(*plan));
+  }
+  LinkAdapters(&plans);
+  ASSERT_EQ(plans.size(), 3u);
+  EXPECT_EQ(plans[0].name, "hf-llama-lora-merged");
+  EXPECT_EQ(plans[1].name, "hf-llama-lora-base-f16");
+  EXPECT_EQ(plans[2].name, "hf-llama-lora") << "adapters after their bases";
+  EXPECT_EQ(plans[2].base_export, "hf-llama-lora-base-f16") << "not the merged model";
+  EXPECT_EQ(*plans[2].metadata.Find("ckpt.export.base")->get_if<std::string>(),
+            "hf-llama-lora-base-f16");
+  EXPECT_NE(*plans[2].metadata.Find("general.base_model.0.uuid")->get_if<std::string>(),
+            "run-base")
+      << "a slot for the base export's uuid";
+  EXPECT_TRUE(plans[0].base_export.empty());
+
+  // Without a base in the pass, the adapter keeps the run's base model.
+  std::vector<ExportPlan> alone;
+  alone.push_back(*PlanExport(Builtin("hf-llama-lora"), "", t, md, "v"));
+  LinkAdapters(&alone);
+  EXPECT_TRUE(alone[0].base_export.empty());
+  EXPECT_EQ(*alone[0].metadata.Find("general.base_model.0.uuid")->get_if<std::string>(),
+            "run-base");
+}
+
 TEST(PlanTest, LlamaTensorSetIsChecked) {
   // No lm_head: output.weight is optional (tied embeddings).
   auto tensors = HfTensors();

@@ -26,10 +26,15 @@ TEST(ProfileTest, EveryBuiltinCompilesAndCastsAsNamed) {
       EXPECT_EQ(p->cast.front().dims, 2);
     }
   }
-  EXPECT_EQ(BuiltinProfileNames().size(), 11u);  // two models x 4, the adapter x 3
+  // Four models x 4 (hf-llama, per-head-llama, and hf-llama's LoRA merged
+  // and base), the adapter x 3.
+  EXPECT_EQ(BuiltinProfileNames().size(), 19u);
   EXPECT_FALSE(BuiltinProfile("hf-llama-q4_0"));
   EXPECT_FALSE(BuiltinProfile("hf-llama-lora-q8_0"));  // a factor's rank is not a multiple of 32
   EXPECT_EQ(BuiltinProfile("hf-llama-lora-f16")->adapter, "lora");
+  EXPECT_EQ(BuiltinProfile("hf-llama-lora-merged-q8_0")->lora, "merge");
+  EXPECT_EQ(BuiltinProfile("hf-llama-lora-base-bf16")->lora, "base");
+  EXPECT_TRUE(BuiltinProfile("hf-llama-f16")->lora.empty());
 }
 
 TEST(ProfileTest, DigestIgnoresSpellingButNotMeaning) {

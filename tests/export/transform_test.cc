@@ -126,4 +126,34 @@ TEST(TransformTest, HalfSourcesWidenBeforeQ8_0) {
 }
 
 }  // namespace
+
+// W (ne [3, 2]: rows {1 2 3} {4 5 6}) + 0.5 * B A with rank 2, A in f16:
+// B A's row o is sum_k B[o][k] A[k]; the q-side rotary permutation and the
+// cast apply to the merged rows.
+TEST(TransformTest, MergedLoraIsWPlusScaledBTimesA) {
+  std::string w = Floats({1, 2, 3, 4, 5, 6});
+  std::vector<uint16_t> a16;
+  for (float x : {1.0F, 0.0F, 2.0F, 0.0F, 1.0F, -1.0F}) a16.push_back(gguf::Fp32ToFp16(x));
+  std::string a(reinterpret_cast<const char*>(a16.data()), a16.size() * 2);
+  std::string b = Floats({1, 2, 3, 4});  // ne [2, 2]: B[0] = {1 2}, B[1] = {3 4}
+  std::vector<std::string_view> src{w, a, b};
+  OutputRecipe r = Recipe(OutputRecipe::Kind::kCopy, {3, 2}, 3);
+  r.merge_lora = true;
+  r.lora_scale = 0.5F;
+  r.lora_rank = 2;
+  r.lora_types = {TensorType::kF32, TensorType::kF16, TensorType::kF32};
+  std::string out;
+  ASSERT_TRUE(BuildOutput(r, src, &out).ok());
+  // B A = {1*{1 0 2} + 2*{0 1 -1}, 3*{1 0 2} + 4*{0 1 -1}} = {{1 2 0}, {3 4 2}}.
+  EXPECT_EQ(Values(out), (std::vector<float>{1.5F, 3, 3, 5.5F, 7, 7}));
+  r.out.type = TensorType::kF16;
+  r.assembled_ne = {3, 2};
+  r.rope_heads = 1;
+  ASSERT_TRUE(BuildOutput(r, src, &out).ok());
+  ASSERT_EQ(out.size(), 12u);
+  uint16_t h;
+  std::memcpy(&h, out.data(), 2);
+  EXPECT_EQ(h, gguf::Fp32ToFp16(1.5F)) << "one head of 2 rows: the order is unchanged";
+}
+
 }  // namespace ckptd::exports

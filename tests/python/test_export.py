@@ -15,6 +15,7 @@ import pytest
 import ckptd
 import tiny_llama as tl
 from ckptd import gguf as G
+from ckptd.v1 import ckptd_pb2 as pb
 
 CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(tl.ROOT, "build", "client", "cli", "ckptctl"))
 
@@ -347,15 +348,15 @@ def test_named_profiles_from_the_daemons_profiles_dir(tmp_path):
         d.stop()
 
 
-def test_a_lora_adapter_export_runs_in_llama_cpp_on_its_base(daemon):
+def test_a_lora_fine_tune_exports_its_base_adapter_and_merged_model_for_llama_cpp(daemon):
     """A LoRA fine-tune (rank 4 on q and v, PEFT's names, the base frozen)
-    exports a llama.cpp adapter with every checkpoint (hf-llama-lora):
-    llama.cpp running the base model's export with the adapter gives the
-    logits of an independent forward pass of the merged weights
-    W + alpha/r * B A, and visibly other logits without it."""
+    exports with every checkpoint its frozen base (hf-llama-lora-base), a
+    llama.cpp adapter (hf-llama-lora) that names that base export's uuid as
+    its base model, and the merged model (hf-llama-lora-merged). llama.cpp
+    running the base export with the adapter, and the merged export alone,
+    both give the logits of an independent forward pass of the merged
+    weights W + alpha/r * B A; the base alone visibly does not."""
     base = tl.hf_weights()
-    base_dir = save_once(daemon, "lora-base", tl.hf_model(), ["hf-llama"], tl.metadata())
-    base_file = os.path.join(base_dir, "step_1.hf-llama.gguf")
     rank, alpha = 4, 8.0
     frozen = {}
     for k, v in base.items():
@@ -372,7 +373,8 @@ def test_a_lora_adapter_export_runs_in_llama_cpp_on_its_base(daemon):
             factors[p + "lora_B.weight"] = np.zeros((out, rank), np.float32)
     md = {**tl.metadata(), "peft.lora_alpha": alpha}
     with ckptd.connect(daemon.target) as c:
-        run = c.open_run("lora-ft", metadata=md, exports=["hf-llama-lora"],
+        run = c.open_run("lora-ft", metadata=md,
+                         exports=["hf-llama-lora", "hf-llama-lora-merged", "hf-llama-lora-base"],
                          model={**frozen, **factors}, schedule={"every_steps": 1})
         for step in (1, 2, 3):  # "training": B moves away from zero, A too
             for k in factors:
@@ -380,14 +382,32 @@ def test_a_lora_adapter_export_runs_in_llama_cpp_on_its_base(daemon):
             run.save(step, model={**frozen, **factors})
         run.wait()
         run.close()
+        lineage = {n.id: n for n in c.lineage(run_id="lora-ft").nodes}
     wd = weights_dir(daemon, "lora-ft")
     adapter = os.path.join(wd, "step_3.hf-llama-lora.gguf")
+    base_file = os.path.join(wd, "step_3.hf-llama-lora-base.gguf")
+    merged_file = os.path.join(wd, "step_3.hf-llama-lora-merged.gguf")
     h = G.read_header(adapter)
     assert h.metadata["general.type"] == "adapter" and h.metadata["adapter.type"] == "lora"
     assert h.metadata["general.architecture"] == "llama"
     assert h.metadata["adapter.lora.alpha"] == alpha
     assert sorted(t.name for t in h.tensors) == sorted(
         f"blk.{i}.attn_{p}.weight.lora_{ab}" for i in range(tl.N_LAYER) for p in "qv" for ab in "ab")
+    # Lineage: the adapter names the base export of its own step as its base model.
+    bh = G.read_header(base_file)
+    assert h.metadata["general.base_model.count"] == 1
+    assert h.metadata["general.base_model.0.uuid"] == bh.metadata["general.uuid"]
+    assert h.metadata["ckpt.export.base"] == "hf-llama-lora-base"
+    node = next(n for n in lineage.values() if n.name == "hf-llama-lora" and n.step == 3)
+    parent = lineage[node.parent_id]
+    assert (parent.name, parent.step, parent.uuid) == ("hf-llama-lora-base", 3, bh.metadata["general.uuid"])
+    assert lineage[parent.parent_id].kind == pb.LineageNode.KIND_CHECKPOINT
+    # The base export is the frozen base, factors left out; the merged one has none either.
+    assert "blk.0.attn_q.weight.lora_a" not in bh.by_name and "blk.0.attn_q.weight" in bh.by_name
+    mh = G.read_header(merged_file)
+    assert mh.metadata["ckpt.export.lora_merged"] == 2 * tl.N_LAYER
+    assert sorted(t.name for t in mh.tensors) == sorted(t.name for t in bh.tensors)
+
     merged = dict(base)
     for layer in range(tl.N_LAYER):
         for proj in ("q_proj", "v_proj"):
@@ -398,5 +418,8 @@ def test_a_lora_adapter_export_runs_in_llama_cpp_on_its_base(daemon):
     got = tl.llama_cpp_logits(base_file, adapter=adapter)
     err = np.abs(got - ref).max()
     assert err < 1e-3, f"base + adapter: max |logit - merged reference| = {err}"
+    got = tl.llama_cpp_logits(merged_file)
+    err = np.abs(got - ref).max()
+    assert err < 1e-3, f"merged export: max |logit - merged reference| = {err}"
     plain = tl.llama_cpp_logits(base_file)
     assert np.abs(plain - ref).max() > 1e-2, "the adapter changed nothing"
