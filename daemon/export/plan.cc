@@ -110,15 +110,14 @@ absl::Status FindLoraFactors(Builder& b) {
     auto plain = index.find(StrCat(prefix, ".weight"));
     auto layer = index.find(StrCat(prefix, kBaseLayer));
     if (plain == index.end() && layer == index.end()) {
-      return absl::InvalidArgumentError(StrCat(b.where, ": LoRA factors '", prefix,
-                                               ".lora_{A,B}.weight' have no base weight '", prefix,
-                                               ".weight' or '", prefix, kBaseLayer,
-                                               "' in the checkpoint"));
+      return absl::InvalidArgumentError(
+          StrCat(b.where, ": LoRA factors '", prefix, ".lora_{A,B}.weight' have no base weight '",
+                 prefix, ".weight' or '", prefix, kBaseLayer, "' in the checkpoint"));
     }
     if (plain != index.end() && layer != index.end()) {
-      return absl::InvalidArgumentError(
-          StrCat(b.where, ": LoRA factors '", prefix, ".lora_{A,B}.weight' have two base weights, '",
-                 plain->first, "' and '", layer->first, "'; keep one"));
+      return absl::InvalidArgumentError(StrCat(
+          b.where, ": LoRA factors '", prefix, ".lora_{A,B}.weight' have two base weights, '",
+          plain->first, "' and '", layer->first, "'; keep one"));
     }
     const size_t base = plain != index.end() ? plain->second : layer->second;
     b.names[base] = StrCat(prefix, ".weight");
@@ -159,7 +158,8 @@ absl::Status MapSources(Builder& b) {
       return absl::InvalidArgumentError(
           StrCat(b.where, ": source tensor '", src.name,
                  "' is not consumed by any rule of the profile (rename, fuse, split or drop it)",
-                 lora ? "; it belongs to a LoRA: export the factors with an adapter profile (hf-llama-lora), "
+                 lora ? "; it belongs to a LoRA: export the factors with an adapter profile "
+                        "(hf-llama-lora), "
                         "fold them in with lora = \"merge\" (hf-llama-lora-merged), or leave them "
                         "out with lora = \"base\" (hf-llama-lora-base)"
                       : ""));
@@ -171,9 +171,9 @@ absl::Status MapSources(Builder& b) {
     }
     auto merged = b.merge.find(i);
     if (merged != b.merge.end() && !hits[0].starts_with("rename")) {
-      return absl::InvalidArgumentError(
-          StrCat(b.where, ": LoRA factors cannot be merged into '", src.name,
-                 "': the profile consumes it by ", hits[0], "; merging needs a rename"));
+      return absl::InvalidArgumentError(StrCat(b.where, ": LoRA factors cannot be merged into '",
+                                               src.name, "': the profile consumes it by ", hits[0],
+                                               "; merging needs a rename"));
     }
     for (const auto& r : b.profile.rename) {
       auto caps = r.from.Match(name);
@@ -268,10 +268,10 @@ absl::Status CheckLoraShapes(const Builder& b, OutputRecipe& r) {
                    &bm = b.sources[r.sources[2]];
   if (w.ne.size() != 2 || a.ne.size() != 2 || bm.ne.size() != 2 || a.ne[0] != w.ne[0] ||
       bm.ne[1] != w.ne[1] || a.ne[1] != bm.ne[0] || a.ne[1] == 0) {
-    return absl::InvalidArgumentError(StrCat(
-        b.where, ": cannot merge LoRA into '", w.name, "' ", Dims(w.ne), ": A '", a.name, "' is ",
-        Dims(a.ne), " and B '", bm.name, "' is ", Dims(bm.ne),
-        " (ggml dims; W [in, out] needs A [in, r] and B [r, out])"));
+    return absl::InvalidArgumentError(
+        StrCat(b.where, ": cannot merge LoRA into '", w.name, "' ", Dims(w.ne), ": A '", a.name,
+               "' is ", Dims(a.ne), " and B '", bm.name, "' is ", Dims(bm.ne),
+               " (ggml dims; W [in, out] needs A [in, r] and B [r, out])"));
   }
   for (const TensorSpec* t : {&w, &a, &bm}) {
     if (!IsFloatType(t->type)) {
@@ -426,7 +426,8 @@ absl::Status ResolveLoraScale(Builder& b, gguf::Metadata* md) {
     if (!r.merge_lora) continue;
     const Value* alpha = md->Find("adapter.lora.alpha");
     if (alpha == nullptr) alpha = md->Find("peft.lora_alpha");
-    auto a = alpha == nullptr ? absl::NotFoundError("not set") : ConvertValue(*alpha, ValueType::kF64);
+    auto a =
+        alpha == nullptr ? absl::NotFoundError("not set") : ConvertValue(*alpha, ValueType::kF64);
     if (!a.ok()) {
       return absl::InvalidArgumentError(
           StrCat(b.where, ": merging LoRA into '", r.out.name,

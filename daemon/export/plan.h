@@ -49,7 +49,7 @@ struct OutputRecipe {
   float lora_scale = 0;
   uint64_t lora_rank = 0;
   std::array<gguf::TensorType, 3> lora_types{};  // of W, A and B
-  size_t ready_after = 0;    // the source index whose arrival completes it
+  size_t ready_after = 0;                        // the source index whose arrival completes it
 };
 
 struct ExportPlan {

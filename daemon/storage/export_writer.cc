@@ -139,8 +139,8 @@ absl::Status ExportWriter::Finish(std::string_view source_uuid, std::string_view
       return absl::InternalError(StrCat("export '", plan_->name, "': its base export '",
                                         plan_->base_export, "' has not finished"));
     }
-    CKPTD_TRY(writer_->SetSlot("general.base_model.0.uuid",
-                               gguf::Value::String(std::string(base_uuid))));
+    CKPTD_TRY(
+        writer_->SetSlot("general.base_model.0.uuid", gguf::Value::String(std::string(base_uuid))));
   }
   CKPTD_ASSIGN_OR_RETURN(written_.digest, writer_->Finish());
   CKPTD_TRY(file_->Sync());

@@ -203,10 +203,9 @@ TEST(PlanTest, AMergedExportFoldsEachFactorPairIntoItsBaseWeight) {
   EXPECT_EQ(Find(*base, "blk.0.attn_q.weight")->sources.size(), 1u);
 
   // No alpha, a lone factor, no base weight, two base weights, wrong shapes.
-  EXPECT_THAT(PlanExport(Builtin("hf-llama-lora-merged"), "", t, HfMetadata(), "v")
-                  .status()
-                  .message(),
-              HasSubstr("peft.lora_alpha"));
+  EXPECT_THAT(
+      PlanExport(Builtin("hf-llama-lora-merged"), "", t, HfMetadata(), "v").status().message(),
+      HasSubstr("peft.lora_alpha"));
   auto lone = t;
   lone.pop_back();
   EXPECT_THAT(PlanExport(Builtin("hf-llama-lora-merged"), "", lone, md, "v").status().message(),
@@ -250,8 +249,7 @@ TEST(PlanTest, AnAdapterLinksToTheBaseExportOfItsPass) {
   EXPECT_EQ(plans[2].base_export, "hf-llama-lora-base-f16") << "not the merged model";
   EXPECT_EQ(*plans[2].metadata.Find("ckpt.export.base")->get_if<std::string>(),
             "hf-llama-lora-base-f16");
-  EXPECT_NE(*plans[2].metadata.Find("general.base_model.0.uuid")->get_if<std::string>(),
-            "run-base")
+  EXPECT_NE(*plans[2].metadata.Find("general.base_model.0.uuid")->get_if<std::string>(), "run-base")
       << "a slot for the base export's uuid";
   EXPECT_TRUE(plans[0].base_export.empty());
 
