@@ -50,8 +50,8 @@ absl::StatusOr<std::unique_ptr<SharedMemory>> SharedMemory::Adopt(int fd) {
     return fail(absl::ResourceExhaustedError(
         StrCat("mmap memfd arena of ", size, " bytes: ", std::strerror(errno))));
   }
-  return std::unique_ptr<SharedMemory>(
-      new SharedMemory(fd, std::string_view(static_cast<const char*>(base), size)));
+  return std::unique_ptr<SharedMemory>(new SharedMemory(
+      fd, std::string_view(static_cast<const char*>(base), size), (seals & F_SEAL_WRITE) != 0));
 }
 
 SharedMemory::~SharedMemory() {

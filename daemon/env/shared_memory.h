@@ -32,6 +32,9 @@ class SharedMemory {
 
   uint64_t size() const { return bytes_.size(); }
   int fd() const { return fd_; }
+  // Sealed against writes (F_SEAL_WRITE) when adopted: seals are never
+  // removed, so its bytes can never change while anyone holds it.
+  bool immutable() const { return immutable_; }
   // The whole segment, read-only. Pages are faulted in on first read and
   // stay mapped; the address is page-aligned (huge-page aligned for a
   // huge-page segment).
@@ -44,9 +47,11 @@ class SharedMemory {
   absl::StatusOr<int> OpenReadOnly() const;
 
  private:
-  SharedMemory(int fd, std::string_view bytes) : fd_(fd), bytes_(bytes) {}
+  SharedMemory(int fd, std::string_view bytes, bool immutable)
+      : fd_(fd), bytes_(bytes), immutable_(immutable) {}
   int fd_;
   std::string_view bytes_;
+  bool immutable_;
 };
 
 }  // namespace ckptd::env

@@ -88,8 +88,7 @@ absl::Status Writer::WriteHeldBack() {
   return absl::OkStatus();
 }
 
-absl::Status Writer::SettleCandidate(const CloneCandidate& candidate) {
-  const Digest128 digest = hasher_.Finish();
+absl::Status Writer::SettleCandidate(const CloneCandidate& candidate, const Digest128& digest) {
   if (digest == candidate.digest) {
     absl::Status shared = sink_->AppendClone(candidate.src_offset, candidate.length);
     if (shared.ok()) {
@@ -124,6 +123,8 @@ absl::Status Writer::WriteData(std::string_view bytes, bool stable) {
     size_t n = std::min<uint64_t>(bytes.size(), t.nbytes - tensor_filled_);
     const CloneCandidate* candidate =
         sink_shares_ && tensor_ < clones_.size() && clones_[tensor_] ? &*clones_[tensor_] : nullptr;
+    const Digest128* known =
+        tensor_ < known_.size() && known_[tensor_] ? &*known_[tensor_] : nullptr;
     if (tensor_filled_ == 0) holding_ = candidate != nullptr;
     // Bytes the caller may reuse cannot wait for the tensor's digest.
     absl::Status appended = holding_ && !stable ? WriteHeldBack() : absl::OkStatus();
@@ -140,18 +141,20 @@ absl::Status Writer::WriteData(std::string_view bytes, bool stable) {
       if (gguf_hash_) gguf_hash_->Wait();
       return appended;
     }
-    hasher_.Update(bytes.data(), n);
+    if (known == nullptr) hasher_.Update(bytes.data(), n);
     tensor_filled_ += n;
     bytes.remove_prefix(n);
     if (tensor_filled_ == t.nbytes) {
+      const Digest128 digest = known != nullptr ? *known : hasher_.Finish();
+      if (known != nullptr) known_bytes_ += t.nbytes;
       if (holding_) {
-        absl::Status settled = SettleCandidate(*candidate);
+        absl::Status settled = SettleCandidate(*candidate, digest);
         if (!settled.ok()) {
           if (gguf_hash_) gguf_hash_->Wait();
           return settled;
         }
       } else {
-        CloseTensor(hasher_.Finish());
+        CloseTensor(digest);
         CKPTD_TRY(Pad());
       }
     }

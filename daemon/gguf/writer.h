@@ -83,8 +83,15 @@ class Writer {
   void SetCloneCandidates(std::vector<std::optional<CloneCandidate>> candidates) {
     clones_ = std::move(candidates);
   }
+  // Before any data: per tensor in layout order, the digest its bytes are
+  // proved to have (bytes that cannot change, hashed before); such a
+  // tensor is not hashed again, and when it is also a clone candidate with
+  // that digest it is shared without its bytes being read. nullopt: hashed.
+  void SetKnownDigests(std::vector<std::optional<Digest128>> known) { known_ = std::move(known); }
   // Bytes (padding included) shared rather than written.
   uint64_t shared_bytes() const { return shared_bytes_; }
+  // Tensor bytes whose digest was known rather than computed.
+  uint64_t known_bytes() const { return known_bytes_; }
 
   // Replaces a metadata value before Finish() rewrites the header; the new
   // value must encode to exactly the same size (a fixed-width slot).
@@ -102,7 +109,7 @@ class Writer {
   absl::Status WriteHeldBack();
   // A candidate tensor complete: shared when it hashes to its candidate's
   // digest and the sink can share, written otherwise.
-  absl::Status SettleCandidate(const CloneCandidate& candidate);
+  absl::Status SettleCandidate(const CloneCandidate& candidate, const Digest128& digest);
 
   Layout layout_;
   Sink* sink_;
@@ -114,6 +121,8 @@ class Writer {
   uint64_t tensor_filled_ = 0;
   TensorHasher hasher_;
   std::vector<std::optional<CloneCandidate>> clones_;
+  std::vector<std::optional<Digest128>> known_;
+  uint64_t known_bytes_ = 0;
   bool holding_ = false;                // the current tensor's bytes are held back
   std::vector<std::string_view> held_;  // ... these
   bool sink_shares_ = true;             // false once the sink said it cannot

@@ -39,6 +39,18 @@ absl::StatusOr<std::string> ArenaRegistry::RunOfToken(std::string_view token) co
   return it->second;
 }
 
+std::optional<gguf::Digest128> RegionDigests::Find(uint64_t offset, uint64_t bytes) const {
+  absl::MutexLock lock(&mu_);
+  auto it = digests_.find({offset, bytes});
+  if (it == digests_.end()) return std::nullopt;
+  return it->second;
+}
+
+void RegionDigests::Put(uint64_t offset, uint64_t bytes, const gguf::Digest128& digest) {
+  absl::MutexLock lock(&mu_);
+  if (digests_.size() < kMaxEntries) digests_.emplace(std::pair{offset, bytes}, digest);
+}
+
 absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view token, int fd,
                                                                const Peer& peer) {
   std::string run_id;
@@ -65,6 +77,7 @@ absl::StatusOr<std::shared_ptr<Arena>> ArenaRegistry::Register(std::string_view 
   arena->uid = peer.uid;
   arena->pid = peer.pid;
   arena->memory = std::move(*memory);
+  if (arena->memory->immutable()) arena->digests = std::make_unique<RegionDigests>();
   absl::MutexLock lock(&mu_);
   arena->id = next_id_++;
   arenas_[arena->id] = {arena, peer.connection};

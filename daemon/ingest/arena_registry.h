@@ -11,15 +11,34 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/env/process_memory.h"
 #include "daemon/env/shared_memory.h"
+#include "daemon/gguf/digest.h"
 
 namespace ckptd::ingest {
+
+// The digests of regions of an immutable arena (sealed against writes):
+// its bytes can never change, so a region's digest, once computed from its
+// bytes, holds for every later save that names the same region, which then
+// need not read it again. At most kMaxEntries regions; beyond, regions are
+// hashed as usual. Thread-safe.
+class RegionDigests {
+ public:
+  static constexpr size_t kMaxEntries = 1 << 16;
+  std::optional<gguf::Digest128> Find(uint64_t offset, uint64_t bytes) const;
+  void Put(uint64_t offset, uint64_t bytes, const gguf::Digest128& digest);
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<std::pair<uint64_t, uint64_t>, gguf::Digest128> digests_ ABSL_GUARDED_BY(mu_);
+};
 
 struct Arena {
   uint64_t id = 0;
@@ -27,6 +46,8 @@ struct Arena {
   uid_t uid = 0;  // the registering peer, from SO_PEERCRED
   pid_t pid = 0;
   std::unique_ptr<env::SharedMemory> memory;
+  // Set only for an immutable memory (SharedMemory::immutable()).
+  std::unique_ptr<RegionDigests> digests;
 };
 
 // A trainer process attached for pointer saves: while the connection that

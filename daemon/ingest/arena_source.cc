@@ -45,13 +45,30 @@ absl::Status ArenaSource::CopyTo(const ByteWriter& write) {
   for (const ArenaRegion& r : regions_) {
     for (uint64_t at = 0; at < r.bytes; at += kWindowBytes) {
       const uint64_t len = std::min<uint64_t>(kWindowBytes, r.bytes - at);
-      if (!counter.empty()) CKPTD_TRY(WaitStaged(counter, done + len, total));
+      // An immutable arena's bytes are in place by construction.
+      if (!counter.empty() && !r.arena->digests) CKPTD_TRY(WaitStaged(counter, done + len, total));
       CKPTD_ASSIGN_OR_RETURN(std::string_view window, r.arena->memory->Slice(r.offset + at, len));
       CKPTD_TRY(write(window));
       done += len;
     }
   }
   return absl::OkStatus();
+}
+
+std::vector<std::optional<gguf::Digest128>> ArenaSource::KnownDigests() const {
+  std::vector<std::optional<gguf::Digest128>> known(regions_.size());
+  for (size_t i = 0; i < regions_.size(); ++i) {
+    const ArenaRegion& r = regions_[i];
+    if (r.arena->digests) known[i] = r.arena->digests->Find(r.offset, r.bytes);
+  }
+  return known;
+}
+
+void ArenaSource::Learn(std::span<const gguf::Digest128> digests) {
+  for (size_t i = 0; i < regions_.size() && i < digests.size(); ++i) {
+    const ArenaRegion& r = regions_[i];
+    if (r.arena->digests) r.arena->digests->Put(r.offset, r.bytes, digests[i]);
+  }
 }
 
 absl::Status ArenaSource::WaitStaged(const std::string_view& counter, uint64_t needed,

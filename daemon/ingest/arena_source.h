@@ -42,6 +42,9 @@ class ArenaSource final : public TensorSource {
   bool stable() const override { return true; }
   // DEADLINE_EXCEEDED when a progress counter stops advancing for the timeout.
   absl::Status CopyTo(const ByteWriter& write) override;
+  // Regions of immutable arenas whose digests an earlier save computed.
+  std::vector<std::optional<gguf::Digest128>> KnownDigests() const override;
+  void Learn(std::span<const gguf::Digest128> digests) override;
   bool progressive() const { return progress_.has_value(); }
   const std::vector<ArenaRegion>& regions() const { return regions_; }
 

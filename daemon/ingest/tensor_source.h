@@ -9,9 +9,13 @@
 #pragma once
 
 #include <functional>
+#include <optional>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "daemon/gguf/digest.h"
 
 namespace ckptd::ingest {
 
@@ -31,6 +35,13 @@ class TensorSource {
   // Delivers every byte to `write`, or fails with the source's own error
   // (client gone, stalled staging, unreadable range) or write's.
   virtual absl::Status CopyTo(const ByteWriter& write) = 0;
+  // Per planned tensor, the digest its bytes are proved to have without
+  // reading them (bytes that can never change, hashed by an earlier save);
+  // nullopt, or an empty vector: hash them. Called before CopyTo.
+  virtual std::vector<std::optional<gguf::Digest128>> KnownDigests() const { return {}; }
+  // After every byte was delivered: the digest of each planned tensor's
+  // bytes, for the source to remember where its bytes cannot change.
+  virtual void Learn(std::span<const gguf::Digest128> digests) { (void)digests; }
 };
 
 }  // namespace ckptd::ingest

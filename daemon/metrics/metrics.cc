@@ -50,6 +50,11 @@ void Metrics::RecordCommit(const std::string& run, uint64_t bytes, uint64_t zero
   durations_[run].Observe(kDurationBounds, seconds);
 }
 
+void Metrics::AddKnownDigestBytes(const std::string& run, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  known_digest_bytes_[run] += bytes;
+}
+
 void Metrics::AddArenas(int64_t delta) {
   absl::MutexLock lock(&mu_);
   arenas_ += delta;
@@ -196,6 +201,13 @@ std::string Metrics::Render() const {
   line("# TYPE ckptd_reflink_bytes_total counter");
   for (const auto& [run, v] : reflink_bytes_) {
     line(fmt::format("ckptd_reflink_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
+  }
+  line(
+      "# HELP ckptd_digest_known_bytes_total Tensor bytes whose digest was not computed again: "
+      "regions of arenas sealed against writes, hashed by an earlier save.");
+  line("# TYPE ckptd_digest_known_bytes_total counter");
+  for (const auto& [run, v] : known_digest_bytes_) {
+    line(fmt::format("ckptd_digest_known_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
   }
   RenderHistogram("ckptd_save_duration_seconds", "From a save's header to its commit.",
                   kDurationBounds, durations_, &out);

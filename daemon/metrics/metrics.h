@@ -30,6 +30,9 @@ class Metrics {
   // (ckptd_reflink_bytes_total{run}).
   void RecordCommit(const std::string& run, uint64_t bytes, uint64_t zero_copy_bytes,
                     uint64_t shared_bytes, double seconds);
+  // ckptd_digest_known_bytes_total{run}: tensor bytes not hashed because an
+  // immutable arena's region had been hashed before.
+  void AddKnownDigestBytes(const std::string& run, uint64_t bytes);
   // ckptd_retention_deletions_total{run,by}: by is retention | disk_guard.
   void CountDeletion(const std::string& run, const std::string& by);
   // ckptd_quarantined_files_total{run,by}: files moved to the run's
@@ -94,6 +97,7 @@ class Metrics {
   std::map<std::string, uint64_t> written_bytes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> zero_copy_bytes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> reflink_bytes_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> known_digest_bytes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Histogram> durations_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Histogram> stalls_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> deletions_ ABSL_GUARDED_BY(mu_);

@@ -26,6 +26,10 @@ class ReadNotifier final : public ingest::TensorSource {
     read_(st);
     return st;
   }
+  std::vector<std::optional<gguf::Digest128>> KnownDigests() const override {
+    return inner_->KnownDigests();
+  }
+  void Learn(std::span<const gguf::Digest128> digests) override { inner_->Learn(digests); }
 
  private:
   ingest::TensorSource* inner_;

@@ -376,6 +376,7 @@ absl::StatusOr<SaveOutcome> SaveSession::Run(ingest::TensorSource& source) {
   SaveOutcome out{.skipped = skipped(), .reason = reason_};
   if (skipped()) return out;
   const bool stable = source.stable();
+  writer_->SetKnownDigests(source.KnownDigests());
   absl::Status copied =
       source.CopyTo([&](std::string_view bytes) { return writer_->WriteData(bytes, stable); });
   if (!copied.ok()) {
@@ -387,6 +388,7 @@ absl::StatusOr<SaveOutcome> SaveSession::Run(ingest::TensorSource& source) {
   }
   auto record = Commit(&out.timings, &out.is_latest);
   if (!record.ok()) return Fail(record.status());
+  source.Learn(writer_->TensorDigests());
   out.record = std::move(*record);
   return out;
 }
@@ -395,6 +397,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
   t->received_s = NowSeconds() - start_s_;
   CKPTD_TRY(writer_->Finish());
   t->durable_s = NowSeconds() - start_s_;
+  metrics::Metrics::Get().AddKnownDigestBytes(params_.run_id, writer_->known_bytes());
   storage::CheckpointRecord record;
   bool note_buffered = false;
   if (part_) return StagePart(t);

@@ -193,6 +193,31 @@ uint64_t CheckpointWriter::shared_bytes() const {
   return model_->written.shared_bytes + (train_ ? train_->written.shared_bytes : 0);
 }
 
+void CheckpointWriter::SetKnownDigests(std::span<const std::optional<gguf::Digest128>> known) {
+  std::vector<std::optional<gguf::Digest128>> model, train;
+  for (size_t i = 0; i < route_.size(); ++i) {
+    (route_[i] == model_.get() ? model : train)
+        .push_back(i < known.size() ? known[i] : std::nullopt);
+  }
+  model_->writer->SetKnownDigests(std::move(model));
+  if (train_) train_->writer->SetKnownDigests(std::move(train));
+}
+
+std::vector<gguf::Digest128> CheckpointWriter::TensorDigests() const {
+  std::vector<gguf::Digest128> out;
+  size_t m = 0, t = 0;
+  for (const File* f : route_) {
+    const auto& digests = f->written.digest.tensors;
+    const size_t i = f == model_.get() ? m++ : t++;
+    out.push_back(i < digests.size() ? digests[i] : gguf::Digest128{});
+  }
+  return out;
+}
+
+uint64_t CheckpointWriter::known_bytes() const {
+  return model_->writer->known_bytes() + (train_ ? train_->writer->known_bytes() : 0);
+}
+
 uint64_t CheckpointWriter::planned_bytes() const {
   uint64_t total = model_->layout.file_size + (train_ ? train_->layout.file_size : 0);
   for (const auto& e : exports_) total += e->file_size();

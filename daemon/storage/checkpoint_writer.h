@@ -95,6 +95,15 @@ class CheckpointWriter {
   bool direct_io_refused() const { return direct_io_ == env::DirectIo::kAuto && !model().direct; }
   bool has_train() const { return train_ != nullptr; }
 
+  // After Start(), before any data: per tensor in plan order, the digest
+  // its bytes are proved to have (TensorSource::KnownDigests); those are
+  // not hashed again (gguf::Writer::SetKnownDigests).
+  void SetKnownDigests(std::span<const std::optional<gguf::Digest128>> known);
+  // After Finish(): each tensor's digest, in plan order.
+  std::vector<gguf::Digest128> TensorDigests() const;
+  // After Finish(): tensor bytes whose digest was known, not computed.
+  uint64_t known_bytes() const;
+
   // Tensor bytes in plan order, any chunking. More than planned is an error.
   // `stable`: the bytes stay valid and unchanged until Finish() has
   // returned or the writer is destroyed (TensorSource::stable()); they are

@@ -149,7 +149,9 @@ class CloningSink final : public Sink {
 // filled with fills[i], in chunks of 3000 bytes; `stable` per chunk.
 absl::StatusOr<ContentDigest> WriteThree(Sink* sink, const std::string& fills,
                                          std::vector<std::optional<CloneCandidate>> clones = {},
-                                         bool stable = true, uint64_t* shared = nullptr) {
+                                         bool stable = true, uint64_t* shared = nullptr,
+                                         std::vector<std::optional<Digest128>> known = {},
+                                         uint64_t* known_bytes = nullptr) {
   auto layout = PlanLayout({},
                            {{"a", TensorType::kI8, {5000}},
                             {"b", TensorType::kI8, {5000}},
@@ -158,6 +160,7 @@ absl::StatusOr<ContentDigest> WriteThree(Sink* sink, const std::string& fills,
   if (!layout.ok()) return layout.status();
   Writer w(*layout, sink);
   w.SetCloneCandidates(std::move(clones));
+  w.SetKnownDigests(std::move(known));
   CKPTD_TRY(w.WriteHeader());
   std::string data;
   for (char f : fills) data += std::string(5000, f);
@@ -166,6 +169,7 @@ absl::StatusOr<ContentDigest> WriteThree(Sink* sink, const std::string& fills,
   }
   auto digest = w.Finish();
   if (shared != nullptr) *shared = w.shared_bytes();
+  if (known_bytes != nullptr) *known_bytes = w.known_bytes();
   return digest;
 }
 
@@ -220,6 +224,45 @@ TEST(WriterTest, UnchangedTensorsAreSharedAndTheFileIsTheSameBytes) {
   ASSERT_TRUE(got.ok());
   EXPECT_EQ(shared, 8192u);  // c only
   EXPECT_EQ(stale.data(), plain.data());
+}
+
+// A digest the caller proves (bytes that cannot change, hashed before) is
+// taken instead of hashing: recorded as given, and when it equals the clone
+// candidate's, the tensor is shared without its bytes being looked at.
+TEST(WriterTest, AKnownDigestIsRecordedAndSharesWithoutHashing) {
+  StringSink before;
+  auto first = WriteThree(&before, "xyz");
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto layout = PlanLayout({},
+                           {{"a", TensorType::kI8, {5000}},
+                            {"b", TensorType::kI8, {5000}},
+                            {"c", TensorType::kI8, {5000}}},
+                           {.alignment = 4096});
+  ASSERT_TRUE(layout.ok());
+  std::vector<std::optional<CloneCandidate>> clones(3);
+  clones[0] = CloneCandidate{.src_offset = layout->data_offset + layout->tensors[0].offset,
+                             .length = 8192,
+                             .digest = first->tensors[0]};
+  // The same bytes, a's digest known: the same file, a shared, 5000 bytes not hashed.
+  CloningSink sharing(before.data(), true);
+  uint64_t shared = 0, known = 0;
+  auto got = WriteThree(&sharing, "xyz", clones, true, &shared, {first->tensors[0]}, &known);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->content, first->content);
+  EXPECT_EQ(sharing.data(), before.data());
+  EXPECT_EQ(shared, 8192u);
+  EXPECT_EQ(known, 5000u);
+  // The writer does not re-check what it is told (that is the point): a
+  // different digest for b is recorded as given. Its callers tell only
+  // digests of bytes sealed against writes (ingest::RegionDigests).
+  Digest128 told = first->tensors[1];
+  told.low ^= 1;
+  StringSink plain;
+  got = WriteThree(&plain, "xyz", {}, true, nullptr, {std::nullopt, told}, &known);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->tensors[1], told);
+  EXPECT_EQ(got->tensors[0], first->tensors[0]);
+  EXPECT_EQ(known, 5000u);
 }
 
 }  // namespace

@@ -74,14 +74,19 @@ def model_and_optimizer():
     return model, opt
 
 
-def train(d, run_id, retention=None):
+def train(d, run_id, retention=None, seal_frozen=False, poke_at=None, transport="auto"):
     """Trains STEPS steps, saving each; returns per step the bytes the file
-    system allocated for it (statvfs), the listing, and the final model."""
+    system allocated for it (statvfs), the listing, and the final model.
+    `poke_at`: before that step's save, a frozen weight is written in place."""
     model, opt = model_and_optimizer()
-    run = ckptd.connect(d.target).open_run(run_id, schedule={"every_steps": 1}, retention=retention)
+    run = ckptd.connect(d.target).open_run(run_id, schedule={"every_steps": 1}, retention=retention,
+                                           seal_frozen=seal_frozen, transport=transport)
     allocated = {}
     g = torch.Generator().manual_seed(1)
     for step in range(1, STEPS + 1):
+        if step == poke_at:
+            with torch.no_grad():
+                model[0].weight.mul_(-1)
         x = torch.randn(32, WIDTH, generator=g)
         loss = model(x).pow(2).mean()
         opt.zero_grad()
@@ -173,3 +178,83 @@ def test_a_frozen_backbone_is_shared_not_written_and_every_file_stays_whole(xfs_
             assert torch.equal(a, b), name
     finally:
         xfs.stop()
+
+
+def metric(port, name, run):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    lines = [line for line in text.splitlines() if line.startswith(f'{name}{{run="{run}"}}')]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_sealed_frozen_parameters_are_hashed_once_and_a_write_to_one_is_still_saved(tmp_path):
+    """With seal_frozen, the frozen backbone moves once into memory sealed
+    against writes (the kernel refuses a write to it) that the parameters
+    map copy-on-write: the daemon hashes it at the first save only
+    (ckptd_digest_known_bytes_total counts the rest), yet every file is the
+    bytes a plain run writes, including after a frozen weight is written in
+    place (that tensor is then saved from its new bytes), and the newest
+    step restores exactly."""
+    (tmp_path / "sealed").mkdir()
+    (tmp_path / "plain").mkdir()
+    poke = 3
+    d = Daemon(tmp_path / "sealed", ["--http-listen", "127.0.0.1:0"]).start()
+    try:
+        _, sealed, model = train(d, "ft", seal_frozen=True, poke_at=poke, transport="shm")
+        port = logged_port(d.log)
+        known = metric(port, "ckptd_digest_known_bytes_total", "ft")
+    finally:
+        d.stop()
+    d = Daemon(tmp_path / "plain").start()
+    try:
+        _, plain, plain_model = train(d, "ft", poke_at=poke, transport="shm")
+    finally:
+        d.stop()
+    for step, c in sealed.items():
+        assert data_section(c.file) == data_section(plain[step].file), step
+        assert c.content_digest == plain[step].content_digest, step
+    for (name, a), (_, b) in zip(model.state_dict().items(), plain_model.state_dict().items()):
+        assert torch.equal(a, b), name
+    # The frozen bytes (9 layers' weights and biases) were hashed at step 1
+    # only; layer 0's weight, written before step `poke`, is hashed (and
+    # staged) from then on.
+    frozen = 9 * (WIDTH * WIDTH * 4 + WIDTH * 4)
+    w0 = WIDTH * WIDTH * 4
+    assert known == (poke - 2) * frozen + (STEPS - poke + 1) * (frozen - w0), known
+
+    d = Daemon(tmp_path / "sealed").start()
+    try:
+        fresh, fresh_opt = model_and_optimizer()
+        info = ckptd.connect(d.target).open_run("ft").restore(model=fresh, optimizer=fresh_opt)
+        assert info.step == STEPS
+        for (name, a), (_, b) in zip(fresh.state_dict().items(), model.state_dict().items()):
+            assert torch.equal(a, b), name
+        assert not torch.equal(fresh[0].weight, model_and_optimizer()[0][0].weight), "the write is saved"
+    finally:
+        d.stop()
+
+
+def test_the_sealed_memory_refuses_writes_and_the_parameters_keep_their_values(tmp_path):
+    d = Daemon(tmp_path).start()
+    try:
+        model, _ = model_and_optimizer()
+        want = {k: v.clone() for k, v in model.state_dict().items()}
+        run = ckptd.connect(d.target).open_run("s", seal_frozen=True, transport="shm")
+        run.save(1, model=model)
+        run.wait()
+        sealed = run._sealed
+        assert sealed is not None
+        with pytest.raises(PermissionError):
+            os.pwrite(sealed.fd, b"x", 0)
+        for name, v in model.state_dict().items():
+            assert torch.equal(v, want[name]), name
+        w = model[1].weight
+        assert sealed.base <= w.data_ptr() < sealed.base + sealed.size, "a view of the sealed memory"
+        trainable = model[9].weight.data_ptr()
+        assert not sealed.base <= trainable < sealed.base + sealed.size, "a trainable weight stays where it was"
+        assert sealed.region(w.data_ptr(), w.numel() * 4) is not None
+        with torch.no_grad():
+            w[0, 0] += 1  # one page becomes the trainer's own
+        assert sealed.region(w.data_ptr(), w.numel() * 4) is None
+        run.close()
+    finally:
+        d.stop()

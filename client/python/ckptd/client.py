@@ -198,7 +198,7 @@ class Client:
                  base_model: str | None = None, run_dir: str = "", seed: int | None = None,
                  transport: str = "auto", name_map: Callable[[str], str] | None = None,
                  threads: int = 4, exports: list | None = None, model=None,
-                 tier=None, multi_rank=None, optimizer=None) -> "Run":
+                 tier=None, multi_rank=None, optimizer=None, seal_frozen: bool = False) -> "Run":
         """Opens (or resumes) a run. `schedule`/`retention`: dicts with the
         proto's field names ({"every_steps": 500}) or the messages; `metadata`:
         GGUF-typed model metadata (see ckptd.values); `transport`: "auto"
@@ -217,7 +217,13 @@ class Client:
         step shows in listings and restores once every rank's part is
         durable (the daemons agree through the object-storage tier).
         With `model` (and `optimizer`) given, a shared-memory run sets up
-        its arena now (Run.reserve): the first save costs what later ones do."""
+        its arena now (Run.reserve): the first save costs what later ones do.
+        `seal_frozen` (shared memory, a torch module): at the first save,
+        the module's frozen parameters (requires_grad=False, on the CPU) move
+        once into memory sealed against writes that their tensors then map
+        copy-on-write; later saves neither copy nor hash them. A parameter
+        written in place afterwards is seen at the next save and saved from
+        its new bytes (staged like any other tensor from then on)."""
         req = pb.OpenRunRequest(run_id=run_id, run_dir=run_dir, base_model_uuid=base_model or "")
         for e in exports or []:
             req.exports.append(_export_request(e))
@@ -247,6 +253,7 @@ class Client:
             )
         resp = self._open(req)
         run = Run(self, resp, transport, name_map, threads)
+        run._seal_frozen = seal_frozen
         run._open_request = req
         if model is not None:
             run.reserve(model=model, optimizer=optimizer)
@@ -430,6 +437,9 @@ class Run:
         self._checked = False  # the first maybe_save checked what it was given
         self.reconnects = 0
         self._resent_at = 0  # reconnects when lost saves were last sent again
+        self._seal_frozen = False  # open_run(seal_frozen=...)
+        self._sealed = None  # the SealedArena of the frozen parameters, once made
+        self._sealed_names: set[str] = set()
 
     # -- surviving daemon restarts -----------------------------------------
 
@@ -580,8 +590,34 @@ class Run:
             self._preempted(step, model, optimizer, extra, metrics, state)
         return self._save(step, model, optimizer, extra, metrics, force, overwrite, _final, state)
 
+    def _seal(self, model):
+        """The first save with seal_frozen: the module's frozen CPU
+        parameters into a SealedArena, each parameter's data then a
+        copy-on-write view of it (same values, dtype and shape)."""
+        torch = state.torch
+        if self._sealed is not None or self._pool is None or torch is None:
+            return
+        if not isinstance(model, torch.nn.Module):
+            return
+        frozen = [(n, p) for n, p in model.named_parameters()
+                  if not p.requires_grad and p.device.type == "cpu" and p.is_contiguous() and p.numel() > 0
+                  and p.dtype != torch.bool]
+        if not frozen:
+            return
+        tensors = [p.detach() for _, p in frozen]
+        arrays = [t.reshape(-1).view(torch.uint8).numpy() for t in tensors]
+        sealed = self._pool.seal(arrays)
+        for (_, p), view in zip(frozen, sealed.tensor_views(tensors)):
+            p.data = view
+        self._sealed = sealed
+        self._sealed_names = {n for n, _ in frozen}
+        log.info("ckptd: run %s: %d frozen parameters (%d bytes) sealed in shared memory", self.id,
+                 len(frozen), sum(a.nbytes for a in arrays))
+
     def _save(self, step: int, model=None, optimizer=None, extra=None, metrics=None, force: bool = True,
               overwrite: bool = False, _final: bool = False, state_objs=None) -> SaveResult:
+        if self._seal_frozen:
+            self._seal(model)
         header, entries = self._header(step, model, optimizer, extra, metrics, force, overwrite, state_objs)
         if self._pool is not None:
             try:
@@ -608,7 +644,11 @@ class Run:
         out: list[state.Entry] = []
         md: dict[str, Any] = {}
         for name, t in _flat(_state_dict(model)).items():
-            out.append(state.make_entry(name, t, train=False, name_map=self.name_map))
+            e = state.make_entry(name, t, train=False, name_map=self.name_map)
+            if self._sealed is not None and name in self._sealed_names:
+                off = self._sealed.region(e.array.ctypes.data, e.nbytes)
+                e.sealed = None if off is None else (self._sealed, off)
+            out.append(e)
         if optimizer is not None:
             state.optimizer_entries(optimizer, model, out, md)
         state.extra_entries(extra or {}, out, md)
@@ -703,7 +743,10 @@ class Run:
         while True:
             req = pb.SaveSharedRequest(header=header, trainer_stall_s=stall, final_snapshot=final)
             for off in offsets:
-                req.locations.add(arena_id=arena.id, offset=off)
+                if isinstance(off, tuple):  # in a SealedArena (its id changes when registered again)
+                    req.locations.add(arena_id=off[0].id, offset=off[1])
+                else:
+                    req.locations.add(arena_id=arena.id, offset=off)
             try:
                 return _rpc(self.client.stub.SaveShared, req)
             except Error as e:

@@ -8,6 +8,11 @@ faults cost 10-20x a warm copy here), registered over the arena socket
 copies its tensors into a free arena (numpy copies, which release the GIL,
 several threads for large tensors) and references them by offset; the arena
 is free again when WaitSaved reports the save done.
+
+Tensors that do not change (a fine-tune's frozen parameters, with
+``open_run(seal_frozen=True)``) go once into a SealedArena instead, which the
+trainer's tensors then map copy-on-write: later saves name them there
+without copying them, and the daemon hashes them once.
 """
 
 from __future__ import annotations
@@ -162,6 +167,85 @@ def _copy(dst: np.ndarray, src: np.ndarray, pool: ThreadPoolExecutor | None):
     list(pool.map(lambda a: np.copyto(dst[a : a + step], src[a : a + step]), range(0, n, step)))
 
 
+# /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+_PM_PRESENT, _PM_SWAPPED, _PM_FILE = 1 << 63, 1 << 62, 1 << 61
+
+
+class SealedArena:
+    """Tensors that do not change, copied once into a memfd sealed against
+    writes (F_SEAL_WRITE): its bytes can never change again, so the daemon
+    hashes a region of it once and trusts that digest for every later save
+    (the kernel enforces it, not this client). The trainer's tensors are
+    then made views of a private, copy-on-write mapping of it
+    (`tensor_views`): reading them reads the sealed pages, and a write gives
+    the trainer a private copy of the page written, which `untouched` sees
+    in /proc/self/pagemap (the page is no longer the file's). A save names
+    a tensor's region only while every page of it is still the sealed one;
+    otherwise the tensor is staged like any other, so what is saved is
+    always what the trainer holds."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.offsets, end = [], 0
+        for a in arrays:
+            end = (end + PAGE_ALIGN - 1) // PAGE_ALIGN * PAGE_ALIGN
+            self.offsets.append(end)
+            end += a.nbytes
+        self.size = max(PAGE_ALIGN, (end + PAGE_ALIGN - 1) // PAGE_ALIGN * PAGE_ALIGN)
+        self.id = 0
+        self.fd = os.memfd_create("ckptd-py-sealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, self.size)
+            for a, off in zip(arrays, self.offsets):
+                mv = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+                done = 0
+                while done < mv.nbytes:
+                    done += os.pwrite(self.fd, mv[done:], off + done)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            # Never closed: the trainer's tensors live in it (torch.frombuffer keeps it alive).
+            self.map = mmap.mmap(self.fd, self.size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.base = np.frombuffer(self.map, dtype=np.uint8).ctypes.data
+            self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def tensor_views(self, tensors) -> list:
+        """torch tensors over the private mapping, one per tensor given (same
+        dtype and shape, the bytes copied in at construction)."""
+        import torch
+
+        views = []
+        for t, off in zip(tensors, self.offsets):
+            views.append(torch.frombuffer(self.map, dtype=t.dtype, count=t.numel(), offset=off).view(t.shape))
+        return views
+
+    def untouched(self, address: int, nbytes: int) -> bool:
+        """Whether every page of [address, address + nbytes) in the private
+        mapping is still the sealed file's page (never written here)."""
+        page = mmap.PAGESIZE
+        first, last = address // page, (address + max(nbytes, 1) - 1) // page
+        data = os.pread(self._pagemap, (last - first + 1) * 8, first * 8)
+        e = np.frombuffer(data, dtype=np.uint64)
+        if len(e) != last - first + 1:
+            return False
+        swapped = (e & np.uint64(_PM_SWAPPED)) != 0
+        private = ((e & np.uint64(_PM_PRESENT)) != 0) & ((e & np.uint64(_PM_FILE)) == 0)
+        return not bool(np.any(swapped | private))
+
+    def region(self, address: int, nbytes: int) -> int | None:
+        """The offset of [address, address + nbytes) when it is one of this
+        arena's tensors, untouched; None otherwise."""
+        off = address - self.base
+        if off not in self.offsets or off + nbytes > self.size:
+            return None
+        return off if self.untouched(address, nbytes) else None
+
+    def close(self):
+        os.close(self._pagemap)
+        os.close(self.fd)
+
+
 class ArenaPool:
     def __init__(self, socket_path: str, token: str, count: int = 2):
         self.socket_path = socket_path
@@ -169,13 +253,30 @@ class ArenaPool:
         self.count = count
         self.channel = Channel(socket_path)
         self.arenas: list[Arena] = []
+        self.sealed: list[SealedArena] = []
         self._copier: ThreadPoolExecutor | None = None
+
+    def seal(self, arrays: list[np.ndarray]) -> SealedArena:
+        """A SealedArena holding `arrays`, registered with the daemon."""
+        s = SealedArena(arrays)
+        try:
+            words, _ = self.channel.exchange("REGISTER " + self.token, s.fd)
+        except BaseException:
+            s.close()
+            raise
+        s.id = int(words[0])
+        self.sealed.append(s)
+        return s
 
     @staticmethod
     def layout(entries) -> tuple[list[int], int]:
-        """Each entry's offset in an arena, and the bytes they need."""
+        """Each entry's offset in an arena, and the bytes they need (entries
+        in a SealedArena take none)."""
         offsets, end = [], 0
         for e in entries:
+            if getattr(e, "sealed", None) is not None:
+                offsets.append(e.sealed)
+                continue
             align = PAGE_ALIGN if e.nbytes >= PAGE_ALIGN_MIN else ALIGN
             end = (end + align - 1) // align * align
             offsets.append(end)
@@ -205,7 +306,8 @@ class ArenaPool:
         if copiers > 1 and self._copier is None:
             self._copier = ThreadPoolExecutor(copiers)
         for e, off in zip(entries, offsets):
-            _copy(arena.view[off : off + e.nbytes], e.array, self._copier)
+            if getattr(e, "sealed", None) is None:
+                _copy(arena.view[off : off + e.nbytes], e.array, self._copier)
         arena.busy = True  # until the caller sets the SaveResult
         return arena, offsets
 
@@ -241,7 +343,7 @@ class ArenaPool:
         """After a daemon restart: a new arena connection, every arena
         registered again (new ids; their bytes are kept)."""
         channel = Channel(socket_path)
-        for a in self.arenas:
+        for a in [*self.arenas, *self.sealed]:
             words, _ = channel.exchange("REGISTER " + token, a.fd)
             a.id = int(words[0])
         self.channel.close()
@@ -253,6 +355,9 @@ class ArenaPool:
         for a in self.arenas:
             a.close()
         self.arenas.clear()
+        for s in self.sealed:  # its private mapping stays: the trainer's tensors live there
+            s.close()
+        self.sealed.clear()
         self.channel.close()
 
 

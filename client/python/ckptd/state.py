@@ -65,6 +65,7 @@ class Entry:
     array: np.ndarray  # C-contiguous, bytes exactly as they go to the file
     dtype_hint: str = ""  # recorded when the dtype does not follow from the GGUF type
     zero_d: bool = False
+    sealed: tuple | None = None  # (shm.SealedArena, offset) when its bytes lie there untouched
 
     @property
     def nbytes(self) -> int:
