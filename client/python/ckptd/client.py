@@ -643,10 +643,11 @@ class Run:
     def _collect(self, model, optimizer, extra, state_objs=None):
         out: list[state.Entry] = []
         md: dict[str, Any] = {}
+        written = self._sealed.written_pages() if self._sealed is not None else None
         for name, t in _flat(_state_dict(model)).items():
             e = state.make_entry(name, t, train=False, name_map=self.name_map)
             if self._sealed is not None and name in self._sealed_names:
-                off = self._sealed.region(e.array.ctypes.data, e.nbytes)
+                off = self._sealed.region(e.array.ctypes.data, e.nbytes, written)
                 e.sealed = None if off is None else (self._sealed, off)
             out.append(e)
         if optimizer is not None:

@@ -178,7 +178,7 @@ class SealedArena:
     (the kernel enforces it, not this client). The trainer's tensors are
     then made views of a private, copy-on-write mapping of it
     (`tensor_views`): reading them reads the sealed pages, and a write gives
-    the trainer a private copy of the page written, which `untouched` sees
+    the trainer a private copy of the page written, which `written_pages` sees
     in /proc/self/pagemap (the page is no longer the file's). A save names
     a tensor's region only while every page of it is still the sealed one;
     otherwise the tensor is staged like any other, so what is saved is
@@ -191,6 +191,7 @@ class SealedArena:
             self.offsets.append(end)
             end += a.nbytes
         self.size = max(PAGE_ALIGN, (end + PAGE_ALIGN - 1) // PAGE_ALIGN * PAGE_ALIGN)
+        self._offsets = set(self.offsets)
         self.id = 0
         self.fd = os.memfd_create("ckptd-py-sealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -220,26 +221,31 @@ class SealedArena:
             views.append(torch.frombuffer(self.map, dtype=t.dtype, count=t.numel(), offset=off).view(t.shape))
         return views
 
-    def untouched(self, address: int, nbytes: int) -> bool:
-        """Whether every page of [address, address + nbytes) in the private
-        mapping is still the sealed file's page (never written here)."""
+    def written_pages(self) -> np.ndarray:
+        """Per page of the private mapping, whether it is no longer the
+        sealed file's page (written here, so now the trainer's own, or
+        swapped out as such): one read of /proc/self/pagemap."""
         page = mmap.PAGESIZE
-        first, last = address // page, (address + max(nbytes, 1) - 1) // page
-        data = os.pread(self._pagemap, (last - first + 1) * 8, first * 8)
+        pages = (self.size + page - 1) // page
+        data = os.pread(self._pagemap, pages * 8, self.base // page * 8)
         e = np.frombuffer(data, dtype=np.uint64)
-        if len(e) != last - first + 1:
-            return False
+        if len(e) != pages:
+            return np.ones(pages, dtype=bool)
         swapped = (e & np.uint64(_PM_SWAPPED)) != 0
         private = ((e & np.uint64(_PM_PRESENT)) != 0) & ((e & np.uint64(_PM_FILE)) == 0)
-        return not bool(np.any(swapped | private))
+        return swapped | private
 
-    def region(self, address: int, nbytes: int) -> int | None:
+    def region(self, address: int, nbytes: int, written: np.ndarray | None = None) -> int | None:
         """The offset of [address, address + nbytes) when it is one of this
-        arena's tensors, untouched; None otherwise."""
+        arena's tensors and none of its pages was written (`written`: from
+        written_pages(), read once for a save); None otherwise."""
         off = address - self.base
-        if off not in self.offsets or off + nbytes > self.size:
+        if off not in self._offsets or off + nbytes > self.size:
             return None
-        return off if self.untouched(address, nbytes) else None
+        if written is None:
+            written = self.written_pages()
+        page = mmap.PAGESIZE
+        return None if written[off // page : (off + max(nbytes, 1) - 1) // page + 1].any() else off
 
     def close(self):
         os.close(self._pagemap)
