@@ -125,12 +125,31 @@ absl::Status Writer::WriteData(std::string_view bytes, bool stable) {
         sink_shares_ && tensor_ < clones_.size() && clones_[tensor_] ? &*clones_[tensor_] : nullptr;
     const Digest128* known =
         tensor_ < known_.size() && known_[tensor_] ? &*known_[tensor_] : nullptr;
-    if (tensor_filled_ == 0) holding_ = candidate != nullptr;
+    absl::Status appended;
+    if (tensor_filled_ == 0) {
+      holding_ = candidate != nullptr;
+      cloned_ahead_ = false;
+      if (candidate != nullptr && known != nullptr && *known == candidate->digest) {
+        // Proved equal before its bytes arrive: shared now, its bytes only counted.
+        holding_ = false;
+        appended = sink_->AppendClone(candidate->src_offset, candidate->length);
+        if (appended.ok()) {
+          cloned_ahead_ = true;
+          position_ += candidate->length;
+          shared_bytes_ += candidate->length;
+        } else if (absl::IsUnimplemented(appended)) {
+          sink_shares_ = false;
+          appended = absl::OkStatus();
+        }
+      }
+    }
     // Bytes the caller may reuse cannot wait for the tensor's digest.
-    absl::Status appended = holding_ && !stable ? WriteHeldBack() : absl::OkStatus();
+    if (appended.ok() && holding_ && !stable) appended = WriteHeldBack();
     // SHA-1 (when asked for) runs on its worker while this thread writes.
     if (gguf_hash_) gguf_hash_->Submit(bytes.data(), n);
-    if (appended.ok() && holding_) {
+    if (cloned_ahead_) {
+      // Nothing to write: the clone holds these bytes.
+    } else if (appended.ok() && holding_) {
       held_.push_back(bytes.substr(0, n));
     } else if (appended.ok()) {
       appended =
@@ -147,7 +166,10 @@ absl::Status Writer::WriteData(std::string_view bytes, bool stable) {
     if (tensor_filled_ == t.nbytes) {
       const Digest128 digest = known != nullptr ? *known : hasher_.Finish();
       if (known != nullptr) known_bytes_ += t.nbytes;
-      if (holding_) {
+      if (cloned_ahead_) {
+        cloned_ahead_ = false;
+        CloseTensor(digest);  // the clone's length covered the padding
+      } else if (holding_) {
         absl::Status settled = SettleCandidate(*candidate, digest);
         if (!settled.ok()) {
           if (gguf_hash_) gguf_hash_->Wait();

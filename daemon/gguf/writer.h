@@ -86,7 +86,8 @@ class Writer {
   // Before any data: per tensor in layout order, the digest its bytes are
   // proved to have (bytes that cannot change, hashed before); such a
   // tensor is not hashed again, and when it is also a clone candidate with
-  // that digest it is shared without its bytes being read. nullopt: hashed.
+  // that digest it is shared before its bytes arrive (stable or not), which
+  // are then only counted. nullopt: hashed.
   void SetKnownDigests(std::vector<std::optional<Digest128>> known) { known_ = std::move(known); }
   // Bytes (padding included) shared rather than written.
   uint64_t shared_bytes() const { return shared_bytes_; }
@@ -123,6 +124,7 @@ class Writer {
   std::vector<std::optional<CloneCandidate>> clones_;
   std::vector<std::optional<Digest128>> known_;
   uint64_t known_bytes_ = 0;
+  bool cloned_ahead_ = false;           // the current tensor was shared before its bytes came
   bool holding_ = false;                // the current tensor's bytes are held back
   std::vector<std::string_view> held_;  // ... these
   bool sink_shares_ = true;             // false once the sink said it cannot

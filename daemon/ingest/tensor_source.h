@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "daemon/gguf/digest.h"
 
 namespace ckptd::ingest {
@@ -39,6 +40,16 @@ class TensorSource {
   // reading them (bytes that can never change, hashed by an earlier save);
   // nullopt, or an empty vector: hash them. Called before CopyTo.
   virtual std::vector<std::optional<gguf::Digest128>> KnownDigests() const { return {}; }
+  // Before CopyTo, for a source whose bytes are not stable(): the digest of
+  // planned tensor `i`'s bytes as they are now, read for that alone, so a
+  // save can tell that a tensor equals the previous checkpoint's before its
+  // bytes arrive (the pointer path: a second read of the trainer's memory,
+  // which does not change while a pointer save reads it). nullopt: this
+  // source cannot.
+  virtual absl::StatusOr<std::optional<gguf::Digest128>> HashTensor(size_t i) {
+    (void)i;
+    return std::optional<gguf::Digest128>();
+  }
   // After every byte was delivered: the digest of each planned tensor's
   // bytes, for the source to remember where its bytes cannot change.
   virtual void Learn(std::span<const gguf::Digest128> digests) { (void)digests; }

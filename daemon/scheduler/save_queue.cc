@@ -30,6 +30,9 @@ class ReadNotifier final : public ingest::TensorSource {
     return inner_->KnownDigests();
   }
   void Learn(std::span<const gguf::Digest128> digests) override { inner_->Learn(digests); }
+  absl::StatusOr<std::optional<gguf::Digest128>> HashTensor(size_t i) override {
+    return inner_->HashTensor(i);
+  }
 
  private:
   ingest::TensorSource* inner_;

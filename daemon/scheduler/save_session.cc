@@ -376,7 +376,21 @@ absl::StatusOr<SaveOutcome> SaveSession::Run(ingest::TensorSource& source) {
   SaveOutcome out{.skipped = skipped(), .reason = reason_};
   if (skipped()) return out;
   const bool stable = source.stable();
-  writer_->SetKnownDigests(source.KnownDigests());
+  std::vector<std::optional<gguf::Digest128>> known = source.KnownDigests();
+  if (!stable) {
+    // Bytes that cannot be held back while they are hashed: a tensor that
+    // may equal the previous checkpoint's is hashed first where the source
+    // can read it twice (the pointer path), and shared when it does.
+    const auto candidates = writer_->CandidateDigests();
+    known.resize(candidates.size());
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (!candidates[i] || known[i]) continue;
+      auto digest = source.HashTensor(i);
+      if (!digest.ok()) return Fail(digest.status());
+      if (*digest == candidates[i]) known[i] = *digest;
+    }
+  }
+  writer_->SetKnownDigests(known);
   absl::Status copied =
       source.CopyTo([&](std::string_view bytes) { return writer_->WriteData(bytes, stable); });
   if (!copied.ok()) {

@@ -203,6 +203,20 @@ void CheckpointWriter::SetKnownDigests(std::span<const std::optional<gguf::Diges
   if (train_) train_->writer->SetKnownDigests(std::move(train));
 }
 
+std::vector<std::optional<gguf::Digest128>> CheckpointWriter::CandidateDigests() const {
+  std::vector<std::optional<gguf::Digest128>> out;
+  size_t m = 0, t = 0;
+  for (const File* f : route_) {
+    const size_t i = f == model_.get() ? m++ : t++;
+    if (i < f->clones.size() && f->clones[i]) {
+      out.push_back(f->clones[i]->digest);
+    } else {
+      out.push_back(std::nullopt);
+    }
+  }
+  return out;
+}
+
 std::vector<gguf::Digest128> CheckpointWriter::TensorDigests() const {
   std::vector<gguf::Digest128> out;
   size_t m = 0, t = 0;

@@ -99,6 +99,9 @@ class CheckpointWriter {
   // its bytes are proved to have (TensorSource::KnownDigests); those are
   // not hashed again (gguf::Writer::SetKnownDigests).
   void SetKnownDigests(std::span<const std::optional<gguf::Digest128>> known);
+  // Per tensor in plan order, the digest of the previous checkpoint's equal
+  // tensor it may be shared from (nullopt: none).
+  std::vector<std::optional<gguf::Digest128>> CandidateDigests() const;
   // After Finish(): each tensor's digest, in plan order.
   std::vector<gguf::Digest128> TensorDigests() const;
   // After Finish(): tensor bytes whose digest was known, not computed.

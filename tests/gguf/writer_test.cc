@@ -252,6 +252,21 @@ TEST(WriterTest, AKnownDigestIsRecordedAndSharesWithoutHashing) {
   EXPECT_EQ(sharing.data(), before.data());
   EXPECT_EQ(shared, 8192u);
   EXPECT_EQ(known, 5000u);
+  // Bytes that come unstable (the pointer path) are shared too when the
+  // digest is known before they arrive: nothing needs holding back.
+  CloningSink unstable(before.data(), true);
+  got =
+      WriteThree(&unstable, "xyz", clones, /*stable=*/false, &shared, {first->tensors[0]}, &known);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(unstable.data(), before.data());
+  EXPECT_EQ(unstable.shared(), 8192u);
+  EXPECT_EQ(shared, 8192u);
+  // Where the sink cannot share, the bytes are written as they come.
+  CloningSink unable(before.data(), false);
+  got = WriteThree(&unable, "xyz", clones, /*stable=*/false, &shared, {first->tensors[0]}, &known);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(unable.data(), before.data());
+  EXPECT_EQ(shared, 0u);
   // The writer does not re-check what it is told (that is the point): a
   // different digest for b is recorded as given. Its callers tell only
   // digests of bytes sealed against writes (ingest::RegionDigests).

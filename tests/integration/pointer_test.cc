@@ -10,6 +10,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "tests/integration/shm_helpers.h"
 
 namespace ckptd::testing {
@@ -63,6 +66,77 @@ TEST_F(PointerTest, PointerSaveWritesTheSameBytesAndUuidAsAStreamSave) {
   EXPECT_EQ(closed->final_save().result(), v1::SaveResponse::RESULT_COMMITTED);
   EXPECT_EQ(Parse(Weights("via-ptr") + "/step_250.gguf").Meta("ckpt.transport"), "pointer");
   EXPECT_EQ(closed->run().state(), v1::RUN_STATE_FINISHED);
+}
+
+// A fresh XFS (reflink on) on a loop device mounted at `dir` for one test,
+// unmounted at the end; `why()` says why not where it cannot be had.
+class XfsAt {
+ public:
+  explicit XfsAt(std::string dir) : dir_(std::move(dir)), image_(dir_ + ".img") {
+    if (::geteuid() != 0) {
+      why_ = "mounting a loop device needs root";
+      return;
+    }
+    const std::string make =
+        "truncate -s 512M " + image_ + " && timeout 60 mkfs.xfs -q -m reflink=1 " + image_ +
+        " >/dev/null 2>&1 && timeout 60 mount -o loop " + image_ + " " + dir_ + " >/dev/null 2>&1";
+    if (std::system(make.c_str()) != 0) {
+      why_ = "no XFS on a loop device here (scripts/install-deps.sh installs xfsprogs)";
+      return;
+    }
+    mounted_ = true;
+  }
+  ~XfsAt() {
+    for (int i = 0; mounted_ && i < 20; ++i) {  // an exiting daemon may still hold a file
+      if (std::system(("timeout 30 umount " + dir_ + " >/dev/null 2>&1").c_str()) == 0) break;
+      ::usleep(500'000);
+    }
+    std::remove(image_.c_str());
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& why() const { return why_; }
+
+ private:
+  std::string dir_, image_, why_;
+  bool mounted_ = false;
+};
+
+// On a file system that shares extents, a pointer save hashes each tensor
+// that may equal the previous checkpoint's first (a second read of the
+// trainer's memory) and shares it when it does; the file is the bytes a
+// plain stream save writes.
+TEST_F(PointerTest, TensorsEqualToThePreviousCheckpointsAreHashedFirstAndShared) {
+  XfsAt xfs(root_);
+  if (!xfs.mounted()) GTEST_SKIP() << xfs.why();
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  auto ptr_run = client->OpenRun(Open("ft", 1));
+  auto stream_run = client->OpenRun(Open("plain", 1));
+  ASSERT_TRUE(ptr_run.ok() && stream_run.ok());
+  auto cp = Checkpointer::Create(ptr_run->get(), {.pointers = true});
+  ASSERT_OK(cp.status());
+  ASSERT_TRUE((*cp)->stats().pointers);
+  Tensors t(1.0f, {3 << 20, 1 << 20, 1000});  // two frozen tensors, one that trains
+  for (uint64_t step : {1, 2, 3}) {
+    t.data[2][0] = static_cast<float>(step);
+    auto staged = (*cp)->MaybeSave(step, t.views);
+    ASSERT_OK(staged.status());
+    ASSERT_TRUE(*staged);
+    ASSERT_OK((*cp)->Wait());
+    auto saved = (*stream_run)->Save(step, t.views);
+    ASSERT_OK(saved.status());
+  }
+  const uint64_t frozen = (3u << 20) * 4 + (1u << 20) * 4;
+  for (const char* name : {"step_2.gguf", "step_3.gguf"}) {
+    SCOPED_TRACE(name);
+    ParsedFile a = Parse(Weights("ft") + "/" + name);
+    ParsedFile b = Parse(Weights("plain") + "/" + name);
+    EXPECT_EQ(a.Data(), b.Data());
+    EXPECT_EQ(a.Meta("ckpt.content_digest"), b.Meta("ckpt.content_digest"));
+    EXPECT_EQ(a.Meta("ckpt.transport"), "pointer");
+    EXPECT_GE(std::stoull(a.Meta("ckpt.shared_bytes")), frozen);
+    EXPECT_EQ(b.Meta("ckpt.shared_bytes"), "0") << "a stream save writes every byte";
+  }
 }
 
 // A pointer save is read when MaybeSave returns true and committed later;
