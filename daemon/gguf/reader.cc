@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <string_view>
 #include <unordered_set>
 
 #include "daemon/base/status.h"
@@ -364,6 +366,23 @@ absl::StatusOr<std::vector<Digest128>> StoredTensorDigests(const GgufFile& file)
           StrCat("the stored digest of tensor '", file.tensors[i].name, "' is unreadable"));
     }
     out.push_back(*d);
+  }
+  return out;
+}
+
+std::vector<SameTensor> TensorsAlsoIn(std::span<const TensorInfo> tensors, const GgufFile& other) {
+  std::vector<SameTensor> out;
+  absl::StatusOr<std::vector<Digest128>> digests = StoredTensorDigests(other);
+  if (!digests.ok() || digests->empty()) return out;
+  std::map<std::string_view, size_t> index;
+  for (size_t j = 0; j < other.tensors.size(); ++j) index[other.tensors[j].name] = j;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInfo& t = tensors[i];
+    auto it = index.find(t.name);
+    if (it == index.end()) continue;
+    const TensorInfo& u = other.tensors[it->second];
+    if (u.type != t.type || u.ne != t.ne || u.nbytes != t.nbytes) continue;
+    out.push_back({.index = i, .other = it->second, .digest = (*digests)[it->second]});
   }
   return out;
 }

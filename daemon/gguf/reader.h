@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,19 @@ struct VerifyReport {
 // when the file stores none. DATA_LOSS when the list does not match the
 // tensor table in length or an entry is not a digest (naming the tensor).
 absl::StatusOr<std::vector<Digest128>> StoredTensorDigests(const GgufFile& file);
+
+// A tensor that another file holds too: the same name, type, shape and
+// size, and the digest that file records for it.
+struct SameTensor {
+  size_t index = 0;  // in the tensors asked about
+  size_t other = 0;  // in the other file
+  Digest128 digest;  // the other file's
+};
+// The tensors of `tensors` (a layout's or a file's) that `other` holds with
+// a recorded digest, in order; none when `other` records no readable digests.
+// What may be shared or copied from `other` starts here; the callers add
+// their own offset rules and the proof that the bytes are equal.
+std::vector<SameTensor> TensorsAlsoIn(std::span<const TensorInfo> tensors, const GgufFile& other);
 
 // Checks ckpt.metadata_digest against the header as parsed (header-only,
 // no data read). true: covered and it matches; false: the file has no

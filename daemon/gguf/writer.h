@@ -91,6 +91,8 @@ class Writer {
   void SetKnownDigests(std::vector<std::optional<Digest128>> known) { known_ = std::move(known); }
   // Bytes (padding included) shared rather than written.
   uint64_t shared_bytes() const { return shared_bytes_; }
+  // The sink said it cannot share (AppendClone UNIMPLEMENTED).
+  bool sink_refused_sharing() const { return !sink_shares_; }
   // Tensor bytes whose digest was known rather than computed.
   uint64_t known_bytes() const { return known_bytes_; }
 

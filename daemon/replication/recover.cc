@@ -17,22 +17,16 @@ std::optional<RankPart> RecoverPartOf(const scheduler::RunSnapshot& s) {
   return RankPart{.rank = s.multi_rank.rank, .world_size = s.multi_rank.world_size};
 }
 
-}  // namespace
-
-absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* peers,
-                                  Replicator* store, const std::string& run_id,
-                                  std::optional<uint64_t> step,
-                                  std::optional<uint64_t> newer_than) {
-  if (peers == nullptr && store == nullptr) {
-    return absl::FailedPreconditionError(
-        "neither peers ([peers] nodes) nor an object store ([tier.s3] endpoint) are configured: "
-        "there is nothing to fetch from");
-  }
-  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<scheduler::Run> run, registry->Get(run_id));
-  const std::optional<RankPart> part = RecoverPartOf(run->Snapshot());
-  std::vector<std::string> notes;
-  std::vector<PeerStep> holders;
-  if (peers != nullptr) holders = peers->Holders(run_id, part, &notes);
+// Recover, given which peers hold which steps of this node's part (listed
+// by the caller, with what it noted on the way).
+absl::StatusOr<Recovered> RecoverFromHolders(scheduler::RunRegistry* registry, PeerSender* peers,
+                                             Replicator* store, scheduler::Run& run,
+                                             std::optional<RankPart> part,
+                                             const std::vector<PeerStep>& holders,
+                                             std::vector<std::string> notes,
+                                             std::optional<uint64_t> step,
+                                             std::optional<uint64_t> newer_than) {
+  const std::string& run_id = run.id();
   std::optional<uint64_t> in_store;
   if (store != nullptr) {
     auto steps = store->RemoteSteps(run_id);
@@ -63,7 +57,7 @@ absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* 
                 [&](const Candidate& c) { return newer_than && c.step <= *newer_than; });
   for (const Candidate& c : candidates) {
     if (!c.peer.empty()) {
-      auto record = registry->Adopt(*run, c.step, [&](const std::string& weights) {
+      auto record = registry->Adopt(run, c.step, [&](const std::string& weights) {
         return peers->Fetch(c.peer, run_id, part, c.step, weights);
       });
       if (record.ok()) return Recovered{*record, StrCat("peer ", c.peer)};
@@ -81,6 +75,26 @@ absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* 
                                    newer_than ? StrCat(" above step ", *newer_than) : "");
   for (const std::string& n : notes) StrAppend(&what, "; ", n);
   return absl::NotFoundError(what);
+}
+
+}  // namespace
+
+absl::StatusOr<Recovered> Recover(scheduler::RunRegistry* registry, PeerSender* peers,
+                                  Replicator* store, const std::string& run_id,
+                                  std::optional<uint64_t> step,
+                                  std::optional<uint64_t> newer_than) {
+  if (peers == nullptr && store == nullptr) {
+    return absl::FailedPreconditionError(
+        "neither peers ([peers] nodes) nor an object store ([tier.s3] endpoint) are configured: "
+        "there is nothing to fetch from");
+  }
+  CKPTD_ASSIGN_OR_RETURN(std::shared_ptr<scheduler::Run> run, registry->Get(run_id));
+  const std::optional<RankPart> part = RecoverPartOf(run->Snapshot());
+  std::vector<std::string> notes;
+  std::vector<PeerStep> holders;
+  if (peers != nullptr) holders = peers->Holders(run_id, part, &notes);
+  return RecoverFromHolders(registry, peers, store, *run, part, holders, std::move(notes), step,
+                            newer_than);
 }
 
 absl::StatusOr<Recovered> RecoverAgreed(scheduler::RunRegistry* registry, PeerSender* peers,
@@ -114,9 +128,9 @@ absl::StatusOr<Recovered> RecoverAgreed(scheduler::RunRegistry* registry, PeerSe
   }
   if (!steps.empty()) req.newest_local = *steps.rbegin();
   std::vector<std::string> notes;
-  if (peers != nullptr) {
-    for (const PeerStep& h : peers->Holders(run_id, part, &notes)) steps.insert(h.step);
-  }
+  std::vector<PeerStep> holders;
+  if (peers != nullptr) holders = peers->Holders(run_id, part, &notes);
+  for (const PeerStep& h : holders) steps.insert(h.step);
   CKPTD_ASSIGN_OR_RETURN(std::set<uint64_t> remote, store->RemoteSteps(run_id));
   steps.insert(remote.begin(), remote.end());
   CKPTD_ASSIGN_OR_RETURN(tier::AgreedRestore agreed, store->AgreeOnRestore(req, cancelled));
@@ -132,7 +146,9 @@ absl::StatusOr<Recovered> RecoverAgreed(scheduler::RunRegistry* registry, PeerSe
   if (const storage::CheckpointRecord* here = now.FindAny(agreed.step, &tier); here != nullptr) {
     return Recovered{*here, ""};
   }
-  return Recover(registry, peers, store, run_id, agreed.step, std::nullopt);
+  // From the peers listed for the report (one listing per restore), or the store.
+  return RecoverFromHolders(registry, peers, store, *run, part, holders, std::move(notes),
+                            agreed.step, std::nullopt);
 }
 
 }  // namespace ckptd::replication

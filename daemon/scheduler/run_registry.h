@@ -299,6 +299,9 @@ class Run {
   // pauses until a save succeeds again.
   std::string write_error_ ABSL_GUARDED_BY(mu_);
   bool buffered_noted_ ABSL_GUARDED_BY(mu_) = false;  // said once: no direct I/O here
+  // A disk save found that the run's file system cannot share extents:
+  // later saves do not open the previous checkpoint to try again.
+  bool cannot_share_ ABSL_GUARDED_BY(mu_) = false;
   storage::PinStore pins_ ABSL_GUARDED_BY(mu_);
   std::set<uint64_t> in_flight_ ABSL_GUARDED_BY(mu_);  // steps being written
   std::set<uint64_t> awaiting_upload_ ABSL_GUARDED_BY(mu_);

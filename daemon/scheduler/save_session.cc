@@ -191,6 +191,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   std::string weights_dir;
   std::vector<RunExport> run_exports;
   const storage::CheckpointRecord* share_from = nullptr;  // the run's previous disk checkpoint
+  bool cannot_share = false;
   storage::CheckpointRecord previous;
   run_->save_mu().AssertHeld();                 // by save_lock_, taken in Begin
   CKPTD_TRY(registry_->EnsureSettings(*run_));  // an idle run's come back from its directory
@@ -204,6 +205,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
     std::string parent;
     const auto& catalog = run_->dir()->catalog();
     auto it = catalog.lower_bound(p.step);
+    cannot_share = run_->cannot_share_;
     if (it != catalog.begin()) {
       parent = std::prev(it)->second.uuid;
       previous = std::prev(it)->second;
@@ -241,7 +243,7 @@ absl::Status SaveSession::Prepare(const Admission& admission) {
   // written again, where the file system can (same kind of step only: a
   // part from a part of the same rank, a whole step from a whole step).
   if (share_from != nullptr && tier_ == Tier::kDisk && registry_->facts().share_unchanged &&
-      share_from->world_size == (plan.part ? plan.part->world_size : 0) &&
+      !cannot_share && share_from->world_size == (plan.part ? plan.part->world_size : 0) &&
       share_from->rank == (plan.part ? plan.part->rank : 0)) {
     auto source =
         storage::OpenCloneSource(registry_->env(), share_from->model_path, share_from->train_path);
@@ -424,6 +426,7 @@ absl::StatusOr<storage::CheckpointRecord> SaveSession::Commit(SaveTimings* t, bo
     *is_latest = run_->dir()->latest_step() == record.step;
     Written();
     note_buffered = writer_->direct_io_refused() && !std::exchange(run_->buffered_noted_, true);
+    if (writer_->sharing_refused()) run_->cannot_share_ = true;
   }
   if (note_buffered) {
     spdlog::warn(

@@ -20,31 +20,16 @@ std::vector<std::optional<gguf::CloneCandidate>> MatchClones(const gguf::Layout&
                                                              const gguf::GgufFile& before) {
   std::vector<std::optional<gguf::CloneCandidate>> out(now.tensors.size());
   if (now.alignment % kShareBlock != 0 || before.alignment != now.alignment) return out;
-  const gguf::Value* digests = before.metadata.Find(gguf::kKeyTensorDigests);
-  const gguf::Array* hexes = digests != nullptr ? digests->get_if<gguf::Array>() : nullptr;
-  if (hexes == nullptr || hexes->items.size() != before.tensors.size()) return out;
-  std::map<std::string_view, size_t> index;
-  for (size_t j = 0; j < before.tensors.size(); ++j) index[before.tensors[j].name] = j;
-  for (size_t i = 0; i < now.tensors.size(); ++i) {
-    const gguf::TensorInfo& t = now.tensors[i];
-    auto it = index.find(t.name);
-    if (it == index.end()) continue;
-    const gguf::TensorInfo& b = before.tensors[it->second];
+  for (const gguf::SameTensor& m : gguf::TensorsAlsoIn(now.tensors, before)) {
+    const gguf::TensorInfo& t = now.tensors[m.index];
     uint64_t length = 0;
-    if (b.type != t.type || b.ne != t.ne || b.nbytes != t.nbytes ||
-        !gguf::AlignUp(t.nbytes, now.alignment, &length)) {
-      continue;
-    }
-    const uint64_t src = before.data_offset + b.offset;
+    if (!gguf::AlignUp(t.nbytes, now.alignment, &length)) continue;
+    const uint64_t src = before.data_offset + before.tensors[m.other].offset;
     const uint64_t dst = now.data_offset + t.offset;
     if (src % kShareBlock != 0 || dst % kShareBlock != 0 || src + length > before.file_size) {
       continue;
     }
-    const std::string* hex = hexes->items[it->second].get_if<std::string>();
-    if (hex == nullptr) continue;
-    absl::StatusOr<gguf::Digest128> digest = gguf::ParseDigestHex(*hex);
-    if (!digest.ok()) continue;
-    out[i] = gguf::CloneCandidate{.src_offset = src, .length = length, .digest = *digest};
+    out[m.index] = gguf::CloneCandidate{.src_offset = src, .length = length, .digest = m.digest};
   }
   return out;
 }
@@ -226,6 +211,11 @@ std::vector<gguf::Digest128> CheckpointWriter::TensorDigests() const {
     out.push_back(i < digests.size() ? digests[i] : gguf::Digest128{});
   }
   return out;
+}
+
+bool CheckpointWriter::sharing_refused() const {
+  return model_->writer->sink_refused_sharing() ||
+         (train_ && train_->writer->sink_refused_sharing());
 }
 
 uint64_t CheckpointWriter::known_bytes() const {

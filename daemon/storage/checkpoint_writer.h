@@ -104,6 +104,8 @@ class CheckpointWriter {
   std::vector<std::optional<gguf::Digest128>> CandidateDigests() const;
   // After Finish(): each tensor's digest, in plan order.
   std::vector<gguf::Digest128> TensorDigests() const;
+  // A file's sink refused to share extents (the file system cannot).
+  bool sharing_refused() const;
   // After Finish(): tensor bytes whose digest was known, not computed.
   uint64_t known_bytes() const;
 

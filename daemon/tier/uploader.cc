@@ -243,30 +243,15 @@ constexpr uint64_t kMaxCopyPart = 5ull << 30;  // S3's largest part
 std::vector<policy::SameRange> EqualRanges(const gguf::GgufFile& mine,
                                            const gguf::GgufFile& theirs) {
   std::vector<policy::SameRange> out;
-  auto digests = [](const gguf::GgufFile& f) -> const gguf::Array* {
-    const gguf::Value* v = f.metadata.Find(gguf::kKeyTensorDigests);
-    const gguf::Array* a = v != nullptr ? v->get_if<gguf::Array>() : nullptr;
-    return a != nullptr && a->items.size() == f.tensors.size() ? a : nullptr;
-  };
-  const gguf::Array* mine_d = digests(mine);
-  const gguf::Array* theirs_d = digests(theirs);
-  if (mine_d == nullptr || theirs_d == nullptr) return out;
-  std::map<std::string_view, size_t> index;
-  for (size_t j = 0; j < theirs.tensors.size(); ++j) index[theirs.tensors[j].name] = j;
-  for (size_t i = 0; i < mine.tensors.size(); ++i) {
-    const gguf::TensorInfo& t = mine.tensors[i];
-    auto it = index.find(t.name);
-    if (it == index.end()) continue;
-    const gguf::TensorInfo& u = theirs.tensors[it->second];
-    const std::string* a = mine_d->items[i].get_if<std::string>();
-    const std::string* b = theirs_d->items[it->second].get_if<std::string>();
-    if (u.type != t.type || u.ne != t.ne || u.nbytes != t.nbytes || a == nullptr || b == nullptr ||
-        *a != *b) {
-      continue;
-    }
+  absl::StatusOr<std::vector<gguf::Digest128>> mine_d = gguf::StoredTensorDigests(mine);
+  if (!mine_d.ok() || mine_d->size() != mine.tensors.size()) return out;
+  for (const gguf::SameTensor& m : gguf::TensorsAlsoIn(mine.tensors, theirs)) {
+    if (!((*mine_d)[m.index] == m.digest)) continue;
+    const gguf::TensorInfo& t = mine.tensors[m.index];
     uint64_t length = t.nbytes;
     if (mine.alignment == theirs.alignment) (void)gguf::AlignUp(t.nbytes, mine.alignment, &length);
-    const uint64_t at = mine.data_offset + t.offset, from = theirs.data_offset + u.offset;
+    const uint64_t at = mine.data_offset + t.offset;
+    const uint64_t from = theirs.data_offset + theirs.tensors[m.other].offset;
     if (at + length > mine.file_size || from + length > theirs.file_size) length = t.nbytes;
     out.push_back({.offset = at, .length = length, .src_offset = from});
   }
