@@ -145,6 +145,15 @@ class CloningSink final : public Sink {
   uint64_t shared_ = 0;
 };
 
+// Three 5000-byte tensors a, b, c at 4 KiB alignment.
+absl::StatusOr<Layout> ThreeLayout() {
+  return PlanLayout({},
+                    {{"a", TensorType::kI8, {5000}},
+                     {"b", TensorType::kI8, {5000}},
+                     {"c", TensorType::kI8, {5000}}},
+                    {.alignment = 4096});
+}
+
 // Writes three 5000-byte tensors at 4 KiB alignment into `sink`, tensor i
 // filled with fills[i], in chunks of 3000 bytes; `stable` per chunk.
 absl::StatusOr<ContentDigest> WriteThree(Sink* sink, const std::string& fills,
@@ -152,11 +161,7 @@ absl::StatusOr<ContentDigest> WriteThree(Sink* sink, const std::string& fills,
                                          bool stable = true, uint64_t* shared = nullptr,
                                          std::vector<std::optional<Digest128>> known = {},
                                          uint64_t* known_bytes = nullptr) {
-  auto layout = PlanLayout({},
-                           {{"a", TensorType::kI8, {5000}},
-                            {"b", TensorType::kI8, {5000}},
-                            {"c", TensorType::kI8, {5000}}},
-                           {.alignment = 4096});
+  auto layout = ThreeLayout();
   if (!layout.ok()) return layout.status();
   Writer w(*layout, sink);
   w.SetCloneCandidates(std::move(clones));
@@ -177,11 +182,7 @@ TEST(WriterTest, UnchangedTensorsAreSharedAndTheFileIsTheSameBytes) {
   StringSink before;
   auto first = WriteThree(&before, "xyz");
   ASSERT_TRUE(first.ok()) << first.status();
-  auto layout = PlanLayout({},
-                           {{"a", TensorType::kI8, {5000}},
-                            {"b", TensorType::kI8, {5000}},
-                            {"c", TensorType::kI8, {5000}}},
-                           {.alignment = 4096});
+  auto layout = ThreeLayout();
   ASSERT_TRUE(layout.ok());
   // Every tensor a candidate; b changed ('Y'), so its digest differs.
   std::vector<std::optional<CloneCandidate>> clones;
@@ -233,11 +234,7 @@ TEST(WriterTest, AKnownDigestIsRecordedAndSharesWithoutHashing) {
   StringSink before;
   auto first = WriteThree(&before, "xyz");
   ASSERT_TRUE(first.ok()) << first.status();
-  auto layout = PlanLayout({},
-                           {{"a", TensorType::kI8, {5000}},
-                            {"b", TensorType::kI8, {5000}},
-                            {"c", TensorType::kI8, {5000}}},
-                           {.alignment = 4096});
+  auto layout = ThreeLayout();
   ASSERT_TRUE(layout.ok());
   std::vector<std::optional<CloneCandidate>> clones(3);
   clones[0] = CloneCandidate{.src_offset = layout->data_offset + layout->tensors[0].offset,
