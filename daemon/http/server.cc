@@ -12,6 +12,7 @@
 #include <charconv>
 #include <chrono>
 #include <map>
+#include <thread>
 
 #include "absl/synchronization/mutex.h"
 #include "daemon/base/strings.h"
@@ -49,7 +50,7 @@ struct HttpServer::Impl {
   absl::Status LoadTls();
   // `Stream`: the TCP socket, or a TLS stream over it.
   template <typename Stream>
-  void StreamEvents(Stream& socket, const std::string& run_id);
+  void StreamEvents(Stream& socket, const std::string& run_id, std::string_view last_event_id);
   template <typename Stream>
   void Serve(Stream& socket);
   void ServeConnection(tcp::socket socket);
@@ -82,10 +83,28 @@ absl::Status HttpServer::Impl::LoadTls() {
 }
 
 template <typename Stream>
-void HttpServer::Impl::StreamEvents(Stream& socket, const std::string& run_id) {
+void HttpServer::Impl::StreamEvents(Stream& socket, const std::string& run_id,
+                                    std::string_view last_event_id) {
   auto run = registry->Get(run_id);
   boost::system::error_code ec;
-  if (!run.ok()) {
+  auto last_write = std::chrono::steady_clock::now();
+  bool waited = false;
+  if (!run.ok() && absl::IsNotFound(run.status())) {
+    waited = true;
+    // Not open yet: wait for it (a dashboard opened before the trainer),
+    // with keep-alives that also notice a client that went away.
+    boost::asio::write(socket, boost::asio::buffer(SseHead(run_id, /*waiting=*/true)), ec);
+    while (!ec && !stopping && !run.ok() && absl::IsNotFound(run.status())) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      if (std::chrono::steady_clock::now() - last_write > std::chrono::seconds(15)) {
+        boost::asio::write(socket, boost::asio::buffer(kSseKeepAlive), ec);
+        last_write = std::chrono::steady_clock::now();
+      }
+      run = registry->Get(run_id);
+    }
+    if (ec || stopping || !run.ok()) return;
+    boost::asio::write(socket, boost::asio::buffer(StrCat(": run ", run_id, " opened\n\n")), ec);
+  } else if (!run.ok()) {
     Reply r = ErrorReply(run.status());
     bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(r.status), 11};
     res.set(bhttp::field::content_type, r.content_type);
@@ -93,15 +112,27 @@ void HttpServer::Impl::StreamEvents(Stream& socket, const std::string& run_id) {
     res.prepare_payload();
     bhttp::write(socket, res, ec);
     return;
+  } else {
+    boost::asio::write(socket, boost::asio::buffer(SseHead(run_id)), ec);
   }
-  auto sub = (*run)->Subscribe();
-  boost::asio::write(socket, boost::asio::buffer(SseHead(run_id)), ec);
-  auto last_write = std::chrono::steady_clock::now();
+  const std::string& epoch = (*run)->event_epoch();
+  // A reconnecting client (Last-Event-ID) gets what it missed, or is told
+  // that it cannot.
+  std::optional<uint64_t> after;
+  bool gap = false;
+  if (!last_event_id.empty()) {
+    after = ParseLastEventId(last_event_id, epoch);
+    gap = !after.has_value();
+  } else if (waited) {
+    after = 0;  // everything since it opened: it may have committed before this subscribed
+  }
+  auto sub = (*run)->Subscribe(nullptr, after, after ? &gap : nullptr);
+  if (gap && !ec) boost::asio::write(socket, boost::asio::buffer(SseGap(last_event_id)), ec);
   while (!ec && !stopping && !sub->closed()) {
     scheduler::Event e;
     std::string chunk;
     if (sub->Next(&e, std::chrono::milliseconds(250))) {
-      chunk = SseEvent(e);
+      chunk = SseEvent(e, epoch);
     } else if (std::chrono::steady_clock::now() - last_write > std::chrono::seconds(15)) {
       chunk = kSseKeepAlive;  // also notices a client that went away
     }
@@ -224,7 +255,11 @@ void HttpServer::Impl::Serve(Stream& socket) {
         auth == req.end() ? std::string_view()
                           : std::string_view(auth->value().data(), auth->value().size()));
     if (!r.stream_run.empty()) {
-      StreamEvents(socket, r.stream_run);
+      const auto last = req.find("Last-Event-ID");
+      StreamEvents(socket, r.stream_run,
+                   last == req.end()
+                       ? std::string_view()
+                       : std::string_view(last->value().data(), last->value().size()));
       break;
     }
     bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(r.status), req.version()};

@@ -1,7 +1,10 @@
-// Server-Sent Events framing of a run's events: "event: committed|failed|
-// deleted" and a data line with the RunEvent in protobuf's JSON mapping.
+// Server-Sent Events framing of a run's events: "id: EPOCH-N" (the run
+// object's event epoch and the event's number, what a reconnecting client
+// sends back as Last-Event-ID), "event: committed|failed|deleted|..." and a
+// data line with the RunEvent in protobuf's JSON mapping.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -11,7 +14,14 @@ namespace ckptd::http {
 
 inline constexpr std::string_view kSseKeepAlive = ": keep-alive\n\n";
 
-std::string SseHead(const std::string& run_id);  // status line, headers, a comment
-std::string SseEvent(const scheduler::Event& e);
+// Status line, headers, a comment; `waiting`: the run is not open yet.
+std::string SseHead(const std::string& run_id, bool waiting = false);
+std::string SseEvent(const scheduler::Event& e, std::string_view epoch);
+// Events were missed and cannot be given again: those after `last_event_id`
+// are no longer kept, or it names another run object's (a restarted daemon).
+std::string SseGap(std::string_view last_event_id);
+// Last-Event-ID as SseEvent wrote it: the event number when `epoch` is
+// this run object's; nullopt when it is not (or is malformed).
+std::optional<uint64_t> ParseLastEventId(std::string_view id, std::string_view epoch);
 
 }  // namespace ckptd::http

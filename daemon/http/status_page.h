@@ -152,7 +152,7 @@ function draw(cs){const s=$('#chart');s.style.display=cs.length?'':'none';$('#le
  s.innerHTML=out}
 function watch(){if(es)es.close();if(!run)return;es=new EventSource(`/v1/runs/${encodeURIComponent(run)}/events`+(T?'?token='+encodeURIComponent(T):''));
  es.onopen=()=>{$('#live').className='on';$('#live').textContent='live'};es.onerror=()=>{$('#live').className='';$('#live').textContent='reconnecting…'};
- for(const t of['committed','deleted','failed'])es.addEventListener(t,()=>{loadRun();loadRuns()})}
+ for(const t of['committed','deleted','failed','gap'])es.addEventListener(t,()=>{loadRun();loadRuns()})}
 let resized=null;addEventListener('resize',()=>{clearTimeout(resized);resized=setTimeout(()=>{draw(shown);if(run&&shown.length)lineage()},100)});
 loadRuns().then(show).catch(e=>$('#summary').textContent='error: '+e.message);setInterval(()=>loadRuns().catch(()=>{}),10000);
 </script></body></html>

@@ -27,6 +27,7 @@ struct Event {
   std::string error;
   std::string time_utc;
   std::string reason;  // kDeleted: why (retention, the disk guard, the memory tier)
+  uint64_t id = 0;     // set by Run::Publish: 1, 2, ... in publishing order
 };
 
 // One subscriber's queue. Bounded: a subscriber that falls kMaxQueued

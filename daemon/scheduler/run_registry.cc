@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <ctime>
+#include <random>
 
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
@@ -130,7 +131,16 @@ void Run::Publish(const Event& e) {
   PublishLocked(e);
 }
 
-void Run::PublishLocked(const Event& e) {
+std::string NewEventEpoch() {
+  std::random_device rd;
+  return fmt::format("{:08x}", rd());
+}
+
+void Run::PublishLocked(const Event& published) {
+  Event e = published;
+  e.id = ++last_event_id_;
+  kept_events_.push_back(e);
+  if (kept_events_.size() > kKeptEvents) kept_events_.pop_front();
   std::erase_if(subscribers_, [&](const std::weak_ptr<Subscription>& w) {
     auto s = w.lock();
     if (!s) return true;
@@ -139,9 +149,18 @@ void Run::PublishLocked(const Event& e) {
   });
 }
 
-std::shared_ptr<Subscription> Run::Subscribe(std::function<void()> on_change) {
+std::shared_ptr<Subscription> Run::Subscribe(std::function<void()> on_change,
+                                             std::optional<uint64_t> after, bool* gap) {
   auto s = std::make_shared<Subscription>(std::move(on_change));
   absl::MutexLock lock(&mu_);
+  if (after) {
+    // Under the lock: nothing published between the replay and the subscription.
+    const uint64_t oldest = kept_events_.empty() ? last_event_id_ + 1 : kept_events_.front().id;
+    if (gap != nullptr) *gap = *after + 1 < oldest && *after < last_event_id_;
+    for (const Event& e : kept_events_) {
+      if (e.id > *after) s->Push(e);
+    }
+  }
   subscribers_.push_back(s);
   return s;
 }

@@ -193,6 +193,9 @@ struct RunSnapshot {
   std::vector<policy::RetentionDecision> DryPlan(double now_s) const;
 };
 
+// A random token naming one Run object's event ids (Run::event_epoch).
+std::string NewEventEpoch();
+
 // One run's state, owned by the scheduler: mu_ guards everything below and
 // is never held across I/O of tensor data; save_mu_ is held for a whole
 // save, so saves of one run never interleave (taken before mu_, never while
@@ -207,7 +210,8 @@ class Run {
         run_dir_(dir->run_dir()),
         registry_(registry),
         pins_(std::move(pins)),
-        dir_(std::move(dir)) {}
+        dir_(std::move(dir)),
+        event_epoch_(NewEventEpoch()) {}
   const std::string& id() const { return id_; }
   // Fixed for the run's lifetime.
   const std::string& run_dir() const { return run_dir_; }
@@ -221,9 +225,18 @@ class Run {
   void ReleaseUploadHold(uint64_t step) ABSL_LOCKS_EXCLUDED(mu_);
 
   void Publish(const Event& e) ABSL_LOCKS_EXCLUDED(mu_);
-  // `on_change`: see Subscription.
-  std::shared_ptr<Subscription> Subscribe(std::function<void()> on_change = nullptr)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // `on_change`: see Subscription. With `after` (an Event::id this run's
+  // object published), the kept events after it come first; `*gap` (when
+  // given) says whether some were published after it but are no longer kept.
+  std::shared_ptr<Subscription> Subscribe(std::function<void()> on_change = nullptr,
+                                          std::optional<uint64_t> after = std::nullopt,
+                                          bool* gap = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
+  // Names this run object's event ids: a random token, other for every Run
+  // object (a daemon restart, a run forgotten and opened again), so an id
+  // from another cannot be taken for one of this one's.
+  const std::string& event_epoch() const { return event_epoch_; }
+  // Events kept for subscribers that reconnect (Subscribe's `after`).
+  static constexpr size_t kKeptEvents = 256;
   void CloseSubscriptions() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -314,6 +327,9 @@ class Run {
   double stall_s_ ABSL_GUARDED_BY(mu_) = 0;          // measured save stall
   uint64_t auto_interval_ ABSL_GUARDED_BY(mu_) = 0;  // memory_auto's choice; 0 = none yet
   std::vector<std::weak_ptr<Subscription>> subscribers_ ABSL_GUARDED_BY(mu_);
+  const std::string event_epoch_;
+  uint64_t last_event_id_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<Event> kept_events_ ABSL_GUARDED_BY(mu_);  // the newest kKeptEvents
 };
 
 class RunRegistry {

@@ -143,34 +143,97 @@ TEST_F(HttpTest, HealthReadinessAndStatusPage) {
   EXPECT_THAT(page.body, ::testing::Not(HasSubstr("https://")));
 }
 
-TEST_F(HttpTest, ServerSentEventsDeliverACommitWithinASecond) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port_));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  std::string req = "GET /v1/runs/web/events HTTP/1.1\r\nHost: x\r\n\r\n";
-  ASSERT_GT(::write(fd, req.data(), req.size()), 0);
-  std::string got;
-  char buf[4096];
-  auto read_until = [&](const std::string& what) {
-    timeval tv{1, 0};  // the bound the issue asks for
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    while (got.find(what) == std::string::npos) {
-      ssize_t n = ::read(fd, buf, sizeof buf);
+// A raw SSE subscriber: sends the request (with `headers`), reads until a
+// marker arrives, each read bounded by a second.
+class SseClient {
+ public:
+  SseClient(int port, const std::string& path, const std::string& headers = "") {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + headers + "\r\n";
+    connected_ = connected_ && ::write(fd_, req.data(), req.size()) > 0;
+  }
+  ~SseClient() { ::close(fd_); }
+  bool ReadUntil(const std::string& what) {
+    timeval tv{1, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    while (connected_ && got_.find(what) == std::string::npos) {
+      ssize_t n = ::read(fd_, buf, sizeof buf);
       if (n <= 0) return false;
-      got.append(buf, static_cast<size_t>(n));
+      got_.append(buf, static_cast<size_t>(n));
     }
-    return true;
-  };
-  ASSERT_TRUE(read_until(": watching run web"));
-  EXPECT_THAT(got, HasSubstr("Content-Type: text/event-stream"));
+    return connected_;
+  }
+  // The id of the event whose data holds `marker`.
+  std::string IdOf(const std::string& marker) const {
+    size_t at = got_.find(marker);
+    size_t id = got_.rfind("id: ", at);
+    if (at == std::string::npos || id == std::string::npos) return "";
+    return got_.substr(id + 4, got_.find('\n', id) - id - 4);
+  }
+  const std::string& got() const { return got_; }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string got_;
+};
+
+TEST_F(HttpTest, ServerSentEventsDeliverACommitWithinASecond) {
+  SseClient sse(port_, "/v1/runs/web/events");
+  ASSERT_TRUE(sse.ReadUntil(": watching run web"));
+  EXPECT_THAT(sse.got(), HasSubstr("Content-Type: text/event-stream"));
   Model m(2.0f, 1024);
   ASSERT_TRUE(run_->Save(400, m.Views()).ok());
-  EXPECT_TRUE(read_until("event: committed\ndata: ")) << got;
-  EXPECT_TRUE(read_until("\"step\":\"400\"")) << got;
-  ::close(fd);
+  EXPECT_TRUE(sse.ReadUntil("event: committed\ndata: ")) << sse.got();
+  EXPECT_TRUE(sse.ReadUntil("\"step\":\"400\"")) << sse.got();
+}
+
+// Each event has an id; a client that reconnects with Last-Event-ID (as a
+// browser's EventSource does) gets the events it missed, in order, and one
+// whose id the daemon cannot continue from is told so ("event: gap").
+TEST_F(HttpTest, AReconnectWithLastEventIdGetsTheEventsItMissed) {
+  std::string seen;
+  {
+    SseClient sse(port_, "/v1/runs/web/events");
+    ASSERT_TRUE(sse.ReadUntil(": watching run web"));
+    Model m(2.0f, 1024);
+    ASSERT_TRUE(run_->Save(400, m.Views()).ok());
+    ASSERT_TRUE(sse.ReadUntil("\"step\":\"400\"")) << sse.got();
+    seen = sse.IdOf("\"step\":\"400\"");
+    ASSERT_THAT(seen, ::testing::MatchesRegex("[0-9a-f]{8}-[0-9]+"));
+  }
+  Model m(3.0f, 1024);
+  ASSERT_TRUE(run_->Save(500, m.Views()).ok());
+  ASSERT_TRUE(run_->Save(600, m.Views()).ok());
+  SseClient again(port_, "/v1/runs/web/events", "Last-Event-ID: " + seen + "\r\n");
+  ASSERT_TRUE(again.ReadUntil("\"step\":\"600\"")) << again.got();
+  const std::string& got = again.got();
+  EXPECT_LT(got.find("\"step\":\"500\""), got.find("\"step\":\"600\""));
+  EXPECT_EQ(got.find("\"step\":\"400\""), std::string::npos) << "only what it missed";
+  EXPECT_EQ(got.find("event: gap"), std::string::npos);
+
+  SseClient other(port_, "/v1/runs/web/events", "Last-Event-ID: 0badc0de-7\r\n");
+  EXPECT_TRUE(other.ReadUntil("event: gap\ndata: ")) << other.got();
+  EXPECT_THAT(other.got(), HasSubstr("\"last_event_id\":\"0badc0de-7\""));
+}
+
+// A dashboard may subscribe before the trainer opens its run: it waits.
+TEST_F(HttpTest, SubscribingToARunNotOpenYetWaitsForIt) {
+  SseClient sse(port_, "/v1/runs/later/events");
+  ASSERT_TRUE(sse.ReadUntil(": waiting for run later to open")) << sse.got();
+  EXPECT_THAT(sse.got(), HasSubstr("200 OK"));
+  auto run = client_->OpenRun(OpenRequest("later", 100));
+  ASSERT_TRUE(run.ok());
+  Model m(2.0f, 1024);
+  ASSERT_TRUE((*run)->Save(100, m.Views()).ok());
+  EXPECT_TRUE(sse.ReadUntil("\"step\":\"100\"")) << sse.got();
+  EXPECT_THAT(sse.got(), HasSubstr(": run later opened"));
 }
 
 TEST_F(HttpTest, MetricsParseWithPromtoolAndCountersMove) {
