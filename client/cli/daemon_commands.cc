@@ -26,6 +26,26 @@
 
 namespace ckptd::cli {
 
+namespace {
+
+// The daemon's answers name its API (what a program calls); ckptctl's user
+// types commands, so the advice is said in ckptctl's words.
+std::string InUsersWords(std::string message) {
+  static constexpr std::pair<std::string_view, std::string_view> kSays[] = {
+      {"; OpenRun it first",
+       ": a run appears here once a trainer opens it (ckptctl runs lists them)"},
+      {"; ListCheckpoints shows the committed steps", " (ckptctl ls RUN lists its steps)"},
+  };
+  for (const auto& [api, words] : kSays) {
+    if (size_t at = message.find(api); at != std::string::npos) {
+      message.replace(at, api.size(), words);
+    }
+  }
+  return message;
+}
+
+}  // namespace
+
 // Beside Fail(what, absl::Status) (commands.h), so that neither hides the other.
 int Fail(const std::string& what, const grpc::Status& st) {
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
@@ -46,7 +66,7 @@ int Fail(const std::string& what, const grpc::Status& st) {
                  what.c_str(), st.error_message().c_str());
     return kExitFailed;
   }
-  return Fail(what, FromGrpc(st));
+  return Fail(what, FromGrpc(grpc::Status(st.error_code(), InUsersWords(st.error_message()))));
 }
 
 namespace {
@@ -454,18 +474,19 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
       "with ckptctl import)",
       Runs);
   auto* ls = add(app, "ls", "List a run's checkpoints", Ls);
-  ls->add_option("RUN", a->run)->required();
+  ls->add_option("RUN", a->run, "The run (its id, as OpenRun named it)")->required();
   ls->add_flag("--remote", a->remote,
                "Also list the steps only the object store holds (WHERE: local, both, remote)");
   add(app, "latest", "Print the path of a run's newest checkpoint", Latest)
-      ->add_option("RUN", a->run)
+      ->add_option("RUN", a->run, "The run")
       ->required();
   auto* show = add(app, "show", "A checkpoint's metadata and tensors", Show);
-  show->add_option("RUN", a->run)->required();
-  show->add_option("STEP", a->step)->required();
+  show->add_option("RUN", a->run, "The run")->required();
+  show->add_option("STEP", a->step, "The checkpoint's step (ckptctl ls RUN lists them)")
+      ->required();
   auto* import = add(app, "import", "Bring an existing GGUF file under ckptd as a step", Import);
-  import->add_option("RUN", a->run)->required();
-  import->add_option("FILE", a->file)->required();
+  import->add_option("RUN", a->run, "The run to record it in")->required();
+  import->add_option("FILE", a->file, "The GGUF file (any writer's)")->required();
   import->add_option("--step", a->step, "Step to record it as")->required();
   import->add_option("--metric", a->metrics, "NAME=VALUE (repeatable)");
   import->add_option("--base-model", a->base_model, "uuid of the model this run started from");
@@ -475,17 +496,17 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
                    "Replace the step if the run has it (or roll back to it)");
   auto* pin = add(app, "pin", "Keep a checkpoint whatever retention says",
                   [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, true); });
-  pin->add_option("RUN", a->run)->required();
-  pin->add_option("STEP", a->step)->required();
+  pin->add_option("RUN", a->run, "The run")->required();
+  pin->add_option("STEP", a->step, "The checkpoint's step")->required();
   pin->add_option("--reason", a->reason, "Why it must stay (shown in listings)")->required();
   auto* unpin = add(app, "unpin", "Let retention decide about a checkpoint again",
                     [](Client& c, const DaemonCommandArgs& args) { return Pin(c, args, false); });
-  unpin->add_option("RUN", a->run)->required();
-  unpin->add_option("STEP", a->step)->required();
+  unpin->add_option("RUN", a->run, "The run")->required();
+  unpin->add_option("STEP", a->step, "The checkpoint's step")->required();
   auto* check =
       add(app, "restore-check",
           "Read a checkpoint as a restore would; print where from and how fast", RestoreCheck);
-  check->add_option("RUN", a->run)->required();
+  check->add_option("RUN", a->run, "The run")->required();
   check->add_option("STEP", a->restore_step, "Step (default: latest)");
   check->add_flag("--no-memory", a->no_memory,
                   "Read from disk even if the daemon holds it in memory");
@@ -496,7 +517,7 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   add(app, "lineage",
       "Where files came from: base model, runs, checkpoints, exports (UUID or RUN; all if none)",
       LineageCommand)
-      ->add_option("UUID_OR_RUN", a->run);
+      ->add_option("UUID_OR_RUN", a->run, "A file's general.uuid, or a run; none: everything");
   auto* retention = app->add_subcommand("retention", "Show or apply a run's retention plan");
   retention->fallthrough();
   retention->require_subcommand(1);
@@ -507,7 +528,7 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
             [apply](Client& c, const DaemonCommandArgs& args) {
               return RetentionCommand(c, args, apply);
             });
-    sub->add_option("RUN", a->run)->required();
+    sub->add_option("RUN", a->run, "The run")->required();
     sub->add_flag("--remote", a->remote,
                   "The run's copies in the object store ([tier.s3]) instead of local checkpoints");
   }

@@ -18,7 +18,7 @@ namespace ckptd::cli {
 CLI::App* AddFetchCommand(CLI::App* app, FetchArgs* args) {
   CLI::App* sub = app->add_subcommand(
       "fetch", "Restore a step from the object store ([tier.s3]) into a directory");
-  sub->add_option("RUN", args->run)->required();
+  sub->add_option("RUN", args->run, "The run")->required();
   sub->add_option("STEP", args->step, "Step (default: the one the store's latest names)");
   sub->add_option("--config", args->config,
                   "The daemon's config, for [tier.s3] and storage.roots (default $CKPTD_CONFIG, "

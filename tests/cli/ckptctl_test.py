@@ -248,6 +248,19 @@ class VerifyTest(unittest.TestCase):
             self.assertEqual(r.returncode, 2, argv)
             self.assertNotIn("cannot reach ckptd", r.stderr, argv)
 
+    def test_every_positional_is_described_in_help(self):
+        # "RUN TEXT REQUIRED" alone tells nobody what to give.
+        for argv in (("ls",), ("latest",), ("show",), ("import",), ("pin",), ("unpin",),
+                     ("restore-check",), ("lineage",), ("retention", "plan"), ("fetch",),
+                     ("inspect",), ("verify",)):
+            r = ckptctl("help", *argv)
+            self.assertEqual(r.returncode, 0, (argv, r.stderr))
+            block = r.stdout.split("Positionals:", 1)[1].split("Options:", 1)[0]
+            lines = [line for line in block.splitlines() if line.strip()]
+            self.assertTrue(lines, argv)
+            for line in lines:
+                self.assertGreater(len(line.split(None, 3)), 3, (argv, line))
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

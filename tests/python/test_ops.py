@@ -202,6 +202,12 @@ def test_ckptctl_takes_its_options_before_or_after_the_command_and_explains_itse
         assert sub.returncode == 0 and "RUN" in sub.stdout and "keep/delete" in sub.stdout
         bad = ctl("help", "nope")
         assert bad.returncode == 2 and "no command 'nope'" in bad.stderr
+        # A run or step that is not there, in the user's words (commands, not API calls).
+        for args, says in ((["ls", "nosuchrun"], "ckptctl runs lists them"),
+                           (["show", "cli", "99999"], "ckptctl ls RUN lists its steps")):
+            r = ctl("--socket", d.target, *args)
+            assert r.returncode == 1 and says in r.stderr, (args, r.stderr)
+            assert not re.search(r"OpenRun|ListCheckpoints", r.stderr), r.stderr
         src = os.path.join(d.root, "cli", "weights", "step_1.gguf")
         assert ctl("--socket", d.target, "import", "copy", src, "--step", "5").returncode == 0
         again = ctl("--socket", d.target, "import", "copy", src, "--step", "5")
