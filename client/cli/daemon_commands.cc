@@ -57,6 +57,17 @@ int Fail(const std::string& what, const grpc::Status& st) {
                  what.c_str(), st.error_message().c_str());
     return kExitFailed;
   }
+  // gRPC could not make a secure channel from the TLS files (it says
+  // nothing more once its own log lines are off).
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      st.error_message().starts_with("empty address list")) {
+    std::fprintf(stderr,
+                 "ckptctl: %s: the TLS files could not be used (gRPC made no secure channel from "
+                 "them): check that --tls-ca is the PEM CA bundle that signed the daemon's "
+                 "certificate, and --tls-cert/--tls-key a matching PEM pair\n",
+                 what.c_str());
+    return kExitFailed;
+  }
   // The daemon's own answer about the object store, not a transport failure.
   const bool from_store = st.error_message().starts_with("object store: ");
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE && !from_store) {

@@ -128,6 +128,15 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
     if (pem.path.empty()) continue;
     auto text = read(pem.what, pem.path);
     if (!text.ok()) return text.status();
+    // gRPC takes any bytes here and fails later, at connect, as "cannot
+    // reach the daemon": say now which file is not what it should be.
+    const bool key = pem.out == &ssl.pem_private_key;
+    const std::string_view want = key ? "PRIVATE KEY-----" : "-----BEGIN CERTIFICATE-----";
+    if (text->find(want) == std::string::npos) {
+      return absl::InvalidArgumentError(std::string(pem.what) + ": " + pem.path + " holds no PEM " +
+                                        (key ? "private key" : "certificate") + " (" +
+                                        std::string(want) + ")");
+    }
     *pem.out = std::move(*text);
   }
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(ssl);

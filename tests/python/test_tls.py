@@ -126,6 +126,17 @@ def test_tls_serves_trainers_and_refuses_plaintext_clients(tmp_path, certs):
         bad = subprocess.run([CKPTCTL, "runs", "--socket", target], capture_output=True, text=True,
                              timeout=60)
         assert bad.returncode != 0 and "--tls-ca" in bad.stderr, bad.stderr
+        # A TLS file that is no PEM, or one gRPC cannot load: ckptctl's one
+        # line names the file or the flags, with no gRPC core log before it.
+        junk = tmp_path / "junk.pem"
+        junk.write_text("not a certificate\n")
+        garbled = tmp_path / "garbled.pem"
+        garbled.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+        for pem, says in ((junk, f"{junk} holds no PEM certificate"), (garbled, "--tls-ca is the PEM CA")):
+            r = subprocess.run([CKPTCTL, "runs", "--socket", target, "--tls-ca", str(pem)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 and says in r.stderr, r.stderr
+            assert r.stderr.startswith("ckptctl: ") and r.stderr.count("\n") == 1, r.stderr
         assert "TLS on 127.0.0.1" in log.read_text()
     assert not (tmp_path / "runs" / "plain").exists()
 
