@@ -66,10 +66,11 @@ const esc=s=>String(s).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;'
 async function get(p){const r=await fetch(p,T?{headers:{Authorization:'Bearer '+T}}:{});if(!r.ok){const e=new Error((await r.json()).error.message);e.status=r.status;throw e}return r.json()}
 async function loadRuns(){const d=await get('/v1/runs');const runs=d.runs||[];
  $('#summary').textContent=runs.length+' run'+(runs.length==1?'':'s');
- if(!run&&runs.length)run=runs[0].run_id;
+ // None asked for: the run most recently active (a save, an open) first.
+ if(!run&&runs.length)run=runs.reduce((a,b)=>(b.last_active_utc||'')>(a.last_active_utc||'')?b:a).run_id;
  $('#runs').innerHTML=runs.map(r=>{const st=(r.state||'').replace('RUN_STATE_','').toLowerCase();
   return `<div class="run${r.run_id==run?' sel':''}" data-run="${esc(r.run_id)}"><b>${esc(r.run_id)}</b><span class="pill ${st}" title="${esc(STATES[st]||'')}">${st}</span>${r.write_error?'<span class="pill err">write error</span>':''}
-  <div class="meta">last step ${r.last_step??'—'} · ${r.checkpoint_count||0} checkpoints · ${fmtB(r.total_bytes||0)}</div>${r.memory_step!=null||r.last_seen_step!=null?`<div class="meta tiers" title="the newest step each tier holds, and the step the trainer reached">memory ${r.memory_step??'—'} · disk ${r.last_step??'—'} · trainer at ${r.last_seen_step??'—'}</div>`:''}</div>`}).join('')||'<div class="empty">No runs yet: a trainer that opens a run (or <span class="mono">ckptctl import</span>) makes one appear here.</div>';
+  <div class="meta">last step ${r.last_step??'—'} · ${r.checkpoint_count||0} checkpoint${r.checkpoint_count==1?'':'s'} · ${fmtB(r.total_bytes||0)}</div>${r.memory_step!=null||r.last_seen_step!=null?`<div class="meta tiers" title="the newest step each tier holds, and the step the trainer reached">memory ${r.memory_step??'—'} · disk ${r.last_step??'—'} · trainer at ${r.last_seen_step??'—'}</div>`:''}</div>`}).join('')||'<div class="empty">No runs yet: a trainer that opens a run (or <span class="mono">ckptctl import</span>) makes one appear here.</div>';
  document.querySelectorAll('.run').forEach(e=>e.onclick=()=>{run=e.dataset.run;history.replaceState(null,'','?run='+encodeURIComponent(run));known.clear();loadRuns();show()});return runs}
 const STATES={open:'a trainer is using it',idle:'nobody is using it: not opened since the daemon started, or its trainer went away without closing it',finished:'closed'};
 // A run's page: its checkpoints, chart and lineage, then live events. An
@@ -102,7 +103,11 @@ function drawLineage(ns){const s=$('#lineage');$('#lpanel').hidden=!ns.length;if
   laneOf.set(r,row);lanes.push([r,row]);cs.forEach((c,i)=>pos.set(key(c),{x:px+1+i,y:row}));
   const ex=ns.filter(n=>kind(n)=='export'&&n.run_id==r);row+=1+(ex.length?1:0)};
  runs.forEach(place);
- const leaf=new Map();ns.filter(n=>kind(n)=='export').forEach(e=>{const p=pos.get(pkey(e));if(!p)return;const k=leaf.get(pkey(e))||0;leaf.set(pkey(e),k+1);pos.set(key(e),{x:p.x+k*0.22,y:p.y+0.75})});
+ // Exports in a row under their checkpoint; an adapter (whose parent is its
+ // base export) after the exports it hangs off.
+ const anchor=e=>{let p=by.get(pkey(e));while(p&&kind(p)=='export')p=by.get(pkey(p));return p};
+ const onExport=e=>kind(by.get(pkey(e))||{})=='export';
+ const leaf=new Map();ns.filter(n=>kind(n)=='export').sort((a,b)=>onExport(a)-onExport(b)).forEach(e=>{const c=anchor(e),p=c&&pos.get(key(c));if(!p)return;const k=leaf.get(key(c))||0;leaf.set(key(c),k+1);pos.set(key(e),{x:p.x+k*0.22,y:p.y+0.75})});
  // Drawn at its pixel size (text never scales); wider than the panel, it scrolls.
  const maxX=Math.max(1,...[...pos.values()].map(p=>p.x)),W=Math.max(s.parentNode.clientWidth||900,150+(maxX+1)*56),DX=Math.min(90,(W-150)/(maxX+1)),DY=46,X=x=>120+x*DX,Y=y=>24+y*DY,H=Y(row)-DY+30;
  s.setAttribute('viewBox',`0 0 ${W} ${H}`);s.style.width=W+'px';s.style.height=H+'px';let out='';
@@ -116,7 +121,11 @@ function drawLineage(ns){const s=$('#lineage');$('#lpanel').hidden=!ns.length;if
   const label=k=='export'?esc(n.name)+(n.is_latest?' ★':''):k=='base_model'?'base '+esc(n.uuid.slice(0,8)):k=='gone'?'deleted':String(n.step||0)+(n.is_latest?' ★':'');
   const shape=k=='export'?`<rect x="${X(p.x)-5}" y="${Y(p.y)-5}" width="10" height="10" rx="2"/>`:`<circle cx="${X(p.x)}" cy="${Y(p.y)}" r="${k=='base_model'?8:6}"/>`;
   out+=`<g class="${cls}" data-id="${esc(n.id)}" data-uuid="${esc(n.uuid)}" data-kind="${k}">${shape}<title>${esc(tip)}</title><text x="${X(p.x)+(k=='export'?8:0)}" y="${Y(p.y)+(k=='export'?4:-10)}" text-anchor="${k=='export'?'start':'middle'}">${label}</text></g>`}
- s.innerHTML=out}
+ s.innerHTML=out;
+ // Opened (once per run shown) scrolled to the run's latest checkpoint.
+ const l=ns.find(n=>n.is_latest&&kind(n)=='checkpoint'&&n.run_id==run),lp=l&&pos.get(key(l));
+ if(lp&&scrolledFor!==run){const w=s.parentNode;w.scrollLeft=Math.max(0,X(lp.x)-w.clientWidth/2);scrolledFor=run}}
+let scrolledFor=null;
 // Round tick values: about n of them covering [lo, hi], from 1/2/5 × 10^k.
 function ticks(lo,hi,n,integer){if(!(hi>lo)){const d=lo==0?1:Math.abs(lo)/2;lo-=d;hi+=d}
  let step=(hi-lo)/n;const mag=10**Math.floor(Math.log10(step)),f=step/mag;step=(f<=1?1:f<=2?2:f<=5?5:10)*mag;if(integer)step=Math.max(1,Math.round(step));

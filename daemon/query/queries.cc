@@ -90,6 +90,7 @@ v1::RunInfo Queries::RunInfo(const scheduler::RunSnapshot& run) const {
   if (run.last_seen_step) info.set_last_seen_step(*run.last_seen_step);
   info.set_measured_step_seconds(run.step_seconds);
   info.set_measured_stall_seconds(run.stall_seconds);
+  if (run.last_active_s > 0) info.set_last_active_utc(FormatUtc(run.last_active_s));
   return info;
 }
 

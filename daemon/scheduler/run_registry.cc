@@ -101,6 +101,7 @@ RunSnapshot Run::Snapshot() const {
                 .latest_step = dir_->latest_step(),
                 .last_seen_step = last_seen_step_,
                 .reference_time_s = reference_time_s_,
+                .last_active_s = std::max(last_active_s_, reference_time_s_),
                 .step_seconds = step_s_,
                 .stall_seconds = stall_s_};
   if (mem_dir_ != nullptr) {

@@ -179,6 +179,7 @@ struct RunSnapshot {
   // the daemon started: what a restore now would lose is measured from it.
   std::optional<uint64_t> last_seen_step;
   double reference_time_s = 0;  // the disk schedule's clock: last commit, or when opened
+  double last_active_s = 0;     // the last open, save or commit in this daemon (0: none)
   double step_seconds = 0;      // measured time per step (0 = not yet)
   double stall_seconds = 0;     // measured save stall (0 = not yet)
 

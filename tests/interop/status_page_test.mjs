@@ -109,6 +109,28 @@ test("status page shows runs and checkpoints and updates live", { skip: !existsS
     assert.deepEqual(errors, []);
     await page.screenshot({ path: screenshot, fullPage: true });
     assert.ok(readFileSync(screenshot).length > 10000, "screenshot written");
+
+    // No run asked for: the most recently active one (llama-ft's import of
+    // step 400 came last), not the first by name; counts in good English.
+    await page.goto(`http://127.0.0.1:${port}/`);
+    await page.waitForSelector(".run.sel", { timeout: 10000 });
+    assert.match(await page.locator(".run.sel").innerText(), /llama-ft/);
+    assert.match(await page.locator(".run[data-run='baseline']").innerText(), /\b1 checkpoint ·/);
+    assert.match(await page.locator(".run[data-run='llama-ft']").innerText(), /\b4 checkpoints ·/);
+
+    // A lineage wider than its panel opens scrolled to the run's latest.
+    for (let step = 1; step <= 30; step++) importStep("long", step, 100 + step, 1 / step);
+    await page.goto(`http://127.0.0.1:${port}/?run=long`);
+    await page.waitForSelector("#lineage g.ckpt.latest", { timeout: 10000 });
+    const view = await page.evaluate(() => {
+      const w = document.querySelector("#lineage").parentNode;
+      const c = document.querySelector("#lineage g.ckpt.latest circle").getBoundingClientRect();
+      const b = w.getBoundingClientRect();
+      return { scroll: w.scrollLeft, wide: w.scrollWidth > w.clientWidth, x: c.x, left: b.left, right: b.right };
+    });
+    assert.ok(view.wide, JSON.stringify(view));
+    assert.ok(view.scroll > 0 && view.x >= view.left && view.x <= view.right, JSON.stringify(view));
+    assert.deepEqual(errors, []);
   } finally {
     await browser.close();
   }
