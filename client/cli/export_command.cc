@@ -70,6 +70,7 @@ absl::Status ExportFile(const ExportArgs& a, const std::string& source) {
   // The source's bytes are checked against its own digests as they pass.
   CKPTD_ASSIGN_OR_RETURN(const std::vector<gguf::Digest128> stored, gguf::StoredTensorDigests(src));
   std::string buf;
+  gguf::ContentDigestBuilder content;  // the source's content uuid, when it records none
   for (size_t i = 0; i < src.tensors.size(); ++i) {
     const gguf::TensorInfo& t = src.tensors[i];
     gguf::TensorHasher hasher;
@@ -82,19 +83,27 @@ absl::Status ExportFile(const ExportArgs& a, const std::string& source) {
       CKPTD_TRY(writer->Feed(i, buf, done == t.nbytes));
       if (t.nbytes == 0) break;
     }
-    if (!stored.empty() && !(hasher.Finish() == stored[i])) {
+    const gguf::Digest128 digest = hasher.Finish();
+    if (!stored.empty() && !(digest == stored[i])) {
       return absl::DataLossError(StrCat("tensor '", t.name, "' of ", a.file,
                                         " does not match its recorded digest; nothing written"));
     }
+    content.AddTensor(t.name, t.type, t.ne, t.nbytes, digest);
   }
+  // The source as the export's parent: its general.uuid, or for a file
+  // ckptd did not write, the content uuid ckptd gives those tensors (the
+  // uuid `ckptctl import` gives the checkpoint it makes of them).
   std::string source_uuid;
   if (const gguf::Value* u = src.metadata.Find(gguf::kKeyUuid); u && u->get_if<std::string>()) {
     source_uuid = *u->get_if<std::string>();
   }
-  if (source_uuid.size() != 36) {
-    return absl::InvalidArgumentError(StrCat(a.file,
-                                             " has no general.uuid to record as the "
-                                             "export's general.source.uuid"));
+  std::string computed;
+  if (source_uuid.empty()) {
+    source_uuid = gguf::UuidFromDigest(content.Finish());
+    computed = " (its content uuid: the file records none)";
+  } else if (source_uuid.size() != 36) {
+    return absl::InvalidArgumentError(
+        StrCat(a.file, ": general.uuid '", source_uuid, "' is not a uuid; nothing written"));
   }
   CKPTD_TRY(writer->Finish(source_uuid));
   CKPTD_TRY(env->RenameFile(writer->written().temp_path, a.out));
@@ -103,7 +112,7 @@ absl::Status ExportFile(const ExportArgs& a, const std::string& source) {
   std::cout << "wrote " << a.out << " (" << writer->layout().tensors.size() << " tensors, "
             << writer->written().bytes << " bytes, profile " << shared->profile << " "
             << shared->profile_digest << ", uuid " << writer->written().digest.uuid << ", source "
-            << source_uuid << ")\n";
+            << source_uuid << computed << ")\n";
   return absl::OkStatus();
 }
 

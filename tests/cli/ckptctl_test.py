@@ -170,6 +170,26 @@ class InspectForeignFileTest(unittest.TestCase):
         self.assertIn("no stored digest", r.stderr)
 
 
+    def test_export_of_a_foreign_file_records_its_content_uuid_as_source(self):
+        # A file ckptd did not write has no general.uuid: the export names the
+        # content uuid ckptd gives its tensors (the documented canonical stream,
+        # recomputed here), not a refusal.
+        profile = os.path.join(self.dir.name, "same.toml")
+        with open(profile, "w") as f:
+            f.write('name = "same"\nrename = [{ from = "{all*}", to = "{all*}" }]\n')
+        out = os.path.join(self.dir.name, "out.gguf")
+        r = ckptctl("export", self.path, "--profile", profile, "-o", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("its content uuid", r.stdout)
+        digest, _, _ = canonical_digest(self.path)
+        h = digest.split(":")[1]
+        info = json.loads(ckptctl("inspect", "--json", out).stdout)
+        md = {e["key"]: e["value"] for e in info["metadata"]}
+        source = md["general.source.uuid"]
+        self.assertTrue(source.startswith(h[:8] + "-" + h[8:12] + "-8" + h[13:16] + "-"), source)
+        self.assertEqual(ckptctl("verify", out).returncode, 0)
+
+
 class VerifyTest(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.TemporaryDirectory()
