@@ -140,7 +140,7 @@ int Main(int argc, char** argv) {
   if (*verify) return Verify(verify_path);
   if (*merge) return Merge(merge_first, merge_out);
   if (*export_cmd) return RunExport(export_args);
-  if (*fetch_cmd) return RunFetch(fetch_args);
+  if (*fetch_cmd) return RunFetch(fetch_args, daemon_args);
   if (auto rc = RunDaemonCommand(daemon_commands, daemon_args)) return *rc;
   return kExitUsage;  // require_subcommand(1) makes this unreachable
 }

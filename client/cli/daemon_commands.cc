@@ -546,22 +546,29 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   return table;
 }
 
+absl::StatusOr<std::unique_ptr<Client>> ConnectDaemon(const DaemonCommandArgs& args) {
+  ClientOptions options{
+      .tls_ca_file = args.tls_ca, .tls_cert_file = args.tls_cert, .tls_key_file = args.tls_key};
+  if (!args.token_file.empty()) {
+    std::ifstream in(args.token_file);
+    if (!(in >> options.token)) {
+      return absl::NotFoundError(
+          StrCat("--token-file: cannot read a token from ", args.token_file));
+    }
+    options.tls = true;
+  }
+  return Client::Connect(DaemonSocket(args), std::move(options));
+}
+
+std::string DaemonSocket(const DaemonCommandArgs& args) {
+  return args.socket.empty() ? DefaultSocket() : args.socket;
+}
+
 std::optional<int> RunDaemonCommand(const std::vector<DaemonCommand>& table,
                                     const DaemonCommandArgs& args) {
   for (const DaemonCommand& command : table) {
     if (!command.sub->parsed()) continue;
-    ClientOptions options{
-        .tls_ca_file = args.tls_ca, .tls_cert_file = args.tls_cert, .tls_key_file = args.tls_key};
-    if (!args.token_file.empty()) {
-      std::ifstream in(args.token_file);
-      if (!(in >> options.token)) {
-        return Fail("--token-file",
-                    absl::NotFoundError(StrCat("cannot read a token from ", args.token_file)));
-      }
-      options.tls = true;
-    }
-    auto client =
-        Client::Connect(args.socket.empty() ? DefaultSocket() : args.socket, std::move(options));
+    auto client = ConnectDaemon(args);
     if (!client.ok()) return Fail("connect", client.status());
     return command.run(**client, args);
   }

@@ -3,11 +3,16 @@
 // API's own messages in protobuf's JSON mapping.
 #pragma once
 
+#include <grpcpp/support/status.h>
+
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "absl/status/statusor.h"
 
 namespace CLI {
 class App;
@@ -51,6 +56,13 @@ struct DaemonCommand {
 // the table. After parsing, RunDaemonCommand runs the chosen one (nullopt:
 // none of these was chosen).
 std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* args);
+// A client of the daemon at --socket (default $CKPTD_SOCKET, else
+// ./ckpt-runs/ckptd.sock) with the TLS and token flags given.
+absl::StatusOr<std::unique_ptr<Client>> ConnectDaemon(const DaemonCommandArgs& args);
+std::string DaemonSocket(const DaemonCommandArgs& args);
+// Prints why a daemon call failed (ckptctl's words); returns the exit code.
+int Fail(const std::string& what, const grpc::Status& st);
+
 std::optional<int> RunDaemonCommand(const std::vector<DaemonCommand>& table,
                                     const DaemonCommandArgs& args);
 

@@ -354,6 +354,46 @@ def test_a_refusing_store_reports_upload_failed_and_keeps_saving(tmp_path, store
     d.stop()
 
 
+def test_ckptctl_fetch_goes_through_a_running_daemon_with_its_tier_settings(tmp_path, store, bucket):
+    """With a daemon at --socket and no --config, ckptctl asks the daemon to
+    fetch (its endpoint and credentials; ckptctl here has neither), and the
+    step is listed at once, with no restart."""
+    import numpy as np
+
+    import ckptd
+    from ckptd.v1 import ckptd_pb2 as pb
+
+    d = tier_daemon(tmp_path, store, bucket)
+    model = {"w": np.random.default_rng(8).standard_normal((1000, 300), dtype=np.float32)}
+    run = ckptd.connect(d.target).open_run("via", transport="stream")
+    for step in (100, 200):
+        assert run.save(step, {"w": model["w"] + step}).state == "committed"
+    uploaded(d, "via", [100, 200])
+    d.stop()
+    weights = os.path.join(d.root, "via", "weights")
+    for name in ("step_100.gguf", "step_100.train.gguf"):
+        if os.path.exists(os.path.join(weights, name)):
+            os.remove(os.path.join(weights, name))
+    d.start(env=d.s3_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTD_")}
+    r = subprocess.run([CKPTCTL, "fetch", "via", "100", "--socket", d.target, "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["step"] == 100 and got["from"] == "store" and got["through"] == d.target, got
+    assert got["files"][-1] == os.path.join(weights, "step_100.gguf")
+    listed = ckptd.connect(d.target).stub.ListCheckpoints(pb.ListCheckpointsRequest(run_id="via"))
+    assert sorted(c.step for c in listed.checkpoints) == [100, 200]
+    loaded = ckptd.load(os.path.join(weights, "step_100.gguf"))
+    assert np.array_equal(loaded["w"], model["w"] + 100)
+    # Without a daemon there, and without a config, it says what it needs.
+    d.stop()
+    r = subprocess.run([CKPTCTL, "fetch", "via", "100", "--socket", d.target],
+                       capture_output=True, text=True, env={**env, "CKPTD_CONFIG": str(tmp_path / "none.toml")},
+                       timeout=120)
+    assert r.returncode != 0 and "none.toml" in r.stderr, r.stderr
+
+
 def test_ckptctl_fetch_restores_a_wiped_run_that_verifies_and_loads(tmp_path, store, bucket):
     import numpy as np
 
