@@ -118,7 +118,7 @@ run: build
 	@echo "Try it from another shell:"
 	@echo "  $(BUILD)/examples/ckptd_example_trainer --run demo --steps 200 --every 50   # C++; again: it resumes"
 	@echo "  $(BUILD)/client/cli/ckptctl runs; $(BUILD)/client/cli/ckptctl ls demo; $(BUILD)/client/cli/ckptctl latest demo"
-	@echo "  PYTHONPATH=client/python /usr/bin/python3 examples/quickstart.py   # PyTorch; again: it resumes"
+	@echo "  PYTHONPATH=$(BUILD)/python/lib /usr/bin/python3 examples/quickstart.py   # PyTorch; again: it resumes"
 	@exec $(BUILD)/daemon/ckptd $(ARGS)
 
 bench: build

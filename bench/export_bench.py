@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "client", "python"))
+sys.path.insert(0, os.environ.get("CKPTD_PYTHON_LIB") or os.path.join(HERE, "..", "build", "python", "lib"))
 sys.path.insert(0, HERE)
 MiB = 1 << 20
 

@@ -17,7 +17,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "client", "python"))
+sys.path.insert(0, os.environ.get("CKPTD_PYTHON_LIB") or os.path.join(HERE, "..", "build", "python", "lib"))
 
 import run_bench as rb  # noqa: E402  (the shared helpers: daemon, fsync, medians)
 
@@ -65,7 +65,7 @@ def main():
             root = os.path.join(work, f"root-{mib}")
             os.makedirs(root)
 
-            def measure(sock, pid):
+            def measure(sock, pid, model=model):
                 plain, reserved, torch_s = [], [], []
                 for r in range(args.rounds):  # interleaved: the disk drifts
                     plain.append(first_saves(sock, model, f"{mib}-{r}-plain", False))

@@ -36,7 +36,7 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+sys.path.insert(0, os.environ.get("CKPTD_PYTHON_LIB") or os.path.join(ROOT, "build", "python", "lib"))
 
 import numpy as np  # noqa: E402
 

@@ -164,7 +164,10 @@ def shm_interleaved_with_fio(build, pid, sock, work, size, rounds, quick):
     spaced = bench.ask(f"spaced {8 if quick or size > GiB else 12} {gap:.3f}")
     burst = bench.ask("burst 4")
     bench.close()
-    med = lambda v: None if None in v else median(v)
+
+    def med(v):
+        return None if None in v else median(v)
+
     return {
         "summary": summary, "fio_qd1": med(qd1), "fio_qd8": med(qd8), "cpu_s": watch.cpu,
         "saves": rounds, "private_max": watch.private_max, "spaced": spaced, "gap_s": gap,
@@ -342,7 +345,7 @@ def fio_read(path, size):
 
 def python_client(build, sock, scratch, size, rounds):
     """The Python client's save stall, cold and hot restore, and their peers."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
+    sys.path.insert(0, os.path.join(build, "python", "lib"))
     import ckptd
     import torch
 
@@ -369,7 +372,7 @@ def python_client(build, sock, scratch, size, rounds):
     with mmap.mmap(fd, size) as m:
         np.frombuffer(m, dtype=np.uint8)[:] = 1
 
-    def memfd_read():
+    def memfd_read(dst=dst):
         with mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as m:
             src = np.frombuffer(m, dtype=np.uint8)
             np.copyto(dst, src)
@@ -438,7 +441,10 @@ def ratios(r):
     """The goal ratios of one size's results (None where an input is missing)."""
     fio = r["fio_direct_MBps"]
     mbps = r["bytes"] / r["ckptd_durable_s"] / 1e6
-    div = lambda a, b: None if a is None or not b else a / b
+
+    def div(a, b):
+        return None if a is None or not b else a / b
+
     huge = r["arena_setup"]["huge_s"]
     return {
         "durable_vs_fio": div(mbps, fio),
@@ -598,8 +604,9 @@ def main():
     print("\narena setup per size (two arenas per trainer are set up once), seconds")
     for r in results:
         a = r["arena_setup"]
+        per_gib = a['huge_s'] and a['huge_s'] / (r['bytes'] / GiB)
         print(f"{r['bytes'] // MiB:>5}Mi 4 KiB pages {f(a['small_s'], '{:.3f}s'):>7}  huge pages "
-              f"{f(a['huge_s'], '{:.3f}s'):>7}  ({f(a['huge_s'] and a['huge_s'] / (r['bytes'] / GiB), '{:.2f}')} s/GiB)")
+              f"{f(a['huge_s'], '{:.3f}s'):>7}  ({f(per_gib, '{:.2f}')} s/GiB)")
     if concurrent:
         print(f"\nN trainers saving {sizes[0] // MiB} MiB each at once (aggregate MB/s, medians)")
         for c in concurrent:

@@ -29,7 +29,7 @@ import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+sys.path.insert(0, os.environ.get("CKPTD_PYTHON_LIB") or os.path.join(ROOT, "build", "python", "lib"))
 
 import boto3  # noqa: E402
 import numpy as np  # noqa: E402
@@ -112,7 +112,7 @@ def main():
         for rnd in range(args.rounds):
             step = rnd + 1
             t0 = time.monotonic()
-            r = run.save(step, tensors)
+            run.save(step, tensors)
             run.wait()
             local_s = time.monotonic() - t0
             # The upload starts at the commit; sample the daemon meanwhile.
@@ -170,8 +170,8 @@ def main():
                   flush=True)
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print()
-        print(f"| checkpoint | local write (call to durable) | ckptd upload (/local) | boto3, 4 threads "
-              f"(ckptd/boto3) | daemon private memory, peak (max_memory_bytes) |")
+        print("| checkpoint | local write (call to durable) | ckptd upload (/local) | boto3, 4 threads "
+              "(ckptd/boto3) | daemon private memory, peak (max_memory_bytes) |")
         print("| --- | --- | --- | --- | --- |")
         print(f"| {args.mib} MiB | {med['local_MBps']:.0f} MB/s | {med['ckptd_MBps']:.0f} MB/s "
               f"({med['ckptd_MBps'] / med['local_MBps']:.2f}) | {med['boto3_MBps']:.0f} MB/s "

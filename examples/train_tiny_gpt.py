@@ -11,16 +11,16 @@ run's latest checkpoint, and ends with the same weights, bit for bit, as a
 run that was never interrupted.
 
     make run      # in another shell
-    PYTHONPATH=client/python /usr/bin/python3 examples/train_tiny_gpt.py --run tiny --steps 300
+    PYTHONPATH=build/python/lib /usr/bin/python3 examples/train_tiny_gpt.py --run tiny --steps 300
+
+(or without PYTHONPATH once the package is installed: the wheel, python3-ckptd)
 
 The ckptd part is the three lines marked "ckptd:".
 """
 
 import argparse
 import math
-import os
 import random
-import sys
 import time
 
 import numpy as np
@@ -28,8 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
-import ckptd  # noqa: E402
+import ckptd
 
 VOCAB, CTX, DIM, HEADS, LAYERS, BATCH = 256, 32, 64, 4, 4, 8
 
@@ -135,8 +134,8 @@ def main():
             # ckptd: a checkpoint when the schedule says so (one cheap RPC otherwise).
             r = run.maybe_save(step, **{k: v for k, v in state(step).items() if k != "step"})
             if r.state != "skipped":
-                print(f"step {step} loss {last_loss:.4f} checkpoint {r.state} ({r.transport}, stall {r.stall_s * 1e3:.1f} ms)",
-                      flush=True)
+                print(f"step {step} loss {last_loss:.4f} checkpoint {r.state} "
+                      f"({r.transport}, stall {r.stall_s * 1e3:.1f} ms)", flush=True)
         final = state(args.steps - 1)
         run.close(final)
     print(f"done: step {args.steps - 1} loss {last_loss:.4f}", flush=True)

@@ -17,11 +17,13 @@ build_pkgs=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libxxhash-dev
   libsystemd-dev liburing-dev
   libcurl4-openssl-dev libxml2-dev
+  python3 python3-setuptools python3-wheel
 )
 test_pkgs=(
   libgtest-dev libgmock-dev libfuse3-dev
   clang libclang-rt-14-dev clang-format
-  python3 python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch python3-yaml
+  python3-venv flake8 mypy
+  python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch python3-yaml
   prometheus chromium fonts-dejavu-core
   ceph-mon ceph-osd radosgw ceph-common uuid-runtime python3-boto3 iproute2 xfsprogs
 )

@@ -42,7 +42,7 @@ printf '\001REGISTER 0123456789abcdef' >"$seeds/arena_request_fuzz/register"
 printf '\000ATTACH 0123456789abcdef 140737488355328 4096' >"$seeds/arena_request_fuzz/attach"
 printf '\000HOT llama-7b 1000' >"$seeds/arena_request_fuzz/hot"
 # Requests as the clients send them (Debian's protobuf, the stubs make build generated).
-PYTHONPATH=client/python /usr/bin/python3 - "$seeds/request_fuzz" <<'PY' || echo "run-fuzz: no protobuf seeds (python3-protobuf missing?)"
+PYTHONPATH="$build/python/lib" /usr/bin/python3 - "$seeds/request_fuzz" <<'PY' || echo "run-fuzz: no protobuf seeds (python3-protobuf missing?)"
 import sys
 from ckptd.v1 import ckptd_pb2 as pb
 out = sys.argv[1]

@@ -5,8 +5,8 @@
 #           the clang ASan + UBSan tree (unit suites run; the libFuzzer
 #           targets built from the same objects), then a bounded run of
 #           each fuzzer
-#   lane B: lint (clang-format, clang-tidy, clang's thread-safety
-#           analysis), then the TSan unit suites
+#   lane B: lint (clang-format, flake8, mypy, clang-tidy, clang's
+#           thread-safety analysis), then the TSan unit suites
 # Both lanes take about the same time (clang-tidy alone is as long as the
 # unity build and ctest together), and the machine stays busy throughout.
 # Every check runs; the table at the end gives each phase's duration, each
@@ -56,8 +56,8 @@ phase - configure "${cmake_main[@]}" || exit 1
 # lint configures a tree of its own), made before the lanes part so that no
 # two ninja runs share the tree.
 gen_targets=(ckptd_proto_gen)
-ninja -C "$build" -t targets all 2>/dev/null | grep -q '^ckptd_python_stubs:' &&
-  gen_targets+=(ckptd_python_stubs)
+ninja -C "$build" -t targets all 2>/dev/null | grep -q '^ckptd_python:' &&
+  gen_targets+=(ckptd_python)
 phase - generate ninja -C "$build" "${gen_targets[@]}" || exit 1
 
 lane_a() {

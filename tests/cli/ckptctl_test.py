@@ -169,7 +169,6 @@ class InspectForeignFileTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("no stored digest", r.stderr)
 
-
     def test_export_of_a_foreign_file_records_its_content_uuid_as_source(self):
         # A file ckptd did not write has no general.uuid: the export names the
         # content uuid ckptd gives its tensors (the documented canonical stream,

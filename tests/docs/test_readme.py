@@ -31,7 +31,9 @@ import time
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "client", "python"))
+# The built package (make build: build/python/lib; ctest says where).
+PYLIB = os.environ.get("CKPTD_PYTHON_LIB") or os.path.join(ROOT, "build", "python", "lib")
+sys.path.insert(0, PYLIB)
 CKPTD = os.environ.get("CKPTD_BINARY", os.path.join(ROOT, "build", "daemon", "ckptd"))
 CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(ROOT, "build", "client", "cli", "ckptctl"))
 PYTHON = "/usr/bin/python3"
@@ -58,12 +60,12 @@ QUICKSTART = open(os.path.join(ROOT, "examples", "quickstart.py")).read()
 
 
 def of(lang):
-    return [(text, n) for l, text, n in BLOCKS if l == lang]
+    return [(text, n) for ln, text, n in BLOCKS if ln == lang]
 
 
 def test_every_block_has_a_language_this_test_checks():
     assert len(BLOCKS) >= 8
-    unknown = [f"README.md:{n}: ```{l}" for l, _, n in BLOCKS if l not in HANDLED]
+    unknown = [f"README.md:{n}: ```{ln}" for ln, _, n in BLOCKS if ln not in HANDLED]
     assert unknown == []
 
 
@@ -82,7 +84,7 @@ def checkout(tmp_path_factory):
         assert proc.poll() is None and time.monotonic() < deadline, open(d / "daemon.log").read()
         time.sleep(0.05)
     env = {k: v for k, v in os.environ.items() if k != "CKPTD_SOCKET"}
-    env["PYTHONPATH"] = os.path.join(ROOT, "client", "python")
+    env["PYTHONPATH"] = PYLIB
     yield d, env
     proc.terminate()
     proc.wait(30)

@@ -211,7 +211,7 @@ for i in range(60):
     n = (1 << 18) + i * 8192  # 1 MiB growing to ~2.9 MiB of f32
     many.save(500 * (i + 1), {"w": np.full(n, i, np.float32)},
               metrics={"loss": 3 * math.exp(-i / 15) + 0.05 * math.sin(i), "lr": 1e-3})
-`], { env: { ...process.env, PYTHONPATH: join(source, "client", "python") } });
+`], { env: { ...process.env, PYTHONPATH: process.env.CKPTD_PYTHON_LIB ?? join(source, "build", "python", "lib") } });
 
   const browser = await chromium.launch({
     executablePath: CHROMIUM,

@@ -24,9 +24,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-sys.path.insert(0, os.path.join(ROOT, "client", "python"))
 
-from conftest import BINARY, Daemon, wait_for  # noqa: E402
+from conftest import BINARY, PYLIB, Daemon, wait_for  # noqa: E402
 
 import ckptd  # noqa: E402
 from ckptd.v1 import ckptd_pb2 as pb  # noqa: E402
@@ -239,7 +238,7 @@ class Trainer:
              str(WORLD), "--steps", ",".join(map(str, steps)), "--mib", str(mib),
              "--part-timeout", str(TIMEOUT)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "client", "python")})
+            env={**os.environ, "PYTHONPATH": PYLIB})
 
     def wait_line(self, want, timeout=60):
         deadline = time.monotonic() + timeout
@@ -611,8 +610,8 @@ def test_bad_multi_rank_settings_and_saves_are_refused_naming_what_to_fix(cluste
          "part_timeout_seconds"),
         ({"world_size": 3, "rank": 0, "slices": [{"name": "w", "full_ne": [4, 6], "dim": 2}]}, {},
          "INVALID_ARGUMENT", "dim"),
-        ({"world_size": 3, "rank": 0, "slices": [{"name": "w", "full_ne": [4, 6], "dim": 1,
-                                                   "offset": 6}]}, {}, "INVALID_ARGUMENT", "offset"),
+        ({"world_size": 3, "rank": 0, "slices": [{"name": "w", "full_ne": [4, 6], "dim": 1, "offset": 6}]},
+         {}, "INVALID_ARGUMENT", "offset"),
         ({"world_size": 3, "rank": 0}, {"tier": {"local_only": True}}, "FAILED_PRECONDITION",
          "object-storage tier"),
         ({"world_size": 3, "rank": 0}, {"exports": ["hf-llama"]}, "INVALID_ARGUMENT", "merge"),
@@ -727,7 +726,7 @@ class RankTrainer:
             args += ["--attempt", attempt]
         self.proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "client", "python")})
+            env={**os.environ, "PYTHONPATH": PYLIB})
 
     def restored(self):
         line = self.proc.stdout.readline()

@@ -131,7 +131,7 @@ class OverdueGaugesTest(unittest.TestCase):
     trainer asks ShouldSave every ~50 ms under every_steps = 10."""
 
     def test_an_open_run_exports_its_clock_and_expected_interval(self):
-        sys.path.insert(0, os.path.join(ARGS.source, "client", "python"))
+        sys.path.insert(0, os.environ["CKPTD_PYTHON_LIB"])
         import ckptd
 
         with tempfile.TemporaryDirectory() as d:

@@ -50,7 +50,7 @@ class DockerDriftTest(unittest.TestCase):
 
 def dockerignore_patterns():
     lines = read(os.path.join(ARGS.source, ".dockerignore")).splitlines()
-    return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
 def build_context(source, patterns):
@@ -124,8 +124,22 @@ class InstallTest(unittest.TestCase):
                      "usr/share/doc/ckptd/ckptd.example.toml",
                      "usr/share/ckptd/proto/ckptd/v1/ckptd.proto",
                      "usr/libexec/ckptd/ckptd_example_trainer", "usr/share/doc/ckptd/docs/config.md",
-                     "usr/share/doc/ckptd/docs/metadata.md", "usr/share/doc/ckptd/docs/shared-memory.md"]:
+                     "usr/share/doc/ckptd/docs/metadata.md", "usr/share/doc/ckptd/docs/shared-memory.md",
+                     "usr/lib/python3/dist-packages/ckptd/__init__.py",
+                     "usr/lib/python3/dist-packages/ckptd/py.typed",
+                     "usr/lib/python3/dist-packages/ckptd/v1/ckptd_pb2.py",
+                     "usr/lib/python3/dist-packages/ckptd/v1/ckptd_pb2_grpc.py",
+                     "usr/lib/python3/dist-packages/ckptd.egg-info/PKG-INFO"]:
             self.assertIn(want, tree)
+        # The Python package lands where Debian's python3 looks, and imports from there.
+        site = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('\\n'.join(sys.path))"],
+                              capture_output=True, text=True, env={}).stdout.splitlines()
+        self.assertIn("/usr/lib/python3/dist-packages", site)
+        pkgs = os.path.join(self.dest, "usr/lib/python3/dist-packages")
+        r = subprocess.run(["/usr/bin/python3", "-c", "import ckptd, ckptd.v1.ckptd_pb2_grpc; print(ckptd.__file__)"],
+                           capture_output=True, text=True, env={"PYTHONPATH": pkgs}, cwd=self.dest)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith(pkgs), r.stdout)
         self.assertTrue(os.access(os.path.join(self.dest, "usr/bin/ckptd"), os.X_OK))
         unit = read(os.path.join(self.dest, "usr/lib/systemd/system/ckptd.service"))
         self.assertIn("ExecStart=/usr/bin/ckptd --config /etc/ckptd/ckptd.toml", unit)
@@ -171,14 +185,14 @@ class InstallTest(unittest.TestCase):
         unit = os.path.join(self.dest, "usr/lib/systemd/system/ckptd.service")
         # verify resolves ExecStart= on this machine: point it at the installed binary.
         text = read(unit).replace("ExecStart=/usr/bin/ckptd",
-                                         "ExecStart=" + os.path.join(self.dest, "usr/bin/ckptd"))
+                                  "ExecStart=" + os.path.join(self.dest, "usr/bin/ckptd"))
         local = os.path.join(self.dest, "ckptd.service")
         with open(local, "w") as f:
             f.write(text)
         r = subprocess.run(["systemd-analyze", "verify", "--man=no", local], capture_output=True,
                            text=True)
-        problems = [l for l in (r.stdout + r.stderr).splitlines()
-                    if l.strip() and "ckptd.service" in l]
+        problems = [ln for ln in (r.stdout + r.stderr).splitlines()
+                    if ln.strip() and "ckptd.service" in ln]
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(problems, [], "\n".join(problems))
 

@@ -93,7 +93,7 @@ def _model_and_opt(seed):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_optimizer_rng_and_extra_come_back(daemon, transport):
     run = ckptd.connect(daemon.target).open_run("state-" + transport, transport=transport,
-                                                 schedule={"every_steps": 10})
+                                                schedule={"every_steps": 10})
     m, opt = _model_and_opt(1)
     for _ in range(3):
         opt.zero_grad()
@@ -171,7 +171,7 @@ def test_bad_inputs_are_named(daemon):
     assert e.value.code != "UNKNOWN" and "overwrite" in e.value.message
     # name_map shortens long names, and restore maps them the same way.
     run2 = ckptd.connect(daemon.target).open_run("mapped", transport="stream",
-                                                  name_map=lambda n: n.replace("very_long_prefix.", "p."))
+                                                 name_map=lambda n: n.replace("very_long_prefix.", "p."))
     src = {"very_long_prefix." + "y" * 60: torch.arange(4.0)}
     run2.save(1, model=src)
     dst = {k: torch.zeros(4) for k in src}

@@ -40,18 +40,21 @@ def special_values() -> np.ndarray:
 def q8_blocks() -> np.ndarray:
     rng = np.random.default_rng(7)
     blocks = [np.zeros(32, np.float32)]                       # all-zero block
-    b = np.zeros(32, np.float32); b[0] = 127; b[1:9] = [2.5, -2.5, 0.5, -0.5, 1.5, 126.5, -126.5, 3.49999]
+    b = np.zeros(32, np.float32)
+    b[0] = 127
+    b[1:9] = [2.5, -2.5, 0.5, -0.5, 1.5, 126.5, -126.5, 3.49999]
     blocks.append(b)                                           # ties: roundf away from zero
-    b = rng.standard_normal(32).astype(np.float32); b[5] = np.inf
-    blocks.append(b)                                           # an infinity
-    b = rng.standard_normal(32).astype(np.float32); b[7] = np.nan
-    blocks.append(b)                                           # NaN mid-block
-    b = rng.standard_normal(32).astype(np.float32); b[31] = np.nan
-    blocks.append(b)                                           # NaN last: amax stays NaN
+    for at, value in ((5, np.inf),                             # an infinity
+                      (7, np.nan),                             # NaN mid-block
+                      (31, np.nan)):                           # NaN last: amax stays NaN
+        b = rng.standard_normal(32).astype(np.float32)
+        b[at] = value
+        blocks.append(b)
     blocks.append(np.array([0x00000001 * (i + 1) for i in range(32)], np.uint32).view(np.float32))  # subnormal
     blocks.append(np.full(32, -0.0, np.float32))
     blocks.append(np.linspace(-1e-3, 1e-3, 32, dtype=np.float32))
-    return np.concatenate(blocks + [(rng.standard_normal(32 * 24) * 10.0 ** rng.integers(-8, 8, 32 * 24)).astype(np.float32)])
+    wide = rng.standard_normal(32 * 24) * 10.0 ** rng.integers(-8, 8, 32 * 24)
+    return np.concatenate(blocks + [wide.astype(np.float32)])
 
 
 def expected_f16(x):

@@ -5,7 +5,6 @@ copy asked for without its key, and a SIGTERM while a handler is stuck."""
 import contextlib
 import os
 import signal
-import threading
 import time
 
 import grpc

@@ -15,8 +15,8 @@ import ckptd
 from ckptd.v1 import ckptd_pb2 as pb
 from conftest import BINARY
 
-CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(os.path.dirname(BINARY), "..", "client",
-                                                         "cli", "ckptctl"))
+CKPTCTL = os.environ.get("CKPTCTL_BINARY",
+                         os.path.join(os.path.dirname(BINARY), "..", "client", "cli", "ckptctl"))
 
 
 def frozen_run(daemon, name):

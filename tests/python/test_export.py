@@ -149,7 +149,7 @@ def test_a_tokenizer_given_as_plain_lists_gets_the_types_llama_cpp_reads(daemon,
     wd = save_once(daemon, "plain-tokenizer", tl.hf_model(), ["hf-llama"], md)
     path = os.path.join(wd, "step_1.hf-llama.gguf")
     data = open(path, "rb").read()
-    I32, U32, F32, BOOL, ARRAY = 5, 4, 6, 7, 9
+    I32, U32, F32, ARRAY = 5, 4, 6, 9
     assert _kv_type(data, "tokenizer.ggml.token_type")[:2] == (ARRAY, I32)
     assert _kv_type(data, "tokenizer.ggml.scores")[:2] == (ARRAY, F32)
     assert _kv_type(data, "tokenizer.ggml.bos_token_id")[:2] == (U32, None)
@@ -295,15 +295,15 @@ def test_lineage_of_a_fine_tune_with_exports(tmp_path):
                               text=True, check=True).stdout
         lines = tree.splitlines()
         assert lines[0] == f"base model {base}"
-        assert any(l.startswith("└─ pre step 1 ") for l in lines)
-        assert any("ft step 20 " in l and "[latest]" in l for l in lines)
-        assert sum("export hf-llama-q8_0 (hf-llama-q8_0)" in l for l in lines) == 2
-        assert any("[latest.hf-llama]" in l for l in lines)
+        assert any(ln.startswith("└─ pre step 1 ") for ln in lines)
+        assert any("ft step 20 " in ln and "[latest]" in ln for ln in lines)
+        assert sum("export hf-llama-q8_0 (hf-llama-q8_0)" in ln for ln in lines) == 2
+        assert any("[latest.hf-llama]" in ln for ln in lines)
         py = subprocess.run([sys.executable, "-m", "ckptd", "--socket", d.target, "lineage", "ft"],
                             capture_output=True, text=True, env=d.env()).stdout.splitlines()
         assert py[0] == f"base model {base}" and py[1].startswith("  pre step 1 ")
         assert py[2].startswith("  pre step 2 ") and py[3].startswith("    ft step 10 ")
-        assert sum(l.strip().startswith("export hf-llama ") for l in py) == 2
+        assert sum(ln.strip().startswith("export hf-llama ") for ln in py) == 2
         # Focused on one export: its checkpoint and every ancestor, nothing else.
         leaf = next(n for n in whole.nodes if n.kind == K.KIND_EXPORT and n.step == 10 and n.name == "hf-llama")
         one = json.loads(subprocess.run([CKPTCTL, "lineage", leaf.uuid, "--json", f"--socket={d.target}"],
@@ -413,7 +413,8 @@ def test_a_lora_fine_tune_exports_its_base_adapter_and_merged_model_for_llama_cp
         for proj in ("q_proj", "v_proj"):
             k = f"model.layers.{layer}.self_attn.{proj}."
             a, b = factors[k + "lora_A.weight"], factors[k + "lora_B.weight"]
-            merged[k + "weight"] = (base[k + "weight"].astype(np.float64) + alpha / rank * (b.astype(np.float64) @ a)).astype(np.float32)
+            delta = alpha / rank * (b.astype(np.float64) @ a)
+            merged[k + "weight"] = (base[k + "weight"].astype(np.float64) + delta).astype(np.float32)
     ref = tl.reference_logits(merged)
     got = tl.llama_cpp_logits(base_file, adapter=adapter)
     err = np.abs(got - ref).max()

@@ -7,7 +7,6 @@ bytes a plain write gives (the same run on ext4, compared data section by
 data section); after retention deletes the first checkpoint the others
 still verify and restore exactly. On ext4 nothing is shared, as before."""
 
-import json
 import os
 import pathlib
 import shutil

@@ -120,7 +120,7 @@ CASES = [
      "INVALID_ARGUMENT", "nested arrays"),
     ("md-array-mixed",
      open_md(entry("a", array=pb.ArrayValue(element_type=pb.VALUE_TYPE_U32,
-                                               items=[pb.MetadataValue(string_value="x")]))),
+                                            items=[pb.MetadataValue(string_value="x")]))),
      "INVALID_ARGUMENT", "array element is not"),
     ("md-too-big", open_md(entry("big", string_value="x" * (2 << 20))), "RESOURCE_EXHAUSTED",
      "server.max_metadata_bytes"),
@@ -132,8 +132,8 @@ CASES = [
      lambda s, c: s.OpenRun(pb.OpenRunRequest(run_id="ex", exports=[pb.ExportRequest(profile="no-such")])),
      None, "exports"),
     ("export-bad-name",
-     lambda s, c: s.OpenRun(pb.OpenRunRequest(run_id="ex", exports=[pb.ExportRequest(name="Bad Name",
-                                                                                      profile="hf-llama")])),
+     lambda s, c: s.OpenRun(pb.OpenRunRequest(
+         run_id="ex", exports=[pb.ExportRequest(name="Bad Name", profile="hf-llama")])),
      "INVALID_ARGUMENT", "exports: name 'Bad Name'"),
     ("export-twice",
      lambda s, c: s.OpenRun(pb.OpenRunRequest(run_id="ex", exports=[pb.ExportRequest(profile="hf-llama"),
@@ -302,7 +302,6 @@ def test_dashboards_and_stalled_saves_cannot_starve_a_trainer(tmp_path):
     trainer's ShouldSave and shared-memory save still go through, and every
     held watch sees its commit."""
     import threading
-    import time
 
     import torch
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BINARY, Daemon, wait_for
+from conftest import BINARY, PYLIB, Daemon, wait_for
 
-CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(os.path.dirname(BINARY), "..", "client",
-                                                         "cli", "ckptctl"))
+CKPTCTL = os.environ.get("CKPTCTL_BINARY",
+                         os.path.join(os.path.dirname(BINARY), "..", "client", "cli", "ckptctl"))
 NOBODY = 65534
 
 
@@ -91,8 +91,7 @@ def test_the_sockets_group_may_connect_and_others_are_told_it_is_permissions(ope
         py = ("import ckptd\ntry:\n    ckptd.connect(%r).open_run('p', transport='stream')\n"
               "except ckptd.Error as e:\n    print(e.code, e.message)\nelse:\n    print('OK')\n"
               % d.target)
-        env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "..", "client",
-                                                        "python")}
+        env = {**os.environ, "PYTHONPATH": PYLIB}
 
         def python_as(groups):
             who = ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
@@ -240,7 +239,7 @@ def test_ckptctl_show_ls_and_runs_speak_to_people(tmp_path):
             return r.stdout
 
         def state(run_id):
-            rows = [l.split() for l in ctl("runs").splitlines()[1:]]
+            rows = [ln.split() for ln in ctl("runs").splitlines()[1:]]
             return {r[0]: r[1] for r in rows}[run_id]
 
         run = ckptd.connect(d.target).open_run("people", transport="stream")
@@ -248,8 +247,8 @@ def test_ckptctl_show_ls_and_runs_speak_to_people(tmp_path):
         run.save(10, {"w": np.ones((2, 3), dtype=np.float32)}, metrics={"loss": loss, "acc": acc})
         run.save(20, {"w": np.ones((2, 3), dtype=np.float32)}, metrics={"loss": 0.25})
         show = ctl("show", "people", "20")
-        rows = {l.split()[1]: l.split()[2:] for l in show.splitlines()
-                if re.match(r"^\s+\d+\s+\S", l)}
+        rows = {ln.split()[1]: ln.split()[2:] for ln in show.splitlines()
+                if re.match(r"^\s+\d+\s+\S", ln)}
         assert re.search(r"^\s+#\s+key\s+type\s+value$", show, re.M), show
         assert rows["ckpt.step"] == ["u64", "20"]
         assert rows["ckpt.run_id"] == ["string", '"people"']

@@ -92,7 +92,6 @@ def test_zero_d_and_bool_tensors_must_match_too(daemon):
     assert dst["s"].item() == 2.5 and dst["b"].tolist() == [True, False, True]
 
 
-
 def test_load_like_a_state_dict_follows_the_same_rule(daemon):
     g = torch.Generator().manual_seed(9)
     src = {"w": torch.randn(16, 4, generator=g).half(), "b": torch.randn(4, generator=g)}

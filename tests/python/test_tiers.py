@@ -23,7 +23,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from conftest import Daemon, logged_port, wait_for  # noqa: E402
+from conftest import Daemon, logged_port  # noqa: E402
 import tier_trainer  # noqa: E402
 
 import ckptd  # noqa: E402

@@ -18,10 +18,10 @@ import ckptd
 from ckptd.v1 import ckptd_pb2 as pb
 from conftest import logged_port
 
-BINARY = os.environ.get("CKPTD_BINARY", os.path.join(os.path.dirname(__file__), "..", "..",
-                                                      "build", "daemon", "ckptd"))
-CKPTCTL = os.environ.get("CKPTCTL_BINARY", os.path.join(os.path.dirname(BINARY), "..", "client",
-                                                         "cli", "ckptctl"))
+BINARY = os.environ.get("CKPTD_BINARY",
+                        os.path.join(os.path.dirname(__file__), "..", "..", "build", "daemon", "ckptd"))
+CKPTCTL = os.environ.get("CKPTCTL_BINARY",
+                         os.path.join(os.path.dirname(BINARY), "..", "client", "cli", "ckptctl"))
 TOKEN_LLAMA = "llama-token-" + "a1" * 16
 TOKEN_ALL = "admin-token-" + "b2" * 16
 

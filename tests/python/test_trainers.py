@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import ckptd
-from conftest import ROOT
+from conftest import PYLIB, ROOT
 
 
 def _provenance_of(daemon, tmp_path, script_dir, cwd):
@@ -19,7 +19,7 @@ def _provenance_of(daemon, tmp_path, script_dir, cwd):
     script = script_dir / "train.py"
     script.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {repr(str(ROOT) + "/client/python")})
+        sys.path.insert(0, {PYLIB!r})
         import torch, ckptd
         run = ckptd.connect({daemon.target!r}).open_run("prov-{script_dir.name}", transport="stream")
         run.save(1, model={{"w": torch.zeros(2)}})
@@ -70,7 +70,7 @@ def test_a_trainer_the_daemon_refuses_shared_memory_saves_over_the_stream_and_sa
     try:
         os.chmod(open_dir, 0o755)
         pkg = os.path.join(open_dir, "pkg")
-        shutil.copytree(os.path.join(ROOT, "client", "python", "ckptd"), os.path.join(pkg, "ckptd"))
+        shutil.copytree(os.path.join(PYLIB, "ckptd"), os.path.join(pkg, "ckptd"))
         cfg = os.path.join(open_dir, "ckptd.toml")
         with open(cfg, "w") as f:
             f.write('[server]\nsocket_mode = "0666"\n')

@@ -24,7 +24,6 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-sys.path.insert(0, os.path.join(ROOT, "client", "python"))
 
 from conftest import BINARY, Daemon, wait_for  # noqa: E402
 
@@ -252,7 +251,8 @@ def test_an_upload_resumes_after_the_daemon_is_killed_and_leaves_no_stale_upload
     d.start(env=d.s3_env)
     uploaded(d, "resume", [100])
     log = open(d.log).read()
-    assert re.search(rf"resuming run=resume step=100 file=step_100.gguf .*\({done_before} of 9 parts done\)", log), log[-3000:]
+    resumed = rf"resuming run=resume step=100 file=step_100.gguf .*\({done_before} of 9 parts done\)"
+    assert re.search(resumed, log), log[-3000:]
     assert "aborting a stale multipart upload run=resume key=ckpt/resume/step_99.gguf" in log
     uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert uploads == [], [u["UploadId"] for u in uploads] + [stale]
@@ -612,7 +612,7 @@ def test_runs_override_the_tier_in_open_run_and_keep_it_across_restarts(tmp_path
     d.stop()
     d.start(env=d.s3_env)
     team = ckptd.connect(d.target).open_run("team", transport="stream", retention={"keep_last": 2},
-                                           tier={"prefix": "team-b/ckpt", "remote_retention": "same"})
+                                            tier={"prefix": "team-b/ckpt", "remote_retention": "same"})
     assert team.save(4, {"w": np.full(1000, 4, np.float32)}).state == "committed"
     uploaded(d, "team", [4])
     wait_for(lambda: remote_steps("team-b/ckpt/team/") == [3, 4], 30, "team's remote retention")
@@ -624,7 +624,7 @@ def test_runs_override_the_tier_in_open_run_and_keep_it_across_restarts(tmp_path
     d.stop()
     d.start(env=d.s3_env)
     run = ckptd.connect(d.target).open_run("team", transport="stream",
-                                          tier={"prefix": "team-b/ckpt", "remote_retention": "same"})
+                                           tier={"prefix": "team-b/ckpt", "remote_retention": "same"})
     into = {"w": np.zeros(1000, np.float32)}
     assert run.restore(model=into, remote=True).step == 4
     assert np.array_equal(into["w"], np.full(1000, 4, np.float32))
@@ -671,8 +671,9 @@ def test_listings_say_where_each_step_lives_local_both_or_only_in_the_store(tmp_
                         metrics={"loss": 1.0 / step}).state == "committed"
     uploaded(d, "where", [1, 2, 3])
     # Local retention (keep_last 1) drops 1 and 2 once they are in the store.
-    ctl = lambda *a: subprocess.run([CKPTCTL, "--socket", d.target, *a], capture_output=True,
-                                    text=True, timeout=60)
+
+    def ctl(*a):
+        return subprocess.run([CKPTCTL, "--socket", d.target, *a], capture_output=True, text=True, timeout=60)
     wait_for(lambda: [c["step"] for c in json.loads(ctl("ls", "where", "--json").stdout)["checkpoints"]] == ["3"],
              30, "local retention")
     local = json.loads(ctl("ls", "where", "--json").stdout)["checkpoints"]

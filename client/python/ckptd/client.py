@@ -13,17 +13,28 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import grpc
 import numpy as np
 
 from . import compat, gguf, state
 from .reader import Checkpoint
-from .shm import ArenaError, ArenaPool, hot_copy, shm_supported
+from .shm import ArenaError, ArenaPool, SealedArena, hot_copy, shm_supported
 from .v1 import ckptd_pb2 as pb
 from .v1 import ckptd_pb2_grpc as pb_grpc
 from .values import entries as metadata_entries
+
+if TYPE_CHECKING:
+    from .preemption import Preemption
+
+# What the public API takes, named for readers and type checkers (torch has
+# no type stubs here, so its objects are Any to a checker):
+Model = Any  # a torch.nn.Module, or a mapping of names to tensors or numpy arrays
+Optimizer = Any  # a torch.optim.Optimizer, or its state_dict()
+Extra = Mapping[str, Any]  # numbers, strings, bools, None, lists, tuples, dicts, arrays
+Metrics = Mapping[str, float]
+StateObjects = Mapping[str, Any]  # objects with state_dict() and load_state_dict()
 
 state_lib = state  # the module, where a method's `state=` parameter shadows it
 
@@ -194,11 +205,15 @@ class Client:
             self.channel = grpc.secure_channel(target, creds, options=opts)
         self.stub = pb_grpc.CheckpointdStub(self.channel)
 
-    def open_run(self, run_id: str, metadata: dict | None = None, schedule=None, retention=None,
+    def open_run(self, run_id: str, metadata: dict | None = None,
+                 schedule: Mapping[str, Any] | pb.Schedule | None = None,
+                 retention: Mapping[str, Any] | pb.RetentionPolicy | None = None,
                  base_model: str | None = None, run_dir: str = "", seed: int | None = None,
                  transport: str = "auto", name_map: Callable[[str], str] | None = None,
-                 threads: int = 4, exports: list | None = None, model=None,
-                 tier=None, multi_rank=None, optimizer=None, seal_frozen: bool = False) -> "Run":
+                 threads: int = 4, exports: list | None = None, model: Model = None,
+                 tier: Mapping[str, Any] | pb.TierOptions | None = None,
+                 multi_rank: Mapping[str, Any] | pb.MultiRank | None = None, optimizer: Optimizer = None,
+                 seal_frozen: bool = False) -> "Run":
         """Opens (or resumes) a run. `schedule`/`retention`: dicts with the
         proto's field names ({"every_steps": 500}) or the messages; `metadata`:
         GGUF-typed model metadata (see ckptd.values); `transport`: "auto"
@@ -237,7 +252,7 @@ class Client:
         if schedule is not None:
             if not isinstance(schedule, pb.Schedule):
                 # final_on_close defaults to true, as in the daemon's config.
-                schedule = pb.Schedule(**{"final_on_close": True, **schedule})
+                schedule = pb.Schedule(**{"final_on_close": True, **schedule})  # type: ignore[arg-type]
             req.schedule.CopyFrom(schedule)
         if tier is not None:
             req.tier.CopyFrom(tier if isinstance(tier, pb.TierOptions) else pb.TierOptions(**tier))
@@ -283,18 +298,18 @@ class Client:
         raise Error("UNAVAILABLE", f"the daemon at {self.target} did not answer within {self.reconnect_timeout:g} s "
                                    f"(reconnect_timeout); last error: {last}")
 
-    def lineage(self, uuid: str = "", run_id: str = ""):
+    def lineage(self, uuid: str = "", run_id: str = "") -> pb.Lineage:
         """The ancestors and descendants of a file (by general.uuid) or a run;
         neither: everything the daemon knows. A ckptd.v1.Lineage message."""
         return _rpc(self.stub.GetLineage, pb.LineageRequest(uuid=uuid, run_id=run_id))
 
-    def close(self):
+    def close(self) -> None:
         self.channel.close()
 
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -395,21 +410,22 @@ def _state_dict(model) -> dict:
 class _Installed:
     """Run.preemptible()'s context manager."""
 
-    def __init__(self, preemption):
+    def __init__(self, preemption: Preemption):
         self.preemption = preemption
 
-    def __enter__(self):
+    def __enter__(self) -> "Run":
         self.preemption.install()
         return self.preemption.run
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.preemption.uninstall()
 
 
 class Run:
     """One training run. Not thread-safe: one trainer thread uses it."""
 
-    def __init__(self, client: Client, opened, transport: str, name_map, threads: int):
+    def __init__(self, client: Client, opened: pb.OpenRunResponse, transport: str,
+                 name_map: Callable[[str], str] | None, threads: int):
         self.client = client
         self.opened = opened
         self.id = opened.run.run_id
@@ -418,7 +434,7 @@ class Run:
         self.name_map = name_map
         self.threads = threads
         self._auto = transport == "auto"
-        self._pool = None
+        self._pool: ArenaPool | None = None
         if self._use_shm(transport):
             try:
                 self._pool = ArenaPool(opened.arena_socket, opened.arena_token)
@@ -432,13 +448,13 @@ class Run:
         # Failed saves found while waiting for an arena, reported by the next wait().
         self._failed_unreported: list[SaveResult] = []
         self.closed = False
-        self._open_request = None  # set by Client.open_run: how to reopen the run
-        self._preemption = None  # preemption.Preemption, when installed
+        self._open_request: pb.OpenRunRequest | None = None  # set by Client.open_run: how to reopen it
+        self._preemption: Preemption | None = None  # when installed
         self._checked = False  # the first maybe_save checked what it was given
         self.reconnects = 0
         self._resent_at = 0  # reconnects when lost saves were last sent again
         self._seal_frozen = False  # open_run(seal_frozen=...)
-        self._sealed = None  # the SealedArena of the frozen parameters, once made
+        self._sealed: SealedArena | None = None  # the frozen parameters, once sealed
         self._sealed_names: set[str] = set()
 
     # -- surviving daemon restarts -----------------------------------------
@@ -528,7 +544,8 @@ class Run:
 
     # -- saving -------------------------------------------------------------
 
-    def reserve(self, model=None, optimizer=None, extra=None, state=None) -> int:
+    def reserve(self, model: Model = None, optimizer: Optimizer = None, extra: Extra | None = None,
+                state: StateObjects | None = None) -> int:
         """Sets up the shared-memory arena a save of this state needs, now:
         created, registered with the daemon and its pages populated, so the
         first save stalls no longer than the next ones (without it the first
@@ -548,7 +565,8 @@ class Run:
             self._shm_refused(e)
             return 0
 
-    def preemptible(self, grace: float = 30.0, signals=(signal.SIGTERM,), exit_code: int = 143):
+    def preemptible(self, grace: float = 30.0, signals: Iterable[int] = (signal.SIGTERM,),
+                    exit_code: int = 143) -> _Installed:
         """A context manager: inside it, SIGTERM makes the next maybe_save or
         save (the step boundary) save its step, wait for the commit and exit
         with `exit_code`; without a boundary within `grace` seconds the
@@ -559,11 +577,12 @@ class Run:
 
     def _preempted(self, step, model, optimizer, extra, metrics, state_objs):
         """At a step boundary after SIGTERM: the preemption save, then exit."""
+        assert self._preemption is not None
         self._preemption.save_and_exit(
             step, lambda: self._save(step, model, optimizer, extra, metrics, True, True, False, state_objs))
 
-    def maybe_save(self, step: int, model=None, optimizer=None, extra=None, metrics=None,
-                   state=None) -> SaveResult:
+    def maybe_save(self, step: int, model: Model = None, optimizer: Optimizer = None, extra: Extra | None = None,
+                   metrics: Metrics | None = None, state: StateObjects | None = None) -> SaveResult:
         """Saves if the run's schedule says `step` is due (one cheap RPC otherwise).
         The first call checks that everything given can be saved and
         restored faithfully, due or not (the error names the key path).
@@ -579,8 +598,9 @@ class Run:
             return SaveResult(step, "skipped", due.reason, transport=self.transport)
         return self.save(step, model, optimizer, extra, metrics, force=False, state=state)
 
-    def save(self, step: int, model=None, optimizer=None, extra=None, metrics=None, force: bool = True,
-             overwrite: bool = False, _final: bool = False, state=None) -> SaveResult:
+    def save(self, step: int, model: Model = None, optimizer: Optimizer = None, extra: Extra | None = None,
+             metrics: Metrics | None = None, force: bool = True, overwrite: bool = False, _final: bool = False,
+             state: StateObjects | None = None) -> SaveResult:
         """Saves now. Over shared memory it returns once the tensors are
         copied into an arena (state "pending"; the daemon writes in the
         background, see wait()); over the stream, once committed.
@@ -711,6 +731,7 @@ class Run:
                           transport="stream")
 
     def _save_shared(self, header, entries, final: bool):
+        assert self._pool is not None
         t0 = time.perf_counter()
         try:
             arena, offsets = self._pool.stage(entries, self._wait_one, self.threads, self._settled)
@@ -856,10 +877,12 @@ class Run:
             raise Error("ABORTED", "; ".join(f"step {r.step}: {r.reason}" for r in failed))
         return done
 
-    def close(self, final_state: dict | None = None, step: int | None = None, **kwargs):
+    def close(self, final_state: dict | None = None, step: int | None = None,
+              **kwargs: Any) -> SaveResult | None:
         """Writes the final snapshot (when `final_state` = dict(step=..., model=...,
         optimizer=..., extra=..., metrics=...) or keyword arguments are given),
-        waits for every save and marks the run finished."""
+        waits for every save and marks the run finished. Returns the final
+        snapshot's SaveResult, None without one."""
         if self.closed:
             return None
         if self._preemption is not None and self._preemption.pending:
@@ -903,10 +926,10 @@ class Run:
             self._pool.close()
         return result
 
-    def __enter__(self):
+    def __enter__(self) -> "Run":
         return self
 
-    def __exit__(self, exc_type, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None:
             self.close()
         else:  # an exception: keep what is queued, do not mark the run finished
@@ -988,9 +1011,9 @@ class Run:
         c.steps_lost = info.last_seen_step - step if info.HasField("last_seen_step") else None
         return c
 
-    def restore(self, model=None, optimizer=None, step: int | None = None, verify: bool = True,
-                as_torch: bool = True, hot: bool = True, remote: bool = True, *,
-                cast: bool = False, reshape: bool = False, state=None,
+    def restore(self, model: Model = None, optimizer: Optimizer = None, step: int | None = None,
+                verify: bool = True, as_torch: bool = True, hot: bool = True, remote: bool = True, *,
+                cast: bool = False, reshape: bool = False, state: StateObjects | None = None,
                 fall_back: bool = True, attempt: str | None = None,
                 agree_timeout: float = 300.0) -> RestoreInfo | None:
         """Restores `step`, or with none the newest intact step: when the
@@ -1009,8 +1032,8 @@ class Run:
         restart; the wait for the other ranks is `agree_timeout` seconds. A
         multi-rank run with memory steps (memory_every_steps) needs it: its
         ranks' newest steps differ after a node is lost."""
-        kw = dict(verify=verify, as_torch=as_torch, hot=hot, remote=remote, cast=cast,
-                  reshape=reshape, state=state)
+        kw: dict[str, Any] = dict(verify=verify, as_torch=as_torch, hot=hot, remote=remote, cast=cast,
+                                  reshape=reshape, state=state)
         if step is None:
             agreed = self._agree(attempt, agree_timeout)
             if agreed is _NOTHING_ANYWHERE:
@@ -1031,7 +1054,7 @@ class Run:
                 self._fetched[fetched.step] = _fetched_tier(fetched)
                 steps.insert(0, fetched.step)
             kw["remote"] = False  # asked once: what is listed is here now
-        for s in steps or [None]:
+        for s in steps or [None]:  # type: ignore[list-item]
             try:
                 info = self._restore_step(model, optimizer, s, **kw)
             except gguf.GgufError as e:  # damage; a mismatch with the model is not
@@ -1133,7 +1156,8 @@ class Run:
                 for j in jobs:
                     j.result()
             train_names = [t.name for t in ckpt.train.tensors] if ckpt.train else []
-            small = ckpt.read_all("torch" if state_lib.torch else "numpy", names=set(train_names)) if train_names else {}
+            lib = "torch" if state_lib.torch else "numpy"
+            small = ckpt.read_all(lib, names=set(train_names)) if train_names else {}
             md = ckpt.train_metadata
             if optimizer is not None:
                 state_lib.restore_optimizer(optimizer, model, small, md)
@@ -1141,10 +1165,13 @@ class Run:
             if state:
                 state_lib.restore_state(state, md, small)
             extra = state_lib.decode_extra(md, small, as_torch)
+            if ckpt.step is None:
+                raise gguf.GgufError(f"{ckpt.model.path}: no {gguf.KEY_STEP}: not a checkpoint ckptd wrote")
             return RestoreInfo(
                 step=ckpt.step,
                 extra=extra,
-                metrics={k[len("ckpt.metrics."):]: v for k, v in ckpt.metadata.items() if k.startswith("ckpt.metrics.")},
+                metrics={k[len("ckpt.metrics."):]: v for k, v in ckpt.metadata.items()
+                         if k.startswith("ckpt.metrics.")},
                 source=ckpt.source,
                 file=ckpt.model.path,
                 seconds=time.perf_counter() - t0,

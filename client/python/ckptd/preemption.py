@@ -23,6 +23,10 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from .client import Run
 
 log = logging.getLogger("ckptd")
 
@@ -41,7 +45,7 @@ class Preemption:
         self.signal_at: float | None = None
         self.signum = 0
         self._timer: threading.Timer | None = None
-        self._previous = {}
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> "Preemption":
         for s in self.signals:
@@ -93,7 +97,7 @@ class Preemption:
         `step`), wait until it is committed, exit with exit_code."""
         self._cancel()  # the save may take the rest of the grace; the scheduler's kill is the limit
         log.warning("ckptd: run %s: saving step %d at the step boundary, %.2f s after signal %d",
-                    self.run.id, step, time.monotonic() - self.signal_at, self.signum)
+                    self.run.id, step, time.monotonic() - (self.signal_at or time.monotonic()), self.signum)
         try:
             save()
             self.run.wait()
@@ -105,8 +109,9 @@ class Preemption:
         raise SystemExit(self.exit_code)
 
 
-def on_preemption(run, state_fn=None, signals=(signal.SIGTERM,), exit_code: int = 143,
-                  grace: float = 30.0):
+def on_preemption(run: Run, state_fn: Callable[[], dict[str, Any]] | None = None,
+                  signals: Iterable[int] = (signal.SIGTERM,), exit_code: int = 143,
+                  grace: float = 30.0) -> Preemption:
     """Installs the handler for the rest of the process (see the module's
     doc): on SIGTERM, the run's next maybe_save/save saves its step and the
     process exits with `exit_code` (128 + SIGTERM by default), or after

@@ -19,7 +19,7 @@ import re
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -135,7 +135,7 @@ class Checkpoint:
     """One checkpoint (model file + optional training-state file), opened for reading."""
 
     def __init__(self, model_path: str, train_path: str | None = None, verify: bool = True,
-                 threads: int = 4, memory=None):
+                 threads: int = 4, memory: tuple[Any, dict[str, int]] | None = None):
         self.verify = verify and gguf.hasher.available
         self.threads = threads
         self.source = "disk"
@@ -157,7 +157,7 @@ class Checkpoint:
                     f"training-state file {train_path} is not the one saved with {model_path}: {why}; "
                     "they are not one checkpoint"
                 )
-        self._fds = {}
+        self._fds: dict[str, int] = {}
         self._memory = memory  # hot restore: (mmap, {name: offset})
         if memory is not None:
             self.source = "memory"
@@ -179,7 +179,7 @@ class Checkpoint:
     def train_metadata(self) -> dict[str, Any]:
         return self.train.metadata if self.train else {}
 
-    def files(self):
+    def files(self) -> list[gguf.GgufFile]:
         return [f for f in (self.model, self.train) if f is not None]
 
     def tensors(self) -> list[gguf.TensorInfo]:
@@ -209,7 +209,7 @@ class Checkpoint:
                 self._fds[path] = fd
             return fd
 
-    def read_into(self, name: str, dst, pool: ThreadPoolExecutor | None = None):
+    def read_into(self, name: str, dst: Any, pool: ThreadPoolExecutor | None = None) -> None:
         """Reads tensor `name` into `dst` (a writable buffer of exactly its size)."""
         found = self.find(name)
         if found is None:
@@ -260,7 +260,7 @@ class Checkpoint:
         with self._lock:
             self.bytes_read += n
 
-    def read_all(self, as_="numpy", names=None) -> dict[str, Any]:
+    def read_all(self, as_: str = "numpy", names: Collection[str] | None = None) -> dict[str, Any]:
         """Every tensor (or `names`) as new arrays, dtypes and 0-d shapes as saved."""
         dtypes, zero_d = self.hints()
         out = {}
@@ -273,7 +273,7 @@ class Checkpoint:
                 out[t.name] = _typed(arr, t, dtypes.get(t.name), t.name in zero_d, as_)
         return out
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -285,10 +285,10 @@ class Checkpoint:
                 pass  # arrays still view it; freed with them
             self._memory = None
 
-    def __enter__(self):
+    def __enter__(self) -> "Checkpoint":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

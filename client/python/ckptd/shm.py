@@ -22,6 +22,7 @@ import mmap
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,8 @@ class Arena:
         if not self.hugetlb:
             self._create(size, hugetlb=False)
         self.id = 0
-        self.busy = None  # the SaveResult using it, until it is done
+        # The SaveResult using it until it is done; True while it is staged.
+        self.busy: Any = None
 
     def _create(self, size: int, hugetlb: bool):
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | (os.MFD_HUGETLB if hugetlb else 0)
@@ -121,13 +123,14 @@ class Arena:
         try:
             os.ftruncate(self.fd, size)
             fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            # Any: both are dropped (None) when the arena is closed.
+            self.map: Any = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             if not hugetlb and hasattr(mmap, "MADV_HUGEPAGE"):
                 try:
                     self.map.madvise(mmap.MADV_HUGEPAGE)
                 except OSError:
                     pass
-            self.view = np.frombuffer(self.map, dtype=np.uint8)
+            self.view: Any = np.frombuffer(self.map, dtype=np.uint8)
             self._populate(strict=hugetlb)
         except BaseException:
             self.view = None
@@ -197,7 +200,7 @@ class SealedArena:
         try:
             os.ftruncate(self.fd, self.size)
             for a, off in zip(arrays, self.offsets):
-                mv = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+                mv = np.ascontiguousarray(a).reshape(-1).view(np.uint8).data
                 done = 0
                 while done < mv.nbytes:
                     done += os.pwrite(self.fd, mv[done:], off + done)
@@ -349,7 +352,8 @@ class ArenaPool:
         """After a daemon restart: a new arena connection, every arena
         registered again (new ids; their bytes are kept)."""
         channel = Channel(socket_path)
-        for a in [*self.arenas, *self.sealed]:
+        registered: list[Arena | SealedArena] = [*self.arenas, *self.sealed]
+        for a in registered:
             words, _ = channel.exchange("REGISTER " + token, a.fd)
             a.id = int(words[0])
         self.channel.close()

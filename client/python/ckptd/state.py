@@ -51,7 +51,7 @@ from .values import Typed
 try:  # torch is optional
     import torch
 except ImportError:  # pragma: no cover - exercised where torch is absent
-    torch = None
+    torch = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -140,7 +140,7 @@ def _param_names(model, optimizer) -> list[str] | None:
     if not isinstance(model, torch.nn.Module):
         return None
     by_id = {id(p): n for n, p in model.named_parameters()}
-    names = []
+    names: list[str] = []
     for g in optimizer.param_groups:
         for p in g["params"]:
             names.append(by_id.get(id(p), f"param.{len(names)}"))
@@ -174,7 +174,8 @@ def optimizer_entries(optimizer, model, out: list[Entry], md: dict[str, Any]):
         for p in g["params"]:
             index_of[p] = k
             k += 1
-    md["optimizer.type"] = Typed("string", type(optimizer).__name__ if hasattr(optimizer, "param_groups") else "state_dict")
+    kind = type(optimizer).__name__ if hasattr(optimizer, "param_groups") else "state_dict"
+    md["optimizer.type"] = Typed("string", kind)
     md["optimizer.param_names"] = Typed("array", names, element="string")
     for gi, g in enumerate(sd["param_groups"]):
         md[f"optimizer.group.{gi}.params"] = Typed("array", [index_of[p] for p in g["params"]], element="u32")
@@ -324,9 +325,9 @@ class _Encoder:
             return v
         if self.owner is not None and getattr(v, "__self__", None) is self.owner:
             return {"__method__": v.__func__.__name__}
-        if self.owner is not None and isinstance(v, weakref.WeakMethod) and v() is not None and (
-                v().__self__ is self.owner):
-            return {"__weakmethod__": v().__func__.__name__}  # CyclicLR's _scale_fn_ref
+        target = v() if isinstance(v, weakref.WeakMethod) else None
+        if self.owner is not None and target is not None and target.__self__ is self.owner:
+            return {"__weakmethod__": target.__func__.__name__}  # CyclicLR's _scale_fn_ref
         hint = ("; pass the object itself as state={...} (its own methods are bound again on "
                 "restore)" if inspect.ismethod(v) or isinstance(v, weakref.WeakMethod) else
                 "; use numbers, strings, bools, None, lists, tuples, dicts and arrays")
@@ -345,7 +346,7 @@ def _decode(v, tensors: dict[str, np.ndarray], as_torch: bool, owner=None):
         if set(v) == {"__items__"}:
             return {k: _decode(x, tensors, as_torch, owner) for k, x in v["__items__"]}
         if set(v) & {"__method__", "__weakmethod__"}:
-            name = v.get("__method__") or v.get("__weakmethod__")
+            name = str(v.get("__method__") or v.get("__weakmethod__"))
             if owner is None or not hasattr(owner, name):
                 raise ValueError(f"a saved method '{name}' has no object to bind to "
                                  "(restore it through state={...})")
