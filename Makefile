@@ -27,7 +27,7 @@ SAN_CONFIGURE = cmake -S . -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_T
                 -DCMAKE_UNITY_BUILD=$(UNITY)
 ASAN_CONFIGURE = $(SAN_CONFIGURE) -B $(BUILD)-asan -DCKPTD_SANITIZE=address,undefined -DCKPTD_FUZZ=ON
 
-.PHONY: all deps build test unit-test lint sanitize sanitize-daemon tsan tsan-unit fuzz fuzz-run soak run bench clean format install
+.PHONY: deb deb-test all deps build test unit-test lint sanitize sanitize-daemon tsan tsan-unit fuzz fuzz-run soak run bench clean format install
 
 all: build
 
@@ -131,6 +131,14 @@ bench: build
 	@/usr/bin/python3 bench/peer_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)
 	@/usr/bin/python3 bench/tier_stall_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--rounds 3 --auto-seconds 20,)
 	@/usr/bin/python3 bench/finetune_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 128 --steps 4,)
+
+# Debian packages of the built tree (BUILD/deb, lintian-checked), and their
+# test in a clean Debian 12 root (tests/deb/deb_test.sh; root, network).
+deb: build
+	@scripts/make-deb.sh $(BUILD)
+
+deb-test: build
+	@tests/deb/deb_test.sh . $(BUILD)
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cpp' | xargs clang-format -i

@@ -4,7 +4,8 @@
 # the Dockerfile's build stage, so CI proves the same steps a user runs.
 #
 #   scripts/install-deps.sh            build + test dependencies (default)
-#   scripts/install-deps.sh --runtime  only what the installed daemon needs
+#   scripts/install-deps.sh --build    only what building the Debian packages
+#                                      needs (the container's build stage)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,26 +24,24 @@ test_pkgs=(
   libgtest-dev libgmock-dev libfuse3-dev
   clang libclang-rt-14-dev clang-format
   python3-venv flake8 mypy
+  lintian debootstrap
   python3-numpy python3-xxhash python3-grpcio python3-protobuf python3-pytest python3-torch python3-yaml
   prometheus chromium fonts-dejavu-core
   ceph-mon ceph-osd radosgw ceph-common uuid-runtime python3-boto3 iproute2 xfsprogs
 )
-# What the installed ckptd and ckptctl load (from ldd; the rest come with them).
-runtime_pkgs=(
-  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libspdlog1.10 libfmt9
-  libtomlplusplus3 libxxhash0 libsystemd0 libssl3 ca-certificates
-  libcurl4 libxml2
-)
+# Making the Debian packages (make deb); what they need at run time is in
+# their Depends (debian/control, and dh_shlibdeps from the binaries).
+deb_pkgs=(debhelper dh-python help2man)
 
 # Peers the benchmark measures against (make bench only).
 bench_pkgs=(fio iperf3)
 
 mode=${1:-all}
 case "$mode" in
-  --runtime) wanted=("${runtime_pkgs[@]}") ;;
+  --build) wanted=("${build_pkgs[@]}" "${deb_pkgs[@]}") ;;
   --bench) wanted=("${bench_pkgs[@]}") ;;
-  all | --all) wanted=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [--runtime|--bench]" >&2; exit 2 ;;
+  all | --all) wanted=("${build_pkgs[@]}" "${deb_pkgs[@]}" "${test_pkgs[@]}") ;;
+  *) echo "usage: $0 [--build|--bench]" >&2; exit 2 ;;
 esac
 
 # Node may come from elsewhere (a nodesource build bundles npm and conflicts
@@ -70,7 +69,7 @@ else
   echo "install-deps: all ${#wanted[@]} Debian packages present"
 fi
 
-[[ "$mode" == "--runtime" || "$mode" == "--bench" ]] && exit 0
+[[ "$mode" == "--build" || "$mode" == "--bench" ]] && exit 0
 
 # npm test tools (GGUF interop checker, llama.cpp via node-llama-cpp with its
 # prebuilt CPU build), pinned in package-lock.json. --ignore-scripts: no

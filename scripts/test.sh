@@ -6,7 +6,9 @@
 #           targets built from the same objects), then a bounded run of
 #           each fuzzer
 #   lane B: lint (clang-format, flake8, mypy, clang-tidy, clang's
-#           thread-safety analysis), then the TSan unit suites
+#           thread-safety analysis), the TSan unit suites, then the Debian
+#           packages built and tested in a clean Debian 12 root
+#           (tests/deb/deb_test.sh) once lane A's build is done
 # Both lanes take about the same time (clang-tidy alone is as long as the
 # unity build and ctest together), and the machine stays busy throughout.
 # Every check runs; the table at the end gives each phase's duration, each
@@ -63,8 +65,10 @@ phase - generate ninja -C "$build" "${gen_targets[@]}" || exit 1
 lane_a() {
   local rc=0
   if phase A build ninja -C "$build" -j"$jobs"; then
+    touch "$logs/.built"
     phase A ctest bash -c "cd '$build' && ctest --output-on-failure -j$jobs" || rc=1
   else
+    touch "$logs/.build-failed"
     rc=1
   fi
   if phase A sanitize make --no-print-directory sanitize BUILD="$build" JOBS="$jobs" UNITY=ON; then
@@ -80,6 +84,19 @@ lane_b() {
   # shellcheck disable=SC2086  # a command line: split on purpose
   phase B lint ${LINT_CMD:-make --no-print-directory lint} BUILD="$build" JOBS="$jobs" || rc=1
   phase B tsan make --no-print-directory tsan-unit BUILD="$build" JOBS="$jobs" UNITY=ON || rc=1
+  # The Debian packages need lane A's build: made and tested in a clean
+  # Debian 12 root (mostly downloads and dpkg) while lane A runs ctest.
+  local waited=0
+  until [[ -e "$logs/.built" || -e "$logs/.build-failed" ]] || ((waited > 3600)); do
+    sleep 5
+    waited=$((waited + 5))
+  done
+  if [[ -e "$logs/.built" ]]; then
+    phase B deb tests/deb/deb_test.sh . "$build" || rc=1
+  else
+    echo "test: [B] deb skipped: the build failed or did not finish within an hour"
+    rc=1
+  fi
   return $rc
 }
 lane_a &

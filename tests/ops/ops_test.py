@@ -22,10 +22,13 @@ def read(path):
         return f.read()
 
 
-def readme_install_commands():
+def readme_package_build_commands():
+    """The README's lines that build the Debian packages without the test
+    toolchain (its "Debian packages" section)."""
     text = read(os.path.join(ARGS.source, "README.md"))
-    section = text.split("\n### Install", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    section = text.split("\n### Debian packages", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    block = next(b for b in blocks if "install-deps.sh --build" in b)
     return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
 
 
@@ -36,15 +39,23 @@ def dockerfile_build_commands():
 
 
 class DockerDriftTest(unittest.TestCase):
-    def test_build_stage_runs_exactly_the_readme_install_steps(self):
-        readme = readme_install_commands()
-        self.assertIn("scripts/install-deps.sh", readme)
+    def test_build_stage_runs_exactly_the_readme_package_build_steps(self):
+        readme = readme_package_build_commands()
+        self.assertIn("scripts/install-deps.sh --build", readme)
         self.assertEqual(dockerfile_build_commands(), readme)
+        self.assertTrue(any("make-deb.sh" in c and "/debs" in c for c in readme))
 
-    def test_runtime_stage_uses_the_deps_script_and_a_non_root_user(self):
+    def test_runtime_stage_installs_the_debs_with_the_line_the_package_test_runs(self):
         text = read(os.path.join(ARGS.source, "docker", "Dockerfile"))
         runtime = text.split("\nFROM debian:12\n", 1)[1]
-        self.assertIn("install-deps.sh --runtime", runtime)
+        self.assertIn("COPY --from=build /debs /tmp/debs", runtime)
+        self.assertIn("COPY scripts/install-debs.sh /tmp/install-debs.sh", runtime)
+        # The line tests/deb/deb_test.sh extracts and runs in its clean root.
+        deb_test = read(os.path.join(ARGS.source, "tests", "deb", "deb_test.sh"))
+        pattern = re.search(r"sed -n '(s\|[^']+)'", deb_test).group(1)
+        r = subprocess.run(["sed", "-n", pattern], input=text, capture_output=True, text=True)
+        self.assertEqual(r.stdout.strip(), "/tmp/install-debs.sh /tmp/debs ckptd python3-ckptd")
+        self.assertNotIn("install-deps.sh", runtime)  # no build or test packages at run time
         self.assertRegex(runtime, r"\nUSER ckptd\n")
 
 
@@ -100,8 +111,9 @@ class ContainerTest(unittest.TestCase):
         daemon_mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["ckptd"]["volumes"]}
         sock_dir = os.path.dirname(socket[len("unix:"):])
         self.assertEqual(mounts.get(sock_dir), daemon_mounts.get(sock_dir))
-        runtime = read(os.path.join(ARGS.source, "docker", "Dockerfile")).split("\nFROM debian:12\n", 1)[1]
-        self.assertIn("/out/usr/libexec/ckptd/ckptd_example_trainer /usr/libexec/ckptd/", runtime)
+        # The image's ckptd package ships it.
+        self.assertIn("usr/libexec/ckptd/ckptd_example_trainer",
+                      read(os.path.join(ARGS.source, "debian", "ckptd.install")).split())
 
 
 class InstallTest(unittest.TestCase):
