@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016  # dpkg-query's ${Field} formats are its own
 # The Debian packages on a clean Debian 12, as a user installs them:
 #   1. a minimal bookworm root (debootstrap, cached as a tarball), the
 #      packages installed with `apt install ./*.deb` (dependencies from
@@ -16,7 +17,6 @@
 # The cache (CKPTD_TEST_CACHE, default /var/cache/ckptd-test) is only ever
 # an accelerator: a missing or stale one is rebuilt.
 set -euo pipefail
-# shellcheck disable=SC2016  # dpkg-query's ${Field} formats are its own
 src=$(realpath "$1")
 build=$(realpath "$2")
 cache=${CKPTD_TEST_CACHE:-/var/cache/ckptd-test}
