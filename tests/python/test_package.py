@@ -10,7 +10,6 @@ import glob
 import inspect
 import os
 import subprocess
-import sys
 import zipfile
 
 import pytest
