@@ -6,7 +6,6 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -561,18 +560,12 @@ absl::StatusOr<std::unique_ptr<Client>> ConnectDaemon(const DaemonCommandArgs& a
   const std::string target = DaemonSocket(args);
   auto client = Client::Connect(target, std::move(options));
   if (!client.ok()) return client;
-  // Where the daemon's Unix socket exists, a daemon is there, perhaps busy
-  // or starting: give the connection a few seconds, as OpenRun does, so one
-  // slow accept is not reported as "cannot reach". No socket: at once.
-  const std::string path = target.starts_with("unix:")             ? target.substr(5)
-                           : target.find(':') == std::string::npos ? target
-                                                                   : std::string();
-  std::error_code ec;
-  if (!path.empty() && std::filesystem::exists(path, ec)) {
-    const double now =
-        std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-    (void)(*client)->WaitForConnected(now + 5);
-  }
+  // A daemon whose Unix socket exists gets a few seconds to accept, as
+  // OpenRun gives it, so one slow accept is not "cannot reach"; no socket
+  // (no daemon) or a TCP target: at once.
+  const double now =
+      std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  (void)(*client)->WaitForDaemon(now + 5);
   return client;
 }
 

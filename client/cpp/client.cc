@@ -153,6 +153,15 @@ bool Client::WaitForConnected(double deadline) {
   return channel_->WaitForConnected(GrpcDeadline(deadline));
 }
 
+bool Client::DaemonSocketExists() const {
+  std::error_code ec;
+  return target_.starts_with("unix:") && std::filesystem::exists(target_.substr(5), ec);
+}
+
+bool Client::WaitForDaemon(double deadline) {
+  return DaemonSocketExists() && WaitForConnected(deadline);
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& target,
                                                         ClientOptions options) {
   std::string uri = target;
@@ -172,20 +181,20 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& targe
 }
 
 absl::StatusOr<std::unique_ptr<Run>> Client::OpenRun(const v1::OpenRunRequest& request) {
-  // Where the daemon's Unix socket exists, a daemon is starting, restarting
-  // or too busy to answer yet: it is waited for, up to reconnect_timeout_s,
-  // as a run's calls wait. No socket (no daemon) or a TCP target fails at once.
+  // A daemon whose Unix socket exists (WaitForDaemon) is waited for, up to
+  // reconnect_timeout_s, as a run's calls wait. No socket (no daemon) or a
+  // TCP target fails at once.
   const double deadline = SteadyNow() + options_.reconnect_timeout_s;
-  std::optional<bool> waiting;
+  std::optional<bool> daemon_there;
   while (true) {
     grpc::ClientContext ctx;
     v1::OpenRunResponse resp;
     grpc::Status st = stub_->OpenRun(&ctx, request, &resp);
     if (st.ok()) return std::make_unique<Run>(this, std::move(resp), request);
-    if (!waiting) {
-      waiting = target_.starts_with("unix:") && std::filesystem::exists(target_.substr(5));
-    }
-    if (st.error_code() != grpc::StatusCode::UNAVAILABLE || !*waiting || SteadyNow() >= deadline) {
+    // Looked at once: a daemon restarting cleanly removes its socket a moment.
+    if (!daemon_there) daemon_there = DaemonSocketExists();
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE || !*daemon_there ||
+        SteadyNow() >= deadline) {
       return FromGrpc(st);
     }
     WaitForConnected(std::min(deadline, SteadyNow() + 1));  // gRPC reconnects meanwhile

@@ -28,6 +28,7 @@ class PointerSource final : public TensorSource {
   // INVALID_ARGUMENT naming the tensor for a range that faults, ABORTED when
   // the trainer's connection closed or the process exited mid-read.
   absl::Status CopyTo(const ByteWriter& write) override;
+  bool can_hash_tensors() const override { return true; }
   absl::StatusOr<std::optional<gguf::Digest128>> HashTensor(size_t i) override;
 
  private:

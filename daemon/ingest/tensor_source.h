@@ -45,7 +45,8 @@ class TensorSource {
   // save can tell that a tensor equals the previous checkpoint's before its
   // bytes arrive (the pointer path: a second read of the trainer's memory,
   // which does not change while a pointer save reads it). nullopt: this
-  // source cannot.
+  // source cannot; can_hash_tensors() says so before any call.
+  virtual bool can_hash_tensors() const { return false; }
   virtual absl::StatusOr<std::optional<gguf::Digest128>> HashTensor(size_t i) {
     (void)i;
     return std::optional<gguf::Digest128>();

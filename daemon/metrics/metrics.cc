@@ -4,6 +4,12 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <initializer_list>
+#include <map>
+#include <span>
+#include <string_view>
+#include <type_traits>
+#include <vector>
 
 namespace ckptd::metrics {
 namespace {
@@ -117,6 +123,38 @@ void Metrics::RecordTrainerStall(const std::string& run, double seconds) {
   stalls_[run].Observe(kStallBounds, seconds);
 }
 
+namespace {
+
+// One metric family: its HELP and TYPE lines, then a sample per entry of
+// `values`, keyed by the value of its one label (a map keyed by string) or
+// of its two labels (keyed by a pair); no labels: one sample, unlabelled.
+std::string MetricLabels(std::span<const std::string_view> names, const std::string& first,
+                         const std::string* second) {
+  if (names.empty()) return "";
+  std::string out = fmt::format("{{{}=\"{}\"", names[0], EscapeLabel(first));
+  if (second != nullptr && names.size() > 1) {
+    out += fmt::format(",{}=\"{}\"", names[1], EscapeLabel(*second));
+  }
+  return out + "}";
+}
+
+template <typename Key, typename V>
+void RenderFamily(std::string_view name, std::string_view type, std::string_view help,
+                  std::initializer_list<std::string_view> labels, const std::map<Key, V>& values,
+                  std::string* out) {
+  const std::vector<std::string_view> names(labels);
+  *out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  for (const auto& [key, value] : values) {
+    if constexpr (std::is_same_v<Key, std::string>) {
+      *out += fmt::format("{}{} {}\n", name, MetricLabels(names, key, nullptr), value);
+    } else {
+      *out += fmt::format("{}{} {}\n", name, MetricLabels(names, key.first, &key.second), value);
+    }
+  }
+}
+
+}  // namespace
+
 void Metrics::Histogram::Observe(std::span<const double> bounds, double value) {
   buckets.resize(bounds.size());
   for (size_t i = 0; i < bounds.size(); ++i) {
@@ -176,146 +214,87 @@ void Metrics::AddQueued(int delta) {
 std::string Metrics::Render() const {
   absl::MutexLock lock(&mu_);
   std::string out;
-  auto line = [&](const std::string& s) { out += s + "\n"; };
-  line("# HELP ckptd_saves_total Saves by run and result (committed, failed, skipped).");
-  line("# TYPE ckptd_saves_total counter");
-  for (const auto& [k, v] : saves_) {
-    line(fmt::format("ckptd_saves_total{{run=\"{}\",result=\"{}\"}} {}", EscapeLabel(k.first),
-                     k.second, v));
-  }
-  line("# HELP ckptd_written_bytes_total Bytes of committed checkpoint files.");
-  line("# TYPE ckptd_written_bytes_total counter");
-  for (const auto& [run, v] : written_bytes_) {
-    line(fmt::format("ckptd_written_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-  }
-  line(
-      "# HELP ckptd_zero_copy_bytes_total Of the written bytes, those written to disk straight "
-      "from a trainer's shared-memory arena (no copy in the daemon).");
-  line("# TYPE ckptd_zero_copy_bytes_total counter");
-  for (const auto& [run, v] : zero_copy_bytes_) {
-    line(fmt::format("ckptd_zero_copy_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-  }
-  line(
-      "# HELP ckptd_reflink_bytes_total Of the written bytes, those shared with the run's "
-      "previous checkpoint (unchanged tensors, reflinked) instead of written.");
-  line("# TYPE ckptd_reflink_bytes_total counter");
-  for (const auto& [run, v] : reflink_bytes_) {
-    line(fmt::format("ckptd_reflink_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-  }
-  line(
-      "# HELP ckptd_digest_known_bytes_total Tensor bytes whose digest was not computed again: "
-      "regions of arenas sealed against writes, hashed by an earlier save.");
-  line("# TYPE ckptd_digest_known_bytes_total counter");
-  for (const auto& [run, v] : known_digest_bytes_) {
-    line(fmt::format("ckptd_digest_known_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-  }
+  const auto by_run = [&](std::string_view name, std::string_view type, std::string_view help,
+                          const auto& values) {
+    RenderFamily(name, type, help, {"run"}, values, &out);
+  };
+  const auto by_run_and = [&](std::string_view name, std::string_view type, std::string_view help,
+                              std::string_view second, const auto& values) {
+    RenderFamily(name, type, help, {"run", second}, values, &out);
+  };
+  const auto scalar = [&](std::string_view name, std::string_view type, std::string_view help,
+                          auto value) {
+    RenderFamily(name, type, help, {}, std::map<std::string, decltype(value)>{{"", value}}, &out);
+  };
+  by_run_and("ckptd_saves_total", "counter",
+             "Saves by run and result (committed, failed, skipped).", "result", saves_);
+  by_run("ckptd_written_bytes_total", "counter", "Bytes of committed checkpoint files.",
+         written_bytes_);
+  by_run("ckptd_zero_copy_bytes_total", "counter",
+         "Of the written bytes, those written to disk straight from a trainer's shared-memory "
+         "arena (no copy in the daemon).",
+         zero_copy_bytes_);
+  by_run("ckptd_reflink_bytes_total", "counter",
+         "Of the written bytes, those shared with the run's previous checkpoint (unchanged "
+         "tensors, reflinked) instead of written.",
+         reflink_bytes_);
+  by_run("ckptd_digest_known_bytes_total", "counter",
+         "Tensor bytes whose digest was not computed again: regions of arenas sealed against "
+         "writes, hashed by an earlier save.",
+         known_digest_bytes_);
   RenderHistogram("ckptd_save_duration_seconds", "From a save's header to its commit.",
                   kDurationBounds, durations_, &out);
   RenderHistogram("ckptd_trainer_stall_seconds",
                   "Time a trainer was blocked staging a shared-memory save (waiting for a free "
                   "arena and copying), as reported by the client.",
                   kStallBounds, stalls_, &out);
-  line(
-      "# HELP ckptd_retention_deletions_total Checkpoints deleted, by retention or the disk "
-      "guard.");
-  line("# TYPE ckptd_retention_deletions_total counter");
-  for (const auto& [k, v] : deletions_) {
-    line(fmt::format("ckptd_retention_deletions_total{{run=\"{}\",by=\"{}\"}} {}",
-                     EscapeLabel(k.first), k.second, v));
-  }
-  line(
-      "# HELP ckptd_quarantined_files_total Files moved to a run's quarantine/ (damaged, or not "
-      "belonging to their checkpoint), by recovery or the scrubber.");
-  line("# TYPE ckptd_quarantined_files_total counter");
-  for (const auto& [k, v] : quarantined_) {
-    line(fmt::format("ckptd_quarantined_files_total{{run=\"{}\",by=\"{}\"}} {}",
-                     EscapeLabel(k.first), k.second, v));
-  }
-  line(
-      "# HELP ckptd_remote_repairs_total Steps uploaded again from intact local files because "
-      "the object store's copy was missing or failed its digests.");
-  line("# TYPE ckptd_remote_repairs_total counter");
-  for (const auto& [run, v] : remote_repairs_) {
-    line(fmt::format("ckptd_remote_repairs_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-  }
-  line(
-      "# HELP ckptd_disk_guard_refusals_total Saves refused because the disk guard could not "
-      "make room.");
-  line("# TYPE ckptd_disk_guard_refusals_total counter");
-  for (const auto& [run, v] : guard_refusals_) {
-    line(fmt::format("ckptd_disk_guard_refusals_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-  }
-  line("# HELP ckptd_in_flight_bytes Tensor bytes of saves being written.");
-  line("# TYPE ckptd_in_flight_bytes gauge");
-  line(fmt::format("ckptd_in_flight_bytes {}", in_flight_bytes_));
-  line("# HELP ckptd_save_queue_depth Saves waiting for their run's save slot.");
-  line("# TYPE ckptd_save_queue_depth gauge");
-  line(fmt::format("ckptd_save_queue_depth {}", queued_));
-  line("# HELP ckptd_shm_arenas Shared-memory arenas registered by trainers.");
-  line("# TYPE ckptd_shm_arenas gauge");
-  line(fmt::format("ckptd_shm_arenas {}", arenas_));
-  line("# HELP ckptd_shm_queued_saves Accepted shared-memory saves not yet committed or failed.");
-  line("# TYPE ckptd_shm_queued_saves gauge");
-  line(fmt::format("ckptd_shm_queued_saves {}", shared_queued_));
+  by_run_and("ckptd_retention_deletions_total", "counter",
+             "Checkpoints deleted, by retention or the disk guard.", "by", deletions_);
+  by_run_and("ckptd_quarantined_files_total", "counter",
+             "Files moved to a run's quarantine/ (damaged, or not belonging to their "
+             "checkpoint), by recovery or the scrubber.",
+             "by", quarantined_);
+  by_run("ckptd_remote_repairs_total", "counter",
+         "Steps uploaded again from intact local files because the object store's copy was "
+         "missing or failed its digests.",
+         remote_repairs_);
+  by_run("ckptd_disk_guard_refusals_total", "counter",
+         "Saves refused because the disk guard could not make room.", guard_refusals_);
+  scalar("ckptd_in_flight_bytes", "gauge", "Tensor bytes of saves being written.",
+         in_flight_bytes_);
+  scalar("ckptd_save_queue_depth", "gauge", "Saves waiting for their run's save slot.", queued_);
+  scalar("ckptd_shm_arenas", "gauge", "Shared-memory arenas registered by trainers.", arenas_);
+  scalar("ckptd_shm_queued_saves", "gauge",
+         "Accepted shared-memory saves not yet committed or failed.", shared_queued_);
   if (peers_on_) {
-    line("# HELP ckptd_peer_received_bytes_total Bytes of replicas taken from peers and held.");
-    line("# TYPE ckptd_peer_received_bytes_total counter");
-    line(fmt::format("ckptd_peer_received_bytes_total {}", replica_in_bytes_));
-    line("# HELP ckptd_peer_replicas_received_total Replicas taken from peers and held.");
-    line("# TYPE ckptd_peer_replicas_received_total counter");
-    line(fmt::format("ckptd_peer_replicas_received_total {}", replicas_in_));
-    line("# HELP ckptd_peer_sent_bytes_total Bytes of replicas sent to each peer.");
-    line("# TYPE ckptd_peer_sent_bytes_total counter");
-    for (const auto& [peer, v] : replica_out_bytes_) {
-      line(fmt::format("ckptd_peer_sent_bytes_total{{peer=\"{}\"}} {}", EscapeLabel(peer), v));
-    }
-    line(
-        "# HELP ckptd_peer_sends_total Replicas sent to each peer by result (sent, failed, "
-        "superseded by a newer step before it was sent).");
-    line("# TYPE ckptd_peer_sends_total counter");
-    for (const auto& [k, v] : replica_sends_) {
-      line(fmt::format("ckptd_peer_sends_total{{peer=\"{}\",result=\"{}\"}} {}",
-                       EscapeLabel(k.first), k.second, v));
-    }
-    line(
-        "# HELP ckptd_peer_lag_steps The run's newest step minus the newest step the peer "
-        "holds.");
-    line("# TYPE ckptd_peer_lag_steps gauge");
-    for (const auto& [k, v] : peer_lag_) {
-      line(fmt::format("ckptd_peer_lag_steps{{run=\"{}\",peer=\"{}\"}} {}", EscapeLabel(k.first),
-                       EscapeLabel(k.second), v));
-    }
+    scalar("ckptd_peer_received_bytes_total", "counter",
+           "Bytes of replicas taken from peers and held.", replica_in_bytes_);
+    scalar("ckptd_peer_replicas_received_total", "counter", "Replicas taken from peers and held.",
+           replicas_in_);
+    RenderFamily("ckptd_peer_sent_bytes_total", "counter", "Bytes of replicas sent to each peer.",
+                 {"peer"}, replica_out_bytes_, &out);
+    RenderFamily("ckptd_peer_sends_total", "counter",
+                 "Replicas sent to each peer by result (sent, failed, superseded by a newer step "
+                 "before it was sent).",
+                 {"peer", "result"}, replica_sends_, &out);
+    by_run_and("ckptd_peer_lag_steps", "gauge",
+               "The run's newest step minus the newest step the peer holds.", "peer", peer_lag_);
   }
   if (tier_on_) {
-    line("# HELP ckptd_tier_uploaded_bytes_total Bytes copied to the object store.");
-    line("# TYPE ckptd_tier_uploaded_bytes_total counter");
-    for (const auto& [run, v] : uploaded_bytes_) {
-      line(fmt::format("ckptd_tier_uploaded_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-    }
-    line(
-        "# HELP ckptd_tier_copied_bytes_total Of the uploaded bytes, those copied inside the "
-        "store from the previous step's objects (unchanged tensors) rather than sent.");
-    line("# TYPE ckptd_tier_copied_bytes_total counter");
-    for (const auto& [run, v] : copied_bytes_) {
-      line(fmt::format("ckptd_tier_copied_bytes_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-    }
-    line("# HELP ckptd_tier_upload_seconds_total Seconds spent uploading steps.");
-    line("# TYPE ckptd_tier_upload_seconds_total counter");
-    for (const auto& [run, v] : upload_seconds_) {
-      line(fmt::format("ckptd_tier_upload_seconds_total{{run=\"{}\"}} {}", EscapeLabel(run), v));
-    }
-    line("# HELP ckptd_tier_uploads_total Step uploads by result (uploaded, failed).");
-    line("# TYPE ckptd_tier_uploads_total counter");
-    for (const auto& [k, v] : uploads_) {
-      line(fmt::format("ckptd_tier_uploads_total{{run=\"{}\",result=\"{}\"}} {}",
-                       EscapeLabel(k.first), k.second, v));
-    }
-    line("# HELP ckptd_tier_queue_depth Committed steps waiting for their upload.");
-    line("# TYPE ckptd_tier_queue_depth gauge");
-    line(fmt::format("ckptd_tier_queue_depth {}", tier_queue_depth_));
-    line("# HELP ckptd_tier_healthy 1 while the object store takes uploads, 0 while they fail.");
-    line("# TYPE ckptd_tier_healthy gauge");
-    line(fmt::format("ckptd_tier_healthy {}", tier_healthy_ ? 1 : 0));
+    by_run("ckptd_tier_uploaded_bytes_total", "counter", "Bytes copied to the object store.",
+           uploaded_bytes_);
+    by_run("ckptd_tier_copied_bytes_total", "counter",
+           "Of the uploaded bytes, those copied inside the store from the previous step's "
+           "objects (unchanged tensors) rather than sent.",
+           copied_bytes_);
+    by_run("ckptd_tier_upload_seconds_total", "counter", "Seconds spent uploading steps.",
+           upload_seconds_);
+    by_run_and("ckptd_tier_uploads_total", "counter", "Step uploads by result (uploaded, failed).",
+               "result", uploads_);
+    scalar("ckptd_tier_queue_depth", "gauge", "Committed steps waiting for their upload.",
+           tier_queue_depth_);
+    scalar("ckptd_tier_healthy", "gauge",
+           "1 while the object store takes uploads, 0 while they fail.", tier_healthy_ ? 1 : 0);
   }
   return out;
 }

@@ -30,6 +30,7 @@ class ReadNotifier final : public ingest::TensorSource {
     return inner_->KnownDigests();
   }
   void Learn(std::span<const gguf::Digest128> digests) override { inner_->Learn(digests); }
+  bool can_hash_tensors() const override { return inner_->can_hash_tensors(); }
   absl::StatusOr<std::optional<gguf::Digest128>> HashTensor(size_t i) override {
     return inner_->HashTensor(i);
   }

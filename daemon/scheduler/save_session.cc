@@ -379,7 +379,7 @@ absl::StatusOr<SaveOutcome> SaveSession::Run(ingest::TensorSource& source) {
   if (skipped()) return out;
   const bool stable = source.stable();
   std::vector<std::optional<gguf::Digest128>> known = source.KnownDigests();
-  if (!stable) {
+  if (!stable && source.can_hash_tensors()) {
     // Bytes that cannot be held back while they are hashed: a tensor that
     // may equal the previous checkpoint's is hashed first where the source
     // can read it twice (the pointer path), and shared when it does.

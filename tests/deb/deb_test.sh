@@ -131,9 +131,11 @@ as_trainer python3 /tmp/trainer.py restore >"$work/py-restore.log" 2>&1 ||
   fail "python restore: $(tail -20 "$work/py-restore.log")"
 cat "$work/py-save.log" "$work/py-restore.log"
 
-step "6. the example trainer built against libckptd-client-dev (find_package)"
+step "6. the example trainer built against libckptd-client-dev (find_package, and pkg-config)"
 in_root bash -c 'cmake -S /tmp/sdk -B /tmp/sdk/build -DCMAKE_BUILD_TYPE=Release && make -C /tmp/sdk/build -j2' \
   >"$work/sdk-build.log" 2>&1 || fail "building against the installed SDK: $(tail -20 "$work/sdk-build.log")"
+in_root bash -c 'c++ -O1 /tmp/sdk/trainer.cc -o /tmp/sdk/trainer-pkgconfig $(pkg-config --cflags --libs ckptd)' \
+  >>"$work/sdk-build.log" 2>&1 || fail "building with pkg-config ckptd: $(tail -20 "$work/sdk-build.log")"
 chmod -R a+rX "$root/tmp/sdk"
 as_trainer /tmp/sdk/build/ckptd_example_trainer --socket unix:/run/ckptd/ckptd.sock --run cpp-deb \
   --steps 120 --every 50 >"$work/cpp-1.log" 2>&1 || fail "C++ trainer: $(tail -5 "$work/cpp-1.log")"
@@ -142,6 +144,9 @@ as_trainer /tmp/sdk/build/ckptd_example_trainer --socket unix:/run/ckptd/ckptd.s
 if ! grep -qx "restored step 120" "$work/cpp-2.log" || ! grep -q "^closed at step 150" "$work/cpp-2.log"; then
   fail "C++ trainer did not resume: $(cat "$work/cpp-2.log")"
 fi
+as_trainer /tmp/sdk/trainer-pkgconfig --socket unix:/run/ckptd/ckptd.sock --run cpp-pc --steps 60 --every 50 \
+  >"$work/cpp-pc.log" 2>&1 || fail "C++ trainer (pkg-config): $(tail -5 "$work/cpp-pc.log")"
+grep -qx "saved step 50" "$work/cpp-pc.log" || fail "the pkg-config trainer did not save: $(cat "$work/cpp-pc.log")"
 as_trainer ckptctl ls cpp-deb | tee "$work/ls-cpp.txt"
 
 step "7. the config edited, then an upgrade to $v2"

@@ -75,6 +75,12 @@ class Client {
   const ClientOptions& options() const { return options_; }
   // Waits until the connection is up (or `deadline`, steady clock seconds).
   bool WaitForConnected(double deadline);
+  // Where the target is a Unix socket whose file exists, a daemon is there,
+  // perhaps starting, restarting or too busy to accept yet: waits for the
+  // connection until `deadline` (steady clock seconds). Elsewhere (no
+  // socket file: no daemon; a TCP target) it returns false at once.
+  bool WaitForDaemon(double deadline);
+  bool DaemonSocketExists() const;
 
  private:
   Client(std::string target, ClientOptions options, std::shared_ptr<grpc::Channel> channel);
