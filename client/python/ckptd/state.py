@@ -51,7 +51,7 @@ from .values import Typed
 try:  # torch is optional
     import torch
 except ImportError:  # pragma: no cover - exercised where torch is absent
-    torch = None  # type: ignore[assignment]
+    torch = None
 
 
 @dataclass
