@@ -311,7 +311,6 @@ absl::Status Daemon::StartGrpc() {
   builder.SetResourceQuota(quota);
   builder.RegisterService(service_.get());
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<rpc::ActiveCallsInterceptorFactory>(&active_calls_));
   interceptors.push_back(std::make_unique<rpc::DecodeErrorInterceptorFactory>());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   server_ = builder.BuildAndStart();
@@ -473,16 +472,11 @@ void Daemon::Stop() {
   if (peer_server_) peer_server_->Shutdown(std::chrono::system_clock::now());
   if (peers_) peers_->Stop();  // unsent replicas go: the next commit sends again
   if (http_server_) http_server_->Stop();
-  // Calls still running are waited for, and cancelled a little before the
-  // deadline, so they can remove their temp files before the watchdog
-  // would exit. Then every connection is closed at once: gRPC's graceful
-  // shutdown would also wait, per idle connection, for a ping that an idle
-  // client answers only when its poller next runs (up to 5 s).
+  // Calls still running are cancelled a little before the deadline, so
+  // they can remove their temp files before the watchdog would exit.
   const auto cancel_at = deadline - std::min(std::chrono::duration<double>(5), deadline * 0.2);
-  if (!active_calls_.WaitUntilNone(absl::Now() + absl::Seconds(cancel_at.count()))) {
-    spdlog::warn("stopping: cancelling {} calls still running", active_calls_.running());
-  }
-  server_->Shutdown(std::chrono::system_clock::now());
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(cancel_at));
   server_->Wait();
   if (arena_server_) {
     arena_server_->Stop();

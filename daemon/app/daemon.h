@@ -24,7 +24,6 @@
 #include "daemon/replication/peer_sender.h"
 #include "daemon/replication/replica_store.h"
 #include "daemon/replication/replicator.h"
-#include "daemon/rpc/active_calls.h"
 #include "daemon/rpc/peer_service.h"
 #include "daemon/rpc/requests.h"
 #include "daemon/rpc/service.h"
@@ -96,8 +95,7 @@ class Daemon {
   std::unique_ptr<ingest::HotCopies> hot_;  // destroyed after queue_, whose workers fill it
   std::unique_ptr<scheduler::SaveQueue> queue_;
   std::unique_ptr<ingest::ArenaServer> arena_server_;
-  uint64_t fd_limit_ = 1024;       // RLIMIT_NOFILE after raising it
-  rpc::ActiveCalls active_calls_;  // server_'s running calls; outlives it
+  uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
   std::unique_ptr<grpc::Server> server_;
   std::string listening_;  // the address served: cfg_.listen with port 0 made real
   std::unique_ptr<http::HttpServer> http_server_;
