@@ -10,8 +10,13 @@
 #include <iterator>
 #include <thread>
 
+#include "daemon/rpc/save_frames.h"
+
 namespace ckptd {
 namespace {
+
+constexpr char kSaveMethod[] = "/ckptd.v1.Checkpointd/Save";
+constexpr char kCloseRunMethod[] = "/ckptd.v1.Checkpointd/CloseRun";
 
 double SteadyNow() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -69,24 +74,66 @@ absl::Status FromGrpc(const grpc::Status& st) {
   return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
 }
 
+namespace {
+
+// Writes `msg` to a raw stream as its serialized bytes.
+bool WriteMessage(grpc::ClientWriter<grpc::ByteBuffer>* writer, const v1::SaveRequest& msg) {
+  grpc::ByteBuffer buf;
+  bool own = false;
+  if (!grpc::SerializationTraits<v1::SaveRequest>::Serialize(msg, &buf, &own).ok()) return false;
+  return writer->Write(buf);
+}
+bool WriteMessage(grpc::ClientWriter<v1::SaveRequest>* writer, const v1::SaveRequest& msg) {
+  return writer->Write(msg);
+}
+
+// One data message: on a raw stream, the field's framing and a slice of the
+// caller's memory, which gRPC sends from without copying it (the memory is
+// the caller's until the call returns, and every write ends before that);
+// on a message stream, a copy into the message.
+bool WriteData(grpc::ClientWriter<grpc::ByteBuffer>* writer, const char* p, size_t n) {
+  const std::string prefix = rpc::EncodeDataPrefix(n);
+  grpc::Slice slices[2] = {grpc::Slice(prefix), grpc::Slice(p, n, grpc::Slice::STATIC_SLICE)};
+  grpc::ByteBuffer buf(slices, n == 0 ? 1 : 2);
+  return writer->Write(buf);
+}
+bool WriteData(grpc::ClientWriter<v1::SaveRequest>* writer, const char* p, size_t n) {
+  v1::SaveRequest data;
+  data.set_data(p, n);
+  return writer->Write(data);
+}
+
+// A Save or CloseRun stream of raw messages; `method` is the method's name.
+template <typename Response>
+std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> RawSaveStream(grpc::Channel* channel,
+                                                                    const char* method,
+                                                                    grpc::ClientContext* ctx,
+                                                                    Response* resp) {
+  const grpc::internal::RpcMethod m(method, grpc::internal::RpcMethod::CLIENT_STREAMING);
+  return std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>>(
+      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel, m, ctx, resp));
+}
+
+}  // namespace
+
 template <typename Writer>
 bool StreamTensors(Writer* writer, const v1::SaveHeader& header,
                    const std::vector<TensorView>& tensors, size_t chunk_bytes) {
   v1::SaveRequest msg;
   *msg.mutable_header() = header;
-  if (!writer->Write(msg)) return false;
-  v1::SaveRequest data;
+  if (!WriteMessage(writer, msg)) return false;
   for (const TensorView& t : tensors) {
     const char* p = static_cast<const char*>(t.data);
     for (size_t at = 0; at < t.bytes; at += chunk_bytes) {
-      data.set_data(p + at, std::min(chunk_bytes, t.bytes - at));
-      if (!writer->Write(data)) return false;
+      if (!WriteData(writer, p + at, std::min(chunk_bytes, t.bytes - at))) return false;
     }
   }
   return writer->WritesDone();
 }
 
 template bool StreamTensors(grpc::ClientWriter<v1::SaveRequest>*, const v1::SaveHeader&,
+                            const std::vector<TensorView>&, size_t);
+template bool StreamTensors(grpc::ClientWriter<grpc::ByteBuffer>*, const v1::SaveHeader&,
                             const std::vector<TensorView>&, size_t);
 
 Client::Client(std::string target, ClientOptions options, std::shared_ptr<grpc::Channel> channel)
@@ -297,7 +344,7 @@ absl::StatusOr<v1::SaveResponse> Run::Save(uint64_t step, const std::vector<Tens
     v1::SaveHeader h = Header(id(), step, tensors, metrics, options);
     grpc::ClientContext ctx;
     v1::SaveResponse resp;
-    auto writer = client_->stub().Save(&ctx, &resp);
+    auto writer = RawSaveStream(client_->channel(), kSaveMethod, &ctx, &resp);
     StreamTensors(writer.get(), h, tensors, options.chunk_bytes);
     grpc::Status st = writer->Finish();
     if (st.ok()) return resp;
@@ -385,7 +432,7 @@ absl::StatusOr<v1::CloseRunResponse> Run::Close(uint64_t step,
   return WithReconnect([&](int) -> absl::StatusOr<v1::CloseRunResponse> {
     grpc::ClientContext ctx;
     v1::CloseRunResponse resp;
-    auto writer = client_->stub().CloseRun(&ctx, &resp);
+    auto writer = RawSaveStream(client_->channel(), kCloseRunMethod, &ctx, &resp);
     StreamTensors(writer.get(), Header(id(), step, tensors, metrics), tensors, 4 << 20);
     grpc::Status st = writer->Finish();
     if (!st.ok()) return FromGrpc(st);

@@ -6,11 +6,9 @@
 namespace ckptd::ingest {
 
 absl::Status StreamSource::CopyTo(const ByteWriter& write) {
-  std::string chunk;
   while (true) {
-    CKPTD_ASSIGN_OR_RETURN(bool more, stream_->Next(&chunk));
+    CKPTD_ASSIGN_OR_RETURN(bool more, stream_->Next(write));
     if (!more) return absl::OkStatus();
-    CKPTD_TRY(write(chunk));
   }
 }
 

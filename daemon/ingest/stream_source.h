@@ -1,7 +1,8 @@
 // The stream path's source: tensor bytes as chunks of a Save stream. The
-// transport adapts itself to ChunkStream (rpc/ wraps a gRPC ServerReader
-// with its idle watchdog); a callback reactor can later implement it as a
-// bounded queue it fills and the session drains.
+// transport adapts itself to ChunkStream (rpc/ wraps a gRPC ServerReader of
+// raw messages with its idle watchdog, handing each message's payload over
+// as views into gRPC's own buffers); a callback reactor can later implement
+// it as a bounded queue it fills and the session drains.
 #pragma once
 
 #include <string>
@@ -14,10 +15,11 @@ namespace ckptd::ingest {
 class ChunkStream {
  public:
   virtual ~ChunkStream() = default;
-  // The next chunk into *chunk: true, or false at the stream's clean end.
+  // Hands the next message's bytes to `write`, in one or more pieces valid
+  // only during each call: true, or false at the stream's clean end.
   // Errors: a message that is not data (INVALID_ARGUMENT), the client went
-  // away or stalled (CANCELLED).
-  virtual absl::StatusOr<bool> Next(std::string* chunk) = 0;
+  // away or stalled (CANCELLED), or write's own.
+  virtual absl::StatusOr<bool> Next(const ByteWriter& write) = 0;
 };
 
 class StreamSource final : public TensorSource {

@@ -14,6 +14,7 @@
 #include "daemon/metrics/metrics.h"
 #include "daemon/replication/recover.h"
 #include "daemon/rpc/requests.h"
+#include "daemon/rpc/save_frames.h"
 #include "daemon/scheduler/save_session.h"
 #include "daemon/storage/file_names.h"
 
@@ -187,33 +188,52 @@ grpc::Status CheckpointdService::ShouldSave(grpc::ServerContext* ctx,
 namespace {
 
 // A Save stream's data messages as chunks, under the idle watchdog from the
-// first read on (not while the save waits for its run's previous one).
+// first read on (not while the save waits for its run's previous one). A
+// message of the plain data form is handed over as views into gRPC's slices
+// (save_frames.h); any other is decoded by protobuf.
 class GrpcChunkStream final : public ingest::ChunkStream {
  public:
-  GrpcChunkStream(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
+  GrpcChunkStream(grpc::ServerContext* ctx, grpc::ServerReader<grpc::ByteBuffer>* reader,
                   StallWatchdog* watchdog)
       : ctx_(ctx), reader_(reader), watchdog_(watchdog) {}
 
-  absl::StatusOr<bool> Next(std::string* chunk) override {
+  absl::StatusOr<bool> Next(const ingest::ByteWriter& write) override {
     if (watch_ == nullptr) watch_.reset(new StallWatchdog::Guard(watchdog_->Watch(ctx_)));
-    if (!reader_->Read(&msg_)) {
+    if (!reader_->Read(&buf_)) {
       if (ctx_->IsCancelled()) return absl::CancelledError("the client went away");
       return false;
     }
     watch_->Progress();
-    if (!msg_.has_data()) {
+    slices_.clear();
+    if (!buf_.Dump(&slices_).ok()) return absl::InternalError("gRPC could not hand over a message");
+    views_.clear();
+    for (const grpc::Slice& s : slices_) {
+      views_.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    if (auto payload = DataPayload(views_)) {
+      for (std::string_view piece : *payload) CKPTD_TRY(write(piece));
+      return true;
+    }
+    v1::SaveRequest msg;
+    if (!grpc::SerializationTraits<v1::SaveRequest>::Deserialize(&buf_, &msg).ok()) {
+      return absl::InvalidArgumentError(
+          "a Save data message could not be decoded (not valid protobuf SaveRequest)");
+    }
+    if (!msg.has_data()) {
       return absl::InvalidArgumentError("a Save stream has one header, then data messages only");
     }
-    chunk->swap(*msg_.mutable_data());
+    CKPTD_TRY(write(msg.data()));
     return true;
   }
 
  private:
   grpc::ServerContext* ctx_;
-  grpc::ServerReader<v1::SaveRequest>* reader_;
+  grpc::ServerReader<grpc::ByteBuffer>* reader_;
   StallWatchdog* watchdog_;
   std::unique_ptr<StallWatchdog::Guard> watch_;
-  v1::SaveRequest msg_;
+  grpc::ByteBuffer buf_;
+  std::vector<grpc::Slice> slices_;
+  std::vector<std::string_view> views_;
 };
 
 // A multi-rank run's part, just staged: its step commits when every rank's
@@ -477,8 +497,31 @@ grpc::Status CheckpointdService::WaitSaved(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+void CheckpointdService::InstallRawSaveHandlers() {
+  // The methods' indices are their places in the proto's service (the
+  // generated Service adds them in that order): Save is the third, CloseRun
+  // the seventh. Every Save and CloseRun test goes through these handlers.
+  constexpr int kSaveIndex = 2;
+  constexpr int kCloseRunIndex = 6;
+  MarkMethodStreamed(
+      kSaveIndex, new grpc::internal::ClientStreamingHandler<CheckpointdService, grpc::ByteBuffer,
+                                                             v1::SaveResponse>(
+                      [](CheckpointdService* s, grpc::ServerContext* ctx,
+                         grpc::ServerReader<grpc::ByteBuffer>* reader,
+                         v1::SaveResponse* resp) { return s->SaveRaw(ctx, reader, resp); },
+                      this));
+  MarkMethodStreamed(
+      kCloseRunIndex,
+      new grpc::internal::ClientStreamingHandler<CheckpointdService, grpc::ByteBuffer,
+                                                 v1::CloseRunResponse>(
+          [](CheckpointdService* s, grpc::ServerContext* ctx,
+             grpc::ServerReader<grpc::ByteBuffer>* reader,
+             v1::CloseRunResponse* resp) { return s->CloseRunRaw(ctx, reader, resp); },
+          this));
+}
+
 grpc::Status CheckpointdService::StartSaveStream(grpc::ServerContext* ctx,
-                                                 grpc::ServerReader<v1::SaveRequest>* reader,
+                                                 grpc::ServerReader<grpc::ByteBuffer>* reader,
                                                  scheduler::SaveKind kind, SaveStreamStart* out) {
   out->slot = std::make_unique<StreamSlot>(&save_streams_, limits_.max_save_streams);
   if (!out->slot->ok()) {
@@ -490,7 +533,10 @@ grpc::Status CheckpointdService::StartSaveStream(grpc::ServerContext* ctx,
     return TooManyPeerStreams(out->peer_slot->host(), limits_.max_streams_per_peer);
   }
   v1::SaveRequest first;
-  if (!reader->Read(&first) || !first.has_header()) {
+  grpc::ByteBuffer first_buf;
+  if (!reader->Read(&first_buf) ||
+      !grpc::SerializationTraits<v1::SaveRequest>::Deserialize(&first_buf, &first).ok() ||
+      !first.has_header()) {
     return Invalid(StrCat(
         "the first ", kind == scheduler::SaveKind::kClose ? "CloseRun" : "Save",
         " message must be a header (run_id, step, tensors); none arrived, or it could not be "
@@ -507,9 +553,9 @@ grpc::Status CheckpointdService::StartSaveStream(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
-                                      grpc::ServerReader<v1::SaveRequest>* reader,
-                                      v1::SaveResponse* resp) {
+grpc::Status CheckpointdService::SaveRaw(grpc::ServerContext* ctx,
+                                         grpc::ServerReader<grpc::ByteBuffer>* reader,
+                                         v1::SaveResponse* resp) {
   SaveStreamStart start;
   if (grpc::Status st = StartSaveStream(ctx, reader, scheduler::SaveKind::kSave, &start);
       !st.ok()) {
@@ -523,9 +569,9 @@ grpc::Status CheckpointdService::Save(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status CheckpointdService::CloseRun(grpc::ServerContext* ctx,
-                                          grpc::ServerReader<v1::SaveRequest>* reader,
-                                          v1::CloseRunResponse* resp) {
+grpc::Status CheckpointdService::CloseRunRaw(grpc::ServerContext* ctx,
+                                             grpc::ServerReader<grpc::ByteBuffer>* reader,
+                                             v1::CloseRunResponse* resp) {
   SaveStreamStart start;
   if (grpc::Status st = StartSaveStream(ctx, reader, scheduler::SaveKind::kClose, &start);
       !st.ok()) {

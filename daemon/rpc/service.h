@@ -110,7 +110,9 @@ class CheckpointdService final
         replicator_(parts.replicator),
         peers_(parts.peers),
         pipeline_(parts.registry, nullptr),
-        watchdog_(save_idle_timeout) {}
+        watchdog_(save_idle_timeout) {
+    InstallRawSaveHandlers();
+  }
 
   // Turns on SaveShared/SavePointers/WaitSaved: arenas and attachments on
   // `socket`, saves written by `queue`; a progressive save whose counter
@@ -135,16 +137,12 @@ class CheckpointdService final
                        v1::OpenRunResponse* resp) override;
   grpc::Status ShouldSave(grpc::ServerContext* ctx, const v1::ShouldSaveRequest* req,
                           v1::ShouldSaveResponse* resp) override;
-  grpc::Status Save(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
-                    v1::SaveResponse* resp) override;
   grpc::Status SaveShared(grpc::ServerContext* ctx, const v1::SaveSharedRequest* req,
                           v1::SaveSharedResponse* resp) override;
   grpc::Status SavePointers(grpc::ServerContext* ctx, const v1::SavePointersRequest* req,
                             v1::SaveSharedResponse* resp) override;
   grpc::Status WaitSaved(grpc::ServerContext* ctx, const v1::WaitSavedRequest* req,
                          v1::WaitSavedResponse* resp) override;
-  grpc::Status CloseRun(grpc::ServerContext* ctx, grpc::ServerReader<v1::SaveRequest>* reader,
-                        v1::CloseRunResponse* resp) override;
   grpc::Status ListRuns(grpc::ServerContext* ctx, const v1::ListRunsRequest* req,
                         v1::ListRunsResponse* resp) override;
   grpc::Status GetRun(grpc::ServerContext* ctx, const v1::GetRunRequest* req,
@@ -172,6 +170,13 @@ class CheckpointdService final
   // Hot restore: where the run's newest checkpoint lies in memory, if the daemon keeps it.
   void AddInMemoryCopy(v1::RunInfo* info) const;
   grpc::Status Retention(const v1::RetentionRequest& req, bool dry, v1::RetentionPlan* resp);
+  // Save and CloseRun, reading their messages raw: the constructor installs
+  // them as the two methods' handlers (InstallRawSaveHandlers).
+  grpc::Status SaveRaw(grpc::ServerContext* ctx, grpc::ServerReader<grpc::ByteBuffer>* reader,
+                       v1::SaveResponse* resp);
+  grpc::Status CloseRunRaw(grpc::ServerContext* ctx, grpc::ServerReader<grpc::ByteBuffer>* reader,
+                           v1::CloseRunResponse* resp);
+  void InstallRawSaveHandlers();
   // What Save and CloseRun hold once their header is read and admitted.
   struct SaveStreamStart {
     std::unique_ptr<StreamSlot> slot;
@@ -182,7 +187,7 @@ class CheckpointdService final
   // The start both save streams share: a stream slot, the header, its token,
   // its budget charge and its parameters.
   grpc::Status StartSaveStream(grpc::ServerContext* ctx,
-                               grpc::ServerReader<v1::SaveRequest>* reader,
+                               grpc::ServerReader<grpc::ByteBuffer>* reader,
                                scheduler::SaveKind kind, SaveStreamStart* out);
   // With tokens: whether the call's bearer token covers `run_id` (nullopt:
   // the call names no run, and any known token will do). OK without tokens.

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "ckptd/restore.h"
 #include "tests/integration/daemon_helpers.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/testing/temp_dir.h"
@@ -352,6 +353,70 @@ TEST_F(DaemonTest, BadRequestsGetClearStatusesAndLeaveNothing) {
   EXPECT_EQ(client->stub().GetRun(&ctx, get, &info).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(Names(Weights("rr")), UnorderedElementsAre("step_100.gguf", "latest"));
   EXPECT_FALSE(fs::exists(tmp_.Join("elsewhere")));
+}
+
+// The daemon reads a data message of the plain form (only `data`) straight
+// from gRPC's buffers and leaves every other form to protobuf: both give the
+// same bytes, and whatever is not data is refused by name, leaving nothing.
+TEST_F(DaemonTest, DataMessagesOfEveryFormAreReadExactlyAndTheRestRefused) {
+  auto daemon = StartDaemon();
+  auto client = daemon->Connect();
+  ASSERT_TRUE(client->OpenRun(OpenRequest("rf")).ok());
+  const uint64_t floats = 3 << 18;  // 3 MiB
+  std::string want(floats * 4, '\0');
+  for (size_t i = 0; i < want.size(); ++i) want[i] = static_cast<char>((i * 131) >> 3);
+  {
+    grpc::ClientContext ctx;
+    v1::SaveResponse resp;
+    auto w = client->stub().Save(&ctx, &resp);
+    ASSERT_TRUE(w->Write(OneTensorHeader("rf", 100, floats, true)));
+    size_t at = 0;
+    auto send = [&](size_t n, bool unknown_field) {
+      v1::SaveRequest data;
+      data.set_data(want.substr(at, n));
+      // An unknown field makes the message protobuf's to read.
+      if (unknown_field) data.GetReflection()->MutableUnknownFields(&data)->AddVarint(99, 1);
+      at += n;
+      return w->Write(data);
+    };
+    ASSERT_TRUE(send(1 << 20, false));
+    ASSERT_TRUE(send(0, false));
+    ASSERT_TRUE(send(12345, true));
+    ASSERT_TRUE(send(1, false));
+    ASSERT_TRUE(send(want.size() - at, true));
+    ASSERT_TRUE(w->WritesDone());
+    grpc::Status st = w->Finish();
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  auto restore = Restore::Open(Weights("rf") + "/step_100.gguf");
+  ASSERT_TRUE(restore.ok()) << restore.status();
+  std::string got(want.size(), 'z');
+  ASSERT_TRUE((*restore)->ReadInto("w", got.data(), got.size()).ok());
+  EXPECT_TRUE(got == want) << "the saved bytes differ from the sent ones";
+
+  // A raw stream: each message exactly the bytes given.
+  auto refused = [&](const std::string& second, const std::string& what) {
+    grpc::ClientContext ctx;
+    v1::SaveResponse resp;
+    const grpc::internal::RpcMethod save("/ckptd.v1.Checkpointd/Save",
+                                         grpc::internal::RpcMethod::CLIENT_STREAMING);
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> w(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(client->channel(), save, &ctx,
+                                                                      &resp));
+    for (const std::string& bytes :
+         {OneTensorHeader("rf", 200, 1024, true).SerializeAsString(), second}) {
+      grpc::Slice slice(bytes);
+      if (!w->Write(grpc::ByteBuffer(&slice, 1))) break;
+    }
+    w->WritesDone();
+    grpc::Status st = w->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_THAT(st.error_message(), HasSubstr(what));
+  };
+  refused(OneTensorHeader("rf", 200, 1024, true).SerializeAsString(),
+          "one header, then data messages only");
+  refused(std::string("\x0f\x01", 2), "could not be decoded");  // wire type 7 does not exist
+  EXPECT_THAT(Names(Weights("rf")), UnorderedElementsAre("step_100.gguf", "latest"));
 }
 
 TEST_F(DaemonTest, StreamingOneGibKeepsDaemonMemoryBounded) {

@@ -71,6 +71,7 @@ class Client {
   absl::StatusOr<std::unique_ptr<Run>> OpenRun(const v1::OpenRunRequest& request);
   // The server's stub, for calls the helpers do not wrap.
   v1::Checkpointd::Stub& stub() { return *stub_; }
+  grpc::Channel* channel() { return channel_.get(); }
   const std::string& target() const { return target_; }
   const ClientOptions& options() const { return options_; }
   // Waits until the connection is up (or `deadline`, steady clock seconds).
@@ -170,7 +171,10 @@ class Run {
 // grpc::Status -> absl::Status (same codes).
 absl::Status FromGrpc(const grpc::Status& st);
 
-// Sends one Save/CloseRun stream: header, then every tensor's bytes in chunks.
+// Sends one Save/CloseRun stream: header, then every tensor's bytes in
+// chunks. Writer: grpc::ClientWriter<v1::SaveRequest>, or <grpc::ByteBuffer>
+// for a raw stream (the SDK's own: tensor bytes sent from the caller's
+// memory without a copy).
 template <typename Writer>
 bool StreamTensors(Writer* writer, const v1::SaveHeader& header,
                    const std::vector<TensorView>& tensors, size_t chunk_bytes);
