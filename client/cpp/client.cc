@@ -10,6 +10,8 @@
 #include <iterator>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "daemon/rpc/save_frames.h"
 
 namespace ckptd {
@@ -74,58 +76,18 @@ absl::Status FromGrpc(const grpc::Status& st) {
   return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
 }
 
-namespace {
-
-// Writes `msg` to a raw stream as its serialized bytes.
-bool WriteMessage(grpc::ClientWriter<grpc::ByteBuffer>* writer, const v1::SaveRequest& msg) {
-  grpc::ByteBuffer buf;
-  bool own = false;
-  if (!grpc::SerializationTraits<v1::SaveRequest>::Serialize(msg, &buf, &own).ok()) return false;
-  return writer->Write(buf);
-}
-bool WriteMessage(grpc::ClientWriter<v1::SaveRequest>* writer, const v1::SaveRequest& msg) {
-  return writer->Write(msg);
-}
-
-// One data message: on a raw stream, the field's framing and a slice of the
-// caller's memory, which gRPC sends from without copying it (the memory is
-// the caller's until the call returns, and every write ends before that);
-// on a message stream, a copy into the message.
-bool WriteData(grpc::ClientWriter<grpc::ByteBuffer>* writer, const char* p, size_t n) {
-  const std::string prefix = rpc::EncodeDataPrefix(n);
-  grpc::Slice slices[2] = {grpc::Slice(prefix), grpc::Slice(p, n, grpc::Slice::STATIC_SLICE)};
-  grpc::ByteBuffer buf(slices, n == 0 ? 1 : 2);
-  return writer->Write(buf);
-}
-bool WriteData(grpc::ClientWriter<v1::SaveRequest>* writer, const char* p, size_t n) {
-  v1::SaveRequest data;
-  data.set_data(p, n);
-  return writer->Write(data);
-}
-
-// A Save or CloseRun stream of raw messages; `method` is the method's name.
-template <typename Response>
-std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> RawSaveStream(grpc::Channel* channel,
-                                                                    const char* method,
-                                                                    grpc::ClientContext* ctx,
-                                                                    Response* resp) {
-  const grpc::internal::RpcMethod m(method, grpc::internal::RpcMethod::CLIENT_STREAMING);
-  return std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>>(
-      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel, m, ctx, resp));
-}
-
-}  // namespace
-
 template <typename Writer>
 bool StreamTensors(Writer* writer, const v1::SaveHeader& header,
                    const std::vector<TensorView>& tensors, size_t chunk_bytes) {
   v1::SaveRequest msg;
   *msg.mutable_header() = header;
-  if (!WriteMessage(writer, msg)) return false;
+  if (!writer->Write(msg)) return false;
+  v1::SaveRequest data;
   for (const TensorView& t : tensors) {
     const char* p = static_cast<const char*>(t.data);
     for (size_t at = 0; at < t.bytes; at += chunk_bytes) {
-      if (!WriteData(writer, p + at, std::min(chunk_bytes, t.bytes - at))) return false;
+      data.set_data(p + at, std::min(chunk_bytes, t.bytes - at));
+      if (!writer->Write(data)) return false;
     }
   }
   return writer->WritesDone();
@@ -133,8 +95,90 @@ bool StreamTensors(Writer* writer, const v1::SaveHeader& header,
 
 template bool StreamTensors(grpc::ClientWriter<v1::SaveRequest>*, const v1::SaveHeader&,
                             const std::vector<TensorView>&, size_t);
-template bool StreamTensors(grpc::ClientWriter<grpc::ByteBuffer>*, const v1::SaveHeader&,
-                            const std::vector<TensorView>&, size_t);
+
+namespace {
+
+// The caller's memory lent to gRPC as slices, counted until gRPC returns
+// them: it may hold one after the call has ended, in a write still queued on
+// the connection (a daemon that answered early, with an error, while data
+// was in flight).
+class LentMemory {
+ public:
+  grpc::Slice Lend(const char* p, size_t n) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++lent_;
+    }
+    return grpc::Slice(const_cast<char*>(p), n, &LentMemory::Return, this);
+  }
+  // Whether every slice came back within `timeout`.
+  bool AllReturned(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return lent_ == 0; };
+    return mu_.AwaitWithTimeout(absl::Condition(&none), timeout);
+  }
+
+ private:
+  static void Return(void* self) {
+    auto* m = static_cast<LentMemory*>(self);
+    absl::MutexLock lock(&m->mu_);
+    --m->lent_;
+  }
+  absl::Mutex mu_;
+  int64_t lent_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+constexpr absl::Duration kReturnTimeout = absl::Seconds(60);
+
+// One Save or CloseRun call of raw messages (`method`: its full name): the
+// header serialized, then each chunk as the data field's framing
+// (rpc::EncodeDataPrefix) and a slice of the caller's memory, sent without a
+// copy. Returns once gRPC holds none of that memory, so the caller may free
+// or change its tensors; a connection that keeps it past kReturnTimeout
+// fails the call (UNAVAILABLE) and the lender is left to gRPC.
+template <typename Response>
+grpc::Status RawSaveCall(grpc::Channel* channel, const char* method, const v1::SaveHeader& header,
+                         const std::vector<TensorView>& tensors, size_t chunk_bytes,
+                         Response* resp) {
+  auto lent = std::make_unique<LentMemory>();
+  grpc::Status st;
+  {
+    grpc::ClientContext ctx;
+    const grpc::internal::RpcMethod m(method, grpc::internal::RpcMethod::CLIENT_STREAMING);
+    std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
+        grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel, m, &ctx, resp));
+    auto send = [&]() {
+      v1::SaveRequest first;
+      *first.mutable_header() = header;
+      grpc::ByteBuffer buf;
+      bool own = false;
+      if (!grpc::SerializationTraits<v1::SaveRequest>::Serialize(first, &buf, &own).ok() ||
+          !writer->Write(buf)) {
+        return false;
+      }
+      for (const TensorView& t : tensors) {
+        const char* p = static_cast<const char*>(t.data);
+        for (size_t at = 0; at < t.bytes; at += chunk_bytes) {
+          const size_t n = std::min(chunk_bytes, t.bytes - at);
+          grpc::Slice slices[2] = {grpc::Slice(rpc::EncodeDataPrefix(n)), lent->Lend(p + at, n)};
+          if (!writer->Write(grpc::ByteBuffer(slices, 2))) return false;
+        }
+      }
+      return writer->WritesDone();
+    };
+    send();
+    st = writer->Finish();
+  }
+  if (!lent->AllReturned(kReturnTimeout)) {
+    (void)lent.release();  // gRPC will still call back into it
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "the connection to the daemon still held the tensors' bytes 60 s after "
+                        "the save ended; the save's outcome is unknown: check the daemon");
+  }
+  return st;
+}
+
+}  // namespace
 
 Client::Client(std::string target, ClientOptions options, std::shared_ptr<grpc::Channel> channel)
     : target_(std::move(target)),
@@ -342,11 +386,9 @@ absl::StatusOr<v1::SaveResponse> Run::Save(uint64_t step, const std::vector<Tens
       }
     }
     v1::SaveHeader h = Header(id(), step, tensors, metrics, options);
-    grpc::ClientContext ctx;
     v1::SaveResponse resp;
-    auto writer = RawSaveStream(client_->channel(), kSaveMethod, &ctx, &resp);
-    StreamTensors(writer.get(), h, tensors, options.chunk_bytes);
-    grpc::Status st = writer->Finish();
+    grpc::Status st =
+        RawSaveCall(client_->channel(), kSaveMethod, h, tensors, options.chunk_bytes, &resp);
     if (st.ok()) return resp;
     if (attempt > 0 && st.error_code() == grpc::StatusCode::ALREADY_EXISTS && !options.overwrite) {
       // Sent again after a lost answer: the daemon had committed it.
@@ -430,11 +472,9 @@ absl::StatusOr<v1::CloseRunResponse> Run::Close(uint64_t step,
                                                 const std::vector<TensorView>& tensors,
                                                 const std::map<std::string, double>& metrics) {
   return WithReconnect([&](int) -> absl::StatusOr<v1::CloseRunResponse> {
-    grpc::ClientContext ctx;
     v1::CloseRunResponse resp;
-    auto writer = RawSaveStream(client_->channel(), kCloseRunMethod, &ctx, &resp);
-    StreamTensors(writer.get(), Header(id(), step, tensors, metrics), tensors, 4 << 20);
-    grpc::Status st = writer->Finish();
+    grpc::Status st = RawSaveCall(client_->channel(), kCloseRunMethod,
+                                  Header(id(), step, tensors, metrics), tensors, 4 << 20, &resp);
     if (!st.ok()) return FromGrpc(st);
     return resp;
   });

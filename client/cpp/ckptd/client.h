@@ -171,10 +171,9 @@ class Run {
 // grpc::Status -> absl::Status (same codes).
 absl::Status FromGrpc(const grpc::Status& st);
 
-// Sends one Save/CloseRun stream: header, then every tensor's bytes in
-// chunks. Writer: grpc::ClientWriter<v1::SaveRequest>, or <grpc::ByteBuffer>
-// for a raw stream (the SDK's own: tensor bytes sent from the caller's
-// memory without a copy).
+// Sends one Save/CloseRun stream of protobuf messages: header, then every
+// tensor's bytes in chunks (tests; Run sends the same messages raw, from the
+// caller's memory without a copy).
 template <typename Writer>
 bool StreamTensors(Writer* writer, const v1::SaveHeader& header,
                    const std::vector<TensorView>& tensors, size_t chunk_bytes);
