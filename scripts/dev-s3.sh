@@ -7,6 +7,8 @@
 #   scripts/dev-s3.sh kill DIR rgw|osd|mon   # SIGKILL one daemon (fault tests)
 #   scripts/dev-s3.sh revive DIR     # start again whichever daemons are not running
 #
+# RGW serves plain HTTP and HTTPS (a certificate for its address, signed by
+# a CA made here: DIR/tls/ca.pem); `start` prints both endpoints and the CA.
 # Every daemon runs in the foreground (-f) with its PID kept in DIR/pids;
 # every wait has a deadline, and a failed start prints the daemons' logs.
 # CKPTD_DEV_S3_BLOCK_GIB sizes the OSD's block file (sparse; default 8).
@@ -80,7 +82,19 @@ case "$cmd" in
     export CEPH_CONF="$dir/ceph.conf"
     mon_port=$(free_port)
     rgw_port=$(free_port)
+    rgw_tls_port=$(free_port)
     echo "$rgw_port" >"$dir/rgw_port"
+    mkdir -p "$dir/tls"
+    (
+      cd "$dir/tls"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+        -keyout ca.key -out ca.pem -subj "/CN=ckptd dev-s3 CA" 2>/dev/null
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout rgw.key -out rgw.csr -subj "/CN=$IP" 2>/dev/null
+      printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth\n' "$IP" >rgw.ext
+      openssl x509 -req -in rgw.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+        -extfile rgw.ext -out rgw.pem 2>/dev/null
+    ) || fail "making the TLS certificate failed"
     fsid=$(uuidgen)
     cat >"$CEPH_CONF" <<EOF
 [global]
@@ -122,7 +136,7 @@ bluestore fsck on mount = false
 osd memory target = 939524096
 [client.rgw.a]
 rgw data = $dir/rgw
-rgw frontends = beast endpoint=$IP:$rgw_port
+rgw frontends = beast endpoint=$IP:$rgw_port ssl_endpoint=$IP:$rgw_tls_port ssl_certificate=$dir/tls/rgw.pem ssl_private_key=$dir/tls/rgw.key
 rgw dns name =
 ms mon client mode = crc
 EOF
@@ -146,6 +160,8 @@ EOF
     printf '%s\n%s\n' "$access" "$secret" >"$dir/credentials"
     chmod 600 "$dir/credentials"
     echo "CKPTD_S3_ENDPOINT=http://$IP:$rgw_port"
+    echo "CKPTD_S3_HTTPS_ENDPOINT=https://$IP:$rgw_tls_port"
+    echo "CKPTD_S3_CA_FILE=$dir/tls/ca.pem"
     echo "CKPTD_S3_ACCESS_KEY=$access"
     echo "CKPTD_S3_SECRET_KEY=$secret"
     ;;

@@ -247,6 +247,9 @@ std::map<std::string, Field> Fields(Config* c) {
       {"tier.s3.prefix", String(&c->s3_prefix)},
       {"tier.s3.region", String(&c->s3_region)},
       {"tier.s3.credentials_file", String(&c->s3_credentials_file)},
+      {"tier.s3.ca_file", String(&c->s3_ca_file)},
+      {"tier.s3.sign_payload",
+       Enum(&c->s3_sign_payload_always, {{"auto", false}, {"always", true}})},
       {"tier.s3.part_size", Unsigned(&c->s3_part_size)},
       {"tier.s3.parallel_parts", Unsigned(&c->s3_parallel_parts)},
       {"tier.s3.part_copy", Bool(&c->s3_part_copy)},
@@ -477,6 +480,10 @@ absl::Status Validate(const Config& c) {
     if (c.s3_bucket.empty()) {
       return bad("tier.s3.endpoint", "needs tier.s3.bucket: the bucket checkpoints go to");
     }
+  }
+  if (!c.s3_ca_file.empty() && !c.s3_endpoint.starts_with("https://")) {
+    return bad("tier.s3.ca_file",
+               "verifies an https:// endpoint's certificate; tier.s3.endpoint is not https://");
   }
   if (std::string problem = KeyPrefixProblem(c.s3_prefix); !problem.empty()) {
     return bad("tier.s3.prefix", StrCat("'", Printable(c.s3_prefix), "' ", problem,

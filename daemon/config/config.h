@@ -103,6 +103,10 @@ struct Config {
   std::string s3_prefix;
   std::string s3_region = "us-east-1";
   std::string s3_credentials_file;
+  std::string s3_ca_file;  // PEM CAs for an https endpoint ("" = the system's)
+  // tier.s3.sign_payload: "auto" (false) signs the body's SHA-256 over http
+  // and sends UNSIGNED-PAYLOAD over https; "always" (true) signs it everywhere.
+  bool s3_sign_payload_always = false;
   uint64_t s3_part_size = uint64_t{16} << 20;
   uint64_t s3_parallel_parts = 4;
   bool s3_part_copy = true;  // unchanged ranges copied inside the store (UploadPartCopy)

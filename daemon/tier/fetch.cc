@@ -2,8 +2,10 @@
 #include "daemon/tier/fetch.h"
 
 #include <algorithm>
+#include <atomic>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
@@ -14,10 +16,14 @@
 namespace ckptd::tier {
 namespace {
 
-// Downloads one object into `temp` in part-sized ranges, `threads` at a
-// time, and checks its size and ETag (the MD5s of its parts).
+// Downloads one object into `temp` in part-sized ranges, up to `threads`
+// in flight: each thread takes the next window, GETs it, and appends it when
+// every window before it has been appended, so the file is written in order
+// while the next windows are already arriving. With `check_etag`, the bytes'
+// MD5s (each upload part's, then the multipart ETag) must give the ETag the
+// manifest recorded; without it the caller proves the bytes another way.
 absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, uint64_t part,
-                      size_t threads, const std::string& temp) {
+                      size_t threads, const std::string& temp, bool check_etag) {
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::WritableFile> out,
                          env->NewWritableFile(temp, env::DirectIo::kOff));
   // The upload's parts (the manifest's lengths where some were copied,
@@ -46,35 +52,50 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
   const size_t nparts = lengths.size();
   std::vector<std::string> md5s;
   Md5Stream sum;
-  std::vector<std::string> buffers(threads);
-  for (size_t first = 0; first < windows.size(); first += threads) {
-    const size_t n = std::min(threads, windows.size() - first);
-    std::vector<absl::Status> results(n);
-    std::vector<std::thread> pool;
-    for (size_t t = 0; t < n; ++t) {
-      pool.emplace_back([&, t] {
-        const Window& w = windows[first + t];
-        auto got = store.Get(f.key, ByteRange{.offset = w.offset, .length = w.length});
-        if (!got.ok()) {
-          results[t] = got.status();
-          return;
-        }
-        buffers[t] = std::move(*got);
-      });
-    }
-    for (std::thread& th : pool) th.join();
-    for (size_t t = 0; t < n; ++t) {
-      CKPTD_TRY(results[t]);
-      const Window& w = windows[first + t];
-      sum.Update(buffers[t]);
-      if (first + t + 1 == windows.size() || windows[first + t + 1].part != w.part) {
-        md5s.push_back(sum.FinishHex());
+  std::atomic<size_t> next{0};
+  absl::Mutex mu;
+  size_t written = 0;  // windows appended, in order
+  absl::Status result;
+  auto worker = [&] {
+    std::string buffer;
+    while (true) {
+      const size_t i = next.fetch_add(1);
+      if (i >= windows.size()) return;
+      const Window& w = windows[i];
+      absl::StatusOr<std::string> got;
+      {
+        absl::MutexLock lock(&mu);
+        if (!result.ok()) return;
       }
-      CKPTD_TRY(out->Append(buffers[t]));
+      got = store.Get(f.key, ByteRange{.offset = w.offset, .length = w.length});
+      absl::MutexLock lock(&mu);
+      // This window's turn: every earlier one appended, or the download failed.
+      auto turn = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return written == i || !result.ok(); };
+      mu.Await(absl::Condition(&turn));
+      if (!result.ok()) return;
+      absl::Status st = got.status();
+      if (st.ok() && check_etag) {
+        sum.Update(*got);
+        if (i + 1 == windows.size() || windows[i + 1].part != w.part) {
+          md5s.push_back(sum.FinishHex());
+        }
+      }
+      if (st.ok()) st = out->Append(*got);
+      if (!st.ok()) {
+        result = st;
+        return;
+      }
+      ++written;
     }
-  }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < std::min(threads, windows.size()); ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& th : pool) th.join();
+  CKPTD_TRY(result);
   CKPTD_TRY(out->Sync());
   CKPTD_TRY(out->Close());
+  if (!check_etag) return absl::OkStatus();
   const std::string etag = nparts <= 1 ? (nparts == 0 ? Md5Hex("") : md5s[0]) : MultipartEtag(md5s);
   if (etag != f.etag) {
     return absl::DataLossError(
@@ -83,9 +104,10 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
   return absl::OkStatus();
 }
 
-// The model file's tensor digests, content digest and uuid, as `ckptctl
-// verify` checks them, and the content digest the manifest recorded.
-absl::Status VerifyModel(env::Env* env, const std::string& path, const RemoteFile& f) {
+// A checkpoint file's tensor digests, content digest and uuid, as `ckptctl
+// verify` checks them, and for a model file the content digest the manifest
+// recorded.
+absl::Status VerifyCheckpointFile(env::Env* env, const std::string& path, const RemoteFile& f) {
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::RandomAccessFile> file, env->OpenForRead(path));
   CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile header, gguf::ReadHeader(*file));
   auto report = gguf::Verify(*file, header);
@@ -169,8 +191,14 @@ absl::StatusOr<FetchResult> FetchStep(env::Env* env, ObjectStore& store,
   for (const RemoteFile& f : files) {
     const std::string temp = StrCat(dest_dir, "/", env::TempName(f.name));
     placed.emplace_back(temp, StrCat(dest_dir, "/", f.name));
-    absl::Status st = Download(env, store, f, part, threads, temp);
-    if (st.ok() && f.role == "model") st = VerifyModel(env, temp, f);
+    // Checkpoint files are proved by their own digests, which cover every
+    // byte: where the transport also proves the bytes arrived (TLS), their
+    // MD5 (the ETag check, an MD5 pass per byte) adds nothing. Exports and
+    // every file over a plain transport are checked against the ETag.
+    const bool checkpoint_file = f.role == "model" || f.role == "train";
+    const bool check_etag = !(checkpoint_file && store.capabilities().transport_protects_bytes);
+    absl::Status st = Download(env, store, f, part, threads, temp, check_etag);
+    if (st.ok() && (f.role == "model" || !check_etag)) st = VerifyCheckpointFile(env, temp, f);
     if (!st.ok()) {
       cleanup();
       return st;

@@ -47,6 +47,7 @@ absl::StatusOr<std::string> MemoryStore::Put(const std::string& key, std::string
   if (absl::Status st = CheckDigest(what, body, md5_hex); !st.ok()) return st;
   std::string etag = Md5Hex(body);
   absl::MutexLock lock(&mu_);
+  ++(md5_hex.empty() ? without_md5_ : with_md5_);
   if (pre == Precondition::kIfAbsent && options_.checks_if_absent && objects_.contains(key)) {
     return absl::AlreadyExistsError(StrCat(what, ": HTTP 412 PreconditionFailed"));
   }
@@ -137,6 +138,7 @@ absl::StatusOr<std::string> MemoryStore::UploadPart(const std::string& key,
   if (absl::Status st = CheckDigest(what, body, md5_hex); !st.ok()) return st;
   std::string etag = Md5Hex(body);
   absl::MutexLock lock(&mu_);
+  ++(md5_hex.empty() ? without_md5_ : with_md5_);
   absl::StatusOr<Upload*> up = FindUpload(what, key, upload_id);
   if (!up.ok()) return up.status();
   (*up)->parts[part_number] = {.bytes = std::string(body), .etag = etag};
@@ -228,6 +230,11 @@ std::vector<std::string> MemoryStore::Keys() const {
   std::vector<std::string> out;
   for (const auto& [key, o] : objects_) out.push_back(key);
   return out;
+}
+
+std::pair<int, int> MemoryStore::BodiesWithAndWithoutMd5() const {
+  absl::MutexLock lock(&mu_);
+  return {with_md5_, without_md5_};
 }
 
 void MemoryStore::Corrupt(const std::string& key, std::string bytes) {

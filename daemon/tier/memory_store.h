@@ -21,13 +21,15 @@ class MemoryStore final : public ObjectStore {
     std::string bucket = "memory";
     uint64_t min_part_size = kMinPartSize;  // tests may lower it; S3's is 5 MiB
     bool checks_if_absent = true;           // false: as Ceph RGW 16, kIfAbsent ignored
+    bool transport_protects_bytes = false;  // true: as S3 over https
   };
   MemoryStore() : MemoryStore(Options{}) {}
   explicit MemoryStore(Options options) : options_(std::move(options)) {}
 
   std::string UrlOf(const std::string& key) const override;
   StoreCapabilities capabilities() const override {
-    return {.checks_if_absent = options_.checks_if_absent};
+    return {.checks_if_absent = options_.checks_if_absent,
+            .transport_protects_bytes = options_.transport_protects_bytes};
   }
   absl::StatusOr<std::string> Put(const std::string& key, std::string_view body, Precondition pre,
                                   std::string_view md5_hex) override;
@@ -54,6 +56,8 @@ class MemoryStore final : public ObjectStore {
   // the ETag's back (bit rot in the store).
   std::vector<std::string> Keys() const;
   void Corrupt(const std::string& key, std::string bytes);
+  // Bodies (PUT, part) sent with and without the caller's MD5.
+  std::pair<int, int> BodiesWithAndWithoutMd5() const;
 
  private:
   struct Object {
@@ -78,6 +82,8 @@ class MemoryStore final : public ObjectStore {
   mutable absl::Mutex mu_;
   std::map<std::string, Object> objects_ ABSL_GUARDED_BY(mu_);  // byte order, as S3 lists
   std::map<std::string, Upload> uploads_ ABSL_GUARDED_BY(mu_);  // by upload id
+  int with_md5_ ABSL_GUARDED_BY(mu_) = 0;
+  int without_md5_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_upload_ ABSL_GUARDED_BY(mu_) = 1;
 };
 

@@ -77,6 +77,9 @@ enum class Precondition { kNone, kIfAbsent };
 
 struct StoreCapabilities {
   bool checks_if_absent = false;  // Precondition::kIfAbsent is enforced
+  // The transport itself proves the store received the bytes sent (TLS):
+  // callers need not compute an MD5 of bodies they send to check the ETag.
+  bool transport_protects_bytes = false;
 };
 
 // Whether a failure is worth retrying (the store or the network, not us).

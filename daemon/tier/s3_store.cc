@@ -186,6 +186,7 @@ S3Store::S3Store(S3Config config) : config_(std::move(config)) {
   host_ = std::string(authority.substr(0, authority.find('/')));
   const std::string_view default_port = https ? ":443" : ":80";
   if (host_.ends_with(default_port)) host_.resize(host_.size() - default_port.size());
+  unsigned_payload_ = https && !config_.sign_payload_always;
 }
 
 std::string S3Store::Path(const std::string& key) const {
@@ -203,7 +204,7 @@ std::string S3Store::Url(const std::string& key, const std::string& query) const
 absl::StatusOr<S3Store::Response> S3Store::Request(const char* method, const std::string& key,
                                                    const std::string& query, std::string_view body,
                                                    const std::vector<std::string>& headers,
-                                                   std::string_view md5_raw) {
+                                                   std::string_view md5_raw, size_t expect_body) {
   CURL* h = ThreadHandle();
   if (h == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
   curl_easy_reset(h);
@@ -212,6 +213,7 @@ absl::StatusOr<S3Store::Response> S3Store::Request(const char* method, const std
       StrCat(method, " ", key.empty() ? config_.bucket : key, query.empty() ? "" : "?", query);
   curl_easy_setopt(h, CURLOPT_URL, url.c_str());
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  if (!config_.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, config_.ca_file.c_str());
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(config_.connect_timeout_s * 1e3));
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(config_.request_timeout_s * 1e3));
@@ -226,9 +228,10 @@ absl::StatusOr<S3Store::Response> S3Store::Request(const char* method, const std
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
   }
-  // Signed here (sigv4.h): host, the payload's SHA-256, the date, the
+  // Signed here (sigv4.h): host, the payload's SHA-256 (UNSIGNED-PAYLOAD
+  // over TLS, which protects the body, as AWS's SDKs do), the date, the
   // Content-MD5 and every header the request adds.
-  const std::string payload_sha = Sha256Hex(body);
+  const std::string payload_sha = unsigned_payload_ ? "UNSIGNED-PAYLOAD" : Sha256Hex(body);
   const std::string amz_date = AmzDate(NowSeconds());
   SigV4Request signing{
       .method = method,
@@ -240,7 +243,7 @@ absl::StatusOr<S3Store::Response> S3Store::Request(const char* method, const std
   std::vector<std::string> sent = {StrCat("x-amz-content-sha256: ", payload_sha),
                                    StrCat("x-amz-date: ", amz_date),
                                    "Content-Type: application/octet-stream"};
-  if (!body.empty()) {
+  if (!body.empty() && (!unsigned_payload_ || !md5_raw.empty())) {
     const std::string md5 =
         Base64(md5_raw.empty() ? Digest(EVP_md5(), body) : std::string(md5_raw));
     signing.headers["content-md5"] = md5;
@@ -260,6 +263,7 @@ absl::StatusOr<S3Store::Response> S3Store::Request(const char* method, const std
   for (const std::string& line : sent) list = curl_slist_append(list, line.c_str());
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
   Response r;
+  r.body.reserve(expect_body);  // a ranged GET's bytes land once, not regrown
   HeaderSink sink;
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, Append);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &r.body);
@@ -477,7 +481,7 @@ absl::StatusOr<std::string> S3Store::Get(const std::string& key, std::optional<B
     headers.push_back(
         StrCat("Range: bytes=", range->offset, "-", range->offset + range->length - 1));
   }
-  auto r = Request("GET", key, "", "", headers);
+  auto r = Request("GET", key, "", "", headers, {}, range ? range->length : 0);
   if (!r.ok()) return r.status();
   if (range && r->body.size() != range->length) {
     return absl::DataLossError(StrCat("GET ", key, " bytes ", range->offset, "+", range->length,

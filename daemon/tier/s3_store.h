@@ -34,6 +34,12 @@ struct S3Config {
   // A request that moves no byte either way for this long fails (as a
   // transient error): a store whose disks died holds requests open.
   double stall_timeout_s = 30;
+  // PEM CAs for an https endpoint ("" = the system's roots).
+  std::string ca_file;
+  // Over https, bodies go as UNSIGNED-PAYLOAD with no Content-MD5 unless
+  // this is set (tier.s3.sign_payload = "always"); over http they are
+  // always signed and MD5-checked.
+  bool sign_payload_always = false;
 };
 
 class S3Store final : public ObjectStore {
@@ -45,7 +51,9 @@ class S3Store final : public ObjectStore {
   absl::Status CreateBucket();
 
   std::string UrlOf(const std::string& key) const override;
-  StoreCapabilities capabilities() const override { return {}; }
+  StoreCapabilities capabilities() const override {
+    return {.transport_protects_bytes = unsigned_payload_};
+  }
   absl::StatusOr<std::string> Put(const std::string& key, std::string_view body, Precondition pre,
                                   std::string_view md5_hex) override;
   absl::StatusOr<std::string> Get(const std::string& key, std::optional<ByteRange> range) override;
@@ -80,13 +88,16 @@ class S3Store final : public ObjectStore {
   absl::StatusOr<Response> Request(const char* method, const std::string& key,
                                    const std::string& query, std::string_view body,
                                    const std::vector<std::string>& headers = {},
-                                   std::string_view md5_raw = {});
+                                   std::string_view md5_raw = {}, size_t expect_body = 0);
   // The request's path, as sent and signed: /bucket[/key], URI-encoded.
   std::string Path(const std::string& key) const;
   std::string Url(const std::string& key, const std::string& query) const;
 
   S3Config config_;
   std::string host_;  // as curl sends it in Host: (signed)
+  // https without sign_payload_always: bodies are neither hashed for the
+  // signature nor MD5-summed for Content-MD5.
+  bool unsigned_payload_ = false;
 };
 
 // AWS's URI encoding: unreserved characters kept, the rest %XX; '/' kept

@@ -49,7 +49,22 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> OpenStore(env::Env* env, const conf
   S3Config s3{.endpoint = cfg.s3_endpoint,
               .bucket = cfg.s3_bucket,
               .region = cfg.s3_region,
-              .stall_timeout_s = cfg.s3_stall_timeout_seconds};
+              .stall_timeout_s = cfg.s3_stall_timeout_seconds,
+              .ca_file = cfg.s3_ca_file,
+              .sign_payload_always = cfg.s3_sign_payload_always};
+  if (!s3.ca_file.empty()) {
+    // Refused here, by name, rather than as every request's TLS failure.
+    auto ca = env::ReadWholeFile(env, s3.ca_file);
+    if (!ca.ok()) {
+      return absl::InvalidArgumentError(
+          StrCat("tier.s3.ca_file: ", ca.status().message(), "; a PEM file of CA certificates"));
+    }
+    if (ca->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError(StrCat("tier.s3.ca_file: ", s3.ca_file,
+                                               " holds no PEM certificate (-----BEGIN "
+                                               "CERTIFICATE-----)"));
+    }
+  }
   if (absl::Status st = LoadCredentials(env, cfg.s3_credentials_file, &s3); !st.ok()) return st;
   return std::make_unique<S3Store>(std::move(s3));
 }

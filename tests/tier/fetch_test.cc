@@ -7,6 +7,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "absl/time/clock.h"
 #include "daemon/base/strings.h"
 #include "daemon/tier/fault_store.h"
@@ -42,7 +44,8 @@ class Done final : public UploadObserver {
 
 class FetchTest : public ::testing::Test {
  protected:
-  FetchTest() : memory_(testing::SmallParts()), store_(&memory_), run_(tmp_.Join("run")) {
+  explicit FetchTest(MemoryStore::Options options = testing::SmallParts())
+      : memory_(options), store_(&memory_), run_(tmp_.Join("run")) {
     Uploader uploader(env::Env::Default(), &memory_,
                       {.prefix = "p", .part_size = kTestPartSize, .parallel_parts = 2}, nullptr,
                       &done_);
@@ -106,6 +109,37 @@ TEST_F(FetchTest, BytesThatRottedInTheStoreAreDataLossAndLeaveNothing) {
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(st.message(), HasSubstr("p/r/step_7.gguf"));
   EXPECT_THAT(Placed(), IsEmpty());
+}
+
+// Over TLS (the transport proves the bytes arrived), checkpoint files are
+// not MD5-summed against their ETags: their own digests, which cover every
+// byte, prove them, so bytes that rotted in the store are still refused.
+class FetchOverTlsTest : public FetchTest {
+ protected:
+  FetchOverTlsTest()
+      : FetchTest(
+            {.bucket = "test", .min_part_size = kTestPartSize, .transport_protects_bytes = true}) {}
+};
+
+TEST_F(FetchOverTlsTest, FilesComeBackByteForByteAndRotIsStillRefused) {
+  ASSERT_OK(Fetch(7).status());
+  EXPECT_EQ(ckptd::testing::ReadFile(Dest() + "/step_7.gguf"),
+            ckptd::testing::ReadFile(record_.model_path));
+  EXPECT_EQ(ckptd::testing::ReadFile(Dest() + "/step_7.train.gguf"),
+            ckptd::testing::ReadFile(record_.train_path));
+  ASSERT_TRUE(std::filesystem::remove_all(Dest()));
+  for (const char* name : {"step_7.train.gguf", "step_7.gguf"}) {
+    const std::string key = std::string("p/r/") + name;
+    const std::string good = *memory_.Get(key, std::nullopt);
+    std::string rotted = good;
+    rotted[rotted.size() - 3] ^= 0x10;  // in the last tensor's bytes
+    memory_.Corrupt(key, rotted);
+    absl::Status st = Fetch(7).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << name;
+    EXPECT_THAT(st.message(), HasSubstr(key));
+    EXPECT_THAT(Placed(), IsEmpty()) << name;
+    memory_.Corrupt(key, good);
+  }
 }
 
 TEST_F(FetchTest, AManifestThatDescribesAnotherStepIsRefused) {

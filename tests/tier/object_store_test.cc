@@ -1,6 +1,7 @@
 // The ObjectStore contract, one suite for every implementation: MemoryStore
 // always, and S3Store against a real Ceph RGW when CKPTD_TEST_S3_ENDPOINT
-// (with CKPTD_S3_ACCESS_KEY, CKPTD_S3_SECRET_KEY and CKPTD_TEST_S3_BUCKET)
+// (with CKPTD_S3_ACCESS_KEY, CKPTD_S3_SECRET_KEY and CKPTD_TEST_S3_BUCKET;
+// CKPTD_TEST_S3_CA_FILE for an https endpoint)
 // names one, as the tier.s3 suite does. The same cases passing on both is
 // what lets the upload, coordination and fetch logic be tested on memory.
 #include <gmock/gmock.h>
@@ -34,12 +35,14 @@ std::unique_ptr<ObjectStore> MakeS3() {
   const char* bucket = std::getenv("CKPTD_TEST_S3_BUCKET");
   const char* access = std::getenv("CKPTD_S3_ACCESS_KEY");
   const char* secret = std::getenv("CKPTD_S3_SECRET_KEY");
+  const char* ca = std::getenv("CKPTD_TEST_S3_CA_FILE");  // for an https endpoint
   if (!endpoint || !bucket || !access || !secret) return nullptr;
   auto store = std::make_unique<S3Store>(S3Config{.endpoint = endpoint,
                                                   .bucket = bucket,
                                                   .access_key = access,
                                                   .secret_key = secret,
-                                                  .stall_timeout_s = 10});
+                                                  .stall_timeout_s = 10,
+                                                  .ca_file = ca ? ca : ""});
   if (!store->CreateBucket().ok()) return nullptr;
   return store;
 }

@@ -153,22 +153,85 @@ def check_consistent(s3, bucket, prefix):
     return objects
 
 
-def test_the_object_store_contract_holds_on_ceph_rgw_as_on_memory(store):
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_object_store_contract_holds_on_ceph_rgw_as_on_memory(store, scheme):
     """The ObjectStore contract suite (tests/tier/object_store_test.cc) that
     the upload, coordination and fetch unit tests rely on MemoryStore for,
-    run against this RGW: SigV4, ETags, multipart and part-copy semantics,
-    paging order, Content-MD5. None of its cases may be skipped here."""
+    run against this RGW, over http (payloads signed) and over https
+    (UNSIGNED-PAYLOAD, the CA dev-s3.sh made): SigV4, ETags, multipart and
+    part-copy semantics, paging order, Content-MD5. None of its cases may be
+    skipped here."""
     binary = os.environ.get("STORE_CONTRACT_BINARY",
                             os.path.join(ROOT, "build", "tests", "tier", "store_contract_tests"))
-    env = {**os.environ, "CKPTD_TEST_S3_ENDPOINT": store["CKPTD_S3_ENDPOINT"],
+    endpoint = store["CKPTD_S3_HTTPS_ENDPOINT" if scheme == "https" else "CKPTD_S3_ENDPOINT"]
+    env = {**os.environ, "CKPTD_TEST_S3_ENDPOINT": endpoint,
            "CKPTD_TEST_S3_BUCKET": "contract-" + uuid.uuid4().hex[:8],
            "CKPTD_S3_ACCESS_KEY": store["CKPTD_S3_ACCESS_KEY"],
            "CKPTD_S3_SECRET_KEY": store["CKPTD_S3_SECRET_KEY"]}
+    if scheme == "https":
+        env["CKPTD_TEST_S3_CA_FILE"] = store["CKPTD_S3_CA_FILE"]
     out = subprocess.run([binary, "--gtest_filter=Stores/ObjectStoreContract.*/S3",
                           "--gtest_brief=1"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     m = re.search(r"\[  PASSED  \] (\d+) test", out.stdout)
     assert m and int(m.group(1)) == 6 and "SKIPPED" not in out.stdout, out.stdout[-4000:]
+
+
+def test_payloads_go_unsigned_over_https_only_and_a_bad_ca_file_is_named(tmp_path, store):
+    """Over https, where TLS protects the body, requests carry
+    x-amz-content-sha256: UNSIGNED-PAYLOAD (as AWS's SDKs send); over http,
+    or with sign_payload = "always", the body's SHA-256. Seen by a server
+    that records each request's headers (with dev-s3.sh's certificate for
+    https), reached by ckptctl fetch with each config."""
+    import http.server
+    import ssl
+
+    seen = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            body = b"<Error><Code>NoSuchKey</Code><Message>none</Message></Error>"
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    tls_dir = os.path.join(store["dir"], "tls")
+    empty_sha = hashlib.sha256(b"").hexdigest()
+    cases = [("https", "auto", "UNSIGNED-PAYLOAD"), ("https", "always", empty_sha), ("http", "auto", empty_sha)]
+    for scheme, sign, want in cases:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+        if scheme == "https":
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(os.path.join(tls_dir, "rgw.pem"), os.path.join(tls_dir, "rgw.key"))
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            ca = f'ca_file = "{store["CKPTD_S3_CA_FILE"]}"\n' if scheme == "https" else ""
+            cfg = tmp_path / f"{scheme}-{sign}.toml"
+            cfg.write_text(f'[tier.s3]\nendpoint = "{scheme}://127.0.0.1:{server.server_address[1]}"\n'
+                           f'bucket = "b"\n{ca}sign_payload = "{sign}"\n'
+                           f'[storage]\nroots = ["{tmp_path}/runs"]\n')
+            before = len(seen)
+            r = subprocess.run([CKPTCTL, "fetch", "r", "--config", str(cfg)], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "CKPTD_S3_ACCESS_KEY": "AK",
+                                                "CKPTD_S3_SECRET_KEY": "SK"})
+            assert r.returncode != 0 and len(seen) > before, (scheme, sign, r.stderr)
+            assert seen[-1].get("x-amz-content-sha256") == want, (scheme, sign, seen[-1])
+        finally:
+            server.shutdown()
+            server.server_close()
+    # A CA file that is not one: refused by name before any request.
+    bad = tmp_path / "bad-ca.toml"
+    bad.write_text('[tier.s3]\nendpoint = "https://127.0.0.1:9"\nbucket = "b"\n'
+                   f'ca_file = "{tmp_path}/missing.pem"\n[storage]\nroots = ["{tmp_path}/runs"]\n')
+    r = subprocess.run([CKPTCTL, "fetch", "r", "--config", str(bad)], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "CKPTD_S3_ACCESS_KEY": "AK", "CKPTD_S3_SECRET_KEY": "SK"})
+    assert r.returncode != 0 and "tier.s3.ca_file" in r.stderr and "missing.pem" in r.stderr, r.stderr
 
 
 def test_committed_steps_land_with_manifest_and_latest_last_and_read_back_exactly(tmp_path, store, bucket):

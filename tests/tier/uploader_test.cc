@@ -79,7 +79,8 @@ TierSettings Settings() {
 
 class UploaderTest : public ::testing::Test {
  protected:
-  UploaderTest() : memory_(testing::SmallParts()), store_(&memory_), run_(tmp_.Join("run")) {}
+  explicit UploaderTest(MemoryStore::Options options = testing::SmallParts())
+      : memory_(options), store_(&memory_), run_(tmp_.Join("run")) {}
 
   std::unique_ptr<Uploader> Make(TierSettings settings = Settings()) {
     auto u = std::make_unique<Uploader>(env::Env::Default(), &store_, settings, &runs_, &events_);
@@ -209,6 +210,40 @@ TEST_F(UploaderTest, APartTheStoreKeptTruncatedNeverBecomesPartOfAStep) {
   EXPECT_FALSE(InStore("p/r/step_10.gguf"));
   ASSERT_TRUE(events_.WaitFor(10, UploadEventType::kUploaded));
   ExpectManifestsTrue();
+}
+
+// Over TLS (a store whose transport proves the bytes arrived: S3 over
+// https), bodies go without the MD5 the ETag check needs, and a body or part
+// the store kept cut short is still caught, by the size it then reports.
+class UploaderOverTlsTest : public UploaderTest {
+ protected:
+  UploaderOverTlsTest()
+      : UploaderTest(
+            {.bucket = "test", .min_part_size = kTestPartSize, .transport_protects_bytes = true}) {}
+};
+
+TEST_F(UploaderOverTlsTest, BodiesGoWithoutMd5AndOneKeptCutShortIsStillCaught) {
+  store_.Add({.op = StoreOp::kPut,
+              .key_contains = "train",
+              .action = StoreFault::Action::kTruncate,
+              .keep_bytes = 10});
+  store_.Add({.op = StoreOp::kUploadPart,
+              .nth = 4,
+              .action = StoreFault::Action::kTruncate,
+              .keep_bytes = 100});
+  TierSettings s = Settings();
+  s.parallel_parts = 1;
+  auto uploader = Make(s);
+  ASSERT_OK(uploader->Enqueue(Job(Commit(10))));
+  std::optional<UploadEvent> failed = events_.WaitFor(10, UploadEventType::kFailed);
+  ASSERT_TRUE(failed);
+  EXPECT_THAT(failed->error, HasSubstr("the store holds"));
+  EXPECT_FALSE(InStore("p/r/step_10.manifest.json"));
+  ASSERT_TRUE(events_.WaitFor(10, UploadEventType::kUploaded));
+  ExpectManifestsTrue();
+  const auto [with_md5, without_md5] = memory_.BodiesWithAndWithoutMd5();
+  EXPECT_EQ(with_md5, 0);
+  EXPECT_GT(without_md5, 4);
 }
 
 TEST_F(UploaderTest, AStalledRequestIsRetriedLikeAnyTransientFailure) {
