@@ -1,5 +1,4 @@
 // ckptd's entry point: the command line, the config, logging, signals.
-#include <malloc.h>
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -44,25 +43,9 @@ void SetupLogging(const std::string& level) {
   spdlog::set_default_logger(logger);
 }
 
-// gRPC reads each message into fresh buffers of up to a few MiB, freed once
-// the message is written. glibc's default thresholds return such memory to
-// the kernel and take it back read after read, so every read faulted and
-// zeroed new pages (the stream path's profile: 10 % of the reading thread in
-// clear_page_erms, and munmap's TLB shootdowns on the handler's). Served
-// from the heap and kept there up to kKeepFree, they are reused instead. The
-// memory kept is at most what the busiest moment needed, bounded by
-// server.max_save_streams times a stream's flow-control window.
-void TuneAllocator() {
-  constexpr int kMmapAbove = 32 << 20;
-  constexpr int kKeepFree = 32 << 20;
-  mallopt(M_MMAP_THRESHOLD, kMmapAbove);
-  mallopt(M_TRIM_THRESHOLD, kKeepFree);
-}
-
 }  // namespace
 
 int DaemonMain(int argc, char** argv) {
-  TuneAllocator();
   // Block the signals we handle before gRPC starts threads, so only the
   // sigwait loop below sees them.
   sigset_t signals;
