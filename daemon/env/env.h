@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "daemon/base/byte_source.h"
 
 namespace ckptd::env {
@@ -222,5 +223,24 @@ absl::Status WriteFileAtomically(Env* env, const std::string& path, std::string_
 
 // Reads a whole (small) file.
 absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path);
+
+// A file opened with OpenForDirectRead as a ByteSource that reads any range:
+// each ReadAt reads the aligned span around it into an aligned buffer and
+// copies the range out. For one pass over a file just written with O_DIRECT
+// (a fetched checkpoint's verification), which then costs no page-cache
+// copy. ReadAt calls are serialized.
+class DirectReadSource final : public ByteSource {
+ public:
+  explicit DirectReadSource(std::unique_ptr<RandomAccessFile> file);
+  ~DirectReadSource() override;
+  uint64_t size() const override { return file_->size(); }
+  absl::Status ReadAt(uint64_t offset, size_t n, void* dst) const override;
+
+ private:
+  std::unique_ptr<RandomAccessFile> file_;
+  mutable absl::Mutex mu_;
+  mutable char* buf_ ABSL_GUARDED_BY(mu_) = nullptr;  // aligned, kBufferBytes
+  static constexpr size_t kBufferBytes = 8 << 20;
+};
 
 }  // namespace ckptd::env

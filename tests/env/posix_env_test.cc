@@ -54,6 +54,37 @@ TEST(PosixEnvTest, PreadAndMmapReadTheSameBytesAndStopAtTheEnd) {
   EXPECT_EQ((*m)->bytes(), "hello, world");
 }
 
+// Reads of any offset and length through O_DIRECT's aligned spans give the
+// file's bytes, across the buffer's size and at the file's unaligned end.
+TEST(PosixEnvTest, DirectReadSourceReadsAnyRangeExactly) {
+  testing::TempDir dir;
+  const std::string path = dir.Join("d");
+  std::string bytes((9 << 20) + 12345, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+  testing::WriteFile(path, bytes);
+  auto direct = Env::Default()->OpenForDirectRead(path);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  EXPECT_GT((*direct)->direct_alignment(), 0u) << "the test directory takes no O_DIRECT";
+  const DirectReadSource src(std::move(*direct));
+  ASSERT_EQ(src.size(), bytes.size());
+  const std::vector<std::pair<uint64_t, size_t>> ranges = {{0, 1},
+                                                           {1, 4095},
+                                                           {4095, 2},
+                                                           {12345, 3 << 20},
+                                                           {0, 9 << 20},
+                                                           {7, (8 << 20) + 5},
+                                                           {bytes.size() - 1, 1},
+                                                           {bytes.size() - 5000, 5000},
+                                                           {0, bytes.size()}};
+  for (const auto& [offset, n] : ranges) {
+    std::string got(n, '\0');
+    ASSERT_TRUE(src.ReadAt(offset, n, got.data()).ok()) << offset << "+" << n;
+    EXPECT_TRUE(got == bytes.substr(offset, n)) << offset << "+" << n;
+  }
+  char c;
+  EXPECT_EQ(src.ReadAt(bytes.size(), 1, &c).code(), absl::StatusCode::kOutOfRange);
+}
+
 TEST(PosixEnvTest, EmptyFileMaps) {
   testing::TempDir dir;
   testing::WriteFile(dir.Join("e"), "");
