@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -128,8 +129,9 @@ def main():
         rows = []
         for rnd in range(args.rounds):
             step = rnd + 1
+            fresh = {"w": tensors["w"] + step}  # new bytes: every part is sent
             t0 = time.monotonic()
-            run.save(step, tensors)
+            run.save(step, fresh)
             run.wait()
             local_s = time.monotonic() - t0
             # The upload starts at the commit; sample the daemon meanwhile.
@@ -144,6 +146,10 @@ def main():
             pids = {**store_pids(s3dir), "ckptd": daemon.pid}
             cpu0 = cpu_of(pids)
             sampler.start()
+            perf_up = None
+            if os.environ.get("BENCH_PERF_UPLOAD"):  # a perf.data path: profile the daemon's upload
+                perf_up = subprocess.Popen(["perf", "record", "-g", "-p", str(daemon.pid), "-o",
+                                            os.environ["BENCH_PERF_UPLOAD"]], stderr=subprocess.DEVNULL)
             pattern = re.compile(rf"tier: uploaded run=bench step={step} files=\d+ bytes=(\d+) .*?seconds=([\d.]+)")
             deadline = time.monotonic() + 600
             while not (m := pattern.search(open(log_path).read())):
@@ -151,6 +157,9 @@ def main():
                 time.sleep(0.05)
             done.set()
             sampler.join()
+            if perf_up:
+                perf_up.send_signal(signal.SIGINT)
+                perf_up.wait()
             cpu1 = cpu_of(pids)
             up_bytes, up_s = int(m.group(1)), float(m.group(2))
             model = os.path.join(scratch, "runs", "bench", "weights", f"step_{step}.gguf")

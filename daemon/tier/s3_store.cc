@@ -297,8 +297,11 @@ absl::Status S3Store::CreateBucket() {
 
 namespace {
 
-// The binary MD5 of a body from its hex form, or computed when not given.
+// The binary MD5 of a body from its hex form; "" when not given (Request
+// computes it where Content-MD5 is sent: over http, or with sign_payload =
+// "always"), or computed from the body when the hex is malformed.
 std::string RawMd5(std::string_view body, std::string_view md5_hex) {
+  if (md5_hex.empty()) return {};
   if (md5_hex.size() != 2 * 16) return Digest(EVP_md5(), body);
   std::string raw;
   for (size_t i = 0; i < md5_hex.size(); i += 2) {
