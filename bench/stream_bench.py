@@ -195,9 +195,16 @@ def python_saver(args):
     import numpy as np
 
     kwargs = {"tls_ca": ca} if ca else {}
-    client = ckptd.connect(target, **kwargs)
-    run = client.open_run(run_id, metadata={"general.architecture": "llama"}, transport="stream",
-                          retention={"keep_last": 2})
+    for attempt in range(3):  # a TLS handshake across the shaped link may time out once
+        try:
+            client = ckptd.connect(target, **kwargs)
+            run = client.open_run(run_id, metadata={"general.architecture": "llama"}, transport="stream",
+                                  retention={"keep_last": 2})
+            break
+        except ckptd.Error:
+            if attempt == 2:
+                raise
+            time.sleep(1)
     n = 64 * MiB
     size = int(size)
     model = {f"blk.{i}.weight": np.ones(min(n, size - i * n) // 4, dtype=np.float32)
