@@ -24,7 +24,6 @@ Needs root (namespaces, tc, drop_caches) and iperf3 (install-deps --bench).
   (--gbit 0: the veth unshaped, so the CPUs are the limit)
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -41,16 +40,11 @@ sys.path.insert(0, os.environ.get("CKPTD_PYTHON_LIB") or os.path.join(ROOT, "bui
 import numpy as np  # noqa: E402
 
 import ckptd  # noqa: E402
+import netns  # noqa: E402
+from netns import sh  # noqa: E402
 
 MiB = 1 << 20
 A_IP, B_IP = "10.77.0.1", "10.77.0.2"
-
-
-def sh(*args, check=True, timeout=60):
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-    return r
 
 
 def cpu_seconds(pid):
@@ -59,40 +53,8 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Link:
-    def __init__(self, gbit):
-        tag = os.getpid() % 100000
-        self.ns = (f"ckpba{tag}", f"ckpbb{tag}")
-        self.gbit = gbit
-
-    def __enter__(self):
-        a, b = self.ns
-        for ns in self.ns:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", "pba", "netns", a, "type", "veth", "peer", "name", "pbb", "netns", b)
-        for ns, dev, ip in ((a, "pba", A_IP), (b, "pbb", B_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            if self.gbit > 0:  # 0: the veth unshaped (the CPUs are the limit)
-                sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate",
-                   f"{self.gbit}gbit", "burst", "4mbit", "latency", "50ms")
-        return self
-
-    def __exit__(self, *exc):
-        for ns in self.ns:
-            sh("ip", "netns", "del", ns, check=False)
-
-    def iperf(self):
-        a, b = self.ns
-        server = subprocess.Popen(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B", B_IP],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(0.5)
-            out = sh("ip", "netns", "exec", a, "iperf3", "-c", B_IP, "-t", "4", "-J", timeout=30).stdout
-            return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8
-        finally:
-            server.wait(timeout=10)
+def Link(gbit):
+    return netns.Link("pb", A_IP, B_IP, gbit)
 
 
 class Store:

@@ -29,18 +29,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run_bench as rb  # noqa: E402
+from netns import Link, iperf, sh  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
 A_IP, B_IP = "10.78.0.1", "10.78.0.2"
 GOAL = 0.8
-
-
-def sh(*args, check=True, timeout=120, **kw):
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()[-2000:]}")
-    return r
 
 
 def median(values):
@@ -61,47 +55,6 @@ def make_certs(d):
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "2", "-out", "server.pem", "-extfile", "server.ext")
     return {name: os.path.join(d, name) for name in ("ca.pem", "server.pem", "server.key")}
-
-
-class Link:
-    """Two namespaces joined by a veth pair, each end shaped to `gbit` with tbf."""
-
-    def __init__(self, gbit):
-        tag = os.getpid() % 100000
-        self.ns = (f"cksba{tag}", f"cksbb{tag}")
-        self.gbit = gbit
-
-    def __enter__(self):
-        a, b = self.ns
-        for ns in self.ns:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", "sba", "netns", a, "type", "veth", "peer", "name", "sbb", "netns", b)
-        for ns, dev, ip in ((a, "sba", A_IP), (b, "sbb", B_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{self.gbit}gbit",
-               "burst", "4mbit", "latency", "50ms")
-        return self
-
-    def __exit__(self, *exc):
-        for ns in self.ns:
-            sh("ip", "netns", "del", ns, check=False)
-
-
-def iperf(server_ns, client_ns, ip):
-    """iperf3's received rate (bytes/s) from client_ns to ip in server_ns."""
-    def inns(ns):
-        return ["ip", "netns", "exec", ns] if ns else []
-
-    server = subprocess.Popen([*inns(server_ns), "iperf3", "-s", "-1", "-B", ip],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        out = sh(*inns(client_ns), "iperf3", "-c", ip, "-t", "3", "-J", timeout=60).stdout
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8
-    finally:
-        server.wait(timeout=10)
 
 
 def openssl_speed(cipher):
@@ -248,7 +201,7 @@ def main():
     py = [sys.executable, os.path.abspath(__file__), "--python-saver"]
     results = {}
     try:
-        with Link(args.gbit) as link:
+        with Link("sb", A_IP, B_IP, args.gbit) as link:
             a, b = link.ns
             daemons = {
                 "unix": Daemon(build, os.path.join(work, "unix"), f"unix:{work}/unix.sock"),
