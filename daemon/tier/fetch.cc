@@ -57,17 +57,16 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
   size_t written = 0;  // windows appended, in order
   absl::Status result;
   auto worker = [&] {
-    std::string buffer;
     while (true) {
       const size_t i = next.fetch_add(1);
       if (i >= windows.size()) return;
       const Window& w = windows[i];
-      absl::StatusOr<std::string> got;
       {
         absl::MutexLock lock(&mu);
         if (!result.ok()) return;
       }
-      got = store.Get(f.key, ByteRange{.offset = w.offset, .length = w.length});
+      absl::StatusOr<std::string> got =
+          store.Get(f.key, ByteRange{.offset = w.offset, .length = w.length});
       absl::MutexLock lock(&mu);
       // This window's turn: every earlier one appended, or the download failed.
       auto turn = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return written == i || !result.ok(); };
