@@ -9,6 +9,7 @@
 #include <string_view>
 #include <unordered_set>
 
+#include "absl/memory/memory.h"
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/gguf/encode.h"
@@ -321,34 +322,6 @@ absl::StatusOr<GgufFile> ReadHeader(const ByteSource& src) {
   return f;
 }
 
-absl::StatusOr<ContentDigest> ComputeDigest(const ByteSource& src, const GgufFile& file) {
-  constexpr size_t kChunk = 4 << 20;
-  auto buf = std::make_unique_for_overwrite<char[]>(kChunk);
-  ContentDigest out;
-  ContentDigestBuilder builder;
-  TensorHasher hasher;
-  const Value* scheme = file.metadata.Find(kKeyUuidScheme);
-  const bool gguf_hash =
-      scheme && scheme->get_if<std::string>() && *scheme->get_if<std::string>() == kGgufHashScheme;
-  Sha1 sha1;
-  sha1.Update(kGgufHashNamespace.data(), kGgufHashNamespace.size());
-  for (const TensorInfo& t : file.tensors) {
-    hasher.Reset();
-    for (uint64_t done = 0; done < t.nbytes;) {
-      size_t n = std::min<uint64_t>(kChunk, t.nbytes - done);
-      CKPTD_TRY(src.ReadAt(file.data_offset + t.offset + done, n, buf.get()));
-      hasher.Update(buf.get(), n);
-      if (gguf_hash) sha1.Update(buf.get(), n);
-      done += n;
-    }
-    out.tensors.push_back(hasher.Finish());
-    builder.AddTensor(t.name, t.type, t.ne, t.nbytes, out.tensors.back());
-  }
-  out.content = builder.Finish();
-  out.uuid = gguf_hash ? UuidV5FromSha1(sha1.Finish()) : UuidFromDigest(out.content);
-  return out;
-}
-
 absl::StatusOr<std::vector<Digest128>> StoredTensorDigests(const GgufFile& file) {
   const Value* per = file.metadata.Find(kKeyTensorDigests);
   const Array* arr = per ? per->get_if<Array>() : nullptr;
@@ -398,39 +371,6 @@ bool OneBitApart(std::string_view a, std::string_view b) {
   return bits == 1;
 }
 
-// Every byte the tensors do not cover, from the end of the tensor table to
-// the end of the file, is zero (the writer's padding).
-absl::Status CheckPadding(const ByteSource& src, const GgufFile& file) {
-  std::vector<std::pair<uint64_t, uint64_t>> used;  // absolute [begin, end)
-  used.reserve(file.tensors.size());
-  for (const TensorInfo& t : file.tensors) {
-    used.emplace_back(file.data_offset + t.offset, file.data_offset + t.offset + t.nbytes);
-  }
-  std::sort(used.begin(), used.end());
-  used.emplace_back(file.file_size, file.file_size);
-  uint64_t at = file.header_bytes;
-  std::string gap;
-  for (const auto& [begin, end] : used) {
-    if (begin > at) {
-      // Gaps are alignment padding: under the alignment each, except before
-      // a tensor placed further on by another writer (read in pieces).
-      for (uint64_t pos = at; pos < begin;) {
-        const size_t n = std::min<uint64_t>(begin - pos, 1 << 20);
-        gap.resize(n);
-        CKPTD_TRY(src.ReadAt(pos, n, gap.data()));
-        const size_t nz = gap.find_first_not_of('\0');
-        if (nz != std::string::npos) {
-          return absl::DataLossError(StrCat("byte at offset ", pos + nz,
-                                            " lies between tensors (padding) and is not zero"));
-        }
-        pos += n;
-      }
-    }
-    at = std::max(at, end);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<bool> CheckMetadataDigest(const GgufFile& file) {
@@ -463,7 +403,10 @@ absl::StatusOr<bool> CheckMetadataDigest(const GgufFile& file) {
   return true;
 }
 
-absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file) {
+DataVerifier::DataVerifier(const GgufFile& file, uint64_t from) : file_(file), pos_(from) {}
+
+absl::StatusOr<std::unique_ptr<DataVerifier>> DataVerifier::Start(const GgufFile& file,
+                                                                  uint64_t from) {
   const Value* stored = file.metadata.Find(kKeyContentDigest);
   const std::string* stored_str = stored ? stored->get_if<std::string>() : nullptr;
   if (stored_str == nullptr) {
@@ -471,40 +414,147 @@ absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file)
         "no stored digest: the file has no ckpt.content_digest key (not written by ckptd, or "
         "written without digests); nothing to verify against");
   }
-  CKPTD_ASSIGN_OR_RETURN(Digest128 want, ParseContentDigestString(*stored_str));
-  VerifyReport report;
-  report.stored_content_digest = *stored_str;
-  // Header first: it costs no data read.
-  CKPTD_ASSIGN_OR_RETURN(report.metadata_covered, CheckMetadataDigest(file));
-  CKPTD_ASSIGN_OR_RETURN(report.computed, ComputeDigest(src, file));
-
+  auto v = absl::WrapUnique(new DataVerifier(file, std::min(from, file.header_bytes)));
+  CKPTD_ASSIGN_OR_RETURN(v->want_, ParseContentDigestString(*stored_str));
+  v->report_.stored_content_digest = *stored_str;
+  // The header first: it costs no data read.
+  CKPTD_ASSIGN_OR_RETURN(v->report_.metadata_covered, CheckMetadataDigest(file));
   const Value* per = file.metadata.Find(kKeyTensorDigests);
-  const Array* per_arr = per ? per->get_if<Array>() : nullptr;
-  if (per_arr != nullptr && per_arr->items.size() == file.tensors.size()) {
-    for (size_t i = 0; i < file.tensors.size(); ++i) {
-      const std::string* hex = per_arr->items[i].get_if<std::string>();
+  const Array* arr = per ? per->get_if<Array>() : nullptr;
+  // A list of the wrong length names no tensor: the content digest, which
+  // covers every tensor digest, decides.
+  if (arr != nullptr && arr->items.size() == file.tensors.size()) v->stored_ = &arr->items;
+  v->order_.resize(file.tensors.size());
+  for (size_t i = 0; i < v->order_.size(); ++i) v->order_[i] = i;
+  std::stable_sort(v->order_.begin(), v->order_.end(), [&](size_t a, size_t b) {
+    return file.tensors[a].offset < file.tensors[b].offset;
+  });
+  v->report_.computed.tensors.resize(file.tensors.size());
+  const Value* scheme = file.metadata.Find(kKeyUuidScheme);
+  if (scheme && scheme->get_if<std::string>() &&
+      *scheme->get_if<std::string>() == kGgufHashScheme) {
+    v->sha1_ = std::make_unique<Sha1>();
+    v->sha1_->Update(kGgufHashNamespace.data(), kGgufHashNamespace.size());
+    // gguf-hash hashes the tensors in table order; streamed in file order,
+    // that is the same hash only when the two orders agree.
+    v->sha1_needs_table_order_ = !std::is_sorted(v->order_.begin(), v->order_.end());
+  }
+  return v;
+}
+
+absl::Status DataVerifier::EndTensorsAt(uint64_t pos) {
+  while (next_ < order_.size()) {
+    const size_t i = order_[next_];
+    const TensorInfo& t = file_.tensors[i];
+    if (pos < file_.data_offset + t.offset + t.nbytes) return absl::OkStatus();
+    const Digest128 got = hasher_.Finish();
+    hasher_.Reset();
+    report_.computed.tensors[i] = got;
+    if (stored_ != nullptr) {
+      const std::string* hex = (*stored_)[i].get_if<std::string>();
       auto stored_d = hex ? ParseDigestHex(*hex) : absl::InvalidArgumentError("not a string");
-      if (!stored_d.ok() || *stored_d != report.computed.tensors[i]) {
-        return absl::DataLossError(StrCat("tensor '", file.tensors[i].name, "' (index ", i,
+      if (!stored_d.ok() || *stored_d != got) {
+        return absl::DataLossError(StrCat("tensor '", t.name, "' (index ", i,
                                           ") does not match its digest: stored ", hex ? *hex : "?",
-                                          ", computed ", DigestHex(report.computed.tensors[i])));
+                                          ", computed ", DigestHex(got)));
+      }
+    }
+    ++next_;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DataVerifier::Update(std::string_view bytes) {
+  if (bytes.size() > file_.file_size - pos_) {
+    return absl::DataLossError(StrCat(bytes.size() - (file_.file_size - pos_),
+                                      " bytes more than the file's ", file_.file_size));
+  }
+  while (!bytes.empty()) {
+    CKPTD_TRY(EndTensorsAt(pos_));
+    size_t n;
+    if (pos_ < file_.header_bytes) {
+      n = std::min<uint64_t>(bytes.size(), file_.header_bytes - pos_);  // parsed already
+    } else if (next_ == order_.size() ||
+               pos_ < file_.data_offset + file_.tensors[order_[next_]].offset) {
+      // Alignment padding, before a tensor or the end of the file: zero.
+      const uint64_t end = next_ == order_.size()
+                               ? file_.file_size
+                               : file_.data_offset + file_.tensors[order_[next_]].offset;
+      n = std::min<uint64_t>(bytes.size(), end - pos_);
+      const std::string_view gap = bytes.substr(0, n);
+      if (const size_t nz = gap.find_first_not_of('\0'); nz != std::string_view::npos) {
+        return absl::DataLossError(StrCat("byte at offset ", pos_ + nz,
+                                          " lies between tensors (padding) and is not zero"));
+      }
+    } else {
+      const TensorInfo& t = file_.tensors[order_[next_]];
+      n = std::min<uint64_t>(bytes.size(), file_.data_offset + t.offset + t.nbytes - pos_);
+      hasher_.Update(bytes.data(), n);
+      if (sha1_ && !sha1_needs_table_order_) sha1_->Update(bytes.data(), n);
+    }
+    pos_ += n;
+    bytes.remove_prefix(n);
+  }
+  return EndTensorsAt(pos_);
+}
+
+absl::StatusOr<VerifyReport> DataVerifier::Finish(const ByteSource* src) {
+  if (pos_ != file_.file_size) {
+    return absl::DataLossError(
+        StrCat("the data ends at byte ", pos_, " of the file's ", file_.file_size));
+  }
+  CKPTD_TRY(EndTensorsAt(pos_));
+  ContentDigest& c = report_.computed;
+  ContentDigestBuilder builder;
+  for (size_t i = 0; i < file_.tensors.size(); ++i) {
+    const TensorInfo& t = file_.tensors[i];
+    builder.AddTensor(t.name, t.type, t.ne, t.nbytes, c.tensors[i]);
+  }
+  c.content = builder.Finish();
+  if (sha1_ && sha1_needs_table_order_) {
+    if (src == nullptr) {
+      return absl::FailedPreconditionError(
+          "the gguf-hash uuid covers the tensors in table order, which is not the file's order: "
+          "verify the file by reading it");
+    }
+    constexpr size_t kChunk = 4 << 20;
+    auto buf = std::make_unique_for_overwrite<char[]>(kChunk);
+    for (const TensorInfo& t : file_.tensors) {
+      for (uint64_t done = 0; done < t.nbytes;) {
+        const size_t n = std::min<uint64_t>(kChunk, t.nbytes - done);
+        CKPTD_TRY(src->ReadAt(file_.data_offset + t.offset + done, n, buf.get()));
+        sha1_->Update(buf.get(), n);
+        done += n;
       }
     }
   }
-  if (report.computed.content != want) {
-    return absl::DataLossError(StrCat("content digest mismatch: stored ", *stored_str,
-                                      ", computed ", ContentDigestString(report.computed.content),
-                                      " (tensor names, types or shapes changed)"));
+  c.uuid = sha1_ ? UuidV5FromSha1(sha1_->Finish()) : UuidFromDigest(c.content);
+  if (c.content != want_) {
+    return absl::DataLossError(
+        StrCat("content digest mismatch: stored ", report_.stored_content_digest, ", computed ",
+               ContentDigestString(c.content), " (tensor names, types or shapes changed)"));
   }
-  const Value* uuid = file.metadata.Find(kKeyUuid);
+  const Value* uuid = file_.metadata.Find(kKeyUuid);
   const std::string* uuid_str = uuid ? uuid->get_if<std::string>() : nullptr;
-  if (uuid_str != nullptr && *uuid_str != report.computed.uuid) {
-    return absl::DataLossError(StrCat("general.uuid ", *uuid_str,
-                                      " does not match the content (expected ",
-                                      report.computed.uuid, ")"));
+  if (uuid_str != nullptr && *uuid_str != c.uuid) {
+    return absl::DataLossError(
+        StrCat("general.uuid ", *uuid_str, " does not match the content (expected ", c.uuid, ")"));
   }
-  CKPTD_TRY(CheckPadding(src, file));
-  return report;
+  return std::move(report_);
+}
+
+absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file) {
+  CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<DataVerifier> v,
+                         DataVerifier::Start(file, file.header_bytes));
+  constexpr size_t kChunk = 4 << 20;
+  auto buf = std::make_unique_for_overwrite<char[]>(kChunk);
+  for (uint64_t at = file.header_bytes; at < file.file_size;) {
+    const size_t n = std::min<uint64_t>(kChunk, file.file_size - at);
+    CKPTD_TRY(src.ReadAt(at, n, buf.get()));
+    CKPTD_TRY(v->Update(std::string_view(buf.get(), n)));
+    at += n;
+  }
+  return v->Finish(&src);
 }
 
 }  // namespace ckptd::gguf

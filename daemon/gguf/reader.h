@@ -4,15 +4,18 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "daemon/base/byte_source.h"
 #include "daemon/gguf/digest.h"
 #include "daemon/gguf/layout.h"
+#include "daemon/gguf/sha1.h"
 #include "daemon/gguf/value.h"
 
 namespace ckptd::gguf {
@@ -31,9 +34,6 @@ struct GgufFile {
 // format's rules it caps arrays at 2^24 elements and key/value and tensor
 // counts at 2^20, so memory stays bounded by what real models need.
 absl::StatusOr<GgufFile> ReadHeader(const ByteSource& src);
-
-// Recomputes each tensor's digest and the content digest from the data.
-absl::StatusOr<ContentDigest> ComputeDigest(const ByteSource& src, const GgufFile& file);
 
 struct VerifyReport {
   ContentDigest computed;
@@ -72,5 +72,41 @@ absl::StatusOr<bool> CheckMetadataDigest(const GgufFile& file);
 //                       per-tensor digests are stored; a metadata digest that
 //                       does not match; a padding byte that is not zero
 absl::StatusOr<VerifyReport> Verify(const ByteSource& src, const GgufFile& file);
+
+// Verify's checks made on a file's bytes as they go past in file order, for
+// a caller that holds them anyway (a download) and need not read them back:
+// each tensor's digest as the tensor ends, zero padding as it arrives, then
+// the content digest and uuid. Errors are Verify's. `file` (parsed from
+// the same bytes) must outlive the verifier. Not thread-safe.
+class DataVerifier {
+ public:
+  // `from`: the offset of the first byte Update will see, 0 or at most
+  // file.header_bytes (the header's bytes were parsed, so they are skipped).
+  static absl::StatusOr<std::unique_ptr<DataVerifier>> Start(const GgufFile& file,
+                                                             uint64_t from = 0);
+  // The file's next bytes; DataLoss at the first that differs, or for
+  // bytes past the file's end.
+  absl::Status Update(std::string_view bytes);
+  // After the last byte. A gguf-hash uuid over a tensor table that is not
+  // in file order cannot be computed from the stream: it is read from
+  // `src`, and without one that is FailedPrecondition.
+  absl::StatusOr<VerifyReport> Finish(const ByteSource* src = nullptr);
+
+ private:
+  DataVerifier(const GgufFile& file, uint64_t from);
+  // Closes every tensor that ends at or before `pos`, checking its digest.
+  absl::Status EndTensorsAt(uint64_t pos);
+
+  const GgufFile& file_;
+  uint64_t pos_;
+  Digest128 want_;
+  VerifyReport report_;
+  const std::vector<Value>* stored_ = nullptr;  // per-tensor digests, when usable
+  std::vector<size_t> order_;                   // tensor indices by offset
+  size_t next_ = 0;                             // in order_: the tensor not yet ended
+  TensorHasher hasher_;
+  std::unique_ptr<Sha1> sha1_;  // for a gguf-hash uuid
+  bool sha1_needs_table_order_ = false;
+};
 
 }  // namespace ckptd::gguf

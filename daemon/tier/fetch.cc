@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
+#include <optional>
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
@@ -16,14 +18,61 @@
 namespace ckptd::tier {
 namespace {
 
+// The first bytes of a file whose size is known: ReadHeader parses a header
+// from the first window, and a read past it (a header longer than the
+// window) is OutOfRange, which no header check returns.
+class PrefixSource final : public ByteSource {
+ public:
+  PrefixSource(std::string_view prefix, uint64_t size) : prefix_(prefix), size_(size) {}
+  uint64_t size() const override { return size_; }
+  absl::Status ReadAt(uint64_t offset, size_t n, void* dst) const override {
+    if (offset > prefix_.size() || n > prefix_.size() - offset) {
+      return absl::OutOfRangeError("the header runs past the first window");
+    }
+    if (n > 0) std::memcpy(dst, prefix_.data() + offset, n);
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string_view prefix_;
+  uint64_t size_;
+};
+
+// A checkpoint file's digests (gguf::Verify's checks), checked on its bytes
+// as they are appended in order, so the file is not read back. When its
+// header does not fit in the first window, `read_back` is set and the
+// caller verifies the file on disk instead.
+struct StreamVerify {
+  absl::Status Update(std::string_view window, bool first, uint64_t file_size) {
+    if (read_back) return absl::OkStatus();
+    if (first) {
+      absl::StatusOr<gguf::GgufFile> h = gguf::ReadHeader(PrefixSource(window, file_size));
+      if (absl::IsOutOfRange(h.status())) {
+        read_back = true;
+        return absl::OkStatus();
+      }
+      CKPTD_TRY(h.status());
+      header = *std::move(h);
+      CKPTD_ASSIGN_OR_RETURN(verifier, gguf::DataVerifier::Start(*header));
+    }
+    return verifier->Update(window);
+  }
+
+  std::optional<gguf::GgufFile> header;
+  std::unique_ptr<gguf::DataVerifier> verifier;  // reads `header`
+  bool read_back = false;
+};
+
 // Downloads one object into `temp` in part-sized ranges, up to `threads`
 // in flight: each thread takes the next window, GETs it, and appends it when
 // every window before it has been appended, so the file is written in order
 // while the next windows are already arriving. With `check_etag`, the bytes'
 // MD5s (each upload part's, then the multipart ETag) must give the ETag the
 // manifest recorded; without it the caller proves the bytes another way.
+// With `check`, each window also goes through it as it is appended.
 absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, uint64_t part,
-                      size_t threads, const std::string& temp, bool check_etag) {
+                      size_t threads, const std::string& temp, bool check_etag,
+                      StreamVerify* check) {
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::WritableFile> out,
                          env->NewWritableFile(temp, env::DirectIo::kAuto));
   // The upload's parts (the manifest's lengths where some were copied,
@@ -79,6 +128,10 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
           md5s.push_back(sum.FinishHex());
         }
       }
+      if (st.ok() && check != nullptr) {
+        st = check->Update(*got, i == 0, f.size);
+        if (!st.ok()) st = absl::DataLossError(StrCat(f.key, ": ", st.message()));
+      }
       if (st.ok()) st = out->Append(*got);
       if (!st.ok()) {
         result = st;
@@ -104,17 +157,24 @@ absl::Status Download(env::Env* env, ObjectStore& store, const RemoteFile& f, ui
 }
 
 // A checkpoint file's tensor digests, content digest and uuid, as `ckptctl
-// verify` checks them, and for a model file the content digest the manifest
-// recorded.
-absl::Status VerifyCheckpointFile(env::Env* env, const std::string& path, const RemoteFile& f) {
+// verify` checks them (on the bytes as they arrived, or else read back from
+// `path`), and for a model file the content digest the manifest recorded.
+absl::Status FinishCheckpointFile(env::Env* env, const std::string& path, const RemoteFile& f,
+                                  StreamVerify& check) {
   // Read past the page cache: the file was just written with O_DIRECT, and
-  // a buffered pass copied every byte into the cache first (the fetch
-  // profile's largest cost).
+  // a buffered pass would copy every byte into the cache first.
   CKPTD_ASSIGN_OR_RETURN(std::unique_ptr<env::RandomAccessFile> direct,
                          env->OpenForDirectRead(path));
   const env::DirectReadSource file(std::move(direct));
-  CKPTD_ASSIGN_OR_RETURN(gguf::GgufFile header, gguf::ReadHeader(file));
-  auto report = gguf::Verify(file, header);
+  absl::StatusOr<gguf::VerifyReport> report;
+  if (check.read_back) {
+    absl::StatusOr<gguf::GgufFile> header = gguf::ReadHeader(file);
+    report = header.ok() ? gguf::Verify(file, *header) : header.status();
+  } else if (check.verifier == nullptr) {
+    report = absl::DataLossError("no bytes arrived");
+  } else {
+    report = check.verifier->Finish(&file);  // reads only for an out-of-order gguf-hash uuid
+  }
   if (!report.ok()) {
     return absl::DataLossError(StrCat(f.key, ": ", report.status().message()));
   }
@@ -201,8 +261,11 @@ absl::StatusOr<FetchResult> FetchStep(env::Env* env, ObjectStore& store,
     // every file over a plain transport are checked against the ETag.
     const bool checkpoint_file = f.role == "model" || f.role == "train";
     const bool check_etag = !(checkpoint_file && store.capabilities().transport_protects_bytes);
-    absl::Status st = Download(env, store, f, part, threads, temp, check_etag);
-    if (st.ok() && (f.role == "model" || !check_etag)) st = VerifyCheckpointFile(env, temp, f);
+    const bool verify = f.role == "model" || !check_etag;
+    StreamVerify check;
+    absl::Status st =
+        Download(env, store, f, part, threads, temp, check_etag, verify ? &check : nullptr);
+    if (st.ok() && verify) st = FinishCheckpointFile(env, temp, f, check);
     if (!st.ok()) {
       cleanup();
       return st;

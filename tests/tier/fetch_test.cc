@@ -46,13 +46,21 @@ class FetchTest : public ::testing::Test {
  protected:
   explicit FetchTest(MemoryStore::Options options = testing::SmallParts())
       : memory_(options), store_(&memory_), run_(tmp_.Join("run")) {
+    record_ = Upload(7);
+  }
+  // Commits and uploads a step (its model file's header `description_bytes`
+  // longer than the fixture's).
+  storage::CheckpointRecord Upload(uint64_t step, size_t description_bytes = 0) {
     Uploader uploader(env::Env::Default(), &memory_,
                       {.prefix = "p", .part_size = kTestPartSize, .parallel_parts = 2}, nullptr,
                       &done_);
     uploader.Start();
-    record_ = *run_.Commit(7, 3 * kTestPartSize + 123, 'z');
-    EXPECT_OK(uploader.Enqueue({.run_id = "r", .run_dir = run_.run_dir(), .record = record_}));
-    EXPECT_TRUE(done_.Wait(7));
+    absl::StatusOr<storage::CheckpointRecord> record =
+        run_.Commit(step, 3 * kTestPartSize + 123, 'z', description_bytes);
+    EXPECT_OK(record.status());
+    EXPECT_OK(uploader.Enqueue({.run_id = "r", .run_dir = run_.run_dir(), .record = *record}));
+    EXPECT_TRUE(done_.Wait(step));
+    return *record;
   }
   absl::StatusOr<FetchResult> Fetch(std::optional<uint64_t> step = std::nullopt) {
     return FetchStep(env::Env::Default(), store_,
@@ -140,6 +148,25 @@ TEST_F(FetchOverTlsTest, FilesComeBackByteForByteAndRotIsStillRefused) {
     EXPECT_THAT(Placed(), IsEmpty()) << name;
     memory_.Corrupt(key, good);
   }
+}
+
+// The digests are checked as the windows arrive, from a header parsed out of
+// the first window; a header longer than a window (here 64 KiB) is checked
+// by reading the file back instead, and rot is caught either way.
+TEST_F(FetchOverTlsTest, AHeaderLongerThanTheFirstWindowIsStillChecked) {
+  const storage::CheckpointRecord long_header = Upload(9, kTestPartSize + 1000);
+  ASSERT_OK(Fetch(9).status());
+  EXPECT_EQ(ckptd::testing::ReadFile(Dest() + "/step_9.gguf"),
+            ckptd::testing::ReadFile(long_header.model_path));
+  ASSERT_TRUE(std::filesystem::remove_all(Dest()));
+  const std::string key = "p/r/step_9.gguf";
+  std::string rotted = *memory_.Get(key, std::nullopt);
+  rotted[rotted.size() / 2] ^= 0x10;  // past the header, in the tensor's bytes
+  memory_.Corrupt(key, rotted);
+  absl::Status st = Fetch(9).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(st.message(), HasSubstr(StrCat(key, ": tensor 'w'")));
+  EXPECT_THAT(Placed(), IsEmpty());
 }
 
 TEST_F(FetchTest, AManifestThatDescribesAnotherStepIsRefused) {

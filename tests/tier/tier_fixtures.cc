@@ -13,7 +13,7 @@ RunFiles::RunFiles(std::string run_dir) : run_dir_(std::move(run_dir)) {
 }
 
 absl::StatusOr<storage::CheckpointRecord> RunFiles::Commit(uint64_t step, uint64_t model_bytes,
-                                                           char fill) {
+                                                           char fill, size_t description_bytes) {
   storage::SavePlan plan;
   plan.step = step;
   plan.alignment = 4096;
@@ -21,6 +21,10 @@ absl::StatusOr<storage::CheckpointRecord> RunFiles::Commit(uint64_t step, uint64
   plan.model_metadata.Set(std::string(storage::kKeyStep), gguf::Value(step));
   plan.model_metadata.Set(std::string(storage::kKeyTimeUtc),
                           gguf::Value::String("2026-12-06T10:00:00Z"));
+  if (description_bytes > 0) {
+    plan.model_metadata.Set("general.description",
+                            gguf::Value::String(std::string(description_bytes, 'd')));
+  }
   plan.tensors.push_back(
       {{"w", gguf::TensorType::kF32, {model_bytes / 4}}, storage::TensorGroup::kModel});
   plan.tensors.push_back({{"adam.m", gguf::TensorType::kF32, {64}}, storage::TensorGroup::kTrain});

@@ -22,11 +22,13 @@ inline MemoryStore::Options SmallParts() {
 }
 
 // A run directory with committed checkpoints: `model_bytes` of model tensor
-// (filled with `fill`) and a small training-state file.
+// (filled with `fill`) and a small training-state file; `description_bytes`
+// of general.description make the model file's header that long.
 class RunFiles {
  public:
   explicit RunFiles(std::string run_dir);
-  absl::StatusOr<storage::CheckpointRecord> Commit(uint64_t step, uint64_t model_bytes, char fill);
+  absl::StatusOr<storage::CheckpointRecord> Commit(uint64_t step, uint64_t model_bytes, char fill,
+                                                   size_t description_bytes = 0);
   const std::string& run_dir() const { return run_dir_; }
   storage::RunDir& dir() { return *dir_; }
 
