@@ -126,6 +126,7 @@ bench: build
 	@$(BUILD)/bench/gguf_bench $(filter --quick,$(ARGS))
 	@/usr/bin/python3 bench/run_bench.py --build $(BUILD) $(ARGS)
 	@/usr/bin/python3 bench/stream_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 512,)
+	@/usr/bin/python3 bench/restore_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256$(comma)1024 --rounds 3,)
 	@/usr/bin/python3 bench/first_save_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256$(comma)1024,)
 	@/usr/bin/python3 bench/export_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 3,)
 	@/usr/bin/python3 bench/tier_bench.py --build $(BUILD) $(if $(filter --quick,$(ARGS)),--mib 256 --rounds 2,)

@@ -16,9 +16,10 @@ huge pages; ckptd's stream path over its Unix socket; torch.save + fsync
 and numpy tofile + fsync. N trainers (1, 2, 4) saving at once to different
 runs against fio with numjobs=N. The Python client, with a hot-restore
 daemon: its shm save stall against a numpy copy of the same bytes and
-torch.save + fsync; a cold restore (page cache dropped) into existing
-tensors against fio's sequential O_DIRECT read of the same size and
-torch.load; a hot restore (from the daemon's in-memory copy) against a memcpy.
+torch.save + fsync; a cold torch.load; a hot restore (from the daemon's
+in-memory copy) against a memcpy. Cold restores against the disk's read
+limit are bench/restore_bench.py's, stream saves against theirs
+bench/stream_bench.py's.
 Every ratio is printed against its goal, marked where it falls short.
 Numbers on shared machines are noisy: read the ratios within one run.
 """
@@ -330,21 +331,8 @@ def drop_caches():
         return False
 
 
-def fio_read(path, size):
-    if not shutil.which("fio"):
-        return None
-    drop_caches()
-    out = subprocess.run(["fio", "--name=r", f"--filename={path}", "--rw=read", "--bs=4M",
-                          f"--size={size}", "--direct=1", "--ioengine=libaio", "--iodepth=4",
-                          "--output-format=json"],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return None
-    return json.loads(out.stdout)["jobs"][0]["read"]["bw_bytes"] / 1e6
-
-
 def python_client(build, sock, scratch, size, rounds):
-    """The Python client's save stall, cold and hot restore, and their peers."""
+    """The Python client's save stall, hot restore, and their peers."""
     sys.path.insert(0, os.path.join(build, "python", "lib"))
     import ckptd
     import torch
@@ -381,13 +369,8 @@ def python_client(build, sock, scratch, size, rounds):
     memfd_read_s = median([timed(memfd_read) for _ in range(5)])
     os.close(fd)
     del dst
-    # Restores into the existing tensors (as a resumed trainer does).
-    cold = []
-    for _ in range(rounds):
-        cold_ok = drop_caches()
-        t0 = time.perf_counter()
-        info = run.restore(model=model, hot=False)
-        cold.append(time.perf_counter() - t0)
+    # Restores into the existing tensors (as a resumed trainer does); cold
+    # restores against the disk's read limit: bench/restore_bench.py.
     hot = []
     for _ in range(rounds):
         info = run.restore(model=model)
@@ -398,24 +381,17 @@ def python_client(build, sock, scratch, size, rounds):
     fsync_file(torch_path, lambda f: torch.save(model, f))
     drop_caches()
     torch_load = timed(lambda: torch.load(torch_path))
-    fio_path = os.path.join(scratch, "fio-0.tmp")
-    # The C++ Restore (O_DIRECT, 4 reads in flight) through ckptctl restore-check.
+    # The C++ Restore, hot, through ckptctl restore-check.
     ckptctl = os.path.join(build, "client/cli/ckptctl")
-    drop_caches()
-    cpp_cold = run_json([ckptctl, "restore-check", "py-bench", "--no-memory", "--json", "--socket", sock])
     cpp_hot = run_json([ckptctl, "restore-check", "py-bench", "--json", "--socket", sock])
     run.close()
     return {
         "py_stall_s": median(stalls),
         "py_numpy_copy_s": numpy_copy,
-        "restore_cold_s": median(cold),
-        "restore_cold_dropped_cache": cold_ok,
         "restore_hot_s": median(hot),
         "memfd_read_s": memfd_read_s,
-        "cpp_restore_cold_s": cpp_cold["seconds"],
         "cpp_restore_hot_s": cpp_hot["seconds"] if cpp_hot["source"] == "memory" else None,
         "torch_load_s": torch_load,
-        "fio_read_MBps": fio_read(fio_path, size) if os.path.exists(fio_path) else None,
     }
 
 
@@ -433,7 +409,6 @@ GOALS = [
     ("daemon_private_rss_MiB", "daemon private RSS, MiB (max of paths)", 64.0, False),
     ("daemon_cpu_s_per_GiB", "daemon CPU s/GiB, shm", 0.30, False),
     ("arena_setup_huge_s_per_GiB", "arena setup s/GiB, huge pages", 0.30, False),
-    ("stream_vs_fio", "stream durable / disk limit", 0.70, True),
 ]
 
 
@@ -454,7 +429,6 @@ def ratios(r):
         "daemon_private_rss_MiB": r["daemon_private_rss_bytes"] / MiB,
         "daemon_cpu_s_per_GiB": r["daemon_cpu_s_per_GiB"],
         "arena_setup_huge_s_per_GiB": div(huge, r["bytes"] / GiB),
-        "stream_vs_fio": div(r["stream_MBps"], fio),
     }
 
 
@@ -633,31 +607,24 @@ def main():
         print(f"  {label:<40} {'>=' if higher else '<='} {goal:<5} " + "   ".join(cells))
     print("\nPython client (ckptd package): save stall, and restore into existing tensors, seconds")
     print(f"{'size':>7} {'np copy':>8} {'py stall':>8} {'/copy':>6} {'torch.save':>10} | "
-          f"{'fio read':>8} {'cold':>7} {'MB/s':>6} {'/fio':>5} {'torch.load':>10} | "
+          f"{'torch.load':>10} | "
           f"{'memcpy':>7} {'memfd rd':>8} {'hot':>7} {'/memcpy':>7} {'/memfd':>6}")
     for r in results:
-        cold_mbps = r["bytes"] / r["restore_cold_s"] / 1e6
-        fio_r = r["fio_read_MBps"]
         print(f"{r['bytes'] // MiB:>5}Mi {r['py_numpy_copy_s']:>7.3f}s {r['py_stall_s']:>7.3f}s "
               f"{r['py_stall_s'] / r['py_numpy_copy_s']:>5.2f}x {f(r['torch_save_fsync_s'], '{:.3f}s'):>10} | "
-              f"{f(fio_r, '{:.0f}'):>8} {r['restore_cold_s']:>6.3f}s {cold_mbps:>6.0f} "
-              f"{f(fio_r and cold_mbps / fio_r, '{:.2f}'):>5} {r['torch_load_s']:>9.3f}s | "
+              f"{r['torch_load_s']:>9.3f}s | "
               f"{r['memcpy_s']:>6.3f}s {r['memfd_read_s']:>7.3f}s {r['restore_hot_s']:>6.3f}s "
               f"{r['restore_hot_s'] / r['memcpy_s']:>6.2f}x {r['restore_hot_s'] / r['memfd_read_s']:>5.2f}x")
     print("\nnp copy = numpy copy of the model's tensors into pre-faulted memory; py stall = Run.save()"
-          "\nblocking time over shared memory (median; arenas set up by a first save); cold ="
-          "\nRun.restore() into the model's existing tensors after dropping the page cache, digests"
-          "\nchecked; fio read = sequential O_DIRECT read, cold; torch.load = cold, into new tensors;"
+          "\nblocking time over shared memory (median; arenas set up by a first save);"
+          "\ntorch.load = cold (page cache dropped), into new tensors;"
           "\nhot = Run.restore() from the daemon's in-memory copy, digests checked; memfd rd = one"
           "\ncopy out of a fresh read-only mapping of a memfd (the same kind of memory), its floor.")
-    print("\nC++ Restore (ckptctl restore-check: ReadMany, O_DIRECT, 4 reads in flight), seconds")
-    print(f"{'size':>7} {'cold':>7} {'MB/s':>6} {'/fio':>5} | {'hot':>7} {'/memcpy':>7}")
+    print("\nC++ Restore (ckptctl restore-check), hot, seconds")
+    print(f"{'size':>7} {'hot':>7} {'/memcpy':>7}")
     for r in results:
-        mbps = r["bytes"] / r["cpp_restore_cold_s"] / 1e6
         hot = r["cpp_restore_hot_s"]
-        print(f"{r['bytes'] // MiB:>5}Mi {r['cpp_restore_cold_s']:>6.3f}s {mbps:>6.0f} "
-              f"{f(r['fio_read_MBps'] and mbps / r['fio_read_MBps'], '{:.2f}'):>5} | "
-              f"{f(hot, '{:.3f}s'):>7} {f(hot and hot / r['memcpy_s'], '{:.2f}x'):>7}")
+        print(f"{r['bytes'] // MiB:>5}Mi {f(hot, '{:.3f}s'):>7} {f(hot and hot / r['memcpy_s'], '{:.2f}x'):>7}")
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/latest.json", "w") as out:
         json.dump({"sizes": results, "concurrent": concurrent, "write_submission": submission,

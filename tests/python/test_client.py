@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
 import ckptd
-from conftest import ROOT, wait_for
+from conftest import ROOT, Daemon, wait_for
 
 TRANSPORTS = ["shm", "stream"]
 
@@ -432,8 +433,6 @@ def test_open_run_waits_for_a_daemon_that_is_restarting_and_fails_at_once_withou
     import threading
     import time
 
-    from conftest import Daemon
-
     d = Daemon(tmp_path).start()
     d.proc.kill()  # SIGKILL: the socket file stays behind
     d.proc.wait()
@@ -453,3 +452,42 @@ def test_open_run_waits_for_a_daemon_that_is_restarting_and_fails_at_once_withou
         ckptd.connect("unix:" + str(tmp_path / "nobody-here.sock")).open_run("x")
     assert e.value.code == "UNAVAILABLE"
     assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("alignment", [32, 4096])
+def test_reads_past_the_page_cache_give_every_byte_and_buffered_reads_do_too(tmp_path, monkeypatch, alignment):
+    """Checkpoint.read_into reads with O_DIRECT through bounce buffers, and
+    buffered where the filesystem refuses O_DIRECT (its open fails, as on
+    older tmpfs or some FUSE filesystems); either way every tensor comes back
+    byte for byte: tensors at 32-byte offsets (unaligned for O_DIRECT),
+    across the 8 MiB piece edges, and the file's last, unaligned byte."""
+    cfg = tmp_path / "align.toml"
+    cfg.write_text(f"[storage]\nalignment = {alignment}\n")
+    d = Daemon(tmp_path, ["--config", str(cfg)]).start()
+    try:
+        run = ckptd.connect(d.target).open_run("direct", transport="stream")
+        g = torch.Generator().manual_seed(7)
+        piece = ckptd.reader.PIECE // 4
+        model = {"one": torch.randn(1, generator=g), "odd": torch.randn(1023, generator=g),
+                 "edge": torch.randn(piece + 5, generator=g), "two": torch.randn(2 * piece - 3, generator=g),
+                 "last": torch.randn(77, generator=g)}
+        run.save(1, model=model)
+        path = run.latest()[1]
+    finally:
+        d.stop()
+    assert os.path.getsize(path) % 4096 != 0 or alignment == 4096
+
+    def refuse_direct(p, flags, *args, real_open=os.open):
+        if flags & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")
+        return real_open(p, flags, *args)
+
+    for direct in (True, False):
+        if not direct:
+            monkeypatch.setattr(ckptd.reader.os, "open", refuse_direct)
+        with ckptd.reader.Checkpoint(path, train_path="") as c, ThreadPoolExecutor(4) as pool:
+            for name, want in model.items():
+                got = np.empty(want.numel() * 4, dtype=np.uint8)
+                c.read_into(name, got, pool)
+                assert got.tobytes() == want.numpy().tobytes(), (direct, name)
+            assert (c._direct_fds[path] is not None) == direct

@@ -7,7 +7,10 @@ gives its stored content digest and that the training-state file was written
 with this model file. ``read_into`` reads a tensor's bytes straight into an
 existing buffer (``os.preadv`` in pieces, several in flight: the reads
 release the GIL) and checks its XXH3-128 digest; a mismatch raises
-``DigestMismatch`` naming the tensor.
+``DigestMismatch`` naming the tensor. Pieces are read with O_DIRECT into
+page-aligned bounce buffers (mapped once per Checkpoint) and copied out,
+past the page cache, whose fill and copy were the largest cost of a cold
+read; where the filesystem refuses O_DIRECT (tmpfs) they are read buffered.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from . import compat, gguf
 log = logging.getLogger("ckptd")
 
 PIECE = 8 << 20
+ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: a multiple of any device's block
 
 
 class DigestMismatch(gguf.GgufError):
@@ -158,6 +162,9 @@ class Checkpoint:
                     "they are not one checkpoint"
                 )
         self._fds: dict[str, int] = {}
+        self._direct_fds: dict[str, int | None] = {}
+        self._buffers: list[mmap.mmap] = []  # free bounce buffers, PIECE + ALIGN bytes each
+        self._all_buffers: list[mmap.mmap] = []
         self._memory = memory  # hot restore: (mmap, {name: offset})
         if memory is not None:
             self.source = "memory"
@@ -209,6 +216,29 @@ class Checkpoint:
                 self._fds[path] = fd
             return fd
 
+    def _direct_fd(self, path: str) -> int | None:
+        """An O_DIRECT descriptor of `path`, or None where the filesystem has none."""
+        with self._lock:
+            if path not in self._direct_fds:
+                try:
+                    self._direct_fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+                except OSError:
+                    self._direct_fds[path] = None
+            return self._direct_fds[path]
+
+    def _take_buffer(self) -> mmap.mmap:
+        with self._lock:
+            if self._buffers:
+                return self._buffers.pop()
+        buf = mmap.mmap(-1, PIECE + ALIGN)
+        with self._lock:
+            self._all_buffers.append(buf)
+        return buf
+
+    def _give_buffer(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            self._buffers.append(buf)
+
     def read_into(self, name: str, dst: Any, pool: ThreadPoolExecutor | None = None) -> None:
         """Reads tensor `name` into `dst` (a writable buffer of exactly its size)."""
         found = self.find(name)
@@ -229,18 +259,43 @@ class Checkpoint:
             # The arena was reused since the commit: this tensor comes from disk.
             with self._lock:
                 self.memory_fallbacks += 1
-        fd = self._fd(f.path)
+        direct = self._direct_fd(f.path)
+        fd = self._fd(f.path) if direct is None else direct
         base = f.data_offset + t.offset
         pieces = [(a, min(t.nbytes, a + PIECE)) for a in range(0, t.nbytes, PIECE)]
+        ends_inside = f"{f.path}: the file ends inside tensor '{name}'"
 
-        def read(piece):
+        def read_buffered(piece):
             a, b = piece
             got = 0
             while a + got < b:
                 n = os.preadv(fd, [view[a + got : b]], base + a + got)
                 if n == 0:
-                    raise gguf.GgufError(f"{f.path}: the file ends inside tensor '{name}'")
+                    raise gguf.GgufError(ends_inside)
                 got += n
+
+        def read_direct(piece, direct: int):
+            a, b = piece
+            start = (base + a) // ALIGN * ALIGN
+            skip = base + a - start
+            need = skip + (b - a)
+            length = (need + ALIGN - 1) // ALIGN * ALIGN
+            buf = self._take_buffer()
+            try:
+                with memoryview(buf) as mv:
+                    got = 0
+                    while got < need:
+                        n = os.preadv(direct, [mv[got:length]], start + got)
+                        if n == 0 or (n % ALIGN and got + n < need):
+                            raise gguf.GgufError(ends_inside)  # a short read is the file's end
+                        got += n
+                np.copyto(np.frombuffer(view[a:b], dtype=np.uint8),
+                          np.frombuffer(buf, dtype=np.uint8, count=b - a, offset=skip))
+            finally:
+                self._give_buffer(buf)
+
+        def read(piece):
+            return read_buffered(piece) if direct is None else read_direct(piece, direct)
 
         if pool is not None and len(pieces) > 1:
             list(pool.map(read, pieces))
@@ -278,6 +333,14 @@ class Checkpoint:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            for dfd in self._direct_fds.values():
+                if dfd is not None:
+                    os.close(dfd)
+            self._direct_fds.clear()
+            for buf in self._all_buffers:
+                buf.close()
+            self._all_buffers.clear()
+            self._buffers.clear()
         if self._memory is not None:
             try:
                 self._memory[0].close()
