@@ -221,6 +221,8 @@ int RestoreCheck(Client& c, const DaemonCommandArgs& a) {
   options.allow_memory = !a.no_memory;
   options.verify = !a.no_verify;
   options.agree_attempt = a.attempt;
+  if (a.reads_in_flight > 0) options.reads_in_flight = a.reads_in_flight;
+  if (a.chunk_mib > 0) options.chunk_bytes = static_cast<size_t>(a.chunk_mib) << 20;
   std::optional<uint64_t> step;
   if (a.restore_step >= 0) step = static_cast<uint64_t>(a.restore_step);
   auto r = Restore::OpenRun(c, a.run, step, options);
@@ -522,6 +524,11 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   check->add_flag("--no-memory", a->no_memory,
                   "Read from disk even if the daemon holds it in memory");
   check->add_flag("--no-verify", a->no_verify, "Skip the digest checks");
+  check->add_option("--reads-in-flight", a->reads_in_flight,
+                    "Reads from disk at once (default: the C++ client's, 4)")
+      ->check(CLI::Range(1, 64));
+  check->add_option("--chunk-mib", a->chunk_mib, "MiB per read (default: the C++ client's, 8)")
+      ->check(CLI::Range(1, 256));
   check->add_option("--attempt", a->attempt,
                     "A multi-rank run's restart id: agree with the other ranks on the step, as "
                     "their restores do (default $CKPTD_RESTORE_ATTEMPT)");

@@ -39,6 +39,8 @@ struct DaemonCommandArgs {
   int64_t restore_step = -1;         // restore-check: -1 = latest
   bool no_memory = false;            // restore-check: disk even when the daemon holds it in memory
   bool no_verify = false;            // restore-check
+  int reads_in_flight = 0;           // restore-check: 0 = RestoreOptions' default
+  int chunk_mib = 0;                 // restore-check: 0 = RestoreOptions' default
   std::string attempt;               // restore-check: a multi-rank run's restart id
   std::string base_model;            // import: general.base_model.0.uuid
   std::vector<std::string> exports;  // import: profile names or .toml paths

@@ -325,7 +325,8 @@ def test_hot_restore_gives_the_same_bytes_as_disk(hot_daemon):
     assert torch.equal(hot["w"], torch.randn(512, 256, generator=g))
     # ckptctl restore-check reads it the same way and says from where.
     ckptctl = os.environ.get("CKPTCTL_BINARY", os.path.join(ROOT, "build", "client", "cli", "ckptctl"))
-    for flags, source in (([], "memory"), (["--no-memory"], "disk")):
+    for flags, source in (([], "memory"), (["--no-memory"], "disk"),
+                          (["--no-memory", "--reads-in-flight", "1", "--chunk-mib", "1"], "disk")):
         out = subprocess.run([ckptctl, "restore-check", "hot", "--json", "--socket", hot_daemon.target, *flags],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -333,6 +334,9 @@ def test_hot_restore_gives_the_same_bytes_as_disk(hot_daemon):
         assert report["source"] == source and report["step"] == 5 and report["verified"]
         assert report["bytes"] == 512 * 256 * 4 + 256 * 2 + sum(
             t.nbytes for t in ckptd.Checkpoint(info.file).train.tensors)
+    out = subprocess.run([ckptctl, "restore-check", "hot", "--reads-in-flight", "0", "--socket", hot_daemon.target],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--reads-in-flight" in out.stderr, out.stderr
 
 
 def test_hot_restore_reads_a_changed_tensor_from_disk(hot_daemon):
