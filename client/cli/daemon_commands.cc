@@ -524,8 +524,9 @@ std::vector<DaemonCommand> AddDaemonCommands(CLI::App* app, DaemonCommandArgs* a
   check->add_flag("--no-memory", a->no_memory,
                   "Read from disk even if the daemon holds it in memory");
   check->add_flag("--no-verify", a->no_verify, "Skip the digest checks");
-  check->add_option("--reads-in-flight", a->reads_in_flight,
-                    "Reads from disk at once (default: the C++ client's, 4)")
+  check
+      ->add_option("--reads-in-flight", a->reads_in_flight,
+                   "Reads from disk at once (default: the C++ client's, 4)")
       ->check(CLI::Range(1, 64));
   check->add_option("--chunk-mib", a->chunk_mib, "MiB per read (default: the C++ client's, 8)")
       ->check(CLI::Range(1, 256));
