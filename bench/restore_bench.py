@@ -62,9 +62,7 @@ def one_size(build, scratch, size, rounds):
                                            retention={"keep_last": 1})
         run.save(1, model=model)
         run.wait()
-        path = os.path.join(root, "restore", "step_1.gguf")
-        if not os.path.exists(path):
-            path = next(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f == "step_1.gguf")
+        path = run.latest()[1]  # the committed step_1.gguf
         file_bytes = os.path.getsize(path)
         ckptctl = os.path.join(build, "client/cli/ckptctl")
 

@@ -10,7 +10,8 @@ release the GIL) and checks its XXH3-128 digest; a mismatch raises
 ``DigestMismatch`` naming the tensor. Pieces are read with O_DIRECT into
 page-aligned bounce buffers (mapped once per Checkpoint) and copied out,
 past the page cache, whose fill and copy were the largest cost of a cold
-read; where the filesystem refuses O_DIRECT (tmpfs) they are read buffered.
+read; where the filesystem refuses O_DIRECT (tmpfs before Linux 6.6, some
+FUSE filesystems) they are read buffered.
 """
 
 from __future__ import annotations
