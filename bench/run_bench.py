@@ -577,6 +577,14 @@ def main():
           "\ncommitted step_N.gguf (median of saves interleaved with the fio runs); stream = the"
           "\ngRPC stream path over the Unix socket, call to durable; CPU = the daemon's CPU seconds"
           "\nper GiB saved, shm/stream; private = the daemon's RssAnon + RssFile, max sampled, shm/stream.")
+    print("\nthe slowest spaced save, split: its copy, its wait for a free arena, and the rest"
+          "\n(the SaveShared round trip through the daemon's gRPC server), ms")
+    for r in results:
+        stalls = r["ckptd_stalls_s"]
+        i = stalls.index(max(stalls))
+        copy, wait = r["ckptd_stall_copies_s"][i], r["ckptd_stall_waits_s"][i]
+        print(f"{r['bytes'] // MiB:>5}Mi stall {stalls[i] * 1e3:>6.1f}  copy {copy * 1e3:>6.1f}  "
+              f"wait {wait * 1e3:>6.1f}  call {(stalls[i] - copy - wait) * 1e3:>6.1f}")
     print("\narena setup per size (two arenas per trainer are set up once), seconds")
     for r in results:
         a = r["arena_setup"]

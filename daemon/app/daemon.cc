@@ -112,6 +112,7 @@ absl::Status Daemon::StartServing() {
   CKPTD_TRY(StartGrpc());
   if (absl::Status st = StartHttp(); !st.ok()) {
     server_->Shutdown();
+    poller_->Stop();
     return st;
   }
   spdlog::info("ready: listening on {}", listening_);
@@ -202,11 +203,13 @@ absl::Status Daemon::StartPeers() {
   builder.SetMaxReceiveMessageSize(4 << 20);
   builder.SetMaxSendMessageSize(4 << 20);
   builder.RegisterService(peer_service_.get());
+  peer_poller_ = std::make_unique<rpc::ServerPoller>(builder);
   peer_server_ = builder.BuildAndStart();
   if (!peer_server_) {
     return absl::UnavailableError(
         StrCat("cannot listen on ", cfg.peers_listen, " (peers.listen): in use, or no permission"));
   }
+  peer_poller_->Start();
   const std::string self = cfg.peers_self.empty() ? cfg.peers_listen : cfg.peers_self;
   std::vector<std::string> ring;
   if (!cfg.peers_nodes.empty()) {
@@ -313,6 +316,7 @@ absl::Status Daemon::StartGrpc() {
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<rpc::DecodeErrorInterceptorFactory>());
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  poller_ = std::make_unique<rpc::ServerPoller>(builder);
   server_ = builder.BuildAndStart();
   if (!server_) {
     return absl::UnavailableError(
@@ -321,6 +325,7 @@ absl::Status Daemon::StartGrpc() {
                    ? " (in use, or no permission)"
                    : " (in use, no permission, or a certificate and key gRPC cannot use)"));
   }
+  poller_->Start();
   listening_ = cfg_.listen;
   if (cfg_.listen.starts_with("unix:")) {
     CKPTD_TRY(SetSocketAccess(env_, cfg_, cfg_.listen.substr(5)));
@@ -469,7 +474,10 @@ void Daemon::Stop() {
   });
   service_->BeginShutdown();
   if (replicator_) replicator_->Stop();  // what is left resumes at the next start
-  if (peer_server_) peer_server_->Shutdown(std::chrono::system_clock::now());
+  if (peer_server_) {
+    peer_server_->Shutdown(std::chrono::system_clock::now());
+    peer_poller_->Stop();
+  }
   if (peers_) peers_->Stop();  // unsent replicas go: the next commit sends again
   if (http_server_) http_server_->Stop();
   // Calls still running are cancelled a little before the deadline, so
@@ -478,6 +486,7 @@ void Daemon::Stop() {
   server_->Shutdown(std::chrono::system_clock::now() +
                     std::chrono::duration_cast<std::chrono::system_clock::duration>(cancel_at));
   server_->Wait();
+  poller_->Stop();
   if (arena_server_) {
     arena_server_->Stop();
     (void)env_->RemoveFile(arena_server_->path());  // a clean stop leaves no socket behind

@@ -26,6 +26,7 @@
 #include "daemon/replication/replicator.h"
 #include "daemon/rpc/peer_service.h"
 #include "daemon/rpc/requests.h"
+#include "daemon/rpc/server_poller.h"
 #include "daemon/rpc/service.h"
 #include "daemon/scheduler/memory_budget.h"
 #include "daemon/scheduler/run_lifecycle.h"
@@ -87,6 +88,7 @@ class Daemon {
   // [peers]: replicas held for peers and their listener; this node's sender.
   std::unique_ptr<replication::ReplicaStore> replicas_;
   std::unique_ptr<rpc::PeerService> peer_service_;
+  std::unique_ptr<rpc::ServerPoller> peer_poller_;  // before peer_server_: stops after it
   std::unique_ptr<grpc::Server> peer_server_;
   std::unique_ptr<replication::PeerSender> peers_;
   std::unique_ptr<query::Queries> queries_;
@@ -96,6 +98,7 @@ class Daemon {
   std::unique_ptr<scheduler::SaveQueue> queue_;
   std::unique_ptr<ingest::ArenaServer> arena_server_;
   uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
+  std::unique_ptr<rpc::ServerPoller> poller_;  // before server_: stops after it
   std::unique_ptr<grpc::Server> server_;
   std::string listening_;  // the address served: cfg_.listen with port 0 made real
   std::unique_ptr<http::HttpServer> http_server_;
