@@ -97,7 +97,7 @@ class Daemon {
   std::unique_ptr<ingest::HotCopies> hot_;  // destroyed after queue_, whose workers fill it
   std::unique_ptr<scheduler::SaveQueue> queue_;
   std::unique_ptr<ingest::ArenaServer> arena_server_;
-  uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
+  uint64_t fd_limit_ = 1024;                   // RLIMIT_NOFILE after raising it
   std::unique_ptr<rpc::ServerPoller> poller_;  // before server_: stops after it
   std::unique_ptr<grpc::Server> server_;
   std::string listening_;  // the address served: cfg_.listen with port 0 made real

@@ -492,6 +492,9 @@ absl::Status DataVerifier::Update(std::string_view bytes) {
       hasher_.Update(bytes.data(), n);
       if (sha1_ && !sha1_needs_table_order_) sha1_->Update(bytes.data(), n);
     }
+    if (n == 0) {  // a layout the parser let through that makes no progress: never spin
+      return absl::InternalError(StrCat("verify: no progress at byte ", pos_));
+    }
     pos_ += n;
     bytes.remove_prefix(n);
   }
