@@ -97,8 +97,9 @@ class Daemon {
   std::unique_ptr<ingest::HotCopies> hot_;  // destroyed after queue_, whose workers fill it
   std::unique_ptr<scheduler::SaveQueue> queue_;
   std::unique_ptr<ingest::ArenaServer> arena_server_;
-  uint64_t fd_limit_ = 1024;                   // RLIMIT_NOFILE after raising it
-  std::unique_ptr<rpc::ServerPoller> poller_;  // before server_: stops after it
+  uint64_t fd_limit_ = 1024;  // RLIMIT_NOFILE after raising it
+  // Declared before server_, so that it stops after it.
+  std::unique_ptr<rpc::ServerPoller> poller_;
   std::unique_ptr<grpc::Server> server_;
   std::string listening_;  // the address served: cfg_.listen with port 0 made real
   std::unique_ptr<http::HttpServer> http_server_;
