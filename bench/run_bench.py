@@ -292,11 +292,9 @@ def run_json(argv):
     return json.loads(out.stdout)
 
 
-def numpy_copy_s(model, size, rounds):
+def numpy_copy_s(model, dst, rounds):
     """The floor of a save that copies: a numpy copy of the model's own
-    tensors into pre-faulted memory (median seconds of `rounds`)."""
-    dst = np.zeros(size, dtype=np.uint8)
-    dst[:] = 1
+    tensors into `dst`, pre-faulted memory (median seconds of `rounds`)."""
 
     def copy_model():
         at = 0
@@ -343,14 +341,16 @@ def python_client(build, sock, scratch, size, rounds):
                                        retention={"keep_last": 2})
     run.save(0, model=model)  # arenas created and populated once, as a trainer's first save
     run.wait()
-    # Each save beside its own numpy copy: memory bandwidth drifts too.
+    # Each save beside its own numpy copy: memory bandwidth drifts too. The
+    # copy's destination is faulted in once (as the arenas are), and is hot
+    # restore's floor's destination below.
+    dst = np.ones(size, dtype=np.uint8)
     stalls, copies = [], []
     for step in range(1, rounds + 1):
-        copies.append(numpy_copy_s(model, size, 1))
+        copies.append(numpy_copy_s(model, dst, 1))
         stalls.append(run.save(step, model=model).stall_s)
         run.wait()
     numpy_copy = median(copies)
-    dst = np.ones(size, dtype=np.uint8)  # pre-faulted, for hot restore's floor below
 
     # Hot restore's floor: copying the bytes out of a fresh read-only mapping
     # of a memfd (shmem pages, 4 KiB each here, where anonymous memory gets
