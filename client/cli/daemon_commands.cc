@@ -254,6 +254,8 @@ int RestoreCheck(Client& c, const DaemonCommandArgs& a) {
                         {"seconds", seconds},
                         {"MBps", mbps},
                         {"verified", options.verify},
+                        {"reads_in_flight", options.reads_in_flight},
+                        {"chunk_bytes", options.chunk_bytes},
                         {"memory_fallbacks", (*r)->memory_fallbacks()},
                         {"memory_error", (*r)->memory_error()}};
     std::cout << j.dump() << "\n";

@@ -325,13 +325,15 @@ def test_hot_restore_gives_the_same_bytes_as_disk(hot_daemon):
     assert torch.equal(hot["w"], torch.randn(512, 256, generator=g))
     # ckptctl restore-check reads it the same way and says from where.
     ckptctl = os.environ.get("CKPTCTL_BINARY", os.path.join(ROOT, "build", "client", "cli", "ckptctl"))
-    for flags, source in (([], "memory"), (["--no-memory"], "disk"),
-                          (["--no-memory", "--reads-in-flight", "1", "--chunk-mib", "1"], "disk")):
+    for flags, source, shape in (([], "memory", (4, 8 << 20)), (["--no-memory"], "disk", (4, 8 << 20)),
+                                 (["--no-memory", "--reads-in-flight", "1", "--chunk-mib", "1"], "disk",
+                                  (1, 1 << 20))):
         out = subprocess.run([ckptctl, "restore-check", "hot", "--json", "--socket", hot_daemon.target, *flags],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)
         assert report["source"] == source and report["step"] == 5 and report["verified"]
+        assert (report["reads_in_flight"], report["chunk_bytes"]) == shape, report
         assert report["bytes"] == 512 * 256 * 4 + 256 * 2 + sum(
             t.nbytes for t in ckptd.Checkpoint(info.file).train.tensors)
     out = subprocess.run([ckptctl, "restore-check", "hot", "--reads-in-flight", "0", "--socket", hot_daemon.target],
