@@ -59,17 +59,39 @@ open(f"{out}/open_run", "wb").write(b"\x01" + r.SerializeToString())
 PY
 
 mkdir -p "$work/crashes"
-for target in "${targets[@]}"; do
-  corpus="$work/corpus/$target"
+# One libFuzzer process is one thread: the targets run FUZZ_JOBS at a time
+# (default: one per core), each for the same SECONDS as when run alone.
+jobs=${FUZZ_JOBS:-$(nproc)}
+run_one() {
+  local target=$1 corpus="$work/corpus/$1" status=0
   mkdir -p "$corpus"
-  echo "run-fuzz: $target for ${seconds}s"
   "$fuzz_build/tests/fuzz/$target" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 \
     -artifact_prefix="$work/crashes/$target-" -print_final_stats=1 \
-    "$corpus" "$seeds/$target" 2>&1 | tail -n 6
-  status=${PIPESTATUS[0]}
-  if [ "$status" -ne 0 ]; then
-    echo "run-fuzz: $target failed (exit $status); inputs in $work/crashes/"
-    exit 1
+    "$corpus" "$seeds/$target" >"$work/$target.log" 2>&1 || status=$?
+  {
+    echo "run-fuzz: $target for ${seconds}s"
+    tail -n 6 "$work/$target.log"
+    if [ "$status" -ne 0 ]; then
+      echo "run-fuzz: $target failed (exit $status); inputs in $work/crashes/, its log $work/$target.log"
+    fi
+  }
+  return "$status"
+}
+failed=0
+running=()
+for target in "${targets[@]}"; do
+  run_one "$target" &
+  running+=("$!")
+  if ((${#running[@]} >= jobs)); then
+    wait "${running[0]}" || failed=1 # all run equally long: the oldest ends first
+    running=("${running[@]:1}")
   fi
 done
-echo "run-fuzz: no crash in ${#targets[@]} targets × ${seconds}s"
+for pid in "${running[@]}"; do
+  wait "$pid" || failed=1
+done
+if ((failed)); then
+  echo "run-fuzz: a target failed (above)"
+  exit 1
+fi
+echo "run-fuzz: no crash in ${#targets[@]} targets × ${seconds}s, $jobs at a time"
