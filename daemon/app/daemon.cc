@@ -112,7 +112,6 @@ absl::Status Daemon::StartServing() {
   CKPTD_TRY(StartGrpc());
   if (absl::Status st = StartHttp(); !st.ok()) {
     server_->Shutdown();
-    poller_->Stop();
     return st;
   }
   spdlog::info("ready: listening on {}", listening_);

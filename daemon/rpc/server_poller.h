@@ -8,7 +8,7 @@
 // thread was in epoll_wait (a syscall trace showed the request written, and
 // no poll until a nexting thread woke). One thread blocked in Next() on a
 // completion queue of the server's own, which never has work, is always a
-// worker gRPC can hand the poll to; with it those calls took 1-2 ms.
+// worker gRPC can hand the poll to; with it those calls took 1-5 ms.
 // `bench/shm_save_bench`'s spaced saves show the difference.
 //
 // Use: construct before BuildAndStart (it adds the queue to the builder),
