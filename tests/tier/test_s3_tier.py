@@ -97,6 +97,24 @@ def http_port(d):
     return int(m.group(1))
 
 
+def metric_at_least(d, series, value, timeout=30):
+    """Waits until the /metrics line that starts with `series` reads at least
+    `value`, and returns what it read. The daemon counts an upload or a repair
+    after it has recorded it (state file, store), so a test that has just seen
+    the record waits for the count too."""
+    port = http_port(d)
+    seen = []
+
+    def reached():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        seen[:] = [line for line in text.splitlines() if line.startswith(series + " ")]
+        return bool(seen) and float(seen[0].split()[-1]) >= value and float(seen[0].split()[-1])
+    try:
+        return wait_for(reached, timeout, f"{series} >= {value}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last read: {seen}") from None
+
+
 def uploaded(d, run_id, steps):
     """Waits until the daemon's state file says every step is uploaded."""
     path = os.path.join(d.root, run_id, "ckptd-uploads.json")
@@ -837,9 +855,8 @@ def test_the_scrubber_heals_from_the_store_and_repairs_the_stores_copy_from_disk
                      r"\(\S+/ckpt/healed/step_1\.gguf: .*digest", log), log
     assert re.search(r"scrub run=healed step=3: the object store's copy cannot be trusted "
                      r"\(\S+/ckpt/healed/step_3\.gguf is missing\)", log), log
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port(d)}/metrics", timeout=10).read().decode()
-    assert 'ckptd_remote_repairs_total{run="healed"} 2' in metrics, metrics
-    assert 'ckptd_quarantined_files_total{run="healed",by="scrub"}' in metrics
+    assert metric_at_least(d, 'ckptd_remote_repairs_total{run="healed"}', 2) == 2
+    metric_at_least(d, 'ckptd_quarantined_files_total{run="healed",by="scrub"}', 1)
     check_consistent(s3, bucket, "ckpt/healed/")
 
 
@@ -863,8 +880,6 @@ def test_unchanged_tensors_are_copied_inside_the_store_not_sent(tmp_path, store,
         head = {"head.w": np.full(2 * MiB, step, np.float32)}  # 8 MiB, changed every step
         assert run.save(step, {**head, **frozen}).state == "committed"
         uploaded(d, "frozen", [step])
-    port = http_port(d)
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     s3 = s3_client(store)
     sent = {}
     for step in steps:
@@ -880,9 +895,7 @@ def test_unchanged_tensors_are_copied_inside_the_store_not_sent(tmp_path, store,
             assert sent[step] <= 1.1 * changed, (step, sent[step], changed)
             assert f["copied_bytes"] >= 9 * 8 * MiB
     assert sent[1] >= 80 * MiB  # the first step sends everything
-    copied = [line for line in metrics.splitlines()
-              if line.startswith('ckptd_tier_copied_bytes_total{run="frozen"}')]
-    assert copied and float(copied[0].split()[-1]) >= 2 * 9 * 8 * MiB, copied
+    metric_at_least(d, 'ckptd_tier_copied_bytes_total{run="frozen"}', 2 * 9 * 8 * MiB)
     # Fetched back into another directory, step 3 verifies and loads exactly.
     env = {**os.environ, **d.s3_env}
     cfg = str(tmp_path / "tier.toml")
