@@ -227,7 +227,9 @@ def test_the_scrubber_quarantines_a_damaged_step_and_latest_moves_back(tmp_path)
         log = open(d.log).read()
         assert "scrub run=scrubbed step=3 is no longer a checkpoint; latest is step_2.gguf" in log
         port = logged_port(d.log)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        assert 'ckptd_quarantined_files_total{run="scrubbed",by="scrub"} 2' in metrics, metrics
+        series = 'ckptd_quarantined_files_total{run="scrubbed",by="scrub"} 2'
+        # Counted after the files moved and the log line: wait for it too.
+        wait_for(lambda: series in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+                 .read().decode(), timeout=30, what=series)
     finally:
         d.stop()
