@@ -173,8 +173,7 @@ void Replicator::CommitPart(const std::string& run_id, uint64_t step) {
 void Replicator::AbortPart(const std::string& run_id, uint64_t step, const std::string& reason) {
   auto run = registry_->Get(run_id);
   if (!run.ok()) return;
-  registry_->AbortPart(**run, step, reason);
-  uploader_.Forget(run_id, (*run)->run_dir(), step);
+  registry_->AbortPart(**run, step, reason);  // the coordinator withdraws its upload
 }
 
 absl::StatusOr<storage::CheckpointRecord> Replicator::Fetch(const std::string& run_id,

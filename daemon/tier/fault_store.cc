@@ -61,6 +61,16 @@ void FaultStore::Clear() {
   released_.SignalAll();
 }
 
+int FaultStore::LandLate() {
+  std::vector<std::pair<std::string, std::string>> late;
+  {
+    absl::MutexLock lock(&mu_);
+    late.swap(late_);
+  }
+  for (const auto& [key, body] : late) (void)base_->Put(key, body, Precondition::kNone, {});
+  return static_cast<int>(late.size());
+}
+
 int FaultStore::calls(StoreOp op) const {
   absl::MutexLock lock(&mu_);
   if (op != StoreOp::kAny) {
@@ -98,7 +108,8 @@ absl::Status FaultStore::Act(const StoreFault& f, StoreOp op, const std::string&
   switch (f.action) {
     case StoreFault::Action::kFail:
       return absl::Status(f.error.code(), StrCat(what, ": ", f.error.message()));
-    case StoreFault::Action::kHang: {
+    case StoreFault::Action::kHang:
+    case StoreFault::Action::kLandLate: {
       absl::MutexLock lock(&mu_);
       const uint64_t gen = generation_;
       const absl::Time until = absl::Now() + absl::Seconds(f.hang_s);
@@ -123,6 +134,10 @@ void FaultStore::Wrote(const std::string& key, std::optional<ObjectInfo> before)
 absl::StatusOr<std::string> FaultStore::Put(const std::string& key, std::string_view body,
                                             Precondition pre, std::string_view md5_hex) {
   std::optional<StoreFault> f = Match(StoreOp::kPut, key);
+  if (f && f->action == StoreFault::Action::kLandLate) {
+    absl::MutexLock lock(&mu_);
+    late_.emplace_back(key, std::string(body));
+  }
   if (f && f->action != StoreFault::Action::kTruncate) return Act(*f, StoreOp::kPut, key);
   std::optional<ObjectInfo> before;
   if (auto h = base_->Head(key); h.ok()) before = *h;

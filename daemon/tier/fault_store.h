@@ -37,7 +37,10 @@ enum class StoreOp {
 std::string_view StoreOpName(StoreOp op);
 
 struct StoreFault {
-  enum class Action { kFail, kHang, kTruncate };
+  // kLandLate (PUTs): the call hangs as kHang and fails, as a request the
+  // client gave up on, but the store keeps its body when LandLate() is
+  // called, as a store that finished the request after the client left.
+  enum class Action { kFail, kHang, kTruncate, kLandLate };
   StoreOp op = StoreOp::kAny;
   // Only calls whose key (or prefix) contains this; "" = every key.
   std::string key_contains;
@@ -61,6 +64,8 @@ class FaultStore final : public ObjectStore {
   // completions, deletes), as an eventually consistent index does.
   void LagListings(int writes) ABSL_LOCKS_EXCLUDED(mu_);
   void Clear() ABSL_LOCKS_EXCLUDED(mu_);  // no rules, no lag; hung calls return now
+  // The bodies of PUTs failed by kLandLate reach the store now; how many.
+  int LandLate() ABSL_LOCKS_EXCLUDED(mu_);
   // Calls seen, of `op` (kAny: all), and the faults that acted.
   int calls(StoreOp op = StoreOp::kAny) const ABSL_LOCKS_EXCLUDED(mu_);
   int injected() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -114,6 +119,7 @@ class FaultStore final : public ObjectStore {
     std::optional<ObjectInfo> before;  // what a lagging listing still shows
   };
   std::deque<Write> recent_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, std::string>> late_ ABSL_GUARDED_BY(mu_);  // key, body
 };
 
 }  // namespace ckptd::tier

@@ -4,6 +4,7 @@
 #include <charconv>
 
 #include "daemon/base/strings.h"
+#include "daemon/storage/file_names.h"
 
 namespace ckptd::tier {
 namespace {
@@ -66,6 +67,12 @@ std::optional<PartReportKey> ParsePartReportName(std::string_view name) {
 
 RunKeys::RunKeys(std::string_view prefix, std::string_view run_id)
     : root_(prefix.empty() ? StrCat(run_id, "/") : StrCat(prefix, "/", run_id, "/")) {}
+
+std::vector<std::string> RunKeys::PartObjects(uint64_t step, uint32_t rank,
+                                              uint32_t world_size) const {
+  return {Object(storage::SplitFileName(step, rank, world_size)),
+          Object(storage::PartTrainFileName(step, rank, world_size)), PartReport(step, rank)};
+}
 
 std::optional<std::string_view> RunKeys::NameOf(std::string_view key) const {
   if (!key.starts_with(root_)) return std::nullopt;

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "daemon/base/strings.h"
@@ -57,6 +58,9 @@ class RunKeys {
   std::string PartReport(uint64_t step, uint32_t rank) const {
     return Object(PartReportName(step, rank));
   }
+  // What a node sends of rank `rank`'s part of step N: the part, its
+  // training state and its report (exports are not sent for parts).
+  std::vector<std::string> PartObjects(uint64_t step, uint32_t rank, uint32_t world_size) const;
   std::string PartsDir() const { return Object(kPartsDir); }
   std::string RestoreReport(std::string_view attempt, uint32_t rank) const {
     return Object(RestoreReportName(attempt, rank));

@@ -338,7 +338,13 @@ std::string UploadState::ToJson() const {
     entry["files"] = std::move(files);
     waiting_json[std::to_string(step)] = std::move(entry);
   }
-  return Write(unknown, {{"waiting", std::move(waiting_json)}, {"uploaded", uploaded}}).dump();
+  Json fields = {{"waiting", std::move(waiting_json)}, {"uploaded", uploaded}};
+  if (!withdrawn.empty()) {
+    Json w = Json::object();
+    for (const auto& [step, keys] : withdrawn) w[std::to_string(step)] = keys;
+    fields["withdrawn"] = std::move(w);
+  }
+  return Write(unknown, std::move(fields)).dump();
 }
 
 absl::StatusOr<UploadState> UploadState::Parse(std::string_view text, std::string_view where) {
@@ -346,7 +352,7 @@ absl::StatusOr<UploadState> UploadState::Parse(std::string_view text, std::strin
   absl::StatusOr<Json> j = ParseObject(text, where, kWhat);
   if (!j.ok()) return j.status();
   return Guarded<UploadState>(where, kWhat, [&] {
-    UploadState s{.unknown = Unknown(*j, {"waiting", "uploaded"})};
+    UploadState s{.unknown = Unknown(*j, {"waiting", "uploaded", "withdrawn"})};
     if (j->contains("waiting")) {
       for (const auto& [step, w] : (*j)["waiting"].items()) {
         Waiting& out = s.waiting[std::stoull(step)];
@@ -370,6 +376,11 @@ absl::StatusOr<UploadState> UploadState::Parse(std::string_view text, std::strin
     }
     if (j->contains("uploaded")) {
       for (const Json& step : (*j)["uploaded"]) s.uploaded.insert(step.get<uint64_t>());
+    }
+    if (j->contains("withdrawn")) {
+      for (const auto& [step, keys] : (*j)["withdrawn"].items()) {
+        s.withdrawn[std::stoull(step)] = keys.get<std::vector<std::string>>();
+      }
     }
     return s;
   });

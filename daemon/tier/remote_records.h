@@ -167,6 +167,10 @@ struct UploadState {
   };
   std::map<uint64_t, Waiting> waiting;  // steps to upload
   std::set<uint64_t> uploaded;
+  // Multi-rank parts whose step was aborted: the keys this node may have
+  // sent of each, deleted from the store (twice, Uploader::Withdraw) before
+  // the entry goes.
+  std::map<uint64_t, std::vector<std::string>> withdrawn;
   nlohmann::json unknown = nlohmann::json::object();
 
   std::string ToJson() const;

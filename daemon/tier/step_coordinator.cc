@@ -9,7 +9,6 @@
 #include "daemon/base/status.h"
 #include "daemon/base/strings.h"
 #include "daemon/base/time.h"
-#include "daemon/storage/file_names.h"
 #include "daemon/tier/remote_keys.h"
 
 namespace ckptd::tier {
@@ -295,10 +294,9 @@ absl::Status StepCoordinator::ApplyVerdicts(const MultiRankRun& run) {
     }
     node_->AbortPart(run.run_id, step, reason);
     // What this node may have uploaded of the part (an upload that ended
-    // after the coordinator's cleanup): gone too.
-    (void)store_.Delete({keys.Object(storage::SplitFileName(step, run.rank, run.world_size)),
-                         keys.Object(storage::PartTrainFileName(step, run.rank, run.world_size)),
-                         keys.PartReport(step, run.rank)});
+    // after the coordinator's cleanup, or is still going): gone too, once
+    // that upload has ended.
+    uploader_->Withdraw(run.run_id, run.run_dir, step, run.rank, run.world_size);
   }
   return absl::OkStatus();
 }

@@ -36,6 +36,10 @@ absl::Status CheckEtag(const std::string& what, const std::string& got, const st
       StrCat(what, ": the store's ETag ", got, " is not the MD5 of the bytes sent, ", sent));
 }
 
+// The step the calling thread is uploading (the worker, inside Upload):
+// Retry stops retrying once that step is withdrawn.
+thread_local const StepUpload* t_uploading = nullptr;
+
 }  // namespace
 
 Uploader::Uploader(env::Env* env, ObjectStore* store, TierSettings settings, const TierRuns* runs,
@@ -92,12 +96,17 @@ absl::Status Uploader::UpdateState(const std::string& run_dir,
 
 absl::Status Uploader::Enqueue(StepUpload upload) {
   const uint64_t step = upload.record.step;
-  if (absl::Status st =
-          UpdateState(upload.run_dir, [&](UploadState& s) { s.waiting.try_emplace(step); });
+  if (absl::Status st = UpdateState(upload.run_dir,
+                                    [&](UploadState& s) {
+                                      s.waiting.try_emplace(step);
+                                      s.withdrawn.erase(step);  // saved anew: its keys are its own
+                                    });
       !st.ok()) {
     return st;
   }
   absl::MutexLock lock(&mu_);
+  std::erase_if(withdrawals_,
+                [&](const Withdrawal& w) { return w.run_id == upload.run_id && w.step == step; });
   run_dirs_[upload.run_id] = upload.run_dir;
   states_[upload.run_id][upload.record.step] = "queued";
   queue_.push_back({.upload = std::move(upload)});
@@ -143,6 +152,10 @@ absl::Status Uploader::Recover(const std::string& run_id, const std::string& run
   for (auto& up : queue) CKPTD_TRY(Enqueue(std::move(up)));
   {
     absl::MutexLock lock(&mu_);
+    // Withdrawn parts whose deletes a stop cut short: both again.
+    for (const auto& [step, keys] : state.withdrawn) {
+      withdrawals_.push_back({.run_id = run_id, .run_dir = run_dir, .step = step, .keys = keys});
+    }
     for (uint64_t s : uploaded) states_[run_id].try_emplace(s, "uploaded");
     run_dirs_[run_id] = run_dir;
   }
@@ -220,6 +233,12 @@ void Uploader::SetHealth(const absl::Status& st) {
 absl::Status Uploader::Retry(const std::function<absl::Status()>& op) {
   double wait = settings_.retry_initial_s;
   while (true) {
+    if (t_uploading != nullptr) {
+      absl::MutexLock lock(&mu_);
+      if (Withdrawn(t_uploading->run_id, t_uploading->record.step)) {
+        return absl::AbortedError("withdrawn while it was being sent");
+      }
+    }
     absl::Status st = op();
     if (st.ok() || !IsTransient(st)) {
       SetHealth(st.ok() || IsNoSuchUpload(st) ? absl::OkStatus() : st);
@@ -655,17 +674,73 @@ absl::Status Uploader::ReportPart(const StepUpload& up, StepFacts facts, uint64_
   return absl::OkStatus();
 }
 
-void Uploader::Forget(const std::string& run_id, const std::string& run_dir, uint64_t step) {
+void Uploader::Withdraw(const std::string& run_id, const std::string& run_dir, uint64_t step,
+                        uint32_t rank, uint32_t world_size) {
+  std::vector<std::string> keys = KeysOf(run_id).PartObjects(step, rank, world_size);
+  if (!run_dir.empty()) {
+    if (absl::Status st = UpdateState(run_dir,
+                                      [&](UploadState& s) {
+                                        s.waiting.erase(step);
+                                        s.withdrawn[step] = keys;
+                                      });
+        !st.ok()) {
+      // The deletes below still run; only a restart before them forgets them.
+      spdlog::warn("tier: run={} step={}: the withdrawn part not recorded: {}", run_id, step,
+                   st.message());
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  queue_.erase(std::remove_if(queue_.begin(), queue_.end(),
+                              [&](const Job& j) {
+                                return j.upload.run_id == run_id && j.upload.record.step == step;
+                              }),
+               queue_.end());
+  if (auto it = states_.find(run_id); it != states_.end()) it->second.erase(step);
+  std::erase_if(withdrawals_,
+                [&](const Withdrawal& w) { return w.run_id == run_id && w.step == step; });
+  withdrawals_.push_back(
+      {.run_id = run_id, .run_dir = run_dir, .step = step, .keys = std::move(keys)});
+  cv_.Signal();
+}
+
+bool Uploader::Withdrawn(const std::string& run_id, uint64_t step) const {
+  return std::any_of(withdrawals_.begin(), withdrawals_.end(),
+                     [&](const Withdrawal& w) { return w.run_id == run_id && w.step == step; });
+}
+
+void Uploader::RunWithdrawal(const Withdrawal& w) {
+  const absl::Status st = Retry([&] { return store_->Delete(w.keys); });
+  if (!st.ok() && stopping()) return;  // the state file still names it: the next start
+  if (!st.ok()) {
+    spdlog::warn(
+        "tier: run={} step={}: deleting the withdrawn part's objects: {} (tried again in "
+        "{:g}s)",
+        w.run_id, w.step, st.message(), settings_.failed_retry_s);
+  }
+  bool done = false;
   {
     absl::MutexLock lock(&mu_);
-    queue_.erase(std::remove_if(queue_.begin(), queue_.end(),
-                                [&](const Job& j) {
-                                  return j.upload.run_id == run_id && j.upload.record.step == step;
-                                }),
-                 queue_.end());
-    if (auto it = states_.find(run_id); it != states_.end()) it->second.erase(step);
+    auto it = std::find_if(withdrawals_.begin(), withdrawals_.end(), [&](const Withdrawal& x) {
+      return x.run_id == w.run_id && x.step == w.step && x.running;
+    });
+    if (it == withdrawals_.end()) return;  // the step was saved anew meanwhile (Enqueue)
+    it->running = false;
+    if (!st.ok()) {
+      it->not_before_s = NowSeconds() + settings_.failed_retry_s;
+    } else if (++it->deletes_done == 1) {
+      it->not_before_s = NowSeconds() + settings_.withdraw_recheck_s;
+    } else {
+      withdrawals_.erase(it);
+      done = true;
+    }
+    cv_.Signal();
   }
-  (void)UpdateState(run_dir, [&](UploadState& s) { s.waiting.erase(step); });
+  if (!done) return;
+  if (!w.run_dir.empty()) {
+    (void)UpdateState(w.run_dir, [&](UploadState& s) { s.withdrawn.erase(w.step); });
+  }
+  spdlog::info("tier: run={} step={}: the aborted part's objects are deleted from the store",
+               w.run_id, w.step);
 }
 
 bool Uploader::RemoteRetentionOf(const std::string& run_id) const {
@@ -829,10 +904,21 @@ void Uploader::Loop() {
       continue;
     }
     Job job;
+    std::optional<Withdrawal> withdrawal;
     {
       absl::MutexLock lock(&mu_);
       while (!stop_) {
         const double now = NowSeconds();
+        // Withdrawals first: they are two DELETEs, and a part withdrawn
+        // while this thread was uploading it goes as soon as that ends.
+        auto w = std::find_if(withdrawals_.begin(), withdrawals_.end(), [&](const Withdrawal& x) {
+          return !x.running && x.not_before_s <= now;
+        });
+        if (w != withdrawals_.end()) {
+          w->running = true;
+          withdrawal = *w;
+          break;
+        }
         auto it = std::find_if(queue_.begin(), queue_.end(),
                                [&](const Job& j) { return j.not_before_s <= now; });
         if (it != queue_.end()) {
@@ -840,18 +926,40 @@ void Uploader::Loop() {
           queue_.erase(it);
           break;
         }
-        cv_.WaitWithTimeout(&mu_, absl::Seconds(queue_.empty() ? 60 : 1));
+        double wait_s = queue_.empty() ? 60 : 1;
+        for (const Withdrawal& x : withdrawals_) {
+          wait_s = std::min(wait_s, std::max(0.01, x.not_before_s - now));
+        }
+        cv_.WaitWithTimeout(&mu_, absl::Seconds(wait_s));
       }
       if (stop_) return;
-      states_[job.upload.run_id][job.upload.record.step] = "uploading";
+      if (!withdrawal) states_[job.upload.run_id][job.upload.record.step] = "uploading";
     }
+    if (withdrawal) {
+      RunWithdrawal(*withdrawal);
+      continue;
+    }
+    t_uploading = &job.upload;
     absl::Status st = Upload(job);
+    t_uploading = nullptr;
     if (st.ok()) {
       absl::MutexLock lock(&mu_);
       states_[job.upload.run_id][job.upload.record.step] = "uploaded";
       continue;
     }
     if (absl::IsCancelled(st) && stopping()) return;  // resumes at the next start
+    {
+      absl::MutexLock lock(&mu_);
+      if (Withdrawn(job.upload.run_id, job.upload.record.step)) {
+        // Its step was aborted while it went up (it failed as the local
+        // part went, or across the partition that aborted it): not tried
+        // again; the withdrawal deletes what it sent.
+        states_[job.upload.run_id].erase(job.upload.record.step);
+        spdlog::info("tier: run={} step={}: upload stopped, its multi-rank step was aborted ({})",
+                     job.upload.run_id, job.upload.record.step, st.message());
+        continue;
+      }
+    }
     if (absl::IsNotFound(st) && st.message().find("deleted locally") != std::string_view::npos) {
       (void)UpdateState(job.upload.run_dir,
                         [&](UploadState& s) { s.waiting.erase(job.upload.record.step); });

@@ -72,6 +72,10 @@ struct TierSettings {
   // uploaded step's object (its unchanged tensors) is copied inside the
   // store (UploadPartCopy) instead of sent ([tier.s3] part_copy).
   bool part_copy = true;
+  // A withdrawn part's objects are deleted once its upload in flight ends,
+  // then again this long after: a PUT the node gave up on (a timeout across
+  // a partition) can still land in the store after the first delete.
+  double withdraw_recheck_s = 15;
   // Tests only (CKPTD_TEST_TIER_PAUSE_S): a pause after each object of a
   // step, so a reader polling the store sees every intermediate state.
   double test_pause_s = 0;
@@ -156,10 +160,16 @@ class Uploader {
   // uploaded, so it is not sent again.
   absl::Status MarkUploaded(const std::string& run_id, const std::string& run_dir, uint64_t step);
 
-  // A step that will not be uploaded after all (a multi-rank step aborted):
-  // dropped from the queue and the state. An upload already running ends
-  // on its own.
-  void Forget(const std::string& run_id, const std::string& run_dir, uint64_t step);
+  // Rank `rank`'s part of a multi-rank step that was aborted: it will not
+  // be uploaded (dropped from the queue and the state), and what this node
+  // may have sent of it (RunKeys::PartObjects) is deleted from the store
+  // by the worker: after the part's upload in flight, if any, has ended
+  // (the worker runs one upload at a time), and again
+  // settings.withdraw_recheck_s later. The keys stay in the run's state
+  // file until both deletes are done, so a restarted daemon does them too.
+  // A step enqueued again (saved anew) cancels its withdrawal.
+  void Withdraw(const std::string& run_id, const std::string& run_dir, uint64_t step, uint32_t rank,
+                uint32_t world_size);
   // Whether the run's retention policy applies to its remote copies.
   bool RemoteRetentionOf(const std::string& run_id) const;
 
@@ -197,6 +207,15 @@ class Uploader {
     StepUpload upload;
     double not_before_s = 0;
   };
+  struct Withdrawal {
+    std::string run_id;
+    std::string run_dir;
+    uint64_t step = 0;
+    std::vector<std::string> keys;
+    int deletes_done = 0;  // of 2
+    double not_before_s = 0;
+    bool running = false;  // the worker is deleting; stays listed so Enqueue can cancel it
+  };
   struct StaleCheck {
     std::string run_id;
     std::set<std::string> known_ids;
@@ -204,6 +223,9 @@ class Uploader {
   };
   void Loop();
   absl::Status AbortStale(const StaleCheck& check);
+  // One delete of a withdrawal's keys; the second ends it.
+  void RunWithdrawal(const Withdrawal& w) ABSL_LOCKS_EXCLUDED(mu_);
+  bool Withdrawn(const std::string& run_id, uint64_t step) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status Upload(const Job& job);
   absl::Status ReportPart(const StepUpload& up, StepFacts facts, uint64_t bytes, double start);
   // Uploads one file of a step; `key` is where it went (a resumed upload
@@ -243,6 +265,7 @@ class Uploader {
   mutable absl::Mutex mu_;
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   std::deque<StaleCheck> stale_checks_ ABSL_GUARDED_BY(mu_);
+  std::deque<Withdrawal> withdrawals_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::map<uint64_t, std::string>> states_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> run_dirs_ ABSL_GUARDED_BY(mu_);
   Health health_ ABSL_GUARDED_BY(mu_);

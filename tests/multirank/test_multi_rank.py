@@ -277,6 +277,20 @@ def check_atomic(cluster, nodes, run, tried):
     # a deadline.
     wait_for(lambda: not [k for k in store_objects(cluster, nodes[0].bucket)["keys"]
                           if k.startswith(base + "parts/")], 30, "every part report removed")
+
+    # A failed step's part whose PUT the node gave up on can land after its
+    # first delete; the node deletes it again 15 s later (the withdrawal's
+    # recheck): every such part must go, within a deadline.
+    def failed_parts():
+        objs = store_objects(cluster, nodes[0].bucket)
+        committed = {objs["docs"][k]["step"] for k in objs["docs"]
+                     if k.startswith(base) and k.endswith(".manifest.json")}
+        return [k for k in objs["keys"] for step in tried
+                if step not in committed and k.startswith(f"{base}step_{step}-")]
+    try:
+        wait_for(lambda: not failed_parts(), 40, "the failed steps' parts deleted")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {failed_parts()}") from None
     objs = store_objects(cluster, nodes[0].bucket)
     keys, docs = objs["keys"], objs["docs"]
     manifests = {docs[k]["step"]: docs[k] for k in docs if k.startswith(base) and

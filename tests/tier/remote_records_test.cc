@@ -136,6 +136,7 @@ TEST(RemoteRecordsTest, FailedStepsLatestAndUploadStateRoundTripWithUnknownField
   s.uploaded = {3, 5};
   s.waiting[7].files["step_7.gguf"] = {
       .upload_id = "id", .key = "p/r/step_7.gguf", .part_size = 5 << 20, .parts = {"a", "", "c"}};
+  s.withdrawn[8] = {"p/r/step_8-00002-of-00003.gguf", "p/r/parts/step_8/rank-1.json"};
   Json j = Json::parse(s.ToJson());
   EXPECT_TRUE(j["waiting"]["7"]["files"]["step_7.gguf"]["parts"][1].is_null());
   j["waiting"]["7"]["files"]["step_7.gguf"]["checksum"] = "crc64";
@@ -145,6 +146,8 @@ TEST(RemoteRecordsTest, FailedStepsLatestAndUploadStateRoundTripWithUnknownField
   EXPECT_EQ(ps->uploaded, (std::set<uint64_t>{3, 5}));
   const UploadState::FileProgress& fp = ps->waiting.at(7).files.at("step_7.gguf");
   EXPECT_EQ(fp.parts, (std::vector<std::string>{"a", "", "c"}));
+  EXPECT_EQ(ps->withdrawn, s.withdrawn);
+  EXPECT_FALSE(Json::parse(UploadState{}.ToJson()).contains("withdrawn"));  // only when some are
   Json back = Json::parse(ps->ToJson());
   EXPECT_EQ(back["host"], "node-1");
   EXPECT_EQ(back["waiting"]["7"]["files"]["step_7.gguf"]["checksum"], "crc64");
@@ -186,8 +189,10 @@ TEST(RemoteRecordsTest, DamagedRecordsAreDataLossNamingWhere) {
             "tensors": [{"name": "a", "slice": {"dim": 0}}]})"}) {
     EXPECT_EQ(PartReport::Parse(bad, "rep").status().code(), absl::StatusCode::kDataLoss) << bad;
   }
-  EXPECT_EQ(UploadState::Parse(R"({"waiting": {"x": {}}})", "s").status().code(),
-            absl::StatusCode::kDataLoss);
+  for (const char* bad : {R"({"waiting": {"x": {}}})", R"({"withdrawn": {"x": []}})",
+                          R"({"withdrawn": {"3": "k"}})", R"({"withdrawn": {"3": [1]}})"}) {
+    EXPECT_EQ(UploadState::Parse(bad, "s").status().code(), absl::StatusCode::kDataLoss) << bad;
+  }
   EXPECT_EQ(LatestRecord::Parse(R"({"step": 1})", "l").status().code(),
             absl::StatusCode::kDataLoss);
 }

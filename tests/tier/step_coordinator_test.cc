@@ -137,6 +137,26 @@ TEST_F(StepCoordinatorTest, APartThatDoesNotComeAbortsTheStepAndTakesTheOthersFi
   EXPECT_THAT(node_.reasons[0], HasSubstr("2"));
 }
 
+// This node's part reached the store but its report did not (the node
+// was cut off between the two): no report names it, so the coordinator's
+// cleanup cannot; the abort withdraws it through this node's uploader.
+TEST_F(StepCoordinatorTest, ThisNodesUnreportedPartIsWithdrawnWhenItsStepAborts) {
+  node_.run.rank = 2;
+  node_.run.part_timeout_s = 0.2;
+  const std::string mine = StrCat("p/r/", storage::SplitFileName(5, 2, kWorld));
+  ASSERT_OK(memory_.Put(mine, "part 2", Precondition::kNone, {}).status());
+  uploader_.Start();
+  Report(0);
+  Report(1);
+  coordinator_.PollOnce();
+  absl::SleepFor(absl::Milliseconds(300));
+  coordinator_.PollOnce();
+  ASSERT_TRUE(Has("p/r/step_5.failed.json"));
+  EXPECT_THAT(node_.aborts, ElementsAre(Pair("r", 5u)));
+  for (int i = 0; i < 500 && Has(mine); ++i) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_FALSE(Has(mine));
+}
+
 TEST_F(StepCoordinatorTest, APartForAnotherWorldAbortsNamingIt) {
   Report(0);
   Report(1, 5, /*world=*/4);

@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "daemon/base/strings.h"
+#include "daemon/storage/file_names.h"
 #include "daemon/tier/fault_store.h"
 #include "daemon/tier/memory_store.h"
 #include "tests/testing/status_matchers.h"
@@ -378,6 +379,98 @@ TEST_F(UploaderTest, AManifestFromANewerCkptdIsReadOrKeptNeverMisread) {
   EXPECT_TRUE(InStore("p/r/step_1.gguf"));
   EXPECT_THAT(memory_.Keys(), Contains("p/r/step_2.manifest.json"));
   EXPECT_THAT(memory_.Keys(), Not(Contains("p/r/parts/")));
+}
+
+// Rank 1 of 3's part of `step`: a committed checkpoint renamed as a part
+// (the uploader sends any file under its record's names).
+storage::CheckpointRecord AsPart(storage::CheckpointRecord r) {
+  const std::string dir = r.model_path.substr(0, r.model_path.rfind('/') + 1);
+  r.rank = 1;
+  r.world_size = 3;
+  const std::string model = dir + storage::SplitFileName(r.step, r.rank, r.world_size);
+  const std::string train = dir + storage::PartTrainFileName(r.step, r.rank, r.world_size);
+  EXPECT_OK(env::Env::Default()->RenameFile(r.model_path, model));
+  EXPECT_OK(env::Env::Default()->RenameFile(r.train_path, train));
+  r.model_path = model;
+  r.train_path = train;
+  return r;
+}
+
+bool Eventually(const std::function<bool()>& done) {
+  for (absl::Time until = absl::Now() + absl::Seconds(20); absl::Now() < until;
+       absl::SleepFor(absl::Milliseconds(10))) {
+    if (done()) return true;
+  }
+  return done();
+}
+
+// A part whose step is aborted while its PUT hangs across a partition: the
+// node gives up on the PUT and does not send it again, but the store
+// finishes the request after the node's first delete. The withdrawal's
+// second delete takes it, and the state file forgets the step.
+TEST_F(UploaderTest, AWithdrawnPartThatLandsAfterTheFirstDeleteIsDeletedAgain) {
+  const storage::CheckpointRecord r = AsPart(Commit(7, 1000));
+  const std::string key = StrCat("p/r/", storage::SplitFileName(7, 1, 3));
+  store_.Add({.op = StoreOp::kPut,
+              .key_contains = key,
+              .action = StoreFault::Action::kLandLate,
+              .hang_s = 0.3});
+  TierSettings settings = Settings();
+  settings.withdraw_recheck_s = 0.5;
+  auto uploader = Make(settings);
+  ASSERT_OK(uploader->Enqueue(Job(r)));
+  ASSERT_TRUE(Eventually([&] { return store_.calls(StoreOp::kPut) >= 1; }));
+  // The abort, as the node applies it: the local part goes, then Withdraw.
+  ASSERT_OK(env::Env::Default()->RemoveFile(r.model_path));
+  ASSERT_OK(env::Env::Default()->RemoveFile(r.train_path));
+  uploader->Withdraw("r", run_.run_dir(), 7, 1, 3);
+  ASSERT_TRUE(Eventually([&] { return store_.calls(StoreOp::kDelete) >= 1; }));
+  ASSERT_EQ(store_.LandLate(), 1);
+  ASSERT_TRUE(InStore(key));
+  EXPECT_TRUE(Eventually([&] { return !InStore(key); })) << key << " left in the store";
+  EXPECT_TRUE(Eventually([&] {
+    auto text = env::ReadWholeFile(env::Env::Default(), run_.run_dir() + "/" + kUploadStateFile);
+    auto state = UploadState::Parse(text.ok() ? *text : "{}", "state");
+    return state.ok() && state->withdrawn.empty() && state->waiting.empty();
+  }));
+  EXPECT_EQ(store_.calls(StoreOp::kPut), 1);  // the part was not sent again
+  EXPECT_FALSE(events_.Seen(7, UploadEventType::kUploaded));
+  EXPECT_THAT(memory_.Keys(), IsEmpty());
+}
+
+// A daemon stopped before a withdrawal's deletes: the state file names the
+// keys, and the next start deletes them.
+TEST_F(UploaderTest, AWithdrawalAStopCutShortIsDoneAtTheNextStart) {
+  const std::string key = StrCat("p/r/", storage::SplitFileName(9, 1, 3));
+  ASSERT_OK(memory_.Put(key, "landed", Precondition::kNone, {}).status());
+  {
+    Uploader stopped(env::Env::Default(), &store_, Settings(), &runs_, &events_);  // never started
+    stopped.Withdraw("r", run_.run_dir(), 9, 1, 3);
+  }
+  ASSERT_TRUE(InStore(key));
+  auto uploader = Make();
+  ASSERT_OK(uploader->Recover("r", run_.run_dir(), {}, 1));
+  EXPECT_TRUE(Eventually([&] { return !InStore(key); })) << key << " left in the store";
+}
+
+// A step saved anew after its withdrawal (the trainer resumed and saved the
+// same step number): its upload is not deleted by the old withdrawal.
+TEST_F(UploaderTest, AStepSavedAgainAfterItsWithdrawalKeepsItsUpload) {
+  TierSettings settings = Settings();
+  settings.withdraw_recheck_s = 0.2;
+  {
+    Uploader stopped(env::Env::Default(), &store_, settings, &runs_, &events_);
+    stopped.Withdraw("r", run_.run_dir(), 7, 1, 3);
+  }
+  const storage::CheckpointRecord r = AsPart(Commit(7, 1000));
+  auto uploader = Make(settings);
+  ASSERT_OK(uploader->Recover("r", run_.run_dir(), {}, 1));
+  ASSERT_OK(uploader->Enqueue(Job(r)));
+  ASSERT_TRUE(events_.WaitFor(7, UploadEventType::kUploaded));
+  absl::SleepFor(absl::Seconds(1));  // past any recheck the withdrawal would have made
+  EXPECT_EQ(Stored(StrCat("p/r/", storage::SplitFileName(7, 1, 3))),
+            ckptd::testing::ReadFile(r.model_path));
+  EXPECT_TRUE(InStore("p/r/parts/step_7/rank-1.json"));
 }
 
 }  // namespace
