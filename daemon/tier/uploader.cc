@@ -709,7 +709,21 @@ bool Uploader::Withdrawn(const std::string& run_id, uint64_t step) const {
 }
 
 void Uploader::RunWithdrawal(const Withdrawal& w) {
-  const absl::Status st = Retry([&] { return store_->Delete(w.keys); });
+  const absl::Status st = Retry([&]() -> absl::Status {
+    // A multipart upload of the part left open (withdrawn before its
+    // completion): aborted, so the store drops its parts.
+    for (const std::string& key : w.keys) {
+      CKPTD_ASSIGN_OR_RETURN(std::vector<MultipartUpload> open, store_->ListMultipartUploads(key));
+      for (const MultipartUpload& u : open) {
+        if (u.key != key) continue;
+        if (absl::Status a = store_->AbortMultipartUpload(u.key, u.upload_id);
+            !a.ok() && !IsNoSuchUpload(a)) {
+          return a;
+        }
+      }
+    }
+    return store_->Delete(w.keys);
+  });
   if (!st.ok() && stopping()) return;  // the state file still names it: the next start
   if (!st.ok()) {
     spdlog::warn(
@@ -944,21 +958,32 @@ void Uploader::Loop() {
     t_uploading = nullptr;
     if (st.ok()) {
       absl::MutexLock lock(&mu_);
-      states_[job.upload.run_id][job.upload.record.step] = "uploaded";
+      if (Withdrawn(job.upload.run_id, job.upload.record.step)) {
+        states_[job.upload.run_id].erase(job.upload.record.step);  // the withdrawal deletes it
+      } else {
+        states_[job.upload.run_id][job.upload.record.step] = "uploaded";
+      }
       continue;
     }
     if (absl::IsCancelled(st) && stopping()) return;  // resumes at the next start
+    bool withdrawn = false;
     {
       absl::MutexLock lock(&mu_);
       if (Withdrawn(job.upload.run_id, job.upload.record.step)) {
         // Its step was aborted while it went up (it failed as the local
         // part went, or across the partition that aborted it): not tried
-        // again; the withdrawal deletes what it sent.
+        // again; the withdrawal deletes what it sent (and the waiting
+        // entry a multipart upload started since wrote goes too).
         states_[job.upload.run_id].erase(job.upload.record.step);
+        withdrawn = true;
         spdlog::info("tier: run={} step={}: upload stopped, its multi-rank step was aborted ({})",
                      job.upload.run_id, job.upload.record.step, st.message());
-        continue;
       }
+    }
+    if (withdrawn) {
+      (void)UpdateState(job.upload.run_dir,
+                        [&](UploadState& s) { s.waiting.erase(job.upload.record.step); });
+      continue;
     }
     if (absl::IsNotFound(st) && st.message().find("deleted locally") != std::string_view::npos) {
       (void)UpdateState(job.upload.run_dir,

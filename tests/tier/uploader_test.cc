@@ -438,6 +438,31 @@ TEST_F(UploaderTest, AWithdrawnPartThatLandsAfterTheFirstDeleteIsDeletedAgain) {
   EXPECT_THAT(memory_.Keys(), IsEmpty());
 }
 
+// A multipart part withdrawn before its completion: the upload is aborted,
+// not completed, and nothing of it stays in the store or the state file.
+TEST_F(UploaderTest, AMultipartPartWithdrawnMidwayLeavesNoUploadOpen) {
+  const storage::CheckpointRecord r = AsPart(Commit(7));
+  const std::string key = StrCat("p/r/", storage::SplitFileName(7, 1, 3));
+  store_.Add({.op = StoreOp::kUploadPart,
+              .key_contains = key,
+              .action = StoreFault::Action::kHang,
+              .hang_s = 0.3});
+  TierSettings settings = Settings();
+  settings.withdraw_recheck_s = 0.2;
+  auto uploader = Make(settings);
+  ASSERT_OK(uploader->Enqueue(Job(r)));
+  ASSERT_TRUE(Eventually([&] { return store_.calls(StoreOp::kUploadPart) >= 1; }));
+  uploader->Withdraw("r", run_.run_dir(), 7, 1, 3);
+  EXPECT_TRUE(Eventually([&] { return memory_.ListMultipartUploads("p/r/")->empty(); }));
+  EXPECT_TRUE(Eventually([&] {
+    auto text = env::ReadWholeFile(env::Env::Default(), run_.run_dir() + "/" + kUploadStateFile);
+    auto state = UploadState::Parse(text.ok() ? *text : "{}", "state");
+    return state.ok() && state->withdrawn.empty() && state->waiting.empty();
+  }));
+  EXPECT_EQ(store_.calls(StoreOp::kComplete), 0);
+  EXPECT_THAT(memory_.Keys(), IsEmpty());
+}
+
 // A daemon stopped before a withdrawal's deletes: the state file names the
 // keys, and the next start deletes them.
 TEST_F(UploaderTest, AWithdrawalAStopCutShortIsDoneAtTheNextStart) {
