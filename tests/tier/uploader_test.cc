@@ -101,6 +101,12 @@ class UploaderTest : public ::testing::Test {
     return got.ok() ? *got : "";
   }
   bool InStore(const std::string& key) { return memory_.Head(key)->has_value(); }
+  // The run's state file names no step waiting or withdrawn.
+  bool StateForgot() {
+    auto text = env::ReadWholeFile(env::Env::Default(), run_.run_dir() + "/" + kUploadStateFile);
+    auto state = UploadState::Parse(text.ok() ? *text : "{}", "state");
+    return state.ok() && state->withdrawn.empty() && state->waiting.empty();
+  }
   // Every manifest in the store names objects holding exactly the node's
   // bytes (the invariant each fault below must leave intact).
   void ExpectManifestsTrue() {
@@ -428,11 +434,7 @@ TEST_F(UploaderTest, AWithdrawnPartThatLandsAfterTheFirstDeleteIsDeletedAgain) {
   ASSERT_EQ(store_.LandLate(), 1);
   ASSERT_TRUE(InStore(key));
   EXPECT_TRUE(Eventually([&] { return !InStore(key); })) << key << " left in the store";
-  EXPECT_TRUE(Eventually([&] {
-    auto text = env::ReadWholeFile(env::Env::Default(), run_.run_dir() + "/" + kUploadStateFile);
-    auto state = UploadState::Parse(text.ok() ? *text : "{}", "state");
-    return state.ok() && state->withdrawn.empty() && state->waiting.empty();
-  }));
+  EXPECT_TRUE(Eventually([&] { return StateForgot(); })) << "the state file still names step 7";
   EXPECT_EQ(store_.calls(StoreOp::kPut), 1);  // the part was not sent again
   EXPECT_FALSE(events_.Seen(7, UploadEventType::kUploaded));
   EXPECT_THAT(memory_.Keys(), IsEmpty());
@@ -454,11 +456,7 @@ TEST_F(UploaderTest, AMultipartPartWithdrawnMidwayLeavesNoUploadOpen) {
   ASSERT_TRUE(Eventually([&] { return store_.calls(StoreOp::kUploadPart) >= 1; }));
   uploader->Withdraw("r", run_.run_dir(), 7, 1, 3);
   EXPECT_TRUE(Eventually([&] { return memory_.ListMultipartUploads("p/r/")->empty(); }));
-  EXPECT_TRUE(Eventually([&] {
-    auto text = env::ReadWholeFile(env::Env::Default(), run_.run_dir() + "/" + kUploadStateFile);
-    auto state = UploadState::Parse(text.ok() ? *text : "{}", "state");
-    return state.ok() && state->withdrawn.empty() && state->waiting.empty();
-  }));
+  EXPECT_TRUE(Eventually([&] { return StateForgot(); })) << "the state file still names step 7";
   EXPECT_EQ(store_.calls(StoreOp::kComplete), 0);
   EXPECT_THAT(memory_.Keys(), IsEmpty());
 }
