@@ -112,8 +112,6 @@ void HttpServer::Impl::StreamEvents(Stream& socket, const std::string& run_id,
     res.prepare_payload();
     bhttp::write(socket, res, ec);
     return;
-  } else {
-    boost::asio::write(socket, boost::asio::buffer(SseHead(run_id)), ec);
   }
   const std::string& epoch = (*run)->event_epoch();
   // A reconnecting client (Last-Event-ID) gets what it missed, or is told
@@ -127,6 +125,9 @@ void HttpServer::Impl::StreamEvents(Stream& socket, const std::string& run_id,
     after = 0;  // everything since it opened: it may have committed before this subscribed
   }
   auto sub = (*run)->Subscribe(nullptr, after, after ? &gap : nullptr);
+  // The head says "watching" only once subscribed: a client that saves as
+  // soon as it reads it must get that save's events.
+  if (!waited && !ec) boost::asio::write(socket, boost::asio::buffer(SseHead(run_id)), ec);
   if (gap && !ec) boost::asio::write(socket, boost::asio::buffer(SseGap(last_event_id)), ec);
   while (!ec && !stopping && !sub->closed()) {
     scheduler::Event e;
